@@ -1,0 +1,49 @@
+// Reading RFC 4180 CSV files (CheXpert manifests, prediction and truth tables) with the line number of every
+// record, so that every error can name the file, the line and the column.
+#ifndef FEDTUNE_COMMON_IO_CSV_H_
+#define FEDTUNE_COMMON_IO_CSV_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include "absl/strings/string_view.h"
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace fedtune::io {
+
+// One record: its fields (unquoted, "" unescaped) and the 1-based physical line on which it starts.
+struct CsvRecord {
+  int64_t line = 0;
+  std::vector<std::string> fields;
+};
+
+// A whole table: the header record, then the data records. Every data record has exactly header.size() fields.
+struct CsvTable {
+  std::string source;  // The file name (or "<string>"), used in error messages.
+  std::vector<std::string> header;
+  std::vector<CsvRecord> rows;
+
+  // Index of the column named `name` (exact match after trimming spaces), or nullopt.
+  std::optional<size_t> ColumnIndex(absl::string_view name) const;
+};
+
+// Parses CSV text. Accepts LF and CRLF line ends, quoted fields with embedded commas, quotes ("") and newlines,
+// a UTF-8 byte-order mark, and a missing final newline. Header names are trimmed of surrounding spaces. Entirely
+// blank lines are skipped.
+// Errors (InvalidArgument, message "SOURCE:LINE: ..."): empty input (no header), duplicate or empty header names,
+// an unterminated quoted field, a quote inside an unquoted field, text after a closing quote, and a record whose
+// field count differs from the header's.
+absl::StatusOr<CsvTable> ParseCsv(absl::string_view text, absl::string_view source = "<string>");
+
+// Reads and parses a CSV file. NotFound if the file does not exist, PermissionDenied/Internal if it cannot be read,
+// otherwise as ParseCsv with the path as source.
+absl::StatusOr<CsvTable> ReadCsvFile(const std::string& path);
+
+// Quotes a field for writing when it contains a comma, quote, CR or LF; otherwise returns it unchanged.
+std::string CsvEscape(absl::string_view field);
+
+}  // namespace fedtune::io
+
+#endif  // FEDTUNE_COMMON_IO_CSV_H_

@@ -1,0 +1,28 @@
+// Whole-file reads and atomic whole-file writes. Every file that matters (reports, checkpoints, manifests written by
+// fedtune) is written with WriteFileAtomically so that a crash leaves either the old or the new file, never a torn one.
+#ifndef FEDTUNE_COMMON_IO_FILE_UTIL_H_
+#define FEDTUNE_COMMON_IO_FILE_UTIL_H_
+
+#include <string>
+#include "absl/strings/string_view.h"
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace fedtune::io {
+
+// Reads a whole file. NotFound when it does not exist, PermissionDenied when not readable, InvalidArgument when it
+// is a directory, Internal for other I/O failures. Messages name the path.
+absl::StatusOr<std::string> ReadFile(const std::string& path);
+
+// Writes `contents` to `path` atomically: a temporary file in the same directory is written, flushed to disk
+// (fsync), renamed over `path`, and the directory is synced. The parent directory must exist (NotFound otherwise).
+// On failure `path` is untouched and the temporary file is removed. Thread-safe for distinct paths.
+absl::Status WriteFileAtomically(const std::string& path, absl::string_view contents);
+
+// Creates a directory and its parents (like mkdir -p). OK when it already exists as a directory.
+absl::Status MakeDirectories(const std::string& path);
+
+}  // namespace fedtune::io
+
+#endif  // FEDTUNE_COMMON_IO_FILE_UTIL_H_
