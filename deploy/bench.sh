@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs the benchmarks in tests/benchmarks/ (never part of ctest or CI: tests never assert timings).
+# Usage: deploy/bench.sh [FILTER]   (FILTER: a substring of benchmark binary names, e.g. "stats")
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+build="${FEDTUNE_BUILD_DIR:-$root/build}"
+"$root/deploy/setup.sh" >/dev/null
+filter="${1:-}"
+shopt -s nullglob
+for bench in "$build"/benchmarks/*_benchmark; do
+  [[ -z "$filter" || "$bench" == *"$filter"* ]] || continue
+  echo "== $(basename "$bench")"
+  "$bench" --benchmark_counters_tabular=true
+done
+for script in "$root"/tests/benchmarks/*/*.sh; do
+  [[ -z "$filter" || "$script" == *"$filter"* ]] || continue
+  echo "== $(basename "$script")"
+  bash "$script" "$build"
+done
