@@ -1,0 +1,98 @@
+// `fedtune-site data check`: validates a manifest and the images it names all
+// at once, so that hospital IT can fix everything in one pass: columns, cell
+// values, ids, duplicate paths, studies without a frontal view, and missing or
+// unreadable images. Prints every problem with its line, plus per-label value
+// counts.
+#ifndef FEDTUNE_COMMON_DATA_DATA_CHECK_H_
+#define FEDTUNE_COMMON_DATA_DATA_CHECK_H_
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/cli/command.h"
+#include "common/data/chexpert_labels.h"
+#include "common/data/manifest.h"
+
+namespace fedtune::data {
+
+// Checks that `file` is an image fedtune can decode: DICOM (a "DICM" preamble,
+// or a .dcm/.dicom name) through DCMTK, which must hold one frame of
+// single-sample (grayscale) pixel data that DCMTK can decode; anything else
+// through OpenCV (PNG 8/16-bit, JPEG, TIFF, ...). NotFound when the file does
+// not exist; InvalidArgument, naming the file and the reason, when it is not a
+// regular file or cannot be decoded. Thread-safe.
+absl::Status ProbeImageFile(const std::string& file);
+
+// Decodes one image file, OK when fedtune can use it (see ProbeImageFile). Must
+// be thread-safe.
+using ImageProbe = std::function<absl::Status(const std::string& file)>;
+
+struct DataCheckOptions {
+  // The CheXpert-format CSV to check. Required.
+  std::string manifest_path;
+  // Data root that manifest paths are relative to. Default "" (paths are used
+  // as given).
+  std::string root;
+  // False: only check that each image exists and is a regular file.
+  // Default true.
+  bool decode_images = true;
+  // Images probed in parallel; >= 1. Default 1.
+  int threads = 1;
+  // Decides whether an image is readable. Default (empty): ProbeImageFile.
+  ImageProbe probe;
+};
+
+struct DataCheckReport {
+  // The manifest path.
+  std::string source;
+  // Data rows in the CSV.
+  int64_t rows = 0;
+  // Rows without a manifest problem (their images may still be bad).
+  int64_t valid_rows = 0;
+  // Patients and studies over the valid rows.
+  int64_t patients = 0;
+  int64_t studies = 0;
+  // Distinct image files looked at (valid and rejected rows).
+  int64_t images_checked = 0;
+  // Everything wrong, sorted by line.
+  std::vector<ManifestProblem> problems;
+  // What does not stop training (unknown columns).
+  std::vector<ManifestProblem> warnings;
+  // Raw label values over the valid rows.
+  std::array<LabelValueCounts, kNumChexpertLabels> label_counts{};
+
+  bool ok() const { return problems.empty(); }
+};
+
+// Runs every check. The status is an error only when the manifest cannot be
+// read or is not well-formed CSV (the CSV reader's error, e.g. NotFound, or
+// InvalidArgument "FILE:LINE: record has 18 fields, header has 19"); every
+// other problem is listed in the report. InvalidArgument also for
+// options.threads < 1.
+absl::StatusOr<DataCheckReport> CheckDataset(const DataCheckOptions& options);
+
+// The human-readable report: summary, problems ("FILE:LINE: [COLUMN] message"),
+// warnings, the label table (positive / negative / uncertain / blank per label)
+// and a final verdict line.
+std::string FormatDataCheckReport(const DataCheckReport& report);
+
+// `data check --manifest M.csv --root DIR [--no-decode] [--threads N]`: prints
+// the report to `out` (which must outlive the command) and fails with
+// InvalidArgument (exit code 2) when any problem was found. `probe` decides
+// whether an image is readable; empty = ProbeImageFile. A program that links
+// the imaging pipeline can pass its decoder so that "readable" means exactly
+// what training will read.
+cli::Command MakeDataCheckCommand(std::ostream* out,
+                                  ImageProbe probe = nullptr);
+// As above, printing to std::cout.
+cli::Command MakeDataCheckCommand();
+
+}  // namespace fedtune::data
+
+#endif  // FEDTUNE_COMMON_DATA_DATA_CHECK_H_
