@@ -163,19 +163,26 @@ absl::StatusOr<DataCheckReport> CheckDataset(const DataCheckOptions& options) {
     return absl::InvalidArgumentError(
         absl::StrCat("threads must be >= 1, got ", options.threads));
   }
-  ASSIGN_OR_RETURN(io::CsvTable table, io::ReadCsvFile(options.manifest_path));
+  io::CsvParseOptions csv_options;
+  csv_options.keep_ragged_records = true;  // Reported below with the other problems, not fatal.
+  ASSIGN_OR_RETURN(io::CsvTable table, io::ReadCsvFile(options.manifest_path, csv_options));
   ManifestParse parse = ParseManifest(table);
   const Manifest& manifest = parse.manifest;
 
   DataCheckReport report;
   report.source = options.manifest_path;
-  report.rows = table.rows.size();
+  report.rows = table.rows.size() + table.ragged.size();
   report.valid_rows = manifest.entries().size();
   report.patients = manifest.patients().size();
   report.studies = manifest.studies().size();
   report.label_counts = CountLabelValues(manifest.entries());
   report.warnings = std::move(parse.warnings);
   report.problems = std::move(parse.problems);
+  for (const io::CsvRecord& row : table.ragged) {
+    report.problems.push_back({row.line, "",
+                               absl::StrCat("expected ", table.header.size(), " fields as in the header, found ",
+                                            row.fields.size(), "; row skipped")});
+  }
 
   for (const Study& study : manifest.studies()) {
     if (!study.frontal.empty()) continue;

@@ -29,7 +29,7 @@ std::optional<size_t> CsvTable::ColumnIndex(absl::string_view name) const {
   return std::nullopt;
 }
 
-absl::StatusOr<CsvTable> ParseCsv(absl::string_view text, absl::string_view source) {
+absl::StatusOr<CsvTable> ParseCsv(absl::string_view text, absl::string_view source, const CsvParseOptions& options) {
   if (text.size() >= 3 && text.substr(0, 3) == "\xEF\xBB\xBF") text.remove_prefix(3);
   CsvTable table;
   table.source = std::string(source);
@@ -112,6 +112,10 @@ absl::StatusOr<CsvTable> ParseCsv(absl::string_view text, absl::string_view sour
   }
   for (size_t r = 1; r < records.size(); ++r) {
     if (records[r].fields.size() != table.header.size()) {
+      if (options.keep_ragged_records) {
+        table.ragged.push_back(std::move(records[r]));
+        continue;
+      }
       return Error(source, records[r].line,
                    absl::StrCat("expected ", table.header.size(), " fields as in the header, found ",
                                 records[r].fields.size()));
@@ -121,9 +125,9 @@ absl::StatusOr<CsvTable> ParseCsv(absl::string_view text, absl::string_view sour
   return table;
 }
 
-absl::StatusOr<CsvTable> ReadCsvFile(const std::string& path) {
+absl::StatusOr<CsvTable> ReadCsvFile(const std::string& path, const CsvParseOptions& options) {
   ASSIGN_OR_RETURN(std::string text, ReadFile(path));
-  return ParseCsv(text, path);
+  return ParseCsv(text, path, options);
 }
 
 std::string CsvEscape(absl::string_view field) {

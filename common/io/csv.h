@@ -24,9 +24,17 @@ struct CsvTable {
   std::string source;  // The file name (or "<string>"), used in error messages.
   std::vector<std::string> header;
   std::vector<CsvRecord> rows;
+  // Records whose field count differs from the header's, kept aside only with CsvParseOptions::keep_ragged_records.
+  std::vector<CsvRecord> ragged;
 
   // Index of the column named `name` (exact match after trimming spaces), or nullopt.
   std::optional<size_t> ColumnIndex(absl::string_view name) const;
+};
+
+struct CsvParseOptions {
+  // false (default): a record whose field count differs from the header's is an error. true: such records go to
+  // CsvTable::ragged and parsing goes on, so that a validator can report every bad row at once.
+  bool keep_ragged_records = false;
 };
 
 // Parses CSV text. Accepts LF and CRLF line ends, quoted fields with embedded commas, quotes ("") and newlines,
@@ -34,12 +42,13 @@ struct CsvTable {
 // blank lines are skipped.
 // Errors (InvalidArgument, message "SOURCE:LINE: ..."): empty input (no header), duplicate or empty header names,
 // an unterminated quoted field, a quote inside an unquoted field, text after a closing quote, and a record whose
-// field count differs from the header's.
-absl::StatusOr<CsvTable> ParseCsv(absl::string_view text, absl::string_view source = "<string>");
+// field count differs from the header's (unless options.keep_ragged_records).
+absl::StatusOr<CsvTable> ParseCsv(absl::string_view text, absl::string_view source = "<string>",
+                                  const CsvParseOptions& options = {});
 
 // Reads and parses a CSV file. NotFound if the file does not exist, PermissionDenied/Internal if it cannot be read,
 // otherwise as ParseCsv with the path as source.
-absl::StatusOr<CsvTable> ReadCsvFile(const std::string& path);
+absl::StatusOr<CsvTable> ReadCsvFile(const std::string& path, const CsvParseOptions& options = {});
 
 // Quotes a field for writing when it contains a comma, quote, CR or LF; otherwise returns it unchanged.
 std::string CsvEscape(absl::string_view field);

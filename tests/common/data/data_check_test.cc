@@ -197,11 +197,14 @@ TEST_F(DataCheckTest, MissingColumnsAndMalformedCsv) {
   EXPECT_EQ(run.exit_code, cli::kExitBadInput);
   EXPECT_THAT(run.output, HasSubstr(":1: [Age] missing required column"));
 
+  // A ragged row is one problem among the others: later rows are still checked.
   const std::string ragged = dir_.WriteFile(
-      "ragged.csv", Header() + "\n" + good_rows_ + "a.png,Male\n");
+      "ragged.csv", Header() + "\n" + good_rows_ + "a.png,Male\n" + "b.png,Male,x\n");
   run = RunCheck({"--manifest", ragged, "--root", root_});
   EXPECT_EQ(run.exit_code, cli::kExitBadInput);
   EXPECT_THAT(run.output, HasSubstr("ragged.csv:5:"));
+  EXPECT_THAT(run.output, HasSubstr("row skipped"));
+  EXPECT_THAT(run.output, HasSubstr("ragged.csv:6:"));
 
   run = RunCheck({"--manifest", dir_.Join("absent.csv"), "--root", root_});
   EXPECT_EQ(run.exit_code, cli::kExitBadInput);

@@ -56,6 +56,17 @@ TEST(CsvTest, MalformedInputNamesTheLine) {
   }
 }
 
+TEST(CsvTest, RaggedRecordsCanBeKeptAside) {
+  CsvParseOptions options;
+  options.keep_ragged_records = true;
+  auto t = ParseCsv("a,b\n1,2\n3\n4,5\n6,7,8\n", "f.csv", options);
+  ASSERT_TRUE(t.ok()) << t.status();
+  ASSERT_EQ(t->rows.size(), 2u);
+  ASSERT_EQ(t->ragged.size(), 2u);
+  EXPECT_EQ(t->ragged[0].line, 3);
+  EXPECT_EQ(t->ragged[1].line, 5);
+}
+
 TEST(CsvTest, ReadFileErrors) {
   testing::TempDir dir;
   EXPECT_EQ(ReadCsvFile(dir.Join("missing.csv")).status().code(),

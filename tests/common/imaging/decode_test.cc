@@ -1,0 +1,378 @@
+#include "common/imaging/decode.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <fstream>
+#include <memory>
+#include <opencv2/core.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/testing/temp_dir.h"
+
+namespace fedtune::imaging {
+namespace {
+
+using ::testing::HasSubstr;
+
+const std::string kPydicomFiles =
+    "/usr/lib/python3/dist-packages/pydicom/data/test_files/";
+const std::string kScript = std::string(FEDTUNE_SOURCE_DIR) +
+                            "/tests/common/imaging/dicom_reference.py";
+
+struct Reference {
+  int width = 0;
+  int height = 0;
+  std::vector<double> values;
+};
+
+Reference ReadReference(const std::string& path) {
+  std::ifstream in(path);
+  Reference r;
+  in >> r.width >> r.height;
+  double v;
+  while (in >> v) r.values.push_back(v);
+  return r;
+}
+
+// The synthetic cases (made by pydicom from pydicom's files) and pydicom's
+// expected pixels for every case, computed once for the suite.
+class DicomReferenceTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new testing::TempDir();
+    std::string out;
+    ASSERT_EQ(testing::RunCommand(absl::StrCat(FEDTUNE_PYTHON, " ", kScript,
+                                               " make ", dir_->path()),
+                                  &out),
+              0)
+        << out;
+    std::string cmd = absl::StrCat(FEDTUNE_PYTHON, " ", kScript, " expected");
+    for (const std::string& name : Cases())
+      absl::StrAppend(&cmd, " ", CasePath(name), " ", ExpectedPath(name));
+    ASSERT_EQ(testing::RunCommand(cmd, &out), 0) << out;
+  }
+  static void TearDownTestSuite() {
+    delete dir_;
+    dir_ = nullptr;
+  }
+  static std::vector<std::string> Cases() {
+    return {"MR_small.dcm",           "CT_small.dcm",
+            "MR_small_RLE.dcm",       "MR_small_bigendian.dcm",
+            "MR_small_implicit.dcm",  "mono1_window.dcm",
+            "mono1_minmax.dcm",       "voi_lut.dcm",
+            "rescale_window.dcm",     "window_sigmoid.dcm",
+            "window_linear_exact.dcm"};
+  }
+  static std::string CasePath(const std::string& name) {
+    return name.rfind("MR_", 0) == 0 || name.rfind("CT_", 0) == 0
+               ? kPydicomFiles + name
+               : dir_->Join(name);
+  }
+  static std::string ExpectedPath(const std::string& name) {
+    return dir_->Join(name + ".expected.txt");
+  }
+
+  // Max |decoded - expected| over all pixels; fails the test on a size
+  // mismatch.
+  static double MaxError(const Image& image, const Reference& ref) {
+    EXPECT_EQ(image.width, ref.width);
+    EXPECT_EQ(image.height, ref.height);
+    if (image.pixels.size() != ref.values.size()) {
+      ADD_FAILURE() << "pixel count " << image.pixels.size() << " vs "
+                    << ref.values.size();
+      return 1e9;
+    }
+    double max_err = 0;
+    for (size_t i = 0; i < ref.values.size(); ++i) {
+      max_err = std::max(max_err, std::abs(image.pixels[i] - ref.values[i]));
+    }
+    return max_err;
+  }
+
+  static testing::TempDir* dir_;
+};
+testing::TempDir* DicomReferenceTest::dir_ = nullptr;
+
+// DCMTK renders through 16 bits: the observed error is one quantum (1.5e-5);
+// allow three.
+constexpr double kTolerance = 5e-5;
+
+TEST_F(DicomReferenceTest, MatchesPydicomOnEveryCase) {
+  for (const std::string& name : Cases()) {
+    SCOPED_TRACE(name);
+    absl::StatusOr<Image> image = DecodeImage(CasePath(name));
+    ASSERT_TRUE(image.ok()) << image.status();
+    EXPECT_EQ(image->format, "dicom");
+    const Reference ref = ReadReference(ExpectedPath(name));
+    ASSERT_GT(ref.values.size(), 100u);
+    // The reference must not be flat, or the comparison would prove little.
+    const auto [lo, hi] =
+        std::minmax_element(ref.values.begin(), ref.values.end());
+    ASSERT_GT(*hi - *lo, 0.3);
+    const double err = MaxError(*image, ref);
+    RecordProperty(name, absl::StrCat(err));
+    EXPECT_LT(err, kTolerance);
+  }
+}
+
+TEST_F(DicomReferenceTest, DescribesWhatWasApplied) {
+  absl::StatusOr<Image> mono1 = DecodeImage(CasePath("mono1_window.dcm"));
+  ASSERT_TRUE(mono1.ok()) << mono1.status();
+  EXPECT_THAT(mono1->description, HasSubstr("MONOCHROME1"));
+  EXPECT_THAT(mono1->description, HasSubstr("window C=40 W=400"));
+  EXPECT_THAT(mono1->description, HasSubstr("inverted"));
+  absl::StatusOr<Image> exact =
+      DecodeImage(CasePath("window_linear_exact.dcm"));
+  ASSERT_TRUE(exact.ok()) << exact.status();
+  EXPECT_THAT(exact->description, HasSubstr("LINEAR_EXACT"));
+  absl::StatusOr<Image> lut = DecodeImage(CasePath("voi_lut.dcm"));
+  ASSERT_TRUE(lut.ok()) << lut.status();
+  EXPECT_THAT(lut->description, HasSubstr("VOI LUT"));
+  EXPECT_EQ(lut->bits, 12);
+}
+
+TEST_F(DicomReferenceTest, InversionIsExactComplementOfMonochrome2) {
+  // The same stored pixels declared MONOCHROME2 (CT_small) and MONOCHROME1
+  // (mono1_minmax) decode to x and 1 - x.
+  absl::StatusOr<Image> m2 = DecodeImage(kPydicomFiles + "CT_small.dcm");
+  absl::StatusOr<Image> m1 = DecodeImage(CasePath("mono1_minmax.dcm"));
+  ASSERT_TRUE(m2.ok() && m1.ok());
+  ASSERT_EQ(m2->pixels.size(), m1->pixels.size());
+  double max_err = 0;
+  for (size_t i = 0; i < m1->pixels.size(); ++i) {
+    max_err = std::max(max_err, std::abs(1.0 - m2->pixels[i] - m1->pixels[i]));
+  }
+  EXPECT_LT(max_err, 2e-5);
+}
+
+TEST_F(DicomReferenceTest, JpegLsLosslessEqualsUncompressed) {
+  // pydicom here cannot decode JPEG-LS; the file holds MR_small's pixels
+  // losslessly.
+  absl::StatusOr<Image> jls =
+      DecodeImage(kPydicomFiles + "MR_small_jpeg_ls_lossless.dcm");
+  ASSERT_TRUE(jls.ok()) << jls.status();
+  EXPECT_LT(MaxError(*jls, ReadReference(ExpectedPath("MR_small.dcm"))),
+            kTolerance);
+}
+
+TEST_F(DicomReferenceTest, RejectsMultiFrame) {
+  absl::StatusOr<Image> image = DecodeImage(CasePath("two_frames.dcm"));
+  ASSERT_FALSE(image.ok());
+  EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(image.status().message(), HasSubstr("multi-frame"));
+  EXPECT_THAT(image.status().message(), HasSubstr("two_frames.dcm"));
+}
+
+TEST_F(DicomReferenceTest, ConcurrentDecodesAgree) {
+  // The loader decodes from several threads; DCMTK's registries and dictionary
+  // are shared between them.
+  const std::vector<std::string> names = {"MR_small.dcm", "mono1_window.dcm",
+                                          "voi_lut.dcm", "MR_small_RLE.dcm"};
+  std::vector<std::vector<float>> serial;
+  for (const std::string& name : names)
+    serial.push_back(DecodeImage(CasePath(name))->pixels);
+  std::vector<std::thread> threads;
+  std::atomic<int> mismatches{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int k = 0; k < 12; ++k) {
+        const size_t i = (k + t) % names.size();
+        absl::StatusOr<Image> image = DecodeImage(CasePath(names[i]));
+        if (!image.ok() || image->pixels != serial[i]) ++mismatches;
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(mismatches.load(), 0);
+}
+
+TEST(DecodeDicomTest, DecodesTwelveBitLossyJpeg) {
+  absl::StatusOr<Image> image = DecodeImage(kPydicomFiles + "JPEG-lossy.dcm");
+  ASSERT_TRUE(image.ok()) << image.status();
+  EXPECT_EQ(image->width, 256);
+  EXPECT_EQ(image->height, 1024);
+  EXPECT_EQ(image->bits, 12);
+  const auto [lo, hi] =
+      std::minmax_element(image->pixels.begin(), image->pixels.end());
+  EXPECT_FLOAT_EQ(*lo, 0.0f);  // Min-max window: the full range is used.
+  EXPECT_FLOAT_EQ(*hi, 1.0f);
+}
+
+TEST(DecodeDicomTest, RejectsColourWithClearError) {
+  for (const char* name : {"SC_rgb_rle.dcm", "SC_rgb_small_odd.dcm",
+                           "SC_ybr_full_422_uncompressed.dcm"}) {
+    absl::StatusOr<Image> image = DecodeImage(kPydicomFiles + name);
+    ASSERT_FALSE(image.ok()) << name;
+    EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(image.status().message(), HasSubstr("colour"));
+    EXPECT_THAT(image.status().message(), HasSubstr(name));
+  }
+}
+
+TEST(DecodeDicomTest, RejectsRealMultiFrame) {
+  absl::StatusOr<Image> image = DecodeImage(kPydicomFiles + "rtdose.dcm");
+  ASSERT_FALSE(image.ok());
+  EXPECT_THAT(image.status().message(), HasSubstr("multi-frame"));
+}
+
+TEST(DecodeDicomTest, RejectsJpeg2000NamingTheTransferSyntax) {
+  absl::StatusOr<Image> image =
+      DecodeImage(kPydicomFiles + "MR_small_jp2klossless.dcm");
+  ASSERT_FALSE(image.ok());
+  EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(image.status().message(), HasSubstr("JPEG 2000"));
+  EXPECT_THAT(image.status().message(), HasSubstr("MR_small_jp2klossless.dcm"));
+}
+
+TEST(DecodeDicomTest, TruncatedFileIsAnErrorNotACrash) {
+  absl::StatusOr<Image> image = DecodeImage(kPydicomFiles + "MR_truncated.dcm");
+  ASSERT_FALSE(image.ok());
+  EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(image.status().message(), HasSubstr("MR_truncated.dcm"));
+}
+
+TEST(DecodeDicomTest, TruncationAnywhereIsAnErrorNotACrash) {
+  // Cut MR_small.dcm at many points: every prefix must give an error (or,
+  // never, garbage dimensions).
+  testing::TempDir dir;
+  std::ifstream in(kPydicomFiles + "MR_small.dcm", std::ios::binary);
+  const std::string whole((std::istreambuf_iterator<char>(in)),
+                          std::istreambuf_iterator<char>());
+  ASSERT_GT(whole.size(), 9000u);
+  for (size_t cut : {10u, 131u, 200u, 1000u, 1500u, 3000u, 6000u, 9000u,
+                     static_cast<unsigned>(whole.size()) - 1}) {
+    const std::string path =
+        dir.WriteFile(absl::StrCat("cut", cut, ".dcm"), whole.substr(0, cut));
+    absl::StatusOr<Image> image = DecodeImage(path);
+    EXPECT_FALSE(image.ok()) << "prefix of " << cut << " bytes decoded";
+  }
+}
+
+TEST(DecodeDicomTest, DicomWithoutPixelDataIsRejected) {
+  absl::StatusOr<Image> image = DecodeImage(kPydicomFiles + "rtplan.dcm");
+  ASSERT_FALSE(image.ok());
+  EXPECT_THAT(image.status().message(), HasSubstr("Pixel Data"));
+}
+
+TEST(IsDicomFileTest, ByMagicOrExtension) {
+  testing::TempDir dir;
+  std::string preamble(128, '\0');
+  EXPECT_TRUE(
+      *IsDicomFile(dir.WriteFile("no_extension", preamble + "DICM" + "rest")));
+  EXPECT_TRUE(*IsDicomFile(dir.WriteFile("x.DCM", "short")));
+  EXPECT_FALSE(*IsDicomFile(dir.WriteFile("x.png", "\x89PNG")));
+  EXPECT_EQ(IsDicomFile(dir.Join("missing")).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+// ---- Raster formats (OpenCV) ----
+
+cv::Mat Gradient16(int w, int h) {
+  cv::Mat m(h, w, CV_16UC1);
+  for (int y = 0; y < h; ++y)
+    for (int x = 0; x < w; ++x)
+      m.at<uint16_t>(y, x) = static_cast<uint16_t>((x * 1000 + y * 37) % 65536);
+  return m;
+}
+
+TEST(DecodeRasterTest, Png16BitScaledBy65535) {
+  testing::TempDir dir;
+  const cv::Mat m = Gradient16(40, 30);
+  const std::string path = dir.Join("g16.png");
+  ASSERT_TRUE(cv::imwrite(path, m));
+  absl::StatusOr<Image> image = DecodeImage(path);
+  ASSERT_TRUE(image.ok()) << image.status();
+  EXPECT_EQ(image->format, "png");
+  EXPECT_EQ(image->bits, 16);
+  ASSERT_EQ(image->width, 40);
+  ASSERT_EQ(image->height, 30);
+  EXPECT_FALSE(image->converted_from_color);
+  for (int y = 0; y < 30; ++y)
+    for (int x = 0; x < 40; ++x)
+      ASSERT_FLOAT_EQ(image->at(x, y), m.at<uint16_t>(y, x) / 65535.0f);
+}
+
+TEST(DecodeRasterTest, Png8BitScaledBy255) {
+  testing::TempDir dir;
+  cv::Mat m(20, 30, CV_8UC1);
+  for (int y = 0; y < 20; ++y)
+    for (int x = 0; x < 30; ++x)
+      m.at<uint8_t>(y, x) = static_cast<uint8_t>(x * 8 + y);
+  const std::string path = dir.Join("g8.png");
+  ASSERT_TRUE(cv::imwrite(path, m));
+  absl::StatusOr<Image> image = DecodeImage(path);
+  ASSERT_TRUE(image.ok()) << image.status();
+  EXPECT_EQ(image->bits, 8);
+  EXPECT_FLOAT_EQ(image->at(29, 19), (29 * 8 + 19) / 255.0f);
+  EXPECT_FLOAT_EQ(image->at(0, 0), 0.0f);
+}
+
+TEST(DecodeRasterTest, Tiff16Bit) {
+  testing::TempDir dir;
+  const cv::Mat m = Gradient16(33, 17);
+  const std::string path = dir.Join("g16.tif");
+  ASSERT_TRUE(cv::imwrite(path, m));
+  absl::StatusOr<Image> image = DecodeImage(path);
+  ASSERT_TRUE(image.ok()) << image.status();
+  EXPECT_EQ(image->format, "tiff");
+  EXPECT_FLOAT_EQ(image->at(32, 16), m.at<uint16_t>(16, 32) / 65535.0f);
+}
+
+TEST(DecodeRasterTest, GrayJpegDecodesCloseToSource) {
+  testing::TempDir dir;
+  cv::Mat m(64, 64, CV_8UC1, cv::Scalar(0));
+  m(cv::Rect(16, 16, 32, 32)).setTo(cv::Scalar(200));
+  const std::string path = dir.Join("x.jpg");
+  ASSERT_TRUE(cv::imwrite(path, m, {cv::IMWRITE_JPEG_QUALITY, 95}));
+  absl::StatusOr<Image> image = DecodeImage(path);
+  ASSERT_TRUE(image.ok()) << image.status();
+  EXPECT_EQ(image->format, "jpeg");
+  EXPECT_NEAR(image->at(32, 32), 200 / 255.0, 0.02);
+  EXPECT_NEAR(image->at(2, 2), 0.0, 0.02);
+}
+
+TEST(DecodeRasterTest, ColourIsConvertedToLuminanceAndFlagged) {
+  testing::TempDir dir;
+  cv::Mat m(8, 8, CV_8UC3, cv::Scalar(255, 0, 0));  // Pure blue (BGR).
+  const std::string path = dir.Join("c.png");
+  ASSERT_TRUE(cv::imwrite(path, m));
+  absl::StatusOr<Image> image = DecodeImage(path);
+  ASSERT_TRUE(image.ok()) << image.status();
+  EXPECT_TRUE(image->converted_from_color);
+  EXPECT_NEAR(image->at(3, 3), 0.114, 0.005);  // BT.601 blue weight.
+}
+
+TEST(DecodeRasterTest, ErrorsNameTheFile) {
+  testing::TempDir dir;
+  absl::StatusOr<Image> missing = DecodeImage(dir.Join("nope.png"));
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(missing.status().message(), HasSubstr("nope.png"));
+
+  absl::StatusOr<Image> text =
+      DecodeImage(dir.WriteFile("notes.png", "this is not an image"));
+  EXPECT_EQ(text.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(text.status().message(), HasSubstr("notes.png"));
+
+  // A PNG cut in half.
+  const std::string full = dir.Join("full.png");
+  ASSERT_TRUE(cv::imwrite(full, Gradient16(64, 64)));
+  std::ifstream in(full, std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)),
+                          std::istreambuf_iterator<char>());
+  absl::StatusOr<Image> cut =
+      DecodeImage(dir.WriteFile("cut.png", bytes.substr(0, bytes.size() / 2)));
+  EXPECT_EQ(cut.status().code(), absl::StatusCode::kInvalidArgument);
+
+  absl::StatusOr<Image> directory = DecodeImage(dir.path());
+  EXPECT_FALSE(directory.ok());
+}
+
+}  // namespace
+}  // namespace fedtune::imaging
