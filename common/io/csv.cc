@@ -116,9 +116,9 @@ absl::StatusOr<CsvTable> ParseCsv(absl::string_view text, absl::string_view sour
         table.ragged.push_back(std::move(records[r]));
         continue;
       }
-      return Error(source, records[r].line,
-                   absl::StrCat("expected ", table.header.size(), " fields as in the header, found ",
-                                records[r].fields.size()));
+      return Error(
+          source, records[r].line,
+          absl::StrCat("expected ", table.header.size(), " fields as in the header, found ", records[r].fields.size()));
     }
     table.rows.push_back(std::move(records[r]));
   }

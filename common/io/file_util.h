@@ -4,10 +4,10 @@
 #define FEDTUNE_COMMON_IO_FILE_UTIL_H_
 
 #include <string>
-#include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace fedtune::io {
 

@@ -1,0 +1,211 @@
+#include "common/loader/batch_loader.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+
+namespace fedtune::loader {
+namespace {
+
+// splitmix64: decorrelates (seed, epoch) into a generator seed.
+uint64_t Mix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+absl::Status ValidateOptions(const LoaderOptions& o) {
+  if (o.batch_size < 1) return absl::InvalidArgumentError(absl::StrCat("batch_size must be >= 1, got ", o.batch_size));
+  if (o.num_threads < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("num_threads must be >= 1, got ", o.num_threads));
+  }
+  if (o.prefetch_batches < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("prefetch_batches must be >= 1, got ", o.prefetch_batches));
+  }
+  RETURN_IF_ERROR(imaging::ValidatePreprocessOptions(o.preprocess));
+  if (o.cache != nullptr && imaging::CropAndResizeKey(o.cache->options()) != imaging::CropAndResizeKey(o.preprocess)) {
+    return absl::InvalidArgumentError("the image cache was opened with other preprocessing settings than the loader's");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::vector<LoaderSample> SamplesFromManifest(const data::Manifest& manifest, const std::string& data_root,
+                                              const std::vector<size_t>& entries, const data::LabelPolicy& policy) {
+  std::vector<data::LabelTargets> targets = data::TargetsForEntries(manifest, entries, policy);
+  std::vector<LoaderSample> out;
+  out.reserve(entries.size());
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const data::ManifestEntry& e = manifest.entries()[entries[i]];
+    LoaderSample s;
+    s.id = e.path;
+    s.file = data_root.empty() ? e.path : absl::StrCat(data_root, "/", e.path);
+    s.target = targets[i].target;
+    s.mask = targets[i].mask;
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<BatchLoader>> BatchLoader::Create(std::vector<LoaderSample> samples,
+                                                                 const LoaderOptions& options) {
+  RETURN_IF_ERROR(ValidateOptions(options));
+  if (samples.empty()) return absl::InvalidArgumentError("the loader was given no images");
+  return std::unique_ptr<BatchLoader>(new BatchLoader(std::move(samples), options));
+}
+
+BatchLoader::BatchLoader(std::vector<LoaderSample> samples, const LoaderOptions& options)
+    : samples_(std::move(samples)), options_(options) {}
+
+BatchLoader::~BatchLoader() { StopWorkers(); }
+
+int64_t BatchLoader::NumBatches() const {
+  const int64_t n = static_cast<int64_t>(samples_.size());
+  return options_.drop_last ? n / options_.batch_size : (n + options_.batch_size - 1) / options_.batch_size;
+}
+
+LoaderStats BatchLoader::stats() const {
+  absl::MutexLock lock(&mu_);
+  return stats_;
+}
+
+void BatchLoader::StopWorkers() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+  }
+  for (std::thread& t : workers_) t.join();
+  workers_.clear();
+}
+
+void BatchLoader::StartEpoch(int64_t epoch) {
+  StopWorkers();
+  epoch_ = epoch;
+  std::vector<size_t> order(samples_.size());
+  std::iota(order.begin(), order.end(), 0);
+  if (options_.shuffle) {
+    std::mt19937_64 rng(Mix(options_.seed ^ Mix(static_cast<uint64_t>(epoch))));
+    std::shuffle(order.begin(), order.end(), rng);
+  }
+  batches_.clear();
+  const int64_t count = NumBatches();
+  for (int64_t b = 0; b < count; ++b) {
+    const size_t begin = static_cast<size_t>(b) * options_.batch_size;
+    const size_t end = std::min(order.size(), begin + options_.batch_size);
+    batches_.emplace_back(order.begin() + begin, order.begin() + end);
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = false;
+    next_to_claim_ = 0;
+    next_to_consume_ = 0;
+    ready_.clear();
+  }
+  for (int t = 0; t < options_.num_threads; ++t) workers_.emplace_back([this] { WorkerLoop(); });
+}
+
+void BatchLoader::WorkerLoop() {
+  const int64_t count = static_cast<int64_t>(batches_.size());
+  while (true) {
+    int64_t index;
+    {
+      absl::MutexLock lock(&mu_);
+      // Wait for room in the prefetch window (or the end).
+      auto can_claim = [this, count]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stop_ || next_to_claim_ >= count || next_to_claim_ < next_to_consume_ + options_.prefetch_batches;
+      };
+      mu_.Await(absl::Condition(&can_claim));
+      if (stop_ || next_to_claim_ >= count) return;
+      index = next_to_claim_++;
+    }
+    absl::StatusOr<Batch> batch = BuildBatch(index);
+    absl::MutexLock lock(&mu_);
+    ready_.emplace(index, std::move(batch));
+  }
+}
+
+absl::StatusOr<Batch> BatchLoader::BuildBatch(int64_t index) {
+  const std::vector<size_t>& members = batches_[index];
+  const int n = options_.preprocess.size;
+  std::vector<std::vector<float>> pixels;
+  std::vector<size_t> kept;
+  int64_t skipped = 0;
+  for (size_t s : members) {
+    const LoaderSample& sample = samples_[s];
+    absl::StatusOr<imaging::PreprocessedImage> image =
+        options_.cache != nullptr ? options_.cache->Get(sample.file)
+                                  : imaging::LoadAndPreprocess(sample.file, options_.preprocess);
+    absl::Status status = image.status();
+    if (status.ok() && options_.augment) {
+      status = imaging::Augment(options_.seed, epoch_, sample.id, options_.augment_options, n, n, &image->pixels);
+    }
+    if (!status.ok()) {
+      absl::Status named(status.code(), absl::StrCat("image '", sample.id, "': ", status.message()));
+      if (options_.on_error == ErrorPolicy::kFail) return named;
+      LOG(WARNING) << "skipping " << named;
+      ++skipped;
+      continue;
+    }
+    imaging::Normalize(options_.preprocess, &image->pixels);
+    pixels.push_back(std::move(image->pixels));
+    kept.push_back(s);
+  }
+  Batch batch;
+  batch.index = index;
+  const int64_t b = static_cast<int64_t>(kept.size());
+  batch.images = torch::empty({b, 1, n, n}, torch::kFloat32);
+  batch.targets = torch::empty({b, data::kNumChexpertLabels}, torch::kFloat32);
+  batch.mask = torch::empty({b, data::kNumChexpertLabels}, torch::kFloat32);
+  float* img = batch.images.data_ptr<float>();
+  float* tgt = batch.targets.data_ptr<float>();
+  float* msk = batch.mask.data_ptr<float>();
+  for (int64_t i = 0; i < b; ++i) {
+    const LoaderSample& sample = samples_[kept[i]];
+    std::memcpy(img + i * n * n, pixels[i].data(), sizeof(float) * n * n);
+    std::memcpy(tgt + i * data::kNumChexpertLabels, sample.target.data(), sizeof(float) * data::kNumChexpertLabels);
+    std::memcpy(msk + i * data::kNumChexpertLabels, sample.mask.data(), sizeof(float) * data::kNumChexpertLabels);
+    batch.ids.push_back(sample.id);
+  }
+  absl::MutexLock lock(&mu_);
+  stats_.images_loaded += b;
+  stats_.skipped += skipped;
+  return batch;
+}
+
+absl::StatusOr<std::optional<Batch>> BatchLoader::Next() {
+  const int64_t count = static_cast<int64_t>(batches_.size());
+  while (true) {
+    absl::StatusOr<Batch> result = absl::InternalError("unset");
+    {
+      absl::MutexLock lock(&mu_);
+      if (next_to_consume_ >= count) return std::optional<Batch>();
+      const int64_t want = next_to_consume_;
+      auto ready = [this, want]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return ready_.count(want) > 0; };
+      if (workers_.empty()) return absl::FailedPreconditionError("BatchLoader::Next called before StartEpoch");
+      mu_.Await(absl::Condition(&ready));
+      auto it = ready_.find(want);
+      result = std::move(it->second);
+      ready_.erase(it);
+      ++next_to_consume_;
+      if (!result.ok()) next_to_consume_ = count;  // The epoch ends at the first failure.
+    }
+    if (!result.ok()) {
+      StopWorkers();
+      return result.status();
+    }
+    if (result->ids.empty()) continue;  // Every image of this batch was skipped.
+    return std::optional<Batch>(*std::move(result));
+  }
+}
+
+}  // namespace fedtune::loader
