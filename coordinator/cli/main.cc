@@ -2,6 +2,7 @@
 // the subsystems' commands and dispatches.
 #include "common/cli/command.h"
 #include "common/logging.h"
+#include "common/pki/pki_commands.h"
 #include "common/stats/compare_command.h"
 
 int main(int argc, char** argv) {
@@ -10,5 +11,12 @@ int main(int argc, char** argv) {
                                     "federated fine-tuning of chest-radiograph "
                                     "models (operator and research CLI)");
   commands.Add(fedtune::stats::MakeStatsCompareCommand());
+  commands.Add(fedtune::pki::MakePkiInitCommand());
+  commands.Add(fedtune::pki::MakePkiServerCertCommand());
+  commands.Add(fedtune::pki::MakePkiRequestCommand());  // Operators make their own key and CSR (pki request --name).
+  commands.Add(fedtune::pki::MakePkiSignCommand());
+  commands.Add(fedtune::pki::MakePkiRevokeCommand());
+  commands.Add(fedtune::pki::MakePkiCrlCommand());
+  commands.Add(fedtune::pki::MakePkiListCommand());
   return commands.Main(argc, argv);
 }

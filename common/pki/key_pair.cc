@@ -1,0 +1,151 @@
+#include "common/pki/key_pair.h"
+
+#include <fcntl.h>
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/io/file_util.h"
+#include "common/status_macros.h"
+
+namespace fedtune::pki {
+namespace {
+
+// Refuses to prompt for a pass phrase (OpenSSL's default callback would read the terminal).
+int NoPassphrase(char*, int, int, void*) { return -1; }
+
+absl::Status ErrnoStatus(int err, absl::string_view what, const std::string& path) {
+  std::string msg = absl::StrCat(what, " '", path, "': ", std::strerror(err));
+  switch (err) {
+    case ENOENT:
+    case ENOTDIR:
+      return absl::NotFoundError(msg);
+    case EACCES:
+    case EPERM:
+      return absl::PermissionDeniedError(msg);
+    case EEXIST:
+      return absl::AlreadyExistsError(msg);
+    default:
+      return absl::InternalError(msg);
+  }
+}
+
+}  // namespace
+
+absl::Status CheckIsP256(EVP_PKEY* key, absl::string_view what) {
+  if (key == nullptr || !EVP_PKEY_is_a(key, "EC")) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": not an EC key (fedtune's PKI uses ECDSA P-256 only)"));
+  }
+  char group[64] = {0};
+  size_t len = 0;
+  if (EVP_PKEY_get_utf8_string_param(key, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof(group), &len) != 1) {
+    return OpenSslStatus(absl::StatusCode::kInvalidArgument, absl::StrCat(what, ": EC key without a named curve"));
+  }
+  std::string name(group, len);
+  if (name != "prime256v1" && name != "P-256" && name != "secp256r1") {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": EC key on curve ", name, "; fedtune's PKI uses P-256 (prime256v1) only"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<KeyPair> KeyPair::Generate() {
+  EvpPkeyPtr key(EVP_EC_gen("P-256"));
+  if (!key) return OpenSslInternal("cannot generate a P-256 key");
+  return KeyPair(std::move(key));
+}
+
+absl::StatusOr<KeyPair> KeyPair::FromPrivateKeyPem(absl::string_view pem, absl::string_view source) {
+  BioPtr bio = MemBioOf(pem);
+  if (!bio) return OpenSslInternal("cannot allocate a BIO");
+  EvpPkeyPtr key(PEM_read_bio_PrivateKey(bio.get(), nullptr, NoPassphrase, nullptr));
+  if (!key) {
+    return OpenSslStatus(absl::StatusCode::kInvalidArgument,
+                         absl::StrCat(source, ": not an unencrypted PEM private key"));
+  }
+  RETURN_IF_ERROR(CheckIsP256(key.get(), source));
+  return KeyPair(std::move(key));
+}
+
+absl::StatusOr<KeyPair> KeyPair::ReadPrivateKeyFile(const std::string& path) {
+  ASSIGN_OR_RETURN(std::string pem, io::ReadFile(path));
+  return FromPrivateKeyPem(pem, path);
+}
+
+absl::StatusOr<std::string> KeyPair::PrivateKeyPem() const {
+  BioPtr bio = NewMemBio();
+  if (!bio || PEM_write_bio_PrivateKey(bio.get(), key_.get(), nullptr, nullptr, 0, nullptr, nullptr) != 1) {
+    return OpenSslInternal("cannot encode a private key");
+  }
+  return BioContents(bio.get());
+}
+
+absl::StatusOr<std::string> KeyPair::PublicKeyPem() const {
+  BioPtr bio = NewMemBio();
+  if (!bio || PEM_write_bio_PUBKEY(bio.get(), key_.get()) != 1) return OpenSslInternal("cannot encode a public key");
+  return BioContents(bio.get());
+}
+
+absl::Status KeyPair::WritePrivateKeyFile(const std::string& path) const {
+  ASSIGN_OR_RETURN(std::string pem, PrivateKeyPem());
+  return WritePrivateFileAtomically(path, pem);
+}
+
+absl::Status WritePrivateFileAtomically(const std::string& path, absl::string_view contents, bool overwrite) {
+  std::string dir = std::filesystem::path(path).parent_path().string();
+  if (dir.empty()) dir = ".";
+  std::string tmpl = absl::StrCat(path, ".tmp.XXXXXX");
+  std::vector<char> name(tmpl.begin(), tmpl.end());
+  name.push_back('\0');
+  int fd = ::mkstemp(name.data());  // mkstemp creates the file with mode 0600.
+  if (fd < 0) return ErrnoStatus(errno, "cannot create a temporary file beside", path);
+  const std::string tmp(name.data());
+  auto fail = [&](int err, absl::string_view what) {
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    return ErrnoStatus(err, what, path);
+  };
+  if (::fchmod(fd, 0600) != 0) return fail(errno, "cannot set permissions of");
+  size_t done = 0;
+  while (done < contents.size()) {
+    ssize_t put = ::write(fd, contents.data() + done, contents.size() - done);
+    if (put < 0) {
+      if (errno == EINTR) continue;
+      return fail(errno, "cannot write");
+    }
+    done += static_cast<size_t>(put);
+  }
+  if (::fsync(fd) != 0) return fail(errno, "cannot flush");
+  if (::close(fd) != 0) {
+    int err = errno;
+    ::unlink(tmp.c_str());
+    return ErrnoStatus(err, "cannot close", path);
+  }
+  // Without overwrite, link() publishes the file only if `path` does not exist yet (atomically, unlike a check
+  // followed by rename()).
+  int rc = overwrite ? ::rename(tmp.c_str(), path.c_str()) : ::link(tmp.c_str(), path.c_str());
+  int err = errno;
+  if (rc != 0 || !overwrite) ::unlink(tmp.c_str());
+  if (rc != 0) {
+    if (err == EEXIST) {
+      return absl::AlreadyExistsError(absl::StrCat("'", path, "' already exists; refusing to replace a private key"));
+    }
+    return ErrnoStatus(err, "cannot publish a temporary file as", path);
+  }
+  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);  // Best effort: some file systems refuse fsync on directories.
+    ::close(dfd);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace fedtune::pki
