@@ -6,6 +6,11 @@
 #include "common/imaging/convert_command.h"
 #include "common/imaging/decode.h"
 #include "common/logging.h"
+#include "common/model/model_command.h"
+#include "common/pki/pki_commands.h"
+#include "site_agent/finetune.h"
+#include "site_agent/model_init.h"
+#include "site_agent/predict.h"
 
 int main(int argc, char** argv) {
   fedtune::InitLogging(argv[0]);
@@ -14,5 +19,11 @@ int main(int argc, char** argv) {
   commands.Add(fedtune::data::MakeDataCheckCommand(
       &std::cout, [](const std::string& file) { return fedtune::imaging::DecodeImage(file).status(); }));
   commands.Add(fedtune::imaging::MakeDataConvertCommand());
+  commands.Add(fedtune::model::MakeModelImportCommand());
+  commands.Add(fedtune::model::MakeModelInfoCommand());
+  commands.Add(fedtune::agent::MakeModelInitCommand());
+  commands.Add(fedtune::agent::MakeFinetuneCommand());
+  commands.Add(fedtune::agent::MakePredictCommand());
+  commands.Add(fedtune::pki::MakePkiRequestCommand());  // The site's key is made here and never leaves it.
   return commands.Main(argc, argv);
 }

@@ -1,0 +1,372 @@
+#include "common/train/trainer.h"
+
+#include <ATen/autocast_mode.h>
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <sstream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/io/file_util.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+#include "common/train/early_stopping.h"
+#include "common/train/loss.h"
+
+namespace fedtune::train {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+uint64_t Mix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+absl::Status ValidateOptions(const TrainerOptions& o) {
+  if (!(o.learning_rate > 0)) return absl::InvalidArgumentError("learning_rate must be > 0");
+  if (!(o.momentum >= 0 && o.momentum < 1)) return absl::InvalidArgumentError("momentum must be in [0, 1)");
+  if (!(o.weight_decay >= 0)) return absl::InvalidArgumentError("weight_decay must be >= 0");
+  if (o.max_epochs < 1) return absl::InvalidArgumentError("max_epochs must be >= 1");
+  if (o.patience < 1) return absl::InvalidArgumentError("patience must be >= 1");
+  if (!(o.proximal_mu >= 0)) return absl::InvalidArgumentError("proximal_mu must be >= 0");
+  return absl::OkStatus();
+}
+
+absl::Status FromTorchError(const c10::Error& e, absl::string_view context) {
+  const std::string what = e.what_without_backtrace();
+  if (what.find("out of memory") != std::string::npos) {
+    return absl::ResourceExhaustedError(absl::StrCat(context, ": ", what));
+  }
+  return absl::InternalError(absl::StrCat(context, ": ", what));
+}
+
+// Named copies of every parameter and buffer, on the CPU.
+using Snapshot = std::map<std::string, torch::Tensor>;
+
+Snapshot TakeSnapshot(torch::nn::Module& module) {
+  Snapshot out;
+  for (const auto& p : module.named_parameters()) out[p.key()] = p.value().detach().to(torch::kCPU).clone();
+  for (const auto& b : module.named_buffers()) out[b.key()] = b.value().detach().to(torch::kCPU).clone();
+  return out;
+}
+
+void RestoreSnapshot(torch::nn::Module& module, const Snapshot& snapshot) {
+  torch::NoGradGuard no_grad;
+  for (auto& p : module.named_parameters()) p.value().copy_(snapshot.at(p.key()));
+  for (auto& b : module.named_buffers()) b.value().copy_(snapshot.at(b.key()));
+}
+
+// What must match for a state file to be resumed: parameter shapes and the options that change the trajectory.
+std::string Fingerprint(torch::nn::Module& module, const TrainerOptions& o, int64_t samples) {
+  std::string out = absl::StrCat("lr=", o.learning_rate, ";m=", o.momentum, ";wd=", o.weight_decay, ";seed=", o.seed,
+                                 ";mu=", o.proximal_mu, ";patience=", o.patience, ";samples=", samples, ";");
+  for (const auto& p : module.named_parameters()) {
+    absl::StrAppend(&out, p.key(), ":");
+    for (int64_t s : p.value().sizes()) absl::StrAppend(&out, s, "x");
+    absl::StrAppend(&out, ";");
+  }
+  return out;
+}
+
+struct TrainState {
+  int64_t last_epoch = -1;
+  Snapshot weights;
+  Snapshot best;
+  double best_loss = 0;
+  int64_t best_epoch = -1;
+  int no_improvement = 0;
+  std::vector<EpochRecord> history;
+};
+
+absl::Status SaveState(const std::string& path, const std::string& fingerprint, const TrainState& state,
+                       torch::optim::SGD& optimizer) {
+  try {
+    torch::serialize::OutputArchive archive;
+    archive.write("fingerprint", c10::IValue(fingerprint));
+    archive.write("last_epoch", c10::IValue(state.last_epoch));
+    archive.write("best_loss", c10::IValue(state.best_loss));
+    archive.write("best_epoch", c10::IValue(state.best_epoch));
+    archive.write("no_improvement", c10::IValue(static_cast<int64_t>(state.no_improvement)));
+    torch::Tensor history = torch::zeros({static_cast<int64_t>(state.history.size()), 6}, torch::kFloat64);
+    for (size_t i = 0; i < state.history.size(); ++i) {
+      const EpochRecord& r = state.history[i];
+      const double row[6] = {static_cast<double>(r.epoch), r.train_loss, r.validation_loss,
+                             r.images_per_second,          r.seconds,    r.improved ? 1.0 : 0.0};
+      for (int k = 0; k < 6; ++k) history[i][k] = row[k];
+    }
+    archive.write("history", history);
+    torch::serialize::OutputArchive weights;
+    for (const auto& [name, t] : state.weights) weights.write(name, t);
+    archive.write("weights", weights);
+    torch::serialize::OutputArchive best;
+    for (const auto& [name, t] : state.best) best.write(name, t);
+    archive.write("best", best);
+    torch::serialize::OutputArchive opt;
+    optimizer.save(opt);
+    archive.write("optimizer", opt);
+    std::ostringstream bytes;
+    archive.save_to(bytes);
+    return io::WriteFileAtomically(path, bytes.str());
+  } catch (const c10::Error& e) {
+    return FromTorchError(e, absl::StrCat("saving training state ", path));
+  }
+}
+
+absl::StatusOr<bool> LoadState(const std::string& path, const std::string& fingerprint, torch::nn::Module& module,
+                               torch::optim::SGD& optimizer, const c10::Device& device, TrainState* state) {
+  if (!std::filesystem::exists(path)) return false;
+  try {
+    torch::serialize::InputArchive archive;
+    archive.load_from(path, torch::kCPU);
+    c10::IValue v;
+    archive.read("fingerprint", v);
+    if (v.toStringRef() != fingerprint) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("training state ", path,
+                       " was written for another model or other training options; remove it to start afresh"));
+    }
+    archive.read("last_epoch", v);
+    state->last_epoch = v.toInt();
+    archive.read("best_loss", v);
+    state->best_loss = v.toDouble();
+    archive.read("best_epoch", v);
+    state->best_epoch = v.toInt();
+    archive.read("no_improvement", v);
+    state->no_improvement = static_cast<int>(v.toInt());
+    torch::Tensor history;
+    archive.read("history", history);
+    state->history.clear();
+    for (int64_t i = 0; i < history.size(0); ++i) {
+      EpochRecord r;
+      r.epoch = static_cast<int64_t>(history[i][0].item<double>());
+      r.train_loss = history[i][1].item<double>();
+      r.validation_loss = history[i][2].item<double>();
+      r.images_per_second = history[i][3].item<double>();
+      r.seconds = history[i][4].item<double>();
+      r.improved = history[i][5].item<double>() != 0;
+      state->history.push_back(r);
+    }
+    torch::serialize::InputArchive weights;
+    archive.read("weights", weights);
+    torch::serialize::InputArchive best;
+    archive.read("best", best);
+    Snapshot current = TakeSnapshot(module);
+    for (auto& [name, t] : current) {
+      torch::Tensor w;
+      torch::Tensor b;
+      weights.read(name, w);
+      best.read(name, b);
+      state->weights[name] = w;
+      state->best[name] = b;
+    }
+    RestoreSnapshot(module, state->weights);
+    torch::serialize::InputArchive opt;
+    archive.read("optimizer", opt);
+    optimizer.load(opt);
+    // Momentum buffers were loaded on the CPU; move them next to the parameters.
+    for (auto& group : optimizer.param_groups()) {
+      for (auto& p : group.params()) {
+        auto it = optimizer.state().find(c10::guts::to_string(p.unsafeGetTensorImpl()));
+        if (it == optimizer.state().end()) continue;
+        auto& s = static_cast<torch::optim::SGDParamState&>(*it->second);
+        if (s.momentum_buffer().defined()) s.momentum_buffer(s.momentum_buffer().to(device));
+      }
+    }
+    return true;
+  } catch (const c10::Error& e) {
+    return absl::DataLossError(
+        absl::StrCat("training state ", path, " cannot be read (corrupt or truncated?): ", e.what_without_backtrace()));
+  }
+}
+
+// Accumulates the masked BCE of many batches into one exact mean over all masked elements.
+struct LossMean {
+  double weighted_sum = 0;
+  double weight = 0;
+  void Add(const torch::Tensor& loss, const torch::Tensor& mask) {
+    const double w = mask.sum().item<double>();
+    weighted_sum += loss.item<double>() * std::max(w, 1.0);
+    weight += std::max(w, 1.0);
+  }
+  double Mean() const { return weight > 0 ? weighted_sum / weight : 0.0; }
+};
+
+std::string FormatDuration(double seconds) {
+  const int64_t s = static_cast<int64_t>(seconds + 0.5);
+  return absl::StrFormat("%d:%02d:%02d", s / 3600, (s / 60) % 60, s % 60);
+}
+
+}  // namespace
+
+absl::StatusOr<c10::Device> ResolveDevice(const std::string& spec) {
+  if (spec == "cpu") return c10::Device(c10::kCPU);
+  if (spec == "auto") return torch::cuda::is_available() ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
+  int index = 0;
+  if (spec == "cuda" || (spec.rfind("cuda:", 0) == 0 && absl::SimpleAtoi(spec.substr(5), &index) && index >= 0)) {
+    if (!torch::cuda::is_available()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("device '", spec, "' asked for, but LibTorch sees no CUDA device (CPU build or no GPU)"));
+    }
+    if (index >= static_cast<int>(torch::cuda::device_count())) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("device '", spec, "' asked for, but only ", torch::cuda::device_count(), " CUDA devices"));
+    }
+    return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));
+  }
+  return absl::InvalidArgumentError(absl::StrCat("device must be auto, cpu, cuda or cuda:N; got '", spec, "'"));
+}
+
+absl::StatusOr<double> EvaluateLoss(model::Classifier model, loader::BatchLoader& data, const at::Tensor& pos_weight,
+                                    const c10::Device& device) {
+  try {
+    torch::NoGradGuard no_grad;
+    model->eval();
+    data.StartEpoch(0);
+    LossMean mean;
+    torch::Tensor pw = pos_weight.defined() ? pos_weight.to(device) : torch::Tensor();
+    while (true) {
+      ASSIGN_OR_RETURN(std::optional<loader::Batch> batch, data.Next());
+      if (!batch) break;
+      torch::Tensor logits = model->forward(batch->images.to(device)).to(torch::kFloat32);
+      torch::Tensor mask = batch->mask.to(device);
+      mean.Add(MaskedBceWithLogits(logits, batch->targets.to(device), mask, pw), mask);
+    }
+    return mean.Mean();
+  } catch (const c10::Error& e) {
+    return FromTorchError(e, "evaluating the validation loss");
+  }
+}
+
+absl::StatusOr<TrainResult> Fit(model::Classifier model, loader::BatchLoader& train, loader::BatchLoader& validation,
+                                const at::Tensor& pos_weight, const TrainerOptions& options, EpochObserver* observer) {
+  RETURN_IF_ERROR(ValidateOptions(options));
+  ASSIGN_OR_RETURN(c10::Device device, ResolveDevice(options.device));
+  TrainResult result;
+  result.train_samples = train.NumSamples();
+  result.device = device.str();
+  const bool autocast = options.mixed_precision && device.is_cuda();
+  if (options.mixed_precision && !device.is_cuda()) {
+    LOG(INFO) << options.name << ": mixed precision applies to CUDA only; training in float32 on " << device;
+  }
+  const bool on_terminal = options.progress && ::isatty(STDERR_FILENO);
+  try {
+    model->to(device);
+    torch::Tensor pw = pos_weight.defined() ? pos_weight.to(device) : torch::Tensor();
+    torch::optim::SGD optimizer(
+        model->parameters(),
+        torch::optim::SGDOptions(options.learning_rate).momentum(options.momentum).weight_decay(options.weight_decay));
+    std::vector<torch::Tensor> start;  // FedProx anchor.
+    if (options.proximal_mu > 0) {
+      for (const torch::Tensor& p : model->parameters()) start.push_back(p.detach().clone());
+    }
+    const std::string fingerprint = Fingerprint(*model, options, train.NumSamples());
+    TrainState state;
+    EarlyStopping stopper(options.patience);
+    if (!options.state_path.empty()) {
+      ASSIGN_OR_RETURN(bool resumed, LoadState(options.state_path, fingerprint, *model, optimizer, device, &state));
+      if (resumed) {
+        stopper.Restore(state.best_loss, state.best_epoch, state.no_improvement);
+        result.resumed_after_epoch = state.last_epoch;
+        result.history = state.history;
+        LOG(INFO) << options.name << ": resuming after epoch " << state.last_epoch << " from " << options.state_path;
+      }
+    }
+    if (state.best.empty()) state.best = TakeSnapshot(*model);
+
+    for (int64_t epoch = state.last_epoch + 1; epoch < options.max_epochs && !stopper.ShouldStop(); ++epoch) {
+      const auto epoch_start = Clock::now();
+      torch::manual_seed(Mix(options.seed ^ Mix(static_cast<uint64_t>(epoch) + 1)));
+      model->train();
+      train.StartEpoch(epoch);
+      LossMean train_loss;
+      int64_t images = 0;
+      const int64_t batches = train.NumBatches();
+      int64_t batch_index = 0;
+      while (true) {
+        ASSIGN_OR_RETURN(std::optional<loader::Batch> batch, train.Next());
+        if (!batch) break;
+        torch::Tensor x = batch->images.to(device);
+        torch::Tensor y = batch->targets.to(device);
+        torch::Tensor mask = batch->mask.to(device);
+        optimizer.zero_grad();
+        torch::Tensor logits;
+        if (autocast) {
+          at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
+          at::autocast::set_enabled(true);
+          logits = model->forward(x);
+          at::autocast::set_enabled(false);
+          at::autocast::clear_cache();
+        } else {
+          logits = model->forward(x);
+        }
+        torch::Tensor loss = MaskedBceWithLogits(logits.to(torch::kFloat32), y, mask, pw);
+        torch::Tensor total = loss;
+        if (options.proximal_mu > 0) {
+          torch::Tensor prox = torch::zeros({}, loss.options());
+          auto params = model->parameters();
+          for (size_t i = 0; i < params.size(); ++i) prox = prox + (params[i] - start[i]).pow(2).sum();
+          total = loss + 0.5 * options.proximal_mu * prox;
+        }
+        total.backward();
+        optimizer.step();
+        train_loss.Add(loss.detach(), mask);
+        images += batch->images.size(0);
+        ++batch_index;
+        if (on_terminal) {
+          const double elapsed = std::chrono::duration<double>(Clock::now() - epoch_start).count();
+          const double rate = images / std::max(elapsed, 1e-9);
+          const double eta = (batches - batch_index) * elapsed / std::max<int64_t>(batch_index, 1);
+          std::fprintf(stderr, "\r%s epoch %lld/%d batch %lld/%lld loss %.4f %.1f img/s ETA %s   ",
+                       options.name.c_str(), static_cast<long long>(epoch + 1), options.max_epochs,
+                       static_cast<long long>(batch_index), static_cast<long long>(batches), train_loss.Mean(), rate,
+                       FormatDuration(eta).c_str());
+          std::fflush(stderr);
+        }
+      }
+      const double train_seconds = std::chrono::duration<double>(Clock::now() - epoch_start).count();
+      ASSIGN_OR_RETURN(double val_loss, EvaluateLoss(model, validation, pw, device));
+      EpochRecord record;
+      record.epoch = epoch;
+      record.train_loss = train_loss.Mean();
+      record.validation_loss = val_loss;
+      record.images_per_second = images / std::max(train_seconds, 1e-9);
+      record.seconds = std::chrono::duration<double>(Clock::now() - epoch_start).count();
+      record.improved = stopper.Update(epoch, val_loss);
+      if (record.improved) state.best = TakeSnapshot(*model);
+      if (on_terminal) std::fprintf(stderr, "\n");
+      LOG(INFO) << absl::StrFormat("%s epoch %d: train BCE %.4f, validation BCE %.4f%s, %.1f img/s, %.1f s",
+                                   options.name, epoch + 1, record.train_loss, record.validation_loss,
+                                   record.improved ? " (best)" : "", record.images_per_second, record.seconds);
+      result.history.push_back(record);
+      if (observer != nullptr) RETURN_IF_ERROR(observer->OnEpoch(record));
+      if (!options.state_path.empty()) {
+        state.last_epoch = epoch;
+        state.weights = TakeSnapshot(*model);
+        state.best_loss = stopper.best_loss();
+        state.best_epoch = stopper.best_epoch();
+        state.no_improvement = stopper.epochs_without_improvement();
+        state.history = result.history;
+        RETURN_IF_ERROR(SaveState(options.state_path, fingerprint, state, optimizer));
+      }
+    }
+    RestoreSnapshot(*model, state.best);
+    model->eval();
+    result.best_epoch = stopper.best_epoch();
+    result.best_validation_loss = stopper.best_loss();
+    result.stopped_early = stopper.ShouldStop();
+    return result;
+  } catch (const c10::Error& e) {
+    return FromTorchError(e, absl::StrCat("training ", options.name));
+  }
+}
+
+}  // namespace fedtune::train

@@ -1,0 +1,114 @@
+#include "site_agent/finetune_config.h"
+
+#include <google/protobuf/io/tokenizer.h>
+#include <google/protobuf/text_format.h>
+
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "common/data/label_policy.h"
+#include "common/io/file_util.h"
+#include "common/status_macros.h"
+
+namespace fedtune::agent {
+namespace {
+
+class CollectErrors : public google::protobuf::io::ErrorCollector {
+ public:
+  explicit CollectErrors(std::string source) : source_(std::move(source)) {}
+  void AddError(int line, google::protobuf::io::ColumnNumber column, const std::string& message) override {
+    if (first_.empty()) first_ = absl::StrCat(source_, ":", line + 1, ":", column + 1, ": ", message);
+  }
+  void AddWarning(int, google::protobuf::io::ColumnNumber, const std::string&) override {}
+  const std::string& first() const { return first_; }
+
+ private:
+  std::string source_;
+  std::string first_;
+};
+
+std::string Resolve(const std::string& base_dir, const std::string& path) {
+  if (path.empty() || std::filesystem::path(path).is_absolute() || base_dir.empty()) return path;
+  return (std::filesystem::path(base_dir) / path).lexically_normal().string();
+}
+
+absl::Status Field(absl::string_view field, absl::string_view problem) {
+  return absl::InvalidArgumentError(absl::StrCat("config field '", field, "': ", problem));
+}
+
+}  // namespace
+
+absl::Status ValidateFinetuneConfig(const v1::FinetuneConfig& c) {
+  if (c.base_model().empty()) return Field("base_model", "required (the checkpoint to fine-tune)");
+  if (c.manifest().empty()) return Field("manifest", "required (the site's CheXpert-format CSV)");
+  if (c.out_dir().empty()) return Field("out_dir", "required (where the fine-tuned model and state go)");
+  if (c.image_size() != 0 && (c.image_size() < 8 || c.image_size() > 8192)) {
+    return Field("image_size", "must be 0 (the checkpoint's) or in [8, 8192]");
+  }
+  if (c.batch_size() < 1) return Field("batch_size", "must be >= 1");
+  if (!(c.learning_rate() > 0)) return Field("learning_rate", "must be > 0");
+  if (!(c.momentum() >= 0 && c.momentum() < 1)) return Field("momentum", "must be in [0, 1)");
+  if (!(c.weight_decay() >= 0)) return Field("weight_decay", "must be >= 0");
+  if (c.max_epochs() < 1) return Field("max_epochs", "must be >= 1");
+  if (c.patience() < 1) return Field("patience", "must be >= 1");
+  if (c.has_dropout() && !(c.dropout() >= 0 && c.dropout() < 1)) return Field("dropout", "must be in [0, 1)");
+  if (c.threads() < 0) return Field("threads", "must be >= 0 (0 = all cores)");
+  if (c.loader_threads() < 1) return Field("loader_threads", "must be >= 1");
+  if (c.on_image_error() != "fail" && c.on_image_error() != "skip") {
+    return Field("on_image_error", absl::StrCat("must be \"fail\" or \"skip\", got \"", c.on_image_error(), "\""));
+  }
+  const v1::SplitConfig& s = c.split();
+  if (s.train() <= 0 || s.validation() <= 0 || s.test() < 0) {
+    return Field("split", "train and validation must be > 0 and test >= 0");
+  }
+  if (s.method() != "iterative" && s.method() != "random") {
+    return Field("split.method", absl::StrCat("must be \"iterative\" or \"random\", got \"", s.method(), "\""));
+  }
+  const v1::LabelPolicyConfig& l = c.labels();
+  if (!data::ParseUncertainPolicy(l.uncertain()).ok()) {
+    return Field("labels.uncertain",
+                 absl::StrCat("must be u-soft, u-ones, u-zeros or u-ignore, got \"", l.uncertain(), "\""));
+  }
+  if (!data::ParseBlankPolicy(l.blank()).ok()) {
+    return Field("labels.blank", absl::StrCat("must be zero or ignore, got \"", l.blank(), "\""));
+  }
+  if (!(l.soft_low() >= 0 && l.soft_low() <= l.soft_high() && l.soft_high() <= 1)) {
+    return Field("labels.soft_low/soft_high", "need 0 <= soft_low <= soft_high <= 1");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::FinetuneConfig> ParseFinetuneConfig(absl::string_view text, absl::string_view source,
+                                                       const std::string& base_dir) {
+  v1::FinetuneConfig config;
+  google::protobuf::TextFormat::Parser parser;
+  CollectErrors errors{std::string(source)};
+  parser.RecordErrorsTo(&errors);
+  if (!parser.ParseFromString(std::string(text), &config)) {
+    return absl::InvalidArgumentError(errors.first().empty() ? absl::StrCat(source, ": not a valid FinetuneConfig")
+                                                             : errors.first());
+  }
+  config.set_base_model(Resolve(base_dir, config.base_model()));
+  config.set_manifest(Resolve(base_dir, config.manifest()));
+  config.set_out_dir(Resolve(base_dir, config.out_dir()));
+  if (config.has_data_root()) {
+    config.set_data_root(Resolve(base_dir, config.data_root()));
+  } else if (!config.manifest().empty()) {
+    config.set_data_root(std::filesystem::path(config.manifest()).parent_path().string());
+  }
+  if (config.has_cache_dir()) {
+    config.set_cache_dir(Resolve(base_dir, config.cache_dir()));
+  } else if (!config.out_dir().empty()) {
+    config.set_cache_dir((std::filesystem::path(config.out_dir()) / "cache").string());
+  }
+  absl::Status valid = ValidateFinetuneConfig(config);
+  if (!valid.ok()) return absl::InvalidArgumentError(absl::StrCat(source, ": ", valid.message()));
+  return config;
+}
+
+absl::StatusOr<v1::FinetuneConfig> LoadFinetuneConfig(const std::string& path) {
+  ASSIGN_OR_RETURN(std::string text, io::ReadFile(path));
+  return ParseFinetuneConfig(text, path, std::filesystem::path(path).parent_path().string());
+}
+
+}  // namespace fedtune::agent

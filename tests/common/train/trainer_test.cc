@@ -1,0 +1,177 @@
+#include "common/train/trainer.h"
+
+#include <torch/torch.h>
+
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+#include <random>
+
+#include "common/model/model_factory.h"
+#include "gtest/gtest.h"
+#include "tests/testing/temp_dir.h"
+
+namespace fedtune::train {
+namespace {
+
+// Images with a bright disc (label 0 positive) or not; label 1 is the opposite. Learnable in a few epochs.
+std::vector<loader::LoaderSample> MakeData(const testing::TempDir& dir, const std::string& prefix, int count,
+                                           uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<loader::LoaderSample> out;
+  for (int i = 0; i < count; ++i) {
+    const bool positive = (i % 2) == 0;
+    cv::Mat img(32, 32, CV_8UC1, cv::Scalar(40 + static_cast<int>(rng() % 20)));
+    if (positive) cv::circle(img, cv::Point(8 + rng() % 16, 8 + rng() % 16), 6, cv::Scalar(230), -1);
+    const std::string name = prefix + std::to_string(i) + ".png";
+    cv::imwrite(dir.Join(name), img);
+    loader::LoaderSample s;
+    s.id = name;
+    s.file = dir.Join(name);
+    s.target[0] = positive ? 1.0f : 0.0f;
+    s.target[1] = positive ? 0.0f : 1.0f;
+    s.mask[0] = 1.0f;
+    s.mask[1] = 1.0f;
+    out.push_back(s);
+  }
+  return out;
+}
+
+class TrainerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    loader::LoaderOptions o;
+    o.batch_size = 8;
+    o.num_threads = 1;
+    o.seed = 3;
+    o.augment = true;
+    o.preprocess.size = 32;
+    o.preprocess.crop_borders = false;
+    train_ = *loader::BatchLoader::Create(MakeData(dir_, "t", 32, 1), o);
+    o.augment = false;
+    o.shuffle = false;
+    validation_ = *loader::BatchLoader::Create(MakeData(dir_, "v", 16, 2), o);
+  }
+  model::Classifier TinyModel() {
+    torch::manual_seed(11);
+    auto config = model::ModelConfigForName("mobilenet_v2_tiny");
+    EXPECT_TRUE(config.ok());
+    config->head_dropout = 0.2;
+    auto m = model::CreateModel(*config);
+    EXPECT_TRUE(m.ok()) << m.status();
+    return *m;
+  }
+  TrainerOptions Options() {
+    TrainerOptions o;
+    o.learning_rate = 0.05;
+    o.max_epochs = 4;
+    o.patience = 10;
+    o.device = "cpu";
+    o.seed = 5;
+    o.progress = false;
+    return o;
+  }
+  testing::TempDir dir_;
+  std::unique_ptr<loader::BatchLoader> train_;
+  std::unique_ptr<loader::BatchLoader> validation_;
+};
+
+TEST_F(TrainerTest, LearnsAndKeepsTheBestEpoch) {
+  model::Classifier m = TinyModel();
+  auto before = EvaluateLoss(m, *validation_, torch::Tensor(), torch::kCPU);
+  ASSERT_TRUE(before.ok());
+  TrainerOptions o = Options();
+  o.max_epochs = 6;
+  auto result = Fit(m, *train_, *validation_, torch::Tensor(), o);
+  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_EQ(result->history.size(), 6u);
+  EXPECT_LT(result->best_validation_loss, *before);
+  EXPECT_EQ(result->device, "cpu");
+  EXPECT_EQ(result->train_samples, 32);
+  // The model returned holds the best epoch's weights.
+  auto after = EvaluateLoss(m, *validation_, torch::Tensor(), torch::kCPU);
+  ASSERT_TRUE(after.ok());
+  EXPECT_NEAR(*after, result->best_validation_loss, 1e-6);
+  EXPECT_TRUE(result->history[result->best_epoch].improved);
+}
+
+TEST_F(TrainerTest, ResumeGivesTheSameResultAsAnUninterruptedRun) {
+  TrainerOptions o = Options();
+  model::Classifier straight = TinyModel();
+  auto full = Fit(straight, *train_, *validation_, torch::Tensor(), o);
+  ASSERT_TRUE(full.ok()) << full.status();
+
+  // "Crash" after two epochs, then run again with the full budget and the same state file.
+  o.state_path = dir_.Join("state.pt");
+  TrainerOptions first_part = o;
+  first_part.max_epochs = 2;
+  model::Classifier interrupted = TinyModel();
+  ASSERT_TRUE(Fit(interrupted, *train_, *validation_, torch::Tensor(), first_part).ok());
+  // A fresh process would rebuild the model from scratch: simulate with a new initial model.
+  model::Classifier resumed_model = TinyModel();
+  auto resumed = Fit(resumed_model, *train_, *validation_, torch::Tensor(), o);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(resumed->resumed_after_epoch, 1);
+  ASSERT_EQ(resumed->history.size(), full->history.size());
+  for (size_t e = 0; e < full->history.size(); ++e) {
+    EXPECT_DOUBLE_EQ(resumed->history[e].validation_loss, full->history[e].validation_loss) << "epoch " << e;
+  }
+  auto p = straight->named_parameters();
+  auto q = resumed_model->named_parameters();
+  for (const auto& item : p) {
+    EXPECT_TRUE(torch::equal(item.value(), q[item.key()])) << item.key();
+  }
+}
+
+TEST_F(TrainerTest, StateFromOtherOptionsIsRefused) {
+  TrainerOptions o = Options();
+  o.max_epochs = 1;
+  o.state_path = dir_.Join("state.pt");
+  ASSERT_TRUE(Fit(TinyModel(), *train_, *validation_, torch::Tensor(), o).ok());
+  o.learning_rate = 0.2;
+  o.max_epochs = 2;
+  auto refused = Fit(TinyModel(), *train_, *validation_, torch::Tensor(), o);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  dir_.WriteFile("state.pt", "garbage");
+  o.learning_rate = 0.05;
+  EXPECT_EQ(Fit(TinyModel(), *train_, *validation_, torch::Tensor(), o).status().code(), absl::StatusCode::kDataLoss);
+}
+
+TEST_F(TrainerTest, EarlyStoppingStops) {
+  TrainerOptions o = Options();
+  o.learning_rate = 1e-9;  // No progress: validation loss barely moves, never by enough to keep improving.
+  o.momentum = 0;
+  o.patience = 1;
+  o.max_epochs = 20;
+  auto result = Fit(TinyModel(), *train_, *validation_, torch::Tensor(), o);
+  ASSERT_TRUE(result.ok());
+  EXPECT_LT(result->history.size(), 20u);
+}
+
+TEST(ResolveDeviceTest, Spellings) {
+  EXPECT_TRUE(ResolveDevice("cpu").ok());
+  EXPECT_TRUE(ResolveDevice("auto").ok());
+  EXPECT_EQ(ResolveDevice("gpu").status().code(), absl::StatusCode::kInvalidArgument);
+  if (!torch::cuda::is_available()) {
+    EXPECT_EQ(ResolveDevice("cuda:0").status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_EQ(ResolveDevice("auto")->type(), c10::kCPU);
+  }
+}
+
+TEST(TrainerOptionsTest, BadOptionsAreNamed) {
+  TrainerOptions o;
+  o.momentum = 1.5;
+  loader::LoaderOptions lo;
+  // Options are validated before the loaders are touched.
+  testing::TempDir dir;
+  auto samples = MakeData(dir, "x", 2, 1);
+  lo.preprocess.size = 16;
+  auto l = loader::BatchLoader::Create(samples, lo);
+  ASSERT_TRUE(l.ok());
+  auto m = model::CreateModel(*model::ModelConfigForName("mobilenet_v2_tiny"));
+  auto r = Fit(*m, **l, **l, torch::Tensor(), o);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("momentum"), absl::string_view::npos);
+}
+
+}  // namespace
+}  // namespace fedtune::train
