@@ -8,6 +8,7 @@
 #include "common/logging.h"
 #include "common/model/model_command.h"
 #include "common/pki/pki_commands.h"
+#include "site_agent/evaluate.h"
 #include "site_agent/finetune.h"
 #include "site_agent/model_init.h"
 #include "site_agent/predict.h"
@@ -24,6 +25,7 @@ int main(int argc, char** argv) {
   commands.Add(fedtune::agent::MakeModelInitCommand());
   commands.Add(fedtune::agent::MakeFinetuneCommand());
   commands.Add(fedtune::agent::MakePredictCommand());
+  commands.Add(fedtune::agent::MakeEvaluateCommand());
   commands.Add(fedtune::pki::MakePkiRequestCommand());  // The site's key is made here and never leaves it.
   return commands.Main(argc, argv);
 }
