@@ -4,6 +4,7 @@
 #include "common/logging.h"
 #include "common/pki/pki_commands.h"
 #include "common/stats/compare_command.h"
+#include "common/synth/synth_command.h"
 
 int main(int argc, char** argv) {
   fedtune::InitLogging(argv[0]);
@@ -11,6 +12,7 @@ int main(int argc, char** argv) {
                                     "federated fine-tuning of chest-radiograph "
                                     "models (operator and research CLI)");
   commands.Add(fedtune::stats::MakeStatsCompareCommand());
+  commands.Add(fedtune::synth::MakeSynthCommand());
   commands.Add(fedtune::pki::MakePkiInitCommand());
   commands.Add(fedtune::pki::MakePkiServerCertCommand());
   commands.Add(fedtune::pki::MakePkiRequestCommand());  // Operators make their own key and CSR (pki request --name).
