@@ -74,9 +74,6 @@ absl::StatusOr<FinetuneResult> RunFinetune(const v1::FinetuneConfig& config) {
     for (model::MemberWeights& m : base.members) m.config.head_dropout = config.dropout();
   }
   ASSIGN_OR_RETURN(model::Ensemble ensemble, model::EnsembleFromCheckpoint(base));
-  if (ensemble.duo) {
-    LOG(WARNING) << "the base model has a DuoNet; fedtune does not fine-tune DuoNets yet: it is carried over unchanged";
-  }
 
   ASSIGN_OR_RETURN(io::CsvTable table, io::ReadCsvFile(config.manifest()));
   ASSIGN_OR_RETURN(data::Manifest manifest, data::Manifest::FromTable(table));
@@ -148,8 +145,7 @@ absl::StatusOr<FinetuneResult> RunFinetune(const v1::FinetuneConfig& config) {
   ASSIGN_OR_RETURN(int64_t run_id, BeginFinetuneRun(*db, absl::StrCat(base.weights_sha256, "|", config_text),
                                                     base.weights_sha256, config_text));
 
-  int total_epochs = 0;
-  for (size_t i = 0; i < ensemble.solo->members().size(); ++i) {
+  auto trainer_options = [&](const std::string& name, const std::string& state_file, uint64_t seed_offset) {
     train::TrainerOptions options;
     options.learning_rate = config.learning_rate();
     options.momentum = config.momentum();
@@ -158,19 +154,55 @@ absl::StatusOr<FinetuneResult> RunFinetune(const v1::FinetuneConfig& config) {
     options.patience = config.patience();
     options.device = config.device();
     options.mixed_precision = config.mixed_precision();
-    options.seed = config.seed() + i;
-    options.name = MemberName(base.members[i], i);
-    options.state_path = (out_dir / "state" / absl::StrCat("member", i, ".pt")).string();
+    options.seed = config.seed() + seed_offset;
+    options.name = name;
+    options.state_path = (out_dir / "state" / state_file).string();
     if (!config.resume()) std::filesystem::remove(options.state_path);
+    return options;
+  };
+  auto log_result = [](const train::TrainerOptions& options, const train::TrainResult& r) {
+    LOG(INFO) << options.name << ": best validation BCE " << r.best_validation_loss << " at epoch " << r.best_epoch + 1
+              << " of " << r.history.size() << (r.stopped_early ? " (stopped early)" : "");
+  };
+  int total_epochs = 0;
+  for (size_t i = 0; i < ensemble.solo->members().size(); ++i) {
+    const train::TrainerOptions options =
+        trainer_options(MemberName(base.members[i], i), absl::StrCat("member", i, ".pt"), i);
     EpochRecorder recorder(db.get(), run_id, options.name);
     ASSIGN_OR_RETURN(train::TrainResult member_result, train::Fit(ensemble.solo->members()[i], *train_loader,
                                                                   *validation_loader, pos_weight, options, &recorder));
     ensemble.solo->members()[i]->to(torch::kCPU);
-    LOG(INFO) << options.name << ": best validation BCE " << member_result.best_validation_loss << " at epoch "
-              << member_result.best_epoch + 1 << " of " << member_result.history.size()
-              << (member_result.stopped_early ? " (stopped early)" : "");
+    log_result(options, member_result);
     total_epochs += static_cast<int>(member_result.history.size());
     result.members.push_back(std::move(member_result));
+  }
+
+  // The DuoNet learns from the studies that have both views.
+  if (ensemble.duo) {
+    std::vector<loader::LoaderSample> train_pairs =
+        loader::PairedSamplesFromManifest(manifest, config.data_root(), train_entries, policy);
+    std::vector<loader::LoaderSample> validation_pairs =
+        loader::PairedSamplesFromManifest(manifest, config.data_root(), validation_entries, policy);
+    if (train_pairs.empty() || validation_pairs.empty()) {
+      LOG(WARNING) << "DuoNet not fine-tuned: " << train_pairs.size() << " training and " << validation_pairs.size()
+                   << " validation studies have both a frontal and a lateral image; it is carried over unchanged";
+    } else {
+      lo.shuffle = true;
+      lo.augment = config.augment();
+      ASSIGN_OR_RETURN(std::unique_ptr<loader::BatchLoader> duo_train,
+                       loader::BatchLoader::Create(std::move(train_pairs), lo));
+      lo.shuffle = false;
+      lo.augment = false;
+      ASSIGN_OR_RETURN(std::unique_ptr<loader::BatchLoader> duo_validation,
+                       loader::BatchLoader::Create(std::move(validation_pairs), lo));
+      const train::TrainerOptions options = trainer_options("duonet", "duo.pt", ensemble.solo->members().size());
+      EpochRecorder recorder(db.get(), run_id, options.name);
+      ASSIGN_OR_RETURN(train::TrainResult duo_result,
+                       train::FitDuo(ensemble.duo, *duo_train, *duo_validation, pos_weight, options, &recorder));
+      ensemble.duo->to(torch::kCPU);
+      log_result(options, duo_result);
+      result.duo = std::move(duo_result);
+    }
   }
 
   model::CheckpointMetadata metadata = base.metadata;

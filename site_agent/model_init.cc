@@ -16,8 +16,30 @@
 
 namespace fedtune::agent {
 
+namespace {
+
+absl::StatusOr<model::Classifier> Build(const std::string& name, double head_dropout, uint64_t seed) {
+  absl::StatusOr<model::ModelConfig> config = model::ModelConfigForName(name);
+  if (!config.ok()) return absl::InvalidArgumentError(absl::StrCat("--arch/--duo: ", config.status().message()));
+  config->head_dropout = head_dropout;
+  torch::manual_seed(seed);
+  return model::CreateModel(*config);
+}
+
+std::vector<std::string> SplitList(const std::string& list) {
+  std::vector<std::string> out;
+  for (absl::string_view part : absl::StrSplit(list, ',')) {
+    absl::string_view name = absl::StripAsciiWhitespace(part);
+    if (!name.empty()) out.emplace_back(name);
+  }
+  return out;
+}
+
+}  // namespace
+
 absl::StatusOr<model::Checkpoint> InitCheckpoint(const std::vector<std::string>& architectures, int image_size,
-                                                 double head_dropout, uint64_t seed) {
+                                                 double head_dropout, uint64_t seed,
+                                                 const std::vector<std::string>& duo) {
   std::vector<std::string> names;
   for (const std::string& a : architectures) {
     if (a == "solonet") {
@@ -35,17 +57,20 @@ absl::StatusOr<model::Checkpoint> InitCheckpoint(const std::vector<std::string>&
   if (!(head_dropout >= 0 && head_dropout < 1)) {
     return absl::InvalidArgumentError(absl::StrCat("--dropout must be in [0, 1), got ", head_dropout));
   }
+  if (duo.size() > 2) return absl::InvalidArgumentError("--duo: at most two presets (frontal,lateral)");
   std::vector<model::Classifier> members;
   for (size_t i = 0; i < names.size(); ++i) {
-    absl::StatusOr<model::ModelConfig> config = model::ModelConfigForName(names[i]);
-    if (!config.ok()) return absl::InvalidArgumentError(absl::StrCat("--arch: ", config.status().message()));
-    config->head_dropout = head_dropout;
-    torch::manual_seed(seed + i);
-    ASSIGN_OR_RETURN(model::Classifier member, model::CreateModel(*config));
+    ASSIGN_OR_RETURN(model::Classifier member, Build(names[i], head_dropout, seed + i));
     members.push_back(member);
   }
   model::Ensemble ensemble;
   ensemble.solo = model::SoloNet(members);
+  if (!duo.empty()) {
+    ASSIGN_OR_RETURN(model::Classifier frontal, Build(duo.front(), head_dropout, seed + names.size()));
+    ASSIGN_OR_RETURN(model::Classifier lateral, Build(duo.back(), head_dropout, seed + names.size() + 1));
+    torch::manual_seed(seed + names.size() + 2);
+    ensemble.duo = model::DuoNet(frontal, lateral, frontal->config().num_outputs, head_dropout);
+  }
   model::CheckpointMetadata metadata;
   metadata.image_size = image_size;
   metadata.provenance.source = absl::StrCat("model init ", absl::StrJoin(names, ","), " seed ", seed);
@@ -56,19 +81,16 @@ absl::StatusOr<model::Checkpoint> InitCheckpoint(const std::vector<std::string>&
 namespace {
 
 absl::Status RunInit(const cli::ParsedFlags& flags) {
-  std::vector<std::string> archs;
-  for (absl::string_view part : absl::StrSplit(flags.GetOrDie("arch"), ',')) {
-    absl::string_view name = absl::StripAsciiWhitespace(part);
-    if (!name.empty()) archs.emplace_back(name);
-  }
+  const std::vector<std::string> archs = SplitList(flags.GetOrDie("arch"));
+  const std::vector<std::string> duo = SplitList(flags.Get("duo").value_or(""));
   ASSIGN_OR_RETURN(int64_t size, flags.GetInt("image-size", 224));
   ASSIGN_OR_RETURN(double dropout, flags.GetDouble("dropout", 0.8));
   ASSIGN_OR_RETURN(int64_t seed, flags.GetInt("seed", 0));
   ASSIGN_OR_RETURN(model::Checkpoint checkpoint,
-                   InitCheckpoint(archs, static_cast<int>(size), dropout, static_cast<uint64_t>(seed)));
+                   InitCheckpoint(archs, static_cast<int>(size), dropout, static_cast<uint64_t>(seed), duo));
   ASSIGN_OR_RETURN(std::string digest, model::SaveCheckpoint(&checkpoint, flags.GetOrDie("out")));
-  std::printf("wrote %s: %zu members, sha256 %s\n", flags.GetOrDie("out").c_str(), checkpoint.members.size(),
-              digest.c_str());
+  std::printf("wrote %s: %zu members%s, sha256 %s\n", flags.GetOrDie("out").c_str(), checkpoint.members.size(),
+              checkpoint.duo ? " and a DuoNet" : "", digest.c_str());
   return absl::OkStatus();
 }
 
@@ -82,6 +104,7 @@ cli::Command MakeModelInitCommand() {
       {"arch", "comma-separated presets, e.g. solonet or densenet_tiny,mobilenet_v2_tiny", false, true, std::nullopt,
        "A[,B]"},
       {"out", "where to write the checkpoint", false, true, std::nullopt, "M.ckpt"},
+      {"duo", "also a DuoNet: one preset for both views or frontal,lateral", false, false, std::nullopt, "F[,L]"},
       {"image-size", "input side in pixels recorded in the checkpoint", false, false, std::string("224"), "N"},
       {"dropout", "head dropout (the study: 0.8)", false, false, std::string("0.8"), "P"},
       {"seed", "initialization seed (member i uses seed + i)", false, false, std::string("0"), "S"},

@@ -57,10 +57,39 @@ std::vector<LoaderSample> SamplesFromManifest(const data::Manifest& manifest, co
   return out;
 }
 
+std::vector<LoaderSample> PairedSamplesFromManifest(const data::Manifest& manifest, const std::string& data_root,
+                                                    const std::vector<size_t>& frontal_entries,
+                                                    const data::LabelPolicy& policy) {
+  // Keep the studies whose first frontal image is among `frontal_entries` and that have a lateral image.
+  std::vector<size_t> wanted(frontal_entries.begin(), frontal_entries.end());
+  std::sort(wanted.begin(), wanted.end());
+  std::vector<size_t> frontal;
+  std::vector<size_t> lateral;
+  for (const data::Study& study : manifest.studies()) {
+    if (study.frontal.empty() || study.lateral.empty()) continue;
+    if (!std::binary_search(wanted.begin(), wanted.end(), study.frontal.front())) continue;
+    frontal.push_back(study.frontal.front());
+    lateral.push_back(study.lateral.front());
+  }
+  std::vector<LoaderSample> out = SamplesFromManifest(manifest, data_root, frontal, policy);
+  for (size_t i = 0; i < out.size(); ++i) {
+    const std::string& path = manifest.entries()[lateral[i]].path;
+    out[i].lateral_file = data_root.empty() ? path : absl::StrCat(data_root, "/", path);
+  }
+  return out;
+}
+
 absl::StatusOr<std::unique_ptr<BatchLoader>> BatchLoader::Create(std::vector<LoaderSample> samples,
                                                                  const LoaderOptions& options) {
   RETURN_IF_ERROR(ValidateOptions(options));
   if (samples.empty()) return absl::InvalidArgumentError("the loader was given no images");
+  const bool paired = !samples.front().lateral_file.empty();
+  for (const LoaderSample& s : samples) {
+    if (s.lateral_file.empty() == paired) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sample '", s.id, "': two-view and single-view samples cannot share a loader"));
+    }
+  }
   return std::unique_ptr<BatchLoader>(new BatchLoader(std::move(samples), options));
 }
 
@@ -134,21 +163,33 @@ void BatchLoader::WorkerLoop() {
   }
 }
 
+absl::StatusOr<std::vector<float>> BatchLoader::LoadImage(const std::string& file, const std::string& augment_key) {
+  const int n = options_.preprocess.size;
+  absl::StatusOr<imaging::PreprocessedImage> image =
+      options_.cache != nullptr ? options_.cache->Get(file) : imaging::LoadAndPreprocess(file, options_.preprocess);
+  if (!image.ok()) return image.status();
+  if (options_.augment) {
+    RETURN_IF_ERROR(
+        imaging::Augment(options_.seed, epoch_, augment_key, options_.augment_options, n, n, &image->pixels));
+  }
+  imaging::Normalize(options_.preprocess, &image->pixels);
+  return std::move(image->pixels);
+}
+
 absl::StatusOr<Batch> BatchLoader::BuildBatch(int64_t index) {
   const std::vector<size_t>& members = batches_[index];
   const int n = options_.preprocess.size;
+  const bool paired = !samples_.front().lateral_file.empty();
   std::vector<std::vector<float>> pixels;
+  std::vector<std::vector<float>> lateral_pixels;
   std::vector<size_t> kept;
   int64_t skipped = 0;
   for (size_t s : members) {
     const LoaderSample& sample = samples_[s];
-    absl::StatusOr<imaging::PreprocessedImage> image =
-        options_.cache != nullptr ? options_.cache->Get(sample.file)
-                                  : imaging::LoadAndPreprocess(sample.file, options_.preprocess);
-    absl::Status status = image.status();
-    if (status.ok() && options_.augment) {
-      status = imaging::Augment(options_.seed, epoch_, sample.id, options_.augment_options, n, n, &image->pixels);
-    }
+    absl::StatusOr<std::vector<float>> image = LoadImage(sample.file, sample.id);
+    absl::StatusOr<std::vector<float>> lateral = std::vector<float>();
+    if (image.ok() && paired) lateral = LoadImage(sample.lateral_file, absl::StrCat(sample.id, "#lateral"));
+    absl::Status status = image.ok() ? lateral.status() : image.status();
     if (!status.ok()) {
       absl::Status named(status.code(), absl::StrCat("image '", sample.id, "': ", status.message()));
       if (options_.on_error == ErrorPolicy::kFail) return named;
@@ -156,28 +197,30 @@ absl::StatusOr<Batch> BatchLoader::BuildBatch(int64_t index) {
       ++skipped;
       continue;
     }
-    imaging::Normalize(options_.preprocess, &image->pixels);
-    pixels.push_back(std::move(image->pixels));
+    pixels.push_back(*std::move(image));
+    if (paired) lateral_pixels.push_back(*std::move(lateral));
     kept.push_back(s);
   }
   Batch batch;
   batch.index = index;
   const int64_t b = static_cast<int64_t>(kept.size());
   batch.images = torch::empty({b, 1, n, n}, torch::kFloat32);
+  if (paired) batch.lateral = torch::empty({b, 1, n, n}, torch::kFloat32);
   batch.targets = torch::empty({b, data::kNumChexpertLabels}, torch::kFloat32);
   batch.mask = torch::empty({b, data::kNumChexpertLabels}, torch::kFloat32);
-  float* img = batch.images.data_ptr<float>();
   float* tgt = batch.targets.data_ptr<float>();
   float* msk = batch.mask.data_ptr<float>();
   for (int64_t i = 0; i < b; ++i) {
     const LoaderSample& sample = samples_[kept[i]];
-    std::memcpy(img + i * n * n, pixels[i].data(), sizeof(float) * n * n);
+    std::memcpy(batch.images.data_ptr<float>() + i * n * n, pixels[i].data(), sizeof(float) * n * n);
+    if (paired)
+      std::memcpy(batch.lateral.data_ptr<float>() + i * n * n, lateral_pixels[i].data(), sizeof(float) * n * n);
     std::memcpy(tgt + i * data::kNumChexpertLabels, sample.target.data(), sizeof(float) * data::kNumChexpertLabels);
     std::memcpy(msk + i * data::kNumChexpertLabels, sample.mask.data(), sizeof(float) * data::kNumChexpertLabels);
     batch.ids.push_back(sample.id);
   }
   absl::MutexLock lock(&mu_);
-  stats_.images_loaded += b;
+  stats_.images_loaded += b * (paired ? 2 : 1);
   stats_.skipped += skipped;
   return batch;
 }

@@ -32,9 +32,19 @@ namespace fedtune::loader {
 struct LoaderSample {
   std::string id;    // Stable identifier (the manifest path): batch ids, augmentation seeds, error messages.
   std::string file;  // Where to read it (data root + manifest path).
+  // Two-view samples (DuoNet training): the lateral image of the same study. Either every sample of a loader has one
+  // or none has. Empty: single view.
+  std::string lateral_file;
   std::array<float, data::kNumChexpertLabels> target{};
   std::array<float, data::kNumChexpertLabels> mask{};
 };
+
+// Two-view samples: one per study of `manifest` that has a frontal and a lateral image and whose first frontal image
+// is among `frontal_entries` (indices into manifest.entries(), e.g. one split's), pairing that frontal image with the
+// study's first lateral image; targets from the frontal image's labels (CheXpert labels are per study). Study order.
+std::vector<LoaderSample> PairedSamplesFromManifest(const data::Manifest& manifest, const std::string& data_root,
+                                                    const std::vector<size_t>& frontal_entries,
+                                                    const data::LabelPolicy& policy);
 
 // Samples for the given manifest entries (indices into manifest.entries(), in that order) with targets from `policy`.
 std::vector<LoaderSample> SamplesFromManifest(const data::Manifest& manifest, const std::string& data_root,
@@ -61,7 +71,8 @@ struct LoaderOptions {
 };
 
 struct Batch {
-  at::Tensor images;   // float32 [B, 1, N, N], normalized.
+  at::Tensor images;   // float32 [B, 1, N, N], normalized (the frontal view of two-view samples).
+  at::Tensor lateral;  // float32 [B, 1, N, N] for two-view samples; undefined otherwise.
   at::Tensor targets;  // float32 [B, 14].
   at::Tensor mask;     // float32 [B, 14]; 1 where the label enters the loss.
   std::vector<std::string> ids;
@@ -76,8 +87,8 @@ struct LoaderStats {
 // Not thread-safe for the consumer: one thread calls StartEpoch/Next. Workers are internal.
 class BatchLoader {
  public:
-  // InvalidArgument for bad options (named) or when samples is empty; the cache's settings must match
-  // options.preprocess (InvalidArgument otherwise).
+  // InvalidArgument for bad options (named), when samples is empty, or when some samples have a lateral_file and
+  // others not; the cache's settings must match options.preprocess (InvalidArgument otherwise).
   static absl::StatusOr<std::unique_ptr<BatchLoader>> Create(std::vector<LoaderSample> samples,
                                                              const LoaderOptions& options);
   ~BatchLoader();
@@ -93,6 +104,8 @@ class BatchLoader {
   // Batches per epoch (before any images are skipped).
   int64_t NumBatches() const;
   int64_t NumSamples() const { return static_cast<int64_t>(samples_.size()); }
+  // True when the samples are two-view (each has a lateral_file) and batches carry `lateral`.
+  bool IsTwoView() const { return !samples_.front().lateral_file.empty(); }
   LoaderStats stats() const;
 
  private:
@@ -100,6 +113,8 @@ class BatchLoader {
   void StopWorkers();
   void WorkerLoop();
   absl::StatusOr<Batch> BuildBatch(int64_t index);
+  // Decodes (or reads from the cache), augments when training and normalizes one image.
+  absl::StatusOr<std::vector<float>> LoadImage(const std::string& file, const std::string& augment_key);
 
   const std::vector<LoaderSample> samples_;
   const LoaderOptions options_;

@@ -5,8 +5,10 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <sstream>
 
@@ -225,18 +227,23 @@ absl::StatusOr<c10::Device> ResolveDevice(const std::string& spec) {
   return absl::InvalidArgumentError(absl::StrCat("device must be auto, cpu, cuda or cuda:N; got '", spec, "'"));
 }
 
-absl::StatusOr<double> EvaluateLoss(model::Classifier model, loader::BatchLoader& data, const at::Tensor& pos_weight,
-                                    const c10::Device& device) {
+namespace {
+
+// Logits of a batch on a device: the one place where single-view and two-view models differ.
+using ForwardFn = std::function<torch::Tensor(const loader::Batch&, const c10::Device&)>;
+
+absl::StatusOr<double> EvaluateLossImpl(torch::nn::Module& model, const ForwardFn& forward, loader::BatchLoader& data,
+                                        const at::Tensor& pos_weight, const c10::Device& device) {
   try {
     torch::NoGradGuard no_grad;
-    model->eval();
+    model.eval();
     data.StartEpoch(0);
     LossMean mean;
     torch::Tensor pw = pos_weight.defined() ? pos_weight.to(device) : torch::Tensor();
     while (true) {
       ASSIGN_OR_RETURN(std::optional<loader::Batch> batch, data.Next());
       if (!batch) break;
-      torch::Tensor logits = model->forward(batch->images.to(device)).to(torch::kFloat32);
+      torch::Tensor logits = forward(*batch, device).to(torch::kFloat32);
       torch::Tensor mask = batch->mask.to(device);
       mean.Add(MaskedBceWithLogits(logits, batch->targets.to(device), mask, pw), mask);
     }
@@ -246,8 +253,9 @@ absl::StatusOr<double> EvaluateLoss(model::Classifier model, loader::BatchLoader
   }
 }
 
-absl::StatusOr<TrainResult> Fit(model::Classifier model, loader::BatchLoader& train, loader::BatchLoader& validation,
-                                const at::Tensor& pos_weight, const TrainerOptions& options, EpochObserver* observer) {
+absl::StatusOr<TrainResult> FitImpl(torch::nn::Module& model, const ForwardFn& forward, loader::BatchLoader& train,
+                                    loader::BatchLoader& validation, const at::Tensor& pos_weight,
+                                    const TrainerOptions& options, EpochObserver* observer) {
   RETURN_IF_ERROR(ValidateOptions(options));
   ASSIGN_OR_RETURN(c10::Device device, ResolveDevice(options.device));
   TrainResult result;
@@ -259,20 +267,20 @@ absl::StatusOr<TrainResult> Fit(model::Classifier model, loader::BatchLoader& tr
   }
   const bool on_terminal = options.progress && ::isatty(STDERR_FILENO);
   try {
-    model->to(device);
+    model.to(device);
     torch::Tensor pw = pos_weight.defined() ? pos_weight.to(device) : torch::Tensor();
     torch::optim::SGD optimizer(
-        model->parameters(),
+        model.parameters(),
         torch::optim::SGDOptions(options.learning_rate).momentum(options.momentum).weight_decay(options.weight_decay));
     std::vector<torch::Tensor> start;  // FedProx anchor.
     if (options.proximal_mu > 0) {
-      for (const torch::Tensor& p : model->parameters()) start.push_back(p.detach().clone());
+      for (const torch::Tensor& p : model.parameters()) start.push_back(p.detach().clone());
     }
-    const std::string fingerprint = Fingerprint(*model, options, train.NumSamples());
+    const std::string fingerprint = Fingerprint(model, options, train.NumSamples());
     TrainState state;
     EarlyStopping stopper(options.patience);
     if (!options.state_path.empty()) {
-      ASSIGN_OR_RETURN(bool resumed, LoadState(options.state_path, fingerprint, *model, optimizer, device, &state));
+      ASSIGN_OR_RETURN(bool resumed, LoadState(options.state_path, fingerprint, model, optimizer, device, &state));
       if (resumed) {
         stopper.Restore(state.best_loss, state.best_epoch, state.no_improvement);
         result.resumed_after_epoch = state.last_epoch;
@@ -280,12 +288,12 @@ absl::StatusOr<TrainResult> Fit(model::Classifier model, loader::BatchLoader& tr
         LOG(INFO) << options.name << ": resuming after epoch " << state.last_epoch << " from " << options.state_path;
       }
     }
-    if (state.best.empty()) state.best = TakeSnapshot(*model);
+    if (state.best.empty()) state.best = TakeSnapshot(model);
 
     for (int64_t epoch = state.last_epoch + 1; epoch < options.max_epochs && !stopper.ShouldStop(); ++epoch) {
       const auto epoch_start = Clock::now();
       torch::manual_seed(Mix(options.seed ^ Mix(static_cast<uint64_t>(epoch) + 1)));
-      model->train();
+      model.train();
       train.StartEpoch(epoch);
       LossMean train_loss;
       int64_t images = 0;
@@ -294,7 +302,6 @@ absl::StatusOr<TrainResult> Fit(model::Classifier model, loader::BatchLoader& tr
       while (true) {
         ASSIGN_OR_RETURN(std::optional<loader::Batch> batch, train.Next());
         if (!batch) break;
-        torch::Tensor x = batch->images.to(device);
         torch::Tensor y = batch->targets.to(device);
         torch::Tensor mask = batch->mask.to(device);
         optimizer.zero_grad();
@@ -302,19 +309,24 @@ absl::StatusOr<TrainResult> Fit(model::Classifier model, loader::BatchLoader& tr
         if (autocast) {
           at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
           at::autocast::set_enabled(true);
-          logits = model->forward(x);
+          logits = forward(*batch, device);
           at::autocast::set_enabled(false);
           at::autocast::clear_cache();
         } else {
-          logits = model->forward(x);
+          logits = forward(*batch, device);
         }
         torch::Tensor loss = MaskedBceWithLogits(logits.to(torch::kFloat32), y, mask, pw);
         torch::Tensor total = loss;
         if (options.proximal_mu > 0) {
           torch::Tensor prox = torch::zeros({}, loss.options());
-          auto params = model->parameters();
+          auto params = model.parameters();
           for (size_t i = 0; i < params.size(); ++i) prox = prox + (params[i] - start[i]).pow(2).sum();
           total = loss + 0.5 * options.proximal_mu * prox;
+        }
+        if (!std::isfinite(loss.item<double>())) {
+          return absl::FailedPreconditionError(absl::StrFormat(
+              "%s: training diverged (loss is not finite) in epoch %d, batch %d; lower learning_rate (now %g)",
+              options.name, epoch + 1, batch_index + 1, options.learning_rate));
         }
         total.backward();
         optimizer.step();
@@ -333,7 +345,12 @@ absl::StatusOr<TrainResult> Fit(model::Classifier model, loader::BatchLoader& tr
         }
       }
       const double train_seconds = std::chrono::duration<double>(Clock::now() - epoch_start).count();
-      ASSIGN_OR_RETURN(double val_loss, EvaluateLoss(model, validation, pw, device));
+      ASSIGN_OR_RETURN(double val_loss, EvaluateLossImpl(model, forward, validation, pw, device));
+      if (!std::isfinite(val_loss)) {
+        return absl::FailedPreconditionError(absl::StrFormat(
+            "%s: training diverged (validation loss is not finite) after epoch %d; lower learning_rate (now %g)",
+            options.name, epoch + 1, options.learning_rate));
+      }
       EpochRecord record;
       record.epoch = epoch;
       record.train_loss = train_loss.Mean();
@@ -341,7 +358,7 @@ absl::StatusOr<TrainResult> Fit(model::Classifier model, loader::BatchLoader& tr
       record.images_per_second = images / std::max(train_seconds, 1e-9);
       record.seconds = std::chrono::duration<double>(Clock::now() - epoch_start).count();
       record.improved = stopper.Update(epoch, val_loss);
-      if (record.improved) state.best = TakeSnapshot(*model);
+      if (record.improved) state.best = TakeSnapshot(model);
       if (on_terminal) std::fprintf(stderr, "\n");
       LOG(INFO) << absl::StrFormat("%s epoch %d: train BCE %.4f, validation BCE %.4f%s, %.1f img/s, %.1f s",
                                    options.name, epoch + 1, record.train_loss, record.validation_loss,
@@ -350,7 +367,7 @@ absl::StatusOr<TrainResult> Fit(model::Classifier model, loader::BatchLoader& tr
       if (observer != nullptr) RETURN_IF_ERROR(observer->OnEpoch(record));
       if (!options.state_path.empty()) {
         state.last_epoch = epoch;
-        state.weights = TakeSnapshot(*model);
+        state.weights = TakeSnapshot(model);
         state.best_loss = stopper.best_loss();
         state.best_epoch = stopper.best_epoch();
         state.no_improvement = stopper.epochs_without_improvement();
@@ -358,8 +375,8 @@ absl::StatusOr<TrainResult> Fit(model::Classifier model, loader::BatchLoader& tr
         RETURN_IF_ERROR(SaveState(options.state_path, fingerprint, state, optimizer));
       }
     }
-    RestoreSnapshot(*model, state.best);
-    model->eval();
+    RestoreSnapshot(model, state.best);
+    model.eval();
     result.best_epoch = stopper.best_epoch();
     result.best_validation_loss = stopper.best_loss();
     result.stopped_early = stopper.ShouldStop();
@@ -367,6 +384,35 @@ absl::StatusOr<TrainResult> Fit(model::Classifier model, loader::BatchLoader& tr
   } catch (const c10::Error& e) {
     return FromTorchError(e, absl::StrCat("training ", options.name));
   }
+}
+
+}  // namespace
+
+absl::StatusOr<double> EvaluateLoss(model::Classifier model, loader::BatchLoader& data, const at::Tensor& pos_weight,
+                                    const c10::Device& device) {
+  return EvaluateLossImpl(
+      *model, [model](const loader::Batch& b, const c10::Device& d) { return model->forward(b.images.to(d)); }, data,
+      pos_weight, device);
+}
+
+absl::StatusOr<TrainResult> Fit(model::Classifier model, loader::BatchLoader& train, loader::BatchLoader& validation,
+                                const at::Tensor& pos_weight, const TrainerOptions& options, EpochObserver* observer) {
+  return FitImpl(
+      *model, [model](const loader::Batch& b, const c10::Device& d) { return model->forward(b.images.to(d)); }, train,
+      validation, pos_weight, options, observer);
+}
+
+absl::StatusOr<TrainResult> FitDuo(model::DuoNet duo, loader::BatchLoader& train, loader::BatchLoader& validation,
+                                   const at::Tensor& pos_weight, const TrainerOptions& options,
+                                   EpochObserver* observer) {
+  if (!train.IsTwoView() || !validation.IsTwoView()) {
+    return absl::InvalidArgumentError("a DuoNet needs two-view loaders (loader::PairedSamplesFromManifest)");
+  }
+  std::shared_ptr<model::DuoNetImpl> impl = duo.ptr();
+  auto forward = [impl](const loader::Batch& b, const c10::Device& d) {
+    return impl->forward(b.images.to(d), b.lateral.to(d));
+  };
+  return FitImpl(*duo, forward, train, validation, pos_weight, options, observer);
 }
 
 }  // namespace fedtune::train

@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "common/loader/batch_loader.h"
 #include "common/model/classifier.h"
+#include "common/model/ensemble.h"
 
 namespace fedtune::train {
 
@@ -70,12 +71,19 @@ struct TrainResult {
 absl::StatusOr<c10::Device> ResolveDevice(const std::string& spec);
 
 // Fine-tunes `model` in place; on return it holds the best epoch's weights and is on the training device in eval
-// mode. pos_weight: [14] (or undefined for ones). InvalidArgument for bad options; errors of the loaders (an
+// mode. pos_weight: [14] (or undefined for ones). InvalidArgument for bad options; FailedPrecondition when the loss
+// stops being finite (divergence: the message suggests a lower learning rate); errors of the loaders (an
 // unreadable image under ErrorPolicy::kFail) and of the observer stop training and are returned; a c10::Error
 // (for example CUDA out of memory) becomes Internal/ResourceExhausted with its message.
 absl::StatusOr<TrainResult> Fit(model::Classifier model, loader::BatchLoader& train, loader::BatchLoader& validation,
                                 const at::Tensor& pos_weight, const TrainerOptions& options,
                                 EpochObserver* observer = nullptr);
+
+// Fine-tunes a DuoNet the same way, on two-view loaders (loader::PairedSamplesFromManifest): the frontal and lateral
+// backbones and the new final layer are all trained. Same contract as Fit.
+absl::StatusOr<TrainResult> FitDuo(model::DuoNet duo, loader::BatchLoader& train, loader::BatchLoader& validation,
+                                   const at::Tensor& pos_weight, const TrainerOptions& options,
+                                   EpochObserver* observer = nullptr);
 
 // Mean masked BCE of `model` over one pass of `data` (eval mode, no gradients, epoch 0 of the loader).
 absl::StatusOr<double> EvaluateLoss(model::Classifier model, loader::BatchLoader& data, const at::Tensor& pos_weight,

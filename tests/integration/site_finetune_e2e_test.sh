@@ -11,7 +11,8 @@ cd "$work"
 
 "$bin/fedtune" synth --profile public --count 1000 --size 64 --seed 1 --out public >/dev/null
 "$bin/fedtune" synth --profile site-a --count 700 --size 64 --seed 2 --out site-a >/dev/null
-"$bin/fedtune-site" model init --arch densenet_tiny --image-size 64 --dropout 0.2 --seed 0 --out init.ckpt >/dev/null
+"$bin/fedtune-site" model init --arch densenet_tiny --duo densenet_tiny --image-size 64 --dropout 0.2 --seed 0 \
+  --out init.ckpt >/dev/null
 
 common='batch_size: 32 learning_rate: 0.05 patience: 4 device: "cpu" threads: 2 loader_threads: 1'
 cat > pretrain.textproto <<CFG
@@ -26,6 +27,21 @@ FEDTUNE_LOG_LEVEL=1 "$bin/fedtune-site" finetune --config pretrain.textproto
 FEDTUNE_LOG_LEVEL=1 "$bin/fedtune-site" finetune --config site.textproto
 "$bin/fedtune-site" evaluate --base pretrain/model.ckpt --model site/model.ckpt --manifest site/splits/test.csv \
   --root site-a --out report --device cpu --gradcam-per-label 1
+
+# predict writes a scores file that stats compare accepts against the split's manifest.
+"$bin/fedtune-site" predict --model site/model.ckpt --manifest site/splits/test.csv --root site-a --out preds.csv \
+  --device cpu
+"$bin/fedtune" stats compare --truth site/splits/test.csv --scores-a preds.csv --scores-b preds.csv \
+  --out compare.json --quiet
+
+# Both the SoloNet member and the DuoNet were fine-tuned, each epoch recorded in the site database.
+/usr/bin/python3 - <<'PY'
+import sqlite3, sys
+rows = sqlite3.connect("site/site.db").execute("SELECT member, COUNT(*) FROM finetune_epochs GROUP BY member").fetchall()
+members = dict(rows)
+print("epochs per model in site.db:", members)
+sys.exit(0 if "duonet" in members and any(k.startswith("member0") for k in members) else 1)
+PY
 
 for f in report/report.json report/report.html report/predictions.csv; do
   [[ -s "$f" ]] || { echo "FAIL: $f missing"; exit 1; }

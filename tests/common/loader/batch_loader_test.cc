@@ -142,6 +142,27 @@ TEST_F(BatchLoaderTest, UnreadableImageFailsOrIsSkipped) {
   EXPECT_EQ((*skip)->stats().skipped, 2);
 }
 
+TEST_F(BatchLoaderTest, TwoViewSamplesGiveLateralBatches) {
+  std::vector<LoaderSample> samples = MakeSamples(6);
+  for (size_t i = 0; i < samples.size(); ++i) samples[i].lateral_file = samples[(i + 1) % samples.size()].file;
+  auto loader = BatchLoader::Create(samples, Options());
+  ASSERT_TRUE(loader.ok()) << loader.status();
+  EXPECT_TRUE((*loader)->IsTwoView());
+  std::vector<Batch> batches = Drain(**loader, 0);
+  ASSERT_FALSE(batches.empty());
+  for (const Batch& b : batches) {
+    ASSERT_TRUE(b.lateral.defined());
+    EXPECT_EQ(b.lateral.sizes(), b.images.sizes());
+    for (int64_t i = 0; i < b.images.size(0); ++i) {
+      const int index = std::stoi(b.ids[i].substr(3));
+      const float expected = ((60 + 4 * ((index + 1) % 6)) / 255.0f - 0.449f) / 0.226f;
+      EXPECT_NEAR(b.lateral[i].mean().item<float>(), expected, 1e-3);
+    }
+  }
+  samples[2].lateral_file.clear();
+  EXPECT_EQ(BatchLoader::Create(samples, Options()).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(BatchLoaderTest, RejectsBadOptions) {
   LoaderOptions o = Options();
   o.batch_size = 0;

@@ -147,6 +147,69 @@ TEST_F(TrainerTest, EarlyStoppingStops) {
   EXPECT_LT(result->history.size(), 20u);
 }
 
+// Two-view studies whose labels are visible only on the lateral image: a DuoNet must use its lateral branch.
+std::vector<loader::LoaderSample> MakePairs(const testing::TempDir& dir, const std::string& prefix, int count,
+                                            uint64_t seed) {
+  std::vector<loader::LoaderSample> frontal = MakeData(dir, prefix + "f", count, seed);
+  std::vector<loader::LoaderSample> lateral = MakeData(dir, prefix + "l", count, seed + 100);
+  std::vector<loader::LoaderSample> out;
+  for (int i = 0; i < count; ++i) {
+    // Frontal images carry no information: overwrite them with label-independent noise.
+    cv::Mat noise(32, 32, CV_8UC1);
+    cv::randu(noise, cv::Scalar(30), cv::Scalar(90));
+    cv::imwrite(frontal[i].file, noise);
+    loader::LoaderSample s = lateral[i];
+    s.id = frontal[i].id;
+    s.file = frontal[i].file;
+    s.lateral_file = lateral[i].file;
+    out.push_back(s);
+  }
+  return out;
+}
+
+TEST_F(TrainerTest, DuoNetTrainsItsNewLayerAndBackbones) {
+  loader::LoaderOptions o;
+  o.batch_size = 8;
+  o.num_threads = 1;
+  o.seed = 3;
+  o.preprocess.size = 32;
+  o.preprocess.crop_borders = false;
+  auto train = loader::BatchLoader::Create(MakePairs(dir_, "pt", 32, 1), o);
+  o.shuffle = false;
+  auto validation = loader::BatchLoader::Create(MakePairs(dir_, "pv", 16, 2), o);
+  ASSERT_TRUE(train.ok() && validation.ok());
+  EXPECT_TRUE((*train)->IsTwoView());
+  model::DuoNet duo(TinyModel(), TinyModel(), 14, 0.2);
+  const torch::Tensor fc_before = duo->named_parameters()["fc.weight"].clone();
+  const torch::Tensor lateral_before = duo->lateral()->parameters().front().clone();
+  TrainerOptions options = Options();
+  options.learning_rate = 0.01;
+  options.max_epochs = 5;
+  auto result = FitDuo(duo, **train, **validation, torch::Tensor(), options);
+  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_EQ(result->history.size(), 5u);
+  // The two-view model fits its training studies (whose labels only the lateral view shows)...
+  double best_train = result->history.front().train_loss;
+  for (const EpochRecord& r : result->history) best_train = std::min(best_train, r.train_loss);
+  EXPECT_LT(best_train, 0.7 * result->history.front().train_loss);
+  // ...by training its new final layer and the lateral backbone, and ends on the best validation epoch's weights.
+  EXPECT_TRUE(result->history[result->best_epoch].improved);
+  EXPECT_FALSE(torch::equal(duo->named_parameters()["fc.weight"], fc_before));
+  EXPECT_FALSE(torch::equal(duo->lateral()->parameters().front(), lateral_before));
+  // Single-view loaders are refused.
+  EXPECT_EQ(FitDuo(duo, *train_, *validation_, torch::Tensor(), options).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(TrainerTest, DivergenceStopsWithAClearError) {
+  TrainerOptions o = Options();
+  o.learning_rate = 1e12;
+  auto result = Fit(TinyModel(), *train_, *validation_, torch::Tensor(), o);
+  ASSERT_FALSE(result.ok());
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(result.status().message().find("learning_rate"), absl::string_view::npos) << result.status();
+}
+
 TEST(ResolveDeviceTest, Spellings) {
   EXPECT_TRUE(ResolveDevice("cpu").ok());
   EXPECT_TRUE(ResolveDevice("auto").ok());

@@ -1,0 +1,139 @@
+// Server-side aggregation of the sites' deltas in one round, and the FedAdam server optimizer across rounds.
+//
+// A round at the coordinator:
+//   auto agg = MakeAggregator(options);                       // one per round
+//   for each accepted update: agg->Add(delta, num_samples);   // after ValidateUpdate (validate.h)
+//   TensorMap step = agg->Result();                           // the aggregated delta
+//   if FedAdam: step = fed_adam.Step(step);                   // one FedAdam object for the whole run
+//   global = ApplyDelta(global, step);                        // tensor_map.h
+//
+// Methods:
+//  - kFedAvg (McMahan et al. 2017): the mean of the deltas weighted by training samples. Streaming: it keeps one
+//    running weighted sum, so memory is O(model size) whatever the number of sites, and no reference to the
+//    added tensors.
+//  - kTrimmedMean (Yin et al. 2018): per coordinate, drop the floor(trim_fraction * n) smallest and largest values
+//    and average the rest. kMedian: per coordinate, the median (mean of the two middle values for even n).
+//    These order statistics need all n deltas at once: they keep a float32 copy of each, O(n x model size), and
+//    ignore num_samples (a weight a site reports itself would let one site outvote the others).
+//  - Norm clipping (any method, clip_norm > 0): each delta is scaled by min(1, clip_norm / ||delta||) before it is
+//    aggregated, with the norm of tensor_map.h's L2Norm(options.norm); tensors outside that norm are not scaled.
+// FedProx needs nothing here: its proximal term is applied by the sites' trainer (train::TrainerOptions::proximal_mu).
+//
+// Tensor kinds:
+//  - Floating tensors are aggregated in float32 (float64 tensors in float64) and returned in their own dtype.
+//  - Integer tensors (BatchNorm's num_batches_tracked) are counters, not averaged: the result is the largest delta,
+//    so the new global counter is that of the site that trained the most batches.
+//  - BatchNorm running_mean / running_var are aggregated like weights (their delta is averaged) and bypass
+//    FedAdam (they are statistics, not gradients).
+#ifndef FEDTUNE_COMMON_FL_AGGREGATE_H_
+#define FEDTUNE_COMMON_FL_AGGREGATE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "common/fl/tensor_map.h"
+
+namespace fedtune::fl {
+
+enum class AggregationMethod { kFedAvg, kTrimmedMean, kMedian };
+
+// "fedavg", "trimmed_mean", "median".
+std::string AggregationMethodName(AggregationMethod method);
+// Parses the names above; InvalidArgument listing them otherwise.
+absl::StatusOr<AggregationMethod> ParseAggregationMethod(absl::string_view name);
+
+struct AggregatorOptions {
+  AggregationMethod method = AggregationMethod::kFedAvg;
+  // kTrimmedMean: fraction of the updates trimmed at EACH end, in [0, 0.5). Default 0.1.
+  double trim_fraction = 0.1;
+  // > 0: clip each delta to this L2 norm before aggregating. Default 0: no clipping.
+  double clip_norm = 0.0;
+  // The norm used for clipping. Default: every floating tensor, BatchNorm running statistics included.
+  NormOptions norm;
+};
+
+// Aggregates the deltas of one round. Thread-safe: Add may be called concurrently (calls are serialized by an
+// internal mutex); Result may be called at any time and more than once.
+class Aggregator {
+ public:
+  virtual ~Aggregator() = default;
+
+  // Adds one site's delta (validated against the global model beforehand). num_samples: the training samples behind
+  // it, > 0. Tensors are read, never kept by reference. InvalidArgument for num_samples <= 0, an empty delta, a
+  // non-finite value, an unsupported dtype, or names/shapes/dtypes that differ from the first added delta's (named).
+  // On error nothing is added.
+  virtual absl::Status Add(const TensorMap& delta, int64_t num_samples) = 0;
+
+  // The aggregated delta (contiguous CPU tensors in the first delta's dtypes). FailedPrecondition when nothing was
+  // added.
+  virtual absl::StatusOr<TensorMap> Result() const = 0;
+
+  virtual int64_t num_updates() const = 0;
+  // Sum of num_samples over the added deltas.
+  virtual int64_t total_samples() const = 0;
+  // True when held memory is O(model size) whatever the number of updates (kFedAvg); false when it grows with
+  // every update (kTrimmedMean, kMedian).
+  virtual bool streaming() const = 0;
+  // Bytes of tensor storage held now.
+  virtual int64_t HeldBytes() const = 0;
+  // The method's name, with its parameters, e.g. "trimmed_mean(0.2), clip 5".
+  virtual std::string Describe() const = 0;
+};
+
+// A new aggregator. InvalidArgument for trim_fraction outside [0, 0.5) with kTrimmedMean, or a negative or
+// non-finite clip_norm.
+absl::StatusOr<std::unique_ptr<Aggregator>> MakeAggregator(const AggregatorOptions& options = {});
+
+struct FedAdamOptions {
+  // Server learning rate eta. Default 0.01; Reddi et al. (2021) tune it per task, typically in [1e-3, 1].
+  double learning_rate = 0.01;
+  double beta1 = 0.9;   // First-moment decay, [0, 1). Default 0.9.
+  double beta2 = 0.99;  // Second-moment decay, [0, 1). Default 0.99.
+  // Adaptivity tau > 0: in the denominator, and v starts at tau^2 (the paper's v_{-1} >= tau^2). Default 1e-3.
+  double tau = 1e-3;
+};
+
+// FedAdam, the adaptive server optimizer of Reddi et al., "Adaptive Federated Optimization", ICLR 2021, Alg. 2,
+// without bias correction, as in the paper. Per round, with d the aggregated delta (e.g. FedAvg's mean):
+//   m = beta1 m + (1 - beta1) d;  v = beta2 v + (1 - beta2) d^2;  step = eta m / (sqrt(v) + tau)
+// and the caller adds step to the global model. m starts at 0, v at tau^2 (float32 state, one m and v per
+// trainable tensor: O(model size)). BatchNorm running statistics and integer tensors pass through: their step is d.
+//
+// Not thread-safe: the round manager calls Step once per round.
+class FedAdam {
+ public:
+  // InvalidArgument for learning_rate <= 0, a beta outside [0, 1) or tau <= 0 (or any non-finite value).
+  static absl::StatusOr<std::unique_ptr<FedAdam>> Create(const FedAdamOptions& options = {});
+
+  // The server step for this round's aggregated delta; updates m and v. InvalidArgument when `delta` is empty, has
+  // a non-finite value, or names/shapes/dtypes differ from the previous rounds' (named); on error the state is
+  // unchanged.
+  absl::StatusOr<TensorMap> Step(const TensorMap& delta);
+
+  // Completed steps.
+  int64_t rounds() const { return rounds_; }
+
+  // The optimizer state for persistence across coordinator restarts: "m/<name>" and "v/<name>" float32 tensors
+  // (empty before the first step). Store it with rounds() (e.g. encoded with codec.h's kDenseFp32).
+  TensorMap ExportState() const;
+  // Restores ExportState()'s output. InvalidArgument when a name lacks its "m/" or "v/" prefix or partner, shapes
+  // of a pair differ, or a value is non-finite (or v < 0); on error the state is unchanged.
+  absl::Status RestoreState(const TensorMap& state, int64_t rounds);
+
+ private:
+  explicit FedAdam(const FedAdamOptions& options) : options_(options) {}
+
+  FedAdamOptions options_;
+  TensorMap m_;
+  TensorMap v_;
+  TensorMap schema_;  // Zero-size meta tensors with the first delta's shapes and dtypes.
+  int64_t rounds_ = 0;
+};
+
+}  // namespace fedtune::fl
+
+#endif  // FEDTUNE_COMMON_FL_AGGREGATE_H_

@@ -1,0 +1,33 @@
+// Reading a serialized fedtune.v1.TensorBundle from a file one NamedTensor at a time, so that a large payload (an
+// upload spooled to disk) is decoded with memory for one encoded tensor at a time instead of the whole message
+// plus its parsed copy. The file holds exactly what TensorBundle::SerializeToString writes (field 1 repeated);
+// other fields are refused.
+//
+// Thread safety: reentrant.
+#ifndef FEDTUNE_COMMON_FL_BUNDLE_FILE_H_
+#define FEDTUNE_COMMON_FL_BUNDLE_FILE_H_
+
+#include <functional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/fl/tensor_map.h"
+#include "fedtune/v1/tensor.pb.h"
+
+namespace fedtune::fl {
+
+// Calls fn on each NamedTensor of the bundle in `path`, in file order, stopping at (and returning) fn's first
+// error. NotFound / PermissionDenied when the file cannot be opened; InvalidArgument naming the path and byte offset
+// when the bytes are not a TensorBundle (truncated, unknown field, malformed tensor message); Internal for read
+// errors. A single tensor message is limited to 2 GiB (protobuf's limit); the file is not.
+absl::Status ForEachNamedTensorInFile(const std::string& path, const std::function<absl::Status(v1::NamedTensor&)>& fn);
+
+// Decodes every tensor of the bundle in `path` as codec.h's DecodeTensors does, with the same optional `expected`
+// schema (a server should pass the global model). Errors as ForEachNamedTensorInFile and DecodeTensors, messages
+// prefixed with the path.
+absl::StatusOr<TensorMap> DecodeTensorBundleFile(const std::string& path, const TensorMap* expected = nullptr);
+
+}  // namespace fedtune::fl
+
+#endif  // FEDTUNE_COMMON_FL_BUNDLE_FILE_H_

@@ -1,0 +1,122 @@
+#include "common/fl/bundle_file.h"
+
+#include <ATen/ATen.h>
+
+#include <string>
+#include <vector>
+
+#include "common/fl/codec.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/common/fl/test_tensors.h"
+#include "tests/testing/temp_dir.h"
+
+namespace fedtune::fl {
+namespace {
+
+using test_tensors::Randn;
+using ::testing::HasSubstr;
+
+TensorMap Model() {
+  TensorMap m;
+  m["a.weight"] = Randn({64, 32}, 1);
+  m["a.bias"] = Randn({64}, 2);
+  m["bn.running_var"] = Randn({8}, 3).abs();
+  m["bn.num_batches_tracked"] = at::scalar_tensor(static_cast<int64_t>(42), at::kLong);
+  m["z.empty"] = at::zeros({0}, at::kFloat);
+  return m;
+}
+
+std::string Serialized(const TensorMap& m, EncodeOptions options = {}) {
+  absl::StatusOr<EncodedBundle> enc = EncodeTensors(m, options);
+  EXPECT_TRUE(enc.ok()) << enc.status();
+  return enc->bundle.SerializeAsString();
+}
+
+TEST(BundleFileTest, ReadsTensorByTensor) {
+  fedtune::testing::TempDir dir;
+  const TensorMap m = Model();
+  const std::string path = dir.WriteFile("delta.bundle", Serialized(m));
+  std::vector<std::string> names;
+  ASSERT_TRUE(ForEachNamedTensorInFile(path, [&](v1::NamedTensor& t) {
+                names.push_back(t.name());
+                return absl::OkStatus();
+              }).ok());
+  EXPECT_EQ(names,
+            (std::vector<std::string>{"a.bias", "a.weight", "bn.num_batches_tracked", "bn.running_var", "z.empty"}));
+  absl::StatusOr<TensorMap> back = DecodeTensorBundleFile(path);
+  ASSERT_TRUE(back.ok()) << back.status();
+  for (const auto& [name, t] : m) EXPECT_TRUE(at::equal(back->at(name), t)) << name;
+
+  // Lossy encodings go through the same reader.
+  const std::string int8 = dir.WriteFile("int8.bundle", Serialized(m, {Encoding::kInt8}));
+  back = DecodeTensorBundleFile(int8);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_LT((back->at("a.weight") - m.at("a.weight")).abs().max().item<double>(), 0.03);
+
+  // Against the model's schema.
+  back = DecodeTensorBundleFile(path, &m);
+  ASSERT_TRUE(back.ok()) << back.status();
+  TensorMap other = m;
+  other["a.bias"] = at::zeros({65}, at::kFloat);
+  absl::Status mismatch = DecodeTensorBundleFile(path, &other).status();
+  EXPECT_EQ(mismatch.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(mismatch.message(), HasSubstr("'a.bias': shape [64], the model's is [65]"));
+  other = m;
+  other["b.weight"] = at::zeros({1}, at::kFloat);
+  mismatch = DecodeTensorBundleFile(path, &other).status();
+  EXPECT_THAT(mismatch.message(), HasSubstr("missing b.weight"));
+
+  // An empty file is an empty bundle.
+  back = DecodeTensorBundleFile(dir.WriteFile("empty.bundle", ""));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_TRUE(back->empty());
+
+  // The callback's error stops the reading and is returned.
+  int calls = 0;
+  absl::Status s = ForEachNamedTensorInFile(path, [&](v1::NamedTensor&) {
+    ++calls;
+    return absl::CancelledError("stop");
+  });
+  EXPECT_EQ(s.code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(calls, 1);
+}
+
+TEST(BundleFileTest, RefusesDamagedFiles) {
+  fedtune::testing::TempDir dir;
+  const std::string bytes = Serialized(Model());
+  EXPECT_EQ(DecodeTensorBundleFile(dir.Join("missing.bundle")).status().code(), absl::StatusCode::kNotFound);
+
+  // Truncated anywhere inside: the last message is incomplete.
+  for (size_t cut : {bytes.size() - 1, bytes.size() - 20, bytes.size() / 2, size_t{3}}) {
+    const std::string path = dir.WriteFile("cut.bundle", bytes.substr(0, cut));
+    absl::Status s = DecodeTensorBundleFile(path).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << cut << ": " << s;
+    EXPECT_THAT(s.message(), HasSubstr("cut.bundle")) << cut;
+  }
+  // Another field, a zero tag.
+  absl::Status s = DecodeTensorBundleFile(dir.WriteFile("field2.bundle", std::string("\x12\x01x", 3))).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("field 2"));
+  s = DecodeTensorBundleFile(dir.WriteFile("zero.bundle", bytes + std::string(1, '\0'))).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+
+  // A tensor that parses but does not decode: the message names the file and the tensor.
+  v1::TensorBundle bundle;
+  bundle.ParseFromString(bytes);
+  bundle.mutable_tensors(1)->mutable_data()->resize(12);
+  s = DecodeTensorBundleFile(dir.WriteFile("bad.bundle", bundle.SerializeAsString())).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("bad.bundle"));
+  EXPECT_THAT(s.message(), HasSubstr("'a.weight'"));
+
+  // The same tensor twice.
+  std::string twice = Serialized(Model());
+  twice += twice;
+  s = DecodeTensorBundleFile(dir.WriteFile("twice.bundle", twice)).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("occurs twice"));
+}
+
+}  // namespace
+}  // namespace fedtune::fl
