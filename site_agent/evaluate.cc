@@ -71,13 +71,26 @@ absl::StatusOr<EvaluateResult> RunEvaluate(const EvaluateOptions& options) {
   for (size_t i = 0; i < all.size(); ++i) all[i] = i;
   const std::vector<loader::LoaderSample> samples =
       loader::SamplesFromManifest(manifest, options.data_root, all, data::LabelPolicy{});
-  ASSIGN_OR_RETURN(ImagePredictions a, PredictImages(base_ensemble, base.metadata, samples, options.predict));
-  ASSIGN_OR_RETURN(ImagePredictions b, PredictImages(tuned_ensemble, tuned.metadata, samples, options.predict));
+  // Each prediction row's manifest entry: the image itself, or the study's representative (first frontal) image.
+  std::map<std::string, size_t> entry_of;
+  ImagePredictions a;
+  ImagePredictions b;
+  if (options.study_level) {
+    std::vector<size_t> rep_a;
+    std::vector<size_t> rep_b;
+    ASSIGN_OR_RETURN(
+        a, PredictStudies(base_ensemble, base.metadata, manifest, options.data_root, options.predict, &rep_a));
+    ASSIGN_OR_RETURN(
+        b, PredictStudies(tuned_ensemble, tuned.metadata, manifest, options.data_root, options.predict, &rep_b));
+    for (size_t r = 0; r < a.ids.size(); ++r) entry_of[a.ids[r]] = rep_a[r];
+  } else {
+    ASSIGN_OR_RETURN(a, PredictImages(base_ensemble, base.metadata, samples, options.predict));
+    ASSIGN_OR_RETURN(b, PredictImages(tuned_ensemble, tuned.metadata, samples, options.predict));
+    for (size_t i = 0; i < manifest.entries().size(); ++i) entry_of[manifest.entries()[i].path] = i;
+  }
   if (a.ids != b.ids) {
     return absl::InternalError("the two models were evaluated on different images (an image became unreadable?)");
   }
-  std::map<std::string, size_t> entry_of;
-  for (size_t i = 0; i < manifest.entries().size(); ++i) entry_of[manifest.entries()[i].path] = i;
 
   // Per-label cases. Model labels are matched to CheXpert columns by name.
   const std::vector<std::string>& labels = tuned.metadata.labels;
@@ -93,7 +106,7 @@ absl::StatusOr<EvaluateResult> RunEvaluate(const EvaluateOptions& options) {
       return absl::InvalidArgumentError(absl::StrCat("model label '", labels[l], "' is not a CheXpert column"));
     }
   }
-  std::string csv = "Path";
+  std::string csv = options.study_level ? "Study" : "Path";
   for (const std::string& label : labels) {
     absl::StrAppend(&csv, ",", io::CsvEscape(label + " truth"), ",", io::CsvEscape(label + " base"), ",",
                     io::CsvEscape(label + " finetuned"));
@@ -144,7 +157,8 @@ absl::StatusOr<EvaluateResult> RunEvaluate(const EvaluateOptions& options) {
   html.gallery_note =
       absl::StrCat("Grad-CAM of the fine-tuned ensemble (mean over members) on the ", options.gradcam_per_label,
                    " highest-scoring test images per label; red = regions that raised the score.");
-  html.dataset_lines = {absl::StrCat("Test manifest: ", options.manifest, " (", result.images, " images, ",
+  html.dataset_lines = {absl::StrCat("Test manifest: ", options.manifest, " (", result.images,
+                                     options.study_level ? " studies evaluated, " : " images evaluated, ",
                                      manifest.studies().size(), " studies, ", manifest.patients().size(), " patients)"),
                         "Truth: 1.0 positive; 0.0 and blank negative; -1.0 (uncertain) excluded per label."};
   html.provenance_lines = {
@@ -161,7 +175,9 @@ absl::StatusOr<EvaluateResult> RunEvaluate(const EvaluateOptions& options) {
   nlohmann::ordered_json json = stats::ComparisonReportToJson(result.report);
   json["summary"] = result.summary_line;
   json["dataset"] = {{"manifest", options.manifest},
-                     {"images", result.images},
+                     {"level", options.study_level ? "study" : "image"},
+                     {"cases", result.images},
+                     {"images", manifest.entries().size()},
                      {"studies", manifest.studies().size()},
                      {"patients", manifest.patients().size()},
                      {"skipped_images", a.skipped}};
@@ -187,6 +203,11 @@ absl::Status RunEvaluateCommand(const cli::ParsedFlags& flags) {
   options.predict.image_size = static_cast<int>(size);
   options.predict.device = flags.GetOrDie("device");
   options.predict.on_error = flags.GetBool("skip-unreadable") ? loader::ErrorPolicy::kSkip : loader::ErrorPolicy::kFail;
+  const std::string level = flags.GetOrDie("level");
+  if (level != "image" && level != "study") {
+    return absl::InvalidArgumentError(absl::StrCat("--level must be image or study, got '", level, "'"));
+  }
+  options.study_level = level == "study";
   if (threads > 0) torch::set_num_threads(static_cast<int>(threads));
   ASSIGN_OR_RETURN(EvaluateResult result, RunEvaluate(options));
   if (!flags.GetBool("quiet")) {
@@ -213,6 +234,8 @@ cli::Command MakeEvaluateCommand() {
       {"device", "auto, cpu, cuda or cuda:N", false, false, std::string("auto"), "D"},
       {"threads", "LibTorch intra-op threads", false, false, std::nullopt, "T"},
       {"skip-unreadable", "skip unreadable images (counted) instead of failing", true},
+      {"level", "image: one case per image; study: one per study (DuoNet on two-view studies)", false, false,
+       std::string("image"), "L"},
       {"quiet", "do not print the summary and table", true},
   };
   c.run = RunEvaluateCommand;

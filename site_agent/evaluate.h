@@ -25,13 +25,14 @@ struct EvaluateOptions {
   std::string out_dir;        // Created if missing.
   PredictOptions predict;     // Image size 0 = each checkpoint's own.
   int gradcam_per_label = 3;  // Top-scoring test images per label shown with Grad-CAM (0: none).
+  bool study_level = false;   // Per study (PredictStudies: DuoNet on two-view studies) instead of per image.
   std::string title = "fedtune evaluation report";
 };
 
 struct EvaluateResult {
   stats::ComparisonReport report;
   std::string summary_line;  // As in report.html.
-  int64_t images = 0;
+  int64_t images = 0;        // Cases evaluated: images, or studies with study_level.
 };
 
 // Runs the evaluation and writes OUT/predictions.csv, OUT/report.json, OUT/report.html, OUT/gradcam/*.png (all
@@ -40,7 +41,7 @@ struct EvaluateResult {
 absl::StatusOr<EvaluateResult> RunEvaluate(const EvaluateOptions& options);
 
 // fedtune-site evaluate --base B.ckpt --model M.ckpt --manifest test.csv --root DIR --out REPORT_DIR
-//   [--gradcam-per-label K] [--device D] [--image-size N] [--skip-unreadable] [--quiet]
+//   [--gradcam-per-label K] [--device D] [--image-size N] [--skip-unreadable] [--level image|study] [--quiet]
 cli::Command MakeEvaluateCommand();
 
 }  // namespace fedtune::agent

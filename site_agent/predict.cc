@@ -6,6 +6,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/data/manifest.h"
+#include "common/imaging/preprocess.h"
 #include "common/io/csv.h"
 #include "common/io/file_util.h"
 #include "common/logging.h"
@@ -65,6 +66,56 @@ absl::StatusOr<ImagePredictions> PredictImages(model::Ensemble& ensemble, const 
   return out;
 }
 
+absl::StatusOr<ImagePredictions> PredictStudies(model::Ensemble& ensemble, const model::CheckpointMetadata& metadata,
+                                                const data::Manifest& manifest, const std::string& data_root,
+                                                const PredictOptions& options, std::vector<size_t>* representative) {
+  ASSIGN_OR_RETURN(c10::Device device, train::ResolveDevice(options.device));
+  const imaging::PreprocessOptions preprocess = PreprocessFor(metadata, options);
+  ImagePredictions out;
+  out.labels = metadata.labels;
+  representative->clear();
+  // Loads a view's images as one [K, 1, N, N] tensor (K = 0 leaves it undefined).
+  auto load = [&](const std::vector<size_t>& entries) -> absl::StatusOr<torch::Tensor> {
+    std::vector<torch::Tensor> images;
+    for (size_t e : entries) {
+      const std::string& path = manifest.entries()[e].path;
+      const std::string file = data_root.empty() ? path : absl::StrCat(data_root, "/", path);
+      absl::StatusOr<imaging::PreprocessedImage> image = imaging::LoadAndPreprocess(file, preprocess);
+      if (!image.ok()) {
+        absl::Status named(image.status().code(), absl::StrCat("image '", path, "': ", image.status().message()));
+        if (options.on_error == loader::ErrorPolicy::kFail) return named;
+        LOG(WARNING) << "skipping " << named;
+        ++out.skipped;
+        continue;
+      }
+      imaging::Normalize(preprocess, &image->pixels);
+      images.push_back(
+          torch::from_blob(image->pixels.data(), {1, 1, preprocess.size, preprocess.size}, torch::kFloat32).clone());
+    }
+    return images.empty() ? torch::Tensor() : torch::cat(images, 0);
+  };
+  try {
+    ensemble.solo->to(device);
+    if (ensemble.duo) ensemble.duo->to(device);
+    for (const data::Study& study : manifest.studies()) {
+      model::StudyImages views;
+      ASSIGN_OR_RETURN(views.frontal, load(study.frontal));
+      ASSIGN_OR_RETURN(views.lateral, load(study.lateral));
+      if (!views.frontal.defined() && !views.lateral.defined()) continue;  // Every image skipped.
+      ASSIGN_OR_RETURN(torch::Tensor probs, model::PredictStudy(ensemble, views));
+      probs = probs.to(torch::kCPU, torch::kFloat64);
+      std::vector<double> row(probs.size(0));
+      for (int64_t l = 0; l < probs.size(0); ++l) row[l] = probs[l].item<double>();
+      out.ids.push_back(study.study_id);
+      out.probabilities.push_back(std::move(row));
+      representative->push_back(study.frontal.empty() ? study.lateral.front() : study.frontal.front());
+    }
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("study prediction failed: ", e.what_without_backtrace()));
+  }
+  return out;
+}
+
 absl::Status WritePredictionsCsv(const std::string& path, const ImagePredictions& p) {
   std::string text = "Path";
   for (const std::string& label : p.labels) absl::StrAppend(&text, ",", io::CsvEscape(label));
@@ -92,11 +143,21 @@ absl::Status RunPredict(const cli::ParsedFlags& flags) {
   options.device = flags.GetOrDie("device");
   options.on_error = flags.GetBool("skip-unreadable") ? loader::ErrorPolicy::kSkip : loader::ErrorPolicy::kFail;
   if (threads > 0) torch::set_num_threads(static_cast<int>(threads));
-  std::vector<size_t> all(manifest.entries().size());
-  for (size_t i = 0; i < all.size(); ++i) all[i] = i;
-  std::vector<loader::LoaderSample> samples =
-      loader::SamplesFromManifest(manifest, flags.GetOrDie("root"), all, data::LabelPolicy{});
-  ASSIGN_OR_RETURN(ImagePredictions predictions, PredictImages(ensemble, checkpoint.metadata, samples, options));
+  const std::string level = flags.GetOrDie("level");
+  ImagePredictions predictions;
+  if (level == "study") {
+    std::vector<size_t> representative;
+    ASSIGN_OR_RETURN(predictions, PredictStudies(ensemble, checkpoint.metadata, manifest, flags.GetOrDie("root"),
+                                                 options, &representative));
+  } else if (level == "image") {
+    std::vector<size_t> all(manifest.entries().size());
+    for (size_t i = 0; i < all.size(); ++i) all[i] = i;
+    std::vector<loader::LoaderSample> samples =
+        loader::SamplesFromManifest(manifest, flags.GetOrDie("root"), all, data::LabelPolicy{});
+    ASSIGN_OR_RETURN(predictions, PredictImages(ensemble, checkpoint.metadata, samples, options));
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("--level must be image or study, got '", level, "'"));
+  }
   RETURN_IF_ERROR(WritePredictionsCsv(flags.GetOrDie("out"), predictions));
   LOG(INFO) << "wrote " << predictions.ids.size() << " predictions to " << flags.GetOrDie("out")
             << (predictions.skipped > 0 ? absl::StrCat(" (", predictions.skipped, " unreadable images skipped)") : "");
@@ -120,6 +181,8 @@ cli::Command MakePredictCommand() {
       {"device", "auto, cpu, cuda or cuda:N", false, false, std::string("auto"), "D"},
       {"threads", "LibTorch intra-op threads (default: LibTorch's)", false, false, std::nullopt, "T"},
       {"skip-unreadable", "skip unreadable images (counted) instead of failing", true},
+      {"level", "image: one row per image (Path); study: one row per study (its id; DuoNet on two-view studies)", false,
+       false, std::string("image"), "L"},
   };
   c.run = RunPredict;
   return c;

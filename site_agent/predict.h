@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/cli/command.h"
+#include "common/data/manifest.h"
 #include "common/loader/batch_loader.h"
 #include "common/model/checkpoint.h"
 #include "common/model/ensemble.h"
@@ -39,11 +40,20 @@ absl::StatusOr<ImagePredictions> PredictImages(model::Ensemble& ensemble, const 
                                                const std::vector<loader::LoaderSample>& samples,
                                                const PredictOptions& options);
 
+// Study-level probabilities, as the study predicted: the DuoNet on every (frontal, lateral) pair when the checkpoint
+// has one and the study has both views, the SoloNet averaged over the study's images otherwise (model::PredictStudy).
+// ids are study ids ("<patient>/<study>"), in manifest order; `representative` receives, per id, the index of the
+// study's first frontal image (or first image) in manifest.entries(). An unreadable image fails the call or, with
+// ErrorPolicy::kSkip, leaves it out of its study (a study left without images is skipped and counted).
+absl::StatusOr<ImagePredictions> PredictStudies(model::Ensemble& ensemble, const model::CheckpointMetadata& metadata,
+                                                const data::Manifest& manifest, const std::string& data_root,
+                                                const PredictOptions& options, std::vector<size_t>* representative);
+
 // Writes `Path,<label>,...` rows (CheXpert-shaped, usable as a scores file of `fedtune stats compare`), atomically.
 absl::Status WritePredictionsCsv(const std::string& path, const ImagePredictions& predictions);
 
 // fedtune-site predict --model M.ckpt --manifest M.csv --root DIR --out preds.csv [--image-size N] [--device D]
-//   [--batch-size B] [--threads T] [--skip-unreadable]
+//   [--batch-size B] [--threads T] [--skip-unreadable] [--level image|study]
 cli::Command MakePredictCommand();
 
 }  // namespace fedtune::agent

@@ -28,6 +28,11 @@ FEDTUNE_LOG_LEVEL=1 "$bin/fedtune-site" finetune --config site.textproto
 "$bin/fedtune-site" evaluate --base pretrain/model.ckpt --model site/model.ckpt --manifest site/splits/test.csv \
   --root site-a --out report --device cpu --gradcam-per-label 1
 
+# Study-level evaluation uses the DuoNet on two-view studies.
+"$bin/fedtune-site" evaluate --base pretrain/model.ckpt --model site/model.ckpt --manifest site/splits/test.csv \
+  --root site-a --out report-study --device cpu --gradcam-per-label 0 --level study --quiet
+/usr/bin/python3 -c 'import json; r = json.load(open("report-study/report.json")); assert r["dataset"]["level"] == "study" and 0 < r["dataset"]["cases"] < r["dataset"]["images"], r["dataset"]; print("study-level mean AUC", r["overall"]["mean_auc_a"], "->", r["overall"]["mean_auc_b"])'
+
 # predict writes a scores file that stats compare accepts against the split's manifest.
 "$bin/fedtune-site" predict --model site/model.ckpt --manifest site/splits/test.csv --root site-a --out preds.csv \
   --device cpu
