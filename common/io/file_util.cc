@@ -15,7 +15,15 @@
 namespace fedtune::io {
 namespace {
 
-absl::Status ErrnoStatus(int err, absl::string_view what, const std::string& path) {
+std::string ParentDir(const std::string& path) {
+  std::filesystem::path p(path);
+  std::string parent = p.parent_path().string();
+  return parent.empty() ? "." : parent;
+}
+
+}  // namespace
+
+absl::Status ErrnoToStatus(int err, absl::string_view what, absl::string_view path) {
   std::string msg = absl::StrCat(what, " '", path, "': ", std::strerror(err));
   switch (err) {
     case ENOENT:
@@ -24,6 +32,8 @@ absl::Status ErrnoStatus(int err, absl::string_view what, const std::string& pat
     case EACCES:
     case EPERM:
       return absl::PermissionDeniedError(msg);
+    case EEXIST:
+      return absl::AlreadyExistsError(msg);
     case EISDIR:
       return absl::InvalidArgumentError(msg);
     case ENOSPC:
@@ -34,17 +44,9 @@ absl::Status ErrnoStatus(int err, absl::string_view what, const std::string& pat
   }
 }
 
-std::string ParentDir(const std::string& path) {
-  std::filesystem::path p(path);
-  std::string parent = p.parent_path().string();
-  return parent.empty() ? "." : parent;
-}
-
-}  // namespace
-
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return ErrnoStatus(errno, "cannot open", path);
+  if (fd < 0) return ErrnoToStatus(errno, "cannot open", path);
   struct stat st;
   if (::fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
     ::close(fd);
@@ -59,7 +61,7 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
       if (errno == EINTR) continue;
       int err = errno;
       ::close(fd);
-      return ErrnoStatus(err, "cannot read", path);
+      return ErrnoToStatus(err, "cannot read", path);
     }
     if (got == 0) break;
     out.append(buf.data(), static_cast<size_t>(got));
@@ -74,12 +76,12 @@ absl::Status WriteFileAtomically(const std::string& path, absl::string_view cont
   std::vector<char> name(tmpl.begin(), tmpl.end());
   name.push_back('\0');
   int fd = ::mkstemp(name.data());
-  if (fd < 0) return ErrnoStatus(errno, "cannot create a temporary file beside", path);
+  if (fd < 0) return ErrnoToStatus(errno, "cannot create a temporary file beside", path);
   const std::string tmp(name.data());
   auto fail = [&](int err, absl::string_view what) {
     ::close(fd);
     ::unlink(tmp.c_str());
-    return ErrnoStatus(err, what, path);
+    return ErrnoToStatus(err, what, path);
   };
   size_t done = 0;
   while (done < contents.size()) {
@@ -95,12 +97,12 @@ absl::Status WriteFileAtomically(const std::string& path, absl::string_view cont
   if (::close(fd) != 0) {
     int err = errno;
     ::unlink(tmp.c_str());
-    return ErrnoStatus(err, "cannot close", path);
+    return ErrnoToStatus(err, "cannot close", path);
   }
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     int err = errno;
     ::unlink(tmp.c_str());
-    return ErrnoStatus(err, "cannot rename a temporary file onto", path);
+    return ErrnoToStatus(err, "cannot rename a temporary file onto", path);
   }
   int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd >= 0) {
@@ -113,7 +115,7 @@ absl::Status WriteFileAtomically(const std::string& path, absl::string_view cont
 absl::Status MakeDirectories(const std::string& path) {
   std::error_code ec;
   std::filesystem::create_directories(path, ec);
-  if (ec) return ErrnoStatus(ec.value(), "cannot create directory", path);
+  if (ec) return ErrnoToStatus(ec.value(), "cannot create directory", path);
   if (!std::filesystem::is_directory(path, ec)) {
     return absl::InvalidArgumentError(absl::StrCat("'", path, "' exists and is not a directory"));
   }

@@ -11,6 +11,11 @@
 
 namespace fedtune::io {
 
+// The status for an errno value from an operation on `path`, with message "WHAT 'PATH': strerror". Codes: NotFound
+// (ENOENT, ENOTDIR), PermissionDenied (EACCES, EPERM), AlreadyExists (EEXIST), InvalidArgument (EISDIR),
+// ResourceExhausted (ENOSPC, EDQUOT), Internal otherwise.
+absl::Status ErrnoToStatus(int err, absl::string_view what, absl::string_view path);
+
 // Reads a whole file. NotFound when it does not exist, PermissionDenied when not readable, InvalidArgument when it
 // is a directory, Internal for other I/O failures. Messages name the path.
 absl::StatusOr<std::string> ReadFile(const std::string& path);

@@ -22,22 +22,6 @@ namespace {
 // Refuses to prompt for a pass phrase (OpenSSL's default callback would read the terminal).
 int NoPassphrase(char*, int, int, void*) { return -1; }
 
-absl::Status ErrnoStatus(int err, absl::string_view what, const std::string& path) {
-  std::string msg = absl::StrCat(what, " '", path, "': ", std::strerror(err));
-  switch (err) {
-    case ENOENT:
-    case ENOTDIR:
-      return absl::NotFoundError(msg);
-    case EACCES:
-    case EPERM:
-      return absl::PermissionDeniedError(msg);
-    case EEXIST:
-      return absl::AlreadyExistsError(msg);
-    default:
-      return absl::InternalError(msg);
-  }
-}
-
 }  // namespace
 
 absl::Status CheckIsP256(EVP_PKEY* key, absl::string_view what) {
@@ -106,12 +90,12 @@ absl::Status WritePrivateFileAtomically(const std::string& path, absl::string_vi
   std::vector<char> name(tmpl.begin(), tmpl.end());
   name.push_back('\0');
   int fd = ::mkstemp(name.data());  // mkstemp creates the file with mode 0600.
-  if (fd < 0) return ErrnoStatus(errno, "cannot create a temporary file beside", path);
+  if (fd < 0) return io::ErrnoToStatus(errno, "cannot create a temporary file beside", path);
   const std::string tmp(name.data());
   auto fail = [&](int err, absl::string_view what) {
     ::close(fd);
     ::unlink(tmp.c_str());
-    return ErrnoStatus(err, what, path);
+    return io::ErrnoToStatus(err, what, path);
   };
   if (::fchmod(fd, 0600) != 0) return fail(errno, "cannot set permissions of");
   size_t done = 0;
@@ -127,7 +111,7 @@ absl::Status WritePrivateFileAtomically(const std::string& path, absl::string_vi
   if (::close(fd) != 0) {
     int err = errno;
     ::unlink(tmp.c_str());
-    return ErrnoStatus(err, "cannot close", path);
+    return io::ErrnoToStatus(err, "cannot close", path);
   }
   // Without overwrite, link() publishes the file only if `path` does not exist yet (atomically, unlike a check
   // followed by rename()).
@@ -138,7 +122,7 @@ absl::Status WritePrivateFileAtomically(const std::string& path, absl::string_vi
     if (err == EEXIST) {
       return absl::AlreadyExistsError(absl::StrCat("'", path, "' already exists; refusing to replace a private key"));
     }
-    return ErrnoStatus(err, "cannot publish a temporary file as", path);
+    return io::ErrnoToStatus(err, "cannot publish a temporary file as", path);
   }
   int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd >= 0) {

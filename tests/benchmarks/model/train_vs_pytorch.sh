@@ -12,7 +12,7 @@ printf '%-14s %5s %5s %8s %14s %14s %7s\n' arch size batch threads "fedtune img/
 for spec in "0 mobilenet_v2" "1 densenet121"; do
   set -- $spec
   index=$1 arch=$2
-  cpp=$("$build/benchmarks/model_benchmark" --benchmark_filter="BM_TrainStep/$index/224/8\$" \
+  cpp=$("$build/benchmarks/model_benchmark" --benchmark_filter="BM_TrainStep/$index/224/8/" \
           --benchmark_min_time="$seconds" --benchmark_format=json 2>/dev/null |
         /usr/bin/python3 -c 'import json,sys; b=json.load(sys.stdin)["benchmarks"][0]; print(b["images/s"])')
   py=$(/usr/bin/python3 "$here/train_step_pytorch.py" "$arch" 224 8 "$threads" "$seconds" | sed 's/images_per_s=//')
