@@ -12,10 +12,10 @@
 #define FEDTUNE_STATUS_CONCAT_(a, b) FEDTUNE_STATUS_CONCAT_INNER_(a, b)
 
 // RETURN_IF_ERROR(expr): evaluates expr (an absl::Status) once and returns it from the caller when not OK.
-#define RETURN_IF_ERROR(expr)                                         \
-  do {                                                                \
-    ::absl::Status fedtune_status_ = (expr);                          \
-    if (!fedtune_status_.ok()) return fedtune_status_;                \
+#define RETURN_IF_ERROR(expr)                          \
+  do {                                                 \
+    ::absl::Status fedtune_status_ = (expr);           \
+    if (!fedtune_status_.ok()) return fedtune_status_; \
   } while (false)
 
 // ASSIGN_OR_RETURN(lhs, expr): evaluates expr (an absl::StatusOr<T>) once; returns its status when not OK, else

@@ -42,9 +42,7 @@ std::string ParsedFlags::GetOrDie(const std::string& name) const {
   return *v;
 }
 
-bool ParsedFlags::Has(const std::string& name) const {
-  return values_.count(name) > 0 || bools_.count(name) > 0;
-}
+bool ParsedFlags::Has(const std::string& name) const { return values_.count(name) > 0 || bools_.count(name) > 0; }
 
 bool ParsedFlags::GetBool(const std::string& name) const { return bools_.count(name) > 0; }
 
@@ -120,8 +118,7 @@ absl::StatusOr<ParsedFlags> ParseFlags(const std::vector<std::string>& args, con
     }
   }
   if (static_cast<int>(parsed.positional_.size()) > max_positional) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("unexpected argument '", parsed.positional_[max_positional], "'"));
+    return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", parsed.positional_[max_positional], "'"));
   }
   return parsed;
 }
@@ -149,7 +146,8 @@ std::string CommandSet::UsageOf(const Command& c) const {
 }
 
 std::string CommandSet::Overview() const {
-  std::string out = absl::StrCat(program_, ": ", description_, "\n\nusage: ", program_, " COMMAND [flags]\n\ncommands:\n");
+  std::string out =
+      absl::StrCat(program_, ": ", description_, "\n\nusage: ", program_, " COMMAND [flags]\n\ncommands:\n");
   for (const Command& c : commands_) {
     std::string name = absl::StrJoin(c.path, " ");
     absl::StrAppend(&out, "  ", name, std::string(name.size() < 24 ? 24 - name.size() : 1, ' '), c.summary, "\n");
@@ -173,9 +171,8 @@ int CommandSet::Main(int argc, char** argv) const {
     if (match && (best == nullptr || c.path.size() > best->path.size())) best = &c;
   }
   if (best == nullptr) {
-    std::cerr << program_ << ": error: unknown command '" << absl::StrJoin(args.begin(),
-                                                                           args.begin() + std::min<size_t>(2, args.size()), " ")
-              << "'\n\n"
+    std::cerr << program_ << ": error: unknown command '"
+              << absl::StrJoin(args.begin(), args.begin() + std::min<size_t>(2, args.size()), " ") << "'\n\n"
               << Overview();
     return kExitBadInput;
   }

@@ -12,9 +12,13 @@ inline constexpr int kNumChexpertLabels = 14;
 
 // Column names exactly as in CheXpert's train.csv / valid.csv.
 inline constexpr std::array<const char*, kNumChexpertLabels> kChexpertLabels = {
-    "No Finding",       "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
-    "Edema",            "Consolidation",              "Pneumonia",    "Atelectasis",  "Pneumothorax",
-    "Pleural Effusion", "Pleural Other",              "Fracture",     "Support Devices"};
+    "No Finding",       "Enlarged Cardiomediastinum",
+    "Cardiomegaly",     "Lung Opacity",
+    "Lung Lesion",      "Edema",
+    "Consolidation",    "Pneumonia",
+    "Atelectasis",      "Pneumothorax",
+    "Pleural Effusion", "Pleural Other",
+    "Fracture",         "Support Devices"};
 
 // Indices into kChexpertLabels.
 enum ChexpertLabel : int {

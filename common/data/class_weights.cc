@@ -6,9 +6,8 @@
 
 namespace fedtune::data {
 
-PositiveWeights ComputePositiveWeights(
-    const std::vector<LabelTargets>& training_targets,
-    const ClassWeightOptions& options) {
+PositiveWeights ComputePositiveWeights(const std::vector<LabelTargets>& training_targets,
+                                       const ClassWeightOptions& options) {
   CHECK_GT(options.max_weight, 0.0);
   PositiveWeights w;
   for (const LabelTargets& t : training_targets) {
@@ -38,14 +37,10 @@ PositiveWeights ComputePositiveWeights(
 std::string FormatPositiveWeights(const PositiveWeights& weights) {
   std::string out;
   for (int l = 0; l < kNumChexpertLabels; ++l) {
-    absl::StrAppendFormat(&out, "%s: %.4g (positives %.1f, negatives %.1f)",
-                          kChexpertLabels[l], weights.weight[l],
+    absl::StrAppendFormat(&out, "%s: %.4g (positives %.1f, negatives %.1f)", kChexpertLabels[l], weights.weight[l],
                           weights.positives[l], weights.negatives[l]);
     if (weights.degenerate[l]) {
-      absl::StrAppend(
-          &out,
-          weights.positives[l] <= 1e-9 ? " no positives" : " no negatives",
-          ": default weight");
+      absl::StrAppend(&out, weights.positives[l] <= 1e-9 ? " no positives" : " no negatives", ": default weight");
     }
     if (weights.capped[l]) absl::StrAppend(&out, " capped");
     absl::StrAppend(&out, "\n");

@@ -39,9 +39,8 @@ struct PositiveWeights {
 
 // Computes the positive weights of the training split's targets (after the
 // label policy). Pure function.
-PositiveWeights ComputePositiveWeights(
-    const std::vector<LabelTargets>& training_targets,
-    const ClassWeightOptions& options = {});
+PositiveWeights ComputePositiveWeights(const std::vector<LabelTargets>& training_targets,
+                                       const ClassWeightOptions& options = {});
 
 // One line per label: "Cardiomegaly: 7.25 (positives 120.0, negatives 870.0)",
 // with a "no positives: default weight", "no negatives: default weight" or

@@ -54,29 +54,22 @@ void RegisterDicomDecodersOnce() {
 absl::Status ProbeDicom(const std::string& file) {
   RegisterDicomDecodersOnce();
   auto bad = [&](absl::string_view why) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot read DICOM ", file, ": ", why));
+    return absl::InvalidArgumentError(absl::StrCat("cannot read DICOM ", file, ": ", why));
   };
   DcmFileFormat format;
   OFCondition cond = format.loadFile(file.c_str());
   if (cond.bad()) return bad(cond.text());
   DcmDataset* dataset = format.getDataset();
   Uint16 samples = 1;
-  if (dataset->findAndGetUint16(DCM_SamplesPerPixel, samples).good() &&
-      samples != 1) {
-    return bad(absl::StrCat("colour image (SamplesPerPixel ", samples,
-                            "); only grayscale radiographs are supported"));
+  if (dataset->findAndGetUint16(DCM_SamplesPerPixel, samples).good() && samples != 1) {
+    return bad(absl::StrCat("colour image (SamplesPerPixel ", samples, "); only grayscale radiographs are supported"));
   }
   Sint32 frames = 1;
-  if (dataset->findAndGetSint32(DCM_NumberOfFrames, frames).good() &&
-      frames > 1) {
-    return bad(
-        absl::StrCat("multi-frame image (", frames,
-                     " frames); only single-frame radiographs are supported"));
+  if (dataset->findAndGetSint32(DCM_NumberOfFrames, frames).good() && frames > 1) {
+    return bad(absl::StrCat("multi-frame image (", frames, " frames); only single-frame radiographs are supported"));
   }
   if (!dataset->tagExistsWithValue(DCM_PixelData)) return bad("no pixel data");
-  DicomImage image(dataset, dataset->getOriginalXfer(),
-                   CIF_UsePartialAccessToPixelData, 0, 1);
+  DicomImage image(dataset, dataset->getOriginalXfer(), CIF_UsePartialAccessToPixelData, 0, 1);
   if (image.getStatus() != EIS_Normal) {
     return bad(DicomImage::getString(image.getStatus()));
   }
@@ -88,15 +81,12 @@ absl::Status ProbeDicom(const std::string& file) {
 
 absl::Status ProbeRaster(const std::string& file) {
   try {
-    cv::Mat image =
-        cv::imread(file, cv::IMREAD_UNCHANGED | cv::IMREAD_ANYDEPTH);
+    cv::Mat image = cv::imread(file, cv::IMREAD_UNCHANGED | cv::IMREAD_ANYDEPTH);
     if (image.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "cannot decode image ", file, " (unknown format or corrupt)"));
+      return absl::InvalidArgumentError(absl::StrCat("cannot decode image ", file, " (unknown format or corrupt)"));
     }
   } catch (const cv::Exception& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot decode image ", file, ": ", e.what()));
+    return absl::InvalidArgumentError(absl::StrCat("cannot decode image ", file, ": ", e.what()));
   }
   return absl::OkStatus();
 }
@@ -108,8 +98,7 @@ absl::Status CheckExists(const std::string& file) {
     return absl::NotFoundError(absl::StrCat("image not found: ", file));
   }
   if (!std::filesystem::is_regular_file(status)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("not a regular file: ", file));
+    return absl::InvalidArgumentError(absl::StrCat("not a regular file: ", file));
   }
   return absl::OkStatus();
 }
@@ -121,22 +110,19 @@ struct ImageJob {
 };
 
 // Probes all jobs on `threads` threads; returns one problem per failed job.
-std::vector<ManifestProblem> ProbeAll(const std::vector<ImageJob>& jobs,
-                                      const DataCheckOptions& options) {
+std::vector<ManifestProblem> ProbeAll(const std::vector<ImageJob>& jobs, const DataCheckOptions& options) {
   std::vector<absl::Status> results(jobs.size());
   std::atomic<size_t> next{0};
   auto worker = [&] {
     for (size_t i = next++; i < jobs.size(); i = next++) {
       absl::Status s = CheckExists(jobs[i].file);
       if (s.ok() && options.decode_images) {
-        s = options.probe ? options.probe(jobs[i].file)
-                          : ProbeImageFile(jobs[i].file);
+        s = options.probe ? options.probe(jobs[i].file) : ProbeImageFile(jobs[i].file);
       }
       results[i] = std::move(s);
     }
   };
-  const int threads =
-      std::max<int>(1, std::min<size_t>(options.threads, jobs.size()));
+  const int threads = std::max<int>(1, std::min<size_t>(options.threads, jobs.size()));
   std::vector<std::thread> pool;
   for (int t = 1; t < threads; ++t) pool.emplace_back(worker);
   worker();
@@ -144,8 +130,7 @@ std::vector<ManifestProblem> ProbeAll(const std::vector<ImageJob>& jobs,
   std::vector<ManifestProblem> problems;
   for (size_t i = 0; i < jobs.size(); ++i) {
     if (!results[i].ok()) {
-      problems.push_back(
-          {jobs[i].line, "Path", std::string(results[i].message())});
+      problems.push_back({jobs[i].line, "Path", std::string(results[i].message())});
     }
   }
   return problems;
@@ -160,8 +145,7 @@ absl::Status ProbeImageFile(const std::string& file) {
 
 absl::StatusOr<DataCheckReport> CheckDataset(const DataCheckOptions& options) {
   if (options.threads < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("threads must be >= 1, got ", options.threads));
+    return absl::InvalidArgumentError(absl::StrCat("threads must be >= 1, got ", options.threads));
   }
   io::CsvParseOptions csv_options;
   csv_options.keep_ragged_records = true;  // Reported below with the other problems, not fatal.
@@ -189,8 +173,7 @@ absl::StatusOr<DataCheckReport> CheckDataset(const DataCheckOptions& options) {
     const ManifestEntry& first = manifest.entries()[study.lateral.front()];
     report.problems.push_back(
         {first.line, "Frontal/Lateral",
-         absl::StrCat("study ", study.study_id, " has no frontal image (",
-                      study.lateral.size(), " lateral)")});
+         absl::StrCat("study ", study.study_id, " has no frontal image (", study.lateral.size(), " lateral)")});
   }
 
   // Every row with a usable path gets its image checked, rejected rows
@@ -207,21 +190,17 @@ absl::StatusOr<DataCheckReport> CheckDataset(const DataCheckOptions& options) {
   for (const ManifestEntry& e : parse.rejected) add_job(e);
   report.images_checked = jobs.size();
   std::vector<ManifestProblem> image_problems = ProbeAll(jobs, options);
-  report.problems.insert(report.problems.end(), image_problems.begin(),
-                         image_problems.end());
+  report.problems.insert(report.problems.end(), image_problems.begin(), image_problems.end());
 
   std::stable_sort(report.problems.begin(), report.problems.end(),
-                   [](const ManifestProblem& a, const ManifestProblem& b) {
-                     return a.line < b.line;
-                   });
+                   [](const ManifestProblem& a, const ManifestProblem& b) { return a.line < b.line; });
   return report;
 }
 
 std::string FormatDataCheckReport(const DataCheckReport& r) {
   std::string out =
-      absl::StrCat("manifest ", r.source, ": ", r.rows, " rows, ", r.valid_rows,
-                   " well-formed; ", r.patients, " patients, ", r.studies,
-                   " studies; ", r.images_checked, " images checked\n");
+      absl::StrCat("manifest ", r.source, ": ", r.rows, " rows, ", r.valid_rows, " well-formed; ", r.patients,
+                   " patients, ", r.studies, " studies; ", r.images_checked, " images checked\n");
   if (!r.problems.empty()) {
     absl::StrAppend(&out, "\nproblems (", r.problems.size(), "):\n");
     for (const ManifestProblem& p : r.problems) {
@@ -234,19 +213,15 @@ std::string FormatDataCheckReport(const DataCheckReport& r) {
       absl::StrAppend(&out, "  ", FormatProblem(r.source, p), "\n");
     }
   }
-  absl::StrAppendFormat(
-      &out, "\nlabel counts over %d well-formed rows:\n%-28s %9s %9s %9s %9s\n",
-      r.valid_rows, "label", "positive", "negative", "uncertain", "blank");
+  absl::StrAppendFormat(&out, "\nlabel counts over %d well-formed rows:\n%-28s %9s %9s %9s %9s\n", r.valid_rows,
+                        "label", "positive", "negative", "uncertain", "blank");
   for (int l = 0; l < kNumChexpertLabels; ++l) {
     const LabelValueCounts& c = r.label_counts[l];
-    absl::StrAppendFormat(&out, "%-28s %9d %9d %9d %9d\n", kChexpertLabels[l],
-                          c.positive, c.negative, c.uncertain, c.blank);
+    absl::StrAppendFormat(&out, "%-28s %9d %9d %9d %9d\n", kChexpertLabels[l], c.positive, c.negative, c.uncertain,
+                          c.blank);
   }
-  absl::StrAppend(
-      &out, "\n",
-      r.ok() ? "OK: no problems found"
-             : absl::StrCat("FAILED: ", r.problems.size(), " problem(s)"),
-      "\n");
+  absl::StrAppend(&out, "\n",
+                  r.ok() ? "OK: no problems found" : absl::StrCat("FAILED: ", r.problems.size(), " problem(s)"), "\n");
   return out;
 }
 
@@ -260,12 +235,9 @@ cli::Command MakeDataCheckCommand(std::ostream* out, ImageProbe probe) {
       "and per-label counts. Exit code 2 when "
       "anything is wrong.";
   command.flags = {
-      {"manifest", "CheXpert-format CSV to check", false, true, std::nullopt,
-       "M.csv"},
-      {"root", "data root that the manifest's paths are relative to", false,
-       true, std::nullopt, "DIR"},
-      {"no-decode", "only check that images exist; do not decode them", true,
-       false, std::nullopt, "VALUE"},
+      {"manifest", "CheXpert-format CSV to check", false, true, std::nullopt, "M.csv"},
+      {"root", "data root that the manifest's paths are relative to", false, true, std::nullopt, "DIR"},
+      {"no-decode", "only check that images exist; do not decode them", true, false, std::nullopt, "VALUE"},
       {"threads", "images decoded in parallel", false, false, "1", "N"},
   };
   command.run = [out, probe](const cli::ParsedFlags& flags) -> absl::Status {
@@ -276,16 +248,14 @@ cli::Command MakeDataCheckCommand(std::ostream* out, ImageProbe probe) {
     options.decode_images = !flags.GetBool("no-decode");
     ASSIGN_OR_RETURN(int64_t threads, flags.GetInt("threads", 1));
     if (threads < 1 || threads > 256) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--threads: expected 1 to 256, got ", threads));
+      return absl::InvalidArgumentError(absl::StrCat("--threads: expected 1 to 256, got ", threads));
     }
     options.threads = static_cast<int>(threads);
     ASSIGN_OR_RETURN(DataCheckReport report, CheckDataset(options));
     *out << FormatDataCheckReport(report) << std::flush;
     if (!report.ok()) {
       return absl::InvalidArgumentError(
-          absl::StrCat(report.problems.size(), " problem(s) in ",
-                       options.manifest_path, " (listed above)"));
+          absl::StrCat(report.problems.size(), " problem(s) in ", options.manifest_path, " (listed above)"));
     }
     return absl::OkStatus();
   };

@@ -88,8 +88,7 @@ std::string FormatDataCheckReport(const DataCheckReport& report);
 // whether an image is readable; empty = ProbeImageFile. A program that links
 // the imaging pipeline can pass its decoder so that "readable" means exactly
 // what training will read.
-cli::Command MakeDataCheckCommand(std::ostream* out,
-                                  ImageProbe probe = nullptr);
+cli::Command MakeDataCheckCommand(std::ostream* out, ImageProbe probe = nullptr);
 // As above, printing to std::cout.
 cli::Command MakeDataCheckCommand();
 

@@ -33,11 +33,9 @@ uint64_t Mix64(uint64_t z) {
 }  // namespace
 
 absl::Status ValidateLabelPolicy(const LabelPolicy& policy) {
-  if (!(policy.soft_low >= 0.0 && policy.soft_high <= 1.0 &&
-        policy.soft_low <= policy.soft_high)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("soft label range [", policy.soft_low, ", ",
-                     policy.soft_high, "] must satisfy 0 <= low <= high <= 1"));
+  if (!(policy.soft_low >= 0.0 && policy.soft_high <= 1.0 && policy.soft_low <= policy.soft_high)) {
+    return absl::InvalidArgumentError(absl::StrCat("soft label range [", policy.soft_low, ", ", policy.soft_high,
+                                                   "] must satisfy 0 <= low <= high <= 1"));
   }
   return absl::OkStatus();
 }
@@ -50,16 +48,14 @@ absl::StatusOr<UncertainPolicy> ParseUncertainPolicy(absl::string_view name) {
   if (n == "zeros") return UncertainPolicy::kZeros;
   if (n == "ignore") return UncertainPolicy::kIgnore;
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown uncertainty policy '", name,
-                   "' (expected u-soft, u-ones, u-zeros or u-ignore)"));
+      absl::StrCat("unknown uncertainty policy '", name, "' (expected u-soft, u-ones, u-zeros or u-ignore)"));
 }
 
 absl::StatusOr<BlankPolicy> ParseBlankPolicy(absl::string_view name) {
   std::string n = absl::AsciiStrToLower(name);
   if (n == "zero") return BlankPolicy::kZero;
   if (n == "ignore") return BlankPolicy::kIgnore;
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unknown blank-label policy '", name, "' (expected zero or ignore)"));
+  return absl::InvalidArgumentError(absl::StrCat("unknown blank-label policy '", name, "' (expected zero or ignore)"));
 }
 
 std::string UncertainPolicyName(UncertainPolicy policy) {
@@ -77,44 +73,33 @@ std::string UncertainPolicyName(UncertainPolicy policy) {
   return "";
 }
 
-std::string BlankPolicyName(BlankPolicy policy) {
-  return policy == BlankPolicy::kZero ? "zero" : "ignore";
-}
+std::string BlankPolicyName(BlankPolicy policy) { return policy == BlankPolicy::kZero ? "zero" : "ignore"; }
 
 std::string DescribeLabelPolicy(const LabelPolicy& policy) {
   std::string uncertain = UncertainPolicyName(policy.uncertain);
   if (policy.uncertain == UncertainPolicy::kSoft) {
-    absl::StrAppend(&uncertain, "[", policy.soft_low, ",", policy.soft_high,
-                    "] seed=", policy.seed);
+    absl::StrAppend(&uncertain, "[", policy.soft_low, ",", policy.soft_high, "] seed=", policy.seed);
   }
-  return absl::StrCat(
-      "uncertain=", uncertain, " blank=", BlankPolicyName(policy.blank),
-      " hierarchy=", policy.hierarchy_correction ? "on" : "off");
+  return absl::StrCat("uncertain=", uncertain, " blank=", BlankPolicyName(policy.blank),
+                      " hierarchy=", policy.hierarchy_correction ? "on" : "off");
 }
 
-float SoftLabel(const LabelPolicy& policy, absl::string_view image_key,
-                int label) {
-  const uint64_t bits = Mix64(Mix64(policy.seed ^ Fnv1a64(image_key)) +
-                              static_cast<uint64_t>(label));
-  const double u =
-      static_cast<double>(bits >> 11) * 0x1.0p-53;  // Uniform in [0, 1).
-  return static_cast<float>(policy.soft_low +
-                            (policy.soft_high - policy.soft_low) * u);
+float SoftLabel(const LabelPolicy& policy, absl::string_view image_key, int label) {
+  const uint64_t bits = Mix64(Mix64(policy.seed ^ Fnv1a64(image_key)) + static_cast<uint64_t>(label));
+  const double u = static_cast<double>(bits >> 11) * 0x1.0p-53;  // Uniform in [0, 1).
+  return static_cast<float>(policy.soft_low + (policy.soft_high - policy.soft_low) * u);
 }
 
 void ApplyHierarchyCorrection(LabelTargets* t) {
   for (const auto& [child, parent] : kChexpertHierarchy) {
     if (t->mask[child] > 0 && t->target[child] > 0) {
-      t->target[parent] = t->mask[parent] > 0
-                              ? std::max(t->target[parent], t->target[child])
-                              : t->target[child];
+      t->target[parent] = t->mask[parent] > 0 ? std::max(t->target[parent], t->target[child]) : t->target[child];
       t->mask[parent] = 1.0f;
     }
   }
 }
 
-LabelTargets ApplyLabelPolicy(const RawLabels& raw, absl::string_view image_key,
-                              const LabelPolicy& policy) {
+LabelTargets ApplyLabelPolicy(const RawLabels& raw, absl::string_view image_key, const LabelPolicy& policy) {
   CHECK(ValidateLabelPolicy(policy).ok()) << DescribeLabelPolicy(policy);
   LabelTargets t;
   for (int l = 0; l < kNumChexpertLabels; ++l) {
@@ -152,8 +137,7 @@ LabelTargets ApplyLabelPolicy(const RawLabels& raw, absl::string_view image_key,
   return t;
 }
 
-std::vector<LabelTargets> TargetsForEntries(const Manifest& manifest,
-                                            const std::vector<size_t>& entries,
+std::vector<LabelTargets> TargetsForEntries(const Manifest& manifest, const std::vector<size_t>& entries,
                                             const LabelPolicy& policy) {
   std::vector<LabelTargets> targets;
   targets.reserve(entries.size());

@@ -62,9 +62,8 @@ absl::Status ValidateLabelPolicy(const LabelPolicy& policy);
 absl::StatusOr<UncertainPolicy> ParseUncertainPolicy(absl::string_view name);
 // Parses "zero" or "ignore" (case-insensitive).
 absl::StatusOr<BlankPolicy> ParseBlankPolicy(absl::string_view name);
-std::string UncertainPolicyName(
-    UncertainPolicy policy);                      // "u-soft", "u-ones", ...
-std::string BlankPolicyName(BlankPolicy policy);  // "zero", "ignore".
+std::string UncertainPolicyName(UncertainPolicy policy);  // "u-soft", "u-ones", ...
+std::string BlankPolicyName(BlankPolicy policy);          // "zero", "ignore".
 
 // One line for run records and logs, e.g. "uncertain=u-soft[0.55,0.85] seed=42
 // blank=zero hierarchy=on".
@@ -80,8 +79,7 @@ struct LabelTargets {
 // The soft label of (image_key, label) for `policy`'s seed and range:
 // deterministic, uniform in [soft_low, soft_high). Exposed for tests and
 // reports.
-float SoftLabel(const LabelPolicy& policy, absl::string_view image_key,
-                int label);
+float SoftLabel(const LabelPolicy& policy, absl::string_view image_key, int label);
 
 // Applies the policy to one image's raw labels, then (if enabled) the hierarchy
 // correction: for each (child, parent) of kChexpertHierarchy in order, when the
@@ -91,14 +89,12 @@ float SoftLabel(const LabelPolicy& policy, absl::string_view image_key,
 // child changes nothing. `image_key` identifies the image for soft draws: use
 // the manifest path. The policy must be valid (ValidateLabelPolicy); a bad one
 // CHECK-fails.
-LabelTargets ApplyLabelPolicy(const RawLabels& raw, absl::string_view image_key,
-                              const LabelPolicy& policy);
+LabelTargets ApplyLabelPolicy(const RawLabels& raw, absl::string_view image_key, const LabelPolicy& policy);
 
 // The targets of the given entries of `manifest` (indices into entries(), e.g.
 // DatasetSplit::EntriesIn(Split::kTrain)), in that order, each keyed by its
 // manifest path. Indices must be in range (CHECK).
-std::vector<LabelTargets> TargetsForEntries(const Manifest& manifest,
-                                            const std::vector<size_t>& entries,
+std::vector<LabelTargets> TargetsForEntries(const Manifest& manifest, const std::vector<size_t>& entries,
                                             const LabelPolicy& policy);
 
 // Corrects targets in place as ApplyLabelPolicy does (exposed for callers with

@@ -43,8 +43,7 @@ struct Columns {
   std::array<std::optional<size_t>, kNumChexpertLabels> labels;
 };
 
-Columns FindColumns(const io::CsvTable& table,
-                    std::vector<ManifestProblem>* problems,
+Columns FindColumns(const io::CsvTable& table, std::vector<ManifestProblem>* problems,
                     std::vector<ManifestProblem>* warnings) {
   Columns c;
   auto required = [&](const char* name) {
@@ -63,8 +62,7 @@ Columns FindColumns(const io::CsvTable& table,
     c.labels[l] = required(kChexpertLabels[l]);
   }
 
-  std::set<std::string> known(kChexpertMetadataColumns.begin(),
-                              kChexpertMetadataColumns.end());
+  std::set<std::string> known(kChexpertMetadataColumns.begin(), kChexpertMetadataColumns.end());
   known.insert(kChexpertLabels.begin(), kChexpertLabels.end());
   for (const std::string& name : table.header) {
     if (!known.count(name)) {
@@ -81,10 +79,9 @@ std::string Cell(const io::CsvRecord& row, std::optional<size_t> column) {
 
 std::string NormalizedPath(const std::string& path) {
   // Most paths are already normal; std::filesystem is slow on 200k rows.
-  const bool normal =
-      !absl::StrContains(path, "//") && !absl::StrContains(path, "/./") &&
-      !absl::StartsWith(path, "./") && !absl::StrContains(path, "/../") &&
-      !absl::EndsWith(path, "/.") && !absl::EndsWith(path, "/");
+  const bool normal = !absl::StrContains(path, "//") && !absl::StrContains(path, "/./") &&
+                      !absl::StartsWith(path, "./") && !absl::StrContains(path, "/../") &&
+                      !absl::EndsWith(path, "/.") && !absl::EndsWith(path, "/");
   if (normal) return path;
   return std::filesystem::path(path).lexically_normal().generic_string();
 }
@@ -114,20 +111,15 @@ bool ParseRow(const io::CsvRecord& row, const Columns& c, ManifestEntry* entry,
     } else if (sex.empty() || sex == "unknown" || sex == "u") {
       entry->sex = Sex::kUnknown;
     } else {
-      problem(kSexColumn,
-              absl::StrCat("'", Cell(row, c.sex),
-                           "' is not Male, Female, Unknown or blank"));
+      problem(kSexColumn, absl::StrCat("'", Cell(row, c.sex), "' is not Male, Female, Unknown or blank"));
     }
   }
   if (c.age) {
     const std::string age = Cell(row, c.age);
     double years = 0;
     if (!age.empty()) {
-      if (!absl::SimpleAtod(age, &years) || !std::isfinite(years) ||
-          years < 0 || years > kMaxAgeYears) {
-        problem(kAgeColumn,
-                absl::StrCat("'", age, "' is not an age in years (0 to ",
-                             kMaxAgeYears, ") or blank"));
+      if (!absl::SimpleAtod(age, &years) || !std::isfinite(years) || years < 0 || years > kMaxAgeYears) {
+        problem(kAgeColumn, absl::StrCat("'", age, "' is not an age in years (0 to ", kMaxAgeYears, ") or blank"));
       } else {
         entry->age = years;
       }
@@ -140,17 +132,14 @@ bool ParseRow(const io::CsvRecord& row, const Columns& c, ManifestEntry* entry,
     } else if (view == "lateral") {
       entry->view = View::kLateral;
     } else {
-      problem(kViewColumn, absl::StrCat("'", Cell(row, c.view),
-                                        "' is not Frontal or Lateral"));
+      problem(kViewColumn, absl::StrCat("'", Cell(row, c.view), "' is not Frontal or Lateral"));
     }
   }
   if (c.projection) {
     entry->projection = absl::AsciiStrToUpper(Cell(row, c.projection));
     const std::string& p = entry->projection;
     if (!(p.empty() || p == "AP" || p == "PA" || p == "LL" || p == "RL")) {
-      problem(kProjectionColumn,
-              absl::StrCat("'", Cell(row, c.projection),
-                           "' is not AP, PA, LL, RL or blank"));
+      problem(kProjectionColumn, absl::StrCat("'", Cell(row, c.projection), "' is not AP, PA, LL, RL or blank"));
     }
   }
   for (int l = 0; l < kNumChexpertLabels; ++l) {
@@ -184,8 +173,7 @@ bool ParseRow(const io::CsvRecord& row, const Columns& c, ManifestEntry* entry,
 
 }  // namespace
 
-std::string FormatProblem(absl::string_view source,
-                          const ManifestProblem& problem) {
+std::string FormatProblem(absl::string_view source, const ManifestProblem& problem) {
   std::string out = absl::StrCat(source, ":", problem.line, ": ");
   if (!problem.column.empty()) absl::StrAppend(&out, "[", problem.column, "] ");
   absl::StrAppend(&out, problem.message);
@@ -201,8 +189,7 @@ absl::StatusOr<RawLabel> ParseRawLabel(absl::string_view cell) {
     if (value == 0.0) return RawLabel::kNegative;
     if (value == -1.0) return RawLabel::kUncertain;
   }
-  return absl::InvalidArgumentError(
-      absl::StrCat("'", v, "' is not 1.0, 0.0, -1.0 or blank"));
+  return absl::InvalidArgumentError(absl::StrCat("'", v, "' is not 1.0, 0.0, -1.0 or blank"));
 }
 
 absl::Status ValidateManifestPath(absl::string_view path) {
@@ -211,8 +198,7 @@ absl::Status ValidateManifestPath(absl::string_view path) {
     return absl::InvalidArgumentError("path contains '\\'; separate with '/'");
   }
   if (path.front() == '/') {
-    return absl::InvalidArgumentError(
-        "absolute path; paths are relative to the data root");
+    return absl::InvalidArgumentError("absolute path; paths are relative to the data root");
   }
   for (absl::string_view part : absl::StrSplit(path, '/')) {
     if (part == "..") {
@@ -223,8 +209,7 @@ absl::Status ValidateManifestPath(absl::string_view path) {
 }
 
 std::optional<PathIds> IdsFromChexpertPath(absl::string_view path) {
-  std::vector<absl::string_view> parts =
-      absl::StrSplit(path, '/', absl::SkipEmpty());
+  std::vector<absl::string_view> parts = absl::StrSplit(path, '/', absl::SkipEmpty());
   for (size_t i = parts.size(); i-- > 0;) {
     absl::string_view part = parts[i];
     if (absl::StartsWith(part, "patient") && IsDigits(part.substr(7))) {
@@ -246,8 +231,7 @@ Manifest::Manifest(std::string source, std::vector<ManifestEntry> entries)
   study_of_entry_.reserve(entries_.size());
   for (size_t i = 0; i < entries_.size(); ++i) {
     const ManifestEntry& e = entries_[i];
-    auto [pit, new_patient] =
-        patient_index.emplace(e.patient_id, patients_.size());
+    auto [pit, new_patient] = patient_index.emplace(e.patient_id, patients_.size());
     if (new_patient) patients_.push_back(Patient{e.patient_id, {}});
     auto [sit, new_study] = study_index.emplace(e.study_id, studies_.size());
     if (new_study) {
@@ -274,13 +258,10 @@ ManifestParse ParseManifest(const io::CsvTable& table) {
     ManifestEntry entry;
     bool clean = ParseRow(row, columns, &entry, &problems);
     if (!entry.path.empty()) {
-      auto [it, inserted] =
-          first_line_of_path.emplace(NormalizedPath(entry.path), row.line);
+      auto [it, inserted] = first_line_of_path.emplace(NormalizedPath(entry.path), row.line);
       if (!inserted) {
-        problems.push_back(
-            {row.line, kPathColumn,
-             absl::StrCat("duplicate path '", entry.path, "' (first on line ",
-                          it->second, ")")});
+        problems.push_back({row.line, kPathColumn,
+                            absl::StrCat("duplicate path '", entry.path, "' (first on line ", it->second, ")")});
         clean = false;
       }
     }
@@ -289,27 +270,21 @@ ManifestParse ParseManifest(const io::CsvTable& table) {
   // A row reported twice keeps its problems together and in column order; rows
   // stay in line order.
   std::stable_sort(problems.begin(), problems.end(),
-                   [](const ManifestProblem& a, const ManifestProblem& b) {
-                     return a.line < b.line;
-                   });
-  return ManifestParse{Manifest(table.source, std::move(entries)),
-                       std::move(problems), std::move(warnings),
+                   [](const ManifestProblem& a, const ManifestProblem& b) { return a.line < b.line; });
+  return ManifestParse{Manifest(table.source, std::move(entries)), std::move(problems), std::move(warnings),
                        std::move(rejected)};
 }
 
 absl::StatusOr<Manifest> Manifest::FromTable(const io::CsvTable& table) {
   ManifestParse parse = ParseManifest(table);
   if (parse.problems.empty()) return std::move(parse.manifest);
-  std::string message = absl::StrCat(
-      parse.problems.size(), " problem(s) in manifest ", table.source, ":");
+  std::string message = absl::StrCat(parse.problems.size(), " problem(s) in manifest ", table.source, ":");
   const int shown = std::min<int>(parse.problems.size(), kMaxProblemsInStatus);
   for (int i = 0; i < shown; ++i) {
-    absl::StrAppend(&message, "\n  ",
-                    FormatProblem(table.source, parse.problems[i]));
+    absl::StrAppend(&message, "\n  ", FormatProblem(table.source, parse.problems[i]));
   }
   if (shown < static_cast<int>(parse.problems.size())) {
-    absl::StrAppend(&message, "\n  ... and ", parse.problems.size() - shown,
-                    " more (run `fedtune-site data check`)");
+    absl::StrAppend(&message, "\n  ... and ", parse.problems.size() - shown, " more (run `fedtune-site data check`)");
   }
   return absl::InvalidArgumentError(message);
 }
@@ -319,8 +294,7 @@ absl::StatusOr<Manifest> Manifest::ReadCsv(const std::string& path) {
   return FromTable(table);
 }
 
-std::array<LabelValueCounts, kNumChexpertLabels> CountLabelValues(
-    const std::vector<ManifestEntry>& entries) {
+std::array<LabelValueCounts, kNumChexpertLabels> CountLabelValues(const std::vector<ManifestEntry>& entries) {
   std::array<LabelValueCounts, kNumChexpertLabels> counts{};
   for (const ManifestEntry& e : entries) {
     for (int l = 0; l < kNumChexpertLabels; ++l) {
@@ -343,8 +317,7 @@ std::array<LabelValueCounts, kNumChexpertLabels> CountLabelValues(
   return counts;
 }
 
-std::string ResolveImagePath(absl::string_view root,
-                             absl::string_view entry_path) {
+std::string ResolveImagePath(absl::string_view root, absl::string_view entry_path) {
   if (root.empty()) return std::string(entry_path);
   while (root.size() > 1 && root.back() == '/') root.remove_suffix(1);
   if (root == "/") return absl::StrCat("/", entry_path);

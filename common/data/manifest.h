@@ -83,8 +83,7 @@ struct ManifestProblem {
 };
 
 // "SOURCE:LINE: [COLUMN] MESSAGE", the format `data check` prints.
-std::string FormatProblem(absl::string_view source,
-                          const ManifestProblem& problem);
+std::string FormatProblem(absl::string_view source, const ManifestProblem& problem);
 
 // Parses one label cell: "" (after trimming spaces) -> kBlank; a number equal
 // to 1, 0 or -1 ("1", "1.0", "-1.00") -> kPositive, kNegative, kUncertain.
@@ -130,9 +129,7 @@ class Manifest {
   // Index into studies() of each entry, parallel to entries().
   const std::vector<size_t>& study_of_entry() const { return study_of_entry_; }
   // Index into patients() of each study, parallel to studies().
-  const std::vector<size_t>& patient_of_study() const {
-    return patient_of_study_;
-  }
+  const std::vector<size_t>& patient_of_study() const { return patient_of_study_; }
 
  private:
   std::string source_;
@@ -166,13 +163,11 @@ struct LabelValueCounts {
   int64_t uncertain = 0;
   int64_t blank = 0;
 };
-std::array<LabelValueCounts, kNumChexpertLabels> CountLabelValues(
-    const std::vector<ManifestEntry>& entries);
+std::array<LabelValueCounts, kNumChexpertLabels> CountLabelValues(const std::vector<ManifestEntry>& entries);
 
 // The file an entry refers to: `root`/`entry_path` (root may be empty: the path
 // is used as is).
-std::string ResolveImagePath(absl::string_view root,
-                             absl::string_view entry_path);
+std::string ResolveImagePath(absl::string_view root, absl::string_view entry_path);
 
 }  // namespace fedtune::data
 

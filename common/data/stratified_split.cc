@@ -19,8 +19,7 @@ namespace {
 // std::uniform_int_distribution is implementation-defined; this keeps splits
 // identical across standard libraries for a seed.
 uint64_t UniformBelow(std::mt19937_64& rng, uint64_t n) {
-  const uint64_t limit = std::numeric_limits<uint64_t>::max() -
-                         std::numeric_limits<uint64_t>::max() % n;
+  const uint64_t limit = std::numeric_limits<uint64_t>::max() - std::numeric_limits<uint64_t>::max() % n;
   uint64_t x;
   do {
     x = rng();
@@ -35,14 +34,12 @@ void Shuffle(std::vector<T>& v, std::mt19937_64& rng) {
   }
 }
 
-absl::StatusOr<std::vector<double>> NormalizedRatios(
-    const std::vector<double>& ratios) {
+absl::StatusOr<std::vector<double>> NormalizedRatios(const std::vector<double>& ratios) {
   if (ratios.empty()) return absl::InvalidArgumentError("no split ratios");
   double sum = 0;
   for (double r : ratios) {
     if (!(r >= 0) || !std::isfinite(r)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("split ratio ", r, " is not a finite number >= 0"));
+      return absl::InvalidArgumentError(absl::StrCat("split ratio ", r, " is not a finite number >= 0"));
     }
     sum += r;
   }
@@ -55,18 +52,15 @@ absl::StatusOr<std::vector<double>> NormalizedRatios(
 absl::Status ValidateUnits(const std::vector<StratificationUnit>& units) {
   for (size_t u = 0; u < units.size(); ++u) {
     if (units[u].size < 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("unit ", u, " has a negative size"));
+      return absl::InvalidArgumentError(absl::StrCat("unit ", u, " has a negative size"));
     }
     if (units[u].label_counts.size() != units[0].label_counts.size()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "unit ", u, " has ", units[u].label_counts.size(),
-          " label counts, unit 0 has ", units[0].label_counts.size()));
+      return absl::InvalidArgumentError(absl::StrCat("unit ", u, " has ", units[u].label_counts.size(),
+                                                     " label counts, unit 0 has ", units[0].label_counts.size()));
     }
     for (int64_t c : units[u].label_counts) {
       if (c < 0) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("unit ", u, " has a negative label count"));
+        return absl::InvalidArgumentError(absl::StrCat("unit ", u, " has a negative label count"));
       }
     }
   }
@@ -106,9 +100,8 @@ std::string SplitName(Split split) {
   return "";
 }
 
-absl::StatusOr<std::vector<int>> IterativeStratification(
-    const std::vector<StratificationUnit>& units,
-    const std::vector<double>& ratios, uint64_t seed) {
+absl::StatusOr<std::vector<int>> IterativeStratification(const std::vector<StratificationUnit>& units,
+                                                         const std::vector<double>& ratios, uint64_t seed) {
   ASSIGN_OR_RETURN(std::vector<double> r, NormalizedRatios(ratios));
   RETURN_IF_ERROR(ValidateUnits(units));
   const int parts = static_cast<int>(r.size());
@@ -131,8 +124,7 @@ absl::StatusOr<std::vector<int>> IterativeStratification(
     }
   }
   std::vector<double> want_size(parts);
-  std::vector<std::vector<double>> want_label(parts,
-                                              std::vector<double>(labels));
+  std::vector<std::vector<double>> want_label(parts, std::vector<double>(labels));
   for (int j = 0; j < parts; ++j) {
     want_size[j] = r[j] * total_size;
     for (size_t l = 0; l < labels; ++l) {
@@ -149,17 +141,14 @@ absl::StatusOr<std::vector<int>> IterativeStratification(
       if (units[u].label_counts[l] > 0) --units_with_label[l];
     }
   };
-  auto pick = [&](std::vector<int> tied) {
-    return tied.size() == 1 ? tied[0] : tied[UniformBelow(rng, tied.size())];
-  };
+  auto pick = [&](std::vector<int> tied) { return tied.size() == 1 ? tied[0] : tied[UniformBelow(rng, tied.size())]; };
 
   while (true) {
     // The label with the fewest unassigned positive units (lowest index on
     // ties).
     int label = -1;
     for (size_t l = 0; l < labels; ++l) {
-      if (units_with_label[l] > 0 &&
-          (label < 0 || units_with_label[l] < units_with_label[label])) {
+      if (units_with_label[l] > 0 && (label < 0 || units_with_label[l] < units_with_label[label])) {
         label = l;
       }
     }
@@ -172,8 +161,7 @@ absl::StatusOr<std::vector<int>> IterativeStratification(
     }
     Shuffle(order, rng);
     for (size_t u : order) {
-      std::vector<int> tied =
-          ArgMaxParts(active, [&](int j) { return want_label[j][label]; });
+      std::vector<int> tied = ArgMaxParts(active, [&](int j) { return want_label[j][label]; });
       if (tied.size() > 1) {
         tied = ArgMaxParts(tied, [&](int j) { return want_size[j]; });
       }
@@ -191,9 +179,8 @@ absl::StatusOr<std::vector<int>> IterativeStratification(
   return assignment;
 }
 
-absl::StatusOr<std::vector<int>> RandomPartition(
-    const std::vector<StratificationUnit>& units,
-    const std::vector<double>& ratios, uint64_t seed) {
+absl::StatusOr<std::vector<int>> RandomPartition(const std::vector<StratificationUnit>& units,
+                                                 const std::vector<double>& ratios, uint64_t seed) {
   ASSIGN_OR_RETURN(std::vector<double> r, NormalizedRatios(ratios));
   RETURN_IF_ERROR(ValidateUnits(units));
   std::mt19937_64 rng(seed);
@@ -210,10 +197,8 @@ absl::StatusOr<std::vector<int>> RandomPartition(
   Shuffle(order, rng);
   std::vector<int> assignment(units.size(), -1);
   for (size_t u : order) {
-    std::vector<int> tied =
-        ArgMaxParts(active, [&](int j) { return want_size[j]; });
-    const int j =
-        tied.size() == 1 ? tied[0] : tied[UniformBelow(rng, tied.size())];
+    std::vector<int> tied = ArgMaxParts(active, [&](int j) { return want_size[j]; });
+    const int j = tied.size() == 1 ? tied[0] : tied[UniformBelow(rng, tied.size())];
     assignment[u] = j;
     want_size[j] -= units[u].size;
   }
@@ -228,16 +213,14 @@ std::vector<size_t> DatasetSplit::EntriesIn(Split split) const {
   return out;
 }
 
-absl::StatusOr<DatasetSplit> SplitByPatient(const Manifest& manifest,
-                                            const SplitOptions& options) {
+absl::StatusOr<DatasetSplit> SplitByPatient(const Manifest& manifest, const SplitOptions& options) {
   const std::vector<Patient>& patients = manifest.patients();
   std::vector<StratificationUnit> units(patients.size());
   for (size_t p = 0; p < patients.size(); ++p) {
     units[p].size = 0;
     units[p].label_counts.assign(kNumChexpertLabels, 0);
     for (size_t s : patients[p].studies) {
-      for (const std::vector<size_t>* images :
-           {&manifest.studies()[s].frontal, &manifest.studies()[s].lateral}) {
+      for (const std::vector<size_t>* images : {&manifest.studies()[s].frontal, &manifest.studies()[s].lateral}) {
         for (size_t e : *images) {
           ++units[p].size;
           for (int l = 0; l < kNumChexpertLabels; ++l) {
@@ -249,12 +232,10 @@ absl::StatusOr<DatasetSplit> SplitByPatient(const Manifest& manifest,
       }
     }
   }
-  const std::vector<double> ratios = {options.train, options.validation,
-                                      options.test};
+  const std::vector<double> ratios = {options.train, options.validation, options.test};
   std::vector<int> assignment;
   if (options.method == SplitMethod::kIterative) {
-    ASSIGN_OR_RETURN(assignment,
-                     IterativeStratification(units, ratios, options.seed));
+    ASSIGN_OR_RETURN(assignment, IterativeStratification(units, ratios, options.seed));
   } else {
     ASSIGN_OR_RETURN(assignment, RandomPartition(units, ratios, options.seed));
   }
@@ -266,14 +247,12 @@ absl::StatusOr<DatasetSplit> SplitByPatient(const Manifest& manifest,
   split.of_entry.reserve(manifest.entries().size());
   for (size_t e = 0; e < manifest.entries().size(); ++e) {
     const size_t study = manifest.study_of_entry()[e];
-    split.of_entry.push_back(
-        split.of_patient[manifest.patient_of_study()[study]]);
+    split.of_entry.push_back(split.of_patient[manifest.patient_of_study()[study]]);
   }
   return split;
 }
 
-SplitReport SummarizeSplit(const Manifest& manifest,
-                           const DatasetSplit& split) {
+SplitReport SummarizeSplit(const Manifest& manifest, const DatasetSplit& split) {
   CHECK_EQ(split.of_entry.size(), manifest.entries().size());
   CHECK_EQ(split.of_patient.size(), manifest.patients().size());
   SplitReport report;
@@ -298,8 +277,7 @@ SplitReport SummarizeSplit(const Manifest& manifest,
   }
   auto finish = [](SplitSummary& s) {
     for (int l = 0; l < kNumChexpertLabels; ++l) {
-      s.proportion[l] =
-          s.images > 0 ? static_cast<double>(s.positives[l]) / s.images : 0.0;
+      s.proportion[l] = s.images > 0 ? static_cast<double>(s.positives[l]) / s.images : 0.0;
     }
   };
   finish(report.all);
@@ -320,18 +298,14 @@ SplitReport SummarizeSplit(const Manifest& manifest,
 }
 
 std::string FormatSplitReport(const SplitReport& report) {
-  std::string out = absl::StrFormat("%-28s %8s %8s %10s %8s\n", "% positive",
-                                    "all", "train", "validation", "test");
+  std::string out = absl::StrFormat("%-28s %8s %8s %10s %8s\n", "% positive", "all", "train", "validation", "test");
   for (int l = 0; l < kNumChexpertLabels; ++l) {
-    absl::StrAppendFormat(&out, "%-28s %8.2f %8.2f %10.2f %8.2f\n",
-                          kChexpertLabels[l], 100 * report.all.proportion[l],
-                          100 * report.splits[0].proportion[l],
-                          100 * report.splits[1].proportion[l],
+    absl::StrAppendFormat(&out, "%-28s %8.2f %8.2f %10.2f %8.2f\n", kChexpertLabels[l], 100 * report.all.proportion[l],
+                          100 * report.splits[0].proportion[l], 100 * report.splits[1].proportion[l],
                           100 * report.splits[2].proportion[l]);
   }
   auto row = [&](const char* name, auto field) {
-    absl::StrAppendFormat(&out, "%-28s %8d %8d %10d %8d\n", name,
-                          field(report.all), field(report.splits[0]),
+    absl::StrAppendFormat(&out, "%-28s %8d %8d %10d %8d\n", name, field(report.all), field(report.splits[0]),
                           field(report.splits[1]), field(report.splits[2]));
   };
   row("patients", [](const SplitSummary& s) { return s.patients; });
@@ -340,8 +314,7 @@ std::string FormatSplitReport(const SplitReport& report) {
   absl::StrAppendFormat(&out,
                         "label proportion deviation from the whole set: max "
                         "%.2f, mean %.2f points\n",
-                        100 * report.max_abs_deviation,
-                        100 * report.mean_abs_deviation);
+                        100 * report.max_abs_deviation, 100 * report.mean_abs_deviation);
   return out;
 }
 

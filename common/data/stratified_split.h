@@ -46,15 +46,13 @@ struct StratificationUnit {
 // a part with ratio 0 receives nothing. InvalidArgument for bad ratios,
 // negative sizes or counts, or units whose label_counts differ in length. Cost
 // O(labels * units).
-absl::StatusOr<std::vector<int>> IterativeStratification(
-    const std::vector<StratificationUnit>& units,
-    const std::vector<double>& ratios, uint64_t seed);
+absl::StatusOr<std::vector<int>> IterativeStratification(const std::vector<StratificationUnit>& units,
+                                                         const std::vector<double>& ratios, uint64_t seed);
 
 // The baseline: units in seeded random order, each to the part that still wants
 // the most examples. Same contract as IterativeStratification, labels ignored.
-absl::StatusOr<std::vector<int>> RandomPartition(
-    const std::vector<StratificationUnit>& units,
-    const std::vector<double>& ratios, uint64_t seed);
+absl::StatusOr<std::vector<int>> RandomPartition(const std::vector<StratificationUnit>& units,
+                                                 const std::vector<double>& ratios, uint64_t seed);
 
 enum class SplitMethod : int8_t {
   kIterative = 0,  // Iterative stratification (default).
@@ -84,8 +82,7 @@ struct DatasetSplit {
 // Splits the manifest's patients; the stratification counts, per patient and
 // label, the images whose raw label is positive. InvalidArgument for bad
 // ratios.
-absl::StatusOr<DatasetSplit> SplitByPatient(const Manifest& manifest,
-                                            const SplitOptions& options);
+absl::StatusOr<DatasetSplit> SplitByPatient(const Manifest& manifest, const SplitOptions& options);
 
 // Counts of a set of images: patients, studies, images, and per label the
 // positive images and their proportion.

@@ -35,23 +35,19 @@ struct AugmentParams {
 
 // Draws the augmentation for (seed, epoch, image_id) (image_id: any stable
 // identifier, e.g. the manifest path). Deterministic and thread-safe.
-AugmentParams DrawAugmentParams(uint64_t seed, int64_t epoch,
-                                const std::string& image_id,
+AugmentParams DrawAugmentParams(uint64_t seed, int64_t epoch, const std::string& image_id,
                                 const AugmentOptions& options = {});
 
 // Applies `params` in place to a row-major width x height image: flip first,
 // then rotation with bilinear interpolation and a constant 0 border.
 // InvalidArgument when pixels->size() != width * height or a size is <= 0.
 // Thread-safe for distinct buffers.
-absl::Status ApplyAugmentation(const AugmentParams& params, int width,
-                               int height, std::vector<float>* pixels);
+absl::Status ApplyAugmentation(const AugmentParams& params, int width, int height, std::vector<float>* pixels);
 
 // DrawAugmentParams then ApplyAugmentation; returns the params it applied
 // through *applied when non-null.
-absl::Status Augment(uint64_t seed, int64_t epoch, const std::string& image_id,
-                     const AugmentOptions& options, int width, int height,
-                     std::vector<float>* pixels,
-                     AugmentParams* applied = nullptr);
+absl::Status Augment(uint64_t seed, int64_t epoch, const std::string& image_id, const AugmentOptions& options,
+                     int width, int height, std::vector<float>* pixels, AugmentParams* applied = nullptr);
 
 }  // namespace fedtune::imaging
 

@@ -42,12 +42,11 @@ namespace fedtune::imaging {
 class ImageCache {
  public:
   struct Stats {
-    int64_t hits = 0;    // Served from a valid entry.
-    int64_t misses = 0;  // No entry yet: built.
-    int64_t stale = 0;   // An entry for another version of the file or another
-                         // setting: rebuilt.
-    int64_t corrupt =
-        0;  // An entry failing its checks (magic, size, checksum): rebuilt.
+    int64_t hits = 0;            // Served from a valid entry.
+    int64_t misses = 0;          // No entry yet: built.
+    int64_t stale = 0;           // An entry for another version of the file or another
+                                 // setting: rebuilt.
+    int64_t corrupt = 0;         // An entry failing its checks (magic, size, checksum): rebuilt.
     int64_t write_failures = 0;  // The image was built but could not be stored
                                  // (logged; the image is still returned).
   };
@@ -55,8 +54,8 @@ class ImageCache {
   // Opens a cache rooted at `directory` (created with its parents if missing)
   // for images preprocessed with `options`. InvalidArgument for bad options;
   // the MakeDirectories error when the directory cannot be created.
-  static absl::StatusOr<std::unique_ptr<ImageCache>> Open(
-      const std::string& directory, const PreprocessOptions& options);
+  static absl::StatusOr<std::unique_ptr<ImageCache>> Open(const std::string& directory,
+                                                          const PreprocessOptions& options);
 
   // The preprocessed (cropped, resized, not normalized) image of the file at
   // `path`, from the cache when a valid entry exists, else decoded,

@@ -16,34 +16,26 @@
 
 namespace fedtune::imaging {
 
-absl::Status WriteGray16Png(const std::string& path, int width, int height,
-                            const std::vector<float>& pixels) {
-  if (width <= 0 || height <= 0 ||
-      pixels.size() != static_cast<size_t>(width) * height) {
+absl::Status WriteGray16Png(const std::string& path, int width, int height, const std::vector<float>& pixels) {
+  if (width <= 0 || height <= 0 || pixels.size() != static_cast<size_t>(width) * height) {
     return absl::InvalidArgumentError(
-        absl::StrCat(path, ": cannot write a ", width, "x", height,
-                     " image from ", pixels.size(), " values"));
+        absl::StrCat(path, ": cannot write a ", width, "x", height, " image from ", pixels.size(), " values"));
   }
   cv::Mat mat(height, width, CV_16UC1);
   for (int y = 0; y < height; ++y) {
     auto* row = mat.ptr<uint16_t>(y);
     for (int x = 0; x < width; ++x) {
-      const float v =
-          std::clamp(pixels[static_cast<size_t>(y) * width + x], 0.0f, 1.0f);
+      const float v = std::clamp(pixels[static_cast<size_t>(y) * width + x], 0.0f, 1.0f);
       row[x] = static_cast<uint16_t>(std::lround(v * 65535.0f));
     }
   }
   std::vector<uchar> png;
   try {
-    if (!cv::imencode(".png", mat, png))
-      return absl::InternalError(absl::StrCat(path, ": PNG encoding failed"));
+    if (!cv::imencode(".png", mat, png)) return absl::InternalError(absl::StrCat(path, ": PNG encoding failed"));
   } catch (const cv::Exception& e) {
-    return absl::InternalError(
-        absl::StrCat(path, ": PNG encoding failed: ", e.what()));
+    return absl::InternalError(absl::StrCat(path, ": PNG encoding failed: ", e.what()));
   }
-  return io::WriteFileAtomically(
-      path,
-      absl::string_view(reinterpret_cast<const char*>(png.data()), png.size()));
+  return io::WriteFileAtomically(path, absl::string_view(reinterpret_cast<const char*>(png.data()), png.size()));
 }
 
 cli::Command MakeDataConvertCommand() {
@@ -53,15 +45,10 @@ cli::Command MakeDataConvertCommand() {
       "Write an image as fedtune sees it: decoded (or cropped and resized with "
       "--preprocess) as a 16-bit PNG.";
   command.flags = {
-      {"in", "image to convert (PNG, JPEG, TIFF or DICOM)", false, true,
-       std::nullopt, "FILE"},
-      {"out", "output 16-bit grayscale PNG", false, true, std::nullopt,
-       "OUT.png"},
-      {"preprocess",
-       "crop black borders and resize to N x N (before normalization)", true,
-       false, std::nullopt},
-      {"size", "N, the side of the preprocessed image (with --preprocess)",
-       false, false, "512", "N"},
+      {"in", "image to convert (PNG, JPEG, TIFF or DICOM)", false, true, std::nullopt, "FILE"},
+      {"out", "output 16-bit grayscale PNG", false, true, std::nullopt, "OUT.png"},
+      {"preprocess", "crop black borders and resize to N x N (before normalization)", true, false, std::nullopt},
+      {"size", "N, the side of the preprocessed image (with --preprocess)", false, false, "512", "N"},
       {"border-threshold",
        "edge rows/columns with max below T (of 1) are cropped (with "
        "--preprocess)",
@@ -70,39 +57,29 @@ cli::Command MakeDataConvertCommand() {
   command.run = [](const cli::ParsedFlags& flags) -> absl::Status {
     const std::string in = flags.GetOrDie("in");
     const std::string out = flags.GetOrDie("out");
-    if (out.size() < 4 ||
-        absl::AsciiStrToLower(out.substr(out.size() - 4)) != ".png") {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--out must name a .png file, got '", out, "'"));
+    if (out.size() < 4 || absl::AsciiStrToLower(out.substr(out.size() - 4)) != ".png") {
+      return absl::InvalidArgumentError(absl::StrCat("--out must name a .png file, got '", out, "'"));
     }
     PreprocessOptions options;
     ASSIGN_OR_RETURN(int64_t size, flags.GetInt("size", options.size));
-    ASSIGN_OR_RETURN(
-        double threshold,
-        flags.GetDouble("border-threshold", options.border_threshold));
-    if (size < 8 || size > 8192)
-      return absl::InvalidArgumentError(
-          absl::StrCat("--size must be in [8, 8192]"));
-    if (threshold < 0 || threshold > 1)
-      return absl::InvalidArgumentError("--border-threshold must be in [0, 1]");
+    ASSIGN_OR_RETURN(double threshold, flags.GetDouble("border-threshold", options.border_threshold));
+    if (size < 8 || size > 8192) return absl::InvalidArgumentError(absl::StrCat("--size must be in [8, 8192]"));
+    if (threshold < 0 || threshold > 1) return absl::InvalidArgumentError("--border-threshold must be in [0, 1]");
     options.size = static_cast<int>(size);
     options.border_threshold = static_cast<float>(threshold);
 
     ASSIGN_OR_RETURN(Image image, DecodeImage(in));
     if (!flags.GetBool("preprocess")) {
-      RETURN_IF_ERROR(
-          WriteGray16Png(out, image.width, image.height, image.pixels));
-      std::cout << "wrote " << out << ": " << image.width << "x" << image.height
-                << " from " << in << " (" << image.description << ")\n";
+      RETURN_IF_ERROR(WriteGray16Png(out, image.width, image.height, image.pixels));
+      std::cout << "wrote " << out << ": " << image.width << "x" << image.height << " from " << in << " ("
+                << image.description << ")\n";
       return absl::OkStatus();
     }
     ASSIGN_OR_RETURN(PreprocessedImage pre, CropAndResize(image, options));
     RETURN_IF_ERROR(WriteGray16Png(out, pre.size, pre.size, pre.pixels));
-    std::cout << "wrote " << out << ": " << pre.size << "x" << pre.size
-              << " from " << in << " (" << image.description << "; kept "
-              << pre.crop.width << "x" << pre.crop.height << " at ("
-              << pre.crop.x << "," << pre.crop.y << ") of " << image.width
-              << "x" << image.height << ")\n";
+    std::cout << "wrote " << out << ": " << pre.size << "x" << pre.size << " from " << in << " (" << image.description
+              << "; kept " << pre.crop.width << "x" << pre.crop.height << " at (" << pre.crop.x << "," << pre.crop.y
+              << ") of " << image.width << "x" << image.height << ")\n";
     return absl::OkStatus();
   };
   return command;

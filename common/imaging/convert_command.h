@@ -29,8 +29,7 @@ cli::Command MakeDataConvertCommand();
 // Writes a row-major width x height image of [0, 1] values as a 16-bit
 // grayscale PNG (value * 65535, rounded), atomically. InvalidArgument for an
 // inconsistent buffer; Internal if encoding fails.
-absl::Status WriteGray16Png(const std::string& path, int width, int height,
-                            const std::vector<float>& pixels);
+absl::Status WriteGray16Png(const std::string& path, int width, int height, const std::vector<float>& pixels);
 
 }  // namespace fedtune::imaging
 

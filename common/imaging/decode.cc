@@ -60,19 +60,14 @@ absl::StatusOr<std::string> ReadPrefix(const std::string& path, size_t n) {
 }
 
 bool HasDcmExtension(const std::string& path) {
-  return path.size() >= 4 &&
-         absl::AsciiStrToLower(path.substr(path.size() - 4)) == ".dcm";
+  return path.size() >= 4 && absl::AsciiStrToLower(path.substr(path.size() - 4)) == ".dcm";
 }
 
 std::string RasterFormat(const std::string& bytes) {
-  auto starts = [&](absl::string_view magic) {
-    return absl::string_view(bytes).substr(0, magic.size()) == magic;
-  };
+  auto starts = [&](absl::string_view magic) { return absl::string_view(bytes).substr(0, magic.size()) == magic; };
   if (starts("\x89PNG\r\n\x1a\n")) return "png";
   if (starts("\xFF\xD8\xFF")) return "jpeg";
-  if (starts(absl::string_view("II*\0", 4)) ||
-      starts(absl::string_view("MM\0*", 4)))
-    return "tiff";
+  if (starts(absl::string_view("II*\0", 4)) || starts(absl::string_view("MM\0*", 4))) return "tiff";
   if (starts("BM")) return "bmp";
   return "unknown";
 }
@@ -89,14 +84,13 @@ absl::StatusOr<Image> DecodeRaster(const std::string& path) {
     // 16-bit samples.
     mat = cv::imdecode(raw, cv::IMREAD_ANYDEPTH | cv::IMREAD_ANYCOLOR);
   } catch (const cv::Exception& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": cannot decode image: ", e.what()));
+    return absl::InvalidArgumentError(absl::StrCat(path, ": cannot decode image: ", e.what()));
   }
   if (mat.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        path, ": not a decodable image (format by content: ", image.format,
-        "; expected PNG, JPEG, TIFF, BMP, or DICOM with 'DICM' at offset 128 "
-        "or a .dcm name)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": not a decodable image (format by content: ", image.format,
+                     "; expected PNG, JPEG, TIFF, BMP, or DICOM with 'DICM' at offset 128 "
+                     "or a .dcm name)"));
   }
   double scale;
   switch (mat.depth()) {
@@ -109,16 +103,13 @@ absl::StatusOr<Image> DecodeRaster(const std::string& path) {
       image.bits = 16;
       break;
     default:
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, ": unsupported sample type (OpenCV depth ",
-                       mat.depth(), "); only 8- and 16-bit unsigned samples"));
+      return absl::InvalidArgumentError(absl::StrCat(path, ": unsupported sample type (OpenCV depth ", mat.depth(),
+                                                     "); only 8- and 16-bit unsigned samples"));
   }
   try {
     if (mat.channels() != 1) {
       cv::Mat gray;
-      cv::cvtColor(
-          mat, gray,
-          mat.channels() == 4 ? cv::COLOR_BGRA2GRAY : cv::COLOR_BGR2GRAY);
+      cv::cvtColor(mat, gray, mat.channels() == 4 ? cv::COLOR_BGRA2GRAY : cv::COLOR_BGR2GRAY);
       mat = gray;
       image.converted_from_color = true;
     }
@@ -128,29 +119,22 @@ absl::StatusOr<Image> DecodeRaster(const std::string& path) {
     cv::Mat out(mat.rows, mat.cols, CV_32FC1, image.pixels.data());
     mat.convertTo(out, CV_32F, scale);
   } catch (const cv::Exception& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": cannot convert image: ", e.what()));
+    return absl::InvalidArgumentError(absl::StrCat(path, ": cannot convert image: ", e.what()));
   }
   image.description =
-      absl::StrCat(image.format, " ", image.bits, "-bit",
-                   image.converted_from_color ? ", converted from colour" : "");
+      absl::StrCat(image.format, " ", image.bits, "-bit", image.converted_from_color ? ", converted from colour" : "");
   return image;
 }
 
 absl::StatusOr<Image> DecodeDicom(const std::string& path) {
   RegisterDicomCodecsOnce();
-  auto bad = [&](absl::string_view why) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": DICOM: ", why));
-  };
+  auto bad = [&](absl::string_view why) { return absl::InvalidArgumentError(absl::StrCat(path, ": DICOM: ", why)); };
 
   DcmFileFormat file;
   OFCondition cond = file.loadFile(OFFilename(path.c_str()));
-  if (cond.bad())
-    return bad(absl::StrCat("cannot read the file (truncated or corrupt?): ",
-                            cond.text()));
+  if (cond.bad()) return bad(absl::StrCat("cannot read the file (truncated or corrupt?): ", cond.text()));
   DcmDataset* ds = file.getDataset();
-  if (ds == nullptr || !ds->tagExists(DCM_PixelData))
-    return bad("no Pixel Data element: not an image");
+  if (ds == nullptr || !ds->tagExists(DCM_PixelData)) return bad("no Pixel Data element: not an image");
 
   Uint16 samples_per_pixel = 1;
   ds->findAndGetUint16(DCM_SamplesPerPixel, samples_per_pixel);
@@ -159,16 +143,12 @@ absl::StatusOr<Image> DecodeDicom(const std::string& path) {
   std::string pi(photometric.c_str());
   absl::StripAsciiWhitespace(&pi);
   if (samples_per_pixel != 1 || (pi != "MONOCHROME1" && pi != "MONOCHROME2")) {
-    return bad(absl::StrCat(
-        "colour images are not supported (Photometric Interpretation '", pi,
-        "', Samples per Pixel ", samples_per_pixel,
-        "); expected MONOCHROME1 or MONOCHROME2"));
+    return bad(absl::StrCat("colour images are not supported (Photometric Interpretation '", pi,
+                            "', Samples per Pixel ", samples_per_pixel, "); expected MONOCHROME1 or MONOCHROME2"));
   }
   Sint32 frames = 1;
   if (ds->findAndGetSint32(DCM_NumberOfFrames, frames).good() && frames > 1) {
-    return bad(
-        absl::StrCat("multi-frame images are not supported (Number of Frames ",
-                     frames, ")"));
+    return bad(absl::StrCat("multi-frame images are not supported (Number of Frames ", frames, ")"));
   }
   Uint16 bits_stored = 0;
   ds->findAndGetUint16(DCM_BitsStored, bits_stored);
@@ -177,23 +157,19 @@ absl::StatusOr<Image> DecodeDicom(const std::string& path) {
   if (original.isEncapsulated()) {
     cond = ds->chooseRepresentation(EXS_LittleEndianExplicit, nullptr);
     if (cond.bad() || !ds->canWriteXfer(EXS_LittleEndianExplicit)) {
-      return bad(absl::StrCat("compressed transfer syntax '",
-                              original.getXferName(), "' (",
-                              original.getXferID(), ") cannot be decoded here",
-                              cond.bad() ? absl::StrCat(": ", cond.text()) : "",
+      return bad(absl::StrCat("compressed transfer syntax '", original.getXferName(), "' (", original.getXferID(),
+                              ") cannot be decoded here", cond.bad() ? absl::StrCat(": ", cond.text()) : "",
                               "; supported: uncompressed, RLE, JPEG, JPEG-LS"));
     }
   }
 
   DicomImage dimage(ds, ds->getCurrentXfer(), CIF_MayDetachPixelData);
   if (dimage.getStatus() != EIS_Normal) {
-    return bad(absl::StrCat("cannot render the pixel data: ",
-                            DicomImage::getString(dimage.getStatus())));
+    return bad(absl::StrCat("cannot render the pixel data: ", DicomImage::getString(dimage.getStatus())));
   }
   if (!dimage.isMonochrome()) return bad("not a monochrome image");
   if (dimage.getFrameCount() != 1) {
-    return bad(absl::StrCat("multi-frame images are not supported (",
-                            dimage.getFrameCount(), " frames)"));
+    return bad(absl::StrCat("multi-frame images are not supported (", dimage.getFrameCount(), " frames)"));
   }
 
   std::string voi;
@@ -201,8 +177,7 @@ absl::StatusOr<Image> DecodeDicom(const std::string& path) {
     if (!dimage.setVoiLut(0)) return bad("cannot apply the first VOI LUT");
     voi = "first VOI LUT";
   } else if (dimage.getWindowCount() > 0) {
-    if (!dimage.setWindow(0))
-      return bad("cannot apply the first window (Window Center/Width)");
+    if (!dimage.setWindow(0)) return bad("cannot apply the first window (Window Center/Width)");
     double center = 0, width = 0;
     dimage.getWindow(center, width);
     OFString function;
@@ -213,16 +188,13 @@ absl::StatusOr<Image> DecodeDicom(const std::string& path) {
       // DCMTK knows LINEAR and SIGMOID only. LINEAR maps with (center - 0.5,
       // width - 1) (PS3.3 C.11.2.1.2.1), LINEAR_EXACT with (center, width)
       // exactly: LINEAR with (center + 0.5, width + 1) is LINEAR_EXACT.
-      if (!dimage.setVoiLutFunction(EFV_Linear) ||
-          !dimage.setWindow(center + 0.5, width + 1.0)) {
+      if (!dimage.setVoiLutFunction(EFV_Linear) || !dimage.setWindow(center + 0.5, width + 1.0)) {
         return bad("cannot apply the LINEAR_EXACT window");
       }
     }
-    voi = absl::StrFormat("window C=%g W=%g%s", center, width,
-                          fn.empty() ? "" : absl::StrCat(" ", fn));
+    voi = absl::StrFormat("window C=%g W=%g%s", center, width, fn.empty() ? "" : absl::StrCat(" ", fn));
   } else {
-    if (!dimage.setMinMaxWindow(0))
-      return bad("cannot compute a min-max window");
+    if (!dimage.setMinMaxWindow(0)) return bad("cannot compute a min-max window");
     voi = "min-max window";
   }
 
@@ -233,8 +205,7 @@ absl::StatusOr<Image> DecodeDicom(const std::string& path) {
   // MONOCHROME1 inverted, so white = high.
   const auto* data = static_cast<const Uint16*>(dimage.getOutputData(16));
   if (data == nullptr || dimage.getOutputDataSize(16) < n * sizeof(Uint16)) {
-    return bad(
-        "cannot render the pixel data (missing or truncated Pixel Data?)");
+    return bad("cannot render the pixel data (missing or truncated Pixel Data?)");
   }
   Image image;
   image.path = path;
@@ -244,11 +215,9 @@ absl::StatusOr<Image> DecodeDicom(const std::string& path) {
   image.height = height;
   image.pixels.resize(n);
   constexpr float kScale = 1.0f / 65535.0f;
-  for (size_t i = 0; i < n; ++i)
-    image.pixels[i] = static_cast<float>(data[i]) * kScale;
-  image.description = absl::StrCat(
-      "DICOM ", pi, ", ", bits_stored, " bits stored, ", original.getXferName(),
-      ", ", voi, pi == "MONOCHROME1" ? ", inverted" : "");
+  for (size_t i = 0; i < n; ++i) image.pixels[i] = static_cast<float>(data[i]) * kScale;
+  image.description = absl::StrCat("DICOM ", pi, ", ", bits_stored, " bits stored, ", original.getXferName(), ", ", voi,
+                                   pi == "MONOCHROME1" ? ", inverted" : "");
   return image;
 }
 
@@ -256,9 +225,7 @@ absl::StatusOr<Image> DecodeDicom(const std::string& path) {
 
 absl::StatusOr<bool> IsDicomFile(const std::string& path) {
   ASSIGN_OR_RETURN(std::string prefix, ReadPrefix(path, kDicomMagicOffset + 4));
-  if (prefix.size() >= kDicomMagicOffset + 4 &&
-      prefix.compare(kDicomMagicOffset, 4, "DICM") == 0)
-    return true;
+  if (prefix.size() >= kDicomMagicOffset + 4 && prefix.compare(kDicomMagicOffset, 4, "DICM") == 0) return true;
   return HasDcmExtension(path);
 }
 

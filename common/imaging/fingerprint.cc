@@ -18,9 +18,8 @@ uint64_t Fingerprint64(const void* data, size_t size, uint64_t seed) {
   // cycle); the lanes and the length are combined at the end.
   constexpr uint64_t kMul = 0x9e3779b97f4a7c15ULL;
   const auto* p = static_cast<const unsigned char*>(data);
-  uint64_t lane[4] = {
-      seed ^ 0x243f6a8885a308d3ULL, seed ^ 0x13198a2e03707344ULL,
-      seed ^ 0xa4093822299f31d0ULL, seed ^ 0x082efa98ec4e6c89ULL};
+  uint64_t lane[4] = {seed ^ 0x243f6a8885a308d3ULL, seed ^ 0x13198a2e03707344ULL, seed ^ 0xa4093822299f31d0ULL,
+                      seed ^ 0x082efa98ec4e6c89ULL};
   size_t i = 0;
   for (; i + 32 <= size; i += 32) {
     for (int k = 0; k < 4; ++k) {
@@ -32,8 +31,7 @@ uint64_t Fingerprint64(const void* data, size_t size, uint64_t seed) {
   }
   uint64_t h = Mix64(size ^ seed);
   for (int k = 0; k < 4; ++k) h = Mix64(h ^ Mix64(lane[k]));
-  for (; i < size; ++i)
-    h = Mix64(h ^ (static_cast<uint64_t>(p[i]) + 0x100 * (i & 0xff)));
+  for (; i < size; ++i) h = Mix64(h ^ (static_cast<uint64_t>(p[i]) + 0x100 * (i & 0xff)));
   return h;
 }
 

@@ -32,9 +32,7 @@ struct Image {
   // inverted"; may be empty.
   std::string description;
 
-  float at(int x, int y) const {
-    return pixels[static_cast<size_t>(y) * width + x];
-  }
+  float at(int x, int y) const { return pixels[static_cast<size_t>(y) * width + x]; }
 };
 
 }  // namespace fedtune::imaging

@@ -22,18 +22,15 @@ constexpr int kPipelineVersion = 1;
 
 absl::Status ValidatePreprocessOptions(const PreprocessOptions& options) {
   if (options.size < 8 || options.size > 8192) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "preprocess size must be in [8, 8192], got ", options.size));
+    return absl::InvalidArgumentError(absl::StrCat("preprocess size must be in [8, 8192], got ", options.size));
   }
   if (!(options.border_threshold >= 0.0f && options.border_threshold <= 1.0f)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("preprocess border_threshold must be in [0, 1], got ",
-                     options.border_threshold));
+        absl::StrCat("preprocess border_threshold must be in [0, 1], got ", options.border_threshold));
   }
   if (!(options.std > 0.0f) || !std::isfinite(options.mean)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "preprocess normalization needs a finite mean and std > 0, got mean ",
-        options.mean, " std ", options.std));
+        "preprocess normalization needs a finite mean and std > 0, got mean ", options.mean, " std ", options.std));
   }
   return absl::OkStatus();
 }
@@ -65,36 +62,28 @@ CropBox FindContentBox(const Image& image, float threshold) {
   return CropBox{left, top, right - left + 1, bottom - top + 1};
 }
 
-absl::StatusOr<PreprocessedImage> CropAndResize(
-    const Image& image, const PreprocessOptions& options) {
+absl::StatusOr<PreprocessedImage> CropAndResize(const Image& image, const PreprocessOptions& options) {
   RETURN_IF_ERROR(ValidatePreprocessOptions(options));
-  if (image.width <= 0 || image.height <= 0 ||
-      image.pixels.size() != static_cast<size_t>(image.width) * image.height) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(image.path, ": empty or inconsistent image (", image.width,
-                     "x", image.height, ", ", image.pixels.size(), " values)"));
+  if (image.width <= 0 || image.height <= 0 || image.pixels.size() != static_cast<size_t>(image.width) * image.height) {
+    return absl::InvalidArgumentError(absl::StrCat(image.path, ": empty or inconsistent image (", image.width, "x",
+                                                   image.height, ", ", image.pixels.size(), " values)"));
   }
   PreprocessedImage out;
   out.size = options.size;
   out.source_width = image.width;
   out.source_height = image.height;
-  out.crop = options.crop_borders
-                 ? FindContentBox(image, options.border_threshold)
-                 : CropBox{0, 0, image.width, image.height};
+  out.crop =
+      options.crop_borders ? FindContentBox(image, options.border_threshold) : CropBox{0, 0, image.width, image.height};
   out.pixels.resize(static_cast<size_t>(options.size) * options.size);
   try {
     // cv::Mat headers over our buffers: no copies besides the resize itself.
-    const cv::Mat src(image.height, image.width, CV_32FC1,
-                      const_cast<float*>(image.pixels.data()));
-    const cv::Mat roi =
-        src(cv::Rect(out.crop.x, out.crop.y, out.crop.width, out.crop.height));
+    const cv::Mat src(image.height, image.width, CV_32FC1, const_cast<float*>(image.pixels.data()));
+    const cv::Mat roi = src(cv::Rect(out.crop.x, out.crop.y, out.crop.width, out.crop.height));
     cv::Mat dst(options.size, options.size, CV_32FC1, out.pixels.data());
     cv::resize(roi, dst, dst.size(), 0, 0, cv::INTER_AREA);
-    CHECK(dst.data == reinterpret_cast<uchar*>(out.pixels.data()))
-        << "cv::resize reallocated its output";
+    CHECK(dst.data == reinterpret_cast<uchar*>(out.pixels.data())) << "cv::resize reallocated its output";
   } catch (const cv::Exception& e) {
-    return absl::InternalError(
-        absl::StrCat(image.path, ": resize failed: ", e.what()));
+    return absl::InternalError(absl::StrCat(image.path, ": resize failed: ", e.what()));
   }
   // Area and (for upscaling) bilinear interpolation stay within the input range
   // up to rounding; clamp the rounding.
@@ -107,18 +96,15 @@ void Normalize(const PreprocessOptions& options, std::vector<float>* pixels) {
   for (float& v : *pixels) v = (v - options.mean) * inv_std;
 }
 
-absl::StatusOr<PreprocessedImage> LoadAndPreprocess(
-    const std::string& path, const PreprocessOptions& options) {
+absl::StatusOr<PreprocessedImage> LoadAndPreprocess(const std::string& path, const PreprocessOptions& options) {
   RETURN_IF_ERROR(ValidatePreprocessOptions(options));
   ASSIGN_OR_RETURN(Image image, DecodeImage(path));
   return CropAndResize(image, options);
 }
 
 std::string CropAndResizeKey(const PreprocessOptions& options) {
-  return absl::StrFormat(
-      "pipeline=%d;size=%d;crop=%d;threshold=%.9g;interp=area",
-      kPipelineVersion, options.size, options.crop_borders ? 1 : 0,
-      options.border_threshold);
+  return absl::StrFormat("pipeline=%d;size=%d;crop=%d;threshold=%.9g;interp=area", kPipelineVersion, options.size,
+                         options.crop_borders ? 1 : 0, options.border_threshold);
 }
 
 }  // namespace fedtune::imaging

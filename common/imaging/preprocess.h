@@ -66,16 +66,14 @@ CropBox FindContentBox(const Image& image, float threshold);
 // Crops borders (when enabled) and resizes to options.size x options.size with
 // area interpolation. InvalidArgument for bad options or an empty image
 // (message names image.path). Thread-safe.
-absl::StatusOr<PreprocessedImage> CropAndResize(
-    const Image& image, const PreprocessOptions& options);
+absl::StatusOr<PreprocessedImage> CropAndResize(const Image& image, const PreprocessOptions& options);
 
 // In place: x -> (x - options.mean) / options.std.
 void Normalize(const PreprocessOptions& options, std::vector<float>* pixels);
 
 // DecodeImage(path) then CropAndResize. Errors as those two functions.
 // Thread-safe.
-absl::StatusOr<PreprocessedImage> LoadAndPreprocess(
-    const std::string& path, const PreprocessOptions& options);
+absl::StatusOr<PreprocessedImage> LoadAndPreprocess(const std::string& path, const PreprocessOptions& options);
 
 // The settings that determine CropAndResize's output (size, cropping,
 // threshold, and the decoder and resizer versions), as a canonical string. Two

@@ -11,17 +11,14 @@ namespace fedtune::stats {
 namespace {
 
 absl::Status InLabel(const std::string& label, const absl::Status& status) {
-  return absl::Status(status.code(),
-                      absl::StrCat("label '", label, "': ", status.message()));
+  return absl::Status(status.code(), absl::StrCat("label '", label, "': ", status.message()));
 }
 
-absl::StatusOr<ModelSummary> Summarize(const LabelScores& label,
-                                       const std::vector<double>& scores,
-                                       int64_t n_pos, int64_t n_neg) {
+absl::StatusOr<ModelSummary> Summarize(const LabelScores& label, const std::vector<double>& scores, int64_t n_pos,
+                                       int64_t n_neg) {
   ModelSummary out;
   if (n_pos == 0 || n_neg == 0) {
-    out.note = absl::StrCat("AUC undefined: ", n_pos, " positive and ", n_neg,
-                            " negative cases");
+    out.note = absl::StrCat("AUC undefined: ", n_pos, " positive and ", n_neg, " negative cases");
     return out;
   }
   absl::StatusOr<AucEstimate> estimate = EstimateAuc(label.truth, scores);
@@ -30,8 +27,7 @@ absl::StatusOr<ModelSummary> Summarize(const LabelScores& label,
   out.variance = estimate->variance;
   out.ci95 = estimate->ci95;
   out.note = estimate->note;
-  absl::StatusOr<OperatingPoint> youden =
-      YoudenOptimalPoint(label.truth, scores);
+  absl::StatusOr<OperatingPoint> youden = YoudenOptimalPoint(label.truth, scores);
   if (!youden.ok()) return InLabel(label.name, youden.status());
   out.youden = *youden;
   return out;
@@ -73,8 +69,7 @@ std::string Num(const std::optional<double>& v, const char* fmt = "%.3f") {
 std::string AucCell(const ModelSummary& m) {
   if (!m.auc) return "n/a";
   if (!m.ci95) return absl::StrFormat("%.3f [n/a]", *m.auc);
-  return absl::StrFormat("%.3f [%.3f, %.3f]", *m.auc, m.ci95->first,
-                         m.ci95->second);
+  return absl::StrFormat("%.3f [%.3f, %.3f]", *m.auc, m.ci95->first, m.ci95->second);
 }
 
 std::string PCell(const std::optional<double>& p) {
@@ -85,23 +80,19 @@ std::string PCell(const std::optional<double>& p) {
 
 }  // namespace
 
-absl::StatusOr<ComparisonReport> CompareModels(
-    const std::vector<LabelScores>& labels) {
+absl::StatusOr<ComparisonReport> CompareModels(const std::vector<LabelScores>& labels) {
   ComparisonReport report;
   std::vector<double> auc_a;
   std::vector<double> auc_b;
   for (const LabelScores& label : labels) {
-    if (label.truth.size() != label.a.size() ||
-        label.truth.size() != label.b.size()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "label '", label.name, "': truth and scores differ in length"));
+    if (label.truth.size() != label.a.size() || label.truth.size() != label.b.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("label '", label.name, "': truth and scores differ in length"));
     }
     LabelComparison out;
     out.name = label.name;
     for (int t : label.truth) {
       if (t != 0 && t != 1) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "label '", label.name, "': truth value ", t, " is not 0 or 1"));
+        return absl::InvalidArgumentError(absl::StrCat("label '", label.name, "': truth value ", t, " is not 0 or 1"));
       }
       (t == 1 ? out.n_pos : out.n_neg) += 1;
     }
@@ -112,8 +103,7 @@ absl::StatusOr<ComparisonReport> CompareModels(
     out.a = *std::move(a);
     out.b = *std::move(b);
     if (out.a.auc && out.b.auc) {
-      absl::StatusOr<PairedDeLong> test =
-          PairedDeLongTest(label.truth, label.a, label.b);
+      absl::StatusOr<PairedDeLong> test = PairedDeLongTest(label.truth, label.a, label.b);
       if (!test.ok()) return InLabel(label.name, test.status());
       out.delong = *test;
       auc_a.push_back(*out.a.auc);
@@ -176,27 +166,21 @@ nlohmann::ordered_json ComparisonReportToJson(const ComparisonReport& report) {
 
 std::string FormatComparisonTable(const ComparisonReport& report) {
   size_t width = 5;
-  for (const LabelComparison& l : report.labels)
-    width = std::max(width, l.name.size());
-  std::string out =
-      absl::StrFormat("%-*s %6s %6s  %-22s  %-22s  %7s  %9s\n",
-                      static_cast<int>(width), "label", "n+", "n-",
-                      "AUC a [95% CI]", "AUC b [95% CI]", "a - b", "DeLong p");
+  for (const LabelComparison& l : report.labels) width = std::max(width, l.name.size());
+  std::string out = absl::StrFormat("%-*s %6s %6s  %-22s  %-22s  %7s  %9s\n", static_cast<int>(width), "label", "n+",
+                                    "n-", "AUC a [95% CI]", "AUC b [95% CI]", "a - b", "DeLong p");
   for (const LabelComparison& l : report.labels) {
-    absl::StrAppendFormat(
-        &out, "%-*s %6d %6d  %-22s  %-22s  %7s  %9s\n", static_cast<int>(width),
-        l.name, l.n_pos, l.n_neg, AucCell(l.a), AucCell(l.b),
-        l.delong ? absl::StrFormat("%+.3f", l.delong->difference)
-                 : std::string("n/a"),
-        l.delong ? PCell(l.delong->p_value) : std::string("n/a"));
+    absl::StrAppendFormat(&out, "%-*s %6d %6d  %-22s  %-22s  %7s  %9s\n", static_cast<int>(width), l.name, l.n_pos,
+                          l.n_neg, AucCell(l.a), AucCell(l.b),
+                          l.delong ? absl::StrFormat("%+.3f", l.delong->difference) : std::string("n/a"),
+                          l.delong ? PCell(l.delong->p_value) : std::string("n/a"));
   }
   const WilcoxonResult& w = report.wilcoxon;
   absl::StrAppendFormat(&out,
                         "mean AUC a %s, b %s over %d labels; Wilcoxon "
                         "signed-rank (%s): n = %d, W = %g, p = %s\n",
-                        Num(report.mean_auc_a), Num(report.mean_auc_b),
-                        report.labels_compared, MethodName(w.method), w.n,
-                        w.statistic, PCell(w.p_value));
+                        Num(report.mean_auc_a), Num(report.mean_auc_b), report.labels_compared, MethodName(w.method),
+                        w.n, w.statistic, PCell(w.p_value));
   return out;
 }
 

@@ -32,8 +32,8 @@ struct LabelScores {
 // One model's result on one label. Fields are nullopt when undefined, with
 // `note` saying why.
 struct ModelSummary {
-  std::optional<double> auc;       // Needs >= 1 positive and >= 1 negative.
-  std::optional<double> variance;  // Needs >= 2 of each.
+  std::optional<double> auc;                      // Needs >= 1 positive and >= 1 negative.
+  std::optional<double> variance;                 // Needs >= 2 of each.
   std::optional<std::pair<double, double>> ci95;  // Needs >= 2 of each.
   std::optional<OperatingPoint> youden;           // Needs >= 1 of each.
   std::string note;
@@ -62,8 +62,7 @@ struct ComparisonReport {
 // Computes the report. InvalidArgument (naming the label) when a label's
 // vectors differ in length, a truth value is not 0/1, or a score is not finite.
 // Labels with a single class are reported with null AUCs, not as errors.
-absl::StatusOr<ComparisonReport> CompareModels(
-    const std::vector<LabelScores>& labels);
+absl::StatusOr<ComparisonReport> CompareModels(const std::vector<LabelScores>& labels);
 
 // The report as JSON, with the field names of `fedtune stats compare` (see
 // docs/researcher-guide.md); undefined values are null and a "note" field says

@@ -14,22 +14,18 @@ namespace fedtune::stats {
 namespace {
 
 absl::Status RunCompare(const cli::ParsedFlags& flags) {
-  ScoreTablePaths paths{flags.GetOrDie("truth"), flags.GetOrDie("scores-a"),
-                        flags.GetOrDie("scores-b")};
+  ScoreTablePaths paths{flags.GetOrDie("truth"), flags.GetOrDie("scores-a"), flags.GetOrDie("scores-b")};
   std::vector<std::string> labels;
   if (std::optional<std::string> list = flags.Get("labels")) {
     for (absl::string_view part : absl::StrSplit(*list, ',')) {
       absl::string_view name = absl::StripAsciiWhitespace(part);
       if (!name.empty()) labels.emplace_back(name);
     }
-    if (labels.empty())
-      return absl::InvalidArgumentError("--labels: no label names given");
+    if (labels.empty()) return absl::InvalidArgumentError("--labels: no label names given");
   }
-  ASSIGN_OR_RETURN(std::vector<LabelScores> scores,
-                   LoadScoreTables(paths, labels));
+  ASSIGN_OR_RETURN(std::vector<LabelScores> scores, LoadScoreTables(paths, labels));
   ASSIGN_OR_RETURN(ComparisonReport report, CompareModels(scores));
-  RETURN_IF_ERROR(io::WriteFileAtomically(
-      flags.GetOrDie("out"), ComparisonReportToJson(report).dump(2) + "\n"));
+  RETURN_IF_ERROR(io::WriteFileAtomically(flags.GetOrDie("out"), ComparisonReportToJson(report).dump(2) + "\n"));
   if (!flags.GetBool("quiet")) std::cout << FormatComparisonTable(report);
   return absl::OkStatus();
 }
@@ -47,11 +43,9 @@ cli::Command MakeStatsCompareCommand() {
        "CheXpert-style truth CSV (Path + label columns; blank or -1 excludes a "
        "case)",
        false, true, std::nullopt, "T.csv"},
-      {"scores-a", "scores of model a (Path + one column per label)", false,
-       true, std::nullopt, "A.csv"},
+      {"scores-a", "scores of model a (Path + one column per label)", false, true, std::nullopt, "A.csv"},
       {"scores-b", "scores of model b", false, true, std::nullopt, "B.csv"},
-      {"out", "where to write the JSON report", false, true, std::nullopt,
-       "report.json"},
+      {"out", "where to write the JSON report", false, true, std::nullopt, "report.json"},
       {"labels",
        "comma-separated labels to compare (default: all label columns of the "
        "truth file)",

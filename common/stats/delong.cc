@@ -29,38 +29,32 @@ struct IntComponents {
   int64_t sum_k10 = 0;       // AUC = sum_k10 / (2 m n).
 };
 
-absl::Status Validate(absl::Span<const int> truth,
-                      absl::Span<const double> scores) {
+absl::Status Validate(absl::Span<const int> truth, absl::Span<const double> scores) {
   if (truth.size() != scores.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "truth has ", truth.size(), " values but scores has ", scores.size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("truth has ", truth.size(), " values but scores has ", scores.size()));
   }
   if (truth.size() > std::numeric_limits<uint32_t>::max()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("too many cases (", truth.size(), "); at most 2^32 - 1"));
+    return absl::InvalidArgumentError(absl::StrCat("too many cases (", truth.size(), "); at most 2^32 - 1"));
   }
   int64_t pos = 0;
   for (size_t i = 0; i < truth.size(); ++i) {
     if (truth[i] != 0 && truth[i] != 1) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "truth value ", truth[i], " at case ", i, " is not 0 or 1"));
+      return absl::InvalidArgumentError(absl::StrCat("truth value ", truth[i], " at case ", i, " is not 0 or 1"));
     }
     if (!std::isfinite(scores[i])) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("score at case ", i, " is not finite"));
+      return absl::InvalidArgumentError(absl::StrCat("score at case ", i, " is not finite"));
     }
     pos += truth[i];
   }
-  if (pos == 0)
-    return absl::InvalidArgumentError("no positive case: the AUC is undefined");
+  if (pos == 0) return absl::InvalidArgumentError("no positive case: the AUC is undefined");
   if (pos == static_cast<int64_t>(truth.size())) {
     return absl::InvalidArgumentError("no negative case: the AUC is undefined");
   }
   return absl::OkStatus();
 }
 
-absl::StatusOr<IntComponents> ComputeInt(absl::Span<const int> truth,
-                                         absl::Span<const double> scores) {
+absl::StatusOr<IntComponents> ComputeInt(absl::Span<const int> truth, absl::Span<const double> scores) {
   RETURN_IF_ERROR(Validate(truth, scores));
   const size_t total = truth.size();
   IntComponents c;
@@ -72,8 +66,7 @@ absl::StatusOr<IntComponents> ComputeInt(absl::Span<const int> truth,
   // Sorting (score, case) pairs keeps the comparisons cache-friendly; the case
   // index only breaks ties, which the tie groups below make irrelevant.
   std::vector<std::pair<double, uint32_t>> order(total);
-  for (size_t i = 0; i < total; ++i)
-    order[i] = {scores[i], static_cast<uint32_t>(i)};
+  for (size_t i = 0; i < total; ++i) order[i] = {scores[i], static_cast<uint32_t>(i)};
   std::sort(order.begin(), order.end());
 
   int64_t pos_below = 0;
@@ -117,26 +110,22 @@ double SampleVariance(const std::vector<int64_t>& k, double scale) {
   }
   const int128 count = static_cast<int128>(k.size());
   const int128 numerator = count * sum_sq - sum * sum;
-  return static_cast<double>(numerator) /
-         (static_cast<double>(count) * static_cast<double>(count - 1)) /
+  return static_cast<double>(numerator) / (static_cast<double>(count) * static_cast<double>(count - 1)) /
          (scale * scale);
 }
 
-std::vector<int64_t> Difference(const std::vector<int64_t>& a,
-                                const std::vector<int64_t>& b) {
+std::vector<int64_t> Difference(const std::vector<int64_t>& a, const std::vector<int64_t>& b) {
   std::vector<int64_t> d(a.size());
   for (size_t i = 0; i < a.size(); ++i) d[i] = a[i] - b[i];
   return d;
 }
 
 double AucOf(const IntComponents& c) {
-  return static_cast<double>(c.sum_k10) /
-         (2.0 * static_cast<double>(c.m) * static_cast<double>(c.n));
+  return static_cast<double>(c.sum_k10) / (2.0 * static_cast<double>(c.m) * static_cast<double>(c.n));
 }
 
 // var(V10)/m + var(V01)/n for components given as integer numerators.
-double DeLongVariance(const IntComponents& c, const std::vector<int64_t>& k10,
-                      const std::vector<int64_t>& k01) {
+double DeLongVariance(const IntComponents& c, const std::vector<int64_t>& k10, const std::vector<int64_t>& k01) {
   const double m = static_cast<double>(c.m);
   const double n = static_cast<double>(c.n);
   return SampleVariance(k10, 2.0 * n) / m + SampleVariance(k01, 2.0 * m) / n;
@@ -148,31 +137,24 @@ std::pair<double, double> ClippedInterval(double center, double variance) {
 }
 
 std::string TooFewNote(int64_t m, int64_t n) {
-  return absl::StrCat(
-      "variance needs at least 2 positive and 2 negative cases (have ", m,
-      " positive, ", n, " negative)");
+  return absl::StrCat("variance needs at least 2 positive and 2 negative cases (have ", m, " positive, ", n,
+                      " negative)");
 }
 
 }  // namespace
 
-absl::StatusOr<DeLongComponents> ComputeDeLongComponents(
-    absl::Span<const int> truth, absl::Span<const double> scores) {
+absl::StatusOr<DeLongComponents> ComputeDeLongComponents(absl::Span<const int> truth, absl::Span<const double> scores) {
   ASSIGN_OR_RETURN(IntComponents c, ComputeInt(truth, scores));
   DeLongComponents out;
   out.auc = AucOf(c);
   out.v10.reserve(c.m);
   out.v01.reserve(c.n);
-  for (int64_t k : c.k10)
-    out.v10.push_back(static_cast<double>(k) /
-                      (2.0 * static_cast<double>(c.n)));
-  for (int64_t k : c.k01)
-    out.v01.push_back(static_cast<double>(k) /
-                      (2.0 * static_cast<double>(c.m)));
+  for (int64_t k : c.k10) out.v10.push_back(static_cast<double>(k) / (2.0 * static_cast<double>(c.n)));
+  for (int64_t k : c.k01) out.v01.push_back(static_cast<double>(k) / (2.0 * static_cast<double>(c.m)));
   return out;
 }
 
-absl::StatusOr<AucEstimate> EstimateAuc(absl::Span<const int> truth,
-                                        absl::Span<const double> scores) {
+absl::StatusOr<AucEstimate> EstimateAuc(absl::Span<const int> truth, absl::Span<const double> scores) {
   ASSIGN_OR_RETURN(IntComponents c, ComputeInt(truth, scores));
   AucEstimate out;
   out.n_pos = c.m;
@@ -187,13 +169,11 @@ absl::StatusOr<AucEstimate> EstimateAuc(absl::Span<const int> truth,
   return out;
 }
 
-absl::StatusOr<PairedDeLong> PairedDeLongTest(
-    absl::Span<const int> truth, absl::Span<const double> scores_a,
-    absl::Span<const double> scores_b) {
+absl::StatusOr<PairedDeLong> PairedDeLongTest(absl::Span<const int> truth, absl::Span<const double> scores_a,
+                                              absl::Span<const double> scores_b) {
   if (scores_a.size() != scores_b.size()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("the two scores differ in length (", scores_a.size(),
-                     " vs ", scores_b.size(), ")"));
+        absl::StrCat("the two scores differ in length (", scores_a.size(), " vs ", scores_b.size(), ")"));
   }
   ASSIGN_OR_RETURN(IntComponents a, ComputeInt(truth, scores_a));
   ASSIGN_OR_RETURN(IntComponents b, ComputeInt(truth, scores_b));
@@ -207,12 +187,10 @@ absl::StatusOr<PairedDeLong> PairedDeLongTest(
   }
   // var(AUC_a - AUC_b) from the components of the difference: equal to var_a +
   // var_b - 2 cov_ab, without the cancellation when the two scores are close.
-  const double variance =
-      DeLongVariance(a, Difference(a.k10, b.k10), Difference(a.k01, b.k01));
+  const double variance = DeLongVariance(a, Difference(a.k10, b.k10), Difference(a.k01, b.k01));
   out.variance = variance;
   const double se = std::sqrt(variance);
-  out.ci95 =
-      std::make_pair(out.difference - kZ975 * se, out.difference + kZ975 * se);
+  out.ci95 = std::make_pair(out.difference - kZ975 * se, out.difference + kZ975 * se);
   if (se == 0.0) {
     if (a.sum_k10 == b.sum_k10) {
       out.z = 0.0;

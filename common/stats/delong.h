@@ -34,8 +34,7 @@ struct DeLongComponents {
 
 // Computes the AUC and the components. InvalidArgument when truth and scores differ in length, a truth value is
 // not 0/1, a score is not finite, or there is no positive or no negative case.
-absl::StatusOr<DeLongComponents> ComputeDeLongComponents(absl::Span<const int> truth,
-                                                         absl::Span<const double> scores);
+absl::StatusOr<DeLongComponents> ComputeDeLongComponents(absl::Span<const int> truth, absl::Span<const double> scores);
 
 // An AUC with DeLong's variance and 95% CI. variance/ci95 are nullopt, with `note` saying why, when there are fewer
 // than 2 positives or fewer than 2 negatives.
@@ -43,7 +42,7 @@ struct AucEstimate {
   int64_t n_pos = 0;
   int64_t n_neg = 0;
   double auc = 0;
-  std::optional<double> variance;  // var(V10)/m + var(V01)/n, sample variances.
+  std::optional<double> variance;                 // var(V10)/m + var(V01)/n, sample variances.
   std::optional<std::pair<double, double>> ci95;  // auc -+ 1.959963984540054 sqrt(variance), clipped to [0, 1].
   std::string note;
 };
@@ -55,12 +54,12 @@ absl::StatusOr<AucEstimate> EstimateAuc(absl::Span<const int> truth, absl::Span<
 struct PairedDeLong {
   double auc_a = 0;
   double auc_b = 0;
-  double difference = 0;                             // auc_a - auc_b.
-  std::optional<double> variance;                    // var(auc_a - auc_b) = var_a + var_b - 2 cov_ab.
-  std::optional<double> z;                           // difference / sqrt(variance).
-  std::optional<double> p_value;                     // 2 Phi(-|z|).
-  std::optional<std::pair<double, double>> ci95;     // difference -+ 1.959963984540054 sqrt(variance).
-  std::string note;                                  // Why a field is nullopt, or a degenerate case.
+  double difference = 0;                          // auc_a - auc_b.
+  std::optional<double> variance;                 // var(auc_a - auc_b) = var_a + var_b - 2 cov_ab.
+  std::optional<double> z;                        // difference / sqrt(variance).
+  std::optional<double> p_value;                  // 2 Phi(-|z|).
+  std::optional<std::pair<double, double>> ci95;  // difference -+ 1.959963984540054 sqrt(variance).
+  std::string note;                               // Why a field is nullopt, or a degenerate case.
 };
 
 // Paired test. With fewer than 2 positives or 2 negatives only the AUCs and the difference are set. When the

@@ -16,8 +16,7 @@
 namespace fedtune::stats {
 namespace {
 
-absl::Status Bad(const std::string& file, int64_t line,
-                 absl::string_view what) {
+absl::Status Bad(const std::string& file, int64_t line, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat(file, ":", line, ": ", what));
 }
 
@@ -31,10 +30,9 @@ absl::StatusOr<IndexedTable> ReadIndexed(const std::string& path) {
   IndexedTable out;
   ASSIGN_OR_RETURN(out.table, io::ReadCsvFile(path));
   if (out.table.header.empty() || out.table.header[0] != "Path") {
-    return Bad(
-        path, 1,
-        absl::StrCat("the first column must be 'Path', found '",
-                     out.table.header.empty() ? "" : out.table.header[0], "'"));
+    return Bad(path, 1,
+               absl::StrCat("the first column must be 'Path', found '",
+                            out.table.header.empty() ? "" : out.table.header[0], "'"));
   }
   for (size_t r = 0; r < out.table.rows.size(); ++r) {
     const io::CsvRecord& row = out.table.rows[r];
@@ -43,8 +41,7 @@ absl::StatusOr<IndexedTable> ReadIndexed(const std::string& path) {
     auto [it, inserted] = out.row_of_path.emplace(id, r);
     if (!inserted) {
       return Bad(path, row.line,
-                 absl::StrCat("duplicate Path '", id, "' (first on line ",
-                              out.table.rows[it->second].line, ")"));
+                 absl::StrCat("duplicate Path '", id, "' (first on line ", out.table.rows[it->second].line, ")"));
     }
   }
   return out;
@@ -58,36 +55,30 @@ bool IsMetadataColumn(const std::string& name) {
 }
 
 // Truth cell: 1 or 0, or nullopt when the case is excluded (blank or -1).
-absl::StatusOr<std::optional<int>> ParseTruth(const std::string& raw,
-                                              const std::string& file,
-                                              int64_t line,
+absl::StatusOr<std::optional<int>> ParseTruth(const std::string& raw, const std::string& file, int64_t line,
                                               const std::string& column) {
   absl::string_view v = absl::StripAsciiWhitespace(raw);
   if (v.empty() || v == "-1" || v == "-1.0") return std::optional<int>();
   if (v == "1" || v == "1.0") return std::optional<int>(1);
   if (v == "0" || v == "0.0") return std::optional<int>(0);
   return Bad(file, line,
-             absl::StrCat("column '", column, "': truth value '", v,
-                          "' is not one of 1, 0, 1.0, 0.0, -1, blank"));
+             absl::StrCat("column '", column, "': truth value '", v, "' is not one of 1, 0, 1.0, 0.0, -1, blank"));
 }
 
-absl::StatusOr<double> ParseScore(const std::string& raw,
-                                  const std::string& file, int64_t line,
+absl::StatusOr<double> ParseScore(const std::string& raw, const std::string& file, int64_t line,
                                   const std::string& column) {
   absl::string_view v = absl::StripAsciiWhitespace(raw);
   double out;
   if (v.empty() || !absl::SimpleAtod(v, &out) || !std::isfinite(out)) {
-    return Bad(file, line,
-               absl::StrCat("column '", column, "': score '", v,
-                            "' is not a finite number"));
+    return Bad(file, line, absl::StrCat("column '", column, "': score '", v, "' is not a finite number"));
   }
   return out;
 }
 
 }  // namespace
 
-absl::StatusOr<std::vector<LabelScores>> LoadScoreTables(
-    const ScoreTablePaths& paths, const std::vector<std::string>& labels) {
+absl::StatusOr<std::vector<LabelScores>> LoadScoreTables(const ScoreTablePaths& paths,
+                                                         const std::vector<std::string>& labels) {
   ASSIGN_OR_RETURN(IndexedTable truth, ReadIndexed(paths.truth));
   ASSIGN_OR_RETURN(IndexedTable a, ReadIndexed(paths.scores_a));
   ASSIGN_OR_RETURN(IndexedTable b, ReadIndexed(paths.scores_b));
@@ -96,15 +87,12 @@ absl::StatusOr<std::vector<LabelScores>> LoadScoreTables(
   for (const std::string& name : truth.table.header) {
     if (!IsMetadataColumn(name)) label_columns.push_back(name);
   }
-  if (label_columns.empty())
-    return Bad(paths.truth, 1,
-               "no label columns besides Path and metadata columns");
+  if (label_columns.empty()) return Bad(paths.truth, 1, "no label columns besides Path and metadata columns");
   if (!labels.empty()) {
     for (const std::string& wanted : labels) {
-      if (std::find(label_columns.begin(), label_columns.end(), wanted) ==
-          label_columns.end()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "--labels: '", wanted, "' is not a label column of ", paths.truth));
+      if (std::find(label_columns.begin(), label_columns.end(), wanted) == label_columns.end()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--labels: '", wanted, "' is not a label column of ", paths.truth));
       }
     }
     label_columns = labels;
@@ -115,21 +103,13 @@ absl::StatusOr<std::vector<LabelScores>> LoadScoreTables(
     const size_t truth_col = *truth.table.ColumnIndex(label);
     std::optional<size_t> a_col = a.table.ColumnIndex(label);
     std::optional<size_t> b_col = b.table.ColumnIndex(label);
-    if (!a_col)
-      return Bad(paths.scores_a, 1,
-                 absl::StrCat("no column '", label, "' (a label of ",
-                              paths.truth, ")"));
-    if (!b_col)
-      return Bad(paths.scores_b, 1,
-                 absl::StrCat("no column '", label, "' (a label of ",
-                              paths.truth, ")"));
+    if (!a_col) return Bad(paths.scores_a, 1, absl::StrCat("no column '", label, "' (a label of ", paths.truth, ")"));
+    if (!b_col) return Bad(paths.scores_b, 1, absl::StrCat("no column '", label, "' (a label of ", paths.truth, ")"));
     LabelScores scores;
     scores.name = label;
     for (const io::CsvRecord& row : truth.table.rows) {
       const std::string id(absl::StripAsciiWhitespace(row.fields[0]));
-      ASSIGN_OR_RETURN(
-          std::optional<int> t,
-          ParseTruth(row.fields[truth_col], paths.truth, row.line, label));
+      ASSIGN_OR_RETURN(std::optional<int> t, ParseTruth(row.fields[truth_col], paths.truth, row.line, label));
       // Every truth row must have scores in both files, even where this label
       // excludes it.
       const IndexedTable* tables[2] = {&a, &b};
@@ -140,12 +120,10 @@ absl::StatusOr<std::vector<LabelScores>> LoadScoreTables(
         auto it = tables[k]->row_of_path.find(id);
         if (it == tables[k]->row_of_path.end()) {
           return absl::InvalidArgumentError(
-              absl::StrCat(*files[k], ": no row for Path '", id, "' (",
-                           paths.truth, " line ", row.line, ")"));
+              absl::StrCat(*files[k], ": no row for Path '", id, "' (", paths.truth, " line ", row.line, ")"));
         }
         const io::CsvRecord& srow = tables[k]->table.rows[it->second];
-        ASSIGN_OR_RETURN(values[k], ParseScore(srow.fields[cols[k]], *files[k],
-                                               srow.line, label));
+        ASSIGN_OR_RETURN(values[k], ParseScore(srow.fields[cols[k]], *files[k], srow.line, label));
       }
       if (!t) continue;
       scores.truth.push_back(*t);

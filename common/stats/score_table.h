@@ -31,8 +31,8 @@ struct ScoreTablePaths {
 // missing from a scores file, a non-numeric or non-finite score, a requested
 // label that is not a label column of the truth file, a truth file without
 // label columns.
-absl::StatusOr<std::vector<LabelScores>> LoadScoreTables(
-    const ScoreTablePaths& paths, const std::vector<std::string>& labels);
+absl::StatusOr<std::vector<LabelScores>> LoadScoreTables(const ScoreTablePaths& paths,
+                                                         const std::vector<std::string>& labels);
 
 }  // namespace fedtune::stats
 

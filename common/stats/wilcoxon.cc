@@ -89,7 +89,8 @@ absl::StatusOr<WilcoxonResult> WilcoxonSignedRank(absl::Span<const double> diffe
 
 absl::StatusOr<WilcoxonResult> WilcoxonSignedRank(absl::Span<const double> a, absl::Span<const double> b) {
   if (a.size() != b.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("paired samples differ in length (", a.size(), " vs ", b.size(), ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("paired samples differ in length (", a.size(), " vs ", b.size(), ")"));
   }
   std::vector<double> d(a.size());
   for (size_t i = 0; i < a.size(); ++i) d[i] = a[i] - b[i];

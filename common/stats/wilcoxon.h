@@ -14,12 +14,12 @@ namespace fedtune::stats {
 
 struct WilcoxonResult {
   enum class Method { kExact, kNormal };
-  int64_t n = 0;            // Non-zero differences used.
+  int64_t n = 0;  // Non-zero differences used.
   int64_t zeros_dropped = 0;
-  double r_plus = 0;        // Sum of the ranks of |d| over positive differences (midranks for ties).
+  double r_plus = 0;  // Sum of the ranks of |d| over positive differences (midranks for ties).
   double r_minus = 0;
-  double statistic = 0;     // min(R+, R-).
-  std::optional<double> z;  // Normal method only.
+  double statistic = 0;           // min(R+, R-).
+  std::optional<double> z;        // Normal method only.
   std::optional<double> p_value;  // nullopt when n == 0 (nothing to test); see note.
   Method method = Method::kNormal;
   std::string note;

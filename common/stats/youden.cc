@@ -35,7 +35,8 @@ absl::StatusOr<OperatingPoint> YoudenOptimalPoint(absl::Span<const int> truth, a
     if (truth[i] != 0 && truth[i] != 1) {
       return absl::InvalidArgumentError(absl::StrCat("truth value ", truth[i], " at case ", i, " is not 0 or 1"));
     }
-    if (!std::isfinite(scores[i])) return absl::InvalidArgumentError(absl::StrCat("score at case ", i, " is not finite"));
+    if (!std::isfinite(scores[i]))
+      return absl::InvalidArgumentError(absl::StrCat("score at case ", i, " is not finite"));
     m += truth[i];
   }
   const int64_t n = static_cast<int64_t>(truth.size()) - m;

@@ -15,9 +15,8 @@ constexpr int kBusyTimeoutMs = 10000;
 }  // namespace
 
 absl::Status Database::ErrorStatus(int code, absl::string_view context) const {
-  const std::string msg =
-      absl::StrCat("database ", path_, ": ", context, ": ",
-                   db_ != nullptr ? sqlite3_errmsg(db_) : sqlite3_errstr(code));
+  const std::string msg = absl::StrCat("database ", path_, ": ", context, ": ",
+                                       db_ != nullptr ? sqlite3_errmsg(db_) : sqlite3_errstr(code));
   switch (code & 0xff) {
     case SQLITE_BUSY:
     case SQLITE_LOCKED:
@@ -41,8 +40,7 @@ absl::Status Database::ErrorStatus(int code, absl::string_view context) const {
   }
 }
 
-Statement::Statement(Database* db, sqlite3_stmt* stmt, std::string sql)
-    : db_(db), stmt_(stmt), sql_(std::move(sql)) {}
+Statement::Statement(Database* db, sqlite3_stmt* stmt, std::string sql) : db_(db), stmt_(stmt), sql_(std::move(sql)) {}
 
 Statement::Statement(Statement&& other) noexcept
     : db_(other.db_),
@@ -65,13 +63,12 @@ Statement::~Statement() {
   if (stmt_ != nullptr) sqlite3_finalize(stmt_);
 }
 
-#define FEDTUNE_BIND_(call, index)                                             \
-  do {                                                                         \
-    int rc_ = (call);                                                          \
-    if (rc_ != SQLITE_OK && bind_status_.ok()) {                               \
-      bind_status_ = db_->ErrorStatus(                                         \
-          rc_, absl::StrCat("binding parameter ", index, " of '", sql_, "'")); \
-    }                                                                          \
+#define FEDTUNE_BIND_(call, index)                                                                         \
+  do {                                                                                                     \
+    int rc_ = (call);                                                                                      \
+    if (rc_ != SQLITE_OK && bind_status_.ok()) {                                                           \
+      bind_status_ = db_->ErrorStatus(rc_, absl::StrCat("binding parameter ", index, " of '", sql_, "'")); \
+    }                                                                                                      \
   } while (false)
 
 Statement& Statement::Bind(int index, int64_t value) {
@@ -83,17 +80,11 @@ Statement& Statement::Bind(int index, double value) {
   return *this;
 }
 Statement& Statement::Bind(int index, absl::string_view text) {
-  FEDTUNE_BIND_(
-      sqlite3_bind_text(stmt_, index, text.data(),
-                        static_cast<int>(text.size()), SQLITE_TRANSIENT),
-      index);
+  FEDTUNE_BIND_(sqlite3_bind_text(stmt_, index, text.data(), static_cast<int>(text.size()), SQLITE_TRANSIENT), index);
   return *this;
 }
 Statement& Statement::BindBlob(int index, absl::string_view bytes) {
-  FEDTUNE_BIND_(
-      sqlite3_bind_blob(stmt_, index, bytes.data(),
-                        static_cast<int>(bytes.size()), SQLITE_TRANSIENT),
-      index);
+  FEDTUNE_BIND_(sqlite3_bind_blob(stmt_, index, bytes.data(), static_cast<int>(bytes.size()), SQLITE_TRANSIENT), index);
   return *this;
 }
 Statement& Statement::BindNull(int index) {
@@ -123,55 +114,41 @@ void Statement::Reset() {
   bind_status_ = absl::OkStatus();
 }
 
-int64_t Statement::ColumnInt(int column) const {
-  return sqlite3_column_int64(stmt_, column);
-}
-double Statement::ColumnDouble(int column) const {
-  return sqlite3_column_double(stmt_, column);
-}
+int64_t Statement::ColumnInt(int column) const { return sqlite3_column_int64(stmt_, column); }
+double Statement::ColumnDouble(int column) const { return sqlite3_column_double(stmt_, column); }
 std::string Statement::ColumnText(int column) const {
   const unsigned char* text = sqlite3_column_text(stmt_, column);
   if (text == nullptr) return "";
-  return std::string(reinterpret_cast<const char*>(text),
-                     static_cast<size_t>(sqlite3_column_bytes(stmt_, column)));
+  return std::string(reinterpret_cast<const char*>(text), static_cast<size_t>(sqlite3_column_bytes(stmt_, column)));
 }
-bool Statement::ColumnIsNull(int column) const {
-  return sqlite3_column_type(stmt_, column) == SQLITE_NULL;
-}
+bool Statement::ColumnIsNull(int column) const { return sqlite3_column_type(stmt_, column) == SQLITE_NULL; }
 
-Database::Database(sqlite3* db, std::string path)
-    : db_(db), path_(std::move(path)) {}
+Database::Database(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}
 
 Database::~Database() { sqlite3_close_v2(db_); }
 
-absl::StatusOr<std::unique_ptr<Database>> Database::Open(
-    const std::string& path, absl::Span<const Migration> migrations) {
+absl::StatusOr<std::unique_ptr<Database>> Database::Open(const std::string& path,
+                                                         absl::Span<const Migration> migrations) {
   for (size_t i = 0; i < migrations.size(); ++i) {
     if (migrations[i].version != static_cast<int>(i) + 1) {
       return absl::InvalidArgumentError(
-          absl::StrCat("migration ", i, " has version ", migrations[i].version,
-                       "; versions must be 1, 2, 3, ..."));
+          absl::StrCat("migration ", i, " has version ", migrations[i].version, "; versions must be 1, 2, 3, ..."));
     }
   }
   sqlite3* raw = nullptr;
-  int rc = sqlite3_open_v2(
-      path.c_str(), &raw,
-      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
-      nullptr);
+  int rc =
+      sqlite3_open_v2(path.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, nullptr);
   std::unique_ptr<Database> db(new Database(raw, path));
   if (rc != SQLITE_OK) return db->ErrorStatus(rc, "opening");
   sqlite3_busy_timeout(raw, kBusyTimeoutMs);
   sqlite3_extended_result_codes(raw, 1);
-  if (path != ":memory:")
-    RETURN_IF_ERROR(
-        db->Execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"));
+  if (path != ":memory:") RETURN_IF_ERROR(db->Execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"));
   RETURN_IF_ERROR(db->Execute("PRAGMA foreign_keys=ON;"));
   const int current = db->SchemaVersion();
   if (current > static_cast<int>(migrations.size())) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("database ", path, " has schema version ", current,
-                     ", newer than this program's ", migrations.size(),
-                     ": it was written by a newer fedtune"));
+    return absl::FailedPreconditionError(absl::StrCat("database ", path, " has schema version ", current,
+                                                      ", newer than this program's ", migrations.size(),
+                                                      ": it was written by a newer fedtune"));
   }
   for (int v = current + 1; v <= static_cast<int>(migrations.size()); ++v) {
     const Migration& m = migrations[v - 1];
@@ -180,11 +157,8 @@ absl::StatusOr<std::unique_ptr<Database>> Database::Open(
       return db->Execute(absl::StrCat("PRAGMA user_version=", v, ";"));
     });
     if (!status.ok()) {
-      return absl::Status(
-          status.code() == absl::StatusCode::kUnavailable
-              ? status.code()
-              : absl::StatusCode::kInternal,
-          absl::StrCat("schema migration ", v, " failed: ", status.message()));
+      return absl::Status(status.code() == absl::StatusCode::kUnavailable ? status.code() : absl::StatusCode::kInternal,
+                          absl::StrCat("schema migration ", v, " failed: ", status.message()));
     }
   }
   return db;
@@ -195,16 +169,13 @@ absl::Status Database::Execute(absl::string_view sql) {
   const std::string text(sql);
   int rc = sqlite3_exec(db_, text.c_str(), nullptr, nullptr, &err);
   if (err != nullptr) sqlite3_free(err);
-  if (rc != SQLITE_OK)
-    return ErrorStatus(rc,
-                       absl::StrCat("executing '", text.substr(0, 200), "'"));
+  if (rc != SQLITE_OK) return ErrorStatus(rc, absl::StrCat("executing '", text.substr(0, 200), "'"));
   return absl::OkStatus();
 }
 
 absl::StatusOr<Statement> Database::Prepare(absl::string_view sql) {
   sqlite3_stmt* stmt = nullptr;
-  int rc = sqlite3_prepare_v2(db_, sql.data(), static_cast<int>(sql.size()),
-                              &stmt, nullptr);
+  int rc = sqlite3_prepare_v2(db_, sql.data(), static_cast<int>(sql.size()), &stmt, nullptr);
   if (rc != SQLITE_OK) {
     if (stmt != nullptr) sqlite3_finalize(stmt);
     return ErrorStatus(rc, absl::StrCat("preparing '", sql, "'"));
@@ -212,13 +183,11 @@ absl::StatusOr<Statement> Database::Prepare(absl::string_view sql) {
   return Statement(this, stmt, std::string(sql));
 }
 
-absl::Status Database::InTransaction(
-    const std::function<absl::Status()>& body) {
+absl::Status Database::InTransaction(const std::function<absl::Status()>& body) {
   RETURN_IF_ERROR(Execute("BEGIN IMMEDIATE;"));
   absl::Status status = body();
   if (!status.ok()) {
-    Execute("ROLLBACK;")
-        .IgnoreError();  // The body's error is the one that matters.
+    Execute("ROLLBACK;").IgnoreError();  // The body's error is the one that matters.
     return status;
   }
   absl::Status commit = Execute("COMMIT;");
@@ -229,8 +198,7 @@ absl::Status Database::InTransaction(
 int Database::SchemaVersion() {
   sqlite3_stmt* stmt = nullptr;
   int version = 0;
-  if (sqlite3_prepare_v2(db_, "PRAGMA user_version;", -1, &stmt, nullptr) ==
-          SQLITE_OK &&
+  if (sqlite3_prepare_v2(db_, "PRAGMA user_version;", -1, &stmt, nullptr) == SQLITE_OK &&
       sqlite3_step(stmt) == SQLITE_ROW) {
     version = sqlite3_column_int(stmt, 0);
   }
@@ -238,8 +206,6 @@ int Database::SchemaVersion() {
   return version;
 }
 
-int64_t Database::LastInsertRowId() const {
-  return sqlite3_last_insert_rowid(db_);
-}
+int64_t Database::LastInsertRowId() const { return sqlite3_last_insert_rowid(db_); }
 
 }  // namespace fedtune::store

@@ -86,8 +86,8 @@ class Database {
   // FailedPrecondition when the file's schema is newer than `migrations` (a
   // newer fedtune wrote it), InvalidArgument for misnumbered migrations,
   // Internal for a failing migration (its version and SQL error named).
-  static absl::StatusOr<std::unique_ptr<Database>> Open(
-      const std::string& path, absl::Span<const Migration> migrations);
+  static absl::StatusOr<std::unique_ptr<Database>> Open(const std::string& path,
+                                                        absl::Span<const Migration> migrations);
   ~Database();
   Database(const Database&) = delete;
   Database& operator=(const Database&) = delete;

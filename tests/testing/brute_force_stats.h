@@ -15,16 +15,12 @@ struct BruteForceDeLong {
   std::vector<double> v01;
 };
 
-inline double Psi(double x, double y) {
-  return x > y ? 1.0 : (x == y ? 0.5 : 0.0);
-}
+inline double Psi(double x, double y) { return x > y ? 1.0 : (x == y ? 0.5 : 0.0); }
 
-inline BruteForceDeLong BruteForceComponents(
-    const std::vector<int>& truth, const std::vector<double>& scores) {
+inline BruteForceDeLong BruteForceComponents(const std::vector<int>& truth, const std::vector<double>& scores) {
   std::vector<double> pos;
   std::vector<double> neg;
-  for (size_t i = 0; i < truth.size(); ++i)
-    (truth[i] == 1 ? pos : neg).push_back(scores[i]);
+  for (size_t i = 0; i < truth.size(); ++i) (truth[i] == 1 ? pos : neg).push_back(scores[i]);
   BruteForceDeLong out;
   out.v10.assign(pos.size(), 0.0);
   out.v01.assign(neg.size(), 0.0);
@@ -39,14 +35,12 @@ inline BruteForceDeLong BruteForceComponents(
   }
   for (double& v : out.v10) v /= static_cast<double>(neg.size());
   for (double& v : out.v01) v /= static_cast<double>(pos.size());
-  out.auc = total /
-            (static_cast<double>(pos.size()) * static_cast<double>(neg.size()));
+  out.auc = total / (static_cast<double>(pos.size()) * static_cast<double>(neg.size()));
   return out;
 }
 
 // Sample covariance (denominator N - 1) by the two-pass textbook formula.
-inline double SampleCovariance(const std::vector<double>& x,
-                               const std::vector<double>& y) {
+inline double SampleCovariance(const std::vector<double>& x, const std::vector<double>& y) {
   double mx = 0;
   double my = 0;
   for (size_t i = 0; i < x.size(); ++i) {
@@ -62,8 +56,7 @@ inline double SampleCovariance(const std::vector<double>& x,
 
 // DeLong's covariance of two AUCs: S10_ab/m + S01_ab/n (a == b gives the
 // variance).
-inline double BruteForceCovariance(const BruteForceDeLong& a,
-                                   const BruteForceDeLong& b) {
+inline double BruteForceCovariance(const BruteForceDeLong& a, const BruteForceDeLong& b) {
   return SampleCovariance(a.v10, b.v10) / static_cast<double>(a.v10.size()) +
          SampleCovariance(a.v01, b.v01) / static_cast<double>(a.v01.size());
 }

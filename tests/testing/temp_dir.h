@@ -3,6 +3,7 @@
 #define FEDTUNE_TESTS_TESTING_TEMP_DIR_H_
 
 #include <string>
+
 #include "absl/strings/string_view.h"
 
 namespace fedtune::testing {

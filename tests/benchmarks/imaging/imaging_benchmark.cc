@@ -32,14 +32,11 @@ const std::string& SourcePng() {
     rng.fill(noise, cv::RNG::NORMAL, 0.0, 300.0);
     for (int y = 60; y < h - 80; ++y) {
       for (int x = 40; x < w - 50; ++x) {
-        const double dx = (x - w / 2.0) / (w / 2.0),
-                     dy = (y - h / 2.0) / (h / 2.0);
+        const double dx = (x - w / 2.0) / (w / 2.0), dy = (y - h / 2.0) / (h / 2.0);
         const double body = 30000 * std::exp(-(dx * dx * 1.5 + dy * dy));
-        const double ribs =
-            4000 * (0.5 + 0.5 * std::sin(y / 37.0 + 3 * dx * dx));
+        const double ribs = 4000 * (0.5 + 0.5 * std::sin(y / 37.0 + 3 * dx * dx));
         const double v = body + ribs + 6000 + noise.at<float>(y, x);
-        m.at<uint16_t>(y, x) =
-            static_cast<uint16_t>(std::clamp(v, 0.0, 65535.0));
+        m.at<uint16_t>(y, x) = static_cast<uint16_t>(std::clamp(v, 0.0, 65535.0));
       }
     }
     const std::string p = dir.Join("chest_2000x2500_16bit.png");

@@ -1,9 +1,9 @@
 // Loader throughput (images/s into 512x512 batches) with 1 and 2 worker threads, decoding every epoch (no cache) and
 // from a warm preprocessed-image cache. Sources: 48 synthetic 16-bit PNGs of 2000x2500 with black borders.
 // Run by deploy/bench.sh; never by ctest.
+#include <filesystem>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
-#include <filesystem>
 #include <random>
 
 #include "benchmark/benchmark.h"

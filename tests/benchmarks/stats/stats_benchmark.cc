@@ -30,8 +30,7 @@ Data MakeData(int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     const int y = positive(rng) ? 1 : 0;
     d.truth.push_back(y);
-    d.scores.push_back(tied(rng) ? level(rng) / 50.0 - 2.0 + y
-                                 : noise(rng) + y);
+    d.scores.push_back(tied(rng) ? level(rng) / 50.0 - 2.0 + y : noise(rng) + y);
   }
   return d;
 }
@@ -45,11 +44,7 @@ void BM_FastAucAndDeLongVariance(benchmark::State& state) {
   }
   state.SetItemsProcessed(state.iterations() * state.range(0));
 }
-BENCHMARK(BM_FastAucAndDeLongVariance)
-    ->Arg(10'000)
-    ->Arg(100'000)
-    ->Arg(1'000'000)
-    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_FastAucAndDeLongVariance)->Arg(10'000)->Arg(100'000)->Arg(1'000'000)->Unit(benchmark::kMillisecond);
 
 void BM_BruteForceAucAndDeLongVariance(benchmark::State& state) {
   Data d = MakeData(state.range(0));
@@ -60,9 +55,7 @@ void BM_BruteForceAucAndDeLongVariance(benchmark::State& state) {
   }
   state.SetItemsProcessed(state.iterations() * state.range(0));
 }
-BENCHMARK(BM_BruteForceAucAndDeLongVariance)
-    ->Arg(10'000)
-    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_BruteForceAucAndDeLongVariance)->Arg(10'000)->Unit(benchmark::kMillisecond);
 
 void BM_FastPairedDeLong(benchmark::State& state) {
   Data d = MakeData(state.range(0));

@@ -47,8 +47,7 @@ TEST(ParseFlagsTest, ErrorsNameTheFlag) {
   }
   auto bad_int = ParseFlags({"--in", "a", "--size", "big"}, Specs());
   ASSERT_TRUE(bad_int.ok());
-  EXPECT_THAT(std::string(bad_int->GetInt("size", 0).status().message()),
-              HasSubstr("--size: expected an integer"));
+  EXPECT_THAT(std::string(bad_int->GetInt("size", 0).status().message()), HasSubstr("--size: expected an integer"));
 }
 
 TEST(ParseFlagsTest, Positionals) {
@@ -71,8 +70,7 @@ TEST(CommandSetTest, DispatchesAndMapsStatus) {
   std::string seen;
   set.Add({{"do", "it"}, "does it", "", 0, Specs(), [&](const ParsedFlags& f) {
              seen = f.GetOrDie("in");
-             return f.GetBool("quiet") ? absl::InvalidArgumentError("bad")
-                                       : absl::OkStatus();
+             return f.GetBool("quiet") ? absl::InvalidArgumentError("bad") : absl::OkStatus();
            }});
   auto run = [&](std::vector<std::string> args) {
     std::vector<char*> argv = {const_cast<char*>("prog")};

@@ -35,8 +35,7 @@ TEST(PositiveWeightsTest, NegativesOverPositives) {
 }
 
 TEST(PositiveWeightsTest, SoftLabelsCountFractionallyAndMaskedLabelsNotAtAll) {
-  std::vector<LabelTargets> train = {Targets(0.75f), Targets(0.0f),
-                                     Targets(0.0f), Targets(1.0f, 0.0f)};
+  std::vector<LabelTargets> train = {Targets(0.75f), Targets(0.0f), Targets(0.0f), Targets(1.0f, 0.0f)};
   PositiveWeights w = ComputePositiveWeights(train);
   EXPECT_DOUBLE_EQ(w.positives[kPneumonia], 0.75);
   EXPECT_DOUBLE_EQ(w.negatives[kPneumonia], 2.25);
@@ -60,12 +59,8 @@ TEST(PositiveWeightsTest, GuardsLabelsWithoutPositivesOrNegatives) {
   // No training data at all: every label degenerate, no division by zero.
   PositiveWeights empty = ComputePositiveWeights({});
   for (int l = 0; l < kNumChexpertLabels; ++l) EXPECT_EQ(empty.weight[l], 1.0);
-  EXPECT_THAT(
-      FormatPositiveWeights(w),
-      HasSubstr("Fracture: 1 (positives 2.0, negatives 0.0) no negatives"));
-  EXPECT_THAT(
-      FormatPositiveWeights(w),
-      HasSubstr("Pneumothorax: 1 (positives 0.0, negatives 2.0) no positives"));
+  EXPECT_THAT(FormatPositiveWeights(w), HasSubstr("Fracture: 1 (positives 2.0, negatives 0.0) no negatives"));
+  EXPECT_THAT(FormatPositiveWeights(w), HasSubstr("Pneumothorax: 1 (positives 0.0, negatives 2.0) no positives"));
 }
 
 TEST(PositiveWeightsTest, CapsHugeRatios) {
@@ -99,8 +94,7 @@ TEST(PositiveWeightsTest, FromTheTrainingSplitOfAManifest) {
   const std::vector<size_t> train = split->EntriesIn(Split::kTrain);
   LabelPolicy policy;
   policy.hierarchy_correction = false;
-  PositiveWeights w =
-      ComputePositiveWeights(TargetsForEntries(manifest, train, policy));
+  PositiveWeights w = ComputePositiveWeights(TargetsForEntries(manifest, train, policy));
   // Stratification puts 5 of the 10 positives into the 20 training images.
   EXPECT_EQ(train.size(), 20u);
   EXPECT_DOUBLE_EQ(w.positives[kEdema], 5.0);

@@ -27,26 +27,22 @@ using ::testing::HasSubstr;
 using ::testing::Not;
 
 // Real DICOM files that no one here wrote: Debian's python3-pydicom test data.
-constexpr const char* kPydicomTestFiles =
-    "/usr/lib/python3/dist-packages/pydicom/data/test_files";
+constexpr const char* kPydicomTestFiles = "/usr/lib/python3/dist-packages/pydicom/data/test_files";
 
 std::string Header() {
-  std::vector<std::string> names = {"Path", "Sex", "Age", "Frontal/Lateral",
-                                    "AP/PA"};
+  std::vector<std::string> names = {"Path", "Sex", "Age", "Frontal/Lateral", "AP/PA"};
   for (const char* label : kChexpertLabels) names.push_back(label);
   return absl::StrJoin(names, ",");
 }
 
-std::string Row(const std::string& path, const std::string& meta,
-                const std::vector<std::string>& labels = {}) {
+std::string Row(const std::string& path, const std::string& meta, const std::vector<std::string>& labels = {}) {
   std::vector<std::string> cells = labels;
   cells.resize(kNumChexpertLabels);
   return absl::StrCat(path, ",", meta, ",", absl::StrJoin(cells, ","), "\n");
 }
 
 void WritePng(const std::string& path, int depth) {
-  std::filesystem::create_directories(
-      std::filesystem::path(path).parent_path());
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path());
   cv::Mat image(40, 32, depth == 16 ? CV_16UC1 : CV_8UC1);
   cv::randu(image, 0, depth == 16 ? 65535 : 255);
   CHECK(cv::imwrite(path, image)) << path;
@@ -54,8 +50,7 @@ void WritePng(const std::string& path, int depth) {
 
 void Copy(const std::string& from, const std::string& to) {
   std::filesystem::create_directories(std::filesystem::path(to).parent_path());
-  std::filesystem::copy_file(from, to,
-                             std::filesystem::copy_options::overwrite_existing);
+  std::filesystem::copy_file(from, to, std::filesystem::copy_options::overwrite_existing);
 }
 
 struct CheckRun {
@@ -66,15 +61,12 @@ struct CheckRun {
 CheckRun RunCheck(const std::vector<std::string>& args) {
   std::ostringstream out;
   cli::Command command = MakeDataCheckCommand(&out);
-  absl::StatusOr<cli::ParsedFlags> flags =
-      cli::ParseFlags(args, command.flags, command.max_positional);
+  absl::StatusOr<cli::ParsedFlags> flags = cli::ParseFlags(args, command.flags, command.max_positional);
   if (!flags.ok()) {
-    return {cli::ExitCodeFor(flags.status()),
-            std::string(flags.status().message())};
+    return {cli::ExitCodeFor(flags.status()), std::string(flags.status().message())};
   }
   absl::Status status = command.run(*flags);
-  return {cli::ExitCodeFor(status),
-          absl::StrCat(out.str(), status.ok() ? "" : status.message())};
+  return {cli::ExitCodeFor(status), absl::StrCat(out.str(), status.ok() ? "" : status.message())};
 }
 
 class DataCheckTest : public ::testing::Test {
@@ -84,12 +76,9 @@ class DataCheckTest : public ::testing::Test {
     WritePng(root_ + "/train/patient1/study1/view1_frontal.png", 16);
     WritePng(root_ + "/train/patient1/study1/view2_lateral.png", 8);
     WritePng(root_ + "/train/patient2/study1/view1_frontal.png", 8);
-    good_rows_ = Row("train/patient1/study1/view1_frontal.png",
-                     "Female,60,Frontal,AP", {"", "1.0", "1.0", "-1.0"}) +
-                 Row("train/patient1/study1/view2_lateral.png",
-                     "Female,60,Lateral,", {"", "1.0", "1.0"}) +
-                 Row("train/patient2/study1/view1_frontal.png",
-                     "Male,30,Frontal,PA", {"1.0", "0.0", "0.0"});
+    good_rows_ = Row("train/patient1/study1/view1_frontal.png", "Female,60,Frontal,AP", {"", "1.0", "1.0", "-1.0"}) +
+                 Row("train/patient1/study1/view2_lateral.png", "Female,60,Lateral,", {"", "1.0", "1.0"}) +
+                 Row("train/patient2/study1/view1_frontal.png", "Male,30,Frontal,PA", {"1.0", "0.0", "0.0"});
   }
 
   testing::TempDir dir_;
@@ -98,21 +87,15 @@ class DataCheckTest : public ::testing::Test {
 };
 
 TEST_F(DataCheckTest, CleanDatasetPassesWithCounts) {
-  const std::string manifest =
-      dir_.WriteFile("m.csv", Header() + "\n" + good_rows_);
+  const std::string manifest = dir_.WriteFile("m.csv", Header() + "\n" + good_rows_);
   CheckRun run = RunCheck({"--manifest", manifest, "--root", root_});
   EXPECT_EQ(run.exit_code, 0) << run.output;
-  EXPECT_THAT(
-      run.output,
-      HasSubstr(
-          "3 rows, 3 well-formed; 2 patients, 2 studies; 3 images checked"));
+  EXPECT_THAT(run.output, HasSubstr("3 rows, 3 well-formed; 2 patients, 2 studies; 3 images checked"));
   EXPECT_THAT(run.output, HasSubstr("OK: no problems found"));
   EXPECT_THAT(run.output, Not(HasSubstr("problems (")));
   // label, positive, negative, uncertain, blank.
   std::vector<std::string> lines = absl::StrSplit(run.output, '\n');
-  auto squeeze = [](const std::string& s) {
-    return absl::StrJoin(absl::StrSplit(s, ' ', absl::SkipEmpty()), " ");
-  };
+  auto squeeze = [](const std::string& s) { return absl::StrJoin(absl::StrSplit(s, ' ', absl::SkipEmpty()), " "); };
   std::vector<std::string> squeezed;
   for (const std::string& line : lines) squeezed.push_back(squeeze(line));
   EXPECT_THAT(squeezed, Contains("No Finding 1 0 0 2"));
@@ -123,54 +106,45 @@ TEST_F(DataCheckTest, CleanDatasetPassesWithCounts) {
 
 TEST_F(DataCheckTest, ReportsEveryProblemAtOnceWithExitCode2) {
   // A file that is not an image, and a PNG cut in half.
-  dir_.WriteFile("data/train/patient3/study1/view1_frontal.png",
-                 "this is not a png");
+  dir_.WriteFile("data/train/patient3/study1/view1_frontal.png", "this is not a png");
   WritePng(root_ + "/whole.png", 16);
   const std::string png = *io::ReadFile(root_ + "/whole.png");
-  dir_.WriteFile("data/train/patient4/study1/view1_frontal.png",
-                 png.substr(0, png.size() / 2));
+  dir_.WriteFile("data/train/patient4/study1/view1_frontal.png", png.substr(0, png.size() / 2));
   WritePng(root_ + "/train/patient5/study1/view2_lateral.png", 8);
   WritePng(root_ + "/train/patient6/study1/view1_frontal.png", 8);
 
-  const std::string manifest =
-      dir_.WriteFile("m.csv", Header() + "\n" + good_rows_ +  // lines 1-4
-                                  Row("train/patient3/study1/view1_frontal.png",
-                                      "Male,50,Frontal,AP") +  // 5
-                                  Row("train/patient4/study1/view1_frontal.png",
-                                      "Male,50,Frontal,AP") +  // 6
-                                  Row("train/patient5/study1/view2_lateral.png",
-                                      "Male,50,Lateral,") +  // 7
-                                  Row("train/patient6/study1/view1_frontal.png",
-                                      "Male,abc,Frontal,AP") +  // 8
-                                  Row("train/patient7/study1/view1_frontal.png",
-                                      "Male,50,Frontal,AP") +  // 9
-                                  Row("train/patient1/study1/view1_frontal.png",
-                                      "Female,60,Frontal,AP") +  // 10
-                                  Row("train/patient8/study1/view1_frontal.png",
-                                      "Male,50,Frontal,AP",
-                                      {"", "", "", "", "", "", "", "2"}));
+  const std::string manifest = dir_.WriteFile(
+      "m.csv",
+      Header() + "\n" + good_rows_ +  // lines 1-4
+          Row("train/patient3/study1/view1_frontal.png",
+              "Male,50,Frontal,AP") +  // 5
+          Row("train/patient4/study1/view1_frontal.png",
+              "Male,50,Frontal,AP") +  // 6
+          Row("train/patient5/study1/view2_lateral.png",
+              "Male,50,Lateral,") +  // 7
+          Row("train/patient6/study1/view1_frontal.png",
+              "Male,abc,Frontal,AP") +  // 8
+          Row("train/patient7/study1/view1_frontal.png",
+              "Male,50,Frontal,AP") +  // 9
+          Row("train/patient1/study1/view1_frontal.png",
+              "Female,60,Frontal,AP") +  // 10
+          Row("train/patient8/study1/view1_frontal.png", "Male,50,Frontal,AP", {"", "", "", "", "", "", "", "2"}));
   CheckRun run = RunCheck({"--manifest", manifest, "--root", root_});
   EXPECT_EQ(run.exit_code, cli::kExitBadInput) << run.output;
   const std::string m = manifest;
-  EXPECT_THAT(run.output, HasSubstr(absl::StrCat(
-                              m, ":5: [Path] cannot decode image ", root_,
-                              "/train/patient3/study1/view1_frontal.png")));
-  EXPECT_THAT(run.output,
-              HasSubstr(absl::StrCat(m, ":6: [Path] cannot decode image")));
-  EXPECT_THAT(run.output, HasSubstr(absl::StrCat(
-                              m,
-                              ":7: [Frontal/Lateral] study patient5/study1 has "
-                              "no frontal image (1 lateral)")));
+  EXPECT_THAT(run.output, HasSubstr(absl::StrCat(m, ":5: [Path] cannot decode image ", root_,
+                                                 "/train/patient3/study1/view1_frontal.png")));
+  EXPECT_THAT(run.output, HasSubstr(absl::StrCat(m, ":6: [Path] cannot decode image")));
+  EXPECT_THAT(run.output, HasSubstr(absl::StrCat(m,
+                                                 ":7: [Frontal/Lateral] study patient5/study1 has "
+                                                 "no frontal image (1 lateral)")));
   EXPECT_THAT(run.output, HasSubstr(absl::StrCat(m, ":8: [Age] 'abc'")));
-  EXPECT_THAT(run.output, HasSubstr(absl::StrCat(
-                              m, ":9: [Path] image not found: ", root_,
-                              "/train/patient7/study1/view1_frontal.png")));
-  EXPECT_THAT(run.output,
-              HasSubstr(absl::StrCat(m, ":10: [Path] duplicate path")));
+  EXPECT_THAT(run.output, HasSubstr(absl::StrCat(m, ":9: [Path] image not found: ", root_,
+                                                 "/train/patient7/study1/view1_frontal.png")));
+  EXPECT_THAT(run.output, HasSubstr(absl::StrCat(m, ":10: [Path] duplicate path")));
   EXPECT_THAT(run.output, HasSubstr(absl::StrCat(m, ":11: [Pneumonia] '2'")));
   // The rejected row's image is checked too.
-  EXPECT_THAT(run.output,
-              HasSubstr(absl::StrCat(m, ":11: [Path] image not found")));
+  EXPECT_THAT(run.output, HasSubstr(absl::StrCat(m, ":11: [Path] image not found")));
   EXPECT_THAT(run.output, HasSubstr("problems (8):"));
   EXPECT_THAT(run.output, HasSubstr("FAILED: 8 problem(s)"));
   EXPECT_THAT(run.output, HasSubstr("10 rows, 7 well-formed"));
@@ -180,26 +154,23 @@ TEST_F(DataCheckTest, ReportsEveryProblemAtOnceWithExitCode2) {
 
   // Without decoding, only existence is checked; two threads give the same
   // report as one.
-  CheckRun no_decode =
-      RunCheck({"--manifest", manifest, "--root", root_, "--no-decode"});
+  CheckRun no_decode = RunCheck({"--manifest", manifest, "--root", root_, "--no-decode"});
   EXPECT_EQ(no_decode.exit_code, cli::kExitBadInput);
   EXPECT_THAT(no_decode.output, Not(HasSubstr("cannot decode")));
   EXPECT_THAT(no_decode.output, HasSubstr("problems (6):"));
-  CheckRun threaded =
-      RunCheck({"--manifest", manifest, "--root", root_, "--threads", "2"});
+  CheckRun threaded = RunCheck({"--manifest", manifest, "--root", root_, "--threads", "2"});
   EXPECT_EQ(threaded.output, run.output);
 }
 
 TEST_F(DataCheckTest, MissingColumnsAndMalformedCsv) {
-  const std::string no_age = dir_.WriteFile(
-      "no_age.csv", absl::StrReplaceAll(Header(), {{"Age,", ""}}) + "\n");
+  const std::string no_age = dir_.WriteFile("no_age.csv", absl::StrReplaceAll(Header(), {{"Age,", ""}}) + "\n");
   CheckRun run = RunCheck({"--manifest", no_age, "--root", root_});
   EXPECT_EQ(run.exit_code, cli::kExitBadInput);
   EXPECT_THAT(run.output, HasSubstr(":1: [Age] missing required column"));
 
   // A ragged row is one problem among the others: later rows are still checked.
-  const std::string ragged = dir_.WriteFile(
-      "ragged.csv", Header() + "\n" + good_rows_ + "a.png,Male\n" + "b.png,Male,x\n");
+  const std::string ragged =
+      dir_.WriteFile("ragged.csv", Header() + "\n" + good_rows_ + "a.png,Male\n" + "b.png,Male,x\n");
   run = RunCheck({"--manifest", ragged, "--root", root_});
   EXPECT_EQ(run.exit_code, cli::kExitBadInput);
   EXPECT_THAT(run.output, HasSubstr("ragged.csv:5:"));
@@ -216,8 +187,7 @@ TEST_F(DataCheckTest, MissingColumnsAndMalformedCsv) {
 }
 
 TEST_F(DataCheckTest, ProbeSeamIsUsed) {
-  const std::string manifest =
-      dir_.WriteFile("m.csv", Header() + "\n" + good_rows_);
+  const std::string manifest = dir_.WriteFile("m.csv", Header() + "\n" + good_rows_);
   std::atomic<int> calls{0};
   DataCheckOptions options;
   options.manifest_path = manifest;
@@ -242,14 +212,11 @@ TEST(ProbeImageFileTest, RealDicomFiles) {
   if (!std::filesystem::exists(files + "/CT_small.dcm")) {
     GTEST_SKIP() << "python3-pydicom test files not installed";
   }
-  EXPECT_TRUE(ProbeImageFile(files + "/CT_small.dcm").ok())
-      << ProbeImageFile(files + "/CT_small.dcm");
-  EXPECT_TRUE(ProbeImageFile(files + "/MR_small.dcm").ok())
-      << ProbeImageFile(files + "/MR_small.dcm");
+  EXPECT_TRUE(ProbeImageFile(files + "/CT_small.dcm").ok()) << ProbeImageFile(files + "/CT_small.dcm");
+  EXPECT_TRUE(ProbeImageFile(files + "/MR_small.dcm").ok()) << ProbeImageFile(files + "/MR_small.dcm");
   // RLE- and JPEG-LS-compressed pixel data decode through the registered
   // codecs.
-  EXPECT_TRUE(ProbeImageFile(files + "/MR_small_RLE.dcm").ok())
-      << ProbeImageFile(files + "/MR_small_RLE.dcm");
+  EXPECT_TRUE(ProbeImageFile(files + "/MR_small_RLE.dcm").ok()) << ProbeImageFile(files + "/MR_small_RLE.dcm");
   EXPECT_TRUE(ProbeImageFile(files + "/MR_small_jpeg_ls_lossless.dcm").ok())
       << ProbeImageFile(files + "/MR_small_jpeg_ls_lossless.dcm");
 
@@ -262,8 +229,7 @@ TEST(ProbeImageFileTest, RealDicomFiles) {
   EXPECT_EQ(frames.code(), absl::StatusCode::kInvalidArgument);
   absl::Status no_pixels = ProbeImageFile(files + "/rtplan.dcm");
   EXPECT_THAT(no_pixels.message(), HasSubstr("no pixel data"));
-  EXPECT_EQ(ProbeImageFile(files + "/does_not_exist.dcm").code(),
-            absl::StatusCode::kNotFound);
+  EXPECT_EQ(ProbeImageFile(files + "/does_not_exist.dcm").code(), absl::StatusCode::kNotFound);
 }
 
 TEST(ProbeImageFileTest, DicomWithoutExtensionIsRecognizedByItsPreamble) {
@@ -273,11 +239,9 @@ TEST(ProbeImageFileTest, DicomWithoutExtensionIsRecognizedByItsPreamble) {
   }
   testing::TempDir dir;
   Copy(ct, dir.Join("image"));
-  EXPECT_TRUE(ProbeImageFile(dir.Join("image")).ok())
-      << ProbeImageFile(dir.Join("image"));
+  EXPECT_TRUE(ProbeImageFile(dir.Join("image")).ok()) << ProbeImageFile(dir.Join("image"));
   // A directory is not an image.
-  EXPECT_EQ(ProbeImageFile(dir.path()).code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ProbeImageFile(dir.path()).code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -42,15 +42,13 @@ TEST(LabelPolicyTest, DefaultIsTheStudys) {
   EXPECT_DOUBLE_EQ(policy.soft_high, 0.85);
   EXPECT_TRUE(policy.hierarchy_correction);
   policy.seed = 42;
-  EXPECT_EQ(DescribeLabelPolicy(policy),
-            "uncertain=u-soft[0.55,0.85] seed=42 blank=zero hierarchy=on");
+  EXPECT_EQ(DescribeLabelPolicy(policy), "uncertain=u-soft[0.55,0.85] seed=42 blank=zero hierarchy=on");
 }
 
 TEST(LabelPolicyTest, SoftPolicyDrawsInRangeAndIsDeterministic) {
   LabelPolicy policy = NoHierarchy(UncertainPolicy::kSoft);
   policy.seed = 7;
-  LabelTargets t =
-      ApplyLabelPolicy(Mixed(), "a/patient1/study1/view1_frontal.jpg", policy);
+  LabelTargets t = ApplyLabelPolicy(Mixed(), "a/patient1/study1/view1_frontal.jpg", policy);
   EXPECT_EQ(t.target[kNoFinding], 1.0f);
   EXPECT_EQ(t.target[kPneumothorax], 0.0f);
   EXPECT_EQ(t.target[kFracture], 0.0f);  // Blank -> 0.
@@ -59,12 +57,9 @@ TEST(LabelPolicyTest, SoftPolicyDrawsInRangeAndIsDeterministic) {
   for (int l = 0; l < kNumChexpertLabels; ++l) EXPECT_EQ(t.mask[l], 1.0f) << l;
 
   // Same (seed, image, label) -> same draw, whatever else happens in between.
-  LabelTargets again =
-      ApplyLabelPolicy(Mixed(), "a/patient1/study1/view1_frontal.jpg", policy);
+  LabelTargets again = ApplyLabelPolicy(Mixed(), "a/patient1/study1/view1_frontal.jpg", policy);
   EXPECT_EQ(again.target[kPleuralEffusion], t.target[kPleuralEffusion]);
-  EXPECT_EQ(SoftLabel(policy, "a/patient1/study1/view1_frontal.jpg",
-                      kPleuralEffusion),
-            t.target[kPleuralEffusion]);
+  EXPECT_EQ(SoftLabel(policy, "a/patient1/study1/view1_frontal.jpg", kPleuralEffusion), t.target[kPleuralEffusion]);
 }
 
 TEST(LabelPolicyTest, SoftDrawsAreUniformAndDependOnSeedImageAndLabel) {
@@ -75,8 +70,7 @@ TEST(LabelPolicyTest, SoftDrawsAreUniformAndDependOnSeedImageAndLabel) {
   int bins[6] = {};
   std::set<float> distinct;
   for (int i = 0; i < kN; ++i) {
-    const float v = SoftLabel(policy, absl::StrCat("img", i, ".png"),
-                              i % kNumChexpertLabels);
+    const float v = SoftLabel(policy, absl::StrCat("img", i, ".png"), i % kNumChexpertLabels);
     ASSERT_GE(v, 0.55f);
     ASSERT_LT(v, 0.85f);
     sum += v;
@@ -110,18 +104,15 @@ TEST(LabelPolicyTest, SoftRangeIsConfigurable) {
 }
 
 TEST(LabelPolicyTest, UOnesUZerosUIgnore) {
-  LabelTargets ones =
-      ApplyLabelPolicy(Mixed(), "i", NoHierarchy(UncertainPolicy::kOnes));
+  LabelTargets ones = ApplyLabelPolicy(Mixed(), "i", NoHierarchy(UncertainPolicy::kOnes));
   EXPECT_EQ(ones.target[kPleuralEffusion], 1.0f);
   EXPECT_EQ(ones.mask[kPleuralEffusion], 1.0f);
 
-  LabelTargets zeros =
-      ApplyLabelPolicy(Mixed(), "i", NoHierarchy(UncertainPolicy::kZeros));
+  LabelTargets zeros = ApplyLabelPolicy(Mixed(), "i", NoHierarchy(UncertainPolicy::kZeros));
   EXPECT_EQ(zeros.target[kPleuralEffusion], 0.0f);
   EXPECT_EQ(zeros.mask[kPleuralEffusion], 1.0f);
 
-  LabelTargets ignore =
-      ApplyLabelPolicy(Mixed(), "i", NoHierarchy(UncertainPolicy::kIgnore));
+  LabelTargets ignore = ApplyLabelPolicy(Mixed(), "i", NoHierarchy(UncertainPolicy::kIgnore));
   EXPECT_EQ(ignore.target[kPleuralEffusion], 0.0f);
   EXPECT_EQ(ignore.mask[kPleuralEffusion], 0.0f);
   // Certain labels are untouched by every policy.
@@ -163,21 +154,18 @@ TEST(HierarchyTest, PositiveChildMakesParentsPositiveTransitively) {
 }
 
 TEST(HierarchyTest, EveryChildOfLungOpacity) {
-  for (int child :
-       {kEdema, kConsolidation, kPneumonia, kLungLesion, kAtelectasis}) {
+  for (int child : {kEdema, kConsolidation, kPneumonia, kLungLesion, kAtelectasis}) {
     RawLabels raw = AllBlank();
     raw[child] = RawLabel::kPositive;
     LabelTargets t = ApplyLabelPolicy(raw, "i", LabelPolicy{});
     EXPECT_EQ(t.target[kLungOpacity], 1.0f) << kChexpertLabels[child];
-    EXPECT_EQ(t.target[kEnlargedCardiomediastinum], 0.0f)
-        << kChexpertLabels[child];
+    EXPECT_EQ(t.target[kEnlargedCardiomediastinum], 0.0f) << kChexpertLabels[child];
   }
   // A parent does not make its children positive.
   RawLabels raw = AllBlank();
   raw[kLungOpacity] = RawLabel::kPositive;
   LabelTargets t = ApplyLabelPolicy(raw, "i", LabelPolicy{});
-  for (int child :
-       {kEdema, kConsolidation, kPneumonia, kLungLesion, kAtelectasis}) {
+  for (int child : {kEdema, kConsolidation, kPneumonia, kLungLesion, kAtelectasis}) {
     EXPECT_EQ(t.target[child], 0.0f);
   }
 }
@@ -194,9 +182,7 @@ TEST(HierarchyTest, SoftChildLiftsParentToTheMax) {
   // Both soft: the parent keeps the larger of its own draw and the child's.
   raw[kLungOpacity] = RawLabel::kUncertain;
   t = ApplyLabelPolicy(raw, "img", policy);
-  EXPECT_EQ(t.target[kLungOpacity],
-            std::max(SoftLabel(policy, "img", kEdema),
-                     SoftLabel(policy, "img", kLungOpacity)));
+  EXPECT_EQ(t.target[kLungOpacity], std::max(SoftLabel(policy, "img", kEdema), SoftLabel(policy, "img", kLungOpacity)));
 
   // A positive parent stays 1.
   raw[kLungOpacity] = RawLabel::kPositive;
@@ -235,15 +221,11 @@ TEST(LabelPolicyTest, TargetsForEntriesKeysDrawsByPath) {
   Manifest manifest("m.csv", entries);
   LabelPolicy policy;
   policy.seed = 11;
-  std::vector<LabelTargets> targets =
-      TargetsForEntries(manifest, {2, 0}, policy);
+  std::vector<LabelTargets> targets = TargetsForEntries(manifest, {2, 0}, policy);
   ASSERT_EQ(targets.size(), 2u);
-  EXPECT_EQ(targets[0].target[kPleuralEffusion],
-            SoftLabel(policy, entries[2].path, kPleuralEffusion));
-  EXPECT_EQ(targets[1].target[kPleuralEffusion],
-            SoftLabel(policy, entries[0].path, kPleuralEffusion));
-  EXPECT_NE(targets[0].target[kPleuralEffusion],
-            targets[1].target[kPleuralEffusion]);
+  EXPECT_EQ(targets[0].target[kPleuralEffusion], SoftLabel(policy, entries[2].path, kPleuralEffusion));
+  EXPECT_EQ(targets[1].target[kPleuralEffusion], SoftLabel(policy, entries[0].path, kPleuralEffusion));
+  EXPECT_NE(targets[0].target[kPleuralEffusion], targets[1].target[kPleuralEffusion]);
 }
 
 TEST(LabelPolicyTest, ParsesNames) {
@@ -251,14 +233,12 @@ TEST(LabelPolicyTest, ParsesNames) {
   EXPECT_EQ(*ParseUncertainPolicy("U-Ones"), UncertainPolicy::kOnes);
   EXPECT_EQ(*ParseUncertainPolicy("zeros"), UncertainPolicy::kZeros);
   EXPECT_EQ(*ParseUncertainPolicy("u-ignore"), UncertainPolicy::kIgnore);
-  EXPECT_THAT(ParseUncertainPolicy("u-maybe").status().message(),
-              HasSubstr("u-maybe"));
+  EXPECT_THAT(ParseUncertainPolicy("u-maybe").status().message(), HasSubstr("u-maybe"));
   EXPECT_EQ(*ParseBlankPolicy("ZERO"), BlankPolicy::kZero);
   EXPECT_EQ(*ParseBlankPolicy("ignore"), BlankPolicy::kIgnore);
   EXPECT_FALSE(ParseBlankPolicy("one").ok());
   for (UncertainPolicy p :
-       {UncertainPolicy::kSoft, UncertainPolicy::kOnes, UncertainPolicy::kZeros,
-        UncertainPolicy::kIgnore}) {
+       {UncertainPolicy::kSoft, UncertainPolicy::kOnes, UncertainPolicy::kZeros, UncertainPolicy::kIgnore}) {
     EXPECT_EQ(*ParseUncertainPolicy(UncertainPolicyName(p)), p);
   }
 }
@@ -267,16 +247,13 @@ TEST(LabelPolicyTest, ValidatesSoftRange) {
   LabelPolicy policy;
   EXPECT_TRUE(ValidateLabelPolicy(policy).ok());
   policy.soft_low = 0.9;
-  EXPECT_EQ(ValidateLabelPolicy(policy).code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ValidateLabelPolicy(policy).code(), absl::StatusCode::kInvalidArgument);
   policy.soft_low = -0.1;
   policy.soft_high = 0.5;
-  EXPECT_EQ(ValidateLabelPolicy(policy).code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ValidateLabelPolicy(policy).code(), absl::StatusCode::kInvalidArgument);
   policy.soft_low = 0.5;
   policy.soft_high = 1.5;
-  EXPECT_EQ(ValidateLabelPolicy(policy).code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ValidateLabelPolicy(policy).code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -18,15 +18,13 @@ using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 
 std::string Header() {
-  std::vector<std::string> names = {"Path", "Sex", "Age", "Frontal/Lateral",
-                                    "AP/PA"};
+  std::vector<std::string> names = {"Path", "Sex", "Age", "Frontal/Lateral", "AP/PA"};
   for (const char* label : kChexpertLabels) names.push_back(label);
   return absl::StrJoin(names, ",");
 }
 
 // A row with the given metadata and 14 label cells.
-std::string Row(const std::string& path, const std::string& meta,
-                const std::vector<std::string>& labels) {
+std::string Row(const std::string& path, const std::string& meta, const std::vector<std::string>& labels) {
   std::vector<std::string> cells = labels;
   cells.resize(kNumChexpertLabels);
   return absl::StrCat(path, ",", meta, ",", absl::StrJoin(cells, ","));
@@ -59,14 +57,12 @@ TEST(ParseRawLabelTest, RejectsOtherValues) {
 }
 
 TEST(IdsFromChexpertPathTest, FollowsTheLayout) {
-  std::optional<PathIds> ids = IdsFromChexpertPath(
-      "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg");
+  std::optional<PathIds> ids = IdsFromChexpertPath("CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg");
   ASSERT_TRUE(ids.has_value());
   EXPECT_EQ(ids->patient, "patient00001");
   EXPECT_EQ(ids->study, "study1");
   EXPECT_FALSE(IdsFromChexpertPath("images/0001.png").has_value());
-  EXPECT_FALSE(
-      IdsFromChexpertPath("patient00001/view1_frontal.jpg").has_value());
+  EXPECT_FALSE(IdsFromChexpertPath("patient00001/view1_frontal.jpg").has_value());
   EXPECT_FALSE(IdsFromChexpertPath("patientX/study1/a.jpg").has_value());
   EXPECT_FALSE(IdsFromChexpertPath("patient00001").has_value());
 }
@@ -74,18 +70,11 @@ TEST(IdsFromChexpertPathTest, FollowsTheLayout) {
 TEST(ManifestTest, ParsesRowsAndGroupsStudiesAndPatients) {
   const std::string text = absl::StrCat(
       Header(), "\n",
-      Row("train/patient00001/study1/view1_frontal.jpg", "Female,68,Frontal,AP",
-          {"", "", "1.0", "-1.0", "", "0.0"}),
+      Row("train/patient00001/study1/view1_frontal.jpg", "Female,68,Frontal,AP", {"", "", "1.0", "-1.0", "", "0.0"}),
       "\n",  //
-      Row("train/patient00001/study1/view2_lateral.jpg", "Female,68,Lateral,",
-          {"", "", "1.0"}),
-      "\n",
-      Row("train/patient00002/study1/view1_frontal.jpg", "Male,45,Frontal,PA",
-          {"1.0"}),
-      "\n",
-      Row("train/patient00001/study2/view1_frontal.jpg", "Unknown,,frontal,ap",
-          {}),
-      "\n");
+      Row("train/patient00001/study1/view2_lateral.jpg", "Female,68,Lateral,", {"", "", "1.0"}), "\n",
+      Row("train/patient00002/study1/view1_frontal.jpg", "Male,45,Frontal,PA", {"1.0"}), "\n",
+      Row("train/patient00001/study2/view1_frontal.jpg", "Unknown,,frontal,ap", {}), "\n");
   absl::StatusOr<Manifest> manifest = Manifest::FromTable(Parse(text));
   ASSERT_TRUE(manifest.ok()) << manifest.status();
   ASSERT_EQ(manifest->entries().size(), 4u);
@@ -125,12 +114,10 @@ TEST(ManifestTest, ParsesRowsAndGroupsStudiesAndPatients) {
 
 TEST(ManifestTest, ExplicitPatientAndStudyColumnsWin) {
   std::string header = absl::StrCat(Header(), ",Patient,Study");
-  std::string text = absl::StrCat(
-      header, "\n", Row("site/img1.png", "Male,50,Frontal,PA", {}), ",P7,S1\n",
-      Row("site/img2.png", "Male,50,Lateral,LL", {}), ",P7,S1\n",
-      // Blank explicit ids fall back to the path layout.
-      Row("x/patient00003/study4/view1_frontal.jpg", "Male,50,Frontal,PA", {}),
-      ",,\n");
+  std::string text = absl::StrCat(header, "\n", Row("site/img1.png", "Male,50,Frontal,PA", {}), ",P7,S1\n",
+                                  Row("site/img2.png", "Male,50,Lateral,LL", {}), ",P7,S1\n",
+                                  // Blank explicit ids fall back to the path layout.
+                                  Row("x/patient00003/study4/view1_frontal.jpg", "Male,50,Frontal,PA", {}), ",,\n");
   absl::StatusOr<Manifest> manifest = Manifest::FromTable(Parse(text));
   ASSERT_TRUE(manifest.ok()) << manifest.status();
   ASSERT_EQ(manifest->studies().size(), 2u);
@@ -142,43 +129,34 @@ TEST(ManifestTest, ExplicitPatientAndStudyColumnsWin) {
 }
 
 TEST(ParseManifestTest, ReportsEveryProblemWithLineAndColumn) {
-  std::string text = absl::StrCat(
-      Header(), ",Extra\n",
-      Row("p/patient1/study1/a.jpg", "Male,40,Frontal,AP", {"1.0"}),
-      ",x\n",  // line 2: clean
-      Row("p/patient1/study1/b.jpg", "Mail,-3,Oblique,XY", {"0.5", "", "yes"}),
-      ",x\n",  // line 3: 6 problems
-      Row("/abs/patient2/study1/a.jpg", "Male,40,Frontal,AP", {}),
-      ",x\n",  // line 4: absolute
-      Row("../patient2/study1/a.jpg", "Male,40,Frontal,AP", {}),
-      ",x\n",  // line 5: leaves root
-      Row("images/a.jpg", "Male,40,Frontal,AP", {}), ",x\n",  // line 6: no ids
-      Row("p/./patient1/study1/a.jpg", "Male,40,Frontal,AP", {}),
-      ",x\n",                                      // line 7: duplicate of 2
-      Row("", "Male,40,Frontal,AP", {}), ",x\n");  // line 8: empty path
+  std::string text = absl::StrCat(Header(), ",Extra\n", Row("p/patient1/study1/a.jpg", "Male,40,Frontal,AP", {"1.0"}),
+                                  ",x\n",  // line 2: clean
+                                  Row("p/patient1/study1/b.jpg", "Mail,-3,Oblique,XY", {"0.5", "", "yes"}),
+                                  ",x\n",  // line 3: 6 problems
+                                  Row("/abs/patient2/study1/a.jpg", "Male,40,Frontal,AP", {}),
+                                  ",x\n",  // line 4: absolute
+                                  Row("../patient2/study1/a.jpg", "Male,40,Frontal,AP", {}),
+                                  ",x\n",                                                 // line 5: leaves root
+                                  Row("images/a.jpg", "Male,40,Frontal,AP", {}), ",x\n",  // line 6: no ids
+                                  Row("p/./patient1/study1/a.jpg", "Male,40,Frontal,AP", {}),
+                                  ",x\n",                                      // line 7: duplicate of 2
+                                  Row("", "Male,40,Frontal,AP", {}), ",x\n");  // line 8: empty path
   ManifestParse parse = ParseManifest(Parse(text));
 
   std::vector<std::string> got;
   for (const ManifestProblem& p : parse.problems) {
     got.push_back(FormatProblem("m.csv", p));
   }
-  EXPECT_THAT(
-      got,
-      ElementsAre(HasSubstr("m.csv:3: [Sex] 'Mail'"),
-                  HasSubstr("m.csv:3: [Age] '-3'"),
-                  HasSubstr("m.csv:3: [Frontal/Lateral] 'Oblique'"),
-                  HasSubstr("m.csv:3: [AP/PA] 'XY'"),
-                  HasSubstr("m.csv:3: [No Finding] '0.5'"),
-                  HasSubstr("m.csv:3: [Cardiomegaly] 'yes'"),
-                  HasSubstr("m.csv:4: [Path] absolute path"),
-                  HasSubstr("m.csv:5: [Path] path leaves"),
-                  HasSubstr("m.csv:6: [Patient] no id"),
-                  HasSubstr("m.csv:7: [Path] duplicate path "
-                            "'p/./patient1/study1/a.jpg' (first on line 2)"),
-                  HasSubstr("m.csv:8: [Path] empty path")));
+  EXPECT_THAT(got, ElementsAre(HasSubstr("m.csv:3: [Sex] 'Mail'"), HasSubstr("m.csv:3: [Age] '-3'"),
+                               HasSubstr("m.csv:3: [Frontal/Lateral] 'Oblique'"), HasSubstr("m.csv:3: [AP/PA] 'XY'"),
+                               HasSubstr("m.csv:3: [No Finding] '0.5'"), HasSubstr("m.csv:3: [Cardiomegaly] 'yes'"),
+                               HasSubstr("m.csv:4: [Path] absolute path"), HasSubstr("m.csv:5: [Path] path leaves"),
+                               HasSubstr("m.csv:6: [Patient] no id"),
+                               HasSubstr("m.csv:7: [Path] duplicate path "
+                                         "'p/./patient1/study1/a.jpg' (first on line 2)"),
+                               HasSubstr("m.csv:8: [Path] empty path")));
   ASSERT_EQ(parse.warnings.size(), 1u);
-  EXPECT_EQ(FormatProblem("m.csv", parse.warnings[0]),
-            "m.csv:1: [Extra] unknown column, ignored");
+  EXPECT_EQ(FormatProblem("m.csv", parse.warnings[0]), "m.csv:1: [Extra] unknown column, ignored");
   ASSERT_EQ(parse.manifest.entries().size(), 1u);
   EXPECT_EQ(parse.manifest.entries()[0].line, 2);
   EXPECT_EQ(parse.rejected.size(), 6u);
@@ -205,17 +183,13 @@ TEST(ParseManifestTest, ReportsMissingColumns) {
 }
 
 TEST(ManifestTest, FromTableFailsWithEveryProblemNamed) {
-  std::string text = absl::StrCat(
-      Header(), "\n",
-      Row("p/patient1/study1/a.jpg", "Male,40,Frontal,AP", {"2"}), "\n",
-      Row("p/patient1/study1/b.jpg", "Male,x,Frontal,AP", {}), "\n");
+  std::string text = absl::StrCat(Header(), "\n", Row("p/patient1/study1/a.jpg", "Male,40,Frontal,AP", {"2"}), "\n",
+                                  Row("p/patient1/study1/b.jpg", "Male,x,Frontal,AP", {}), "\n");
   absl::StatusOr<Manifest> manifest = Manifest::FromTable(Parse(text));
   ASSERT_FALSE(manifest.ok());
   EXPECT_EQ(manifest.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(manifest.status().message(),
-              HasSubstr("2 problem(s) in manifest m.csv"));
-  EXPECT_THAT(manifest.status().message(),
-              HasSubstr("m.csv:2: [No Finding] '2'"));
+  EXPECT_THAT(manifest.status().message(), HasSubstr("2 problem(s) in manifest m.csv"));
+  EXPECT_THAT(manifest.status().message(), HasSubstr("m.csv:2: [No Finding] '2'"));
   EXPECT_THAT(manifest.status().message(), HasSubstr("m.csv:3: [Age] 'x'"));
 }
 
@@ -229,19 +203,15 @@ TEST(ManifestTest, ReadCsvReportsFileAndMalformedRows) {
   std::string short_row = Row("p/patient1/study1/a.jpg", "Male,40,Frontal", {});
   std::string path = dir.WriteFile(
       "m.csv",
-      absl::StrCat(Header(), "\n",
-                   Row("p/patient1/study1/b.jpg", "Male,40,Frontal,AP", {}),
-                   "\n", short_row, "\n"));
+      absl::StrCat(Header(), "\n", Row("p/patient1/study1/b.jpg", "Male,40,Frontal,AP", {}), "\n", short_row, "\n"));
   absl::StatusOr<Manifest> malformed = Manifest::ReadCsv(path);
   ASSERT_FALSE(malformed.ok());
   EXPECT_EQ(malformed.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(malformed.status().message(), HasSubstr(":3:"));
 
-  std::string good = dir.WriteFile(
-      "good.csv",
-      absl::StrCat(Header(),
-                   "\r\n\"p/patient1/study1/a,b.jpg\",Male,40,Frontal,AP",
-                   std::string(kNumChexpertLabels, ','), "\r\n"));
+  std::string good =
+      dir.WriteFile("good.csv", absl::StrCat(Header(), "\r\n\"p/patient1/study1/a,b.jpg\",Male,40,Frontal,AP",
+                                             std::string(kNumChexpertLabels, ','), "\r\n"));
   absl::StatusOr<Manifest> manifest = Manifest::ReadCsv(good);
   ASSERT_TRUE(manifest.ok()) << manifest.status();
   EXPECT_EQ(manifest->entries()[0].path, "p/patient1/study1/a,b.jpg");
@@ -249,20 +219,16 @@ TEST(ManifestTest, ReadCsvReportsFileAndMalformedRows) {
 }
 
 TEST(ManifestTest, EmptyManifestIsValid) {
-  absl::StatusOr<Manifest> manifest =
-      Manifest::FromTable(Parse(Header() + "\n"));
+  absl::StatusOr<Manifest> manifest = Manifest::FromTable(Parse(Header() + "\n"));
   ASSERT_TRUE(manifest.ok()) << manifest.status();
   EXPECT_THAT(manifest->entries(), IsEmpty());
   EXPECT_THAT(manifest->patients(), IsEmpty());
 }
 
 TEST(CountLabelValuesTest, CountsEachValue) {
-  std::string text = absl::StrCat(
-      Header(), "\n",
-      Row("p/patient1/study1/a.jpg", "Male,40,Frontal,AP", {"1", "0"}), "\n",
-      Row("p/patient1/study1/b.jpg", "Male,40,Frontal,AP", {"-1", "0"}), "\n",
-      Row("p/patient2/study1/b.jpg", "Male,40,Frontal,AP", {"1", "", "1"}),
-      "\n");
+  std::string text = absl::StrCat(Header(), "\n", Row("p/patient1/study1/a.jpg", "Male,40,Frontal,AP", {"1", "0"}),
+                                  "\n", Row("p/patient1/study1/b.jpg", "Male,40,Frontal,AP", {"-1", "0"}), "\n",
+                                  Row("p/patient2/study1/b.jpg", "Male,40,Frontal,AP", {"1", "", "1"}), "\n");
   absl::StatusOr<Manifest> manifest = Manifest::FromTable(Parse(text));
   ASSERT_TRUE(manifest.ok()) << manifest.status();
   auto counts = CountLabelValues(manifest->entries());

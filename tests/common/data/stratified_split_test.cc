@@ -15,18 +15,15 @@ namespace {
 
 using ::testing::HasSubstr;
 
-double Uniform(std::mt19937_64& rng) {
-  return static_cast<double>(rng() >> 11) * 0x1.0p-53;
-}
+double Uniform(std::mt19937_64& rng) { return static_cast<double>(rng() >> 11) * 0x1.0p-53; }
 
 // A skewed, clustered synthetic manifest: prevalences from 1% to 45%, patients
 // with 1 to 8 studies (most have one), findings that persist across a patient's
 // studies (so patient-level splitting matters), and lateral views that share
 // their study's labels.
 Manifest SkewedManifest(int patients, uint64_t seed) {
-  constexpr std::array<double, kNumChexpertLabels> kPrevalence = {
-      0.10, 0.05, 0.12, 0.40, 0.04, 0.20, 0.06,
-      0.02, 0.15, 0.08, 0.30, 0.01, 0.03, 0.45};
+  constexpr std::array<double, kNumChexpertLabels> kPrevalence = {0.10, 0.05, 0.12, 0.40, 0.04, 0.20, 0.06,
+                                                                  0.02, 0.15, 0.08, 0.30, 0.01, 0.03, 0.45};
   std::mt19937_64 rng(seed);
   std::vector<ManifestEntry> entries;
   int64_t line = 2;
@@ -51,8 +48,7 @@ Manifest SkewedManifest(int patients, uint64_t seed) {
       for (int v = 1; v <= views; ++v) {
         ManifestEntry e;
         e.line = line++;
-        e.path = absl::StrCat("train/", patient, "/study", s, "/view", v,
-                              v == 1 ? "_frontal.jpg" : "_lateral.jpg");
+        e.path = absl::StrCat("train/", patient, "/study", s, "/view", v, v == 1 ? "_frontal.jpg" : "_lateral.jpg");
         e.patient_id = patient;
         e.study_id = absl::StrCat(patient, "/study", s);
         e.view = v == 1 ? View::kFrontal : View::kLateral;
@@ -64,8 +60,7 @@ Manifest SkewedManifest(int patients, uint64_t seed) {
   return Manifest("synthetic.csv", std::move(entries));
 }
 
-SplitOptions Options(uint64_t seed,
-                     SplitMethod method = SplitMethod::kIterative) {
+SplitOptions Options(uint64_t seed, SplitMethod method = SplitMethod::kIterative) {
   SplitOptions options;
   options.train = 0.7;
   options.validation = 0.15;
@@ -77,9 +72,7 @@ SplitOptions Options(uint64_t seed,
 
 class SkewedSetTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
-    manifest_ = new Manifest(SkewedManifest(800, 2024));
-  }
+  static void SetUpTestSuite() { manifest_ = new Manifest(SkewedManifest(800, 2024)); }
   static void TearDownTestSuite() { delete manifest_; }
   static Manifest* manifest_;
 };
@@ -91,13 +84,11 @@ TEST_F(SkewedSetTest, KeepsEveryPatientInOneSplit) {
   ASSERT_EQ(split->of_entry.size(), manifest_->entries().size());
   std::map<std::string, Split> split_of_patient;
   for (size_t e = 0; e < manifest_->entries().size(); ++e) {
-    auto [it, inserted] = split_of_patient.emplace(
-        manifest_->entries()[e].patient_id, split->of_entry[e]);
+    auto [it, inserted] = split_of_patient.emplace(manifest_->entries()[e].patient_id, split->of_entry[e]);
     EXPECT_EQ(it->second, split->of_entry[e]) << manifest_->entries()[e].path;
   }
   for (size_t p = 0; p < manifest_->patients().size(); ++p) {
-    EXPECT_EQ(split->of_patient[p],
-              split_of_patient.at(manifest_->patients()[p].patient_id));
+    EXPECT_EQ(split->of_patient[p], split_of_patient.at(manifest_->patients()[p].patient_id));
   }
   // EntriesIn partitions the entries.
   size_t total = 0;
@@ -112,8 +103,7 @@ TEST_F(SkewedSetTest, ProportionsFollowTheWholeSetAndBeatARandomSplit) {
   double iterative_mean = 0, random_mean = 0, iterative_max = 0, random_max = 0;
   constexpr int kSeeds = 8;
   for (uint64_t seed = 1; seed <= kSeeds; ++seed) {
-    absl::StatusOr<DatasetSplit> split =
-        SplitByPatient(*manifest_, Options(seed));
+    absl::StatusOr<DatasetSplit> split = SplitByPatient(*manifest_, Options(seed));
     ASSERT_TRUE(split.ok()) << split.status();
     SplitReport report = SummarizeSplit(*manifest_, *split);
     SCOPED_TRACE(FormatSplitReport(report));
@@ -125,17 +115,14 @@ TEST_F(SkewedSetTest, ProportionsFollowTheWholeSetAndBeatARandomSplit) {
     // Every label, every split: within 3 percentage points of the whole set.
     for (int s = 0; s < kNumSplits; ++s) {
       for (int l = 0; l < kNumChexpertLabels; ++l) {
-        EXPECT_NEAR(report.splits[s].proportion[l], report.all.proportion[l],
-                    0.03)
-            << kChexpertLabels[l] << " in " << SplitName(static_cast<Split>(s))
-            << ", seed " << seed;
+        EXPECT_NEAR(report.splits[s].proportion[l], report.all.proportion[l], 0.03)
+            << kChexpertLabels[l] << " in " << SplitName(static_cast<Split>(s)) << ", seed " << seed;
       }
     }
     iterative_mean += report.mean_abs_deviation / kSeeds;
     iterative_max += report.max_abs_deviation / kSeeds;
 
-    absl::StatusOr<DatasetSplit> random =
-        SplitByPatient(*manifest_, Options(seed, SplitMethod::kRandom));
+    absl::StatusOr<DatasetSplit> random = SplitByPatient(*manifest_, Options(seed, SplitMethod::kRandom));
     ASSERT_TRUE(random.ok()) << random.status();
     SplitReport random_report = SummarizeSplit(*manifest_, *random);
     random_mean += random_report.mean_abs_deviation / kSeeds;
@@ -143,10 +130,8 @@ TEST_F(SkewedSetTest, ProportionsFollowTheWholeSetAndBeatARandomSplit) {
   }
   // Averaged over seeds, stratification at least halves the deviations of a
   // random patient split.
-  EXPECT_LT(iterative_mean, 0.5 * random_mean)
-      << iterative_mean << " vs " << random_mean;
-  EXPECT_LT(iterative_max, 0.5 * random_max)
-      << iterative_max << " vs " << random_max;
+  EXPECT_LT(iterative_mean, 0.5 * random_mean) << iterative_mean << " vs " << random_mean;
+  EXPECT_LT(iterative_max, 0.5 * random_max) << iterative_max << " vs " << random_max;
 }
 
 TEST_F(SkewedSetTest, ReproducibleForASeed) {
@@ -169,8 +154,7 @@ TEST_F(SkewedSetTest, ZeroRatioGetsNothing) {
   SplitReport report = SummarizeSplit(*manifest_, *split);
   EXPECT_EQ(report.splits[2].images, 0);
   EXPECT_EQ(report.splits[2].patients, 0);
-  EXPECT_NEAR(report.splits[0].images / static_cast<double>(report.all.images),
-              0.8, 0.02);
+  EXPECT_NEAR(report.splits[0].images / static_cast<double>(report.all.images), 0.8, 0.02);
 }
 
 TEST(IterativeStratificationTest, SpreadsARareLabelAcrossParts) {
@@ -180,8 +164,7 @@ TEST(IterativeStratificationTest, SpreadsARareLabelAcrossParts) {
   std::vector<StratificationUnit> units(9);
   for (int u = 0; u < 9; ++u) units[u].label_counts = {u % 3 == 0 ? 1 : 0, 1};
   for (uint64_t seed = 0; seed < 20; ++seed) {
-    absl::StatusOr<std::vector<int>> parts =
-        IterativeStratification(units, {1, 1, 1}, seed);
+    absl::StatusOr<std::vector<int>> parts = IterativeStratification(units, {1, 1, 1}, seed);
     ASSERT_TRUE(parts.ok()) << parts.status();
     std::multiset<int> rare = {(*parts)[0], (*parts)[3], (*parts)[6]};
     EXPECT_EQ(rare, (std::multiset<int>{0, 1, 2})) << "seed " << seed;
@@ -195,20 +178,14 @@ TEST(IterativeStratificationTest, RejectsBadInput) {
   std::vector<StratificationUnit> units(2);
   units[0].label_counts = {1};
   units[1].label_counts = {0};
-  EXPECT_THAT(IterativeStratification(units, {1, -1}, 0).status().message(),
-              HasSubstr("ratio"));
-  EXPECT_EQ(IterativeStratification(units, {0, 0}, 0).status().code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(IterativeStratification(units, {}, 0).status().code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(RandomPartition(units, {1, std::nan("")}, 0).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(IterativeStratification(units, {1, -1}, 0).status().message(), HasSubstr("ratio"));
+  EXPECT_EQ(IterativeStratification(units, {0, 0}, 0).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(IterativeStratification(units, {}, 0).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(RandomPartition(units, {1, std::nan("")}, 0).status().code(), absl::StatusCode::kInvalidArgument);
   units[1].label_counts = {0, 1};
-  EXPECT_THAT(IterativeStratification(units, {1, 1}, 0).status().message(),
-              HasSubstr("label counts"));
+  EXPECT_THAT(IterativeStratification(units, {1, 1}, 0).status().message(), HasSubstr("label counts"));
   units[1].label_counts = {-1};
-  EXPECT_EQ(IterativeStratification(units, {1, 1}, 0).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(IterativeStratification(units, {1, 1}, 0).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(SplitByPatientTest, EmptyManifest) {

@@ -15,16 +15,13 @@ namespace {
 std::vector<float> Pattern(int w, int h) {
   std::vector<float> p(static_cast<size_t>(w) * h);
   for (int y = 0; y < h; ++y)
-    for (int x = 0; x < w; ++x)
-      p[y * w + x] = static_cast<float>((x * 7 + y * 13) % 31) / 30.0f;
+    for (int x = 0; x < w; ++x) p[y * w + x] = static_cast<float>((x * 7 + y * 13) % 31) / 30.0f;
   return p;
 }
 
 TEST(AugmentTest, SameTripleSameResultDifferentTripleDifferentDraws) {
-  const AugmentParams a =
-      DrawAugmentParams(42, 3, "patient1/study1/view1_frontal.jpg");
-  const AugmentParams b =
-      DrawAugmentParams(42, 3, "patient1/study1/view1_frontal.jpg");
+  const AugmentParams a = DrawAugmentParams(42, 3, "patient1/study1/view1_frontal.jpg");
+  const AugmentParams b = DrawAugmentParams(42, 3, "patient1/study1/view1_frontal.jpg");
   EXPECT_EQ(a.flip, b.flip);
   EXPECT_EQ(a.rotate, b.rotate);
   EXPECT_EQ(a.rotation_degrees, b.rotation_degrees);
@@ -36,10 +33,8 @@ TEST(AugmentTest, SameTripleSameResultDifferentTripleDifferentDraws) {
     const AugmentParams base = DrawAugmentParams(42, 3, id);
     const AugmentParams other_epoch = DrawAugmentParams(42, 4, id);
     const AugmentParams other_seed = DrawAugmentParams(43, 3, id);
-    epoch_differs += base.rotation_degrees != other_epoch.rotation_degrees ||
-                     base.flip != other_epoch.flip;
-    seed_differs += base.rotation_degrees != other_seed.rotation_degrees ||
-                    base.flip != other_seed.flip;
+    epoch_differs += base.rotation_degrees != other_epoch.rotation_degrees || base.flip != other_epoch.flip;
+    seed_differs += base.rotation_degrees != other_seed.rotation_degrees || base.flip != other_seed.flip;
   }
   EXPECT_GT(epoch_differs, 130);  // Same draws by chance: P = 1/4 per image.
   EXPECT_GT(seed_differs, 130);
@@ -86,8 +81,7 @@ TEST(AugmentTest, FlipMirrorsRows) {
   p.flip = true;
   ASSERT_TRUE(ApplyAugmentation(p, w, h, &dst).ok());
   for (int y = 0; y < h; ++y)
-    for (int x = 0; x < w; ++x)
-      ASSERT_EQ(dst[y * w + x], src[y * w + (w - 1 - x)]);
+    for (int x = 0; x < w; ++x) ASSERT_EQ(dst[y * w + x], src[y * w + (w - 1 - x)]);
 }
 
 TEST(AugmentTest, RotationIsCounterClockwiseAboutTheCentre) {
@@ -100,9 +94,7 @@ TEST(AugmentTest, RotationIsCounterClockwiseAboutTheCentre) {
   ASSERT_TRUE(ApplyAugmentation(p, n, n, &dst).ok());
   // Counter-clockwise by 90 degrees: the top edge becomes the left edge.
   for (int y = 0; y < n; ++y)
-    for (int x = 0; x < n; ++x)
-      ASSERT_NEAR(dst[y * n + x], src[x * n + (n - 1 - y)], 1e-5)
-          << x << "," << y;
+    for (int x = 0; x < n; ++x) ASSERT_NEAR(dst[y * n + x], src[x * n + (n - 1 - y)], 1e-5) << x << "," << y;
 }
 
 TEST(AugmentTest, SmallRotationFillsCornersWithBlack) {
@@ -121,17 +113,14 @@ TEST(AugmentTest, ResultDoesNotDependOnThreadOrOrder) {
   const int n = 32, images = 48;
   auto run = [&](int id, std::vector<float>* out) {
     *out = Pattern(n, n);
-    ASSERT_TRUE(
-        Augment(5, 2, absl::StrCat("image-", id), AugmentOptions(), n, n, out)
-            .ok());
+    ASSERT_TRUE(Augment(5, 2, absl::StrCat("image-", id), AugmentOptions(), n, n, out).ok());
   };
   std::vector<std::vector<float>> serial(images), parallel(images);
   for (int i = 0; i < images; ++i) run(i, &serial[i]);
   std::vector<std::thread> threads;
   for (int t = 0; t < 4; ++t) {
     threads.emplace_back([&, t] {
-      for (int i = images - 1 - t; i >= 0; i -= 4)
-        run(i, &parallel[i]);  // Reverse order, interleaved.
+      for (int i = images - 1 - t; i >= 0; i -= 4) run(i, &parallel[i]);  // Reverse order, interleaved.
     });
   }
   for (std::thread& t : threads) t.join();
@@ -145,8 +134,7 @@ TEST(AugmentTest, ResultDoesNotDependOnThreadOrOrder) {
 
 TEST(AugmentTest, RejectsInconsistentBuffers) {
   std::vector<float> v(10);
-  EXPECT_EQ(ApplyAugmentation(AugmentParams(), 4, 4, &v).code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ApplyAugmentation(AugmentParams(), 4, 4, &v).code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -23,14 +23,12 @@ namespace fedtune::imaging {
 namespace {
 
 // A 16-bit PNG with a black border and a pattern that depends on `variant`.
-std::string WriteSource(const testing::TempDir& dir, const std::string& name,
-                        int variant, int w = 48, int h = 40,
+std::string WriteSource(const testing::TempDir& dir, const std::string& name, int variant, int w = 48, int h = 40,
                         bool uncompressed_tiff = false) {
   cv::Mat m(h, w, CV_16UC1, cv::Scalar(0));
   for (int y = 3; y < h - 2; ++y)
     for (int x = 4; x < w - 1; ++x)
-      m.at<uint16_t>(y, x) = static_cast<uint16_t>(
-          8000 + ((x * 131 + y * 71 + variant * 997) % 50000));
+      m.at<uint16_t>(y, x) = static_cast<uint16_t>(8000 + ((x * 131 + y * 71 + variant * 997) % 50000));
   const std::string path = dir.Join(name);
   std::vector<int> params;
   if (uncompressed_tiff) params = {cv::IMWRITE_TIFF_COMPRESSION, 1};
@@ -45,15 +43,12 @@ PreprocessOptions Small() {
 }
 
 // Cached pixels are the reference pixels quantized to 1/65535.
-void ExpectMatchesReference(const PreprocessedImage& got,
-                            const std::string& path,
-                            const PreprocessOptions& options) {
+void ExpectMatchesReference(const PreprocessedImage& got, const std::string& path, const PreprocessOptions& options) {
   absl::StatusOr<PreprocessedImage> want = LoadAndPreprocess(path, options);
   ASSERT_TRUE(want.ok()) << want.status();
   ASSERT_EQ(got.size, want->size);
   ASSERT_EQ(got.pixels.size(), want->pixels.size());
-  for (size_t i = 0; i < got.pixels.size(); ++i)
-    ASSERT_NEAR(got.pixels[i], want->pixels[i], 0.51 / 65535) << i;
+  for (size_t i = 0; i < got.pixels.size(); ++i) ASSERT_NEAR(got.pixels[i], want->pixels[i], 0.51 / 65535) << i;
   EXPECT_EQ(got.crop.x, want->crop.x);
   EXPECT_EQ(got.crop.width, want->crop.width);
   EXPECT_EQ(got.source_width, want->source_width);
@@ -73,8 +68,7 @@ struct timespec Mtime(const std::string& path) {
 TEST(ImageCacheTest, MissThenHitWithIdenticalPixels) {
   testing::TempDir dir;
   const std::string src = WriteSource(dir, "a.png", 1);
-  absl::StatusOr<std::unique_ptr<ImageCache>> cache =
-      ImageCache::Open(dir.Join("cache"), Small());
+  absl::StatusOr<std::unique_ptr<ImageCache>> cache = ImageCache::Open(dir.Join("cache"), Small());
   ASSERT_TRUE(cache.ok()) << cache.status();
   absl::StatusOr<PreprocessedImage> first = (*cache)->Get(src);
   ASSERT_TRUE(first.ok()) << first.status();
@@ -89,8 +83,7 @@ TEST(ImageCacheTest, MissThenHitWithIdenticalPixels) {
   EXPECT_EQ(::stat((*cache)->EntryPath(src).c_str(), &st), 0);
 
   // A second cache object over the same directory (a later run) hits too.
-  absl::StatusOr<std::unique_ptr<ImageCache>> later =
-      ImageCache::Open(dir.Join("cache"), Small());
+  absl::StatusOr<std::unique_ptr<ImageCache>> later = ImageCache::Open(dir.Join("cache"), Small());
   ASSERT_TRUE(later.ok());
   ASSERT_TRUE((*later)->Get(src).ok());
   EXPECT_EQ((*later)->stats().hits, 1);
@@ -113,8 +106,7 @@ TEST(ImageCacheTest, ChangedFileIsRebuilt) {
 
   // Same size, same mtime, same inode: only the bytes differ (the content
   // fingerprint catches it). Uncompressed TIFFs of one shape have one size.
-  const std::string tif =
-      WriteSource(dir, "c.tif", 2, 52, 44, /*uncompressed_tiff=*/true);
+  const std::string tif = WriteSource(dir, "c.tif", 2, 52, 44, /*uncompressed_tiff=*/true);
   absl::StatusOr<PreprocessedImage> t2 = cache->Get(tif);
   ASSERT_TRUE(t2.ok()) << t2.status();
   const struct timespec mtime = Mtime(tif);
@@ -123,9 +115,8 @@ TEST(ImageCacheTest, ChangedFileIsRebuilt) {
   ASSERT_TRUE(t3_bytes.ok());
   ASSERT_EQ(t3_bytes->size(), io::ReadFile(tif)->size());
   {
-    std::ofstream out(
-        tif,
-        std::ios::binary | std::ios::in);  // Overwrite in place: same inode.
+    std::ofstream out(tif,
+                      std::ios::binary | std::ios::in);  // Overwrite in place: same inode.
     out.write(t3_bytes->data(), static_cast<std::streamsize>(t3_bytes->size()));
   }
   SetMtime(tif, mtime);
@@ -199,8 +190,7 @@ TEST(ImageCacheTest, CorruptEntriesAreRebuiltNotServed) {
   damaged.push_back(flipped);
   damaged.push_back(bytes->substr(0, bytes->size() / 2));  // Truncated.
   damaged.push_back("");                                   // Empty.
-  damaged.push_back(
-      std::string(bytes->size(), 'x'));  // Garbage of the right length.
+  damaged.push_back(std::string(bytes->size(), 'x'));      // Garbage of the right length.
   int64_t expected_corrupt = 0;
   for (const std::string& d : damaged) {
     ASSERT_TRUE(io::WriteFileAtomically(entry, d).ok());
@@ -216,28 +206,23 @@ TEST(ImageCacheTest, CorruptEntriesAreRebuiltNotServed) {
 TEST(ImageCacheTest, ErrorsComeFromTheSourceAndNothingIsStored) {
   testing::TempDir dir;
   auto cache = *ImageCache::Open(dir.Join("cache"), Small());
-  EXPECT_EQ(cache->Get(dir.Join("missing.png")).status().code(),
-            absl::StatusCode::kNotFound);
+  EXPECT_EQ(cache->Get(dir.Join("missing.png")).status().code(), absl::StatusCode::kNotFound);
   const std::string bad = dir.WriteFile("bad.png", "not a png");
   absl::StatusOr<PreprocessedImage> got = cache->Get(bad);
   EXPECT_EQ(got.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(got.status().message(), ::testing::HasSubstr("bad.png"));
   struct stat st;
   EXPECT_NE(::stat(cache->EntryPath(bad).c_str(), &st), 0);
-  EXPECT_EQ(
-      ImageCache::Open(dir.Join("c2"), PreprocessOptions{4}).status().code(),
-      absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ImageCache::Open(dir.Join("c2"), PreprocessOptions{4}).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(ImageCacheTest, ConcurrentReadersAndWriters) {
   testing::TempDir dir;
   const int kImages = 8, kThreads = 4, kRounds = 2;
   std::vector<std::string> sources;
-  for (int i = 0; i < kImages; ++i)
-    sources.push_back(WriteSource(dir, absl::StrCat("s", i, ".png"), i));
+  for (int i = 0; i < kImages; ++i) sources.push_back(WriteSource(dir, absl::StrCat("s", i, ".png"), i));
   auto cache = *ImageCache::Open(dir.Join("cache"), Small());
-  std::vector<std::vector<PreprocessedImage>> results(
-      kThreads, std::vector<PreprocessedImage>(kImages));
+  std::vector<std::vector<PreprocessedImage>> results(kThreads, std::vector<PreprocessedImage>(kImages));
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
@@ -245,8 +230,7 @@ TEST(ImageCacheTest, ConcurrentReadersAndWriters) {
         for (int k = 0; k < kImages; ++k) {
           // Each thread its own order (forwards or backwards from its own
           // start); all threads start on misses.
-          const int i = t % 2 == 0 ? (k + 3 * t) % kImages
-                                   : (kImages - 1 - k + 3 * t) % kImages;
+          const int i = t % 2 == 0 ? (k + 3 * t) % kImages : (kImages - 1 - k + 3 * t) % kImages;
           absl::StatusOr<PreprocessedImage> got = cache->Get(sources[i]);
           ASSERT_TRUE(got.ok()) << got.status();
           if (r == 0) {
@@ -260,8 +244,7 @@ TEST(ImageCacheTest, ConcurrentReadersAndWriters) {
   }
   for (std::thread& t : threads) t.join();
   for (int i = 0; i < kImages; ++i) {
-    for (int t = 1; t < kThreads; ++t)
-      ASSERT_EQ(results[t][i].pixels, results[0][i].pixels);
+    for (int t = 1; t < kThreads; ++t) ASSERT_EQ(results[t][i].pixels, results[0][i].pixels);
     ExpectMatchesReference(results[0][i], sources[i], Small());
   }
   const ImageCache::Stats stats = cache->stats();

@@ -16,20 +16,17 @@
 namespace fedtune::imaging {
 namespace {
 
-const std::string kCtSmall =
-    "/usr/lib/python3/dist-packages/pydicom/data/test_files/CT_small.dcm";
+const std::string kCtSmall = "/usr/lib/python3/dist-packages/pydicom/data/test_files/CT_small.dcm";
 
 absl::Status RunConvert(const std::vector<std::string>& args) {
   const cli::Command command = MakeDataConvertCommand();
-  absl::StatusOr<cli::ParsedFlags> flags =
-      cli::ParseFlags(args, command.flags, command.max_positional);
+  absl::StatusOr<cli::ParsedFlags> flags = cli::ParseFlags(args, command.flags, command.max_positional);
   if (!flags.ok()) return flags.status();
   return command.run(*flags);
 }
 
 // The PNG's 16-bit values must be exactly round(65535 * expected).
-void ExpectPngEquals(const std::string& png, int width, int height,
-                     const std::vector<float>& expected) {
+void ExpectPngEquals(const std::string& png, int width, int height, const std::vector<float>& expected) {
   const cv::Mat m = cv::imread(png, cv::IMREAD_ANYDEPTH | cv::IMREAD_GRAYSCALE);
   ASSERT_FALSE(m.empty()) << png;
   ASSERT_EQ(m.depth(), CV_16U);
@@ -37,9 +34,7 @@ void ExpectPngEquals(const std::string& png, int width, int height,
   ASSERT_EQ(m.rows, height);
   for (int y = 0; y < height; ++y)
     for (int x = 0; x < width; ++x)
-      ASSERT_EQ(
-          m.at<uint16_t>(y, x),
-          std::lround(expected[static_cast<size_t>(y) * width + x] * 65535.0f))
+      ASSERT_EQ(m.at<uint16_t>(y, x), std::lround(expected[static_cast<size_t>(y) * width + x] * 65535.0f))
           << x << "," << y;
 }
 
@@ -69,15 +64,11 @@ TEST(DataConvertTest, PreprocessCropsAndResizes) {
   testing::TempDir dir;
   cv::Mat m(60, 80, CV_16UC1, cv::Scalar(0));
   for (int y = 10; y < 50; ++y)
-    for (int x = 20; x < 60; ++x)
-      m.at<uint16_t>(y, x) =
-          static_cast<uint16_t>(5000 + 900 * ((x / 4 + y / 4) % 40));
+    for (int x = 20; x < 60; ++x) m.at<uint16_t>(y, x) = static_cast<uint16_t>(5000 + 900 * ((x / 4 + y / 4) % 40));
   const std::string in = dir.Join("in.png");
   ASSERT_TRUE(cv::imwrite(in, m));
   const std::string out = dir.Join("out.PNG");
-  ASSERT_TRUE(
-      RunConvert({"--in", in, "--out", out, "--preprocess", "--size", "20"})
-          .ok());
+  ASSERT_TRUE(RunConvert({"--in", in, "--out", out, "--preprocess", "--size", "20"}).ok());
   PreprocessOptions options;
   options.size = 20;
   absl::StatusOr<PreprocessedImage> want = LoadAndPreprocess(in, options);
@@ -88,9 +79,7 @@ TEST(DataConvertTest, PreprocessCropsAndResizes) {
   // --border-threshold 1 makes every edge a border... of a non-blank image? No:
   // the max 1 is never below 1 only for saturated rows; here nothing reaches 1,
   // so the image is blank by that threshold and kept whole.
-  ASSERT_TRUE(RunConvert({"--in", in, "--out", out, "--preprocess", "--size",
-                          "20", "--border-threshold", "1"})
-                  .ok());
+  ASSERT_TRUE(RunConvert({"--in", in, "--out", out, "--preprocess", "--size", "20", "--border-threshold", "1"}).ok());
   options.border_threshold = 1.0f;
   want = LoadAndPreprocess(in, options);
   ASSERT_TRUE(want.ok());
@@ -100,29 +89,17 @@ TEST(DataConvertTest, PreprocessCropsAndResizes) {
 
 TEST(DataConvertTest, BadInputs) {
   testing::TempDir dir;
-  EXPECT_EQ(RunConvert({"--in", kCtSmall, "--out", dir.Join("x.jpg")}).code(),
+  EXPECT_EQ(RunConvert({"--in", kCtSmall, "--out", dir.Join("x.jpg")}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(RunConvert({"--in", dir.Join("missing.dcm"), "--out", dir.Join("x.png")}).code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(RunConvert({"--in", kCtSmall, "--out", dir.Join("x.png"), "--preprocess", "--size", "3"}).code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(
-      RunConvert({"--in", dir.Join("missing.dcm"), "--out", dir.Join("x.png")})
-          .code(),
-      absl::StatusCode::kNotFound);
-  EXPECT_EQ(RunConvert({"--in", kCtSmall, "--out", dir.Join("x.png"),
-                        "--preprocess", "--size", "3"})
-                .code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(RunConvert(
-                {"--in", kCtSmall, "--out", dir.Join("x.png"), "--size", "abc"})
-                .code(),
+  EXPECT_EQ(RunConvert({"--in", kCtSmall, "--out", dir.Join("x.png"), "--size", "abc"}).code(),
             absl::StatusCode::kInvalidArgument);
   const absl::Status colour = RunConvert(
-      {"--in",
-       "/usr/lib/python3/dist-packages/pydicom/data/test_files/SC_rgb_rle.dcm",
-       "--out", dir.Join("x.png")});
+      {"--in", "/usr/lib/python3/dist-packages/pydicom/data/test_files/SC_rgb_rle.dcm", "--out", dir.Join("x.png")});
   EXPECT_EQ(cli::ExitCodeFor(colour), cli::kExitBadInput);
-  EXPECT_EQ(
-      RunConvert({"--in", kCtSmall, "--out", dir.Join("no/such/dir/x.png")})
-          .code(),
-      absl::StatusCode::kNotFound);
+  EXPECT_EQ(RunConvert({"--in", kCtSmall, "--out", dir.Join("no/such/dir/x.png")}).code(), absl::StatusCode::kNotFound);
 }
 
 }  // namespace

@@ -21,10 +21,8 @@ namespace {
 
 using ::testing::HasSubstr;
 
-const std::string kPydicomFiles =
-    "/usr/lib/python3/dist-packages/pydicom/data/test_files/";
-const std::string kScript = std::string(FEDTUNE_SOURCE_DIR) +
-                            "/tests/common/imaging/dicom_reference.py";
+const std::string kPydicomFiles = "/usr/lib/python3/dist-packages/pydicom/data/test_files/";
+const std::string kScript = std::string(FEDTUNE_SOURCE_DIR) + "/tests/common/imaging/dicom_reference.py";
 
 struct Reference {
   int width = 0;
@@ -48,14 +46,9 @@ class DicomReferenceTest : public ::testing::Test {
   static void SetUpTestSuite() {
     dir_ = new testing::TempDir();
     std::string out;
-    ASSERT_EQ(testing::RunCommand(absl::StrCat(FEDTUNE_PYTHON, " ", kScript,
-                                               " make ", dir_->path()),
-                                  &out),
-              0)
-        << out;
+    ASSERT_EQ(testing::RunCommand(absl::StrCat(FEDTUNE_PYTHON, " ", kScript, " make ", dir_->path()), &out), 0) << out;
     std::string cmd = absl::StrCat(FEDTUNE_PYTHON, " ", kScript, " expected");
-    for (const std::string& name : Cases())
-      absl::StrAppend(&cmd, " ", CasePath(name), " ", ExpectedPath(name));
+    for (const std::string& name : Cases()) absl::StrAppend(&cmd, " ", CasePath(name), " ", ExpectedPath(name));
     ASSERT_EQ(testing::RunCommand(cmd, &out), 0) << out;
   }
   static void TearDownTestSuite() {
@@ -63,21 +56,14 @@ class DicomReferenceTest : public ::testing::Test {
     dir_ = nullptr;
   }
   static std::vector<std::string> Cases() {
-    return {"MR_small.dcm",           "CT_small.dcm",
-            "MR_small_RLE.dcm",       "MR_small_bigendian.dcm",
-            "MR_small_implicit.dcm",  "mono1_window.dcm",
-            "mono1_minmax.dcm",       "voi_lut.dcm",
-            "rescale_window.dcm",     "window_sigmoid.dcm",
-            "window_linear_exact.dcm"};
+    return {"MR_small.dcm",          "CT_small.dcm",       "MR_small_RLE.dcm",       "MR_small_bigendian.dcm",
+            "MR_small_implicit.dcm", "mono1_window.dcm",   "mono1_minmax.dcm",       "voi_lut.dcm",
+            "rescale_window.dcm",    "window_sigmoid.dcm", "window_linear_exact.dcm"};
   }
   static std::string CasePath(const std::string& name) {
-    return name.rfind("MR_", 0) == 0 || name.rfind("CT_", 0) == 0
-               ? kPydicomFiles + name
-               : dir_->Join(name);
+    return name.rfind("MR_", 0) == 0 || name.rfind("CT_", 0) == 0 ? kPydicomFiles + name : dir_->Join(name);
   }
-  static std::string ExpectedPath(const std::string& name) {
-    return dir_->Join(name + ".expected.txt");
-  }
+  static std::string ExpectedPath(const std::string& name) { return dir_->Join(name + ".expected.txt"); }
 
   // Max |decoded - expected| over all pixels; fails the test on a size
   // mismatch.
@@ -85,8 +71,7 @@ class DicomReferenceTest : public ::testing::Test {
     EXPECT_EQ(image.width, ref.width);
     EXPECT_EQ(image.height, ref.height);
     if (image.pixels.size() != ref.values.size()) {
-      ADD_FAILURE() << "pixel count " << image.pixels.size() << " vs "
-                    << ref.values.size();
+      ADD_FAILURE() << "pixel count " << image.pixels.size() << " vs " << ref.values.size();
       return 1e9;
     }
     double max_err = 0;
@@ -113,8 +98,7 @@ TEST_F(DicomReferenceTest, MatchesPydicomOnEveryCase) {
     const Reference ref = ReadReference(ExpectedPath(name));
     ASSERT_GT(ref.values.size(), 100u);
     // The reference must not be flat, or the comparison would prove little.
-    const auto [lo, hi] =
-        std::minmax_element(ref.values.begin(), ref.values.end());
+    const auto [lo, hi] = std::minmax_element(ref.values.begin(), ref.values.end());
     ASSERT_GT(*hi - *lo, 0.3);
     const double err = MaxError(*image, ref);
     RecordProperty(name, absl::StrCat(err));
@@ -128,8 +112,7 @@ TEST_F(DicomReferenceTest, DescribesWhatWasApplied) {
   EXPECT_THAT(mono1->description, HasSubstr("MONOCHROME1"));
   EXPECT_THAT(mono1->description, HasSubstr("window C=40 W=400"));
   EXPECT_THAT(mono1->description, HasSubstr("inverted"));
-  absl::StatusOr<Image> exact =
-      DecodeImage(CasePath("window_linear_exact.dcm"));
+  absl::StatusOr<Image> exact = DecodeImage(CasePath("window_linear_exact.dcm"));
   ASSERT_TRUE(exact.ok()) << exact.status();
   EXPECT_THAT(exact->description, HasSubstr("LINEAR_EXACT"));
   absl::StatusOr<Image> lut = DecodeImage(CasePath("voi_lut.dcm"));
@@ -155,11 +138,9 @@ TEST_F(DicomReferenceTest, InversionIsExactComplementOfMonochrome2) {
 TEST_F(DicomReferenceTest, JpegLsLosslessEqualsUncompressed) {
   // pydicom here cannot decode JPEG-LS; the file holds MR_small's pixels
   // losslessly.
-  absl::StatusOr<Image> jls =
-      DecodeImage(kPydicomFiles + "MR_small_jpeg_ls_lossless.dcm");
+  absl::StatusOr<Image> jls = DecodeImage(kPydicomFiles + "MR_small_jpeg_ls_lossless.dcm");
   ASSERT_TRUE(jls.ok()) << jls.status();
-  EXPECT_LT(MaxError(*jls, ReadReference(ExpectedPath("MR_small.dcm"))),
-            kTolerance);
+  EXPECT_LT(MaxError(*jls, ReadReference(ExpectedPath("MR_small.dcm"))), kTolerance);
 }
 
 TEST_F(DicomReferenceTest, RejectsMultiFrame) {
@@ -173,11 +154,9 @@ TEST_F(DicomReferenceTest, RejectsMultiFrame) {
 TEST_F(DicomReferenceTest, ConcurrentDecodesAgree) {
   // The loader decodes from several threads; DCMTK's registries and dictionary
   // are shared between them.
-  const std::vector<std::string> names = {"MR_small.dcm", "mono1_window.dcm",
-                                          "voi_lut.dcm", "MR_small_RLE.dcm"};
+  const std::vector<std::string> names = {"MR_small.dcm", "mono1_window.dcm", "voi_lut.dcm", "MR_small_RLE.dcm"};
   std::vector<std::vector<float>> serial;
-  for (const std::string& name : names)
-    serial.push_back(DecodeImage(CasePath(name))->pixels);
+  for (const std::string& name : names) serial.push_back(DecodeImage(CasePath(name))->pixels);
   std::vector<std::thread> threads;
   std::atomic<int> mismatches{0};
   for (int t = 0; t < 4; ++t) {
@@ -199,15 +178,13 @@ TEST(DecodeDicomTest, DecodesTwelveBitLossyJpeg) {
   EXPECT_EQ(image->width, 256);
   EXPECT_EQ(image->height, 1024);
   EXPECT_EQ(image->bits, 12);
-  const auto [lo, hi] =
-      std::minmax_element(image->pixels.begin(), image->pixels.end());
+  const auto [lo, hi] = std::minmax_element(image->pixels.begin(), image->pixels.end());
   EXPECT_FLOAT_EQ(*lo, 0.0f);  // Min-max window: the full range is used.
   EXPECT_FLOAT_EQ(*hi, 1.0f);
 }
 
 TEST(DecodeDicomTest, RejectsColourWithClearError) {
-  for (const char* name : {"SC_rgb_rle.dcm", "SC_rgb_small_odd.dcm",
-                           "SC_ybr_full_422_uncompressed.dcm"}) {
+  for (const char* name : {"SC_rgb_rle.dcm", "SC_rgb_small_odd.dcm", "SC_ybr_full_422_uncompressed.dcm"}) {
     absl::StatusOr<Image> image = DecodeImage(kPydicomFiles + name);
     ASSERT_FALSE(image.ok()) << name;
     EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
@@ -223,8 +200,7 @@ TEST(DecodeDicomTest, RejectsRealMultiFrame) {
 }
 
 TEST(DecodeDicomTest, RejectsJpeg2000NamingTheTransferSyntax) {
-  absl::StatusOr<Image> image =
-      DecodeImage(kPydicomFiles + "MR_small_jp2klossless.dcm");
+  absl::StatusOr<Image> image = DecodeImage(kPydicomFiles + "MR_small_jp2klossless.dcm");
   ASSERT_FALSE(image.ok());
   EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(image.status().message(), HasSubstr("JPEG 2000"));
@@ -243,13 +219,10 @@ TEST(DecodeDicomTest, TruncationAnywhereIsAnErrorNotACrash) {
   // never, garbage dimensions).
   testing::TempDir dir;
   std::ifstream in(kPydicomFiles + "MR_small.dcm", std::ios::binary);
-  const std::string whole((std::istreambuf_iterator<char>(in)),
-                          std::istreambuf_iterator<char>());
+  const std::string whole((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   ASSERT_GT(whole.size(), 9000u);
-  for (size_t cut : {10u, 131u, 200u, 1000u, 1500u, 3000u, 6000u, 9000u,
-                     static_cast<unsigned>(whole.size()) - 1}) {
-    const std::string path =
-        dir.WriteFile(absl::StrCat("cut", cut, ".dcm"), whole.substr(0, cut));
+  for (size_t cut : {10u, 131u, 200u, 1000u, 1500u, 3000u, 6000u, 9000u, static_cast<unsigned>(whole.size()) - 1}) {
+    const std::string path = dir.WriteFile(absl::StrCat("cut", cut, ".dcm"), whole.substr(0, cut));
     absl::StatusOr<Image> image = DecodeImage(path);
     EXPECT_FALSE(image.ok()) << "prefix of " << cut << " bytes decoded";
   }
@@ -264,12 +237,10 @@ TEST(DecodeDicomTest, DicomWithoutPixelDataIsRejected) {
 TEST(IsDicomFileTest, ByMagicOrExtension) {
   testing::TempDir dir;
   std::string preamble(128, '\0');
-  EXPECT_TRUE(
-      *IsDicomFile(dir.WriteFile("no_extension", preamble + "DICM" + "rest")));
+  EXPECT_TRUE(*IsDicomFile(dir.WriteFile("no_extension", preamble + "DICM" + "rest")));
   EXPECT_TRUE(*IsDicomFile(dir.WriteFile("x.DCM", "short")));
   EXPECT_FALSE(*IsDicomFile(dir.WriteFile("x.png", "\x89PNG")));
-  EXPECT_EQ(IsDicomFile(dir.Join("missing")).status().code(),
-            absl::StatusCode::kNotFound);
+  EXPECT_EQ(IsDicomFile(dir.Join("missing")).status().code(), absl::StatusCode::kNotFound);
 }
 
 // ---- Raster formats (OpenCV) ----
@@ -277,8 +248,7 @@ TEST(IsDicomFileTest, ByMagicOrExtension) {
 cv::Mat Gradient16(int w, int h) {
   cv::Mat m(h, w, CV_16UC1);
   for (int y = 0; y < h; ++y)
-    for (int x = 0; x < w; ++x)
-      m.at<uint16_t>(y, x) = static_cast<uint16_t>((x * 1000 + y * 37) % 65536);
+    for (int x = 0; x < w; ++x) m.at<uint16_t>(y, x) = static_cast<uint16_t>((x * 1000 + y * 37) % 65536);
   return m;
 }
 
@@ -295,16 +265,14 @@ TEST(DecodeRasterTest, Png16BitScaledBy65535) {
   ASSERT_EQ(image->height, 30);
   EXPECT_FALSE(image->converted_from_color);
   for (int y = 0; y < 30; ++y)
-    for (int x = 0; x < 40; ++x)
-      ASSERT_FLOAT_EQ(image->at(x, y), m.at<uint16_t>(y, x) / 65535.0f);
+    for (int x = 0; x < 40; ++x) ASSERT_FLOAT_EQ(image->at(x, y), m.at<uint16_t>(y, x) / 65535.0f);
 }
 
 TEST(DecodeRasterTest, Png8BitScaledBy255) {
   testing::TempDir dir;
   cv::Mat m(20, 30, CV_8UC1);
   for (int y = 0; y < 20; ++y)
-    for (int x = 0; x < 30; ++x)
-      m.at<uint8_t>(y, x) = static_cast<uint8_t>(x * 8 + y);
+    for (int x = 0; x < 30; ++x) m.at<uint8_t>(y, x) = static_cast<uint8_t>(x * 8 + y);
   const std::string path = dir.Join("g8.png");
   ASSERT_TRUE(cv::imwrite(path, m));
   absl::StatusOr<Image> image = DecodeImage(path);
@@ -355,8 +323,7 @@ TEST(DecodeRasterTest, ErrorsNameTheFile) {
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(missing.status().message(), HasSubstr("nope.png"));
 
-  absl::StatusOr<Image> text =
-      DecodeImage(dir.WriteFile("notes.png", "this is not an image"));
+  absl::StatusOr<Image> text = DecodeImage(dir.WriteFile("notes.png", "this is not an image"));
   EXPECT_EQ(text.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(text.status().message(), HasSubstr("notes.png"));
 
@@ -364,10 +331,8 @@ TEST(DecodeRasterTest, ErrorsNameTheFile) {
   const std::string full = dir.Join("full.png");
   ASSERT_TRUE(cv::imwrite(full, Gradient16(64, 64)));
   std::ifstream in(full, std::ios::binary);
-  const std::string bytes((std::istreambuf_iterator<char>(in)),
-                          std::istreambuf_iterator<char>());
-  absl::StatusOr<Image> cut =
-      DecodeImage(dir.WriteFile("cut.png", bytes.substr(0, bytes.size() / 2)));
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  absl::StatusOr<Image> cut = DecodeImage(dir.WriteFile("cut.png", bytes.substr(0, bytes.size() / 2)));
   EXPECT_EQ(cut.status().code(), absl::StatusCode::kInvalidArgument);
 
   absl::StatusOr<Image> directory = DecodeImage(dir.path());

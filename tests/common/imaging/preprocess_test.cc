@@ -21,9 +21,7 @@ Image Filled(int w, int h, float value) {
   return image;
 }
 
-void Set(Image* image, int x, int y, float v) {
-  image->pixels[static_cast<size_t>(y) * image->width + x] = v;
-}
+void Set(Image* image, int x, int y, float v) { image->pixels[static_cast<size_t>(y) * image->width + x] = v; }
 
 // A 40x30 image: borders of 3 (top), 5 (bottom), 2 (left), 7 (right) pixels of
 // dark noise below 0.05, content above.
@@ -32,9 +30,7 @@ Image Bordered() {
   for (int y = 0; y < 30; ++y) {
     for (int x = 0; x < 40; ++x) {
       const bool content = y >= 3 && y < 25 && x >= 2 && x < 33;
-      Set(&image, x, y,
-          content ? 0.2f + 0.01f * ((x * 7 + y * 3) % 50)
-                  : 0.01f * ((x + y) % 5));
+      Set(&image, x, y, content ? 0.2f + 0.01f * ((x * 7 + y * 3) % 50) : 0.01f * ((x + y) % 5));
     }
   }
   return image;
@@ -53,9 +49,8 @@ TEST(FindContentBoxTest, RemovesDarkEdgesOnly) {
 }
 
 TEST(FindContentBoxTest, ThresholdIsConfigurable) {
-  const Image image = Bordered();  // Border noise reaches 0.04.
-  const CropBox none = FindContentBox(
-      image, 0.04f);  // 0.04 is not below 0.04: nothing is a border.
+  const Image image = Bordered();                     // Border noise reaches 0.04.
+  const CropBox none = FindContentBox(image, 0.04f);  // 0.04 is not below 0.04: nothing is a border.
   EXPECT_EQ(none.width, 40);
   EXPECT_EQ(none.height, 30);
   const CropBox zero = FindContentBox(image, 0.0f);
@@ -77,8 +72,7 @@ TEST(CropAndResizeTest, AreaInterpolationAveragesBlocks) {
   std::vector<float> content(64 * 64);
   for (int y = 0; y < 64; ++y) {
     for (int x = 0; x < 64; ++x) {
-      content[y * 64 + x] =
-          0.1f + 0.8f * static_cast<float>((x * 13 + y * 29) % 64) / 63.0f;
+      content[y * 64 + x] = 0.1f + 0.8f * static_cast<float>((x * 13 + y * 29) % 64) / 63.0f;
       Set(&image, x + 4, y + 2, content[y * 64 + x]);
     }
   }
@@ -97,8 +91,7 @@ TEST(CropAndResizeTest, AreaInterpolationAveragesBlocks) {
     for (int ox = 0; ox < 16; ++ox) {
       double sum = 0;
       for (int dy = 0; dy < 4; ++dy)
-        for (int dx = 0; dx < 4; ++dx)
-          sum += content[(oy * 4 + dy) * 64 + ox * 4 + dx];
+        for (int dx = 0; dx < 4; ++dx) sum += content[(oy * 4 + dy) * 64 + ox * 4 + dx];
       ASSERT_NEAR(out->pixels[oy * 16 + ox], sum / 16, 1e-5) << ox << "," << oy;
     }
   }
@@ -107,9 +100,8 @@ TEST(CropAndResizeTest, AreaInterpolationAveragesBlocks) {
   absl::StatusOr<PreprocessedImage> whole = CropAndResize(image, options);
   ASSERT_TRUE(whole.ok());
   EXPECT_EQ(whole->crop.width, 74);
-  EXPECT_LT(
-      whole->pixels[0],
-      out->pixels[0]);  // The top-left output now averages in black border.
+  EXPECT_LT(whole->pixels[0],
+            out->pixels[0]);  // The top-left output now averages in black border.
 }
 
 TEST(CropAndResizeTest, UpscalingStaysInRange) {
@@ -129,20 +121,16 @@ TEST(CropAndResizeTest, UpscalingStaysInRange) {
 TEST(CropAndResizeTest, RejectsBadOptionsAndEmptyImages) {
   PreprocessOptions options;
   options.size = 4;
-  EXPECT_EQ(CropAndResize(Filled(8, 8, 0.5f), options).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(CropAndResize(Filled(8, 8, 0.5f), options).status().code(), absl::StatusCode::kInvalidArgument);
   options = PreprocessOptions();
   options.border_threshold = 1.5f;
-  EXPECT_EQ(CropAndResize(Filled(8, 8, 0.5f), options).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(CropAndResize(Filled(8, 8, 0.5f), options).status().code(), absl::StatusCode::kInvalidArgument);
   options = PreprocessOptions();
   options.std = 0.0f;
-  EXPECT_EQ(ValidatePreprocessOptions(options).code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ValidatePreprocessOptions(options).code(), absl::StatusCode::kInvalidArgument);
   Image empty;
   empty.path = "empty.png";
-  absl::StatusOr<PreprocessedImage> out =
-      CropAndResize(empty, PreprocessOptions());
+  absl::StatusOr<PreprocessedImage> out = CropAndResize(empty, PreprocessOptions());
   EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(out.status().message(), ::testing::HasSubstr("empty.png"));
 }
@@ -171,8 +159,7 @@ TEST(LoadAndPreprocessTest, SixteenBitPngWithBorder) {
   EXPECT_EQ(out->crop.x, 10);
   EXPECT_EQ(out->crop.width, 40);
   for (float v : out->pixels) ASSERT_NEAR(v, 30000 / 65535.0, 1e-6);
-  EXPECT_EQ(LoadAndPreprocess(dir.Join("missing.png"), options).status().code(),
-            absl::StatusCode::kNotFound);
+  EXPECT_EQ(LoadAndPreprocess(dir.Join("missing.png"), options).status().code(), absl::StatusCode::kNotFound);
 }
 
 TEST(CropAndResizeKeyTest, CoversExactlyThePixelSettings) {

@@ -51,8 +51,7 @@ TEST(CsvTest, MalformedInputNamesTheLine) {
     auto t = ParseCsv(c.text, "f.csv");
     ASSERT_FALSE(t.ok()) << c.text;
     EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_THAT(std::string(t.status().message()), HasSubstr(c.expected))
-        << c.text;
+    EXPECT_THAT(std::string(t.status().message()), HasSubstr(c.expected)) << c.text;
   }
 }
 
@@ -69,10 +68,8 @@ TEST(CsvTest, RaggedRecordsCanBeKeptAside) {
 
 TEST(CsvTest, ReadFileErrors) {
   testing::TempDir dir;
-  EXPECT_EQ(ReadCsvFile(dir.Join("missing.csv")).status().code(),
-            absl::StatusCode::kNotFound);
-  EXPECT_EQ(ReadCsvFile(dir.path()).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ReadCsvFile(dir.Join("missing.csv")).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(ReadCsvFile(dir.path()).status().code(), absl::StatusCode::kInvalidArgument);
   auto t = ReadCsvFile(dir.WriteFile("ok.csv", "x\n1\n"));
   ASSERT_TRUE(t.ok());
   EXPECT_EQ(t->source, dir.Join("ok.csv"));

@@ -36,8 +36,7 @@ TEST(FileUtilTest, FailedWriteLeavesTheOldFile) {
   EXPECT_FALSE(WriteFileAtomically(blocked, "x").ok());
   EXPECT_TRUE(std::filesystem::is_directory(blocked + "/child"));
   EXPECT_EQ(*ReadFile(path), "precious");
-  EXPECT_EQ(WriteFileAtomically(dir.Join("no/such/dir/f"), "x").code(),
-            absl::StatusCode::kNotFound);
+  EXPECT_EQ(WriteFileAtomically(dir.Join("no/such/dir/f"), "x").code(), absl::StatusCode::kNotFound);
 }
 
 TEST(FileUtilTest, MakeDirectories) {

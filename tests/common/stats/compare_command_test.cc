@@ -44,13 +44,11 @@ constexpr char kScoresB[] =
 
 class CompareCommandTest : public ::testing::Test {
  protected:
-  absl::Status Run(const std::string& truth, const std::string& a,
-                   const std::string& b, std::vector<std::string> extra = {}) {
+  absl::Status Run(const std::string& truth, const std::string& a, const std::string& b,
+                   std::vector<std::string> extra = {}) {
     std::vector<std::string> args = {
-        "--truth",    dir_.WriteFile("truth.csv", truth),
-        "--scores-a", dir_.WriteFile("a.csv", a),
-        "--scores-b", dir_.WriteFile("b.csv", b),
-        "--out",      dir_.Join("report.json"),
+        "--truth",    dir_.WriteFile("truth.csv", truth), "--scores-a", dir_.WriteFile("a.csv", a),
+        "--scores-b", dir_.WriteFile("b.csv", b),         "--out",      dir_.Join("report.json"),
         "--quiet"};
     args.insert(args.end(), extra.begin(), extra.end());
     cli::Command command = MakeStatsCompareCommand();
@@ -58,9 +56,7 @@ class CompareCommandTest : public ::testing::Test {
     if (!flags.ok()) return flags.status();
     return command.run(*flags);
   }
-  nlohmann::json Report() {
-    return nlohmann::json::parse(*io::ReadFile(dir_.Join("report.json")));
-  }
+  nlohmann::json Report() { return nlohmann::json::parse(*io::ReadFile(dir_.Join("report.json"))); }
 
   testing::TempDir dir_;
 };
@@ -80,14 +76,11 @@ TEST_F(CompareCommandTest, WritesTheReportWithExactFieldNames) {
   // 6 = 0.75.
   EXPECT_DOUBLE_EQ(edema["b"]["auc"].get<double>(), 0.75);
   EXPECT_DOUBLE_EQ(edema["delong"]["difference"].get<double>(), 0.25);
-  for (const char* key : {"auc", "variance", "ci95", "youden"})
-    EXPECT_TRUE(edema["a"].contains(key)) << key;
-  for (const char* key : {"threshold", "sensitivity", "specificity",
-                          "sensitivity_ci95", "specificity_ci95"}) {
+  for (const char* key : {"auc", "variance", "ci95", "youden"}) EXPECT_TRUE(edema["a"].contains(key)) << key;
+  for (const char* key : {"threshold", "sensitivity", "specificity", "sensitivity_ci95", "specificity_ci95"}) {
     EXPECT_TRUE(edema["a"]["youden"].contains(key)) << key;
   }
-  for (const char* key : {"difference", "z", "p_value", "ci95"})
-    EXPECT_TRUE(edema["delong"].contains(key)) << key;
+  for (const char* key : {"difference", "z", "p_value", "ci95"}) EXPECT_TRUE(edema["delong"].contains(key)) << key;
   const nlohmann::json& cardio = r["labels"][1];
   EXPECT_EQ(cardio["n_pos"], 2);  // p2, p5; p3 blank excluded.
   EXPECT_EQ(cardio["n_neg"], 3);
@@ -100,16 +93,13 @@ TEST_F(CompareCommandTest, WritesTheReportWithExactFieldNames) {
 }
 
 TEST_F(CompareCommandTest, LabelsFlagRestricts) {
-  ASSERT_TRUE(
-      Run(kTruth, kScoresA, kScoresB, {"--labels", "Cardiomegaly"}).ok());
+  ASSERT_TRUE(Run(kTruth, kScoresA, kScoresB, {"--labels", "Cardiomegaly"}).ok());
   nlohmann::json r = Report();
   ASSERT_EQ(r["labels"].size(), 1u);
   EXPECT_EQ(r["labels"][0]["name"], "Cardiomegaly");
-  absl::Status bad =
-      Run(kTruth, kScoresA, kScoresB, {"--labels", "Edema,Nope"});
+  absl::Status bad = Run(kTruth, kScoresA, kScoresB, {"--labels", "Edema,Nope"});
   EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(bad.message()),
-              HasSubstr("'Nope' is not a label column"));
+  EXPECT_THAT(std::string(bad.message()), HasSubstr("'Nope' is not a label column"));
 }
 
 TEST_F(CompareCommandTest, SingleClassLabelIsReportedNotFatal) {
@@ -133,13 +123,9 @@ struct BadCase {
 TEST_F(CompareCommandTest, BadInputNamesFileLineAndColumn) {
   const std::string a_ok = kScoresA;
   const std::vector<BadCase> cases = {
-      {"missing id", kTruth,
-       "Path,Edema,Cardiomegaly\np1,0.9,0.3\np2,0.2,0.8\n",
-       "a.csv: no row for Path 'p3'"},
-      {"duplicate id in scores", kTruth, a_ok + "p1,0.5,0.5\n",
-       "a.csv:8: duplicate Path 'p1' (first on line 3)"},
-      {"duplicate id in truth", std::string(kTruth) + "p1,M,50,1,0\n", a_ok,
-       "truth.csv:8: duplicate Path 'p1'"},
+      {"missing id", kTruth, "Path,Edema,Cardiomegaly\np1,0.9,0.3\np2,0.2,0.8\n", "a.csv: no row for Path 'p3'"},
+      {"duplicate id in scores", kTruth, a_ok + "p1,0.5,0.5\n", "a.csv:8: duplicate Path 'p1' (first on line 3)"},
+      {"duplicate id in truth", std::string(kTruth) + "p1,M,50,1,0\n", a_ok, "truth.csv:8: duplicate Path 'p1'"},
       {"non-numeric score", kTruth,
        "Path,Edema,Cardiomegaly\np6,0.1,0.2\np1,high,0.3\np2,0.2,0.8\np3,0.7,0."
        "5\n"
@@ -159,25 +145,19 @@ TEST_F(CompareCommandTest, BadInputNamesFileLineAndColumn) {
        "Path,Edema,Cardiomegaly\np6,,0.2\np1,0.9,0.3\np2,0.2,0.8\np3,0.7,0.5\n"
        "p4,0.3,0.1\np5,0.5,0.9\n",
        "a.csv:2: column 'Edema': score '' is not a finite number"},
-      {"missing label column", kTruth,
-       "Path,Edema\np1,1\np2,1\np3,1\np4,1\np5,1\np6,1\n",
+      {"missing label column", kTruth, "Path,Edema\np1,1\np2,1\np3,1\np4,1\np5,1\np6,1\n",
        "a.csv:1: no column 'Cardiomegaly'"},
-      {"bad truth value", "Path,Edema\np1,2\np2,0\n",
-       "Path,Edema\np1,1\np2,0\n",
+      {"bad truth value", "Path,Edema\np1,2\np2,0\n", "Path,Edema\np1,1\np2,0\n",
        "truth.csv:2: column 'Edema': truth value '2' is not one of"},
-      {"uncertain-looking truth", "Path,Edema\np1,0.5\np2,0\n",
-       "Path,Edema\np1,1\np2,0\n", "truth value '0.5'"},
-      {"first column not Path", "Id,Edema\np1,1\n", a_ok,
-       "truth.csv:1: the first column must be 'Path'"},
-      {"ragged row", "Path,Edema\np1,1,3\n", a_ok,
-       "truth.csv:2: expected 2 fields"},
+      {"uncertain-looking truth", "Path,Edema\np1,0.5\np2,0\n", "Path,Edema\np1,1\np2,0\n", "truth value '0.5'"},
+      {"first column not Path", "Id,Edema\np1,1\n", a_ok, "truth.csv:1: the first column must be 'Path'"},
+      {"ragged row", "Path,Edema\np1,1,3\n", a_ok, "truth.csv:2: expected 2 fields"},
       {"no label columns", "Path,Sex\np1,M\n", a_ok, "no label columns"},
       {"empty file", "", a_ok, "truth.csv:1: no header line"},
   };
   for (const BadCase& c : cases) {
     absl::Status status = Run(c.truth, c.a, kScoresB);
-    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument)
-        << c.name << ": " << status;
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << c.name << ": " << status;
     EXPECT_THAT(std::string(status.message()), HasSubstr(c.expected)) << c.name;
     EXPECT_EQ(cli::ExitCodeFor(status), cli::kExitBadInput) << c.name;
   }
@@ -185,10 +165,9 @@ TEST_F(CompareCommandTest, BadInputNamesFileLineAndColumn) {
 
 TEST_F(CompareCommandTest, MissingFileIsNotFound) {
   cli::Command command = MakeStatsCompareCommand();
-  auto flags =
-      cli::ParseFlags({"--truth", dir_.Join("nope.csv"), "--scores-a", "x",
-                       "--scores-b", "y", "--out", dir_.Join("r.json")},
-                      command.flags, 0);
+  auto flags = cli::ParseFlags(
+      {"--truth", dir_.Join("nope.csv"), "--scores-a", "x", "--scores-b", "y", "--out", dir_.Join("r.json")},
+      command.flags, 0);
   ASSERT_TRUE(flags.ok());
   absl::Status status = command.run(*flags);
   EXPECT_EQ(status.code(), absl::StatusCode::kNotFound);
@@ -202,31 +181,24 @@ TEST_F(CompareCommandTest, RealBinaryExitCodesAndTable) {
   const std::string b = dir_.WriteFile("b.csv", kScoresB);
   const std::string bin = testing::BinPath("fedtune");
   std::string out;
-  int rc = testing::RunCommand(bin + " stats compare --truth " + truth +
-                                   " --scores-a " + a + " --scores-b " + b +
+  int rc = testing::RunCommand(bin + " stats compare --truth " + truth + " --scores-a " + a + " --scores-b " + b +
                                    " --out " + dir_.Join("r.json"),
                                &out);
   EXPECT_EQ(rc, 0) << out;
   EXPECT_THAT(out, HasSubstr("Edema"));
   EXPECT_THAT(out, HasSubstr("Wilcoxon signed-rank (exact)"));
-  rc = testing::RunCommand(bin + " stats compare --truth " + truth +
-                               " --scores-a " + truth + " --scores-b " + b +
+  rc = testing::RunCommand(bin + " stats compare --truth " + truth + " --scores-a " + truth + " --scores-b " + b +
                                " --out " + dir_.Join("r2.json"),
                            &out);
   EXPECT_EQ(rc, 2) << out;
-  EXPECT_THAT(
-      out,
-      HasSubstr(
-          "t.csv:4: column 'Cardiomegaly': score '' is not a finite number"));
+  EXPECT_THAT(out, HasSubstr("t.csv:4: column 'Cardiomegaly': score '' is not a finite number"));
   rc = testing::RunCommand(bin + " stats compare --truth " + truth, &out);
   EXPECT_EQ(rc, 2) << out;
   EXPECT_THAT(out, HasSubstr("missing required flag"));
   // An --out path in a directory that does not exist is bad input too (NotFound
   // -> 2), and is named.
-  rc = testing::RunCommand(bin + " stats compare --truth " + truth +
-                               " --scores-a " + a + " --scores-b " + b +
-                               " --quiet --out " +
-                               dir_.Join("no/such/dir/r.json"),
+  rc = testing::RunCommand(bin + " stats compare --truth " + truth + " --scores-a " + a + " --scores-b " + b +
+                               " --quiet --out " + dir_.Join("no/such/dir/r.json"),
                            &out);
   EXPECT_EQ(rc, 2) << out;
   EXPECT_THAT(out, HasSubstr("no/such/dir/r.json"));

@@ -69,20 +69,13 @@ TEST(DeLongTest, TwoCasesHaveAucButNoVariance) {
 }
 
 TEST(DeLongTest, SingleClassAndBadInputAreErrors) {
-  EXPECT_EQ(EstimateAuc({1, 1}, {0.1, 0.2}).status().code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(EstimateAuc({0, 0, 0}, {0.1, 0.2, 0.3}).status().code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(EstimateAuc({}, {}).status().code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(EstimateAuc({1, 0}, {0.1}).status().code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(EstimateAuc({1, 2}, {0.1, 0.2}).status().code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(EstimateAuc({1, 0}, {NAN, 0.2}).status().code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(EstimateAuc({1, 0}, {INFINITY, 0.2}).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(EstimateAuc({1, 1}, {0.1, 0.2}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(EstimateAuc({0, 0, 0}, {0.1, 0.2, 0.3}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(EstimateAuc({}, {}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(EstimateAuc({1, 0}, {0.1}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(EstimateAuc({1, 2}, {0.1, 0.2}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(EstimateAuc({1, 0}, {NAN, 0.2}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(EstimateAuc({1, 0}, {INFINITY, 0.2}).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 struct RandomCase {
@@ -113,19 +106,15 @@ TEST(DeLongTest, AgreesWithBruteForceOnRandomDataWithTies) {
     RandomCase c = MakeRandomCase(seed, 50 + 37 * static_cast<int>(seed));
     auto fast = ComputeDeLongComponents(c.truth, c.a);
     ASSERT_TRUE(fast.ok()) << fast.status();
-    testing::BruteForceDeLong slow =
-        testing::BruteForceComponents(c.truth, c.a);
+    testing::BruteForceDeLong slow = testing::BruteForceComponents(c.truth, c.a);
     EXPECT_NEAR(fast->auc, slow.auc, 1e-12) << "seed " << seed;
     ASSERT_EQ(fast->v10.size(), slow.v10.size());
     ASSERT_EQ(fast->v01.size(), slow.v01.size());
-    for (size_t i = 0; i < slow.v10.size(); ++i)
-      EXPECT_NEAR(fast->v10[i], slow.v10[i], 1e-12);
-    for (size_t j = 0; j < slow.v01.size(); ++j)
-      EXPECT_NEAR(fast->v01[j], slow.v01[j], 1e-12);
+    for (size_t i = 0; i < slow.v10.size(); ++i) EXPECT_NEAR(fast->v10[i], slow.v10[i], 1e-12);
+    for (size_t j = 0; j < slow.v01.size(); ++j) EXPECT_NEAR(fast->v01[j], slow.v01[j], 1e-12);
     auto e = EstimateAuc(c.truth, c.a);
     ASSERT_TRUE(e.ok());
-    EXPECT_NEAR(*e->variance, testing::BruteForceCovariance(slow, slow), 1e-12)
-        << "seed " << seed;
+    EXPECT_NEAR(*e->variance, testing::BruteForceCovariance(slow, slow), 1e-12) << "seed " << seed;
   }
 }
 
@@ -136,8 +125,7 @@ TEST(DeLongTest, PairedTestAgreesWithBruteForce) {
     ASSERT_TRUE(test.ok()) << test.status();
     testing::BruteForceDeLong sa = testing::BruteForceComponents(c.truth, c.a);
     testing::BruteForceDeLong sb = testing::BruteForceComponents(c.truth, c.b);
-    const double var = testing::BruteForceCovariance(sa, sa) +
-                       testing::BruteForceCovariance(sb, sb) -
+    const double var = testing::BruteForceCovariance(sa, sa) + testing::BruteForceCovariance(sb, sb) -
                        2 * testing::BruteForceCovariance(sa, sb);
     EXPECT_NEAR(test->auc_a, sa.auc, 1e-12);
     EXPECT_NEAR(test->auc_b, sb.auc, 1e-12);
@@ -145,12 +133,9 @@ TEST(DeLongTest, PairedTestAgreesWithBruteForce) {
     EXPECT_NEAR(*test->variance, var, 1e-12);
     const double z = (sa.auc - sb.auc) / std::sqrt(var);
     EXPECT_NEAR(*test->z, z, 1e-9);
-    EXPECT_NEAR(*test->p_value, std::erfc(std::fabs(z) / std::sqrt(2.0)),
-                1e-12);
-    EXPECT_NEAR(test->ci95->first,
-                sa.auc - sb.auc - 1.959963984540054 * std::sqrt(var), 1e-12);
-    EXPECT_NEAR(test->ci95->second,
-                sa.auc - sb.auc + 1.959963984540054 * std::sqrt(var), 1e-12);
+    EXPECT_NEAR(*test->p_value, std::erfc(std::fabs(z) / std::sqrt(2.0)), 1e-12);
+    EXPECT_NEAR(test->ci95->first, sa.auc - sb.auc - 1.959963984540054 * std::sqrt(var), 1e-12);
+    EXPECT_NEAR(test->ci95->second, sa.auc - sb.auc + 1.959963984540054 * std::sqrt(var), 1e-12);
   }
 }
 
@@ -168,8 +153,7 @@ TEST(DeLongTest, PairedTestWithZeroStandardErrorButADifference) {
   // a separates perfectly (all components 1), b is constant (all components
   // 1/2): se = 0, difference 0.5.
   std::vector<int> truth = {1, 1, 0, 0};
-  auto test = PairedDeLongTest(truth, std::vector<double>{0.9, 0.8, 0.2, 0.1},
-                               std::vector<double>(4, 0.5));
+  auto test = PairedDeLongTest(truth, std::vector<double>{0.9, 0.8, 0.2, 0.1}, std::vector<double>(4, 0.5));
   ASSERT_TRUE(test.ok());
   EXPECT_EQ(test->difference, 0.5);
   EXPECT_FALSE(test->z.has_value());
@@ -178,8 +162,7 @@ TEST(DeLongTest, PairedTestWithZeroStandardErrorButADifference) {
 }
 
 TEST(DeLongTest, PairedTestWithTooFewCasesReportsOnlyTheDifference) {
-  auto test = PairedDeLongTest({1, 0, 0}, std::vector<double>{0.9, 0.1, 0.2},
-                               std::vector<double>{0.1, 0.9, 0.2});
+  auto test = PairedDeLongTest({1, 0, 0}, std::vector<double>{0.9, 0.1, 0.2}, std::vector<double>{0.1, 0.9, 0.2});
   ASSERT_TRUE(test.ok());
   EXPECT_EQ(test->difference, 1.0);
   EXPECT_FALSE(test->variance.has_value());

@@ -9,8 +9,7 @@ namespace fedtune::stats {
 namespace {
 
 TEST(WilcoxonTest, IssueExampleIsExact) {
-  std::vector<double> d = {6,  8,   14, 16, 23, 24,  28, 29,
-                           41, -48, 49, 56, 60, -67, 75};
+  std::vector<double> d = {6, 8, 14, 16, 23, 24, 28, 29, 41, -48, 49, 56, 60, -67, 75};
   auto r = WilcoxonSignedRank(d);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->n, 15);
@@ -22,8 +21,7 @@ TEST(WilcoxonTest, IssueExampleIsExact) {
 }
 
 TEST(WilcoxonTest, SignFlipGivesTheSameTwoSidedResult) {
-  std::vector<double> d = {6,  8,   14, 16, 23, 24,  28, 29,
-                           41, -48, 49, 56, 60, -67, 75};
+  std::vector<double> d = {6, 8, 14, 16, 23, 24, 28, 29, 41, -48, 49, 56, 60, -67, 75};
   for (double& v : d) v = -v;
   auto r = WilcoxonSignedRank(d);
   EXPECT_EQ(r->r_plus, 24);
@@ -93,13 +91,10 @@ TEST(WilcoxonTest, AllZeroOrEmptyHasNoPValue) {
 }
 
 TEST(WilcoxonTest, PairedFormAndErrors) {
-  auto r = WilcoxonSignedRank(std::vector<double>{0.8, 0.7, 0.9},
-                              std::vector<double>{0.7, 0.75, 0.6});
+  auto r = WilcoxonSignedRank(std::vector<double>{0.8, 0.7, 0.9}, std::vector<double>{0.7, 0.75, 0.6});
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->n, 3);
-  EXPECT_FALSE(
-      WilcoxonSignedRank(std::vector<double>{1}, std::vector<double>{1, 2})
-          .ok());
+  EXPECT_FALSE(WilcoxonSignedRank(std::vector<double>{1}, std::vector<double>{1, 2}).ok());
   EXPECT_FALSE(WilcoxonSignedRank(std::vector<double>{NAN}).ok());
 }
 
