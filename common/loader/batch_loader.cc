@@ -10,18 +10,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "common/seed.h"
 #include "common/status_macros.h"
 
 namespace fedtune::loader {
 namespace {
-
-// splitmix64: decorrelates (seed, epoch) into a generator seed.
-uint64_t Mix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
 
 absl::Status ValidateOptions(const LoaderOptions& o) {
   if (o.batch_size < 1) return absl::InvalidArgumentError(absl::StrCat("batch_size must be >= 1, got ", o.batch_size));
@@ -123,7 +116,7 @@ void BatchLoader::StartEpoch(int64_t epoch) {
   std::vector<size_t> order(samples_.size());
   std::iota(order.begin(), order.end(), 0);
   if (options_.shuffle) {
-    std::mt19937_64 rng(Mix(options_.seed ^ Mix(static_cast<uint64_t>(epoch))));
+    std::mt19937_64 rng(MixSeed(options_.seed ^ MixSeed(static_cast<uint64_t>(epoch))));
     std::shuffle(order.begin(), order.end(), rng);
   }
   batches_.clear();

@@ -17,6 +17,7 @@
 #include "absl/strings/str_format.h"
 #include "common/io/file_util.h"
 #include "common/logging.h"
+#include "common/seed.h"
 #include "common/status_macros.h"
 #include "common/train/early_stopping.h"
 #include "common/train/loss.h"
@@ -25,13 +26,6 @@ namespace fedtune::train {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-uint64_t Mix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
 
 absl::Status ValidateOptions(const TrainerOptions& o) {
   if (!(o.learning_rate > 0)) return absl::InvalidArgumentError("learning_rate must be > 0");
@@ -292,7 +286,7 @@ absl::StatusOr<TrainResult> FitImpl(torch::nn::Module& model, const ForwardFn& f
 
     for (int64_t epoch = state.last_epoch + 1; epoch < options.max_epochs && !stopper.ShouldStop(); ++epoch) {
       const auto epoch_start = Clock::now();
-      torch::manual_seed(Mix(options.seed ^ Mix(static_cast<uint64_t>(epoch) + 1)));
+      torch::manual_seed(MixSeed(options.seed ^ MixSeed(static_cast<uint64_t>(epoch) + 1)));
       model.train();
       train.StartEpoch(epoch);
       LossMean train_loss;
