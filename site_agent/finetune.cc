@@ -150,6 +150,7 @@ absl::StatusOr<FinetuneResult> RunFinetune(const v1::FinetuneConfig& config) {
     options.learning_rate = config.learning_rate();
     options.momentum = config.momentum();
     options.weight_decay = config.weight_decay();
+    options.proximal_mu = config.proximal_mu();
     options.max_epochs = config.max_epochs();
     options.patience = config.patience();
     options.device = config.device();

@@ -3,6 +3,7 @@
 #include <google/protobuf/io/tokenizer.h>
 #include <google/protobuf/text_format.h>
 
+#include <cmath>
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
@@ -49,6 +50,8 @@ absl::Status ValidateFinetuneConfig(const v1::FinetuneConfig& c) {
   if (!(c.learning_rate() > 0)) return Field("learning_rate", "must be > 0");
   if (!(c.momentum() >= 0 && c.momentum() < 1)) return Field("momentum", "must be in [0, 1)");
   if (!(c.weight_decay() >= 0)) return Field("weight_decay", "must be >= 0");
+  if (!(c.proximal_mu() >= 0) || !std::isfinite(c.proximal_mu()))
+    return Field("proximal_mu", "must be finite and >= 0");
   if (c.max_epochs() < 1) return Field("max_epochs", "must be >= 1");
   if (c.patience() < 1) return Field("patience", "must be >= 1");
   if (c.has_dropout() && !(c.dropout() >= 0 && c.dropout() < 1)) return Field("dropout", "must be in [0, 1)");

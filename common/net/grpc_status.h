@@ -1,0 +1,21 @@
+// Conversion between absl::Status (the code's errors) and grpc::Status (the wire), done once at each RPC boundary.
+#ifndef FEDTUNE_COMMON_NET_GRPC_STATUS_H_
+#define FEDTUNE_COMMON_NET_GRPC_STATUS_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+
+namespace fedtune::net {
+
+// Same code and message.
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+// Same code; the message is prefixed with `what` (e.g. "coordinator 10.0.0.5:7443: Hello") so the caller's log
+// names the peer and call.
+absl::Status FromGrpcStatus(const grpc::Status& status, absl::string_view what);
+
+}  // namespace fedtune::net
+
+#endif  // FEDTUNE_COMMON_NET_GRPC_STATUS_H_

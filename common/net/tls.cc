@@ -1,0 +1,84 @@
+#include "common/net/tls.h"
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/io/file_util.h"
+#include "common/status_macros.h"
+
+namespace fedtune::net {
+namespace {
+
+absl::StatusOr<std::string> ReadPem(const std::string& path, absl::string_view what) {
+  if (path.empty()) return absl::InvalidArgumentError(absl::StrCat("no ", what, " file given"));
+  ASSIGN_OR_RETURN(std::string pem, io::ReadFile(path));
+  if (!absl::StrContains(pem, "-----BEGIN ")) {
+    return absl::InvalidArgumentError(absl::StrCat(what, " '", path, "' is not a PEM file"));
+  }
+  return pem;
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const TlsFiles& files) {
+  ASSIGN_OR_RETURN(std::string cert, ReadPem(files.cert, "server certificate"));
+  ASSIGN_OR_RETURN(std::string key, ReadPem(files.key, "server key"));
+  ASSIGN_OR_RETURN(std::string ca, ReadPem(files.ca, "CA certificate"));
+  // Validation of the client certificate happens on every call (see the header), so that refusals are audited.
+  grpc::SslServerCredentialsOptions options(GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_BUT_DONT_VERIFY);
+  options.pem_root_certs = ca;
+  options.pem_key_cert_pairs.push_back({key, cert});
+  return grpc::SslServerCredentials(options);
+}
+
+std::string HostOf(absl::string_view address) {
+  if (!address.empty() && address.front() == '[') {
+    const size_t end = address.find(']');
+    if (end != absl::string_view::npos) return std::string(address.substr(1, end - 1));
+  }
+  const size_t colon = address.rfind(':');
+  return std::string(colon == absl::string_view::npos ? address : address.substr(0, colon));
+}
+
+absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeClientChannel(const std::string& address, const TlsFiles& files,
+                                                                 const ChannelOptions& options) {
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos || colon + 1 == address.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("coordinator address '", address, "' has no port (host:port)"));
+  }
+  ASSIGN_OR_RETURN(std::string cert, ReadPem(files.cert, "client certificate"));
+  ASSIGN_OR_RETURN(std::string key, ReadPem(files.key, "client key"));
+  ASSIGN_OR_RETURN(std::string ca, ReadPem(files.ca, "CA certificate"));
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = ca;
+  ssl.pem_private_key = key;
+  ssl.pem_cert_chain = cert;
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  args.SetMaxSendMessageSize(kMaxMessageBytes);
+  const std::string name = options.server_name.empty() ? HostOf(address) : options.server_name;
+  args.SetSslTargetNameOverride(name);
+  if (options.keepalive_ms > 0) {
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, options.keepalive_ms);
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  }
+  return grpc::CreateCustomChannel(address, grpc::SslCredentials(ssl), args);
+}
+
+std::string PeerCertificatePem(const grpc::ServerContextBase& context) {
+  std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
+  if (auth == nullptr) return "";
+  for (const grpc::string_ref& value : auth->FindPropertyValues("x509_pem_cert")) {
+    return std::string(value.data(), value.size());
+  }
+  return "";
+}
+
+void ConfigureServerBuilder(grpc::ServerBuilder* builder) {
+  builder->SetMaxReceiveMessageSize(kMaxMessageBytes);
+  builder->SetMaxSendMessageSize(kMaxMessageBytes);
+  // Accept the clients' keepalive pings (every 20 s, also without calls in flight).
+  builder->AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
+  builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+}
+
+}  // namespace fedtune::net

@@ -1,0 +1,64 @@
+// gRPC credentials for fedtune's mutually authenticated TLS: the coordinator's server credentials and the channels
+// that site agents and operators dial out with, all from PEM files made by `fedtune pki`.
+//
+// Server side: TLS (1.2 or later, gRPC's default) asks every client for a certificate and checks that the client
+// holds its private key (the handshake's CertificateVerify), but leaves the certificate's validation to the
+// application: on EVERY call the coordinator hands the peer certificate (PeerCertificatePem) to
+// pki::CertificateVerifier, which checks the chain to the consortium CA, validity, CRL, CA index and role, and audits
+// the decision. This way a call without a certificate, or with one from another CA, reaches the coordinator's
+// authorization and is refused with UNAUTHENTICATED *and audited*, instead of vanishing in a failed handshake, and a
+// revocation applies to the next call on an open connection.
+//
+// Client side: the channel verifies the coordinator's certificate against the consortium CA and its name
+// (server_name, a SAN of the coordinator's certificate) and presents the site's or operator's certificate.
+//
+// Thread safety: reentrant.
+#ifndef FEDTUNE_COMMON_NET_TLS_H_
+#define FEDTUNE_COMMON_NET_TLS_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace fedtune::net {
+
+// Largest gRPC message either side accepts: a 4 MiB chunk plus framing.
+inline constexpr int kMaxMessageBytes = 8 << 20;
+
+struct TlsFiles {
+  std::string cert;  // PEM certificate (leaf).
+  std::string key;   // PEM private key.
+  std::string ca;    // PEM CA certificate (the consortium's ca.pem).
+};
+
+// Reads the files. NotFound / PermissionDenied / InvalidArgument (not PEM) naming the file.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const TlsFiles& files);
+
+struct ChannelOptions {
+  // The name the server's certificate must carry. Default: the host part of the address.
+  std::string server_name;
+  // gRPC keepalive pings on idle connections, so a dead coordinator is noticed (milliseconds; 0 = gRPC default).
+  int keepalive_ms = 20000;
+};
+
+// A channel to `address` (host:port) with the files' client certificate. The connection is made lazily.
+// Errors as MakeServerCredentials; InvalidArgument for an address without a port.
+absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeClientChannel(const std::string& address, const TlsFiles& files,
+                                                                 const ChannelOptions& options = {});
+
+// The host part of "host:port" or "[v6]:port".
+std::string HostOf(absl::string_view address);
+
+// The peer's leaf certificate in PEM from the call's AuthContext ("x509_pem_cert"); empty when the peer sent none.
+std::string PeerCertificatePem(const grpc::ServerContextBase& context);
+
+// Server builder settings shared by fedtune servers: message size limits and keepalive policy.
+void ConfigureServerBuilder(grpc::ServerBuilder* builder);
+
+}  // namespace fedtune::net
+
+#endif  // FEDTUNE_COMMON_NET_TLS_H_
