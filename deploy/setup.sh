@@ -24,7 +24,7 @@ packages=(
   nlohmann-json3-dev
   libopenblas0-pthread
   # Independent references used by tests (Debian's Python, never downloads):
-  python3 python3-numpy python3-scipy python3-sklearn python3-torch python3-torchvision python3-pydicom
+  python3 python3-numpy python3-scipy python3-sklearn python3-torch python3-torchvision python3-pydicom python3-yaml
 )
 
 missing=()

@@ -61,6 +61,8 @@ absl::StatusOr<ImagePredictions> PredictImages(model::Ensemble& ensemble, const 
     }
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("prediction failed: ", e.what_without_backtrace()));
+  } catch (const std::exception& e) {  // oneDNN and other backends throw their own types.
+    return absl::InternalError(absl::StrCat("prediction failed: ", e.what()));
   }
   out.skipped = data->stats().skipped;
   return out;
@@ -112,6 +114,8 @@ absl::StatusOr<ImagePredictions> PredictStudies(model::Ensemble& ensemble, const
     }
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("study prediction failed: ", e.what_without_backtrace()));
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("study prediction failed: ", e.what()));
   }
   return out;
 }

@@ -296,6 +296,12 @@ absl::StatusOr<TrainResult> FitImpl(torch::nn::Module& model, const ForwardFn& f
       while (true) {
         ASSIGN_OR_RETURN(std::optional<loader::Batch> batch, train.Next());
         if (!batch) break;
+        if (batch->targets.size(0) < 2) {
+          // BatchNorm in training mode needs more than one value per channel: a last batch of one sample (e.g. 33
+          // images in batches of 32) is skipped, as PyTorch's DataLoader(drop_last) would.
+          LOG(INFO) << options.name << ": skipped a training batch of one sample (epoch " << epoch + 1 << ")";
+          continue;
+        }
         torch::Tensor y = batch->targets.to(device);
         torch::Tensor mask = batch->mask.to(device);
         optimizer.zero_grad();
@@ -377,6 +383,8 @@ absl::StatusOr<TrainResult> FitImpl(torch::nn::Module& model, const ForwardFn& f
     return result;
   } catch (const c10::Error& e) {
     return FromTorchError(e, absl::StrCat("training ", options.name));
+  } catch (const std::exception& e) {  // LibTorch's backends (oneDNN's dnnl::error) throw their own types.
+    return absl::InternalError(absl::StrCat("training ", options.name, ": ", e.what()));
   }
 }
 

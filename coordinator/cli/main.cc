@@ -1,10 +1,13 @@
 // build/bin/fedtune: the operator and research command line. Thin: registers
 // the subsystems' commands and dispatches.
+#include <utility>
+
 #include "common/cli/command.h"
 #include "common/logging.h"
 #include "common/pki/pki_commands.h"
 #include "common/stats/compare_command.h"
 #include "common/synth/synth_command.h"
+#include "coordinator/cli/admin_commands.h"
 
 int main(int argc, char** argv) {
   fedtune::InitLogging(argv[0]);
@@ -20,5 +23,7 @@ int main(int argc, char** argv) {
   commands.Add(fedtune::pki::MakePkiRevokeCommand());
   commands.Add(fedtune::pki::MakePkiCrlCommand());
   commands.Add(fedtune::pki::MakePkiListCommand());
+  // Operator commands against the coordinator: sites, run, model export, report.
+  for (fedtune::cli::Command& command : fedtune::admin::MakeAdminCommands()) commands.Add(std::move(command));
   return commands.Main(argc, argv);
 }

@@ -94,6 +94,24 @@ TEST_F(TrainerTest, LearnsAndKeepsTheBestEpoch) {
   EXPECT_TRUE(result->history[result->best_epoch].improved);
 }
 
+TEST_F(TrainerTest, ALastBatchOfOneSampleIsSkippedNotFatal) {
+  // 17 images in batches of 8: the last batch holds one image, which BatchNorm cannot normalize in training mode.
+  loader::LoaderOptions o;
+  o.batch_size = 8;
+  o.num_threads = 1;
+  o.preprocess.size = 32;
+  o.preprocess.crop_borders = false;
+  auto odd = loader::BatchLoader::Create(MakeData(dir_, "odd", 17, 4), o);
+  ASSERT_TRUE(odd.ok()) << odd.status();
+  model::Classifier m = TinyModel();
+  TrainerOptions options = Options();
+  options.max_epochs = 2;
+  auto result = Fit(m, **odd, *validation_, torch::Tensor(), options);
+  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_EQ(result->history.size(), 2u);
+  EXPECT_TRUE(std::isfinite(result->history[1].train_loss));
+}
+
 TEST_F(TrainerTest, ResumeGivesTheSameResultAsAnUninterruptedRun) {
   TrainerOptions o = Options();
   model::Classifier straight = TinyModel();

@@ -1,0 +1,168 @@
+#include "coordinator/admin_service.h"
+
+#include <algorithm>
+#include <fstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/logging.h"
+#include "common/net/grpc_status.h"
+
+namespace fedtune::coordinator {
+
+v1::SiteInfo ToSiteInfo(const SiteRecord& site) {
+  v1::SiteInfo info;
+  info.set_site_id(site.site_id);
+  info.set_status(site.status);
+  info.set_first_seen_ms(site.first_seen_ms);
+  info.set_last_seen_ms(site.last_seen_ms);
+  info.set_certificate_serial(site.certificate_serial);
+  *info.mutable_dataset() = site.dataset;
+  *info.mutable_capabilities() = site.capabilities;
+  info.set_state(site.state);
+  return info;
+}
+
+AdminServiceImpl::AdminServiceImpl(Authorizer* authorizer, StateStore* store, BlobStore* blobs, RoundManager* rounds,
+                                   AdminServiceOptions options)
+    : authorizer_(authorizer), store_(store), blobs_(blobs), rounds_(rounds), options_(std::move(options)) {}
+
+int64_t AdminServiceImpl::NowMs() const { return absl::ToUnixMillis(options_.clock ? options_.clock() : absl::Now()); }
+
+grpc::Status AdminServiceImpl::ListSites(grpc::ServerContext* context, const v1::ListSitesRequest*,
+                                         v1::ListSitesResponse* response) {
+  absl::StatusOr<pki::PeerIdentity> peer =
+      authorizer_->Authorize(*context, "AdminService/ListSites", Access::kOperator);
+  if (!peer.ok()) return net::ToGrpcStatus(peer.status());
+  absl::StatusOr<std::vector<SiteRecord>> sites = store_->ListSites();
+  if (!sites.ok()) return net::ToGrpcStatus(sites.status());
+  for (const SiteRecord& s : *sites) *response->add_sites() = ToSiteInfo(s);
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminServiceImpl::ApproveSite(grpc::ServerContext* context, const v1::SiteRequest* request,
+                                           v1::SiteResponse* response) {
+  absl::StatusOr<pki::PeerIdentity> peer =
+      authorizer_->Authorize(*context, "AdminService/ApproveSite", Access::kOperator);
+  if (!peer.ok()) return net::ToGrpcStatus(peer.status());
+  if (request->site_id().empty()) return net::ToGrpcStatus(absl::InvalidArgumentError("site_id: required"));
+  absl::StatusOr<SiteRecord> site = store_->SetSiteStatus(request->site_id(), "approved", true, NowMs());
+  if (!site.ok()) return net::ToGrpcStatus(site.status());
+  LOG(INFO) << "operator " << peer->common_name << " approved site " << request->site_id();
+  *response->mutable_site() = ToSiteInfo(*site);
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminServiceImpl::RevokeSite(grpc::ServerContext* context, const v1::SiteRequest* request,
+                                          v1::SiteResponse* response) {
+  absl::StatusOr<pki::PeerIdentity> peer =
+      authorizer_->Authorize(*context, "AdminService/RevokeSite", Access::kOperator);
+  if (!peer.ok()) return net::ToGrpcStatus(peer.status());
+  absl::StatusOr<SiteRecord> site = store_->SetSiteStatus(request->site_id(), "revoked", false, NowMs());
+  if (!site.ok()) return net::ToGrpcStatus(site.status());
+  LOG(WARNING) << "operator " << peer->common_name << " revoked site " << request->site_id()
+               << (request->reason().empty() ? "" : absl::StrCat(": ", request->reason()));
+  // A revoked site no longer counts for "every site reported": the open round may close now.
+  absl::Status ticked = rounds_->Tick();
+  if (!ticked.ok())
+    LOG(WARNING) << "re-checking the open round after revoking " << request->site_id() << ": " << ticked;
+  *response->mutable_site() = ToSiteInfo(*site);
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminServiceImpl::StartRun(grpc::ServerContext* context, const v1::StartRunRequest* request,
+                                        v1::StartRunResponse* response) {
+  absl::StatusOr<pki::PeerIdentity> peer = authorizer_->Authorize(*context, "AdminService/StartRun", Access::kOperator);
+  if (!peer.ok()) return net::ToGrpcStatus(peer.status());
+  absl::StatusOr<std::string> run_id = rounds_->StartRun(request->config());
+  if (!run_id.ok()) return net::ToGrpcStatus(run_id.status());
+  LOG(INFO) << "operator " << peer->common_name << " started run " << *run_id;
+  response->set_run_id(*run_id);
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminServiceImpl::GetRunStatus(grpc::ServerContext* context, const v1::RunStatusRequest* request,
+                                            v1::RunStatus* response) {
+  absl::StatusOr<pki::PeerIdentity> peer =
+      authorizer_->Authorize(*context, "AdminService/GetRunStatus", Access::kOperator, request->run_id());
+  if (!peer.ok()) return net::ToGrpcStatus(peer.status());
+  absl::StatusOr<v1::RunStatus> status = rounds_->GetRunStatus(request->run_id());
+  if (!status.ok()) return net::ToGrpcStatus(status.status());
+  *response = *std::move(status);
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminServiceImpl::AbortRun(grpc::ServerContext* context, const v1::AbortRunRequest* request,
+                                        v1::RunStatus* response) {
+  absl::StatusOr<pki::PeerIdentity> peer =
+      authorizer_->Authorize(*context, "AdminService/AbortRun", Access::kOperator, request->run_id());
+  if (!peer.ok()) return net::ToGrpcStatus(peer.status());
+  const std::string reason = request->reason().empty()
+                                 ? absl::StrCat("by operator ", peer->common_name)
+                                 : absl::StrCat(request->reason(), " (operator ", peer->common_name, ")");
+  absl::StatusOr<v1::RunStatus> status = rounds_->AbortRun(request->run_id(), reason);
+  if (!status.ok()) return net::ToGrpcStatus(status.status());
+  *response = *std::move(status);
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminServiceImpl::ExportModel(grpc::ServerContext* context, const v1::ExportModelRequest* request,
+                                           grpc::ServerWriter<v1::Chunk>* writer) {
+  absl::StatusOr<pki::PeerIdentity> peer =
+      authorizer_->Authorize(*context, "AdminService/ExportModel", Access::kOperator);
+  if (!peer.ok()) return net::ToGrpcStatus(peer.status());
+  const std::string prefix = absl::AsciiStrToLower(request->digest());
+  if (prefix.size() < 8 || prefix.size() > 64 ||
+      !std::all_of(prefix.begin(), prefix.end(), [](char c) { return absl::ascii_isxdigit(c); })) {
+    return net::ToGrpcStatus(absl::InvalidArgumentError(
+        absl::StrCat("digest: '", request->digest(), "' is not a digest or a prefix of at least 8 hex digits")));
+  }
+  absl::StatusOr<std::vector<ModelVersion>> found = store_->FindModelVersions(prefix);
+  if (!found.ok()) return net::ToGrpcStatus(found.status());
+  if (found->empty()) return net::ToGrpcStatus(absl::NotFoundError(absl::StrCat("no model version ", prefix)));
+  if (found->size() > 1) {
+    return net::ToGrpcStatus(absl::InvalidArgumentError(
+        absl::StrCat("digest prefix ", prefix, " matches ", found->size(), " model versions: give more digits")));
+  }
+  const std::string digest = found->front().digest;
+  absl::StatusOr<int64_t> total = blobs_->Size(digest);
+  std::ifstream in(blobs_->PathOf(digest), std::ios::binary);
+  if (!total.ok() || !in) {
+    return net::ToGrpcStatus(absl::DataLossError(absl::StrCat("model blob ", blobs_->PathOf(digest), " is missing")));
+  }
+  if (request->offset() < 0 || request->offset() > *total) {
+    return net::ToGrpcStatus(absl::OutOfRangeError(
+        absl::StrCat("offset ", request->offset(), " is outside the model's ", *total, " bytes")));
+  }
+  in.seekg(request->offset());
+  std::string buffer(static_cast<size_t>(options_.chunk_bytes), '\0');
+  for (int64_t offset = request->offset(); offset < *total;) {
+    if (context->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "export cancelled");
+    const int64_t n = std::min<int64_t>(options_.chunk_bytes, *total - offset);
+    if (!in.read(buffer.data(), n)) {
+      return net::ToGrpcStatus(absl::DataLossError(absl::StrCat("reading model blob ", blobs_->PathOf(digest))));
+    }
+    v1::Chunk chunk;
+    chunk.set_offset(offset);
+    chunk.set_data(buffer.data(), static_cast<size_t>(n));
+    chunk.set_total_bytes(*total);
+    chunk.set_sha256(digest);
+    if (!writer->Write(chunk)) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "export stream broken");
+    offset += n;
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminServiceImpl::GetRunReport(grpc::ServerContext* context, const v1::RunReportRequest* request,
+                                            v1::RunReport* response) {
+  absl::StatusOr<pki::PeerIdentity> peer =
+      authorizer_->Authorize(*context, "AdminService/GetRunReport", Access::kOperator, request->run_id());
+  if (!peer.ok()) return net::ToGrpcStatus(peer.status());
+  absl::StatusOr<v1::RunReport> report = rounds_->GetRunReport(request->run_id());
+  if (!report.ok()) return net::ToGrpcStatus(report.status());
+  *response = *std::move(report);
+  return grpc::Status::OK;
+}
+
+}  // namespace fedtune::coordinator

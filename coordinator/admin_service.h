@@ -1,0 +1,67 @@
+// fedtune.v1.AdminService: the operator CLI's calls (operator certificates only): site registry, runs, status,
+// model export and the run report. Synchronous gRPC service (see site_service.h for why).
+//
+// Thread safety: thread-safe.
+#ifndef FEDTUNE_COORDINATOR_ADMIN_SERVICE_H_
+#define FEDTUNE_COORDINATOR_ADMIN_SERVICE_H_
+
+#include <functional>
+
+#include "absl/time/time.h"
+#include "coordinator/authorizer.h"
+#include "coordinator/blob_store.h"
+#include "coordinator/round_manager.h"
+#include "coordinator/state_store.h"
+#include "fedtune/v1/federation.grpc.pb.h"
+
+namespace fedtune::coordinator {
+
+struct AdminServiceOptions {
+  int chunk_bytes = 1 << 20;          // ExportModel chunk size.
+  std::function<absl::Time()> clock;  // Default absl::Now.
+};
+
+// Fills a SiteInfo from the registry.
+v1::SiteInfo ToSiteInfo(const SiteRecord& site);
+
+class AdminServiceImpl final : public v1::AdminService::Service {
+ public:
+  // The pointers must outlive the service.
+  AdminServiceImpl(Authorizer* authorizer, StateStore* store, BlobStore* blobs, RoundManager* rounds,
+                   AdminServiceOptions options);
+
+  // All sites, by id.
+  grpc::Status ListSites(grpc::ServerContext* context, const v1::ListSitesRequest* request,
+                         v1::ListSitesResponse* response) override;
+  // Approves a site (creating the entry when the site has not said Hello yet, so it can be pre-approved).
+  grpc::Status ApproveSite(grpc::ServerContext* context, const v1::SiteRequest* request,
+                           v1::SiteResponse* response) override;
+  // Revokes a site: refused from its next call. NOT_FOUND for an unknown site.
+  grpc::Status RevokeSite(grpc::ServerContext* context, const v1::SiteRequest* request,
+                          v1::SiteResponse* response) override;
+  grpc::Status StartRun(grpc::ServerContext* context, const v1::StartRunRequest* request,
+                        v1::StartRunResponse* response) override;
+  grpc::Status GetRunStatus(grpc::ServerContext* context, const v1::RunStatusRequest* request,
+                            v1::RunStatus* response) override;
+  grpc::Status AbortRun(grpc::ServerContext* context, const v1::AbortRunRequest* request,
+                        v1::RunStatus* response) override;
+  // Streams a model version's file from request.offset; digest or a unique prefix of >= 8 hex digits
+  // (INVALID_ARGUMENT for a shorter or ambiguous prefix, NOT_FOUND for none).
+  grpc::Status ExportModel(grpc::ServerContext* context, const v1::ExportModelRequest* request,
+                           grpc::ServerWriter<v1::Chunk>* writer) override;
+  grpc::Status GetRunReport(grpc::ServerContext* context, const v1::RunReportRequest* request,
+                            v1::RunReport* response) override;
+
+ private:
+  int64_t NowMs() const;
+
+  Authorizer* const authorizer_;
+  StateStore* const store_;
+  BlobStore* const blobs_;
+  RoundManager* const rounds_;
+  const AdminServiceOptions options_;
+};
+
+}  // namespace fedtune::coordinator
+
+#endif  // FEDTUNE_COORDINATOR_ADMIN_SERVICE_H_

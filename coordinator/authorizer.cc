@@ -1,0 +1,88 @@
+#include "coordinator/authorizer.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/logging.h"
+#include "common/net/tls.h"
+#include "common/status_macros.h"
+
+namespace fedtune::coordinator {
+namespace {
+
+std::string CodeName(absl::StatusCode code) {
+  return absl::StatusCodeToString(code);  // "PERMISSION_DENIED": gRPC's spelling too.
+}
+
+}  // namespace
+
+Authorizer::Authorizer(pki::CertificateVerifier* verifier, StateStore* store, std::function<absl::Time()> clock)
+    : verifier_(verifier), store_(store), clock_(clock ? std::move(clock) : [] { return absl::Now(); }) {}
+
+absl::Status Authorizer::CheckSite(const pki::PeerIdentity& peer, Access access) {
+  const std::string& id = peer.common_name;
+  ASSIGN_OR_RETURN(std::optional<SiteRecord> site, store_->GetSite(id));
+  if (site && site->status == "revoked") {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "site ", id, " is revoked in the coordinator's registry (`fedtune sites approve ", id, "` re-admits it)"));
+  }
+  if (access == Access::kSiteHello) return absl::OkStatus();
+  if (!site) {
+    return absl::PermissionDeniedError(absl::StrCat("site ", id, " is not registered: it must call Hello first"));
+  }
+  if (site->status != "approved") {
+    return absl::PermissionDeniedError(
+        absl::StrCat("site ", id, " is not approved: run `fedtune sites approve ", id, "`"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<pki::PeerIdentity> Authorizer::Authorize(const grpc::ServerContextBase& context, absl::string_view rpc,
+                                                        Access access, const std::string& run_id, int round) {
+  const pki::Role role = access == Access::kOperator ? pki::Role::kOperator : pki::Role::kSite;
+  const std::string pem = net::PeerCertificatePem(context);
+  absl::StatusOr<pki::PeerIdentity> peer = verifier_->Verify(pem, role);
+  if (!peer.ok()) {
+    Write(context, rpc, "", "", pki::RoleName(role), peer.status(), run_id, round);
+    return peer.status();
+  }
+  absl::Status status = access == Access::kOperator ? absl::OkStatus() : CheckSite(*peer, access);
+  Write(context, rpc, peer->common_name, peer->serial, pki::RoleName(peer->role), status, run_id, round);
+  if (!status.ok()) return status;
+  if (access != Access::kOperator) {
+    absl::Status touched = store_->TouchSite(peer->common_name, absl::ToUnixMillis(clock_()));
+    if (!touched.ok()) LOG(WARNING) << "updating last_seen of site " << peer->common_name << ": " << touched;
+  }
+  return peer;
+}
+
+void Authorizer::Audit(const grpc::ServerContextBase& context, absl::string_view rpc, const pki::PeerIdentity& peer,
+                       const absl::Status& status, const std::string& run_id, int round) {
+  Write(context, rpc, peer.common_name, peer.serial, pki::RoleName(peer.role), status, run_id, round);
+}
+
+void Authorizer::Write(const grpc::ServerContextBase& context, absl::string_view rpc, const std::string& cn,
+                       const std::string& serial, const std::string& role, const absl::Status& status,
+                       const std::string& run_id, int round) {
+  AuditRecord record;
+  record.time_ms = absl::ToUnixMillis(clock_());
+  record.rpc = std::string(rpc);
+  record.peer_cn = cn;
+  record.serial = serial;
+  record.peer_address = context.peer();
+  record.role = role;
+  record.decision = status.ok() ? "allow" : "deny";
+  record.code = CodeName(status.code());
+  record.message = std::string(status.message());
+  record.run_id = run_id;
+  record.round = round;
+  if (!status.ok()) {
+    LOG(WARNING) << "refused " << rpc << " from " << (cn.empty() ? "(unauthenticated)" : cn) << " at "
+                 << record.peer_address << ": " << status;
+  }
+  absl::Status written = store_->InsertAudit(record);
+  // The audit log is not optional, but failing every call because the log cannot be written would let a full disk
+  // stop the federation; the error is logged loudly instead.
+  if (!written.ok()) LOG(ERROR) << "writing the audit log: " << written;
+}
+
+}  // namespace fedtune::coordinator

@@ -1,0 +1,427 @@
+#include "coordinator/cli/admin_client.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <utility>
+
+#include "absl/algorithm/container.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/io/file_util.h"
+#include "common/io/sha256.h"
+#include "common/logging.h"
+#include "common/net/grpc_status.h"
+#include "common/net/tls.h"
+#include "common/status_macros.h"
+
+namespace fedtune::admin {
+namespace {
+
+struct SettingSpec {
+  const char* flag;
+  const char* env;
+  const char* what;
+};
+
+constexpr SettingSpec kCoordinator = {"coordinator", "FEDTUNE_COORDINATOR", "the coordinator's host:port"};
+constexpr SettingSpec kCert = {"cert", "FEDTUNE_CERT", "the operator certificate (PEM)"};
+constexpr SettingSpec kKey = {"key", "FEDTUNE_KEY", "the operator's private key (PEM)"};
+constexpr SettingSpec kCa = {"ca", "FEDTUNE_CA", "the consortium CA certificate (ca.pem)"};
+constexpr SettingSpec kServerName = {"server-name", "FEDTUNE_SERVER_NAME", "the coordinator's TLS name"};
+constexpr SettingSpec kTimeout = {"timeout", "FEDTUNE_TIMEOUT", "the deadline of each call in seconds"};
+
+std::optional<std::string> Lookup(const cli::ParsedFlags& flags, const EnvLookup& env, const SettingSpec& spec) {
+  std::optional<std::string> value = flags.Get(spec.flag);
+  if (value.has_value() && !value->empty()) return value;
+  if (env) {
+    value = env(spec.env);
+    if (value.has_value() && !value->empty()) return value;
+  }
+  return std::nullopt;
+}
+
+absl::StatusOr<std::string> Require(const cli::ParsedFlags& flags, const EnvLookup& env, const SettingSpec& spec) {
+  std::optional<std::string> value = Lookup(flags, env, spec);
+  if (!value.has_value()) {
+    return absl::InvalidArgumentError(absl::StrCat("missing connection setting: ", spec.what, "; give --", spec.flag,
+                                                   " or set the environment variable ", spec.env));
+  }
+  return *value;
+}
+
+// Codes after which a stream is worth reopening: the connection or the server broke, not the request.
+bool IsTransient(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kDeadlineExceeded:
+    case absl::StatusCode::kAborted:
+    case absl::StatusCode::kInternal:
+    case absl::StatusCode::kUnknown:
+    case absl::StatusCode::kResourceExhausted:
+    case absl::StatusCode::kCancelled:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// Size of a file, 0 when it does not exist.
+absl::StatusOr<int64_t> FileSize(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return 0;
+    return io::ErrnoToStatus(errno, "cannot stat", path);
+  }
+  return static_cast<int64_t>(st.st_size);
+}
+
+absl::Status RemoveFile(const std::string& path) {
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT) return io::ErrnoToStatus(errno, "cannot remove", path);
+  return absl::OkStatus();
+}
+
+absl::Status SyncFile(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return io::ErrnoToStatus(errno, "cannot open", path);
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  if (rc != 0) return io::ErrnoToStatus(err, "cannot sync", path);
+  return absl::OkStatus();
+}
+
+std::string DirectoryOf(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+// Appends to a file descriptor opened by the caller.
+class AppendFile {
+ public:
+  static absl::StatusOr<AppendFile> Open(const std::string& path) {
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) return io::ErrnoToStatus(errno, "cannot open", path);
+    return AppendFile(fd, path);
+  }
+  AppendFile(AppendFile&& other) noexcept : fd_(std::exchange(other.fd_, -1)), path_(std::move(other.path_)) {}
+  AppendFile& operator=(AppendFile&&) = delete;
+  ~AppendFile() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  absl::Status Append(const std::string& data) {
+    size_t done = 0;
+    while (done < data.size()) {
+      const ssize_t n = ::write(fd_, data.data() + done, data.size() - done);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return io::ErrnoToStatus(errno, "cannot write", path_);
+      }
+      done += static_cast<size_t>(n);
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  AppendFile(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
+  int fd_;
+  std::string path_;
+};
+
+}  // namespace
+
+EnvLookup ProcessEnvironment() {
+  return [](const std::string& name) -> std::optional<std::string> {
+    const char* value = std::getenv(name.c_str());
+    if (value == nullptr) return std::nullopt;
+    return std::string(value);
+  };
+}
+
+std::vector<cli::FlagSpec> ConnectionFlags() {
+  std::vector<cli::FlagSpec> flags;
+  auto add = [&](const SettingSpec& spec, const char* metavar, const char* help) {
+    cli::FlagSpec flag;
+    flag.name = spec.flag;
+    flag.help = absl::StrCat(help, " (env ", spec.env, ")");
+    flag.metavar = metavar;
+    flags.push_back(std::move(flag));
+  };
+  add(kCoordinator, "HOST:PORT", "coordinator address");
+  add(kCert, "PEM", "operator certificate");
+  add(kKey, "PEM", "operator private key");
+  add(kCa, "PEM", "consortium CA certificate (ca.pem)");
+  add(kServerName, "NAME", "TLS name of the coordinator's certificate; default: the host of --coordinator");
+  add(kTimeout, "SECONDS", "deadline of each call; default 30");
+  return flags;
+}
+
+absl::StatusOr<ConnectionSettings> ResolveConnection(const cli::ParsedFlags& flags, const EnvLookup& env) {
+  ConnectionSettings settings;
+  ASSIGN_OR_RETURN(settings.coordinator, Require(flags, env, kCoordinator));
+  ASSIGN_OR_RETURN(settings.cert, Require(flags, env, kCert));
+  ASSIGN_OR_RETURN(settings.key, Require(flags, env, kKey));
+  ASSIGN_OR_RETURN(settings.ca, Require(flags, env, kCa));
+  settings.server_name = Lookup(flags, env, kServerName).value_or("");
+  if (std::optional<std::string> timeout = Lookup(flags, env, kTimeout)) {
+    double seconds = 0;
+    if (!absl::SimpleAtod(*timeout, &seconds) || !(seconds > 0) || seconds > 86400 * 7) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--timeout (or ", kTimeout.env, ") is '", *timeout, "': must be a positive number of seconds"));
+    }
+    settings.timeout_seconds = seconds;
+  }
+  return settings;
+}
+
+absl::StatusOr<std::unique_ptr<AdminClient>> AdminClient::Connect(const ConnectionSettings& settings) {
+  net::TlsFiles files{settings.cert, settings.key, settings.ca};
+  net::ChannelOptions options;
+  options.server_name = settings.server_name;
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::Channel> channel,
+                   net::MakeClientChannel(settings.coordinator, files, options));
+  return std::make_unique<AdminClient>(std::move(channel), settings.coordinator,
+                                       absl::Seconds(settings.timeout_seconds));
+}
+
+AdminClient::AdminClient(std::shared_ptr<grpc::Channel> channel, std::string address, absl::Duration timeout)
+    : address_(std::move(address)), timeout_(timeout), stub_(v1::AdminService::NewStub(std::move(channel))) {}
+
+void AdminClient::SetDeadline(grpc::ClientContext* context) const {
+  context->set_deadline(absl::ToChronoTime(absl::Now() + timeout_));
+}
+
+absl::Status AdminClient::Failed(const grpc::Status& status, const char* rpc) const {
+  return net::FromGrpcStatus(status, absl::StrCat("coordinator ", address_, ": ", rpc));
+}
+
+absl::StatusOr<v1::ListSitesResponse> AdminClient::ListSites() {
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  v1::ListSitesResponse response;
+  grpc::Status status = stub_->ListSites(&context, v1::ListSitesRequest(), &response);
+  if (!status.ok()) return Failed(status, "ListSites");
+  return response;
+}
+
+absl::StatusOr<v1::SiteInfo> AdminClient::ApproveSite(const std::string& site_id) {
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  v1::SiteRequest request;
+  request.set_site_id(site_id);
+  v1::SiteResponse response;
+  grpc::Status status = stub_->ApproveSite(&context, request, &response);
+  if (!status.ok()) return Failed(status, "ApproveSite");
+  return response.site();
+}
+
+absl::StatusOr<v1::SiteInfo> AdminClient::RevokeSite(const std::string& site_id, const std::string& reason) {
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  v1::SiteRequest request;
+  request.set_site_id(site_id);
+  request.set_reason(reason);
+  v1::SiteResponse response;
+  grpc::Status status = stub_->RevokeSite(&context, request, &response);
+  if (!status.ok()) return Failed(status, "RevokeSite");
+  return response.site();
+}
+
+absl::StatusOr<std::string> AdminClient::StartRun(const v1::RunConfig& config) {
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  v1::StartRunRequest request;
+  *request.mutable_config() = config;
+  v1::StartRunResponse response;
+  grpc::Status status = stub_->StartRun(&context, request, &response);
+  if (!status.ok()) return Failed(status, "StartRun");
+  if (response.run_id().empty()) {
+    return absl::InternalError(absl::StrCat("coordinator ", address_, ": StartRun answered without a run id"));
+  }
+  return response.run_id();
+}
+
+absl::StatusOr<v1::RunStatus> AdminClient::GetRunStatus(const std::string& run_id) {
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  v1::RunStatusRequest request;
+  request.set_run_id(run_id);
+  v1::RunStatus response;
+  grpc::Status status = stub_->GetRunStatus(&context, request, &response);
+  if (!status.ok()) return Failed(status, "GetRunStatus");
+  return response;
+}
+
+absl::StatusOr<v1::RunStatus> AdminClient::AbortRun(const std::string& run_id, const std::string& reason) {
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  v1::AbortRunRequest request;
+  request.set_run_id(run_id);
+  request.set_reason(reason);
+  v1::RunStatus response;
+  grpc::Status status = stub_->AbortRun(&context, request, &response);
+  if (!status.ok()) return Failed(status, "AbortRun");
+  return response;
+}
+
+absl::StatusOr<v1::RunReport> AdminClient::GetRunReport(const std::string& run_id) {
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  v1::RunReportRequest request;
+  request.set_run_id(run_id);
+  v1::RunReport response;
+  grpc::Status status = stub_->GetRunReport(&context, request, &response);
+  if (!status.ok()) return Failed(status, "GetRunReport");
+  return response;
+}
+
+absl::Status AdminClient::ExportOnce(const std::string& digest, const std::string& part_path, int64_t offset,
+                                     const ExportOptions& options, int64_t* received, int64_t* total,
+                                     std::string* sha256) {
+  *received = 0;
+  ASSIGN_OR_RETURN(AppendFile file, AppendFile::Open(part_path));
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + options.stream_timeout));
+  v1::ExportModelRequest request;
+  request.set_digest(digest);
+  request.set_offset(offset);
+  std::unique_ptr<grpc::ClientReader<v1::Chunk>> reader = stub_->ExportModel(&context, request);
+  v1::Chunk chunk;
+  int64_t position = offset;
+  const std::string what = absl::StrCat("coordinator ", address_, ": ExportModel ", digest);
+  absl::Status stream_error;
+  while (reader->Read(&chunk)) {
+    if (chunk.offset() != position) {
+      stream_error =
+          absl::DataLossError(absl::StrCat(what, ": chunk at offset ", chunk.offset(), ", expected ", position));
+      break;
+    }
+    if (!io::IsSha256Hex(chunk.sha256()) || chunk.total_bytes() <= 0 ||
+        (!sha256->empty() && (*sha256 != chunk.sha256() || *total != chunk.total_bytes()))) {
+      stream_error = absl::DataLossError(absl::StrCat(what, ": inconsistent stream (sha256 '", chunk.sha256(),
+                                                      "', total ", chunk.total_bytes(), " bytes)"));
+      break;
+    }
+    *sha256 = chunk.sha256();
+    *total = chunk.total_bytes();
+    if (position + static_cast<int64_t>(chunk.data().size()) > *total) {
+      stream_error = absl::DataLossError(absl::StrCat(what, ": data beyond the announced ", *total, " bytes"));
+      break;
+    }
+    absl::Status written = file.Append(chunk.data());
+    if (!written.ok()) {
+      stream_error = written;
+      break;
+    }
+    position += static_cast<int64_t>(chunk.data().size());
+    *received += static_cast<int64_t>(chunk.data().size());
+    if (options.progress) options.progress(position, *total);
+  }
+  if (!stream_error.ok()) {
+    context.TryCancel();
+    reader->Finish().IgnoreError();
+    return stream_error;
+  }
+  grpc::Status status = reader->Finish();
+  if (!status.ok()) return Failed(status, "ExportModel");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ExportResult> AdminClient::ExportModel(const std::string& requested, const std::string& out_path,
+                                                      const ExportOptions& options) {
+  const std::string digest = absl::AsciiStrToLower(requested);
+  if (digest.size() < 8 || digest.size() > 64 ||
+      !absl::c_all_of(digest, [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); })) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model version '", requested, "' is not a digest (8 to 64 hex digits)"));
+  }
+  const std::string part_path = out_path + ".part";
+  ExportResult result;
+  result.path = out_path;
+  ASSIGN_OR_RETURN(result.resumed_from, FileSize(part_path));
+  bool may_restart = result.resumed_from > 0;  // A part from an earlier run may belong to another model.
+  std::string sha256;
+  int64_t total = -1;
+  int fruitless = 0;
+  absl::Status last_error;
+  while (true) {
+    ASSIGN_OR_RETURN(int64_t offset, FileSize(part_path));
+    if (total >= 0 && offset == total) break;  // Everything is here.
+    if (total >= 0 && offset > total) {
+      return absl::DataLossError(absl::StrCat(part_path, " holds ", offset, " bytes, more than the model's ", total));
+    }
+    ++result.attempts;
+    int64_t received = 0;
+    absl::Status status = ExportOnce(digest, part_path, offset, options, &received, &total, &sha256);
+    if (status.ok() && total >= 0 && offset + received == total) break;
+    if (status.ok() && total < 0) {
+      if (offset > 0 && may_restart) {
+        // The server had nothing after our offset and never told us the digest: start over.
+        RETURN_IF_ERROR(RemoveFile(part_path));
+        may_restart = false;
+        continue;
+      }
+      return absl::DataLossError(absl::StrCat("coordinator ", address_, ": ExportModel ", digest, " sent no data"));
+    }
+    if (!status.ok() && status.code() == absl::StatusCode::kOutOfRange && offset > 0 && may_restart) {
+      RETURN_IF_ERROR(RemoveFile(part_path));
+      may_restart = false;
+      continue;
+    }
+    if (!status.ok() && !IsTransient(status.code())) {
+      if (status.code() == absl::StatusCode::kDataLoss) RemoveFile(part_path).IgnoreError();
+      return status;
+    }
+    last_error =
+        status.ok()
+            ? absl::UnavailableError(absl::StrCat("coordinator ", address_, ": ExportModel ", digest,
+                                                  ": stream ended early at byte ", offset + received, " of ", total))
+            : status;
+    fruitless = received > 0 ? 0 : fruitless + 1;
+    if (fruitless >= options.max_attempts_without_progress) {
+      return absl::Status(last_error.code(),
+                          absl::StrCat(last_error.message(), " (gave up after ", fruitless,
+                                       " attempts without progress; ", part_path, " is kept: run again to resume)"));
+    }
+    LOG(WARNING) << "model export interrupted at byte " << offset + received << ": " << last_error << "; resuming";
+    const absl::Duration wait = std::min(options.retry_backoff * std::max(fruitless, 1), absl::Seconds(10));
+    if (wait > absl::ZeroDuration()) absl::SleepFor(wait);
+  }
+
+  ASSIGN_OR_RETURN(std::string actual, io::Sha256File(part_path));
+  if (actual != sha256 || !absl::StartsWith(actual, digest)) {
+    RETURN_IF_ERROR(RemoveFile(part_path));
+    if (may_restart) {
+      // The part left by an earlier run did not belong to this model: fetch it whole once more.
+      LOG(WARNING) << part_path << " from an earlier export did not match; downloading again";
+      ExportOptions fresh = options;
+      ASSIGN_OR_RETURN(ExportResult again, ExportModel(digest, out_path, fresh));
+      again.attempts += result.attempts;
+      again.resumed_from = result.resumed_from;
+      return again;
+    }
+    return absl::DataLossError(absl::StrCat("model ", digest, " from coordinator ", address_,
+                                            ": SHA-256 of the received file is ", actual, ", expected ",
+                                            sha256.empty() ? digest : sha256, "; the partial file was removed"));
+  }
+  RETURN_IF_ERROR(SyncFile(part_path));
+  if (::rename(part_path.c_str(), out_path.c_str()) != 0) {
+    return io::ErrnoToStatus(errno, "cannot rename into place", out_path);
+  }
+  RETURN_IF_ERROR(SyncFile(DirectoryOf(out_path)));
+  result.sha256 = actual;
+  result.bytes = total;
+  return result;
+}
+
+}  // namespace fedtune::admin

@@ -1,0 +1,351 @@
+#include "coordinator/cli/admin_commands.h"
+
+#include <unistd.h>
+
+#include <iostream>
+#include <set>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "common/pki/certificate_authority.h"
+#include "common/status_macros.h"
+#include "coordinator/cli/consortium_report.h"
+#include "coordinator/cli/report_format.h"
+#include "coordinator/cli/run_config.h"
+#include "coordinator/cli/text_table.h"
+
+namespace fedtune::admin {
+namespace {
+
+// Polls of `run status --watch` that may fail in a row (coordinator restarting) before the watch gives up.
+constexpr int kMaxWatchFailures = 30;
+
+// The environment with every default filled in.
+struct Env {
+  std::ostream* out;
+  EnvLookup env;
+  std::function<void(absl::Duration)> sleep;
+  std::function<absl::Time()> now;
+  ExportOptions export_options;
+  bool is_terminal;  // Output goes to a terminal: `--watch` redraws the screen.
+};
+
+Env Resolve(const CommandEnvironment& e) {
+  Env env;
+  env.out = e.out != nullptr ? e.out : &std::cout;
+  env.env = e.env ? e.env : ProcessEnvironment();
+  env.sleep = e.sleep ? e.sleep : [](absl::Duration d) { absl::SleepFor(d); };
+  env.now = e.now ? e.now : [] { return absl::Now(); };
+  env.export_options = e.export_options;
+  env.is_terminal = e.out == nullptr && ::isatty(STDOUT_FILENO) == 1;
+  return env;
+}
+
+cli::FlagSpec Flag(std::string name, std::string help, std::string metavar = "VALUE", bool required = false,
+                   std::optional<std::string> default_value = std::nullopt) {
+  cli::FlagSpec flag;
+  flag.name = std::move(name);
+  flag.help = std::move(help);
+  flag.metavar = std::move(metavar);
+  flag.required = required;
+  flag.value = std::move(default_value);
+  return flag;
+}
+
+cli::FlagSpec BoolFlag(std::string name, std::string help) {
+  cli::FlagSpec flag;
+  flag.name = std::move(name);
+  flag.help = std::move(help);
+  flag.is_bool = true;
+  return flag;
+}
+
+// A command with the connection flags plus `flags`; `run` gets a connected client.
+using ClientRun = std::function<absl::Status(const cli::ParsedFlags&, AdminClient&, const Env&)>;
+
+cli::Command AdminCommand(std::vector<std::string> path, std::string summary, std::string usage_tail,
+                          int max_positional, std::vector<cli::FlagSpec> flags, const CommandEnvironment& environment,
+                          ClientRun run) {
+  cli::Command command;
+  command.path = std::move(path);
+  command.summary = std::move(summary);
+  command.usage_tail = std::move(usage_tail);
+  command.max_positional = max_positional;
+  command.flags = std::move(flags);
+  for (cli::FlagSpec& flag : ConnectionFlags()) command.flags.push_back(std::move(flag));
+  const Env env = Resolve(environment);
+  command.run = [env, run = std::move(run)](const cli::ParsedFlags& flags) -> absl::Status {
+    ASSIGN_OR_RETURN(ConnectionSettings settings, ResolveConnection(flags, env.env));
+    ASSIGN_OR_RETURN(std::unique_ptr<AdminClient> client, AdminClient::Connect(settings));
+    return run(flags, *client, env);
+  };
+  return command;
+}
+
+absl::StatusOr<std::string> OnePositional(const cli::ParsedFlags& flags, const char* what) {
+  if (flags.positional().size() != 1 || flags.positional()[0].empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("expected exactly one ", what));
+  }
+  return flags.positional()[0];
+}
+
+std::string DatasetText(const v1::DatasetSummary& d) {
+  if (d.images() == 0 && d.train_images() == 0 && d.test_images() == 0) return "-";
+  return absl::StrCat("train ", d.train_images(), ", val ", d.validation_images(), ", test ", d.test_images(), "; ",
+                      d.studies(), " studies, ", d.patients(), " patients");
+}
+
+int64_t NowMs(const Env& env) { return absl::ToUnixMillis(env.now()); }
+
+std::string SiteLine(const v1::SiteInfo& site) {
+  return absl::StrCat(
+      "site ", site.site_id(), ": ", site.status().empty() ? "unknown" : site.status(),
+      site.certificate_serial().empty() ? "" : absl::StrCat(" (certificate serial ", site.certificate_serial(), ")"));
+}
+
+}  // namespace
+
+bool IsFinalRunState(const std::string& state) {
+  return state == "completed" || state == "failed" || state == "aborted";
+}
+
+std::string SitesTableText(const v1::ListSitesResponse& sites, int64_t now_ms) {
+  if (sites.sites_size() == 0) return "No site has contacted the coordinator yet.\n";
+  TextTable table({"site", "status", "last seen", "images", "dataset", "state"}, {false, false, false, true});
+  for (const v1::SiteInfo& s : sites.sites()) {
+    table.AddRow({s.site_id(), s.status(), FormatAgo(s.last_seen_ms(), now_ms), absl::StrCat(s.dataset().images()),
+                  DatasetText(s.dataset()), s.state().empty() ? "-" : s.state()});
+  }
+  return table.Render();
+}
+
+std::string RunStatusText(const v1::RunStatus& status, int64_t now_ms) {
+  std::string out;
+  std::set<int> closed;
+  for (const v1::RoundInfo& r : status.rounds()) {
+    if (r.state() == "closed") closed.insert(r.round());
+  }
+  const int planned = status.config().rounds();
+  const double progress = planned > 0 ? static_cast<double>(closed.size()) / planned : 0;
+  absl::StrAppend(&out, "Run ", status.run_id(), status.name().empty() ? "" : absl::StrCat(" \"", status.name(), "\""),
+                  ": ", status.state(), ", round ", status.current_round(), " of ", planned, ", ",
+                  absl::StrFormat("%.0f%%", 100 * progress), " of the rounds done\n");
+  if (!status.message().empty()) absl::StrAppend(&out, "  ", status.message(), "\n");
+  absl::StrAppend(&out, "  started ", FormatTimeMs(status.started_ms()),
+                  status.finished_ms() > 0 ? absl::StrCat(", finished ", FormatTimeMs(status.finished_ms())) : "",
+                  "\n  aggregation ", status.config().aggregation(), ", compression ", status.config().compression(),
+                  ", base model ", ShortDigest(status.base_model_digest()), ", final model ",
+                  ShortDigest(status.final_model_digest()), "\n  traffic ", FormatBytes(status.bytes_down()), " down, ",
+                  FormatBytes(status.bytes_up()), " up\n");
+  if (status.rounds_size() > 0) {
+    TextTable rounds({"round", "attempt", "state", "updates", "refused", "samples", "mean loss", "bytes up", "model",
+                      "result", "note"},
+                     {true, true, false, true, true, true, true, true});
+    for (const v1::RoundInfo& r : status.rounds()) {
+      int accepted = 0, refused = 0;
+      int64_t samples = 0, bytes = 0;
+      double loss = 0;
+      int n_loss = 0;
+      for (const v1::UpdateInfo& u : r.updates()) {
+        bytes += u.bytes();
+        if (u.status() != "accepted") {
+          ++refused;
+          continue;
+        }
+        ++accepted;
+        samples += u.num_samples();
+        if (Defined(u.train_loss()) && u.train_loss() > 0) {
+          loss += u.train_loss();
+          ++n_loss;
+        }
+      }
+      rounds.AddRow({absl::StrCat(r.round()), absl::StrCat(r.attempt()), r.state(), absl::StrCat(accepted),
+                     absl::StrCat(refused), absl::StrCat(samples),
+                     FormatLoss(n_loss > 0 ? std::optional<double>(loss / n_loss) : std::nullopt), FormatBytes(bytes),
+                     ShortDigest(r.model_digest()), ShortDigest(r.result_digest()), r.message()});
+    }
+    absl::StrAppend(&out, "\n", rounds.Render());
+  }
+  if (status.sites_size() > 0) {
+    TextTable sites({"site", "state", "progress", "train loss", "last seen", "down", "up"},
+                    {false, false, true, true, false, true, true});
+    for (const v1::SiteRunState& s : status.sites()) {
+      sites.AddRow({s.site_id(), s.state(), absl::StrFormat("%.0f%%", 100 * s.progress()),
+                    FormatLoss(s.train_loss() > 0 ? Defined(s.train_loss()) : std::nullopt),
+                    FormatAgo(s.last_seen_ms(), now_ms), FormatBytes(s.bytes_down()), FormatBytes(s.bytes_up())});
+    }
+    absl::StrAppend(&out, "\n", sites.Render());
+  }
+  return out;
+}
+
+cli::Command MakeSitesListCommand(CommandEnvironment environment) {
+  return AdminCommand({"sites", "list"}, "list the sites known to the coordinator", "", 0, {}, environment,
+                      [](const cli::ParsedFlags&, AdminClient& client, const Env& env) -> absl::Status {
+                        ASSIGN_OR_RETURN(v1::ListSitesResponse sites, client.ListSites());
+                        *env.out << SitesTableText(sites, NowMs(env)) << std::flush;
+                        return absl::OkStatus();
+                      });
+}
+
+cli::Command MakeSitesApproveCommand(CommandEnvironment environment) {
+  return AdminCommand({"sites", "approve"}, "let a pending site take part in runs", "ID", 1, {}, environment,
+                      [](const cli::ParsedFlags& flags, AdminClient& client, const Env& env) -> absl::Status {
+                        ASSIGN_OR_RETURN(std::string id, OnePositional(flags, "site id"));
+                        ASSIGN_OR_RETURN(v1::SiteInfo site, client.ApproveSite(id));
+                        *env.out << SiteLine(site) << "\n" << std::flush;
+                        return absl::OkStatus();
+                      });
+}
+
+cli::Command MakeSitesRevokeCommand(CommandEnvironment environment) {
+  return AdminCommand(
+      {"sites", "revoke"}, "refuse a site from its next call (and with --ca-dir revoke its certificates)", "ID", 1,
+      {Flag("reason", "why, recorded with the revocation", "TEXT"),
+       Flag("ca-dir", "the consortium CA directory: also revoke the site's certificates there and re-issue the CRL",
+            "DIR")},
+      environment, [](const cli::ParsedFlags& flags, AdminClient& client, const Env& env) -> absl::Status {
+        ASSIGN_OR_RETURN(std::string id, OnePositional(flags, "site id"));
+        const std::string reason = flags.Get("reason").value_or("");
+        if (std::optional<std::string> ca_dir = flags.Get("ca-dir")) {
+          // The CA first: once the CRL lists the certificate, every verifier (the coordinator's included) refuses it,
+          // even if the coordinator cannot be reached now.
+          ASSIGN_OR_RETURN(std::unique_ptr<pki::CertificateAuthority> ca, pki::CertificateAuthority::Open(*ca_dir));
+          absl::StatusOr<std::vector<pki::IndexEntry>> revoked = ca->RevokeByName(id, pki::Role::kSite, reason);
+          if (revoked.ok()) {
+            std::vector<std::string> serials;
+            for (const pki::IndexEntry& e : *revoked) serials.push_back(e.serial);
+            *env.out << "revoked certificate serial(s) " << absl::StrJoin(serials, ", ") << " of site " << id << " in "
+                     << *ca_dir << "; CRL re-issued (" << pki::CaCrlPath(*ca_dir) << ")\n";
+          } else if (absl::IsNotFound(revoked.status())) {
+            RETURN_IF_ERROR(ca->ReissueCrl());
+            *env.out << "site " << id << " has no valid certificate in " << *ca_dir << "; CRL re-issued\n";
+          } else {
+            return revoked.status();
+          }
+        }
+        ASSIGN_OR_RETURN(v1::SiteInfo site, client.RevokeSite(id, reason));
+        *env.out << SiteLine(site) << "\n" << std::flush;
+        return absl::OkStatus();
+      });
+}
+
+cli::Command MakeRunStartCommand(CommandEnvironment environment) {
+  return AdminCommand(
+      {"run", "start"}, "start a federated run from a RunConfig text proto", "", 0,
+      {Flag("config", "RunConfig text proto (federation_config.proto)", "run.textproto", true)}, environment,
+      [](const cli::ParsedFlags& flags, AdminClient& client, const Env& env) -> absl::Status {
+        ASSIGN_OR_RETURN(v1::RunConfig config, ReadRunConfig(flags.GetOrDie("config")));
+        absl::Status valid = ValidateRunConfig(config);
+        if (!valid.ok()) {
+          return absl::InvalidArgumentError(absl::StrCat(flags.GetOrDie("config"), ": ", valid.message()));
+        }
+        ASSIGN_OR_RETURN(std::string run_id, client.StartRun(config));
+        *env.out << run_id << "\n" << std::flush;
+        return absl::OkStatus();
+      });
+}
+
+cli::Command MakeRunStatusCommand(CommandEnvironment environment) {
+  return AdminCommand(
+      {"run", "status"}, "show a run's rounds, sites, progress and traffic", "", 0,
+      {Flag("run", "run id; default: the latest run", "RUN"),
+       BoolFlag("watch", "refresh until the run ends; exit 0 if it completed, 1 if it failed or was aborted"),
+       Flag("interval", "seconds between refreshes with --watch", "SECONDS", false, "2")},
+      environment, [](const cli::ParsedFlags& flags, AdminClient& client, const Env& env) -> absl::Status {
+        std::string run_id = flags.Get("run").value_or("");
+        ASSIGN_OR_RETURN(double interval, flags.GetDouble("interval", 2));
+        if (!(interval >= 0) || interval > 3600) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("--interval is ", interval, ": must be between 0 and 3600 seconds"));
+        }
+        const bool watch = flags.GetBool("watch");
+        int failures = 0;
+        while (true) {
+          absl::StatusOr<v1::RunStatus> status = client.GetRunStatus(run_id);
+          if (!status.ok()) {
+            const bool transient = absl::IsUnavailable(status.status()) || absl::IsDeadlineExceeded(status.status());
+            if (!watch || !transient || ++failures >= kMaxWatchFailures) return status.status();
+            *env.out << "(" << status.status().message() << "; retrying)\n" << std::flush;
+            env.sleep(absl::Seconds(interval));
+            continue;
+          }
+          failures = 0;
+          // Follow the run the first answer named, even if another starts meanwhile.
+          if (run_id.empty()) run_id = status->run_id();
+          if (watch && env.is_terminal) *env.out << "\x1b[H\x1b[2J";
+          *env.out << RunStatusText(*status, NowMs(env)) << std::flush;
+          if (!watch) return absl::OkStatus();
+          if (IsFinalRunState(status->state())) {
+            if (status->state() == "completed") return absl::OkStatus();
+            return absl::AbortedError(absl::StrCat("run ", status->run_id(), " ", status->state(),
+                                                   status->message().empty() ? "" : ": ", status->message()));
+          }
+          *env.out << "\n";
+          env.sleep(absl::Seconds(interval));
+        }
+      });
+}
+
+cli::Command MakeRunAbortCommand(CommandEnvironment environment) {
+  return AdminCommand(
+      {"run", "abort"}, "abort a run (sites are told to stop at their next heartbeat)", "", 0,
+      {Flag("run", "run id; default: the latest run", "RUN"), Flag("reason", "why, recorded with the run", "TEXT")},
+      environment, [](const cli::ParsedFlags& flags, AdminClient& client, const Env& env) -> absl::Status {
+        ASSIGN_OR_RETURN(v1::RunStatus status,
+                         client.AbortRun(flags.Get("run").value_or(""), flags.Get("reason").value_or("")));
+        *env.out << "run " << status.run_id() << ": " << status.state()
+                 << (status.message().empty() ? "" : " (" + status.message() + ")") << "\n"
+                 << std::flush;
+        return absl::OkStatus();
+      });
+}
+
+cli::Command MakeModelExportCommand(CommandEnvironment environment) {
+  return AdminCommand(
+      {"model", "export"}, "download a model version (checkpoint file), resumable and verified", "", 0,
+      {Flag("version", "the model version's digest (or a unique prefix of at least 8 hex digits)", "DIGEST", true),
+       Flag("out", "where to write the checkpoint (atomically; OUT.part while downloading)", "FILE", true),
+       Flag("stream-timeout", "deadline of one download stream", "SECONDS", false, "600")},
+      environment, [](const cli::ParsedFlags& flags, AdminClient& client, const Env& env) -> absl::Status {
+        ExportOptions options = env.export_options;
+        ASSIGN_OR_RETURN(double stream_timeout, flags.GetDouble("stream-timeout", 600));
+        if (!(stream_timeout > 0)) {
+          return absl::InvalidArgumentError(absl::StrCat("--stream-timeout is ", stream_timeout, ": must be > 0"));
+        }
+        options.stream_timeout = absl::Seconds(stream_timeout);
+        ASSIGN_OR_RETURN(ExportResult result,
+                         client.ExportModel(flags.GetOrDie("version"), flags.GetOrDie("out"), options));
+        *env.out << "wrote " << result.path << " (" << FormatBytes(result.bytes) << ", sha256 " << result.sha256
+                 << (result.attempts > 1 ? absl::StrCat(", ", result.attempts, " streams") : "") << ")\n"
+                 << std::flush;
+        return absl::OkStatus();
+      });
+}
+
+cli::Command MakeReportCommand(CommandEnvironment environment) {
+  return AdminCommand({"report"}, "write the consortium report of a run (report.json, report.html)", "", 0,
+                      {Flag("run", "run id; default: the latest run", "RUN"),
+                       Flag("out", "output directory (created if missing)", "DIR", true)},
+                      environment,
+                      [](const cli::ParsedFlags& flags, AdminClient& client, const Env& env) -> absl::Status {
+                        ASSIGN_OR_RETURN(v1::RunReport report, client.GetRunReport(flags.Get("run").value_or("")));
+                        ASSIGN_OR_RETURN(ReportFiles files, WriteConsortiumReport(report, flags.GetOrDie("out")));
+                        *env.out << SiteSummaryText(report) << "\nreport: " << files.html_path << "\n        "
+                                 << files.json_path << "\n"
+                                 << std::flush;
+                        return absl::OkStatus();
+                      });
+}
+
+std::vector<cli::Command> MakeAdminCommands(const CommandEnvironment& environment) {
+  return {MakeSitesListCommand(environment),   MakeSitesApproveCommand(environment),
+          MakeSitesRevokeCommand(environment), MakeRunStartCommand(environment),
+          MakeRunStatusCommand(environment),   MakeRunAbortCommand(environment),
+          MakeModelExportCommand(environment), MakeReportCommand(environment)};
+}
+
+}  // namespace fedtune::admin

@@ -1,0 +1,91 @@
+// The consortium report (`fedtune report --run R --out DIR`), built from the coordinator's RunReport (GetRunReport)
+// without any network: report.json (machine-readable, stable keys), report.html (one self-contained page: inline
+// CSS and SVG, no script, no external resource) and the per-site summary table printed on the terminal.
+//
+// What is read from the RunReport: per site, the MetricsReport of kind "final" (ModelEvaluations named
+// "open-source", "global" and "adapted", and ModelComparisons global vs open-source, adapted vs open-source and
+// adapted vs global), the per-round MetricsReports (kind "round": train/validation loss, models "global" and
+// "local"), and the run's RunStatus (rounds, updates, bytes). ModelEvaluations in a site's final report named after
+// ANOTHER site of the run are cross-site evaluations (that site's adapted model evaluated here) and fill the
+// cross-site matrix. Missing pieces (a site without a final evaluation, a label without an AUC) print as "n/a"
+// (JSON null); nothing here fails on partial data.
+//
+// report.json layout (format "fedtune-consortium-report-v1"; keys are stable, numbers that are undefined are null):
+//   {"format", "run": {"id", "name", "state", "message", "started_ms", "finished_ms", "current_round",
+//      "rounds_planned", "aggregation", "compression", "base_model_digest", "final_model_digest", "bytes_down",
+//      "bytes_up"},
+//    "summary": [{"site_id", "test_cases", "final_evaluation", "mean_auc": {"open_source", "global", "adapted"},
+//      "labels_compared", "improved_significant", "worsened_significant", "wilcoxon_p"}],   (adapted vs open-source)
+//    "sites": [{"site_id", "dataset": {"images", "train_images", "validation_images", "test_images"}, "test_cases",
+//      "final_evaluation", "models": {"open_source"|"global"|"adapted": {"digest", "mean_auc"}},
+//      "labels": [{"label", "positives", "negatives",
+//                  "auc": {"open_source"|"global"|"adapted": {"auc", "ci_low", "ci_high"}},
+//                  "delong_p": {"global_vs_open_source", "adapted_vs_open_source", "adapted_vs_global"}}],
+//      "comparisons": {"global_vs_open_source"|"adapted_vs_open_source"|"adapted_vs_global":
+//                      {"wilcoxon_p", "improved_significant", "worsened_significant"}},
+//      "rounds": [{"round", "train_loss", "validation_loss", "mean_auc_global", "mean_auc_local"}],
+//      "bytes_down", "bytes_up"}],
+//    "rounds": [{"round", "attempt", "state", "model_digest", "result_digest", "opened_ms", "closed_ms", "message",
+//      "accepted", "refused", "samples", "bytes_up", "mean_train_loss", "mean_validation_loss",
+//      "updates": [{"site_id", "status", "num_samples", "bytes", "l2_norm", "train_loss", "validation_loss",
+//                   "message"}]}],
+//    "cross_site": {"evaluated": bool (an evaluation of another site's model exists), "note" (says plainly when none
+//      was run), "sites": [ids], "matrix": [{"model_of", "evaluated_at", "mean_auc", "labels": [{"label", "auc"}]}]
+//      (every available pair; the diagonal is each site's own adapted model on its own test split)}}
+//
+// Thread safety: the functions are reentrant.
+#ifndef FEDTUNE_COORDINATOR_CLI_CONSORTIUM_REPORT_H_
+#define FEDTUNE_COORDINATOR_CLI_CONSORTIUM_REPORT_H_
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "fedtune/v1/federation.pb.h"
+
+namespace fedtune::admin {
+
+// Significance level of "improved" / "worsened" throughout the report.
+inline constexpr double kSignificance = 0.05;
+
+// One row of the summary table: the site's final evaluation.
+struct SiteSummary {
+  std::string site_id;
+  int64_t test_cases = 0;
+  bool final_evaluation = false;  // The site sent a MetricsReport of kind "final".
+  std::optional<double> mean_auc_open_source;
+  std::optional<double> mean_auc_global;
+  std::optional<double> mean_auc_adapted;
+  // Adapted vs open-source: labels with both AUCs, labels significantly better/worse (DeLong p < 0.05),
+  // and the Wilcoxon signed-rank p over the labels.
+  int labels_compared = 0;
+  int improved_significant = 0;
+  int worsened_significant = 0;
+  std::optional<double> wilcoxon_p;
+};
+
+// The summary of every site of the report, in the report's site order.
+std::vector<SiteSummary> SummarizeSites(const v1::RunReport& report);
+
+// report.json's text (pretty-printed, newline-terminated).
+std::string ConsortiumReportJson(const v1::RunReport& report);
+
+// report.html: one UTF-8 page; all text from the report is HTML-escaped.
+std::string ConsortiumReportHtml(const v1::RunReport& report);
+
+// The terminal summary: a heading line naming the run, then a table with columns site, test cases,
+// "mean AUC open-source -> global -> adapted", "improved p<0.05" (as "K/N"), "worse p<0.05", "Wilcoxon p".
+std::string SiteSummaryText(const v1::RunReport& report);
+
+struct ReportFiles {
+  std::string json_path;  // DIR/report.json
+  std::string html_path;  // DIR/report.html
+};
+
+// Creates `out_dir` if needed and writes report.json and report.html atomically. I/O errors name the path.
+absl::StatusOr<ReportFiles> WriteConsortiumReport(const v1::RunReport& report, const std::string& out_dir);
+
+}  // namespace fedtune::admin
+
+#endif  // FEDTUNE_COORDINATOR_CLI_CONSORTIUM_REPORT_H_

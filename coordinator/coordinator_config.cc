@@ -1,0 +1,137 @@
+#include "coordinator/coordinator_config.h"
+
+#include <google/protobuf/io/tokenizer.h>
+#include <google/protobuf/text_format.h>
+
+#include <cmath>
+#include <filesystem>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "common/io/file_util.h"
+#include "common/status_macros.h"
+
+namespace fedtune::coordinator {
+namespace {
+
+class CollectErrors : public google::protobuf::io::ErrorCollector {
+ public:
+  explicit CollectErrors(std::string source) : source_(std::move(source)) {}
+  void AddError(int line, google::protobuf::io::ColumnNumber column, const std::string& message) override {
+    if (first_.empty()) first_ = absl::StrCat(source_, ":", line + 1, ":", column + 1, ": ", message);
+  }
+  const std::string& first() const { return first_; }
+
+ private:
+  std::string source_;
+  std::string first_;
+};
+
+std::string Resolve(const std::string& base_dir, const std::string& path) {
+  if (path.empty() || base_dir.empty() || std::filesystem::path(path).is_absolute()) return path;
+  return (std::filesystem::path(base_dir) / path).lexically_normal().string();
+}
+
+absl::Status Invalid(absl::string_view field, absl::string_view why) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", why));
+}
+
+}  // namespace
+
+absl::StatusOr<v1::CoordinatorConfig> ParseCoordinatorConfig(absl::string_view text, absl::string_view source,
+                                                             const std::string& base_dir) {
+  v1::CoordinatorConfig config;
+  google::protobuf::TextFormat::Parser parser;
+  CollectErrors errors{std::string(source)};
+  parser.RecordErrorsTo(&errors);
+  if (!parser.ParseFromString(std::string(text), &config)) {
+    return absl::InvalidArgumentError(errors.first().empty() ? absl::StrCat(source, ": not a valid CoordinatorConfig")
+                                                             : errors.first());
+  }
+  if (config.has_port_file()) config.set_port_file(Resolve(base_dir, config.port_file()));
+  if (config.has_server_cert()) config.set_server_cert(Resolve(base_dir, config.server_cert()));
+  if (config.has_server_key()) config.set_server_key(Resolve(base_dir, config.server_key()));
+  if (config.has_ca_dir()) config.set_ca_dir(Resolve(base_dir, config.ca_dir()));
+  if (config.has_state_dir()) config.set_state_dir(Resolve(base_dir, config.state_dir()));
+  if (config.has_initial_model()) config.set_initial_model(Resolve(base_dir, config.initial_model()));
+  return config;
+}
+
+absl::StatusOr<v1::CoordinatorConfig> LoadCoordinatorConfig(const std::string& path) {
+  ASSIGN_OR_RETURN(std::string text, io::ReadFile(path));
+  std::string dir = std::filesystem::path(path).parent_path().string();
+  if (dir.empty()) dir = ".";
+  return ParseCoordinatorConfig(text, path, dir);
+}
+
+absl::Status ValidateCoordinatorConfig(const v1::CoordinatorConfig& config) {
+  if (config.listen_address().empty()) return Invalid("listen_address", "required (host:port)");
+  const size_t colon = config.listen_address().rfind(':');
+  if (colon == std::string::npos || colon + 1 == config.listen_address().size()) {
+    return Invalid("listen_address", absl::StrCat("'", config.listen_address(), "' has no port (host:port)"));
+  }
+  if (config.server_cert().empty()) return Invalid("server_cert", "required");
+  if (config.server_key().empty()) return Invalid("server_key", "required");
+  if (config.ca_dir().empty()) return Invalid("ca_dir", "required");
+  if (config.state_dir().empty()) return Invalid("state_dir", "required");
+  if (config.chunk_bytes() < (1 << 20) || config.chunk_bytes() > (4 << 20)) {
+    return Invalid("chunk_bytes", absl::StrCat(config.chunk_bytes(), " is outside [1048576, 4194304]"));
+  }
+  if (config.task_wait_seconds() < 1) return Invalid("task_wait_seconds", "must be >= 1");
+  if (config.heartbeat_timeout_seconds() < 1) return Invalid("heartbeat_timeout_seconds", "must be >= 1");
+  if (config.max_upload_bytes() < 1) return Invalid("max_upload_bytes", "must be >= 1");
+  return absl::OkStatus();
+}
+
+absl::Status ValidateRunConfig(const v1::RunConfig& c) {
+  if (c.rounds() < 1) return Invalid("rounds", absl::StrCat(c.rounds(), " must be >= 1"));
+  if (c.min_sites() < 1) return Invalid("min_sites", absl::StrCat(c.min_sites(), " must be >= 1"));
+  if (c.round_deadline_seconds() < 1) {
+    return Invalid("round_deadline_seconds", absl::StrCat(c.round_deadline_seconds(), " must be >= 1"));
+  }
+  if (c.max_round_attempts() < 1) {
+    return Invalid("max_round_attempts", absl::StrCat(c.max_round_attempts(), " must be >= 1"));
+  }
+  if (c.local_epochs() < 1) return Invalid("local_epochs", absl::StrCat(c.local_epochs(), " must be >= 1"));
+  if (!std::isfinite(c.learning_rate()) || c.learning_rate() <= 0) {
+    return Invalid("learning_rate", absl::StrCat(c.learning_rate(), " must be > 0"));
+  }
+  if (c.batch_size() < 1) return Invalid("batch_size", absl::StrCat(c.batch_size(), " must be >= 1"));
+  const std::string& agg = c.aggregation();
+  if (agg != "fedavg" && agg != "fedprox" && agg != "fedadam" && agg != "trimmed_mean" && agg != "median") {
+    return Invalid("aggregation", absl::StrCat("unknown '", agg, "' (fedavg, fedprox, fedadam, trimmed_mean, median)"));
+  }
+  if (agg == "fedprox" && (!std::isfinite(c.proximal_mu()) || c.proximal_mu() < 0)) {
+    return Invalid("proximal_mu", absl::StrCat(c.proximal_mu(), " must be >= 0"));
+  }
+  if (agg == "fedadam" && (!std::isfinite(c.server_learning_rate()) || c.server_learning_rate() <= 0)) {
+    return Invalid("server_learning_rate", absl::StrCat(c.server_learning_rate(), " must be > 0"));
+  }
+  if (agg == "trimmed_mean" && !(c.trim_fraction() >= 0 && c.trim_fraction() < 0.5)) {
+    return Invalid("trim_fraction", absl::StrCat(c.trim_fraction(), " is outside [0, 0.5)"));
+  }
+  if (!std::isfinite(c.clip_norm()) || c.clip_norm() < 0) {
+    return Invalid("clip_norm", absl::StrCat(c.clip_norm(), " must be >= 0"));
+  }
+  if (!std::isfinite(c.max_update_norm()) || c.max_update_norm() < 0) {
+    return Invalid("max_update_norm", absl::StrCat(c.max_update_norm(), " must be >= 0"));
+  }
+  const std::string& comp = c.compression();
+  if (comp != "fp32" && comp != "fp16" && comp != "int8" && comp != "topk") {
+    return Invalid("compression", absl::StrCat("unknown '", comp, "' (fp32, fp16, int8, topk)"));
+  }
+  if (comp == "topk" && !(c.topk_fraction() > 0 && c.topk_fraction() <= 1)) {
+    return Invalid("topk_fraction", absl::StrCat(c.topk_fraction(), " is outside (0, 1]"));
+  }
+  std::set<std::string> seen;
+  for (const std::string& site : c.sites()) {
+    if (site.empty()) return Invalid("sites", "empty site id");
+    if (!seen.insert(site).second) return Invalid("sites", absl::StrCat("site '", site, "' is listed twice"));
+  }
+  if (!c.sites().empty() && c.min_sites() > c.sites_size()) {
+    return Invalid("min_sites", absl::StrCat(c.min_sites(), " is more than the ", c.sites_size(), " listed sites"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace fedtune::coordinator

@@ -1,0 +1,107 @@
+#include "coordinator/coordinator_server.h"
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/io/file_util.h"
+#include "common/logging.h"
+#include "common/net/tls.h"
+#include "common/status_macros.h"
+#include "coordinator/coordinator_config.h"
+
+namespace fedtune::coordinator {
+
+absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(const v1::CoordinatorConfig& config,
+                                                                CoordinatorOptions options) {
+  RETURN_IF_ERROR(ValidateCoordinatorConfig(config));
+  std::unique_ptr<Coordinator> c(new Coordinator());
+  const std::string& dir = config.state_dir();
+  RETURN_IF_ERROR(io::MakeDirectories(dir));
+  ASSIGN_OR_RETURN(c->store_, StateStore::Open(dir + "/coordinator.db"));
+  ASSIGN_OR_RETURN(c->blobs_, BlobStore::Open(dir + "/blobs"));
+  std::function<absl::Time()> clock = options.clock ? options.clock : [] { return absl::Now(); };
+  if (!config.initial_model().empty()) {
+    absl::StatusOr<std::string> digest = c->blobs_->Import(config.initial_model());
+    if (!digest.ok()) {
+      return absl::Status(digest.status().code(), absl::StrCat("initial_model: ", digest.status().message()));
+    }
+    ModelVersion version;
+    version.digest = *digest;
+    version.path = c->blobs_->PathOf(*digest);
+    ASSIGN_OR_RETURN(version.bytes, c->blobs_->Size(*digest));
+    version.created_ms = absl::ToUnixMillis(clock());
+    RETURN_IF_ERROR(c->store_->PutModelVersion(version));
+    LOG(INFO) << "initial model " << config.initial_model() << " is model version " << *digest;
+  }
+  pki::VerifierOptions verifier_options = pki::VerifierOptions::ForCaDir(config.ca_dir());
+  verifier_options.reject_stale_crl = config.reject_stale_crl();
+  ASSIGN_OR_RETURN(c->verifier_, pki::CertificateVerifier::Create(verifier_options));
+  c->authorizer_ = std::make_unique<Authorizer>(c->verifier_.get(), c->store_.get(), clock);
+
+  RoundManagerOptions round_options;
+  round_options.state_dir = dir;
+  round_options.clock = clock;
+  round_options.heartbeat_timeout_seconds = config.heartbeat_timeout_seconds();
+  ASSIGN_OR_RETURN(c->rounds_, RoundManager::Create(c->store_.get(), c->blobs_.get(), round_options));
+
+  SiteServiceOptions site_options;
+  site_options.chunk_bytes = config.chunk_bytes();
+  site_options.task_wait_seconds = config.task_wait_seconds();
+  site_options.heartbeat_seconds = std::max(1, config.heartbeat_timeout_seconds() / 6);
+  site_options.max_upload_bytes = config.max_upload_bytes();
+  site_options.auto_approve = config.auto_approve();
+  site_options.clock = clock;
+  c->site_service_ = std::make_unique<SiteServiceImpl>(c->authorizer_.get(), c->store_.get(), c->blobs_.get(),
+                                                       c->rounds_.get(), site_options);
+  AdminServiceOptions admin_options;
+  admin_options.chunk_bytes = config.chunk_bytes();
+  admin_options.clock = clock;
+  c->admin_service_ = std::make_unique<AdminServiceImpl>(c->authorizer_.get(), c->store_.get(), c->blobs_.get(),
+                                                         c->rounds_.get(), admin_options);
+
+  net::TlsFiles files{config.server_cert(), config.server_key(), config.ca_dir() + "/ca.pem"};
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials, net::MakeServerCredentials(files));
+  grpc::ServerBuilder builder;
+  net::ConfigureServerBuilder(&builder);
+  builder.AddListeningPort(config.listen_address(), credentials, &c->port_);
+  builder.RegisterService(c->site_service_.get());
+  builder.RegisterService(c->admin_service_.get());
+  c->server_ = builder.BuildAndStart();
+  if (c->server_ == nullptr || c->port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("listen_address: cannot listen on ", config.listen_address()));
+  }
+  if (options.tick_period > absl::ZeroDuration()) {
+    Coordinator* self = c.get();
+    const absl::Duration period = options.tick_period;
+    c->ticker_ = std::thread([self, period] {
+      while (!self->stop_.WaitForNotificationWithTimeout(period)) {
+        absl::Status status = self->rounds_->Tick();
+        if (!status.ok()) LOG(ERROR) << "round deadlines: " << status;
+      }
+    });
+  }
+  if (!config.port_file().empty()) {
+    absl::Status written = io::WriteFileAtomically(config.port_file(), absl::StrCat(c->port_, "\n"));
+    if (!written.ok()) {
+      c->Shutdown();
+      return absl::Status(written.code(), absl::StrCat("port_file: ", written.message()));
+    }
+  }
+  LOG(INFO) << "fedtune-coordinator listening on port " << c->port_ << " (" << config.listen_address() << "), state in "
+            << dir;
+  return c;
+}
+
+void Coordinator::Shutdown() {
+  if (shut_down_) return;
+  shut_down_ = true;
+  if (rounds_) rounds_->Shutdown();
+  if (!stop_.HasBeenNotified()) stop_.Notify();
+  if (ticker_.joinable()) ticker_.join();
+  if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+}
+
+Coordinator::~Coordinator() { Shutdown(); }
+
+}  // namespace fedtune::coordinator

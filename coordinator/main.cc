@@ -1,0 +1,69 @@
+// fedtune-coordinator --config coordinator.textproto: the federation's coordinator daemon. Parses the config,
+// starts the Coordinator (coordinator_server.h) and waits for SIGTERM/SIGINT, then shuts down cleanly (exit 0).
+#include <signal.h>
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "coordinator/coordinator_config.h"
+#include "coordinator/coordinator_server.h"
+
+namespace {
+
+int Usage() {
+  std::fprintf(stderr, "usage: fedtune-coordinator --config coordinator.textproto\n");
+  return 2;
+}
+
+int ExitCode(const absl::Status& status) {
+  std::fprintf(stderr, "fedtune-coordinator: %s\n", status.ToString().c_str());
+  return status.code() == absl::StatusCode::kInvalidArgument || status.code() == absl::StatusCode::kNotFound ? 2 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  fedtune::InitLogging(argv[0]);
+  std::string config_path;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--config" && i + 1 < argc) {
+      config_path = argv[++i];
+    } else if (absl::StartsWith(arg, "--config=")) {
+      config_path = arg.substr(std::strlen("--config="));
+    } else if (arg == "--help" || arg == "-h") {
+      Usage();
+      return 0;
+    } else {
+      return Usage();
+    }
+  }
+  if (config_path.empty()) return Usage();
+
+  // Signals are taken synchronously by this thread: block them before any other thread exists.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  absl::StatusOr<fedtune::v1::CoordinatorConfig> config = fedtune::coordinator::LoadCoordinatorConfig(config_path);
+  if (!config.ok()) return ExitCode(config.status());
+  absl::Status valid = fedtune::coordinator::ValidateCoordinatorConfig(*config);
+  if (!valid.ok()) return ExitCode(absl::InvalidArgumentError(absl::StrCat(config_path, ": ", valid.message())));
+  absl::StatusOr<std::unique_ptr<fedtune::coordinator::Coordinator>> coordinator =
+      fedtune::coordinator::Coordinator::Start(*config);
+  if (!coordinator.ok()) return ExitCode(coordinator.status());
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  LOG(INFO) << "signal " << signal_number << " received: shutting down";
+  (*coordinator)->Shutdown();
+  coordinator->reset();
+  LOG(INFO) << "fedtune-coordinator stopped";
+  return 0;
+}

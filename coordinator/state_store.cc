@@ -1,0 +1,579 @@
+#include "coordinator/state_store.h"
+
+#include <google/protobuf/text_format.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "common/status_macros.h"
+
+namespace fedtune::coordinator {
+namespace {
+
+const store::Migration kMigrations[] = {
+    {1, R"sql(
+CREATE TABLE sites(
+  site_id TEXT PRIMARY KEY, status TEXT NOT NULL, first_seen_ms INTEGER NOT NULL DEFAULT 0,
+  last_seen_ms INTEGER NOT NULL DEFAULT 0, certificate_serial TEXT NOT NULL DEFAULT '',
+  dataset BLOB, capabilities BLOB, state TEXT NOT NULL DEFAULT '', progress REAL NOT NULL DEFAULT 0,
+  train_loss REAL NOT NULL DEFAULT 0, status_ms INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE runs(
+  run_id TEXT PRIMARY KEY, seq INTEGER NOT NULL UNIQUE, name TEXT NOT NULL DEFAULT '', config TEXT NOT NULL,
+  state TEXT NOT NULL, sites TEXT NOT NULL, base_model_digest TEXT NOT NULL, final_model_digest TEXT NOT NULL DEFAULT '',
+  fedadam_state_path TEXT NOT NULL DEFAULT '', fedadam_rounds INTEGER NOT NULL DEFAULT 0,
+  current_round INTEGER NOT NULL, started_ms INTEGER NOT NULL, finished_ms INTEGER NOT NULL DEFAULT 0,
+  evaluation_deadline_ms INTEGER NOT NULL DEFAULT 0, message TEXT NOT NULL DEFAULT '');
+CREATE TABLE rounds(
+  run_id TEXT NOT NULL REFERENCES runs(run_id), round INTEGER NOT NULL, attempt INTEGER NOT NULL,
+  state TEXT NOT NULL, model_digest TEXT NOT NULL, result_digest TEXT NOT NULL DEFAULT '',
+  opened_ms INTEGER NOT NULL, deadline_ms INTEGER NOT NULL, closed_ms INTEGER NOT NULL DEFAULT 0,
+  message TEXT NOT NULL DEFAULT '', PRIMARY KEY(run_id, round, attempt));
+CREATE TABLE model_versions(
+  digest TEXT PRIMARY KEY, parent_digest TEXT NOT NULL DEFAULT '', path TEXT NOT NULL,
+  run_id TEXT NOT NULL DEFAULT '', round INTEGER NOT NULL DEFAULT 0, bytes INTEGER NOT NULL DEFAULT 0,
+  created_ms INTEGER NOT NULL);
+CREATE TABLE updates(
+  id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, round INTEGER NOT NULL, attempt INTEGER NOT NULL,
+  site_id TEXT NOT NULL, sha256 TEXT NOT NULL, bytes INTEGER NOT NULL, num_samples INTEGER NOT NULL,
+  l2_norm REAL NOT NULL DEFAULT 0, train_loss REAL NOT NULL DEFAULT 0, validation_loss REAL NOT NULL DEFAULT 0,
+  status TEXT NOT NULL, message TEXT NOT NULL DEFAULT '', spool_path TEXT NOT NULL DEFAULT '',
+  received_ms INTEGER NOT NULL);
+CREATE UNIQUE INDEX updates_accepted ON updates(run_id, round, attempt, site_id) WHERE status = 'accepted';
+CREATE TABLE metrics(
+  id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, round INTEGER NOT NULL, site_id TEXT NOT NULL,
+  kind TEXT NOT NULL, report BLOB NOT NULL, received_ms INTEGER NOT NULL);
+CREATE TABLE transfers(
+  run_id TEXT NOT NULL, site_id TEXT NOT NULL, bytes_down INTEGER NOT NULL DEFAULT 0,
+  bytes_up INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(run_id, site_id));
+CREATE TABLE audit_log(
+  id INTEGER PRIMARY KEY AUTOINCREMENT, time_ms INTEGER NOT NULL, rpc TEXT NOT NULL, peer_cn TEXT NOT NULL,
+  serial TEXT NOT NULL, peer_address TEXT NOT NULL, role TEXT NOT NULL, decision TEXT NOT NULL,
+  code TEXT NOT NULL, message TEXT NOT NULL, run_id TEXT NOT NULL DEFAULT '', round INTEGER NOT NULL DEFAULT 0);
+)sql"},
+};
+
+constexpr char kSiteColumns[] =
+    "site_id, status, first_seen_ms, last_seen_ms, certificate_serial, dataset, capabilities, state, progress, "
+    "train_loss";
+constexpr char kRunColumns[] =
+    "run_id, name, config, state, sites, base_model_digest, final_model_digest, fedadam_state_path, "
+    "fedadam_rounds, current_round, started_ms, finished_ms, evaluation_deadline_ms, message";
+constexpr char kRoundColumns[] =
+    "run_id, round, attempt, state, model_digest, result_digest, opened_ms, deadline_ms, closed_ms, message";
+constexpr char kModelColumns[] = "digest, parent_digest, path, run_id, round, bytes, created_ms";
+constexpr char kUpdateColumns[] =
+    "id, run_id, round, attempt, site_id, sha256, bytes, num_samples, l2_norm, train_loss, validation_loss, status, "
+    "message, spool_path, received_ms";
+
+SiteRecord ReadSite(const store::Statement& st) {
+  SiteRecord s;
+  s.site_id = st.ColumnText(0);
+  s.status = st.ColumnText(1);
+  s.first_seen_ms = st.ColumnInt(2);
+  s.last_seen_ms = st.ColumnInt(3);
+  s.certificate_serial = st.ColumnText(4);
+  s.dataset.ParseFromString(st.ColumnText(5));
+  s.capabilities.ParseFromString(st.ColumnText(6));
+  s.state = st.ColumnText(7);
+  s.progress = st.ColumnDouble(8);
+  s.train_loss = st.ColumnDouble(9);
+  return s;
+}
+
+absl::StatusOr<RunRecord> ReadRun(const store::Statement& st) {
+  RunRecord r;
+  r.run_id = st.ColumnText(0);
+  r.name = st.ColumnText(1);
+  if (!google::protobuf::TextFormat::ParseFromString(st.ColumnText(2), &r.config)) {
+    return absl::DataLossError(absl::StrCat("run ", r.run_id, ": stored config does not parse"));
+  }
+  r.state = st.ColumnText(3);
+  for (absl::string_view s : absl::StrSplit(st.ColumnText(4), ',', absl::SkipEmpty())) r.sites.emplace_back(s);
+  r.base_model_digest = st.ColumnText(5);
+  r.final_model_digest = st.ColumnText(6);
+  r.fedadam_state_path = st.ColumnText(7);
+  r.fedadam_rounds = st.ColumnInt(8);
+  r.current_round = static_cast<int>(st.ColumnInt(9));
+  r.started_ms = st.ColumnInt(10);
+  r.finished_ms = st.ColumnInt(11);
+  r.evaluation_deadline_ms = st.ColumnInt(12);
+  r.message = st.ColumnText(13);
+  return r;
+}
+
+RoundRecord ReadRound(const store::Statement& st) {
+  RoundRecord r;
+  r.run_id = st.ColumnText(0);
+  r.round = static_cast<int>(st.ColumnInt(1));
+  r.attempt = static_cast<int>(st.ColumnInt(2));
+  r.state = st.ColumnText(3);
+  r.model_digest = st.ColumnText(4);
+  r.result_digest = st.ColumnText(5);
+  r.opened_ms = st.ColumnInt(6);
+  r.deadline_ms = st.ColumnInt(7);
+  r.closed_ms = st.ColumnInt(8);
+  r.message = st.ColumnText(9);
+  return r;
+}
+
+ModelVersion ReadModel(const store::Statement& st) {
+  ModelVersion m;
+  m.digest = st.ColumnText(0);
+  m.parent_digest = st.ColumnText(1);
+  m.path = st.ColumnText(2);
+  m.run_id = st.ColumnText(3);
+  m.round = static_cast<int>(st.ColumnInt(4));
+  m.bytes = st.ColumnInt(5);
+  m.created_ms = st.ColumnInt(6);
+  return m;
+}
+
+UpdateRecord ReadUpdate(const store::Statement& st) {
+  UpdateRecord u;
+  u.id = st.ColumnInt(0);
+  u.run_id = st.ColumnText(1);
+  u.round = static_cast<int>(st.ColumnInt(2));
+  u.attempt = static_cast<int>(st.ColumnInt(3));
+  u.site_id = st.ColumnText(4);
+  u.sha256 = st.ColumnText(5);
+  u.bytes = st.ColumnInt(6);
+  u.num_samples = st.ColumnInt(7);
+  u.l2_norm = st.ColumnDouble(8);
+  u.train_loss = st.ColumnDouble(9);
+  u.validation_loss = st.ColumnDouble(10);
+  u.status = st.ColumnText(11);
+  u.message = st.ColumnText(12);
+  u.spool_path = st.ColumnText(13);
+  u.received_ms = st.ColumnInt(14);
+  return u;
+}
+
+std::string ConfigText(const v1::RunConfig& config) {
+  std::string text;
+  google::protobuf::TextFormat::PrintToString(config, &text);
+  return text;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<StateStore>> StateStore::Open(const std::string& path) {
+  ASSIGN_OR_RETURN(std::unique_ptr<store::Database> db, store::Database::Open(path, kMigrations));
+  return std::unique_ptr<StateStore>(new StateStore(std::move(db)));
+}
+
+// ---- Sites
+
+absl::StatusOr<std::optional<SiteRecord>> StateStore::GetSiteLocked(const std::string& site_id) {
+  ASSIGN_OR_RETURN(store::Statement st,
+                   db_->Prepare(absl::StrCat("SELECT ", kSiteColumns, " FROM sites WHERE site_id = ?")));
+  st.Bind(1, site_id);
+  ASSIGN_OR_RETURN(bool row, st.Step());
+  if (!row) return std::optional<SiteRecord>();
+  return std::optional<SiteRecord>(ReadSite(st));
+}
+
+absl::StatusOr<std::optional<SiteRecord>> StateStore::GetSite(const std::string& site_id) {
+  absl::MutexLock lock(&mu_);
+  return GetSiteLocked(site_id);
+}
+
+absl::StatusOr<std::vector<SiteRecord>> StateStore::ListSites() {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(store::Statement st,
+                   db_->Prepare(absl::StrCat("SELECT ", kSiteColumns, " FROM sites ORDER BY site_id")));
+  std::vector<SiteRecord> out;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, st.Step());
+    if (!row) break;
+    out.push_back(ReadSite(st));
+  }
+  return out;
+}
+
+absl::StatusOr<SiteRecord> StateStore::RecordHello(const std::string& site_id, const std::string& serial,
+                                                   const v1::DatasetSummary& dataset,
+                                                   const v1::Capabilities& capabilities, const std::string& new_status,
+                                                   int64_t now_ms) {
+  absl::MutexLock lock(&mu_);
+  RETURN_IF_ERROR(db_->InTransaction([&]() -> absl::Status {
+    ASSIGN_OR_RETURN(store::Statement ins, db_->Prepare("INSERT OR IGNORE INTO sites(site_id, status, first_seen_ms, "
+                                                        "status_ms) VALUES(?, ?, ?, ?)"));
+    ins.Bind(1, site_id).Bind(2, new_status).Bind(3, now_ms).Bind(4, now_ms);
+    RETURN_IF_ERROR(ins.Run());
+    ASSIGN_OR_RETURN(store::Statement up,
+                     db_->Prepare("UPDATE sites SET last_seen_ms = ?, certificate_serial = ?, dataset = ?, "
+                                  "capabilities = ? WHERE site_id = ?"));
+    up.Bind(1, now_ms).Bind(2, serial).BindBlob(3, dataset.SerializeAsString());
+    up.BindBlob(4, capabilities.SerializeAsString()).Bind(5, site_id);
+    return up.Run();
+  }));
+  ASSIGN_OR_RETURN(std::optional<SiteRecord> site, GetSiteLocked(site_id));
+  if (!site) return absl::InternalError(absl::StrCat("site ", site_id, " vanished after hello"));
+  return *site;
+}
+
+absl::StatusOr<SiteRecord> StateStore::SetSiteStatus(const std::string& site_id, const std::string& status, bool create,
+                                                     int64_t now_ms) {
+  absl::MutexLock lock(&mu_);
+  RETURN_IF_ERROR(db_->InTransaction([&]() -> absl::Status {
+    ASSIGN_OR_RETURN(std::optional<SiteRecord> site, GetSiteLocked(site_id));
+    if (!site) {
+      if (!create) return absl::NotFoundError(absl::StrCat("unknown site '", site_id, "'"));
+      ASSIGN_OR_RETURN(store::Statement ins,
+                       db_->Prepare("INSERT INTO sites(site_id, status, status_ms) VALUES(?, ?, ?)"));
+      ins.Bind(1, site_id).Bind(2, status).Bind(3, now_ms);
+      return ins.Run();
+    }
+    ASSIGN_OR_RETURN(store::Statement up, db_->Prepare("UPDATE sites SET status = ?, status_ms = ? WHERE site_id = ?"));
+    up.Bind(1, status).Bind(2, now_ms).Bind(3, site_id);
+    return up.Run();
+  }));
+  ASSIGN_OR_RETURN(std::optional<SiteRecord> site, GetSiteLocked(site_id));
+  if (!site) return absl::InternalError(absl::StrCat("site ", site_id, " vanished"));
+  return *site;
+}
+
+absl::Status StateStore::TouchSite(const std::string& site_id, int64_t now_ms) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(store::Statement st, db_->Prepare("UPDATE sites SET last_seen_ms = ? WHERE site_id = ?"));
+  st.Bind(1, now_ms).Bind(2, site_id);
+  return st.Run();
+}
+
+absl::Status StateStore::SetSiteState(const std::string& site_id, const std::string& state, double progress,
+                                      double train_loss, int64_t now_ms) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(store::Statement st,
+                   db_->Prepare("UPDATE sites SET state = ?, progress = ?, train_loss = ?, last_seen_ms = ? "
+                                "WHERE site_id = ?"));
+  st.Bind(1, state).Bind(2, progress).Bind(3, train_loss).Bind(4, now_ms).Bind(5, site_id);
+  return st.Run();
+}
+
+// ---- Runs and rounds
+
+absl::StatusOr<std::string> StateStore::NextRunId() {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(store::Statement st, db_->Prepare("SELECT COALESCE(MAX(seq), 0) FROM runs"));
+  ASSIGN_OR_RETURN(bool row, st.Step());
+  const int64_t seq = row ? st.ColumnInt(0) + 1 : 1;
+  return absl::StrFormat("run-%04d", seq);
+}
+
+absl::Status StateStore::WriteRunLocked(const RunRecord& r, bool insert) {
+  std::string sql =
+      insert ? absl::StrCat("INSERT INTO runs(", kRunColumns,
+                            ", seq) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM runs))")
+             : "UPDATE runs SET run_id = ?1, name = ?2, config = ?3, state = ?4, sites = ?5, base_model_digest = ?6, "
+               "final_model_digest = ?7, fedadam_state_path = ?8, fedadam_rounds = ?9, current_round = ?10, "
+               "started_ms = ?11, finished_ms = ?12, evaluation_deadline_ms = ?13, message = ?14 WHERE run_id = ?1";
+  ASSIGN_OR_RETURN(store::Statement st, db_->Prepare(sql));
+  st.Bind(1, r.run_id).Bind(2, r.name).Bind(3, ConfigText(r.config)).Bind(4, r.state);
+  st.Bind(5, absl::StrJoin(r.sites, ",")).Bind(6, r.base_model_digest).Bind(7, r.final_model_digest);
+  st.Bind(8, r.fedadam_state_path).Bind(9, r.fedadam_rounds).Bind(10, static_cast<int64_t>(r.current_round));
+  st.Bind(11, r.started_ms).Bind(12, r.finished_ms).Bind(13, r.evaluation_deadline_ms).Bind(14, r.message);
+  return st.Run();
+}
+
+absl::Status StateStore::InsertRoundLocked(const RoundRecord& r) {
+  ASSIGN_OR_RETURN(store::Statement st,
+                   db_->Prepare(absl::StrCat("INSERT INTO rounds(", kRoundColumns, ") VALUES(?,?,?,?,?,?,?,?,?,?)")));
+  st.Bind(1, r.run_id).Bind(2, static_cast<int64_t>(r.round)).Bind(3, static_cast<int64_t>(r.attempt));
+  st.Bind(4, r.state).Bind(5, r.model_digest).Bind(6, r.result_digest).Bind(7, r.opened_ms).Bind(8, r.deadline_ms);
+  st.Bind(9, r.closed_ms).Bind(10, r.message);
+  return st.Run();
+}
+
+absl::Status StateStore::CreateRun(const RunRecord& run, const RoundRecord& first_round) {
+  absl::MutexLock lock(&mu_);
+  return db_->InTransaction([&]() -> absl::Status {
+    RETURN_IF_ERROR(WriteRunLocked(run, /*insert=*/true));
+    return InsertRoundLocked(first_round);
+  });
+}
+
+absl::Status StateStore::ApplyTransition(const RunTransition& t) {
+  absl::MutexLock lock(&mu_);
+  return db_->InTransaction([&]() -> absl::Status {
+    RETURN_IF_ERROR(WriteRunLocked(t.run, /*insert=*/false));
+    if (t.finish_round) {
+      const RoundRecord& r = *t.finish_round;
+      ASSIGN_OR_RETURN(store::Statement st,
+                       db_->Prepare("UPDATE rounds SET state = ?, result_digest = ?, closed_ms = ?, message = ? "
+                                    "WHERE run_id = ? AND round = ? AND attempt = ?"));
+      st.Bind(1, r.state).Bind(2, r.result_digest).Bind(3, r.closed_ms).Bind(4, r.message).Bind(5, r.run_id);
+      st.Bind(6, static_cast<int64_t>(r.round)).Bind(7, static_cast<int64_t>(r.attempt));
+      RETURN_IF_ERROR(st.Run());
+    }
+    if (t.new_model) {
+      const ModelVersion& m = *t.new_model;
+      ASSIGN_OR_RETURN(store::Statement st, db_->Prepare(absl::StrCat("INSERT OR IGNORE INTO model_versions(",
+                                                                      kModelColumns, ") VALUES(?,?,?,?,?,?,?)")));
+      st.Bind(1, m.digest).Bind(2, m.parent_digest).Bind(3, m.path).Bind(4, m.run_id);
+      st.Bind(5, static_cast<int64_t>(m.round)).Bind(6, m.bytes).Bind(7, m.created_ms);
+      RETURN_IF_ERROR(st.Run());
+    }
+    if (t.open_round) RETURN_IF_ERROR(InsertRoundLocked(*t.open_round));
+    return absl::OkStatus();
+  });
+}
+
+absl::StatusOr<std::vector<RunRecord>> StateStore::QueryRunsLocked(const std::string& where_order,
+                                                                   const std::string& arg) {
+  ASSIGN_OR_RETURN(store::Statement st, db_->Prepare(absl::StrCat("SELECT ", kRunColumns, " FROM runs ", where_order)));
+  if (!arg.empty()) st.Bind(1, arg);
+  std::vector<RunRecord> out;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, st.Step());
+    if (!row) break;
+    ASSIGN_OR_RETURN(RunRecord run, ReadRun(st));
+    out.push_back(std::move(run));
+  }
+  return out;
+}
+
+absl::StatusOr<RunRecord> StateStore::GetRun(const std::string& run_id) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(std::vector<RunRecord> runs, QueryRunsLocked("WHERE run_id = ?", run_id));
+  if (runs.empty()) return absl::NotFoundError(absl::StrCat("unknown run '", run_id, "'"));
+  return runs.front();
+}
+
+absl::StatusOr<RunRecord> StateStore::LatestRun() {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(std::vector<RunRecord> runs, QueryRunsLocked("ORDER BY seq DESC LIMIT 1", ""));
+  if (runs.empty()) return absl::NotFoundError("no run has been started yet");
+  return runs.front();
+}
+
+absl::StatusOr<std::vector<RunRecord>> StateStore::RecentRuns(int limit) {
+  absl::MutexLock lock(&mu_);
+  return QueryRunsLocked(absl::StrCat("ORDER BY seq DESC LIMIT ", limit), "");
+}
+
+absl::StatusOr<std::optional<RunRecord>> StateStore::ActiveRun() {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(std::vector<RunRecord> runs,
+                   QueryRunsLocked("WHERE state IN ('running', 'evaluating') ORDER BY seq DESC LIMIT 1", ""));
+  if (runs.empty()) return std::optional<RunRecord>();
+  return std::optional<RunRecord>(runs.front());
+}
+
+absl::StatusOr<std::vector<RoundRecord>> StateStore::ListRounds(const std::string& run_id) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(
+      store::Statement st,
+      db_->Prepare(absl::StrCat("SELECT ", kRoundColumns, " FROM rounds WHERE run_id = ? ORDER BY round, attempt")));
+  st.Bind(1, run_id);
+  std::vector<RoundRecord> out;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, st.Step());
+    if (!row) break;
+    out.push_back(ReadRound(st));
+  }
+  return out;
+}
+
+// ---- Model versions
+
+absl::Status StateStore::PutModelVersion(const ModelVersion& m) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(store::Statement st, db_->Prepare(absl::StrCat("INSERT OR IGNORE INTO model_versions(",
+                                                                  kModelColumns, ") VALUES(?,?,?,?,?,?,?)")));
+  st.Bind(1, m.digest).Bind(2, m.parent_digest).Bind(3, m.path).Bind(4, m.run_id);
+  st.Bind(5, static_cast<int64_t>(m.round)).Bind(6, m.bytes).Bind(7, m.created_ms);
+  return st.Run();
+}
+
+absl::StatusOr<std::vector<ModelVersion>> StateStore::QueryModelsLocked(const std::string& where_order,
+                                                                        const std::string& arg) {
+  ASSIGN_OR_RETURN(store::Statement st,
+                   db_->Prepare(absl::StrCat("SELECT ", kModelColumns, " FROM model_versions ", where_order)));
+  if (!arg.empty()) st.Bind(1, arg);
+  std::vector<ModelVersion> out;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, st.Step());
+    if (!row) break;
+    out.push_back(ReadModel(st));
+  }
+  return out;
+}
+
+absl::StatusOr<std::optional<ModelVersion>> StateStore::GetModelVersion(const std::string& digest) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(std::vector<ModelVersion> models, QueryModelsLocked("WHERE digest = ?", digest));
+  if (models.empty()) return std::optional<ModelVersion>();
+  return std::optional<ModelVersion>(models.front());
+}
+
+absl::StatusOr<std::optional<ModelVersion>> StateStore::LatestModelVersion() {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(std::vector<ModelVersion> models, QueryModelsLocked("ORDER BY rowid DESC LIMIT 1", ""));
+  if (models.empty()) return std::optional<ModelVersion>();
+  return std::optional<ModelVersion>(models.front());
+}
+
+absl::StatusOr<std::vector<ModelVersion>> StateStore::FindModelVersions(const std::string& prefix) {
+  absl::MutexLock lock(&mu_);
+  // substr instead of LIKE: digests are hex, but a prefix typed by an operator must not act as a pattern.
+  return QueryModelsLocked("WHERE substr(digest, 1, length(?1)) = ?1 ORDER BY rowid", prefix);
+}
+
+// ---- Updates
+
+absl::StatusOr<int64_t> StateStore::InsertUpdate(const UpdateRecord& u) {
+  absl::MutexLock lock(&mu_);
+  int64_t id = 0;
+  RETURN_IF_ERROR(db_->InTransaction([&]() -> absl::Status {
+    if (u.status == "accepted") {
+      ASSIGN_OR_RETURN(store::Statement q,
+                       db_->Prepare("SELECT sha256 FROM updates WHERE run_id = ? AND round = ? AND attempt = ? AND "
+                                    "site_id = ? AND status = 'accepted'"));
+      q.Bind(1, u.run_id).Bind(2, static_cast<int64_t>(u.round)).Bind(3, static_cast<int64_t>(u.attempt));
+      q.Bind(4, u.site_id);
+      ASSIGN_OR_RETURN(bool row, q.Step());
+      if (row) {
+        return absl::AlreadyExistsError(absl::StrCat("site ", u.site_id, " already has an accepted update (sha256 ",
+                                                     q.ColumnText(0), ") for run ", u.run_id, " round ", u.round,
+                                                     " attempt ", u.attempt));
+      }
+    }
+    ASSIGN_OR_RETURN(store::Statement st,
+                     db_->Prepare("INSERT INTO updates(run_id, round, attempt, site_id, sha256, bytes, num_samples, "
+                                  "l2_norm, train_loss, validation_loss, status, message, spool_path, received_ms) "
+                                  "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)"));
+    st.Bind(1, u.run_id).Bind(2, static_cast<int64_t>(u.round)).Bind(3, static_cast<int64_t>(u.attempt));
+    st.Bind(4, u.site_id).Bind(5, u.sha256).Bind(6, u.bytes).Bind(7, u.num_samples).Bind(8, u.l2_norm);
+    st.Bind(9, u.train_loss).Bind(10, u.validation_loss).Bind(11, u.status).Bind(12, u.message);
+    st.Bind(13, u.spool_path).Bind(14, u.received_ms);
+    RETURN_IF_ERROR(st.Run());
+    id = db_->LastInsertRowId();
+    return absl::OkStatus();
+  }));
+  return id;
+}
+
+absl::StatusOr<std::vector<UpdateRecord>> StateStore::ListUpdates(const std::string& run_id, int round, int attempt,
+                                                                  const std::string& site_id,
+                                                                  const std::string& status) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(store::Statement st,
+                   db_->Prepare(absl::StrCat("SELECT ", kUpdateColumns,
+                                             " FROM updates WHERE run_id = ?1 AND (?2 < 0 OR round = ?2) AND "
+                                             "(?3 < 0 OR attempt = ?3) AND (?4 = '' OR site_id = ?4) AND "
+                                             "(?5 = '' OR status = ?5) ORDER BY id")));
+  st.Bind(1, run_id).Bind(2, static_cast<int64_t>(round)).Bind(3, static_cast<int64_t>(attempt));
+  st.Bind(4, site_id).Bind(5, status);
+  std::vector<UpdateRecord> out;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, st.Step());
+    if (!row) break;
+    out.push_back(ReadUpdate(st));
+  }
+  return out;
+}
+
+// ---- Metrics
+
+absl::Status StateStore::InsertMetrics(const MetricsRecord& m) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(store::Statement st,
+                   db_->Prepare("INSERT INTO metrics(run_id, round, site_id, kind, report, received_ms) "
+                                "VALUES(?,?,?,?,?,?)"));
+  st.Bind(1, m.run_id).Bind(2, static_cast<int64_t>(m.round)).Bind(3, m.site_id).Bind(4, m.kind);
+  st.BindBlob(5, m.report.SerializeAsString()).Bind(6, m.received_ms);
+  return st.Run();
+}
+
+absl::StatusOr<std::vector<MetricsRecord>> StateStore::ListMetrics(const std::string& run_id) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(store::Statement st,
+                   db_->Prepare("SELECT run_id, round, site_id, kind, report, received_ms FROM metrics WHERE "
+                                "run_id = ? ORDER BY site_id, kind = 'final', round, id"));
+  st.Bind(1, run_id);
+  std::vector<MetricsRecord> out;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, st.Step());
+    if (!row) break;
+    MetricsRecord m;
+    m.run_id = st.ColumnText(0);
+    m.round = static_cast<int>(st.ColumnInt(1));
+    m.site_id = st.ColumnText(2);
+    m.kind = st.ColumnText(3);
+    if (!m.report.ParseFromString(st.ColumnText(4))) {
+      return absl::DataLossError(absl::StrCat("metrics of site ", m.site_id, " run ", run_id, " do not parse"));
+    }
+    m.received_ms = st.ColumnInt(5);
+    out.push_back(std::move(m));
+  }
+  return out;
+}
+
+// ---- Transfers
+
+absl::Status StateStore::AddTransfer(const std::string& run_id, const std::string& site_id, int64_t bytes_down,
+                                     int64_t bytes_up) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(store::Statement st,
+                   db_->Prepare("INSERT INTO transfers(run_id, site_id, bytes_down, bytes_up) VALUES(?1, ?2, ?3, ?4) "
+                                "ON CONFLICT(run_id, site_id) DO UPDATE SET bytes_down = bytes_down + ?3, "
+                                "bytes_up = bytes_up + ?4"));
+  st.Bind(1, run_id).Bind(2, site_id).Bind(3, bytes_down).Bind(4, bytes_up);
+  return st.Run();
+}
+
+absl::StatusOr<std::map<std::string, std::pair<int64_t, int64_t>>> StateStore::GetTransfers(const std::string& run_id) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(store::Statement st,
+                   db_->Prepare("SELECT site_id, bytes_down, bytes_up FROM transfers WHERE run_id = ?"));
+  st.Bind(1, run_id);
+  std::map<std::string, std::pair<int64_t, int64_t>> out;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, st.Step());
+    if (!row) break;
+    out[st.ColumnText(0)] = {st.ColumnInt(1), st.ColumnInt(2)};
+  }
+  return out;
+}
+
+// ---- Audit
+
+absl::Status StateStore::InsertAudit(const AuditRecord& a) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(store::Statement st,
+                   db_->Prepare("INSERT INTO audit_log(time_ms, rpc, peer_cn, serial, peer_address, role, decision, "
+                                "code, message, run_id, round) VALUES(?,?,?,?,?,?,?,?,?,?,?)"));
+  st.Bind(1, a.time_ms).Bind(2, a.rpc).Bind(3, a.peer_cn).Bind(4, a.serial).Bind(5, a.peer_address);
+  st.Bind(6, a.role).Bind(7, a.decision).Bind(8, a.code).Bind(9, a.message).Bind(10, a.run_id);
+  st.Bind(11, static_cast<int64_t>(a.round));
+  return st.Run();
+}
+
+absl::StatusOr<std::vector<AuditRecord>> StateStore::ListAudit() {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(store::Statement st,
+                   db_->Prepare("SELECT time_ms, rpc, peer_cn, serial, peer_address, role, decision, code, message, "
+                                "run_id, round FROM audit_log ORDER BY id"));
+  std::vector<AuditRecord> out;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, st.Step());
+    if (!row) break;
+    AuditRecord a;
+    a.time_ms = st.ColumnInt(0);
+    a.rpc = st.ColumnText(1);
+    a.peer_cn = st.ColumnText(2);
+    a.serial = st.ColumnText(3);
+    a.peer_address = st.ColumnText(4);
+    a.role = st.ColumnText(5);
+    a.decision = st.ColumnText(6);
+    a.code = st.ColumnText(7);
+    a.message = st.ColumnText(8);
+    a.run_id = st.ColumnText(9);
+    a.round = static_cast<int>(st.ColumnInt(10));
+    out.push_back(std::move(a));
+  }
+  return out;
+}
+
+}  // namespace fedtune::coordinator

@@ -1,0 +1,240 @@
+// The coordinator's durable state: one SQLite file, <state_dir>/coordinator.db (WAL, numbered migrations, see
+// common/store/database.h). Every state change that matters is ONE method here and ONE transaction, so a
+// coordinator killed at any moment restarts from a consistent database.
+//
+// Schema (migration 1):
+//   sites(site_id PK, status 'pending'|'approved'|'revoked', first_seen_ms, last_seen_ms, certificate_serial,
+//         dataset BLOB (serialized v1.DatasetSummary), capabilities BLOB (serialized v1.Capabilities),
+//         state (last heartbeat's free text), progress, train_loss, status_ms)
+//   runs(run_id PK, seq UNIQUE, name, config (v1.RunConfig text proto), state 'running'|'evaluating'|'completed'|
+//        'failed'|'aborted', sites (selected site ids, comma separated), base_model_digest, final_model_digest,
+//        fedadam_state_path (file under <state_dir>/fedadam/ holding the FedAdam m/v bundle after a round, or ''),
+//        fedadam_rounds, current_round, started_ms, finished_ms, evaluation_deadline_ms, message)
+//   rounds(run_id, round, attempt, state 'open'|'closed'|'failed'|'aborted', model_digest (sent out),
+//          result_digest (aggregated global), opened_ms, deadline_ms, closed_ms, message; PK(run_id, round, attempt))
+//   model_versions(digest PK = SHA-256 of the checkpoint file, parent_digest ('' for an import), path (blob),
+//                  run_id, round, bytes, created_ms); rowid order is creation order.
+//   updates(id PK, run_id, round, attempt, site_id, sha256, bytes, num_samples, l2_norm, train_loss,
+//           validation_loss, status 'accepted'|'refused', message, spool_path, received_ms);
+//           UNIQUE (run_id, round, attempt, site_id) WHERE status = 'accepted'.
+//   metrics(id PK, run_id, round, site_id, kind 'round'|'final', report BLOB (serialized v1.MetricsReport),
+//           received_ms)
+//   transfers(run_id, site_id, bytes_down, bytes_up; PK(run_id, site_id)); run_id '' for transfers outside a run.
+//   audit_log(id PK, time_ms, rpc, peer_cn, serial, peer_address, role, decision 'allow'|'deny', code (gRPC code
+//             name), message, run_id, round)
+//
+// Thread safety: thread-safe; every method holds an internal mutex for its whole transaction.
+#ifndef FEDTUNE_COORDINATOR_STATE_STORE_H_
+#define FEDTUNE_COORDINATOR_STATE_STORE_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "common/store/database.h"
+#include "fedtune/v1/federation.pb.h"
+#include "fedtune/v1/federation_config.pb.h"
+
+namespace fedtune::coordinator {
+
+struct SiteRecord {
+  std::string site_id;
+  std::string status;  // "pending", "approved", "revoked".
+  int64_t first_seen_ms = 0;
+  int64_t last_seen_ms = 0;
+  std::string certificate_serial;
+  v1::DatasetSummary dataset;
+  v1::Capabilities capabilities;
+  std::string state;
+  double progress = 0;
+  double train_loss = 0;
+};
+
+struct RunRecord {
+  std::string run_id;
+  std::string name;
+  v1::RunConfig config;
+  std::string state;  // "running", "evaluating", "completed", "failed", "aborted".
+  std::vector<std::string> sites;
+  std::string base_model_digest;
+  std::string final_model_digest;
+  std::string fedadam_state_path;
+  int64_t fedadam_rounds = 0;
+  int current_round = 0;
+  int64_t started_ms = 0;
+  int64_t finished_ms = 0;
+  int64_t evaluation_deadline_ms = 0;
+  std::string message;
+  bool active() const { return state == "running" || state == "evaluating"; }
+};
+
+struct RoundRecord {
+  std::string run_id;
+  int round = 0;
+  int attempt = 0;
+  std::string state;  // "open", "closed", "failed", "aborted".
+  std::string model_digest;
+  std::string result_digest;
+  int64_t opened_ms = 0;
+  int64_t deadline_ms = 0;
+  int64_t closed_ms = 0;
+  std::string message;
+};
+
+struct ModelVersion {
+  std::string digest;
+  std::string parent_digest;
+  std::string path;
+  std::string run_id;
+  int round = 0;
+  int64_t bytes = 0;
+  int64_t created_ms = 0;
+};
+
+struct UpdateRecord {
+  int64_t id = 0;
+  std::string run_id;
+  int round = 0;
+  int attempt = 0;
+  std::string site_id;
+  std::string sha256;
+  int64_t bytes = 0;
+  int64_t num_samples = 0;
+  double l2_norm = 0;
+  double train_loss = 0;
+  double validation_loss = 0;
+  std::string status;  // "accepted", "refused".
+  std::string message;
+  std::string spool_path;
+  int64_t received_ms = 0;
+};
+
+struct AuditRecord {
+  int64_t time_ms = 0;
+  std::string rpc;
+  std::string peer_cn;
+  std::string serial;
+  std::string peer_address;
+  std::string role;
+  std::string decision;  // "allow", "deny".
+  std::string code;      // "OK", "PERMISSION_DENIED", ...
+  std::string message;
+  std::string run_id;
+  int round = 0;
+};
+
+struct MetricsRecord {
+  std::string run_id;
+  int round = 0;
+  std::string site_id;
+  std::string kind;
+  v1::MetricsReport report;
+  int64_t received_ms = 0;
+};
+
+// A change of a run's state in one transaction: the run row is rewritten, then optionally a round row is
+// rewritten (finish_round: state, result, closed time, message by its key), a model version inserted and a new
+// round inserted.
+struct RunTransition {
+  RunRecord run;
+  std::optional<RoundRecord> finish_round;
+  std::optional<ModelVersion> new_model;
+  std::optional<RoundRecord> open_round;
+};
+
+class StateStore {
+ public:
+  // Opens (creating) `path` (":memory:" for tests) and applies the migrations. Errors as store::Database::Open.
+  static absl::StatusOr<std::unique_ptr<StateStore>> Open(const std::string& path);
+
+  // ---- Sites
+  // std::nullopt when the site is unknown.
+  absl::StatusOr<std::optional<SiteRecord>> GetSite(const std::string& site_id);
+  absl::StatusOr<std::vector<SiteRecord>> ListSites();
+  // Records a Hello: creates the site with `new_status` when unknown, else keeps its status; stores serial,
+  // dataset, capabilities and last_seen. Returns the stored record.
+  absl::StatusOr<SiteRecord> RecordHello(const std::string& site_id, const std::string& serial,
+                                         const v1::DatasetSummary& dataset, const v1::Capabilities& capabilities,
+                                         const std::string& new_status, int64_t now_ms);
+  // Sets the status, creating the site when unknown and `create` is true (NotFound otherwise).
+  absl::StatusOr<SiteRecord> SetSiteStatus(const std::string& site_id, const std::string& status, bool create,
+                                           int64_t now_ms);
+  // last_seen_ms = now (no-op for an unknown site).
+  absl::Status TouchSite(const std::string& site_id, int64_t now_ms);
+  absl::Status SetSiteState(const std::string& site_id, const std::string& state, double progress, double train_loss,
+                            int64_t now_ms);
+
+  // ---- Runs and rounds
+  // The next free run id, "run-0001", "run-0002", ...
+  absl::StatusOr<std::string> NextRunId();
+  // Inserts the run and its first round. AlreadyExists when the run id exists.
+  absl::Status CreateRun(const RunRecord& run, const RoundRecord& first_round);
+  absl::Status ApplyTransition(const RunTransition& transition);
+  // NotFound naming the run.
+  absl::StatusOr<RunRecord> GetRun(const std::string& run_id);
+  // The most recently created run; NotFound when there is none.
+  absl::StatusOr<RunRecord> LatestRun();
+  // The `limit` most recent runs, newest first.
+  absl::StatusOr<std::vector<RunRecord>> RecentRuns(int limit);
+  // The run in state running or evaluating, if any.
+  absl::StatusOr<std::optional<RunRecord>> ActiveRun();
+  // Rounds of a run ordered by (round, attempt).
+  absl::StatusOr<std::vector<RoundRecord>> ListRounds(const std::string& run_id);
+
+  // ---- Model versions
+  // Inserts unless the digest is already recorded (then keeps the first record).
+  absl::Status PutModelVersion(const ModelVersion& version);
+  absl::StatusOr<std::optional<ModelVersion>> GetModelVersion(const std::string& digest);
+  // The last recorded version; std::nullopt when there is none.
+  absl::StatusOr<std::optional<ModelVersion>> LatestModelVersion();
+  // Versions whose digest starts with `prefix`.
+  absl::StatusOr<std::vector<ModelVersion>> FindModelVersions(const std::string& prefix);
+
+  // ---- Updates
+  // Inserts and returns the row id. AlreadyExists when an accepted update exists for (run, round, attempt, site).
+  absl::StatusOr<int64_t> InsertUpdate(const UpdateRecord& update);
+  // attempt < 0: every attempt. site_id empty: every site. status empty: any status. Ordered by id.
+  absl::StatusOr<std::vector<UpdateRecord>> ListUpdates(const std::string& run_id, int round, int attempt,
+                                                        const std::string& site_id, const std::string& status);
+
+  // ---- Metrics
+  absl::Status InsertMetrics(const MetricsRecord& record);
+  // Ordered by site, then round (final, round 0, last), then arrival.
+  absl::StatusOr<std::vector<MetricsRecord>> ListMetrics(const std::string& run_id);
+
+  // ---- Transfers
+  absl::Status AddTransfer(const std::string& run_id, const std::string& site_id, int64_t bytes_down, int64_t bytes_up);
+  // site -> (bytes_down, bytes_up).
+  absl::StatusOr<std::map<std::string, std::pair<int64_t, int64_t>>> GetTransfers(const std::string& run_id);
+
+  // ---- Audit
+  absl::Status InsertAudit(const AuditRecord& record);
+  // Rows in insertion order (tests and investigations).
+  absl::StatusOr<std::vector<AuditRecord>> ListAudit();
+
+ private:
+  explicit StateStore(std::unique_ptr<store::Database> db) : db_(std::move(db)) {}
+  absl::StatusOr<std::optional<SiteRecord>> GetSiteLocked(const std::string& site_id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status WriteRunLocked(const RunRecord& run, bool insert) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status InsertRoundLocked(const RoundRecord& round) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<std::vector<RunRecord>> QueryRunsLocked(const std::string& where_order, const std::string& arg)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<std::vector<ModelVersion>> QueryModelsLocked(const std::string& where_order, const std::string& arg)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  absl::Mutex mu_;
+  std::unique_ptr<store::Database> db_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace fedtune::coordinator
+
+#endif  // FEDTUNE_COORDINATOR_STATE_STORE_H_

@@ -1,0 +1,205 @@
+#include "coordinator/cli/consortium_report.h"
+
+#include <regex>
+#include <string>
+
+#include "common/io/file_util.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/coordinator/cli/run_report_fixture.h"
+#include "tests/testing/temp_dir.h"
+
+namespace fedtune::admin {
+namespace {
+
+using ::fedtune::admin::testing::AddModel;
+using ::fedtune::admin::testing::MakeRunReport;
+using ::testing::DoubleNear;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+TEST(SummarizeSitesTest, FinalEvaluationAndMissingOne) {
+  const std::vector<SiteSummary> s = SummarizeSites(MakeRunReport());
+  ASSERT_EQ(s.size(), 2u);
+  EXPECT_EQ(s[0].site_id, "site-a");
+  EXPECT_TRUE(s[0].final_evaluation);
+  EXPECT_EQ(s[0].test_cases, 120);
+  EXPECT_THAT(*s[0].mean_auc_open_source, DoubleNear(0.65, 1e-12));
+  EXPECT_THAT(*s[0].mean_auc_global, DoubleNear(0.70, 1e-12));
+  EXPECT_THAT(*s[0].mean_auc_adapted, DoubleNear(0.75, 1e-12));
+  EXPECT_EQ(s[0].labels_compared, 2);  // Edema has no AUC.
+  EXPECT_EQ(s[0].improved_significant, 2);
+  EXPECT_EQ(s[0].worsened_significant, 0);
+  EXPECT_THAT(*s[0].wilcoxon_p, DoubleNear(0.25, 1e-12));
+  EXPECT_EQ(s[1].site_id, "site-b");
+  EXPECT_FALSE(s[1].final_evaluation);
+  EXPECT_FALSE(s[1].mean_auc_adapted.has_value());
+  EXPECT_FALSE(s[1].wilcoxon_p.has_value());
+}
+
+TEST(SummarizeSitesTest, MeanComputedFromLabelsWhenMissingAndReversedComparison) {
+  v1::RunReport report;
+  v1::SiteRunReport* site = report.add_sites();
+  site->set_site_id("x");
+  v1::MetricsReport* m = site->add_metrics();
+  m->set_kind("final");
+  AddModel(m, "open-source", {0.6, 0.8, NAN}, 0);  // mean_auc not filled in: (0.6 + 0.8) / 2.
+  AddModel(m, "adapted", {0.5, 0.7, NAN}, NAN);
+  // Stored as adapted-vs-open-source the other way round: a worse label must not count as improved.
+  testing::AddComparison(m, "adapted", "open-source", {0.01, 0.5, NAN}, 0.3, 1);
+  const SiteSummary s = SummarizeSites(report)[0];
+  EXPECT_THAT(*s.mean_auc_open_source, DoubleNear(0.7, 1e-12));
+  EXPECT_THAT(*s.mean_auc_adapted, DoubleNear(0.6, 1e-12));
+  EXPECT_FALSE(s.mean_auc_global.has_value());
+  EXPECT_EQ(s.improved_significant, 0);
+  EXPECT_EQ(s.worsened_significant, 1);
+}
+
+TEST(ConsortiumReportJsonTest, StableKeysValuesAndNulls) {
+  const nlohmann::json j = nlohmann::json::parse(ConsortiumReportJson(MakeRunReport()));
+  EXPECT_EQ(j["format"], "fedtune-consortium-report-v1");
+  EXPECT_EQ(j["run"]["id"], "run-7");
+  EXPECT_EQ(j["run"]["name"], "demo <b>");
+  EXPECT_EQ(j["run"]["state"], "completed");
+  EXPECT_EQ(j["run"]["rounds_planned"], 2);
+  EXPECT_EQ(j["run"]["bytes_up"], 3 << 20);
+
+  const nlohmann::json& a = j["summary"][0];
+  EXPECT_EQ(a["site_id"], "site-a");
+  EXPECT_NEAR(a["mean_auc"]["open_source"].get<double>(), 0.65, 1e-12);
+  EXPECT_NEAR(a["mean_auc"]["global"].get<double>(), 0.70, 1e-12);
+  EXPECT_NEAR(a["mean_auc"]["adapted"].get<double>(), 0.75, 1e-12);
+  EXPECT_EQ(a["improved_significant"], 2);
+  EXPECT_EQ(a["labels_compared"], 2);
+  EXPECT_NEAR(a["wilcoxon_p"].get<double>(), 0.25, 1e-12);
+  EXPECT_TRUE(j["summary"][1]["mean_auc"]["adapted"].is_null());
+  EXPECT_FALSE(j["summary"][1]["final_evaluation"].get<bool>());
+
+  const nlohmann::json& site = j["sites"][0];
+  EXPECT_EQ(site["dataset"]["test_images"], 120);
+  ASSERT_EQ(site["labels"].size(), 3u);
+  const nlohmann::json& atelectasis = site["labels"][0];
+  EXPECT_EQ(atelectasis["label"], "Atelectasis");
+  EXPECT_EQ(atelectasis["positives"], 30);
+  EXPECT_NEAR(atelectasis["auc"]["adapted"]["auc"].get<double>(), 0.80, 1e-12);
+  EXPECT_NEAR(atelectasis["auc"]["adapted"]["ci_low"].get<double>(), 0.75, 1e-12);
+  EXPECT_NEAR(atelectasis["auc"]["global"]["ci_high"].get<double>(), 0.80, 1e-12);
+  EXPECT_NEAR(atelectasis["delong_p"]["global_vs_open_source"].get<double>(), 0.04, 1e-12);
+  EXPECT_NEAR(atelectasis["delong_p"]["adapted_vs_open_source"].get<double>(), 0.01, 1e-12);
+  EXPECT_NEAR(atelectasis["delong_p"]["adapted_vs_global"].get<double>(), 0.3, 1e-12);
+  const nlohmann::json& edema = site["labels"][2];
+  EXPECT_TRUE(edema["auc"]["open_source"]["auc"].is_null());  // NaN -> null.
+  EXPECT_TRUE(edema["auc"]["adapted"]["ci_low"].is_null());
+  EXPECT_TRUE(edema["delong_p"]["adapted_vs_global"].is_null());
+  EXPECT_EQ(site["comparisons"]["adapted_vs_open_source"]["improved_significant"], 2);
+  ASSERT_EQ(site["rounds"].size(), 1u);
+  EXPECT_NEAR(site["rounds"][0]["train_loss"].get<double>(), 0.4321, 1e-12);
+  EXPECT_NEAR(site["rounds"][0]["mean_auc_local"].get<double>(), 0.69, 1e-12);
+  EXPECT_EQ(site["bytes_down"], 2 << 20);
+
+  EXPECT_TRUE(j["sites"][1]["rounds"][0]["validation_loss"].is_null());  // Not reported (0).
+  EXPECT_NEAR(j["sites"][1]["rounds"][0]["train_loss"].get<double>(), 0.5, 1e-12);
+  ASSERT_EQ(j["rounds"].size(), 3u);
+  EXPECT_EQ(j["rounds"][0]["state"], "failed");
+  EXPECT_EQ(j["rounds"][1]["attempt"], 2);
+  EXPECT_EQ(j["rounds"][1]["accepted"], 2);
+  EXPECT_EQ(j["rounds"][1]["bytes_up"], 3000);
+  EXPECT_EQ(j["rounds"][2]["updates"][1]["site_id"], "site-b");
+  EXPECT_EQ(j["rounds"][2]["updates"][1]["bytes"], 2500);
+
+  EXPECT_FALSE(j["cross_site"]["evaluated"].get<bool>());
+  EXPECT_THAT(j["cross_site"]["note"].get<std::string>(), HasSubstr("No cross-site evaluation was run"));
+}
+
+TEST(ConsortiumReportJsonTest, CrossSiteMatrixFromEvaluationsNamedAfterSites) {
+  v1::RunReport report = MakeRunReport();
+  // site-a evaluated site-b's adapted model; site-b sent a final report with its own adapted model.
+  AddModel(report.mutable_sites(0)->mutable_metrics(1), "site-b", {0.66, 0.62, NAN}, 0.64);
+  v1::MetricsReport* b_final = report.mutable_sites(1)->add_metrics();
+  b_final->set_kind("final");
+  AddModel(b_final, "adapted", {0.9, 0.8, 0.7}, 0.8);
+  const nlohmann::json j = nlohmann::json::parse(ConsortiumReportJson(report));
+  EXPECT_TRUE(j["cross_site"]["evaluated"].get<bool>());
+  bool found = false;
+  for (const nlohmann::json& cell : j["cross_site"]["matrix"]) {
+    if (cell["model_of"] == "site-b" && cell["evaluated_at"] == "site-a") {
+      EXPECT_NEAR(cell["mean_auc"].get<double>(), 0.64, 1e-12);
+      found = true;
+    }
+  }
+  EXPECT_TRUE(found);
+  const std::string html = ConsortiumReportHtml(report);
+  EXPECT_THAT(html, Not(HasSubstr("No cross-site evaluation was run")));
+  EXPECT_THAT(html, HasSubstr("Model of \\ evaluated at"));
+  EXPECT_THAT(html, HasSubstr("<td>0.640</td>"));
+  EXPECT_THAT(html, HasSubstr("<td class=\"diag\">0.800</td>"));
+}
+
+TEST(ConsortiumReportHtmlTest, ValuesEscapingAndSelfContained) {
+  const std::string html = ConsortiumReportHtml(MakeRunReport());
+  EXPECT_THAT(html, HasSubstr("<!DOCTYPE html>"));
+  EXPECT_THAT(html, HasSubstr("demo &lt;b&gt;"));
+  EXPECT_THAT(html, Not(HasSubstr("demo <b>")));
+  EXPECT_THAT(html, HasSubstr("Site site-a"));
+  EXPECT_THAT(html, HasSubstr("Site site-b"));
+  // AUC with CI, p-values, n/a for the NaN label, the site without a final evaluation.
+  EXPECT_THAT(html, HasSubstr("0.800 <span class=\"ci\">(0.750\u20130.850)</span>"));
+  EXPECT_THAT(html, HasSubstr("<td>0.010</td>"));
+  EXPECT_THAT(html, HasSubstr("<td>0.040</td>"));
+  EXPECT_THAT(html, HasSubstr("<td class=\"na\">n/a</td>"));
+  EXPECT_THAT(html, HasSubstr("sent no final evaluation"));
+  EXPECT_THAT(html, HasSubstr("2 of 2"));
+  EXPECT_THAT(html, HasSubstr("at 1 of 1 site with a final evaluation."));
+  // Rounds: the failed attempt, bytes.
+  EXPECT_THAT(html, HasSubstr("1 of 2 min_sites at the deadline"));
+  EXPECT_THAT(html, HasSubstr("2.9 KiB"));
+  EXPECT_THAT(html, HasSubstr("No cross-site evaluation was run"));
+  EXPECT_THAT(html, HasSubstr("aria-label=\"Mean AUC per site\""));
+  EXPECT_THAT(html, HasSubstr("aria-label=\"Training loss per round and site\""));
+  EXPECT_THAT(html, HasSubstr("site-a, round 1: 0.4321"));
+  // Self-contained: no external resource of any kind.
+  for (const char* bad : {"http://", "https://", "src=", "<script", "<link", "url(", "@import", "href=\"/"}) {
+    EXPECT_THAT(html, Not(HasSubstr(bad))) << bad;
+  }
+  // Every NaN was caught (no "nan" printed as a number).
+  EXPECT_FALSE(std::regex_search(html, std::regex(">-?nan<|>-?inf<", std::regex::icase)));
+}
+
+TEST(SiteSummaryTextTest, Table) {
+  const std::string text = SiteSummaryText(MakeRunReport());
+  EXPECT_THAT(text, HasSubstr("run run-7 \"demo <b>\" (completed, 2 of 2 rounds)"));
+  EXPECT_THAT(text, HasSubstr("mean AUC open-source -> global -> adapted"));
+  EXPECT_THAT(text, HasSubstr("0.650 -> 0.700 -> 0.750"));
+  EXPECT_THAT(text, HasSubstr("2/2"));
+  EXPECT_THAT(text, HasSubstr("0.250"));
+  EXPECT_THAT(text, HasSubstr("n/a (no final evaluation)"));
+  // site-a's row: site, test cases, the three AUCs, improved, worse, Wilcoxon.
+  EXPECT_TRUE(std::regex_search(text, std::regex("site-a +120 +0\\.650 -> 0\\.700 -> 0\\.750 +2/2 +0 +0\\.250\n")))
+      << text;
+}
+
+TEST(WriteConsortiumReportTest, WritesBothFiles) {
+  fedtune::testing::TempDir tmp;
+  const std::string dir = tmp.Join("out/report");
+  absl::StatusOr<ReportFiles> files = WriteConsortiumReport(MakeRunReport(), dir);
+  ASSERT_TRUE(files.ok()) << files.status();
+  EXPECT_EQ(files->json_path, dir + "/report.json");
+  absl::StatusOr<std::string> json = io::ReadFile(files->json_path);
+  ASSERT_TRUE(json.ok());
+  EXPECT_EQ(*json, ConsortiumReportJson(MakeRunReport()));
+  absl::StatusOr<std::string> html = io::ReadFile(files->html_path);
+  ASSERT_TRUE(html.ok());
+  EXPECT_EQ(*html, ConsortiumReportHtml(MakeRunReport()));
+}
+
+TEST(ConsortiumReportTest, EmptyReportDoesNotFail) {
+  v1::RunReport report;
+  EXPECT_THAT(ConsortiumReportHtml(report), HasSubstr("No site took part in this run."));
+  const nlohmann::json j = nlohmann::json::parse(ConsortiumReportJson(report));
+  EXPECT_TRUE(j["sites"].empty());
+  EXPECT_THAT(SiteSummaryText(report), HasSubstr("site"));
+}
+
+}  // namespace
+}  // namespace fedtune::admin

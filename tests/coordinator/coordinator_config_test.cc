@@ -1,0 +1,105 @@
+#include "coordinator/coordinator_config.h"
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/testing/temp_dir.h"
+
+namespace fedtune::coordinator {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(CoordinatorConfigTest, ResolvesPathsAgainstTheConfigDirectory) {
+  fedtune::testing::TempDir tmp;
+  const std::string path = tmp.WriteFile("coordinator.textproto",
+                                         "listen_address: \"127.0.0.1:7443\"\n"
+                                         "port_file: \"run/port\"\n"
+                                         "server_cert: \"pki/server.pem\"\n"
+                                         "server_key: \"/etc/fedtune/server.key\"\n"
+                                         "ca_dir: \"ca\"\n"
+                                         "state_dir: \"state\"\n"
+                                         "initial_model: \"../models/open.ckpt\"\n");
+  auto config = LoadCoordinatorConfig(path);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->port_file(), tmp.Join("run/port"));
+  EXPECT_EQ(config->server_cert(), tmp.Join("pki/server.pem"));
+  EXPECT_EQ(config->server_key(), "/etc/fedtune/server.key");
+  EXPECT_EQ(config->ca_dir(), tmp.Join("ca"));
+  EXPECT_EQ(config->state_dir(), tmp.Join("state"));
+  EXPECT_THAT(config->initial_model(), HasSubstr("models/open.ckpt"));
+  EXPECT_EQ(config->chunk_bytes(), 1 << 20);  // Documented default.
+  EXPECT_TRUE(ValidateCoordinatorConfig(*config).ok());
+}
+
+TEST(CoordinatorConfigTest, ErrorsNameTheLineOrField) {
+  auto bad = ParseCoordinatorConfig("listen_address: \"x:1\"\nstate_dirr: \"s\"\n", "c.textproto", "/tmp");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bad.status().message(), HasSubstr("c.textproto:2"));
+
+  v1::CoordinatorConfig config;
+  EXPECT_THAT(ValidateCoordinatorConfig(config).message(), HasSubstr("listen_address"));
+  config.set_listen_address("127.0.0.1");
+  EXPECT_THAT(ValidateCoordinatorConfig(config).message(), HasSubstr("has no port"));
+  config.set_listen_address("127.0.0.1:0");
+  config.set_server_cert("a");
+  config.set_server_key("b");
+  config.set_ca_dir("c");
+  EXPECT_THAT(ValidateCoordinatorConfig(config).message(), HasSubstr("state_dir"));
+  config.set_state_dir("d");
+  config.set_chunk_bytes(100);
+  EXPECT_THAT(ValidateCoordinatorConfig(config).message(), HasSubstr("chunk_bytes"));
+  config.set_chunk_bytes(2 << 20);
+  EXPECT_TRUE(ValidateCoordinatorConfig(config).ok());
+}
+
+TEST(CoordinatorConfigTest, RunConfigChecksNameTheField) {
+  v1::RunConfig config;
+  EXPECT_TRUE(ValidateRunConfig(config).ok());  // The documented defaults are valid.
+  struct Case {
+    std::function<void(v1::RunConfig*)> edit;
+    std::string field;
+  };
+  const std::vector<Case> cases = {
+      {[](v1::RunConfig* c) { c->set_min_sites(0); }, "min_sites"},
+      {[](v1::RunConfig* c) { c->set_round_deadline_seconds(0); }, "round_deadline_seconds"},
+      {[](v1::RunConfig* c) { c->set_learning_rate(-1); }, "learning_rate"},
+      {[](v1::RunConfig* c) { c->set_batch_size(0); }, "batch_size"},
+      {[](v1::RunConfig* c) {
+         c->set_aggregation("trimmed_mean");
+         c->set_trim_fraction(0.5);
+       },
+       "trim_fraction"},
+      {[](v1::RunConfig* c) {
+         c->set_aggregation("fedadam");
+         c->set_server_learning_rate(0);
+       },
+       "server_learning_rate"},
+      {[](v1::RunConfig* c) { c->set_compression("zip"); }, "compression"},
+      {[](v1::RunConfig* c) {
+         c->set_compression("topk");
+         c->set_topk_fraction(0);
+       },
+       "topk_fraction"},
+      {[](v1::RunConfig* c) { c->set_clip_norm(-1); }, "clip_norm"},
+      {[](v1::RunConfig* c) {
+         c->add_sites("a");
+         c->add_sites("a");
+       },
+       "listed twice"},
+      {[](v1::RunConfig* c) {
+         c->add_sites("a");
+         c->set_min_sites(2);
+       },
+       "min_sites"},
+  };
+  for (const Case& c : cases) {
+    v1::RunConfig edited;
+    c.edit(&edited);
+    absl::Status status = ValidateRunConfig(edited);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << c.field;
+    EXPECT_THAT(status.message(), HasSubstr(c.field));
+  }
+}
+
+}  // namespace
+}  // namespace fedtune::coordinator

@@ -1,0 +1,441 @@
+#include "coordinator/round_manager.h"
+
+#include <filesystem>
+#include <thread>
+
+#include "common/io/file_util.h"
+#include "common/io/sha256.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/coordinator/coordinator_test_util.h"
+#include "tests/testing/temp_dir.h"
+
+namespace fedtune::coordinator {
+namespace {
+
+using ::fedtune::coordinator::testing::ConstantDelta;
+using ::fedtune::coordinator::testing::EncodeDelta;
+using ::fedtune::coordinator::testing::FakeClock;
+using ::fedtune::coordinator::testing::FirstValue;
+using ::fedtune::coordinator::testing::LoadTensors;
+using ::testing::HasSubstr;
+
+class RoundManagerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    global_ = testing::WriteTinyModel(tmp_.Join("initial.ckpt"));
+    Open();
+    absl::StatusOr<std::string> digest = blobs_->Import(tmp_.Join("initial.ckpt"));
+    ASSERT_TRUE(digest.ok()) << digest.status();
+    initial_digest_ = *digest;
+    ModelVersion version;
+    version.digest = *digest;
+    version.path = blobs_->PathOf(*digest);
+    ASSERT_TRUE(store_->PutModelVersion(version).ok());
+    for (const char* site : {"site-a", "site-b", "site-c"}) {
+      ASSERT_TRUE(store_->SetSiteStatus(site, "approved", true, 0).ok());
+    }
+  }
+
+  void Open() {
+    auto store = StateStore::Open(tmp_.Join("coordinator.db"));
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = *std::move(store);
+    auto blobs = BlobStore::Open(tmp_.Join("blobs"));
+    ASSERT_TRUE(blobs.ok()) << blobs.status();
+    blobs_ = *std::move(blobs);
+    RoundManagerOptions options;
+    options.state_dir = tmp_.path();
+    options.clock = clock_.AsFunction();
+    auto manager = RoundManager::Create(store_.get(), blobs_.get(), options);
+    ASSERT_TRUE(manager.ok()) << manager.status();
+    manager_ = *std::move(manager);
+  }
+
+  // A coordinator "killed": every object dropped, then opened again from the files.
+  void Restart() {
+    manager_.reset();
+    blobs_.reset();
+    store_.reset();
+    Open();
+  }
+
+  static v1::RunConfig Config(int rounds, int min_sites, std::vector<std::string> sites) {
+    v1::RunConfig config;
+    config.set_name("test");
+    config.set_rounds(rounds);
+    config.set_min_sites(min_sites);
+    for (const std::string& s : sites) config.add_sites(s);
+    config.set_round_deadline_seconds(60);
+    config.set_final_evaluation(false);
+    return config;
+  }
+
+  absl::StatusOr<v1::UploadResponse> Upload(const std::string& site, const std::string& run, int round,
+                                            const std::string& payload, int64_t samples = 10) {
+    const std::string sha = io::Sha256Hex(payload);
+    absl::StatusOr<UploadTarget> target = manager_->PrepareUpload(site, run, round, sha);
+    if (!target.ok()) return target.status();
+    v1::UploadHeader header;
+    header.set_run_id(run);
+    header.set_round(round);
+    header.set_total_bytes(static_cast<int64_t>(payload.size()));
+    header.set_sha256(sha);
+    header.set_num_samples(samples);
+    if (target->accepted) {
+      v1::UploadResponse response;
+      response.set_status("accepted");
+      return response;
+    }
+    EXPECT_TRUE(io::WriteFileAtomically(target->spool_path, payload).ok());
+    return manager_->AcceptUpload(site, header, *target);
+  }
+
+  std::string Delta(double value) { return EncodeDelta(ConstantDelta(global_, value)); }
+
+  RunRecord Run(const std::string& id) {
+    absl::StatusOr<RunRecord> run = store_->GetRun(id);
+    EXPECT_TRUE(run.ok()) << run.status();
+    return run.ok() ? *run : RunRecord{};
+  }
+
+  fedtune::testing::TempDir tmp_;
+  FakeClock clock_;
+  fl::TensorMap global_;
+  std::string initial_digest_;
+  std::unique_ptr<StateStore> store_;
+  std::unique_ptr<BlobStore> blobs_;
+  std::unique_ptr<RoundManager> manager_;
+};
+
+TEST_F(RoundManagerTest, RoundClosesWhenEverySiteReportedWithSampleWeightedMean) {
+  auto run = manager_->StartRun(Config(2, 2, {"site-a", "site-b"}));
+  ASSERT_TRUE(run.ok()) << run.status();
+  auto task = manager_->NextTask("site-a");
+  ASSERT_TRUE(task.ok());
+  EXPECT_EQ(task->kind(), v1::Task::TRAIN);
+  EXPECT_EQ(task->round(), 1);
+  EXPECT_EQ(task->attempt(), 1);
+  EXPECT_EQ(task->model_digest(), initial_digest_);
+  EXPECT_EQ(task->base_model_digest(), initial_digest_);
+  EXPECT_EQ(task->total_rounds(), 2);
+  EXPECT_EQ(task->plan().encoding(), "fp32");
+  EXPECT_EQ(manager_->NextTask("site-c")->kind(), v1::Task::NONE);  // Not selected.
+
+  ASSERT_TRUE(Upload("site-a", *run, 1, Delta(0.01), 10).ok());
+  EXPECT_EQ(manager_->NextTask("site-a")->kind(), v1::Task::NONE);  // Done for this round.
+  EXPECT_EQ(Run(*run).current_round, 1);
+  ASSERT_TRUE(Upload("site-b", *run, 1, Delta(0.04), 30).ok());
+
+  RunRecord after = Run(*run);
+  EXPECT_EQ(after.current_round, 2);
+  auto rounds = store_->ListRounds(*run);
+  ASSERT_EQ(rounds->size(), 2u);
+  EXPECT_EQ((*rounds)[0].state, "closed");
+  const std::string global1 = (*rounds)[0].result_digest;
+  EXPECT_EQ((*rounds)[1].model_digest, global1);
+  auto version = store_->GetModelVersion(global1);
+  ASSERT_TRUE(version.ok() && version->has_value());
+  EXPECT_EQ((*version)->parent_digest, initial_digest_);
+  EXPECT_EQ(io::Sha256File(blobs_->PathOf(global1)).value(), global1);
+  // FedAvg weighted by samples: (10 * 0.01 + 30 * 0.04) / 40 = 0.0325 on every weight.
+  std::string name;
+  const double before = FirstValue(global_, &name);
+  fl::TensorMap next = LoadTensors(blobs_->PathOf(global1));
+  EXPECT_NEAR(next.at(name).flatten()[0].item<double>() - before, 0.0325, 1e-6);
+  // Accepted spool files are gone once their round closed.
+  EXPECT_TRUE(std::filesystem::is_empty(tmp_.Join("spool/" + *run)));
+
+  task = manager_->NextTask("site-b");
+  EXPECT_EQ(task->round(), 2);
+  EXPECT_EQ(task->model_digest(), global1);
+  ASSERT_TRUE(Upload("site-a", *run, 2, Delta(0.01)).ok());
+  ASSERT_TRUE(Upload("site-b", *run, 2, Delta(0.01)).ok());
+  after = Run(*run);
+  EXPECT_EQ(after.state, "completed");
+  EXPECT_FALSE(after.final_model_digest.empty());
+  EXPECT_EQ(manager_->ActiveRunId(), "");
+  EXPECT_EQ(manager_->NextTask("site-a")->kind(), v1::Task::NONE);
+}
+
+TEST_F(RoundManagerTest, DeadlineClosesWithMinSitesAndRefusesLateUploads) {
+  auto run = manager_->StartRun(Config(1, 2, {"site-a", "site-b", "site-c"}));
+  ASSERT_TRUE(run.ok()) << run.status();
+  ASSERT_TRUE(Upload("site-a", *run, 1, Delta(0.01)).ok());
+  ASSERT_TRUE(Upload("site-b", *run, 1, Delta(0.02)).ok());
+  clock_.Advance(absl::Seconds(59));
+  ASSERT_TRUE(manager_->Tick().ok());
+  EXPECT_EQ(Run(*run).state, "running");
+  clock_.Advance(absl::Seconds(1));
+  ASSERT_TRUE(manager_->Tick().ok());
+  EXPECT_EQ(Run(*run).state, "completed");
+  auto late = Upload("site-c", *run, 1, Delta(0.03));
+  EXPECT_EQ(late.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(late.status().message(), HasSubstr(*run + " round 1 is not open"));
+  // site-c was still training for the closed round: its heartbeat tells it to stop; site-a's update counted.
+  v1::HeartbeatRequest beat;
+  beat.set_run_id(*run);
+  beat.set_round(1);
+  EXPECT_TRUE(manager_->Heartbeat("site-c", beat)->cancel());
+  EXPECT_TRUE(manager_->Heartbeat("site-c", beat)->run_ended());
+  EXPECT_FALSE(manager_->Heartbeat("site-a", beat)->cancel());
+}
+
+TEST_F(RoundManagerTest, LongPollIsWokenByANewRun) {
+  absl::StatusOr<v1::Task> polled;
+  const absl::Time start = absl::Now();
+  std::thread waiter([&] { polled = manager_->WaitForTask("site-a", absl::Seconds(30), nullptr); });
+  auto run = manager_->StartRun(Config(1, 1, {"site-a"}));
+  ASSERT_TRUE(run.ok());
+  waiter.join();
+  ASSERT_TRUE(polled.ok());
+  EXPECT_EQ(polled->kind(), v1::Task::TRAIN);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(20));
+  // Shutdown ends a poll at once.
+  manager_->Shutdown();
+  ASSERT_TRUE(Upload("site-a", *run, 1, Delta(0.01)).ok());
+  auto none = manager_->WaitForTask("site-a", absl::Seconds(30), nullptr);
+  ASSERT_TRUE(none.ok());
+  EXPECT_EQ(none->kind(), v1::Task::NONE);
+}
+
+TEST_F(RoundManagerTest, TooFewUpdatesRetryTheRoundThenFailTheRun) {
+  v1::RunConfig config = Config(2, 2, {"site-a", "site-b"});
+  config.set_max_round_attempts(2);
+  auto run = manager_->StartRun(config);
+  ASSERT_TRUE(run.ok());
+  ASSERT_TRUE(Upload("site-a", *run, 1, Delta(0.01)).ok());
+  clock_.Advance(absl::Seconds(60));
+  ASSERT_TRUE(manager_->Tick().ok());
+  auto rounds = store_->ListRounds(*run);
+  ASSERT_EQ(rounds->size(), 2u);
+  EXPECT_EQ((*rounds)[0].state, "failed");
+  EXPECT_THAT((*rounds)[0].message, HasSubstr("1 accepted update(s), min_sites is 2"));
+  EXPECT_EQ((*rounds)[1].attempt, 2);
+  EXPECT_EQ((*rounds)[1].state, "open");
+  // Attempt 2 starts over: site-a trains again on the same model.
+  auto task = manager_->NextTask("site-a");
+  EXPECT_EQ(task->kind(), v1::Task::TRAIN);
+  EXPECT_EQ(task->attempt(), 2);
+  EXPECT_EQ(task->model_digest(), initial_digest_);
+  clock_.Advance(absl::Seconds(60));
+  ASSERT_TRUE(manager_->Tick().ok());
+  RunRecord failed = Run(*run);
+  EXPECT_EQ(failed.state, "failed");
+  EXPECT_THAT(failed.message, HasSubstr("round 1 failed 2 time(s)"));
+  EXPECT_EQ(manager_->ActiveRunId(), "");
+}
+
+TEST_F(RoundManagerTest, FinalEvaluationThenCompletedByReportsOrDeadline) {
+  v1::RunConfig config = Config(1, 2, {"site-a", "site-b"});
+  config.set_final_evaluation(true);
+  auto run = manager_->StartRun(config);
+  ASSERT_TRUE(run.ok());
+  ASSERT_TRUE(Upload("site-a", *run, 1, Delta(0.01)).ok());
+  ASSERT_TRUE(Upload("site-b", *run, 1, Delta(0.01)).ok());
+  RunRecord evaluating = Run(*run);
+  EXPECT_EQ(evaluating.state, "evaluating");
+  auto task = manager_->NextTask("site-a");
+  EXPECT_EQ(task->kind(), v1::Task::EVALUATE);
+  EXPECT_EQ(task->model_digest(), evaluating.final_model_digest);
+  EXPECT_EQ(task->base_model_digest(), initial_digest_);
+
+  v1::MetricsReport report;
+  report.set_run_id(*run);
+  report.set_kind("final");
+  ASSERT_TRUE(manager_->ReportMetrics("site-a", report).ok());
+  EXPECT_EQ(manager_->NextTask("site-a")->kind(), v1::Task::NONE);
+  EXPECT_EQ(Run(*run).state, "evaluating");
+  EXPECT_EQ(manager_->ReportMetrics("site-c", report).code(), absl::StatusCode::kPermissionDenied);
+  report.set_kind("weekly");
+  EXPECT_EQ(manager_->ReportMetrics("site-b", report).code(), absl::StatusCode::kInvalidArgument);
+  report.set_kind("final");
+  ASSERT_TRUE(manager_->ReportMetrics("site-b", report).ok());
+  EXPECT_EQ(Run(*run).state, "completed");
+  auto full = manager_->GetRunReport(*run);
+  ASSERT_TRUE(full.ok());
+  ASSERT_EQ(full->sites_size(), 2);
+  EXPECT_EQ(full->sites(0).metrics_size(), 1);
+
+  // Second run: the evaluation ends at its deadline with one report missing.
+  auto second = manager_->StartRun(config);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(Run(*second).base_model_digest, evaluating.final_model_digest);  // Latest global by default.
+  ASSERT_TRUE(Upload("site-a", *second, 1, Delta(0.01)).ok());
+  ASSERT_TRUE(Upload("site-b", *second, 1, Delta(0.01)).ok());
+  clock_.Advance(absl::Seconds(61));
+  ASSERT_TRUE(manager_->Tick().ok());
+  EXPECT_EQ(Run(*second).state, "completed");
+  EXPECT_THAT(Run(*second).message, HasSubstr("deadline passed"));
+}
+
+TEST_F(RoundManagerTest, AbortStopsTasksAndUploads) {
+  auto run = manager_->StartRun(Config(3, 1, {"site-a"}));
+  ASSERT_TRUE(run.ok());
+  v1::HeartbeatRequest beat;
+  beat.set_run_id(*run);
+  beat.set_round(1);
+  beat.set_state("training");
+  EXPECT_FALSE(manager_->Heartbeat("site-a", beat)->cancel());
+  auto status = manager_->AbortRun("", "operator test");
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_EQ(status->state(), "aborted");
+  EXPECT_EQ(status->rounds(0).state(), "aborted");
+  EXPECT_EQ(manager_->NextTask("site-a")->kind(), v1::Task::NONE);
+  auto hb = manager_->Heartbeat("site-a", beat);
+  EXPECT_TRUE(hb->cancel());
+  EXPECT_TRUE(hb->run_ended());
+  auto after = manager_->NextTask("site-a");
+  ASSERT_EQ(after->ended_runs_size(), 1);
+  EXPECT_EQ(after->ended_runs(0), *run);
+  EXPECT_EQ(manager_->NextTask("site-c")->ended_runs_size(), 0);  // Not selected for it.
+  EXPECT_THAT(hb->reason(), HasSubstr("aborted"));
+  EXPECT_EQ(Upload("site-a", *run, 1, Delta(0.01)).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(manager_->AbortRun(*run, "").status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(RoundManagerTest, StartRunValidates) {
+  v1::RunConfig config = Config(0, 1, {"site-a"});
+  auto bad = manager_->StartRun(config);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bad.status().message(), HasSubstr("rounds"));
+  config = Config(1, 1, {"site-a"});
+  config.set_aggregation("fedmagic");
+  EXPECT_THAT(manager_->StartRun(config).status().message(), HasSubstr("aggregation"));
+  auto unknown = manager_->StartRun(Config(1, 1, {"site-x"}));
+  EXPECT_EQ(unknown.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(unknown.status().message(), HasSubstr("unknown site 'site-x'"));
+  ASSERT_TRUE(store_->SetSiteStatus("site-c", "pending", false, 0).ok());
+  auto pending = manager_->StartRun(Config(1, 1, {"site-c"}));
+  EXPECT_EQ(pending.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(pending.status().message(), HasSubstr("fedtune sites approve site-c"));
+  config = Config(1, 1, {});
+  config.set_base_model("0123");
+  EXPECT_THAT(manager_->StartRun(config).status().message(), HasSubstr("base_model"));
+  config.set_base_model(initial_digest_.substr(0, 10));
+  auto first = manager_->StartRun(config);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(Run(*first).sites, (std::vector<std::string>{"site-a", "site-b"}));  // Every approved site.
+  auto second = manager_->StartRun(Config(1, 1, {"site-a"}));
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(second.status().message(), HasSubstr("only one run at a time"));
+}
+
+TEST_F(RoundManagerTest, UploadRefusalsAndIdempotency) {
+  v1::RunConfig config = Config(2, 2, {"site-a", "site-b"});
+  config.set_max_update_norm(1.0);
+  auto run = manager_->StartRun(config);
+  ASSERT_TRUE(run.ok());
+  const std::string payload = Delta(0.0001);
+  ASSERT_TRUE(Upload("site-a", *run, 1, payload).ok());
+  auto again = Upload("site-a", *run, 1, payload);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->status(), "accepted");
+  EXPECT_EQ(Upload("site-a", *run, 1, Delta(0.0002)).status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(Upload("site-c", *run, 1, payload).status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(Upload("site-b", *run, 2, payload).status().code(), absl::StatusCode::kFailedPrecondition);
+  auto nan = Upload("site-b", *run, 1, testing::NanPayload(global_));
+  EXPECT_EQ(nan.status().code(), absl::StatusCode::kInvalidArgument) << nan.status();
+  auto shape = Upload("site-b", *run, 1, testing::WrongShapePayload(global_));
+  EXPECT_EQ(shape.status().code(), absl::StatusCode::kInvalidArgument) << shape.status();
+  auto big = Upload("site-b", *run, 1, Delta(0.5));
+  EXPECT_EQ(big.status().code(), absl::StatusCode::kFailedPrecondition) << big.status();
+  EXPECT_THAT(big.status().message(), HasSubstr("norm"));
+  auto zero = Upload("site-b", *run, 1, payload, 0);
+  EXPECT_EQ(zero.status().code(), absl::StatusCode::kInvalidArgument);
+  auto refused = store_->ListUpdates(*run, 1, 1, "site-b", "refused");
+  ASSERT_TRUE(refused.ok());
+  EXPECT_EQ(refused->size(), 4u);
+  EXPECT_EQ(Run(*run).current_round, 1);  // Refused updates do not count.
+}
+
+TEST_F(RoundManagerTest, RestartKeepsAcceptedUpdatesAndFedAdamState) {
+  // The same two-round FedAdam run twice: straight through, and with a restart after each accepted update. The
+  // final model must be bit-identical.
+  auto run_once = [&](bool restart) -> std::string {
+    v1::RunConfig config = Config(2, 2, {"site-a", "site-b"});
+    config.set_aggregation("fedadam");
+    config.set_server_learning_rate(0.1);
+    config.set_base_model(initial_digest_);
+    auto run = manager_->StartRun(config);
+    EXPECT_TRUE(run.ok()) << run.status();
+    for (int round = 1; round <= 2; ++round) {
+      EXPECT_TRUE(Upload("site-a", *run, round, Delta(0.01 * round), 10).ok());
+      if (restart) Restart();
+      EXPECT_EQ(manager_->NextTask("site-a")->kind(), v1::Task::NONE);  // Its update survived.
+      EXPECT_EQ(manager_->NextTask("site-b")->kind(), v1::Task::TRAIN);
+      EXPECT_TRUE(Upload("site-b", *run, round, Delta(-0.02), 30).ok());
+      if (restart) Restart();
+    }
+    RunRecord done = Run(*run);
+    EXPECT_EQ(done.state, "completed");
+    EXPECT_EQ(done.fedadam_rounds, 2);
+    return done.final_model_digest;
+  };
+  const std::string straight = run_once(false);
+  const fl::TensorMap straight_model = LoadTensors(blobs_->PathOf(straight));
+  const std::string restarted = run_once(true);
+  const fl::TensorMap restarted_model = LoadTensors(blobs_->PathOf(restarted));
+  ASSERT_EQ(straight_model.size(), restarted_model.size());
+  for (const auto& [name, t] : straight_model) {
+    EXPECT_TRUE(at::equal(t, restarted_model.at(name))) << name;
+  }
+}
+
+TEST_F(RoundManagerTest, RestartKeepsPartialUploadsOfTheOpenRoundOnly) {
+  auto run = manager_->StartRun(Config(2, 1, {"site-a", "site-b"}));
+  ASSERT_TRUE(run.ok());
+  const std::string payload = Delta(0.01);
+  auto target = manager_->PrepareUpload("site-a", *run, 1, io::Sha256Hex(payload));
+  ASSERT_TRUE(target.ok());
+  ASSERT_TRUE(io::WriteFileAtomically(target->spool_path, payload.substr(0, 1000)).ok());
+  const std::string stale = tmp_.Join("spool/" + *run + "/r0-a1-site-a-x.upload");
+  ASSERT_TRUE(io::WriteFileAtomically(stale, "left by a crash").ok());
+  Restart();
+  EXPECT_FALSE(std::filesystem::exists(stale));
+  EXPECT_EQ(std::filesystem::file_size(target->spool_path), 1000u);
+}
+
+TEST_F(RoundManagerTest, RestartFailsLoudlyWhenAnAcceptedUpdateIsMissing) {
+  auto run = manager_->StartRun(Config(1, 2, {"site-a", "site-b"}));
+  ASSERT_TRUE(run.ok());
+  ASSERT_TRUE(Upload("site-a", *run, 1, Delta(0.01)).ok());
+  manager_.reset();
+  std::filesystem::remove_all(tmp_.Join("spool/" + *run));
+  RoundManagerOptions options;
+  options.state_dir = tmp_.path();
+  options.clock = clock_.AsFunction();
+  auto manager = RoundManager::Create(store_.get(), blobs_.get(), options);
+  EXPECT_EQ(manager.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(manager.status().message(), HasSubstr("site-a"));
+}
+
+TEST_F(RoundManagerTest, StatusShowsLostSitesAndUpdates) {
+  auto run = manager_->StartRun(Config(1, 1, {"site-a", "site-b"}));
+  ASSERT_TRUE(run.ok());
+  v1::HeartbeatRequest beat;
+  beat.set_run_id(*run);
+  beat.set_round(1);
+  beat.set_state("training epoch 1/1");
+  beat.set_progress(0.5);
+  ASSERT_TRUE(manager_->Heartbeat("site-a", beat).ok());
+  ASSERT_TRUE(manager_->Heartbeat("site-b", beat).ok());
+  clock_.Advance(absl::Seconds(61));
+  ASSERT_TRUE(manager_->Heartbeat("site-a", beat).ok());
+  auto status = manager_->GetRunStatus("");
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_EQ(status->run_id(), *run);
+  ASSERT_EQ(status->sites_size(), 2);
+  EXPECT_EQ(status->sites(0).state(), "training epoch 1/1");
+  EXPECT_DOUBLE_EQ(status->sites(0).progress(), 0.5);
+  EXPECT_EQ(status->sites(1).state(), "lost");
+  ASSERT_TRUE(Upload("site-a", *run, 1, Delta(0.01)).ok());
+  status = manager_->GetRunStatus(*run);
+  ASSERT_EQ(status->rounds_size(), 1);
+  ASSERT_EQ(status->rounds(0).updates_size(), 1);
+  EXPECT_EQ(status->rounds(0).updates(0).site_id(), "site-a");
+  EXPECT_EQ(status->rounds(0).updates(0).status(), "accepted");
+}
+
+}  // namespace
+}  // namespace fedtune::coordinator

@@ -1,0 +1,191 @@
+#include "coordinator/state_store.h"
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/testing/temp_dir.h"
+
+namespace fedtune::coordinator {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::unique_ptr<StateStore> OpenStore(const std::string& path) {
+  auto store = StateStore::Open(path);
+  EXPECT_TRUE(store.ok()) << store.status();
+  return store.ok() ? *std::move(store) : nullptr;
+}
+
+RunRecord MakeRun(const std::string& id) {
+  RunRecord run;
+  run.run_id = id;
+  run.name = "study";
+  run.config.set_rounds(2);
+  run.config.add_sites("site-a");
+  run.state = "running";
+  run.sites = {"site-a", "site-b"};
+  run.base_model_digest = std::string(64, 'a');
+  run.current_round = 1;
+  run.started_ms = 1000;
+  return run;
+}
+
+RoundRecord MakeRound(const std::string& run, int round, int attempt) {
+  RoundRecord r;
+  r.run_id = run;
+  r.round = round;
+  r.attempt = attempt;
+  r.state = "open";
+  r.model_digest = std::string(64, 'a');
+  r.opened_ms = 1000;
+  r.deadline_ms = 2000;
+  return r;
+}
+
+TEST(StateStoreTest, SitesKeepStatusAcrossHellosAndReopen) {
+  fedtune::testing::TempDir tmp;
+  const std::string path = tmp.Join("coordinator.db");
+  {
+    auto store = OpenStore(path);
+    v1::DatasetSummary dataset;
+    dataset.set_images(42);
+    v1::Capabilities caps;
+    caps.set_device("cpu");
+    auto site = store->RecordHello("site-a", "17", dataset, caps, "pending", 5);
+    ASSERT_TRUE(site.ok()) << site.status();
+    EXPECT_EQ(site->status, "pending");
+    ASSERT_TRUE(store->SetSiteStatus("site-a", "approved", false, 6).ok());
+    // A second hello keeps the operator's decision and updates the summary.
+    dataset.set_images(43);
+    site = store->RecordHello("site-a", "18", dataset, caps, "pending", 7);
+    ASSERT_TRUE(site.ok());
+    EXPECT_EQ(site->status, "approved");
+    EXPECT_EQ(site->certificate_serial, "18");
+    EXPECT_EQ(site->first_seen_ms, 5);
+    EXPECT_EQ(site->last_seen_ms, 7);
+    EXPECT_EQ(store->SetSiteStatus("nobody", "revoked", false, 8).status().code(), absl::StatusCode::kNotFound);
+    ASSERT_TRUE(store->SetSiteStatus("site-z", "approved", true, 8).ok());
+    ASSERT_TRUE(store->SetSiteState("site-a", "training epoch 1/2", 0.5, 0.3, 9).ok());
+  }
+  auto store = OpenStore(path);
+  auto sites = store->ListSites();
+  ASSERT_TRUE(sites.ok());
+  ASSERT_EQ(sites->size(), 2u);
+  EXPECT_EQ((*sites)[0].site_id, "site-a");
+  EXPECT_EQ((*sites)[0].dataset.images(), 43);
+  EXPECT_EQ((*sites)[0].capabilities.device(), "cpu");
+  EXPECT_EQ((*sites)[0].state, "training epoch 1/2");
+  EXPECT_DOUBLE_EQ((*sites)[0].progress, 0.5);
+  EXPECT_EQ((*sites)[1].site_id, "site-z");
+  EXPECT_EQ((*sites)[1].status, "approved");
+}
+
+TEST(StateStoreTest, RunsRoundsAndTransitionsAreTransactional) {
+  auto store = OpenStore(":memory:");
+  auto id = store->NextRunId();
+  ASSERT_TRUE(id.ok());
+  EXPECT_EQ(*id, "run-0001");
+  ASSERT_TRUE(store->CreateRun(MakeRun(*id), MakeRound(*id, 1, 1)).ok());
+  EXPECT_EQ(*store->NextRunId(), "run-0002");
+  // A failing transition (the new round's key already exists) changes nothing.
+  RunTransition bad;
+  bad.run = MakeRun(*id);
+  bad.run.state = "failed";
+  bad.open_round = MakeRound(*id, 1, 1);
+  EXPECT_FALSE(store->ApplyTransition(bad).ok());
+  auto run = store->GetRun(*id);
+  ASSERT_TRUE(run.ok());
+  EXPECT_EQ(run->state, "running");
+  EXPECT_EQ(run->sites, (std::vector<std::string>{"site-a", "site-b"}));
+  EXPECT_EQ(run->config.rounds(), 2);
+
+  RunTransition close;
+  close.run = *run;
+  close.run.current_round = 2;
+  close.finish_round = MakeRound(*id, 1, 1);
+  close.finish_round->state = "closed";
+  close.finish_round->result_digest = std::string(64, 'b');
+  close.new_model = ModelVersion{std::string(64, 'b'), std::string(64, 'a'), "/blobs/b", *id, 1, 10, 1500};
+  close.open_round = MakeRound(*id, 2, 1);
+  ASSERT_TRUE(store->ApplyTransition(close).ok());
+  auto rounds = store->ListRounds(*id);
+  ASSERT_TRUE(rounds.ok());
+  ASSERT_EQ(rounds->size(), 2u);
+  EXPECT_EQ((*rounds)[0].state, "closed");
+  EXPECT_EQ((*rounds)[0].result_digest, std::string(64, 'b'));
+  EXPECT_EQ((*rounds)[1].state, "open");
+  auto active = store->ActiveRun();
+  ASSERT_TRUE(active.ok());
+  ASSERT_TRUE(active->has_value());
+  EXPECT_EQ((*active)->current_round, 2);
+  auto latest = store->LatestModelVersion();
+  ASSERT_TRUE(latest.ok() && latest->has_value());
+  EXPECT_EQ((*latest)->parent_digest, std::string(64, 'a'));
+  EXPECT_EQ(store->FindModelVersions("bbbbbbbb")->size(), 1u);
+  EXPECT_EQ(store->FindModelVersions("%")->size(), 0u);
+  EXPECT_EQ(store->GetRun("run-9").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(StateStoreTest, OneAcceptedUpdatePerSiteAndAttempt) {
+  auto store = OpenStore(":memory:");
+  UpdateRecord u;
+  u.run_id = "run-0001";
+  u.round = 1;
+  u.attempt = 1;
+  u.site_id = "site-a";
+  u.sha256 = std::string(64, 'c');
+  u.bytes = 100;
+  u.num_samples = 10;
+  u.status = "refused";
+  ASSERT_TRUE(store->InsertUpdate(u).ok());
+  u.status = "accepted";
+  ASSERT_TRUE(store->InsertUpdate(u).ok());
+  u.sha256 = std::string(64, 'd');
+  absl::StatusOr<int64_t> again = store->InsertUpdate(u);
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_THAT(again.status().message(), HasSubstr("site-a"));
+  u.attempt = 2;
+  ASSERT_TRUE(store->InsertUpdate(u).ok());
+  EXPECT_EQ(store->ListUpdates("run-0001", 1, -1, "site-a", "accepted")->size(), 2u);
+  EXPECT_EQ(store->ListUpdates("run-0001", 1, 1, "", "")->size(), 2u);
+  EXPECT_EQ(store->ListUpdates("run-0001", 2, -1, "", "")->size(), 0u);
+}
+
+TEST(StateStoreTest, MetricsTransfersAndAudit) {
+  auto store = OpenStore(":memory:");
+  MetricsRecord m;
+  m.run_id = "run-0001";
+  m.site_id = "site-a";
+  m.kind = "final";
+  m.report.set_kind("final");
+  m.report.set_test_cases(7);
+  ASSERT_TRUE(store->InsertMetrics(m).ok());
+  m.kind = "round";
+  m.round = 2;
+  m.report.set_kind("round");
+  ASSERT_TRUE(store->InsertMetrics(m).ok());
+  auto metrics = store->ListMetrics("run-0001");
+  ASSERT_TRUE(metrics.ok());
+  ASSERT_EQ(metrics->size(), 2u);
+  EXPECT_EQ((*metrics)[0].kind, "round");  // Rounds first, the final evaluation last.
+  EXPECT_EQ((*metrics)[1].report.test_cases(), 7);
+
+  ASSERT_TRUE(store->AddTransfer("run-0001", "site-a", 100, 0).ok());
+  ASSERT_TRUE(store->AddTransfer("run-0001", "site-a", 50, 7).ok());
+  auto transfers = store->GetTransfers("run-0001");
+  ASSERT_TRUE(transfers.ok());
+  EXPECT_EQ((*transfers)["site-a"], std::make_pair(int64_t{150}, int64_t{7}));
+
+  AuditRecord a;
+  a.rpc = "SiteService/Hello";
+  a.peer_cn = "site-a";
+  a.decision = "deny";
+  a.code = "PERMISSION_DENIED";
+  ASSERT_TRUE(store->InsertAudit(a).ok());
+  auto audit = store->ListAudit();
+  ASSERT_TRUE(audit.ok());
+  ASSERT_EQ(audit->size(), 1u);
+  EXPECT_EQ((*audit)[0].code, "PERMISSION_DENIED");
+}
+
+}  // namespace
+}  // namespace fedtune::coordinator
