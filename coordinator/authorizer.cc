@@ -4,6 +4,7 @@
 #include "absl/time/clock.h"
 #include "common/logging.h"
 #include "common/net/tls.h"
+#include "common/pki/certificate.h"
 #include "common/status_macros.h"
 
 namespace fedtune::coordinator {
@@ -42,7 +43,20 @@ absl::StatusOr<pki::PeerIdentity> Authorizer::Authorize(const grpc::ServerContex
   const std::string pem = net::PeerCertificatePem(context);
   absl::StatusOr<pki::PeerIdentity> peer = verifier_->Verify(pem, role);
   if (!peer.ok()) {
-    Write(context, rpc, "", "", pki::RoleName(role), peer.status(), run_id, round);
+    // The audit row names the certificate the refused caller presented (CN and serial as it claims them, unverified:
+    // the message says why it was refused), so that an investigator sees who tried.
+    std::string claimed_cn, claimed_serial;
+    if (!pem.empty()) {
+      absl::StatusOr<pki::X509Ptr> cert = pki::ParseCertificatePem(pem, "peer certificate");
+      if (cert.ok()) {
+        absl::StatusOr<pki::CertificateInfo> info = pki::DescribeCertificate(cert->get());
+        if (info.ok()) {
+          claimed_cn = info->common_name;
+          claimed_serial = info->serial;
+        }
+      }
+    }
+    Write(context, rpc, claimed_cn, claimed_serial, pki::RoleName(role), peer.status(), run_id, round);
     return peer.status();
   }
   absl::Status status = access == Access::kOperator ? absl::OkStatus() : CheckSite(*peer, access);

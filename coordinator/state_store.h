@@ -21,7 +21,8 @@
 //           received_ms)
 //   transfers(run_id, site_id, bytes_down, bytes_up; PK(run_id, site_id)); run_id '' for transfers outside a run.
 //   audit_log(id PK, time_ms, rpc, peer_cn, serial, peer_address, role, decision 'allow'|'deny', code (gRPC code
-//             name), message, run_id, round)
+//             name), message, run_id, round); for a refused certificate, peer_cn and serial are what the
+//             certificate claims (unverified; '' when there was none or it did not parse).
 //
 // Thread safety: thread-safe; every method holds an internal mutex for its whole transaction.
 #ifndef FEDTUNE_COORDINATOR_STATE_STORE_H_

@@ -17,12 +17,13 @@
 #   --no-setup        skip deploy/setup.sh (use the existing build in build/bin)
 #   --bin DIR         programs directory (default build/bin)
 #   --fresh           delete the work directory first
+#   --prepare-only    stop after the PKI, the data and the open-source model (tests start their own processes)
 # Every process the demo starts is stopped when it ends, fails or is interrupted (Ctrl-C).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 sites=3 rounds=4 local_epochs=2 size=64 arch=tiny images=600 compression=fp32
-work="$root/build/demo" setup=1 bin="" fresh=0
+work="$root/build/demo" setup=1 bin="" fresh=0 prepare_only=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --sites) sites="$2"; shift 2 ;;
@@ -36,7 +37,8 @@ while [[ $# -gt 0 ]]; do
     --no-setup) setup=0; shift ;;
     --bin) bin="$2"; shift 2 ;;
     --fresh) fresh=1; shift ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --prepare-only) prepare_only=1; shift ;;
+    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -135,6 +137,11 @@ CFG
   echo "trained $open_source"
 fi
 
+if [[ $prepare_only -eq 1 ]]; then
+  echo "prepared: $work (open-source model $open_source)"
+  exit 0
+fi
+
 # ---------------------------------------------------------------------------------------------------------------
 step "coordinator (fedtune-coordinator, mTLS on 127.0.0.1)"
 rm -f coordinator/port
@@ -215,7 +222,7 @@ step "consortium report"
 "$bin/fedtune" report --run "$run_id" --out "report-$run_id" ||
   { echo "demo: the report could not be made" >&2; exit 1; }
 for id in "${site_ids[@]}"; do
-  for r in "$work/$id/work/reports/$run_id"/*.html; do [[ -f "$r" ]] && echo "  $id report: $r"; done
+  for r in "$work/$id/work/reports/$run_id"/*/report.html; do [[ -f "$r" ]] && echo "  $id: $r"; done
 done
 echo "  consortium report: $work/report-$run_id/report.html"
 
