@@ -12,6 +12,7 @@
 #include "site_agent/finetune.h"
 #include "site_agent/model_init.h"
 #include "site_agent/predict.h"
+#include "site_agent/run_command.h"
 
 int main(int argc, char** argv) {
   fedtune::InitLogging(argv[0]);
@@ -26,6 +27,7 @@ int main(int argc, char** argv) {
   commands.Add(fedtune::agent::MakeFinetuneCommand());
   commands.Add(fedtune::agent::MakePredictCommand());
   commands.Add(fedtune::agent::MakeEvaluateCommand());
+  commands.Add(fedtune::agent::MakeRunCommand());  // The federated mode: dials out to the coordinator.
   commands.Add(fedtune::pki::MakePkiRequestCommand());  // The site's key is made here and never leaves it.
   return commands.Main(argc, argv);
 }

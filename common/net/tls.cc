@@ -57,8 +57,9 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeClientChannel(const std::stri
   args.SetMaxSendMessageSize(kMaxMessageBytes);
   const std::string name = options.server_name.empty() ? HostOf(address) : options.server_name;
   args.SetSslTargetNameOverride(name);
-  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, options.min_reconnect_backoff_ms);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, options.min_reconnect_backoff_ms);
+  // Not GRPC_ARG_MIN_RECONNECT_BACKOFF_MS: gRPC also takes it as the minimum time a connection attempt (TCP + TLS
+  // handshake) may take, and a small value makes handshakes with a busy coordinator fail.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, options.initial_reconnect_backoff_ms);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, options.max_reconnect_backoff_ms);
   if (options.keepalive_ms > 0) {
     args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, options.keepalive_ms);

@@ -44,9 +44,10 @@ struct ChannelOptions {
   // gRPC keepalive pings on idle connections, so a dead coordinator is noticed (milliseconds; 0 = gRPC default).
   int keepalive_ms = 20000;
   // gRPC's own reconnect backoff under the caller's retries (milliseconds): the first retry after
-  // min_reconnect_backoff_ms, growing to at most max_reconnect_backoff_ms, so that a client started before the
-  // coordinator connects within seconds of it listening (gRPC's defaults grow to 120 s).
-  int min_reconnect_backoff_ms = 500;
+  // initial_reconnect_backoff_ms, growing to at most max_reconnect_backoff_ms, so that a client started before the
+  // coordinator connects within seconds of it listening (gRPC's defaults grow to 120 s). A connection attempt itself
+  // may take gRPC's default 20 s.
+  int initial_reconnect_backoff_ms = 500;
   int max_reconnect_backoff_ms = 5000;
 };
 

@@ -1,0 +1,173 @@
+// The site agent's connection to the coordinator: one mTLS channel (the agent only dials out), every call with a
+// deadline, retries with exponential backoff and jitter on UNAVAILABLE / DEADLINE_EXCEEDED, and the two resumable
+// transfers of the protocol (protos/fedtune/v1/federation.proto):
+//  - DownloadModel: the model file is written to <dir>/<digest>.part; after a broken stream the download resumes
+//    from the .part file's size (also across agent restarts); when complete its SHA-256 must equal the digest (the
+//    file is then renamed to <dir>/<digest>.ckpt), otherwise the .part file is removed and DATA_LOSS returned.
+//  - UploadUpdate: GetUploadOffset(run, round, sha256) says what the coordinator already holds durably (or that the
+//    update was accepted before: nothing is sent); the stream then sends UploadHeader{offset} and the file's bytes
+//    from that offset in chunk_bytes pieces. After a broken stream the next attempt asks for the offset again.
+//
+// Retries: an attempt that fails with UNAVAILABLE or DEADLINE_EXCEEDED is repeated after a backoff that starts at
+// RetryPolicy::min_backoff, doubles up to max_backoff and is multiplied by a uniform factor in [1 - jitter,
+// 1 + jitter]; the call gives up (returning the last error, its message saying how many attempts were made) after
+// max_attempts attempts or once max_elapsed has passed since the first failure. A transfer attempt that moved bytes
+// forward starts the count afresh, so a long transfer over a flaky link is not abandoned while it makes progress.
+// Other codes are returned at once (UNAUTHENTICATED, PERMISSION_DENIED, FAILED_PRECONDITION, ...), prefixed with
+// "coordinator ADDRESS: RPC".
+//
+// Thread safety: thread-safe (gRPC stubs are); the agent's heartbeat thread shares the client with the task thread.
+#ifndef FEDTUNE_SITE_AGENT_COORDINATOR_CLIENT_H_
+#define FEDTUNE_SITE_AGENT_COORDINATOR_CLIENT_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "common/net/tls.h"
+#include "fedtune/v1/federation.grpc.pb.h"
+#include "fedtune/v1/federation.pb.h"
+
+namespace fedtune::agent {
+
+struct RetryPolicy {
+  absl::Duration min_backoff = absl::Milliseconds(500);  // First wait (SiteAgentConfig.min_backoff_ms).
+  absl::Duration max_backoff = absl::Seconds(30);        // Longest wait (SiteAgentConfig.max_backoff_ms).
+  double jitter = 0.2;                                   // +-20%.
+  int max_attempts = 10;                                 // Attempts per call (>= 1).
+  absl::Duration max_elapsed = absl::Minutes(10);        // Give up after this long since the first failure.
+};
+
+// True for the codes that are retried: UNAVAILABLE and DEADLINE_EXCEEDED.
+bool IsRetryable(const absl::Status& status);
+
+// The backoff of one call or loop. Not thread-safe.
+class Backoff {
+ public:
+  // `sleep` waits (absl::SleepFor when empty; a test passes a recorder). `seed` seeds the jitter.
+  Backoff(const RetryPolicy& policy, std::function<void(absl::Duration)> sleep, uint64_t seed);
+
+  // After a failed attempt: returns `error` (with " (gave up after N attempts)" added) when the policy is used up,
+  // otherwise waits the next backoff and returns OK.
+  absl::Status Wait(const absl::Status& error);
+  // The next wait without waiting (and without counting an attempt): for logs.
+  absl::Duration NextDelay() const;
+  // Progress was made: the next failure waits min_backoff again and the attempt count restarts.
+  void Reset();
+  int failures() const { return failures_; }
+
+ private:
+  RetryPolicy policy_;
+  std::function<void(absl::Duration)> sleep_;
+  uint64_t rng_state_;
+  int failures_ = 0;
+  absl::Time first_failure_ = absl::InfinitePast();
+};
+
+struct ClientOptions {
+  std::string address;      // host:port of the coordinator (messages name it).
+  net::TlsFiles tls;        // Site certificate, key and the consortium CA.
+  std::string server_name;  // TLS name of the coordinator's certificate; default: the host of `address`.
+  absl::Duration rpc_timeout = absl::Seconds(30);  // Deadline of unary calls.
+  // Streams get rpc_timeout plus the bytes still to move at this rate (a floor for slow links).
+  double min_transfer_bytes_per_second = 256 * 1024;
+  RetryPolicy retry;
+  int chunk_bytes = 1 << 20;  // Upload chunk size, clamped to [1 KiB, 4 MiB]; the coordinator's Hello may change it.
+  std::function<void(absl::Duration)> sleep;  // Backoff waits; default absl::SleepFor. Test seam.
+  uint64_t seed = 0;                          // Jitter seed; 0: from the clock.
+};
+
+// What to upload: a payload file whose SHA-256 the caller computed (and recorded) beforehand.
+struct UploadRequest {
+  std::string run_id;
+  int32_t round = 0;
+  std::string path;    // The serialized TensorBundle.
+  std::string sha256;  // Of the file (lowercase hex).
+  int64_t num_samples = 0;
+  std::string encoding;
+  double train_loss = 0;
+  double validation_loss = 0;
+};
+
+// Returns true when the caller wants a transfer stopped (checked between chunks and before each attempt).
+using CancelFn = std::function<bool()>;
+
+class CoordinatorClient {
+ public:
+  // A client over a new mTLS channel (net::MakeClientChannel). Errors of reading the PEM files (named) and
+  // InvalidArgument for an address without a port. Nothing is connected yet.
+  static absl::StatusOr<std::unique_ptr<CoordinatorClient>> Create(const ClientOptions& options);
+  // A client over an existing channel (tests).
+  static std::unique_ptr<CoordinatorClient> ForChannel(std::shared_ptr<grpc::Channel> channel,
+                                                       const ClientOptions& options);
+
+  // Unary calls. Hello and ReportMetrics are retried as the header says; GetTask and Heartbeat are single attempts
+  // (the agent's loop and the heartbeat period already repeat them). GetTask's deadline is wait_seconds +
+  // rpc_timeout.
+  absl::StatusOr<v1::HelloResponse> Hello(const v1::HelloRequest& request);
+  absl::StatusOr<v1::Task> GetTask(int wait_seconds);
+  absl::StatusOr<v1::HeartbeatResponse> Heartbeat(const v1::HeartbeatRequest& request);
+  absl::Status ReportMetrics(const v1::MetricsReport& report);
+  absl::StatusOr<v1::UploadOffsetResponse> GetUploadOffset(const std::string& run_id, int32_t round,
+                                                           const std::string& sha256);
+
+  // Downloads model `digest` (64 hex digits; InvalidArgument otherwise) into `dir` (created) and returns the path
+  // <dir>/<digest>.ckpt. An existing <dir>/<digest>.ckpt whose SHA-256 matches is returned without a call (one that
+  // does not match is removed and downloaded again). expected_bytes (the task's model_bytes; 0 = unknown) only
+  // sizes the deadline and discards a .part file that is already longer. Errors: DATA_LOSS when the bytes do not
+  // hash to `digest` or the coordinator's chunks are inconsistent (offset, total, sha256), the .part file removed;
+  // CANCELLED when `cancelled` says so (the .part file is kept for a later resume); the coordinator's errors
+  // (NOT_FOUND for an unknown digest); I/O errors naming the file.
+  absl::StatusOr<std::string> DownloadModel(const std::string& digest, int64_t expected_bytes, const std::string& dir,
+                                            const CancelFn& cancelled = nullptr);
+
+  // Uploads request.path resumably (see the header); ABORTED (the coordinator still holds the previous, broken stream
+  // of the same payload) is retried like UNAVAILABLE. Returns the coordinator's answer ("accepted"), also when
+  // GetUploadOffset says the payload was accepted before (received_bytes = the file size, message says so).
+  // Errors: the coordinator's (FAILED_PRECONDITION for a round that is not open, ALREADY_EXISTS for a different
+  // payload already accepted, DATA_LOSS for a payload whose digest did not match, INVALID_ARGUMENT for a payload it
+  // could not decode); DATA_LOSS when the coordinator claims to hold more bytes than the file has; CANCELLED;
+  // I/O errors naming the file.
+  absl::StatusOr<v1::UploadResponse> UploadUpdate(const UploadRequest& request, const CancelFn& cancelled = nullptr);
+
+  // The upload chunk size (clamped to [1 KiB, 4 MiB]).
+  void set_chunk_bytes(int bytes);
+  int chunk_bytes() const { return chunk_bytes_.load(); }
+  const std::string& address() const { return options_.address; }
+  // Payload bytes received / sent by the transfers so far (for logs).
+  int64_t bytes_down() const { return bytes_down_.load(); }
+  int64_t bytes_up() const { return bytes_up_.load(); }
+
+ private:
+  CoordinatorClient(std::shared_ptr<grpc::Channel> channel, const ClientOptions& options);
+
+  Backoff NewBackoff();
+  absl::Duration StreamTimeout(int64_t bytes) const;
+  // One download attempt from the .part file's current size.
+  absl::Status DownloadOnce(const std::string& digest, int64_t expected_bytes, const std::string& part,
+                            const CancelFn& cancelled, int64_t* total_bytes);
+  // One upload attempt from `offset`.
+  absl::StatusOr<v1::UploadResponse> UploadOnce(const UploadRequest& request, int64_t offset, int64_t size,
+                                                const CancelFn& cancelled);
+  absl::Status Error(const grpc::Status& status, absl::string_view rpc) const;
+
+  ClientOptions options_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::SiteService::Stub> stub_;
+  std::atomic<int> chunk_bytes_;
+  std::atomic<uint64_t> backoff_seeds_;
+  std::atomic<int64_t> bytes_down_{0};
+  std::atomic<int64_t> bytes_up_{0};
+};
+
+}  // namespace fedtune::agent
+
+#endif  // FEDTUNE_SITE_AGENT_COORDINATOR_CLIENT_H_
