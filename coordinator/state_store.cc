@@ -478,12 +478,19 @@ absl::StatusOr<std::vector<UpdateRecord>> StateStore::ListUpdates(const std::str
 
 absl::Status StateStore::InsertMetrics(const MetricsRecord& m) {
   absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(store::Statement st,
-                   db_->Prepare("INSERT INTO metrics(run_id, round, site_id, kind, report, received_ms) "
-                                "VALUES(?,?,?,?,?,?)"));
-  st.Bind(1, m.run_id).Bind(2, static_cast<int64_t>(m.round)).Bind(3, m.site_id).Bind(4, m.kind);
-  st.BindBlob(5, m.report.SerializeAsString()).Bind(6, m.received_ms);
-  return st.Run();
+  // One report per (run, round, site, kind): a site that re-sends a report (e.g. after a restart) replaces it.
+  return db_->InTransaction([&]() -> absl::Status {
+    ASSIGN_OR_RETURN(store::Statement del,
+                     db_->Prepare("DELETE FROM metrics WHERE run_id = ? AND round = ? AND site_id = ? AND kind = ?"));
+    del.Bind(1, m.run_id).Bind(2, static_cast<int64_t>(m.round)).Bind(3, m.site_id).Bind(4, m.kind);
+    RETURN_IF_ERROR(del.Run());
+    ASSIGN_OR_RETURN(store::Statement st,
+                     db_->Prepare("INSERT INTO metrics(run_id, round, site_id, kind, report, received_ms) "
+                                  "VALUES(?,?,?,?,?,?)"));
+    st.Bind(1, m.run_id).Bind(2, static_cast<int64_t>(m.round)).Bind(3, m.site_id).Bind(4, m.kind);
+    st.BindBlob(5, m.report.SerializeAsString()).Bind(6, m.received_ms);
+    return st.Run();
+  });
 }
 
 absl::StatusOr<std::vector<MetricsRecord>> StateStore::ListMetrics(const std::string& run_id) {

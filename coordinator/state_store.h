@@ -207,6 +207,7 @@ class StateStore {
                                                         const std::string& site_id, const std::string& status);
 
   // ---- Metrics
+  // Stores a site's report; one per (run, round, site, kind): a report sent again replaces the earlier one.
   absl::Status InsertMetrics(const MetricsRecord& record);
   // Ordered by site, then round (final, round 0, last), then arrival.
   absl::StatusOr<std::vector<MetricsRecord>> ListMetrics(const std::string& run_id);

@@ -168,6 +168,13 @@ TEST(StateStoreTest, MetricsTransfersAndAudit) {
   ASSERT_EQ(metrics->size(), 2u);
   EXPECT_EQ((*metrics)[0].kind, "round");  // Rounds first, the final evaluation last.
   EXPECT_EQ((*metrics)[1].report.test_cases(), 7);
+  // A report sent again (a restarted site) replaces the earlier one.
+  m.report.set_test_cases(9);
+  ASSERT_TRUE(store->InsertMetrics(m).ok());
+  metrics = store->ListMetrics("run-0001");
+  ASSERT_TRUE(metrics.ok());
+  ASSERT_EQ(metrics->size(), 2u);
+  EXPECT_EQ((*metrics)[0].report.test_cases(), 9);
 
   ASSERT_TRUE(store->AddTransfer("run-0001", "site-a", 100, 0).ok());
   ASSERT_TRUE(store->AddTransfer("run-0001", "site-a", 50, 7).ok());
