@@ -1,36 +1,16 @@
 #include "coordinator/coordinator_config.h"
 
-#include <google/protobuf/io/tokenizer.h>
-#include <google/protobuf/text_format.h>
-
 #include <cmath>
 #include <filesystem>
 #include <set>
 
 #include "absl/strings/str_cat.h"
 #include "common/io/file_util.h"
+#include "common/io/text_proto.h"
 #include "common/status_macros.h"
 
 namespace fedtune::coordinator {
 namespace {
-
-class CollectErrors : public google::protobuf::io::ErrorCollector {
- public:
-  explicit CollectErrors(std::string source) : source_(std::move(source)) {}
-  void AddError(int line, google::protobuf::io::ColumnNumber column, const std::string& message) override {
-    if (first_.empty()) first_ = absl::StrCat(source_, ":", line + 1, ":", column + 1, ": ", message);
-  }
-  const std::string& first() const { return first_; }
-
- private:
-  std::string source_;
-  std::string first_;
-};
-
-std::string Resolve(const std::string& base_dir, const std::string& path) {
-  if (path.empty() || base_dir.empty() || std::filesystem::path(path).is_absolute()) return path;
-  return (std::filesystem::path(base_dir) / path).lexically_normal().string();
-}
 
 absl::Status Invalid(absl::string_view field, absl::string_view why) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", why));
@@ -41,19 +21,13 @@ absl::Status Invalid(absl::string_view field, absl::string_view why) {
 absl::StatusOr<v1::CoordinatorConfig> ParseCoordinatorConfig(absl::string_view text, absl::string_view source,
                                                              const std::string& base_dir) {
   v1::CoordinatorConfig config;
-  google::protobuf::TextFormat::Parser parser;
-  CollectErrors errors{std::string(source)};
-  parser.RecordErrorsTo(&errors);
-  if (!parser.ParseFromString(std::string(text), &config)) {
-    return absl::InvalidArgumentError(errors.first().empty() ? absl::StrCat(source, ": not a valid CoordinatorConfig")
-                                                             : errors.first());
-  }
-  if (config.has_port_file()) config.set_port_file(Resolve(base_dir, config.port_file()));
-  if (config.has_server_cert()) config.set_server_cert(Resolve(base_dir, config.server_cert()));
-  if (config.has_server_key()) config.set_server_key(Resolve(base_dir, config.server_key()));
-  if (config.has_ca_dir()) config.set_ca_dir(Resolve(base_dir, config.ca_dir()));
-  if (config.has_state_dir()) config.set_state_dir(Resolve(base_dir, config.state_dir()));
-  if (config.has_initial_model()) config.set_initial_model(Resolve(base_dir, config.initial_model()));
+  RETURN_IF_ERROR(io::ParseTextProto(text, source, &config));
+  if (config.has_port_file()) config.set_port_file(io::ResolveConfigPath(base_dir, config.port_file()));
+  if (config.has_server_cert()) config.set_server_cert(io::ResolveConfigPath(base_dir, config.server_cert()));
+  if (config.has_server_key()) config.set_server_key(io::ResolveConfigPath(base_dir, config.server_key()));
+  if (config.has_ca_dir()) config.set_ca_dir(io::ResolveConfigPath(base_dir, config.ca_dir()));
+  if (config.has_state_dir()) config.set_state_dir(io::ResolveConfigPath(base_dir, config.state_dir()));
+  if (config.has_initial_model()) config.set_initial_model(io::ResolveConfigPath(base_dir, config.initial_model()));
   return config;
 }
 

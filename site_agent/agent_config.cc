@@ -1,38 +1,17 @@
 #include "site_agent/agent_config.h"
 
-#include <google/protobuf/io/tokenizer.h>
-#include <google/protobuf/text_format.h>
-
 #include <filesystem>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/io/file_util.h"
+#include "common/io/text_proto.h"
 #include "common/pki/certificate.h"
 #include "common/status_macros.h"
 #include "site_agent/finetune_config.h"
 
 namespace fedtune::agent {
 namespace {
-
-class CollectErrors : public google::protobuf::io::ErrorCollector {
- public:
-  explicit CollectErrors(std::string source) : source_(std::move(source)) {}
-  void AddError(int line, google::protobuf::io::ColumnNumber column, const std::string& message) override {
-    if (first_.empty()) first_ = absl::StrCat(source_, ":", line + 1, ":", column + 1, ": ", message);
-  }
-  void AddWarning(int, google::protobuf::io::ColumnNumber, const std::string&) override {}
-  const std::string& first() const { return first_; }
-
- private:
-  std::string source_;
-  std::string first_;
-};
-
-std::string Resolve(const std::string& base_dir, const std::string& path) {
-  if (path.empty() || std::filesystem::path(path).is_absolute() || base_dir.empty()) return path;
-  return (std::filesystem::path(base_dir) / path).lexically_normal().string();
-}
 
 absl::Status Field(absl::string_view field, absl::string_view problem) {
   return absl::InvalidArgumentError(absl::StrCat("config field '", field, "': ", problem));
@@ -85,26 +64,20 @@ absl::Status ValidateAgentConfig(const v1::SiteAgentConfig& c) {
 absl::StatusOr<v1::SiteAgentConfig> ParseAgentConfig(absl::string_view text, absl::string_view source,
                                                      const std::string& base_dir) {
   v1::SiteAgentConfig config;
-  google::protobuf::TextFormat::Parser parser;
-  CollectErrors errors{std::string(source)};
-  parser.RecordErrorsTo(&errors);
-  if (!parser.ParseFromString(std::string(text), &config)) {
-    return absl::InvalidArgumentError(errors.first().empty() ? absl::StrCat(source, ": not a valid SiteAgentConfig")
-                                                             : errors.first());
-  }
-  config.set_site_cert(Resolve(base_dir, config.site_cert()));
-  config.set_site_key(Resolve(base_dir, config.site_key()));
-  config.set_ca_cert(Resolve(base_dir, config.ca_cert()));
-  config.set_work_dir(Resolve(base_dir, config.work_dir()));
+  RETURN_IF_ERROR(io::ParseTextProto(text, source, &config));
+  config.set_site_cert(io::ResolveConfigPath(base_dir, config.site_cert()));
+  config.set_site_key(io::ResolveConfigPath(base_dir, config.site_key()));
+  config.set_ca_cert(io::ResolveConfigPath(base_dir, config.ca_cert()));
+  config.set_work_dir(io::ResolveConfigPath(base_dir, config.work_dir()));
   v1::FinetuneConfig* f = config.mutable_finetune();
-  f->set_manifest(Resolve(base_dir, f->manifest()));
+  f->set_manifest(io::ResolveConfigPath(base_dir, f->manifest()));
   if (f->has_data_root()) {
-    f->set_data_root(Resolve(base_dir, f->data_root()));
+    f->set_data_root(io::ResolveConfigPath(base_dir, f->data_root()));
   } else if (!f->manifest().empty()) {
     f->set_data_root(std::filesystem::path(f->manifest()).parent_path().string());
   }
   if (f->has_cache_dir()) {
-    f->set_cache_dir(Resolve(base_dir, f->cache_dir()));
+    f->set_cache_dir(io::ResolveConfigPath(base_dir, f->cache_dir()));
   } else if (!config.work_dir().empty()) {
     f->set_cache_dir((std::filesystem::path(config.work_dir()) / "cache").string());
   }

@@ -51,48 +51,6 @@ void RemoveFile(const std::string& path) {
   if (ec) LOG(WARNING) << "cannot remove " << path << ": " << ec.message();
 }
 
-// An append-only file descriptor, synced and closed by Close().
-class AppendFile {
- public:
-  static absl::StatusOr<AppendFile> Open(const std::string& path) {
-    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    if (fd < 0) return io::ErrnoToStatus(errno, "cannot open", path);
-    return AppendFile(fd, path);
-  }
-  AppendFile(AppendFile&& other) noexcept : fd_(std::exchange(other.fd_, -1)), path_(std::move(other.path_)) {}
-  ~AppendFile() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  absl::Status Append(const std::string& data) {
-    size_t done = 0;
-    while (done < data.size()) {
-      const ssize_t n = ::write(fd_, data.data() + done, data.size() - done);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return io::ErrnoToStatus(errno, "cannot write", path_);
-      }
-      done += static_cast<size_t>(n);
-    }
-    return absl::OkStatus();
-  }
-  // Flushes to disk so that the resume offset (the file size) only counts durable bytes.
-  absl::Status Close() {
-    const int fd = std::exchange(fd_, -1);
-    if (::fsync(fd) != 0) {
-      const int err = errno;
-      ::close(fd);
-      return io::ErrnoToStatus(err, "cannot sync", path_);
-    }
-    if (::close(fd) != 0) return io::ErrnoToStatus(errno, "cannot close", path_);
-    return absl::OkStatus();
-  }
-
- private:
-  AppendFile(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
-  int fd_;
-  std::string path_;
-};
-
 }  // namespace
 
 bool IsRetryable(const absl::Status& status) {
@@ -237,7 +195,7 @@ absl::Status CoordinatorClient::DownloadOnce(const std::string& digest, int64_t 
   request.set_digest(digest);
   request.set_offset(offset);
   std::unique_ptr<grpc::ClientReader<v1::Chunk>> reader = stub_->DownloadModel(&context, request);
-  ASSIGN_OR_RETURN(AppendFile file, AppendFile::Open(part));
+  ASSIGN_OR_RETURN(io::AppendOnlyFile file, io::AppendOnlyFile::Open(part));
   v1::Chunk chunk;
   absl::Status local;  // A problem on our side or with the chunks, which ends the stream.
   while (local.ok() && reader->Read(&chunk)) {

@@ -1,37 +1,16 @@
 #include "site_agent/finetune_config.h"
 
-#include <google/protobuf/io/tokenizer.h>
-#include <google/protobuf/text_format.h>
-
 #include <cmath>
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
 #include "common/data/label_policy.h"
 #include "common/io/file_util.h"
+#include "common/io/text_proto.h"
 #include "common/status_macros.h"
 
 namespace fedtune::agent {
 namespace {
-
-class CollectErrors : public google::protobuf::io::ErrorCollector {
- public:
-  explicit CollectErrors(std::string source) : source_(std::move(source)) {}
-  void AddError(int line, google::protobuf::io::ColumnNumber column, const std::string& message) override {
-    if (first_.empty()) first_ = absl::StrCat(source_, ":", line + 1, ":", column + 1, ": ", message);
-  }
-  void AddWarning(int, google::protobuf::io::ColumnNumber, const std::string&) override {}
-  const std::string& first() const { return first_; }
-
- private:
-  std::string source_;
-  std::string first_;
-};
-
-std::string Resolve(const std::string& base_dir, const std::string& path) {
-  if (path.empty() || std::filesystem::path(path).is_absolute() || base_dir.empty()) return path;
-  return (std::filesystem::path(base_dir) / path).lexically_normal().string();
-}
 
 absl::Status Field(absl::string_view field, absl::string_view problem) {
   return absl::InvalidArgumentError(absl::StrCat("config field '", field, "': ", problem));
@@ -84,23 +63,17 @@ absl::Status ValidateFinetuneConfig(const v1::FinetuneConfig& c) {
 absl::StatusOr<v1::FinetuneConfig> ParseFinetuneConfig(absl::string_view text, absl::string_view source,
                                                        const std::string& base_dir) {
   v1::FinetuneConfig config;
-  google::protobuf::TextFormat::Parser parser;
-  CollectErrors errors{std::string(source)};
-  parser.RecordErrorsTo(&errors);
-  if (!parser.ParseFromString(std::string(text), &config)) {
-    return absl::InvalidArgumentError(errors.first().empty() ? absl::StrCat(source, ": not a valid FinetuneConfig")
-                                                             : errors.first());
-  }
-  config.set_base_model(Resolve(base_dir, config.base_model()));
-  config.set_manifest(Resolve(base_dir, config.manifest()));
-  config.set_out_dir(Resolve(base_dir, config.out_dir()));
+  RETURN_IF_ERROR(io::ParseTextProto(text, source, &config));
+  config.set_base_model(io::ResolveConfigPath(base_dir, config.base_model()));
+  config.set_manifest(io::ResolveConfigPath(base_dir, config.manifest()));
+  config.set_out_dir(io::ResolveConfigPath(base_dir, config.out_dir()));
   if (config.has_data_root()) {
-    config.set_data_root(Resolve(base_dir, config.data_root()));
+    config.set_data_root(io::ResolveConfigPath(base_dir, config.data_root()));
   } else if (!config.manifest().empty()) {
     config.set_data_root(std::filesystem::path(config.manifest()).parent_path().string());
   }
   if (config.has_cache_dir()) {
-    config.set_cache_dir(Resolve(base_dir, config.cache_dir()));
+    config.set_cache_dir(io::ResolveConfigPath(base_dir, config.cache_dir()));
   } else if (!config.out_dir().empty()) {
     config.set_cache_dir((std::filesystem::path(config.out_dir()) / "cache").string());
   }

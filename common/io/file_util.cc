@@ -122,4 +122,41 @@ absl::Status MakeDirectories(const std::string& path) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<AppendOnlyFile> AppendOnlyFile::Open(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoToStatus(errno, "cannot open", path);
+  return AppendOnlyFile(fd, path);
+}
+
+AppendOnlyFile::AppendOnlyFile(AppendOnlyFile&& other) noexcept
+    : fd_(std::exchange(other.fd_, -1)), path_(std::move(other.path_)) {}
+
+AppendOnlyFile::~AppendOnlyFile() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+absl::Status AppendOnlyFile::Append(absl::string_view data) {
+  size_t done = 0;
+  while (done < data.size()) {
+    const ssize_t n = ::write(fd_, data.data() + done, data.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoToStatus(errno, "cannot write", path_);
+    }
+    done += static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status AppendOnlyFile::Close() {
+  const int fd = std::exchange(fd_, -1);
+  if (::fsync(fd) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return ErrnoToStatus(err, "cannot sync", path_);
+  }
+  if (::close(fd) != 0) return ErrnoToStatus(errno, "cannot close", path_);
+  return absl::OkStatus();
+}
+
 }  // namespace fedtune::io

@@ -4,6 +4,7 @@
 #define FEDTUNE_COMMON_IO_FILE_UTIL_H_
 
 #include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -27,6 +28,29 @@ absl::Status WriteFileAtomically(const std::string& path, absl::string_view cont
 
 // Creates a directory and its parents (like mkdir -p). OK when it already exists as a directory.
 absl::Status MakeDirectories(const std::string& path);
+
+// A file opened for appending (created with mode 0644 if missing): the partial file of a resumable transfer, whose
+// size is the offset to resume from. Movable, not copyable, not thread-safe. The destructor closes without syncing;
+// Close() makes the appended bytes durable first.
+class AppendOnlyFile {
+ public:
+  // NotFound / PermissionDenied / ... (ErrnoToStatus) naming the path.
+  static absl::StatusOr<AppendOnlyFile> Open(const std::string& path);
+  AppendOnlyFile(AppendOnlyFile&& other) noexcept;
+  AppendOnlyFile& operator=(AppendOnlyFile&&) = delete;
+  AppendOnlyFile(const AppendOnlyFile&) = delete;
+  ~AppendOnlyFile();
+
+  // Appends all of `data` (retrying short writes and EINTR). Errors name the path (e.g. ResourceExhausted for ENOSPC).
+  absl::Status Append(absl::string_view data);
+  // fsync, then close. Errors name the path. The object must not be used afterwards.
+  absl::Status Close();
+
+ private:
+  AppendOnlyFile(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
+  int fd_;
+  std::string path_;
+};
 
 }  // namespace fedtune::io
 

@@ -106,38 +106,6 @@ std::string DirectoryOf(const std::string& path) {
   return path.substr(0, slash);
 }
 
-// Appends to a file descriptor opened by the caller.
-class AppendFile {
- public:
-  static absl::StatusOr<AppendFile> Open(const std::string& path) {
-    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    if (fd < 0) return io::ErrnoToStatus(errno, "cannot open", path);
-    return AppendFile(fd, path);
-  }
-  AppendFile(AppendFile&& other) noexcept : fd_(std::exchange(other.fd_, -1)), path_(std::move(other.path_)) {}
-  AppendFile& operator=(AppendFile&&) = delete;
-  ~AppendFile() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  absl::Status Append(const std::string& data) {
-    size_t done = 0;
-    while (done < data.size()) {
-      const ssize_t n = ::write(fd_, data.data() + done, data.size() - done);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return io::ErrnoToStatus(errno, "cannot write", path_);
-      }
-      done += static_cast<size_t>(n);
-    }
-    return absl::OkStatus();
-  }
-
- private:
-  AppendFile(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
-  int fd_;
-  std::string path_;
-};
-
 }  // namespace
 
 EnvLookup ProcessEnvironment() {
@@ -289,7 +257,7 @@ absl::Status AdminClient::ExportOnce(const std::string& digest, const std::strin
                                      const ExportOptions& options, int64_t* received, int64_t* total,
                                      std::string* sha256) {
   *received = 0;
-  ASSIGN_OR_RETURN(AppendFile file, AppendFile::Open(part_path));
+  ASSIGN_OR_RETURN(io::AppendOnlyFile file, io::AppendOnlyFile::Open(part_path));
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + options.stream_timeout));
   v1::ExportModelRequest request;

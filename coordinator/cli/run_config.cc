@@ -1,8 +1,5 @@
 #include "coordinator/cli/run_config.h"
 
-#include <google/protobuf/io/tokenizer.h>
-#include <google/protobuf/text_format.h>
-
 #include <cmath>
 #include <set>
 #include <string>
@@ -11,28 +8,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/io/file_util.h"
+#include "common/io/text_proto.h"
 #include "common/status_macros.h"
 
 namespace fedtune::admin {
 namespace {
 
 // Keeps the first error with its position: protobuf's default collector only logs.
-class FirstErrorCollector : public google::protobuf::io::ErrorCollector {
- public:
-  void AddError(int line, google::protobuf::io::ColumnNumber column, const std::string& message) override {
-    if (!has_error_) {
-      has_error_ = true;
-      // Lines and columns are zero-based in protobuf.
-      error_ = absl::StrCat(line + 1, ":", column + 1, ": ", message);
-    }
-  }
-  bool has_error() const { return has_error_; }
-  const std::string& error() const { return error_; }
-
- private:
-  bool has_error_ = false;
-  std::string error_;
-};
 
 absl::Status FieldError(absl::string_view field, absl::string_view value, absl::string_view requirement) {
   return absl::InvalidArgumentError(absl::StrCat("run config field '", field, "' is ", value, ": ", requirement));
@@ -67,13 +49,7 @@ bool IsLowerHex(absl::string_view text) {
 
 absl::StatusOr<v1::RunConfig> ParseRunConfig(absl::string_view text, absl::string_view source) {
   v1::RunConfig config;
-  FirstErrorCollector errors;
-  google::protobuf::TextFormat::Parser parser;
-  parser.RecordErrorsTo(&errors);
-  if (!parser.ParseFromString(std::string(text), &config)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(source, ":", errors.has_error() ? errors.error() : "malformed RunConfig text proto"));
-  }
+  RETURN_IF_ERROR(io::ParseTextProto(text, source, &config));
   return config;
 }
 

@@ -47,5 +47,24 @@ TEST(FileUtilTest, MakeDirectories) {
   EXPECT_FALSE(MakeDirectories(dir.Join("file")).ok());
 }
 
+TEST(FileUtilTest, AppendOnlyFileAppendsAndResumesAtItsSize) {
+  testing::TempDir dir;
+  const std::string path = dir.Join("payload.part");
+  {
+    absl::StatusOr<AppendOnlyFile> f = AppendOnlyFile::Open(path);
+    ASSERT_TRUE(f.ok()) << f.status();
+    ASSERT_TRUE(f->Append("abc").ok());
+    ASSERT_TRUE(f->Append("").ok());
+  }  // Closed by the destructor: a broken transfer.
+  absl::StatusOr<AppendOnlyFile> again = AppendOnlyFile::Open(path);
+  ASSERT_TRUE(again.ok());
+  ASSERT_TRUE(again->Append("def").ok());
+  ASSERT_TRUE(again->Close().ok());
+  EXPECT_EQ(*ReadFile(path), "abcdef");
+  absl::StatusOr<AppendOnlyFile> missing_dir = AppendOnlyFile::Open(dir.Join("no/such/f"));
+  EXPECT_EQ(missing_dir.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(missing_dir.status().message().find("no/such/f"), absl::string_view::npos);
+}
+
 }  // namespace
 }  // namespace fedtune::io
