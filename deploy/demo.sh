@@ -6,12 +6,12 @@
 #
 # Usage: deploy/demo.sh [options]
 #   --sites N         hospitals (default 3; the built-in profiles site-a, site-b, site-c are reused with new seeds)
-#   --rounds R        federated rounds (default 4)
+#   --rounds R        federated rounds (default 5)
 #   --local-epochs E  fine-tuning epochs per round at each site (default 2)
 #   --image-size PX   synthetic image side (default 64)
 #   --arch A          tiny (default: width/depth-scaled DenseNet + DuoNet) or solonet (the study's full SoloNet:
 #                     DenseNet-121 + ResNeXt50-32x4d + MobileNetV2; hours on 2 CPU cores)
-#   --images N        images per hospital (default 600; the open-source collection gets 2N)
+#   --images N        images per hospital (default 1000; the open-source collection gets 2N)
 #   --compression C   fp32 (default), fp16, int8 or topk
 #   --work DIR        work directory (default build/demo); a second run reuses its PKI, data and open-source model
 #   --no-setup        skip deploy/setup.sh (use the existing build in build/bin)
@@ -22,7 +22,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-sites=3 rounds=4 local_epochs=2 size=64 arch=tiny images=600 compression=fp32
+sites=3 rounds=5 local_epochs=2 size=64 arch=tiny images=1000 compression=fp32
 work="$root/build/demo" setup=1 bin="" fresh=0 prepare_only=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -51,7 +51,8 @@ case "$arch" in
 esac
 
 start_time=$(date +%s)
-if [[ $setup -eq 1 ]]; then "$root/deploy/setup.sh"; fi
+# The demo needs the three programs only (./deploy/test.sh builds the tests too).
+if [[ $setup -eq 1 ]]; then FEDTUNE_BUILD_TARGETS="fedtune fedtune-site fedtune-coordinator" "$root/deploy/setup.sh"; fi
 bin="${bin:-$root/build/bin}"
 for p in fedtune fedtune-site fedtune-coordinator; do
   [[ -x "$bin/$p" ]] || { echo "demo.sh: $bin/$p is missing: run deploy/setup.sh (or drop --no-setup)" >&2; exit 1; }
@@ -200,6 +201,8 @@ for id in "${site_ids[@]}"; do "$bin/fedtune" sites approve "$id"; done
 "$bin/fedtune" sites list
 
 # ---------------------------------------------------------------------------------------------------------------
+# Every run starts from the open-source model (not the latest global model of an earlier demo run), so that the
+# report's "open-source" column is what its name says.
 step "federated run: $rounds rounds x $local_epochs local epochs, FedAvg, $compression deltas"
 cat > run.textproto <<CFG
 name: "demo"
@@ -211,6 +214,7 @@ learning_rate: $lr
 batch_size: $batch
 aggregation: "fedavg"
 compression: "$compression"
+base_model: "$(sha256sum "$open_source" | cut -d' ' -f1)"
 CFG
 run_id="$("$bin/fedtune" run start --config run.textproto)"
 echo "started run $run_id"

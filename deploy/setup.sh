@@ -6,6 +6,7 @@
 # Environment:
 #   FEDTUNE_BUILD_DIR   build folder (default: build, beside this repository's CMakeLists.txt)
 #   FEDTUNE_JOBS        parallel compile jobs (default: number of cores)
+#   FEDTUNE_BUILD_TARGETS  build only these targets (space-separated; default: everything)
 #   CMAKE_PREFIX_PATH   e.g. a CUDA LibTorch to build against instead of Debian's CPU libtorch-dev
 #   FEDTUNE_SKIP_APT=1  do not install packages (for machines prepared by other means)
 set -euo pipefail
@@ -68,6 +69,9 @@ cmake -S "$root" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo
   exit 1
 }
 rm -f "$build.configure.log"
-echo "fedtune setup: building in $build with $jobs jobs"
-cmake --build "$build" -j "$jobs"
+# FEDTUNE_BUILD_TARGETS (space-separated) builds only those targets, e.g. the three programs for the demo.
+targets=()
+for t in ${FEDTUNE_BUILD_TARGETS:-}; do targets+=(--target "$t"); done
+echo "fedtune setup: building ${FEDTUNE_BUILD_TARGETS:-everything} in $build with $jobs jobs"
+cmake --build "$build" -j "$jobs" "${targets[@]}"
 echo "fedtune setup: done; programs in $build/bin: $(ls "$build/bin" | tr '\n' ' ')"

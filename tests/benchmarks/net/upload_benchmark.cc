@@ -1,9 +1,18 @@
-// Upload goodput on loopback, side by side in one process (issue 5's benchmark): a 128 MB payload sent
-//   1. over raw TCP (the ceiling: kernel copies only),
-//   2. as a plain gRPC client stream over the same mutual TLS (1 MiB chunks into a server that only counts bytes),
-//   3. to fedtune's SiteService.UploadUpdate of a real coordinator, when FEDTUNE_BENCH_COORDINATOR is set by
-//      tests/benchmarks/net/coordinator_bench.sh (spool to disk, SHA-256, decode, validation, aggregation).
-// Bytes per second are reported by Google Benchmark (bytes_per_second); the ratios go in the closing note.
+// Upload goodput on loopback, side by side in one process (issue 5's benchmark): a 128 MiB payload sent
+//   1. over raw TCP (BM_RawTcp, the ceiling: kernel copies only),
+//   2. as a plain gRPC client stream over mutual TLS (BM_GrpcMtlsStream: 1 MiB chunks into a server that only counts
+//      bytes),
+//   3. into fedtune's real upload path (BM_CoordinatorUpload): an in-process coordinator::Coordinator with certificates
+//      from the project's PKI, a global model of the full SoloNet preset (DenseNet-121 + ResNeXt50-32x4d +
+//      MobileNetV2, ~32 M float32 parameters, ~128 MB), and site_agent's CoordinatorClient::UploadUpdate sending an
+//      fp32-encoded delta file of that model. Timed from the first byte to "accepted": GetUploadOffset, the stream,
+//      spooling to disk, SHA-256 of the spool file, decoding against the global model, validation and FedAvg
+//      aggregation. Arg 0: the run selects two sites, so the round stays open after the upload; every iteration
+//      starts a fresh run (untimed). Arg 1: the run selects one site (min_sites 1), so each accepted upload also
+//      closes the round (aggregate result, ApplyDelta, the new 128 MB checkpoint written and hashed into the blob
+//      store, one SQLite transaction) and opens the next; every iteration uploads into the next round.
+// Bytes per second are reported by Google Benchmark (bytes_per_second) over the payload's bytes.
+#include <ATen/ATen.h>
 #include <arpa/inet.h>
 #include <benchmark/benchmark.h>
 #include <grpcpp/grpcpp.h>
@@ -18,13 +27,22 @@
 #include <thread>
 #include <vector>
 
+#include "common/fl/codec.h"
+#include "common/fl/model_tensors.h"
+#include "common/fl/tensor_map.h"
 #include "common/io/file_util.h"
+#include "common/io/sha256.h"
 #include "common/logging.h"
+#include "common/model/checkpoint.h"
 #include "common/net/tls.h"
 #include "common/pki/certificate_authority.h"
 #include "common/pki/csr.h"
 #include "common/pki/key_pair.h"
+#include "coordinator/coordinator_server.h"
 #include "fedtune/v1/federation.grpc.pb.h"
+#include "fedtune/v1/federation_config.pb.h"
+#include "site_agent/coordinator_client.h"
+#include "site_agent/model_init.h"
 
 namespace fedtune {
 namespace {
@@ -91,7 +109,7 @@ class CountingService final : public v1::SiteService::Service {
 
 struct TestPki {
   std::string dir;
-  net::TlsFiles server, client;
+  net::TlsFiles server, client;  // client: the certificate of site "site-a".
 };
 
 // A throwaway consortium CA, a coordinator certificate for 127.0.0.1 and one site certificate.
@@ -162,6 +180,107 @@ void BM_GrpcMtlsStream(benchmark::State& state) {
   std::filesystem::remove_all(pki.dir);
 }
 BENCHMARK(BM_GrpcMtlsStream)->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();
+
+// The real coordinator's upload path (see the header). Setup (untimed, once): PKI, the SoloNet checkpoint as the
+// coordinator's initial model, and the delta payload file (global-shaped, 1e-4 in every floating tensor, fp32).
+void BM_CoordinatorUpload(benchmark::State& state) {
+  const bool close_round = state.range(0) != 0;
+  TestPki pki = MakePki();
+  absl::StatusOr<model::Checkpoint> checkpoint = agent::InitCheckpoint({"solonet"}, 224, 0.8, 0);
+  CHECK(checkpoint.ok()) << checkpoint.status();
+  const std::string model_path = pki.dir + "/solonet.ckpt";
+  CHECK(model::SaveCheckpoint(&*checkpoint, model_path).ok());
+  const std::string payload_path = pki.dir + "/delta.fp32";
+  int64_t payload_bytes = 0;
+  int64_t parameters = 0;
+  {
+    fl::TensorMap delta;
+    for (const auto& [name, t] : fl::CheckpointTensors(*checkpoint)) {
+      delta[name] = fl::IsFloating(t) ? at::full_like(t, 1e-4) : at::zeros_like(t);
+      if (fl::IsFloating(t)) parameters += t.numel();
+    }
+    absl::StatusOr<fl::EncodedBundle> encoded = fl::EncodeTensors(delta);  // fp32
+    CHECK(encoded.ok()) << encoded.status();
+    CHECK(io::WriteFileAtomically(payload_path, encoded->bundle.SerializeAsString()).ok());
+    payload_bytes = encoded->encoded_bytes;
+  }
+  checkpoint = absl::InternalError("released");  // Only the coordinator holds the model from here on.
+  absl::StatusOr<std::string> sha = io::Sha256File(payload_path);
+  CHECK(sha.ok()) << sha.status();
+
+  v1::CoordinatorConfig config;
+  config.set_listen_address("127.0.0.1:0");
+  config.set_port_file(pki.dir + "/port");
+  config.set_server_cert(pki.server.cert);
+  config.set_server_key(pki.server.key);
+  config.set_ca_dir(pki.dir + "/ca");
+  config.set_state_dir(pki.dir + "/state");
+  config.set_initial_model(model_path);
+  config.set_task_wait_seconds(1);
+  absl::StatusOr<std::unique_ptr<coordinator::Coordinator>> coordinator = coordinator::Coordinator::Start(config);
+  CHECK(coordinator.ok()) << coordinator.status();
+  coordinator::Coordinator& c = **coordinator;
+  // The operator's approval, as AdminService.ApproveSite records it. site-b never uploads: it keeps the round open.
+  for (const char* site : {"site-a", "site-b"}) CHECK(c.store()->SetSiteStatus(site, "approved", true, 0).ok());
+
+  v1::RunConfig run;
+  run.set_name("upload benchmark");
+  run.set_rounds(close_round ? 1000 : 1);
+  run.set_min_sites(1);
+  run.set_round_deadline_seconds(86400);
+  run.add_sites("site-a");
+  if (!close_round) run.add_sites("site-b");
+  run.set_final_evaluation(false);
+
+  agent::ClientOptions client_options;
+  client_options.address = "127.0.0.1:" + std::to_string(c.port());
+  client_options.tls = pki.client;
+  client_options.rpc_timeout = absl::Seconds(60);
+  client_options.retry.max_attempts = 1;  // A benchmark reports failures; it does not hide them behind retries.
+  absl::StatusOr<std::unique_ptr<agent::CoordinatorClient>> client = agent::CoordinatorClient::Create(client_options);
+  CHECK(client.ok()) << client.status();
+  v1::HelloRequest hello;
+  hello.mutable_dataset()->set_images(1000);
+  CHECK((*client)->Hello(hello).ok());  // Connects (TLS handshake) outside the timed region.
+
+  absl::StatusOr<std::string> run_id = c.rounds()->StartRun(run);
+  CHECK(run_id.ok()) << run_id.status();
+  int round = 1;
+  for (auto _ : state) {
+    if (!close_round && round > 1) {
+      state.PauseTiming();
+      CHECK(c.rounds()->AbortRun(*run_id, "next benchmark iteration").ok());
+      run_id = c.rounds()->StartRun(run);
+      CHECK(run_id.ok()) << run_id.status();
+      state.ResumeTiming();
+    }
+    agent::UploadRequest request;
+    request.run_id = *run_id;
+    request.round = close_round ? round : 1;
+    request.path = payload_path;
+    request.sha256 = *sha;
+    request.num_samples = 1000;
+    request.encoding = "fp32";
+    absl::StatusOr<v1::UploadResponse> response = (*client)->UploadUpdate(request);
+    CHECK(response.ok()) << response.status();
+    CHECK_EQ(response->status(), "accepted") << response->message();
+    ++round;
+  }
+  if (!close_round) CHECK(c.rounds()->AbortRun(*run_id, "benchmark done").ok());
+  c.Shutdown();
+  state.SetBytesProcessed(state.iterations() * payload_bytes);
+  state.counters["payload_MB"] = static_cast<double>(payload_bytes) / 1e6;
+  state.counters["params_M"] = static_cast<double>(parameters) / 1e6;
+  coordinator->reset();
+  std::filesystem::remove_all(pki.dir);
+}
+BENCHMARK(BM_CoordinatorUpload)
+    ->ArgName("closes_round")
+    ->Arg(0)
+    ->Arg(1)
+    ->Unit(benchmark::kMillisecond)
+    ->Iterations(3)
+    ->UseRealTime();
 
 }  // namespace
 }  // namespace fedtune
