@@ -80,7 +80,8 @@ trap cleanup EXIT
 trap 'echo "demo: interrupted"; exit 130' INT TERM
 
 step() { printf '\n== %s\n' "$*"; }
-export FEDTUNE_LOG_LEVEL="${FEDTUNE_LOG_LEVEL:-1}"  # Warnings and errors on the terminal; full logs in logs/.
+# Warnings and errors only (FEDTUNE_LOG_LEVEL=0 logs progress too); the processes write to logs/.
+export FEDTUNE_LOG_LEVEL="${FEDTUNE_LOG_LEVEL:-1}"
 
 site_ids=()
 profiles=(site-a site-b site-c)
