@@ -27,7 +27,7 @@ int main(int argc, char** argv) {
   commands.Add(fedtune::agent::MakeFinetuneCommand());
   commands.Add(fedtune::agent::MakePredictCommand());
   commands.Add(fedtune::agent::MakeEvaluateCommand());
-  commands.Add(fedtune::agent::MakeRunCommand());  // The federated mode: dials out to the coordinator.
+  commands.Add(fedtune::agent::MakeRunCommand());       // The federated mode: dials out to the coordinator.
   commands.Add(fedtune::pki::MakePkiRequestCommand());  // The site's key is made here and never leaves it.
   return commands.Main(argc, argv);
 }
