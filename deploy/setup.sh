@@ -9,6 +9,8 @@
 #   FEDTUNE_BUILD_TARGETS  build only these targets (space-separated; default: everything)
 #   CMAKE_PREFIX_PATH   e.g. a CUDA LibTorch to build against instead of Debian's CPU libtorch-dev
 #   FEDTUNE_SKIP_APT=1  do not install packages (for machines prepared by other means)
+#   FEDTUNE_SKIP_BUILD=1  install the packages only
+#   FEDTUNE_SANITIZE    address (ASan+UBSan) or thread (TSan): an instrumented build (use its own build folder)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -59,11 +61,14 @@ if [[ -e /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 && $(id -u) -eq
     /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 >/dev/null 2>&1 || true
 fi
 
+[[ "${FEDTUNE_SKIP_BUILD:-0}" == 1 ]] && exit 0
+
 generator=()
 if command -v ninja >/dev/null 2>&1 && [[ ! -f "$build/CMakeCache.txt" || -f "$build/build.ninja" ]]; then
   generator=(-G Ninja)
 fi
-cmake -S "$root" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$build.configure.log" 2>&1 || {
+cmake -S "$root" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DFEDTUNE_SANITIZE="${FEDTUNE_SANITIZE:-}" >"$build.configure.log" 2>&1 || {
   cat "$build.configure.log" >&2
   echo "fedtune setup: error: CMake configuration failed (log above)" >&2
   exit 1
