@@ -24,10 +24,7 @@ int ExitCode(const absl::Status& status) {
   return status.code() == absl::StatusCode::kInvalidArgument || status.code() == absl::StatusCode::kNotFound ? 2 : 1;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  fedtune::InitLogging(argv[0]);
+int Run(int argc, char** argv) {
   std::string config_path;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -66,4 +63,16 @@ int main(int argc, char** argv) {
   coordinator->reset();
   LOG(INFO) << "fedtune-coordinator stopped";
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  fedtune::InitLogging(argv[0]);  // Also the terminate handler: an exception on a server thread exits 1, readably.
+  try {
+    return Run(argc, argv);
+  } catch (...) {
+    std::fprintf(stderr, "fedtune-coordinator: error: %s\n", fedtune::DescribeCurrentException().c_str());
+    return 1;
+  }
 }

@@ -13,6 +13,7 @@
 #                     DenseNet-121 + ResNeXt50-32x4d + MobileNetV2; hours on 2 CPU cores)
 #   --images N        images per hospital (default 1000; the open-source collection gets 2N)
 #   --compression C   fp32 (default), fp16, int8 or topk
+#   --seed S          seed of the synthetic data, the model's initial weights, the splits and training (default 1)
 #   --work DIR        work directory (default build/demo); a second run reuses its PKI, data and open-source model
 #   --no-setup        skip deploy/setup.sh (use the existing build in build/bin)
 #   --bin DIR         programs directory (default build/bin)
@@ -22,7 +23,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-sites=3 rounds=5 local_epochs=2 size=64 arch=tiny images=1000 compression=fp32
+sites=3 rounds=5 local_epochs=2 size=64 arch=tiny images=1000 compression=fp32 seed=1
 work="$root/build/demo" setup=1 bin="" fresh=0 prepare_only=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -33,17 +34,19 @@ while [[ $# -gt 0 ]]; do
     --arch) arch="$2"; shift 2 ;;
     --images) images="$2"; shift 2 ;;
     --compression) compression="$2"; shift 2 ;;
+    --seed) seed="$2"; shift 2 ;;
     --work) work="$2"; shift 2 ;;
     --no-setup) setup=0; shift ;;
     --bin) bin="$2"; shift 2 ;;
     --fresh) fresh=1; shift ;;
     --prepare-only) prepare_only=1; shift ;;
-    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
 [[ "$sites" =~ ^[1-9][0-9]*$ ]] || { echo "demo.sh: --sites must be a positive integer" >&2; exit 2; }
 [[ "$rounds" =~ ^[1-9][0-9]*$ ]] || { echo "demo.sh: --rounds must be a positive integer" >&2; exit 2; }
+[[ "$seed" =~ ^[1-9][0-9]{0,8}$ ]] || { echo "demo.sh: --seed must be an integer from 1 to 999999999" >&2; exit 2; }
 case "$arch" in
   tiny) arch_flags=(--arch densenet_tiny --duo densenet_tiny --dropout 0.2); lr=0.05; batch=32 ;;
   solonet) arch_flags=(--arch solonet --duo densenet121 --dropout 0.8); lr=0.001; batch=88 ;;
@@ -108,34 +111,37 @@ echo "CA in $work/ca; ${#site_ids[@]} site certificates; operator certificate in
 
 # ---------------------------------------------------------------------------------------------------------------
 step "synthetic data: open-source collection ($((2 * images)) images) and ${sites} hospitals (${images} each, ${size} px)"
-if [[ ! -f "data/public-$size-$images/manifest.csv" ]]; then
-  "$bin/fedtune" synth --profile public --count $((2 * images)) --size "$size" --seed 1 --threads 2 \
-    --out "data/public-$size-$images" >/dev/null
+# Seed 1 keeps the names (and data) of earlier demo versions.
+tag="$size-$images"; ((seed == 1)) || tag="$tag-s$seed"
+if [[ ! -f "data/public-$tag/manifest.csv" ]]; then
+  "$bin/fedtune" synth --profile public --count $((2 * images)) --size "$size" --seed "$seed" --threads 2 \
+    --out "data/public-$tag" >/dev/null
 fi
 for ((i = 0; i < sites; i++)); do
   id="${site_ids[$i]}"
-  if [[ ! -f "$id/data-$size-$images/manifest.csv" ]]; then
-    "$bin/fedtune" synth --profile "${profiles[$((i % 3))]}" --count "$images" --size "$size" --seed $((100 + i)) \
-      --threads 2 --out "$id/data-$size-$images" >/dev/null
+  if [[ ! -f "$id/data-$tag/manifest.csv" ]]; then
+    "$bin/fedtune" synth --profile "${profiles[$((i % 3))]}" --count "$images" --size "$size" \
+      --seed $((100 * seed + i)) --threads 2 --out "$id/data-$tag" >/dev/null
   fi
 done
 
 # ---------------------------------------------------------------------------------------------------------------
-open_source="models/open-source-$arch-$size-$images.ckpt"
+open_source="models/open-source-$arch-$tag.ckpt"
 step "open-source model ($arch) trained on the open-source collection"
 if [[ -f "$open_source" ]]; then
   echo "reusing $open_source"
 else
   mkdir -p models
-  "$bin/fedtune-site" model init "${arch_flags[@]}" --image-size "$size" --seed 0 --out models/init.ckpt >/dev/null
+  "$bin/fedtune-site" model init "${arch_flags[@]}" --image-size "$size" --seed $((seed - 1)) \
+    --out models/init.ckpt >/dev/null
   cat > models/pretrain.textproto <<CFG
-base_model: "init.ckpt" manifest: "../data/public-$size-$images/manifest.csv" out_dir: "pretrain-$arch-$size-$images"
+base_model: "init.ckpt" manifest: "../data/public-$tag/manifest.csv" out_dir: "pretrain-$arch-$tag"
 max_epochs: 10 patience: 4 batch_size: $batch learning_rate: $lr device: "cpu" threads: 2 loader_threads: 1
-split { train: 0.8 validation: 0.2 test: 0.0 }
+seed: $seed split { train: 0.8 validation: 0.2 test: 0.0 seed: $seed }
 CFG
   "$bin/fedtune-site" finetune --config models/pretrain.textproto >"logs/pretrain.log" 2>&1 ||
     { echo "demo: pretraining failed; see $work/logs/pretrain.log" >&2; tail -5 logs/pretrain.log >&2; exit 1; }
-  cp "models/pretrain-$arch-$size-$images/model.ckpt" "$open_source.tmp" && mv "$open_source.tmp" "$open_source"
+  cp "models/pretrain-$arch-$tag/model.ckpt" "$open_source.tmp" && mv "$open_source.tmp" "$open_source"
   echo "trained $open_source"
 fi
 
@@ -181,9 +187,9 @@ work_dir: "work"
 heartbeat_seconds: 2
 exit_after_runs: 1
 finetune {
-  manifest: "data-$size-$images/manifest.csv"
-  device: "cpu" threads: $threads loader_threads: 1 patience: 10
-  split { train: 0.6 validation: 0.15 test: 0.25 }
+  manifest: "data-$tag/manifest.csv"
+  device: "cpu" threads: $threads loader_threads: 1 patience: 10 seed: $seed
+  split { train: 0.6 validation: 0.15 test: 0.25 seed: $seed }
 }
 CFG
   "$bin/fedtune-site" run --config "$id/site.textproto" >"logs/$id.log" 2>&1 &

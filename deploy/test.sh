@@ -1,9 +1,40 @@
 #!/usr/bin/env bash
-# Set-up, build, and every test through ctest. Ends with ctest's summary line; exit status is ctest's.
+# Set-up, build, and every test through ctest; then the training tests (ctest label "learning") once more with
+# LibTorch's CPU kernels limited to SSE4.1 (ONEDNN_MAX_CPU_ISA=SSE41), so that a test that holds only on this CPU's
+# rounding fails here rather than on another machine. Exit status: 0 only when both passed.
+#
+# Extra arguments go to the first ctest run (e.g. `-R trainer`); with arguments the SSE4.1 rerun is skipped.
+# Environment:
+#   FEDTUNE_SANITIZE=address|thread  an ASan+UBSan or TSan build in build-asan/ or build-tsan/ (or
+#                                    FEDTUNE_BUILD_DIR), and the suite run under it (no SSE4.1 rerun). Not for CI:
+#                                    it takes far longer. Suppressions: tests/sanitizers/.
+#   FEDTUNE_BUILD_DIR, FEDTUNE_JOBS  as in deploy/setup.sh; FEDTUNE_TEST_JOBS  parallel tests (default: cores)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+sanitize="${FEDTUNE_SANITIZE:-}"
+case "$sanitize" in
+  "") build="${FEDTUNE_BUILD_DIR:-$root/build}" ;;
+  address)
+    build="${FEDTUNE_BUILD_DIR:-$root/build-asan}"
+    export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:strict_string_checks=1:detect_stack_use_after_return=1}"
+    export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
+    export LSAN_OPTIONS="${LSAN_OPTIONS:-suppressions=$root/tests/sanitizers/lsan.supp:print_suppressions=0}"
+    ;;
+  thread)
+    build="${FEDTUNE_BUILD_DIR:-$root/build-tsan}"
+    export TSAN_OPTIONS="${TSAN_OPTIONS:-suppressions=$root/tests/sanitizers/tsan.supp:halt_on_error=0:second_deadlock_stack=1}"
+    ;;
+  *) echo "test.sh: FEDTUNE_SANITIZE must be address or thread, not '$sanitize'" >&2; exit 2 ;;
+esac
+export FEDTUNE_BUILD_DIR="$build"
 "$root/deploy/setup.sh"
-build="${FEDTUNE_BUILD_DIR:-$root/build}"
 jobs="${FEDTUNE_TEST_JOBS:-$(nproc)}"
 cd "$build"
-ctest --output-on-failure --timeout 900 -j "$jobs" "$@"
+rc=0
+ctest --output-on-failure --timeout 900 -j "$jobs" "$@" || rc=$?
+if [[ $# -eq 0 && -z "$sanitize" ]]; then
+  echo
+  echo "== training tests again with ONEDNN_MAX_CPU_ISA=SSE41 (they must hold on any x86-64 CPU)"
+  ONEDNN_MAX_CPU_ISA=SSE41 ctest --output-on-failure --timeout 900 -j "$jobs" -L learning || rc=$?
+fi
+exit $rc

@@ -189,7 +189,15 @@ int CommandSet::Main(int argc, char** argv) const {
     std::cerr << name << ": error: " << flags.status().message() << "\n\n" << UsageOf(*best);
     return ExitCodeFor(flags.status());
   }
-  absl::Status status = best->run(*flags);
+  absl::Status status;
+  try {
+    status = best->run(*flags);
+  } catch (...) {
+    // A command returns its errors as a Status; this is the top-level net for what escapes (std::bad_alloc on a
+    // hostile input, a library's exception): one clear line and exit 1, never an abort.
+    std::cerr << name << ": error: " << DescribeCurrentException() << "\n";
+    return kExitFailure;
+  }
   if (!status.ok()) {
     std::cerr << name << ": error: " << status.message() << "\n";
     return ExitCodeFor(status);

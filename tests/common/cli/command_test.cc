@@ -1,5 +1,11 @@
 #include "common/cli/command.h"
 
+#include <new>
+#include <stdexcept>
+#include <thread>
+#include <utility>
+
+#include "common/logging.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -84,6 +90,44 @@ TEST(CommandSetTest, DispatchesAndMapsStatus) {
   EXPECT_EQ(run({"do", "it", "--help"}), 0);
   EXPECT_EQ(run({}), kExitBadInput);
   EXPECT_EQ(run({"help"}), 0);
+}
+
+// Exceptions that escape a command (std::bad_alloc from a hostile input, a library's exception) end in one clear
+// line and exit 1, never std::terminate's abort.
+TEST(CommandSetTest, ExceptionsBecomeAClearErrorAndExitOne) {
+  CommandSet set("prog", "test program");
+  set.Add({{"oom"}, "throws bad_alloc", "", 0, {}, [](const ParsedFlags&) -> absl::Status { throw std::bad_alloc(); }});
+  set.Add({{"boom"}, "throws", "", 0, {}, [](const ParsedFlags&) -> absl::Status {
+             throw std::runtime_error("zip record too large");
+           }});
+  auto run = [&](std::string command) {
+    std::vector<char*> argv = {const_cast<char*>("prog"), command.data()};
+    ::testing::internal::CaptureStderr();
+    const int rc = set.Main(static_cast<int>(argv.size()), argv.data());
+    return std::make_pair(rc, ::testing::internal::GetCapturedStderr());
+  };
+  auto [oom_rc, oom_err] = run("oom");
+  EXPECT_EQ(oom_rc, kExitFailure);
+  EXPECT_THAT(oom_err, HasSubstr("prog oom: error: out of memory (std::bad_alloc)"));
+  auto [boom_rc, boom_err] = run("boom");
+  EXPECT_EQ(boom_rc, kExitFailure);
+  EXPECT_THAT(boom_err, HasSubstr("prog boom: error: uncaught exception: zip record too large"));
+}
+
+// The terminate handler (installed by InitLogging) covers every other thread: exit 1 with the program's name.
+TEST(TerminateHandlerDeathTest, AnExceptionOnAnotherThreadExitsOneWithAMessage) {
+  EXPECT_EXIT(
+      {
+        InstallTerminateHandler("prog");
+        std::thread([] { throw std::bad_alloc(); }).join();
+      },
+      ::testing::ExitedWithCode(1), "prog: fatal: out of memory \\(std::bad_alloc\\)");
+  EXPECT_EXIT(
+      {
+        InstallTerminateHandler("prog");
+        std::thread([] { throw std::logic_error("broken invariant"); }).join();
+      },
+      ::testing::ExitedWithCode(1), "prog: fatal: uncaught exception: broken invariant");
 }
 
 }  // namespace

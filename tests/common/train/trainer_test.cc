@@ -62,7 +62,7 @@ class TrainerTest : public ::testing::Test {
   }
   TrainerOptions Options() {
     TrainerOptions o;
-    o.learning_rate = 0.05;
+    o.learning_rate = 0.003;  // Stable on every CPU (see LearnsAndKeepsTheBestEpoch).
     o.max_epochs = 4;
     o.patience = 10;
     o.device = "cpu";
@@ -75,23 +75,47 @@ class TrainerTest : public ::testing::Test {
   std::unique_ptr<loader::BatchLoader> validation_;
 };
 
+// A learning test that holds on any CPU: LibTorch picks kernels per CPU (ONEDNN_MAX_CPU_ISA), and a chaotic run
+// (the old version trained at lr 0.05 with momentum 0.9 on 32 images and diverged on AVX2 machines) ends
+// differently on each. Here the step size is small enough that training is stable, the data set gives 8 steps per
+// epoch, and the property is checked for three seeds. Measured on SSE41, AVX, AVX2 and AVX-512 kernels with five
+// seeds each: the best validation BCE ended between 0.06 and 0.29, from ln 2 = 0.693 for the untrained model;
+// the test requires less than 0.45.
 TEST_F(TrainerTest, LearnsAndKeepsTheBestEpoch) {
-  model::Classifier m = TinyModel();
-  auto before = EvaluateLoss(m, *validation_, torch::Tensor(), torch::kCPU);
-  ASSERT_TRUE(before.ok());
-  TrainerOptions o = Options();
-  o.max_epochs = 6;
-  auto result = Fit(m, *train_, *validation_, torch::Tensor(), o);
-  ASSERT_TRUE(result.ok()) << result.status();
-  ASSERT_EQ(result->history.size(), 6u);
-  EXPECT_LT(result->best_validation_loss, *before);
-  EXPECT_EQ(result->device, "cpu");
-  EXPECT_EQ(result->train_samples, 32);
-  // The model returned holds the best epoch's weights.
-  auto after = EvaluateLoss(m, *validation_, torch::Tensor(), torch::kCPU);
-  ASSERT_TRUE(after.ok());
-  EXPECT_NEAR(*after, result->best_validation_loss, 1e-6);
-  EXPECT_TRUE(result->history[result->best_epoch].improved);
+  loader::LoaderOptions lo;
+  lo.batch_size = 8;
+  lo.num_threads = 1;
+  lo.seed = 3;
+  lo.augment = true;
+  lo.preprocess.size = 32;
+  lo.preprocess.crop_borders = false;
+  auto train = loader::BatchLoader::Create(MakeData(dir_, "learn", 64, 1), lo);
+  ASSERT_TRUE(train.ok()) << train.status();
+  for (int seed = 0; seed < 3; ++seed) {
+    SCOPED_TRACE(::testing::Message() << "seed " << seed);
+    torch::manual_seed(11 + seed);
+    auto config = model::ModelConfigForName("mobilenet_v2_tiny");
+    ASSERT_TRUE(config.ok());
+    config->head_dropout = 0.2;
+    auto m = model::CreateModel(*config);
+    ASSERT_TRUE(m.ok()) << m.status();
+    auto before = EvaluateLoss(*m, *validation_, torch::Tensor(), torch::kCPU);
+    ASSERT_TRUE(before.ok());
+    TrainerOptions o = Options();
+    o.max_epochs = 12;
+    o.seed = 5 + seed;
+    auto result = Fit(*m, **train, *validation_, torch::Tensor(), o);
+    ASSERT_TRUE(result.ok()) << result.status();
+    ASSERT_EQ(result->history.size(), 12u);
+    EXPECT_LT(result->best_validation_loss, 0.45) << "from " << *before;
+    EXPECT_EQ(result->device, "cpu");
+    EXPECT_EQ(result->train_samples, 64);
+    // The model returned holds the best epoch's weights.
+    auto after = EvaluateLoss(*m, *validation_, torch::Tensor(), torch::kCPU);
+    ASSERT_TRUE(after.ok());
+    EXPECT_NEAR(*after, result->best_validation_loss, 1e-6);
+    EXPECT_TRUE(result->history[result->best_epoch].improved);
+  }
 }
 
 TEST_F(TrainerTest, ALastBatchOfOneSampleIsSkippedNotFatal) {
@@ -150,7 +174,7 @@ TEST_F(TrainerTest, StateFromOtherOptionsIsRefused) {
   auto refused = Fit(TinyModel(), *train_, *validation_, torch::Tensor(), o);
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
   dir_.WriteFile("state.pt", "garbage");
-  o.learning_rate = 0.05;
+  o.learning_rate = 0.003;
   EXPECT_EQ(Fit(TinyModel(), *train_, *validation_, torch::Tensor(), o).status().code(), absl::StatusCode::kDataLoss);
 }
 
@@ -185,6 +209,9 @@ std::vector<loader::LoaderSample> MakePairs(const testing::TempDir& dir, const s
   return out;
 }
 
+// Stable on every CPU, like LearnsAndKeepsTheBestEpoch: a small step, 8 steps per epoch, three seeds. Measured on
+// SSE41, AVX, AVX2 and AVX-512 kernels: the best training BCE reached 0.15-0.33 of the first epoch's; the test
+// requires less than 0.55.
 TEST_F(TrainerTest, DuoNetTrainsItsNewLayerAndBackbones) {
   loader::LoaderOptions o;
   o.batch_size = 8;
@@ -192,31 +219,35 @@ TEST_F(TrainerTest, DuoNetTrainsItsNewLayerAndBackbones) {
   o.seed = 3;
   o.preprocess.size = 32;
   o.preprocess.crop_borders = false;
-  auto train = loader::BatchLoader::Create(MakePairs(dir_, "pt", 32, 1), o);
+  auto train = loader::BatchLoader::Create(MakePairs(dir_, "pt", 64, 1), o);
   o.shuffle = false;
   auto validation = loader::BatchLoader::Create(MakePairs(dir_, "pv", 16, 2), o);
   ASSERT_TRUE(train.ok() && validation.ok());
   EXPECT_TRUE((*train)->IsTwoView());
-  model::DuoNet duo(TinyModel(), TinyModel(), 14, 0.2);
-  const torch::Tensor fc_before = duo->named_parameters()["fc.weight"].clone();
-  const torch::Tensor lateral_before = duo->lateral()->parameters().front().clone();
-  TrainerOptions options = Options();
-  options.learning_rate = 0.01;
-  options.max_epochs = 5;
-  auto result = FitDuo(duo, **train, **validation, torch::Tensor(), options);
-  ASSERT_TRUE(result.ok()) << result.status();
-  ASSERT_EQ(result->history.size(), 5u);
-  // The two-view model fits its training studies (whose labels only the lateral view shows)...
-  double best_train = result->history.front().train_loss;
-  for (const EpochRecord& r : result->history) best_train = std::min(best_train, r.train_loss);
-  EXPECT_LT(best_train, 0.7 * result->history.front().train_loss);
-  // ...by training its new final layer and the lateral backbone, and ends on the best validation epoch's weights.
-  EXPECT_TRUE(result->history[result->best_epoch].improved);
-  EXPECT_FALSE(torch::equal(duo->named_parameters()["fc.weight"], fc_before));
-  EXPECT_FALSE(torch::equal(duo->lateral()->parameters().front(), lateral_before));
-  // Single-view loaders are refused.
-  EXPECT_EQ(FitDuo(duo, *train_, *validation_, torch::Tensor(), options).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  for (int seed = 0; seed < 3; ++seed) {
+    SCOPED_TRACE(::testing::Message() << "seed " << seed);
+    torch::manual_seed(21 + seed);
+    model::DuoNet duo(TinyModel(), TinyModel(), 14, 0.2);
+    const torch::Tensor fc_before = duo->named_parameters()["fc.weight"].clone();
+    const torch::Tensor lateral_before = duo->lateral()->parameters().front().clone();
+    TrainerOptions options = Options();
+    options.max_epochs = 10;
+    options.seed = 7 + seed;
+    auto result = FitDuo(duo, **train, **validation, torch::Tensor(), options);
+    ASSERT_TRUE(result.ok()) << result.status();
+    ASSERT_EQ(result->history.size(), static_cast<size_t>(options.max_epochs));
+    // The two-view model fits its training studies (whose labels only the lateral view shows)...
+    double best_train = result->history.front().train_loss;
+    for (const EpochRecord& r : result->history) best_train = std::min(best_train, r.train_loss);
+    EXPECT_LT(best_train, 0.55 * result->history.front().train_loss);
+    // ...by training its new final layer and the lateral backbone, and ends on the best validation epoch's weights.
+    EXPECT_TRUE(result->history[result->best_epoch].improved);
+    EXPECT_FALSE(torch::equal(duo->named_parameters()["fc.weight"], fc_before));
+    EXPECT_FALSE(torch::equal(duo->lateral()->parameters().front(), lateral_before));
+    // Single-view loaders are refused.
+    EXPECT_EQ(FitDuo(duo, *train_, *validation_, torch::Tensor(), options).status().code(),
+              absl::StatusCode::kInvalidArgument);
+  }
 }
 
 TEST_F(TrainerTest, DivergenceStopsWithAClearError) {
