@@ -60,7 +60,10 @@ class CertificateVerifier {
 
   // Verifies `peer_pem` (the peer's leaf certificate in PEM) for an RPC that needs `expected_role`:
   //  UNAUTHENTICATED: empty or malformed PEM; not signed by the consortium CA; expired; not yet valid; a CA
-  //                   certificate instead of an end-entity one; wrong extended key usage for the role.
+  //                   certificate instead of an end-entity one; wrong extended key usage for the role (the
+  //                   certificate's role, else `expected_role`): site and operator certificates must carry
+  //                   extendedKeyUsage clientAuth, server certificates serverAuth; a certificate without the
+  //                   extension is refused too.
   //  PERMISSION_DENIED: revoked (CRL or index); not enrolled in the index (when used); no role or another role than
   //                     `expected_role`.
   //  Reload errors (NotFound, DataLoss, ...) when a changed CA/CRL/index file cannot be loaded; UNAVAILABLE for a
