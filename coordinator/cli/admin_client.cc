@@ -22,9 +22,13 @@
 #include "common/net/grpc_status.h"
 #include "common/net/tls.h"
 #include "common/status_macros.h"
+#include "coordinator/cli/terminal_text.h"
 
 namespace fedtune::admin {
 namespace {
+
+// Bound of a coordinator error message as the CLI reports it (TerminalSafe).
+constexpr size_t kMaxErrorMessageBytes = 2048;
 
 struct SettingSpec {
   const char* flag;
@@ -170,7 +174,10 @@ void AdminClient::SetDeadline(grpc::ClientContext* context) const {
 }
 
 absl::Status AdminClient::Failed(const grpc::Status& status, const char* rpc) const {
-  return net::FromGrpcStatus(status, absl::StrCat("coordinator ", address_, ": ", rpc));
+  // The coordinator's message may quote text a site sent; the CLI prints it on the operator's terminal.
+  const grpc::Status safe(status.error_code(), TerminalSafe(status.error_message(), kMaxErrorMessageBytes),
+                          status.error_details());
+  return net::FromGrpcStatus(safe, absl::StrCat("coordinator ", address_, ": ", rpc));
 }
 
 absl::StatusOr<v1::ListSitesResponse> AdminClient::ListSites() {

@@ -77,7 +77,7 @@ class AdminClient {
 
   // The RPCs. Errors carry the coordinator's code (Unavailable when unreachable, Unauthenticated /
   // PermissionDenied when the certificate is refused, NotFound for an unknown site, run or model, ...) with the
-  // message prefixed "coordinator ADDRESS: RPC: ".
+  // message prefixed "coordinator ADDRESS: RPC: " (the coordinator's message passed through TerminalSafe).
   absl::StatusOr<v1::ListSitesResponse> ListSites();
   absl::StatusOr<v1::SiteInfo> ApproveSite(const std::string& site_id);
   absl::StatusOr<v1::SiteInfo> RevokeSite(const std::string& site_id, const std::string& reason);

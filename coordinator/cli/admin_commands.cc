@@ -15,6 +15,7 @@
 #include "coordinator/cli/consortium_report.h"
 #include "coordinator/cli/report_format.h"
 #include "coordinator/cli/run_config.h"
+#include "coordinator/cli/terminal_text.h"
 #include "coordinator/cli/text_table.h"
 
 namespace fedtune::admin {
@@ -101,9 +102,11 @@ std::string DatasetText(const v1::DatasetSummary& d) {
 int64_t NowMs(const Env& env) { return absl::ToUnixMillis(env.now()); }
 
 std::string SiteLine(const v1::SiteInfo& site) {
-  return absl::StrCat(
-      "site ", site.site_id(), ": ", site.status().empty() ? "unknown" : site.status(),
-      site.certificate_serial().empty() ? "" : absl::StrCat(" (certificate serial ", site.certificate_serial(), ")"));
+  return absl::StrCat("site ", TerminalSafe(site.site_id()), ": ",
+                      site.status().empty() ? "unknown" : TerminalSafe(site.status()),
+                      site.certificate_serial().empty()
+                          ? ""
+                          : absl::StrCat(" (certificate serial ", TerminalSafe(site.certificate_serial()), ")"));
 }
 
 }  // namespace
@@ -130,16 +133,19 @@ std::string RunStatusText(const v1::RunStatus& status, int64_t now_ms) {
   }
   const int planned = status.config().rounds();
   const double progress = planned > 0 ? static_cast<double>(closed.size()) / planned : 0;
-  absl::StrAppend(&out, "Run ", status.run_id(), status.name().empty() ? "" : absl::StrCat(" \"", status.name(), "\""),
-                  ": ", status.state(), ", round ", status.current_round(), " of ", planned, ", ",
+  // Every string of the answer may carry site text (states, messages): printed through TerminalSafe only.
+  absl::StrAppend(&out, "Run ", TerminalSafe(status.run_id()),
+                  status.name().empty() ? "" : absl::StrCat(" \"", TerminalSafe(status.name()), "\""), ": ",
+                  TerminalSafe(status.state()), ", round ", status.current_round(), " of ", planned, ", ",
                   absl::StrFormat("%.0f%%", 100 * progress), " of the rounds done\n");
-  if (!status.message().empty()) absl::StrAppend(&out, "  ", status.message(), "\n");
+  if (!status.message().empty()) absl::StrAppend(&out, "  ", TerminalSafe(status.message()), "\n");
   absl::StrAppend(&out, "  started ", FormatTimeMs(status.started_ms()),
                   status.finished_ms() > 0 ? absl::StrCat(", finished ", FormatTimeMs(status.finished_ms())) : "",
-                  "\n  aggregation ", status.config().aggregation(), ", compression ", status.config().compression(),
-                  ", base model ", ShortDigest(status.base_model_digest()), ", final model ",
-                  ShortDigest(status.final_model_digest()), "\n  traffic ", FormatBytes(status.bytes_down()), " down, ",
-                  FormatBytes(status.bytes_up()), " up\n");
+                  "\n  aggregation ", TerminalSafe(status.config().aggregation()), ", compression ",
+                  TerminalSafe(status.config().compression()), ", base model ",
+                  TerminalSafe(ShortDigest(status.base_model_digest())), ", final model ",
+                  TerminalSafe(ShortDigest(status.final_model_digest())), "\n  traffic ",
+                  FormatBytes(status.bytes_down()), " down, ", FormatBytes(status.bytes_up()), " up\n");
   if (status.rounds_size() > 0) {
     TextTable rounds({"round", "attempt", "state", "updates", "refused", "samples", "mean loss", "bytes up", "model",
                       "result", "note"},
@@ -244,7 +250,7 @@ cli::Command MakeRunStartCommand(CommandEnvironment environment) {
           return absl::InvalidArgumentError(absl::StrCat(flags.GetOrDie("config"), ": ", valid.message()));
         }
         ASSIGN_OR_RETURN(std::string run_id, client.StartRun(config));
-        *env.out << run_id << "\n" << std::flush;
+        *env.out << TerminalSafe(run_id) << "\n" << std::flush;
         return absl::OkStatus();
       });
 }
@@ -269,7 +275,7 @@ cli::Command MakeRunStatusCommand(CommandEnvironment environment) {
           if (!status.ok()) {
             const bool transient = absl::IsUnavailable(status.status()) || absl::IsDeadlineExceeded(status.status());
             if (!watch || !transient || ++failures >= kMaxWatchFailures) return status.status();
-            *env.out << "(" << status.status().message() << "; retrying)\n" << std::flush;
+            *env.out << "(" << TerminalSafe(status.status().message()) << "; retrying)\n" << std::flush;
             env.sleep(absl::Seconds(interval));
             continue;
           }
@@ -297,8 +303,8 @@ cli::Command MakeRunAbortCommand(CommandEnvironment environment) {
       environment, [](const cli::ParsedFlags& flags, AdminClient& client, const Env& env) -> absl::Status {
         ASSIGN_OR_RETURN(v1::RunStatus status,
                          client.AbortRun(flags.Get("run").value_or(""), flags.Get("reason").value_or("")));
-        *env.out << "run " << status.run_id() << ": " << status.state()
-                 << (status.message().empty() ? "" : " (" + status.message() + ")") << "\n"
+        *env.out << "run " << TerminalSafe(status.run_id()) << ": " << TerminalSafe(status.state())
+                 << (status.message().empty() ? "" : " (" + TerminalSafe(status.message()) + ")") << "\n"
                  << std::flush;
         return absl::OkStatus();
       });
@@ -319,7 +325,8 @@ cli::Command MakeModelExportCommand(CommandEnvironment environment) {
         options.stream_timeout = absl::Seconds(stream_timeout);
         ASSIGN_OR_RETURN(ExportResult result,
                          client.ExportModel(flags.GetOrDie("version"), flags.GetOrDie("out"), options));
-        *env.out << "wrote " << result.path << " (" << FormatBytes(result.bytes) << ", sha256 " << result.sha256
+        *env.out << "wrote " << result.path << " (" << FormatBytes(result.bytes) << ", sha256 "
+                 << TerminalSafe(result.sha256)
                  << (result.attempts > 1 ? absl::StrCat(", ", result.attempts, " streams") : "") << ")\n"
                  << std::flush;
         return absl::OkStatus();

@@ -12,7 +12,9 @@
 //
 // Every command also takes the connection flags of admin_client.h (--coordinator, --cert, --key, --ca,
 // --server-name, --timeout; or FEDTUNE_COORDINATOR, FEDTUNE_CERT, FEDTUNE_KEY, FEDTUNE_CA, FEDTUNE_SERVER_NAME,
-// FEDTUNE_TIMEOUT). Exit codes follow cli::ExitCodeFor: 0 done, 2 bad input / unknown site, run or model,
+// FEDTUNE_TIMEOUT). Every string the coordinator returns (site ids, states, messages: often text a site sent) is
+// printed through TerminalSafe (terminal_text.h): no control character or invalid UTF-8 reaches the terminal.
+// Exit codes follow cli::ExitCodeFor: 0 done, 2 bad input / unknown site, run or model,
 // 3 certificate refused, 1 otherwise (coordinator unreachable, I/O, a watched run that failed or was aborted).
 #ifndef FEDTUNE_COORDINATOR_CLI_ADMIN_COMMANDS_H_
 #define FEDTUNE_COORDINATOR_CLI_ADMIN_COMMANDS_H_

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/io/file_util.h"
@@ -27,6 +28,7 @@
 #include "nlohmann/json.hpp"
 #include "tests/common/pki/pki_test_util.h"
 #include "tests/coordinator/cli/run_report_fixture.h"
+#include "tests/coordinator/cli/terminal_check.h"
 #include "tests/testing/temp_dir.h"
 
 namespace fedtune::admin {
@@ -651,6 +653,51 @@ TEST(AdminCommandSetTest, PathsAndConnectionFlags) {
   }
   EXPECT_THAT(paths, ::testing::ElementsAre("sites list", "sites approve", "sites revoke", "run start", "run status",
                                             "run abort", "model export", "report"));
+}
+
+// Text a site controls (heartbeat state, dataset-free fields, round notes) never reaches the terminal with control
+// characters, C1 codes, bidi overrides or invalid UTF-8, and a very long value cannot flood the screen.
+TEST(TerminalSafetyTest, SitesTableAndRunStatusEscapeSiteText) {
+  for (const std::string& hostile : testing::HostileTexts()) {
+    v1::ListSitesResponse sites;
+    v1::SiteInfo* site = sites.add_sites();
+    site->set_site_id("site-a");
+    site->set_status(hostile);
+    site->set_state(hostile);
+    site->set_certificate_serial(hostile);
+    site->mutable_capabilities()->set_device(hostile);
+    const std::string table = SitesTableText(sites, 1'700'000'000'000);
+    EXPECT_EQ(testing::TerminalUnsafety(table), "") << absl::CEscape(hostile) << "\n" << absl::CEscape(table);
+    EXPECT_LT(table.size(), 2000u) << absl::CEscape(hostile);
+
+    v1::RunStatus status;
+    status.set_run_id("run-0001");
+    status.set_name(hostile);
+    status.set_state(hostile);
+    status.set_message(hostile);
+    status.mutable_config()->set_rounds(2);
+    status.mutable_config()->set_aggregation(hostile);
+    v1::RoundInfo* round = status.add_rounds();
+    round->set_round(1);
+    round->set_state(hostile);
+    round->set_message(hostile);
+    v1::UpdateInfo* update = round->add_updates();
+    update->set_site_id(hostile);
+    update->set_status(hostile);
+    update->set_message(hostile);
+    v1::SiteRunState* run_site = status.add_sites();
+    run_site->set_site_id(hostile);
+    run_site->set_state(hostile);
+    const std::string text = RunStatusText(status, 1'700'000'000'000);
+    EXPECT_EQ(testing::TerminalUnsafety(text), "") << absl::CEscape(hostile) << "\n" << absl::CEscape(text);
+    EXPECT_LT(text.size(), 8000u) << absl::CEscape(hostile);
+  }
+  // The escapes are visible: an operator sees that the site sent an ESC.
+  v1::ListSitesResponse sites;
+  v1::SiteInfo* site = sites.add_sites();
+  site->set_site_id("site-a");
+  site->set_state("\x1b[2Jhidden");
+  EXPECT_THAT(SitesTableText(sites, 0), HasSubstr("\\x1b[2Jhidden"));
 }
 
 }  // namespace
