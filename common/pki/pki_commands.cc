@@ -46,6 +46,9 @@ void PrintIssued(std::ostream& out, const IssuedCertificate& issued, const std::
       << "  serial:      " << issued.info.serial << "\n"
       << "  valid:       " << FormatUtc(issued.info.not_before) << " to " << FormatUtc(issued.info.not_after) << "\n"
       << "  sha256:      " << issued.info.fingerprint_sha256 << "\n"
+      << "  key sha256:  " << issued.info.public_key_sha256
+      << (issued.info.role == Role::kSite ? " (the coordinator pins the site to this key: `fedtune sites list`)" : "")
+      << "\n"
       << "  written to:  " << path << "\n";
 }
 

@@ -238,6 +238,7 @@ absl::StatusOr<PeerIdentity> CertificateVerifier::Verify(absl::string_view peer_
   identity.serial = info.serial;
   identity.not_after = info.not_after;
   identity.fingerprint_sha256 = info.fingerprint_sha256;
+  identity.public_key_sha256 = info.public_key_sha256;
   return identity;
 }
 

@@ -49,7 +49,8 @@ struct PeerIdentity {
   Role role = Role::kSite;
   std::string serial;  // Decimal.
   absl::Time not_after;
-  std::string fingerprint_sha256;
+  std::string fingerprint_sha256;  // Of the certificate (DER).
+  std::string public_key_sha256;   // Of its SubjectPublicKeyInfo: the key the coordinator's registry pins.
 };
 
 // Thread-safe: Verify and Reload may be called concurrently from any number of threads.

@@ -189,11 +189,14 @@ absl::StatusOr<v1::ListSitesResponse> AdminClient::ListSites() {
   return response;
 }
 
-absl::StatusOr<v1::SiteInfo> AdminClient::ApproveSite(const std::string& site_id) {
+absl::StatusOr<v1::SiteInfo> AdminClient::ApproveSite(const std::string& site_id, bool replace_key,
+                                                      const std::string& expected_key_sha256) {
   grpc::ClientContext context;
   SetDeadline(&context);
   v1::SiteRequest request;
   request.set_site_id(site_id);
+  request.set_replace_key(replace_key);
+  request.set_expected_key_sha256(expected_key_sha256);
   v1::SiteResponse response;
   grpc::Status status = stub_->ApproveSite(&context, request, &response);
   if (!status.ok()) return Failed(status, "ApproveSite");

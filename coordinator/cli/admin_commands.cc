@@ -102,11 +102,27 @@ std::string DatasetText(const v1::DatasetSummary& d) {
 int64_t NowMs(const Env& env) { return absl::ToUnixMillis(env.now()); }
 
 std::string SiteLine(const v1::SiteInfo& site) {
-  return absl::StrCat("site ", TerminalSafe(site.site_id()), ": ",
-                      site.status().empty() ? "unknown" : TerminalSafe(site.status()),
-                      site.certificate_serial().empty()
-                          ? ""
-                          : absl::StrCat(" (certificate serial ", TerminalSafe(site.certificate_serial()), ")"));
+  std::string line = absl::StrCat(
+      "site ", TerminalSafe(site.site_id()), ": ", site.status().empty() ? "unknown" : TerminalSafe(site.status()),
+      site.certificate_serial().empty()
+          ? ""
+          : absl::StrCat(" (certificate serial ", TerminalSafe(site.certificate_serial()), ")"));
+  if (!site.key_sha256().empty()) absl::StrAppend(&line, "\n  pinned key sha256 ", TerminalSafe(site.key_sha256()));
+  if (!site.offered_key_sha256().empty()) {
+    absl::StrAppend(&line, "\n  refused new key sha256 ", TerminalSafe(site.offered_key_sha256()),
+                    " (certificate serial ", TerminalSafe(site.offered_serial()),
+                    "): accept it with `fedtune sites approve ", TerminalSafe(site.site_id()), " --replace-key`");
+  }
+  return line;
+}
+
+// The key column of `sites list`: the first 16 hex digits of the pinned key, and of a refused offered one.
+std::string KeyCell(const v1::SiteInfo& site) {
+  std::string cell = site.key_sha256().empty() ? "-" : site.key_sha256().substr(0, 16);
+  if (!site.offered_key_sha256().empty()) {
+    absl::StrAppend(&cell, " (refused new key ", site.offered_key_sha256().substr(0, 16), ")");
+  }
+  return cell;
 }
 
 }  // namespace
@@ -117,10 +133,11 @@ bool IsFinalRunState(const std::string& state) {
 
 std::string SitesTableText(const v1::ListSitesResponse& sites, int64_t now_ms) {
   if (sites.sites_size() == 0) return "No site has contacted the coordinator yet.\n";
-  TextTable table({"site", "status", "last seen", "images", "dataset", "state"}, {false, false, false, true});
+  TextTable table({"site", "status", "last seen", "images", "dataset", "state", "key sha256"},
+                  {false, false, false, true});
   for (const v1::SiteInfo& s : sites.sites()) {
     table.AddRow({s.site_id(), s.status(), FormatAgo(s.last_seen_ms(), now_ms), absl::StrCat(s.dataset().images()),
-                  DatasetText(s.dataset()), s.state().empty() ? "-" : s.state()});
+                  DatasetText(s.dataset()), s.state().empty() ? "-" : s.state(), KeyCell(s)});
   }
   return table.Render();
 }
@@ -198,13 +215,25 @@ cli::Command MakeSitesListCommand(CommandEnvironment environment) {
 }
 
 cli::Command MakeSitesApproveCommand(CommandEnvironment environment) {
-  return AdminCommand({"sites", "approve"}, "let a pending site take part in runs", "ID", 1, {}, environment,
-                      [](const cli::ParsedFlags& flags, AdminClient& client, const Env& env) -> absl::Status {
-                        ASSIGN_OR_RETURN(std::string id, OnePositional(flags, "site id"));
-                        ASSIGN_OR_RETURN(v1::SiteInfo site, client.ApproveSite(id));
-                        *env.out << SiteLine(site) << "\n" << std::flush;
-                        return absl::OkStatus();
-                      });
+  return AdminCommand(
+      {"sites", "approve"}, "let a pending site take part in runs (--replace-key: accept its new certificate's key)",
+      "ID", 1,
+      {BoolFlag("replace-key",
+                "also accept the new key the site was refused for (it re-keyed) as the key its registry entry pins"),
+       Flag("key-sha256",
+            "with --replace-key: refuse unless the new key's sha256 starts with this (from `fedtune pki sign`)",
+            "HEX")},
+      environment, [](const cli::ParsedFlags& flags, AdminClient& client, const Env& env) -> absl::Status {
+        ASSIGN_OR_RETURN(std::string id, OnePositional(flags, "site id"));
+        const bool replace_key = flags.GetBool("replace-key");
+        const std::string expected = flags.Get("key-sha256").value_or("");
+        if (!expected.empty() && !replace_key) {
+          return absl::InvalidArgumentError("--key-sha256 goes with --replace-key");
+        }
+        ASSIGN_OR_RETURN(v1::SiteInfo site, client.ApproveSite(id, replace_key, expected));
+        *env.out << SiteLine(site) << "\n" << std::flush;
+        return absl::OkStatus();
+      });
 }
 
 cli::Command MakeSitesRevokeCommand(CommandEnvironment environment) {

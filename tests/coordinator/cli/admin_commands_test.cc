@@ -55,6 +55,9 @@ class FakeAdminService final : public v1::AdminService::Service {
     v1::SiteInfo b;
     b.set_site_id("site-b");
     b.set_status("pending");
+    b.set_key_sha256(std::string(64, 'b'));
+    b.set_offered_key_sha256("c0ffee" + std::string(58, 'c'));
+    b.set_offered_serial("9");
     sites_["site-b"] = b;
   }
 
@@ -108,6 +111,17 @@ class FakeAdminService final : public v1::AdminService::Service {
     return grpc::Status::OK;
   }
   grpc::Status ApproveSite(grpc::ServerContext* ctx, const v1::SiteRequest* req, v1::SiteResponse* out) override {
+    if (req->replace_key()) {
+      absl::MutexLock lock(&mu_);
+      auto it = sites_.find(req->site_id());
+      if (it == sites_.end() || it->second.offered_key_sha256().empty() ||
+          it->second.offered_key_sha256().rfind(req->expected_key_sha256(), 0) != 0) {
+        return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "no such offered key");
+      }
+      it->second.set_key_sha256(it->second.offered_key_sha256());
+      it->second.clear_offered_key_sha256();
+      it->second.clear_offered_serial();
+    }
     return SetSiteStatus(ctx, *req, "approved", out);
   }
   grpc::Status RevokeSite(grpc::ServerContext* ctx, const v1::SiteRequest* req, v1::SiteResponse* out) override {
@@ -331,7 +345,10 @@ TEST_F(AdminCommandsTest, SitesList) {
 TEST_F(AdminCommandsTest, SitesApprove) {
   Result r = Run(MakeSitesApproveCommand, {"site-b"});
   ASSERT_TRUE(r.status.ok()) << r.status;
-  EXPECT_EQ(r.out, "site site-b: approved\n");
+  EXPECT_THAT(r.out, ::testing::StartsWith("site site-b: approved\n  pinned key sha256 bbbb"));
+  // A plain approval leaves the key alone and says how to accept the refused one.
+  EXPECT_THAT(r.out, HasSubstr("refused new key sha256 c0ffee"));
+  EXPECT_THAT(r.out, HasSubstr("(certificate serial 9): accept it with `fedtune sites approve site-b --replace-key`"));
   EXPECT_EQ(service_->site("site-b").status(), "approved");
   r = Run(MakeSitesApproveCommand, {"site-z"});
   EXPECT_EQ(r.status.code(), absl::StatusCode::kNotFound);
@@ -340,6 +357,22 @@ TEST_F(AdminCommandsTest, SitesApprove) {
   EXPECT_EQ(r.exit_code(), cli::kExitBadInput);
   r = Run(MakeSitesApproveCommand, {});
   EXPECT_EQ(r.status.code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(AdminCommandsTest, SitesApproveReplaceKeyAcceptsTheOfferedKey) {
+  Result r = Run(MakeSitesListCommand, {});
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_THAT(r.out, HasSubstr("key sha256"));
+  EXPECT_THAT(r.out, HasSubstr("bbbbbbbbbbbbbbbb (refused new key c0ffeecccccccccc)"));
+  r = Run(MakeSitesApproveCommand, {"site-b", "--key-sha256", "c0ffee"});
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kInvalidArgument) << r.status;  // Needs --replace-key.
+  r = Run(MakeSitesApproveCommand, {"site-b", "--replace-key", "--key-sha256", "deadbeef"});
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kFailedPrecondition) << r.status;
+  EXPECT_EQ(service_->site("site-b").status(), "pending");
+  r = Run(MakeSitesApproveCommand, {"site-b", "--replace-key", "--key-sha256", "c0ffeecc"});
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.out, "site site-b: approved\n  pinned key sha256 c0ffee" + std::string(58, 'c') + "\n");
+  EXPECT_EQ(service_->site("site-b").key_sha256(), "c0ffee" + std::string(58, 'c'));
 }
 
 TEST_F(AdminCommandsTest, SitesRevokeAtCoordinatorOnly) {
