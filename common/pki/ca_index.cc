@@ -80,6 +80,10 @@ absl::StatusOr<CaIndex> ParseCaIndex(absl::string_view json, absl::string_view s
         return absl::DataLossError(absl::StrCat(where, ": serial '", e.serial, "' is not a decimal serial number"));
       }
       e.common_name = c.at("common_name").get<std::string>();
+      // The CA only issues identity names; anything else (e.g. terminal escapes `pki list` would print) is damage.
+      if (absl::Status name = ValidateIdentityName(e.common_name, "common_name"); !name.ok()) {
+        return absl::DataLossError(absl::StrCat(where, ": ", name.message()));
+      }
       absl::StatusOr<Role> role = ParseRole(c.at("role").get<std::string>());
       if (!role.ok()) return absl::DataLossError(absl::StrCat(where, ": ", role.status().message()));
       e.role = *role;

@@ -51,6 +51,11 @@ TEST(CaIndexTest, RefusesCountersAndSerialsTheCaCannotUse) {
     absl::Status s = ParseCaIndex(Index(R"("next_serial": 2, "next_crl_number": 1)", serial), "index.json").status();
     EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << "'" << serial << "': " << s;
   }
+  const std::string good = Index(R"("next_serial": 2, "next_crl_number": 1)");
+  for (const std::string& cn : {"", "\\u001b[2Jsite", "../site", "site a"}) {
+    absl::Status s = ParseCaIndex(absl::StrReplaceAll(good, {{"\"site-a\"", "\"" + cn + "\""}}), "index.json").status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << "'" << cn << "': " << s;
+  }
   for (const std::string& bad : {"", "[]", "{", "null", R"({"format": 3})", R"({"format": "fedtune-ca-index-v1"})"}) {
     EXPECT_EQ(ParseCaIndex(bad, "index.json").status().code(), absl::StatusCode::kDataLoss) << bad;
   }
