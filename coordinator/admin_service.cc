@@ -21,6 +21,9 @@ v1::SiteInfo ToSiteInfo(const SiteRecord& site) {
   *info.mutable_dataset() = site.dataset;
   *info.mutable_capabilities() = site.capabilities;
   info.set_state(site.state);
+  info.set_key_sha256(site.key_sha256);
+  info.set_offered_key_sha256(site.offered_key_sha256);
+  info.set_offered_serial(site.offered_serial);
   return info;
 }
 
@@ -47,9 +50,24 @@ grpc::Status AdminServiceImpl::ApproveSite(grpc::ServerContext* context, const v
       authorizer_->Authorize(*context, "AdminService/ApproveSite", Access::kOperator);
   if (!peer.ok()) return net::ToGrpcStatus(peer.status());
   if (request->site_id().empty()) return net::ToGrpcStatus(absl::InvalidArgumentError("site_id: required"));
-  absl::StatusOr<SiteRecord> site = store_->SetSiteStatus(request->site_id(), "approved", true, NowMs());
+  const std::string expected = absl::AsciiStrToLower(request->expected_key_sha256());
+  if (!expected.empty() &&
+      (!request->replace_key() || expected.size() < 16 || expected.size() > 64 ||
+       !std::all_of(expected.begin(), expected.end(), [](char c) { return absl::ascii_isxdigit(c); }))) {
+    return net::ToGrpcStatus(absl::InvalidArgumentError(
+        absl::StrCat("expected_key_sha256: '", request->expected_key_sha256(),
+                     "' must be 16 to 64 hex digits of a key sha256, and goes with replace_key")));
+  }
+  absl::StatusOr<SiteRecord> site = request->replace_key()
+                                        ? store_->ReplaceSiteKey(request->site_id(), expected, NowMs())
+                                        : store_->SetSiteStatus(request->site_id(), "approved", true, NowMs());
   if (!site.ok()) return net::ToGrpcStatus(site.status());
-  LOG(INFO) << "operator " << peer->common_name << " approved site " << request->site_id();
+  if (request->replace_key()) {
+    LOG(WARNING) << "operator " << peer->common_name << " approved site " << request->site_id()
+                 << " and accepted its new key sha256 " << site->key_sha256;
+  } else {
+    LOG(INFO) << "operator " << peer->common_name << " approved site " << request->site_id();
+  }
   *response->mutable_site() = ToSiteInfo(*site);
   return grpc::Status::OK;
 }

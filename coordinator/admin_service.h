@@ -33,7 +33,10 @@ class AdminServiceImpl final : public v1::AdminService::Service {
   // All sites, by id.
   grpc::Status ListSites(grpc::ServerContext* context, const v1::ListSitesRequest* request,
                          v1::ListSitesResponse* response) override;
-  // Approves a site (creating the entry when the site has not said Hello yet, so it can be pre-approved).
+  // Approves a site (creating the entry when the site has not said Hello yet, so it can be pre-approved). With
+  // request.replace_key, also accepts the key the site offered as its pinned key (StateStore::ReplaceSiteKey:
+  // NOT_FOUND for an unknown site, FAILED_PRECONDITION when it offered none or not request.expected_key_sha256;
+  // INVALID_ARGUMENT for a malformed expected_key_sha256).
   grpc::Status ApproveSite(grpc::ServerContext* context, const v1::SiteRequest* request,
                            v1::SiteResponse* response) override;
   // Revokes a site: refused from its next call. NOT_FOUND for an unknown site.

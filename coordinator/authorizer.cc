@@ -22,14 +22,31 @@ Authorizer::Authorizer(pki::CertificateVerifier* verifier, StateStore* store, st
 absl::Status Authorizer::CheckSite(const pki::PeerIdentity& peer, Access access) {
   const std::string& id = peer.common_name;
   ASSIGN_OR_RETURN(std::optional<SiteRecord> site, store_->GetSite(id));
-  if (site && site->status == "revoked") {
+  if (!site && access != Access::kSiteHello) {
+    return absl::PermissionDeniedError(absl::StrCat("site ", id, " is not registered: it must call Hello first"));
+  }
+  // The registry pins the site to the key of the first certificate it used (its first Hello, or its first call
+  // after a pre-approval). The store is written only when something changes: a new site or pin, or a new offer.
+  if (!site || site->key_sha256.empty() ||
+      (site->key_sha256 != peer.public_key_sha256 &&
+       (site->offered_key_sha256 != peer.public_key_sha256 || site->offered_serial != peer.serial))) {
+    ASSIGN_OR_RETURN(SiteRecord pinned, store_->PinSiteKey(id, peer.public_key_sha256, peer.serial,
+                                                           access == Access::kSiteHello, absl::ToUnixMillis(clock_())));
+    site = std::move(pinned);
+  }
+  if (site->status == "revoked") {
     return absl::PermissionDeniedError(absl::StrCat(
         "site ", id, " is revoked in the coordinator's registry (`fedtune sites approve ", id, "` re-admits it)"));
   }
-  if (access == Access::kSiteHello) return absl::OkStatus();
-  if (!site) {
-    return absl::PermissionDeniedError(absl::StrCat("site ", id, " is not registered: it must call Hello first"));
+  if (site->key_sha256 != peer.public_key_sha256) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "site ", id, " presented certificate serial ", peer.serial, " with key sha256 ", peer.public_key_sha256,
+        ", but the registry pins site ", id, " to key sha256 ", site->key_sha256,
+        ". If the site made a new key and was re-enrolled, check that key against the one `fedtune pki sign` "
+        "printed and accept it with `fedtune sites approve ",
+        id, " --replace-key`; otherwise another party holds a certificate for this site id"));
   }
+  if (access == Access::kSiteHello) return absl::OkStatus();
   if (site->status != "approved") {
     return absl::PermissionDeniedError(
         absl::StrCat("site ", id, " is not approved: run `fedtune sites approve ", id, "`"));

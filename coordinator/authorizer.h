@@ -6,6 +6,13 @@
 // -> PERMISSION_DENIED (pki::CertificateVerifier::Verify); a site whose registry status is "revoked" ->
 // PERMISSION_DENIED on every call; "pending" (or never said Hello) -> PERMISSION_DENIED for everything but Hello.
 //
+// Key pinning: the registry pins each site to the key of the certificate it first called with
+// (StateStore::PinSiteKey: its first Hello creates the entry, pending, with the key pinned; a pre-approved site is
+// pinned at its first call). A later certificate with the same CN but another key, however validly issued, is
+// refused on every call (PERMISSION_DENIED naming both key fingerprints, audited like every decision) and recorded
+// as the site's offered key, until the operator accepts it (`fedtune sites approve ID --replace-key`,
+// StateStore::ReplaceSiteKey). A new certificate for the same key (renewal) is accepted.
+//
 // Thread safety: thread-safe.
 #ifndef FEDTUNE_COORDINATOR_AUTHORIZER_H_
 #define FEDTUNE_COORDINATOR_AUTHORIZER_H_

@@ -51,11 +51,17 @@ CREATE TABLE audit_log(
   serial TEXT NOT NULL, peer_address TEXT NOT NULL, role TEXT NOT NULL, decision TEXT NOT NULL,
   code TEXT NOT NULL, message TEXT NOT NULL, run_id TEXT NOT NULL DEFAULT '', round INTEGER NOT NULL DEFAULT 0);
 )sql"},
+    {2, R"sql(
+ALTER TABLE sites ADD COLUMN key_sha256 TEXT NOT NULL DEFAULT '';
+ALTER TABLE sites ADD COLUMN key_pinned_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sites ADD COLUMN offered_key_sha256 TEXT NOT NULL DEFAULT '';
+ALTER TABLE sites ADD COLUMN offered_serial TEXT NOT NULL DEFAULT '';
+)sql"},
 };
 
 constexpr char kSiteColumns[] =
     "site_id, status, first_seen_ms, last_seen_ms, certificate_serial, dataset, capabilities, state, progress, "
-    "train_loss";
+    "train_loss, key_sha256, key_pinned_ms, offered_key_sha256, offered_serial";
 constexpr char kRunColumns[] =
     "run_id, name, config, state, sites, base_model_digest, final_model_digest, fedadam_state_path, "
     "fedadam_rounds, current_round, started_ms, finished_ms, evaluation_deadline_ms, message";
@@ -78,6 +84,10 @@ SiteRecord ReadSite(const store::Statement& st) {
   s.state = st.ColumnText(7);
   s.progress = st.ColumnDouble(8);
   s.train_loss = st.ColumnDouble(9);
+  s.key_sha256 = st.ColumnText(10);
+  s.key_pinned_ms = st.ColumnInt(11);
+  s.offered_key_sha256 = st.ColumnText(12);
+  s.offered_serial = st.ColumnText(13);
   return s;
 }
 
@@ -249,6 +259,69 @@ absl::Status StateStore::SetSiteState(const std::string& site_id, const std::str
                                 "WHERE site_id = ?"));
   st.Bind(1, state).Bind(2, progress).Bind(3, train_loss).Bind(4, now_ms).Bind(5, site_id);
   return st.Run();
+}
+
+absl::StatusOr<SiteRecord> StateStore::PinSiteKey(const std::string& site_id, const std::string& key_sha256,
+                                                  const std::string& serial, bool create, int64_t now_ms) {
+  if (key_sha256.empty()) return absl::InvalidArgumentError(absl::StrCat("site ", site_id, ": empty key to pin"));
+  absl::MutexLock lock(&mu_);
+  RETURN_IF_ERROR(db_->InTransaction([&]() -> absl::Status {
+    ASSIGN_OR_RETURN(std::optional<SiteRecord> site, GetSiteLocked(site_id));
+    if (!site) {
+      if (!create) return absl::NotFoundError(absl::StrCat("unknown site '", site_id, "'"));
+      ASSIGN_OR_RETURN(store::Statement ins,
+                       db_->Prepare("INSERT INTO sites(site_id, status, first_seen_ms, status_ms, key_sha256, "
+                                    "key_pinned_ms) VALUES(?, 'pending', ?, ?, ?, ?)"));
+      ins.Bind(1, site_id).Bind(2, now_ms).Bind(3, now_ms).Bind(4, key_sha256).Bind(5, now_ms);
+      return ins.Run();
+    }
+    if (site->key_sha256.empty()) {
+      ASSIGN_OR_RETURN(store::Statement up,
+                       db_->Prepare("UPDATE sites SET key_sha256 = ?, key_pinned_ms = ? WHERE site_id = ?"));
+      up.Bind(1, key_sha256).Bind(2, now_ms).Bind(3, site_id);
+      return up.Run();
+    }
+    if (site->key_sha256 == key_sha256 || (site->offered_key_sha256 == key_sha256 && site->offered_serial == serial)) {
+      return absl::OkStatus();
+    }
+    ASSIGN_OR_RETURN(store::Statement offer,
+                     db_->Prepare("UPDATE sites SET offered_key_sha256 = ?, offered_serial = ? WHERE site_id = ?"));
+    offer.Bind(1, key_sha256).Bind(2, serial).Bind(3, site_id);
+    return offer.Run();
+  }));
+  ASSIGN_OR_RETURN(std::optional<SiteRecord> site, GetSiteLocked(site_id));
+  if (!site) return absl::InternalError(absl::StrCat("site ", site_id, " vanished while pinning its key"));
+  return *site;
+}
+
+absl::StatusOr<SiteRecord> StateStore::ReplaceSiteKey(const std::string& site_id,
+                                                      const std::string& expected_key_prefix, int64_t now_ms) {
+  absl::MutexLock lock(&mu_);
+  RETURN_IF_ERROR(db_->InTransaction([&]() -> absl::Status {
+    ASSIGN_OR_RETURN(std::optional<SiteRecord> site, GetSiteLocked(site_id));
+    if (!site) return absl::NotFoundError(absl::StrCat("unknown site '", site_id, "'"));
+    if (site->offered_key_sha256.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "site ", site_id, " has offered no other key: its pinned key is ",
+          site->key_sha256.empty() ? "not set yet (the first call pins it)" : absl::StrCat("sha256 ", site->key_sha256),
+          "; the site must first call with its new certificate (it is refused and its key recorded), then accept "
+          "it with --replace-key"));
+    }
+    if (!expected_key_prefix.empty() && site->offered_key_sha256.rfind(expected_key_prefix, 0) != 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("site ", site_id, " offered key sha256 ", site->offered_key_sha256, " (certificate serial ",
+                       site->offered_serial, "), not the expected ", expected_key_prefix, "; nothing changed"));
+    }
+    ASSIGN_OR_RETURN(store::Statement up,
+                     db_->Prepare("UPDATE sites SET key_sha256 = offered_key_sha256, key_pinned_ms = ?, "
+                                  "offered_key_sha256 = '', offered_serial = '', status = 'approved', status_ms = ? "
+                                  "WHERE site_id = ?"));
+    up.Bind(1, now_ms).Bind(2, now_ms).Bind(3, site_id);
+    return up.Run();
+  }));
+  ASSIGN_OR_RETURN(std::optional<SiteRecord> site, GetSiteLocked(site_id));
+  if (!site) return absl::InternalError(absl::StrCat("site ", site_id, " vanished while replacing its key"));
+  return *site;
 }
 
 // ---- Runs and rounds

@@ -23,6 +23,9 @@
 //   audit_log(id PK, time_ms, rpc, peer_cn, serial, peer_address, role, decision 'allow'|'deny', code (gRPC code
 //             name), message, run_id, round); for a refused certificate, peer_cn and serial are what the
 //             certificate claims (unverified; '' when there was none or it did not parse).
+// Migration 2 (key pinning) adds to sites: key_sha256 (the pinned key: SHA-256 of the certificate's
+//   SubjectPublicKeyInfo, '' = not pinned yet), key_pinned_ms, offered_key_sha256 and offered_serial (another key the
+//   site presented and was refused for, '' = none).
 //
 // Thread safety: thread-safe; every method holds an internal mutex for its whole transaction.
 #ifndef FEDTUNE_COORDINATOR_STATE_STORE_H_
@@ -57,6 +60,10 @@ struct SiteRecord {
   std::string state;
   double progress = 0;
   double train_loss = 0;
+  std::string key_sha256;  // The pinned key ("" = not pinned yet).
+  int64_t key_pinned_ms = 0;
+  std::string offered_key_sha256;  // Another key the site presented and was refused for ("" = none).
+  std::string offered_serial;      // That certificate's serial.
 };
 
 struct RunRecord {
@@ -172,6 +179,25 @@ class StateStore {
   absl::Status TouchSite(const std::string& site_id, int64_t now_ms);
   absl::Status SetSiteState(const std::string& site_id, const std::string& state, double progress, double train_loss,
                             int64_t now_ms);
+  // Compares the key of the certificate a site presents (`key_sha256`, SHA-256 of its SubjectPublicKeyInfo; its
+  // serial `serial`) with the site's pinned key, in one transaction:
+  //  - unknown site: created 'pending' (first_seen = now) with this key pinned when `create` (its first Hello),
+  //    else NotFound;
+  //  - known site without a pin (pre-approved before its first call, or registered before pinning existed): this
+  //    key is pinned;
+  //  - pinned to this key: nothing changes;
+  //  - pinned to another key: the pin is kept; this key and serial are recorded as the offer (offered_key_sha256,
+  //    offered_serial) that ReplaceSiteKey can accept.
+  // Returns the record after the transaction: the caller refuses the site when record.key_sha256 != key_sha256.
+  // InvalidArgument for an empty key.
+  absl::StatusOr<SiteRecord> PinSiteKey(const std::string& site_id, const std::string& key_sha256,
+                                        const std::string& serial, bool create, int64_t now_ms);
+  // The operator accepts the key a site offered (`fedtune sites approve ID --replace-key`): in one transaction the
+  // offered key becomes the pinned one, the offer is cleared and the status becomes 'approved'. NotFound for an
+  // unknown site; FailedPrecondition naming the pinned key when the site offered no other key, or naming both keys
+  // when `expected_key_prefix` is not empty and the offered key does not start with it.
+  absl::StatusOr<SiteRecord> ReplaceSiteKey(const std::string& site_id, const std::string& expected_key_prefix,
+                                            int64_t now_ms);
 
   // ---- Runs and rounds
   // The next free run id, "run-0001", "run-0002", ...

@@ -1,14 +1,18 @@
 #include "common/pki/ca_index.h"
 
 #include <nlohmann/json.hpp>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
+#include "common/pki/openssl_util.h"
 #include "common/status_macros.h"
 
 namespace fedtune::pki {
 namespace {
 
 constexpr char kFormat[] = "fedtune-ca-index-v1";
+constexpr int64_t kMaxCounter = int64_t{1} << 62;
+constexpr int64_t kMaxCrlDays = 36500;
 
 std::string FormatIndexTime(absl::Time t) { return absl::FormatTime(absl::RFC3339_sec, t, absl::UTCTimeZone()); }
 
@@ -55,6 +59,15 @@ absl::StatusOr<CaIndex> ParseCaIndex(absl::string_view json, absl::string_view s
     index.next_serial = doc.at("next_serial").get<int64_t>();
     index.next_crl_number = doc.at("next_crl_number").get<int64_t>();
     index.crl_days = doc.value("crl_days", int64_t{30});
+    // Bounds that keep the CA's arithmetic (++next_serial, now + crl_days) far from overflow.
+    for (auto [name, value, max] :
+         {std::tuple<const char*, int64_t, int64_t>{"next_serial", index.next_serial, kMaxCounter},
+          {"next_crl_number", index.next_crl_number, kMaxCounter},
+          {"crl_days", index.crl_days, kMaxCrlDays}}) {
+      if (value < 1 || value > max) {
+        return absl::DataLossError(absl::StrCat(source, ": \"", name, "\" is ", value, ", not in [1, ", max, "]"));
+      }
+    }
     const nlohmann::json& certs = doc.at("certificates");
     if (!certs.is_array()) return absl::DataLossError(absl::StrCat(source, ": \"certificates\" is not an array"));
     for (size_t i = 0; i < certs.size(); ++i) {
@@ -62,7 +75,15 @@ absl::StatusOr<CaIndex> ParseCaIndex(absl::string_view json, absl::string_view s
       std::string where = absl::StrCat(source, ": certificates[", i, "]");
       IndexEntry e;
       e.serial = c.at("serial").get<std::string>();
+      absl::StatusOr<Asn1IntegerPtr> serial = SerialFromString(e.serial);
+      if (!serial.ok() || SerialToString(serial->get()) != e.serial) {
+        return absl::DataLossError(absl::StrCat(where, ": serial '", e.serial, "' is not a decimal serial number"));
+      }
       e.common_name = c.at("common_name").get<std::string>();
+      // The CA only issues identity names; anything else (e.g. terminal escapes `pki list` would print) is damage.
+      if (absl::Status name = ValidateIdentityName(e.common_name, "common_name"); !name.ok()) {
+        return absl::DataLossError(absl::StrCat(where, ": ", name.message()));
+      }
       absl::StatusOr<Role> role = ParseRole(c.at("role").get<std::string>());
       if (!role.ok()) return absl::DataLossError(absl::StrCat(where, ": ", role.status().message()));
       e.role = *role;

@@ -51,7 +51,10 @@ struct CaIndex {
 // "enrolled" / "revoked".
 std::string CertificateStatusName(CertificateStatus status);
 
-// Parses index.json. DataLoss naming `source` and the field when the document is not a valid index.
+// Parses index.json. DataLoss naming `source` and the field when the document is not a valid index: missing or
+// mistyped fields, unknown role or status, malformed times, a common name that is not an identity name
+// (ValidateIdentityName), a serial that is not a canonical decimal number,
+// duplicate serials, next_serial / next_crl_number outside [1, 2^62], crl_days outside [1, 36500].
 absl::StatusOr<CaIndex> ParseCaIndex(absl::string_view json, absl::string_view source);
 // The JSON text of `index` (pretty-printed, newline-terminated).
 std::string SerializeCaIndex(const CaIndex& index);

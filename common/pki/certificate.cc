@@ -103,6 +103,7 @@ absl::StatusOr<CertificateInfo> DescribeCertificate(X509* cert) {
     GENERAL_NAMES_free(sans);
   }
   ASSIGN_OR_RETURN(info.fingerprint_sha256, CertificateFingerprint(cert));
+  ASSIGN_OR_RETURN(info.public_key_sha256, PublicKeyFingerprint(cert));
   return info;
 }
 

@@ -45,6 +45,7 @@ struct CertificateInfo {
   std::vector<std::string> dns_names;     // subjectAltName DNS entries.
   std::vector<std::string> ip_addresses;  // subjectAltName IP entries, textual ("127.0.0.1", "::1").
   std::string fingerprint_sha256;         // Lower-case hex of SHA-256 over the DER encoding.
+  std::string public_key_sha256;          // Lower-case hex of SHA-256 over the SubjectPublicKeyInfo (DER).
 };
 
 // Decodes the first certificate of a PEM string. InvalidArgument naming `source` when there is none.
@@ -53,7 +54,7 @@ absl::StatusOr<X509Ptr> ParseCertificatePem(absl::string_view pem, absl::string_
 absl::StatusOr<X509Ptr> ReadCertificateFile(const std::string& path);
 // PEM encoding of `cert` ("-----BEGIN CERTIFICATE-----"). Internal on failure.
 absl::StatusOr<std::string> CertificateToPem(X509* cert);
-// Describes `cert`. InvalidArgument when its validity times are malformed.
+// Describes `cert`. InvalidArgument when its validity times or its public key are malformed.
 absl::StatusOr<CertificateInfo> DescribeCertificate(X509* cert);
 
 }  // namespace fedtune::pki

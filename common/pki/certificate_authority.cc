@@ -235,8 +235,7 @@ absl::StatusOr<IssuedCertificate> CertificateAuthority::IssueLocked(CaIndex& ind
   entry.fingerprint_sha256 = issued.info.fingerprint_sha256;
   index.entries.push_back(entry);
   ++index.next_serial;
-  RETURN_IF_ERROR(WriteIndexLocked(index));
-  LOG(INFO) << "issued " << RoleName(role) << " certificate serial " << serial << " for '" << common_name
+  LOG(INFO) << "signed " << RoleName(role) << " certificate serial " << serial << " for '" << common_name
             << "', valid until " << absl::FormatTime(issued.info.not_after);
   return issued;
 }
@@ -249,7 +248,46 @@ absl::StatusOr<IssuedCertificate> CertificateAuthority::SignCsr(absl::string_vie
   ASSIGN_OR_RETURN(VerifiedCsr csr, ParseAndVerifyCsrPem(csr_pem));
   ASSIGN_OR_RETURN(DirLock lock, DirLock::Acquire(dir_));
   ASSIGN_OR_RETURN(CaIndex index, ReadIndexFile(dir_));
-  return IssueLocked(index, csr.public_key.get(), csr.common_name, role, {}, {}, options);
+  // Checked under the lock, against the index just read: two concurrent signings of one name cannot both pass.
+  const absl::Time now = absl::Now();
+  std::vector<size_t> current;
+  for (size_t i = 0; i < index.entries.size(); ++i) {
+    const IndexEntry& e = index.entries[i];
+    if (e.common_name == csr.common_name && e.role != Role::kServer && e.status == CertificateStatus::kEnrolled &&
+        e.not_after > now) {
+      current.push_back(i);
+    }
+  }
+  if (!current.empty() && !options.replace) {
+    const IndexEntry& e = index.entries[current.front()];
+    return absl::AlreadyExistsError(absl::StrCat(
+        "common name '", csr.common_name, "' is already enrolled: ", RoleName(e.role), " certificate serial ", e.serial,
+        " (valid until ", absl::FormatTime("%Y-%m-%d %H:%M:%S UTC", e.not_after, absl::UTCTimeZone()),
+        "); one name has one valid certificate. If the holder made a new key, re-enrol it with "
+        "`fedtune pki sign --replace` (revokes serial ",
+        e.serial, "); otherwise check who sent this request"));
+  }
+  std::vector<IndexEntry> replaced;
+  for (size_t i : current) {
+    IndexEntry& e = index.entries[i];
+    e.status = CertificateStatus::kRevoked;
+    e.revoked_at = now;
+    e.reason = absl::StrCat("replaced by serial ", index.next_serial);
+    replaced.push_back(e);
+  }
+  ASSIGN_OR_RETURN(IssuedCertificate issued,
+                   IssueLocked(index, csr.public_key.get(), csr.common_name, role, {}, {}, options));
+  if (replaced.empty()) {
+    RETURN_IF_ERROR(WriteIndexLocked(index));
+  } else {
+    // One index write holds the new certificate and the revocations; the CRL follows (WriteCrlLocked's order).
+    RETURN_IF_ERROR(WriteCrlLocked(index));
+    for (const IndexEntry& e : replaced) {
+      LOG(INFO) << "revoked certificate serial " << e.serial << " ('" << e.common_name << "'): " << e.reason;
+    }
+  }
+  issued.replaced = std::move(replaced);
+  return issued;
 }
 
 absl::StatusOr<IssuedCertificate> CertificateAuthority::IssueServerCertificate(const KeyPair& server_key,
@@ -272,8 +310,10 @@ absl::StatusOr<IssuedCertificate> CertificateAuthority::IssueServerCertificate(c
   }
   ASSIGN_OR_RETURN(DirLock lock, DirLock::Acquire(dir_));
   ASSIGN_OR_RETURN(CaIndex index, ReadIndexFile(dir_));
-  return IssueLocked(index, server_key.get(), spec.common_name, Role::kServer, spec.dns_names, spec.ip_addresses,
-                     options);
+  ASSIGN_OR_RETURN(IssuedCertificate issued, IssueLocked(index, server_key.get(), spec.common_name, Role::kServer,
+                                                         spec.dns_names, spec.ip_addresses, options));
+  RETURN_IF_ERROR(WriteIndexLocked(index));
+  return issued;
 }
 
 absl::StatusOr<IndexEntry> CertificateAuthority::RevokeSerial(absl::string_view serial, absl::string_view reason) {

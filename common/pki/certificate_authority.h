@@ -49,11 +49,16 @@ struct CaOptions {
   int64_t crl_days = 30;  // nextUpdate - thisUpdate of every CRL. Default 30 days.
 };
 
-// Validity of an issued certificate. Default: from 5 minutes before now (clock skew) to now + days.
+// Validity of an issued certificate (default: from 5 minutes before now, for clock skew, to now + days) and, for
+// SignCsr, what to do with a common name that already has a valid certificate.
 struct IssueOptions {
   int64_t days = 365;                    // Default 1 year. Must be >= 1 unless not_after is given.
   std::optional<absl::Time> not_before;  // Overrides; meant for tests (expired / not-yet-valid certificates).
   std::optional<absl::Time> not_after;
+  // SignCsr only. false (default): refuse a common name that already has a valid certificate. true: issue anyway
+  // and revoke the name's valid certificates in the same index update (re-enrolment after the holder made a new
+  // key), so that one name never has two valid certificates.
+  bool replace = false;
 };
 
 // The coordinator's TLS server certificate.
@@ -66,6 +71,9 @@ struct ServerCertificateSpec {
 struct IssuedCertificate {
   std::string pem;       // The certificate alone (the chain is this + ca.pem).
   CertificateInfo info;  // Its description (serial, names, validity, fingerprint).
+  // With IssueOptions::replace: the certificates of the same common name this one replaced, now revoked (reason
+  // "replaced by serial N"); the CRL was re-issued. Empty otherwise.
+  std::vector<IndexEntry> replaced;
 };
 
 class CertificateAuthority {
@@ -83,6 +91,11 @@ class CertificateAuthority {
   // Verifies a CSR (csr.h: signature, P-256 key, valid CN) and issues a clientAuth certificate for `role`
   // (kSite or kOperator; InvalidArgument for kServer) with subject O=<consortium>, OU=<role>, CN=<CSR's CN>, and
   // records it in the index as enrolled. InvalidArgument for a bad CSR or validity.
+  // One common name, one valid certificate: AlreadyExists, naming the CN and the serial, when the index holds an
+  // enrolled, unexpired site or operator certificate with the CSR's CN (either role: a site id and an operator name
+  // never share a CN), unless options.replace, which revokes those certificates in the same locked index update
+  // and re-issues the CRL (IssuedCertificate::replaced). Revoked and expired certificates do not count. Server
+  // certificates (IssueServerCertificate) are outside this rule.
   absl::StatusOr<IssuedCertificate> SignCsr(absl::string_view csr_pem, Role role, const IssueOptions& options = {});
 
   // Issues the coordinator's serverAuth certificate for `server_key` (made by the caller, normally beside the
@@ -117,7 +130,8 @@ class CertificateAuthority {
         ca_pem_(std::move(cert_pem)),
         key_(std::move(key)) {}
 
-  // Builds, signs and records a certificate; must be called with the lock held and `index` freshly read.
+  // Builds and signs a certificate and appends its entry to `index` (the caller writes the index); must be called
+  // with the lock held and `index` freshly read.
   absl::StatusOr<IssuedCertificate> IssueLocked(CaIndex& index, EVP_PKEY* subject_key, absl::string_view common_name,
                                                 Role role, const std::vector<std::string>& dns_names,
                                                 const std::vector<std::string>& ip_addresses,

@@ -122,4 +122,19 @@ absl::StatusOr<std::string> CertificateFingerprint(X509* cert) {
   return absl::BytesToHexString(absl::string_view(reinterpret_cast<char*>(md), len));
 }
 
+absl::StatusOr<std::string> PublicKeyFingerprint(X509* cert) {
+  X509_PUBKEY* spki = X509_get_X509_PUBKEY(cert);
+  unsigned char* der = nullptr;
+  const int der_len = spki == nullptr ? -1 : i2d_X509_PUBKEY(spki, &der);
+  if (der_len <= 0) {
+    return OpenSslStatus(absl::StatusCode::kInvalidArgument, "cannot encode the certificate's public key");
+  }
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  const int ok = EVP_Digest(der, static_cast<size_t>(der_len), md, &len, EVP_sha256(), nullptr);
+  OPENSSL_free(der);
+  if (ok != 1) return OpenSslInternal("cannot hash a public key");
+  return absl::BytesToHexString(absl::string_view(reinterpret_cast<char*>(md), len));
+}
+
 }  // namespace fedtune::pki

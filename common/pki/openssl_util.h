@@ -75,6 +75,11 @@ std::string NameToString(const X509_NAME* name);
 // SHA-256 of the DER encoding of `cert`, lower-case hex.
 absl::StatusOr<std::string> CertificateFingerprint(X509* cert);
 
+// SHA-256 of the DER encoding of `cert`'s SubjectPublicKeyInfo, lower-case hex (what `openssl x509 -pubkey | openssl
+// pkey -pubin -outform DER | sha256sum` prints): identifies the key across certificates. InvalidArgument when the
+// key cannot be encoded.
+absl::StatusOr<std::string> PublicKeyFingerprint(X509* cert);
+
 }  // namespace fedtune::pki
 
 #endif  // FEDTUNE_COMMON_PKI_OPENSSL_UTIL_H_

@@ -46,6 +46,9 @@ void PrintIssued(std::ostream& out, const IssuedCertificate& issued, const std::
       << "  serial:      " << issued.info.serial << "\n"
       << "  valid:       " << FormatUtc(issued.info.not_before) << " to " << FormatUtc(issued.info.not_after) << "\n"
       << "  sha256:      " << issued.info.fingerprint_sha256 << "\n"
+      << "  key sha256:  " << issued.info.public_key_sha256
+      << (issued.info.role == Role::kSite ? " (the coordinator pins the site to this key: `fedtune sites list`)" : "")
+      << "\n"
       << "  written to:  " << path << "\n";
 }
 
@@ -178,6 +181,8 @@ cli::Command MakePkiSignCommand(std::ostream* out) {
       {"out", "where to write the certificate (PEM)", false, true, std::nullopt, "CERT.pem"},
       DaysFlag("365"),
       {"expect-cn", "refuse unless the CSR's common name is exactly this", false, false, std::nullopt, "ID"},
+      {"replace", "the CN already has a valid certificate (the holder made a new key): revoke it and re-issue the CRL",
+       true},
   };
   c.run = [out](const cli::ParsedFlags& flags) -> absl::Status {
     ASSIGN_OR_RETURN(Role role, ParseRole(flags.GetOrDie("role")));
@@ -192,11 +197,16 @@ cli::Command MakePkiSignCommand(std::ostream* out) {
       return absl::InvalidArgumentError(
           absl::StrCat(csr_path, ": common name is '", csr.common_name, "', expected '", *expected, "'"));
     }
+    validity.replace = flags.GetBool("replace");
     ASSIGN_OR_RETURN(std::unique_ptr<CertificateAuthority> ca, CertificateAuthority::Open(flags.GetOrDie("ca-dir")));
     ASSIGN_OR_RETURN(IssuedCertificate issued, ca->SignCsr(csr_pem, role, validity));
     const std::string cert_path = flags.GetOrDie("out");
     RETURN_IF_ERROR(io::WriteFileAtomically(cert_path, issued.pem));
     PrintIssued(Out(out), issued, cert_path);
+    for (const IndexEntry& e : issued.replaced) {
+      Out(out) << "  replaces:    revoked serial " << e.serial << " (" << RoleName(e.role) << " '" << e.common_name
+               << "'); CRL re-issued: " << CaCrlPath(ca->dir()) << "\n";
+    }
     return absl::OkStatus();
   };
   return c;

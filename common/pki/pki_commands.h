@@ -29,10 +29,13 @@ cli::Command MakePkiServerCertCommand(std::ostream* out = nullptr);
 // key file (AlreadyExists).
 cli::Command MakePkiRequestCommand(std::ostream* out = nullptr);
 
-// pki sign --csr F --role site|operator --ca-dir DIR --out CERT.pem [--days 365] [--expect-cn ID]
+// pki sign --csr F --role site|operator --ca-dir DIR --out CERT.pem [--days 365] [--expect-cn ID] [--replace]
 // Verifies the CSR (signature, P-256, CN syntax; with --expect-cn, that the CN is ID), issues the certificate
 // (O=consortium, OU=role, CN from the CSR, clientAuth, next sequential serial), records it in DIR/index.json as
 // enrolled and writes CERT.pem. Prints the serial and SHA-256 fingerprint.
+// AlreadyExists (exit 2), naming the CN and the enrolled serial, when the CN already has a valid site or operator
+// certificate; --replace re-enrols it: the old certificate is revoked in the same index update and the CRL
+// re-issued (CertificateAuthority::SignCsr).
 cli::Command MakePkiSignCommand(std::ostream* out = nullptr);
 
 // pki revoke --ca-dir DIR (--serial S | --site ID | --operator NAME) [--reason TEXT]

@@ -35,6 +35,26 @@ std::string Describe(const CertificateInfo& info) {
 
 std::string FormatUtc(absl::Time t) { return absl::FormatTime("%Y-%m-%d %H:%M:%S UTC", t, absl::UTCTimeZone()); }
 
+// The CA issues site and operator certificates with extendedKeyUsage clientAuth and the coordinator's server
+// certificate with serverAuth (certificate_authority.cc). A certificate of `role` must carry that EKU: without it a
+// certificate the CA made for another purpose (or one without any EKU, which X.509 reads as "any purpose") could
+// authenticate a peer. UNAUTHENTICATED, like every other defect of the certificate itself.
+absl::Status CheckExtendedKeyUsage(X509* cert, const CertificateInfo& info, Role role) {
+  const bool server = role == Role::kServer;
+  const uint32_t needed = server ? XKU_SSL_SERVER : XKU_SSL_CLIENT;
+  const char* needed_name = server ? "serverAuth" : "clientAuth";
+  // X509_get_extended_key_usage answers "all" for a certificate without the extension: check its presence first.
+  if ((X509_get_extension_flags(cert) & EXFLAG_XKUSAGE) == 0) {
+    return absl::UnauthenticatedError(absl::StrCat(Describe(info), " has no extended key usage; a ", RoleName(role),
+                                                   " certificate needs extended key usage ", needed_name));
+  }
+  if ((X509_get_extended_key_usage(cert) & needed) == 0) {
+    return absl::UnauthenticatedError(absl::StrCat(Describe(info), " lacks extended key usage ", needed_name,
+                                                   ", which a ", RoleName(role), " certificate needs"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 VerifierOptions VerifierOptions::ForCaDir(const std::string& ca_dir) {
@@ -187,6 +207,7 @@ absl::StatusOr<PeerIdentity> CertificateVerifier::Verify(absl::string_view peer_
   if (info.is_ca) {
     return absl::UnauthenticatedError(absl::StrCat(Describe(info), " is a CA certificate, not a peer's"));
   }
+  RETURN_IF_ERROR(CheckExtendedKeyUsage(cert, info, info.role.value_or(expected_role)));
   X509_REVOKED* revoked = nullptr;
   if (X509_CRL_get0_by_serial(snap->crl.get(), &revoked, X509_get0_serialNumber(cert)) == 1) {
     std::string when = "?";
@@ -217,6 +238,7 @@ absl::StatusOr<PeerIdentity> CertificateVerifier::Verify(absl::string_view peer_
   identity.serial = info.serial;
   identity.not_after = info.not_after;
   identity.fingerprint_sha256 = info.fingerprint_sha256;
+  identity.public_key_sha256 = info.public_key_sha256;
   return identity;
 }
 

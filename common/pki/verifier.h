@@ -49,7 +49,8 @@ struct PeerIdentity {
   Role role = Role::kSite;
   std::string serial;  // Decimal.
   absl::Time not_after;
-  std::string fingerprint_sha256;
+  std::string fingerprint_sha256;  // Of the certificate (DER).
+  std::string public_key_sha256;   // Of its SubjectPublicKeyInfo: the key the coordinator's registry pins.
 };
 
 // Thread-safe: Verify and Reload may be called concurrently from any number of threads.
@@ -60,7 +61,10 @@ class CertificateVerifier {
 
   // Verifies `peer_pem` (the peer's leaf certificate in PEM) for an RPC that needs `expected_role`:
   //  UNAUTHENTICATED: empty or malformed PEM; not signed by the consortium CA; expired; not yet valid; a CA
-  //                   certificate instead of an end-entity one; wrong extended key usage for the role.
+  //                   certificate instead of an end-entity one; wrong extended key usage for the role (the
+  //                   certificate's role, else `expected_role`): site and operator certificates must carry
+  //                   extendedKeyUsage clientAuth, server certificates serverAuth; a certificate without the
+  //                   extension is refused too.
   //  PERMISSION_DENIED: revoked (CRL or index); not enrolled in the index (when used); no role or another role than
   //                     `expected_role`.
   //  Reload errors (NotFound, DataLoss, ...) when a changed CA/CRL/index file cannot be loaded; UNAVAILABLE for a

@@ -22,9 +22,13 @@
 #include "common/net/grpc_status.h"
 #include "common/net/tls.h"
 #include "common/status_macros.h"
+#include "coordinator/cli/terminal_text.h"
 
 namespace fedtune::admin {
 namespace {
+
+// Bound of a coordinator error message as the CLI reports it (TerminalSafe).
+constexpr size_t kMaxErrorMessageBytes = 2048;
 
 struct SettingSpec {
   const char* flag;
@@ -170,7 +174,10 @@ void AdminClient::SetDeadline(grpc::ClientContext* context) const {
 }
 
 absl::Status AdminClient::Failed(const grpc::Status& status, const char* rpc) const {
-  return net::FromGrpcStatus(status, absl::StrCat("coordinator ", address_, ": ", rpc));
+  // The coordinator's message may quote text a site sent; the CLI prints it on the operator's terminal.
+  const grpc::Status safe(status.error_code(), TerminalSafe(status.error_message(), kMaxErrorMessageBytes),
+                          status.error_details());
+  return net::FromGrpcStatus(safe, absl::StrCat("coordinator ", address_, ": ", rpc));
 }
 
 absl::StatusOr<v1::ListSitesResponse> AdminClient::ListSites() {
@@ -182,11 +189,14 @@ absl::StatusOr<v1::ListSitesResponse> AdminClient::ListSites() {
   return response;
 }
 
-absl::StatusOr<v1::SiteInfo> AdminClient::ApproveSite(const std::string& site_id) {
+absl::StatusOr<v1::SiteInfo> AdminClient::ApproveSite(const std::string& site_id, bool replace_key,
+                                                      const std::string& expected_key_sha256) {
   grpc::ClientContext context;
   SetDeadline(&context);
   v1::SiteRequest request;
   request.set_site_id(site_id);
+  request.set_replace_key(replace_key);
+  request.set_expected_key_sha256(expected_key_sha256);
   v1::SiteResponse response;
   grpc::Status status = stub_->ApproveSite(&context, request, &response);
   if (!status.ok()) return Failed(status, "ApproveSite");

@@ -77,9 +77,12 @@ class AdminClient {
 
   // The RPCs. Errors carry the coordinator's code (Unavailable when unreachable, Unauthenticated /
   // PermissionDenied when the certificate is refused, NotFound for an unknown site, run or model, ...) with the
-  // message prefixed "coordinator ADDRESS: RPC: ".
+  // message prefixed "coordinator ADDRESS: RPC: " (the coordinator's message passed through TerminalSafe).
   absl::StatusOr<v1::ListSitesResponse> ListSites();
-  absl::StatusOr<v1::SiteInfo> ApproveSite(const std::string& site_id);
+  // With `replace_key`, also accepts the key the site offered (refused unless it starts with `expected_key_sha256`
+  // when that is not empty).
+  absl::StatusOr<v1::SiteInfo> ApproveSite(const std::string& site_id, bool replace_key = false,
+                                           const std::string& expected_key_sha256 = "");
   absl::StatusOr<v1::SiteInfo> RevokeSite(const std::string& site_id, const std::string& reason);
   absl::StatusOr<std::string> StartRun(const v1::RunConfig& config);      // Returns the run id.
   absl::StatusOr<v1::RunStatus> GetRunStatus(const std::string& run_id);  // Empty id: the latest run.

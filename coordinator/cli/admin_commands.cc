@@ -15,6 +15,7 @@
 #include "coordinator/cli/consortium_report.h"
 #include "coordinator/cli/report_format.h"
 #include "coordinator/cli/run_config.h"
+#include "coordinator/cli/terminal_text.h"
 #include "coordinator/cli/text_table.h"
 
 namespace fedtune::admin {
@@ -101,9 +102,27 @@ std::string DatasetText(const v1::DatasetSummary& d) {
 int64_t NowMs(const Env& env) { return absl::ToUnixMillis(env.now()); }
 
 std::string SiteLine(const v1::SiteInfo& site) {
-  return absl::StrCat(
-      "site ", site.site_id(), ": ", site.status().empty() ? "unknown" : site.status(),
-      site.certificate_serial().empty() ? "" : absl::StrCat(" (certificate serial ", site.certificate_serial(), ")"));
+  std::string line = absl::StrCat(
+      "site ", TerminalSafe(site.site_id()), ": ", site.status().empty() ? "unknown" : TerminalSafe(site.status()),
+      site.certificate_serial().empty()
+          ? ""
+          : absl::StrCat(" (certificate serial ", TerminalSafe(site.certificate_serial()), ")"));
+  if (!site.key_sha256().empty()) absl::StrAppend(&line, "\n  pinned key sha256 ", TerminalSafe(site.key_sha256()));
+  if (!site.offered_key_sha256().empty()) {
+    absl::StrAppend(&line, "\n  refused new key sha256 ", TerminalSafe(site.offered_key_sha256()),
+                    " (certificate serial ", TerminalSafe(site.offered_serial()),
+                    "): accept it with `fedtune sites approve ", TerminalSafe(site.site_id()), " --replace-key`");
+  }
+  return line;
+}
+
+// The key column of `sites list`: the first 16 hex digits of the pinned key, and of a refused offered one.
+std::string KeyCell(const v1::SiteInfo& site) {
+  std::string cell = site.key_sha256().empty() ? "-" : site.key_sha256().substr(0, 16);
+  if (!site.offered_key_sha256().empty()) {
+    absl::StrAppend(&cell, " (refused new key ", site.offered_key_sha256().substr(0, 16), ")");
+  }
+  return cell;
 }
 
 }  // namespace
@@ -114,10 +133,11 @@ bool IsFinalRunState(const std::string& state) {
 
 std::string SitesTableText(const v1::ListSitesResponse& sites, int64_t now_ms) {
   if (sites.sites_size() == 0) return "No site has contacted the coordinator yet.\n";
-  TextTable table({"site", "status", "last seen", "images", "dataset", "state"}, {false, false, false, true});
+  TextTable table({"site", "status", "last seen", "images", "dataset", "state", "key sha256"},
+                  {false, false, false, true});
   for (const v1::SiteInfo& s : sites.sites()) {
     table.AddRow({s.site_id(), s.status(), FormatAgo(s.last_seen_ms(), now_ms), absl::StrCat(s.dataset().images()),
-                  DatasetText(s.dataset()), s.state().empty() ? "-" : s.state()});
+                  DatasetText(s.dataset()), s.state().empty() ? "-" : s.state(), KeyCell(s)});
   }
   return table.Render();
 }
@@ -130,16 +150,19 @@ std::string RunStatusText(const v1::RunStatus& status, int64_t now_ms) {
   }
   const int planned = status.config().rounds();
   const double progress = planned > 0 ? static_cast<double>(closed.size()) / planned : 0;
-  absl::StrAppend(&out, "Run ", status.run_id(), status.name().empty() ? "" : absl::StrCat(" \"", status.name(), "\""),
-                  ": ", status.state(), ", round ", status.current_round(), " of ", planned, ", ",
+  // Every string of the answer may carry site text (states, messages): printed through TerminalSafe only.
+  absl::StrAppend(&out, "Run ", TerminalSafe(status.run_id()),
+                  status.name().empty() ? "" : absl::StrCat(" \"", TerminalSafe(status.name()), "\""), ": ",
+                  TerminalSafe(status.state()), ", round ", status.current_round(), " of ", planned, ", ",
                   absl::StrFormat("%.0f%%", 100 * progress), " of the rounds done\n");
-  if (!status.message().empty()) absl::StrAppend(&out, "  ", status.message(), "\n");
+  if (!status.message().empty()) absl::StrAppend(&out, "  ", TerminalSafe(status.message()), "\n");
   absl::StrAppend(&out, "  started ", FormatTimeMs(status.started_ms()),
                   status.finished_ms() > 0 ? absl::StrCat(", finished ", FormatTimeMs(status.finished_ms())) : "",
-                  "\n  aggregation ", status.config().aggregation(), ", compression ", status.config().compression(),
-                  ", base model ", ShortDigest(status.base_model_digest()), ", final model ",
-                  ShortDigest(status.final_model_digest()), "\n  traffic ", FormatBytes(status.bytes_down()), " down, ",
-                  FormatBytes(status.bytes_up()), " up\n");
+                  "\n  aggregation ", TerminalSafe(status.config().aggregation()), ", compression ",
+                  TerminalSafe(status.config().compression()), ", base model ",
+                  TerminalSafe(ShortDigest(status.base_model_digest())), ", final model ",
+                  TerminalSafe(ShortDigest(status.final_model_digest())), "\n  traffic ",
+                  FormatBytes(status.bytes_down()), " down, ", FormatBytes(status.bytes_up()), " up\n");
   if (status.rounds_size() > 0) {
     TextTable rounds({"round", "attempt", "state", "updates", "refused", "samples", "mean loss", "bytes up", "model",
                       "result", "note"},
@@ -192,13 +215,25 @@ cli::Command MakeSitesListCommand(CommandEnvironment environment) {
 }
 
 cli::Command MakeSitesApproveCommand(CommandEnvironment environment) {
-  return AdminCommand({"sites", "approve"}, "let a pending site take part in runs", "ID", 1, {}, environment,
-                      [](const cli::ParsedFlags& flags, AdminClient& client, const Env& env) -> absl::Status {
-                        ASSIGN_OR_RETURN(std::string id, OnePositional(flags, "site id"));
-                        ASSIGN_OR_RETURN(v1::SiteInfo site, client.ApproveSite(id));
-                        *env.out << SiteLine(site) << "\n" << std::flush;
-                        return absl::OkStatus();
-                      });
+  return AdminCommand(
+      {"sites", "approve"}, "let a pending site take part in runs (--replace-key: accept its new certificate's key)",
+      "ID", 1,
+      {BoolFlag("replace-key",
+                "also accept the new key the site was refused for (it re-keyed) as the key its registry entry pins"),
+       Flag("key-sha256",
+            "with --replace-key: refuse unless the new key's sha256 starts with this (from `fedtune pki sign`)",
+            "HEX")},
+      environment, [](const cli::ParsedFlags& flags, AdminClient& client, const Env& env) -> absl::Status {
+        ASSIGN_OR_RETURN(std::string id, OnePositional(flags, "site id"));
+        const bool replace_key = flags.GetBool("replace-key");
+        const std::string expected = flags.Get("key-sha256").value_or("");
+        if (!expected.empty() && !replace_key) {
+          return absl::InvalidArgumentError("--key-sha256 goes with --replace-key");
+        }
+        ASSIGN_OR_RETURN(v1::SiteInfo site, client.ApproveSite(id, replace_key, expected));
+        *env.out << SiteLine(site) << "\n" << std::flush;
+        return absl::OkStatus();
+      });
 }
 
 cli::Command MakeSitesRevokeCommand(CommandEnvironment environment) {
@@ -244,7 +279,7 @@ cli::Command MakeRunStartCommand(CommandEnvironment environment) {
           return absl::InvalidArgumentError(absl::StrCat(flags.GetOrDie("config"), ": ", valid.message()));
         }
         ASSIGN_OR_RETURN(std::string run_id, client.StartRun(config));
-        *env.out << run_id << "\n" << std::flush;
+        *env.out << TerminalSafe(run_id) << "\n" << std::flush;
         return absl::OkStatus();
       });
 }
@@ -269,7 +304,7 @@ cli::Command MakeRunStatusCommand(CommandEnvironment environment) {
           if (!status.ok()) {
             const bool transient = absl::IsUnavailable(status.status()) || absl::IsDeadlineExceeded(status.status());
             if (!watch || !transient || ++failures >= kMaxWatchFailures) return status.status();
-            *env.out << "(" << status.status().message() << "; retrying)\n" << std::flush;
+            *env.out << "(" << TerminalSafe(status.status().message()) << "; retrying)\n" << std::flush;
             env.sleep(absl::Seconds(interval));
             continue;
           }
@@ -297,8 +332,8 @@ cli::Command MakeRunAbortCommand(CommandEnvironment environment) {
       environment, [](const cli::ParsedFlags& flags, AdminClient& client, const Env& env) -> absl::Status {
         ASSIGN_OR_RETURN(v1::RunStatus status,
                          client.AbortRun(flags.Get("run").value_or(""), flags.Get("reason").value_or("")));
-        *env.out << "run " << status.run_id() << ": " << status.state()
-                 << (status.message().empty() ? "" : " (" + status.message() + ")") << "\n"
+        *env.out << "run " << TerminalSafe(status.run_id()) << ": " << TerminalSafe(status.state())
+                 << (status.message().empty() ? "" : " (" + TerminalSafe(status.message()) + ")") << "\n"
                  << std::flush;
         return absl::OkStatus();
       });
@@ -319,7 +354,8 @@ cli::Command MakeModelExportCommand(CommandEnvironment environment) {
         options.stream_timeout = absl::Seconds(stream_timeout);
         ASSIGN_OR_RETURN(ExportResult result,
                          client.ExportModel(flags.GetOrDie("version"), flags.GetOrDie("out"), options));
-        *env.out << "wrote " << result.path << " (" << FormatBytes(result.bytes) << ", sha256 " << result.sha256
+        *env.out << "wrote " << result.path << " (" << FormatBytes(result.bytes) << ", sha256 "
+                 << TerminalSafe(result.sha256)
                  << (result.attempts > 1 ? absl::StrCat(", ", result.attempts, " streams") : "") << ")\n"
                  << std::flush;
         return absl::OkStatus();

@@ -1,8 +1,8 @@
 // The operator commands of `fedtune` that talk to the coordinator's AdminService over mutual TLS with an operator
 // certificate, as cli::Command factories for coordinator/cli/main.cc:
 //
-//   sites list                                  table: id, status, last seen, images, dataset, state
-//   sites approve ID
+//   sites list                                  table: id, status, last seen, images, dataset, state, pinned key
+//   sites approve ID [--replace-key [--key-sha256 HEX]]
 //   sites revoke ID [--reason R] [--ca-dir DIR] with --ca-dir also revokes the site's certificates in the CA
 //   run start --config run.textproto            validates locally, prints the run id (only that, for scripts)
 //   run status [--run R] [--watch] [--interval S]
@@ -12,7 +12,9 @@
 //
 // Every command also takes the connection flags of admin_client.h (--coordinator, --cert, --key, --ca,
 // --server-name, --timeout; or FEDTUNE_COORDINATOR, FEDTUNE_CERT, FEDTUNE_KEY, FEDTUNE_CA, FEDTUNE_SERVER_NAME,
-// FEDTUNE_TIMEOUT). Exit codes follow cli::ExitCodeFor: 0 done, 2 bad input / unknown site, run or model,
+// FEDTUNE_TIMEOUT). Every string the coordinator returns (site ids, states, messages: often text a site sent) is
+// printed through TerminalSafe (terminal_text.h): no control character or invalid UTF-8 reaches the terminal.
+// Exit codes follow cli::ExitCodeFor: 0 done, 2 bad input / unknown site, run or model,
 // 3 certificate refused, 1 otherwise (coordinator unreachable, I/O, a watched run that failed or was aborted).
 #ifndef FEDTUNE_COORDINATOR_CLI_ADMIN_COMMANDS_H_
 #define FEDTUNE_COORDINATOR_CLI_ADMIN_COMMANDS_H_
@@ -41,7 +43,9 @@ struct CommandEnvironment {
 
 // sites list: ListSites as a table.
 cli::Command MakeSitesListCommand(CommandEnvironment environment = {});
-// sites approve ID: ApproveSite; prints the site's new status.
+// sites approve ID [--replace-key [--key-sha256 HEX]]: ApproveSite; prints the site's new status and pinned key.
+// --replace-key also accepts the key the site presented and was refused for (it made a new key and was re-enrolled
+// with `pki sign --replace`); --key-sha256 (16 to 64 hex digits) refuses unless that key starts with HEX.
 cli::Command MakeSitesApproveCommand(CommandEnvironment environment = {});
 // sites revoke ID [--reason R] [--ca-dir DIR]: with --ca-dir, first revokes every enrolled site certificate with
 // CN = ID in the CA at DIR and re-issues DIR/crl.pem (pki::CertificateAuthority; a site without a valid certificate

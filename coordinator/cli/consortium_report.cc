@@ -13,6 +13,7 @@
 #include "common/io/file_util.h"
 #include "common/status_macros.h"
 #include "coordinator/cli/report_format.h"
+#include "coordinator/cli/terminal_text.h"
 #include "coordinator/cli/text_table.h"
 #include "nlohmann/json.hpp"
 
@@ -590,9 +591,11 @@ void AppendCrossSiteSection(std::string* html, const CrossSite& cross) {
   absl::StrAppend(html, "</tbody>\n</table>\n");
 }
 
+// One line naming the run; its strings pass through TerminalSafe (the HTML escapes the result again).
 std::string RunLine(const v1::RunStatus& status) {
-  return absl::StrCat("run ", status.run_id(), status.name().empty() ? "" : absl::StrCat(" \"", status.name(), "\""),
-                      " (", status.state().empty() ? "unknown" : status.state(), ", ",
+  return absl::StrCat("run ", TerminalSafe(status.run_id()),
+                      status.name().empty() ? "" : absl::StrCat(" \"", TerminalSafe(status.name()), "\""), " (",
+                      status.state().empty() ? "unknown" : TerminalSafe(status.state()), ", ",
                       status.rounds_size() == 0 ? 0 : status.current_round(), " of ", status.config().rounds(),
                       " rounds)");
 }
@@ -761,7 +764,8 @@ std::string ConsortiumReportJson(const v1::RunReport& report) {
   }
   cs["matrix"] = std::move(matrix);
   root["cross_site"] = std::move(cs);
-  return root.dump(2) + "\n";
+  // Site-supplied strings may be invalid UTF-8, which dump() would throw on: replaced with U+FFFD instead.
+  return root.dump(2, ' ', /*ensure_ascii=*/false, nlohmann::json::error_handler_t::replace) + "\n";
 }
 
 std::string ConsortiumReportHtml(const v1::RunReport& report) {

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/time.h"
+#include "coordinator/cli/terminal_text.h"
 
 namespace fedtune::admin {
 
@@ -50,7 +51,8 @@ std::string ShortDigest(absl::string_view digest) {
   return std::string(digest.substr(0, 12));
 }
 
-std::string HtmlEscape(absl::string_view text) {
+std::string HtmlEscape(absl::string_view raw) {
+  const std::string text = EscapeControlCharacters(raw);
   std::string out;
   out.reserve(text.size());
   for (char c : text) {

@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "common/logging.h"
+#include "coordinator/cli/terminal_text.h"
 
 namespace fedtune::admin {
 
@@ -18,11 +19,13 @@ size_t DisplayWidth(const std::string& text) {
 TextTable::TextTable(std::vector<std::string> header, std::vector<bool> right_aligned)
     : header_(std::move(header)), right_(std::move(right_aligned)) {
   right_.resize(header_.size(), false);
+  for (std::string& cell : header_) cell = TerminalSafe(cell);
 }
 
 void TextTable::AddRow(std::vector<std::string> cells) {
   CHECK_LE(cells.size(), header_.size()) << "row has more cells than the table has columns";
   cells.resize(header_.size());
+  for (std::string& cell : cells) cell = TerminalSafe(cell);
   rows_.push_back(std::move(cells));
 }
 

@@ -2,6 +2,8 @@
 // stubs as clients, a tiny model. Every refusal is checked for its code AND its audit_log row.
 #include "coordinator/coordinator_server.h"
 
+#include <openssl/crypto.h>
+#include <openssl/x509.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -15,6 +17,8 @@
 #include "common/io/file_util.h"
 #include "common/io/sha256.h"
 #include "common/net/tls.h"
+#include "common/pki/certificate.h"
+#include "common/pki/csr.h"
 #include "common/pki/key_pair.h"
 #include "fedtune/v1/federation.grpc.pb.h"
 #include "gmock/gmock.h"
@@ -594,6 +598,109 @@ TEST(CoordinatorBinaryTest, RefusesAnInvalidConfigNamingTheField) {
   EXPECT_EQ(code, 2) << output;
   EXPECT_THAT(output, HasSubstr("state_dir"));
   EXPECT_THAT(output, HasSubstr("bad.textproto"));
+}
+
+// SHA-256 of a certificate's SubjectPublicKeyInfo (DER), computed here independently of common/pki.
+std::string KeySha256(const std::string& cert_pem) {
+  absl::StatusOr<pki::X509Ptr> cert = pki::ParseCertificatePem(cert_pem);
+  EXPECT_TRUE(cert.ok()) << cert.status();
+  unsigned char* der = nullptr;
+  const int len = i2d_PUBKEY(X509_get0_pubkey(cert->get()), &der);
+  EXPECT_GT(len, 0);
+  std::string hex = io::Sha256Hex(absl::string_view(reinterpret_cast<const char*>(der), static_cast<size_t>(len)));
+  OPENSSL_free(der);
+  return hex;
+}
+
+// The registry pins an approved site to its certificate's key: another certificate for the same site id (another
+// key, validly issued by the CA, e.g. mis-issued or after the site re-keyed) is refused on every call, audited with
+// both fingerprints, until the operator accepts it.
+TEST_F(CoordinatorServerTest, RegistryPinsTheSiteKey) {
+  auto site_a = Site(site_a_);
+  ASSERT_TRUE(Hello(*site_a).ok());
+  ASSERT_TRUE(Approve("site-a").ok());
+  v1::Task task;
+  ASSERT_TRUE(GetTask(*site_a, &task).ok());
+
+  // A second certificate for site-a with another key, valid at the CA (the first one revoked there).
+  ASSERT_TRUE(ca_->RevokeSerial(site_a_.serial, "re-keyed").ok());
+  Credentials rekeyed = Enroll(*ca_, "site-a", pki::Role::kSite);
+  ASSERT_FALSE(rekeyed.cert_pem.empty());
+  const std::string old_key = KeySha256(site_a_.cert_pem), new_key = KeySha256(rekeyed.cert_pem);
+  ASSERT_NE(old_key, new_key);
+  auto impostor = Site(rekeyed);
+  grpc::Status hello = Hello(*impostor);
+  EXPECT_EQ(hello.error_code(), grpc::StatusCode::PERMISSION_DENIED) << hello.error_message();
+  EXPECT_THAT(hello.error_message(), HasSubstr(old_key));
+  EXPECT_THAT(hello.error_message(), HasSubstr(new_key));
+  grpc::Status get_task = GetTask(*impostor, &task);
+  EXPECT_EQ(get_task.error_code(), grpc::StatusCode::PERMISSION_DENIED) << get_task.error_message();
+  EXPECT_EQ(AuditCount("SiteService/Hello", "site-a", "PERMISSION_DENIED"), 1);
+  EXPECT_EQ(AuditCount("SiteService/GetTask", "site-a", "PERMISSION_DENIED"), 1);
+  auto rows = coordinator_->store()->ListAudit();
+  ASSERT_TRUE(rows.ok());
+  EXPECT_THAT(rows->back().message, HasSubstr(old_key));
+  EXPECT_THAT(rows->back().message, HasSubstr(new_key));
+  EXPECT_EQ(rows->back().serial, rekeyed.serial);
+
+  // The operator sees the pinned key and the refused one.
+  auto approve = [&](const std::string& site, bool replace_key, const std::string& expected, v1::SiteInfo* out) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Deadline());
+    v1::SiteRequest request;
+    request.set_site_id(site);
+    request.set_replace_key(replace_key);
+    request.set_expected_key_sha256(expected);
+    v1::SiteResponse response;
+    grpc::Status status = Admin()->ApproveSite(&ctx, request, &response);
+    if (out != nullptr) *out = response.site();
+    return status;
+  };
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Deadline());
+    v1::ListSitesResponse sites;
+    ASSERT_TRUE(Admin()->ListSites(&ctx, v1::ListSitesRequest(), &sites).ok());
+    ASSERT_EQ(sites.sites_size(), 1);
+    EXPECT_EQ(sites.sites(0).key_sha256(), old_key);
+    EXPECT_EQ(sites.sites(0).offered_key_sha256(), new_key);
+    EXPECT_EQ(sites.sites(0).offered_serial(), rekeyed.serial);
+  }
+  // A plain approval does not change the key; a wrong expected key is refused; the right one is accepted.
+  ASSERT_TRUE(Approve("site-a").ok());
+  EXPECT_EQ(GetTask(*impostor, &task).error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(approve("site-a", true, old_key.substr(0, 16), nullptr).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(approve("site-a", true, "not-hex", nullptr).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  v1::SiteInfo accepted;
+  grpc::Status replaced = approve("site-a", true, new_key.substr(0, 16), &accepted);
+  ASSERT_TRUE(replaced.ok()) << replaced.error_message();
+  EXPECT_EQ(accepted.key_sha256(), new_key);
+  EXPECT_EQ(accepted.offered_key_sha256(), "");
+  EXPECT_EQ(accepted.status(), "approved");
+  EXPECT_TRUE(Hello(*impostor).ok());
+  EXPECT_TRUE(GetTask(*impostor, &task).ok());
+  // Nothing left to accept.
+  EXPECT_EQ(approve("site-a", true, "", nullptr).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+
+  // A renewed certificate for the pinned key (same key, new serial) is accepted without the operator.
+  absl::StatusOr<pki::KeyPair> key = pki::KeyPair::FromPrivateKeyPem(rekeyed.key_pem);
+  ASSERT_TRUE(key.ok());
+  pki::IssueOptions replace;
+  replace.replace = true;
+  absl::StatusOr<pki::IssuedCertificate> renewed =
+      ca_->SignCsr(*pki::CreateCsrPem(*key, "site-a"), pki::Role::kSite, replace);
+  ASSERT_TRUE(renewed.ok()) << renewed.status();
+  Credentials renewed_creds{rekeyed.key_pem, renewed->pem, renewed->info.serial};
+  EXPECT_TRUE(GetTask(*Site(renewed_creds), &task).ok());
+
+  // A site approved before its first call is pinned at that call.
+  ASSERT_TRUE(Approve("site-c").ok());
+  ASSERT_TRUE(Hello(*Site(site_c_)).ok());
+  absl::StatusOr<std::optional<SiteRecord>> c = coordinator_->store()->GetSite("site-c");
+  ASSERT_TRUE(c.ok() && c->has_value());
+  EXPECT_EQ((*c)->key_sha256, KeySha256(site_c_.cert_pem));
+  EXPECT_EQ((*c)->status, "approved");
 }
 
 }  // namespace

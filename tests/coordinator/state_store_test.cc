@@ -194,5 +194,69 @@ TEST(StateStoreTest, MetricsTransfersAndAudit) {
   EXPECT_EQ((*audit)[0].code, "PERMISSION_DENIED");
 }
 
+// Key pinning (PinSiteKey / ReplaceSiteKey): first contact pins, a pre-approved site is pinned at its first call,
+// another key is only recorded as an offer, and the operator's acceptance moves the offer into the pin; all of it
+// survives a reopen (migration 2 columns).
+TEST(StateStoreTest, SiteKeyPinningAndReplacement) {
+  fedtune::testing::TempDir tmp;
+  const std::string path = tmp.Join("coordinator.db");
+  const std::string key_a(64, 'a'), key_b(64, 'b'), key_c(64, 'c');
+  {
+    auto store = OpenStore(path);
+    EXPECT_EQ(store->PinSiteKey("site-a", key_a, "1", /*create=*/false, 1).status().code(),
+              absl::StatusCode::kNotFound);
+    EXPECT_EQ(store->PinSiteKey("site-a", "", "1", true, 1).status().code(), absl::StatusCode::kInvalidArgument);
+    absl::StatusOr<SiteRecord> site = store->PinSiteKey("site-a", key_a, "1", /*create=*/true, 10);
+    ASSERT_TRUE(site.ok()) << site.status();
+    EXPECT_EQ(site->status, "pending");
+    EXPECT_EQ(site->key_sha256, key_a);
+    EXPECT_EQ(site->key_pinned_ms, 10);
+    EXPECT_EQ(site->first_seen_ms, 10);
+    // The Hello that follows keeps the pin and the status.
+    site = store->RecordHello("site-a", "1", v1::DatasetSummary(), v1::Capabilities(), "approved", 11);
+    ASSERT_TRUE(site.ok());
+    EXPECT_EQ(site->status, "pending");
+    EXPECT_EQ(site->key_sha256, key_a);
+    // Another key: not pinned, only offered.
+    site = store->PinSiteKey("site-a", key_b, "2", true, 12);
+    ASSERT_TRUE(site.ok());
+    EXPECT_EQ(site->key_sha256, key_a);
+    EXPECT_EQ(site->offered_key_sha256, key_b);
+    EXPECT_EQ(site->offered_serial, "2");
+    // The right key again changes nothing (the offer stays visible to the operator).
+    site = store->PinSiteKey("site-a", key_a, "1", false, 13);
+    ASSERT_TRUE(site.ok());
+    EXPECT_EQ(site->key_sha256, key_a);
+    EXPECT_EQ(site->offered_key_sha256, key_b);
+    // Acceptance checks the expected key, then pins the offer and approves.
+    absl::Status wrong = store->ReplaceSiteKey("site-a", key_c.substr(0, 16), 14).status();
+    EXPECT_EQ(wrong.code(), absl::StatusCode::kFailedPrecondition) << wrong;
+    EXPECT_THAT(wrong.message(), HasSubstr(key_b));
+    EXPECT_EQ(store->GetSite("site-a")->value().key_sha256, key_a);
+    site = store->ReplaceSiteKey("site-a", key_b.substr(0, 16), 15);
+    ASSERT_TRUE(site.ok()) << site.status();
+    EXPECT_EQ(site->key_sha256, key_b);
+    EXPECT_EQ(site->key_pinned_ms, 15);
+    EXPECT_EQ(site->offered_key_sha256, "");
+    EXPECT_EQ(site->status, "approved");
+    absl::Status none = store->ReplaceSiteKey("site-a", "", 16).status();
+    EXPECT_EQ(none.code(), absl::StatusCode::kFailedPrecondition) << none;
+    EXPECT_THAT(none.message(), HasSubstr(key_b));
+    EXPECT_EQ(store->ReplaceSiteKey("nobody", "", 16).status().code(), absl::StatusCode::kNotFound);
+    // A site approved before its first call is pinned at that call.
+    ASSERT_TRUE(store->SetSiteStatus("site-p", "approved", true, 20).ok());
+    EXPECT_EQ(store->GetSite("site-p")->value().key_sha256, "");
+    site = store->PinSiteKey("site-p", key_c, "5", false, 21);
+    ASSERT_TRUE(site.ok());
+    EXPECT_EQ(site->key_sha256, key_c);
+    EXPECT_EQ(site->status, "approved");
+  }
+  auto store = OpenStore(path);
+  absl::StatusOr<std::optional<SiteRecord>> a = store->GetSite("site-a");
+  ASSERT_TRUE(a.ok() && a->has_value());
+  EXPECT_EQ((*a)->key_sha256, key_b);
+  EXPECT_EQ((*store->GetSite("site-p"))->key_sha256, key_c);
+}
+
 }  // namespace
 }  // namespace fedtune::coordinator

@@ -5,6 +5,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
+#include <algorithm>
 #include <set>
 #include <string>
 #include <thread>
@@ -194,8 +195,10 @@ TEST(CertificateAuthorityTest, RevocationUpdatesIndexAndSignedCrl) {
   ASSERT_NE(ca, nullptr);
   auto a = Enroll(*ca, "site-a", Role::kSite);
   auto b1 = Enroll(*ca, "site-b", Role::kSite);
-  auto b2 = Enroll(*ca, "site-b", Role::kSite);
-  auto op_b = Enroll(*ca, "site-b", Role::kOperator);
+  IssueOptions replace;
+  replace.replace = true;
+  auto b2 = Enroll(*ca, "site-b", Role::kSite, replace);  // Revokes b1 (CRL 2).
+  auto op_c = Enroll(*ca, "op-c", Role::kOperator);
 
   absl::StatusOr<IndexEntry> revoked = ca->RevokeSerial(a.serial, "laptop stolen");
   ASSERT_TRUE(revoked.ok()) << revoked.status();
@@ -206,17 +209,18 @@ TEST(CertificateAuthorityTest, RevocationUpdatesIndexAndSignedCrl) {
 
   absl::StatusOr<std::vector<IndexEntry>> by_name = ca->RevokeByName("site-b", Role::kSite);
   ASSERT_TRUE(by_name.ok()) << by_name.status();
-  ASSERT_EQ(by_name->size(), 2u);
-  EXPECT_EQ((*by_name)[0].serial, b1.serial);
-  EXPECT_EQ((*by_name)[1].serial, b2.serial);
+  ASSERT_EQ(by_name->size(), 1u);  // b1 was revoked when b2 replaced it.
+  EXPECT_EQ((*by_name)[0].serial, b2.serial);
   EXPECT_EQ(ca->RevokeByName("site-b", Role::kSite).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(ca->RevokeByName("op-c", Role::kSite).status().code(), absl::StatusCode::kNotFound);  // Role matters.
 
   absl::StatusOr<CaIndex> index = ca->ReadIndex();
   ASSERT_TRUE(index.ok());
   EXPECT_EQ(index->FindBySerial(a.serial)->status, CertificateStatus::kRevoked);
   EXPECT_EQ(index->FindBySerial(a.serial)->reason, "laptop stolen");
   EXPECT_TRUE(index->FindBySerial(a.serial)->revoked_at.has_value());
-  EXPECT_EQ(index->FindBySerial(op_b.serial)->status, CertificateStatus::kEnrolled);  // Other role untouched.
+  EXPECT_EQ(index->FindBySerial(b1.serial)->reason, absl::StrCat("replaced by serial ", b2.serial));
+  EXPECT_EQ(index->FindBySerial(op_c.serial)->status, CertificateStatus::kEnrolled);  // Other role untouched.
 
   X509CrlPtr crl = ReadCrl(dir);
   ASSERT_TRUE(crl);
@@ -232,11 +236,11 @@ TEST(CertificateAuthorityTest, RevocationUpdatesIndexAndSignedCrl) {
   EXPECT_NEAR(absl::ToDoubleHours(*next_update - *this_update) / 24, 30, 0.01);
   ASN1_INTEGER* number = static_cast<ASN1_INTEGER*>(X509_CRL_get_ext_d2i(crl.get(), NID_crl_number, nullptr, nullptr));
   ASSERT_NE(number, nullptr);
-  EXPECT_EQ(ASN1_INTEGER_get(number), 3);  // Init wrote CRL 1, two revocations CRLs 2 and 3.
+  EXPECT_EQ(ASN1_INTEGER_get(number), 4);  // Init wrote CRL 1, the replacement CRL 2, two revocations 3 and 4.
   ASN1_INTEGER_free(number);
 
   // Hex serials are accepted.
-  EXPECT_TRUE(ca->RevokeSerial("0x4").ok());
+  EXPECT_TRUE(ca->RevokeSerial(absl::StrCat("0x", op_c.serial)).ok());
 }
 
 TEST(CertificateAuthorityTest, ConcurrentIssuersGetUniqueSerials) {
@@ -265,6 +269,81 @@ TEST(CertificateAuthorityTest, ConcurrentIssuersGetUniqueSerials) {
   ASSERT_TRUE(index.ok());
   EXPECT_EQ(index->entries.size(), 20u);
   EXPECT_EQ(index->next_serial, 21);
+}
+
+// One common name, one valid certificate: SignCsr refuses a CN with a valid site or operator certificate (either
+// role), names the CN and serial, and `replace` revokes the old certificate in the same index update. Concurrent
+// signers of one name (separate processes) cannot both get a certificate.
+TEST(CertificateAuthorityTest, OneValidCertificatePerCommonName) {
+  fedtune::testing::TempDir tmp;
+  const std::string dir = tmp.Join("ca");
+  auto ca = MakeCa(dir, "C");
+  ASSERT_NE(ca, nullptr);
+  auto csr_for = [](const std::string& cn) {
+    absl::StatusOr<KeyPair> key = KeyPair::Generate();
+    EXPECT_TRUE(key.ok());
+    return *CreateCsrPem(*key, cn);
+  };
+  auto first = ca->SignCsr(csr_for("oslo"), Role::kSite);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_TRUE(first->replaced.empty());
+  for (Role role : {Role::kSite, Role::kOperator}) {
+    absl::Status again = ca->SignCsr(csr_for("oslo"), role).status();
+    EXPECT_EQ(again.code(), absl::StatusCode::kAlreadyExists) << again;
+    EXPECT_THAT(again.message(), HasSubstr("'oslo'"));
+    EXPECT_THAT(again.message(), HasSubstr(absl::StrCat("serial ", first->info.serial)));
+  }
+  EXPECT_EQ(ca->ReadIndex()->entries.size(), 1u);
+
+  IssueOptions replace;
+  replace.replace = true;
+  auto second = ca->SignCsr(csr_for("oslo"), Role::kSite, replace);
+  ASSERT_TRUE(second.ok()) << second.status();
+  ASSERT_EQ(second->replaced.size(), 1u);
+  EXPECT_EQ(second->replaced[0].serial, first->info.serial);
+  absl::StatusOr<CaIndex> index = ca->ReadIndex();
+  ASSERT_TRUE(index.ok());
+  EXPECT_EQ(index->FindBySerial(first->info.serial)->status, CertificateStatus::kRevoked);
+  EXPECT_EQ(index->FindBySerial(second->info.serial)->status, CertificateStatus::kEnrolled);
+  X509CrlPtr crl = ReadCrl(dir);
+  ASSERT_TRUE(crl);
+  X509_REVOKED* entry = nullptr;
+  EXPECT_EQ(X509_CRL_get0_by_serial(crl.get(), &entry, SerialFromString(first->info.serial)->get()), 1);
+  // replace with nothing to replace simply issues.
+  auto fresh = ca->SignCsr(csr_for("bergen"), Role::kSite, replace);
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  EXPECT_TRUE(fresh->replaced.empty());
+
+  // Expired and revoked certificates do not block.
+  IssueOptions past;
+  past.not_before = absl::Now() - absl::Hours(48);
+  past.not_after = absl::Now() - absl::Hours(24);
+  ASSERT_TRUE(ca->SignCsr(csr_for("old"), Role::kSite, past).ok());
+  EXPECT_TRUE(ca->SignCsr(csr_for("old"), Role::kSite).ok());
+  ASSERT_TRUE(ca->RevokeByName("bergen", Role::kSite).ok());
+  EXPECT_TRUE(ca->SignCsr(csr_for("bergen"), Role::kSite).ok());
+  // Server certificates are outside the rule.
+  absl::StatusOr<KeyPair> server_key = KeyPair::Generate();
+  ServerCertificateSpec spec;
+  spec.common_name = "oslo";
+  spec.dns_names = {"localhost"};
+  EXPECT_TRUE(ca->IssueServerCertificate(*server_key, spec).ok());
+
+  // Four processes race to enrol the same new name: exactly one wins.
+  std::vector<std::string> csrs;
+  for (int t = 0; t < 4; ++t) csrs.push_back(csr_for("tromso"));
+  std::vector<absl::StatusCode> codes(4);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      absl::StatusOr<std::unique_ptr<CertificateAuthority>> other = CertificateAuthority::Open(dir);
+      ASSERT_TRUE(other.ok());
+      codes[t] = (*other)->SignCsr(csrs[t], Role::kSite).status().code();
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(std::count(codes.begin(), codes.end(), absl::StatusCode::kOk), 1);
+  EXPECT_EQ(std::count(codes.begin(), codes.end(), absl::StatusCode::kAlreadyExists), 3);
 }
 
 }  // namespace

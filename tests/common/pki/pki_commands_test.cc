@@ -201,5 +201,69 @@ TEST_F(PkiCommandsTest, CommandsRegisterInACommandSetWithExitCodes) {
             cli::kExitBadInput);  // NotFound.
 }
 
+// One common name, one valid certificate: a CSR for a CN that is already enrolled (for any role) is refused, naming
+// the CN and the enrolled serial; `--replace` issues the new certificate and revokes the old one in the same index
+// update, with a fresh CRL.
+TEST_F(PkiCommandsTest, SignRefusesAnEnrolledCommonNameUnlessReplace) {
+  const std::string ca = Path("ca");
+  ASSERT_TRUE(RunCommand(MakePkiInitCommand(&out_), {"--consortium", "C", "--out", ca}).ok());
+  auto request = [&](const std::string& dir, const std::string& flag, const std::string& id) {
+    EXPECT_TRUE(RunCommand(MakePkiRequestCommand(&out_), {flag, id, "--out", Path(dir)}).ok());
+    return Path(dir) + "/" + id + ".csr";
+  };
+  auto sign = [&](const std::string& csr, const std::string& role, const std::string& out,
+                  std::vector<std::string> extra = {}) {
+    std::vector<std::string> args = {"--csr", csr, "--role", role, "--ca-dir", ca, "--out", Path(out)};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return RunCommand(MakePkiSignCommand(&out_), args);
+  };
+  const std::string oslo_csr = request("oslo", "--site-id", "oslo");
+  ASSERT_TRUE(sign(oslo_csr, "site", "oslo.pem").ok());  // Serial 1.
+  // Someone else's CSR claiming the same site id (another key), with and without --expect-cn; and as an operator.
+  const std::string impostor_csr = request("impostor", "--site-id", "oslo");
+  for (const std::vector<std::string>& extra : {std::vector<std::string>{}, {"--expect-cn", "oslo"}}) {
+    absl::Status s = sign(impostor_csr, "site", "impostor.pem", extra);
+    EXPECT_EQ(s.code(), absl::StatusCode::kAlreadyExists) << s;
+    EXPECT_THAT(s.message(), HasSubstr("'oslo'"));
+    EXPECT_THAT(s.message(), HasSubstr("serial 1"));
+    EXPECT_THAT(s.message(), HasSubstr("--replace"));
+  }
+  const std::string op_csr = request("op", "--name", "oslo");
+  EXPECT_EQ(sign(op_csr, "operator", "op.pem").code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_FALSE(io::ReadFile(Path("impostor.pem")).ok());
+  absl::StatusOr<std::unique_ptr<CertificateAuthority>> opened = CertificateAuthority::Open(ca);
+  ASSERT_TRUE(opened.ok());
+  ASSERT_EQ((*opened)->ReadIndex()->entries.size(), 1u);  // Nothing was issued.
+
+  // The site re-keyed (new key, new CSR): the operator replaces its certificate explicitly.
+  const std::string rekey_csr = request("oslo-new", "--site-id", "oslo");
+  out_.str("");
+  absl::Status replaced = sign(rekey_csr, "site", "oslo-new.pem", {"--replace", "--expect-cn", "oslo"});
+  ASSERT_TRUE(replaced.ok()) << replaced;
+  EXPECT_THAT(out_.str(), HasSubstr("serial:      2"));
+  EXPECT_THAT(out_.str(), HasSubstr("revoked serial 1"));
+  absl::StatusOr<CaIndex> index = (*opened)->ReadIndex();
+  ASSERT_TRUE(index.ok());
+  ASSERT_EQ(index->entries.size(), 2u);
+  EXPECT_EQ(index->FindBySerial("1")->status, CertificateStatus::kRevoked);
+  EXPECT_THAT(index->FindBySerial("1")->reason, HasSubstr("replaced by serial 2"));
+  EXPECT_EQ(index->FindBySerial("2")->status, CertificateStatus::kEnrolled);
+  // Every relying party sees it: the CRL lists the old serial, the verifier refuses the old and accepts the new.
+  auto verifier = CertificateVerifier::Create(VerifierOptions::ForCaDir(ca));
+  ASSERT_TRUE(verifier.ok());
+  VerifierOptions crl_only = VerifierOptions::ForCaDir(ca);
+  crl_only.index_path = "";
+  auto crl_verifier = CertificateVerifier::Create(crl_only);
+  ASSERT_TRUE(crl_verifier.ok());
+  for (CertificateVerifier* v : {verifier->get(), crl_verifier->get()}) {
+    EXPECT_EQ(v->Verify(*io::ReadFile(Path("oslo.pem")), Role::kSite).status().code(),
+              absl::StatusCode::kPermissionDenied);
+    EXPECT_TRUE(v->Verify(*io::ReadFile(Path("oslo-new.pem")), Role::kSite).ok());
+  }
+  // A revoked or expired certificate does not block a new enrolment.
+  ASSERT_TRUE(RunCommand(MakePkiRevokeCommand(&out_), {"--ca-dir", ca, "--site", "oslo"}).ok());
+  EXPECT_TRUE(sign(impostor_csr, "site", "oslo-3.pem").ok());
+}
+
 }  // namespace
 }  // namespace fedtune::pki

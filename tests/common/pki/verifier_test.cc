@@ -1,11 +1,15 @@
 // Tests of common/pki/verifier.h: the coordinator's per-call decision for a peer certificate.
 #include "common/pki/verifier.h"
 
+#include <openssl/x509v3.h>
+
 #include <atomic>
 #include <thread>
 #include <vector>
 
 #include "common/io/file_util.h"
+#include "common/pki/ca_index.h"
+#include "common/pki/certificate_authority.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/common/pki/pki_test_util.h"
@@ -17,6 +21,60 @@ namespace {
 using ::fedtune::pki::testing::Enroll;
 using ::fedtune::pki::testing::MakeCa;
 using ::testing::HasSubstr;
+
+// A certificate for `cn` with subject O=Consortium, OU=`role`, signed with the CA's own key exactly like the CA's
+// issued ones except for the extendedKeyUsage (`eku`, OpenSSL config syntax; "" = no EKU extension), and enrolled in
+// the index, so that only the EKU can make the verifier refuse it. Returns the PEM.
+std::string MintWithEku(const std::string& ca_dir, const std::string& cn, Role role, const std::string& eku) {
+  absl::StatusOr<KeyPair> ca_key = KeyPair::ReadPrivateKeyFile(CaKeyPath(ca_dir));
+  absl::StatusOr<X509Ptr> ca_cert = ReadCertificateFile(CaCertPath(ca_dir));
+  absl::StatusOr<KeyPair> subject_key = KeyPair::Generate();
+  EXPECT_TRUE(ca_key.ok() && ca_cert.ok() && subject_key.ok());
+  absl::StatusOr<CaIndex> index = ParseCaIndex(*io::ReadFile(CaIndexPath(ca_dir)), "index");
+  EXPECT_TRUE(index.ok()) << index.status();
+  const std::string serial = absl::StrCat(index->next_serial++);
+  X509Ptr cert(X509_new());
+  X509_set_version(cert.get(), 2);
+  X509_set_serialNumber(cert.get(), SerialFromString(serial)->get());
+  X509_NAME* name = X509_get_subject_name(cert.get());
+  for (auto [nid, value] : {std::pair<int, std::string>{NID_organizationName, "Consortium"},
+                            {NID_organizationalUnitName, RoleName(role)},
+                            {NID_commonName, cn}}) {
+    X509_NAME_add_entry_by_NID(name, nid, MBSTRING_UTF8, reinterpret_cast<const unsigned char*>(value.c_str()), -1, -1,
+                               0);
+  }
+  X509_set_issuer_name(cert.get(), X509_get_subject_name(ca_cert->get()));
+  EXPECT_TRUE(SetAsnTime(X509_getm_notBefore(cert.get()), absl::Now() - absl::Hours(1)).ok());
+  EXPECT_TRUE(SetAsnTime(X509_getm_notAfter(cert.get()), absl::Now() + absl::Hours(24)).ok());
+  X509_set_pubkey(cert.get(), subject_key->get());
+  std::vector<std::pair<int, std::string>> extensions = {{NID_basic_constraints, "critical,CA:FALSE"},
+                                                         {NID_key_usage, "critical,digitalSignature"},
+                                                         {NID_authority_key_identifier, "keyid:always"}};
+  if (!eku.empty()) extensions.push_back({NID_ext_key_usage, eku});
+  for (const auto& [nid, value] : extensions) {
+    X509V3_CTX ctx;
+    X509V3_set_ctx_nodb(&ctx);
+    X509V3_set_ctx(&ctx, ca_cert->get(), cert.get(), nullptr, nullptr, 0);
+    X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &ctx, nid, value.c_str());
+    EXPECT_NE(ext, nullptr) << value;
+    X509_add_ext(cert.get(), ext, -1);
+    X509_EXTENSION_free(ext);
+  }
+  EXPECT_GT(X509_sign(cert.get(), ca_key->get(), EVP_sha256()), 0);
+  absl::StatusOr<CertificateInfo> info = DescribeCertificate(cert.get());
+  EXPECT_TRUE(info.ok()) << info.status();
+  IndexEntry entry;
+  entry.serial = serial;
+  entry.common_name = cn;
+  entry.role = role;
+  entry.not_before = info->not_before;
+  entry.not_after = info->not_after;
+  entry.issued_at = absl::Now();
+  entry.fingerprint_sha256 = info->fingerprint_sha256;
+  index->entries.push_back(entry);
+  EXPECT_TRUE(io::WriteFileAtomically(CaIndexPath(ca_dir), SerializeCaIndex(*index)).ok());
+  return *CertificateToPem(cert.get());
+}
 
 class VerifierTest : public ::testing::Test {
  protected:
@@ -217,6 +275,41 @@ TEST_F(VerifierTest, ConcurrentVerificationsSeeARevocation) {
   EXPECT_EQ(other.load(), 0);
   EXPECT_EQ(ok + denied, 200);
   EXPECT_EQ(verifier->Verify(site.cert_pem, Role::kSite).status().code(), absl::StatusCode::kPermissionDenied);
+}
+
+TEST_F(VerifierTest, ExtendedKeyUsageMustMatchTheRole) {
+  auto verifier = MakeVerifier();
+  // The control: minted like the CA does (clientAuth), it is accepted, so the refusals below are the EKU's doing.
+  const std::string good = MintWithEku(dir_, "site-good", Role::kSite, "clientAuth");
+  ASSERT_TRUE(verifier->Verify(good, Role::kSite).ok()) << verifier->Verify(good, Role::kSite).status();
+  struct Case {
+    std::string cn;
+    Role role;
+    std::string eku;
+  };
+  for (const Case& c :
+       {Case{"site-no-eku", Role::kSite, ""}, Case{"site-server-eku", Role::kSite, "serverAuth"},
+        Case{"site-signing-eku", Role::kSite, "codeSigning,emailProtection"}, Case{"alice-no-eku", Role::kOperator, ""},
+        Case{"alice-server-eku", Role::kOperator, "serverAuth"}}) {
+    const std::string pem = MintWithEku(dir_, c.cn, c.role, c.eku);
+    absl::Status s = verifier->Verify(pem, c.role).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kUnauthenticated) << c.cn << ": " << s;
+    EXPECT_THAT(s.message(), HasSubstr("extended key usage")) << c.cn;
+    EXPECT_THAT(s.message(), HasSubstr(c.cn));
+  }
+  // The coordinator's server certificate carries serverAuth only: it is accepted for role server and refused as a
+  // client's (its role, and its EKU).
+  absl::StatusOr<KeyPair> key = KeyPair::Generate();
+  ServerCertificateSpec spec;
+  spec.dns_names = {"localhost"};
+  absl::StatusOr<IssuedCertificate> server = ca_->IssueServerCertificate(*key, spec);
+  ASSERT_TRUE(server.ok()) << server.status();
+  EXPECT_TRUE(verifier->Verify(server->pem, Role::kServer).ok())
+      << verifier->Verify(server->pem, Role::kServer).status();
+  EXPECT_FALSE(verifier->Verify(server->pem, Role::kSite).ok());
+  const std::string server_with_client_eku = MintWithEku(dir_, "coordinator-2", Role::kServer, "clientAuth");
+  EXPECT_EQ(verifier->Verify(server_with_client_eku, Role::kServer).status().code(),
+            absl::StatusCode::kUnauthenticated);
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/io/file_util.h"
@@ -27,6 +28,7 @@
 #include "nlohmann/json.hpp"
 #include "tests/common/pki/pki_test_util.h"
 #include "tests/coordinator/cli/run_report_fixture.h"
+#include "tests/coordinator/cli/terminal_check.h"
 #include "tests/testing/temp_dir.h"
 
 namespace fedtune::admin {
@@ -53,6 +55,9 @@ class FakeAdminService final : public v1::AdminService::Service {
     v1::SiteInfo b;
     b.set_site_id("site-b");
     b.set_status("pending");
+    b.set_key_sha256(std::string(64, 'b'));
+    b.set_offered_key_sha256("c0ffee" + std::string(58, 'c'));
+    b.set_offered_serial("9");
     sites_["site-b"] = b;
   }
 
@@ -106,6 +111,17 @@ class FakeAdminService final : public v1::AdminService::Service {
     return grpc::Status::OK;
   }
   grpc::Status ApproveSite(grpc::ServerContext* ctx, const v1::SiteRequest* req, v1::SiteResponse* out) override {
+    if (req->replace_key()) {
+      absl::MutexLock lock(&mu_);
+      auto it = sites_.find(req->site_id());
+      if (it == sites_.end() || it->second.offered_key_sha256().empty() ||
+          it->second.offered_key_sha256().rfind(req->expected_key_sha256(), 0) != 0) {
+        return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "no such offered key");
+      }
+      it->second.set_key_sha256(it->second.offered_key_sha256());
+      it->second.clear_offered_key_sha256();
+      it->second.clear_offered_serial();
+    }
     return SetSiteStatus(ctx, *req, "approved", out);
   }
   grpc::Status RevokeSite(grpc::ServerContext* ctx, const v1::SiteRequest* req, v1::SiteResponse* out) override {
@@ -329,7 +345,10 @@ TEST_F(AdminCommandsTest, SitesList) {
 TEST_F(AdminCommandsTest, SitesApprove) {
   Result r = Run(MakeSitesApproveCommand, {"site-b"});
   ASSERT_TRUE(r.status.ok()) << r.status;
-  EXPECT_EQ(r.out, "site site-b: approved\n");
+  EXPECT_THAT(r.out, ::testing::StartsWith("site site-b: approved\n  pinned key sha256 bbbb"));
+  // A plain approval leaves the key alone and says how to accept the refused one.
+  EXPECT_THAT(r.out, HasSubstr("refused new key sha256 c0ffee"));
+  EXPECT_THAT(r.out, HasSubstr("(certificate serial 9): accept it with `fedtune sites approve site-b --replace-key`"));
   EXPECT_EQ(service_->site("site-b").status(), "approved");
   r = Run(MakeSitesApproveCommand, {"site-z"});
   EXPECT_EQ(r.status.code(), absl::StatusCode::kNotFound);
@@ -338,6 +357,22 @@ TEST_F(AdminCommandsTest, SitesApprove) {
   EXPECT_EQ(r.exit_code(), cli::kExitBadInput);
   r = Run(MakeSitesApproveCommand, {});
   EXPECT_EQ(r.status.code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(AdminCommandsTest, SitesApproveReplaceKeyAcceptsTheOfferedKey) {
+  Result r = Run(MakeSitesListCommand, {});
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_THAT(r.out, HasSubstr("key sha256"));
+  EXPECT_THAT(r.out, HasSubstr("bbbbbbbbbbbbbbbb (refused new key c0ffeecccccccccc)"));
+  r = Run(MakeSitesApproveCommand, {"site-b", "--key-sha256", "c0ffee"});
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kInvalidArgument) << r.status;  // Needs --replace-key.
+  r = Run(MakeSitesApproveCommand, {"site-b", "--replace-key", "--key-sha256", "deadbeef"});
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kFailedPrecondition) << r.status;
+  EXPECT_EQ(service_->site("site-b").status(), "pending");
+  r = Run(MakeSitesApproveCommand, {"site-b", "--replace-key", "--key-sha256", "c0ffeecc"});
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.out, "site site-b: approved\n  pinned key sha256 c0ffee" + std::string(58, 'c') + "\n");
+  EXPECT_EQ(service_->site("site-b").key_sha256(), "c0ffee" + std::string(58, 'c'));
 }
 
 TEST_F(AdminCommandsTest, SitesRevokeAtCoordinatorOnly) {
@@ -651,6 +686,51 @@ TEST(AdminCommandSetTest, PathsAndConnectionFlags) {
   }
   EXPECT_THAT(paths, ::testing::ElementsAre("sites list", "sites approve", "sites revoke", "run start", "run status",
                                             "run abort", "model export", "report"));
+}
+
+// Text a site controls (heartbeat state, dataset-free fields, round notes) never reaches the terminal with control
+// characters, C1 codes, bidi overrides or invalid UTF-8, and a very long value cannot flood the screen.
+TEST(TerminalSafetyTest, SitesTableAndRunStatusEscapeSiteText) {
+  for (const std::string& hostile : testing::HostileTexts()) {
+    v1::ListSitesResponse sites;
+    v1::SiteInfo* site = sites.add_sites();
+    site->set_site_id("site-a");
+    site->set_status(hostile);
+    site->set_state(hostile);
+    site->set_certificate_serial(hostile);
+    site->mutable_capabilities()->set_device(hostile);
+    const std::string table = SitesTableText(sites, 1'700'000'000'000);
+    EXPECT_EQ(testing::TerminalUnsafety(table), "") << absl::CEscape(hostile) << "\n" << absl::CEscape(table);
+    EXPECT_LT(table.size(), 2000u) << absl::CEscape(hostile);
+
+    v1::RunStatus status;
+    status.set_run_id("run-0001");
+    status.set_name(hostile);
+    status.set_state(hostile);
+    status.set_message(hostile);
+    status.mutable_config()->set_rounds(2);
+    status.mutable_config()->set_aggregation(hostile);
+    v1::RoundInfo* round = status.add_rounds();
+    round->set_round(1);
+    round->set_state(hostile);
+    round->set_message(hostile);
+    v1::UpdateInfo* update = round->add_updates();
+    update->set_site_id(hostile);
+    update->set_status(hostile);
+    update->set_message(hostile);
+    v1::SiteRunState* run_site = status.add_sites();
+    run_site->set_site_id(hostile);
+    run_site->set_state(hostile);
+    const std::string text = RunStatusText(status, 1'700'000'000'000);
+    EXPECT_EQ(testing::TerminalUnsafety(text), "") << absl::CEscape(hostile) << "\n" << absl::CEscape(text);
+    EXPECT_LT(text.size(), 8000u) << absl::CEscape(hostile);
+  }
+  // The escapes are visible: an operator sees that the site sent an ESC.
+  v1::ListSitesResponse sites;
+  v1::SiteInfo* site = sites.add_sites();
+  site->set_site_id("site-a");
+  site->set_state("\x1b[2Jhidden");
+  EXPECT_THAT(SitesTableText(sites, 0), HasSubstr("\\x1b[2Jhidden"));
 }
 
 }  // namespace

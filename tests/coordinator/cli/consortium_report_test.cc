@@ -3,11 +3,13 @@
 #include <regex>
 #include <string>
 
+#include "absl/strings/escaping.h"
 #include "common/io/file_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/coordinator/cli/run_report_fixture.h"
+#include "tests/coordinator/cli/terminal_check.h"
 #include "tests/testing/temp_dir.h"
 
 namespace fedtune::admin {
@@ -199,6 +201,33 @@ TEST(ConsortiumReportTest, EmptyReportDoesNotFail) {
   const nlohmann::json j = nlohmann::json::parse(ConsortiumReportJson(report));
   EXPECT_TRUE(j["sites"].empty());
   EXPECT_THAT(SiteSummaryText(report), HasSubstr("site"));
+}
+
+// Site-supplied names (site ids as stored, label names, round notes) in the report: the terminal summary is
+// escaped, the HTML holds no control character or invalid UTF-8, and report.json is still written (valid JSON).
+TEST(ConsortiumReportTest, HostileSiteTextIsEscapedInEveryOutput) {
+  for (const std::string& hostile : testing::HostileTexts()) {
+    v1::RunReport report = MakeRunReport();
+    report.mutable_status()->set_name(hostile);
+    report.mutable_status()->set_state(hostile);
+    report.mutable_status()->set_message(hostile);
+    for (v1::RoundInfo& round : *report.mutable_status()->mutable_rounds()) round.set_message(hostile);
+    for (v1::SiteRunReport& site : *report.mutable_sites()) {
+      site.set_site_id(hostile + site.site_id());
+      for (v1::MetricsReport& metrics : *site.mutable_metrics()) {
+        for (v1::ModelEvaluation& model : *metrics.mutable_models()) {
+          for (v1::LabelAuc& label : *model.mutable_labels()) label.set_label(hostile + label.label());
+        }
+      }
+    }
+    const std::string text = SiteSummaryText(report);
+    EXPECT_EQ(testing::TerminalUnsafety(text), "") << absl::CEscape(hostile) << "\n" << absl::CEscape(text);
+    const std::string html = ConsortiumReportHtml(report);
+    EXPECT_EQ(testing::TerminalUnsafety(html), "") << absl::CEscape(hostile);
+    std::string json;
+    ASSERT_NO_THROW(json = ConsortiumReportJson(report)) << absl::CEscape(hostile);
+    EXPECT_FALSE(nlohmann::json::parse(json, nullptr, false).is_discarded()) << absl::CEscape(hostile);
+  }
 }
 
 }  // namespace
