@@ -3,9 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
-#include <mutex>
 #include <set>
 #include <thread>
 #include <utility>
@@ -15,81 +13,12 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/imaging/decode.h"
 #include "common/io/csv.h"
 #include "common/status_macros.h"
-#include "dcmtk/config/osconfig.h"  // DCMTK requires this first.
-#include "dcmtk/dcmdata/dcrledrg.h"
-#include "dcmtk/dcmdata/dctk.h"
-#include "dcmtk/dcmimgle/dcmimage.h"
-#include "dcmtk/dcmjpeg/djdecode.h"
-#include "dcmtk/dcmjpls/djdecode.h"
-#include "opencv2/core.hpp"
-#include "opencv2/imgcodecs.hpp"
 
 namespace fedtune::data {
 namespace {
-
-bool LooksLikeDicom(const std::string& file) {
-  const std::string lower = absl::AsciiStrToLower(file);
-  if (absl::EndsWith(lower, ".dcm") || absl::EndsWith(lower, ".dicom")) {
-    return true;
-  }
-  std::ifstream in(file, std::ios::binary);
-  char magic[132] = {};
-  if (!in.read(magic, sizeof(magic))) return false;
-  return std::string(magic + 128, 4) == "DICM";
-}
-
-void RegisterDicomDecodersOnce() {
-  // Registration is process-global; compressed transfer syntaxes (RLE, JPEG,
-  // JPEG-LS) need it to decode.
-  static std::once_flag once;
-  std::call_once(once, [] {
-    DcmRLEDecoderRegistration::registerCodecs();
-    DJDecoderRegistration::registerCodecs();
-    DJLSDecoderRegistration::registerCodecs();
-  });
-}
-
-absl::Status ProbeDicom(const std::string& file) {
-  RegisterDicomDecodersOnce();
-  auto bad = [&](absl::string_view why) {
-    return absl::InvalidArgumentError(absl::StrCat("cannot read DICOM ", file, ": ", why));
-  };
-  DcmFileFormat format;
-  OFCondition cond = format.loadFile(file.c_str());
-  if (cond.bad()) return bad(cond.text());
-  DcmDataset* dataset = format.getDataset();
-  Uint16 samples = 1;
-  if (dataset->findAndGetUint16(DCM_SamplesPerPixel, samples).good() && samples != 1) {
-    return bad(absl::StrCat("colour image (SamplesPerPixel ", samples, "); only grayscale radiographs are supported"));
-  }
-  Sint32 frames = 1;
-  if (dataset->findAndGetSint32(DCM_NumberOfFrames, frames).good() && frames > 1) {
-    return bad(absl::StrCat("multi-frame image (", frames, " frames); only single-frame radiographs are supported"));
-  }
-  if (!dataset->tagExistsWithValue(DCM_PixelData)) return bad("no pixel data");
-  DicomImage image(dataset, dataset->getOriginalXfer(), CIF_UsePartialAccessToPixelData, 0, 1);
-  if (image.getStatus() != EIS_Normal) {
-    return bad(DicomImage::getString(image.getStatus()));
-  }
-  if (image.getOutputData(16) == nullptr) {
-    return bad("pixel data cannot be decoded");
-  }
-  return absl::OkStatus();
-}
-
-absl::Status ProbeRaster(const std::string& file) {
-  try {
-    cv::Mat image = cv::imread(file, cv::IMREAD_UNCHANGED | cv::IMREAD_ANYDEPTH);
-    if (image.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("cannot decode image ", file, " (unknown format or corrupt)"));
-    }
-  } catch (const cv::Exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat("cannot decode image ", file, ": ", e.what()));
-  }
-  return absl::OkStatus();
-}
 
 absl::Status CheckExists(const std::string& file) {
   std::error_code ec;
@@ -117,7 +46,7 @@ std::vector<ManifestProblem> ProbeAll(const std::vector<ImageJob>& jobs, const D
     for (size_t i = next++; i < jobs.size(); i = next++) {
       absl::Status s = CheckExists(jobs[i].file);
       if (s.ok() && options.decode_images) {
-        s = options.probe ? options.probe(jobs[i].file) : ProbeImageFile(jobs[i].file);
+        s = options.probe ? options.probe(jobs[i].file) : ProbeImageFile(jobs[i].file, options.decode);
       }
       results[i] = std::move(s);
     }
@@ -138,15 +67,18 @@ std::vector<ManifestProblem> ProbeAll(const std::vector<ImageJob>& jobs, const D
 
 }  // namespace
 
-absl::Status ProbeImageFile(const std::string& file) {
+absl::Status ProbeImageFile(const std::string& file, const imaging::DecodeOptions& options) {
   RETURN_IF_ERROR(CheckExists(file));
-  return LooksLikeDicom(file) ? ProbeDicom(file) : ProbeRaster(file);
+  return imaging::DecodeImage(file, options).status();
 }
+
+absl::Status ProbeImageFile(const std::string& file) { return ProbeImageFile(file, imaging::DecodeOptions()); }
 
 absl::StatusOr<DataCheckReport> CheckDataset(const DataCheckOptions& options) {
   if (options.threads < 1) {
     return absl::InvalidArgumentError(absl::StrCat("threads must be >= 1, got ", options.threads));
   }
+  RETURN_IF_ERROR(imaging::ValidateDecodeOptions(options.decode));
   io::CsvParseOptions csv_options;
   csv_options.keep_ragged_records = true;  // Reported below with the other problems, not fatal.
   ASSIGN_OR_RETURN(io::CsvTable table, io::ReadCsvFile(options.manifest_path, csv_options));
@@ -239,6 +171,9 @@ cli::Command MakeDataCheckCommand(std::ostream* out, ImageProbe probe) {
       {"root", "data root that the manifest's paths are relative to", false, true, std::nullopt, "DIR"},
       {"no-decode", "only check that images exist; do not decode them", true, false, std::nullopt, "VALUE"},
       {"threads", "images decoded in parallel", false, false, "1", "N"},
+      {"max-image-pixels",
+       "refuse images whose header declares more pixels than N (width x height; DICOM: x frames x samples)", false,
+       false, absl::StrCat(imaging::kDefaultMaxImagePixels), "N"},
   };
   command.run = [out, probe](const cli::ParsedFlags& flags) -> absl::Status {
     DataCheckOptions options;
@@ -251,6 +186,11 @@ cli::Command MakeDataCheckCommand(std::ostream* out, ImageProbe probe) {
       return absl::InvalidArgumentError(absl::StrCat("--threads: expected 1 to 256, got ", threads));
     }
     options.threads = static_cast<int>(threads);
+    ASSIGN_OR_RETURN(options.decode.max_pixels, flags.GetInt("max-image-pixels", imaging::kDefaultMaxImagePixels));
+    if (options.decode.max_pixels < 1 || options.decode.max_pixels > imaging::kMaxImagePixelsLimit) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--max-image-pixels: expected 1 to ", imaging::kMaxImagePixelsLimit, ", got ", options.decode.max_pixels));
+    }
     ASSIGN_OR_RETURN(DataCheckReport report, CheckDataset(options));
     *out << FormatDataCheckReport(report) << std::flush;
     if (!report.ok()) {
