@@ -38,31 +38,76 @@ struct ImageJob {
   std::string file;
 };
 
-// Probes all jobs on `threads` threads; returns one problem per failed job.
-std::vector<ManifestProblem> ProbeAll(const std::vector<ImageJob>& jobs, const DataCheckOptions& options) {
-  std::vector<absl::Status> results(jobs.size());
-  std::atomic<size_t> next{0};
-  auto worker = [&] {
-    for (size_t i = next++; i < jobs.size(); i = next++) {
-      absl::Status s = CheckExists(jobs[i].file);
-      if (s.ok() && options.decode_images) {
-        s = options.probe ? options.probe(jobs[i].file) : ProbeImageFile(jobs[i].file, options.decode);
-      }
-      results[i] = std::move(s);
-    }
-  };
-  const int threads = std::max<int>(1, std::min<size_t>(options.threads, jobs.size()));
-  std::vector<std::thread> pool;
-  for (int t = 1; t < threads; ++t) pool.emplace_back(worker);
-  worker();
-  for (std::thread& t : pool) t.join();
-  std::vector<ManifestProblem> problems;
-  for (size_t i = 0; i < jobs.size(); ++i) {
-    if (!results[i].ok()) {
-      problems.push_back({jobs[i].line, "Path", std::string(results[i].message())});
+// Keeps the first kMaxListedManifestProblems problems by line (ties: first
+// added) and counts the others, so that a report over millions of bad rows
+// stays small. Deterministic for a given order of Add calls.
+class ProblemCollector {
+ public:
+  void Add(ManifestProblem problem) {
+    ++total_;
+    Entry entry{problem.line, next_seq_++, std::move(problem)};
+    if (kept_.size() < static_cast<size_t>(kMaxListedManifestProblems)) {
+      kept_.push_back(std::move(entry));
+      std::push_heap(kept_.begin(), kept_.end(), Before);
+    } else if (Before(entry, kept_.front())) {
+      std::pop_heap(kept_.begin(), kept_.end(), Before);
+      kept_.back() = std::move(entry);
+      std::push_heap(kept_.begin(), kept_.end(), Before);
     }
   }
-  return problems;
+  // Problems found and counted elsewhere, not listed.
+  void AddUnlisted(int64_t count) { total_ += count; }
+
+  // The kept problems in line order; *unlisted = the others.
+  std::vector<ManifestProblem> Take(int64_t* unlisted) {
+    std::sort_heap(kept_.begin(), kept_.end(), Before);
+    std::vector<ManifestProblem> out;
+    out.reserve(kept_.size());
+    for (Entry& e : kept_) out.push_back(std::move(e.problem));
+    *unlisted = total_ - static_cast<int64_t>(out.size());
+    kept_.clear();
+    return out;
+  }
+
+ private:
+  struct Entry {
+    int64_t line;
+    int64_t seq;
+    ManifestProblem problem;
+  };
+  static bool Before(const Entry& a, const Entry& b) { return a.line != b.line ? a.line < b.line : a.seq < b.seq; }
+
+  std::vector<Entry> kept_;  // A max-heap by (line, seq): front() is the last kept.
+  int64_t next_seq_ = 0;
+  int64_t total_ = 0;
+};
+
+// Probes all jobs on `threads` threads, adding one problem per failed job in
+// job order. Chunked, so that at most one chunk's statuses exist at a time.
+void ProbeAll(const std::vector<ImageJob>& jobs, const DataCheckOptions& options, ProblemCollector* problems) {
+  constexpr size_t kChunk = 4096;
+  for (size_t begin = 0; begin < jobs.size(); begin += kChunk) {
+    const size_t end = std::min(jobs.size(), begin + kChunk);
+    std::vector<absl::Status> results(end - begin);
+    std::atomic<size_t> next{begin};
+    auto worker = [&] {
+      for (size_t i = next++; i < end; i = next++) {
+        absl::Status s = CheckExists(jobs[i].file);
+        if (s.ok() && options.decode_images) {
+          s = options.probe ? options.probe(jobs[i].file) : ProbeImageFile(jobs[i].file, options.decode);
+        }
+        results[i - begin] = std::move(s);
+      }
+    };
+    const int threads = std::max<int>(1, std::min<size_t>(options.threads, end - begin));
+    std::vector<std::thread> pool;
+    for (int t = 1; t < threads; ++t) pool.emplace_back(worker);
+    worker();
+    for (std::thread& t : pool) t.join();
+    for (size_t i = begin; i < end; ++i) {
+      if (!results[i - begin].ok()) problems->Add({jobs[i].line, "Path", std::string(results[i - begin].message())});
+    }
+  }
 }
 
 }  // namespace
@@ -93,17 +138,19 @@ absl::StatusOr<DataCheckReport> CheckDataset(const DataCheckOptions& options) {
   report.studies = manifest.studies().size();
   report.label_counts = CountLabelValues(manifest.entries());
   report.warnings = std::move(parse.warnings);
-  report.problems = std::move(parse.problems);
+  ProblemCollector problems;
+  for (ManifestProblem& p : parse.problems) problems.Add(std::move(p));
+  problems.AddUnlisted(parse.unlisted_problems);
   for (const io::CsvRecord& row : table.ragged) {
-    report.problems.push_back({row.line, "",
-                               absl::StrCat("expected ", table.header.size(), " fields as in the header, found ",
-                                            row.fields.size(), "; row skipped")});
+    problems.Add({row.line, "",
+                  absl::StrCat("expected ", table.header.size(), " fields as in the header, found ", row.fields.size(),
+                               "; row skipped")});
   }
 
   for (const Study& study : manifest.studies()) {
     if (!study.frontal.empty()) continue;
     const ManifestEntry& first = manifest.entries()[study.lateral.front()];
-    report.problems.push_back(
+    problems.Add(
         {first.line, "Frontal/Lateral",
          absl::StrCat("study ", study.study_id, " has no frontal image (", study.lateral.size(), " lateral)")});
   }
@@ -121,11 +168,8 @@ absl::StatusOr<DataCheckReport> CheckDataset(const DataCheckOptions& options) {
   for (const ManifestEntry& e : manifest.entries()) add_job(e);
   for (const ManifestEntry& e : parse.rejected) add_job(e);
   report.images_checked = jobs.size();
-  std::vector<ManifestProblem> image_problems = ProbeAll(jobs, options);
-  report.problems.insert(report.problems.end(), image_problems.begin(), image_problems.end());
-
-  std::stable_sort(report.problems.begin(), report.problems.end(),
-                   [](const ManifestProblem& a, const ManifestProblem& b) { return a.line < b.line; });
+  ProbeAll(jobs, options, &problems);
+  report.problems = problems.Take(&report.unlisted_problems);
   return report;
 }
 
@@ -133,10 +177,14 @@ std::string FormatDataCheckReport(const DataCheckReport& r) {
   std::string out =
       absl::StrCat("manifest ", r.source, ": ", r.rows, " rows, ", r.valid_rows, " well-formed; ", r.patients,
                    " patients, ", r.studies, " studies; ", r.images_checked, " images checked\n");
-  if (!r.problems.empty()) {
-    absl::StrAppend(&out, "\nproblems (", r.problems.size(), "):\n");
+  if (!r.ok()) {
+    absl::StrAppend(&out, "\nproblems (", r.problem_count(), "):\n");
     for (const ManifestProblem& p : r.problems) {
       absl::StrAppend(&out, "  ", FormatProblem(r.source, p), "\n");
+    }
+    if (r.unlisted_problems > 0) {
+      absl::StrAppend(&out, "  ... and ", r.unlisted_problems, " more, not listed (the first ", r.problems.size(),
+                      " by line are)\n");
     }
   }
   if (!r.warnings.empty()) {
@@ -153,7 +201,7 @@ std::string FormatDataCheckReport(const DataCheckReport& r) {
                           c.blank);
   }
   absl::StrAppend(&out, "\n",
-                  r.ok() ? "OK: no problems found" : absl::StrCat("FAILED: ", r.problems.size(), " problem(s)"), "\n");
+                  r.ok() ? "OK: no problems found" : absl::StrCat("FAILED: ", r.problem_count(), " problem(s)"), "\n");
   return out;
 }
 
@@ -195,7 +243,7 @@ cli::Command MakeDataCheckCommand(std::ostream* out, ImageProbe probe) {
     *out << FormatDataCheckReport(report) << std::flush;
     if (!report.ok()) {
       return absl::InvalidArgumentError(
-          absl::StrCat(report.problems.size(), " problem(s) in ", options.manifest_path, " (listed above)"));
+          absl::StrCat(report.problem_count(), " problem(s) in ", options.manifest_path, " (listed above)"));
     }
     return absl::OkStatus();
   };

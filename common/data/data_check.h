@@ -67,14 +67,17 @@ struct DataCheckReport {
   int64_t studies = 0;
   // Distinct image files looked at (valid and rejected rows).
   int64_t images_checked = 0;
-  // Everything wrong, sorted by line.
+  // Everything wrong, sorted by line: the first kMaxListedManifestProblems
+  // (manifest.h) by line; the others are only counted in unlisted_problems.
   std::vector<ManifestProblem> problems;
+  int64_t unlisted_problems = 0;
   // What does not stop training (unknown columns).
   std::vector<ManifestProblem> warnings;
   // Raw label values over the valid rows.
   std::array<LabelValueCounts, kNumChexpertLabels> label_counts{};
 
-  bool ok() const { return problems.empty(); }
+  int64_t problem_count() const { return static_cast<int64_t>(problems.size()) + unlisted_problems; }
+  bool ok() const { return problem_count() == 0; }
 };
 
 // Runs every check. The status is an error only when the manifest cannot be

@@ -254,6 +254,24 @@ TEST_F(DataCheckTest, MaxImagePixelsFlag) {
   }
 }
 
+TEST_F(DataCheckTest, ReportListsTheFirstProblemsAndCountsTheRest) {
+  // 20000 rows, each with a bad Age and a missing image: 40000 problems.
+  std::string text = Header() + "\n";
+  for (int i = 0; i < 20000; ++i) {
+    absl::StrAppend(&text,
+                    Row(absl::StrCat("train/patient", 100 + i, "/study1/view1_frontal.png"), "Male,abc,Frontal,AP"));
+  }
+  const std::string manifest = dir_.WriteFile("m.csv", text);
+  CheckRun run = RunCheck({"--manifest", manifest, "--root", root_, "--no-decode", "--threads", "2"});
+  EXPECT_EQ(run.exit_code, cli::kExitBadInput);
+  EXPECT_THAT(run.output, HasSubstr("problems (40000):"));
+  EXPECT_THAT(run.output, HasSubstr("... and 30000 more, not listed (the first 10000 by line are)"));
+  EXPECT_THAT(run.output, HasSubstr("FAILED: 40000 problem(s)"));
+  EXPECT_THAT(run.output, HasSubstr(absl::StrCat(manifest, ":5001: [Path] image not found")));
+  EXPECT_THAT(run.output, Not(HasSubstr(absl::StrCat(manifest, ":5002: "))));
+  EXPECT_LT(run.output.size(), 2000000u);
+}
+
 TEST(ProbeImageFileTest, RealDicomFiles) {
   const std::string files = kPydicomTestFiles;
   if (!std::filesystem::exists(files + "/CT_small.dcm")) {
