@@ -104,9 +104,12 @@ absl::StatusOr<Image> DecodeImage(const std::string& path, const DecodeOptions& 
 // As above with the default options.
 absl::StatusOr<Image> DecodeImage(const std::string& path);
 
-// Decodes an image held in memory, as DecodeImage does a file holding `bytes`;
-// `name` stands for the path in messages and Image::path, and its extension
-// counts as a file's does (".dcm": DICOM without a preamble). Thread-safe.
+// Decodes an image held in memory, as DecodeImage does a file holding `bytes`
+// (DICOM goes through an anonymous in-memory file, memfd, so that DCMTK reads
+// it as it reads files); `name` stands for the path in messages and
+// Image::path, and its extension counts as a file's does (".dcm": DICOM without
+// a preamble). Errors as DecodeImage's, plus Internal/ResourceExhausted when
+// the in-memory file cannot be made. Thread-safe.
 absl::StatusOr<Image> DecodeImageFromMemory(absl::string_view bytes, const std::string& name,
                                             const DecodeOptions& options);
 

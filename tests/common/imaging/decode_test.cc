@@ -566,6 +566,22 @@ TEST(DecodeFromMemoryTest, HostileInputsAreRefusedAsFromFiles) {
   EXPECT_LT(outcome.rss_growth_kb, 64 * 1024);
 }
 
+TEST(DecodeFromMemoryTest, MetaHeaderElementDeclaringGigabytesIsNotAllocated) {
+  // Found by fuzzing: a 1 KB DICOM whose meta header element (0002,0002) has a
+  // non-standard VR and declares 2,156,231,840 bytes. DCMTK's buffer stream
+  // allocated that much before noticing the data ends; reading files, it checks.
+  const std::string bytes = ReadBytes(std::string(FEDTUNE_SOURCE_DIR) +
+                                      "/tests/fuzz/corpus/dicom/regression_meta_element_2gb_buffer_stream.dcm");
+  ASSERT_GT(bytes.size(), 132u);
+  const hostile::ChildOutcome outcome = hostile::RunInChildWithMemoryLimit(
+      [&] { return DecodeImageFromMemory(bytes, "meta.dcm", DecodeOptions()).status(); });
+  ASSERT_TRUE(outcome.returned) << outcome.how;
+  EXPECT_EQ(outcome.code, absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(outcome.message, HasSubstr("meta.dcm"));
+  // Under the child's limit a 2 GB request fails inside DCMTK with this text.
+  EXPECT_THAT(outcome.message, ::testing::Not(HasSubstr("Virtual Memory exhausted")));
+}
+
 TEST(DecodeFromMemoryTest, DicomWithoutPreambleIsKnownByItsName) {
   // The dataset alone (no preamble, no meta header), as old archives store it.
   testing::TempDir dir;
