@@ -31,13 +31,17 @@ constexpr const char* kStudyColumn = "Study";
 constexpr int kMaxProblemsInStatus = 20;
 constexpr double kMaxAgeYears = 130.0;
 
-// A cell as quoted in a message: at most 64 bytes of it, C-escaped (no
-// control characters reach a terminal or log), with its size when shortened.
-std::string Quoted(absl::string_view cell) {
+// Text from the file as shown in a message: at most 64 bytes of it, C-escaped
+// (no control characters reach a terminal or log), with its size when
+// shortened; in single quotes when `quote`.
+std::string Shown(absl::string_view text, bool quote) {
   constexpr size_t kShown = 64;
-  if (cell.size() <= kShown) return absl::StrCat("'", absl::CHexEscape(cell), "'");
-  return absl::StrCat("'", absl::CHexEscape(cell.substr(0, kShown)), "...' (", cell.size(), " bytes)");
+  const absl::string_view q = quote ? "'" : "";
+  if (text.size() <= kShown) return absl::StrCat(q, absl::CHexEscape(text), q);
+  return absl::StrCat(q, absl::CHexEscape(text.substr(0, kShown)), "...", q, " (", text.size(), " bytes)");
 }
+
+std::string Quoted(absl::string_view cell) { return Shown(cell, true); }
 
 bool IsDigits(absl::string_view s) {
   if (s.empty()) return false;
@@ -185,7 +189,8 @@ bool ParseRow(const io::CsvRecord& row, const Columns& c, ManifestEntry* entry,
 
 std::string FormatProblem(absl::string_view source, const ManifestProblem& problem) {
   std::string out = absl::StrCat(source, ":", problem.line, ": ");
-  if (!problem.column.empty()) absl::StrAppend(&out, "[", problem.column, "] ");
+  // Column names come from the file's header: escaped and shortened as cells are.
+  if (!problem.column.empty()) absl::StrAppend(&out, "[", Shown(problem.column, false), "] ");
   absl::StrAppend(&out, problem.message);
   return out;
 }

@@ -280,6 +280,11 @@ TEST(ParseManifestTest, QuotedCellsAreShortenedAndEscaped) {
   EXPECT_THAT(parse.problems[0].message, HasSubstr("(10000 bytes)"));
   EXPECT_THAT(parse.problems[1].message, HasSubstr("'\\x1b[2J'"));
   EXPECT_EQ(parse.problems[1].message.find('\x1b'), std::string::npos);
+  // Column names come from the file too.
+  EXPECT_EQ(FormatProblem("m.csv", {1, "Ex\x1btra", "unknown column, ignored"}),
+            "m.csv:1: [Ex\\x1btra] unknown column, ignored");
+  EXPECT_EQ(FormatProblem("m.csv", {1, std::string(100, 'c'), "x"}),
+            absl::StrCat("m.csv:1: [", std::string(64, 'c'), "... (100 bytes)] x"));
 }
 
 TEST(ParseManifestTest, ProblemsListedAreCappedTheRestCounted) {
