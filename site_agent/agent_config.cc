@@ -87,7 +87,7 @@ absl::StatusOr<v1::SiteAgentConfig> ParseAgentConfig(absl::string_view text, abs
 }
 
 absl::StatusOr<v1::SiteAgentConfig> LoadAgentConfig(const std::string& path) {
-  ASSIGN_OR_RETURN(std::string text, io::ReadFile(path));
+  ASSIGN_OR_RETURN(std::string text, io::ReadTextProtoFile(path));
   // Absolute, so that the paths recorded in site.db do not depend on the directory the agent was started from.
   std::error_code ec;
   const std::filesystem::path absolute = std::filesystem::absolute(path, ec);

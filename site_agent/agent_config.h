@@ -20,8 +20,8 @@ namespace fedtune::agent {
 absl::StatusOr<v1::SiteAgentConfig> ParseAgentConfig(absl::string_view text, absl::string_view source,
                                                      const std::string& base_dir);
 
-// Reads the file and parses it with base_dir = the file's directory (made absolute). NotFound when the file does
-// not exist.
+// Reads the file (io::ReadTextProtoFile: InvalidArgument for a non-regular file or one above io::kMaxTextProtoBytes)
+// and parses it with base_dir = the file's directory (made absolute). NotFound when the file does not exist.
 absl::StatusOr<v1::SiteAgentConfig> LoadAgentConfig(const std::string& path);
 
 // Checks values (paths already resolved): the required fields (site_id, a valid identity name; coordinator as

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/data/label_policy.h"
+#include "common/imaging/decode.h"
 #include "common/io/file_util.h"
 #include "common/io/text_proto.h"
 #include "common/status_macros.h"
@@ -36,6 +37,10 @@ absl::Status ValidateFinetuneConfig(const v1::FinetuneConfig& c) {
   if (c.has_dropout() && !(c.dropout() >= 0 && c.dropout() < 1)) return Field("dropout", "must be in [0, 1)");
   if (c.threads() < 0) return Field("threads", "must be >= 0 (0 = all cores)");
   if (c.loader_threads() < 1) return Field("loader_threads", "must be >= 1");
+  if (c.max_image_pixels() < 1 || c.max_image_pixels() > imaging::kMaxImagePixelsLimit) {
+    return Field("max_image_pixels",
+                 absl::StrCat("must be in [1, ", imaging::kMaxImagePixelsLimit, "], got ", c.max_image_pixels()));
+  }
   if (c.on_image_error() != "fail" && c.on_image_error() != "skip") {
     return Field("on_image_error", absl::StrCat("must be \"fail\" or \"skip\", got \"", c.on_image_error(), "\""));
   }
@@ -83,7 +88,7 @@ absl::StatusOr<v1::FinetuneConfig> ParseFinetuneConfig(absl::string_view text, a
 }
 
 absl::StatusOr<v1::FinetuneConfig> LoadFinetuneConfig(const std::string& path) {
-  ASSIGN_OR_RETURN(std::string text, io::ReadFile(path));
+  ASSIGN_OR_RETURN(std::string text, io::ReadTextProtoFile(path));
   return ParseFinetuneConfig(text, path, std::filesystem::path(path).parent_path().string());
 }
 

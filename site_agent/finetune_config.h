@@ -16,7 +16,8 @@ namespace fedtune::agent {
 absl::StatusOr<v1::FinetuneConfig> ParseFinetuneConfig(absl::string_view text, absl::string_view source,
                                                        const std::string& base_dir);
 
-// Reads the file and parses it with base_dir = the file's directory. NotFound when the file does not exist.
+// Reads the file (io::ReadTextProtoFile: InvalidArgument for a non-regular file or one above io::kMaxTextProtoBytes)
+// and parses it with base_dir = the file's directory. NotFound when the file does not exist.
 absl::StatusOr<v1::FinetuneConfig> LoadFinetuneConfig(const std::string& path);
 
 // Checks values only (paths must already be resolved). InvalidArgument naming the field.

@@ -3,9 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
-#include <mutex>
 #include <set>
 #include <thread>
 #include <utility>
@@ -15,81 +13,12 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/imaging/decode.h"
 #include "common/io/csv.h"
 #include "common/status_macros.h"
-#include "dcmtk/config/osconfig.h"  // DCMTK requires this first.
-#include "dcmtk/dcmdata/dcrledrg.h"
-#include "dcmtk/dcmdata/dctk.h"
-#include "dcmtk/dcmimgle/dcmimage.h"
-#include "dcmtk/dcmjpeg/djdecode.h"
-#include "dcmtk/dcmjpls/djdecode.h"
-#include "opencv2/core.hpp"
-#include "opencv2/imgcodecs.hpp"
 
 namespace fedtune::data {
 namespace {
-
-bool LooksLikeDicom(const std::string& file) {
-  const std::string lower = absl::AsciiStrToLower(file);
-  if (absl::EndsWith(lower, ".dcm") || absl::EndsWith(lower, ".dicom")) {
-    return true;
-  }
-  std::ifstream in(file, std::ios::binary);
-  char magic[132] = {};
-  if (!in.read(magic, sizeof(magic))) return false;
-  return std::string(magic + 128, 4) == "DICM";
-}
-
-void RegisterDicomDecodersOnce() {
-  // Registration is process-global; compressed transfer syntaxes (RLE, JPEG,
-  // JPEG-LS) need it to decode.
-  static std::once_flag once;
-  std::call_once(once, [] {
-    DcmRLEDecoderRegistration::registerCodecs();
-    DJDecoderRegistration::registerCodecs();
-    DJLSDecoderRegistration::registerCodecs();
-  });
-}
-
-absl::Status ProbeDicom(const std::string& file) {
-  RegisterDicomDecodersOnce();
-  auto bad = [&](absl::string_view why) {
-    return absl::InvalidArgumentError(absl::StrCat("cannot read DICOM ", file, ": ", why));
-  };
-  DcmFileFormat format;
-  OFCondition cond = format.loadFile(file.c_str());
-  if (cond.bad()) return bad(cond.text());
-  DcmDataset* dataset = format.getDataset();
-  Uint16 samples = 1;
-  if (dataset->findAndGetUint16(DCM_SamplesPerPixel, samples).good() && samples != 1) {
-    return bad(absl::StrCat("colour image (SamplesPerPixel ", samples, "); only grayscale radiographs are supported"));
-  }
-  Sint32 frames = 1;
-  if (dataset->findAndGetSint32(DCM_NumberOfFrames, frames).good() && frames > 1) {
-    return bad(absl::StrCat("multi-frame image (", frames, " frames); only single-frame radiographs are supported"));
-  }
-  if (!dataset->tagExistsWithValue(DCM_PixelData)) return bad("no pixel data");
-  DicomImage image(dataset, dataset->getOriginalXfer(), CIF_UsePartialAccessToPixelData, 0, 1);
-  if (image.getStatus() != EIS_Normal) {
-    return bad(DicomImage::getString(image.getStatus()));
-  }
-  if (image.getOutputData(16) == nullptr) {
-    return bad("pixel data cannot be decoded");
-  }
-  return absl::OkStatus();
-}
-
-absl::Status ProbeRaster(const std::string& file) {
-  try {
-    cv::Mat image = cv::imread(file, cv::IMREAD_UNCHANGED | cv::IMREAD_ANYDEPTH);
-    if (image.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("cannot decode image ", file, " (unknown format or corrupt)"));
-    }
-  } catch (const cv::Exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat("cannot decode image ", file, ": ", e.what()));
-  }
-  return absl::OkStatus();
-}
 
 absl::Status CheckExists(const std::string& file) {
   std::error_code ec;
@@ -109,44 +38,92 @@ struct ImageJob {
   std::string file;
 };
 
-// Probes all jobs on `threads` threads; returns one problem per failed job.
-std::vector<ManifestProblem> ProbeAll(const std::vector<ImageJob>& jobs, const DataCheckOptions& options) {
-  std::vector<absl::Status> results(jobs.size());
-  std::atomic<size_t> next{0};
-  auto worker = [&] {
-    for (size_t i = next++; i < jobs.size(); i = next++) {
-      absl::Status s = CheckExists(jobs[i].file);
-      if (s.ok() && options.decode_images) {
-        s = options.probe ? options.probe(jobs[i].file) : ProbeImageFile(jobs[i].file);
-      }
-      results[i] = std::move(s);
-    }
-  };
-  const int threads = std::max<int>(1, std::min<size_t>(options.threads, jobs.size()));
-  std::vector<std::thread> pool;
-  for (int t = 1; t < threads; ++t) pool.emplace_back(worker);
-  worker();
-  for (std::thread& t : pool) t.join();
-  std::vector<ManifestProblem> problems;
-  for (size_t i = 0; i < jobs.size(); ++i) {
-    if (!results[i].ok()) {
-      problems.push_back({jobs[i].line, "Path", std::string(results[i].message())});
+// Keeps the first kMaxListedManifestProblems problems by line (ties: first
+// added) and counts the others, so that a report over millions of bad rows
+// stays small. Deterministic for a given order of Add calls.
+class ProblemCollector {
+ public:
+  void Add(ManifestProblem problem) {
+    ++total_;
+    Entry entry{problem.line, next_seq_++, std::move(problem)};
+    if (kept_.size() < static_cast<size_t>(kMaxListedManifestProblems)) {
+      kept_.push_back(std::move(entry));
+      std::push_heap(kept_.begin(), kept_.end(), Before);
+    } else if (Before(entry, kept_.front())) {
+      std::pop_heap(kept_.begin(), kept_.end(), Before);
+      kept_.back() = std::move(entry);
+      std::push_heap(kept_.begin(), kept_.end(), Before);
     }
   }
-  return problems;
+  // Problems found and counted elsewhere, not listed.
+  void AddUnlisted(int64_t count) { total_ += count; }
+
+  // The kept problems in line order; *unlisted = the others.
+  std::vector<ManifestProblem> Take(int64_t* unlisted) {
+    std::sort_heap(kept_.begin(), kept_.end(), Before);
+    std::vector<ManifestProblem> out;
+    out.reserve(kept_.size());
+    for (Entry& e : kept_) out.push_back(std::move(e.problem));
+    *unlisted = total_ - static_cast<int64_t>(out.size());
+    kept_.clear();
+    return out;
+  }
+
+ private:
+  struct Entry {
+    int64_t line;
+    int64_t seq;
+    ManifestProblem problem;
+  };
+  static bool Before(const Entry& a, const Entry& b) { return a.line != b.line ? a.line < b.line : a.seq < b.seq; }
+
+  std::vector<Entry> kept_;  // A max-heap by (line, seq): front() is the last kept.
+  int64_t next_seq_ = 0;
+  int64_t total_ = 0;
+};
+
+// Probes all jobs on `threads` threads, adding one problem per failed job in
+// job order. Chunked, so that at most one chunk's statuses exist at a time.
+void ProbeAll(const std::vector<ImageJob>& jobs, const DataCheckOptions& options, ProblemCollector* problems) {
+  constexpr size_t kChunk = 4096;
+  for (size_t begin = 0; begin < jobs.size(); begin += kChunk) {
+    const size_t end = std::min(jobs.size(), begin + kChunk);
+    std::vector<absl::Status> results(end - begin);
+    std::atomic<size_t> next{begin};
+    auto worker = [&] {
+      for (size_t i = next++; i < end; i = next++) {
+        absl::Status s = CheckExists(jobs[i].file);
+        if (s.ok() && options.decode_images) {
+          s = options.probe ? options.probe(jobs[i].file) : ProbeImageFile(jobs[i].file, options.decode);
+        }
+        results[i - begin] = std::move(s);
+      }
+    };
+    const int threads = std::max<int>(1, std::min<size_t>(options.threads, end - begin));
+    std::vector<std::thread> pool;
+    for (int t = 1; t < threads; ++t) pool.emplace_back(worker);
+    worker();
+    for (std::thread& t : pool) t.join();
+    for (size_t i = begin; i < end; ++i) {
+      if (!results[i - begin].ok()) problems->Add({jobs[i].line, "Path", std::string(results[i - begin].message())});
+    }
+  }
 }
 
 }  // namespace
 
-absl::Status ProbeImageFile(const std::string& file) {
+absl::Status ProbeImageFile(const std::string& file, const imaging::DecodeOptions& options) {
   RETURN_IF_ERROR(CheckExists(file));
-  return LooksLikeDicom(file) ? ProbeDicom(file) : ProbeRaster(file);
+  return imaging::DecodeImage(file, options).status();
 }
+
+absl::Status ProbeImageFile(const std::string& file) { return ProbeImageFile(file, imaging::DecodeOptions()); }
 
 absl::StatusOr<DataCheckReport> CheckDataset(const DataCheckOptions& options) {
   if (options.threads < 1) {
     return absl::InvalidArgumentError(absl::StrCat("threads must be >= 1, got ", options.threads));
   }
+  RETURN_IF_ERROR(imaging::ValidateDecodeOptions(options.decode));
   io::CsvParseOptions csv_options;
   csv_options.keep_ragged_records = true;  // Reported below with the other problems, not fatal.
   ASSIGN_OR_RETURN(io::CsvTable table, io::ReadCsvFile(options.manifest_path, csv_options));
@@ -161,17 +138,19 @@ absl::StatusOr<DataCheckReport> CheckDataset(const DataCheckOptions& options) {
   report.studies = manifest.studies().size();
   report.label_counts = CountLabelValues(manifest.entries());
   report.warnings = std::move(parse.warnings);
-  report.problems = std::move(parse.problems);
+  ProblemCollector problems;
+  for (ManifestProblem& p : parse.problems) problems.Add(std::move(p));
+  problems.AddUnlisted(parse.unlisted_problems);
   for (const io::CsvRecord& row : table.ragged) {
-    report.problems.push_back({row.line, "",
-                               absl::StrCat("expected ", table.header.size(), " fields as in the header, found ",
-                                            row.fields.size(), "; row skipped")});
+    problems.Add({row.line, "",
+                  absl::StrCat("expected ", table.header.size(), " fields as in the header, found ", row.fields.size(),
+                               "; row skipped")});
   }
 
   for (const Study& study : manifest.studies()) {
     if (!study.frontal.empty()) continue;
     const ManifestEntry& first = manifest.entries()[study.lateral.front()];
-    report.problems.push_back(
+    problems.Add(
         {first.line, "Frontal/Lateral",
          absl::StrCat("study ", study.study_id, " has no frontal image (", study.lateral.size(), " lateral)")});
   }
@@ -189,11 +168,8 @@ absl::StatusOr<DataCheckReport> CheckDataset(const DataCheckOptions& options) {
   for (const ManifestEntry& e : manifest.entries()) add_job(e);
   for (const ManifestEntry& e : parse.rejected) add_job(e);
   report.images_checked = jobs.size();
-  std::vector<ManifestProblem> image_problems = ProbeAll(jobs, options);
-  report.problems.insert(report.problems.end(), image_problems.begin(), image_problems.end());
-
-  std::stable_sort(report.problems.begin(), report.problems.end(),
-                   [](const ManifestProblem& a, const ManifestProblem& b) { return a.line < b.line; });
+  ProbeAll(jobs, options, &problems);
+  report.problems = problems.Take(&report.unlisted_problems);
   return report;
 }
 
@@ -201,10 +177,14 @@ std::string FormatDataCheckReport(const DataCheckReport& r) {
   std::string out =
       absl::StrCat("manifest ", r.source, ": ", r.rows, " rows, ", r.valid_rows, " well-formed; ", r.patients,
                    " patients, ", r.studies, " studies; ", r.images_checked, " images checked\n");
-  if (!r.problems.empty()) {
-    absl::StrAppend(&out, "\nproblems (", r.problems.size(), "):\n");
+  if (!r.ok()) {
+    absl::StrAppend(&out, "\nproblems (", r.problem_count(), "):\n");
     for (const ManifestProblem& p : r.problems) {
       absl::StrAppend(&out, "  ", FormatProblem(r.source, p), "\n");
+    }
+    if (r.unlisted_problems > 0) {
+      absl::StrAppend(&out, "  ... and ", r.unlisted_problems, " more, not listed (the first ", r.problems.size(),
+                      " by line are)\n");
     }
   }
   if (!r.warnings.empty()) {
@@ -221,7 +201,7 @@ std::string FormatDataCheckReport(const DataCheckReport& r) {
                           c.blank);
   }
   absl::StrAppend(&out, "\n",
-                  r.ok() ? "OK: no problems found" : absl::StrCat("FAILED: ", r.problems.size(), " problem(s)"), "\n");
+                  r.ok() ? "OK: no problems found" : absl::StrCat("FAILED: ", r.problem_count(), " problem(s)"), "\n");
   return out;
 }
 
@@ -239,6 +219,9 @@ cli::Command MakeDataCheckCommand(std::ostream* out, ImageProbe probe) {
       {"root", "data root that the manifest's paths are relative to", false, true, std::nullopt, "DIR"},
       {"no-decode", "only check that images exist; do not decode them", true, false, std::nullopt, "VALUE"},
       {"threads", "images decoded in parallel", false, false, "1", "N"},
+      {"max-image-pixels",
+       "refuse images whose header declares more pixels than N (width x height; DICOM: x frames x samples)", false,
+       false, absl::StrCat(imaging::kDefaultMaxImagePixels), "N"},
   };
   command.run = [out, probe](const cli::ParsedFlags& flags) -> absl::Status {
     DataCheckOptions options;
@@ -251,11 +234,16 @@ cli::Command MakeDataCheckCommand(std::ostream* out, ImageProbe probe) {
       return absl::InvalidArgumentError(absl::StrCat("--threads: expected 1 to 256, got ", threads));
     }
     options.threads = static_cast<int>(threads);
+    ASSIGN_OR_RETURN(options.decode.max_pixels, flags.GetInt("max-image-pixels", imaging::kDefaultMaxImagePixels));
+    if (options.decode.max_pixels < 1 || options.decode.max_pixels > imaging::kMaxImagePixelsLimit) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--max-image-pixels: expected 1 to ", imaging::kMaxImagePixelsLimit, ", got ", options.decode.max_pixels));
+    }
     ASSIGN_OR_RETURN(DataCheckReport report, CheckDataset(options));
     *out << FormatDataCheckReport(report) << std::flush;
     if (!report.ok()) {
       return absl::InvalidArgumentError(
-          absl::StrCat(report.problems.size(), " problem(s) in ", options.manifest_path, " (listed above)"));
+          absl::StrCat(report.problem_count(), " problem(s) in ", options.manifest_path, " (listed above)"));
     }
     return absl::OkStatus();
   };

@@ -18,15 +18,18 @@
 #include "common/cli/command.h"
 #include "common/data/chexpert_labels.h"
 #include "common/data/manifest.h"
+#include "common/imaging/decode.h"
 
 namespace fedtune::data {
 
-// Checks that `file` is an image fedtune can decode: DICOM (a "DICM" preamble,
-// or a .dcm/.dicom name) through DCMTK, which must hold one frame of
-// single-sample (grayscale) pixel data that DCMTK can decode; anything else
-// through OpenCV (PNG 8/16-bit, JPEG, TIFF, ...). NotFound when the file does
-// not exist; InvalidArgument, naming the file and the reason, when it is not a
-// regular file or cannot be decoded. Thread-safe.
+// Checks that `file` is an image fedtune can decode, by decoding it exactly as
+// training will (imaging::DecodeImage with `options`: DICOM through DCMTK, PNG,
+// JPEG, TIFF and BMP through OpenCV, within the size limits). NotFound when the
+// file does not exist; InvalidArgument, naming the file and the reason, when it
+// is not a regular file, cannot be decoded, or declares more pixels than
+// options.max_pixels. Thread-safe.
+absl::Status ProbeImageFile(const std::string& file, const imaging::DecodeOptions& options);
+// As above with the default options (imaging::kDefaultMaxImagePixels).
 absl::Status ProbeImageFile(const std::string& file);
 
 // Decodes one image file, OK when fedtune can use it (see ProbeImageFile). Must
@@ -44,8 +47,12 @@ struct DataCheckOptions {
   bool decode_images = true;
   // Images probed in parallel; >= 1. Default 1.
   int threads = 1;
-  // Decides whether an image is readable. Default (empty): ProbeImageFile.
+  // Decides whether an image is readable. Default (empty): ProbeImageFile
+  // with `decode`.
   ImageProbe probe;
+  // Decoding limits for the default probe (a custom probe applies its own).
+  // Default: max_pixels = imaging::kDefaultMaxImagePixels.
+  imaging::DecodeOptions decode;
 };
 
 struct DataCheckReport {
@@ -60,21 +67,24 @@ struct DataCheckReport {
   int64_t studies = 0;
   // Distinct image files looked at (valid and rejected rows).
   int64_t images_checked = 0;
-  // Everything wrong, sorted by line.
+  // Everything wrong, sorted by line: the first kMaxListedManifestProblems
+  // (manifest.h) by line; the others are only counted in unlisted_problems.
   std::vector<ManifestProblem> problems;
+  int64_t unlisted_problems = 0;
   // What does not stop training (unknown columns).
   std::vector<ManifestProblem> warnings;
   // Raw label values over the valid rows.
   std::array<LabelValueCounts, kNumChexpertLabels> label_counts{};
 
-  bool ok() const { return problems.empty(); }
+  int64_t problem_count() const { return static_cast<int64_t>(problems.size()) + unlisted_problems; }
+  bool ok() const { return problem_count() == 0; }
 };
 
 // Runs every check. The status is an error only when the manifest cannot be
 // read or is not well-formed CSV (the CSV reader's error, e.g. NotFound, or
 // InvalidArgument "FILE:LINE: record has 18 fields, header has 19"); every
 // other problem is listed in the report. InvalidArgument also for
-// options.threads < 1.
+// options.threads < 1 or options.decode out of range.
 absl::StatusOr<DataCheckReport> CheckDataset(const DataCheckOptions& options);
 
 // The human-readable report: summary, problems ("FILE:LINE: [COLUMN] message"),
@@ -82,12 +92,11 @@ absl::StatusOr<DataCheckReport> CheckDataset(const DataCheckOptions& options);
 // and a final verdict line.
 std::string FormatDataCheckReport(const DataCheckReport& report);
 
-// `data check --manifest M.csv --root DIR [--no-decode] [--threads N]`: prints
-// the report to `out` (which must outlive the command) and fails with
-// InvalidArgument (exit code 2) when any problem was found. `probe` decides
-// whether an image is readable; empty = ProbeImageFile. A program that links
-// the imaging pipeline can pass its decoder so that "readable" means exactly
-// what training will read.
+// `data check --manifest M.csv --root DIR [--no-decode] [--threads N]
+// [--max-image-pixels N]`: prints the report to `out` (which must outlive the
+// command) and fails with InvalidArgument (exit code 2) when any problem was
+// found. `probe` decides whether an image is readable; empty = ProbeImageFile
+// with --max-image-pixels (a custom probe does not see that flag).
 cli::Command MakeDataCheckCommand(std::ostream* out, ImageProbe probe = nullptr);
 // As above, printing to std::cout.
 cli::Command MakeDataCheckCommand();

@@ -9,9 +9,11 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "common/status_macros.h"
 
@@ -28,6 +30,18 @@ constexpr const char* kStudyColumn = "Study";
 
 constexpr int kMaxProblemsInStatus = 20;
 constexpr double kMaxAgeYears = 130.0;
+
+// Text from the file as shown in a message: at most 64 bytes of it, C-escaped
+// (no control characters reach a terminal or log), with its size when
+// shortened; in single quotes when `quote`.
+std::string Shown(absl::string_view text, bool quote) {
+  constexpr size_t kShown = 64;
+  const absl::string_view q = quote ? "'" : "";
+  if (text.size() <= kShown) return absl::StrCat(q, absl::CHexEscape(text), q);
+  return absl::StrCat(q, absl::CHexEscape(text.substr(0, kShown)), "...", q, " (", text.size(), " bytes)");
+}
+
+std::string Quoted(absl::string_view cell) { return Shown(cell, true); }
 
 bool IsDigits(absl::string_view s) {
   if (s.empty()) return false;
@@ -111,7 +125,7 @@ bool ParseRow(const io::CsvRecord& row, const Columns& c, ManifestEntry* entry,
     } else if (sex.empty() || sex == "unknown" || sex == "u") {
       entry->sex = Sex::kUnknown;
     } else {
-      problem(kSexColumn, absl::StrCat("'", Cell(row, c.sex), "' is not Male, Female, Unknown or blank"));
+      problem(kSexColumn, absl::StrCat(Quoted(Cell(row, c.sex)), " is not Male, Female, Unknown or blank"));
     }
   }
   if (c.age) {
@@ -119,7 +133,7 @@ bool ParseRow(const io::CsvRecord& row, const Columns& c, ManifestEntry* entry,
     double years = 0;
     if (!age.empty()) {
       if (!absl::SimpleAtod(age, &years) || !std::isfinite(years) || years < 0 || years > kMaxAgeYears) {
-        problem(kAgeColumn, absl::StrCat("'", age, "' is not an age in years (0 to ", kMaxAgeYears, ") or blank"));
+        problem(kAgeColumn, absl::StrCat(Quoted(age), " is not an age in years (0 to ", kMaxAgeYears, ") or blank"));
       } else {
         entry->age = years;
       }
@@ -132,14 +146,14 @@ bool ParseRow(const io::CsvRecord& row, const Columns& c, ManifestEntry* entry,
     } else if (view == "lateral") {
       entry->view = View::kLateral;
     } else {
-      problem(kViewColumn, absl::StrCat("'", Cell(row, c.view), "' is not Frontal or Lateral"));
+      problem(kViewColumn, absl::StrCat(Quoted(Cell(row, c.view)), " is not Frontal or Lateral"));
     }
   }
   if (c.projection) {
     entry->projection = absl::AsciiStrToUpper(Cell(row, c.projection));
     const std::string& p = entry->projection;
     if (!(p.empty() || p == "AP" || p == "PA" || p == "LL" || p == "RL")) {
-      problem(kProjectionColumn, absl::StrCat("'", Cell(row, c.projection), "' is not AP, PA, LL, RL or blank"));
+      problem(kProjectionColumn, absl::StrCat(Quoted(Cell(row, c.projection)), " is not AP, PA, LL, RL or blank"));
     }
   }
   for (int l = 0; l < kNumChexpertLabels; ++l) {
@@ -175,7 +189,8 @@ bool ParseRow(const io::CsvRecord& row, const Columns& c, ManifestEntry* entry,
 
 std::string FormatProblem(absl::string_view source, const ManifestProblem& problem) {
   std::string out = absl::StrCat(source, ":", problem.line, ": ");
-  if (!problem.column.empty()) absl::StrAppend(&out, "[", problem.column, "] ");
+  // Column names come from the file's header: escaped and shortened as cells are.
+  if (!problem.column.empty()) absl::StrAppend(&out, "[", Shown(problem.column, false), "] ");
   absl::StrAppend(&out, problem.message);
   return out;
 }
@@ -189,11 +204,22 @@ absl::StatusOr<RawLabel> ParseRawLabel(absl::string_view cell) {
     if (value == 0.0) return RawLabel::kNegative;
     if (value == -1.0) return RawLabel::kUncertain;
   }
-  return absl::InvalidArgumentError(absl::StrCat("'", v, "' is not 1.0, 0.0, -1.0 or blank"));
+  return absl::InvalidArgumentError(absl::StrCat(Quoted(v), " is not 1.0, 0.0, -1.0 or blank"));
 }
 
 absl::Status ValidateManifestPath(absl::string_view path) {
   if (path.empty()) return absl::InvalidArgumentError("empty path");
+  if (path.size() > kMaxManifestPathBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("path of ", path.size(), " bytes, longer than ", kMaxManifestPathBytes));
+  }
+  for (size_t i = 0; i < path.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(path[i]);
+    if (c < 0x20 || c == 0x7F) {
+      return absl::InvalidArgumentError(absl::StrCat("path contains a control character (byte ",
+                                                     absl::StrFormat("0x%02x", c), " at offset ", i, ")"));
+    }
+  }
   if (absl::StrContains(path, '\\')) {
     return absl::InvalidArgumentError("path contains '\\'; separate with '/'");
   }
@@ -254,15 +280,27 @@ ManifestParse ParseManifest(const io::CsvTable& table) {
   std::vector<ManifestEntry> rejected;
   entries.reserve(table.rows.size());
   absl::flat_hash_map<std::string, int64_t> first_line_of_path;
+  int64_t unlisted = 0;
+  std::vector<ManifestProblem> row_problems;
   for (const io::CsvRecord& row : table.rows) {
     ManifestEntry entry;
-    bool clean = ParseRow(row, columns, &entry, &problems);
+    row_problems.clear();
+    bool clean = ParseRow(row, columns, &entry, &row_problems);
     if (!entry.path.empty()) {
       auto [it, inserted] = first_line_of_path.emplace(NormalizedPath(entry.path), row.line);
       if (!inserted) {
-        problems.push_back({row.line, kPathColumn,
-                            absl::StrCat("duplicate path '", entry.path, "' (first on line ", it->second, ")")});
+        row_problems.push_back(
+            {row.line, kPathColumn,
+             absl::StrCat("duplicate path ", Quoted(entry.path), " (first on line ", it->second, ")")});
         clean = false;
+      }
+    }
+    // Rows come in line order: the problems kept are the first ones.
+    for (ManifestProblem& p : row_problems) {
+      if (problems.size() < static_cast<size_t>(kMaxListedManifestProblems)) {
+        problems.push_back(std::move(p));
+      } else {
+        ++unlisted;
       }
     }
     (clean ? entries : rejected).push_back(std::move(entry));
@@ -271,20 +309,21 @@ ManifestParse ParseManifest(const io::CsvTable& table) {
   // stay in line order.
   std::stable_sort(problems.begin(), problems.end(),
                    [](const ManifestProblem& a, const ManifestProblem& b) { return a.line < b.line; });
-  return ManifestParse{Manifest(table.source, std::move(entries)), std::move(problems), std::move(warnings),
+  return ManifestParse{Manifest(table.source, std::move(entries)), std::move(problems), unlisted, std::move(warnings),
                        std::move(rejected)};
 }
 
 absl::StatusOr<Manifest> Manifest::FromTable(const io::CsvTable& table) {
   ManifestParse parse = ParseManifest(table);
   if (parse.problems.empty()) return std::move(parse.manifest);
-  std::string message = absl::StrCat(parse.problems.size(), " problem(s) in manifest ", table.source, ":");
+  const int64_t total = static_cast<int64_t>(parse.problems.size()) + parse.unlisted_problems;
+  std::string message = absl::StrCat(total, " problem(s) in manifest ", table.source, ":");
   const int shown = std::min<int>(parse.problems.size(), kMaxProblemsInStatus);
   for (int i = 0; i < shown; ++i) {
     absl::StrAppend(&message, "\n  ", FormatProblem(table.source, parse.problems[i]));
   }
-  if (shown < static_cast<int>(parse.problems.size())) {
-    absl::StrAppend(&message, "\n  ... and ", parse.problems.size() - shown, " more (run `fedtune-site data check`)");
+  if (shown < total) {
+    absl::StrAppend(&message, "\n  ... and ", total - shown, " more (run `fedtune-site data check`)");
   }
   return absl::InvalidArgumentError(message);
 }

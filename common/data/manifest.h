@@ -90,8 +90,14 @@ std::string FormatProblem(absl::string_view source, const ManifestProblem& probl
 // InvalidArgument for anything else.
 absl::StatusOr<RawLabel> ParseRawLabel(absl::string_view cell);
 
-// Checks a manifest path: non-empty, relative, '/'-separated, and not leaving
-// the data root through a ".." component. InvalidArgument saying which.
+// The longest manifest path accepted, in bytes (Linux's PATH_MAX).
+inline constexpr size_t kMaxManifestPathBytes = 4096;
+
+// Checks a manifest path: non-empty, at most kMaxManifestPathBytes, free of
+// control characters (a NUL would cut it short at open(); newlines and
+// terminal escapes would end up in reports), relative, '/'-separated, and not
+// leaving the data root through a ".." component. InvalidArgument saying
+// which.
 absl::Status ValidateManifestPath(absl::string_view path);
 
 // Derives (patient, study) from CheXpert's path layout
@@ -140,14 +146,23 @@ class Manifest {
   std::vector<size_t> patient_of_study_;
 };
 
+// The most problems a parse lists (the first ones, by line); the others are
+// only counted (ManifestParse::unlisted_problems), so that a manifest that is
+// wrong everywhere cannot make the report take gigabytes. Cells quoted in
+// messages are shortened to 64 bytes and C-escaped.
+inline constexpr int kMaxListedManifestProblems = 10000;
+
 // The lenient parse behind `data check`: every problem of the header and of
-// every row, in line order. A row with a problem is left out of `manifest`.
+// every row, in line order (the first kMaxListedManifestProblems listed, the
+// rest counted). A row with a problem is left out of `manifest`.
 // Duplicate paths (compared after lexical normalization: "a/./b" == "a/b") are
 // reported at the later row, naming the first one; the later row is left out.
 // `warnings` collects what does not stop training: unknown extra columns.
 struct ManifestParse {
   Manifest manifest;
   std::vector<ManifestProblem> problems;
+  // Problems found beyond the first kMaxListedManifestProblems.
+  int64_t unlisted_problems = 0;
   std::vector<ManifestProblem> warnings;
   // The rows left out, parsed as far as their cells allowed (a bad cell keeps
   // its default), so that a checker can still look at, e.g., the image of a row

@@ -186,8 +186,18 @@ absl::StatusOr<PreprocessedImage> ImageCache::Get(const std::string& path) {
     PreprocessedImage cached;
     state = ParseEntry(*bytes, key, options_.size, &cached);
     if (state == EntryState::kValid) {
-      absl::MutexLock lock(&mu_);
-      ++stats_.hits;
+      {
+        absl::MutexLock lock(&mu_);
+        ++stats_.hits;
+      }
+      // The limit is not part of the key: an entry made under a higher one
+      // must not let through what decoding would refuse now.
+      const int64_t pixels = static_cast<int64_t>(cached.source_width) * cached.source_height;
+      if (pixels > options_.decode.max_pixels) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            path, ": image of ", cached.source_width, " x ", cached.source_height, " = ", pixels,
+            " pixels, above the limit of ", options_.decode.max_pixels, " pixels per image (max_image_pixels)"));
+      }
       return cached;
     }
   } else if (!absl::IsNotFound(bytes.status())) {

@@ -60,8 +60,9 @@ class ImageCache {
   // The preprocessed (cropped, resized, not normalized) image of the file at
   // `path`, from the cache when a valid entry exists, else decoded,
   // preprocessed and stored. Errors are those of DecodeImage/CropAndResize
-  // (NotFound for a missing source, InvalidArgument for an undecodable one); a
-  // failure to store an entry is not an error.
+  // (NotFound for a missing source, InvalidArgument for an undecodable one, or
+  // one above options.decode.max_pixels: checked on hits too, as the limit is
+  // not part of the entry's key); a failure to store an entry is not an error.
   absl::StatusOr<PreprocessedImage> Get(const std::string& path);
 
   // Where the entry for `path` lives (whether or not it exists). For tools and

@@ -53,6 +53,9 @@ cli::Command MakeDataConvertCommand() {
        "edge rows/columns with max below T (of 1) are cropped (with "
        "--preprocess)",
        false, false, "0.05", "T"},
+      {"max-image-pixels",
+       "refuse an image whose header declares more pixels than N (width x height; DICOM: x frames x samples)", false,
+       false, absl::StrCat(kDefaultMaxImagePixels), "N"},
   };
   command.run = [](const cli::ParsedFlags& flags) -> absl::Status {
     const std::string in = flags.GetOrDie("in");
@@ -67,8 +70,13 @@ cli::Command MakeDataConvertCommand() {
     if (threshold < 0 || threshold > 1) return absl::InvalidArgumentError("--border-threshold must be in [0, 1]");
     options.size = static_cast<int>(size);
     options.border_threshold = static_cast<float>(threshold);
+    ASSIGN_OR_RETURN(options.decode.max_pixels, flags.GetInt("max-image-pixels", kDefaultMaxImagePixels));
+    if (options.decode.max_pixels < 1 || options.decode.max_pixels > kMaxImagePixelsLimit) {
+      return absl::InvalidArgumentError(absl::StrCat("--max-image-pixels must be in [1, ", kMaxImagePixelsLimit,
+                                                     "], got ", options.decode.max_pixels));
+    }
 
-    ASSIGN_OR_RETURN(Image image, DecodeImage(in));
+    ASSIGN_OR_RETURN(Image image, DecodeImage(in, options.decode));
     if (!flags.GetBool("preprocess")) {
       RETURN_IF_ERROR(WriteGray16Png(out, image.width, image.height, image.pixels));
       std::cout << "wrote " << out << ": " << image.width << "x" << image.height << " from " << in << " ("

@@ -1,7 +1,7 @@
 // `fedtune-site data convert`: shows hospital IT an image as fedtune sees it.
 //
 //   fedtune-site data convert --in FILE --out OUT.png
-//       [--preprocess] [--size N] [--border-threshold T]
+//       [--preprocess] [--size N] [--border-threshold T] [--max-image-pixels N]
 //
 // Without --preprocess, OUT.png is the decoded image (decode.h: Modality LUT,
 // VOI LUT/window, MONOCHROME1 inversion, or 8/16-bit raster scaling) as a
@@ -21,9 +21,10 @@
 namespace fedtune::imaging {
 
 // The command, path {"data", "convert"}. Its run returns InvalidArgument for
-// bad flags (OUT not ending in .png,
-// --size out of range) or an undecodable input, NotFound for a missing input,
-// and the WriteFileAtomically error when OUT cannot be written.
+// bad flags (OUT not ending in .png, --size or --max-image-pixels out of range),
+// an undecodable input or one declaring more pixels than --max-image-pixels
+// (default kDefaultMaxImagePixels; decode.h), NotFound for a missing input, and
+// the WriteFileAtomically error when OUT cannot be written.
 cli::Command MakeDataConvertCommand();
 
 // Writes a row-major width x height image of [0, 1] values as a 16-bit

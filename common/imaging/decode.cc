@@ -1,9 +1,17 @@
 #include "common/imaging/decode.h"
 
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstdint>
 #include <fstream>
+#include <initializer_list>
+#include <limits>
 #include <mutex>
+#include <new>
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
@@ -11,13 +19,16 @@
 #include <vector>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/imaging/raster_header.h"
 #include "common/io/file_util.h"
 #include "common/status_macros.h"
 #include "dcmtk/config/osconfig.h"  // Must come first among DCMTK headers.
 #include "dcmtk/dcmdata/dcdeftag.h"
 #include "dcmtk/dcmdata/dcfilefo.h"
+#include "dcmtk/dcmdata/dcmetinf.h"
 #include "dcmtk/dcmdata/dcrledrg.h"
 #include "dcmtk/dcmdata/dcxfer.h"
 #include "dcmtk/dcmimgle/dcmimage.h"
@@ -59,27 +70,84 @@ absl::StatusOr<std::string> ReadPrefix(const std::string& path, size_t n) {
   return buf;
 }
 
-bool HasDcmExtension(const std::string& path) {
-  return path.size() >= 4 && absl::AsciiStrToLower(path.substr(path.size() - 4)) == ".dcm";
+bool HasDicomExtension(absl::string_view path) {
+  const std::string lower = absl::AsciiStrToLower(path.substr(path.size() - std::min<size_t>(path.size(), 6)));
+  return absl::EndsWith(lower, ".dcm") || absl::EndsWith(lower, ".dicom");
 }
 
-std::string RasterFormat(const std::string& bytes) {
-  auto starts = [&](absl::string_view magic) { return absl::string_view(bytes).substr(0, magic.size()) == magic; };
-  if (starts("\x89PNG\r\n\x1a\n")) return "png";
-  if (starts("\xFF\xD8\xFF")) return "jpeg";
-  if (starts(absl::string_view("II*\0", 4)) || starts(absl::string_view("MM\0*", 4))) return "tiff";
-  if (starts("BM")) return "bmp";
-  return "unknown";
+bool LooksLikeDicom(absl::string_view prefix, absl::string_view name) {
+  if (prefix.size() >= kDicomMagicOffset + 4 && prefix.substr(kDicomMagicOffset, 4) == "DICM") return true;
+  return HasDicomExtension(name);
 }
 
-absl::StatusOr<Image> DecodeRaster(const std::string& path) {
-  ASSIGN_OR_RETURN(std::string bytes, io::ReadFile(path));
+// p = a * b * ..., or INT64_MAX when that overflows.
+int64_t SaturatingProduct(std::initializer_list<int64_t> factors) {
+  int64_t product = 1;
+  for (int64_t f : factors) {
+    if (__builtin_mul_overflow(product, f, &product)) return std::numeric_limits<int64_t>::max();
+  }
+  return product;
+}
+
+// InvalidArgument when `pixels` (described by `declared`, e.g. "PNG header
+// declares 10 x 10") is above the limit.
+absl::Status CheckPixelCount(absl::string_view name, absl::string_view declared, int64_t pixels,
+                             const DecodeOptions& options) {
+  if (pixels <= options.max_pixels) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(name, ": ", declared, " = ", pixels, " pixels, above the limit of ",
+                                                 options.max_pixels,
+                                                 " pixels per image (max_image_pixels in the fine-tune config, "
+                                                 "--max-image-pixels for data check/convert)"));
+}
+
+absl::Status CheckFileBytes(absl::string_view name, int64_t bytes, const DecodeOptions& options) {
+  if (bytes <= MaxImageFileBytes(options)) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(name, ": file of ", bytes, " bytes, above the limit of ",
+                                                 MaxImageFileBytes(options), " bytes for an image of at most ",
+                                                 options.max_pixels, " pixels (max_image_pixels)"));
+}
+
+// The size of the regular file at `path`: io::ReadFile's errors when it cannot
+// be opened, InvalidArgument when it is a directory or not a regular file (a
+// FIFO or device would never end).
+absl::StatusOr<int64_t> RegularFileSize(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return io::ErrnoToStatus(errno, "cannot open", path);
+  if (S_ISDIR(st.st_mode)) return absl::InvalidArgumentError(absl::StrCat("'", path, "' is a directory, not a file"));
+  if (!S_ISREG(st.st_mode)) return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file"));
+  return static_cast<int64_t>(st.st_size);
+}
+
+absl::StatusOr<Image> DecodeRasterBytes(absl::string_view bytes, const std::string& path,
+                                        const DecodeOptions& options) {
   Image image;
   image.path = path;
   image.format = RasterFormat(bytes);
+  // The declared size, checked before OpenCV allocates for it.
+  absl::StatusOr<RasterHeader> header = ReadRasterHeader(bytes);
+  if (!header.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": not a decodable image (", header.status().message(),
+                     "; expected PNG, JPEG, TIFF, BMP, or DICOM with 'DICM' at offset 128 or a .dcm name)"));
+  }
+  const std::string upper = absl::AsciiStrToUpper(header->format);
+  RETURN_IF_ERROR(CheckPixelCount(path, absl::StrCat(upper, " header declares ", header->width, " x ", header->height),
+                                  SaturatingProduct({header->width, header->height}), options));
+  if (header->tile_width > 0 || header->tile_height > 0) {
+    // OpenCV allocates a buffer per tile, whatever the image's size.
+    RETURN_IF_ERROR(CheckPixelCount(
+        path, absl::StrCat("TIFF tiles of ", header->tile_width, " x ", header->tile_height),
+        SaturatingProduct({std::max<int64_t>(header->tile_width, 1), std::max<int64_t>(header->tile_height, 1)}),
+        options));
+  }
+  if (header->format == "tiff" && header->bits_per_sample > 16) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": unsupported sample type (TIFF, ", header->bits_per_sample,
+                                                   " bits per sample); only 8- and 16-bit unsigned samples"));
+  }
   cv::Mat mat;
   try {
-    const cv::Mat raw(1, static_cast<int>(bytes.size()), CV_8UC1, bytes.data());
+    // imdecode does not write to its input.
+    const cv::Mat raw(1, static_cast<int>(bytes.size()), CV_8UC1, const_cast<char*>(bytes.data()));
     // ANYCOLOR keeps gray files single-channel and drops alpha; ANYDEPTH keeps
     // 16-bit samples.
     mat = cv::imdecode(raw, cv::IMREAD_ANYDEPTH | cv::IMREAD_ANYCOLOR);
@@ -87,10 +155,14 @@ absl::StatusOr<Image> DecodeRaster(const std::string& path) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": cannot decode image: ", e.what()));
   }
   if (mat.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": not a decodable image (format by content: ", image.format,
-                     "; expected PNG, JPEG, TIFF, BMP, or DICOM with 'DICM' at offset 128 "
-                     "or a .dcm name)"));
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not a decodable image (format by content: ", image.format,
+                                                   "; truncated or corrupt data?)"));
+  }
+  if (static_cast<int64_t>(mat.rows) * mat.cols > options.max_pixels) {
+    // The header reader and OpenCV disagree: our bug, caught before the
+    // conversions below allocate more.
+    return absl::InternalError(absl::StrCat(path, ": decoded ", mat.cols, " x ", mat.rows, " but the header declares ",
+                                            header->width, " x ", header->height));
   }
   double scale;
   switch (mat.depth()) {
@@ -126,15 +198,78 @@ absl::StatusOr<Image> DecodeRaster(const std::string& path) {
   return image;
 }
 
-absl::StatusOr<Image> DecodeDicom(const std::string& path) {
-  RegisterDicomCodecsOnce();
-  auto bad = [&](absl::string_view why) { return absl::InvalidArgumentError(absl::StrCat(path, ": DICOM: ", why)); };
+absl::Status DicomError(absl::string_view path, absl::string_view why) {
+  return absl::InvalidArgumentError(absl::StrCat(path, ": DICOM: ", why));
+}
 
-  DcmFileFormat file;
-  OFCondition cond = file.loadFile(OFFilename(path.c_str()));
-  if (cond.bad()) return bad(absl::StrCat("cannot read the file (truncated or corrupt?): ", cond.text()));
+// Refuses the Deflated transfer syntax named by a meta header. DCMTK inflates
+// each element in full while reading, and nothing bounds what a few MB of
+// deflated zeros inflate to.
+absl::Status RefuseDeflated(DcmMetaInfo* meta, absl::string_view path) {
+  OFString uid;
+  if (meta == nullptr || meta->findAndGetOFString(DCM_TransferSyntaxUID, uid).bad()) return absl::OkStatus();
+  const DcmXfer xfer(uid.c_str());
+  if (xfer.getStreamCompression() == ESC_none) return absl::OkStatus();
+  return DicomError(path, absl::StrCat("transfer syntax '", xfer.getXferName(), "' (", uid.c_str(),
+                                       ") is not accepted: its inflated size cannot be bounded before reading; "
+                                       "convert the file to an uncompressed or image-compressed transfer syntax"));
+}
+
+// The size a DICOM header declares, for messages and checks.
+struct DicomSize {
+  Uint16 rows = 0;
+  Uint16 columns = 0;
+  Sint32 frames = 1;
+  Uint16 samples = 1;
+  int64_t pixels = 0;  // columns x rows x frames x samples.
+  std::string dims;    // "COLUMNS x ROWS (Columns x Rows)[ x F frame(s) x S sample(s) per pixel]".
+};
+
+// Reads the declared size and checks its pixel count against the limit, before
+// any pixel buffer exists (DicomImage and the decompressors allocate for the
+// declared size).
+absl::StatusOr<DicomSize> CheckDicomPixelCount(DcmDataset* ds, absl::string_view path, const DecodeOptions& options) {
+  DicomSize size;
+  if (ds->findAndGetUint16(DCM_Rows, size.rows).bad() || ds->findAndGetUint16(DCM_Columns, size.columns).bad() ||
+      size.rows == 0 || size.columns == 0) {
+    return DicomError(path, "Rows or Columns missing or 0: not an image");
+  }
+  if (ds->findAndGetUint16(DCM_SamplesPerPixel, size.samples).bad() || size.samples == 0) size.samples = 1;
+  if (ds->findAndGetSint32(DCM_NumberOfFrames, size.frames).bad() || size.frames < 1) size.frames = 1;
+  size.pixels = SaturatingProduct({size.columns, size.rows, size.frames, size.samples});
+  size.dims = absl::StrCat(size.columns, " x ", size.rows, " (Columns x Rows)");
+  if (size.frames != 1 || size.samples != 1) {
+    absl::StrAppend(&size.dims, " x ", size.frames, " frame(s) x ", size.samples, " sample(s) per pixel");
+  }
+  RETURN_IF_ERROR(CheckPixelCount(path, absl::StrCat("DICOM header declares ", size.dims), size.pixels, options));
+  return size;
+}
+
+// Uncompressed Pixel Data must hold the bytes its declared size needs: DCMTK
+// would pad a short element with zeros and decode garbage.
+absl::Status CheckDicomPixelDataLength(DcmDataset* ds, absl::string_view path, const DicomSize& size) {
+  if (DcmXfer(ds->getOriginalXfer()).isEncapsulated()) return absl::OkStatus();
+  Uint16 bits_allocated = 0;
+  DcmElement* pixel_data = nullptr;
+  if (ds->findAndGetUint16(DCM_BitsAllocated, bits_allocated).bad() || bits_allocated == 0 ||
+      ds->findAndGetElement(DCM_PixelData, pixel_data).bad() || pixel_data == nullptr) {
+    return absl::OkStatus();  // DCMTK reports the missing attribute.
+  }
+  const int64_t have = pixel_data->getLength();
+  const int64_t need = (size.pixels * bits_allocated + 7) / 8;  // pixels <= 2^30: no overflow.
+  if (have >= need) return absl::OkStatus();
+  return DicomError(path,
+                    absl::StrCat("Pixel Data holds ", have, " bytes, but ", size.dims, " at ", bits_allocated,
+                                 " bits allocated need ", need, " bytes (truncated file or wrong Rows/Columns?)"));
+}
+
+// Decodes a DICOM file read by DCMTK (from a file or from memory).
+absl::StatusOr<Image> DecodeDicomDataset(DcmFileFormat& file, const std::string& path, const DecodeOptions& options) {
+  auto bad = [&](absl::string_view why) { return DicomError(path, why); };
+  OFCondition cond;
   DcmDataset* ds = file.getDataset();
   if (ds == nullptr || !ds->tagExists(DCM_PixelData)) return bad("no Pixel Data element: not an image");
+  ASSIGN_OR_RETURN(const DicomSize size, CheckDicomPixelCount(ds, path, options));
 
   Uint16 samples_per_pixel = 1;
   ds->findAndGetUint16(DCM_SamplesPerPixel, samples_per_pixel);
@@ -150,6 +285,8 @@ absl::StatusOr<Image> DecodeDicom(const std::string& path) {
   if (ds->findAndGetSint32(DCM_NumberOfFrames, frames).good() && frames > 1) {
     return bad(absl::StrCat("multi-frame images are not supported (Number of Frames ", frames, ")"));
   }
+  // After the colour and frame checks, which say better what is wrong.
+  RETURN_IF_ERROR(CheckDicomPixelDataLength(ds, path, size));
   Uint16 bits_stored = 0;
   ds->findAndGetUint16(DCM_BitsStored, bits_stored);
 
@@ -163,10 +300,13 @@ absl::StatusOr<Image> DecodeDicom(const std::string& path) {
     }
   }
 
-  DicomImage dimage(ds, ds->getCurrentXfer(), CIF_MayDetachPixelData);
+  // Overlays are annotations, not anatomy: never read embedded ones, never
+  // burn any into the pixels.
+  DicomImage dimage(ds, ds->getCurrentXfer(), CIF_MayDetachPixelData | CIF_NeverAccessEmbeddedOverlays);
   if (dimage.getStatus() != EIS_Normal) {
     return bad(absl::StrCat("cannot render the pixel data: ", DicomImage::getString(dimage.getStatus())));
   }
+  dimage.hideAllOverlays();
   if (!dimage.isMonochrome()) return bad("not a monochrome image");
   if (dimage.getFrameCount() != 1) {
     return bad(absl::StrCat("multi-frame images are not supported (", dimage.getFrameCount(), " frames)"));
@@ -221,17 +361,101 @@ absl::StatusOr<Image> DecodeDicom(const std::string& path) {
   return image;
 }
 
+// `file` is what DCMTK opens; `name` stands for it in messages and Image::path.
+absl::StatusOr<Image> DecodeDicomFile(const std::string& file, const std::string& name, const DecodeOptions& options) {
+  RegisterDicomCodecsOnce();
+  {
+    DcmFileFormat meta_only;
+    if (meta_only.loadFile(OFFilename(file.c_str()), EXS_Unknown, EGL_noChange, DCM_MaxReadLength, ERM_metaOnly)
+            .good()) {
+      RETURN_IF_ERROR(RefuseDeflated(meta_only.getMetaInfo(), name));
+    }
+  }
+  // Values above DCM_MaxReadLength bytes stay in the file until used.
+  DcmFileFormat dicom;
+  const OFCondition cond = dicom.loadFile(OFFilename(file.c_str()));
+  if (cond.bad()) return DicomError(name, absl::StrCat("cannot read the file (truncated or corrupt?): ", cond.text()));
+  return DecodeDicomDataset(dicom, name, options);
+}
+
+// DCMTK checks an element's declared length against the bytes left only when
+// it reads a file: its buffer stream (DcmInputBufferStream) allocates whatever
+// a meta header element declares (2 GB for a 1 KB input, found by fuzzing). So
+// bytes in memory are decoded through an anonymous in-memory file, exactly as
+// files are.
+absl::StatusOr<Image> DecodeDicomBytes(absl::string_view bytes, const std::string& name, const DecodeOptions& options) {
+  const int fd = ::memfd_create("fedtune-dicom", MFD_CLOEXEC);
+  if (fd < 0) return io::ErrnoToStatus(errno, "cannot create an in-memory file for", name);
+  size_t written = 0;
+  while (written < bytes.size()) {
+    const ssize_t n = ::write(fd, bytes.data() + written, bytes.size() - written);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int err = errno;
+      ::close(fd);
+      return io::ErrnoToStatus(err, "cannot write an in-memory file for", name);
+    }
+    written += static_cast<size_t>(n);
+  }
+  absl::StatusOr<Image> image = DecodeDicomFile(absl::StrCat("/proc/self/fd/", fd), name, options);
+  ::close(fd);
+  return image;
+}
+
+// Allocation failures inside DCMTK or OpenCV must not end the program.
+template <typename Decode>
+absl::StatusOr<Image> CatchingBadAlloc(const std::string& name, Decode decode) {
+  try {
+    return decode();
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(absl::StrCat(name, ": out of memory while decoding"));
+  }
+}
+
 }  // namespace
+
+absl::Status ValidateDecodeOptions(const DecodeOptions& options) {
+  if (options.max_pixels < 1 || options.max_pixels > kMaxImagePixelsLimit) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_image_pixels must be in [1, ", kMaxImagePixelsLimit, "], got ", options.max_pixels));
+  }
+  return absl::OkStatus();
+}
+
+int64_t MaxImageFileBytes(const DecodeOptions& options) {
+  return std::min<int64_t>(SaturatingProduct({options.max_pixels, kMaxFileBytesPerPixel}),
+                           std::numeric_limits<int32_t>::max());
+}
 
 absl::StatusOr<bool> IsDicomFile(const std::string& path) {
   ASSIGN_OR_RETURN(std::string prefix, ReadPrefix(path, kDicomMagicOffset + 4));
-  if (prefix.size() >= kDicomMagicOffset + 4 && prefix.compare(kDicomMagicOffset, 4, "DICM") == 0) return true;
-  return HasDcmExtension(path);
+  return LooksLikeDicom(prefix, path);
 }
 
-absl::StatusOr<Image> DecodeImage(const std::string& path) {
+absl::StatusOr<Image> DecodeImage(const std::string& path, const DecodeOptions& options) {
+  RETURN_IF_ERROR(ValidateDecodeOptions(options));
+  ASSIGN_OR_RETURN(const int64_t size, RegularFileSize(path));
+  RETURN_IF_ERROR(CheckFileBytes(path, size, options));
   ASSIGN_OR_RETURN(bool dicom, IsDicomFile(path));
-  return dicom ? DecodeDicom(path) : DecodeRaster(path);
+  return CatchingBadAlloc(path, [&]() -> absl::StatusOr<Image> {
+    if (dicom) return DecodeDicomFile(path, path, options);
+    ASSIGN_OR_RETURN(std::string bytes, io::ReadFile(path));
+    // The file may have grown since it was measured.
+    RETURN_IF_ERROR(CheckFileBytes(path, static_cast<int64_t>(bytes.size()), options));
+    return DecodeRasterBytes(bytes, path, options);
+  });
+}
+
+absl::StatusOr<Image> DecodeImage(const std::string& path) { return DecodeImage(path, DecodeOptions()); }
+
+absl::StatusOr<Image> DecodeImageFromMemory(absl::string_view bytes, const std::string& name,
+                                            const DecodeOptions& options) {
+  RETURN_IF_ERROR(ValidateDecodeOptions(options));
+  RETURN_IF_ERROR(CheckFileBytes(name, static_cast<int64_t>(bytes.size()), options));
+  return CatchingBadAlloc(name, [&]() -> absl::StatusOr<Image> {
+    return LooksLikeDicom(bytes.substr(0, kDicomMagicOffset + 4), name) ? DecodeDicomBytes(bytes, name, options)
+                                                                        : DecodeRasterBytes(bytes, name, options);
+  });
 }
 
 }  // namespace fedtune::imaging

@@ -2,8 +2,21 @@
 //
 // The decoder is chosen by content: a DICOM file is recognised by "DICM" at
 // byte offset 128 or, for files without the Part 10 preamble, by the extension
-// ".dcm" (case-insensitive); anything else goes to OpenCV, which reads PNG,
-// JPEG, TIFF, BMP and the other formats it was built with.
+// ".dcm" or ".dicom" (case-insensitive); anything else must be a PNG, JPEG,
+// TIFF or BMP file (by its first bytes) and goes to OpenCV. Other formats that
+// OpenCV could read (WebP, JPEG 2000, OpenEXR, PNM, ...) are refused: their
+// headers are not checked against the size limit below, and radiographs are
+// not exported in them.
+//
+// Size limit (DecodeOptions::max_pixels). Every file is refused, with
+// InvalidArgument naming the file, the declared size and the limit, when its
+// header declares more pixels than the limit: read from the header before any
+// pixel buffer is allocated (raster_header.h for raster files; Rows, Columns,
+// Number of Frames and Samples per Pixel for DICOM). Files larger than
+// kMaxFileBytesPerPixel bytes per allowed pixel are refused unread. For
+// uncompressed DICOM the Pixel Data element must also hold at least the bytes
+// that the header's size and Bits Allocated require (a file that claims a large
+// image and holds a few bytes is refused, not padded).
 //
 // Raster files (OpenCV):
 //   - 8-bit samples are scaled by 1/255, 16-bit samples by 1/65535: by the
@@ -22,7 +35,11 @@
 //     naming the file and the reason.
 //   - Uncompressed, RLE, JPEG (baseline, extended, lossless) and JPEG-LS
 //     transfer syntaxes are decoded; others (JPEG 2000, ...) are rejected with
-//     InvalidArgument naming the transfer syntax.
+//     InvalidArgument naming the transfer syntax. Deflated Explicit VR Little
+//     Endian is refused before the dataset is read: DCMTK inflates every
+//     element in full while reading, so a file of a few MB could make it
+//     allocate GBs before any check could run.
+//   - Overlay planes are not burnt into the pixels (they are annotations).
 //   - The Modality LUT (Rescale Slope/Intercept or Modality LUT Sequence) is
 //     applied; then the first VOI LUT of the VOI LUT Sequence if present, else
 //     the first window (Window Center/Width; VOI LUT Function LINEAR,
@@ -34,24 +51,67 @@
 #ifndef FEDTUNE_COMMON_IMAGING_DECODE_H_
 #define FEDTUNE_COMMON_IMAGING_DECODE_H_
 
+#include <cstdint>
 #include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "common/imaging/image.h"
 
 namespace fedtune::imaging {
 
+// The default limit on the pixels of one image: 64 Mi = 67,108,864 (8192 x
+// 8192). Chest radiographs are at most about 4,300 x 3,500 (15 MP) and
+// full-field mammograms about 4,100 x 5,600 (23 MP), so real images pass with
+// room to spare, while decoding an image at the limit needs about 1 GiB
+// (DCMTK's intermediate buffers, OpenCV's Mat and the float Image).
+inline constexpr int64_t kDefaultMaxImagePixels = int64_t{1} << 26;
+// The largest limit that may be configured: 2^30 pixels (OpenCV's own limit).
+inline constexpr int64_t kMaxImagePixelsLimit = int64_t{1} << 30;
+// A file larger than this many bytes per allowed pixel is refused unread (1 GiB
+// at the default limit; never more than 2 GiB - 1): no accepted image needs as
+// much (16-bit RGBA uncompressed is 8 bytes per pixel).
+inline constexpr int64_t kMaxFileBytesPerPixel = 16;
+
+struct DecodeOptions {
+  // Largest number of pixels (width x height; for DICOM Rows x Columns x
+  // Number of Frames x Samples per Pixel) an image may declare. Default
+  // kDefaultMaxImagePixels; must be in [1, kMaxImagePixelsLimit]. Configured
+  // by FinetuneConfig.max_image_pixels and `data check`/`data convert`
+  // --max-image-pixels.
+  int64_t max_pixels = kDefaultMaxImagePixels;
+};
+
+// InvalidArgument naming max_pixels when it is out of range.
+absl::Status ValidateDecodeOptions(const DecodeOptions& options);
+
+// The largest file (in bytes) that DecodeImage reads under `options`.
+int64_t MaxImageFileBytes(const DecodeOptions& options);
+
 // Decodes the image in `path`. Errors (messages name the file):
 //   - NotFound, PermissionDenied: the file is missing or unreadable;
-//   - InvalidArgument: not an image, truncated or corrupt data, or an
-//     unsupported kind of image (colour or multi-frame DICOM, unsupported
-//     transfer syntax or sample type).
+//   - InvalidArgument: not an image (or not a regular file), truncated or
+//     corrupt data, an unsupported kind of image (colour or multi-frame DICOM,
+//     unsupported transfer syntax, format or sample type), bad options, or an
+//     image or file above the size limits (the message gives the declared size
+//     and the limit).
 // Thread-safe: may be called from any number of threads at once. Side effect of
 // the first DICOM decode: DCMTK's decoders (RLE, JPEG, JPEG-LS) are registered
 // process-wide and DCMTK's own logging is limited to fatal messages (every
 // problem is reported through the returned Status instead).
+absl::StatusOr<Image> DecodeImage(const std::string& path, const DecodeOptions& options);
+// As above with the default options.
 absl::StatusOr<Image> DecodeImage(const std::string& path);
+
+// Decodes an image held in memory, as DecodeImage does a file holding `bytes`
+// (DICOM goes through an anonymous in-memory file, memfd, so that DCMTK reads
+// it as it reads files); `name` stands for the path in messages and
+// Image::path, and its extension counts as a file's does (".dcm": DICOM without
+// a preamble). Errors as DecodeImage's, plus Internal/ResourceExhausted when
+// the in-memory file cannot be made. Thread-safe.
+absl::StatusOr<Image> DecodeImageFromMemory(absl::string_view bytes, const std::string& name,
+                                            const DecodeOptions& options);
 
 // True when the file's content (or, lacking the preamble, its name) says DICOM.
 // NotFound/PermissionDenied when the file cannot be read.

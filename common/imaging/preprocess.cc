@@ -15,8 +15,10 @@ namespace fedtune::imaging {
 namespace {
 
 // Bump when decoding or resizing changes the pixels it produces, so that caches
-// keyed by CropAndResizeKey rebuild.
-constexpr int kPipelineVersion = 1;
+// keyed by CropAndResizeKey rebuild. 2: DICOM overlays are no longer burnt in,
+// and files that decoding now refuses (short Pixel Data, Deflated) must not be
+// served from entries made before.
+constexpr int kPipelineVersion = 2;
 
 }  // namespace
 
@@ -32,7 +34,7 @@ absl::Status ValidatePreprocessOptions(const PreprocessOptions& options) {
     return absl::InvalidArgumentError(absl::StrCat(
         "preprocess normalization needs a finite mean and std > 0, got mean ", options.mean, " std ", options.std));
   }
-  return absl::OkStatus();
+  return ValidateDecodeOptions(options.decode);
 }
 
 CropBox FindContentBox(const Image& image, float threshold) {
@@ -98,7 +100,7 @@ void Normalize(const PreprocessOptions& options, std::vector<float>* pixels) {
 
 absl::StatusOr<PreprocessedImage> LoadAndPreprocess(const std::string& path, const PreprocessOptions& options) {
   RETURN_IF_ERROR(ValidatePreprocessOptions(options));
-  ASSIGN_OR_RETURN(Image image, DecodeImage(path));
+  ASSIGN_OR_RETURN(Image image, DecodeImage(path, options.decode));
   return CropAndResize(image, options);
 }
 

@@ -18,6 +18,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/imaging/decode.h"
 #include "common/imaging/image.h"
 
 namespace fedtune::imaging {
@@ -34,9 +35,14 @@ struct PreprocessOptions {
   // Normalization applied by Normalize(). Defaults 0.449 and 0.226; std > 0.
   float mean = 0.449f;
   float std = 0.226f;
+  // Decoding limits (decode.h; default: max_pixels = kDefaultMaxImagePixels).
+  // They decide which files are refused, not the pixels of the others: not
+  // part of CropAndResizeKey.
+  DecodeOptions decode;
 };
 
-// InvalidArgument naming the field when an option is out of range.
+// InvalidArgument naming the field when an option is out of range (decode
+// included).
 absl::Status ValidatePreprocessOptions(const PreprocessOptions& options);
 
 // A rectangle in source pixels.
@@ -71,7 +77,8 @@ absl::StatusOr<PreprocessedImage> CropAndResize(const Image& image, const Prepro
 // In place: x -> (x - options.mean) / options.std.
 void Normalize(const PreprocessOptions& options, std::vector<float>* pixels);
 
-// DecodeImage(path) then CropAndResize. Errors as those two functions.
+// DecodeImage(path, options.decode) then CropAndResize. Errors as those two
+// functions.
 // Thread-safe.
 absl::StatusOr<PreprocessedImage> LoadAndPreprocess(const std::string& path, const PreprocessOptions& options);
 

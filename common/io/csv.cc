@@ -1,5 +1,8 @@
 #include "common/io/csv.h"
 
+#include <sys/stat.h>
+
+#include <cerrno>
 #include <set>
 #include <utility>
 
@@ -41,7 +44,44 @@ absl::StatusOr<CsvTable> ParseCsv(absl::string_view text, absl::string_view sour
   current.line = 1;
   size_t i = 0;
   const size_t n = text.size();
+  size_t record_start = 0;  // Offset of the current record's first byte.
+  int64_t cells = 0;
   bool record_has_content = false;
+
+  // The limits, checked as bytes and fields arrive so that nothing grows past them.
+  auto field_too_long = [&]() {
+    const size_t index = current.fields.size();
+    std::string column;
+    if (!records.empty() && index < records[0].fields.size()) {
+      column = absl::StrCat(" (column '", absl::StripAsciiWhitespace(records[0].fields[index]), "')");
+    }
+    return Error(source, current.line,
+                 absl::StrCat("field ", index + 1, column, " is longer than ", options.max_field_bytes, " bytes"));
+  };
+  auto record_too_long = [&]() {
+    return Error(source, current.line, absl::StrCat("record longer than ", options.max_record_bytes, " bytes"));
+  };
+  auto end_field = [&]() -> absl::Status {
+    if (static_cast<int64_t>(current.fields.size()) >= options.max_fields_per_record) {
+      return Error(source, current.line, absl::StrCat("more than ", options.max_fields_per_record, " fields"));
+    }
+    if (++cells > options.max_cells) {
+      return Error(source, current.line, absl::StrCat("more than ", options.max_cells, " fields in the file"));
+    }
+    current.fields.push_back(std::move(field));
+    field.clear();
+    return absl::OkStatus();
+  };
+  auto end_record = [&]() -> absl::Status {
+    if (record_has_content || !IsBlank(current.fields)) {
+      if (static_cast<int64_t>(records.size()) >= options.max_records) {
+        return Error(source, current.line, absl::StrCat("more than ", options.max_records, " records"));
+      }
+      records.push_back(std::move(current));
+    }
+    return absl::OkStatus();
+  };
+
   // A small state machine over bytes: fields are either quoted ("...") or plain.
   while (i < n) {
     char c = text[i];
@@ -55,15 +95,18 @@ absl::StatusOr<CsvTable> ParseCsv(absl::string_view text, absl::string_view sour
           if (i + 1 < n && text[i + 1] == '"') {
             field.push_back('"');
             i += 2;
-            continue;
+          } else {
+            ++i;
+            closed = true;
+            break;
           }
+        } else {
+          if (q == '\n') ++line;
+          field.push_back(q);
           ++i;
-          closed = true;
-          break;
         }
-        if (q == '\n') ++line;
-        field.push_back(q);
-        ++i;
+        if (static_cast<int64_t>(field.size()) > options.max_field_bytes) return field_too_long();
+        if (static_cast<int64_t>(i - record_start) > options.max_record_bytes) return record_too_long();
       }
       if (!closed) return Error(source, quote_line, "unterminated quoted field");
       record_has_content = true;
@@ -73,8 +116,7 @@ absl::StatusOr<CsvTable> ParseCsv(absl::string_view text, absl::string_view sour
       continue;
     }
     if (c == ',') {
-      current.fields.push_back(std::move(field));
-      field.clear();
+      RETURN_IF_ERROR(end_field());
       record_has_content = true;
       ++i;
       continue;
@@ -82,22 +124,24 @@ absl::StatusOr<CsvTable> ParseCsv(absl::string_view text, absl::string_view sour
     if (c == '\r' || c == '\n') {
       if (c == '\r' && i + 1 < n && text[i + 1] == '\n') ++i;
       ++i;
-      current.fields.push_back(std::move(field));
-      field.clear();
-      if (record_has_content || !IsBlank(current.fields)) records.push_back(std::move(current));
+      RETURN_IF_ERROR(end_field());
+      RETURN_IF_ERROR(end_record());
       current = CsvRecord();
       ++line;
       current.line = line;
+      record_start = i;
       record_has_content = false;
       continue;
     }
     if (c == '"') return Error(source, line, "quote character inside an unquoted field");
     field.push_back(c);
     ++i;
+    if (static_cast<int64_t>(field.size()) > options.max_field_bytes) return field_too_long();
+    if (static_cast<int64_t>(i - record_start) > options.max_record_bytes) return record_too_long();
   }
   if (record_has_content || !field.empty()) {
-    current.fields.push_back(std::move(field));
-    if (record_has_content || !IsBlank(current.fields)) records.push_back(std::move(current));
+    RETURN_IF_ERROR(end_field());
+    RETURN_IF_ERROR(end_record());
   }
 
   if (records.empty()) return Error(source, 1, "no header line (empty file)");
@@ -110,6 +154,7 @@ absl::StatusOr<CsvTable> ParseCsv(absl::string_view text, absl::string_view sour
     }
     table.header.push_back(std::move(name));
   }
+  table.rows.reserve(records.size() - 1);
   for (size_t r = 1; r < records.size(); ++r) {
     if (records[r].fields.size() != table.header.size()) {
       if (options.keep_ragged_records) {
@@ -126,7 +171,21 @@ absl::StatusOr<CsvTable> ParseCsv(absl::string_view text, absl::string_view sour
 }
 
 absl::StatusOr<CsvTable> ReadCsvFile(const std::string& path, const CsvParseOptions& options) {
-  ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  // Measure first: a device or FIFO would never end, and a huge file is refused before it is read.
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return ErrnoToStatus(errno, "cannot open", path);
+  if (!S_ISDIR(st.st_mode)) {
+    if (!S_ISREG(st.st_mode)) return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file"));
+    if (st.st_size > options.max_file_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": file of ", st.st_size, " bytes, above the limit of ",
+                                                     options.max_file_bytes, " bytes for a CSV file"));
+    }
+  }
+  ASSIGN_OR_RETURN(std::string text, ReadFile(path));                // Directories: ReadFile's error.
+  if (static_cast<int64_t>(text.size()) > options.max_file_bytes) {  // Grown since measured.
+    return absl::InvalidArgumentError(absl::StrCat(path, ": file of ", text.size(), " bytes, above the limit of ",
+                                                   options.max_file_bytes, " bytes for a CSV file"));
+  }
   return ParseCsv(text, path, options);
 }
 

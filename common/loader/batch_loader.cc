@@ -28,6 +28,11 @@ absl::Status ValidateOptions(const LoaderOptions& o) {
   if (o.cache != nullptr && imaging::CropAndResizeKey(o.cache->options()) != imaging::CropAndResizeKey(o.preprocess)) {
     return absl::InvalidArgumentError("the image cache was opened with other preprocessing settings than the loader's");
   }
+  if (o.cache != nullptr && o.cache->options().decode.max_pixels != o.preprocess.decode.max_pixels) {
+    return absl::InvalidArgumentError(absl::StrCat("the image cache was opened with max_image_pixels ",
+                                                   o.cache->options().decode.max_pixels, ", the loader's is ",
+                                                   o.preprocess.decode.max_pixels));
+  }
   return absl::OkStatus();
 }
 

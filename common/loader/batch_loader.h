@@ -64,7 +64,7 @@ struct LoaderOptions {
   bool drop_last = false;    // Drop a final batch smaller than batch_size.
   uint64_t seed = 0;         // Seeds shuffling and augmentation.
   ErrorPolicy on_error = ErrorPolicy::kFail;
-  imaging::PreprocessOptions preprocess;  // Size, cropping, normalization.
+  imaging::PreprocessOptions preprocess;  // Size, cropping, normalization, decoding limits (decode.max_pixels).
   imaging::AugmentOptions augment_options;
   // Optional on-disk cache of preprocessed images (not owned; must outlive the loader). nullptr: decode each time.
   imaging::ImageCache* cache = nullptr;

@@ -1,10 +1,13 @@
 #include "site_agent/agent_config.h"
 
+#include <sys/stat.h>
+
 #include <functional>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_replace.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/temp_dir.h"
@@ -89,6 +92,8 @@ TEST(AgentConfigTest, ValueErrorsNameTheField) {
       {[](v1::SiteAgentConfig* c) { c->mutable_finetune()->set_batch_size(0); }, "config field 'finetune.batch_size'"},
       {[](v1::SiteAgentConfig* c) { c->mutable_finetune()->mutable_split()->set_method("x"); },
        "config field 'finetune.split.method'"},
+      {[](v1::SiteAgentConfig* c) { c->mutable_finetune()->set_max_image_pixels(0); },
+       "config field 'finetune.max_image_pixels'"},
   };
   for (const Case& c : cases) {
     v1::SiteAgentConfig config = *valid;
@@ -109,6 +114,25 @@ TEST(AgentConfigTest, LoadResolvesAgainstTheFilesDirectory) {
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->work_dir(), dir.Join("work"));
   EXPECT_EQ(LoadAgentConfig(dir.Join("missing.textproto")).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(AgentConfigTest, LoadRefusesFifosAndOversizedFiles) {
+  fedtune::testing::TempDir dir;
+  const std::string fifo = dir.Join("site.textproto");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  auto c = LoadAgentConfig(fifo);  // Would block forever in open().
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(), HasSubstr("not a regular file"));
+  c = LoadAgentConfig(dir.WriteFile("big.textproto", std::string(kMinimal) + std::string(2 << 20, ' ')));
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(), HasSubstr("above the limit of 1048576 bytes"));
+}
+
+TEST(AgentConfigTest, TaskConfigsKeepTheTemplatesPixelLimit) {
+  const std::string text = absl::StrReplaceAll(kMinimal, {{"finetune {", "finetune { max_image_pixels: 1000000"}});
+  auto c = ParseAgentConfig(text, "site.textproto", "/x");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(TaskFinetuneConfig(*c, "/m/base.ckpt", "/w/run", TrainingValues()).max_image_pixels(), 1000000);
 }
 
 }  // namespace

@@ -1,5 +1,8 @@
 #include "site_agent/finetune_config.h"
 
+#include <sys/stat.h>
+
+#include "common/imaging/decode.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "site_agent/site_database.h"
@@ -29,6 +32,7 @@ TEST(FinetuneConfigTest, DefaultsAreTheStudysAndPathsAreResolved) {
   EXPECT_TRUE(c->labels().hierarchy());
   EXPECT_EQ(c->device(), "auto");
   EXPECT_TRUE(c->augment());
+  EXPECT_EQ(c->max_image_pixels(), 67108864);  // imaging::kDefaultMaxImagePixels.
   auto absolute =
       ParseFinetuneConfig(R"(base_model: "/m/b.ckpt" manifest: "/d/m.csv" out_dir: "/o" data_root: "/r")", "x", "/etc");
   ASSERT_TRUE(absolute.ok());
@@ -52,6 +56,8 @@ TEST(FinetuneConfigTest, ErrorsNameTheLineOrField) {
       {std::string(kMinimal) + " labels { soft_low: 0.9 soft_high: 0.2 }", "labels.soft_low/soft_high"},
       {std::string(kMinimal) + " dropout: 1.0", "config field 'dropout'"},
       {std::string(kMinimal) + " image_size: 4", "config field 'image_size'"},
+      {std::string(kMinimal) + " max_image_pixels: 0", "config field 'max_image_pixels': must be in [1, 1073741824]"},
+      {std::string(kMinimal) + " max_image_pixels: 1073741825", "config field 'max_image_pixels'"},
       {R"(manifest: "m" out_dir: "o")", "config field 'base_model'"},
   };
   for (const Case& c : cases) {
@@ -62,6 +68,13 @@ TEST(FinetuneConfigTest, ErrorsNameTheLineOrField) {
   }
 }
 
+TEST(FinetuneConfigTest, MaxImagePixelsMatchesTheDecoderAndCanBeSet) {
+  EXPECT_EQ(v1::FinetuneConfig().max_image_pixels(), imaging::kDefaultMaxImagePixels);
+  auto c = ParseFinetuneConfig(std::string(kMinimal) + " max_image_pixels: 100000000", "site.textproto", "/x");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->max_image_pixels(), 100000000);
+}
+
 TEST(FinetuneConfigTest, LoadsFromAFileRelativeToIt) {
   testing::TempDir dir;
   const std::string path = dir.WriteFile("cfg/site.textproto", kMinimal);
@@ -69,6 +82,20 @@ TEST(FinetuneConfigTest, LoadsFromAFileRelativeToIt) {
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->out_dir(), dir.Join("cfg/out"));
   EXPECT_EQ(LoadFinetuneConfig(dir.Join("none.textproto")).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(FinetuneConfigTest, RefusesFifosAndOversizedFiles) {
+  // A FIFO would block the load forever; a huge file would be read whole.
+  testing::TempDir dir;
+  const std::string fifo = dir.Join("site.textproto");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  absl::StatusOr<v1::FinetuneConfig> c = LoadFinetuneConfig(fifo);
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("not a regular file"));
+  const std::string big = dir.WriteFile("big.textproto", std::string(kMinimal) + std::string(2 << 20, '\n'));
+  c = LoadFinetuneConfig(big);
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("above the limit of 1048576 bytes"));
 }
 
 TEST(SiteDatabaseTest, RunsContinueByKeyAndEpochsAreReplaced) {

@@ -2,6 +2,7 @@
 
 #include <string>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/io/csv.h"
@@ -249,6 +250,58 @@ TEST(ValidateManifestPathTest, AcceptsRelativePathsInsideTheRoot) {
   EXPECT_THAT(ValidateManifestPath("/a.png").message(), HasSubstr("absolute"));
   EXPECT_THAT(ValidateManifestPath("a/../../b.png").message(), HasSubstr(".."));
   EXPECT_THAT(ValidateManifestPath("a\\b.png").message(), HasSubstr("'/'"));
+}
+
+TEST(ValidateManifestPathTest, RefusesControlCharactersAndOverlongPaths) {
+  // A NUL would cut the path short at open(); other control characters
+  // (newlines, terminal escapes) end up in reports and logs.
+  for (const std::string& bad :
+       {std::string("a/b\0c.png", 9), std::string("a/\nb.png"), std::string("a/\x1b[2Jb.png")}) {
+    absl::Status status = ValidateManifestPath(bad);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << absl::CHexEscape(bad);
+    EXPECT_THAT(status.message(), HasSubstr("control character")) << absl::CHexEscape(bad);
+  }
+  EXPECT_TRUE(ValidateManifestPath("a/" + std::string(4094, 'x')).ok());
+  absl::Status long_path = ValidateManifestPath("a/" + std::string(4095, 'x'));
+  EXPECT_EQ(long_path.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(long_path.message(), HasSubstr("4097 bytes, longer than 4096"));
+  EXPECT_TRUE(ValidateManifestPath("a/\xc3\xa9t\xc3\xa9.png").ok());  // UTF-8 is fine.
+}
+
+TEST(ParseManifestTest, QuotedCellsAreShortenedAndEscaped) {
+  // A 10 KB bad cell and a terminal escape must not reach the report as they
+  // are.
+  std::string text =
+      absl::StrCat(Header(), "\n", Row("p/patient1/study1/a.jpg", "Male,40,Frontal,AP", {std::string(10000, '7')}),
+                   "\n", Row("p/patient1/study1/b.jpg", "\x1b[2J,40,Frontal,AP", {}), "\n");
+  ManifestParse parse = ParseManifest(Parse(text));
+  ASSERT_EQ(parse.problems.size(), 2u);
+  EXPECT_LT(parse.problems[0].message.size(), 200u);
+  EXPECT_THAT(parse.problems[0].message, HasSubstr("(10000 bytes)"));
+  EXPECT_THAT(parse.problems[1].message, HasSubstr("'\\x1b[2J'"));
+  EXPECT_EQ(parse.problems[1].message.find('\x1b'), std::string::npos);
+  // Column names come from the file too.
+  EXPECT_EQ(FormatProblem("m.csv", {1, "Ex\x1btra", "unknown column, ignored"}),
+            "m.csv:1: [Ex\\x1btra] unknown column, ignored");
+  EXPECT_EQ(FormatProblem("m.csv", {1, std::string(100, 'c'), "x"}),
+            absl::StrCat("m.csv:1: [", std::string(64, 'c'), "... (100 bytes)] x"));
+}
+
+TEST(ParseManifestTest, ProblemsListedAreCappedTheRestCounted) {
+  // Every cell of every row wrong: 18 problems a row.
+  std::string text = Header() + "\n";
+  const int rows = 1000;
+  for (int i = 0; i < rows; ++i) {
+    absl::StrAppend(
+        &text, Row(absl::StrCat("p/patient", i, "/study1/a.jpg"), "x,x,x,x", std::vector<std::string>(14, "x")), "\n");
+  }
+  ManifestParse parse = ParseManifest(Parse(text));
+  EXPECT_EQ(parse.problems.size(), static_cast<size_t>(kMaxListedManifestProblems));
+  EXPECT_EQ(parse.unlisted_problems, 18 * rows - kMaxListedManifestProblems);
+  EXPECT_EQ(parse.problems.back().line, 1 + kMaxListedManifestProblems / 18 + 1);  // The first ones, by line.
+  EXPECT_EQ(parse.rejected.size(), static_cast<size_t>(rows));
+  absl::StatusOr<Manifest> strict = Manifest::FromTable(Parse(text));
+  EXPECT_THAT(strict.status().message(), HasSubstr("18000 problem(s) in manifest m.csv"));
 }
 
 TEST(ResolveImagePathTest, JoinsRootAndPath) {

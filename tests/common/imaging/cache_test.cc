@@ -253,5 +253,27 @@ TEST(ImageCacheTest, ConcurrentReadersAndWriters) {
   EXPECT_EQ(stats.corrupt + stats.stale + stats.write_failures, 0);
 }
 
+TEST(ImageCacheTest, LimitAppliesToCachedEntriesToo) {
+  // The limit is not part of an entry's key (it changes which files are
+  // refused, not the pixels of the others), so a hit must check it as well.
+  testing::TempDir dir;
+  const std::string src = WriteSource(dir, "a.png", 1);  // 48 x 40 = 1920 pixels.
+  PreprocessOptions options = Small();
+  absl::StatusOr<std::unique_ptr<ImageCache>> cache = ImageCache::Open(dir.Join("cache"), options);
+  ASSERT_TRUE(cache.ok());
+  ASSERT_TRUE((*cache)->Get(src).ok());
+  options.decode.max_pixels = 1919;
+  absl::StatusOr<std::unique_ptr<ImageCache>> strict = ImageCache::Open(dir.Join("cache"), options);
+  ASSERT_TRUE(strict.ok());
+  EXPECT_EQ((*strict)->EntryPath(src), (*cache)->EntryPath(src));
+  absl::StatusOr<PreprocessedImage> refused = (*strict)->Get(src);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(refused.status().message()), ::testing::HasSubstr("48 x 40 = 1920 pixels"));
+  EXPECT_THAT(std::string(refused.status().message()), ::testing::HasSubstr("limit of 1919"));
+  EXPECT_EQ((*strict)->stats().hits, 1);
+  options.decode.max_pixels = 0;
+  EXPECT_EQ(ImageCache::Open(dir.Join("cache"), options).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace fedtune::imaging

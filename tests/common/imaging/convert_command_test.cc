@@ -11,6 +11,7 @@
 #include "common/imaging/preprocess.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/common/imaging/hostile_images.h"
 #include "tests/testing/temp_dir.h"
 
 namespace fedtune::imaging {
@@ -100,6 +101,32 @@ TEST(DataConvertTest, BadInputs) {
       {"--in", "/usr/lib/python3/dist-packages/pydicom/data/test_files/SC_rgb_rle.dcm", "--out", dir.Join("x.png")});
   EXPECT_EQ(cli::ExitCodeFor(colour), cli::kExitBadInput);
   EXPECT_EQ(RunConvert({"--in", kCtSmall, "--out", dir.Join("no/such/dir/x.png")}).code(), absl::StatusCode::kNotFound);
+}
+
+TEST(DataConvertTest, MaxImagePixelsFlag) {
+  testing::TempDir dir;
+  const std::string out = dir.Join("ct.png");
+  // CT_small is 128 x 128 = 16384 pixels.
+  absl::Status refused = RunConvert({"--in", kCtSmall, "--out", out, "--max-image-pixels", "16383"});
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(refused.message(), ::testing::HasSubstr(kCtSmall));
+  EXPECT_THAT(refused.message(), ::testing::HasSubstr("16384 pixels, above the limit of 16383"));
+  EXPECT_TRUE(RunConvert({"--in", kCtSmall, "--out", out, "--max-image-pixels", "16384"}).ok());
+  EXPECT_EQ(RunConvert({"--in", kCtSmall, "--out", out, "--max-image-pixels", "0"}).code(),
+            absl::StatusCode::kInvalidArgument);
+
+  // The finding: a DICOM declaring 65535 x 65535 over 16 bytes is refused by
+  // default, from its header, in a child process that may grow by 1 GiB only.
+  const std::string huge = dir.Join("huge.dcm");
+  hostile::WriteDicomDeclaring(huge, 65535, 65535, 8);
+  const hostile::ChildOutcome outcome = hostile::RunInChildWithMemoryLimit([&] {
+    return RunConvert({"--in", huge, "--out", dir.Join("huge.png")});
+  });
+  ASSERT_TRUE(outcome.returned) << "data convert " << outcome.how;
+  EXPECT_EQ(outcome.code, absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(outcome.message, ::testing::HasSubstr(huge));
+  EXPECT_THAT(outcome.message, ::testing::HasSubstr("4294836225 pixels, above the limit of 67108864"));
+  EXPECT_LT(outcome.rss_growth_kb, 64 * 1024);
 }
 
 }  // namespace

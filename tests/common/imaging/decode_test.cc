@@ -1,5 +1,7 @@
 #include "common/imaging/decode.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -12,8 +14,11 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "dcmtk/config/osconfig.h"  // Must come first among DCMTK headers.
+#include "dcmtk/dcmdata/dctk.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/common/imaging/hostile_images.h"
 #include "tests/testing/temp_dir.h"
 
 namespace fedtune::imaging {
@@ -337,6 +342,261 @@ TEST(DecodeRasterTest, ErrorsNameTheFile) {
 
   absl::StatusOr<Image> directory = DecodeImage(dir.path());
   EXPECT_FALSE(directory.ok());
+}
+
+// ---- Size limits (decode.h): a header that declares a huge image over a few
+// bytes of data must be refused from the header, naming the file, the declared
+// size and the limit, without allocating for the declared size. Each decode
+// runs in a child process whose address space may grow by 1 GiB only: a decoder
+// that allocates for the declared size fails there, or dies.
+
+// Asserts a clean InvalidArgument from the header alone: fast and small.
+void ExpectRefusedFromHeader(const std::string& path, const std::vector<std::string>& in_message) {
+  SCOPED_TRACE(path);
+  const hostile::ChildOutcome outcome = hostile::RunInChildWithMemoryLimit([&] { return DecodeImage(path).status(); });
+  ASSERT_TRUE(outcome.returned) << "the decode " << outcome.how;
+  EXPECT_EQ(outcome.code, absl::StatusCode::kInvalidArgument) << outcome.message;
+  EXPECT_THAT(outcome.message, HasSubstr(path));
+  for (const std::string& part : in_message) EXPECT_THAT(outcome.message, HasSubstr(part));
+  EXPECT_LT(outcome.seconds, 10.0);
+  EXPECT_LT(outcome.rss_growth_kb, 64 * 1024) << "the decode grew by " << outcome.rss_growth_kb << " KiB";
+}
+
+TEST(DecodeLimitTest, DicomDeclaringHugeSizeOverSixteenBytesIsRefused) {
+  testing::TempDir dir;
+  const std::string path = dir.Join("huge.dcm");
+  hostile::WriteDicomDeclaring(path, 65535, 65535, 8);  // 16 bytes of pixel data.
+  ExpectRefusedFromHeader(path, {"65535 x 65535", "4294836225", "67108864"});
+}
+
+TEST(DecodeLimitTest, CompressedDicomDeclaringHugeSizeIsRefusedBeforeDecompression) {
+  testing::TempDir dir;
+  const std::string path = dir.Join("huge_rle.dcm");
+  hostile::WriteDicomWithSize(kPydicomFiles + "MR_small_RLE.dcm", path, 65535, 65535);
+  ExpectRefusedFromHeader(path, {"65535 x 65535", "4294836225", "67108864"});
+}
+
+TEST(DecodeLimitTest, DicomPixelDataShorterThanDeclaredIsRefused) {
+  // Within the limit, but 64 x 64 at 16 bits needs 8192 bytes: 16 are there.
+  testing::TempDir dir;
+  const std::string path = dir.Join("short.dcm");
+  hostile::WriteDicomDeclaring(path, 64, 64, 8);
+  ExpectRefusedFromHeader(path, {"Pixel Data", "16 bytes", "8192"});
+}
+
+TEST(DecodeLimitTest, DeflatedDicomIsRefusedBeforeInflating) {
+  // A file of about 256 KiB that DCMTK would inflate to 256 MiB while reading.
+  testing::TempDir dir;
+  const std::string path = dir.Join("bomb.dcm");
+  hostile::WriteDeflateBomb(path, 256u << 20);
+  ExpectRefusedFromHeader(path, {"Deflated"});
+}
+
+TEST(DecodeLimitTest, PngDeclaringHugeSizeIsRefused) {
+  testing::TempDir dir;
+  ExpectRefusedFromHeader(dir.WriteFile("huge.png", hostile::PngDeclaring(65535, 65535)),
+                          {"65535 x 65535", "4294836225", "67108864"});
+  // Under OpenCV's own limit (2^30 pixels): 32767 x 32767 16-bit RGB would be a
+  // 6 GiB Mat.
+  ExpectRefusedFromHeader(dir.WriteFile("big.png", hostile::PngDeclaring(32767, 32767)),
+                          {"32767 x 32767", "1073676289", "67108864"});
+}
+
+TEST(DecodeLimitTest, JpegDeclaringHugeSizeIsRefused) {
+  testing::TempDir dir;
+  ExpectRefusedFromHeader(dir.WriteFile("huge.jpg", hostile::JpegDeclaring(65535, 65535)),
+                          {"65535 x 65535", "4294836225", "67108864"});
+  ExpectRefusedFromHeader(dir.WriteFile("big.jpg", hostile::JpegDeclaring(32767, 32767)),
+                          {"32767 x 32767", "1073676289", "67108864"});
+}
+
+TEST(DecodeLimitTest, TiffAndBmpDeclaringHugeSizeAreRefused) {
+  testing::TempDir dir;
+  ExpectRefusedFromHeader(dir.WriteFile("big.tif", hostile::TiffDeclaring(30000, 30000)),
+                          {"30000 x 30000", "900000000", "67108864"});
+  ExpectRefusedFromHeader(dir.WriteFile("big.bmp", hostile::BmpDeclaring(30000, -30000)),
+                          {"30000 x 30000", "900000000", "67108864"});
+}
+
+TEST(DecodeLimitTest, LimitIsConfigurableAndInclusive) {
+  testing::TempDir dir;
+  const std::string png = dir.Join("g16.png");
+  ASSERT_TRUE(cv::imwrite(png, Gradient16(40, 30)));
+  DecodeOptions options;
+  options.max_pixels = 1199;
+  absl::StatusOr<Image> refused = DecodeImage(png, options);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(refused.status().message(), HasSubstr(png));
+  EXPECT_THAT(refused.status().message(), HasSubstr("40 x 30 = 1200 pixels"));
+  EXPECT_THAT(refused.status().message(), HasSubstr("limit of 1199 pixels"));
+  options.max_pixels = 1200;
+  EXPECT_TRUE(DecodeImage(png, options).ok());
+
+  // DICOM: 128 x 128 = 16384.
+  options.max_pixels = 16383;
+  absl::StatusOr<Image> ct = DecodeImage(kPydicomFiles + "CT_small.dcm", options);
+  EXPECT_EQ(ct.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(ct.status().message(), HasSubstr("128 x 128 (Columns x Rows) = 16384 pixels"));
+  options.max_pixels = 16384;
+  EXPECT_TRUE(DecodeImage(kPydicomFiles + "CT_small.dcm", options).ok());
+
+  for (int64_t bad : {int64_t{0}, int64_t{-1}, kMaxImagePixelsLimit + 1}) {
+    options.max_pixels = bad;
+    absl::StatusOr<Image> invalid = DecodeImage(png, options);
+    EXPECT_EQ(invalid.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(invalid.status().message(), HasSubstr("max_image_pixels")) << bad;
+  }
+}
+
+TEST(DecodeLimitTest, MultiFrameCountsEveryFrame) {
+  // rtdose.dcm: 10 x 10 x 15 frames.
+  DecodeOptions options;
+  options.max_pixels = 1499;
+  absl::StatusOr<Image> dose = DecodeImage(kPydicomFiles + "rtdose.dcm", options);
+  EXPECT_THAT(dose.status().message(), HasSubstr("10 x 10 (Columns x Rows) x 15 frame(s) x 1 sample(s) per pixel"));
+  EXPECT_THAT(dose.status().message(), HasSubstr("1500 pixels"));
+}
+
+TEST(DecodeLimitTest, FilesLargerThanTheLimitAllowsAreRefusedUnread) {
+  // 16 bytes per allowed pixel: a limit of 4 pixels allows 64-byte files.
+  testing::TempDir dir;
+  const std::string png = dir.Join("g16.png");
+  ASSERT_TRUE(cv::imwrite(png, Gradient16(2, 2)));
+  DecodeOptions options;
+  options.max_pixels = 4;
+  EXPECT_EQ(MaxImageFileBytes(options), 64);
+  absl::StatusOr<Image> image = DecodeImage(png, options);
+  EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(image.status().message(), HasSubstr("above the limit of 64 bytes"));
+  EXPECT_EQ(MaxImageFileBytes(DecodeOptions()), 1 << 30);
+  options.max_pixels = kMaxImagePixelsLimit;
+  EXPECT_EQ(MaxImageFileBytes(options), (int64_t{1} << 31) - 1);
+}
+
+TEST(DecodeLimitTest, FifoIsRefusedNotWaitedOn) {
+  // Reading a FIFO named in a manifest would block forever (or, fed by a
+  // writer, never end).
+  testing::TempDir dir;
+  const std::string fifo = dir.Join("pipe.png");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  const hostile::ChildOutcome outcome = hostile::RunInChildWithMemoryLimit([&] { return DecodeImage(fifo).status(); });
+  ASSERT_TRUE(outcome.returned) << outcome.how;
+  EXPECT_EQ(outcome.code, absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(outcome.message, HasSubstr("not a regular file"));
+}
+
+TEST(DecodeRasterTest, FormatsOtherThanPngJpegTiffBmpAreRefused) {
+  testing::TempDir dir;
+  cv::Mat m(8, 8, CV_8UC1, cv::Scalar(100));
+  for (const std::string ext : {".pgm", ".webp", ".hdr", ".ras"}) {
+    const std::string path = dir.Join("x" + ext);
+    ASSERT_TRUE(cv::imwrite(path, ext == ".hdr" ? cv::Mat(8, 8, CV_32FC3, cv::Scalar::all(0.5)) : m)) << ext;
+    absl::StatusOr<Image> image = DecodeImage(path);
+    EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument) << ext;
+    EXPECT_THAT(image.status().message(), HasSubstr("not a PNG, JPEG, TIFF or BMP file")) << ext;
+    EXPECT_THAT(image.status().message(), HasSubstr(path)) << ext;
+  }
+}
+
+TEST(DecodeRasterTest, BmpAndFloatTiff) {
+  testing::TempDir dir;
+  cv::Mat m(20, 30, CV_8UC3, cv::Scalar(0, 0, 255));  // Red.
+  const std::string bmp = dir.Join("r.bmp");
+  ASSERT_TRUE(cv::imwrite(bmp, m));
+  absl::StatusOr<Image> image = DecodeImage(bmp);
+  ASSERT_TRUE(image.ok()) << image.status();
+  EXPECT_EQ(image->format, "bmp");
+  EXPECT_EQ(image->width, 30);
+  EXPECT_EQ(image->height, 20);
+  EXPECT_NEAR(image->at(5, 5), 0.299, 0.005);  // BT.601 red weight.
+
+  const std::string tif = dir.Join("f.tif");
+  ASSERT_TRUE(cv::imwrite(tif, cv::Mat(4, 4, CV_32FC1, cv::Scalar(0.5))));
+  absl::StatusOr<Image> floats = DecodeImage(tif);
+  EXPECT_EQ(floats.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(floats.status().message(), HasSubstr("sample type"));
+}
+
+std::string ReadBytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+TEST(DecodeFromMemoryTest, SameImageAsFromTheFile) {
+  testing::TempDir dir;
+  const std::string png = dir.Join("g16.png");
+  ASSERT_TRUE(cv::imwrite(png, Gradient16(40, 30)));
+  const std::string jpg = dir.Join("x.jpg");
+  ASSERT_TRUE(cv::imwrite(jpg, Gradient16(40, 30) / 256));
+  for (const std::string& path : {kPydicomFiles + "MR_small.dcm", kPydicomFiles + "CT_small.dcm",
+                                  kPydicomFiles + "MR_small_RLE.dcm", kPydicomFiles + "JPEG-lossy.dcm", png, jpg}) {
+    SCOPED_TRACE(path);
+    absl::StatusOr<Image> from_file = DecodeImage(path);
+    absl::StatusOr<Image> from_memory = DecodeImageFromMemory(ReadBytes(path), path, DecodeOptions());
+    ASSERT_TRUE(from_file.ok()) << from_file.status();
+    ASSERT_TRUE(from_memory.ok()) << from_memory.status();
+    EXPECT_EQ(from_memory->width, from_file->width);
+    EXPECT_EQ(from_memory->format, from_file->format);
+    EXPECT_EQ(from_memory->description, from_file->description);
+    EXPECT_TRUE(from_memory->pixels == from_file->pixels);
+  }
+}
+
+TEST(DecodeFromMemoryTest, HostileInputsAreRefusedAsFromFiles) {
+  testing::TempDir dir;
+  const std::string dcm = dir.Join("huge.dcm");
+  hostile::WriteDicomDeclaring(dcm, 65535, 65535, 8);
+  const std::string bomb = dir.Join("bomb.dcm");
+  hostile::WriteDeflateBomb(bomb, 1 << 20);
+  const std::string dicoms[] = {ReadBytes(dcm), ReadBytes(bomb)};
+  const std::string rasters[] = {hostile::PngDeclaring(65535, 65535), hostile::JpegDeclaring(32767, 32767)};
+  const hostile::ChildOutcome outcome = hostile::RunInChildWithMemoryLimit([&]() -> absl::Status {
+    for (const std::string& bytes : dicoms) {
+      absl::StatusOr<Image> image = DecodeImageFromMemory(bytes, "mem.dcm", DecodeOptions());
+      if (image.status().code() != absl::StatusCode::kInvalidArgument) return image.status();
+    }
+    for (const std::string& bytes : rasters) {
+      absl::StatusOr<Image> image = DecodeImageFromMemory(bytes, "mem", DecodeOptions());
+      if (image.status().code() != absl::StatusCode::kInvalidArgument) return image.status();
+    }
+    return absl::InvalidArgumentError("all refused");
+  });
+  ASSERT_TRUE(outcome.returned) << outcome.how;
+  EXPECT_EQ(outcome.message, "all refused");
+  EXPECT_LT(outcome.rss_growth_kb, 64 * 1024);
+}
+
+TEST(DecodeFromMemoryTest, MetaHeaderElementDeclaringGigabytesIsNotAllocated) {
+  // Found by fuzzing: a 1 KB DICOM whose meta header element (0002,0002) has a
+  // non-standard VR and declares 2,156,231,840 bytes. DCMTK's buffer stream
+  // allocated that much before noticing the data ends; reading files, it checks.
+  const std::string bytes = ReadBytes(std::string(FEDTUNE_SOURCE_DIR) +
+                                      "/tests/fuzz/corpus/dicom/regression_meta_element_2gb_buffer_stream.dcm");
+  ASSERT_GT(bytes.size(), 132u);
+  const hostile::ChildOutcome outcome = hostile::RunInChildWithMemoryLimit(
+      [&] { return DecodeImageFromMemory(bytes, "meta.dcm", DecodeOptions()).status(); });
+  ASSERT_TRUE(outcome.returned) << outcome.how;
+  EXPECT_EQ(outcome.code, absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(outcome.message, HasSubstr("meta.dcm"));
+  // Under the child's limit a 2 GB request fails inside DCMTK with this text.
+  EXPECT_THAT(outcome.message, ::testing::Not(HasSubstr("Virtual Memory exhausted")));
+}
+
+TEST(DecodeFromMemoryTest, DicomWithoutPreambleIsKnownByItsName) {
+  // The dataset alone (no preamble, no meta header), as old archives store it.
+  testing::TempDir dir;
+  DcmFileFormat file;
+  ASSERT_TRUE(file.loadFile((kPydicomFiles + "CT_small.dcm").c_str()).good());
+  const std::string path = dir.Join("bare.dcm");
+  ASSERT_TRUE(file.getDataset()->saveFile(path.c_str(), EXS_LittleEndianImplicit).good());
+  absl::StatusOr<Image> want = DecodeImage(kPydicomFiles + "CT_small.dcm");
+  absl::StatusOr<Image> from_file = DecodeImage(path);
+  absl::StatusOr<Image> from_memory = DecodeImageFromMemory(ReadBytes(path), "bare.DICOM", DecodeOptions());
+  ASSERT_TRUE(want.ok() && from_file.ok() && from_memory.ok()) << from_file.status() << from_memory.status();
+  EXPECT_TRUE(from_file->pixels == want->pixels);
+  EXPECT_TRUE(from_memory->pixels == want->pixels);
+  EXPECT_EQ(DecodeImageFromMemory(ReadBytes(path), "bare.bin", DecodeOptions()).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

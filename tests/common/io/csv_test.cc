@@ -1,7 +1,12 @@
 #include "common/io/csv.h"
 
+#include <sys/stat.h>
+
+#include <string>
+
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/common/imaging/hostile_images.h"
 #include "tests/testing/temp_dir.h"
 
 namespace fedtune::io {
@@ -82,6 +87,88 @@ TEST(CsvTest, EscapeRoundTrips) {
   auto t = ParseCsv("h\n" + CsvEscape("x,\"y\"\nz") + "\n");
   ASSERT_TRUE(t.ok());
   EXPECT_EQ(t->rows[0].fields[0], "x,\"y\"\nz");
+}
+
+// ---- Limits on untrusted input (csv.h): each exceeded limit is an
+// InvalidArgument naming the source, the line and, for a field, its column.
+
+TEST(CsvLimitsTest, HugeFieldIsRefusedNamingLineAndColumn) {
+  const std::string text = "Path,Label\na.png,1\nb.png," + std::string(100 * 1024, 'x') + "\n";
+  auto t = ParseCsv(text, "f.csv");
+  ASSERT_FALSE(t.ok());
+  EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(t.status().message()), HasSubstr("f.csv:3: field 2 (column 'Label')"));
+  EXPECT_THAT(std::string(t.status().message()), HasSubstr("65536 bytes"));
+  // Quoted fields too.
+  t = ParseCsv("Path\n\"" + std::string(100 * 1024, 'y') + "\"\n", "q.csv");
+  ASSERT_FALSE(t.ok());
+  EXPECT_THAT(std::string(t.status().message()), HasSubstr("q.csv:2: field 1 (column 'Path')"));
+}
+
+TEST(CsvLimitsTest, TooManyFieldsInARecordIsRefused) {
+  std::string header;
+  for (int i = 0; i < 2000; ++i) header += "c" + std::to_string(i) + ",";
+  auto t = ParseCsv(header + "last\n", "f.csv");
+  ASSERT_FALSE(t.ok());
+  EXPECT_THAT(std::string(t.status().message()), HasSubstr("f.csv:1: more than 1024 fields"));
+  t = ParseCsv("a\n" + std::string(5000, ',') + "\n", "f.csv");
+  ASSERT_FALSE(t.ok());
+  EXPECT_THAT(std::string(t.status().message()), HasSubstr("f.csv:2: more than 1024 fields"));
+}
+
+TEST(CsvLimitsTest, LongRecordIsRefused) {
+  // 20 fields of 60 KiB: each within the field limit, 1.2 MiB together.
+  std::string row;
+  for (int i = 0; i < 20; ++i) row += std::string(60 * 1024, 'z') + ",";
+  auto t = ParseCsv("a\n" + row + "\n", "f.csv");
+  ASSERT_FALSE(t.ok());
+  EXPECT_THAT(std::string(t.status().message()), HasSubstr("f.csv:2: record longer than 1048576 bytes"));
+}
+
+TEST(CsvLimitsTest, DevicesAndFifosAreRefusedNotRead) {
+  testing::TempDir dir;
+  const std::string fifo = dir.Join("m.csv");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  for (const std::string& path : {std::string("/dev/zero"), fifo}) {
+    const imaging::hostile::ChildOutcome outcome =
+        imaging::hostile::RunInChildWithMemoryLimit([&] { return ReadCsvFile(path).status(); });
+    ASSERT_TRUE(outcome.returned) << path << ": " << outcome.how;
+    EXPECT_EQ(outcome.code, absl::StatusCode::kInvalidArgument) << path;
+    EXPECT_THAT(outcome.message, HasSubstr(path + ": not a regular file"));
+  }
+}
+
+TEST(CsvLimitsTest, ConfigurableLimits) {
+  CsvParseOptions options;
+  options.max_records = 3;
+  auto t = ParseCsv("a\n1\n2\n", "f.csv", options);
+  EXPECT_TRUE(t.ok()) << t.status();
+  t = ParseCsv("a\n1\n2\n3\n", "f.csv", options);
+  ASSERT_FALSE(t.ok());
+  EXPECT_THAT(std::string(t.status().message()), HasSubstr("f.csv:4: more than 3 records"));
+
+  options = CsvParseOptions();
+  options.max_cells = 5;
+  t = ParseCsv("a,b\n1,2\n3,4\n", "f.csv", options);
+  ASSERT_FALSE(t.ok());
+  EXPECT_THAT(std::string(t.status().message()), HasSubstr("f.csv:3: more than 5 fields in the file"));
+
+  options = CsvParseOptions();
+  options.max_field_bytes = 3;
+  EXPECT_TRUE(ParseCsv("abc\n123\n", "f.csv", options).ok());
+  t = ParseCsv("abc\n1234\n", "f.csv", options);
+  ASSERT_FALSE(t.ok());
+  EXPECT_THAT(std::string(t.status().message()), HasSubstr("f.csv:2: field 1 (column 'abc') is longer than 3 bytes"));
+
+  testing::TempDir dir;
+  options = CsvParseOptions();
+  options.max_file_bytes = 8;
+  EXPECT_TRUE(ReadCsvFile(dir.WriteFile("small.csv", "a\n1\n2\n3\n"), options).ok());
+  auto big = ReadCsvFile(dir.WriteFile("big.csv", "a\n1\n2\n3\n4\n"), options);
+  ASSERT_FALSE(big.ok());
+  EXPECT_EQ(big.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(big.status().message()),
+              HasSubstr(dir.Join("big.csv") + ": file of 10 bytes, above the limit of 8 bytes"));
 }
 
 }  // namespace

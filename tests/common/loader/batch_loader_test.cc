@@ -6,6 +6,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/common/imaging/hostile_images.h"
 #include "tests/testing/temp_dir.h"
 
 namespace fedtune::loader {
@@ -168,6 +169,49 @@ TEST_F(BatchLoaderTest, RejectsBadOptions) {
   o.batch_size = 0;
   EXPECT_EQ(BatchLoader::Create(MakeSamples(1), o).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(BatchLoader::Create({}, Options()).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(BatchLoaderTest, ImagesAboveThePixelLimitFailOrAreSkipped) {
+  // A PNG declaring 65535 x 65535 over a few bytes, and a genuine image above a
+  // lowered limit: refused by the decoder, then handled by the error policy.
+  std::vector<LoaderSample> samples = MakeSamples(6);
+  samples[1].file = dir_.WriteFile("huge.png", imaging::hostile::PngDeclaring(65535, 65535));
+  LoaderOptions options = Options();
+  options.shuffle = false;
+  auto fail = BatchLoader::Create(samples, options);
+  ASSERT_TRUE(fail.ok());
+  (*fail)->StartEpoch(0);
+  auto first = (*fail)->Next();
+  ASSERT_FALSE(first.ok());
+  EXPECT_EQ(first.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(first.status().message()), HasSubstr("image 'img1.png'"));
+  EXPECT_THAT(std::string(first.status().message()), HasSubstr("huge.png: PNG header declares 65535 x 65535"));
+
+  options.on_error = ErrorPolicy::kSkip;
+  auto skip = BatchLoader::Create(samples, options);
+  ASSERT_TRUE(skip.ok());
+  EXPECT_EQ(Drain(**skip, 0).size(), 2u);
+  EXPECT_EQ((*skip)->stats().skipped, 1);
+
+  options.preprocess.decode.max_pixels = 48 * 40 - 1;  // Every image is 48 x 40.
+  auto strict = BatchLoader::Create(samples, options);
+  ASSERT_TRUE(strict.ok());
+  int64_t seen = 0;
+  for (const Batch& b : Drain(**strict, 0)) seen += b.images.size(0);
+  EXPECT_EQ(seen, 0);
+  EXPECT_EQ((*strict)->stats().skipped, 6);
+}
+
+TEST_F(BatchLoaderTest, CacheMustShareTheLoadersPixelLimit) {
+  LoaderOptions options = Options();
+  imaging::PreprocessOptions cache_options = options.preprocess;
+  cache_options.decode.max_pixels = 1000;
+  auto cache = imaging::ImageCache::Open(dir_.Join("cache"), cache_options);
+  ASSERT_TRUE(cache.ok());
+  options.cache = cache->get();
+  absl::StatusOr<std::unique_ptr<BatchLoader>> loader = BatchLoader::Create(MakeSamples(2), options);
+  EXPECT_EQ(loader.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(loader.status().message()), HasSubstr("max_image_pixels"));
 }
 
 }  // namespace
