@@ -594,6 +594,7 @@ absl::Status FederatedAgent::RunTrain(const v1::Task& task, Heartbeater& heartbe
     evaluate.predict.device = finetune.device();
     evaluate.predict.crop_borders = finetune.crop_borders();
     evaluate.predict.loader_threads = finetune.loader_threads();
+    evaluate.predict.max_image_pixels = finetune.max_image_pixels();
     evaluate.gradcam_per_label = config_.gradcam_per_label();
     evaluate.title = absl::StrCat("Site ", config_.site_id(), ", run ", task.run_id(), " round ", task.round(),
                                   ": global model vs locally fine-tuned");
@@ -657,6 +658,7 @@ absl::Status FederatedAgent::RunEvaluateTask(const v1::Task& task, Heartbeater& 
     options.predict.device = config_.finetune().device();
     options.predict.crop_borders = config_.finetune().crop_borders();
     options.predict.loader_threads = config_.finetune().loader_threads();
+    options.predict.max_image_pixels = config_.finetune().max_image_pixels();
     options.gradcam_per_label = config_.gradcam_per_label();
     options.title = absl::StrCat("Site ", config_.site_id(), ", run ", task.run_id(), ": ", title);
     return RunEvaluate(options);

@@ -119,6 +119,7 @@ absl::StatusOr<FinetuneResult> RunFinetune(const v1::FinetuneConfig& config) {
   PredictOptions predict_options;
   predict_options.image_size = config.image_size();
   predict_options.crop_borders = config.crop_borders();
+  predict_options.max_image_pixels = config.max_image_pixels();
   loader::LoaderOptions lo;
   lo.batch_size = config.batch_size();
   lo.num_threads = config.loader_threads();

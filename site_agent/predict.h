@@ -9,6 +9,7 @@
 #include "absl/status/statusor.h"
 #include "common/cli/command.h"
 #include "common/data/manifest.h"
+#include "common/imaging/decode.h"
 #include "common/loader/batch_loader.h"
 #include "common/model/checkpoint.h"
 #include "common/model/ensemble.h"
@@ -22,6 +23,8 @@ struct PredictOptions {
   int loader_threads = 2;
   std::string device = "auto";  // See train::ResolveDevice.
   loader::ErrorPolicy on_error = loader::ErrorPolicy::kFail;
+  // Largest image decoded, in pixels, checked from the file's header (imaging::DecodeOptions::max_pixels).
+  int64_t max_image_pixels = imaging::kDefaultMaxImagePixels;
 };
 
 struct ImagePredictions {
