@@ -14,16 +14,25 @@ fail() { echo "FAIL: $*"; exit 1; }
 # Processes whose command line names the work directory (the coordinator and agents get configs under it).
 leftovers() { pgrep -f -- "$work/demo" | grep -vx "$$" || true; }
 
-"${demo[@]}" >"$work/first.out" 2>&1 || { tail -40 "$work/first.out"; fail "demo.sh exited non-zero"; }
+# At this scale (about 50 test cases per site, a model trained for seconds) whether the adapted model beats the
+# open-source one is a coin toss that differs between CPUs (issue 10), so the test does not require the study's
+# verdict: it requires the demo to state a verdict, exit 0 for "as in the study" and 3 for "not", and agree with
+# the numbers of its own report. The verdict itself is tested where it holds with a wide margin: site_finetune_e2e.
+rc=0
+"${demo[@]}" >"$work/first.out" 2>&1 || rc=$?
+[[ $rc -eq 0 || $rc -eq 3 ]] || { tail -40 "$work/first.out"; fail "demo.sh exited $rc"; }
 grep -E "^site-(a|b) +[0-9]+ +0\.[0-9]+ -> 0\.[0-9]+ -> 0\.[0-9]+" "$work/first.out" || fail "no per-site summary table"
 grep -q "consortium report: .*report.html" "$work/first.out" || fail "no consortium report path"
 grep -q "site-a: .*report.html" "$work/first.out" || fail "no site report paths"
-grep -q "As in the study" "$work/first.out" || fail "the demo's verdict is missing or negative"
+report="$(sed -n 's/^  consortium report: \(.*\)report.html$/\1report.json/p' "$work/first.out")"
+"$root/tests/integration/check_verdict.py" "$report" "$work/first.out" "$rc" || fail "the demo's verdict does not match its report"
 grep -q "stopped 3 processes" "$work/first.out" || fail "the demo did not say it stopped its processes"
 [[ -z "$(leftovers)" ]] || fail "processes left after the demo: $(leftovers)"
 echo "ok   first run: $(grep -E '^demo: wall time' "$work/first.out")"
 
-"${demo[@]}" >"$work/second.out" 2>&1 || { tail -20 "$work/second.out"; fail "second demo run failed"; }
+rc=0
+"${demo[@]}" >"$work/second.out" 2>&1 || rc=$?
+[[ $rc -eq 0 || $rc -eq 3 ]] || { tail -20 "$work/second.out"; fail "second demo run failed (exit $rc)"; }
 grep -q "reusing .*open-source" "$work/second.out" || fail "the second run did not reuse the open-source model"
 [[ -z "$(leftovers)" ]] || fail "processes left after the second run"
 echo "ok   second run reused the PKI, data and open-source model: $(grep -E '^demo: wall time' "$work/second.out")"

@@ -13,11 +13,17 @@ root="$1" bin="$2"
 work="$(mktemp -d "${TMPDIR:-/tmp}/fedtune_fed_e2e_XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 
+# At this scale the study's verdict differs between CPUs (see demo_test.sh): demo.sh's exit 3 ("not as in the
+# study") is accepted when it agrees with the report; everything else must hold.
+rc=0
 "$root/deploy/demo.sh" --no-setup --bin "$bin" --sites 3 --rounds 3 --local-epochs 1 --images 200 --image-size 32 \
-  --work "$work" >"$work/demo.out" 2>&1 || { tail -40 "$work/demo.out"; cat "$work"/logs/*.log | tail -40; exit 1; }
+  --work "$work" >"$work/demo.out" 2>&1 || rc=$?
+[[ $rc -eq 0 || $rc -eq 3 ]] || { tail -40 "$work/demo.out"; cat "$work"/logs/*.log | tail -40; exit 1; }
 tail -12 "$work/demo.out"
 run_id="$(sed -n 's/^started run //p' "$work/demo.out")"
 [[ -n "$run_id" ]] || { echo "FAIL: no run id in the demo's output"; exit 1; }
+"$root/tests/integration/check_verdict.py" "$work/report-$run_id/report.json" "$work/demo.out" "$rc" ||
+  { echo "FAIL: the demo's verdict does not match its report"; exit 1; }
 
 /usr/bin/python3 - "$work" "$run_id" <<'PY'
 import glob, json, os, sqlite3, sys
