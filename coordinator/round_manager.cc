@@ -335,7 +335,8 @@ absl::StatusOr<v1::RunStatus> RoundManager::GetRunStatus(const std::string& run_
   status.set_finished_ms(run.finished_ms);
   status.set_message(run.message);
   ASSIGN_OR_RETURN(std::vector<RoundRecord> rounds, store_->ListRounds(run.run_id));
-  ASSIGN_OR_RETURN(std::vector<UpdateRecord> updates, store_->ListUpdates(run.run_id, -1, -1, "", ""));
+  ASSIGN_OR_RETURN(std::vector<UpdateRecord> updates,
+                   store_->ListUpdates(run.run_id, std::nullopt, std::nullopt, "", ""));
   for (const RoundRecord& r : rounds) {
     v1::RoundInfo* info = status.add_rounds();
     info->set_round(r.round);
@@ -512,7 +513,7 @@ absl::StatusOr<v1::HeartbeatResponse> RoundManager::Heartbeat(const std::string&
     if (run.ok() && run->state == "completed" && request.round() > 0) {
       // The run ended with this round: a site whose update counted may still finish and report its round metrics.
       ASSIGN_OR_RETURN(std::vector<UpdateRecord> mine,
-                       store_->ListUpdates(request.run_id(), request.round(), -1, site_id, "accepted"));
+                       store_->ListUpdates(request.run_id(), request.round(), std::nullopt, site_id, "accepted"));
       if (!mine.empty()) return response;
     }
     response.set_cancel(true);
@@ -530,7 +531,7 @@ absl::StatusOr<v1::HeartbeatResponse> RoundManager::Heartbeat(const std::string&
   if (round > 0 && !(active_->run.state == "running" && round == active_->round.round)) {
     // A round that is no longer open: the work is only still wanted if its update counted (round metrics follow).
     ASSIGN_OR_RETURN(std::vector<UpdateRecord> mine,
-                     store_->ListUpdates(request.run_id(), round, -1, site_id, "accepted"));
+                     store_->ListUpdates(request.run_id(), round, std::nullopt, site_id, "accepted"));
     if (mine.empty()) {
       response.set_cancel(true);
       response.set_reason(absl::StrCat("run ", request.run_id(), " round ", round, " is no longer open"));
@@ -589,7 +590,8 @@ absl::StatusOr<UploadTarget> RoundManager::PrepareUploadLocked(const std::string
   if (std::find(run.sites.begin(), run.sites.end(), site_id) == run.sites.end()) {
     return absl::PermissionDeniedError(absl::StrCat("site ", site_id, " is not selected for run ", run_id));
   }
-  ASSIGN_OR_RETURN(std::vector<UpdateRecord> mine, store_->ListUpdates(run_id, round, -1, site_id, "accepted"));
+  ASSIGN_OR_RETURN(std::vector<UpdateRecord> mine,
+                   store_->ListUpdates(run_id, round, std::nullopt, site_id, "accepted"));
   for (const UpdateRecord& u : mine) {
     if (u.sha256 == sha256) {
       UploadTarget target;
