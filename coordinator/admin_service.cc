@@ -37,9 +37,9 @@ grpc::Status AdminServiceImpl::ListSites(grpc::ServerContext* context, const v1:
                                          v1::ListSitesResponse* response) {
   absl::StatusOr<pki::PeerIdentity> peer =
       authorizer_->Authorize(*context, "AdminService/ListSites", Access::kOperator);
-  if (!peer.ok()) return net::ToGrpcStatus(peer.status());
+  if (!peer.ok()) return net::ToPeerGrpcStatus(peer.status());
   absl::StatusOr<std::vector<SiteRecord>> sites = store_->ListSites();
-  if (!sites.ok()) return net::ToGrpcStatus(sites.status());
+  if (!sites.ok()) return net::ToPeerGrpcStatus(sites.status());
   for (const SiteRecord& s : *sites) *response->add_sites() = ToSiteInfo(s);
   return grpc::Status::OK;
 }
@@ -48,20 +48,20 @@ grpc::Status AdminServiceImpl::ApproveSite(grpc::ServerContext* context, const v
                                            v1::SiteResponse* response) {
   absl::StatusOr<pki::PeerIdentity> peer =
       authorizer_->Authorize(*context, "AdminService/ApproveSite", Access::kOperator);
-  if (!peer.ok()) return net::ToGrpcStatus(peer.status());
-  if (request->site_id().empty()) return net::ToGrpcStatus(absl::InvalidArgumentError("site_id: required"));
+  if (!peer.ok()) return net::ToPeerGrpcStatus(peer.status());
+  if (request->site_id().empty()) return net::ToPeerGrpcStatus(absl::InvalidArgumentError("site_id: required"));
   const std::string expected = absl::AsciiStrToLower(request->expected_key_sha256());
   if (!expected.empty() &&
       (!request->replace_key() || expected.size() < 16 || expected.size() > 64 ||
        !std::all_of(expected.begin(), expected.end(), [](char c) { return absl::ascii_isxdigit(c); }))) {
-    return net::ToGrpcStatus(absl::InvalidArgumentError(
+    return net::ToPeerGrpcStatus(absl::InvalidArgumentError(
         absl::StrCat("expected_key_sha256: '", request->expected_key_sha256(),
                      "' must be 16 to 64 hex digits of a key sha256, and goes with replace_key")));
   }
   absl::StatusOr<SiteRecord> site = request->replace_key()
                                         ? store_->ReplaceSiteKey(request->site_id(), expected, NowMs())
                                         : store_->SetSiteStatus(request->site_id(), "approved", true, NowMs());
-  if (!site.ok()) return net::ToGrpcStatus(site.status());
+  if (!site.ok()) return net::ToPeerGrpcStatus(site.status());
   if (request->replace_key()) {
     LOG(WARNING) << "operator " << peer->common_name << " approved site " << request->site_id()
                  << " and accepted its new key sha256 " << site->key_sha256;
@@ -76,9 +76,9 @@ grpc::Status AdminServiceImpl::RevokeSite(grpc::ServerContext* context, const v1
                                           v1::SiteResponse* response) {
   absl::StatusOr<pki::PeerIdentity> peer =
       authorizer_->Authorize(*context, "AdminService/RevokeSite", Access::kOperator);
-  if (!peer.ok()) return net::ToGrpcStatus(peer.status());
+  if (!peer.ok()) return net::ToPeerGrpcStatus(peer.status());
   absl::StatusOr<SiteRecord> site = store_->SetSiteStatus(request->site_id(), "revoked", false, NowMs());
-  if (!site.ok()) return net::ToGrpcStatus(site.status());
+  if (!site.ok()) return net::ToPeerGrpcStatus(site.status());
   LOG(WARNING) << "operator " << peer->common_name << " revoked site " << request->site_id()
                << (request->reason().empty() ? "" : absl::StrCat(": ", request->reason()));
   // A revoked site no longer counts for "every site reported": the open round may close now.
@@ -92,9 +92,9 @@ grpc::Status AdminServiceImpl::RevokeSite(grpc::ServerContext* context, const v1
 grpc::Status AdminServiceImpl::StartRun(grpc::ServerContext* context, const v1::StartRunRequest* request,
                                         v1::StartRunResponse* response) {
   absl::StatusOr<pki::PeerIdentity> peer = authorizer_->Authorize(*context, "AdminService/StartRun", Access::kOperator);
-  if (!peer.ok()) return net::ToGrpcStatus(peer.status());
+  if (!peer.ok()) return net::ToPeerGrpcStatus(peer.status());
   absl::StatusOr<std::string> run_id = rounds_->StartRun(request->config());
-  if (!run_id.ok()) return net::ToGrpcStatus(run_id.status());
+  if (!run_id.ok()) return net::ToPeerGrpcStatus(run_id.status());
   LOG(INFO) << "operator " << peer->common_name << " started run " << *run_id;
   response->set_run_id(*run_id);
   return grpc::Status::OK;
@@ -104,9 +104,9 @@ grpc::Status AdminServiceImpl::GetRunStatus(grpc::ServerContext* context, const 
                                             v1::RunStatus* response) {
   absl::StatusOr<pki::PeerIdentity> peer =
       authorizer_->Authorize(*context, "AdminService/GetRunStatus", Access::kOperator, request->run_id());
-  if (!peer.ok()) return net::ToGrpcStatus(peer.status());
+  if (!peer.ok()) return net::ToPeerGrpcStatus(peer.status());
   absl::StatusOr<v1::RunStatus> status = rounds_->GetRunStatus(request->run_id());
-  if (!status.ok()) return net::ToGrpcStatus(status.status());
+  if (!status.ok()) return net::ToPeerGrpcStatus(status.status());
   *response = *std::move(status);
   return grpc::Status::OK;
 }
@@ -115,12 +115,12 @@ grpc::Status AdminServiceImpl::AbortRun(grpc::ServerContext* context, const v1::
                                         v1::RunStatus* response) {
   absl::StatusOr<pki::PeerIdentity> peer =
       authorizer_->Authorize(*context, "AdminService/AbortRun", Access::kOperator, request->run_id());
-  if (!peer.ok()) return net::ToGrpcStatus(peer.status());
+  if (!peer.ok()) return net::ToPeerGrpcStatus(peer.status());
   const std::string reason = request->reason().empty()
                                  ? absl::StrCat("by operator ", peer->common_name)
                                  : absl::StrCat(request->reason(), " (operator ", peer->common_name, ")");
   absl::StatusOr<v1::RunStatus> status = rounds_->AbortRun(request->run_id(), reason);
-  if (!status.ok()) return net::ToGrpcStatus(status.status());
+  if (!status.ok()) return net::ToPeerGrpcStatus(status.status());
   *response = *std::move(status);
   return grpc::Status::OK;
 }
@@ -129,28 +129,30 @@ grpc::Status AdminServiceImpl::ExportModel(grpc::ServerContext* context, const v
                                            grpc::ServerWriter<v1::Chunk>* writer) {
   absl::StatusOr<pki::PeerIdentity> peer =
       authorizer_->Authorize(*context, "AdminService/ExportModel", Access::kOperator);
-  if (!peer.ok()) return net::ToGrpcStatus(peer.status());
+  if (!peer.ok()) return net::ToPeerGrpcStatus(peer.status());
   const std::string prefix = absl::AsciiStrToLower(request->digest());
   if (prefix.size() < 8 || prefix.size() > 64 ||
       !std::all_of(prefix.begin(), prefix.end(), [](char c) { return absl::ascii_isxdigit(c); })) {
-    return net::ToGrpcStatus(absl::InvalidArgumentError(
+    return net::ToPeerGrpcStatus(absl::InvalidArgumentError(
         absl::StrCat("digest: '", request->digest(), "' is not a digest or a prefix of at least 8 hex digits")));
   }
   absl::StatusOr<std::vector<ModelVersion>> found = store_->FindModelVersions(prefix);
-  if (!found.ok()) return net::ToGrpcStatus(found.status());
-  if (found->empty()) return net::ToGrpcStatus(absl::NotFoundError(absl::StrCat("no model version ", prefix)));
+  if (!found.ok()) return net::ToPeerGrpcStatus(found.status());
+  if (found->empty()) return net::ToPeerGrpcStatus(absl::NotFoundError(absl::StrCat("no model version ", prefix)));
   if (found->size() > 1) {
-    return net::ToGrpcStatus(absl::InvalidArgumentError(
+    return net::ToPeerGrpcStatus(absl::InvalidArgumentError(
         absl::StrCat("digest prefix ", prefix, " matches ", found->size(), " model versions: give more digits")));
   }
   const std::string digest = found->front().digest;
   absl::StatusOr<int64_t> total = blobs_->Size(digest);
   std::ifstream in(blobs_->PathOf(digest), std::ios::binary);
   if (!total.ok() || !in) {
-    return net::ToGrpcStatus(absl::DataLossError(absl::StrCat("model blob ", blobs_->PathOf(digest), " is missing")));
+    LOG(ERROR) << "model version " << digest << ": blob " << blobs_->PathOf(digest) << " is missing";
+    return net::ToPeerGrpcStatus(absl::DataLossError(
+        absl::StrCat("model version ", digest, " is missing in the coordinator's blob store (see its log)")));
   }
   if (request->offset() < 0 || request->offset() > *total) {
-    return net::ToGrpcStatus(absl::OutOfRangeError(
+    return net::ToPeerGrpcStatus(absl::OutOfRangeError(
         absl::StrCat("offset ", request->offset(), " is outside the model's ", *total, " bytes")));
   }
   in.seekg(request->offset());
@@ -159,7 +161,9 @@ grpc::Status AdminServiceImpl::ExportModel(grpc::ServerContext* context, const v
     if (context->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "export cancelled");
     const int64_t n = std::min<int64_t>(options_.chunk_bytes, *total - offset);
     if (!in.read(buffer.data(), n)) {
-      return net::ToGrpcStatus(absl::DataLossError(absl::StrCat("reading model blob ", blobs_->PathOf(digest))));
+      LOG(ERROR) << "reading model blob " << blobs_->PathOf(digest) << " failed";
+      return net::ToPeerGrpcStatus(
+          absl::DataLossError(absl::StrCat("reading model version ", digest, " failed on the coordinator")));
     }
     v1::Chunk chunk;
     chunk.set_offset(offset);
@@ -176,9 +180,9 @@ grpc::Status AdminServiceImpl::GetRunReport(grpc::ServerContext* context, const 
                                             v1::RunReport* response) {
   absl::StatusOr<pki::PeerIdentity> peer =
       authorizer_->Authorize(*context, "AdminService/GetRunReport", Access::kOperator, request->run_id());
-  if (!peer.ok()) return net::ToGrpcStatus(peer.status());
+  if (!peer.ok()) return net::ToPeerGrpcStatus(peer.status());
   absl::StatusOr<v1::RunReport> report = rounds_->GetRunReport(request->run_id());
-  if (!report.ok()) return net::ToGrpcStatus(report.status());
+  if (!report.ok()) return net::ToPeerGrpcStatus(report.status());
   *response = *std::move(report);
   return grpc::Status::OK;
 }

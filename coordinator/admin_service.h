@@ -1,5 +1,6 @@
 // fedtune.v1.AdminService: the operator CLI's calls (operator certificates only): site registry, runs, status,
-// model export and the run report. Synchronous gRPC service (see site_service.h for why).
+// model export and the run report. Synchronous gRPC service (see site_service.h for why). Replies carry no server
+// paths (net::ToPeerGrpcStatus; the coordinator's log has them).
 //
 // Thread safety: thread-safe.
 #ifndef FEDTUNE_COORDINATOR_ADMIN_SERVICE_H_

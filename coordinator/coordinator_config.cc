@@ -2,7 +2,9 @@
 
 #include <cmath>
 #include <filesystem>
+#include <limits>
 #include <set>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/io/file_util.h"
@@ -54,7 +56,48 @@ absl::Status ValidateCoordinatorConfig(const v1::CoordinatorConfig& config) {
   if (config.task_wait_seconds() < 1) return Invalid("task_wait_seconds", "must be >= 1");
   if (config.heartbeat_timeout_seconds() < 1) return Invalid("heartbeat_timeout_seconds", "must be >= 1");
   if (config.max_upload_bytes() < 1) return Invalid("max_upload_bytes", "must be >= 1");
+  if (config.max_open_uploads_per_site() < 1) {
+    return Invalid("max_open_uploads_per_site", absl::StrCat(config.max_open_uploads_per_site(), " must be >= 1"));
+  }
+  for (const auto& [field, value] :
+       {std::pair<const char*, int64_t>{"max_spool_bytes_per_site", config.max_spool_bytes_per_site()},
+        {"max_spool_bytes_per_round", config.max_spool_bytes_per_round()}}) {
+    if (value < 0 || (value > 0 && value < config.max_upload_bytes())) {
+      return Invalid(field, absl::StrCat(value, " must be 0 (a multiple of max_upload_bytes) or >= max_upload_bytes ",
+                                         config.max_upload_bytes()));
+    }
+  }
+  if (config.max_calls_per_site() < 1) {
+    return Invalid("max_calls_per_site", absl::StrCat(config.max_calls_per_site(), " must be >= 1"));
+  }
+  if (config.max_streams_per_site() < 1 || config.max_streams_per_site() > config.max_calls_per_site()) {
+    return Invalid("max_streams_per_site",
+                   absl::StrCat(config.max_streams_per_site(), " is outside [1, max_calls_per_site ",
+                                config.max_calls_per_site(), "]"));
+  }
+  // gRPC's synchronous server needs a polling thread per completion queue besides the calls (2 queues).
+  if (config.max_server_threads() < 4) {
+    return Invalid("max_server_threads", absl::StrCat(config.max_server_threads(), " must be >= 4"));
+  }
   return absl::OkStatus();
+}
+
+namespace {
+
+int64_t MultipleOrValue(int64_t value, int64_t max_upload_bytes, int64_t multiple) {
+  if (value > 0) return value;
+  if (max_upload_bytes > std::numeric_limits<int64_t>::max() / multiple) return std::numeric_limits<int64_t>::max();
+  return max_upload_bytes * multiple;
+}
+
+}  // namespace
+
+int64_t SpoolBytesPerSite(const v1::CoordinatorConfig& config) {
+  return MultipleOrValue(config.max_spool_bytes_per_site(), config.max_upload_bytes(), 2);
+}
+
+int64_t SpoolBytesPerRound(const v1::CoordinatorConfig& config) {
+  return MultipleOrValue(config.max_spool_bytes_per_round(), config.max_upload_bytes(), 8);
 }
 
 absl::Status ValidateRunConfig(const v1::RunConfig& c) {

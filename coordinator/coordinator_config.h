@@ -5,6 +5,7 @@
 #ifndef FEDTUNE_COORDINATOR_COORDINATOR_CONFIG_H_
 #define FEDTUNE_COORDINATOR_COORDINATOR_CONFIG_H_
 
+#include <cstdint>
 #include <string>
 
 #include "absl/status/status.h"
@@ -25,8 +26,16 @@ absl::StatusOr<v1::CoordinatorConfig> LoadCoordinatorConfig(const std::string& p
 
 // InvalidArgument naming the field for: a missing listen_address (or one without a port), server_cert,
 // server_key, ca_dir or state_dir; chunk_bytes outside [1 MiB, 4 MiB]; task_wait_seconds < 1;
-// heartbeat_timeout_seconds < 1; max_upload_bytes < 1.
+// heartbeat_timeout_seconds < 1; max_upload_bytes < 1; max_open_uploads_per_site < 1; max_spool_bytes_per_site or
+// max_spool_bytes_per_round negative, or set (> 0) below max_upload_bytes (no upload of the allowed size could
+// ever be received); max_calls_per_site < 1; max_streams_per_site < 1 or above max_calls_per_site;
+// max_server_threads < 4.
 absl::Status ValidateCoordinatorConfig(const v1::CoordinatorConfig& config);
+
+// The spool limits in effect: the configured value, or for 0 the documented multiple of max_upload_bytes
+// (2x per site, 8x per round; saturating at INT64_MAX).
+int64_t SpoolBytesPerSite(const v1::CoordinatorConfig& config);
+int64_t SpoolBytesPerRound(const v1::CoordinatorConfig& config);
 
 // InvalidArgument naming the field for: rounds < 1; min_sites < 1; round_deadline_seconds < 1;
 // max_round_attempts < 1; local_epochs < 1; learning_rate not finite or <= 0; batch_size < 1; an unknown

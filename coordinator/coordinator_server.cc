@@ -1,6 +1,8 @@
 #include "coordinator/coordinator_server.h"
 
 #include <chrono>
+#include <filesystem>
+#include <system_error>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -16,8 +18,12 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(const v1::Coordi
                                                                 CoordinatorOptions options) {
   RETURN_IF_ERROR(ValidateCoordinatorConfig(config));
   std::unique_ptr<Coordinator> c(new Coordinator());
-  const std::string& dir = config.state_dir();
-  RETURN_IF_ERROR(io::MakeDirectories(dir));
+  RETURN_IF_ERROR(io::MakeDirectories(config.state_dir()));
+  // Absolute, so that every path the coordinator forms is one (messages to sites are scrubbed of absolute paths).
+  std::error_code ec;
+  std::string dir = std::filesystem::absolute(config.state_dir(), ec).lexically_normal().string();
+  if (ec || dir.empty()) dir = config.state_dir();
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
   ASSIGN_OR_RETURN(c->store_, StateStore::Open(dir + "/coordinator.db"));
   ASSIGN_OR_RETURN(c->blobs_, BlobStore::Open(dir + "/blobs"));
   std::function<absl::Time()> clock = options.clock ? options.clock : [] { return absl::Now(); };
@@ -43,13 +49,18 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(const v1::Coordi
   round_options.state_dir = dir;
   round_options.clock = clock;
   round_options.heartbeat_timeout_seconds = config.heartbeat_timeout_seconds();
+  round_options.max_upload_bytes = config.max_upload_bytes();
+  round_options.max_open_uploads_per_site = config.max_open_uploads_per_site();
+  round_options.max_spool_bytes_per_site = SpoolBytesPerSite(config);
+  round_options.max_spool_bytes_per_round = SpoolBytesPerRound(config);
   ASSIGN_OR_RETURN(c->rounds_, RoundManager::Create(c->store_.get(), c->blobs_.get(), round_options));
 
   SiteServiceOptions site_options;
   site_options.chunk_bytes = config.chunk_bytes();
   site_options.task_wait_seconds = config.task_wait_seconds();
   site_options.heartbeat_seconds = std::max(1, config.heartbeat_timeout_seconds() / 6);
-  site_options.max_upload_bytes = config.max_upload_bytes();
+  site_options.call_limits.max_calls_per_site = config.max_calls_per_site();
+  site_options.call_limits.max_streams_per_site = config.max_streams_per_site();
   site_options.auto_approve = config.auto_approve();
   site_options.clock = clock;
   c->site_service_ = std::make_unique<SiteServiceImpl>(c->authorizer_.get(), c->store_.get(), c->blobs_.get(),
@@ -63,7 +74,9 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(const v1::Coordi
   net::TlsFiles files{config.server_cert(), config.server_key(), config.ca_dir() + "/ca.pem"};
   ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials, net::MakeServerCredentials(files));
   grpc::ServerBuilder builder;
-  net::ConfigureServerBuilder(&builder);
+  net::ServerLimits limits;
+  limits.max_threads = config.max_server_threads();
+  net::ConfigureServerBuilder(&builder, limits);
   builder.AddListeningPort(config.listen_address(), credentials, &c->port_);
   builder.RegisterService(c->site_service_.get());
   builder.RegisterService(c->admin_service_.get());

@@ -3,13 +3,18 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
+#include <map>
 #include <utility>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "common/fl/aggregate.h"
 #include "common/fl/bundle_file.h"
@@ -37,6 +42,13 @@ struct RoundManager::Active {
   std::unique_ptr<fl::FedAdam> fedadam;
   std::set<std::string> accepted;  // Sites with an accepted update in the open attempt.
   std::set<std::string> finals;    // Sites that sent their final MetricsReport (evaluating).
+  // A partial upload of the open attempt: a spool file not accepted, being received or kept for a resume.
+  struct Partial {
+    std::string site_id;
+    int64_t bytes = 0;        // Announced total_bytes (after a restart: the file's size until it is resumed).
+    bool superseded = false;  // Removed when the stream receiving it ends.
+  };
+  std::map<std::string, Partial> partials;  // By spool path.
   bool selected(const std::string& site) const {
     return std::find(run.sites.begin(), run.sites.end(), site) != run.sites.end();
   }
@@ -64,6 +76,29 @@ std::string Iso8601(absl::Time t) { return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ"
 int64_t FileSize(const std::string& path) {
   struct stat st;
   return ::stat(path.c_str(), &st) == 0 ? static_cast<int64_t>(st.st_size) : 0;
+}
+
+// The site of a spool file name "<prefix><site>-<sha256>.upload" (prefix "r<round>-a<attempt>-"), or "" when the
+// name is not one.
+std::string SpoolFileSite(absl::string_view name, absl::string_view prefix) {
+  constexpr absl::string_view kSuffix = ".upload";
+  constexpr size_t kSha = 64;
+  if (!absl::ConsumePrefix(&name, prefix) || !absl::ConsumeSuffix(&name, kSuffix) || name.size() < kSha + 2) return "";
+  const absl::string_view sha = name.substr(name.size() - kSha);
+  if (!io::IsSha256Hex(std::string(sha)) || name[name.size() - kSha - 1] != '-') return "";
+  return std::string(name.substr(0, name.size() - kSha - 1));
+}
+
+// InvalidArgument below `min`, OutOfRange beyond the run's rounds, naming the field.
+absl::Status CheckRound(int round, int min, const RunRecord& run) {
+  if (round < min) {
+    return absl::InvalidArgumentError(absl::StrCat("round ", round, " must be >= ", min, " (run ", run.run_id, ")"));
+  }
+  if (round > run.config.rounds()) {
+    return absl::OutOfRangeError(
+        absl::StrCat("round ", round, " is beyond the ", run.config.rounds(), " round(s) of run ", run.run_id));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -175,6 +210,7 @@ absl::Status RoundManager::Recover() {
   if (run->state == "running") {
     RemoveStaleSpoolFiles(run->run_id, absl::StrCat("r", open->round, "-a", open->attempt, "-"));
     RETURN_IF_ERROR(RebuildAggregatorLocked());
+    RETURN_IF_ERROR(RebuildPartialsLocked());
     LOG(INFO) << "recovered run " << run->run_id << " round " << active_->round.round << " attempt "
               << active_->round.attempt << " with " << active_->accepted.size() << " accepted update(s)";
   } else {
@@ -335,7 +371,8 @@ absl::StatusOr<v1::RunStatus> RoundManager::GetRunStatus(const std::string& run_
   status.set_finished_ms(run.finished_ms);
   status.set_message(run.message);
   ASSIGN_OR_RETURN(std::vector<RoundRecord> rounds, store_->ListRounds(run.run_id));
-  ASSIGN_OR_RETURN(std::vector<UpdateRecord> updates, store_->ListUpdates(run.run_id, -1, -1, "", ""));
+  ASSIGN_OR_RETURN(std::vector<UpdateRecord> updates,
+                   store_->ListUpdates(run.run_id, std::nullopt, std::nullopt, "", ""));
   for (const RoundRecord& r : rounds) {
     v1::RoundInfo* info = status.add_rounds();
     info->set_round(r.round);
@@ -503,6 +540,10 @@ absl::StatusOr<v1::Task> RoundManager::WaitForTask(const std::string& site_id, a
 
 absl::StatusOr<v1::HeartbeatResponse> RoundManager::Heartbeat(const std::string& site_id,
                                                               const v1::HeartbeatRequest& request) {
+  if (request.round() < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("round ", request.round(), " must be >= 0 (run ", request.run_id(), ")"));
+  }
   RETURN_IF_ERROR(store_->SetSiteState(site_id, request.state(), request.progress(), request.train_loss(), NowMs()));
   v1::HeartbeatResponse response;
   if (request.run_id().empty()) return response;
@@ -512,7 +553,7 @@ absl::StatusOr<v1::HeartbeatResponse> RoundManager::Heartbeat(const std::string&
     if (run.ok() && run->state == "completed" && request.round() > 0) {
       // The run ended with this round: a site whose update counted may still finish and report its round metrics.
       ASSIGN_OR_RETURN(std::vector<UpdateRecord> mine,
-                       store_->ListUpdates(request.run_id(), request.round(), -1, site_id, "accepted"));
+                       store_->ListUpdates(request.run_id(), request.round(), std::nullopt, site_id, "accepted"));
       if (!mine.empty()) return response;
     }
     response.set_cancel(true);
@@ -526,11 +567,12 @@ absl::StatusOr<v1::HeartbeatResponse> RoundManager::Heartbeat(const std::string&
     response.set_reason(absl::StrCat("site ", site_id, " is not selected for run ", request.run_id()));
     return response;
   }
+  RETURN_IF_ERROR(CheckRound(request.round(), 0, active_->run));
   const int round = request.round();
   if (round > 0 && !(active_->run.state == "running" && round == active_->round.round)) {
     // A round that is no longer open: the work is only still wanted if its update counted (round metrics follow).
     ASSIGN_OR_RETURN(std::vector<UpdateRecord> mine,
-                     store_->ListUpdates(request.run_id(), round, -1, site_id, "accepted"));
+                     store_->ListUpdates(request.run_id(), round, std::nullopt, site_id, "accepted"));
     if (mine.empty()) {
       response.set_cancel(true);
       response.set_reason(absl::StrCat("run ", request.run_id(), " round ", round, " is no longer open"));
@@ -547,6 +589,7 @@ absl::Status RoundManager::ReportMetrics(const std::string& site_id, const v1::M
   if (std::find(run.sites.begin(), run.sites.end(), site_id) == run.sites.end()) {
     return absl::PermissionDeniedError(absl::StrCat("site ", site_id, " is not selected for run ", report.run_id()));
   }
+  RETURN_IF_ERROR(CheckRound(report.round(), report.kind() == "final" ? 0 : 1, run));
   MetricsRecord record;
   record.run_id = report.run_id();
   record.round = report.kind() == "final" ? 0 : report.round();
@@ -567,6 +610,15 @@ absl::Status RoundManager::ReportMetrics(const std::string& site_id, const v1::M
   return absl::OkStatus();
 }
 
+absl::Status RoundManager::CheckModelAccess(const std::string& site_id, const std::string& digest) {
+  ASSIGN_OR_RETURN(std::vector<RunRecord> runs, store_->RunsUsingModel(digest));
+  for (const RunRecord& run : runs) {
+    if (std::find(run.sites.begin(), run.sites.end(), site_id) != run.sites.end()) return absl::OkStatus();
+  }
+  return absl::PermissionDeniedError(
+      absl::StrCat("site ", site_id, " takes part in no run that uses model version ", digest));
+}
+
 absl::StatusOr<std::set<std::string>> RoundManager::EligibleSitesLocked() {
   std::set<std::string> eligible;
   for (const std::string& id : active_->run.sites) {
@@ -585,11 +637,14 @@ absl::StatusOr<UploadTarget> RoundManager::PrepareUploadLocked(const std::string
   if (!io::IsSha256Hex(sha256)) {
     return absl::InvalidArgumentError(absl::StrCat("sha256 '", sha256, "' is not 64 lowercase hex digits"));
   }
+  if (round < 1) return absl::InvalidArgumentError(absl::StrCat("round ", round, " must be >= 1 (run ", run_id, ")"));
   ASSIGN_OR_RETURN(RunRecord run, store_->GetRun(run_id));
   if (std::find(run.sites.begin(), run.sites.end(), site_id) == run.sites.end()) {
     return absl::PermissionDeniedError(absl::StrCat("site ", site_id, " is not selected for run ", run_id));
   }
-  ASSIGN_OR_RETURN(std::vector<UpdateRecord> mine, store_->ListUpdates(run_id, round, -1, site_id, "accepted"));
+  RETURN_IF_ERROR(CheckRound(round, 1, run));
+  ASSIGN_OR_RETURN(std::vector<UpdateRecord> mine,
+                   store_->ListUpdates(run_id, round, std::nullopt, site_id, "accepted"));
   for (const UpdateRecord& u : mine) {
     if (u.sha256 == sha256) {
       UploadTarget target;
@@ -623,6 +678,142 @@ absl::StatusOr<UploadTarget> RoundManager::PrepareUpload(const std::string& site
   return target;
 }
 
+void RoundManager::DropPartialLocked(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::remove(path, ec);
+  if (active_) active_->partials.erase(path);
+}
+
+void RoundManager::SupersedeLocked(const std::string& site_id, const std::string& keep_path) {
+  if (!active_) return;
+  std::vector<std::string> drop;
+  for (auto& [path, partial] : active_->partials) {
+    if (partial.site_id != site_id || path == keep_path) continue;
+    if (receiving_.count(path) > 0) {
+      partial.superseded = true;  // Its stream removes it when it ends.
+    } else {
+      drop.push_back(path);
+    }
+  }
+  for (const std::string& path : drop) {
+    LOG(INFO) << "site " << site_id << " superseded its partial upload " << path;
+    DropPartialLocked(path);
+  }
+}
+
+absl::Status RoundManager::RebuildPartialsLocked() {
+  Active& a = *active_;
+  a.partials.clear();
+  ASSIGN_OR_RETURN(std::vector<UpdateRecord> accepted,
+                   store_->ListUpdates(a.run.run_id, a.round.round, a.round.attempt, "", "accepted"));
+  std::set<std::string> keep;  // File names of the accepted updates: never partial uploads.
+  for (const UpdateRecord& u : accepted) keep.insert(std::filesystem::path(u.spool_path).filename().string());
+  const std::string prefix = absl::StrCat("r", a.round.round, "-a", a.round.attempt, "-");
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(options_.state_dir + "/spool/" + a.run.run_id, ec)) {
+    const std::string path = entry.path().string();
+    if (keep.count(entry.path().filename().string()) > 0) continue;
+    const std::string site = SpoolFileSite(entry.path().filename().string(), prefix);
+    if (site.empty()) {
+      std::filesystem::remove(entry.path(), ec);  // Not a name this manager writes.
+      continue;
+    }
+    a.partials[path] = Active::Partial{site, FileSize(path), false};
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<UploadTarget> RoundManager::BeginUpload(const std::string& site_id, const v1::UploadHeader& header) {
+  if (header.total_bytes() < 1 || header.total_bytes() > options_.max_upload_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("upload: total_bytes ", header.total_bytes(), " is outside [1, ",
+                                                   options_.max_upload_bytes, "] (max_upload_bytes)"));
+  }
+  if (header.offset() < 0 || header.offset() > header.total_bytes()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("upload: offset ", header.offset(), " is outside [0, total_bytes ", header.total_bytes(), "]"));
+  }
+  if (header.num_samples() <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("upload: num_samples ", header.num_samples(), " must be > 0"));
+  }
+  if (!std::isfinite(header.train_loss()) || !std::isfinite(header.validation_loss())) {
+    return absl::InvalidArgumentError(absl::StrCat("upload: train_loss ", header.train_loss(), " and validation_loss ",
+                                                   header.validation_loss(), " must be finite"));
+  }
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(UploadTarget target, PrepareUploadLocked(site_id, header.run_id(), header.round(), header.sha256()));
+  if (target.accepted) return target;
+  const std::string& path = target.spool_path;
+  if (receiving_.count(path) > 0) {
+    return absl::AbortedError(absl::StrCat("another upload of this payload by site ", site_id, " for run ",
+                                           header.run_id(), " round ", header.round(), " is in progress"));
+  }
+  // What this upload would make of the limits: its own earlier bytes (a resume) count once, at total_bytes; the
+  // site's idle partial uploads of other payloads are superseded by it, so they do not count.
+  int open = 1;
+  int64_t site_bytes = header.total_bytes();
+  int64_t round_bytes = header.total_bytes();
+  for (const auto& [other, partial] : active_->partials) {
+    if (other == path || (partial.site_id == site_id && receiving_.count(other) == 0)) continue;
+    round_bytes += partial.bytes;
+    if (partial.site_id == site_id) {
+      ++open;
+      site_bytes += partial.bytes;
+    }
+  }
+  const std::string where = absl::StrCat("site ", site_id, " run ", header.run_id(), " round ", header.round());
+  absl::Status over;
+  if (open > options_.max_open_uploads_per_site) {
+    over = absl::ResourceExhaustedError(absl::StrCat(where, ": ", open, " partial uploads at once would exceed ",
+                                                     "max_open_uploads_per_site ", options_.max_open_uploads_per_site,
+                                                     "; finish or abandon the one in progress"));
+  } else if (site_bytes > options_.max_spool_bytes_per_site) {
+    over = absl::ResourceExhaustedError(absl::StrCat(where, ": ", site_bytes,
+                                                     " bytes of partial uploads would exceed max_spool_bytes_per_site ",
+                                                     options_.max_spool_bytes_per_site));
+  } else if (round_bytes > options_.max_spool_bytes_per_round) {
+    over = absl::ResourceExhaustedError(
+        absl::StrCat(where, ": the round's partial uploads (", round_bytes, " bytes with this one) would exceed ",
+                     "max_spool_bytes_per_round ", options_.max_spool_bytes_per_round, "; retry later"));
+  }
+  if (!over.ok()) {
+    DropPartialLocked(path);
+    absl::Status recorded = RecordRefusal(site_id, header, target.attempt, over);
+    if (!recorded.ok()) LOG(ERROR) << "recording the refusal of an upload of " << where << ": " << recorded;
+    LOG(WARNING) << "refused an upload: " << over;
+    return over;
+  }
+  RETURN_IF_ERROR(io::MakeDirectories(options_.state_dir + "/spool/" + header.run_id()));
+  SupersedeLocked(site_id, path);
+  active_->partials[path] = Active::Partial{site_id, header.total_bytes(), false};
+  receiving_.insert(path);
+  target.claimed = true;
+  return target;
+}
+
+absl::Status RoundManager::EndUpload(const std::string& site_id, const v1::UploadHeader& header,
+                                     const UploadTarget& target, absl::Status why) {
+  if (!target.claimed) return why;
+  absl::MutexLock lock(&mu_);
+  receiving_.erase(target.spool_path);
+  const bool open_attempt = active_ && active_->run.run_id == header.run_id() && active_->run.state == "running" &&
+                            active_->round.round == header.round() && active_->round.attempt == target.attempt;
+  if (why.code() == absl::StatusCode::kInvalidArgument && open_attempt) {
+    DropPartialLocked(target.spool_path);
+    absl::Status recorded = RecordRefusal(site_id, header, target.attempt, why);
+    if (!recorded.ok()) LOG(ERROR) << "recording the refusal of an upload of site " << site_id << ": " << recorded;
+    LOG(WARNING) << "refused an upload of site " << site_id << " for run " << header.run_id() << " round "
+                 << header.round() << ": " << why;
+    return why;
+  }
+  bool keep = false;
+  if (open_attempt) {
+    auto it = active_->partials.find(target.spool_path);
+    keep = it != active_->partials.end() && !it->second.superseded && FileSize(target.spool_path) > 0;
+  }
+  if (!keep) DropPartialLocked(target.spool_path);  // Nothing worth resuming.
+  return why;
+}
+
 absl::Status RoundManager::RecordRefusal(const std::string& site_id, const v1::UploadHeader& header, int attempt,
                                          const absl::Status& why) {
   UpdateRecord u;
@@ -633,8 +824,8 @@ absl::Status RoundManager::RecordRefusal(const std::string& site_id, const v1::U
   u.sha256 = header.sha256();
   u.bytes = header.total_bytes();
   u.num_samples = header.num_samples();
-  u.train_loss = header.train_loss();
-  u.validation_loss = header.validation_loss();
+  u.train_loss = std::isfinite(header.train_loss()) ? header.train_loss() : 0;
+  u.validation_loss = std::isfinite(header.validation_loss()) ? header.validation_loss() : 0;
   u.status = "refused";
   u.message = absl::StrCat(absl::StatusCodeToString(why.code()), ": ", why.message());
   u.received_ms = NowMs();
@@ -646,57 +837,116 @@ absl::StatusOr<v1::UploadResponse> RoundManager::AcceptUpload(const std::string&
                                                               const UploadTarget& target) {
   const std::string what =
       absl::StrCat("update from ", site_id, " for run ", header.run_id(), " round ", header.round());
+  // A claim of BeginUpload ends here, whatever the outcome.
+  absl::Cleanup release = [&] {
+    if (!target.claimed) return;
+    absl::MutexLock lock(&mu_);
+    receiving_.erase(target.spool_path);
+  };
+  // Every refusal: the spool file goes, the refusal is recorded. Called without mu_.
   auto refuse = [&](absl::Status why) -> absl::Status {
-    std::error_code ec;
-    std::filesystem::remove(target.spool_path, ec);
+    {
+      absl::MutexLock lock(&mu_);
+      DropPartialLocked(target.spool_path);
+    }
     absl::Status recorded = RecordRefusal(site_id, header, target.attempt, why);
     if (!recorded.ok()) LOG(ERROR) << "recording the refusal of the " << what << ": " << recorded;
     LOG(WARNING) << "refused " << what << ": " << why;
     return why;
   };
+  // A refusal for a reason the round itself gives (closed meanwhile, another payload accepted), else `fallback`.
+  auto round_or = [&](absl::Status fallback) -> absl::Status {
+    absl::MutexLock lock(&mu_);
+    absl::StatusOr<UploadTarget> now = PrepareUploadLocked(site_id, header.run_id(), header.round(), header.sha256());
+    if (!now.ok()) return now.status();
+    if (!now->accepted && now->attempt != target.attempt) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(what, ": attempt ", target.attempt, " ended while the upload was received"));
+    }
+    return fallback;
+  };
   if (header.num_samples() <= 0) {
     return refuse(
         absl::InvalidArgumentError(absl::StrCat(what, ": num_samples ", header.num_samples(), " must be > 0")));
   }
-  ASSIGN_OR_RETURN(std::string sha, io::Sha256File(target.spool_path));
-  if (sha != header.sha256()) {
+  absl::StatusOr<std::string> sha = io::Sha256File(target.spool_path);
+  if (!sha.ok()) {
+    // Most likely the round closed and its spool files went; otherwise an I/O problem for the operator's log.
+    LOG(ERROR) << "reading the payload of the " << what << ": " << sha.status();
+    return refuse(round_or(absl::InternalError(absl::StrCat(what,
+                                                            ": the received payload could not be read back on "
+                                                            "the coordinator; upload it again"))));
+  }
+  if (*sha != header.sha256()) {
     return refuse(absl::DataLossError(absl::StrCat(
         what, ": tampered or corrupt payload: the SHA-256 of the ", FileSize(target.spool_path), " bytes received is ",
-        sha, " but the header says ", header.sha256(), "; the received data was discarded")));
+        *sha, " but the header says ", header.sha256(), "; the received data was discarded")));
   }
   absl::MutexLock decode_lock(&decode_mu_);
   std::shared_ptr<const fl::TensorMap> global;
   double max_norm = 0;
+  absl::Status changed;
   {
     absl::MutexLock lock(&mu_);
-    ASSIGN_OR_RETURN(UploadTarget now, PrepareUploadLocked(site_id, header.run_id(), header.round(), header.sha256()));
-    if (now.accepted) {
+    absl::StatusOr<UploadTarget> now = PrepareUploadLocked(site_id, header.run_id(), header.round(), header.sha256());
+    if (!now.ok()) {
+      changed = now.status();
+    } else if (now->accepted) {
+      // Accepted meanwhile by another stream: this one's file is that update's only when the attempt is the same.
+      if (now->attempt != target.attempt) DropPartialLocked(target.spool_path);
       v1::UploadResponse response;
       response.set_status("accepted");
       response.set_message("accepted before (same payload)");
       return response;
+    } else if (now->attempt != target.attempt) {
+      changed = absl::FailedPreconditionError(
+          absl::StrCat(what, ": attempt ", target.attempt, " ended while the upload was received"));
+    } else {
+      global = active_->global;
+      max_norm = active_->run.config.max_update_norm();
     }
-    if (now.attempt != target.attempt) {
-      return refuse(absl::FailedPreconditionError(
-          absl::StrCat(what, ": attempt ", target.attempt, " ended while the upload was received")));
-    }
-    global = active_->global;
-    max_norm = active_->run.config.max_update_norm();
   }
+  if (!changed.ok()) return refuse(changed);
   absl::StatusOr<fl::TensorMap> delta = fl::DecodeTensorBundleFile(target.spool_path, global.get());
-  if (!delta.ok()) return refuse(absl::InvalidArgumentError(delta.status().message()));
+  if (!delta.ok()) {
+    // The decoder names the file; the site is told about its payload only.
+    const std::string detail =
+        absl::StrReplaceAll(delta.status().message(), {{target.spool_path + ": ", ""}, {target.spool_path, "payload"}});
+    if (delta.status().code() != absl::StatusCode::kInvalidArgument) {
+      LOG(ERROR) << "decoding the payload of the " << what << ": " << delta.status();
+      return refuse(round_or(absl::InternalError(absl::StrCat(what,
+                                                              ": the received payload could not be read back "
+                                                              "on the coordinator; upload it again"))));
+    }
+    return refuse(absl::InvalidArgumentError(absl::StrCat(what, ": ", detail)));
+  }
   fl::ValidationOptions validation;
   validation.max_l2_norm = max_norm;
   absl::StatusOr<fl::UpdateSummary> summary = fl::ValidateUpdate(*global, *delta, validation, what);
   if (!summary.ok()) return refuse(summary.status());
 
-  absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(UploadTarget now, PrepareUploadLocked(site_id, header.run_id(), header.round(), header.sha256()));
-  if (now.accepted || now.attempt != target.attempt || active_->global != global) {
-    return refuse(absl::FailedPreconditionError(absl::StrCat(what, ": the round changed while it was validated")));
+  absl::Status refused;
+  {
+    absl::MutexLock lock(&mu_);
+    absl::StatusOr<UploadTarget> now = PrepareUploadLocked(site_id, header.run_id(), header.round(), header.sha256());
+    if (!now.ok()) {
+      refused = now.status();
+    } else if (now->accepted || now->attempt != target.attempt || active_->global != global) {
+      refused = absl::FailedPreconditionError(absl::StrCat(what, ": the round changed while it was validated"));
+    } else if (absl::Status added = active_->aggregator->Add(*delta, header.num_samples()); !added.ok()) {
+      refused = absl::InvalidArgumentError(absl::StrCat(what, ": ", added.message()));
+    } else {
+      delta->clear();  // In the aggregator now: free it before a close aggregates.
+      return RecordAcceptedLocked(site_id, header, target, summary->l2_norm, what);
+    }
   }
-  absl::Status added = active_->aggregator->Add(*delta, header.num_samples());
-  if (!added.ok()) return refuse(absl::InvalidArgumentError(added.message()));
+  return refuse(refused);
+}
+
+absl::StatusOr<v1::UploadResponse> RoundManager::RecordAcceptedLocked(const std::string& site_id,
+                                                                      const v1::UploadHeader& header,
+                                                                      const UploadTarget& target, double l2_norm,
+                                                                      const std::string& what) {
   UpdateRecord u;
   u.run_id = header.run_id();
   u.round = header.round();
@@ -705,21 +955,25 @@ absl::StatusOr<v1::UploadResponse> RoundManager::AcceptUpload(const std::string&
   u.sha256 = header.sha256();
   u.bytes = FileSize(target.spool_path);
   u.num_samples = header.num_samples();
-  u.l2_norm = summary->l2_norm;
+  u.l2_norm = l2_norm;
   u.train_loss = header.train_loss();
   u.validation_loss = header.validation_loss();
   u.status = "accepted";
-  u.message = absl::StrCat("norm ", summary->l2_norm);
+  u.message = absl::StrCat("norm ", l2_norm);
   u.spool_path = target.spool_path;
   u.received_ms = NowMs();
   absl::StatusOr<int64_t> inserted = store_->InsertUpdate(u);
   if (!inserted.ok()) {
-    // The aggregator holds the delta but the database does not: rebuild it from the recorded updates.
+    // The aggregator holds the delta but the database does not: rebuild it from the recorded updates. The spool
+    // file stays (GetUploadOffset: complete), so the site's next attempt goes straight to acceptance.
     absl::Status rebuilt = RebuildAggregatorLocked();
     if (!rebuilt.ok()) LOG(ERROR) << "rebuilding the aggregator of run " << u.run_id << ": " << rebuilt;
-    return inserted.status();
+    LOG(ERROR) << "recording the " << what << ": " << inserted.status();
+    return absl::InternalError(absl::StrCat(what, ": the coordinator could not record it; upload it again"));
   }
   active_->accepted.insert(site_id);
+  active_->partials.erase(target.spool_path);  // Accepted: no longer a partial upload.
+  SupersedeLocked(site_id, target.spool_path);
   LOG(INFO) << "accepted " << what << " attempt " << target.attempt << ": " << u.num_samples << " samples, norm "
             << u.l2_norm << " (" << active_->accepted.size() << "/" << active_->run.sites.size() << ")";
   v1::UploadResponse response;
@@ -727,7 +981,6 @@ absl::StatusOr<v1::UploadResponse> RoundManager::AcceptUpload(const std::string&
   response.set_received_bytes(u.bytes);
   response.set_l2_norm(u.l2_norm);
   response.set_message(absl::StrCat("accepted for run ", u.run_id, " round ", u.round));
-  delta->clear();
   absl::Status closed = MaybeCloseLocked();
   if (!closed.ok()) LOG(ERROR) << "closing run " << u.run_id << " round " << u.round << ": " << closed;
   task_cv_.SignalAll();
@@ -854,6 +1107,7 @@ absl::Status RoundManager::CloseRoundOnceLocked() {
     ASSIGN_OR_RETURN(fl::AggregatorOptions agg_options, AggregatorOptionsFor(a.run.config));
     ASSIGN_OR_RETURN(a.aggregator, fl::MakeAggregator(agg_options));
     a.accepted.clear();
+    a.partials.clear();
     a.round = t.open_round ? next : finished;
   }
   task_cv_.SignalAll();
@@ -899,6 +1153,7 @@ absl::Status RoundManager::FailAttemptLocked() {
     ASSIGN_OR_RETURN(fl::AggregatorOptions agg_options, AggregatorOptionsFor(a.run.config));
     ASSIGN_OR_RETURN(a.aggregator, fl::MakeAggregator(agg_options));
     a.accepted.clear();
+    a.partials.clear();
   }
   task_cv_.SignalAll();
   return absl::OkStatus();

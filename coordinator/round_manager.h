@@ -20,6 +20,15 @@
 //   spool/<run>/r<round>-a<attempt>-<site>-<sha256>.upload  an upload being received or accepted; kept (fsynced)
 //       while its round is open so that a restart can rebuild the aggregator, removed when the round closes or
 //       fails, and at once when the upload is refused; at start-up, files of any other round are removed.
+//
+// Partial uploads (spool files of the open attempt not accepted yet) are limited (RoundManagerOptions, from
+// CoordinatorConfig): per site in number and in announced bytes, and per round in announced bytes. A stream claims
+// its spool file (BeginUpload) until it ends (EndUpload: the bytes stay for a resume) or the payload is accepted or
+// refused (AcceptUpload); a resumed upload of the same payload counts once. A site's partial upload of another
+// payload is superseded (removed) when the site starts a new one or has one accepted, at once when no stream is
+// receiving it, otherwise when that stream ends; a stream that ends holding no bytes leaves no file. Every refusal
+// of an upload into an open round removes its spool file and records a "refused" update; a malformed header
+// (ranges, unknown run, site not selected) is refused before any file exists.
 //   fedadam/<run>-round-<r>.bundle  FedAdam's m/v after round r (a TensorBundle, fp32), written before the
 //       transaction that closes round r names it in runs.fedadam_state_path.
 //
@@ -29,6 +38,9 @@
 // must never be silently dropped). Deadlines continue from their stored times. A crash between writing a
 // checkpoint blob / FedAdam file and the closing transaction leaves an unreferenced file and the round open; it
 // closes again with the same updates.
+//
+// Rounds a peer sends are range-checked against the run: InvalidArgument naming the field below its range (1 for
+// uploads and round metrics, 0 for heartbeats), OutOfRange above the run's rounds.
 //
 // Thread safety: thread-safe. Uploads are decoded one at a time (an internal mutex), so the coordinator holds at
 // most one decoded delta besides the global model and the aggregator.
@@ -59,13 +71,21 @@ struct RoundManagerOptions {
   std::function<absl::Time()> clock;
   // A site not heard from for longer is shown "lost" in GetRunStatus. Default 60.
   int heartbeat_timeout_seconds = 60;
+  // Largest upload (UploadHeader.total_bytes). Default 2 GiB (CoordinatorConfig.max_upload_bytes).
+  int64_t max_upload_bytes = int64_t{2} << 30;
+  // Limits on partial uploads (see the header comment; CoordinatorConfig's fields of the same names). Defaults:
+  // 2 per site, 4 GiB per site, 16 GiB per round (2x and 8x the default max_upload_bytes).
+  int max_open_uploads_per_site = 2;
+  int64_t max_spool_bytes_per_site = int64_t{4} << 30;
+  int64_t max_spool_bytes_per_round = int64_t{16} << 30;
 };
 
-// Where an upload goes (PrepareUpload).
+// Where an upload goes (PrepareUpload, BeginUpload).
 struct UploadTarget {
   bool accepted = false;  // This payload was accepted before: nothing to receive.
   int attempt = 0;
   std::string spool_path;
+  bool claimed = false;  // BeginUpload: the caller's stream holds spool_path until EndUpload / AcceptUpload.
 };
 
 class RoundManager {
@@ -97,23 +117,45 @@ class RoundManager {
                                        const std::function<bool()>& cancelled);
   // Records the site's state; cancel = true when the task of (run, round) is no longer wanted, with run_ended = true
   // when the whole run ended (a round of a completed run whose update counted is not cancelled: its round metrics
-  // are still wanted).
+  // are still wanted). InvalidArgument naming the field for a negative round, a progress outside [0, 1] or a
+  // train_loss that is not finite; OutOfRange for a round beyond the active run's rounds.
   absl::StatusOr<v1::HeartbeatResponse> Heartbeat(const std::string& site_id, const v1::HeartbeatRequest& request);
   // Stores a MetricsReport. PermissionDenied when the site is not selected for the run; NotFound for an unknown
-  // run; InvalidArgument for a kind other than "round" / "final". A "final" report can complete the run.
+  // run; InvalidArgument for a kind other than "round" / "final", or a round < 1 ("round") or < 0 ("final");
+  // OutOfRange for a round beyond the run's rounds. A "final" report can complete the run.
   absl::Status ReportMetrics(const std::string& site_id, const v1::MetricsReport& report);
+  // Whether `site_id` may download model version `digest`: OK when the digest is the base model of, or was made by,
+  // a run the site is selected for; PermissionDenied naming site and digest otherwise (unknown digests included).
+  absl::Status CheckModelAccess(const std::string& site_id, const std::string& digest);
 
-  // Where the upload of `sha256` for (run, round) by `site_id` goes. InvalidArgument for a malformed sha256;
-  // NotFound for an unknown run; PermissionDenied when the site is not selected for the run; accepted = true when
-  // this payload was accepted for (run, round) before (idempotent); FailedPrecondition naming run and round when
-  // the round is not open; AlreadyExists when another payload was accepted for this site in the open attempt.
+  // Where the upload of `sha256` for (run, round) by `site_id` goes (read-only: GetUploadOffset). InvalidArgument
+  // for a malformed sha256 or a round < 1; NotFound for an unknown run; PermissionDenied when the site is not
+  // selected for the run; OutOfRange for a round beyond the run's rounds; accepted = true when this payload was
+  // accepted for (run, round) before (idempotent); FailedPrecondition naming run and round when the round is not
+  // open; AlreadyExists when another payload was accepted for this site in the open attempt.
   absl::StatusOr<UploadTarget> PrepareUpload(const std::string& site_id, const std::string& run_id, int round,
                                              const std::string& sha256);
+  // Starts receiving the upload stream whose first message is `header`. InvalidArgument naming the field for
+  // total_bytes outside [1, max_upload_bytes], offset outside [0, total_bytes], num_samples <= 0, a loss that is
+  // not finite; then PrepareUpload's errors. When the payload was accepted before, returns accepted = true and
+  // claims nothing. Otherwise supersedes the site's other partial uploads of the round (see the header comment),
+  // checks the limits and claims the spool file for the caller's stream (claimed = true): Aborted when another
+  // stream holds it; ResourceExhausted naming the site and max_open_uploads_per_site, max_spool_bytes_per_site or
+  // max_spool_bytes_per_round (a refusal: recorded, this payload's spool file removed). A claim must be ended by
+  // exactly one EndUpload or AcceptUpload.
+  absl::StatusOr<UploadTarget> BeginUpload(const std::string& site_id, const v1::UploadHeader& header);
+  // Ends a claimed stream that did not deliver its whole payload, for the reason `why`, which is returned. With
+  // InvalidArgument (the peer broke the protocol) the upload is refused (spool file removed, refusal recorded);
+  // otherwise what arrived stays for a resume, unless it is nothing, the payload was superseded meanwhile or its
+  // attempt ended.
+  absl::Status EndUpload(const std::string& site_id, const v1::UploadHeader& header, const UploadTarget& target,
+                         absl::Status why);
   // Takes the complete spool file of an upload (header.total_bytes received in target.spool_path) and accepts it
   // (status "accepted"), or refuses it, removes the spool file and records the refusal: DataLoss when the file's
   // SHA-256 differs from header.sha256 ("tampered"); InvalidArgument for a payload that does not decode against
   // the global model (names, shapes, dtypes, NaN/Inf) or num_samples <= 0; FailedPrecondition for a norm above
-  // max_update_norm, or when the round closed meanwhile; PrepareUpload's errors.
+  // max_update_norm, or when the round closed meanwhile; PrepareUpload's errors. Ends the claim of a target from
+  // BeginUpload. Messages name site, run and round, never a server path.
   absl::StatusOr<v1::UploadResponse> AcceptUpload(const std::string& site_id, const v1::UploadHeader& header,
                                                   const UploadTarget& target);
 
@@ -152,6 +194,16 @@ class RoundManager {
                         const std::string& sha256) const;
   absl::Status RecordRefusal(const std::string& site_id, const v1::UploadHeader& header, int attempt,
                              const absl::Status& why);
+  // Removes the spool file at `path` and forgets its partial upload.
+  void DropPartialLocked(const std::string& path) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Supersedes `site_id`'s partial uploads of the open attempt other than `keep_path`.
+  void SupersedeLocked(const std::string& site_id, const std::string& keep_path) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Lists the partial uploads of the open attempt from the spool folder (Recover).
+  absl::Status RebuildPartialsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Records an accepted update (its delta is in the aggregator), maybe closing the round.
+  absl::StatusOr<v1::UploadResponse> RecordAcceptedLocked(const std::string& site_id, const v1::UploadHeader& header,
+                                                          const UploadTarget& target, double l2_norm,
+                                                          const std::string& what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   StateStore* const store_;
   BlobStore* const blobs_;
@@ -162,6 +214,8 @@ class RoundManager {
   absl::Mutex mu_ ABSL_ACQUIRED_AFTER(decode_mu_);
   absl::CondVar task_cv_;  // Signalled when tasks may have changed.
   std::unique_ptr<Active> active_ ABSL_GUARDED_BY(mu_);
+  // Spool files claimed by a stream (BeginUpload until EndUpload / AcceptUpload), of any attempt.
+  std::set<std::string> receiving_ ABSL_GUARDED_BY(mu_);
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
 };
 

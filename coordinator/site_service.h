@@ -1,15 +1,18 @@
 // fedtune.v1.SiteService: the calls site agents make (Hello, GetTask long-poll, Heartbeat, DownloadModel,
-// GetUploadOffset, UploadUpdate, ReportMetrics). Each handler authorizes the caller (authorizer.h), unpacks the
-// request, calls RoundManager / StateStore and converts the status once.
+// GetUploadOffset, UploadUpdate, ReportMetrics). Each handler authorizes the caller (authorizer.h), takes a place
+// among the site's concurrent calls (SiteCallLimiter: RESOURCE_EXHAUSTED naming the site and the limit, audited),
+// unpacks the request, calls RoundManager / StateStore and converts the status once.
 //
 // gRPC API: the synchronous service (grpc::Service) on the server's thread pool, chosen over the callback API to
-// keep the streaming handlers (resumable upload into a spool file, chunked download) straight-line code. A GetTask
-// long-poll holds one thread for at most task_wait_seconds.
+// keep the streaming handlers (resumable upload into a spool file, chunked download) straight-line code. A call
+// holds one thread (a GetTask long-poll for at most task_wait_seconds): the per-site limits and the server's thread
+// quota (CoordinatorConfig.max_server_threads) keep their number bounded.
 //
-// Upload protocol (see federation.proto): the first message is the UploadHeader; data from header.offset is
-// appended to the spool file (RoundManager::PrepareUpload's path), whose bytes are fsynced when the stream ends,
-// broken or not, so that GetUploadOffset returns them. When total_bytes are in, RoundManager::AcceptUpload checks,
-// decodes, validates and aggregates. One stream per spool file at a time (ABORTED for a second one).
+// Upload protocol: see upload_receiver.h. One stream per spool file at a time (ABORTED for a second one).
+// Downloads: a site gets only the models of runs it takes part in (RoundManager::CheckModelAccess).
+//
+// Messages to sites name runs, rounds, sites and fields, never a path on the coordinator (net::ToPeerGrpcStatus;
+// the full status is logged).
 //
 // Thread safety: thread-safe.
 #ifndef FEDTUNE_COORDINATOR_SITE_SERVICE_H_
@@ -17,26 +20,25 @@
 
 #include <cstdint>
 #include <functional>
-#include <set>
 #include <string>
 
-#include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
+#include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "coordinator/authorizer.h"
 #include "coordinator/blob_store.h"
 #include "coordinator/round_manager.h"
+#include "coordinator/site_call_limiter.h"
 #include "coordinator/state_store.h"
 #include "fedtune/v1/federation.grpc.pb.h"
 
 namespace fedtune::coordinator {
 
 struct SiteServiceOptions {
-  int chunk_bytes = 1 << 20;   // Download chunk size and the chunk size announced in Hello.
-  int task_wait_seconds = 20;  // Cap of GetTask's long-poll.
-  int heartbeat_seconds = 10;  // Announced in Hello.
-  int64_t max_upload_bytes = int64_t{2} << 30;
+  int chunk_bytes = 1 << 20;          // Download chunk size and the chunk size announced in Hello.
+  int task_wait_seconds = 20;         // Cap of GetTask's long-poll.
+  int heartbeat_seconds = 10;         // Announced in Hello.
   bool auto_approve = false;          // Approve an unknown site on its first Hello.
+  SiteCallLimits call_limits;         // Concurrent calls / streams per site (defaults: 8 / 2).
   std::function<absl::Time()> clock;  // Default absl::Now.
 };
 
@@ -60,21 +62,25 @@ class SiteServiceImpl final : public v1::SiteService::Service {
   grpc::Status ReportMetrics(grpc::ServerContext* context, const v1::MetricsReport* request,
                              v1::ReportMetricsResponse* response) override;
 
+  // The per-site call limits in force (tests, diagnostics).
+  SiteCallLimiter& call_limiter() { return limiter_; }
+
  private:
   int64_t NowMs() const;
-  absl::StatusOr<v1::UploadResponse> Upload(grpc::ServerContext* context, grpc::ServerReader<v1::UploadChunk>* reader,
-                                            const pki::PeerIdentity& peer, v1::UploadHeader* header);
-  absl::Status ReceiveInto(const std::string& path, const v1::UploadHeader& header,
-                           grpc::ServerReader<v1::UploadChunk>* reader, int64_t* received, int64_t* bytes_up);
+  // Authorizes the caller of `rpc` and takes its place among its site's calls (`stream`: a streaming call); the
+  // refusal (audited) otherwise.
+  absl::StatusOr<pki::PeerIdentity> Admit(const grpc::ServerContext& context, const char* rpc, Access access,
+                                          bool stream, SiteCallLimiter::Slot* slot, const std::string& run_id = "",
+                                          int round = 0);
+  // The status for the site: net::ToPeerGrpcStatus, logging the full status when a path was removed.
+  static grpc::Status Reply(const absl::Status& status, const char* rpc, const std::string& site_id);
 
   Authorizer* const authorizer_;
   StateStore* const store_;
   BlobStore* const blobs_;
   RoundManager* const rounds_;
   const SiteServiceOptions options_;
-
-  absl::Mutex mu_;
-  std::set<std::string> receiving_ ABSL_GUARDED_BY(mu_);  // Spool files with a stream in progress.
+  SiteCallLimiter limiter_;
 };
 
 }  // namespace fedtune::coordinator

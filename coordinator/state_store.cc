@@ -448,6 +448,14 @@ absl::StatusOr<std::vector<RoundRecord>> StateStore::ListRounds(const std::strin
   return out;
 }
 
+absl::StatusOr<std::vector<RunRecord>> StateStore::RunsUsingModel(const std::string& digest) {
+  absl::MutexLock lock(&mu_);
+  return QueryRunsLocked(
+      "WHERE base_model_digest = ?1 OR run_id IN (SELECT run_id FROM model_versions WHERE digest = ?1 AND "
+      "run_id != '') ORDER BY seq",
+      digest);
+}
+
 // ---- Model versions
 
 absl::Status StateStore::PutModelVersion(const ModelVersion& m) {
@@ -527,16 +535,28 @@ absl::StatusOr<int64_t> StateStore::InsertUpdate(const UpdateRecord& u) {
   return id;
 }
 
-absl::StatusOr<std::vector<UpdateRecord>> StateStore::ListUpdates(const std::string& run_id, int round, int attempt,
+absl::StatusOr<std::vector<UpdateRecord>> StateStore::ListUpdates(const std::string& run_id, std::optional<int> round,
+                                                                  std::optional<int> attempt,
                                                                   const std::string& site_id,
                                                                   const std::string& status) {
   absl::MutexLock lock(&mu_);
+  // A filter left out is NULL, never a sentinel value: a round a peer sends must not become "every round".
   ASSIGN_OR_RETURN(store::Statement st,
                    db_->Prepare(absl::StrCat("SELECT ", kUpdateColumns,
-                                             " FROM updates WHERE run_id = ?1 AND (?2 < 0 OR round = ?2) AND "
-                                             "(?3 < 0 OR attempt = ?3) AND (?4 = '' OR site_id = ?4) AND "
+                                             " FROM updates WHERE run_id = ?1 AND (?2 IS NULL OR round = ?2) AND "
+                                             "(?3 IS NULL OR attempt = ?3) AND (?4 = '' OR site_id = ?4) AND "
                                              "(?5 = '' OR status = ?5) ORDER BY id")));
-  st.Bind(1, run_id).Bind(2, static_cast<int64_t>(round)).Bind(3, static_cast<int64_t>(attempt));
+  st.Bind(1, run_id);
+  if (round) {
+    st.Bind(2, static_cast<int64_t>(*round));
+  } else {
+    st.BindNull(2);
+  }
+  if (attempt) {
+    st.Bind(3, static_cast<int64_t>(*attempt));
+  } else {
+    st.BindNull(3);
+  }
   st.Bind(4, site_id).Bind(5, status);
   std::vector<UpdateRecord> out;
   while (true) {

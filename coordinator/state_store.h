@@ -215,6 +215,9 @@ class StateStore {
   absl::StatusOr<std::optional<RunRecord>> ActiveRun();
   // Rounds of a run ordered by (round, attempt).
   absl::StatusOr<std::vector<RoundRecord>> ListRounds(const std::string& run_id);
+  // The runs that use model version `digest`: as their base model, or because the run made it (a round's result).
+  // Ordered by creation.
+  absl::StatusOr<std::vector<RunRecord>> RunsUsingModel(const std::string& digest);
 
   // ---- Model versions
   // Inserts unless the digest is already recorded (then keeps the first record).
@@ -228,9 +231,11 @@ class StateStore {
   // ---- Updates
   // Inserts and returns the row id. AlreadyExists when an accepted update exists for (run, round, attempt, site).
   absl::StatusOr<int64_t> InsertUpdate(const UpdateRecord& update);
-  // attempt < 0: every attempt. site_id empty: every site. status empty: any status. Ordered by id.
-  absl::StatusOr<std::vector<UpdateRecord>> ListUpdates(const std::string& run_id, int round, int attempt,
-                                                        const std::string& site_id, const std::string& status);
+  // round / attempt std::nullopt: every round / attempt (any value given, negative ones included, matches only
+  // itself). site_id empty: every site. status empty: any status. Ordered by id.
+  absl::StatusOr<std::vector<UpdateRecord>> ListUpdates(const std::string& run_id, std::optional<int> round,
+                                                        std::optional<int> attempt, const std::string& site_id,
+                                                        const std::string& status);
 
   // ---- Metrics
   // Stores a site's report; one per (run, round, site, kind): a report sent again replaces the earlier one.

@@ -54,7 +54,8 @@ void RemoveFile(const std::string& path) {
 }  // namespace
 
 bool IsRetryable(const absl::Status& status) {
-  return status.code() == absl::StatusCode::kUnavailable || status.code() == absl::StatusCode::kDeadlineExceeded;
+  return status.code() == absl::StatusCode::kUnavailable || status.code() == absl::StatusCode::kDeadlineExceeded ||
+         status.code() == absl::StatusCode::kResourceExhausted;
 }
 
 Backoff::Backoff(const RetryPolicy& policy, std::function<void(absl::Duration)> sleep, uint64_t seed)

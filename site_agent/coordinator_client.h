@@ -8,7 +8,8 @@
 //    update was accepted before: nothing is sent); the stream then sends UploadHeader{offset} and the file's bytes
 //    from that offset in chunk_bytes pieces. After a broken stream the next attempt asks for the offset again.
 //
-// Retries: an attempt that fails with UNAVAILABLE or DEADLINE_EXCEEDED is repeated after a backoff that starts at
+// Retries: an attempt that fails with UNAVAILABLE, DEADLINE_EXCEEDED or RESOURCE_EXHAUSTED (the coordinator is busy:
+// its per-site call limits, thread quota or spool limits) is repeated after a backoff that starts at
 // RetryPolicy::min_backoff, doubles up to max_backoff and is multiplied by a uniform factor in [1 - jitter,
 // 1 + jitter]; the call gives up (returning the last error, its message saying how many attempts were made) after
 // max_attempts attempts or once max_elapsed has passed since the first failure. A transfer attempt that moved bytes
@@ -46,7 +47,7 @@ struct RetryPolicy {
   absl::Duration max_elapsed = absl::Minutes(10);        // Give up after this long since the first failure.
 };
 
-// True for the codes that are retried: UNAVAILABLE and DEADLINE_EXCEEDED.
+// True for the codes that are retried: UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED.
 bool IsRetryable(const absl::Status& status);
 
 // The backoff of one call or loop. Not thread-safe.

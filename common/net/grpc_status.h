@@ -4,6 +4,8 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <string>
+
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 
@@ -11,6 +13,15 @@ namespace fedtune::net {
 
 // Same code and message.
 grpc::Status ToGrpcStatus(const absl::Status& status);
+
+// `text` with every absolute path replaced by "<path>": a '/' that starts a word (at the start, or after a space,
+// quote, bracket, '=', ':', ',' or ';') followed by a path character, up to the next space, quote or closing
+// bracket; trailing '.', ',', ':' and ';' stay. "SiteService/Hello" and "1/2" are not paths.
+std::string RedactPaths(absl::string_view text);
+
+// ToGrpcStatus for a peer on another host (a site): the same code, the message with RedactPaths applied, so that
+// the server's file layout is not disclosed. The caller logs the full status where the message changed.
+grpc::Status ToPeerGrpcStatus(const absl::Status& status);
 
 // Same code; the message is prefixed with `what` (e.g. "coordinator 10.0.0.5:7443: Hello") so the caller's log
 // names the peer and call.

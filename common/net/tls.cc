@@ -1,5 +1,9 @@
 #include "common/net/tls.h"
 
+#include <grpcpp/resource_quota.h>
+
+#include <algorithm>
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/io/file_util.h"
@@ -77,12 +81,22 @@ std::string PeerCertificatePem(const grpc::ServerContextBase& context) {
   return "";
 }
 
-void ConfigureServerBuilder(grpc::ServerBuilder* builder) {
+void ConfigureServerBuilder(grpc::ServerBuilder* builder, const ServerLimits& limits) {
   builder->SetMaxReceiveMessageSize(kMaxMessageBytes);
   builder->SetMaxSendMessageSize(kMaxMessageBytes);
   // Accept the clients' keepalive pings (every 20 s, also without calls in flight).
   builder->AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
   builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  if (limits.max_threads > 0) {
+    // A fixed, small number of completion queues: gRPC's default is one per core, each reserving a polling thread
+    // from the quota at start-up (and aborting when the quota cannot hold them).
+    builder->SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::NUM_CQS, kServerCompletionQueues);
+    builder->SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MIN_POLLERS, 1);
+    builder->SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, 2);
+    grpc::ResourceQuota quota("fedtune-server");
+    quota.SetMaxThreads(std::max(limits.max_threads, 2 * kServerCompletionQueues));
+    builder->SetResourceQuota(quota);
+  }
 }
 
 }  // namespace fedtune::net

@@ -1,5 +1,10 @@
 #include "coordinator/coordinator_config.h"
 
+#include <functional>
+#include <limits>
+#include <string>
+#include <vector>
+
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/temp_dir.h"
@@ -49,6 +54,57 @@ TEST(CoordinatorConfigTest, ErrorsNameTheLineOrField) {
   config.set_chunk_bytes(100);
   EXPECT_THAT(ValidateCoordinatorConfig(config).message(), HasSubstr("chunk_bytes"));
   config.set_chunk_bytes(2 << 20);
+  EXPECT_TRUE(ValidateCoordinatorConfig(config).ok());
+}
+
+TEST(CoordinatorConfigTest, LimitsHaveValidDefaultsAndAreChecked) {
+  v1::CoordinatorConfig config;
+  config.set_listen_address("127.0.0.1:0");
+  config.set_server_cert("a");
+  config.set_server_key("b");
+  config.set_ca_dir("c");
+  config.set_state_dir("d");
+  ASSERT_TRUE(ValidateCoordinatorConfig(config).ok());
+  // Documented defaults.
+  EXPECT_EQ(config.max_open_uploads_per_site(), 2);
+  EXPECT_EQ(config.max_calls_per_site(), 8);
+  EXPECT_EQ(config.max_streams_per_site(), 2);
+  EXPECT_EQ(config.max_server_threads(), 64);
+  EXPECT_EQ(SpoolBytesPerSite(config), int64_t{4} << 30);    // 2 x max_upload_bytes.
+  EXPECT_EQ(SpoolBytesPerRound(config), int64_t{16} << 30);  // 8 x max_upload_bytes.
+  config.set_max_upload_bytes(1000);
+  EXPECT_EQ(SpoolBytesPerSite(config), 2000);
+  config.set_max_spool_bytes_per_round(5000);
+  EXPECT_EQ(SpoolBytesPerRound(config), 5000);
+  config.set_max_upload_bytes(std::numeric_limits<int64_t>::max() / 3);
+  EXPECT_EQ(SpoolBytesPerSite(config), std::numeric_limits<int64_t>::max() / 3 * 2);
+  config.clear_max_spool_bytes_per_round();
+  EXPECT_EQ(SpoolBytesPerRound(config), std::numeric_limits<int64_t>::max());  // Saturates.
+  config.clear_max_upload_bytes();
+
+  struct Case {
+    std::function<void(v1::CoordinatorConfig*)> edit;
+    std::string field;
+  };
+  const std::vector<Case> cases = {
+      {[](v1::CoordinatorConfig* c) { c->set_max_open_uploads_per_site(0); }, "max_open_uploads_per_site"},
+      {[](v1::CoordinatorConfig* c) { c->set_max_spool_bytes_per_site(-1); }, "max_spool_bytes_per_site"},
+      {[](v1::CoordinatorConfig* c) { c->set_max_spool_bytes_per_site(1000); }, "max_spool_bytes_per_site"},
+      {[](v1::CoordinatorConfig* c) { c->set_max_spool_bytes_per_round(1000); }, "max_spool_bytes_per_round"},
+      {[](v1::CoordinatorConfig* c) { c->set_max_calls_per_site(0); }, "max_calls_per_site"},
+      {[](v1::CoordinatorConfig* c) { c->set_max_streams_per_site(0); }, "max_streams_per_site"},
+      {[](v1::CoordinatorConfig* c) { c->set_max_streams_per_site(9); }, "max_streams_per_site"},
+      {[](v1::CoordinatorConfig* c) { c->set_max_server_threads(3); }, "max_server_threads"},
+  };
+  for (const Case& c : cases) {
+    v1::CoordinatorConfig edited = config;
+    c.edit(&edited);
+    absl::Status status = ValidateCoordinatorConfig(edited);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << c.field;
+    EXPECT_THAT(status.message(), HasSubstr(c.field));
+  }
+  config.set_max_upload_bytes(1000);
+  config.set_max_spool_bytes_per_site(1000);
   EXPECT_TRUE(ValidateCoordinatorConfig(config).ok());
 }
 

@@ -10,8 +10,12 @@
 
 #include <chrono>
 #include <filesystem>
+#include <fstream>
+#include <functional>
 #include <thread>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "common/io/file_util.h"
@@ -37,8 +41,149 @@ using ::fedtune::pki::testing::Credentials;
 using ::fedtune::pki::testing::Enroll;
 using ::fedtune::pki::testing::MakeCa;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 std::chrono::system_clock::time_point Deadline() { return std::chrono::system_clock::now() + std::chrono::seconds(20); }
+
+// Polls `done` until it holds or 20 s passed (the server works on its own threads; nothing here waits blindly).
+bool Eventually(const std::function<bool()>& done) {
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > give_up) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
+}
+
+// Threads of this process (client and server together), from /proc/self/status.
+int ProcessThreads() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    int n = 0;
+    if (absl::StartsWith(line, "Threads:") && absl::SimpleAtoi(absl::StripAsciiWhitespace(line.substr(8)), &n)) {
+      return n;
+    }
+  }
+  ADD_FAILURE() << "no Threads: line in /proc/self/status";
+  return -1;
+}
+
+// An upload stream left open after its header and the payload's first `sent` bytes: the server's handler is still
+// receiving it until Finish (the rest, then half-close) or Cancel.
+class OpenUpload {
+ public:
+  OpenUpload(v1::SiteService::Stub& stub, const std::string& run, int round, std::string payload, size_t sent)
+      : payload_(std::move(payload)), sent_(sent) {
+    ctx_.set_deadline(Deadline());
+    writer_ = stub.UploadUpdate(&ctx_, &response_);
+    v1::UploadChunk chunk;
+    v1::UploadHeader* header = chunk.mutable_header();
+    header->set_run_id(run);
+    header->set_round(round);
+    header->set_total_bytes(static_cast<int64_t>(payload_.size()));
+    header->set_sha256(io::Sha256Hex(payload_));
+    header->set_num_samples(25);
+    open_ = writer_->Write(chunk);
+    if (open_ && sent_ > 0) {
+      v1::UploadChunk data;
+      data.set_data(payload_.substr(0, sent_));
+      open_ = writer_->Write(data);
+    }
+  }
+  grpc::Status Finish(v1::UploadResponse* out = nullptr) {
+    for (size_t at = sent_; open_ && at < payload_.size(); at += 65536) {
+      v1::UploadChunk data;
+      data.set_data(payload_.substr(at, 65536));
+      open_ = writer_->Write(data);
+    }
+    writer_->WritesDone();
+    grpc::Status status = writer_->Finish();
+    if (out != nullptr) *out = response_;
+    return status;
+  }
+  grpc::Status Cancel() {
+    ctx_.TryCancel();
+    return writer_->Finish();
+  }
+  std::string sha() const { return io::Sha256Hex(payload_); }
+
+ private:
+  std::string payload_;
+  size_t sent_;
+  grpc::ClientContext ctx_;
+  v1::UploadResponse response_;
+  std::unique_ptr<grpc::ClientWriter<v1::UploadChunk>> writer_;
+  bool open_ = false;
+};
+
+// Many GetTask long-polls in flight at once over one channel (the asynchronous client API).
+class LongPolls {
+ public:
+  LongPolls(v1::SiteService::Stub& stub, int n, int wait_seconds) : calls_(n) {
+    for (int i = 0; i < n; ++i) {
+      Call& c = calls_[i];
+      c.ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+      v1::GetTaskRequest request;
+      request.set_wait_seconds(wait_seconds);
+      c.rpc = stub.AsyncGetTask(&c.ctx, request, &cq_);
+      c.rpc->Finish(&c.task, &c.status, reinterpret_cast<void*>(static_cast<intptr_t>(i)));
+    }
+  }
+  ~LongPolls() {
+    for (Call& c : calls_) c.ctx.TryCancel();
+    while (finished_.size() < calls_.size() && Next(std::chrono::seconds(30))) {
+    }
+    cq_.Shutdown();
+    void* tag;
+    bool ok;
+    while (cq_.Next(&tag, &ok)) {
+    }
+  }
+  // Collects finished calls until `want` of them ended with `code` (true) or 20 s passed (false).
+  bool WaitForFinished(grpc::StatusCode code, int want) {
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (Count(code) < want) {
+      if (std::chrono::steady_clock::now() > give_up) return false;
+      Next(std::chrono::seconds(1));
+    }
+    return true;
+  }
+  int Count(grpc::StatusCode code) const {
+    int n = 0;
+    for (int i : finished_) n += calls_[i].status.error_code() == code ? 1 : 0;
+    return n;
+  }
+  int finished() const { return static_cast<int>(finished_.size()); }
+  // A message of a call that ended with `code` ("" when none did).
+  std::string MessageOf(grpc::StatusCode code) const {
+    for (int i : finished_) {
+      if (calls_[i].status.error_code() == code) return calls_[i].status.error_message();
+    }
+    return "";
+  }
+
+ private:
+  struct Call {
+    grpc::ClientContext ctx;
+    v1::Task task;
+    grpc::Status status;
+    std::unique_ptr<grpc::ClientAsyncResponseReader<v1::Task>> rpc;
+  };
+  // One completion, waiting at most `wait`; false when none came.
+  bool Next(std::chrono::seconds wait) {
+    void* tag;
+    bool ok;
+    if (cq_.AsyncNext(&tag, &ok, std::chrono::system_clock::now() + wait) != grpc::CompletionQueue::GOT_EVENT) {
+      return false;
+    }
+    finished_.push_back(static_cast<int>(reinterpret_cast<intptr_t>(tag)));
+    return true;
+  }
+  grpc::CompletionQueue cq_;
+  std::vector<Call> calls_;
+  std::vector<int> finished_;
+};
 
 class CoordinatorServerTest : public ::testing::Test {
  protected:
@@ -227,6 +372,44 @@ class CoordinatorServerTest : public ::testing::Test {
     return n;
   }
   std::string Delta(double value) { return EncodeDelta(ConstantDelta(global_, value)); }
+
+  // The spool files of `site` in `run` (state_dir/spool/<run>/r<round>-a<attempt>-<site>-<sha256>.upload).
+  std::vector<std::string> SpoolFiles(const std::string& run, const std::string& site) {
+    std::vector<std::string> files;
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(tmp_.Join("state/spool/" + run), ec)) {
+      const std::string name = entry.path().filename().string();
+      if (absl::StrContains(name, "-" + site + "-")) files.push_back(entry.path().string());
+    }
+    return files;
+  }
+  std::string SpoolFile(const std::string& run, const std::string& site, const std::string& sha, int round = 1) {
+    return tmp_.Join(absl::StrCat("state/spool/", run, "/r", round, "-a1-", site, "-", sha, ".upload"));
+  }
+  // True once the server's handler of an OpenUpload holds `bytes` of it in its spool file.
+  bool Receiving(const std::string& run, const std::string& site, const OpenUpload& upload, size_t bytes) {
+    const std::string path = SpoolFile(run, site, upload.sha());
+    return Eventually([&] {
+      std::error_code ec;
+      return std::filesystem::file_size(path, ec) >= bytes && !ec;
+    });
+  }
+  // The refused updates of `site` in the run's first round, with their messages.
+  std::vector<std::string> Refusals(const std::string& run, const std::string& site) {
+    std::vector<std::string> out;
+    v1::RunStatus status = Status(run);
+    for (const v1::RoundInfo& r : status.rounds()) {
+      for (const v1::UpdateInfo& u : r.updates()) {
+        if (u.site_id() == site && u.status() == "refused") out.push_back(u.message());
+      }
+    }
+    return out;
+  }
+  void Restart(const std::function<void(v1::CoordinatorConfig*)>& edit) {
+    coordinator_.reset();
+    edit(&config_);
+    StartCoordinator();
+  }
 
   fedtune::testing::TempDir tmp_;
   FakeClock clock_;
@@ -523,6 +706,297 @@ TEST_F(CoordinatorServerTest, AutoApproveApprovesOnFirstHello) {
   EXPECT_EQ(sites.sites(0).site_id(), "site-a");
   EXPECT_EQ(sites.sites(0).dataset().images(), 100);
   EXPECT_EQ(sites.sites(0).certificate_serial(), site_a_.serial);
+}
+
+// Finding 1: an approved site opening uploads of many distinct payloads and abandoning them must not leave a spool
+// file for each until the round closes; the last one still resumes.
+TEST_F(CoordinatorServerTest, AbandonedPartialUploadsAreRemovedAndDoNotAccumulate) {
+  Enrol({&site_a_, &site_b_});
+  const std::string run = StartRun({"site-a", "site-b"});
+  auto site_a = Site(site_a_);
+  std::string last;
+  for (int i = 1; i <= 6; ++i) {
+    last = Delta(0.001 * i);
+    // Half the payload, then the stream ends (half-closed, or cancelled as a broken connection would be).
+    if (i % 2 == 0) {
+      OpenUpload upload(*site_a, run, 1, last, last.size() / 2);
+      ASSERT_TRUE(Receiving(run, "site-a", upload, last.size() / 2));
+      EXPECT_FALSE(upload.Cancel().ok());
+    } else {
+      EXPECT_EQ(Upload(*site_a, run, 1, last, 0, last.size() / 2).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+    }
+    // Each new payload supersedes the abandoned ones (the cancelled stream's handler may still be finishing).
+    EXPECT_TRUE(Eventually([&] { return SpoolFiles(run, "site-a").size() <= 1; }))
+        << SpoolFiles(run, "site-a").size() << " spool files after " << i << " abandoned uploads";
+  }
+  // A stream that ends before any data leaves nothing behind.
+  {
+    OpenUpload empty(*site_a, run, 1, Delta(0.5), 0);
+    EXPECT_FALSE(empty.Cancel().ok());
+  }
+  EXPECT_TRUE(Eventually([&] { return SpoolFiles(run, "site-a").size() <= 1; }));
+  // The latest partial upload still resumes, unless the empty stream above superseded it: then from 0.
+  const std::string sha = io::Sha256Hex(last);
+  v1::UploadOffsetResponse held = Offset(*site_a, run, 1, sha);
+  ASSERT_LE(held.offset(), static_cast<int64_t>(last.size() / 2));
+  v1::UploadResponse response;
+  grpc::Status status = Upload(*site_a, run, 1, last, static_cast<size_t>(held.offset()), last.size(), "", &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.status(), "accepted");
+  // Only the accepted update's file remains (it is kept for recovery until the round closes).
+  EXPECT_TRUE(Eventually([&] { return SpoolFiles(run, "site-a").size() == 1; }));
+  EXPECT_EQ(SpoolFiles(run, "site-a"), std::vector<std::string>{SpoolFile(run, "site-a", sha)});
+}
+
+// Finding 1: the caps on open uploads and spool bytes, per site and per round.
+TEST_F(CoordinatorServerTest, SpoolLimitsRefuseWithResourceExhaustedNamingTheLimit) {
+  const std::string payload = Delta(0.01);
+  Restart([&](v1::CoordinatorConfig* c) {
+    c->set_max_upload_bytes(static_cast<int64_t>(payload.size()) + 1000);
+    c->set_max_open_uploads_per_site(1);
+    c->set_max_spool_bytes_per_round(static_cast<int64_t>(payload.size()) * 3 / 2);
+  });
+  Enrol({&site_a_, &site_b_});
+  const std::string run = StartRun({"site-a", "site-b"});
+  auto site_a = Site(site_a_);
+  auto site_b = Site(site_b_);
+  OpenUpload first(*site_a, run, 1, payload, 1000);
+  ASSERT_TRUE(Receiving(run, "site-a", first, 1000));
+  // A second payload of site-a while the first is still being received: over max_open_uploads_per_site.
+  const std::string other = Delta(0.02);
+  grpc::Status status = UploadAll(*site_a, run, 1, other);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+  EXPECT_THAT(status.error_message(), HasSubstr("max_open_uploads_per_site"));
+  EXPECT_THAT(status.error_message(), HasSubstr("site-a"));
+  EXPECT_EQ(AuditCount("SiteService/UploadUpdate", "site-a", "RESOURCE_EXHAUSTED"), 1);
+  EXPECT_FALSE(std::filesystem::exists(SpoolFile(run, "site-a", io::Sha256Hex(other))));
+  // site-b's upload would bring the round's partial uploads over max_spool_bytes_per_round.
+  status = UploadAll(*site_b, run, 1, Delta(0.03));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+  EXPECT_THAT(status.error_message(), HasSubstr("max_spool_bytes_per_round"));
+  EXPECT_EQ(AuditCount("SiteService/UploadUpdate", "site-b", "RESOURCE_EXHAUSTED"), 1);
+  EXPECT_EQ(Refusals(run, "site-b").size(), 1u);
+  // Once site-a's upload is accepted, its bytes no longer count: site-b gets through.
+  ASSERT_TRUE(first.Finish().ok());
+  status = UploadAll(*site_b, run, 1, Delta(0.03));
+  EXPECT_TRUE(status.ok()) << status.error_message();
+}
+
+// Finding 2: a site may not hold more than max_streams_per_site streams (nor max_calls_per_site calls) at once.
+TEST_F(CoordinatorServerTest, TheNPlusFirstConcurrentStreamOfASiteIsRefused) {
+  Enrol({&site_a_, &site_b_});
+  const std::string run = StartRun({"site-a", "site-b"});
+  auto site_a = Site(site_a_);
+  v1::Task task;
+  ASSERT_TRUE(GetTask(*site_a, &task).ok());
+  const std::string one = Delta(0.01), two = Delta(0.02);
+  auto first = std::make_unique<OpenUpload>(*site_a, run, 1, one, 1000);
+  auto second = std::make_unique<OpenUpload>(*site_a, run, 1, two, 1000);
+  ASSERT_TRUE(Receiving(run, "site-a", *first, 1000));
+  ASSERT_TRUE(Receiving(run, "site-a", *second, 1000));
+  // A third stream of site-a (max_streams_per_site is 2 by default).
+  grpc::Status status;
+  Download(*site_a, task.model_digest(), 0, &status);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+  EXPECT_THAT(status.error_message(), HasSubstr("site-a"));
+  EXPECT_THAT(status.error_message(), HasSubstr("max_streams_per_site 2"));
+  EXPECT_EQ(AuditCount("SiteService/DownloadModel", "site-a", "RESOURCE_EXHAUSTED"), 1);
+  // Another site is not affected, nor are site-a's unary calls.
+  Download(*Site(site_b_), task.model_digest(), 0, &status);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_TRUE(GetTask(*site_a, &task).ok());
+  // When a stream ends, its slot is free again.
+  EXPECT_FALSE(first->Cancel().ok());
+  first.reset();
+  EXPECT_TRUE(Eventually([&] {
+    Download(*site_a, task.model_digest(), 0, &status);
+    return status.ok();
+  })) << status.error_message();
+  EXPECT_FALSE(second->Cancel().ok());
+}
+
+// Finding 2: long-polls of one site hold at most max_calls_per_site server threads; the others are refused at once.
+TEST_F(CoordinatorServerTest, ManyLongPollsOfOneSiteKeepTheThreadCountBounded) {
+  Restart([](v1::CoordinatorConfig* c) { c->set_task_wait_seconds(60); });
+  Enrol({&site_a_});
+  auto site_a = Site(site_a_);
+  v1::Task task;
+  ASSERT_TRUE(GetTask(*site_a, &task).ok());  // The channel and the server's threads are up.
+  const int before = ProcessThreads();
+  constexpr int kPolls = 100;
+  LongPolls polls(*site_a, kPolls, 60);
+  const int limit = config_.max_calls_per_site();  // 8 by default.
+  ASSERT_TRUE(polls.WaitForFinished(grpc::StatusCode::RESOURCE_EXHAUSTED, kPolls - limit))
+      << polls.Count(grpc::StatusCode::RESOURCE_EXHAUSTED) << " of " << kPolls << " refused";
+  EXPECT_EQ(polls.finished(), kPolls - limit);  // The others still wait for a task.
+  EXPECT_THAT(polls.MessageOf(grpc::StatusCode::RESOURCE_EXHAUSTED), HasSubstr("site-a"));
+  EXPECT_THAT(polls.MessageOf(grpc::StatusCode::RESOURCE_EXHAUSTED), HasSubstr("max_calls_per_site 8"));
+  // The refused calls' handler threads end on their own; the held ones stay for the long-polls' 60 s.
+  int during = 0;
+  EXPECT_TRUE(Eventually([&] { return (during = ProcessThreads()) <= before + limit + 16; }))
+      << "threads before " << before << ", with " << kPolls << " long-polls " << during;
+}
+
+// Finding 2: the server-wide thread quota (grpc::ResourceQuota) bounds the threads whatever the per-site limits.
+TEST_F(CoordinatorServerTest, ServerThreadQuotaBoundsTheThreads) {
+  Restart([](v1::CoordinatorConfig* c) {
+    c->set_task_wait_seconds(60);
+    c->set_max_calls_per_site(1000);
+    c->set_max_server_threads(8);
+  });
+  Enrol({&site_a_});
+  auto site_a = Site(site_a_);
+  v1::Task task;
+  ASSERT_TRUE(GetTask(*site_a, &task).ok());
+  const int before = ProcessThreads();
+  constexpr int kPolls = 60;
+  LongPolls polls(*site_a, kPolls, 60);
+  ASSERT_TRUE(polls.WaitForFinished(grpc::StatusCode::RESOURCE_EXHAUSTED, kPolls - 8))
+      << polls.Count(grpc::StatusCode::RESOURCE_EXHAUSTED) << " of " << kPolls << " refused";
+  int during = 0;
+  EXPECT_TRUE(Eventually([&] { return (during = ProcessThreads()) <= before + 8 + 16; }))
+      << "threads before " << before << ", with " << kPolls << " long-polls " << during;
+}
+
+// Finding 3: a round, offset or (through the round) attempt a peer supplies is range-checked; round -1 is no
+// wildcard.
+TEST_F(CoordinatorServerTest, RoundsAndOffsetsFromPeersAreRangeChecked) {
+  Enrol({&site_a_, &site_b_});
+  const std::string run = StartRun({"site-a", "site-b"});
+  auto site_a = Site(site_a_);
+  const std::string payload = Delta(0.01);
+  const std::string sha = io::Sha256Hex(payload);
+  ASSERT_TRUE(UploadAll(*site_a, run, 1, payload).ok());
+  for (int round : {-1, 0, std::numeric_limits<int32_t>::min()}) {
+    grpc::Status status = UploadAll(*site_a, run, round, payload);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << round << ": " << status.error_message();
+    EXPECT_THAT(status.error_message(), HasSubstr("round"));
+    Offset(*site_a, run, round, sha, &status);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << round << ": " << status.error_message();
+    EXPECT_THAT(status.error_message(), HasSubstr("round"));
+  }
+  // Beyond the run's rounds.
+  grpc::Status status = UploadAll(*site_a, run, 3, payload);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::OUT_OF_RANGE) << status.error_message();
+  EXPECT_THAT(status.error_message(), HasSubstr("round 3"));
+  // Offsets.
+  status = Upload(*site_a, run, 1, Delta(0.02), 0, 0);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::ALREADY_EXISTS);  // Range-valid, but site-a is done.
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Deadline());
+    v1::UploadResponse response;
+    auto writer = Site(site_b_)->UploadUpdate(&ctx, &response);
+    v1::UploadChunk chunk;
+    chunk.mutable_header()->set_run_id(run);
+    chunk.mutable_header()->set_round(1);
+    chunk.mutable_header()->set_total_bytes(100);
+    chunk.mutable_header()->set_sha256(sha);
+    chunk.mutable_header()->set_offset(-5);
+    chunk.mutable_header()->set_num_samples(1);
+    writer->Write(chunk);
+    writer->WritesDone();
+    status = writer->Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(status.error_message(), HasSubstr("offset"));
+  }
+  v1::Task task;
+  ASSERT_TRUE(GetTask(*Site(site_b_), &task).ok());
+  Download(*site_a, task.model_digest(), -1, &status);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::OUT_OF_RANGE);
+  EXPECT_THAT(status.error_message(), HasSubstr("offset"));
+  // Heartbeats and metrics.
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Deadline());
+    v1::HeartbeatRequest beat;
+    beat.set_run_id(run);
+    beat.set_round(-1);
+    v1::HeartbeatResponse answer;
+    status = site_a->Heartbeat(&ctx, beat, &answer);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(status.error_message(), HasSubstr("round"));
+  }
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Deadline());
+    v1::MetricsReport report;
+    report.set_run_id(run);
+    report.set_round(-2);
+    report.set_kind("round");
+    v1::ReportMetricsResponse answer;
+    status = site_a->ReportMetrics(&ctx, report, &answer);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(status.error_message(), HasSubstr("round"));
+  }
+}
+
+// Finding 4: a site downloads only the models of runs it takes part in.
+TEST_F(CoordinatorServerTest, DownloadsAreScopedToTheRunsOfTheSite) {
+  Enrol({&site_a_, &site_b_, &site_c_});
+  const std::string run = StartRun({"site-a", "site-b"}, 1);
+  ASSERT_TRUE(UploadAll(*Site(site_a_), run, 1, Delta(0.01)).ok());
+  ASSERT_TRUE(UploadAll(*Site(site_b_), run, 1, Delta(0.02)).ok());
+  const v1::RunStatus status = Status(run);
+  ASSERT_EQ(status.rounds_size(), 1);
+  const std::string result = status.rounds(0).result_digest();
+  ASSERT_FALSE(result.empty());
+  grpc::Status call;
+  for (const std::string& digest : {result, status.base_model_digest()}) {
+    Download(*Site(site_a_), digest, 0, &call);
+    EXPECT_TRUE(call.ok()) << call.error_message();
+    Download(*Site(site_c_), digest, 0, &call);
+    EXPECT_EQ(call.error_code(), grpc::StatusCode::PERMISSION_DENIED) << call.error_message();
+    EXPECT_THAT(call.error_message(), HasSubstr("site-c"));
+  }
+  EXPECT_EQ(AuditCount("SiteService/DownloadModel", "site-c", "PERMISSION_DENIED"), 2);
+}
+
+// Finding 5: what a site is told names the run, round, site or field, never a path on the coordinator.
+TEST_F(CoordinatorServerTest, MessagesToSitesCarryNoServerPaths) {
+  Enrol({&site_a_, &site_b_});
+  const std::string run = StartRun({"site-a", "site-b"});
+  auto site_a = Site(site_a_);
+  grpc::Status status = UploadAll(*site_a, run, 1, testing::WrongShapePayload(global_));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("shape"));
+  EXPECT_THAT(status.error_message(), HasSubstr("run " + run + " round 1"));
+  EXPECT_THAT(status.error_message(), Not(HasSubstr(tmp_.path())));
+  EXPECT_THAT(status.error_message(), Not(HasSubstr("spool")));
+  // The operator's view (refused update) keeps the detail.
+  ASSERT_EQ(Refusals(run, "site-a").size(), 1u);
+  // A model blob gone missing on the coordinator.
+  v1::Task task;
+  ASSERT_TRUE(GetTask(*site_a, &task).ok());
+  ASSERT_TRUE(std::filesystem::remove(coordinator_->blobs()->PathOf(task.model_digest())));
+  Download(*site_a, task.model_digest(), 0, &status);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::DATA_LOSS);
+  EXPECT_THAT(status.error_message(), HasSubstr(task.model_digest()));
+  EXPECT_THAT(status.error_message(), Not(HasSubstr(tmp_.path())));
+}
+
+// Finding 6: an upload whose round closed while it was received is refused like any other: its spool file is
+// removed and a refused update recorded.
+TEST_F(CoordinatorServerTest, AnUploadOverlappingTheRoundsCloseIsRefusedAndRecorded) {
+  Enrol({&site_a_, &site_b_, &site_c_});
+  const std::string run = StartRun({"site-a", "site-b", "site-c"});
+  auto site_a = Site(site_a_);
+  const std::string payload = Delta(0.01);
+  OpenUpload late(*site_a, run, 1, payload, 1000);
+  ASSERT_TRUE(Receiving(run, "site-a", late, 1000));
+  ASSERT_TRUE(UploadAll(*Site(site_b_), run, 1, Delta(0.02)).ok());
+  ASSERT_TRUE(UploadAll(*Site(site_c_), run, 1, Delta(0.03)).ok());
+  clock_.Advance(absl::Seconds(3601));
+  ASSERT_TRUE(coordinator_->rounds()->Tick().ok());  // Closes round 1 with site-b and site-c (min_sites 2).
+  ASSERT_EQ(Status(run).current_round(), 2);
+  grpc::Status status = late.Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << status.error_message();
+  EXPECT_THAT(status.error_message(), HasSubstr("round 1 is not open"));
+  EXPECT_EQ(AuditCount("SiteService/UploadUpdate", "site-a", "FAILED_PRECONDITION"), 1);
+  const std::vector<std::string> refused = Refusals(run, "site-a");
+  ASSERT_EQ(refused.size(), 1u);
+  EXPECT_THAT(refused[0], HasSubstr("not open"));
+  EXPECT_TRUE(SpoolFiles(run, "site-a").empty());
 }
 
 TEST(CoordinatorBinaryTest, WritesThePortFileAndExitsZeroOnSigterm) {

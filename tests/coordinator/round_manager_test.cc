@@ -1,8 +1,10 @@
 #include "coordinator/round_manager.h"
 
+#include <cmath>
 #include <filesystem>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "common/io/file_util.h"
 #include "common/io/sha256.h"
 #include "gmock/gmock.h"
@@ -44,7 +46,7 @@ class RoundManagerTest : public ::testing::Test {
     auto blobs = BlobStore::Open(tmp_.Join("blobs"));
     ASSERT_TRUE(blobs.ok()) << blobs.status();
     blobs_ = *std::move(blobs);
-    RoundManagerOptions options;
+    RoundManagerOptions options = options_;
     options.state_dir = tmp_.path();
     options.clock = clock_.AsFunction();
     auto manager = RoundManager::Create(store_.get(), blobs_.get(), options);
@@ -93,6 +95,38 @@ class RoundManagerTest : public ::testing::Test {
 
   std::string Delta(double value) { return EncodeDelta(ConstantDelta(global_, value)); }
 
+  static v1::UploadHeader Header(const std::string& run, int round, const std::string& payload, int64_t offset = 0) {
+    v1::UploadHeader header;
+    header.set_run_id(run);
+    header.set_round(round);
+    header.set_total_bytes(static_cast<int64_t>(payload.size()));
+    header.set_sha256(io::Sha256Hex(payload));
+    header.set_offset(offset);
+    header.set_num_samples(10);
+    return header;
+  }
+  // The first `bytes` of `payload` as a stream would have written them into the target's spool file.
+  static void Receive(const UploadTarget& target, const std::string& payload, size_t bytes) {
+    ASSERT_TRUE(io::WriteFileAtomically(target.spool_path, payload.substr(0, bytes)).ok());
+  }
+  size_t SpoolFileCount(const std::string& run) {
+    size_t n = 0;
+    std::error_code ec;
+    for (auto it = std::filesystem::directory_iterator(tmp_.Join("spool/" + run), ec);
+         !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+      ++n;
+    }
+    return n;
+  }
+  std::string SpoolFile(const std::string& run, const std::string& site, const std::string& payload) {
+    return tmp_.Join(absl::StrCat("spool/", run, "/r1-a1-", site, "-", io::Sha256Hex(payload), ".upload"));
+  }
+  size_t Refused(const std::string& run, const std::string& site) {
+    auto refused = store_->ListUpdates(run, std::nullopt, std::nullopt, site, "refused");
+    EXPECT_TRUE(refused.ok());
+    return refused.ok() ? refused->size() : 0;
+  }
+
   RunRecord Run(const std::string& id) {
     absl::StatusOr<RunRecord> run = store_->GetRun(id);
     EXPECT_TRUE(run.ok()) << run.status();
@@ -101,6 +135,7 @@ class RoundManagerTest : public ::testing::Test {
 
   fedtune::testing::TempDir tmp_;
   FakeClock clock_;
+  RoundManagerOptions options_;  // Limits for Open(); state_dir and clock are set there.
   fl::TensorMap global_;
   std::string initial_digest_;
   std::unique_ptr<StateStore> store_;
@@ -347,6 +382,206 @@ TEST_F(RoundManagerTest, UploadRefusalsAndIdempotency) {
   ASSERT_TRUE(refused.ok());
   EXPECT_EQ(refused->size(), 4u);
   EXPECT_EQ(Run(*run).current_round, 1);  // Refused updates do not count.
+}
+
+TEST_F(RoundManagerTest, PartialUploadsAreLimitedPerSiteAndRoundAndSuperseded) {
+  const std::string a1 = Delta(0.01), a2 = Delta(0.02), a3 = Delta(0.03), b1 = Delta(0.04), b2 = Delta(0.05);
+  const int64_t size = static_cast<int64_t>(a1.size());
+  options_.max_upload_bytes = size;
+  options_.max_open_uploads_per_site = 2;
+  options_.max_spool_bytes_per_site = 2 * size;
+  options_.max_spool_bytes_per_round = 2 * size + size / 2;
+  Restart();
+  auto run = manager_->StartRun(Config(1, 2, {"site-a", "site-b"}));
+  ASSERT_TRUE(run.ok());
+  auto first = manager_->BeginUpload("site-a", Header(*run, 1, a1));
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_TRUE(first->claimed);
+  Receive(*first, a1, 100);
+  // The same payload while its stream is still receiving: ABORTED, nothing counted or removed.
+  EXPECT_EQ(manager_->BeginUpload("site-a", Header(*run, 1, a1, 100)).status().code(), absl::StatusCode::kAborted);
+  EXPECT_EQ(std::filesystem::file_size(first->spool_path), 100u);
+  // A second payload supersedes the first, which goes when its stream ends.
+  auto second = manager_->BeginUpload("site-a", Header(*run, 1, a2));
+  ASSERT_TRUE(second.ok()) << second.status();
+  Receive(*second, a2, 100);
+  // A third while both streams receive: over max_open_uploads_per_site; refused and recorded.
+  auto third = manager_->BeginUpload("site-a", Header(*run, 1, a3));
+  EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(third.status().message(), HasSubstr("max_open_uploads_per_site 2"));
+  EXPECT_THAT(third.status().message(), HasSubstr("site site-a run " + *run + " round 1"));
+  EXPECT_EQ(Refused(*run, "site-a"), 1u);
+  EXPECT_EQ(manager_->EndUpload("site-a", Header(*run, 1, a1), *first, absl::CancelledError("gone")).code(),
+            absl::StatusCode::kCancelled);
+  EXPECT_FALSE(std::filesystem::exists(first->spool_path));  // Superseded.
+  // The second stream breaks: its bytes stay, and it resumes.
+  manager_->EndUpload("site-a", Header(*run, 1, a2), *second, absl::CancelledError("gone"));
+  EXPECT_EQ(std::filesystem::file_size(second->spool_path), 100u);
+  auto resumed = manager_->BeginUpload("site-a", Header(*run, 1, a2, 100));
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(resumed->spool_path, second->spool_path);
+  // site-b: one payload fits (2 x size of 2.5 x size), a second would exceed the round's bytes.
+  auto other = manager_->BeginUpload("site-b", Header(*run, 1, b1));
+  ASSERT_TRUE(other.ok()) << other.status();
+  auto over = manager_->BeginUpload("site-b", Header(*run, 1, b2));
+  EXPECT_EQ(over.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(over.status().message(), HasSubstr("max_spool_bytes_per_round"));
+  EXPECT_FALSE(std::filesystem::exists(SpoolFile(*run, "site-b", b2)));
+  // A stream that ends holding nothing leaves no file.
+  manager_->EndUpload("site-b", Header(*run, 1, b1), *other, absl::CancelledError("nothing sent"));
+  EXPECT_FALSE(std::filesystem::exists(other->spool_path));
+  // Accepting site-a's payload frees its bytes: site-b's second payload fits now.
+  Receive(*resumed, a2, a2.size());
+  ASSERT_TRUE(manager_->AcceptUpload("site-a", Header(*run, 1, a2, 100), *resumed).ok());
+  auto later = manager_->BeginUpload("site-b", Header(*run, 1, b2));
+  EXPECT_TRUE(later.ok()) << later.status();
+}
+
+TEST_F(RoundManagerTest, PerSiteSpoolBytesAreLimitedAndAResumeCountsOnce) {
+  const std::string a1 = Delta(0.01), a2 = Delta(0.02);
+  const int64_t size = static_cast<int64_t>(a1.size());
+  options_.max_upload_bytes = size;
+  options_.max_open_uploads_per_site = 5;
+  options_.max_spool_bytes_per_site = size + size / 2;
+  Restart();
+  auto run = manager_->StartRun(Config(1, 1, {"site-a"}));
+  ASSERT_TRUE(run.ok());
+  auto first = manager_->BeginUpload("site-a", Header(*run, 1, a1));
+  ASSERT_TRUE(first.ok());
+  Receive(*first, a1, 100);
+  manager_->EndUpload("site-a", Header(*run, 1, a1), *first, absl::CancelledError("gone"));
+  // Resumed: its earlier bytes are not counted besides the new claim (2 x size would exceed 1.5 x size).
+  auto resumed = manager_->BeginUpload("site-a", Header(*run, 1, a1, 100));
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  auto second = manager_->BeginUpload("site-a", Header(*run, 1, a2));
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(second.status().message(), HasSubstr("max_spool_bytes_per_site"));
+  // Header checks come first and name the field.
+  v1::UploadHeader big = Header(*run, 1, a2);
+  big.set_total_bytes(size + 1);
+  EXPECT_THAT(manager_->BeginUpload("site-a", big).status().message(), HasSubstr("max_upload_bytes"));
+  v1::UploadHeader nan = Header(*run, 1, a2);
+  nan.set_validation_loss(std::nan(""));
+  EXPECT_EQ(manager_->BeginUpload("site-a", nan).status().code(), absl::StatusCode::kInvalidArgument);
+  v1::UploadHeader offset = Header(*run, 1, a2, size + 1);
+  EXPECT_THAT(manager_->BeginUpload("site-a", offset).status().message(), HasSubstr("offset"));
+  Receive(*resumed, a1, a1.size());
+  ASSERT_TRUE(manager_->AcceptUpload("site-a", Header(*run, 1, a1, 100), *resumed).ok());
+}
+
+TEST_F(RoundManagerTest, ProtocolBreachesAreRefusedAndRecorded) {
+  auto run = manager_->StartRun(Config(1, 2, {"site-a", "site-b"}));
+  ASSERT_TRUE(run.ok());
+  const std::string payload = Delta(0.01);
+  auto target = manager_->BeginUpload("site-a", Header(*run, 1, payload));
+  ASSERT_TRUE(target.ok());
+  Receive(*target, payload, 500);
+  absl::Status why = absl::InvalidArgumentError("upload: more than the announced total_bytes were sent");
+  EXPECT_EQ(manager_->EndUpload("site-a", Header(*run, 1, payload), *target, why), why);
+  EXPECT_FALSE(std::filesystem::exists(target->spool_path));
+  EXPECT_EQ(Refused(*run, "site-a"), 1u);
+}
+
+TEST_F(RoundManagerTest, AnUploadWhoseRoundClosedMeanwhileIsRefusedAndRecorded) {
+  auto run = manager_->StartRun(Config(2, 2, {"site-a", "site-b", "site-c"}));
+  ASSERT_TRUE(run.ok());
+  const std::string payload = Delta(0.01);
+  auto target = manager_->BeginUpload("site-a", Header(*run, 1, payload));
+  ASSERT_TRUE(target.ok());
+  ASSERT_TRUE(Upload("site-b", *run, 1, Delta(0.02)).ok());
+  ASSERT_TRUE(Upload("site-c", *run, 1, Delta(0.03)).ok());
+  clock_.Advance(absl::Seconds(60));
+  ASSERT_TRUE(manager_->Tick().ok());
+  ASSERT_EQ(Run(*run).current_round, 2);
+  Receive(*target, payload, payload.size());  // The stream still wrote the whole payload (a new file here).
+  auto late = manager_->AcceptUpload("site-a", Header(*run, 1, payload), *target);
+  EXPECT_EQ(late.status().code(), absl::StatusCode::kFailedPrecondition) << late.status();
+  EXPECT_THAT(late.status().message(), HasSubstr("round 1 is not open"));
+  EXPECT_FALSE(std::filesystem::exists(target->spool_path));
+  EXPECT_EQ(Refused(*run, "site-a"), 1u);
+  // The claim ended with it: the next try is told the round is closed, not that a stream holds it.
+  EXPECT_EQ(manager_->BeginUpload("site-a", Header(*run, 1, payload)).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(RoundManagerTest, DecodeRefusalsNameTheUploadNotTheSpoolFile) {
+  auto run = manager_->StartRun(Config(1, 2, {"site-a", "site-b"}));
+  ASSERT_TRUE(run.ok());
+  auto shape = Upload("site-a", *run, 1, testing::WrongShapePayload(global_));
+  EXPECT_EQ(shape.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(shape.status().message(), HasSubstr("update from site-a for run " + *run + " round 1"));
+  EXPECT_THAT(shape.status().message(), ::testing::Not(HasSubstr(tmp_.path())));
+  auto garbage = Upload("site-a", *run, 1, "not a tensor bundle at all");
+  EXPECT_EQ(garbage.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(garbage.status().message(), ::testing::Not(HasSubstr(tmp_.path())));
+}
+
+TEST_F(RoundManagerTest, RestartRebuildsThePartialUploadsSoLimitsStillHold) {
+  const std::string a1 = Delta(0.01), a2 = Delta(0.02);
+  options_.max_open_uploads_per_site = 1;
+  Restart();
+  auto run = manager_->StartRun(Config(1, 2, {"site-a", "site-b"}));
+  ASSERT_TRUE(run.ok());
+  ASSERT_TRUE(Upload("site-b", *run, 1, Delta(0.05)).ok());  // An accepted update is never a partial upload.
+  auto first = manager_->BeginUpload("site-a", Header(*run, 1, a1));
+  ASSERT_TRUE(first.ok());
+  Receive(*first, a1, 700);
+  manager_->EndUpload("site-a", Header(*run, 1, a1), *first, absl::CancelledError("gone"));
+  Restart();
+  EXPECT_EQ(std::filesystem::file_size(first->spool_path), 700u);  // Still resumable.
+  EXPECT_EQ(SpoolFileCount(*run), 2u);
+  // Another payload of site-a supersedes it (max_open_uploads_per_site 1 holds); site-b's accepted file stays.
+  auto second = manager_->BeginUpload("site-a", Header(*run, 1, a2));
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_FALSE(std::filesystem::exists(first->spool_path));
+  Receive(*second, a2, a2.size());
+  ASSERT_TRUE(manager_->AcceptUpload("site-a", Header(*run, 1, a2), *second).ok());
+  EXPECT_EQ(Run(*run).state, "completed");
+}
+
+TEST_F(RoundManagerTest, RoundsFromSitesAreRangeChecked) {
+  auto run = manager_->StartRun(Config(2, 2, {"site-a", "site-b"}));
+  ASSERT_TRUE(run.ok());
+  const std::string payload = Delta(0.01);
+  ASSERT_TRUE(Upload("site-a", *run, 1, payload).ok());
+  for (int round : {-1, 0}) {
+    auto target = manager_->PrepareUpload("site-a", *run, round, io::Sha256Hex(payload));
+    EXPECT_EQ(target.status().code(), absl::StatusCode::kInvalidArgument) << round;
+    EXPECT_THAT(target.status().message(), HasSubstr("round"));
+  }
+  EXPECT_EQ(manager_->PrepareUpload("site-a", *run, 3, io::Sha256Hex(payload)).status().code(),
+            absl::StatusCode::kOutOfRange);
+  v1::HeartbeatRequest beat;
+  beat.set_run_id(*run);
+  beat.set_round(-1);
+  EXPECT_EQ(manager_->Heartbeat("site-a", beat).status().code(), absl::StatusCode::kInvalidArgument);
+  beat.set_round(3);
+  EXPECT_EQ(manager_->Heartbeat("site-a", beat).status().code(), absl::StatusCode::kOutOfRange);
+  v1::MetricsReport report;
+  report.set_run_id(*run);
+  report.set_kind("round");
+  report.set_round(0);
+  EXPECT_EQ(manager_->ReportMetrics("site-a", report).code(), absl::StatusCode::kInvalidArgument);
+  report.set_round(3);
+  EXPECT_EQ(manager_->ReportMetrics("site-a", report).code(), absl::StatusCode::kOutOfRange);
+  report.set_round(1);
+  EXPECT_TRUE(manager_->ReportMetrics("site-a", report).ok());
+}
+
+TEST_F(RoundManagerTest, ModelAccessIsScopedToTheRunsOfASite) {
+  auto run = manager_->StartRun(Config(1, 2, {"site-a", "site-b"}));
+  ASSERT_TRUE(run.ok());
+  EXPECT_TRUE(manager_->CheckModelAccess("site-a", initial_digest_).ok());
+  EXPECT_EQ(manager_->CheckModelAccess("site-c", initial_digest_).code(), absl::StatusCode::kPermissionDenied);
+  ASSERT_TRUE(Upload("site-a", *run, 1, Delta(0.01)).ok());
+  ASSERT_TRUE(Upload("site-b", *run, 1, Delta(0.02)).ok());
+  const std::string result = Run(*run).final_model_digest;
+  ASSERT_FALSE(result.empty());
+  EXPECT_TRUE(manager_->CheckModelAccess("site-b", result).ok());
+  absl::Status denied = manager_->CheckModelAccess("site-c", result);
+  EXPECT_EQ(denied.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(denied.message(), HasSubstr("site-c"));
+  EXPECT_EQ(manager_->CheckModelAccess("site-a", std::string(64, 'e')).code(), absl::StatusCode::kPermissionDenied);
 }
 
 TEST_F(RoundManagerTest, RestartKeepsAcceptedUpdatesAndFedAdamState) {

@@ -123,6 +123,12 @@ TEST(StateStoreTest, RunsRoundsAndTransitionsAreTransactional) {
   EXPECT_EQ(store->FindModelVersions("bbbbbbbb")->size(), 1u);
   EXPECT_EQ(store->FindModelVersions("%")->size(), 0u);
   EXPECT_EQ(store->GetRun("run-9").status().code(), absl::StatusCode::kNotFound);
+  // The runs that use a model: by base model ('a'), by having made it ('b'); none for an unknown digest.
+  ASSERT_EQ(store->RunsUsingModel(std::string(64, 'a'))->size(), 1u);
+  ASSERT_EQ(store->RunsUsingModel(std::string(64, 'b'))->size(), 1u);
+  EXPECT_EQ(store->RunsUsingModel(std::string(64, 'b'))->front().run_id, *id);
+  EXPECT_TRUE(store->RunsUsingModel(std::string(64, 'c'))->empty());
+  EXPECT_TRUE(store->RunsUsingModel("")->empty());
 }
 
 TEST(StateStoreTest, OneAcceptedUpdatePerSiteAndAttempt) {
@@ -145,9 +151,14 @@ TEST(StateStoreTest, OneAcceptedUpdatePerSiteAndAttempt) {
   EXPECT_THAT(again.status().message(), HasSubstr("site-a"));
   u.attempt = 2;
   ASSERT_TRUE(store->InsertUpdate(u).ok());
-  EXPECT_EQ(store->ListUpdates("run-0001", 1, -1, "site-a", "accepted")->size(), 2u);
+  EXPECT_EQ(store->ListUpdates("run-0001", 1, std::nullopt, "site-a", "accepted")->size(), 2u);
   EXPECT_EQ(store->ListUpdates("run-0001", 1, 1, "", "")->size(), 2u);
-  EXPECT_EQ(store->ListUpdates("run-0001", 2, -1, "", "")->size(), 0u);
+  EXPECT_EQ(store->ListUpdates("run-0001", 2, std::nullopt, "", "")->size(), 0u);
+  EXPECT_EQ(store->ListUpdates("run-0001", std::nullopt, std::nullopt, "", "")->size(), 3u);
+  // A negative round is a value like any other, not a wildcard: a site once sent round -1 and was answered
+  // "accepted before" with another round's update.
+  EXPECT_EQ(store->ListUpdates("run-0001", -1, 1, "site-a", "accepted")->size(), 0u);
+  EXPECT_EQ(store->ListUpdates("run-0001", 1, -1, "site-a", "accepted")->size(), 0u);
 }
 
 TEST(StateStoreTest, MetricsTransfersAndAudit) {

@@ -215,6 +215,29 @@ TEST_F(CoordinatorClientTest, RetriesUnavailableWithExponentialBackoffUpToTheBou
   EXPECT_TRUE(sleeps_.empty());
 }
 
+// The coordinator answers RESOURCE_EXHAUSTED when a site has too many calls or streams in progress (a broken one may
+// still be finishing there), when its thread quota is used up, or when the round's spool limits are reached: busy
+// for now, so the call is retried after a backoff like UNAVAILABLE.
+TEST_F(CoordinatorClientTest, RetriesResourceExhaustedWithBackoff) {
+  auto client = NewClient(/*max_attempts=*/4);
+  coordinator_.service().FailNext("Hello", 2, grpc::StatusCode::RESOURCE_EXHAUSTED);
+  ASSERT_TRUE(client->Hello(v1::HelloRequest()).ok());
+  EXPECT_EQ(coordinator_.service().calls("Hello"), 3);
+  EXPECT_EQ(sleeps_.size(), 2u);
+
+  sleeps_.clear();
+  coordinator_.service().FailNext("UploadUpdate", 1, grpc::StatusCode::RESOURCE_EXHAUSTED);
+  const std::string payload = RandomBytes(1500, 7);
+  UploadRequest request;
+  request.run_id = "run-3";
+  request.round = 1;
+  request.path = tmp_.WriteFile("busy.bin", payload);
+  request.sha256 = io::Sha256Hex(payload);
+  ASSERT_TRUE(client->UploadUpdate(request).ok());
+  EXPECT_EQ(sleeps_.size(), 1u);
+  EXPECT_EQ(coordinator_.service().accepted_upload("run-3", 1), payload);
+}
+
 TEST(BackoffTest, GivesUpAfterMaxElapsed) {
   RetryPolicy policy;
   policy.min_backoff = absl::Milliseconds(1);
