@@ -34,7 +34,7 @@ absl::StatusOr<v1::CoordinatorConfig> ParseCoordinatorConfig(absl::string_view t
 }
 
 absl::StatusOr<v1::CoordinatorConfig> LoadCoordinatorConfig(const std::string& path) {
-  ASSIGN_OR_RETURN(std::string text, io::ReadFile(path));
+  ASSIGN_OR_RETURN(std::string text, io::ReadTextProtoFile(path));
   std::string dir = std::filesystem::path(path).parent_path().string();
   if (dir.empty()) dir = ".";
   return ParseCoordinatorConfig(text, path, dir);

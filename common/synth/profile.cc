@@ -9,6 +9,7 @@
 #include "absl/strings/str_join.h"
 #include "common/data/chexpert_labels.h"
 #include "common/io/file_util.h"
+#include "common/io/text_proto.h"
 #include "common/status_macros.h"
 #include "common/synth/builtin_profiles.h"
 #include "google/protobuf/io/tokenizer.h"
@@ -185,7 +186,7 @@ absl::StatusOr<SynthProfile> LoadProfile(const std::string& name_or_path) {
     return absl::NotFoundError(absl::StrCat("synth profile \"", name_or_path, "\" is neither a built-in profile (",
                                             absl::StrJoin(BuiltinProfileNames(), ", "), ") nor an existing file"));
   }
-  ASSIGN_OR_RETURN(std::string text, io::ReadFile(name_or_path));
+  ASSIGN_OR_RETURN(std::string text, io::ReadTextProtoFile(name_or_path));
   return ParseProfile(text, name_or_path);
 }
 

@@ -54,7 +54,7 @@ absl::StatusOr<v1::RunConfig> ParseRunConfig(absl::string_view text, absl::strin
 }
 
 absl::StatusOr<v1::RunConfig> ReadRunConfig(const std::string& path) {
-  ASSIGN_OR_RETURN(std::string text, io::ReadFile(path));
+  ASSIGN_OR_RETURN(std::string text, io::ReadTextProtoFile(path));
   return ParseRunConfig(text, path);
 }
 
