@@ -160,29 +160,5 @@ TEST(CheckpointTest, RejectsOtherFilesAndBadInput) {
   EXPECT_EQ(SaveCheckpoint(&one, dir.Join("no/such/dir/m.ckpt")).status().code(), absl::StatusCode::kNotFound);
 }
 
-TEST(TorchArchiveTest, WriterRoundTripsValues) {
-  PickleValue root;
-  root.kind = PickleValue::Kind::kDict;
-  root.AddEntry("big", PickleValue::Int(int64_t{1} << 40));
-  root.AddEntry("neg", PickleValue::Int(-5));
-  root.AddEntry("mid", PickleValue::Int(300));
-  root.AddEntry("s", PickleValue::String("é\n"));
-  root.AddEntry("l", PickleValue::List({PickleValue::Tensor(torch::arange(5).to(torch::kLong)),
-                                        PickleValue::Tensor(torch::ones({2, 2}, torch::kHalf))}));
-  auto bytes = WriteTorchArchive(root);
-  ASSERT_TRUE(bytes.ok()) << bytes.status();
-  auto back = ReadTorchArchive(*bytes, "mem");
-  ASSERT_TRUE(back.ok()) << back.status();
-  EXPECT_EQ((*back)->Find("big")->i, int64_t{1} << 40);
-  EXPECT_EQ((*back)->Find("neg")->i, -5);
-  EXPECT_EQ((*back)->Find("mid")->i, 300);
-  EXPECT_EQ((*back)->Find("s")->s, "é\n");
-  const PickleValue* list = (*back)->Find("l");
-  ASSERT_EQ(list->items.size(), 2u);
-  EXPECT_TRUE(torch::equal(list->items[0]->tensor, torch::arange(5).to(torch::kLong)));
-  EXPECT_TRUE(torch::equal(list->items[1]->tensor, torch::ones({2, 2}, torch::kHalf)));
-  EXPECT_EQ(*WriteTorchArchive(root), *bytes);  // Deterministic.
-}
-
 }  // namespace
 }  // namespace fedtune::model
