@@ -2,6 +2,7 @@
 // writes, and loading by Python's torch.load (checkpoint_reader.py, run with Debian's python3).
 #include "common/model/checkpoint.h"
 
+#include <caffe2/serialize/inline_container.h>
 #include <torch/torch.h>
 
 #include <string>
@@ -153,6 +154,24 @@ TEST(CheckpointTest, RejectsOtherFilesAndBadInput) {
   EXPECT_THAT(status.message(), HasSubstr("not a fedtune checkpoint"));
   EXPECT_EQ(LoadCheckpoint(dir.WriteFile("x.ckpt", "hello")).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(LoadCheckpoint(dir.Join("absent.ckpt")).status().code(), absl::StatusCode::kNotFound);
+
+  // A hostile checkpoint (as a coordinator could send): a pickle whose shared lists expand to 2^65 values.
+  std::string bomb("\x80\x02(]q\x00", 6);
+  for (int i = 0; i < 64; ++i) bomb += std::string("](h\x00h\x00", 6) + std::string("eq\x00", 3);
+  bomb += "t.";
+  std::string archive;
+  {
+    caffe2::serialize::PyTorchStreamWriter writer([&archive](const void* data, size_t n) {
+      archive.append(static_cast<const char*>(data), n);
+      return n;
+    });
+    writer.writeRecord("data.pkl", bomb.data(), bomb.size());
+    writer.writeEndOfFile();
+  }
+  status = LoadCheckpoint(dir.WriteFile("bomb.ckpt", archive)).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(status.message(), HasSubstr("bomb.ckpt"));
+  EXPECT_THAT(status.message(), HasSubstr("kMaxPickleExpandedValues"));
 
   Checkpoint empty;
   EXPECT_EQ(SaveCheckpoint(&empty, dir.Join("e.ckpt")).status().code(), absl::StatusCode::kInvalidArgument);
