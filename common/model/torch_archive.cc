@@ -4,8 +4,10 @@
 #include <c10/core/ScalarType.h>
 #include <caffe2/serialize/in_memory_adapter.h>
 #include <caffe2/serialize/inline_container.h>
+#include <caffe2/serialize/versions.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstring>
 #include <limits>
@@ -16,6 +18,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 
@@ -86,22 +89,74 @@ uint64_t ReadLittleEndian(absl::string_view bytes, size_t at, int n) {
   return v;
 }
 
-// Record sizes by lower-cased full name ("archive/data/0"; miniz looks names up ignoring case).
+uint32_t Crc32(absl::string_view bytes) {
+  static const auto* table = [] {
+    auto* t = new std::array<uint32_t, 256>;
+    for (uint32_t n = 0; n < 256; ++n) {
+      uint32_t c = n;
+      for (int k = 0; k < 8; ++k) c = (c >> 1) ^ (0xedb88320u & (0u - (c & 1u)));
+      (*t)[n] = c;
+    }
+    return t;
+  }();
+  uint32_t crc = 0xffffffffu;
+  for (char ch : bytes) crc = (*table)[(crc ^ static_cast<uint8_t>(ch)) & 0xff] ^ (crc >> 8);
+  return ~crc;
+}
+
+// The records of an archive, by lower-cased full name ("archive/data/0"; miniz looks names up ignoring case).
 class ZipDirectory {
  public:
   static absl::StatusOr<ZipDirectory> Check(absl::string_view zip, const std::string& name);
 
   // The size of record `record` ("data/0") under the archive's folder; nullopt when absent.
   std::optional<uint64_t> RecordSize(const std::string& record) const {
-    auto it = sizes_.find(absl::AsciiStrToLower(absl::StrCat(folder_, "/", record)));
-    if (it == sizes_.end()) return std::nullopt;
-    return it->second;
+    auto it = records_.find(absl::AsciiStrToLower(absl::StrCat(folder_, "/", record)));
+    if (it == records_.end()) return std::nullopt;
+    return it->second.size;
   }
 
  private:
+  struct Record {
+    uint64_t data;  // Offset of the bytes in the archive.
+    uint64_t size;
+    uint32_t crc;
+  };
+  // LibTorch 1.13's PyTorchStreamReader leaks miniz's state when its constructor throws after opening the zip (a
+  // missing, damaged or unsupported version record, a first record outside a folder): what it checks there is
+  // checked here first, so that it never throws.
+  absl::Status CheckWhatTheReaderChecks(absl::string_view zip, const std::string& name) const;
+
   std::string folder_;  // The first entry's folder, as PyTorchStreamReader takes it.
-  std::map<std::string, uint64_t> sizes_;
+  std::map<std::string, Record> records_;
 };
+
+absl::Status ZipDirectory::CheckWhatTheReaderChecks(absl::string_view zip, const std::string& name) const {
+  auto bad = [&name](const auto&... args) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ": malformed torch.save archive: ", args...));
+  };
+  if (folder_.empty()) return bad("the first record is not in a folder");
+  auto it = records_.find(absl::AsciiStrToLower(folder_ + "/version"));
+  if (it == records_.end()) return bad("no version record");
+  const absl::string_view text = zip.substr(it->second.data, it->second.size);
+  if (Crc32(text) != it->second.crc) return bad("the version record fails its CRC check");
+  // What std::stoull reads (stricter, and without its exceptions), then the versions this LibTorch reads.
+  size_t k = 0;
+  while (k < text.size() && absl::ascii_isspace(static_cast<unsigned char>(text[k]))) ++k;
+  uint64_t version = 0;
+  size_t digits = 0;
+  for (; k < text.size() && absl::ascii_isdigit(static_cast<unsigned char>(text[k])) && digits < 19; ++k, ++digits) {
+    version = version * 10 + static_cast<uint64_t>(text[k] - '0');
+  }
+  while (k < text.size() && absl::ascii_isspace(static_cast<unsigned char>(text[k]))) ++k;
+  if (digits == 0 || k != text.size() || version < caffe2::serialize::kMinSupportedFileFormatVersion ||
+      version > caffe2::serialize::kMaxSupportedFileFormatVersion) {
+    return bad("version record '", absl::CHexEscape(text.substr(0, 32)), "' is not a format version from ",
+               caffe2::serialize::kMinSupportedFileFormatVersion, " to ",
+               caffe2::serialize::kMaxSupportedFileFormatVersion);
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<ZipDirectory> ZipDirectory::Check(absl::string_view zip, const std::string& name) {
   auto bad = [&name](const auto&... args) {
@@ -174,6 +229,7 @@ absl::StatusOr<ZipDirectory> ZipDirectory::Check(absl::string_view zip, const st
       return absl::InvalidArgumentError(absl::StrCat(name, ": zip record '", record, "' ", args...));
     };
     const uint64_t flags = u16(p + 8), method = u16(p + 10);
+    const uint32_t crc = static_cast<uint32_t>(u32(p + 16));
     uint64_t compressed = u32(p + 20), uncompressed = u32(p + 24), local = u32(p + 42);
     if (compressed == kMax32 || uncompressed == kMax32 || local == kMax32) {
       // The zip64 extended-information field holds the 64-bit values of the fields that are 0xFFFFFFFF, in this
@@ -197,7 +253,7 @@ absl::StatusOr<ZipDirectory> ZipDirectory::Check(absl::string_view zip, const st
         left -= 4 + field_size;
       }
     }
-    if (flags & 0x2041) return refuse("is encrypted");
+    if (flags & 0x2061) return refuse("is encrypted or a patch");
     if (method != 0) {
       return refuse("is compressed (method ", method,
                     "); torch.save writes stored records only, and a compressed size says nothing of the memory "
@@ -222,7 +278,7 @@ absl::StatusOr<ZipDirectory> ZipDirectory::Check(absl::string_view zip, const st
       const size_t slash = record.find('/');
       if (slash != std::string::npos) directory.folder_ = record.substr(0, slash);
     }
-    if (!directory.sizes_.emplace(absl::AsciiStrToLower(record), uncompressed).second) {
+    if (!directory.records_.emplace(absl::AsciiStrToLower(record), Record{data, uncompressed, crc}).second) {
       return refuse("occurs twice");
     }
     p += kCentralHeaderSize + name_len + extra_len + comment_len;
@@ -235,6 +291,7 @@ absl::StatusOr<ZipDirectory> ZipDirectory::Check(absl::string_view zip, const st
           absl::StrCat(name, ": zip records '", spans[k - 1].record, "' and '", spans[k].record, "' overlap"));
     }
   }
+  RETURN_IF_ERROR(directory.CheckWhatTheReaderChecks(zip, name));
   return directory;
 }
 

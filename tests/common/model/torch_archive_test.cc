@@ -332,11 +332,32 @@ TEST(TorchArchiveTest, MalformedZipDirectoriesAreRefusedCleanly) {
       (void)ReadTorchArchive(bad, "flip.pt");
     }
   }
-  // No end-of-directory record; a version record that is not a number.
+  // No end-of-directory record.
   EXPECT_THAT(Message(ReadTorchArchive("PK\3\4" + std::string(100, '\0'), "noend.pt")), HasSubstr("noend.pt"));
-  std::vector<ZipEntry> entries = {
-      {"a/data.pkl", OneTensorPickle(3)}, {"a/version", "not a number"}, {"a/data/0", std::string(12, '\x01')}};
-  EXPECT_THAT(Message(ReadTorchArchive(BuildZip(entries), "version.pt")), HasSubstr("version.pt"));
+}
+
+// What LibTorch's reader checks while it opens an archive is checked before: when its constructor throws, LibTorch
+// 1.13 leaks the zip reader's state (found by the torch_archive fuzzer under LeakSanitizer).
+TEST(TorchArchiveTest, ArchivesTheReaderCannotOpenAreRefusedBeforeIt) {
+  auto with_version = [](const std::string& version) {
+    return BuildZip(
+        {{"a/data.pkl", OneTensorPickle(3)}, {"a/version", version}, {"a/data/0", std::string(12, '\x01')}});
+  };
+  EXPECT_TRUE(ReadTorchArchive(with_version("3\n"), "ok.pt").ok());
+  for (const char* version : {"not a number", "", "0", "11", "99999999999999999999999", "3x"}) {
+    EXPECT_THAT(Message(ReadTorchArchive(with_version(version), "version.pt")),
+                HasSubstr("version.pt: malformed torch.save archive: version record"))
+        << version;
+  }
+  // The version's bytes changed after the directory's CRC was written.
+  std::string damaged = with_version("3");
+  damaged[damaged.find("a/version") + 9] = '4';
+  EXPECT_THAT(Message(ReadTorchArchive(damaged, "crc.pt")), HasSubstr("crc.pt: malformed torch.save archive: the "
+                                                                      "version record fails its CRC check"));
+  EXPECT_THAT(Message(ReadTorchArchive(BuildZip({{"data.pkl", "."}, {"version", "3"}}), "flat.pt")),
+              HasSubstr("not in a folder"));
+  EXPECT_THAT(Message(ReadTorchArchive(BuildZip({{"a/data.pkl", "."}}), "noversion.pt")),
+              HasSubstr("no version record"));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
