@@ -43,11 +43,11 @@ bool DenseSizeIsSmall(const fedtune::v1::TensorBundle& bundle) {
   for (const auto& t : bundle.tensors()) {
     int64_t numel = 1;
     for (int64_t d : t.shape()) {
-      if (d < 0 || (d > 0 && numel > (int64_t{1} << 24) / d)) return false;
+      if (d < 0 || (d > 0 && numel > (int64_t{1} << 22) / d)) return false;
       numel *= d;
     }
     total += numel;
-    if (total > (int64_t{1} << 24)) return false;
+    if (total > (int64_t{1} << 22)) return false;
   }
   return true;
 }
