@@ -254,6 +254,11 @@ absl::StatusOr<ZipDirectory> ZipDirectory::Check(absl::string_view zip, const st
       }
     }
     if (flags & 0x2061) return refuse("is encrypted or a patch");
+    // miniz "extracts" a directory by writing nothing: LibTorch would hand out its uninitialized buffer as the
+    // record's bytes. torch.save writes no directories.
+    if (record.empty() || record.back() == '/' || (u32(p + 38) & 0x10) != 0) {
+      return refuse("is a directory or has no name (torch.save writes neither)");
+    }
     if (method != 0) {
       return refuse("is compressed (method ", method,
                     "); torch.save writes stored records only, and a compressed size says nothing of the memory "

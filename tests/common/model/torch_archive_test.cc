@@ -85,6 +85,7 @@ struct ZipEntry {
   std::optional<uint64_t> claimed_uncompressed;  // Only the uncompressed size.
   bool zip64_extra = false;                      // Sizes and offset as 0xFFFFFFFF plus a zip64 extended field.
   std::optional<uint64_t> local_offset;          // The central directory's offset of the local header.
+  uint32_t external_attributes = 0;              // 0x10: an MS-DOS directory.
 };
 
 std::string BuildZip(const std::vector<ZipEntry>& entries, bool zip64_end = true) {
@@ -102,7 +103,7 @@ std::string BuildZip(const std::vector<ZipEntry>& entries, bool zip64_end = true
     const uint64_t max32 = 0xffffffffu;
     directory += Le(0x02014b50, 4) + Le(45, 2) + Le(45, 2) + Le(0, 2) + Le(e.method, 2) + Le(0, 4) + Le(crc, 4) +
                  Le(e.zip64_extra ? max32 : comp, 4) + Le(e.zip64_extra ? max32 : uncomp, 4) + Le(e.name.size(), 2) +
-                 Le(extra.size(), 2) + Le(0, 2) + Le(0, 2) + Le(0, 2) + Le(0, 4) +
+                 Le(extra.size(), 2) + Le(0, 2) + Le(0, 2) + Le(0, 2) + Le(e.external_attributes, 4) +
                  Le(e.zip64_extra ? max32 : local, 4) + e.name + extra;
   }
   const uint64_t cd_offset = out.size();
@@ -315,6 +316,28 @@ TEST(TorchArchiveTest, OverlappingRecordsAreRefused) {
   // A local header offset outside the file.
   EXPECT_THAT(Message(ReadTorchArchive(OneTensorZip(3, [](ZipEntry& e) { e.local_offset = 1 << 20; }), "far.pt")),
               HasSubstr("far.pt: zip record 'a/data/0'"));
+}
+
+// miniz "extracts" a record marked as a directory (name ending in '/', or the MS-DOS directory attribute) by
+// writing nothing, so LibTorch returned the uninitialized buffer it had allocated as the record's bytes: heap
+// memory of the process read as a tensor (found by the torch_archive fuzzer: a version record marked as a directory
+// read as garbage).
+TEST(TorchArchiveTest, RecordsMarkedAsDirectoriesAreRefused) {
+  auto result = ReadTorchArchive(OneTensorZip(3, [](ZipEntry& e) { e.external_attributes = 0x10; }), "dir.pt");
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Message(result), HasSubstr("dir.pt: zip record 'a/data/0' is a directory or has no name"));
+  const std::string version_dir =
+      BuildZip({{"a/data.pkl", OneTensorPickle(3)},
+                {"a/version", "3", 0, std::nullopt, std::nullopt, false, std::nullopt, 0x3b},
+                {"a/data/0", std::string(12, '\x01')}});
+  EXPECT_THAT(Message(ReadTorchArchive(version_dir, "dir.pt")),
+              HasSubstr("zip record 'a/version' is a directory or has no name"));
+  EXPECT_THAT(Message(ReadTorchArchive(BuildZip({{"a/data.pkl", OneTensorPickle(3)},
+                                                 {"a/version", "3"},
+                                                 {"a/data/", ""},
+                                                 {"a/data/0", std::string(12, '\x01')}}),
+                                       "dir.pt")),
+              HasSubstr("zip record 'a/data/' is a directory or has no name"));
 }
 
 TEST(TorchArchiveTest, MalformedZipDirectoriesAreRefusedCleanly) {
