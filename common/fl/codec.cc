@@ -15,6 +15,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/model/torch_archive.h"
 
 namespace fedtune::fl {
 namespace {
@@ -26,6 +27,7 @@ namespace {
 using v1::NamedTensor;
 
 constexpr double kFp16Max = 65504.0;
+using model::kMaxTensorDims;  // The model readers' bound on dimensions.
 
 absl::Status Invalid(absl::string_view name, absl::string_view problem) {
   return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "': ", problem));
@@ -200,14 +202,23 @@ absl::StatusOr<at::Tensor> DecodeTensor(const NamedTensor& tensor, const at::Ten
   if (name.empty()) return absl::InvalidArgumentError("a tensor has an empty name");
   const std::optional<at::ScalarType> type = ToScalarType(tensor.dtype());
   if (!type) return Invalid(name, absl::StrCat("unknown dtype ", tensor.dtype()));
+  if (tensor.shape_size() > kMaxTensorDims) {
+    return Invalid(name, absl::StrCat(tensor.shape_size(), " dimensions, more than ", kMaxTensorDims));
+  }
   std::vector<int64_t> shape(tensor.shape().begin(), tensor.shape().end());
-  int64_t numel = 1;
+  // extent, the product of max(d, 1), is what LibTorch's stride computation multiplies: an empty tensor of shape
+  // [0, 2^62, 2^62] has 0 elements but strides that overflow.
+  int64_t numel = 1, extent = 1;
   for (int64_t d : shape) {
     if (d < 0) return Invalid(name, absl::StrCat("negative dimension ", d));
     if (d != 0 && numel > std::numeric_limits<int64_t>::max() / 8 / d) {
       return Invalid(name, "element count overflows");
     }
     numel *= d;
+    if (__builtin_mul_overflow(extent, std::max<int64_t>(d, 1), &extent) ||
+        extent > std::numeric_limits<int64_t>::max() / 8) {
+      return Invalid(name, absl::StrCat("shape [", absl::StrJoin(shape, ", "), "] is too large"));
+    }
   }
   if (expected != nullptr) {
     if (!expected->defined() || expected->sizes() != at::IntArrayRef(shape)) {

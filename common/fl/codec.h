@@ -57,7 +57,8 @@ absl::StatusOr<EncodedBundle> EncodeTensors(const TensorMap& tensors, const Enco
 
 // Decodes one tensor into a contiguous CPU tensor of its recorded dtype and shape. InvalidArgument naming the
 // tensor for: an empty name, unknown or unspecified dtype/encoding, an integer encoding for a floating dtype or
-// the reverse, a negative dimension or an element count that overflows, a data size inconsistent with the shape
+// the reverse, more than model::kMaxTensorDims (64) dimensions, a negative dimension, an element count that overflows
+// or a shape whose strides would (an empty tensor of shape [0, 2^62, 2^62]), a data size inconsistent with the shape
 // (and with the indices for kTopK), kTopK indices not strictly increasing or out of range, a kTopK tensor of more
 // than 2^32 - 1 elements, an int8 value of -128, a non-finite or negative scale, non-finite values (also after
 // conversion to a float16 dtype).

@@ -171,10 +171,14 @@ absl::StatusOr<Checkpoint> LoadCheckpoint(const std::string& path) {
   ASSIGN_OR_RETURN(std::string bytes, io::ReadFile(path));
   auto root_or = ReadTorchArchive(bytes, path);
   if (!root_or.ok()) {
-    // A zip that does not read back is a damaged file; anything else is not a checkpoint at all.
+    // A zip that does not read back is a damaged file; anything else is not a checkpoint at all. Running out of
+    // memory says nothing about the file.
     const bool zip = bytes.size() >= 4 && bytes.compare(0, 4, "PK\3\4", 4) == 0;
-    return absl::Status(zip ? absl::StatusCode::kDataLoss : absl::StatusCode::kInvalidArgument,
-                        absl::StrCat("checkpoint: ", root_or.status().message()));
+    const absl::StatusCode code = root_or.status().code() == absl::StatusCode::kResourceExhausted
+                                      ? absl::StatusCode::kResourceExhausted
+                                  : zip ? absl::StatusCode::kDataLoss
+                                        : absl::StatusCode::kInvalidArgument;
+    return absl::Status(code, absl::StrCat("checkpoint: ", root_or.status().message()));
   }
   const PickleValue& root = **root_or;
   auto bad = [&path](const auto&... args) {

@@ -87,7 +87,8 @@ absl::StatusOr<std::string> SaveCheckpoint(Checkpoint* checkpoint, const std::st
 
 // Reads and verifies a checkpoint. NotFound/PermissionDenied when unreadable; InvalidArgument when the file is not
 // a fedtune checkpoint (wrong format/version, malformed metadata naming the field, member count mismatch);
-// DataLoss when the archive is corrupt or the weights do not match the stored digest. Messages name the file.
+// DataLoss when the archive is corrupt, exceeds a bound of torch_archive.h, or the weights do not match the stored
+// digest; ResourceExhausted when memory runs out. Messages name the file.
 absl::StatusOr<Checkpoint> LoadCheckpoint(const std::string& path);
 
 // A human-readable description (architectures, parameter counts, labels, image size, normalization,

@@ -3,12 +3,15 @@
 #include <torch/nn/module.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <new>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
+#include <tuple>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -85,12 +88,23 @@ absl::StatusOr<StateDict> ParseSafetensors(absl::string_view bytes, absl::string
   uint64_t header_len = 0;
   for (int k = 0; k < 8; ++k) header_len |= static_cast<uint64_t>(static_cast<uint8_t>(bytes[k])) << (8 * k);
   if (header_len > bytes.size() - 8) return error("header length ", header_len, " exceeds the file");
+  if (header_len > kMaxSafetensorsHeaderBytes) {
+    return error("header of ", header_len,
+                 " bytes is larger than kMaxSafetensorsHeaderBytes = ", kMaxSafetensorsHeaderBytes);
+  }
   absl::string_view header_text = bytes.substr(8, header_len);
   absl::string_view data = bytes.substr(8 + header_len);
-  nlohmann::json header = nlohmann::json::parse(header_text.begin(), header_text.end(), nullptr, false);
-  if (header.is_discarded() || !header.is_object()) return error("header is not a JSON object");
-  StateDict out;
   try {
+    nlohmann::json header = nlohmann::json::parse(header_text.begin(), header_text.end(), nullptr, false);
+    if (header.is_discarded() || !header.is_object()) return error("header is not a JSON object");
+    // First every entry is checked (no tensor is allocated before all of them are), then the data is copied.
+    struct Entry {
+      std::string key;
+      at::ScalarType dtype;
+      std::vector<int64_t> shape;
+      uint64_t begin, end;
+    };
+    std::vector<Entry> entries;
     for (const auto& [key, entry] : header.items()) {
       if (key == "__metadata__") continue;
       if (!entry.is_object()) return error("entry '", key, "' is not an object");
@@ -100,34 +114,69 @@ absl::StatusOr<StateDict> ParseSafetensors(absl::string_view bytes, absl::string
         if (dtype_name == t.name) type = &t;
       }
       if (type == nullptr) return error("tensor '", key, "' has unsupported dtype ", dtype_name);
-      std::vector<int64_t> shape = entry.at("shape").get<std::vector<int64_t>>();
-      std::vector<uint64_t> offsets = entry.at("data_offsets").get<std::vector<uint64_t>>();
-      uint64_t numel = 1;
-      for (int64_t d : shape) {
-        if (d < 0) return error("tensor '", key, "' has a negative dimension");
-        if (d > 0 && numel > bytes.size() / static_cast<uint64_t>(d)) {
+      // Integers only: nlohmann converts a float to int64 with a cast that is undefined out of range.
+      const nlohmann::json& shape_json = entry.at("shape");
+      if (!shape_json.is_array() || shape_json.size() > static_cast<size_t>(kMaxTensorDims)) {
+        return error("tensor '", key, "': shape must be a list of at most kMaxTensorDims = ", kMaxTensorDims,
+                     " dimensions");
+      }
+      std::vector<int64_t> shape;
+      uint64_t numel = 1, extent = 1;  // extent: the product of max(d, 1), which strides must represent.
+      for (const nlohmann::json& d : shape_json) {
+        if (!d.is_number_integer() || (d.is_number_unsigned() && d.get<uint64_t>() > (uint64_t{1} << 62)) ||
+            (!d.is_number_unsigned() && d.get<int64_t>() < 0)) {
+          return error("tensor '", key, "': shape ", shape_json.dump(), " is not a list of non-negative integers");
+        }
+        const uint64_t n = d.get<uint64_t>();
+        if (n > 0 && numel > bytes.size() / n) {
           return error("tensor '", key, "' has more elements than the file has bytes");
         }
-        numel *= static_cast<uint64_t>(d);
+        numel *= n;
+        if (__builtin_mul_overflow(extent, std::max<uint64_t>(n, 1), &extent) || extent > (uint64_t{1} << 62)) {
+          return error("tensor '", key, "': shape ", shape_json.dump(), " is too large");
+        }
+        shape.push_back(static_cast<int64_t>(n));
       }
-      if (offsets.size() != 2 || offsets[0] > offsets[1] || offsets[1] > data.size()) {
+      const nlohmann::json& offsets = entry.at("data_offsets");
+      if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() ||
+          !offsets[1].is_number_unsigned()) {
+        return error("tensor '", key, "': data_offsets must be two non-negative integers");
+      }
+      const uint64_t begin = offsets[0].get<uint64_t>(), end = offsets[1].get<uint64_t>();
+      if (begin > end || end > data.size()) {
         return error("tensor '", key, "' has data_offsets outside the data (", data.size(), " bytes)");
       }
       const uint64_t nbytes = numel * c10::elementSize(type->dtype);
-      if (offsets[1] - offsets[0] != nbytes) {
-        return error("tensor '", key, "' spans ", offsets[1] - offsets[0], " bytes, its shape ", ShapeString(shape),
-                     " needs ", nbytes);
+      if (end - begin != nbytes) {
+        return error("tensor '", key, "' spans ", end - begin, " bytes, its shape ", ShapeString(shape), " needs ",
+                     nbytes);
       }
-      at::Tensor t = at::empty(shape, at::TensorOptions().dtype(type->dtype));
-      if (nbytes > 0) std::memcpy(t.data_ptr(), data.data() + offsets[0], nbytes);
-      out[key] = std::move(t);
+      entries.push_back({key, type->dtype, std::move(shape), begin, end});
     }
+    // Tensors sharing bytes would let a small file materialize many times its size.
+    std::vector<const Entry*> by_offset;
+    for (const Entry& e : entries) by_offset.push_back(&e);
+    std::sort(by_offset.begin(), by_offset.end(),
+              [](const Entry* a, const Entry* b) { return std::tie(a->begin, a->end) < std::tie(b->begin, b->end); });
+    for (size_t k = 1; k < by_offset.size(); ++k) {
+      if (by_offset[k]->begin < by_offset[k - 1]->end) {
+        return error("tensors '", by_offset[k - 1]->key, "' and '", by_offset[k]->key, "' overlap in the data");
+      }
+    }
+    StateDict out;
+    for (const Entry& e : entries) {
+      at::Tensor t = at::empty(e.shape, at::TensorOptions().dtype(e.dtype));
+      if (e.end > e.begin) std::memcpy(t.data_ptr(), data.data() + e.begin, e.end - e.begin);
+      out[e.key] = std::move(t);
+    }
+    return out;
   } catch (const nlohmann::json::exception& e) {
     return error("malformed header entry: ", e.what());
   } catch (const c10::Error& e) {
     return error(e.what_without_backtrace());
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(absl::StrCat(name, ": safetensors: out of memory"));
   }
-  return out;
 }
 
 absl::StatusOr<StateDict> ReadSafetensors(const std::string& path) {

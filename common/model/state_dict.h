@@ -41,9 +41,17 @@ absl::StatusOr<StateDict> ReadTorchStateDict(const std::string& path);
 // The same on an in-memory archive; `name` is used in messages only.
 absl::StatusOr<StateDict> ParseTorchStateDict(absl::string_view archive, absl::string_view name = "<memory>");
 
+// Largest accepted .safetensors JSON header: 16 MiB, ~30x the header of a 5,000-tensor model. Parsed JSON takes
+// 10-20x its text in memory; the safetensors reference reader's own bound is 100 MB.
+inline constexpr uint64_t kMaxSafetensorsHeaderBytes = uint64_t{16} << 20;
+
 // Reads a .safetensors file (8-byte little-endian header length, JSON header, raw little-endian data). Supported
 // dtypes: F32, F16, BF16, F64, I64, I32, I16, I8, U8, BOOL. The optional "__metadata__" entry is ignored.
-// InvalidArgument naming the file and tensor on a malformed header, unknown dtype or out-of-range offsets.
+// InvalidArgument naming the file and tensor on a malformed header (longer than kMaxSafetensorsHeaderBytes, a shape
+// that is not a list of at most kMaxTensorDims (torch_archive.h) non-negative integers, or data_offsets that are not
+// two non-negative integers), an unknown dtype, offsets outside the data, a size that does not match the shape, or
+// tensors whose data overlap (each byte is read into at most one tensor, so the result is never larger than the
+// file). ResourceExhausted when memory runs out. No exception escapes.
 absl::StatusOr<StateDict> ReadSafetensors(const std::string& path);
 absl::StatusOr<StateDict> ParseSafetensors(absl::string_view bytes, absl::string_view name = "<memory>");
 // Writes tensors as .safetensors (keys sorted; F32/F16/BF16/F64/I64/I32/I16/I8/U8/BOOL), atomically.

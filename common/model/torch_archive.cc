@@ -4,14 +4,21 @@
 #include <c10/core/ScalarType.h>
 #include <caffe2/serialize/in_memory_adapter.h>
 #include <caffe2/serialize/inline_container.h>
+#include <caffe2/serialize/versions.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cstring>
-#include <functional>
+#include <limits>
 #include <map>
+#include <new>
 #include <optional>
+#include <unordered_map>
 
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 
@@ -32,6 +39,10 @@ ValuePtr Make(Value::Kind kind) {
 }
 
 const char* KindName(Value::Kind k) { return PickleKindName(k); }
+
+bool IsContainer(const Value& v) {
+  return v.kind == Value::Kind::kTuple || v.kind == Value::Kind::kList || v.kind == Value::Kind::kDict;
+}
 
 // Maps an allowed global to its meaning; nullopt for everything else.
 std::optional<std::pair<int, at::ScalarType>> LookUpGlobal(const std::string& module, const std::string& name) {
@@ -54,13 +65,264 @@ std::optional<std::pair<int, at::ScalarType>> LookUpGlobal(const std::string& mo
   return std::nullopt;
 }
 
-// Loads storage record `key` holding `numel` elements of `dtype` as a 1-D tensor.
-using StorageLoader = std::function<absl::StatusOr<at::Tensor>(const std::string& key, at::ScalarType, int64_t)>;
+// ---------------------------------------------------------------------------------------------------------------
+// The zip directory, checked before LibTorch's reader (miniz) reads any record: PyTorchStreamReader::getRecord
+// allocates whatever uncompressed size the directory claims, and miniz itself checks that size against the file
+// only for stored records without zip64 fields. The rules follow miniz's own reading (the same end record, the same
+// zip64 fields) and are stricter wherever the two could differ, so that what is checked here is what miniz reads.
+
+constexpr uint32_t kLocalHeaderSig = 0x04034b50;
+constexpr uint32_t kCentralHeaderSig = 0x02014b50;
+constexpr uint32_t kEndSig = 0x06054b50;
+constexpr uint32_t kZip64EndSig = 0x06064b50;
+constexpr uint32_t kZip64LocatorSig = 0x07064b50;
+constexpr size_t kLocalHeaderSize = 30;
+constexpr size_t kCentralHeaderSize = 46;
+constexpr size_t kEndSize = 22;
+constexpr size_t kZip64EndSize = 56;
+constexpr size_t kZip64LocatorSize = 20;
+constexpr uint64_t kMax32 = 0xffffffffu;
+
+uint64_t ReadLittleEndian(absl::string_view bytes, size_t at, int n) {
+  uint64_t v = 0;
+  for (int k = 0; k < n; ++k) v |= static_cast<uint64_t>(static_cast<uint8_t>(bytes[at + k])) << (8 * k);
+  return v;
+}
+
+uint32_t Crc32(absl::string_view bytes) {
+  static const auto* table = [] {
+    auto* t = new std::array<uint32_t, 256>;
+    for (uint32_t n = 0; n < 256; ++n) {
+      uint32_t c = n;
+      for (int k = 0; k < 8; ++k) c = (c >> 1) ^ (0xedb88320u & (0u - (c & 1u)));
+      (*t)[n] = c;
+    }
+    return t;
+  }();
+  uint32_t crc = 0xffffffffu;
+  for (char ch : bytes) crc = (*table)[(crc ^ static_cast<uint8_t>(ch)) & 0xff] ^ (crc >> 8);
+  return ~crc;
+}
+
+// The records of an archive, by lower-cased full name ("archive/data/0"; miniz looks names up ignoring case).
+class ZipDirectory {
+ public:
+  static absl::StatusOr<ZipDirectory> Check(absl::string_view zip, const std::string& name);
+
+  // The size of record `record` ("data/0") under the archive's folder; nullopt when absent.
+  std::optional<uint64_t> RecordSize(const std::string& record) const {
+    auto it = records_.find(absl::AsciiStrToLower(absl::StrCat(folder_, "/", record)));
+    if (it == records_.end()) return std::nullopt;
+    return it->second.size;
+  }
+
+ private:
+  struct Record {
+    uint64_t data;  // Offset of the bytes in the archive.
+    uint64_t size;
+    uint32_t crc;
+  };
+  // LibTorch 1.13's PyTorchStreamReader leaks miniz's state when its constructor throws after opening the zip (a
+  // missing, damaged or unsupported version record, a first record outside a folder): what it checks there is
+  // checked here first, so that it never throws.
+  absl::Status CheckWhatTheReaderChecks(absl::string_view zip, const std::string& name) const;
+
+  std::string folder_;  // The first entry's folder, as PyTorchStreamReader takes it.
+  std::map<std::string, Record> records_;
+};
+
+absl::Status ZipDirectory::CheckWhatTheReaderChecks(absl::string_view zip, const std::string& name) const {
+  auto bad = [&name](const auto&... args) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ": malformed torch.save archive: ", args...));
+  };
+  if (folder_.empty()) return bad("the first record is not in a folder");
+  auto it = records_.find(absl::AsciiStrToLower(folder_ + "/version"));
+  if (it == records_.end()) return bad("no version record");
+  const absl::string_view text = zip.substr(it->second.data, it->second.size);
+  if (Crc32(text) != it->second.crc) return bad("the version record fails its CRC check");
+  // What std::stoull reads (stricter, and without its exceptions), then the versions this LibTorch reads.
+  size_t k = 0;
+  while (k < text.size() && absl::ascii_isspace(static_cast<unsigned char>(text[k]))) ++k;
+  uint64_t version = 0;
+  size_t digits = 0;
+  for (; k < text.size() && absl::ascii_isdigit(static_cast<unsigned char>(text[k])) && digits < 19; ++k, ++digits) {
+    version = version * 10 + static_cast<uint64_t>(text[k] - '0');
+  }
+  while (k < text.size() && absl::ascii_isspace(static_cast<unsigned char>(text[k]))) ++k;
+  if (digits == 0 || k != text.size() || version < caffe2::serialize::kMinSupportedFileFormatVersion ||
+      version > caffe2::serialize::kMaxSupportedFileFormatVersion) {
+    return bad("version record '", absl::CHexEscape(text.substr(0, 32)), "' is not a format version from ",
+               caffe2::serialize::kMinSupportedFileFormatVersion, " to ",
+               caffe2::serialize::kMaxSupportedFileFormatVersion);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ZipDirectory> ZipDirectory::Check(absl::string_view zip, const std::string& name) {
+  auto bad = [&name](const auto&... args) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ": malformed torch.save archive: ", args...));
+  };
+  const uint64_t size = zip.size();
+  auto u16 = [&zip](uint64_t at) { return ReadLittleEndian(zip, at, 2); };
+  auto u32 = [&zip](uint64_t at) { return ReadLittleEndian(zip, at, 4); };
+  auto u64 = [&zip](uint64_t at) { return ReadLittleEndian(zip, at, 8); };
+
+  // The end record: the last signature with a whole record after it, within a comment's reach of the end (as miniz
+  // searches); its comment must end the file exactly.
+  if (size < kEndSize) return bad("no end-of-central-directory record");
+  std::optional<uint64_t> end;
+  const uint64_t lowest = size > kEndSize + 0xffff ? size - kEndSize - 0xffff : 0;
+  for (uint64_t at = size - kEndSize + 1; at-- > lowest;) {
+    if (u32(at) == kEndSig) {
+      end = at;
+      break;
+    }
+  }
+  if (!end) return bad("no end-of-central-directory record");
+  if (*end + kEndSize + u16(*end + 20) != size) return bad("data after the end-of-central-directory record");
+
+  uint64_t entries, cd_size, cd_offset;
+  if (*end >= kZip64LocatorSize && u32(*end - kZip64LocatorSize) == kZip64LocatorSig) {
+    const uint64_t locator = *end - kZip64LocatorSize;
+    const uint64_t record = u64(locator + 8);
+    if (locator < kZip64EndSize || record > locator - kZip64EndSize || u32(record) != kZip64EndSig) {
+      return bad("the zip64 end-of-central-directory locator points to no zip64 record");
+    }
+    if (u32(locator + 16) != 1 || u64(record + 4) < kZip64EndSize - 12 || u32(record + 16) != 0 ||
+        u32(record + 20) != 0 || u64(record + 24) != u64(record + 32)) {
+      return bad("multi-disk or malformed zip64 end-of-central-directory record");
+    }
+    entries = u64(record + 32);
+    cd_size = u64(record + 40);
+    cd_offset = u64(record + 48);
+  } else {
+    if (u16(*end + 4) != 0 || u16(*end + 6) != 0 || u16(*end + 8) != u16(*end + 10)) {
+      return bad("multi-disk or malformed end-of-central-directory record");
+    }
+    entries = u16(*end + 10);
+    cd_size = u32(*end + 12);
+    cd_offset = u32(*end + 16);
+  }
+  if (cd_offset > size || cd_size > size - cd_offset) return bad("the central directory lies outside the file");
+  if (entries == 0) return bad("the archive holds no records");
+  if (entries > cd_size / kCentralHeaderSize)
+    return bad("the central directory is too small for ", entries, " entries");
+
+  struct Span {
+    uint64_t begin, end;
+    std::string record;
+  };
+  std::vector<Span> spans;
+  ZipDirectory directory;
+  uint64_t p = cd_offset;
+  const uint64_t cd_end = cd_offset + cd_size;
+  for (uint64_t e = 0; e < entries; ++e) {
+    if (cd_end - p < kCentralHeaderSize || u32(p) != kCentralHeaderSig) {
+      return bad("central directory entry ", e, " is malformed");
+    }
+    const uint64_t name_len = u16(p + 28), extra_len = u16(p + 30), comment_len = u16(p + 32);
+    if (name_len + extra_len + comment_len > cd_end - p - kCentralHeaderSize) {
+      return bad("central directory entry ", e, " runs past the directory");
+    }
+    const std::string record(zip.substr(p + kCentralHeaderSize, name_len));
+    auto refuse = [&](const auto&... args) {
+      return absl::InvalidArgumentError(absl::StrCat(name, ": zip record '", record, "' ", args...));
+    };
+    const uint64_t flags = u16(p + 8), method = u16(p + 10);
+    const uint32_t crc = static_cast<uint32_t>(u32(p + 16));
+    uint64_t compressed = u32(p + 20), uncompressed = u32(p + 24), local = u32(p + 42);
+    if (compressed == kMax32 || uncompressed == kMax32 || local == kMax32) {
+      // The zip64 extended-information field holds the 64-bit values of the fields that are 0xFFFFFFFF, in this
+      // order; miniz reads the first such field only.
+      uint64_t q = p + kCentralHeaderSize + name_len, left = extra_len;
+      while (left > 0) {
+        if (left < 4 || u16(q + 2) + 4 > left) return refuse("has a malformed extra field");
+        const uint64_t id = u16(q), field_size = u16(q + 2);
+        if (id == 1) {
+          uint64_t f = q + 4, field_left = field_size;
+          for (uint64_t* v : {&uncompressed, &compressed, &local}) {
+            if (*v != kMax32) continue;
+            if (field_left < 8) return refuse("has a truncated zip64 field");
+            *v = u64(f);
+            f += 8;
+            field_left -= 8;
+          }
+          break;
+        }
+        q += 4 + field_size;
+        left -= 4 + field_size;
+      }
+    }
+    if (flags & 0x2061) return refuse("is encrypted or a patch");
+    // miniz "extracts" a directory by writing nothing: LibTorch would hand out its uninitialized buffer as the
+    // record's bytes. torch.save writes no directories.
+    if (record.empty() || record.back() == '/' || (u32(p + 38) & 0x10) != 0) {
+      return refuse("is a directory or has no name (torch.save writes neither)");
+    }
+    if (method != 0) {
+      return refuse("is compressed (method ", method,
+                    "); torch.save writes stored records only, and a compressed size says nothing of the memory "
+                    "it expands to");
+    }
+    if (uncompressed > size) {
+      return refuse("claims ", uncompressed, " bytes, more than the whole archive (", size, " bytes)");
+    }
+    if (compressed != uncompressed) {
+      return refuse("is stored but its sizes differ (", compressed, " and ", uncompressed, " bytes)");
+    }
+    if (u16(p + 34) != 0) return refuse("is on another disk");
+    if (local > size || size - local < kLocalHeaderSize || u32(local) != kLocalHeaderSig) {
+      return refuse("has no local header at byte ", local);
+    }
+    const uint64_t data = local + kLocalHeaderSize + u16(local + 26) + u16(local + 28);
+    if (data > size || compressed > size - data) {
+      return refuse("(", compressed, " bytes at byte ", data, ") lies outside the archive (", size, " bytes)");
+    }
+    spans.push_back({local, data + compressed, record});
+    if (e == 0) {
+      const size_t slash = record.find('/');
+      if (slash != std::string::npos) directory.folder_ = record.substr(0, slash);
+    }
+    if (!directory.records_.emplace(absl::AsciiStrToLower(record), Record{data, uncompressed, crc}).second) {
+      return refuse("occurs twice");
+    }
+    p += kCentralHeaderSize + name_len + extra_len + comment_len;
+  }
+  // Records that share bytes would let a small file be read as many large records.
+  std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) { return a.begin < b.begin; });
+  for (size_t k = 1; k < spans.size(); ++k) {
+    if (spans[k].begin < spans[k - 1].end) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, ": zip records '", spans[k - 1].record, "' and '", spans[k].record, "' overlap"));
+    }
+  }
+  RETURN_IF_ERROR(directory.CheckWhatTheReaderChecks(zip, name));
+  return directory;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The unpickler.
+
+// Where storages come from: record sizes (checked above) and the reader.
+struct RecordSource {
+  const ZipDirectory* directory;
+  caffe2::serialize::PyTorchStreamReader* reader;
+};
 
 class Unpickler {
  public:
-  Unpickler(absl::string_view data, std::string name, StorageLoader loader)
-      : data_(data), name_(std::move(name)), loader_(std::move(loader)) {}
+  Unpickler(absl::string_view data, std::string name, RecordSource records, int64_t materialized_limit,
+            uint64_t archive_size)
+      : data_(data),
+        name_(std::move(name)),
+        records_(records),
+        materialized_limit_(materialized_limit),
+        archive_size_(archive_size) {}
+
+  // Whatever the outcome, a graph that was not returned is freed without recursion, cycles included.
+  ~Unpickler() {
+    if (!succeeded_) Dismantle();
+  }
 
   absl::StatusOr<ValuePtr> Run() {
     while (true) {
@@ -69,6 +331,8 @@ class Unpickler {
       const uint8_t op = static_cast<uint8_t>(data_[pos_++]);
       if (op == '.') {  // STOP
         if (stack_.size() != 1) return Error("STOP with a stack of size ", stack_.size());
+        RETURN_IF_ERROR(CheckGraph());
+        succeeded_ = true;
         return stack_.back();
       }
       absl::Status status = Step(op);
@@ -85,6 +349,26 @@ class Unpickler {
     return absl::InvalidArgumentError(absl::StrCat(name_, ": data.pkl: ", args...));
   }
 
+  // Every value the pickle creates goes through here; containers are registered so that CheckGraph can walk them
+  // and Dismantle can free them.
+  ValuePtr New(Value::Kind kind) {
+    ValuePtr v = Make(kind);
+    if (IsContainer(*v)) containers_.push_back(v);
+    return v;
+  }
+
+  // Accounts for `bytes` about to be allocated.
+  absl::Status Charge(uint64_t bytes) {
+    if (bytes > static_cast<uint64_t>(materialized_limit_ - materialized_)) {
+      return Error("materializing more than ", materialized_limit_,
+                   " bytes of strings and tensors (the bound is kMaterializedBytesPerArchiveByte = ",
+                   kMaterializedBytesPerArchiveByte, " x the archive's ", archive_size_,
+                   " bytes + kMaterializedBytesAllowance = ", kMaterializedBytesAllowance, ")");
+    }
+    materialized_ += static_cast<int64_t>(bytes);
+    return absl::OkStatus();
+  }
+
   absl::StatusOr<absl::string_view> Take(size_t n) {
     if (n > data_.size() - pos_) return Error("truncated pickle");
     absl::string_view out = data_.substr(pos_, n);
@@ -93,9 +377,7 @@ class Unpickler {
   }
   absl::StatusOr<uint64_t> ReadLE(size_t n) {
     ASSIGN_OR_RETURN(absl::string_view bytes, Take(n));
-    uint64_t v = 0;
-    for (size_t k = 0; k < n; ++k) v |= static_cast<uint64_t>(static_cast<uint8_t>(bytes[k])) << (8 * k);
-    return v;
+    return ReadLittleEndian(bytes, 0, static_cast<int>(n));
   }
   absl::StatusOr<std::string> ReadLine() {
     size_t end = data_.find('\n', pos_);
@@ -123,12 +405,16 @@ class Unpickler {
   }
   absl::Status Push(ValuePtr v) {
     if (stack_.size() >= kMaxStack) return Error("stack too deep");
+    if (++pushed_ > kMaxPickleValues) return Error("more than ", kMaxPickleValues, " values (kMaxPickleValues)");
     stack_.push_back(std::move(v));
     return absl::OkStatus();
   }
   absl::Status Memoize(uint64_t index) {
     if (stack_.empty()) return Error("memoizing an empty stack");
     if (index > kMaxMemo) return Error("memo index ", index, " too large");
+    if (memo_.size() >= static_cast<uint64_t>(kMaxPickleValues) && memo_.count(index) == 0) {
+      return Error("more than ", kMaxPickleValues, " memo entries (kMaxPickleValues)");
+    }
     memo_[index] = stack_.back();
     return absl::OkStatus();
   }
@@ -143,14 +429,14 @@ class Unpickler {
       return Error("refusing global '", module, ".", name,
                    "': a state dict holds only tensors (fedtune never executes pickled code)");
     }
-    ValuePtr v = Make(Value::Kind::kGlobal);
+    ValuePtr v = New(Value::Kind::kGlobal);
     v->global_id = global->first;
     v->storage_dtype = global->second;
     v->s = absl::StrCat(module, ".", name);
     return Push(v);
   }
   absl::Status PushTuple(std::vector<ValuePtr> items) {
-    ValuePtr v = Make(Value::Kind::kTuple);
+    ValuePtr v = New(Value::Kind::kTuple);
     v->items = std::move(items);
     return Push(v);
   }
@@ -161,6 +447,10 @@ class Unpickler {
   static absl::StatusOr<std::vector<int64_t>> AsIntTuple(const ValuePtr& v, const char* what) {
     if (v->kind != Value::Kind::kTuple) {
       return absl::InvalidArgumentError(absl::StrCat(what, " must be a tuple, got ", KindName(v->kind)));
+    }
+    if (v->items.size() > static_cast<size_t>(kMaxTensorDims)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, " has ", v->items.size(), " dimensions, more than kMaxTensorDims = ", kMaxTensorDims));
     }
     std::vector<int64_t> out;
     for (const auto& item : v->items) {
@@ -188,11 +478,77 @@ class Unpickler {
     const std::string& key = pid->items[2]->s;
     auto cached = storages_.find(key);
     if (cached != storages_.end()) return cached->second;
-    if (pid->items[4]->i < 0) return Error("negative storage size for record ", key);
-    ASSIGN_OR_RETURN(at::Tensor storage, loader_(key, pid->items[1]->storage_dtype, pid->items[4]->i));
-    ValuePtr v = Make(Value::Kind::kTensor);
-    v->tensor = storage;
+    const at::ScalarType dtype = pid->items[1]->storage_dtype;
+    const int64_t numel = pid->items[4]->i;
+    if (numel < 0) return Error("negative storage size for record ", key);
+    const std::string record = "data/" + key;
+    const std::optional<uint64_t> size =
+        key.empty() || key.find('/') != std::string::npos ? std::nullopt : records_.directory->RecordSize(record);
+    if (!size || !records_.reader->hasRecord(record)) return Error("missing storage record '", record, "'");
+    // The record's size is known from the directory: refuse a short one before reading (and allocating) anything.
+    const uint64_t element = c10::elementSize(dtype);
+    if (static_cast<uint64_t>(numel) > *size / element) {
+      const std::string expected = static_cast<uint64_t>(numel) <= std::numeric_limits<uint64_t>::max() / element
+                                       ? absl::StrCat(static_cast<uint64_t>(numel) * element)
+                                       : absl::StrCat(numel, " x ", element);
+      return Error("storage record '", record, "' has ", *size, " bytes, expected ", expected);
+    }
+    const uint64_t bytes = static_cast<uint64_t>(numel) * element;
+    RETURN_IF_ERROR(Charge(bytes));
+    auto [ptr, read] = records_.reader->getRecord(record);
+    if (read < bytes) return Error("storage record '", record, "' has ", read, " bytes, expected ", bytes);
+    at::Tensor t = at::empty({numel}, at::TensorOptions().dtype(dtype));
+    if (bytes > 0) std::memcpy(t.data_ptr(), ptr.get(), bytes);
+    ValuePtr v = New(Value::Kind::kTensor);
+    v->tensor = std::move(t);
     storages_[key] = v;
+    return v;
+  }
+
+  absl::StatusOr<ValuePtr> RebuildTensor(const std::vector<ValuePtr>& a) {
+    // (storage, storage_offset, size, stride, requires_grad, backward_hooks[, metadata])
+    if (a.size() < 6 || a[0]->kind != Value::Kind::kTensor) return Error("malformed _rebuild_tensor_v2 call");
+    auto offset = AsInt(a[1], "storage_offset");
+    auto size = AsIntTuple(a[2], "size");
+    auto stride = AsIntTuple(a[3], "stride");
+    if (!offset.ok()) return Error(offset.status().message());
+    if (!size.ok()) return Error(size.status().message());
+    if (!stride.ok()) return Error(stride.status().message());
+    if (size->size() != stride->size()) return Error("size and stride differ in length");
+    const at::Tensor& storage = a[0]->tensor;
+    const int64_t storage_numel = storage.numel();
+    // Every product and sum below is checked before it can overflow. The tensor may not have more elements than its
+    // storage (state dicts never hold expanded, stride-0 views; refusing them also bounds what a file can make us
+    // allocate), and its largest element index must lie inside the storage. An empty tensor only needs a shape
+    // whose strides are representable.
+    int64_t numel = 1, extent = 1;
+    for (size_t k = 0; k < size->size(); ++k) {
+      const int64_t n = (*size)[k], st = (*stride)[k];
+      if (n < 0 || st < 0) return Error("negative size or stride");
+      if (__builtin_mul_overflow(numel, n, &numel) ||
+          __builtin_mul_overflow(extent, std::max<int64_t>(n, 1), &extent) || extent > (int64_t{1} << 62)) {
+        return Error("tensor shape is too large");
+      }
+    }
+    if (*offset < 0 || *offset > storage_numel) {
+      return Error("storage offset ", *offset, " outside its storage (", storage_numel, " elements)");
+    }
+    ValuePtr v = New(Value::Kind::kTensor);
+    if (numel == 0) {
+      v->tensor = at::empty(*size, storage.options());
+      return v;
+    }
+    if (numel > storage_numel) return Error("tensor has more elements than its storage (", storage_numel, ")");
+    int64_t max_index = *offset;
+    for (size_t k = 0; k < size->size(); ++k) {
+      int64_t step;
+      if (__builtin_mul_overflow((*size)[k] - 1, (*stride)[k], &step) ||
+          __builtin_add_overflow(max_index, step, &max_index) || max_index >= storage_numel) {
+        return Error("tensor view exceeds its storage (", storage_numel, " elements)");
+      }
+    }
+    RETURN_IF_ERROR(Charge(static_cast<uint64_t>(numel) * storage.element_size()));
+    v->tensor = storage.as_strided(*size, *stride, *offset).clone(at::MemoryFormat::Contiguous);
     return v;
   }
 
@@ -204,43 +560,9 @@ class Unpickler {
     switch (callable->global_id) {
       case Global::kOrderedDict:
         if (!a.empty()) return Error("OrderedDict with arguments is not supported");
-        return Make(Value::Kind::kDict);
-      case Global::kRebuildTensorV2: {
-        // (storage, storage_offset, size, stride, requires_grad, backward_hooks[, metadata])
-        if (a.size() < 6 || a[0]->kind != Value::Kind::kTensor) return Error("malformed _rebuild_tensor_v2 call");
-        auto offset = AsInt(a[1], "storage_offset");
-        auto size = AsIntTuple(a[2], "size");
-        auto stride = AsIntTuple(a[3], "stride");
-        if (!offset.ok()) return Error(offset.status().message());
-        if (!size.ok()) return Error(size.status().message());
-        if (!stride.ok()) return Error(stride.status().message());
-        if (size->size() != stride->size()) return Error("size and stride differ in length");
-        const at::Tensor& storage = a[0]->tensor;
-        // Bounds: the largest element index must lie inside the storage.
-        // Bounds: the largest element index must lie inside the storage, and the tensor may not have more
-        // elements than its storage (state dicts never hold expanded, stride-0 views; refusing them also bounds
-        // the memory a file can make us allocate). Checked before any multiplication can overflow.
-        const int64_t storage_numel = storage.numel();
-        int64_t max_index = *offset, numel = 1;
-        for (size_t k = 0; k < size->size(); ++k) {
-          const int64_t n = (*size)[k], st = (*stride)[k];
-          if (n < 0 || st < 0) return Error("negative size or stride");
-          if (n > 0 && numel > std::max<int64_t>(storage_numel, 1) / n) {
-            return Error("tensor has more elements than its storage (", storage_numel, ")");
-          }
-          numel *= n;
-          if (n > 1 && st > storage_numel)
-            return Error("tensor view exceeds its storage (", storage_numel, " elements)");
-          max_index += (n > 0 ? n - 1 : 0) * st;
-        }
-        if (*offset < 0 || (numel > 0 && max_index >= storage.numel())) {
-          return Error("tensor view exceeds its storage (", storage.numel(), " elements)");
-        }
-        ValuePtr v = Make(Value::Kind::kTensor);
-        v->tensor = numel == 0 ? at::empty(*size, storage.options())
-                               : storage.as_strided(*size, *stride, *offset).clone(at::MemoryFormat::Contiguous);
-        return v;
-      }
+        return New(Value::Kind::kDict);
+      case Global::kRebuildTensorV2:
+        return RebuildTensor(a);
       case Global::kRebuildParameter:
         // (data, requires_grad, backward_hooks)
         if (a.size() != 3 || a[0]->kind != Value::Kind::kTensor) return Error("malformed _rebuild_parameter call");
@@ -261,10 +583,10 @@ class Unpickler {
       case 0x95:  // FRAME: a length hint only.
         return ReadLE(8).status();
       case '(':
-        return Push(Make(Value::Kind::kMark));
+        return Push(New(Value::Kind::kMark));
       case '}':
       case ']': {
-        return Push(Make(op == '}' ? Value::Kind::kDict : Value::Kind::kList));
+        return Push(New(op == '}' ? Value::Kind::kDict : Value::Kind::kList));
       }
       case ')':
         return PushTuple({});
@@ -286,7 +608,8 @@ class Unpickler {
       case 0x8c: {  // BINUNICODE, SHORT_BINUNICODE
         ASSIGN_OR_RETURN(uint64_t n, ReadLE(op == 'X' ? 4 : 1));
         ASSIGN_OR_RETURN(absl::string_view bytes, Take(n));
-        ValuePtr v = Make(Value::Kind::kString);
+        RETURN_IF_ERROR(Charge(n));
+        ValuePtr v = New(Value::Kind::kString);
         v->s = std::string(bytes);
         return Push(v);
       }
@@ -294,7 +617,7 @@ class Unpickler {
       case 'K':
       case 'M': {  // BININT (signed 4 bytes), BININT1, BININT2 (unsigned)
         ASSIGN_OR_RETURN(uint64_t raw, ReadLE(op == 'J' ? 4 : op == 'K' ? 1 : 2));
-        ValuePtr v = Make(Value::Kind::kInt);
+        ValuePtr v = New(Value::Kind::kInt);
         v->i = op == 'J' ? static_cast<int64_t>(static_cast<int32_t>(raw)) : static_cast<int64_t>(raw);
         return Push(v);
       }
@@ -303,7 +626,7 @@ class Unpickler {
         if (n > 8) return Error("integer wider than 64 bits");
         ASSIGN_OR_RETURN(uint64_t raw, ReadLE(n));
         if (n > 0 && n < 8 && (raw >> (8 * n - 1)) & 1) raw |= ~uint64_t{0} << (8 * n);  // Sign-extend.
-        ValuePtr v = Make(Value::Kind::kInt);
+        ValuePtr v = New(Value::Kind::kInt);
         v->i = static_cast<int64_t>(raw);
         return Push(v);
       }
@@ -311,15 +634,15 @@ class Unpickler {
         ASSIGN_OR_RETURN(absl::string_view bytes, Take(8));
         uint64_t raw = 0;
         for (char c : bytes) raw = (raw << 8) | static_cast<uint8_t>(c);
-        ValuePtr v = Make(Value::Kind::kFloat);
+        ValuePtr v = New(Value::Kind::kFloat);
         std::memcpy(&v->d, &raw, 8);
         return Push(v);
       }
       case 'N':
-        return Push(Make(Value::Kind::kNone));
+        return Push(New(Value::Kind::kNone));
       case 0x88:
       case 0x89: {
-        ValuePtr v = Make(Value::Kind::kBool);
+        ValuePtr v = New(Value::Kind::kBool);
         v->b = op == 0x88;
         return Push(v);
       }
@@ -396,24 +719,122 @@ class Unpickler {
     }
   }
 
+  // After STOP, one linear pass over every container the pickle made: refuses reference cycles (which reference
+  // counting would never free), nesting deeper than kMaxPickleDepth, and graphs whose expansion as a tree (what a
+  // recursive consumer visits) exceeds kMaxPickleExpandedValues.
+  absl::Status CheckGraph() {
+    enum Color : uint8_t { kWhite, kGrey, kBlack };
+    struct Info {
+      Color color = kWhite;
+      int32_t height = 0;    // Containers on the longest path down from here.
+      int64_t expanded = 0;  // Values in the tree expansion, saturated at kMaxPickleExpandedValues + 1.
+    };
+    std::unordered_map<const Value*, Info> info;
+    info.reserve(containers_.size());
+    for (const ValuePtr& c : containers_) info.emplace(c.get(), Info{});
+    auto child = [](const Value& v, size_t k) -> const Value* {
+      if (v.kind != Value::Kind::kDict) return v.items[k].get();
+      return k % 2 == 0 ? v.entries[k / 2].first.get() : v.entries[k / 2].second.get();
+    };
+    auto num_children = [](const Value& v) {
+      return v.kind == Value::Kind::kDict ? 2 * v.entries.size() : v.items.size();
+    };
+    struct Frame {
+      const Value* value;
+      Info* info;
+      size_t next = 0;
+    };
+    std::vector<Frame> path;
+    for (const ValuePtr& start : containers_) {
+      Info& start_info = info[start.get()];
+      if (start_info.color != kWhite) continue;
+      start_info.color = kGrey;
+      path.push_back({start.get(), &start_info});
+      while (!path.empty()) {
+        Frame& top = path.back();
+        if (top.next < num_children(*top.value)) {
+          const Value* c = child(*top.value, top.next++);
+          if (!IsContainer(*c)) continue;
+          Info& ci = info.at(c);
+          if (ci.color == kGrey) {
+            return Error("a ", KindName(c->kind),
+                         " contains itself (a reference cycle, which torch.save never writes)");
+          }
+          if (ci.color == kWhite) {
+            // Every frame on the path holds the next one: the path is a chain of nested containers.
+            if (path.size() >= static_cast<size_t>(kMaxPickleDepth)) {
+              return Error("values nested more than ", kMaxPickleDepth, " levels deep (kMaxPickleDepth)");
+            }
+            ci.color = kGrey;
+            path.push_back({c, &ci});
+          }
+          continue;
+        }
+        // All children are done: fold them in.
+        Info& done = *top.info;
+        int32_t height = 0;
+        int64_t expanded = 1;
+        for (size_t k = 0; k < num_children(*top.value); ++k) {
+          const Value* c = child(*top.value, k);
+          const Info* ci = IsContainer(*c) ? &info.at(c) : nullptr;
+          height = std::max(height, ci ? ci->height : 0);
+          expanded = std::min(expanded + (ci ? ci->expanded : 1), kMaxPickleExpandedValues + 1);
+        }
+        done.height = height + 1;
+        done.expanded = expanded;
+        done.color = kBlack;
+        if (done.height > kMaxPickleDepth) {
+          return Error("values nested more than ", kMaxPickleDepth, " levels deep (kMaxPickleDepth)");
+        }
+        if (done.expanded > kMaxPickleExpandedValues) {
+          return Error("a ", KindName(top.value->kind), " expands to more than ", kMaxPickleExpandedValues,
+                       " values through shared sub-objects (kMaxPickleExpandedValues)");
+        }
+        path.pop_back();
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // Frees everything the pickle made, whatever its shape: first every container lets go of its children (the
+  // registry keeps the containers themselves alive meanwhile, so nothing is destroyed recursively and cycles are
+  // broken), then the registry drops the now childless containers. Allocates nothing.
+  void Dismantle() noexcept {
+    for (const ValuePtr& c : containers_) {
+      std::vector<ValuePtr> items;
+      std::vector<std::pair<ValuePtr, ValuePtr>> entries;
+      items.swap(c->items);
+      entries.swap(c->entries);
+    }
+    containers_.clear();
+  }
+
   static constexpr size_t kMaxStack = 1 << 16;
   static constexpr uint64_t kMaxMemo = 1 << 24;
 
   absl::string_view data_;
   size_t pos_ = 0;
   std::string name_;
-  StorageLoader loader_;
+  RecordSource records_;
+  int64_t materialized_limit_;
+  uint64_t archive_size_;
+  int64_t materialized_ = 0;
+  int64_t pushed_ = 0;
+  bool succeeded_ = false;
   std::vector<ValuePtr> stack_;
   std::map<uint64_t, ValuePtr> memo_;
   std::map<std::string, ValuePtr> storages_;
+  std::vector<ValuePtr> containers_;  // Every tuple, list and dict made, in order.
 };
 
 bool IsZip(absl::string_view bytes) {
   return bytes.size() >= 4 && bytes.substr(0, 4) == absl::string_view("PK\3\4", 4);
 }
 
-absl::StatusOr<PickleValuePtr> ParseArchive(caffe2::serialize::PyTorchStreamReader& reader, const std::string& name) {
-  if (!reader.hasRecord("data.pkl")) {
+absl::StatusOr<PickleValuePtr> ParseArchive(caffe2::serialize::PyTorchStreamReader& reader,
+                                            const ZipDirectory& directory, const std::string& name,
+                                            uint64_t archive_size) {
+  if (!reader.hasRecord("data.pkl") || !directory.RecordSize("data.pkl")) {
     return absl::InvalidArgumentError(absl::StrCat(name, ": archive has no data.pkl (not a torch.save file)"));
   }
   if (reader.hasRecord("byteorder")) {
@@ -425,23 +846,10 @@ absl::StatusOr<PickleValuePtr> ParseArchive(caffe2::serialize::PyTorchStreamRead
   }
   auto [pkl_ptr, pkl_size] = reader.getRecord("data.pkl");
   absl::string_view pickle(static_cast<const char*>(pkl_ptr.get()), pkl_size);
-  StorageLoader loader = [&reader, &name](const std::string& key, at::ScalarType dtype,
-                                          int64_t numel) -> absl::StatusOr<at::Tensor> {
-    const std::string record = "data/" + key;
-    if (key.empty() || key.find('/') != std::string::npos || !reader.hasRecord(record)) {
-      return absl::InvalidArgumentError(absl::StrCat(name, ": missing storage record '", record, "'"));
-    }
-    auto [ptr, size] = reader.getRecord(record);
-    const size_t bytes = static_cast<size_t>(numel) * c10::elementSize(dtype);
-    if (size < bytes) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(name, ": storage record '", record, "' has ", size, " bytes, expected ", bytes));
-    }
-    at::Tensor t = at::empty({numel}, at::TensorOptions().dtype(dtype));
-    if (bytes > 0) std::memcpy(t.data_ptr(), ptr.get(), bytes);
-    return t;
-  };
-  Unpickler unpickler(pickle, name, loader);
+  const uint64_t limit = std::min<uint64_t>(
+      static_cast<uint64_t>(std::numeric_limits<int64_t>::max()),
+      archive_size * static_cast<uint64_t>(kMaterializedBytesPerArchiveByte) + kMaterializedBytesAllowance);
+  Unpickler unpickler(pickle, name, RecordSource{&directory, &reader}, static_cast<int64_t>(limit), archive_size);
   return unpickler.Run();
 }
 
@@ -450,7 +858,12 @@ absl::StatusOr<PickleValuePtr> ParseArchive(caffe2::serialize::PyTorchStreamRead
 
 class Pickler {
  public:
-  absl::Status Write(const PickleValue& v) {
+  // `depth`: containers enclosing `v`. The writer refuses what the reader would (and so never recurses deeply).
+  absl::Status Write(const PickleValue& v, int depth = 0) {
+    if (IsContainer(v) && depth >= kMaxPickleDepth) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot pickle values nested more than ", kMaxPickleDepth, " levels deep (kMaxPickleDepth)"));
+    }
     switch (v.kind) {
       case PickleValue::Kind::kNone:
         out_ += 'N';
@@ -473,14 +886,14 @@ class Pickler {
         return absl::OkStatus();
       case PickleValue::Kind::kTuple:
         out_ += '(';
-        for (const auto& item : v.items) RETURN_IF_ERROR(Write(*item));
+        for (const auto& item : v.items) RETURN_IF_ERROR(Write(*item, depth + 1));
         out_ += 't';
         return absl::OkStatus();
       case PickleValue::Kind::kList:
         out_ += ']';
         if (!v.items.empty()) {
           out_ += '(';
-          for (const auto& item : v.items) RETURN_IF_ERROR(Write(*item));
+          for (const auto& item : v.items) RETURN_IF_ERROR(Write(*item, depth + 1));
           out_ += 'e';
         }
         return absl::OkStatus();
@@ -489,8 +902,8 @@ class Pickler {
         if (!v.entries.empty()) {
           out_ += '(';
           for (const auto& [key, value] : v.entries) {
-            RETURN_IF_ERROR(Write(*key));
-            RETURN_IF_ERROR(Write(*value));
+            RETURN_IF_ERROR(Write(*key, depth + 1));
+            RETURN_IF_ERROR(Write(*value, depth + 1));
           }
           out_ += 'u';
         }
@@ -596,6 +1009,63 @@ class Pickler {
 
 }  // namespace
 
+namespace {
+std::atomic<int64_t> live_values{0};
+}  // namespace
+
+PickleValue::PickleValue() { live_values.fetch_add(1, std::memory_order_relaxed); }
+PickleValue::PickleValue(const PickleValue& other)
+    : kind(other.kind),
+      b(other.b),
+      i(other.i),
+      d(other.d),
+      s(other.s),
+      items(other.items),
+      entries(other.entries),
+      tensor(other.tensor),
+      global_id(other.global_id),
+      storage_dtype(other.storage_dtype) {
+  live_values.fetch_add(1, std::memory_order_relaxed);
+}
+PickleValue::PickleValue(PickleValue&& other) noexcept
+    : kind(other.kind),
+      b(other.b),
+      i(other.i),
+      d(other.d),
+      s(std::move(other.s)),
+      items(std::move(other.items)),
+      entries(std::move(other.entries)),
+      tensor(std::move(other.tensor)),
+      global_id(other.global_id),
+      storage_dtype(other.storage_dtype) {
+  live_values.fetch_add(1, std::memory_order_relaxed);
+}
+// Without recursion: children move to a worklist, and a child that nobody else holds hands its own children to the
+// worklist before it goes, so every destructor call below this one finds no children. (A cycle is never freed by
+// reference counting; the reader refuses them and frees what it made with Unpickler::Dismantle.)
+PickleValue::~PickleValue() {
+  live_values.fetch_sub(1, std::memory_order_relaxed);
+  if (items.empty() && entries.empty()) return;
+  std::vector<PickleValuePtr> pending;
+  auto take_children = [&pending](PickleValue& v) {
+    for (PickleValuePtr& item : v.items) pending.push_back(std::move(item));
+    v.items.clear();
+    for (auto& [key, value] : v.entries) {
+      pending.push_back(std::move(key));
+      pending.push_back(std::move(value));
+    }
+    v.entries.clear();
+  };
+  take_children(*this);
+  while (!pending.empty()) {
+    PickleValuePtr v = std::move(pending.back());
+    pending.pop_back();
+    if (v != nullptr && v.use_count() == 1) take_children(*v);
+  }
+}
+
+int64_t PickleValueLiveCount() { return live_values.load(std::memory_order_relaxed); }
+
 const char* PickleKindName(PickleValue::Kind k) {
   switch (k) {
     case PickleValue::Kind::kNone:
@@ -663,13 +1133,20 @@ absl::StatusOr<PickleValuePtr> ReadTorchArchive(absl::string_view archive, absl:
         ": not a zip archive; only torch.save files of PyTorch >= 1.6 are read (re-save a legacy file with "
         "torch.save(torch.load(f), f2) in Python)"));
   }
+  // The directory first: after it, no record can make LibTorch's reader allocate more than the archive's size.
+  ASSIGN_OR_RETURN(ZipDirectory directory, ZipDirectory::Check(archive, file));
   try {
     caffe2::serialize::PyTorchStreamReader reader(
         std::make_shared<caffe2::serialize::MemoryReadAdapter>(archive.data(), archive.size()));
-    return ParseArchive(reader, file);
+    return ParseArchive(reader, directory, file, archive.size());
   } catch (const c10::Error& e) {
     return absl::InvalidArgumentError(
         absl::StrCat(file, ": malformed torch.save archive: ", e.what_without_backtrace()));
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(absl::StrCat(file, ": out of memory reading the torch.save archive"));
+  } catch (const std::exception& e) {
+    // E.g. std::invalid_argument from LibTorch parsing a version record that is not a number.
+    return absl::InvalidArgumentError(absl::StrCat(file, ": malformed torch.save archive: ", e.what()));
   }
 }
 
@@ -693,6 +1170,8 @@ absl::StatusOr<std::string> WriteTorchArchive(const PickleValue& root) {
     writer.writeEndOfFile();
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("writing torch archive: ", e.what_without_backtrace()));
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError("writing torch archive: out of memory");
   }
   return out;
 }

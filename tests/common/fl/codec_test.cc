@@ -270,6 +270,33 @@ TEST(CodecTest, DecodeValidates) {
   EXPECT_THAT(ParseTensorBundle("\xff\xff\xff garbage", "upload of site-a").status().message(), HasSubstr("site-a"));
 }
 
+// Shapes of empty tensors whose strides overflow int64, and shapes with absurdly many dimensions, are malformed
+// input (InvalidArgument), not an internal error or undefined behaviour in LibTorch's stride computation.
+TEST(CodecTest, DecodeRefusesUnrepresentableShapes) {
+  for (NamedTensor::Encoding encoding : {NamedTensor::DENSE_FP32, NamedTensor::DENSE_FP16, NamedTensor::INT8,
+                                         NamedTensor::TOPK, NamedTensor::DENSE_INT64}) {
+    NamedTensor t;
+    t.set_name("layer.weight");
+    t.set_dtype(encoding == NamedTensor::DENSE_INT64 ? NamedTensor::INT64 : NamedTensor::FLOAT32);
+    t.set_encoding(encoding);
+    for (int64_t d : {int64_t{0}, int64_t{1} << 62, int64_t{1} << 62}) t.add_shape(d);
+    ExpectInvalid(t, "shape");
+    t.clear_shape();
+    for (int k = 0; k <= 64; ++k) t.add_shape(k == 0 ? 0 : 1);
+    ExpectInvalid(t, "dimensions");
+  }
+  // An empty tensor of a representable shape decodes.
+  NamedTensor empty;
+  empty.set_name("e");
+  empty.set_dtype(NamedTensor::FLOAT32);
+  empty.set_encoding(NamedTensor::DENSE_FP32);
+  empty.add_shape(0);
+  empty.add_shape(1 << 20);
+  absl::StatusOr<at::Tensor> decoded = DecodeTensor(empty);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(decoded->sizes(), (std::vector<int64_t>{0, 1 << 20}));
+}
+
 TEST(CodecTest, DecodeAgainstTheModelSchema) {
   const TensorMap model = SmallModel(11);
   absl::StatusOr<EncodedBundle> enc = EncodeTensors(model, {Encoding::kTopK, 0.5});

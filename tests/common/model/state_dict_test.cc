@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/io/file_util.h"
 #include "common/model/model_factory.h"
+#include "common/model/torch_archive.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/temp_dir.h"
@@ -216,6 +217,60 @@ TEST(SafetensorsTest, WriteReadRoundTripAndMalformedFiles) {
   EXPECT_THAT(parse("not json", "").status().message(), HasSubstr("not a JSON object"));
   EXPECT_THAT(ParseSafetensors(std::string("\xff\xff\xff\xff\0\0\0\0{}", 10), "big").status().message(),
               HasSubstr("exceeds the file"));
+}
+
+// A .safetensors file from a header and data.
+std::string SafetensorsBytes(const std::string& header, const std::string& data) {
+  std::string bytes(8, '\0');
+  for (int k = 0; k < 8; ++k) bytes[k] = static_cast<char>((header.size() >> (8 * k)) & 0xff);
+  return bytes + header + data;
+}
+
+// Hostile headers: each is refused cleanly, before what it would make the reader allocate.
+TEST(SafetensorsTest, HostileHeadersAreRefused) {
+  auto message = [](const std::string& header, const std::string& data) {
+    return std::string(ParseSafetensors(SafetensorsBytes(header, data), "evil.safetensors").status().message());
+  };
+  // 1,000 tensors over the same 4 KiB: 4 MB materialized from a 60 KB file (and quadratic in general).
+  std::string header = "{";
+  for (int i = 0; i < 1000; ++i) {
+    absl::StrAppend(&header, i ? "," : "", "\"t", i,
+                    "\": {\"dtype\": \"U8\", \"shape\": [4096], \"data_offsets\": [0, 4096]}");
+  }
+  header += "}";
+  EXPECT_THAT(message(header, std::string(4096, '\0')), HasSubstr("overlap"));
+  // A header larger than the bound, even when the file holds it.
+  const std::string big = "{}" + std::string(kMaxSafetensorsHeaderBytes, ' ');
+  EXPECT_THAT(message(big, ""), HasSubstr("kMaxSafetensorsHeaderBytes"));
+  // Dimensions that are not integers (a float cast to int64 is undefined behaviour), shapes whose strides overflow,
+  // too many dimensions, offsets that are not integers.
+  EXPECT_THAT(message(R"({"w": {"dtype": "F32", "shape": [1e300], "data_offsets": [0, 4]}})", std::string(4, '\0')),
+              HasSubstr("tensor 'w': shape"));
+  EXPECT_THAT(message(R"({"w": {"dtype": "F32", "shape": [1.5], "data_offsets": [0, 4]}})", std::string(4, '\0')),
+              HasSubstr("tensor 'w': shape"));
+  EXPECT_THAT(message(R"({"w": {"dtype": "F32", "shape": [0, 4611686018427387904, 4611686018427387904],)"
+                      R"( "data_offsets": [0, 0]}})",
+                      ""),
+              HasSubstr("tensor 'w': shape"));
+  std::string many_dims = R"({"w": {"dtype": "F32", "shape": [)";
+  for (int i = 0; i <= kMaxTensorDims; ++i) many_dims += i ? ",1" : "1";
+  many_dims += R"(], "data_offsets": [0, 4]}})";
+  EXPECT_THAT(message(many_dims, std::string(4, '\0')), HasSubstr("kMaxTensorDims"));
+  EXPECT_THAT(message(R"({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0.0, 4e0]}})", std::string(4, '\0')),
+              HasSubstr("tensor 'w': data_offsets"));
+  EXPECT_THAT(message(R"({"w": {"dtype": "F32", "shape": [1], "data_offsets": [-4, 0]}})", std::string(4, '\0')),
+              HasSubstr("tensor 'w': data_offsets"));
+  // Deeply nested JSON in the metadata: an error or a value, never a crash.
+  const std::string deep = "{\"__metadata__\": " + std::string(1000000, '[') + std::string(1000000, ']') + "}";
+  (void)ParseSafetensors(SafetensorsBytes(deep, ""), "deep.safetensors");
+  // Adjacent tensors, in any order of the header, are fine.
+  auto ok = ParseSafetensors(SafetensorsBytes(R"({"b": {"dtype": "U8", "shape": [2], "data_offsets": [2, 4]},)"
+                                              R"( "a": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]},)"
+                                              R"( "e": {"dtype": "U8", "shape": [0], "data_offsets": [2, 2]}})",
+                                              "abcd"),
+                             "ok.safetensors");
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->size(), 3u);
 }
 
 // Builds a torch.save-shaped zip archive around an arbitrary pickle.
