@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "common/data/chexpert_labels.h"
 #include "common/io/file_util.h"
+#include "common/io/json_number.h"
 #include "common/model/torch_archive.h"
 #include "common/status_macros.h"
 
@@ -202,14 +203,21 @@ absl::StatusOr<Checkpoint> LoadCheckpoint(const std::string& path) {
   CheckpointMetadata& m = checkpoint.metadata;
   try {
     m.labels = meta.at("labels").get<std::vector<std::string>>();
-    m.image_size = meta.at("image_size").get<int>();
+    // Integers through io::JsonInteger: get<int>() of a float that does not fit is undefined behaviour.
+    absl::StatusOr<int64_t> image_size = io::JsonInteger(meta.at("image_size"), "metadata image_size", 1, 1 << 16);
+    if (!image_size.ok()) return bad(image_size.status().message());
+    m.image_size = static_cast<int>(*image_size);
     m.mean = meta.at("normalization").at("mean").get<std::vector<double>>();
     m.std = meta.at("normalization").at("std").get<std::vector<double>>();
     const json& p = meta.at("provenance");
     m.provenance.parent_digest = p.value("parent_digest", "");
     m.provenance.source = p.value("source", "");
     m.provenance.data_summary = p.value("data_summary", "");
-    m.provenance.epochs = p.value("epochs", 0);
+    if (p.contains("epochs")) {
+      absl::StatusOr<int64_t> epochs = io::JsonInteger(p.at("epochs"), "provenance epochs", 0, 1 << 30);
+      if (!epochs.ok()) return bad(epochs.status().message());
+      m.provenance.epochs = static_cast<int>(*epochs);
+    }
     m.provenance.created_at = p.value("created_at", "");
     checkpoint.weights_sha256 = meta.at("weights_sha256").get<std::string>();
     const PickleValue* members = root.Find("members");
@@ -235,7 +243,9 @@ absl::StatusOr<Checkpoint> LoadCheckpoint(const std::string& path) {
                        ConfigFromJson(d.at("frontal"), absl::StrCat("checkpoint ", path, ": duo.frontal")));
       ASSIGN_OR_RETURN(duo.lateral,
                        ConfigFromJson(d.at("lateral"), absl::StrCat("checkpoint ", path, ": duo.lateral")));
-      duo.num_outputs = d.at("num_outputs").get<int>();
+      absl::StatusOr<int64_t> outputs = io::JsonInteger(d.at("num_outputs"), "duo num_outputs", 1, 1 << 16);
+      if (!outputs.ok()) return bad(outputs.status().message());
+      duo.num_outputs = static_cast<int>(*outputs);
       duo.head_dropout = d.at("head_dropout").get<double>();
       ASSIGN_OR_RETURN(duo.weights, StateDictFromValue(root.Find("duo"), absl::StrCat("checkpoint ", path, ": duo")));
       checkpoint.duo = std::move(duo);

@@ -1,10 +1,13 @@
 #include "common/model/model_config.h"
 
+#include <limits>
 #include <nlohmann/json.hpp>
+#include <type_traits>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/io/json_number.h"
 #include "common/status_macros.h"
 
 namespace fedtune::model {
@@ -23,7 +26,15 @@ absl::Status ReadField(const json& object, const char* section, const char* key,
   auto it = object.find(key);
   if (it == object.end()) return absl::OkStatus();
   try {
-    *out = it->get<T>();
+    if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+      // get<int>() of a float that does not fit is undefined behaviour: integers only, within T's range.
+      absl::StatusOr<int64_t> v = io::JsonInteger(*it, absl::StrCat("model config: field ", section, key),
+                                                  std::numeric_limits<T>::min(), std::numeric_limits<T>::max());
+      if (!v.ok()) return v.status();
+      *out = static_cast<T>(*v);
+    } else {
+      *out = it->get<T>();
+    }
   } catch (const json::exception& e) {
     return absl::InvalidArgumentError(
         absl::StrCat("model config: field ", section, key, " has the wrong type: ", e.what()));

@@ -1,9 +1,11 @@
 #include "common/pki/ca_index.h"
 
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <tuple>
 
 #include "absl/strings/str_cat.h"
+#include "common/io/json_number.h"
 #include "common/pki/openssl_util.h"
 #include "common/status_macros.h"
 
@@ -45,6 +47,23 @@ std::string CertificateStatusName(CertificateStatus status) {
   return status == CertificateStatus::kRevoked ? "revoked" : "enrolled";
 }
 
+namespace {
+
+// An integer field of the index (io::JsonInteger: a float such as 3.3e121 is refused, not cast); `fallback` when the
+// field is absent and a fallback is given.
+absl::StatusOr<int64_t> IntegerField(const nlohmann::json& doc, const char* name, absl::string_view source,
+                                     std::optional<int64_t> fallback = std::nullopt) {
+  if (!doc.contains(name)) {
+    if (fallback) return *fallback;
+    return absl::DataLossError(absl::StrCat(source, ": \"", name, "\" is missing"));
+  }
+  absl::StatusOr<int64_t> value = io::JsonInteger(doc[name], absl::StrCat("\"", name, "\""));
+  if (!value.ok()) return absl::DataLossError(absl::StrCat(source, ": ", value.status().message()));
+  return *value;
+}
+
+}  // namespace
+
 absl::StatusOr<CaIndex> ParseCaIndex(absl::string_view json, absl::string_view source) {
   nlohmann::json doc = nlohmann::json::parse(json.begin(), json.end(), nullptr, /*allow_exceptions=*/false);
   if (doc.is_discarded() || !doc.is_object()) {
@@ -56,9 +75,9 @@ absl::StatusOr<CaIndex> ParseCaIndex(absl::string_view json, absl::string_view s
       return absl::DataLossError(absl::StrCat(source, ": \"format\" is not \"", kFormat, "\""));
     }
     index.consortium = doc.at("consortium").get<std::string>();
-    index.next_serial = doc.at("next_serial").get<int64_t>();
-    index.next_crl_number = doc.at("next_crl_number").get<int64_t>();
-    index.crl_days = doc.value("crl_days", int64_t{30});
+    ASSIGN_OR_RETURN(index.next_serial, IntegerField(doc, "next_serial", source));
+    ASSIGN_OR_RETURN(index.next_crl_number, IntegerField(doc, "next_crl_number", source));
+    ASSIGN_OR_RETURN(index.crl_days, IntegerField(doc, "crl_days", source, int64_t{30}));
     // Bounds that keep the CA's arithmetic (++next_serial, now + crl_days) far from overflow.
     for (auto [name, value, max] :
          {std::tuple<const char*, int64_t, int64_t>{"next_serial", index.next_serial, kMaxCounter},

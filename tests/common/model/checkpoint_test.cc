@@ -173,6 +173,20 @@ TEST(CheckpointTest, RejectsOtherFilesAndBadInput) {
   EXPECT_THAT(status.message(), HasSubstr("bomb.ckpt"));
   EXPECT_THAT(status.message(), HasSubstr("kMaxPickleExpandedValues"));
 
+  // Metadata integers that are floats out of any int's range are refused, not cast (undefined behaviour).
+  for (const char* image_size : {"1e300", "-1e300", "64.5", "4294967360"}) {
+    PickleValue root;
+    root.kind = PickleValue::Kind::kDict;
+    root.AddEntry("format", PickleValue::String("fedtune.checkpoint"));
+    root.AddEntry("version", PickleValue::Int(1));
+    root.AddEntry("metadata",
+                  PickleValue::String(absl::StrCat(R"({"labels": [], "image_size": )", image_size,
+                                                   R"(, "normalization": {"mean": [0.5], "std": [0.2]}})")));
+    status = LoadCheckpoint(dir.WriteFile("meta.ckpt", *WriteTorchArchive(root))).status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << image_size << ": " << status;
+    EXPECT_THAT(status.message(), HasSubstr("image_size")) << image_size;
+  }
+
   Checkpoint empty;
   EXPECT_EQ(SaveCheckpoint(&empty, dir.Join("e.ckpt")).status().code(), absl::StatusCode::kInvalidArgument);
   Checkpoint one = CheckpointFromEnsemble(MakeEnsemble(), Metadata());

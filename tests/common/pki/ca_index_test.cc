@@ -42,7 +42,10 @@ TEST(CaIndexTest, RefusesCountersAndSerialsTheCaCannotUse) {
         R"("next_serial": 1, "next_crl_number": 9223372036854775807)",
         R"("next_serial": 1, "next_crl_number": 1, "crl_days": 0)",
         R"("next_serial": 1, "next_crl_number": 1, "crl_days": 99999999999)",
-        R"("next_serial": 1, "next_crl_number": 1, "crl_days": "30")", R"("next_serial": "1", "next_crl_number": 1)"}) {
+        R"("next_serial": 1, "next_crl_number": 1, "crl_days": "30")", R"("next_serial": "1", "next_crl_number": 1)",
+        // Floats are refused, not cast: casting 3.3e121 to int64 is undefined behaviour (found by fuzzing).
+        R"("next_serial": 3.33333e121, "next_crl_number": 1)", R"("next_serial": 2.0, "next_crl_number": 1)",
+        R"("next_serial": 1, "next_crl_number": 1, "crl_days": -1e300)"}) {
     absl::Status s = ParseCaIndex(Index(counters), "index.json").status();
     EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << counters << ": " << s;
     EXPECT_THAT(s.message(), HasSubstr("index.json"));
