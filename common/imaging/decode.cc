@@ -7,9 +7,11 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdint>
+#include <cstring>
 #include <fstream>
 #include <initializer_list>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <new>
 #include <opencv2/core.hpp>
@@ -22,6 +24,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/imaging/dicom_inflate.h"
 #include "common/imaging/raster_header.h"
 #include "common/io/file_util.h"
 #include "common/status_macros.h"
@@ -202,19 +205,6 @@ absl::Status DicomError(absl::string_view path, absl::string_view why) {
   return absl::InvalidArgumentError(absl::StrCat(path, ": DICOM: ", why));
 }
 
-// Refuses the Deflated transfer syntax named by a meta header. DCMTK inflates
-// each element in full while reading, and nothing bounds what a few MB of
-// deflated zeros inflate to.
-absl::Status RefuseDeflated(DcmMetaInfo* meta, absl::string_view path) {
-  OFString uid;
-  if (meta == nullptr || meta->findAndGetOFString(DCM_TransferSyntaxUID, uid).bad()) return absl::OkStatus();
-  const DcmXfer xfer(uid.c_str());
-  if (xfer.getStreamCompression() == ESC_none) return absl::OkStatus();
-  return DicomError(path, absl::StrCat("transfer syntax '", xfer.getXferName(), "' (", uid.c_str(),
-                                       ") is not accepted: its inflated size cannot be bounded before reading; "
-                                       "convert the file to an uncompressed or image-compressed transfer syntax"));
-}
-
 // The size a DICOM header declares, for messages and checks.
 struct DicomSize {
   Uint16 rows = 0;
@@ -263,8 +253,10 @@ absl::Status CheckDicomPixelDataLength(DcmDataset* ds, absl::string_view path, c
                                  " bits allocated need ", need, " bytes (truncated file or wrong Rows/Columns?)"));
 }
 
-// Decodes a DICOM file read by DCMTK (from a file or from memory).
-absl::StatusOr<Image> DecodeDicomDataset(DcmFileFormat& file, const std::string& path, const DecodeOptions& options) {
+// Decodes a DICOM file read by DCMTK (from a file or from memory). `inflated_from`: the transfer syntax the file
+// had before InflateDeflatedDicom rewrote it, or null.
+absl::StatusOr<Image> DecodeDicomDataset(DcmFileFormat& file, const std::string& path, const DecodeOptions& options,
+                                         const DcmXfer* inflated_from) {
   auto bad = [&](absl::string_view why) { return DicomError(path, why); };
   OFCondition cond;
   DcmDataset* ds = file.getDataset();
@@ -356,26 +348,99 @@ absl::StatusOr<Image> DecodeDicomDataset(DcmFileFormat& file, const std::string&
   image.pixels.resize(n);
   constexpr float kScale = 1.0f / 65535.0f;
   for (size_t i = 0; i < n; ++i) image.pixels[i] = static_cast<float>(data[i]) * kScale;
-  image.description = absl::StrCat("DICOM ", pi, ", ", bits_stored, " bits stored, ", original.getXferName(), ", ", voi,
+  image.description = absl::StrCat("DICOM ", pi, ", ", bits_stored, " bits stored, ",
+                                   (inflated_from != nullptr ? *inflated_from : original).getXferName(), ", ", voi,
                                    pi == "MONOCHROME1" ? ", inverted" : "");
   return image;
 }
 
-// `file` is what DCMTK opens; `name` stands for it in messages and Image::path.
-absl::StatusOr<Image> DecodeDicomFile(const std::string& file, const std::string& name, const DecodeOptions& options) {
+// An anonymous in-memory file (memfd), closed when destroyed, that DCMTK opens by its /proc path.
+class MemoryFile {
+ public:
+  static absl::StatusOr<std::unique_ptr<MemoryFile>> Create(const std::string& name) {
+    const int fd = ::memfd_create("fedtune-dicom", MFD_CLOEXEC);
+    if (fd < 0) return io::ErrnoToStatus(errno, "cannot create an in-memory file for", name);
+    return std::unique_ptr<MemoryFile>(new MemoryFile(fd, name));
+  }
+  MemoryFile(const MemoryFile&) = delete;
+  MemoryFile& operator=(const MemoryFile&) = delete;
+  ~MemoryFile() { ::close(fd_); }
+
+  absl::Status Append(absl::string_view bytes) {
+    size_t written = 0;
+    while (written < bytes.size()) {
+      const ssize_t n = ::write(fd_, bytes.data() + written, bytes.size() - written);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        const int err = n < 0 ? errno : EIO;
+        // Out of memory (or over RLIMIT_FSIZE): the machine's limit, not a bug.
+        if (err == ENOMEM || err == EFBIG || err == ENOSPC) {
+          return absl::ResourceExhaustedError(
+              absl::StrCat(name_, ": cannot write an in-memory file: ", std::strerror(err)));
+        }
+        return io::ErrnoToStatus(err, "cannot write an in-memory file for", name_);
+      }
+      written += static_cast<size_t>(n);
+    }
+    return absl::OkStatus();
+  }
+  std::string path() const { return absl::StrCat("/proc/self/fd/", fd_); }
+
+ private:
+  MemoryFile(int fd, std::string name) : fd_(fd), name_(std::move(name)) {}
+  const int fd_;
+  const std::string name_;
+};
+
+absl::StatusOr<Image> DecodeDicomFile(const std::string& file, const std::string& name, const DecodeOptions& options,
+                                      const DcmXfer* inflated_from = nullptr);
+
+// A file whose meta header names a transfer syntax with a deflated dataset: DCMTK would inflate it while reading
+// and load every element in full, however large. Inflated here instead, up to the size an uncompressed file may
+// have, into an in-memory file that DCMTK reads as any uncompressed one.
+absl::StatusOr<Image> DecodeDeflatedDicomFile(const std::string& file, const std::string& name,
+                                              const DecodeOptions& options, const DcmXfer& xfer) {
+  if (std::string(xfer.getXferID()) != kDeflatedExplicitLittleEndianUid) {
+    return DicomError(name, absl::StrCat("transfer syntax '", xfer.getXferName(), "' (", xfer.getXferID(),
+                                         ") is not supported; of the transfer syntaxes with a deflated dataset, only "
+                                         "Deflated Explicit VR Little Endian is"));
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<MemoryFile> inflated, MemoryFile::Create(name));
+  DicomInflateOptions inflate;
+  inflate.max_bytes = MaxImageFileBytes(options);
+  inflate.limit_source = absl::StrCat("for an image of at most ", options.max_pixels, " pixels (max_image_pixels)");
+  RETURN_IF_ERROR(
+      InflateDeflatedDicom(file, name, inflate, [&](absl::string_view bytes) { return inflated->Append(bytes); }));
+  return DecodeDicomFile(inflated->path(), name, options, &xfer);
+}
+
+// `file` is what DCMTK opens; `name` stands for it in messages and Image::path; `inflated_from` as for
+// DecodeDicomDataset.
+absl::StatusOr<Image> DecodeDicomFile(const std::string& file, const std::string& name, const DecodeOptions& options,
+                                      const DcmXfer* inflated_from) {
   RegisterDicomCodecsOnce();
   {
+    // DCMTK's own reading of the meta header says whether DCMTK would inflate the dataset.
     DcmFileFormat meta_only;
+    OFString uid;
     if (meta_only.loadFile(OFFilename(file.c_str()), EXS_Unknown, EGL_noChange, DCM_MaxReadLength, ERM_metaOnly)
-            .good()) {
-      RETURN_IF_ERROR(RefuseDeflated(meta_only.getMetaInfo(), name));
+            .good() &&
+        meta_only.getMetaInfo() != nullptr &&
+        meta_only.getMetaInfo()->findAndGetOFString(DCM_TransferSyntaxUID, uid).good()) {
+      const DcmXfer xfer(uid.c_str());
+      if (xfer.getStreamCompression() != ESC_none) {
+        if (inflated_from != nullptr) {
+          return absl::InternalError(absl::StrCat(name, ": DICOM: still '", xfer.getXferName(), "' once inflated"));
+        }
+        return DecodeDeflatedDicomFile(file, name, options, xfer);
+      }
     }
   }
   // Values above DCM_MaxReadLength bytes stay in the file until used.
   DcmFileFormat dicom;
   const OFCondition cond = dicom.loadFile(OFFilename(file.c_str()));
   if (cond.bad()) return DicomError(name, absl::StrCat("cannot read the file (truncated or corrupt?): ", cond.text()));
-  return DecodeDicomDataset(dicom, name, options);
+  return DecodeDicomDataset(dicom, name, options, inflated_from);
 }
 
 // DCMTK checks an element's declared length against the bytes left only when
@@ -384,22 +449,9 @@ absl::StatusOr<Image> DecodeDicomFile(const std::string& file, const std::string
 // bytes in memory are decoded through an anonymous in-memory file, exactly as
 // files are.
 absl::StatusOr<Image> DecodeDicomBytes(absl::string_view bytes, const std::string& name, const DecodeOptions& options) {
-  const int fd = ::memfd_create("fedtune-dicom", MFD_CLOEXEC);
-  if (fd < 0) return io::ErrnoToStatus(errno, "cannot create an in-memory file for", name);
-  size_t written = 0;
-  while (written < bytes.size()) {
-    const ssize_t n = ::write(fd, bytes.data() + written, bytes.size() - written);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      const int err = errno;
-      ::close(fd);
-      return io::ErrnoToStatus(err, "cannot write an in-memory file for", name);
-    }
-    written += static_cast<size_t>(n);
-  }
-  absl::StatusOr<Image> image = DecodeDicomFile(absl::StrCat("/proc/self/fd/", fd), name, options);
-  ::close(fd);
-  return image;
+  ASSIGN_OR_RETURN(std::unique_ptr<MemoryFile> file, MemoryFile::Create(name));
+  RETURN_IF_ERROR(file->Append(bytes));
+  return DecodeDicomFile(file->path(), name, options);
 }
 
 // Allocation failures inside DCMTK or OpenCV must not end the program.

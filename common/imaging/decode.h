@@ -33,12 +33,22 @@
 //   - Single-frame MONOCHROME1/MONOCHROME2 only. Multi-frame and colour (RGB,
 //     YBR_*, PALETTE COLOR, ...) images are rejected with InvalidArgument
 //     naming the file and the reason.
-//   - Uncompressed, RLE, JPEG (baseline, extended, lossless) and JPEG-LS
-//     transfer syntaxes are decoded; others (JPEG 2000, ...) are rejected with
-//     InvalidArgument naming the transfer syntax. Deflated Explicit VR Little
-//     Endian is refused before the dataset is read: DCMTK inflates every
-//     element in full while reading, so a file of a few MB could make it
-//     allocate GBs before any check could run.
+//   - Uncompressed, Deflated Explicit VR Little Endian, RLE, JPEG (baseline,
+//     extended, lossless) and JPEG-LS transfer syntaxes are decoded; others
+//     (JPEG 2000, JPIP Referenced Deflate, ...) are rejected with
+//     InvalidArgument naming the transfer syntax.
+//   - A deflated dataset is inflated by the decoder, not by DCMTK (which
+//     would load every element in full, however large: a file of a few MB
+//     could allocate GBs). Inflation streams into an anonymous in-memory file
+//     and stops, with InvalidArgument naming the file and the limit, as soon
+//     as the file would exceed the size an uncompressed file may have
+//     (MaxImageFileBytes: the equivalent Explicit VR Little Endian file, meta
+//     header included); DCMTK then reads that file as any uncompressed one,
+//     with the same checks. So a deflated file decodes exactly when its
+//     uncompressed twin does, and may hold up to MaxImageFileBytes of memory
+//     while it is decoded. A truncated or corrupt deflate stream, more than 8
+//     bytes after its end, or a meta header that cannot be parsed (see
+//     dicom_inflate.h) is refused with InvalidArgument.
 //   - Overlay planes are not burnt into the pixels (they are annotations).
 //   - The Modality LUT (Rescale Slope/Intercept or Modality LUT Sequence) is
 //     applied; then the first VOI LUT of the VOI LUT Sequence if present, else
@@ -71,7 +81,8 @@ inline constexpr int64_t kDefaultMaxImagePixels = int64_t{1} << 26;
 inline constexpr int64_t kMaxImagePixelsLimit = int64_t{1} << 30;
 // A file larger than this many bytes per allowed pixel is refused unread (1 GiB
 // at the default limit; never more than 2 GiB - 1): no accepted image needs as
-// much (16-bit RGBA uncompressed is 8 bytes per pixel).
+// much (16-bit RGBA uncompressed is 8 bytes per pixel). A deflated DICOM file
+// is held to the same limit once inflated.
 inline constexpr int64_t kMaxFileBytesPerPixel = 16;
 
 struct DecodeOptions {
@@ -95,7 +106,9 @@ int64_t MaxImageFileBytes(const DecodeOptions& options);
 //     corrupt data, an unsupported kind of image (colour or multi-frame DICOM,
 //     unsupported transfer syntax, format or sample type), bad options, or an
 //     image or file above the size limits (the message gives the declared size
-//     and the limit).
+//     and the limit);
+//   - ResourceExhausted, Internal: out of memory, or the in-memory file that a
+//     deflated DICOM file is inflated into cannot be made or written.
 // Thread-safe: may be called from any number of threads at once. Side effect of
 // the first DICOM decode: DCMTK's decoders (RLE, JPEG, JPEG-LS) are registered
 // process-wide and DCMTK's own logging is limited to fatal messages (every

@@ -61,12 +61,14 @@ class DicomReferenceTest : public ::testing::Test {
     dir_ = nullptr;
   }
   static std::vector<std::string> Cases() {
-    return {"MR_small.dcm",          "CT_small.dcm",       "MR_small_RLE.dcm",       "MR_small_bigendian.dcm",
-            "MR_small_implicit.dcm", "mono1_window.dcm",   "mono1_minmax.dcm",       "voi_lut.dcm",
-            "rescale_window.dcm",    "window_sigmoid.dcm", "window_linear_exact.dcm"};
+    return {"MR_small.dcm",          "CT_small.dcm",       "MR_small_RLE.dcm",        "MR_small_bigendian.dcm",
+            "MR_small_implicit.dcm", "mono1_window.dcm",   "mono1_minmax.dcm",        "voi_lut.dcm",
+            "rescale_window.dcm",    "window_sigmoid.dcm", "window_linear_exact.dcm", "image_dfl.dcm"};
   }
+  // pydicom's own files (image_dfl.dcm: Deflated Explicit VR Little Endian) or the cases made from them.
   static std::string CasePath(const std::string& name) {
-    return name.rfind("MR_", 0) == 0 || name.rfind("CT_", 0) == 0 ? kPydicomFiles + name : dir_->Join(name);
+    return name.rfind("MR_", 0) == 0 || name.rfind("CT_", 0) == 0 || name == "image_dfl.dcm" ? kPydicomFiles + name
+                                                                                             : dir_->Join(name);
   }
   static std::string ExpectedPath(const std::string& name) { return dir_->Join(name + ".expected.txt"); }
 
@@ -239,6 +241,122 @@ TEST(DecodeDicomTest, DicomWithoutPixelDataIsRejected) {
   EXPECT_THAT(image.status().message(), HasSubstr("Pixel Data"));
 }
 
+// ---- Deflated Explicit VR Little Endian: inflated by the decoder itself, bounded (decode.h) ----
+
+std::string ReadBytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// Re-saves the DICOM file `from` as `to` in transfer syntax `xfer` (DCMTK's writer).
+void SaveAs(const std::string& from, const std::string& to, E_TransferSyntax xfer) {
+  DcmFileFormat file;
+  ASSERT_TRUE(file.loadFile(from.c_str()).good()) << from;
+  ASSERT_TRUE(file.saveFile(to.c_str(), xfer).good()) << to;
+  DcmFileFormat check;
+  ASSERT_TRUE(check.loadFile(to.c_str(), EXS_Unknown, EGL_noChange, DCM_MaxReadLength, ERM_metaOnly).good());
+  OFString uid;
+  ASSERT_TRUE(check.getMetaInfo()->findAndGetOFString(DCM_TransferSyntaxUID, uid).good());
+  ASSERT_EQ(std::string(uid.c_str()), DcmXfer(xfer).getXferID());
+}
+
+// Where the deflated dataset starts: after the preamble, "DICM" and the meta header, whose group length is the
+// first element (as DCMTK writes it).
+size_t DeflatedDatasetOffset(const std::string& bytes) {
+  EXPECT_EQ(bytes.compare(128, 4, "DICM"), 0);
+  EXPECT_EQ(bytes.compare(132, 6, std::string("\x02\x00\x00\x00UL", 6)), 0);
+  const uint32_t group_length = static_cast<uint8_t>(bytes[140]) | static_cast<uint8_t>(bytes[141]) << 8 |
+                                static_cast<uint8_t>(bytes[142]) << 16 | static_cast<uint32_t>(bytes[143]) << 24;
+  return 144 + group_length;
+}
+
+// pydicom's CT_small.dcm (128 x 128, 16 bits, uncompressed) and its copy deflated by DCMTK.
+struct DeflatedTwins {
+  std::string plain;
+  std::string deflated;
+};
+DeflatedTwins WriteDeflatedTwins(const testing::TempDir& dir) {
+  DeflatedTwins twins{kPydicomFiles + "CT_small.dcm", dir.Join("deflated.dcm")};
+  SaveAs(twins.plain, twins.deflated, EXS_DeflatedLittleEndianExplicit);
+  return twins;
+}
+
+TEST(DecodeDeflatedTest, DecodesToTheSamePixelsAsItsUncompressedTwin) {
+  testing::TempDir dir;
+  const DeflatedTwins twins = WriteDeflatedTwins(dir);
+  ASSERT_LT(ReadBytes(twins.deflated).size(), ReadBytes(twins.plain).size());  // Really deflated.
+  absl::StatusOr<Image> plain = DecodeImage(twins.plain);
+  absl::StatusOr<Image> deflated = DecodeImage(twins.deflated);
+  absl::StatusOr<Image> from_memory = DecodeImageFromMemory(ReadBytes(twins.deflated), "deflated.dcm", DecodeOptions());
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  ASSERT_TRUE(deflated.ok()) << deflated.status();
+  ASSERT_TRUE(from_memory.ok()) << from_memory.status();
+  EXPECT_EQ(deflated->width, 128);
+  EXPECT_EQ(deflated->height, 128);
+  EXPECT_TRUE(deflated->pixels == plain->pixels);
+  EXPECT_TRUE(from_memory->pixels == plain->pixels);
+  const auto [lo, hi] = std::minmax_element(plain->pixels.begin(), plain->pixels.end());
+  EXPECT_GT(*hi - *lo, 0.5f);  // Not a flat image.
+  EXPECT_THAT(deflated->description, HasSubstr("Deflated"));
+}
+
+TEST(DecodeDeflatedTest, PydicomDeflatedFileDecodesAsItsUncompressedTwin) {
+  // image_dfl.dcm (512 x 512, 8 bits) ends its deflate stream with an 8-byte trailer (CRC-32 and size).
+  testing::TempDir dir;
+  const std::string plain = dir.Join("image_plain.dcm");
+  SaveAs(kPydicomFiles + "image_dfl.dcm", plain, EXS_LittleEndianExplicit);
+  absl::StatusOr<Image> want = DecodeImage(plain);
+  absl::StatusOr<Image> got = DecodeImage(kPydicomFiles + "image_dfl.dcm");
+  ASSERT_TRUE(want.ok()) << want.status();
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->width, 512);
+  EXPECT_EQ(got->height, 512);
+  EXPECT_TRUE(got->pixels == want->pixels);
+}
+
+TEST(DecodeDeflatedTest, TruncatedDeflateStreamIsRefused) {
+  testing::TempDir dir;
+  const DeflatedTwins twins = WriteDeflatedTwins(dir);
+  const std::string whole = ReadBytes(twins.deflated);
+  const size_t start = DeflatedDatasetOffset(whole);
+  ASSERT_GT(whole.size(), start + 100);
+  for (size_t cut : {start, start + 2, (start + whole.size()) / 2, whole.size() - 20}) {
+    SCOPED_TRACE(cut);
+    const std::string path = dir.WriteFile(absl::StrCat("cut", cut, ".dcm"), whole.substr(0, cut));
+    absl::StatusOr<Image> image = DecodeImage(path);
+    ASSERT_FALSE(image.ok());
+    EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(image.status().message(), HasSubstr(path));
+    EXPECT_THAT(image.status().message(), HasSubstr("truncated"));
+  }
+}
+
+TEST(DecodeDeflatedTest, CorruptDeflateStreamIsRefused) {
+  testing::TempDir dir;
+  const DeflatedTwins twins = WriteDeflatedTwins(dir);
+  std::string bytes = ReadBytes(twins.deflated);
+  // 0xFF as the first byte of a raw deflate stream: a final block of the reserved type 3.
+  bytes[DeflatedDatasetOffset(bytes)] = '\xFF';
+  absl::StatusOr<Image> image = DecodeImageFromMemory(bytes, "corrupt.dcm", DecodeOptions());
+  EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(image.status().message(), HasSubstr("corrupt.dcm"));
+  EXPECT_THAT(image.status().message(), HasSubstr("corrupt deflate stream"));
+}
+
+TEST(DecodeDeflatedTest, TrailingBytesAfterTheStreamAreRefusedBeyondAShortTrailer) {
+  testing::TempDir dir;
+  const DeflatedTwins twins = WriteDeflatedTwins(dir);
+  const std::string bytes = ReadBytes(twins.deflated);
+  // A pad byte (even length) or an 8-byte trailer (as image_dfl.dcm has) is tolerated.
+  EXPECT_TRUE(DecodeImageFromMemory(bytes + std::string(1, '\0'), "pad.dcm", DecodeOptions()).ok());
+  EXPECT_TRUE(DecodeImageFromMemory(bytes + "12345678", "trailer.dcm", DecodeOptions()).ok());
+  // More is not a deflated DICOM file: two files concatenated, or garbage.
+  absl::StatusOr<Image> image = DecodeImageFromMemory(bytes + bytes, "twice.dcm", DecodeOptions());
+  EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(image.status().message(), HasSubstr("twice.dcm"));
+  EXPECT_THAT(image.status().message(), HasSubstr("bytes after the end of the deflate stream"));
+}
+
 TEST(IsDicomFileTest, ByMagicOrExtension) {
   testing::TempDir dir;
   std::string preamble(128, '\0');
@@ -384,12 +502,45 @@ TEST(DecodeLimitTest, DicomPixelDataShorterThanDeclaredIsRefused) {
   ExpectRefusedFromHeader(path, {"Pixel Data", "16 bytes", "8192"});
 }
 
-TEST(DecodeLimitTest, DeflatedDicomIsRefusedBeforeInflating) {
-  // A file of about 256 KiB that DCMTK would inflate to 256 MiB while reading.
+TEST(DecodeLimitTest, DeflateBombIsRefusedOnceItInflatesPastTheFileLimit) {
+  // A file of about 256 KiB whose dataset inflates to 256 MiB (DCMTK would allocate all of it while reading).
+  // Under a limit of 2^20 pixels an uncompressed file may hold 16 MiB: inflation stops there. The child may not
+  // write past 20 MiB into any file (its in-memory ones included) nor grow its heap by 64 MiB.
   testing::TempDir dir;
   const std::string path = dir.Join("bomb.dcm");
   hostile::WriteDeflateBomb(path, 256u << 20);
-  ExpectRefusedFromHeader(path, {"Deflated"});
+  DecodeOptions options;
+  options.max_pixels = 1 << 20;
+  ASSERT_EQ(MaxImageFileBytes(options), 16 << 20);
+  const std::string bytes = ReadBytes(path);
+  for (bool from_memory : {false, true}) {
+    SCOPED_TRACE(from_memory ? "from memory" : "from the file");
+    const hostile::ChildOutcome outcome = hostile::RunInChildWithMemoryLimit(
+        [&] {
+          return from_memory ? DecodeImageFromMemory(bytes, path, options).status()
+                             : DecodeImage(path, options).status();
+        },
+        int64_t{1} << 30, int64_t{20} << 20);
+    ASSERT_TRUE(outcome.returned) << "the decode " << outcome.how;
+    EXPECT_EQ(outcome.code, absl::StatusCode::kInvalidArgument) << outcome.message;
+    EXPECT_THAT(outcome.message, HasSubstr(path));
+    EXPECT_THAT(outcome.message, HasSubstr("inflates"));
+    EXPECT_THAT(outcome.message, HasSubstr("limit of 16777216 bytes"));
+    EXPECT_LT(outcome.seconds, 10.0);
+    EXPECT_LT(outcome.rss_growth_kb, 64 * 1024) << "the decode grew by " << outcome.rss_growth_kb << " KiB";
+  }
+}
+
+TEST(DecodeLimitTest, DeflatedFileWithinTheLimitDecodesWithoutLoadingItsLargeElements) {
+  // The same kind of file inflating to 32 MiB is within the default limit (1 GiB) and is a valid 4 x 4 image: it
+  // decodes, and its 32 MiB private element stays in the in-memory file (DCMTK reads large values when used).
+  testing::TempDir dir;
+  const std::string path = dir.Join("big_private_element.dcm");
+  hostile::WriteDeflateBomb(path, 32u << 20);
+  const hostile::ChildOutcome outcome = hostile::RunInChildWithMemoryLimit([&] { return DecodeImage(path).status(); });
+  ASSERT_TRUE(outcome.returned) << "the decode " << outcome.how;
+  EXPECT_EQ(outcome.code, absl::StatusCode::kOk) << outcome.message;
+  EXPECT_LT(outcome.rss_growth_kb, 16 * 1024) << "the decode grew by " << outcome.rss_growth_kb << " KiB";
 }
 
 TEST(DecodeLimitTest, PngDeclaringHugeSizeIsRefused) {
@@ -517,11 +668,6 @@ TEST(DecodeRasterTest, BmpAndFloatTiff) {
   EXPECT_THAT(floats.status().message(), HasSubstr("sample type"));
 }
 
-std::string ReadBytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
 TEST(DecodeFromMemoryTest, SameImageAsFromTheFile) {
   testing::TempDir dir;
   const std::string png = dir.Join("g16.png");
@@ -546,17 +692,20 @@ TEST(DecodeFromMemoryTest, HostileInputsAreRefusedAsFromFiles) {
   testing::TempDir dir;
   const std::string dcm = dir.Join("huge.dcm");
   hostile::WriteDicomDeclaring(dcm, 65535, 65535, 8);
+  // 2^16 pixels allow files of 1 MiB: the bomb inflates to 4 MiB.
+  DecodeOptions options;
+  options.max_pixels = 1 << 16;
   const std::string bomb = dir.Join("bomb.dcm");
-  hostile::WriteDeflateBomb(bomb, 1 << 20);
+  hostile::WriteDeflateBomb(bomb, 4 << 20);
   const std::string dicoms[] = {ReadBytes(dcm), ReadBytes(bomb)};
   const std::string rasters[] = {hostile::PngDeclaring(65535, 65535), hostile::JpegDeclaring(32767, 32767)};
   const hostile::ChildOutcome outcome = hostile::RunInChildWithMemoryLimit([&]() -> absl::Status {
     for (const std::string& bytes : dicoms) {
-      absl::StatusOr<Image> image = DecodeImageFromMemory(bytes, "mem.dcm", DecodeOptions());
+      absl::StatusOr<Image> image = DecodeImageFromMemory(bytes, "mem.dcm", options);
       if (image.status().code() != absl::StatusCode::kInvalidArgument) return image.status();
     }
     for (const std::string& bytes : rasters) {
-      absl::StatusOr<Image> image = DecodeImageFromMemory(bytes, "mem", DecodeOptions());
+      absl::StatusOr<Image> image = DecodeImageFromMemory(bytes, "mem", options);
       if (image.status().code() != absl::StatusCode::kInvalidArgument) return image.status();
     }
     return absl::InvalidArgumentError("all refused");

@@ -224,7 +224,8 @@ void WriteDeflateBomb(const std::string& path, uint32_t inflated_bytes) {
   CHECK(f.good()) << path;
 }
 
-ChildOutcome RunInChildWithMemoryLimit(const std::function<absl::Status()>& call, int64_t headroom_bytes) {
+ChildOutcome RunInChildWithMemoryLimit(const std::function<absl::Status()>& call, int64_t headroom_bytes,
+                                       int64_t max_file_bytes) {
   int fds[2];
   CHECK_EQ(::pipe(fds), 0);
   const pid_t pid = ::fork();
@@ -238,6 +239,10 @@ ChildOutcome RunInChildWithMemoryLimit(const std::function<absl::Status()>& call
 #else
     (void)headroom_bytes;
 #endif
+    if (max_file_bytes > 0) {
+      struct rlimit fsize = {static_cast<rlim_t>(max_file_bytes), static_cast<rlim_t>(max_file_bytes)};
+      ::setrlimit(RLIMIT_FSIZE, &fsize);
+    }
     const int64_t rss_before = StatmKb(1);
     const auto start = std::chrono::steady_clock::now();
     // An exception escaping the decoder would end the program: report it as the child's death, and never let it

@@ -48,8 +48,11 @@ struct ChildOutcome {
 };
 
 // Runs `call` in a forked child whose address space may grow by at most `headroom_bytes` (no limit in sanitizer
-// builds, whose shadow memory needs huge mappings) and reports how it ended. Use from a single-threaded test.
-ChildOutcome RunInChildWithMemoryLimit(const std::function<absl::Status()>& call, int64_t headroom_bytes = 1LL << 30);
+// builds, whose shadow memory needs huge mappings) and reports how it ended. When `max_file_bytes` > 0, the child
+// may not write past that offset of any file (RLIMIT_FSIZE; anonymous in-memory files included): a write beyond it
+// kills the child with SIGXFSZ. Use from a single-threaded test.
+ChildOutcome RunInChildWithMemoryLimit(const std::function<absl::Status()>& call, int64_t headroom_bytes = 1LL << 30,
+                                       int64_t max_file_bytes = 0);
 
 }  // namespace fedtune::imaging::hostile
 
