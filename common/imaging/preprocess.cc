@@ -16,8 +16,9 @@ namespace {
 
 // Bump when decoding or resizing changes the pixels it produces, so that caches
 // keyed by CropAndResizeKey rebuild. 2: DICOM overlays are no longer burnt in,
-// and files that decoding now refuses (short Pixel Data, Deflated) must not be
-// served from entries made before.
+// and files that decoding now refuses (short Pixel Data) must not be served
+// from entries made before. (Deflated DICOM, refused for a while in version 2,
+// decodes again to the same pixels as before: no bump.)
 constexpr int kPipelineVersion = 2;
 
 }  // namespace
