@@ -21,7 +21,7 @@ packages=(
   cmake ninja-build g++ ccache pkg-config
   libtorch-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libabsl-dev libsqlite3-dev libssl-dev
+  libabsl-dev libsqlite3-dev libssl-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libopencv-dev libdcmtk-dev libgoogle-glog-dev
   nlohmann-json3-dev
