@@ -17,6 +17,7 @@
 #include "common/model/torch_archive.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/common/model/archive_bytes.h"
 #include "tests/testing/temp_dir.h"
 
 namespace fedtune::model {
@@ -273,18 +274,7 @@ TEST(SafetensorsTest, HostileHeadersAreRefused) {
   EXPECT_EQ(ok->size(), 3u);
 }
 
-// Builds a torch.save-shaped zip archive around an arbitrary pickle.
-std::string Archive(const std::string& pickle, const std::map<std::string, std::string>& records = {}) {
-  std::string out;
-  caffe2::serialize::PyTorchStreamWriter writer([&out](const void* data, size_t n) {
-    out.append(static_cast<const char*>(data), n);
-    return n;
-  });
-  writer.writeRecord("data.pkl", pickle.data(), pickle.size());
-  for (const auto& [name, bytes] : records) writer.writeRecord(name, bytes.data(), bytes.size());
-  writer.writeEndOfFile();
-  return out;
-}
+using testing::Archive;  // tests/common/model/archive_bytes.h
 
 // A protocol-2 pickle of {"w": tensor(size, stride, offset) on FloatStorage record "0" of `numel` elements}.
 std::string TensorDictPickle(int numel, int size, int offset, int stride = 1) {

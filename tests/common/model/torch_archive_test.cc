@@ -22,6 +22,7 @@
 #include "common/model/state_dict.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/common/model/archive_bytes.h"
 #include "tests/testing/temp_dir.h"
 
 namespace fedtune::model {
@@ -41,18 +42,7 @@ std::string Le(uint64_t v, int n) {
 std::string Str(const std::string& s) { return "X" + Le(s.size(), 4) + s; }
 std::string BinInt(int64_t i) { return "J" + Le(static_cast<uint64_t>(i), 4); }
 
-// A torch.save-shaped archive around an arbitrary pickle, written by LibTorch's own zip writer.
-std::string Archive(const std::string& pickle, const std::map<std::string, std::string>& records = {}) {
-  std::string out;
-  caffe2::serialize::PyTorchStreamWriter writer([&out](const void* data, size_t n) {
-    out.append(static_cast<const char*>(data), n);
-    return n;
-  });
-  writer.writeRecord("data.pkl", pickle.data(), pickle.size());
-  for (const auto& [name, bytes] : records) writer.writeRecord(name, bytes.data(), bytes.size());
-  writer.writeEndOfFile();
-  return out;
-}
+using testing::Archive;  // tests/common/model/archive_bytes.h
 
 // The process's current virtual memory size (VmSize in /proc/self/status).
 uint64_t VirtualMemoryBytes() {

@@ -38,7 +38,8 @@ std::vector<loader::LoaderSample> MakeData(const testing::TempDir& dir, const st
 
 class TrainerTest : public ::testing::Test {
  protected:
-  void SetUp() override {
+  // Training loaders: batches of 8, augmented, 32 px.
+  static loader::LoaderOptions TrainLoaderOptions() {
     loader::LoaderOptions o;
     o.batch_size = 8;
     o.num_threads = 1;
@@ -46,6 +47,10 @@ class TrainerTest : public ::testing::Test {
     o.augment = true;
     o.preprocess.size = 32;
     o.preprocess.crop_borders = false;
+    return o;
+  }
+  void SetUp() override {
+    loader::LoaderOptions o = TrainLoaderOptions();
     train_ = *loader::BatchLoader::Create(MakeData(dir_, "t", 32, 1), o);
     o.augment = false;
     o.shuffle = false;
@@ -82,14 +87,7 @@ class TrainerTest : public ::testing::Test {
 // seeds each: the best validation BCE ended between 0.06 and 0.29, from ln 2 = 0.693 for the untrained model;
 // the test requires less than 0.45.
 TEST_F(TrainerTest, LearnsAndKeepsTheBestEpoch) {
-  loader::LoaderOptions lo;
-  lo.batch_size = 8;
-  lo.num_threads = 1;
-  lo.seed = 3;
-  lo.augment = true;
-  lo.preprocess.size = 32;
-  lo.preprocess.crop_borders = false;
-  auto train = loader::BatchLoader::Create(MakeData(dir_, "learn", 64, 1), lo);
+  auto train = loader::BatchLoader::Create(MakeData(dir_, "learn", 64, 1), TrainLoaderOptions());
   ASSERT_TRUE(train.ok()) << train.status();
   for (int seed = 0; seed < 3; ++seed) {
     SCOPED_TRACE(::testing::Message() << "seed " << seed);
