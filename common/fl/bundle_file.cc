@@ -60,8 +60,9 @@ absl::Status ForEachNamedTensorInFile(const std::string& path,
     const int header = in.CurrentPosition();
     v1::NamedTensor tensor;
     const CodedInputStream::Limit limit = in.PushLimit(static_cast<int>(length));
+    // In 64 bits: header + length overflows an int for a length near 2 GiB (found by fuzzing).
     if (!tensor.ParseFromCodedStream(&in) || !in.ConsumedEntireMessage() ||
-        in.CurrentPosition() != header + static_cast<int>(length)) {
+        static_cast<int64_t>(in.CurrentPosition()) != static_cast<int64_t>(header) + length) {
       return absl::InvalidArgumentError(
           absl::StrCat(path, ": truncated or malformed tensor message at byte ", offset, " (", length, " bytes)"));
     }

@@ -101,6 +101,13 @@ TEST(BundleFileTest, RefusesDamagedFiles) {
   s = DecodeTensorBundleFile(dir.WriteFile("zero.bundle", bytes + std::string(1, '\0'))).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
 
+  // A tensor message announcing 2^31 - 1 bytes over a 6-byte header: refused, with no signed overflow in the position
+  // arithmetic (a fuzz finding; UBSan builds, FEDTUNE_SANITIZE=address, abort on it).
+  s = DecodeTensorBundleFile(dir.WriteFile("huge.bundle", std::string("\x0a\xff\xff\xff\xff\x07\x0a\x01x", 9)))
+          .status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(s.message(), HasSubstr("huge.bundle"));
+
   // A tensor that parses but does not decode: the message names the file and the tensor.
   v1::TensorBundle bundle;
   bundle.ParseFromString(bytes);
