@@ -12,8 +12,8 @@ cd "$work"
 "$bin/fedtune" synth --profile public --count 1000 --size 64 --seed 1 --out public >/dev/null
 # 1400 site images (350 test cases): with 700 (175 test cases) the verdict held on every CPU tried, but with
 # Wilcoxon p between 0.0085 and 0.035 depending on the CPU's kernels (learning at lr 0.05 is chaotic), too close to
-# 0.05 to hold everywhere. Measured with 1400 under SSE41, AVX2 and AVX-512 kernels: open-source 0.575-0.637 ->
-# fine-tuned 0.728-0.765, p 0.00012-0.0023.
+# 0.05 to hold everywhere. Measured with 1400 under SSE41, AVX, AVX2 and AVX-512 kernels: open-source 0.508-0.637 ->
+# fine-tuned 0.728-0.765, Wilcoxon p 0.00012-0.0023.
 "$bin/fedtune" synth --profile site-a --count 1400 --size 64 --seed 2 --out site-a >/dev/null
 "$bin/fedtune-site" model init --arch densenet_tiny --duo densenet_tiny --image-size 64 --dropout 0.2 --seed 0 \
   --out init.ckpt >/dev/null
