@@ -35,12 +35,16 @@ void ExpectHeader(const std::string& bytes, const std::string& format, int64_t w
 
 std::string Le(uint64_t v, int n) {
   std::string s(n, '\0');
-  for (int i = 0; i < n; ++i) s[i] = static_cast<char>((v >> (8 * i)) & 0xFF);
+  // Bytes past the 8th are zero (shifting a 64-bit value by 64 or more is undefined; UBSan caught it).
+  for (int i = 0; i < n && i < 8; ++i) s[i] = static_cast<char>((v >> (8 * i)) & 0xFF);
   return s;
 }
 std::string Be(uint64_t v, int n) {
   std::string s(n, '\0');
-  for (int i = 0; i < n; ++i) s[i] = static_cast<char>((v >> (8 * (n - 1 - i))) & 0xFF);
+  for (int i = 0; i < n; ++i) {
+    const int shift = 8 * (n - 1 - i);
+    s[i] = shift < 64 ? static_cast<char>((v >> shift) & 0xFF) : '\0';
+  }
   return s;
 }
 
