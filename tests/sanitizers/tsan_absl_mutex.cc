@@ -49,15 +49,19 @@ void Mutex::ReaderLock() {
   real(this);
   __tsan_acquire(this);
 }
+// Unlock evaluates the Conditions of waiting threads (reading state they guard) in the unlocking thread, inside the
+// real Unlock: a second release after it covers those reads. Nothing of the caller runs in between.
 void Mutex::Unlock() {
   FEDTUNE_REAL(void (*)(Mutex*), "_ZN4absl7debian35Mutex6UnlockEv");
   __tsan_release(this);
   real(this);
+  __tsan_release(this);
 }
 void Mutex::ReaderUnlock() {
   FEDTUNE_REAL(void (*)(Mutex*), "_ZN4absl7debian35Mutex12ReaderUnlockEv");
   __tsan_release(this);
   real(this);
+  __tsan_release(this);
 }
 bool Mutex::TryLock() {
   FEDTUNE_REAL(bool (*)(Mutex*), "_ZN4absl7debian35Mutex7TryLockEv");
