@@ -25,7 +25,7 @@ case "$sanitize" in
     ;;
   thread)
     build="${FEDTUNE_BUILD_DIR:-$root/build-tsan}"
-    export TSAN_OPTIONS="${TSAN_OPTIONS:-suppressions=$root/tests/sanitizers/tsan.supp:halt_on_error=0:second_deadlock_stack=1:history_size=4}"
+    export TSAN_OPTIONS="${TSAN_OPTIONS:-suppressions=$root/tests/sanitizers/tsan.supp:halt_on_error=0:second_deadlock_stack=1:history_size=7}"
     export FEDTUNE_BUILD_TARGETS="${FEDTUNE_BUILD_TARGETS:-coordinator_config_test coordinator_state_store_test \
       coordinator_site_call_limiter_test coordinator_round_manager_test coordinator_server_test coordinator_client_test \
       federated_agent_test net_tls_test net_grpc_status_test pki_grpc_mtls_test pki_verifier_test admin_commands_test}"
