@@ -834,7 +834,8 @@ absl::Status RoundManager::RecordRefusal(const std::string& site_id, const v1::U
 
 absl::StatusOr<v1::UploadResponse> RoundManager::AcceptUpload(const std::string& site_id,
                                                               const v1::UploadHeader& header,
-                                                              const UploadTarget& target) {
+                                                              const UploadTarget& target,
+                                                              const std::string& received_sha256) {
   const std::string what =
       absl::StrCat("update from ", site_id, " for run ", header.run_id(), " round ", header.round());
   // A claim of BeginUpload ends here, whatever the outcome.
@@ -869,18 +870,10 @@ absl::StatusOr<v1::UploadResponse> RoundManager::AcceptUpload(const std::string&
     return refuse(
         absl::InvalidArgumentError(absl::StrCat(what, ": num_samples ", header.num_samples(), " must be > 0")));
   }
-  absl::StatusOr<std::string> sha = io::Sha256File(target.spool_path);
-  if (!sha.ok()) {
-    // Most likely the round closed and its spool files went; otherwise an I/O problem for the operator's log.
-    LOG(ERROR) << "reading the payload of the " << what << ": " << sha.status();
-    return refuse(round_or(absl::InternalError(absl::StrCat(what,
-                                                            ": the received payload could not be read back on "
-                                                            "the coordinator; upload it again"))));
-  }
-  if (*sha != header.sha256()) {
+  if (received_sha256 != header.sha256()) {
     return refuse(absl::DataLossError(absl::StrCat(
-        what, ": tampered or corrupt payload: the SHA-256 of the ", FileSize(target.spool_path), " bytes received is ",
-        *sha, " but the header says ", header.sha256(), "; the received data was discarded")));
+        what, ": tampered or corrupt payload: the SHA-256 of the ", header.total_bytes(), " bytes received is ",
+        received_sha256, " but the header says ", header.sha256(), "; the received data was discarded")));
   }
   absl::MutexLock decode_lock(&decode_mu_);
   std::shared_ptr<const fl::TensorMap> global;

@@ -150,14 +150,15 @@ class RoundManager {
   // attempt ended.
   absl::Status EndUpload(const std::string& site_id, const v1::UploadHeader& header, const UploadTarget& target,
                          absl::Status why);
-  // Takes the complete spool file of an upload (header.total_bytes received in target.spool_path) and accepts it
-  // (status "accepted"), or refuses it, removes the spool file and records the refusal: DataLoss when the file's
-  // SHA-256 differs from header.sha256 ("tampered"); InvalidArgument for a payload that does not decode against
+  // Takes the complete spool file of an upload (header.total_bytes received in target.spool_path, whose SHA-256
+  // the receiver computed while the bytes arrived: `received_sha256`) and accepts it (status "accepted"), or
+  // refuses it, removes the spool file and records the refusal: DataLoss when received_sha256 differs from
+  // header.sha256 ("tampered"); InvalidArgument for a payload that does not decode against
   // the global model (names, shapes, dtypes, NaN/Inf) or num_samples <= 0; FailedPrecondition for a norm above
   // max_update_norm, or when the round closed meanwhile; PrepareUpload's errors. Ends the claim of a target from
   // BeginUpload. Messages name site, run and round, never a server path.
   absl::StatusOr<v1::UploadResponse> AcceptUpload(const std::string& site_id, const v1::UploadHeader& header,
-                                                  const UploadTarget& target);
+                                                  const UploadTarget& target, const std::string& received_sha256);
 
   // Applies deadlines at the clock's now (closing, failing or retrying rounds; ending the evaluation). Called
   // periodically by the server; errors (e.g. a failed checkpoint write) leave the round open for the next tick.
