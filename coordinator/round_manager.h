@@ -42,6 +42,10 @@
 // Rounds a peer sends are range-checked against the run: InvalidArgument naming the field below its range (1 for
 // uploads and round metrics, 0 for heartbeats), OutOfRange above the run's rounds.
 //
+// Parts: run_views.h (the operator's views), upload_intake.cc (uploads), round_transitions.h (the state machine's
+// steps), active_run.h (the in-memory side of the active run), spool_dir.h (spool files); this class ties them
+// together under one mutex.
+//
 // Thread safety: thread-safe. Uploads are decoded one at a time (an internal mutex), so the coordinator holds at
 // most one decoded delta besides the global model and the aggregator.
 #ifndef FEDTUNE_COORDINATOR_ROUND_MANAGER_H_
