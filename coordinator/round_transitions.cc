@@ -31,6 +31,16 @@ absl::StatusOr<fl::TensorMap> ServerStep(ActiveRun& a, const std::string& state_
   return step;
 }
 
+// A transition that ends the run in `state` ("completed", "failed", "aborted") with `message`.
+RunTransition EndRun(const ActiveRun& a, const char* state, std::string message, int64_t now_ms) {
+  RunTransition t;
+  t.run = a.run;
+  t.run.state = state;
+  t.run.finished_ms = now_ms;
+  t.run.message = std::move(message);
+  return t;
+}
+
 }  // namespace
 
 absl::StatusOr<AggregatedRound> AggregateRound(ActiveRun& a, BlobStore* blobs, const std::string& state_dir,
@@ -135,21 +145,15 @@ RunTransition FailAttemptTransition(const ActiveRun& a, int64_t now_ms) {
 }
 
 RunTransition FinishEvaluationTransition(const ActiveRun& a, const std::string& message, int64_t now_ms) {
-  RunTransition t;
-  t.run = a.run;
-  t.run.state = "completed";
-  t.run.finished_ms = now_ms;
-  t.run.message = absl::StrCat("completed ", a.run.config.rounds(), " round(s); final evaluation: ", message, " (",
-                               a.finals.size(), " of ", a.run.sites.size(), " sites)");
-  return t;
+  return EndRun(a, "completed",
+                absl::StrCat("completed ", a.run.config.rounds(), " round(s); final evaluation: ", message, " (",
+                             a.finals.size(), " of ", a.run.sites.size(), " sites)"),
+                now_ms);
 }
 
 RunTransition AbortTransition(const ActiveRun& a, const std::string& reason, int64_t now_ms) {
-  RunTransition t;
-  t.run = a.run;
-  t.run.state = "aborted";
-  t.run.finished_ms = now_ms;
-  t.run.message = reason.empty() ? "aborted by the operator" : absl::StrCat("aborted: ", reason);
+  RunTransition t =
+      EndRun(a, "aborted", reason.empty() ? "aborted by the operator" : absl::StrCat("aborted: ", reason), now_ms);
   if (a.run.state == "running") {
     RoundRecord r = a.round;
     r.state = "aborted";
