@@ -185,6 +185,11 @@ absl::StatusOr<SiteStatus> GetStatus(const v1::HelloResponse& r) {
                                                "HelloResponse.site_status", "HelloResponse.status");
 }
 
+bool IsAccepted(const v1::UpdateInfo& update) {
+  const absl::StatusOr<UploadStatus> status = GetStatus(update);
+  return status.ok() && *status == UploadStatus::kAccepted;
+}
+
 std::string DisplayText(const v1::RunStatus& s) {
   return Display<RunState, v1::RunState>(kRunStates, s.run_state(), s.state());
 }

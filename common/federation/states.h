@@ -72,6 +72,10 @@ absl::StatusOr<UploadStatus> GetStatus(const v1::UploadResponse& response);
 absl::StatusOr<SiteStatus> GetStatus(const v1::SiteInfo& site);
 absl::StatusOr<SiteStatus> GetStatus(const v1::HelloResponse& response);
 
+// True when the update reads (GetStatus) as accepted; false for refused, unknown and missing statuses (what the CLI
+// and the reports count as not accepted).
+bool IsAccepted(const v1::UpdateInfo& update);
+
 // What the CLI and the reports print for the state of a message: the text form of a known state; the text field
 // verbatim when the enum field is unspecified (an older coordinator; the caller escapes it, it may be any text, or
 // ""); "unknown (N)" for an enum value this build does not know.

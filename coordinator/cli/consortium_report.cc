@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/federation/states.h"
 #include "common/io/file_util.h"
 #include "common/status_macros.h"
 #include "coordinator/cli/report_format.h"
@@ -201,7 +202,7 @@ RoundTotals TotalsOf(const v1::RoundInfo& round) {
   int n_train = 0, n_validation = 0;
   for (const v1::UpdateInfo& u : round.updates()) {
     t.bytes += u.bytes();
-    if (u.status() != "accepted") {
+    if (!federation::IsAccepted(u)) {
       ++t.refused;
       continue;
     }
@@ -538,7 +539,8 @@ void AppendRoundsSection(std::string* html, const v1::RunStatus& status, const s
                   "<th>Bytes up</th><th>Model sent</th><th>Aggregated model</th><th>Note</th></tr></thead>\n<tbody>\n");
   for (const v1::RoundInfo& r : status.rounds()) {
     const RoundTotals t = TotalsOf(r);
-    absl::StrAppend(html, "<tr>", Td(absl::StrCat(r.round())), Td(absl::StrCat(r.attempt())), TdText(r.state()),
+    const std::string state = federation::DisplayText(r);
+    absl::StrAppend(html, "<tr>", Td(absl::StrCat(r.round())), Td(absl::StrCat(r.attempt())), TdText(state),
                     Td(absl::StrCat(t.accepted)), Td(absl::StrCat(t.refused)), Td(absl::StrCat(t.samples)),
                     Td(FormatLoss(t.mean_train_loss)), Td(FormatLoss(t.mean_validation_loss)), Td(FormatBytes(t.bytes)),
                     "<td><code>", HtmlEscape(ShortDigest(r.model_digest())), "</code></td><td><code>",
@@ -557,7 +559,7 @@ void AppendRoundsSection(std::string* html, const v1::RunStatus& status, const s
   for (const v1::RoundInfo& r : status.rounds()) {
     for (const v1::UpdateInfo& u : r.updates()) {
       absl::StrAppend(html, "<tr>", Td(absl::StrCat(r.round())), Td(absl::StrCat(r.attempt())), TdText(u.site_id()),
-                      TdText(u.status()), Td(absl::StrCat(u.num_samples())), Td(FormatBytes(u.bytes())),
+                      TdText(federation::DisplayText(u)), Td(absl::StrCat(u.num_samples())), Td(FormatBytes(u.bytes())),
                       Td(absl::StrFormat("%.4g", u.l2_norm())), Td(FormatLoss(Loss(u.train_loss()))),
                       Td(FormatLoss(Loss(u.validation_loss()))), TdText(u.message()), "</tr>\n");
     }
@@ -593,9 +595,10 @@ void AppendCrossSiteSection(std::string* html, const CrossSite& cross) {
 
 // One line naming the run; its strings pass through TerminalSafe (the HTML escapes the result again).
 std::string RunLine(const v1::RunStatus& status) {
+  const std::string state = federation::DisplayText(status);
   return absl::StrCat("run ", TerminalSafe(status.run_id()),
                       status.name().empty() ? "" : absl::StrCat(" \"", TerminalSafe(status.name()), "\""), " (",
-                      status.state().empty() ? "unknown" : TerminalSafe(status.state()), ", ",
+                      state.empty() ? "unknown" : TerminalSafe(state), ", ",
                       status.rounds_size() == 0 ? 0 : status.current_round(), " of ", status.config().rounds(),
                       " rounds)");
 }
@@ -616,7 +619,7 @@ std::string ConsortiumReportJson(const v1::RunReport& report) {
   Json run;
   run["id"] = status.run_id();
   run["name"] = status.name();
-  run["state"] = status.state();
+  run["state"] = federation::DisplayText(status);
   run["message"] = status.message();
   run["started_ms"] = status.started_ms();
   run["finished_ms"] = status.finished_ms();
@@ -722,7 +725,7 @@ std::string ConsortiumReportJson(const v1::RunReport& report) {
     Json row;
     row["round"] = r.round();
     row["attempt"] = r.attempt();
-    row["state"] = r.state();
+    row["state"] = federation::DisplayText(r);
     row["model_digest"] = r.model_digest();
     row["result_digest"] = r.result_digest();
     row["opened_ms"] = r.opened_ms();
@@ -737,7 +740,7 @@ std::string ConsortiumReportJson(const v1::RunReport& report) {
     Json updates = Json::array();
     for (const v1::UpdateInfo& u : r.updates()) {
       updates.push_back({{"site_id", u.site_id()},
-                         {"status", u.status()},
+                         {"status", federation::DisplayText(u)},
                          {"num_samples", u.num_samples()},
                          {"bytes", u.bytes()},
                          {"l2_norm", Num(u.l2_norm())},

@@ -174,6 +174,19 @@ TEST(StatesTest, GetRefusesUnknownValuesTextsAndMissingFieldsNamingTheField) {
   EXPECT_TRUE(absl::IsInvalidArgument(GetState(v1::RoundInfo()).status()));
 }
 
+TEST(StatesTest, OnlyAnUpdateThatReadsAsAcceptedIsAccepted) {
+  v1::UpdateInfo update;
+  EXPECT_FALSE(IsAccepted(update));
+  update.set_status("accepted");
+  EXPECT_TRUE(IsAccepted(update));
+  update.set_upload_status(v1::UPLOAD_STATUS_REFUSED);
+  EXPECT_FALSE(IsAccepted(update));
+  update.set_upload_status(static_cast<v1::UploadStatus>(5));
+  EXPECT_FALSE(IsAccepted(update));
+  SetStatus(UploadStatus::kAccepted, &update);
+  EXPECT_TRUE(IsAccepted(update));
+}
+
 TEST(StatesTest, DisplayTextIsTheTextFormTheOlderTextOrAVisibleUnknown) {
   v1::RunStatus run;
   EXPECT_EQ(DisplayText(run), "");
