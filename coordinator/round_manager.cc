@@ -9,7 +9,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "common/fl/bundle_file.h"
-#include "common/fl/encoding_fields.h"
+#include "common/fl/encoding.h"
 #include "common/io/file_util.h"
 #include "common/logging.h"
 #include "common/status_macros.h"

@@ -12,7 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "common/fl/bundle_file.h"
-#include "common/fl/encoding_fields.h"
+#include "common/fl/encoding.h"
 #include "common/fl/validate.h"
 #include "common/io/sha256.h"
 #include "common/logging.h"

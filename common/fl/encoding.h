@@ -1,21 +1,29 @@
-// The delta encoding (codec.h's Encoding) in the federation protocol: its wire form, tensor.proto's
-// NamedTensor.Encoding, and the message fields that carry it (TrainingPlan, UploadHeader, Capabilities), each still
-// paired with a deprecated text field ("fp32", ...) for peers of the previous release (federation.proto says how).
-// Only this file reads or writes those text fields.
+// The encoding of a delta's floating tensors (codec.h applies it) in its three forms: the enum, the text form of
+// configs, logs and the previous protocol ("fp32", "fp16", "int8", "topk"), and the wire form, tensor.proto's
+// NamedTensor.Encoding; and the protocol message fields that carry it (TrainingPlan, UploadHeader, Capabilities),
+// each still paired with a deprecated text field for peers of the previous release (federation.proto says how).
+// Only this file reads or writes those text fields. Torch-free.
 //
 // Thread safety: reentrant (no state).
-#ifndef FEDTUNE_COMMON_FL_ENCODING_FIELDS_H_
-#define FEDTUNE_COMMON_FL_ENCODING_FIELDS_H_
+#ifndef FEDTUNE_COMMON_FL_ENCODING_H_
+#define FEDTUNE_COMMON_FL_ENCODING_H_
 
 #include <optional>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "common/fl/codec.h"
 #include "fedtune/v1/federation.pb.h"
 #include "fedtune/v1/tensor.pb.h"
 
 namespace fedtune::fl {
+
+enum class Encoding { kDenseFp32, kDenseFp16, kInt8, kTopK };
+
+// "fp32", "fp16", "int8", "topk".
+std::string EncodingName(Encoding encoding);
+// Parses the names above; InvalidArgument listing them otherwise.
+absl::StatusOr<Encoding> ParseEncoding(absl::string_view name);
 
 // kDenseFp32 <-> DENSE_FP32, kDenseFp16 <-> DENSE_FP16, kInt8 <-> INT8, kTopK <-> TOPK.
 v1::NamedTensor::Encoding ToProto(Encoding encoding);
@@ -38,4 +46,4 @@ absl::StatusOr<std::optional<Encoding>> GetEncoding(const v1::UploadHeader& head
 
 }  // namespace fedtune::fl
 
-#endif  // FEDTUNE_COMMON_FL_ENCODING_FIELDS_H_
+#endif  // FEDTUNE_COMMON_FL_ENCODING_H_

@@ -1,4 +1,4 @@
-#include "common/fl/encoding_fields.h"
+#include "common/fl/encoding.h"
 
 #include <string>
 
@@ -21,6 +21,27 @@ absl::StatusOr<std::optional<Encoding>> ReadField(v1::NamedTensor::Encoding valu
 }
 
 }  // namespace
+
+std::string EncodingName(Encoding encoding) {
+  switch (encoding) {
+    case Encoding::kDenseFp32:
+      return "fp32";
+    case Encoding::kDenseFp16:
+      return "fp16";
+    case Encoding::kInt8:
+      return "int8";
+    case Encoding::kTopK:
+      return "topk";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<Encoding> ParseEncoding(absl::string_view name) {
+  for (Encoding e : kDeltaEncodings) {
+    if (name == EncodingName(e)) return e;
+  }
+  return absl::InvalidArgumentError(absl::StrCat("unknown tensor encoding '", name, "' (fp32, fp16, int8, topk)"));
+}
 
 v1::NamedTensor::Encoding ToProto(Encoding encoding) {
   switch (encoding) {

@@ -1,4 +1,4 @@
-#include "common/fl/encoding_fields.h"
+#include "common/fl/encoding.h"
 
 #include <set>
 
