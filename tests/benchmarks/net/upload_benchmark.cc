@@ -261,7 +261,7 @@ void BM_CoordinatorUpload(benchmark::State& state) {
     request.path = payload_path;
     request.sha256 = *sha;
     request.num_samples = 1000;
-    request.encoding = "fp32";
+    request.encoding = fl::Encoding::kDenseFp32;
     absl::StatusOr<v1::UploadResponse> response = (*client)->UploadUpdate(request);
     CHECK(response.ok()) << response.status();
     CHECK_EQ(response->status(), "accepted") << response->message();
