@@ -2,9 +2,6 @@
 // (tests/fixtures/schema/<commit>/, each with a README saying how it was made) open with the current StateStore,
 // read back what they hold, and the run they left in progress continues. The checked-in file is never written: each
 // test works on a copy.
-#include <sqlite3.h>
-
-#include <filesystem>
 #include <memory>
 #include <optional>
 #include <string>
@@ -13,12 +10,13 @@
 #include "coordinator/state_store.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/schema_fixture.h"
 #include "tests/testing/temp_dir.h"
 
 namespace fedtune::coordinator {
 namespace {
 
-namespace fs = std::filesystem;
+using ::fedtune::testing::SchemaVersionOf;
 using ::testing::ElementsAre;
 using ::testing::EndsWith;
 
@@ -29,37 +27,15 @@ constexpr char kRun1Result[] = "a9e1dcac8b76276551cb63989089678b2051f03e4d8d0463
 constexpr char kRun2Round1[] = "9988c0ef41fb62dda8348b031a45437da0c4c42a03dc5ccb4fa9a29d346d917b";
 constexpr char kSiteAKey[] = "57e0d110424215d1b93b87753a7dbc040812d71f9c7dffe3341f159bd96998af";
 
-// PRAGMA user_version of a database file, read without migrating it. immutable=1: nothing is written, not even the
-// -shm and -wal files a read-only open of a WAL database would leave next to the checked-in fixture.
-int UserVersion(const std::string& path) {
-  sqlite3* db = nullptr;
-  int version = -1;
-  const std::string uri = "file:" + path + "?mode=ro&immutable=1";
-  if (sqlite3_open_v2(uri.c_str(), &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, nullptr) == SQLITE_OK) {
-    sqlite3_stmt* stmt = nullptr;
-    if (sqlite3_prepare_v2(db, "PRAGMA user_version;", -1, &stmt, nullptr) == SQLITE_OK &&
-        sqlite3_step(stmt) == SQLITE_ROW) {
-      version = sqlite3_column_int(stmt, 0);
-    }
-    sqlite3_finalize(stmt);
-  }
-  sqlite3_close(db);
-  return version;
-}
-
 // The schema version a new coordinator.db gets from the current code.
 int CurrentVersion(const fedtune::testing::TempDir& tmp) {
   const std::string path = tmp.Join("fresh.db");
   EXPECT_TRUE(StateStore::Open(path).ok());
-  return UserVersion(path);
+  return SchemaVersionOf(path);
 }
 
 std::string CopyFixture(const fedtune::testing::TempDir& tmp) {
-  const std::string copy = tmp.Join("coordinator.db");
-  fs::copy_file(kFixture7e2d390, copy);
-  // A checkout may be read-only; the copy must not be.
-  fs::permissions(copy, fs::perms::owner_read | fs::perms::owner_write, fs::perm_options::add);
-  return copy;
+  return fedtune::testing::CopySchemaFixture(tmp, kFixture7e2d390);
 }
 
 std::unique_ptr<StateStore> OpenStore(const std::string& path) {
@@ -71,10 +47,10 @@ std::unique_ptr<StateStore> OpenStore(const std::string& path) {
 TEST(StateStoreFixtureTest, Fixture7e2d390MigratesToTheCurrentSchema) {
   fedtune::testing::TempDir tmp;
   const std::string path = CopyFixture(tmp);
-  ASSERT_EQ(UserVersion(path), 2);
+  ASSERT_EQ(SchemaVersionOf(path), 2);
   ASSERT_NE(OpenStore(path), nullptr);
-  EXPECT_EQ(UserVersion(path), CurrentVersion(tmp));
-  EXPECT_EQ(UserVersion(kFixture7e2d390), 2) << "the checked-in fixture was written";
+  EXPECT_EQ(SchemaVersionOf(path), CurrentVersion(tmp));
+  EXPECT_EQ(SchemaVersionOf(kFixture7e2d390), 2) << "the checked-in fixture was written";
 }
 
 TEST(StateStoreFixtureTest, Fixture7e2d390SitesReadBack) {
@@ -328,7 +304,7 @@ TEST(StateStoreFixtureTest, Fixture7e2d390InProgressRunContinues) {
   }
   auto store = OpenStore(path);
   ASSERT_NE(store, nullptr);
-  EXPECT_EQ(UserVersion(path), CurrentVersion(tmp));
+  EXPECT_EQ(SchemaVersionOf(path), CurrentVersion(tmp));
   auto run = store->GetRun("run-0002");
   ASSERT_TRUE(run.ok()) << run.status();
   EXPECT_EQ(run->state, "completed");
