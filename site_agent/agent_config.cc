@@ -8,7 +8,7 @@
 #include "common/io/text_proto.h"
 #include "common/pki/certificate.h"
 #include "common/status_macros.h"
-#include "site_agent/finetune_config.h"
+#include "common/train/finetune_config.h"
 
 namespace fedtune::agent {
 namespace {
@@ -51,7 +51,7 @@ absl::Status ValidateAgentConfig(const v1::SiteAgentConfig& c) {
   v1::FinetuneConfig probe = c.finetune();
   if (probe.base_model().empty()) probe.set_base_model("<global model of the task>");
   if (probe.out_dir().empty()) probe.set_out_dir("<round directory of the task>");
-  if (absl::Status s = ValidateFinetuneConfig(probe); !s.ok()) {
+  if (absl::Status s = train::ValidateFinetuneConfig(probe); !s.ok()) {
     // ValidateFinetuneConfig says "config field 'x': ..."; name it as finetune.x.
     std::string message(s.message());
     const std::string prefix = "config field '";

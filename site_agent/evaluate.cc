@@ -18,6 +18,7 @@
 #include "common/logging.h"
 #include "common/model/checkpoint.h"
 #include "common/model/ensemble.h"
+#include "common/model/model_input.h"
 #include "common/status_macros.h"
 
 namespace fedtune::agent {
@@ -139,7 +140,7 @@ absl::StatusOr<EvaluateResult> RunEvaluate(const EvaluateOptions& options) {
   html.title = options.title;
   html.model_a_name = "Open-source (base) model";
   html.model_b_name = "Fine-tuned model";
-  const imaging::PreprocessOptions preprocess = PreprocessFor(tuned.metadata, options.predict);
+  const imaging::PreprocessOptions preprocess = model::PreprocessFor(tuned.metadata, options.predict.input);
   for (size_t l = 0; l < labels.size() && options.gradcam_per_label > 0; ++l) {
     std::vector<double> label_scores;
     for (size_t r : rows_of_label[l]) label_scores.push_back(b.probabilities[r][l]);
@@ -200,7 +201,7 @@ absl::Status RunEvaluateCommand(const cli::ParsedFlags& flags) {
   ASSIGN_OR_RETURN(int64_t threads, flags.GetInt("threads", 0));
   if (k < 0) return absl::InvalidArgumentError("--gradcam-per-label must be >= 0");
   options.gradcam_per_label = static_cast<int>(k);
-  options.predict.image_size = static_cast<int>(size);
+  options.predict.input.image_size = static_cast<int>(size);
   options.predict.device = flags.GetOrDie("device");
   options.predict.on_error = flags.GetBool("skip-unreadable") ? loader::ErrorPolicy::kSkip : loader::ErrorPolicy::kFail;
   const std::string level = flags.GetOrDie("level");

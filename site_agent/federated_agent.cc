@@ -24,12 +24,16 @@
 #include "common/model/checkpoint.h"
 #include "common/pki/certificate.h"
 #include "common/status_macros.h"
+#include "common/train/finetune_config.h"
+#include "common/train/finetune_pipeline.h"
+#include "common/train/site_data.h"
+#include "common/train/threads.h"
 #include "common/train/trainer.h"
 #include "site_agent/agent_config.h"
+#include "site_agent/dataset_summary.h"
 #include "site_agent/evaluate.h"
-#include "site_agent/finetune.h"
-#include "site_agent/finetune_config.h"
 #include "site_agent/metrics_report.h"
+#include "site_agent/site_database.h"
 
 namespace fedtune::agent {
 namespace {
@@ -279,10 +283,9 @@ absl::StatusOr<std::unique_ptr<FederatedAgent>> FederatedAgent::Create(const v1:
   v1::Capabilities* caps = agent->hello_.mutable_capabilities();
   caps->set_agent_version(kAgentVersion);
   caps->set_device(device.str());
-  caps->set_threads(config.finetune().threads() > 0 ? config.finetune().threads()
-                                                    : static_cast<int>(std::thread::hardware_concurrency()));
+  caps->set_threads(train::EffectiveThreads(config.finetune().threads()));
   for (const char* encoding : {"fp32", "fp16", "int8", "topk"}) caps->add_encodings(encoding);
-  ASSIGN_OR_RETURN(agent->site_, LoadSiteData(config.finetune()));
+  ASSIGN_OR_RETURN(agent->site_, train::LoadSiteData(config.finetune()));
   *agent->hello_.mutable_dataset() = SummarizeDataset(agent->site_);
 
   RETURN_IF_ERROR(io::MakeDirectories(config.work_dir()));
@@ -472,7 +475,7 @@ absl::Status FederatedAgent::RunTrain(const v1::Task& task, Heartbeater& heartbe
   values.batch_size = task.plan().batch_size() > 0 ? task.plan().batch_size() : config_.finetune().batch_size();
   values.proximal_mu = task.plan().proximal_mu();
   const v1::FinetuneConfig finetune = TaskFinetuneConfig(config_, global_path, round_dir.string(), values);
-  RETURN_IF_ERROR(ValidateFinetuneConfig(finetune));
+  RETURN_IF_ERROR(train::ValidateFinetuneConfig(finetune));
   const int networks = static_cast<int>(global.members.size()) + (global.duo ? 1 : 0);
   const std::string epochs_db = (round_dir / "site.db").string();
   const int epochs = values.local_epochs;
@@ -483,8 +486,10 @@ absl::Status FederatedAgent::RunTrain(const v1::Task& task, Heartbeater& heartbe
                        *progress = 0.05 + 0.75 * training.fraction;
                        *train_loss = training.train_loss;
                      });
-  ASSIGN_OR_RETURN(const FinetuneResult tuned_result, RunFinetune(finetune));
-  const FinetuneResult* tuned = &tuned_result;
+  FinetuneRecorder recorder(epochs_db, finetune);
+  train::FinetuneObserver* observers[] = {&recorder};
+  ASSIGN_OR_RETURN(const train::FinetuneResult tuned_result, train::RunFinetune(finetune, observers));
+  const train::FinetuneResult* tuned = &tuned_result;
   RETURN_IF_ERROR(CheckCancelled(heartbeat, "the upload", task));
   std::vector<double> train_losses;
   std::vector<double> validation_losses;
@@ -592,9 +597,9 @@ absl::Status FederatedAgent::RunTrain(const v1::Task& task, Heartbeater& heartbe
     evaluate.data_root = finetune.data_root();
     evaluate.out_dir = round_dir.string();
     evaluate.predict.device = finetune.device();
-    evaluate.predict.crop_borders = finetune.crop_borders();
+    evaluate.predict.input.crop_borders = finetune.crop_borders();
     evaluate.predict.loader_threads = finetune.loader_threads();
-    evaluate.predict.max_image_pixels = finetune.max_image_pixels();
+    evaluate.predict.input.max_image_pixels = finetune.max_image_pixels();
     evaluate.gradcam_per_label = config_.gradcam_per_label();
     evaluate.title = absl::StrCat("Site ", config_.site_id(), ", run ", task.run_id(), " round ", task.round(),
                                   ": global model vs locally fine-tuned");
@@ -644,7 +649,7 @@ absl::Status FederatedAgent::RunEvaluateTask(const v1::Task& task, Heartbeater& 
     adapted.reset();
   }
   const std::string test_manifest = (reports / "test.csv").string();
-  RETURN_IF_ERROR(WriteSplitManifest(site_, data::Split::kTest, test_manifest));
+  RETURN_IF_ERROR(train::WriteSplitManifest(site_, data::Split::kTest, test_manifest));
 
   heartbeat.SetState("evaluating", 0.1);
   auto evaluate = [&](const std::string& a, const std::string& b, const std::string& name,
@@ -656,9 +661,9 @@ absl::Status FederatedAgent::RunEvaluateTask(const v1::Task& task, Heartbeater& 
     options.data_root = config_.finetune().data_root();
     options.out_dir = (reports / name).string();
     options.predict.device = config_.finetune().device();
-    options.predict.crop_borders = config_.finetune().crop_borders();
+    options.predict.input.crop_borders = config_.finetune().crop_borders();
     options.predict.loader_threads = config_.finetune().loader_threads();
-    options.predict.max_image_pixels = config_.finetune().max_image_pixels();
+    options.predict.input.max_image_pixels = config_.finetune().max_image_pixels();
     options.gradcam_per_label = config_.gradcam_per_label();
     options.title = absl::StrCat("Site ", config_.site_id(), ", run ", task.run_id(), ": ", title);
     return RunEvaluate(options);

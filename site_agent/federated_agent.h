@@ -3,7 +3,7 @@
 //
 //  TRAIN (run r, round n, attempt a; round dir <work_dir>/runs/<r>/round-<n>-<a>):
 //   1. download the global model (resumable, SHA-256 checked) to <work_dir>/models/<digest>.ckpt;
-//   2. fine-tune it with RunFinetune (the config's finetune template; out_dir = the round dir, max_epochs = the
+//   2. fine-tune it with train::RunFinetune (the config's finetune template; out_dir = the round dir, max_epochs = the
 //      plan's local_epochs, its learning rate, batch size and proximal mu; cache_dir <work_dir>/cache; resume):
 //      a killed agent resumes training from the round dir's state;
 //   3. delta = fine-tuned - global over fl::CheckpointTensors, encoded with the plan's encoding (lossy ones with
@@ -25,7 +25,7 @@
 // Heartbeats: a thread sends Heartbeat every heartbeat_seconds while a task runs, with the state ("downloading",
 // "training member 1/3, epoch 2/5", "uploading", "evaluating") and progress; training progress is read from the
 // round's finetune_epochs table. When the answer says cancel, the task stops at the next step boundary or transfer
-// chunk (fine-tuning itself is not interrupted: RunFinetune has no cancellation hook).
+// chunk (fine-tuning itself is not interrupted: train::RunFinetune has no cancellation hook).
 //
 // Restart: a TRAIN task is resumable at every step (download from the .part file, fine-tuning from the round dir's
 // state, the recorded update re-used and its upload resumed from the coordinator's offset). The coordinator offers
@@ -50,11 +50,11 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/train/site_data.h"
 #include "fedtune/v1/federation.pb.h"
 #include "fedtune/v1/federation_config.pb.h"
 #include "site_agent/agent_database.h"
 #include "site_agent/coordinator_client.h"
-#include "site_agent/dataset_summary.h"
 
 namespace fedtune::agent {
 
@@ -120,7 +120,7 @@ class FederatedAgent {
   AgentOptions options_;
   std::unique_ptr<CoordinatorClient> client_;
   std::unique_ptr<AgentDatabase> db_;
-  SiteData site_;
+  train::SiteData site_;
   v1::HelloRequest hello_;
   absl::Duration heartbeat_period_;
   int finished_runs_ = 0;

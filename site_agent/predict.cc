@@ -15,16 +15,6 @@
 
 namespace fedtune::agent {
 
-imaging::PreprocessOptions PreprocessFor(const model::CheckpointMetadata& metadata, const PredictOptions& options) {
-  imaging::PreprocessOptions p;
-  p.size = options.image_size > 0 ? options.image_size : metadata.image_size;
-  p.crop_borders = options.crop_borders;
-  p.decode.max_pixels = options.max_image_pixels;
-  if (!metadata.mean.empty()) p.mean = static_cast<float>(metadata.mean[0]);
-  if (!metadata.std.empty()) p.std = static_cast<float>(metadata.std[0]);
-  return p;
-}
-
 absl::StatusOr<ImagePredictions> PredictImages(model::Ensemble& ensemble, const model::CheckpointMetadata& metadata,
                                                const std::vector<loader::LoaderSample>& samples,
                                                const PredictOptions& options) {
@@ -35,7 +25,7 @@ absl::StatusOr<ImagePredictions> PredictImages(model::Ensemble& ensemble, const 
   lo.shuffle = false;
   lo.augment = false;
   lo.on_error = options.on_error;
-  lo.preprocess = PreprocessFor(metadata, options);
+  lo.preprocess = model::PreprocessFor(metadata, options.input);
   ASSIGN_OR_RETURN(std::unique_ptr<loader::BatchLoader> data, loader::BatchLoader::Create(samples, lo));
   ImagePredictions out;
   out.labels = metadata.labels;
@@ -73,7 +63,7 @@ absl::StatusOr<ImagePredictions> PredictStudies(model::Ensemble& ensemble, const
                                                 const data::Manifest& manifest, const std::string& data_root,
                                                 const PredictOptions& options, std::vector<size_t>* representative) {
   ASSIGN_OR_RETURN(c10::Device device, train::ResolveDevice(options.device));
-  const imaging::PreprocessOptions preprocess = PreprocessFor(metadata, options);
+  const imaging::PreprocessOptions preprocess = model::PreprocessFor(metadata, options.input);
   ImagePredictions out;
   out.labels = metadata.labels;
   representative->clear();
@@ -143,7 +133,7 @@ absl::Status RunPredict(const cli::ParsedFlags& flags) {
   ASSIGN_OR_RETURN(int64_t size, flags.GetInt("image-size", 0));
   ASSIGN_OR_RETURN(int64_t batch, flags.GetInt("batch-size", 32));
   ASSIGN_OR_RETURN(int64_t threads, flags.GetInt("threads", 0));
-  options.image_size = static_cast<int>(size);
+  options.input.image_size = static_cast<int>(size);
   options.batch_size = static_cast<int>(batch);
   options.device = flags.GetOrDie("device");
   options.on_error = flags.GetBool("skip-unreadable") ? loader::ErrorPolicy::kSkip : loader::ErrorPolicy::kFail;

@@ -9,22 +9,19 @@
 #include "absl/status/statusor.h"
 #include "common/cli/command.h"
 #include "common/data/manifest.h"
-#include "common/imaging/decode.h"
 #include "common/loader/batch_loader.h"
 #include "common/model/checkpoint.h"
 #include "common/model/ensemble.h"
+#include "common/model/model_input.h"
 
 namespace fedtune::agent {
 
 struct PredictOptions {
-  int image_size = 0;        // 0: the checkpoint's image size.
-  bool crop_borders = true;  // As in training.
+  model::InputOptions input;  // Image size, border cropping and decoding limit, as in training.
   int batch_size = 32;
   int loader_threads = 2;
   std::string device = "auto";  // See train::ResolveDevice.
   loader::ErrorPolicy on_error = loader::ErrorPolicy::kFail;
-  // Largest image decoded, in pixels, checked from the file's header (imaging::DecodeOptions::max_pixels).
-  int64_t max_image_pixels = imaging::kDefaultMaxImagePixels;
 };
 
 struct ImagePredictions {
@@ -33,9 +30,6 @@ struct ImagePredictions {
   std::vector<std::vector<double>> probabilities;  // [ids.size()][labels.size()].
   int64_t skipped = 0;
 };
-
-// The preprocessing a checkpoint expects (size, normalization), with options applied.
-imaging::PreprocessOptions PreprocessFor(const model::CheckpointMetadata& metadata, const PredictOptions& options);
 
 // Predicts every sample (eval mode, no gradients). Errors: the loader's (unreadable image under kFail), device
 // errors (train::ResolveDevice), Internal for LibTorch failures.

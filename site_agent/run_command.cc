@@ -5,6 +5,7 @@
 
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "common/train/threads.h"
 #include "site_agent/agent_config.h"
 #include "site_agent/federated_agent.h"
 
@@ -16,6 +17,8 @@ absl::Status RunAgent(const cli::ParsedFlags& flags) {
   ASSIGN_OR_RETURN(int64_t exit_after, flags.GetInt("exit-after-runs", config.exit_after_runs()));
   if (exit_after < 0) return absl::InvalidArgumentError("--exit-after-runs must be >= 0");
   config.set_exit_after_runs(static_cast<int>(exit_after));
+  // LibTorch's thread count is process-wide: set here, by the program, for every task's fine-tuning.
+  train::SetIntraOpThreads(config.finetune().threads());
   ASSIGN_OR_RETURN(std::unique_ptr<FederatedAgent> agent, FederatedAgent::Create(config));
   LOG(INFO) << "site " << config.site_id() << " (" << agent->hello_request().capabilities().device() << ", "
             << agent->hello_request().dataset().images() << " images) connecting to coordinator "

@@ -1,7 +1,11 @@
 #include "site_agent/site_database.h"
 
+#include <google/protobuf/text_format.h>
+
+#include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/status_macros.h"
@@ -64,12 +68,24 @@ absl::Status FinishFinetuneRun(store::Database& db, int64_t run_id, const std::s
   return update.Run();
 }
 
-absl::Status EpochRecorder::OnEpoch(const train::EpochRecord& r) {
+FinetuneRecorder::FinetuneRecorder(std::string path, const v1::FinetuneConfig& config) : path_(std::move(path)) {
+  google::protobuf::TextFormat::PrintToString(config, &config_text_);
+}
+
+absl::Status FinetuneRecorder::OnStart(const std::string& base_digest) {
+  ASSIGN_OR_RETURN(db_, OpenSiteDatabase(path_));
+  ASSIGN_OR_RETURN(run_id_,
+                   BeginFinetuneRun(*db_, absl::StrCat(base_digest, "|", config_text_), base_digest, config_text_));
+  return absl::OkStatus();
+}
+
+absl::Status FinetuneRecorder::OnEpoch(const std::string& network, const train::EpochRecord& r) {
+  if (db_ == nullptr) return absl::InternalError("FinetuneRecorder::OnEpoch before OnStart");
   ASSIGN_OR_RETURN(store::Statement insert,
                    db_->Prepare("INSERT OR REPLACE INTO finetune_epochs (run_id, member, epoch, train_loss, "
                                 "validation_loss, images_per_second, seconds, improved) VALUES (?,?,?,?,?,?,?,?);"));
   insert.Bind(1, run_id_)
-      .Bind(2, member_)
+      .Bind(2, network)
       .Bind(3, r.epoch)
       .Bind(4, r.train_loss)
       .Bind(5, r.validation_loss)
@@ -77,6 +93,11 @@ absl::Status EpochRecorder::OnEpoch(const train::EpochRecord& r) {
       .Bind(7, r.seconds)
       .Bind(8, static_cast<int64_t>(r.improved ? 1 : 0));
   return insert.Run();
+}
+
+absl::Status FinetuneRecorder::OnFinish(const train::FinetuneResult& result) {
+  if (db_ == nullptr) return absl::InternalError("FinetuneRecorder::OnFinish before OnStart");
+  return FinishFinetuneRun(*db_, run_id_, result.weights_sha256);
 }
 
 }  // namespace fedtune::agent

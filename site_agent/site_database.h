@@ -1,5 +1,5 @@
-// The site's own SQLite database (<out_dir>/site.db): fine-tuning runs and their per-epoch metrics. Later also the
-// federation rounds the site took part in.
+// The site's own SQLite database (<out_dir>/site.db): fine-tuning runs and their per-epoch metrics (the agent's
+// database, agent_database.h, extends the same schema with its tasks).
 #ifndef FEDTUNE_SITE_AGENT_SITE_DATABASE_H_
 #define FEDTUNE_SITE_AGENT_SITE_DATABASE_H_
 
@@ -8,7 +8,9 @@
 
 #include "absl/status/statusor.h"
 #include "common/store/database.h"
+#include "common/train/finetune_pipeline.h"
 #include "common/train/trainer.h"
+#include "fedtune/v1/finetune.pb.h"
 
 namespace fedtune::agent {
 
@@ -20,18 +22,23 @@ absl::StatusOr<int64_t> BeginFinetuneRun(store::Database& db, const std::string&
                                          const std::string& base_digest, const std::string& config_text);
 absl::Status FinishFinetuneRun(store::Database& db, int64_t run_id, const std::string& result_digest);
 
-// Stores each epoch of one ensemble member in table finetune_epochs (run_id, member, epoch, ...); an epoch stored
-// before (a resumed run) is replaced. Not thread-safe (one training thread).
-class EpochRecorder : public train::EpochObserver {
+// Records one fine-tuning (train::RunFinetune) in the site database at `path`, which it opens (creating or
+// migrating it) when training starts: the run in finetune_runs, keyed by the base digest and the config's text so
+// that a resumed fine-tuning continues its run; each new epoch of each network in finetune_epochs (an epoch stored
+// before is replaced; resumed epochs are already there); the result digest when the checkpoint is written. Errors
+// of the database. Not thread-safe (the pipeline's thread).
+class FinetuneRecorder : public train::FinetuneObserver {
  public:
-  EpochRecorder(store::Database* db, int64_t run_id, std::string member)
-      : db_(db), run_id_(run_id), member_(std::move(member)) {}
-  absl::Status OnEpoch(const train::EpochRecord& record) override;
+  FinetuneRecorder(std::string path, const v1::FinetuneConfig& config);
+  absl::Status OnStart(const std::string& base_digest) override;
+  absl::Status OnEpoch(const std::string& network, const train::EpochRecord& record) override;
+  absl::Status OnFinish(const train::FinetuneResult& result) override;
 
  private:
-  store::Database* db_;
-  int64_t run_id_;
-  std::string member_;
+  const std::string path_;
+  std::string config_text_;
+  std::unique_ptr<store::Database> db_;  // Open from OnStart on.
+  int64_t run_id_ = -1;
 };
 
 }  // namespace fedtune::agent

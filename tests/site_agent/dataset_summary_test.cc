@@ -2,42 +2,19 @@
 
 #include <string>
 
-#include "absl/strings/str_cat.h"
 #include "common/data/chexpert_labels.h"
-#include "common/io/csv.h"
 #include "gtest/gtest.h"
+#include "tests/testing/site_manifest.h"
 #include "tests/testing/temp_dir.h"
 
 namespace fedtune::agent {
 namespace {
 
-// 20 patients, one frontal image each; label 0 (No Finding) positive for even patients, label 2 uncertain for
-// patients divisible by 5, the other labels blank.
-std::string Manifest() {
-  std::string csv = "Path,Sex,Age,Frontal/Lateral,AP/PA";
-  for (const char* label : data::kChexpertLabels) absl::StrAppend(&csv, ",", label);
-  csv += "\n";
-  for (int p = 1; p <= 20; ++p) {
-    absl::StrAppend(&csv, "patient", 10000 + p, "/study1/view1_frontal.png,Male,50,Frontal,PA");
-    for (int l = 0; l < data::kNumChexpertLabels; ++l) {
-      std::string cell;
-      if (l == 0) cell = p % 2 == 0 ? "1.0" : "0.0";
-      if (l == 2 && p % 5 == 0) cell = "-1.0";
-      absl::StrAppend(&csv, ",", cell);
-    }
-    csv += "\n";
-  }
-  return csv;
-}
-
 TEST(DatasetSummaryTest, CountsPerLabelAndSplitSizesNoImages) {
   fedtune::testing::TempDir dir;
-  v1::FinetuneConfig config;
-  config.set_manifest(dir.WriteFile("manifest.csv", Manifest()));
-  config.mutable_split()->set_train(0.6);
-  config.mutable_split()->set_validation(0.2);
-  config.mutable_split()->set_test(0.2);
-  absl::StatusOr<SiteData> site = LoadSiteData(config);
+  const v1::FinetuneConfig config =
+      fedtune::testing::TwentyPatientConfig(dir.WriteFile("manifest.csv", fedtune::testing::TwentyPatientManifest()));
+  absl::StatusOr<train::SiteData> site = train::LoadSiteData(config);
   ASSERT_TRUE(site.ok()) << site.status();
   const v1::DatasetSummary summary = SummarizeDataset(*site);
   EXPECT_EQ(summary.images(), 20);
@@ -57,22 +34,6 @@ TEST(DatasetSummaryTest, CountsPerLabelAndSplitSizesNoImages) {
   // Nothing in the summary names a file.
   EXPECT_EQ(summary.DebugString().find("patient1"), std::string::npos);
   EXPECT_EQ(summary.DebugString().find(".png"), std::string::npos);
-
-  // The test split manifest has exactly the test images, with the original header.
-  const std::string test = dir.Join("test.csv");
-  ASSERT_TRUE(WriteSplitManifest(*site, data::Split::kTest, test).ok());
-  absl::StatusOr<io::CsvTable> table = io::ReadCsvFile(test);
-  ASSERT_TRUE(table.ok()) << table.status();
-  EXPECT_EQ(static_cast<int64_t>(table->rows.size()), summary.test_images());
-  EXPECT_EQ(table->header, site->table.header);
-}
-
-TEST(DatasetSummaryTest, MissingManifestIsNamed) {
-  v1::FinetuneConfig config;
-  config.set_manifest("/nonexistent/manifest.csv");
-  absl::StatusOr<SiteData> site = LoadSiteData(config);
-  EXPECT_EQ(site.status().code(), absl::StatusCode::kNotFound);
-  EXPECT_NE(site.status().message().find("/nonexistent/manifest.csv"), absl::string_view::npos);
 }
 
 }  // namespace

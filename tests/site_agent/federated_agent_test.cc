@@ -18,6 +18,7 @@
 #include "common/model/checkpoint.h"
 #include "common/synth/generator.h"
 #include "common/synth/profile.h"
+#include "common/train/threads.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "site_agent/agent_config.h"
@@ -72,6 +73,8 @@ struct AgentSetup {
     auto loaded = LoadAgentConfig(tmp.WriteFile("site.textproto", config_text));
     EXPECT_TRUE(loaded.ok()) << loaded.status();
     if (loaded.ok()) config = *loaded;
+    // What `fedtune-site run` does for the process before it creates the agent.
+    train::SetIntraOpThreads(config.finetune().threads());
 
     train.set_kind(v1::Task::TRAIN);
     train.set_run_id("run-1");
@@ -300,26 +303,23 @@ TEST(TrainingProgressTest, ReadsTheFinetuningsEpochsInTrainingOrder) {
   fedtune::testing::TempDir tmp;
   const std::string path = tmp.Join("site.db");
   EXPECT_EQ(DescribeTrainingProgress(path, 2, 3).state, "training member 1/2, epoch 1/3");
-  auto db = OpenSiteDatabase(path);
-  ASSERT_TRUE(db.ok()) << db.status();
-  auto run = BeginFinetuneRun(**db, "key", "digest", "config");
-  ASSERT_TRUE(run.ok()) << run.status();
-  EpochRecorder member0(db->get(), *run, "member0-densenet");
-  EpochRecorder duo(db->get(), *run, "duonet");  // Sorts before "member0" by name, trains after it.
+  FinetuneRecorder recorder(path, v1::FinetuneConfig());
+  ASSERT_TRUE(recorder.OnStart("digest").ok());
+  // "duonet" sorts before "member0" by name and trains after it.
   train::EpochRecord record;
   record.train_loss = 0.75;
-  ASSERT_TRUE(member0.OnEpoch(record).ok());
+  ASSERT_TRUE(recorder.OnEpoch("member0-densenet", record).ok());
   TrainingProgress progress = DescribeTrainingProgress(path, 2, 3);
   EXPECT_EQ(progress.state, "training member 1/2, epoch 2/3");
   EXPECT_DOUBLE_EQ(progress.train_loss, 0.75);
   EXPECT_DOUBLE_EQ(progress.fraction, 1.0 / 6);
   for (int e = 1; e < 3; ++e) {
     record.epoch = e;
-    ASSERT_TRUE(member0.OnEpoch(record).ok());
+    ASSERT_TRUE(recorder.OnEpoch("member0-densenet", record).ok());
   }
   EXPECT_EQ(DescribeTrainingProgress(path, 2, 3).state, "training member 2/2, epoch 1/3");
   record.epoch = 0;
-  ASSERT_TRUE(duo.OnEpoch(record).ok());
+  ASSERT_TRUE(recorder.OnEpoch("duonet", record).ok());
   progress = DescribeTrainingProgress(path, 2, 3);
   EXPECT_EQ(progress.state, "training member 2/2, epoch 2/3");
   EXPECT_DOUBLE_EQ(progress.fraction, 4.0 / 6);

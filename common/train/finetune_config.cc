@@ -1,4 +1,4 @@
-#include "site_agent/finetune_config.h"
+#include "common/train/finetune_config.h"
 
 #include <cmath>
 #include <filesystem>
@@ -10,7 +10,7 @@
 #include "common/io/text_proto.h"
 #include "common/status_macros.h"
 
-namespace fedtune::agent {
+namespace fedtune::train {
 namespace {
 
 absl::Status Field(absl::string_view field, absl::string_view problem) {
@@ -87,9 +87,31 @@ absl::StatusOr<v1::FinetuneConfig> ParseFinetuneConfig(absl::string_view text, a
   return config;
 }
 
+data::SplitOptions SplitOptionsFrom(const v1::SplitConfig& split) {
+  data::SplitOptions options;
+  options.train = split.train();
+  options.validation = split.validation();
+  options.test = split.test();
+  options.seed = split.seed();
+  options.method = split.method() == "random" ? data::SplitMethod::kRandom : data::SplitMethod::kIterative;
+  return options;
+}
+
+absl::StatusOr<data::LabelPolicy> LabelPolicyFrom(const v1::LabelPolicyConfig& labels) {
+  data::LabelPolicy p;
+  ASSIGN_OR_RETURN(p.uncertain, data::ParseUncertainPolicy(labels.uncertain()));
+  ASSIGN_OR_RETURN(p.blank, data::ParseBlankPolicy(labels.blank()));
+  p.soft_low = labels.soft_low();
+  p.soft_high = labels.soft_high();
+  p.seed = labels.seed();
+  p.hierarchy_correction = labels.hierarchy();
+  RETURN_IF_ERROR(data::ValidateLabelPolicy(p));
+  return p;
+}
+
 absl::StatusOr<v1::FinetuneConfig> LoadFinetuneConfig(const std::string& path) {
   ASSIGN_OR_RETURN(std::string text, io::ReadTextProtoFile(path));
   return ParseFinetuneConfig(text, path, std::filesystem::path(path).parent_path().string());
 }
 
-}  // namespace fedtune::agent
+}  // namespace fedtune::train

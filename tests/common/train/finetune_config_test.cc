@@ -1,14 +1,13 @@
-#include "site_agent/finetune_config.h"
+#include "common/train/finetune_config.h"
 
 #include <sys/stat.h>
 
 #include "common/imaging/decode.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "site_agent/site_database.h"
 #include "tests/testing/temp_dir.h"
 
-namespace fedtune::agent {
+namespace fedtune::train {
 namespace {
 
 using ::testing::HasSubstr;
@@ -98,30 +97,5 @@ TEST(FinetuneConfigTest, RefusesFifosAndOversizedFiles) {
   EXPECT_THAT(std::string(c.status().message()), HasSubstr("above the limit of 1048576 bytes"));
 }
 
-TEST(SiteDatabaseTest, RunsContinueByKeyAndEpochsAreReplaced) {
-  testing::TempDir dir;
-  auto db = OpenSiteDatabase(dir.Join("site.db"));
-  ASSERT_TRUE(db.ok()) << db.status();
-  auto first = BeginFinetuneRun(**db, "key-1", "abc", "config");
-  auto again = BeginFinetuneRun(**db, "key-1", "abc", "config");
-  auto other = BeginFinetuneRun(**db, "key-2", "abc", "config");
-  ASSERT_TRUE(first.ok() && again.ok() && other.ok());
-  EXPECT_EQ(*first, *again);
-  EXPECT_NE(*first, *other);
-  EpochRecorder recorder(db->get(), *first, "member0");
-  train::EpochRecord r;
-  r.epoch = 0;
-  r.validation_loss = 0.9;
-  ASSERT_TRUE(recorder.OnEpoch(r).ok());
-  r.validation_loss = 0.7;  // The same epoch again, after a resume.
-  ASSERT_TRUE(recorder.OnEpoch(r).ok());
-  auto q = (*db)->Prepare("SELECT COUNT(*), MIN(validation_loss) FROM finetune_epochs;");
-  ASSERT_TRUE(q.ok());
-  ASSERT_TRUE(*q->Step());
-  EXPECT_EQ(q->ColumnInt(0), 1);
-  EXPECT_DOUBLE_EQ(q->ColumnDouble(1), 0.7);
-  ASSERT_TRUE(FinishFinetuneRun(**db, *first, "def").ok());
-}
-
 }  // namespace
-}  // namespace fedtune::agent
+}  // namespace fedtune::train
