@@ -1,22 +1,20 @@
 #include "site_agent/federated_agent.h"
 
-#include <sqlite3.h>
-
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <limits>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
-#include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/fl/codec.h"
 #include "common/fl/model_tensors.h"
+#include "common/fl/residual_files.h"
 #include "common/fl/tensor_map.h"
 #include "common/io/file_util.h"
 #include "common/io/sha256.h"
@@ -32,8 +30,10 @@
 #include "site_agent/agent_config.h"
 #include "site_agent/dataset_summary.h"
 #include "site_agent/evaluate.h"
+#include "site_agent/heartbeater.h"
 #include "site_agent/metrics_report.h"
 #include "site_agent/site_database.h"
+#include "site_agent/training_progress.h"
 
 namespace fedtune::agent {
 namespace {
@@ -46,146 +46,12 @@ bool IsAuthError(const absl::Status& status) {
 
 }  // namespace
 
-// Sends Heartbeat every `period` on its own thread until destroyed, with the latest state; records a cancel.
-// Thread-safe.
-class Heartbeater {
- public:
-  using Probe = std::function<void(std::string* state, double* progress, double* train_loss)>;
-
-  Heartbeater(CoordinatorClient* client, std::string run_id, int32_t round, absl::Duration period, std::string state)
-      : client_(client), run_id_(std::move(run_id)), round_(round), period_(period), state_(std::move(state)) {
-    thread_ = std::thread([this] { Loop(); });
-  }
-  ~Heartbeater() {
-    {
-      absl::MutexLock lock(&mu_);
-      stop_ = true;
-    }
-    thread_.join();
-  }
-
-  // The state to send; `probe`, when set, refines it just before each heartbeat (e.g. training progress). A new
-  // state is sent at once (then every period), and the last state set before destruction is always sent.
-  void SetState(std::string state, double progress, Probe probe = nullptr) {
-    absl::MutexLock lock(&mu_);
-    state_ = std::move(state);
-    progress_ = progress;
-    probe_ = std::move(probe);
-    changed_ = true;
-  }
-  // The training loss sent from now on (the latest epoch's mean BCE).
-  void SetTrainLoss(double loss) {
-    absl::MutexLock lock(&mu_);
-    train_loss_ = loss;
-  }
-  bool cancelled() const {
-    absl::MutexLock lock(&mu_);
-    return cancelled_;
-  }
-  bool run_ended() const {
-    absl::MutexLock lock(&mu_);
-    return run_ended_;
-  }
-  std::string reason() const {
-    absl::MutexLock lock(&mu_);
-    return reason_;
-  }
-
- private:
-  void Loop() {
-    while (true) {
-      v1::HeartbeatRequest request;
-      Probe probe;
-      bool last = false;
-      {
-        absl::MutexLock lock(&mu_);
-        request.set_run_id(run_id_);
-        request.set_round(round_);
-        request.set_state(state_);
-        request.set_progress(progress_);
-        request.set_train_loss(train_loss_);
-        probe = probe_;
-        changed_ = false;
-        last = stop_;
-      }
-      if (probe) {
-        double progress = request.progress();
-        double train_loss = request.train_loss();
-        probe(request.mutable_state(), &progress, &train_loss);
-        request.set_progress(progress);
-        request.set_train_loss(train_loss);
-      }
-      absl::StatusOr<v1::HeartbeatResponse> response = client_->Heartbeat(request);
-      if (!response.ok()) {
-        LOG(WARNING) << "heartbeat (" << request.state() << "): " << response.status();
-      } else if (response->cancel()) {
-        absl::MutexLock lock(&mu_);
-        if (!cancelled_) {
-          LOG(WARNING) << "the coordinator cancelled the task of run " << run_id_ << " round " << round_ << ": "
-                       << response->reason();
-        }
-        cancelled_ = true;
-        run_ended_ = run_ended_ || response->run_ended();
-        reason_ = response->reason();
-      }
-      if (last) return;
-      absl::MutexLock lock(&mu_);
-      auto wake = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_ || changed_; };
-      mu_.AwaitWithTimeout(absl::Condition(&wake), period_);
-      if (stop_ && !changed_) return;
-    }
-  }
-
-  CoordinatorClient* client_;
-  const std::string run_id_;
-  const int32_t round_;
-  const absl::Duration period_;
-  mutable absl::Mutex mu_;
-  bool stop_ ABSL_GUARDED_BY(mu_) = false;
-  bool changed_ ABSL_GUARDED_BY(mu_) = false;  // A state not sent yet.
-  std::string state_ ABSL_GUARDED_BY(mu_);
-  double progress_ ABSL_GUARDED_BY(mu_) = 0;
-  double train_loss_ ABSL_GUARDED_BY(mu_) = 0;
-  Probe probe_ ABSL_GUARDED_BY(mu_);
-  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
-  bool run_ended_ ABSL_GUARDED_BY(mu_) = false;
-  std::string reason_ ABSL_GUARDED_BY(mu_);
-  std::thread thread_;
-};
-
 namespace {
 
 absl::Status CheckCancelled(const Heartbeater& heartbeat, absl::string_view step, const v1::Task& task) {
   if (!heartbeat.cancelled()) return absl::OkStatus();
   return absl::CancelledError(absl::StrCat("run ", task.run_id(), " round ", task.round(), ": cancelled by the ",
                                            "coordinator before ", step, " (", heartbeat.reason(), ")"));
-}
-
-// Copies a file atomically (temporary file in the destination's directory, then rename).
-absl::Status CopyFileAtomically(const std::string& from, const std::string& to) {
-  const std::string tmp = to + ".tmp";
-  std::error_code ec;
-  fs::copy_file(from, tmp, fs::copy_options::overwrite_existing, ec);
-  if (!ec) fs::rename(tmp, to, ec);
-  if (ec) {
-    fs::remove(tmp);
-    return absl::InternalError(absl::StrCat("cannot copy ", from, " to ", to, ": ", ec.message()));
-  }
-  return absl::OkStatus();
-}
-
-// A residual file: a serialized TensorBundle (fp32); an empty file is an empty residual.
-absl::StatusOr<fl::TensorMap> ReadResidual(const std::string& path) {
-  ASSIGN_OR_RETURN(std::string bytes, io::ReadFile(path));
-  if (bytes.empty()) return fl::TensorMap();
-  ASSIGN_OR_RETURN(v1::TensorBundle bundle, fl::ParseTensorBundle(bytes, path));
-  return fl::DecodeTensors(bundle);
-}
-
-absl::Status WriteResidual(const std::string& path, const fl::TensorMap& residual) {
-  if (residual.empty()) return io::WriteFileAtomically(path, "");
-  ASSIGN_OR_RETURN(fl::EncodedBundle encoded, fl::EncodeTensors(residual, {fl::Encoding::kDenseFp32, 0.01}));
-  return io::WriteFileAtomically(path, encoded.bundle.SerializeAsString());
 }
 
 // weights_sha256 of RunEvaluate's model "a" or "b" from its report.json.
@@ -206,52 +72,53 @@ double MeanOf(const std::vector<double>& values) {
   return sum / static_cast<double>(values.size());
 }
 
+// RunEvaluate's options for models `a` and `b` on `manifest`, with the site's data root, device, input settings and
+// Grad-CAM count.
+EvaluateOptions EvaluateOptionsFor(const v1::SiteAgentConfig& config, const std::string& a, const std::string& b,
+                                   const std::string& manifest, const std::string& out_dir, std::string title) {
+  EvaluateOptions options;
+  options.base_model = a;
+  options.model = b;
+  options.manifest = manifest;
+  options.data_root = config.finetune().data_root();
+  options.out_dir = out_dir;
+  options.predict.device = config.finetune().device();
+  options.predict.input.crop_borders = config.finetune().crop_borders();
+  options.predict.input.max_image_pixels = config.finetune().max_image_pixels();
+  options.predict.loader_threads = config.finetune().loader_threads();
+  options.gradcam_per_label = config.gradcam_per_label();
+  options.title = std::move(title);
+  return options;
+}
+
+// The sha256 of the update recorded for `key` when its file still has it; empty when there is none (or the file
+// changed): then the update is encoded again.
+absl::StatusOr<std::string> RecordedUpdateSha(AgentDatabase& db, const TaskKey& key) {
+  ASSIGN_OR_RETURN(std::optional<TaskRecord> record, db.FindTask(key));
+  if (!record || record->update_sha256.empty() || !fs::exists(record->update_path)) return std::string();
+  ASSIGN_OR_RETURN(std::string on_disk, io::Sha256File(record->update_path));
+  if (on_disk == record->update_sha256) return on_disk;
+  LOG(WARNING) << record->update_path << " no longer has its recorded sha256: encoding the update again";
+  return std::string();
+}
+
 }  // namespace
 
-TrainingProgress DescribeTrainingProgress(const std::string& finetune_db, int networks, int epochs_per_network) {
-  // Epochs per network in training order, read-only so that the heartbeat never contends with the trainer's writes.
-  std::vector<int64_t> done;
-  double latest_train_loss = 0;
-  if (fs::exists(finetune_db)) {
-    sqlite3* db = nullptr;
-    if (sqlite3_open_v2(finetune_db.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK) {
-      sqlite3_busy_timeout(db, 200);
-      sqlite3_stmt* stmt = nullptr;
-      // The latest fine-tuning of the file (a round dir holds one), networks in the order they started.
-      const char* sql =
-          "SELECT COUNT(*) FROM finetune_epochs WHERE run_id = (SELECT MAX(id) FROM finetune_runs) "
-          "GROUP BY member ORDER BY MIN(rowid);";
-      if (sqlite3_prepare_v2(db, sql, -1, &stmt, nullptr) == SQLITE_OK) {
-        while (sqlite3_step(stmt) == SQLITE_ROW) done.push_back(sqlite3_column_int64(stmt, 0));
-      }
-      sqlite3_finalize(stmt);
-      stmt = nullptr;
-      const char* last = "SELECT train_loss FROM finetune_epochs ORDER BY rowid DESC LIMIT 1;";
-      if (sqlite3_prepare_v2(db, last, -1, &stmt, nullptr) == SQLITE_OK && sqlite3_step(stmt) == SQLITE_ROW) {
-        latest_train_loss = sqlite3_column_double(stmt, 0);
-      }
-      sqlite3_finalize(stmt);
-    }
-    sqlite3_close(db);
-  }
-  networks = std::max(1, networks);
-  epochs_per_network = std::max(1, epochs_per_network);
-  int64_t total = 0;
-  for (int64_t count : done) total += std::min<int64_t>(count, epochs_per_network);
-  // A network that recorded all its epochs is finished: the next one is training.
-  int current = std::max<int>(1, static_cast<int>(done.size()));
-  int64_t epoch = done.empty() ? 1 : done.back() + 1;
-  if (!done.empty() && done.back() >= epochs_per_network && current < networks) {
-    ++current;
-    epoch = 1;
-  }
-  TrainingProgress progress;
-  progress.state = absl::StrCat("training member ", current, "/", networks, ", epoch ",
-                                std::min<int64_t>(epoch, epochs_per_network), "/", epochs_per_network);
-  progress.fraction = std::min(1.0, static_cast<double>(total) / (networks * epochs_per_network));
-  progress.train_loss = latest_train_loss;
-  return progress;
-}
+// One TRAIN task as it goes through RunTrain's steps: where its files are, the models, the fine-tuning's results.
+struct FederatedAgent::TrainRound {
+  const v1::Task& task;
+  TaskKey key;
+  fs::path run_dir;    // <work_dir>/runs/<run>
+  fs::path round_dir;  // <run_dir>/round-<round>-<attempt>
+  std::string encoding_name;
+  std::string global_path;
+  model::Checkpoint global;
+  train::FinetuneResult tuned;
+  double train_loss = 0;       // Mean over the members of their last epoch's training BCE.
+  double validation_loss = 0;  // Mean over the members of their best validation BCE.
+  std::string update_path;
+  std::string update_sha256;
+};
 
 FederatedAgent::FederatedAgent(const v1::SiteAgentConfig& config, const AgentOptions& options)
     : config_(config), options_(options), heartbeat_period_(absl::Seconds(config.heartbeat_seconds())) {}
@@ -453,183 +320,166 @@ absl::Status FederatedAgent::RunTask(const v1::Task& task) {
 }
 
 absl::Status FederatedAgent::RunTrain(const v1::Task& task, Heartbeater& heartbeat) {
-  const TaskKey key{task.run_id(), task.round(), task.attempt(), "train"};
+  TrainRound round{task, TaskKey{task.run_id(), task.round(), task.attempt(), "train"}};
   const fs::path work(config_.work_dir());
-  const fs::path run_dir = work / "runs" / task.run_id();
-  const fs::path round_dir = run_dir / absl::StrCat("round-", task.round(), "-", task.attempt());
-  RETURN_IF_ERROR(io::MakeDirectories(round_dir.string()));
+  round.run_dir = work / "runs" / task.run_id();
+  round.round_dir = round.run_dir / absl::StrCat("round-", task.round(), "-", task.attempt());
+  round.encoding_name = task.plan().encoding().empty() ? "fp32" : task.plan().encoding();
+  RETURN_IF_ERROR(io::MakeDirectories(round.round_dir.string()));
   LOG(INFO) << "run " << task.run_id() << " round " << task.round() << "/" << task.total_rounds() << " attempt "
-            << task.attempt() << ": training (" << task.plan().local_epochs() << " epochs, "
-            << (task.plan().encoding().empty() ? "fp32" : task.plan().encoding()) << ")";
+            << task.attempt() << ": training (" << task.plan().local_epochs() << " epochs, " << round.encoding_name
+            << ")";
   const CancelFn cancelled = [&heartbeat] { return heartbeat.cancelled(); };
-  ASSIGN_OR_RETURN(const std::string global_path, client_->DownloadModel(task.model_digest(), task.model_bytes(),
-                                                                         (work / "models").string(), cancelled));
-  ASSIGN_OR_RETURN(model::Checkpoint global, model::LoadCheckpoint(global_path));
+  ASSIGN_OR_RETURN(round.global_path, client_->DownloadModel(task.model_digest(), task.model_bytes(),
+                                                             (work / "models").string(), cancelled));
+  ASSIGN_OR_RETURN(round.global, model::LoadCheckpoint(round.global_path));
   RETURN_IF_ERROR(CheckCancelled(heartbeat, "training", task));
+  RETURN_IF_ERROR(FinetuneRound(round, heartbeat));
+  RETURN_IF_ERROR(CheckCancelled(heartbeat, "the upload", task));
+  heartbeat.SetTrainLoss(round.train_loss);
+  heartbeat.SetState("encoding", 0.8);
+  RETURN_IF_ERROR(WriteUpdate(round));
+  RETURN_IF_ERROR(UploadRoundUpdate(round, heartbeat));
+  heartbeat.SetState("evaluating", 0.9);
+  ASSIGN_OR_RETURN(v1::MetricsReport report, EvaluateRound(round));
+  RETURN_IF_ERROR(KeepAdapted(round));
+  if (!config_.share_metrics()) StripPerformance(&report);
+  heartbeat.SetState("reporting", 0.98);
+  return client_->ReportMetrics(report);
+}
 
-  // Fine-tuning (resumes from the round dir's state after a restart; quick when it had finished).
+absl::Status FederatedAgent::FinetuneRound(TrainRound& round, Heartbeater& heartbeat) {
+  const v1::Task& task = round.task;
   TrainingValues values;
   values.local_epochs = std::max(1, task.plan().local_epochs());
   values.learning_rate =
       task.plan().learning_rate() > 0 ? task.plan().learning_rate() : config_.finetune().learning_rate();
   values.batch_size = task.plan().batch_size() > 0 ? task.plan().batch_size() : config_.finetune().batch_size();
   values.proximal_mu = task.plan().proximal_mu();
-  const v1::FinetuneConfig finetune = TaskFinetuneConfig(config_, global_path, round_dir.string(), values);
+  const v1::FinetuneConfig finetune = TaskFinetuneConfig(config_, round.global_path, round.round_dir.string(), values);
   RETURN_IF_ERROR(train::ValidateFinetuneConfig(finetune));
-  const int networks = static_cast<int>(global.members.size()) + (global.duo ? 1 : 0);
-  const std::string epochs_db = (round_dir / "site.db").string();
-  const int epochs = values.local_epochs;
-  heartbeat.SetState("training", 0.05,
-                     [epochs_db, networks, epochs](std::string* state, double* progress, double* train_loss) {
-                       const TrainingProgress training = DescribeTrainingProgress(epochs_db, networks, epochs);
-                       *state = training.state;
-                       *progress = 0.05 + 0.75 * training.fraction;
-                       *train_loss = training.train_loss;
-                     });
-  FinetuneRecorder recorder(epochs_db, finetune);
-  train::FinetuneObserver* observers[] = {&recorder};
-  ASSIGN_OR_RETURN(const train::FinetuneResult tuned_result, train::RunFinetune(finetune, observers));
-  const train::FinetuneResult* tuned = &tuned_result;
-  RETURN_IF_ERROR(CheckCancelled(heartbeat, "the upload", task));
+
+  // Progress reaches the heartbeat through the pipeline's epoch callbacks. Shared with the heartbeat thread's probe,
+  // which may still run after this function returns (until the next SetState).
+  const int networks = static_cast<int>(round.global.members.size()) + (round.global.duo ? 1 : 0);
+  auto progress = std::make_shared<TrainingProgress>(networks, values.local_epochs);
+  heartbeat.SetState("training", 0.05, [progress](std::string* state, double* fraction, double* train_loss) {
+    const TrainingProgress::View view = progress->Describe();
+    *state = view.state;
+    *fraction = 0.05 + 0.75 * view.fraction;
+    *train_loss = view.train_loss;
+  });
+  // Resumes from the round dir's state after a restart (quick when it had finished); recorded in its site.db.
+  FinetuneRecorder recorder((round.round_dir / "site.db").string(), finetune);
+  train::FinetuneObserver* observers[] = {&recorder, progress.get()};
+  ASSIGN_OR_RETURN(round.tuned, train::RunFinetune(finetune, observers));
   std::vector<double> train_losses;
   std::vector<double> validation_losses;
-  for (const train::TrainResult& member : tuned->members) {
+  for (const train::TrainResult& member : round.tuned.members) {
     if (!member.history.empty()) train_losses.push_back(member.history.back().train_loss);
     validation_losses.push_back(member.best_validation_loss);
   }
-  const double train_loss = MeanOf(train_losses);
-  const double validation_loss = MeanOf(validation_losses);
-  heartbeat.SetTrainLoss(train_loss);
+  round.train_loss = MeanOf(train_losses);
+  round.validation_loss = MeanOf(validation_losses);
+  return absl::OkStatus();
+}
 
-  // The update payload: reused when it was written (and recorded) before a restart.
-  heartbeat.SetState("encoding", 0.8);
-  const std::string encoding_name = task.plan().encoding().empty() ? "fp32" : task.plan().encoding();
-  ASSIGN_OR_RETURN(fl::Encoding encoding, fl::ParseEncoding(encoding_name));
-  const std::string update_path = (round_dir / "update.bin").string();
-  const std::string residual_path = (run_dir / "residual.bin").string();
-  const std::string residual_after = (round_dir / "residual.after.bin").string();
-  ASSIGN_OR_RETURN(std::optional<TaskRecord> record, db_->FindTask(key));
-  std::string sha;
-  if (record && !record->update_sha256.empty() && fs::exists(record->update_path)) {
-    ASSIGN_OR_RETURN(std::string on_disk, io::Sha256File(record->update_path));
-    if (on_disk == record->update_sha256)
-      sha = on_disk;
-    else
-      LOG(WARNING) << record->update_path << " no longer has its recorded sha256: encoding the update again";
+absl::Status FederatedAgent::WriteUpdate(TrainRound& round) {
+  const v1::Task& task = round.task;
+  ASSIGN_OR_RETURN(const fl::Encoding encoding, fl::ParseEncoding(round.encoding_name));
+  round.update_path = (round.round_dir / "update.bin").string();
+  fl::ResidualPaths residual;
+  residual.current = (round.run_dir / "residual.bin").string();
+  residual.before = (round.round_dir / "residual.before.bin").string();
+  residual.after = (round.round_dir / "residual.after.bin").string();
+  for (int a = task.attempt() - 1; a >= 0; --a) {
+    const fs::path earlier = round.run_dir / absl::StrCat("round-", task.round(), "-", a) / "residual.before.bin";
+    residual.earlier_attempts.push_back(earlier.string());
   }
-  if (sha.empty()) {
-    ASSIGN_OR_RETURN(model::Checkpoint local, model::LoadCheckpoint(tuned->checkpoint_path));
+  ASSIGN_OR_RETURN(round.update_sha256, RecordedUpdateSha(*db_, round.key));
+  if (round.update_sha256.empty()) {
+    ASSIGN_OR_RETURN(model::Checkpoint local, model::LoadCheckpoint(round.tuned.checkpoint_path));
     ASSIGN_OR_RETURN(fl::TensorMap delta,
-                     fl::ComputeDelta(fl::CheckpointTensors(local), fl::CheckpointTensors(global)));
+                     fl::ComputeDelta(fl::CheckpointTensors(local), fl::CheckpointTensors(round.global)));
     fl::EncodeOptions encode_options;
     encode_options.encoding = encoding;
     if (task.plan().topk_fraction() > 0) encode_options.topk_fraction = task.plan().topk_fraction();
-    fl::EncodedBundle encoded;
-    if (encoding == fl::Encoding::kDenseFp32) {
-      ASSIGN_OR_RETURN(encoded, fl::EncodeTensors(delta, encode_options));
-    } else {
-      // The residual this round starts from is pinned in the round dir, so that encoding again after a crash gives
-      // the same payload; a retried attempt of the same round starts from the previous attempt's.
-      const std::string before = (round_dir / "residual.before.bin").string();
-      if (!fs::exists(before)) {
-        std::string source = residual_path;
-        for (int a = task.attempt() - 1; a >= 0; --a) {
-          const fs::path previous = run_dir / absl::StrCat("round-", task.round(), "-", a) / "residual.before.bin";
-          if (fs::exists(previous)) {
-            source = previous.string();
-            break;
-          }
-        }
-        if (fs::exists(source)) {
-          RETURN_IF_ERROR(CopyFileAtomically(source, before));
-        } else {
-          RETURN_IF_ERROR(io::WriteFileAtomically(before, ""));
-        }
-      }
-      fl::ErrorFeedback feedback;
-      ASSIGN_OR_RETURN(fl::TensorMap residual, ReadResidual(before));
-      RETURN_IF_ERROR(feedback.SetResidual(residual));
-      ASSIGN_OR_RETURN(encoded, feedback.Encode(delta, encode_options));
-      RETURN_IF_ERROR(WriteResidual(residual_after, feedback.residual()));
-    }
+    ASSIGN_OR_RETURN(fl::EncodedBundle encoded, fl::EncodeWithResidual(delta, encode_options, residual));
     const std::string bytes = encoded.bundle.SerializeAsString();
-    RETURN_IF_ERROR(io::WriteFileAtomically(update_path, bytes));
-    sha = io::Sha256Hex(bytes);
-    RETURN_IF_ERROR(db_->RecordUpdate(key, update_path, sha, static_cast<int64_t>(bytes.size()), tuned->train_images,
-                                      train_loss, validation_loss));
+    RETURN_IF_ERROR(io::WriteFileAtomically(round.update_path, bytes));
+    round.update_sha256 = io::Sha256Hex(bytes);
+    RETURN_IF_ERROR(db_->RecordUpdate(round.key, round.update_path, round.update_sha256,
+                                      static_cast<int64_t>(bytes.size()), round.tuned.train_images, round.train_loss,
+                                      round.validation_loss));
     LOG(INFO) << "update for run " << task.run_id() << " round " << task.round() << ": " << bytes.size() << " bytes ("
-              << encoding_name << ", dense fp32 " << encoded.dense_fp32_bytes << "), sha256 " << sha;
+              << round.encoding_name << ", dense fp32 " << encoded.dense_fp32_bytes << "), sha256 "
+              << round.update_sha256;
   }
   // The residual moves on only once the payload that consumed it is recorded (idempotent after a restart).
-  if (encoding != fl::Encoding::kDenseFp32 && fs::exists(residual_after)) {
-    RETURN_IF_ERROR(CopyFileAtomically(residual_after, residual_path));
-  }
+  return fl::CommitResidual(encoding, residual);
+}
 
+absl::Status FederatedAgent::UploadRoundUpdate(const TrainRound& round, Heartbeater& heartbeat) {
   heartbeat.SetState("uploading", 0.85);
   UploadRequest upload;
-  upload.run_id = task.run_id();
-  upload.round = task.round();
-  upload.path = update_path;
-  upload.sha256 = sha;
-  upload.num_samples = tuned->train_images;
-  upload.encoding = encoding_name;
-  upload.train_loss = train_loss;
-  upload.validation_loss = validation_loss;
-  ASSIGN_OR_RETURN(const v1::UploadResponse uploaded_response, client_->UploadUpdate(upload, cancelled));
-  const v1::UploadResponse* uploaded = &uploaded_response;
-  LOG(INFO) << "update for run " << task.run_id() << " round " << task.round() << " " << uploaded->status()
-            << " (L2 norm " << uploaded->l2_norm() << ") " << uploaded->message();
-  RETURN_IF_ERROR(db_->SetTaskState(key, "uploaded"));
+  upload.run_id = round.task.run_id();
+  upload.round = round.task.round();
+  upload.path = round.update_path;
+  upload.sha256 = round.update_sha256;
+  upload.num_samples = round.tuned.train_images;
+  upload.encoding = round.encoding_name;
+  upload.train_loss = round.train_loss;
+  upload.validation_loss = round.validation_loss;
+  const CancelFn cancelled = [&heartbeat] { return heartbeat.cancelled(); };
+  ASSIGN_OR_RETURN(const v1::UploadResponse uploaded, client_->UploadUpdate(upload, cancelled));
+  LOG(INFO) << "update for run " << upload.run_id << " round " << upload.round << " " << uploaded.status()
+            << " (L2 norm " << uploaded.l2_norm() << ") " << uploaded.message();
+  return db_->SetTaskState(round.key, "uploaded");
+}
 
-  // Global vs locally fine-tuned on the local test split; the report stays here.
-  heartbeat.SetState("evaluating", 0.9);
+absl::StatusOr<v1::MetricsReport> FederatedAgent::EvaluateRound(const TrainRound& round) {
+  const v1::Task& task = round.task;
   v1::MetricsReport report;
   report.set_run_id(task.run_id());
   report.set_round(task.round());
   report.set_kind("round");
-  report.set_train_loss(train_loss);
-  report.set_validation_loss(validation_loss);
-  if (tuned->test_images > 0) {
-    EvaluateOptions evaluate;
-    evaluate.base_model = global_path;
-    evaluate.model = tuned->checkpoint_path;
-    evaluate.manifest = tuned->test_manifest;
-    evaluate.data_root = finetune.data_root();
-    evaluate.out_dir = round_dir.string();
-    evaluate.predict.device = finetune.device();
-    evaluate.predict.input.crop_borders = finetune.crop_borders();
-    evaluate.predict.loader_threads = finetune.loader_threads();
-    evaluate.predict.input.max_image_pixels = finetune.max_image_pixels();
-    evaluate.gradcam_per_label = config_.gradcam_per_label();
-    evaluate.title = absl::StrCat("Site ", config_.site_id(), ", run ", task.run_id(), " round ", task.round(),
-                                  ": global model vs locally fine-tuned");
-    ASSIGN_OR_RETURN(EvaluateResult evaluated, RunEvaluate(evaluate));
-    LOG(INFO) << "round " << task.round() << " evaluation: " << evaluated.summary_line;
-    report.set_test_cases(evaluated.images);
-    *report.add_models() = ModelEvaluationFrom(evaluated.report, ReportSide::kA, "global", global.weights_sha256);
-    *report.add_models() = ModelEvaluationFrom(evaluated.report, ReportSide::kB, "local", tuned->weights_sha256);
-    *report.add_comparisons() = ModelComparisonFrom(evaluated.report, "global", "local");
-  } else {
+  report.set_train_loss(round.train_loss);
+  report.set_validation_loss(round.validation_loss);
+  if (round.tuned.test_images == 0) {
     LOG(WARNING) << "the test split is empty: no round evaluation";
+    return report;
   }
+  // Global vs locally fine-tuned on the local test split; the report stays here.
+  ASSIGN_OR_RETURN(
+      EvaluateResult evaluated,
+      RunEvaluate(EvaluateOptionsFor(config_, round.global_path, round.tuned.checkpoint_path, round.tuned.test_manifest,
+                                     round.round_dir.string(),
+                                     absl::StrCat("Site ", config_.site_id(), ", run ", task.run_id(), " round ",
+                                                  task.round(), ": global model vs locally fine-tuned"))));
+  LOG(INFO) << "round " << task.round() << " evaluation: " << evaluated.summary_line;
+  report.set_test_cases(evaluated.images);
+  *report.add_models() = ModelEvaluationFrom(evaluated.report, ReportSide::kA, "global", round.global.weights_sha256);
+  *report.add_models() = ModelEvaluationFrom(evaluated.report, ReportSide::kB, "local", round.tuned.weights_sha256);
+  *report.add_comparisons() = ModelComparisonFrom(evaluated.report, "global", "local");
+  return report;
+}
 
+absl::Status FederatedAgent::KeepAdapted(const TrainRound& round) {
+  const v1::Task& task = round.task;
   // The adapted model: the run's fine-tuned model with the best validation loss so far.
   ASSIGN_OR_RETURN(std::optional<AdaptedModel> best, db_->BestAdapted(task.run_id()));
   const bool same_round = best && best->round == task.round() && best->attempt == task.attempt();
-  if (!best || same_round || validation_loss < best->validation_loss) {
-    const fs::path adapted_dir = work / "adapted" / task.run_id();
-    RETURN_IF_ERROR(io::MakeDirectories(adapted_dir.string()));
-    AdaptedModel adapted{task.run_id(),         task.round(),    task.attempt(),
-                         tuned->weights_sha256, validation_loss, (adapted_dir / "model.ckpt").string()};
-    RETURN_IF_ERROR(CopyFileAtomically(tuned->checkpoint_path, adapted.path));
-    RETURN_IF_ERROR(db_->RecordAdapted(adapted));
-    LOG(INFO) << "adapted model of run " << task.run_id() << ": round " << task.round() << " (validation BCE "
-              << validation_loss << ")";
-  }
-
-  if (!config_.share_metrics()) StripPerformance(&report);
-  heartbeat.SetState("reporting", 0.98);
-  return client_->ReportMetrics(report);
+  if (best && !same_round && !(round.validation_loss < best->validation_loss)) return absl::OkStatus();
+  const fs::path adapted_dir = fs::path(config_.work_dir()) / "adapted" / task.run_id();
+  RETURN_IF_ERROR(io::MakeDirectories(adapted_dir.string()));
+  AdaptedModel adapted{task.run_id(),         task.round(),
+                       task.attempt(),        round.tuned.weights_sha256,
+                       round.validation_loss, (adapted_dir / "model.ckpt").string()};
+  RETURN_IF_ERROR(io::CopyFileAtomically(round.tuned.checkpoint_path, adapted.path));
+  RETURN_IF_ERROR(db_->RecordAdapted(adapted));
+  LOG(INFO) << "adapted model of run " << task.run_id() << ": round " << task.round() << " (validation BCE "
+            << round.validation_loss << ")";
+  return absl::OkStatus();
 }
 
 absl::Status FederatedAgent::RunEvaluateTask(const v1::Task& task, Heartbeater& heartbeat) {
@@ -654,19 +504,9 @@ absl::Status FederatedAgent::RunEvaluateTask(const v1::Task& task, Heartbeater& 
   heartbeat.SetState("evaluating", 0.1);
   auto evaluate = [&](const std::string& a, const std::string& b, const std::string& name,
                       const std::string& title) -> absl::StatusOr<EvaluateResult> {
-    EvaluateOptions options;
-    options.base_model = a;
-    options.model = b;
-    options.manifest = test_manifest;
-    options.data_root = config_.finetune().data_root();
-    options.out_dir = (reports / name).string();
-    options.predict.device = config_.finetune().device();
-    options.predict.input.crop_borders = config_.finetune().crop_borders();
-    options.predict.loader_threads = config_.finetune().loader_threads();
-    options.predict.input.max_image_pixels = config_.finetune().max_image_pixels();
-    options.gradcam_per_label = config_.gradcam_per_label();
-    options.title = absl::StrCat("Site ", config_.site_id(), ", run ", task.run_id(), ": ", title);
-    return RunEvaluate(options);
+    return RunEvaluate(
+        EvaluateOptionsFor(config_, a, b, test_manifest, (reports / name).string(),
+                           absl::StrCat("Site ", config_.site_id(), ", run ", task.run_id(), ": ", title)));
   };
   v1::MetricsReport report;
   report.set_run_id(task.run_id());

@@ -23,9 +23,9 @@
 //   left out when the site never trained in this run). The run is then finished for the site.
 //
 // Heartbeats: a thread sends Heartbeat every heartbeat_seconds while a task runs, with the state ("downloading",
-// "training member 1/3, epoch 2/5", "uploading", "evaluating") and progress; training progress is read from the
-// round's finetune_epochs table. When the answer says cancel, the task stops at the next step boundary or transfer
-// chunk (fine-tuning itself is not interrupted: train::RunFinetune has no cancellation hook).
+// "training member 1/3, epoch 2/5", "uploading", "evaluating") and progress; training progress comes from the
+// pipeline's epoch callbacks (training_progress.h). When the answer says cancel, the task stops at the next step
+// boundary or transfer chunk (fine-tuning itself is not interrupted: train::RunFinetune has no cancellation hook).
 //
 // Restart: a TRAIN task is resumable at every step (download from the .part file, fine-tuning from the round dir's
 // state, the recorded update re-used and its upload resumed from the coordinator's offset). The coordinator offers
@@ -58,7 +58,7 @@
 
 namespace fedtune::agent {
 
-class Heartbeater;  // federated_agent.cc: the heartbeat thread of one task.
+class Heartbeater;  // heartbeater.h: the heartbeat thread of one task.
 
 // The agent's version string sent in Capabilities.
 inline constexpr char kAgentVersion[] = "fedtune-site/1";
@@ -71,17 +71,6 @@ struct AgentOptions {
   // Retries per client call before the loop's own backoff takes over. Default 5.
   int max_attempts_per_call = 5;
 };
-
-// The heartbeat's view of a fine-tuning in progress, read (read-only) from its site.db's finetune_epochs table:
-// state "training member K/N, epoch E/M" (K: the network now training, in training order; E: its epoch in
-// progress) and the fraction of the N * M epochs done. Early stopping makes the fraction a lower bound. A missing
-// file or table reads as member 1, epoch 1. Thread-safe.
-struct TrainingProgress {
-  std::string state;
-  double fraction = 0;
-  double train_loss = 0;  // The latest recorded epoch's mean training BCE (0 before the first epoch).
-};
-TrainingProgress DescribeTrainingProgress(const std::string& finetune_db, int networks, int epochs_per_network);
 
 class FederatedAgent {
  public:
@@ -110,8 +99,17 @@ class FederatedAgent {
  private:
   FederatedAgent(const v1::SiteAgentConfig& config, const AgentOptions& options);
 
+  struct TrainRound;  // federated_agent.cc: one TRAIN task's paths, models and results, step to step.
+
   absl::Status SayHello();
   absl::Status RunTrain(const v1::Task& task, Heartbeater& heartbeat);
+  // RunTrain's steps after the download, in order: fine-tune (progress to the heartbeat), write and record the
+  // encoded update (error feedback for lossy encodings), upload it, evaluate global vs local, keep the adapted model.
+  absl::Status FinetuneRound(TrainRound& round, Heartbeater& heartbeat);
+  absl::Status WriteUpdate(TrainRound& round);
+  absl::Status UploadRoundUpdate(const TrainRound& round, Heartbeater& heartbeat);
+  absl::StatusOr<v1::MetricsReport> EvaluateRound(const TrainRound& round);
+  absl::Status KeepAdapted(const TrainRound& round);
   absl::Status RunEvaluateTask(const v1::Task& task, Heartbeater& heartbeat);
   // Records the run as finished (once) and counts it.
   absl::Status FinishRun(const std::string& run_id, const std::string& how);

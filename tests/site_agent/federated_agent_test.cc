@@ -24,7 +24,6 @@
 #include "site_agent/agent_config.h"
 #include "site_agent/model_init.h"
 #include "site_agent/run_command.h"
-#include "site_agent/site_database.h"
 #include "tests/site_agent/fake_coordinator.h"
 #include "tests/testing/temp_dir.h"
 
@@ -297,32 +296,6 @@ TEST(FederatedAgentTest, ACertificateFromAnotherCaIsRefusedAndTheRunCommandExits
   EXPECT_THAT(status.message(), ::testing::HasSubstr("coordinator " + setup.coordinator.address()));
   EXPECT_EQ(cli::ExitCodeFor(status), cli::kExitDenied);
   EXPECT_EQ(setup.coordinator.service().calls("GetTask"), 0);
-}
-
-TEST(TrainingProgressTest, ReadsTheFinetuningsEpochsInTrainingOrder) {
-  fedtune::testing::TempDir tmp;
-  const std::string path = tmp.Join("site.db");
-  EXPECT_EQ(DescribeTrainingProgress(path, 2, 3).state, "training member 1/2, epoch 1/3");
-  FinetuneRecorder recorder(path, v1::FinetuneConfig());
-  ASSERT_TRUE(recorder.OnStart("digest").ok());
-  // "duonet" sorts before "member0" by name and trains after it.
-  train::EpochRecord record;
-  record.train_loss = 0.75;
-  ASSERT_TRUE(recorder.OnEpoch("member0-densenet", record).ok());
-  TrainingProgress progress = DescribeTrainingProgress(path, 2, 3);
-  EXPECT_EQ(progress.state, "training member 1/2, epoch 2/3");
-  EXPECT_DOUBLE_EQ(progress.train_loss, 0.75);
-  EXPECT_DOUBLE_EQ(progress.fraction, 1.0 / 6);
-  for (int e = 1; e < 3; ++e) {
-    record.epoch = e;
-    ASSERT_TRUE(recorder.OnEpoch("member0-densenet", record).ok());
-  }
-  EXPECT_EQ(DescribeTrainingProgress(path, 2, 3).state, "training member 2/2, epoch 1/3");
-  record.epoch = 0;
-  ASSERT_TRUE(recorder.OnEpoch("duonet", record).ok());
-  progress = DescribeTrainingProgress(path, 2, 3);
-  EXPECT_EQ(progress.state, "training member 2/2, epoch 2/3");
-  EXPECT_DOUBLE_EQ(progress.fraction, 4.0 / 6);
 }
 
 TEST(FederatedAgentTest, RefusesACertificateOfAnotherSite) {
