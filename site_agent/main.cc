@@ -6,11 +6,11 @@
 #include "common/logging.h"
 #include "common/model/model_command.h"
 #include "common/pki/pki_commands.h"
-#include "site_agent/evaluate.h"
-#include "site_agent/finetune.h"
-#include "site_agent/model_init.h"
-#include "site_agent/predict.h"
-#include "site_agent/run_command.h"
+#include "site_agent/agent/run_command.h"
+#include "site_agent/commands/evaluate.h"
+#include "site_agent/commands/finetune.h"
+#include "site_agent/commands/model_init.h"
+#include "site_agent/commands/predict.h"
 
 int main(int argc, char** argv) {
   fedtune::InitLogging(argv[0]);

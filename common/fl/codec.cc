@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/model/torch_archive.h"
+#include "common/status_macros.h"
 
 namespace fedtune::fl {
 namespace {
@@ -176,115 +177,167 @@ absl::StatusOr<EncodedBundle> EncodeTensors(const TensorMap& tensors, const Enco
   return result;
 }
 
+namespace {
+
+// A tensor's declared shape, checked: its dimensions and element count.
+struct CheckedShape {
+  std::vector<int64_t> dims;
+  int64_t numel = 1;
+};
+
+absl::StatusOr<CheckedShape> CheckShape(const NamedTensor& tensor) {
+  const std::string& name = tensor.name();
+  if (tensor.shape_size() > kMaxTensorDims) {
+    return Invalid(name, absl::StrCat(tensor.shape_size(), " dimensions, more than ", kMaxTensorDims));
+  }
+  CheckedShape shape;
+  shape.dims.assign(tensor.shape().begin(), tensor.shape().end());
+  // extent, the product of max(d, 1), is what LibTorch's stride computation multiplies: an empty tensor of shape
+  // [0, 2^62, 2^62] has 0 elements but strides that overflow.
+  int64_t extent = 1;
+  for (int64_t d : shape.dims) {
+    if (d < 0) return Invalid(name, absl::StrCat("negative dimension ", d));
+    if (d != 0 && shape.numel > std::numeric_limits<int64_t>::max() / 8 / d) {
+      return Invalid(name, "element count overflows");
+    }
+    shape.numel *= d;
+    if (__builtin_mul_overflow(extent, std::max<int64_t>(d, 1), &extent) ||
+        extent > std::numeric_limits<int64_t>::max() / 8) {
+      return Invalid(name, absl::StrCat("shape [", absl::StrJoin(shape.dims, ", "), "] is too large"));
+    }
+  }
+  return shape;
+}
+
+// The model's tensor of the same name, when given, must have the same shape and dtype.
+absl::Status CheckExpected(const NamedTensor& tensor, at::ScalarType type, const CheckedShape& shape,
+                           const at::Tensor* expected) {
+  if (expected == nullptr) return absl::OkStatus();
+  const std::string& name = tensor.name();
+  if (!expected->defined() || expected->sizes() != at::IntArrayRef(shape.dims)) {
+    return Invalid(name, absl::StrCat("shape [", absl::StrJoin(shape.dims, ", "), "], the model's is ",
+                                      expected->defined() ? ShapeString(*expected) : "undefined"));
+  }
+  if (expected->scalar_type() != type) {
+    return Invalid(name, absl::StrCat("dtype ", absl::AsciiStrToLower(NamedTensor::DType_Name(tensor.dtype())),
+                                      ", the model's is ", DTypeName(*expected)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ExpectDataSize(const NamedTensor& tensor, const CheckedShape& shape, int64_t want) {
+  const int64_t size = static_cast<int64_t>(tensor.data().size());
+  if (size == want) return absl::OkStatus();
+  return Invalid(tensor.name(),
+                 absl::StrCat("data has ", size, " bytes, shape [", absl::StrJoin(shape.dims, ", "), "] with ",
+                              NamedTensor::Encoding_Name(tensor.encoding()), " needs ", want));
+}
+
+// DENSE_INT64 of an integer dtype, as a flat int64 tensor (int32 values checked against their range).
+absl::StatusOr<at::Tensor> DecodeDenseInt64(const NamedTensor& tensor, at::ScalarType type, bool floating,
+                                            const CheckedShape& shape) {
+  const std::string& name = tensor.name();
+  if (floating) return Invalid(name, "DENSE_INT64 encoding for a floating dtype");
+  RETURN_IF_ERROR(ExpectDataSize(tensor, shape, shape.numel * 8));
+  at::Tensor flat = FromBytes(tensor.data(), shape.numel, at::kLong);
+  if (type == at::kInt && shape.numel > 0 &&
+      (flat.min().item<int64_t>() < std::numeric_limits<int32_t>::min() ||
+       flat.max().item<int64_t>() > std::numeric_limits<int32_t>::max())) {
+    return Invalid(name, "value out of int32 range");
+  }
+  return flat;
+}
+
+// TOPK: strictly increasing indices in range, their fp32 values, zeros elsewhere.
+absl::StatusOr<at::Tensor> DecodeTopK(const NamedTensor& tensor, const CheckedShape& shape) {
+  const std::string& name = tensor.name();
+  const int64_t k = tensor.indices_size();
+  if (k > shape.numel) return Invalid(name, absl::StrCat(k, " top-k indices for ", shape.numel, " elements"));
+  RETURN_IF_ERROR(ExpectDataSize(tensor, shape, k * 4));
+  std::vector<int64_t> idx(static_cast<size_t>(k));
+  for (int64_t i = 0; i < k; ++i) {
+    const int64_t v = tensor.indices(static_cast<int>(i));
+    if (v >= shape.numel) {
+      return Invalid(name, absl::StrCat("top-k index ", v, " out of range [0, ", shape.numel, ")"));
+    }
+    if (i > 0 && v <= idx[i - 1]) return Invalid(name, "top-k indices are not strictly increasing");
+    idx[i] = v;
+  }
+  at::Tensor flat = at::zeros({shape.numel}, at::TensorOptions().dtype(at::kFloat));
+  if (k > 0) {
+    at::Tensor index = at::from_blob(idx.data(), {k}, at::TensorOptions().dtype(at::kLong)).clone();
+    flat.index_copy_(0, index, FromBytes(tensor.data(), k, at::kFloat));
+  }
+  return flat;
+}
+
+// DENSE_FP32, DENSE_FP16, INT8 or TOPK of a floating dtype, as a flat float32 tensor of finite values.
+absl::StatusOr<at::Tensor> DecodeFloating(const NamedTensor& tensor, bool floating, const CheckedShape& shape) {
+  const std::string& name = tensor.name();
+  const std::string& data = tensor.data();
+  if (!floating) {
+    return Invalid(name, absl::StrCat(NamedTensor::Encoding_Name(tensor.encoding()),
+                                      " encoding for an integer dtype (integers use DENSE_INT64)"));
+  }
+  at::Tensor flat;
+  if (tensor.encoding() == NamedTensor::DENSE_FP32) {
+    RETURN_IF_ERROR(ExpectDataSize(tensor, shape, shape.numel * 4));
+    flat = FromBytes(data, shape.numel, at::kFloat);
+  } else if (tensor.encoding() == NamedTensor::DENSE_FP16) {
+    RETURN_IF_ERROR(ExpectDataSize(tensor, shape, shape.numel * 2));
+    flat = FromBytes(data, shape.numel, at::kHalf).to(at::kFloat);
+  } else if (tensor.encoding() == NamedTensor::INT8) {
+    RETURN_IF_ERROR(ExpectDataSize(tensor, shape, shape.numel));
+    const float scale = tensor.scale();
+    if (!std::isfinite(scale) || scale < 0.0f) return Invalid(name, absl::StrCat("invalid int8 scale ", scale));
+    at::Tensor q = FromBytes(data, shape.numel, at::kChar);
+    if (shape.numel > 0 && q.eq(-128).any().item<bool>()) return Invalid(name, "int8 value -128 (range is +-127)");
+    flat = q.to(at::kFloat).mul(scale);
+  } else {
+    ASSIGN_OR_RETURN(flat, DecodeTopK(tensor, shape));
+  }
+  if (!AllFinite(flat)) return Invalid(name, "non-finite value (NaN or infinity)");
+  return flat;
+}
+
+}  // namespace
+
 absl::StatusOr<at::Tensor> DecodeTensor(const NamedTensor& tensor, const at::Tensor* expected) {
   const std::string& name = tensor.name();
   if (name.empty()) return absl::InvalidArgumentError("a tensor has an empty name");
   const std::optional<at::ScalarType> type = ToScalarType(tensor.dtype());
   if (!type) return Invalid(name, absl::StrCat("unknown dtype ", tensor.dtype()));
-  if (tensor.shape_size() > kMaxTensorDims) {
-    return Invalid(name, absl::StrCat(tensor.shape_size(), " dimensions, more than ", kMaxTensorDims));
+  ASSIGN_OR_RETURN(const CheckedShape shape, CheckShape(tensor));
+  RETURN_IF_ERROR(CheckExpected(tensor, *type, shape, expected));
+  if (tensor.encoding() == NamedTensor::TOPK &&
+      shape.numel > static_cast<int64_t>(std::numeric_limits<uint32_t>::max())) {
+    return Invalid(name, absl::StrCat(shape.numel, " elements is too many for TOPK (uint32 indices)"));
   }
-  std::vector<int64_t> shape(tensor.shape().begin(), tensor.shape().end());
-  // extent, the product of max(d, 1), is what LibTorch's stride computation multiplies: an empty tensor of shape
-  // [0, 2^62, 2^62] has 0 elements but strides that overflow.
-  int64_t numel = 1, extent = 1;
-  for (int64_t d : shape) {
-    if (d < 0) return Invalid(name, absl::StrCat("negative dimension ", d));
-    if (d != 0 && numel > std::numeric_limits<int64_t>::max() / 8 / d) {
-      return Invalid(name, "element count overflows");
-    }
-    numel *= d;
-    if (__builtin_mul_overflow(extent, std::max<int64_t>(d, 1), &extent) ||
-        extent > std::numeric_limits<int64_t>::max() / 8) {
-      return Invalid(name, absl::StrCat("shape [", absl::StrJoin(shape, ", "), "] is too large"));
-    }
-  }
-  if (expected != nullptr) {
-    if (!expected->defined() || expected->sizes() != at::IntArrayRef(shape)) {
-      return Invalid(name, absl::StrCat("shape [", absl::StrJoin(shape, ", "), "], the model's is ",
-                                        expected->defined() ? ShapeString(*expected) : "undefined"));
-    }
-    if (expected->scalar_type() != *type) {
-      return Invalid(name, absl::StrCat("dtype ", absl::AsciiStrToLower(NamedTensor::DType_Name(tensor.dtype())),
-                                        ", the model's is ", DTypeName(*expected)));
-    }
-  }
-  if (tensor.encoding() == NamedTensor::TOPK && numel > static_cast<int64_t>(std::numeric_limits<uint32_t>::max())) {
-    return Invalid(name, absl::StrCat(numel, " elements is too many for TOPK (uint32 indices)"));
-  }
-  const bool floating = *type != at::kLong && *type != at::kInt;
-  const std::string& data = tensor.data();
-  const int64_t size = static_cast<int64_t>(data.size());
-  auto expect_size = [&](int64_t want) -> absl::Status {
-    if (size == want) return absl::OkStatus();
-    return Invalid(name, absl::StrCat("data has ", size, " bytes, shape [", absl::StrJoin(shape, ", "), "] with ",
-                                      NamedTensor::Encoding_Name(tensor.encoding()), " needs ", want));
-  };
   if (tensor.encoding() != NamedTensor::TOPK && tensor.indices_size() > 0) {
     return Invalid(name, "indices are only allowed with TOPK encoding");
   }
   if (tensor.encoding() != NamedTensor::INT8 && tensor.scale() != 0.0f) {
     return Invalid(name, "scale is only allowed with INT8 encoding");
   }
+  const bool floating = *type != at::kLong && *type != at::kInt;
   try {
     at::Tensor flat;  // float32 for floating dtypes, int64 for integer ones.
     switch (tensor.encoding()) {
       case NamedTensor::DENSE_INT64: {
-        if (floating) return Invalid(name, "DENSE_INT64 encoding for a floating dtype");
-        if (absl::Status s = expect_size(numel * 8); !s.ok()) return s;
-        flat = FromBytes(data, numel, at::kLong);
-        if (*type == at::kInt && numel > 0 &&
-            (flat.min().item<int64_t>() < std::numeric_limits<int32_t>::min() ||
-             flat.max().item<int64_t>() > std::numeric_limits<int32_t>::max())) {
-          return Invalid(name, "value out of int32 range");
-        }
+        ASSIGN_OR_RETURN(flat, DecodeDenseInt64(tensor, *type, floating, shape));
         break;
       }
       case NamedTensor::DENSE_FP32:
       case NamedTensor::DENSE_FP16:
       case NamedTensor::INT8:
       case NamedTensor::TOPK: {
-        if (!floating) {
-          return Invalid(name, absl::StrCat(NamedTensor::Encoding_Name(tensor.encoding()),
-                                            " encoding for an integer dtype (integers use DENSE_INT64)"));
-        }
-        if (tensor.encoding() == NamedTensor::DENSE_FP32) {
-          if (absl::Status s = expect_size(numel * 4); !s.ok()) return s;
-          flat = FromBytes(data, numel, at::kFloat);
-        } else if (tensor.encoding() == NamedTensor::DENSE_FP16) {
-          if (absl::Status s = expect_size(numel * 2); !s.ok()) return s;
-          flat = FromBytes(data, numel, at::kHalf).to(at::kFloat);
-        } else if (tensor.encoding() == NamedTensor::INT8) {
-          if (absl::Status s = expect_size(numel); !s.ok()) return s;
-          const float scale = tensor.scale();
-          if (!std::isfinite(scale) || scale < 0.0f) return Invalid(name, absl::StrCat("invalid int8 scale ", scale));
-          at::Tensor q = FromBytes(data, numel, at::kChar);
-          if (numel > 0 && q.eq(-128).any().item<bool>()) return Invalid(name, "int8 value -128 (range is +-127)");
-          flat = q.to(at::kFloat).mul(scale);
-        } else {
-          const int64_t k = tensor.indices_size();
-          if (k > numel) return Invalid(name, absl::StrCat(k, " top-k indices for ", numel, " elements"));
-          if (absl::Status s = expect_size(k * 4); !s.ok()) return s;
-          std::vector<int64_t> idx(static_cast<size_t>(k));
-          for (int64_t i = 0; i < k; ++i) {
-            const int64_t v = tensor.indices(static_cast<int>(i));
-            if (v >= numel) return Invalid(name, absl::StrCat("top-k index ", v, " out of range [0, ", numel, ")"));
-            if (i > 0 && v <= idx[i - 1]) return Invalid(name, "top-k indices are not strictly increasing");
-            idx[i] = v;
-          }
-          flat = at::zeros({numel}, at::TensorOptions().dtype(at::kFloat));
-          if (k > 0) {
-            at::Tensor index = at::from_blob(idx.data(), {k}, at::TensorOptions().dtype(at::kLong)).clone();
-            flat.index_copy_(0, index, FromBytes(data, k, at::kFloat));
-          }
-        }
-        if (!AllFinite(flat)) return Invalid(name, "non-finite value (NaN or infinity)");
+        ASSIGN_OR_RETURN(flat, DecodeFloating(tensor, floating, shape));
         break;
       }
       default:
         return Invalid(name, absl::StrCat("unknown encoding ", tensor.encoding()));
     }
-    at::Tensor result = flat.to(*type).reshape(shape).contiguous();
+    at::Tensor result = flat.to(*type).reshape(shape.dims).contiguous();
     if (floating && *type != at::kFloat && !AllFinite(result)) {
       return Invalid(name, absl::StrCat("value out of ", DTypeName(result), " range"));
     }

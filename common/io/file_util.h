@@ -26,6 +26,11 @@ absl::StatusOr<std::string> ReadFile(const std::string& path);
 // On failure `path` is untouched and the temporary file is removed. Thread-safe for distinct paths.
 absl::Status WriteFileAtomically(const std::string& path, absl::string_view contents);
 
+// Copies the file `from` to `to` atomically: a copy beside `to` (`to`.tmp) is renamed over it, so that `to` is
+// either the old or the whole new file. Internal naming both paths when the copy or the rename fails (the temporary
+// copy is removed). Thread-safe for distinct destinations.
+absl::Status CopyFileAtomically(const std::string& from, const std::string& to);
+
 // Creates a directory and its parents (like mkdir -p). OK when it already exists as a directory.
 absl::Status MakeDirectories(const std::string& path);
 

@@ -280,6 +280,7 @@ absl::StatusOr<TrainResult> FitImpl(torch::nn::Module& model, const ForwardFn& f
         result.resumed_after_epoch = state.last_epoch;
         result.history = state.history;
         LOG(INFO) << options.name << ": resuming after epoch " << state.last_epoch << " from " << options.state_path;
+        if (observer != nullptr && !result.history.empty()) RETURN_IF_ERROR(observer->OnResume(result.history));
       }
     }
     if (state.best.empty()) state.best = TakeSnapshot(model);

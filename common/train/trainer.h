@@ -49,10 +49,14 @@ struct EpochRecord {
   bool improved = false;         // New best validation loss (these weights kept).
 };
 
-// Receives each completed epoch (for example to store it in the site's SQLite database). Called on Fit's thread.
+// Receives each completed epoch (for example to store it in the site's SQLite database, or to report progress).
+// Called on Fit's thread; an error stops training and is returned by Fit.
 class EpochObserver {
  public:
   virtual ~EpochObserver() = default;
+  // Once, before any new epoch, when Fit resumes from a state file: the epochs completed before (not passed to
+  // OnEpoch again). Not called when nothing was resumed. Default: nothing.
+  virtual absl::Status OnResume(const std::vector<EpochRecord>& history) { return absl::OkStatus(); }
   virtual absl::Status OnEpoch(const EpochRecord& record) = 0;
 };
 

@@ -19,7 +19,7 @@
 #include "common/io/sha256.h"
 #include "common/model/checkpoint.h"
 #include "gtest/gtest.h"
-#include "site_agent/model_init.h"
+#include "site_agent/commands/model_init.h"
 
 namespace fedtune::coordinator::testing {
 

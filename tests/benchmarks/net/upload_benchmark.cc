@@ -42,8 +42,8 @@
 #include "coordinator/coordinator_server.h"
 #include "fedtune/v1/federation.grpc.pb.h"
 #include "fedtune/v1/federation_config.pb.h"
-#include "site_agent/coordinator_client.h"
-#include "site_agent/model_init.h"
+#include "site_agent/agent/coordinator_client.h"
+#include "site_agent/commands/model_init.h"
 
 namespace fedtune {
 namespace {

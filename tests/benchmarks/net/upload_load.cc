@@ -33,7 +33,7 @@
 #include "common/io/sha256.h"
 #include "common/logging.h"
 #include "common/model/checkpoint.h"
-#include "site_agent/coordinator_client.h"
+#include "site_agent/agent/coordinator_client.h"
 
 namespace fedtune {
 namespace {

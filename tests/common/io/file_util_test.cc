@@ -39,6 +39,19 @@ TEST(FileUtilTest, FailedWriteLeavesTheOldFile) {
   EXPECT_EQ(WriteFileAtomically(dir.Join("no/such/dir/f"), "x").code(), absl::StatusCode::kNotFound);
 }
 
+TEST(FileUtilTest, CopyFileAtomicallyReplacesTheDestinationAndNamesAFailure) {
+  testing::TempDir dir;
+  const std::string from = dir.WriteFile("model.ckpt", "weights");
+  const std::string to = dir.WriteFile("adapted.ckpt", "older weights");
+  ASSERT_TRUE(CopyFileAtomically(from, to).ok());
+  EXPECT_EQ(*ReadFile(to), "weights");
+  EXPECT_FALSE(std::filesystem::exists(to + ".tmp"));
+  const absl::Status missing = CopyFileAtomically(dir.Join("missing.ckpt"), to);
+  EXPECT_EQ(missing.code(), absl::StatusCode::kInternal);
+  EXPECT_NE(missing.message().find("missing.ckpt"), absl::string_view::npos) << missing;
+  EXPECT_EQ(*ReadFile(to), "weights");
+}
+
 TEST(FileUtilTest, MakeDirectories) {
   testing::TempDir dir;
   EXPECT_TRUE(MakeDirectories(dir.Join("a/b/c")).ok());

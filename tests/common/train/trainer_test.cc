@@ -36,6 +36,21 @@ std::vector<loader::LoaderSample> MakeData(const testing::TempDir& dir, const st
   return out;
 }
 
+// Keeps what Fit tells its observer.
+class RecordingObserver : public EpochObserver {
+ public:
+  absl::Status OnResume(const std::vector<EpochRecord>& history) override {
+    resumed = history;
+    return absl::OkStatus();
+  }
+  absl::Status OnEpoch(const EpochRecord& record) override {
+    epochs.push_back(record);
+    return absl::OkStatus();
+  }
+  std::vector<EpochRecord> resumed;
+  std::vector<EpochRecord> epochs;
+};
+
 class TrainerTest : public ::testing::Test {
  protected:
   // Training loaders: batches of 8, augmented, 32 px.
@@ -148,9 +163,16 @@ TEST_F(TrainerTest, ResumeGivesTheSameResultAsAnUninterruptedRun) {
   ASSERT_TRUE(Fit(interrupted, *train_, *validation_, torch::Tensor(), first_part).ok());
   // A fresh process would rebuild the model from scratch: simulate with a new initial model.
   model::Classifier resumed_model = TinyModel();
-  auto resumed = Fit(resumed_model, *train_, *validation_, torch::Tensor(), o);
+  RecordingObserver observer;
+  auto resumed = Fit(resumed_model, *train_, *validation_, torch::Tensor(), o, &observer);
   ASSERT_TRUE(resumed.ok()) << resumed.status();
   EXPECT_EQ(resumed->resumed_after_epoch, 1);
+  // The observer hears of the two resumed epochs once, then of the new ones only.
+  ASSERT_EQ(observer.resumed.size(), 2u);
+  EXPECT_DOUBLE_EQ(observer.resumed[1].validation_loss, full->history[1].validation_loss);
+  ASSERT_GT(full->history.size(), 2u);
+  ASSERT_EQ(observer.epochs.size(), full->history.size() - 2);
+  EXPECT_EQ(observer.epochs.front().epoch, 2);
   ASSERT_EQ(resumed->history.size(), full->history.size());
   for (size_t e = 0; e < full->history.size(); ++e) {
     EXPECT_DOUBLE_EQ(resumed->history[e].validation_loss, full->history[e].validation_loss) << "epoch " << e;

@@ -1,0 +1,48 @@
+// Loading and validating the site agent's configuration (`fedtune-site run --config site.textproto`, text-format
+// fedtune.v1.SiteAgentConfig; see protos/fedtune/v1/federation_config.proto for every field and its default).
+#ifndef FEDTUNE_SITE_AGENT_AGENT_AGENT_CONFIG_H_
+#define FEDTUNE_SITE_AGENT_AGENT_AGENT_CONFIG_H_
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "fedtune/v1/federation_config.pb.h"
+
+namespace fedtune::agent {
+
+// Parses text-format `text` (from `source`, used in messages), resolves relative paths (site_cert, site_key,
+// ca_cert, work_dir, finetune.manifest, finetune.data_root, finetune.cache_dir) against `base_dir`, fills
+// finetune.data_root's default (the manifest's directory) and finetune.cache_dir's default (<work_dir>/cache), and
+// validates every field (ValidateAgentConfig). InvalidArgument naming the source and line/column (syntax) or the
+// field (values).
+absl::StatusOr<v1::SiteAgentConfig> ParseAgentConfig(absl::string_view text, absl::string_view source,
+                                                     const std::string& base_dir);
+
+// Reads the file (io::ReadTextProtoFile: InvalidArgument for a non-regular file or one above io::kMaxTextProtoBytes)
+// and parses it with base_dir = the file's directory (made absolute). NotFound when the file does not exist.
+absl::StatusOr<v1::SiteAgentConfig> LoadAgentConfig(const std::string& path);
+
+// Checks values (paths already resolved): the required fields (site_id, a valid identity name; coordinator as
+// host:port; site_cert, site_key, ca_cert, work_dir; finetune.manifest), positive periods and timeouts,
+// min_backoff_ms <= max_backoff_ms, exit_after_runs >= 0, gradcam_per_label >= 0, and the finetune template's
+// values (ValidateFinetuneConfig; its base_model and out_dir are set per task and need not be given).
+// InvalidArgument "config field 'NAME': problem".
+absl::Status ValidateAgentConfig(const v1::SiteAgentConfig& config);
+
+// The FinetuneConfig of one TRAIN task: the config's template with base_model, out_dir, cache_dir (when the template
+// has none: <work_dir>/cache), resume = true, and the plan's values (max_epochs = local_epochs, learning_rate,
+// batch_size, proximal_mu) set. The caller validates it (ValidateFinetuneConfig).
+struct TrainingValues {
+  int local_epochs = 1;
+  double learning_rate = 0.001;
+  int batch_size = 88;
+  double proximal_mu = 0;
+};
+v1::FinetuneConfig TaskFinetuneConfig(const v1::SiteAgentConfig& config, const std::string& base_model,
+                                      const std::string& out_dir, const TrainingValues& values);
+
+}  // namespace fedtune::agent
+
+#endif  // FEDTUNE_SITE_AGENT_AGENT_AGENT_CONFIG_H_

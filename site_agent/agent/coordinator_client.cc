@@ -1,0 +1,375 @@
+#include "site_agent/agent/coordinator_client.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <filesystem>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/federation/states.h"
+#include "common/io/file_util.h"
+#include "common/io/sha256.h"
+#include "common/logging.h"
+#include "common/net/chunk_receiver.h"
+#include "common/net/chunk_sender.h"
+#include "common/net/grpc_status.h"
+#include "common/status_macros.h"
+
+namespace fedtune::agent {
+namespace {
+
+uint64_t SplitMix64(uint64_t* state) {
+  uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+std::chrono::system_clock::time_point DeadlineIn(absl::Duration timeout) {
+  return absl::ToChronoTime(absl::Now() + timeout);
+}
+
+void RemoveFile(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::remove(path, ec);
+  if (ec) LOG(WARNING) << "cannot remove " << path << ": " << ec.message();
+}
+
+}  // namespace
+
+bool IsRetryable(const absl::Status& status) {
+  return status.code() == absl::StatusCode::kUnavailable || status.code() == absl::StatusCode::kDeadlineExceeded ||
+         status.code() == absl::StatusCode::kResourceExhausted;
+}
+
+Backoff::Backoff(const RetryPolicy& policy, std::function<void(absl::Duration)> sleep, uint64_t seed)
+    : policy_(policy), sleep_(std::move(sleep)), rng_state_(seed) {
+  if (!sleep_) sleep_ = [](absl::Duration d) { absl::SleepFor(d); };
+}
+
+absl::Duration Backoff::NextDelay() const {
+  absl::Duration delay = policy_.min_backoff;
+  for (int i = 0; i < failures_ && delay < policy_.max_backoff; ++i) delay *= 2;
+  return std::min(delay, policy_.max_backoff);
+}
+
+absl::Status Backoff::Wait(const absl::Status& error) {
+  const absl::Time now = absl::Now();
+  if (failures_ == 0) first_failure_ = now;
+  const absl::Duration base = NextDelay();
+  ++failures_;
+  if (failures_ >= std::max(1, policy_.max_attempts) || now - first_failure_ >= policy_.max_elapsed) {
+    return absl::Status(error.code(), absl::StrCat(error.message(), " (gave up after ", failures_, " attempts in ",
+                                                   absl::FormatDuration(now - first_failure_), ")"));
+  }
+  const double unit = static_cast<double>(SplitMix64(&rng_state_) >> 11) / static_cast<double>(1ULL << 53);
+  const double factor = 1.0 + policy_.jitter * (2.0 * unit - 1.0);
+  sleep_(base * factor);
+  return absl::OkStatus();
+}
+
+void Backoff::Reset() {
+  failures_ = 0;
+  first_failure_ = absl::InfinitePast();
+}
+
+absl::StatusOr<std::unique_ptr<CoordinatorClient>> CoordinatorClient::Create(const ClientOptions& options) {
+  net::ChannelOptions channel_options;
+  channel_options.server_name = options.server_name;
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::Channel> channel,
+                   net::MakeClientChannel(options.address, options.tls, channel_options));
+  return ForChannel(std::move(channel), options);
+}
+
+std::unique_ptr<CoordinatorClient> CoordinatorClient::ForChannel(std::shared_ptr<grpc::Channel> channel,
+                                                                 const ClientOptions& options) {
+  return std::unique_ptr<CoordinatorClient>(new CoordinatorClient(std::move(channel), options));
+}
+
+CoordinatorClient::CoordinatorClient(std::shared_ptr<grpc::Channel> channel, const ClientOptions& options)
+    : options_(options),
+      channel_(std::move(channel)),
+      stub_(v1::SiteService::NewStub(channel_)),
+      chunk_bytes_(net::ClampChunkBytes(options.chunk_bytes)),
+      backoff_seeds_(options.seed != 0 ? options.seed : static_cast<uint64_t>(absl::ToUnixNanos(absl::Now()))) {}
+
+void CoordinatorClient::set_chunk_bytes(int bytes) { chunk_bytes_.store(net::ClampChunkBytes(bytes)); }
+
+Backoff CoordinatorClient::NewBackoff() {
+  return Backoff(options_.retry, options_.sleep, backoff_seeds_.fetch_add(0x9e3779b97f4a7c15ULL));
+}
+
+absl::Duration CoordinatorClient::StreamTimeout(int64_t bytes) const {
+  const double rate = std::max(1.0, options_.min_transfer_bytes_per_second);
+  return options_.rpc_timeout + absl::Seconds(static_cast<double>(std::max<int64_t>(0, bytes)) / rate);
+}
+
+absl::Status CoordinatorClient::Error(const grpc::Status& status, absl::string_view rpc) const {
+  return net::FromGrpcStatus(status, absl::StrCat("coordinator ", options_.address, ": ", rpc));
+}
+
+absl::StatusOr<v1::HelloResponse> CoordinatorClient::Hello(const v1::HelloRequest& request) {
+  Backoff backoff = NewBackoff();
+  while (true) {
+    grpc::ClientContext context;
+    context.set_deadline(DeadlineIn(options_.rpc_timeout));
+    v1::HelloResponse response;
+    const absl::Status status = Error(stub_->Hello(&context, request, &response), "Hello");
+    if (status.ok()) return response;
+    if (!IsRetryable(status)) return status;
+    LOG(WARNING) << status << "; retrying in about " << backoff.NextDelay();
+    RETURN_IF_ERROR(backoff.Wait(status));
+  }
+}
+
+absl::StatusOr<v1::Task> CoordinatorClient::GetTask(int wait_seconds) {
+  grpc::ClientContext context;
+  context.set_deadline(DeadlineIn(absl::Seconds(std::max(0, wait_seconds)) + options_.rpc_timeout));
+  v1::GetTaskRequest request;
+  request.set_wait_seconds(wait_seconds);
+  v1::Task task;
+  RETURN_IF_ERROR(Error(stub_->GetTask(&context, request, &task), "GetTask"));
+  return task;
+}
+
+absl::StatusOr<v1::HeartbeatResponse> CoordinatorClient::Heartbeat(const v1::HeartbeatRequest& request) {
+  grpc::ClientContext context;
+  context.set_deadline(DeadlineIn(options_.rpc_timeout));
+  v1::HeartbeatResponse response;
+  RETURN_IF_ERROR(Error(stub_->Heartbeat(&context, request, &response), "Heartbeat"));
+  return response;
+}
+
+absl::Status CoordinatorClient::ReportMetrics(const v1::MetricsReport& report) {
+  Backoff backoff = NewBackoff();
+  while (true) {
+    grpc::ClientContext context;
+    context.set_deadline(DeadlineIn(options_.rpc_timeout));
+    v1::ReportMetricsResponse response;
+    const absl::Status status = Error(stub_->ReportMetrics(&context, report, &response), "ReportMetrics");
+    if (status.ok() || !IsRetryable(status)) return status;
+    LOG(WARNING) << status << "; retrying in about " << backoff.NextDelay();
+    RETURN_IF_ERROR(backoff.Wait(status));
+  }
+}
+
+absl::StatusOr<v1::UploadOffsetResponse> CoordinatorClient::GetUploadOffset(const std::string& run_id, int32_t round,
+                                                                            const std::string& sha256) {
+  grpc::ClientContext context;
+  context.set_deadline(DeadlineIn(options_.rpc_timeout));
+  v1::UploadOffsetRequest request;
+  request.set_run_id(run_id);
+  request.set_round(round);
+  request.set_sha256(sha256);
+  v1::UploadOffsetResponse response;
+  RETURN_IF_ERROR(Error(stub_->GetUploadOffset(&context, request, &response), "GetUploadOffset"));
+  return response;
+}
+
+absl::Status CoordinatorClient::DownloadOnce(const std::string& digest, int64_t expected_bytes,
+                                             net::ChunkReceiver* part, const CancelFn& cancelled) {
+  const int64_t offset = part->offset();
+  grpc::ClientContext context;
+  // Unknown size: allow for a large model (256 MiB) at the minimum rate.
+  const int64_t total = part->announced_total();
+  const int64_t size = total >= 0 ? total : expected_bytes > 0 ? expected_bytes : (int64_t{256} << 20);
+  context.set_deadline(DeadlineIn(StreamTimeout(size - offset)));
+  v1::DownloadRequest request;
+  request.set_digest(digest);
+  request.set_offset(offset);
+  std::unique_ptr<grpc::ClientReader<v1::Chunk>> reader = stub_->DownloadModel(&context, request);
+  v1::Chunk chunk;
+  absl::Status local;  // A problem on our side or with the chunks, which ends the stream.
+  while (local.ok() && reader->Read(&chunk)) {
+    if (cancelled && cancelled()) {
+      local = absl::CancelledError(absl::StrCat("download of model ", digest, " from coordinator ", options_.address,
+                                                " cancelled at byte ", part->offset()));
+    } else {
+      local = part->AppendAnnounced(chunk.offset(), chunk.data(), chunk.total_bytes(), chunk.sha256(), digest);
+      if (local.ok()) bytes_down_ += static_cast<int64_t>(chunk.data().size());
+    }
+  }
+  if (!local.ok()) context.TryCancel();
+  const absl::Status synced = part->Sync();
+  const grpc::Status finished = reader->Finish();
+  RETURN_IF_ERROR(local);
+  RETURN_IF_ERROR(synced);
+  RETURN_IF_ERROR(Error(finished, "DownloadModel"));
+  if (part->announced_total() >= 0 && part->offset() < part->announced_total()) {
+    return absl::UnavailableError(absl::StrCat("download of model ", digest, " from coordinator ", options_.address,
+                                               ": the stream ended at byte ", part->offset(), " of ",
+                                               part->announced_total()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CoordinatorClient::DownloadInto(const std::string& digest, int64_t expected_bytes,
+                                             net::ChunkReceiver* part, const CancelFn& cancelled) {
+  Backoff backoff = NewBackoff();
+  while (true) {
+    if (cancelled && cancelled()) return absl::CancelledError(absl::StrCat("download of model ", digest, " cancelled"));
+    RETURN_IF_ERROR(part->ResumeAtEnd());  // Also after a failed write: the file says what it holds.
+    const int64_t before = part->offset();
+    const int64_t total = part->announced_total() >= 0 ? part->announced_total()
+                          : expected_bytes > 0         ? expected_bytes
+                                                       : -1;
+    if (total >= 0 && before > total) {
+      LOG(WARNING) << "the .part file of model " << digest << " holds " << before << " bytes, more than the model's "
+                   << total << ": starting again";
+      RETURN_IF_ERROR(part->ResumeAt(0));
+      part->ClearAnnouncements();
+      continue;
+    }
+    if (total >= 0 && before == total) return absl::OkStatus();
+    if (before > 0) LOG(INFO) << "resuming the download of model " << digest << " at byte " << before;
+    const absl::Status status = DownloadOnce(digest, expected_bytes, part, cancelled);
+    if (status.ok() || !IsRetryable(status)) return status;
+    RETURN_IF_ERROR(part->ResumeAtEnd());
+    if (part->offset() > before) backoff.Reset();
+    LOG(WARNING) << status << "; " << part->offset() << " bytes of model " << digest << " kept, retrying in about "
+                 << backoff.NextDelay();
+    RETURN_IF_ERROR(backoff.Wait(status));
+  }
+}
+
+absl::StatusOr<std::string> CoordinatorClient::DownloadModel(const std::string& digest, int64_t expected_bytes,
+                                                             const std::string& dir, const CancelFn& cancelled) {
+  if (!io::IsSha256Hex(digest)) {
+    return absl::InvalidArgumentError(absl::StrCat("model digest '", digest, "' is not 64 lowercase hex digits"));
+  }
+  RETURN_IF_ERROR(io::MakeDirectories(dir));
+  const std::string final_path = (std::filesystem::path(dir) / absl::StrCat(digest, ".ckpt")).string();
+  const std::string part_path = (std::filesystem::path(dir) / absl::StrCat(digest, ".part")).string();
+  if (std::filesystem::exists(final_path)) {
+    ASSIGN_OR_RETURN(std::string sha, io::Sha256File(final_path));
+    if (sha == digest) return final_path;
+    LOG(WARNING) << final_path << " has sha256 " << sha << ", not its name: downloading it again";
+    RemoveFile(final_path);
+  }
+  net::ChunkReceiverOptions options;
+  options.what = absl::StrCat("download of model ", digest, " from coordinator ", options_.address);
+  ASSIGN_OR_RETURN(std::unique_ptr<net::ChunkReceiver> part, net::ChunkReceiver::Open(part_path, options));
+  absl::Status status = DownloadInto(digest, expected_bytes, part.get(), cancelled);
+  if (status.code() == absl::StatusCode::kDataLoss) RemoveFile(part_path);
+  RETURN_IF_ERROR(status);
+  // Hashed while the bytes arrived (a .part file left by an earlier agent was read once, to resume).
+  ASSIGN_OR_RETURN(std::string sha, part->Digest());
+  part.reset();
+  if (sha != digest) {
+    RemoveFile(part_path);
+    return absl::DataLossError(absl::StrCat("model ", digest, " from coordinator ", options_.address,
+                                            " arrived with sha256 ", sha, " (corrupted in transit or tampered); ",
+                                            part_path, " was removed"));
+  }
+  std::error_code ec;
+  std::filesystem::rename(part_path, final_path, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot rename ", part_path, " to ", final_path, ": ", ec.message()));
+  return final_path;
+}
+
+absl::StatusOr<v1::UploadResponse> CoordinatorClient::UploadOnce(const UploadRequest& request,
+                                                                 net::ChunkSender* payload, int64_t offset,
+                                                                 const CancelFn& cancelled) {
+  grpc::ClientContext context;
+  context.set_deadline(DeadlineIn(StreamTimeout(payload->size() - offset)));
+  v1::UploadResponse response;
+  std::unique_ptr<grpc::ClientWriter<v1::UploadChunk>> writer = stub_->UploadUpdate(&context, &response);
+  v1::UploadChunk header_chunk;
+  v1::UploadHeader* header = header_chunk.mutable_header();
+  header->set_run_id(request.run_id);
+  header->set_round(request.round);
+  header->set_total_bytes(payload->size());
+  header->set_sha256(request.sha256);
+  header->set_offset(offset);
+  header->set_num_samples(request.num_samples);
+  fl::SetEncoding(request.encoding, header);
+  header->set_train_loss(request.train_loss);
+  header->set_validation_loss(request.validation_loss);
+  absl::Status local;
+  bool writing = writer->Write(header_chunk);
+  if (writing) {
+    net::ChunkSenderOptions options;
+    options.chunk_bytes = chunk_bytes_.load();
+    options.cancelled = cancelled;
+    net::SendResult sent = payload->Send(offset, options, [&](int64_t, absl::string_view bytes) {
+      v1::UploadChunk data;
+      data.set_data(bytes.data(), bytes.size());
+      if (!writer->Write(data)) return false;
+      bytes_up_ += static_cast<int64_t>(bytes.size());
+      return true;
+    });
+    writing = !sent.broken;
+    if (sent.status.code() == absl::StatusCode::kCancelled) {
+      local = absl::CancelledError(absl::StrCat("upload of ", request.path, " for run ", request.run_id, " round ",
+                                                request.round, " ", sent.status.message()));
+    } else if (!sent.status.ok()) {
+      local = absl::InternalError(absl::StrCat("reading the update: ", sent.status.message()));
+    }
+  }
+  if (!local.ok()) {
+    context.TryCancel();
+  } else if (writing) {
+    writer->WritesDone();
+  }
+  const grpc::Status finished = writer->Finish();
+  RETURN_IF_ERROR(local);
+  RETURN_IF_ERROR(Error(finished, "UploadUpdate"));
+  return response;
+}
+
+absl::StatusOr<v1::UploadResponse> CoordinatorClient::UploadUpdate(const UploadRequest& request,
+                                                                   const CancelFn& cancelled) {
+  ASSIGN_OR_RETURN(std::unique_ptr<net::ChunkSender> payload, net::ChunkSender::Open(request.path));
+  const int64_t size = payload->size();
+  if (size == 0) return absl::InvalidArgumentError(absl::StrCat("update file '", request.path, "' is empty"));
+  const std::string what = absl::StrCat("update for run ", request.run_id, " round ", request.round);
+  Backoff backoff = NewBackoff();
+  int64_t held_before = -1;
+  while (true) {
+    if (cancelled && cancelled()) return absl::CancelledError(absl::StrCat("upload of the ", what, " cancelled"));
+    absl::StatusOr<v1::UploadResponse> result;
+    absl::StatusOr<v1::UploadOffsetResponse> held = GetUploadOffset(request.run_id, request.round, request.sha256);
+    if (held.ok()) {
+      if (held->accepted()) {
+        v1::UploadResponse response;
+        federation::SetStatus(federation::UploadStatus::kAccepted, &response);
+        response.set_received_bytes(size);
+        response.set_message(absl::StrCat("the coordinator had accepted this ", what, " before"));
+        return response;
+      }
+      if (held->offset() < 0 || held->offset() > size) {
+        return absl::DataLossError(absl::StrCat("coordinator ", options_.address, " holds ", held->offset(),
+                                                " bytes of the ", what, ", but the payload has ", size));
+      }
+      if (held_before >= 0 && held->offset() > held_before) backoff.Reset();
+      held_before = held->offset();
+      if (held->offset() > 0) LOG(INFO) << "resuming the upload of the " << what << " at byte " << held->offset();
+      result = UploadOnce(request, payload.get(), held->offset(), cancelled);
+      if (result.ok()) {
+        ASSIGN_OR_RETURN(const federation::UploadStatus status, federation::GetStatus(*result));
+        if (status != federation::UploadStatus::kAccepted) {
+          return absl::FailedPreconditionError(absl::StrCat("coordinator ", options_.address, " answered \"",
+                                                            federation::Text(status), "\" to the ", what, ": ",
+                                                            result->message()));
+        }
+        return result;
+      }
+    } else {
+      result = held.status();
+    }
+    // ABORTED too: the coordinator may still be closing the previous, broken stream of this payload.
+    if (!IsRetryable(result.status()) && result.status().code() != absl::StatusCode::kAborted) {
+      return result.status();
+    }
+    LOG(WARNING) << result.status() << "; retrying in about " << backoff.NextDelay();
+    RETURN_IF_ERROR(backoff.Wait(result.status()));
+  }
+}
+
+}  // namespace fedtune::agent

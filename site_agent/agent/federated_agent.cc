@@ -1,0 +1,547 @@
+#include "site_agent/agent/federated_agent.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <limits>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/federation/states.h"
+#include "common/fl/codec.h"
+#include "common/fl/model_tensors.h"
+#include "common/fl/residual_files.h"
+#include "common/fl/tensor_map.h"
+#include "common/io/file_util.h"
+#include "common/io/sha256.h"
+#include "common/logging.h"
+#include "common/model/checkpoint.h"
+#include "common/pki/certificate.h"
+#include "common/status_macros.h"
+#include "common/train/finetune_config.h"
+#include "common/train/finetune_pipeline.h"
+#include "common/train/site_data.h"
+#include "common/train/threads.h"
+#include "common/train/trainer.h"
+#include "site_agent/agent/agent_config.h"
+#include "site_agent/agent/dataset_summary.h"
+#include "site_agent/agent/heartbeater.h"
+#include "site_agent/agent/metrics_report.h"
+#include "site_agent/agent/training_progress.h"
+#include "site_agent/commands/evaluate.h"
+#include "site_agent/commands/site_database.h"
+
+namespace fedtune::agent {
+namespace {
+
+namespace fs = std::filesystem;
+
+bool IsAuthError(const absl::Status& status) {
+  return status.code() == absl::StatusCode::kUnauthenticated || status.code() == absl::StatusCode::kPermissionDenied;
+}
+
+}  // namespace
+
+namespace {
+
+absl::Status CheckCancelled(const Heartbeater& heartbeat, absl::string_view step, const v1::Task& task) {
+  if (!heartbeat.cancelled()) return absl::OkStatus();
+  return absl::CancelledError(absl::StrCat("run ", task.run_id(), " round ", task.round(), ": cancelled by the ",
+                                           "coordinator before ", step, " (", heartbeat.reason(), ")"));
+}
+
+// weights_sha256 of RunEvaluate's model "a" or "b" from its report.json.
+absl::StatusOr<std::string> EvaluatedDigest(const std::string& report_dir, const char* side) {
+  const std::string path = (fs::path(report_dir) / "report.json").string();
+  ASSIGN_OR_RETURN(std::string text, io::ReadFile(path));
+  nlohmann::json json = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (json.is_discarded() || !json.contains("models") || !json["models"].contains(side)) {
+    return absl::DataLossError(absl::StrCat(path, ": no models.", side, ".weights_sha256"));
+  }
+  return json["models"][side].value("weights_sha256", "");
+}
+
+double MeanOf(const std::vector<double>& values) {
+  if (values.empty()) return std::nan("");
+  double sum = 0;
+  for (double v : values) sum += v;
+  return sum / static_cast<double>(values.size());
+}
+
+// RunEvaluate's options for models `a` and `b` on `manifest`, with the site's data root, device, input settings and
+// Grad-CAM count.
+EvaluateOptions EvaluateOptionsFor(const v1::SiteAgentConfig& config, const std::string& a, const std::string& b,
+                                   const std::string& manifest, const std::string& out_dir, std::string title) {
+  EvaluateOptions options;
+  options.base_model = a;
+  options.model = b;
+  options.manifest = manifest;
+  options.data_root = config.finetune().data_root();
+  options.out_dir = out_dir;
+  options.predict.device = config.finetune().device();
+  options.predict.input.crop_borders = config.finetune().crop_borders();
+  options.predict.input.max_image_pixels = config.finetune().max_image_pixels();
+  options.predict.loader_threads = config.finetune().loader_threads();
+  options.gradcam_per_label = config.gradcam_per_label();
+  options.title = std::move(title);
+  return options;
+}
+
+// The sha256 of the update recorded for `key` when its file still has it; empty when there is none (or the file
+// changed): then the update is encoded again.
+absl::StatusOr<std::string> RecordedUpdateSha(AgentDatabase& db, const TaskKey& key) {
+  ASSIGN_OR_RETURN(std::optional<TaskRecord> record, db.FindTask(key));
+  if (!record || record->update_sha256.empty() || !fs::exists(record->update_path)) return std::string();
+  ASSIGN_OR_RETURN(std::string on_disk, io::Sha256File(record->update_path));
+  if (on_disk == record->update_sha256) return on_disk;
+  LOG(WARNING) << record->update_path << " no longer has its recorded sha256: encoding the update again";
+  return std::string();
+}
+
+}  // namespace
+
+// One TRAIN task as it goes through RunTrain's steps: where its files are, the models, the fine-tuning's results.
+struct FederatedAgent::TrainRound {
+  const v1::Task& task;
+  TaskKey key;
+  fs::path run_dir;    // <work_dir>/runs/<run>
+  fs::path round_dir;  // <run_dir>/round-<round>-<attempt>
+  fl::Encoding encoding = fl::Encoding::kDenseFp32;
+  std::string global_path;
+  model::Checkpoint global;
+  train::FinetuneResult tuned;
+  double train_loss = 0;       // Mean over the members of their last epoch's training BCE.
+  double validation_loss = 0;  // Mean over the members of their best validation BCE.
+  std::string update_path;
+  std::string update_sha256;
+};
+
+FederatedAgent::FederatedAgent(const v1::SiteAgentConfig& config, const AgentOptions& options)
+    : config_(config), options_(options), heartbeat_period_(absl::Seconds(config.heartbeat_seconds())) {}
+
+FederatedAgent::~FederatedAgent() = default;
+
+absl::StatusOr<std::unique_ptr<FederatedAgent>> FederatedAgent::Create(const v1::SiteAgentConfig& config,
+                                                                       const AgentOptions& options) {
+  ASSIGN_OR_RETURN(pki::X509Ptr cert, pki::ReadCertificateFile(config.site_cert()));
+  ASSIGN_OR_RETURN(pki::CertificateInfo info, pki::DescribeCertificate(cert.get()));
+  if (info.common_name != config.site_id()) {
+    return absl::InvalidArgumentError(absl::StrCat("config field 'site_id': \"", config.site_id(),
+                                                   "\" is not the common name of site_cert ", config.site_cert(),
+                                                   " (\"", info.common_name, "\")"));
+  }
+  if (info.role != pki::Role::kSite) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("site_cert ", config.site_cert(), " is not a site certificate (subject ", info.subject, ")"));
+  }
+  if (info.not_after < absl::Now()) {
+    return absl::FailedPreconditionError(absl::StrCat("site_cert ", config.site_cert(), " expired at ",
+                                                      absl::FormatTime(info.not_after),
+                                                      ": ask the operator to sign a new CSR"));
+  }
+  std::unique_ptr<FederatedAgent> agent(new FederatedAgent(config, options));
+
+  // Capabilities: the device training will use.
+  ASSIGN_OR_RETURN(c10::Device device, train::ResolveDevice(config.finetune().device()));
+  v1::Capabilities* caps = agent->hello_.mutable_capabilities();
+  caps->set_agent_version(kAgentVersion);
+  caps->set_device(device.str());
+  caps->set_threads(train::EffectiveThreads(config.finetune().threads()));
+  fl::SetSupportedEncodings(caps);
+  ASSIGN_OR_RETURN(agent->site_, train::LoadSiteData(config.finetune()));
+  *agent->hello_.mutable_dataset() = SummarizeDataset(agent->site_);
+
+  RETURN_IF_ERROR(io::MakeDirectories(config.work_dir()));
+  ASSIGN_OR_RETURN(agent->db_, AgentDatabase::Open((fs::path(config.work_dir()) / "site.db").string()));
+
+  ClientOptions client;
+  client.address = config.coordinator();
+  client.tls = {config.site_cert(), config.site_key(), config.ca_cert()};
+  client.server_name = config.server_name();
+  client.rpc_timeout = absl::Seconds(config.rpc_timeout_seconds());
+  client.retry.min_backoff = absl::Milliseconds(config.min_backoff_ms());
+  client.retry.max_backoff = absl::Milliseconds(config.max_backoff_ms());
+  client.retry.max_attempts = std::max(1, options.max_attempts_per_call);
+  client.sleep = options.sleep;
+  ASSIGN_OR_RETURN(agent->client_, CoordinatorClient::Create(client));
+  return agent;
+}
+
+absl::Status FederatedAgent::SayHello() {
+  RetryPolicy forever;
+  forever.min_backoff = absl::Milliseconds(config_.min_backoff_ms());
+  forever.max_backoff = absl::Milliseconds(config_.max_backoff_ms());
+  forever.max_attempts = std::numeric_limits<int>::max();
+  forever.max_elapsed = absl::InfiniteDuration();
+  Backoff backoff(forever, options_.sleep, static_cast<uint64_t>(absl::ToUnixNanos(absl::Now())));
+  while (true) {
+    absl::StatusOr<v1::HelloResponse> response = client_->Hello(hello_);
+    if (!response.ok()) {
+      if (!IsRetryable(response.status())) {
+        return absl::Status(
+            response.status().code(),
+            absl::StrCat(response.status().message(),
+                         IsAuthError(response.status()) ? " (is this site enrolled and not revoked?)" : ""));
+      }
+      LOG(WARNING) << response.status() << "; trying again in about " << backoff.NextDelay();
+      RETURN_IF_ERROR(backoff.Wait(response.status()));
+      continue;
+    }
+    ASSIGN_OR_RETURN(const federation::SiteStatus status, federation::GetStatus(*response));
+    if (status == federation::SiteStatus::kApproved) {
+      if (!response->site_id().empty() && response->site_id() != config_.site_id()) {
+        return absl::FailedPreconditionError(absl::StrCat("coordinator ", config_.coordinator(),
+                                                          " knows this site as \"", response->site_id(),
+                                                          "\", the config says \"", config_.site_id(), "\""));
+      }
+      if (response->heartbeat_seconds() > 0) {
+        heartbeat_period_ = std::min(heartbeat_period_, absl::Seconds(response->heartbeat_seconds()));
+      }
+      if (response->chunk_bytes() > 0) client_->set_chunk_bytes(response->chunk_bytes());
+      LOG(INFO) << "site " << config_.site_id() << " approved by coordinator " << config_.coordinator() << " ("
+                << response->coordinator_version() << ")";
+      return absl::OkStatus();
+    }
+    if (status != federation::SiteStatus::kPending) {
+      return absl::PermissionDeniedError(absl::StrCat("coordinator ", config_.coordinator(), " says site ",
+                                                      config_.site_id(), " is \"", federation::Text(status), "\""));
+    }
+    LOG(WARNING) << "site " << config_.site_id() << " is waiting for approval at coordinator " << config_.coordinator()
+                 << ": the operator runs `fedtune sites approve " << config_.site_id() << "`; asking again in about "
+                 << backoff.NextDelay();
+    RETURN_IF_ERROR(backoff.Wait(absl::UnavailableError("pending approval")));
+  }
+}
+
+absl::Status FederatedAgent::FinishRun(const std::string& run_id, const std::string& how) {
+  ASSIGN_OR_RETURN(bool first, db_->MarkRunFinished(run_id, how));
+  if (first) {
+    ++finished_runs_;
+    LOG(INFO) << "run " << run_id << " finished for site " << config_.site_id() << " (" << how << "); "
+              << finished_runs_ << " run(s) finished";
+  }
+  return absl::OkStatus();
+}
+
+absl::Status FederatedAgent::Run() {
+  RETURN_IF_ERROR(SayHello());
+  // Work an earlier agent left between its upload and its round report (see AgentDatabase::InterruptedTrainTasks).
+  ASSIGN_OR_RETURN(std::vector<v1::Task> interrupted, db_->InterruptedTrainTasks());
+  for (const v1::Task& task : interrupted) {
+    LOG(INFO) << "completing run " << task.run_id() << " round " << task.round() << " attempt " << task.attempt()
+              << ", interrupted after its update was written";
+    const absl::Status status = RunTask(task);
+    if (IsAuthError(status)) return status;
+    if (!status.ok()) LOG(WARNING) << "run " << task.run_id() << " round " << task.round() << ": " << status;
+  }
+  RetryPolicy forever;
+  forever.min_backoff = absl::Milliseconds(config_.min_backoff_ms());
+  forever.max_backoff = absl::Milliseconds(config_.max_backoff_ms());
+  forever.max_attempts = std::numeric_limits<int>::max();
+  forever.max_elapsed = absl::InfiniteDuration();
+  Backoff backoff(forever, options_.sleep, static_cast<uint64_t>(absl::ToUnixNanos(absl::Now())) + 1);
+  const int exit_after = config_.exit_after_runs();
+  while (exit_after == 0 || finished_runs_ < exit_after) {
+    absl::StatusOr<v1::Task> task = client_->GetTask(options_.task_wait_seconds);
+    if (!task.ok()) {
+      if (IsAuthError(task.status())) return task.status();
+      if (task.status().code() == absl::StatusCode::kFailedPrecondition) {
+        // E.g. a coordinator that lost this site's session: introduce the site again.
+        LOG(WARNING) << task.status() << "; saying Hello again";
+        RETURN_IF_ERROR(SayHello());
+      }
+      LOG(WARNING) << task.status() << "; polling again in about " << backoff.NextDelay();
+      RETURN_IF_ERROR(backoff.Wait(task.status()));
+      continue;
+    }
+    for (const std::string& run_id : task->ended_runs()) {
+      ASSIGN_OR_RETURN(bool took_part, db_->TookPart(run_id));
+      if (took_part) RETURN_IF_ERROR(FinishRun(run_id, "ended"));
+    }
+    if (task->kind() == v1::Task::NONE) {
+      backoff.Reset();
+      continue;
+    }
+    const absl::Status status = RunTask(*task);
+    if (status.ok()) {
+      backoff.Reset();
+      continue;
+    }
+    if (IsAuthError(status)) return status;
+    const std::string what = absl::StrCat("task ", v1::Task::Kind_Name(task->kind()), " of run ", task->run_id(),
+                                          " round ", task->round(), " attempt ", task->attempt());
+    if (status.code() == absl::StatusCode::kCancelled) {
+      LOG(WARNING) << what << " cancelled: " << status;
+    } else {
+      LOG(ERROR) << what << " failed: " << status;
+    }
+    RETURN_IF_ERROR(backoff.Wait(status));
+  }
+  LOG(INFO) << "site " << config_.site_id() << ": " << finished_runs_ << " run(s) finished; exiting";
+  return absl::OkStatus();
+}
+
+absl::Status FederatedAgent::RunTask(const v1::Task& task) {
+  const bool train = task.kind() == v1::Task::TRAIN;
+  if (!train && task.kind() != v1::Task::EVALUATE) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown task kind ", task.kind()));
+  }
+  if (task.run_id().empty() || task.run_id().find('/') != std::string::npos ||
+      task.run_id().find("..") != std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat("task with an unusable run id \"", task.run_id(), "\""));
+  }
+  const TaskKey key{task.run_id(), train ? task.round() : 0, task.attempt(), train ? "train" : "evaluate"};
+  RETURN_IF_ERROR(db_->BeginTask(key, task));
+  absl::Status status;
+  {
+    Heartbeater heartbeat(client_.get(), task.run_id(), key.round, heartbeat_period_, "downloading");
+    status = train ? RunTrain(task, heartbeat) : RunEvaluateTask(task, heartbeat);
+    // The last state the coordinator sees for this task (sent before the heartbeat thread ends).
+    heartbeat.SetState(status.ok() ? "done"
+                       : status.code() == absl::StatusCode::kCancelled
+                           ? "cancelled"
+                           : absl::StrCat("failed: ", status.message().substr(0, 200)),
+                       status.ok() ? 1.0 : 0.0);
+    if (heartbeat.run_ended()) {
+      LOG(WARNING) << "run " << task.run_id() << " ended at the coordinator: " << heartbeat.reason();
+      const absl::Status finished = FinishRun(task.run_id(), "ended");
+      if (!finished.ok()) LOG(ERROR) << "cannot record the end of run " << task.run_id() << ": " << finished;
+    }
+  }
+  const std::string state = status.ok()                                     ? "done"
+                            : status.code() == absl::StatusCode::kCancelled ? "cancelled"
+                                                                            : "failed";
+  const absl::Status recorded = db_->SetTaskState(key, state, status.ok() ? "" : std::string(status.message()));
+  if (!recorded.ok()) LOG(ERROR) << "cannot record the task's state: " << recorded;
+  return status;
+}
+
+absl::Status FederatedAgent::RunTrain(const v1::Task& task, Heartbeater& heartbeat) {
+  TrainRound round{task, TaskKey{task.run_id(), task.round(), task.attempt(), "train"}};
+  const fs::path work(config_.work_dir());
+  round.run_dir = work / "runs" / task.run_id();
+  round.round_dir = round.run_dir / absl::StrCat("round-", task.round(), "-", task.attempt());
+  ASSIGN_OR_RETURN(round.encoding, fl::GetEncoding(task.plan()));
+  RETURN_IF_ERROR(io::MakeDirectories(round.round_dir.string()));
+  LOG(INFO) << "run " << task.run_id() << " round " << task.round() << "/" << task.total_rounds() << " attempt "
+            << task.attempt() << ": training (" << task.plan().local_epochs() << " epochs, "
+            << fl::EncodingName(round.encoding) << ")";
+  const CancelFn cancelled = [&heartbeat] { return heartbeat.cancelled(); };
+  ASSIGN_OR_RETURN(round.global_path, client_->DownloadModel(task.model_digest(), task.model_bytes(),
+                                                             (work / "models").string(), cancelled));
+  ASSIGN_OR_RETURN(round.global, model::LoadCheckpoint(round.global_path));
+  RETURN_IF_ERROR(CheckCancelled(heartbeat, "training", task));
+  RETURN_IF_ERROR(FinetuneRound(round, heartbeat));
+  RETURN_IF_ERROR(CheckCancelled(heartbeat, "the upload", task));
+  heartbeat.SetTrainLoss(round.train_loss);
+  heartbeat.SetState("encoding", 0.8);
+  RETURN_IF_ERROR(WriteUpdate(round));
+  RETURN_IF_ERROR(UploadRoundUpdate(round, heartbeat));
+  heartbeat.SetState("evaluating", 0.9);
+  ASSIGN_OR_RETURN(v1::MetricsReport report, EvaluateRound(round));
+  RETURN_IF_ERROR(KeepAdapted(round));
+  if (!config_.share_metrics()) StripPerformance(&report);
+  heartbeat.SetState("reporting", 0.98);
+  return client_->ReportMetrics(report);
+}
+
+absl::Status FederatedAgent::FinetuneRound(TrainRound& round, Heartbeater& heartbeat) {
+  const v1::Task& task = round.task;
+  TrainingValues values;
+  values.local_epochs = std::max(1, task.plan().local_epochs());
+  values.learning_rate =
+      task.plan().learning_rate() > 0 ? task.plan().learning_rate() : config_.finetune().learning_rate();
+  values.batch_size = task.plan().batch_size() > 0 ? task.plan().batch_size() : config_.finetune().batch_size();
+  values.proximal_mu = task.plan().proximal_mu();
+  const v1::FinetuneConfig finetune = TaskFinetuneConfig(config_, round.global_path, round.round_dir.string(), values);
+  RETURN_IF_ERROR(train::ValidateFinetuneConfig(finetune));
+
+  // Progress reaches the heartbeat through the pipeline's epoch callbacks. Shared with the heartbeat thread's probe,
+  // which may still run after this function returns (until the next SetState).
+  const int networks = static_cast<int>(round.global.members.size()) + (round.global.duo ? 1 : 0);
+  auto progress = std::make_shared<TrainingProgress>(networks, values.local_epochs);
+  heartbeat.SetState("training", 0.05, [progress](std::string* state, double* fraction, double* train_loss) {
+    const TrainingProgress::View view = progress->Describe();
+    *state = view.state;
+    *fraction = 0.05 + 0.75 * view.fraction;
+    *train_loss = view.train_loss;
+  });
+  // Resumes from the round dir's state after a restart (quick when it had finished); recorded in its site.db.
+  FinetuneRecorder recorder((round.round_dir / "site.db").string(), finetune);
+  train::FinetuneObserver* observers[] = {&recorder, progress.get()};
+  ASSIGN_OR_RETURN(round.tuned, train::RunFinetune(finetune, observers));
+  std::vector<double> train_losses;
+  std::vector<double> validation_losses;
+  for (const train::TrainResult& member : round.tuned.members) {
+    if (!member.history.empty()) train_losses.push_back(member.history.back().train_loss);
+    validation_losses.push_back(member.best_validation_loss);
+  }
+  round.train_loss = MeanOf(train_losses);
+  round.validation_loss = MeanOf(validation_losses);
+  return absl::OkStatus();
+}
+
+absl::Status FederatedAgent::WriteUpdate(TrainRound& round) {
+  const v1::Task& task = round.task;
+  const fl::Encoding encoding = round.encoding;
+  round.update_path = (round.round_dir / "update.bin").string();
+  fl::ResidualPaths residual;
+  residual.current = (round.run_dir / "residual.bin").string();
+  residual.before = (round.round_dir / "residual.before.bin").string();
+  residual.after = (round.round_dir / "residual.after.bin").string();
+  for (int a = task.attempt() - 1; a >= 0; --a) {
+    const fs::path earlier = round.run_dir / absl::StrCat("round-", task.round(), "-", a) / "residual.before.bin";
+    residual.earlier_attempts.push_back(earlier.string());
+  }
+  ASSIGN_OR_RETURN(round.update_sha256, RecordedUpdateSha(*db_, round.key));
+  if (round.update_sha256.empty()) {
+    ASSIGN_OR_RETURN(model::Checkpoint local, model::LoadCheckpoint(round.tuned.checkpoint_path));
+    ASSIGN_OR_RETURN(fl::TensorMap delta,
+                     fl::ComputeDelta(fl::CheckpointTensors(local), fl::CheckpointTensors(round.global)));
+    fl::EncodeOptions encode_options;
+    encode_options.encoding = encoding;
+    if (task.plan().topk_fraction() > 0) encode_options.topk_fraction = task.plan().topk_fraction();
+    ASSIGN_OR_RETURN(fl::EncodedBundle encoded, fl::EncodeWithResidual(delta, encode_options, residual));
+    const std::string bytes = encoded.bundle.SerializeAsString();
+    RETURN_IF_ERROR(io::WriteFileAtomically(round.update_path, bytes));
+    round.update_sha256 = io::Sha256Hex(bytes);
+    RETURN_IF_ERROR(db_->RecordUpdate(round.key, round.update_path, round.update_sha256,
+                                      static_cast<int64_t>(bytes.size()), round.tuned.train_images, round.train_loss,
+                                      round.validation_loss));
+    LOG(INFO) << "update for run " << task.run_id() << " round " << task.round() << ": " << bytes.size() << " bytes ("
+              << fl::EncodingName(encoding) << ", dense fp32 " << encoded.dense_fp32_bytes << "), sha256 "
+              << round.update_sha256;
+  }
+  // The residual moves on only once the payload that consumed it is recorded (idempotent after a restart).
+  return fl::CommitResidual(encoding, residual);
+}
+
+absl::Status FederatedAgent::UploadRoundUpdate(const TrainRound& round, Heartbeater& heartbeat) {
+  heartbeat.SetState("uploading", 0.85);
+  UploadRequest upload;
+  upload.run_id = round.task.run_id();
+  upload.round = round.task.round();
+  upload.path = round.update_path;
+  upload.sha256 = round.update_sha256;
+  upload.num_samples = round.tuned.train_images;
+  upload.encoding = round.encoding;
+  upload.train_loss = round.train_loss;
+  upload.validation_loss = round.validation_loss;
+  const CancelFn cancelled = [&heartbeat] { return heartbeat.cancelled(); };
+  ASSIGN_OR_RETURN(const v1::UploadResponse uploaded, client_->UploadUpdate(upload, cancelled));
+  LOG(INFO) << "update for run " << upload.run_id << " round " << upload.round << " accepted"
+            << " (L2 norm " << uploaded.l2_norm() << ") " << uploaded.message();
+  return db_->SetTaskState(round.key, "uploaded");
+}
+
+absl::StatusOr<v1::MetricsReport> FederatedAgent::EvaluateRound(const TrainRound& round) {
+  const v1::Task& task = round.task;
+  v1::MetricsReport report;
+  report.set_run_id(task.run_id());
+  report.set_round(task.round());
+  report.set_kind("round");
+  report.set_train_loss(round.train_loss);
+  report.set_validation_loss(round.validation_loss);
+  if (round.tuned.test_images == 0) {
+    LOG(WARNING) << "the test split is empty: no round evaluation";
+    return report;
+  }
+  // Global vs locally fine-tuned on the local test split; the report stays here.
+  ASSIGN_OR_RETURN(
+      EvaluateResult evaluated,
+      RunEvaluate(EvaluateOptionsFor(config_, round.global_path, round.tuned.checkpoint_path, round.tuned.test_manifest,
+                                     round.round_dir.string(),
+                                     absl::StrCat("Site ", config_.site_id(), ", run ", task.run_id(), " round ",
+                                                  task.round(), ": global model vs locally fine-tuned"))));
+  LOG(INFO) << "round " << task.round() << " evaluation: " << evaluated.summary_line;
+  report.set_test_cases(evaluated.images);
+  *report.add_models() = ModelEvaluationFrom(evaluated.report, ReportSide::kA, "global", round.global.weights_sha256);
+  *report.add_models() = ModelEvaluationFrom(evaluated.report, ReportSide::kB, "local", round.tuned.weights_sha256);
+  *report.add_comparisons() = ModelComparisonFrom(evaluated.report, "global", "local");
+  return report;
+}
+
+absl::Status FederatedAgent::KeepAdapted(const TrainRound& round) {
+  const v1::Task& task = round.task;
+  // The adapted model: the run's fine-tuned model with the best validation loss so far.
+  ASSIGN_OR_RETURN(std::optional<AdaptedModel> best, db_->BestAdapted(task.run_id()));
+  const bool same_round = best && best->round == task.round() && best->attempt == task.attempt();
+  if (best && !same_round && !(round.validation_loss < best->validation_loss)) return absl::OkStatus();
+  const fs::path adapted_dir = fs::path(config_.work_dir()) / "adapted" / task.run_id();
+  RETURN_IF_ERROR(io::MakeDirectories(adapted_dir.string()));
+  AdaptedModel adapted{task.run_id(),         task.round(),
+                       task.attempt(),        round.tuned.weights_sha256,
+                       round.validation_loss, (adapted_dir / "model.ckpt").string()};
+  RETURN_IF_ERROR(io::CopyFileAtomically(round.tuned.checkpoint_path, adapted.path));
+  RETURN_IF_ERROR(db_->RecordAdapted(adapted));
+  LOG(INFO) << "adapted model of run " << task.run_id() << ": round " << task.round() << " (validation BCE "
+            << round.validation_loss << ")";
+  return absl::OkStatus();
+}
+
+absl::Status FederatedAgent::RunEvaluateTask(const v1::Task& task, Heartbeater& heartbeat) {
+  const fs::path work(config_.work_dir());
+  const fs::path reports = work / "reports" / task.run_id();
+  RETURN_IF_ERROR(io::MakeDirectories(reports.string()));
+  const CancelFn cancelled = [&heartbeat] { return heartbeat.cancelled(); };
+  const std::string models = (work / "models").string();
+  ASSIGN_OR_RETURN(std::string base_path,
+                   client_->DownloadModel(task.base_model_digest(), task.base_model_bytes(), models, cancelled));
+  ASSIGN_OR_RETURN(std::string global_path,
+                   client_->DownloadModel(task.model_digest(), task.model_bytes(), models, cancelled));
+  RETURN_IF_ERROR(CheckCancelled(heartbeat, "the final evaluation", task));
+  ASSIGN_OR_RETURN(std::optional<AdaptedModel> adapted, db_->BestAdapted(task.run_id()));
+  if (adapted && !fs::exists(adapted->path)) {
+    LOG(WARNING) << "adapted model " << adapted->path << " is missing: it is left out of the final evaluation";
+    adapted.reset();
+  }
+  const std::string test_manifest = (reports / "test.csv").string();
+  RETURN_IF_ERROR(train::WriteSplitManifest(site_, data::Split::kTest, test_manifest));
+
+  heartbeat.SetState("evaluating", 0.1);
+  auto evaluate = [&](const std::string& a, const std::string& b, const std::string& name,
+                      const std::string& title) -> absl::StatusOr<EvaluateResult> {
+    return RunEvaluate(
+        EvaluateOptionsFor(config_, a, b, test_manifest, (reports / name).string(),
+                           absl::StrCat("Site ", config_.site_id(), ", run ", task.run_id(), ": ", title)));
+  };
+  v1::MetricsReport report;
+  report.set_run_id(task.run_id());
+  report.set_round(0);
+  report.set_kind("final");
+  ASSIGN_OR_RETURN(EvaluateResult global_vs_base,
+                   evaluate(base_path, global_path, "global-vs-open-source", "open-source vs final global model"));
+  const std::string base_digest = EvaluatedDigest((reports / "global-vs-open-source").string(), "a").value_or("");
+  const std::string global_digest = EvaluatedDigest((reports / "global-vs-open-source").string(), "b").value_or("");
+  report.set_test_cases(global_vs_base.images);
+  *report.add_models() = ModelEvaluationFrom(global_vs_base.report, ReportSide::kA, "open-source", base_digest);
+  *report.add_models() = ModelEvaluationFrom(global_vs_base.report, ReportSide::kB, "global", global_digest);
+  *report.add_comparisons() = ModelComparisonFrom(global_vs_base.report, "open-source", "global");
+  if (adapted) {
+    RETURN_IF_ERROR(CheckCancelled(heartbeat, "evaluating the adapted model", task));
+    heartbeat.SetState("evaluating", 0.4);
+    ASSIGN_OR_RETURN(EvaluateResult adapted_vs_base, evaluate(base_path, adapted->path, "adapted-vs-open-source",
+                                                              "open-source vs this site's adapted model"));
+    heartbeat.SetState("evaluating", 0.7);
+    ASSIGN_OR_RETURN(EvaluateResult adapted_vs_global, evaluate(global_path, adapted->path, "adapted-vs-global",
+                                                                "final global vs this site's adapted model"));
+    *report.add_models() = ModelEvaluationFrom(adapted_vs_base.report, ReportSide::kB, "adapted", adapted->digest);
+    *report.add_comparisons() = ModelComparisonFrom(adapted_vs_base.report, "open-source", "adapted");
+    *report.add_comparisons() = ModelComparisonFrom(adapted_vs_global.report, "global", "adapted");
+  } else {
+    LOG(WARNING) << "site " << config_.site_id() << " has no adapted model of run " << task.run_id()
+                 << ": the final report has the open-source and global models only";
+  }
+  if (!config_.share_metrics()) StripPerformance(&report);
+  heartbeat.SetState("reporting", 0.95);
+  RETURN_IF_ERROR(client_->ReportMetrics(report));
+  LOG(INFO) << "final evaluation of run " << task.run_id() << " reported; reports in " << reports.string();
+  return FinishRun(task.run_id(), "completed");
+}
+
+}  // namespace fedtune::agent

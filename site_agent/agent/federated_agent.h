@@ -1,0 +1,129 @@
+// The site agent's federated mode (`fedtune-site run --config site.textproto`): dial out to the coordinator, say
+// Hello until approved, then take tasks with a long-poll GetTask and work them:
+//
+//  TRAIN (run r, round n, attempt a; round dir <work_dir>/runs/<r>/round-<n>-<a>):
+//   1. download the global model (resumable, SHA-256 checked) to <work_dir>/models/<digest>.ckpt;
+//   2. fine-tune it with train::RunFinetune (the config's finetune template; out_dir = the round dir, max_epochs = the
+//      plan's local_epochs, its learning rate, batch size and proximal mu; cache_dir <work_dir>/cache; resume):
+//      a killed agent resumes training from the round dir's state;
+//   3. delta = fine-tuned - global over fl::CheckpointTensors, encoded with the plan's encoding (lossy ones with
+//      fl::ErrorFeedback: the residual lives in <work_dir>/runs/<r>/residual.bin, fp32-encoded, and the residual a
+//      round started from in <round dir>/residual.before.bin so a re-encoding after a crash is identical); the
+//      payload is written atomically to <round dir>/update.bin and its SHA-256 recorded in site.db BEFORE the
+//      upload, so a restarted agent uploads the same bytes, resuming from the coordinator's offset;
+//   4. upload (num_samples = training images of the split);
+//   5. evaluate the global vs the fine-tuned model on the local test split (<round dir>/report.html, report.json,
+//      predictions.csv: these stay at the site);
+//   6. keep the adapted checkpoint <work_dir>/adapted/<r>/model.ckpt = the run's fine-tuned model with the lowest
+//      validation BCE so far (mean of the members' best validation BCE), recorded in adapted_models;
+//   7. ReportMetrics kind "round": models "global" and "local", comparison local vs global.
+//  EVALUATE (final): download the open-source (base) and final global models, evaluate open-source vs global,
+//   open-source vs adapted and global vs adapted on the test split (reports under <work_dir>/reports/<r>/), and
+//   ReportMetrics kind "final", round 0, with the models "open-source", "global", "adapted" (the adapted model is
+//   left out when the site never trained in this run). The run is then finished for the site.
+//
+// Heartbeats: a thread sends Heartbeat every heartbeat_seconds while a task runs, with the state ("downloading",
+// "training member 1/3, epoch 2/5", "uploading", "evaluating") and progress; training progress comes from the
+// pipeline's epoch callbacks (training_progress.h). When the answer says cancel, the task stops at the next step
+// boundary or transfer chunk (fine-tuning itself is not interrupted: train::RunFinetune has no cancellation hook).
+//
+// Restart: a TRAIN task is resumable at every step (download from the .part file, fine-tuning from the round dir's
+// state, the recorded update re-used and its upload resumed from the coordinator's offset). The coordinator offers
+// a task again until it accepted the update; a task interrupted after that (state "update-written" or "uploaded" in
+// site.db) is completed by the restarted agent before it asks for new tasks (GetUploadOffset then answers
+// "accepted", and the round evaluation, adapted model and round report follow).
+//
+// A run is finished for the site when it sent its final report, when GetTask lists it in Task.ended_runs (for a
+// run the site took part in), or when a heartbeat answers cancel with run_ended. The agent returns after
+// exit_after_runs finished runs (0: never).
+//
+// Only summary metrics leave the site (metrics_report.h); with share_metrics = false even those are stripped.
+//
+// Thread safety: Run is called once, from one thread; the agent starts and joins its heartbeat threads itself.
+#ifndef FEDTUNE_SITE_AGENT_AGENT_FEDERATED_AGENT_H_
+#define FEDTUNE_SITE_AGENT_AGENT_FEDERATED_AGENT_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/train/site_data.h"
+#include "fedtune/v1/federation.pb.h"
+#include "fedtune/v1/federation_config.pb.h"
+#include "site_agent/agent/agent_database.h"
+#include "site_agent/agent/coordinator_client.h"
+
+namespace fedtune::agent {
+
+class Heartbeater;  // heartbeater.h: the heartbeat thread of one task.
+
+// The agent's version string sent in Capabilities.
+inline constexpr char kAgentVersion[] = "fedtune-site/1";
+
+struct AgentOptions {
+  // Longest GetTask long-poll. Default 20 s.
+  int task_wait_seconds = 20;
+  // Waits of the backoffs (the client's and the loop's); default absl::SleepFor. Test seam.
+  std::function<void(absl::Duration)> sleep;
+  // Retries per client call before the loop's own backoff takes over. Default 5.
+  int max_attempts_per_call = 5;
+};
+
+class FederatedAgent {
+ public:
+  // Checks that site_cert is a site certificate whose CN equals config.site_id (InvalidArgument naming both),
+  // not expired (FailedPrecondition), resolves the training device (train::ResolveDevice errors), reads and splits
+  // the manifest (LoadSiteData errors), opens <work_dir>/site.db and creates the channel (CoordinatorClient::Create
+  // errors). `config` must be validated (LoadAgentConfig does).
+  static absl::StatusOr<std::unique_ptr<FederatedAgent>> Create(const v1::SiteAgentConfig& config,
+                                                                const AgentOptions& options = {});
+  ~FederatedAgent();
+
+  // Hello until approved (a "pending" site keeps saying Hello with backoff and logs the command the operator must
+  // run), then the task loop, until exit_after_runs runs are finished. Returns OK then; the coordinator's
+  // UNAUTHENTICATED / PERMISSION_DENIED (named, e.g. "coordinator HOST:PORT: Hello: ...") at once; transient
+  // errors are retried forever with backoff; a failed task is logged, recorded and the loop goes on.
+  absl::Status Run();
+
+  // One task, as the loop runs it (exposed for tests). Errors of the steps; CANCELLED when the coordinator
+  // cancelled it.
+  absl::Status RunTask(const v1::Task& task);
+
+  // The Hello request (capabilities and dataset summary) this agent sends.
+  const v1::HelloRequest& hello_request() const { return hello_; }
+  int finished_runs() const { return finished_runs_; }
+
+ private:
+  FederatedAgent(const v1::SiteAgentConfig& config, const AgentOptions& options);
+
+  struct TrainRound;  // federated_agent.cc: one TRAIN task's paths, models and results, step to step.
+
+  absl::Status SayHello();
+  absl::Status RunTrain(const v1::Task& task, Heartbeater& heartbeat);
+  // RunTrain's steps after the download, in order: fine-tune (progress to the heartbeat), write and record the
+  // encoded update (error feedback for lossy encodings), upload it, evaluate global vs local, keep the adapted model.
+  absl::Status FinetuneRound(TrainRound& round, Heartbeater& heartbeat);
+  absl::Status WriteUpdate(TrainRound& round);
+  absl::Status UploadRoundUpdate(const TrainRound& round, Heartbeater& heartbeat);
+  absl::StatusOr<v1::MetricsReport> EvaluateRound(const TrainRound& round);
+  absl::Status KeepAdapted(const TrainRound& round);
+  absl::Status RunEvaluateTask(const v1::Task& task, Heartbeater& heartbeat);
+  // Records the run as finished (once) and counts it.
+  absl::Status FinishRun(const std::string& run_id, const std::string& how);
+
+  v1::SiteAgentConfig config_;
+  AgentOptions options_;
+  std::unique_ptr<CoordinatorClient> client_;
+  std::unique_ptr<AgentDatabase> db_;
+  train::SiteData site_;
+  v1::HelloRequest hello_;
+  absl::Duration heartbeat_period_;
+  int finished_runs_ = 0;
+};
+
+}  // namespace fedtune::agent
+
+#endif  // FEDTUNE_SITE_AGENT_AGENT_FEDERATED_AGENT_H_

@@ -1,0 +1,139 @@
+#include "site_agent/agent/agent_config.h"
+
+#include <sys/stat.h>
+
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_replace.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/testing/temp_dir.h"
+
+namespace fedtune::agent {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr char kMinimal[] = R"(site_id: "site-a" coordinator: "coord.example:7443" site_cert: "pki/site-a.pem"
+site_key: "pki/site-a.key" ca_cert: "pki/ca.pem" work_dir: "work"
+finetune { manifest: "data/manifest.csv" })";
+
+TEST(AgentConfigTest, DefaultsAndPathsRelativeToTheConfigFile) {
+  auto c = ParseAgentConfig(kMinimal, "site.textproto", "/etc/fedtune");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->site_cert(), "/etc/fedtune/pki/site-a.pem");
+  EXPECT_EQ(c->site_key(), "/etc/fedtune/pki/site-a.key");
+  EXPECT_EQ(c->ca_cert(), "/etc/fedtune/pki/ca.pem");
+  EXPECT_EQ(c->work_dir(), "/etc/fedtune/work");
+  EXPECT_EQ(c->finetune().manifest(), "/etc/fedtune/data/manifest.csv");
+  EXPECT_EQ(c->finetune().data_root(), "/etc/fedtune/data");
+  EXPECT_EQ(c->finetune().cache_dir(), "/etc/fedtune/work/cache");
+  EXPECT_EQ(c->heartbeat_seconds(), 10);
+  EXPECT_EQ(c->rpc_timeout_seconds(), 30);
+  EXPECT_EQ(c->min_backoff_ms(), 500);
+  EXPECT_EQ(c->max_backoff_ms(), 30000);
+  EXPECT_EQ(c->exit_after_runs(), 0);
+  EXPECT_TRUE(c->share_metrics());
+
+  TrainingValues values;
+  values.local_epochs = 3;
+  values.learning_rate = 0.05;
+  values.batch_size = 16;
+  values.proximal_mu = 0.01;
+  v1::FinetuneConfig f = TaskFinetuneConfig(*c, "/w/models/g.ckpt", "/w/runs/r/round-1-1", values);
+  EXPECT_EQ(f.base_model(), "/w/models/g.ckpt");
+  EXPECT_EQ(f.out_dir(), "/w/runs/r/round-1-1");
+  EXPECT_EQ(f.cache_dir(), "/etc/fedtune/work/cache");
+  EXPECT_EQ(f.max_epochs(), 3);
+  EXPECT_DOUBLE_EQ(f.learning_rate(), 0.05);
+  EXPECT_EQ(f.batch_size(), 16);
+  EXPECT_DOUBLE_EQ(f.proximal_mu(), 0.01);
+  EXPECT_TRUE(f.resume());
+  EXPECT_EQ(f.manifest(), "/etc/fedtune/data/manifest.csv");
+}
+
+TEST(AgentConfigTest, SyntaxErrorsNameTheLine) {
+  for (const auto& [text, expected] : std::vector<std::pair<std::string, std::string>>{
+           {std::string(kMinimal) + "\nheartbeat_seconds: ", "site.textproto:4:"},
+           {std::string(kMinimal) + " colour: 1", "site.textproto:3:"},
+           {std::string(kMinimal) + " site_id: \"again\"", "site.textproto:3:"}}) {
+    auto parsed = ParseAgentConfig(text, "site.textproto", "/x");
+    ASSERT_FALSE(parsed.ok()) << text;
+    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument) << text;
+    EXPECT_THAT(parsed.status().message(), HasSubstr(expected)) << text;
+  }
+}
+
+TEST(AgentConfigTest, ValueErrorsNameTheField) {
+  auto valid = ParseAgentConfig(kMinimal, "site.textproto", "/x");
+  ASSERT_TRUE(valid.ok()) << valid.status();
+  struct Case {
+    std::function<void(v1::SiteAgentConfig*)> edit;
+    const char* expected;
+  } cases[] = {
+      {[](v1::SiteAgentConfig* c) { c->clear_site_id(); }, "config field 'site_id'"},
+      {[](v1::SiteAgentConfig* c) { c->set_site_id("bad id!"); }, "config field 'site_id'"},
+      {[](v1::SiteAgentConfig* c) { c->set_coordinator("no-port"); }, "config field 'coordinator'"},
+      {[](v1::SiteAgentConfig* c) { c->set_coordinator("host:99999"); }, "config field 'coordinator'"},
+      {[](v1::SiteAgentConfig* c) { c->clear_coordinator(); }, "config field 'coordinator'"},
+      {[](v1::SiteAgentConfig* c) { c->clear_site_cert(); }, "config field 'site_cert'"},
+      {[](v1::SiteAgentConfig* c) { c->clear_site_key(); }, "config field 'site_key'"},
+      {[](v1::SiteAgentConfig* c) { c->clear_ca_cert(); }, "config field 'ca_cert'"},
+      {[](v1::SiteAgentConfig* c) { c->clear_work_dir(); }, "config field 'work_dir'"},
+      {[](v1::SiteAgentConfig* c) { c->set_heartbeat_seconds(0); }, "config field 'heartbeat_seconds'"},
+      {[](v1::SiteAgentConfig* c) { c->set_rpc_timeout_seconds(0); }, "config field 'rpc_timeout_seconds'"},
+      {[](v1::SiteAgentConfig* c) { c->set_max_backoff_ms(100); }, "config field 'max_backoff_ms'"},
+      {[](v1::SiteAgentConfig* c) { c->set_exit_after_runs(-1); }, "config field 'exit_after_runs'"},
+      {[](v1::SiteAgentConfig* c) { c->set_gradcam_per_label(-1); }, "config field 'gradcam_per_label'"},
+      {[](v1::SiteAgentConfig* c) { c->mutable_finetune()->clear_manifest(); }, "config field 'finetune.manifest'"},
+      {[](v1::SiteAgentConfig* c) { c->mutable_finetune()->set_batch_size(0); }, "config field 'finetune.batch_size'"},
+      {[](v1::SiteAgentConfig* c) { c->mutable_finetune()->mutable_split()->set_method("x"); },
+       "config field 'finetune.split.method'"},
+      {[](v1::SiteAgentConfig* c) { c->mutable_finetune()->set_max_image_pixels(0); },
+       "config field 'finetune.max_image_pixels'"},
+  };
+  for (const Case& c : cases) {
+    v1::SiteAgentConfig config = *valid;
+    c.edit(&config);
+    absl::Status status = ValidateAgentConfig(config);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << c.expected;
+    EXPECT_THAT(status.message(), HasSubstr(c.expected));
+  }
+  // Through the parser, the message also names the file.
+  auto parsed = ParseAgentConfig(std::string(kMinimal) + " heartbeat_seconds: 0", "site.textproto", "/x");
+  EXPECT_THAT(parsed.status().message(), HasSubstr("site.textproto: config field 'heartbeat_seconds'"));
+}
+
+TEST(AgentConfigTest, LoadResolvesAgainstTheFilesDirectory) {
+  fedtune::testing::TempDir dir;
+  const std::string path = dir.WriteFile("site.textproto", kMinimal);
+  auto c = LoadAgentConfig(path);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->work_dir(), dir.Join("work"));
+  EXPECT_EQ(LoadAgentConfig(dir.Join("missing.textproto")).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(AgentConfigTest, LoadRefusesFifosAndOversizedFiles) {
+  fedtune::testing::TempDir dir;
+  const std::string fifo = dir.Join("site.textproto");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  auto c = LoadAgentConfig(fifo);  // Would block forever in open().
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(), HasSubstr("not a regular file"));
+  c = LoadAgentConfig(dir.WriteFile("big.textproto", std::string(kMinimal) + std::string(2 << 20, ' ')));
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(), HasSubstr("above the limit of 1048576 bytes"));
+}
+
+TEST(AgentConfigTest, TaskConfigsKeepTheTemplatesPixelLimit) {
+  const std::string text = absl::StrReplaceAll(kMinimal, {{"finetune {", "finetune { max_image_pixels: 1000000"}});
+  auto c = ParseAgentConfig(text, "site.textproto", "/x");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(TaskFinetuneConfig(*c, "/m/base.ckpt", "/w/run", TrainingValues()).max_image_pixels(), 1000000);
+}
+
+}  // namespace
+}  // namespace fedtune::agent

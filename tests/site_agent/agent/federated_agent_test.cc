@@ -1,0 +1,319 @@
+// The agent's task loop end to end against the fake coordinator (fake_coordinator.h) over real mTLS: a tiny
+// DenseNet on 60 synthetic 32-px images, one TRAIN task (int8 delta with error feedback, an upload cut mid-stream)
+// and one EVALUATE task; then a "restarted" agent on the same work_dir is offered the same TRAIN task again.
+#include "site_agent/agent/federated_agent.h"
+
+#include <filesystem>
+#include <set>
+#include <string>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/cli/command.h"
+#include "common/data/chexpert_labels.h"
+#include "common/fl/codec.h"
+#include "common/fl/model_tensors.h"
+#include "common/io/file_util.h"
+#include "common/io/sha256.h"
+#include "common/model/checkpoint.h"
+#include "common/synth/generator.h"
+#include "common/synth/profile.h"
+#include "common/train/threads.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "site_agent/agent/agent_config.h"
+#include "site_agent/agent/run_command.h"
+#include "site_agent/commands/model_init.h"
+#include "tests/site_agent/agent/fake_coordinator.h"
+#include "tests/testing/temp_dir.h"
+
+namespace fedtune::agent {
+namespace {
+
+namespace fs = std::filesystem;
+
+void ExpectSummaryOnly(const v1::MetricsReport& report) {
+  // Names and labels only: no file, image or case identifier anywhere in what leaves the site.
+  const std::string text = report.DebugString();
+  EXPECT_EQ(text.find("patient"), std::string::npos);
+  EXPECT_EQ(text.find(".png"), std::string::npos);
+  EXPECT_EQ(text.find("/"), std::string::npos);
+}
+
+// 60 synthetic 32-px images of profile site-a, a tiny DenseNet served by the fake coordinator, a site config for it,
+// and the run's TRAIN (int8, one epoch) and EVALUATE tasks.
+struct AgentSetup {
+  explicit AgentSetup(const fedtune::testing::TempDir& tmp, const std::string& cert_site = "site-a")
+      : coordinator(tmp, cert_site) {
+    synth::SynthOptions data;
+    auto profile = synth::LoadProfile("site-a");
+    EXPECT_TRUE(profile.ok()) << profile.status();
+    data.profile = *profile;
+    data.count = 60;
+    data.size = 32;
+    data.seed = 2;
+    data.out_dir = tmp.Join("data");
+    EXPECT_TRUE(synth::GenerateDataset(data).ok());
+    auto init = InitCheckpoint({"densenet_tiny"}, 32, 0.2, 0);
+    EXPECT_TRUE(init.ok()) << init.status();
+    model_path = tmp.Join("init.ckpt");
+    EXPECT_TRUE(model::SaveCheckpoint(&*init, model_path).ok());
+    model_bytes = *io::ReadFile(model_path);
+    digest = io::Sha256Hex(model_bytes);
+    coordinator.service().AddModel(model_bytes);
+
+    const std::string config_text = absl::StrCat(
+        "site_id: \"site-a\" coordinator: \"", coordinator.address(), "\" site_cert: \"", coordinator.site_tls().cert,
+        "\" site_key: \"", coordinator.site_tls().key, "\" ca_cert: \"", coordinator.site_tls().ca,
+        "\" work_dir: \"work\" heartbeat_seconds: 1 rpc_timeout_seconds: 20 min_backoff_ms: 1 max_backoff_ms: 20 "
+        "exit_after_runs: 1 gradcam_per_label: 0 "
+        "finetune { manifest: \"data/manifest.csv\" device: \"cpu\" threads: 2 loader_threads: 1 batch_size: 16 "
+        "patience: 2 augment: false split { train: 0.6 validation: 0.2 test: 0.2 } }");
+    auto loaded = LoadAgentConfig(tmp.WriteFile("site.textproto", config_text));
+    EXPECT_TRUE(loaded.ok()) << loaded.status();
+    if (loaded.ok()) config = *loaded;
+    // What `fedtune-site run` does for the process before it creates the agent.
+    train::SetIntraOpThreads(config.finetune().threads());
+
+    train.set_kind(v1::Task::TRAIN);
+    train.set_run_id("run-1");
+    train.set_round(1);
+    train.set_attempt(1);
+    train.set_model_digest(digest);
+    train.set_model_bytes(static_cast<int64_t>(model_bytes.size()));
+    train.set_base_model_digest(digest);
+    train.set_base_model_bytes(static_cast<int64_t>(model_bytes.size()));
+    train.set_total_rounds(1);
+    train.mutable_plan()->set_local_epochs(1);
+    train.mutable_plan()->set_learning_rate(0.05);
+    train.mutable_plan()->set_batch_size(16);
+    train.mutable_plan()->set_encoding("int8");
+    evaluate.set_kind(v1::Task::EVALUATE);
+    evaluate.set_run_id("run-1");
+    evaluate.set_model_digest(digest);
+    evaluate.set_model_bytes(static_cast<int64_t>(model_bytes.size()));
+    evaluate.set_base_model_digest(digest);
+    evaluate.set_base_model_bytes(static_cast<int64_t>(model_bytes.size()));
+    options.task_wait_seconds = 1;
+  }
+
+  testing::FakeCoordinator coordinator;
+  std::string model_path;
+  std::string model_bytes;
+  std::string digest;
+  v1::SiteAgentConfig config;
+  v1::Task train;
+  v1::Task evaluate;
+  AgentOptions options;
+};
+
+TEST(FederatedAgentTest, TrainAndEvaluateTasksEndToEnd) {
+  fedtune::testing::TempDir tmp;
+  AgentSetup setup(tmp);
+  testing::FakeCoordinator& coordinator = setup.coordinator;
+  const v1::SiteAgentConfig& config = setup.config;
+  const v1::Task& train = setup.train;
+  const std::string& digest = setup.digest;
+  coordinator.service().AddTask(setup.train);
+  coordinator.service().AddTask(setup.evaluate);
+  coordinator.service().CutNextUploadAfter(8192);  // The first upload stream breaks after two 4 KiB chunks.
+  coordinator.service().CutNextDownloadAfter(3000);
+  coordinator.service().PendingHellos(1);  // Not approved yet at the first Hello.
+
+  const AgentOptions& options = setup.options;
+  {
+    auto agent = FederatedAgent::Create(config, options);
+    ASSERT_TRUE(agent.ok()) << agent.status();
+    EXPECT_EQ((*agent)->hello_request().dataset().images(), 60);
+    EXPECT_EQ((*agent)->hello_request().dataset().labels_size(), data::kNumChexpertLabels);
+    EXPECT_EQ((*agent)->hello_request().capabilities().device(), "cpu");
+    const absl::Status run = (*agent)->Run();
+    ASSERT_TRUE(run.ok()) << run;
+    EXPECT_EQ((*agent)->finished_runs(), 1);
+  }
+  EXPECT_EQ(coordinator.service().calls("Hello"), 2);  // Pending, then approved.
+
+  // The upload decodes, against the global model, to a delta with its names, shapes and dtypes.
+  const std::string upload = coordinator.service().accepted_upload("run-1", 1);
+  ASSERT_FALSE(upload.empty());
+  EXPECT_EQ(coordinator.service().last_upload_header().encoding(), "int8");
+  EXPECT_EQ(coordinator.service().last_upload_header().delta_encoding(), v1::NamedTensor::INT8);
+  EXPECT_GT(coordinator.service().last_upload_header().num_samples(), 20);
+  EXPECT_EQ(coordinator.service().upload_offsets().size(), 2u);
+  EXPECT_EQ(coordinator.service().upload_offsets()[1], 8192);
+  auto global = model::LoadCheckpoint(setup.model_path);
+  ASSERT_TRUE(global.ok());
+  const fl::TensorMap global_tensors = fl::CheckpointTensors(*global);
+  auto bundle = fl::ParseTensorBundle(upload);
+  ASSERT_TRUE(bundle.ok()) << bundle.status();
+  auto delta = fl::DecodeTensors(*bundle, &global_tensors);
+  ASSERT_TRUE(delta.ok()) << delta.status();
+  EXPECT_EQ(delta->size(), global_tensors.size());
+  EXPECT_GT(fl::L2Norm(*delta), 0);
+
+  const fs::path work = tmp.Join("work");
+  const fs::path round_dir = work / "runs" / "run-1" / "round-1-1";
+  EXPECT_TRUE(fs::exists(work / "adapted" / "run-1" / "model.ckpt"));
+  EXPECT_TRUE(fs::exists(round_dir / "report.html"));
+  EXPECT_TRUE(fs::exists(round_dir / "update.bin"));
+  // int8 keeps an error-feedback residual: the round started from none and left one (fp32) for the next round.
+  EXPECT_EQ(fs::file_size(round_dir / "residual.before.bin"), 0u);
+  auto residual_bytes = io::ReadFile((work / "runs" / "run-1" / "residual.bin").string());
+  ASSERT_TRUE(residual_bytes.ok()) << residual_bytes.status();
+  auto residual_bundle = fl::ParseTensorBundle(*residual_bytes);
+  ASSERT_TRUE(residual_bundle.ok()) << residual_bundle.status();
+  auto residual = fl::DecodeTensors(*residual_bundle);
+  ASSERT_TRUE(residual.ok()) << residual.status();
+  EXPECT_FALSE(residual->empty());
+  EXPECT_GT(fl::L2Norm(*residual), 0);
+  for (const auto& [name, tensor] : *residual) {
+    EXPECT_FALSE(fl::IsBatchNormStatistic(name)) << name;
+    EXPECT_EQ(tensor.sizes(), global_tensors.at(name).sizes()) << name;
+  }
+  EXPECT_TRUE(fs::exists(work / "reports" / "run-1" / "adapted-vs-global" / "report.html"));
+  EXPECT_TRUE(fs::exists(work / "models" / (digest + ".ckpt")));
+
+  // One round report and one final report, 14 labels each, summary values only.
+  const std::vector<v1::MetricsReport> reports = coordinator.service().reports();
+  ASSERT_EQ(reports.size(), 2u);
+  const v1::MetricsReport& round = reports[0];
+  EXPECT_EQ(round.kind(), "round");
+  EXPECT_EQ(round.round(), 1);
+  ASSERT_EQ(round.models_size(), 2);
+  EXPECT_EQ(round.models(0).name(), "global");
+  EXPECT_EQ(round.models(1).name(), "local");
+  EXPECT_EQ(round.models(0).digest(), global->weights_sha256);
+  ASSERT_EQ(round.comparisons_size(), 1);
+  EXPECT_EQ(round.comparisons(0).labels_size(), data::kNumChexpertLabels);
+  EXPECT_GT(round.test_cases(), 0);
+  EXPECT_GT(round.validation_loss(), 0);
+  const v1::MetricsReport& final_report = reports[1];
+  EXPECT_EQ(final_report.kind(), "final");
+  EXPECT_EQ(final_report.round(), 0);
+  ASSERT_EQ(final_report.models_size(), 3);
+  EXPECT_EQ(final_report.models(0).name(), "open-source");
+  EXPECT_EQ(final_report.models(1).name(), "global");
+  EXPECT_EQ(final_report.models(2).name(), "adapted");
+  ASSERT_EQ(final_report.comparisons_size(), 3);
+  EXPECT_EQ(final_report.comparisons(2).model_a(), "global");
+  EXPECT_EQ(final_report.comparisons(2).model_b(), "adapted");
+  for (const v1::MetricsReport& report : reports) {
+    for (const v1::ModelEvaluation& m : report.models()) EXPECT_EQ(m.labels_size(), data::kNumChexpertLabels);
+    ExpectSummaryOnly(report);
+  }
+
+  // Heartbeats said what the agent was doing.
+  std::set<std::string> states;
+  for (const v1::HeartbeatRequest& h : coordinator.service().heartbeats()) states.insert(h.state());
+  EXPECT_TRUE(states.count("downloading")) << ::testing::PrintToString(states);  // A task's first state.
+  EXPECT_TRUE(states.count("done")) << ::testing::PrintToString(states);         // Its last, always sent.
+
+  // A restarted agent offered the same task again re-uses the recorded update: nothing is encoded or sent again.
+  const std::string update_before = *io::ReadFile((round_dir / "update.bin").string());
+  const int streams = coordinator.service().calls("UploadUpdate");
+  {
+    auto agent = FederatedAgent::Create(config, options);
+    ASSERT_TRUE(agent.ok()) << agent.status();
+    const absl::Status again = (*agent)->RunTask(train);
+    ASSERT_TRUE(again.ok()) << again;
+  }
+  EXPECT_EQ(*io::ReadFile((round_dir / "update.bin").string()), update_before);
+  EXPECT_EQ(coordinator.service().calls("UploadUpdate"), streams);
+  EXPECT_EQ(coordinator.service().reports().size(), 3u);
+
+  // An agent killed after its upload was accepted (the coordinator offers no task again) completes the round when
+  // it restarts; Task.ended_runs then ends the run for it.
+  {
+    auto db = AgentDatabase::Open((work / "site.db").string());
+    ASSERT_TRUE(db.ok()) << db.status();
+    ASSERT_TRUE((*db)
+                    ->database()
+                    .Execute("UPDATE fed_tasks SET state = 'uploaded' WHERE kind = 'train'; "
+                             "DELETE FROM fed_runs;")
+                    .ok());
+  }
+  v1::Task ended;
+  ended.set_kind(v1::Task::NONE);
+  ended.add_ended_runs("run-0");  // Not one of this site's runs: ignored.
+  ended.add_ended_runs("run-1");
+  coordinator.service().AddTask(ended);
+  {
+    auto agent = FederatedAgent::Create(config, options);
+    ASSERT_TRUE(agent.ok()) << agent.status();
+    const absl::Status run = (*agent)->Run();
+    ASSERT_TRUE(run.ok()) << run;
+    EXPECT_EQ((*agent)->finished_runs(), 1);
+  }
+  EXPECT_EQ(coordinator.service().calls("UploadUpdate"), streams);
+  ASSERT_EQ(coordinator.service().reports().size(), 4u);
+  EXPECT_EQ(coordinator.service().reports()[3].kind(), "round");
+  auto db = AgentDatabase::Open((work / "site.db").string());
+  ASSERT_TRUE(db.ok()) << db.status();
+  auto record = (*db)->FindTask({"run-1", 1, 1, "train"});
+  ASSERT_TRUE(record.ok() && record->has_value());
+  EXPECT_EQ((*record)->state, "done");
+  EXPECT_EQ((*record)->update_sha256, io::Sha256Hex(upload));
+  EXPECT_TRUE((*db)->InterruptedTrainTasks()->empty());
+}
+
+TEST(FederatedAgentTest, CancelledByAHeartbeatStopsTheTaskAndEndsTheRun) {
+  fedtune::testing::TempDir tmp;
+  AgentSetup setup(tmp);
+  setup.coordinator.service().AddTask(setup.train);
+  setup.coordinator.service().CancelHeartbeats(true);  // "run aborted": cancel with run_ended.
+  auto agent = FederatedAgent::Create(setup.config, setup.options);
+  ASSERT_TRUE(agent.ok()) << agent.status();
+  const absl::Status run = (*agent)->Run();  // exit_after_runs 1: the ended run lets it return.
+  ASSERT_TRUE(run.ok()) << run;
+  EXPECT_EQ((*agent)->finished_runs(), 1);
+  EXPECT_EQ(setup.coordinator.service().calls("UploadUpdate"), 0);
+  EXPECT_TRUE(setup.coordinator.service().reports().empty());
+  auto db = AgentDatabase::Open(tmp.Join("work/site.db"));
+  ASSERT_TRUE(db.ok()) << db.status();
+  auto record = (*db)->FindTask({"run-1", 1, 1, "train"});
+  ASSERT_TRUE(record.ok() && record->has_value());
+  EXPECT_EQ((*record)->state, "cancelled");
+}
+
+TEST(FederatedAgentTest, ACertificateFromAnotherCaIsRefusedAndTheRunCommandExitsDenied) {
+  fedtune::testing::TempDir tmp;
+  AgentSetup setup(tmp);
+  // The same site name, signed by another consortium's CA: TLS lets it through, the coordinator refuses it.
+  auto other_ca = pki::testing::MakeCa(tmp.Join("other-ca"), "Other");
+  ASSERT_NE(other_ca, nullptr);
+  pki::testing::Credentials foreign = pki::testing::Enroll(*other_ca, "site-a", pki::Role::kSite);
+  std::string text =
+      absl::StrCat("site_id: \"site-a\" coordinator: \"", setup.coordinator.address(), "\" site_cert: \"",
+                   tmp.WriteFile("foreign.pem", foreign.cert_pem), "\" site_key: \"",
+                   tmp.WriteFile("foreign.key", foreign.key_pem), "\" ca_cert: \"", setup.coordinator.site_tls().ca,
+                   "\" work_dir: \"work2\" min_backoff_ms: 1 max_backoff_ms: 5 "
+                   "finetune { manifest: \"data/manifest.csv\" device: \"cpu\" }");
+  const std::string config_path = tmp.WriteFile("foreign.textproto", text);
+  const cli::Command command = MakeRunCommand();
+  auto flags = cli::ParseFlags({"--config", config_path}, command.flags, command.max_positional);
+  ASSERT_TRUE(flags.ok()) << flags.status();
+  const absl::Status status = command.run(*flags);
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnauthenticated) << status;
+  EXPECT_THAT(status.message(), ::testing::HasSubstr("coordinator " + setup.coordinator.address()));
+  EXPECT_EQ(cli::ExitCodeFor(status), cli::kExitDenied);
+  EXPECT_EQ(setup.coordinator.service().calls("GetTask"), 0);
+}
+
+TEST(FederatedAgentTest, RefusesACertificateOfAnotherSite) {
+  fedtune::testing::TempDir tmp;
+  testing::FakeCoordinator coordinator(tmp, "site-b");
+  tmp.WriteFile("manifest.csv", "Path\n");
+  const std::string config_text = absl::StrCat(
+      "site_id: \"site-a\" coordinator: \"", coordinator.address(), "\" site_cert: \"", coordinator.site_tls().cert,
+      "\" site_key: \"", coordinator.site_tls().key, "\" ca_cert: \"", coordinator.site_tls().ca,
+      "\" work_dir: \"work\" finetune { manifest: \"manifest.csv\" device: \"cpu\" }");
+  auto config = ParseAgentConfig(config_text, "site.textproto", tmp.path());
+  ASSERT_TRUE(config.ok()) << config.status();
+  auto agent = FederatedAgent::Create(*config);
+  ASSERT_EQ(agent.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(agent.status().message(), ::testing::HasSubstr("site-b"));
+  EXPECT_THAT(agent.status().message(), ::testing::HasSubstr("site_id"));
+}
+
+}  // namespace
+}  // namespace fedtune::agent
