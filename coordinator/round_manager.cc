@@ -1,7 +1,5 @@
 #include "coordinator/round_manager.h"
 
-#include <sys/stat.h>
-
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
@@ -72,11 +70,6 @@ absl::StatusOr<fl::AggregatorOptions> AggregatorOptionsFor(const v1::RunConfig& 
 }
 
 std::string Iso8601(absl::Time t) { return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", t, absl::UTCTimeZone()); }
-
-int64_t FileSize(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0 ? static_cast<int64_t>(st.st_size) : 0;
-}
 
 // The site of a spool file name "<prefix><site>-<sha256>.upload" (prefix "r<round>-a<attempt>-"), or "" when the
 // name is not one.
@@ -718,7 +711,7 @@ absl::Status RoundManager::RebuildPartialsLocked() {
       std::filesystem::remove(entry.path(), ec);  // Not a name this manager writes.
       continue;
     }
-    a.partials[path] = Active::Partial{site, FileSize(path), false};
+    a.partials[path] = Active::Partial{site, io::FileSize(path).value_or(0), false};
   }
   return absl::OkStatus();
 }
@@ -808,7 +801,7 @@ absl::Status RoundManager::EndUpload(const std::string& site_id, const v1::Uploa
   bool keep = false;
   if (open_attempt) {
     auto it = active_->partials.find(target.spool_path);
-    keep = it != active_->partials.end() && !it->second.superseded && FileSize(target.spool_path) > 0;
+    keep = it != active_->partials.end() && !it->second.superseded && io::FileSize(target.spool_path).value_or(0) > 0;
   }
   if (!keep) DropPartialLocked(target.spool_path);  // Nothing worth resuming.
   return why;
@@ -879,8 +872,8 @@ absl::StatusOr<v1::UploadResponse> RoundManager::AcceptUpload(const std::string&
   }
   if (*sha != header.sha256()) {
     return refuse(absl::DataLossError(absl::StrCat(
-        what, ": tampered or corrupt payload: the SHA-256 of the ", FileSize(target.spool_path), " bytes received is ",
-        *sha, " but the header says ", header.sha256(), "; the received data was discarded")));
+        what, ": tampered or corrupt payload: the SHA-256 of the ", io::FileSize(target.spool_path).value_or(0),
+        " bytes received is ", *sha, " but the header says ", header.sha256(), "; the received data was discarded")));
   }
   absl::MutexLock decode_lock(&decode_mu_);
   std::shared_ptr<const fl::TensorMap> global;
@@ -953,7 +946,7 @@ absl::StatusOr<v1::UploadResponse> RoundManager::RecordAcceptedLocked(const std:
   u.attempt = target.attempt;
   u.site_id = site_id;
   u.sha256 = header.sha256();
-  u.bytes = FileSize(target.spool_path);
+  u.bytes = io::FileSize(target.spool_path).value_or(0);
   u.num_samples = header.num_samples();
   u.l2_norm = l2_norm;
   u.train_loss = header.train_loss();

@@ -1,7 +1,6 @@
 #include "coordinator/cli/admin_client.h"
 
 #include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -76,16 +75,6 @@ bool IsTransient(absl::StatusCode code) {
     default:
       return false;
   }
-}
-
-// Size of a file, 0 when it does not exist.
-absl::StatusOr<int64_t> FileSize(const std::string& path) {
-  struct stat st;
-  if (::stat(path.c_str(), &st) != 0) {
-    if (errno == ENOENT) return 0;
-    return io::ErrnoToStatus(errno, "cannot stat", path);
-  }
-  return static_cast<int64_t>(st.st_size);
 }
 
 absl::Status RemoveFile(const std::string& path) {
@@ -326,14 +315,14 @@ absl::StatusOr<ExportResult> AdminClient::ExportModel(const std::string& request
   const std::string part_path = out_path + ".part";
   ExportResult result;
   result.path = out_path;
-  ASSIGN_OR_RETURN(result.resumed_from, FileSize(part_path));
+  ASSIGN_OR_RETURN(result.resumed_from, io::FileSize(part_path));
   bool may_restart = result.resumed_from > 0;  // A part from an earlier run may belong to another model.
   std::string sha256;
   int64_t total = -1;
   int fruitless = 0;
   absl::Status last_error;
   while (true) {
-    ASSIGN_OR_RETURN(int64_t offset, FileSize(part_path));
+    ASSIGN_OR_RETURN(int64_t offset, io::FileSize(part_path));
     if (total >= 0 && offset == total) break;  // Everything is here.
     if (total >= 0 && offset > total) {
       return absl::DataLossError(absl::StrCat(part_path, " holds ", offset, " bytes, more than the model's ", total));
