@@ -18,13 +18,12 @@ namespace fedtune::eval {
 namespace {
 
 using html::Escape;
+using html::kArrow;
+using html::kEnDash;
+using html::kMinus;
 using html::PageEnd;
 using html::PageStart;
 using html::ReportStyle;
-
-constexpr char kArrow[] = "\u2192";
-constexpr char kEnDash[] = "\u2013";
-constexpr char kMinus[] = "\u2212";
 
 std::string FormatP(std::optional<double> p) {
   if (!p.has_value()) return "n/a";

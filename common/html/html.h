@@ -13,6 +13,11 @@
 
 namespace fedtune::html {
 
+// Typographic characters of the reports' text (UTF-8).
+inline constexpr char kArrow[] = "\u2192";   // →
+inline constexpr char kEnDash[] = "\u2013";  // – (ranges: "0.650–0.750")
+inline constexpr char kMinus[] = "\u2212";   // − (the minus sign)
+
 // Escapes &, <, >, " and ' for HTML text and attribute values; every other byte is kept as is (callers that show
 // untrusted text first make it valid UTF-8 without control characters).
 std::string Escape(absl::string_view text);

@@ -17,13 +17,12 @@ namespace fedtune::admin {
 namespace consortium {
 namespace {
 
+using html::kArrow;
+using html::kEnDash;
+using html::kMinus;
 using html::PageEnd;
 using html::PageStart;
 using html::ReportStyle;
-
-constexpr char kArrow[] = "\u2192";
-constexpr char kEnDash[] = "\u2013";
-constexpr char kMinus[] = "\u2212";
 
 // The consortium page's rules, after the house style (html::ReportStyle).
 constexpr char kStyle[] = R"css(h3 { font-size: 1.08em; margin-top: 1.4em; }
@@ -204,9 +203,8 @@ void AppendSiteSection(std::string* html, const SiteView& view, const v1::SiteRu
                     "<th>Mean AUC global</th><th>Mean AUC after local fine-tuning</th></tr></thead>\n<tbody>\n");
     for (const v1::MetricsReport* r : view.rounds) {
       absl::StrAppend(html, "<tr>", Td(absl::StrCat(r->round())), Td(FormatLoss(ReportedLoss(r->train_loss()))),
-                      Td(FormatLoss(ReportedLoss(r->validation_loss()))),
-                      AucValueTd(MeanAuc(FindModel(r, "global"))), AucValueTd(MeanAuc(FindModel(r, "local"))),
-                      "</tr>\n");
+                      Td(FormatLoss(ReportedLoss(r->validation_loss()))), AucValueTd(MeanAuc(FindModel(r, "global"))),
+                      AucValueTd(MeanAuc(FindModel(r, "local"))), "</tr>\n");
     }
     absl::StrAppend(html, "</tbody>\n</table>\n");
   }
@@ -289,10 +287,9 @@ void AppendRoundsSection(std::string* html, const v1::RunStatus& status, const s
     const RoundTotals t = TotalsOf(r);
     absl::StrAppend(html, "<tr>", Td(absl::StrCat(r.round())), Td(absl::StrCat(r.attempt())), TdText(r.state()),
                     Td(absl::StrCat(t.accepted)), Td(absl::StrCat(t.refused)), Td(absl::StrCat(t.samples)),
-                    Td(FormatLoss(t.mean_train_loss)), Td(FormatLoss(t.mean_validation_loss)),
-                    Td(FormatBytes(t.bytes)), "<td><code>", HtmlEscape(ShortDigest(r.model_digest())),
-                    "</code></td><td><code>", HtmlEscape(ShortDigest(r.result_digest())), "</code></td>",
-                    TdText(r.message()), "</tr>\n");
+                    Td(FormatLoss(t.mean_train_loss)), Td(FormatLoss(t.mean_validation_loss)), Td(FormatBytes(t.bytes)),
+                    "<td><code>", HtmlEscape(ShortDigest(r.model_digest())), "</code></td><td><code>",
+                    HtmlEscape(ShortDigest(r.result_digest())), "</code></td>", TdText(r.message()), "</tr>\n");
   }
   absl::StrAppend(html, "</tbody>\n</table>\n");
   if (std::string chart = LossChart(views); !chart.empty()) {
