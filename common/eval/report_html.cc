@@ -21,9 +21,6 @@ using html::Escape;
 using html::kArrow;
 using html::kEnDash;
 using html::kMinus;
-using html::PageEnd;
-using html::PageStart;
-using html::ReportStyle;
 
 std::string FormatP(std::optional<double> p) {
   if (!p.has_value()) return "n/a";
@@ -211,7 +208,8 @@ std::string RenderEvaluationHtml(const EvaluationHtmlInputs& in) {
   const std::string a_name = Escape(in.model_a_name);
   const std::string b_name = Escape(in.model_b_name);
   std::string html;
-  absl::StrAppend(&html, PageStart(Escape(in.title), absl::StrCat(ReportStyle(72), kStyle)));
+  absl::StrAppend(&html,
+                  fedtune::html::PageStart(Escape(in.title), absl::StrCat(fedtune::html::ReportStyle(72), kStyle)));
   absl::StrAppend(&html, "<p class=\"summary\">",
                   Escape(EvaluationSummaryLine(in.report, in.model_b_name, in.significance)), "</p>\n");
 
@@ -309,7 +307,7 @@ std::string RenderEvaluationHtml(const EvaluationHtmlInputs& in) {
     }
     absl::StrAppend(&html, "</div>\n");
   }
-  absl::StrAppend(&html, PageEnd());
+  absl::StrAppend(&html, fedtune::html::PageEnd());
   return html;
 }
 
