@@ -20,14 +20,14 @@ int main(int argc, char** argv) {
   // data check decodes every image with the decoder training uses (and its --max-image-pixels), so it accepts
   // exactly what training reads.
   commands.Add(fedtune::data::MakeDataCheckCommand(std::cout));
-  commands.Add(fedtune::imaging::MakeDataConvertCommand());
-  commands.Add(fedtune::model::MakeModelImportCommand());
-  commands.Add(fedtune::model::MakeModelInfoCommand());
+  commands.Add(fedtune::imaging::MakeDataConvertCommand(std::cout));
+  commands.Add(fedtune::model::MakeModelImportCommand(std::cout));
+  commands.Add(fedtune::model::MakeModelInfoCommand(std::cout));
   commands.Add(fedtune::agent::MakeModelInitCommand());
   commands.Add(fedtune::agent::MakeFinetuneCommand());
   commands.Add(fedtune::agent::MakePredictCommand());
   commands.Add(fedtune::agent::MakeEvaluateCommand());
-  commands.Add(fedtune::agent::MakeRunCommand());       // The federated mode: dials out to the coordinator.
-  commands.Add(fedtune::pki::MakePkiRequestCommand());  // The site's key is made here and never leaves it.
+  commands.Add(fedtune::agent::MakeRunCommand());                // The federated mode: dials out to the coordinator.
+  commands.Add(fedtune::pki::MakePkiRequestCommand(std::cout));  // The site's key is made here and never leaves it.
   return commands.Main(argc, argv);
 }
