@@ -1,13 +1,13 @@
 #include "coordinator/admin_service.h"
 
 #include <algorithm>
-#include <fstream>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/logging.h"
 #include "common/net/grpc_status.h"
+#include "coordinator/model_stream.h"
 
 namespace fedtune::coordinator {
 
@@ -143,37 +143,12 @@ grpc::Status AdminServiceImpl::ExportModel(grpc::ServerContext* context, const v
     return net::ToPeerGrpcStatus(absl::InvalidArgumentError(
         absl::StrCat("digest prefix ", prefix, " matches ", found->size(), " model versions: give more digits")));
   }
-  const std::string digest = found->front().digest;
-  absl::StatusOr<int64_t> total = blobs_->Size(digest);
-  std::ifstream in(blobs_->PathOf(digest), std::ios::binary);
-  if (!total.ok() || !in) {
-    LOG(ERROR) << "model version " << digest << ": blob " << blobs_->PathOf(digest) << " is missing";
-    return net::ToPeerGrpcStatus(absl::DataLossError(
-        absl::StrCat("model version ", digest, " is missing in the coordinator's blob store (see its log)")));
-  }
-  if (request->offset() < 0 || request->offset() > *total) {
-    return net::ToPeerGrpcStatus(absl::OutOfRangeError(
-        absl::StrCat("offset ", request->offset(), " is outside the model's ", *total, " bytes")));
-  }
-  in.seekg(request->offset());
-  std::string buffer(static_cast<size_t>(options_.chunk_bytes), '\0');
-  for (int64_t offset = request->offset(); offset < *total;) {
-    if (context->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "export cancelled");
-    const int64_t n = std::min<int64_t>(options_.chunk_bytes, *total - offset);
-    if (!in.read(buffer.data(), n)) {
-      LOG(ERROR) << "reading model blob " << blobs_->PathOf(digest) << " failed";
-      return net::ToPeerGrpcStatus(
-          absl::DataLossError(absl::StrCat("reading model version ", digest, " failed on the coordinator")));
-    }
-    v1::Chunk chunk;
-    chunk.set_offset(offset);
-    chunk.set_data(buffer.data(), static_cast<size_t>(n));
-    chunk.set_total_bytes(*total);
-    chunk.set_sha256(digest);
-    if (!writer->Write(chunk)) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "export stream broken");
-    offset += n;
-  }
-  return grpc::Status::OK;
+  absl::StatusOr<ModelStream> stream = ModelStream::Open(*blobs_, found->front().digest, request->offset());
+  if (!stream.ok()) return net::ToPeerGrpcStatus(stream.status());
+  int64_t sent = 0;
+  return net::ToPeerGrpcStatus(stream->Send(
+      options_.chunk_bytes, [context] { return context->IsCancelled(); },
+      [writer](const v1::Chunk& chunk) { return writer->Write(chunk); }, "export", &sent));
 }
 
 grpc::Status AdminServiceImpl::GetRunReport(grpc::ServerContext* context, const v1::RunReportRequest* request,

@@ -1,7 +1,9 @@
 #include "coordinator/coordinator_server.h"
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <system_error>
 
 #include "absl/strings/str_cat.h"
@@ -13,6 +15,34 @@
 #include "coordinator/coordinator_config.h"
 
 namespace fedtune::coordinator {
+namespace {
+
+RoundManagerOptions RoundOptionsFor(const v1::CoordinatorConfig& config, const std::string& state_dir,
+                                    std::function<absl::Time()> clock) {
+  RoundManagerOptions round_options;
+  round_options.state_dir = state_dir;
+  round_options.clock = std::move(clock);
+  round_options.heartbeat_timeout_seconds = config.heartbeat_timeout_seconds();
+  round_options.max_upload_bytes = config.max_upload_bytes();
+  round_options.max_open_uploads_per_site = config.max_open_uploads_per_site();
+  round_options.max_spool_bytes_per_site = SpoolBytesPerSite(config);
+  round_options.max_spool_bytes_per_round = SpoolBytesPerRound(config);
+  return round_options;
+}
+
+SiteServiceOptions SiteOptionsFor(const v1::CoordinatorConfig& config, std::function<absl::Time()> clock) {
+  SiteServiceOptions site_options;
+  site_options.chunk_bytes = config.chunk_bytes();
+  site_options.task_wait_seconds = config.task_wait_seconds();
+  site_options.heartbeat_seconds = std::max(1, config.heartbeat_timeout_seconds() / 6);
+  site_options.call_limits.max_calls_per_site = config.max_calls_per_site();
+  site_options.call_limits.max_streams_per_site = config.max_streams_per_site();
+  site_options.auto_approve = config.auto_approve();
+  site_options.clock = std::move(clock);
+  return site_options;
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(const v1::CoordinatorConfig& config,
                                                                 CoordinatorOptions options) {
@@ -45,26 +75,10 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(const v1::Coordi
   ASSIGN_OR_RETURN(c->verifier_, pki::CertificateVerifier::Create(verifier_options));
   c->authorizer_ = std::make_unique<Authorizer>(c->verifier_.get(), c->store_.get(), clock);
 
-  RoundManagerOptions round_options;
-  round_options.state_dir = dir;
-  round_options.clock = clock;
-  round_options.heartbeat_timeout_seconds = config.heartbeat_timeout_seconds();
-  round_options.max_upload_bytes = config.max_upload_bytes();
-  round_options.max_open_uploads_per_site = config.max_open_uploads_per_site();
-  round_options.max_spool_bytes_per_site = SpoolBytesPerSite(config);
-  round_options.max_spool_bytes_per_round = SpoolBytesPerRound(config);
-  ASSIGN_OR_RETURN(c->rounds_, RoundManager::Create(c->store_.get(), c->blobs_.get(), round_options));
-
-  SiteServiceOptions site_options;
-  site_options.chunk_bytes = config.chunk_bytes();
-  site_options.task_wait_seconds = config.task_wait_seconds();
-  site_options.heartbeat_seconds = std::max(1, config.heartbeat_timeout_seconds() / 6);
-  site_options.call_limits.max_calls_per_site = config.max_calls_per_site();
-  site_options.call_limits.max_streams_per_site = config.max_streams_per_site();
-  site_options.auto_approve = config.auto_approve();
-  site_options.clock = clock;
+  ASSIGN_OR_RETURN(c->rounds_,
+                   RoundManager::Create(c->store_.get(), c->blobs_.get(), RoundOptionsFor(config, dir, clock)));
   c->site_service_ = std::make_unique<SiteServiceImpl>(c->authorizer_.get(), c->store_.get(), c->blobs_.get(),
-                                                       c->rounds_.get(), site_options);
+                                                       c->rounds_.get(), SiteOptionsFor(config, clock));
   AdminServiceOptions admin_options;
   admin_options.chunk_bytes = config.chunk_bytes();
   admin_options.clock = clock;

@@ -42,6 +42,10 @@
 // Rounds a peer sends are range-checked against the run: InvalidArgument naming the field below its range (1 for
 // uploads and round metrics, 0 for heartbeats), OutOfRange above the run's rounds.
 //
+// Parts: run_views.h (the operator's views), upload_intake.cc (uploads), round_transitions.h (the state machine's
+// steps), active_run.h (the in-memory side of the active run), spool_dir.h (spool files); this class ties them
+// together under one mutex.
+//
 // Thread safety: thread-safe. Uploads are decoded one at a time (an internal mutex), so the coordinator holds at
 // most one decoded delta besides the global model and the aggregator.
 #ifndef FEDTUNE_COORDINATOR_ROUND_MANAGER_H_
@@ -58,7 +62,11 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/fl/tensor_map.h"
+#include "coordinator/active_run.h"
 #include "coordinator/blob_store.h"
+#include "coordinator/run_views.h"
+#include "coordinator/spool_dir.h"
 #include "coordinator/state_store.h"
 #include "fedtune/v1/federation.pb.h"
 
@@ -150,14 +158,15 @@ class RoundManager {
   // attempt ended.
   absl::Status EndUpload(const std::string& site_id, const v1::UploadHeader& header, const UploadTarget& target,
                          absl::Status why);
-  // Takes the complete spool file of an upload (header.total_bytes received in target.spool_path) and accepts it
-  // (status "accepted"), or refuses it, removes the spool file and records the refusal: DataLoss when the file's
-  // SHA-256 differs from header.sha256 ("tampered"); InvalidArgument for a payload that does not decode against
+  // Takes the complete spool file of an upload (header.total_bytes received in target.spool_path, whose SHA-256
+  // the receiver computed while the bytes arrived: `received_sha256`) and accepts it (status "accepted"), or
+  // refuses it, removes the spool file and records the refusal: DataLoss when received_sha256 differs from
+  // header.sha256 ("tampered"); InvalidArgument for a payload that does not decode against
   // the global model (names, shapes, dtypes, NaN/Inf) or num_samples <= 0; FailedPrecondition for a norm above
   // max_update_norm, or when the round closed meanwhile; PrepareUpload's errors. Ends the claim of a target from
   // BeginUpload. Messages name site, run and round, never a server path.
   absl::StatusOr<v1::UploadResponse> AcceptUpload(const std::string& site_id, const v1::UploadHeader& header,
-                                                  const UploadTarget& target);
+                                                  const UploadTarget& target, const std::string& received_sha256);
 
   // Applies deadlines at the clock's now (closing, failing or retrying rounds; ending the evaluation). Called
   // periodically by the server; errors (e.g. a failed checkpoint write) leave the round open for the next tick.
@@ -170,50 +179,74 @@ class RoundManager {
   std::string ActiveRunId();
 
  private:
-  struct Active;
+  // A decoded delta that passed validation, and its L2 norm.
+  struct ValidatedDelta {
+    fl::TensorMap delta;
+    double l2_norm = 0;
+  };
   RoundManager(StateStore* store, BlobStore* blobs, RoundManagerOptions options);
   static constexpr int kEndedRunsSent = 20;
+  // InvalidArgument below `min`, OutOfRange beyond the run's rounds, naming the field.
+  static absl::Status CheckRound(int round, int min, const RunRecord& run);
   int64_t NowMs() const;
+  RunViewOptions ViewOptions() const;
   absl::Status AddEndedRuns(const std::string& site_id, v1::Task* task);
-  absl::Status Recover();
-  absl::StatusOr<std::unique_ptr<Active>> LoadActive(const RunRecord& run, const RoundRecord* round);
-  absl::Status RebuildAggregatorLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<v1::Task> NextTaskLocked(const std::string& site_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<std::set<std::string>> EligibleSitesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // ---- Recovery (round_manager.cc)
+  absl::Status Recover();
+  absl::Status RebuildAggregatorLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Lists the partial uploads of the open attempt from the spool folder.
+  absl::Status RebuildPartialsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // ---- Upload intake (upload_intake.cc)
   absl::StatusOr<UploadTarget> PrepareUploadLocked(const std::string& site_id, const std::string& run_id, int round,
                                                    const std::string& sha256) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status MaybeCloseLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status CloseRoundLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status CloseRoundOnceLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status FailAttemptLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status FinishEvaluationLocked(const std::string& message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::StatusOr<std::set<std::string>> EligibleSitesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void RemoveSpoolFiles(const std::string& run_id, int round, int attempt);
-  // Removes every spool file except those of `keep_run` whose name starts with `keep_prefix`.
-  void RemoveStaleSpoolFiles(const std::string& keep_run, const std::string& keep_prefix);
-  std::string SpoolPath(const std::string& run_id, int round, int attempt, const std::string& site_id,
-                        const std::string& sha256) const;
+  // ResourceExhausted when claiming `path` for header would exceed a limit on partial uploads.
+  absl::Status CheckSpoolLimitsLocked(const std::string& site_id, const v1::UploadHeader& header,
+                                      const std::string& path) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether the upload's attempt is still the open one: false when the site has no accepted update in it, true
+  // when this payload was accepted meanwhile; FailedPrecondition (round not open, attempt ended) or AlreadyExists
+  // (another payload accepted) otherwise.
+  absl::StatusOr<bool> CheckStillOpenLocked(const std::string& site_id, const v1::UploadHeader& header,
+                                            const UploadTarget& target, const std::string& what)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Decodes the spool file against `global` and validates it (fl::ValidateUpdate); errors keep their codes, with
+  // the upload named instead of the spool file. Called without mu_ (takes it only to explain a read failure).
+  absl::StatusOr<ValidatedDelta> DecodeAndValidate(const std::string& site_id, const v1::UploadHeader& header,
+                                                   const UploadTarget& target, const fl::TensorMap& global,
+                                                   double max_norm, const std::string& what) ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status RecordRefusal(const std::string& site_id, const v1::UploadHeader& header, int attempt,
                              const absl::Status& why);
   // Removes the spool file at `path` and forgets its partial upload.
   void DropPartialLocked(const std::string& path) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Supersedes `site_id`'s partial uploads of the open attempt other than `keep_path`.
   void SupersedeLocked(const std::string& site_id, const std::string& keep_path) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Lists the partial uploads of the open attempt from the spool folder (Recover).
-  absl::Status RebuildPartialsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Records an accepted update (its delta is in the aggregator), maybe closing the round.
   absl::StatusOr<v1::UploadResponse> RecordAcceptedLocked(const std::string& site_id, const v1::UploadHeader& header,
                                                           const UploadTarget& target, double l2_norm,
                                                           const std::string& what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  // ---- The round state machine (round_manager.cc; the transitions in round_transitions.h)
+  // Moves active_ along a committed transition: the next round or attempt, or no active run.
+  absl::Status AdvanceLocked(const RunTransition& transition) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status MaybeCloseLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status CloseRoundLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status CloseRoundOnceLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status FailAttemptLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status FinishEvaluationLocked(const std::string& message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   StateStore* const store_;
   BlobStore* const blobs_;
   const RoundManagerOptions options_;
+  const SpoolDir spool_;
 
   // Serializes decoding (one decoded delta at a time). Acquired before mu_, never while holding it.
   absl::Mutex decode_mu_;
   absl::Mutex mu_ ABSL_ACQUIRED_AFTER(decode_mu_);
   absl::CondVar task_cv_;  // Signalled when tasks may have changed.
-  std::unique_ptr<Active> active_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<ActiveRun> active_ ABSL_GUARDED_BY(mu_);
   // Spool files claimed by a stream (BeginUpload until EndUpload / AcceptUpload), of any attempt.
   std::set<std::string> receiving_ ABSL_GUARDED_BY(mu_);
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;

@@ -3,7 +3,6 @@
 #include <sys/stat.h>
 
 #include <algorithm>
-#include <fstream>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -12,6 +11,7 @@
 #include "common/logging.h"
 #include "common/net/grpc_status.h"
 #include "common/status_macros.h"
+#include "coordinator/model_stream.h"
 #include "coordinator/upload_receiver.h"
 
 namespace fedtune::coordinator {
@@ -127,50 +127,15 @@ grpc::Status SiteServiceImpl::DownloadModel(grpc::ServerContext* context, const 
   if (!*version) return refuse(absl::NotFoundError(absl::StrCat("no model version ", digest)));
   absl::Status allowed = rounds_->CheckModelAccess(peer->common_name, digest);
   if (!allowed.ok()) return refuse(allowed);
-  const std::string path = blobs_->PathOf(digest);
-  std::ifstream in(path, std::ios::binary);
-  absl::StatusOr<int64_t> total = blobs_->Size(digest);
-  if (!in || !total.ok()) {
-    LOG(ERROR) << "model version " << digest << ": blob " << path << " is missing";
-    return refuse(absl::DataLossError(
-        absl::StrCat("model version ", digest, " is missing on the coordinator; tell its operator")));
-  }
-  if (request->offset() < 0 || request->offset() > *total) {
-    return refuse(absl::OutOfRangeError(
-        absl::StrCat("offset ", request->offset(), " is outside [0, ", *total, "] of model version ", digest)));
-  }
-  in.seekg(request->offset());
-  int64_t offset = request->offset();
+  absl::StatusOr<ModelStream> stream = ModelStream::Open(*blobs_, digest, request->offset());
+  if (!stream.ok()) return refuse(stream.status());
   int64_t sent = 0;
-  std::string buffer(static_cast<size_t>(options_.chunk_bytes), '\0');
-  grpc::Status result = grpc::Status::OK;
-  while (offset < *total) {
-    if (context->IsCancelled()) {
-      result = grpc::Status(grpc::StatusCode::CANCELLED, "download cancelled");
-      break;
-    }
-    const int64_t n = std::min<int64_t>(options_.chunk_bytes, *total - offset);
-    if (!in.read(buffer.data(), n)) {
-      LOG(ERROR) << "reading model blob " << path;
-      result = grpc::Status(grpc::StatusCode::DATA_LOSS,
-                            absl::StrCat("reading model version ", digest, " failed on the coordinator"));
-      break;
-    }
-    v1::Chunk chunk;
-    chunk.set_offset(offset);
-    chunk.set_data(buffer.data(), static_cast<size_t>(n));
-    chunk.set_total_bytes(*total);
-    chunk.set_sha256(digest);
-    if (!writer->Write(chunk)) {
-      result = grpc::Status(grpc::StatusCode::UNAVAILABLE, "download stream broken");
-      break;
-    }
-    offset += n;
-    sent += n;
-  }
+  const absl::Status result = stream->Send(
+      options_.chunk_bytes, [context] { return context->IsCancelled(); },
+      [writer](const v1::Chunk& chunk) { return writer->Write(chunk); }, "download", &sent);
   absl::Status counted = store_->AddTransfer(rounds_->ActiveRunId(), peer->common_name, sent, 0);
   if (!counted.ok()) LOG(WARNING) << "counting downloaded bytes: " << counted;
-  return result;
+  return Reply(result, kRpc, peer->common_name);
 }
 
 grpc::Status SiteServiceImpl::GetUploadOffset(grpc::ServerContext* context, const v1::UploadOffsetRequest* request,

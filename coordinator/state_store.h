@@ -2,7 +2,7 @@
 // common/store/database.h). Every state change that matters is ONE method here and ONE transaction, so a
 // coordinator killed at any moment restarts from a consistent database.
 //
-// Schema (migration 1):
+// Schema (migration 1; the SQL and the row mapping are in state_schema.h):
 //   sites(site_id PK, status 'pending'|'approved'|'revoked', first_seen_ms, last_seen_ms, certificate_serial,
 //         dataset BLOB (serialized v1.DatasetSummary), capabilities BLOB (serialized v1.Capabilities),
 //         state (last heartbeat's free text), progress, train_loss, status_ms)

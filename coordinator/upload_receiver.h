@@ -2,11 +2,12 @@
 // and the fuzz harness tests/fuzz/upload_fuzz.cc drives the same code with message sequences of its own.
 //
 // Protocol (federation.proto): the first message is the UploadHeader, the others carry data. RoundManager::
-// BeginUpload checks the header and claims the spool file; the data, which starts at header.offset, is written into
-// it from that offset (replacing what followed), at most header.total_bytes in all. What arrived is fsynced when
-// the stream ends, broken or not, so that GetUploadOffset resumes from it. With total_bytes in, RoundManager::
-// AcceptUpload checks, decodes, validates and aggregates; otherwise RoundManager::EndUpload keeps the bytes for a
-// resume, or refuses the upload when the peer broke the protocol.
+// BeginUpload checks the header and claims the spool file; a net::ChunkReceiver writes the data, which starts at
+// header.offset, into it from that offset (replacing what followed), at most header.total_bytes in all, and hashes
+// it as it arrives. What arrived is fsynced when the stream ends, broken or not, so that GetUploadOffset resumes
+// from it. With total_bytes in, RoundManager::AcceptUpload takes the received SHA-256, decodes, validates and
+// aggregates; otherwise RoundManager::EndUpload keeps the bytes for a resume, or refuses the upload when the peer
+// broke the protocol.
 //
 // Thread safety: reentrant (RoundManager is thread-safe; one stream per call).
 #ifndef FEDTUNE_COORDINATOR_UPLOAD_RECEIVER_H_

@@ -7,7 +7,6 @@
 #include <cerrno>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <utility>
 #include <vector>
 
@@ -16,6 +15,8 @@
 #include "common/io/file_util.h"
 #include "common/io/sha256.h"
 #include "common/logging.h"
+#include "common/net/chunk_receiver.h"
+#include "common/net/chunk_sender.h"
 #include "common/net/grpc_status.h"
 #include "common/seed.h"
 #include "common/status_macros.h"
@@ -23,20 +24,8 @@
 namespace fedtune::agent {
 namespace {
 
-constexpr int kMinChunkBytes = 1 << 10;
-constexpr int kMaxChunkBytes = 4 << 20;
-
 std::chrono::system_clock::time_point DeadlineIn(absl::Duration timeout) {
   return absl::ToChronoTime(absl::Now() + timeout);
-}
-
-// Size of a file, 0 when it does not exist.
-absl::StatusOr<int64_t> FileSize(const std::string& path) {
-  std::error_code ec;
-  if (!std::filesystem::exists(path, ec)) return 0;
-  const uintmax_t size = std::filesystem::file_size(path, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot stat '", path, "': ", ec.message()));
-  return static_cast<int64_t>(size);
 }
 
 void RemoveFile(const std::string& path) {
@@ -100,12 +89,10 @@ CoordinatorClient::CoordinatorClient(std::shared_ptr<grpc::Channel> channel, con
     : options_(options),
       channel_(std::move(channel)),
       stub_(v1::SiteService::NewStub(channel_)),
-      chunk_bytes_(std::clamp(options.chunk_bytes, kMinChunkBytes, kMaxChunkBytes)),
+      chunk_bytes_(net::ClampChunkBytes(options.chunk_bytes)),
       backoff_seeds_(options.seed != 0 ? options.seed : static_cast<uint64_t>(absl::ToUnixNanos(absl::Now()))) {}
 
-void CoordinatorClient::set_chunk_bytes(int bytes) {
-  chunk_bytes_.store(std::clamp(bytes, kMinChunkBytes, kMaxChunkBytes));
-}
+void CoordinatorClient::set_chunk_bytes(int bytes) { chunk_bytes_.store(net::ClampChunkBytes(bytes)); }
 
 Backoff CoordinatorClient::NewBackoff() {
   return Backoff(options_.retry, options_.sleep, backoff_seeds_.fetch_add(kSplitMix64Gamma));
@@ -178,54 +165,70 @@ absl::StatusOr<v1::UploadOffsetResponse> CoordinatorClient::GetUploadOffset(cons
   return response;
 }
 
-absl::Status CoordinatorClient::DownloadOnce(const std::string& digest, int64_t expected_bytes, const std::string& part,
-                                             const CancelFn& cancelled, int64_t* total_bytes) {
-  ASSIGN_OR_RETURN(int64_t offset, FileSize(part));
-  const std::string what = absl::StrCat("model ", digest, " from coordinator ", options_.address);
+absl::Status CoordinatorClient::DownloadOnce(const std::string& digest, int64_t expected_bytes,
+                                             net::ChunkReceiver* part, const CancelFn& cancelled) {
+  const int64_t offset = part->offset();
   grpc::ClientContext context;
   // Unknown size: allow for a large model (256 MiB) at the minimum rate.
-  const int64_t size = *total_bytes >= 0 ? *total_bytes : expected_bytes > 0 ? expected_bytes : (int64_t{256} << 20);
+  const int64_t total = part->announced_total();
+  const int64_t size = total >= 0 ? total : expected_bytes > 0 ? expected_bytes : (int64_t{256} << 20);
   context.set_deadline(DeadlineIn(StreamTimeout(size - offset)));
   v1::DownloadRequest request;
   request.set_digest(digest);
   request.set_offset(offset);
   std::unique_ptr<grpc::ClientReader<v1::Chunk>> reader = stub_->DownloadModel(&context, request);
-  ASSIGN_OR_RETURN(io::AppendOnlyFile file, io::AppendOnlyFile::Open(part));
   v1::Chunk chunk;
   absl::Status local;  // A problem on our side or with the chunks, which ends the stream.
   while (local.ok() && reader->Read(&chunk)) {
     if (cancelled && cancelled()) {
-      local = absl::CancelledError(absl::StrCat("download of ", what, " cancelled at byte ", offset));
-    } else if (chunk.offset() != offset) {
-      local = absl::DataLossError(
-          absl::StrCat("download of ", what, ": chunk at offset ", chunk.offset(), ", expected ", offset));
-    } else if (!chunk.sha256().empty() && chunk.sha256() != digest) {
-      local = absl::DataLossError(
-          absl::StrCat("download of ", what, ": the coordinator sends a payload with sha256 ", chunk.sha256()));
-    } else if (chunk.total_bytes() < offset + static_cast<int64_t>(chunk.data().size())) {
-      local = absl::DataLossError(absl::StrCat("download of ", what, ": chunk ends at ",
-                                               offset + static_cast<int64_t>(chunk.data().size()),
-                                               " past the total of ", chunk.total_bytes(), " bytes"));
+      local = absl::CancelledError(absl::StrCat("download of model ", digest, " from coordinator ", options_.address,
+                                                " cancelled at byte ", part->offset()));
     } else {
-      *total_bytes = chunk.total_bytes();
-      local = file.Append(chunk.data());
-      if (local.ok()) {
-        offset += static_cast<int64_t>(chunk.data().size());
-        bytes_down_ += static_cast<int64_t>(chunk.data().size());
-      }
+      local = part->AppendAnnounced(chunk.offset(), chunk.data(), chunk.total_bytes(), chunk.sha256(), digest);
+      if (local.ok()) bytes_down_ += static_cast<int64_t>(chunk.data().size());
     }
   }
   if (!local.ok()) context.TryCancel();
-  const absl::Status closed = file.Close();
+  const absl::Status synced = part->Sync();
   const grpc::Status finished = reader->Finish();
   RETURN_IF_ERROR(local);
-  RETURN_IF_ERROR(closed);
+  RETURN_IF_ERROR(synced);
   RETURN_IF_ERROR(Error(finished, "DownloadModel"));
-  if (*total_bytes >= 0 && offset < *total_bytes) {
-    return absl::UnavailableError(
-        absl::StrCat("download of ", what, ": the stream ended at byte ", offset, " of ", *total_bytes));
+  if (part->announced_total() >= 0 && part->offset() < part->announced_total()) {
+    return absl::UnavailableError(absl::StrCat("download of model ", digest, " from coordinator ", options_.address,
+                                               ": the stream ended at byte ", part->offset(), " of ",
+                                               part->announced_total()));
   }
   return absl::OkStatus();
+}
+
+absl::Status CoordinatorClient::DownloadInto(const std::string& digest, int64_t expected_bytes,
+                                             net::ChunkReceiver* part, const CancelFn& cancelled) {
+  Backoff backoff = NewBackoff();
+  while (true) {
+    if (cancelled && cancelled()) return absl::CancelledError(absl::StrCat("download of model ", digest, " cancelled"));
+    RETURN_IF_ERROR(part->ResumeAtEnd());  // Also after a failed write: the file says what it holds.
+    const int64_t before = part->offset();
+    const int64_t total = part->announced_total() >= 0 ? part->announced_total()
+                          : expected_bytes > 0         ? expected_bytes
+                                                       : -1;
+    if (total >= 0 && before > total) {
+      LOG(WARNING) << "the .part file of model " << digest << " holds " << before << " bytes, more than the model's "
+                   << total << ": starting again";
+      RETURN_IF_ERROR(part->ResumeAt(0));
+      part->ClearAnnouncements();
+      continue;
+    }
+    if (total >= 0 && before == total) return absl::OkStatus();
+    if (before > 0) LOG(INFO) << "resuming the download of model " << digest << " at byte " << before;
+    const absl::Status status = DownloadOnce(digest, expected_bytes, part, cancelled);
+    if (status.ok() || !IsRetryable(status)) return status;
+    RETURN_IF_ERROR(part->ResumeAtEnd());
+    if (part->offset() > before) backoff.Reset();
+    LOG(WARNING) << status << "; " << part->offset() << " bytes of model " << digest << " kept, retrying in about "
+                 << backoff.NextDelay();
+    RETURN_IF_ERROR(backoff.Wait(status));
+  }
 }
 
 absl::StatusOr<std::string> CoordinatorClient::DownloadModel(const std::string& digest, int64_t expected_bytes,
@@ -235,68 +238,46 @@ absl::StatusOr<std::string> CoordinatorClient::DownloadModel(const std::string& 
   }
   RETURN_IF_ERROR(io::MakeDirectories(dir));
   const std::string final_path = (std::filesystem::path(dir) / absl::StrCat(digest, ".ckpt")).string();
-  const std::string part = (std::filesystem::path(dir) / absl::StrCat(digest, ".part")).string();
+  const std::string part_path = (std::filesystem::path(dir) / absl::StrCat(digest, ".part")).string();
   if (std::filesystem::exists(final_path)) {
     ASSIGN_OR_RETURN(std::string sha, io::Sha256File(final_path));
     if (sha == digest) return final_path;
     LOG(WARNING) << final_path << " has sha256 " << sha << ", not its name: downloading it again";
     RemoveFile(final_path);
   }
-  Backoff backoff = NewBackoff();
-  int64_t total_bytes = expected_bytes > 0 ? expected_bytes : -1;
-  while (true) {
-    if (cancelled && cancelled()) return absl::CancelledError(absl::StrCat("download of model ", digest, " cancelled"));
-    ASSIGN_OR_RETURN(int64_t before, FileSize(part));
-    if (total_bytes >= 0 && before > total_bytes) {
-      LOG(WARNING) << part << " holds " << before << " bytes, more than the model's " << total_bytes
-                   << ": starting again";
-      RemoveFile(part);
-      before = 0;
-    }
-    absl::Status status;
-    if (total_bytes < 0 || before < total_bytes) {
-      if (before > 0) LOG(INFO) << "resuming the download of model " << digest << " at byte " << before;
-      status = DownloadOnce(digest, expected_bytes, part, cancelled, &total_bytes);
-    }
-    if (status.ok()) break;
-    if (status.code() == absl::StatusCode::kDataLoss) {
-      RemoveFile(part);
-      return status;
-    }
-    if (!IsRetryable(status)) return status;
-    ASSIGN_OR_RETURN(int64_t after, FileSize(part));
-    if (after > before) backoff.Reset();
-    LOG(WARNING) << status << "; " << after << " bytes kept in " << part << ", retrying in about "
-                 << backoff.NextDelay();
-    RETURN_IF_ERROR(backoff.Wait(status));
-  }
-  ASSIGN_OR_RETURN(std::string sha, io::Sha256File(part));
+  net::ChunkReceiverOptions options;
+  options.what = absl::StrCat("download of model ", digest, " from coordinator ", options_.address);
+  ASSIGN_OR_RETURN(std::unique_ptr<net::ChunkReceiver> part, net::ChunkReceiver::Open(part_path, options));
+  absl::Status status = DownloadInto(digest, expected_bytes, part.get(), cancelled);
+  if (status.code() == absl::StatusCode::kDataLoss) RemoveFile(part_path);
+  RETURN_IF_ERROR(status);
+  // Hashed while the bytes arrived (a .part file left by an earlier agent was read once, to resume).
+  ASSIGN_OR_RETURN(std::string sha, part->Digest());
+  part.reset();
   if (sha != digest) {
-    RemoveFile(part);
+    RemoveFile(part_path);
     return absl::DataLossError(absl::StrCat("model ", digest, " from coordinator ", options_.address,
-                                            " arrived with sha256 ", sha, " (corrupted in transit or tampered); ", part,
-                                            " was removed"));
+                                            " arrived with sha256 ", sha, " (corrupted in transit or tampered); ",
+                                            part_path, " was removed"));
   }
   std::error_code ec;
-  std::filesystem::rename(part, final_path, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot rename ", part, " to ", final_path, ": ", ec.message()));
+  std::filesystem::rename(part_path, final_path, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot rename ", part_path, " to ", final_path, ": ", ec.message()));
   return final_path;
 }
 
-absl::StatusOr<v1::UploadResponse> CoordinatorClient::UploadOnce(const UploadRequest& request, int64_t offset,
-                                                                 int64_t size, const CancelFn& cancelled) {
-  std::ifstream in(request.path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open update file '", request.path, "'"));
-  in.seekg(offset);
+absl::StatusOr<v1::UploadResponse> CoordinatorClient::UploadOnce(const UploadRequest& request,
+                                                                 net::ChunkSender* payload, int64_t offset,
+                                                                 const CancelFn& cancelled) {
   grpc::ClientContext context;
-  context.set_deadline(DeadlineIn(StreamTimeout(size - offset)));
+  context.set_deadline(DeadlineIn(StreamTimeout(payload->size() - offset)));
   v1::UploadResponse response;
   std::unique_ptr<grpc::ClientWriter<v1::UploadChunk>> writer = stub_->UploadUpdate(&context, &response);
   v1::UploadChunk header_chunk;
   v1::UploadHeader* header = header_chunk.mutable_header();
   header->set_run_id(request.run_id);
   header->set_round(request.round);
-  header->set_total_bytes(size);
+  header->set_total_bytes(payload->size());
   header->set_sha256(request.sha256);
   header->set_offset(offset);
   header->set_num_samples(request.num_samples);
@@ -305,26 +286,23 @@ absl::StatusOr<v1::UploadResponse> CoordinatorClient::UploadOnce(const UploadReq
   header->set_validation_loss(request.validation_loss);
   absl::Status local;
   bool writing = writer->Write(header_chunk);
-  std::string buffer;
-  int64_t position = offset;
-  while (writing && position < size) {
-    if (cancelled && cancelled()) {
+  if (writing) {
+    net::ChunkSenderOptions options;
+    options.chunk_bytes = chunk_bytes_.load();
+    options.cancelled = cancelled;
+    net::SendResult sent = payload->Send(offset, options, [&](int64_t, absl::string_view bytes) {
+      v1::UploadChunk data;
+      data.set_data(bytes.data(), bytes.size());
+      if (!writer->Write(data)) return false;
+      bytes_up_ += static_cast<int64_t>(bytes.size());
+      return true;
+    });
+    writing = !sent.broken;
+    if (sent.status.code() == absl::StatusCode::kCancelled) {
       local = absl::CancelledError(absl::StrCat("upload of ", request.path, " for run ", request.run_id, " round ",
-                                                request.round, " cancelled"));
-      break;
-    }
-    const int64_t n = std::min<int64_t>(chunk_bytes_.load(), size - position);
-    buffer.resize(static_cast<size_t>(n));
-    if (!in.read(buffer.data(), n)) {
-      local = absl::InternalError(absl::StrCat("cannot read ", n, " bytes at offset ", position, " of ", request.path));
-      break;
-    }
-    v1::UploadChunk data;
-    data.set_data(buffer);
-    writing = writer->Write(data);
-    if (writing) {
-      position += n;
-      bytes_up_ += n;
+                                                request.round, " ", sent.status.message()));
+    } else if (!sent.status.ok()) {
+      local = absl::InternalError(absl::StrCat("reading the update: ", sent.status.message()));
     }
   }
   if (!local.ok()) {
@@ -340,7 +318,8 @@ absl::StatusOr<v1::UploadResponse> CoordinatorClient::UploadOnce(const UploadReq
 
 absl::StatusOr<v1::UploadResponse> CoordinatorClient::UploadUpdate(const UploadRequest& request,
                                                                    const CancelFn& cancelled) {
-  ASSIGN_OR_RETURN(int64_t size, FileSize(request.path));
+  ASSIGN_OR_RETURN(std::unique_ptr<net::ChunkSender> payload, net::ChunkSender::Open(request.path));
+  const int64_t size = payload->size();
   if (size == 0) return absl::InvalidArgumentError(absl::StrCat("update file '", request.path, "' is empty"));
   const std::string what = absl::StrCat("update for run ", request.run_id, " round ", request.round);
   Backoff backoff = NewBackoff();
@@ -364,7 +343,7 @@ absl::StatusOr<v1::UploadResponse> CoordinatorClient::UploadUpdate(const UploadR
       if (held_before >= 0 && held->offset() > held_before) backoff.Reset();
       held_before = held->offset();
       if (held->offset() > 0) LOG(INFO) << "resuming the upload of the " << what << " at byte " << held->offset();
-      result = UploadOnce(request, held->offset(), size, cancelled);
+      result = UploadOnce(request, payload.get(), held->offset(), cancelled);
       if (result.ok()) {
         if (result->status() != "accepted") {
           return absl::FailedPreconditionError(absl::StrCat("coordinator ", options_.address, " answered \"",

@@ -1,12 +1,14 @@
 // The site agent's connection to the coordinator: one mTLS channel (the agent only dials out), every call with a
 // deadline, retries with exponential backoff and jitter on UNAVAILABLE / DEADLINE_EXCEEDED, and the two resumable
-// transfers of the protocol (protos/fedtune/v1/federation.proto):
-//  - DownloadModel: the model file is written to <dir>/<digest>.part; after a broken stream the download resumes
-//    from the .part file's size (also across agent restarts); when complete its SHA-256 must equal the digest (the
-//    file is then renamed to <dir>/<digest>.ckpt), otherwise the .part file is removed and DATA_LOSS returned.
+// transfers of the protocol (protos/fedtune/v1/federation.proto), both by common/net's chunk sender and receiver:
+//  - DownloadModel: the model file is written to <dir>/<digest>.part by a net::ChunkReceiver, which hashes it as
+//    the bytes arrive; after a broken stream the download resumes from the .part file's size (also across agent
+//    restarts: the bytes held are then read once); when complete its SHA-256 must equal the digest (the file is
+//    then renamed to <dir>/<digest>.ckpt), otherwise the .part file is removed and DATA_LOSS returned.
 //  - UploadUpdate: GetUploadOffset(run, round, sha256) says what the coordinator already holds durably (or that the
-//    update was accepted before: nothing is sent); the stream then sends UploadHeader{offset} and the file's bytes
-//    from that offset in chunk_bytes pieces. After a broken stream the next attempt asks for the offset again.
+//    update was accepted before: nothing is sent); the stream then sends UploadHeader{offset} and a
+//    net::ChunkSender sends the file's bytes from that offset in chunk_bytes pieces. After a broken stream the next
+//    attempt asks for the offset again.
 //
 // Retries: an attempt that fails with UNAVAILABLE, DEADLINE_EXCEEDED or RESOURCE_EXHAUSTED (the coordinator is busy:
 // its per-site call limits, thread quota or spool limits) is repeated after a backoff that starts at
@@ -33,6 +35,8 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "common/net/chunk_receiver.h"
+#include "common/net/chunk_sender.h"
 #include "common/net/tls.h"
 #include "fedtune/v1/federation.grpc.pb.h"
 #include "fedtune/v1/federation.pb.h"
@@ -124,9 +128,9 @@ class CoordinatorClient {
   // <dir>/<digest>.ckpt. An existing <dir>/<digest>.ckpt whose SHA-256 matches is returned without a call (one that
   // does not match is removed and downloaded again). expected_bytes (the task's model_bytes; 0 = unknown) only
   // sizes the deadline and discards a .part file that is already longer. Errors: DATA_LOSS when the bytes do not
-  // hash to `digest` or the coordinator's chunks are inconsistent (offset, total, sha256), the .part file removed;
-  // CANCELLED when `cancelled` says so (the .part file is kept for a later resume); the coordinator's errors
-  // (NOT_FOUND for an unknown digest); I/O errors naming the file.
+  // hash to `digest` or the coordinator's chunks are inconsistent (offset, total, a sha256 other than `digest`),
+  // the .part file removed; CANCELLED when `cancelled` says so (the .part file is kept for a later resume); the
+  // coordinator's errors (NOT_FOUND for an unknown digest); I/O errors naming the file.
   absl::StatusOr<std::string> DownloadModel(const std::string& digest, int64_t expected_bytes, const std::string& dir,
                                             const CancelFn& cancelled = nullptr);
 
@@ -152,11 +156,14 @@ class CoordinatorClient {
 
   Backoff NewBackoff();
   absl::Duration StreamTimeout(int64_t bytes) const;
-  // One download attempt from the .part file's current size.
-  absl::Status DownloadOnce(const std::string& digest, int64_t expected_bytes, const std::string& part,
-                            const CancelFn& cancelled, int64_t* total_bytes);
-  // One upload attempt from `offset`.
-  absl::StatusOr<v1::UploadResponse> UploadOnce(const UploadRequest& request, int64_t offset, int64_t size,
+  // The download attempts (with backoff) until `part` holds the whole model.
+  absl::Status DownloadInto(const std::string& digest, int64_t expected_bytes, net::ChunkReceiver* part,
+                            const CancelFn& cancelled);
+  // One download attempt from what `part` holds.
+  absl::Status DownloadOnce(const std::string& digest, int64_t expected_bytes, net::ChunkReceiver* part,
+                            const CancelFn& cancelled);
+  // One upload attempt of `payload` from `offset`.
+  absl::StatusOr<v1::UploadResponse> UploadOnce(const UploadRequest& request, net::ChunkSender* payload, int64_t offset,
                                                 const CancelFn& cancelled);
   absl::Status Error(const grpc::Status& status, absl::string_view rpc) const;
 

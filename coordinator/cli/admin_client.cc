@@ -1,6 +1,7 @@
 #include "coordinator/cli/admin_client.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -18,6 +19,7 @@
 #include "common/io/file_util.h"
 #include "common/io/sha256.h"
 #include "common/logging.h"
+#include "common/net/chunk_receiver.h"
 #include "common/net/grpc_status.h"
 #include "common/net/tls.h"
 #include "common/status_macros.h"
@@ -252,47 +254,22 @@ absl::StatusOr<v1::RunReport> AdminClient::GetRunReport(const std::string& run_i
   return response;
 }
 
-absl::Status AdminClient::ExportOnce(const std::string& digest, const std::string& part_path, int64_t offset,
-                                     const ExportOptions& options, int64_t* received, int64_t* total,
-                                     std::string* sha256) {
+absl::Status AdminClient::ExportOnce(const std::string& digest, net::ChunkReceiver* part, const ExportOptions& options,
+                                     int64_t* received) {
   *received = 0;
-  ASSIGN_OR_RETURN(io::AppendOnlyFile file, io::AppendOnlyFile::Open(part_path));
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + options.stream_timeout));
   v1::ExportModelRequest request;
   request.set_digest(digest);
-  request.set_offset(offset);
+  request.set_offset(part->offset());
   std::unique_ptr<grpc::ClientReader<v1::Chunk>> reader = stub_->ExportModel(&context, request);
   v1::Chunk chunk;
-  int64_t position = offset;
-  const std::string what = absl::StrCat("coordinator ", address_, ": ExportModel ", digest);
   absl::Status stream_error;
   while (reader->Read(&chunk)) {
-    if (chunk.offset() != position) {
-      stream_error =
-          absl::DataLossError(absl::StrCat(what, ": chunk at offset ", chunk.offset(), ", expected ", position));
-      break;
-    }
-    if (!io::IsSha256Hex(chunk.sha256()) || chunk.total_bytes() <= 0 ||
-        (!sha256->empty() && (*sha256 != chunk.sha256() || *total != chunk.total_bytes()))) {
-      stream_error = absl::DataLossError(absl::StrCat(what, ": inconsistent stream (sha256 '", chunk.sha256(),
-                                                      "', total ", chunk.total_bytes(), " bytes)"));
-      break;
-    }
-    *sha256 = chunk.sha256();
-    *total = chunk.total_bytes();
-    if (position + static_cast<int64_t>(chunk.data().size()) > *total) {
-      stream_error = absl::DataLossError(absl::StrCat(what, ": data beyond the announced ", *total, " bytes"));
-      break;
-    }
-    absl::Status written = file.Append(chunk.data());
-    if (!written.ok()) {
-      stream_error = written;
-      break;
-    }
-    position += static_cast<int64_t>(chunk.data().size());
+    stream_error = part->AppendAnnounced(chunk.offset(), chunk.data(), chunk.total_bytes(), chunk.sha256(), digest);
+    if (!stream_error.ok()) break;
     *received += static_cast<int64_t>(chunk.data().size());
-    if (options.progress) options.progress(position, *total);
+    if (options.progress) options.progress(part->offset(), part->announced_total());
   }
   if (!stream_error.ok()) {
     context.TryCancel();
@@ -304,6 +281,59 @@ absl::Status AdminClient::ExportOnce(const std::string& digest, const std::strin
   return absl::OkStatus();
 }
 
+absl::Status AdminClient::ExportInto(const std::string& digest, const std::string& part_path, net::ChunkReceiver* part,
+                                     const ExportOptions& options, ExportResult* result, bool* may_restart) {
+  const std::string what = absl::StrCat("coordinator ", address_, ": ExportModel ", digest);
+  // Begins again from byte 0: the part left by an earlier run may belong to another model.
+  auto restart = [&]() {
+    *may_restart = false;
+    part->ClearAnnouncements();
+    return part->ResumeAt(0);
+  };
+  int fruitless = 0;
+  while (true) {
+    RETURN_IF_ERROR(part->ResumeAtEnd());
+    const int64_t offset = part->offset();
+    const int64_t total = part->announced_total();
+    if (total >= 0 && offset == total) return absl::OkStatus();  // Everything is here.
+    if (total >= 0 && offset > total) {
+      return absl::DataLossError(absl::StrCat(part_path, " holds ", offset, " bytes, more than the model's ", total));
+    }
+    ++result->attempts;
+    int64_t received = 0;
+    absl::Status status = ExportOnce(digest, part, options, &received);
+    if (status.ok() && part->announced_total() >= 0 && part->offset() == part->announced_total()) {
+      return absl::OkStatus();
+    }
+    if (status.ok() && part->announced_total() < 0) {
+      // The server had nothing after our offset and never told us the digest: start over.
+      if (offset > 0 && *may_restart) {
+        RETURN_IF_ERROR(restart());
+        continue;
+      }
+      return absl::DataLossError(absl::StrCat(what, " sent no data"));
+    }
+    if (status.code() == absl::StatusCode::kOutOfRange && offset > 0 && *may_restart) {
+      RETURN_IF_ERROR(restart());
+      continue;
+    }
+    if (!status.ok() && !IsTransient(status.code())) return status;
+    const absl::Status error =
+        status.ok() ? absl::UnavailableError(absl::StrCat(what, ": stream ended early at byte ", offset + received,
+                                                          " of ", part->announced_total()))
+                    : status;
+    fruitless = received > 0 ? 0 : fruitless + 1;
+    if (fruitless >= options.max_attempts_without_progress) {
+      return absl::Status(error.code(),
+                          absl::StrCat(error.message(), " (gave up after ", fruitless, " attempts without progress; ",
+                                       part_path, " is kept: run again to resume)"));
+    }
+    LOG(WARNING) << "model export interrupted at byte " << offset + received << ": " << error << "; resuming";
+    const absl::Duration wait = std::min(options.retry_backoff * std::max(fruitless, 1), absl::Seconds(10));
+    if (wait > absl::ZeroDuration()) absl::SleepFor(wait);
+  }
+}
+
 absl::StatusOr<ExportResult> AdminClient::ExportModel(const std::string& requested, const std::string& out_path,
                                                       const ExportOptions& options) {
   const std::string digest = absl::AsciiStrToLower(requested);
@@ -313,75 +343,37 @@ absl::StatusOr<ExportResult> AdminClient::ExportModel(const std::string& request
         absl::StrCat("model version '", requested, "' is not a digest (8 to 64 hex digits)"));
   }
   const std::string part_path = out_path + ".part";
+  net::ChunkReceiverOptions receiving;
+  receiving.what = absl::StrCat("coordinator ", address_, ": ExportModel ", digest);
+  ASSIGN_OR_RETURN(std::unique_ptr<net::ChunkReceiver> part, net::ChunkReceiver::Open(part_path, receiving));
   ExportResult result;
   result.path = out_path;
-  ASSIGN_OR_RETURN(result.resumed_from, io::FileSize(part_path));
+  result.resumed_from = part->offset();
   bool may_restart = result.resumed_from > 0;  // A part from an earlier run may belong to another model.
-  std::string sha256;
-  int64_t total = -1;
-  int fruitless = 0;
-  absl::Status last_error;
-  while (true) {
-    ASSIGN_OR_RETURN(int64_t offset, io::FileSize(part_path));
-    if (total >= 0 && offset == total) break;  // Everything is here.
-    if (total >= 0 && offset > total) {
-      return absl::DataLossError(absl::StrCat(part_path, " holds ", offset, " bytes, more than the model's ", total));
-    }
-    ++result.attempts;
-    int64_t received = 0;
-    absl::Status status = ExportOnce(digest, part_path, offset, options, &received, &total, &sha256);
-    if (status.ok() && total >= 0 && offset + received == total) break;
-    if (status.ok() && total < 0) {
-      if (offset > 0 && may_restart) {
-        // The server had nothing after our offset and never told us the digest: start over.
-        RETURN_IF_ERROR(RemoveFile(part_path));
-        may_restart = false;
-        continue;
-      }
-      return absl::DataLossError(absl::StrCat("coordinator ", address_, ": ExportModel ", digest, " sent no data"));
-    }
-    if (!status.ok() && status.code() == absl::StatusCode::kOutOfRange && offset > 0 && may_restart) {
-      RETURN_IF_ERROR(RemoveFile(part_path));
-      may_restart = false;
-      continue;
-    }
-    if (!status.ok() && !IsTransient(status.code())) {
-      if (status.code() == absl::StatusCode::kDataLoss) RemoveFile(part_path).IgnoreError();
-      return status;
-    }
-    last_error =
-        status.ok()
-            ? absl::UnavailableError(absl::StrCat("coordinator ", address_, ": ExportModel ", digest,
-                                                  ": stream ended early at byte ", offset + received, " of ", total))
-            : status;
-    fruitless = received > 0 ? 0 : fruitless + 1;
-    if (fruitless >= options.max_attempts_without_progress) {
-      return absl::Status(last_error.code(),
-                          absl::StrCat(last_error.message(), " (gave up after ", fruitless,
-                                       " attempts without progress; ", part_path, " is kept: run again to resume)"));
-    }
-    LOG(WARNING) << "model export interrupted at byte " << offset + received << ": " << last_error << "; resuming";
-    const absl::Duration wait = std::min(options.retry_backoff * std::max(fruitless, 1), absl::Seconds(10));
-    if (wait > absl::ZeroDuration()) absl::SleepFor(wait);
-  }
-
-  ASSIGN_OR_RETURN(std::string actual, io::Sha256File(part_path));
-  if (actual != sha256 || !absl::StartsWith(actual, digest)) {
+  absl::Status received = ExportInto(digest, part_path, part.get(), options, &result, &may_restart);
+  if (received.code() == absl::StatusCode::kDataLoss) RemoveFile(part_path).IgnoreError();  // Start afresh.
+  RETURN_IF_ERROR(received);
+  // Hashed while the bytes arrived (a part left by an earlier run was read once, to resume).
+  ASSIGN_OR_RETURN(std::string actual, part->Digest());
+  const std::string announced = part->announced_sha256();
+  const int64_t total = part->announced_total();
+  if (actual != announced || !absl::StartsWith(actual, digest)) {
+    part.reset();
     RETURN_IF_ERROR(RemoveFile(part_path));
     if (may_restart) {
       // The part left by an earlier run did not belong to this model: fetch it whole once more.
       LOG(WARNING) << part_path << " from an earlier export did not match; downloading again";
-      ExportOptions fresh = options;
-      ASSIGN_OR_RETURN(ExportResult again, ExportModel(digest, out_path, fresh));
+      ASSIGN_OR_RETURN(ExportResult again, ExportModel(digest, out_path, options));
       again.attempts += result.attempts;
       again.resumed_from = result.resumed_from;
       return again;
     }
     return absl::DataLossError(absl::StrCat("model ", digest, " from coordinator ", address_,
                                             ": SHA-256 of the received file is ", actual, ", expected ",
-                                            sha256.empty() ? digest : sha256, "; the partial file was removed"));
+                                            announced.empty() ? digest : announced, "; the partial file was removed"));
   }
-  RETURN_IF_ERROR(SyncFile(part_path));
+  RETURN_IF_ERROR(part->Sync());
+  part.reset();
   if (::rename(part_path.c_str(), out_path.c_str()) != 0) {
     return io::ErrnoToStatus(errno, "cannot rename into place", out_path);
   }

@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/cli/command.h"
+#include "common/net/chunk_receiver.h"
 #include "fedtune/v1/federation.grpc.pb.h"
 #include "fedtune/v1/federation.pb.h"
 
@@ -90,22 +91,26 @@ class AdminClient {
   absl::StatusOr<v1::RunReport> GetRunReport(const std::string& run_id);
 
   // Streams the model version `digest` (full digest or a unique prefix of >= 8 hex digits, either case; InvalidArgument
-  // otherwise) into `out_path`:
-  // bytes go to OUT.part, a broken stream is reopened from OUT.part's size (also a part left by an earlier,
-  // interrupted export), and only when the SHA-256 of the whole file equals the digest the server announced (and
-  // starts with `digest`) is OUT.part synced and renamed to OUT (atomic). DataLoss on a digest mismatch or an
-  // inconsistent stream (OUT.part is removed: the next attempt starts afresh); the RPC's error when it cannot be
-  // resumed (e.g. NotFound) or after options.max_attempts_without_progress fruitless attempts; I/O errors naming
-  // the path. The parent directory of out_path must exist.
+  // otherwise) into `out_path`: bytes go to OUT.part (a net::ChunkReceiver, which hashes them as they arrive), a
+  // broken stream is reopened from OUT.part's size (also a part left by an earlier, interrupted export: its bytes
+  // are read once), and only when the SHA-256 of the whole file equals the digest the server announced (and starts
+  // with `digest`) is OUT.part synced and renamed to OUT (atomic). DataLoss on a digest mismatch or an inconsistent
+  // stream (OUT.part is removed: the next attempt starts afresh); the RPC's error when it cannot be resumed (e.g.
+  // NotFound) or after options.max_attempts_without_progress fruitless attempts; I/O errors naming the path. The
+  // parent directory of out_path must exist.
   absl::StatusOr<ExportResult> ExportModel(const std::string& digest, const std::string& out_path,
                                            const ExportOptions& options = {});
 
   const std::string& address() const { return address_; }
 
  private:
-  // One ExportModel stream from the part file's current size. Sets *received to the bytes it appended.
-  absl::Status ExportOnce(const std::string& digest, const std::string& part_path, int64_t offset,
-                          const ExportOptions& options, int64_t* received, int64_t* total, std::string* sha256);
+  // One ExportModel stream from what `part` holds. Sets *received to the bytes it appended.
+  absl::Status ExportOnce(const std::string& digest, net::ChunkReceiver* part, const ExportOptions& options,
+                          int64_t* received);
+  // The ExportModel streams (resumed after a break) until `part` holds the whole model; *may_restart: the part
+  // may still be begun again from byte 0 (once).
+  absl::Status ExportInto(const std::string& digest, const std::string& part_path, net::ChunkReceiver* part,
+                          const ExportOptions& options, ExportResult* result, bool* may_restart);
   void SetDeadline(grpc::ClientContext* context) const;
   absl::Status Failed(const grpc::Status& status, const char* rpc) const;
 

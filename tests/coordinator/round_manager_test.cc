@@ -90,7 +90,7 @@ class RoundManagerTest : public ::testing::Test {
       return response;
     }
     EXPECT_TRUE(io::WriteFileAtomically(target->spool_path, payload).ok());
-    return manager_->AcceptUpload(site, header, *target);
+    return manager_->AcceptUpload(site, header, *target, sha);
   }
 
   std::string Delta(double value) { return EncodeDelta(ConstantDelta(global_, value)); }
@@ -432,7 +432,7 @@ TEST_F(RoundManagerTest, PartialUploadsAreLimitedPerSiteAndRoundAndSuperseded) {
   EXPECT_FALSE(std::filesystem::exists(other->spool_path));
   // Accepting site-a's payload frees its bytes: site-b's second payload fits now.
   Receive(*resumed, a2, a2.size());
-  ASSERT_TRUE(manager_->AcceptUpload("site-a", Header(*run, 1, a2, 100), *resumed).ok());
+  ASSERT_TRUE(manager_->AcceptUpload("site-a", Header(*run, 1, a2, 100), *resumed, io::Sha256Hex(a2)).ok());
   auto later = manager_->BeginUpload("site-b", Header(*run, 1, b2));
   EXPECT_TRUE(later.ok()) << later.status();
 }
@@ -466,7 +466,7 @@ TEST_F(RoundManagerTest, PerSiteSpoolBytesAreLimitedAndAResumeCountsOnce) {
   v1::UploadHeader offset = Header(*run, 1, a2, size + 1);
   EXPECT_THAT(manager_->BeginUpload("site-a", offset).status().message(), HasSubstr("offset"));
   Receive(*resumed, a1, a1.size());
-  ASSERT_TRUE(manager_->AcceptUpload("site-a", Header(*run, 1, a1, 100), *resumed).ok());
+  ASSERT_TRUE(manager_->AcceptUpload("site-a", Header(*run, 1, a1, 100), *resumed, io::Sha256Hex(a1)).ok());
 }
 
 TEST_F(RoundManagerTest, ProtocolBreachesAreRefusedAndRecorded) {
@@ -494,7 +494,7 @@ TEST_F(RoundManagerTest, AnUploadWhoseRoundClosedMeanwhileIsRefusedAndRecorded) 
   ASSERT_TRUE(manager_->Tick().ok());
   ASSERT_EQ(Run(*run).current_round, 2);
   Receive(*target, payload, payload.size());  // The stream still wrote the whole payload (a new file here).
-  auto late = manager_->AcceptUpload("site-a", Header(*run, 1, payload), *target);
+  auto late = manager_->AcceptUpload("site-a", Header(*run, 1, payload), *target, io::Sha256Hex(payload));
   EXPECT_EQ(late.status().code(), absl::StatusCode::kFailedPrecondition) << late.status();
   EXPECT_THAT(late.status().message(), HasSubstr("round 1 is not open"));
   EXPECT_FALSE(std::filesystem::exists(target->spool_path));
@@ -535,7 +535,7 @@ TEST_F(RoundManagerTest, RestartRebuildsThePartialUploadsSoLimitsStillHold) {
   ASSERT_TRUE(second.ok()) << second.status();
   EXPECT_FALSE(std::filesystem::exists(first->spool_path));
   Receive(*second, a2, a2.size());
-  ASSERT_TRUE(manager_->AcceptUpload("site-a", Header(*run, 1, a2), *second).ok());
+  ASSERT_TRUE(manager_->AcceptUpload("site-a", Header(*run, 1, a2), *second, io::Sha256Hex(a2)).ok());
   EXPECT_EQ(Run(*run).state, "completed");
 }
 

@@ -1,0 +1,75 @@
+#include "coordinator/active_run.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "common/fl/bundle_file.h"
+#include "common/fl/model_tensors.h"
+#include "common/status_macros.h"
+
+namespace fedtune::coordinator {
+namespace {
+
+fl::AggregatorOptions AggregatorOptionsFor(const v1::RunConfig& config) {
+  fl::AggregatorOptions options;
+  const std::string& agg = config.aggregation();
+  if (agg == "trimmed_mean") {
+    options.method = fl::AggregationMethod::kTrimmedMean;
+  } else if (agg == "median") {
+    options.method = fl::AggregationMethod::kMedian;
+  } else {
+    options.method = fl::AggregationMethod::kFedAvg;  // fedavg, fedprox, fedadam.
+  }
+  options.trim_fraction = config.trim_fraction();
+  options.clip_norm = config.clip_norm();
+  return options;
+}
+
+}  // namespace
+
+bool ActiveRun::selected(const std::string& site) const {
+  return std::find(run.sites.begin(), run.sites.end(), site) != run.sites.end();
+}
+
+bool ActiveRun::IsOpenAttempt(const std::string& run_id, int round_number, int attempt) const {
+  return run.run_id == run_id && run.state == "running" && round.round == round_number && round.attempt == attempt;
+}
+
+bool ActiveRun::AllAccepted(const std::set<std::string>& sites) const {
+  return std::all_of(sites.begin(), sites.end(), [this](const std::string& s) { return accepted.count(s) > 0; });
+}
+
+absl::Status ActiveRun::StartAttempt() {
+  ASSIGN_OR_RETURN(aggregator, fl::MakeAggregator(AggregatorOptionsFor(run.config)));
+  accepted.clear();
+  partials.clear();
+  return absl::OkStatus();
+}
+
+void ActiveRun::SetGlobal(model::Checkpoint checkpoint) {
+  global_checkpoint = std::move(checkpoint);
+  global = std::make_shared<const fl::TensorMap>(fl::CheckpointTensors(global_checkpoint));
+}
+
+absl::StatusOr<std::unique_ptr<ActiveRun>> LoadActiveRun(const BlobStore& blobs, const RunRecord& run,
+                                                         const RoundRecord* round) {
+  auto active = std::make_unique<ActiveRun>();
+  active->run = run;
+  if (round != nullptr) active->round = *round;
+  const std::string digest = run.state == "running" ? active->round.model_digest : run.final_model_digest;
+  ASSIGN_OR_RETURN(model::Checkpoint checkpoint, model::LoadCheckpoint(blobs.PathOf(digest)));
+  active->SetGlobal(std::move(checkpoint));
+  RETURN_IF_ERROR(active->StartAttempt());
+  if (run.config.aggregation() == "fedadam") {
+    fl::FedAdamOptions adam;
+    adam.learning_rate = run.config.server_learning_rate();
+    ASSIGN_OR_RETURN(active->fedadam, fl::FedAdam::Create(adam));
+    if (!run.fedadam_state_path.empty()) {
+      ASSIGN_OR_RETURN(fl::TensorMap state, fl::DecodeTensorBundleFile(run.fedadam_state_path));
+      RETURN_IF_ERROR(active->fedadam->RestoreState(state, run.fedadam_rounds));
+    }
+  }
+  return active;
+}
+
+}  // namespace fedtune::coordinator

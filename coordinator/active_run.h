@@ -1,0 +1,60 @@
+// The in-memory side of the coordinator's active run: what the database does not hold (the decoded global model,
+// the round's aggregator, FedAdam's state, the partial uploads), rebuilt from it at start-up. RoundManager owns
+// one and guards it with its mutex.
+//
+// Thread safety: thread-compatible (RoundManager serializes every access).
+#ifndef FEDTUNE_COORDINATOR_ACTIVE_RUN_H_
+#define FEDTUNE_COORDINATOR_ACTIVE_RUN_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/fl/aggregate.h"
+#include "common/fl/tensor_map.h"
+#include "common/model/checkpoint.h"
+#include "coordinator/blob_store.h"
+#include "coordinator/state_store.h"
+
+namespace fedtune::coordinator {
+
+struct ActiveRun {
+  RunRecord run;
+  RoundRecord round;  // The open round (running) or the last closed one (evaluating).
+  model::Checkpoint global_checkpoint;
+  std::shared_ptr<const fl::TensorMap> global;
+  std::unique_ptr<fl::Aggregator> aggregator;
+  std::unique_ptr<fl::FedAdam> fedadam;
+  std::map<std::string, std::string> accepted;  // Site -> sha256 of its accepted update in the open attempt.
+  std::set<std::string> finals;                 // Sites that sent their final MetricsReport (evaluating).
+  // A partial upload of the open attempt: a spool file not accepted, being received or kept for a resume.
+  struct Partial {
+    std::string site_id;
+    int64_t bytes = 0;        // Announced total_bytes (after a restart: the file's size until it is resumed).
+    bool superseded = false;  // Removed when the stream receiving it ends.
+  };
+  std::map<std::string, Partial> partials;  // By spool path.
+
+  bool selected(const std::string& site) const;
+  // True when `upload` (run, round) names the open round, and `attempt` is its attempt.
+  bool IsOpenAttempt(const std::string& run_id, int round_number, int attempt) const;
+  // True when every site of `sites` has an accepted update.
+  bool AllAccepted(const std::set<std::string>& sites) const;
+  // A fresh aggregator for the run's config; accepted and partials cleared (a new attempt).
+  absl::Status StartAttempt();
+  // Replaces the global model (after a round closed).
+  void SetGlobal(model::Checkpoint checkpoint);
+};
+
+// The active run `run` (running: `round` is its open round; evaluating: its last closed one, or null), with its
+// global model loaded from `blobs` and, for FedAdam, the state from run.fedadam_state_path. The loaders' errors.
+absl::StatusOr<std::unique_ptr<ActiveRun>> LoadActiveRun(const BlobStore& blobs, const RunRecord& run,
+                                                         const RoundRecord* round);
+
+}  // namespace fedtune::coordinator
+
+#endif  // FEDTUNE_COORDINATOR_ACTIVE_RUN_H_

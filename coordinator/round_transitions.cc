@@ -1,0 +1,167 @@
+#include "coordinator/round_transitions.h"
+
+#include <filesystem>
+#include <system_error>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "common/fl/codec.h"
+#include "common/fl/model_tensors.h"
+#include "common/io/file_util.h"
+#include "common/status_macros.h"
+
+namespace fedtune::coordinator {
+namespace {
+
+std::string Iso8601(absl::Time t) { return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", t, absl::UTCTimeZone()); }
+
+int64_t DeadlineAfter(const ActiveRun& a, int64_t now_ms) {
+  return now_ms + int64_t{a.run.config.round_deadline_seconds()} * 1000;
+}
+
+// The aggregated step, after FedAdam's server step when the run uses it (its state written to *adam_path).
+absl::StatusOr<fl::TensorMap> ServerStep(ActiveRun& a, const std::string& state_dir, std::string* adam_path) {
+  ASSIGN_OR_RETURN(fl::TensorMap step, a.aggregator->Result());
+  if (!a.fedadam) return step;
+  ASSIGN_OR_RETURN(step, a.fedadam->Step(step));
+  ASSIGN_OR_RETURN(fl::EncodedBundle state, fl::EncodeTensors(a.fedadam->ExportState()));
+  *adam_path = absl::StrCat(state_dir, "/fedadam/", a.run.run_id, "-round-", a.round.round, ".bundle");
+  RETURN_IF_ERROR(io::WriteFileAtomically(*adam_path, state.bundle.SerializeAsString()));
+  return step;
+}
+
+// A transition that ends the run in `state` ("completed", "failed", "aborted") with `message`.
+RunTransition EndRun(const ActiveRun& a, const char* state, std::string message, int64_t now_ms) {
+  RunTransition t;
+  t.run = a.run;
+  t.run.state = state;
+  t.run.finished_ms = now_ms;
+  t.run.message = std::move(message);
+  return t;
+}
+
+}  // namespace
+
+absl::StatusOr<AggregatedRound> AggregateRound(ActiveRun& a, BlobStore* blobs, const std::string& state_dir,
+                                               int64_t now_ms) {
+  AggregatedRound out;
+  ASSIGN_OR_RETURN(fl::TensorMap step, ServerStep(a, state_dir, &out.fedadam_state_path));
+  ASSIGN_OR_RETURN(fl::TensorMap next_global, fl::ApplyDelta(*a.global, step));
+  ASSIGN_OR_RETURN(out.checkpoint, fl::CheckpointWithTensors(a.global_checkpoint, next_global));
+  model::Provenance& provenance = out.checkpoint.metadata.provenance;
+  provenance.parent_digest = a.global_checkpoint.weights_sha256;
+  provenance.source =
+      absl::StrCat("fedtune federation run ", a.run.run_id, " round ", a.round.round, " (", a.aggregator->Describe(),
+                   ", ", a.aggregator->num_updates(), " sites, ", a.aggregator->total_samples(), " samples)");
+  provenance.epochs = a.run.config.local_epochs();
+  provenance.created_at = Iso8601(absl::FromUnixMillis(now_ms));
+  const std::string temp = blobs->TempPath();
+  absl::StatusOr<std::string> saved = model::SaveCheckpoint(&out.checkpoint, temp);
+  if (!saved.ok()) {
+    std::error_code ec;
+    std::filesystem::remove(temp, ec);
+    return saved.status();
+  }
+  ASSIGN_OR_RETURN(out.digest, blobs->Adopt(temp));
+  ASSIGN_OR_RETURN(out.bytes, blobs->Size(out.digest));
+  out.path = blobs->PathOf(out.digest);
+  return out;
+}
+
+RunTransition CloseRoundTransition(const ActiveRun& a, const AggregatedRound& result, int64_t now_ms) {
+  RunTransition t;
+  t.run = a.run;
+  if (a.fedadam) {
+    t.run.fedadam_state_path = result.fedadam_state_path;
+    t.run.fedadam_rounds = a.fedadam->rounds();
+  }
+  RoundRecord finished = a.round;
+  finished.state = "closed";
+  finished.result_digest = result.digest;
+  finished.closed_ms = now_ms;
+  finished.message = absl::StrCat(a.aggregator->num_updates(), " update(s), ", a.aggregator->total_samples(),
+                                  " samples: ", a.aggregator->Describe());
+  t.finish_round = finished;
+  ModelVersion version;
+  version.digest = result.digest;
+  version.parent_digest = a.round.model_digest;
+  version.path = result.path;
+  version.run_id = a.run.run_id;
+  version.round = a.round.round;
+  version.bytes = result.bytes;
+  version.created_ms = now_ms;
+  t.new_model = version;
+  if (a.round.round < a.run.config.rounds()) {
+    RoundRecord next;
+    next.run_id = a.run.run_id;
+    next.round = a.round.round + 1;
+    next.attempt = 1;
+    next.state = "open";
+    next.model_digest = result.digest;
+    next.opened_ms = now_ms;
+    next.deadline_ms = DeadlineAfter(a, now_ms);
+    t.open_round = next;
+    t.run.current_round = next.round;
+    return t;
+  }
+  t.run.final_model_digest = result.digest;
+  if (a.run.config.final_evaluation()) {
+    t.run.state = "evaluating";
+    t.run.evaluation_deadline_ms = DeadlineAfter(a, now_ms);
+  } else {
+    t.run.state = "completed";
+    t.run.finished_ms = now_ms;
+    t.run.message = absl::StrCat("completed ", a.run.config.rounds(), " round(s)");
+  }
+  return t;
+}
+
+RunTransition FailAttemptTransition(const ActiveRun& a, int64_t now_ms) {
+  RunTransition t;
+  t.run = a.run;
+  RoundRecord failed = a.round;
+  failed.state = "failed";
+  failed.closed_ms = now_ms;
+  failed.message = absl::StrCat("deadline passed with ", a.accepted.size(), " accepted update(s), min_sites is ",
+                                a.run.config.min_sites());
+  t.finish_round = failed;
+  if (a.round.attempt < a.run.config.max_round_attempts()) {
+    RoundRecord next = a.round;
+    next.attempt = a.round.attempt + 1;
+    next.state = "open";
+    next.result_digest.clear();
+    next.opened_ms = now_ms;
+    next.closed_ms = 0;
+    next.message.clear();
+    next.deadline_ms = DeadlineAfter(a, now_ms);
+    t.open_round = next;
+  } else {
+    t.run.state = "failed";
+    t.run.finished_ms = now_ms;
+    t.run.message = absl::StrCat("round ", a.round.round, " failed ", a.round.attempt, " time(s): ", failed.message);
+  }
+  return t;
+}
+
+RunTransition FinishEvaluationTransition(const ActiveRun& a, const std::string& message, int64_t now_ms) {
+  return EndRun(a, "completed",
+                absl::StrCat("completed ", a.run.config.rounds(), " round(s); final evaluation: ", message, " (",
+                             a.finals.size(), " of ", a.run.sites.size(), " sites)"),
+                now_ms);
+}
+
+RunTransition AbortTransition(const ActiveRun& a, const std::string& reason, int64_t now_ms) {
+  RunTransition t =
+      EndRun(a, "aborted", reason.empty() ? "aborted by the operator" : absl::StrCat("aborted: ", reason), now_ms);
+  if (a.run.state == "running") {
+    RoundRecord r = a.round;
+    r.state = "aborted";
+    r.closed_ms = now_ms;
+    r.message = t.run.message;
+    t.finish_round = r;
+  }
+  return t;
+}
+
+}  // namespace fedtune::coordinator

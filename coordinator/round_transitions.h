@@ -1,0 +1,50 @@
+// The round state machine's steps, as the transitions StateStore::ApplyTransition commits (see round_manager.h for
+// the life of a run): closing a round (aggregation, FedAdam's step, the next global model into the blob store),
+// failing an attempt, finishing the final evaluation, aborting. Each function computes; RoundManager commits the
+// transition and then moves its ActiveRun along.
+//
+// Thread safety: thread-compatible (the caller holds the ActiveRun exclusively).
+#ifndef FEDTUNE_COORDINATOR_ROUND_TRANSITIONS_H_
+#define FEDTUNE_COORDINATOR_ROUND_TRANSITIONS_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "common/model/checkpoint.h"
+#include "coordinator/active_run.h"
+#include "coordinator/blob_store.h"
+#include "coordinator/state_store.h"
+
+namespace fedtune::coordinator {
+
+// The next global model of a round that closes, saved in the blob store.
+struct AggregatedRound {
+  model::Checkpoint checkpoint;
+  std::string digest;
+  std::string path;  // Its blob.
+  int64_t bytes = 0;
+  std::string fedadam_state_path;  // FedAdam's m/v after this round ("" without FedAdam).
+};
+
+// Aggregates the open attempt's updates; with FedAdam, takes the server step (FedAdam's state advances: the caller
+// restores it when the round then fails to close) and writes its state to <state_dir>/fedadam/<run>-round-<r>.bundle;
+// applies the step to the global model and saves the checkpoint (provenance: parent, run, round, aggregator) into
+// `blobs`. Errors of the aggregator, the FedAdam file and the checkpoint writer.
+absl::StatusOr<AggregatedRound> AggregateRound(ActiveRun& active, BlobStore* blobs, const std::string& state_dir,
+                                               int64_t now_ms);
+
+// Closes the open round with `result` as its model version; opens the next round, or moves the run to
+// "evaluating" (final_evaluation) or "completed".
+RunTransition CloseRoundTransition(const ActiveRun& active, const AggregatedRound& result, int64_t now_ms);
+// Fails the open attempt (too few updates at the deadline): attempt + 1 opens with the same model, or after
+// max_round_attempts the run fails.
+RunTransition FailAttemptTransition(const ActiveRun& active, int64_t now_ms);
+// Completes an evaluating run; `message` says why (every site reported, or the deadline).
+RunTransition FinishEvaluationTransition(const ActiveRun& active, const std::string& message, int64_t now_ms);
+// Aborts the run, and its open round when running.
+RunTransition AbortTransition(const ActiveRun& active, const std::string& reason, int64_t now_ms);
+
+}  // namespace fedtune::coordinator
+
+#endif  // FEDTUNE_COORDINATOR_ROUND_TRANSITIONS_H_
