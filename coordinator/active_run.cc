@@ -8,6 +8,8 @@
 #include "common/status_macros.h"
 
 namespace fedtune::coordinator {
+
+using federation::RunState;
 namespace {
 
 fl::AggregatorOptions AggregatorOptionsFor(const v1::RunConfig& config) {
@@ -32,7 +34,8 @@ bool ActiveRun::selected(const std::string& site) const {
 }
 
 bool ActiveRun::IsOpenAttempt(const std::string& run_id, int round_number, int attempt) const {
-  return run.run_id == run_id && run.state == "running" && round.round == round_number && round.attempt == attempt;
+  return run.run_id == run_id && run.state == RunState::kRunning && round.round == round_number &&
+         round.attempt == attempt;
 }
 
 bool ActiveRun::AllAccepted(const std::set<std::string>& sites) const {
@@ -56,7 +59,7 @@ absl::StatusOr<std::unique_ptr<ActiveRun>> LoadActiveRun(const BlobStore& blobs,
   auto active = std::make_unique<ActiveRun>();
   active->run = run;
   if (round != nullptr) active->round = *round;
-  const std::string digest = run.state == "running" ? active->round.model_digest : run.final_model_digest;
+  const std::string digest = run.state == RunState::kRunning ? active->round.model_digest : run.final_model_digest;
   ASSIGN_OR_RETURN(model::Checkpoint checkpoint, model::LoadCheckpoint(blobs.PathOf(digest)));
   active->SetGlobal(std::move(checkpoint));
   RETURN_IF_ERROR(active->StartAttempt());

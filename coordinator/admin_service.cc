@@ -14,7 +14,7 @@ namespace fedtune::coordinator {
 v1::SiteInfo ToSiteInfo(const SiteRecord& site) {
   v1::SiteInfo info;
   info.set_site_id(site.site_id);
-  info.set_status(site.status);
+  federation::SetStatus(site.status, &info);
   info.set_first_seen_ms(site.first_seen_ms);
   info.set_last_seen_ms(site.last_seen_ms);
   info.set_certificate_serial(site.certificate_serial);
@@ -58,9 +58,10 @@ grpc::Status AdminServiceImpl::ApproveSite(grpc::ServerContext* context, const v
         absl::StrCat("expected_key_sha256: '", request->expected_key_sha256(),
                      "' must be 16 to 64 hex digits of a key sha256, and goes with replace_key")));
   }
-  absl::StatusOr<SiteRecord> site = request->replace_key()
-                                        ? store_->ReplaceSiteKey(request->site_id(), expected, NowMs())
-                                        : store_->SetSiteStatus(request->site_id(), "approved", true, NowMs());
+  absl::StatusOr<SiteRecord> site =
+      request->replace_key()
+          ? store_->ReplaceSiteKey(request->site_id(), expected, NowMs())
+          : store_->SetSiteStatus(request->site_id(), federation::SiteStatus::kApproved, true, NowMs());
   if (!site.ok()) return net::ToPeerGrpcStatus(site.status());
   if (request->replace_key()) {
     LOG(WARNING) << "operator " << peer->common_name << " approved site " << request->site_id()
@@ -77,7 +78,8 @@ grpc::Status AdminServiceImpl::RevokeSite(grpc::ServerContext* context, const v1
   absl::StatusOr<pki::PeerIdentity> peer =
       authorizer_->Authorize(*context, "AdminService/RevokeSite", Access::kOperator);
   if (!peer.ok()) return net::ToPeerGrpcStatus(peer.status());
-  absl::StatusOr<SiteRecord> site = store_->SetSiteStatus(request->site_id(), "revoked", false, NowMs());
+  absl::StatusOr<SiteRecord> site =
+      store_->SetSiteStatus(request->site_id(), federation::SiteStatus::kRevoked, false, NowMs());
   if (!site.ok()) return net::ToPeerGrpcStatus(site.status());
   LOG(WARNING) << "operator " << peer->common_name << " revoked site " << request->site_id()
                << (request->reason().empty() ? "" : absl::StrCat(": ", request->reason()));

@@ -8,6 +8,8 @@
 #include "common/status_macros.h"
 
 namespace fedtune::coordinator {
+
+using federation::SiteStatus;
 namespace {
 
 std::string CodeName(absl::StatusCode code) {
@@ -34,7 +36,7 @@ absl::Status Authorizer::CheckSite(const pki::PeerIdentity& peer, Access access)
                                                            access == Access::kSiteHello, absl::ToUnixMillis(clock_())));
     site = std::move(pinned);
   }
-  if (site->status == "revoked") {
+  if (site->status == SiteStatus::kRevoked) {
     return absl::PermissionDeniedError(absl::StrCat(
         "site ", id, " is revoked in the coordinator's registry (`fedtune sites approve ", id, "` re-admits it)"));
   }
@@ -47,7 +49,7 @@ absl::Status Authorizer::CheckSite(const pki::PeerIdentity& peer, Access access)
         id, " --replace-key`; otherwise another party holds a certificate for this site id"));
   }
   if (access == Access::kSiteHello) return absl::OkStatus();
-  if (site->status != "approved") {
+  if (site->status != SiteStatus::kApproved) {
     return absl::PermissionDeniedError(
         absl::StrCat("site ", id, " is not approved: run `fedtune sites approve ", id, "`"));
   }

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/fl/encoding.h"
 #include "common/io/file_util.h"
 #include "common/io/text_proto.h"
 #include "common/status_macros.h"
@@ -134,10 +135,11 @@ absl::Status ValidateRunConfig(const v1::RunConfig& c) {
     return Invalid("max_update_norm", absl::StrCat(c.max_update_norm(), " must be >= 0"));
   }
   const std::string& comp = c.compression();
-  if (comp != "fp32" && comp != "fp16" && comp != "int8" && comp != "topk") {
+  const absl::StatusOr<fl::Encoding> encoding = fl::ParseEncoding(comp);
+  if (!encoding.ok()) {
     return Invalid("compression", absl::StrCat("unknown '", comp, "' (fp32, fp16, int8, topk)"));
   }
-  if (comp == "topk" && !(c.topk_fraction() > 0 && c.topk_fraction() <= 1)) {
+  if (*encoding == fl::Encoding::kTopK && !(c.topk_fraction() > 0 && c.topk_fraction() <= 1)) {
     return Invalid("topk_fraction", absl::StrCat(c.topk_fraction(), " is outside (0, 1]"));
   }
   std::set<std::string> seen;

@@ -9,6 +9,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "common/fl/bundle_file.h"
+#include "common/fl/encoding.h"
 #include "common/io/file_util.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
@@ -17,6 +18,11 @@
 #include "coordinator/run_views.h"
 
 namespace fedtune::coordinator {
+
+using federation::RoundState;
+using federation::RunState;
+using federation::SiteStatus;
+using federation::UploadStatus;
 namespace {
 
 // The sites a new run selects: the listed ones (each must be approved), or every approved site (at least
@@ -26,7 +32,7 @@ absl::StatusOr<std::vector<std::string>> SelectSites(StateStore& store, const v1
   if (config.sites().empty()) {
     ASSIGN_OR_RETURN(std::vector<SiteRecord> all, store.ListSites());
     for (const SiteRecord& s : all) {
-      if (s.status == "approved") sites.push_back(s.site_id);
+      if (s.status == SiteStatus::kApproved) sites.push_back(s.site_id);
     }
     if (static_cast<int>(sites.size()) < config.min_sites()) {
       return absl::FailedPreconditionError(absl::StrCat("only ", sites.size(), " approved site(s) [",
@@ -38,10 +44,10 @@ absl::StatusOr<std::vector<std::string>> SelectSites(StateStore& store, const v1
   for (const std::string& id : config.sites()) {
     ASSIGN_OR_RETURN(std::optional<SiteRecord> site, store.GetSite(id));
     if (!site) return absl::InvalidArgumentError(absl::StrCat("sites: unknown site '", id, "'"));
-    if (site->status != "approved") {
-      return absl::FailedPreconditionError(
-          absl::StrCat("sites: site '", id, "' is ", site->status,
-                       site->status == "pending" ? absl::StrCat(" (run `fedtune sites approve ", id, "`)") : ""));
+    if (site->status != SiteStatus::kApproved) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "sites: site '", id, "' is ", federation::Text(site->status),
+          site->status == SiteStatus::kPending ? absl::StrCat(" (run `fedtune sites approve ", id, "`)") : ""));
     }
     sites.push_back(id);
   }
@@ -117,7 +123,7 @@ absl::Status RoundManager::RebuildAggregatorLocked() {
   ActiveRun& a = *active_;
   RETURN_IF_ERROR(a.StartAttempt());
   ASSIGN_OR_RETURN(std::vector<UpdateRecord> updates,
-                   store_->ListUpdates(a.run.run_id, a.round.round, a.round.attempt, "", "accepted"));
+                   store_->ListUpdates(a.run.run_id, a.round.round, a.round.attempt, "", UploadStatus::kAccepted));
   for (const UpdateRecord& u : updates) {
     if (!std::filesystem::exists(u.spool_path)) {
       return absl::DataLossError(absl::StrCat("accepted update of site ", u.site_id, " for run ", u.run_id, " round ",
@@ -135,7 +141,7 @@ absl::Status RoundManager::RebuildPartialsLocked() {
   ActiveRun& a = *active_;
   a.partials.clear();
   ASSIGN_OR_RETURN(std::vector<UpdateRecord> accepted,
-                   store_->ListUpdates(a.run.run_id, a.round.round, a.round.attempt, "", "accepted"));
+                   store_->ListUpdates(a.run.run_id, a.round.round, a.round.attempt, "", UploadStatus::kAccepted));
   std::set<std::string> keep;  // File names of the accepted updates: never partial uploads.
   for (const UpdateRecord& u : accepted) keep.insert(std::filesystem::path(u.spool_path).filename().string());
   for (const auto& [path, site] : spool_.ListAttempt(a.run.run_id, a.round.round, a.round.attempt, keep)) {
@@ -146,21 +152,21 @@ absl::Status RoundManager::RebuildPartialsLocked() {
 
 absl::Status RoundManager::Recover() {
   ASSIGN_OR_RETURN(std::optional<RunRecord> run, store_->ActiveRun());
-  if (!run || run->state != "running") spool_.RemoveAllBut("", 0, 0);
+  if (!run || run->state != RunState::kRunning) spool_.RemoveAllBut("", 0, 0);
   if (!run) return absl::OkStatus();
   ASSIGN_OR_RETURN(std::vector<RoundRecord> rounds, store_->ListRounds(run->run_id));
   const RoundRecord* open = nullptr;
   for (const RoundRecord& r : rounds) {
-    if (r.state == "open") open = &r;
+    if (r.state == RoundState::kOpen) open = &r;
   }
-  if (run->state == "running" && open == nullptr) {
+  if (run->state == RunState::kRunning && open == nullptr) {
     return absl::DataLossError(absl::StrCat("run ", run->run_id, " is running but has no open round"));
   }
   const RoundRecord* last = open != nullptr ? open : (rounds.empty() ? nullptr : &rounds.back());
   ASSIGN_OR_RETURN(std::unique_ptr<ActiveRun> active, LoadActiveRun(*blobs_, *run, last));
   absl::MutexLock lock(&mu_);
   active_ = std::move(active);
-  if (run->state == "running") {
+  if (run->state == RunState::kRunning) {
     spool_.RemoveAllBut(run->run_id, open->round, open->attempt);
     RETURN_IF_ERROR(RebuildAggregatorLocked());
     RETURN_IF_ERROR(RebuildPartialsLocked());
@@ -194,7 +200,8 @@ absl::StatusOr<std::string> RoundManager::StartRun(const v1::RunConfig& config) 
   RETURN_IF_ERROR(ValidateRunConfig(config));
   absl::MutexLock lock(&mu_);
   if (active_) {
-    return absl::FailedPreconditionError(absl::StrCat("run ", active_->run.run_id, " is ", active_->run.state,
+    return absl::FailedPreconditionError(absl::StrCat("run ", active_->run.run_id, " is ",
+                                                      federation::Text(active_->run.state),
                                                       ": only one run at a time (abort it with `fedtune run abort`)"));
   }
   ASSIGN_OR_RETURN(std::vector<std::string> sites, SelectSites(*store_, config));
@@ -205,7 +212,7 @@ absl::StatusOr<std::string> RoundManager::StartRun(const v1::RunConfig& config) 
   run.run_id = run_id;
   run.name = config.name();
   run.config = config;
-  run.state = "running";
+  run.state = RunState::kRunning;
   run.sites = sites;
   run.base_model_digest = base;
   run.current_round = 1;
@@ -214,7 +221,7 @@ absl::StatusOr<std::string> RoundManager::StartRun(const v1::RunConfig& config) 
   round.run_id = run_id;
   round.round = 1;
   round.attempt = 1;
-  round.state = "open";
+  round.state = RoundState::kOpen;
   round.model_digest = base;
   round.opened_ms = now;
   round.deadline_ms = now + int64_t{config.round_deadline_seconds()} * 1000;
@@ -237,11 +244,12 @@ absl::StatusOr<v1::RunStatus> RoundManager::AbortRun(const std::string& run_id, 
     }
     if (!active_ || active_->run.run_id != id) {
       ASSIGN_OR_RETURN(RunRecord run, store_->GetRun(id));
-      return absl::FailedPreconditionError(absl::StrCat("run ", id, " is already ", run.state));
+      return absl::FailedPreconditionError(absl::StrCat("run ", id, " is already ", federation::Text(run.state)));
     }
     const RunTransition t = AbortTransition(*active_, reason, NowMs());
     RETURN_IF_ERROR(store_->ApplyTransition(t));
-    if (active_->run.state == "running") spool_.RemoveAttempt(id, active_->round.round, active_->round.attempt);
+    if (active_->run.state == RunState::kRunning)
+      spool_.RemoveAttempt(id, active_->round.round, active_->round.attempt);
     LOG(INFO) << "run " << id << " " << t.run.message;
     RETURN_IF_ERROR(AdvanceLocked(t));
   }
@@ -270,7 +278,7 @@ absl::StatusOr<v1::Task> RoundManager::NextTaskLocked(const std::string& site_id
   task.set_base_model_digest(a.run.base_model_digest);
   ASSIGN_OR_RETURN(int64_t base_bytes, blobs_->Size(a.run.base_model_digest));
   task.set_base_model_bytes(base_bytes);
-  if (a.run.state == "running") {
+  if (a.run.state == RunState::kRunning) {
     if (a.accepted.count(site_id) > 0) {
       task.Clear();
       task.set_kind(v1::Task::NONE);
@@ -288,11 +296,12 @@ absl::StatusOr<v1::Task> RoundManager::NextTaskLocked(const std::string& site_id
     plan->set_learning_rate(c.learning_rate());
     plan->set_batch_size(c.batch_size());
     plan->set_proximal_mu(c.aggregation() == "fedprox" ? c.proximal_mu() : 0.0);
-    plan->set_encoding(c.compression());
+    ASSIGN_OR_RETURN(const fl::Encoding encoding, fl::ParseEncoding(c.compression()));
+    fl::SetEncoding(encoding, plan);
     plan->set_topk_fraction(c.topk_fraction());
     return task;
   }
-  if (a.run.state == "evaluating" && a.finals.count(site_id) == 0) {
+  if (a.run.state == RunState::kEvaluating && a.finals.count(site_id) == 0) {
     task.set_kind(v1::Task::EVALUATE);
     task.set_round(0);
     task.set_model_digest(a.run.final_model_digest);
@@ -354,15 +363,16 @@ absl::StatusOr<v1::HeartbeatResponse> RoundManager::Heartbeat(const std::string&
   absl::MutexLock lock(&mu_);
   if (!active_ || active_->run.run_id != request.run_id()) {
     absl::StatusOr<RunRecord> run = store_->GetRun(request.run_id());
-    if (run.ok() && run->state == "completed" && request.round() > 0) {
+    if (run.ok() && run->state == RunState::kCompleted && request.round() > 0) {
       // The run ended with this round: a site whose update counted may still finish and report its round metrics.
-      ASSIGN_OR_RETURN(std::vector<UpdateRecord> mine,
-                       store_->ListUpdates(request.run_id(), request.round(), std::nullopt, site_id, "accepted"));
+      ASSIGN_OR_RETURN(
+          std::vector<UpdateRecord> mine,
+          store_->ListUpdates(request.run_id(), request.round(), std::nullopt, site_id, UploadStatus::kAccepted));
       if (!mine.empty()) return response;
     }
     response.set_cancel(true);
     response.set_run_ended(true);
-    response.set_reason(run.ok() ? absl::StrCat("run ", request.run_id(), " is ", run->state)
+    response.set_reason(run.ok() ? absl::StrCat("run ", request.run_id(), " is ", federation::Text(run->state))
                                  : absl::StrCat("unknown run ", request.run_id()));
     return response;
   }
@@ -373,10 +383,10 @@ absl::StatusOr<v1::HeartbeatResponse> RoundManager::Heartbeat(const std::string&
   }
   RETURN_IF_ERROR(CheckRound(request.round(), 0, active_->run));
   const int round = request.round();
-  if (round > 0 && !(active_->run.state == "running" && round == active_->round.round)) {
+  if (round > 0 && !(active_->run.state == RunState::kRunning && round == active_->round.round)) {
     // A round that is no longer open: the work is only still wanted if its update counted (round metrics follow).
     ASSIGN_OR_RETURN(std::vector<UpdateRecord> mine,
-                     store_->ListUpdates(request.run_id(), round, std::nullopt, site_id, "accepted"));
+                     store_->ListUpdates(request.run_id(), round, std::nullopt, site_id, UploadStatus::kAccepted));
     if (mine.empty()) {
       response.set_cancel(true);
       response.set_reason(absl::StrCat("run ", request.run_id(), " round ", round, " is no longer open"));
@@ -404,7 +414,7 @@ absl::Status RoundManager::ReportMetrics(const std::string& site_id, const v1::M
   RETURN_IF_ERROR(store_->InsertMetrics(record));
   absl::MutexLock lock(&mu_);
   if (report.kind() == "final" && active_ && active_->run.run_id == report.run_id() &&
-      active_->run.state == "evaluating") {
+      active_->run.state == RunState::kEvaluating) {
     active_->finals.insert(site_id);
     ASSIGN_OR_RETURN(std::set<std::string> eligible, EligibleSitesLocked());
     if (std::includes(active_->finals.begin(), active_->finals.end(), eligible.begin(), eligible.end())) {
@@ -427,7 +437,7 @@ absl::StatusOr<std::set<std::string>> RoundManager::EligibleSitesLocked() {
   std::set<std::string> eligible;
   for (const std::string& id : active_->run.sites) {
     ASSIGN_OR_RETURN(std::optional<SiteRecord> site, store_->GetSite(id));
-    if (site && site->status == "revoked") continue;
+    if (site && site->status == SiteStatus::kRevoked) continue;
     eligible.insert(id);
   }
   return eligible;
@@ -449,7 +459,7 @@ absl::Status RoundManager::AdvanceLocked(const RunTransition& t) {
 }
 
 absl::Status RoundManager::MaybeCloseLocked() {
-  if (!active_ || active_->run.state != "running") return absl::OkStatus();
+  if (!active_ || active_->run.state != RunState::kRunning) return absl::OkStatus();
   ASSIGN_OR_RETURN(std::set<std::string> eligible, EligibleSitesLocked());
   const ActiveRun& a = *active_;
   if (static_cast<int>(a.accepted.size()) >= a.run.config.min_sites() && a.AllAccepted(eligible)) {
@@ -511,14 +521,14 @@ absl::Status RoundManager::Tick() {
   absl::MutexLock lock(&mu_);
   if (!active_) return absl::OkStatus();
   const int64_t now = NowMs();
-  if (active_->run.state == "running") {
+  if (active_->run.state == RunState::kRunning) {
     if (now < active_->round.deadline_ms) return MaybeCloseLocked();  // E.g. a site was revoked meanwhile.
     if (!active_->accepted.empty() && static_cast<int>(active_->accepted.size()) >= active_->run.config.min_sites()) {
       return CloseRoundLocked();
     }
     return FailAttemptLocked();
   }
-  if (active_->run.state == "evaluating" && now >= active_->run.evaluation_deadline_ms) {
+  if (active_->run.state == RunState::kEvaluating && now >= active_->run.evaluation_deadline_ms) {
     return FinishEvaluationLocked("deadline passed");
   }
   return absl::OkStatus();

@@ -12,6 +12,9 @@
 #include "common/status_macros.h"
 
 namespace fedtune::coordinator {
+
+using federation::RoundState;
+using federation::RunState;
 namespace {
 
 std::string Iso8601(absl::Time t) { return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", t, absl::UTCTimeZone()); }
@@ -31,8 +34,8 @@ absl::StatusOr<fl::TensorMap> ServerStep(ActiveRun& a, const std::string& state_
   return step;
 }
 
-// A transition that ends the run in `state` ("completed", "failed", "aborted") with `message`.
-RunTransition EndRun(const ActiveRun& a, const char* state, std::string message, int64_t now_ms) {
+// A transition that ends the run in `state` (completed, failed, aborted) with `message`.
+RunTransition EndRun(const ActiveRun& a, RunState state, std::string message, int64_t now_ms) {
   RunTransition t;
   t.run = a.run;
   t.run.state = state;
@@ -77,7 +80,7 @@ RunTransition CloseRoundTransition(const ActiveRun& a, const AggregatedRound& re
     t.run.fedadam_rounds = a.fedadam->rounds();
   }
   RoundRecord finished = a.round;
-  finished.state = "closed";
+  finished.state = RoundState::kClosed;
   finished.result_digest = result.digest;
   finished.closed_ms = now_ms;
   finished.message = absl::StrCat(a.aggregator->num_updates(), " update(s), ", a.aggregator->total_samples(),
@@ -97,7 +100,7 @@ RunTransition CloseRoundTransition(const ActiveRun& a, const AggregatedRound& re
     next.run_id = a.run.run_id;
     next.round = a.round.round + 1;
     next.attempt = 1;
-    next.state = "open";
+    next.state = RoundState::kOpen;
     next.model_digest = result.digest;
     next.opened_ms = now_ms;
     next.deadline_ms = DeadlineAfter(a, now_ms);
@@ -107,10 +110,10 @@ RunTransition CloseRoundTransition(const ActiveRun& a, const AggregatedRound& re
   }
   t.run.final_model_digest = result.digest;
   if (a.run.config.final_evaluation()) {
-    t.run.state = "evaluating";
+    t.run.state = RunState::kEvaluating;
     t.run.evaluation_deadline_ms = DeadlineAfter(a, now_ms);
   } else {
-    t.run.state = "completed";
+    t.run.state = RunState::kCompleted;
     t.run.finished_ms = now_ms;
     t.run.message = absl::StrCat("completed ", a.run.config.rounds(), " round(s)");
   }
@@ -121,7 +124,7 @@ RunTransition FailAttemptTransition(const ActiveRun& a, int64_t now_ms) {
   RunTransition t;
   t.run = a.run;
   RoundRecord failed = a.round;
-  failed.state = "failed";
+  failed.state = RoundState::kFailed;
   failed.closed_ms = now_ms;
   failed.message = absl::StrCat("deadline passed with ", a.accepted.size(), " accepted update(s), min_sites is ",
                                 a.run.config.min_sites());
@@ -129,7 +132,7 @@ RunTransition FailAttemptTransition(const ActiveRun& a, int64_t now_ms) {
   if (a.round.attempt < a.run.config.max_round_attempts()) {
     RoundRecord next = a.round;
     next.attempt = a.round.attempt + 1;
-    next.state = "open";
+    next.state = RoundState::kOpen;
     next.result_digest.clear();
     next.opened_ms = now_ms;
     next.closed_ms = 0;
@@ -137,7 +140,7 @@ RunTransition FailAttemptTransition(const ActiveRun& a, int64_t now_ms) {
     next.deadline_ms = DeadlineAfter(a, now_ms);
     t.open_round = next;
   } else {
-    t.run.state = "failed";
+    t.run.state = RunState::kFailed;
     t.run.finished_ms = now_ms;
     t.run.message = absl::StrCat("round ", a.round.round, " failed ", a.round.attempt, " time(s): ", failed.message);
   }
@@ -145,18 +148,18 @@ RunTransition FailAttemptTransition(const ActiveRun& a, int64_t now_ms) {
 }
 
 RunTransition FinishEvaluationTransition(const ActiveRun& a, const std::string& message, int64_t now_ms) {
-  return EndRun(a, "completed",
+  return EndRun(a, RunState::kCompleted,
                 absl::StrCat("completed ", a.run.config.rounds(), " round(s); final evaluation: ", message, " (",
                              a.finals.size(), " of ", a.run.sites.size(), " sites)"),
                 now_ms);
 }
 
 RunTransition AbortTransition(const ActiveRun& a, const std::string& reason, int64_t now_ms) {
-  RunTransition t =
-      EndRun(a, "aborted", reason.empty() ? "aborted by the operator" : absl::StrCat("aborted: ", reason), now_ms);
-  if (a.run.state == "running") {
+  RunTransition t = EndRun(a, RunState::kAborted,
+                           reason.empty() ? "aborted by the operator" : absl::StrCat("aborted: ", reason), now_ms);
+  if (a.run.state == RunState::kRunning) {
     RoundRecord r = a.round;
-    r.state = "aborted";
+    r.state = RoundState::kAborted;
     r.closed_ms = now_ms;
     r.message = t.run.message;
     t.finish_round = r;

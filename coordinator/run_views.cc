@@ -8,12 +8,14 @@
 #include "common/status_macros.h"
 
 namespace fedtune::coordinator {
+
+using federation::SiteStatus;
 namespace {
 
 void FillRunFields(const RunRecord& run, v1::RunStatus* status) {
   status->set_run_id(run.run_id);
   status->set_name(run.name);
-  status->set_state(run.state);
+  federation::SetState(run.state, status);
   *status->mutable_config() = run.config;
   status->set_current_round(run.current_round);
   status->set_base_model_digest(run.base_model_digest);
@@ -25,7 +27,7 @@ void FillRunFields(const RunRecord& run, v1::RunStatus* status) {
 
 void FillUpdate(const UpdateRecord& u, v1::UpdateInfo* info) {
   info->set_site_id(u.site_id);
-  info->set_status(u.status);
+  federation::SetStatus(u.status, info);
   info->set_num_samples(u.num_samples);
   info->set_bytes(u.bytes);
   info->set_l2_norm(u.l2_norm);
@@ -38,12 +40,12 @@ void FillUpdate(const UpdateRecord& u, v1::UpdateInfo* info) {
 absl::Status AddRounds(StateStore& store, const RunRecord& run, v1::RunStatus* status) {
   ASSIGN_OR_RETURN(std::vector<RoundRecord> rounds, store.ListRounds(run.run_id));
   ASSIGN_OR_RETURN(std::vector<UpdateRecord> updates,
-                   store.ListUpdates(run.run_id, std::nullopt, std::nullopt, "", ""));
+                   store.ListUpdates(run.run_id, std::nullopt, std::nullopt, "", std::nullopt));
   for (const RoundRecord& r : rounds) {
     v1::RoundInfo* info = status->add_rounds();
     info->set_round(r.round);
     info->set_attempt(r.attempt);
-    info->set_state(r.state);
+    federation::SetState(r.state, info);
     info->set_model_digest(r.model_digest);
     info->set_result_digest(r.result_digest);
     info->set_opened_ms(r.opened_ms);
@@ -60,7 +62,7 @@ absl::Status AddRounds(StateStore& store, const RunRecord& run, v1::RunStatus* s
 // "revoked", "lost" (not heard from within the heartbeat timeout) or its last heartbeat's state.
 std::string SiteState(const std::optional<SiteRecord>& site, const RunViewOptions& options) {
   if (!site) return "lost";
-  if (site->status == "revoked") return "revoked";
+  if (site->status == SiteStatus::kRevoked) return std::string(federation::Text(SiteStatus::kRevoked));
   if (site->last_seen_ms == 0 ||
       options.now_ms - site->last_seen_ms > int64_t{options.heartbeat_timeout_seconds} * 1000) {
     return "lost";

@@ -15,6 +15,8 @@
 #include "coordinator/upload_receiver.h"
 
 namespace fedtune::coordinator {
+
+using federation::SiteStatus;
 namespace {
 
 constexpr char kCoordinatorVersion[] = "fedtune-coordinator 0.1.0";
@@ -62,15 +64,16 @@ grpc::Status SiteServiceImpl::Hello(grpc::ServerContext* context, const v1::Hell
   if (!peer.ok()) return Reply(peer.status(), kRpc, "");
   absl::StatusOr<SiteRecord> site =
       store_->RecordHello(peer->common_name, peer->serial, request->dataset(), request->capabilities(),
-                          options_.auto_approve ? "approved" : "pending", NowMs());
+                          options_.auto_approve ? SiteStatus::kApproved : SiteStatus::kPending, NowMs());
   if (!site.ok()) return Reply(site.status(), kRpc, peer->common_name);
-  if (site->status == "pending" && options_.auto_approve) {
-    site = store_->SetSiteStatus(peer->common_name, "approved", false, NowMs());
+  if (site->status == SiteStatus::kPending && options_.auto_approve) {
+    site = store_->SetSiteStatus(peer->common_name, SiteStatus::kApproved, false, NowMs());
     if (!site.ok()) return Reply(site.status(), kRpc, peer->common_name);
   }
-  LOG(INFO) << "hello from site " << peer->common_name << " (" << site->status << ", " << context->peer() << ")";
+  LOG(INFO) << "hello from site " << peer->common_name << " (" << federation::Text(site->status) << ", "
+            << context->peer() << ")";
   response->set_site_id(peer->common_name);
-  response->set_status(site->status);
+  federation::SetStatus(site->status, response);
   response->set_heartbeat_seconds(options_.heartbeat_seconds);
   response->set_chunk_bytes(options_.chunk_bytes);
   response->set_coordinator_version(kCoordinatorVersion);

@@ -4,9 +4,18 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/status_macros.h"
 
 namespace fedtune::coordinator::schema {
 namespace {
+
+// A state column's value, or DataLoss naming the table, the row and the column.
+template <typename E>
+absl::StatusOr<E> StateOf(absl::StatusOr<E> parsed, absl::string_view column, absl::string_view row) {
+  if (parsed.ok()) return parsed;
+  return absl::DataLossError(absl::StrCat(column, " of ", row, ": ", parsed.status().message(),
+                                          " (coordinator.db written by a newer or damaged coordinator?)"));
+}
 
 const store::Migration kMigrations[] = {
     {1, R"sql(
@@ -60,10 +69,11 @@ ALTER TABLE sites ADD COLUMN offered_serial TEXT NOT NULL DEFAULT '';
 
 absl::Span<const store::Migration> Migrations() { return kMigrations; }
 
-SiteRecord ReadSite(const store::Statement& st) {
+absl::StatusOr<SiteRecord> ReadSite(const store::Statement& st) {
   SiteRecord s;
   s.site_id = st.ColumnText(0);
-  s.status = st.ColumnText(1);
+  ASSIGN_OR_RETURN(s.status, StateOf(federation::ParseSiteStatus(st.ColumnText(1)), "sites.status",
+                                     absl::StrCat("site ", s.site_id)));
   s.first_seen_ms = st.ColumnInt(2);
   s.last_seen_ms = st.ColumnInt(3);
   s.certificate_serial = st.ColumnText(4);
@@ -86,7 +96,8 @@ absl::StatusOr<RunRecord> ReadRun(const store::Statement& st) {
   if (!google::protobuf::TextFormat::ParseFromString(st.ColumnText(2), &r.config)) {
     return absl::DataLossError(absl::StrCat("run ", r.run_id, ": stored config does not parse"));
   }
-  r.state = st.ColumnText(3);
+  ASSIGN_OR_RETURN(r.state,
+                   StateOf(federation::ParseRunState(st.ColumnText(3)), "runs.state", absl::StrCat("run ", r.run_id)));
   for (absl::string_view s : absl::StrSplit(st.ColumnText(4), ',', absl::SkipEmpty())) r.sites.emplace_back(s);
   r.base_model_digest = st.ColumnText(5);
   r.final_model_digest = st.ColumnText(6);
@@ -100,12 +111,13 @@ absl::StatusOr<RunRecord> ReadRun(const store::Statement& st) {
   return r;
 }
 
-RoundRecord ReadRound(const store::Statement& st) {
+absl::StatusOr<RoundRecord> ReadRound(const store::Statement& st) {
   RoundRecord r;
   r.run_id = st.ColumnText(0);
   r.round = static_cast<int>(st.ColumnInt(1));
   r.attempt = static_cast<int>(st.ColumnInt(2));
-  r.state = st.ColumnText(3);
+  ASSIGN_OR_RETURN(r.state, StateOf(federation::ParseRoundState(st.ColumnText(3)), "rounds.state",
+                                    absl::StrCat("run ", r.run_id, " round ", r.round, " attempt ", r.attempt)));
   r.model_digest = st.ColumnText(4);
   r.result_digest = st.ColumnText(5);
   r.opened_ms = st.ColumnInt(6);
@@ -127,7 +139,7 @@ ModelVersion ReadModel(const store::Statement& st) {
   return m;
 }
 
-UpdateRecord ReadUpdate(const store::Statement& st) {
+absl::StatusOr<UpdateRecord> ReadUpdate(const store::Statement& st) {
   UpdateRecord u;
   u.id = st.ColumnInt(0);
   u.run_id = st.ColumnText(1);
@@ -140,7 +152,8 @@ UpdateRecord ReadUpdate(const store::Statement& st) {
   u.l2_norm = st.ColumnDouble(8);
   u.train_loss = st.ColumnDouble(9);
   u.validation_loss = st.ColumnDouble(10);
-  u.status = st.ColumnText(11);
+  ASSIGN_OR_RETURN(u.status, StateOf(federation::ParseUploadStatus(st.ColumnText(11)), "updates.status",
+                                     absl::StrCat("update ", u.id, " (site ", u.site_id, ", run ", u.run_id, ")")));
   u.message = st.ColumnText(12);
   u.spool_path = st.ColumnText(13);
   u.received_ms = st.ColumnInt(14);

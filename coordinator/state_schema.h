@@ -32,13 +32,16 @@ inline constexpr char kUpdateColumns[] =
     "id, run_id, round, attempt, site_id, sha256, bytes, num_samples, l2_norm, train_loss, validation_loss, status, "
     "message, spool_path, received_ms";
 
-// The record of the current row of a statement that selected the matching columns.
-SiteRecord ReadSite(const store::Statement& st);
-// DataLoss naming the run when its stored config does not parse.
+// The record of the current row of a statement that selected the matching columns. A state column (sites.status,
+// runs.state, rounds.state, updates.status) is read through its text form (common/federation/states.h): DataLoss
+// naming the table, the row and the column when it holds no known state. ReadRun: also DataLoss naming the run when
+// its stored config does not parse.
+absl::StatusOr<SiteRecord> ReadSite(const store::Statement& st);
 absl::StatusOr<RunRecord> ReadRun(const store::Statement& st);
-RoundRecord ReadRound(const store::Statement& st);
+absl::StatusOr<RoundRecord> ReadRound(const store::Statement& st);
 ModelVersion ReadModel(const store::Statement& st);
-UpdateRecord ReadUpdate(const store::Statement& st);
+absl::StatusOr<UpdateRecord> ReadUpdate(const store::Statement& st);
+// The state columns are written as federation::Text of the state.
 
 // A run config as stored (text proto).
 std::string ConfigText(const v1::RunConfig& config);

@@ -33,7 +33,8 @@ absl::StatusOr<std::optional<SiteRecord>> StateStore::GetSiteLocked(const std::s
   st.Bind(1, site_id);
   ASSIGN_OR_RETURN(bool row, st.Step());
   if (!row) return std::optional<SiteRecord>();
-  return std::optional<SiteRecord>(ReadSite(st));
+  ASSIGN_OR_RETURN(SiteRecord site, ReadSite(st));
+  return std::optional<SiteRecord>(std::move(site));
 }
 
 absl::StatusOr<std::optional<SiteRecord>> StateStore::SiteForUpdateLocked(const std::string& site_id, bool create) {
@@ -55,20 +56,21 @@ absl::StatusOr<std::vector<SiteRecord>> StateStore::ListSites() {
   while (true) {
     ASSIGN_OR_RETURN(bool row, st.Step());
     if (!row) break;
-    out.push_back(ReadSite(st));
+    ASSIGN_OR_RETURN(SiteRecord site, ReadSite(st));
+    out.push_back(std::move(site));
   }
   return out;
 }
 
 absl::StatusOr<SiteRecord> StateStore::RecordHello(const std::string& site_id, const std::string& serial,
                                                    const v1::DatasetSummary& dataset,
-                                                   const v1::Capabilities& capabilities, const std::string& new_status,
-                                                   int64_t now_ms) {
+                                                   const v1::Capabilities& capabilities,
+                                                   federation::SiteStatus new_status, int64_t now_ms) {
   absl::MutexLock lock(&mu_);
   RETURN_IF_ERROR(db_->InTransaction([&]() -> absl::Status {
     ASSIGN_OR_RETURN(store::Statement ins, db_->Prepare("INSERT OR IGNORE INTO sites(site_id, status, first_seen_ms, "
                                                         "status_ms) VALUES(?, ?, ?, ?)"));
-    ins.Bind(1, site_id).Bind(2, new_status).Bind(3, now_ms).Bind(4, now_ms);
+    ins.Bind(1, site_id).Bind(2, federation::Text(new_status)).Bind(3, now_ms).Bind(4, now_ms);
     RETURN_IF_ERROR(ins.Run());
     ASSIGN_OR_RETURN(store::Statement up,
                      db_->Prepare("UPDATE sites SET last_seen_ms = ?, certificate_serial = ?, dataset = ?, "
@@ -82,19 +84,19 @@ absl::StatusOr<SiteRecord> StateStore::RecordHello(const std::string& site_id, c
   return *site;
 }
 
-absl::StatusOr<SiteRecord> StateStore::SetSiteStatus(const std::string& site_id, const std::string& status, bool create,
-                                                     int64_t now_ms) {
+absl::StatusOr<SiteRecord> StateStore::SetSiteStatus(const std::string& site_id, federation::SiteStatus status,
+                                                     bool create, int64_t now_ms) {
   absl::MutexLock lock(&mu_);
   RETURN_IF_ERROR(db_->InTransaction([&]() -> absl::Status {
     ASSIGN_OR_RETURN(std::optional<SiteRecord> site, SiteForUpdateLocked(site_id, create));
     if (!site) {
       ASSIGN_OR_RETURN(store::Statement ins,
                        db_->Prepare("INSERT INTO sites(site_id, status, status_ms) VALUES(?, ?, ?)"));
-      ins.Bind(1, site_id).Bind(2, status).Bind(3, now_ms);
+      ins.Bind(1, site_id).Bind(2, federation::Text(status)).Bind(3, now_ms);
       return ins.Run();
     }
     ASSIGN_OR_RETURN(store::Statement up, db_->Prepare("UPDATE sites SET status = ?, status_ms = ? WHERE site_id = ?"));
-    up.Bind(1, status).Bind(2, now_ms).Bind(3, site_id);
+    up.Bind(1, federation::Text(status)).Bind(2, now_ms).Bind(3, site_id);
     return up.Run();
   }));
   ASSIGN_OR_RETURN(std::optional<SiteRecord> site, GetSiteLocked(site_id));
@@ -128,8 +130,9 @@ absl::StatusOr<SiteRecord> StateStore::PinSiteKey(const std::string& site_id, co
     if (!site) {
       ASSIGN_OR_RETURN(store::Statement ins,
                        db_->Prepare("INSERT INTO sites(site_id, status, first_seen_ms, status_ms, key_sha256, "
-                                    "key_pinned_ms) VALUES(?, 'pending', ?, ?, ?, ?)"));
-      ins.Bind(1, site_id).Bind(2, now_ms).Bind(3, now_ms).Bind(4, key_sha256).Bind(5, now_ms);
+                                    "key_pinned_ms) VALUES(?, ?, ?, ?, ?, ?)"));
+      ins.Bind(1, site_id).Bind(2, federation::Text(federation::SiteStatus::kPending)).Bind(3, now_ms).Bind(4, now_ms);
+      ins.Bind(5, key_sha256).Bind(6, now_ms);
       return ins.Run();
     }
     if (site->key_sha256.empty()) {
@@ -170,9 +173,9 @@ absl::StatusOr<SiteRecord> StateStore::ReplaceSiteKey(const std::string& site_id
     }
     ASSIGN_OR_RETURN(store::Statement up,
                      db_->Prepare("UPDATE sites SET key_sha256 = offered_key_sha256, key_pinned_ms = ?, "
-                                  "offered_key_sha256 = '', offered_serial = '', status = 'approved', status_ms = ? "
+                                  "offered_key_sha256 = '', offered_serial = '', status = ?, status_ms = ? "
                                   "WHERE site_id = ?"));
-    up.Bind(1, now_ms).Bind(2, now_ms).Bind(3, site_id);
+    up.Bind(1, now_ms).Bind(2, federation::Text(federation::SiteStatus::kApproved)).Bind(3, now_ms).Bind(4, site_id);
     return up.Run();
   }));
   ASSIGN_OR_RETURN(std::optional<SiteRecord> site, GetSiteLocked(site_id));
@@ -198,7 +201,7 @@ absl::Status StateStore::WriteRunLocked(const RunRecord& r, bool insert) {
                "final_model_digest = ?7, fedadam_state_path = ?8, fedadam_rounds = ?9, current_round = ?10, "
                "started_ms = ?11, finished_ms = ?12, evaluation_deadline_ms = ?13, message = ?14 WHERE run_id = ?1";
   ASSIGN_OR_RETURN(store::Statement st, db_->Prepare(sql));
-  st.Bind(1, r.run_id).Bind(2, r.name).Bind(3, ConfigText(r.config)).Bind(4, r.state);
+  st.Bind(1, r.run_id).Bind(2, r.name).Bind(3, ConfigText(r.config)).Bind(4, federation::Text(r.state));
   st.Bind(5, absl::StrJoin(r.sites, ",")).Bind(6, r.base_model_digest).Bind(7, r.final_model_digest);
   st.Bind(8, r.fedadam_state_path).Bind(9, r.fedadam_rounds).Bind(10, static_cast<int64_t>(r.current_round));
   st.Bind(11, r.started_ms).Bind(12, r.finished_ms).Bind(13, r.evaluation_deadline_ms).Bind(14, r.message);
@@ -209,7 +212,11 @@ absl::Status StateStore::InsertRoundLocked(const RoundRecord& r) {
   ASSIGN_OR_RETURN(store::Statement st,
                    db_->Prepare(absl::StrCat("INSERT INTO rounds(", kRoundColumns, ") VALUES(?,?,?,?,?,?,?,?,?,?)")));
   st.Bind(1, r.run_id).Bind(2, static_cast<int64_t>(r.round)).Bind(3, static_cast<int64_t>(r.attempt));
-  st.Bind(4, r.state).Bind(5, r.model_digest).Bind(6, r.result_digest).Bind(7, r.opened_ms).Bind(8, r.deadline_ms);
+  st.Bind(4, federation::Text(r.state))
+      .Bind(5, r.model_digest)
+      .Bind(6, r.result_digest)
+      .Bind(7, r.opened_ms)
+      .Bind(8, r.deadline_ms);
   st.Bind(9, r.closed_ms).Bind(10, r.message);
   return st.Run();
 }
@@ -231,7 +238,11 @@ absl::Status StateStore::ApplyTransition(const RunTransition& t) {
       ASSIGN_OR_RETURN(store::Statement st,
                        db_->Prepare("UPDATE rounds SET state = ?, result_digest = ?, closed_ms = ?, message = ? "
                                     "WHERE run_id = ? AND round = ? AND attempt = ?"));
-      st.Bind(1, r.state).Bind(2, r.result_digest).Bind(3, r.closed_ms).Bind(4, r.message).Bind(5, r.run_id);
+      st.Bind(1, federation::Text(r.state))
+          .Bind(2, r.result_digest)
+          .Bind(3, r.closed_ms)
+          .Bind(4, r.message)
+          .Bind(5, r.run_id);
       st.Bind(6, static_cast<int64_t>(r.round)).Bind(7, static_cast<int64_t>(r.attempt));
       RETURN_IF_ERROR(st.Run());
     }
@@ -283,8 +294,11 @@ absl::StatusOr<std::vector<RunRecord>> StateStore::RecentRuns(int limit) {
 
 absl::StatusOr<std::optional<RunRecord>> StateStore::ActiveRun() {
   absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(std::vector<RunRecord> runs,
-                   QueryRunsLocked("WHERE state IN ('running', 'evaluating') ORDER BY seq DESC LIMIT 1", ""));
+  ASSIGN_OR_RETURN(
+      std::vector<RunRecord> runs,
+      QueryRunsLocked(absl::StrCat("WHERE state IN ('", federation::Text(federation::RunState::kRunning), "', '",
+                                   federation::Text(federation::RunState::kEvaluating), "') ORDER BY seq DESC LIMIT 1"),
+                      ""));
   if (runs.empty()) return std::optional<RunRecord>();
   return std::optional<RunRecord>(runs.front());
 }
@@ -299,7 +313,8 @@ absl::StatusOr<std::vector<RoundRecord>> StateStore::ListRounds(const std::strin
   while (true) {
     ASSIGN_OR_RETURN(bool row, st.Step());
     if (!row) break;
-    out.push_back(ReadRound(st));
+    ASSIGN_OR_RETURN(RoundRecord round, ReadRound(st));
+    out.push_back(std::move(round));
   }
   return out;
 }
@@ -363,12 +378,12 @@ absl::StatusOr<int64_t> StateStore::InsertUpdate(const UpdateRecord& u) {
   absl::MutexLock lock(&mu_);
   int64_t id = 0;
   RETURN_IF_ERROR(db_->InTransaction([&]() -> absl::Status {
-    if (u.status == "accepted") {
+    if (u.status == federation::UploadStatus::kAccepted) {
       ASSIGN_OR_RETURN(store::Statement q,
                        db_->Prepare("SELECT sha256 FROM updates WHERE run_id = ? AND round = ? AND attempt = ? AND "
-                                    "site_id = ? AND status = 'accepted'"));
+                                    "site_id = ? AND status = ?"));
       q.Bind(1, u.run_id).Bind(2, static_cast<int64_t>(u.round)).Bind(3, static_cast<int64_t>(u.attempt));
-      q.Bind(4, u.site_id);
+      q.Bind(4, u.site_id).Bind(5, federation::Text(u.status));
       ASSIGN_OR_RETURN(bool row, q.Step());
       if (row) {
         return absl::AlreadyExistsError(absl::StrCat("site ", u.site_id, " already has an accepted update (sha256 ",
@@ -382,7 +397,7 @@ absl::StatusOr<int64_t> StateStore::InsertUpdate(const UpdateRecord& u) {
                                   "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)"));
     st.Bind(1, u.run_id).Bind(2, static_cast<int64_t>(u.round)).Bind(3, static_cast<int64_t>(u.attempt));
     st.Bind(4, u.site_id).Bind(5, u.sha256).Bind(6, u.bytes).Bind(7, u.num_samples).Bind(8, u.l2_norm);
-    st.Bind(9, u.train_loss).Bind(10, u.validation_loss).Bind(11, u.status).Bind(12, u.message);
+    st.Bind(9, u.train_loss).Bind(10, u.validation_loss).Bind(11, federation::Text(u.status)).Bind(12, u.message);
     st.Bind(13, u.spool_path).Bind(14, u.received_ms);
     RETURN_IF_ERROR(st.Run());
     id = db_->LastInsertRowId();
@@ -394,14 +409,14 @@ absl::StatusOr<int64_t> StateStore::InsertUpdate(const UpdateRecord& u) {
 absl::StatusOr<std::vector<UpdateRecord>> StateStore::ListUpdates(const std::string& run_id, std::optional<int> round,
                                                                   std::optional<int> attempt,
                                                                   const std::string& site_id,
-                                                                  const std::string& status) {
+                                                                  std::optional<federation::UploadStatus> status) {
   absl::MutexLock lock(&mu_);
   // A filter left out is NULL, never a sentinel value: a round a peer sends must not become "every round".
   ASSIGN_OR_RETURN(store::Statement st,
                    db_->Prepare(absl::StrCat("SELECT ", kUpdateColumns,
                                              " FROM updates WHERE run_id = ?1 AND (?2 IS NULL OR round = ?2) AND "
                                              "(?3 IS NULL OR attempt = ?3) AND (?4 = '' OR site_id = ?4) AND "
-                                             "(?5 = '' OR status = ?5) ORDER BY id")));
+                                             "(?5 IS NULL OR status = ?5) ORDER BY id")));
   st.Bind(1, run_id);
   if (round) {
     st.Bind(2, static_cast<int64_t>(*round));
@@ -413,12 +428,18 @@ absl::StatusOr<std::vector<UpdateRecord>> StateStore::ListUpdates(const std::str
   } else {
     st.BindNull(3);
   }
-  st.Bind(4, site_id).Bind(5, status);
+  st.Bind(4, site_id);
+  if (status) {
+    st.Bind(5, federation::Text(*status));
+  } else {
+    st.BindNull(5);
+  }
   std::vector<UpdateRecord> out;
   while (true) {
     ASSIGN_OR_RETURN(bool row, st.Step());
     if (!row) break;
-    out.push_back(ReadUpdate(st));
+    ASSIGN_OR_RETURN(UpdateRecord update, ReadUpdate(st));
+    out.push_back(std::move(update));
   }
   return out;
 }

@@ -3,6 +3,8 @@
 // coordinator killed at any moment restarts from a consistent database.
 //
 // Schema (migration 1; the SQL and the row mapping are in state_schema.h):
+// The state columns (sites.status, runs.state, rounds.state, updates.status) hold the text forms of
+// common/federation/states.h; a value that names no state is read as DataLoss naming the table, row and column.
 //   sites(site_id PK, status 'pending'|'approved'|'revoked', first_seen_ms, last_seen_ms, certificate_serial,
 //         dataset BLOB (serialized v1.DatasetSummary), capabilities BLOB (serialized v1.Capabilities),
 //         state (last heartbeat's free text), progress, train_loss, status_ms)
@@ -43,6 +45,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "common/federation/states.h"
 #include "common/store/database.h"
 #include "fedtune/v1/federation.pb.h"
 #include "fedtune/v1/federation_config.pb.h"
@@ -51,7 +54,7 @@ namespace fedtune::coordinator {
 
 struct SiteRecord {
   std::string site_id;
-  std::string status;  // "pending", "approved", "revoked".
+  federation::SiteStatus status = federation::SiteStatus::kPending;
   int64_t first_seen_ms = 0;
   int64_t last_seen_ms = 0;
   std::string certificate_serial;
@@ -70,7 +73,7 @@ struct RunRecord {
   std::string run_id;
   std::string name;
   v1::RunConfig config;
-  std::string state;  // "running", "evaluating", "completed", "failed", "aborted".
+  federation::RunState state = federation::RunState::kRunning;
   std::vector<std::string> sites;
   std::string base_model_digest;
   std::string final_model_digest;
@@ -81,14 +84,14 @@ struct RunRecord {
   int64_t finished_ms = 0;
   int64_t evaluation_deadline_ms = 0;
   std::string message;
-  bool active() const { return state == "running" || state == "evaluating"; }
+  bool active() const { return !federation::IsFinal(state); }
 };
 
 struct RoundRecord {
   std::string run_id;
   int round = 0;
   int attempt = 0;
-  std::string state;  // "open", "closed", "failed", "aborted".
+  federation::RoundState state = federation::RoundState::kOpen;
   std::string model_digest;
   std::string result_digest;
   int64_t opened_ms = 0;
@@ -119,7 +122,7 @@ struct UpdateRecord {
   double l2_norm = 0;
   double train_loss = 0;
   double validation_loss = 0;
-  std::string status;  // "accepted", "refused".
+  federation::UploadStatus status = federation::UploadStatus::kAccepted;
   std::string message;
   std::string spool_path;
   int64_t received_ms = 0;
@@ -171,9 +174,9 @@ class StateStore {
   // dataset, capabilities and last_seen. Returns the stored record.
   absl::StatusOr<SiteRecord> RecordHello(const std::string& site_id, const std::string& serial,
                                          const v1::DatasetSummary& dataset, const v1::Capabilities& capabilities,
-                                         const std::string& new_status, int64_t now_ms);
+                                         federation::SiteStatus new_status, int64_t now_ms);
   // Sets the status, creating the site when unknown and `create` is true (NotFound otherwise).
-  absl::StatusOr<SiteRecord> SetSiteStatus(const std::string& site_id, const std::string& status, bool create,
+  absl::StatusOr<SiteRecord> SetSiteStatus(const std::string& site_id, federation::SiteStatus status, bool create,
                                            int64_t now_ms);
   // last_seen_ms = now (no-op for an unknown site).
   absl::Status TouchSite(const std::string& site_id, int64_t now_ms);
@@ -232,10 +235,10 @@ class StateStore {
   // Inserts and returns the row id. AlreadyExists when an accepted update exists for (run, round, attempt, site).
   absl::StatusOr<int64_t> InsertUpdate(const UpdateRecord& update);
   // round / attempt std::nullopt: every round / attempt (any value given, negative ones included, matches only
-  // itself). site_id empty: every site. status empty: any status. Ordered by id.
+  // itself). site_id empty: every site. status std::nullopt: any status. Ordered by id.
   absl::StatusOr<std::vector<UpdateRecord>> ListUpdates(const std::string& run_id, std::optional<int> round,
                                                         std::optional<int> attempt, const std::string& site_id,
-                                                        const std::string& status);
+                                                        std::optional<federation::UploadStatus> status);
 
   // ---- Metrics
   // Stores a site's report; one per (run, round, site, kind): a report sent again replaces the earlier one.

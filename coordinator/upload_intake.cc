@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "common/fl/bundle_file.h"
+#include "common/fl/encoding.h"
 #include "common/fl/validate.h"
 #include "common/io/sha256.h"
 #include "common/logging.h"
@@ -19,6 +20,9 @@
 #include "coordinator/round_manager.h"
 
 namespace fedtune::coordinator {
+
+using federation::RunState;
+using federation::UploadStatus;
 namespace {
 
 // InvalidArgument naming the field of an UploadHeader outside its range.
@@ -38,6 +42,9 @@ absl::Status CheckUploadHeader(const v1::UploadHeader& header, int64_t max_uploa
     return absl::InvalidArgumentError(absl::StrCat("upload: train_loss ", header.train_loss(), " and validation_loss ",
                                                    header.validation_loss(), " must be finite"));
   }
+  if (absl::StatusOr<std::optional<fl::Encoding>> encoding = fl::GetEncoding(header); !encoding.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("upload: ", encoding.status().message()));
+  }
   return absl::OkStatus();
 }
 
@@ -55,7 +62,7 @@ absl::StatusOr<UploadTarget> RoundManager::PrepareUploadLocked(const std::string
   }
   RETURN_IF_ERROR(CheckRound(round, 1, run));
   ASSIGN_OR_RETURN(std::vector<UpdateRecord> mine,
-                   store_->ListUpdates(run_id, round, std::nullopt, site_id, "accepted"));
+                   store_->ListUpdates(run_id, round, std::nullopt, site_id, UploadStatus::kAccepted));
   for (const UpdateRecord& u : mine) {
     if (u.sha256 == sha256) {
       UploadTarget target;
@@ -64,10 +71,11 @@ absl::StatusOr<UploadTarget> RoundManager::PrepareUploadLocked(const std::string
       return target;
     }
   }
-  if (!active_ || active_->run.run_id != run_id || active_->run.state != "running" || active_->round.round != round) {
+  if (!active_ || active_->run.run_id != run_id || active_->run.state != RunState::kRunning ||
+      active_->round.round != round) {
     return absl::FailedPreconditionError(
-        absl::StrCat("run ", run_id, " round ", round, " is not open (run ", run.state,
-                     run.state == "running" ? absl::StrCat(", current round ", run.current_round) : "", ")"));
+        absl::StrCat("run ", run_id, " round ", round, " is not open (run ", federation::Text(run.state),
+                     run.state == RunState::kRunning ? absl::StrCat(", current round ", run.current_round) : "", ")"));
   }
   for (const UpdateRecord& u : mine) {
     if (u.attempt == active_->round.attempt) {
@@ -205,7 +213,7 @@ absl::Status RoundManager::RecordRefusal(const std::string& site_id, const v1::U
   u.num_samples = header.num_samples();
   u.train_loss = std::isfinite(header.train_loss()) ? header.train_loss() : 0;
   u.validation_loss = std::isfinite(header.validation_loss()) ? header.validation_loss() : 0;
-  u.status = "refused";
+  u.status = UploadStatus::kRefused;
   u.message = absl::StrCat(absl::StatusCodeToString(why.code()), ": ", why.message());
   u.received_ms = NowMs();
   return store_->InsertUpdate(u).status();
@@ -259,7 +267,7 @@ absl::StatusOr<v1::UploadResponse> RoundManager::AcceptUpload(const std::string&
   if (!accepted_before.ok()) return refuse(accepted_before.status());
   if (*accepted_before) {
     v1::UploadResponse response;
-    response.set_status("accepted");
+    federation::SetStatus(UploadStatus::kAccepted, &response);
     response.set_message("accepted before (same payload)");
     return response;
   }
@@ -310,7 +318,7 @@ absl::StatusOr<RoundManager::ValidatedDelta> RoundManager::DecodeAndValidate(con
 
 absl::StatusOr<bool> RoundManager::CheckStillOpenLocked(const std::string& site_id, const v1::UploadHeader& header,
                                                         const UploadTarget& target, const std::string& what) {
-  if (active_ && active_->run.run_id == header.run_id() && active_->run.state == "running" &&
+  if (active_ && active_->run.run_id == header.run_id() && active_->run.state == RunState::kRunning &&
       active_->round.round == header.round() && active_->round.attempt != target.attempt) {
     return absl::FailedPreconditionError(
         absl::StrCat(what, ": attempt ", target.attempt, " ended while the upload was received"));
@@ -318,9 +326,9 @@ absl::StatusOr<bool> RoundManager::CheckStillOpenLocked(const std::string& site_
   if (!active_ || !active_->IsOpenAttempt(header.run_id(), header.round(), target.attempt)) {
     absl::StatusOr<RunRecord> run = store_->GetRun(header.run_id());
     if (!run.ok()) return run.status();
-    return absl::FailedPreconditionError(
-        absl::StrCat("run ", header.run_id(), " round ", header.round(), " is not open (run ", run->state,
-                     run->state == "running" ? absl::StrCat(", current round ", run->current_round) : "", ")"));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "run ", header.run_id(), " round ", header.round(), " is not open (run ", federation::Text(run->state),
+        run->state == RunState::kRunning ? absl::StrCat(", current round ", run->current_round) : "", ")"));
   }
   auto accepted = active_->accepted.find(site_id);
   if (accepted == active_->accepted.end()) return false;
@@ -345,7 +353,7 @@ absl::StatusOr<v1::UploadResponse> RoundManager::RecordAcceptedLocked(const std:
   u.l2_norm = l2_norm;
   u.train_loss = header.train_loss();
   u.validation_loss = header.validation_loss();
-  u.status = "accepted";
+  u.status = UploadStatus::kAccepted;
   u.message = absl::StrCat("norm ", l2_norm);
   u.spool_path = target.spool_path;
   u.received_ms = NowMs();
@@ -364,7 +372,7 @@ absl::StatusOr<v1::UploadResponse> RoundManager::RecordAcceptedLocked(const std:
   LOG(INFO) << "accepted " << what << " attempt " << target.attempt << ": " << u.num_samples << " samples, norm "
             << u.l2_norm << " (" << active_->accepted.size() << "/" << active_->run.sites.size() << ")";
   v1::UploadResponse response;
-  response.set_status("accepted");
+  federation::SetStatus(UploadStatus::kAccepted, &response);
   response.set_received_bytes(u.bytes);
   response.set_l2_norm(u.l2_norm);
   response.set_message(absl::StrCat("accepted for run ", u.run_id, " round ", u.round));

@@ -76,7 +76,7 @@ UploadOutcome ReceiveUpload(RoundManager* rounds, const std::string& site_id, co
   }
   if (target->accepted) {
     v1::UploadResponse response;
-    response.set_status("accepted");
+    federation::SetStatus(federation::UploadStatus::kAccepted, &response);
     response.set_received_bytes(header.total_bytes());
     response.set_message("accepted before (same payload)");
     out.result = std::move(response);

@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/federation/states.h"
 #include "common/io/file_util.h"
 #include "common/io/sha256.h"
 #include "common/logging.h"
@@ -281,7 +282,7 @@ absl::StatusOr<v1::UploadResponse> CoordinatorClient::UploadOnce(const UploadReq
   header->set_sha256(request.sha256);
   header->set_offset(offset);
   header->set_num_samples(request.num_samples);
-  header->set_encoding(request.encoding);
+  fl::SetEncoding(request.encoding, header);
   header->set_train_loss(request.train_loss);
   header->set_validation_loss(request.validation_loss);
   absl::Status local;
@@ -331,7 +332,7 @@ absl::StatusOr<v1::UploadResponse> CoordinatorClient::UploadUpdate(const UploadR
     if (held.ok()) {
       if (held->accepted()) {
         v1::UploadResponse response;
-        response.set_status("accepted");
+        federation::SetStatus(federation::UploadStatus::kAccepted, &response);
         response.set_received_bytes(size);
         response.set_message(absl::StrCat("the coordinator had accepted this ", what, " before"));
         return response;
@@ -345,9 +346,10 @@ absl::StatusOr<v1::UploadResponse> CoordinatorClient::UploadUpdate(const UploadR
       if (held->offset() > 0) LOG(INFO) << "resuming the upload of the " << what << " at byte " << held->offset();
       result = UploadOnce(request, payload.get(), held->offset(), cancelled);
       if (result.ok()) {
-        if (result->status() != "accepted") {
+        ASSIGN_OR_RETURN(const federation::UploadStatus status, federation::GetStatus(*result));
+        if (status != federation::UploadStatus::kAccepted) {
           return absl::FailedPreconditionError(absl::StrCat("coordinator ", options_.address, " answered \"",
-                                                            result->status(), "\" to the ", what, ": ",
+                                                            federation::Text(status), "\" to the ", what, ": ",
                                                             result->message()));
         }
         return result;

@@ -35,6 +35,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "common/fl/encoding.h"
 #include "common/net/chunk_receiver.h"
 #include "common/net/chunk_sender.h"
 #include "common/net/tls.h"
@@ -97,7 +98,7 @@ struct UploadRequest {
   std::string path;    // The serialized TensorBundle.
   std::string sha256;  // Of the file (lowercase hex).
   int64_t num_samples = 0;
-  std::string encoding;
+  fl::Encoding encoding = fl::Encoding::kDenseFp32;
   double train_loss = 0;
   double validation_loss = 0;
 };

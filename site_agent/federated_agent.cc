@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "common/federation/states.h"
 #include "common/fl/codec.h"
 #include "common/fl/model_tensors.h"
 #include "common/fl/tensor_map.h"
@@ -281,7 +282,7 @@ absl::StatusOr<std::unique_ptr<FederatedAgent>> FederatedAgent::Create(const v1:
   caps->set_device(device.str());
   caps->set_threads(config.finetune().threads() > 0 ? config.finetune().threads()
                                                     : static_cast<int>(std::thread::hardware_concurrency()));
-  for (const char* encoding : {"fp32", "fp16", "int8", "topk"}) caps->add_encodings(encoding);
+  fl::SetSupportedEncodings(caps);
   ASSIGN_OR_RETURN(agent->site_, LoadSiteData(config.finetune()));
   *agent->hello_.mutable_dataset() = SummarizeDataset(agent->site_);
 
@@ -321,7 +322,8 @@ absl::Status FederatedAgent::SayHello() {
       RETURN_IF_ERROR(backoff.Wait(response.status()));
       continue;
     }
-    if (response->status() == "approved") {
+    ASSIGN_OR_RETURN(const federation::SiteStatus status, federation::GetStatus(*response));
+    if (status == federation::SiteStatus::kApproved) {
       if (!response->site_id().empty() && response->site_id() != config_.site_id()) {
         return absl::FailedPreconditionError(absl::StrCat("coordinator ", config_.coordinator(),
                                                           " knows this site as \"", response->site_id(),
@@ -335,9 +337,9 @@ absl::Status FederatedAgent::SayHello() {
                 << response->coordinator_version() << ")";
       return absl::OkStatus();
     }
-    if (response->status() != "pending") {
+    if (status != federation::SiteStatus::kPending) {
       return absl::PermissionDeniedError(absl::StrCat("coordinator ", config_.coordinator(), " says site ",
-                                                      config_.site_id(), " is \"", response->status(), "\""));
+                                                      config_.site_id(), " is \"", federation::Text(status), "\""));
     }
     LOG(WARNING) << "site " << config_.site_id() << " is waiting for approval at coordinator " << config_.coordinator()
                  << ": the operator runs `fedtune sites approve " << config_.site_id() << "`; asking again in about "
@@ -457,7 +459,7 @@ absl::Status FederatedAgent::RunTrain(const v1::Task& task, Heartbeater& heartbe
   RETURN_IF_ERROR(io::MakeDirectories(round_dir.string()));
   LOG(INFO) << "run " << task.run_id() << " round " << task.round() << "/" << task.total_rounds() << " attempt "
             << task.attempt() << ": training (" << task.plan().local_epochs() << " epochs, "
-            << (task.plan().encoding().empty() ? "fp32" : task.plan().encoding()) << ")";
+            << fl::EncodingName(fl::GetEncoding(task.plan()).value_or(fl::Encoding::kDenseFp32)) << ")";
   const CancelFn cancelled = [&heartbeat] { return heartbeat.cancelled(); };
   ASSIGN_OR_RETURN(const std::string global_path, client_->DownloadModel(task.model_digest(), task.model_bytes(),
                                                                          (work / "models").string(), cancelled));
@@ -498,8 +500,8 @@ absl::Status FederatedAgent::RunTrain(const v1::Task& task, Heartbeater& heartbe
 
   // The update payload: reused when it was written (and recorded) before a restart.
   heartbeat.SetState("encoding", 0.8);
-  const std::string encoding_name = task.plan().encoding().empty() ? "fp32" : task.plan().encoding();
-  ASSIGN_OR_RETURN(fl::Encoding encoding, fl::ParseEncoding(encoding_name));
+  ASSIGN_OR_RETURN(fl::Encoding encoding, fl::GetEncoding(task.plan()));
+  const std::string encoding_name = fl::EncodingName(encoding);
   const std::string update_path = (round_dir / "update.bin").string();
   const std::string residual_path = (run_dir / "residual.bin").string();
   const std::string residual_after = (round_dir / "residual.after.bin").string();
@@ -567,12 +569,12 @@ absl::Status FederatedAgent::RunTrain(const v1::Task& task, Heartbeater& heartbe
   upload.path = update_path;
   upload.sha256 = sha;
   upload.num_samples = tuned->train_images;
-  upload.encoding = encoding_name;
+  upload.encoding = encoding;
   upload.train_loss = train_loss;
   upload.validation_loss = validation_loss;
   ASSIGN_OR_RETURN(const v1::UploadResponse uploaded_response, client_->UploadUpdate(upload, cancelled));
   const v1::UploadResponse* uploaded = &uploaded_response;
-  LOG(INFO) << "update for run " << task.run_id() << " round " << task.round() << " " << uploaded->status()
+  LOG(INFO) << "update for run " << task.run_id() << " round " << task.round() << " accepted"
             << " (L2 norm " << uploaded->l2_norm() << ") " << uploaded->message();
   RETURN_IF_ERROR(db_->SetTaskState(key, "uploaded"));
 

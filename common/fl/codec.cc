@@ -158,27 +158,6 @@ absl::Status EncodeOne(const std::string& name, const at::Tensor& input, const E
 
 }  // namespace
 
-std::string EncodingName(Encoding encoding) {
-  switch (encoding) {
-    case Encoding::kDenseFp32:
-      return "fp32";
-    case Encoding::kDenseFp16:
-      return "fp16";
-    case Encoding::kInt8:
-      return "int8";
-    case Encoding::kTopK:
-      return "topk";
-  }
-  return "unknown";
-}
-
-absl::StatusOr<Encoding> ParseEncoding(absl::string_view name) {
-  for (Encoding e : {Encoding::kDenseFp32, Encoding::kDenseFp16, Encoding::kInt8, Encoding::kTopK}) {
-    if (name == EncodingName(e)) return e;
-  }
-  return absl::InvalidArgumentError(absl::StrCat("unknown tensor encoding '", name, "' (fp32, fp16, int8, topk)"));
-}
-
 absl::StatusOr<EncodedBundle> EncodeTensors(const TensorMap& tensors, const EncodeOptions& options) {
   if (options.encoding == Encoding::kTopK && !(options.topk_fraction > 0.0 && options.topk_fraction <= 1.0)) {
     return absl::InvalidArgumentError(absl::StrCat("top-k fraction ", options.topk_fraction, " is not in (0, 1]"));

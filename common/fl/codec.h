@@ -22,17 +22,11 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/fl/encoding.h"
 #include "common/fl/tensor_map.h"
 #include "fedtune/v1/tensor.pb.h"
 
 namespace fedtune::fl {
-
-enum class Encoding { kDenseFp32, kDenseFp16, kInt8, kTopK };
-
-// "fp32", "fp16", "int8", "topk".
-std::string EncodingName(Encoding encoding);
-// Parses the names above; InvalidArgument listing them otherwise.
-absl::StatusOr<Encoding> ParseEncoding(absl::string_view name);
 
 struct EncodeOptions {
   Encoding encoding = Encoding::kDenseFp32;  // Default: lossless for float32 tensors.

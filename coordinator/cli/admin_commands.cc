@@ -10,6 +10,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "common/federation/states.h"
 #include "common/pki/certificate_authority.h"
 #include "common/status_macros.h"
 #include "coordinator/cli/consortium_report.h"
@@ -102,11 +103,12 @@ std::string DatasetText(const v1::DatasetSummary& d) {
 int64_t NowMs(const Env& env) { return absl::ToUnixMillis(env.now()); }
 
 std::string SiteLine(const v1::SiteInfo& site) {
-  std::string line = absl::StrCat(
-      "site ", TerminalSafe(site.site_id()), ": ", site.status().empty() ? "unknown" : TerminalSafe(site.status()),
-      site.certificate_serial().empty()
-          ? ""
-          : absl::StrCat(" (certificate serial ", TerminalSafe(site.certificate_serial()), ")"));
+  const std::string status = federation::DisplayText(site);
+  std::string line =
+      absl::StrCat("site ", TerminalSafe(site.site_id()), ": ", status.empty() ? "unknown" : TerminalSafe(status),
+                   site.certificate_serial().empty()
+                       ? ""
+                       : absl::StrCat(" (certificate serial ", TerminalSafe(site.certificate_serial()), ")"));
   if (!site.key_sha256().empty()) absl::StrAppend(&line, "\n  pinned key sha256 ", TerminalSafe(site.key_sha256()));
   if (!site.offered_key_sha256().empty()) {
     absl::StrAppend(&line, "\n  refused new key sha256 ", TerminalSafe(site.offered_key_sha256()),
@@ -127,17 +129,14 @@ std::string KeyCell(const v1::SiteInfo& site) {
 
 }  // namespace
 
-bool IsFinalRunState(const std::string& state) {
-  return state == "completed" || state == "failed" || state == "aborted";
-}
-
 std::string SitesTableText(const v1::ListSitesResponse& sites, int64_t now_ms) {
   if (sites.sites_size() == 0) return "No site has contacted the coordinator yet.\n";
   TextTable table({"site", "status", "last seen", "images", "dataset", "state", "key sha256"},
                   {false, false, false, true});
   for (const v1::SiteInfo& s : sites.sites()) {
-    table.AddRow({s.site_id(), s.status(), FormatAgo(s.last_seen_ms(), now_ms), absl::StrCat(s.dataset().images()),
-                  DatasetText(s.dataset()), s.state().empty() ? "-" : s.state(), KeyCell(s)});
+    table.AddRow({s.site_id(), federation::DisplayText(s), FormatAgo(s.last_seen_ms(), now_ms),
+                  absl::StrCat(s.dataset().images()), DatasetText(s.dataset()), s.state().empty() ? "-" : s.state(),
+                  KeyCell(s)});
   }
   return table.Render();
 }
@@ -146,15 +145,16 @@ std::string RunStatusText(const v1::RunStatus& status, int64_t now_ms) {
   std::string out;
   std::set<int> closed;
   for (const v1::RoundInfo& r : status.rounds()) {
-    if (r.state() == "closed") closed.insert(r.round());
+    const absl::StatusOr<federation::RoundState> state = federation::GetState(r);
+    if (state.ok() && *state == federation::RoundState::kClosed) closed.insert(r.round());
   }
   const int planned = status.config().rounds();
   const double progress = planned > 0 ? static_cast<double>(closed.size()) / planned : 0;
   // Every string of the answer may carry site text (states, messages): printed through TerminalSafe only.
   absl::StrAppend(&out, "Run ", TerminalSafe(status.run_id()),
                   status.name().empty() ? "" : absl::StrCat(" \"", TerminalSafe(status.name()), "\""), ": ",
-                  TerminalSafe(status.state()), ", round ", status.current_round(), " of ", planned, ", ",
-                  absl::StrFormat("%.0f%%", 100 * progress), " of the rounds done\n");
+                  TerminalSafe(federation::DisplayText(status)), ", round ", status.current_round(), " of ", planned,
+                  ", ", absl::StrFormat("%.0f%%", 100 * progress), " of the rounds done\n");
   if (!status.message().empty()) absl::StrAppend(&out, "  ", TerminalSafe(status.message()), "\n");
   absl::StrAppend(&out, "  started ", FormatTimeMs(status.started_ms()),
                   status.finished_ms() > 0 ? absl::StrCat(", finished ", FormatTimeMs(status.finished_ms())) : "",
@@ -174,7 +174,7 @@ std::string RunStatusText(const v1::RunStatus& status, int64_t now_ms) {
       int n_loss = 0;
       for (const v1::UpdateInfo& u : r.updates()) {
         bytes += u.bytes();
-        if (u.status() != "accepted") {
+        if (!federation::IsAccepted(u)) {
           ++refused;
           continue;
         }
@@ -185,8 +185,8 @@ std::string RunStatusText(const v1::RunStatus& status, int64_t now_ms) {
           ++n_loss;
         }
       }
-      rounds.AddRow({absl::StrCat(r.round()), absl::StrCat(r.attempt()), r.state(), absl::StrCat(accepted),
-                     absl::StrCat(refused), absl::StrCat(samples),
+      rounds.AddRow({absl::StrCat(r.round()), absl::StrCat(r.attempt()), federation::DisplayText(r),
+                     absl::StrCat(accepted), absl::StrCat(refused), absl::StrCat(samples),
                      FormatLoss(n_loss > 0 ? std::optional<double>(loss / n_loss) : std::nullopt), FormatBytes(bytes),
                      ShortDigest(r.model_digest()), ShortDigest(r.result_digest()), r.message()});
     }
@@ -314,9 +314,10 @@ cli::Command MakeRunStatusCommand(CommandEnvironment environment) {
           if (watch && env.is_terminal) *env.out << "\x1b[H\x1b[2J";
           *env.out << RunStatusText(*status, NowMs(env)) << std::flush;
           if (!watch) return absl::OkStatus();
-          if (IsFinalRunState(status->state())) {
-            if (status->state() == "completed") return absl::OkStatus();
-            return absl::AbortedError(absl::StrCat("run ", status->run_id(), " ", status->state(),
+          ASSIGN_OR_RETURN(const federation::RunState state, federation::GetState(*status));
+          if (federation::IsFinal(state)) {
+            if (state == federation::RunState::kCompleted) return absl::OkStatus();
+            return absl::AbortedError(absl::StrCat("run ", status->run_id(), " ", federation::Text(state),
                                                    status->message().empty() ? "" : ": ", status->message()));
           }
           *env.out << "\n";
@@ -332,7 +333,7 @@ cli::Command MakeRunAbortCommand(CommandEnvironment environment) {
       environment, [](const cli::ParsedFlags& flags, AdminClient& client, const Env& env) -> absl::Status {
         ASSIGN_OR_RETURN(v1::RunStatus status,
                          client.AbortRun(flags.Get("run").value_or(""), flags.Get("reason").value_or("")));
-        *env.out << "run " << TerminalSafe(status.run_id()) << ": " << TerminalSafe(status.state())
+        *env.out << "run " << TerminalSafe(status.run_id()) << ": " << TerminalSafe(federation::DisplayText(status))
                  << (status.message().empty() ? "" : " (" + TerminalSafe(status.message()) + ")") << "\n"
                  << std::flush;
         return absl::OkStatus();

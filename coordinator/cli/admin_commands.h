@@ -73,8 +73,6 @@ std::vector<cli::Command> MakeAdminCommands(const CommandEnvironment& environmen
 std::string SitesTableText(const v1::ListSitesResponse& sites, int64_t now_ms);
 // The output of `run status` for one poll.
 std::string RunStatusText(const v1::RunStatus& status, int64_t now_ms);
-// True for "completed", "failed" and "aborted".
-bool IsFinalRunState(const std::string& state);
 
 }  // namespace fedtune::admin
 

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/federation/states.h"
 #include "common/html/html.h"
 #include "coordinator/cli/consortium_report.h"
 #include "coordinator/cli/consortium_view.h"
@@ -285,7 +286,8 @@ void AppendRoundsSection(std::string* html, const v1::RunStatus& status, const s
                   "<th>Bytes up</th><th>Model sent</th><th>Aggregated model</th><th>Note</th></tr></thead>\n<tbody>\n");
   for (const v1::RoundInfo& r : status.rounds()) {
     const RoundTotals t = TotalsOf(r);
-    absl::StrAppend(html, "<tr>", Td(absl::StrCat(r.round())), Td(absl::StrCat(r.attempt())), TdText(r.state()),
+    const std::string state = federation::DisplayText(r);
+    absl::StrAppend(html, "<tr>", Td(absl::StrCat(r.round())), Td(absl::StrCat(r.attempt())), TdText(state),
                     Td(absl::StrCat(t.accepted)), Td(absl::StrCat(t.refused)), Td(absl::StrCat(t.samples)),
                     Td(FormatLoss(t.mean_train_loss)), Td(FormatLoss(t.mean_validation_loss)), Td(FormatBytes(t.bytes)),
                     "<td><code>", HtmlEscape(ShortDigest(r.model_digest())), "</code></td><td><code>",
@@ -304,7 +306,7 @@ void AppendRoundsSection(std::string* html, const v1::RunStatus& status, const s
   for (const v1::RoundInfo& r : status.rounds()) {
     for (const v1::UpdateInfo& u : r.updates()) {
       absl::StrAppend(html, "<tr>", Td(absl::StrCat(r.round())), Td(absl::StrCat(r.attempt())), TdText(u.site_id()),
-                      TdText(u.status()), Td(absl::StrCat(u.num_samples())), Td(FormatBytes(u.bytes())),
+                      TdText(federation::DisplayText(u)), Td(absl::StrCat(u.num_samples())), Td(FormatBytes(u.bytes())),
                       Td(absl::StrFormat("%.4g", u.l2_norm())), Td(FormatLoss(ReportedLoss(u.train_loss()))),
                       Td(FormatLoss(ReportedLoss(u.validation_loss()))), TdText(u.message()), "</tr>\n");
     }

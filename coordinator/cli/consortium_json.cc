@@ -4,6 +4,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/federation/states.h"
 #include "coordinator/cli/consortium_report.h"
 #include "coordinator/cli/consortium_view.h"
 #include "coordinator/cli/report_format.h"
@@ -26,7 +27,7 @@ Json RunJson(const v1::RunStatus& status) {
   Json run;
   run["id"] = status.run_id();
   run["name"] = status.name();
-  run["state"] = status.state();
+  run["state"] = federation::DisplayText(status);
   run["message"] = status.message();
   run["started_ms"] = status.started_ms();
   run["finished_ms"] = status.finished_ms();
@@ -137,7 +138,7 @@ Json RoundJson(const v1::RoundInfo& r) {
   Json row;
   row["round"] = r.round();
   row["attempt"] = r.attempt();
-  row["state"] = r.state();
+  row["state"] = federation::DisplayText(r);
   row["model_digest"] = r.model_digest();
   row["result_digest"] = r.result_digest();
   row["opened_ms"] = r.opened_ms();
@@ -152,7 +153,7 @@ Json RoundJson(const v1::RoundInfo& r) {
   Json updates = Json::array();
   for (const v1::UpdateInfo& u : r.updates()) {
     updates.push_back({{"site_id", u.site_id()},
-                       {"status", u.status()},
+                       {"status", federation::DisplayText(u)},
                        {"num_samples", u.num_samples()},
                        {"bytes", u.bytes()},
                        {"l2_norm", Num(u.l2_norm())},

@@ -5,6 +5,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "common/federation/states.h"
 #include "coordinator/cli/report_format.h"
 #include "coordinator/cli/terminal_text.h"
 
@@ -116,7 +117,7 @@ RoundTotals TotalsOf(const v1::RoundInfo& round) {
   int n_train = 0, n_validation = 0;
   for (const v1::UpdateInfo& u : round.updates()) {
     t.bytes += u.bytes();
-    if (u.status() != "accepted") {
+    if (!federation::IsAccepted(u)) {
       ++t.refused;
       continue;
     }
@@ -166,9 +167,10 @@ CrossSite CrossSiteOf(const std::vector<SiteView>& views) {
 }
 
 std::string RunLine(const v1::RunStatus& status) {
+  const std::string state = federation::DisplayText(status);
   return absl::StrCat("run ", TerminalSafe(status.run_id()),
                       status.name().empty() ? "" : absl::StrCat(" \"", TerminalSafe(status.name()), "\""), " (",
-                      status.state().empty() ? "unknown" : TerminalSafe(status.state()), ", ",
+                      state.empty() ? "unknown" : TerminalSafe(state), ", ",
                       status.rounds_size() == 0 ? 0 : status.current_round(), " of ", status.config().rounds(),
                       " rounds)");
 }

@@ -449,6 +449,7 @@ TEST_F(CoordinatorServerTest, RefusalsAreAuditedAndRevocationAppliesToTheNextCal
   ASSERT_TRUE(Hello(*site_a, &hello).ok());
   EXPECT_EQ(hello.site_id(), "site-a");
   EXPECT_EQ(hello.status(), "pending");
+  EXPECT_EQ(hello.site_status(), v1::SITE_STATUS_PENDING);
   {
     auto as_admin = v1::AdminService::NewStub(Channel(site_a_));
     grpc::ClientContext ctx;
@@ -491,6 +492,7 @@ TEST_F(CoordinatorServerTest, RefusalsAreAuditedAndRevocationAppliesToTheNextCal
     v1::SiteResponse response;
     ASSERT_TRUE(Admin()->RevokeSite(&ctx, request, &response).ok());
     EXPECT_EQ(response.site().status(), "revoked");
+    EXPECT_EQ(response.site().site_status(), v1::SITE_STATUS_REVOKED);
   }
   EXPECT_EQ(GetTask(*site_b, &task).error_code(), grpc::StatusCode::PERMISSION_DENIED);
   EXPECT_EQ(Hello(*site_b).error_code(), grpc::StatusCode::PERMISSION_DENIED);
@@ -638,6 +640,7 @@ TEST_F(CoordinatorServerTest, RestartMidRoundKeepsTheAcceptedUpdate) {
   EXPECT_EQ(status.rounds(0).state(), "closed");
   EXPECT_THAT(status.rounds(0).message(), HasSubstr("2 update(s)"));
   EXPECT_EQ(status.state(), "evaluating");
+  EXPECT_EQ(status.run_state(), v1::RUN_STATE_EVALUATING);
   ASSERT_TRUE(GetTask(*site_a, &task).ok());
   EXPECT_EQ(task.kind(), v1::Task::EVALUATE);
   EXPECT_EQ(task.model_digest(), status.final_model_digest());
@@ -1184,7 +1187,7 @@ TEST_F(CoordinatorServerTest, RegistryPinsTheSiteKey) {
   absl::StatusOr<std::optional<SiteRecord>> c = coordinator_->store()->GetSite("site-c");
   ASSERT_TRUE(c.ok() && c->has_value());
   EXPECT_EQ((*c)->key_sha256, KeySha256(site_c_.cert_pem));
-  EXPECT_EQ((*c)->status, "approved");
+  EXPECT_EQ((*c)->status, federation::SiteStatus::kApproved);
 }
 
 }  // namespace

@@ -35,7 +35,7 @@ class RoundManagerTest : public ::testing::Test {
     version.path = blobs_->PathOf(*digest);
     ASSERT_TRUE(store_->PutModelVersion(version).ok());
     for (const char* site : {"site-a", "site-b", "site-c"}) {
-      ASSERT_TRUE(store_->SetSiteStatus(site, "approved", true, 0).ok());
+      ASSERT_TRUE(store_->SetSiteStatus(site, federation::SiteStatus::kApproved, true, 0).ok());
     }
   }
 
@@ -86,7 +86,7 @@ class RoundManagerTest : public ::testing::Test {
     header.set_num_samples(samples);
     if (target->accepted) {
       v1::UploadResponse response;
-      response.set_status("accepted");
+      federation::SetStatus(federation::UploadStatus::kAccepted, &response);
       return response;
     }
     EXPECT_TRUE(io::WriteFileAtomically(target->spool_path, payload).ok());
@@ -122,7 +122,7 @@ class RoundManagerTest : public ::testing::Test {
     return tmp_.Join(absl::StrCat("spool/", run, "/r1-a1-", site, "-", io::Sha256Hex(payload), ".upload"));
   }
   size_t Refused(const std::string& run, const std::string& site) {
-    auto refused = store_->ListUpdates(run, std::nullopt, std::nullopt, site, "refused");
+    auto refused = store_->ListUpdates(run, std::nullopt, std::nullopt, site, federation::UploadStatus::kRefused);
     EXPECT_TRUE(refused.ok());
     return refused.ok() ? refused->size() : 0;
   }
@@ -154,7 +154,8 @@ TEST_F(RoundManagerTest, RoundClosesWhenEverySiteReportedWithSampleWeightedMean)
   EXPECT_EQ(task->model_digest(), initial_digest_);
   EXPECT_EQ(task->base_model_digest(), initial_digest_);
   EXPECT_EQ(task->total_rounds(), 2);
-  EXPECT_EQ(task->plan().encoding(), "fp32");
+  EXPECT_EQ(task->plan().encoding(), "fp32");  // The text form, for sites of the previous release.
+  EXPECT_EQ(task->plan().delta_encoding(), v1::NamedTensor::DENSE_FP32);
   EXPECT_EQ(manager_->NextTask("site-c")->kind(), v1::Task::NONE);  // Not selected.
 
   ASSERT_TRUE(Upload("site-a", *run, 1, Delta(0.01), 10).ok());
@@ -166,7 +167,7 @@ TEST_F(RoundManagerTest, RoundClosesWhenEverySiteReportedWithSampleWeightedMean)
   EXPECT_EQ(after.current_round, 2);
   auto rounds = store_->ListRounds(*run);
   ASSERT_EQ(rounds->size(), 2u);
-  EXPECT_EQ((*rounds)[0].state, "closed");
+  EXPECT_EQ((*rounds)[0].state, federation::RoundState::kClosed);
   const std::string global1 = (*rounds)[0].result_digest;
   EXPECT_EQ((*rounds)[1].model_digest, global1);
   auto version = store_->GetModelVersion(global1);
@@ -187,7 +188,7 @@ TEST_F(RoundManagerTest, RoundClosesWhenEverySiteReportedWithSampleWeightedMean)
   ASSERT_TRUE(Upload("site-a", *run, 2, Delta(0.01)).ok());
   ASSERT_TRUE(Upload("site-b", *run, 2, Delta(0.01)).ok());
   after = Run(*run);
-  EXPECT_EQ(after.state, "completed");
+  EXPECT_EQ(after.state, federation::RunState::kCompleted);
   EXPECT_FALSE(after.final_model_digest.empty());
   EXPECT_EQ(manager_->ActiveRunId(), "");
   EXPECT_EQ(manager_->NextTask("site-a")->kind(), v1::Task::NONE);
@@ -200,10 +201,10 @@ TEST_F(RoundManagerTest, DeadlineClosesWithMinSitesAndRefusesLateUploads) {
   ASSERT_TRUE(Upload("site-b", *run, 1, Delta(0.02)).ok());
   clock_.Advance(absl::Seconds(59));
   ASSERT_TRUE(manager_->Tick().ok());
-  EXPECT_EQ(Run(*run).state, "running");
+  EXPECT_EQ(Run(*run).state, federation::RunState::kRunning);
   clock_.Advance(absl::Seconds(1));
   ASSERT_TRUE(manager_->Tick().ok());
-  EXPECT_EQ(Run(*run).state, "completed");
+  EXPECT_EQ(Run(*run).state, federation::RunState::kCompleted);
   auto late = Upload("site-c", *run, 1, Delta(0.03));
   EXPECT_EQ(late.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(late.status().message(), HasSubstr(*run + " round 1 is not open"));
@@ -244,10 +245,10 @@ TEST_F(RoundManagerTest, TooFewUpdatesRetryTheRoundThenFailTheRun) {
   ASSERT_TRUE(manager_->Tick().ok());
   auto rounds = store_->ListRounds(*run);
   ASSERT_EQ(rounds->size(), 2u);
-  EXPECT_EQ((*rounds)[0].state, "failed");
+  EXPECT_EQ((*rounds)[0].state, federation::RoundState::kFailed);
   EXPECT_THAT((*rounds)[0].message, HasSubstr("1 accepted update(s), min_sites is 2"));
   EXPECT_EQ((*rounds)[1].attempt, 2);
-  EXPECT_EQ((*rounds)[1].state, "open");
+  EXPECT_EQ((*rounds)[1].state, federation::RoundState::kOpen);
   // Attempt 2 starts over: site-a trains again on the same model.
   auto task = manager_->NextTask("site-a");
   EXPECT_EQ(task->kind(), v1::Task::TRAIN);
@@ -256,7 +257,7 @@ TEST_F(RoundManagerTest, TooFewUpdatesRetryTheRoundThenFailTheRun) {
   clock_.Advance(absl::Seconds(60));
   ASSERT_TRUE(manager_->Tick().ok());
   RunRecord failed = Run(*run);
-  EXPECT_EQ(failed.state, "failed");
+  EXPECT_EQ(failed.state, federation::RunState::kFailed);
   EXPECT_THAT(failed.message, HasSubstr("round 1 failed 2 time(s)"));
   EXPECT_EQ(manager_->ActiveRunId(), "");
 }
@@ -269,7 +270,7 @@ TEST_F(RoundManagerTest, FinalEvaluationThenCompletedByReportsOrDeadline) {
   ASSERT_TRUE(Upload("site-a", *run, 1, Delta(0.01)).ok());
   ASSERT_TRUE(Upload("site-b", *run, 1, Delta(0.01)).ok());
   RunRecord evaluating = Run(*run);
-  EXPECT_EQ(evaluating.state, "evaluating");
+  EXPECT_EQ(evaluating.state, federation::RunState::kEvaluating);
   auto task = manager_->NextTask("site-a");
   EXPECT_EQ(task->kind(), v1::Task::EVALUATE);
   EXPECT_EQ(task->model_digest(), evaluating.final_model_digest);
@@ -280,13 +281,13 @@ TEST_F(RoundManagerTest, FinalEvaluationThenCompletedByReportsOrDeadline) {
   report.set_kind("final");
   ASSERT_TRUE(manager_->ReportMetrics("site-a", report).ok());
   EXPECT_EQ(manager_->NextTask("site-a")->kind(), v1::Task::NONE);
-  EXPECT_EQ(Run(*run).state, "evaluating");
+  EXPECT_EQ(Run(*run).state, federation::RunState::kEvaluating);
   EXPECT_EQ(manager_->ReportMetrics("site-c", report).code(), absl::StatusCode::kPermissionDenied);
   report.set_kind("weekly");
   EXPECT_EQ(manager_->ReportMetrics("site-b", report).code(), absl::StatusCode::kInvalidArgument);
   report.set_kind("final");
   ASSERT_TRUE(manager_->ReportMetrics("site-b", report).ok());
-  EXPECT_EQ(Run(*run).state, "completed");
+  EXPECT_EQ(Run(*run).state, federation::RunState::kCompleted);
   auto full = manager_->GetRunReport(*run);
   ASSERT_TRUE(full.ok());
   ASSERT_EQ(full->sites_size(), 2);
@@ -300,7 +301,7 @@ TEST_F(RoundManagerTest, FinalEvaluationThenCompletedByReportsOrDeadline) {
   ASSERT_TRUE(Upload("site-b", *second, 1, Delta(0.01)).ok());
   clock_.Advance(absl::Seconds(61));
   ASSERT_TRUE(manager_->Tick().ok());
-  EXPECT_EQ(Run(*second).state, "completed");
+  EXPECT_EQ(Run(*second).state, federation::RunState::kCompleted);
   EXPECT_THAT(Run(*second).message, HasSubstr("deadline passed"));
 }
 
@@ -316,6 +317,8 @@ TEST_F(RoundManagerTest, AbortStopsTasksAndUploads) {
   ASSERT_TRUE(status.ok()) << status.status();
   EXPECT_EQ(status->state(), "aborted");
   EXPECT_EQ(status->rounds(0).state(), "aborted");
+  EXPECT_EQ(status->run_state(), v1::RUN_STATE_ABORTED);
+  EXPECT_EQ(status->rounds(0).round_state(), v1::ROUND_STATE_ABORTED);
   EXPECT_EQ(manager_->NextTask("site-a")->kind(), v1::Task::NONE);
   auto hb = manager_->Heartbeat("site-a", beat);
   EXPECT_TRUE(hb->cancel());
@@ -340,7 +343,7 @@ TEST_F(RoundManagerTest, StartRunValidates) {
   auto unknown = manager_->StartRun(Config(1, 1, {"site-x"}));
   EXPECT_EQ(unknown.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(unknown.status().message(), HasSubstr("unknown site 'site-x'"));
-  ASSERT_TRUE(store_->SetSiteStatus("site-c", "pending", false, 0).ok());
+  ASSERT_TRUE(store_->SetSiteStatus("site-c", federation::SiteStatus::kPending, false, 0).ok());
   auto pending = manager_->StartRun(Config(1, 1, {"site-c"}));
   EXPECT_EQ(pending.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(pending.status().message(), HasSubstr("fedtune sites approve site-c"));
@@ -366,6 +369,7 @@ TEST_F(RoundManagerTest, UploadRefusalsAndIdempotency) {
   auto again = Upload("site-a", *run, 1, payload);
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(again->status(), "accepted");
+  EXPECT_EQ(again->upload_status(), v1::UPLOAD_STATUS_ACCEPTED);
   EXPECT_EQ(Upload("site-a", *run, 1, Delta(0.0002)).status().code(), absl::StatusCode::kAlreadyExists);
   EXPECT_EQ(Upload("site-c", *run, 1, payload).status().code(), absl::StatusCode::kPermissionDenied);
   EXPECT_EQ(Upload("site-b", *run, 2, payload).status().code(), absl::StatusCode::kFailedPrecondition);
@@ -378,7 +382,7 @@ TEST_F(RoundManagerTest, UploadRefusalsAndIdempotency) {
   EXPECT_THAT(big.status().message(), HasSubstr("norm"));
   auto zero = Upload("site-b", *run, 1, payload, 0);
   EXPECT_EQ(zero.status().code(), absl::StatusCode::kInvalidArgument);
-  auto refused = store_->ListUpdates(*run, 1, 1, "site-b", "refused");
+  auto refused = store_->ListUpdates(*run, 1, 1, "site-b", federation::UploadStatus::kRefused);
   ASSERT_TRUE(refused.ok());
   EXPECT_EQ(refused->size(), 4u);
   EXPECT_EQ(Run(*run).current_round, 1);  // Refused updates do not count.
@@ -465,6 +469,11 @@ TEST_F(RoundManagerTest, PerSiteSpoolBytesAreLimitedAndAResumeCountsOnce) {
   EXPECT_EQ(manager_->BeginUpload("site-a", nan).status().code(), absl::StatusCode::kInvalidArgument);
   v1::UploadHeader offset = Header(*run, 1, a2, size + 1);
   EXPECT_THAT(manager_->BeginUpload("site-a", offset).status().message(), HasSubstr("offset"));
+  v1::UploadHeader newer = Header(*run, 1, a2);  // An encoding this build does not know.
+  newer.set_delta_encoding(static_cast<v1::NamedTensor::Encoding>(42));
+  absl::Status unknown_encoding = manager_->BeginUpload("site-a", newer).status();
+  EXPECT_EQ(unknown_encoding.code(), absl::StatusCode::kInvalidArgument) << unknown_encoding;
+  EXPECT_THAT(unknown_encoding.message(), HasSubstr("UploadHeader.delta_encoding"));
   Receive(*resumed, a1, a1.size());
   ASSERT_TRUE(manager_->AcceptUpload("site-a", Header(*run, 1, a1, 100), *resumed, io::Sha256Hex(a1)).ok());
 }
@@ -536,7 +545,7 @@ TEST_F(RoundManagerTest, RestartRebuildsThePartialUploadsSoLimitsStillHold) {
   EXPECT_FALSE(std::filesystem::exists(first->spool_path));
   Receive(*second, a2, a2.size());
   ASSERT_TRUE(manager_->AcceptUpload("site-a", Header(*run, 1, a2), *second, io::Sha256Hex(a2)).ok());
-  EXPECT_EQ(Run(*run).state, "completed");
+  EXPECT_EQ(Run(*run).state, federation::RunState::kCompleted);
 }
 
 TEST_F(RoundManagerTest, RoundsFromSitesAreRangeChecked) {
@@ -603,7 +612,7 @@ TEST_F(RoundManagerTest, RestartKeepsAcceptedUpdatesAndFedAdamState) {
       if (restart) Restart();
     }
     RunRecord done = Run(*run);
-    EXPECT_EQ(done.state, "completed");
+    EXPECT_EQ(done.state, federation::RunState::kCompleted);
     EXPECT_EQ(done.fedadam_rounds, 2);
     return done.final_model_digest;
   };
@@ -670,6 +679,7 @@ TEST_F(RoundManagerTest, StatusShowsLostSitesAndUpdates) {
   ASSERT_EQ(status->rounds(0).updates_size(), 1);
   EXPECT_EQ(status->rounds(0).updates(0).site_id(), "site-a");
   EXPECT_EQ(status->rounds(0).updates(0).status(), "accepted");
+  EXPECT_EQ(status->rounds(0).updates(0).upload_status(), v1::UPLOAD_STATUS_ACCEPTED);
 }
 
 }  // namespace

@@ -16,6 +16,9 @@
 namespace fedtune::coordinator {
 namespace {
 
+using federation::RoundState;
+using federation::RunState;
+using federation::UploadStatus;
 using ::fedtune::testing::SchemaVersionOf;
 using ::testing::ElementsAre;
 using ::testing::EndsWith;
@@ -63,7 +66,7 @@ TEST(StateStoreFixtureTest, Fixture7e2d390SitesReadBack) {
   std::vector<std::string> ids, statuses, serials;
   for (const SiteRecord& s : *sites) {
     ids.push_back(s.site_id);
-    statuses.push_back(s.status);
+    statuses.push_back(std::string(federation::Text(s.status)));
     serials.push_back(s.certificate_serial);
     EXPECT_EQ(s.key_sha256.size(), 64u) << s.site_id << ": key pinned at its first Hello";
     EXPECT_EQ(s.offered_key_sha256, "") << s.site_id;
@@ -91,7 +94,7 @@ TEST(StateStoreFixtureTest, Fixture7e2d390RunsAndRoundsReadBack) {
   auto done = store->GetRun("run-0001");
   ASSERT_TRUE(done.ok()) << done.status();
   EXPECT_EQ(done->name, "fixture-complete");
-  EXPECT_EQ(done->state, "completed");
+  EXPECT_EQ(done->state, RunState::kCompleted);
   EXPECT_THAT(done->sites, ElementsAre("site-a", "site-b"));
   EXPECT_EQ(done->base_model_digest, kInitial);
   EXPECT_EQ(done->final_model_digest, kRun1Result);
@@ -108,7 +111,7 @@ TEST(StateStoreFixtureTest, Fixture7e2d390RunsAndRoundsReadBack) {
   const RunRecord& run = **active;
   EXPECT_EQ(run.run_id, "run-0002");
   EXPECT_EQ(run.name, "fixture-in-progress");
-  EXPECT_EQ(run.state, "running");
+  EXPECT_EQ(run.state, RunState::kRunning);
   EXPECT_THAT(run.sites, ElementsAre("site-a", "site-b", "site-c"));
   EXPECT_EQ(run.base_model_digest, kRun1Result);
   EXPECT_EQ(run.final_model_digest, "");
@@ -135,7 +138,7 @@ TEST(StateStoreFixtureTest, Fixture7e2d390RunsAndRoundsReadBack) {
   const RoundRecord& closed = (*rounds)[0];
   EXPECT_EQ(closed.round, 1);
   EXPECT_EQ(closed.attempt, 1);
-  EXPECT_EQ(closed.state, "closed");
+  EXPECT_EQ(closed.state, RoundState::kClosed);
   EXPECT_EQ(closed.model_digest, kRun1Result);
   EXPECT_EQ(closed.result_digest, kRun2Round1);
   EXPECT_EQ(closed.closed_ms - closed.opened_ms, 40128) << "closed at its deadline";
@@ -143,7 +146,7 @@ TEST(StateStoreFixtureTest, Fixture7e2d390RunsAndRoundsReadBack) {
   const RoundRecord& open = (*rounds)[1];
   EXPECT_EQ(open.round, 2);
   EXPECT_EQ(open.attempt, 1);
-  EXPECT_EQ(open.state, "open");
+  EXPECT_EQ(open.state, RoundState::kOpen);
   EXPECT_EQ(open.model_digest, kRun2Round1);
   EXPECT_EQ(open.result_digest, "");
   EXPECT_EQ(open.opened_ms, 1796614406690);
@@ -155,7 +158,7 @@ TEST(StateStoreFixtureTest, Fixture7e2d390UpdatesModelsMetricsReadBack) {
   fedtune::testing::TempDir tmp;
   auto store = OpenStore(CopyFixture(tmp));
   ASSERT_NE(store, nullptr);
-  auto updates = store->ListUpdates("run-0002", 2, std::nullopt, "", "accepted");
+  auto updates = store->ListUpdates("run-0002", 2, std::nullopt, "", UploadStatus::kAccepted);
   ASSERT_TRUE(updates.ok()) << updates.status();
   ASSERT_EQ(updates->size(), 2u);
   const UpdateRecord& a = (*updates)[0];
@@ -174,7 +177,7 @@ TEST(StateStoreFixtureTest, Fixture7e2d390UpdatesModelsMetricsReadBack) {
   EXPECT_EQ((*updates)[1].id, 6);
   EXPECT_EQ((*updates)[1].site_id, "site-b");
   EXPECT_EQ((*updates)[1].num_samples, 45);
-  auto all = store->ListUpdates("run-0002", std::nullopt, std::nullopt, "", "");
+  auto all = store->ListUpdates("run-0002", std::nullopt, std::nullopt, "", std::nullopt);
   ASSERT_TRUE(all.ok()) << all.status();
   EXPECT_EQ(all->size(), 4u);
 
@@ -250,7 +253,7 @@ TEST(StateStoreFixtureTest, Fixture7e2d390InProgressRunContinues) {
     late.sha256 = std::string(64, 'c');
     late.bytes = 27742;
     late.num_samples = 50;
-    late.status = "accepted";
+    late.status = UploadStatus::kAccepted;
     late.received_ms = 1796614410000;
     auto id = store->InsertUpdate(late);
     ASSERT_TRUE(id.ok()) << id.status();
@@ -266,21 +269,22 @@ TEST(StateStoreFixtureTest, Fixture7e2d390InProgressRunContinues) {
     ASSERT_TRUE(rounds.ok()) << rounds.status();
     RunTransition next{*run, rounds->back(), std::nullopt, std::nullopt};
     next.run.current_round = 3;
-    next.finish_round->state = "closed";
+    next.finish_round->state = RoundState::kClosed;
     next.finish_round->result_digest = round2_result;
     next.finish_round->closed_ms = 1796614411000;
     next.finish_round->message = "3 update(s), 144 samples: fedavg";
     next.new_model = ModelVersion{round2_result, kRun2Round1, "/blobs/2", "run-0002", 2, 112386, 1796614411000};
-    next.open_round = RoundRecord{"run-0002", 3, 1, "open", round2_result, "", 1796614411000, 1796614451000, 0, ""};
+    next.open_round =
+        RoundRecord{"run-0002", 3, 1, RoundState::kOpen, round2_result, "", 1796614411000, 1796614451000, 0, ""};
     ASSERT_TRUE(store->ApplyTransition(next).ok());
     ASSERT_TRUE(store->AddTransfer("run-0002", "site-c", 112386, 27742).ok());
 
     RunTransition last{next.run, *next.open_round, std::nullopt, std::nullopt};
-    last.run.state = "completed";
+    last.run.state = RunState::kCompleted;
     last.run.final_model_digest = round3_result;
     last.run.finished_ms = 1796614460000;
     last.run.fedadam_rounds = 3;
-    last.finish_round->state = "closed";
+    last.finish_round->state = RoundState::kClosed;
     last.finish_round->result_digest = round3_result;
     last.finish_round->closed_ms = 1796614460000;
     last.new_model = ModelVersion{round3_result, round2_result, "/blobs/3", "run-0002", 3, 112386, 1796614460000};
@@ -294,7 +298,7 @@ TEST(StateStoreFixtureTest, Fixture7e2d390InProgressRunContinues) {
     third.base_model_digest = round3_result;
     third.current_round = 1;
     ASSERT_TRUE(store
-                    ->CreateRun(third, RoundRecord{*next_id, 1, 1, "open", round3_result, "", 1796614470000,
+                    ->CreateRun(third, RoundRecord{*next_id, 1, 1, RoundState::kOpen, round3_result, "", 1796614470000,
                                                    1796614510000, 0, ""})
                     .ok());
     auto pinned = store->PinSiteKey("site-a", std::string(64, 'f'), "9", false, 1796614470000);
@@ -307,7 +311,7 @@ TEST(StateStoreFixtureTest, Fixture7e2d390InProgressRunContinues) {
   EXPECT_EQ(SchemaVersionOf(path), CurrentVersion(tmp));
   auto run = store->GetRun("run-0002");
   ASSERT_TRUE(run.ok()) << run.status();
-  EXPECT_EQ(run->state, "completed");
+  EXPECT_EQ(run->state, RunState::kCompleted);
   EXPECT_EQ(run->final_model_digest, round3_result);
   EXPECT_EQ(run->current_round, 3);
   EXPECT_EQ(run->started_ms, 1796614366562) << "kept from the old file";
@@ -315,11 +319,11 @@ TEST(StateStoreFixtureTest, Fixture7e2d390InProgressRunContinues) {
   ASSERT_TRUE(rounds.ok()) << rounds.status();
   ASSERT_EQ(rounds->size(), 3u);
   EXPECT_EQ((*rounds)[0].result_digest, kRun2Round1);
-  EXPECT_EQ((*rounds)[1].state, "closed");
+  EXPECT_EQ((*rounds)[1].state, RoundState::kClosed);
   EXPECT_EQ((*rounds)[1].result_digest, round2_result);
   EXPECT_EQ((*rounds)[1].opened_ms, 1796614406690) << "kept from the old file";
-  EXPECT_EQ((*rounds)[2].state, "closed");
-  auto round2 = store->ListUpdates("run-0002", 2, 1, "", "accepted");
+  EXPECT_EQ((*rounds)[2].state, RoundState::kClosed);
+  auto round2 = store->ListUpdates("run-0002", 2, 1, "", UploadStatus::kAccepted);
   ASSERT_TRUE(round2.ok()) << round2.status();
   ASSERT_EQ(round2->size(), 3u);
   EXPECT_EQ((*round2)[2].site_id, "site-c");

@@ -1,5 +1,7 @@
 #include "coordinator/state_store.h"
 
+#include "common/store/database.h"
+#include "coordinator/state_schema.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/temp_dir.h"
@@ -7,6 +9,11 @@
 namespace fedtune::coordinator {
 namespace {
 
+using federation::RoundState;
+using federation::RunState;
+using federation::SiteStatus;
+using federation::UploadStatus;
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 
 std::unique_ptr<StateStore> OpenStore(const std::string& path) {
@@ -21,7 +28,7 @@ RunRecord MakeRun(const std::string& id) {
   run.name = "study";
   run.config.set_rounds(2);
   run.config.add_sites("site-a");
-  run.state = "running";
+  run.state = RunState::kRunning;
   run.sites = {"site-a", "site-b"};
   run.base_model_digest = std::string(64, 'a');
   run.current_round = 1;
@@ -34,7 +41,7 @@ RoundRecord MakeRound(const std::string& run, int round, int attempt) {
   r.run_id = run;
   r.round = round;
   r.attempt = attempt;
-  r.state = "open";
+  r.state = RoundState::kOpen;
   r.model_digest = std::string(64, 'a');
   r.opened_ms = 1000;
   r.deadline_ms = 2000;
@@ -50,20 +57,21 @@ TEST(StateStoreTest, SitesKeepStatusAcrossHellosAndReopen) {
     dataset.set_images(42);
     v1::Capabilities caps;
     caps.set_device("cpu");
-    auto site = store->RecordHello("site-a", "17", dataset, caps, "pending", 5);
+    auto site = store->RecordHello("site-a", "17", dataset, caps, SiteStatus::kPending, 5);
     ASSERT_TRUE(site.ok()) << site.status();
-    EXPECT_EQ(site->status, "pending");
-    ASSERT_TRUE(store->SetSiteStatus("site-a", "approved", false, 6).ok());
+    EXPECT_EQ(site->status, SiteStatus::kPending);
+    ASSERT_TRUE(store->SetSiteStatus("site-a", SiteStatus::kApproved, false, 6).ok());
     // A second hello keeps the operator's decision and updates the summary.
     dataset.set_images(43);
-    site = store->RecordHello("site-a", "18", dataset, caps, "pending", 7);
+    site = store->RecordHello("site-a", "18", dataset, caps, SiteStatus::kPending, 7);
     ASSERT_TRUE(site.ok());
-    EXPECT_EQ(site->status, "approved");
+    EXPECT_EQ(site->status, SiteStatus::kApproved);
     EXPECT_EQ(site->certificate_serial, "18");
     EXPECT_EQ(site->first_seen_ms, 5);
     EXPECT_EQ(site->last_seen_ms, 7);
-    EXPECT_EQ(store->SetSiteStatus("nobody", "revoked", false, 8).status().code(), absl::StatusCode::kNotFound);
-    ASSERT_TRUE(store->SetSiteStatus("site-z", "approved", true, 8).ok());
+    EXPECT_EQ(store->SetSiteStatus("nobody", SiteStatus::kRevoked, false, 8).status().code(),
+              absl::StatusCode::kNotFound);
+    ASSERT_TRUE(store->SetSiteStatus("site-z", SiteStatus::kApproved, true, 8).ok());
     ASSERT_TRUE(store->SetSiteState("site-a", "training epoch 1/2", 0.5, 0.3, 9).ok());
   }
   auto store = OpenStore(path);
@@ -76,7 +84,7 @@ TEST(StateStoreTest, SitesKeepStatusAcrossHellosAndReopen) {
   EXPECT_EQ((*sites)[0].state, "training epoch 1/2");
   EXPECT_DOUBLE_EQ((*sites)[0].progress, 0.5);
   EXPECT_EQ((*sites)[1].site_id, "site-z");
-  EXPECT_EQ((*sites)[1].status, "approved");
+  EXPECT_EQ((*sites)[1].status, SiteStatus::kApproved);
 }
 
 TEST(StateStoreTest, RunsRoundsAndTransitionsAreTransactional) {
@@ -89,12 +97,12 @@ TEST(StateStoreTest, RunsRoundsAndTransitionsAreTransactional) {
   // A failing transition (the new round's key already exists) changes nothing.
   RunTransition bad;
   bad.run = MakeRun(*id);
-  bad.run.state = "failed";
+  bad.run.state = RunState::kFailed;
   bad.open_round = MakeRound(*id, 1, 1);
   EXPECT_FALSE(store->ApplyTransition(bad).ok());
   auto run = store->GetRun(*id);
   ASSERT_TRUE(run.ok());
-  EXPECT_EQ(run->state, "running");
+  EXPECT_EQ(run->state, RunState::kRunning);
   EXPECT_EQ(run->sites, (std::vector<std::string>{"site-a", "site-b"}));
   EXPECT_EQ(run->config.rounds(), 2);
 
@@ -102,7 +110,7 @@ TEST(StateStoreTest, RunsRoundsAndTransitionsAreTransactional) {
   close.run = *run;
   close.run.current_round = 2;
   close.finish_round = MakeRound(*id, 1, 1);
-  close.finish_round->state = "closed";
+  close.finish_round->state = RoundState::kClosed;
   close.finish_round->result_digest = std::string(64, 'b');
   close.new_model = ModelVersion{std::string(64, 'b'), std::string(64, 'a'), "/blobs/b", *id, 1, 10, 1500};
   close.open_round = MakeRound(*id, 2, 1);
@@ -110,9 +118,9 @@ TEST(StateStoreTest, RunsRoundsAndTransitionsAreTransactional) {
   auto rounds = store->ListRounds(*id);
   ASSERT_TRUE(rounds.ok());
   ASSERT_EQ(rounds->size(), 2u);
-  EXPECT_EQ((*rounds)[0].state, "closed");
+  EXPECT_EQ((*rounds)[0].state, RoundState::kClosed);
   EXPECT_EQ((*rounds)[0].result_digest, std::string(64, 'b'));
-  EXPECT_EQ((*rounds)[1].state, "open");
+  EXPECT_EQ((*rounds)[1].state, RoundState::kOpen);
   auto active = store->ActiveRun();
   ASSERT_TRUE(active.ok());
   ASSERT_TRUE(active->has_value());
@@ -141,9 +149,9 @@ TEST(StateStoreTest, OneAcceptedUpdatePerSiteAndAttempt) {
   u.sha256 = std::string(64, 'c');
   u.bytes = 100;
   u.num_samples = 10;
-  u.status = "refused";
+  u.status = UploadStatus::kRefused;
   ASSERT_TRUE(store->InsertUpdate(u).ok());
-  u.status = "accepted";
+  u.status = UploadStatus::kAccepted;
   ASSERT_TRUE(store->InsertUpdate(u).ok());
   u.sha256 = std::string(64, 'd');
   absl::StatusOr<int64_t> again = store->InsertUpdate(u);
@@ -151,14 +159,14 @@ TEST(StateStoreTest, OneAcceptedUpdatePerSiteAndAttempt) {
   EXPECT_THAT(again.status().message(), HasSubstr("site-a"));
   u.attempt = 2;
   ASSERT_TRUE(store->InsertUpdate(u).ok());
-  EXPECT_EQ(store->ListUpdates("run-0001", 1, std::nullopt, "site-a", "accepted")->size(), 2u);
-  EXPECT_EQ(store->ListUpdates("run-0001", 1, 1, "", "")->size(), 2u);
-  EXPECT_EQ(store->ListUpdates("run-0001", 2, std::nullopt, "", "")->size(), 0u);
-  EXPECT_EQ(store->ListUpdates("run-0001", std::nullopt, std::nullopt, "", "")->size(), 3u);
+  EXPECT_EQ(store->ListUpdates("run-0001", 1, std::nullopt, "site-a", UploadStatus::kAccepted)->size(), 2u);
+  EXPECT_EQ(store->ListUpdates("run-0001", 1, 1, "", std::nullopt)->size(), 2u);
+  EXPECT_EQ(store->ListUpdates("run-0001", 2, std::nullopt, "", std::nullopt)->size(), 0u);
+  EXPECT_EQ(store->ListUpdates("run-0001", std::nullopt, std::nullopt, "", std::nullopt)->size(), 3u);
   // A negative round is a value like any other, not a wildcard: a site once sent round -1 and was answered
   // "accepted before" with another round's update.
-  EXPECT_EQ(store->ListUpdates("run-0001", -1, 1, "site-a", "accepted")->size(), 0u);
-  EXPECT_EQ(store->ListUpdates("run-0001", 1, -1, "site-a", "accepted")->size(), 0u);
+  EXPECT_EQ(store->ListUpdates("run-0001", -1, 1, "site-a", UploadStatus::kAccepted)->size(), 0u);
+  EXPECT_EQ(store->ListUpdates("run-0001", 1, -1, "site-a", UploadStatus::kAccepted)->size(), 0u);
 }
 
 TEST(StateStoreTest, MetricsTransfersAndAudit) {
@@ -219,14 +227,14 @@ TEST(StateStoreTest, SiteKeyPinningAndReplacement) {
     EXPECT_EQ(store->PinSiteKey("site-a", "", "1", true, 1).status().code(), absl::StatusCode::kInvalidArgument);
     absl::StatusOr<SiteRecord> site = store->PinSiteKey("site-a", key_a, "1", /*create=*/true, 10);
     ASSERT_TRUE(site.ok()) << site.status();
-    EXPECT_EQ(site->status, "pending");
+    EXPECT_EQ(site->status, SiteStatus::kPending);
     EXPECT_EQ(site->key_sha256, key_a);
     EXPECT_EQ(site->key_pinned_ms, 10);
     EXPECT_EQ(site->first_seen_ms, 10);
     // The Hello that follows keeps the pin and the status.
-    site = store->RecordHello("site-a", "1", v1::DatasetSummary(), v1::Capabilities(), "approved", 11);
+    site = store->RecordHello("site-a", "1", v1::DatasetSummary(), v1::Capabilities(), SiteStatus::kApproved, 11);
     ASSERT_TRUE(site.ok());
-    EXPECT_EQ(site->status, "pending");
+    EXPECT_EQ(site->status, SiteStatus::kPending);
     EXPECT_EQ(site->key_sha256, key_a);
     // Another key: not pinned, only offered.
     site = store->PinSiteKey("site-a", key_b, "2", true, 12);
@@ -249,24 +257,73 @@ TEST(StateStoreTest, SiteKeyPinningAndReplacement) {
     EXPECT_EQ(site->key_sha256, key_b);
     EXPECT_EQ(site->key_pinned_ms, 15);
     EXPECT_EQ(site->offered_key_sha256, "");
-    EXPECT_EQ(site->status, "approved");
+    EXPECT_EQ(site->status, SiteStatus::kApproved);
     absl::Status none = store->ReplaceSiteKey("site-a", "", 16).status();
     EXPECT_EQ(none.code(), absl::StatusCode::kFailedPrecondition) << none;
     EXPECT_THAT(none.message(), HasSubstr(key_b));
     EXPECT_EQ(store->ReplaceSiteKey("nobody", "", 16).status().code(), absl::StatusCode::kNotFound);
     // A site approved before its first call is pinned at that call.
-    ASSERT_TRUE(store->SetSiteStatus("site-p", "approved", true, 20).ok());
+    ASSERT_TRUE(store->SetSiteStatus("site-p", SiteStatus::kApproved, true, 20).ok());
     EXPECT_EQ(store->GetSite("site-p")->value().key_sha256, "");
     site = store->PinSiteKey("site-p", key_c, "5", false, 21);
     ASSERT_TRUE(site.ok());
     EXPECT_EQ(site->key_sha256, key_c);
-    EXPECT_EQ(site->status, "approved");
+    EXPECT_EQ(site->status, SiteStatus::kApproved);
   }
   auto store = OpenStore(path);
   absl::StatusOr<std::optional<SiteRecord>> a = store->GetSite("site-a");
   ASSERT_TRUE(a.ok() && a->has_value());
   EXPECT_EQ((*a)->key_sha256, key_b);
   EXPECT_EQ((*store->GetSite("site-p"))->key_sha256, key_c);
+}
+
+// The state columns stay text, as older coordinators wrote them; text that names no state (a newer or damaged
+// database) is DataLoss naming the table, the row and the column, not a guess.
+TEST(StateStoreTest, UnknownStateTextIsDataLossNamingTheColumn) {
+  fedtune::testing::TempDir tmp;
+  const std::string path = tmp.Join("coordinator.db");
+  {
+    auto store = OpenStore(path);
+    ASSERT_TRUE(store->CreateRun(MakeRun("run-0001"), MakeRound("run-0001", 1, 1)).ok());
+    ASSERT_TRUE(store->SetSiteStatus("site-a", SiteStatus::kApproved, true, 1).ok());
+    UpdateRecord u;
+    u.run_id = "run-0001";
+    u.round = 1;
+    u.attempt = 1;
+    u.site_id = "site-a";
+    u.sha256 = std::string(64, 'b');
+    ASSERT_TRUE(store->InsertUpdate(u).ok());
+  }
+  {  // What each column holds: the text forms of the states.
+    auto db = store::Database::Open(path, schema::Migrations());
+    ASSERT_TRUE(db.ok()) << db.status();
+    auto st = (*db)->Prepare(
+        "SELECT (SELECT state FROM runs) || ',' || (SELECT state FROM rounds) || ',' || (SELECT status FROM sites) || "
+        "',' || (SELECT status FROM updates)");
+    ASSERT_TRUE(st.ok()) << st.status();
+    ASSERT_TRUE(st->Step().value());
+    EXPECT_EQ(st->ColumnText(0), "running,open,approved,accepted");
+    ASSERT_TRUE((*db)
+                    ->Execute("UPDATE runs SET state = 'paused'; UPDATE rounds SET state = 'half-open'; "
+                              "UPDATE sites SET status = 'APPROVED'; UPDATE updates SET status = ''")
+                    .ok());
+  }
+  auto store = OpenStore(path);
+  absl::Status run = store->GetRun("run-0001").status();
+  EXPECT_TRUE(absl::IsDataLoss(run)) << run;
+  EXPECT_THAT(run.message(), AllOf(HasSubstr("runs.state"), HasSubstr("run-0001"), HasSubstr("'paused'")));
+  absl::Status active = store->ActiveRun().status();
+  EXPECT_TRUE(active.ok()) << active;  // 'paused' is not an active state: the query does not select it.
+  absl::Status rounds = store->ListRounds("run-0001").status();
+  EXPECT_TRUE(absl::IsDataLoss(rounds)) << rounds;
+  EXPECT_THAT(rounds.message(), AllOf(HasSubstr("rounds.state"), HasSubstr("round 1 attempt 1")));
+  absl::Status site = store->GetSite("site-a").status();
+  EXPECT_TRUE(absl::IsDataLoss(site)) << site;
+  EXPECT_THAT(site.message(), AllOf(HasSubstr("sites.status"), HasSubstr("site-a"), HasSubstr("'APPROVED'")));
+  EXPECT_TRUE(absl::IsDataLoss(store->ListSites().status()));
+  absl::Status updates = store->ListUpdates("run-0001", std::nullopt, std::nullopt, "", std::nullopt).status();
+  EXPECT_TRUE(absl::IsDataLoss(updates)) << updates;
+  EXPECT_THAT(updates.message(), AllOf(HasSubstr("updates.status"), HasSubstr("site-a")));
 }
 
 }  // namespace

@@ -240,7 +240,7 @@ class Case {
     version.digest = *digest;
     version.path = blobs_->PathOf(*digest);
     FUZZ_CHECK(store_->PutModelVersion(version).ok(), "model version");
-    for (const char* site : kSites) FUZZ_CHECK(store_->SetSiteStatus(site, "approved", true, 0).ok(), site);
+    for (const char* site : kSites) FUZZ_CHECK(store_->SetSiteStatus(site, federation::SiteStatus::kApproved, true, 0).ok(), site);
     OpenManager();
     StartRun();
     for (int op = 0; op < kMaxOperations && !in_.empty(); ++op) {
@@ -359,7 +359,7 @@ class Case {
       FUZZ_CHECK(outcome.result->status() == "accepted", outcome.result->status());
       FUZZ_CHECK(h.round() >= 1 && h.round() <= kRounds, "accepted an upload for round ", h.round());
       absl::StatusOr<std::vector<UpdateRecord>> mine =
-          store_->ListUpdates(h.run_id(), h.round(), std::nullopt, streams_[which]->site(), "accepted");
+          store_->ListUpdates(h.run_id(), h.round(), std::nullopt, streams_[which]->site(), federation::UploadStatus::kAccepted);
       FUZZ_CHECK(mine.ok(), mine.status().ToString());
       bool found = false;
       for (const UpdateRecord& u : *mine) found = found || u.sha256 == h.sha256();
@@ -419,14 +419,14 @@ class Case {
   void CheckSpool() {
     absl::StatusOr<std::optional<RunRecord>> run = store_->ActiveRun();
     FUZZ_CHECK(run.ok(), run.status().ToString());
-    if (!*run || (*run)->state != "running") return;
+    if (!*run || (*run)->state != federation::RunState::kRunning) return;
     absl::StatusOr<std::vector<RoundRecord>> rounds = store_->ListRounds((*run)->run_id);
     FUZZ_CHECK(rounds.ok(), rounds.status().ToString());
     const RoundRecord* open = nullptr;
-    for (const RoundRecord& r : *rounds) open = r.state == "open" ? &r : open;
+    for (const RoundRecord& r : *rounds) open = r.state == federation::RoundState::kOpen ? &r : open;
     FUZZ_CHECK(open != nullptr, "run ", (*run)->run_id, " is running without an open round");
     absl::StatusOr<std::vector<UpdateRecord>> accepted =
-        store_->ListUpdates(open->run_id, open->round, open->attempt, "", "accepted");
+        store_->ListUpdates(open->run_id, open->round, open->attempt, "", federation::UploadStatus::kAccepted);
     FUZZ_CHECK(accepted.ok(), accepted.status().ToString());
     std::set<std::string> accepted_files;
     std::set<std::string> accepted_sites;

@@ -131,7 +131,7 @@ TEST_F(CoordinatorClientTest, UploadResumesFromTheCoordinatorsOffsetAndIsIdempot
   request.path = path;
   request.sha256 = io::Sha256Hex(payload);
   request.num_samples = 42;
-  request.encoding = "fp32";
+  request.encoding = fl::Encoding::kDenseFp32;
   absl::StatusOr<v1::UploadResponse> response = client->UploadUpdate(request);
   ASSERT_TRUE(response.ok()) << response.status();
   EXPECT_EQ(response->status(), "accepted");

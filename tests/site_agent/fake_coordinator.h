@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/federation/states.h"
 #include "common/io/sha256.h"
 #include "common/net/grpc_status.h"
 #include "common/net/tls.h"
@@ -247,7 +248,7 @@ class FakeSiteService final : public v1::SiteService::Service {
       return grpc::Status(grpc::StatusCode::DATA_LOSS, "tampered chunk: sha256 mismatch");
     }
     accepted_[key] = payload;
-    response->set_status("accepted");
+    federation::SetStatus(federation::UploadStatus::kAccepted, response);
     response->set_received_bytes(static_cast<int64_t>(payload.size()));
     return grpc::Status::OK;
   }

@@ -135,6 +135,7 @@ TEST(FederatedAgentTest, TrainAndEvaluateTasksEndToEnd) {
   const std::string upload = coordinator.service().accepted_upload("run-1", 1);
   ASSERT_FALSE(upload.empty());
   EXPECT_EQ(coordinator.service().last_upload_header().encoding(), "int8");
+  EXPECT_EQ(coordinator.service().last_upload_header().delta_encoding(), v1::NamedTensor::INT8);
   EXPECT_GT(coordinator.service().last_upload_header().num_samples(), 20);
   EXPECT_EQ(coordinator.service().upload_offsets().size(), 2u);
   EXPECT_EQ(coordinator.service().upload_offsets()[1], 8192);

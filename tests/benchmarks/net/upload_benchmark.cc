@@ -27,6 +27,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/federation/states.h"
 #include "common/fl/codec.h"
 #include "common/fl/model_tensors.h"
 #include "common/fl/tensor_map.h"
@@ -101,7 +102,7 @@ class CountingService final : public v1::SiteService::Service {
     v1::UploadChunk chunk;
     int64_t total = 0;
     while (reader->Read(&chunk)) total += static_cast<int64_t>(chunk.data().size());
-    response->set_status("accepted");
+    federation::SetStatus(federation::UploadStatus::kAccepted, response);
     response->set_received_bytes(total);
     return grpc::Status::OK;
   }
@@ -221,7 +222,7 @@ void BM_CoordinatorUpload(benchmark::State& state) {
   CHECK(coordinator.ok()) << coordinator.status();
   coordinator::Coordinator& c = **coordinator;
   // The operator's approval, as AdminService.ApproveSite records it. site-b never uploads: it keeps the round open.
-  for (const char* site : {"site-a", "site-b"}) CHECK(c.store()->SetSiteStatus(site, "approved", true, 0).ok());
+  for (const char* site : {"site-a", "site-b"}) CHECK(c.store()->SetSiteStatus(site, federation::SiteStatus::kApproved, true, 0).ok());
 
   v1::RunConfig run;
   run.set_name("upload benchmark");
@@ -260,7 +261,7 @@ void BM_CoordinatorUpload(benchmark::State& state) {
     request.path = payload_path;
     request.sha256 = *sha;
     request.num_samples = 1000;
-    request.encoding = "fp32";
+    request.encoding = fl::Encoding::kDenseFp32;
     absl::StatusOr<v1::UploadResponse> response = (*client)->UploadUpdate(request);
     CHECK(response.ok()) << response.status();
     CHECK_EQ(response->status(), "accepted") << response->message();

@@ -113,7 +113,7 @@ int Sites(const std::string& mode, const Flags& flags) {
   request.path = flags.at("payload");
   request.sha256 = flags.at("sha256");
   request.num_samples = 1000;
-  request.encoding = "fp32";
+  request.encoding = fl::Encoding::kDenseFp32;
   absl::Notification go;
   std::vector<absl::Status> results(sites.size());
   std::vector<double> seconds(sites.size());

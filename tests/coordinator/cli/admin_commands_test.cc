@@ -16,6 +16,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "common/federation/states.h"
 #include "common/io/file_util.h"
 #include "common/io/sha256.h"
 #include "common/net/grpc_status.h"
@@ -143,6 +144,10 @@ class FakeAdminService final : public v1::AdminService::Service {
     ++status_calls_;
     if (run_states_[i] == "unavailable") return grpc::Status(grpc::StatusCode::UNAVAILABLE, "restarting (test)");
     out->set_state(run_states_[i]);
+    if (run_states_[i] == "newer") {  // A state of a newer coordinator: an enum value this build does not know.
+      out->clear_state();
+      out->set_run_state(static_cast<v1::RunState>(99));
+    }
     if (run_states_[i] == "failed") out->set_message("round 2 failed 3 times");
     return grpc::Status::OK;
   }
@@ -485,6 +490,54 @@ TEST_F(AdminCommandsTest, RunStatusWatchFailedRunExitsNonZero) {
   service_->SetRunStates({"aborted"});
   r = Run(MakeRunStatusCommand, {"--watch", "--interval", "0"});
   EXPECT_EQ(r.status.code(), absl::StatusCode::kAborted);
+}
+
+TEST_F(AdminCommandsTest, RunStatusWatchRefusesAStateItDoesNotKnow) {
+  service_->SetRunStates({"running", "newer"});
+  Result r = Run(MakeRunStatusCommand, {"--watch", "--interval", "0"});
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kInvalidArgument) << r.status;
+  EXPECT_THAT(r.status.message(), HasSubstr("RunStatus.run_state"));
+  EXPECT_THAT(r.out, HasSubstr("Run run-7 \"demo <b>\": unknown (99), round 2"));
+}
+
+// The states print the same whether a coordinator sends them as enums (this release and later), as text (the
+// previous release) or both (this release).
+TEST(StateTextTest, EnumAndTextStatesPrintTheSame) {
+  const v1::RunStatus text_only = admin::testing::MakeRunReport().status();
+  v1::RunStatus both = text_only;
+  v1::RunStatus enum_only = text_only;
+  federation::SetState(federation::GetState(text_only).value(), &both);
+  federation::SetState(federation::GetState(text_only).value(), &enum_only);
+  enum_only.clear_state();
+  for (int i = 0; i < text_only.rounds_size(); ++i) {
+    const federation::RoundState round = federation::GetState(text_only.rounds(i)).value();
+    federation::SetState(round, both.mutable_rounds(i));
+    federation::SetState(round, enum_only.mutable_rounds(i));
+    enum_only.mutable_rounds(i)->clear_state();
+    for (int j = 0; j < text_only.rounds(i).updates_size(); ++j) {
+      const federation::UploadStatus update = federation::GetStatus(text_only.rounds(i).updates(j)).value();
+      federation::SetStatus(update, both.mutable_rounds(i)->mutable_updates(j));
+      federation::SetStatus(update, enum_only.mutable_rounds(i)->mutable_updates(j));
+      enum_only.mutable_rounds(i)->mutable_updates(j)->clear_status();
+    }
+  }
+  const std::string expected = RunStatusText(text_only, 1'700'000'000'000);
+  EXPECT_THAT(expected, HasSubstr(": completed, round 2 of 2"));
+  EXPECT_THAT(expected, HasSubstr("failed"));
+  EXPECT_EQ(RunStatusText(both, 1'700'000'000'000), expected);
+  EXPECT_EQ(RunStatusText(enum_only, 1'700'000'000'000), expected);
+
+  v1::ListSitesResponse text_sites, enum_sites;
+  for (const char* status : {"pending", "approved", "revoked"}) {
+    v1::SiteInfo* t = text_sites.add_sites();
+    t->set_site_id(absl::StrCat("site-", status));
+    t->set_status(status);
+    v1::SiteInfo* e = enum_sites.add_sites();
+    e->set_site_id(t->site_id());
+    e->set_site_status(federation::ToProto(federation::ParseSiteStatus(status).value()));
+  }
+  EXPECT_THAT(SitesTableText(text_sites, 0), HasSubstr("approved"));
+  EXPECT_EQ(SitesTableText(enum_sites, 0), SitesTableText(text_sites, 0));
 }
 
 TEST_F(AdminCommandsTest, RunAbort) {
