@@ -1,7 +1,5 @@
 #include "coordinator/spool_dir.h"
 
-#include <sys/stat.h>
-
 #include <filesystem>
 #include <system_error>
 
@@ -80,10 +78,7 @@ std::map<std::string, std::string> SpoolDir::ListAttempt(const std::string& run_
   return files;
 }
 
-int64_t SpoolDir::SizeOf(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0 ? static_cast<int64_t>(st.st_size) : 0;
-}
+int64_t SpoolDir::SizeOf(const std::string& path) { return io::FileSize(path).value_or(0); }
 
 void SpoolDir::Remove(const std::string& path) {
   std::error_code ec;

@@ -36,7 +36,7 @@ class SpoolDir {
   std::map<std::string, std::string> ListAttempt(const std::string& run_id, int round, int attempt,
                                                  const std::set<std::string>& skip) const;
 
-  // Size of a file, 0 when it does not exist.
+  // Size of a file, 0 when it does not exist or cannot be read (io::FileSize).
   static int64_t SizeOf(const std::string& path);
   // Removes a file (a missing one is fine).
   static void Remove(const std::string& path);

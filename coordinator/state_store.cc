@@ -37,6 +37,12 @@ absl::StatusOr<std::optional<SiteRecord>> StateStore::GetSiteLocked(const std::s
   return std::optional<SiteRecord>(std::move(site));
 }
 
+absl::StatusOr<std::optional<SiteRecord>> StateStore::SiteForUpdateLocked(const std::string& site_id, bool create) {
+  ASSIGN_OR_RETURN(std::optional<SiteRecord> site, GetSiteLocked(site_id));
+  if (!site && !create) return absl::NotFoundError(absl::StrCat("unknown site '", site_id, "'"));
+  return site;
+}
+
 absl::StatusOr<std::optional<SiteRecord>> StateStore::GetSite(const std::string& site_id) {
   absl::MutexLock lock(&mu_);
   return GetSiteLocked(site_id);
@@ -82,9 +88,8 @@ absl::StatusOr<SiteRecord> StateStore::SetSiteStatus(const std::string& site_id,
                                                      bool create, int64_t now_ms) {
   absl::MutexLock lock(&mu_);
   RETURN_IF_ERROR(db_->InTransaction([&]() -> absl::Status {
-    ASSIGN_OR_RETURN(std::optional<SiteRecord> site, GetSiteLocked(site_id));
+    ASSIGN_OR_RETURN(std::optional<SiteRecord> site, SiteForUpdateLocked(site_id, create));
     if (!site) {
-      if (!create) return absl::NotFoundError(absl::StrCat("unknown site '", site_id, "'"));
       ASSIGN_OR_RETURN(store::Statement ins,
                        db_->Prepare("INSERT INTO sites(site_id, status, status_ms) VALUES(?, ?, ?)"));
       ins.Bind(1, site_id).Bind(2, federation::Text(status)).Bind(3, now_ms);
@@ -121,9 +126,8 @@ absl::StatusOr<SiteRecord> StateStore::PinSiteKey(const std::string& site_id, co
   if (key_sha256.empty()) return absl::InvalidArgumentError(absl::StrCat("site ", site_id, ": empty key to pin"));
   absl::MutexLock lock(&mu_);
   RETURN_IF_ERROR(db_->InTransaction([&]() -> absl::Status {
-    ASSIGN_OR_RETURN(std::optional<SiteRecord> site, GetSiteLocked(site_id));
+    ASSIGN_OR_RETURN(std::optional<SiteRecord> site, SiteForUpdateLocked(site_id, create));
     if (!site) {
-      if (!create) return absl::NotFoundError(absl::StrCat("unknown site '", site_id, "'"));
       ASSIGN_OR_RETURN(store::Statement ins,
                        db_->Prepare("INSERT INTO sites(site_id, status, first_seen_ms, status_ms, key_sha256, "
                                     "key_pinned_ms) VALUES(?, ?, ?, ?, ?, ?)"));
@@ -154,8 +158,7 @@ absl::StatusOr<SiteRecord> StateStore::ReplaceSiteKey(const std::string& site_id
                                                       const std::string& expected_key_prefix, int64_t now_ms) {
   absl::MutexLock lock(&mu_);
   RETURN_IF_ERROR(db_->InTransaction([&]() -> absl::Status {
-    ASSIGN_OR_RETURN(std::optional<SiteRecord> site, GetSiteLocked(site_id));
-    if (!site) return absl::NotFoundError(absl::StrCat("unknown site '", site_id, "'"));
+    ASSIGN_OR_RETURN(std::optional<SiteRecord> site, SiteForUpdateLocked(site_id, /*create=*/false));
     if (site->offered_key_sha256.empty()) {
       return absl::FailedPreconditionError(absl::StrCat(
           "site ", site_id, " has offered no other key: its pinned key is ",

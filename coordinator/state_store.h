@@ -260,6 +260,10 @@ class StateStore {
   explicit StateStore(std::unique_ptr<store::Database> db) : db_(std::move(db)) {}
   absl::StatusOr<std::optional<SiteRecord>> GetSiteLocked(const std::string& site_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The site about to be changed: its record; nullopt when it is unknown and `create` allows adding it; NotFound
+  // "unknown site 'ID'" when it is unknown and may not be created.
+  absl::StatusOr<std::optional<SiteRecord>> SiteForUpdateLocked(const std::string& site_id, bool create)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status WriteRunLocked(const RunRecord& run, bool insert) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status InsertRoundLocked(const RoundRecord& round) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::vector<RunRecord>> QueryRunsLocked(const std::string& where_order, const std::string& arg)

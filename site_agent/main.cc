@@ -1,7 +1,9 @@
 // build/bin/fedtune-site: the hospital-side program. Thin: registers the subsystems' commands and dispatches.
 
+#include <iostream>
+
 #include "common/cli/command.h"
-#include "common/data/data_check.h"
+#include "common/data/data_check_command.h"
 #include "common/imaging/convert_command.h"
 #include "common/logging.h"
 #include "common/model/model_command.h"
@@ -17,15 +19,15 @@ int main(int argc, char** argv) {
   fedtune::cli::CommandSet commands("fedtune-site", "the fedtune site agent and local tools of a hospital");
   // data check decodes every image with the decoder training uses (and its --max-image-pixels), so it accepts
   // exactly what training reads.
-  commands.Add(fedtune::data::MakeDataCheckCommand());
-  commands.Add(fedtune::imaging::MakeDataConvertCommand());
-  commands.Add(fedtune::model::MakeModelImportCommand());
-  commands.Add(fedtune::model::MakeModelInfoCommand());
+  commands.Add(fedtune::data::MakeDataCheckCommand(std::cout));
+  commands.Add(fedtune::imaging::MakeDataConvertCommand(std::cout));
+  commands.Add(fedtune::model::MakeModelImportCommand(std::cout));
+  commands.Add(fedtune::model::MakeModelInfoCommand(std::cout));
   commands.Add(fedtune::agent::MakeModelInitCommand());
   commands.Add(fedtune::agent::MakeFinetuneCommand());
   commands.Add(fedtune::agent::MakePredictCommand());
   commands.Add(fedtune::agent::MakeEvaluateCommand());
-  commands.Add(fedtune::agent::MakeRunCommand());       // The federated mode: dials out to the coordinator.
-  commands.Add(fedtune::pki::MakePkiRequestCommand());  // The site's key is made here and never leaves it.
+  commands.Add(fedtune::agent::MakeRunCommand());                // The federated mode: dials out to the coordinator.
+  commands.Add(fedtune::pki::MakePkiRequestCommand(std::cout));  // The site's key is made here and never leaves it.
   return commands.Main(argc, argv);
 }

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <atomic>
 #include <filesystem>
-#include <iostream>
 #include <set>
 #include <thread>
 #include <utility>
@@ -13,24 +12,11 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "common/imaging/decode.h"
 #include "common/io/csv.h"
 #include "common/status_macros.h"
 
 namespace fedtune::data {
 namespace {
-
-absl::Status CheckExists(const std::string& file) {
-  std::error_code ec;
-  const auto status = std::filesystem::status(file, ec);
-  if (ec || !std::filesystem::exists(status)) {
-    return absl::NotFoundError(absl::StrCat("image not found: ", file));
-  }
-  if (!std::filesystem::is_regular_file(status)) {
-    return absl::InvalidArgumentError(absl::StrCat("not a regular file: ", file));
-  }
-  return absl::OkStatus();
-}
 
 // One image to probe and the manifest line it came from.
 struct ImageJob {
@@ -92,10 +78,8 @@ void ProbeAll(const std::vector<ImageJob>& jobs, const DataCheckOptions& options
     std::atomic<size_t> next{begin};
     auto worker = [&] {
       for (size_t i = next++; i < end; i = next++) {
-        absl::Status s = CheckExists(jobs[i].file);
-        if (s.ok() && options.decode_images) {
-          s = options.probe ? options.probe(jobs[i].file) : ProbeImageFile(jobs[i].file, options.decode);
-        }
+        absl::Status s = CheckImageFileExists(jobs[i].file);
+        if (s.ok() && options.decode_images) s = options.probe(jobs[i].file);
         results[i - begin] = std::move(s);
       }
     };
@@ -112,18 +96,25 @@ void ProbeAll(const std::vector<ImageJob>& jobs, const DataCheckOptions& options
 
 }  // namespace
 
-absl::Status ProbeImageFile(const std::string& file, const imaging::DecodeOptions& options) {
-  RETURN_IF_ERROR(CheckExists(file));
-  return imaging::DecodeImage(file, options).status();
+absl::Status CheckImageFileExists(const std::string& file) {
+  std::error_code ec;
+  const auto status = std::filesystem::status(file, ec);
+  if (ec || !std::filesystem::exists(status)) {
+    return absl::NotFoundError(absl::StrCat("image not found: ", file));
+  }
+  if (!std::filesystem::is_regular_file(status)) {
+    return absl::InvalidArgumentError(absl::StrCat("not a regular file: ", file));
+  }
+  return absl::OkStatus();
 }
-
-absl::Status ProbeImageFile(const std::string& file) { return ProbeImageFile(file, imaging::DecodeOptions()); }
 
 absl::StatusOr<DataCheckReport> CheckDataset(const DataCheckOptions& options) {
   if (options.threads < 1) {
     return absl::InvalidArgumentError(absl::StrCat("threads must be >= 1, got ", options.threads));
   }
-  RETURN_IF_ERROR(imaging::ValidateDecodeOptions(options.decode));
+  if (options.decode_images && !options.probe) {
+    return absl::InvalidArgumentError("decoding images needs an image probe (DataCheckOptions.probe)");
+  }
   io::CsvParseOptions csv_options;
   csv_options.keep_ragged_records = true;  // Reported below with the other problems, not fatal.
   ASSIGN_OR_RETURN(io::CsvTable table, io::ReadCsvFile(options.manifest_path, csv_options));
@@ -204,52 +195,5 @@ std::string FormatDataCheckReport(const DataCheckReport& r) {
                   r.ok() ? "OK: no problems found" : absl::StrCat("FAILED: ", r.problem_count(), " problem(s)"), "\n");
   return out;
 }
-
-cli::Command MakeDataCheckCommand(std::ostream* out, ImageProbe probe) {
-  cli::Command command;
-  command.path = {"data", "check"};
-  command.summary =
-      "Check a CheXpert-format manifest and its images: columns, values, ids, "
-      "duplicates, studies without a frontal "
-      "view, missing or unreadable images; print every problem with its line "
-      "and per-label counts. Exit code 2 when "
-      "anything is wrong.";
-  command.flags = {
-      {"manifest", "CheXpert-format CSV to check", false, true, std::nullopt, "M.csv"},
-      {"root", "data root that the manifest's paths are relative to", false, true, std::nullopt, "DIR"},
-      {"no-decode", "only check that images exist; do not decode them", true, false, std::nullopt, "VALUE"},
-      {"threads", "images decoded in parallel", false, false, "1", "N"},
-      {"max-image-pixels",
-       "refuse images whose header declares more pixels than N (width x height; DICOM: x frames x samples)", false,
-       false, absl::StrCat(imaging::kDefaultMaxImagePixels), "N"},
-  };
-  command.run = [out, probe](const cli::ParsedFlags& flags) -> absl::Status {
-    DataCheckOptions options;
-    options.probe = probe;
-    options.manifest_path = flags.GetOrDie("manifest");
-    options.root = flags.GetOrDie("root");
-    options.decode_images = !flags.GetBool("no-decode");
-    ASSIGN_OR_RETURN(int64_t threads, flags.GetInt("threads", 1));
-    if (threads < 1 || threads > 256) {
-      return absl::InvalidArgumentError(absl::StrCat("--threads: expected 1 to 256, got ", threads));
-    }
-    options.threads = static_cast<int>(threads);
-    ASSIGN_OR_RETURN(options.decode.max_pixels, flags.GetInt("max-image-pixels", imaging::kDefaultMaxImagePixels));
-    if (options.decode.max_pixels < 1 || options.decode.max_pixels > imaging::kMaxImagePixelsLimit) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--max-image-pixels: expected 1 to ", imaging::kMaxImagePixelsLimit, ", got ", options.decode.max_pixels));
-    }
-    ASSIGN_OR_RETURN(DataCheckReport report, CheckDataset(options));
-    *out << FormatDataCheckReport(report) << std::flush;
-    if (!report.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(report.problem_count(), " problem(s) in ", options.manifest_path, " (listed above)"));
-    }
-    return absl::OkStatus();
-  };
-  return command;
-}
-
-cli::Command MakeDataCheckCommand() { return MakeDataCheckCommand(&std::cout); }
 
 }  // namespace fedtune::data

@@ -7,6 +7,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "common/seed.h"
 
 namespace fedtune::data {
 namespace {
@@ -20,14 +21,6 @@ uint64_t Fnv1a64(absl::string_view s) {
     h *= 0x100000001b3ULL;
   }
   return h;
-}
-
-// SplitMix64's finalizer: mixes the combined key into well-distributed bits.
-uint64_t Mix64(uint64_t z) {
-  z += 0x9e3779b97f4a7c15ULL;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
 }
 
 }  // namespace
@@ -85,7 +78,7 @@ std::string DescribeLabelPolicy(const LabelPolicy& policy) {
 }
 
 float SoftLabel(const LabelPolicy& policy, absl::string_view image_key, int label) {
-  const uint64_t bits = Mix64(Mix64(policy.seed ^ Fnv1a64(image_key)) + static_cast<uint64_t>(label));
+  const uint64_t bits = MixSeed(MixSeed(policy.seed ^ Fnv1a64(image_key)) + static_cast<uint64_t>(label));
   const double u = static_cast<double>(bits >> 11) * 0x1.0p-53;  // Uniform in [0, 1).
   return static_cast<float>(policy.soft_low + (policy.soft_high - policy.soft_low) * u);
 }

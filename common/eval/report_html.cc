@@ -12,13 +12,15 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/eval/roc.h"
+#include "common/html/html.h"
 
 namespace fedtune::eval {
 namespace {
 
-constexpr char kArrow[] = "\u2192";
-constexpr char kEnDash[] = "\u2013";
-constexpr char kMinus[] = "\u2212";
+using html::Escape;
+using html::kArrow;
+using html::kEnDash;
+using html::kMinus;
 
 std::string FormatP(std::optional<double> p) {
   if (!p.has_value()) return "n/a";
@@ -54,7 +56,7 @@ Verdict VerdictOf(const stats::LabelComparison& label, double significance) {
 }
 
 std::string AucCell(const stats::ModelSummary& m) {
-  if (!m.auc) return absl::StrCat("<td class=\"na\" title=\"", HtmlEscape(m.note), "\">n/a</td>");
+  if (!m.auc) return absl::StrCat("<td class=\"na\" title=\"", Escape(m.note), "\">n/a</td>");
   std::string cell = absl::StrFormat("%.3f", *m.auc);
   if (m.ci95) {
     absl::StrAppend(&cell, " <span class=\"ci\">(", absl::StrFormat("%.3f", m.ci95->first), kEnDash,
@@ -105,7 +107,7 @@ std::string RocSvg(const std::string& label, const std::vector<RocPoint>& a, con
   std::string svg = absl::StrFormat(
       "<svg class=\"roc\" width=\"%g\" height=\"%g\" viewBox=\"0 0 %g %g\" role=\"img\" aria-label=\"ROC curves, "
       "%s\">\n",
-      kWidth, kHeight, kWidth, kHeight, HtmlEscape(label));
+      kWidth, kHeight, kWidth, kHeight, Escape(label));
   // Grid, ticks and tick labels.
   for (int i = 0; i <= 4; ++i) {
     const double v = i / 4.0;
@@ -138,30 +140,16 @@ std::string RocSvg(const std::string& label, const std::vector<RocPoint>& a, con
       &svg,
       absl::StrFormat("<line class=\"curve-a\" x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\"/>", kLeft, kLegendTop - 4,
                       kLeft + 22, kLegendTop - 4),
-      absl::StrFormat("<text x=\"%g\" y=\"%g\">%s</text>\n", kLeft + 28, kLegendTop, HtmlEscape(a_legend)),
+      absl::StrFormat("<text x=\"%g\" y=\"%g\">%s</text>\n", kLeft + 28, kLegendTop, Escape(a_legend)),
       absl::StrFormat("<line class=\"curve-b\" x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\"/>", kLeft, kLegendTop + 14,
                       kLeft + 22, kLegendTop + 14),
-      absl::StrFormat("<text x=\"%g\" y=\"%g\">%s</text>\n", kLeft + 28, kLegendTop + 18, HtmlEscape(b_legend)));
+      absl::StrFormat("<text x=\"%g\" y=\"%g\">%s</text>\n", kLeft + 28, kLegendTop + 18, Escape(b_legend)));
   absl::StrAppend(&svg, "</svg>");
   return svg;
 }
 
-constexpr char kStyle[] = R"css(
-body { font-family: "Helvetica Neue", Arial, sans-serif; color: #222; margin: 2em auto; max-width: 72em;
-       padding: 0 1em; line-height: 1.4; }
-h1 { font-size: 1.6em; margin-bottom: 0.2em; }
-h2 { font-size: 1.25em; margin-top: 1.8em; border-bottom: 1px solid #ccc; padding-bottom: 0.2em; }
-.summary { font-size: 1.15em; background: #f3f6fa; border-left: 4px solid #0072b2; padding: 0.6em 1em; }
-table { border-collapse: collapse; font-size: 0.92em; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; white-space: nowrap; }
-th { background: #f0f0f0; text-align: center; }
-td.label { text-align: left; font-weight: bold; }
-td.na { color: #888; text-align: center; }
-tr.better td { background: #e6f4ea; }
-tr.worse td { background: #fbe9e7; }
-.ci { color: #666; font-size: 0.9em; }
-.note { color: #555; font-size: 0.9em; }
-.plots, .gallery { display: flex; flex-wrap: wrap; gap: 1.2em; }
+// The evaluation page's rules, after the house style (html::ReportStyle).
+constexpr char kStyle[] = R"css(.plots, .gallery { display: flex; flex-wrap: wrap; gap: 1.2em; }
 figure { margin: 0; }
 figcaption { font-size: 0.9em; text-align: center; }
 svg.roc { font-size: 11px; font-family: inherit; }
@@ -178,38 +166,11 @@ svg.roc .curve-b { fill: none; stroke: #e69f00; stroke-width: 2; }
 void AppendList(std::string* html, const std::vector<std::string>& lines) {
   if (lines.empty()) return;
   absl::StrAppend(html, "<ul>\n");
-  for (const std::string& line : lines) absl::StrAppend(html, "<li>", HtmlEscape(line), "</li>\n");
+  for (const std::string& line : lines) absl::StrAppend(html, "<li>", Escape(line), "</li>\n");
   absl::StrAppend(html, "</ul>\n");
 }
 
 }  // namespace
-
-std::string HtmlEscape(absl::string_view text) {
-  std::string out;
-  out.reserve(text.size());
-  for (char c : text) {
-    switch (c) {
-      case '&':
-        out += "&amp;";
-        break;
-      case '<':
-        out += "&lt;";
-        break;
-      case '>':
-        out += "&gt;";
-        break;
-      case '"':
-        out += "&quot;";
-        break;
-      case '\'':
-        out += "&#39;";
-        break;
-      default:
-        out += c;
-    }
-  }
-  return out;
-}
 
 std::string EvaluationSummaryLine(const stats::ComparisonReport& report, absl::string_view model_b_name,
                                   double significance) {
@@ -244,14 +205,13 @@ std::string EvaluationSummaryLine(const stats::ComparisonReport& report, absl::s
 }
 
 std::string RenderEvaluationHtml(const EvaluationHtmlInputs& in) {
-  const std::string a_name = HtmlEscape(in.model_a_name);
-  const std::string b_name = HtmlEscape(in.model_b_name);
+  const std::string a_name = Escape(in.model_a_name);
+  const std::string b_name = Escape(in.model_b_name);
   std::string html;
-  absl::StrAppend(&html, "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>",
-                  HtmlEscape(in.title), "</title>\n<style>", kStyle, "</style>\n</head>\n<body>\n");
-  absl::StrAppend(&html, "<h1>", HtmlEscape(in.title), "</h1>\n");
+  absl::StrAppend(&html,
+                  fedtune::html::PageStart(Escape(in.title), absl::StrCat(fedtune::html::ReportStyle(72), kStyle)));
   absl::StrAppend(&html, "<p class=\"summary\">",
-                  HtmlEscape(EvaluationSummaryLine(in.report, in.model_b_name, in.significance)), "</p>\n");
+                  Escape(EvaluationSummaryLine(in.report, in.model_b_name, in.significance)), "</p>\n");
 
   // Data and models.
   if (!in.dataset_lines.empty()) {
@@ -276,12 +236,12 @@ std::string RenderEvaluationHtml(const EvaluationHtmlInputs& in) {
                     verdict == Verdict::kBetter  ? " class=\"better\""
                     : verdict == Verdict::kWorse ? " class=\"worse\""
                                                  : "",
-                    "><td class=\"label\">", HtmlEscape(label.name), "</td><td>", label.n_pos, "</td><td>", label.n_neg,
+                    "><td class=\"label\">", Escape(label.name), "</td><td>", label.n_pos, "</td><td>", label.n_neg,
                     "</td>", AucCell(label.a), AucCell(label.b), DifferenceCell(label));
     if (label.delong && label.delong->p_value) {
-      absl::StrAppend(&html, "<td>", HtmlEscape(FormatP(label.delong->p_value)), "</td>");
+      absl::StrAppend(&html, "<td>", Escape(FormatP(label.delong->p_value)), "</td>");
     } else {
-      absl::StrAppend(&html, "<td class=\"na\" title=\"", HtmlEscape(label.delong ? label.delong->note : label.a.note),
+      absl::StrAppend(&html, "<td class=\"na\" title=\"", Escape(label.delong ? label.delong->note : label.a.note),
                       "\">n/a</td>");
     }
     absl::StrAppend(&html, YoudenCell(label.a), YoudenCell(label.b), "</tr>\n");
@@ -315,7 +275,7 @@ std::string RenderEvaluationHtml(const EvaluationHtmlInputs& in) {
             &html, "<figure>\n",
             RocSvg(label.name, *roc_a, *roc_b, absl::StrCat(in.model_a_name, ", AUC ", FormatAuc(label.a.auc)),
                    absl::StrCat(in.model_b_name, ", AUC ", FormatAuc(label.b.auc))),
-            "\n<figcaption>", HtmlEscape(label.name), "</figcaption>\n</figure>\n");
+            "\n<figcaption>", Escape(label.name), "</figcaption>\n</figure>\n");
         continue;
       }
       why = std::string((roc_a.ok() ? roc_b.status() : roc_a.status()).message());
@@ -330,7 +290,7 @@ std::string RenderEvaluationHtml(const EvaluationHtmlInputs& in) {
 
   // Gallery.
   absl::StrAppend(&html, "<h2>Grad-CAM gallery</h2>\n<p class=\"note\">",
-                  in.gallery_note.empty() ? "" : absl::StrCat(HtmlEscape(in.gallery_note), " "),
+                  in.gallery_note.empty() ? "" : absl::StrCat(Escape(in.gallery_note), " "),
                   "Warm colours (red, yellow) mark the regions that raised the model's score for the label most; ",
                   "blue marks regions that did not. Grad-CAM maps are coarse (one value per cell of the last ",
                   "convolutional layer) and show where the model looked, not a segmentation of the finding.</p>\n");
@@ -339,15 +299,15 @@ std::string RenderEvaluationHtml(const EvaluationHtmlInputs& in) {
   } else {
     absl::StrAppend(&html, "<div class=\"gallery\">\n");
     for (const GalleryEntry& entry : in.gallery) {
-      const std::string label = HtmlEscape(entry.label);
-      const std::string id = HtmlEscape(entry.image_id);
+      const std::string label = Escape(entry.label);
+      const std::string id = Escape(entry.image_id);
       absl::StrAppend(&html, "<figure><img src=\"data:image/png;base64,", absl::Base64Escape(entry.png),
                       "\" alt=\"Grad-CAM of ", label, " on ", id, "\"><figcaption><strong>", label, "</strong><br>", id,
                       "<br>score ", absl::StrFormat("%.3f", entry.score), "</figcaption></figure>\n");
     }
     absl::StrAppend(&html, "</div>\n");
   }
-  absl::StrAppend(&html, "</body>\n</html>\n");
+  absl::StrAppend(&html, fedtune::html::PageEnd());
   return html;
 }
 

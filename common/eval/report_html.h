@@ -51,9 +51,6 @@ std::string EvaluationSummaryLine(const stats::ComparisonReport& report, absl::s
 // The whole page (UTF-8). Never fails: undefined values print as "n/a" with the report's note.
 std::string RenderEvaluationHtml(const EvaluationHtmlInputs& in);
 
-// Escapes &, <, >, " and ' for HTML text and attribute values.
-std::string HtmlEscape(absl::string_view text);
-
 }  // namespace fedtune::eval
 
 #endif  // FEDTUNE_COMMON_EVAL_REPORT_HTML_H_

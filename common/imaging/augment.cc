@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/imaging/fingerprint.h"
+#include "common/seed.h"
 
 namespace fedtune::imaging {
 namespace {
@@ -17,7 +18,7 @@ class DrawStream {
   explicit DrawStream(uint64_t key) : key_(key) {}
   // Uniform in [0, 1) with 53 random bits.
   double Next() {
-    const uint64_t bits = Mix64(key_ + 0x9e3779b97f4a7c15ULL * ++counter_);
+    const uint64_t bits = SplitMix64Finalize(key_ + kSplitMix64Gamma * ++counter_);
     return static_cast<double>(bits >> 11) * (1.0 / 9007199254740992.0);
   }
 
@@ -30,8 +31,9 @@ class DrawStream {
 
 AugmentParams DrawAugmentParams(uint64_t seed, int64_t epoch, const std::string& image_id,
                                 const AugmentOptions& options) {
-  const uint64_t key = Mix64(Mix64(seed ^ 0x6a09e667f3bcc908ULL) ^ Mix64(static_cast<uint64_t>(epoch)) * 3 ^
-                             Fingerprint64(image_id, 0x3c6ef372fe94f82bULL));
+  const uint64_t key = SplitMix64Finalize(SplitMix64Finalize(seed ^ 0x6a09e667f3bcc908ULL) ^
+                                          SplitMix64Finalize(static_cast<uint64_t>(epoch)) * 3 ^
+                                          Fingerprint64(image_id, 0x3c6ef372fe94f82bULL));
   DrawStream draws(key);
   // Always draw all three values so that one option's value never shifts
   // another's draws.

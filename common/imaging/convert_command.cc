@@ -3,9 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <iostream>
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
+#include <ostream>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -38,7 +38,7 @@ absl::Status WriteGray16Png(const std::string& path, int width, int height, cons
   return io::WriteFileAtomically(path, absl::string_view(reinterpret_cast<const char*>(png.data()), png.size()));
 }
 
-cli::Command MakeDataConvertCommand() {
+cli::Command MakeDataConvertCommand(std::ostream& out) {
   cli::Command command;
   command.path = {"data", "convert"};
   command.summary =
@@ -57,11 +57,11 @@ cli::Command MakeDataConvertCommand() {
        "refuse an image whose header declares more pixels than N (width x height; DICOM: x frames x samples)", false,
        false, absl::StrCat(kDefaultMaxImagePixels), "N"},
   };
-  command.run = [](const cli::ParsedFlags& flags) -> absl::Status {
+  command.run = [&out](const cli::ParsedFlags& flags) -> absl::Status {
     const std::string in = flags.GetOrDie("in");
-    const std::string out = flags.GetOrDie("out");
-    if (out.size() < 4 || absl::AsciiStrToLower(out.substr(out.size() - 4)) != ".png") {
-      return absl::InvalidArgumentError(absl::StrCat("--out must name a .png file, got '", out, "'"));
+    const std::string out_path = flags.GetOrDie("out");
+    if (out_path.size() < 4 || absl::AsciiStrToLower(out_path.substr(out_path.size() - 4)) != ".png") {
+      return absl::InvalidArgumentError(absl::StrCat("--out must name a .png file, got '", out_path, "'"));
     }
     PreprocessOptions options;
     ASSIGN_OR_RETURN(int64_t size, flags.GetInt("size", options.size));
@@ -78,16 +78,16 @@ cli::Command MakeDataConvertCommand() {
 
     ASSIGN_OR_RETURN(Image image, DecodeImage(in, options.decode));
     if (!flags.GetBool("preprocess")) {
-      RETURN_IF_ERROR(WriteGray16Png(out, image.width, image.height, image.pixels));
-      std::cout << "wrote " << out << ": " << image.width << "x" << image.height << " from " << in << " ("
-                << image.description << ")\n";
+      RETURN_IF_ERROR(WriteGray16Png(out_path, image.width, image.height, image.pixels));
+      out << "wrote " << out_path << ": " << image.width << "x" << image.height << " from " << in << " ("
+          << image.description << ")\n";
       return absl::OkStatus();
     }
     ASSIGN_OR_RETURN(PreprocessedImage pre, CropAndResize(image, options));
-    RETURN_IF_ERROR(WriteGray16Png(out, pre.size, pre.size, pre.pixels));
-    std::cout << "wrote " << out << ": " << pre.size << "x" << pre.size << " from " << in << " (" << image.description
-              << "; kept " << pre.crop.width << "x" << pre.crop.height << " at (" << pre.crop.x << "," << pre.crop.y
-              << ") of " << image.width << "x" << image.height << ")\n";
+    RETURN_IF_ERROR(WriteGray16Png(out_path, pre.size, pre.size, pre.pixels));
+    out << "wrote " << out_path << ": " << pre.size << "x" << pre.size << " from " << in << " (" << image.description
+        << "; kept " << pre.crop.width << "x" << pre.crop.height << " at (" << pre.crop.x << "," << pre.crop.y
+        << ") of " << image.width << "x" << image.height << ")\n";
     return absl::OkStatus();
   };
   return command;

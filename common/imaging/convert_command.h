@@ -12,6 +12,7 @@
 #ifndef FEDTUNE_COMMON_IMAGING_CONVERT_COMMAND_H_
 #define FEDTUNE_COMMON_IMAGING_CONVERT_COMMAND_H_
 
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -24,8 +25,9 @@ namespace fedtune::imaging {
 // bad flags (OUT not ending in .png, --size or --max-image-pixels out of range),
 // an undecodable input or one declaring more pixels than --max-image-pixels
 // (default kDefaultMaxImagePixels; decode.h), NotFound for a missing input, and
-// the WriteFileAtomically error when OUT cannot be written.
-cli::Command MakeDataConvertCommand();
+// the WriteFileAtomically error when OUT cannot be written. The line describing
+// the conversion goes to `out`, which must outlive the command.
+cli::Command MakeDataConvertCommand(std::ostream& out);
 
 // Writes a row-major width x height image of [0, 1] values as a 16-bit
 // grayscale PNG (value * 65535, rounded), atomically. InvalidArgument for an

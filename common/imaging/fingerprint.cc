@@ -2,21 +2,14 @@
 
 #include <cstring>
 
-namespace fedtune::imaging {
+#include "common/seed.h"
 
-uint64_t Mix64(uint64_t x) {
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ULL;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebULL;
-  x ^= x >> 31;
-  return x;
-}
+namespace fedtune::imaging {
 
 uint64_t Fingerprint64(const void* data, size_t size, uint64_t seed) {
   // Four independent lanes keep the multiplier pipeline busy (about 4 bytes per
   // cycle); the lanes and the length are combined at the end.
-  constexpr uint64_t kMul = 0x9e3779b97f4a7c15ULL;
+  constexpr uint64_t kMul = kSplitMix64Gamma;
   const auto* p = static_cast<const unsigned char*>(data);
   uint64_t lane[4] = {seed ^ 0x243f6a8885a308d3ULL, seed ^ 0x13198a2e03707344ULL, seed ^ 0xa4093822299f31d0ULL,
                       seed ^ 0x082efa98ec4e6c89ULL};
@@ -29,9 +22,9 @@ uint64_t Fingerprint64(const void* data, size_t size, uint64_t seed) {
       lane[k] ^= lane[k] >> 29;
     }
   }
-  uint64_t h = Mix64(size ^ seed);
-  for (int k = 0; k < 4; ++k) h = Mix64(h ^ Mix64(lane[k]));
-  for (; i < size; ++i) h = Mix64(h ^ (static_cast<uint64_t>(p[i]) + 0x100 * (i & 0xff)));
+  uint64_t h = SplitMix64Finalize(size ^ seed);
+  for (int k = 0; k < 4; ++k) h = SplitMix64Finalize(h ^ SplitMix64Finalize(lane[k]));
+  for (; i < size; ++i) h = SplitMix64Finalize(h ^ (static_cast<uint64_t>(p[i]) + 0x100 * (i & 0xff)));
   return h;
 }
 

@@ -18,9 +18,6 @@ inline uint64_t Fingerprint64(const std::string& s, uint64_t seed = 0) {
   return Fingerprint64(s.data(), s.size(), seed);
 }
 
-// SplitMix64's finalizer: a bijective 64-bit mix.
-uint64_t Mix64(uint64_t x);
-
 }  // namespace fedtune::imaging
 
 #endif  // FEDTUNE_COMMON_IMAGING_FINGERPRINT_H_

@@ -21,6 +21,20 @@ std::string ParentDir(const std::string& path) {
   return parent.empty() ? "." : parent;
 }
 
+// Writes all of `data` to `fd`, retrying short writes and EINTR. 0, or the errno of the failed write.
+int WriteAll(int fd, absl::string_view data) {
+  size_t done = 0;
+  while (done < data.size()) {
+    const ssize_t n = ::write(fd, data.data() + done, data.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    done += static_cast<size_t>(n);
+  }
+  return 0;
+}
+
 }  // namespace
 
 absl::Status ErrnoToStatus(int err, absl::string_view what, absl::string_view path) {
@@ -70,12 +84,13 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
   return out;
 }
 
-absl::Status WriteFileAtomically(const std::string& path, absl::string_view contents) {
+absl::Status WriteFileAtomically(const std::string& path, absl::string_view contents,
+                                 const AtomicWriteOptions& options) {
   const std::string dir = ParentDir(path);
   std::string tmpl = absl::StrCat(path, ".tmp.XXXXXX");
   std::vector<char> name(tmpl.begin(), tmpl.end());
   name.push_back('\0');
-  int fd = ::mkstemp(name.data());
+  int fd = ::mkstemp(name.data());  // mkstemp creates the file with mode 0600.
   if (fd < 0) return ErrnoToStatus(errno, "cannot create a temporary file beside", path);
   const std::string tmp(name.data());
   auto fail = [&](int err, absl::string_view what) {
@@ -83,25 +98,23 @@ absl::Status WriteFileAtomically(const std::string& path, absl::string_view cont
     ::unlink(tmp.c_str());
     return ErrnoToStatus(err, what, path);
   };
-  size_t done = 0;
-  while (done < contents.size()) {
-    ssize_t put = ::write(fd, contents.data() + done, contents.size() - done);
-    if (put < 0) {
-      if (errno == EINTR) continue;
-      return fail(errno, "cannot write");
-    }
-    done += static_cast<size_t>(put);
-  }
-  if (::fchmod(fd, 0644) != 0) return fail(errno, "cannot set permissions of");
+  if (::fchmod(fd, static_cast<mode_t>(options.mode)) != 0) return fail(errno, "cannot set permissions of");
+  if (const int err = WriteAll(fd, contents); err != 0) return fail(err, "cannot write");
   if (::fsync(fd) != 0) return fail(errno, "cannot flush");
   if (::close(fd) != 0) {
     int err = errno;
     ::unlink(tmp.c_str());
     return ErrnoToStatus(err, "cannot close", path);
   }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    int err = errno;
-    ::unlink(tmp.c_str());
+  // Without overwrite, link() publishes the file only if `path` does not exist yet (atomically, unlike a check
+  // followed by rename()); the temporary name is then removed.
+  const int rc = options.overwrite ? ::rename(tmp.c_str(), path.c_str()) : ::link(tmp.c_str(), path.c_str());
+  const int err = errno;
+  if (rc != 0 || !options.overwrite) ::unlink(tmp.c_str());
+  if (rc != 0) {
+    if (err == EEXIST && !options.overwrite) {
+      return absl::AlreadyExistsError(absl::StrCat("'", path, "' already exists"));
+    }
     return ErrnoToStatus(err, "cannot rename a temporary file onto", path);
   }
   int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -123,6 +136,15 @@ absl::Status CopyFileAtomically(const std::string& from, const std::string& to) 
     return absl::InternalError(absl::StrCat("cannot copy ", from, " to ", to, ": ", ec.message()));
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> FileSize(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return 0;
+    return ErrnoToStatus(errno, "cannot stat", path);
+  }
+  return static_cast<int64_t>(st.st_size);
 }
 
 absl::Status MakeDirectories(const std::string& path) {
@@ -149,15 +171,7 @@ AppendOnlyFile::~AppendOnlyFile() {
 }
 
 absl::Status AppendOnlyFile::Append(absl::string_view data) {
-  size_t done = 0;
-  while (done < data.size()) {
-    const ssize_t n = ::write(fd_, data.data() + done, data.size() - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoToStatus(errno, "cannot write", path_);
-    }
-    done += static_cast<size_t>(n);
-  }
+  if (const int err = WriteAll(fd_, data); err != 0) return ErrnoToStatus(err, "cannot write", path_);
   return absl::OkStatus();
 }
 

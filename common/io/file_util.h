@@ -3,6 +3,7 @@
 #ifndef FEDTUNE_COMMON_IO_FILE_UTIL_H_
 #define FEDTUNE_COMMON_IO_FILE_UTIL_H_
 
+#include <cstdint>
 #include <string>
 #include <utility>
 
@@ -21,10 +22,27 @@ absl::Status ErrnoToStatus(int err, absl::string_view what, absl::string_view pa
 // is a directory, Internal for other I/O failures. Messages name the path.
 absl::StatusOr<std::string> ReadFile(const std::string& path);
 
-// Writes `contents` to `path` atomically: a temporary file in the same directory is written, flushed to disk
-// (fsync), renamed over `path`, and the directory is synced. The parent directory must exist (NotFound otherwise).
-// On failure `path` is untouched and the temporary file is removed. Thread-safe for distinct paths.
-absl::Status WriteFileAtomically(const std::string& path, absl::string_view contents);
+// How WriteFileAtomically publishes a file.
+struct AtomicWriteOptions {
+  // Permission bits of the file, set before the first byte is written (0600 keeps a secret private from the
+  // start). Default 0644.
+  int mode = 0644;
+  // True: replace `path` if it exists (rename(2)). False: publish only if `path` does not exist yet, atomically
+  // (link(2), no check-then-rename race); AlreadyExists "'PATH' already exists" otherwise. Default true.
+  bool overwrite = true;
+};
+
+// Writes `contents` to `path` atomically: a temporary file in the same directory (mode options.mode) is written,
+// flushed to disk (fsync), published as `path`, and the directory is synced. The parent directory must exist
+// (NotFound otherwise); other errors as ErrnoToStatus, naming `path`. On failure `path` is untouched and the
+// temporary file is removed. Thread-safe for distinct paths.
+absl::Status WriteFileAtomically(const std::string& path, absl::string_view contents,
+                                 const AtomicWriteOptions& options = {});
+
+// The size in bytes of the file at `path`; 0 when nothing exists there (e.g. the partial file of a transfer that has
+// not started). Other failures (a path through a non-directory, no permission): ErrnoToStatus's code with message
+// "cannot stat 'PATH': ...". Thread-safe.
+absl::StatusOr<int64_t> FileSize(const std::string& path);
 
 // Copies the file `from` to `to` atomically: a copy beside `to` (`to`.tmp) is renamed over it, so that `to` is
 // either the old or the whole new file. Internal naming both paths when the copy or the rename fails (the temporary

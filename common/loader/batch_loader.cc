@@ -47,7 +47,7 @@ std::vector<LoaderSample> SamplesFromManifest(const data::Manifest& manifest, co
     const data::ManifestEntry& e = manifest.entries()[entries[i]];
     LoaderSample s;
     s.id = e.path;
-    s.file = data_root.empty() ? e.path : absl::StrCat(data_root, "/", e.path);
+    s.file = data::ResolveImagePath(data_root, e.path);
     s.target = targets[i].target;
     s.mask = targets[i].mask;
     out.push_back(std::move(s));
@@ -71,8 +71,7 @@ std::vector<LoaderSample> PairedSamplesFromManifest(const data::Manifest& manife
   }
   std::vector<LoaderSample> out = SamplesFromManifest(manifest, data_root, frontal, policy);
   for (size_t i = 0; i < out.size(); ++i) {
-    const std::string& path = manifest.entries()[lateral[i]].path;
-    out[i].lateral_file = data_root.empty() ? path : absl::StrCat(data_root, "/", path);
+    out[i].lateral_file = data::ResolveImagePath(data_root, manifest.entries()[lateral[i]].path);
   }
   return out;
 }

@@ -47,6 +47,7 @@ std::vector<LoaderSample> PairedSamplesFromManifest(const data::Manifest& manife
                                                     const data::LabelPolicy& policy);
 
 // Samples for the given manifest entries (indices into manifest.entries(), in that order) with targets from `policy`.
+// Files are data::ResolveImagePath(data_root, entry path), as in every other reader of a manifest.
 std::vector<LoaderSample> SamplesFromManifest(const data::Manifest& manifest, const std::string& data_root,
                                               const std::vector<size_t>& entries, const data::LabelPolicy& policy);
 

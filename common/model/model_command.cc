@@ -14,7 +14,7 @@
 namespace fedtune::model {
 namespace {
 
-absl::Status RunImport(const cli::ParsedFlags& flags, std::ostream* out) {
+absl::Status RunImport(const cli::ParsedFlags& flags, std::ostream& out) {
   const std::string source_path = flags.GetOrDie("state-dict");
   ASSIGN_OR_RETURN(ModelConfig config, ModelConfigForName(flags.GetOrDie("arch")));
   ASSIGN_OR_RETURN(config.head_dropout, flags.GetDouble("head-dropout", 0.8));
@@ -40,21 +40,21 @@ absl::Status RunImport(const cli::ParsedFlags& flags, std::ostream* out) {
   ensemble.solo = SoloNet(std::vector<Classifier>{model});
   Checkpoint checkpoint = CheckpointFromEnsemble(ensemble, std::move(metadata));
   ASSIGN_OR_RETURN(std::string digest, SaveCheckpoint(&checkpoint, flags.GetOrDie("out")));
-  *out << "imported " << source_path << ": " << report->Summary() << "\n"
-       << "wrote " << flags.GetOrDie("out") << " (weights sha256 " << digest << ")\n";
+  out << "imported " << source_path << ": " << report->Summary() << "\n"
+      << "wrote " << flags.GetOrDie("out") << " (weights sha256 " << digest << ")\n";
   return absl::OkStatus();
 }
 
-absl::Status RunInfo(const cli::ParsedFlags& flags, std::ostream* out) {
+absl::Status RunInfo(const cli::ParsedFlags& flags, std::ostream& out) {
   if (flags.positional().size() != 1) return absl::InvalidArgumentError("model info takes one checkpoint path");
   ASSIGN_OR_RETURN(Checkpoint checkpoint, LoadCheckpoint(flags.positional()[0]));
-  *out << flags.positional()[0] << "\n" << CheckpointSummary(checkpoint);
+  out << flags.positional()[0] << "\n" << CheckpointSummary(checkpoint);
   return absl::OkStatus();
 }
 
 }  // namespace
 
-cli::Command MakeModelImportCommand(std::ostream* out) {
+cli::Command MakeModelImportCommand(std::ostream& out) {
   cli::Command c;
   c.path = {"model", "import"};
   c.summary = "import a PyTorch state dict (.pt from torch.save, or .safetensors) as a fedtune checkpoint";
@@ -68,17 +68,17 @@ cli::Command MakeModelImportCommand(std::ostream* out) {
       {"seed", "seed for a replaced head's initialization", false, false, "0", "N"},
       {"allow-missing", "accept state dicts lacking some of the model's keys", true},
   };
-  c.run = [out](const cli::ParsedFlags& flags) { return RunImport(flags, out); };
+  c.run = [&out](const cli::ParsedFlags& flags) { return RunImport(flags, out); };
   return c;
 }
 
-cli::Command MakeModelInfoCommand(std::ostream* out) {
+cli::Command MakeModelInfoCommand(std::ostream& out) {
   cli::Command c;
   c.path = {"model", "info"};
   c.summary = "verify a checkpoint and print its architecture, labels, provenance and digest";
   c.usage_tail = "M.ckpt";
   c.max_positional = 1;
-  c.run = [out](const cli::ParsedFlags& flags) { return RunInfo(flags, out); };
+  c.run = [&out](const cli::ParsedFlags& flags) { return RunInfo(flags, out); };
   return c;
 }
 

@@ -1,16 +1,8 @@
 #include "common/pki/key_pair.h"
 
-#include <fcntl.h>
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <cerrno>
-#include <cstring>
-#include <filesystem>
-#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/io/file_util.h"
@@ -84,52 +76,14 @@ absl::Status KeyPair::WritePrivateKeyFile(const std::string& path) const {
 }
 
 absl::Status WritePrivateFileAtomically(const std::string& path, absl::string_view contents, bool overwrite) {
-  std::string dir = std::filesystem::path(path).parent_path().string();
-  if (dir.empty()) dir = ".";
-  std::string tmpl = absl::StrCat(path, ".tmp.XXXXXX");
-  std::vector<char> name(tmpl.begin(), tmpl.end());
-  name.push_back('\0');
-  int fd = ::mkstemp(name.data());  // mkstemp creates the file with mode 0600.
-  if (fd < 0) return io::ErrnoToStatus(errno, "cannot create a temporary file beside", path);
-  const std::string tmp(name.data());
-  auto fail = [&](int err, absl::string_view what) {
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    return io::ErrnoToStatus(err, what, path);
-  };
-  if (::fchmod(fd, 0600) != 0) return fail(errno, "cannot set permissions of");
-  size_t done = 0;
-  while (done < contents.size()) {
-    ssize_t put = ::write(fd, contents.data() + done, contents.size() - done);
-    if (put < 0) {
-      if (errno == EINTR) continue;
-      return fail(errno, "cannot write");
-    }
-    done += static_cast<size_t>(put);
+  io::AtomicWriteOptions options;
+  options.mode = 0600;
+  options.overwrite = overwrite;
+  absl::Status status = io::WriteFileAtomically(path, contents, options);
+  if (absl::IsAlreadyExists(status)) {
+    return absl::AlreadyExistsError(absl::StrCat("'", path, "' already exists; refusing to replace a private key"));
   }
-  if (::fsync(fd) != 0) return fail(errno, "cannot flush");
-  if (::close(fd) != 0) {
-    int err = errno;
-    ::unlink(tmp.c_str());
-    return io::ErrnoToStatus(err, "cannot close", path);
-  }
-  // Without overwrite, link() publishes the file only if `path` does not exist yet (atomically, unlike a check
-  // followed by rename()).
-  int rc = overwrite ? ::rename(tmp.c_str(), path.c_str()) : ::link(tmp.c_str(), path.c_str());
-  int err = errno;
-  if (rc != 0 || !overwrite) ::unlink(tmp.c_str());
-  if (rc != 0) {
-    if (err == EEXIST) {
-      return absl::AlreadyExistsError(absl::StrCat("'", path, "' already exists; refusing to replace a private key"));
-    }
-    return io::ErrnoToStatus(err, "cannot publish a temporary file as", path);
-  }
-  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);  // Best effort: some file systems refuse fsync on directories.
-    ::close(dfd);
-  }
-  return absl::OkStatus();
+  return status;
 }
 
 }  // namespace fedtune::pki

@@ -1,7 +1,7 @@
 #include "common/pki/pki_commands.h"
 
 #include <filesystem>
-#include <iostream>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -18,8 +18,6 @@
 
 namespace fedtune::pki {
 namespace {
-
-std::ostream& Out(std::ostream* out) { return out != nullptr ? *out : std::cout; }
 
 std::string FormatUtc(absl::Time t) { return absl::FormatTime("%Y-%m-%d %H:%M:%S UTC", t, absl::UTCTimeZone()); }
 
@@ -62,7 +60,7 @@ cli::FlagSpec DaysFlag(const std::string& fallback) {
 
 }  // namespace
 
-cli::Command MakePkiInitCommand(std::ostream* out) {
+cli::Command MakePkiInitCommand(std::ostream& out) {
   cli::Command c;
   c.path = {"pki", "init"};
   c.summary = "create the consortium certificate authority (ECDSA P-256) in a new directory";
@@ -72,7 +70,7 @@ cli::Command MakePkiInitCommand(std::ostream* out) {
       DaysFlag("3650"),
       {"crl-days", "validity of each CRL in days", false, false, std::string("30"), "N"},
   };
-  c.run = [out](const cli::ParsedFlags& flags) -> absl::Status {
+  c.run = [&out](const cli::ParsedFlags& flags) -> absl::Status {
     CaOptions options;
     options.consortium = flags.GetOrDie("consortium");
     ASSIGN_OR_RETURN(options.days, flags.GetInt("days", 3650));
@@ -81,17 +79,17 @@ cli::Command MakePkiInitCommand(std::ostream* out) {
     ASSIGN_OR_RETURN(std::unique_ptr<CertificateAuthority> ca, CertificateAuthority::Initialize(dir, options));
     ASSIGN_OR_RETURN(X509Ptr cert, ParseCertificatePem(ca->ca_pem()));
     ASSIGN_OR_RETURN(CertificateInfo info, DescribeCertificate(cert.get()));
-    Out(out) << "created the CA of consortium '" << options.consortium << "' in " << dir << "\n"
-             << "  subject:     " << info.subject << "\n"
-             << "  valid until: " << FormatUtc(info.not_after) << "\n"
-             << "  sha256:      " << info.fingerprint_sha256 << "\n"
-             << "  distribute " << CaCertPath(dir) << " to every site; keep " << CaKeyPath(dir) << " secret\n";
+    out << "created the CA of consortium '" << options.consortium << "' in " << dir << "\n"
+        << "  subject:     " << info.subject << "\n"
+        << "  valid until: " << FormatUtc(info.not_after) << "\n"
+        << "  sha256:      " << info.fingerprint_sha256 << "\n"
+        << "  distribute " << CaCertPath(dir) << " to every site; keep " << CaKeyPath(dir) << " secret\n";
     return absl::OkStatus();
   };
   return c;
 }
 
-cli::Command MakePkiServerCertCommand(std::ostream* out) {
+cli::Command MakePkiServerCertCommand(std::ostream& out) {
   cli::Command c;
   c.path = {"pki", "server"};
   c.summary = "make the coordinator's key and TLS server certificate (SANs from --dns/--ip)";
@@ -103,7 +101,7 @@ cli::Command MakePkiServerCertCommand(std::ostream* out) {
       {"name", "certificate common name", false, false, std::string("coordinator"), "CN"},
       DaysFlag("365"),
   };
-  c.run = [out](const cli::ParsedFlags& flags) -> absl::Status {
+  c.run = [&out](const cli::ParsedFlags& flags) -> absl::Status {
     ServerCertificateSpec spec;
     spec.common_name = flags.GetOrDie("name");
     spec.dns_names = SplitList(flags.Get("dns"));
@@ -128,16 +126,16 @@ cli::Command MakePkiServerCertCommand(std::ostream* out) {
     RETURN_IF_ERROR(key.WritePrivateKeyFile(key_path));
     RETURN_IF_ERROR(io::WriteFileAtomically(cert_path, issued.pem));
     RETURN_IF_ERROR(io::WriteFileAtomically(absl::StrCat(dir, "/ca.pem"), ca->ca_pem()));
-    PrintIssued(Out(out), issued, cert_path);
-    Out(out) << "  SANs:        DNS " << absl::StrJoin(issued.info.dns_names, ",") << "  IP "
-             << absl::StrJoin(issued.info.ip_addresses, ",") << "\n"
-             << "  key:         " << key_path << " (mode 0600)\n";
+    PrintIssued(out, issued, cert_path);
+    out << "  SANs:        DNS " << absl::StrJoin(issued.info.dns_names, ",") << "  IP "
+        << absl::StrJoin(issued.info.ip_addresses, ",") << "\n"
+        << "  key:         " << key_path << " (mode 0600)\n";
     return absl::OkStatus();
   };
   return c;
 }
 
-cli::Command MakePkiRequestCommand(std::ostream* out) {
+cli::Command MakePkiRequestCommand(std::ostream& out) {
   cli::Command c;
   c.path = {"pki", "request"};
   c.summary = "make this site's (or operator's) private key and a certificate signing request";
@@ -147,7 +145,7 @@ cli::Command MakePkiRequestCommand(std::ostream* out) {
       {"out", "directory for ID.key (stays here, mode 0600) and ID.csr (send it to the operator)", false, true,
        std::nullopt, "DIR"},
   };
-  c.run = [out](const cli::ParsedFlags& flags) -> absl::Status {
+  c.run = [&out](const cli::ParsedFlags& flags) -> absl::Status {
     std::optional<std::string> site = flags.Get("site-id");
     std::optional<std::string> name = flags.Get("name");
     if (site.has_value() == name.has_value()) {
@@ -163,14 +161,14 @@ cli::Command MakePkiRequestCommand(std::ostream* out) {
     const std::string csr_path = absl::StrCat(dir, "/", id, ".csr");
     RETURN_IF_ERROR(key.WritePrivateKeyFile(key_path));
     RETURN_IF_ERROR(io::WriteFileAtomically(csr_path, csr));
-    Out(out) << "private key: " << key_path << " (mode 0600; it never leaves this machine)\n"
-             << "request:     " << csr_path << " (send it to the consortium operator for `fedtune pki sign`)\n";
+    out << "private key: " << key_path << " (mode 0600; it never leaves this machine)\n"
+        << "request:     " << csr_path << " (send it to the consortium operator for `fedtune pki sign`)\n";
     return absl::OkStatus();
   };
   return c;
 }
 
-cli::Command MakePkiSignCommand(std::ostream* out) {
+cli::Command MakePkiSignCommand(std::ostream& out) {
   cli::Command c;
   c.path = {"pki", "sign"};
   c.summary = "verify a CSR and issue a site or operator certificate, enrolling it in the CA index";
@@ -184,7 +182,7 @@ cli::Command MakePkiSignCommand(std::ostream* out) {
       {"replace", "the CN already has a valid certificate (the holder made a new key): revoke it and re-issue the CRL",
        true},
   };
-  c.run = [out](const cli::ParsedFlags& flags) -> absl::Status {
+  c.run = [&out](const cli::ParsedFlags& flags) -> absl::Status {
     ASSIGN_OR_RETURN(Role role, ParseRole(flags.GetOrDie("role")));
     if (role == Role::kServer) {
       return absl::InvalidArgumentError("--role must be site or operator (server certificates: `pki server`)");
@@ -202,17 +200,17 @@ cli::Command MakePkiSignCommand(std::ostream* out) {
     ASSIGN_OR_RETURN(IssuedCertificate issued, ca->SignCsr(csr_pem, role, validity));
     const std::string cert_path = flags.GetOrDie("out");
     RETURN_IF_ERROR(io::WriteFileAtomically(cert_path, issued.pem));
-    PrintIssued(Out(out), issued, cert_path);
+    PrintIssued(out, issued, cert_path);
     for (const IndexEntry& e : issued.replaced) {
-      Out(out) << "  replaces:    revoked serial " << e.serial << " (" << RoleName(e.role) << " '" << e.common_name
-               << "'); CRL re-issued: " << CaCrlPath(ca->dir()) << "\n";
+      out << "  replaces:    revoked serial " << e.serial << " (" << RoleName(e.role) << " '" << e.common_name
+          << "'); CRL re-issued: " << CaCrlPath(ca->dir()) << "\n";
     }
     return absl::OkStatus();
   };
   return c;
 }
 
-cli::Command MakePkiRevokeCommand(std::ostream* out) {
+cli::Command MakePkiRevokeCommand(std::ostream& out) {
   cli::Command c;
   c.path = {"pki", "revoke"};
   c.summary = "revoke a certificate (by serial, site or operator) and re-issue the CRL";
@@ -223,7 +221,7 @@ cli::Command MakePkiRevokeCommand(std::ostream* out) {
       {"operator", "revoke every enrolled certificate of this operator", false, false, std::nullopt, "NAME"},
       {"reason", "free text recorded in the index", false, false, std::nullopt, "TEXT"},
   };
-  c.run = [out](const cli::ParsedFlags& flags) -> absl::Status {
+  c.run = [&out](const cli::ParsedFlags& flags) -> absl::Status {
     int given = flags.Has("serial") + flags.Has("site") + flags.Has("operator");
     if (given != 1) return absl::InvalidArgumentError("give exactly one of --serial, --site and --operator");
     ASSIGN_OR_RETURN(std::unique_ptr<CertificateAuthority> ca, CertificateAuthority::Open(flags.GetOrDie("ca-dir")));
@@ -238,38 +236,37 @@ cli::Command MakePkiRevokeCommand(std::ostream* out) {
       ASSIGN_OR_RETURN(revoked, ca->RevokeByName(name, role, reason));
     }
     for (const IndexEntry& e : revoked) {
-      Out(out) << "revoked " << RoleName(e.role) << " certificate serial " << e.serial << " ('" << e.common_name
-               << "')\n";
+      out << "revoked " << RoleName(e.role) << " certificate serial " << e.serial << " ('" << e.common_name << "')\n";
     }
-    Out(out) << "CRL re-issued: " << CaCrlPath(ca->dir()) << "\n";
+    out << "CRL re-issued: " << CaCrlPath(ca->dir()) << "\n";
     return absl::OkStatus();
   };
   return c;
 }
 
-cli::Command MakePkiCrlCommand(std::ostream* out) {
+cli::Command MakePkiCrlCommand(std::ostream& out) {
   cli::Command c;
   c.path = {"pki", "crl"};
   c.summary = "re-issue the CRL from the CA index (fresh thisUpdate/nextUpdate)";
   c.flags = {CaDirFlag()};
-  c.run = [out](const cli::ParsedFlags& flags) -> absl::Status {
+  c.run = [&out](const cli::ParsedFlags& flags) -> absl::Status {
     ASSIGN_OR_RETURN(std::unique_ptr<CertificateAuthority> ca, CertificateAuthority::Open(flags.GetOrDie("ca-dir")));
     RETURN_IF_ERROR(ca->ReissueCrl());
-    Out(out) << "CRL re-issued: " << CaCrlPath(ca->dir()) << "\n";
+    out << "CRL re-issued: " << CaCrlPath(ca->dir()) << "\n";
     return absl::OkStatus();
   };
   return c;
 }
 
-cli::Command MakePkiListCommand(std::ostream* out) {
+cli::Command MakePkiListCommand(std::ostream& out) {
   cli::Command c;
   c.path = {"pki", "list"};
   c.summary = "list the certificates issued by the CA";
   c.flags = {CaDirFlag()};
-  c.run = [out](const cli::ParsedFlags& flags) -> absl::Status {
+  c.run = [&out](const cli::ParsedFlags& flags) -> absl::Status {
     ASSIGN_OR_RETURN(std::unique_ptr<CertificateAuthority> ca, CertificateAuthority::Open(flags.GetOrDie("ca-dir")));
     ASSIGN_OR_RETURN(CaIndex index, ca->ReadIndex());
-    std::ostream& o = Out(out);
+    std::ostream& o = out;
     o << absl::StrFormat("%-8s %-9s %-24s %-9s %s\n", "SERIAL", "ROLE", "COMMON NAME", "STATUS", "NOT AFTER");
     for (const IndexEntry& e : index.entries) {
       o << absl::StrFormat("%-8s %-9s %-24s %-9s %s\n", e.serial, RoleName(e.role), e.common_name,

@@ -1,7 +1,7 @@
 #include "common/stats/compare_command.h"
 
-#include <iostream>
 #include <nlohmann/json.hpp>
+#include <ostream>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_split.h"
@@ -13,7 +13,7 @@
 namespace fedtune::stats {
 namespace {
 
-absl::Status RunCompare(const cli::ParsedFlags& flags) {
+absl::Status RunCompare(const cli::ParsedFlags& flags, std::ostream& out) {
   ScoreTablePaths paths{flags.GetOrDie("truth"), flags.GetOrDie("scores-a"), flags.GetOrDie("scores-b")};
   std::vector<std::string> labels;
   if (std::optional<std::string> list = flags.Get("labels")) {
@@ -26,13 +26,13 @@ absl::Status RunCompare(const cli::ParsedFlags& flags) {
   ASSIGN_OR_RETURN(std::vector<LabelScores> scores, LoadScoreTables(paths, labels));
   ASSIGN_OR_RETURN(ComparisonReport report, CompareModels(scores));
   RETURN_IF_ERROR(io::WriteFileAtomically(flags.GetOrDie("out"), ComparisonReportToJson(report).dump(2) + "\n"));
-  if (!flags.GetBool("quiet")) std::cout << FormatComparisonTable(report);
+  if (!flags.GetBool("quiet")) out << FormatComparisonTable(report);
   return absl::OkStatus();
 }
 
 }  // namespace
 
-cli::Command MakeStatsCompareCommand() {
+cli::Command MakeStatsCompareCommand(std::ostream& out) {
   cli::Command c;
   c.path = {"stats", "compare"};
   c.summary =
@@ -52,7 +52,7 @@ cli::Command MakeStatsCompareCommand() {
        false, false, std::nullopt, "\"A,B\""},
       {"quiet", "do not print the table", true},
   };
-  c.run = RunCompare;
+  c.run = [&out](const cli::ParsedFlags& flags) { return RunCompare(flags, out); };
   return c;
 }
 

@@ -8,19 +8,13 @@
 #include <cstdint>
 #include <random>
 
-namespace fedtune::synth {
+#include "common/seed.h"
 
-// SplitMix64's finalizer: a bijective 64-bit mix.
-inline uint64_t Mix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
+namespace fedtune::synth {
 
 // A seed for the sub-stream (a, b) of `seed`; distinct (a, b) give unrelated streams.
 inline uint64_t DeriveSeed(uint64_t seed, uint64_t a, uint64_t b = 0) {
-  return Mix64(Mix64(Mix64(seed) ^ a) + 0x632be59bd9b4e019ULL * (b + 1));
+  return MixSeed(MixSeed(MixSeed(seed) ^ a) + 0x632be59bd9b4e019ULL * (b + 1));
 }
 
 // Not thread-safe; use one per thread (they are cheap).

@@ -1,7 +1,7 @@
 #include "common/synth/synth_command.h"
 
-#include <cstdio>
 #include <limits>
+#include <ostream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -13,7 +13,7 @@
 namespace fedtune::synth {
 namespace {
 
-absl::Status RunSynth(const cli::ParsedFlags& flags) {
+absl::Status RunSynth(const cli::ParsedFlags& flags, std::ostream& out) {
   SynthOptions o;
   ASSIGN_OR_RETURN(o.profile, LoadProfile(flags.GetOrDie("profile")));
   ASSIGN_OR_RETURN(o.count, flags.GetInt("count", 1000));
@@ -32,18 +32,18 @@ absl::Status RunSynth(const cli::ParsedFlags& flags) {
   o.threads = static_cast<int>(threads);
   o.out_dir = flags.GetOrDie("out");
   ASSIGN_OR_RETURN(SynthSummary s, GenerateDataset(o));
-  std::printf("%s\n", absl::StrFormat("synth: profile %s: %d images (%d lateral, %d DICOM) in %d studies of %d "
-                                      "patients at %dx%d px written to %s in %.2f s",
-                                      o.profile.name(), s.images, s.lateral_images, s.dicom_images, s.studies,
-                                      s.patients, o.size, o.size, o.out_dir, s.seconds)
-                          .c_str());
-  std::fflush(stdout);
+  out << absl::StrFormat(
+             "synth: profile %s: %d images (%d lateral, %d DICOM) in %d studies of %d patients at %dx%d "
+             "px written to %s in %.2f s\n",
+             o.profile.name(), s.images, s.lateral_images, s.dicom_images, s.studies, s.patients, o.size, o.size,
+             o.out_dir, s.seconds)
+      << std::flush;
   return absl::OkStatus();
 }
 
 }  // namespace
 
-cli::Command MakeSynthCommand() {
+cli::Command MakeSynthCommand(std::ostream& out) {
   cli::Command c;
   c.path = {"synth"};
   c.summary = "Write a synthetic multi-site chest-radiograph dataset (images, manifest.csv, truth.csv)";
@@ -61,7 +61,7 @@ cli::Command MakeSynthCommand() {
       {"bit-depth", "PNG bit depth: 8 or 16", false, false, "8", "BITS"},
       {"threads", "Rendering threads (the output does not depend on it)", false, false, "1", "T"},
   };
-  c.run = RunSynth;
+  c.run = [&out](const cli::ParsedFlags& flags) { return RunSynth(flags, out); };
   return c;
 }
 

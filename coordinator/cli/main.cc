@@ -1,5 +1,6 @@
 // build/bin/fedtune: the operator and research command line. Thin: registers
 // the subsystems' commands and dispatches.
+#include <iostream>
 #include <utility>
 
 #include "common/cli/command.h"
@@ -14,15 +15,16 @@ int main(int argc, char** argv) {
   fedtune::cli::CommandSet commands("fedtune",
                                     "federated fine-tuning of chest-radiograph "
                                     "models (operator and research CLI)");
-  commands.Add(fedtune::stats::MakeStatsCompareCommand());
-  commands.Add(fedtune::synth::MakeSynthCommand());
-  commands.Add(fedtune::pki::MakePkiInitCommand());
-  commands.Add(fedtune::pki::MakePkiServerCertCommand());
-  commands.Add(fedtune::pki::MakePkiRequestCommand());  // Operators make their own key and CSR (pki request --name).
-  commands.Add(fedtune::pki::MakePkiSignCommand());
-  commands.Add(fedtune::pki::MakePkiRevokeCommand());
-  commands.Add(fedtune::pki::MakePkiCrlCommand());
-  commands.Add(fedtune::pki::MakePkiListCommand());
+  commands.Add(fedtune::stats::MakeStatsCompareCommand(std::cout));
+  commands.Add(fedtune::synth::MakeSynthCommand(std::cout));
+  commands.Add(fedtune::pki::MakePkiInitCommand(std::cout));
+  commands.Add(fedtune::pki::MakePkiServerCertCommand(std::cout));
+  commands.Add(
+      fedtune::pki::MakePkiRequestCommand(std::cout));  // Operators make their own key and CSR (pki request --name).
+  commands.Add(fedtune::pki::MakePkiSignCommand(std::cout));
+  commands.Add(fedtune::pki::MakePkiRevokeCommand(std::cout));
+  commands.Add(fedtune::pki::MakePkiCrlCommand(std::cout));
+  commands.Add(fedtune::pki::MakePkiListCommand(std::cout));
   // Operator commands against the coordinator: sites, run, model export, report.
   for (fedtune::cli::Command& command : fedtune::admin::MakeAdminCommands()) commands.Add(std::move(command));
   return commands.Main(argc, argv);

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/time.h"
+#include "common/html/html.h"
 #include "coordinator/cli/terminal_text.h"
 
 namespace fedtune::admin {
@@ -51,32 +52,6 @@ std::string ShortDigest(absl::string_view digest) {
   return std::string(digest.substr(0, 12));
 }
 
-std::string HtmlEscape(absl::string_view raw) {
-  const std::string text = EscapeControlCharacters(raw);
-  std::string out;
-  out.reserve(text.size());
-  for (char c : text) {
-    switch (c) {
-      case '&':
-        out += "&amp;";
-        break;
-      case '<':
-        out += "&lt;";
-        break;
-      case '>':
-        out += "&gt;";
-        break;
-      case '"':
-        out += "&quot;";
-        break;
-      case '\'':
-        out += "&#39;";
-        break;
-      default:
-        out += c;
-    }
-  }
-  return out;
-}
+std::string HtmlEscape(absl::string_view raw) { return html::Escape(EscapeControlCharacters(raw)); }
 
 }  // namespace fedtune::admin

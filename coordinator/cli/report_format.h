@@ -30,9 +30,8 @@ std::string FormatTimeMs(int64_t unix_ms);
 std::string FormatAgo(int64_t unix_ms, int64_t now_ms);
 // The first 12 hex digits of a digest, or "-" when empty.
 std::string ShortDigest(absl::string_view digest);
-// Escapes &, <, >, " and ' for HTML text and attribute values, after replacing control characters, bidi
-// overrides and invalid UTF-8 with visible escapes (EscapeControlCharacters, terminal_text.h): the page is valid
-// UTF-8 whatever a site sent.
+// html::Escape (&, <, >, " and ') after replacing control characters, bidi overrides and invalid UTF-8 with visible
+// escapes (EscapeControlCharacters, terminal_text.h): the page is valid UTF-8 whatever a site sent.
 std::string HtmlEscape(absl::string_view text);
 
 }  // namespace fedtune::admin

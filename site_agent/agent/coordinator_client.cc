@@ -19,17 +19,11 @@
 #include "common/net/chunk_receiver.h"
 #include "common/net/chunk_sender.h"
 #include "common/net/grpc_status.h"
+#include "common/seed.h"
 #include "common/status_macros.h"
 
 namespace fedtune::agent {
 namespace {
-
-uint64_t SplitMix64(uint64_t* state) {
-  uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
 
 std::chrono::system_clock::time_point DeadlineIn(absl::Duration timeout) {
   return absl::ToChronoTime(absl::Now() + timeout);
@@ -68,7 +62,7 @@ absl::Status Backoff::Wait(const absl::Status& error) {
     return absl::Status(error.code(), absl::StrCat(error.message(), " (gave up after ", failures_, " attempts in ",
                                                    absl::FormatDuration(now - first_failure_), ")"));
   }
-  const double unit = static_cast<double>(SplitMix64(&rng_state_) >> 11) / static_cast<double>(1ULL << 53);
+  const double unit = static_cast<double>(SplitMix64Next(&rng_state_) >> 11) / static_cast<double>(1ULL << 53);
   const double factor = 1.0 + policy_.jitter * (2.0 * unit - 1.0);
   sleep_(base * factor);
   return absl::OkStatus();
@@ -102,7 +96,7 @@ CoordinatorClient::CoordinatorClient(std::shared_ptr<grpc::Channel> channel, con
 void CoordinatorClient::set_chunk_bytes(int bytes) { chunk_bytes_.store(net::ClampChunkBytes(bytes)); }
 
 Backoff CoordinatorClient::NewBackoff() {
-  return Backoff(options_.retry, options_.sleep, backoff_seeds_.fetch_add(0x9e3779b97f4a7c15ULL));
+  return Backoff(options_.retry, options_.sleep, backoff_seeds_.fetch_add(kSplitMix64Gamma));
 }
 
 absl::Duration CoordinatorClient::StreamTimeout(int64_t bytes) const {

@@ -72,7 +72,7 @@ absl::StatusOr<ImagePredictions> PredictStudies(model::Ensemble& ensemble, const
     std::vector<torch::Tensor> images;
     for (size_t e : entries) {
       const std::string& path = manifest.entries()[e].path;
-      const std::string file = data_root.empty() ? path : absl::StrCat(data_root, "/", path);
+      const std::string file = data::ResolveImagePath(data_root, path);
       absl::StatusOr<imaging::PreprocessedImage> image = imaging::LoadAndPreprocess(file, preprocess);
       if (!image.ok()) {
         absl::Status named(image.status().code(), absl::StrCat("image '", path, "': ", image.status().message()));

@@ -84,11 +84,6 @@ EvaluationHtmlInputs SyntheticInputs() {
   return in;
 }
 
-TEST(HtmlEscapeTest, EscapesMarkupCharacters) {
-  EXPECT_EQ(HtmlEscape("<b>&\"x'"), "&lt;b&gt;&amp;&quot;x&#39;");
-  EXPECT_EQ(HtmlEscape("Pleural Effusion \u2192 ok"), "Pleural Effusion \u2192 ok");
-}
-
 TEST(SummaryLineTest, CountsSignificantImprovementsAndDeclines) {
   stats::ComparisonReport report;
   auto add = [&](const char* name, double auc_a, double auc_b, std::optional<double> p) {

@@ -3,9 +3,11 @@
 #include <cmath>
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
+#include <sstream>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "common/cli/command.h"
 #include "common/imaging/decode.h"
 #include "common/imaging/preprocess.h"
@@ -19,11 +21,15 @@ namespace {
 
 const std::string kCtSmall = "/usr/lib/python3/dist-packages/pydicom/data/test_files/CT_small.dcm";
 
-absl::Status RunConvert(const std::vector<std::string>& args) {
-  const cli::Command command = MakeDataConvertCommand();
+// Runs `data convert`; what it prints goes to *printed when given.
+absl::Status RunConvert(const std::vector<std::string>& args, std::string* printed = nullptr) {
+  std::ostringstream out;
+  const cli::Command command = MakeDataConvertCommand(out);
   absl::StatusOr<cli::ParsedFlags> flags = cli::ParseFlags(args, command.flags, command.max_positional);
   if (!flags.ok()) return flags.status();
-  return command.run(*flags);
+  absl::Status status = command.run(*flags);
+  if (printed != nullptr) *printed = out.str();
+  return status;
 }
 
 // The PNG's 16-bit values must be exactly round(65535 * expected).
@@ -40,7 +46,8 @@ void ExpectPngEquals(const std::string& png, int width, int height, const std::v
 }
 
 TEST(DataConvertTest, CommandPathAndFlags) {
-  const cli::Command command = MakeDataConvertCommand();
+  std::ostringstream out;
+  const cli::Command command = MakeDataConvertCommand(out);
   EXPECT_EQ(command.path, (std::vector<std::string>{"data", "convert"}));
   EXPECT_EQ(cli::ParseFlags({}, command.flags).status().code(),
             absl::StatusCode::kInvalidArgument);  // --in, --out.
@@ -49,7 +56,9 @@ TEST(DataConvertTest, CommandPathAndFlags) {
 TEST(DataConvertTest, DicomToSixteenBitPngAsDecoded) {
   testing::TempDir dir;
   const std::string out = dir.Join("ct.png");
-  ASSERT_TRUE(RunConvert({"--in", kCtSmall, "--out", out}).ok());
+  std::string printed;
+  ASSERT_TRUE(RunConvert({"--in", kCtSmall, "--out", out}, &printed).ok());
+  EXPECT_THAT(printed, ::testing::StartsWith(absl::StrCat("wrote ", out, ": 128x128 from ", kCtSmall, " (")));
   absl::StatusOr<Image> decoded = DecodeImage(kCtSmall);
   ASSERT_TRUE(decoded.ok());
   ExpectPngEquals(out, 128, 128, decoded->pixels);

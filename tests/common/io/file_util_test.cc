@@ -52,6 +52,41 @@ TEST(FileUtilTest, CopyFileAtomicallyReplacesTheDestinationAndNamesAFailure) {
   EXPECT_EQ(*ReadFile(to), "weights");
 }
 
+TEST(FileUtilTest, AtomicWriteOptionsSetTheModeAndRefuseToReplace) {
+  testing::TempDir dir;
+  const std::string path = dir.Join("secret");
+  auto mode_of = [](const std::string& p) {
+    struct stat st;
+    return ::stat(p.c_str(), &st) == 0 ? static_cast<int>(st.st_mode & 0777) : -1;
+  };
+  AtomicWriteOptions private_once;
+  private_once.mode = 0600;
+  private_once.overwrite = false;
+  ASSERT_TRUE(WriteFileAtomically(path, "first", private_once).ok());
+  EXPECT_EQ(mode_of(path), 0600);
+  const absl::Status again = WriteFileAtomically(path, "second", private_once);
+  EXPECT_EQ(again.code(), absl::StatusCode::kAlreadyExists) << again;
+  EXPECT_NE(again.message().find(path), absl::string_view::npos) << again;
+  EXPECT_EQ(*ReadFile(path), "first");
+  // The default replaces, with mode 0644; no temporary file is left behind either way.
+  ASSERT_TRUE(WriteFileAtomically(path, "third").ok());
+  EXPECT_EQ(*ReadFile(path), "third");
+  EXPECT_EQ(mode_of(path), 0644);
+  int files = 0;
+  for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator(dir.path())) ++files;
+  EXPECT_EQ(files, 1);
+}
+
+TEST(FileUtilTest, FileSizeIsZeroForAMissingFile) {
+  testing::TempDir dir;
+  EXPECT_EQ(*FileSize(dir.Join("absent.part")), 0);
+  EXPECT_EQ(*FileSize(dir.WriteFile("seven", "1234567")), 7);
+  dir.WriteFile("file", "x");
+  const absl::StatusOr<int64_t> through_file = FileSize(dir.Join("file/child"));
+  EXPECT_EQ(through_file.status().code(), absl::StatusCode::kNotFound) << through_file.status();
+  EXPECT_NE(through_file.status().message().find("cannot stat"), absl::string_view::npos);
+}
+
 TEST(FileUtilTest, MakeDirectories) {
   testing::TempDir dir;
   EXPECT_TRUE(MakeDirectories(dir.Join("a/b/c")).ok());

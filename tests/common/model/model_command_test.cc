@@ -46,8 +46,8 @@ TEST(ModelCommandTest, ImportThenInfo) {
   const std::string pt = WriteRgbStateDict(dir, &source);
   std::ostringstream out;
   const std::string ckpt = dir.Join("m.ckpt");
-  absl::Status status = RunCommandWith(MakeModelImportCommand(&out), {"--state-dict", pt, "--arch", "mobilenet_v2_tiny",
-                                                                      "--out", ckpt, "--image-size", "64"});
+  absl::Status status = RunCommandWith(MakeModelImportCommand(out), {"--state-dict", pt, "--arch", "mobilenet_v2_tiny",
+                                                                     "--out", ckpt, "--image-size", "64"});
   ASSERT_TRUE(status.ok()) << status;
   EXPECT_THAT(out.str(), HasSubstr("folded the 3-channel stem"));
   EXPECT_THAT(out.str(), HasSubstr("replaced the head (source weight [1000, 1280])"));
@@ -64,7 +64,7 @@ TEST(ModelCommandTest, ImportThenInfo) {
   EXPECT_THAT(out.str(), HasSubstr(checkpoint->weights_sha256));
 
   std::ostringstream info;
-  ASSERT_TRUE(RunCommandWith(MakeModelInfoCommand(&info), {ckpt}).ok());
+  ASSERT_TRUE(RunCommandWith(MakeModelInfoCommand(info), {ckpt}).ok());
   EXPECT_THAT(info.str(), HasSubstr("\"arch\":\"mobilenet_v2\""));
   EXPECT_THAT(info.str(), HasSubstr("Pleural Effusion"));
   EXPECT_THAT(info.str(), HasSubstr(checkpoint->weights_sha256));
@@ -75,14 +75,14 @@ TEST(ModelCommandTest, BadInputIsReported) {
   StateDict source;
   const std::string pt = WriteRgbStateDict(dir, &source);
   std::ostringstream out;
-  absl::Status bad_arch = RunCommandWith(MakeModelImportCommand(&out),
-                                         {"--state-dict", pt, "--arch", "vgg16", "--out", dir.Join("m.ckpt")});
+  absl::Status bad_arch =
+      RunCommandWith(MakeModelImportCommand(out), {"--state-dict", pt, "--arch", "vgg16", "--out", dir.Join("m.ckpt")});
   EXPECT_EQ(bad_arch.code(), absl::StatusCode::kInvalidArgument);
   absl::Status wrong_arch = RunCommandWith(
-      MakeModelImportCommand(&out), {"--state-dict", pt, "--arch", "densenet_tiny", "--out", dir.Join("m.ckpt")});
+      MakeModelImportCommand(out), {"--state-dict", pt, "--arch", "densenet_tiny", "--out", dir.Join("m.ckpt")});
   EXPECT_EQ(wrong_arch.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(wrong_arch.message(), HasSubstr("rgb.pt"));
-  EXPECT_EQ(RunCommandWith(MakeModelInfoCommand(&out), {dir.Join("absent.ckpt")}).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(RunCommandWith(MakeModelInfoCommand(out), {dir.Join("absent.ckpt")}).code(), absl::StatusCode::kNotFound);
 }
 
 }  // namespace

@@ -39,35 +39,35 @@ class PkiCommandsTest : public ::testing::Test {
 TEST_F(PkiCommandsTest, FullEnrolmentFlow) {
   const std::string ca = Path("ca"), server = Path("server"), site = Path("site-a"), op = Path("alice");
   ASSERT_TRUE(
-      RunCommand(MakePkiInitCommand(&out_), {"--consortium", "Test Consortium", "--out", ca, "--days", "100"}).ok());
+      RunCommand(MakePkiInitCommand(out_), {"--consortium", "Test Consortium", "--out", ca, "--days", "100"}).ok());
   EXPECT_THAT(out_.str(), HasSubstr("CN=Test Consortium fedtune CA"));
   EXPECT_EQ(FileMode(CaKeyPath(ca)), 0600);
 
-  ASSERT_TRUE(RunCommand(MakePkiServerCertCommand(&out_),
+  ASSERT_TRUE(RunCommand(MakePkiServerCertCommand(out_),
                          {"--ca-dir", ca, "--out", server, "--dns", "localhost,coord.example", "--ip", "127.0.0.1"})
                   .ok());
   EXPECT_EQ(FileMode(server + "/server.key"), 0600);
   EXPECT_EQ(*io::ReadFile(server + "/ca.pem"), *io::ReadFile(CaCertPath(ca)));
 
   // The site makes its own key and CSR; only the CSR travels.
-  ASSERT_TRUE(RunCommand(MakePkiRequestCommand(&out_), {"--site-id", "site-a", "--out", site}).ok());
+  ASSERT_TRUE(RunCommand(MakePkiRequestCommand(out_), {"--site-id", "site-a", "--out", site}).ok());
   EXPECT_EQ(FileMode(site + "/site-a.key"), 0600);
   EXPECT_THAT(*io::ReadFile(site + "/site-a.csr"), HasSubstr("BEGIN CERTIFICATE REQUEST"));
-  ASSERT_TRUE(RunCommand(MakePkiSignCommand(&out_), {"--csr", site + "/site-a.csr", "--role", "site", "--ca-dir", ca,
-                                                     "--out", site + "/site-a.pem", "--expect-cn", "site-a"})
+  ASSERT_TRUE(RunCommand(MakePkiSignCommand(out_), {"--csr", site + "/site-a.csr", "--role", "site", "--ca-dir", ca,
+                                                    "--out", site + "/site-a.pem", "--expect-cn", "site-a"})
                   .ok());
   EXPECT_THAT(out_.str(), HasSubstr("serial:      2"));  // 1 is the server certificate.
 
-  ASSERT_TRUE(RunCommand(MakePkiRequestCommand(&out_), {"--name", "alice", "--out", op}).ok());
-  ASSERT_TRUE(RunCommand(MakePkiSignCommand(&out_),
+  ASSERT_TRUE(RunCommand(MakePkiRequestCommand(out_), {"--name", "alice", "--out", op}).ok());
+  ASSERT_TRUE(RunCommand(MakePkiSignCommand(out_),
                          {"--csr", op + "/alice.csr", "--role", "operator", "--ca-dir", ca, "--out", op + "/alice.pem"})
                   .ok());
 
   // A second site, enrolled then revoked by site id.
   const std::string site_b = Path("site-b");
-  ASSERT_TRUE(RunCommand(MakePkiRequestCommand(&out_), {"--site-id", "site-b", "--out", site_b}).ok());
-  ASSERT_TRUE(RunCommand(MakePkiSignCommand(&out_), {"--csr", site_b + "/site-b.csr", "--role", "site", "--ca-dir", ca,
-                                                     "--out", site_b + "/site-b.pem"})
+  ASSERT_TRUE(RunCommand(MakePkiRequestCommand(out_), {"--site-id", "site-b", "--out", site_b}).ok());
+  ASSERT_TRUE(RunCommand(MakePkiSignCommand(out_), {"--csr", site_b + "/site-b.csr", "--role", "site", "--ca-dir", ca,
+                                                    "--out", site_b + "/site-b.pem"})
                   .ok());
 
   auto verifier = CertificateVerifier::Create(VerifierOptions::ForCaDir(ca));
@@ -80,15 +80,15 @@ TEST_F(PkiCommandsTest, FullEnrolmentFlow) {
   EXPECT_EQ((*verifier)->Verify(*io::ReadFile(op + "/alice.pem"), Role::kSite).status().code(),
             absl::StatusCode::kPermissionDenied);
 
-  ASSERT_TRUE(RunCommand(MakePkiRevokeCommand(&out_), {"--ca-dir", ca, "--site", "site-b", "--reason", "left"}).ok());
+  ASSERT_TRUE(RunCommand(MakePkiRevokeCommand(out_), {"--ca-dir", ca, "--site", "site-b", "--reason", "left"}).ok());
   EXPECT_THAT(out_.str(), HasSubstr("revoked site certificate serial 4 ('site-b')"));
   EXPECT_EQ((*verifier)->Verify(*io::ReadFile(site_b + "/site-b.pem"), Role::kSite).status().code(),
             absl::StatusCode::kPermissionDenied);
   EXPECT_TRUE((*verifier)->Verify(*io::ReadFile(site + "/site-a.pem"), Role::kSite).ok());
 
-  ASSERT_TRUE(RunCommand(MakePkiCrlCommand(&out_), {"--ca-dir", ca}).ok());
+  ASSERT_TRUE(RunCommand(MakePkiCrlCommand(out_), {"--ca-dir", ca}).ok());
   std::ostringstream list;
-  ASSERT_TRUE(RunCommand(MakePkiListCommand(&list), {"--ca-dir", ca}).ok());
+  ASSERT_TRUE(RunCommand(MakePkiListCommand(list), {"--ca-dir", ca}).ok());
   EXPECT_THAT(list.str(), HasSubstr("server"));
   EXPECT_THAT(list.str(), ::testing::ContainsRegex("4 +site +site-b +revoked"));
   EXPECT_THAT(list.str(), ::testing::ContainsRegex("2 +site +site-a +enrolled"));
@@ -113,60 +113,60 @@ TEST_F(PkiCommandsTest, FullEnrolmentFlow) {
 
 TEST_F(PkiCommandsTest, InputErrorsAreClear) {
   const std::string ca = Path("ca");
-  ASSERT_TRUE(RunCommand(MakePkiInitCommand(&out_), {"--consortium", "C", "--out", ca}).ok());
-  absl::Status again = RunCommand(MakePkiInitCommand(&out_), {"--consortium", "C", "--out", ca});
+  ASSERT_TRUE(RunCommand(MakePkiInitCommand(out_), {"--consortium", "C", "--out", ca}).ok());
+  absl::Status again = RunCommand(MakePkiInitCommand(out_), {"--consortium", "C", "--out", ca});
   EXPECT_EQ(again.code(), absl::StatusCode::kAlreadyExists) << again;
 
   const std::string garbage = tmp_.WriteFile("garbage.csr", "this is not a CSR\n");
-  absl::Status bad_csr = RunCommand(MakePkiSignCommand(&out_),
+  absl::Status bad_csr = RunCommand(MakePkiSignCommand(out_),
                                     {"--csr", garbage, "--role", "site", "--ca-dir", ca, "--out", Path("x.pem")});
   EXPECT_EQ(bad_csr.code(), absl::StatusCode::kInvalidArgument) << bad_csr;
   EXPECT_THAT(bad_csr.message(), HasSubstr(garbage));
   EXPECT_THAT(bad_csr.message(), HasSubstr("no PEM certificate request"));
 
-  ASSERT_TRUE(RunCommand(MakePkiRequestCommand(&out_), {"--site-id", "s1", "--out", Path("s1")}).ok());
+  ASSERT_TRUE(RunCommand(MakePkiRequestCommand(out_), {"--site-id", "s1", "--out", Path("s1")}).ok());
   const std::string csr = Path("s1") + "/s1.csr";
   EXPECT_EQ(
-      RunCommand(MakePkiSignCommand(&out_), {"--csr", csr, "--role", "admin", "--ca-dir", ca, "--out", Path("x.pem")})
+      RunCommand(MakePkiSignCommand(out_), {"--csr", csr, "--role", "admin", "--ca-dir", ca, "--out", Path("x.pem")})
           .code(),
       absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(
-      RunCommand(MakePkiSignCommand(&out_), {"--csr", csr, "--role", "server", "--ca-dir", ca, "--out", Path("x.pem")})
+      RunCommand(MakePkiSignCommand(out_), {"--csr", csr, "--role", "server", "--ca-dir", ca, "--out", Path("x.pem")})
           .code(),
       absl::StatusCode::kInvalidArgument);
-  absl::Status wrong_cn = RunCommand(MakePkiSignCommand(&out_), {"--csr", csr, "--role", "site", "--ca-dir", ca,
-                                                                 "--out", Path("x.pem"), "--expect-cn", "s2"});
+  absl::Status wrong_cn = RunCommand(MakePkiSignCommand(out_), {"--csr", csr, "--role", "site", "--ca-dir", ca, "--out",
+                                                                Path("x.pem"), "--expect-cn", "s2"});
   EXPECT_EQ(wrong_cn.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(wrong_cn.message(), HasSubstr("common name is 's1', expected 's2'"));
-  EXPECT_EQ(RunCommand(MakePkiSignCommand(&out_),
+  EXPECT_EQ(RunCommand(MakePkiSignCommand(out_),
                        {"--csr", csr, "--role", "site", "--ca-dir", Path("noca"), "--out", Path("x.pem")})
                 .code(),
             absl::StatusCode::kNotFound);
-  EXPECT_EQ(RunCommand(MakePkiSignCommand(&out_),
+  EXPECT_EQ(RunCommand(MakePkiSignCommand(out_),
                        {"--csr", csr, "--role", "site", "--ca-dir", ca, "--out", Path("x.pem"), "--days", "0"})
                 .code(),
             absl::StatusCode::kInvalidArgument);
 
   // A second request into the same directory keeps the existing key.
   const std::string key_before = *io::ReadFile(Path("s1") + "/s1.key");
-  EXPECT_EQ(RunCommand(MakePkiRequestCommand(&out_), {"--site-id", "s1", "--out", Path("s1")}).code(),
+  EXPECT_EQ(RunCommand(MakePkiRequestCommand(out_), {"--site-id", "s1", "--out", Path("s1")}).code(),
             absl::StatusCode::kAlreadyExists);
   EXPECT_EQ(*io::ReadFile(Path("s1") + "/s1.key"), key_before);
-  EXPECT_EQ(RunCommand(MakePkiRequestCommand(&out_), {"--site-id", "../evil", "--out", Path("s1")}).code(),
+  EXPECT_EQ(RunCommand(MakePkiRequestCommand(out_), {"--site-id", "../evil", "--out", Path("s1")}).code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(RunCommand(MakePkiRequestCommand(&out_), {"--out", Path("s1")}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(RunCommand(MakePkiRequestCommand(out_), {"--out", Path("s1")}).code(), absl::StatusCode::kInvalidArgument);
 
-  EXPECT_EQ(RunCommand(MakePkiRevokeCommand(&out_), {"--ca-dir", ca}).code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(RunCommand(MakePkiRevokeCommand(&out_), {"--ca-dir", ca, "--serial", "7"}).code(),
+  EXPECT_EQ(RunCommand(MakePkiRevokeCommand(out_), {"--ca-dir", ca}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(RunCommand(MakePkiRevokeCommand(out_), {"--ca-dir", ca, "--serial", "7"}).code(),
             absl::StatusCode::kNotFound);
-  EXPECT_EQ(RunCommand(MakePkiRevokeCommand(&out_), {"--ca-dir", ca, "--site", "nobody"}).code(),
+  EXPECT_EQ(RunCommand(MakePkiRevokeCommand(out_), {"--ca-dir", ca, "--site", "nobody"}).code(),
             absl::StatusCode::kNotFound);
-  EXPECT_EQ(RunCommand(MakePkiServerCertCommand(&out_), {"--ca-dir", ca, "--out", Path("srv")}).code(),
+  EXPECT_EQ(RunCommand(MakePkiServerCertCommand(out_), {"--ca-dir", ca, "--out", Path("srv")}).code(),
             absl::StatusCode::kInvalidArgument);
   ASSERT_TRUE(
-      RunCommand(MakePkiServerCertCommand(&out_), {"--ca-dir", ca, "--out", Path("srv"), "--ip", "10.0.0.1"}).ok());
+      RunCommand(MakePkiServerCertCommand(out_), {"--ca-dir", ca, "--out", Path("srv"), "--ip", "10.0.0.1"}).ok());
   absl::Status twice =
-      RunCommand(MakePkiServerCertCommand(&out_), {"--ca-dir", ca, "--out", Path("srv"), "--ip", "10.0.0.1"});
+      RunCommand(MakePkiServerCertCommand(out_), {"--ca-dir", ca, "--out", Path("srv"), "--ip", "10.0.0.1"});
   EXPECT_EQ(twice.code(), absl::StatusCode::kAlreadyExists) << twice;
   absl::StatusOr<std::unique_ptr<CertificateAuthority>> opened = CertificateAuthority::Open(ca);
   ASSERT_TRUE(opened.ok());
@@ -176,8 +176,8 @@ TEST_F(PkiCommandsTest, InputErrorsAreClear) {
 TEST_F(PkiCommandsTest, CommandsRegisterInACommandSetWithExitCodes) {
   cli::CommandSet set("fedtune", "test");
   for (cli::Command c :
-       {MakePkiInitCommand(&out_), MakePkiServerCertCommand(&out_), MakePkiRequestCommand(&out_),
-        MakePkiSignCommand(&out_), MakePkiRevokeCommand(&out_), MakePkiCrlCommand(&out_), MakePkiListCommand(&out_)}) {
+       {MakePkiInitCommand(out_), MakePkiServerCertCommand(out_), MakePkiRequestCommand(out_), MakePkiSignCommand(out_),
+        MakePkiRevokeCommand(out_), MakePkiCrlCommand(out_), MakePkiListCommand(out_)}) {
     set.Add(std::move(c));
   }
   auto main = [&](std::vector<std::string> args) {
@@ -206,16 +206,16 @@ TEST_F(PkiCommandsTest, CommandsRegisterInACommandSetWithExitCodes) {
 // update, with a fresh CRL.
 TEST_F(PkiCommandsTest, SignRefusesAnEnrolledCommonNameUnlessReplace) {
   const std::string ca = Path("ca");
-  ASSERT_TRUE(RunCommand(MakePkiInitCommand(&out_), {"--consortium", "C", "--out", ca}).ok());
+  ASSERT_TRUE(RunCommand(MakePkiInitCommand(out_), {"--consortium", "C", "--out", ca}).ok());
   auto request = [&](const std::string& dir, const std::string& flag, const std::string& id) {
-    EXPECT_TRUE(RunCommand(MakePkiRequestCommand(&out_), {flag, id, "--out", Path(dir)}).ok());
+    EXPECT_TRUE(RunCommand(MakePkiRequestCommand(out_), {flag, id, "--out", Path(dir)}).ok());
     return Path(dir) + "/" + id + ".csr";
   };
   auto sign = [&](const std::string& csr, const std::string& role, const std::string& out,
                   std::vector<std::string> extra = {}) {
     std::vector<std::string> args = {"--csr", csr, "--role", role, "--ca-dir", ca, "--out", Path(out)};
     args.insert(args.end(), extra.begin(), extra.end());
-    return RunCommand(MakePkiSignCommand(&out_), args);
+    return RunCommand(MakePkiSignCommand(out_), args);
   };
   const std::string oslo_csr = request("oslo", "--site-id", "oslo");
   ASSERT_TRUE(sign(oslo_csr, "site", "oslo.pem").ok());  // Serial 1.
@@ -261,7 +261,7 @@ TEST_F(PkiCommandsTest, SignRefusesAnEnrolledCommonNameUnlessReplace) {
     EXPECT_TRUE(v->Verify(*io::ReadFile(Path("oslo-new.pem")), Role::kSite).ok());
   }
   // A revoked or expired certificate does not block a new enrolment.
-  ASSERT_TRUE(RunCommand(MakePkiRevokeCommand(&out_), {"--ca-dir", ca, "--site", "oslo"}).ok());
+  ASSERT_TRUE(RunCommand(MakePkiRevokeCommand(out_), {"--ca-dir", ca, "--site", "oslo"}).ok());
   EXPECT_TRUE(sign(impostor_csr, "site", "oslo-3.pem").ok());
 }
 

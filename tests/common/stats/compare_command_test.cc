@@ -4,6 +4,7 @@
 
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
 
 #include "common/io/file_util.h"
@@ -51,7 +52,7 @@ class CompareCommandTest : public ::testing::Test {
         "--scores-b", dir_.WriteFile("b.csv", b),         "--out",      dir_.Join("report.json"),
         "--quiet"};
     args.insert(args.end(), extra.begin(), extra.end());
-    cli::Command command = MakeStatsCompareCommand();
+    cli::Command command = MakeStatsCompareCommand(printed_);
     auto flags = cli::ParseFlags(args, command.flags, command.max_positional);
     if (!flags.ok()) return flags.status();
     return command.run(*flags);
@@ -59,7 +60,20 @@ class CompareCommandTest : public ::testing::Test {
   nlohmann::json Report() { return nlohmann::json::parse(*io::ReadFile(dir_.Join("report.json"))); }
 
   testing::TempDir dir_;
+  std::ostringstream printed_;
 };
+
+TEST_F(CompareCommandTest, PrintsTheTableToTheInjectedStreamUnlessQuiet) {
+  ASSERT_TRUE(Run(kTruth, kScoresA, kScoresB).ok());
+  EXPECT_EQ(printed_.str(), "");  // --quiet.
+  std::vector<std::string> args = {"--truth",    dir_.Join("truth.csv"), "--scores-a", dir_.Join("a.csv"),
+                                   "--scores-b", dir_.Join("b.csv"),     "--out",      dir_.Join("loud.json")};
+  cli::Command command = MakeStatsCompareCommand(printed_);
+  auto flags = cli::ParseFlags(args, command.flags, command.max_positional);
+  ASSERT_TRUE(flags.ok()) << flags.status();
+  ASSERT_TRUE(command.run(*flags).ok());
+  EXPECT_THAT(printed_.str(), HasSubstr("Edema"));
+}
 
 TEST_F(CompareCommandTest, WritesTheReportWithExactFieldNames) {
   ASSERT_TRUE(Run(kTruth, kScoresA, kScoresB).ok());
@@ -164,7 +178,7 @@ TEST_F(CompareCommandTest, BadInputNamesFileLineAndColumn) {
 }
 
 TEST_F(CompareCommandTest, MissingFileIsNotFound) {
-  cli::Command command = MakeStatsCompareCommand();
+  cli::Command command = MakeStatsCompareCommand(printed_);
   auto flags = cli::ParseFlags(
       {"--truth", dir_.Join("nope.csv"), "--scores-a", "x", "--scores-b", "y", "--out", dir_.Join("r.json")},
       command.flags, 0);

@@ -1,0 +1,206 @@
+// report.json of the consortium report (layout in consortium_report.h).
+#include <cmath>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/federation/states.h"
+#include "coordinator/cli/consortium_report.h"
+#include "coordinator/cli/consortium_view.h"
+#include "coordinator/cli/report_format.h"
+#include "nlohmann/json.hpp"
+
+namespace fedtune::admin {
+namespace {
+
+using Json = nlohmann::ordered_json;
+
+}  // namespace
+
+namespace consortium {
+namespace {
+
+Json Num(std::optional<double> value) { return value ? Json(*value) : Json(nullptr); }
+Json Num(double value) { return Num(Defined(value)); }
+
+Json RunJson(const v1::RunStatus& status) {
+  Json run;
+  run["id"] = status.run_id();
+  run["name"] = status.name();
+  run["state"] = federation::DisplayText(status);
+  run["message"] = status.message();
+  run["started_ms"] = status.started_ms();
+  run["finished_ms"] = status.finished_ms();
+  run["current_round"] = status.current_round();
+  run["rounds_planned"] = status.config().rounds();
+  run["aggregation"] = status.config().aggregation();
+  run["compression"] = status.config().compression();
+  run["base_model_digest"] = status.base_model_digest();
+  run["final_model_digest"] = status.final_model_digest();
+  run["bytes_down"] = status.bytes_down();
+  run["bytes_up"] = status.bytes_up();
+  return run;
+}
+
+Json SummaryJson(const std::vector<SiteView>& views) {
+  Json summary = Json::array();
+  for (const SiteView& view : views) {
+    const SiteSummary s = SummaryOf(view);
+    Json row;
+    row["site_id"] = s.site_id;
+    row["test_cases"] = s.test_cases;
+    row["final_evaluation"] = s.final_evaluation;
+    row["mean_auc"] = {{"open_source", Num(s.mean_auc_open_source)},
+                       {"global", Num(s.mean_auc_global)},
+                       {"adapted", Num(s.mean_auc_adapted)}};
+    row["labels_compared"] = s.labels_compared;
+    row["improved_significant"] = s.improved_significant;
+    row["worsened_significant"] = s.worsened_significant;
+    row["wilcoxon_p"] = Num(s.wilcoxon_p);
+    summary.push_back(std::move(row));
+  }
+  return summary;
+}
+
+// The site's per-label AUCs of the three models and DeLong p-values of the three comparisons.
+Json SiteLabelsJson(const SiteView& view) {
+  Json labels = Json::array();
+  for (const std::string& label : view.labels) {
+    Json row;
+    row["label"] = label;
+    const v1::LabelAuc* any = nullptr;
+    Json aucs = Json::object();
+    for (int m = 0; m < kModels; ++m) {
+      const v1::LabelAuc* a = view.Auc(m, label);
+      if (a != nullptr && any == nullptr) any = a;
+      aucs[kModelKey[m]] = a == nullptr ? Json(nullptr)
+                                        : Json{{"auc", Num(a->auc())},
+                                               {"ci_low", Num(Defined(a->auc()) ? a->ci_low() : NAN)},
+                                               {"ci_high", Num(Defined(a->auc()) ? a->ci_high() : NAN)}};
+    }
+    row["positives"] = any->positives();
+    row["negatives"] = any->negatives();
+    row["auc"] = std::move(aucs);
+    Json p = Json::object();
+    for (int q = 0; q < kPairs; ++q) p[kPair[q].key] = Num(view.pair[q].PValue(label));
+    row["delong_p"] = std::move(p);
+    labels.push_back(std::move(row));
+  }
+  return labels;
+}
+
+Json SiteJson(const v1::RunReport& report, const SiteView& view) {
+  Json site;
+  site["site_id"] = view.site->site_id();
+  const v1::DatasetSummary& d = view.site->dataset();
+  site["dataset"] = {{"images", d.images()},
+                     {"train_images", d.train_images()},
+                     {"validation_images", d.validation_images()},
+                     {"test_images", d.test_images()}};
+  site["test_cases"] = view.final_report ? view.final_report->test_cases() : 0;
+  site["final_evaluation"] = view.final_report != nullptr;
+  Json models = Json::object();
+  for (int m = 0; m < kModels; ++m) {
+    if (view.model[m] == nullptr) {
+      models[kModelKey[m]] = nullptr;
+    } else {
+      models[kModelKey[m]] = {{"digest", view.model[m]->digest()}, {"mean_auc", Num(MeanAuc(view.model[m]))}};
+    }
+  }
+  site["models"] = std::move(models);
+  site["labels"] = SiteLabelsJson(view);
+  Json comparisons = Json::object();
+  for (int q = 0; q < kPairs; ++q) {
+    const ComparisonView& c = view.pair[q];
+    comparisons[kPair[q].key] = c.comparison == nullptr ? Json(nullptr)
+                                                        : Json{{"wilcoxon_p", Num(c.Wilcoxon())},
+                                                               {"improved_significant", c.Improved()},
+                                                               {"worsened_significant", c.Worsened()}};
+  }
+  site["comparisons"] = std::move(comparisons);
+  Json rounds = Json::array();
+  for (const v1::MetricsReport* r : view.rounds) {
+    rounds.push_back({{"round", r->round()},
+                      {"train_loss", Num(ReportedLoss(r->train_loss()))},
+                      {"validation_loss", Num(ReportedLoss(r->validation_loss()))},
+                      {"mean_auc_global", Num(MeanAuc(FindModel(r, "global")))},
+                      {"mean_auc_local", Num(MeanAuc(FindModel(r, "local")))}});
+  }
+  site["rounds"] = std::move(rounds);
+  const v1::SiteRunState* state = RunStateOf(report, view.site->site_id());
+  site["bytes_down"] = state ? state->bytes_down() : 0;
+  site["bytes_up"] = state ? state->bytes_up() : 0;
+  return site;
+}
+
+Json RoundJson(const v1::RoundInfo& r) {
+  const RoundTotals t = TotalsOf(r);
+  Json row;
+  row["round"] = r.round();
+  row["attempt"] = r.attempt();
+  row["state"] = federation::DisplayText(r);
+  row["model_digest"] = r.model_digest();
+  row["result_digest"] = r.result_digest();
+  row["opened_ms"] = r.opened_ms();
+  row["closed_ms"] = r.closed_ms();
+  row["message"] = r.message();
+  row["accepted"] = t.accepted;
+  row["refused"] = t.refused;
+  row["samples"] = t.samples;
+  row["bytes_up"] = t.bytes;
+  row["mean_train_loss"] = Num(t.mean_train_loss);
+  row["mean_validation_loss"] = Num(t.mean_validation_loss);
+  Json updates = Json::array();
+  for (const v1::UpdateInfo& u : r.updates()) {
+    updates.push_back({{"site_id", u.site_id()},
+                       {"status", federation::DisplayText(u)},
+                       {"num_samples", u.num_samples()},
+                       {"bytes", u.bytes()},
+                       {"l2_norm", Num(u.l2_norm())},
+                       {"train_loss", Num(ReportedLoss(u.train_loss()))},
+                       {"validation_loss", Num(ReportedLoss(u.validation_loss()))},
+                       {"message", u.message()}});
+  }
+  row["updates"] = std::move(updates);
+  return row;
+}
+
+Json CrossSiteJson(const std::vector<SiteView>& views) {
+  const CrossSite cross = CrossSiteOf(views);
+  Json cs;
+  cs["evaluated"] = cross.evaluated;
+  cs["note"] = cross.evaluated ? "" : kNoCrossSite;
+  cs["sites"] = cross.sites;
+  Json matrix = Json::array();
+  for (const auto& [key, model] : cross.cells) {
+    Json labels = Json::array();
+    for (const v1::LabelAuc& l : model->labels()) labels.push_back({{"label", l.label()}, {"auc", Num(l.auc())}});
+    matrix.push_back(
+        {{"model_of", key.first}, {"evaluated_at", key.second}, {"mean_auc", Num(MeanAuc(model))}, {"labels", labels}});
+  }
+  cs["matrix"] = std::move(matrix);
+  return cs;
+}
+
+}  // namespace
+}  // namespace consortium
+
+std::string ConsortiumReportJson(const v1::RunReport& report) {
+  const v1::RunStatus& status = report.status();
+  const std::vector<consortium::SiteView> views = consortium::ViewsOf(report);
+  Json root;
+  root["format"] = "fedtune-consortium-report-v1";
+  root["run"] = consortium::RunJson(status);
+  root["summary"] = consortium::SummaryJson(views);
+  Json sites = Json::array();
+  for (const consortium::SiteView& view : views) sites.push_back(consortium::SiteJson(report, view));
+  root["sites"] = std::move(sites);
+  Json rounds = Json::array();
+  for (const v1::RoundInfo& r : status.rounds()) rounds.push_back(consortium::RoundJson(r));
+  root["rounds"] = std::move(rounds);
+  root["cross_site"] = consortium::CrossSiteJson(views);
+  // Site-supplied strings may be invalid UTF-8, which dump() would throw on: replaced with U+FFFD instead.
+  return root.dump(2, ' ', /*ensure_ascii=*/false, nlohmann::json::error_handler_t::replace) + "\n";
+}
+
+}  // namespace fedtune::admin

@@ -1,0 +1,178 @@
+#include "coordinator/cli/consortium_view.h"
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "common/federation/states.h"
+#include "coordinator/cli/report_format.h"
+#include "coordinator/cli/terminal_text.h"
+
+namespace fedtune::admin::consortium {
+namespace {
+
+SiteView ViewOf(const v1::SiteRunReport& site) {
+  SiteView view;
+  view.site = &site;
+  for (const v1::MetricsReport& metrics : site.metrics()) {
+    if (metrics.kind() == "final") view.final_report = &metrics;  // The last one wins.
+    if (metrics.kind() == "round") view.rounds.push_back(&metrics);
+  }
+  std::stable_sort(view.rounds.begin(), view.rounds.end(),
+                   [](const v1::MetricsReport* x, const v1::MetricsReport* y) { return x->round() < y->round(); });
+  if (view.final_report == nullptr) return view;
+  std::set<std::string> seen;
+  for (int m = 0; m < kModels; ++m) {
+    for (const v1::ModelEvaluation& model : view.final_report->models()) {
+      if (model.name() == kModelName[m]) view.model[m] = &model;
+    }
+    if (view.model[m] == nullptr) continue;
+    for (const v1::LabelAuc& label : view.model[m]->labels()) {
+      view.label_auc[m][label.label()] = &label;
+      if (seen.insert(label.label()).second) view.labels.push_back(label.label());
+    }
+  }
+  for (int p = 0; p < kPairs; ++p) {
+    for (const v1::ModelComparison& c : view.final_report->comparisons()) {
+      if (c.model_a() == kModelName[kPair[p].a] && c.model_b() == kModelName[kPair[p].b]) {
+        view.pair[p] = {&c, false};
+      } else if (view.pair[p].comparison == nullptr && c.model_a() == kModelName[kPair[p].b] &&
+                 c.model_b() == kModelName[kPair[p].a]) {
+        view.pair[p] = {&c, true};
+      }
+    }
+  }
+  return view;
+}
+
+}  // namespace
+
+std::optional<double> ReportedLoss(double value) {
+  if (!(value > 0)) return std::nullopt;
+  return Defined(value);
+}
+
+std::optional<double> MeanAuc(const v1::ModelEvaluation* model) {
+  if (model == nullptr) return std::nullopt;
+  if (std::optional<double> mean = Defined(model->mean_auc()); mean && *mean > 0) return mean;
+  // Not filled in: the mean over the labels with a defined AUC.
+  double sum = 0;
+  int n = 0;
+  for (const v1::LabelAuc& label : model->labels()) {
+    if (std::isfinite(label.auc())) {
+      sum += label.auc();
+      ++n;
+    }
+  }
+  if (n == 0) return std::nullopt;
+  return sum / n;
+}
+
+std::vector<SiteView> ViewsOf(const v1::RunReport& report) {
+  std::vector<SiteView> views;
+  for (const v1::SiteRunReport& site : report.sites()) views.push_back(ViewOf(site));
+  return views;
+}
+
+const v1::SiteRunState* RunStateOf(const v1::RunReport& report, const std::string& site_id) {
+  for (const v1::SiteRunState& s : report.status().sites()) {
+    if (s.site_id() == site_id) return &s;
+  }
+  return nullptr;
+}
+
+SiteSummary SummaryOf(const SiteView& view) {
+  SiteSummary s;
+  s.site_id = view.site->site_id();
+  s.final_evaluation = view.final_report != nullptr;
+  if (view.final_report != nullptr) s.test_cases = view.final_report->test_cases();
+  s.mean_auc_open_source = MeanAuc(view.model[0]);
+  s.mean_auc_global = MeanAuc(view.model[1]);
+  s.mean_auc_adapted = MeanAuc(view.model[2]);
+  const ComparisonView& c = view.pair[kAdaptedVsOpenSource];
+  for (const std::string& label : view.labels) {
+    const v1::LabelAuc* a = view.Auc(0, label);
+    const v1::LabelAuc* b = view.Auc(2, label);
+    if (a == nullptr || b == nullptr || !Defined(a->auc()) || !Defined(b->auc())) continue;
+    ++s.labels_compared;
+    if (c.comparison == nullptr) continue;
+    if (std::optional<double> p = c.PValue(label); p && *p < kSignificance) {
+      if (b->auc() > a->auc()) ++s.improved_significant;
+      if (b->auc() < a->auc()) ++s.worsened_significant;
+    }
+  }
+  // Per-label p-values missing (a site sending only counts): fall back to the site's own counts.
+  if (c.comparison != nullptr && c.comparison->delong_p_size() == 0) {
+    s.improved_significant = c.Improved();
+    s.worsened_significant = c.Worsened();
+  }
+  s.wilcoxon_p = c.Wilcoxon();
+  return s;
+}
+
+RoundTotals TotalsOf(const v1::RoundInfo& round) {
+  RoundTotals t;
+  double train = 0, validation = 0;
+  int n_train = 0, n_validation = 0;
+  for (const v1::UpdateInfo& u : round.updates()) {
+    t.bytes += u.bytes();
+    if (!federation::IsAccepted(u)) {
+      ++t.refused;
+      continue;
+    }
+    ++t.accepted;
+    t.samples += u.num_samples();
+    if (std::isfinite(u.train_loss()) && u.train_loss() > 0) {
+      train += u.train_loss();
+      ++n_train;
+    }
+    if (std::isfinite(u.validation_loss()) && u.validation_loss() > 0) {
+      validation += u.validation_loss();
+      ++n_validation;
+    }
+  }
+  if (n_train > 0) t.mean_train_loss = train / n_train;
+  if (n_validation > 0) t.mean_validation_loss = validation / n_validation;
+  return t;
+}
+
+const v1::ModelEvaluation* FindModel(const v1::MetricsReport* metrics, const std::string& name) {
+  if (metrics == nullptr) return nullptr;
+  for (const v1::ModelEvaluation& m : metrics->models()) {
+    if (m.name() == name) return &m;
+  }
+  return nullptr;
+}
+
+CrossSite CrossSiteOf(const std::vector<SiteView>& views) {
+  CrossSite cross;
+  std::set<std::string> ids;
+  for (const SiteView& v : views) {
+    cross.sites.push_back(v.site->site_id());
+    ids.insert(v.site->site_id());
+  }
+  for (const SiteView& v : views) {
+    const std::string& at = v.site->site_id();
+    if (v.model[2] != nullptr) cross.cells[{at, at}] = v.model[2];
+    if (v.final_report == nullptr) continue;
+    for (const v1::ModelEvaluation& m : v.final_report->models()) {
+      if (m.name() != at && ids.count(m.name()) > 0) {
+        cross.cells[{m.name(), at}] = &m;
+        cross.evaluated = true;
+      }
+    }
+  }
+  return cross;
+}
+
+std::string RunLine(const v1::RunStatus& status) {
+  const std::string state = federation::DisplayText(status);
+  return absl::StrCat("run ", TerminalSafe(status.run_id()),
+                      status.name().empty() ? "" : absl::StrCat(" \"", TerminalSafe(status.name()), "\""), " (",
+                      state.empty() ? "unknown" : TerminalSafe(state), ", ",
+                      status.rounds_size() == 0 ? 0 : status.current_round(), " of ", status.config().rounds(),
+                      " rounds)");
+}
+
+}  // namespace fedtune::admin::consortium

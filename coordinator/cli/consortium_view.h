@@ -1,0 +1,131 @@
+// What the consortium report reads out of a RunReport (consortium_report.h), looked up once and shared by its JSON,
+// HTML and terminal renderings: per site the final evaluation's three models and their comparisons, the per-round
+// metrics, totals per round attempt and the cross-site matrix. Pointers point into the RunReport, which must outlive
+// the views. Missing pieces are nullptr / nullopt; nothing here fails on partial data.
+//
+// Thread safety: the functions are reentrant.
+#ifndef FEDTUNE_COORDINATOR_CLI_CONSORTIUM_VIEW_H_
+#define FEDTUNE_COORDINATOR_CLI_CONSORTIUM_VIEW_H_
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "coordinator/cli/consortium_report.h"
+#include "coordinator/cli/report_format.h"
+#include "fedtune/v1/federation.pb.h"
+
+namespace fedtune::admin::consortium {
+
+// The three models of a final evaluation, in the report's order.
+inline constexpr int kModels = 3;
+inline constexpr const char* kModelName[kModels] = {"open-source", "global", "adapted"};  // ModelEvaluation.name
+inline constexpr const char* kModelKey[kModels] = {"open_source", "global", "adapted"};   // JSON keys
+inline constexpr const char* kModelTitle[kModels] = {"Open-source", "Federated global", "Locally adapted"};
+
+// The three comparisons: model b against model a.
+struct PairSpec {
+  int a;
+  int b;
+  const char* key;
+  const char* title;
+};
+inline constexpr int kPairs = 3;
+inline constexpr PairSpec kPair[kPairs] = {{0, 1, "global_vs_open_source", "global vs open-source"},
+                                           {0, 2, "adapted_vs_open_source", "adapted vs open-source"},
+                                           {1, 2, "adapted_vs_global", "adapted vs global"}};
+inline constexpr int kAdaptedVsOpenSource = 1;
+
+// A loss as reported: nullopt for 0 (proto3's default: not reported), negative or non-finite values.
+std::optional<double> ReportedLoss(double value);
+
+// A comparison found in a final report, in either orientation.
+struct ComparisonView {
+  const v1::ModelComparison* comparison = nullptr;
+  bool reversed = false;  // Stored as a-vs-b instead of b-vs-a: improved and worsened swap.
+
+  std::optional<double> PValue(const std::string& label) const {
+    if (comparison == nullptr) return std::nullopt;
+    for (int i = 0; i < comparison->labels_size() && i < comparison->delong_p_size(); ++i) {
+      if (comparison->labels(i) == label) return Defined(comparison->delong_p(i));
+    }
+    return std::nullopt;
+  }
+  std::optional<double> Wilcoxon() const { return comparison ? Defined(comparison->wilcoxon_p()) : std::nullopt; }
+  int Improved() const {
+    if (comparison == nullptr) return 0;
+    return reversed ? comparison->worsened_significant() : comparison->improved_significant();
+  }
+  int Worsened() const {
+    if (comparison == nullptr) return 0;
+    return reversed ? comparison->improved_significant() : comparison->worsened_significant();
+  }
+};
+
+// The mean AUC of an evaluation: its mean_auc when filled in, else the mean over the labels with a defined AUC;
+// nullopt for nullptr or no defined AUC.
+std::optional<double> MeanAuc(const v1::ModelEvaluation* model);
+
+// What the report needs of one site, looked up once.
+struct SiteView {
+  const v1::SiteRunReport* site = nullptr;
+  const v1::MetricsReport* final_report = nullptr;
+  const v1::ModelEvaluation* model[kModels] = {nullptr, nullptr, nullptr};
+  ComparisonView pair[kPairs];
+  std::vector<std::string> labels;  // Union of the three models' labels, in first-seen order.
+  std::map<std::string, const v1::LabelAuc*> label_auc[kModels];
+  std::vector<const v1::MetricsReport*> rounds;  // kind "round", by round.
+
+  const v1::LabelAuc* Auc(int m, const std::string& label) const {
+    auto it = label_auc[m].find(label);
+    return it == label_auc[m].end() ? nullptr : it->second;
+  }
+};
+
+// One view per site of the report, in the report's order.
+std::vector<SiteView> ViewsOf(const v1::RunReport& report);
+
+// The run state of `site_id` in report.status(), or nullptr.
+const v1::SiteRunState* RunStateOf(const v1::RunReport& report, const std::string& site_id);
+
+// The summary row of one site (adapted vs open-source).
+SiteSummary SummaryOf(const SiteView& view);
+
+// Aggregates of one round attempt's updates.
+struct RoundTotals {
+  int accepted = 0;
+  int refused = 0;
+  int64_t samples = 0;
+  int64_t bytes = 0;
+  std::optional<double> mean_train_loss;
+  std::optional<double> mean_validation_loss;
+};
+
+RoundTotals TotalsOf(const v1::RoundInfo& round);
+
+// The evaluation named `name` in `metrics` (which may be nullptr), or nullptr.
+const v1::ModelEvaluation* FindModel(const v1::MetricsReport* metrics, const std::string& name);
+
+// The cross-site matrix: models named after other sites, found in each site's final report.
+struct CrossSite {
+  std::vector<std::string> sites;
+  // (model of, evaluated at) -> evaluation. The diagonal is the site's own "adapted" model.
+  std::map<std::pair<std::string, std::string>, const v1::ModelEvaluation*> cells;
+  bool evaluated = false;  // At least one off-diagonal cell.
+};
+
+CrossSite CrossSiteOf(const std::vector<SiteView>& views);
+
+// What the report says when no cross-site evaluation exists.
+inline constexpr char kNoCrossSite[] =
+    "No cross-site evaluation was run: no site's final report holds an evaluation of another site's adapted model.";
+
+// One line naming the run; its strings pass through TerminalSafe (the HTML escapes the result again).
+std::string RunLine(const v1::RunStatus& status);
+
+}  // namespace fedtune::admin::consortium
+
+#endif  // FEDTUNE_COORDINATOR_CLI_CONSORTIUM_VIEW_H_
