@@ -240,7 +240,8 @@ class Case {
     version.digest = *digest;
     version.path = blobs_->PathOf(*digest);
     FUZZ_CHECK(store_->PutModelVersion(version).ok(), "model version");
-    for (const char* site : kSites) FUZZ_CHECK(store_->SetSiteStatus(site, federation::SiteStatus::kApproved, true, 0).ok(), site);
+    for (const char* site : kSites)
+      FUZZ_CHECK(store_->SetSiteStatus(site, federation::SiteStatus::kApproved, true, 0).ok(), site);
     OpenManager();
     StartRun();
     for (int op = 0; op < kMaxOperations && !in_.empty(); ++op) {
@@ -358,8 +359,8 @@ class Case {
       const v1::UploadHeader& h = outcome.header;
       FUZZ_CHECK(outcome.result->status() == "accepted", outcome.result->status());
       FUZZ_CHECK(h.round() >= 1 && h.round() <= kRounds, "accepted an upload for round ", h.round());
-      absl::StatusOr<std::vector<UpdateRecord>> mine =
-          store_->ListUpdates(h.run_id(), h.round(), std::nullopt, streams_[which]->site(), federation::UploadStatus::kAccepted);
+      absl::StatusOr<std::vector<UpdateRecord>> mine = store_->ListUpdates(
+          h.run_id(), h.round(), std::nullopt, streams_[which]->site(), federation::UploadStatus::kAccepted);
       FUZZ_CHECK(mine.ok(), mine.status().ToString());
       bool found = false;
       for (const UpdateRecord& u : *mine) found = found || u.sha256 == h.sha256();

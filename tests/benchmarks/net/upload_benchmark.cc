@@ -222,7 +222,8 @@ void BM_CoordinatorUpload(benchmark::State& state) {
   CHECK(coordinator.ok()) << coordinator.status();
   coordinator::Coordinator& c = **coordinator;
   // The operator's approval, as AdminService.ApproveSite records it. site-b never uploads: it keeps the round open.
-  for (const char* site : {"site-a", "site-b"}) CHECK(c.store()->SetSiteStatus(site, federation::SiteStatus::kApproved, true, 0).ok());
+  for (const char* site : {"site-a", "site-b"})
+    CHECK(c.store()->SetSiteStatus(site, federation::SiteStatus::kApproved, true, 0).ok());
 
   v1::RunConfig run;
   run.set_name("upload benchmark");

@@ -8,8 +8,8 @@
 
 #include "common/status_macros.h"
 #include "gmock/gmock.h"
-#include "gtest/gtest.h"
 #include "google/protobuf/text_format.h"
+#include "gtest/gtest.h"
 #include "site_agent/agent/agent_database.h"
 #include "site_agent/commands/site_database.h"
 #include "tests/testing/schema_fixture.h"
