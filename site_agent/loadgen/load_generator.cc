@@ -275,6 +275,8 @@ absl::Status LoadGenerator::SayHello(Site& site) {
             absl::StrCat(response.status().message(),
                          IsAuthError(response.status()) ? " (is the site enrolled with the coordinator's CA?)" : ""));
       }
+      LOG(WARNING) << "site " << site.id << ": " << response.status() << "; saying hello again in about "
+                   << backoff.NextDelay();
       RETURN_IF_ERROR(backoff.Wait(response.status()));
       continue;
     }
@@ -328,6 +330,7 @@ absl::Status LoadGenerator::RunSite(Site& site) {
     absl::StatusOr<v1::Task> task = site.client->GetTask(options_.task_wait_seconds);
     if (!task.ok()) {
       if (IsAuthError(task.status())) return task.status();
+      LOG(WARNING) << "site " << site.id << ": " << task.status() << "; polling again in about " << backoff.NextDelay();
       if (task.status().code() == absl::StatusCode::kFailedPrecondition) RETURN_IF_ERROR(SayHello(site));
       RETURN_IF_ERROR(backoff.Wait(task.status()));
       continue;

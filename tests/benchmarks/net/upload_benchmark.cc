@@ -12,6 +12,9 @@
 //      closes the round (aggregate result, ApplyDelta, the new 128 MB checkpoint written and hashed into the blob
 //      store, one SQLite transaction) and opens the next; every iteration uploads into the next round.
 // Bytes per second are reported by Google Benchmark (bytes_per_second) over the payload's bytes.
+// Environment: FEDTUNE_UPLOAD_BENCH_BYTES sets the payload of BM_RawTcp and BM_GrpcMtlsStream (default 128 MiB;
+// 1 KiB to 16 GiB), e.g. the size of a fedtune-loadgen delta, so that a rate measured elsewhere compares with the plain
+// gRPC stream of the same bytes (tests/benchmarks/net/consortium_scale.sh).
 #include <ATen/ATen.h>
 #include <arpa/inet.h>
 #include <benchmark/benchmark.h>
@@ -20,6 +23,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
@@ -48,16 +52,30 @@
 namespace fedtune {
 namespace {
 
-constexpr int64_t kPayloadBytes = 128ll << 20;
 constexpr int kChunkBytes = 1 << 20;
+
+// The payload size of the transport benchmarks: FEDTUNE_UPLOAD_BENCH_BYTES, default 128 MiB.
+int64_t PayloadBytes() {
+  static const int64_t bytes = [] {
+    const char* env = std::getenv("FEDTUNE_UPLOAD_BENCH_BYTES");
+    if (env == nullptr || *env == '\0') return int64_t{128} << 20;
+    char* end = nullptr;
+    const long long value = std::strtoll(env, &end, 10);
+    CHECK(end != env && *end == '\0' && value >= 1024 && value <= (int64_t{16} << 30))
+        << "FEDTUNE_UPLOAD_BENCH_BYTES='" << env << "' is not a byte count in [1024, 16 GiB]";
+    return static_cast<int64_t>(value);
+  }();
+  return bytes;
+}
 
 std::string Payload() {
   std::string p(kChunkBytes, '\0');
   for (size_t i = 0; i < p.size(); ++i) p[i] = static_cast<char>((i * 2654435761u) >> 24);
-  return p;  // One chunk, sent kPayloadBytes / kChunkBytes times.
+  return p;  // One chunk, sent PayloadBytes() / kChunkBytes times (the last one cut to what is left).
 }
 
 void BM_RawTcp(benchmark::State& state) {
+  const int64_t payload_bytes = PayloadBytes();
   const std::string chunk = Payload();
   int listener = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
@@ -74,15 +92,16 @@ void BM_RawTcp(benchmark::State& state) {
       int64_t total = 0;
       ssize_t n;
       while ((n = ::read(fd, buf.data(), buf.size())) > 0) total += n;
-      CHECK_EQ(total, kPayloadBytes);
+      CHECK_EQ(total, payload_bytes);
       ::close(fd);
     });
     int fd = ::socket(AF_INET, SOCK_STREAM, 0);
     CHECK_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-    for (int64_t sent = 0; sent < kPayloadBytes; sent += kChunkBytes) {
+    for (int64_t sent = 0; sent < payload_bytes; sent += kChunkBytes) {
+      const size_t size = static_cast<size_t>(std::min<int64_t>(kChunkBytes, payload_bytes - sent));
       size_t off = 0;
-      while (off < chunk.size()) {
-        ssize_t n = ::write(fd, chunk.data() + off, chunk.size() - off);
+      while (off < size) {
+        ssize_t n = ::write(fd, chunk.data() + off, size - off);
         CHECK_GT(n, 0);
         off += static_cast<size_t>(n);
       }
@@ -91,7 +110,7 @@ void BM_RawTcp(benchmark::State& state) {
     receiver.join();
   }
   ::close(listener);
-  state.SetBytesProcessed(state.iterations() * kPayloadBytes);
+  state.SetBytesProcessed(state.iterations() * payload_bytes);
 }
 BENCHMARK(BM_RawTcp)->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();
 
@@ -146,6 +165,7 @@ TestPki MakePki() {
 }
 
 void BM_GrpcMtlsStream(benchmark::State& state) {
+  const int64_t payload_bytes = PayloadBytes();
   const std::string payload = Payload();
   TestPki pki = MakePki();
   auto creds = net::MakeServerCredentials(pki.server);
@@ -165,19 +185,19 @@ void BM_GrpcMtlsStream(benchmark::State& state) {
     v1::UploadResponse response;
     auto writer = stub->UploadUpdate(&context, &response);
     v1::UploadChunk chunk;
-    chunk.mutable_header()->set_total_bytes(kPayloadBytes);
+    chunk.mutable_header()->set_total_bytes(payload_bytes);
     CHECK(writer->Write(chunk));
-    for (int64_t sent = 0; sent < kPayloadBytes; sent += kChunkBytes) {
-      chunk.set_data(payload);
+    for (int64_t sent = 0; sent < payload_bytes; sent += kChunkBytes) {
+      chunk.set_data(payload.data(), static_cast<size_t>(std::min<int64_t>(kChunkBytes, payload_bytes - sent)));
       CHECK(writer->Write(chunk));
     }
     writer->WritesDone();
     grpc::Status status = writer->Finish();
     CHECK(status.ok()) << status.error_message();
-    CHECK_EQ(response.received_bytes(), kPayloadBytes);
+    CHECK_EQ(response.received_bytes(), payload_bytes);
   }
   server->Shutdown();
-  state.SetBytesProcessed(state.iterations() * kPayloadBytes);
+  state.SetBytesProcessed(state.iterations() * payload_bytes);
   std::filesystem::remove_all(pki.dir);
 }
 BENCHMARK(BM_GrpcMtlsStream)->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();
