@@ -54,6 +54,7 @@ struct LoadGenerator::Site {
   int rounds_done = 0;    // TRAIN attempts taken part in.
   bool run_over = false;  // A heartbeat said the run completed.
   std::pair<int, int> last_attempt{-1, -1};
+  std::pair<int, int> retry_attempt{-1, -1};  // An attempt whose work failed transiently: work it again.
   std::thread thread;
   absl::Mutex mu;
   std::string state ABSL_GUARDED_BY(mu) = "starting";
@@ -208,6 +209,7 @@ LoadReport LoadGenerator::Run() {
     report.bytes_up += stats.bytes_up;
   }
   report.evaluations = evaluations_;
+  report.retried_tasks = retried_tasks_;
   report.evaluation_bytes_down = evaluation_bytes_down_;
   report.bytes_down += evaluation_bytes_down_;
   report.setup = setup_;
@@ -351,17 +353,30 @@ absl::Status LoadGenerator::RunSite(Site& site) {
       absl::MutexLock lock(&mu_);
       if (run_id_.empty()) run_id_ = task->run_id();
     }
-    if (task->kind() == v1::Task::EVALUATE) return RunEvaluate(site, *task);
+    if (task->kind() == v1::Task::EVALUATE) {
+      const absl::Status evaluated = RunEvaluate(site, *task);
+      if (evaluated.ok() || !RetryTask(site, evaluated)) return evaluated;
+      RETURN_IF_ERROR(backoff.Wait(evaluated));
+      continue;
+    }
     if (task->kind() != v1::Task::TRAIN) {
       return absl::InvalidArgumentError(absl::StrCat("unknown task kind ", task->kind()));
     }
     const std::pair<int, int> attempt{task->round(), task->attempt()};
-    if (attempt == site.last_attempt) {  // Dropped out of this attempt, which is still open.
+    const bool again = attempt == site.retry_attempt;
+    if (attempt == site.last_attempt && !again) {  // Dropped out of this attempt, which is still open.
       if (!Wait(kDroppedPoll)) break;
       continue;
     }
     site.last_attempt = attempt;
-    RETURN_IF_ERROR(RunTrain(site, *task));
+    const absl::Status trained = RunTrain(site, *task, again);
+    if (!trained.ok() && RetryTask(site, trained)) {
+      site.retry_attempt = attempt;  // The coordinator offers the task again: work it again, as the agent does.
+      RETURN_IF_ERROR(backoff.Wait(trained));
+      continue;
+    }
+    RETURN_IF_ERROR(trained);
+    site.retry_attempt = {-1, -1};
     ++site.rounds_done;
     if (site.run_over) return absl::OkStatus();
     if (options_.rounds > 0 && site.rounds_done >= options_.rounds) return absl::OkStatus();
@@ -387,9 +402,17 @@ absl::Status LoadGenerator::RunEndedStatus(Site& site, bool run_ended, const std
   return absl::FailedPreconditionError(absl::StrCat("run ", site.run_id, " ended at the coordinator: ", reason));
 }
 
-absl::Status LoadGenerator::RunTrain(Site& site, const v1::Task& task) {
+bool LoadGenerator::RetryTask(const Site& site, const absl::Status& status) {
+  if (!agent::IsRetryable(status) || stop_.HasBeenNotified()) return false;
+  LOG(WARNING) << "site " << site.id << ": " << status << "; the task will be worked again";
+  absl::MutexLock lock(&mu_);
+  ++retried_tasks_;
+  return true;
+}
+
+absl::Status LoadGenerator::RunTrain(Site& site, const v1::Task& task, bool again) {
   const SiteRole role = RoleInRound(options_, site.index, task.round(), task.attempt());
-  {
+  if (!again) {
     absl::MutexLock lock(&mu_);
     RoundStats& stats = StatsLocked(task.round(), task.attempt());
     if (stats.tasks == 0) {
@@ -579,14 +602,15 @@ std::string FormatReport(const LoadReport& report, const LoadgenOptions& options
   }
   absl::StrAppend(&out, absl::StrFormat("evaluation: %d final reports, %.2f MB down\n", report.evaluations,
                                         Mb(report.evaluation_bytes_down)));
-  absl::StrAppend(
-      &out, absl::StrFormat("total: %d uploads accepted, %.2f MB down, %.2f MB up; set-up %.1f s, all sites approved "
-                            "after %s, wall %.1f s\n",
-                            uploads, Mb(report.bytes_down), Mb(report.bytes_up), absl::ToDoubleSeconds(report.setup),
-                            report.ready == absl::InfiniteDuration()
-                                ? std::string("(never)")
-                                : absl::StrFormat("%.1f s", absl::ToDoubleSeconds(report.ready)),
-                            absl::ToDoubleSeconds(report.wall)));
+  absl::StrAppend(&out,
+                  absl::StrFormat("total: %d uploads accepted, %.2f MB down, %.2f MB up, %d task(s) worked again after "
+                                  "transient errors; set-up %.1f s, all sites approved after %s, wall %.1f s\n",
+                                  uploads, Mb(report.bytes_down), Mb(report.bytes_up), report.retried_tasks,
+                                  absl::ToDoubleSeconds(report.setup),
+                                  report.ready == absl::InfiniteDuration()
+                                      ? std::string("(never)")
+                                      : absl::StrFormat("%.1f s", absl::ToDoubleSeconds(report.ready)),
+                                  absl::ToDoubleSeconds(report.wall)));
   return out;
 }
 

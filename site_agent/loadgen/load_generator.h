@@ -19,9 +19,10 @@
 //      coordinator are counted, not errors.
 //   4. EVALUATE: DownloadModel of the base and the final model, ReportMetrics kind "final" (no test split).
 // A site fails on an error the client does not retry (UNAUTHENTICATED, PERMISSION_DENIED, a refused payload,
-// local I/O) or when its run is aborted or failed (a heartbeat answering cancel with run_ended); the first failure
-// stops every site. Transient errors (UNAVAILABLE, RESOURCE_EXHAUSTED from a coordinator at its thread quota, ...)
-// are retried with backoff as the agent does.
+// local I/O) or when its run is aborted or failed (a heartbeat answering cancel with run_ended and a state other than
+// "completed"); the first failure stops every site. Transient errors (UNAVAILABLE, DEADLINE_EXCEEDED,
+// RESOURCE_EXHAUSTED from a coordinator at its thread quota) are retried by the client; when it gives up, the site
+// backs off and works the task again when the coordinator offers it again, as the agent's loop does.
 //
 // Memory: the generator holds no model: the payload files are shared (one per variant), downloads go to disk and are
 // removed, and each site keeps one channel and one thread (plus its heartbeat thread while a task runs).
@@ -79,6 +80,7 @@ struct LoadReport {
   int64_t payload_bytes = 0;       // Of one upload (variant 1's file; variant 0's when there is one variant).
   std::vector<RoundStats> rounds;  // By (round, attempt).
   int evaluations = 0;             // Final reports sent.
+  int retried_tasks = 0;           // Tasks worked again after a transient error the client gave up on.
   int64_t evaluation_bytes_down = 0;
   int64_t bytes_down = 0;  // Every transfer together.
   int64_t bytes_up = 0;
@@ -118,7 +120,11 @@ class LoadGenerator {
   void SiteMain(Site& site);
   absl::Status RunSite(Site& site);
   absl::Status SayHello(Site& site);
-  absl::Status RunTrain(Site& site, const v1::Task& task);
+  // again: the same attempt after a transient failure (not counted again in the round's tasks).
+  absl::Status RunTrain(Site& site, const v1::Task& task, bool again);
+  // True (logged, counted) when a task that failed with `status` is to be worked again: a retryable code
+  // (agent::IsRetryable) the client gave up on, and no Stop.
+  bool RetryTask(const Site& site, const absl::Status& status);
   absl::Status RunEvaluate(Site& site, const v1::Task& task);
   absl::StatusOr<std::string> Download(Site& site, const std::string& digest, int64_t bytes, int64_t* moved,
                                        const std::function<bool()>& cancelled);
@@ -148,6 +154,7 @@ class LoadGenerator {
   std::optional<fl::Encoding> used_encoding_ ABSL_GUARDED_BY(mu_);  // Of the first upload.
   double used_topk_ ABSL_GUARDED_BY(mu_) = 0;
   int evaluations_ ABSL_GUARDED_BY(mu_) = 0;
+  int retried_tasks_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t evaluation_bytes_down_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Time ready_at_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
 };

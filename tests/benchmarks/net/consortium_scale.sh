@@ -94,10 +94,25 @@ ${FEDTUNE_SCALE_COORDINATOR_CONFIG:-}"
   loadgen_pid=$!
   while [[ ! -s "$dir/ready" ]] && kill -0 "$loadgen_pid" 2>/dev/null; do sleep 0.2; done
   status="ok"
+  started=0
   if [[ -s "$dir/ready" ]]; then
     echo "name: \"consortium scale $n\" rounds: $rounds min_sites: $n round_deadline_seconds: $timeout_s" \
       "final_evaluation: false compression: \"fp32\"" > "$dir/run.textproto"
-    "$bin/fedtune" run start --config "$dir/run.textproto" >"$dir/run_id"
+    # The operator's call competes with the sites' long-polls for the coordinator's threads: a few tries.
+    for _ in $(seq 30); do
+      if "$bin/fedtune" run start --config "$dir/run.textproto" >"$dir/run_id" 2>"$dir/run_start.err"; then
+        started=1
+        break
+      fi
+      grep -q -i "exhausted" "$dir/run_start.err" || break
+      sleep 1
+    done
+    if ((started == 0)); then
+      status="fedtune run start refused: $(tail -1 "$dir/run_start.err" | cut -c1-160)"
+      grep -q -i "exhausted" "$dir/run_start.err" &&
+        status="$status (the coordinator's thread quota, max_server_threads, is held by the sites' calls)"
+      kill -TERM "$loadgen_pid" 2>/dev/null || true
+    fi
   fi
   before=$(kib VmHWM "$coordinator_pid")
   rc=0
@@ -106,7 +121,7 @@ ${FEDTUNE_SCALE_COORDINATOR_CONFIG:-}"
   after=$(kib VmHWM "$coordinator_pid")
   # Calls the coordinator refused for lack of threads (its quota) or other limits, which the sites retried.
   busy=$(grep -c RESOURCE_EXHAUSTED "$dir/loadgen.log" || true)
-  if ((rc != 0)); then
+  if ((rc != 0)) && [[ "$status" == ok ]]; then
     status="loadgen exit $rc: $(grep 'fedtune-loadgen: error' "$dir/loadgen.log" | tail -1 | cut -c1-200)"
     ((busy > 0)) && status="$status; $busy RESOURCE_EXHAUSTED answers (thread quota: see FEDTUNE_SCALE_COORDINATOR_CONFIG)"
   fi
