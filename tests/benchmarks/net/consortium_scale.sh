@@ -50,7 +50,7 @@ work="${FEDTUNE_SCALE_WORK:-}"
 if [[ -z "$work" ]]; then work="$(mktemp -d /tmp/fedtune_consortium_scale_XXXXXX)"; keep_work=0; fi
 mkdir -p "$work"
 work="$(cd "$work" && pwd)"
-source "$root/tests/benchmarks/net/bench_setup.sh"
+source "$root/tests/benchmarks/net/bench_setup.bash"
 loadgen_pid="" sampler_pid=""
 cleanup() {
   local rc=$?

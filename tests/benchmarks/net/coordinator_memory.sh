@@ -36,7 +36,7 @@ if [[ -z "$work" ]]; then work="$(mktemp -d /tmp/fedtune_coordinator_memory_XXXX
 mkdir -p "$work"
 work="$(cd "$work" && pwd)"
 # The PKI, model and coordinator set-up shared with consortium_scale.sh.
-source "$root/tests/benchmarks/net/bench_setup.sh"
+source "$root/tests/benchmarks/net/bench_setup.bash"
 cleanup() {
   local rc=$?
   bench_stop_coordinator

@@ -1,6 +1,7 @@
 # Shared set-up of the coordinator benchmarks (sourced by coordinator_memory.sh and consortium_scale.sh; not run on
 # its own): a consortium PKI made with `fedtune pki`, a big model made with `fedtune-site model init`, a fresh
-# fedtune-coordinator process per measurement, and readers of its /proc/PID/status.
+# fedtune-coordinator process per measurement, and readers of its /proc/PID/status. Named .bash so that
+# deploy/bench.sh, which runs every tests/benchmarks/*/*.sh, does not run it on its own.
 #
 # The caller sets `bin` (directory of fedtune, fedtune-site, fedtune-coordinator) and runs in its work directory.
 # Functions:
