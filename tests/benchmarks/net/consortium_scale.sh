@@ -77,21 +77,23 @@ for n in "${site_counts[@]}"; do
   dir="n$n"
   bench_start_coordinator "$dir" model.ckpt "$coordinator_bin" "auto_approve: true
 ${FEDTUNE_SCALE_COORDINATOR_CONFIG:-}"
-  # Threads and VmHWM of the coordinator, sampled until it exits.
-  (
-    max=0
-    while kill -0 "$coordinator_pid" 2>/dev/null; do
-      t=$(kib Threads "$coordinator_pid" 2>/dev/null || echo 0)
-      ((t > max)) && { max=$t; echo "$max" > "$dir/threads_max"; }
-      sleep 0.1
-    done
-  ) &
-  sampler_pid=$!
   # The simulated sites' certificates are made once (certs/) and reused for every N; each N has a fresh registry.
   "$bin/fedtune-loadgen" --coordinator "$coordinator_address" --certs certs --ca-dir ca --work-dir "$dir/loadgen" \
     --sites "$n" --train-seconds "$train_seconds" --task-wait 10 --timeout "$timeout_s" \
     --ready-file "$dir/ready" >"$dir/loadgen.out" 2>"$dir/loadgen.log" &
   loadgen_pid=$!
+  # The coordinator's thread count, sampled until it exits; the load generator's own peak RSS while it runs.
+  (
+    max=0
+    while kill -0 "$coordinator_pid" 2>/dev/null; do
+      t=$(kib Threads "$coordinator_pid" 2>/dev/null || echo 0)
+      ((t > max)) && { max=$t; echo "$max" > "$dir/threads_max"; }
+      l=$(kib VmHWM "$loadgen_pid" 2>/dev/null || true)
+      [[ -n "$l" ]] && echo "$l" > "$dir/loadgen_hwm"
+      sleep 0.1
+    done
+  ) &
+  sampler_pid=$!
   while [[ ! -s "$dir/ready" ]] && kill -0 "$loadgen_pid" 2>/dev/null; do sleep 0.2; done
   status="ok"
   started=0
@@ -129,11 +131,12 @@ ${FEDTUNE_SCALE_COORDINATOR_CONFIG:-}"
   wait "$sampler_pid" 2>/dev/null || true
   sampler_pid=""
   threads=$(cat "$dir/threads_max" 2>/dev/null || echo 0)
+  loadgen_mb=$(mb "$(cat "$dir/loadgen_hwm" 2>/dev/null || echo 0)")
   # The loadgen's round table: round attempt tasks uploads dropped late refused cancelled MBdown MBup wall rate.
   read -r uploads mb_down mb_up wall rate < <(awk '$1 == 1 && $2 == 1 && NF == 12 {print $4, $9, $10, $11, $12}' \
     "$dir/loadgen.out" || true) || true
   payload=$(sed -n 's/.* payload \([0-9.]*\) MB per upload.*/\1/p' "$dir/loadgen.out")
-  rows+=("$n|$(mb "$before")|$(mb "$after")|$threads|${wall:-n/a}|${uploads:-0}|${mb_down:-n/a}|${mb_up:-n/a}|${rate:-n/a}|$busy|$status")
+  rows+=("$n|$(mb "$before")|$(mb "$after")|$threads|${wall:-n/a}|${uploads:-0}|${mb_down:-n/a}|${mb_up:-n/a}|${rate:-n/a}|$busy|$loadgen_mb|$status")
   if [[ "$status" == ok ]]; then
     growth[$n]=$(awk -v a="$after" -v b="$before" -v m="$model_bytes" 'BEGIN {printf "%.2f", (a - b) * 1024 / m}')
     threads_at[$n]=$threads
@@ -158,15 +161,15 @@ fi
 
 echo
 echo "coordinator at consortium scale; model $arch = $(mb $((model_bytes / 1024))) MB; coordinator $coordinator_bin"
-printf '%-6s %12s %10s %9s %14s %8s %10s %10s %12s %9s  %s\n' sites "start+run MB" "VmHWM MB" threads \
-  "round 1 wall s" uploads "MB down" "MB up" "upload MB/s" "busy" status
+printf '%-6s %12s %10s %9s %14s %8s %10s %10s %12s %9s %11s  %s\n' sites "start+run MB" "VmHWM MB" threads \
+  "round 1 wall s" uploads "MB down" "MB up" "upload MB/s" "busy" "loadgen MB" status
 for row in "${rows[@]}"; do
-  IFS='|' read -r n before after threads wall uploads down up rate busy status <<<"$row"
-  printf '%-6s %12s %10s %9s %14s %8s %10s %10s %12s %9s  %s\n' "$n" "$before" "$after" "$threads" "$wall" \
-    "$uploads" "$down" "$up" "$rate" "$busy" "$status"
+  IFS='|' read -r n before after threads wall uploads down up rate busy loadgen_mb status <<<"$row"
+  printf '%-6s %12s %10s %9s %14s %8s %10s %10s %12s %9s %11s  %s\n' "$n" "$before" "$after" "$threads" "$wall" \
+    "$uploads" "$down" "$up" "$rate" "$busy" "$loadgen_mb" "$status"
 done
-echo "(busy: RESOURCE_EXHAUSTED answers the sites retried; upload MB/s: per upload, GetUploadOffset + stream +" \
-  "accepted)"
+echo "(VmHWM of the coordinator; busy: RESOURCE_EXHAUSTED answers the sites retried; upload MB/s: per upload," \
+  "GetUploadOffset + stream + accepted; loadgen MB: the load generator's own peak RSS)"
 echo "plain gRPC mTLS stream of ${payload_at[1]:-n/a} MB: $grpc_rate MB/s; single-site loadgen upload:" \
   "${single_rate[1]:-n/a} MB/s"
 echo "load after: $(uptime | sed 's/.*load average/load average/')"
