@@ -22,6 +22,7 @@
 #   FEDTUNE_SCALE_COORDINATOR_CONFIG  extra coordinator config lines, e.g. "max_server_threads: 600" (the synchronous
 #                              coordinator holds a thread per call; its default quota of 64 makes sites back off)
 #   FEDTUNE_SCALE_TIMEOUT      seconds per N before the loadgen gives up (default 1800)
+#   FEDTUNE_SCALE_LOADGEN_ENV  VAR=VALUE words for the load generator's process only (e.g. MALLOC_ARENA_MAX=2)
 #   FEDTUNE_SCALE_WORK         work directory (default a new one under /tmp, removed at the end)
 #   FEDTUNE_BIN_DIR            the other programs (default BUILD_DIR/bin)
 # Its last line reads:
@@ -78,7 +79,7 @@ for n in "${site_counts[@]}"; do
   bench_start_coordinator "$dir" model.ckpt "$coordinator_bin" "auto_approve: true
 ${FEDTUNE_SCALE_COORDINATOR_CONFIG:-}"
   # The simulated sites' certificates are made once (certs/) and reused for every N; each N has a fresh registry.
-  "$bin/fedtune-loadgen" --coordinator "$coordinator_address" --certs certs --ca-dir ca --work-dir "$dir/loadgen" \
+  env ${FEDTUNE_SCALE_LOADGEN_ENV:-} "$bin/fedtune-loadgen" --coordinator "$coordinator_address" --certs certs --ca-dir ca --work-dir "$dir/loadgen" \
     --sites "$n" --train-seconds "$train_seconds" --task-wait 10 --timeout "$timeout_s" \
     --ready-file "$dir/ready" >"$dir/loadgen.out" 2>"$dir/loadgen.log" &
   loadgen_pid=$!
