@@ -7,7 +7,9 @@
 #include "absl/time/clock.h"
 #include "common/logging.h"
 #include "common/net/grpc_status.h"
+#include "common/status_macros.h"
 #include "coordinator/model_stream.h"
+#include "coordinator/model_write_reactor.h"
 
 namespace fedtune::coordinator {
 
@@ -33,8 +35,59 @@ AdminServiceImpl::AdminServiceImpl(Authorizer* authorizer, StateStore* store, Bl
 
 int64_t AdminServiceImpl::NowMs() const { return absl::ToUnixMillis(options_.clock ? options_.clock() : absl::Now()); }
 
-grpc::Status AdminServiceImpl::ListSites(grpc::ServerContext* context, const v1::ListSitesRequest*,
-                                         v1::ListSitesResponse* response) {
+grpc::ServerUnaryReactor* AdminServiceImpl::ListSites(grpc::CallbackServerContext* context,
+                                                      const v1::ListSitesRequest* request,
+                                                      v1::ListSitesResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(DoListSites(context, request, response));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdminServiceImpl::ApproveSite(grpc::CallbackServerContext* context,
+                                                        const v1::SiteRequest* request, v1::SiteResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(DoApproveSite(context, request, response));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdminServiceImpl::RevokeSite(grpc::CallbackServerContext* context,
+                                                       const v1::SiteRequest* request, v1::SiteResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(DoRevokeSite(context, request, response));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdminServiceImpl::StartRun(grpc::CallbackServerContext* context,
+                                                     const v1::StartRunRequest* request,
+                                                     v1::StartRunResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(DoStartRun(context, request, response));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdminServiceImpl::GetRunStatus(grpc::CallbackServerContext* context,
+                                                         const v1::RunStatusRequest* request, v1::RunStatus* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(DoGetRunStatus(context, request, response));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdminServiceImpl::AbortRun(grpc::CallbackServerContext* context,
+                                                     const v1::AbortRunRequest* request, v1::RunStatus* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(DoAbortRun(context, request, response));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdminServiceImpl::GetRunReport(grpc::CallbackServerContext* context,
+                                                         const v1::RunReportRequest* request, v1::RunReport* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(DoGetRunReport(context, request, response));
+  return reactor;
+}
+
+grpc::Status AdminServiceImpl::DoListSites(grpc::CallbackServerContext* context, const v1::ListSitesRequest*,
+                                           v1::ListSitesResponse* response) {
   absl::StatusOr<pki::PeerIdentity> peer =
       authorizer_->Authorize(*context, "AdminService/ListSites", Access::kOperator);
   if (!peer.ok()) return net::ToPeerGrpcStatus(peer.status());
@@ -44,8 +97,8 @@ grpc::Status AdminServiceImpl::ListSites(grpc::ServerContext* context, const v1:
   return grpc::Status::OK;
 }
 
-grpc::Status AdminServiceImpl::ApproveSite(grpc::ServerContext* context, const v1::SiteRequest* request,
-                                           v1::SiteResponse* response) {
+grpc::Status AdminServiceImpl::DoApproveSite(grpc::CallbackServerContext* context, const v1::SiteRequest* request,
+                                             v1::SiteResponse* response) {
   absl::StatusOr<pki::PeerIdentity> peer =
       authorizer_->Authorize(*context, "AdminService/ApproveSite", Access::kOperator);
   if (!peer.ok()) return net::ToPeerGrpcStatus(peer.status());
@@ -73,8 +126,8 @@ grpc::Status AdminServiceImpl::ApproveSite(grpc::ServerContext* context, const v
   return grpc::Status::OK;
 }
 
-grpc::Status AdminServiceImpl::RevokeSite(grpc::ServerContext* context, const v1::SiteRequest* request,
-                                          v1::SiteResponse* response) {
+grpc::Status AdminServiceImpl::DoRevokeSite(grpc::CallbackServerContext* context, const v1::SiteRequest* request,
+                                            v1::SiteResponse* response) {
   absl::StatusOr<pki::PeerIdentity> peer =
       authorizer_->Authorize(*context, "AdminService/RevokeSite", Access::kOperator);
   if (!peer.ok()) return net::ToPeerGrpcStatus(peer.status());
@@ -91,8 +144,8 @@ grpc::Status AdminServiceImpl::RevokeSite(grpc::ServerContext* context, const v1
   return grpc::Status::OK;
 }
 
-grpc::Status AdminServiceImpl::StartRun(grpc::ServerContext* context, const v1::StartRunRequest* request,
-                                        v1::StartRunResponse* response) {
+grpc::Status AdminServiceImpl::DoStartRun(grpc::CallbackServerContext* context, const v1::StartRunRequest* request,
+                                          v1::StartRunResponse* response) {
   absl::StatusOr<pki::PeerIdentity> peer = authorizer_->Authorize(*context, "AdminService/StartRun", Access::kOperator);
   if (!peer.ok()) return net::ToPeerGrpcStatus(peer.status());
   absl::StatusOr<std::string> run_id = rounds_->StartRun(request->config());
@@ -102,8 +155,8 @@ grpc::Status AdminServiceImpl::StartRun(grpc::ServerContext* context, const v1::
   return grpc::Status::OK;
 }
 
-grpc::Status AdminServiceImpl::GetRunStatus(grpc::ServerContext* context, const v1::RunStatusRequest* request,
-                                            v1::RunStatus* response) {
+grpc::Status AdminServiceImpl::DoGetRunStatus(grpc::CallbackServerContext* context, const v1::RunStatusRequest* request,
+                                              v1::RunStatus* response) {
   absl::StatusOr<pki::PeerIdentity> peer =
       authorizer_->Authorize(*context, "AdminService/GetRunStatus", Access::kOperator, request->run_id());
   if (!peer.ok()) return net::ToPeerGrpcStatus(peer.status());
@@ -113,8 +166,8 @@ grpc::Status AdminServiceImpl::GetRunStatus(grpc::ServerContext* context, const 
   return grpc::Status::OK;
 }
 
-grpc::Status AdminServiceImpl::AbortRun(grpc::ServerContext* context, const v1::AbortRunRequest* request,
-                                        v1::RunStatus* response) {
+grpc::Status AdminServiceImpl::DoAbortRun(grpc::CallbackServerContext* context, const v1::AbortRunRequest* request,
+                                          v1::RunStatus* response) {
   absl::StatusOr<pki::PeerIdentity> peer =
       authorizer_->Authorize(*context, "AdminService/AbortRun", Access::kOperator, request->run_id());
   if (!peer.ok()) return net::ToPeerGrpcStatus(peer.status());
@@ -127,34 +180,35 @@ grpc::Status AdminServiceImpl::AbortRun(grpc::ServerContext* context, const v1::
   return grpc::Status::OK;
 }
 
-grpc::Status AdminServiceImpl::ExportModel(grpc::ServerContext* context, const v1::ExportModelRequest* request,
-                                           grpc::ServerWriter<v1::Chunk>* writer) {
-  absl::StatusOr<pki::PeerIdentity> peer =
-      authorizer_->Authorize(*context, "AdminService/ExportModel", Access::kOperator);
-  if (!peer.ok()) return net::ToPeerGrpcStatus(peer.status());
+grpc::ServerWriteReactor<v1::Chunk>* AdminServiceImpl::ExportModel(grpc::CallbackServerContext* context,
+                                                                   const v1::ExportModelRequest* request) {
+  absl::StatusOr<ModelStream> stream = OpenExport(context, request);
+  if (!stream.ok()) return new FinishedWriter<v1::Chunk>(net::ToPeerGrpcStatus(stream.status()));
+  return new ModelWriteReactor(*std::move(stream), options_.chunk_bytes, "export", SiteCallLimiter::Slot(),
+                               [](const absl::Status& outcome, int64_t) { return net::ToPeerGrpcStatus(outcome); });
+}
+
+absl::StatusOr<ModelStream> AdminServiceImpl::OpenExport(grpc::CallbackServerContext* context,
+                                                         const v1::ExportModelRequest* request) {
+  ASSIGN_OR_RETURN(pki::PeerIdentity peer,
+                   authorizer_->Authorize(*context, "AdminService/ExportModel", Access::kOperator));
   const std::string prefix = absl::AsciiStrToLower(request->digest());
   if (prefix.size() < 8 || prefix.size() > 64 ||
       !std::all_of(prefix.begin(), prefix.end(), [](char c) { return absl::ascii_isxdigit(c); })) {
-    return net::ToPeerGrpcStatus(absl::InvalidArgumentError(
-        absl::StrCat("digest: '", request->digest(), "' is not a digest or a prefix of at least 8 hex digits")));
+    return absl::InvalidArgumentError(
+        absl::StrCat("digest: '", request->digest(), "' is not a digest or a prefix of at least 8 hex digits"));
   }
-  absl::StatusOr<std::vector<ModelVersion>> found = store_->FindModelVersions(prefix);
-  if (!found.ok()) return net::ToPeerGrpcStatus(found.status());
-  if (found->empty()) return net::ToPeerGrpcStatus(absl::NotFoundError(absl::StrCat("no model version ", prefix)));
-  if (found->size() > 1) {
-    return net::ToPeerGrpcStatus(absl::InvalidArgumentError(
-        absl::StrCat("digest prefix ", prefix, " matches ", found->size(), " model versions: give more digits")));
+  ASSIGN_OR_RETURN(std::vector<ModelVersion> found, store_->FindModelVersions(prefix));
+  if (found.empty()) return absl::NotFoundError(absl::StrCat("no model version ", prefix));
+  if (found.size() > 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("digest prefix ", prefix, " matches ", found.size(), " model versions: give more digits"));
   }
-  absl::StatusOr<ModelStream> stream = ModelStream::Open(*blobs_, found->front().digest, request->offset());
-  if (!stream.ok()) return net::ToPeerGrpcStatus(stream.status());
-  int64_t sent = 0;
-  return net::ToPeerGrpcStatus(stream->Send(
-      options_.chunk_bytes, [context] { return context->IsCancelled(); },
-      [writer](const v1::Chunk& chunk) { return writer->Write(chunk); }, "export", &sent));
+  return ModelStream::Open(*blobs_, found.front().digest, request->offset());
 }
 
-grpc::Status AdminServiceImpl::GetRunReport(grpc::ServerContext* context, const v1::RunReportRequest* request,
-                                            v1::RunReport* response) {
+grpc::Status AdminServiceImpl::DoGetRunReport(grpc::CallbackServerContext* context, const v1::RunReportRequest* request,
+                                              v1::RunReport* response) {
   absl::StatusOr<pki::PeerIdentity> peer =
       authorizer_->Authorize(*context, "AdminService/GetRunReport", Access::kOperator, request->run_id());
   if (!peer.ok()) return net::ToPeerGrpcStatus(peer.status());

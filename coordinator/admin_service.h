@@ -1,5 +1,6 @@
 // fedtune.v1.AdminService: the operator CLI's calls (operator certificates only): site registry, runs, status,
-// model export and the run report. Synchronous gRPC service (see site_service.h for why). Replies carry no server
+// model export and the run report. gRPC's callback API: unary calls run to completion on gRPC's callback
+// thread; ExportModel is a ModelWriteReactor (one chunk in flight, no thread held). Replies carry no server
 // paths (net::ToPeerGrpcStatus; the coordinator's log has them).
 //
 // Thread safety: thread-safe.
@@ -11,6 +12,7 @@
 #include "absl/time/time.h"
 #include "coordinator/authorizer.h"
 #include "coordinator/blob_store.h"
+#include "coordinator/model_stream.h"
 #include "coordinator/round_manager.h"
 #include "coordinator/state_store.h"
 #include "fedtune/v1/federation.grpc.pb.h"
@@ -25,39 +27,57 @@ struct AdminServiceOptions {
 // Fills a SiteInfo from the registry.
 v1::SiteInfo ToSiteInfo(const SiteRecord& site);
 
-class AdminServiceImpl final : public v1::AdminService::Service {
+class AdminServiceImpl final : public v1::AdminService::CallbackService {
  public:
   // The pointers must outlive the service.
   AdminServiceImpl(Authorizer* authorizer, StateStore* store, BlobStore* blobs, RoundManager* rounds,
                    AdminServiceOptions options);
 
   // All sites, by id.
-  grpc::Status ListSites(grpc::ServerContext* context, const v1::ListSitesRequest* request,
-                         v1::ListSitesResponse* response) override;
+  grpc::ServerUnaryReactor* ListSites(grpc::CallbackServerContext* context, const v1::ListSitesRequest* request,
+                                      v1::ListSitesResponse* response) override;
   // Approves a site (creating the entry when the site has not said Hello yet, so it can be pre-approved). With
   // request.replace_key, also accepts the key the site offered as its pinned key (StateStore::ReplaceSiteKey:
   // NOT_FOUND for an unknown site, FAILED_PRECONDITION when it offered none or not request.expected_key_sha256;
   // INVALID_ARGUMENT for a malformed expected_key_sha256).
-  grpc::Status ApproveSite(grpc::ServerContext* context, const v1::SiteRequest* request,
-                           v1::SiteResponse* response) override;
+  grpc::ServerUnaryReactor* ApproveSite(grpc::CallbackServerContext* context, const v1::SiteRequest* request,
+                                        v1::SiteResponse* response) override;
   // Revokes a site: refused from its next call. NOT_FOUND for an unknown site.
-  grpc::Status RevokeSite(grpc::ServerContext* context, const v1::SiteRequest* request,
-                          v1::SiteResponse* response) override;
-  grpc::Status StartRun(grpc::ServerContext* context, const v1::StartRunRequest* request,
-                        v1::StartRunResponse* response) override;
-  grpc::Status GetRunStatus(grpc::ServerContext* context, const v1::RunStatusRequest* request,
-                            v1::RunStatus* response) override;
-  grpc::Status AbortRun(grpc::ServerContext* context, const v1::AbortRunRequest* request,
-                        v1::RunStatus* response) override;
+  grpc::ServerUnaryReactor* RevokeSite(grpc::CallbackServerContext* context, const v1::SiteRequest* request,
+                                       v1::SiteResponse* response) override;
+  grpc::ServerUnaryReactor* StartRun(grpc::CallbackServerContext* context, const v1::StartRunRequest* request,
+                                     v1::StartRunResponse* response) override;
+  grpc::ServerUnaryReactor* GetRunStatus(grpc::CallbackServerContext* context, const v1::RunStatusRequest* request,
+                                         v1::RunStatus* response) override;
+  grpc::ServerUnaryReactor* AbortRun(grpc::CallbackServerContext* context, const v1::AbortRunRequest* request,
+                                     v1::RunStatus* response) override;
   // Streams a model version's file from request.offset; digest or a unique prefix of >= 8 hex digits
   // (INVALID_ARGUMENT for a shorter or ambiguous prefix, NOT_FOUND for none).
-  grpc::Status ExportModel(grpc::ServerContext* context, const v1::ExportModelRequest* request,
-                           grpc::ServerWriter<v1::Chunk>* writer) override;
-  grpc::Status GetRunReport(grpc::ServerContext* context, const v1::RunReportRequest* request,
-                            v1::RunReport* response) override;
+  grpc::ServerWriteReactor<v1::Chunk>* ExportModel(grpc::CallbackServerContext* context,
+                                                   const v1::ExportModelRequest* request) override;
+  grpc::ServerUnaryReactor* GetRunReport(grpc::CallbackServerContext* context, const v1::RunReportRequest* request,
+                                         v1::RunReport* response) override;
 
  private:
   int64_t NowMs() const;
+
+  // The unary calls' work, answered by the reactors above.
+  grpc::Status DoListSites(grpc::CallbackServerContext* context, const v1::ListSitesRequest* request,
+                           v1::ListSitesResponse* response);
+  grpc::Status DoApproveSite(grpc::CallbackServerContext* context, const v1::SiteRequest* request,
+                             v1::SiteResponse* response);
+  grpc::Status DoRevokeSite(grpc::CallbackServerContext* context, const v1::SiteRequest* request,
+                            v1::SiteResponse* response);
+  grpc::Status DoStartRun(grpc::CallbackServerContext* context, const v1::StartRunRequest* request,
+                          v1::StartRunResponse* response);
+  grpc::Status DoGetRunStatus(grpc::CallbackServerContext* context, const v1::RunStatusRequest* request,
+                              v1::RunStatus* response);
+  grpc::Status DoAbortRun(grpc::CallbackServerContext* context, const v1::AbortRunRequest* request,
+                          v1::RunStatus* response);
+  grpc::Status DoGetRunReport(grpc::CallbackServerContext* context, const v1::RunReportRequest* request,
+                              v1::RunReport* response);
+  // ExportModel's checks (operator, digest prefix) and its stream.
+  absl::StatusOr<ModelStream> OpenExport(grpc::CallbackServerContext* context, const v1::ExportModelRequest* request);
 
   Authorizer* const authorizer_;
   StateStore* const store_;

@@ -80,6 +80,13 @@ absl::Status ValidateCoordinatorConfig(const v1::CoordinatorConfig& config) {
   if (config.max_server_threads() < 4) {
     return Invalid("max_server_threads", absl::StrCat(config.max_server_threads(), " must be >= 4"));
   }
+  if (config.max_concurrent_decodes() < 1 || config.max_concurrent_decodes() > 16) {
+    return Invalid("max_concurrent_decodes", absl::StrCat(config.max_concurrent_decodes(), " is outside [1, 16]"));
+  }
+  if (config.grpc_memory_quota_bytes() < (int64_t{64} << 20)) {
+    return Invalid("grpc_memory_quota_bytes",
+                   absl::StrCat(config.grpc_memory_quota_bytes(), " must be >= 67108864 (64 MiB)"));
+  }
   return absl::OkStatus();
 }
 

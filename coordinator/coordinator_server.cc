@@ -38,6 +38,7 @@ SiteServiceOptions SiteOptionsFor(const v1::CoordinatorConfig& config, std::func
   site_options.call_limits.max_calls_per_site = config.max_calls_per_site();
   site_options.call_limits.max_streams_per_site = config.max_streams_per_site();
   site_options.auto_approve = config.auto_approve();
+  site_options.max_concurrent_decodes = config.max_concurrent_decodes();
   site_options.clock = std::move(clock);
   return site_options;
 }
@@ -89,7 +90,9 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(const v1::Coordi
   ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials, net::MakeServerCredentials(files));
   grpc::ServerBuilder builder;
   net::ServerLimits limits;
-  limits.max_threads = config.max_server_threads();
+  // No thread limit: the services are callback services, which hold no thread per call (the synchronous pool's
+  // limit, max_server_threads, would not bound them); their buffers are bounded by the memory quota.
+  limits.memory_bytes = config.grpc_memory_quota_bytes();
   net::ConfigureServerBuilder(&builder, limits);
   builder.AddListeningPort(config.listen_address(), credentials, &c->port_);
   builder.RegisterService(c->site_service_.get());
@@ -126,7 +129,12 @@ void Coordinator::Shutdown() {
   if (rounds_) rounds_->Shutdown();
   if (!stop_.HasBeenNotified()) stop_.Notify();
   if (ticker_.joinable()) ticker_.join();
+  // Long-polls are answered first: the server's Shutdown waits for every call to be answered. Streams still in
+  // flight after 2 s are cancelled (uploads and downloads resume); an upload being decoded finishes on the decode
+  // workers, which stop only after the server.
+  if (site_service_) site_service_->EndLongPolls();
   if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  if (site_service_) site_service_->StopDecoders();
 }
 
 Coordinator::~Coordinator() { Shutdown(); }

@@ -40,9 +40,9 @@ class Coordinator {
  public:
   // Validates `config` (ValidateCoordinatorConfig: InvalidArgument naming the field), creates state_dir, opens
   // coordinator.db and blobs/, imports config.initial_model (a model version without parent; NotFound naming the
-  // file), loads the CA directory, recovers the active run, starts the server on listen_address (a thread quota of
-  // max_server_threads; the per-site and spool limits of the config) and then writes port_file atomically.
-  // state_dir is used as an absolute path. Unavailable when the address cannot be bound.
+  // file), loads the CA directory, recovers the active run, starts the server on listen_address (gRPC's callback API
+  // under a memory quota of grpc_memory_quota_bytes; the per-site, spool and decode limits of the config) and then
+  // writes port_file atomically. state_dir is used as an absolute path. Unavailable when the address cannot be bound.
   static absl::StatusOr<std::unique_ptr<Coordinator>> Start(const v1::CoordinatorConfig& config,
                                                             CoordinatorOptions options = {});
   // Shuts down (see Shutdown).
@@ -56,6 +56,7 @@ class Coordinator {
   StateStore* store() { return store_.get(); }
   BlobStore* blobs() { return blobs_.get(); }
   RoundManager* rounds() { return rounds_.get(); }
+  SiteServiceImpl* site_service() { return site_service_.get(); }
 
  private:
   Coordinator() = default;

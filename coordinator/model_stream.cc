@@ -22,30 +22,19 @@ absl::StatusOr<ModelStream> ModelStream::Open(const BlobStore& blobs, const std:
   return ModelStream(*std::move(sender), digest, offset);
 }
 
-absl::Status ModelStream::Send(int chunk_bytes, const std::function<bool()>& cancelled,
-                               const std::function<bool(const v1::Chunk&)>& write, const std::string& what,
-                               int64_t* sent) {
-  net::ChunkSenderOptions options;
-  options.chunk_bytes = chunk_bytes;
-  options.cancelled = cancelled;
-  const int64_t total = sender_->size();
-  net::SendResult result = sender_->Send(offset_, options, [&](int64_t offset, absl::string_view data) {
-    v1::Chunk chunk;
-    chunk.set_offset(offset);
-    chunk.set_data(data.data(), data.size());
-    chunk.set_total_bytes(total);
-    chunk.set_sha256(digest_);
-    return write(chunk);
-  });
-  *sent = result.sent;
-  if (result.broken) return absl::UnavailableError(absl::StrCat(what, " stream broken"));
-  if (result.status.code() == absl::StatusCode::kCancelled)
-    return absl::CancelledError(absl::StrCat(what, " cancelled"));
-  if (!result.status.ok()) {
-    LOG(ERROR) << "reading the blob of model version " << digest_ << ": " << result.status;
+absl::StatusOr<bool> ModelStream::Next(int chunk_bytes, v1::Chunk* chunk) {
+  if (offset_ >= sender_->size()) return false;
+  absl::StatusOr<int64_t> got = sender_->ReadChunk(offset_, chunk_bytes, chunk->mutable_data());
+  if (!got.ok()) {
+    LOG(ERROR) << "reading the blob of model version " << digest_ << ": " << got.status();
     return absl::DataLossError(absl::StrCat("reading model version ", digest_, " failed on the coordinator"));
   }
-  return absl::OkStatus();
+  chunk->set_offset(offset_);
+  chunk->set_total_bytes(sender_->size());
+  if (chunk->sha256() != digest_) chunk->set_sha256(digest_);
+  offset_ += *got;
+  sent_ += *got;
+  return true;
 }
 
 }  // namespace fedtune::coordinator

@@ -1,13 +1,12 @@
-// A model version's blob streamed as v1::Chunk messages (offset, data, total_bytes, sha256 of the whole file) by
-// a net::ChunkSender: the one sending loop of SiteService::DownloadModel (sites) and AdminService::ExportModel
-// (operators).
+// A model version's blob as v1::Chunk messages (offset, data, total_bytes, sha256 of the whole file), read one
+// chunk at a time through a net::ChunkSender: the source of SiteService::DownloadModel (sites) and
+// AdminService::ExportModel (operators), which send it with a ModelWriteReactor (model_write_reactor.h).
 //
 // Thread safety: reentrant (one ModelStream per call).
 #ifndef FEDTUNE_COORDINATOR_MODEL_STREAM_H_
 #define FEDTUNE_COORDINATOR_MODEL_STREAM_H_
 
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <string>
 
@@ -26,11 +25,14 @@ class ModelStream {
   // [0, the blob's size].
   static absl::StatusOr<ModelStream> Open(const BlobStore& blobs, const std::string& digest, int64_t offset);
 
-  // Sends the chunks through `write` (false: the stream broke), asking `cancelled` before each. Returns OK when
-  // all was sent; Cancelled ("<what> cancelled"); Unavailable ("<what> stream broken"); DataLoss when the blob
-  // cannot be read (logged with its path). *sent: the payload bytes written, also on an error.
-  absl::Status Send(int chunk_bytes, const std::function<bool()>& cancelled,
-                    const std::function<bool(const v1::Chunk&)>& write, const std::string& what, int64_t* sent);
+  // Fills *chunk with the next chunk (offset, at most ClampChunkBytes(chunk_bytes) bytes of data, total_bytes,
+  // sha256 = the digest) and advances. Returns false when everything was sent (*chunk untouched). DataLoss when the
+  // blob cannot be read (logged with its path, not returned). The chunk's data buffer is reused from call to call.
+  absl::StatusOr<bool> Next(int chunk_bytes, v1::Chunk* chunk);
+
+  // Payload bytes handed out by Next so far.
+  int64_t sent() const { return sent_; }
+  int64_t total_bytes() const { return sender_->size(); }
 
  private:
   ModelStream(std::unique_ptr<net::ChunkSender> sender, std::string digest, int64_t offset)
@@ -39,6 +41,7 @@ class ModelStream {
   std::unique_ptr<net::ChunkSender> sender_;
   std::string digest_;
   int64_t offset_;
+  int64_t sent_ = 0;
 };
 
 }  // namespace fedtune::coordinator

@@ -190,7 +190,7 @@ std::string RoundManager::ActiveRunId() {
 void RoundManager::Shutdown() {
   absl::MutexLock lock(&mu_);
   shutdown_ = true;
-  task_cv_.SignalAll();
+  SignalTasksLocked();
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -230,7 +230,7 @@ absl::StatusOr<std::string> RoundManager::StartRun(const v1::RunConfig& config) 
   active_ = std::move(active);
   LOG(INFO) << "run " << run_id << " started: " << config.rounds() << " round(s), sites " << absl::StrJoin(sites, ",")
             << ", base model " << base;
-  task_cv_.SignalAll();
+  SignalTasksLocked();
   return run_id;
 }
 
@@ -332,6 +332,16 @@ absl::StatusOr<v1::Task> RoundManager::NextTask(const std::string& site_id) {
   }
   RETURN_IF_ERROR(AddEndedRuns(site_id, &task));
   return task;
+}
+
+void RoundManager::SignalTasksLocked() {
+  task_cv_.SignalAll();
+  if (task_listener_) task_listener_();
+}
+
+void RoundManager::SetTaskListener(std::function<void()> listener) {
+  absl::MutexLock lock(&mu_);
+  task_listener_ = std::move(listener);
 }
 
 absl::StatusOr<v1::Task> RoundManager::WaitForTask(const std::string& site_id, absl::Duration wait,
@@ -447,7 +457,7 @@ absl::StatusOr<std::set<std::string>> RoundManager::EligibleSitesLocked() {
 // Round transitions
 
 absl::Status RoundManager::AdvanceLocked(const RunTransition& t) {
-  task_cv_.SignalAll();
+  SignalTasksLocked();
   if (!t.run.active()) {
     active_.reset();
     return absl::OkStatus();

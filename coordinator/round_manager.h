@@ -175,6 +175,11 @@ class RoundManager {
   // Wakes and ends every WaitForTask; later waits return at once.
   void Shutdown();
 
+  // Called (under the manager's lock: it must not call back into the manager, only note the change) whenever
+  // sites' tasks may have changed: a run started, a round opened or closed, the run ended, Shutdown. Replaces the
+  // previous listener; set it before sites call. TaskWaiters (task_waiters.h) answers long-polls with it.
+  void SetTaskListener(std::function<void()> listener);
+
   // The active run's id, or "" when none.
   std::string ActiveRunId();
 
@@ -245,11 +250,15 @@ class RoundManager {
   // Serializes decoding (one decoded delta at a time). Acquired before mu_, never while holding it.
   absl::Mutex decode_mu_;
   absl::Mutex mu_ ABSL_ACQUIRED_AFTER(decode_mu_);
-  absl::CondVar task_cv_;  // Signalled when tasks may have changed.
+  absl::CondVar task_cv_;  // Signalled when tasks may have changed (SignalTasksLocked).
+  std::function<void()> task_listener_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<ActiveRun> active_ ABSL_GUARDED_BY(mu_);
   // Spool files claimed by a stream (BeginUpload until EndUpload / AcceptUpload), of any attempt.
   std::set<std::string> receiving_ ABSL_GUARDED_BY(mu_);
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
+
+  // Wakes WaitForTask and tells the task listener.
+  void SignalTasksLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 };
 
 }  // namespace fedtune::coordinator

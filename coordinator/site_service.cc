@@ -12,6 +12,7 @@
 #include "common/net/grpc_status.h"
 #include "common/status_macros.h"
 #include "coordinator/model_stream.h"
+#include "coordinator/model_write_reactor.h"
 #include "coordinator/upload_receiver.h"
 
 namespace fedtune::coordinator {
@@ -20,6 +21,13 @@ using federation::SiteStatus;
 namespace {
 
 constexpr char kCoordinatorVersion[] = "fedtune-coordinator 0.1.0";
+
+// A unary call answered with `status` (the response filled before).
+grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context, const grpc::Status& status) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(status);
+  return reactor;
+}
 
 }  // namespace
 
@@ -30,11 +38,25 @@ SiteServiceImpl::SiteServiceImpl(Authorizer* authorizer, StateStore* store, Blob
       blobs_(blobs),
       rounds_(rounds),
       options_(std::move(options)),
-      limiter_(options_.call_limits) {}
+      limiter_(options_.call_limits),
+      waiters_(rounds),
+      decoders_(options_.max_concurrent_decodes) {
+  rounds_->SetTaskListener([this] { waiters_.Notify(); });
+}
+
+SiteServiceImpl::~SiteServiceImpl() {
+  rounds_->SetTaskListener(nullptr);
+  EndLongPolls();
+  StopDecoders();
+}
+
+void SiteServiceImpl::EndLongPolls() { waiters_.Shutdown(); }
+
+void SiteServiceImpl::StopDecoders() { decoders_.Shutdown(); }
 
 int64_t SiteServiceImpl::NowMs() const { return absl::ToUnixMillis(options_.clock ? options_.clock() : absl::Now()); }
 
-absl::StatusOr<pki::PeerIdentity> SiteServiceImpl::Admit(const grpc::ServerContext& context, const char* rpc,
+absl::StatusOr<pki::PeerIdentity> SiteServiceImpl::Admit(const grpc::ServerContextBase& context, const char* rpc,
                                                          Access access, bool stream, SiteCallLimiter::Slot* slot,
                                                          const std::string& run_id, int round) {
   ASSIGN_OR_RETURN(pki::PeerIdentity peer, authorizer_->Authorize(context, rpc, access, run_id, round));
@@ -56,8 +78,13 @@ grpc::Status SiteServiceImpl::Reply(const absl::Status& status, const char* rpc,
   return reply;
 }
 
-grpc::Status SiteServiceImpl::Hello(grpc::ServerContext* context, const v1::HelloRequest* request,
-                                    v1::HelloResponse* response) {
+grpc::ServerUnaryReactor* SiteServiceImpl::Hello(grpc::CallbackServerContext* context, const v1::HelloRequest* request,
+                                                 v1::HelloResponse* response) {
+  return Answer(context, DoHello(context, request, response));
+}
+
+grpc::Status SiteServiceImpl::DoHello(grpc::CallbackServerContext* context, const v1::HelloRequest* request,
+                                      v1::HelloResponse* response) {
   constexpr char kRpc[] = "SiteService/Hello";
   SiteCallLimiter::Slot slot;
   absl::StatusOr<pki::PeerIdentity> peer = Admit(*context, kRpc, Access::kSiteHello, false, &slot);
@@ -80,22 +107,48 @@ grpc::Status SiteServiceImpl::Hello(grpc::ServerContext* context, const v1::Hell
   return grpc::Status::OK;
 }
 
-grpc::Status SiteServiceImpl::GetTask(grpc::ServerContext* context, const v1::GetTaskRequest* request,
-                                      v1::Task* response) {
+grpc::ServerUnaryReactor* SiteServiceImpl::GetTask(grpc::CallbackServerContext* context,
+                                                   const v1::GetTaskRequest* request, v1::Task* response) {
   constexpr char kRpc[] = "SiteService/GetTask";
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   SiteCallLimiter::Slot slot;
   absl::StatusOr<pki::PeerIdentity> peer = Admit(*context, kRpc, Access::kApprovedSite, false, &slot);
-  if (!peer.ok()) return Reply(peer.status(), kRpc, "");
+  if (!peer.ok()) {
+    reactor->Finish(Reply(peer.status(), kRpc, ""));
+    return reactor;
+  }
+  // The slot stays taken until the call is answered: a long-poll counts among the site's calls.
+  auto held = std::make_shared<SiteCallLimiter::Slot>(std::move(slot));
+  auto answer = [reactor, response, held, site = peer->common_name](absl::StatusOr<v1::Task> task) {
+    if (!task.ok()) {
+      reactor->Finish(Reply(task.status(), "SiteService/GetTask", site));
+      return;
+    }
+    *response = *std::move(task);
+    reactor->Finish(grpc::Status::OK);
+  };
   const int wait = std::clamp(request->wait_seconds(), 0, options_.task_wait_seconds);
-  absl::StatusOr<v1::Task> task =
-      rounds_->WaitForTask(peer->common_name, absl::Seconds(wait), [context] { return context->IsCancelled(); });
-  if (!task.ok()) return Reply(task.status(), kRpc, peer->common_name);
-  *response = *std::move(task);
-  return grpc::Status::OK;
+  if (wait == 0) {
+    answer(rounds_->NextTask(peer->common_name));
+    return reactor;
+  }
+  TaskWaiters::Waiter waiter;
+  waiter.site_id = peer->common_name;
+  waiter.deadline = absl::Now() + absl::Seconds(wait);
+  waiter.cancelled = [context] { return context->IsCancelled(); };
+  waiter.answer = std::move(answer);
+  waiters_.Add(std::move(waiter));
+  return reactor;
 }
 
-grpc::Status SiteServiceImpl::Heartbeat(grpc::ServerContext* context, const v1::HeartbeatRequest* request,
-                                        v1::HeartbeatResponse* response) {
+grpc::ServerUnaryReactor* SiteServiceImpl::Heartbeat(grpc::CallbackServerContext* context,
+                                                     const v1::HeartbeatRequest* request,
+                                                     v1::HeartbeatResponse* response) {
+  return Answer(context, DoHeartbeat(context, request, response));
+}
+
+grpc::Status SiteServiceImpl::DoHeartbeat(grpc::CallbackServerContext* context, const v1::HeartbeatRequest* request,
+                                          v1::HeartbeatResponse* response) {
   constexpr char kRpc[] = "SiteService/Heartbeat";
   SiteCallLimiter::Slot slot;
   absl::StatusOr<pki::PeerIdentity> peer =
@@ -110,39 +163,46 @@ grpc::Status SiteServiceImpl::Heartbeat(grpc::ServerContext* context, const v1::
   return grpc::Status::OK;
 }
 
-grpc::Status SiteServiceImpl::DownloadModel(grpc::ServerContext* context, const v1::DownloadRequest* request,
-                                            grpc::ServerWriter<v1::Chunk>* writer) {
+grpc::ServerWriteReactor<v1::Chunk>* SiteServiceImpl::DownloadModel(grpc::CallbackServerContext* context,
+                                                                    const v1::DownloadRequest* request) {
   constexpr char kRpc[] = "SiteService/DownloadModel";
   SiteCallLimiter::Slot slot;
   absl::StatusOr<pki::PeerIdentity> peer = Admit(*context, kRpc, Access::kApprovedSite, true, &slot);
-  if (!peer.ok()) return Reply(peer.status(), kRpc, "");
+  if (!peer.ok()) return new FinishedWriter<v1::Chunk>(Reply(peer.status(), kRpc, ""));
   const std::string& digest = request->digest();
   auto refuse = [&](const absl::Status& status) {
     authorizer_->Audit(*context, kRpc, *peer, status, rounds_->ActiveRunId());
-    return Reply(status, kRpc, peer->common_name);
+    return new FinishedWriter<v1::Chunk>(Reply(status, kRpc, peer->common_name));
   };
   if (!io::IsSha256Hex(digest)) {
     return refuse(absl::InvalidArgumentError(
         absl::StrCat("digest '", digest.substr(0, 80), "' is not a SHA-256 (64 lowercase hex digits)")));
   }
   absl::StatusOr<std::optional<ModelVersion>> version = store_->GetModelVersion(digest);
-  if (!version.ok()) return Reply(version.status(), kRpc, peer->common_name);
+  if (!version.ok()) return new FinishedWriter<v1::Chunk>(Reply(version.status(), kRpc, peer->common_name));
   if (!*version) return refuse(absl::NotFoundError(absl::StrCat("no model version ", digest)));
   absl::Status allowed = rounds_->CheckModelAccess(peer->common_name, digest);
   if (!allowed.ok()) return refuse(allowed);
   absl::StatusOr<ModelStream> stream = ModelStream::Open(*blobs_, digest, request->offset());
   if (!stream.ok()) return refuse(stream.status());
-  int64_t sent = 0;
-  const absl::Status result = stream->Send(
-      options_.chunk_bytes, [context] { return context->IsCancelled(); },
-      [writer](const v1::Chunk& chunk) { return writer->Write(chunk); }, "download", &sent);
-  absl::Status counted = store_->AddTransfer(rounds_->ActiveRunId(), peer->common_name, sent, 0);
-  if (!counted.ok()) LOG(WARNING) << "counting downloaded bytes: " << counted;
-  return Reply(result, kRpc, peer->common_name);
+  auto on_end = [this, site = peer->common_name](const absl::Status& outcome, int64_t sent) {
+    absl::Status counted = store_->AddTransfer(rounds_->ActiveRunId(), site, sent, 0);
+    if (!counted.ok()) LOG(WARNING) << "counting downloaded bytes: " << counted;
+    return Reply(outcome, "SiteService/DownloadModel", site);
+  };
+  return new ModelWriteReactor(*std::move(stream), options_.chunk_bytes, "download", std::move(slot),
+                               std::move(on_end));
 }
 
-grpc::Status SiteServiceImpl::GetUploadOffset(grpc::ServerContext* context, const v1::UploadOffsetRequest* request,
-                                              v1::UploadOffsetResponse* response) {
+grpc::ServerUnaryReactor* SiteServiceImpl::GetUploadOffset(grpc::CallbackServerContext* context,
+                                                           const v1::UploadOffsetRequest* request,
+                                                           v1::UploadOffsetResponse* response) {
+  return Answer(context, DoGetUploadOffset(context, request, response));
+}
+
+grpc::Status SiteServiceImpl::DoGetUploadOffset(grpc::CallbackServerContext* context,
+                                                const v1::UploadOffsetRequest* request,
+                                                v1::UploadOffsetResponse* response) {
   constexpr char kRpc[] = "SiteService/GetUploadOffset";
   SiteCallLimiter::Slot slot;
   absl::StatusOr<pki::PeerIdentity> peer =
@@ -162,29 +222,81 @@ grpc::Status SiteServiceImpl::GetUploadOffset(grpc::ServerContext* context, cons
   return grpc::Status::OK;
 }
 
-grpc::Status SiteServiceImpl::UploadUpdate(grpc::ServerContext* context, grpc::ServerReader<v1::UploadChunk>* reader,
-                                           v1::UploadResponse* response) {
+// An UploadUpdate stream: each message is handed to the UploadSession as gRPC delivers it (one read in flight);
+// a complete payload is decoded on the decode workers, and the call answered from there.
+class SiteServiceImpl::UploadReactor final : public grpc::ServerReadReactor<v1::UploadChunk> {
+ public:
+  UploadReactor(SiteServiceImpl* service, grpc::CallbackServerContext* context, v1::UploadResponse* response,
+                pki::PeerIdentity peer, SiteCallLimiter::Slot slot)
+      : service_(service),
+        context_(context),
+        response_(response),
+        peer_(std::move(peer)),
+        slot_(std::move(slot)),
+        session_(service->rounds_, peer_.common_name) {
+    StartRead(&chunk_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (ok && session_.Take(chunk_)) {
+      StartRead(&chunk_);
+      return;
+    }
+    // The stream ended (half-close, cancellation, broken connection) or the session wants no more.
+    session_.End(!ok && context_->IsCancelled());
+    if (session_.NeedsDecode()) {
+      service_->decoders_.Submit([this] { Complete(session_.Conclude()); });
+    } else {
+      Complete(session_.Conclude());
+    }
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  void Complete(UploadOutcome outcome) {
+    constexpr char kRpc[] = "SiteService/UploadUpdate";
+    if (outcome.bytes_up > 0) {
+      absl::Status counted =
+          service_->store_->AddTransfer(outcome.header.run_id(), peer_.common_name, 0, outcome.bytes_up);
+      if (!counted.ok()) LOG(WARNING) << "counting uploaded bytes: " << counted;
+    }
+    // The outcome of every upload is audited with its run and round (the authorization could not know them).
+    service_->authorizer_->Audit(*context_, kRpc, peer_, outcome.result.status(), outcome.header.run_id(),
+                                 outcome.header.round());
+    if (!outcome.result.ok()) {
+      Finish(Reply(outcome.result.status(), kRpc, peer_.common_name));
+      return;
+    }
+    *response_ = *std::move(outcome.result);
+    Finish(grpc::Status::OK);
+  }
+
+  SiteServiceImpl* const service_;
+  grpc::CallbackServerContext* const context_;
+  v1::UploadResponse* const response_;
+  const pki::PeerIdentity peer_;
+  SiteCallLimiter::Slot slot_;
+  UploadSession session_;
+  v1::UploadChunk chunk_;
+};
+
+grpc::ServerReadReactor<v1::UploadChunk>* SiteServiceImpl::UploadUpdate(grpc::CallbackServerContext* context,
+                                                                        v1::UploadResponse* response) {
   constexpr char kRpc[] = "SiteService/UploadUpdate";
   SiteCallLimiter::Slot slot;
   absl::StatusOr<pki::PeerIdentity> peer = Admit(*context, kRpc, Access::kApprovedSite, true, &slot);
-  if (!peer.ok()) return Reply(peer.status(), kRpc, "");
-  UploadStream stream;
-  stream.read = [reader](v1::UploadChunk* chunk) { return reader->Read(chunk); };
-  stream.cancelled = [context] { return context->IsCancelled(); };
-  UploadOutcome outcome = ReceiveUpload(rounds_, peer->common_name, stream);
-  if (outcome.bytes_up > 0) {
-    absl::Status counted = store_->AddTransfer(outcome.header.run_id(), peer->common_name, 0, outcome.bytes_up);
-    if (!counted.ok()) LOG(WARNING) << "counting uploaded bytes: " << counted;
-  }
-  // The outcome of every upload is audited with its run and round (the authorization above could not know them).
-  authorizer_->Audit(*context, kRpc, *peer, outcome.result.status(), outcome.header.run_id(), outcome.header.round());
-  if (!outcome.result.ok()) return Reply(outcome.result.status(), kRpc, peer->common_name);
-  *response = *std::move(outcome.result);
-  return grpc::Status::OK;
+  if (!peer.ok()) return new FinishedReader<v1::UploadChunk>(Reply(peer.status(), kRpc, ""));
+  return new UploadReactor(this, context, response, *std::move(peer), std::move(slot));
 }
 
-grpc::Status SiteServiceImpl::ReportMetrics(grpc::ServerContext* context, const v1::MetricsReport* request,
-                                            v1::ReportMetricsResponse* response) {
+grpc::ServerUnaryReactor* SiteServiceImpl::ReportMetrics(grpc::CallbackServerContext* context,
+                                                         const v1::MetricsReport* request,
+                                                         v1::ReportMetricsResponse* /*response*/) {
+  return Answer(context, DoReportMetrics(context, request));
+}
+
+grpc::Status SiteServiceImpl::DoReportMetrics(grpc::CallbackServerContext* context, const v1::MetricsReport* request) {
   constexpr char kRpc[] = "SiteService/ReportMetrics";
   SiteCallLimiter::Slot slot;
   absl::StatusOr<pki::PeerIdentity> peer =

@@ -3,10 +3,17 @@
 // among the site's concurrent calls (SiteCallLimiter: RESOURCE_EXHAUSTED naming the site and the limit, audited),
 // unpacks the request, calls RoundManager / StateStore and converts the status once.
 //
-// gRPC API: the synchronous service (grpc::Service) on the server's thread pool, chosen over the callback API to
-// keep the streaming handlers (resumable upload into a spool file, chunked download) straight-line code. A call
-// holds one thread (a GetTask long-poll for at most task_wait_seconds): the per-site limits and the server's thread
-// quota (CoordinatorConfig.max_server_threads) keep their number bounded.
+// gRPC API: the callback API (CallbackService), so that no call holds a thread while it waits:
+//  - unary calls (Hello, Heartbeat, GetUploadOffset, ReportMetrics) run to completion on gRPC's callback thread
+//    (a few database statements each);
+//  - a GetTask long-poll is handed to TaskWaiters (task_waiters.h): one thread answers every waiting call;
+//  - DownloadModel is a ModelWriteReactor (model_write_reactor.h): one chunk in flight, the next read when the
+//    previous write completed;
+//  - UploadUpdate is a read reactor feeding an UploadSession (upload_receiver.h) chunk by chunk as gRPC delivers
+//    them; the decode of a complete payload (decode, validate, aggregate: a model's worth of work) runs on a
+//    WorkerPool of max_concurrent_decodes threads (worker_pool.h), never on gRPC's threads.
+// The per-site limits (SiteCallLimiter) bound what one site may hold; the server's ResourceQuota bounds gRPC's
+// buffers (coordinator_server.h).
 //
 // Upload protocol: see upload_receiver.h. One stream per spool file at a time (ABORTED for a second one).
 // Downloads: a site gets only the models of runs it takes part in (RoundManager::CheckModelAccess).
@@ -20,6 +27,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -29,6 +37,8 @@
 #include "coordinator/round_manager.h"
 #include "coordinator/site_call_limiter.h"
 #include "coordinator/state_store.h"
+#include "coordinator/task_waiters.h"
+#include "coordinator/worker_pool.h"
 #include "fedtune/v1/federation.grpc.pb.h"
 
 namespace fedtune::coordinator {
@@ -39,41 +49,66 @@ struct SiteServiceOptions {
   int heartbeat_seconds = 10;         // Announced in Hello.
   bool auto_approve = false;          // Approve an unknown site on its first Hello.
   SiteCallLimits call_limits;         // Concurrent calls / streams per site (defaults: 8 / 2).
+  int max_concurrent_decodes = 1;     // Uploads decoded at once (WorkerPool threads), at least 1.
   std::function<absl::Time()> clock;  // Default absl::Now.
 };
 
-class SiteServiceImpl final : public v1::SiteService::Service {
+class SiteServiceImpl final : public v1::SiteService::CallbackService {
  public:
-  // The pointers must outlive the service.
+  // The pointers must outlive the service. Installs the long-poll answering as `rounds`' task listener (removed by
+  // the destructor).
   SiteServiceImpl(Authorizer* authorizer, StateStore* store, BlobStore* blobs, RoundManager* rounds,
                   SiteServiceOptions options);
+  ~SiteServiceImpl() override;
 
-  grpc::Status Hello(grpc::ServerContext* context, const v1::HelloRequest* request,
-                     v1::HelloResponse* response) override;
-  grpc::Status GetTask(grpc::ServerContext* context, const v1::GetTaskRequest* request, v1::Task* response) override;
-  grpc::Status Heartbeat(grpc::ServerContext* context, const v1::HeartbeatRequest* request,
-                         v1::HeartbeatResponse* response) override;
-  grpc::Status DownloadModel(grpc::ServerContext* context, const v1::DownloadRequest* request,
-                             grpc::ServerWriter<v1::Chunk>* writer) override;
-  grpc::Status GetUploadOffset(grpc::ServerContext* context, const v1::UploadOffsetRequest* request,
-                               v1::UploadOffsetResponse* response) override;
-  grpc::Status UploadUpdate(grpc::ServerContext* context, grpc::ServerReader<v1::UploadChunk>* reader,
-                            v1::UploadResponse* response) override;
-  grpc::Status ReportMetrics(grpc::ServerContext* context, const v1::MetricsReport* request,
-                             v1::ReportMetricsResponse* response) override;
+  grpc::ServerUnaryReactor* Hello(grpc::CallbackServerContext* context, const v1::HelloRequest* request,
+                                  v1::HelloResponse* response) override;
+  grpc::ServerUnaryReactor* GetTask(grpc::CallbackServerContext* context, const v1::GetTaskRequest* request,
+                                    v1::Task* response) override;
+  grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* context, const v1::HeartbeatRequest* request,
+                                      v1::HeartbeatResponse* response) override;
+  grpc::ServerWriteReactor<v1::Chunk>* DownloadModel(grpc::CallbackServerContext* context,
+                                                     const v1::DownloadRequest* request) override;
+  grpc::ServerUnaryReactor* GetUploadOffset(grpc::CallbackServerContext* context,
+                                            const v1::UploadOffsetRequest* request,
+                                            v1::UploadOffsetResponse* response) override;
+  grpc::ServerReadReactor<v1::UploadChunk>* UploadUpdate(grpc::CallbackServerContext* context,
+                                                         v1::UploadResponse* response) override;
+  grpc::ServerUnaryReactor* ReportMetrics(grpc::CallbackServerContext* context, const v1::MetricsReport* request,
+                                          v1::ReportMetricsResponse* response) override;
+
+  // Answers every waiting GetTask (with the task now) and stops taking long-polls: later ones are answered at once.
+  // Call before the server shuts down (grpc::Server::Shutdown waits for every call to be answered).
+  void EndLongPolls();
+  // Runs the queued decodes and stops the decode workers; later decodes run on the caller's thread. Call after the
+  // server shut down. Idempotent.
+  void StopDecoders();
 
   // The per-site call limits in force (tests, diagnostics).
   SiteCallLimiter& call_limiter() { return limiter_; }
+  // GetTask calls waiting now (tests, diagnostics).
+  int waiting_long_polls() { return waiters_.waiting(); }
 
  private:
+  class UploadReactor;
+
   int64_t NowMs() const;
   // Authorizes the caller of `rpc` and takes its place among its site's calls (`stream`: a streaming call); the
   // refusal (audited) otherwise.
-  absl::StatusOr<pki::PeerIdentity> Admit(const grpc::ServerContext& context, const char* rpc, Access access,
+  absl::StatusOr<pki::PeerIdentity> Admit(const grpc::ServerContextBase& context, const char* rpc, Access access,
                                           bool stream, SiteCallLimiter::Slot* slot, const std::string& run_id = "",
                                           int round = 0);
   // The status for the site: net::ToPeerGrpcStatus, logging the full status when a path was removed.
   static grpc::Status Reply(const absl::Status& status, const char* rpc, const std::string& site_id);
+
+  // The unary calls' work, answered by the reactors above.
+  grpc::Status DoHello(grpc::CallbackServerContext* context, const v1::HelloRequest* request,
+                       v1::HelloResponse* response);
+  grpc::Status DoHeartbeat(grpc::CallbackServerContext* context, const v1::HeartbeatRequest* request,
+                           v1::HeartbeatResponse* response);
+  grpc::Status DoGetUploadOffset(grpc::CallbackServerContext* context, const v1::UploadOffsetRequest* request,
+                                 v1::UploadOffsetResponse* response);
+  grpc::Status DoReportMetrics(grpc::CallbackServerContext* context, const v1::MetricsReport* request);
 
   Authorizer* const authorizer_;
   StateStore* const store_;
@@ -81,6 +116,8 @@ class SiteServiceImpl final : public v1::SiteService::Service {
   RoundManager* const rounds_;
   const SiteServiceOptions options_;
   SiteCallLimiter limiter_;
+  TaskWaiters waiters_;
+  WorkerPool decoders_;
 };
 
 }  // namespace fedtune::coordinator

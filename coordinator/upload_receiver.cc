@@ -1,21 +1,18 @@
 #include "coordinator/upload_receiver.h"
 
-#include <memory>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
-#include "common/net/chunk_receiver.h"
 #include "common/status_macros.h"
 
 namespace fedtune::coordinator {
 namespace {
 
-// Receives the stream's data from header.offset into the spool file, hashing it as it arrives; returns its
-// SHA-256 once the file holds header.total_bytes. What arrived is fsynced also when the stream broke, so that
-// GetUploadOffset can resume from it.
-absl::StatusOr<std::string> ReceiveInto(const std::string& path, const v1::UploadHeader& header,
-                                        const UploadStream& stream, const std::string& upload, int64_t* bytes_up) {
+// The receiver of the spool file: data from header.offset, at most header.total_bytes, hashed as it arrives.
+absl::StatusOr<std::unique_ptr<net::ChunkReceiver>> OpenReceiver(const std::string& path,
+                                                                 const v1::UploadHeader& header,
+                                                                 const std::string& upload) {
   net::ChunkReceiverOptions options;
   options.what = upload;
   options.max_bytes = header.total_bytes();
@@ -33,64 +30,107 @@ absl::StatusOr<std::string> ReceiveInto(const std::string& path, const v1::Uploa
     return absl::FailedPreconditionError(absl::StrCat(status.message(), ": ask GetUploadOffset"));
   }
   RETURN_IF_ERROR(status);
-  v1::UploadChunk chunk;
-  while (status.ok() && stream.read(&chunk)) {
-    if (chunk.payload_case() != v1::UploadChunk::kData) {
-      status = absl::InvalidArgumentError(absl::StrCat(upload, ": only the first message may carry a header"));
-      break;
-    }
-    status = receiver->Append(receiver->offset(), chunk.data());
-    if (status.ok()) *bytes_up += static_cast<int64_t>(chunk.data().size());
-  }
-  const absl::Status synced = receiver->Sync();
-  RETURN_IF_ERROR(status);
-  RETURN_IF_ERROR(synced);
-  if (stream.cancelled && stream.cancelled()) return absl::CancelledError(absl::StrCat(upload, " cancelled"));
-  if (receiver->offset() < header.total_bytes()) {
-    return absl::FailedPreconditionError(absl::StrCat(upload, " incomplete: ", receiver->offset(), " of ",
-                                                      header.total_bytes(), " bytes received; resume from offset ",
-                                                      receiver->offset()));
-  }
-  return receiver->Digest();
+  return receiver;
 }
 
 }  // namespace
 
+UploadSession::UploadSession(RoundManager* rounds, std::string site_id)
+    : rounds_(rounds), site_id_(std::move(site_id)) {}
+
+UploadSession::~UploadSession() = default;
+
+bool UploadSession::Take(v1::UploadChunk& chunk) {
+  if (settled_ || !status_.ok()) return false;
+  if (!target_) {
+    // The first message.
+    if (chunk.payload_case() != v1::UploadChunk::kHeader) {
+      settled_ = absl::InvalidArgumentError("upload: the first message must carry the UploadHeader");
+      return false;
+    }
+    out_.header = chunk.header();
+    absl::StatusOr<UploadTarget> target = rounds_->BeginUpload(site_id_, out_.header);
+    if (!target.ok()) {
+      settled_ = target.status();
+      return false;
+    }
+    if (target->accepted) {
+      v1::UploadResponse response;
+      federation::SetStatus(federation::UploadStatus::kAccepted, &response);
+      response.set_received_bytes(out_.header.total_bytes());
+      response.set_message("accepted before (same payload)");
+      settled_ = std::move(response);
+      return false;
+    }
+    target_ = *std::move(target);
+    what_ =
+        absl::StrCat("upload of site ", site_id_, " for run ", out_.header.run_id(), " round ", out_.header.round());
+    absl::StatusOr<std::unique_ptr<net::ChunkReceiver>> receiver =
+        OpenReceiver(target_->spool_path, out_.header, what_);
+    if (!receiver.ok()) {
+      status_ = receiver.status();
+      return false;
+    }
+    receiver_ = *std::move(receiver);
+    return true;
+  }
+  if (chunk.payload_case() != v1::UploadChunk::kData) {
+    status_ = absl::InvalidArgumentError(absl::StrCat(what_, ": only the first message may carry a header"));
+    return false;
+  }
+  status_ = receiver_->Append(receiver_->offset(), chunk.data());
+  if (status_.ok()) out_.bytes_up += static_cast<int64_t>(chunk.data().size());
+  return status_.ok();
+}
+
+void UploadSession::End(bool cancelled) {
+  if (settled_) return;
+  if (!target_) {
+    settled_ = absl::InvalidArgumentError("upload: empty stream (no header)");
+    return;
+  }
+  if (receiver_ != nullptr) {
+    const absl::Status synced = receiver_->Sync();
+    if (status_.ok()) status_ = synced;
+  }
+  if (!status_.ok()) return;
+  if (cancelled) {
+    status_ = absl::CancelledError(absl::StrCat(what_, " cancelled"));
+  } else if (receiver_->offset() < out_.header.total_bytes()) {
+    status_ = absl::FailedPreconditionError(absl::StrCat(what_, " incomplete: ", receiver_->offset(), " of ",
+                                                         out_.header.total_bytes(),
+                                                         " bytes received; resume from offset ", receiver_->offset()));
+  } else {
+    absl::StatusOr<std::string> digest = receiver_->Digest();
+    if (digest.ok()) {
+      sha256_ = *std::move(digest);
+    } else {
+      status_ = digest.status();
+    }
+  }
+}
+
+bool UploadSession::NeedsDecode() const { return !settled_ && status_.ok() && sha256_.has_value(); }
+
+UploadOutcome UploadSession::Conclude() {
+  receiver_.reset();  // Closes the spool file before the decode reads it, or EndUpload removes it.
+  if (settled_) {
+    out_.result = *std::move(settled_);
+  } else if (!status_.ok()) {
+    out_.result = rounds_->EndUpload(site_id_, out_.header, *target_, status_);
+  } else {
+    out_.result = rounds_->AcceptUpload(site_id_, out_.header, *target_, *sha256_);
+  }
+  return std::move(out_);
+}
+
 UploadOutcome ReceiveUpload(RoundManager* rounds, const std::string& site_id, const UploadStream& stream) {
-  UploadOutcome out;
-  v1::UploadChunk first;
-  if (!stream.read(&first)) {
-    out.result = absl::InvalidArgumentError("upload: empty stream (no header)");
-    return out;
+  UploadSession session(rounds, site_id);
+  v1::UploadChunk chunk;
+  while (stream.read(&chunk) && session.Take(chunk)) {
   }
-  if (first.payload_case() != v1::UploadChunk::kHeader) {
-    out.result = absl::InvalidArgumentError("upload: the first message must carry the UploadHeader");
-    return out;
-  }
-  out.header = first.header();
-  const v1::UploadHeader& header = out.header;
-  absl::StatusOr<UploadTarget> target = rounds->BeginUpload(site_id, header);
-  if (!target.ok()) {
-    out.result = target.status();
-    return out;
-  }
-  if (target->accepted) {
-    v1::UploadResponse response;
-    federation::SetStatus(federation::UploadStatus::kAccepted, &response);
-    response.set_received_bytes(header.total_bytes());
-    response.set_message("accepted before (same payload)");
-    out.result = std::move(response);
-    return out;
-  }
-  const std::string upload =
-      absl::StrCat("upload of site ", site_id, " for run ", header.run_id(), " round ", header.round());
-  absl::StatusOr<std::string> sha256 = ReceiveInto(target->spool_path, header, stream, upload, &out.bytes_up);
-  if (!sha256.ok()) {
-    out.result = rounds->EndUpload(site_id, header, *target, sha256.status());
-    return out;
-  }
-  out.result = rounds->AcceptUpload(site_id, header, *target, *sha256);
-  return out;
+  session.End(stream.cancelled && stream.cancelled());
+  return session.Conclude();
 }
 
 }  // namespace fedtune::coordinator

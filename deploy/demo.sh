@@ -12,6 +12,7 @@
 #   --arch A          tiny (default: width/depth-scaled DenseNet + DuoNet) or solonet (the study's full SoloNet:
 #                     DenseNet-121 + ResNeXt50-32x4d + MobileNetV2; hours on 2 CPU cores)
 #   --images N        images per hospital (default 1000; the open-source collection gets 2N)
+#   --pretrain-epochs E  epochs of the open-source model's training (default 10; a cached model is reused)
 #   --compression C   fp32 (default), fp16, int8 or topk
 #   --seed S          seed of the synthetic data, the model's initial weights, the splits and training (default 1)
 #   --work DIR        work directory (default build/demo); a second run reuses its PKI, data and open-source model
@@ -23,7 +24,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-sites=3 rounds=5 local_epochs=2 size=64 arch=tiny images=1000 compression=fp32 seed=1
+sites=3 rounds=5 local_epochs=2 size=64 arch=tiny images=1000 compression=fp32 seed=1 pretrain_epochs=10
 work="$root/build/demo" setup=1 bin="" fresh=0 prepare_only=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -33,6 +34,7 @@ while [[ $# -gt 0 ]]; do
     --image-size) size="$2"; shift 2 ;;
     --arch) arch="$2"; shift 2 ;;
     --images) images="$2"; shift 2 ;;
+    --pretrain-epochs) pretrain_epochs="$2"; shift 2 ;;
     --compression) compression="$2"; shift 2 ;;
     --seed) seed="$2"; shift 2 ;;
     --work) work="$2"; shift 2 ;;
@@ -40,12 +42,13 @@ while [[ $# -gt 0 ]]; do
     --bin) bin="$2"; shift 2 ;;
     --fresh) fresh=1; shift ;;
     --prepare-only) prepare_only=1; shift ;;
-    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
 [[ "$sites" =~ ^[1-9][0-9]*$ ]] || { echo "demo.sh: --sites must be a positive integer" >&2; exit 2; }
 [[ "$rounds" =~ ^[1-9][0-9]*$ ]] || { echo "demo.sh: --rounds must be a positive integer" >&2; exit 2; }
+[[ "$pretrain_epochs" =~ ^[1-9][0-9]{0,2}$ ]] || { echo "demo.sh: --pretrain-epochs must be an integer from 1 to 999" >&2; exit 2; }
 [[ "$seed" =~ ^[1-9][0-9]{0,8}$ ]] || { echo "demo.sh: --seed must be an integer from 1 to 999999999" >&2; exit 2; }
 case "$arch" in
   tiny) arch_flags=(--arch densenet_tiny --duo densenet_tiny --dropout 0.2); lr=0.05; batch=32 ;;
@@ -127,6 +130,10 @@ done
 
 # ---------------------------------------------------------------------------------------------------------------
 open_source="models/open-source-$arch-$tag.ckpt"
+pretrain_dir="pretrain-$arch-$tag"
+if ((pretrain_epochs != 10)); then
+  open_source="models/open-source-$arch-$tag-e$pretrain_epochs.ckpt" pretrain_dir="pretrain-$arch-$tag-e$pretrain_epochs"
+fi
 step "open-source model ($arch) trained on the open-source collection"
 if [[ -f "$open_source" ]]; then
   echo "reusing $open_source"
@@ -135,13 +142,13 @@ else
   "$bin/fedtune-site" model init "${arch_flags[@]}" --image-size "$size" --seed $((seed - 1)) \
     --out models/init.ckpt >/dev/null
   cat > models/pretrain.textproto <<CFG
-base_model: "init.ckpt" manifest: "../data/public-$tag/manifest.csv" out_dir: "pretrain-$arch-$tag"
-max_epochs: 10 patience: 4 batch_size: $batch learning_rate: $lr device: "cpu" threads: 2 loader_threads: 1
+base_model: "init.ckpt" manifest: "../data/public-$tag/manifest.csv" out_dir: "$pretrain_dir"
+max_epochs: $pretrain_epochs patience: 4 batch_size: $batch learning_rate: $lr device: "cpu" threads: 2 loader_threads: 1
 seed: $seed split { train: 0.8 validation: 0.2 test: 0.0 seed: $seed }
 CFG
   "$bin/fedtune-site" finetune --config models/pretrain.textproto >"logs/pretrain.log" 2>&1 ||
     { echo "demo: pretraining failed; see $work/logs/pretrain.log" >&2; tail -5 logs/pretrain.log >&2; exit 1; }
-  cp "models/pretrain-$arch-$tag/model.ckpt" "$open_source.tmp" && mv "$open_source.tmp" "$open_source"
+  cp "models/$pretrain_dir/model.ckpt" "$open_source.tmp" && mv "$open_source.tmp" "$open_source"
   echo "trained $open_source"
 fi
 

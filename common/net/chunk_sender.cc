@@ -35,37 +35,52 @@ absl::StatusOr<std::unique_ptr<ChunkSender>> ChunkSender::Open(const std::string
 
 ChunkSender::~ChunkSender() { ::close(fd_); }
 
+absl::StatusOr<int64_t> ChunkSender::ReadChunk(int64_t offset, int chunk_bytes, std::string* buffer) {
+  if (offset < 0 || offset > size_) {
+    return absl::OutOfRangeError(absl::StrCat("offset ", offset, " is outside [0, ", size_, "] of ", path_));
+  }
+  const size_t n = static_cast<size_t>(std::min<int64_t>(ClampChunkBytes(chunk_bytes), size_ - offset));
+  // resize() keeps the capacity: a stream reuses one buffer for all its chunks.
+  buffer->resize(n);
+  size_t got_total = 0;
+  while (got_total < n) {
+    const ssize_t got = ::pread(fd_, buffer->data() + got_total, n - got_total, offset + got_total);
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) {
+      return io::ErrnoToStatus(errno, absl::StrCat("cannot read at byte ", offset + got_total, " of"), path_);
+    }
+    if (got == 0) {
+      return absl::DataLossError(
+          absl::StrCat("'", path_, "' ended at byte ", offset + got_total, ", before the ", size_, " bytes it had"));
+    }
+    got_total += static_cast<size_t>(got);
+  }
+  return static_cast<int64_t>(n);
+}
+
 SendResult ChunkSender::Send(int64_t offset, const ChunkSenderOptions& options, const ChunkWriter& write) {
   SendResult result;
   if (offset < 0 || offset > size_) {
     result.status = absl::OutOfRangeError(absl::StrCat("offset ", offset, " is outside [0, ", size_, "] of ", path_));
     return result;
   }
-  const int64_t chunk_bytes = ClampChunkBytes(options.chunk_bytes);
-  std::string buffer(static_cast<size_t>(std::min(chunk_bytes, size_ - offset)), '\0');
+  std::string buffer;
   for (int64_t position = offset; position < size_;) {
     if (options.cancelled && options.cancelled()) {
       result.status = absl::CancelledError(absl::StrCat("cancelled at byte ", position, " of ", size_));
       return result;
     }
-    const size_t n = static_cast<size_t>(std::min(chunk_bytes, size_ - position));
-    const ssize_t got = ::pread(fd_, buffer.data(), n, position);
-    if (got < 0 && errno == EINTR) continue;
-    if (got < 0) {
-      result.status = io::ErrnoToStatus(errno, absl::StrCat("cannot read at byte ", position, " of"), path_);
+    absl::StatusOr<int64_t> got = ReadChunk(position, options.chunk_bytes, &buffer);
+    if (!got.ok()) {
+      result.status = got.status();
       return result;
     }
-    if (got == 0) {
-      result.status = absl::DataLossError(
-          absl::StrCat("'", path_, "' ended at byte ", position, ", before the ", size_, " bytes it had"));
-      return result;
-    }
-    if (!write(position, absl::string_view(buffer.data(), static_cast<size_t>(got)))) {
+    if (!write(position, buffer)) {
       result.broken = true;
       return result;
     }
-    position += got;
-    result.sent += got;
+    position += *got;
+    result.sent += *got;
   }
   return result;
 }

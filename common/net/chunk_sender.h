@@ -59,6 +59,12 @@ class ChunkSender {
   // [0, size()); see SendResult.
   SendResult Send(int64_t offset, const ChunkSenderOptions& options, const ChunkWriter& write);
 
+  // Pull form, for senders that write one chunk at a time (gRPC's callback API): reads the chunk of at most
+  // ClampChunkBytes(chunk_bytes) bytes at `offset` into *buffer (resized to what was read). Returns the bytes read,
+  // 0 when offset == size(). OutOfRange when offset is outside [0, size()); DataLoss when the file ended early (it
+  // shrank after Open); the read's I/O error naming the path.
+  absl::StatusOr<int64_t> ReadChunk(int64_t offset, int chunk_bytes, std::string* buffer);
+
  private:
   ChunkSender(int fd, std::string path, int64_t size) : fd_(fd), path_(std::move(path)), size_(size) {}
 

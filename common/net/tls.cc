@@ -87,16 +87,18 @@ void ConfigureServerBuilder(grpc::ServerBuilder* builder, const ServerLimits& li
   // Accept the clients' keepalive pings (every 20 s, also without calls in flight).
   builder->AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
   builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  if (limits.max_threads <= 0 && limits.memory_bytes <= 0) return;
+  grpc::ResourceQuota quota("fedtune-server");
   if (limits.max_threads > 0) {
     // A fixed, small number of completion queues: gRPC's default is one per core, each reserving a polling thread
     // from the quota at start-up (and aborting when the quota cannot hold them).
     builder->SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::NUM_CQS, kServerCompletionQueues);
     builder->SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MIN_POLLERS, 1);
     builder->SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, 2);
-    grpc::ResourceQuota quota("fedtune-server");
     quota.SetMaxThreads(std::max(limits.max_threads, 2 * kServerCompletionQueues));
-    builder->SetResourceQuota(quota);
   }
+  if (limits.memory_bytes > 0) quota.Resize(static_cast<size_t>(limits.memory_bytes));
+  builder->SetResourceQuota(quota);
 }
 
 }  // namespace fedtune::net

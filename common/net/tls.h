@@ -62,18 +62,21 @@ std::string HostOf(absl::string_view address);
 // The peer's leaf certificate in PEM from the call's AuthContext ("x509_pem_cert"); empty when the peer sent none.
 std::string PeerCertificatePem(const grpc::ServerContextBase& context);
 
-// Thread limits of a synchronous gRPC server.
+// Resource limits of a gRPC server.
 struct ServerLimits {
-  // Threads the server may use, pollers included (grpc::ResourceQuota::SetMaxThreads); a call arriving when none
-  // is left is answered RESOURCE_EXHAUSTED by gRPC. 0 (default): gRPC's own (no limit). Otherwise at least 4: the
-  // server runs kServerCompletionQueues completion queues, each with at least one polling thread.
+  // Threads of gRPC's synchronous server, pollers included (grpc::ResourceQuota::SetMaxThreads); a call arriving
+  // when none is left is answered RESOURCE_EXHAUSTED by gRPC. 0 (default): gRPC's own (no limit). Otherwise at
+  // least 4: the server runs kServerCompletionQueues completion queues, each with at least one polling thread.
+  // Callback services hold no thread per call and are not limited by it.
   int max_threads = 0;
+  // Memory for the server's transport buffers (grpc::ResourceQuota::Resize). 0 (default): gRPC's own (no limit).
+  int64_t memory_bytes = 0;
 };
 inline constexpr int kServerCompletionQueues = 2;
 
-// Server builder settings shared by fedtune servers: message size limits, keepalive policy and, when
-// limits.max_threads > 0, a resource quota with that many threads over kServerCompletionQueues completion queues
-// (1 to 2 polling threads each). Threads below 4 are raised to 4.
+// Server builder settings shared by fedtune servers: message size limits, keepalive policy and one resource quota
+// with limits.memory_bytes and, when limits.max_threads > 0, that many threads over kServerCompletionQueues
+// completion queues (1 to 2 polling threads each; threads below 4 are raised to 4).
 void ConfigureServerBuilder(grpc::ServerBuilder* builder, const ServerLimits& limits = {});
 
 }  // namespace fedtune::net

@@ -70,6 +70,8 @@ TEST(CoordinatorConfigTest, LimitsHaveValidDefaultsAndAreChecked) {
   EXPECT_EQ(config.max_calls_per_site(), 8);
   EXPECT_EQ(config.max_streams_per_site(), 2);
   EXPECT_EQ(config.max_server_threads(), 64);
+  EXPECT_EQ(config.max_concurrent_decodes(), 1);
+  EXPECT_EQ(config.grpc_memory_quota_bytes(), int64_t{512} << 20);
   EXPECT_EQ(SpoolBytesPerSite(config), int64_t{4} << 30);    // 2 x max_upload_bytes.
   EXPECT_EQ(SpoolBytesPerRound(config), int64_t{16} << 30);  // 8 x max_upload_bytes.
   config.set_max_upload_bytes(1000);
@@ -95,6 +97,9 @@ TEST(CoordinatorConfigTest, LimitsHaveValidDefaultsAndAreChecked) {
       {[](v1::CoordinatorConfig* c) { c->set_max_streams_per_site(0); }, "max_streams_per_site"},
       {[](v1::CoordinatorConfig* c) { c->set_max_streams_per_site(9); }, "max_streams_per_site"},
       {[](v1::CoordinatorConfig* c) { c->set_max_server_threads(3); }, "max_server_threads"},
+      {[](v1::CoordinatorConfig* c) { c->set_max_concurrent_decodes(0); }, "max_concurrent_decodes"},
+      {[](v1::CoordinatorConfig* c) { c->set_max_concurrent_decodes(17); }, "max_concurrent_decodes"},
+      {[](v1::CoordinatorConfig* c) { c->set_grpc_memory_quota_bytes(1 << 20); }, "grpc_memory_quota_bytes"},
   };
   for (const Case& c : cases) {
     v1::CoordinatorConfig edited = config;

@@ -11,6 +11,13 @@
 //      starts a fresh run (untimed). Arg 1: the run selects one site (min_sites 1), so each accepted upload also
 //      closes the round (aggregate result, ApplyDelta, the new 128 MB checkpoint written and hashed into the blob
 //      store, one SQLite transaction) and opens the next; every iteration uploads into the next round.
+// Downloads, side by side (issue 12):
+//   4. a plain gRPC mTLS server stream of the same 128 MiB (BM_GrpcMtlsDownload: 1 MiB chunks from memory into a
+//      client that only counts bytes);
+//   5. the real coordinator's DownloadModel of the SoloNet checkpoint (BM_CoordinatorDownload: read from the blob
+//      store by a ModelWriteReactor, received by site_agent's CoordinatorClient::DownloadModel into a .part file,
+//      hashed as it arrives, checked against the digest and renamed). FEDTUNE_BENCH_CHUNK_BYTES sets the coordinator's
+//      chunk_bytes (default 1 MiB).
 // Bytes per second are reported by Google Benchmark (bytes_per_second) over the payload's bytes.
 // Environment: FEDTUNE_UPLOAD_BENCH_BYTES sets the payload of BM_RawTcp and BM_GrpcMtlsStream (default 128 MiB;
 // 1 KiB to 16 GiB), e.g. the size of a fedtune-loadgen delta, so that a rate measured elsewhere compares with the plain
@@ -114,8 +121,22 @@ void BM_RawTcp(benchmark::State& state) {
 }
 BENCHMARK(BM_RawTcp)->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();
 
-// Counts the bytes of an upload stream and answers "accepted": gRPC + TLS cost without fedtune's processing.
+// Counts the bytes of an upload stream and answers "accepted", and streams kPayloadBytes from memory as a download:
+// gRPC + TLS cost without fedtune's processing.
 class CountingService final : public v1::SiteService::Service {
+  grpc::Status DownloadModel(grpc::ServerContext*, const v1::DownloadRequest*,
+                             grpc::ServerWriter<v1::Chunk>* writer) override {
+    v1::Chunk chunk;
+    const std::string payload = Payload();
+    for (int64_t sent = 0; sent < kPayloadBytes; sent += kChunkBytes) {
+      chunk.set_offset(sent);
+      chunk.set_data(payload);
+      chunk.set_total_bytes(kPayloadBytes);
+      if (!writer->Write(chunk)) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "broken");
+    }
+    return grpc::Status::OK;
+  }
+
   grpc::Status UploadUpdate(grpc::ServerContext*, grpc::ServerReader<v1::UploadChunk>* reader,
                             v1::UploadResponse* response) override {
     v1::UploadChunk chunk;
@@ -201,6 +222,36 @@ void BM_GrpcMtlsStream(benchmark::State& state) {
   std::filesystem::remove_all(pki.dir);
 }
 BENCHMARK(BM_GrpcMtlsStream)->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();
+
+void BM_GrpcMtlsDownload(benchmark::State& state) {
+  TestPki pki = MakePki();
+  auto creds = net::MakeServerCredentials(pki.server);
+  CHECK(creds.ok()) << creds.status();
+  CountingService service;
+  grpc::ServerBuilder builder;
+  net::ConfigureServerBuilder(&builder);
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", *creds, &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  auto channel = net::MakeClientChannel("127.0.0.1:" + std::to_string(port), pki.client);
+  CHECK(channel.ok()) << channel.status();
+  auto stub = v1::SiteService::NewStub(*channel);
+  for (auto _ : state) {
+    grpc::ClientContext context;
+    auto reader = stub->DownloadModel(&context, v1::DownloadRequest());
+    v1::Chunk chunk;
+    int64_t received = 0;
+    while (reader->Read(&chunk)) received += static_cast<int64_t>(chunk.data().size());
+    grpc::Status status = reader->Finish();
+    CHECK(status.ok()) << status.error_message();
+    CHECK_EQ(received, kPayloadBytes);
+  }
+  server->Shutdown();
+  state.SetBytesProcessed(state.iterations() * kPayloadBytes);
+  std::filesystem::remove_all(pki.dir);
+}
+BENCHMARK(BM_GrpcMtlsDownload)->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();
 
 // The real coordinator's upload path (see the header). Setup (untimed, once): PKI, the SoloNet checkpoint as the
 // coordinator's initial model, and the delta payload file (global-shaped, 1e-4 in every floating tensor, fp32).
@@ -303,6 +354,69 @@ BENCHMARK(BM_CoordinatorUpload)
     ->Unit(benchmark::kMillisecond)
     ->Iterations(3)
     ->UseRealTime();
+
+// The real coordinator's download path (see the header): the SoloNet checkpoint as the initial model, downloaded by
+// an approved site of a run (the file removed between iterations, untimed, so each one transfers everything).
+void BM_CoordinatorDownload(benchmark::State& state) {
+  TestPki pki = MakePki();
+  absl::StatusOr<model::Checkpoint> checkpoint = agent::InitCheckpoint({"solonet"}, 224, 0.8, 0);
+  CHECK(checkpoint.ok()) << checkpoint.status();
+  const std::string model_path = pki.dir + "/solonet.ckpt";
+  CHECK(model::SaveCheckpoint(&*checkpoint, model_path).ok());
+  checkpoint = absl::InternalError("released");
+  absl::StatusOr<std::string> sha = io::Sha256File(model_path);
+  CHECK(sha.ok()) << sha.status();
+  const int64_t model_bytes = static_cast<int64_t>(std::filesystem::file_size(model_path));
+
+  v1::CoordinatorConfig config;
+  config.set_listen_address("127.0.0.1:0");
+  config.set_server_cert(pki.server.cert);
+  config.set_server_key(pki.server.key);
+  config.set_ca_dir(pki.dir + "/ca");
+  config.set_state_dir(pki.dir + "/state");
+  config.set_initial_model(model_path);
+  config.set_task_wait_seconds(1);
+  if (const char* c = std::getenv("FEDTUNE_BENCH_CHUNK_BYTES")) config.set_chunk_bytes(std::atoi(c));
+  absl::StatusOr<std::unique_ptr<coordinator::Coordinator>> coordinator = coordinator::Coordinator::Start(config);
+  CHECK(coordinator.ok()) << coordinator.status();
+  coordinator::Coordinator& c = **coordinator;
+  CHECK(c.store()->SetSiteStatus("site-a", federation::SiteStatus::kApproved, true, 0).ok());
+  v1::RunConfig run;
+  run.set_name("download benchmark");
+  run.set_rounds(1);
+  run.set_min_sites(1);
+  run.set_round_deadline_seconds(86400);
+  run.add_sites("site-a");
+  run.set_final_evaluation(false);
+  absl::StatusOr<std::string> run_id = c.rounds()->StartRun(run);
+  CHECK(run_id.ok()) << run_id.status();
+
+  agent::ClientOptions client_options;
+  client_options.address = "127.0.0.1:" + std::to_string(c.port());
+  client_options.tls = pki.client;
+  client_options.rpc_timeout = absl::Seconds(60);
+  client_options.retry.max_attempts = 1;
+  absl::StatusOr<std::unique_ptr<agent::CoordinatorClient>> client = agent::CoordinatorClient::Create(client_options);
+  CHECK(client.ok()) << client.status();
+  v1::HelloRequest hello;
+  hello.mutable_dataset()->set_images(1000);
+  CHECK((*client)->Hello(hello).ok());
+  const std::string dir = pki.dir + "/models";
+  for (auto _ : state) {
+    state.PauseTiming();
+    std::filesystem::remove_all(dir);
+    state.ResumeTiming();
+    absl::StatusOr<std::string> path = (*client)->DownloadModel(*sha, model_bytes, dir, nullptr);
+    CHECK(path.ok()) << path.status();
+  }
+  CHECK(c.rounds()->AbortRun(*run_id, "benchmark done").ok());
+  c.Shutdown();
+  state.SetBytesProcessed(state.iterations() * model_bytes);
+  state.counters["payload_MB"] = static_cast<double>(model_bytes) / 1e6;
+  coordinator->reset();
+  std::filesystem::remove_all(pki.dir);
+}
+BENCHMARK(BM_CoordinatorDownload)->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();
 
 }  // namespace
 }  // namespace fedtune
