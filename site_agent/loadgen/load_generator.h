@@ -21,7 +21,7 @@
 // A site fails on an error the client does not retry (UNAUTHENTICATED, PERMISSION_DENIED, a refused payload,
 // local I/O) or when its run is aborted or failed (a heartbeat answering cancel with run_ended and a state other than
 // "completed"); the first failure stops every site. Transient errors (UNAVAILABLE, DEADLINE_EXCEEDED,
-// RESOURCE_EXHAUSTED from a coordinator at its thread quota) are retried by the client; when it gives up, the site
+// RESOURCE_EXHAUSTED from a coordinator over a limit) are retried by the client; when it gives up, the site
 // backs off and works the task again when the coordinator offers it again, as the agent's loop does.
 //
 // Memory: the generator holds no model: the payload files are shared (one per variant), downloads go to disk and are

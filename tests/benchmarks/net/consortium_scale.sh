@@ -19,8 +19,9 @@
 #   FEDTUNE_SCALE_TRAIN_SECONDS  simulated training per round (default 2)
 #   FEDTUNE_SCALE_COORDINATOR_BIN  the coordinator to measure (default BUILD_DIR/bin/fedtune-coordinator), e.g.
 #                              /work/baseline/bin/fedtune-coordinator for a baseline side by side
-#   FEDTUNE_SCALE_COORDINATOR_CONFIG  extra coordinator config lines, e.g. "max_server_threads: 600" (the synchronous
-#                              coordinator holds a thread per call; its default quota of 64 makes sites back off)
+#   FEDTUNE_SCALE_COORDINATOR_CONFIG  extra coordinator config lines, e.g. "max_server_threads: 600" for a baseline
+#                              on gRPC's synchronous API (a thread per call; its default quota of 64 makes sites back
+#                              off, and is reported), or "max_concurrent_decodes: 2"
 #   FEDTUNE_SCALE_TIMEOUT      seconds per N before the loadgen gives up (default 1800)
 #   FEDTUNE_SCALE_LOADGEN_ENV  VAR=VALUE words for the load generator's process only (e.g. MALLOC_ARENA_MAX=2)
 #   FEDTUNE_SCALE_WORK         work directory (default a new one under /tmp, removed at the end)
@@ -126,7 +127,7 @@ ${FEDTUNE_SCALE_COORDINATOR_CONFIG:-}"
   busy=$(grep -c RESOURCE_EXHAUSTED "$dir/loadgen.log" || true)
   if ((rc != 0)) && [[ "$status" == ok ]]; then
     status="loadgen exit $rc: $(grep 'fedtune-loadgen: error' "$dir/loadgen.log" | tail -1 | cut -c1-200)"
-    ((busy > 0)) && status="$status; $busy RESOURCE_EXHAUSTED answers (thread quota: see FEDTUNE_SCALE_COORDINATOR_CONFIG)"
+    ((busy > 0)) && status="$status; $busy RESOURCE_EXHAUSTED answers (coordinator limits: see FEDTUNE_SCALE_COORDINATOR_CONFIG)"
   fi
   bench_stop_coordinator
   wait "$sampler_pid" 2>/dev/null || true

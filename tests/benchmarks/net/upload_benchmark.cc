@@ -19,9 +19,9 @@
 //      hashed as it arrives, checked against the digest and renamed). FEDTUNE_BENCH_CHUNK_BYTES sets the coordinator's
 //      chunk_bytes (default 1 MiB).
 // Bytes per second are reported by Google Benchmark (bytes_per_second) over the payload's bytes.
-// Environment: FEDTUNE_UPLOAD_BENCH_BYTES sets the payload of BM_RawTcp and BM_GrpcMtlsStream (default 128 MiB;
-// 1 KiB to 16 GiB), e.g. the size of a fedtune-loadgen delta, so that a rate measured elsewhere compares with the plain
-// gRPC stream of the same bytes (tests/benchmarks/net/consortium_scale.sh).
+// Environment: FEDTUNE_UPLOAD_BENCH_BYTES sets the payload of BM_RawTcp, BM_GrpcMtlsStream and BM_GrpcMtlsDownload
+// (default 128 MiB; 1 KiB to 16 GiB), e.g. the size of a fedtune-loadgen delta, so that a rate measured elsewhere
+// compares with the plain gRPC stream of the same bytes (tests/benchmarks/net/consortium_scale.sh).
 #include <ATen/ATen.h>
 #include <arpa/inet.h>
 #include <benchmark/benchmark.h>
@@ -121,17 +121,18 @@ void BM_RawTcp(benchmark::State& state) {
 }
 BENCHMARK(BM_RawTcp)->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();
 
-// Counts the bytes of an upload stream and answers "accepted", and streams kPayloadBytes from memory as a download:
+// Counts the bytes of an upload stream and answers "accepted", and streams PayloadBytes() from memory as a download:
 // gRPC + TLS cost without fedtune's processing.
 class CountingService final : public v1::SiteService::Service {
   grpc::Status DownloadModel(grpc::ServerContext*, const v1::DownloadRequest*,
                              grpc::ServerWriter<v1::Chunk>* writer) override {
     v1::Chunk chunk;
     const std::string payload = Payload();
-    for (int64_t sent = 0; sent < kPayloadBytes; sent += kChunkBytes) {
+    const int64_t payload_bytes = PayloadBytes();
+    for (int64_t sent = 0; sent < payload_bytes; sent += kChunkBytes) {
       chunk.set_offset(sent);
-      chunk.set_data(payload);
-      chunk.set_total_bytes(kPayloadBytes);
+      chunk.set_data(payload.data(), static_cast<size_t>(std::min<int64_t>(kChunkBytes, payload_bytes - sent)));
+      chunk.set_total_bytes(payload_bytes);
       if (!writer->Write(chunk)) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "broken");
     }
     return grpc::Status::OK;
@@ -245,10 +246,10 @@ void BM_GrpcMtlsDownload(benchmark::State& state) {
     while (reader->Read(&chunk)) received += static_cast<int64_t>(chunk.data().size());
     grpc::Status status = reader->Finish();
     CHECK(status.ok()) << status.error_message();
-    CHECK_EQ(received, kPayloadBytes);
+    CHECK_EQ(received, PayloadBytes());
   }
   server->Shutdown();
-  state.SetBytesProcessed(state.iterations() * kPayloadBytes);
+  state.SetBytesProcessed(state.iterations() * PayloadBytes());
   std::filesystem::remove_all(pki.dir);
 }
 BENCHMARK(BM_GrpcMtlsDownload)->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();

@@ -60,8 +60,6 @@ class LoadGeneratorTest : public ::testing::Test {
     config_.set_initial_model(tmp_.Join("initial.ckpt"));
     config_.set_task_wait_seconds(2);
     config_.set_auto_approve(true);
-    // The synchronous server holds a thread per call: 64 long-polls plus heartbeats and transfers.
-    config_.set_max_server_threads(256);
     absl::StatusOr<std::unique_ptr<coordinator::Coordinator>> c = coordinator::Coordinator::Start(config_);
     ASSERT_TRUE(c.ok()) << c.status();
     coordinator_ = *std::move(c);
