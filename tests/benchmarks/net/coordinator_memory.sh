@@ -35,13 +35,11 @@ work="${FEDTUNE_MEM_WORK:-}"
 if [[ -z "$work" ]]; then work="$(mktemp -d /tmp/fedtune_coordinator_memory_XXXXXX)"; keep_work=0; fi
 mkdir -p "$work"
 work="$(cd "$work" && pwd)"
-coordinator_pid=""
+# The PKI, model and coordinator set-up shared with consortium_scale.sh.
+source "$root/tests/benchmarks/net/bench_setup.bash"
 cleanup() {
   local rc=$?
-  if [[ -n "$coordinator_pid" ]]; then
-    kill -TERM "$coordinator_pid" 2>/dev/null || true
-    wait "$coordinator_pid" 2>/dev/null || true
-  fi
+  bench_stop_coordinator
   [[ $keep_work -eq 0 ]] && rm -rf "$work"
   exit $rc
 }
@@ -49,15 +47,9 @@ trap cleanup EXIT
 export FEDTUNE_LOG_LEVEL="${FEDTUNE_LOG_LEVEL:-1}"
 cd "$work"
 
-kib() { awk -v k="$1" '/^'"$1"':/ {print $2}' "/proc/$2/status"; }
-mb() { awk -v k="$1" 'BEGIN {printf "%.0f", k * 1024 / 1e6}'; }
-
 # PKI: the consortium CA, the coordinator's certificate, an operator, and max_sites site keys (made at the "site")
 # with certificates signed by the operator.
-"$bin/fedtune" pki init --consortium "memory benchmark" --out ca >/dev/null
-"$bin/fedtune" pki server --ca-dir ca --out coordinator-pki --dns localhost --ip 127.0.0.1 >/dev/null
-"$bin/fedtune" pki request --name operator --out operator >/dev/null
-"$bin/fedtune" pki sign --csr operator/operator.csr --role operator --ca-dir ca --out operator/operator.pem >/dev/null
+bench_pki
 all_sites=()
 for ((i = 1; i <= max_sites; i++)); do
   id="$(printf 'site-%02d' "$i")"
@@ -66,33 +58,17 @@ for ((i = 1; i <= max_sites; i++)); do
   "$bin/fedtune" pki sign --csr "sites/$id/$id.csr" --role site --ca-dir ca --out "sites/$id/$id.pem" >/dev/null
 done
 
-"$bin/fedtune-site" model init --arch "$arch" --image-size 224 --seed 0 --out model.ckpt >/dev/null
+bench_model "$arch" model.ckpt
 read -r sha payload_bytes params < <("$load" delta --model model.ckpt --out delta.fp32)
 model_bytes=$(stat -c %s model.ckpt)
 echo "model: $arch, $params float parameters, checkpoint $(mb $((model_bytes / 1024))) MB; delta payload" \
   "$(mb $((payload_bytes / 1024))) MB (fp32); load: $(uptime | sed 's/.*load average/load average/')"
 
-export FEDTUNE_CA="$work/ca/ca.pem" FEDTUNE_CERT="$work/operator/operator.pem" FEDTUNE_KEY="$work/operator/operator.key"
 rows=()
 for n in "${site_counts[@]}"; do
   state="state-$n"
-  mkdir -p "$state"
-  cat > "$state/coordinator.textproto" <<CFG
-listen_address: "127.0.0.1:0"
-port_file: "port"
-server_cert: "../coordinator-pki/server.pem"
-server_key: "../coordinator-pki/server.key"
-ca_dir: "../ca"
-state_dir: "state"
-initial_model: "../model.ckpt"
-task_wait_seconds: 1
-CFG
-  env ${FEDTUNE_MEM_COORDINATOR_ENV:-} "$bin/fedtune-coordinator" --config "$state/coordinator.textproto" >"$state/coordinator.log" 2>&1 &
-  coordinator_pid=$!
-  for _ in $(seq 600); do [[ -s "$state/port" ]] && break; kill -0 "$coordinator_pid" 2>/dev/null || break; sleep 0.1; done
-  [[ -s "$state/port" ]] || { echo "coordinator did not start; see $state/coordinator.log" >&2; exit 1; }
-  address="localhost:$(cat "$state/port")"
-  export FEDTUNE_COORDINATOR="$address"
+  BENCH_COORDINATOR_ENV="${FEDTUNE_MEM_COORDINATOR_ENV:-}" bench_start_coordinator "$state" model.ckpt "$bin/fedtune-coordinator"
+  address="$coordinator_address"
   sites=("${all_sites[@]:0:$n}")
   list="$(IFS=,; echo "${sites[*]}")"
   "$load" hello --address "$address" --ca "$FEDTUNE_CA" --sites-dir sites --sites "$list"
@@ -125,9 +101,7 @@ CFG
   "$bin/fedtune" run status --run "$run_id" > "$state/status.txt" || true
   grep -q 'completed' "$state/status.txt" ||
     echo "warning: run $run_id of N=$n is not completed: $(head -3 "$state/status.txt")" >&2
-  kill -TERM "$coordinator_pid"
-  wait "$coordinator_pid" || true
-  coordinator_pid=""
+  bench_stop_coordinator
   rm -rf "$state/state/spool" "$state/state/blobs"
   secs=$(awk -v a="$start" -v b="$end" 'BEGIN {printf "%.1f", b - a}')
   rows+=("$n $(mb "$before") $(mb "$after") $(mb "$anon_peak") $(mb "$rss_after") $secs")

@@ -19,6 +19,9 @@
 //      hashed as it arrives, checked against the digest and renamed). FEDTUNE_BENCH_CHUNK_BYTES sets the coordinator's
 //      chunk_bytes (default 1 MiB).
 // Bytes per second are reported by Google Benchmark (bytes_per_second) over the payload's bytes.
+// Environment: FEDTUNE_UPLOAD_BENCH_BYTES sets the payload of BM_RawTcp, BM_GrpcMtlsStream and BM_GrpcMtlsDownload
+// (default 128 MiB; 1 KiB to 16 GiB), e.g. the size of a fedtune-loadgen delta, so that a rate measured elsewhere
+// compares with the plain gRPC stream of the same bytes (tests/benchmarks/net/consortium_scale.sh).
 #include <ATen/ATen.h>
 #include <arpa/inet.h>
 #include <benchmark/benchmark.h>
@@ -27,6 +30,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
@@ -55,16 +59,30 @@
 namespace fedtune {
 namespace {
 
-constexpr int64_t kPayloadBytes = 128ll << 20;
 constexpr int kChunkBytes = 1 << 20;
+
+// The payload size of the transport benchmarks: FEDTUNE_UPLOAD_BENCH_BYTES, default 128 MiB.
+int64_t PayloadBytes() {
+  static const int64_t bytes = [] {
+    const char* env = std::getenv("FEDTUNE_UPLOAD_BENCH_BYTES");
+    if (env == nullptr || *env == '\0') return int64_t{128} << 20;
+    char* end = nullptr;
+    const long long value = std::strtoll(env, &end, 10);
+    CHECK(end != env && *end == '\0' && value >= 1024 && value <= (int64_t{16} << 30))
+        << "FEDTUNE_UPLOAD_BENCH_BYTES='" << env << "' is not a byte count in [1024, 16 GiB]";
+    return static_cast<int64_t>(value);
+  }();
+  return bytes;
+}
 
 std::string Payload() {
   std::string p(kChunkBytes, '\0');
   for (size_t i = 0; i < p.size(); ++i) p[i] = static_cast<char>((i * 2654435761u) >> 24);
-  return p;  // One chunk, sent kPayloadBytes / kChunkBytes times.
+  return p;  // One chunk, sent PayloadBytes() / kChunkBytes times (the last one cut to what is left).
 }
 
 void BM_RawTcp(benchmark::State& state) {
+  const int64_t payload_bytes = PayloadBytes();
   const std::string chunk = Payload();
   int listener = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
@@ -81,15 +99,16 @@ void BM_RawTcp(benchmark::State& state) {
       int64_t total = 0;
       ssize_t n;
       while ((n = ::read(fd, buf.data(), buf.size())) > 0) total += n;
-      CHECK_EQ(total, kPayloadBytes);
+      CHECK_EQ(total, payload_bytes);
       ::close(fd);
     });
     int fd = ::socket(AF_INET, SOCK_STREAM, 0);
     CHECK_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-    for (int64_t sent = 0; sent < kPayloadBytes; sent += kChunkBytes) {
+    for (int64_t sent = 0; sent < payload_bytes; sent += kChunkBytes) {
+      const size_t size = static_cast<size_t>(std::min<int64_t>(kChunkBytes, payload_bytes - sent));
       size_t off = 0;
-      while (off < chunk.size()) {
-        ssize_t n = ::write(fd, chunk.data() + off, chunk.size() - off);
+      while (off < size) {
+        ssize_t n = ::write(fd, chunk.data() + off, size - off);
         CHECK_GT(n, 0);
         off += static_cast<size_t>(n);
       }
@@ -98,21 +117,22 @@ void BM_RawTcp(benchmark::State& state) {
     receiver.join();
   }
   ::close(listener);
-  state.SetBytesProcessed(state.iterations() * kPayloadBytes);
+  state.SetBytesProcessed(state.iterations() * payload_bytes);
 }
 BENCHMARK(BM_RawTcp)->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();
 
-// Counts the bytes of an upload stream and answers "accepted", and streams kPayloadBytes from memory as a download:
+// Counts the bytes of an upload stream and answers "accepted", and streams PayloadBytes() from memory as a download:
 // gRPC + TLS cost without fedtune's processing.
 class CountingService final : public v1::SiteService::Service {
   grpc::Status DownloadModel(grpc::ServerContext*, const v1::DownloadRequest*,
                              grpc::ServerWriter<v1::Chunk>* writer) override {
     v1::Chunk chunk;
     const std::string payload = Payload();
-    for (int64_t sent = 0; sent < kPayloadBytes; sent += kChunkBytes) {
+    const int64_t payload_bytes = PayloadBytes();
+    for (int64_t sent = 0; sent < payload_bytes; sent += kChunkBytes) {
       chunk.set_offset(sent);
-      chunk.set_data(payload);
-      chunk.set_total_bytes(kPayloadBytes);
+      chunk.set_data(payload.data(), static_cast<size_t>(std::min<int64_t>(kChunkBytes, payload_bytes - sent)));
+      chunk.set_total_bytes(payload_bytes);
       if (!writer->Write(chunk)) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "broken");
     }
     return grpc::Status::OK;
@@ -167,6 +187,7 @@ TestPki MakePki() {
 }
 
 void BM_GrpcMtlsStream(benchmark::State& state) {
+  const int64_t payload_bytes = PayloadBytes();
   const std::string payload = Payload();
   TestPki pki = MakePki();
   auto creds = net::MakeServerCredentials(pki.server);
@@ -186,19 +207,19 @@ void BM_GrpcMtlsStream(benchmark::State& state) {
     v1::UploadResponse response;
     auto writer = stub->UploadUpdate(&context, &response);
     v1::UploadChunk chunk;
-    chunk.mutable_header()->set_total_bytes(kPayloadBytes);
+    chunk.mutable_header()->set_total_bytes(payload_bytes);
     CHECK(writer->Write(chunk));
-    for (int64_t sent = 0; sent < kPayloadBytes; sent += kChunkBytes) {
-      chunk.set_data(payload);
+    for (int64_t sent = 0; sent < payload_bytes; sent += kChunkBytes) {
+      chunk.set_data(payload.data(), static_cast<size_t>(std::min<int64_t>(kChunkBytes, payload_bytes - sent)));
       CHECK(writer->Write(chunk));
     }
     writer->WritesDone();
     grpc::Status status = writer->Finish();
     CHECK(status.ok()) << status.error_message();
-    CHECK_EQ(response.received_bytes(), kPayloadBytes);
+    CHECK_EQ(response.received_bytes(), payload_bytes);
   }
   server->Shutdown();
-  state.SetBytesProcessed(state.iterations() * kPayloadBytes);
+  state.SetBytesProcessed(state.iterations() * payload_bytes);
   std::filesystem::remove_all(pki.dir);
 }
 BENCHMARK(BM_GrpcMtlsStream)->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();
@@ -225,10 +246,10 @@ void BM_GrpcMtlsDownload(benchmark::State& state) {
     while (reader->Read(&chunk)) received += static_cast<int64_t>(chunk.data().size());
     grpc::Status status = reader->Finish();
     CHECK(status.ok()) << status.error_message();
-    CHECK_EQ(received, kPayloadBytes);
+    CHECK_EQ(received, PayloadBytes());
   }
   server->Shutdown();
-  state.SetBytesProcessed(state.iterations() * kPayloadBytes);
+  state.SetBytesProcessed(state.iterations() * PayloadBytes());
   std::filesystem::remove_all(pki.dir);
 }
 BENCHMARK(BM_GrpcMtlsDownload)->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();
