@@ -97,6 +97,8 @@ RoundManager::RoundManager(StateStore* store, BlobStore* blobs, RoundManagerOpti
 
 RoundManager::~RoundManager() = default;
 
+std::string RoundManager::SpillDir() const { return options_.state_dir + "/spill"; }
+
 int64_t RoundManager::NowMs() const { return absl::ToUnixMillis(options_.clock ? options_.clock() : absl::Now()); }
 
 RunViewOptions RoundManager::ViewOptions() const {
@@ -111,6 +113,7 @@ absl::StatusOr<std::unique_ptr<RoundManager>> RoundManager::Create(StateStore* s
   if (options.state_dir.empty()) return absl::InvalidArgumentError("RoundManager needs a state_dir");
   RETURN_IF_ERROR(io::MakeDirectories(options.state_dir + "/spool"));
   RETURN_IF_ERROR(io::MakeDirectories(options.state_dir + "/fedadam"));
+  RETURN_IF_ERROR(io::MakeDirectories(options.state_dir + "/spill"));
   std::unique_ptr<RoundManager> manager(new RoundManager(store, blobs, std::move(options)));
   RETURN_IF_ERROR(manager->Recover());
   return manager;
@@ -121,7 +124,8 @@ absl::StatusOr<std::unique_ptr<RoundManager>> RoundManager::Create(StateStore* s
 
 absl::Status RoundManager::RebuildAggregatorLocked() {
   ActiveRun& a = *active_;
-  RETURN_IF_ERROR(a.StartAttempt());
+  RETURN_IF_ERROR(a.ResetAggregator());
+  a.accepted.clear();
   ASSIGN_OR_RETURN(std::vector<UpdateRecord> updates,
                    store_->ListUpdates(a.run.run_id, a.round.round, a.round.attempt, "", UploadStatus::kAccepted));
   for (const UpdateRecord& u : updates) {
@@ -130,10 +134,13 @@ absl::Status RoundManager::RebuildAggregatorLocked() {
                                               u.round, " attempt ", u.attempt, ": spool file '", u.spool_path,
                                               "' is missing"));
     }
-    ASSIGN_OR_RETURN(fl::TensorMap delta, fl::DecodeTensorBundleFile(u.spool_path, a.global.get()));
-    RETURN_IF_ERROR(a.aggregator->Add(delta, u.num_samples));
+    // The same path as acceptance, tensor by tensor; the norm is computed again when the aggregator clips.
+    RETURN_IF_ERROR(a.AddUpdateFile(
+        u.spool_path, u.num_samples, -1.0,
+        absl::StrCat("accepted update of site ", u.site_id, " for run ", u.run_id, " round ", u.round)));
     a.accepted[u.site_id] = u.sha256;
   }
+  ReleaseFreeMemory();
   return absl::OkStatus();
 }
 
@@ -153,6 +160,11 @@ absl::Status RoundManager::RebuildPartialsLocked() {
 absl::Status RoundManager::Recover() {
   ASSIGN_OR_RETURN(std::optional<RunRecord> run, store_->ActiveRun());
   if (!run || run->state != RunState::kRunning) spool_.RemoveAllBut("", 0, 0);
+  // Spill files are the aggregators' own; the open attempt's is rebuilt from the spool files below.
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(SpillDir(), ec)) {
+    std::filesystem::remove(entry.path(), ec);
+  }
   if (!run) return absl::OkStatus();
   ASSIGN_OR_RETURN(std::vector<RoundRecord> rounds, store_->ListRounds(run->run_id));
   const RoundRecord* open = nullptr;
@@ -163,7 +175,7 @@ absl::Status RoundManager::Recover() {
     return absl::DataLossError(absl::StrCat("run ", run->run_id, " is running but has no open round"));
   }
   const RoundRecord* last = open != nullptr ? open : (rounds.empty() ? nullptr : &rounds.back());
-  ASSIGN_OR_RETURN(std::unique_ptr<ActiveRun> active, LoadActiveRun(*blobs_, *run, last));
+  ASSIGN_OR_RETURN(std::unique_ptr<ActiveRun> active, LoadActiveRun(*blobs_, *run, last, SpillDir()));
   absl::MutexLock lock(&mu_);
   active_ = std::move(active);
   if (run->state == RunState::kRunning) {
@@ -225,7 +237,7 @@ absl::StatusOr<std::string> RoundManager::StartRun(const v1::RunConfig& config) 
   round.model_digest = base;
   round.opened_ms = now;
   round.deadline_ms = now + int64_t{config.round_deadline_seconds()} * 1000;
-  ASSIGN_OR_RETURN(std::unique_ptr<ActiveRun> active, LoadActiveRun(*blobs_, run, &round));
+  ASSIGN_OR_RETURN(std::unique_ptr<ActiveRun> active, LoadActiveRun(*blobs_, run, &round, SpillDir()));
   RETURN_IF_ERROR(store_->CreateRun(run, round));
   active_ = std::move(active);
   LOG(INFO) << "run " << run_id << " started: " << config.rounds() << " round(s), sites " << absl::StrJoin(sites, ",")
@@ -497,7 +509,10 @@ absl::Status RoundManager::CloseRoundOnceLocked() {
             << "; global model " << result.digest;
   spool_.RemoveAttempt(a.run.run_id, a.round.round, a.round.attempt);
   if (t.run.active()) a.SetGlobal(std::move(result.checkpoint));
-  return AdvanceLocked(t);
+  result = AggregatedRound();  // The old global model, the result and its buffers go before the memory is released.
+  absl::Status advanced = AdvanceLocked(t);
+  ReleaseFreeMemory();
+  return advanced;
 }
 
 absl::Status RoundManager::FailAttemptLocked() {

@@ -3,6 +3,7 @@
 // A round at the coordinator:
 //   auto agg = MakeAggregator(options);                       // one per round
 //   for each accepted update: agg->Add(delta, num_samples);   // after ValidateUpdate (validate.h)
+//     or, tensor by tensor from a file:  agg->AddFrom(source, num_samples, norm);   // after UpdateValidator
 //   TensorMap step = agg->Result();                           // the aggregated delta
 //   if FedAdam: step = fed_adam.Step(step);                   // one FedAdam object for the whole run
 //   global = ApplyDelta(global, step);                        // tensor_map.h
@@ -13,8 +14,11 @@
 //    added tensors.
 //  - kTrimmedMean (Yin et al. 2018): per coordinate, drop the floor(trim_fraction * n) smallest and largest values
 //    and average the rest. kMedian: per coordinate, the median (mean of the two middle values for even n).
-//    These order statistics need all n deltas at once: they keep a float32 copy of each, O(n x model size), and
-//    ignore num_samples (a weight a site reports itself would let one site outvote the others).
+//    These order statistics need all n deltas at once, and ignore num_samples (a weight a site reports itself would
+//    let one site outvote the others). In memory (AggregatorOptions::spill_path empty) they keep a float32 copy of
+//    each delta, O(n x model size). Spilling (spill_path set) they append each delta as float32 to that file, hold
+//    none of it in memory, and Result() reads it back in blocks of coordinates x all sites of at most
+//    spill_block_bytes (with the sort's temporaries): the same results, bit for bit.
 //  - Norm clipping (any method, clip_norm > 0): each delta is scaled by min(1, clip_norm / ||delta||) before it is
 //    aggregated, with the norm of tensor_map.h's L2Norm(options.norm); tensors outside that norm are not scaled.
 // FedProx needs nothing here: its proximal term is applied by the sites' trainer (train::TrainerOptions::proximal_mu).
@@ -29,6 +33,7 @@
 #define FEDTUNE_COMMON_FL_AGGREGATE_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -54,7 +59,19 @@ struct AggregatorOptions {
   double clip_norm = 0.0;
   // The norm used for clipping. Default: every floating tensor, BatchNorm running statistics included.
   NormOptions norm;
+  // kTrimmedMean / kMedian: the file the deltas spill to (created, or truncated, by MakeAggregator; removed when
+  // the aggregator is destroyed). Its directory must exist. Default empty: the deltas are kept in memory.
+  std::string spill_path;
+  // Spilling only: the most bytes Result() holds for one block of coordinates x all sites, counting the sort's
+  // temporaries (values and int64 indices). Default 64 MiB; at least one coordinate per block whatever the value.
+  int64_t spill_block_bytes = int64_t{64} << 20;
 };
+
+// A delta read one tensor at a time (e.g. decoded from a spool file, bundle_file.h): a TensorSource calls
+// visit(name, tensor) for each tensor of the delta, in any order, and returns visit's first error (stopping there)
+// or its own (e.g. a read error). Every call must produce the same tensors. The tensors are read, never kept.
+using TensorVisitor = std::function<absl::Status(const std::string& name, const at::Tensor& tensor)>;
+using TensorSource = std::function<absl::Status(const TensorVisitor& visit)>;
 
 // Aggregates the deltas of one round. Thread-safe: Add may be called concurrently (calls are serialized by an
 // internal mutex); Result may be called at any time and more than once.
@@ -68,6 +85,22 @@ class Aggregator {
   // On error nothing is added.
   virtual absl::Status Add(const TensorMap& delta, int64_t num_samples) = 0;
 
+  // Adds one site's delta read tensor by tensor from `source`, holding one tensor of it at a time. Checks as Add,
+  // tensor by tensor; `what` names the update in messages. `norm`: the delta's L2Norm under options.norm when the
+  // caller computed it (UpdateValidator's summary); used only for clipping; negative (default): when clipping, the
+  // aggregator reads `source` once more first to compute it. Errors: Add's, and the source's own (returned with
+  // their code, prefixed with `what`).
+  // On error the aggregator is as before the call, except in one case: a kFedAvg aggregator that already holds an
+  // update cannot take out part of a delta exactly (floating-point sums do not undo), so an error after part of the
+  // delta was added leaves it damaged(): every later Add, AddFrom and Result returns FailedPrecondition, and its
+  // owner must discard it and add the accepted updates to a new one. A caller that validated the delta first
+  // (UpdateValidator) only meets this on a read error. The order statistics roll back (truncating their spill file).
+  virtual absl::Status AddFrom(const TensorSource& source, int64_t num_samples, double norm = -1.0,
+                               absl::string_view what = "update") = 0;
+
+  // True after an AddFrom that could not be undone (see there).
+  virtual bool damaged() const = 0;
+
   // The aggregated delta (contiguous CPU tensors in the first delta's dtypes). FailedPrecondition when nothing was
   // added.
   virtual absl::StatusOr<TensorMap> Result() const = 0;
@@ -75,17 +108,19 @@ class Aggregator {
   virtual int64_t num_updates() const = 0;
   // Sum of num_samples over the added deltas.
   virtual int64_t total_samples() const = 0;
-  // True when held memory is O(model size) whatever the number of updates (kFedAvg); false when it grows with
-  // every update (kTrimmedMean, kMedian).
+  // True when held memory is O(model size) whatever the number of updates (kFedAvg, and the order statistics when
+  // spilling); false when it grows with every update (kTrimmedMean, kMedian in memory).
   virtual bool streaming() const = 0;
-  // Bytes of tensor storage held now.
+  // Bytes of tensor storage held in memory now (not counting a spill file).
   virtual int64_t HeldBytes() const = 0;
+  // Bytes in the spill file now (0 when not spilling).
+  virtual int64_t SpilledBytes() const = 0;
   // The method's name, with its parameters, e.g. "trimmed_mean(0.2), clip 5".
   virtual std::string Describe() const = 0;
 };
 
 // A new aggregator. InvalidArgument for trim_fraction outside [0, 0.5) with kTrimmedMean, or a negative or
-// non-finite clip_norm.
+// non-finite clip_norm; the spill file's open errors (io::ErrnoToStatus, naming it).
 absl::StatusOr<std::unique_ptr<Aggregator>> MakeAggregator(const AggregatorOptions& options = {});
 
 struct FedAdamOptions {

@@ -8,10 +8,12 @@
 #include <cerrno>
 #include <cstring>
 #include <limits>
+#include <set>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/fl/codec.h"
+#include "common/status_macros.h"
 
 namespace fedtune::fl {
 namespace {
@@ -73,9 +75,10 @@ absl::Status ForEachNamedTensorInFile(const std::string& path,
   }
 }
 
-absl::StatusOr<TensorMap> DecodeTensorBundleFile(const std::string& path, const TensorMap* expected) {
-  TensorMap out;
-  absl::Status status = ForEachNamedTensorInFile(path, [&](v1::NamedTensor& tensor) -> absl::Status {
+absl::Status ForEachDecodedTensorInFile(const std::string& path, const TensorMap* expected,
+                                        const std::function<absl::Status(const std::string&, at::Tensor)>& fn) {
+  std::set<std::string> seen;
+  RETURN_IF_ERROR(ForEachNamedTensorInFile(path, [&](v1::NamedTensor& tensor) -> absl::Status {
     const at::Tensor* want = nullptr;
     if (expected != nullptr) {
       auto it = expected->find(tensor.name());
@@ -85,17 +88,33 @@ absl::StatusOr<TensorMap> DecodeTensorBundleFile(const std::string& path, const 
       }
       want = &it->second;
     }
+    if (!seen.insert(tensor.name()).second) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": tensor '", tensor.name(), "' occurs twice"));
+    }
     absl::StatusOr<at::Tensor> decoded = DecodeTensor(tensor, want);
     if (!decoded.ok()) {
       return absl::Status(decoded.status().code(), absl::StrCat(path, ": ", decoded.status().message()));
     }
-    if (!out.emplace(tensor.name(), *std::move(decoded)).second) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ": tensor '", tensor.name(), "' occurs twice"));
-    }
+    // The encoded bytes are not needed any more: free them before fn allocates.
+    std::string().swap(*tensor.mutable_data());
+    google::protobuf::RepeatedField<uint32_t>().Swap(tensor.mutable_indices());
+    return fn(tensor.name(), *std::move(decoded));
+  }));
+  if (expected != nullptr && seen.size() != expected->size()) {
+    // Every name seen is expected's: CheckSameSchema then lists the missing ones.
+    TensorMap present;
+    for (const std::string& name : seen) present.emplace(name, expected->at(name));
+    return CheckSameSchema(*expected, present, path);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<TensorMap> DecodeTensorBundleFile(const std::string& path, const TensorMap* expected) {
+  TensorMap out;
+  RETURN_IF_ERROR(ForEachDecodedTensorInFile(path, expected, [&](const std::string& name, at::Tensor tensor) {
+    out.emplace(name, std::move(tensor));
     return absl::OkStatus();
-  });
-  if (!status.ok()) return status;
-  if (expected != nullptr && out.size() != expected->size()) return CheckSameSchema(*expected, out, path);
+  }));
   return out;
 }
 

@@ -23,6 +23,17 @@ namespace fedtune::fl {
 // errors. A single tensor message is limited to 2 GiB (protobuf's limit); the file is not.
 absl::Status ForEachNamedTensorInFile(const std::string& path, const std::function<absl::Status(v1::NamedTensor&)>& fn);
 
+// Decodes the bundle in `path` one tensor at a time, calling fn(name, tensor) on each decoded tensor in file order
+// and stopping at (and returning) fn's first error: memory for one encoded and one decoded tensor at a time, however
+// large the bundle. `tensor` is the caller's to keep or drop. Each tensor is decoded as codec.h's DecodeTensor does,
+// with the same optional `expected` schema (a server passes the global model): with it, a name that is not
+// expected's is refused before anything is allocated, and once the file ends the names must be exactly expected's
+// (InvalidArgument listing the missing ones). A name that occurs twice is InvalidArgument. Errors as
+// ForEachNamedTensorInFile and DecodeTensor, messages prefixed with the path; fn's errors are returned unchanged.
+// fn has seen every tensor when this returns OK; on an error it may have seen some.
+absl::Status ForEachDecodedTensorInFile(const std::string& path, const TensorMap* expected,
+                                        const std::function<absl::Status(const std::string&, at::Tensor)>& fn);
+
 // Decodes every tensor of the bundle in `path` as codec.h's DecodeTensors does, with the same optional `expected`
 // schema (a server should pass the global model). Errors as ForEachNamedTensorInFile and DecodeTensors, messages
 // prefixed with the path.
