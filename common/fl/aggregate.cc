@@ -310,7 +310,8 @@ class FedAvgAggregator final : public AggregatorBase {
 };
 
 // The coordinate-wise order statistic of `rows` ([n, ...], one row per update), as both order-statistic
-// aggregators compute it: the same operations on the same values give the same bits, whatever the other dimensions.
+// aggregators compute it: elementwise operations on the sorted rows, so that each coordinate's bits do not depend on
+// the other dimensions (a whole tensor in memory, or a block of one read from a spill file).
 at::Tensor OrderStatistic(const AggregatorOptions& options, const at::Tensor& rows) {
   const int64_t n = rows.size(0);
   at::Tensor sorted = std::get<0>(rows.sort(0));
@@ -320,7 +321,11 @@ at::Tensor OrderStatistic(const AggregatorOptions& options, const at::Tensor& ro
   }
   // floor with a tolerance: 0.2 * 5 must trim 1, not 0.
   const int64_t trim = static_cast<int64_t>(std::floor(options.trim_fraction * static_cast<double>(n) + 1e-9));
-  return sorted.narrow(0, trim, n - 2 * trim).mean(0);
+  // Summed row by row in ascending order, not with mean(0): a reduction's order of additions depends on the
+  // tensor's layout, and the spilled aggregator sees a block of a tensor where the in-memory one sees all of it.
+  at::Tensor sum = sorted.select(0, trim).clone();
+  for (int64_t i = trim + 1; i < n - trim; ++i) sum.add_(sorted.select(0, i));
+  return sum.div_(static_cast<double>(n - 2 * trim));
 }
 
 std::string OrderStatisticDescription(const AggregatorOptions& options) {

@@ -13,7 +13,7 @@
 //    running weighted sum, so memory is O(model size) whatever the number of sites, and no reference to the
 //    added tensors.
 //  - kTrimmedMean (Yin et al. 2018): per coordinate, drop the floor(trim_fraction * n) smallest and largest values
-//    and average the rest. kMedian: per coordinate, the median (mean of the two middle values for even n).
+//    and average the rest (summed in ascending order, then divided). kMedian: per coordinate, the median (mean of the two middle values for even n).
 //    These order statistics need all n deltas at once, and ignore num_samples (a weight a site reports itself would
 //    let one site outvote the others). In memory (AggregatorOptions::spill_path empty) they keep a float32 copy of
 //    each delta, O(n x model size). Spilling (spill_path set) they append each delta as float32 to that file, hold

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/status_macros.h"
 
 namespace fedtune::fl {
 
@@ -18,15 +19,22 @@ absl::Status UpdateValidator::Add(const std::string& name, const at::Tensor& ten
   if (it == global_.end()) {
     return absl::InvalidArgumentError(absl::StrCat(what_, ": tensor '", name, "' is not a tensor of the model"));
   }
-  if (!seen_.insert(name).second) {
+  if (seen_.count(name) > 0) {
     return absl::InvalidArgumentError(absl::StrCat(what_, ": tensor '", name, "' occurs twice"));
   }
   // One-tensor maps: CheckSameSchema's messages for a shape or dtype that differs.
   if (absl::Status schema = CheckSameSchema({{name, it->second}}, {{name, tensor}}, what_); !schema.ok()) {
     return schema;
   }
+  if (IsFloating(tensor) && tensor.numel() > 0) {
+    RETURN_IF_ERROR(CheckFloating(name, tensor));
+  }
+  seen_.insert(name);
   num_elements_ += tensor.numel();
-  if (!IsFloating(tensor) || tensor.numel() == 0) return absl::OkStatus();
+  return absl::OkStatus();
+}
+
+absl::Status UpdateValidator::CheckFloating(const std::string& name, const at::Tensor& tensor) {
   try {
     at::Tensor t = tensor.to(at::kCPU, at::kDouble);
     const int64_t non_finite = t.numel() - at::isfinite(t).sum().item<int64_t>();

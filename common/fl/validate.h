@@ -67,6 +67,9 @@ class UpdateValidator {
   absl::StatusOr<UpdateSummary> Finish();
 
  private:
+  // Finite values, and the squares that count in the norm.
+  absl::Status CheckFloating(const std::string& name, const at::Tensor& tensor);
+
   const TensorMap& global_;
   const ValidationOptions options_;
   const std::string what_;
