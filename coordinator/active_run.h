@@ -33,6 +33,9 @@ struct ActiveRun {
   std::shared_ptr<const fl::TensorMap> global;
   std::unique_ptr<fl::Aggregator> aggregator;
   std::unique_ptr<fl::FedAdam> fedadam;
+  // A failed close left FedAdam's state advanced and it could not be read back from run.fedadam_state_path yet:
+  // the round must not close before it is (RoundManager::CloseRoundLocked).
+  bool fedadam_stale = false;
   std::map<std::string, std::string> accepted;  // Site -> sha256 of its accepted update in the open attempt.
   std::set<std::string> finals;                 // Sites that sent their final MetricsReport (evaluating).
   // A partial upload of the open attempt: a spool file not accepted, being received or kept for a resume.

@@ -481,20 +481,33 @@ absl::Status RoundManager::MaybeCloseLocked() {
 }
 
 absl::Status RoundManager::CloseRoundLocked() {
-  // FedAdam's state advances in Step; if closing fails later (and the round stays open for the next tick), the
-  // state before this round is put back so the retry does not apply the step twice.
-  fl::TensorMap adam_before;
-  int64_t adam_rounds_before = 0;
-  if (active_->fedadam) {
-    for (const auto& [name, t] : active_->fedadam->ExportState()) adam_before[name] = t.clone();
-    adam_rounds_before = active_->fedadam->rounds();
-  }
+  // FedAdam's state advances in place in Step; if closing fails later (and the round stays open for the next tick),
+  // the state before this round is read back from its file (the run's fedadam_state_path, not replaced yet), so
+  // the retry does not apply the step twice. No copy of the state is kept meanwhile: it is two models. When even
+  // that file cannot be read, the round does not close until it can (each tick tries again, as does a restart).
   fl::FedAdam* adam = active_->fedadam.get();
+  const std::string adam_path = active_->run.fedadam_state_path;
+  const int64_t adam_rounds = active_->run.fedadam_rounds;
+  auto restore = [&]() -> absl::Status {
+    absl::StatusOr<fl::TensorMap> before = adam_path.empty() ? fl::TensorMap() : fl::DecodeTensorBundleFile(adam_path);
+    if (!before.ok()) return before.status();
+    return adam->RestoreState(*before, adam_rounds);
+  };
+  if (adam != nullptr && active_->fedadam_stale) {
+    if (absl::Status restored = restore(); !restored.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat("run ", active_->run.run_id, " round ", active_->round.round,
+                                                        ": FedAdam's state could not be read back after a failed "
+                                                        "close (",
+                                                        restored.message(), "); the round closes once it can"));
+    }
+    active_->fedadam_stale = false;
+  }
   absl::Status status = CloseRoundOnceLocked();
-  if (!status.ok() && adam != nullptr && active_ && active_->fedadam.get() == adam &&
-      adam->rounds() != adam_rounds_before) {
-    absl::Status restored = adam->RestoreState(adam_before, adam_rounds_before);
-    if (!restored.ok()) LOG(ERROR) << "restoring FedAdam's state after a failed close: " << restored;
+  if (!status.ok() && adam != nullptr && active_ && active_->fedadam.get() == adam && adam->rounds() != adam_rounds) {
+    if (absl::Status restored = restore(); !restored.ok()) {
+      active_->fedadam_stale = true;
+      LOG(ERROR) << "restoring FedAdam's state after a failed close: " << restored;
+    }
   }
   return status;
 }

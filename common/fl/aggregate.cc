@@ -8,7 +8,9 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <map>
+#include <set>
 #include <utility>
 #include <vector>
 
@@ -536,11 +538,23 @@ absl::StatusOr<std::unique_ptr<FedAdam>> FedAdam::Create(const FedAdamOptions& o
 
 absl::StatusOr<TensorMap> FedAdam::Step(const TensorMap& delta) {
   const std::string what = absl::StrCat("FedAdam round ", rounds_ + 1);
-  TensorMap step, m, v;
+  TensorMap step;
   try {
     absl::Status status = CheckDelta(schema_, delta, 1, what);
     if (!status.ok()) return status;
+    // Every check before the state changes: it is then updated in place.
+    for (const auto& [name, d] : delta) {
+      if (!IsFloating(d) || IsBatchNormStatistic(name)) continue;
+      for (const TensorMap* state : {&m_, &v_}) {
+        auto it = state->find(name);
+        if (it != state->end() && it->second.sizes() != d.sizes()) {
+          return absl::InvalidArgumentError(absl::StrCat(what, ": tensor '", name, "' has shape ", ShapeString(d),
+                                                         ", the optimizer state's is ", ShapeString(it->second)));
+        }
+      }
+    }
     const double b1 = options_.beta1, b2 = options_.beta2;
+    std::set<std::string> trained;
     for (const auto& [name, d] : delta) {
       if (!IsFloating(d) || IsBatchNormStatistic(name)) {
         step.emplace(name, d.detach().to(at::kCPU).clone());
@@ -548,27 +562,28 @@ absl::StatusOr<TensorMap> FedAdam::Step(const TensorMap& delta) {
       }
       const at::Tensor g = d.detach().to(at::kCPU, at::kFloat);
       auto mi = m_.find(name);
+      if (mi == m_.end()) mi = m_.emplace(name, at::zeros_like(g)).first;
       auto vi = v_.find(name);
-      if ((mi != m_.end() && mi->second.sizes() != g.sizes()) || (vi != v_.end() && vi->second.sizes() != g.sizes())) {
-        return absl::InvalidArgumentError(absl::StrCat(what, ": tensor '", name, "' has shape ", ShapeString(g),
-                                                       ", the optimizer state's is ",
-                                                       ShapeString(mi != m_.end() ? mi->second : vi->second)));
-      }
-      const at::Tensor m_old = mi != m_.end() ? mi->second : at::zeros_like(g);
-      const at::Tensor v_old = vi != v_.end() ? vi->second : at::full_like(g, options_.tau * options_.tau);
-      at::Tensor m_new = m_old.mul(b1).add_(g, 1.0 - b1);
-      at::Tensor v_new = v_old.mul(b2).addcmul_(g, g, 1.0 - b2);
-      at::Tensor s = m_new.div(v_new.sqrt().add_(options_.tau)).mul_(options_.learning_rate);
+      if (vi == v_.end()) vi = v_.emplace(name, at::full_like(g, options_.tau * options_.tau)).first;
+      // The same operations as m_old.mul(b1).add_(g, 1 - b1) on a copy: the same bits.
+      at::Tensor& m = mi->second;
+      at::Tensor& v = vi->second;
+      m.mul_(b1).add_(g, 1.0 - b1);
+      v.mul_(b2).addcmul_(g, g, 1.0 - b2);
+      at::Tensor s = m.div(v.sqrt().add_(options_.tau)).mul_(options_.learning_rate);
       step.emplace(name, s.to(d.scalar_type()).contiguous());
-      m.emplace(name, std::move(m_new));
-      v.emplace(name, std::move(v_new));
+      trained.insert(name);
+    }
+    // State of tensors this delta does not train (a restored state of another model) goes, as before.
+    for (TensorMap* state : {&m_, &v_}) {
+      for (auto it = state->begin(); it != state->end();) {
+        it = trained.count(it->first) > 0 ? std::next(it) : state->erase(it);
+      }
     }
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat(what, ": ", e.what_without_backtrace()));
   }
   if (schema_.empty()) schema_ = SchemaOf(delta);
-  m_ = std::move(m);
-  v_ = std::move(v);
   ++rounds_;
   return step;
 }
@@ -577,6 +592,13 @@ TensorMap FedAdam::ExportState() const {
   TensorMap state;
   for (const auto& [name, t] : m_) state.emplace("m/" + name, t.clone());
   for (const auto& [name, t] : v_) state.emplace("v/" + name, t.clone());
+  return state;
+}
+
+TensorMap FedAdam::StateView() const {
+  TensorMap state;
+  for (const auto& [name, t] : m_) state.emplace("m/" + name, t);
+  for (const auto& [name, t] : v_) state.emplace("v/" + name, t);
   return state;
 }
 

@@ -13,12 +13,12 @@
 //    running weighted sum, so memory is O(model size) whatever the number of sites, and no reference to the
 //    added tensors.
 //  - kTrimmedMean (Yin et al. 2018): per coordinate, drop the floor(trim_fraction * n) smallest and largest values
-//    and average the rest (summed in ascending order, then divided). kMedian: per coordinate, the median (mean of the two middle values for even n).
-//    These order statistics need all n deltas at once, and ignore num_samples (a weight a site reports itself would
-//    let one site outvote the others). In memory (AggregatorOptions::spill_path empty) they keep a float32 copy of
-//    each delta, O(n x model size). Spilling (spill_path set) they append each delta as float32 to that file, hold
-//    none of it in memory, and Result() reads it back in blocks of coordinates x all sites of at most
-//    spill_block_bytes (with the sort's temporaries): the same results, bit for bit.
+//    and average the rest (summed in ascending order, then divided). kMedian: per coordinate, the median (mean of the
+//    two middle values for even n). These order statistics need all n deltas at once, and ignore num_samples (a weight
+//    a site reports itself would let one site outvote the others). In memory (AggregatorOptions::spill_path empty) they
+//    keep a float32 copy of each delta, O(n x model size). Spilling (spill_path set) they append each delta as float32
+//    to that file, hold none of it in memory, and Result() reads it back in blocks of coordinates x all sites of at
+//    most spill_block_bytes (with the sort's temporaries): the same results, bit for bit.
 //  - Norm clipping (any method, clip_norm > 0): each delta is scaled by min(1, clip_norm / ||delta||) before it is
 //    aggregated, with the norm of tensor_map.h's L2Norm(options.norm); tensors outside that norm are not scaled.
 // FedProx needs nothing here: its proximal term is applied by the sites' trainer (train::TrainerOptions::proximal_mu).
@@ -144,9 +144,10 @@ class FedAdam {
   // InvalidArgument for learning_rate <= 0, a beta outside [0, 1) or tau <= 0 (or any non-finite value).
   static absl::StatusOr<std::unique_ptr<FedAdam>> Create(const FedAdamOptions& options = {});
 
-  // The server step for this round's aggregated delta; updates m and v. InvalidArgument when `delta` is empty, has
-  // a non-finite value, or names/shapes/dtypes differ from the previous rounds' (named); on error the state is
-  // unchanged.
+  // The server step for this round's aggregated delta; updates m and v in place (no second copy of the state).
+  // InvalidArgument when `delta` is empty, has a non-finite value, or names/shapes/dtypes differ from the previous
+  // rounds' (named): then the state is unchanged. Internal for a LibTorch error (e.g. out of memory), after which the
+  // state may be partly updated: restore it (RestoreState) before the next Step.
   absl::StatusOr<TensorMap> Step(const TensorMap& delta);
 
   // Completed steps.
@@ -155,6 +156,9 @@ class FedAdam {
   // The optimizer state for persistence across coordinator restarts: "m/<name>" and "v/<name>" float32 tensors
   // (empty before the first step). Store it with rounds() (e.g. encoded with codec.h's kDenseFp32).
   TensorMap ExportState() const;
+  // The same tensors without copies, e.g. to write them to a file (bundle_file.h's WriteTensorBundleFile). They are
+  // the optimizer's own: valid, and unchanged, until the next Step or RestoreState.
+  TensorMap StateView() const;
   // Restores ExportState()'s output. InvalidArgument when a name lacks its "m/" or "v/" prefix or partner, shapes
   // of a pair differ, or a value is non-finite (or v < 0); on error the state is unchanged.
   absl::Status RestoreState(const TensorMap& state, int64_t rounds);

@@ -7,12 +7,15 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <limits>
 #include <set>
+#include <system_error>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/fl/codec.h"
+#include "common/io/file_util.h"
 #include "common/status_macros.h"
 
 namespace fedtune::fl {
@@ -116,6 +119,31 @@ absl::StatusOr<TensorMap> DecodeTensorBundleFile(const std::string& path, const 
     return absl::OkStatus();
   }));
   return out;
+}
+
+absl::Status WriteTensorBundleFile(const std::string& path, const TensorMap& tensors, const EncodeOptions& options) {
+  const std::string temp = path + ".tmp";
+  std::error_code ec;
+  std::filesystem::remove(temp, ec);
+  absl::Status status = [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(io::AppendOnlyFile file, io::AppendOnlyFile::Open(temp));
+    for (const auto& [name, tensor] : tensors) {
+      // A bundle's repeated field serializes as the concatenation of one-tensor bundles.
+      ASSIGN_OR_RETURN(EncodedBundle one, EncodeTensors(TensorMap{{name, tensor}}, options));
+      RETURN_IF_ERROR(file.Append(one.bundle.SerializeAsString()));
+    }
+    RETURN_IF_ERROR(file.Close());
+    if (::rename(temp.c_str(), path.c_str()) != 0) return io::ErrnoToStatus(errno, "cannot rename to", path);
+    const std::string dir = std::filesystem::path(path).parent_path().string();
+    const int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+      ::fsync(fd);
+      ::close(fd);
+    }
+    return absl::OkStatus();
+  }();
+  if (!status.ok()) std::filesystem::remove(temp, ec);
+  return status;
 }
 
 }  // namespace fedtune::fl

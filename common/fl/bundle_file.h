@@ -12,6 +12,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/fl/codec.h"
 #include "common/fl/tensor_map.h"
 #include "fedtune/v1/tensor.pb.h"
 
@@ -38,6 +39,14 @@ absl::Status ForEachDecodedTensorInFile(const std::string& path, const TensorMap
 // schema (a server should pass the global model). Errors as ForEachNamedTensorInFile and DecodeTensors, messages
 // prefixed with the path.
 absl::StatusOr<TensorMap> DecodeTensorBundleFile(const std::string& path, const TensorMap* expected = nullptr);
+
+// Writes `tensors` to `path` as a serialized TensorBundle, byte for byte what
+// EncodeTensors(tensors, options)->bundle.SerializeAsString() is, but encoding one tensor at a time: memory for one
+// encoded tensor, however large the map (e.g. FedAdam's state, two models). Atomic: a temporary file beside `path`
+// is written, synced and renamed over it. EncodeTensors' errors; io errors naming the path. On error `path` is
+// untouched.
+absl::Status WriteTensorBundleFile(const std::string& path, const TensorMap& tensors,
+                                   const EncodeOptions& options = {});
 
 }  // namespace fedtune::fl
 

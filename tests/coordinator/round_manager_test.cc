@@ -634,6 +634,42 @@ TEST_F(RoundManagerTest, RestartKeepsAcceptedUpdatesAndFedAdamState) {
   }
 }
 
+TEST_F(RoundManagerTest, AFailedCloseRestoresFedAdamsStateFromItsFile) {
+  // A two-round FedAdam run, straight through and with round 2's close failing once (its state file cannot be
+  // written) and retried at the next tick: the same final model, so the server step was not applied twice.
+  auto run_once = [&](bool fail) -> fl::TensorMap {
+    v1::RunConfig config = Config(2, 2, {"site-a", "site-b"});
+    config.set_aggregation("fedadam");
+    config.set_server_learning_rate(0.1);
+    config.set_base_model(initial_digest_);
+    auto run = manager_->StartRun(config);
+    EXPECT_TRUE(run.ok()) << run.status();
+    for (int round = 1; round <= 2; ++round) {
+      EXPECT_TRUE(Upload("site-a", *run, round, Delta(0.01 * round), 10).ok());
+      const std::string adam_dir = tmp_.Join("fedadam");
+      if (fail && round == 2) {
+        std::filesystem::rename(adam_dir, adam_dir + ".away");
+        EXPECT_TRUE(io::WriteFileAtomically(adam_dir, "not a directory").ok());
+      }
+      EXPECT_TRUE(Upload("site-b", *run, round, Delta(-0.02), 30).ok());
+      if (fail && round == 2) {
+        EXPECT_EQ(Run(*run).current_round, 2);  // The close failed: still open.
+        std::filesystem::remove(adam_dir);
+        std::filesystem::rename(adam_dir + ".away", adam_dir);
+        EXPECT_TRUE(manager_->Tick().ok());
+      }
+    }
+    RunRecord done = Run(*run);
+    EXPECT_EQ(done.state, federation::RunState::kCompleted);
+    EXPECT_EQ(done.fedadam_rounds, 2);
+    return LoadTensors(blobs_->PathOf(done.final_model_digest));
+  };
+  const fl::TensorMap straight = run_once(false);
+  const fl::TensorMap retried = run_once(true);
+  ASSERT_EQ(straight.size(), retried.size());
+  for (const auto& [name, t] : straight) EXPECT_TRUE(at::equal(t, retried.at(name))) << name;
+}
+
 TEST_F(RoundManagerTest, RestartKeepsPartialUploadsOfTheOpenRoundOnly) {
   auto run = manager_->StartRun(Config(2, 1, {"site-a", "site-b"}));
   ASSERT_TRUE(run.ok());

@@ -2,10 +2,13 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
+#include <filesystem>
 #include <string>
 #include <vector>
 
 #include "common/fl/codec.h"
+#include "common/io/file_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/common/fl/test_tensors.h"
@@ -150,6 +153,27 @@ TEST(BundleFileTest, StreamingDecodeEqualsWholeDecode) {
       EXPECT_TRUE(at::equal(streamed.at(name), t)) << EncodingName(encoding) << " " << name;
     }
   }
+}
+
+TEST(BundleFileTest, WritesTensorByTensorTheBytesOfAWholeEncoding) {
+  fedtune::testing::TempDir dir;
+  const TensorMap m = Model();
+  for (Encoding encoding : {Encoding::kDenseFp32, Encoding::kInt8}) {
+    EncodeOptions options;
+    options.encoding = encoding;
+    const std::string path = dir.Join("state.bundle");
+    ASSERT_TRUE(WriteTensorBundleFile(path, m, options).ok());
+    absl::StatusOr<std::string> written = io::ReadFile(path);
+    ASSERT_TRUE(written.ok());
+    EXPECT_EQ(*written, Serialized(m, options)) << EncodingName(encoding);
+    EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+  }
+  // An error leaves the file as it was.
+  TensorMap bad = m;
+  bad["nan"] = test_tensors::Vec({NAN});
+  EXPECT_EQ(WriteTensorBundleFile(dir.Join("state.bundle"), bad).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(*io::ReadFile(dir.Join("state.bundle")), Serialized(m, {Encoding::kInt8}));
+  EXPECT_FALSE(std::filesystem::exists(dir.Join("state.bundle.tmp")));
 }
 
 TEST(BundleFileTest, StreamingDecodeChecksTheSchemaAndStopsAtTheFirstError) {
