@@ -503,6 +503,11 @@ absl::Status RoundManager::CloseRoundLocked() {
     active_->fedadam_stale = false;
   }
   absl::Status status = CloseRoundOnceLocked();
+  if (!status.ok() && active_ && active_->run.state == RunState::kRunning && active_->aggregator->damaged()) {
+    // The close took the FedAvg sum (TakeResult): the round stays open, so build it again from the recorded updates.
+    absl::Status rebuilt = RebuildAggregatorLocked();
+    if (!rebuilt.ok()) LOG(ERROR) << "rebuilding the aggregator after a failed close: " << rebuilt;
+  }
   if (!status.ok() && adam != nullptr && active_ && active_->fedadam.get() == adam && adam->rounds() != adam_rounds) {
     if (absl::Status restored = restore(); !restored.ok()) {
       active_->fedadam_stale = true;
@@ -524,7 +529,7 @@ absl::Status RoundManager::CloseRoundOnceLocked() {
   if (t.run.active()) a.SetGlobal(std::move(result.checkpoint));
   result = AggregatedRound();  // The old global model, the result and its buffers go before the memory is released.
   absl::Status advanced = AdvanceLocked(t);
-  ReleaseFreeMemory();
+  ReleaseFreeMemory();  // Under the lock, but a close holds it for the aggregation and the checkpoint anyway.
   return advanced;
 }
 

@@ -26,7 +26,8 @@ int64_t DeadlineAfter(const ActiveRun& a, int64_t now_ms) {
 
 // The aggregated step, after FedAdam's server step when the run uses it (its state written to *adam_path).
 absl::StatusOr<fl::TensorMap> ServerStep(ActiveRun& a, const std::string& state_dir, std::string* adam_path) {
-  ASSIGN_OR_RETURN(fl::TensorMap step, a.aggregator->Result());
+  // The aggregator's own memory becomes the step (FedAvg): it is spent afterwards; a close that fails rebuilds it.
+  ASSIGN_OR_RETURN(fl::TensorMap step, a.aggregator->TakeResult());
   if (!a.fedadam) return step;
   ASSIGN_OR_RETURN(step, a.fedadam->Step(step));
   *adam_path = absl::StrCat(state_dir, "/fedadam/", a.run.run_id, "-round-", a.round.round, ".bundle");

@@ -9,6 +9,7 @@
 // aggregator.
 #include <cmath>
 #include <memory>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -281,6 +282,7 @@ absl::StatusOr<v1::UploadResponse> RoundManager::AcceptUpload(const std::string&
     return refuse(delta.status());
   }
   absl::Status refused;
+  std::optional<absl::StatusOr<v1::UploadResponse>> accepted;
   {
     absl::MutexLock lock(&mu_);
     if (!active_ || !active_->IsOpenAttempt(header.run_id(), header.round(), target.attempt) ||
@@ -299,12 +301,11 @@ absl::StatusOr<v1::UploadResponse> RoundManager::AcceptUpload(const std::string&
       refused = absl::InternalError(
           absl::StrCat(what, ": the received payload could not be read back on the coordinator; upload it again"));
     } else {
-      absl::StatusOr<v1::UploadResponse> response = RecordAcceptedLocked(site_id, header, target, delta->l2_norm, what);
-      ReleaseFreeMemory();
-      return response;
+      accepted = RecordAcceptedLocked(site_id, header, target, delta->l2_norm, what);
     }
   }
-  ReleaseFreeMemory();
+  ReleaseFreeMemory();  // The decode's buffers (and a close's), outside the lock.
+  if (accepted.has_value()) return *std::move(accepted);
   return refuse(refused);
 }
 

@@ -96,22 +96,26 @@ class AggregatorBase : public Aggregator {
 
   absl::StatusOr<TensorMap> Result() const final {
     absl::MutexLock lock(&mu_);
+    return ResultLocked();
+  }
+
+  absl::StatusOr<TensorMap> TakeResult() final {
+    absl::MutexLock lock(&mu_);
+    if (!CanTakeFloating()) return ResultLocked();
     RETURN_IF_ERROR(CheckNotDamaged());
     if (num_updates_ == 0) return absl::FailedPreconditionError(absl::StrCat(Describe(), ": no update was added"));
     TensorMap out;
     try {
       for (const auto& [name, meta] : schema_) {
-        at::Tensor value;
-        if (IsFloating(meta)) {
-          ASSIGN_OR_RETURN(value, FloatingResult(name, meta));
-        } else {
-          value = integer_max_.at(name);
-        }
+        // In float32 (float64) as Result; float16 tensors are converted, a copy only of those.
+        at::Tensor value = IsFloating(meta) ? TakeFloating(name) : integer_max_.at(name);
         out.emplace(name, value.to(meta.scalar_type()).contiguous());
       }
     } catch (const c10::Error& e) {
+      damaged_ = true;  // Part of the sums may be divided already.
       return absl::InternalError(absl::StrCat(Describe(), ": ", e.what_without_backtrace()));
     }
+    damaged_ = true;  // The sums were handed over.
     return out;
   }
 
@@ -154,6 +158,13 @@ class AggregatorBase : public Aggregator {
   virtual absl::StatusOr<at::Tensor> FloatingResult(const std::string& name, const at::Tensor& meta) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) = 0;
   virtual int64_t FloatingBytes() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) = 0;
+  // TakeResult: whether FloatingResult's value can be made in the aggregator's own memory, and making it (the
+  // aggregator is damaged afterwards).
+  virtual bool CanTakeFloating() const { return false; }
+  virtual at::Tensor TakeFloating(const std::string& name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    LOG(FATAL) << "TakeFloating of an aggregator that cannot take: " << name;
+    return {};
+  }
   virtual int64_t SpilledBytesLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return 0; }
   virtual std::string MethodDescription() const = 0;
 
@@ -164,6 +175,26 @@ class AggregatorBase : public Aggregator {
   mutable absl::Mutex mu_;
 
  private:
+  absl::StatusOr<TensorMap> ResultLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    RETURN_IF_ERROR(CheckNotDamaged());
+    if (num_updates_ == 0) return absl::FailedPreconditionError(absl::StrCat(Describe(), ": no update was added"));
+    TensorMap out;
+    try {
+      for (const auto& [name, meta] : schema_) {
+        at::Tensor value;
+        if (IsFloating(meta)) {
+          ASSIGN_OR_RETURN(value, FloatingResult(name, meta));
+        } else {
+          value = integer_max_.at(name);
+        }
+        out.emplace(name, value.to(meta.scalar_type()).contiguous());
+      }
+    } catch (const c10::Error& e) {
+      return absl::InternalError(absl::StrCat(Describe(), ": ", e.what_without_backtrace()));
+    }
+    return out;
+  }
+
   absl::Status CheckNotDamaged() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (!damaged_) return absl::OkStatus();
     return absl::FailedPreconditionError(
@@ -299,6 +330,13 @@ class FedAvgAggregator final : public AggregatorBase {
   }
   absl::StatusOr<at::Tensor> FloatingResult(const std::string& name, const at::Tensor&) const override {
     return sum_.at(name).div(static_cast<double>(total_samples_locked()));
+  }
+  bool CanTakeFloating() const override { return true; }
+  at::Tensor TakeFloating(const std::string& name) override {
+    // The same division as FloatingResult's, in place: the same bits.
+    at::Tensor sum = std::move(sum_.at(name));
+    sum_.erase(name);
+    return sum.div_(static_cast<double>(total_samples_locked()));
   }
   int64_t FloatingBytes() const override {
     int64_t bytes = 0;

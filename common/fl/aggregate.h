@@ -105,6 +105,12 @@ class Aggregator {
   // added.
   virtual absl::StatusOr<TensorMap> Result() const = 0;
 
+  // Result() for the last use of the aggregator (a round's close), reusing its own memory where it can: kFedAvg
+  // divides its running sum in place and hands it over (no second model in memory) and is then damaged() (its
+  // owner builds a new one if it still needs it); the order statistics return Result() and stay usable. Errors as
+  // Result, after which the aggregator is unchanged.
+  virtual absl::StatusOr<TensorMap> TakeResult() = 0;
+
   virtual int64_t num_updates() const = 0;
   // Sum of num_samples over the added deltas.
   virtual int64_t total_samples() const = 0;

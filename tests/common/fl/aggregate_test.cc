@@ -513,6 +513,30 @@ TEST(AggregateSpillTest, AFailureHalfWayLeavesTheAggregatorAsBeforeOrDamaged) {
   EXPECT_FALSE(checked->damaged());
 }
 
+TEST(AggregateSpillTest, TakeResultEqualsResultAndSpendsOnlyAFedAvgSum) {
+  fedtune::testing::TempDir dir;
+  for (AggregationMethod method : {AggregationMethod::kFedAvg, AggregationMethod::kMedian}) {
+    AggregatorOptions options;
+    options.method = method;
+    options.spill_path = dir.Join("t.spill");
+    std::unique_ptr<Aggregator> agg = *MakeAggregator(options);
+    EXPECT_EQ(agg->TakeResult().status().code(), absl::StatusCode::kFailedPrecondition);  // Nothing added.
+    EXPECT_FALSE(agg->damaged());
+    for (int site = 0; site < 3; ++site) ASSERT_TRUE(agg->Add(RandomDelta(site, false), 2 + site).ok());
+    const TensorMap result = ResultOf(*agg);
+    absl::StatusOr<TensorMap> taken = agg->TakeResult();
+    ASSERT_TRUE(taken.ok()) << taken.status();
+    ExpectBitEqual(result, *taken, AggregationMethodName(method));
+    if (method == AggregationMethod::kFedAvg) {
+      EXPECT_TRUE(agg->damaged());  // The sum was handed over.
+      EXPECT_EQ(agg->Result().status().code(), absl::StatusCode::kFailedPrecondition);
+    } else {
+      EXPECT_FALSE(agg->damaged());
+      ExpectBitEqual(result, ResultOf(*agg), "median again");
+    }
+  }
+}
+
 TEST(AggregateSpillTest, SpillFileErrorsNameTheFile) {
   AggregatorOptions options;
   options.method = AggregationMethod::kMedian;
