@@ -101,7 +101,7 @@ absl::StatusOr<std::unique_ptr<ActiveRun>> LoadActiveRun(const BlobStore& blobs,
     ASSIGN_OR_RETURN(active->fedadam, fl::FedAdam::Create(adam));
     if (!run.fedadam_state_path.empty()) {
       ASSIGN_OR_RETURN(fl::TensorMap state, fl::DecodeTensorBundleFile(run.fedadam_state_path));
-      RETURN_IF_ERROR(active->fedadam->RestoreState(state, run.fedadam_rounds));
+      RETURN_IF_ERROR(active->fedadam->RestoreState(std::move(state), run.fedadam_rounds));
     }
   }
   return active;

@@ -491,7 +491,7 @@ absl::Status RoundManager::CloseRoundLocked() {
   auto restore = [&]() -> absl::Status {
     absl::StatusOr<fl::TensorMap> before = adam_path.empty() ? fl::TensorMap() : fl::DecodeTensorBundleFile(adam_path);
     if (!before.ok()) return before.status();
-    return adam->RestoreState(*before, adam_rounds);
+    return adam->RestoreState(*std::move(before), adam_rounds);
   };
   if (adam != nullptr && active_->fedadam_stale) {
     if (absl::Status restored = restore(); !restored.ok()) {

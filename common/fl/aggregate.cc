@@ -640,7 +640,7 @@ TensorMap FedAdam::StateView() const {
   return state;
 }
 
-absl::Status FedAdam::RestoreState(const TensorMap& state, int64_t rounds) {
+absl::Status FedAdam::RestoreState(TensorMap state, int64_t rounds) {
   TensorMap m, v;
   try {
     for (const auto& [key, t] : state) {
@@ -652,7 +652,10 @@ absl::Status FedAdam::RestoreState(const TensorMap& state, int64_t rounds) {
       if (!t.defined() || !IsFloating(t) || (t.numel() > 0 && !at::isfinite(t).all().item<bool>())) {
         return absl::InvalidArgumentError(absl::StrCat("FedAdam state: '", key, "' is not a finite float tensor"));
       }
-      at::Tensor f = t.detach().to(at::kCPU, at::kFloat).contiguous().clone();
+      // Nobody else holds this tensor or its storage: no copy needed (unless a conversion makes one anyway).
+      const bool only_here = t.use_count() == 1 && t.storage().use_count() == 1;
+      at::Tensor f = t.detach().to(at::kCPU, at::kFloat).contiguous();
+      if (!only_here && f.data_ptr() == t.data_ptr()) f = f.clone();
       if (is_v && f.numel() > 0 && f.min().item<float>() < 0.0f) {
         return absl::InvalidArgumentError(absl::StrCat("FedAdam state: '", key, "' has negative values"));
       }

@@ -166,8 +166,10 @@ class FedAdam {
   // the optimizer's own: valid, and unchanged, until the next Step or RestoreState.
   TensorMap StateView() const;
   // Restores ExportState()'s output. InvalidArgument when a name lacks its "m/" or "v/" prefix or partner, shapes
-  // of a pair differ, or a value is non-finite (or v < 0); on error the state is unchanged.
-  absl::Status RestoreState(const TensorMap& state, int64_t rounds);
+  // of a pair differ, or a value is non-finite (or v < 0); on error the state is unchanged. The tensors are copied,
+  // except those that only `state` holds (a map moved in, e.g. just decoded from a file): those are taken as they
+  // are, so that restoring needs no second copy of the state (two models) in memory.
+  absl::Status RestoreState(TensorMap state, int64_t rounds);
 
  private:
   explicit FedAdam(const FedAdamOptions& options) : options_(options) {}

@@ -427,7 +427,8 @@ TEST_F(RoundManagerTest, PartialUploadsAreLimitedPerSiteAndRoundAndSuperseded) {
             absl::StatusCode::kCancelled);
   EXPECT_FALSE(std::filesystem::exists(first->spool_path));  // Superseded.
   // The second stream breaks: its bytes stay, and it resumes.
-  manager_->EndUpload("site-a", Header(*run, 1, a2), *second, absl::CancelledError("gone"));
+  EXPECT_EQ(manager_->EndUpload("site-a", Header(*run, 1, a2), *second, absl::CancelledError("gone")).code(),
+            absl::StatusCode::kCancelled);
   EXPECT_EQ(std::filesystem::file_size(second->spool_path), 100u);
   auto resumed = manager_->BeginUpload("site-a", Header(*run, 1, a2, 100));
   ASSERT_TRUE(resumed.ok()) << resumed.status();
@@ -440,7 +441,8 @@ TEST_F(RoundManagerTest, PartialUploadsAreLimitedPerSiteAndRoundAndSuperseded) {
   EXPECT_THAT(over.status().message(), HasSubstr("max_spool_bytes_per_round"));
   EXPECT_FALSE(std::filesystem::exists(SpoolFile(*run, "site-b", b2)));
   // A stream that ends holding nothing leaves no file.
-  manager_->EndUpload("site-b", Header(*run, 1, b1), *other, absl::CancelledError("nothing sent"));
+  EXPECT_EQ(manager_->EndUpload("site-b", Header(*run, 1, b1), *other, absl::CancelledError("nothing sent")).code(),
+            absl::StatusCode::kCancelled);
   EXPECT_FALSE(std::filesystem::exists(other->spool_path));
   // Accepting site-a's payload frees its bytes: site-b's second payload fits now.
   Receive(*resumed, a2, a2.size());
@@ -461,7 +463,8 @@ TEST_F(RoundManagerTest, PerSiteSpoolBytesAreLimitedAndAResumeCountsOnce) {
   auto first = manager_->BeginUpload("site-a", Header(*run, 1, a1));
   ASSERT_TRUE(first.ok());
   Receive(*first, a1, 100);
-  manager_->EndUpload("site-a", Header(*run, 1, a1), *first, absl::CancelledError("gone"));
+  EXPECT_EQ(manager_->EndUpload("site-a", Header(*run, 1, a1), *first, absl::CancelledError("gone")).code(),
+            absl::StatusCode::kCancelled);
   // Resumed: its earlier bytes are not counted besides the new claim (2 x size would exceed 1.5 x size).
   auto resumed = manager_->BeginUpload("site-a", Header(*run, 1, a1, 100));
   ASSERT_TRUE(resumed.ok()) << resumed.status();
@@ -543,7 +546,8 @@ TEST_F(RoundManagerTest, RestartRebuildsThePartialUploadsSoLimitsStillHold) {
   auto first = manager_->BeginUpload("site-a", Header(*run, 1, a1));
   ASSERT_TRUE(first.ok());
   Receive(*first, a1, 700);
-  manager_->EndUpload("site-a", Header(*run, 1, a1), *first, absl::CancelledError("gone"));
+  EXPECT_EQ(manager_->EndUpload("site-a", Header(*run, 1, a1), *first, absl::CancelledError("gone")).code(),
+            absl::StatusCode::kCancelled);
   Restart();
   EXPECT_EQ(std::filesystem::file_size(first->spool_path), 700u);  // Still resumable.
   EXPECT_EQ(SpoolFileCount(*run), 2u);

@@ -304,6 +304,13 @@ TEST(FedAdamTest, StatePersistsAcrossRestart) {
   auto b = *FedAdam::Create();
   ASSERT_TRUE(b->RestoreState(state, a->rounds()).ok());
   EXPECT_EQ(b->rounds(), 1);
+  // A map the caller keeps is copied; a map moved in is taken without a copy (no second state in memory).
+  EXPECT_NE(b->StateView().at("m/w").data_ptr(), state.at("m/w").data_ptr());
+  auto c = *FedAdam::Create();
+  TensorMap moved = a->ExportState();
+  const void* moved_m = moved.at("m/w").data_ptr();
+  ASSERT_TRUE(c->RestoreState(std::move(moved), a->rounds()).ok());
+  EXPECT_EQ(c->StateView().at("m/w").data_ptr(), moved_m);
   TensorMap sa = *a->Step(d2);
   TensorMap sb = *b->Step(d2);
   EXPECT_TRUE(at::allclose(sa["w"], sb["w"], 0, 0));
