@@ -73,8 +73,10 @@ struct AggregatorOptions {
 using TensorVisitor = std::function<absl::Status(const std::string& name, const at::Tensor& tensor)>;
 using TensorSource = std::function<absl::Status(const TensorVisitor& visit)>;
 
-// Aggregates the deltas of one round. Thread-safe: Add may be called concurrently (calls are serialized by an
-// internal mutex); Result may be called at any time and more than once.
+// Aggregates the deltas of one round. Thread-safe: every method may be called concurrently (calls are serialized
+// by an internal mutex; AddFrom holds it while its source runs); Result may be called at any time and more than
+// once, TakeResult once, last. A spilling aggregator owns its spill file: created by MakeAggregator, removed by the
+// destructor.
 class Aggregator {
  public:
   virtual ~Aggregator() = default;
