@@ -29,7 +29,7 @@ absl::StatusOr<fl::TensorMap> ServerStep(ActiveRun& a, const std::string& state_
   // The aggregator's own memory becomes the step (FedAvg): it is spent afterwards; a close that fails rebuilds it.
   ASSIGN_OR_RETURN(fl::TensorMap step, a.aggregator->TakeResult());
   if (!a.fedadam) return step;
-  ASSIGN_OR_RETURN(step, a.fedadam->Step(step));
+  RETURN_IF_ERROR(a.fedadam->StepInPlace(step));  // The step is the aggregator's own memory: no copy needed.
   *adam_path = absl::StrCat(state_dir, "/fedadam/", a.run.run_id, "-round-", a.round.round, ".bundle");
   // Tensor by tensor from the optimizer's own tensors: no copy of m and v, nor of their encoding.
   RETURN_IF_ERROR(fl::WriteTensorBundleFile(*adam_path, a.fedadam->StateView()));

@@ -574,9 +574,8 @@ absl::StatusOr<std::unique_ptr<FedAdam>> FedAdam::Create(const FedAdamOptions& o
   return std::unique_ptr<FedAdam>(new FedAdam(options));
 }
 
-absl::StatusOr<TensorMap> FedAdam::Step(const TensorMap& delta) {
+absl::Status FedAdam::StepInPlace(TensorMap& delta) {
   const std::string what = absl::StrCat("FedAdam round ", rounds_ + 1);
-  TensorMap step;
   try {
     absl::Status status = CheckDelta(schema_, delta, 1, what);
     if (!status.ok()) return status;
@@ -593,9 +592,9 @@ absl::StatusOr<TensorMap> FedAdam::Step(const TensorMap& delta) {
     }
     const double b1 = options_.beta1, b2 = options_.beta2;
     std::set<std::string> trained;
-    for (const auto& [name, d] : delta) {
+    for (auto& [name, d] : delta) {
       if (!IsFloating(d) || IsBatchNormStatistic(name)) {
-        step.emplace(name, d.detach().to(at::kCPU).clone());
+        d = d.detach().to(at::kCPU);  // Its step is itself.
         continue;
       }
       const at::Tensor g = d.detach().to(at::kCPU, at::kFloat);
@@ -609,7 +608,12 @@ absl::StatusOr<TensorMap> FedAdam::Step(const TensorMap& delta) {
       m.mul_(b1).add_(g, 1.0 - b1);
       v.mul_(b2).addcmul_(g, g, 1.0 - b2);
       at::Tensor s = m.div(v.sqrt().add_(options_.tau)).mul_(options_.learning_rate);
-      step.emplace(name, s.to(d.scalar_type()).contiguous());
+      // Into the delta's own memory (g, which may share it, is not used any more): the same bits as s.to(dtype).
+      if (d.device().is_cpu() && d.is_contiguous()) {
+        d.copy_(s);
+      } else {
+        d = s.to(d.scalar_type()).contiguous();
+      }
       trained.insert(name);
     }
     // State of tensors this delta does not train (a restored state of another model) goes, as before.
@@ -623,6 +627,17 @@ absl::StatusOr<TensorMap> FedAdam::Step(const TensorMap& delta) {
   }
   if (schema_.empty()) schema_ = SchemaOf(delta);
   ++rounds_;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<TensorMap> FedAdam::Step(const TensorMap& delta) {
+  TensorMap step;
+  try {
+    for (const auto& [name, d] : delta) step.emplace(name, d.defined() ? d.detach().to(at::kCPU).clone() : d);
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("FedAdam round ", rounds_ + 1, ": ", e.what_without_backtrace()));
+  }
+  RETURN_IF_ERROR(StepInPlace(step));
   return step;
 }
 

@@ -157,6 +157,9 @@ class FedAdam {
   // rounds' (named): then the state is unchanged. Internal for a LibTorch error (e.g. out of memory), after which the
   // state may be partly updated: restore it (RestoreState) before the next Step.
   absl::StatusOr<TensorMap> Step(const TensorMap& delta);
+  // Step, writing the step into `delta` itself (no second model in memory); `delta`'s tensors must not be shared
+  // with anything that should keep the aggregated delta. Errors as Step; on InvalidArgument `delta` is unchanged.
+  absl::Status StepInPlace(TensorMap& delta);
 
   // Completed steps.
   int64_t rounds() const { return rounds_; }

@@ -544,6 +544,26 @@ TEST(AggregateSpillTest, TakeResultEqualsResultAndSpendsOnlyAFedAvgSum) {
   }
 }
 
+TEST(AggregateSpillTest, FedAdamStepInPlaceEqualsStep) {
+  auto a = *FedAdam::Create();
+  auto b = *FedAdam::Create();
+  for (uint64_t round = 1; round <= 3; ++round) {
+    const TensorMap d = RandomDelta(round, false);
+    absl::StatusOr<TensorMap> step = a->Step(d);
+    ASSERT_TRUE(step.ok()) << step.status();
+    TensorMap in_place;
+    for (const auto& [name, t] : d) in_place.emplace(name, t.clone());
+    const void* storage = in_place.at("conv.weight").data_ptr();
+    ASSERT_TRUE(b->StepInPlace(in_place).ok());
+    EXPECT_EQ(in_place.at("conv.weight").data_ptr(), storage);  // Written into the delta's own memory.
+    ExpectBitEqual(*step, in_place, absl::StrCat("round ", round));
+  }
+  TensorMap wrong = {{"conv.weight", Randn({2}, 1)}};
+  EXPECT_EQ(b->StepInPlace(wrong).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(wrong.at("conv.weight").numel(), 2);
+  EXPECT_EQ(b->rounds(), 3);
+}
+
 TEST(AggregateSpillTest, SpillFileErrorsNameTheFile) {
   AggregatorOptions options;
   options.method = AggregationMethod::kMedian;
