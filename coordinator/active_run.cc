@@ -1,8 +1,13 @@
 #include "coordinator/active_run.h"
 
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+
 #include <algorithm>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "common/fl/bundle_file.h"
 #include "common/fl/model_tensors.h"
 #include "common/status_macros.h"
@@ -43,10 +48,36 @@ bool ActiveRun::AllAccepted(const std::set<std::string>& sites) const {
 }
 
 absl::Status ActiveRun::StartAttempt() {
-  ASSIGN_OR_RETURN(aggregator, fl::MakeAggregator(AggregatorOptionsFor(run.config)));
+  RETURN_IF_ERROR(ResetAggregator());
   accepted.clear();
   partials.clear();
   return absl::OkStatus();
+}
+
+absl::Status ActiveRun::ResetAggregator() {
+  fl::AggregatorOptions options = AggregatorOptionsFor(run.config);
+  if (!spill_dir.empty()) {
+    // A new name each time: the old aggregator removes its own file when it goes, after the new one exists.
+    options.spill_path =
+        absl::StrCat(spill_dir, "/", run.run_id, "-r", round.round, "-a", round.attempt, "-", spill_files++, ".spill");
+  }
+  ASSIGN_OR_RETURN(aggregator, fl::MakeAggregator(options));
+  return absl::OkStatus();
+}
+
+absl::Status ActiveRun::AddUpdateFile(const std::string& path, int64_t num_samples, double norm,
+                                      const std::string& what) {
+  const fl::TensorSource source = [&](const fl::TensorVisitor& visit) {
+    return fl::ForEachDecodedTensorInFile(
+        path, global.get(), [&](const std::string& name, at::Tensor tensor) { return visit(name, tensor); });
+  };
+  return aggregator->AddFrom(source, num_samples, norm, what);
+}
+
+void ReleaseFreeMemory() {
+#ifdef __GLIBC__
+  malloc_trim(0);
+#endif
 }
 
 void ActiveRun::SetGlobal(model::Checkpoint checkpoint) {
@@ -55,8 +86,9 @@ void ActiveRun::SetGlobal(model::Checkpoint checkpoint) {
 }
 
 absl::StatusOr<std::unique_ptr<ActiveRun>> LoadActiveRun(const BlobStore& blobs, const RunRecord& run,
-                                                         const RoundRecord* round) {
+                                                         const RoundRecord* round, const std::string& spill_dir) {
   auto active = std::make_unique<ActiveRun>();
+  active->spill_dir = spill_dir;
   active->run = run;
   if (round != nullptr) active->round = *round;
   const std::string digest = run.state == RunState::kRunning ? active->round.model_digest : run.final_model_digest;
@@ -69,7 +101,7 @@ absl::StatusOr<std::unique_ptr<ActiveRun>> LoadActiveRun(const BlobStore& blobs,
     ASSIGN_OR_RETURN(active->fedadam, fl::FedAdam::Create(adam));
     if (!run.fedadam_state_path.empty()) {
       ASSIGN_OR_RETURN(fl::TensorMap state, fl::DecodeTensorBundleFile(run.fedadam_state_path));
-      RETURN_IF_ERROR(active->fedadam->RestoreState(state, run.fedadam_rounds));
+      RETURN_IF_ERROR(active->fedadam->RestoreState(std::move(state), run.fedadam_rounds));
     }
   }
   return active;

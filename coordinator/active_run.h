@@ -23,12 +23,19 @@
 namespace fedtune::coordinator {
 
 struct ActiveRun {
+  // Where trimmed mean and median spill their deltas (fl::AggregatorOptions::spill_path): one file per aggregator,
+  // <spill_dir>/<run>-r<round>-a<attempt>-<n>.spill. Empty: they keep them in memory.
+  std::string spill_dir;
+  int spill_files = 0;  // Made so far: n of the next one.
   RunRecord run;
   RoundRecord round;  // The open round (running) or the last closed one (evaluating).
   model::Checkpoint global_checkpoint;
   std::shared_ptr<const fl::TensorMap> global;
   std::unique_ptr<fl::Aggregator> aggregator;
   std::unique_ptr<fl::FedAdam> fedadam;
+  // A failed close left FedAdam's state advanced and it could not be read back from run.fedadam_state_path yet:
+  // the round must not close before it is (RoundManager::CloseRoundLocked).
+  bool fedadam_stale = false;
   std::map<std::string, std::string> accepted;  // Site -> sha256 of its accepted update in the open attempt.
   std::set<std::string> finals;                 // Sites that sent their final MetricsReport (evaluating).
   // A partial upload of the open attempt: a spool file not accepted, being received or kept for a resume.
@@ -46,14 +53,26 @@ struct ActiveRun {
   bool AllAccepted(const std::set<std::string>& sites) const;
   // A fresh aggregator for the run's config; accepted and partials cleared (a new attempt).
   absl::Status StartAttempt();
+  // A fresh, empty aggregator for the run's config (the old one and its spill file go); accepted and partials stay.
+  absl::Status ResetAggregator();
+  // Adds the delta in the spool file `path` (validated before) to the aggregator, decoding it against the global
+  // model tensor by tensor (memory for one tensor). `norm`: its L2 norm from validation, or negative when unknown
+  // (the aggregator computes it when it clips). `what` names the update in messages. Errors: the decoder's and
+  // the aggregator's (fl::Aggregator::AddFrom: on error the aggregator is as before, or damaged()).
+  absl::Status AddUpdateFile(const std::string& path, int64_t num_samples, double norm, const std::string& what);
   // Replaces the global model (after a round closed).
   void SetGlobal(model::Checkpoint checkpoint);
 };
 
 // The active run `run` (running: `round` is its open round; evaluating: its last closed one, or null), with its
-// global model loaded from `blobs` and, for FedAdam, the state from run.fedadam_state_path. The loaders' errors.
+// global model loaded from `blobs` and, for FedAdam, the state from run.fedadam_state_path; its aggregators spill
+// to `spill_dir` (an existing directory; empty: in memory). The loaders' errors.
 absl::StatusOr<std::unique_ptr<ActiveRun>> LoadActiveRun(const BlobStore& blobs, const RunRecord& run,
-                                                         const RoundRecord* round);
+                                                         const RoundRecord* round, const std::string& spill_dir);
+
+// Gives the memory that the allocator holds free back to the system (glibc's malloc_trim; nothing elsewhere).
+// Called after a delta was decoded and after a round closed, whose freed buffers glibc would otherwise keep.
+void ReleaseFreeMemory();
 
 }  // namespace fedtune::coordinator
 

@@ -97,6 +97,8 @@ RoundManager::RoundManager(StateStore* store, BlobStore* blobs, RoundManagerOpti
 
 RoundManager::~RoundManager() = default;
 
+std::string RoundManager::SpillDir() const { return options_.state_dir + "/spill"; }
+
 int64_t RoundManager::NowMs() const { return absl::ToUnixMillis(options_.clock ? options_.clock() : absl::Now()); }
 
 RunViewOptions RoundManager::ViewOptions() const {
@@ -111,6 +113,7 @@ absl::StatusOr<std::unique_ptr<RoundManager>> RoundManager::Create(StateStore* s
   if (options.state_dir.empty()) return absl::InvalidArgumentError("RoundManager needs a state_dir");
   RETURN_IF_ERROR(io::MakeDirectories(options.state_dir + "/spool"));
   RETURN_IF_ERROR(io::MakeDirectories(options.state_dir + "/fedadam"));
+  RETURN_IF_ERROR(io::MakeDirectories(options.state_dir + "/spill"));
   std::unique_ptr<RoundManager> manager(new RoundManager(store, blobs, std::move(options)));
   RETURN_IF_ERROR(manager->Recover());
   return manager;
@@ -121,7 +124,8 @@ absl::StatusOr<std::unique_ptr<RoundManager>> RoundManager::Create(StateStore* s
 
 absl::Status RoundManager::RebuildAggregatorLocked() {
   ActiveRun& a = *active_;
-  RETURN_IF_ERROR(a.StartAttempt());
+  RETURN_IF_ERROR(a.ResetAggregator());
+  a.accepted.clear();
   ASSIGN_OR_RETURN(std::vector<UpdateRecord> updates,
                    store_->ListUpdates(a.run.run_id, a.round.round, a.round.attempt, "", UploadStatus::kAccepted));
   for (const UpdateRecord& u : updates) {
@@ -130,10 +134,13 @@ absl::Status RoundManager::RebuildAggregatorLocked() {
                                               u.round, " attempt ", u.attempt, ": spool file '", u.spool_path,
                                               "' is missing"));
     }
-    ASSIGN_OR_RETURN(fl::TensorMap delta, fl::DecodeTensorBundleFile(u.spool_path, a.global.get()));
-    RETURN_IF_ERROR(a.aggregator->Add(delta, u.num_samples));
+    // The same path as acceptance, tensor by tensor; the norm is computed again when the aggregator clips.
+    RETURN_IF_ERROR(a.AddUpdateFile(
+        u.spool_path, u.num_samples, -1.0,
+        absl::StrCat("accepted update of site ", u.site_id, " for run ", u.run_id, " round ", u.round)));
     a.accepted[u.site_id] = u.sha256;
   }
+  ReleaseFreeMemory();
   return absl::OkStatus();
 }
 
@@ -153,6 +160,11 @@ absl::Status RoundManager::RebuildPartialsLocked() {
 absl::Status RoundManager::Recover() {
   ASSIGN_OR_RETURN(std::optional<RunRecord> run, store_->ActiveRun());
   if (!run || run->state != RunState::kRunning) spool_.RemoveAllBut("", 0, 0);
+  // Spill files are the aggregators' own; the open attempt's is rebuilt from the spool files below.
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(SpillDir(), ec)) {
+    std::filesystem::remove(entry.path(), ec);
+  }
   if (!run) return absl::OkStatus();
   ASSIGN_OR_RETURN(std::vector<RoundRecord> rounds, store_->ListRounds(run->run_id));
   const RoundRecord* open = nullptr;
@@ -163,7 +175,7 @@ absl::Status RoundManager::Recover() {
     return absl::DataLossError(absl::StrCat("run ", run->run_id, " is running but has no open round"));
   }
   const RoundRecord* last = open != nullptr ? open : (rounds.empty() ? nullptr : &rounds.back());
-  ASSIGN_OR_RETURN(std::unique_ptr<ActiveRun> active, LoadActiveRun(*blobs_, *run, last));
+  ASSIGN_OR_RETURN(std::unique_ptr<ActiveRun> active, LoadActiveRun(*blobs_, *run, last, SpillDir()));
   absl::MutexLock lock(&mu_);
   active_ = std::move(active);
   if (run->state == RunState::kRunning) {
@@ -225,7 +237,7 @@ absl::StatusOr<std::string> RoundManager::StartRun(const v1::RunConfig& config) 
   round.model_digest = base;
   round.opened_ms = now;
   round.deadline_ms = now + int64_t{config.round_deadline_seconds()} * 1000;
-  ASSIGN_OR_RETURN(std::unique_ptr<ActiveRun> active, LoadActiveRun(*blobs_, run, &round));
+  ASSIGN_OR_RETURN(std::unique_ptr<ActiveRun> active, LoadActiveRun(*blobs_, run, &round, SpillDir()));
   RETURN_IF_ERROR(store_->CreateRun(run, round));
   active_ = std::move(active);
   LOG(INFO) << "run " << run_id << " started: " << config.rounds() << " round(s), sites " << absl::StrJoin(sites, ",")
@@ -479,20 +491,38 @@ absl::Status RoundManager::MaybeCloseLocked() {
 }
 
 absl::Status RoundManager::CloseRoundLocked() {
-  // FedAdam's state advances in Step; if closing fails later (and the round stays open for the next tick), the
-  // state before this round is put back so the retry does not apply the step twice.
-  fl::TensorMap adam_before;
-  int64_t adam_rounds_before = 0;
-  if (active_->fedadam) {
-    for (const auto& [name, t] : active_->fedadam->ExportState()) adam_before[name] = t.clone();
-    adam_rounds_before = active_->fedadam->rounds();
-  }
+  // FedAdam's state advances in place in Step; if closing fails later (and the round stays open for the next tick),
+  // the state before this round is read back from its file (the run's fedadam_state_path, not replaced yet), so
+  // the retry does not apply the step twice. No copy of the state is kept meanwhile: it is two models. When even
+  // that file cannot be read, the round does not close until it can (each tick tries again, as does a restart).
   fl::FedAdam* adam = active_->fedadam.get();
+  const std::string adam_path = active_->run.fedadam_state_path;
+  const int64_t adam_rounds = active_->run.fedadam_rounds;
+  auto restore = [&]() -> absl::Status {
+    absl::StatusOr<fl::TensorMap> before = adam_path.empty() ? fl::TensorMap() : fl::DecodeTensorBundleFile(adam_path);
+    if (!before.ok()) return before.status();
+    return adam->RestoreState(*std::move(before), adam_rounds);
+  };
+  if (adam != nullptr && active_->fedadam_stale) {
+    if (absl::Status restored = restore(); !restored.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat("run ", active_->run.run_id, " round ", active_->round.round,
+                                                        ": FedAdam's state could not be read back after a failed "
+                                                        "close (",
+                                                        restored.message(), "); the round closes once it can"));
+    }
+    active_->fedadam_stale = false;
+  }
   absl::Status status = CloseRoundOnceLocked();
-  if (!status.ok() && adam != nullptr && active_ && active_->fedadam.get() == adam &&
-      adam->rounds() != adam_rounds_before) {
-    absl::Status restored = adam->RestoreState(adam_before, adam_rounds_before);
-    if (!restored.ok()) LOG(ERROR) << "restoring FedAdam's state after a failed close: " << restored;
+  if (!status.ok() && active_ && active_->run.state == RunState::kRunning && active_->aggregator->damaged()) {
+    // The close took the FedAvg sum (TakeResult): the round stays open, so build it again from the recorded updates.
+    absl::Status rebuilt = RebuildAggregatorLocked();
+    if (!rebuilt.ok()) LOG(ERROR) << "rebuilding the aggregator after a failed close: " << rebuilt;
+  }
+  if (!status.ok() && adam != nullptr && active_ && active_->fedadam.get() == adam && adam->rounds() != adam_rounds) {
+    if (absl::Status restored = restore(); !restored.ok()) {
+      active_->fedadam_stale = true;
+      LOG(ERROR) << "restoring FedAdam's state after a failed close: " << restored;
+    }
   }
   return status;
 }
@@ -507,7 +537,10 @@ absl::Status RoundManager::CloseRoundOnceLocked() {
             << "; global model " << result.digest;
   spool_.RemoveAttempt(a.run.run_id, a.round.round, a.round.attempt);
   if (t.run.active()) a.SetGlobal(std::move(result.checkpoint));
-  return AdvanceLocked(t);
+  result = AggregatedRound();  // The old global model, the result and its buffers go before the memory is released.
+  absl::Status advanced = AdvanceLocked(t);
+  ReleaseFreeMemory();  // Under the lock, but a close holds it for the aggregation and the checkpoint anyway.
+  return advanced;
 }
 
 absl::Status RoundManager::FailAttemptLocked() {

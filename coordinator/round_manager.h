@@ -20,6 +20,9 @@
 //   spool/<run>/r<round>-a<attempt>-<site>-<sha256>.upload  an upload being received or accepted; kept (fsynced)
 //       while its round is open so that a restart can rebuild the aggregator, removed when the round closes or
 //       fails, and at once when the upload is refused; at start-up, files of any other round are removed.
+//   spill/<run>-r<round>-a<attempt>-<n>.spill  the deltas of the open attempt as float32, with trimmed mean and
+//       median (fl::AggregatorOptions::spill_path); removed with its aggregator (the attempt closes or fails, the
+//       run ends, the coordinator stops); at start-up every file there is removed and the open attempt's rebuilt.
 //
 // Partial uploads (spool files of the open attempt not accepted yet) are limited (RoundManagerOptions, from
 // CoordinatorConfig): per site in number and in announced bytes, and per round in announced bytes. A stream claims
@@ -46,8 +49,11 @@
 // steps), active_run.h (the in-memory side of the active run), spool_dir.h (spool files); this class ties them
 // together under one mutex.
 //
-// Thread safety: thread-safe. Uploads are decoded one at a time (an internal mutex), so the coordinator holds at
-// most one decoded delta besides the global model and the aggregator.
+// Memory: the global model, the aggregator (FedAvg: one running sum; trimmed mean and median spill the deltas to
+// <state_dir>/spill/, see ActiveRun) and one decoded tensor of one upload at a time: a delta is validated, then
+// added, tensor by tensor from its spool file, never whole in memory (upload_intake.cc).
+//
+// Thread safety: thread-safe. Uploads are decoded one at a time (an internal mutex).
 #ifndef FEDTUNE_COORDINATOR_ROUND_MANAGER_H_
 #define FEDTUNE_COORDINATOR_ROUND_MANAGER_H_
 
@@ -184,9 +190,8 @@ class RoundManager {
   std::string ActiveRunId();
 
  private:
-  // A decoded delta that passed validation, and its L2 norm.
+  // A delta (in its spool file) that passed validation: its L2 norm.
   struct ValidatedDelta {
-    fl::TensorMap delta;
     double l2_norm = 0;
   };
   RoundManager(StateStore* store, BlobStore* blobs, RoundManagerOptions options);
@@ -194,6 +199,8 @@ class RoundManager {
   // InvalidArgument below `min`, OutOfRange beyond the run's rounds, naming the field.
   static absl::Status CheckRound(int round, int min, const RunRecord& run);
   int64_t NowMs() const;
+  // <state_dir>/spill: the aggregators' spill files.
+  std::string SpillDir() const;
   RunViewOptions ViewOptions() const;
   absl::Status AddEndedRuns(const std::string& site_id, v1::Task* task);
   absl::StatusOr<v1::Task> NextTaskLocked(const std::string& site_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -217,8 +224,9 @@ class RoundManager {
   absl::StatusOr<bool> CheckStillOpenLocked(const std::string& site_id, const v1::UploadHeader& header,
                                             const UploadTarget& target, const std::string& what)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Decodes the spool file against `global` and validates it (fl::ValidateUpdate); errors keep their codes, with
-  // the upload named instead of the spool file. Called without mu_ (takes it only to explain a read failure).
+  // Decodes the spool file against `global` tensor by tensor and validates it (fl::UpdateValidator, memory for one
+  // tensor); errors keep their codes, with the upload named instead of the spool file. Called without mu_ (takes it
+  // only to explain a read failure).
   absl::StatusOr<ValidatedDelta> DecodeAndValidate(const std::string& site_id, const v1::UploadHeader& header,
                                                    const UploadTarget& target, const fl::TensorMap& global,
                                                    double max_norm, const std::string& what) ABSL_LOCKS_EXCLUDED(mu_);

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "common/fl/bundle_file.h"
 #include "common/fl/codec.h"
 #include "common/fl/model_tensors.h"
 #include "common/io/file_util.h"
@@ -25,12 +26,13 @@ int64_t DeadlineAfter(const ActiveRun& a, int64_t now_ms) {
 
 // The aggregated step, after FedAdam's server step when the run uses it (its state written to *adam_path).
 absl::StatusOr<fl::TensorMap> ServerStep(ActiveRun& a, const std::string& state_dir, std::string* adam_path) {
-  ASSIGN_OR_RETURN(fl::TensorMap step, a.aggregator->Result());
+  // The aggregator's own memory becomes the step (FedAvg): it is spent afterwards; a close that fails rebuilds it.
+  ASSIGN_OR_RETURN(fl::TensorMap step, a.aggregator->TakeResult());
   if (!a.fedadam) return step;
-  ASSIGN_OR_RETURN(step, a.fedadam->Step(step));
-  ASSIGN_OR_RETURN(fl::EncodedBundle state, fl::EncodeTensors(a.fedadam->ExportState()));
+  RETURN_IF_ERROR(a.fedadam->StepInPlace(step));  // The step is the aggregator's own memory: no copy needed.
   *adam_path = absl::StrCat(state_dir, "/fedadam/", a.run.run_id, "-round-", a.round.round, ".bundle");
-  RETURN_IF_ERROR(io::WriteFileAtomically(*adam_path, state.bundle.SerializeAsString()));
+  // Tensor by tensor from the optimizer's own tensors: no copy of m and v, nor of their encoding.
+  RETURN_IF_ERROR(fl::WriteTensorBundleFile(*adam_path, a.fedadam->StateView()));
   return step;
 }
 
@@ -49,9 +51,12 @@ RunTransition EndRun(const ActiveRun& a, RunState state, std::string message, in
 absl::StatusOr<AggregatedRound> AggregateRound(ActiveRun& a, BlobStore* blobs, const std::string& state_dir,
                                                int64_t now_ms) {
   AggregatedRound out;
-  ASSIGN_OR_RETURN(fl::TensorMap step, ServerStep(a, state_dir, &out.fedadam_state_path));
-  ASSIGN_OR_RETURN(fl::TensorMap next_global, fl::ApplyDelta(*a.global, step));
+  // The step becomes the next global model in place: the round's close holds the global model, the aggregator,
+  // one more model and the checkpoint writer's buffer, not a step and a next model besides.
+  ASSIGN_OR_RETURN(fl::TensorMap next_global, ServerStep(a, state_dir, &out.fedadam_state_path));
+  RETURN_IF_ERROR(fl::ApplyDeltaInPlace(*a.global, next_global));
   ASSIGN_OR_RETURN(out.checkpoint, fl::CheckpointWithTensors(a.global_checkpoint, next_global));
+  next_global.clear();  // The checkpoint shares its tensors.
   model::Provenance& provenance = out.checkpoint.metadata.provenance;
   provenance.parent_digest = a.global_checkpoint.weights_sha256;
   provenance.source =

@@ -27,7 +27,8 @@ struct AggregatedRound {
   std::string fedadam_state_path;  // FedAdam's m/v after this round ("" without FedAdam).
 };
 
-// Aggregates the open attempt's updates; with FedAdam, takes the server step (FedAdam's state advances: the caller
+// Aggregates the open attempt's updates (fl::Aggregator::TakeResult: a FedAvg aggregator is spent afterwards, and
+// must be rebuilt if the round stays open); with FedAdam, takes the server step (FedAdam's state advances: the caller
 // restores it when the round then fails to close) and writes its state to <state_dir>/fedadam/<run>-round-<r>.bundle;
 // applies the step to the global model and saves the checkpoint (provenance: parent, run, round, aggregator) into
 // `blobs`. Errors of the aggregator, the FedAdam file and the checkpoint writer.

@@ -2,9 +2,14 @@
 // and the limits on partial uploads (BeginUpload, EndUpload), and acceptance (AcceptUpload: the SHA-256 the
 // receiver computed, decoding against the round's global model, validation, the aggregator, the update record).
 // Each upload is prepared once, by BeginUpload; AcceptUpload only checks that its round is still open, before the
-// delta is decoded (without the lock) and again before it is added.
+// delta is validated (without the lock) and again before it is added. The delta is never whole in memory: a first
+// pass over the spool file decodes and validates it tensor by tensor (UpdateValidator: names, shapes, dtypes,
+// finite values, the norm bound), a second one decodes it again and adds it to the aggregator tensor by tensor
+// (Aggregator::AddFrom), under the lock, so that no one sees a half-added delta; a refused delta never reaches the
+// aggregator.
 #include <cmath>
 #include <memory>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -272,20 +277,35 @@ absl::StatusOr<v1::UploadResponse> RoundManager::AcceptUpload(const std::string&
     return response;
   }
   absl::StatusOr<ValidatedDelta> delta = DecodeAndValidate(site_id, header, target, *global, max_norm, what);
-  if (!delta.ok()) return refuse(delta.status());
+  if (!delta.ok()) {
+    ReleaseFreeMemory();
+    return refuse(delta.status());
+  }
   absl::Status refused;
+  std::optional<absl::StatusOr<v1::UploadResponse>> accepted;
   {
     absl::MutexLock lock(&mu_);
     if (!active_ || !active_->IsOpenAttempt(header.run_id(), header.round(), target.attempt) ||
         active_->accepted.count(site_id) > 0 || active_->global != global) {
       refused = absl::FailedPreconditionError(absl::StrCat(what, ": the round changed while it was validated"));
-    } else if (absl::Status added = active_->aggregator->Add(delta->delta, header.num_samples()); !added.ok()) {
-      refused = absl::Status(added.code(), absl::StrCat(what, ": ", added.message()));
+    } else if (absl::Status added =
+                   active_->AddUpdateFile(target.spool_path, header.num_samples(), delta->l2_norm, what);
+               !added.ok()) {
+      // Validated above: only a read error gets here. A FedAvg sum that holds part of this delta cannot take it
+      // out: rebuild it from the recorded updates.
+      LOG(ERROR) << "adding the " << what << ": " << added;
+      if (active_->aggregator->damaged()) {
+        absl::Status rebuilt = RebuildAggregatorLocked();
+        if (!rebuilt.ok()) LOG(ERROR) << "rebuilding the aggregator of run " << header.run_id() << ": " << rebuilt;
+      }
+      refused = absl::InternalError(
+          absl::StrCat(what, ": the received payload could not be read back on the coordinator; upload it again"));
     } else {
-      delta->delta.clear();  // In the aggregator now: free it before a close aggregates.
-      return RecordAcceptedLocked(site_id, header, target, delta->l2_norm, what);
+      accepted = RecordAcceptedLocked(site_id, header, target, delta->l2_norm, what);
     }
   }
+  ReleaseFreeMemory();  // The decode's buffers (and a close's), outside the lock.
+  if (accepted.has_value()) return *std::move(accepted);
   return refuse(refused);
 }
 
@@ -294,13 +314,23 @@ absl::StatusOr<RoundManager::ValidatedDelta> RoundManager::DecodeAndValidate(con
                                                                              const UploadTarget& target,
                                                                              const fl::TensorMap& global,
                                                                              double max_norm, const std::string& what) {
-  absl::StatusOr<fl::TensorMap> delta = fl::DecodeTensorBundleFile(target.spool_path, &global);
-  if (!delta.ok()) {
+  // Tensor by tensor: one decoded tensor in memory at a time, nothing of it kept (the add pass decodes again).
+  fl::ValidationOptions validation;
+  validation.max_l2_norm = max_norm;
+  fl::UpdateValidator validator(global, validation, what);
+  absl::Status invalid;  // The validator's refusal: it names the update, not the file.
+  const absl::Status read =
+      fl::ForEachDecodedTensorInFile(target.spool_path, &global, [&](const std::string& name, at::Tensor tensor) {
+        invalid = validator.Add(name, tensor);
+        return invalid;
+      });
+  if (!invalid.ok()) return invalid;
+  if (!read.ok()) {
     // The decoder names the file; the site is told about its payload only.
     const std::string detail =
-        absl::StrReplaceAll(delta.status().message(), {{target.spool_path + ": ", ""}, {target.spool_path, "payload"}});
-    if (delta.status().code() != absl::StatusCode::kInvalidArgument) {
-      LOG(ERROR) << "decoding the payload of the " << what << ": " << delta.status();
+        absl::StrReplaceAll(read.message(), {{target.spool_path + ": ", ""}, {target.spool_path, "payload"}});
+    if (read.code() != absl::StatusCode::kInvalidArgument) {
+      LOG(ERROR) << "decoding the payload of the " << what << ": " << read;
       // The round itself may say why (it closed and its spool files went); otherwise an I/O problem.
       absl::MutexLock lock(&mu_);
       absl::StatusOr<bool> open = CheckStillOpenLocked(site_id, header, target, what);
@@ -308,12 +338,10 @@ absl::StatusOr<RoundManager::ValidatedDelta> RoundManager::DecodeAndValidate(con
       return absl::InternalError(
           absl::StrCat(what, ": the received payload could not be read back on the coordinator; upload it again"));
     }
-    return absl::Status(delta.status().code(), absl::StrCat(what, ": ", detail));
+    return absl::Status(read.code(), absl::StrCat(what, ": ", detail));
   }
-  fl::ValidationOptions validation;
-  validation.max_l2_norm = max_norm;
-  ASSIGN_OR_RETURN(fl::UpdateSummary summary, fl::ValidateUpdate(global, *delta, validation, what));
-  return ValidatedDelta{*std::move(delta), summary.l2_norm};
+  ASSIGN_OR_RETURN(fl::UpdateSummary summary, validator.Finish());
+  return ValidatedDelta{summary.l2_norm};
 }
 
 absl::StatusOr<bool> RoundManager::CheckStillOpenLocked(const std::string& site_id, const v1::UploadHeader& header,

@@ -7,11 +7,16 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <limits>
+#include <set>
+#include <system_error>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/fl/codec.h"
+#include "common/io/file_util.h"
+#include "common/status_macros.h"
 
 namespace fedtune::fl {
 namespace {
@@ -73,9 +78,10 @@ absl::Status ForEachNamedTensorInFile(const std::string& path,
   }
 }
 
-absl::StatusOr<TensorMap> DecodeTensorBundleFile(const std::string& path, const TensorMap* expected) {
-  TensorMap out;
-  absl::Status status = ForEachNamedTensorInFile(path, [&](v1::NamedTensor& tensor) -> absl::Status {
+absl::Status ForEachDecodedTensorInFile(const std::string& path, const TensorMap* expected,
+                                        const std::function<absl::Status(const std::string&, at::Tensor)>& fn) {
+  std::set<std::string> seen;
+  RETURN_IF_ERROR(ForEachNamedTensorInFile(path, [&](v1::NamedTensor& tensor) -> absl::Status {
     const at::Tensor* want = nullptr;
     if (expected != nullptr) {
       auto it = expected->find(tensor.name());
@@ -85,18 +91,59 @@ absl::StatusOr<TensorMap> DecodeTensorBundleFile(const std::string& path, const 
       }
       want = &it->second;
     }
+    if (!seen.insert(tensor.name()).second) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": tensor '", tensor.name(), "' occurs twice"));
+    }
     absl::StatusOr<at::Tensor> decoded = DecodeTensor(tensor, want);
     if (!decoded.ok()) {
       return absl::Status(decoded.status().code(), absl::StrCat(path, ": ", decoded.status().message()));
     }
-    if (!out.emplace(tensor.name(), *std::move(decoded)).second) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ": tensor '", tensor.name(), "' occurs twice"));
+    // The encoded bytes are not needed any more: free them before fn allocates.
+    std::string().swap(*tensor.mutable_data());
+    google::protobuf::RepeatedField<uint32_t>().Swap(tensor.mutable_indices());
+    return fn(tensor.name(), *std::move(decoded));
+  }));
+  if (expected != nullptr && seen.size() != expected->size()) {
+    // Every name seen is expected's: CheckSameSchema then lists the missing ones.
+    TensorMap present;
+    for (const std::string& name : seen) present.emplace(name, expected->at(name));
+    return CheckSameSchema(*expected, present, path);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<TensorMap> DecodeTensorBundleFile(const std::string& path, const TensorMap* expected) {
+  TensorMap out;
+  RETURN_IF_ERROR(ForEachDecodedTensorInFile(path, expected, [&](const std::string& name, at::Tensor tensor) {
+    out.emplace(name, std::move(tensor));
+    return absl::OkStatus();
+  }));
+  return out;
+}
+
+absl::Status WriteTensorBundleFile(const std::string& path, const TensorMap& tensors, const EncodeOptions& options) {
+  const std::string temp = path + ".tmp";
+  std::error_code ec;
+  std::filesystem::remove(temp, ec);
+  absl::Status status = [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(io::AppendOnlyFile file, io::AppendOnlyFile::Open(temp));
+    for (const auto& [name, tensor] : tensors) {
+      // A bundle's repeated field serializes as the concatenation of one-tensor bundles.
+      ASSIGN_OR_RETURN(EncodedBundle one, EncodeTensors(TensorMap{{name, tensor}}, options));
+      RETURN_IF_ERROR(file.Append(one.bundle.SerializeAsString()));
+    }
+    RETURN_IF_ERROR(file.Close());
+    if (::rename(temp.c_str(), path.c_str()) != 0) return io::ErrnoToStatus(errno, "cannot rename to", path);
+    const std::string dir = std::filesystem::path(path).parent_path().string();
+    const int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+      ::fsync(fd);
+      ::close(fd);
     }
     return absl::OkStatus();
-  });
-  if (!status.ok()) return status;
-  if (expected != nullptr && out.size() != expected->size()) return CheckSameSchema(*expected, out, path);
-  return out;
+  }();
+  if (!status.ok()) std::filesystem::remove(temp, ec);
+  return status;
 }
 
 }  // namespace fedtune::fl

@@ -12,6 +12,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/fl/codec.h"
 #include "common/fl/tensor_map.h"
 #include "fedtune/v1/tensor.pb.h"
 
@@ -23,10 +24,29 @@ namespace fedtune::fl {
 // errors. A single tensor message is limited to 2 GiB (protobuf's limit); the file is not.
 absl::Status ForEachNamedTensorInFile(const std::string& path, const std::function<absl::Status(v1::NamedTensor&)>& fn);
 
+// Decodes the bundle in `path` one tensor at a time, calling fn(name, tensor) on each decoded tensor in file order
+// and stopping at (and returning) fn's first error: memory for one encoded and one decoded tensor at a time, however
+// large the bundle. `tensor` is the caller's to keep or drop. Each tensor is decoded as codec.h's DecodeTensor does,
+// with the same optional `expected` schema (a server passes the global model): with it, a name that is not
+// expected's is refused before anything is allocated, and once the file ends the names must be exactly expected's
+// (InvalidArgument listing the missing ones). A name that occurs twice is InvalidArgument. Errors as
+// ForEachNamedTensorInFile and DecodeTensor, messages prefixed with the path; fn's errors are returned unchanged.
+// fn has seen every tensor when this returns OK; on an error it may have seen some.
+absl::Status ForEachDecodedTensorInFile(const std::string& path, const TensorMap* expected,
+                                        const std::function<absl::Status(const std::string&, at::Tensor)>& fn);
+
 // Decodes every tensor of the bundle in `path` as codec.h's DecodeTensors does, with the same optional `expected`
 // schema (a server should pass the global model). Errors as ForEachNamedTensorInFile and DecodeTensors, messages
 // prefixed with the path.
 absl::StatusOr<TensorMap> DecodeTensorBundleFile(const std::string& path, const TensorMap* expected = nullptr);
+
+// Writes `tensors` to `path` as a serialized TensorBundle, byte for byte what
+// EncodeTensors(tensors, options)->bundle.SerializeAsString() is, but encoding one tensor at a time: memory for one
+// encoded tensor, however large the map (e.g. FedAdam's state, two models). Atomic: a temporary file beside `path`
+// is written, synced and renamed over it. EncodeTensors' errors; io errors naming the path. On error `path` is
+// untouched.
+absl::Status WriteTensorBundleFile(const std::string& path, const TensorMap& tensors,
+                                   const EncodeOptions& options = {});
 
 }  // namespace fedtune::fl
 

@@ -122,6 +122,24 @@ absl::StatusOr<TensorMap> ApplyDelta(const TensorMap& global, const TensorMap& d
   return Combine(global, delta, "apply delta", [](const at::Tensor& g, const at::Tensor& d) { return g + d; });
 }
 
+absl::Status ApplyDeltaInPlace(const TensorMap& global, TensorMap& delta) {
+  absl::Status schema = CheckSameSchema(global, delta, "delta");
+  if (!schema.ok()) return schema;
+  for (auto& [name, d] : delta) {
+    try {
+      const at::Tensor& g = global.at(name);
+      if (d.device().is_cpu() && d.is_contiguous() && d.scalar_type() == g.scalar_type()) {
+        d.add_(g.to(at::kCPU));  // d + g: the same bits as g + d.
+      } else {
+        d = (g.to(at::kCPU) + d.to(at::kCPU)).to(g.scalar_type()).contiguous();
+      }
+    } catch (const c10::Error& e) {
+      return absl::InternalError(absl::StrCat("apply delta: tensor '", name, "': ", e.what_without_backtrace()));
+    }
+  }
+  return absl::OkStatus();
+}
+
 bool CountsInNorm(absl::string_view name, const at::Tensor& tensor, const NormOptions& options) {
   if (!IsFloating(tensor)) return false;
   if (!options.include_batchnorm_statistics && IsBatchNormStatistic(name)) return false;

@@ -50,6 +50,12 @@ absl::StatusOr<TensorMap> ComputeDelta(const TensorMap& local, const TensorMap& 
 // global + delta for every tensor (contiguous CPU results in global's dtype). InvalidArgument as CheckSameSchema.
 absl::StatusOr<TensorMap> ApplyDelta(const TensorMap& global, const TensorMap& delta);
 
+// ApplyDelta without a third model in memory: each tensor of `delta` becomes global + delta, in place where it is a
+// contiguous CPU tensor of global's dtype (the same bits as ApplyDelta), otherwise replaced by ApplyDelta's result
+// for that tensor. InvalidArgument as CheckSameSchema (then `delta` is unchanged); Internal for a LibTorch error
+// (then `delta` may be partly applied).
+absl::Status ApplyDeltaInPlace(const TensorMap& global, TensorMap& delta);
+
 struct NormOptions {
   // Count BatchNorm running_mean / running_var in the norm. Default true: a poisoned running statistic is caught
   // by the same bound as a poisoned weight. Integer tensors never count.

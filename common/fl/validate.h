@@ -1,10 +1,16 @@
-// Validation of a site's update (a decoded delta) against the global model's schema before it counts in a round.
+// Validation of a site's update (a decoded delta) against the global model's schema before it counts in a round,
+// either whole (ValidateUpdate) or one tensor at a time as the delta is read from a file (UpdateValidator).
 //
-// Thread safety: reentrant; the arguments are not modified.
+// Thread safety: ValidateUpdate is reentrant and does not modify its arguments. UpdateValidator is not thread-safe
+// (one per update).
 #ifndef FEDTUNE_COMMON_FL_VALIDATE_H_
 #define FEDTUNE_COMMON_FL_VALIDATE_H_
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
+#include <map>
+#include <set>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -38,6 +44,39 @@ struct UpdateSummary {
 // Returns the norm and sizes on success.
 absl::StatusOr<UpdateSummary> ValidateUpdate(const TensorMap& global, const TensorMap& delta,
                                              const ValidationOptions& options = {}, absl::string_view what = "update");
+
+// ValidateUpdate's checks one tensor at a time, for a delta that is never whole in memory (decoded tensor by tensor
+// from a spool file, bundle_file.h): Add every tensor in any order, then Finish. Holds the names seen and one float64
+// per tensor, nothing of the tensors themselves. The summary equals ValidateUpdate's on the same tensors, bit for
+// bit (the per-tensor squares are summed in name order, whatever the order of Add).
+//   UpdateValidator v(global, options, "update from site-a for round 3");
+//   for each (name, tensor): RETURN_IF_ERROR(v.Add(name, tensor));
+//   ASSIGN_OR_RETURN(UpdateSummary summary, v.Finish());
+class UpdateValidator {
+ public:
+  // `global` must outlive the validator.
+  UpdateValidator(const TensorMap& global, ValidationOptions options, std::string what);
+
+  // Checks one tensor: InvalidArgument naming it when it is not a tensor of `global`, was added before, differs in
+  // shape or dtype, or holds non-finite values (with their count); Internal for a LibTorch error. The tensor is read,
+  // not kept.
+  absl::Status Add(const std::string& name, const at::Tensor& tensor);
+
+  // After every tensor: InvalidArgument listing the tensors of `global` never added; FailedPrecondition for a norm
+  // above options.max_l2_norm or one that overflows float64 (as ValidateUpdate). Call once.
+  absl::StatusOr<UpdateSummary> Finish();
+
+ private:
+  // Finite values, and the squares that count in the norm.
+  absl::Status CheckFloating(const std::string& name, const at::Tensor& tensor);
+
+  const TensorMap& global_;
+  const ValidationOptions options_;
+  const std::string what_;
+  std::set<std::string> seen_;
+  std::map<std::string, double> squares_;  // Of the tensors that count in the norm, by name.
+  int64_t num_elements_ = 0;
+};
 
 }  // namespace fedtune::fl
 

@@ -9,6 +9,7 @@
 #include <limits>
 #include <map>
 #include <optional>
+#include <set>
 #include <utility>
 #include <vector>
 
@@ -291,6 +292,18 @@ class Unpickler {
         return Error("tensor view exceeds its storage (", storage_numel, " elements)");
       }
     }
+    // The common case, a tensor that is its whole storage, contiguous: the tensor is the storage itself, not a copy
+    // of it (a model loads with one copy of its weights in memory, not two). A storage used again (tied weights)
+    // is copied from then on, so that tensors never share memory.
+    bool contiguous = *offset == 0 && numel == storage_numel;
+    for (int64_t k = static_cast<int64_t>(size->size()) - 1, expected = 1; contiguous && k >= 0; --k) {
+      if ((*size)[k] != 1 && (*stride)[k] != expected) contiguous = false;
+      expected *= (*size)[k];
+    }
+    if (contiguous && lent_storages_.insert(a[0].get()).second) {
+      v->tensor = storage.view(*size);
+      return v;
+    }
     RETURN_IF_ERROR(Charge(static_cast<uint64_t>(numel) * storage.element_size()));
     v->tensor = storage.as_strided(*size, *stride, *offset).clone(at::MemoryFormat::Contiguous);
     return v;
@@ -500,7 +513,8 @@ class Unpickler {
   std::vector<ValuePtr> stack_;
   std::map<uint64_t, ValuePtr> memo_;
   std::map<std::string, ValuePtr> storages_;
-  std::vector<ValuePtr> containers_;  // Every tuple, list and dict made, in order.
+  std::set<const Value*> lent_storages_;  // Storages that became a tensor without a copy (RebuildTensor).
+  std::vector<ValuePtr> containers_;      // Every tuple, list and dict made, in order.
 };
 
 }  // namespace

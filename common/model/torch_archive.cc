@@ -231,16 +231,17 @@ absl::StatusOr<PickleValuePtr> ReadTorchArchive(absl::string_view archive, absl:
   }
 }
 
-absl::StatusOr<std::string> WriteTorchArchive(const PickleValue& root) {
+absl::Status WriteTorchArchive(const PickleValue& root, const std::function<absl::Status(absl::string_view)>& sink) {
   Pickler pickler;
   pickler.bytes() += "\x80\x02";
   RETURN_IF_ERROR(pickler.Write(root));
   pickler.bytes() += '.';
-  std::string out;
+  absl::Status sink_status;
   try {
-    caffe2::serialize::PyTorchStreamWriter writer([&out](const void* data, size_t n) {
-      out.append(static_cast<const char*>(data), n);
-      return n;
+    caffe2::serialize::PyTorchStreamWriter writer([&](const void* data, size_t n) -> size_t {
+      if (!sink_status.ok()) return 0;
+      sink_status = sink(absl::string_view(static_cast<const char*>(data), n));
+      return sink_status.ok() ? n : 0;  // Short: the writer gives up.
     });
     writer.writeRecord("data.pkl", pickler.bytes().data(), pickler.bytes().size());
     writer.writeRecord("byteorder", "little", 6);
@@ -250,10 +251,20 @@ absl::StatusOr<std::string> WriteTorchArchive(const PickleValue& root) {
     }
     writer.writeEndOfFile();
   } catch (const c10::Error& e) {
+    if (!sink_status.ok()) return sink_status;
     return absl::InternalError(absl::StrCat("writing torch archive: ", e.what_without_backtrace()));
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError("writing torch archive: out of memory");
   }
+  return sink_status;
+}
+
+absl::StatusOr<std::string> WriteTorchArchive(const PickleValue& root) {
+  std::string out;
+  RETURN_IF_ERROR(WriteTorchArchive(root, [&out](absl::string_view piece) {
+    out.append(piece.data(), piece.size());
+    return absl::OkStatus();
+  }));
   return out;
 }
 

@@ -21,11 +21,13 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
@@ -106,6 +108,11 @@ absl::StatusOr<PickleValuePtr> ReadTorchArchive(absl::string_view archive, absl:
 // Output is deterministic for equal inputs. InvalidArgument for kinds that cannot be written (globals, marks),
 // tensor dtypes without a storage type, and values nested deeper than kMaxPickleDepth (which the reader refuses).
 absl::StatusOr<std::string> WriteTorchArchive(const PickleValue& root);
+
+// The same archive, handed to `sink` piece by piece instead of built in memory (a model-sized checkpoint is written
+// to its file without a copy of it in memory). The first error of `sink` stops the writing and is returned; other
+// errors as above.
+absl::Status WriteTorchArchive(const PickleValue& root, const std::function<absl::Status(absl::string_view)>& sink);
 
 }  // namespace fedtune::model
 

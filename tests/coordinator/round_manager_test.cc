@@ -1,10 +1,18 @@
 #include "coordinator/round_manager.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
+#include <functional>
+#include <limits>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/fl/aggregate.h"
+#include "common/fl/codec.h"
 #include "common/io/file_util.h"
 #include "common/io/sha256.h"
 #include "gmock/gmock.h"
@@ -419,7 +427,8 @@ TEST_F(RoundManagerTest, PartialUploadsAreLimitedPerSiteAndRoundAndSuperseded) {
             absl::StatusCode::kCancelled);
   EXPECT_FALSE(std::filesystem::exists(first->spool_path));  // Superseded.
   // The second stream breaks: its bytes stay, and it resumes.
-  manager_->EndUpload("site-a", Header(*run, 1, a2), *second, absl::CancelledError("gone"));
+  EXPECT_EQ(manager_->EndUpload("site-a", Header(*run, 1, a2), *second, absl::CancelledError("gone")).code(),
+            absl::StatusCode::kCancelled);
   EXPECT_EQ(std::filesystem::file_size(second->spool_path), 100u);
   auto resumed = manager_->BeginUpload("site-a", Header(*run, 1, a2, 100));
   ASSERT_TRUE(resumed.ok()) << resumed.status();
@@ -432,7 +441,8 @@ TEST_F(RoundManagerTest, PartialUploadsAreLimitedPerSiteAndRoundAndSuperseded) {
   EXPECT_THAT(over.status().message(), HasSubstr("max_spool_bytes_per_round"));
   EXPECT_FALSE(std::filesystem::exists(SpoolFile(*run, "site-b", b2)));
   // A stream that ends holding nothing leaves no file.
-  manager_->EndUpload("site-b", Header(*run, 1, b1), *other, absl::CancelledError("nothing sent"));
+  EXPECT_EQ(manager_->EndUpload("site-b", Header(*run, 1, b1), *other, absl::CancelledError("nothing sent")).code(),
+            absl::StatusCode::kCancelled);
   EXPECT_FALSE(std::filesystem::exists(other->spool_path));
   // Accepting site-a's payload frees its bytes: site-b's second payload fits now.
   Receive(*resumed, a2, a2.size());
@@ -453,7 +463,8 @@ TEST_F(RoundManagerTest, PerSiteSpoolBytesAreLimitedAndAResumeCountsOnce) {
   auto first = manager_->BeginUpload("site-a", Header(*run, 1, a1));
   ASSERT_TRUE(first.ok());
   Receive(*first, a1, 100);
-  manager_->EndUpload("site-a", Header(*run, 1, a1), *first, absl::CancelledError("gone"));
+  EXPECT_EQ(manager_->EndUpload("site-a", Header(*run, 1, a1), *first, absl::CancelledError("gone")).code(),
+            absl::StatusCode::kCancelled);
   // Resumed: its earlier bytes are not counted besides the new claim (2 x size would exceed 1.5 x size).
   auto resumed = manager_->BeginUpload("site-a", Header(*run, 1, a1, 100));
   ASSERT_TRUE(resumed.ok()) << resumed.status();
@@ -535,7 +546,8 @@ TEST_F(RoundManagerTest, RestartRebuildsThePartialUploadsSoLimitsStillHold) {
   auto first = manager_->BeginUpload("site-a", Header(*run, 1, a1));
   ASSERT_TRUE(first.ok());
   Receive(*first, a1, 700);
-  manager_->EndUpload("site-a", Header(*run, 1, a1), *first, absl::CancelledError("gone"));
+  EXPECT_EQ(manager_->EndUpload("site-a", Header(*run, 1, a1), *first, absl::CancelledError("gone")).code(),
+            absl::StatusCode::kCancelled);
   Restart();
   EXPECT_EQ(std::filesystem::file_size(first->spool_path), 700u);  // Still resumable.
   EXPECT_EQ(SpoolFileCount(*run), 2u);
@@ -626,6 +638,42 @@ TEST_F(RoundManagerTest, RestartKeepsAcceptedUpdatesAndFedAdamState) {
   }
 }
 
+TEST_F(RoundManagerTest, AFailedCloseRestoresFedAdamsStateFromItsFile) {
+  // A two-round FedAdam run, straight through and with round 2's close failing once (its state file cannot be
+  // written) and retried at the next tick: the same final model, so the server step was not applied twice.
+  auto run_once = [&](bool fail) -> fl::TensorMap {
+    v1::RunConfig config = Config(2, 2, {"site-a", "site-b"});
+    config.set_aggregation("fedadam");
+    config.set_server_learning_rate(0.1);
+    config.set_base_model(initial_digest_);
+    auto run = manager_->StartRun(config);
+    EXPECT_TRUE(run.ok()) << run.status();
+    for (int round = 1; round <= 2; ++round) {
+      EXPECT_TRUE(Upload("site-a", *run, round, Delta(0.01 * round), 10).ok());
+      const std::string adam_dir = tmp_.Join("fedadam");
+      if (fail && round == 2) {
+        std::filesystem::rename(adam_dir, adam_dir + ".away");
+        EXPECT_TRUE(io::WriteFileAtomically(adam_dir, "not a directory").ok());
+      }
+      EXPECT_TRUE(Upload("site-b", *run, round, Delta(-0.02), 30).ok());
+      if (fail && round == 2) {
+        EXPECT_EQ(Run(*run).current_round, 2);  // The close failed: still open.
+        std::filesystem::remove(adam_dir);
+        std::filesystem::rename(adam_dir + ".away", adam_dir);
+        EXPECT_TRUE(manager_->Tick().ok());
+      }
+    }
+    RunRecord done = Run(*run);
+    EXPECT_EQ(done.state, federation::RunState::kCompleted);
+    EXPECT_EQ(done.fedadam_rounds, 2);
+    return LoadTensors(blobs_->PathOf(done.final_model_digest));
+  };
+  const fl::TensorMap straight = run_once(false);
+  const fl::TensorMap retried = run_once(true);
+  ASSERT_EQ(straight.size(), retried.size());
+  for (const auto& [name, t] : straight) EXPECT_TRUE(at::equal(t, retried.at(name))) << name;
+}
+
 TEST_F(RoundManagerTest, RestartKeepsPartialUploadsOfTheOpenRoundOnly) {
   auto run = manager_->StartRun(Config(2, 1, {"site-a", "site-b"}));
   ASSERT_TRUE(run.ok());
@@ -680,6 +728,168 @@ TEST_F(RoundManagerTest, StatusShowsLostSitesAndUpdates) {
   EXPECT_EQ(status->rounds(0).updates(0).site_id(), "site-a");
   EXPECT_EQ(status->rounds(0).updates(0).status(), "accepted");
   EXPECT_EQ(status->rounds(0).updates(0).upload_status(), v1::UPLOAD_STATUS_ACCEPTED);
+}
+
+// ---- Memory: deltas validated and added tensor by tensor, robust aggregators spilled to disk.
+
+// A delta of small normal values (integer tensors 0), from `seed`.
+fl::TensorMap RandomDelta(const fl::TensorMap& global, uint64_t seed) {
+  at::Generator gen = at::detail::createCPUGenerator(seed);
+  fl::TensorMap delta;
+  for (const auto& [name, t] : global) {
+    delta[name] = fl::IsFloating(t) ? at::randn(t.sizes(), gen, t.options()).mul(0.01) : at::zeros_like(t);
+  }
+  return delta;
+}
+
+// The name of a floating tensor in the middle of the bundle (by name order, as EncodeTensors writes them).
+std::string MiddleTensor(const fl::TensorMap& global) {
+  std::vector<std::string> names;
+  for (const auto& [name, t] : global) {
+    if (fl::IsFloating(t) && t.dim() > 1) names.push_back(name);
+  }
+  return names.at(names.size() / 2);
+}
+
+// `delta`'s payload with the tensor `name` edited by `edit` after encoding (EncodeTensors refuses NaN).
+std::string EditedPayload(const fl::TensorMap& delta, const std::string& name,
+                          const std::function<void(v1::NamedTensor&)>& edit) {
+  absl::StatusOr<fl::EncodedBundle> encoded = fl::EncodeTensors(delta);
+  EXPECT_TRUE(encoded.ok());
+  for (v1::NamedTensor& t : *encoded->bundle.mutable_tensors()) {
+    if (t.name() == name) edit(t);
+  }
+  return encoded->bundle.SerializeAsString();
+}
+
+// The model a one-round run must end with: the in-memory aggregator (no spill) over `deltas`, applied to `global`.
+fl::TensorMap Expected(const fl::TensorMap& global, const fl::AggregatorOptions& options,
+                       const std::vector<std::pair<fl::TensorMap, int64_t>>& deltas) {
+  std::unique_ptr<fl::Aggregator> agg = *fl::MakeAggregator(options);
+  for (const auto& [d, samples] : deltas) EXPECT_TRUE(agg->Add(d, samples).ok());
+  absl::StatusOr<fl::TensorMap> result = agg->Result();
+  EXPECT_TRUE(result.ok()) << result.status();
+  return *fl::ApplyDelta(global, *result);
+}
+
+void ExpectSameModel(const fl::TensorMap& expected, const fl::TensorMap& actual, const std::string& what) {
+  ASSERT_EQ(expected.size(), actual.size()) << what;
+  for (const auto& [name, t] : expected) EXPECT_TRUE(at::equal(t, actual.at(name))) << what << " " << name;
+}
+
+size_t FilesIn(const std::string& dir) {
+  size_t n = 0;
+  std::error_code ec;
+  for (auto it = std::filesystem::directory_iterator(dir, ec); !ec && it != std::filesystem::directory_iterator();
+       it.increment(ec)) {
+    ++n;
+  }
+  return n;
+}
+
+TEST_F(RoundManagerTest, ABadTensorInTheMiddleIsRefusedAndLeavesTheRoundAsBefore) {
+  const std::string middle = MiddleTensor(global_);
+  const fl::TensorMap da = RandomDelta(global_, 1), db = RandomDelta(global_, 2), dc = RandomDelta(global_, 3);
+  const double bound = 1.5 * std::max({fl::L2Norm(da), fl::L2Norm(db), fl::L2Norm(dc)});
+  fl::TensorMap huge = db;
+  huge[middle] = huge[middle].mul(1000.0);  // Finite, but over the bound.
+  const std::string nan_payload = EditedPayload(db, middle, [](v1::NamedTensor& t) {
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    std::memcpy(t.mutable_data()->data() + 4 * (t.data().size() / 8), &nan, 4);
+  });
+  const std::string shape_payload = EditedPayload(db, middle, [](v1::NamedTensor& t) {
+    const int64_t first = t.shape(0);
+    t.set_shape(0, t.shape(1));
+    t.set_shape(1, first);
+    if (t.shape(0) == t.shape(1)) t.set_shape(0, t.shape(0) + 1);
+  });
+
+  for (const std::string method : {"fedavg", "trimmed_mean", "median"}) {
+    v1::RunConfig config = Config(1, 3, {"site-a", "site-b", "site-c"});
+    config.set_aggregation(method);
+    config.set_trim_fraction(0.34);
+    config.set_clip_norm(fl::L2Norm(db) * 0.9);  // Clips db: the norm from validation must be the right one.
+    config.set_max_update_norm(bound);
+    config.set_base_model(initial_digest_);
+    auto run = manager_->StartRun(config);
+    ASSERT_TRUE(run.ok()) << run.status();
+    ASSERT_TRUE(Upload("site-a", *run, 1, EncodeDelta(da), 10).ok());
+    auto refused = Upload("site-b", *run, 1, nan_payload, 20);
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << method;
+    EXPECT_THAT(refused.status().message(), HasSubstr(middle));
+    EXPECT_THAT(refused.status().message(), HasSubstr("non-finite"));
+    refused = Upload("site-b", *run, 1, shape_payload, 20);
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << method;
+    EXPECT_THAT(refused.status().message(), HasSubstr(middle));
+    refused = Upload("site-b", *run, 1, EncodeDelta(huge), 20);
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition) << method;
+    EXPECT_THAT(refused.status().message(), HasSubstr("exceeds the bound"));
+    EXPECT_EQ(Refused(*run, "site-b"), 3u);
+    ASSERT_TRUE(Upload("site-b", *run, 1, EncodeDelta(db), 20).ok());
+    ASSERT_TRUE(Upload("site-c", *run, 1, EncodeDelta(dc), 30).ok());
+    RunRecord done = Run(*run);
+    ASSERT_EQ(done.state, federation::RunState::kCompleted) << method;
+
+    // Exactly the model of the three good updates, aggregated in memory.
+    fl::AggregatorOptions options;
+    options.method = *fl::ParseAggregationMethod(method);
+    options.trim_fraction = config.trim_fraction();
+    options.clip_norm = config.clip_norm();
+    ExpectSameModel(Expected(global_, options, {{da, 10}, {db, 20}, {dc, 30}}),
+                    LoadTensors(blobs_->PathOf(done.final_model_digest)), method);
+  }
+}
+
+TEST_F(RoundManagerTest, RobustAggregatorsSpillToDiskRebuildItOnRestartAndRemoveItWhenTheRoundEnds) {
+  const std::string spill = tmp_.Join("spill");
+  int64_t floating_bytes = 0;
+  for (const auto& [name, t] : global_) {
+    if (fl::IsFloating(t)) floating_bytes += t.numel() * 4;
+  }
+  const fl::TensorMap da = RandomDelta(global_, 11), db = RandomDelta(global_, 12), dc = RandomDelta(global_, 13);
+  for (const std::string method : {"trimmed_mean", "median"}) {
+    v1::RunConfig config = Config(1, 3, {"site-a", "site-b", "site-c"});
+    config.set_aggregation(method);
+    config.set_trim_fraction(0.34);
+    config.set_base_model(initial_digest_);
+    auto run = manager_->StartRun(config);
+    ASSERT_TRUE(run.ok()) << run.status();
+    EXPECT_EQ(FilesIn(spill), 1u);
+    ASSERT_TRUE(Upload("site-a", *run, 1, EncodeDelta(da)).ok());
+    ASSERT_TRUE(Upload("site-b", *run, 1, EncodeDelta(db)).ok());
+    ASSERT_EQ(FilesIn(spill), 1u);
+    const std::string file = std::filesystem::directory_iterator(spill)->path().string();
+    EXPECT_EQ(std::filesystem::file_size(file), static_cast<uintmax_t>(2 * floating_bytes));
+    // A stale file of a crash goes at start-up; the open attempt's is rebuilt from the spool files.
+    ASSERT_TRUE(io::WriteFileAtomically(tmp_.Join("spill/run-0000-r1-a1-0.spill"), "left by a crash").ok());
+    Restart();
+    ASSERT_EQ(FilesIn(spill), 1u);
+    const std::string rebuilt = std::filesystem::directory_iterator(spill)->path().string();
+    EXPECT_EQ(std::filesystem::file_size(rebuilt), static_cast<uintmax_t>(2 * floating_bytes));
+    ASSERT_TRUE(Upload("site-c", *run, 1, EncodeDelta(dc)).ok());
+    RunRecord done = Run(*run);
+    ASSERT_EQ(done.state, federation::RunState::kCompleted) << method;
+    EXPECT_EQ(FilesIn(spill), 0u) << method;  // Removed with the round's aggregator.
+
+    fl::AggregatorOptions options;
+    options.method = *fl::ParseAggregationMethod(method);
+    options.trim_fraction = config.trim_fraction();
+    ExpectSameModel(Expected(global_, options, {{da, 10}, {db, 10}, {dc, 10}}),
+                    LoadTensors(blobs_->PathOf(done.final_model_digest)), method);
+  }
+  // A failed attempt and an abort remove it too.
+  v1::RunConfig config = Config(1, 2, {"site-a", "site-b"});
+  config.set_aggregation("median");
+  config.set_max_round_attempts(2);
+  auto run = manager_->StartRun(config);
+  ASSERT_TRUE(run.ok());
+  ASSERT_TRUE(Upload("site-a", *run, 1, EncodeDelta(da)).ok());
+  clock_.Advance(absl::Seconds(61));
+  ASSERT_TRUE(manager_->Tick().ok());
+  ASSERT_EQ(FilesIn(spill), 1u);  // Attempt 2's, empty.
+  EXPECT_EQ(std::filesystem::file_size(std::filesystem::directory_iterator(spill)->path()), 0u);
+  ASSERT_TRUE(manager_->AbortRun(*run, "test").ok());
+  EXPECT_EQ(FilesIn(spill), 0u);
 }
 
 }  // namespace

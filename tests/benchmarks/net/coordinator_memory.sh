@@ -15,7 +15,9 @@
 #        O(sites x model)), FEDTUNE_MEM_WORK (work directory; default a new one under /tmp, removed at the end),
 #        FEDTUNE_BIN_DIR (the programs; default BUILD_DIR/bin), FEDTUNE_MEM_COORDINATOR_ENV (VAR=VALUE words set for
 #        the coordinator process only, e.g. "MALLOC_ARENA_MAX=1" to see how much of the peak is glibc's per-thread
-#        malloc arenas keeping freed memory; default none).
+#        malloc arenas keeping freed memory; default none), FEDTUNE_MEM_AGGREGATION (the run's aggregation, e.g.
+#        trimmed_mean or median, whose deltas spill to disk; default fedavg).
+# VmHWM is also read right after start-up, before the run starts (the run start loads the global model).
 # Besides VmHWM, the coordinator's RssAnon is sampled every 50 ms during the uploads (peak anonymous memory, i.e.
 # without mapped files) and VmRSS is read once the round has closed (what stays resident).
 set -euo pipefail
@@ -75,8 +77,10 @@ for n in "${site_counts[@]}"; do
   for id in "${sites[@]}"; do "$bin/fedtune" sites approve "$id" >/dev/null; done
   {
     echo "name: \"memory $n\" rounds: 1 min_sites: $n round_deadline_seconds: 3600 final_evaluation: false"
+    echo "aggregation: \"${FEDTUNE_MEM_AGGREGATION:-fedavg}\" trim_fraction: 0.2"
     for id in "${sites[@]}"; do echo "sites: \"$id\""; done
   } > "$state/run.textproto"
+  started=$(kib VmHWM "$coordinator_pid")
   run_id="$("$bin/fedtune" run start --config "$state/run.textproto")"
   before=$(kib VmHWM "$coordinator_pid")
   start=$(date +%s.%N)
@@ -104,7 +108,7 @@ for n in "${site_counts[@]}"; do
   bench_stop_coordinator
   rm -rf "$state/state/spool" "$state/state/blobs"
   secs=$(awk -v a="$start" -v b="$end" 'BEGIN {printf "%.1f", b - a}')
-  rows+=("$n $(mb "$before") $(mb "$after") $(mb "$anon_peak") $(mb "$rss_after") $secs")
+  rows+=("$n $(mb "$started") $(mb "$before") $(mb "$after") $(mb "$anon_peak") $(mb "$rss_after") $secs")
   echo "N=$n: VmHWM after start + run start $(mb "$before") MB, after $n uploads + round close $(mb "$after") MB" \
     "($(tail -1 "$state/upload.log"))"
 done
@@ -112,12 +116,12 @@ done
 model_mb=$(mb $((payload_bytes / 1024)))
 echo
 echo "coordinator memory vs sites uploading at once; model (fp32 delta) = $model_mb MB;" \
-  "coordinator env: ${FEDTUNE_MEM_COORDINATOR_ENV:-none}"
-printf '%-6s %15s %10s %11s %19s %15s %15s %10s %9s\n' sites "start+run MB" "VmHWM MB" "VmHWM-start" \
+  "coordinator env: ${FEDTUNE_MEM_COORDINATOR_ENV:-none}; aggregation: ${FEDTUNE_MEM_AGGREGATION:-fedavg}"
+printf '%-6s %9s %15s %10s %11s %19s %15s %15s %10s %9s\n' sites "start MB" "start+run MB" "VmHWM MB" "VmHWM-start" \
   "(VmHWM-start)/model" "RssAnon peak MB" "VmRSS after MB" "N x model" "upload s"
 for row in "${rows[@]}"; do
-  read -r n before after anon rss secs <<<"$row"
-  printf '%-6s %15s %10s %11s %19s %15s %15s %10s %9s\n' "$n" "$before" "$after" "$((after - before))" \
+  read -r n started before after anon rss secs <<<"$row"
+  printf '%-6s %9s %15s %10s %11s %19s %15s %15s %10s %9s\n' "$n" "$started" "$before" "$after" "$((after - before))" \
     "$(awk -v d=$((after - before)) -v m="$model_mb" 'BEGIN {printf "%.2f", d / m}')" "$anon" "$rss" \
     "$((n * model_mb))" "$secs"
 done

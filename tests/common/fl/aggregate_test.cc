@@ -3,13 +3,16 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/common/fl/test_tensors.h"
+#include "tests/testing/temp_dir.h"
 
 namespace fedtune::fl {
 namespace {
@@ -301,6 +304,13 @@ TEST(FedAdamTest, StatePersistsAcrossRestart) {
   auto b = *FedAdam::Create();
   ASSERT_TRUE(b->RestoreState(state, a->rounds()).ok());
   EXPECT_EQ(b->rounds(), 1);
+  // A map the caller keeps is copied; a map moved in is taken without a copy (no second state in memory).
+  EXPECT_NE(b->StateView().at("m/w").data_ptr(), state.at("m/w").data_ptr());
+  auto c = *FedAdam::Create();
+  TensorMap moved = a->ExportState();
+  const void* moved_m = moved.at("m/w").data_ptr();
+  ASSERT_TRUE(c->RestoreState(std::move(moved), a->rounds()).ok());
+  EXPECT_EQ(c->StateView().at("m/w").data_ptr(), moved_m);
   TensorMap sa = *a->Step(d2);
   TensorMap sb = *b->Step(d2);
   EXPECT_TRUE(at::allclose(sa["w"], sb["w"], 0, 0));
@@ -325,6 +335,245 @@ TEST(FedAdamTest, StatePersistsAcrossRestart) {
   FedAdamOptions bad;
   bad.beta2 = 1.0;
   EXPECT_EQ(FedAdam::Create(bad).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// ---- Adding tensor by tensor (AddFrom) and spilling the order statistics to disk.
+
+// A source over `delta` in reverse name order (not the map's), failing with `fail` before the tensor named
+// `fail_at` when that is set.
+TensorSource SourceOf(const TensorMap& delta, const std::string& fail_at = "",
+                      absl::Status fail = absl::DataLossError("read error")) {
+  return [&delta, fail_at, fail](const TensorVisitor& visit) -> absl::Status {
+    for (auto it = delta.rbegin(); it != delta.rend(); ++it) {
+      if (it->first == fail_at) return fail;
+      absl::Status s = visit(it->first, it->second);
+      if (!s.ok()) return s;
+    }
+    return absl::OkStatus();
+  };
+}
+
+// A delta of several tensors and dtypes; values drawn from a few levels when `ties` (many equal values per
+// coordinate), otherwise normal.
+TensorMap RandomDelta(uint64_t seed, bool ties) {
+  at::Generator gen = at::detail::createCPUGenerator(seed);
+  auto draw = [&](std::vector<int64_t> shape) {
+    if (ties) return at::randint(-2, 3, shape, gen, at::TensorOptions().dtype(at::kFloat)).mul(0.5);
+    return at::randn(shape, gen, at::TensorOptions().dtype(at::kFloat));
+  };
+  TensorMap d;
+  d["conv.weight"] = draw({7, 3, 5, 5});
+  d["conv.bias"] = draw({7});
+  d["bn.running_mean"] = draw({7});
+  d["bn.num_batches_tracked"] = at::scalar_tensor(static_cast<int64_t>(seed % 17), at::kLong);
+  d["fc.weight"] = draw({13, 11}).to(at::kDouble);
+  d["fc.half"] = draw({9}).to(at::kHalf);
+  d["empty"] = draw({0, 3});
+  return d;
+}
+
+void ExpectBitEqual(const TensorMap& a, const TensorMap& b, const std::string& what) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  for (const auto& [name, t] : a) {
+    ASSERT_EQ(b.count(name), 1u) << what << " " << name;
+    const at::Tensor& u = b.at(name);
+    EXPECT_EQ(t.scalar_type(), u.scalar_type()) << what << " " << name;
+    EXPECT_EQ(t.sizes(), u.sizes()) << what << " " << name;
+    EXPECT_TRUE(at::equal(t, u)) << what << " " << name;
+  }
+}
+
+TEST(AggregateSpillTest, SpilledOrderStatisticsEqualTheInMemoryOnesBitForBit) {
+  fedtune::testing::TempDir dir;
+  for (AggregationMethod method : {AggregationMethod::kMedian, AggregationMethod::kTrimmedMean}) {
+    for (double trim : {0.0, 0.1, 0.2, 0.34}) {
+      if (method == AggregationMethod::kMedian && trim != 0.0) continue;
+      for (int sites : {1, 2, 3, 4, 5, 8}) {
+        for (bool ties : {false, true}) {
+          for (int64_t block_bytes : {int64_t{1}, int64_t{1000}, int64_t{64} << 20}) {
+            const std::string what = absl::StrCat(AggregationMethodName(method), " trim ", trim, " sites ", sites,
+                                                  " ties ", ties, " block ", block_bytes);
+            AggregatorOptions options;
+            options.method = method;
+            options.trim_fraction = trim;
+            std::unique_ptr<Aggregator> memory = *MakeAggregator(options);
+            options.spill_path = dir.Join("round.spill");
+            options.spill_block_bytes = block_bytes;
+            absl::StatusOr<std::unique_ptr<Aggregator>> spill = MakeAggregator(options);
+            ASSERT_TRUE(spill.ok()) << spill.status();
+            EXPECT_TRUE((*spill)->streaming());
+            int64_t floating_bytes = 0;
+            for (int site = 0; site < sites; ++site) {
+              const TensorMap d = RandomDelta(100 * sites + site, ties);
+              ASSERT_TRUE(memory->Add(d, site + 1).ok());
+              ASSERT_TRUE((*spill)->AddFrom(SourceOf(d), site + 1).ok()) << what;
+              floating_bytes = 0;
+              for (const auto& [name, t] : d) {
+                if (IsFloating(t)) floating_bytes += t.numel() * (t.scalar_type() == at::kDouble ? 8 : 4);
+              }
+            }
+            // The deltas are on disk, as float32 (float64 for float64 tensors); only the counter is in memory.
+            EXPECT_EQ((*spill)->SpilledBytes(), sites * floating_bytes) << what;
+            EXPECT_EQ(std::filesystem::file_size(options.spill_path), static_cast<uintmax_t>(sites * floating_bytes));
+            EXPECT_EQ((*spill)->HeldBytes(), 8) << what;
+            ExpectBitEqual(ResultOf(*memory), ResultOf(**spill), what);
+            EXPECT_EQ((*spill)->num_updates(), sites);
+            EXPECT_EQ((*spill)->Describe(), memory->Describe());
+            spill->reset();
+            EXPECT_FALSE(std::filesystem::exists(options.spill_path)) << what;  // Removed with the aggregator.
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(AggregateSpillTest, AddFromEqualsAddWithClipping) {
+  for (AggregationMethod method : {AggregationMethod::kFedAvg, AggregationMethod::kTrimmedMean}) {
+    fedtune::testing::TempDir dir;
+    AggregatorOptions options;
+    options.method = method;
+    options.clip_norm = 20.0;  // Clips some of the deltas (norms around 17-25).
+    std::unique_ptr<Aggregator> whole = *MakeAggregator(options);
+    if (method != AggregationMethod::kFedAvg) options.spill_path = dir.Join("a.spill");
+    std::unique_ptr<Aggregator> streamed = *MakeAggregator(options);
+    std::unique_ptr<Aggregator> given_norm = *MakeAggregator(AggregatorOptions{options.method, 0.1, 20.0, {}});
+    for (int site = 0; site < 5; ++site) {
+      const TensorMap d = RandomDelta(site, false);
+      ASSERT_TRUE(whole->Add(d, 3 + site).ok());
+      ASSERT_TRUE(streamed->AddFrom(SourceOf(d), 3 + site).ok());
+      ASSERT_TRUE(given_norm->AddFrom(SourceOf(d), 3 + site, L2Norm(d)).ok());
+    }
+    ExpectBitEqual(ResultOf(*whole), ResultOf(*streamed), AggregationMethodName(method));
+    ExpectBitEqual(ResultOf(*whole), ResultOf(*given_norm), AggregationMethodName(method));
+    EXPECT_EQ(streamed->total_samples(), whole->total_samples());
+  }
+}
+
+TEST(AggregateSpillTest, AFailureHalfWayLeavesTheAggregatorAsBeforeOrDamaged) {
+  fedtune::testing::TempDir dir;
+  const TensorMap d0 = RandomDelta(1, false), d1 = RandomDelta(2, false), d2 = RandomDelta(3, false);
+  TensorMap nan_middle = RandomDelta(4, false);
+  nan_middle["conv.bias"][3] = NAN;
+  TensorMap wrong_shape = RandomDelta(5, false);
+  wrong_shape["conv.bias"] = Randn({8}, 9);
+  TensorMap extra = RandomDelta(6, false);
+  extra["unknown"] = Randn({2}, 9);
+  TensorMap missing = RandomDelta(7, false);
+  missing.erase("bn.running_mean");
+
+  // The order statistics roll back: the same result as without the failures, and the file as before.
+  for (AggregationMethod method : {AggregationMethod::kMedian, AggregationMethod::kTrimmedMean}) {
+    AggregatorOptions options;
+    options.method = method;
+    options.trim_fraction = 0.25;
+    std::unique_ptr<Aggregator> reference = *MakeAggregator(options);
+    options.spill_path = dir.Join("r.spill");
+    std::unique_ptr<Aggregator> agg = *MakeAggregator(options);
+    // A failure in the first update (the layout being learnt) leaves nothing.
+    EXPECT_EQ(agg->AddFrom(SourceOf(d0, "bn.num_batches_tracked"), 1).code(), absl::StatusCode::kDataLoss);
+    EXPECT_EQ(agg->SpilledBytes(), 0);
+    EXPECT_EQ(std::filesystem::file_size(options.spill_path), 0u);
+    for (const TensorMap* d : {&d0, &d1}) {
+      ASSERT_TRUE(reference->Add(*d, 1).ok());
+      ASSERT_TRUE(agg->AddFrom(SourceOf(*d), 1).ok());
+    }
+    const int64_t spilled = agg->SpilledBytes();
+    absl::Status s = agg->AddFrom(SourceOf(d2, "bn.num_batches_tracked"), 1, -1, "update from site-x");
+    EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+    EXPECT_THAT(s.message(), HasSubstr("update from site-x"));
+    s = agg->AddFrom(SourceOf(nan_middle), 1);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(s.message(), HasSubstr("'conv.bias' has non-finite"));
+    EXPECT_THAT(agg->AddFrom(SourceOf(wrong_shape), 1).message(), HasSubstr("'conv.bias'"));
+    EXPECT_THAT(agg->AddFrom(SourceOf(extra), 1).message(), HasSubstr("'unknown'"));
+    EXPECT_THAT(agg->AddFrom(SourceOf(missing), 1).message(), HasSubstr("missing bn.running_mean"));
+    EXPECT_FALSE(agg->damaged());
+    EXPECT_EQ(agg->SpilledBytes(), spilled);
+    EXPECT_EQ(std::filesystem::file_size(options.spill_path), static_cast<uintmax_t>(spilled));
+    EXPECT_EQ(agg->num_updates(), 2);
+    // The next update and the result are those of a run without the failures.
+    ASSERT_TRUE(reference->Add(d2, 1).ok());
+    ASSERT_TRUE(agg->AddFrom(SourceOf(d2), 1).ok());
+    ExpectBitEqual(ResultOf(*reference), ResultOf(*agg), AggregationMethodName(method));
+  }
+
+  // FedAvg: a failure in the first update leaves it empty; later, one after part of the delta was added cannot be
+  // undone: damaged, and it says so instead of returning a wrong mean.
+  std::unique_ptr<Aggregator> fedavg = Make(AggregationMethod::kFedAvg);
+  EXPECT_EQ(fedavg->AddFrom(SourceOf(d0, "bn.num_batches_tracked"), 1).code(), absl::StatusCode::kDataLoss);
+  EXPECT_FALSE(fedavg->damaged());
+  EXPECT_EQ(fedavg->HeldBytes(), 0);
+  ASSERT_TRUE(fedavg->AddFrom(SourceOf(d0), 1).ok());
+  // Failing before any floating tensor (reverse name order: fc.weight comes first) changes nothing either.
+  EXPECT_EQ(fedavg->AddFrom(SourceOf(d1, "fc.weight"), 1).code(), absl::StatusCode::kDataLoss);
+  EXPECT_FALSE(fedavg->damaged());
+  EXPECT_EQ(fedavg->AddFrom(SourceOf(d1, "bn.num_batches_tracked"), 1).code(), absl::StatusCode::kDataLoss);
+  EXPECT_TRUE(fedavg->damaged());
+  EXPECT_EQ(fedavg->Result().status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(fedavg->AddFrom(SourceOf(d1), 1).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(fedavg->Add(d1, 1).code(), absl::StatusCode::kFailedPrecondition);
+  // Add checks the whole delta first: its refusals never damage.
+  std::unique_ptr<Aggregator> checked = Make(AggregationMethod::kFedAvg);
+  ASSERT_TRUE(checked->Add(d0, 1).ok());
+  EXPECT_EQ(checked->Add(nan_middle, 1).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(checked->damaged());
+}
+
+TEST(AggregateSpillTest, TakeResultEqualsResultAndSpendsOnlyAFedAvgSum) {
+  fedtune::testing::TempDir dir;
+  for (AggregationMethod method : {AggregationMethod::kFedAvg, AggregationMethod::kMedian}) {
+    AggregatorOptions options;
+    options.method = method;
+    options.spill_path = dir.Join("t.spill");
+    std::unique_ptr<Aggregator> agg = *MakeAggregator(options);
+    EXPECT_EQ(agg->TakeResult().status().code(), absl::StatusCode::kFailedPrecondition);  // Nothing added.
+    EXPECT_FALSE(agg->damaged());
+    for (int site = 0; site < 3; ++site) ASSERT_TRUE(agg->Add(RandomDelta(site, false), 2 + site).ok());
+    const TensorMap result = ResultOf(*agg);
+    absl::StatusOr<TensorMap> taken = agg->TakeResult();
+    ASSERT_TRUE(taken.ok()) << taken.status();
+    ExpectBitEqual(result, *taken, AggregationMethodName(method));
+    if (method == AggregationMethod::kFedAvg) {
+      EXPECT_TRUE(agg->damaged());  // The sum was handed over.
+      EXPECT_EQ(agg->Result().status().code(), absl::StatusCode::kFailedPrecondition);
+    } else {
+      EXPECT_FALSE(agg->damaged());
+      ExpectBitEqual(result, ResultOf(*agg), "median again");
+    }
+  }
+}
+
+TEST(AggregateSpillTest, FedAdamStepInPlaceEqualsStep) {
+  auto a = *FedAdam::Create();
+  auto b = *FedAdam::Create();
+  for (uint64_t round = 1; round <= 3; ++round) {
+    const TensorMap d = RandomDelta(round, false);
+    absl::StatusOr<TensorMap> step = a->Step(d);
+    ASSERT_TRUE(step.ok()) << step.status();
+    TensorMap in_place;
+    for (const auto& [name, t] : d) in_place.emplace(name, t.clone());
+    const void* storage = in_place.at("conv.weight").data_ptr();
+    ASSERT_TRUE(b->StepInPlace(in_place).ok());
+    EXPECT_EQ(in_place.at("conv.weight").data_ptr(), storage);  // Written into the delta's own memory.
+    ExpectBitEqual(*step, in_place, absl::StrCat("round ", round));
+  }
+  TensorMap wrong = {{"conv.weight", Randn({2}, 1)}};
+  EXPECT_EQ(b->StepInPlace(wrong).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(wrong.at("conv.weight").numel(), 2);
+  EXPECT_EQ(b->rounds(), 3);
+}
+
+TEST(AggregateSpillTest, SpillFileErrorsNameTheFile) {
+  AggregatorOptions options;
+  options.method = AggregationMethod::kMedian;
+  options.spill_path = "/nonexistent-dir/x.spill";
+  absl::StatusOr<std::unique_ptr<Aggregator>> agg = MakeAggregator(options);
+  EXPECT_EQ(agg.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(agg.status().message(), HasSubstr("/nonexistent-dir/x.spill"));
+  // FedAvg never spills: the path is ignored.
+  options.method = AggregationMethod::kFedAvg;
+  EXPECT_TRUE(MakeAggregator(options).ok());
 }
 
 }  // namespace

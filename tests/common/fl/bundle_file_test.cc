@@ -2,10 +2,13 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
+#include <filesystem>
 #include <string>
 #include <vector>
 
 #include "common/fl/codec.h"
+#include "common/io/file_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/common/fl/test_tensors.h"
@@ -123,6 +126,87 @@ TEST(BundleFileTest, RefusesDamagedFiles) {
   s = DecodeTensorBundleFile(dir.WriteFile("twice.bundle", twice)).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(s.message(), HasSubstr("occurs twice"));
+}
+
+TEST(BundleFileTest, StreamingDecodeEqualsWholeDecode) {
+  fedtune::testing::TempDir dir;
+  const TensorMap m = Model();
+  for (Encoding encoding : {Encoding::kDenseFp32, Encoding::kDenseFp16, Encoding::kInt8, Encoding::kTopK}) {
+    EncodeOptions options;
+    options.encoding = encoding;
+    options.topk_fraction = 0.1;
+    const std::string bytes = Serialized(m, options);
+    const std::string path = dir.WriteFile("delta.bundle", bytes);
+    absl::StatusOr<v1::TensorBundle> parsed = ParseTensorBundle(bytes);
+    ASSERT_TRUE(parsed.ok());
+    absl::StatusOr<TensorMap> whole = DecodeTensors(*parsed, &m);
+    ASSERT_TRUE(whole.ok()) << whole.status();
+    TensorMap streamed;
+    ASSERT_TRUE(ForEachDecodedTensorInFile(path, &m, [&](const std::string& name, at::Tensor t) {
+                  EXPECT_EQ(t.use_count(), 1) << name;  // The decoder keeps nothing of it.
+                  streamed.emplace(name, std::move(t));
+                  return absl::OkStatus();
+                }).ok());
+    ASSERT_EQ(streamed.size(), whole->size());
+    for (const auto& [name, t] : *whole) {
+      EXPECT_EQ(streamed.at(name).scalar_type(), t.scalar_type()) << name;
+      EXPECT_TRUE(at::equal(streamed.at(name), t)) << EncodingName(encoding) << " " << name;
+    }
+  }
+}
+
+TEST(BundleFileTest, WritesTensorByTensorTheBytesOfAWholeEncoding) {
+  fedtune::testing::TempDir dir;
+  const TensorMap m = Model();
+  for (Encoding encoding : {Encoding::kDenseFp32, Encoding::kInt8}) {
+    EncodeOptions options;
+    options.encoding = encoding;
+    const std::string path = dir.Join("state.bundle");
+    ASSERT_TRUE(WriteTensorBundleFile(path, m, options).ok());
+    absl::StatusOr<std::string> written = io::ReadFile(path);
+    ASSERT_TRUE(written.ok());
+    EXPECT_EQ(*written, Serialized(m, options)) << EncodingName(encoding);
+    EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+  }
+  // An error leaves the file as it was.
+  TensorMap bad = m;
+  bad["nan"] = test_tensors::Vec({NAN});
+  EXPECT_EQ(WriteTensorBundleFile(dir.Join("state.bundle"), bad).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(*io::ReadFile(dir.Join("state.bundle")), Serialized(m, {Encoding::kInt8}));
+  EXPECT_FALSE(std::filesystem::exists(dir.Join("state.bundle.tmp")));
+}
+
+TEST(BundleFileTest, StreamingDecodeChecksTheSchemaAndStopsAtTheFirstError) {
+  fedtune::testing::TempDir dir;
+  const TensorMap m = Model();
+  TensorMap fewer = m;
+  fewer.erase("bn.running_var");
+  const std::string path = dir.WriteFile("fewer.bundle", Serialized(fewer));
+  int seen = 0;
+  absl::Status s = ForEachDecodedTensorInFile(path, &m, [&](const std::string&, at::Tensor) {
+    ++seen;
+    return absl::OkStatus();
+  });
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("missing bn.running_var"));
+  EXPECT_EQ(seen, 4);
+  // The callback's error ends the walk and comes back unchanged.
+  seen = 0;
+  s = ForEachDecodedTensorInFile(dir.WriteFile("all.bundle", Serialized(m)), &m, [&](const std::string&, at::Tensor) {
+    return ++seen == 2 ? absl::CancelledError("enough") : absl::OkStatus();
+  });
+  EXPECT_EQ(s, absl::CancelledError("enough"));
+  EXPECT_EQ(seen, 2);
+  // A tensor the model lacks is refused before it is decoded.
+  TensorMap more = m;
+  more["x"] = Randn({3}, 4);
+  seen = 0;
+  s = ForEachDecodedTensorInFile(dir.WriteFile("more.bundle", Serialized(more)), &m,
+                                 [&](const std::string&, at::Tensor) {
+                                   ++seen;
+                                   return absl::OkStatus();
+                                 });
+  EXPECT_THAT(s.message(), HasSubstr("'x': not a tensor of the model"));
 }
 
 }  // namespace

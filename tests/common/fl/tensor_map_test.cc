@@ -39,6 +39,29 @@ TEST(TensorMapTest, DeltaAndApplyRoundTrip) {
   EXPECT_TRUE(at::equal(back->at("n"), local["n"]));
 }
 
+TEST(TensorMapTest, ApplyDeltaInPlaceEqualsApplyDelta) {
+  TensorMap global, delta;
+  global["w"] = test_tensors::Randn({33, 7}, 1);
+  delta["w"] = test_tensors::Randn({33, 7}, 2).mul(1e-3);
+  global["h"] = test_tensors::Randn({5}, 3).to(at::kHalf);
+  delta["h"] = test_tensors::Randn({5}, 4).to(at::kHalf);
+  global["d"] = test_tensors::Randn({4}, 5).to(at::kDouble);
+  delta["d"] = test_tensors::Randn({8}, 6).to(at::kDouble).slice(0, 0, 8, 2);  // Not contiguous: replaced.
+  global["n"] = at::scalar_tensor(static_cast<int64_t>(10), at::kLong);
+  delta["n"] = at::scalar_tensor(static_cast<int64_t>(3), at::kLong);
+  absl::StatusOr<TensorMap> expected = ApplyDelta(global, delta);
+  ASSERT_TRUE(expected.ok());
+  const void* storage = delta["w"].data_ptr();
+  ASSERT_TRUE(ApplyDeltaInPlace(global, delta).ok());
+  EXPECT_EQ(delta["w"].data_ptr(), storage);  // No new model-sized buffer.
+  for (const auto& [name, t] : *expected) {
+    EXPECT_EQ(delta[name].scalar_type(), t.scalar_type()) << name;
+    EXPECT_TRUE(at::equal(delta[name], t)) << name;
+  }
+  TensorMap wrong = {{"w", Vec({1.0f})}};
+  EXPECT_EQ(ApplyDeltaInPlace(global, wrong).code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(TensorMapTest, SchemaErrorsNameTensors) {
   TensorMap a, b;
   a["x"] = Vec({1.0f});

@@ -82,5 +82,63 @@ TEST(ValidateTest, SchemaAndFiniteness) {
   EXPECT_THAT(s.message(), HasSubstr("'fc.bias' has 2 non-finite"));
 }
 
+TEST(UpdateValidatorTest, TensorByTensorInAnyOrderEqualsValidateUpdate) {
+  // Random deltas over a few shapes, added in reverse order: the same summary, bit for bit.
+  TensorMap global;
+  global["a.weight"] = at::zeros({31, 17}, at::kFloat);
+  global["a.bias"] = at::zeros({31}, at::kFloat);
+  global["b.weight"] = at::zeros({5, 3, 3}, at::kDouble);
+  global["bn.running_mean"] = at::zeros({9}, at::kFloat);
+  global["bn.num_batches_tracked"] = at::scalar_tensor(static_cast<int64_t>(0), at::kLong);
+  for (uint64_t seed = 1; seed <= 5; ++seed) {
+    TensorMap delta;
+    for (const auto& [name, t] : global) {
+      delta[name] = IsFloating(t) ? test_tensors::Randn(t.sizes().vec(), seed * 31 + name.size()).to(t.scalar_type())
+                                  : at::scalar_tensor(static_cast<int64_t>(seed), at::kLong);
+    }
+    absl::StatusOr<UpdateSummary> whole = ValidateUpdate(global, delta);
+    ASSERT_TRUE(whole.ok()) << whole.status();
+    UpdateValidator validator(global, {}, "update");
+    for (auto it = delta.rbegin(); it != delta.rend(); ++it) ASSERT_TRUE(validator.Add(it->first, it->second).ok());
+    absl::StatusOr<UpdateSummary> streamed = validator.Finish();
+    ASSERT_TRUE(streamed.ok()) << streamed.status();
+    EXPECT_EQ(streamed->l2_norm, whole->l2_norm) << seed;  // Exactly: the squares are summed in name order.
+    EXPECT_EQ(streamed->num_elements, whole->num_elements);
+    EXPECT_EQ(streamed->largest_tensor, whole->largest_tensor);
+    EXPECT_EQ(streamed->largest_tensor_norm, whole->largest_tensor_norm);
+  }
+}
+
+TEST(UpdateValidatorTest, RefusesEachBadTensorAsItComesAndMissingOnesAtTheEnd) {
+  const TensorMap global = Global();
+  const TensorMap good = Delta();
+  {
+    UpdateValidator v(global, {}, "update from site-a");
+    absl::Status s = v.Add("extra.weight", Vec({1.0f}));
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(s.message(), HasSubstr("update from site-a: tensor 'extra.weight' is not a tensor of the model"));
+    ASSERT_TRUE(v.Add("fc.bias", good.at("fc.bias")).ok());
+    s = v.Add("fc.bias", good.at("fc.bias"));
+    EXPECT_THAT(s.message(), HasSubstr("'fc.bias' occurs twice"));
+    EXPECT_THAT(v.Add("conv.weight", Vec({1.0f, 2.0f})).message(), HasSubstr("'conv.weight' has shape [2]"));
+    s = v.Add("bn.running_var", Vec({NAN, 1.0f}));
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(s.message(), HasSubstr("'bn.running_var' has 1 non-finite value(s)"));
+    s = v.Finish().status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(s.message(), HasSubstr("missing"));
+    EXPECT_THAT(s.message(), HasSubstr("conv.weight"));
+  }
+  {
+    ValidationOptions bound;
+    bound.max_l2_norm = 4.99;
+    UpdateValidator v(global, bound, "update from site-c");
+    for (const auto& [name, t] : good) ASSERT_TRUE(v.Add(name, t).ok());
+    absl::Status s = v.Finish().status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(s.message(), HasSubstr("L2 norm 5 exceeds the bound 4.99"));
+  }
+}
+
 }  // namespace
 }  // namespace fedtune::fl

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -223,6 +224,10 @@ TEST(TorchArchiveTest, RepeatedRebuildsOfOneStorageAreBounded) {
   auto ok = ReadTorchArchive(Archive(pickle(3), records), "shared.pt");
   ASSERT_TRUE(ok.ok()) << ok.status();
   EXPECT_EQ((*ok)->items.size(), 3u);
+  // The first rebuild is the storage itself (no copy), the others are copies: tensors never share memory.
+  std::set<const void*> buffers;
+  for (const auto& item : (*ok)->items) buffers.insert(item->tensor.data_ptr());
+  EXPECT_EQ(buffers.size(), 3u);
 
   const absl::Time start = absl::Now();
   auto result = ReadTorchArchive(Archive(pickle(100), records), "rebuilds.pt");
