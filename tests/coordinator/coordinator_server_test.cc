@@ -18,6 +18,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "absl/time/clock.h"
 #include "common/io/file_util.h"
 #include "common/io/sha256.h"
 #include "common/net/tls.h"
@@ -747,18 +748,19 @@ TEST_F(CoordinatorServerTest, AbandonedPartialUploadsAreRemovedAndDoNotAccumulat
   // The latest partial upload still resumes, unless the empty stream above superseded it: then from 0. The
   // cancelled stream's handler may supersede it between the offset query and the upload (seen under ASan); the
   // coordinator then refuses the resume with FAILED_PRECONDITION "ask GetUploadOffset", and a client asks again, as
-  // the site agent does.
+  // the site agent does. The cancelled stream may also still hold the spool file (its reactor ends after the client
+  // saw the cancellation): ABORTED "another upload of this payload is in progress", which the agent retries too.
   const std::string sha = io::Sha256Hex(last);
   v1::UploadResponse response;
   grpc::Status status;
-  for (int attempt = 0; attempt < 3; ++attempt) {
+  for (int attempt = 0; attempt < 50; ++attempt) {
     v1::UploadOffsetResponse held = Offset(*site_a, run, 1, sha);
     ASSERT_LE(held.offset(), static_cast<int64_t>(last.size() / 2));
     status = Upload(*site_a, run, 1, last, static_cast<size_t>(held.offset()), last.size(), "", &response);
-    if (status.error_code() != grpc::StatusCode::FAILED_PRECONDITION ||
-        status.error_message().find("GetUploadOffset") == std::string::npos) {
-      break;
-    }
+    const bool ask_again = status.error_code() == grpc::StatusCode::FAILED_PRECONDITION &&
+                           status.error_message().find("GetUploadOffset") != std::string::npos;
+    if (!ask_again && status.error_code() != grpc::StatusCode::ABORTED) break;
+    absl::SleepFor(absl::Milliseconds(20));  // Poll: the other stream's end is not observable from here.
   }
   ASSERT_TRUE(status.ok()) << status.error_message();
   EXPECT_EQ(response.status(), "accepted");
