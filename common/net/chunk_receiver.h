@@ -96,7 +96,9 @@ class ChunkReceiver {
   int fd_;
   const std::string path_;
   const ChunkReceiverOptions options_;
-  int64_t held_ = 0;    // The file's size.
+  int64_t held_ = 0;     // The file's size.
+  int64_t flushed_ = 0;  // Bytes whose writeback was started (sync_file_range), every kWritebackBytes.
+  static constexpr int64_t kWritebackBytes = 8 << 20;
   int64_t hashed_ = 0;  // hash_ covers the bytes [0, hashed_); -1: nothing valid (after Digest, a failed write).
   io::Sha256 hash_;
   int64_t announced_total_ = -1;

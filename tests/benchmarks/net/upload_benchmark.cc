@@ -10,7 +10,9 @@
 //      aggregation. Arg 0: the run selects two sites, so the round stays open after the upload; every iteration
 //      starts a fresh run (untimed). Arg 1: the run selects one site (min_sites 1), so each accepted upload also
 //      closes the round (aggregate result, ApplyDelta, the new 128 MB checkpoint written and hashed into the blob
-//      store, one SQLite transaction) and opens the next; every iteration uploads into the next round.
+//      store, one SQLite transaction) and opens the next; every iteration uploads into the next round. Arg 2: the
+//      transfer alone (first byte to durably spooled and hashed): the header announces a wrong SHA-256, so the
+//      coordinator takes every byte through the same path and then refuses the payload without decoding it.
 // Downloads, side by side (issue 12):
 //   4. a plain gRPC mTLS server stream of the same 128 MiB (BM_GrpcMtlsDownload: 1 MiB chunks from memory into a
 //      client that only counts bytes);
@@ -257,7 +259,10 @@ BENCHMARK(BM_GrpcMtlsDownload)->Unit(benchmark::kMillisecond)->Iterations(3)->Us
 // The real coordinator's upload path (see the header). Setup (untimed, once): PKI, the SoloNet checkpoint as the
 // coordinator's initial model, and the delta payload file (global-shaped, 1e-4 in every floating tensor, fp32).
 void BM_CoordinatorUpload(benchmark::State& state) {
-  const bool close_round = state.range(0) != 0;
+  const bool close_round = state.range(0) == 1;
+  // Arg 2: the transfer alone, through the same path: the header announces a wrong SHA-256, so the coordinator
+  // receives, spools, hashes and fsyncs every byte, then refuses the payload (DATA_LOSS) without decoding it.
+  const bool transfer_only = state.range(0) == 2;
   TestPki pki = MakePki();
   absl::StatusOr<model::Checkpoint> checkpoint = agent::InitCheckpoint({"solonet"}, 224, 0.8, 0);
   CHECK(checkpoint.ok()) << checkpoint.status();
@@ -321,7 +326,7 @@ void BM_CoordinatorUpload(benchmark::State& state) {
   CHECK(run_id.ok()) << run_id.status();
   int round = 1;
   for (auto _ : state) {
-    if (!close_round && round > 1) {
+    if (!close_round && !transfer_only && round > 1) {
       state.PauseTiming();
       CHECK(c.rounds()->AbortRun(*run_id, "next benchmark iteration").ok());
       run_id = c.rounds()->StartRun(run);
@@ -332,10 +337,14 @@ void BM_CoordinatorUpload(benchmark::State& state) {
     request.run_id = *run_id;
     request.round = close_round ? round : 1;
     request.path = payload_path;
-    request.sha256 = *sha;
+    request.sha256 = transfer_only ? std::string(64, '0') : *sha;
     request.num_samples = 1000;
     request.encoding = fl::Encoding::kDenseFp32;
     absl::StatusOr<v1::UploadResponse> response = (*client)->UploadUpdate(request);
+    if (transfer_only) {
+      CHECK_EQ(response.status().code(), absl::StatusCode::kDataLoss) << response.status();
+      continue;
+    }
     CHECK(response.ok()) << response.status();
     CHECK_EQ(response->status(), "accepted") << response->message();
     ++round;
@@ -352,6 +361,7 @@ BENCHMARK(BM_CoordinatorUpload)
     ->ArgName("closes_round")
     ->Arg(0)
     ->Arg(1)
+    ->Arg(2)
     ->Unit(benchmark::kMillisecond)
     ->Iterations(3)
     ->UseRealTime();
