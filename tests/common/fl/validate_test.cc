@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/common/fl/test_tensors.h"
@@ -80,6 +81,31 @@ TEST(ValidateTest, SchemaAndFiniteness) {
   s = ValidateUpdate(Global(), d).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(s.message(), HasSubstr("'fc.bias' has 2 non-finite"));
+}
+
+// The float32 fast path (one pass over the values): the norm equals a float64 reference on lengths that are not a
+// multiple of its four lanes, and non-finite values are counted wherever they sit, the tail included.
+TEST(UpdateValidatorTest, Float32NormAndNonFiniteCountOverEveryLane) {
+  for (int64_t n : {1, 3, 4, 5, 1001}) {
+    TensorMap global{{"w", at::zeros({n}, at::kFloat)}};
+    at::Tensor x = at::randn({n}, at::kFloat);
+    const double reference = std::sqrt(x.to(at::kDouble).pow(2).sum().item<double>());
+    absl::StatusOr<UpdateSummary> ok = ValidateUpdate(global, {{"w", x}});
+    ASSERT_TRUE(ok.ok()) << ok.status();
+    EXPECT_NEAR(ok->l2_norm, reference, 1e-12 * reference) << n;
+    at::Tensor bad = x.clone();
+    bad[n - 1] = NAN;  // The last value: the tail loop when n % 4 != 0.
+    if (n > 2) bad[1] = -INFINITY;
+    const int64_t expected = n > 2 ? 2 : 1;
+    absl::Status s = ValidateUpdate(global, {{"w", bad}}).status();
+    EXPECT_THAT(s.message(), HasSubstr(absl::StrCat("'w' has ", expected, " non-finite"))) << n;
+  }
+  // A non-contiguous float32 tensor takes the general path, with the same answer.
+  at::Tensor m = at::randn({6, 5}, at::kFloat);
+  TensorMap global{{"m", at::zeros({5, 6}, at::kFloat)}};
+  absl::StatusOr<UpdateSummary> t = ValidateUpdate(global, {{"m", m.t()}});
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_NEAR(t->l2_norm, std::sqrt(m.to(at::kDouble).pow(2).sum().item<double>()), 1e-12);
 }
 
 TEST(UpdateValidatorTest, TensorByTensorInAnyOrderEqualsValidateUpdate) {
