@@ -76,6 +76,9 @@ void Backoff::Reset() {
 absl::StatusOr<std::unique_ptr<CoordinatorClient>> CoordinatorClient::Create(const ClientOptions& options) {
   net::ChannelOptions channel_options;
   channel_options.server_name = options.server_name;
+  channel_options.proxy = options.proxy;
+  channel_options.keepalive_ms = static_cast<int>(absl::ToInt64Milliseconds(options.keepalive));
+  channel_options.keepalive_timeout_ms = static_cast<int>(absl::ToInt64Milliseconds(options.keepalive_timeout));
   ASSIGN_OR_RETURN(std::shared_ptr<grpc::Channel> channel,
                    net::MakeClientChannel(options.address, options.tls, channel_options));
   return ForChannel(std::move(channel), options);
