@@ -17,7 +17,8 @@
 // max_attempts attempts or once max_elapsed has passed since the first failure. A transfer attempt that moved bytes
 // forward starts the count afresh, so a long transfer over a flaky link is not abandoned while it makes progress.
 // Other codes are returned at once (UNAUTHENTICATED, PERMISSION_DENIED, FAILED_PRECONDITION, ...), prefixed with
-// "coordinator ADDRESS: RPC".
+// "coordinator ADDRESS: RPC". A TLS handshake that fails because the coordinator's certificate does not chain to
+// ca_cert (UNAVAILABLE, retried: typically a TLS-inspecting middlebox) says so, naming the address and ca_cert.
 //
 // Thread safety: thread-safe (gRPC stubs are); the agent's heartbeat thread shares the client with the task thread.
 #ifndef FEDTUNE_SITE_AGENT_COORDINATOR_CLIENT_H_
