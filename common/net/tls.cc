@@ -36,8 +36,15 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(c
 }
 
 absl::Status ValidateProxyUrl(absl::string_view url) {
+  // Messages show the URL without its password ("user:***@host:port").
+  std::string shown(url);
+  const size_t at = shown.rfind('@');
+  const size_t user_end = shown.find(':', shown.find("://") == std::string::npos ? 0 : shown.find("://") + 3);
+  if (at != std::string::npos && user_end != std::string::npos && user_end < at) {
+    shown.replace(user_end + 1, at - user_end - 1, "***");
+  }
   auto bad = [&](absl::string_view problem) {
-    return absl::InvalidArgumentError(absl::StrCat("proxy \"", url, "\" ", problem));
+    return absl::InvalidArgumentError(absl::StrCat("proxy \"", shown, "\" ", problem));
   };
   constexpr absl::string_view kScheme = "http://";
   if (!absl::StartsWithIgnoreCase(url, kScheme)) {
@@ -53,8 +60,8 @@ absl::Status ValidateProxyUrl(absl::string_view url) {
   if (absl::StrContains(authority, "/") || absl::StrContains(authority, "?") || absl::StrContains(authority, "#")) {
     return bad("must be http://host:port, without a path");
   }
-  const size_t at = authority.rfind('@');
-  if (at != absl::string_view::npos) authority = authority.substr(at + 1);
+  const size_t userinfo_end = authority.rfind('@');
+  if (userinfo_end != absl::string_view::npos) authority = authority.substr(userinfo_end + 1);
   const size_t colon = authority.rfind(':');
   int port = 0;
   const size_t bracket = authority.rfind(']');

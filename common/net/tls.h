@@ -68,8 +68,8 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeClientChannel(const std::stri
                                                                  const ChannelOptions& options = {});
 
 // Checks an HTTP CONNECT proxy URL as gRPC takes it: "http://[user[:password]@]host:port[/]" with a port in
-// [1, 65535]. InvalidArgument saying what is wrong (https:// is refused: gRPC speaks plain HTTP to the proxy, and
-// the TLS to the coordinator runs inside the tunnel).
+// [1, 65535]. InvalidArgument showing the URL (its password masked) and what is wrong (https:// is refused: gRPC speaks
+// plain HTTP to the proxy, and the TLS to the coordinator runs inside the tunnel).
 absl::Status ValidateProxyUrl(absl::string_view url);
 
 // The host part of "host:port" or "[v6]:port".

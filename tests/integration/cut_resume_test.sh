@@ -57,8 +57,9 @@ wait_for_cuts() {
 pids+=($!)
 for _ in $(seq 300); do [[ -s coordinator/port ]] && break; sleep 0.1; done
 [[ -s coordinator/port ]] || fail "the coordinator did not start"
-proxy serve --target "127.0.0.1:$(cat coordinator/port)" --port-file proxy.port --control "$work/proxy.sock" \
-  --rate-bytes-per-second 3000000 2>logs/proxy.log &
+# Started directly (not through the function): $! must be the proxy itself for the cleanup to stop it.
+/usr/bin/python3 "$root/tests/tools/cutting_proxy.py" serve --target "127.0.0.1:$(cat coordinator/port)" \
+  --port-file proxy.port --control "$work/proxy.sock" --rate-bytes-per-second 3000000 >logs/proxy.log 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do [[ -s proxy.port ]] && break; sleep 0.1; done
 [[ -s proxy.port ]] || fail "the proxy did not start"

@@ -49,7 +49,6 @@ fail() { echo "FAIL: $*"; tail -n 20 "$work"/logs/*.log; exit 1; }
 unset grpc_proxy https_proxy http_proxy no_grpc_proxy no_proxy
 cd "$work"
 in_c() { ip netns exec "$ns_c" "$@"; }
-in_s() { ip netns exec "$ns_s" "$@"; }
 now() { date +%s.%N; }
 
 # The link: 10.77.0.1 (coordinator) <-> 10.77.0.2 (site), tbf-shaped on both ends.
@@ -59,12 +58,12 @@ ip link add hl-c type veth peer name hl-s
 ip link set hl-c netns "$ns_c"
 ip link set hl-s netns "$ns_s"
 in_c ip addr add 10.77.0.1/24 dev hl-c
-in_s ip addr add 10.77.0.2/24 dev hl-s
+ip netns exec "$ns_s" ip addr add 10.77.0.2/24 dev hl-s
 for ns in "$ns_c" "$ns_s"; do ip netns exec "$ns" ip link set lo up; done
 in_c ip link set hl-c up
-in_s ip link set hl-s up
+ip netns exec "$ns_s" ip link set hl-s up
 in_c tc qdisc add dev hl-c root tbf rate "$rate" burst 32kbit latency 400ms
-in_s tc qdisc add dev hl-s root tbf rate "$rate" burst 32kbit latency 400ms
+ip netns exec "$ns_s" tc qdisc add dev hl-s root tbf rate "$rate" burst 32kbit latency 400ms
 echo "link: veth $ns_c <-> $ns_s, tbf $rate each way; +${delay} ms each way in the proxy; cuts of $cut_s s"
 
 export FEDTUNE_LOG_LEVEL=0
@@ -89,13 +88,14 @@ state_dir: "state"
 initial_model: "model.ckpt"
 auto_approve: true
 CFG
-in_c "$bin/fedtune-coordinator" --config coordinator.textproto >logs/coordinator.log 2>&1 &
+# Background processes are started with `ip netns exec` directly (it execs them): $! is then the process itself.
+ip netns exec "$ns_c" "$bin/fedtune-coordinator" --config coordinator.textproto >logs/coordinator.log 2>&1 &
 pids+=($!)
 for _ in $(seq 600); do [[ -s port ]] && break; sleep 0.1; done
 [[ -s port ]] || fail "the coordinator did not start"
-in_c /usr/bin/python3 "$root/tests/tools/cutting_proxy.py" serve --listen 10.77.0.1:0 \
+ip netns exec "$ns_c" /usr/bin/python3 "$root/tests/tools/cutting_proxy.py" serve --listen 10.77.0.1:0 \
   --target "127.0.0.1:$(cat port)" --port-file proxy.port --control "$work/proxy.sock" \
-  --delay-up-ms "$delay" --delay-down-ms "$delay" 2>logs/proxy.log &
+  --delay-up-ms "$delay" --delay-down-ms "$delay" >logs/proxy.log 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do [[ -s proxy.port ]] && break; sleep 0.1; done
 [[ -s proxy.port ]] || fail "the proxy did not start"
@@ -116,7 +116,7 @@ finetune {
   split { train: 0.6 validation: 0.2 test: 0.2 }
 }
 CFG
-in_s "$bin/fedtune-site" run --config site.textproto >logs/site.log 2>&1 &
+ip netns exec "$ns_s" "$bin/fedtune-site" run --config site.textproto >logs/site.log 2>&1 &
 site_pid=$!
 pids+=($site_pid)
 db="$work/state/coordinator.db"

@@ -186,6 +186,10 @@ TEST(TlsFilesTest, ProxyUrls) {
     EXPECT_NE(status.message().find(absl::StrCat("\"", bad, "\"")), absl::string_view::npos) << status;
   }
   EXPECT_NE(ValidateProxyUrl("https://p:1").message().find("http://host:port"), absl::string_view::npos);
+  // A password is not repeated in messages.
+  const absl::Status secret = ValidateProxyUrl("http://user:s3cret@proxy:99999");
+  EXPECT_EQ(secret.message().find("s3cret"), absl::string_view::npos) << secret;
+  EXPECT_NE(secret.message().find("http://user:***@proxy:99999"), absl::string_view::npos) << secret;
   fedtune::testing::TempDir dir;
   ChannelOptions options;
   options.proxy = "https://p:1";
