@@ -171,7 +171,8 @@ absl::StatusOr<std::unique_ptr<FederatedAgent>> FederatedAgent::Create(const v1:
   client.retry.min_backoff = absl::Milliseconds(config.min_backoff_ms());
   client.retry.max_backoff = absl::Milliseconds(config.max_backoff_ms());
   client.retry.max_elapsed = absl::Seconds(config.retry_give_up_seconds());
-  client.retry.max_attempts = std::max(1, options.max_attempts_per_call);
+  client.retry.max_attempts =
+      options.max_attempts_per_call > 0 ? options.max_attempts_per_call : std::numeric_limits<int>::max();
   client.sleep = options.sleep;
   ASSIGN_OR_RETURN(agent->client_, CoordinatorClient::Create(client));
   return agent;

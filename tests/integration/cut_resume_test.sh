@@ -6,8 +6,9 @@
 #   1. while the site downloads the round's model (after 40% of the model's bytes went down), and
 #   2. while it uploads its update (after 40% of the update's bytes went up).
 # Checks: the run completes with one round and one attempt; the agent resumed the download from its .part file and
-# the upload from the offset GetUploadOffset reported (both > 0, from its log); the coordinator received fewer upload
-# bytes than a restarted upload would have sent, and aggregated exactly one update.
+# the upload from the offset GetUploadOffset reported (both > 0, from its log) within the same task (the cuts did
+# not fail it); the coordinator received fewer upload bytes than a restarted upload would have sent, and
+# aggregated exactly one update.
 # Usage: cut_resume_test.sh REPO_ROOT BIN_DIR
 set -euo pipefail
 root="$1" bin="$2"
@@ -116,6 +117,8 @@ up_at="$(grep -o "resuming the upload of the update for run $run_id round 1 at b
 [[ "${down_at:-0}" -gt 0 ]] || fail "no download resumed from an offset in the agent's log"
 [[ "${up_at:-0}" -gt 0 ]] || fail "no upload resumed from an offset in the agent's log"
 echo "ok   download resumed at byte $down_at of $model_bytes; upload resumed at byte $up_at"
+# Within the transfer calls: the cuts did not fail the task (the agent retries a call until retry_give_up_seconds).
+! grep -E "task [A-Z]+ of run .* failed" logs/site-a-cut.log || fail "a cut failed the task instead of being retried"
 
 # Exactly one update, one round attempt, aggregated once.
 [[ "$(sql "SELECT COUNT(*) FROM updates WHERE run_id = '$run_id' AND status = 'accepted'")" == 1 ]] ||
