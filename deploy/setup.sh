@@ -28,6 +28,8 @@ packages=(
   libopenblas0-pthread
   # Independent references used by tests (Debian's Python, never downloads):
   python3 python3-numpy python3-scipy python3-sklearn python3-torch python3-torchvision python3-pydicom python3-yaml
+  # A real HTTP CONNECT proxy for tests/integration/proxy_test.sh (the test starts its own on 127.0.0.1):
+  tinyproxy
 )
 
 missing=()

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/io/file_util.h"
 #include "common/status_macros.h"
@@ -34,6 +35,43 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(c
   return grpc::SslServerCredentials(options);
 }
 
+absl::Status ValidateProxyUrl(absl::string_view url) {
+  // Messages show the URL without its password ("user:***@host:port").
+  std::string shown(url);
+  const size_t at = shown.rfind('@');
+  const size_t user_end = shown.find(':', shown.find("://") == std::string::npos ? 0 : shown.find("://") + 3);
+  if (at != std::string::npos && user_end != std::string::npos && user_end < at) {
+    shown.replace(user_end + 1, at - user_end - 1, "***");
+  }
+  auto bad = [&](absl::string_view problem) {
+    return absl::InvalidArgumentError(absl::StrCat("proxy \"", shown, "\" ", problem));
+  };
+  constexpr absl::string_view kScheme = "http://";
+  if (!absl::StartsWithIgnoreCase(url, kScheme)) {
+    if (absl::StartsWithIgnoreCase(url, "https://")) {
+      return bad(
+          "uses https://, which gRPC does not support: give http://host:port (TLS to the coordinator runs "
+          "inside the proxy's CONNECT tunnel either way)");
+    }
+    return bad("must be http://host:port");
+  }
+  absl::string_view authority = url.substr(kScheme.size());
+  if (absl::EndsWith(authority, "/")) authority.remove_suffix(1);
+  if (absl::StrContains(authority, "/") || absl::StrContains(authority, "?") || absl::StrContains(authority, "#")) {
+    return bad("must be http://host:port, without a path");
+  }
+  const size_t userinfo_end = authority.rfind('@');
+  if (userinfo_end != absl::string_view::npos) authority = authority.substr(userinfo_end + 1);
+  const size_t colon = authority.rfind(':');
+  int port = 0;
+  const size_t bracket = authority.rfind(']');
+  if (colon == absl::string_view::npos || colon == 0 || (bracket != absl::string_view::npos && bracket > colon) ||
+      !absl::SimpleAtoi(authority.substr(colon + 1), &port) || port < 1 || port > 65535) {
+    return bad("must be http://host:port with a port in [1, 65535]");
+  }
+  return absl::OkStatus();
+}
+
 std::string HostOf(absl::string_view address) {
   if (!address.empty() && address.front() == '[') {
     const size_t end = address.find(']');
@@ -49,6 +87,7 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeClientChannel(const std::stri
   if (colon == std::string::npos || colon + 1 == address.size()) {
     return absl::InvalidArgumentError(absl::StrCat("coordinator address '", address, "' has no port (host:port)"));
   }
+  if (options.proxy.has_value() && !options.proxy->empty()) RETURN_IF_ERROR(ValidateProxyUrl(*options.proxy));
   ASSIGN_OR_RETURN(std::string cert, ReadPem(files.cert, "client certificate"));
   ASSIGN_OR_RETURN(std::string key, ReadPem(files.key, "client key"));
   ASSIGN_OR_RETURN(std::string ca, ReadPem(files.ca, "CA certificate"));
@@ -67,8 +106,13 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeClientChannel(const std::stri
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, options.max_reconnect_backoff_ms);
   if (options.keepalive_ms > 0) {
     args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, options.keepalive_ms);
-    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, options.keepalive_timeout_ms);
+    // Keep pinging while the only call is a long-poll or a download, during which the client sends no data: gRPC
+    // would otherwise stop after 2 pings (and space pings without data by 5 minutes).
+    args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+    args.SetInt(GRPC_ARG_HTTP2_MIN_SENT_PING_INTERVAL_WITHOUT_DATA_MS, options.keepalive_ms);
   }
+  if (options.proxy.has_value()) args.SetString(GRPC_ARG_HTTP_PROXY, *options.proxy);
   return grpc::CreateCustomChannel(address, grpc::SslCredentials(ssl), args);
 }
 
@@ -87,6 +131,11 @@ void ConfigureServerBuilder(grpc::ServerBuilder* builder, const ServerLimits& li
   // Accept the clients' keepalive pings (every 20 s, also without calls in flight).
   builder->AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
   builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  // And ping the clients: without it a connection whose link died silently (no FIN, no RST) keeps its calls open
+  // until TCP gives up (15 minutes or more; never for an upload stream, on which the server only receives), and the
+  // site's resumed upload is refused as long as the old stream holds its spool file.
+  builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, kServerKeepaliveMs);
+  builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, kServerKeepaliveTimeoutMs);
   if (limits.max_threads <= 0 && limits.memory_bytes <= 0) return;
   grpc::ResourceQuota quota("fedtune-server");
   if (limits.max_threads > 0) {

@@ -19,6 +19,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -41,8 +42,17 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(c
 struct ChannelOptions {
   // The name the server's certificate must carry. Default: the host part of the address.
   std::string server_name;
-  // gRPC keepalive pings on idle connections, so a dead coordinator is noticed (milliseconds; 0 = gRPC default).
+  // gRPC keepalive: while a call is in flight, a ping every keepalive_ms, and the connection closed (its calls
+  // fail with UNAVAILABLE) when a ping is not answered within keepalive_timeout_ms, so a dead coordinator, link or
+  // proxy is noticed (milliseconds; keepalive_ms 0 = gRPC's default, no keepalive). At least 10000: the coordinator
+  // (ConfigureServerBuilder) refuses pings that come more often.
   int keepalive_ms = 20000;
+  int keepalive_timeout_ms = 10000;
+  // HTTP CONNECT proxy ("http://host:port" or "http://user:password@host:port"; ValidateProxyUrl) for gRPC's channel
+  // arg GRPC_ARG_HTTP_PROXY, which takes precedence over the grpc_proxy / https_proxy / http_proxy environment
+  // variables; "" disables a proxy from the environment. Unset (default): the environment decides. no_grpc_proxy /
+  // no_proxy apply in every case. TLS runs end to end through the tunnel.
+  std::optional<std::string> proxy;
   // gRPC's own reconnect backoff under the caller's retries (milliseconds): the first retry after
   // initial_reconnect_backoff_ms, growing to at most max_reconnect_backoff_ms, so that a client started before the
   // coordinator connects within seconds of it listening (gRPC's defaults grow to 120 s). A connection attempt itself
@@ -52,9 +62,15 @@ struct ChannelOptions {
 };
 
 // A channel to `address` (host:port) with the files' client certificate. The connection is made lazily.
-// Errors as MakeServerCredentials; InvalidArgument for an address without a port.
+// Errors as MakeServerCredentials; InvalidArgument for an address without a port or an invalid options.proxy
+// (ValidateProxyUrl).
 absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeClientChannel(const std::string& address, const TlsFiles& files,
                                                                  const ChannelOptions& options = {});
+
+// Checks an HTTP CONNECT proxy URL as gRPC takes it: "http://[user[:password]@]host:port[/]" with a port in
+// [1, 65535]. InvalidArgument showing the URL (its password masked) and what is wrong (https:// is refused: gRPC speaks
+// plain HTTP to the proxy, and the TLS to the coordinator runs inside the tunnel).
+absl::Status ValidateProxyUrl(absl::string_view url);
 
 // The host part of "host:port" or "[v6]:port".
 std::string HostOf(absl::string_view address);
@@ -74,9 +90,15 @@ struct ServerLimits {
 };
 inline constexpr int kServerCompletionQueues = 2;
 
-// Server builder settings shared by fedtune servers: message size limits, keepalive policy and one resource quota
-// with limits.memory_bytes and, when limits.max_threads > 0, that many threads over kServerCompletionQueues
-// completion queues (1 to 2 polling threads each; threads below 4 are raised to 4).
+// The server's keepalive: a ping to each client connection after kServerKeepaliveMs without traffic, and the
+// connection closed (its calls cancelled) when the answer takes longer than kServerKeepaliveTimeoutMs.
+inline constexpr int kServerKeepaliveMs = 30000;
+inline constexpr int kServerKeepaliveTimeoutMs = 10000;
+
+// Server builder settings shared by fedtune servers: message size limits, keepalive policy (clients may ping every
+// 10 s or more, with or without calls; the server pings as above) and one resource quota with limits.memory_bytes
+// and, when limits.max_threads > 0, that many threads over kServerCompletionQueues completion queues (1 to 2
+// polling threads each; threads below 4 are raised to 4).
 void ConfigureServerBuilder(grpc::ServerBuilder* builder, const ServerLimits& limits = {});
 
 }  // namespace fedtune::net

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/io/file_util.h"
 #include "common/io/text_proto.h"
+#include "common/net/tls.h"
 #include "common/pki/certificate.h"
 #include "common/status_macros.h"
 #include "common/train/finetune_config.h"
@@ -45,6 +46,15 @@ absl::Status ValidateAgentConfig(const v1::SiteAgentConfig& c) {
   if (c.rpc_timeout_seconds() < 1) return Field("rpc_timeout_seconds", "must be >= 1");
   if (c.min_backoff_ms() < 1) return Field("min_backoff_ms", "must be >= 1");
   if (c.max_backoff_ms() < c.min_backoff_ms()) return Field("max_backoff_ms", "must be >= min_backoff_ms");
+  if (c.has_proxy() && !c.proxy().empty()) {
+    if (absl::Status s = net::ValidateProxyUrl(c.proxy()); !s.ok()) return Field("proxy", s.message());
+  }
+  if (c.keepalive_seconds() < 10) {
+    return Field("keepalive_seconds", "must be >= 10 (the coordinator refuses pings that come more often)");
+  }
+  if (c.keepalive_timeout_seconds() < 1) return Field("keepalive_timeout_seconds", "must be >= 1");
+  if (c.min_transfer_kib_per_second() < 1) return Field("min_transfer_kib_per_second", "must be >= 1");
+  if (c.retry_give_up_seconds() < 1) return Field("retry_give_up_seconds", "must be >= 1");
   if (c.exit_after_runs() < 0) return Field("exit_after_runs", "must be >= 0 (0 = serve forever)");
   if (c.gradcam_per_label() < 0) return Field("gradcam_per_label", "must be >= 0");
   // The template's own values; base_model and out_dir are the agent's, per task.

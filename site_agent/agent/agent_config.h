@@ -25,7 +25,8 @@ absl::StatusOr<v1::SiteAgentConfig> ParseAgentConfig(absl::string_view text, abs
 absl::StatusOr<v1::SiteAgentConfig> LoadAgentConfig(const std::string& path);
 
 // Checks values (paths already resolved): the required fields (site_id, a valid identity name; coordinator as
-// host:port; site_cert, site_key, ca_cert, work_dir; finetune.manifest), positive periods and timeouts,
+// host:port; site_cert, site_key, ca_cert, work_dir; finetune.manifest), proxy (when set and not empty:
+// net::ValidateProxyUrl), keepalive_seconds >= 10, positive periods, timeouts and rates,
 // min_backoff_ms <= max_backoff_ms, exit_after_runs >= 0, gradcam_per_label >= 0, and the finetune template's
 // values (ValidateFinetuneConfig; its base_model and out_dir are set per task and need not be given).
 // InvalidArgument "config field 'NAME': problem".

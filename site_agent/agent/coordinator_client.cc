@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/federation/states.h"
@@ -76,6 +77,9 @@ void Backoff::Reset() {
 absl::StatusOr<std::unique_ptr<CoordinatorClient>> CoordinatorClient::Create(const ClientOptions& options) {
   net::ChannelOptions channel_options;
   channel_options.server_name = options.server_name;
+  channel_options.proxy = options.proxy;
+  channel_options.keepalive_ms = static_cast<int>(absl::ToInt64Milliseconds(options.keepalive));
+  channel_options.keepalive_timeout_ms = static_cast<int>(absl::ToInt64Milliseconds(options.keepalive_timeout));
   ASSIGN_OR_RETURN(std::shared_ptr<grpc::Channel> channel,
                    net::MakeClientChannel(options.address, options.tls, channel_options));
   return ForChannel(std::move(channel), options);
@@ -105,7 +109,16 @@ absl::Duration CoordinatorClient::StreamTimeout(int64_t bytes) const {
 }
 
 absl::Status CoordinatorClient::Error(const grpc::Status& status, absl::string_view rpc) const {
-  return net::FromGrpcStatus(status, absl::StrCat("coordinator ", options_.address, ": ", rpc));
+  absl::Status error = net::FromGrpcStatus(status, absl::StrCat("coordinator ", options_.address, ": ", rpc));
+  // gRPC says only "certificate verify failed"; the usual cause at a hospital is a TLS-inspecting proxy or firewall.
+  if (absl::StrContains(error.message(), "certificate verify failed")) {
+    error = absl::Status(error.code(),
+                         absl::StrCat(error.message(), " (the certificate presented for ", options_.address,
+                                      " is not signed by ca_cert ", options_.tls.ca,
+                                      ": a TLS-inspecting proxy or firewall on the way? See docs/hospital-it-guide.md, "
+                                      "\"TLS-inspecting middleboxes break mutual TLS\")"));
+  }
+  return error;
 }
 
 absl::StatusOr<v1::HelloResponse> CoordinatorClient::Hello(const v1::HelloRequest& request) {

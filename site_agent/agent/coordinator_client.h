@@ -17,7 +17,8 @@
 // max_attempts attempts or once max_elapsed has passed since the first failure. A transfer attempt that moved bytes
 // forward starts the count afresh, so a long transfer over a flaky link is not abandoned while it makes progress.
 // Other codes are returned at once (UNAUTHENTICATED, PERMISSION_DENIED, FAILED_PRECONDITION, ...), prefixed with
-// "coordinator ADDRESS: RPC".
+// "coordinator ADDRESS: RPC". A TLS handshake that fails because the coordinator's certificate does not chain to
+// ca_cert (UNAVAILABLE, retried: typically a TLS-inspecting middlebox) says so, naming the address and ca_cert.
 //
 // Thread safety: thread-safe (gRPC stubs are); the agent's heartbeat thread shares the client with the task thread.
 #ifndef FEDTUNE_SITE_AGENT_COORDINATOR_CLIENT_H_
@@ -29,6 +30,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -82,8 +84,14 @@ struct ClientOptions {
   std::string address;      // host:port of the coordinator (messages name it).
   net::TlsFiles tls;        // Site certificate, key and the consortium CA.
   std::string server_name;  // TLS name of the coordinator's certificate; default: the host of `address`.
-  absl::Duration rpc_timeout = absl::Seconds(30);  // Deadline of unary calls.
-  // Streams get rpc_timeout plus the bytes still to move at this rate (a floor for slow links).
+  // HTTP CONNECT proxy (net::ChannelOptions::proxy: unset = the environment's, "" = none). SiteAgentConfig.proxy.
+  std::optional<std::string> proxy;
+  // Keepalive pings while calls are in flight (SiteAgentConfig.keepalive_seconds, keepalive_timeout_seconds).
+  absl::Duration keepalive = absl::Seconds(20);
+  absl::Duration keepalive_timeout = absl::Seconds(10);
+  absl::Duration rpc_timeout = absl::Seconds(30);  // Deadline of unary calls (SiteAgentConfig.rpc_timeout_seconds).
+  // Streams get rpc_timeout plus the bytes still to move at this rate (a floor for slow links;
+  // SiteAgentConfig.min_transfer_kib_per_second).
   double min_transfer_bytes_per_second = 256 * 1024;
   RetryPolicy retry;
   int chunk_bytes = 1 << 20;  // Upload chunk size, clamped to [1 KiB, 4 MiB]; the coordinator's Hello may change it.
@@ -108,8 +116,9 @@ using CancelFn = std::function<bool()>;
 
 class CoordinatorClient {
  public:
-  // A client over a new mTLS channel (net::MakeClientChannel). Errors of reading the PEM files (named) and
-  // InvalidArgument for an address without a port. Nothing is connected yet.
+  // A client over a new mTLS channel (net::MakeClientChannel), through options.proxy when given. Errors of reading
+  // the PEM files (named) and InvalidArgument for an address without a port or an invalid proxy URL. Nothing is
+  // connected yet.
   static absl::StatusOr<std::unique_ptr<CoordinatorClient>> Create(const ClientOptions& options);
   // A client over an existing channel (tests).
   static std::unique_ptr<CoordinatorClient> ForChannel(std::shared_ptr<grpc::Channel> channel,

@@ -180,10 +180,16 @@ absl::StatusOr<std::unique_ptr<FederatedAgent>> FederatedAgent::Create(const v1:
   client.address = config.coordinator();
   client.tls = {config.site_cert(), config.site_key(), config.ca_cert()};
   client.server_name = config.server_name();
+  if (config.has_proxy()) client.proxy = config.proxy();
+  client.keepalive = absl::Seconds(config.keepalive_seconds());
+  client.keepalive_timeout = absl::Seconds(config.keepalive_timeout_seconds());
   client.rpc_timeout = absl::Seconds(config.rpc_timeout_seconds());
+  client.min_transfer_bytes_per_second = 1024.0 * config.min_transfer_kib_per_second();
   client.retry.min_backoff = absl::Milliseconds(config.min_backoff_ms());
   client.retry.max_backoff = absl::Milliseconds(config.max_backoff_ms());
-  client.retry.max_attempts = std::max(1, options.max_attempts_per_call);
+  client.retry.max_elapsed = absl::Seconds(config.retry_give_up_seconds());
+  client.retry.max_attempts =
+      options.max_attempts_per_call > 0 ? options.max_attempts_per_call : std::numeric_limits<int>::max();
   client.sleep = options.sleep;
   ASSIGN_OR_RETURN(agent->client_, CoordinatorClient::Create(client));
   return agent;

@@ -68,8 +68,10 @@ struct AgentOptions {
   int task_wait_seconds = 20;
   // Waits of the backoffs (the client's and the loop's); default absl::SleepFor. Test seam.
   std::function<void(absl::Duration)> sleep;
-  // Retries per client call before the loop's own backoff takes over. Default 5.
-  int max_attempts_per_call = 5;
+  // Attempts per client call before the loop's own backoff takes over. Default 0: no count, a call (a transfer
+  // included) is retried until SiteAgentConfig.retry_give_up_seconds have passed since its first failure, so that a
+  // link down for a minute costs a minute, not a failed task and the loop's longer backoff.
+  int max_attempts_per_call = 0;
 };
 
 class FederatedAgent {

@@ -3,11 +3,17 @@
 // itself, auditing the refusal), and clients verify the server's name.
 #include "common/net/tls.h"
 
+#include <arpa/inet.h>
 #include <grpcpp/grpcpp.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <cstdlib>
 #include <memory>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "common/io/file_util.h"
 #include "common/net/grpc_status.h"
 #include "common/pki/certificate_authority.h"
@@ -115,6 +121,81 @@ TEST_F(TlsTest, ClientRefusesAServerNameTheCertificateLacks) {
   options.server_name = "coordinator.test";
   channel = MakeClientChannel(Address(), {Path("site.pem"), Path("site.key"), dir_.path() + "/ca/ca.pem"}, options);
   EXPECT_TRUE(CallHello(*channel).ok());
+}
+
+// A port on 127.0.0.1 where nothing listens (bound, then closed): a proxy there refuses every connection.
+int DeadPort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  EXPECT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+// Sets an environment variable for the scope.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const std::string& value) : name_(name) { setenv(name, value.c_str(), 1); }
+  ~ScopedEnv() { unsetenv(name_); }
+
+ private:
+  const char* name_;
+};
+
+// gRPC reads the proxy environment when a channel connects: these show which proxy a channel used by pointing it
+// at a dead one (the call fails) or not (it succeeds). The real proxy, end to end: tests/integration/proxy_test.sh.
+TEST_F(TlsTest, ProxyOptionTakesPrecedenceOverTheEnvironmentAndNoProxyBypassesIt) {
+  const TlsFiles files{Path("site.pem"), Path("site.key"), dir_.path() + "/ca/ca.pem"};
+  const std::string dead = "http://127.0.0.1:" + std::to_string(DeadPort());
+  {
+    ScopedEnv env("grpc_proxy", dead);
+    auto through_env = MakeClientChannel(Address(), files);
+    ASSERT_TRUE(through_env.ok());
+    EXPECT_EQ(CallHello(*through_env).status().code(), absl::StatusCode::kUnavailable);
+    ChannelOptions direct;
+    direct.proxy = "";  // Set but empty: no proxy, whatever the environment says.
+    auto channel = MakeClientChannel(Address(), files, direct);
+    ASSERT_TRUE(channel.ok());
+    EXPECT_TRUE(CallHello(*channel).ok());
+  }
+  ChannelOptions via_dead;
+  via_dead.proxy = dead;
+  auto channel = MakeClientChannel(Address(), files, via_dead);
+  ASSERT_TRUE(channel.ok());
+  EXPECT_EQ(CallHello(*channel).status().code(), absl::StatusCode::kUnavailable);
+  ScopedEnv no_proxy("no_proxy", "example.org,127.0.0.1");
+  channel = MakeClientChannel(Address(), files, via_dead);
+  ASSERT_TRUE(channel.ok());
+  EXPECT_TRUE(CallHello(*channel).ok());
+}
+
+TEST(TlsFilesTest, ProxyUrls) {
+  for (const char* good : {"http://proxy:3128", "http://proxy.example.org:3128/", "HTTP://10.0.0.1:8080",
+                           "http://user:secret@proxy:3128", "http://[::1]:3128"}) {
+    EXPECT_TRUE(ValidateProxyUrl(good).ok()) << good;
+  }
+  for (const char* bad :
+       {"", "proxy:3128", "https://proxy:3128", "socks5://proxy:1080", "http://proxy", "http://proxy:0",
+        "http://proxy:65536", "http://proxy:x", "http://:3128", "http://proxy:3128/path", "http://[::1]"}) {
+    absl::Status status = ValidateProxyUrl(bad);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(status.message().find(absl::StrCat("\"", bad, "\"")), absl::string_view::npos) << status;
+  }
+  EXPECT_NE(ValidateProxyUrl("https://p:1").message().find("http://host:port"), absl::string_view::npos);
+  // A password is not repeated in messages.
+  const absl::Status secret = ValidateProxyUrl("http://user:s3cret@proxy:99999");
+  EXPECT_EQ(secret.message().find("s3cret"), absl::string_view::npos) << secret;
+  EXPECT_NE(secret.message().find("http://user:***@proxy:99999"), absl::string_view::npos) << secret;
+  fedtune::testing::TempDir dir;
+  ChannelOptions options;
+  options.proxy = "https://p:1";
+  auto channel =
+      MakeClientChannel("localhost:1", {dir.path() + "/x.pem", dir.path() + "/x.pem", dir.path() + "/x.pem"}, options);
+  EXPECT_EQ(channel.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(TlsFilesTest, BadInputsAreNamed) {

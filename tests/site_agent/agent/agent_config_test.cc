@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -33,6 +34,11 @@ TEST(AgentConfigTest, DefaultsAndPathsRelativeToTheConfigFile) {
   EXPECT_EQ(c->finetune().cache_dir(), "/etc/fedtune/work/cache");
   EXPECT_EQ(c->heartbeat_seconds(), 10);
   EXPECT_EQ(c->rpc_timeout_seconds(), 30);
+  EXPECT_FALSE(c->has_proxy());
+  EXPECT_EQ(c->keepalive_seconds(), 20);
+  EXPECT_EQ(c->keepalive_timeout_seconds(), 10);
+  EXPECT_EQ(c->min_transfer_kib_per_second(), 256);
+  EXPECT_EQ(c->retry_give_up_seconds(), 600);
   EXPECT_EQ(c->min_backoff_ms(), 500);
   EXPECT_EQ(c->max_backoff_ms(), 30000);
   EXPECT_EQ(c->exit_after_runs(), 0);
@@ -86,6 +92,16 @@ TEST(AgentConfigTest, ValueErrorsNameTheField) {
       {[](v1::SiteAgentConfig* c) { c->set_heartbeat_seconds(0); }, "config field 'heartbeat_seconds'"},
       {[](v1::SiteAgentConfig* c) { c->set_rpc_timeout_seconds(0); }, "config field 'rpc_timeout_seconds'"},
       {[](v1::SiteAgentConfig* c) { c->set_max_backoff_ms(100); }, "config field 'max_backoff_ms'"},
+      {[](v1::SiteAgentConfig* c) { c->set_proxy("proxy.example.org:3128"); }, "config field 'proxy'"},
+      {[](v1::SiteAgentConfig* c) { c->set_proxy("https://proxy.example.org:3128"); }, "config field 'proxy'"},
+      {[](v1::SiteAgentConfig* c) { c->set_proxy("http://proxy.example.org"); }, "config field 'proxy'"},
+      {[](v1::SiteAgentConfig* c) { c->set_proxy("http://proxy.example.org:0"); }, "config field 'proxy'"},
+      {[](v1::SiteAgentConfig* c) { c->set_proxy("http://proxy.example.org:3128/path"); }, "config field 'proxy'"},
+      {[](v1::SiteAgentConfig* c) { c->set_keepalive_seconds(5); }, "config field 'keepalive_seconds'"},
+      {[](v1::SiteAgentConfig* c) { c->set_keepalive_timeout_seconds(0); }, "config field 'keepalive_timeout_seconds'"},
+      {[](v1::SiteAgentConfig* c) { c->set_min_transfer_kib_per_second(0); },
+       "config field 'min_transfer_kib_per_second'"},
+      {[](v1::SiteAgentConfig* c) { c->set_retry_give_up_seconds(0); }, "config field 'retry_give_up_seconds'"},
       {[](v1::SiteAgentConfig* c) { c->set_exit_after_runs(-1); }, "config field 'exit_after_runs'"},
       {[](v1::SiteAgentConfig* c) { c->set_gradcam_per_label(-1); }, "config field 'gradcam_per_label'"},
       {[](v1::SiteAgentConfig* c) { c->mutable_finetune()->clear_manifest(); }, "config field 'finetune.manifest'"},
@@ -105,6 +121,20 @@ TEST(AgentConfigTest, ValueErrorsNameTheField) {
   // Through the parser, the message also names the file.
   auto parsed = ParseAgentConfig(std::string(kMinimal) + " heartbeat_seconds: 0", "site.textproto", "/x");
   EXPECT_THAT(parsed.status().message(), HasSubstr("site.textproto: config field 'heartbeat_seconds'"));
+}
+
+TEST(AgentConfigTest, ProxyAcceptsHttpUrlsAndTheEmptyString) {
+  for (const char* proxy : {"http://proxy.example.org:3128", "http://proxy.example.org:3128/", "HTTP://10.0.0.1:8080",
+                            "http://user:secret@proxy:3128", "http://[::1]:3128", ""}) {
+    auto c = ParseAgentConfig(absl::StrCat(kMinimal, " proxy: \"", proxy, "\""), "site.textproto", "/x");
+    ASSERT_TRUE(c.ok()) << proxy << ": " << c.status();
+    EXPECT_TRUE(c->has_proxy());
+    EXPECT_EQ(c->proxy(), proxy);
+  }
+  auto bad = ParseAgentConfig(absl::StrCat(kMinimal, " proxy: \"socks5://p:1080\""), "site.textproto", "/x");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bad.status().message(), HasSubstr("site.textproto: config field 'proxy'"));
+  EXPECT_THAT(bad.status().message(), HasSubstr("socks5://p:1080"));
 }
 
 TEST(AgentConfigTest, LoadResolvesAgainstTheFilesDirectory) {

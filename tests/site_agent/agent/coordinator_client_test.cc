@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "common/io/file_util.h"
 #include "common/io/sha256.h"
@@ -62,6 +63,25 @@ TEST_F(CoordinatorClientTest, HelloOverMutualTlsIdentifiesTheSiteByItsCertificat
   ASSERT_TRUE(hello.ok()) << hello.status();
   EXPECT_EQ(hello->site_id(), "site-a");
   EXPECT_EQ(coordinator_.service().callers(), std::set<std::string>{"site-a"});
+}
+
+// What a TLS-inspecting middlebox looks like to the agent: a server certificate from another CA.
+TEST_F(CoordinatorClientTest, AServerCertificateFromAnotherCaIsExplained) {
+  std::unique_ptr<pki::CertificateAuthority> other = pki::testing::MakeCa(tmp_.Join("inspection-ca"), "inspection");
+  ASSERT_NE(other, nullptr);
+  ClientOptions options;
+  options.address = coordinator_.address();
+  options.tls = coordinator_.site_tls();
+  options.tls.ca = tmp_.Join("inspection-ca") + "/ca.pem";
+  options.retry.max_attempts = 1;
+  auto client = CoordinatorClient::Create(options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  absl::StatusOr<v1::HelloResponse> hello = (*client)->Hello(v1::HelloRequest());
+  EXPECT_EQ(hello.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(hello.status().message(), HasSubstr("certificate verify failed"));
+  EXPECT_THAT(hello.status().message(), HasSubstr(absl::StrCat("the certificate presented for ", coordinator_.address(),
+                                                               " is not signed by ca_cert ", options.tls.ca)));
+  EXPECT_THAT(hello.status().message(), HasSubstr("TLS-inspecting"));
 }
 
 TEST_F(CoordinatorClientTest, DownloadResumesFromThePartFileAndVerifiesTheDigest) {
