@@ -71,7 +71,7 @@ TEST(CoordinatorConfigTest, LimitsHaveValidDefaultsAndAreChecked) {
   EXPECT_EQ(config.max_streams_per_site(), 2);
   EXPECT_EQ(config.max_server_threads(), 64);
   EXPECT_EQ(config.max_concurrent_decodes(), 1);
-  EXPECT_EQ(config.grpc_memory_quota_bytes(), int64_t{512} << 20);
+  EXPECT_EQ(config.grpc_memory_quota_bytes(), int64_t{128} << 20);
   EXPECT_EQ(SpoolBytesPerSite(config), int64_t{4} << 30);    // 2 x max_upload_bytes.
   EXPECT_EQ(SpoolBytesPerRound(config), int64_t{16} << 30);  // 8 x max_upload_bytes.
   config.set_max_upload_bytes(1000);

@@ -6,8 +6,9 @@
 # started with `fedtune run start` once all N are approved. Per N it prints the coordinator's peak RSS (VmHWM) after
 # start-up + run start and at the end, the largest thread count seen (/proc/PID/status Threads, sampled every 100 ms),
 # the first round's wall time (first task taken to last upload accepted) and the bytes the sites moved. Then the plain
-# gRPC mTLS stream of upload_benchmark (BM_GrpcMtlsStream) with the same bytes as one delta, for the ratio
-# "single-site loadgen upload rate / plain gRPC stream rate". Nothing is built: it uses BUILD_DIR/bin and
+# gRPC mTLS stream of upload_benchmark (BM_GrpcMtlsStream) with the same bytes as one delta and, in the same run, the
+# coordinator's real upload path of a SoloNet delta (BM_CoordinatorUpload), for the ratio "coordinator upload, first
+# byte to accepted / plain gRPC stream". Nothing is built: it uses BUILD_DIR/bin and
 # BUILD_DIR/benchmarks/upload_benchmark.
 #
 # Usage: tests/benchmarks/net/consortium_scale.sh [BUILD_DIR]   (default build)
@@ -151,14 +152,26 @@ ${FEDTUNE_SCALE_COORDINATOR_CONFIG:-}"
   rm -rf "$dir/state/spool" "$dir/state/blobs" "$dir/loadgen"
 done
 
-# The plain gRPC mTLS client stream of the same bytes as one delta upload (fedtune-loadgen's payload).
-ratio="n/a" grpc_rate="n/a"
-if [[ -n "${single_rate[1]:-}" && -n "${payload_at[1]:-}" ]]; then
+# The plain gRPC mTLS client stream of the same bytes as one delta upload (fedtune-loadgen's payload), and, in the
+# same process run, the coordinator's real upload path of a SoloNet delta (upload_benchmark: first byte to
+# "accepted" with the round staying open, and the transfer alone: spooled, hashed and fsynced, then refused before
+# decoding). The ratio is the coordinator's upload (to "accepted") over the plain stream. The loadgen's own single-site
+# number is shown too: it also holds the round's close (its one site closes the round) and the process hops.
+ratio="n/a" grpc_rate="n/a" coord_rate="n/a" transfer_rate="n/a"
+if [[ -n "${payload_at[1]:-}" ]]; then
   bytes=$(awk -v m="${payload_at[1]}" 'BEGIN {printf "%.0f", m * 1e6}')
-  FEDTUNE_UPLOAD_BENCH_BYTES="$bytes" "$upload_bench" --benchmark_filter='BM_GrpcMtlsStream' \
+  FEDTUNE_UPLOAD_BENCH_BYTES="$bytes" "$upload_bench" \
+    --benchmark_filter='BM_GrpcMtlsStream|BM_CoordinatorUpload/closes_round:[02]' \
     --benchmark_format=json >grpc.json 2>grpc.log
-  grpc_rate=$(python3 -c 'import json,sys; b=json.load(open(sys.argv[1]))["benchmarks"][0]; print("%.1f" % (b["bytes_per_second"] / 1e6))' grpc.json)
-  ratio=$(awk -v a="${single_rate[1]}" -v b="$grpc_rate" 'BEGIN {printf "%.2f", a / b}')
+  read -r grpc_rate coord_rate transfer_rate < <(python3 -c '
+import json, sys
+rates = {b["name"]: b["bytes_per_second"] / 1e6 for b in json.load(open(sys.argv[1]))["benchmarks"]}
+def pick(prefix):
+    hits = [v for k, v in rates.items() if k.startswith(prefix)]
+    return "%.1f" % hits[0] if hits else "n/a"
+print(pick("BM_GrpcMtlsStream"), pick("BM_CoordinatorUpload/closes_round:0"), pick("BM_CoordinatorUpload/closes_round:2"))
+' grpc.json)
+  [[ "$coord_rate" != n/a ]] && ratio=$(awk -v a="$coord_rate" -v b="$grpc_rate" 'BEGIN {printf "%.2f", a / b}')
 fi
 
 echo
@@ -172,8 +185,9 @@ for row in "${rows[@]}"; do
 done
 echo "(VmHWM of the coordinator; busy: RESOURCE_EXHAUSTED answers the sites retried; upload MB/s: per upload," \
   "GetUploadOffset + stream + accepted; loadgen MB: the load generator's own peak RSS)"
-echo "plain gRPC mTLS stream of ${payload_at[1]:-n/a} MB: $grpc_rate MB/s; single-site loadgen upload:" \
-  "${single_rate[1]:-n/a} MB/s"
+echo "plain gRPC mTLS stream of ${payload_at[1]:-n/a} MB: $grpc_rate MB/s; the coordinator's upload of a SoloNet" \
+  "delta, first byte to accepted (round stays open): $coord_rate MB/s; its transfer alone (spooled, hashed, fsynced):" \
+  "$transfer_rate MB/s; single-site loadgen upload (with the round's close): ${single_rate[1]:-n/a} MB/s"
 echo "load after: $(uptime | sed 's/.*load average/load average/')"
 echo "consortium scale: rss growth 64 sites / model = ${growth[64]:-n/a}, threads at 256 sites =" \
   "${threads_at[256]:-n/a}, upload vs plain grpc = $ratio"
