@@ -31,7 +31,12 @@ void ModelWriteReactor::OnWriteDone(bool ok) {
   WriteNext();
 }
 
-void ModelWriteReactor::End(const absl::Status& outcome) { Finish(on_end_(outcome, written_)); }
+void ModelWriteReactor::End(const absl::Status& outcome) {
+  const grpc::Status status = on_end_(outcome, written_);
+  // The site's place is free before it sees the answer: its next call must not find this one still counted.
+  slot_ = SiteCallLimiter::Slot();
+  Finish(status);
+}
 
 void ModelWriteReactor::OnDone() { delete this; }
 

@@ -27,7 +27,8 @@ class ModelWriteReactor final : public grpc::ServerWriteReactor<v1::Chunk> {
   // written; returns the status the peer gets.
   using OnEnd = std::function<grpc::Status(const absl::Status& outcome, int64_t sent)>;
 
-  // Starts sending at once. `slot` (the caller's place among its site's calls) is held until the call is done.
+  // Starts sending at once. `slot` (the caller's place among its site's calls) is held until the call is answered
+  // (released before Finish, so that the site's next call never finds it still counted).
   ModelWriteReactor(ModelStream stream, int chunk_bytes, std::string what, SiteCallLimiter::Slot slot, OnEnd on_end);
 
   void OnWriteDone(bool ok) override;

@@ -120,6 +120,7 @@ grpc::ServerUnaryReactor* SiteServiceImpl::GetTask(grpc::CallbackServerContext* 
   // The slot stays taken until the call is answered: a long-poll counts among the site's calls.
   auto held = std::make_shared<SiteCallLimiter::Slot>(std::move(slot));
   auto answer = [reactor, response, held, site = peer->common_name](absl::StatusOr<v1::Task> task) {
+    *held = SiteCallLimiter::Slot();  // Free before the site sees the answer: its next call must not find it counted.
     if (!task.ok()) {
       reactor->Finish(Reply(task.status(), "SiteService/GetTask", site));
       return;
@@ -264,6 +265,7 @@ class SiteServiceImpl::UploadReactor final : public grpc::ServerReadReactor<v1::
     // The outcome of every upload is audited with its run and round (the authorization could not know them).
     service_->authorizer_->Audit(*context_, kRpc, peer_, outcome.result.status(), outcome.header.run_id(),
                                  outcome.header.round());
+    slot_ = SiteCallLimiter::Slot();  // Free before the site sees the answer (its next call must not find it counted).
     if (!outcome.result.ok()) {
       Finish(Reply(outcome.result.status(), kRpc, peer_.common_name));
       return;

@@ -836,6 +836,33 @@ TEST_F(CoordinatorServerTest, TheNPlusFirstConcurrentStreamOfASiteIsRefused) {
   EXPECT_FALSE(second->Cancel().ok());
 }
 
+// Issue 12: with the callback API a call's place among its site's calls is freed before the site sees the answer,
+// so a site that makes one call after the other is never refused for the call it just finished.
+TEST_F(CoordinatorServerTest, SequentialCallsAreNeverRefusedForTheCallBefore) {
+  Restart([](v1::CoordinatorConfig* c) {
+    c->set_max_calls_per_site(1);
+    c->set_max_streams_per_site(1);
+  });
+  Enrol({&site_a_, &site_b_});
+  const std::string run = StartRun({"site-a", "site-b"});
+  auto site_a = Site(site_a_);
+  v1::Task task;
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_TRUE(GetTask(*site_a, &task).ok()) << i;
+    ASSERT_EQ(task.kind(), v1::Task::TRAIN);
+    grpc::Status status;
+    Download(*site_a, task.model_digest(), 0, &status);
+    ASSERT_TRUE(status.ok()) << i << ": " << status.error_message();
+  }
+  // Refused uploads (a round out of range) end as early as possible: the next stream is still admitted.
+  const std::string payload = Delta(0.01);
+  for (int i = 0; i < 20; ++i) {
+    grpc::Status status = UploadAll(*site_a, run, 0, payload);
+    ASSERT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << i << ": " << status.error_message();
+  }
+  ASSERT_TRUE(UploadAll(*site_a, run, 1, payload).ok());
+}
+
 // Finding 2: long-polls of one site count among its max_calls_per_site calls; the others are refused at once.
 TEST_F(CoordinatorServerTest, ManyLongPollsOfOneSiteKeepTheThreadCountBounded) {
   Restart([](v1::CoordinatorConfig* c) { c->set_task_wait_seconds(60); });
