@@ -7,7 +7,6 @@
 
 #include <cerrno>
 #include <cstring>
-#include <filesystem>
 #include <limits>
 #include <set>
 #include <system_error>
@@ -122,28 +121,14 @@ absl::StatusOr<TensorMap> DecodeTensorBundleFile(const std::string& path, const 
 }
 
 absl::Status WriteTensorBundleFile(const std::string& path, const TensorMap& tensors, const EncodeOptions& options) {
-  const std::string temp = path + ".tmp";
-  std::error_code ec;
-  std::filesystem::remove(temp, ec);
-  absl::Status status = [&]() -> absl::Status {
-    ASSIGN_OR_RETURN(io::AppendOnlyFile file, io::AppendOnlyFile::Open(temp));
+  return io::WriteFileAtomicallyWith(path, [&](const io::ByteSink& sink) -> absl::Status {
     for (const auto& [name, tensor] : tensors) {
       // A bundle's repeated field serializes as the concatenation of one-tensor bundles.
       ASSIGN_OR_RETURN(EncodedBundle one, EncodeTensors(TensorMap{{name, tensor}}, options));
-      RETURN_IF_ERROR(file.Append(one.bundle.SerializeAsString()));
-    }
-    RETURN_IF_ERROR(file.Close());
-    if (::rename(temp.c_str(), path.c_str()) != 0) return io::ErrnoToStatus(errno, "cannot rename to", path);
-    const std::string dir = std::filesystem::path(path).parent_path().string();
-    const int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-      ::fsync(fd);
-      ::close(fd);
+      RETURN_IF_ERROR(sink(one.bundle.SerializeAsString()));
     }
     return absl::OkStatus();
-  }();
-  if (!status.ok()) std::filesystem::remove(temp, ec);
-  return status;
+  });
 }
 
 }  // namespace fedtune::fl

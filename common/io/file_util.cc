@@ -86,6 +86,12 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
 
 absl::Status WriteFileAtomically(const std::string& path, absl::string_view contents,
                                  const AtomicWriteOptions& options) {
+  return WriteFileAtomicallyWith(
+      path, [contents](const ByteSink& sink) { return sink(contents); }, options);
+}
+
+absl::Status WriteFileAtomicallyWith(const std::string& path, const std::function<absl::Status(const ByteSink&)>& write,
+                                     const AtomicWriteOptions& options) {
   const std::string dir = ParentDir(path);
   std::string tmpl = absl::StrCat(path, ".tmp.XXXXXX");
   std::vector<char> name(tmpl.begin(), tmpl.end());
@@ -99,7 +105,15 @@ absl::Status WriteFileAtomically(const std::string& path, absl::string_view cont
     return ErrnoToStatus(err, what, path);
   };
   if (::fchmod(fd, static_cast<mode_t>(options.mode)) != 0) return fail(errno, "cannot set permissions of");
-  if (const int err = WriteAll(fd, contents); err != 0) return fail(err, "cannot write");
+  const ByteSink sink = [fd, &path](absl::string_view piece) {
+    const int err = WriteAll(fd, piece);
+    return err == 0 ? absl::OkStatus() : ErrnoToStatus(err, "cannot write", path);
+  };
+  if (absl::Status written = write(sink); !written.ok()) {
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    return written;
+  }
   if (::fsync(fd) != 0) return fail(errno, "cannot flush");
   if (::close(fd) != 0) {
     int err = errno;

@@ -4,6 +4,7 @@
 #define FEDTUNE_COMMON_IO_FILE_UTIL_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 
@@ -38,6 +39,16 @@ struct AtomicWriteOptions {
 // temporary file is removed. Thread-safe for distinct paths.
 absl::Status WriteFileAtomically(const std::string& path, absl::string_view contents,
                                  const AtomicWriteOptions& options = {});
+
+// Appends one piece of a file being written; errors name the file.
+using ByteSink = std::function<absl::Status(absl::string_view piece)>;
+
+// WriteFileAtomically for contents produced piece by piece (a checkpoint or a TensorBundle streamed tensor by
+// tensor, without the whole file in memory): `write` hands its pieces to the sink it is given. When `write` or the
+// sink fails, its status is returned, `path` is untouched and the temporary file is removed; otherwise as
+// WriteFileAtomically.
+absl::Status WriteFileAtomicallyWith(const std::string& path, const std::function<absl::Status(const ByteSink&)>& write,
+                                     const AtomicWriteOptions& options = {});
 
 // The size in bytes of the file at `path`; 0 when nothing exists there (e.g. the partial file of a transfer that has
 // not started). Other failures (a path through a non-directory, no permission): ErrnoToStatus's code with message

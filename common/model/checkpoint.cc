@@ -1,12 +1,9 @@
 #include "common/model/checkpoint.h"
 
 #include <ATen/core/Tensor.h>
-#include <fcntl.h>
 #include <openssl/evp.h>
-#include <unistd.h>
 
 #include <cerrno>
-#include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <system_error>
@@ -166,29 +163,13 @@ absl::StatusOr<std::string> SaveCheckpoint(Checkpoint* checkpoint, const std::st
   root.AddEntry("members", PickleValue::List(std::move(members)));
   if (checkpoint->duo) root.AddEntry("duo", StateDictValue(checkpoint->duo->weights));
   // Straight into a temporary file beside `path` (no copy of the model in memory), synced, then renamed over it.
-  const std::string temp = path + ".tmp";
-  std::error_code ec;
-  std::filesystem::remove(temp, ec);
-  absl::Status written = [&]() -> absl::Status {
-    ASSIGN_OR_RETURN(io::AppendOnlyFile file, io::AppendOnlyFile::Open(temp));
-    absl::Status archive = WriteTorchArchive(root, [&file](absl::string_view piece) { return file.Append(piece); });
+  RETURN_IF_ERROR(io::WriteFileAtomicallyWith(path, [&](const io::ByteSink& sink) -> absl::Status {
+    absl::Status archive = WriteTorchArchive(root, sink);
     if (!archive.ok()) {
       return absl::Status(archive.code(), absl::StrCat("checkpoint ", path, ": ", archive.message()));
     }
-    RETURN_IF_ERROR(file.Close());
-    if (::rename(temp.c_str(), path.c_str()) != 0) return io::ErrnoToStatus(errno, "cannot rename to", path);
-    const std::string dir = std::filesystem::path(path).parent_path().string();
-    const int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-      ::fsync(fd);
-      ::close(fd);
-    }
     return absl::OkStatus();
-  }();
-  if (!written.ok()) {
-    std::filesystem::remove(temp, ec);
-    return written;
-  }
+  }));
   return checkpoint->weights_sha256;
 }
 
