@@ -188,22 +188,32 @@ TestPki MakePki() {
   return pki;
 }
 
+// A CountingService behind fedtune's server settings and mTLS, and a site's stub connected to it.
+struct CountingServer {
+  explicit CountingServer(const TestPki& pki) {
+    auto creds = net::MakeServerCredentials(pki.server);
+    CHECK(creds.ok()) << creds.status();
+    grpc::ServerBuilder builder;
+    net::ConfigureServerBuilder(&builder);
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", *creds, &port);
+    builder.RegisterService(&service);
+    server = builder.BuildAndStart();
+    auto channel = net::MakeClientChannel("127.0.0.1:" + std::to_string(port), pki.client);
+    CHECK(channel.ok()) << channel.status();
+    stub = v1::SiteService::NewStub(*channel);
+  }
+  CountingService service;
+  std::unique_ptr<grpc::Server> server;
+  std::unique_ptr<v1::SiteService::Stub> stub;
+};
+
 void BM_GrpcMtlsStream(benchmark::State& state) {
   const int64_t payload_bytes = PayloadBytes();
   const std::string payload = Payload();
   TestPki pki = MakePki();
-  auto creds = net::MakeServerCredentials(pki.server);
-  CHECK(creds.ok()) << creds.status();
-  CountingService service;
-  grpc::ServerBuilder builder;
-  net::ConfigureServerBuilder(&builder);
-  int port = 0;
-  builder.AddListeningPort("127.0.0.1:0", *creds, &port);
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  auto channel = net::MakeClientChannel("127.0.0.1:" + std::to_string(port), pki.client);
-  CHECK(channel.ok()) << channel.status();
-  auto stub = v1::SiteService::NewStub(*channel);
+  CountingServer counting(pki);
+  v1::SiteService::Stub* stub = counting.stub.get();
   for (auto _ : state) {
     grpc::ClientContext context;
     v1::UploadResponse response;
@@ -220,7 +230,7 @@ void BM_GrpcMtlsStream(benchmark::State& state) {
     CHECK(status.ok()) << status.error_message();
     CHECK_EQ(response.received_bytes(), payload_bytes);
   }
-  server->Shutdown();
+  counting.server->Shutdown();
   state.SetBytesProcessed(state.iterations() * payload_bytes);
   std::filesystem::remove_all(pki.dir);
 }
@@ -228,18 +238,8 @@ BENCHMARK(BM_GrpcMtlsStream)->Unit(benchmark::kMillisecond)->Iterations(3)->UseR
 
 void BM_GrpcMtlsDownload(benchmark::State& state) {
   TestPki pki = MakePki();
-  auto creds = net::MakeServerCredentials(pki.server);
-  CHECK(creds.ok()) << creds.status();
-  CountingService service;
-  grpc::ServerBuilder builder;
-  net::ConfigureServerBuilder(&builder);
-  int port = 0;
-  builder.AddListeningPort("127.0.0.1:0", *creds, &port);
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  auto channel = net::MakeClientChannel("127.0.0.1:" + std::to_string(port), pki.client);
-  CHECK(channel.ok()) << channel.status();
-  auto stub = v1::SiteService::NewStub(*channel);
+  CountingServer counting(pki);
+  v1::SiteService::Stub* stub = counting.stub.get();
   for (auto _ : state) {
     grpc::ClientContext context;
     auto reader = stub->DownloadModel(&context, v1::DownloadRequest());
@@ -250,7 +250,7 @@ void BM_GrpcMtlsDownload(benchmark::State& state) {
     CHECK(status.ok()) << status.error_message();
     CHECK_EQ(received, PayloadBytes());
   }
-  server->Shutdown();
+  counting.server->Shutdown();
   state.SetBytesProcessed(state.iterations() * PayloadBytes());
   std::filesystem::remove_all(pki.dir);
 }
