@@ -149,6 +149,18 @@ absl::Status ValidateRunConfig(const v1::RunConfig& c) {
   if (*encoding == fl::Encoding::kTopK && !(c.topk_fraction() > 0 && c.topk_fraction() <= 1)) {
     return Invalid("topk_fraction", absl::StrCat(c.topk_fraction(), " is outside (0, 1]"));
   }
+  if (c.cross_site_evaluation() && !c.final_evaluation()) {
+    return Invalid("cross_site_evaluation", "needs final_evaluation: true");
+  }
+  if (c.local_only_baseline() && !c.final_evaluation()) {
+    return Invalid("local_only_baseline", "needs final_evaluation: true");
+  }
+  if (!std::isfinite(c.ditto_lambda()) || (c.personalization() == v1::RunConfig::DITTO && c.ditto_lambda() <= 0)) {
+    return Invalid("ditto_lambda", absl::StrCat(c.ditto_lambda(), " must be > 0 with personalization DITTO"));
+  }
+  if (c.local_only_epochs() < 0 || c.local_only_epochs() > 1000) {
+    return Invalid("local_only_epochs", absl::StrCat(c.local_only_epochs(), " is outside [0, 1000]"));
+  }
   std::set<std::string> seen;
   for (const std::string& site : c.sites()) {
     if (site.empty()) return Invalid("sites", "empty site id");

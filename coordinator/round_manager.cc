@@ -9,6 +9,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "common/fl/bundle_file.h"
+#include "common/federation/states.h"
 #include "common/fl/encoding.h"
 #include "common/io/file_util.h"
 #include "common/logging.h"
@@ -24,6 +25,12 @@ using federation::RunState;
 using federation::SiteStatus;
 using federation::UploadStatus;
 namespace {
+
+// The run's personalization and Ditto's lambda into a task's plan.
+void SetPersonalization(const v1::RunConfig& c, v1::TrainingPlan* plan) {
+  plan->set_personalization(federation::ToProto(c.personalization()));
+  if (c.personalization() == v1::RunConfig::DITTO) plan->set_ditto_lambda(c.ditto_lambda());
+}
 
 // The sites a new run selects: the listed ones (each must be approved), or every approved site (at least
 // min_sites).
@@ -311,11 +318,22 @@ absl::StatusOr<v1::Task> RoundManager::NextTaskLocked(const std::string& site_id
     ASSIGN_OR_RETURN(const fl::Encoding encoding, fl::ParseEncoding(c.compression()));
     fl::SetEncoding(encoding, plan);
     plan->set_topk_fraction(c.topk_fraction());
+    SetPersonalization(c, plan);
     return task;
   }
   if (a.run.state == RunState::kEvaluating && a.finals.count(site_id) == 0) {
     task.set_kind(v1::Task::EVALUATE);
     task.set_round(0);
+    // The plan of the run's training (the local-only baseline trains with it) and its personalization (the
+    // site's adapted model depends on it).
+    v1::TrainingPlan* plan = task.mutable_plan();
+    plan->set_local_epochs(c.local_epochs());
+    plan->set_learning_rate(c.learning_rate());
+    plan->set_batch_size(c.batch_size());
+    SetPersonalization(c, plan);
+    plan->set_local_only_baseline(c.local_only_baseline());
+    plan->set_local_only_epochs(c.local_only_epochs() > 0 ? c.local_only_epochs() : c.rounds() * c.local_epochs());
+    task.set_cross_site_evaluation(c.cross_site_evaluation());
     task.set_model_digest(a.run.final_model_digest);
     ASSIGN_OR_RETURN(int64_t bytes, blobs_->Size(a.run.final_model_digest));
     task.set_model_bytes(bytes);

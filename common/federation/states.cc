@@ -203,4 +203,51 @@ std::string DisplayText(const v1::SiteInfo& s) {
   return Display<SiteStatus, v1::SiteStatus>(kSiteStatuses, s.site_status(), s.status());
 }
 
+v1::Personalization ToProto(v1::RunConfig::Personalization value) {
+  switch (value) {
+    case v1::RunConfig::NONE:
+      return v1::PERSONALIZATION_NONE;
+    case v1::RunConfig::FEDBN:
+      return v1::PERSONALIZATION_FEDBN;
+    case v1::RunConfig::SILOBN:
+      return v1::PERSONALIZATION_SILOBN;
+    case v1::RunConfig::DITTO:
+      return v1::PERSONALIZATION_DITTO;
+  }
+  return v1::PERSONALIZATION_NONE;
+}
+
+absl::StatusOr<v1::Personalization> ReadPersonalization(v1::Personalization value, absl::string_view field) {
+  switch (value) {
+    case v1::PERSONALIZATION_UNSPECIFIED:
+    case v1::PERSONALIZATION_NONE:
+      return v1::PERSONALIZATION_NONE;
+    case v1::PERSONALIZATION_FEDBN:
+    case v1::PERSONALIZATION_SILOBN:
+    case v1::PERSONALIZATION_DITTO:
+      return value;
+    default:
+      break;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(field, ": unknown personalization ", static_cast<int>(value),
+                                                 " (this build knows NONE, FEDBN, SILOBN, DITTO)"));
+}
+
+absl::string_view Text(v1::Personalization value) {
+  switch (value) {
+    case v1::PERSONALIZATION_UNSPECIFIED:
+    case v1::PERSONALIZATION_NONE:
+      return "none";
+    case v1::PERSONALIZATION_FEDBN:
+      return "fedbn";
+    case v1::PERSONALIZATION_SILOBN:
+      return "silobn";
+    case v1::PERSONALIZATION_DITTO:
+      return "ditto";
+    default:
+      break;
+  }
+  return "unknown";
+}
+
 }  // namespace fedtune::federation

@@ -84,6 +84,14 @@ std::string DisplayText(const v1::RoundInfo& round);
 std::string DisplayText(const v1::UpdateInfo& update);
 std::string DisplayText(const v1::SiteInfo& site);
 
+// ---- Personalization (RunConfig.personalization, TrainingPlan.personalization, MetricsReport.personalization).
+// The run config's enum as the wire's; the wire's PERSONALIZATION_UNSPECIFIED (a peer of the previous release) reads
+// as PERSONALIZATION_NONE; an unknown value is InvalidArgument naming `field`.
+v1::Personalization ToProto(v1::RunConfig::Personalization value);
+absl::StatusOr<v1::Personalization> ReadPersonalization(v1::Personalization value, absl::string_view field);
+// "none", "fedbn", "silobn", "ditto" (what reports print); "unknown" for values this build does not know.
+absl::string_view Text(v1::Personalization value);
+
 }  // namespace fedtune::federation
 
 #endif  // FEDTUNE_COMMON_FEDERATION_STATES_H_

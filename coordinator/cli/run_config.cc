@@ -107,6 +107,19 @@ absl::Status ValidateRunConfig(const v1::RunConfig& c) {
     return FieldError("min_sites", absl::StrCat(c.min_sites()),
                       absl::StrCat("is more than the ", c.sites_size(), " site(s) listed in 'sites'"));
   }
+  if (c.cross_site_evaluation() && !c.final_evaluation()) {
+    return FieldError("cross_site_evaluation", "true", "needs final_evaluation: true");
+  }
+  if (c.local_only_baseline() && !c.final_evaluation()) {
+    return FieldError("local_only_baseline", "true", "needs final_evaluation: true");
+  }
+  RETURN_IF_ERROR(Finite("ditto_lambda", c.ditto_lambda()));
+  if (c.personalization() == v1::RunConfig::DITTO && !(c.ditto_lambda() > 0)) {
+    return FieldError("ditto_lambda", absl::StrCat(c.ditto_lambda()), "must be greater than 0 with personalization DITTO");
+  }
+  if (c.local_only_epochs() < 0 || c.local_only_epochs() > 1000) {
+    return FieldError("local_only_epochs", absl::StrCat(c.local_only_epochs()), "must be in [0, 1000] (0: rounds x local_epochs)");
+  }
   if (!c.base_model().empty() &&
       (c.base_model().size() < 8 || c.base_model().size() > 64 || !IsLowerHex(c.base_model()))) {
     return FieldError("base_model", absl::StrCat("'", c.base_model(), "'"),
