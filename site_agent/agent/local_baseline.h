@@ -9,7 +9,9 @@
 // Files: <work_dir>/local-only/<key>/ (model.ckpt, the fine-tuning state and its site.db) where <key> is the first
 // 16 hex digits of the SHA-256 of the base model's digest and the effective fine-tuning config (out_dir excluded).
 // The same base model, data and settings thus give the same directory: a later run (the next strategy of an
-// experiment) reuses the model, and a restarted agent resumes its fine-tuning where it stopped.
+// experiment) reuses the model, and a restarted agent resumes its fine-tuning where it stopped. A finished baseline
+// is marked by <dir>/local-only.done ("<SHA-256 of model.ckpt> <weights_sha256>", written atomically); it is reused
+// without training when model.ckpt still has that SHA-256, and fine-tuned again (resuming) otherwise.
 //
 // Thread safety: reentrant (callers use distinct work dirs or one thread).
 #ifndef FEDTUNE_SITE_AGENT_AGENT_LOCAL_BASELINE_H_

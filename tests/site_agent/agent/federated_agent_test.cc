@@ -287,9 +287,9 @@ TEST(FederatedAgentTest, FinalEvaluationWithTheLocalOnlyBaseline) {
   const v1::ModelEvaluation& local_only = *models["local-only"];
   EXPECT_EQ(local_only.labels_size(), data::kNumChexpertLabels);
   EXPECT_TRUE(std::isfinite(local_only.mean_auc())) << local_only.DebugString();
-  // Fine-tuned: not the base model's weights, and not the federated round's either.
+  // Fine-tuned: not the base model's weights. (Here the run's one round started from the same base model with the
+  // same settings, so the round's fine-tuned model may well be the same model.)
   EXPECT_NE(local_only.digest(), models["open-source"]->digest());
-  EXPECT_NE(local_only.digest(), models["adapted"]->digest());
   std::set<std::pair<std::string, std::string>> comparisons;
   for (const v1::ModelComparison& c : final_report.comparisons()) {
     comparisons.insert({c.model_a(), c.model_b()});
@@ -299,12 +299,12 @@ TEST(FederatedAgentTest, FinalEvaluationWithTheLocalOnlyBaseline) {
   EXPECT_TRUE(comparisons.count({"local-only", "global"}));
   EXPECT_TRUE(comparisons.count({"local-only", "adapted"}));
   ExpectSummaryOnly(final_report);
-  const fs::path reports = tmp.Join("work") / "reports" / "run-1";
+  const fs::path reports = fs::path(tmp.Join("work")) / "reports" / "run-1";
   EXPECT_TRUE(fs::exists(reports / "local-only-vs-open-source" / "report.html"));
   EXPECT_TRUE(fs::exists(reports / "adapted-vs-local-only" / "report.html"));
 
   // One keyed directory; the next run from the same base model and settings reuses its model.
-  const fs::path local_dir = tmp.Join("work") / "local-only";
+  const fs::path local_dir = fs::path(tmp.Join("work")) / "local-only";
   std::vector<fs::path> dirs;
   for (const auto& entry : fs::directory_iterator(local_dir)) dirs.push_back(entry.path());
   ASSERT_EQ(dirs.size(), 1u);
@@ -315,7 +315,7 @@ TEST(FederatedAgentTest, FinalEvaluationWithTheLocalOnlyBaseline) {
   ASSERT_TRUE(second.ok()) << second;
   EXPECT_EQ(fs::last_write_time(dirs[0] / "model.ckpt"), written);
   ASSERT_EQ(coordinator.service().reports().size(), 3u);
-  const v1::MetricsReport& second_report = coordinator.service().reports()[2];
+  const v1::MetricsReport second_report = coordinator.service().reports()[2];
   for (const v1::ModelEvaluation& m : second_report.models()) {
     if (m.name() == "local-only") EXPECT_EQ(m.digest(), local_only.digest());
   }
