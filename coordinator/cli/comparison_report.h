@@ -24,7 +24,7 @@
 //    "summary": [{"site_id", "open_source": {"mean_auc", "ci_low", "ci_high"}, "local_only": {...},
 //      "strategies": {STRATEGY: {"global": {...}, "adapted": {...}}}}]}
 //   "open_source" and "local_only" of the summary come from the first run that has them (the open-source model is the
-//   same in every run; the local-only models of the runs are trained alike).
+//   same in every run, and a site reuses its local-only model across runs from the same base model).
 //
 // Thread safety: the functions are reentrant.
 #ifndef FEDTUNE_COORDINATOR_CLI_COMPARISON_REPORT_H_

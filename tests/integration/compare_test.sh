@@ -70,6 +70,11 @@ for site in ["site-a", "site-b"]:
             v = x["models"]["local_only"]["mean_auc"]
             if not (isinstance(v, float) and math.isfinite(v)):
                 problems.append(f"{site} x {strategy}: local-only mean AUC {v}")
+    # A site trains its local-only model once and reuses it for the next strategy (same base model and settings).
+    local = {cells[(site, s)]["models"]["local_only"]["digest"] for s in ["fedavg", "fedbn"]
+             if (site, s) in cells and cells[(site, s)]["models"]["local_only"] is not None}
+    if len(local) > 1:
+        problems.append(f"{site}: different local-only models across the runs: {local}")
     row = next(s for s in r["summary"] if s["site_id"] == site)
     for strategy in ["fedavg", "fedbn"]:
         if row["strategies"][strategy]["adapted"]["mean_auc"] is None:
