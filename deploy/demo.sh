@@ -20,12 +20,15 @@
 #   --bin DIR         programs directory (default build/bin)
 #   --fresh           delete the work directory first
 #   --prepare-only    stop after the PKI, the data and the open-source model (tests start their own processes)
+#   --compare LIST    instead of one FedAvg run, compare strategies (comma-separated: fedavg, fedbn, silobn, ditto):
+#                     `fedtune experiment` runs each in turn from the same open-source model, with the local-only
+#                     baseline, and writes one comparison report (comparison/comparison.html)
 # Every process the demo starts is stopped when it ends, fails or is interrupted (Ctrl-C).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 sites=3 rounds=5 local_epochs=2 size=64 arch=tiny images=1000 compression=fp32 seed=1 pretrain_epochs=10
-work="$root/build/demo" setup=1 bin="" fresh=0 prepare_only=0
+work="$root/build/demo" setup=1 bin="" fresh=0 prepare_only=0 compare=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --sites) sites="$2"; shift 2 ;;
@@ -42,7 +45,8 @@ while [[ $# -gt 0 ]]; do
     --bin) bin="$2"; shift 2 ;;
     --fresh) fresh=1; shift ;;
     --prepare-only) prepare_only=1; shift ;;
-    -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --compare) compare="$2"; shift 2 ;;
+    -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -50,6 +54,14 @@ done
 [[ "$rounds" =~ ^[1-9][0-9]*$ ]] || { echo "demo.sh: --rounds must be a positive integer" >&2; exit 2; }
 [[ "$pretrain_epochs" =~ ^[1-9][0-9]{0,2}$ ]] || { echo "demo.sh: --pretrain-epochs must be an integer from 1 to 999" >&2; exit 2; }
 [[ "$seed" =~ ^[1-9][0-9]{0,8}$ ]] || { echo "demo.sh: --seed must be an integer from 1 to 999999999" >&2; exit 2; }
+# One run per strategy: the sites serve that many runs.
+runs_per_site=1
+if [[ -n "$compare" ]]; then
+  [[ "$compare" =~ ^[A-Za-z]+(,[A-Za-z]+)*$ ]] ||
+    { echo "demo.sh: --compare takes strategy names separated by commas, e.g. fedavg,fedbn,siloBN,ditto" >&2; exit 2; }
+  IFS=, read -r -a strategies <<<"$compare"
+  runs_per_site=${#strategies[@]}
+fi
 case "$arch" in
   tiny) arch_flags=(--arch densenet_tiny --duo densenet_tiny --dropout 0.2); lr=0.05; batch=32 ;;
   solonet) arch_flags=(--arch solonet --duo densenet121 --dropout 0.8); lr=0.001; batch=88 ;;
@@ -192,7 +204,7 @@ site_key: "pki/$id.key"
 ca_cert: "../ca/ca.pem"
 work_dir: "work"
 heartbeat_seconds: 2
-exit_after_runs: 1
+exit_after_runs: $runs_per_site
 finetune {
   manifest: "data-$tag/manifest.csv"
   device: "cpu" threads: $threads loader_threads: 1 patience: 10 seed: $seed
@@ -217,7 +229,11 @@ for id in "${site_ids[@]}"; do "$bin/fedtune" sites approve "$id"; done
 # ---------------------------------------------------------------------------------------------------------------
 # Every run starts from the open-source model (not the latest global model of an earlier demo run), so that the
 # report's "open-source" column is what its name says.
-step "federated run: $rounds rounds x $local_epochs local epochs, FedAvg, $compression deltas"
+if [[ -n "$compare" ]]; then
+  step "strategy comparison: $compare, each $rounds rounds x $local_epochs local epochs, $compression deltas"
+else
+  step "federated run: $rounds rounds x $local_epochs local epochs, FedAvg, $compression deltas"
+fi
 cat > run.textproto <<CFG
 name: "demo"
 rounds: $rounds
@@ -230,6 +246,18 @@ aggregation: "fedavg"
 compression: "$compression"
 base_model: "$(sha256sum "$open_source" | cut -d' ' -f1)"
 CFG
+if [[ -n "$compare" ]]; then
+  # The same run once per strategy, one after the other (`fedtune experiment`), then one comparison report.
+  { echo "base {"; sed 's/^/  /' run.textproto; echo "}"
+    for s in "${strategies[@]}"; do echo "strategies: \"$s\""; done
+    echo "out_dir: \"comparison\""; echo "poll_seconds: 2"; } >experiment.textproto
+  experiment_rc=0
+  "$bin/fedtune" experiment --config experiment.textproto || experiment_rc=$?
+  echo "  comparison report: $work/comparison/comparison.html"
+  echo "demo: wall time $(( $(date +%s) - start_time )) s; work directory $work"
+  [[ $experiment_rc -eq 0 ]] || { echo "demo: the experiment did not complete (exit code $experiment_rc)" >&2; exit 1; }
+  exit 0
+fi
 run_id="$("$bin/fedtune" run start --config run.textproto)"
 echo "started run $run_id"
 watch_rc=0

@@ -161,6 +161,8 @@ nlohmann::ordered_json ComparisonReportToJson(const ComparisonReport& report) {
                                     {"mean_auc_a", Opt(report.mean_auc_a)},
                                     {"mean_auc_b", Opt(report.mean_auc_b)},
                                     {"wilcoxon", wilcoxon}};
+  if (report.mean_auc_ci_a) overall["mean_auc_a_ci95"] = Pair(report.mean_auc_ci_a);
+  if (report.mean_auc_ci_b) overall["mean_auc_b_ci95"] = Pair(report.mean_auc_ci_b);
   return {{"labels", labels}, {"overall", overall}};
 }
 

@@ -57,6 +57,11 @@ struct ComparisonReport {
   std::optional<double> mean_auc_a;
   std::optional<double> mean_auc_b;
   WilcoxonResult wilcoxon;  // Over AUC_a - AUC_b of those labels.
+  // 95% bootstrap confidence intervals of mean_auc_a / mean_auc_b over the cases (bootstrap.h). CompareModels leaves
+  // them nullopt (it does not know which entries of different labels are the same case); a caller that does fills
+  // them in (RunEvaluate).
+  std::optional<std::pair<double, double>> mean_auc_ci_a;
+  std::optional<std::pair<double, double>> mean_auc_ci_b;
 };
 
 // Computes the report. InvalidArgument (naming the label) when a label's
@@ -66,7 +71,8 @@ absl::StatusOr<ComparisonReport> CompareModels(const std::vector<LabelScores>& l
 
 // The report as JSON, with the field names of `fedtune stats compare` (see
 // docs/researcher-guide.md); undefined values are null and a "note" field says
-// why.
+// why. "overall" has "mean_auc_a_ci95" / "mean_auc_b_ci95" ([low, high]) only when
+// the intervals were computed.
 nlohmann::ordered_json ComparisonReportToJson(const ComparisonReport& report);
 
 // A fixed-width table for terminals: label, n+, n-, AUC a [CI], AUC b [CI],

@@ -21,6 +21,36 @@ cv::Point CornerOrigin(int corner, int n, int w, int h, int margin) {
   return {x, y};
 }
 
+// The scanner signature on a clamped image: intensity curve, correlated texture, grid stripes; clamped again.
+void ApplyScanner(const AppearanceParams& a, cv::Mat& img) {
+  const int n = img.rows;
+  const bool curve = a.scanner_gamma != 1 || a.scanner_gain != 1 || a.scanner_offset != 0;
+  if (!curve && a.texture_sigma <= 0 && a.stripe_amplitude <= 0) return;
+  if (a.scanner_gamma != 1) cv::pow(img, a.scanner_gamma, img);
+  if (a.scanner_gain != 1 || a.scanner_offset != 0) img.convertTo(img, CV_32F, a.scanner_gain, a.scanner_offset);
+  if (a.texture_sigma > 0) {
+    cv::Mat texture(n, n, CV_32F);
+    cv::RNG texture_rng(a.texture_seed);
+    texture_rng.fill(texture, cv::RNG::NORMAL, 0.0, 1.0);
+    const double sigma = std::max(0.5, a.texture_scale * n);
+    cv::GaussianBlur(texture, texture, cv::Size(0, 0), sigma, sigma, cv::BORDER_REFLECT);
+    // Smoothing shrinks white noise's spread by about 2 sqrt(pi) sigma; rescale to the texture's own spread so that
+    // texture_sigma is its standard deviation whatever the scale and image size.
+    cv::Scalar mean, stddev;
+    cv::meanStdDev(texture, mean, stddev);
+    if (stddev[0] > 0) img += (texture - mean[0]) * (a.texture_sigma / stddev[0]);
+  }
+  if (a.stripe_amplitude > 0) {
+    const double period = std::max(2.0, a.stripe_period * n);  // At least 2 px: finer stripes alias.
+    cv::Mat stripes(1, n, CV_32F);
+    for (int x = 0; x < n; ++x) {
+      stripes.at<float>(0, x) = static_cast<float>(a.stripe_amplitude * std::cos(6.283185307179586 * x / period));
+    }
+    for (int y = 0; y < n; ++y) img.row(y) += stripes;
+  }
+  cv::min(cv::max(img, 0.0), 1.0, img);
+}
+
 }  // namespace
 
 AppearanceParams DrawAppearance(const fedtune::v1::SynthProfile& profile, Rng& rng) {
@@ -57,6 +87,17 @@ AppearanceParams DrawAppearance(const fedtune::v1::SynthProfile& profile, Rng& r
   a.block_value = m.block_value();
   a.block_corner = (a.text_corner + 1 + rng.UniformInt(3)) % 4;  // Never on top of the text.
   a.sign_strength = Draw(rng, profile.has_sign_strength(), profile.sign_strength(), 1);
+  if (profile.has_scanner()) {  // Drawn last, so that the draws above are those of a profile without a scanner.
+    const auto& sc = profile.scanner();
+    a.scanner_gamma = sc.gamma() > 0 ? sc.gamma() : 1;
+    a.scanner_gain = sc.gain() > 0 ? sc.gain() : 1;
+    a.scanner_offset = sc.offset();
+    a.texture_sigma = sc.texture_sigma();
+    a.texture_scale = sc.texture_scale() > 0 ? sc.texture_scale() : 0.02;
+    a.stripe_amplitude = sc.stripe_amplitude();
+    a.stripe_period = sc.stripe_period() > 0 ? sc.stripe_period() : 0.05;
+    a.texture_seed = rng.Next();
+  }
   return a;
 }
 
@@ -92,6 +133,7 @@ cv::Mat ApplyAppearance(const cv::Mat& phantom, const AppearanceParams& a) {
     img += noise;
   }
   cv::min(cv::max(img, 0.0), 1.0, img);
+  ApplyScanner(a, img);
   auto px = [n](double f) { return static_cast<int>(std::lround(f * n)); };
   if (a.collimation) {
     const cv::Rect keep(px(a.collimation_inset[0]), px(a.collimation_inset[1]),

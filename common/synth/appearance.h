@@ -33,14 +33,20 @@ struct AppearanceParams {
   double block_size = 0, block_value = 1;
   int block_corner = 0;
   double sign_strength = 1;
+  // The scanner signature (SynthScanner; neutral values when the profile has none). Only texture_seed is drawn.
+  double scanner_gamma = 1, scanner_gain = 1, scanner_offset = 0;
+  double texture_sigma = 0, texture_scale = 0.02;
+  uint64_t texture_seed = 0;
+  double stripe_amplitude = 0, stripe_period = 0.05;
 };
 
-// Draws one image's parameters from a validated profile.
+// Draws one image's parameters from a validated profile. A profile without a scanner draws exactly what earlier
+// releases drew; with one, one more value (the texture's seed) is drawn last.
 AppearanceParams DrawAppearance(const fedtune::v1::SynthProfile& profile, Rng& rng);
 
-// Applies positioning, resolution loss, blur, contrast/brightness, gamma, inversion, noise, collimation, black
-// borders and burned-in markers, in that order, to a square CV_32F phantom with values in [0, 1]. Returns a new
-// CV_32F image of the same size, clamped to [0, 1]. Deterministic; thread-safe.
+// Applies positioning, resolution loss, blur, contrast/brightness, gamma, inversion, noise, the scanner's curve,
+// texture and stripes, collimation, black borders and burned-in markers, in that order, to a square CV_32F phantom with
+// values in [0, 1]. Returns a new CV_32F image of the same size, clamped to [0, 1]. Deterministic; thread-safe.
 cv::Mat ApplyAppearance(const cv::Mat& phantom, const AppearanceParams& params);
 
 }  // namespace fedtune::synth

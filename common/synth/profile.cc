@@ -119,6 +119,22 @@ absl::Status ValidateProfile(const SynthProfile& profile) {
   RETURN_IF_ERROR(c.Range("positioning.shift_y", pos.has_shift_y(), pos.shift_y(), -0.5, 0.5));
   RETURN_IF_ERROR(c.Range("positioning.rotation_deg", pos.has_rotation_deg(), pos.rotation_deg(), -90, 90));
   RETURN_IF_ERROR(c.Range("positioning.scale", pos.has_scale(), pos.scale(), 0, 4, /*lo_open=*/true));
+  if (profile.has_scanner()) {
+    const auto& sc = profile.scanner();
+    auto within = [&c](const char* field, double v, double lo, double hi) -> absl::Status {
+      if (!std::isfinite(v) || v < lo || v > hi) {
+        return c.Error(absl::StrCat("scanner.", field), absl::StrCat("must be in [", lo, ", ", hi, "], got ", v));
+      }
+      return absl::OkStatus();
+    };
+    RETURN_IF_ERROR(within("gamma", sc.gamma(), 0, 10));
+    RETURN_IF_ERROR(within("gain", sc.gain(), 0, 10));
+    RETURN_IF_ERROR(within("offset", sc.offset(), -1, 1));
+    RETURN_IF_ERROR(within("texture_sigma", sc.texture_sigma(), 0, 0.5));
+    RETURN_IF_ERROR(within("texture_scale", sc.texture_scale(), 0, 0.25));
+    RETURN_IF_ERROR(within("stripe_amplitude", sc.stripe_amplitude(), 0, 0.5));
+    RETURN_IF_ERROR(within("stripe_period", sc.stripe_period(), 0, 1));
+  }
   const auto& pop = profile.population();
   RETURN_IF_ERROR(c.Probability("population.male_fraction", pop.male_fraction()));
   RETURN_IF_ERROR(c.Probability("population.ap_fraction", pop.ap_fraction()));

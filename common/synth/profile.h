@@ -26,7 +26,8 @@ absl::StatusOr<fedtune::v1::SynthProfile> ParseProfile(absl::string_view text, a
 absl::StatusOr<fedtune::v1::SynthProfile> LoadProfile(const std::string& name_or_path);
 
 // Checks every field's range (probabilities in [0, 1], ranges with min <= max, gamma/scale/sign strength > 0,
-// resolution in (0, 1], known and unique label names, "No Finding" not listed). InvalidArgument naming the field.
+// resolution in (0, 1], the scanner's fields within the bounds synth_profile.proto gives, known and unique label
+// names, "No Finding" not listed). InvalidArgument naming the field.
 absl::Status ValidateProfile(const fedtune::v1::SynthProfile& profile);
 
 // The range's bounds with a neutral default for an absent message.

@@ -9,6 +9,7 @@
 #include "common/stats/compare_command.h"
 #include "common/synth/synth_command.h"
 #include "coordinator/cli/admin_commands.h"
+#include "coordinator/cli/experiment_command.h"
 
 int main(int argc, char** argv) {
   fedtune::InitLogging(argv[0]);
@@ -27,5 +28,7 @@ int main(int argc, char** argv) {
   commands.Add(fedtune::pki::MakePkiListCommand(std::cout));
   // Operator commands against the coordinator: sites, run, model export, report.
   for (fedtune::cli::Command& command : fedtune::admin::MakeAdminCommands()) commands.Add(std::move(command));
+  // Strategy comparison: experiment, report compare.
+  for (fedtune::cli::Command& command : fedtune::admin::MakeExperimentCommands()) commands.Add(std::move(command));
   return commands.Main(argc, argv);
 }

@@ -2,6 +2,7 @@
 
 #include <limits>
 #include <optional>
+#include <utility>
 
 namespace fedtune::agent {
 namespace {
@@ -31,6 +32,10 @@ v1::ModelEvaluation ModelEvaluationFrom(const stats::ComparisonReport& report, R
     out->set_specificity(summary.youden ? summary.youden->specificity : kNaN);
   }
   evaluation.set_mean_auc(OrNaN(side == ReportSide::kA ? report.mean_auc_a : report.mean_auc_b));
+  const std::optional<std::pair<double, double>>& ci =
+      side == ReportSide::kA ? report.mean_auc_ci_a : report.mean_auc_ci_b;
+  evaluation.set_mean_auc_ci_low(ci ? ci->first : kNaN);
+  evaluation.set_mean_auc_ci_high(ci ? ci->second : kNaN);
   return evaluation;
 }
 
@@ -60,6 +65,8 @@ void StripPerformance(v1::MetricsReport* report) {
   for (v1::ModelEvaluation& model : *report->mutable_models()) {
     model.clear_labels();
     model.clear_mean_auc();
+    model.clear_mean_auc_ci_low();
+    model.clear_mean_auc_ci_high();
   }
   report->clear_comparisons();
   report->clear_train_loss();

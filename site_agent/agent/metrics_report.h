@@ -2,8 +2,8 @@
 // the protocol's v1::ModelEvaluation / v1::ModelComparison, and the assembly of a v1::MetricsReport.
 //
 // Only aggregates go into these messages (per-label AUC, DeLong CI and p-value, Youden sensitivity/specificity,
-// case counts, mean AUC, Wilcoxon p); the types used here have no field for an image, a path or a per-case score.
-// Undefined statistics (a label with one class in the test split) are NaN.
+// case counts, mean AUC and its bootstrap CI, Wilcoxon p); the types used here have no field for an image, a path or a
+// per-case score. Undefined statistics (a label with one class in the test split) are NaN.
 //
 // With share_metrics = false a site still reports (the coordinator learns that the site finished the round or the
 // run, and how many test cases it has) but without any model performance: StripPerformance keeps run_id, round,
@@ -25,7 +25,8 @@ namespace fedtune::agent {
 enum class ReportSide { kA, kB };
 
 // One model's per-label results from `report` (labels in report order, with n_pos/n_neg), named `name`, with
-// `digest` (the checkpoint's weights_sha256) and the mean AUC over labels with both classes.
+// `digest` (the checkpoint's weights_sha256), the mean AUC over labels with both classes and its 95% bootstrap CI
+// (report.mean_auc_ci_a / _b; NaN when not computed).
 v1::ModelEvaluation ModelEvaluationFrom(const stats::ComparisonReport& report, ReportSide side, const std::string& name,
                                         const std::string& digest);
 

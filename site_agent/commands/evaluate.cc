@@ -19,6 +19,7 @@
 #include "common/model/checkpoint.h"
 #include "common/model/ensemble.h"
 #include "common/model/model_input.h"
+#include "common/stats/bootstrap.h"
 #include "common/status_macros.h"
 
 namespace fedtune::agent {
@@ -227,6 +228,11 @@ absl::StatusOr<EvaluateResult> RunEvaluate(const EvaluateOptions& options) {
   EvaluateResult result;
   result.images = static_cast<int64_t>(predictions.a.ids.size());
   ASSIGN_OR_RETURN(result.report, stats::CompareModels(cases.scores));
+  // The mean AUCs' bootstrap CIs: the cases are the prediction rows, so a case's labels are resampled together.
+  ASSIGN_OR_RETURN(const stats::MeanAucIntervals intervals,
+                   stats::BootstrapMeanAuc(cases.scores, cases.rows_of_label, predictions.a.ids.size()));
+  result.report.mean_auc_ci_a = intervals.a;
+  result.report.mean_auc_ci_b = intervals.b;
   eval::EvaluationHtmlInputs html;
   html.title = options.title;
   html.model_a_name = "Open-source (base) model";

@@ -1,6 +1,7 @@
 #include "site_agent/agent/metrics_report.h"
 
 #include <cmath>
+#include <utility>
 
 #include "gtest/gtest.h"
 
@@ -38,6 +39,21 @@ TEST(MetricsReportTest, ModelEvaluationCarriesPerLabelSummariesOnly) {
   EXPECT_EQ(a.labels(2).negatives(), 6);
   EXPECT_DOUBLE_EQ(a.mean_auc(), *report.mean_auc_a);
   EXPECT_DOUBLE_EQ(b.mean_auc(), *report.mean_auc_b);
+  // CompareModels computes no bootstrap CI: NaN, not 0 (which would read as an interval [0, 0]).
+  EXPECT_TRUE(std::isnan(a.mean_auc_ci_low()));
+  EXPECT_TRUE(std::isnan(b.mean_auc_ci_high()));
+}
+
+TEST(MetricsReportTest, MeanAucCiWhenComputed) {
+  stats::ComparisonReport report = Report();
+  report.mean_auc_ci_a = std::make_pair(0.61, 0.72);
+  report.mean_auc_ci_b = std::make_pair(0.65, 0.81);
+  const v1::ModelEvaluation a = ModelEvaluationFrom(report, ReportSide::kA, "open-source", "abc");
+  const v1::ModelEvaluation b = ModelEvaluationFrom(report, ReportSide::kB, "adapted", "def");
+  EXPECT_DOUBLE_EQ(a.mean_auc_ci_low(), 0.61);
+  EXPECT_DOUBLE_EQ(a.mean_auc_ci_high(), 0.72);
+  EXPECT_DOUBLE_EQ(b.mean_auc_ci_low(), 0.65);
+  EXPECT_DOUBLE_EQ(b.mean_auc_ci_high(), 0.81);
 }
 
 TEST(MetricsReportTest, ComparisonIsBAgainstA) {
@@ -64,7 +80,8 @@ TEST(MetricsReportTest, ComparisonIsBAgainstA) {
 }
 
 TEST(MetricsReportTest, StripPerformanceLeavesNoValues) {
-  const stats::ComparisonReport comparison = Report();
+  stats::ComparisonReport comparison = Report();
+  comparison.mean_auc_ci_a = std::make_pair(0.61, 0.72);
   v1::MetricsReport report;
   report.set_run_id("r");
   report.set_round(2);
@@ -81,6 +98,8 @@ TEST(MetricsReportTest, StripPerformanceLeavesNoValues) {
   EXPECT_EQ(report.models(0).name(), "global");
   EXPECT_EQ(report.models(0).labels_size(), 0);
   EXPECT_EQ(report.models(0).mean_auc(), 0);
+  EXPECT_EQ(report.models(0).mean_auc_ci_low(), 0);
+  EXPECT_EQ(report.models(0).mean_auc_ci_high(), 0);
   EXPECT_EQ(report.comparisons_size(), 0);
   EXPECT_EQ(report.validation_loss(), 0);
 }
