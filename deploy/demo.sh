@@ -20,12 +20,14 @@
 #   --bin DIR         programs directory (default build/bin)
 #   --fresh           delete the work directory first
 #   --prepare-only    stop after the PKI, the data and the open-source model (tests start their own processes)
+#   --cross-site      cross-site evaluation: every site shares its adapted model and evaluates the others' (the
+#                     consortium report's cross-site matrix)
 # Every process the demo starts is stopped when it ends, fails or is interrupted (Ctrl-C).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 sites=3 rounds=5 local_epochs=2 size=64 arch=tiny images=1000 compression=fp32 seed=1 pretrain_epochs=10
-work="$root/build/demo" setup=1 bin="" fresh=0 prepare_only=0
+work="$root/build/demo" setup=1 bin="" fresh=0 prepare_only=0 cross_site=false
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --sites) sites="$2"; shift 2 ;;
@@ -42,6 +44,7 @@ while [[ $# -gt 0 ]]; do
     --bin) bin="$2"; shift 2 ;;
     --fresh) fresh=1; shift ;;
     --prepare-only) prepare_only=1; shift ;;
+    --cross-site) cross_site=true; shift ;;
     -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -193,6 +196,7 @@ ca_cert: "../ca/ca.pem"
 work_dir: "work"
 heartbeat_seconds: 2
 exit_after_runs: 1
+share_adapted_model: $cross_site
 finetune {
   manifest: "data-$tag/manifest.csv"
   device: "cpu" threads: $threads loader_threads: 1 patience: 10 seed: $seed
@@ -229,6 +233,7 @@ batch_size: $batch
 aggregation: "fedavg"
 compression: "$compression"
 base_model: "$(sha256sum "$open_source" | cut -d' ' -f1)"
+cross_site_evaluation: $cross_site
 CFG
 run_id="$("$bin/fedtune" run start --config run.textproto)"
 echo "started run $run_id"
