@@ -357,8 +357,8 @@ void AppendCrossSiteSection(std::string* html, const CrossSiteMatrix& x) {
       }
       std::string mark;
       if (cell.significant()) {
-        mark = absl::StrCat(" <span class=\"sig\" title=\"", cell.better ? "better" : "worse",
-                            " than global, adjusted p = ", FormatP(cell.p_vs_global), "\">",
+        mark = absl::StrCat(" <span class=\"sig\" title=\"", cell.better ? "higher" : "lower",
+                            " AUC than global on its most significant label, adjusted p = ", FormatP(cell.p_vs_global), "\">",
                             cell.better ? "\u25B2" : "\u25BC", "</span>");
       }
       absl::StrAppend(html, "<td", diagonal ? " class=\"diag\"" : "", " style=\"", AucStyle(*cell.mean_auc),
@@ -371,8 +371,9 @@ void AppendCrossSiteSection(std::string* html, const CrossSiteMatrix& x) {
     absl::StrAppend(html, "<span class=\"swatch\" style=\"", AucStyle(auc), "\">", absl::StrFormat("%.1f", auc),
                     "</span>");
   }
-  absl::StrAppend(html, "; \u25B2 / \u25BC: better / worse than the global model at that site (adjusted p &lt; ",
-                  absl::StrFormat("%.2f", kSignificance), "); bold border: a site's own model on its own data; ",
+  absl::StrAppend(html, "; \u25B2 / \u25BC: the model differs from the global model at that site (adjusted p &lt; ",
+                  absl::StrFormat("%.2f", kSignificance), "), with a higher / lower AUC on the label of the smallest ",
+                  "p (the mean AUC may still move the other way); outlined: a site's own model on its own data; ",
                   "not shared: the site declined to share its adapted model (SiteAgentConfig.share_adapted_model); ",
                   "n/a: not evaluated there.</p>\n");
   if (!x.not_shared.empty()) {

@@ -152,6 +152,11 @@ for f in files:
             found.append((os.path.relpath(f, work), n.decode()))
 check(not found, f"no image path, file name or patient id in {len(files)} coordinator files ({found[:5]})")
 check(len(needles) > 100, f"{len(needles)} needles searched")
+# The search finds what is there: the site's own adapted checkpoint (kept at the site) names its data folder in its
+# provenance; the shared copy does not.
+own = open(glob.glob(f"{work}/site-a/xsite-work/adapted/*/model.ckpt")[0], "rb").read()
+data_dir = os.path.dirname(glob.glob(f"{work}/site-a/data-*/manifest.csv")[0]).encode()
+check(data_dir in own, "control: the site's own adapted checkpoint names its data folder")
 sys.exit(1 if failures else 0)
 PY
 echo "1 passed, 0 failed"
