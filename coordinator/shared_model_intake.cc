@@ -4,12 +4,12 @@
 // dispatches on the header's kind); once complete, the payload must be a fedtune checkpoint whose tensors have the
 // final global model's names, shapes and dtypes (common/fl/model_tensors.h) and finite values. It then becomes a
 // blob (moved, not copied), a model version and a row of shared_models, in one transaction.
+#include <ATen/ATen.h>
+
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <utility>
-
-#include <ATen/ATen.h>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
@@ -29,8 +29,8 @@ namespace {
 
 absl::Status CheckSharedHeader(const v1::UploadHeader& header, int64_t max_upload_bytes) {
   if (header.round() != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("adapted model upload: round ", header.round(),
-                                                   " must be 0 (run ", header.run_id(), ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("adapted model upload: round ", header.round(), " must be 0 (run ", header.run_id(), ")"));
   }
   if (header.total_bytes() < 1 || header.total_bytes() > max_upload_bytes) {
     return absl::InvalidArgumentError(absl::StrCat("adapted model upload: total_bytes ", header.total_bytes(),
@@ -133,8 +133,8 @@ absl::Status RoundManager::EndSharedModelUpload(const std::string& site_id, cons
   if (!target.claimed) return why;
   absl::MutexLock lock(&mu_);
   receiving_.erase(target.spool_path);
-  const bool open = active_ && active_->run.run_id == header.run_id() &&
-                    active_->run.state == RunState::kEvaluating && !active_->cross_stage;
+  const bool open = active_ && active_->run.run_id == header.run_id() && active_->run.state == RunState::kEvaluating &&
+                    !active_->cross_stage;
   // A protocol violation, a stage that moved on or nothing received: nothing worth resuming.
   if (why.code() == absl::StatusCode::kInvalidArgument || !open || SpoolDir::SizeOf(target.spool_path) == 0) {
     SpoolDir::Remove(target.spool_path);
@@ -150,8 +150,7 @@ absl::Status RoundManager::ValidateSharedModel(const std::string& path, const fl
   absl::StatusOr<model::Checkpoint> loaded = model::LoadCheckpoint(path);
   if (!loaded.ok()) {
     // The loader names the file; the site is told about its payload only.
-    const std::string detail =
-        absl::StrReplaceAll(loaded.status().message(), {{path + ": ", ""}, {path, "payload"}});
+    const std::string detail = absl::StrReplaceAll(loaded.status().message(), {{path + ": ", ""}, {path, "payload"}});
     const absl::StatusCode code = loaded.status().code() == absl::StatusCode::kResourceExhausted
                                       ? absl::StatusCode::kResourceExhausted
                                       : absl::StatusCode::kInvalidArgument;
@@ -166,10 +165,9 @@ absl::Status RoundManager::ValidateSharedModel(const std::string& path, const fl
     }
     const at::Tensor& t = it->second;
     if (t.sizes() != expected.sizes() || t.scalar_type() != expected.scalar_type()) {
-      return absl::InvalidArgumentError(absl::StrCat(what, ": tensor ", name, " has shape ", fl::ShapeString(t), " ",
-                                                     c10::toString(t.scalar_type()), ", the global model's is ",
-                                                     fl::ShapeString(expected), " ",
-                                                     c10::toString(expected.scalar_type())));
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, ": tensor ", name, " has shape ", fl::ShapeString(t), " ", c10::toString(t.scalar_type()),
+          ", the global model's is ", fl::ShapeString(expected), " ", c10::toString(expected.scalar_type())));
     }
     try {
       if (t.is_floating_point() && !at::isfinite(t).all().item<bool>()) {
@@ -268,8 +266,8 @@ absl::StatusOr<v1::UploadResponse> RoundManager::AcceptSharedModel(const std::st
   m.set_site_id(site_id);
   m.set_digest(*digest);
   m.set_bytes(header.total_bytes());
-  LOG(INFO) << "accepted the " << what << ": model version " << *digest << " (" << header.total_bytes()
-            << " bytes); " << active_->shared.size() << " shared model(s)";
+  LOG(INFO) << "accepted the " << what << ": model version " << *digest << " (" << header.total_bytes() << " bytes); "
+            << active_->shared.size() << " shared model(s)";
   response.set_message(absl::StrCat("adapted model shared for run ", header.run_id()));
   return response;
 }

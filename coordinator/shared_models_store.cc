@@ -20,9 +20,9 @@ absl::Status StateStore::InsertSharedModel(const SharedModelRecord& shared, cons
       return absl::AlreadyExistsError(absl::StrCat("site ", shared.site_id, " already shared its adapted model ",
                                                    digest, " for run ", shared.run_id));
     }
-    ASSIGN_OR_RETURN(store::Statement version, db_->Prepare(absl::StrCat("INSERT OR IGNORE INTO model_versions(",
-                                                                         schema::kModelColumns,
-                                                                         ") VALUES(?,?,?,?,?,?,?)")));
+    ASSIGN_OR_RETURN(store::Statement version,
+                     db_->Prepare(absl::StrCat("INSERT OR IGNORE INTO model_versions(", schema::kModelColumns,
+                                               ") VALUES(?,?,?,?,?,?,?)")));
     version.Bind(1, m.digest).Bind(2, m.parent_digest).Bind(3, m.path).Bind(4, m.run_id);
     version.Bind(5, static_cast<int64_t>(m.round)).Bind(6, m.bytes).Bind(7, m.created_ms);
     RETURN_IF_ERROR(version.Run());

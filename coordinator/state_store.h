@@ -19,7 +19,8 @@
 //   updates(id PK, run_id, round, attempt, site_id, sha256, bytes, num_samples, l2_norm, train_loss,
 //           validation_loss, status 'accepted'|'refused', message, spool_path, received_ms);
 //           UNIQUE (run_id, round, attempt, site_id) WHERE status = 'accepted'.
-//   metrics(id PK, run_id, round, site_id, kind 'round'|'final'|'cross_site', report BLOB (serialized v1.MetricsReport),
+//   metrics(id PK, run_id, round, site_id, kind 'round'|'final'|'cross_site', report BLOB (serialized
+//           v1.MetricsReport),
 //           received_ms)
 //   transfers(run_id, site_id, bytes_down, bytes_up; PK(run_id, site_id)); run_id '' for transfers outside a run.
 //   audit_log(id PK, time_ms, rpc, peer_cn, serial, peer_address, role, decision 'allow'|'deny', code (gRPC code

@@ -358,7 +358,8 @@ void AppendCrossSiteSection(std::string* html, const CrossSiteMatrix& x) {
       std::string mark;
       if (cell.significant()) {
         mark = absl::StrCat(" <span class=\"sig\" title=\"", cell.better ? "higher" : "lower",
-                            " AUC than global on its most significant label, adjusted p = ", FormatP(cell.p_vs_global), "\">",
+                            " AUC than global on its most significant label, adjusted p = ", FormatP(cell.p_vs_global),
+                            "\">",
                             cell.better ? "\u25B2" : "\u25BC", "</span>");
       }
       absl::StrAppend(html, "<td", diagonal ? " class=\"diag\"" : "", " style=\"", AucStyle(*cell.mean_auc),

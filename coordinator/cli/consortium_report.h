@@ -7,7 +7,8 @@
 // adapted vs global), the per-round MetricsReports (kind "round": train/validation loss, models "global" and
 // "local"), the run's RunStatus (rounds, updates, bytes) and, for cross-site evaluation, each site's MetricsReport
 // of kind "cross_site" (ModelEvaluations named after the OTHER sites whose shared adapted models were evaluated
-// there; a final report's evaluations named after another site count too) and RunReport.shared_models. Missing pieces (a site without a final evaluation, a label without an AUC) print as "n/a"
+// there; a final report's evaluations named after another site count too) and RunReport.shared_models. Missing
+// pieces (a site without a final evaluation, a label without an AUC) print as "n/a"
 // (JSON null); nothing here fails on partial data.
 //
 // report.json layout (format "fedtune-consortium-report-v1"; keys are stable, numbers that are undefined are null):

@@ -346,7 +346,8 @@ absl::StatusOr<v1::UploadResponse> CoordinatorClient::UploadUpdate(const UploadR
   while (true) {
     if (cancelled && cancelled()) return absl::CancelledError(absl::StrCat("upload of the ", what, " cancelled"));
     absl::StatusOr<v1::UploadResponse> result;
-    absl::StatusOr<v1::UploadOffsetResponse> held = GetUploadOffset(request.run_id, request.round, request.sha256, request.kind);
+    absl::StatusOr<v1::UploadOffsetResponse> held =
+        GetUploadOffset(request.run_id, request.round, request.sha256, request.kind);
     if (held.ok()) {
       if (held->accepted()) {
         v1::UploadResponse response;

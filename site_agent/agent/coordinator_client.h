@@ -5,10 +5,11 @@
 //    the bytes arrive; after a broken stream the download resumes from the .part file's size (also across agent
 //    restarts: the bytes held are then read once); when complete its SHA-256 must equal the digest (the file is
 //    then renamed to <dir>/<digest>.ckpt), otherwise the .part file is removed and DATA_LOSS returned.
-//  - UploadUpdate: GetUploadOffset(run, round, sha256, kind) says what the coordinator already holds durably (or that the
-//    update was accepted before: nothing is sent); the stream then sends UploadHeader{offset} and a
+//  - UploadUpdate: GetUploadOffset(run, round, sha256, kind) says what the coordinator already holds durably (or that
+//    the payload was accepted before: nothing is sent); the stream then sends UploadHeader{offset, kind} and a
 //    net::ChunkSender sends the file's bytes from that offset in chunk_bytes pieces. After a broken stream the next
-//    attempt asks for the offset again.
+//    attempt asks for the offset again. The kind (UploadRequest.kind) is a round's update or the site's adapted
+//    model (cross-site evaluation).
 //
 // Retries: an attempt that fails with UNAVAILABLE, DEADLINE_EXCEEDED or RESOURCE_EXHAUSTED (the coordinator is busy:
 // its per-site call limits, thread quota or spool limits) is repeated after a backoff that starts at

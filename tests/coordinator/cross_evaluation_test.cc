@@ -10,6 +10,7 @@
 #include "common/io/file_util.h"
 #include "common/io/sha256.h"
 #include "coordinator/round_manager.h"
+#include "coordinator/spool_dir.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "site_agent/commands/model_init.h"
@@ -219,6 +220,52 @@ TEST_F(CrossEvaluationTest, SharedModelsThenCrossStageThenCompleted) {
   ASSERT_EQ(report->sites(0).metrics_size(), 2);  // final, then cross_site.
   EXPECT_EQ(report->sites(0).metrics(0).kind(), "final");
   EXPECT_EQ(report->sites(0).metrics(1).kind(), "cross_site");
+}
+
+TEST_F(CrossEvaluationTest, AnInterruptedUploadResumesAcrossARestart) {
+  const std::string run = EvaluatingRun();
+  const std::string payload = AdaptedModel(51);
+  v1::UploadHeader header;
+  header.set_run_id(run);
+  header.set_kind(v1::UPLOAD_KIND_ADAPTED_MODEL);
+  header.set_total_bytes(static_cast<int64_t>(payload.size()));
+  header.set_sha256(io::Sha256Hex(payload));
+  absl::StatusOr<UploadTarget> target = manager_->BeginSharedModelUpload("site-a", header);
+  ASSERT_TRUE(target.ok()) << target.status();
+  ASSERT_TRUE(target->claimed);
+  EXPECT_EQ(manager_->BeginSharedModelUpload("site-a", header).status().code(), absl::StatusCode::kAborted);
+  const size_t half = payload.size() / 2;
+  ASSERT_TRUE(io::WriteFileAtomically(target->spool_path, payload.substr(0, half)).ok());
+  const absl::Status broken = absl::FailedPreconditionError("stream ended early");
+  EXPECT_EQ(manager_->EndSharedModelUpload("site-a", header, *target, broken).code(), broken.code());
+
+  // The coordinator restarts; GetUploadOffset's target still holds the first half.
+  Restart();
+  absl::StatusOr<UploadTarget> again = manager_->PrepareSharedModelUpload("site-a", run, 0, header.sha256());
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_FALSE(again->accepted);
+  EXPECT_EQ(again->spool_path, target->spool_path);
+  EXPECT_EQ(SpoolDir::SizeOf(again->spool_path), static_cast<int64_t>(half));
+  header.set_offset(static_cast<int64_t>(half));
+  absl::StatusOr<UploadTarget> resumed = manager_->BeginSharedModelUpload("site-a", header);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  ASSERT_TRUE(io::WriteFileAtomically(resumed->spool_path, payload).ok());
+  absl::StatusOr<v1::UploadResponse> accepted =
+      manager_->AcceptSharedModel("site-a", header, *resumed, io::Sha256Hex(payload));
+  ASSERT_TRUE(accepted.ok()) << accepted.status();
+  EXPECT_TRUE(manager_->PrepareSharedModelUpload("site-a", run, 0, header.sha256())->accepted);
+
+  // A tampered payload is refused and its bytes dropped.
+  const std::string other = AdaptedModel(52);
+  header.set_offset(0);
+  header.set_sha256(io::Sha256Hex(other));
+  header.set_total_bytes(static_cast<int64_t>(other.size()));
+  absl::StatusOr<UploadTarget> b = manager_->BeginSharedModelUpload("site-b", header);
+  ASSERT_TRUE(b.ok()) << b.status();
+  ASSERT_TRUE(io::WriteFileAtomically(b->spool_path, other).ok());
+  EXPECT_EQ(manager_->AcceptSharedModel("site-b", header, *b, std::string(64, '0')).status().code(),
+            absl::StatusCode::kDataLoss);
+  EXPECT_FALSE(std::filesystem::exists(b->spool_path));
 }
 
 TEST_F(CrossEvaluationTest, RefusesWhatIsNotTheGlobalModelsArchitecture) {
