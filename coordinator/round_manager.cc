@@ -608,7 +608,7 @@ absl::Status RoundManager::Tick() {
   }
   if (active_->run.state == RunState::kEvaluating && active_->cross_stage) {
     if (now >= active_->cross_deadline_ms) return FinishEvaluationLocked("cross-site evaluation deadline passed");
-    return absl::OkStatus();
+    return MaybeFinishCrossEvaluationLocked();  // E.g. the last site still waited for was revoked meanwhile.
   }
   if (active_->run.state == RunState::kEvaluating && now >= active_->run.evaluation_deadline_ms) {
     return EndFinalEvaluationLocked("deadline passed");

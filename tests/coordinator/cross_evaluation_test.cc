@@ -319,6 +319,17 @@ TEST_F(CrossEvaluationTest, StageEndsAtItsDeadlineAndWithoutSharedModelsAtOnce) 
   EXPECT_EQ(Run(run).state, federation::RunState::kCompleted);
 }
 
+TEST_F(CrossEvaluationTest, ARevokedSiteIsNotWaitedFor) {
+  const std::string run = EvaluatingRun();
+  ASSERT_TRUE(Share("site-a", run, AdaptedModel(61)).ok());
+  for (const char* s : {"site-a", "site-b", "site-c"}) ASSERT_TRUE(Report(s, run, "final").ok());
+  ASSERT_TRUE(Report("site-b", run, "cross_site").ok());
+  EXPECT_EQ(Run(run).state, federation::RunState::kEvaluating);  // site-c has site-a's model to evaluate.
+  ASSERT_TRUE(store_->SetSiteStatus("site-c", federation::SiteStatus::kRevoked, false, 0).ok());
+  ASSERT_TRUE(manager_->Tick().ok());
+  EXPECT_EQ(Run(run).state, federation::RunState::kCompleted);
+}
+
 TEST_F(CrossEvaluationTest, RunWithoutCrossSiteEvaluationTakesNone) {
   const std::string run = EvaluatingRun(/*cross_site=*/false);
   EXPECT_FALSE(manager_->NextTask("site-a")->cross_site_evaluation());
