@@ -271,8 +271,11 @@ absl::StatusOr<v1::RunStatus> RoundManager::AbortRun(const std::string& run_id, 
     }
     const RunTransition t = AbortTransition(*active_, reason, NowMs());
     RETURN_IF_ERROR(store_->ApplyTransition(t));
-    if (active_->run.state == RunState::kRunning)
+    if (active_->run.state == RunState::kRunning) {
       spool_.RemoveAttempt(id, active_->round.round, active_->round.attempt);
+    } else {
+      spool_.RemoveAttempt(id, 0, 0);  // Partial adapted-model uploads (cross-site evaluation).
+    }
     LOG(INFO) << "run " << id << " " << t.run.message;
     RETURN_IF_ERROR(AdvanceLocked(t));
   }

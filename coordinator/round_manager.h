@@ -67,7 +67,8 @@
 //
 // Memory: the global model, the aggregator (FedAvg: one running sum; trimmed mean and median spill the deltas to
 // <state_dir>/spill/, see ActiveRun) and one decoded tensor of one upload at a time: a delta is validated, then
-// added, tensor by tensor from its spool file, never whole in memory (upload_intake.cc).
+// added, tensor by tensor from its spool file, never whole in memory (upload_intake.cc). A shared adapted model is
+// loaded whole (one model) while it is checked against the global model (shared_model_intake.cc).
 //
 // Thread safety: thread-safe. Uploads are decoded one at a time (an internal mutex).
 #ifndef FEDTUNE_COORDINATOR_ROUND_MANAGER_H_
