@@ -20,7 +20,9 @@
 //  EVALUATE (final): download the open-source (base) and final global models, evaluate open-source vs global,
 //   open-source vs adapted and global vs adapted on the test split (reports under <work_dir>/reports/<r>/), and
 //   ReportMetrics kind "final", round 0, with the models "open-source", "global", "adapted" (the adapted model is
-//   left out when the site never trained in this run). The run is then finished for the site, unless the run has
+//   left out when the site never trained in this run). With the plan's local_only_baseline, also the model
+//   "local-only" (local_baseline.h: the base model fine-tuned on the site's data alone) and the comparisons of the
+//   open-source, global and adapted models with it. The run is then finished for the site, unless the run has
 //   cross-site evaluation: then the site shares its adapted model first when it consents (adapted_model_shared in
 //   the final report) and the run is finished after its CROSS_EVALUATE task (cross_evaluation.h) or when the
 //   coordinator lists it in Task.ended_runs.
@@ -118,6 +120,13 @@ class FederatedAgent {
   absl::StatusOr<v1::MetricsReport> EvaluateRound(const TrainRound& round);
   absl::Status KeepAdapted(const TrainRound& round);
   absl::Status RunEvaluateTask(const v1::Task& task, Heartbeater& heartbeat);
+  // The final evaluation's local-only baseline (local_baseline.h): trains (or reuses) it, evaluates it against the
+  // open-source model and compares the global and (when `adapted_path` is set) adapted models with it on the test
+  // split of RunEvaluateTask (reports under <work_dir>/reports/<run>/): adds the model "local-only" and the
+  // comparisons open-source vs local-only, local-only vs global and local-only vs adapted to `report`.
+  absl::Status EvaluateLocalOnly(const v1::Task& task, const std::string& base_path, const std::string& base_digest,
+                                 const std::string& global_path, const std::string& adapted_path,
+                                 Heartbeater& heartbeat, v1::MetricsReport* report);
   // Records the run as finished (once) and counts it.
   absl::Status FinishRun(const std::string& run_id, const std::string& how);
 
