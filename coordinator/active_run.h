@@ -19,6 +19,7 @@
 #include "common/model/checkpoint.h"
 #include "coordinator/blob_store.h"
 #include "coordinator/state_store.h"
+#include "fedtune/v1/federation.pb.h"
 
 namespace fedtune::coordinator {
 
@@ -38,6 +39,12 @@ struct ActiveRun {
   bool fedadam_stale = false;
   std::map<std::string, std::string> accepted;  // Site -> sha256 of its accepted update in the open attempt.
   std::set<std::string> finals;                 // Sites that sent their final MetricsReport (evaluating).
+  // Cross-site evaluation (round_manager.h): the run is in its cross-evaluation stage (evaluating), until
+  // cross_deadline_ms; the sites that sent their "cross_site" report; the adapted models shared, by site.
+  bool cross_stage = false;
+  int64_t cross_deadline_ms = 0;
+  std::set<std::string> cross_done;
+  std::map<std::string, v1::SharedModel> shared;
   // A partial upload of the open attempt: a spool file not accepted, being received or kept for a resume.
   struct Partial {
     std::string site_id;

@@ -166,7 +166,10 @@ absl::Status RoundManager::RebuildPartialsLocked() {
 
 absl::Status RoundManager::Recover() {
   ASSIGN_OR_RETURN(std::optional<RunRecord> run, store_->ActiveRun());
-  if (!run || run->state != RunState::kRunning) spool_.RemoveAllBut("", 0, 0);
+  // An evaluating run keeps its partial adapted-model uploads (round 0, attempt 0) for a resume.
+  if (!run || run->state != RunState::kRunning) {
+    spool_.RemoveAllBut(run && run->state == RunState::kEvaluating ? run->run_id : "", 0, 0);
+  }
   // Spill files are the aggregators' own; the open attempt's is rebuilt from the spool files below.
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(SpillDir(), ec)) {
@@ -196,6 +199,7 @@ absl::Status RoundManager::Recover() {
     for (const MetricsRecord& m : metrics) {
       if (m.kind == "final") active_->finals.insert(m.site_id);
     }
+    RETURN_IF_ERROR(RecoverCrossEvaluationLocked());
     LOG(INFO) << "recovered run " << run->run_id << " in final evaluation";
   }
   return absl::OkStatus();
@@ -267,8 +271,11 @@ absl::StatusOr<v1::RunStatus> RoundManager::AbortRun(const std::string& run_id, 
     }
     const RunTransition t = AbortTransition(*active_, reason, NowMs());
     RETURN_IF_ERROR(store_->ApplyTransition(t));
-    if (active_->run.state == RunState::kRunning)
+    if (active_->run.state == RunState::kRunning) {
       spool_.RemoveAttempt(id, active_->round.round, active_->round.attempt);
+    } else {
+      spool_.RemoveAttempt(id, 0, 0);  // Partial adapted-model uploads (cross-site evaluation).
+    }
     LOG(INFO) << "run " << id << " " << t.run.message;
     RETURN_IF_ERROR(AdvanceLocked(t));
   }
@@ -321,6 +328,7 @@ absl::StatusOr<v1::Task> RoundManager::NextTaskLocked(const std::string& site_id
     SetPersonalization(c, plan);
     return task;
   }
+  if (a.run.state == RunState::kEvaluating && a.cross_stage) return CrossEvaluateTaskLocked(site_id, std::move(task));
   if (a.run.state == RunState::kEvaluating && a.finals.count(site_id) == 0) {
     task.set_kind(v1::Task::EVALUATE);
     task.set_round(0);
@@ -436,17 +444,24 @@ absl::StatusOr<v1::HeartbeatResponse> RoundManager::Heartbeat(const std::string&
 }
 
 absl::Status RoundManager::ReportMetrics(const std::string& site_id, const v1::MetricsReport& report) {
-  if (report.kind() != "round" && report.kind() != "final") {
-    return absl::InvalidArgumentError(absl::StrCat("metrics kind '", report.kind(), "' is not 'round' or 'final'"));
+  const bool cross = report.kind() == "cross_site";
+  if (report.kind() != "round" && report.kind() != "final" && !cross) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("metrics kind '", report.kind(), "' is not 'round', 'final' or 'cross_site'"));
   }
   ASSIGN_OR_RETURN(RunRecord run, store_->GetRun(report.run_id()));
   if (std::find(run.sites.begin(), run.sites.end(), site_id) == run.sites.end()) {
     return absl::PermissionDeniedError(absl::StrCat("site ", site_id, " is not selected for run ", report.run_id()));
   }
-  RETURN_IF_ERROR(CheckRound(report.round(), report.kind() == "final" ? 0 : 1, run));
+  RETURN_IF_ERROR(CheckRound(report.round(), report.kind() == "round" ? 1 : 0, run));
+  if (cross && (report.round() != 0 || !run.config.cross_site_evaluation())) {
+    return absl::InvalidArgumentError(absl::StrCat("a 'cross_site' report must have round 0 and a run with ",
+                                                   "cross_site_evaluation (run ", report.run_id(), ", round ",
+                                                   report.round(), ")"));
+  }
   MetricsRecord record;
   record.run_id = report.run_id();
-  record.round = report.kind() == "final" ? 0 : report.round();
+  record.round = report.kind() == "round" ? report.round() : 0;
   record.site_id = site_id;
   record.kind = report.kind();
   record.report = report;
@@ -458,8 +473,12 @@ absl::Status RoundManager::ReportMetrics(const std::string& site_id, const v1::M
     active_->finals.insert(site_id);
     ASSIGN_OR_RETURN(std::set<std::string> eligible, EligibleSitesLocked());
     if (std::includes(active_->finals.begin(), active_->finals.end(), eligible.begin(), eligible.end())) {
-      RETURN_IF_ERROR(FinishEvaluationLocked("every site sent its final evaluation"));
+      if (!active_->cross_stage) RETURN_IF_ERROR(EndFinalEvaluationLocked("every site sent its final evaluation"));
     }
+  }
+  if (cross && active_ && active_->run.run_id == report.run_id() && active_->run.state == RunState::kEvaluating) {
+    active_->cross_done.insert(site_id);
+    if (active_->cross_stage) RETURN_IF_ERROR(MaybeFinishCrossEvaluationLocked());
   }
   return absl::OkStatus();
 }
@@ -574,6 +593,7 @@ absl::Status RoundManager::FailAttemptLocked() {
 absl::Status RoundManager::FinishEvaluationLocked(const std::string& message) {
   const RunTransition t = FinishEvaluationTransition(*active_, message, NowMs());
   RETURN_IF_ERROR(store_->ApplyTransition(t));
+  spool_.RemoveAttempt(t.run.run_id, 0, 0);  // Partial adapted-model uploads.
   LOG(INFO) << "run " << t.run.run_id << " " << t.run.message;
   return AdvanceLocked(t);
 }
@@ -589,8 +609,12 @@ absl::Status RoundManager::Tick() {
     }
     return FailAttemptLocked();
   }
+  if (active_->run.state == RunState::kEvaluating && active_->cross_stage) {
+    if (now >= active_->cross_deadline_ms) return FinishEvaluationLocked("cross-site evaluation deadline passed");
+    return MaybeFinishCrossEvaluationLocked();  // E.g. the last site still waited for was revoked meanwhile.
+  }
   if (active_->run.state == RunState::kEvaluating && now >= active_->run.evaluation_deadline_ms) {
-    return FinishEvaluationLocked("deadline passed");
+    return EndFinalEvaluationLocked("deadline passed");
   }
   return absl::OkStatus();
 }

@@ -16,6 +16,22 @@
 //   it sends its MetricsReport of kind "final"; the run completes when all have, or at the evaluation deadline
 //   (now + round_deadline_seconds when evaluation began). AbortRun marks the run and its open round "aborted".
 //
+// Cross-site evaluation (RunConfig.cross_site_evaluation; shared_model_intake.cc, cross_evaluation_stage.cc): while
+// the run is "evaluating", a consenting site uploads its adapted model (UploadHeader.kind UPLOAD_KIND_ADAPTED_MODEL,
+// round 0) through the same spool, claim and resume machinery as updates (spool file r0-a0-<site>-<sha256>.upload).
+// It is accepted when it is a fedtune checkpoint with the final global model's tensors (names, shapes, dtypes;
+// finite values), at most max_upload_bytes; it becomes a blob and a model version (run_id = the run, round 0, parent
+// = the final global model), so that the run's sites may download it (CheckModelAccess), and a row of
+// shared_models: one per site and run (the same payload again is accepted, another one AlreadyExists).
+// When every eligible site has sent its "final" report, or the evaluation deadline passes, a run with
+// cross_site_evaluation enters its cross-evaluation STAGE instead of completing: RunState stays "evaluating"; the
+// stage is recorded in cross_evaluations (started, deadline = start + round_deadline_seconds) and survives a
+// restart. Each eligible site that sent its final report and has not sent its "cross_site" report gets a
+// CROSS_EVALUATE task (model_digest = final global model, the base model, shared_models = the OTHER sites' shared
+// models); a site with nothing to evaluate (no other site shared) gets no task and is not waited for. The run
+// completes when no site is left to wait for, or at the stage's deadline. Shared models are accepted until the
+// stage begins (FailedPrecondition afterwards).
+//
 // Files under state_dir:
 //   spool/<run>/r<round>-a<attempt>-<site>-<sha256>.upload  an upload being received or accepted; kept (fsynced)
 //       while its round is open so that a restart can rebuild the aggregator, removed when the round closes or
@@ -51,7 +67,8 @@
 //
 // Memory: the global model, the aggregator (FedAvg: one running sum; trimmed mean and median spill the deltas to
 // <state_dir>/spill/, see ActiveRun) and one decoded tensor of one upload at a time: a delta is validated, then
-// added, tensor by tensor from its spool file, never whole in memory (upload_intake.cc).
+// added, tensor by tensor from its spool file, never whole in memory (upload_intake.cc). A shared adapted model is
+// loaded whole (one model) while it is checked against the global model (shared_model_intake.cc).
 //
 // Thread safety: thread-safe. Uploads are decoded one at a time (an internal mutex).
 #ifndef FEDTUNE_COORDINATOR_ROUND_MANAGER_H_
@@ -62,6 +79,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -122,6 +140,22 @@ class RoundManager {
   absl::StatusOr<v1::RunStatus> GetRunStatus(const std::string& run_id);
   absl::StatusOr<v1::RunReport> GetRunReport(const std::string& run_id);
 
+  // ---- Cross-site evaluation: the upload of a site's adapted model (UploadKind UPLOAD_KIND_ADAPTED_MODEL), with the
+  // contracts of PrepareUpload, BeginUpload, EndUpload and AcceptUpload, except: round must be 0 (InvalidArgument);
+  // num_samples and the losses are not read; FailedPrecondition unless the run is active, "evaluating", has
+  // cross_site_evaluation and has not entered its cross-evaluation stage; accepted = true when this payload was
+  // shared before; AlreadyExists when the site shared another payload in this run; Aborted when another stream of
+  // the site is receiving an adapted model; InvalidArgument for a payload that is not a fedtune checkpoint with the
+  // final global model's tensor names, shapes and dtypes, or holds NaN/Inf. A site keeps one partial upload: a new
+  // payload supersedes the others. Messages name site and run, never a server path.
+  absl::StatusOr<UploadTarget> PrepareSharedModelUpload(const std::string& site_id, const std::string& run_id,
+                                                        int round, const std::string& sha256);
+  absl::StatusOr<UploadTarget> BeginSharedModelUpload(const std::string& site_id, const v1::UploadHeader& header);
+  absl::Status EndSharedModelUpload(const std::string& site_id, const v1::UploadHeader& header,
+                                    const UploadTarget& target, absl::Status why);
+  absl::StatusOr<v1::UploadResponse> AcceptSharedModel(const std::string& site_id, const v1::UploadHeader& header,
+                                                       const UploadTarget& target, const std::string& received_sha256);
+
   // ---- Sites (site_id is the authenticated certificate CN)
   // The site's task now (kind NONE when there is nothing to do). Every task also lists in ended_runs the ended
   // runs (completed, failed, aborted) among the 20 most recent that selected the site.
@@ -135,8 +169,10 @@ class RoundManager {
   // train_loss that is not finite; OutOfRange for a round beyond the active run's rounds.
   absl::StatusOr<v1::HeartbeatResponse> Heartbeat(const std::string& site_id, const v1::HeartbeatRequest& request);
   // Stores a MetricsReport. PermissionDenied when the site is not selected for the run; NotFound for an unknown
-  // run; InvalidArgument for a kind other than "round" / "final", or a round < 1 ("round") or < 0 ("final");
-  // OutOfRange for a round beyond the run's rounds. A "final" report can complete the run.
+  // run; InvalidArgument for a kind other than "round" / "final" / "cross_site", a round < 1 ("round") or < 0
+  // ("final"), or a "cross_site" report with a round other than 0 or of a run without cross_site_evaluation;
+  // OutOfRange for a round beyond the run's rounds. "final" and "cross_site" reports are stored as round 0. A "final"
+  // report can complete the run or start its cross-evaluation stage; a "cross_site" report can complete the run.
   absl::Status ReportMetrics(const std::string& site_id, const v1::MetricsReport& report);
   // Whether `site_id` may download model version `digest`: OK when the digest is the base model of, or was made by,
   // a run the site is selected for; PermissionDenied naming site and digest otherwise (unknown digests included).
@@ -249,6 +285,27 @@ class RoundManager {
   absl::Status CloseRoundOnceLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status FailAttemptLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status FinishEvaluationLocked(const std::string& message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // ---- Cross-site evaluation (shared_model_intake.cc, cross_evaluation_stage.cc)
+  absl::StatusOr<UploadTarget> PrepareSharedModelLocked(const std::string& site_id, const std::string& run_id,
+                                                        int round, const std::string& sha256)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Checks a complete spool file: a checkpoint with the global model's tensors (called without mu_).
+  absl::Status ValidateSharedModel(const std::string& path, const fl::TensorMap& global, const std::string& what)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // The final evaluation ended (every site reported, or its deadline): the cross-evaluation stage begins when the run
+  // has cross_site_evaluation, otherwise the run completes.
+  absl::Status EndFinalEvaluationLocked(const std::string& message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status StartCrossEvaluationLocked(const std::string& message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Completes the run when no site is left to wait for in the stage.
+  absl::Status MaybeFinishCrossEvaluationLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The shared models `site_id` evaluates in the stage (the other sites'); empty when it has nothing to do.
+  std::vector<v1::SharedModel> CrossModelsForLocked(const std::string& site_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `task` (run fields filled) as the site's CROSS_EVALUATE task, or NONE.
+  absl::StatusOr<v1::Task> CrossEvaluateTaskLocked(const std::string& site_id, v1::Task task)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Reloads the stage, the shared models and the sites done from the database (Recover).
+  absl::Status RecoverCrossEvaluationLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   StateStore* const store_;
   BlobStore* const blobs_;

@@ -131,6 +131,13 @@ absl::StatusOr<v1::RunReport> BuildRunReport(StateStore& store, const std::strin
       if (m.site_id == site_id) *s->add_metrics() = m.report;
     }
   }
+  ASSIGN_OR_RETURN(std::vector<SharedModelRecord> shared, store.ListSharedModels(id));
+  for (const SharedModelRecord& r : shared) {
+    v1::SharedModel* m = report.add_shared_models();
+    m->set_site_id(r.site_id);
+    m->set_digest(r.digest);
+    m->set_bytes(r.bytes);
+  }
   return report;
 }
 

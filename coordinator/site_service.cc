@@ -210,7 +210,10 @@ grpc::Status SiteServiceImpl::DoGetUploadOffset(grpc::CallbackServerContext* con
       Admit(*context, kRpc, Access::kApprovedSite, false, &slot, request->run_id(), request->round());
   if (!peer.ok()) return Reply(peer.status(), kRpc, "");
   absl::StatusOr<UploadTarget> target =
-      rounds_->PrepareUpload(peer->common_name, request->run_id(), request->round(), request->sha256());
+      request->kind() == v1::UPLOAD_KIND_ADAPTED_MODEL
+          ? rounds_->PrepareSharedModelUpload(peer->common_name, request->run_id(), request->round(),
+                                              request->sha256())
+          : rounds_->PrepareUpload(peer->common_name, request->run_id(), request->round(), request->sha256());
   if (!target.ok()) {
     authorizer_->Audit(*context, kRpc, *peer, target.status(), request->run_id(), request->round());
     return Reply(target.status(), kRpc, peer->common_name);

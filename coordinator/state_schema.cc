@@ -63,6 +63,14 @@ ALTER TABLE sites ADD COLUMN key_pinned_ms INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE sites ADD COLUMN offered_key_sha256 TEXT NOT NULL DEFAULT '';
 ALTER TABLE sites ADD COLUMN offered_serial TEXT NOT NULL DEFAULT '';
 )sql"},
+    // Cross-site evaluation (issue 13): the adapted models sites shared, and the run's cross-evaluation stage.
+    {3, R"sql(
+CREATE TABLE shared_models(
+  run_id TEXT NOT NULL, site_id TEXT NOT NULL, digest TEXT NOT NULL, bytes INTEGER NOT NULL,
+  received_ms INTEGER NOT NULL, PRIMARY KEY(run_id, site_id));
+CREATE TABLE cross_evaluations(
+  run_id TEXT PRIMARY KEY, started_ms INTEGER NOT NULL, deadline_ms INTEGER NOT NULL);
+)sql"},
 };
 
 }  // namespace

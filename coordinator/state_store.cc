@@ -361,7 +361,8 @@ absl::StatusOr<std::optional<ModelVersion>> StateStore::GetModelVersion(const st
 
 absl::StatusOr<std::optional<ModelVersion>> StateStore::LatestModelVersion() {
   absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(std::vector<ModelVersion> models, QueryModelsLocked("ORDER BY rowid DESC LIMIT 1", ""));
+  ASSIGN_OR_RETURN(std::vector<ModelVersion> models, QueryModelsLocked(
+                       "WHERE digest NOT IN (SELECT digest FROM shared_models) ORDER BY rowid DESC LIMIT 1", ""));
   if (models.empty()) return std::optional<ModelVersion>();
   return std::optional<ModelVersion>(models.front());
 }
@@ -467,7 +468,8 @@ absl::StatusOr<std::vector<MetricsRecord>> StateStore::ListMetrics(const std::st
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(store::Statement st,
                    db_->Prepare("SELECT run_id, round, site_id, kind, report, received_ms FROM metrics WHERE "
-                                "run_id = ? ORDER BY site_id, kind = 'final', round, id"));
+                                "run_id = ? ORDER BY site_id, "
+                                "CASE kind WHEN 'round' THEN 0 WHEN 'final' THEN 1 ELSE 2 END, round, id"));
   st.Bind(1, run_id);
   std::vector<MetricsRecord> out;
   while (true) {

@@ -19,7 +19,8 @@
 //   updates(id PK, run_id, round, attempt, site_id, sha256, bytes, num_samples, l2_norm, train_loss,
 //           validation_loss, status 'accepted'|'refused', message, spool_path, received_ms);
 //           UNIQUE (run_id, round, attempt, site_id) WHERE status = 'accepted'.
-//   metrics(id PK, run_id, round, site_id, kind 'round'|'final', report BLOB (serialized v1.MetricsReport),
+//   metrics(id PK, run_id, round, site_id, kind 'round'|'final'|'cross_site', report BLOB (serialized
+//           v1.MetricsReport),
 //           received_ms)
 //   transfers(run_id, site_id, bytes_down, bytes_up; PK(run_id, site_id)); run_id '' for transfers outside a run.
 //   audit_log(id PK, time_ms, rpc, peer_cn, serial, peer_address, role, decision 'allow'|'deny', code (gRPC code
@@ -28,6 +29,11 @@
 // Migration 2 (key pinning) adds to sites: key_sha256 (the pinned key: SHA-256 of the certificate's
 //   SubjectPublicKeyInfo, '' = not pinned yet), key_pinned_ms, offered_key_sha256 and offered_serial (another key the
 //   site presented and was refused for, '' = none).
+// Migration 3 (cross-site evaluation; methods in shared_models_store.cc):
+//   shared_models(run_id, site_id, digest (a model version: the site's adapted model), bytes, received_ms;
+//                 PK(run_id, site_id)): at most one shared adapted model per site and run.
+//   cross_evaluations(run_id PK, started_ms, deadline_ms): the run entered its cross-evaluation stage
+//                     (round_manager.h); metrics of kind 'cross_site' are its reports.
 //
 // Thread safety: thread-safe; every method holds an internal mutex for its whole transaction.
 #ifndef FEDTUNE_COORDINATOR_STATE_STORE_H_
@@ -142,6 +148,22 @@ struct AuditRecord {
   int round = 0;
 };
 
+// A site's adapted model shared for cross-site evaluation (table shared_models).
+struct SharedModelRecord {
+  std::string run_id;
+  std::string site_id;
+  std::string digest;  // SHA-256 of the checkpoint file; a model version (run_id = the run, round 0).
+  int64_t bytes = 0;
+  int64_t received_ms = 0;
+};
+
+// A run's cross-evaluation stage (table cross_evaluations).
+struct CrossEvaluationRecord {
+  std::string run_id;
+  int64_t started_ms = 0;
+  int64_t deadline_ms = 0;
+};
+
 struct MetricsRecord {
   std::string run_id;
   int round = 0;
@@ -226,7 +248,8 @@ class StateStore {
   // Inserts unless the digest is already recorded (then keeps the first record).
   absl::Status PutModelVersion(const ModelVersion& version);
   absl::StatusOr<std::optional<ModelVersion>> GetModelVersion(const std::string& digest);
-  // The last recorded version; std::nullopt when there is none.
+  // The last recorded version that is not a shared adapted model (those are never a default base model);
+  // std::nullopt when there is none.
   absl::StatusOr<std::optional<ModelVersion>> LatestModelVersion();
   // Versions whose digest starts with `prefix`.
   absl::StatusOr<std::vector<ModelVersion>> FindModelVersions(const std::string& prefix);
@@ -243,8 +266,20 @@ class StateStore {
   // ---- Metrics
   // Stores a site's report; one per (run, round, site, kind): a report sent again replaces the earlier one.
   absl::Status InsertMetrics(const MetricsRecord& record);
-  // Ordered by site, then round (final, round 0, last), then arrival.
+  // Ordered by site, then kind ('round' by round, then 'final', then 'cross_site'), then arrival.
   absl::StatusOr<std::vector<MetricsRecord>> ListMetrics(const std::string& run_id);
+
+  // ---- Cross-site evaluation (shared_models_store.cc)
+  // In one transaction: records `version` (INSERT OR IGNORE, as PutModelVersion) and the shared model. Idempotent
+  // for the same (run, site, digest); AlreadyExists naming the digest held when the site shared another model in
+  // this run.
+  absl::Status InsertSharedModel(const SharedModelRecord& shared, const ModelVersion& version);
+  // The run's shared models, ordered by site id.
+  absl::StatusOr<std::vector<SharedModelRecord>> ListSharedModels(const std::string& run_id);
+  // Records the start of the run's cross-evaluation stage (a second call keeps the first record).
+  absl::Status StartCrossEvaluation(const CrossEvaluationRecord& record);
+  // std::nullopt when the run never entered the stage.
+  absl::StatusOr<std::optional<CrossEvaluationRecord>> GetCrossEvaluation(const std::string& run_id);
 
   // ---- Transfers
   absl::Status AddTransfer(const std::string& run_id, const std::string& site_id, int64_t bytes_down, int64_t bytes_up);

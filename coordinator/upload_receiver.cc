@@ -9,6 +9,9 @@
 namespace fedtune::coordinator {
 namespace {
 
+// A site's adapted model for cross-site evaluation (RoundManager's shared-model intake), not a round's update.
+bool IsAdaptedModel(const v1::UploadHeader& header) { return header.kind() == v1::UPLOAD_KIND_ADAPTED_MODEL; }
+
 // The receiver of the spool file: data from header.offset, at most header.total_bytes, hashed as it arrives.
 absl::StatusOr<std::unique_ptr<net::ChunkReceiver>> OpenReceiver(const std::string& path,
                                                                  const v1::UploadHeader& header,
@@ -49,7 +52,9 @@ bool UploadSession::Take(v1::UploadChunk& chunk) {
       return false;
     }
     out_.header = chunk.header();
-    absl::StatusOr<UploadTarget> target = rounds_->BeginUpload(site_id_, out_.header);
+    absl::StatusOr<UploadTarget> target = IsAdaptedModel(out_.header)
+                                              ? rounds_->BeginSharedModelUpload(site_id_, out_.header)
+                                              : rounds_->BeginUpload(site_id_, out_.header);
     if (!target.ok()) {
       settled_ = target.status();
       return false;
@@ -117,9 +122,13 @@ UploadOutcome UploadSession::Conclude() {
   if (settled_) {
     out_.result = *std::move(settled_);
   } else if (!status_.ok()) {
-    out_.result = rounds_->EndUpload(site_id_, out_.header, *target_, status_);
+    out_.result = IsAdaptedModel(out_.header)
+                      ? rounds_->EndSharedModelUpload(site_id_, out_.header, *target_, status_)
+                      : rounds_->EndUpload(site_id_, out_.header, *target_, status_);
   } else {
-    out_.result = rounds_->AcceptUpload(site_id_, out_.header, *target_, *sha256_);
+    out_.result = IsAdaptedModel(out_.header)
+                      ? rounds_->AcceptSharedModel(site_id_, out_.header, *target_, *sha256_)
+                      : rounds_->AcceptUpload(site_id_, out_.header, *target_, *sha256_);
   }
   return std::move(out_);
 }

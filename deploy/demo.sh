@@ -23,12 +23,14 @@
 #   --compare LIST    instead of one FedAvg run, compare strategies (comma-separated: fedavg, fedbn, silobn, ditto):
 #                     `fedtune experiment` runs each in turn from the same open-source model, with the local-only
 #                     baseline, and writes one comparison report (comparison/comparison.html)
+#   --cross-site      cross-site evaluation: every site shares its adapted model and evaluates the others' (the
+#                     consortium report's cross-site matrix)
 # Every process the demo starts is stopped when it ends, fails or is interrupted (Ctrl-C).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 sites=3 rounds=5 local_epochs=2 size=64 arch=tiny images=1000 compression=fp32 seed=1 pretrain_epochs=10
-work="$root/build/demo" setup=1 bin="" fresh=0 prepare_only=0 compare=""
+work="$root/build/demo" setup=1 bin="" fresh=0 prepare_only=0 compare="" cross_site=false
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --sites) sites="$2"; shift 2 ;;
@@ -46,7 +48,8 @@ while [[ $# -gt 0 ]]; do
     --fresh) fresh=1; shift ;;
     --prepare-only) prepare_only=1; shift ;;
     --compare) compare="$2"; shift 2 ;;
-    -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --cross-site) cross_site=true; shift ;;
+    -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -205,6 +208,7 @@ ca_cert: "../ca/ca.pem"
 work_dir: "work"
 heartbeat_seconds: 2
 exit_after_runs: $runs_per_site
+share_adapted_model: $cross_site
 finetune {
   manifest: "data-$tag/manifest.csv"
   device: "cpu" threads: $threads loader_threads: 1 patience: 10 seed: $seed
@@ -245,6 +249,7 @@ batch_size: $batch
 aggregation: "fedavg"
 compression: "$compression"
 base_model: "$(sha256sum "$open_source" | cut -d' ' -f1)"
+cross_site_evaluation: $cross_site
 CFG
 if [[ -n "$compare" ]]; then
   # The same run once per strategy, one after the other (`fedtune experiment`), then one comparison report.

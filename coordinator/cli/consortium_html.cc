@@ -31,6 +31,9 @@ constexpr char kStyle[] = R"css(h3 { font-size: 1.08em; margin-top: 1.4em; }
 table { margin: 0.4em 0; }
 td.text { text-align: left; white-space: normal; }
 td.diag { background: #f3f6fa; }
+table.cross td.diag { outline: 2px solid #333; outline-offset: -2px; }
+table.cross .sig { font-size: 0.85em; }
+.legend .swatch { display: inline-block; padding: 0 0.4em; margin: 0 1px; }
 code { font-size: 0.92em; }
 svg.chart { font-size: 11px; font-family: inherit; }
 svg.chart text { fill: #333; }
@@ -322,30 +325,71 @@ void AppendRoundsSection(std::string* html, const v1::RunStatus& status, const s
   absl::StrAppend(html, "</tbody>\n</table>\n");
 }
 
-void AppendCrossSiteSection(std::string* html, const CrossSite& cross) {
+// The background of a cross-site cell: a blue whose depth grows with the mean AUC from 0.5 (white) to 1.0.
+std::string AucColour(double auc) {
+  const double t = std::clamp((auc - 0.5) / 0.5, 0.0, 1.0);
+  return absl::StrFormat("hsl(210, 70%%, %.0f%%)", 97 - 52 * t);
+}
+
+std::string AucStyle(double auc) {
+  const double t = std::clamp((auc - 0.5) / 0.5, 0.0, 1.0);
+  return absl::StrCat("background: ", AucColour(auc), t > 0.6 ? "; color: #fff" : "");
+}
+
+void AppendCrossSiteSection(std::string* html, const CrossSiteMatrix& x) {
   absl::StrAppend(html, "<h2>Cross-site evaluation</h2>\n");
-  if (!cross.evaluated) {
+  if (!x.evaluated && x.not_shared.empty()) {
     absl::StrAppend(html, "<p>", HtmlEscape(kNoCrossSite), "</p>\n");
-    return;
+    if (!x.cross_site_run) return;
   }
-  absl::StrAppend(html, "<p class=\"note\">Mean AUC of each site's locally adapted model (rows) on each site's test ",
-                  "split (columns). The diagonal is the site's own model on its own data; n/a: not evaluated ",
-                  "there.</p>\n<table>\n<thead><tr><th>Model of \\ evaluated at</th>");
-  for (const std::string& at : cross.sites) absl::StrAppend(html, "<th>", HtmlEscape(at), "</th>");
+  absl::StrAppend(html, "<p class=\"note\">Mean AUC of each model (rows) on each site's own test split (columns): ",
+                  "each site's locally adapted model, the federated global model and the open-source model. The ",
+                  "diagonal is a site's own model on its own data; off the diagonal, how a site's model travels to ",
+                  "the other hospitals. Marks compare a cell with the global model at the same site: the smallest ",
+                  "per-label paired DeLong p, Bonferroni-adjusted over the labels.</p>\n<table class=\"cross\">\n",
+                  "<thead><tr><th>Model \\ evaluated at</th>");
+  for (const std::string& at : x.sites) absl::StrAppend(html, "<th>", HtmlEscape(at), "</th>");
   absl::StrAppend(html, "</tr></thead>\n<tbody>\n");
-  for (const std::string& of : cross.sites) {
-    absl::StrAppend(html, "<tr><td class=\"label\">", HtmlEscape(of), "</td>");
-    for (const std::string& at : cross.sites) {
-      auto it = cross.cells.find({of, at});
-      if (it == cross.cells.end() || !MeanAuc(it->second)) {
-        absl::StrAppend(html, TdNa());
-      } else {
-        absl::StrAppend(html, of == at ? "<td class=\"diag\">" : "<td>", FormatAuc(MeanAuc(it->second)), "</td>");
+  for (size_t r = 0; r < x.rows.size(); ++r) {
+    absl::StrAppend(html, "<tr><td class=\"label\">", HtmlEscape(x.rows[r]), "</td>");
+    for (size_t c = 0; c < x.sites.size(); ++c) {
+      const CrossCell& cell = x.cells[r][c];
+      const bool diagonal = x.row_sites[r] == x.sites[c];
+      if (cell.status == CellStatus::kNotShared) {
+        absl::StrAppend(html, "<td class=\"na\">not shared</td>");
+        continue;
       }
+      if (cell.status != CellStatus::kOk || !cell.mean_auc) {
+        absl::StrAppend(html, TdNa());
+        continue;
+      }
+      std::string mark;
+      if (cell.significant()) {
+        mark = absl::StrCat(" <span class=\"sig\" title=\"", cell.better ? "higher" : "lower",
+                            " AUC than global on its most significant label, adjusted p = ", FormatP(cell.p_vs_global),
+                            "\">",
+                            cell.better ? "\u25B2" : "\u25BC", "</span>");
+      }
+      absl::StrAppend(html, "<td", diagonal ? " class=\"diag\"" : "", " style=\"", AucStyle(*cell.mean_auc),
+                      "\">", FormatAuc(cell.mean_auc), mark, "</td>");
     }
     absl::StrAppend(html, "</tr>\n");
   }
-  absl::StrAppend(html, "</tbody>\n</table>\n");
+  absl::StrAppend(html, "</tbody>\n</table>\n<p class=\"note legend\">Mean AUC ");
+  for (double auc : {0.5, 0.6, 0.7, 0.8, 0.9, 1.0}) {
+    absl::StrAppend(html, "<span class=\"swatch\" style=\"", AucStyle(auc), "\">", absl::StrFormat("%.1f", auc),
+                    "</span>");
+  }
+  absl::StrAppend(html, "; \u25B2 / \u25BC: the model differs from the global model at that site (adjusted p &lt; ",
+                  absl::StrFormat("%.2f", kSignificance), "), with a higher / lower AUC on the label of the smallest ",
+                  "p (the mean AUC may still move the other way); outlined: a site's own model on its own data; ",
+                  "not shared: the site declined to share its adapted model (SiteAgentConfig.share_adapted_model); ",
+                  "n/a: not evaluated there.</p>\n");
+  if (!x.not_shared.empty()) {
+    std::string sites;
+    for (const std::string& s : x.not_shared) absl::StrAppend(&sites, sites.empty() ? "" : ", ", s);
+    absl::StrAppend(html, "<p class=\"note\">Not shared: ", HtmlEscape(sites), ".</p>\n");
+  }
 }
 
 // The whole page.
@@ -399,7 +443,7 @@ std::string PageHtml(const v1::RunReport& report) {
                   "open-source.</p>\n");
   for (const SiteView& v : views) AppendSiteSection(&html, v, RunStateOf(report, v.site->site_id()));
   AppendRoundsSection(&html, status, views);
-  AppendCrossSiteSection(&html, CrossSiteOf(views));
+  AppendCrossSiteSection(&html, CrossSiteOf(report, views));
   absl::StrAppend(&html, "<p class=\"note\">Generated by fedtune from the coordinator's records. Only summary ",
                   "metrics reach the coordinator: no image or per-case prediction is in this report.</p>\n", PageEnd());
   return html;

@@ -166,20 +166,52 @@ Json RoundJson(const v1::RoundInfo& r) {
   return row;
 }
 
-Json CrossSiteJson(const std::vector<SiteView>& views) {
-  const CrossSite cross = CrossSiteOf(views);
+Json CrossSiteJson(const v1::RunReport& report, const std::vector<SiteView>& views) {
+  const CrossSiteMatrix x = CrossSiteOf(report, views);
   Json cs;
-  cs["evaluated"] = cross.evaluated;
-  cs["note"] = cross.evaluated ? "" : kNoCrossSite;
-  cs["sites"] = cross.sites;
-  Json matrix = Json::array();
-  for (const auto& [key, model] : cross.cells) {
-    Json labels = Json::array();
-    for (const v1::LabelAuc& l : model->labels()) labels.push_back({{"label", l.label()}, {"auc", Num(l.auc())}});
-    matrix.push_back(
-        {{"model_of", key.first}, {"evaluated_at", key.second}, {"mean_auc", Num(MeanAuc(model))}, {"labels", labels}});
+  cs["evaluated"] = x.evaluated;
+  cs["note"] = x.evaluated ? "" : kNoCrossSite;
+  cs["sites"] = x.sites;
+  cs["models"] = x.rows;
+  Json model_sites = Json::array();
+  for (const std::string& s : x.row_sites) model_sites.push_back(s.empty() ? Json() : Json(s));
+  cs["model_sites"] = std::move(model_sites);
+  Json mean_auc = Json::array(), p_values = Json::array(), status = Json::array();
+  Json matrix = Json::array();  // Every available adapted-model cell (the layout before the full matrix).
+  for (size_t r = 0; r < x.rows.size(); ++r) {
+    Json auc_row = Json::array(), p_row = Json::array(), status_row = Json::array();
+    for (size_t c = 0; c < x.sites.size(); ++c) {
+      const CrossCell& cell = x.cells[r][c];
+      auc_row.push_back(Num(cell.mean_auc));
+      p_row.push_back(Num(cell.p_vs_global));
+      status_row.push_back(cell.status == CellStatus::kOk          ? "ok"
+                           : cell.status == CellStatus::kNotShared ? "not shared"
+                                                                   : "n/a");
+      if (!x.row_sites[r].empty() && cell.model != nullptr) {
+        Json labels = Json::array();
+        for (const v1::LabelAuc& l : cell.model->labels()) {
+          labels.push_back({{"label", l.label()}, {"auc", Num(l.auc())}});
+        }
+        matrix.push_back({{"model_of", x.row_sites[r]},
+                          {"evaluated_at", x.sites[c]},
+                          {"mean_auc", Num(cell.mean_auc)},
+                          {"labels", labels}});
+      }
+    }
+    mean_auc.push_back(std::move(auc_row));
+    p_values.push_back(std::move(p_row));
+    status.push_back(std::move(status_row));
   }
+  cs["mean_auc"] = std::move(mean_auc);
+  cs["delong_p_vs_global"] = std::move(p_values);
+  cs["cell_status"] = std::move(status);
+  cs["not_shared"] = x.not_shared;
   cs["matrix"] = std::move(matrix);
+  Json shared = Json::array();
+  for (const v1::SharedModel& m : report.shared_models()) {
+    shared.push_back({{"site_id", m.site_id()}, {"digest", m.digest()}, {"bytes", m.bytes()}});
+  }
+  cs["shared_models"] = std::move(shared);
   return cs;
 }
 
@@ -199,7 +231,7 @@ std::string ConsortiumReportJson(const v1::RunReport& report) {
   Json rounds = Json::array();
   for (const v1::RoundInfo& r : status.rounds()) rounds.push_back(consortium::RoundJson(r));
   root["rounds"] = std::move(rounds);
-  root["cross_site"] = consortium::CrossSiteJson(views);
+  root["cross_site"] = consortium::CrossSiteJson(report, views);
   // Site-supplied strings may be invalid UTF-8, which dump() would throw on: replaced with U+FFFD instead.
   return root.dump(2, ' ', /*ensure_ascii=*/false, nlohmann::json::error_handler_t::replace) + "\n";
 }

@@ -5,10 +5,11 @@
 // What is read from the RunReport: per site, the MetricsReport of kind "final" (ModelEvaluations named
 // "open-source", "global", "adapted" and, with the local-only baseline, "local-only"; ModelComparisons global vs
 // open-source, adapted vs open-source, adapted vs global and, with the baseline, local-only vs open-source, global vs
-// local-only and adapted vs local-only), the per-round MetricsReports (kind "round": train/validation loss, models "global" and
-// "local"), and the run's RunStatus (rounds, updates, bytes). ModelEvaluations in a site's final report named after
-// ANOTHER site of the run are cross-site evaluations (that site's adapted model evaluated here) and fill the
-// cross-site matrix. Missing pieces (a site without a final evaluation, a label without an AUC) print as "n/a"
+// local-only and adapted vs local-only), the per-round MetricsReports (kind "round": train/validation loss, models
+// "global" and "local"), the run's RunStatus (rounds, updates, bytes) and, for cross-site evaluation, each site's
+// MetricsReport of kind "cross_site" (ModelEvaluations named after the OTHER sites whose shared adapted models were
+// evaluated there; a final report's evaluations named after another site count too) and RunReport.shared_models.
+// Missing pieces (a site without a final evaluation, a label without an AUC) print as "n/a"
 // (JSON null); nothing here fails on partial data.
 //
 // report.json layout (format "fedtune-consortium-report-v1"; keys are stable, numbers that are undefined are null):
@@ -31,9 +32,20 @@
 //      "accepted", "refused", "samples", "bytes_up", "mean_train_loss", "mean_validation_loss",
 //      "updates": [{"site_id", "status", "num_samples", "bytes", "l2_norm", "train_loss", "validation_loss",
 //                   "message"}]}],
-//    "cross_site": {"evaluated": bool (an evaluation of another site's model exists), "note" (says plainly when none
-//      was run), "sites": [ids], "matrix": [{"model_of", "evaluated_at", "mean_auc", "labels": [{"label", "auc"}]}]
-//      (every available pair; the diagonal is each site's own adapted model on its own test split)}}
+//    "cross_site": {"evaluated": bool (another site's adapted model was evaluated somewhere), "note" (says plainly
+//      when none was), "sites": [column site ids], "models": ["adapted model of <site>" per site, "global",
+//      "open-source"] (rows), "model_sites": [<site> or null per row], "mean_auc": [[row][column]],
+//      "delong_p_vs_global": [[row][column]], "cell_status": [[row][column]] ("ok", "not shared", "n/a"),
+//      "not_shared": [sites that declined to share their adapted model], "shared_models": [{"site_id", "digest",
+//      "bytes"}], "matrix": [{"model_of", "evaluated_at", "mean_auc", "labels": [{"label", "auc"}]}] (every available
+//      adapted-model cell)}.
+//    The matrix (consortium_view.h, CrossSiteOf): row "adapted model of S" at column S is S's own final evaluation
+//    of its adapted model; at another column T, T's "cross_site" report of S's shared model; the "global" and
+//    "open-source" rows come from each site's final report. mean_auc is null for "not shared" and "n/a" cells.
+//    delong_p_vs_global summarizes one cell against the global model at the same site: the smallest per-label
+//    paired DeLong p, Bonferroni-adjusted over the labels compared (min(1, k * p_min)); null on the global row and
+//    where no comparison was reported. The HTML marks cells with it below kSignificance (better or worse than
+//    global on that label).
 //
 // Thread safety: the functions are reentrant.
 #ifndef FEDTUNE_COORDINATOR_CLI_CONSORTIUM_REPORT_H_

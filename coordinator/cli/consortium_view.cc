@@ -17,6 +17,7 @@ SiteView ViewOf(const v1::SiteRunReport& site) {
   view.site = &site;
   for (const v1::MetricsReport& metrics : site.metrics()) {
     if (metrics.kind() == "final") view.final_report = &metrics;  // The last one wins.
+    if (metrics.kind() == "cross_site") view.cross_report = &metrics;
     if (metrics.kind() == "round") view.rounds.push_back(&metrics);
   }
   std::stable_sort(view.rounds.begin(), view.rounds.end(),
@@ -146,25 +147,104 @@ const v1::ModelEvaluation* FindModel(const v1::MetricsReport* metrics, const std
   return nullptr;
 }
 
-CrossSite CrossSiteOf(const std::vector<SiteView>& views) {
-  CrossSite cross;
-  std::set<std::string> ids;
-  for (const SiteView& v : views) {
-    cross.sites.push_back(v.site->site_id());
-    ids.insert(v.site->site_id());
+namespace {
+
+// The AUC of `label` in `model`; NaN when missing.
+double AucOfLabel(const v1::ModelEvaluation* model, const std::string& label) {
+  if (model == nullptr) return std::nan("");
+  for (const v1::LabelAuc& l : model->labels()) {
+    if (l.label() == label) return l.auc();
   }
-  for (const SiteView& v : views) {
-    const std::string& at = v.site->site_id();
-    if (v.model[2] != nullptr) cross.cells[{at, at}] = v.model[2];
-    if (v.final_report == nullptr) continue;
-    for (const v1::ModelEvaluation& m : v.final_report->models()) {
-      if (m.name() != at && ids.count(m.name()) > 0) {
-        cross.cells[{m.name(), at}] = &m;
-        cross.evaluated = true;
+  return std::nan("");
+}
+
+// The comparison of `name` with "global" in `metrics` (either orientation), summarized for a matrix cell.
+void CompareWithGlobal(const v1::MetricsReport* metrics, const std::string& name, CrossCell* cell) {
+  if (metrics == nullptr) return;
+  for (const v1::ModelComparison& c : metrics->comparisons()) {
+    const bool forward = c.model_a() == "global" && c.model_b() == name;
+    const bool reversed = c.model_b() == "global" && c.model_a() == name;
+    if (!forward && !reversed) continue;
+    int compared = 0;
+    std::optional<double> min_p;
+    double difference = 0;  // Row model minus global, on the label of min_p.
+    for (int i = 0; i < c.delong_p_size(); ++i) {
+      const std::optional<double> p = Defined(c.delong_p(i));
+      if (!p) continue;
+      ++compared;
+      if (!min_p || *p < *min_p) {
+        min_p = p;
+        if (i < c.auc_difference_size() && Defined(c.auc_difference(i))) {
+          difference = forward ? c.auc_difference(i) : -c.auc_difference(i);
+        } else if (i < c.labels_size()) {  // No differences sent: from the two models' AUCs on that label.
+          difference = AucOfLabel(FindModel(metrics, name), c.labels(i)) -
+                       AucOfLabel(FindModel(metrics, "global"), c.labels(i));
+        }
       }
     }
+    if (!min_p) return;
+    cell->p_vs_global = std::min(1.0, *min_p * compared);
+    cell->better = difference > 0;
+    return;
   }
-  return cross;
+}
+
+CrossCell Cell(const v1::MetricsReport* metrics, const std::string& name, bool compare) {
+  CrossCell cell;
+  cell.model = FindModel(metrics, name);
+  if (cell.model == nullptr) return cell;
+  cell.status = CellStatus::kOk;
+  cell.mean_auc = MeanAuc(cell.model);
+  if (compare) CompareWithGlobal(metrics, name, &cell);
+  return cell;
+}
+
+}  // namespace
+
+CrossSiteMatrix CrossSiteOf(const v1::RunReport& report, const std::vector<SiteView>& views) {
+  CrossSiteMatrix x;
+  x.cross_site_run = report.status().config().cross_site_evaluation();
+  std::set<std::string> shared;
+  for (const v1::SharedModel& m : report.shared_models()) shared.insert(m.site_id());
+  for (const SiteView& v : views) x.sites.push_back(v.site->site_id());
+  for (const SiteView& v : views) {
+    const std::string& id = v.site->site_id();
+    if (x.cross_site_run && shared.count(id) == 0 &&
+        (v.final_report == nullptr || !v.final_report->adapted_model_shared())) {
+      if (v.final_report != nullptr) x.not_shared.push_back(id);
+    }
+  }
+  const std::set<std::string> declined(x.not_shared.begin(), x.not_shared.end());
+  for (const SiteView& row : views) {
+    const std::string& of = row.site->site_id();
+    x.rows.push_back(absl::StrCat("adapted model of ", of));
+    x.row_sites.push_back(of);
+    std::vector<CrossCell> cells;
+    for (const SiteView& at : views) {
+      const std::string& where = at.site->site_id();
+      if (of == where) {
+        cells.push_back(Cell(at.final_report, "adapted", true));
+      } else if (declined.count(of) > 0) {
+        CrossCell cell;
+        cell.status = CellStatus::kNotShared;
+        cells.push_back(cell);
+      } else {
+        CrossCell cell = Cell(at.cross_report, of, true);
+        if (cell.status != CellStatus::kOk) cell = Cell(at.final_report, of, true);
+        if (cell.status == CellStatus::kOk) x.evaluated = true;
+        cells.push_back(cell);
+      }
+    }
+    x.cells.push_back(std::move(cells));
+  }
+  for (const char* name : {"global", "open-source"}) {
+    x.rows.push_back(name);
+    x.row_sites.push_back("");
+    std::vector<CrossCell> cells;
+    for (const SiteView& at : views) cells.push_back(Cell(at.final_report, name, std::string(name) != "global"));
+    x.cells.push_back(std::move(cells));
+  }
+  return x;
 }
 
 std::string RunLine(const v1::RunStatus& status) {

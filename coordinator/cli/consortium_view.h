@@ -80,6 +80,7 @@ std::optional<double> MeanAuc(const v1::ModelEvaluation* model);
 struct SiteView {
   const v1::SiteRunReport* site = nullptr;
   const v1::MetricsReport* final_report = nullptr;
+  const v1::MetricsReport* cross_report = nullptr;  // kind "cross_site": other sites' adapted models evaluated here.
   const v1::ModelEvaluation* model[kModels] = {};
   ComparisonView pair[kPairs];
   std::vector<std::string> labels;  // Union of the models' labels, in first-seen order.
@@ -116,19 +117,43 @@ RoundTotals TotalsOf(const v1::RoundInfo& round);
 // The evaluation named `name` in `metrics` (which may be nullptr), or nullptr.
 const v1::ModelEvaluation* FindModel(const v1::MetricsReport* metrics, const std::string& name);
 
-// The cross-site matrix: models named after other sites, found in each site's final report.
-struct CrossSite {
-  std::vector<std::string> sites;
-  // (model of, evaluated at) -> evaluation. The diagonal is the site's own "adapted" model.
-  std::map<std::pair<std::string, std::string>, const v1::ModelEvaluation*> cells;
-  bool evaluated = false;  // At least one off-diagonal cell.
+// The cross-site matrix (consortium_report.h, "cross_site"). Rows: each site's adapted model ("adapted model of
+// site-a", ...), then "global" and "open-source"; columns: the sites where the models were evaluated. Cells:
+//  - adapted model of site i at site i: site i's final report, model "adapted" (compared with its "global");
+//  - adapted model of site i at site j != i: site j's "cross_site" report, model named i (compared with that
+//    report's "global"); a final report's model named i is read too (reports before the "cross_site" kind);
+//  - global / open-source at site j: site j's final report.
+// A site of a run with cross_site_evaluation that did not share its adapted model (not in RunReport.shared_models
+// and its final report says adapted_model_shared = false) is "not shared": its row's off-diagonal cells say so.
+enum class CellStatus { kOk, kNotShared, kNotAvailable };
+
+struct CrossCell {
+  CellStatus status = CellStatus::kNotAvailable;
+  const v1::ModelEvaluation* model = nullptr;  // kOk only.
+  std::optional<double> mean_auc;
+  // Against the global model at the same site: the smallest per-label paired DeLong p, Bonferroni-adjusted over the
+  // labels compared (min(1, k * p_min)); nullopt on the global row or without a comparison. `better`: the row
+  // model's AUC is above the global model's on that label.
+  std::optional<double> p_vs_global;
+  bool better = false;
+  bool significant() const { return p_vs_global && *p_vs_global < kSignificance; }
 };
 
-CrossSite CrossSiteOf(const std::vector<SiteView>& views);
+struct CrossSiteMatrix {
+  std::vector<std::string> sites;      // Columns (the report's site order).
+  std::vector<std::string> rows;       // Row titles.
+  std::vector<std::string> row_sites;  // The site of each adapted-model row; "" for "global" and "open-source".
+  std::vector<std::vector<CrossCell>> cells;  // [row][column].
+  std::vector<std::string> not_shared;        // Sites that declined to share their adapted model.
+  bool cross_site_run = false;                // The run's config has cross_site_evaluation.
+  bool evaluated = false;                     // At least one off-diagonal adapted-model cell is kOk.
+};
+
+CrossSiteMatrix CrossSiteOf(const v1::RunReport& report, const std::vector<SiteView>& views);
 
 // What the report says when no cross-site evaluation exists.
 inline constexpr char kNoCrossSite[] =
-    "No cross-site evaluation was run: no site's final report holds an evaluation of another site's adapted model.";
+    "No cross-site evaluation was run: no site evaluated another site's adapted model.";
 
 // One line naming the run; its strings pass through TerminalSafe (the HTML escapes the result again).
 std::string RunLine(const v1::RunStatus& status);

@@ -29,7 +29,8 @@ absl::StatusOr<v1::SiteAgentConfig> LoadAgentConfig(const std::string& path);
 // net::ValidateProxyUrl), keepalive_seconds >= 10, positive periods, timeouts and rates,
 // min_backoff_ms <= max_backoff_ms, exit_after_runs >= 0, gradcam_per_label >= 0, and the finetune template's
 // values (ValidateFinetuneConfig; its base_model and out_dir are set per task and need not be given).
-// InvalidArgument "config field 'NAME': problem".
+// share_adapted_model (consent to cross-site evaluation, default false; cross_evaluation.h) and share_metrics are
+// plain flags with nothing to check. InvalidArgument "config field 'NAME': problem".
 absl::Status ValidateAgentConfig(const v1::SiteAgentConfig& config);
 
 // The FinetuneConfig of one TRAIN task: the config's template with base_model, out_dir, cache_dir (when the template

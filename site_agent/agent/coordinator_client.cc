@@ -167,13 +167,15 @@ absl::Status CoordinatorClient::ReportMetrics(const v1::MetricsReport& report) {
 }
 
 absl::StatusOr<v1::UploadOffsetResponse> CoordinatorClient::GetUploadOffset(const std::string& run_id, int32_t round,
-                                                                            const std::string& sha256) {
+                                                                            const std::string& sha256,
+                                                                            v1::UploadKind kind) {
   grpc::ClientContext context;
   context.set_deadline(DeadlineIn(options_.rpc_timeout));
   v1::UploadOffsetRequest request;
   request.set_run_id(run_id);
   request.set_round(round);
   request.set_sha256(sha256);
+  if (kind != v1::UPLOAD_KIND_UPDATE) request.set_kind(kind);  // A previous coordinator reads no kind.
   v1::UploadOffsetResponse response;
   RETURN_IF_ERROR(Error(stub_->GetUploadOffset(&context, request, &response), "GetUploadOffset"));
   return response;
@@ -298,6 +300,7 @@ absl::StatusOr<v1::UploadResponse> CoordinatorClient::UploadOnce(const UploadReq
   fl::SetEncoding(request.encoding, header);
   header->set_train_loss(request.train_loss);
   header->set_validation_loss(request.validation_loss);
+  if (request.kind != v1::UPLOAD_KIND_UPDATE) header->set_kind(request.kind);
   absl::Status local;
   bool writing = writer->Write(header_chunk);
   if (writing) {
@@ -335,13 +338,16 @@ absl::StatusOr<v1::UploadResponse> CoordinatorClient::UploadUpdate(const UploadR
   ASSIGN_OR_RETURN(std::unique_ptr<net::ChunkSender> payload, net::ChunkSender::Open(request.path));
   const int64_t size = payload->size();
   if (size == 0) return absl::InvalidArgumentError(absl::StrCat("update file '", request.path, "' is empty"));
-  const std::string what = absl::StrCat("update for run ", request.run_id, " round ", request.round);
+  const std::string what = request.kind == v1::UPLOAD_KIND_ADAPTED_MODEL
+                               ? absl::StrCat("adapted model for run ", request.run_id)
+                               : absl::StrCat("update for run ", request.run_id, " round ", request.round);
   Backoff backoff = NewBackoff();
   int64_t held_before = -1;
   while (true) {
     if (cancelled && cancelled()) return absl::CancelledError(absl::StrCat("upload of the ", what, " cancelled"));
     absl::StatusOr<v1::UploadResponse> result;
-    absl::StatusOr<v1::UploadOffsetResponse> held = GetUploadOffset(request.run_id, request.round, request.sha256);
+    absl::StatusOr<v1::UploadOffsetResponse> held =
+        GetUploadOffset(request.run_id, request.round, request.sha256, request.kind);
     if (held.ok()) {
       if (held->accepted()) {
         v1::UploadResponse response;

@@ -5,10 +5,11 @@
 //    the bytes arrive; after a broken stream the download resumes from the .part file's size (also across agent
 //    restarts: the bytes held are then read once); when complete its SHA-256 must equal the digest (the file is
 //    then renamed to <dir>/<digest>.ckpt), otherwise the .part file is removed and DATA_LOSS returned.
-//  - UploadUpdate: GetUploadOffset(run, round, sha256) says what the coordinator already holds durably (or that the
-//    update was accepted before: nothing is sent); the stream then sends UploadHeader{offset} and a
+//  - UploadUpdate: GetUploadOffset(run, round, sha256, kind) says what the coordinator already holds durably (or that
+//    the payload was accepted before: nothing is sent); the stream then sends UploadHeader{offset, kind} and a
 //    net::ChunkSender sends the file's bytes from that offset in chunk_bytes pieces. After a broken stream the next
-//    attempt asks for the offset again.
+//    attempt asks for the offset again. The kind (UploadRequest.kind) is a round's update or the site's adapted
+//    model (cross-site evaluation).
 //
 // Retries: an attempt that fails with UNAVAILABLE, DEADLINE_EXCEEDED or RESOURCE_EXHAUSTED (the coordinator is busy:
 // its per-site call limits, thread quota or spool limits) is repeated after a backoff that starts at
@@ -109,6 +110,9 @@ struct UploadRequest {
   fl::Encoding encoding = fl::Encoding::kDenseFp32;
   double train_loss = 0;
   double validation_loss = 0;
+  // UPLOAD_KIND_UPDATE: a round's delta; UPLOAD_KIND_ADAPTED_MODEL: the site's adapted checkpoint for cross-site
+  // evaluation (round 0; num_samples and the losses are not read).
+  v1::UploadKind kind = v1::UPLOAD_KIND_UPDATE;
 };
 
 // Returns true when the caller wants a transfer stopped (checked between chunks and before each attempt).
@@ -132,7 +136,8 @@ class CoordinatorClient {
   absl::StatusOr<v1::HeartbeatResponse> Heartbeat(const v1::HeartbeatRequest& request);
   absl::Status ReportMetrics(const v1::MetricsReport& report);
   absl::StatusOr<v1::UploadOffsetResponse> GetUploadOffset(const std::string& run_id, int32_t round,
-                                                           const std::string& sha256);
+                                                           const std::string& sha256,
+                                                           v1::UploadKind kind = v1::UPLOAD_KIND_UPDATE);
 
   // Downloads model `digest` (64 hex digits; InvalidArgument otherwise) into `dir` (created) and returns the path
   // <dir>/<digest>.ckpt. An existing <dir>/<digest>.ckpt whose SHA-256 matches is returned without a call (one that

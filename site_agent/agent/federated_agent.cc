@@ -30,6 +30,7 @@
 #include "common/train/threads.h"
 #include "common/train/trainer.h"
 #include "site_agent/agent/agent_config.h"
+#include "site_agent/agent/cross_evaluation.h"
 #include "site_agent/agent/dataset_summary.h"
 #include "site_agent/agent/heartbeater.h"
 #include "site_agent/agent/local_baseline.h"
@@ -312,19 +313,26 @@ absl::Status FederatedAgent::Run() {
 
 absl::Status FederatedAgent::RunTask(const v1::Task& task) {
   const bool train = task.kind() == v1::Task::TRAIN;
-  if (!train && task.kind() != v1::Task::EVALUATE) {
+  const bool cross = task.kind() == v1::Task::CROSS_EVALUATE;
+  if (!train && !cross && task.kind() != v1::Task::EVALUATE) {
     return absl::InvalidArgumentError(absl::StrCat("unknown task kind ", task.kind()));
   }
   if (task.run_id().empty() || task.run_id().find('/') != std::string::npos ||
       task.run_id().find("..") != std::string::npos) {
     return absl::InvalidArgumentError(absl::StrCat("task with an unusable run id \"", task.run_id(), "\""));
   }
-  const TaskKey key{task.run_id(), train ? task.round() : 0, task.attempt(), train ? "train" : "evaluate"};
+  const TaskKey key{task.run_id(), train ? task.round() : 0, task.attempt(),
+                    train ? "train" : (cross ? "cross_evaluate" : "evaluate")};
   RETURN_IF_ERROR(db_->BeginTask(key, task));
   absl::Status status;
   {
     Heartbeater heartbeat(client_.get(), task.run_id(), key.round, heartbeat_period_, "downloading");
-    status = train ? RunTrain(task, heartbeat) : RunEvaluateTask(task, heartbeat);
+    if (cross) {
+      status = RunCrossEvaluation(CrossSiteContext{config_, *client_, *db_, site_}, task, heartbeat);
+      if (status.ok()) status = FinishRun(task.run_id(), "completed");
+    } else {
+      status = train ? RunTrain(task, heartbeat) : RunEvaluateTask(task, heartbeat);
+    }
     // The last state the coordinator sees for this task (sent before the heartbeat thread ends).
     heartbeat.SetState(status.ok() ? "done"
                        : status.code() == absl::StatusCode::kCancelled
@@ -579,10 +587,17 @@ absl::Status FederatedAgent::RunEvaluateTask(const v1::Task& task, Heartbeater& 
     RETURN_IF_ERROR(EvaluateLocalOnly(task, base_path, task.base_model_digest(), global_path, adapted ? adapted->path : "",
                                       heartbeat, &report));
   }
+  heartbeat.SetState("sharing", 0.9);
+  ASSIGN_OR_RETURN(const bool shared,
+                   ShareAdaptedModel(CrossSiteContext{config_, *client_, *db_, site_}, task, adapted, cancelled));
+  report.set_adapted_model_shared(shared);
   if (!config_.share_metrics()) StripPerformance(&report);
   heartbeat.SetState("reporting", 0.95);
   RETURN_IF_ERROR(client_->ReportMetrics(report));
   LOG(INFO) << "final evaluation of run " << task.run_id() << " reported; reports in " << reports.string();
+  // With cross-site evaluation the run ends for the site after its CROSS_EVALUATE task, or when the coordinator
+  // lists it in Task.ended_runs (a site with nothing to evaluate gets no task).
+  if (task.cross_site_evaluation()) return absl::OkStatus();
   return FinishRun(task.run_id(), "completed");
 }
 

@@ -22,7 +22,12 @@
 //   ReportMetrics kind "final", round 0, with the models "open-source", "global", "adapted" (the adapted model is
 //   left out when the site never trained in this run). With the plan's local_only_baseline, also the model
 //   "local-only" (local_baseline.h: the base model fine-tuned on the site's data alone) and the comparisons of the
-//   open-source, global and adapted models with it. The run is then finished for the site.
+//   open-source, global and adapted models with it. The run is then finished for the site, unless the run has
+//   cross-site evaluation: then the site shares its adapted model first when it consents (adapted_model_shared in
+//   the final report) and the run is finished after its CROSS_EVALUATE task (cross_evaluation.h) or when the
+//   coordinator lists it in Task.ended_runs.
+//  CROSS_EVALUATE: the other sites' shared adapted models evaluated against the final global model on the test split,
+//   reported as kind "cross_site" (cross_evaluation.h).
 //
 // Heartbeats: a thread sends Heartbeat every heartbeat_seconds while a task runs, with the state ("downloading",
 // "training member 1/3, epoch 2/5", "uploading", "evaluating") and progress; training progress comes from the

@@ -133,9 +133,91 @@ TEST(ConsortiumReportJsonTest, CrossSiteMatrixFromEvaluationsNamedAfterSites) {
   EXPECT_TRUE(found);
   const std::string html = ConsortiumReportHtml(report);
   EXPECT_THAT(html, Not(HasSubstr("No cross-site evaluation was run")));
-  EXPECT_THAT(html, HasSubstr("Model of \\ evaluated at"));
-  EXPECT_THAT(html, HasSubstr("<td>0.640</td>"));
-  EXPECT_THAT(html, HasSubstr("<td class=\"diag\">0.800</td>"));
+  EXPECT_THAT(html, HasSubstr("Model \\ evaluated at"));
+  EXPECT_THAT(html, HasSubstr(">0.640</td>"));
+  EXPECT_THAT(html, HasSubstr("<td class=\"diag\" style=\"background: hsl(210, 70%, "));
+  EXPECT_THAT(html, HasSubstr(">0.800</td>"));
+}
+
+// Three sites of a run with cross-site evaluation: site-a and site-b shared their adapted models, site-c declined.
+v1::RunReport CrossSiteRunReport() {
+  v1::RunReport report;
+  report.mutable_status()->set_run_id("run-9");
+  report.mutable_status()->mutable_config()->set_cross_site_evaluation(true);
+  const std::vector<std::string> ids = {"site-a", "site-b", "site-c"};
+  for (size_t i = 0; i < ids.size(); ++i) {
+    v1::SiteRunReport* site = report.add_sites();
+    site->set_site_id(ids[i]);
+    v1::MetricsReport* final_report = site->add_metrics();
+    final_report->set_kind("final");
+    final_report->set_adapted_model_shared(ids[i] != "site-c");
+    const double o = 0.1 * static_cast<double>(i);
+    testing::AddModel(final_report, "open-source", {0.6, 0.6, 0.6}, 0.6);
+    testing::AddModel(final_report, "global", {0.7, 0.7, 0.7}, 0.7);
+    testing::AddModel(final_report, "adapted", {0.8 + o / 10, 0.8, 0.8}, 0.8 + o / 10);
+    testing::AddComparison(final_report, "open-source", "global", {0.2, 0.3, 0.4}, 0.5, 0);
+    // The adapted model is better than global on one label: p 0.001 over 3 labels -> 0.003.
+    testing::AddComparison(final_report, "global", "adapted", {0.001, 0.5, 0.5}, 0.25, 1);
+    v1::MetricsReport* cross = site->add_metrics();
+    cross->set_kind("cross_site");
+    testing::AddModel(cross, "global", {0.7, 0.7, 0.7}, 0.7);
+    for (const char* other : {"site-a", "site-b"}) {
+      if (other == ids[i]) continue;
+      testing::AddModel(cross, other, {0.5, 0.5, 0.5}, 0.5);
+      testing::AddComparison(cross, "global", other, {0.01, 0.2, 0.3}, 0.25, 0);  // Worse: 0.03 adjusted.
+    }
+  }
+  for (const char* id : {"site-a", "site-b"}) {
+    v1::SharedModel* m = report.add_shared_models();
+    m->set_site_id(id);
+    m->set_digest(std::string(64, 'a'));
+    m->set_bytes(1000);
+  }
+  return report;
+}
+
+TEST(ConsortiumReportJsonTest, CrossSiteFullMatrixWithNotShared) {
+  const nlohmann::json j = nlohmann::json::parse(ConsortiumReportJson(CrossSiteRunReport()));
+  const nlohmann::json& cs = j["cross_site"];
+  EXPECT_TRUE(cs["evaluated"].get<bool>());
+  EXPECT_EQ(cs["sites"], nlohmann::json({"site-a", "site-b", "site-c"}));
+  EXPECT_EQ(cs["models"], nlohmann::json({"adapted model of site-a", "adapted model of site-b",
+                                          "adapted model of site-c", "global", "open-source"}));
+  EXPECT_EQ(cs["not_shared"], nlohmann::json({"site-c"}));
+  ASSERT_EQ(cs["mean_auc"].size(), 5u);
+  for (size_t r = 0; r < 5; ++r) {
+    ASSERT_EQ(cs["mean_auc"][r].size(), 3u) << r;
+    for (size_t c = 0; c < 3; ++c) {
+      const bool declined = r == 2 && c != 2;
+      EXPECT_EQ(cs["mean_auc"][r][c].is_null(), declined) << r << "," << c;
+      EXPECT_EQ(cs["cell_status"][r][c], declined ? "not shared" : "ok") << r << "," << c;
+    }
+  }
+  EXPECT_NEAR(cs["mean_auc"][0][0].get<double>(), 0.8, 1e-12);   // site-a's own adapted model.
+  EXPECT_NEAR(cs["mean_auc"][1][0].get<double>(), 0.5, 1e-12);   // site-b's at site-a (its cross_site report).
+  EXPECT_NEAR(cs["mean_auc"][0][2].get<double>(), 0.5, 1e-12);   // site-a's at site-c, which declined to share.
+  EXPECT_NEAR(cs["mean_auc"][2][2].get<double>(), 0.82, 1e-12);  // site-c's own model: its own final report.
+  EXPECT_NEAR(cs["mean_auc"][3][1].get<double>(), 0.7, 1e-12);
+  EXPECT_NEAR(cs["mean_auc"][4][1].get<double>(), 0.6, 1e-12);
+  // Min per-label DeLong p, Bonferroni over 3 labels; null on the global row.
+  EXPECT_NEAR(cs["delong_p_vs_global"][0][0].get<double>(), 0.003, 1e-12);
+  EXPECT_NEAR(cs["delong_p_vs_global"][1][0].get<double>(), 0.03, 1e-12);
+  EXPECT_NEAR(cs["delong_p_vs_global"][4][0].get<double>(), 0.6, 1e-12);
+  EXPECT_TRUE(cs["delong_p_vs_global"][3][0].is_null());
+  EXPECT_TRUE(cs["delong_p_vs_global"][2][0].is_null());
+  EXPECT_EQ(cs["shared_models"].size(), 2u);
+}
+
+TEST(ConsortiumReportHtmlTest, CrossSiteMatrixColoursMarksAndLegend) {
+  const std::string html = ConsortiumReportHtml(CrossSiteRunReport());
+  EXPECT_THAT(html, HasSubstr("<td class=\"label\">adapted model of site-c</td><td class=\"na\">not shared</td>"));
+  EXPECT_THAT(html, HasSubstr("<td class=\"label\">open-source</td>"));
+  EXPECT_THAT(html, HasSubstr("\u25B2</span>"));  // site-a's own model beats global on one label.
+  EXPECT_THAT(html, HasSubstr("\u25BC</span>"));  // The others' models are worse there.
+  EXPECT_THAT(html, HasSubstr("Not shared: site-c."));
+  EXPECT_THAT(html, HasSubstr("class=\"swatch\""));
+  EXPECT_THAT(html, Not(HasSubstr("No cross-site evaluation was run")));
+  for (const char* bad : {"http://", "https://", "src=", "<script", "url("}) EXPECT_THAT(html, Not(HasSubstr(bad)));
 }
 
 TEST(ConsortiumReportHtmlTest, ValuesEscapingAndSelfContained) {

@@ -259,6 +259,97 @@ TEST(FederatedAgentTest, TrainAndEvaluateTasksEndToEnd) {
   EXPECT_TRUE((*db)->InterruptedTrainTasks()->empty());
 }
 
+// Cross-site evaluation (cross_evaluation.h): a consenting site shares a copy of its adapted model (without its
+// manifest's path) during the EVALUATE task, once; its run ends only after the CROSS_EVALUATE task, whose report
+// holds the other site's model against the global model on the same cases.
+TEST(FederatedAgentTest, SharesItsAdaptedModelOnceAndEvaluatesTheOthers) {
+  fedtune::testing::TempDir tmp;
+  AgentSetup setup(tmp);
+  testing::FakeCoordinator& coordinator = setup.coordinator;
+  setup.config.set_share_adapted_model(true);
+  v1::Task evaluate = setup.evaluate;
+  evaluate.set_cross_site_evaluation(true);
+  // site-b's shared adapted model: the same architecture with other weights.
+  auto other = InitCheckpoint({"densenet_tiny"}, 32, 0.2, 5);
+  ASSERT_TRUE(other.ok()) << other.status();
+  ASSERT_TRUE(model::SaveCheckpoint(&*other, tmp.Join("site-b.ckpt")).ok());
+  const std::string other_bytes = *io::ReadFile(tmp.Join("site-b.ckpt"));
+  coordinator.service().AddModel(other_bytes);
+  v1::Task cross = setup.evaluate;
+  cross.set_kind(v1::Task::CROSS_EVALUATE);
+  cross.set_cross_site_evaluation(true);
+  v1::SharedModel* shared = cross.add_shared_models();
+  shared->set_site_id("site-b");
+  shared->set_digest(io::Sha256Hex(other_bytes));
+  shared->set_bytes(static_cast<int64_t>(other_bytes.size()));
+  coordinator.service().AddTask(setup.train);
+  coordinator.service().AddTask(evaluate);
+  coordinator.service().AddTask(cross);
+  {
+    auto agent = FederatedAgent::Create(setup.config, setup.options);
+    ASSERT_TRUE(agent.ok()) << agent.status();
+    const absl::Status run = (*agent)->Run();  // exit_after_runs 1: returns after the CROSS_EVALUATE task.
+    ASSERT_TRUE(run.ok()) << run;
+    EXPECT_EQ((*agent)->finished_runs(), 1);
+  }
+  // The shared copy: the adapted model's weights, no path of the site's data.
+  const std::string uploaded = coordinator.service().accepted_upload("run-1", 0);
+  ASSERT_FALSE(uploaded.empty());
+  EXPECT_EQ(coordinator.service().last_upload_header().kind(), v1::UPLOAD_KIND_ADAPTED_MODEL);
+  const fs::path work = tmp.Join("work");
+  EXPECT_EQ(uploaded, *io::ReadFile((work / "runs" / "run-1" / "shared-adapted.ckpt").string()));
+  EXPECT_EQ(uploaded.find("manifest"), std::string::npos);
+  EXPECT_EQ(uploaded.find(tmp.path()), std::string::npos);
+  auto adapted = model::LoadCheckpoint((work / "adapted" / "run-1" / "model.ckpt").string());
+  auto copy = model::LoadCheckpoint((work / "runs" / "run-1" / "shared-adapted.ckpt").string());
+  ASSERT_TRUE(adapted.ok() && copy.ok());
+  EXPECT_EQ(copy->weights_sha256, adapted->weights_sha256);
+  EXPECT_THAT(copy->metadata.provenance.source, ::testing::HasSubstr("adapted model of site site-a"));
+
+  const std::vector<v1::MetricsReport> reports = coordinator.service().reports();
+  ASSERT_EQ(reports.size(), 3u);
+  EXPECT_EQ(reports[1].kind(), "final");
+  EXPECT_TRUE(reports[1].adapted_model_shared());
+  const v1::MetricsReport& cross_report = reports[2];
+  EXPECT_EQ(cross_report.kind(), "cross_site");
+  EXPECT_EQ(cross_report.round(), 0);
+  ASSERT_EQ(cross_report.models_size(), 2);
+  EXPECT_EQ(cross_report.models(0).name(), "global");
+  EXPECT_EQ(cross_report.models(1).name(), "site-b");
+  EXPECT_EQ(cross_report.models(1).digest(), other->weights_sha256);
+  EXPECT_EQ(cross_report.models(1).labels_size(), data::kNumChexpertLabels);
+  ASSERT_EQ(cross_report.comparisons_size(), 1);
+  EXPECT_EQ(cross_report.comparisons(0).model_a(), "global");
+  EXPECT_EQ(cross_report.comparisons(0).model_b(), "site-b");
+  EXPECT_EQ(cross_report.test_cases(), reports[1].test_cases());
+  ExpectSummaryOnly(cross_report);
+  EXPECT_TRUE(fs::exists(work / "reports" / "run-1" / "cross-site-b" / "report.html"));
+
+  // A restarted agent given the EVALUATE task again does not upload its model again.
+  const int streams = coordinator.service().calls("UploadUpdate");
+  {
+    auto agent = FederatedAgent::Create(setup.config, setup.options);
+    ASSERT_TRUE(agent.ok()) << agent.status();
+    const absl::Status again = (*agent)->RunTask(evaluate);
+    ASSERT_TRUE(again.ok()) << again;
+  }
+  EXPECT_EQ(coordinator.service().calls("UploadUpdate"), streams);
+  EXPECT_TRUE(coordinator.service().reports().back().adapted_model_shared());
+
+  // A site that declines uploads nothing and says so in its final report.
+  setup.config.set_share_adapted_model(false);
+  v1::Task other_run = evaluate;
+  other_run.set_run_id("run-2");
+  {
+    auto agent = FederatedAgent::Create(setup.config, setup.options);
+    ASSERT_TRUE(agent.ok()) << agent.status();
+    ASSERT_TRUE((*agent)->RunTask(other_run).ok());
+  }
+  EXPECT_EQ(coordinator.service().calls("UploadUpdate"), streams);
+  EXPECT_EQ(coordinator.service().reports().back().run_id(), "run-2");
+  EXPECT_FALSE(coordinator.service().reports().back().adapted_model_shared());
+}
+
 // The final evaluation with the local-only baseline: the base model fine-tuned on the site's own split is reported as
 // "local-only" and compared with the open-source, global and adapted models on the same cases; a second run from
 // the same base model reuses it.
