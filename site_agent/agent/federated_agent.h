@@ -108,11 +108,17 @@ class FederatedAgent {
   // RunTrain's steps after the download, in order: fine-tune (progress to the heartbeat), write and record the
   // encoded update (error feedback for lossy encodings), upload it, evaluate global vs local, keep the adapted model.
   absl::Status FinetuneRound(TrainRound& round, Heartbeater& heartbeat);
+  // DITTO, after the upload: fine-tunes the site's personal model toward the round's global model
+  // (personalization.h), kept in <run_dir>/personal.ckpt.
+  absl::Status TrainPersonal(TrainRound& round, Heartbeater& heartbeat);
   absl::Status WriteUpdate(TrainRound& round);
   absl::Status UploadRoundUpdate(const TrainRound& round, Heartbeater& heartbeat);
   absl::StatusOr<v1::MetricsReport> EvaluateRound(const TrainRound& round);
   absl::Status KeepAdapted(const TrainRound& round);
   absl::Status RunEvaluateTask(const v1::Task& task, Heartbeater& heartbeat);
+  // FEDBN/SILOBN, at the final evaluation: the adapted model = the final global model (`global_path`) with the
+  // site's kept tensors, written to <work_dir>/adapted/<run>/model.ckpt and recorded. Nothing for NONE and DITTO.
+  absl::Status PrepareAdapted(const v1::Task& task, const std::string& global_path);
   // Records the run as finished (once) and counts it.
   absl::Status FinishRun(const std::string& run_id, const std::string& how);
 
