@@ -72,9 +72,6 @@ absl::StatusOr<v1::FinetuneConfig> ParseFinetuneConfig(absl::string_view text, a
   config.set_base_model(io::ResolveConfigPath(base_dir, config.base_model()));
   config.set_manifest(io::ResolveConfigPath(base_dir, config.manifest()));
   config.set_out_dir(io::ResolveConfigPath(base_dir, config.out_dir()));
-  if (config.has_proximal_anchor()) {
-    config.set_proximal_anchor(io::ResolveConfigPath(base_dir, config.proximal_anchor()));
-  }
   if (config.has_data_root()) {
     config.set_data_root(io::ResolveConfigPath(base_dir, config.data_root()));
   } else if (!config.manifest().empty()) {

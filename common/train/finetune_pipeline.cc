@@ -48,31 +48,31 @@ class NetworkObserver : public EpochObserver {
   const absl::Span<FinetuneObserver* const> observers_;
 };
 
-// The base checkpoint and its ensemble, with the config's head dropout; the proximal term's anchor when the config
-// names one.
+// The base checkpoint and its ensemble, with the config's head dropout; the proximal term's anchor when one is
+// given.
 struct BaseModel {
   model::Checkpoint checkpoint;
   model::Ensemble ensemble;
   std::optional<model::Checkpoint> anchor;
 };
 
-absl::StatusOr<BaseModel> LoadBase(const v1::FinetuneConfig& config) {
+absl::StatusOr<BaseModel> LoadBase(const v1::FinetuneConfig& config, const std::string& proximal_anchor) {
   BaseModel base;
   ASSIGN_OR_RETURN(base.checkpoint, model::LoadCheckpoint(config.base_model()));
   if (config.has_dropout()) {
     for (model::MemberWeights& m : base.checkpoint.members) m.config.head_dropout = config.dropout();
   }
   ASSIGN_OR_RETURN(base.ensemble, model::EnsembleFromCheckpoint(base.checkpoint));
-  if (config.has_proximal_anchor() && config.proximal_mu() > 0) {
-    ASSIGN_OR_RETURN(base.anchor, model::LoadCheckpoint(config.proximal_anchor()));
+  if (!proximal_anchor.empty() && config.proximal_mu() > 0) {
+    ASSIGN_OR_RETURN(base.anchor, model::LoadCheckpoint(proximal_anchor));
     if (base.anchor->members.size() != base.checkpoint.members.size() ||
         base.anchor->duo.has_value() != base.checkpoint.duo.has_value()) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "proximal_anchor ", config.proximal_anchor(), " has ", base.anchor->members.size(), " member(s)",
+          "proximal anchor ", proximal_anchor, " has ", base.anchor->members.size(), " member(s)",
           base.anchor->duo ? " and a DuoNet" : "", "; base_model ", config.base_model(), " has ",
           base.checkpoint.members.size(), base.checkpoint.duo ? " and a DuoNet" : ""));
     }
-    LOG(INFO) << "proximal term (mu " << config.proximal_mu() << ") toward " << config.proximal_anchor();
+    LOG(INFO) << "proximal term (mu " << config.proximal_mu() << ") toward " << proximal_anchor;
   }
   return base;
 }
@@ -261,12 +261,13 @@ absl::Status WriteTuned(const v1::FinetuneConfig& config, const BaseModel& base,
 }  // namespace
 
 absl::StatusOr<FinetuneResult> RunFinetune(const v1::FinetuneConfig& config,
-                                           absl::Span<FinetuneObserver* const> observers) {
+                                           absl::Span<FinetuneObserver* const> observers,
+                                           const std::string& proximal_anchor) {
   RETURN_IF_ERROR(ValidateFinetuneConfig(config));
   const fs::path out_dir(config.out_dir());
   RETURN_IF_ERROR(io::MakeDirectories((out_dir / "splits").string()));
   RETURN_IF_ERROR(io::MakeDirectories((out_dir / "state").string()));
-  ASSIGN_OR_RETURN(BaseModel base, LoadBase(config));
+  ASSIGN_OR_RETURN(BaseModel base, LoadBase(config, proximal_anchor));
   ASSIGN_OR_RETURN(SiteData site, LoadSiteData(config));
   LOG(INFO) << "split of " << config.manifest() << ":\n"
             << data::FormatSplitReport(data::SummarizeSplit(site.manifest, site.split));

@@ -143,8 +143,7 @@ absl::StatusOr<TunedModel> FinetuneModel(const v1::SiteAgentConfig& config, cons
       task.plan().learning_rate() > 0 ? task.plan().learning_rate() : config.finetune().learning_rate();
   values.batch_size = task.plan().batch_size() > 0 ? task.plan().batch_size() : config.finetune().batch_size();
   values.proximal_mu = mu;
-  v1::FinetuneConfig finetune = TaskFinetuneConfig(config, base, out_dir.string(), values);
-  if (!anchor.empty()) finetune.set_proximal_anchor(anchor);
+  const v1::FinetuneConfig finetune = TaskFinetuneConfig(config, base, out_dir.string(), values);
   RETURN_IF_ERROR(train::ValidateFinetuneConfig(finetune));
 
   // Progress reaches the heartbeat through the pipeline's epoch callbacks. Shared with the heartbeat thread's probe,
@@ -160,7 +159,7 @@ absl::StatusOr<TunedModel> FinetuneModel(const v1::SiteAgentConfig& config, cons
   FinetuneRecorder recorder((out_dir / "site.db").string(), finetune);
   train::FinetuneObserver* observers[] = {&recorder, progress.get()};
   TunedModel out;
-  ASSIGN_OR_RETURN(out.result, train::RunFinetune(finetune, observers));
+  ASSIGN_OR_RETURN(out.result, train::RunFinetune(finetune, observers, anchor));
   std::vector<double> train_losses;
   std::vector<double> validation_losses;
   for (const train::TrainResult& member : out.result.members) {

@@ -17,10 +17,16 @@
 //   6. keep the adapted checkpoint <work_dir>/adapted/<r>/model.ckpt = the run's fine-tuned model with the lowest
 //      validation BCE so far (mean of the members' best validation BCE), recorded in adapted_models;
 //   7. ReportMetrics kind "round": models "global" and "local", comparison local vs global.
+//  Personalization (the plan's; personalization.h has the files): FEDBN/SILOBN fine-tune the global model with the
+//   site's kept BatchNorm tensors put back (step 2), keep the fine-tuned ones in <work_dir>/runs/<r>/local_bn.bin, and
+//   upload the delta of the shared tensors only (step 3); no adapted model is kept per round (step 6). DITTO, after
+//   the upload, also fine-tunes the site's personal model toward the round's global model (runs/<r>/personal.ckpt),
+//   and the adapted model of step 6 is the personal model.
 //  EVALUATE (final): download the open-source (base) and final global models, evaluate open-source vs global,
 //   open-source vs adapted and global vs adapted on the test split (reports under <work_dir>/reports/<r>/), and
 //   ReportMetrics kind "final", round 0, with the models "open-source", "global", "adapted" (the adapted model is
-//   left out when the site never trained in this run). The run is then finished for the site.
+//   left out when the site never trained in this run). Under FEDBN/SILOBN the adapted model is made first: the final
+//   global model with the site's kept BatchNorm tensors (PrepareAdapted). The run is then finished for the site.
 //
 // Heartbeats: a thread sends Heartbeat every heartbeat_seconds while a task runs, with the state ("downloading",
 // "training member 1/3, epoch 2/5", "uploading", "evaluating") and progress; training progress comes from the
