@@ -73,43 +73,46 @@ CFG
 done
 for _ in $(seq 600); do [[ "$(sql "SELECT COUNT(*) FROM sites WHERE status = 'approved'")" == 2 ]] && break; sleep 0.1; done
 
-# Starts a run with personalization $1 (and extra config $2) and waits until it is completed; prints its id.
+# Starts a run with personalization $1 (and extra config $2) and waits until it is completed; sets run_id.
+run_id=""
 run_with() {
   cat > "run-$1.textproto" <<CFG
 name: "personalization $1" rounds: 2 min_sites: 2 round_deadline_seconds: 600 local_epochs: 1
 learning_rate: 0.05 batch_size: 32 sites: "site-a" sites: "site-b"
 personalization: $1 $2
 CFG
-  local id
-  id="$("$bin/fedtune" run start --config "run-$1.textproto")"
-  "$bin/fedtune" run status --run "$id" --watch --interval 1 >"watch-$1.out" 2>&1 ||
-    { tail -20 "watch-$1.out" >&2; fail "run $id ($1) did not complete"; }
-  [[ "$(sql "SELECT state FROM runs WHERE run_id = '$id'")" == completed ]] || fail "run $id ($1) is not completed"
-  echo "$id"
+  run_id="$("$bin/fedtune" run start --config "run-$1.textproto")"
+  "$bin/fedtune" run status --run "$run_id" --watch --interval 1 >"watch-$1.out" 2>&1 ||
+    { tail -20 "watch-$1.out"; fail "run $run_id ($1) did not complete"; }
+  [[ "$(sql "SELECT state FROM runs WHERE run_id = '$run_id'")" == completed ]] || fail "run $run_id ($1) is not completed"
+  echo "run $run_id ($1) completed"
 }
 # The model a run started from and its final model, as blob files.
 blob() { echo "$work/coordinator/p-state/blobs/$1"; }
 start_model() { blob "$(sql "SELECT model_digest FROM rounds WHERE run_id = '$1' AND round = 1 ORDER BY attempt LIMIT 1")"; }
 final_model() { blob "$(sql "SELECT final_model_digest FROM runs WHERE run_id = '$1'")"; }
-# The update files whose sha256 the coordinator accepted for run $1 (from each site's round dirs).
+# The update files whose sha256 the coordinator accepted for run $1 (from each site's round dirs): sets updates.
+updates=()
 accepted_updates() {
-  local n=0 site round sha f found
+  local site round sha f found rows
+  updates=()
+  rows="$(sql "SELECT site_id, round, sha256 FROM updates WHERE run_id = '$1' AND status = 'accepted' ORDER BY round, site_id")"
   while IFS='|' read -r site round sha; do
     found=""
     for f in "$site"/p-work/runs/"$1"/round-"$round"-*/update.bin; do
       [[ -f "$f" && "$(sha256sum "$f" | cut -d' ' -f1)" == "$sha" ]] && found="$f"
     done
     [[ -n "$found" ]] || fail "no update file of $site round $round with the accepted sha256 $sha"
-    echo "$work/$found"
-    n=$((n + 1))
-  done < <(sql "SELECT site_id, round, sha256 FROM updates WHERE run_id = '$1' AND status = 'accepted' ORDER BY round, site_id")
-  [[ $n -eq 4 ]] || fail "$n accepted updates for run $1, expected 4 (2 sites x 2 rounds)"
+    updates+=("$work/$found")
+  done <<<"$rows"
+  [[ ${#updates[@]} -eq 4 ]] || fail "${#updates[@]} accepted updates for run $1, expected 4 (2 sites x 2 rounds)"
+  echo "run $1: ${#updates[@]} accepted updates found in the sites' round dirs"
 }
 
 # ---- FEDBN
-fedbn="$(run_with FEDBN)"
-echo "run $fedbn (FEDBN) completed"
-mapfile -t updates < <(accepted_updates "$fedbn")
+run_with FEDBN
+fedbn="$run_id"
+accepted_updates "$fedbn"
 "$check" updates fedbn "$(start_model "$fedbn")" "${updates[@]}" || fail "(a) a BatchNorm tensor left a site"
 "$check" global fedbn "$(start_model "$fedbn")" "$(final_model "$fedbn")" ||
   fail "(b) the final global model's BatchNorm tensors are not the base model's"
@@ -132,9 +135,9 @@ PY
 echo "ok   FEDBN: no BatchNorm tensor left a site; the global model kept the base BatchNorm; adapted = global + own BatchNorm"
 
 # ---- DITTO
-ditto="$(run_with DITTO "ditto_lambda: 0.5")"
-echo "run $ditto (DITTO) completed"
-mapfile -t updates < <(accepted_updates "$ditto")
+run_with DITTO "ditto_lambda: 0.5"
+ditto="$run_id"
+accepted_updates "$ditto"
 "$check" updates ditto "$(start_model "$ditto")" "${updates[@]}" || fail "DITTO updates do not carry every tensor"
 for id in "${sites[@]}"; do
   [[ -f "$id/p-work/runs/$ditto/personal.ckpt" ]] || fail "$id kept no personal model"
@@ -144,5 +147,4 @@ for id in "${sites[@]}"; do
   grep -q "toward this round's global model" "logs/$id.log" || fail "$id did not log its personal training"
 done
 echo "ok   DITTO: full updates; each site trained and kept a personal model, its adapted model"
-for id in "${sites[@]}"; do :; done
 echo "1 passed, 0 failed"

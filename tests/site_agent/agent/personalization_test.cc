@@ -92,7 +92,9 @@ TEST_F(SitePersonalizationTest, FedBnKeepsTheSitesBatchNormAcrossRoundsRestartsA
   EXPECT_EQ(delta->size(), fl::CheckpointTensors(global_).size() - local_.size());
   for (const auto& [name, tensor] : *delta) {
     EXPECT_EQ(local_.count(name), 0u) << name << " left the site";
-    if (fl::IsFloating(tensor) && tensor.numel() > 0) EXPECT_NEAR(tensor.flatten()[0].item<double>(), 0.25, 1e-6);
+    if (fl::IsFloating(tensor) && tensor.numel() > 0) {
+      EXPECT_NEAR(tensor.flatten()[0].item<double>(), 0.25, 1e-6);
+    }
   }
   ASSERT_TRUE(KeepLocalTensors(*r1, tuned1, dir_.Join("runs/r")).ok());
   const std::string kept_path = PersonalFilesOf(dir_.Join("runs/r")).local_tensors;
