@@ -69,8 +69,11 @@ int Updates(v1::Personalization p, const std::string& base_path, const std::vect
                           : p == v1::PERSONALIZATION_SILOBN ? "silobn"
                                                             : "none/ditto")
                   .c_str());
-  Check(p == v1::PERSONALIZATION_FEDBN ? local.size() == batchnorm.size() && !local.empty() : true,
-        "FedBN keeps every BatchNorm tensor of the model at the sites");
+  if (p == v1::PERSONALIZATION_FEDBN) {
+    Check(local.size() == batchnorm.size() && !local.empty(), "FedBN keeps every BatchNorm tensor at the sites");
+  } else if (p == v1::PERSONALIZATION_SILOBN) {
+    Check(!local.empty() && local.size() < batchnorm.size(), "SiloBN keeps the BatchNorm statistics at the sites");
+  }
   for (const std::string& path : bundles) {
     std::set<std::string> names;
     int kept_local = 0;

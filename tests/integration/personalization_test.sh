@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Personalization end to end (issue 13): a real coordinator and two real site agents on 127.0.0.1 (tiny DenseNet +
-# DuoNet, 32 px, 2 rounds of 1 epoch), one run with personalization FEDBN, then one with DITTO. Checks, with
+# DuoNet, 32 px, 2 rounds of 1 epoch), one run with personalization FEDBN, one with SILOBN, one with DITTO. Checks, with
 # personalization_check reading the files:
 #   FEDBN (a) every update the coordinator accepted (its sha256 in coordinator.db, the bytes in the site's
 #             runs/<run>/round-*/update.bin) carries exactly the shared tensors: no BatchNorm tensor left a site;
@@ -8,6 +8,7 @@
 #         (c) each site's adapted checkpoint = the final global model's shared tensors + the site's own BatchNorm
 #             tensors (equal to its runs/<run>/local_bn.bin, different from the global model's); the final
 #             evaluation reported it.
+#   SILOBN    the same with the BatchNorm running statistics only (the BatchNorm weights and biases are shared).
 #   DITTO     the updates carry every tensor; each site kept a personal model (runs/<run>/personal.ckpt), its adapted
 #             model is a personal model, not the global one.
 # Usage: personalization_test.sh REPO_ROOT BIN_DIR
@@ -61,7 +62,7 @@ site_key: "pki/$id.key"
 ca_cert: "../ca/ca.pem"
 work_dir: "p-work"
 heartbeat_seconds: 1
-exit_after_runs: 2
+exit_after_runs: 3
 finetune {
   manifest: "$(ls -d "$id"/data-* | head -1 | cut -d/ -f2)/manifest.csv"
   device: "cpu" threads: 1 loader_threads: 1 seed: 1
@@ -79,7 +80,7 @@ run_with() {
   cat > "run-$1.textproto" <<CFG
 name: "personalization $1" rounds: 2 min_sites: 2 round_deadline_seconds: 600 local_epochs: 1
 learning_rate: 0.05 batch_size: 32 sites: "site-a" sites: "site-b"
-personalization: $1 $2
+personalization: $1 ${2:-}
 CFG
   run_id="$("$bin/fedtune" run start --config "run-$1.textproto")"
   "$bin/fedtune" run status --run "$run_id" --watch --interval 1 >"watch-$1.out" 2>&1 ||
@@ -133,6 +134,19 @@ print(("ok   " if ok else "FAIL ") + "both final reports evaluate the adapted mo
 sys.exit(0 if ok else 1)
 PY
 echo "ok   FEDBN: no BatchNorm tensor left a site; the global model kept the base BatchNorm; adapted = global + own BatchNorm"
+
+# ---- SILOBN
+run_with SILOBN
+silobn="$run_id"
+accepted_updates "$silobn"
+"$check" updates silobn "$(start_model "$silobn")" "${updates[@]}" || fail "a BatchNorm statistic left a site (SILOBN)"
+"$check" global silobn "$(start_model "$silobn")" "$(final_model "$silobn")" ||
+  fail "the final global model's BatchNorm statistics are not the base model's (SILOBN)"
+for id in "${sites[@]}"; do
+  "$check" adapted silobn "$(final_model "$silobn")" "$id/p-work/adapted/$silobn/model.ckpt" \
+    "$id/p-work/runs/$silobn/local_bn.bin" || fail "$id's adapted model is not the global model with its own statistics"
+done
+echo "ok   SILOBN: no BatchNorm statistic left a site; the BatchNorm weights were shared"
 
 # ---- DITTO
 run_with DITTO "ditto_lambda: 0.5"
