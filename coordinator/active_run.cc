@@ -8,10 +8,10 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/federation/states.h"
 #include "common/fl/bundle_file.h"
 #include "common/fl/model_tensors.h"
 #include "common/fl/personalization.h"
-#include "common/federation/states.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 
@@ -87,7 +87,6 @@ void ActiveRun::SetGlobal(model::Checkpoint checkpoint) {
   global_checkpoint = std::move(checkpoint);
   global = std::make_shared<const fl::TensorMap>(fl::DropTensors(fl::CheckpointTensors(global_checkpoint), kept_local));
 }
-
 
 absl::StatusOr<std::unique_ptr<ActiveRun>> LoadActiveRun(const BlobStore& blobs, const RunRecord& run,
                                                          const RoundRecord* round, const std::string& spill_dir) {

@@ -333,10 +333,10 @@ absl::StatusOr<RoundManager::ValidatedDelta> RoundManager::DecodeAndValidate(con
   }
   const auto explain = [&](const std::string& name) -> absl::Status {
     if (kept_local.count(name) == 0) return absl::OkStatus();
-    return absl::InvalidArgumentError(absl::StrCat(
-        "tensor '", name, "' is a BatchNorm tensor that must stay at the site under personalization ",
-        federation::Text(personalization), "; an update of this run carries exactly its ", global.size(),
-        " shared tensors"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor '", name, "' is a BatchNorm tensor that must stay at the site under personalization ",
+                     federation::Text(personalization), "; an update of this run carries exactly its ", global.size(),
+                     " shared tensors"));
   };
   absl::Status invalid;  // The validator's refusal: it names the update, not the file.
   const absl::Status read = fl::ForEachDecodedTensorInFile(

@@ -96,8 +96,7 @@ absl::StatusOr<std::map<std::string, BatchNormRole>> BatchNormTensors(const mode
   try {
     return Classify(checkpoint);
   } catch (const c10::Error& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("building the checkpoint's networks: ", e.what_without_backtrace()));
+    return absl::InvalidArgumentError(absl::StrCat("building the checkpoint's networks: ", e.what_without_backtrace()));
   }
 }
 
@@ -116,8 +115,7 @@ absl::StatusOr<std::set<std::string>> LocalTensorNames(const model::Checkpoint& 
     case v1::PERSONALIZATION_SILOBN:
       break;
     default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("unknown personalization ", static_cast<int>(personalization)));
+      return absl::InvalidArgumentError(absl::StrCat("unknown personalization ", static_cast<int>(personalization)));
   }
   ASSIGN_OR_RETURN(auto batchnorm, BatchNormTensors(checkpoint));
   std::set<std::string> out;

@@ -110,8 +110,7 @@ absl::StatusOr<fl::TensorMap> SharedDelta(const RoundStart& start, const model::
 }
 
 absl::StatusOr<std::optional<std::string>> WriteFinalAdapted(v1::Personalization personalization,
-                                                             const std::string& global_path,
-                                                             const std::string& run_dir,
+                                                             const std::string& global_path, const std::string& run_dir,
                                                              const std::string& adapted_path) {
   if (!fl::KeepsTensorsLocal(personalization)) return std::optional<std::string>();
   const std::string kept_path = PersonalFilesOf(run_dir).local_tensors;

@@ -80,8 +80,7 @@ absl::StatusOr<fl::TensorMap> SharedDelta(const RoundStart& start, const model::
 // site kept none (it never trained in the run) or for NONE and DITTO (nothing written). Errors: those of the
 // checkpoint reader and writer; DataLoss naming local_bn.bin when it does not fit the global model.
 absl::StatusOr<std::optional<std::string>> WriteFinalAdapted(v1::Personalization personalization,
-                                                             const std::string& global_path,
-                                                             const std::string& run_dir,
+                                                             const std::string& global_path, const std::string& run_dir,
                                                              const std::string& adapted_path);
 
 // DITTO: the personal model a round trains from, as a file that stays the same for every attempt and restart of the

@@ -84,9 +84,9 @@ int Updates(v1::Personalization p, const std::string& base_path, const std::vect
       return absl::OkStatus();
     });
     if (!read.ok()) Die(std::string(read.message()));
-    Check(kept_local == 0, absl::StrCat(path, ": ", names.size(), " tensors, ", kept_local,
-                                        " of those kept at the site", first_local.empty() ? "" : " (first: ",
-                                        first_local, first_local.empty() ? "" : ")"));
+    Check(kept_local == 0,
+          absl::StrCat(path, ": ", names.size(), " tensors, ", kept_local, " of those kept at the site",
+                       first_local.empty() ? "" : " (first: ", first_local, first_local.empty() ? "" : ")"));
     Check(names == shared, absl::StrCat(path, ": exactly the ", shared.size(), " shared tensors"));
   }
   return failures == 0 ? 0 : 1;
@@ -122,8 +122,8 @@ int Adapted(v1::Personalization p, const std::string& global_path, const std::st
   const fl::TensorMap g = fl::CheckpointTensors(global);
   const fl::TensorMap a = fl::CheckpointTensors(adapted);
   const fl::TensorMap kept = OrDie(fl::DecodeTensorBundleFile(kept_path));
-  Check(kept.size() == local.size(), absl::StrCat(kept_path, ": ", kept.size(), " kept tensors (", local.size(),
-                                                  " expected)"));
+  Check(kept.size() == local.size(),
+        absl::StrCat(kept_path, ": ", kept.size(), " kept tensors (", local.size(), " expected)"));
   int own = 0;
   int differ_from_global = 0;
   int shared_equal = 0;

@@ -116,10 +116,10 @@ TEST(PersonalizationTest, SharedTensorsPerStrategy) {
   const std::set<std::string> fedbn = *SharedTensorNames(checkpoint, v1::PERSONALIZATION_FEDBN);
   EXPECT_EQ(fedbn.size(), all.size() - bn.size());
   for (const auto& [name, role] : bn) EXPECT_EQ(fedbn.count(name), 0u) << name;
-  EXPECT_EQ(fedbn.count("member0/features.0.0.weight"), 1u);    // The stem convolution.
-  EXPECT_EQ(fedbn.count("member0/classifier.1.weight"), 1u);    // The head.
+  EXPECT_EQ(fedbn.count("member0/features.0.0.weight"), 1u);  // The stem convolution.
+  EXPECT_EQ(fedbn.count("member0/classifier.1.weight"), 1u);  // The head.
   const std::set<std::string> silobn = *SharedTensorNames(checkpoint, v1::PERSONALIZATION_SILOBN);
-  EXPECT_EQ(silobn.count("member0/features.0.1.weight"), 1u);   // Affine: shared.
+  EXPECT_EQ(silobn.count("member0/features.0.1.weight"), 1u);  // Affine: shared.
   EXPECT_EQ(silobn.count("member0/features.0.1.bias"), 1u);
   EXPECT_EQ(silobn.count("member0/features.0.1.running_mean"), 0u);  // Statistics: local.
   EXPECT_EQ(silobn.count("member0/features.0.1.num_batches_tracked"), 0u);

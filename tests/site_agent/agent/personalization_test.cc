@@ -121,8 +121,7 @@ TEST_F(SitePersonalizationTest, FedBnKeepsTheSitesBatchNormAcrossRoundsRestartsA
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(*io::Sha256File(again->path), start2);
   // So does a later attempt of round 2.
-  absl::StatusOr<RoundStart> attempt2 =
-      PrepareRoundStart(v1::PERSONALIZATION_FEDBN, global2, "unused", Dirs(2, 2));
+  absl::StatusOr<RoundStart> attempt2 = PrepareRoundStart(v1::PERSONALIZATION_FEDBN, global2, "unused", Dirs(2, 2));
   ASSERT_TRUE(attempt2.ok()) << attempt2.status();
   EXPECT_EQ(attempt2->checkpoint.weights_sha256, r2->checkpoint.weights_sha256);
 }
