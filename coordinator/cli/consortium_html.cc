@@ -39,6 +39,7 @@ svg.chart .axis { stroke: #555; stroke-width: 1; }
 svg.chart .m0 { fill: #0072b2; }
 svg.chart .m1 { fill: #e69f00; }
 svg.chart .m2 { fill: #009e73; }
+svg.chart .m3 { fill: #cc79a7; }
 )css";
 
 std::string Td(const std::string& text) { return absl::StrCat("<td>", HtmlEscape(text), "</td>"); }
@@ -62,7 +63,8 @@ std::string AucValueTd(std::optional<double> auc) { return auc ? Td(FormatAuc(au
 std::string MeanAucChart(const std::vector<SiteSummary>& summaries) {
   std::vector<double> values;
   for (const SiteSummary& s : summaries) {
-    for (const std::optional<double>& v : {s.mean_auc_open_source, s.mean_auc_global, s.mean_auc_adapted}) {
+    for (const std::optional<double>& v :
+         {s.mean_auc_open_source, s.mean_auc_global, s.mean_auc_adapted, s.mean_auc_local_only}) {
       if (v) values.push_back(*v);
     }
   }
@@ -71,7 +73,7 @@ std::string MeanAucChart(const std::vector<SiteSummary>& summaries) {
   low = std::clamp(low, 0.0, 0.9);
   const double high = 1.0;
   constexpr double kLeft = 44, kTop = 10, kPlotH = 180, kBar = 16, kGap = 22;
-  const double group = 3 * kBar + kGap;
+  const double group = kModels * kBar + kGap;
   constexpr double kLegendStep = 130;
   const double width = std::max(kLeft + group * summaries.size(), kLeft + kModels * kLegendStep) + 10;
   const double height = kTop + kPlotH + 62;
@@ -89,7 +91,8 @@ std::string MeanAucChart(const std::vector<SiteSummary>& summaries) {
   for (size_t i = 0; i < summaries.size(); ++i) {
     const SiteSummary& s = summaries[i];
     const double x0 = kLeft + kGap / 2 + group * i;
-    const std::optional<double> v[kModels] = {s.mean_auc_open_source, s.mean_auc_global, s.mean_auc_adapted};
+    const std::optional<double> v[kModels] = {s.mean_auc_open_source, s.mean_auc_global, s.mean_auc_adapted,
+                                              s.mean_auc_local_only};
     for (int m = 0; m < kModels; ++m) {
       if (!v[m]) continue;
       const double y = y_of(*v[m]);
@@ -99,7 +102,7 @@ std::string MeanAucChart(const std::vector<SiteSummary>& summaries) {
                                             kModelTitle[m], *v[m]));
     }
     absl::StrAppend(&svg, absl::StrFormat("<text x=\"%.1f\" y=\"%g\" text-anchor=\"middle\">%s</text>\n",
-                                          x0 + 1.5 * kBar, kTop + kPlotH + 14, HtmlEscape(s.site_id)));
+                                          x0 + kModels * kBar / 2, kTop + kPlotH + 14, HtmlEscape(s.site_id)));
   }
   absl::StrAppend(&svg, absl::StrFormat("<line class=\"axis\" x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\"/>\n", kLeft,
                                         kTop + kPlotH, width - 10, kTop + kPlotH));
@@ -116,7 +119,7 @@ std::string MeanAucChart(const std::vector<SiteSummary>& summaries) {
 void AppendSummarySection(std::string* html, const std::vector<SiteSummary>& summaries) {
   absl::StrAppend(html, "<h2>Summary per site</h2>\n<table>\n<thead><tr><th>Site</th><th>Test cases</th>",
                   "<th>Mean AUC<br>open-source</th><th>Mean AUC<br>federated global</th>",
-                  "<th>Mean AUC<br>locally adapted</th><th>Labels improved<br>(adapted vs open-source, p &lt; ",
+                  "<th>Mean AUC<br>locally adapted</th><th>Mean AUC<br>local only</th><th>Labels improved<br>(adapted vs open-source, p &lt; ",
                   kSignificance, ")</th><th>Labels worse</th><th>Wilcoxon p<br>(adapted vs open-source)</th>",
                   "</tr></thead>\n<tbody>\n");
   for (const SiteSummary& s : summaries) {
@@ -129,6 +132,7 @@ void AppendSummarySection(std::string* html, const std::vector<SiteSummary>& sum
                     "><td class=\"label\">", HtmlEscape(s.site_id), "</td>",
                     s.final_evaluation ? Td(absl::StrCat(s.test_cases)) : TdNa(), AucValueTd(s.mean_auc_open_source),
                     AucValueTd(s.mean_auc_global), AucValueTd(s.mean_auc_adapted),
+                    AucValueTd(s.mean_auc_local_only),
                     s.final_evaluation ? Td(absl::StrCat(s.improved_significant, " of ", s.labels_compared)) : TdNa(),
                     s.final_evaluation ? Td(absl::StrCat(s.worsened_significant)) : TdNa(), PTd(s.wilcoxon_p),
                     "</tr>\n");
@@ -164,14 +168,18 @@ void AppendSiteSection(std::string* html, const SiteView& view, const v1::SiteRu
                     "&quot;final&quot;): no per-label AUCs to show.</p>\n");
   } else {
     absl::StrAppend(html, "<table>\n<thead><tr><th rowspan=\"2\">Label</th><th rowspan=\"2\">n+</th>",
-                    "<th rowspan=\"2\">n", kMinus, "</th><th colspan=\"3\">AUC (95% CI)</th>",
-                    "<th colspan=\"3\">DeLong p</th></tr>\n<tr>");
+                    "<th rowspan=\"2\">n", kMinus, "</th><th colspan=\"", kModels, "\">AUC (95% CI)</th>",
+                    "<th colspan=\"", kPairs, "\">DeLong p</th></tr>\n<tr>");
     for (int m = 0; m < kModels; ++m) absl::StrAppend(html, "<th>", kModelTitle[m], "</th>");
     for (int p = 0; p < kPairs; ++p) absl::StrAppend(html, "<th>", kPair[p].title, "</th>");
     absl::StrAppend(html, "</tr></thead>\n<tbody>\n");
     for (const std::string& label : view.labels) {
-      const v1::LabelAuc* aucs[kModels] = {view.Auc(0, label), view.Auc(1, label), view.Auc(2, label)};
-      const v1::LabelAuc* any = aucs[0] ? aucs[0] : aucs[1] ? aucs[1] : aucs[2];
+      const v1::LabelAuc* aucs[kModels] = {};
+      const v1::LabelAuc* any = nullptr;
+      for (int m = 0; m < kModels; ++m) {
+        aucs[m] = view.Auc(m, label);
+        if (any == nullptr) any = aucs[m];
+      }
       std::string row_class;
       const std::optional<double> p = view.pair[kAdaptedVsOpenSource].PValue(label);
       if (p && *p < kSignificance && aucs[0] && aucs[2] && Defined(aucs[0]->auc()) && Defined(aucs[2]->auc())) {
@@ -186,7 +194,7 @@ void AppendSiteSection(std::string* html, const SiteView& view, const v1::SiteRu
     }
     absl::StrAppend(html, "<tr><td class=\"label\">Mean</td><td></td><td></td>");
     for (int m = 0; m < kModels; ++m) absl::StrAppend(html, AucValueTd(MeanAuc(view.model[m])));
-    absl::StrAppend(html, "<td colspan=\"3\"></td></tr>\n</tbody>\n</table>\n<ul>\n");
+    absl::StrAppend(html, "<td colspan=\"", kPairs, "\"></td></tr>\n</tbody>\n</table>\n<ul>\n");
     for (int q = 0; q < kPairs; ++q) {
       const ComparisonView& c = view.pair[q];
       if (c.comparison == nullptr) {

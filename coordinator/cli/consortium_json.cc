@@ -52,7 +52,8 @@ Json SummaryJson(const std::vector<SiteView>& views) {
     row["final_evaluation"] = s.final_evaluation;
     row["mean_auc"] = {{"open_source", Num(s.mean_auc_open_source)},
                        {"global", Num(s.mean_auc_global)},
-                       {"adapted", Num(s.mean_auc_adapted)}};
+                       {"adapted", Num(s.mean_auc_adapted)},
+                       {"local_only", Num(s.mean_auc_local_only)}};
     row["labels_compared"] = s.labels_compared;
     row["improved_significant"] = s.improved_significant;
     row["worsened_significant"] = s.worsened_significant;

@@ -1,5 +1,6 @@
 #include "coordinator/cli/consortium_report.h"
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -21,19 +22,38 @@ std::vector<SiteSummary> SummarizeSites(const v1::RunReport& report) {
 }
 
 std::string SiteSummaryText(const v1::RunReport& report) {
-  TextTable table({"site", "test cases", "mean AUC open-source -> global -> adapted", "improved p<0.05", "worse p<0.05",
-                   "Wilcoxon p"},
-                  {false, true, false, true, true, true});
-  for (const SiteSummary& s : SummarizeSites(report)) {
+  const std::vector<SiteSummary> summaries = SummarizeSites(report);
+  // The local-only column only when some site reported the baseline (RunConfig.local_only_baseline).
+  const bool local_only = std::any_of(summaries.begin(), summaries.end(),
+                                      [](const SiteSummary& s) { return s.mean_auc_local_only.has_value(); });
+  std::vector<std::string> header = {"site", "test cases", "mean AUC open-source -> global -> adapted"};
+  std::vector<bool> right = {false, true, false};
+  if (local_only) {
+    header.push_back("local only");
+    right.push_back(true);
+  }
+  for (const char* h : {"improved p<0.05", "worse p<0.05", "Wilcoxon p"}) {
+    header.push_back(h);
+    right.push_back(true);
+  }
+  TextTable table(header, right);
+  for (const SiteSummary& s : summaries) {
+    std::vector<std::string> row;
     if (!s.final_evaluation) {
-      table.AddRow({s.site_id, "n/a", "n/a (no final evaluation)", "n/a", "n/a", "n/a"});
+      row = {s.site_id, "n/a", "n/a (no final evaluation)"};
+      if (local_only) row.push_back("n/a");
+      for (int i = 0; i < 3; ++i) row.push_back("n/a");
+      table.AddRow(row);
       continue;
     }
-    table.AddRow({s.site_id, absl::StrCat(s.test_cases),
-                  absl::StrCat(FormatAuc(s.mean_auc_open_source), " -> ", FormatAuc(s.mean_auc_global), " -> ",
-                               FormatAuc(s.mean_auc_adapted)),
-                  absl::StrCat(s.improved_significant, "/", s.labels_compared), absl::StrCat(s.worsened_significant),
-                  FormatP(s.wilcoxon_p)});
+    row = {s.site_id, absl::StrCat(s.test_cases),
+           absl::StrCat(FormatAuc(s.mean_auc_open_source), " -> ", FormatAuc(s.mean_auc_global), " -> ",
+                        FormatAuc(s.mean_auc_adapted))};
+    if (local_only) row.push_back(FormatAuc(s.mean_auc_local_only));
+    row.push_back(absl::StrCat(s.improved_significant, "/", s.labels_compared));
+    row.push_back(absl::StrCat(s.worsened_significant));
+    row.push_back(FormatP(s.wilcoxon_p));
+    table.AddRow(row);
   }
   return absl::StrCat("Consortium report: ", consortium::RunLine(report.status()), "\n", table.Render(),
                       "(improved/worse: labels where the adapted model's AUC differs from the open-source model's at "

@@ -3,8 +3,9 @@
 // CSS and SVG, no script, no external resource) and the per-site summary table printed on the terminal.
 //
 // What is read from the RunReport: per site, the MetricsReport of kind "final" (ModelEvaluations named
-// "open-source", "global" and "adapted", and ModelComparisons global vs open-source, adapted vs open-source and
-// adapted vs global), the per-round MetricsReports (kind "round": train/validation loss, models "global" and
+// "open-source", "global", "adapted" and, with the local-only baseline, "local-only"; ModelComparisons global vs
+// open-source, adapted vs open-source, adapted vs global and, with the baseline, local-only vs open-source, global vs
+// local-only and adapted vs local-only), the per-round MetricsReports (kind "round": train/validation loss, models "global" and
 // "local"), and the run's RunStatus (rounds, updates, bytes). ModelEvaluations in a site's final report named after
 // ANOTHER site of the run are cross-site evaluations (that site's adapted model evaluated here) and fill the
 // cross-site matrix. Missing pieces (a site without a final evaluation, a label without an AUC) print as "n/a"
@@ -14,14 +15,15 @@
 //   {"format", "run": {"id", "name", "state", "message", "started_ms", "finished_ms", "current_round",
 //      "rounds_planned", "aggregation", "compression", "base_model_digest", "final_model_digest", "bytes_down",
 //      "bytes_up"},
-//    "summary": [{"site_id", "test_cases", "final_evaluation", "mean_auc": {"open_source", "global", "adapted"},
+//    "summary": [{"site_id", "test_cases", "final_evaluation", "mean_auc": {"open_source", "global", "adapted", "local_only"},
 //      "labels_compared", "improved_significant", "worsened_significant", "wilcoxon_p"}],   (adapted vs open-source)
 //    "sites": [{"site_id", "dataset": {"images", "train_images", "validation_images", "test_images"}, "test_cases",
-//      "final_evaluation", "models": {"open_source"|"global"|"adapted": {"digest", "mean_auc"}},
+//      "final_evaluation", "models": {"open_source"|"global"|"adapted"|"local_only": {"digest", "mean_auc"}},
 //      "labels": [{"label", "positives", "negatives",
-//                  "auc": {"open_source"|"global"|"adapted": {"auc", "ci_low", "ci_high"}},
-//                  "delong_p": {"global_vs_open_source", "adapted_vs_open_source", "adapted_vs_global"}}],
-//      "comparisons": {"global_vs_open_source"|"adapted_vs_open_source"|"adapted_vs_global":
+//                  "auc": {"open_source"|"global"|"adapted"|"local_only": {"auc", "ci_low", "ci_high"}},
+//                  "delong_p": {"global_vs_open_source", "adapted_vs_open_source", "adapted_vs_global",
+//                               "local_only_vs_open_source", "global_vs_local_only", "adapted_vs_local_only"}}],
+//      "comparisons": {each of the six pairs of delong_p:
 //                      {"wilcoxon_p", "improved_significant", "worsened_significant"}},
 //      "rounds": [{"round", "train_loss", "validation_loss", "mean_auc_global", "mean_auc_local"}],
 //      "bytes_down", "bytes_up"}],
@@ -57,6 +59,7 @@ struct SiteSummary {
   std::optional<double> mean_auc_open_source;
   std::optional<double> mean_auc_global;
   std::optional<double> mean_auc_adapted;
+  std::optional<double> mean_auc_local_only;  // nullopt when the run had no local-only baseline.
   // Adapted vs open-source: labels with both AUCs, labels significantly better/worse (DeLong p < 0.05),
   // and the Wilcoxon signed-rank p over the labels.
   int labels_compared = 0;

@@ -90,6 +90,7 @@ SiteSummary SummaryOf(const SiteView& view) {
   s.mean_auc_open_source = MeanAuc(view.model[0]);
   s.mean_auc_global = MeanAuc(view.model[1]);
   s.mean_auc_adapted = MeanAuc(view.model[2]);
+  s.mean_auc_local_only = MeanAuc(view.model[kLocalOnly]);
   const ComparisonView& c = view.pair[kAdaptedVsOpenSource];
   for (const std::string& label : view.labels) {
     const v1::LabelAuc* a = view.Auc(0, label);

@@ -20,23 +20,30 @@
 
 namespace fedtune::admin::consortium {
 
-// The three models of a final evaluation, in the report's order.
-inline constexpr int kModels = 3;
-inline constexpr const char* kModelName[kModels] = {"open-source", "global", "adapted"};  // ModelEvaluation.name
-inline constexpr const char* kModelKey[kModels] = {"open_source", "global", "adapted"};   // JSON keys
-inline constexpr const char* kModelTitle[kModels] = {"Open-source", "Federated global", "Locally adapted"};
+// The models of a final evaluation, in the report's order. "local-only" (the site's own fine-tuning of the
+// open-source model, RunConfig.local_only_baseline) comes last so that the indices of the first three stay.
+inline constexpr int kModels = 4;
+inline constexpr int kLocalOnly = 3;
+inline constexpr const char* kModelName[kModels] = {"open-source", "global", "adapted",
+                                                    "local-only"};  // ModelEvaluation.name
+inline constexpr const char* kModelKey[kModels] = {"open_source", "global", "adapted", "local_only"};  // JSON keys
+inline constexpr const char* kModelTitle[kModels] = {"Open-source", "Federated global", "Locally adapted",
+                                                     "Local only"};
 
-// The three comparisons: model b against model a.
+// The comparisons: model b against model a.
 struct PairSpec {
   int a;
   int b;
   const char* key;
   const char* title;
 };
-inline constexpr int kPairs = 3;
+inline constexpr int kPairs = 6;
 inline constexpr PairSpec kPair[kPairs] = {{0, 1, "global_vs_open_source", "global vs open-source"},
                                            {0, 2, "adapted_vs_open_source", "adapted vs open-source"},
-                                           {1, 2, "adapted_vs_global", "adapted vs global"}};
+                                           {1, 2, "adapted_vs_global", "adapted vs global"},
+                                           {0, 3, "local_only_vs_open_source", "local only vs open-source"},
+                                           {3, 1, "global_vs_local_only", "global vs local only"},
+                                           {3, 2, "adapted_vs_local_only", "adapted vs local only"}};
 inline constexpr int kAdaptedVsOpenSource = 1;
 
 // A loss as reported: nullopt for 0 (proto3's default: not reported), negative or non-finite values.
@@ -73,9 +80,9 @@ std::optional<double> MeanAuc(const v1::ModelEvaluation* model);
 struct SiteView {
   const v1::SiteRunReport* site = nullptr;
   const v1::MetricsReport* final_report = nullptr;
-  const v1::ModelEvaluation* model[kModels] = {nullptr, nullptr, nullptr};
+  const v1::ModelEvaluation* model[kModels] = {};
   ComparisonView pair[kPairs];
-  std::vector<std::string> labels;  // Union of the three models' labels, in first-seen order.
+  std::vector<std::string> labels;  // Union of the models' labels, in first-seen order.
   std::map<std::string, const v1::LabelAuc*> label_auc[kModels];
   std::vector<const v1::MetricsReport*> rounds;  // kind "round", by round.
 

@@ -33,6 +33,7 @@
 #include "site_agent/agent/agent_config.h"
 #include "site_agent/agent/dataset_summary.h"
 #include "site_agent/agent/heartbeater.h"
+#include "site_agent/agent/local_baseline.h"
 #include "site_agent/agent/metrics_report.h"
 #include "site_agent/agent/personalization.h"
 #include "site_agent/agent/training_progress.h"
@@ -678,11 +679,64 @@ absl::Status FederatedAgent::RunEvaluateTask(const v1::Task& task, Heartbeater& 
     LOG(WARNING) << "site " << config_.site_id() << " has no adapted model of run " << task.run_id()
                  << ": the final report has the open-source and global models only";
   }
+  if (task.plan().local_only_baseline()) {
+    RETURN_IF_ERROR(CheckCancelled(heartbeat, "the local-only baseline", task));
+    RETURN_IF_ERROR(EvaluateLocalOnly(task, base_path, task.base_model_digest(), global_path, adapted ? adapted->path : "",
+                                      heartbeat, &report));
+  }
   if (!config_.share_metrics()) StripPerformance(&report);
   heartbeat.SetState("reporting", 0.95);
   RETURN_IF_ERROR(client_->ReportMetrics(report));
   LOG(INFO) << "final evaluation of run " << task.run_id() << " reported; reports in " << reports.string();
   return FinishRun(task.run_id(), "completed");
+}
+
+absl::Status FederatedAgent::EvaluateLocalOnly(const v1::Task& task, const std::string& base_path,
+                                               const std::string& base_digest, const std::string& global_path,
+                                               const std::string& adapted_path, Heartbeater& heartbeat,
+                                               v1::MetricsReport* report) {
+  const fs::path reports = fs::path(config_.work_dir()) / "reports" / task.run_id();
+  const std::string test_manifest = (reports / "test.csv").string();
+  const int networks = 4;  // At most: three SoloNet members and a DuoNet; progress is a guide only.
+  auto progress = std::make_shared<TrainingProgress>(networks, std::max(1, task.plan().local_only_epochs()));
+  heartbeat.SetState("training the local-only baseline", 0.75,
+                     [progress](std::string* state, double* fraction, double* train_loss) {
+                       const TrainingProgress::View view = progress->Describe();
+                       *state = absl::StrCat("local-only baseline: ", view.state);
+                       *fraction = 0.75 + 0.1 * view.fraction;
+                       *train_loss = view.train_loss;
+                     });
+  ASSIGN_OR_RETURN(const LocalOnlyModel local_only,
+                   TrainLocalOnly(config_, base_path, base_digest, task.plan(), {progress.get()}));
+  heartbeat.SetState("evaluating the local-only baseline", 0.85);
+  auto evaluate = [&](const std::string& a, const std::string& name,
+                      const std::string& title) -> absl::StatusOr<EvaluateResult> {
+    return RunEvaluate(
+        EvaluateOptionsFor(config_, a, local_only.path, test_manifest, (reports / name).string(),
+                           absl::StrCat("Site ", config_.site_id(), ", run ", task.run_id(), ": ", title)));
+  };
+  // The baseline against the open-source model (a = open-source, b = local-only).
+  ASSIGN_OR_RETURN(EvaluateResult vs_base,
+                   evaluate(base_path, "local-only-vs-open-source", "open-source vs the local-only baseline"));
+  *report->add_models() = ModelEvaluationFrom(vs_base.report, ReportSide::kB, "local-only", local_only.digest);
+  *report->add_comparisons() = ModelComparisonFrom(vs_base.report, "open-source", "local-only");
+  // The federated models against the baseline: model a = local-only, b = global / adapted.
+  auto against = [&](const std::string& b, const std::string& name, const std::string& title,
+                     const std::string& b_name) -> absl::Status {
+    ASSIGN_OR_RETURN(EvaluateResult result,
+                     RunEvaluate(EvaluateOptionsFor(
+                         config_, local_only.path, b, test_manifest, (reports / name).string(),
+                         absl::StrCat("Site ", config_.site_id(), ", run ", task.run_id(), ": ", title))));
+    *report->add_comparisons() = ModelComparisonFrom(result.report, "local-only", b_name);
+    return absl::OkStatus();
+  };
+  RETURN_IF_ERROR(against(global_path, "global-vs-local-only", "local-only baseline vs final global model", "global"));
+  if (!adapted_path.empty()) {
+    RETURN_IF_ERROR(
+        against(adapted_path, "adapted-vs-local-only", "local-only baseline vs this site's adapted model", "adapted"));
+  }
+  LOG(INFO) << "local-only baseline of run " << task.run_id() << ": " << vs_base.summary_line;
+  return absl::OkStatus();
 }
 
 }  // namespace fedtune::agent

@@ -26,7 +26,9 @@
 //   open-source vs adapted and global vs adapted on the test split (reports under <work_dir>/reports/<r>/), and
 //   ReportMetrics kind "final", round 0, with the models "open-source", "global", "adapted" (the adapted model is
 //   left out when the site never trained in this run). Under FEDBN/SILOBN the adapted model is made first: the final
-//   global model with the site's kept BatchNorm tensors (PrepareAdapted). The run is then finished for the site.
+//   global model with the site's kept BatchNorm tensors (PrepareAdapted). With the plan's local_only_baseline, also
+//   the model "local-only" (local_baseline.h: the base model fine-tuned on the site's data alone) and the comparisons
+//   of the open-source, global and adapted models with it. The run is then finished for the site.
 //
 // Heartbeats: a thread sends Heartbeat every heartbeat_seconds while a task runs, with the state ("downloading",
 // "training member 1/3, epoch 2/5", "uploading", "evaluating") and progress; training progress comes from the
@@ -125,6 +127,13 @@ class FederatedAgent {
   // FEDBN/SILOBN, at the final evaluation: the adapted model = the final global model (`global_path`) with the
   // site's kept tensors, written to <work_dir>/adapted/<run>/model.ckpt and recorded. Nothing for NONE and DITTO.
   absl::Status PrepareAdapted(const v1::Task& task, const std::string& global_path);
+  // The final evaluation's local-only baseline (local_baseline.h): trains (or reuses) it, evaluates it against the
+  // open-source model and compares the global and (when `adapted_path` is set) adapted models with it on the test
+  // split of RunEvaluateTask (reports under <work_dir>/reports/<run>/): adds the model "local-only" and the
+  // comparisons open-source vs local-only, local-only vs global and local-only vs adapted to `report`.
+  absl::Status EvaluateLocalOnly(const v1::Task& task, const std::string& base_path, const std::string& base_digest,
+                                 const std::string& global_path, const std::string& adapted_path,
+                                 Heartbeater& heartbeat, v1::MetricsReport* report);
   // Records the run as finished (once) and counts it.
   absl::Status FinishRun(const std::string& run_id, const std::string& how);
 

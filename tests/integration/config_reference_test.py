@@ -15,6 +15,9 @@ CONFIG_PROTOS = ["finetune.proto", "synth_profile.proto", "federation_config.pro
 def fields(proto_text):
     """[(message, field, default or None)] of the top-level messages (no nested message definitions)."""
     body = re.sub(r"//.*", "", proto_text)
+    # Nested enum definitions (e.g. RunConfig.Personalization) hold no fields: drop them so that their braces do not
+    # hide the enclosing message from the match below.
+    body = re.sub(r"\benum\s+\w+\s*\{[^{}]*\}", "", body)
     found = []
     for message, block in re.findall(r"message\s+(\w+)\s*\{([^{}]*)\}", body):
         for name, options in re.findall(

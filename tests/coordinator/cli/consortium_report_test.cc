@@ -181,6 +181,35 @@ TEST(SiteSummaryTextTest, Table) {
       << text;
 }
 
+// A run with the local-only baseline: its model and its three comparisons reach the summary, the JSON and the table.
+TEST(SiteSummaryTextTest, LocalOnlyBaselineWhenReported) {
+  v1::RunReport report = MakeRunReport();
+  v1::MetricsReport* final_report = nullptr;
+  for (v1::MetricsReport& m : *report.mutable_sites(0)->mutable_metrics()) {
+    if (m.kind() == "final") final_report = &m;
+  }
+  ASSERT_NE(final_report, nullptr);
+  AddModel(final_report, "local-only", {0.66, 0.70, NAN}, 0.68);
+  testing::AddComparison(final_report, "local-only", "adapted", {0.01, 0.02, NAN}, 0.04, 2);
+  const std::vector<SiteSummary> s = SummarizeSites(report);
+  EXPECT_THAT(*s[0].mean_auc_local_only, DoubleNear(0.68, 1e-12));
+  EXPECT_FALSE(s[1].mean_auc_local_only.has_value());
+  const std::string text = SiteSummaryText(report);
+  EXPECT_TRUE(std::regex_search(text, std::regex("site-a +120 +0\\.650 -> 0\\.700 -> 0\\.750 +0\\.680 +2/2 +0 +0\\.250\n")))
+      << text;
+  // Without the baseline the column is not shown.
+  EXPECT_THAT(SiteSummaryText(MakeRunReport()), Not(HasSubstr("local only")));
+  const nlohmann::json json = nlohmann::json::parse(ConsortiumReportJson(report));
+  EXPECT_THAT(json["summary"][0]["mean_auc"]["local_only"].get<double>(), DoubleNear(0.68, 1e-12));
+  EXPECT_TRUE(json["summary"][1]["mean_auc"]["local_only"].is_null());
+  const nlohmann::json& site = json["sites"][0];
+  EXPECT_THAT(site["models"]["local_only"]["mean_auc"].get<double>(), DoubleNear(0.68, 1e-12));
+  EXPECT_THAT(site["comparisons"]["adapted_vs_local_only"]["wilcoxon_p"].get<double>(), DoubleNear(0.04, 1e-12));
+  EXPECT_EQ(site["comparisons"]["adapted_vs_local_only"]["improved_significant"].get<int>(), 2);
+  EXPECT_THAT(site["labels"][0]["delong_p"]["adapted_vs_local_only"].get<double>(), DoubleNear(0.01, 1e-12));
+  EXPECT_THAT(ConsortiumReportHtml(report), HasSubstr("adapted vs local only"));
+}
+
 TEST(WriteConsortiumReportTest, WritesBothFiles) {
   fedtune::testing::TempDir tmp;
   const std::string dir = tmp.Join("out/report");

@@ -3,7 +3,9 @@
 // and one EVALUATE task; then a "restarted" agent on the same work_dir is offered the same TRAIN task again.
 #include "site_agent/agent/federated_agent.h"
 
+#include <cmath>
 #include <filesystem>
+#include <map>
 #include <set>
 #include <string>
 
@@ -24,6 +26,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "site_agent/agent/agent_config.h"
+#include "site_agent/agent/local_baseline.h"
 #include "site_agent/agent/run_command.h"
 #include "site_agent/commands/model_init.h"
 #include "tests/site_agent/agent/fake_coordinator.h"
@@ -362,6 +365,77 @@ TEST(FederatedAgentTest, DittoTrainsAndKeepsAPersonalModel) {
   EXPECT_EQ(reports[0].personalization(), v1::PERSONALIZATION_DITTO);
   ASSERT_EQ(reports[1].models_size(), 3);
   EXPECT_EQ(reports[1].models(2).digest(), personal->weights_sha256);
+// The final evaluation with the local-only baseline: the base model fine-tuned on the site's own split is reported as
+// "local-only" and compared with the open-source, global and adapted models on the same cases; a second run from
+// the same base model reuses it.
+TEST(FederatedAgentTest, FinalEvaluationWithTheLocalOnlyBaseline) {
+  fedtune::testing::TempDir tmp;
+  AgentSetup setup(tmp);
+  testing::FakeCoordinator& coordinator = setup.coordinator;
+  v1::Task evaluate = setup.evaluate;
+  evaluate.mutable_plan()->set_local_only_baseline(true);
+  evaluate.mutable_plan()->set_local_only_epochs(1);
+  evaluate.mutable_plan()->set_learning_rate(0.05);
+  evaluate.mutable_plan()->set_batch_size(16);
+  auto agent = FederatedAgent::Create(setup.config, setup.options);
+  ASSERT_TRUE(agent.ok()) << agent.status();
+  ASSERT_TRUE((*agent)->RunTask(setup.train).ok());
+  const absl::Status evaluated = (*agent)->RunTask(evaluate);
+  ASSERT_TRUE(evaluated.ok()) << evaluated;
+
+  ASSERT_EQ(coordinator.service().reports().size(), 2u);
+  const v1::MetricsReport final_report = coordinator.service().reports()[1];
+  EXPECT_EQ(final_report.kind(), "final");
+  std::map<std::string, const v1::ModelEvaluation*> models;
+  for (const v1::ModelEvaluation& m : final_report.models()) models[m.name()] = &m;
+  ASSERT_EQ(models.size(), 4u) << final_report.DebugString();
+  ASSERT_TRUE(models.count("local-only"));
+  const v1::ModelEvaluation& local_only = *models["local-only"];
+  EXPECT_EQ(local_only.labels_size(), data::kNumChexpertLabels);
+  EXPECT_TRUE(std::isfinite(local_only.mean_auc())) << local_only.DebugString();
+  // Fine-tuned: not the base model's weights. (Here the run's one round started from the same base model with the
+  // same settings, so the round's fine-tuned model may well be the same model.)
+  EXPECT_NE(local_only.digest(), models["open-source"]->digest());
+  std::set<std::pair<std::string, std::string>> comparisons;
+  for (const v1::ModelComparison& c : final_report.comparisons()) {
+    comparisons.insert({c.model_a(), c.model_b()});
+    EXPECT_EQ(c.delong_p_size(), data::kNumChexpertLabels);
+  }
+  EXPECT_TRUE(comparisons.count({"open-source", "local-only"}));
+  EXPECT_TRUE(comparisons.count({"local-only", "global"}));
+  EXPECT_TRUE(comparisons.count({"local-only", "adapted"}));
+  ExpectSummaryOnly(final_report);
+  const fs::path reports = fs::path(tmp.Join("work")) / "reports" / "run-1";
+  EXPECT_TRUE(fs::exists(reports / "local-only-vs-open-source" / "report.html"));
+  EXPECT_TRUE(fs::exists(reports / "adapted-vs-local-only" / "report.html"));
+
+  // One keyed directory; the next run from the same base model and settings reuses its model.
+  const fs::path local_dir = fs::path(tmp.Join("work")) / "local-only";
+  std::vector<fs::path> dirs;
+  for (const auto& entry : fs::directory_iterator(local_dir)) dirs.push_back(entry.path());
+  ASSERT_EQ(dirs.size(), 1u);
+  const auto written = fs::last_write_time(dirs[0] / "model.ckpt");
+  v1::Task again = evaluate;
+  again.set_run_id("run-2");
+  const absl::Status second = (*agent)->RunTask(again);
+  ASSERT_TRUE(second.ok()) << second;
+  EXPECT_EQ(fs::last_write_time(dirs[0] / "model.ckpt"), written);
+  ASSERT_EQ(coordinator.service().reports().size(), 3u);
+  const v1::MetricsReport second_report = coordinator.service().reports()[2];
+  for (const v1::ModelEvaluation& m : second_report.models()) {
+    if (m.name() == "local-only") EXPECT_EQ(m.digest(), local_only.digest());
+  }
+  // More epochs: another model in another directory.
+  EXPECT_NE(LocalOnlyConfig(setup.config, "x.ckpt", setup.digest, evaluate.plan())->out_dir(),
+            [&] {
+              v1::TrainingPlan plan = evaluate.plan();
+              plan.set_local_only_epochs(2);
+              return LocalOnlyConfig(setup.config, "x.ckpt", setup.digest, plan)->out_dir();
+            }());
+  v1::TrainingPlan bad = evaluate.plan();
+  bad.set_local_only_epochs(0);
+  EXPECT_EQ(LocalOnlyConfig(setup.config, "x.ckpt", setup.digest, bad).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST(FederatedAgentTest, CancelledByAHeartbeatStopsTheTaskAndEndsTheRun) {
