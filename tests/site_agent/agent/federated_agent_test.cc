@@ -365,6 +365,8 @@ TEST(FederatedAgentTest, DittoTrainsAndKeepsAPersonalModel) {
   EXPECT_EQ(reports[0].personalization(), v1::PERSONALIZATION_DITTO);
   ASSERT_EQ(reports[1].models_size(), 3);
   EXPECT_EQ(reports[1].models(2).digest(), personal->weights_sha256);
+}
+
 // The final evaluation with the local-only baseline: the base model fine-tuned on the site's own split is reported as
 // "local-only" and compared with the open-source, global and adapted models on the same cases; a second run from
 // the same base model reuses it.
