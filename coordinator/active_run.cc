@@ -8,8 +8,11 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/federation/states.h"
 #include "common/fl/bundle_file.h"
 #include "common/fl/model_tensors.h"
+#include "common/fl/personalization.h"
+#include "common/logging.h"
 #include "common/status_macros.h"
 
 namespace fedtune::coordinator {
@@ -82,7 +85,7 @@ void ReleaseFreeMemory() {
 
 void ActiveRun::SetGlobal(model::Checkpoint checkpoint) {
   global_checkpoint = std::move(checkpoint);
-  global = std::make_shared<const fl::TensorMap>(fl::CheckpointTensors(global_checkpoint));
+  global = std::make_shared<const fl::TensorMap>(fl::DropTensors(fl::CheckpointTensors(global_checkpoint), kept_local));
 }
 
 absl::StatusOr<std::unique_ptr<ActiveRun>> LoadActiveRun(const BlobStore& blobs, const RunRecord& run,
@@ -93,6 +96,12 @@ absl::StatusOr<std::unique_ptr<ActiveRun>> LoadActiveRun(const BlobStore& blobs,
   if (round != nullptr) active->round = *round;
   const std::string digest = run.state == RunState::kRunning ? active->round.model_digest : run.final_model_digest;
   ASSIGN_OR_RETURN(model::Checkpoint checkpoint, model::LoadCheckpoint(blobs.PathOf(digest)));
+  active->personalization = federation::ToProto(run.config.personalization());
+  ASSIGN_OR_RETURN(active->kept_local, fl::LocalTensorNames(checkpoint, active->personalization));
+  if (!active->kept_local.empty()) {
+    LOG(INFO) << "run " << run.run_id << ": personalization " << federation::Text(active->personalization) << " keeps "
+              << active->kept_local.size() << " BatchNorm tensors at the sites; updates carry the other tensors";
+  }
   active->SetGlobal(std::move(checkpoint));
   RETURN_IF_ERROR(active->StartAttempt());
   if (run.config.aggregation() == "fedadam") {

@@ -31,7 +31,15 @@ struct ActiveRun {
   RunRecord run;
   RoundRecord round;  // The open round (running) or the last closed one (evaluating).
   model::Checkpoint global_checkpoint;
+  // The tensors of the global model that sites' deltas carry, validated and aggregated: every tensor, or for a run
+  // whose personalization keeps tensors at the sites (FEDBN, SILOBN) the others only (a partial bundle). Shares
+  // storage with global_checkpoint.
   std::shared_ptr<const fl::TensorMap> global;
+  // The run's personalization and the tensors it keeps at the sites (fl::LocalTensorNames of the run's model; the
+  // architecture does not change between rounds). A delta that carries one is refused; the next global model keeps
+  // them as they are (the base model's).
+  v1::Personalization personalization = v1::PERSONALIZATION_NONE;
+  std::set<std::string> kept_local;
   std::unique_ptr<fl::Aggregator> aggregator;
   std::unique_ptr<fl::FedAdam> fedadam;
   // A failed close left FedAdam's state advanced and it could not be read back from run.fedadam_state_path yet:
@@ -67,13 +75,14 @@ struct ActiveRun {
   // (the aggregator computes it when it clips). `what` names the update in messages. Errors: the decoder's and
   // the aggregator's (fl::Aggregator::AddFrom: on error the aggregator is as before, or damaged()).
   absl::Status AddUpdateFile(const std::string& path, int64_t num_samples, double norm, const std::string& what);
-  // Replaces the global model (after a round closed).
+  // Replaces the global model (after a round closed); `global` becomes its tensors minus kept_local.
   void SetGlobal(model::Checkpoint checkpoint);
 };
 
 // The active run `run` (running: `round` is its open round; evaluating: its last closed one, or null), with its
 // global model loaded from `blobs` and, for FedAdam, the state from run.fedadam_state_path; its aggregators spill
-// to `spill_dir` (an existing directory; empty: in memory). The loaders' errors.
+// to `spill_dir` (an existing directory; empty: in memory); kept_local from the run's personalization. The loaders'
+// errors; fl::LocalTensorNames' (InvalidArgument when the model's networks do not build).
 absl::StatusOr<std::unique_ptr<ActiveRun>> LoadActiveRun(const BlobStore& blobs, const RunRecord& run,
                                                          const RoundRecord* round, const std::string& spill_dir);
 

@@ -55,8 +55,13 @@ absl::StatusOr<AggregatedRound> AggregateRound(ActiveRun& a, BlobStore* blobs, c
   // one more model and the checkpoint writer's buffer, not a step and a next model besides.
   ASSIGN_OR_RETURN(fl::TensorMap next_global, ServerStep(a, state_dir, &out.fedadam_state_path));
   RETURN_IF_ERROR(fl::ApplyDeltaInPlace(*a.global, next_global));
-  ASSIGN_OR_RETURN(out.checkpoint, fl::CheckpointWithTensors(a.global_checkpoint, next_global));
-  next_global.clear();  // The checkpoint shares its tensors.
+  // The step covers the shared tensors (a.global). Those a personalization keeps at the sites (FEDBN, SILOBN) stay as
+  // the current global model has them: the base model's, round after round.
+  fl::TensorMap tensors = fl::CheckpointTensors(a.global_checkpoint);
+  for (auto& [name, tensor] : next_global) tensors[name] = std::move(tensor);
+  next_global.clear();
+  ASSIGN_OR_RETURN(out.checkpoint, fl::CheckpointWithTensors(a.global_checkpoint, tensors));
+  tensors.clear();  // The checkpoint shares its tensors.
   model::Provenance& provenance = out.checkpoint.metadata.provenance;
   provenance.parent_digest = a.global_checkpoint.weights_sha256;
   provenance.source =

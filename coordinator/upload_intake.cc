@@ -10,12 +10,14 @@
 #include <cmath>
 #include <memory>
 #include <optional>
+#include <set>
 #include <utility>
 #include <vector>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "common/federation/states.h"
 #include "common/fl/bundle_file.h"
 #include "common/fl/encoding.h"
 #include "common/fl/validate.h"
@@ -318,12 +320,32 @@ absl::StatusOr<RoundManager::ValidatedDelta> RoundManager::DecodeAndValidate(con
   fl::ValidationOptions validation;
   validation.max_l2_norm = max_norm;
   fl::UpdateValidator validator(global, validation, what);
+  // A run whose personalization keeps tensors at the sites (FEDBN, SILOBN) takes partial bundles: `global` holds its
+  // shared tensors only, and a delta that carries a kept one is refused, saying why.
+  std::set<std::string> kept_local;
+  v1::Personalization personalization = v1::PERSONALIZATION_NONE;
+  {
+    absl::MutexLock lock(&mu_);
+    if (active_ && active_->global.get() == &global) {
+      kept_local = active_->kept_local;
+      personalization = active_->personalization;
+    }
+  }
+  const auto explain = [&](const std::string& name) -> absl::Status {
+    if (kept_local.count(name) == 0) return absl::OkStatus();
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor '", name, "' is a BatchNorm tensor that must stay at the site under personalization ",
+                     federation::Text(personalization), "; an update of this run carries exactly its ", global.size(),
+                     " shared tensors"));
+  };
   absl::Status invalid;  // The validator's refusal: it names the update, not the file.
-  const absl::Status read =
-      fl::ForEachDecodedTensorInFile(target.spool_path, &global, [&](const std::string& name, at::Tensor tensor) {
+  const absl::Status read = fl::ForEachDecodedTensorInFile(
+      target.spool_path, &global,
+      [&](const std::string& name, at::Tensor tensor) {
         invalid = validator.Add(name, tensor);
         return invalid;
-      });
+      },
+      explain);
   if (!invalid.ok()) return invalid;
   if (!read.ok()) {
     // The decoder names the file; the site is told about its payload only.

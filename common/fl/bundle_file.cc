@@ -79,12 +79,19 @@ absl::Status ForEachNamedTensorInFile(const std::string& path,
 
 absl::Status ForEachDecodedTensorInFile(const std::string& path, const TensorMap* expected,
                                         const std::function<absl::Status(const std::string&, at::Tensor)>& fn) {
+  return ForEachDecodedTensorInFile(path, expected, fn, nullptr);
+}
+
+absl::Status ForEachDecodedTensorInFile(const std::string& path, const TensorMap* expected,
+                                        const std::function<absl::Status(const std::string&, at::Tensor)>& fn,
+                                        const std::function<absl::Status(const std::string&)>& explain_unexpected) {
   std::set<std::string> seen;
   RETURN_IF_ERROR(ForEachNamedTensorInFile(path, [&](v1::NamedTensor& tensor) -> absl::Status {
     const at::Tensor* want = nullptr;
     if (expected != nullptr) {
       auto it = expected->find(tensor.name());
       if (it == expected->end()) {
+        if (explain_unexpected) RETURN_IF_ERROR(explain_unexpected(tensor.name()));
         return absl::InvalidArgumentError(
             absl::StrCat(path, ": tensor '", tensor.name(), "': not a tensor of the model"));
       }

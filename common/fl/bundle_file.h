@@ -35,6 +35,13 @@ absl::Status ForEachNamedTensorInFile(const std::string& path, const std::functi
 absl::Status ForEachDecodedTensorInFile(const std::string& path, const TensorMap* expected,
                                         const std::function<absl::Status(const std::string&, at::Tensor)>& fn);
 
+// As above, but a name that `expected` lacks is first shown to `explain_unexpected` (when set): an error it returns
+// is returned as it is (without the path), before the generic "not a tensor of the model". The coordinator uses it to
+// say why a tensor of the model is not expected in a partial bundle (a BatchNorm tensor that stays at the site).
+absl::Status ForEachDecodedTensorInFile(const std::string& path, const TensorMap* expected,
+                                        const std::function<absl::Status(const std::string&, at::Tensor)>& fn,
+                                        const std::function<absl::Status(const std::string&)>& explain_unexpected);
+
 // Decodes every tensor of the bundle in `path` as codec.h's DecodeTensors does, with the same optional `expected`
 // schema (a server should pass the global model). Errors as ForEachNamedTensorInFile and DecodeTensors, messages
 // prefixed with the path.

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -47,19 +48,32 @@ class NetworkObserver : public EpochObserver {
   const absl::Span<FinetuneObserver* const> observers_;
 };
 
-// The base checkpoint and its ensemble, with the config's head dropout.
+// The base checkpoint and its ensemble, with the config's head dropout; the proximal term's anchor when one is
+// given.
 struct BaseModel {
   model::Checkpoint checkpoint;
   model::Ensemble ensemble;
+  std::optional<model::Checkpoint> anchor;
 };
 
-absl::StatusOr<BaseModel> LoadBase(const v1::FinetuneConfig& config) {
+absl::StatusOr<BaseModel> LoadBase(const v1::FinetuneConfig& config, const std::string& proximal_anchor) {
   BaseModel base;
   ASSIGN_OR_RETURN(base.checkpoint, model::LoadCheckpoint(config.base_model()));
   if (config.has_dropout()) {
     for (model::MemberWeights& m : base.checkpoint.members) m.config.head_dropout = config.dropout();
   }
   ASSIGN_OR_RETURN(base.ensemble, model::EnsembleFromCheckpoint(base.checkpoint));
+  if (!proximal_anchor.empty() && config.proximal_mu() > 0) {
+    ASSIGN_OR_RETURN(base.anchor, model::LoadCheckpoint(proximal_anchor));
+    if (base.anchor->members.size() != base.checkpoint.members.size() ||
+        base.anchor->duo.has_value() != base.checkpoint.duo.has_value()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "proximal anchor ", proximal_anchor, " has ", base.anchor->members.size(), " member(s)",
+          base.anchor->duo ? " and a DuoNet" : "", "; base_model ", config.base_model(), " has ",
+          base.checkpoint.members.size(), base.checkpoint.duo ? " and a DuoNet" : ""));
+    }
+    LOG(INFO) << "proximal term (mu " << config.proximal_mu() << ") toward " << proximal_anchor;
+  }
   return base;
 }
 
@@ -177,7 +191,8 @@ absl::Status TrainMembers(const v1::FinetuneConfig& config, BaseModel& base, Tra
   for (size_t i = 0; i < members.size(); ++i) {
     const std::string name =
         absl::StrCat("member", i, "-", model::ArchitectureName(base.checkpoint.members[i].config.arch));
-    const TrainerOptions options = TrainerOptionsFor(config, name, absl::StrCat("member", i, ".pt"), i);
+    TrainerOptions options = TrainerOptionsFor(config, name, absl::StrCat("member", i, ".pt"), i);
+    if (base.anchor) options.proximal_anchor = base.anchor->members[i].weights;
     NetworkObserver observer(options.name, observers);
     ASSIGN_OR_RETURN(TrainResult member,
                      Fit(members[i], *data.train, *data.validation, data.pos_weight, options, &observer));
@@ -206,7 +221,8 @@ absl::Status TrainDuo(const v1::FinetuneConfig& config, const SiteData& site, co
                    MakeLoader(config, data.loader, std::move(train_pairs), /*training=*/true));
   ASSIGN_OR_RETURN(std::unique_ptr<loader::BatchLoader> duo_validation,
                    MakeLoader(config, data.loader, std::move(validation_pairs), /*training=*/false));
-  const TrainerOptions options = TrainerOptionsFor(config, "duonet", "duo.pt", base.ensemble.solo->members().size());
+  TrainerOptions options = TrainerOptionsFor(config, "duonet", "duo.pt", base.ensemble.solo->members().size());
+  if (base.anchor) options.proximal_anchor = base.anchor->duo->weights;
   NetworkObserver observer(options.name, observers);
   ASSIGN_OR_RETURN(TrainResult duo,
                    FitDuo(base.ensemble.duo, *duo_train, *duo_validation, data.pos_weight, options, &observer));
@@ -245,12 +261,13 @@ absl::Status WriteTuned(const v1::FinetuneConfig& config, const BaseModel& base,
 }  // namespace
 
 absl::StatusOr<FinetuneResult> RunFinetune(const v1::FinetuneConfig& config,
-                                           absl::Span<FinetuneObserver* const> observers) {
+                                           absl::Span<FinetuneObserver* const> observers,
+                                           const std::string& proximal_anchor) {
   RETURN_IF_ERROR(ValidateFinetuneConfig(config));
   const fs::path out_dir(config.out_dir());
   RETURN_IF_ERROR(io::MakeDirectories((out_dir / "splits").string()));
   RETURN_IF_ERROR(io::MakeDirectories((out_dir / "state").string()));
-  ASSIGN_OR_RETURN(BaseModel base, LoadBase(config));
+  ASSIGN_OR_RETURN(BaseModel base, LoadBase(config, proximal_anchor));
   ASSIGN_OR_RETURN(SiteData site, LoadSiteData(config));
   LOG(INFO) << "split of " << config.manifest() << ":\n"
             << data::FormatSplitReport(data::SummarizeSplit(site.manifest, site.split));

@@ -65,6 +65,9 @@ void RestoreSnapshot(torch::nn::Module& module, const Snapshot& snapshot) {
 std::string Fingerprint(torch::nn::Module& module, const TrainerOptions& o, int64_t samples) {
   std::string out = absl::StrCat("lr=", o.learning_rate, ";m=", o.momentum, ";wd=", o.weight_decay, ";seed=", o.seed,
                                  ";mu=", o.proximal_mu, ";patience=", o.patience, ";samples=", samples, ";");
+  // An anchored proximal term trains toward other weights: its state must not resume an unanchored run (nor the
+  // reverse). Only anchored runs carry the mark, so the fingerprints of earlier state files are unchanged.
+  if (o.proximal_mu > 0 && !o.proximal_anchor.empty()) absl::StrAppend(&out, "anchored;");
   for (const auto& p : module.named_parameters()) {
     absl::StrAppend(&out, p.key(), ":");
     for (int64_t s : p.value().sizes()) absl::StrAppend(&out, s, "x");
@@ -266,9 +269,23 @@ absl::StatusOr<TrainResult> FitImpl(torch::nn::Module& model, const ForwardFn& f
     torch::optim::SGD optimizer(
         model.parameters(),
         torch::optim::SGDOptions(options.learning_rate).momentum(options.momentum).weight_decay(options.weight_decay));
-    std::vector<torch::Tensor> start;  // FedProx anchor.
+    std::vector<torch::Tensor> start;  // The proximal term's anchor: the start weights (FedProx) or the given ones.
     if (options.proximal_mu > 0) {
-      for (const torch::Tensor& p : model.parameters()) start.push_back(p.detach().clone());
+      if (options.proximal_anchor.empty()) {
+        for (const torch::Tensor& p : model.parameters()) start.push_back(p.detach().clone());
+      } else {
+        for (const auto& p : model.named_parameters()) {
+          auto it = options.proximal_anchor.find(p.key());
+          if (it == options.proximal_anchor.end() || !it->second.defined() ||
+              it->second.sizes() != p.value().sizes()) {
+            return absl::InvalidArgumentError(
+                absl::StrCat(options.name, ": the proximal anchor ",
+                             it == options.proximal_anchor.end() ? "lacks" : "has another shape for",
+                             " the parameter '", p.key(), "'"));
+          }
+          start.push_back(it->second.detach().to(device, p.value().scalar_type()).clone());
+        }
+      }
     }
     const std::string fingerprint = Fingerprint(model, options, train.NumSamples());
     TrainState state;

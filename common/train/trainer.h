@@ -12,6 +12,7 @@
 #include <c10/core/Device.h>
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,12 @@ struct TrainerOptions {
   uint64_t seed = 0;             // Seeds dropout per epoch (the loaders are seeded separately).
   // FedProx proximal term mu/2 * ||w - w_start||^2 (0 = plain local training). Must be >= 0.
   double proximal_mu = 0.0;
+  // The point the proximal term pulls toward, by parameter name (the module's named_parameters() keys, i.e. its
+  // state-dict keys): mu/2 * ||w - anchor||^2. Empty (default): the weights training starts from (FedProx). Ditto
+  // sets it to the round's global model while training a site's personal model from that model's previous weights.
+  // When not empty (and proximal_mu > 0) it must hold every parameter with its shape: InvalidArgument naming the
+  // first one missing or different. Tensors may be on any device (copied to the training device).
+  std::map<std::string, at::Tensor> proximal_anchor;
   // Resume file: when set, the state after each epoch is written here, and an existing file is resumed from (it must
   // come from the same model shape and options, FailedPrecondition otherwise). Empty: no resume.
   std::string state_path;

@@ -16,6 +16,7 @@
 #include "common/federation/states.h"
 #include "common/fl/codec.h"
 #include "common/fl/model_tensors.h"
+#include "common/fl/personalization.h"
 #include "common/fl/residual_files.h"
 #include "common/fl/tensor_map.h"
 #include "common/io/file_util.h"
@@ -35,6 +36,7 @@
 #include "site_agent/agent/heartbeater.h"
 #include "site_agent/agent/local_baseline.h"
 #include "site_agent/agent/metrics_report.h"
+#include "site_agent/agent/personalization.h"
 #include "site_agent/agent/training_progress.h"
 #include "site_agent/commands/evaluate.h"
 #include "site_agent/commands/site_database.h"
@@ -122,6 +124,55 @@ absl::StatusOr<std::string> RecordedUpdateSha(AgentDatabase& db, const TaskKey& 
   return std::string();
 }
 
+// One fine-tuning of a TRAIN task (the round's model, or Ditto's personal model) and its losses.
+struct TunedModel {
+  train::FinetuneResult result;
+  double train_loss = 0;       // Mean over the members of their last epoch's training BCE.
+  double validation_loss = 0;  // Mean over the members of their best validation BCE.
+};
+
+// Fine-tunes `base` into `out_dir` with the task's plan (local epochs, learning rate, batch size) and the proximal
+// term `mu` (toward `anchor` when not empty, else toward `base`); progress goes to the heartbeat as `fraction_from` +
+// `fraction_span` x the training's fraction. Resumes from out_dir's state after a restart (quick when it had
+// finished), recorded in out_dir's site.db.
+absl::StatusOr<TunedModel> FinetuneModel(const v1::SiteAgentConfig& config, const v1::Task& task, int networks,
+                                         const std::string& base, const fs::path& out_dir, double mu,
+                                         const std::string& anchor, Heartbeater& heartbeat, double fraction_from,
+                                         double fraction_span) {
+  TrainingValues values;
+  values.local_epochs = std::max(1, task.plan().local_epochs());
+  values.learning_rate =
+      task.plan().learning_rate() > 0 ? task.plan().learning_rate() : config.finetune().learning_rate();
+  values.batch_size = task.plan().batch_size() > 0 ? task.plan().batch_size() : config.finetune().batch_size();
+  values.proximal_mu = mu;
+  const v1::FinetuneConfig finetune = TaskFinetuneConfig(config, base, out_dir.string(), values);
+  RETURN_IF_ERROR(train::ValidateFinetuneConfig(finetune));
+
+  // Progress reaches the heartbeat through the pipeline's epoch callbacks. Shared with the heartbeat thread's probe,
+  // which may still run after this function returns (until the next SetState).
+  auto progress = std::make_shared<TrainingProgress>(networks, values.local_epochs);
+  heartbeat.SetState("training", fraction_from,
+                     [progress, fraction_from, fraction_span](std::string* state, double* fraction, double* train_loss) {
+                       const TrainingProgress::View view = progress->Describe();
+                       *state = view.state;
+                       *fraction = fraction_from + fraction_span * view.fraction;
+                       *train_loss = view.train_loss;
+                     });
+  FinetuneRecorder recorder((out_dir / "site.db").string(), finetune);
+  train::FinetuneObserver* observers[] = {&recorder, progress.get()};
+  TunedModel out;
+  ASSIGN_OR_RETURN(out.result, train::RunFinetune(finetune, observers, anchor));
+  std::vector<double> train_losses;
+  std::vector<double> validation_losses;
+  for (const train::TrainResult& member : out.result.members) {
+    if (!member.history.empty()) train_losses.push_back(member.history.back().train_loss);
+    validation_losses.push_back(member.best_validation_loss);
+  }
+  out.train_loss = MeanOf(train_losses);
+  out.validation_loss = MeanOf(validation_losses);
+  return out;
+}
+
 }  // namespace
 
 // One TRAIN task as it goes through RunTrain's steps: where its files are, the models, the fine-tuning's results.
@@ -131,14 +182,30 @@ struct FederatedAgent::TrainRound {
   fs::path run_dir;    // <work_dir>/runs/<run>
   fs::path round_dir;  // <run_dir>/round-<round>-<attempt>
   fl::Encoding encoding = fl::Encoding::kDenseFp32;
+  v1::Personalization personalization = v1::PERSONALIZATION_NONE;
   std::string global_path;
   model::Checkpoint global;
+  RoundStart start;  // What the round fine-tunes (the global model, with the site's kept tensors for FEDBN/SILOBN).
   train::FinetuneResult tuned;
   double train_loss = 0;       // Mean over the members of their last epoch's training BCE.
   double validation_loss = 0;  // Mean over the members of their best validation BCE.
   std::string update_path;
   std::string update_sha256;
+  std::optional<TunedModel> personal;  // DITTO: this round's personal model.
 };
+
+namespace {
+
+// The round dirs of a TRAIN task (personalization.h).
+RoundDirs RoundDirsOf(const v1::Task& task, const fs::path& run_dir, const fs::path& round_dir) {
+  RoundDirs dirs{run_dir.string(), round_dir.string(), {}};
+  for (int a = task.attempt() - 1; a >= 0; --a) {
+    dirs.earlier_attempts.push_back((run_dir / absl::StrCat("round-", task.round(), "-", a)).string());
+  }
+  return dirs;
+}
+
+}  // namespace
 
 FederatedAgent::FederatedAgent(const v1::SiteAgentConfig& config, const AgentOptions& options)
     : config_(config), options_(options), heartbeat_period_(absl::Seconds(config.heartbeat_seconds())) {}
@@ -371,9 +438,22 @@ absl::Status FederatedAgent::RunTrain(const v1::Task& task, Heartbeater& heartbe
                                                              (work / "models").string(), cancelled));
   timer.Lap("download");
   ASSIGN_OR_RETURN(round.global, model::LoadCheckpoint(round.global_path));
+  ASSIGN_OR_RETURN(round.personalization,
+                   federation::ReadPersonalization(task.plan().personalization(), "task plan personalization"));
+  ASSIGN_OR_RETURN(round.start, PrepareRoundStart(round.personalization, round.global, round.global_path,
+                                                  RoundDirsOf(task, round.run_dir, round.round_dir)));
+  if (!round.start.local.empty()) {
+    LOG(INFO) << "personalization " << federation::Text(round.personalization) << ": " << round.start.local.size()
+              << " BatchNorm tensors (" << round.start.local_values << " values) stay at this site; the update "
+              << "carries the other " << round.start.shared_tensors << " tensors";
+  }
   timer.Lap("load");
   RETURN_IF_ERROR(CheckCancelled(heartbeat, "training", task));
   RETURN_IF_ERROR(FinetuneRound(round, heartbeat));
+  if (!round.start.local.empty()) {
+    ASSIGN_OR_RETURN(model::Checkpoint tuned, model::LoadCheckpoint(round.tuned.checkpoint_path));
+    RETURN_IF_ERROR(KeepLocalTensors(round.start, tuned, round.run_dir.string()));
+  }
   timer.Lap("fine-tuning");
   RETURN_IF_ERROR(CheckCancelled(heartbeat, "the upload", task));
   heartbeat.SetTrainLoss(round.train_loss);
@@ -382,6 +462,11 @@ absl::Status FederatedAgent::RunTrain(const v1::Task& task, Heartbeater& heartbe
   timer.Lap("encode");
   RETURN_IF_ERROR(UploadRoundUpdate(round, heartbeat));
   timer.Lap("upload");
+  if (round.personalization == v1::PERSONALIZATION_DITTO) {
+    RETURN_IF_ERROR(CheckCancelled(heartbeat, "training the personal model", task));
+    RETURN_IF_ERROR(TrainPersonal(round, heartbeat));
+    timer.Lap("personal fine-tuning");
+  }
   heartbeat.SetState("evaluating", 0.9);
   ASSIGN_OR_RETURN(v1::MetricsReport report, EvaluateRound(round));
   RETURN_IF_ERROR(KeepAdapted(round));
@@ -396,38 +481,34 @@ absl::Status FederatedAgent::RunTrain(const v1::Task& task, Heartbeater& heartbe
 }
 
 absl::Status FederatedAgent::FinetuneRound(TrainRound& round, Heartbeater& heartbeat) {
-  const v1::Task& task = round.task;
-  TrainingValues values;
-  values.local_epochs = std::max(1, task.plan().local_epochs());
-  values.learning_rate =
-      task.plan().learning_rate() > 0 ? task.plan().learning_rate() : config_.finetune().learning_rate();
-  values.batch_size = task.plan().batch_size() > 0 ? task.plan().batch_size() : config_.finetune().batch_size();
-  values.proximal_mu = task.plan().proximal_mu();
-  const v1::FinetuneConfig finetune = TaskFinetuneConfig(config_, round.global_path, round.round_dir.string(), values);
-  RETURN_IF_ERROR(train::ValidateFinetuneConfig(finetune));
-
-  // Progress reaches the heartbeat through the pipeline's epoch callbacks. Shared with the heartbeat thread's probe,
-  // which may still run after this function returns (until the next SetState).
   const int networks = static_cast<int>(round.global.members.size()) + (round.global.duo ? 1 : 0);
-  auto progress = std::make_shared<TrainingProgress>(networks, values.local_epochs);
-  heartbeat.SetState("training", 0.05, [progress](std::string* state, double* fraction, double* train_loss) {
-    const TrainingProgress::View view = progress->Describe();
-    *state = view.state;
-    *fraction = 0.05 + 0.75 * view.fraction;
-    *train_loss = view.train_loss;
-  });
-  // Resumes from the round dir's state after a restart (quick when it had finished); recorded in its site.db.
-  FinetuneRecorder recorder((round.round_dir / "site.db").string(), finetune);
-  train::FinetuneObserver* observers[] = {&recorder, progress.get()};
-  ASSIGN_OR_RETURN(round.tuned, train::RunFinetune(finetune, observers));
-  std::vector<double> train_losses;
-  std::vector<double> validation_losses;
-  for (const train::TrainResult& member : round.tuned.members) {
-    if (!member.history.empty()) train_losses.push_back(member.history.back().train_loss);
-    validation_losses.push_back(member.best_validation_loss);
+  ASSIGN_OR_RETURN(TunedModel tuned, FinetuneModel(config_, round.task, networks, round.start.path, round.round_dir,
+                                                   round.task.plan().proximal_mu(), "", heartbeat, 0.05, 0.75));
+  round.tuned = std::move(tuned.result);
+  round.train_loss = tuned.train_loss;
+  round.validation_loss = tuned.validation_loss;
+  return absl::OkStatus();
+}
+
+absl::Status FederatedAgent::TrainPersonal(TrainRound& round, Heartbeater& heartbeat) {
+  const v1::Task& task = round.task;
+  const double lambda = task.plan().ditto_lambda();
+  if (!(lambda > 0) || !std::isfinite(lambda)) {
+    return absl::InvalidArgumentError(absl::StrCat("run ", task.run_id(), " round ", task.round(),
+                                                   ": personalization DITTO with ditto_lambda ", lambda,
+                                                   " (must be > 0)"));
   }
-  round.train_loss = MeanOf(train_losses);
-  round.validation_loss = MeanOf(validation_losses);
+  ASSIGN_OR_RETURN(const std::string start,
+                   PersonalStart(RoundDirsOf(task, round.run_dir, round.round_dir), round.global_path));
+  LOG(INFO) << "personalization ditto: training the personal model of run " << task.run_id() << " round "
+            << task.round() << " toward this round's global model (lambda " << lambda << "); it stays at this site";
+  const int networks = static_cast<int>(round.global.members.size()) + (round.global.duo ? 1 : 0);
+  ASSIGN_OR_RETURN(round.personal, FinetuneModel(config_, task, networks, start, round.round_dir / "personal", lambda,
+                                                 round.global_path, heartbeat, 0.86, 0.04));
+  const std::string kept = PersonalFilesOf(round.run_dir.string()).personal_model;
+  RETURN_IF_ERROR(io::CopyFileAtomically(round.personal->result.checkpoint_path, kept));
+  LOG(INFO) << "personal model of run " << task.run_id() << " round " << task.round() << ": validation BCE "
+            << round.personal->validation_loss << ", kept in " << kept;
   return absl::OkStatus();
 }
 
@@ -446,8 +527,8 @@ absl::Status FederatedAgent::WriteUpdate(TrainRound& round) {
   ASSIGN_OR_RETURN(round.update_sha256, RecordedUpdateSha(*db_, round.key));
   if (round.update_sha256.empty()) {
     ASSIGN_OR_RETURN(model::Checkpoint local, model::LoadCheckpoint(round.tuned.checkpoint_path));
-    ASSIGN_OR_RETURN(fl::TensorMap delta,
-                     fl::ComputeDelta(fl::CheckpointTensors(local), fl::CheckpointTensors(round.global)));
+    // FEDBN/SILOBN: the shared tensors only (a partial bundle); the site's own stay in local_bn.bin.
+    ASSIGN_OR_RETURN(fl::TensorMap delta, SharedDelta(round.start, local));
     fl::EncodeOptions encode_options;
     encode_options.encoding = encoding;
     if (task.plan().topk_fraction() > 0) encode_options.topk_fraction = task.plan().topk_fraction();
@@ -490,6 +571,7 @@ absl::StatusOr<v1::MetricsReport> FederatedAgent::EvaluateRound(const TrainRound
   report.set_run_id(task.run_id());
   report.set_round(task.round());
   report.set_kind("round");
+  report.set_personalization(round.personalization);
   report.set_train_loss(round.train_loss);
   report.set_validation_loss(round.validation_loss);
   if (round.tuned.test_images == 0) {
@@ -513,20 +595,40 @@ absl::StatusOr<v1::MetricsReport> FederatedAgent::EvaluateRound(const TrainRound
 
 absl::Status FederatedAgent::KeepAdapted(const TrainRound& round) {
   const v1::Task& task = round.task;
-  // The adapted model: the run's fine-tuned model with the best validation loss so far.
+  if (fl::KeepsTensorsLocal(round.personalization)) {
+    // FEDBN/SILOBN: the adapted model is made at the final evaluation (PrepareAdapted) from the final global model.
+    return absl::OkStatus();
+  }
+  // The adapted model: the run's fine-tuned model (DITTO: personal model) with the best validation loss so far.
+  const bool ditto = round.personal.has_value();
+  const train::FinetuneResult& candidate = ditto ? round.personal->result : round.tuned;
+  const double validation_loss = ditto ? round.personal->validation_loss : round.validation_loss;
   ASSIGN_OR_RETURN(std::optional<AdaptedModel> best, db_->BestAdapted(task.run_id()));
   const bool same_round = best && best->round == task.round() && best->attempt == task.attempt();
-  if (best && !same_round && !(round.validation_loss < best->validation_loss)) return absl::OkStatus();
+  if (best && !same_round && !(validation_loss < best->validation_loss)) return absl::OkStatus();
   const fs::path adapted_dir = fs::path(config_.work_dir()) / "adapted" / task.run_id();
   RETURN_IF_ERROR(io::MakeDirectories(adapted_dir.string()));
-  AdaptedModel adapted{task.run_id(),         task.round(),
-                       task.attempt(),        round.tuned.weights_sha256,
-                       round.validation_loss, (adapted_dir / "model.ckpt").string()};
-  RETURN_IF_ERROR(io::CopyFileAtomically(round.tuned.checkpoint_path, adapted.path));
+  AdaptedModel adapted{task.run_id(),   task.round(),    task.attempt(), candidate.weights_sha256,
+                       validation_loss, (adapted_dir / "model.ckpt").string()};
+  RETURN_IF_ERROR(io::CopyFileAtomically(candidate.checkpoint_path, adapted.path));
   RETURN_IF_ERROR(db_->RecordAdapted(adapted));
-  LOG(INFO) << "adapted model of run " << task.run_id() << ": round " << task.round() << " (validation BCE "
-            << round.validation_loss << ")";
+  LOG(INFO) << "adapted model of run " << task.run_id() << ": round " << task.round() << (ditto ? " personal" : "")
+            << " model (validation BCE " << validation_loss << ")";
   return absl::OkStatus();
+}
+
+absl::Status FederatedAgent::PrepareAdapted(const v1::Task& task, const std::string& global_path) {
+  ASSIGN_OR_RETURN(const v1::Personalization personalization,
+                   federation::ReadPersonalization(task.plan().personalization(), "task plan personalization"));
+  if (!fl::KeepsTensorsLocal(personalization)) return absl::OkStatus();
+  const fs::path work(config_.work_dir());
+  const std::string adapted_path = (work / "adapted" / task.run_id() / "model.ckpt").string();
+  ASSIGN_OR_RETURN(std::optional<std::string> digest,
+                   WriteFinalAdapted(personalization, global_path, (work / "runs" / task.run_id()).string(),
+                                     adapted_path));
+  if (!digest) return absl::OkStatus();
+  // The only adapted model of the run (rounds record none under FEDBN/SILOBN); its validation BCE is not measured.
+  return db_->RecordAdapted(AdaptedModel{task.run_id(), 0, 0, *digest, 0.0, adapted_path});
 }
 
 absl::Status FederatedAgent::RunEvaluateTask(const v1::Task& task, Heartbeater& heartbeat) {
@@ -539,6 +641,7 @@ absl::Status FederatedAgent::RunEvaluateTask(const v1::Task& task, Heartbeater& 
                    client_->DownloadModel(task.base_model_digest(), task.base_model_bytes(), models, cancelled));
   ASSIGN_OR_RETURN(std::string global_path,
                    client_->DownloadModel(task.model_digest(), task.model_bytes(), models, cancelled));
+  RETURN_IF_ERROR(PrepareAdapted(task, global_path));
   RETURN_IF_ERROR(CheckCancelled(heartbeat, "the final evaluation", task));
   ASSIGN_OR_RETURN(std::optional<AdaptedModel> adapted, db_->BestAdapted(task.run_id()));
   if (adapted && !fs::exists(adapted->path)) {
@@ -559,6 +662,8 @@ absl::Status FederatedAgent::RunEvaluateTask(const v1::Task& task, Heartbeater& 
   report.set_run_id(task.run_id());
   report.set_round(0);
   report.set_kind("final");
+  report.set_personalization(federation::ReadPersonalization(task.plan().personalization(), "").value_or(
+      v1::PERSONALIZATION_NONE));
   ASSIGN_OR_RETURN(EvaluateResult global_vs_base,
                    evaluate(base_path, global_path, "global-vs-open-source", "open-source vs final global model"));
   const std::string base_digest = EvaluatedDigest((reports / "global-vs-open-source").string(), "a").value_or("");

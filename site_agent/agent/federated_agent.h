@@ -17,12 +17,18 @@
 //   6. keep the adapted checkpoint <work_dir>/adapted/<r>/model.ckpt = the run's fine-tuned model with the lowest
 //      validation BCE so far (mean of the members' best validation BCE), recorded in adapted_models;
 //   7. ReportMetrics kind "round": models "global" and "local", comparison local vs global.
+//  Personalization (the plan's; personalization.h has the files): FEDBN/SILOBN fine-tune the global model with the
+//   site's kept BatchNorm tensors put back (step 2), keep the fine-tuned ones in <work_dir>/runs/<r>/local_bn.bin, and
+//   upload the delta of the shared tensors only (step 3); no adapted model is kept per round (step 6). DITTO, after
+//   the upload, also fine-tunes the site's personal model toward the round's global model (runs/<r>/personal.ckpt),
+//   and the adapted model of step 6 is the personal model.
 //  EVALUATE (final): download the open-source (base) and final global models, evaluate open-source vs global,
 //   open-source vs adapted and global vs adapted on the test split (reports under <work_dir>/reports/<r>/), and
 //   ReportMetrics kind "final", round 0, with the models "open-source", "global", "adapted" (the adapted model is
-//   left out when the site never trained in this run). With the plan's local_only_baseline, also the model
-//   "local-only" (local_baseline.h: the base model fine-tuned on the site's data alone) and the comparisons of the
-//   open-source, global and adapted models with it. The run is then finished for the site, unless the run has
+//   left out when the site never trained in this run). Under FEDBN/SILOBN the adapted model is made first: the final
+//   global model with the site's kept BatchNorm tensors (PrepareAdapted). With the plan's local_only_baseline, also
+//   the model "local-only" (local_baseline.h: the base model fine-tuned on the site's data alone) and the comparisons
+//   of the open-source, global and adapted models with it. The run is then finished for the site, unless the run has
 //   cross-site evaluation: then the site shares its adapted model first when it consents (adapted_model_shared in
 //   the final report) and the run is finished after its CROSS_EVALUATE task (cross_evaluation.h) or when the
 //   coordinator lists it in Task.ended_runs.
@@ -115,11 +121,17 @@ class FederatedAgent {
   // RunTrain's steps after the download, in order: fine-tune (progress to the heartbeat), write and record the
   // encoded update (error feedback for lossy encodings), upload it, evaluate global vs local, keep the adapted model.
   absl::Status FinetuneRound(TrainRound& round, Heartbeater& heartbeat);
+  // DITTO, after the upload: fine-tunes the site's personal model toward the round's global model
+  // (personalization.h), kept in <run_dir>/personal.ckpt.
+  absl::Status TrainPersonal(TrainRound& round, Heartbeater& heartbeat);
   absl::Status WriteUpdate(TrainRound& round);
   absl::Status UploadRoundUpdate(const TrainRound& round, Heartbeater& heartbeat);
   absl::StatusOr<v1::MetricsReport> EvaluateRound(const TrainRound& round);
   absl::Status KeepAdapted(const TrainRound& round);
   absl::Status RunEvaluateTask(const v1::Task& task, Heartbeater& heartbeat);
+  // FEDBN/SILOBN, at the final evaluation: the adapted model = the final global model (`global_path`) with the
+  // site's kept tensors, written to <work_dir>/adapted/<run>/model.ckpt and recorded. Nothing for NONE and DITTO.
+  absl::Status PrepareAdapted(const v1::Task& task, const std::string& global_path);
   // The final evaluation's local-only baseline (local_baseline.h): trains (or reuses) it, evaluates it against the
   // open-source model and compares the global and (when `adapted_path` is set) adapted models with it on the test
   // split of RunEvaluateTask (reports under <work_dir>/reports/<run>/): adds the model "local-only" and the

@@ -209,5 +209,30 @@ TEST(BundleFileTest, StreamingDecodeChecksTheSchemaAndStopsAtTheFirstError) {
   EXPECT_THAT(s.message(), HasSubstr("'x': not a tensor of the model"));
 }
 
+// A partial schema (a FEDBN run's shared tensors): a tensor left out of it is first explained by the caller's hook,
+// whose error comes back as it is; names the hook does not explain get the generic refusal.
+TEST(BundleFileTest, UnexpectedNamesAreExplainedByTheCallersHook) {
+  fedtune::testing::TempDir dir;
+  const TensorMap m = Model();
+  TensorMap shared = m;
+  shared.erase("bn.running_var");
+  shared.erase("bn.num_batches_tracked");
+  const std::string path = dir.WriteFile("all.bundle", Serialized(m));
+  auto explain = [](const std::string& name) {
+    return name == "bn.num_batches_tracked" ? absl::InvalidArgumentError("'" + name + "' stays at the site")
+                                            : absl::OkStatus();
+  };
+  auto ignore = [](const std::string&, at::Tensor) { return absl::OkStatus(); };
+  // Name order: bn.num_batches_tracked comes first.
+  absl::Status s = ForEachDecodedTensorInFile(path, &shared, ignore, explain);
+  EXPECT_EQ(s, absl::InvalidArgumentError("'bn.num_batches_tracked' stays at the site"));
+  s = ForEachDecodedTensorInFile(dir.WriteFile("var.bundle", Serialized(shared)), &shared, ignore, explain);
+  EXPECT_TRUE(s.ok()) << s;
+  TensorMap with_var = shared;
+  with_var["bn.running_var"] = m.at("bn.running_var");
+  s = ForEachDecodedTensorInFile(dir.WriteFile("with_var.bundle", Serialized(with_var)), &shared, ignore, explain);
+  EXPECT_THAT(s.message(), HasSubstr("'bn.running_var': not a tensor of the model"));
+}
+
 }  // namespace
 }  // namespace fedtune::fl

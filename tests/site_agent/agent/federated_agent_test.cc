@@ -13,8 +13,10 @@
 #include "absl/strings/str_cat.h"
 #include "common/cli/command.h"
 #include "common/data/chexpert_labels.h"
+#include "common/fl/bundle_file.h"
 #include "common/fl/codec.h"
 #include "common/fl/model_tensors.h"
+#include "common/fl/personalization.h"
 #include "common/io/file_util.h"
 #include "common/io/sha256.h"
 #include "common/model/checkpoint.h"
@@ -348,6 +350,112 @@ TEST(FederatedAgentTest, SharesItsAdaptedModelOnceAndEvaluatesTheOthers) {
   EXPECT_EQ(coordinator.service().calls("UploadUpdate"), streams);
   EXPECT_EQ(coordinator.service().reports().back().run_id(), "run-2");
   EXPECT_FALSE(coordinator.service().reports().back().adapted_model_shared());
+}
+
+// FEDBN: the upload carries no BatchNorm tensor, the site keeps its own in local_bn.bin, the final evaluation's
+// adapted model is the global model with them, and the reports say FEDBN. A restart re-uses the recorded update.
+TEST(FederatedAgentTest, FedBnKeepsBatchNormAtTheSite) {
+  fedtune::testing::TempDir tmp;
+  AgentSetup setup(tmp);
+  testing::FakeCoordinator& coordinator = setup.coordinator;
+  setup.train.mutable_plan()->set_personalization(v1::PERSONALIZATION_FEDBN);
+  setup.evaluate.mutable_plan()->set_personalization(v1::PERSONALIZATION_FEDBN);
+  coordinator.service().AddTask(setup.train);
+  coordinator.service().AddTask(setup.evaluate);
+  {
+    auto agent = FederatedAgent::Create(setup.config, setup.options);
+    ASSERT_TRUE(agent.ok()) << agent.status();
+    const absl::Status run = (*agent)->Run();
+    ASSERT_TRUE(run.ok()) << run;
+  }
+  auto global = model::LoadCheckpoint(setup.model_path);
+  ASSERT_TRUE(global.ok());
+  const std::set<std::string> local = *fl::LocalTensorNames(*global, v1::PERSONALIZATION_FEDBN);
+  const std::set<std::string> shared = *fl::SharedTensorNames(*global, v1::PERSONALIZATION_FEDBN);
+  ASSERT_FALSE(local.empty());
+  const std::string upload = coordinator.service().accepted_upload("run-1", 1);
+  auto bundle = fl::ParseTensorBundle(upload);
+  ASSERT_TRUE(bundle.ok()) << bundle.status();
+  std::set<std::string> sent;
+  for (const v1::NamedTensor& t : bundle->tensors()) sent.insert(t.name());
+  EXPECT_EQ(sent, shared);
+  for (const std::string& name : local) EXPECT_EQ(sent.count(name), 0u) << name << " left the site";
+
+  const fs::path work = tmp.Join("work");
+  const fs::path run_dir = work / "runs" / "run-1";
+  auto kept = fl::DecodeTensorBundleFile((run_dir / "local_bn.bin").string());
+  ASSERT_TRUE(kept.ok()) << kept.status();
+  EXPECT_EQ(kept->size(), local.size());
+  auto adapted = model::LoadCheckpoint((work / "adapted" / "run-1" / "model.ckpt").string());
+  ASSERT_TRUE(adapted.ok()) << adapted.status();
+  const fl::TensorMap a = fl::CheckpointTensors(*adapted);
+  const fl::TensorMap g = fl::CheckpointTensors(*global);
+  int own_differs = 0;
+  for (const auto& [name, tensor] : a) {
+    if (local.count(name)) {
+      EXPECT_TRUE(tensor.equal(kept->at(name))) << name;
+      own_differs += tensor.equal(g.at(name)) ? 0 : 1;
+    } else {
+      EXPECT_TRUE(tensor.equal(g.at(name))) << name;
+    }
+  }
+  EXPECT_GT(own_differs, 0);
+  const std::vector<v1::MetricsReport> reports = coordinator.service().reports();
+  ASSERT_EQ(reports.size(), 2u);
+  EXPECT_EQ(reports[0].personalization(), v1::PERSONALIZATION_FEDBN);
+  EXPECT_EQ(reports[1].personalization(), v1::PERSONALIZATION_FEDBN);
+  ASSERT_EQ(reports[1].models_size(), 3);
+  EXPECT_EQ(reports[1].models(2).name(), "adapted");
+  EXPECT_EQ(reports[1].models(2).digest(), adapted->weights_sha256);
+
+  // Restarted and offered the round again after its kept tensors moved on: the same update, nothing sent again.
+  const std::string update_before = *io::ReadFile((run_dir / "round-1-1" / "update.bin").string());
+  const int streams = coordinator.service().calls("UploadUpdate");
+  {
+    auto agent = FederatedAgent::Create(setup.config, setup.options);
+    ASSERT_TRUE(agent.ok()) << agent.status();
+    ASSERT_TRUE((*agent)->RunTask(setup.train).ok());
+  }
+  EXPECT_EQ(*io::ReadFile((run_dir / "round-1-1" / "update.bin").string()), update_before);
+  EXPECT_EQ(coordinator.service().calls("UploadUpdate"), streams);
+}
+
+// DITTO: the full delta goes up; the personal model is trained toward the global one, kept, and is the adapted model.
+TEST(FederatedAgentTest, DittoTrainsAndKeepsAPersonalModel) {
+  fedtune::testing::TempDir tmp;
+  AgentSetup setup(tmp);
+  testing::FakeCoordinator& coordinator = setup.coordinator;
+  setup.train.mutable_plan()->set_personalization(v1::PERSONALIZATION_DITTO);
+  setup.train.mutable_plan()->set_ditto_lambda(0.5);
+  setup.evaluate.mutable_plan()->set_personalization(v1::PERSONALIZATION_DITTO);
+  coordinator.service().AddTask(setup.train);
+  coordinator.service().AddTask(setup.evaluate);
+  {
+    auto agent = FederatedAgent::Create(setup.config, setup.options);
+    ASSERT_TRUE(agent.ok()) << agent.status();
+    const absl::Status run = (*agent)->Run();
+    ASSERT_TRUE(run.ok()) << run;
+  }
+  auto global = model::LoadCheckpoint(setup.model_path);
+  ASSERT_TRUE(global.ok());
+  auto bundle = fl::ParseTensorBundle(coordinator.service().accepted_upload("run-1", 1));
+  ASSERT_TRUE(bundle.ok()) << bundle.status();
+  EXPECT_EQ(static_cast<size_t>(bundle->tensors_size()), fl::CheckpointTensors(*global).size());
+  const fs::path work = tmp.Join("work");
+  const fs::path round_dir = work / "runs" / "run-1" / "round-1-1";
+  auto personal = model::LoadCheckpoint((work / "runs" / "run-1" / "personal.ckpt").string());
+  ASSERT_TRUE(personal.ok()) << personal.status();
+  auto tuned = model::LoadCheckpoint((round_dir / "model.ckpt").string());
+  ASSERT_TRUE(tuned.ok()) << tuned.status();
+  EXPECT_NE(personal->weights_sha256, global->weights_sha256);
+  EXPECT_NE(personal->weights_sha256, tuned->weights_sha256);
+  EXPECT_EQ(model::LoadCheckpoint((work / "adapted" / "run-1" / "model.ckpt").string())->weights_sha256,
+            personal->weights_sha256);
+  const std::vector<v1::MetricsReport> reports = coordinator.service().reports();
+  ASSERT_EQ(reports.size(), 2u);
+  EXPECT_EQ(reports[0].personalization(), v1::PERSONALIZATION_DITTO);
+  ASSERT_EQ(reports[1].models_size(), 3);
+  EXPECT_EQ(reports[1].models(2).digest(), personal->weights_sha256);
 }
 
 // The final evaluation with the local-only baseline: the base model fine-tuned on the site's own split is reported as
