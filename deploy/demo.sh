@@ -250,6 +250,7 @@ aggregation: "fedavg"
 compression: "$compression"
 base_model: "$(sha256sum "$open_source" | cut -d' ' -f1)"
 cross_site_evaluation: $cross_site
+local_only_baseline: true
 CFG
 if [[ -n "$compare" ]]; then
   # The same run once per strategy, one after the other (`fedtune experiment`), then one comparison report.

@@ -56,14 +56,17 @@ for site in ("site-a", "site-b", "site-c"):
     check(os.path.isfile(f"{base}/adapted/{run}/model.ckpt"), f"{site}: locally adapted checkpoint")
     per_round_reports = sorted(glob.glob(f"{base}/runs/{run}/round-*/report.html"))
     check(len(per_round_reports) == 3, f"{site}: a report per round ({len(per_round_reports)})")
-    finals = glob.glob(f"{base}/reports/{run}/*/report.html")
-    check(len(finals) == 3, f"{site}: final reports open-source/global/adapted ({len(finals)})")
+    finals = sorted(os.path.basename(os.path.dirname(p)) for p in glob.glob(f"{base}/reports/{run}/*/report.html"))
+    # The demo's run has the local-only baseline: open-source, global, adapted and local-only, paired.
+    check(finals == ["adapted-vs-global", "adapted-vs-local-only", "adapted-vs-open-source", "global-vs-local-only",
+                     "global-vs-open-source", "local-only-vs-open-source"], f"{site}: final reports ({finals})")
     check(os.path.isfile(f"{base}/site.db"), f"{site}: its own SQLite")
 
 report = json.load(open(glob.glob(f"{work}/report-{run}/report.json")[0]))
 ids = sorted(s["site_id"] for s in report["summary"])
 check(ids == ["site-a", "site-b", "site-c"], f"consortium report lists every site ({ids})")
 check(all(s["final_evaluation"] for s in report["summary"]), "every site sent its final evaluation")
+check(all(s["mean_auc"]["local_only"] is not None for s in report["summary"]), "every site reported its local-only model")
 # Nothing per case leaves a site: the coordinator's metrics hold summaries only (no image paths).
 blobs = b"".join(r[0] for r in db.execute("SELECT report FROM metrics"))
 check(b".png" not in blobs and b"patient" not in blobs, "no image paths or patient ids in the coordinator's metrics")
