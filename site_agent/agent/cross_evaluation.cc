@@ -13,6 +13,7 @@
 #include "common/model/checkpoint.h"
 #include "common/pki/certificate.h"
 #include "common/status_macros.h"
+#include "site_agent/agent/evaluation_options.h"
 #include "site_agent/agent/heartbeater.h"
 #include "site_agent/agent/metrics_report.h"
 #include "site_agent/commands/evaluate.h"
@@ -34,34 +35,6 @@ absl::StatusOr<std::optional<TaskRecord>> RecordedShare(AgentDatabase& db, const
     return std::nullopt;
   }
   return record;
-}
-
-// weights_sha256 of RunEvaluate's model `side` ("a" or "b") from its report.json; "" when unreadable.
-std::string EvaluatedDigest(const fs::path& report_dir, const char* side) {
-  absl::StatusOr<std::string> text = io::ReadFile((report_dir / "report.json").string());
-  if (!text.ok()) return "";
-  nlohmann::json json = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
-  if (json.is_discarded() || !json.contains("models") || !json["models"].contains(side)) return "";
-  return json["models"][side].value("weights_sha256", "");
-}
-
-// RunEvaluate's options as federated_agent.cc's final evaluation sets them (the site's data root, device, input
-// settings and Grad-CAM count).
-EvaluateOptions OptionsFor(const v1::SiteAgentConfig& config, const std::string& a, const std::string& b,
-                           const std::string& manifest, const std::string& out_dir, std::string title) {
-  EvaluateOptions options;
-  options.base_model = a;
-  options.model = b;
-  options.manifest = manifest;
-  options.data_root = config.finetune().data_root();
-  options.out_dir = out_dir;
-  options.predict.device = config.finetune().device();
-  options.predict.input.crop_borders = config.finetune().crop_borders();
-  options.predict.input.max_image_pixels = config.finetune().max_image_pixels();
-  options.predict.loader_threads = config.finetune().loader_threads();
-  options.gradcam_per_label = config.gradcam_per_label();
-  options.title = std::move(title);
-  return options;
 }
 
 }  // namespace
@@ -154,16 +127,16 @@ absl::Status RunCrossEvaluation(const CrossSiteContext& context, const v1::Task&
     const fs::path out = reports / absl::StrCat("cross-", shared.site_id());
     ASSIGN_OR_RETURN(
         EvaluateResult evaluated,
-        RunEvaluate(OptionsFor(context.config, global_path, path, test_manifest, out.string(),
+        RunEvaluate(EvaluateOptionsFor(context.config, global_path, path, test_manifest, out.string(),
                                absl::StrCat("Site ", context.config.site_id(), ", run ", task.run_id(),
                                             ": final global vs the adapted model of site ", shared.site_id()))));
     LOG(INFO) << "cross-site evaluation of site " << shared.site_id() << "'s adapted model: " << evaluated.summary_line;
     if (i == 0) {
       report.set_test_cases(evaluated.images);
-      *report.add_models() = ModelEvaluationFrom(evaluated.report, ReportSide::kA, "global", EvaluatedDigest(out, "a"));
+      *report.add_models() = ModelEvaluationFrom(evaluated.report, ReportSide::kA, "global", EvaluatedDigest(out.string(), "a").value_or(""));
     }
     *report.add_models() =
-        ModelEvaluationFrom(evaluated.report, ReportSide::kB, shared.site_id(), EvaluatedDigest(out, "b"));
+        ModelEvaluationFrom(evaluated.report, ReportSide::kB, shared.site_id(), EvaluatedDigest(out.string(), "b").value_or(""));
     *report.add_comparisons() = ModelComparisonFrom(evaluated.report, "global", shared.site_id());
   }
   if (!context.config.share_metrics()) StripPerformance(&report);

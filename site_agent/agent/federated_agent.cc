@@ -33,6 +33,7 @@
 #include "site_agent/agent/agent_config.h"
 #include "site_agent/agent/cross_evaluation.h"
 #include "site_agent/agent/dataset_summary.h"
+#include "site_agent/agent/evaluation_options.h"
 #include "site_agent/agent/heartbeater.h"
 #include "site_agent/agent/local_baseline.h"
 #include "site_agent/agent/metrics_report.h"
@@ -76,41 +77,11 @@ absl::Status CheckCancelled(const Heartbeater& heartbeat, absl::string_view step
                                            "coordinator before ", step, " (", heartbeat.reason(), ")"));
 }
 
-// weights_sha256 of RunEvaluate's model "a" or "b" from its report.json.
-absl::StatusOr<std::string> EvaluatedDigest(const std::string& report_dir, const char* side) {
-  const std::string path = (fs::path(report_dir) / "report.json").string();
-  ASSIGN_OR_RETURN(std::string text, io::ReadFile(path));
-  nlohmann::json json = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (json.is_discarded() || !json.contains("models") || !json["models"].contains(side)) {
-    return absl::DataLossError(absl::StrCat(path, ": no models.", side, ".weights_sha256"));
-  }
-  return json["models"][side].value("weights_sha256", "");
-}
-
 double MeanOf(const std::vector<double>& values) {
   if (values.empty()) return std::nan("");
   double sum = 0;
   for (double v : values) sum += v;
   return sum / static_cast<double>(values.size());
-}
-
-// RunEvaluate's options for models `a` and `b` on `manifest`, with the site's data root, device, input settings and
-// Grad-CAM count.
-EvaluateOptions EvaluateOptionsFor(const v1::SiteAgentConfig& config, const std::string& a, const std::string& b,
-                                   const std::string& manifest, const std::string& out_dir, std::string title) {
-  EvaluateOptions options;
-  options.base_model = a;
-  options.model = b;
-  options.manifest = manifest;
-  options.data_root = config.finetune().data_root();
-  options.out_dir = out_dir;
-  options.predict.device = config.finetune().device();
-  options.predict.input.crop_borders = config.finetune().crop_borders();
-  options.predict.input.max_image_pixels = config.finetune().max_image_pixels();
-  options.predict.loader_threads = config.finetune().loader_threads();
-  options.gradcam_per_label = config.gradcam_per_label();
-  options.title = std::move(title);
-  return options;
 }
 
 // The sha256 of the update recorded for `key` when its file still has it; empty when there is none (or the file
