@@ -623,11 +623,14 @@ absl::Status FederatedAgent::RunEvaluateTask(const v1::Task& task, Heartbeater& 
   RETURN_IF_ERROR(train::WriteSplitManifest(site_, data::Split::kTest, test_manifest));
 
   heartbeat.SetState("evaluating", 0.1);
+  // The reports say which strategy made the adapted model.
+  const std::string strategy(federation::Text(
+      federation::ReadPersonalization(task.plan().personalization(), "").value_or(v1::PERSONALIZATION_NONE)));
   auto evaluate = [&](const std::string& a, const std::string& b, const std::string& name,
                       const std::string& title) -> absl::StatusOr<EvaluateResult> {
-    return RunEvaluate(
-        EvaluateOptionsFor(config_, a, b, test_manifest, (reports / name).string(),
-                           absl::StrCat("Site ", config_.site_id(), ", run ", task.run_id(), ": ", title)));
+    return RunEvaluate(EvaluateOptionsFor(config_, a, b, test_manifest, (reports / name).string(),
+                                          absl::StrCat("Site ", config_.site_id(), ", run ", task.run_id(),
+                                                       " (personalization ", strategy, "): ", title)));
   };
   v1::MetricsReport report;
   report.set_run_id(task.run_id());
