@@ -161,6 +161,9 @@ absl::Status ValidateRunConfig(const v1::RunConfig& c) {
   if (c.local_only_epochs() < 0 || c.local_only_epochs() > 1000) {
     return Invalid("local_only_epochs", absl::StrCat(c.local_only_epochs(), " is outside [0, 1000]"));
   }
+  if (c.local_only_baseline() && c.local_only_epochs() == 0 && int64_t{c.rounds()} * c.local_epochs() > 1000) {
+    return Invalid("local_only_epochs", "0 means rounds x local_epochs, which is over 1000: set it");
+  }
   std::set<std::string> seen;
   for (const std::string& site : c.sites()) {
     if (site.empty()) return Invalid("sites", "empty site id");

@@ -76,6 +76,17 @@ absl::StatusOr<std::string> ResolveBaseModel(StateStore& store, const v1::RunCon
       return absl::InvalidArgumentError(
           absl::StrCat("base_model: prefix ", config.base_model(), " matches ", found.size(), " model versions"));
     }
+    // A site's shared adapted model was consented for its run's sites only: never another run's starting point.
+    if (!found.front().run_id.empty()) {
+      ASSIGN_OR_RETURN(std::vector<SharedModelRecord> shared, store.ListSharedModels(found.front().run_id));
+      for (const SharedModelRecord& m : shared) {
+        if (m.digest == found.front().digest) {
+          return absl::InvalidArgumentError(absl::StrCat("base_model: ", config.base_model(), " is site ", m.site_id,
+                                                         "'s adapted model shared for the cross-site evaluation of run ",
+                                                         m.run_id, ", not a global model"));
+        }
+      }
+    }
     return found.front().digest;
   }
   ASSIGN_OR_RETURN(std::optional<ModelVersion> latest, store.LatestModelVersion());
@@ -615,6 +626,14 @@ absl::Status RoundManager::Tick() {
   }
   if (active_->run.state == RunState::kEvaluating && now >= active_->run.evaluation_deadline_ms) {
     return EndFinalEvaluationLocked("deadline passed");
+  }
+  if (active_->run.state == RunState::kEvaluating) {
+    // Every final report may be in without the evaluation having ended: a restart between the last report and the
+    // transition that ends it, or the last site still waited for was revoked meanwhile.
+    ASSIGN_OR_RETURN(std::set<std::string> eligible, EligibleSitesLocked());
+    if (std::includes(active_->finals.begin(), active_->finals.end(), eligible.begin(), eligible.end())) {
+      return EndFinalEvaluationLocked("every site sent its final evaluation");
+    }
   }
   return absl::OkStatus();
 }

@@ -14,7 +14,8 @@
 //   the deadline the attempt "failed" and attempt + 1 opens with the same model, up to max_round_attempts; then the
 //   run "failed". "evaluating": every selected site gets an EVALUATE task (round 0, the final global model) until
 //   it sends its MetricsReport of kind "final"; the run completes when all have, or at the evaluation deadline
-//   (now + round_deadline_seconds when evaluation began). AbortRun marks the run and its open round "aborted".
+//   (now + round_deadline_seconds when evaluation began, plus round_deadline_seconds per local_epochs of the
+//   local-only baseline's training when the run has one). AbortRun marks the run and its open round "aborted".
 //
 // Cross-site evaluation (RunConfig.cross_site_evaluation; shared_model_intake.cc, cross_evaluation_stage.cc): while
 // the run is "evaluating", a consenting site uploads its adapted model (UploadHeader.kind UPLOAD_KIND_ADAPTED_MODEL,
@@ -291,7 +292,7 @@ class RoundManager {
                                                         int round, const std::string& sha256)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Checks a complete spool file: a checkpoint with the global model's tensors (called without mu_).
-  absl::Status ValidateSharedModel(const std::string& path, const fl::TensorMap& global, const std::string& what)
+  absl::Status ValidateSharedModel(const std::string& path, const model::Checkpoint& global, const std::string& what)
       ABSL_LOCKS_EXCLUDED(mu_);
   // The final evaluation ended (every site reported, or its deadline): the cross-evaluation stage begins when the run
   // has cross_site_evaluation, otherwise the run completes.

@@ -1,5 +1,6 @@
 #include "coordinator/round_transitions.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <system_error>
 #include <utility>
@@ -22,6 +23,19 @@ std::string Iso8601(absl::Time t) { return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ"
 
 int64_t DeadlineAfter(const ActiveRun& a, int64_t now_ms) {
   return now_ms + int64_t{a.run.config.round_deadline_seconds()} * 1000;
+}
+
+// The final evaluation's deadline: one round's, plus, with the local-only baseline, one round's per local_epochs of
+// its training (the sites fine-tune the open-source model during the evaluation).
+int64_t EvaluationDeadlineAfter(const ActiveRun& a, int64_t now_ms) {
+  const v1::RunConfig& c = a.run.config;
+  int64_t rounds = 1;
+  if (c.local_only_baseline()) {
+    const int64_t epochs = c.local_only_epochs() > 0 ? c.local_only_epochs() : int64_t{c.rounds()} * c.local_epochs();
+    const int64_t per_round = std::max(1, c.local_epochs());
+    rounds += (epochs + per_round - 1) / per_round;
+  }
+  return now_ms + rounds * int64_t{c.round_deadline_seconds()} * 1000;
 }
 
 // The aggregated step, after FedAdam's server step when the run uses it (its state written to *adam_path).
@@ -121,7 +135,7 @@ RunTransition CloseRoundTransition(const ActiveRun& a, const AggregatedRound& re
   t.run.final_model_digest = result.digest;
   if (a.run.config.final_evaluation()) {
     t.run.state = RunState::kEvaluating;
-    t.run.evaluation_deadline_ms = DeadlineAfter(a, now_ms);
+    t.run.evaluation_deadline_ms = EvaluationDeadlineAfter(a, now_ms);
   } else {
     t.run.state = RunState::kCompleted;
     t.run.finished_ms = now_ms;

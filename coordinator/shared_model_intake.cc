@@ -145,7 +145,7 @@ absl::Status RoundManager::EndSharedModelUpload(const std::string& site_id, cons
   return why;
 }
 
-absl::Status RoundManager::ValidateSharedModel(const std::string& path, const fl::TensorMap& global,
+absl::Status RoundManager::ValidateSharedModel(const std::string& path, const model::Checkpoint& global_checkpoint,
                                                const std::string& what) {
   absl::StatusOr<model::Checkpoint> loaded = model::LoadCheckpoint(path);
   if (!loaded.ok()) {
@@ -156,6 +156,36 @@ absl::Status RoundManager::ValidateSharedModel(const std::string& path, const fl
                                       : absl::StatusCode::kInvalidArgument;
     return absl::Status(code, absl::StrCat(what, ": not a fedtune checkpoint: ", detail));
   }
+  // What the evaluating sites act on besides the weights: the same outputs, input size and normalization as the
+  // global model, and the same networks (a site must not make the others preprocess at another size).
+  const model::CheckpointMetadata& mine = loaded->metadata;
+  const model::CheckpointMetadata& theirs = global_checkpoint.metadata;
+  if (mine.labels != theirs.labels) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": its labels differ from the global model's"));
+  }
+  if (mine.image_size != theirs.image_size) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": image_size ", mine.image_size,
+                                                   " differs from the global model's ", theirs.image_size));
+  }
+  if (mine.mean != theirs.mean || mine.std != theirs.std) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": its input normalization (mean, std) differs from the global model's"));
+  }
+  if (loaded->members.size() != global_checkpoint.members.size() ||
+      loaded->duo.has_value() != global_checkpoint.duo.has_value()) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": its networks differ from the global model's"));
+  }
+  for (size_t i = 0; i < loaded->members.size(); ++i) {
+    const model::ModelConfig& a = loaded->members[i].config;
+    const model::ModelConfig& b = global_checkpoint.members[i].config;
+    if (a.arch != b.arch || a.num_outputs != b.num_outputs || a.in_channels != b.in_channels) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": member ", i, "'s architecture differs from the global model's"));
+    }
+  }
+  // Every tensor of the global checkpoint, including those the sites keep under FEDBN/SILOBN (ActiveRun::global
+  // holds only the shared ones, but an adapted model is whole).
+  const fl::TensorMap global = fl::CheckpointTensors(global_checkpoint);
   const fl::TensorMap tensors = fl::CheckpointTensors(*loaded);
   for (const auto& [name, expected] : global) {
     auto it = tensors.find(name);
@@ -209,7 +239,7 @@ absl::StatusOr<v1::UploadResponse> RoundManager::AcceptSharedModel(const std::st
         received_sha256, " but the header says ", header.sha256(), "; the received data was discarded")));
   }
   absl::MutexLock decode_lock(&decode_mu_);
-  std::shared_ptr<const fl::TensorMap> global;
+  model::Checkpoint global;  // Shares its tensors' storage with the active run's (read only).
   std::string final_digest;
   {
     absl::MutexLock lock(&mu_);
@@ -222,10 +252,10 @@ absl::StatusOr<v1::UploadResponse> RoundManager::AcceptSharedModel(const std::st
       response.set_message("accepted before (same payload)");
       return response;
     }
-    global = active_->global;
+    global = active_->global_checkpoint;
     final_digest = active_->run.final_model_digest;
   }
-  if (absl::Status valid = ValidateSharedModel(target.spool_path, *global, what); !valid.ok()) {
+  if (absl::Status valid = ValidateSharedModel(target.spool_path, global, what); !valid.ok()) {
     ReleaseFreeMemory();
     return refuse(valid);
   }

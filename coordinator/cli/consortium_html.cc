@@ -364,7 +364,7 @@ void AppendCrossSiteSection(std::string* html, const CrossSiteMatrix& x) {
         continue;
       }
       std::string mark;
-      if (cell.significant()) {
+      if (cell.significant() && cell.direction_known) {
         mark = absl::StrCat(" <span class=\"sig\" title=\"", cell.better ? "higher" : "lower",
                             " AUC than global on its most significant label, adjusted p = ", FormatP(cell.p_vs_global),
                             "\">",

@@ -167,13 +167,14 @@ void CompareWithGlobal(const v1::MetricsReport* metrics, const std::string& name
     if (!forward && !reversed) continue;
     int compared = 0;
     std::optional<double> min_p;
-    double difference = 0;  // Row model minus global, on the label of min_p.
+    double difference = std::nan("");  // Row model minus global, on the label of min_p (NaN: unknown).
     for (int i = 0; i < c.delong_p_size(); ++i) {
       const std::optional<double> p = Defined(c.delong_p(i));
       if (!p) continue;
       ++compared;
       if (!min_p || *p < *min_p) {
         min_p = p;
+        difference = std::nan("");
         if (i < c.auc_difference_size() && Defined(c.auc_difference(i))) {
           difference = forward ? c.auc_difference(i) : -c.auc_difference(i);
         } else if (i < c.labels_size()) {  // No differences sent: from the two models' AUCs on that label.
@@ -184,6 +185,7 @@ void CompareWithGlobal(const v1::MetricsReport* metrics, const std::string& name
     }
     if (!min_p) return;
     cell->p_vs_global = std::min(1.0, *min_p * compared);
+    cell->direction_known = std::isfinite(difference);
     cell->better = difference > 0;
     return;
   }

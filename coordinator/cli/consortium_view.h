@@ -136,6 +136,7 @@ struct CrossCell {
   // model's AUC is above the global model's on that label.
   std::optional<double> p_vs_global;
   bool better = false;
+  bool direction_known = false;  // The AUC difference on that label was known (otherwise `better` means nothing).
   bool significant() const { return p_vs_global && *p_vs_global < kSignificance; }
 };
 

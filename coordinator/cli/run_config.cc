@@ -120,6 +120,9 @@ absl::Status ValidateRunConfig(const v1::RunConfig& c) {
   if (c.local_only_epochs() < 0 || c.local_only_epochs() > 1000) {
     return FieldError("local_only_epochs", absl::StrCat(c.local_only_epochs()), "must be in [0, 1000] (0: rounds x local_epochs)");
   }
+  if (c.local_only_baseline() && c.local_only_epochs() == 0 && int64_t{c.rounds()} * c.local_epochs() > 1000) {
+    return FieldError("local_only_epochs", "0", "means rounds x local_epochs, which is over 1000: set it");
+  }
   if (!c.base_model().empty() &&
       (c.base_model().size() < 8 || c.base_model().size() > 64 || !IsLowerHex(c.base_model()))) {
     return FieldError("base_model", absl::StrCat("'", c.base_model(), "'"),

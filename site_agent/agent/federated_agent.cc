@@ -667,9 +667,21 @@ absl::Status FederatedAgent::RunEvaluateTask(const v1::Task& task, Heartbeater& 
                                       heartbeat, &report));
   }
   heartbeat.SetState("sharing", 0.9);
-  ASSIGN_OR_RETURN(const bool shared,
-                   ShareAdaptedModel(CrossSiteContext{config_, *client_, *db_, site_}, task, adapted, cancelled));
-  report.set_adapted_model_shared(shared);
+  absl::StatusOr<bool> shared =
+      ShareAdaptedModel(CrossSiteContext{config_, *client_, *db_, site_}, task, adapted, cancelled);
+  if (!shared.ok()) {
+    // The coordinator no longer takes it (the stage moved on, another payload was taken, the site may not): the final
+    // report still goes up, with the model "not shared". Cancellation and local failures end the task as before.
+    const absl::StatusCode code = shared.status().code();
+    if (code != absl::StatusCode::kFailedPrecondition && code != absl::StatusCode::kAlreadyExists &&
+        code != absl::StatusCode::kPermissionDenied && code != absl::StatusCode::kInvalidArgument) {
+      return shared.status();
+    }
+    LOG(WARNING) << "the adapted model of run " << task.run_id() << " could not be shared (" << shared.status()
+                 << "): the final report says \"not shared\"";
+    shared = false;
+  }
+  report.set_adapted_model_shared(*shared);
   if (!config_.share_metrics()) StripPerformance(&report);
   heartbeat.SetState("reporting", 0.95);
   RETURN_IF_ERROR(client_->ReportMetrics(report));

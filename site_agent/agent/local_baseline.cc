@@ -41,8 +41,10 @@ absl::StatusOr<v1::FinetuneConfig> LocalOnlyConfig(const v1::SiteAgentConfig& co
   v1::FinetuneConfig keyed = TaskFinetuneConfig(config, base_path, "", values);
   keyed.clear_out_dir();
   keyed.clear_base_model();
+  // The manifest's contents too: a manifest rewritten at the same path (new images, labels) is other data.
+  ASSIGN_OR_RETURN(const std::string manifest_sha256, io::Sha256File(config.finetune().manifest()));
   const std::string key =
-      io::Sha256Hex(absl::StrCat(base_digest, "\n", keyed.SerializeAsString())).substr(0, 16);
+      io::Sha256Hex(absl::StrCat(base_digest, "\n", manifest_sha256, "\n", keyed.SerializeAsString())).substr(0, 16);
   const std::string dir = (fs::path(config.work_dir()) / "local-only" / key).string();
   return TaskFinetuneConfig(config, base_path, dir, values);
 }

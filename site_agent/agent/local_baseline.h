@@ -7,7 +7,8 @@
 // max_epochs = the plan's local_only_epochs (early stopping still applies), with no proximal term.
 //
 // Files: <work_dir>/local-only/<key>/ (model.ckpt, the fine-tuning state and its site.db) where <key> is the first
-// 16 hex digits of the SHA-256 of the base model's digest and the effective fine-tuning config (out_dir excluded).
+// 16 hex digits of the SHA-256 of the base model's digest, the manifest file's SHA-256 and the effective fine-tuning
+// config (out_dir excluded). Images changed in place behind an unchanged manifest are not noticed.
 // The same base model, data and settings thus give the same directory: a later run (the next strategy of an
 // experiment) reuses the model, and a restarted agent resumes its fine-tuning where it stopped. A finished baseline
 // is marked by <dir>/local-only.done ("<SHA-256 of model.ckpt> <weights_sha256>", written atomically); it is reused
@@ -36,7 +37,7 @@ struct LocalOnlyModel {
 
 // The fine-tuning config of the baseline (see the file comment): the config's finetune template with base_model =
 // `base_path`, out_dir = the keyed directory (from `base_digest`), resume on. InvalidArgument (naming the plan field)
-// for local_only_epochs < 1, a learning rate or batch size that is not positive.
+// for local_only_epochs < 1, a learning rate or batch size that is not positive; the manifest's read errors.
 absl::StatusOr<v1::FinetuneConfig> LocalOnlyConfig(const v1::SiteAgentConfig& config, const std::string& base_path,
                                                    const std::string& base_digest, const v1::TrainingPlan& plan);
 

@@ -2,12 +2,16 @@
 // the cross-evaluation stage after the final evaluation, its deadline and its recovery after a restart. Without
 // gRPC, with a fake clock and tiny models.
 #include <filesystem>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/federation/states.h"
+#include "common/fl/personalization.h"
 #include "common/io/file_util.h"
+#include "common/model/checkpoint.h"
 #include "common/io/sha256.h"
 #include "coordinator/round_manager.h"
 #include "coordinator/spool_dir.h"
@@ -65,7 +69,8 @@ class CrossEvaluationTest : public ::testing::Test {
   }
 
   // A run of one round with final and cross-site evaluation over site-a, site-b and site-c, now evaluating.
-  std::string EvaluatingRun(bool cross_site = true) {
+  std::string EvaluatingRun(bool cross_site = true,
+                            v1::RunConfig::Personalization personalization = v1::RunConfig::NONE) {
     v1::RunConfig config;
     config.set_name("cross");
     config.set_rounds(1);
@@ -74,10 +79,21 @@ class CrossEvaluationTest : public ::testing::Test {
     config.set_round_deadline_seconds(60);
     config.set_final_evaluation(true);
     config.set_cross_site_evaluation(cross_site);
+    config.set_personalization(personalization);
     absl::StatusOr<std::string> run = manager_->StartRun(config);
     EXPECT_TRUE(run.ok()) << run.status();
+    // Under FEDBN/SILOBN a delta carries the shared tensors only.
+    fl::TensorMap shared = global_;
+    if (personalization != v1::RunConfig::NONE) {
+      absl::StatusOr<model::Checkpoint> checkpoint = model::LoadCheckpoint(tmp_.Join("initial.ckpt"));
+      EXPECT_TRUE(checkpoint.ok()) << checkpoint.status();
+      absl::StatusOr<std::set<std::string>> local =
+          fl::LocalTensorNames(*checkpoint, federation::ToProto(personalization));
+      EXPECT_TRUE(local.ok()) << local.status();
+      shared = fl::DropTensors(global_, *local);
+    }
     for (const char* s : {"site-a", "site-b", "site-c"}) {
-      const std::string payload = EncodeDelta(ConstantDelta(global_, 0.01));
+      const std::string payload = EncodeDelta(ConstantDelta(shared, 0.01));
       const std::string sha = io::Sha256Hex(payload);
       absl::StatusOr<UploadTarget> target = manager_->PrepareUpload(s, *run, 1, sha);
       EXPECT_TRUE(target.ok()) << target.status();
@@ -220,6 +236,42 @@ TEST_F(CrossEvaluationTest, SharedModelsThenCrossStageThenCompleted) {
   ASSERT_EQ(report->sites(0).metrics_size(), 2);  // final, then cross_site.
   EXPECT_EQ(report->sites(0).metrics(0).kind(), "final");
   EXPECT_EQ(report->sites(0).metrics(1).kind(), "cross_site");
+
+  // A shared adapted model is never another run's base model, even when named.
+  v1::RunConfig next;
+  next.set_base_model(a_digest.substr(0, 12));
+  next.set_min_sites(1);
+  const absl::StatusOr<std::string> refused = manager_->StartRun(next);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(refused.status().message(), HasSubstr("site-a's adapted model shared"));
+}
+
+// Under FEDBN the global model the coordinator aggregates lacks the BatchNorm tensors, but an adapted model is whole
+// (the global model with the site's own BatchNorm): it is taken all the same.
+TEST_F(CrossEvaluationTest, AFedBnAdaptedModelIsTaken) {
+  const std::string run = EvaluatingRun(true, v1::RunConfig::FEDBN);
+  absl::StatusOr<v1::UploadResponse> shared = Share("site-a", run, AdaptedModel(21));
+  ASSERT_TRUE(shared.ok()) << shared.status();
+  EXPECT_EQ(shared->upload_status(), v1::UPLOAD_STATUS_ACCEPTED);
+}
+
+// A restart after every final report was stored but before the evaluation ended: the next tick ends it (the stage
+// begins) rather than waiting for the evaluation deadline.
+TEST_F(CrossEvaluationTest, EveryFinalReportInAtARestartEndsTheEvaluationAtTheNextTick) {
+  const std::string run = EvaluatingRun(/*cross_site=*/false);
+  for (const char* s : {"site-a", "site-b"}) ASSERT_TRUE(Report(s, run, "final").ok()) << s;
+  // site-c's report reaches the database, as if the coordinator stopped before the transition that follows it.
+  MetricsRecord record;
+  record.run_id = run;
+  record.site_id = "site-c";
+  record.kind = "final";
+  record.report.set_run_id(run);
+  record.report.set_kind("final");
+  ASSERT_TRUE(store_->InsertMetrics(record).ok());
+  Restart();
+  EXPECT_EQ(Run(run).state, federation::RunState::kEvaluating);
+  ASSERT_TRUE(manager_->Tick().ok());
+  EXPECT_EQ(Run(run).state, federation::RunState::kCompleted);
 }
 
 TEST_F(CrossEvaluationTest, AnInterruptedUploadResumesAcrossARestart) {

@@ -85,7 +85,15 @@ for p in problems:
     print("problem:", p)
 sys.exit(1 if problems else 0)
 PY
-echo "ok   demo --compare: 2 sites x 2 strategies, one base model, finite mean AUCs"
+# Reused, not trained again: each site has one local-only directory whose fine-tuning database records one
+# fine-tuning (a second RunFinetune, even a resumed one, would record another).
+for id in site-a site-b; do
+  dbs=("$work/demo/$id/work/local-only"/*/site.db)
+  [[ ${#dbs[@]} -eq 1 && -f "${dbs[0]}" ]] || fail "$id: ${#dbs[@]} local-only directories (want 1)"
+  n="$(/usr/bin/python3 -c 'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute("SELECT COUNT(*) FROM finetune_runs").fetchone()[0])' "${dbs[0]}")"
+  [[ $n -eq 1 ]] || fail "$id: the local-only baseline was fine-tuned $n times for 2 runs (want once, then reused)"
+done
+echo "ok   demo --compare: 2 sites x 2 strategies, one base model, finite mean AUCs, the local-only model reused"
 
 # The same report again from the finished runs, with the operator CLI.
 runs="$(/usr/bin/python3 -c 'import json,sys; print(",".join(s["run_id"] for s in json.load(open(sys.argv[1]))["strategies"]))' "$json")"
