@@ -8,8 +8,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
-#include "common/fl/bundle_file.h"
 #include "common/federation/states.h"
+#include "common/fl/bundle_file.h"
 #include "common/fl/encoding.h"
 #include "common/io/file_util.h"
 #include "common/logging.h"
@@ -81,9 +81,9 @@ absl::StatusOr<std::string> ResolveBaseModel(StateStore& store, const v1::RunCon
       ASSIGN_OR_RETURN(std::vector<SharedModelRecord> shared, store.ListSharedModels(found.front().run_id));
       for (const SharedModelRecord& m : shared) {
         if (m.digest == found.front().digest) {
-          return absl::InvalidArgumentError(absl::StrCat("base_model: ", config.base_model(), " is site ", m.site_id,
-                                                         "'s adapted model shared for the cross-site evaluation of run ",
-                                                         m.run_id, ", not a global model"));
+          return absl::InvalidArgumentError(absl::StrCat(
+              "base_model: ", config.base_model(), " is site ", m.site_id,
+              "'s adapted model shared for the cross-site evaluation of run ", m.run_id, ", not a global model"));
         }
       }
     }

@@ -164,8 +164,8 @@ absl::Status RoundManager::ValidateSharedModel(const std::string& path, const mo
     return absl::InvalidArgumentError(absl::StrCat(what, ": its labels differ from the global model's"));
   }
   if (mine.image_size != theirs.image_size) {
-    return absl::InvalidArgumentError(absl::StrCat(what, ": image_size ", mine.image_size,
-                                                   " differs from the global model's ", theirs.image_size));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": image_size ", mine.image_size, " differs from the global model's ", theirs.image_size));
   }
   if (mine.mean != theirs.mean || mine.std != theirs.std) {
     return absl::InvalidArgumentError(

@@ -211,8 +211,7 @@ grpc::Status SiteServiceImpl::DoGetUploadOffset(grpc::CallbackServerContext* con
   if (!peer.ok()) return Reply(peer.status(), kRpc, "");
   absl::StatusOr<UploadTarget> target =
       request->kind() == v1::UPLOAD_KIND_ADAPTED_MODEL
-          ? rounds_->PrepareSharedModelUpload(peer->common_name, request->run_id(), request->round(),
-                                              request->sha256())
+          ? rounds_->PrepareSharedModelUpload(peer->common_name, request->run_id(), request->round(), request->sha256())
           : rounds_->PrepareUpload(peer->common_name, request->run_id(), request->round(), request->sha256());
   if (!target.ok()) {
     authorizer_->Audit(*context, kRpc, *peer, target.status(), request->run_id(), request->round());

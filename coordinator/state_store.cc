@@ -361,8 +361,9 @@ absl::StatusOr<std::optional<ModelVersion>> StateStore::GetModelVersion(const st
 
 absl::StatusOr<std::optional<ModelVersion>> StateStore::LatestModelVersion() {
   absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(std::vector<ModelVersion> models, QueryModelsLocked(
-                       "WHERE digest NOT IN (SELECT digest FROM shared_models) ORDER BY rowid DESC LIMIT 1", ""));
+  ASSIGN_OR_RETURN(
+      std::vector<ModelVersion> models,
+      QueryModelsLocked("WHERE digest NOT IN (SELECT digest FROM shared_models) ORDER BY rowid DESC LIMIT 1", ""));
   if (models.empty()) return std::optional<ModelVersion>();
   return std::optional<ModelVersion>(models.front());
 }

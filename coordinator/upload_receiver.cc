@@ -122,13 +122,11 @@ UploadOutcome UploadSession::Conclude() {
   if (settled_) {
     out_.result = *std::move(settled_);
   } else if (!status_.ok()) {
-    out_.result = IsAdaptedModel(out_.header)
-                      ? rounds_->EndSharedModelUpload(site_id_, out_.header, *target_, status_)
-                      : rounds_->EndUpload(site_id_, out_.header, *target_, status_);
+    out_.result = IsAdaptedModel(out_.header) ? rounds_->EndSharedModelUpload(site_id_, out_.header, *target_, status_)
+                                              : rounds_->EndUpload(site_id_, out_.header, *target_, status_);
   } else {
-    out_.result = IsAdaptedModel(out_.header)
-                      ? rounds_->AcceptSharedModel(site_id_, out_.header, *target_, *sha256_)
-                      : rounds_->AcceptUpload(site_id_, out_.header, *target_, *sha256_);
+    out_.result = IsAdaptedModel(out_.header) ? rounds_->AcceptSharedModel(site_id_, out_.header, *target_, *sha256_)
+                                              : rounds_->AcceptUpload(site_id_, out_.header, *target_, *sha256_);
   }
   return std::move(out_);
 }

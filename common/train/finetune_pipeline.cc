@@ -67,10 +67,10 @@ absl::StatusOr<BaseModel> LoadBase(const v1::FinetuneConfig& config, const std::
     ASSIGN_OR_RETURN(base.anchor, model::LoadCheckpoint(proximal_anchor));
     if (base.anchor->members.size() != base.checkpoint.members.size() ||
         base.anchor->duo.has_value() != base.checkpoint.duo.has_value()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "proximal anchor ", proximal_anchor, " has ", base.anchor->members.size(), " member(s)",
-          base.anchor->duo ? " and a DuoNet" : "", "; base_model ", config.base_model(), " has ",
-          base.checkpoint.members.size(), base.checkpoint.duo ? " and a DuoNet" : ""));
+      return absl::InvalidArgumentError(
+          absl::StrCat("proximal anchor ", proximal_anchor, " has ", base.anchor->members.size(), " member(s)",
+                       base.anchor->duo ? " and a DuoNet" : "", "; base_model ", config.base_model(), " has ",
+                       base.checkpoint.members.size(), base.checkpoint.duo ? " and a DuoNet" : ""));
     }
     LOG(INFO) << "proximal term (mu " << config.proximal_mu() << ") toward " << proximal_anchor;
   }

@@ -276,8 +276,7 @@ absl::StatusOr<TrainResult> FitImpl(torch::nn::Module& model, const ForwardFn& f
       } else {
         for (const auto& p : model.named_parameters()) {
           auto it = options.proximal_anchor.find(p.key());
-          if (it == options.proximal_anchor.end() || !it->second.defined() ||
-              it->second.sizes() != p.value().sizes()) {
+          if (it == options.proximal_anchor.end() || !it->second.defined() || it->second.sizes() != p.value().sizes()) {
             return absl::InvalidArgumentError(
                 absl::StrCat(options.name, ": the proximal anchor ",
                              it == options.proximal_anchor.end() ? "lacks" : "has another shape for",

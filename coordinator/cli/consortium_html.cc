@@ -122,7 +122,8 @@ std::string MeanAucChart(const std::vector<SiteSummary>& summaries) {
 void AppendSummarySection(std::string* html, const std::vector<SiteSummary>& summaries) {
   absl::StrAppend(html, "<h2>Summary per site</h2>\n<table>\n<thead><tr><th>Site</th><th>Test cases</th>",
                   "<th>Mean AUC<br>open-source</th><th>Mean AUC<br>federated global</th>",
-                  "<th>Mean AUC<br>locally adapted</th><th>Mean AUC<br>local only</th><th>Labels improved<br>(adapted vs open-source, p &lt; ",
+                  "<th>Mean AUC<br>locally adapted</th><th>Mean AUC<br>local only</th><th>Labels improved<br>(adapted "
+                  "vs open-source, p &lt; ",
                   kSignificance, ")</th><th>Labels worse</th><th>Wilcoxon p<br>(adapted vs open-source)</th>",
                   "</tr></thead>\n<tbody>\n");
   for (const SiteSummary& s : summaries) {
@@ -134,8 +135,7 @@ void AppendSummarySection(std::string* html, const std::vector<SiteSummary>& sum
                             : "",
                     "><td class=\"label\">", HtmlEscape(s.site_id), "</td>",
                     s.final_evaluation ? Td(absl::StrCat(s.test_cases)) : TdNa(), AucValueTd(s.mean_auc_open_source),
-                    AucValueTd(s.mean_auc_global), AucValueTd(s.mean_auc_adapted),
-                    AucValueTd(s.mean_auc_local_only),
+                    AucValueTd(s.mean_auc_global), AucValueTd(s.mean_auc_adapted), AucValueTd(s.mean_auc_local_only),
                     s.final_evaluation ? Td(absl::StrCat(s.improved_significant, " of ", s.labels_compared)) : TdNa(),
                     s.final_evaluation ? Td(absl::StrCat(s.worsened_significant)) : TdNa(), PTd(s.wilcoxon_p),
                     "</tr>\n");
@@ -367,11 +367,10 @@ void AppendCrossSiteSection(std::string* html, const CrossSiteMatrix& x) {
       if (cell.significant() && cell.direction_known) {
         mark = absl::StrCat(" <span class=\"sig\" title=\"", cell.better ? "higher" : "lower",
                             " AUC than global on its most significant label, adjusted p = ", FormatP(cell.p_vs_global),
-                            "\">",
-                            cell.better ? "\u25B2" : "\u25BC", "</span>");
+                            "\">", cell.better ? "\u25B2" : "\u25BC", "</span>");
       }
-      absl::StrAppend(html, "<td", diagonal ? " class=\"diag\"" : "", " style=\"", AucStyle(*cell.mean_auc),
-                      "\">", FormatAuc(cell.mean_auc), mark, "</td>");
+      absl::StrAppend(html, "<td", diagonal ? " class=\"diag\"" : "", " style=\"", AucStyle(*cell.mean_auc), "\">",
+                      FormatAuc(cell.mean_auc), mark, "</td>");
     }
     absl::StrAppend(html, "</tr>\n");
   }

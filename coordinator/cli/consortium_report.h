@@ -16,7 +16,8 @@
 //   {"format", "run": {"id", "name", "state", "message", "started_ms", "finished_ms", "current_round",
 //      "rounds_planned", "aggregation", "compression", "base_model_digest", "final_model_digest", "bytes_down",
 //      "bytes_up"},
-//    "summary": [{"site_id", "test_cases", "final_evaluation", "mean_auc": {"open_source", "global", "adapted", "local_only"},
+//    "summary": [{"site_id", "test_cases", "final_evaluation", "mean_auc": {"open_source", "global", "adapted",
+//    "local_only"},
 //      "labels_compared", "improved_significant", "worsened_significant", "wilcoxon_p"}],   (adapted vs open-source)
 //    "sites": [{"site_id", "dataset": {"images", "train_images", "validation_images", "test_images"}, "test_cases",
 //      "final_evaluation", "models": {"open_source"|"global"|"adapted"|"local_only": {"digest", "mean_auc"}},

@@ -178,8 +178,8 @@ void CompareWithGlobal(const v1::MetricsReport* metrics, const std::string& name
         if (i < c.auc_difference_size() && Defined(c.auc_difference(i))) {
           difference = forward ? c.auc_difference(i) : -c.auc_difference(i);
         } else if (i < c.labels_size()) {  // No differences sent: from the two models' AUCs on that label.
-          difference = AucOfLabel(FindModel(metrics, name), c.labels(i)) -
-                       AucOfLabel(FindModel(metrics, "global"), c.labels(i));
+          difference =
+              AucOfLabel(FindModel(metrics, name), c.labels(i)) - AucOfLabel(FindModel(metrics, "global"), c.labels(i));
         }
       }
     }

@@ -141,9 +141,9 @@ struct CrossCell {
 };
 
 struct CrossSiteMatrix {
-  std::vector<std::string> sites;      // Columns (the report's site order).
-  std::vector<std::string> rows;       // Row titles.
-  std::vector<std::string> row_sites;  // The site of each adapted-model row; "" for "global" and "open-source".
+  std::vector<std::string> sites;             // Columns (the report's site order).
+  std::vector<std::string> rows;              // Row titles.
+  std::vector<std::string> row_sites;         // The site of each adapted-model row; "" for "global" and "open-source".
   std::vector<std::vector<CrossCell>> cells;  // [row][column].
   std::vector<std::string> not_shared;        // Sites that declined to share their adapted model.
   bool cross_site_run = false;                // The run's config has cross_site_evaluation.

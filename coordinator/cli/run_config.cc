@@ -115,10 +115,12 @@ absl::Status ValidateRunConfig(const v1::RunConfig& c) {
   }
   RETURN_IF_ERROR(Finite("ditto_lambda", c.ditto_lambda()));
   if (c.personalization() == v1::RunConfig::DITTO && !(c.ditto_lambda() > 0)) {
-    return FieldError("ditto_lambda", absl::StrCat(c.ditto_lambda()), "must be greater than 0 with personalization DITTO");
+    return FieldError("ditto_lambda", absl::StrCat(c.ditto_lambda()),
+                      "must be greater than 0 with personalization DITTO");
   }
   if (c.local_only_epochs() < 0 || c.local_only_epochs() > 1000) {
-    return FieldError("local_only_epochs", absl::StrCat(c.local_only_epochs()), "must be in [0, 1000] (0: rounds x local_epochs)");
+    return FieldError("local_only_epochs", absl::StrCat(c.local_only_epochs()),
+                      "must be in [0, 1000] (0: rounds x local_epochs)");
   }
   if (c.local_only_baseline() && c.local_only_epochs() == 0 && int64_t{c.rounds()} * c.local_epochs() > 1000) {
     return FieldError("local_only_epochs", "0", "means rounds x local_epochs, which is over 1000: set it");

@@ -125,18 +125,19 @@ absl::Status RunCrossEvaluation(const CrossSiteContext& context, const v1::Task&
     ASSIGN_OR_RETURN(std::string path,
                      context.client.DownloadModel(shared.digest(), shared.bytes(), models, cancelled));
     const fs::path out = reports / absl::StrCat("cross-", shared.site_id());
-    ASSIGN_OR_RETURN(
-        EvaluateResult evaluated,
-        RunEvaluate(EvaluateOptionsFor(context.config, global_path, path, test_manifest, out.string(),
-                               absl::StrCat("Site ", context.config.site_id(), ", run ", task.run_id(),
-                                            ": final global vs the adapted model of site ", shared.site_id()))));
+    ASSIGN_OR_RETURN(EvaluateResult evaluated,
+                     RunEvaluate(EvaluateOptionsFor(
+                         context.config, global_path, path, test_manifest, out.string(),
+                         absl::StrCat("Site ", context.config.site_id(), ", run ", task.run_id(),
+                                      ": final global vs the adapted model of site ", shared.site_id()))));
     LOG(INFO) << "cross-site evaluation of site " << shared.site_id() << "'s adapted model: " << evaluated.summary_line;
     if (i == 0) {
       report.set_test_cases(evaluated.images);
-      *report.add_models() = ModelEvaluationFrom(evaluated.report, ReportSide::kA, "global", EvaluatedDigest(out.string(), "a").value_or(""));
+      *report.add_models() = ModelEvaluationFrom(evaluated.report, ReportSide::kA, "global",
+                                                 EvaluatedDigest(out.string(), "a").value_or(""));
     }
-    *report.add_models() =
-        ModelEvaluationFrom(evaluated.report, ReportSide::kB, shared.site_id(), EvaluatedDigest(out.string(), "b").value_or(""));
+    *report.add_models() = ModelEvaluationFrom(evaluated.report, ReportSide::kB, shared.site_id(),
+                                               EvaluatedDigest(out.string(), "b").value_or(""));
     *report.add_comparisons() = ModelComparisonFrom(evaluated.report, "global", shared.site_id());
   }
   if (!context.config.share_metrics()) StripPerformance(&report);

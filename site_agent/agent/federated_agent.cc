@@ -122,13 +122,14 @@ absl::StatusOr<TunedModel> FinetuneModel(const v1::SiteAgentConfig& config, cons
   // Progress reaches the heartbeat through the pipeline's epoch callbacks. Shared with the heartbeat thread's probe,
   // which may still run after this function returns (until the next SetState).
   auto progress = std::make_shared<TrainingProgress>(networks, values.local_epochs);
-  heartbeat.SetState("training", fraction_from,
-                     [progress, fraction_from, fraction_span](std::string* state, double* fraction, double* train_loss) {
-                       const TrainingProgress::View view = progress->Describe();
-                       *state = view.state;
-                       *fraction = fraction_from + fraction_span * view.fraction;
-                       *train_loss = view.train_loss;
-                     });
+  heartbeat.SetState(
+      "training", fraction_from,
+      [progress, fraction_from, fraction_span](std::string* state, double* fraction, double* train_loss) {
+        const TrainingProgress::View view = progress->Describe();
+        *state = view.state;
+        *fraction = fraction_from + fraction_span * view.fraction;
+        *train_loss = view.train_loss;
+      });
   FinetuneRecorder recorder((out_dir / "site.db").string(), finetune);
   train::FinetuneObserver* observers[] = {&recorder, progress.get()};
   TunedModel out;
@@ -579,7 +580,8 @@ absl::Status FederatedAgent::KeepAdapted(const TrainRound& round) {
   if (best && !same_round && !(validation_loss < best->validation_loss)) return absl::OkStatus();
   const fs::path adapted_dir = fs::path(config_.work_dir()) / "adapted" / task.run_id();
   RETURN_IF_ERROR(io::MakeDirectories(adapted_dir.string()));
-  AdaptedModel adapted{task.run_id(),   task.round(),    task.attempt(), candidate.weights_sha256,
+  AdaptedModel adapted{task.run_id(),   task.round(),
+                       task.attempt(),  candidate.weights_sha256,
                        validation_loss, (adapted_dir / "model.ckpt").string()};
   RETURN_IF_ERROR(io::CopyFileAtomically(candidate.checkpoint_path, adapted.path));
   RETURN_IF_ERROR(db_->RecordAdapted(adapted));
@@ -594,9 +596,9 @@ absl::Status FederatedAgent::PrepareAdapted(const v1::Task& task, const std::str
   if (!fl::KeepsTensorsLocal(personalization)) return absl::OkStatus();
   const fs::path work(config_.work_dir());
   const std::string adapted_path = (work / "adapted" / task.run_id() / "model.ckpt").string();
-  ASSIGN_OR_RETURN(std::optional<std::string> digest,
-                   WriteFinalAdapted(personalization, global_path, (work / "runs" / task.run_id()).string(),
-                                     adapted_path));
+  ASSIGN_OR_RETURN(
+      std::optional<std::string> digest,
+      WriteFinalAdapted(personalization, global_path, (work / "runs" / task.run_id()).string(), adapted_path));
   if (!digest) return absl::OkStatus();
   // The only adapted model of the run (rounds record none under FEDBN/SILOBN); its validation BCE is not measured.
   return db_->RecordAdapted(AdaptedModel{task.run_id(), 0, 0, *digest, 0.0, adapted_path});
@@ -636,8 +638,8 @@ absl::Status FederatedAgent::RunEvaluateTask(const v1::Task& task, Heartbeater& 
   report.set_run_id(task.run_id());
   report.set_round(0);
   report.set_kind("final");
-  report.set_personalization(federation::ReadPersonalization(task.plan().personalization(), "").value_or(
-      v1::PERSONALIZATION_NONE));
+  report.set_personalization(
+      federation::ReadPersonalization(task.plan().personalization(), "").value_or(v1::PERSONALIZATION_NONE));
   ASSIGN_OR_RETURN(EvaluateResult global_vs_base,
                    evaluate(base_path, global_path, "global-vs-open-source", "open-source vs final global model"));
   const std::string base_digest = EvaluatedDigest((reports / "global-vs-open-source").string(), "a").value_or("");
@@ -663,8 +665,8 @@ absl::Status FederatedAgent::RunEvaluateTask(const v1::Task& task, Heartbeater& 
   }
   if (task.plan().local_only_baseline()) {
     RETURN_IF_ERROR(CheckCancelled(heartbeat, "the local-only baseline", task));
-    RETURN_IF_ERROR(EvaluateLocalOnly(task, base_path, task.base_model_digest(), global_path, adapted ? adapted->path : "",
-                                      heartbeat, &report));
+    RETURN_IF_ERROR(EvaluateLocalOnly(task, base_path, task.base_model_digest(), global_path,
+                                      adapted ? adapted->path : "", heartbeat, &report));
   }
   heartbeat.SetState("sharing", 0.9);
   absl::StatusOr<bool> shared =

@@ -3,10 +3,10 @@
 #include <cmath>
 #include <filesystem>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "absl/strings/ascii.h"
 #include "common/io/file_util.h"
 #include "common/io/sha256.h"
 #include "common/logging.h"
@@ -32,9 +32,9 @@ absl::StatusOr<v1::FinetuneConfig> LocalOnlyConfig(const v1::SiteAgentConfig& co
   values.learning_rate = plan.learning_rate() > 0 ? plan.learning_rate() : config.finetune().learning_rate();
   values.batch_size = plan.batch_size() > 0 ? plan.batch_size() : config.finetune().batch_size();
   if (!std::isfinite(values.learning_rate) || values.learning_rate <= 0 || values.batch_size < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("task plan fields 'learning_rate' / 'batch_size': ",
-                                                   values.learning_rate, " / ", values.batch_size,
-                                                   " must be positive"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("task plan fields 'learning_rate' / 'batch_size': ", values.learning_rate, " / ",
+                     values.batch_size, " must be positive"));
   }
   values.proximal_mu = 0;
   // The key covers everything that decides the model except where it is written.

@@ -2,10 +2,10 @@
 
 #include <torch/torch.h>
 
-#include <opencv2/imgcodecs.hpp>
-#include <opencv2/imgproc.hpp>
 #include <cmath>
 #include <map>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
 #include <random>
 
 #include "common/model/model_factory.h"
@@ -291,7 +291,8 @@ TEST_F(TrainerTest, TheProximalAnchorPullsTowardTheGivenWeights) {
   for (const auto& p : other->named_parameters()) anchor[p.key()] = p.value().detach().clone();
   auto distance = [&](model::Classifier m) {
     double sum = 0;
-    for (const auto& p : m->named_parameters()) sum += (p.value().detach() - anchor.at(p.key())).pow(2).sum().item<double>();
+    for (const auto& p : m->named_parameters())
+      sum += (p.value().detach() - anchor.at(p.key())).pow(2).sum().item<double>();
     return std::sqrt(sum);
   };
   const double before = distance(TinyModel());

@@ -277,7 +277,8 @@ TEST(SiteSummaryTextTest, LocalOnlyBaselineWhenReported) {
   EXPECT_THAT(*s[0].mean_auc_local_only, DoubleNear(0.68, 1e-12));
   EXPECT_FALSE(s[1].mean_auc_local_only.has_value());
   const std::string text = SiteSummaryText(report);
-  EXPECT_TRUE(std::regex_search(text, std::regex("site-a +120 +0\\.650 -> 0\\.700 -> 0\\.750 +0\\.680 +2/2 +0 +0\\.250\n")))
+  EXPECT_TRUE(
+      std::regex_search(text, std::regex("site-a +120 +0\\.650 -> 0\\.700 -> 0\\.750 +0\\.680 +2/2 +0 +0\\.250\n")))
       << text;
   // Without the baseline the column is not shown.
   EXPECT_THAT(SiteSummaryText(MakeRunReport()), Not(HasSubstr("local only")));

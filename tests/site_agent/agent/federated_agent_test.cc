@@ -519,12 +519,11 @@ TEST(FederatedAgentTest, FinalEvaluationWithTheLocalOnlyBaseline) {
     if (m.name() == "local-only") EXPECT_EQ(m.digest(), local_only.digest());
   }
   // More epochs: another model in another directory.
-  EXPECT_NE(LocalOnlyConfig(setup.config, "x.ckpt", setup.digest, evaluate.plan())->out_dir(),
-            [&] {
-              v1::TrainingPlan plan = evaluate.plan();
-              plan.set_local_only_epochs(2);
-              return LocalOnlyConfig(setup.config, "x.ckpt", setup.digest, plan)->out_dir();
-            }());
+  EXPECT_NE(LocalOnlyConfig(setup.config, "x.ckpt", setup.digest, evaluate.plan())->out_dir(), [&] {
+    v1::TrainingPlan plan = evaluate.plan();
+    plan.set_local_only_epochs(2);
+    return LocalOnlyConfig(setup.config, "x.ckpt", setup.digest, plan)->out_dir();
+  }());
   v1::TrainingPlan bad = evaluate.plan();
   bad.set_local_only_epochs(0);
   EXPECT_EQ(LocalOnlyConfig(setup.config, "x.ckpt", setup.digest, bad).status().code(),
