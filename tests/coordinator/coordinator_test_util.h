@@ -12,6 +12,7 @@
 #include <string>
 
 #include "absl/time/time.h"
+#include "common/federation/states.h"
 #include "common/fl/codec.h"
 #include "common/fl/model_tensors.h"
 #include "common/fl/tensor_map.h"
@@ -19,6 +20,7 @@
 #include "common/io/sha256.h"
 #include "common/model/checkpoint.h"
 #include "gtest/gtest.h"
+#include "coordinator/round_manager.h"
 #include "site_agent/commands/model_init.h"
 
 namespace fedtune::coordinator::testing {
@@ -112,6 +114,29 @@ inline fl::TensorMap LoadTensors(const std::string& path) {
   fl::TensorMap tensors = fl::CheckpointTensors(*checkpoint);
   for (auto& [name, t] : tensors) t = t.clone();
   return tensors;
+}
+
+// A whole upload as a stream would make it: PrepareUpload, the payload into the spool file, AcceptUpload (or the
+// earlier acceptance when the payload was accepted before).
+inline absl::StatusOr<v1::UploadResponse> UploadWhole(RoundManager& manager, const std::string& site,
+                                                      const std::string& run, int round, const std::string& payload,
+                                                      int64_t samples = 10) {
+  const std::string sha = io::Sha256Hex(payload);
+  absl::StatusOr<UploadTarget> target = manager.PrepareUpload(site, run, round, sha);
+  if (!target.ok()) return target.status();
+  v1::UploadHeader header;
+  header.set_run_id(run);
+  header.set_round(round);
+  header.set_total_bytes(static_cast<int64_t>(payload.size()));
+  header.set_sha256(sha);
+  header.set_num_samples(samples);
+  if (target->accepted) {
+    v1::UploadResponse response;
+    federation::SetStatus(federation::UploadStatus::kAccepted, &response);
+    return response;
+  }
+  EXPECT_TRUE(io::WriteFileAtomically(target->spool_path, payload).ok());
+  return manager.AcceptUpload(site, header, *target, sha);
 }
 
 }  // namespace fedtune::coordinator::testing

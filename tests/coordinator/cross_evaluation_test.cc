@@ -93,18 +93,9 @@ class CrossEvaluationTest : public ::testing::Test {
       shared = fl::DropTensors(global_, *local);
     }
     for (const char* s : {"site-a", "site-b", "site-c"}) {
-      const std::string payload = EncodeDelta(ConstantDelta(shared, 0.01));
-      const std::string sha = io::Sha256Hex(payload);
-      absl::StatusOr<UploadTarget> target = manager_->PrepareUpload(s, *run, 1, sha);
-      EXPECT_TRUE(target.ok()) << target.status();
-      EXPECT_TRUE(io::WriteFileAtomically(target->spool_path, payload).ok());
-      v1::UploadHeader header;
-      header.set_run_id(*run);
-      header.set_round(1);
-      header.set_total_bytes(static_cast<int64_t>(payload.size()));
-      header.set_sha256(sha);
-      header.set_num_samples(10);
-      EXPECT_TRUE(manager_->AcceptUpload(s, header, *target, sha).ok());
+      const absl::StatusOr<v1::UploadResponse> accepted =
+          testing::UploadWhole(*manager_, s, *run, 1, EncodeDelta(ConstantDelta(shared, 0.01)));
+      EXPECT_TRUE(accepted.ok()) << accepted.status();
     }
     EXPECT_EQ(Run(*run).state, federation::RunState::kEvaluating);
     return *run;

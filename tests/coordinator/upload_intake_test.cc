@@ -81,17 +81,7 @@ class PartialBundleTest : public ::testing::Test {
 
   absl::StatusOr<v1::UploadResponse> Upload(const std::string& site, const std::string& run, int round,
                                             const std::string& payload, int64_t samples = 10) {
-    const std::string sha = io::Sha256Hex(payload);
-    absl::StatusOr<UploadTarget> target = manager_->PrepareUpload(site, run, round, sha);
-    if (!target.ok()) return target.status();
-    v1::UploadHeader header;
-    header.set_run_id(run);
-    header.set_round(round);
-    header.set_total_bytes(static_cast<int64_t>(payload.size()));
-    header.set_sha256(sha);
-    header.set_num_samples(samples);
-    EXPECT_TRUE(io::WriteFileAtomically(target->spool_path, payload).ok());
-    return manager_->AcceptUpload(site, header, *target, sha);
+    return testing::UploadWhole(*manager_, site, run, round, payload, samples);
   }
 
   // A constant delta over the global model's tensors minus `drop`.
