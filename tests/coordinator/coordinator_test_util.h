@@ -19,8 +19,8 @@
 #include "common/io/file_util.h"
 #include "common/io/sha256.h"
 #include "common/model/checkpoint.h"
-#include "gtest/gtest.h"
 #include "coordinator/round_manager.h"
+#include "gtest/gtest.h"
 #include "site_agent/commands/model_init.h"
 
 namespace fedtune::coordinator::testing {
