@@ -12,14 +12,8 @@
 # Usage: cross_site_test.sh REPO_ROOT BIN_DIR
 set -euo pipefail
 root="$1" bin="$2"
-work="$(mktemp -d "${TMPDIR:-/tmp}/fedtune_xsite_XXXXXX")"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  [[ -n "${KEEP:-}" ]] || rm -rf "$work"
-}
-trap cleanup EXIT
+source "$root/tests/integration/lib.sh"
+work_dir xsite
 fail() { echo "FAIL: $*"; tail -n 20 "$work"/logs/*xsite*.log; exit 1; }
 
 "$root/deploy/demo.sh" --no-setup --bin "$bin" --sites 3 --images 160 --image-size 32 --pretrain-epochs 2 \

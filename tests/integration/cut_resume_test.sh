@@ -12,14 +12,8 @@
 # Usage: cut_resume_test.sh REPO_ROOT BIN_DIR
 set -euo pipefail
 root="$1" bin="$2"
-work="$(mktemp -d "${TMPDIR:-/tmp}/fedtune_cut_XXXXXX")"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  [[ -n "${KEEP:-}" ]] || rm -rf "$work"
-}
-trap cleanup EXIT
+source "$root/tests/integration/lib.sh"
+work_dir cut
 fail() { echo "FAIL: $*"; tail -n 30 "$work"/logs/*.log; exit 1; }
 # Hermetic: no proxy from the environment between the agent and the cutting proxy.
 unset grpc_proxy https_proxy http_proxy no_grpc_proxy no_proxy GRPC_PROXY HTTPS_PROXY HTTP_PROXY NO_PROXY

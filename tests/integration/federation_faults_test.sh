@@ -8,14 +8,8 @@
 # Usage: federation_faults_test.sh REPO_ROOT BIN_DIR
 set -euo pipefail
 root="$1" bin="$2"
-work="$(mktemp -d "${TMPDIR:-/tmp}/fedtune_faults_XXXXXX")"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  [[ -n "${KEEP:-}" ]] || rm -rf "$work"
-}
-trap cleanup EXIT
+source "$root/tests/integration/lib.sh"
+work_dir faults
 fail() { echo "FAIL: $*"; tail -n 20 "$work"/logs/*.log; exit 1; }
 
 "$root/deploy/demo.sh" --no-setup --bin "$bin" --sites 3 --images 200 --image-size 32 --work "$work" --prepare-only \

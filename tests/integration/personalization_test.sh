@@ -14,14 +14,8 @@
 # Usage: personalization_test.sh REPO_ROOT BIN_DIR
 set -euo pipefail
 root="$1" bin="$2"
-work="$(mktemp -d "${TMPDIR:-/tmp}/fedtune_personalization_XXXXXX")"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  [[ -n "${KEEP:-}" ]] || rm -rf "$work"
-}
-trap cleanup EXIT
+source "$root/tests/integration/lib.sh"
+work_dir personalization
 fail() { echo "FAIL: $*"; tail -n 20 "$work"/logs/*.log; exit 1; }
 check="$bin/personalization_check"
 [[ -x "$check" ]] || fail "$check is missing (built with the tests)"

@@ -16,14 +16,8 @@ if [[ -z "$tinyproxy" ]]; then
   echo "SKIP: tinyproxy is not installed (deploy/setup.sh installs it)"
   exit 0
 fi
-work="$(mktemp -d "${TMPDIR:-/tmp}/fedtune_proxy_XXXXXX")"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  [[ -n "${KEEP:-}" ]] || rm -rf "$work"
-}
-trap cleanup EXIT
+source "$root/tests/integration/lib.sh"
+work_dir proxy
 fail() { echo "FAIL: $*"; tail -n 20 "$work"/*.log; exit 1; }
 unset grpc_proxy https_proxy http_proxy no_grpc_proxy no_proxy GRPC_PROXY HTTPS_PROXY HTTP_PROXY NO_PROXY
 free_port() { /usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
