@@ -24,6 +24,8 @@ packages=(
   libabsl-dev libsqlite3-dev libssl-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libopencv-dev libdcmtk-dev libgoogle-glog-dev
+  # JPEG 2000 in DICOM: OpenJPEG decodes it (common/imaging/jpeg2000.h); GDCM only for the decode-speed benchmark.
+  libopenjp2-7-dev libgdcm-dev
   nlohmann-json3-dev
   libopenblas0-pthread
   # Independent references used by tests (Debian's Python, never downloads):
