@@ -56,7 +56,7 @@ TEST(ManifestWriterTest, WhatIsWrittenParsesBackToTheSameRows) {
 }
 
 TEST(ManifestWriterTest, WritesTheFileAndNamesAMissingFolder) {
-  fedtune_testing::TempDir dir;
+  fedtune::testing::TempDir dir;
   ManifestRow row;
   row.path = "x.png";
   row.patient = "p";
