@@ -25,7 +25,7 @@ namespace {
 
 using ::testing::HasSubstr;
 
-absl::Status Run(const std::vector<std::string>& args, std::string* printed = nullptr) {
+absl::Status RunIndex(const std::vector<std::string>& args, std::string* printed = nullptr) {
   std::ostringstream out;
   const cli::Command command = MakeDataIndexCommand(out);
   auto flags = cli::ParseFlags(args, command.flags, command.max_positional);
@@ -86,7 +86,7 @@ TEST_F(IndexCommandTest, WritesTheManifestTheStateAndTheReport) {
   args.push_back("--report");
   args.push_back(dir_.Join("report.json"));
   std::string printed;
-  ASSERT_TRUE(Run(args, &printed).ok()) << printed;
+  ASSERT_TRUE(RunIndex(args, &printed).ok()) << printed;
   EXPECT_THAT(printed, HasSubstr("manifest: 1 images of 1 studies"));
   EXPECT_THAT(printed, HasSubstr("AccessionNumber A2: e.g. y/1.dcm"));
   EXPECT_THAT(printed, HasSubstr("line 3: AccessionNumber A3"));
@@ -104,23 +104,23 @@ TEST_F(IndexCommandTest, WritesTheManifestTheStateAndTheReport) {
   EXPECT_EQ(report["label_rows_without_study"][0]["key"], "A3");
 
   // A second run reads no header; --state moves the state file.
-  ASSERT_TRUE(Run(Args(Labels({"A1", "A2"})), &printed).ok());
+  ASSERT_TRUE(RunIndex(Args(Labels({"A1", "A2"})), &printed).ok());
   EXPECT_THAT(printed, HasSubstr("(0 headers read, 2 unchanged from the state file)"));
   args = Args(Labels({"A1", "A2"}));
   args.push_back("--state");
   args.push_back(dir_.Join("elsewhere.state"));
-  ASSERT_TRUE(Run(args, &printed).ok());
+  ASSERT_TRUE(RunIndex(args, &printed).ok());
   EXPECT_THAT(printed, HasSubstr("(2 headers read, 0 unchanged"));
 }
 
 TEST_F(IndexCommandTest, RefusesBadInputWithExitCodeTwo) {
   std::string printed;
-  absl::Status status = Run(Args(Labels({"Z9"})), &printed);
+  absl::Status status = RunIndex(Args(Labels({"Z9"})), &printed);
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(status.message(), HasSubstr("matched"));
   EXPECT_FALSE(io::FileSize(dir_.Join("manifest.csv")).value() > 0);
 
-  status = Run(Args(Labels({"A1", "A1"})));
+  status = RunIndex(Args(Labels({"A1", "A1"})));
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(status.message(), HasSubstr("is also on line 2"));
   EXPECT_EQ(cli::ExitCodeFor(status), cli::kExitBadInput);
@@ -128,18 +128,18 @@ TEST_F(IndexCommandTest, RefusesBadInputWithExitCodeTwo) {
   std::vector<std::string> args = Args(Labels({"A1"}));
   args.push_back("--key");
   args.push_back("PatientID");
-  EXPECT_THAT(Run(args).message(), HasSubstr("--key"));
+  EXPECT_THAT(RunIndex(args).message(), HasSubstr("--key"));
   args = Args(Labels({"A1"}));
   args.push_back("--view-fallback");
   args.push_back("sideways");
-  EXPECT_THAT(Run(args).message(), HasSubstr("--view-fallback"));
+  EXPECT_THAT(RunIndex(args).message(), HasSubstr("--view-fallback"));
   args = Args(Labels({"A1"}));
   args.push_back("--split");
   args.push_back("train");
-  EXPECT_THAT(Run(args).message(), HasSubstr("does not apply"));
+  EXPECT_THAT(RunIndex(args).message(), HasSubstr("does not apply"));
   dir_.WriteFile("secret", "short");
-  EXPECT_THAT(Run(Args(Labels({"A1"}))).message(), HasSubstr("--secret-file"));
-  EXPECT_EQ(Run({"--labels", "l.csv", "--out", "m.csv", "--secret-file", "s"}).code(),
+  EXPECT_THAT(RunIndex(Args(Labels({"A1"}))).message(), HasSubstr("--secret-file"));
+  EXPECT_EQ(RunIndex({"--labels", "l.csv", "--out", "m.csv", "--secret-file", "s"}).code(),
             absl::StatusCode::kInvalidArgument);  // No --dicom-dir.
 }
 
@@ -148,10 +148,10 @@ TEST_F(IndexCommandTest, StopAfterLeavesAResumableState) {
   std::vector<std::string> args = Args(Labels({"A1", "A2"}));
   args.push_back("--stop-after");
   args.push_back("3");
-  absl::Status status = Run(args);
+  absl::Status status = RunIndex(args);
   EXPECT_EQ(status.code(), absl::StatusCode::kAborted) << status;
   std::string printed;
-  ASSERT_TRUE(Run(Args(Labels({"A1", "A2"})), &printed).ok());
+  ASSERT_TRUE(RunIndex(Args(Labels({"A1", "A2"})), &printed).ok());
   // The stopped run recorded 3 headers; the rerun reads only the other 5.
   EXPECT_THAT(printed, HasSubstr("(5 headers read, 3 unchanged"));
   EXPECT_THAT(printed, HasSubstr("manifest: 8 images of 2 studies"));
@@ -163,7 +163,7 @@ TEST(IndexCommandPublicTest, PassesFlagsToIndexPublicCollection) {
   testing::TempDir dir;
   const std::string missing = dir.Join("no-such-labels.csv");
   for (const std::string format : {"mimic-cxr", "nih-cxr14"}) {
-    absl::Status status = Run({"--format", format, "--labels", missing, "--metadata", dir.Join("meta.csv"),
+    absl::Status status = RunIndex({"--format", format, "--labels", missing, "--metadata", dir.Join("meta.csv"),
                                "--split-file", dir.Join("split.csv"), "--split", "train", "--image-kind", "jpg",
                                "--path-prefix", "images/", "--out", dir.Join("m.csv")});
     EXPECT_FALSE(status.ok());
@@ -172,11 +172,11 @@ TEST(IndexCommandPublicTest, PassesFlagsToIndexPublicCollection) {
                  absl::StrContains(status.message(), "no-such-labels.csv")))
         << status;
   }
-  EXPECT_THAT(Run({"--format", "mimic-cxr", "--out", dir.Join("m.csv")}).message(), HasSubstr("--labels"));
+  EXPECT_THAT(RunIndex({"--format", "mimic-cxr", "--out", dir.Join("m.csv")}).message(), HasSubstr("--labels"));
   EXPECT_THAT(
-      Run({"--format", "nih-cxr14", "--labels", missing, "--dicom-dir", "d", "--out", dir.Join("m.csv")}).message(),
+      RunIndex({"--format", "nih-cxr14", "--labels", missing, "--dicom-dir", "d", "--out", dir.Join("m.csv")}).message(),
       HasSubstr("--dicom-dir does not apply"));
-  EXPECT_THAT(Run({"--format", "dicomdir", "--out", dir.Join("m.csv")}).message(), HasSubstr("--format"));
+  EXPECT_THAT(RunIndex({"--format", "dicomdir", "--out", dir.Join("m.csv")}).message(), HasSubstr("--format"));
 }
 
 }  // namespace
