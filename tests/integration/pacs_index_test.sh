@@ -45,12 +45,12 @@ grep -q "($((total - 400)) headers read, 400 unchanged from the state file)" ind
 grep -q "^label rows without a study in the export: 1" index.txt || fail "label row without a study"
 grep -q "AccessionNumber ACC9999999" index.txt || fail "ACC9999999 not reported"
 grep -Eq "^studies without labels in export/labels.csv \(left out\): 1" index.txt || fail "unmatched study count"
-grep -Eq "^  AccessionNumber ACC[0-9]{7}: e.g. dicom/ST[0-9]{6}/SE00000[12]/IM000001.dcm" index.txt ||
+grep -Eq "^  AccessionNumber ACC[0-9]{7}: e.g. ST[0-9]{6}/SE00000[12]/IM000001.dcm" index.txt ||
   fail "unmatched study without a file name"
-grep -Eq "^  dicom/ST000001/SE000001/IM000002.dcm: same SOP Instance UID [0-9.]+ as dicom/ST000001/SE000001/IM000001.dcm \(kept\)" \
+grep -Eq "^  ST000001/SE000001/IM000002.dcm: same SOP Instance UID [0-9.]+ as ST000001/SE000001/IM000001.dcm \(kept\)" \
   index.txt || fail "duplicate SOP instance not reported with both files"
-grep -q "dicom/ST000001/SE000900/IM000001.dcm: non-image object: BasicTextSRStorage" index.txt || fail "SR not reported"
-grep -q "dicom/ST000001/SE000901/IM000001.dcm: non-image object: GrayscaleSoftcopyPresentationStateStorage" index.txt ||
+grep -q "ST000001/SE000900/IM000001.dcm: non-image object: BasicTextSRStorage" index.txt || fail "SR not reported"
+grep -q "ST000001/SE000901/IM000001.dcm: non-image object: GrayscaleSoftcopyPresentationStateStorage" index.txt ||
   fail "presentation state not reported"
 grep -q "^studies without a frontal view (left out): 1" index.txt || fail "study without a frontal view"
 grep -q "README.txt: not a DICOM Part-10 file" index.txt || fail "README.txt not reported"
@@ -59,7 +59,7 @@ grep -q "dangling.dcm: dangling symbolic link" index.txt || fail "dangling link 
 /usr/bin/python3 - <<'PY'
 import json
 r = json.load(open("report.json"))
-assert r["duplicate_instances"][0]["file"] == "dicom/ST000001/SE000001/IM000002.dcm", r["duplicate_instances"]
+assert r["duplicate_instances"][0]["file"] == "ST000001/SE000001/IM000002.dcm", r["duplicate_instances"]
 assert r["label_rows_without_study"][0]["key"] == "ACC9999999", r["label_rows_without_study"]
 assert len(r["studies_without_labels"]) == 1 and len(r["non_image_objects"]) == 2, r
 assert r["rows"] > 900, r["rows"]
@@ -74,6 +74,29 @@ cp manifest.csv first.csv
 "${index[@]}" > again.txt
 grep -q "(0 headers read, $total unchanged" again.txt || fail "the rerun read headers again"
 cmp -s manifest.csv first.csv || fail "the rerun's manifest differs"
+
+# A real SIGKILL mid-scan, wherever it lands: the rerun reads only what the state file lacks and writes the same
+# manifest. (One thread, so that the scan lasts long enough to be killed on a fast machine too.)
+killed=("$bin/fedtune-site" data index --dicom-dir export/dicom --labels export/labels.csv --secret-file site.secret
+        --out killed.csv --state killed.state --threads 1)
+"${killed[@]}" > /dev/null 2>&1 &
+pid=$!
+pids+=("$pid")
+for _ in $(seq 200); do
+  # The scan key is recorded after the folder walk, right before the first header is read.
+  [[ "$(sqlite3 -cmd '.timeout 2000' killed.state 'SELECT COUNT(*) FROM meta' 2>/dev/null || echo 0)" -gt 0 ]] && break
+  kill -0 "$pid" 2>/dev/null || break
+  sleep 0.01
+done
+kill -KILL "$pid" 2>/dev/null || true
+wait "$pid" 2>/dev/null || true
+# Killed before its schema was made, the state file has no table yet: nothing was recorded.
+recorded="$(sqlite3 -cmd '.timeout 2000' killed.state 'SELECT COUNT(*) FROM files' 2>/dev/null || echo 0)"
+"${killed[@]}" > killed.txt
+grep -q "($((total - recorded)) headers read, $recorded unchanged" killed.txt ||
+  fail "after a kill with $recorded files recorded, the rerun read $(grep -o '([0-9]* headers read' killed.txt)"
+cmp -s killed.csv manifest.csv || fail "the manifest after a kill differs"
+echo "killed after $recorded of $total files were recorded; the rerun read the other $((total - recorded))"
 
 # The manifest's paths are relative to --dicom-dir: the data root for data check and finetune.
 "$bin/fedtune-site" data check --manifest manifest.csv --root export/dicom --threads 2 | tail -1
