@@ -352,9 +352,9 @@ absl::StatusOr<std::string> ReadSiteSecret(const std::string& path) {
     secret.pop_back();
   }
   if (static_cast<int64_t>(secret.size()) < kMinSecretBytes || static_cast<int64_t>(secret.size()) > kMaxSecretBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("--secret-file '", path, "': the secret must have ",
-                                                   kMinSecretBytes, " to ", kMaxSecretBytes, " bytes, has ",
-                                                   secret.size(), " (make one with: openssl rand -hex 32 > FILE)"));
+    return absl::InvalidArgumentError(absl::StrCat("--secret-file '", path, "': the secret must have ", kMinSecretBytes,
+                                                   " to ", kMaxSecretBytes, " bytes, has ", secret.size(),
+                                                   " (make one with: openssl rand -hex 32 > FILE)"));
   }
   return secret;
 }
@@ -415,8 +415,8 @@ DicomFileRecord ReadDicomHeader(const std::string& file, const std::string& secr
     if (want >= max_header_bytes) {
       ::close(fd);
       r.kind = FileKind::kNotDicom;
-      r.reason = absl::StrCat("no Pixel Data within the first ", max_header_bytes,
-                              " bytes (--max-header-bytes) of a ", size, "-byte file");
+      r.reason = absl::StrCat("no Pixel Data within the first ", max_header_bytes, " bytes (--max-header-bytes) of a ",
+                              size, "-byte file");
       return r;
     }
     want = std::min({size, want * 4, max_header_bytes});
@@ -537,9 +537,9 @@ absl::StatusOr<DicomScan> ScanDicomFolder(const DicomIndexOptions& options) {
                                "accession, sop_instance_uid, sop_class_uid, modality, view_position, laterality, sex, "
                                "age) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
   // With a stop, batches are no larger than it, so that the stop comes after about that many files.
-  const size_t batch = static_cast<size_t>(options.stop_after_files > 0
-                                               ? std::min<int64_t>(options.batch_size, options.stop_after_files)
-                                               : options.batch_size);
+  const size_t batch =
+      static_cast<size_t>(options.stop_after_files > 0 ? std::min<int64_t>(options.batch_size, options.stop_after_files)
+                                                       : options.batch_size);
   for (size_t start = 0; start < to_read.size(); start += batch) {
     const size_t end = std::min(to_read.size(), start + batch);
     std::atomic<size_t> next{start};
@@ -768,10 +768,9 @@ DicomIndex BuildDicomIndex(const DicomScan& scan, const std::map<std::string, St
     }
     used_labels.insert(study.key);
     if (study.patients.size() > 1) {
-      report.images_left_out.push_back(
-          {first_file, study.key,
-           absl::StrCat("the study's ", study.images.size(), " images name ", study.patients.size(),
-                        " different PatientIDs: study left out")});
+      report.images_left_out.push_back({first_file, study.key,
+                                        absl::StrCat("the study's ", study.images.size(), " images name ",
+                                                     study.patients.size(), " different PatientIDs: study left out")});
       continue;
     }
     if (!study.frontal) {
@@ -783,7 +782,8 @@ DicomIndex BuildDicomIndex(const DicomScan& scan, const std::map<std::string, St
   }
   for (const auto& [key, study] : labels) {
     if (used_labels.count(key) == 0) {
-      report.label_rows_without_study.push_back({options.labels_csv, key, absl::StrCat("line ", study.line), study.line});
+      report.label_rows_without_study.push_back(
+          {options.labels_csv, key, absl::StrCat("line ", study.line), study.line});
     }
   }
   std::sort(report.label_rows_without_study.begin(), report.label_rows_without_study.end(),
@@ -795,8 +795,8 @@ DicomIndex BuildDicomIndex(const DicomScan& scan, const std::map<std::string, St
     ManifestRow row;
     row.path = f.path;
     row.patient = f.patient;
-    row.study = f.study_uid.empty() ? (options.key == StudyKey::kAccessionNumber ? f.accession : f.study_uid)
-                                    : f.study_uid;
+    row.study =
+        f.study_uid.empty() ? (options.key == StudyKey::kAccessionNumber ? f.accession : f.study_uid) : f.study_uid;
     row.sex = f.sex == "M" ? Sex::kMale : f.sex == "F" ? Sex::kFemale : Sex::kUnknown;
     row.age = ParseDicomAge(f.age);
     row.view = image.view;

@@ -98,7 +98,7 @@ struct DicomFileRecord {
   int64_t size = 0;
   int64_t mtime_ns = 0;
   FileKind kind = FileKind::kUnreadable;
-  std::string reason;  // Why the file is not an image ("" for images).
+  std::string reason;   // Why the file is not an image ("" for images).
   std::string patient;  // HMAC-SHA256(secret, PatientID), 32 hex digits; "" when PatientID is blank.
   std::string study_uid, accession, sop_instance_uid, sop_class_uid, modality, view_position, laterality, sex, age;
 };
@@ -154,10 +154,10 @@ struct DicomIndexReport {
   std::string key;
   int64_t files_found = 0, files_read = 0, files_reused = 0;
   bool state_reset = false;
-  int64_t images = 0;           // Image files (before any is left out).
-  int64_t studies_indexed = 0;  // Studies in the manifest.
-  int64_t rows = 0;             // Manifest rows (images).
-  std::vector<IndexIssue> studies_without_labels;   // One file of the study.
+  int64_t images = 0;                                // Image files (before any is left out).
+  int64_t studies_indexed = 0;                       // Studies in the manifest.
+  int64_t rows = 0;                                  // Manifest rows (images).
+  std::vector<IndexIssue> studies_without_labels;    // One file of the study.
   std::vector<IndexIssue> label_rows_without_study;  // detail = "line N".
   std::vector<IndexIssue> studies_without_frontal;   // One file of the study.
   std::vector<IndexIssue> non_image_objects;         // detail = why (SOP class, no Pixel Data).

@@ -58,7 +58,8 @@ absl::Status RunPublicCollection(const cli::ParsedFlags& flags, const std::strin
 
 absl::Status RunDicomDir(const cli::ParsedFlags& flags, std::ostream& out) {
   RETURN_IF_ERROR(RefuseFlags(flags, {"metadata", "split-file", "split", "image-kind", "path-prefix"}, "dicom-dir"));
-  for (const char* name : {"dicom-dir", "labels", "secret-file"}) RETURN_IF_ERROR(RequireFlag(flags, name, "dicom-dir"));
+  for (const char* name : {"dicom-dir", "labels", "secret-file"})
+    RETURN_IF_ERROR(RequireFlag(flags, name, "dicom-dir"));
   DicomIndexOptions options;
   options.dicom_dir = *flags.Get("dicom-dir");
   while (options.dicom_dir.size() > 1 && options.dicom_dir.back() == '/') options.dicom_dir.pop_back();
@@ -106,8 +107,9 @@ cli::Command MakeDataIndexCommand(std::ostream& out) {
       {"format", "dicom-dir (a PACS export), mimic-cxr or nih-cxr14", false, false, "dicom-dir", "FORMAT"},
       {"dicom-dir", "dicom-dir: the export folder; the manifest's paths are relative to it (the data root)", false,
        false, std::nullopt, "DIR"},
-      {"labels", "labels CSV: the key column and the 14 CheXpert label columns (dicom-dir); the collection's labels "
-                 "table (mimic-cxr, nih-cxr14)",
+      {"labels",
+       "labels CSV: the key column and the 14 CheXpert label columns (dicom-dir); the collection's labels "
+       "table (mimic-cxr, nih-cxr14)",
        false, false, std::nullopt, "L.csv"},
       {"key", "dicom-dir: the labels column joined with the images", false, false, "AccessionNumber",
        "AccessionNumber|StudyInstanceUID"},
@@ -117,8 +119,7 @@ cli::Command MakeDataIndexCommand(std::ostream& out) {
       {"state", "dicom-dir: resumable scan state (SQLite); default <--out>.index-state", false, false, std::nullopt,
        "PATH"},
       {"report", "dicom-dir: also write the report as JSON", false, false, std::nullopt, "R.json"},
-      {"threads", "dicom-dir: headers read in parallel (default: the number of CPUs)", false, false, std::nullopt,
-       "N"},
+      {"threads", "dicom-dir: headers read in parallel (default: the number of CPUs)", false, false, std::nullopt, "N"},
       {"view-fallback", "dicom-dir: view of an image whose ViewPosition is not PA/AP/LL/RL/LATERAL", false, false,
        "skip", "skip|frontal|lateral"},
       {"max-files", "dicom-dir: refuse a folder with more files", false, false, "1000000", "N"},
@@ -130,8 +131,8 @@ cli::Command MakeDataIndexCommand(std::ostream& out) {
        false, std::nullopt, "F"},
       {"split", "mimic-cxr: train, validate or test (default: all)", false, false, std::nullopt, "S"},
       {"image-kind", "mimic-cxr: dicom or jpg", false, false, std::nullopt, "KIND"},
-      {"path-prefix", "mimic-cxr, nih-cxr14: prepended to every image path (e.g. images/)", false, false,
-       std::nullopt, "P"},
+      {"path-prefix", "mimic-cxr, nih-cxr14: prepended to every image path (e.g. images/)", false, false, std::nullopt,
+       "P"},
   };
   c.run = [&out](const cli::ParsedFlags& flags) -> absl::Status {
     const std::string format = flags.GetOrDie("format");

@@ -344,8 +344,7 @@ absl::StatusOr<SynthSummary> GenerateDataset(const SynthOptions& o) {
     attr.series_uid = MakeUid(study_key, 900);
     attr.series_number = 900;
     attr.sop_instance_uid = MakeUid(study_key, 901);
-    RETURN_IF_ERROR(
-        WriteDicomNonImage(absl::StrCat(o.out_dir, "/", sr_path), UID_BasicTextSRStorage, "SR", attr));
+    RETURN_IF_ERROR(WriteDicomNonImage(absl::StrCat(o.out_dir, "/", sr_path), UID_BasicTextSRStorage, "SR", attr));
     attr.series_uid = MakeUid(study_key, 910);
     attr.series_number = 901;
     attr.sop_instance_uid = MakeUid(study_key, 911);

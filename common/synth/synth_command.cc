@@ -33,15 +33,16 @@ absl::Status RunSynth(const cli::ParsedFlags& flags, std::ostream& out) {
   o.out_dir = flags.GetOrDie("out");
   o.pacs_export = flags.GetBool("dicom");
   if (o.pacs_export && (flags.Has("dicom-fraction") || flags.Has("bit-depth"))) {
-    return absl::InvalidArgumentError("--dicom writes every image as DICOM: --dicom-fraction and --bit-depth do not apply");
+    return absl::InvalidArgumentError(
+        "--dicom writes every image as DICOM: --dicom-fraction and --bit-depth do not apply");
   }
   ASSIGN_OR_RETURN(SynthSummary s, GenerateDataset(o));
   if (o.pacs_export) {
     out << absl::StrFormat(
                "synth: profile %s: a PACS export of %d DICOM images (%d lateral) in %d studies of %d patients at "
                "%dx%d px, plus %d non-image/duplicate objects, in %s/dicom; labels in %s/labels.csv (%.2f s)\n",
-               o.profile.name(), s.images, s.lateral_images, s.studies, s.patients, o.size, o.size,
-               s.extra_dicom_files, o.out_dir, o.out_dir, s.seconds)
+               o.profile.name(), s.images, s.lateral_images, s.studies, s.patients, o.size, o.size, s.extra_dicom_files,
+               o.out_dir, o.out_dir, s.seconds)
         << std::flush;
     return absl::OkStatus();
   }

@@ -212,10 +212,10 @@ TEST(ScanDicomFolderTest, ResumesAfterAnInterruptionAndRereadsOnlyChangedFiles) 
 TEST(ScanDicomFolderTest, ReportsLinksLoopsAndUnusableFilesPerFile) {
   testing::TempDir dir;
   WriteTestDicom(dir.Join("export/a/im.dcm"), TestDicom{});
-  ASSERT_EQ(::symlink("..", dir.Join("export/a/up").c_str()), 0);             // A folder loop.
-  ASSERT_EQ(::symlink("self", dir.Join("export/self").c_str()), 0);           // A link to itself.
+  ASSERT_EQ(::symlink("..", dir.Join("export/a/up").c_str()), 0);    // A folder loop.
+  ASSERT_EQ(::symlink("self", dir.Join("export/self").c_str()), 0);  // A link to itself.
   ASSERT_EQ(::symlink("nowhere.dcm", dir.Join("export/dangling").c_str()), 0);
-  ASSERT_EQ(::symlink("a/im.dcm", dir.Join("export/link.dcm").c_str()), 0);   // A link to a file: indexed.
+  ASSERT_EQ(::symlink("a/im.dcm", dir.Join("export/link.dcm").c_str()), 0);  // A link to a file: indexed.
   ASSERT_EQ(::mkfifo(dir.Join("export/fifo").c_str(), 0600), 0);
   dir.WriteFile("export/readme.txt", "not an image");
   DicomIndexOptions o = Options(dir);

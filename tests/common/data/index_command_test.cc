@@ -74,9 +74,11 @@ class IndexCommandTest : public ::testing::Test {
     dir_.WriteFile("secret", "a-site-secret-of-enough-bytes\n");
   }
   std::vector<std::string> Args(const std::string& labels) {
-    return {"--dicom-dir", dir_.Join("export"),   "--labels", dir_.WriteFile("labels.csv", labels),
-            "--secret-file", dir_.Join("secret"), "--out",    dir_.Join("manifest.csv"),
-            "--threads", "2"};
+    return {"--dicom-dir",   dir_.Join("export"),
+            "--labels",      dir_.WriteFile("labels.csv", labels),
+            "--secret-file", dir_.Join("secret"),
+            "--out",         dir_.Join("manifest.csv"),
+            "--threads",     "2"};
   }
   testing::TempDir dir_;
 };
@@ -144,7 +146,8 @@ TEST_F(IndexCommandTest, RefusesBadInputWithExitCodeTwo) {
 }
 
 TEST_F(IndexCommandTest, StopAfterLeavesAResumableState) {
-  for (int i = 0; i < 6; ++i) WriteImage(dir_.Join(absl::StrCat("export/z/", i, ".dcm")), "A1", "9.9." + std::to_string(i), "LL");
+  for (int i = 0; i < 6; ++i)
+    WriteImage(dir_.Join(absl::StrCat("export/z/", i, ".dcm")), "A1", "9.9." + std::to_string(i), "LL");
   std::vector<std::string> args = Args(Labels({"A1", "A2"}));
   args.push_back("--stop-after");
   args.push_back("3");
@@ -164,18 +167,18 @@ TEST(IndexCommandPublicTest, PassesFlagsToIndexPublicCollection) {
   const std::string missing = dir.Join("no-such-labels.csv");
   for (const std::string format : {"mimic-cxr", "nih-cxr14"}) {
     absl::Status status = RunIndex({"--format", format, "--labels", missing, "--metadata", dir.Join("meta.csv"),
-                               "--split-file", dir.Join("split.csv"), "--split", "train", "--image-kind", "jpg",
-                               "--path-prefix", "images/", "--out", dir.Join("m.csv")});
+                                    "--split-file", dir.Join("split.csv"), "--split", "train", "--image-kind", "jpg",
+                                    "--path-prefix", "images/", "--out", dir.Join("m.csv")});
     EXPECT_FALSE(status.ok());
-    EXPECT_TRUE(status.code() == absl::StatusCode::kUnimplemented ||
-                (status.code() == absl::StatusCode::kNotFound &&
-                 absl::StrContains(status.message(), "no-such-labels.csv")))
+    EXPECT_TRUE(
+        status.code() == absl::StatusCode::kUnimplemented ||
+        (status.code() == absl::StatusCode::kNotFound && absl::StrContains(status.message(), "no-such-labels.csv")))
         << status;
   }
   EXPECT_THAT(RunIndex({"--format", "mimic-cxr", "--out", dir.Join("m.csv")}).message(), HasSubstr("--labels"));
-  EXPECT_THAT(
-      RunIndex({"--format", "nih-cxr14", "--labels", missing, "--dicom-dir", "d", "--out", dir.Join("m.csv")}).message(),
-      HasSubstr("--dicom-dir does not apply"));
+  EXPECT_THAT(RunIndex({"--format", "nih-cxr14", "--labels", missing, "--dicom-dir", "d", "--out", dir.Join("m.csv")})
+                  .message(),
+              HasSubstr("--dicom-dir does not apply"));
   EXPECT_THAT(RunIndex({"--format", "dicomdir", "--out", dir.Join("m.csv")}).message(), HasSubstr("--format"));
 }
 
