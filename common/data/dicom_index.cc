@@ -795,8 +795,8 @@ DicomIndex BuildDicomIndex(const DicomScan& scan, const std::map<std::string, St
     ManifestRow row;
     row.path = f.path;
     row.patient = f.patient;
-    row.study =
-        f.study_uid.empty() ? (options.key == StudyKey::kAccessionNumber ? f.accession : f.study_uid) : f.study_uid;
+    // The join key is the unit the labels describe, so it is the study (frontal and lateral views together).
+    row.study = options.key == StudyKey::kAccessionNumber ? f.accession : f.study_uid;
     row.sex = f.sex == "M" ? Sex::kMale : f.sex == "F" ? Sex::kFemale : Sex::kUnknown;
     row.age = ParseDicomAge(f.age);
     row.view = image.view;

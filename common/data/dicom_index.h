@@ -174,7 +174,7 @@ struct DicomIndex {
 // Joins scanned files with labels (pure; no I/O). Rows: every image of every study whose key is in `labels`, that
 // has at least one frontal image and one patient; images without a usable view (after the fallback), without a key,
 // or of a modality other than CR/DX/DR (or blank) are left out and reported. Among images with the same SOP Instance
-// UID the first by path is kept. Patient = the pseudonym, Study = StudyInstanceUID (else the key).
+// UID the first by path is kept. Patient = the pseudonym, Study = the key's value (the unit the labels describe).
 DicomIndex BuildDicomIndex(const DicomScan& scan, const std::map<std::string, StudyLabels>& labels,
                            const DicomIndexOptions& options);
 
