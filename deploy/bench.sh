@@ -17,3 +17,5 @@ for script in "$root"/tests/benchmarks/*/*.sh; do
   echo "== $(basename "$script")"
   bash "$script" "$build"
 done
+# data_index_benchmark writes its 10,000 synthetic DICOM files (about 30 MB) once into
+# ${TMPDIR:-/tmp}/fedtune_data_index_benchmark and reuses them; delete that folder to start afresh.

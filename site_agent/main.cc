@@ -4,6 +4,7 @@
 
 #include "common/cli/command.h"
 #include "common/data/data_check_command.h"
+#include "common/data/index_command.h"
 #include "common/imaging/convert_command.h"
 #include "common/logging.h"
 #include "common/model/model_command.h"
@@ -20,6 +21,8 @@ int main(int argc, char** argv) {
   // data check decodes every image with the decoder training uses (and its --max-image-pixels), so it accepts
   // exactly what training reads.
   commands.Add(fedtune::data::MakeDataCheckCommand(std::cout));
+  // data index writes manifests from PACS export folders (DICOM headers + a labels CSV) or public collections.
+  commands.Add(fedtune::data::MakeDataIndexCommand(std::cout));
   commands.Add(fedtune::imaging::MakeDataConvertCommand(std::cout));
   commands.Add(fedtune::model::MakeModelImportCommand(std::cout));
   commands.Add(fedtune::model::MakeModelInfoCommand(std::cout));

@@ -17,6 +17,34 @@ namespace {
 // Enough significant digits that the decoder's window equals ours; DS values are at most 16 characters.
 std::string Ds(double v) { return absl::StrFormat("%.6g", v); }
 
+// Saves `file` to `path` through a temporary file renamed into place.
+absl::Status SaveAtomically(DcmFileFormat& file, const std::string& path) {
+  const std::string tmp = absl::StrCat(path, ".tmp");
+  OFCondition c = file.saveFile(tmp.c_str(), EXS_LittleEndianExplicit);
+  if (c.bad()) {
+    std::remove(tmp.c_str());
+    return absl::InternalError(absl::StrCat("WriteDicom ", path, ": cannot write: ", c.text()));
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    return absl::InternalError(absl::StrCat("WriteDicom ", path, ": cannot rename the temporary file into place"));
+  }
+  return absl::OkStatus();
+}
+
+// The PACS attributes that older files do not have, each only when set.
+OFCondition PutPacsAttributes(DcmDataset* ds, const DicomAttributes& attr) {
+  OFCondition c = EC_Normal;
+  if (!attr.accession_number.empty()) c = ds->putAndInsertString(DCM_AccessionNumber, attr.accession_number.c_str());
+  if (c.good() && attr.series_number > 0) {
+    c = ds->putAndInsertString(DCM_SeriesNumber, absl::StrCat(attr.series_number).c_str());
+  }
+  if (c.good() && attr.instance_number > 0) {
+    c = ds->putAndInsertString(DCM_InstanceNumber, absl::StrCat(attr.instance_number).c_str());
+  }
+  return c;
+}
+
 }  // namespace
 
 DicomEncoding DrawDicomEncoding(Rng& rng, double monochrome1_probability) {
@@ -99,20 +127,41 @@ absl::Status WriteDicom(const std::string& path, const cv::Mat& image, const Dic
   put(DCM_WindowCenter, Ds(e.window_center));
   put(DCM_WindowWidth, Ds(e.window_width));
   put(DCM_VOILUTFunction, "LINEAR");
+  if (c.good()) c = PutPacsAttributes(ds, attr);
   if (c.good())
     c = ds->putAndInsertUint16Array(DCM_PixelData, pixels.data(), static_cast<unsigned long>(pixels.size()));
   if (c.bad()) return absl::InternalError(absl::StrCat("WriteDicom ", path, ": ", c.text()));
-  const std::string tmp = absl::StrCat(path, ".tmp");
-  c = file.saveFile(tmp.c_str(), EXS_LittleEndianExplicit);
-  if (c.bad()) {
-    std::remove(tmp.c_str());
-    return absl::InternalError(absl::StrCat("WriteDicom ", path, ": cannot write: ", c.text()));
+  return SaveAtomically(file, path);
+}
+
+absl::Status WriteDicomNonImage(const std::string& path, const std::string& sop_class_uid, const std::string& modality,
+                                const DicomAttributes& attr) {
+  DcmFileFormat file;
+  DcmDataset* ds = file.getDataset();
+  OFCondition c = EC_Normal;
+  auto put = [&](const DcmTagKey& tag, const std::string& value) {
+    if (c.good()) c = ds->putAndInsertString(tag, value.c_str());
+  };
+  put(DCM_SOPClassUID, sop_class_uid);
+  put(DCM_SOPInstanceUID, attr.sop_instance_uid);
+  put(DCM_StudyInstanceUID, attr.study_uid);
+  put(DCM_SeriesInstanceUID, attr.series_uid);
+  put(DCM_Modality, modality);
+  put(DCM_PatientID, attr.patient_id);
+  put(DCM_PatientName, absl::StrCat("SYNTHETIC^", attr.patient_id));
+  put(DCM_Manufacturer, "fedtune synth");
+  if (modality == "SR") {
+    // The smallest plausible report: an empty, unverified container.
+    put(DCM_ValueType, "CONTAINER");
+    put(DCM_ContinuityOfContent, "SEPARATE");
+    put(DCM_CompletionFlag, "PARTIAL");
+    put(DCM_VerificationFlag, "UNVERIFIED");
+  } else {
+    put(DCM_ContentLabel, "SYNTHETIC");
   }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    return absl::InternalError(absl::StrCat("WriteDicom ", path, ": cannot rename the temporary file into place"));
-  }
-  return absl::OkStatus();
+  if (c.good()) c = PutPacsAttributes(ds, attr);
+  if (c.bad()) return absl::InternalError(absl::StrCat("WriteDicom ", path, ": ", c.text()));
+  return SaveAtomically(file, path);
 }
 
 }  // namespace fedtune::synth

@@ -37,6 +37,10 @@ struct DicomAttributes {
   std::string study_uid;
   std::string series_uid;
   std::string sop_instance_uid;
+  // Written only when set (files written before these existed stay byte-identical).
+  std::string accession_number;  // AccessionNumber.
+  int series_number = 0;         // SeriesNumber, when > 0.
+  int instance_number = 0;       // InstanceNumber, when > 0.
 };
 
 // A deterministic UID under the 2.25 root (UUID-derived OIDs) from two 64-bit values.
@@ -50,6 +54,13 @@ uint16_t EncodeDicomValue(double v, const DicomEncoding& encoding);
 // Thread-safe for distinct paths.
 absl::Status WriteDicom(const std::string& path, const cv::Mat& image, const DicomEncoding& encoding,
                         const DicomAttributes& attributes);
+
+// Writes a DICOM object without pixels (for a synthetic PACS export's non-image objects): SOP class `sop_class_uid`
+// (e.g. UID_BasicTextSRStorage, UID_GrayscaleSoftcopyPresentationStateStorage), modality `modality` ("SR", "PR"),
+// the identifying attributes of `attributes` (view, sex and age are left out), explicit VR little endian. Atomic as
+// WriteDicom; Internal naming the path on failure. Thread-safe for distinct paths.
+absl::Status WriteDicomNonImage(const std::string& path, const std::string& sop_class_uid, const std::string& modality,
+                                const DicomAttributes& attributes);
 
 }  // namespace fedtune::synth
 

@@ -21,6 +21,7 @@
 #include "common/synth/appearance.h"
 #include "common/synth/dicom_writer.h"
 #include "common/synth/rng.h"
+#include "dcmtk/dcmdata/dcuid.h"
 #include "google/protobuf/text_format.h"
 #include "opencv2/imgcodecs.hpp"
 
@@ -78,6 +79,9 @@ absl::Status CheckOptions(const SynthOptions& o) {
     return absl::InvalidArgumentError(absl::StrCat("--threads must be in [1, 256], got ", o.threads));
   }
   if (o.out_dir.empty()) return absl::InvalidArgumentError("--out must name a folder");
+  if (o.pacs_export && o.dicom_fraction != 0) {
+    return absl::InvalidArgumentError("--dicom writes every image as DICOM: --dicom-fraction does not apply");
+  }
   return absl::OkStatus();
 }
 
@@ -118,22 +122,37 @@ absl::Status SyncFolder(const std::string& dir) {
   return absl::OkStatus();
 }
 
-absl::Status WriteImage(const SynthOptions& o, const PlannedImage& im) {
+uint64_t StudyKey(uint64_t seed, const PlannedImage& im) {
+  return DeriveSeed(seed, kUidStream, (static_cast<uint64_t>(im.patient) << 8) + im.study);
+}
+
+DicomAttributes AttributesOf(const SynthOptions& o, const PlannedImage& im, const PacsExportPlan* pacs) {
+  DicomAttributes attr;
+  attr.patient_id = absl::StrFormat("patient%05d", im.patient);
+  attr.patient_sex = im.male ? "M" : "F";
+  attr.patient_age = im.age;
+  attr.view_position = im.view == View::kFrontalAP ? "AP" : im.view == View::kFrontalPA ? "PA" : "LL";
+  const uint64_t study_key = StudyKey(o.seed, im);
+  attr.study_uid = MakeUid(study_key, 1);
+  attr.series_uid = MakeUid(study_key, 100 + im.view_number);
+  attr.sop_instance_uid = MakeUid(DeriveSeed(o.seed, kUidStream, im.index), 2);
+  if (pacs != nullptr) {
+    attr.patient_id = absl::StrFormat("MRN%07d", im.patient);
+    attr.accession_number = pacs->accession[im.index];
+    attr.series_number = im.view_number;
+    attr.instance_number = 1;
+    if (im.index == pacs->blank_view_image) attr.view_position = "";
+  }
+  return attr;
+}
+
+absl::Status WriteImage(const SynthOptions& o, const PlannedImage& im, const PacsExportPlan* pacs) {
   const cv::Mat image = RenderPlannedImage(o.profile, im, o.size);
   const std::string path = absl::StrCat(o.out_dir, "/", im.path);
   if (im.dicom) {
     Rng rng(DeriveSeed(im.seed, kDicomEncodingStream));
     const DicomEncoding encoding = DrawDicomEncoding(rng);
-    DicomAttributes attr;
-    attr.patient_id = absl::StrFormat("patient%05d", im.patient);
-    attr.patient_sex = im.male ? "M" : "F";
-    attr.patient_age = im.age;
-    attr.view_position = im.view == View::kFrontalAP ? "AP" : im.view == View::kFrontalPA ? "PA" : "LL";
-    const uint64_t study_key = DeriveSeed(o.seed, kUidStream, (static_cast<uint64_t>(im.patient) << 8) + im.study);
-    attr.study_uid = MakeUid(study_key, 1);
-    attr.series_uid = MakeUid(study_key, 100 + im.view_number);
-    attr.sop_instance_uid = MakeUid(DeriveSeed(o.seed, kUidStream, im.index), 2);
-    return WriteDicom(path, image, encoding, attr);
+    return WriteDicom(path, image, encoding, AttributesOf(o, im, pacs));
   }
   cv::Mat pixels;
   if (o.png_bit_depth == 16) {
@@ -209,6 +228,43 @@ cv::Mat RenderPlannedImage(const fedtune::v1::SynthProfile& profile, const Plann
   return ApplyAppearance(RenderPhantom(spec, size), params);
 }
 
+std::string PlannedStudyUid(uint64_t seed, const PlannedImage& image) { return MakeUid(StudyKey(seed, image), 1); }
+
+PacsExportPlan PlanPacsExport(const std::vector<PlannedImage>& plan) {
+  PacsExportPlan pacs;
+  for (size_t i = 0; i < plan.size(); ++i) {
+    const PlannedImage& im = plan[i];
+    if (im.view_number == 1) ++pacs.studies;
+    pacs.study_number.push_back(pacs.studies);
+    pacs.accession.push_back(absl::StrFormat("ACC%07d", pacs.studies));
+    pacs.paths.push_back(absl::StrFormat("dicom/ST%06d/SE%06d/IM%06d.dcm", pacs.studies, im.view_number, 1));
+    if (pacs.blank_view_image < 0 && pacs.studies > 1 && im.view_number == 2) {
+      pacs.blank_view_image = static_cast<int64_t>(i) - 1;
+    }
+  }
+  const int blank_study = pacs.blank_view_image < 0 ? 0 : pacs.study_number[pacs.blank_view_image];
+  if (pacs.studies >= 3 && pacs.studies != blank_study) pacs.unlabelled_study = pacs.studies;
+  return pacs;
+}
+
+std::string PacsLabelsCsv(const std::vector<PlannedImage>& plan, const PacsExportPlan& pacs, uint64_t seed) {
+  std::string out = "AccessionNumber,StudyInstanceUID";
+  for (const char* label : data::kChexpertLabels) absl::StrAppend(&out, ",", label);
+  out += ",Reader\n";
+  for (size_t i = 0; i < plan.size(); ++i) {
+    const PlannedImage& im = plan[i];
+    if (im.view_number != 1 || pacs.study_number[i] == pacs.unlabelled_study) continue;
+    absl::StrAppend(&out, pacs.accession[i], ",", PlannedStudyUid(seed, im));
+    for (Reported r : im.reported) absl::StrAppend(&out, ",", ReportedToCsv(r));
+    out += ",synth\n";
+  }
+  // A study the export lacks (e.g. not yet archived).
+  absl::StrAppend(&out, "ACC9999999,", MakeUid(DeriveSeed(seed, kUidStream, 0x4e4f5354ULL), 1));
+  for (int l = 0; l < data::kNumChexpertLabels; ++l) out += l == 0 ? ",1.0" : ",";
+  out += ",synth\n";
+  return out;
+}
+
 std::string ManifestCsv(const std::vector<PlannedImage>& plan) {
   std::string out = CsvHeader();
   for (const PlannedImage& im : plan) {
@@ -232,7 +288,12 @@ std::string TruthCsv(const std::vector<PlannedImage>& plan) {
 absl::StatusOr<SynthSummary> GenerateDataset(const SynthOptions& o) {
   const auto start = std::chrono::steady_clock::now();
   RETURN_IF_ERROR(CheckOptions(o));
-  const std::vector<PlannedImage> plan = PlanDataset(o.profile, o.count, o.seed, o.dicom_fraction);
+  std::vector<PlannedImage> plan = PlanDataset(o.profile, o.count, o.seed, o.pacs_export ? 1.0 : o.dicom_fraction);
+  PacsExportPlan pacs;
+  if (o.pacs_export) {
+    pacs = PlanPacsExport(plan);
+    for (size_t i = 0; i < plan.size(); ++i) plan[i].path = pacs.paths[i];
+  }
   SynthSummary summary;
   std::set<std::string> dirs;
   std::set<int> patients;
@@ -248,6 +309,12 @@ absl::StatusOr<SynthSummary> GenerateDataset(const SynthOptions& o) {
   }
   summary.images = static_cast<int64_t>(plan.size());
   summary.patients = static_cast<int64_t>(patients.size());
+  const std::string sr_path = "dicom/ST000001/SE000900/IM000001.dcm";
+  const std::string pr_path = "dicom/ST000001/SE000901/IM000001.dcm";
+  if (o.pacs_export) {
+    dirs.insert("dicom/ST000001/SE000900");
+    dirs.insert("dicom/ST000001/SE000901");
+  }
   RETURN_IF_ERROR(io::MakeDirectories(o.out_dir));
   for (const std::string& dir : dirs) RETURN_IF_ERROR(io::MakeDirectories(absl::StrCat(o.out_dir, "/", dir)));
 
@@ -257,7 +324,7 @@ absl::StatusOr<SynthSummary> GenerateDataset(const SynthOptions& o) {
   std::vector<absl::Status> errors(o.threads);
   auto work = [&](int worker) {
     for (int64_t i = next++; i < static_cast<int64_t>(plan.size()) && !failed; i = next++) {
-      absl::Status status = WriteImage(o, plan[i]);
+      absl::Status status = WriteImage(o, plan[i], o.pacs_export ? &pacs : nullptr);
       if (!status.ok()) {
         errors[worker] = status;
         failed = true;
@@ -270,6 +337,30 @@ absl::StatusOr<SynthSummary> GenerateDataset(const SynthOptions& o) {
   work(0);
   for (std::thread& t : workers) t.join();
   for (const absl::Status& e : errors) RETURN_IF_ERROR(e);
+  if (o.pacs_export) {
+    // The non-image objects of study 1, and the first image exported twice.
+    DicomAttributes attr = AttributesOf(o, plan[0], &pacs);
+    const uint64_t study_key = StudyKey(o.seed, plan[0]);
+    attr.series_uid = MakeUid(study_key, 900);
+    attr.series_number = 900;
+    attr.sop_instance_uid = MakeUid(study_key, 901);
+    RETURN_IF_ERROR(WriteDicomNonImage(absl::StrCat(o.out_dir, "/", sr_path), UID_BasicTextSRStorage, "SR", attr));
+    attr.series_uid = MakeUid(study_key, 910);
+    attr.series_number = 901;
+    attr.sop_instance_uid = MakeUid(study_key, 911);
+    RETURN_IF_ERROR(WriteDicomNonImage(absl::StrCat(o.out_dir, "/", pr_path),
+                                       UID_GrayscaleSoftcopyPresentationStateStorage, "PR", attr));
+    RETURN_IF_ERROR(io::CopyFileAtomically(absl::StrCat(o.out_dir, "/", plan[0].path),
+                                           absl::StrCat(o.out_dir, "/dicom/ST000001/SE000001/IM000002.dcm")));
+    summary.extra_dicom_files = 3;
+    RETURN_IF_ERROR(SyncFolder(o.out_dir));
+    std::string profile_text;
+    google::protobuf::TextFormat::PrintToString(o.profile, &profile_text);
+    RETURN_IF_ERROR(io::WriteFileAtomically(absl::StrCat(o.out_dir, "/profile.textproto"), profile_text));
+    RETURN_IF_ERROR(io::WriteFileAtomically(absl::StrCat(o.out_dir, "/labels.csv"), PacsLabelsCsv(plan, pacs, o.seed)));
+    summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return summary;
+  }
   RETURN_IF_ERROR(SyncFolder(o.out_dir));
 
   std::string profile_text;

@@ -31,7 +31,21 @@ absl::Status RunSynth(const cli::ParsedFlags& flags, std::ostream& out) {
   o.png_bit_depth = static_cast<int>(bits);
   o.threads = static_cast<int>(threads);
   o.out_dir = flags.GetOrDie("out");
+  o.pacs_export = flags.GetBool("dicom");
+  if (o.pacs_export && (flags.Has("dicom-fraction") || flags.Has("bit-depth"))) {
+    return absl::InvalidArgumentError(
+        "--dicom writes every image as DICOM: --dicom-fraction and --bit-depth do not apply");
+  }
   ASSIGN_OR_RETURN(SynthSummary s, GenerateDataset(o));
+  if (o.pacs_export) {
+    out << absl::StrFormat(
+               "synth: profile %s: a PACS export of %d DICOM images (%d lateral) in %d studies of %d patients at "
+               "%dx%d px, plus %d non-image/duplicate objects, in %s/dicom; labels in %s/labels.csv (%.2f s)\n",
+               o.profile.name(), s.images, s.lateral_images, s.studies, s.patients, o.size, o.size, s.extra_dicom_files,
+               o.out_dir, o.out_dir, s.seconds)
+        << std::flush;
+    return absl::OkStatus();
+  }
   out << absl::StrFormat(
              "synth: profile %s: %d images (%d lateral, %d DICOM) in %d studies of %d patients at %dx%d "
              "px written to %s in %.2f s\n",
@@ -60,6 +74,10 @@ cli::Command MakeSynthCommand(std::ostream& out) {
       {"dicom-fraction", "Fraction of images written as DICOM instead of PNG", false, false, "0", "F"},
       {"bit-depth", "PNG bit depth: 8 or 16", false, false, "8", "BITS"},
       {"threads", "Rendering threads (the output does not depend on it)", false, false, "1", "T"},
+      {"dicom",
+       "Write a synthetic PACS export instead: DIR/dicom/ST*/SE*/IM*.dcm and DIR/labels.csv keyed by "
+       "AccessionNumber (for `fedtune-site data index`)",
+       true, false, std::nullopt, "VALUE"},
   };
   c.run = [&out](const cli::ParsedFlags& flags) { return RunSynth(flags, out); };
   return c;

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/data/chexpert_labels.h"
 #include "common/io/csv.h"
 #include "common/io/file_util.h"
@@ -257,6 +258,84 @@ TEST(GeneratorTest, RejectsBadOptions) {
   o.dicom_fraction = 0;
   o.png_bit_depth = 12;
   EXPECT_EQ(GenerateDataset(o).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace fedtune::synth
+
+namespace fedtune::synth {
+namespace {
+
+std::string DicomString(DcmDataset* ds, const DcmTagKey& tag) {
+  OFString value;
+  return ds->findAndGetOFString(tag, value).good() ? std::string(value.c_str()) : std::string("<absent>");
+}
+
+// `fedtune synth --dicom`: every image as DICOM in a PACS-like layout with the identifiers data index joins on, a
+// labels.csv, and one of each special case.
+TEST(GeneratorTest, PacsExportHasIdentifiersLabelsAndEverySpecialCase) {
+  testing::TempDir dir;
+  SynthOptions o = Options("site-a", dir.Join("pacs"), 40, 9);
+  o.pacs_export = true;
+  o.threads = 2;
+  auto summary = GenerateDataset(o);
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  EXPECT_EQ(summary->dicom_images, 40);
+  EXPECT_EQ(summary->extra_dicom_files, 3);
+  EXPECT_FALSE(io::FileSize(o.out_dir + "/manifest.csv").value() > 0);  // data index writes it.
+
+  std::vector<PlannedImage> plan = PlanDataset(o.profile, o.count, o.seed, 1.0);
+  const PacsExportPlan pacs = PlanPacsExport(plan);
+  ASSERT_GE(pacs.blank_view_image, 0);
+  ASSERT_GT(pacs.unlabelled_study, 0);
+  for (size_t i = 0; i < plan.size(); ++i) {
+    SCOPED_TRACE(pacs.paths[i]);
+    EXPECT_TRUE(std::regex_match(pacs.paths[i], std::regex(R"(dicom/ST\d{6}/SE00000[12]/IM000001\.dcm)")));
+    DcmFileFormat file;
+    ASSERT_TRUE(file.loadFile((o.out_dir + "/" + pacs.paths[i]).c_str()).good());
+    DcmDataset* ds = file.getDataset();
+    EXPECT_EQ(DicomString(ds, DCM_AccessionNumber), pacs.accession[i]);
+    EXPECT_EQ(DicomString(ds, DCM_StudyInstanceUID), PlannedStudyUid(o.seed, plan[i]));
+    EXPECT_EQ(DicomString(ds, DCM_PatientID), absl::StrFormat("MRN%07d", plan[i].patient));
+    const std::string view = DicomString(ds, DCM_ViewPosition);
+    if (static_cast<int64_t>(i) == pacs.blank_view_image) {
+      EXPECT_EQ(view, "");
+    } else {
+      EXPECT_EQ(view, plan[i].view == View::kLateral ? "LL" : plan[i].view == View::kFrontalAP ? "AP" : "PA");
+    }
+  }
+  // The non-image objects carry study 1's identifiers and no pixels; the duplicate is the first image's bytes.
+  for (const char* path : {"dicom/ST000001/SE000900/IM000001.dcm", "dicom/ST000001/SE000901/IM000001.dcm"}) {
+    DcmFileFormat file;
+    ASSERT_TRUE(file.loadFile((o.out_dir + "/" + path).c_str()).good()) << path;
+    EXPECT_EQ(DicomString(file.getDataset(), DCM_AccessionNumber), "ACC0000001");
+    EXPECT_FALSE(file.getDataset()->tagExists(DCM_PixelData));
+  }
+  EXPECT_EQ(Read(o.out_dir + "/dicom/ST000001/SE000001/IM000002.dcm"), Read(o.out_dir + "/" + pacs.paths[0]));
+
+  // labels.csv: one row per study but the unlabelled one, plus ACC9999999; reported labels of the study.
+  const io::CsvTable labels = ReadCsv(o.out_dir + "/labels.csv");
+  ASSERT_EQ(static_cast<int>(labels.rows.size()), pacs.studies);
+  const size_t acc = *labels.ColumnIndex("AccessionNumber");
+  EXPECT_EQ(labels.rows.back().fields[acc], "ACC9999999");
+  std::set<std::string> keys;
+  for (const io::CsvRecord& row : labels.rows) keys.insert(row.fields[acc]);
+  EXPECT_EQ(keys.count(absl::StrFormat("ACC%07d", pacs.unlabelled_study)), 0u);
+  EXPECT_EQ(keys.count("ACC0000001"), 1u);
+  const size_t cardiomegaly = *labels.ColumnIndex("Cardiomegaly");
+  EXPECT_EQ(labels.rows[0].fields[cardiomegaly], ReportedToCsv(plan[0].reported[2]));
+
+  // --dicom leaves the DICOM files of --dicom-fraction as they were: no PACS attributes there.
+  SynthOptions plain = Options("site-a", dir.Join("plain"), 4, 9);
+  plain.dicom_fraction = 1;
+  ASSERT_TRUE(GenerateDataset(plain).ok());
+  DcmFileFormat file;
+  ASSERT_TRUE(file.loadFile((plain.out_dir + "/" + PlanDataset(plain.profile, 4, 9, 1.0)[0].path).c_str()).good());
+  EXPECT_FALSE(file.getDataset()->tagExists(DCM_AccessionNumber));
+  EXPECT_FALSE(file.getDataset()->tagExists(DCM_SeriesNumber));
+
+  o.dicom_fraction = 0.5;
+  EXPECT_THAT(GenerateDataset(o).status().message(), HasSubstr("--dicom-fraction"));
 }
 
 }  // namespace

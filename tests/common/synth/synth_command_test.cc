@@ -74,5 +74,25 @@ TEST(SynthCommandTest, BuiltinProfilesWorkFromTheInstalledBinaryAnywhere) {
       << output;
 }
 
+TEST(SynthCommandTest, DicomWritesAPacsExport) {
+  testing::TempDir dir;
+  const std::string out = dir.Join("export");
+  std::string printed;
+  ASSERT_TRUE(
+      RunCommand({"--profile", "site-b", "--count", "12", "--size", "16", "--out", out, "--dicom"}, &printed).ok())
+      << printed;
+  EXPECT_THAT(printed, HasSubstr("a PACS export of 12 DICOM images"));
+  EXPECT_THAT(printed, HasSubstr("labels.csv"));
+  const io::CsvTable labels = ReadCsv(out + "/labels.csv");
+  EXPECT_TRUE(labels.ColumnIndex("AccessionNumber").has_value());
+  EXPECT_TRUE(labels.ColumnIndex("StudyInstanceUID").has_value());
+  EXPECT_TRUE(labels.ColumnIndex("Support Devices").has_value());
+  EXPECT_FALSE(io::ReadCsvFile(out + "/manifest.csv").ok());
+  const absl::Status both =
+      RunCommand({"--profile", "site-b", "--count", "12", "--out", out, "--dicom", "--dicom-fraction", "0.5"});
+  EXPECT_EQ(both.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(both.message(), HasSubstr("--dicom-fraction"));
+}
+
 }  // namespace
 }  // namespace fedtune::synth
