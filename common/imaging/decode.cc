@@ -563,12 +563,21 @@ absl::StatusOr<Image> DecodeDicomFile(const std::string& file, const std::string
     // DCMTK's own reading of the meta header says whether DCMTK would inflate the dataset.
     DcmFileFormat meta_only;
     OFString uid;
-    if (meta_only.loadFile(OFFilename(file.c_str()), EXS_Unknown, EGL_noChange, DCM_MaxReadLength, ERM_metaOnly)
-            .good() &&
-        meta_only.getMetaInfo() != nullptr &&
-        meta_only.getMetaInfo()->findAndGetOFString(DCM_TransferSyntaxUID, uid).good()) {
+    // DCMTK reports a transfer syntax it does not know as a missing meta header, having read it all the same.
+    const bool meta_ok =
+        meta_only.loadFile(OFFilename(file.c_str()), EXS_Unknown, EGL_noChange, DCM_MaxReadLength, ERM_metaOnly)
+            .good();
+    if (meta_only.getMetaInfo() != nullptr &&
+        meta_only.getMetaInfo()->findAndGetOFString(DCM_TransferSyntaxUID, uid).good() && !uid.empty()) {
       const DcmXfer xfer(uid.c_str());
-      if (xfer.getStreamCompression() != ESC_none) {
+      if (xfer.getXfer() == EXS_Unknown) {
+        // DCMTK would guess an uncompressed syntax and misread any compressed pixel data.
+        const bool htj2k = absl::StartsWith(uid.c_str(), "1.2.840.10008.1.2.4.20");
+        return DicomError(name, absl::StrCat("transfer syntax '", uid.c_str(), "' is not supported",
+                                             htj2k ? " (High-Throughput JPEG 2000)" : " (unknown to DCMTK 3.6.7)",
+                                             "; supported: uncompressed, deflated, RLE, JPEG, JPEG-LS, JPEG 2000"));
+      }
+      if (meta_ok && xfer.getStreamCompression() != ESC_none) {
         if (inflated_from != nullptr) {
           return absl::InternalError(absl::StrCat(name, ": DICOM: still '", xfer.getXferName(), "' once inflated"));
         }

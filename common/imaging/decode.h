@@ -37,9 +37,12 @@
 //     Explicit VR Big Endian, Deflated Explicit VR Little Endian, RLE, JPEG
 //     (baseline, extended, lossless), JPEG-LS (lossless, near-lossless) and
 //     JPEG 2000 (lossless .90 and lossy .91). Others (JPEG 2000 Part 2
-//     multi-component, High-Throughput JPEG 2000 .201-.203, which DCMTK 3.6.7
-//     does not know, JPIP, MPEG, ...) are rejected with InvalidArgument
-//     naming the transfer syntax.
+//     multi-component, JPIP, MPEG, ...) and UIDs DCMTK 3.6.7 does not know
+//     (High-Throughput JPEG 2000 .201-.203 among them; DCMTK would misread
+//     their pixel data as uncompressed) are rejected with InvalidArgument
+//     naming the transfer syntax. (OpenJPEG 2.5 could decode HTJ2K, but
+//     DCMTK 3.6.7 cannot parse such files, and no HTJ2K encoder is at hand
+//     to test it.)
 //   - Explicit VR Big Endian: DCMTK byte-swaps OW values as 16-bit words (OB:
 //     not at all) whatever Bits Allocated says, so each 32-bit sample would
 //     come out with its two halves exchanged. The decoder puts every sample

@@ -275,6 +275,28 @@ TEST(DecodeDicomTest, RejectsAnUnsupportedSyntaxNamingIt) {
   EXPECT_THAT(image.status().message(), HasSubstr("multicomponent.dcm"));
 }
 
+TEST(DecodeDicomTest, RejectsHighThroughputJpeg2000NamingIt) {
+  // MR_small_jp2klossless.dcm relabelled HTJ2K Lossless (1.2.840.10008.1.2.4.201): a UID DCMTK 3.6.7 does not know.
+  // The meta header's UI element and group length are rewritten for the longer UID.
+  std::string bytes = ReadBytes(kPydicomFiles + "MR_small_jp2klossless.dcm");
+  const std::string old_uid = "1.2.840.10008.1.2.4.90";
+  const std::string new_uid = std::string("1.2.840.10008.1.2.4.201") + '\0';  // Padded to even length.
+  const size_t at = bytes.find(old_uid);
+  ASSERT_NE(at, std::string::npos);
+  ASSERT_EQ(static_cast<uint8_t>(bytes[at - 2]) | static_cast<uint8_t>(bytes[at - 1]) << 8, 22);
+  bytes.replace(at, old_uid.size(), new_uid);
+  bytes[at - 2] = static_cast<char>(new_uid.size());
+  ASSERT_EQ(bytes.compare(132, 6, std::string("\x02\x00\x00\x00UL", 6)), 0);
+  bytes[140] = static_cast<char>(static_cast<uint8_t>(bytes[140]) + 2);  // Group length (< 254 here).
+  testing::TempDir dir;
+  const std::string path = dir.WriteFile("htj2k.dcm", bytes);
+  absl::StatusOr<Image> image = DecodeImage(path);
+  ASSERT_FALSE(image.ok());
+  EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(image.status().message(), HasSubstr("htj2k.dcm"));
+  EXPECT_THAT(std::string(image.status().message()), HasSubstr("1.2.840.10008.1.2.4.201"));
+}
+
 TEST(DecodeDicomTest, TruncatedFileIsAnErrorNotACrash) {
   absl::StatusOr<Image> image = DecodeImage(kPydicomFiles + "MR_truncated.dcm");
   ASSERT_FALSE(image.ok());
