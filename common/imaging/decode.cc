@@ -300,10 +300,9 @@ absl::StatusOr<std::string> GatherSingleFrame(DcmDataset* ds, const DcmXfer& xfe
 absl::Status ReplaceJpeg2000WithNative(DcmDataset* ds, const DcmXfer& xfer, const std::string& path,
                                        const DicomSize& size, const DecodeOptions& options) {
   Uint16 bits_allocated = 0;
-  if (ds->findAndGetUint16(DCM_BitsAllocated, bits_allocated).bad() ||
-      (bits_allocated != 8 && bits_allocated != 16)) {
-    return DicomError(path, absl::StrCat("JPEG 2000 with Bits Allocated ", bits_allocated,
-                                         " is not supported; expected 8 or 16"));
+  if (ds->findAndGetUint16(DCM_BitsAllocated, bits_allocated).bad() || (bits_allocated != 8 && bits_allocated != 16)) {
+    return DicomError(
+        path, absl::StrCat("JPEG 2000 with Bits Allocated ", bits_allocated, " is not supported; expected 8 or 16"));
   }
   ASSIGN_OR_RETURN(const std::string codestream, GatherSingleFrame(ds, xfer, path));
   auto check = [&](const Jpeg2000Header& header) -> absl::Status {
@@ -313,8 +312,9 @@ absl::Status ReplaceJpeg2000WithNative(DcmDataset* ds, const DcmXfer& xfer, cons
       return DicomError(path, absl::StrCat(declared, " (width x height), but the header declares ", size.dims));
     }
     if (header.precision > bits_allocated) {
-      return DicomError(path, absl::StrCat(declared, " at ", header.precision, " bits per sample, more than Bits "
-                                                     "Allocated ",
+      return DicomError(path, absl::StrCat(declared, " at ", header.precision,
+                                           " bits per sample, more than Bits "
+                                           "Allocated ",
                                            bits_allocated));
     }
     return absl::OkStatus();
@@ -337,7 +337,8 @@ absl::Status ReplaceJpeg2000WithNative(DcmDataset* ds, const DcmXfer& xfer, cons
   if (cond.good()) cond = ds->putAndInsertUint16(DCM_BitsStored, static_cast<Uint16>(precision));
   if (cond.good()) cond = ds->putAndInsertUint16(DCM_HighBit, static_cast<Uint16>(precision - 1));
   if (cond.bad()) {
-    return absl::InternalError(absl::StrCat(path, ": DICOM: cannot store the decoded JPEG 2000 samples: ", cond.text()));
+    return absl::InternalError(
+        absl::StrCat(path, ": DICOM: cannot store the decoded JPEG 2000 samples: ", cond.text()));
   }
   ds->updateOriginalXfer();
   return absl::OkStatus();
@@ -565,8 +566,7 @@ absl::StatusOr<Image> DecodeDicomFile(const std::string& file, const std::string
     OFString uid;
     // DCMTK reports a transfer syntax it does not know as a missing meta header, having read it all the same.
     const bool meta_ok =
-        meta_only.loadFile(OFFilename(file.c_str()), EXS_Unknown, EGL_noChange, DCM_MaxReadLength, ERM_metaOnly)
-            .good();
+        meta_only.loadFile(OFFilename(file.c_str()), EXS_Unknown, EGL_noChange, DCM_MaxReadLength, ERM_metaOnly).good();
     if (meta_only.getMetaInfo() != nullptr &&
         meta_only.getMetaInfo()->findAndGetOFString(DCM_TransferSyntaxUID, uid).good() && !uid.empty()) {
       const DcmXfer xfer(uid.c_str());

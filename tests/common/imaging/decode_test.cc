@@ -68,20 +68,20 @@ class DicomReferenceTest : public ::testing::Test {
     dir_ = nullptr;
   }
   static std::vector<std::string> Cases() {
-    return {"MR_small.dcm",          "CT_small.dcm",       "MR_small_RLE.dcm",        "MR_small_bigendian.dcm",
-            "MR_small_implicit.dcm", "mono1_window.dcm",   "mono1_minmax.dcm",        "voi_lut.dcm",
-            "rescale_window.dcm",    "window_sigmoid.dcm", "window_linear_exact.dcm", "image_dfl.dcm",
+    return {"MR_small.dcm", "CT_small.dcm", "MR_small_RLE.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm",
+            "mono1_window.dcm", "mono1_minmax.dcm", "voi_lut.dcm", "rescale_window.dcm", "window_sigmoid.dcm",
+            "window_linear_exact.dcm", "image_dfl.dcm",
             // JPEG 2000 (pydicom decodes them with Pillow's OpenJPEG): lossless, lossy, a codestream whose sign
             // disagrees with Pixel Representation, one whose precision disagrees with Bits Stored. (pydicom 2.3
             // cannot read JPEG2000-embedded-sequence-delimiter.dcm: see DecodeDicomTest below.)
             "MR_small_jp2klossless.dcm", "JPEG2000.dcm", "693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm",
-            // 32 bits allocated, little and big endian.
-            "rtdose_1frame.dcm", "rtdose_expb_1frame.dcm"};
+            // 32 bits allocated, little and big endian; big endian with 16-bit samples in OB.
+            "rtdose_1frame.dcm", "rtdose_expb_1frame.dcm", "bigendian_ob.dcm"};
   }
   // pydicom's own files (image_dfl.dcm: Deflated Explicit VR Little Endian) or the cases made from them.
   static std::string CasePath(const std::string& name) {
     const bool made = name.rfind("mono1_", 0) == 0 || name.rfind("window_", 0) == 0 || name == "voi_lut.dcm" ||
-                      name == "rescale_window.dcm" || name == "two_frames.dcm";
+                      name == "rescale_window.dcm" || name == "two_frames.dcm" || name == "bigendian_ob.dcm";
     return made ? dir_->Join(name) : kPydicomFiles + name;
   }
   static std::string ExpectedPath(const std::string& name) { return dir_->Join(name + ".expected.txt"); }
@@ -176,8 +176,8 @@ TEST_F(DicomReferenceTest, Jpeg2000LosslessEqualsItsUncompressedTwin) {
 TEST(DecodeDicomTest, Jpeg2000WithADelimiterTagInsideItsCodestreamIsRefusedClearly) {
   // JPEG2000-embedded-sequence-delimiter.dcm is JPEG2000.dcm with the bytes of a Sequence Delimitation Item tag
   // (FE FF DD E0) written over the codestream's Rsiz and Xsiz: the fragment must be read past them (they are data,
-  // not a tag), and the codestream then declares an image 3,722,445,056 (0xDDE00100) samples wide. Pillow refuses it as a
-  // decompression bomb; here OpenJPEG refuses its header, before any decoding.
+  // not a tag), and the codestream then declares an image 3,722,445,056 (0xDDE00100) samples wide. Pillow refuses it as
+  // a decompression bomb; here OpenJPEG refuses its header, before any decoding.
   const std::string name = "JPEG2000-embedded-sequence-delimiter.dcm";
   absl::StatusOr<Image> image = DecodeImage(kPydicomFiles + name);
   ASSERT_FALSE(image.ok());

@@ -118,11 +118,11 @@ Samples SyntheticImage(int width, int height, int bits_stored, int bits_allocate
   s.values.resize(static_cast<size_t>(width) * height);
   for (int y = 0; y < height; ++y) {
     for (int x = 0; x < width; ++x) {
-      double v = 0.1 + 0.6 * (x + y) / static_cast<double>(width + height);    // Gradient.
+      double v = 0.1 + 0.6 * (x + y) / static_cast<double>(width + height);  // Gradient.
       const double dx = x - 0.65 * width, dy = y - 0.4 * height;
-      if (dx * dx + dy * dy < 0.04 * width * height) v += 0.25;              // Bright disc.
+      if (dx * dx + dy * dy < 0.04 * width * height) v += 0.25;                               // Bright disc.
       if (x > width / 8 && x < width / 3 && y > height / 2 && y < height * 7 / 8) v -= 0.08;  // Dark rectangle.
-      if (y < height / 6) v += 0.03 * ((x / 2) % 2);                          // Fine stripes.
+      if (y < height / 6) v += 0.03 * ((x / 2) % 2);                                          // Fine stripes.
       v = std::clamp(v, 0.0, 1.0);
       s.values[static_cast<size_t>(y) * width + x] = static_cast<int32_t>(std::lround(lo + v * span));
     }
@@ -219,8 +219,8 @@ std::string EncodeJpeg2000(const Samples& samples, bool lossless, double ratio) 
   opj_set_info_handler(codec.get(), OpjQuiet, nullptr);
   CHECK(opj_setup_encoder(codec.get(), &params, image.get()));
   Sink sink;
-  std::unique_ptr<opj_stream_t, void (*)(opj_stream_t*)> stream(
-      opj_stream_create(OPJ_J2K_STREAM_CHUNK_SIZE, OPJ_FALSE), opj_stream_destroy);
+  std::unique_ptr<opj_stream_t, void (*)(opj_stream_t*)> stream(opj_stream_create(OPJ_J2K_STREAM_CHUNK_SIZE, OPJ_FALSE),
+                                                                opj_stream_destroy);
   opj_stream_set_user_data(stream.get(), &sink, nullptr);
   opj_stream_set_write_function(stream.get(), WriteFn);
   opj_stream_set_skip_function(stream.get(), SkipFn);

@@ -18,9 +18,9 @@ namespace fedtune::imaging::fixtures {
 struct Samples {
   int width = 0;
   int height = 0;
-  int bits_stored = 16;     // 1..16.
-  int bits_allocated = 16;  // 8 or 16.
-  bool is_signed = false;   // Pixel Representation 1.
+  int bits_stored = 16;         // 1..16.
+  int bits_allocated = 16;      // 8 or 16.
+  bool is_signed = false;       // Pixel Representation 1.
   std::vector<int32_t> values;  // width x height, row-major, within the range bits_stored and is_signed allow.
   // Written with a window (Window Center/Width) spanning the type's range: the decode then does not depend on the
   // image's own minimum and maximum (which lossy coding moves). Without it, decoders use a min-max window.
@@ -35,8 +35,8 @@ Samples SyntheticImage(int width, int height, int bits_stored, int bits_allocate
 // 12 bits stored in 16 allocated, unsigned: the benchmark's subject.
 Samples RadiographLikeImage(int width, int height);
 
-// Writes `samples` as a MONOCHROME2 DICOM file (a window only as Samples::full_range_window says) in the uncompressed or
-// deflated transfer syntax `xfer`, or encodes it with DCMTK's registered encoders for RLE, JPEG and JPEG-LS
+// Writes `samples` as a MONOCHROME2 DICOM file (a window only as Samples::full_range_window says) in the uncompressed
+// or deflated transfer syntax `xfer`, or encodes it with DCMTK's registered encoders for RLE, JPEG and JPEG-LS
 // (`jpeg_quality` for lossy JPEG, `near_lossless` deviation for JPEG-LS near-lossless).
 void WriteDicom(const std::string& path, const Samples& samples, E_TransferSyntax xfer);
 

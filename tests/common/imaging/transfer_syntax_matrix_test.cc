@@ -35,8 +35,8 @@ struct Depth {
   std::string Name() const { return absl::StrCat(is_signed ? "s" : "u", bits_stored); }
 };
 const std::vector<Depth>& AllDepths() {
-  static const std::vector<Depth> depths = {{8, 8, false}, {12, 16, false}, {12, 16, true}, {16, 16, false},
-                                            {16, 16, true}};
+  static const std::vector<Depth> depths = {
+      {8, 8, false}, {12, 16, false}, {12, 16, true}, {16, 16, false}, {16, 16, true}};
   return depths;
 }
 
@@ -158,10 +158,9 @@ TEST_F(TransferSyntaxMatrixTest, Jpeg2000LosslessCodestreamDecodesToItsSource) {
   for (const Depth& depth : AllDepths()) {
     SCOPED_TRACE(depth.Name());
     const fixtures::Samples source = Source(depth);
-    absl::StatusOr<Jpeg2000Image> decoded = DecodeJpeg2000(
-        fixtures::EncodeJpeg2000(source, /*lossless=*/true), "fixture", [](const Jpeg2000Header&) {
-          return absl::OkStatus();
-        });
+    absl::StatusOr<Jpeg2000Image> decoded =
+        DecodeJpeg2000(fixtures::EncodeJpeg2000(source, /*lossless=*/true), "fixture",
+                       [](const Jpeg2000Header&) { return absl::OkStatus(); });
     ASSERT_TRUE(decoded.ok()) << decoded.status();
     EXPECT_EQ(decoded->header.width, kWidth);
     EXPECT_EQ(decoded->header.height, kHeight);
