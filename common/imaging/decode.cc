@@ -312,17 +312,15 @@ absl::Status ReplaceJpeg2000WithNative(DcmDataset* ds, const DcmXfer& xfer, cons
       return DicomError(path, absl::StrCat(declared, " (width x height), but the header declares ", size.dims));
     }
     if (header.precision > bits_allocated) {
-      return DicomError(path, absl::StrCat(declared, " at ", header.precision,
-                                           " bits per sample, more than Bits "
-                                           "Allocated ",
-                                           bits_allocated));
+      return DicomError(path, absl::StrCat(declared, " at ", header.precision, " bits per sample, more than Bits ",
+                                           "Allocated ", bits_allocated));
     }
     return absl::OkStatus();
   };
   ASSIGN_OR_RETURN(const Jpeg2000Image decoded, DecodeJpeg2000(codestream, path, check));
   // Each sample's low `precision` bits, as stored: Pixel Representation and Bits Stored then say how to read them.
   const int precision = decoded.header.precision;
-  const uint32_t mask = precision >= 32 ? 0xFFFFFFFFu : (uint32_t{1} << precision) - 1;
+  const uint32_t mask = (uint32_t{1} << precision) - 1;  // precision is 1..16 (DecodeJpeg2000).
   const size_t n = decoded.samples.size();
   OFCondition cond;
   if (bits_allocated == 16) {
@@ -348,7 +346,8 @@ absl::Status ReplaceJpeg2000WithNative(DcmDataset* ds, const DcmXfer& xfer, cons
 // Allocated says; DicomImage then reads the element as little-endian 16-bit words (OW) or bytes (OB), low part
 // first. Samples wider than the element's unit thus come out with their parts swapped (a 32-bit OW sample as
 // low word <-> high word). Pixel data of such a file is made little-endian here, in memory, before DicomImage reads
-// it. (8-bit samples in OW and 16-bit samples in OW are what DCMTK gets right.)
+// it. (8-bit samples, and 16-bit samples in OW, DCMTK gets right.) Assumes a little-endian host, as DicomImage's
+// reading of OW does.
 absl::Status FixBigEndianPixelData(DcmDataset* ds, const std::string& path) {
   Uint16 bits_allocated = 0;
   DcmElement* element = nullptr;
