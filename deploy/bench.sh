@@ -19,3 +19,10 @@ for script in "$root"/tests/benchmarks/*/*.sh; do
 done
 # data_index_benchmark writes its 10,000 synthetic DICOM files (about 30 MB) once into
 # ${TMPDIR:-/tmp}/fedtune_data_index_benchmark and reuses them; delete that folder to start afresh.
+# JPEG 2000 decode on one core for every decoder (GDCM asks OpenJPEG for threads of its own; fedtune decodes on the
+# calling thread): jpeg2000_benchmark again, pinned to CPU 0.
+jpeg2000="$build/benchmarks/jpeg2000_benchmark"
+if [[ -x "$jpeg2000" && ( -z "$filter" || "$jpeg2000" == *"$filter"* ) ]] && command -v taskset >/dev/null; then
+  echo "== jpeg2000_benchmark, one core (taskset -c 0)"
+  taskset -c 0 "$jpeg2000" --benchmark_counters_tabular=true
+fi

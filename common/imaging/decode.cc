@@ -25,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/imaging/dicom_inflate.h"
+#include "common/imaging/jpeg2000.h"
 #include "common/imaging/raster_header.h"
 #include "common/io/file_util.h"
 #include "common/status_macros.h"
@@ -32,6 +33,9 @@
 #include "dcmtk/dcmdata/dcdeftag.h"
 #include "dcmtk/dcmdata/dcfilefo.h"
 #include "dcmtk/dcmdata/dcmetinf.h"
+#include "dcmtk/dcmdata/dcpixel.h"
+#include "dcmtk/dcmdata/dcpixseq.h"
+#include "dcmtk/dcmdata/dcpxitem.h"
 #include "dcmtk/dcmdata/dcrledrg.h"
 #include "dcmtk/dcmdata/dcxfer.h"
 #include "dcmtk/dcmimgle/dcmimage.h"
@@ -253,6 +257,135 @@ absl::Status CheckDicomPixelDataLength(DcmDataset* ds, absl::string_view path, c
                                  " bits allocated need ", need, " bytes (truncated file or wrong Rows/Columns?)"));
 }
 
+bool IsJpeg2000(const DcmXfer& xfer) {
+  return xfer.getXfer() == EXS_JPEG2000LosslessOnly || xfer.getXfer() == EXS_JPEG2000;
+}
+
+// The single frame's JPEG 2000 codestream: every fragment after the offset table (item 0), concatenated (a frame may
+// span several fragments). Padding after the codestream's end (an even-length item) is left for OpenJPEG, which
+// stops at EOC.
+absl::StatusOr<std::string> GatherSingleFrame(DcmDataset* ds, const DcmXfer& xfer, absl::string_view path) {
+  DcmElement* element = nullptr;
+  if (ds->findAndGetElement(DCM_PixelData, element).bad() || element == nullptr) {
+    return DicomError(path, "no Pixel Data element: not an image");
+  }
+  DcmPixelSequence* sequence = nullptr;
+  const OFCondition cond =
+      static_cast<DcmPixelData*>(element)->getEncapsulatedRepresentation(xfer.getXfer(), nullptr, sequence);
+  if (cond.bad() || sequence == nullptr) {
+    return DicomError(path, absl::StrCat("'", xfer.getXferName(),
+                                         "' names compressed data, but Pixel Data is not encapsulated (a sequence "
+                                         "of fragments)",
+                                         cond.bad() ? absl::StrCat(": ", cond.text()) : ""));
+  }
+  std::string codestream;
+  const unsigned long items = sequence->card();
+  for (unsigned long i = 1; i < items; ++i) {
+    DcmPixelItem* item = nullptr;
+    Uint8* bytes = nullptr;
+    if (sequence->getItem(item, i).bad() || item == nullptr) return DicomError(path, "cannot read a fragment");
+    const Uint32 length = item->getLength();
+    if (length == 0) continue;
+    if (item->getUint8Array(bytes).bad() || bytes == nullptr) {
+      return DicomError(path, absl::StrCat("cannot read fragment ", i, " of the Pixel Data"));
+    }
+    codestream.append(reinterpret_cast<const char*>(bytes), length);
+  }
+  if (codestream.empty()) return DicomError(path, "the encapsulated Pixel Data holds no fragment");
+  return codestream;
+}
+
+// Decodes the JPEG 2000 frame of `ds` and puts its samples back as native pixel data (see "JPEG 2000" in decode.h),
+// so that DicomImage then treats the dataset as any uncompressed one.
+absl::Status ReplaceJpeg2000WithNative(DcmDataset* ds, const DcmXfer& xfer, const std::string& path,
+                                       const DicomSize& size, const DecodeOptions& options) {
+  Uint16 bits_allocated = 0;
+  if (ds->findAndGetUint16(DCM_BitsAllocated, bits_allocated).bad() || (bits_allocated != 8 && bits_allocated != 16)) {
+    return DicomError(
+        path, absl::StrCat("JPEG 2000 with Bits Allocated ", bits_allocated, " is not supported; expected 8 or 16"));
+  }
+  ASSIGN_OR_RETURN(const std::string codestream, GatherSingleFrame(ds, xfer, path));
+  auto check = [&](const Jpeg2000Header& header) -> absl::Status {
+    const std::string declared = absl::StrCat("JPEG 2000 codestream declares ", header.width, " x ", header.height);
+    RETURN_IF_ERROR(CheckPixelCount(path, declared, SaturatingProduct({header.width, header.height}), options));
+    if (header.width != size.columns || header.height != size.rows) {
+      return DicomError(path, absl::StrCat(declared, " (width x height), but the header declares ", size.dims));
+    }
+    if (header.precision > bits_allocated) {
+      return DicomError(path, absl::StrCat(declared, " at ", header.precision, " bits per sample, more than Bits ",
+                                           "Allocated ", bits_allocated));
+    }
+    return absl::OkStatus();
+  };
+  ASSIGN_OR_RETURN(const Jpeg2000Image decoded, DecodeJpeg2000(codestream, path, check));
+  // Each sample's low `precision` bits, as stored: Pixel Representation and Bits Stored then say how to read them.
+  const int precision = decoded.header.precision;
+  const uint32_t mask = (uint32_t{1} << precision) - 1;  // precision is 1..16 (DecodeJpeg2000).
+  const size_t n = decoded.samples.size();
+  OFCondition cond;
+  if (bits_allocated == 16) {
+    std::vector<Uint16> native(n);
+    for (size_t i = 0; i < n; ++i) native[i] = static_cast<Uint16>(static_cast<uint32_t>(decoded.samples[i]) & mask);
+    cond = ds->putAndInsertUint16Array(DCM_PixelData, native.data(), static_cast<unsigned long>(n));
+  } else {
+    std::vector<Uint8> native(n);
+    for (size_t i = 0; i < n; ++i) native[i] = static_cast<Uint8>(static_cast<uint32_t>(decoded.samples[i]) & mask);
+    cond = ds->putAndInsertUint8Array(DCM_PixelData, native.data(), static_cast<unsigned long>(n));
+  }
+  if (cond.good()) cond = ds->putAndInsertUint16(DCM_BitsStored, static_cast<Uint16>(precision));
+  if (cond.good()) cond = ds->putAndInsertUint16(DCM_HighBit, static_cast<Uint16>(precision - 1));
+  if (cond.bad()) {
+    return absl::InternalError(
+        absl::StrCat(path, ": DICOM: cannot store the decoded JPEG 2000 samples: ", cond.text()));
+  }
+  ds->updateOriginalXfer();
+  return absl::OkStatus();
+}
+
+// DCMTK swaps OW values of an Explicit VR Big Endian file as 16-bit words, and OB values not at all, whatever Bits
+// Allocated says; DicomImage then reads the element as little-endian 16-bit words (OW) or bytes (OB), low part
+// first. Samples wider than the element's unit thus come out with their parts swapped (a 32-bit OW sample as
+// low word <-> high word). Pixel data of such a file is made little-endian here, in memory, before DicomImage reads
+// it. (8-bit samples, and 16-bit samples in OW, DCMTK gets right.) Assumes a little-endian host, as DicomImage's
+// reading of OW does.
+absl::Status FixBigEndianPixelData(DcmDataset* ds, const std::string& path) {
+  Uint16 bits_allocated = 0;
+  DcmElement* element = nullptr;
+  if (ds->findAndGetUint16(DCM_BitsAllocated, bits_allocated).bad() ||
+      ds->findAndGetElement(DCM_PixelData, element).bad() || element == nullptr) {
+    return absl::OkStatus();  // DicomImage reports what is missing.
+  }
+  const DcmEVR vr = element->getVR();
+  const size_t unit = vr == EVR_OB ? 1 : 2;  // Bytes DCMTK has put into local order together.
+  if (bits_allocated != 16 && bits_allocated != 32) return absl::OkStatus();
+  const size_t sample = bits_allocated / 8;
+  if (sample <= unit) return absl::OkStatus();
+  Uint8* bytes = nullptr;
+  OFCondition cond;
+  if (unit == 2) {
+    Uint16* words = nullptr;  // DCMTK hands OW out as words only; this swaps them into local order.
+    cond = element->getUint16Array(words);
+    bytes = reinterpret_cast<Uint8*>(words);
+  } else {
+    cond = element->getUint8Array(bytes);
+  }
+  if (cond.bad() || bytes == nullptr) return DicomError(path, "cannot read the big-endian Pixel Data");
+  // In units of `unit` bytes, already in local (little-endian) order: reverse their order within each sample.
+  const size_t n = element->getLength() / sample;
+  for (size_t i = 0; i < n; ++i) {
+    Uint8* s = bytes + i * sample;
+    if (unit == 2) {
+      for (size_t a = 0, b = sample - 2; a < b; a += 2, b -= 2) {
+        std::swap(s[a], s[b]);
+        std::swap(s[a + 1], s[b + 1]);
+      }
+    } else {
+      std::reverse(s, s + sample);
+    }
+  }
+  return absl::OkStatus();
+}
+
 // Decodes a DICOM file read by DCMTK (from a file or from memory). `inflated_from`: the transfer syntax the file
 // had before InflateDeflatedDicom rewrote it, or null.
 absl::StatusOr<Image> DecodeDicomDataset(DcmFileFormat& file, const std::string& path, const DecodeOptions& options,
@@ -283,18 +416,25 @@ absl::StatusOr<Image> DecodeDicomDataset(DcmFileFormat& file, const std::string&
   ds->findAndGetUint16(DCM_BitsStored, bits_stored);
 
   DcmXfer original(ds->getOriginalXfer());
-  if (original.isEncapsulated()) {
+  E_TransferSyntax render_xfer = ds->getCurrentXfer();
+  if (IsJpeg2000(original)) {
+    RETURN_IF_ERROR(ReplaceJpeg2000WithNative(ds, original, path, size, options));
+    render_xfer = EXS_LittleEndianExplicit;
+  } else if (original.isEncapsulated()) {
     cond = ds->chooseRepresentation(EXS_LittleEndianExplicit, nullptr);
     if (cond.bad() || !ds->canWriteXfer(EXS_LittleEndianExplicit)) {
       return bad(absl::StrCat("compressed transfer syntax '", original.getXferName(), "' (", original.getXferID(),
                               ") cannot be decoded here", cond.bad() ? absl::StrCat(": ", cond.text()) : "",
-                              "; supported: uncompressed, RLE, JPEG, JPEG-LS"));
+                              "; supported: uncompressed, RLE, JPEG, JPEG-LS, JPEG 2000"));
     }
+    render_xfer = ds->getCurrentXfer();
+  } else if (original.getXfer() == EXS_BigEndianExplicit) {
+    RETURN_IF_ERROR(FixBigEndianPixelData(ds, path));
   }
 
   // Overlays are annotations, not anatomy: never read embedded ones, never
   // burn any into the pixels.
-  DicomImage dimage(ds, ds->getCurrentXfer(), CIF_MayDetachPixelData | CIF_NeverAccessEmbeddedOverlays);
+  DicomImage dimage(ds, render_xfer, CIF_MayDetachPixelData | CIF_NeverAccessEmbeddedOverlays);
   if (dimage.getStatus() != EIS_Normal) {
     return bad(absl::StrCat("cannot render the pixel data: ", DicomImage::getString(dimage.getStatus())));
   }
@@ -423,12 +563,20 @@ absl::StatusOr<Image> DecodeDicomFile(const std::string& file, const std::string
     // DCMTK's own reading of the meta header says whether DCMTK would inflate the dataset.
     DcmFileFormat meta_only;
     OFString uid;
-    if (meta_only.loadFile(OFFilename(file.c_str()), EXS_Unknown, EGL_noChange, DCM_MaxReadLength, ERM_metaOnly)
-            .good() &&
-        meta_only.getMetaInfo() != nullptr &&
-        meta_only.getMetaInfo()->findAndGetOFString(DCM_TransferSyntaxUID, uid).good()) {
+    // DCMTK reports a transfer syntax it does not know as a missing meta header, having read it all the same.
+    const bool meta_ok =
+        meta_only.loadFile(OFFilename(file.c_str()), EXS_Unknown, EGL_noChange, DCM_MaxReadLength, ERM_metaOnly).good();
+    if (meta_only.getMetaInfo() != nullptr &&
+        meta_only.getMetaInfo()->findAndGetOFString(DCM_TransferSyntaxUID, uid).good() && !uid.empty()) {
       const DcmXfer xfer(uid.c_str());
-      if (xfer.getStreamCompression() != ESC_none) {
+      if (xfer.getXfer() == EXS_Unknown) {
+        // DCMTK would guess an uncompressed syntax and misread any compressed pixel data.
+        const bool htj2k = absl::StartsWith(uid.c_str(), "1.2.840.10008.1.2.4.20");
+        return DicomError(name, absl::StrCat("transfer syntax '", uid.c_str(), "' is not supported",
+                                             htj2k ? " (High-Throughput JPEG 2000)" : " (unknown to DCMTK 3.6.7)",
+                                             "; supported: uncompressed, deflated, RLE, JPEG, JPEG-LS, JPEG 2000"));
+      }
+      if (meta_ok && xfer.getStreamCompression() != ESC_none) {
         if (inflated_from != nullptr) {
           return absl::InternalError(absl::StrCat(name, ": DICOM: still '", xfer.getXferName(), "' once inflated"));
         }

@@ -33,10 +33,43 @@
 //   - Single-frame MONOCHROME1/MONOCHROME2 only. Multi-frame and colour (RGB,
 //     YBR_*, PALETTE COLOR, ...) images are rejected with InvalidArgument
 //     naming the file and the reason.
-//   - Uncompressed, Deflated Explicit VR Little Endian, RLE, JPEG (baseline,
-//     extended, lossless) and JPEG-LS transfer syntaxes are decoded; others
-//     (JPEG 2000, JPIP Referenced Deflate, ...) are rejected with
-//     InvalidArgument naming the transfer syntax.
+//   - Transfer syntaxes decoded: Implicit and Explicit VR Little Endian,
+//     Explicit VR Big Endian, Deflated Explicit VR Little Endian, RLE, JPEG
+//     (baseline, extended, lossless), JPEG-LS (lossless, near-lossless) and
+//     JPEG 2000 (lossless .90 and lossy .91). Others (JPEG 2000 Part 2
+//     multi-component, JPIP, MPEG, ...) and UIDs DCMTK 3.6.7 does not know
+//     (High-Throughput JPEG 2000 .201-.203 among them; DCMTK would misread
+//     their pixel data as uncompressed) are rejected with InvalidArgument
+//     naming the transfer syntax. (OpenJPEG 2.5 could decode HTJ2K, but
+//     DCMTK 3.6.7 cannot parse such files, and no HTJ2K encoder is at hand
+//     to test it.)
+//   - Explicit VR Big Endian: DCMTK byte-swaps OW values as 16-bit words (OB:
+//     not at all) whatever Bits Allocated says, so each 32-bit sample would
+//     come out with its two halves exchanged. The decoder puts every sample
+//     wider than the element's unit back into little-endian order before
+//     rendering: a big-endian file decodes as its little-endian twin (as
+//     pydicom reads it) for 8, 16 and 32 bits allocated.
+//   - JPEG 2000 (DCMTK 3.6.7 has no JPEG 2000 codec): OpenJPEG, the reference
+//     implementation that GDCM and Pillow use too, already a dependency of
+//     OpenCV, with a stable C API that decodes from memory. The single frame's
+//     fragments (after the offset table; a frame may span several) are
+//     concatenated; a raw codestream (FF 4F FF 51) or a JP2 file is accepted.
+//     Its main header is read first and the file refused (InvalidArgument
+//     naming it) when the codestream's size differs from Rows x Columns, has
+//     more than one component, a precision outside 1..16 or above Bits
+//     Allocated (8 or 16), or more pixels than the limit: all before
+//     decoding. The samples then replace the encapsulated data as native
+//     little-endian pixel data (Bits Allocated as the header says, Bits Stored
+//     and High Bit set to the codestream's precision), so that the Modality
+//     LUT, VOI and MONOCHROME1 rules below apply exactly as for other
+//     syntaxes. Sign rule: each sample's low `precision` bits are kept as
+//     stored and read as Pixel Representation says. PS3.5 8.2.4 wants the
+//     codestream's sign (Ssiz) to agree with Pixel Representation; where it
+//     does not, Pixel Representation wins: a codestream marked unsigned in a
+//     file with Pixel Representation 1 holds two's-complement values written
+//     by an encoder that ignored the sign (pydicom's J2K_pixelrep_mismatch.dcm;
+//     pydicom 2.3 with APPLY_J2K_CORRECTIONS, its default, decodes it so).
+//     OpenJPEG's messages go into the Status, never to stderr.
 //   - A deflated dataset is inflated by the decoder, not by DCMTK (which
 //     would load every element in full, however large: a file of a few MB
 //     could allocate GBs). Inflation streams into an anonymous in-memory file
@@ -109,7 +142,8 @@ int64_t MaxImageFileBytes(const DecodeOptions& options);
 //     and the limit);
 //   - ResourceExhausted, Internal: out of memory, or the in-memory file that a
 //     deflated DICOM file is inflated into cannot be made or written.
-// Thread-safe: may be called from any number of threads at once. Side effect of
+// Thread-safe: may be called from any number of threads at once (JPEG 2000 is
+// decoded on the calling thread). Side effect of
 // the first DICOM decode: DCMTK's decoders (RLE, JPEG, JPEG-LS) are registered
 // process-wide and DCMTK's own logging is limited to fatal messages (every
 // problem is reported through the returned Status instead).

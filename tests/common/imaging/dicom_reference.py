@@ -113,6 +113,11 @@ def make(outdir):
         ds.VOILUTFunction = function
         ds.save_as(os.path.join(outdir, "window_%s.dcm" % function.lower()))
 
+    # Explicit VR Big Endian with 16-bit samples in OB (not swapped by DCMTK, unlike OW).
+    ds = pydicom.dcmread(get_testdata_file("MR_small_bigendian.dcm"))
+    ds["PixelData"].VR = "OB"
+    ds.save_as(os.path.join(outdir, "bigendian_ob.dcm"), write_like_original=True)
+
     # Two frames: must be rejected.
     ds = copy.deepcopy(base)
     ds.NumberOfFrames = 2
