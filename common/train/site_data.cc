@@ -3,6 +3,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "common/imaging/raster_bits.h"
 #include "common/io/file_util.h"
 #include "common/status_macros.h"
 #include "common/train/finetune_config.h"
@@ -15,6 +16,20 @@ absl::StatusOr<SiteData> LoadSiteData(const v1::FinetuneConfig& config) {
   ASSIGN_OR_RETURN(site.manifest, data::Manifest::FromTable(site.table));
   ASSIGN_OR_RETURN(site.split, data::SplitByPatient(site.manifest, SplitOptionsFrom(config.split())));
   return site;
+}
+
+absl::StatusOr<int> RasterBitsStoredFor(const v1::FinetuneConfig& config, const data::Manifest& manifest) {
+  if (config.raster_bits_stored() != imaging::kRasterBitsStoredAuto) {
+    return imaging::ResolveRasterBitsStored(config.raster_bits_stored(), {}, imaging::DecodeOptions{});
+  }
+  std::vector<std::string> paths;
+  paths.reserve(manifest.entries().size());
+  for (const data::ManifestEntry& entry : manifest.entries()) {
+    paths.push_back(data::ResolveImagePath(config.data_root(), entry.path));
+  }
+  imaging::DecodeOptions decode;
+  decode.max_pixels = config.max_image_pixels();
+  return imaging::ResolveRasterBitsStored(config.raster_bits_stored(), paths, decode);
 }
 
 absl::Status WriteSplitManifest(const SiteData& site, data::Split split, const std::string& path) {
