@@ -18,18 +18,23 @@ absl::StatusOr<SiteData> LoadSiteData(const v1::FinetuneConfig& config) {
   return site;
 }
 
-absl::StatusOr<int> RasterBitsStoredFor(const v1::FinetuneConfig& config, const data::Manifest& manifest) {
-  if (config.raster_bits_stored() != imaging::kRasterBitsStoredAuto) {
-    return imaging::ResolveRasterBitsStored(config.raster_bits_stored(), {}, imaging::DecodeOptions{});
-  }
+absl::StatusOr<int> ResolveRasterBitsStoredOver(int configured, const data::Manifest& manifest,
+                                                const std::string& data_root, int64_t max_image_pixels) {
   std::vector<std::string> paths;
-  paths.reserve(manifest.entries().size());
-  for (const data::ManifestEntry& entry : manifest.entries()) {
-    paths.push_back(data::ResolveImagePath(config.data_root(), entry.path));
+  if (configured == imaging::kRasterBitsStoredAuto) {
+    paths.reserve(manifest.entries().size());
+    for (const data::ManifestEntry& entry : manifest.entries()) {
+      paths.push_back(data::ResolveImagePath(data_root, entry.path));
+    }
   }
   imaging::DecodeOptions decode;
-  decode.max_pixels = config.max_image_pixels();
-  return imaging::ResolveRasterBitsStored(config.raster_bits_stored(), paths, decode);
+  decode.max_pixels = max_image_pixels;
+  return imaging::ResolveRasterBitsStored(configured, paths, decode);
+}
+
+absl::StatusOr<int> RasterBitsStoredFor(const v1::FinetuneConfig& config, const data::Manifest& manifest) {
+  return ResolveRasterBitsStoredOver(config.raster_bits_stored(), manifest, config.data_root(),
+                                     config.max_image_pixels());
 }
 
 absl::Status WriteSplitManifest(const SiteData& site, data::Split split, const std::string& path) {

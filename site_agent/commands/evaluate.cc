@@ -22,6 +22,7 @@
 #include "common/model/model_input.h"
 #include "common/stats/bootstrap.h"
 #include "common/status_macros.h"
+#include "common/train/site_data.h"
 
 namespace fedtune::agent {
 namespace {
@@ -220,14 +221,9 @@ absl::StatusOr<EvaluateOptions> ResolveRasterBits(EvaluateOptions options, const
   if (!options.raster_bits_manifest.empty()) {
     ASSIGN_OR_RETURN(sampled, data::Manifest::ReadCsv(options.raster_bits_manifest));
   }
-  std::vector<std::string> paths;
-  for (const data::ManifestEntry& entry : sampled.entries()) {
-    paths.push_back(data::ResolveImagePath(options.data_root, entry.path));
-  }
-  imaging::DecodeOptions decode;
-  decode.max_pixels = options.predict.input.max_image_pixels;
   ASSIGN_OR_RETURN(options.predict.input.raster_bits_stored,
-                   imaging::ResolveRasterBitsStored(imaging::kRasterBitsStoredAuto, paths, decode));
+                   train::ResolveRasterBitsStoredOver(imaging::kRasterBitsStoredAuto, sampled, options.data_root,
+                                                      options.predict.input.max_image_pixels));
   return options;
 }
 

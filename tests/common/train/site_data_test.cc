@@ -71,6 +71,9 @@ TEST(SiteDataTest, RasterBitsStoredAutoIsEstimatedFromTheManifestsImages) {
   EXPECT_EQ(RasterBitsStoredFor(config, *manifest).value(), 14);
   config.set_raster_bits_stored(5);
   EXPECT_EQ(RasterBitsStoredFor(config, *manifest).status().code(), absl::StatusCode::kInvalidArgument);
+  // What evaluation calls: the same estimate for the same manifest and root; other images, another value.
+  EXPECT_EQ(ResolveRasterBitsStoredOver(-1, *manifest, dir.path(), config.max_image_pixels()).value(), 12);
+  EXPECT_EQ(ResolveRasterBitsStoredOver(-1, *manifest, dir.Join("elsewhere"), config.max_image_pixels()).value(), 0);
 }
 
 }  // namespace
