@@ -21,10 +21,14 @@ absl::Status ProbeImageFile(const std::string& file, const imaging::DecodeOption
 // As above with the default options (imaging::kDefaultMaxImagePixels).
 absl::Status ProbeImageFile(const std::string& file);
 
-// `data check --manifest M.csv --root DIR [--no-decode] [--threads N] [--max-image-pixels N]`: prints the report
-// (FormatDataCheckReport) to `out`, which must outlive the command, and fails with InvalidArgument (exit code 2)
-// when any problem was found. `probe` decides whether an image is readable; empty = ProbeImageFile with
-// --max-image-pixels (a custom probe does not see that flag).
+// `data check --manifest M.csv --root DIR [--no-decode] [--threads N] [--max-image-pixels N]
+// [--raster-bits-stored N|auto]`: prints the report (FormatDataCheckReport) to `out`, which must outlive the
+// command, and fails with InvalidArgument (exit code 2) when any problem was found. `probe` decides whether an image
+// is readable; empty = ProbeImageFile with --max-image-pixels and --raster-bits-stored (a custom probe does not see
+// those flags). With the default probe and decoding, a last line gives the estimate of the bits stored in the 16-bit
+// PNG/TIFF images (imaging/raster_bits.h, the sample that raster_bits_stored: -1 uses), e.g. "16-bit PNG/TIFF
+// images: maximum sample 4095 over 12 images -> 12 bits stored ...", and says when --raster-bits-stored N is too few
+// for it.
 cli::Command MakeDataCheckCommand(std::ostream& out, ImageProbe probe = nullptr);
 
 }  // namespace fedtune::data

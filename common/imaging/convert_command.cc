@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/imaging/decode.h"
 #include "common/imaging/preprocess.h"
+#include "common/imaging/raster_bits.h"
 #include "common/io/file_util.h"
 #include "common/status_macros.h"
 
@@ -56,6 +57,10 @@ cli::Command MakeDataConvertCommand(std::ostream& out) {
       {"max-image-pixels",
        "refuse an image whose header declares more pixels than N (width x height; DICOM: x frames x samples)", false,
        false, absl::StrCat(kDefaultMaxImagePixels), "N"},
+      {"raster-bits-stored",
+       "bits stored in 16-bit PNG/TIFF samples: 0 = all 16 (scale 1/65535), 8 to 16 = scale 1/(2^N - 1), auto = "
+       "from this image's maximum sample",
+       false, false, "0", "N|auto"},
   };
   command.run = [&out](const cli::ParsedFlags& flags) -> absl::Status {
     const std::string in = flags.GetOrDie("in");
@@ -75,6 +80,8 @@ cli::Command MakeDataConvertCommand(std::ostream& out) {
       return absl::InvalidArgumentError(absl::StrCat("--max-image-pixels must be in [1, ", kMaxImagePixelsLimit,
                                                      "], got ", options.decode.max_pixels));
     }
+    ASSIGN_OR_RETURN(const int raster_bits, ParseRasterBitsStoredFlag(flags.GetOrDie("raster-bits-stored")));
+    ASSIGN_OR_RETURN(options.decode.raster_bits_stored, ResolveRasterBitsStored(raster_bits, {in}, options.decode));
 
     ASSIGN_OR_RETURN(Image image, DecodeImage(in, options.decode));
     if (!flags.GetBool("preprocess")) {

@@ -2,9 +2,12 @@
 //
 //   fedtune-site data convert --in FILE --out OUT.png
 //       [--preprocess] [--size N] [--border-threshold T] [--max-image-pixels N]
+//       [--raster-bits-stored N|auto]
 //
 // Without --preprocess, OUT.png is the decoded image (decode.h: Modality LUT,
-// VOI LUT/window, MONOCHROME1 inversion, or 8/16-bit raster scaling) as a
+// VOI LUT/window, MONOCHROME1 inversion, or 8/16-bit raster scaling, 16-bit
+// samples by 1/(2^N - 1) with --raster-bits-stored N, N estimated from the
+// image's own maximum with auto; raster_bits.h) as a
 // 16-bit grayscale PNG whose 0..65535 is fedtune's [0, 1] (brighter = more
 // attenuating). With --preprocess it is the border-cropped, N x N resized
 // image before normalization (preprocess.h), on the same scale. Prints one
@@ -22,7 +25,8 @@
 namespace fedtune::imaging {
 
 // The command, path {"data", "convert"}. Its run returns InvalidArgument for
-// bad flags (OUT not ending in .png, --size or --max-image-pixels out of range),
+// bad flags (OUT not ending in .png, --size, --max-image-pixels or
+// --raster-bits-stored out of range),
 // an undecodable input or one declaring more pixels than --max-image-pixels
 // (default kDefaultMaxImagePixels; decode.h), NotFound for a missing input, and
 // the WriteFileAtomically error when OUT cannot be written. The line describing

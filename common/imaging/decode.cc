@@ -178,7 +178,7 @@ absl::StatusOr<Image> DecodeRasterBytes(absl::string_view bytes, const std::stri
       image.bits = 8;
       break;
     case CV_16U:
-      scale = 1.0 / 65535.0;
+      scale = 1.0 / (options.raster_bits_stored > 0 ? (1 << options.raster_bits_stored) - 1 : 65535);
       image.bits = 16;
       break;
     default:
@@ -197,11 +197,16 @@ absl::StatusOr<Image> DecodeRasterBytes(absl::string_view bytes, const std::stri
     image.pixels.resize(static_cast<size_t>(mat.rows) * mat.cols);
     cv::Mat out(mat.rows, mat.cols, CV_32FC1, image.pixels.data());
     mat.convertTo(out, CV_32F, scale);
+    // Samples above the configured bits stored: clamped to the [0, 1] contract.
+    if (image.bits == 16 && options.raster_bits_stored > 0) cv::min(out, 1.0, out);
   } catch (const cv::Exception& e) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": cannot convert image: ", e.what()));
   }
-  image.description =
-      absl::StrCat(image.format, " ", image.bits, "-bit", image.converted_from_color ? ", converted from colour" : "");
+  image.description = absl::StrCat(image.format, " ", image.bits, "-bit",
+                                   image.bits == 16 && options.raster_bits_stored > 0
+                                       ? absl::StrCat(" (", options.raster_bits_stored, " bits stored)")
+                                       : std::string(),
+                                   image.converted_from_color ? ", converted from colour" : "");
   return image;
 }
 
@@ -618,6 +623,10 @@ absl::Status ValidateDecodeOptions(const DecodeOptions& options) {
   if (options.max_pixels < 1 || options.max_pixels > kMaxImagePixelsLimit) {
     return absl::InvalidArgumentError(
         absl::StrCat("max_image_pixels must be in [1, ", kMaxImagePixelsLimit, "], got ", options.max_pixels));
+  }
+  if (options.raster_bits_stored != 0 && (options.raster_bits_stored < 8 || options.raster_bits_stored > 16)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "raster_bits_stored must be 0 (the container's depth) or in [8, 16], got ", options.raster_bits_stored));
   }
   return absl::OkStatus();
 }

@@ -21,9 +21,10 @@
 // Raster files (OpenCV):
 //   - 8-bit samples are scaled by 1/255, 16-bit samples by 1/65535: by the
 //     type's range, not the image's own range, so that a brightness means the
-//     same thing in every file. (A 12-bit image stored in a 16-bit PNG thus
-//     decodes dark: export such data stretched, or as DICOM.) Other sample
-//     types (float TIFF, ...) are rejected.
+//     same thing in every file. A 12-bit image stored in a 16-bit PNG/TIFF
+//     would thus decode dark: DecodeOptions::raster_bits_stored = 12 scales
+//     16-bit samples by 1/4095 instead (values above 4095 become 1).
+//     Other sample types (float TIFF, ...) are rejected.
 //   - Colour files are converted to luminance (ITU-R BT.601 weights, OpenCV's
 //     BGR2GRAY) and flagged with Image::converted_from_color: viewers often
 //     save grayscale radiographs as RGB JPEG/PNG. Alpha is ignored; EXIF
@@ -125,9 +126,17 @@ struct DecodeOptions {
   // by FinetuneConfig.max_image_pixels and `data check`/`data convert`
   // --max-image-pixels.
   int64_t max_pixels = kDefaultMaxImagePixels;
+  // Bits stored in the samples of 16-bit raster files (PNG, TIFF): 0 (default)
+  // = the container's 16 bits, scale 1/65535; 8 to 16: scale 1/(2^bits - 1),
+  // and samples above 2^bits - 1 are clamped to 1 (they cannot occur in data
+  // of that depth; clamping keeps the [0, 1] contract). 8-bit files and DICOM
+  // (which states its own Bits Stored and VOI) are not affected. Configured by
+  // FinetuneConfig.raster_bits_stored and `data check`/`data convert`
+  // --raster-bits-stored; raster_bits.h estimates it from the data.
+  int raster_bits_stored = 0;
 };
 
-// InvalidArgument naming max_pixels when it is out of range.
+// InvalidArgument naming max_pixels or raster_bits_stored when out of range.
 absl::Status ValidateDecodeOptions(const DecodeOptions& options);
 
 // The largest file (in bytes) that DecodeImage reads under `options`.

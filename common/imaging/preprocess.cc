@@ -106,8 +106,14 @@ absl::StatusOr<PreprocessedImage> LoadAndPreprocess(const std::string& path, con
 }
 
 std::string CropAndResizeKey(const PreprocessOptions& options) {
-  return absl::StrFormat("pipeline=%d;size=%d;crop=%d;threshold=%.9g;interp=area", kPipelineVersion, options.size,
-                         options.crop_borders ? 1 : 0, options.border_threshold);
+  std::string key = absl::StrFormat("pipeline=%d;size=%d;crop=%d;threshold=%.9g;interp=area", kPipelineVersion,
+                                    options.size, options.crop_borders ? 1 : 0, options.border_threshold);
+  // Rescaled 16-bit raster samples change the pixels. Appended only when set, so that the keys (and the caches) of
+  // the default decoding stay as they were.
+  if (options.decode.raster_bits_stored != 0) {
+    absl::StrAppendFormat(&key, ";raster_bits=%d", options.decode.raster_bits_stored);
+  }
+  return key;
 }
 
 }  // namespace fedtune::imaging

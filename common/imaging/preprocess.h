@@ -35,9 +35,10 @@ struct PreprocessOptions {
   // Normalization applied by Normalize(). Defaults 0.449 and 0.226; std > 0.
   float mean = 0.449f;
   float std = 0.226f;
-  // Decoding limits (decode.h; default: max_pixels = kDefaultMaxImagePixels).
-  // They decide which files are refused, not the pixels of the others: not
-  // part of CropAndResizeKey.
+  // Decoding options (decode.h; defaults: max_pixels = kDefaultMaxImagePixels,
+  // raster_bits_stored = 0). max_pixels decides which files are refused, not
+  // the pixels of the others: not part of CropAndResizeKey; raster_bits_stored
+  // changes the pixels of 16-bit raster files: part of it when not 0.
   DecodeOptions decode;
 };
 
@@ -83,7 +84,8 @@ void Normalize(const PreprocessOptions& options, std::vector<float>* pixels);
 absl::StatusOr<PreprocessedImage> LoadAndPreprocess(const std::string& path, const PreprocessOptions& options);
 
 // The settings that determine CropAndResize's output (size, cropping,
-// threshold, and the decoder and resizer versions), as a canonical string. Two
+// threshold, decode.raster_bits_stored when not 0, and the decoder and resizer
+// versions), as a canonical string. Two
 // option values with equal keys give equal images; mean/std are not part of it.
 std::string CropAndResizeKey(const PreprocessOptions& options);
 

@@ -19,10 +19,14 @@ struct InputOptions {
   // Largest image decoded, in pixels, checked from the file's header (imaging::DecodeOptions::max_pixels). Default
   // imaging::kDefaultMaxImagePixels.
   int64_t max_image_pixels = imaging::kDefaultMaxImagePixels;
+  // Bits stored in 16-bit PNG/TIFF samples (imaging::DecodeOptions::raster_bits_stored): 0 (default) = the
+  // container's 16 bits, or 8 to 16. Already resolved: "auto" (imaging::kRasterBitsStoredAuto) is the caller's to
+  // turn into a value (imaging::ResolveRasterBitsStored); left at -1 it fails validation in the loaders.
+  int raster_bits_stored = 0;
 };
 
 // The preprocessing for `metadata`'s model: size (options.image_size when > 0, else metadata.image_size), the
-// metadata's mean and std (first channel; the defaults when empty), options' border cropping and decoding limit.
+// metadata's mean and std (first channel; the defaults when empty), options' border cropping and decoding options.
 // Not validated here: imaging::ValidatePreprocessOptions (called by the loaders) names a bad field.
 imaging::PreprocessOptions PreprocessFor(const CheckpointMetadata& metadata, const InputOptions& options);
 

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/data/label_policy.h"
 #include "common/imaging/decode.h"
+#include "common/imaging/raster_bits.h"
 #include "common/io/file_util.h"
 #include "common/io/text_proto.h"
 #include "common/status_macros.h"
@@ -40,6 +41,11 @@ absl::Status ValidateFinetuneConfig(const v1::FinetuneConfig& c) {
   if (c.max_image_pixels() < 1 || c.max_image_pixels() > imaging::kMaxImagePixelsLimit) {
     return Field("max_image_pixels",
                  absl::StrCat("must be in [1, ", imaging::kMaxImagePixelsLimit, "], got ", c.max_image_pixels()));
+  }
+  if (c.raster_bits_stored() != 0 && c.raster_bits_stored() != imaging::kRasterBitsStoredAuto &&
+      (c.raster_bits_stored() < 8 || c.raster_bits_stored() > 16)) {
+    return Field("raster_bits_stored", absl::StrCat("must be 0 (the container's 16 bits), 8 to 16, or -1 (auto), got ",
+                                                    c.raster_bits_stored()));
   }
   if (c.on_image_error() != "fail" && c.on_image_error() != "skip") {
     return Field("on_image_error", absl::StrCat("must be \"fail\" or \"skip\", got \"", c.on_image_error(), "\""));

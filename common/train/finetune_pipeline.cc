@@ -129,7 +129,8 @@ absl::StatusOr<std::unique_ptr<loader::BatchLoader>> MakeLoader(const v1::Finetu
 }
 
 absl::StatusOr<TrainingData> MakeTrainingData(const v1::FinetuneConfig& config, const SiteData& site,
-                                              const SplitEntries& entries, const model::CheckpointMetadata& metadata) {
+                                              const SplitEntries& entries, const model::CheckpointMetadata& metadata,
+                                              int raster_bits_stored) {
   TrainingData d;
   ASSIGN_OR_RETURN(d.policy, LabelPolicyFrom(config.labels()));
   const data::PositiveWeights weights =
@@ -142,6 +143,7 @@ absl::StatusOr<TrainingData> MakeTrainingData(const v1::FinetuneConfig& config, 
   input.image_size = config.image_size();
   input.crop_borders = config.crop_borders();
   input.max_image_pixels = config.max_image_pixels();
+  input.raster_bits_stored = raster_bits_stored;
   d.loader.batch_size = config.batch_size();
   d.loader.num_threads = config.loader_threads();
   d.loader.seed = config.seed();
@@ -274,7 +276,14 @@ absl::StatusOr<FinetuneResult> RunFinetune(const v1::FinetuneConfig& config,
 
   FinetuneResult result;
   ASSIGN_OR_RETURN(SplitEntries entries, WriteSplits(config, site, &result));
-  ASSIGN_OR_RETURN(TrainingData data, MakeTrainingData(config, site, entries, base.checkpoint.metadata));
+  // Once, over the whole manifest (not a split), so that evaluating the same site's images resolves the same value.
+  ASSIGN_OR_RETURN(result.raster_bits_stored, RasterBitsStoredFor(config, site.manifest));
+  if (result.raster_bits_stored != 0) {
+    LOG(INFO) << "16-bit PNG/TIFF samples decoded as " << result.raster_bits_stored << " bits stored (scale 1/"
+              << (1 << result.raster_bits_stored) - 1 << ")";
+  }
+  ASSIGN_OR_RETURN(TrainingData data,
+                   MakeTrainingData(config, site, entries, base.checkpoint.metadata, result.raster_bits_stored));
   for (FinetuneObserver* o : observers) RETURN_IF_ERROR(o->OnStart(base.checkpoint.weights_sha256));
   RETURN_IF_ERROR(TrainMembers(config, base, data, observers, &result));
   if (base.ensemble.duo) RETURN_IF_ERROR(TrainDuo(config, site, entries, base, data, observers, &result));

@@ -40,6 +40,9 @@ struct FinetuneResult {
   int64_t validation_images = 0;
   int64_t test_images = 0;
   std::string test_manifest;  // <out_dir>/splits/test.csv
+  // The effective bits stored of 16-bit PNG/TIFF samples (config.raster_bits_stored, with -1 (auto) resolved from the
+  // site's images before training): 0 = the container's 16 bits.
+  int raster_bits_stored = 0;
 };
 
 // What the pipeline tells those who watch it. Networks are named "member<i>-<architecture>" and "duonet" and train

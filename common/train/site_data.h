@@ -28,6 +28,17 @@ struct SiteData {
 // reader and manifest parser (naming the file and line) and of the split.
 absl::StatusOr<SiteData> LoadSiteData(const v1::FinetuneConfig& config);
 
+// The effective imaging::DecodeOptions::raster_bits_stored of config.raster_bits_stored: the value itself, or for -1
+// (auto) the estimate over the images of `manifest` (paths resolved against config.data_root; raster_bits.h: the
+// same manifest and files give the same value), logged. InvalidArgument for a value out of range.
+absl::StatusOr<int> RasterBitsStoredFor(const v1::FinetuneConfig& config, const data::Manifest& manifest);
+
+// The same for any configured value and images: `configured` itself when 0 or in [8, 16]; for -1 (auto) the
+// estimate over `manifest`'s images resolved against `data_root`, decoded under `max_image_pixels`, logged. (Also
+// used by evaluation, so that it resolves what training resolved for the same manifest.)
+absl::StatusOr<int> ResolveRasterBitsStoredOver(int configured, const data::Manifest& manifest,
+                                                const std::string& data_root, int64_t max_image_pixels);
+
 // Writes the manifest rows of `split` (with the header, cells as in the file) to `path`, atomically: the
 // <out_dir>/splits/<split>.csv files of the fine-tuning. Errors of io::WriteFileAtomically.
 absl::Status WriteSplitManifest(const SiteData& site, data::Split split, const std::string& path);

@@ -21,6 +21,9 @@ EvaluateOptions EvaluateOptionsFor(const v1::SiteAgentConfig& config, const std:
   options.predict.device = config.finetune().device();
   options.predict.input.crop_borders = config.finetune().crop_borders();
   options.predict.input.max_image_pixels = config.finetune().max_image_pixels();
+  // -1 (auto) is resolved by RunEvaluate over the site's whole manifest, as training resolved it.
+  options.predict.input.raster_bits_stored = config.finetune().raster_bits_stored();
+  options.raster_bits_manifest = config.finetune().manifest();
   options.predict.loader_threads = config.finetune().loader_threads();
   options.gradcam_per_label = config.gradcam_per_label();
   options.title = std::move(title);

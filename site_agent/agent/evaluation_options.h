@@ -14,7 +14,8 @@
 namespace fedtune::agent {
 
 // RunEvaluate's options for models `a` (the reference) and `b` on `manifest`, written to `out_dir`, with the site's
-// data root, device, input settings (crop_borders, max_image_pixels), loader threads and Grad-CAM count.
+// data root, device, input settings (crop_borders, max_image_pixels, raster_bits_stored: auto is resolved over the
+// site's whole manifest), loader threads and Grad-CAM count.
 EvaluateOptions EvaluateOptionsFor(const v1::SiteAgentConfig& config, const std::string& a, const std::string& b,
                                    const std::string& manifest, const std::string& out_dir, std::string title);
 

@@ -13,6 +13,7 @@
 #include "common/eval/gallery.h"
 #include "common/eval/report_html.h"
 #include "common/imaging/preprocess.h"
+#include "common/imaging/raster_bits.h"
 #include "common/io/csv.h"
 #include "common/io/file_util.h"
 #include "common/logging.h"
@@ -21,6 +22,7 @@
 #include "common/model/model_input.h"
 #include "common/stats/bootstrap.h"
 #include "common/status_macros.h"
+#include "common/train/site_data.h"
 
 namespace fedtune::agent {
 namespace {
@@ -211,16 +213,31 @@ absl::Status WriteReports(const EvaluateOptions& options, const model::Checkpoin
   return io::WriteFileAtomically((out / "report.json").string(), json.dump(2) + "\n");
 }
 
+// `options` with predict.input.raster_bits_stored = -1 (auto) resolved over options.raster_bits_manifest (or the
+// evaluated `manifest`).
+absl::StatusOr<EvaluateOptions> ResolveRasterBits(EvaluateOptions options, const data::Manifest& manifest) {
+  if (options.predict.input.raster_bits_stored != imaging::kRasterBitsStoredAuto) return options;
+  data::Manifest sampled = manifest;
+  if (!options.raster_bits_manifest.empty()) {
+    ASSIGN_OR_RETURN(sampled, data::Manifest::ReadCsv(options.raster_bits_manifest));
+  }
+  ASSIGN_OR_RETURN(options.predict.input.raster_bits_stored,
+                   train::ResolveRasterBitsStoredOver(imaging::kRasterBitsStoredAuto, sampled, options.data_root,
+                                                      options.predict.input.max_image_pixels));
+  return options;
+}
+
 }  // namespace
 
-absl::StatusOr<EvaluateResult> RunEvaluate(const EvaluateOptions& options) {
-  ASSIGN_OR_RETURN(LoadedModel base, LoadModel(options.base_model));
-  ASSIGN_OR_RETURN(LoadedModel tuned, LoadModel(options.model));
+absl::StatusOr<EvaluateResult> RunEvaluate(const EvaluateOptions& requested) {
+  ASSIGN_OR_RETURN(LoadedModel base, LoadModel(requested.base_model));
+  ASSIGN_OR_RETURN(LoadedModel tuned, LoadModel(requested.model));
   if (base.checkpoint.metadata.labels != tuned.checkpoint.metadata.labels) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(options.base_model, " and ", options.model, " predict different labels; they cannot be compared"));
+    return absl::InvalidArgumentError(absl::StrCat(requested.base_model, " and ", requested.model,
+                                                   " predict different labels; they cannot be compared"));
   }
-  ASSIGN_OR_RETURN(data::Manifest manifest, data::Manifest::ReadCsv(options.manifest));
+  ASSIGN_OR_RETURN(data::Manifest manifest, data::Manifest::ReadCsv(requested.manifest));
+  ASSIGN_OR_RETURN(const EvaluateOptions options, ResolveRasterBits(requested, manifest));
   RETURN_IF_ERROR(io::MakeDirectories((std::filesystem::path(options.out_dir) / "gradcam").string()));
   ASSIGN_OR_RETURN(PairedPredictions predictions, PredictBoth(options, manifest, base, tuned));
   ASSIGN_OR_RETURN(LabelCases cases, CollectCases(options, tuned.checkpoint.metadata.labels, manifest, predictions));

@@ -27,6 +27,10 @@ struct EvaluateOptions {
   int gradcam_per_label = 3;  // Top-scoring test images per label shown with Grad-CAM (0: none).
   bool study_level = false;   // Per study (PredictStudies: DuoNet on two-view studies) instead of per image.
   std::string title = "fedtune evaluation report";
+  // With predict.input.raster_bits_stored = -1 (auto): the manifest whose images the estimate samples (raster_bits.h;
+  // paths relative to data_root), so that an evaluation resolves the value its model was trained with (the site's
+  // whole manifest, as training sampled it). Empty (default): `manifest`.
+  std::string raster_bits_manifest;
 };
 
 struct EvaluateResult {

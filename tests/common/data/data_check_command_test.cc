@@ -233,6 +233,34 @@ TEST_F(DataCheckTest, MaxImagePixelsFlag) {
   }
 }
 
+TEST_F(DataCheckTest, EstimatesTheBitsStoredOf16BitRasterImages) {
+  // A 12-bit detector's image exported as a 16-bit PNG: values 0..4095.
+  cv::Mat twelve(40, 32, CV_16UC1);
+  cv::randu(twelve, 0, 4095);
+  twelve.at<uint16_t>(3, 3) = 4095;
+  CHECK(cv::imwrite(root_ + "/train/patient1/study1/view1_frontal.png", twelve));
+  const std::string manifest = dir_.WriteFile("m.csv", Header() + "\n" + good_rows_);
+  CheckRun run = RunCheck({"--manifest", manifest, "--root", root_});
+  EXPECT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_THAT(run.output, HasSubstr("16-bit PNG/TIFF images: maximum sample 4095 over 1 images -> 12 bits stored"));
+  run = RunCheck({"--manifest", manifest, "--root", root_, "--raster-bits-stored", "12"});
+  EXPECT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_THAT(run.output, Not(HasSubstr("too few")));
+  run = RunCheck({"--manifest", manifest, "--root", root_, "--raster-bits-stored", "10"});
+  EXPECT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_THAT(run.output, HasSubstr("--raster-bits-stored 10 is too few: samples above 1023 would be clamped"));
+  run = RunCheck({"--manifest", manifest, "--root", root_, "--raster-bits-stored", "auto"});
+  EXPECT_EQ(run.exit_code, 0) << run.output;
+  for (const char* bad : {"7", "17", "twelve"}) {
+    run = RunCheck({"--manifest", manifest, "--root", root_, "--raster-bits-stored", bad});
+    EXPECT_EQ(run.exit_code, cli::kExitBadInput) << bad;
+    EXPECT_THAT(run.output, HasSubstr("--raster-bits-stored")) << bad;
+  }
+  // Only the existence of images is checked with --no-decode: no estimate.
+  run = RunCheck({"--manifest", manifest, "--root", root_, "--no-decode"});
+  EXPECT_THAT(run.output, Not(HasSubstr("16-bit PNG/TIFF")));
+}
+
 TEST_F(DataCheckTest, ReportListsTheFirstProblemsAndCountsTheRest) {
   // 20000 rows, each with a bad Age and a missing image: 40000 problems.
   std::string text = Header() + "\n";

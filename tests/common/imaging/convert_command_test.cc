@@ -138,5 +138,28 @@ TEST(DataConvertTest, MaxImagePixelsFlag) {
   EXPECT_LT(outcome.rss_growth_kb, 64 * 1024);
 }
 
+TEST(DataConvertTest, RasterBitsStoredFlag) {
+  testing::TempDir dir;
+  // A 12-bit image in a 16-bit PNG: 0..4095.
+  cv::Mat twelve(8, 8, CV_16UC1);
+  for (int y = 0; y < 8; ++y)
+    for (int x = 0; x < 8; ++x) twelve.at<uint16_t>(y, x) = static_cast<uint16_t>((x * 8 + y) * 65);
+  twelve.at<uint16_t>(0, 0) = 4095;
+  const std::string in = dir.Join("twelve.png");
+  ASSERT_TRUE(cv::imwrite(in, twelve));
+  std::vector<float> expected(64);
+  for (int y = 0; y < 8; ++y)
+    for (int x = 0; x < 8; ++x) expected[static_cast<size_t>(y) * 8 + x] = twelve.at<uint16_t>(y, x) / 4095.0f;
+  for (const char* value : {"12", "auto"}) {
+    const std::string out = dir.Join(absl::StrCat("out-", value, ".png"));
+    std::string printed;
+    ASSERT_TRUE(RunConvert({"--in", in, "--out", out, "--raster-bits-stored", value}, &printed).ok()) << value;
+    EXPECT_THAT(printed, ::testing::HasSubstr("12 bits stored")) << value;
+    ExpectPngEquals(out, 8, 8, expected);
+  }
+  EXPECT_EQ(RunConvert({"--in", in, "--out", dir.Join("x.png"), "--raster-bits-stored", "7"}).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace fedtune::imaging

@@ -16,6 +16,7 @@ TEST(PreprocessForTest, TakesTheCheckpointsSizeAndNormalization) {
   EXPECT_FLOAT_EQ(p.std, 0.25f);
   EXPECT_TRUE(p.crop_borders);
   EXPECT_EQ(p.decode.max_pixels, imaging::kDefaultMaxImagePixels);
+  EXPECT_EQ(p.decode.raster_bits_stored, 0);
 }
 
 TEST(PreprocessForTest, AppliesTheSitesChoices) {
@@ -25,10 +26,12 @@ TEST(PreprocessForTest, AppliesTheSitesChoices) {
   options.image_size = 32;
   options.crop_borders = false;
   options.max_image_pixels = 1000;
+  options.raster_bits_stored = 12;
   const imaging::PreprocessOptions p = PreprocessFor(metadata, options);
   EXPECT_EQ(p.size, 32);
   EXPECT_FALSE(p.crop_borders);
   EXPECT_EQ(p.decode.max_pixels, 1000);
+  EXPECT_EQ(p.decode.raster_bits_stored, 12);
 }
 
 TEST(PreprocessForTest, KeepsTheDefaultNormalizationWhenTheMetadataHasNone) {

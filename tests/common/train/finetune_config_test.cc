@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include "absl/strings/str_cat.h"
 #include "common/imaging/decode.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -57,6 +58,9 @@ TEST(FinetuneConfigTest, ErrorsNameTheLineOrField) {
       {std::string(kMinimal) + " image_size: 4", "config field 'image_size'"},
       {std::string(kMinimal) + " max_image_pixels: 0", "config field 'max_image_pixels': must be in [1, 1073741824]"},
       {std::string(kMinimal) + " max_image_pixels: 1073741825", "config field 'max_image_pixels'"},
+      {std::string(kMinimal) + " raster_bits_stored: 7", "config field 'raster_bits_stored'"},
+      {std::string(kMinimal) + " raster_bits_stored: 17", "config field 'raster_bits_stored'"},
+      {std::string(kMinimal) + " raster_bits_stored: -2", "config field 'raster_bits_stored'"},
       {R"(manifest: "m" out_dir: "o")", "config field 'base_model'"},
   };
   for (const Case& c : cases) {
@@ -72,6 +76,15 @@ TEST(FinetuneConfigTest, MaxImagePixelsMatchesTheDecoderAndCanBeSet) {
   auto c = ParseFinetuneConfig(std::string(kMinimal) + " max_image_pixels: 100000000", "site.textproto", "/x");
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->max_image_pixels(), 100000000);
+}
+
+TEST(FinetuneConfigTest, RasterBitsStoredDefaultsToTheContainerAndTakesAutoOrABitCount) {
+  EXPECT_EQ(v1::FinetuneConfig().raster_bits_stored(), 0);
+  for (int bits : {-1, 0, 8, 12, 16}) {
+    auto c = ParseFinetuneConfig(absl::StrCat(kMinimal, " raster_bits_stored: ", bits), "site.textproto", "/x");
+    ASSERT_TRUE(c.ok()) << c.status();
+    EXPECT_EQ(c->raster_bits_stored(), bits);
+  }
 }
 
 TEST(FinetuneConfigTest, LoadsFromAFileRelativeToIt) {
