@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -14,7 +15,6 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <thread>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -277,6 +277,69 @@ class FolderWalk {
   std::vector<DicomFileRecord> problems_;
 };
 
+// How deeply the items of `buf` nest, found without parsing: every item start (FFFE,E000) in either byte order
+// opens a level, closed by an item delimiter (FFFE,E00D) when its length is undefined, or at its end when defined.
+// DCMTK reads nested sequences recursively, so a few hundred bytes per level can exhaust any thread's stack: the
+// depth is checked before DCMTK sees the bytes. A value's bytes that happen to look like an item tag only make the
+// estimate larger (and 8-byte matches in real pixel or private data are vanishingly rare). Stops counting above
+// `limit` and returns limit + 1.
+int ItemNestingDepth(const std::string& buf, int limit) {
+  const unsigned char* p = reinterpret_cast<const unsigned char*>(buf.data());
+  const size_t n = buf.size();
+  std::vector<int64_t> open;  // The end offset of each open item; -1 when its length is undefined.
+  int deepest = 0;
+  for (size_t i = 0; i + 8 <= n; ++i) {
+    const bool le = p[i] == 0xFE && p[i + 1] == 0xFF && p[i + 3] == 0xE0;
+    const bool be = p[i] == 0xFF && p[i + 1] == 0xFE && p[i + 2] == 0xE0;
+    if (!le && !be) continue;
+    const unsigned char element = le ? p[i + 2] : p[i + 3];
+    if (element != 0x00 && element != 0x0D) continue;
+    while (!open.empty() && open.back() >= 0 && open.back() <= static_cast<int64_t>(i)) open.pop_back();
+    const uint32_t length = le ? (uint32_t{p[i + 4]} | uint32_t{p[i + 5]} << 8 | uint32_t{p[i + 6]} << 16 |
+                                  uint32_t{p[i + 7]} << 24)
+                               : (uint32_t{p[i + 7]} | uint32_t{p[i + 6]} << 8 | uint32_t{p[i + 5]} << 16 |
+                                  uint32_t{p[i + 4]} << 24);
+    if (element == 0x0D) {
+      if (!open.empty() && open.back() < 0) open.pop_back();
+    } else {
+      open.push_back(length == 0xFFFFFFFFu ? -1 : static_cast<int64_t>(i) + 8 + length);
+      deepest = std::max(deepest, static_cast<int>(open.size()));
+      if (deepest > limit) return limit + 1;
+    }
+    i += 7;
+  }
+  return deepest;
+}
+
+void* RunFunction(void* function) {
+  (*static_cast<const std::function<void()>*>(function))();
+  return nullptr;
+}
+
+// Runs `work` on `n` new threads with kScanThreadStackBytes of stack each (not the caller's, whose stack size is
+// unknown, nor std::thread's, which follows `ulimit -s`) and waits for them. Fewer threads when some cannot be
+// made; ResourceExhausted when none can.
+absl::Status RunOnThreads(int n, const std::function<void()>& work) {
+  pthread_attr_t attr;
+  if (::pthread_attr_init(&attr) != 0) return absl::ResourceExhaustedError("cannot start a scan thread");
+  const int stack_error = ::pthread_attr_setstacksize(&attr, kScanThreadStackBytes);
+  std::vector<pthread_t> threads;
+  int error = stack_error;
+  for (int t = 0; t < n && error == 0; ++t) {
+    pthread_t id;
+    error = ::pthread_create(&id, &attr, &RunFunction, const_cast<std::function<void()>*>(&work));
+    if (error == 0) threads.push_back(id);
+  }
+  ::pthread_attr_destroy(&attr);
+  for (pthread_t id : threads) ::pthread_join(id, nullptr);
+  if (threads.empty()) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot start a scan thread with a ", kScanThreadStackBytes >> 20, " MiB stack: ",
+                     std::strerror(error)));
+  }
+  return absl::OkStatus();
+}
+
 // The outcome of parsing a prefix of a file.
 enum class ParseOutcome { kDone, kNeedMore, kFailed };
 
@@ -402,6 +465,13 @@ DicomFileRecord ReadDicomHeader(const std::string& file, const std::string& secr
       return r;
     }
     const bool whole = done >= size || done < want;
+    if (ItemNestingDepth(buf, kMaxItemNesting) > kMaxItemNesting) {
+      ::close(fd);
+      r.kind = FileKind::kNotDicom;
+      r.reason = absl::StrCat("unreadable: sequences nested deeper than ", kMaxItemNesting,
+                              " levels (real headers nest fewer than 10)");
+      return r;
+    }
     std::string error;
     format = std::make_unique<DcmFileFormat>();
     const ParseOutcome outcome = ParseHeader(buf, whole, format.get(), &pixel_data, &error);
@@ -543,7 +613,7 @@ absl::StatusOr<DicomScan> ScanDicomFolder(const DicomIndexOptions& options) {
   for (size_t start = 0; start < to_read.size(); start += batch) {
     const size_t end = std::min(to_read.size(), start + batch);
     std::atomic<size_t> next{start};
-    auto work = [&] {
+    const std::function<void()> work = [&] {
       for (size_t k = next++; k < end; k = next++) {
         const FoundFile& f = found[to_read[k]];
         DicomFileRecord r =
@@ -557,11 +627,7 @@ absl::StatusOr<DicomScan> ScanDicomFolder(const DicomIndexOptions& options) {
         records[to_read[k]] = std::move(r);
       }
     };
-    const int helpers = static_cast<int>(std::min<size_t>(options.threads, end - start)) - 1;
-    std::vector<std::thread> threads;
-    for (int t = 0; t < helpers; ++t) threads.emplace_back(work);
-    work();
-    for (std::thread& t : threads) t.join();
+    RETURN_IF_ERROR(RunOnThreads(static_cast<int>(std::min<size_t>(options.threads, end - start)), work));
     RETURN_IF_ERROR(db->InTransaction([&]() -> absl::Status {
       for (size_t k = start; k < end; ++k) {
         const DicomFileRecord& r = records[to_read[k]];

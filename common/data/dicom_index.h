@@ -15,7 +15,7 @@
 // (the same secret gives the same pseudonym), in the state file as in the manifest.
 //
 // Bounds on untrusted input: files under the folder (DicomIndexOptions::max_files), folder depth (kMaxFolderDepth),
-// bytes of one file read for its header (max_header_bytes), the labels file (max_labels_bytes and io::CsvParseOptions'
+// bytes of one file read for its header (max_header_bytes), sequence nesting (kMaxItemNesting), the labels file (max_labels_bytes and io::CsvParseOptions'
 // limits), the secret (kMaxSecretBytes).
 #ifndef FEDTUNE_COMMON_DATA_DICOM_INDEX_H_
 #define FEDTUNE_COMMON_DATA_DICOM_INDEX_H_
@@ -49,6 +49,11 @@ absl::StatusOr<ViewFallback> ParseViewFallback(absl::string_view name);
 inline constexpr int kMaxFolderDepth = 32;
 inline constexpr int64_t kMaxSecretBytes = 4096;
 inline constexpr int64_t kMinSecretBytes = 16;
+// A header whose sequence items nest deeper than this is not parsed (DCMTK reads nested sequences recursively; real
+// headers nest fewer than 10 levels).
+inline constexpr int kMaxItemNesting = 1000;
+// The stack of each thread that reads headers: room for kMaxItemNesting levels many times over.
+inline constexpr size_t kScanThreadStackBytes = size_t{16} << 20;
 
 struct DicomIndexOptions {
   // The export folder. Manifest paths are relative to it (it is the data root for `data check --root` and the

@@ -6,6 +6,7 @@
 
 #include <map>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -172,21 +173,58 @@ std::string Part10Start() {
          Short(8, 0x18, "UI", std::string("1.2.3\0", 6)) + Short(0x10, 0x20, "LO", "MRN1");
 }
 
+// Part10Start() and `levels` undefined-length sequences, each holding one undefined-length item, never closed.
+std::string DeeplyNested(int levels) {
+  std::string deep = Part10Start();
+  for (int i = 0; i < levels; ++i) {
+    deep += Le(8, 2) + Le(0x1140, 2) + "SQ" + std::string(2, '\0') + Le(0xFFFFFFFFu, 4);
+    deep += Le(0xFFFE, 2) + Le(0xE000, 2) + Le(0xFFFFFFFFu, 4);
+  }
+  return deep;
+}
+
 TEST(ReadDicomHeaderTest, HostileHeadersBecomeReasonsNotCrashes) {
   testing::TempDir dir;
   // A value declaring 4 GiB that is not there; an undefined-length sequence nested 2,000 deep and never closed.
   const std::string huge = Part10Start() + Le(9, 2) + Le(0x1001, 2) + "OB" + std::string(2, '\0') + Le(0xFFFFFFF0u, 4) +
                            std::string(100, 'x');
-  std::string deep = Part10Start();
-  for (int i = 0; i < 2000; ++i) {
-    deep += Le(8, 2) + Le(0x1140, 2) + "SQ" + std::string(2, '\0') + Le(0xFFFFFFFFu, 4);
-    deep += Le(0xFFFE, 2) + Le(0xE000, 2) + Le(0xFFFFFFFFu, 4);
-  }
+  const std::string deep = DeeplyNested(2000);
   for (const auto& [name, bytes] : {std::pair<std::string, std::string>{"huge.dcm", huge}, {"deep.dcm", deep}}) {
     const DicomFileRecord r = ReadDicomHeader(dir.WriteFile(name, bytes), kSecret, 1 << 20);
     EXPECT_EQ(r.kind, FileKind::kNotDicom) << name;
-    EXPECT_THAT(r.reason, HasSubstr("malformed DICOM header")) << name;
   }
+  EXPECT_THAT(ReadDicomHeader(dir.Join("huge.dcm"), kSecret, 1 << 20).reason, HasSubstr("malformed DICOM header"));
+  EXPECT_THAT(ReadDicomHeader(dir.Join("deep.dcm"), kSecret, 1 << 20).reason, HasSubstr("nested deeper than 1000"));
+}
+
+// 10,000 and 50,000 nested undefined-length sequences (about 200 KB and 1 MB) overflowed the stack inside DCMTK:
+// they are refused before DCMTK parses them, on the caller's thread, on a std::thread and in a threaded scan.
+TEST(ReadDicomHeaderTest, DeeplyNestedSequencesAreRefusedWithoutCrashing) {
+  testing::TempDir dir;
+  for (int levels : {10000, 50000}) {
+    const std::string name = absl::StrCat("export/deep", levels, ".dcm");
+    const std::string path = dir.WriteFile(name, DeeplyNested(levels));
+    DicomFileRecord r = ReadDicomHeader(path, kSecret, 4 << 20);
+    EXPECT_EQ(r.kind, FileKind::kNotDicom) << levels;
+    EXPECT_THAT(r.reason, HasSubstr("sequences nested deeper than 1000")) << levels;
+    std::thread worker([&] { r = ReadDicomHeader(path, kSecret, 4 << 20); });
+    worker.join();
+    EXPECT_THAT(r.reason, HasSubstr("sequences nested deeper than 1000")) << levels;
+  }
+  // At the limit, DCMTK parses it on the scan's threads (whose stack size is set) without crashing.
+  dir.WriteFile("export/at-limit.dcm", DeeplyNested(kMaxItemNesting));
+  DicomIndexOptions o;
+  o.dicom_dir = dir.Join("export");
+  o.secret = kSecret;
+  o.state_path = dir.Join("state");
+  o.threads = 3;
+  o.max_header_bytes = 4 << 20;
+  absl::StatusOr<DicomScan> scan = ScanDicomFolder(o);
+  ASSERT_TRUE(scan.ok()) << scan.status();
+  ASSERT_EQ(scan->files.size(), 3u);
+  EXPECT_THAT(scan->files[0].reason, Not(HasSubstr("nested deeper")));
+  EXPECT_THAT(scan->files[1].reason, HasSubstr("nested deeper"));
+  EXPECT_THAT(scan->files[2].reason, HasSubstr("nested deeper"));
 }
 
 DicomIndexOptions Options(const testing::TempDir& dir) {
