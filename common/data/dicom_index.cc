@@ -55,6 +55,12 @@ const store::Migration kStateMigrations[] = {
      " kind INTEGER NOT NULL, reason TEXT NOT NULL, patient TEXT NOT NULL, study_uid TEXT NOT NULL,"
      " accession TEXT NOT NULL, sop_instance_uid TEXT NOT NULL, sop_class_uid TEXT NOT NULL, modality TEXT NOT NULL,"
      " view_position TEXT NOT NULL, laterality TEXT NOT NULL, sex TEXT NOT NULL, age TEXT NOT NULL);"},
+    // A same-size rewrite with its modification time restored (touch -r, rsync -a, cp -p) still changes the
+    // status-change time, or the inode. Rows from version 1 have zeros here, so their files are read again.
+    {2,
+     "ALTER TABLE files ADD COLUMN ctime_ns INTEGER NOT NULL DEFAULT 0;"
+     "ALTER TABLE files ADD COLUMN inode INTEGER NOT NULL DEFAULT 0;"
+     "ALTER TABLE files ADD COLUMN device INTEGER NOT NULL DEFAULT 0;"},
 };
 
 std::string Hex(const unsigned char* bytes, size_t n) {
@@ -173,9 +179,20 @@ absl::Status CheckOptions(const DicomIndexOptions& o) {
 // One regular file found by the walk.
 struct FoundFile {
   std::string rel;
-  int64_t size = 0;
-  int64_t mtime_ns = 0;
+  FileIdentity id;
 };
+
+int64_t Nanoseconds(const struct timespec& t) { return static_cast<int64_t>(t.tv_sec) * 1000000000 + t.tv_nsec; }
+
+FileIdentity IdentityOf(const struct stat& st) {
+  FileIdentity id;
+  id.size = static_cast<int64_t>(st.st_size);
+  id.mtime_ns = Nanoseconds(st.st_mtim);
+  id.ctime_ns = Nanoseconds(st.st_ctim);
+  id.inode = static_cast<int64_t>(st.st_ino);
+  id.device = static_cast<int64_t>(st.st_dev);
+  return id;
+}
 
 class FolderWalk {
  public:
@@ -264,8 +281,7 @@ class FolderWalk {
         Problem(absl::CHexEscape(rel), absl::StrCat("name not usable in a manifest: ", valid.message()));
         continue;
       }
-      files_.push_back({rel, static_cast<int64_t>(st.st_size),
-                        static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec});
+      files_.push_back({rel, IdentityOf(st)});
     }
     return absl::OkStatus();
   }
@@ -437,8 +453,7 @@ DicomFileRecord ReadDicomHeader(const std::string& file, const std::string& secr
   const int64_t size = st.st_size;
   std::string buf;
   DicomFileRecord r;
-  r.size = size;
-  r.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+  r.id = IdentityOf(st);
   int64_t want = std::min({size, kFirstHeaderRead, max_header_bytes});
   std::unique_ptr<DcmFileFormat> format;
   bool pixel_data = false;
@@ -557,15 +572,18 @@ absl::StatusOr<DicomScan> ScanDicomFolder(const DicomIndexOptions& options) {
   {
     ASSIGN_OR_RETURN(store::Statement all,
                      db->Prepare("SELECT path, size, mtime_ns, kind, reason, patient, study_uid, accession, "
-                                 "sop_instance_uid, sop_class_uid, modality, view_position, laterality, sex, age "
-                                 "FROM files"));
+                                 "sop_instance_uid, sop_class_uid, modality, view_position, laterality, sex, age, "
+                                 "ctime_ns, inode, device FROM files"));
     for (;;) {
       ASSIGN_OR_RETURN(bool row, all.Step());
       if (!row) break;
       DicomFileRecord r;
       r.path = all.ColumnText(0);
-      r.size = all.ColumnInt(1);
-      r.mtime_ns = all.ColumnInt(2);
+      r.id.size = all.ColumnInt(1);
+      r.id.mtime_ns = all.ColumnInt(2);
+      r.id.ctime_ns = all.ColumnInt(15);
+      r.id.inode = all.ColumnInt(16);
+      r.id.device = all.ColumnInt(17);
       const int64_t kind = all.ColumnInt(3);
       if (kind < 0 || kind > 2) {
         return absl::DataLossError(
@@ -594,7 +612,7 @@ absl::StatusOr<DicomScan> ScanDicomFolder(const DicomIndexOptions& options) {
   for (size_t i = 0; i < found.size(); ++i) {
     present.insert(found[i].rel);
     auto it = known.find(found[i].rel);
-    if (it != known.end() && it->second.size == found[i].size && it->second.mtime_ns == found[i].mtime_ns) {
+    if (it != known.end() && it->second.id == found[i].id) {
       records[i] = std::move(it->second);
       ++scan.files_reused;
     } else {
@@ -605,7 +623,7 @@ absl::StatusOr<DicomScan> ScanDicomFolder(const DicomIndexOptions& options) {
   ASSIGN_OR_RETURN(store::Statement insert,
                    db->Prepare("INSERT OR REPLACE INTO files (path, size, mtime_ns, kind, reason, patient, study_uid, "
                                "accession, sop_instance_uid, sop_class_uid, modality, view_position, laterality, sex, "
-                               "age) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
+                               "age, ctime_ns, inode, device) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
   // With a stop, batches are no larger than it, so that the stop comes after about that many files.
   const size_t batch =
       static_cast<size_t>(options.stop_after_files > 0 ? std::min<int64_t>(options.batch_size, options.stop_after_files)
@@ -621,8 +639,7 @@ absl::StatusOr<DicomScan> ScanDicomFolder(const DicomIndexOptions& options) {
         r.path = f.rel;
         if (r.kind == FileKind::kUnreadable) {
           // Keep the walk's view of the file, so that the next run retries it.
-          r.size = f.size;
-          r.mtime_ns = f.mtime_ns;
+          r.id = f.id;
         }
         records[to_read[k]] = std::move(r);
       }
@@ -634,8 +651,8 @@ absl::StatusOr<DicomScan> ScanDicomFolder(const DicomIndexOptions& options) {
         if (r.kind == FileKind::kUnreadable) continue;
         insert.Reset();
         insert.Bind(1, r.path)
-            .Bind(2, r.size)
-            .Bind(3, r.mtime_ns)
+            .Bind(2, r.id.size)
+            .Bind(3, r.id.mtime_ns)
             .Bind(4, static_cast<int64_t>(r.kind))
             .Bind(5, r.reason)
             .Bind(6, r.patient)
@@ -647,7 +664,10 @@ absl::StatusOr<DicomScan> ScanDicomFolder(const DicomIndexOptions& options) {
             .Bind(12, r.view_position)
             .Bind(13, r.laterality)
             .Bind(14, r.sex)
-            .Bind(15, r.age);
+            .Bind(15, r.age)
+            .Bind(16, r.id.ctime_ns)
+            .Bind(17, r.id.inode)
+            .Bind(18, r.id.device);
         RETURN_IF_ERROR(insert.Run());
       }
       return absl::OkStatus();

@@ -4,7 +4,7 @@
 // Three steps, each usable alone:
 //   1. ScanDicomFolder walks the folder and reads every file's DICOM header (never its pixels) on several threads,
 //      recording each file's attributes, or why it was skipped, in a resumable state file (SQLite): a rerun after a
-//      crash or a kill reads only the files not yet recorded or changed since (size or modification time).
+//      crash or a kill reads only the files not yet recorded or changed since (FileIdentity).
 //   2. ParseStudyLabels reads the labels CSV (the key column and the 14 CheXpert label columns).
 //   3. BuildDicomIndex joins the two into manifest rows (manifest_writer.h) and a report of everything left out:
 //      studies without labels, label rows without a study, studies without a frontal view, non-image objects,
@@ -97,11 +97,25 @@ enum class FileKind : int {
                     // in the state file, so that a fixed permission is seen on the next run.
 };
 
+// What tells whether a file changed since it was read: all of these must match for a rerun to reuse its record
+// (the status-change time catches a same-size rewrite whose modification time was restored; inode and device a
+// replacement by rename).
+struct FileIdentity {
+  int64_t size = 0;
+  int64_t mtime_ns = 0;
+  int64_t ctime_ns = 0;
+  int64_t inode = 0;
+  int64_t device = 0;
+  bool operator==(const FileIdentity& o) const {
+    return size == o.size && mtime_ns == o.mtime_ns && ctime_ns == o.ctime_ns && inode == o.inode &&
+           device == o.device;
+  }
+};
+
 // The attributes read from one file's header (blank when absent), and what the file is.
 struct DicomFileRecord {
   std::string path;  // Relative to dicom_dir, '/'-separated.
-  int64_t size = 0;
-  int64_t mtime_ns = 0;
+  FileIdentity id;
   FileKind kind = FileKind::kUnreadable;
   std::string reason;   // Why the file is not an image ("" for images).
   std::string patient;  // HMAC-SHA256(secret, PatientID), 32 hex digits; "" when PatientID is blank.

@@ -1,6 +1,7 @@
 // Tests of common/data/dicom_index.h: header reads, the resumable scan, the labels file, the join and its report.
 #include "common/data/dicom_index.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -235,6 +236,41 @@ DicomIndexOptions Options(const testing::TempDir& dir) {
   o.state_path = dir.Join("manifest.csv.index-state");
   o.threads = 2;
   return o;
+}
+
+// A same-size rewrite whose modification time is put back (touch -r, rsync -a, cp -p) is read again: its
+// status-change time differs.
+TEST(ScanDicomFolderTest, RereadsASameSizeRewriteWithItsModificationTimeRestored) {
+  testing::TempDir dir;
+  DicomIndexOptions o = Options(dir);
+  const std::string path = dir.Join("export/a.dcm");
+  TestDicom t;
+  t.accession = "ACC1";
+  WriteTestDicom(path, t);
+  struct stat before;
+  ASSERT_EQ(::stat(path.c_str(), &before), 0);
+  absl::StatusOr<DicomScan> scan = ScanDicomFolder(o);
+  ASSERT_TRUE(scan.ok()) << scan.status();
+  EXPECT_EQ(scan->files_read, 1);
+
+  // File times come from a coarse clock (a few ms): wait well past a tick so that the rewrite's ctime differs.
+  ::usleep(100 * 1000);
+  t.accession = "ACC2";
+  WriteTestDicom(path, t);
+  const struct timespec times[2] = {before.st_atim, before.st_mtim};
+  ASSERT_EQ(::utimensat(AT_FDCWD, path.c_str(), times, 0), 0);
+  struct stat after;
+  ASSERT_EQ(::stat(path.c_str(), &after), 0);
+  ASSERT_EQ(after.st_size, before.st_size);
+  ASSERT_EQ(after.st_mtim.tv_nsec, before.st_mtim.tv_nsec);
+  ASSERT_EQ(after.st_mtim.tv_sec, before.st_mtim.tv_sec);
+
+  scan = ScanDicomFolder(o);
+  ASSERT_TRUE(scan.ok()) << scan.status();
+  EXPECT_EQ(scan->files_read, 1);
+  EXPECT_EQ(scan->files_reused, 0);
+  ASSERT_EQ(scan->files.size(), 1u);
+  EXPECT_EQ(scan->files[0].accession, "ACC2");
 }
 
 TEST(ScanDicomFolderTest, ResumesAfterAnInterruptionAndRereadsOnlyChangedFiles) {
