@@ -46,7 +46,7 @@ constexpr int64_t kFirstHeaderRead = 64 * 1024;
 constexpr int64_t kMinHeaderBytes = 4 * 1024;
 constexpr int64_t kMaxHeaderBytesLimit = int64_t{64} << 20;
 // Bumped when what ReadDicomHeader extracts changes: older state files are then rescanned.
-constexpr const char* kScanVersion = "fedtune data index v1";
+constexpr const char* kScanVersion = "fedtune data index v2";
 
 const store::Migration kStateMigrations[] = {
     {1,
@@ -96,10 +96,20 @@ DicomFileRecord Unreadable(std::string reason) {
   return r;
 }
 
+// A value without its padding: surrounding whitespace, and trailing NULs (DICOM pads odd-length values with a space,
+// or a NUL for UIDs, and some writers pad other strings with NULs too).
+absl::string_view StripPadding(absl::string_view value) {
+  value = absl::StripLeadingAsciiWhitespace(value);
+  while (!value.empty() && (value.back() == '\0' || absl::ascii_isspace(static_cast<unsigned char>(value.back())))) {
+    value.remove_suffix(1);
+  }
+  return value;
+}
+
 std::string GetString(DcmItem* item, const DcmTagKey& tag) {
   OFString value;
   if (item == nullptr || item->findAndGetOFString(tag, value).bad()) return "";
-  return std::string(absl::StripAsciiWhitespace(absl::string_view(value.c_str(), value.length())));
+  return std::string(StripPadding(absl::string_view(value.c_str(), value.length())));
 }
 
 // Whether the 4 bytes at `at` in `buf` are the tag (7FE0,0010) in either byte order.
@@ -278,7 +288,7 @@ class FolderWalk {
       }
       absl::Status valid = ValidateManifestPath(rel);
       if (!valid.ok()) {
-        Problem(absl::CHexEscape(rel), absl::StrCat("name not usable in a manifest: ", valid.message()));
+        Problem(rel, absl::StrCat("name not usable in a manifest: ", valid.message()));
         continue;
       }
       files_.push_back({rel, IdentityOf(st)});
@@ -411,7 +421,7 @@ absl::StatusOr<ViewFallback> ParseViewFallback(absl::string_view name) {
 }
 
 std::string PseudonymizePatientId(const std::string& secret, absl::string_view patient_id) {
-  return HmacHex(secret, absl::StripAsciiWhitespace(patient_id), 16);
+  return HmacHex(secret, StripPadding(patient_id), 16);
 }
 
 absl::StatusOr<std::string> ReadSiteSecret(const std::string& path) {
@@ -907,11 +917,29 @@ absl::StatusOr<DicomIndex> IndexDicomExport(const DicomIndexOptions& options) {
 
 namespace {
 
+// `text` with control bytes (which could drive the terminal) as \xNN; other bytes, UTF-8 included, as they are.
+std::string Printable(absl::string_view text) {
+  std::string out;
+  for (const char ch : text) {
+    const unsigned char c = static_cast<unsigned char>(ch);
+    if (c < 0x20 || c == 0x7F) {
+      absl::StrAppend(&out, "\\x", absl::Hex(c, absl::kZeroPad2));
+    } else {
+      out += ch;
+    }
+  }
+  return out;
+}
+
 void AppendIssues(std::string* out, absl::string_view title, const std::vector<IndexIssue>& issues, int max_listed,
                   const std::function<std::string(const IndexIssue&)>& line) {
   absl::StrAppend(out, title, ": ", issues.size(), "\n");
   for (size_t i = 0; i < issues.size() && static_cast<int>(i) < max_listed; ++i) {
-    absl::StrAppend(out, "  ", line(issues[i]), "\n");
+    IndexIssue printable = issues[i];
+    printable.file = Printable(printable.file);
+    printable.key = Printable(printable.key);
+    printable.detail = Printable(printable.detail);
+    absl::StrAppend(out, "  ", line(printable), "\n");
   }
   if (static_cast<int>(issues.size()) > max_listed) {
     absl::StrAppend(out, "  ... and ", issues.size() - max_listed, " more (all in --report)\n");

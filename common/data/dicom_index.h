@@ -126,7 +126,7 @@ struct DicomFileRecord {
 // Never fails: problems become kNotDicom / kUnreadable / kNonImage with a reason. Thread-safe.
 DicomFileRecord ReadDicomHeader(const std::string& file, const std::string& secret, int64_t max_header_bytes);
 
-// The pseudonym of a PatientID (surrounding spaces removed): hex of the first 16 bytes of HMAC-SHA256(secret, id).
+// The pseudonym of a PatientID (surrounding spaces and trailing NULs removed): hex of the first 16 bytes of HMAC-SHA256(secret, id).
 std::string PseudonymizePatientId(const std::string& secret, absl::string_view patient_id);
 
 // Reads a secret file: its bytes without one trailing newline. NotFound / PermissionDenied naming the file;
@@ -202,6 +202,7 @@ DicomIndex BuildDicomIndex(const DicomScan& scan, const std::map<std::string, St
 absl::StatusOr<DicomIndex> IndexDicomExport(const DicomIndexOptions& options);
 
 // The human-readable report: counts, then each kind of issue with up to `max_listed` entries (and how many more).
+// Control bytes in file names, keys and details are shown as \\xNN.
 std::string FormatDicomIndexReport(const DicomIndexReport& report, int max_listed = 20);
 // The whole report as JSON (every entry).
 std::string DicomIndexReportJson(const DicomIndexReport& report);

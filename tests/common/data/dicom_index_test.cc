@@ -228,6 +228,48 @@ TEST(ReadDicomHeaderTest, DeeplyNestedSequencesAreRefusedWithoutCrashing) {
   EXPECT_THAT(scan->files[2].reason, HasSubstr("nested deeper"));
 }
 
+// A Part-10 DX image written byte by byte, with the given AccessionNumber and PatientID values as they are (padding
+// included), and 8 bytes of Pixel Data.
+std::string RawImage(const std::string& accession, const std::string& patient_id) {
+  std::string meta = Le(2, 2) + Le(1, 2) + "OB" + std::string(2, '\0') + Le(2, 4) + std::string("\0\1", 2) +
+                     Short(2, 2, "UI", std::string("1.2.840.10008.5.1.4.1.1.1\0", 26)) +
+                     Short(2, 3, "UI", std::string("1.2.3\0", 6)) +
+                     Short(2, 0x10, "UI", std::string("1.2.840.10008.1.2.1\0", 20));
+  return std::string(128, '\0') + "DICM" + Short(2, 0, "UL", Le(static_cast<uint32_t>(meta.size()), 4)) + meta +
+         Short(8, 0x16, "UI", std::string("1.2.840.10008.5.1.4.1.1.1\0", 26)) +
+         Short(8, 0x18, "UI", std::string("1.2.3\0", 6)) + Short(8, 0x50, "SH", accession) +
+         Short(8, 0x60, "CS", "CR") + Short(0x10, 0x20, "LO", patient_id) + Short(0x18, 0x5101, "CS", "PA") +
+         Le(0x7FE0, 2) + Le(0x10, 2) + "OW" + std::string(2, '\0') + Le(8, 4) + std::string(8, '\1');
+}
+
+// DICOM pads with a space, or a NUL: "AC1\0" is AC1 (it joins label AC1), and "MRN1\0" and "MRN1 " are one patient.
+TEST(ReadDicomHeaderTest, NulPaddingIsStrippedLikeSpaces) {
+  testing::TempDir dir;
+  const DicomFileRecord nul =
+      ReadDicomHeader(dir.WriteFile("nul.dcm", RawImage(std::string("AC1\0", 4), std::string("MRN1\0\0", 6))),
+                      kSecret, 1 << 20);
+  const DicomFileRecord space = ReadDicomHeader(dir.WriteFile("space.dcm", RawImage("AC1 ", "MRN1  ")), kSecret, 1 << 20);
+  ASSERT_EQ(nul.kind, FileKind::kImage) << nul.reason;
+  ASSERT_EQ(space.kind, FileKind::kImage) << space.reason;
+  EXPECT_EQ(nul.accession, "AC1");
+  EXPECT_EQ(space.accession, "AC1");
+  EXPECT_EQ(nul.patient, space.patient);
+  EXPECT_EQ(nul.patient, PseudonymizePatientId(kSecret, "MRN1"));
+  EXPECT_EQ(PseudonymizePatientId(kSecret, std::string("MRN1\0", 5)), PseudonymizePatientId(kSecret, "MRN1"));
+}
+
+// No raw control byte of a file name or key reaches the terminal.
+TEST(FormatDicomIndexReportTest, EscapesControlBytes) {
+  DicomIndexReport report;
+  report.key = "AccessionNumber";
+  report.unreadable_files.push_back({"a\x1b[2Jb.dcm", "", "not DICOM"});
+  report.studies_without_labels.push_back({"c.dcm", "K\x07\x1b]0;x", ""});
+  const std::string text = FormatDicomIndexReport(report);
+  EXPECT_EQ(text.find('\x1b'), std::string::npos) << text;
+  EXPECT_EQ(text.find('\x07'), std::string::npos) << text;
+  EXPECT_THAT(text, HasSubstr("a\\x1b[2Jb.dcm"));
+}
+
 DicomIndexOptions Options(const testing::TempDir& dir) {
   DicomIndexOptions o;
   o.dicom_dir = dir.Join("export");
