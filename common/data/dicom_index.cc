@@ -26,6 +26,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/io/csv.h"
+#include "common/imaging/dicom_inflate.h"
 #include "common/io/file_util.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
@@ -366,6 +367,34 @@ absl::Status RunOnThreads(int n, const std::function<void()>& work) {
   return absl::OkStatus();
 }
 
+// Whether the Part-10 meta header at the start of `buf` (always explicit VR little endian) names Deflated Explicit
+// VR Little Endian.
+bool IsDeflatedPart10(const std::string& buf) {
+  const unsigned char* p = reinterpret_cast<const unsigned char*>(buf.data());
+  size_t at = 132;
+  while (at + 8 <= buf.size()) {
+    const unsigned group = p[at] | p[at + 1] << 8;
+    const unsigned element = p[at + 2] | p[at + 3] << 8;
+    if (group != 2) return false;
+    const std::string vr = buf.substr(at + 4, 2);
+    size_t length = 0, header = 8;
+    if (vr == "OB" || vr == "OW" || vr == "OF" || vr == "SQ" || vr == "UT" || vr == "UN") {
+      if (at + 12 > buf.size()) return false;
+      length = p[at + 8] | p[at + 9] << 8 | p[at + 10] << 16 | static_cast<size_t>(p[at + 11]) << 24;
+      header = 12;
+    } else {
+      length = p[at + 6] | p[at + 7] << 8;
+    }
+    if (element == 0x10) {
+      if (at + header + length > buf.size()) return false;
+      return StripPadding(absl::string_view(buf).substr(at + header, length)) ==
+             imaging::kDeflatedExplicitLittleEndianUid;
+    }
+    at += header + length;
+  }
+  return false;
+}
+
 // The outcome of parsing a prefix of a file.
 enum class ParseOutcome { kDone, kNeedMore, kFailed };
 
@@ -397,6 +426,50 @@ ParseOutcome ParseHeader(const std::string& buf, bool whole_file, DcmFileFormat*
   // A prefix without Pixel Data: the header may go on past it.
   *error = c.text();
   return ParseOutcome::kNeedMore;
+}
+
+// The header of a Deflated Explicit VR Little Endian file: its dataset inflated (imaging::InflateDeflatedDicom), at
+// most max_header_bytes of it, then parsed as an uncompressed file is (DCMTK never sees the deflated bytes, which it
+// would inflate without a bound). False with `error` set when it cannot be read.
+bool ParseDeflatedHeader(const std::string& file, int64_t max_header_bytes, DcmFileFormat* format, bool* pixel_data,
+                         std::string* error) {
+  std::string inflated;
+  bool stopped = false;
+  imaging::DicomInflateOptions options;
+  // The sink stops at max_header_bytes; this bounds only the input read until then (deflate rarely expands).
+  options.max_bytes = 2 * max_header_bytes + (int64_t{1} << 20);
+  const absl::Status status =
+      imaging::InflateDeflatedDicom(file, "deflated dataset", options, [&](absl::string_view bytes) -> absl::Status {
+        const size_t room = static_cast<size_t>(max_header_bytes) - inflated.size();
+        inflated.append(bytes.data(), std::min(room, bytes.size()));
+        if (static_cast<int64_t>(inflated.size()) >= max_header_bytes) {
+          stopped = true;
+          return absl::CancelledError("enough for the header");
+        }
+        return absl::OkStatus();
+      });
+  if (!status.ok() && !stopped) {
+    *error = absl::StrCat("unreadable: ", status.message());
+    return false;
+  }
+  if (ItemNestingDepth(inflated, kMaxItemNesting) > kMaxItemNesting) {
+    *error = absl::StrCat("unreadable: sequences nested deeper than ", kMaxItemNesting,
+                          " levels (real headers nest fewer than 10)");
+    return false;
+  }
+  std::string parse_error;
+  switch (ParseHeader(inflated, !stopped, format, pixel_data, &parse_error)) {
+    case ParseOutcome::kDone:
+      return true;
+    case ParseOutcome::kFailed:
+      *error = absl::StrCat("malformed DICOM header (deflated): ", parse_error);
+      return false;
+    case ParseOutcome::kNeedMore:
+      break;
+  }
+  *error = absl::StrCat("no Pixel Data within the first ", max_header_bytes,
+                        " inflated bytes (--max-header-bytes) of a deflated file");
+  return false;
 }
 
 }  // namespace
@@ -450,7 +523,7 @@ absl::StatusOr<std::string> ReadSiteSecret(const std::string& path) {
 
 DicomFileRecord ReadDicomHeader(const std::string& file, const std::string& secret, int64_t max_header_bytes) {
   QuietDcmtkOnce();
-  const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     return Unreadable(errno == ELOOP ? std::string("symbolic link loop")
                                      : absl::StrCat("cannot open: ", std::strerror(errno)));
@@ -489,6 +562,18 @@ DicomFileRecord ReadDicomHeader(const std::string& file, const std::string& secr
       r.reason = "not a DICOM Part-10 file (no 'DICM' at byte 128)";
       return r;
     }
+    if (have == 0 && IsDeflatedPart10(buf)) {
+      ::close(fd);
+      fd = -1;
+      format = std::make_unique<DcmFileFormat>();
+      std::string error;
+      if (!ParseDeflatedHeader(file, max_header_bytes, format.get(), &pixel_data, &error)) {
+        r.kind = FileKind::kNotDicom;
+        r.reason = std::move(error);
+        return r;
+      }
+      break;
+    }
     const bool whole = done >= size || done < want;
     if (ItemNestingDepth(buf, kMaxItemNesting) > kMaxItemNesting) {
       ::close(fd);
@@ -516,7 +601,7 @@ DicomFileRecord ReadDicomHeader(const std::string& file, const std::string& secr
     }
     want = std::min({size, want * 4, max_header_bytes});
   }
-  ::close(fd);
+  if (fd >= 0) ::close(fd);
 
   DcmDataset* ds = format->getDataset();
   DcmMetaInfo* meta = format->getMetaInfo();

@@ -39,6 +39,7 @@ struct TestDicom {
   std::string modality = "DX";
   bool pixels = true;
   int private_bytes = 0;  // A private OB element of this size before Pixel Data.
+  E_TransferSyntax transfer_syntax = EXS_LittleEndianExplicit;
 };
 
 void WriteTestDicom(const std::string& path, const TestDicom& t) {
@@ -71,7 +72,7 @@ void WriteTestDicom(const std::string& path, const TestDicom& t) {
     ASSERT_TRUE(ds->putAndInsertUint16Array(DCM_PixelData, px.data(), px.size()).good());
   }
   ASSERT_TRUE(io::MakeDirectories(path.substr(0, path.rfind('/'))).ok());
-  ASSERT_TRUE(file.saveFile(path.c_str(), EXS_LittleEndianExplicit).good()) << path;
+  ASSERT_TRUE(file.saveFile(path.c_str(), t.transfer_syntax).good()) << path;
 }
 
 std::string LabelsHeader(const std::string& key) {
@@ -268,6 +269,30 @@ TEST(FormatDicomIndexReportTest, EscapesControlBytes) {
   EXPECT_EQ(text.find('\x1b'), std::string::npos) << text;
   EXPECT_EQ(text.find('\x07'), std::string::npos) << text;
   EXPECT_THAT(text, HasSubstr("a\\x1b[2Jb.dcm"));
+}
+
+// A Deflated Explicit VR Little Endian image is an image: its Pixel Data is found in the inflated dataset.
+TEST(ReadDicomHeaderTest, ReadsDeflatedImages) {
+  testing::TempDir dir;
+  TestDicom t;
+  t.modality = "CR";
+  t.transfer_syntax = EXS_DeflatedLittleEndianExplicit;
+  t.private_bytes = 100000;  // Compresses well: the inflated header is larger than the file.
+  WriteTestDicom(dir.Join("deflated.dcm"), t);
+  DicomFileRecord r = ReadDicomHeader(dir.Join("deflated.dcm"), kSecret, 1 << 20);
+  EXPECT_EQ(r.kind, FileKind::kImage) << r.reason;
+  EXPECT_EQ(r.accession, "ACC1");
+  EXPECT_EQ(r.modality, "CR");
+  EXPECT_EQ(r.view_position, "PA");
+  // A header that inflates past max_header_bytes is refused saying so, as for uncompressed files.
+  r = ReadDicomHeader(dir.Join("deflated.dcm"), kSecret, 64 * 1024);
+  EXPECT_EQ(r.kind, FileKind::kNotDicom);
+  EXPECT_THAT(r.reason, HasSubstr("inflated bytes"));
+  t.pixels = false;
+  WriteTestDicom(dir.Join("no-pixels.dcm"), t);
+  r = ReadDicomHeader(dir.Join("no-pixels.dcm"), kSecret, 1 << 20);
+  EXPECT_EQ(r.kind, FileKind::kNonImage) << r.reason;
+  EXPECT_THAT(r.reason, HasSubstr("no Pixel Data"));
 }
 
 DicomIndexOptions Options(const testing::TempDir& dir) {
