@@ -340,6 +340,17 @@ TEST(ScanDicomFolderTest, RereadsASameSizeRewriteWithItsModificationTimeRestored
   EXPECT_EQ(scan->files[0].accession, "ACC2");
 }
 
+// " lead.dcm" would be read back from the manifest as "lead.dcm": it is listed as an unusable name instead.
+TEST(ScanDicomFolderTest, ListsNamesWithSurroundingSpacesAsUnusable) {
+  testing::TempDir dir;
+  WriteTestDicom(dir.Join("export/ lead.dcm"), TestDicom{});
+  absl::StatusOr<DicomScan> scan = ScanDicomFolder(Options(dir));
+  ASSERT_TRUE(scan.ok()) << scan.status();
+  ASSERT_EQ(scan->files.size(), 1u);
+  EXPECT_EQ(scan->files[0].kind, FileKind::kUnreadable);
+  EXPECT_THAT(scan->files[0].reason, HasSubstr("name not usable in a manifest"));
+}
+
 TEST(ScanDicomFolderTest, ResumesAfterAnInterruptionAndRereadsOnlyChangedFiles) {
   testing::TempDir dir;
   for (int i = 0; i < 30; ++i) {
