@@ -871,15 +871,24 @@ DicomIndex BuildDicomIndex(const DicomScan& scan, const std::map<std::string, St
   std::vector<StudyImages> studies;
   absl::flat_hash_map<std::string, size_t> study_of_key;
   absl::flat_hash_map<std::string, std::string> first_with_uid;
+  // For each key value, the files that carried it but were left out before joining a study, by where they are
+  // listed: a label row whose every file was left out says so, instead of only "without a study".
+  std::map<std::string, std::map<std::string, int64_t>> left_out_by_key;
+  const auto left_out = [&](const std::string& key, const std::string& where) {
+    if (!key.empty()) ++left_out_by_key[key][where];
+  };
 
   for (const DicomFileRecord& f : scan.files) {
+    const std::string& file_key = options.key == StudyKey::kAccessionNumber ? f.accession : f.study_uid;
     switch (f.kind) {
       case FileKind::kUnreadable:
       case FileKind::kNotDicom:
         report.unreadable_files.push_back({f.path, "", f.reason});
+        left_out(file_key, "unreadable or non-DICOM files");
         continue;
       case FileKind::kNonImage:
         report.non_image_objects.push_back({f.path, "", f.reason});
+        left_out(file_key, "non-image objects");
         continue;
       case FileKind::kImage:
         break;
@@ -891,6 +900,7 @@ DicomIndex BuildDicomIndex(const DicomScan& scan, const std::map<std::string, St
       if (!first) {
         report.duplicate_instances.push_back(
             {f.path, key, absl::StrCat("same SOP Instance UID ", f.sop_instance_uid, " as ", it->second, " (kept)")});
+        left_out(key, "duplicate SOP instances");
         continue;
       }
     }
@@ -898,6 +908,7 @@ DicomIndex BuildDicomIndex(const DicomScan& scan, const std::map<std::string, St
     if (!(modality.empty() || modality == "CR" || modality == "DX" || modality == "DR")) {
       report.images_left_out.push_back(
           {f.path, key, absl::StrCat("Modality ", absl::CHexEscape(f.modality), " is not a radiograph (CR, DX)")});
+      left_out(key, "images left out: Modality");
       continue;
     }
     if (key.empty()) {
@@ -906,6 +917,7 @@ DicomIndex BuildDicomIndex(const DicomScan& scan, const std::map<std::string, St
     }
     if (f.patient.empty()) {
       report.images_left_out.push_back({f.path, key, "no PatientID"});
+      left_out(key, "images left out: no PatientID");
       continue;
     }
     // The study exists even when none of its images has a usable view: it is then reported as without frontal.
@@ -963,8 +975,18 @@ DicomIndex BuildDicomIndex(const DicomScan& scan, const std::map<std::string, St
   }
   for (const auto& [key, study] : labels) {
     if (used_labels.count(key) == 0) {
-      report.label_rows_without_study.push_back(
-          {options.labels_csv, key, absl::StrCat("line ", study.line), study.line});
+      std::string detail = absl::StrCat("line ", study.line);
+      if (auto it = left_out_by_key.find(key); it != left_out_by_key.end()) {
+        int64_t files = 0;
+        std::vector<std::string> where;
+        for (const auto& [list, n] : it->second) {
+          files += n;
+          where.push_back(absl::StrCat(n, " under ", list));
+        }
+        absl::StrAppend(&detail, "; ", files, files == 1 ? " file carries" : " files carry",
+                        " this key, all left out: ", absl::StrJoin(where, ", "));
+      }
+      report.label_rows_without_study.push_back({options.labels_csv, key, std::move(detail), study.line});
     }
   }
   std::sort(report.label_rows_without_study.begin(), report.label_rows_without_study.end(),
@@ -1042,7 +1064,12 @@ std::string FormatDicomIndexReport(const DicomIndexReport& r, int max_listed) {
   AppendIssues(&out, absl::StrCat("studies without labels in ", r.labels_csv, " (left out)"), r.studies_without_labels,
                max_listed, [&](const IndexIssue& i) { return absl::StrCat(key, " ", i.key, ": e.g. ", i.file); });
   AppendIssues(&out, "label rows without a study in the export", r.label_rows_without_study, max_listed,
-               [&](const IndexIssue& i) { return absl::StrCat(i.file, " ", i.detail, ": ", key, " ", i.key); });
+               [&](const IndexIssue& i) {
+                 // detail: "line N", then "; " and the files of that key that were left out, if any.
+                 const size_t note = i.detail.find("; ");
+                 return absl::StrCat(i.file, " ", i.detail.substr(0, note), ": ", key, " ", i.key,
+                                     note == std::string::npos ? "" : absl::StrCat(" (", i.detail.substr(note + 2), ")"));
+               });
   AppendIssues(&out, "studies without a frontal view (left out)", r.studies_without_frontal, max_listed,
                [&](const IndexIssue& i) { return absl::StrCat(key, " ", i.key, ": e.g. ", i.file); });
   AppendIssues(&out, "non-image objects skipped", r.non_image_objects, max_listed,

@@ -177,7 +177,9 @@ struct DicomIndexReport {
   int64_t studies_indexed = 0;                       // Studies in the manifest.
   int64_t rows = 0;                                  // Manifest rows (images).
   std::vector<IndexIssue> studies_without_labels;    // One file of the study.
-  std::vector<IndexIssue> label_rows_without_study;  // detail = "line N".
+  // detail = "line N", then, when files carried the key but were all left out before joining a study (duplicates,
+  // modality, no PatientID, non-image, unreadable): "; K files carry this key, all left out: n under LIST, ...".
+  std::vector<IndexIssue> label_rows_without_study;
   std::vector<IndexIssue> studies_without_frontal;   // One file of the study.
   std::vector<IndexIssue> non_image_objects;         // detail = why (SOP class, no Pixel Data).
   std::vector<IndexIssue> duplicate_instances;       // file = the later path, detail = the kept one.

@@ -552,6 +552,24 @@ TEST(IndexDicomExportTest, JoinsLabelsAndReportsEveryCase) {
   EXPECT_EQ(index->report.files_read, 0);  // All from the state file.
   EXPECT_EQ(index->report.studies_without_frontal.size(), 1u);
 
+  // Study D's only image has no PatientID and its SR is not an image: its label row says why it has no study.
+  TestDicom d;
+  d.accession = "D";
+  d.sop_uid = "4.1";
+  d.patient_id = "";
+  WriteTestDicom(dir.Join("export/D/1.dcm"), d);
+  d.sop_uid = "4.2";
+  d.sop_class = UID_BasicTextSRStorage;
+  d.pixels = false;
+  WriteTestDicom(dir.Join("export/D/sr.dcm"), d);
+  index = IndexDicomExport(Options(dir));
+  ASSERT_TRUE(index.ok()) << index.status();
+  ASSERT_EQ(index->report.label_rows_without_study.size(), 1u);
+  EXPECT_EQ(index->report.label_rows_without_study[0].key, "D");
+  EXPECT_THAT(FormatDicomIndexReport(index->report),
+              HasSubstr("line 4: AccessionNumber D (2 files carry this key, all left out: 1 under images left out: "
+                        "no PatientID, 1 under non-image objects)"));
+
   // By StudyInstanceUID: the labels file must have that column.
   o.key = StudyKey::kStudyInstanceUid;
   EXPECT_EQ(IndexDicomExport(o).status().code(), absl::StatusCode::kInvalidArgument);
