@@ -207,7 +207,7 @@ FileIdentity IdentityOf(const struct stat& st) {
 
 class FolderWalk {
  public:
-  FolderWalk(const DicomIndexOptions& options, std::set<std::string> excluded)
+  FolderWalk(const DicomIndexOptions& options, std::set<std::pair<dev_t, ino_t>> excluded)
       : options_(options), excluded_(std::move(excluded)) {}
 
   absl::Status Run() {
@@ -256,7 +256,6 @@ class FolderWalk {
       }
       const std::string abs = absl::StrCat(dir, "/", name);
       const std::string rel = rel_dir.empty() ? name : absl::StrCat(rel_dir, "/", name);
-      if (excluded_.count(abs) > 0) continue;
       struct stat st;
       if (::stat(abs.c_str(), &st) != 0) {
         const int err = errno;
@@ -283,6 +282,7 @@ class FolderWalk {
         RETURN_IF_ERROR(Walk(abs, rel, depth + 1));
         continue;
       }
+      if (excluded_.count({st.st_dev, st.st_ino}) > 0) continue;
       if (!S_ISREG(st.st_mode)) {
         Problem(rel, "not a regular file (a FIFO, socket or device)");
         continue;
@@ -298,7 +298,7 @@ class FolderWalk {
   }
 
   const DicomIndexOptions& options_;
-  const std::set<std::string> excluded_;
+  const std::set<std::pair<dev_t, ino_t>> excluded_;
   std::set<std::pair<dev_t, ino_t>> visited_;
   std::vector<FoundFile> files_;
   std::vector<DicomFileRecord> problems_;
@@ -594,6 +594,15 @@ DicomFileRecord ReadDicomHeader(const std::string& file, const std::string& secr
     }
     if (want >= max_header_bytes) {
       ::close(fd);
+      // A DICOMDIR (or another non-image object) can be longer than any image header: its meta header says what it is.
+      const std::string media_class = GetString(format->getMetaInfo(), DCM_MediaStorageSOPClassUID);
+      if (IsNonImageSopClass(media_class)) {
+        r.kind = FileKind::kNonImage;
+        r.sop_class_uid = media_class;
+        r.sop_instance_uid = GetString(format->getMetaInfo(), DCM_MediaStorageSOPInstanceUID);
+        r.reason = absl::StrCat("non-image object: ", SopClassText(media_class), " (longer than --max-header-bytes)");
+        return r;
+      }
       r.kind = FileKind::kNotDicom;
       r.reason = absl::StrCat("no Pixel Data within the first ", max_header_bytes, " bytes (--max-header-bytes) of a ",
                               size, "-byte file");
@@ -635,10 +644,12 @@ DicomFileRecord ReadDicomHeader(const std::string& file, const std::string& secr
 
 absl::StatusOr<DicomScan> ScanDicomFolder(const DicomIndexOptions& options) {
   RETURN_IF_ERROR(CheckOptions(options));
-  std::set<std::string> excluded;
+  // The state file's own files, by identity (however their path is spelt): those that exist now; one made after the
+  // walk cannot be found by it.
+  std::set<std::pair<dev_t, ino_t>> excluded;
   for (const char* suffix : {"", "-wal", "-shm", "-journal"}) {
-    // The walk joins names to dicom_dir as given; exclude the state file under the same spelling when it lies inside.
-    excluded.insert(absl::StrCat(options.state_path, suffix));
+    struct stat st;
+    if (::stat(absl::StrCat(options.state_path, suffix).c_str(), &st) == 0) excluded.insert({st.st_dev, st.st_ino});
   }
   FolderWalk walk(options, excluded);
   RETURN_IF_ERROR(walk.Run());
@@ -1086,7 +1097,10 @@ std::string FormatDicomIndexReport(const DicomIndexReport& r, int max_listed) {
 std::string DicomIndexReportJson(const DicomIndexReport& r) {
   auto issues = [](const std::vector<IndexIssue>& list) {
     nlohmann::json a = nlohmann::json::array();
-    for (const IndexIssue& i : list) a.push_back({{"file", i.file}, {"key", i.key}, {"detail", i.detail}});
+    for (const IndexIssue& i : list) {
+      // "file" is text (bytes that are not UTF-8 become U+FFFD); "file_escaped" keeps every byte of the name, C-escaped.
+      a.push_back({{"file", i.file}, {"file_escaped", absl::CHexEscape(i.file)}, {"key", i.key}, {"detail", i.detail}});
+    }
     return a;
   };
   nlohmann::json j = {

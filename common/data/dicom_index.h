@@ -152,7 +152,7 @@ struct DicomScan {
 // reads every new or changed file's header, recording results in options.state_path in batches. Errors:
 // InvalidArgument for bad options or more than max_files files; NotFound when dicom_dir does not exist; DataLoss /
 // Unavailable / FailedPrecondition from the state file (store::Database::Open); Aborted from stop_after_files.
-// Files of the state file itself (and its -wal/-shm/-journal companions) are not indexed. Not thread-safe for one
+// Files of the state file itself (and its -wal/-shm/-journal companions, found by device and inode) are not indexed. Not thread-safe for one
 // state file (SQLite refuses a second writer with Unavailable).
 absl::StatusOr<DicomScan> ScanDicomFolder(const DicomIndexOptions& options);
 
@@ -206,7 +206,8 @@ absl::StatusOr<DicomIndex> IndexDicomExport(const DicomIndexOptions& options);
 // The human-readable report: counts, then each kind of issue with up to `max_listed` entries (and how many more).
 // Control bytes in file names, keys and details are shown as \\xNN.
 std::string FormatDicomIndexReport(const DicomIndexReport& report, int max_listed = 20);
-// The whole report as JSON (every entry).
+// The whole report as JSON (every entry). File names that are not UTF-8 are text with U+FFFD in "file", and every
+// byte C-escaped in "file_escaped".
 std::string DicomIndexReportJson(const DicomIndexReport& report);
 
 }  // namespace fedtune::data

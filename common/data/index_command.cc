@@ -1,5 +1,7 @@
 #include "common/data/index_command.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <thread>
 
@@ -89,9 +91,12 @@ absl::Status RunDicomDir(const cli::ParsedFlags& flags, std::ostream& out) {
     RETURN_IF_ERROR(io::WriteFileAtomically(*report, DicomIndexReportJson(index.report)));
   }
   if (index.rows.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("no image of ", options.dicom_dir, " matched a label row of ",
-                                                   options.labels_csv, " (--key ", StudyKeyName(options.key),
-                                                   "): no manifest written"));
+    struct stat st;
+    const bool existing = ::stat(manifest.c_str(), &st) == 0;
+    return absl::InvalidArgumentError(absl::StrCat(
+        "no image of ", options.dicom_dir, " matched a label row of ", options.labels_csv, " (--key ",
+        StudyKeyName(options.key), "): no manifest written",
+        existing ? absl::StrCat("; the existing ", manifest, " was left unchanged") : ""));
   }
   RETURN_IF_ERROR(WriteManifestCsv(manifest, index.rows));
   out << "data index: wrote " << index.rows.size() << " rows to " << manifest << " (paths relative to "

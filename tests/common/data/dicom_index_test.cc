@@ -305,6 +305,40 @@ DicomIndexOptions Options(const testing::TempDir& dir) {
   return o;
 }
 
+// The state file inside the export is never indexed, however its path is spelt; a DICOMDIR longer than
+// max_header_bytes is a non-image object, not an unreadable file.
+TEST(ScanDicomFolderTest, SkipsTheStateFileByIdentityAndClassifiesLargeDicomdirs) {
+  testing::TempDir dir;
+  WriteTestDicom(dir.Join("export/a.dcm"), TestDicom{});
+  TestDicom dicomdir;
+  dicomdir.sop_class = UID_MediaStorageDirectoryStorage;
+  dicomdir.sop_uid = "1.2.3.9";
+  dicomdir.pixels = false;
+  dicomdir.private_bytes = 200000;
+  WriteTestDicom(dir.Join("export/DICOMDIR"), dicomdir);
+  DicomIndexOptions o = Options(dir);
+  o.state_path = dir.Join("export/./sub/../index.state");
+  ASSERT_TRUE(io::MakeDirectories(dir.Join("export/sub")).ok());
+  o.max_header_bytes = 64 * 1024;
+  for (int run = 0; run < 2; ++run) {
+    absl::StatusOr<DicomScan> scan = ScanDicomFolder(o);
+    ASSERT_TRUE(scan.ok()) << scan.status();
+    ASSERT_EQ(scan->files.size(), 2u) << run << ": " << scan->files.back().path;
+    EXPECT_EQ(scan->files[0].path, "DICOMDIR");
+    EXPECT_EQ(scan->files[0].kind, FileKind::kNonImage) << scan->files[0].reason;
+    EXPECT_THAT(scan->files[0].reason, HasSubstr("non-image object"));
+    EXPECT_EQ(scan->files[1].path, "a.dcm");
+  }
+}
+
+// The JSON report keeps every byte of a file name that is not UTF-8.
+TEST(DicomIndexReportJsonTest, EscapesNamesThatAreNotUtf8) {
+  DicomIndexReport report;
+  report.unreadable_files.push_back({"caf\xe9.dcm", "", "not DICOM"});
+  const std::string json = DicomIndexReportJson(report);
+  EXPECT_THAT(json, HasSubstr("\"file_escaped\": \"caf\\\\xe9.dcm\""));
+}
+
 // A same-size rewrite whose modification time is put back (touch -r, rsync -a, cp -p) is read again: its
 // status-change time differs.
 TEST(ScanDicomFolderTest, RereadsASameSizeRewriteWithItsModificationTimeRestored) {

@@ -121,6 +121,11 @@ TEST_F(IndexCommandTest, RefusesBadInputWithExitCodeTwo) {
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(status.message(), HasSubstr("matched"));
   EXPECT_FALSE(io::FileSize(dir_.Join("manifest.csv")).value() > 0);
+  // An older manifest is left in place, and the message says so.
+  dir_.WriteFile("manifest.csv", "an older manifest\n");
+  status = RunIndex(Args(Labels({"Z9"})), &printed);
+  EXPECT_THAT(status.message(), HasSubstr("the existing " + dir_.Join("manifest.csv") + " was left unchanged"));
+  EXPECT_EQ(io::ReadFile(dir_.Join("manifest.csv")).value(), "an older manifest\n");
 
   status = RunIndex(Args(Labels({"A1", "A1"})));
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
