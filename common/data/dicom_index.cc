@@ -654,6 +654,11 @@ absl::StatusOr<DicomScan> ScanDicomFolder(const DicomIndexOptions& options) {
   FolderWalk walk(options, excluded);
   RETURN_IF_ERROR(walk.Run());
 
+  // The state file holds study keys (accession numbers): readable by its owner only. SQLite gives its -wal and -shm
+  // files the database file's mode, so creating it first with 0600 covers them too.
+  if (const int fd = ::open(options.state_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600); fd >= 0) {
+    ::close(fd);
+  }
   ASSIGN_OR_RETURN(std::unique_ptr<store::Database> db, store::Database::Open(options.state_path, kStateMigrations));
   DicomScan scan;
   // The state is only valid for the same secret (pseudonyms) and header limit (what counts as unreadable).

@@ -152,7 +152,7 @@ struct DicomScan {
 // reads every new or changed file's header, recording results in options.state_path in batches. Errors:
 // InvalidArgument for bad options or more than max_files files; NotFound when dicom_dir does not exist; DataLoss /
 // Unavailable / FailedPrecondition from the state file (store::Database::Open); Aborted from stop_after_files.
-// Files of the state file itself (and its -wal/-shm/-journal companions, found by device and inode) are not indexed. Not thread-safe for one
+// A new state file is created with mode 0600 (it holds study keys). Files of the state file itself (and its -wal/-shm/-journal companions, found by device and inode) are not indexed. Not thread-safe for one
 // state file (SQLite refuses a second writer with Unavailable).
 absl::StatusOr<DicomScan> ScanDicomFolder(const DicomIndexOptions& options);
 

@@ -88,7 +88,9 @@ absl::Status RunDicomDir(const cli::ParsedFlags& flags, std::ostream& out) {
   ASSIGN_OR_RETURN(DicomIndex index, IndexDicomExport(options));
   out << FormatDicomIndexReport(index.report) << std::flush;
   if (const std::optional<std::string> report = flags.Get("report")) {
-    RETURN_IF_ERROR(io::WriteFileAtomically(*report, DicomIndexReportJson(index.report)));
+    io::AtomicWriteOptions private_file;
+    private_file.mode = 0600;  // It names studies by their accession numbers or UIDs.
+    RETURN_IF_ERROR(io::WriteFileAtomically(*report, DicomIndexReportJson(index.report), private_file));
   }
   if (index.rows.empty()) {
     struct stat st;
