@@ -25,8 +25,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "common/io/csv.h"
 #include "common/imaging/dicom_inflate.h"
+#include "common/io/csv.h"
 #include "common/io/file_util.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
@@ -322,10 +322,9 @@ int ItemNestingDepth(const std::string& buf, int limit) {
     const unsigned char element = le ? p[i + 2] : p[i + 3];
     if (element != 0x00 && element != 0x0D) continue;
     while (!open.empty() && open.back() >= 0 && open.back() <= static_cast<int64_t>(i)) open.pop_back();
-    const uint32_t length = le ? (uint32_t{p[i + 4]} | uint32_t{p[i + 5]} << 8 | uint32_t{p[i + 6]} << 16 |
-                                  uint32_t{p[i + 7]} << 24)
-                               : (uint32_t{p[i + 7]} | uint32_t{p[i + 6]} << 8 | uint32_t{p[i + 5]} << 16 |
-                                  uint32_t{p[i + 4]} << 24);
+    const uint32_t length =
+        le ? (uint32_t{p[i + 4]} | uint32_t{p[i + 5]} << 8 | uint32_t{p[i + 6]} << 16 | uint32_t{p[i + 7]} << 24)
+           : (uint32_t{p[i + 7]} | uint32_t{p[i + 6]} << 8 | uint32_t{p[i + 5]} << 16 | uint32_t{p[i + 4]} << 24);
     if (element == 0x0D) {
       if (!open.empty() && open.back() < 0) open.pop_back();
     } else {
@@ -360,9 +359,8 @@ absl::Status RunOnThreads(int n, const std::function<void()>& work) {
   ::pthread_attr_destroy(&attr);
   for (pthread_t id : threads) ::pthread_join(id, nullptr);
   if (threads.empty()) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("cannot start a scan thread with a ", kScanThreadStackBytes >> 20, " MiB stack: ",
-                     std::strerror(error)));
+    return absl::ResourceExhaustedError(absl::StrCat("cannot start a scan thread with a ", kScanThreadStackBytes >> 20,
+                                                     " MiB stack: ", std::strerror(error)));
   }
   return absl::OkStatus();
 }
@@ -731,10 +729,11 @@ absl::StatusOr<DicomScan> ScanDicomFolder(const DicomIndexOptions& options) {
     }
   }
 
-  ASSIGN_OR_RETURN(store::Statement insert,
-                   db->Prepare("INSERT OR REPLACE INTO files (path, size, mtime_ns, kind, reason, patient, study_uid, "
-                               "accession, sop_instance_uid, sop_class_uid, modality, view_position, laterality, sex, "
-                               "age, ctime_ns, inode, device) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
+  ASSIGN_OR_RETURN(
+      store::Statement insert,
+      db->Prepare("INSERT OR REPLACE INTO files (path, size, mtime_ns, kind, reason, patient, study_uid, "
+                  "accession, sop_instance_uid, sop_class_uid, modality, view_position, laterality, sex, "
+                  "age, ctime_ns, inode, device) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
   // With a stop, batches are no larger than it, so that the stop comes after about that many files.
   const size_t batch =
       static_cast<size_t>(options.stop_after_files > 0 ? std::min<int64_t>(options.batch_size, options.stop_after_files)
@@ -1083,8 +1082,9 @@ std::string FormatDicomIndexReport(const DicomIndexReport& r, int max_listed) {
                [&](const IndexIssue& i) {
                  // detail: "line N", then "; " and the files of that key that were left out, if any.
                  const size_t note = i.detail.find("; ");
-                 return absl::StrCat(i.file, " ", i.detail.substr(0, note), ": ", key, " ", i.key,
-                                     note == std::string::npos ? "" : absl::StrCat(" (", i.detail.substr(note + 2), ")"));
+                 return absl::StrCat(
+                     i.file, " ", i.detail.substr(0, note), ": ", key, " ", i.key,
+                     note == std::string::npos ? "" : absl::StrCat(" (", i.detail.substr(note + 2), ")"));
                });
   AppendIssues(&out, "studies without a frontal view (left out)", r.studies_without_frontal, max_listed,
                [&](const IndexIssue& i) { return absl::StrCat(key, " ", i.key, ": e.g. ", i.file); });
@@ -1103,7 +1103,8 @@ std::string DicomIndexReportJson(const DicomIndexReport& r) {
   auto issues = [](const std::vector<IndexIssue>& list) {
     nlohmann::json a = nlohmann::json::array();
     for (const IndexIssue& i : list) {
-      // "file" is text (bytes that are not UTF-8 become U+FFFD); "file_escaped" keeps every byte of the name, C-escaped.
+      // "file" is text (bytes that are not UTF-8 become U+FFFD); "file_escaped" keeps every byte of the name,
+      // C-escaped.
       a.push_back({{"file", i.file}, {"file_escaped", absl::CHexEscape(i.file)}, {"key", i.key}, {"detail", i.detail}});
     }
     return a;

@@ -15,8 +15,8 @@
 // (the same secret gives the same pseudonym), in the state file as in the manifest.
 //
 // Bounds on untrusted input: files under the folder (DicomIndexOptions::max_files), folder depth (kMaxFolderDepth),
-// bytes of one file read for its header (max_header_bytes), sequence nesting (kMaxItemNesting), the labels file (max_labels_bytes and io::CsvParseOptions'
-// limits), the secret (kMaxSecretBytes).
+// bytes of one file read for its header (max_header_bytes), sequence nesting (kMaxItemNesting), the labels file
+// (max_labels_bytes and io::CsvParseOptions' limits), the secret (kMaxSecretBytes).
 #ifndef FEDTUNE_COMMON_DATA_DICOM_INDEX_H_
 #define FEDTUNE_COMMON_DATA_DICOM_INDEX_H_
 
@@ -107,8 +107,7 @@ struct FileIdentity {
   int64_t inode = 0;
   int64_t device = 0;
   bool operator==(const FileIdentity& o) const {
-    return size == o.size && mtime_ns == o.mtime_ns && ctime_ns == o.ctime_ns && inode == o.inode &&
-           device == o.device;
+    return size == o.size && mtime_ns == o.mtime_ns && ctime_ns == o.ctime_ns && inode == o.inode && device == o.device;
   }
 };
 
@@ -126,7 +125,8 @@ struct DicomFileRecord {
 // Never fails: problems become kNotDicom / kUnreadable / kNonImage with a reason. Thread-safe.
 DicomFileRecord ReadDicomHeader(const std::string& file, const std::string& secret, int64_t max_header_bytes);
 
-// The pseudonym of a PatientID (surrounding spaces and trailing NULs removed): hex of the first 16 bytes of HMAC-SHA256(secret, id).
+// The pseudonym of a PatientID (surrounding spaces and trailing NULs removed): hex of the first 16 bytes of
+// HMAC-SHA256(secret, id).
 std::string PseudonymizePatientId(const std::string& secret, absl::string_view patient_id);
 
 // Reads a secret file: its bytes without one trailing newline. NotFound / PermissionDenied naming the file;
@@ -152,8 +152,9 @@ struct DicomScan {
 // reads every new or changed file's header, recording results in options.state_path in batches. Errors:
 // InvalidArgument for bad options or more than max_files files; NotFound when dicom_dir does not exist; DataLoss /
 // Unavailable / FailedPrecondition from the state file (store::Database::Open); Aborted from stop_after_files.
-// A new state file is created with mode 0600 (it holds study keys). Files of the state file itself (and its -wal/-shm/-journal companions, found by device and inode) are not indexed. Not thread-safe for one
-// state file (SQLite refuses a second writer with Unavailable).
+// A new state file is created with mode 0600 (it holds study keys). Files of the state file itself (and its
+// -wal/-shm/-journal companions, found by device and inode) are not indexed. Not thread-safe for one state file (SQLite
+// refuses a second writer with Unavailable).
 absl::StatusOr<DicomScan> ScanDicomFolder(const DicomIndexOptions& options);
 
 // One label row of the labels file.
@@ -173,18 +174,18 @@ struct DicomIndexReport {
   std::string key;
   int64_t files_found = 0, files_read = 0, files_reused = 0;
   bool state_reset = false;
-  int64_t images = 0;                                // Image files (before any is left out).
-  int64_t studies_indexed = 0;                       // Studies in the manifest.
-  int64_t rows = 0;                                  // Manifest rows (images).
-  std::vector<IndexIssue> studies_without_labels;    // One file of the study.
+  int64_t images = 0;                              // Image files (before any is left out).
+  int64_t studies_indexed = 0;                     // Studies in the manifest.
+  int64_t rows = 0;                                // Manifest rows (images).
+  std::vector<IndexIssue> studies_without_labels;  // One file of the study.
   // detail = "line N", then, when files carried the key but were all left out before joining a study (duplicates,
   // modality, no PatientID, non-image, unreadable): "; K files carry this key, all left out: n under LIST, ...".
   std::vector<IndexIssue> label_rows_without_study;
-  std::vector<IndexIssue> studies_without_frontal;   // One file of the study.
-  std::vector<IndexIssue> non_image_objects;         // detail = why (SOP class, no Pixel Data).
-  std::vector<IndexIssue> duplicate_instances;       // file = the later path, detail = the kept one.
-  std::vector<IndexIssue> unreadable_files;          // Unreadable or not DICOM; detail = why.
-  std::vector<IndexIssue> images_left_out;           // Images of usable kinds left out: no view, no key, ...
+  std::vector<IndexIssue> studies_without_frontal;  // One file of the study.
+  std::vector<IndexIssue> non_image_objects;        // detail = why (SOP class, no Pixel Data).
+  std::vector<IndexIssue> duplicate_instances;      // file = the later path, detail = the kept one.
+  std::vector<IndexIssue> unreadable_files;         // Unreadable or not DICOM; detail = why.
+  std::vector<IndexIssue> images_left_out;          // Images of usable kinds left out: no view, no key, ...
 };
 
 struct DicomIndex {

@@ -95,10 +95,10 @@ absl::Status RunDicomDir(const cli::ParsedFlags& flags, std::ostream& out) {
   if (index.rows.empty()) {
     struct stat st;
     const bool existing = ::stat(manifest.c_str(), &st) == 0;
-    return absl::InvalidArgumentError(absl::StrCat(
-        "no image of ", options.dicom_dir, " matched a label row of ", options.labels_csv, " (--key ",
-        StudyKeyName(options.key), "): no manifest written",
-        existing ? absl::StrCat("; the existing ", manifest, " was left unchanged") : ""));
+    return absl::InvalidArgumentError(
+        absl::StrCat("no image of ", options.dicom_dir, " matched a label row of ", options.labels_csv, " (--key ",
+                     StudyKeyName(options.key), "): no manifest written",
+                     existing ? absl::StrCat("; the existing ", manifest, " was left unchanged") : ""));
   }
   RETURN_IF_ERROR(WriteManifestCsv(manifest, index.rows));
   out << "data index: wrote " << index.rows.size() << " rows to " << manifest << " (paths relative to "
@@ -139,8 +139,8 @@ cli::Command MakeDataIndexCommand(std::ostream& out) {
       {"max-header-bytes", "dicom-dir: bytes of a file read at most for its header", false, false, "1048576", "N"},
       {"stop-after", "dicom-dir, for tests: stop after reading N headers (as if killed); rerun to go on", false, false,
        std::nullopt, "N"},
-      {"batch-size", "dicom-dir: files recorded in the state file per transaction (what a kill can lose)", false,
-       false, "512", "N"},
+      {"batch-size", "dicom-dir: files recorded in the state file per transaction (what a kill can lose)", false, false,
+       "512", "N"},
       {"metadata", "mimic-cxr: mimic-cxr-2.0.0-metadata.csv", false, false, std::nullopt, "F.csv"},
       {"split-file", "mimic-cxr: mimic-cxr-2.0.0-split.csv; nih-cxr14: train_val_list.txt or test_list.txt", false,
        false, std::nullopt, "F"},

@@ -246,10 +246,10 @@ std::string RawImage(const std::string& accession, const std::string& patient_id
 // DICOM pads with a space, or a NUL: "AC1\0" is AC1 (it joins label AC1), and "MRN1\0" and "MRN1 " are one patient.
 TEST(ReadDicomHeaderTest, NulPaddingIsStrippedLikeSpaces) {
   testing::TempDir dir;
-  const DicomFileRecord nul =
-      ReadDicomHeader(dir.WriteFile("nul.dcm", RawImage(std::string("AC1\0", 4), std::string("MRN1\0\0", 6))),
-                      kSecret, 1 << 20);
-  const DicomFileRecord space = ReadDicomHeader(dir.WriteFile("space.dcm", RawImage("AC1 ", "MRN1  ")), kSecret, 1 << 20);
+  const DicomFileRecord nul = ReadDicomHeader(
+      dir.WriteFile("nul.dcm", RawImage(std::string("AC1\0", 4), std::string("MRN1\0\0", 6))), kSecret, 1 << 20);
+  const DicomFileRecord space =
+      ReadDicomHeader(dir.WriteFile("space.dcm", RawImage("AC1 ", "MRN1  ")), kSecret, 1 << 20);
   ASSERT_EQ(nul.kind, FileKind::kImage) << nul.reason;
   ASSERT_EQ(space.kind, FileKind::kImage) << space.reason;
   EXPECT_EQ(nul.accession, "AC1");
