@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -14,7 +15,6 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <thread>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -25,6 +25,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/imaging/dicom_inflate.h"
 #include "common/io/csv.h"
 #include "common/io/file_util.h"
 #include "common/logging.h"
@@ -46,7 +47,7 @@ constexpr int64_t kFirstHeaderRead = 64 * 1024;
 constexpr int64_t kMinHeaderBytes = 4 * 1024;
 constexpr int64_t kMaxHeaderBytesLimit = int64_t{64} << 20;
 // Bumped when what ReadDicomHeader extracts changes: older state files are then rescanned.
-constexpr const char* kScanVersion = "fedtune data index v1";
+constexpr const char* kScanVersion = "fedtune data index v2";
 
 const store::Migration kStateMigrations[] = {
     {1,
@@ -55,6 +56,12 @@ const store::Migration kStateMigrations[] = {
      " kind INTEGER NOT NULL, reason TEXT NOT NULL, patient TEXT NOT NULL, study_uid TEXT NOT NULL,"
      " accession TEXT NOT NULL, sop_instance_uid TEXT NOT NULL, sop_class_uid TEXT NOT NULL, modality TEXT NOT NULL,"
      " view_position TEXT NOT NULL, laterality TEXT NOT NULL, sex TEXT NOT NULL, age TEXT NOT NULL);"},
+    // A same-size rewrite with its modification time restored (touch -r, rsync -a, cp -p) still changes the
+    // status-change time, or the inode. Rows from version 1 have zeros here, so their files are read again.
+    {2,
+     "ALTER TABLE files ADD COLUMN ctime_ns INTEGER NOT NULL DEFAULT 0;"
+     "ALTER TABLE files ADD COLUMN inode INTEGER NOT NULL DEFAULT 0;"
+     "ALTER TABLE files ADD COLUMN device INTEGER NOT NULL DEFAULT 0;"},
 };
 
 std::string Hex(const unsigned char* bytes, size_t n) {
@@ -90,10 +97,20 @@ DicomFileRecord Unreadable(std::string reason) {
   return r;
 }
 
+// A value without its padding: surrounding whitespace, and trailing NULs (DICOM pads odd-length values with a space,
+// or a NUL for UIDs, and some writers pad other strings with NULs too).
+absl::string_view StripPadding(absl::string_view value) {
+  value = absl::StripLeadingAsciiWhitespace(value);
+  while (!value.empty() && (value.back() == '\0' || absl::ascii_isspace(static_cast<unsigned char>(value.back())))) {
+    value.remove_suffix(1);
+  }
+  return value;
+}
+
 std::string GetString(DcmItem* item, const DcmTagKey& tag) {
   OFString value;
   if (item == nullptr || item->findAndGetOFString(tag, value).bad()) return "";
-  return std::string(absl::StripAsciiWhitespace(absl::string_view(value.c_str(), value.length())));
+  return std::string(StripPadding(absl::string_view(value.c_str(), value.length())));
 }
 
 // Whether the 4 bytes at `at` in `buf` are the tag (7FE0,0010) in either byte order.
@@ -173,13 +190,24 @@ absl::Status CheckOptions(const DicomIndexOptions& o) {
 // One regular file found by the walk.
 struct FoundFile {
   std::string rel;
-  int64_t size = 0;
-  int64_t mtime_ns = 0;
+  FileIdentity id;
 };
+
+int64_t Nanoseconds(const struct timespec& t) { return static_cast<int64_t>(t.tv_sec) * 1000000000 + t.tv_nsec; }
+
+FileIdentity IdentityOf(const struct stat& st) {
+  FileIdentity id;
+  id.size = static_cast<int64_t>(st.st_size);
+  id.mtime_ns = Nanoseconds(st.st_mtim);
+  id.ctime_ns = Nanoseconds(st.st_ctim);
+  id.inode = static_cast<int64_t>(st.st_ino);
+  id.device = static_cast<int64_t>(st.st_dev);
+  return id;
+}
 
 class FolderWalk {
  public:
-  FolderWalk(const DicomIndexOptions& options, std::set<std::string> excluded)
+  FolderWalk(const DicomIndexOptions& options, std::set<std::pair<dev_t, ino_t>> excluded)
       : options_(options), excluded_(std::move(excluded)) {}
 
   absl::Status Run() {
@@ -228,7 +256,6 @@ class FolderWalk {
       }
       const std::string abs = absl::StrCat(dir, "/", name);
       const std::string rel = rel_dir.empty() ? name : absl::StrCat(rel_dir, "/", name);
-      if (excluded_.count(abs) > 0) continue;
       struct stat st;
       if (::stat(abs.c_str(), &st) != 0) {
         const int err = errno;
@@ -255,27 +282,116 @@ class FolderWalk {
         RETURN_IF_ERROR(Walk(abs, rel, depth + 1));
         continue;
       }
+      if (excluded_.count({st.st_dev, st.st_ino}) > 0) continue;
       if (!S_ISREG(st.st_mode)) {
         Problem(rel, "not a regular file (a FIFO, socket or device)");
         continue;
       }
       absl::Status valid = ValidateManifestPath(rel);
       if (!valid.ok()) {
-        Problem(absl::CHexEscape(rel), absl::StrCat("name not usable in a manifest: ", valid.message()));
+        Problem(rel, absl::StrCat("name not usable in a manifest: ", valid.message()));
         continue;
       }
-      files_.push_back({rel, static_cast<int64_t>(st.st_size),
-                        static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec});
+      files_.push_back({rel, IdentityOf(st)});
     }
     return absl::OkStatus();
   }
 
   const DicomIndexOptions& options_;
-  const std::set<std::string> excluded_;
+  const std::set<std::pair<dev_t, ino_t>> excluded_;
   std::set<std::pair<dev_t, ino_t>> visited_;
   std::vector<FoundFile> files_;
   std::vector<DicomFileRecord> problems_;
 };
+
+// How deeply the items of `buf` nest, found without parsing: every item start (FFFE,E000) in either byte order
+// opens a level, closed by an item delimiter (FFFE,E00D) when its length is undefined, or at its end when defined.
+// DCMTK reads nested sequences recursively, so a few hundred bytes per level can exhaust any thread's stack: the
+// depth is checked before DCMTK sees the bytes. A value's bytes that happen to look like an item tag only make the
+// estimate larger (and 8-byte matches in real pixel or private data are vanishingly rare). Stops counting above
+// `limit` and returns limit + 1.
+int ItemNestingDepth(const std::string& buf, int limit) {
+  const unsigned char* p = reinterpret_cast<const unsigned char*>(buf.data());
+  const size_t n = buf.size();
+  std::vector<int64_t> open;  // The end offset of each open item; -1 when its length is undefined.
+  int deepest = 0;
+  for (size_t i = 0; i + 8 <= n; ++i) {
+    const bool le = p[i] == 0xFE && p[i + 1] == 0xFF && p[i + 3] == 0xE0;
+    const bool be = p[i] == 0xFF && p[i + 1] == 0xFE && p[i + 2] == 0xE0;
+    if (!le && !be) continue;
+    const unsigned char element = le ? p[i + 2] : p[i + 3];
+    if (element != 0x00 && element != 0x0D) continue;
+    while (!open.empty() && open.back() >= 0 && open.back() <= static_cast<int64_t>(i)) open.pop_back();
+    const uint32_t length =
+        le ? (uint32_t{p[i + 4]} | uint32_t{p[i + 5]} << 8 | uint32_t{p[i + 6]} << 16 | uint32_t{p[i + 7]} << 24)
+           : (uint32_t{p[i + 7]} | uint32_t{p[i + 6]} << 8 | uint32_t{p[i + 5]} << 16 | uint32_t{p[i + 4]} << 24);
+    if (element == 0x0D) {
+      if (!open.empty() && open.back() < 0) open.pop_back();
+    } else {
+      open.push_back(length == 0xFFFFFFFFu ? -1 : static_cast<int64_t>(i) + 8 + length);
+      deepest = std::max(deepest, static_cast<int>(open.size()));
+      if (deepest > limit) return limit + 1;
+    }
+    i += 7;
+  }
+  return deepest;
+}
+
+void* RunFunction(void* function) {
+  (*static_cast<const std::function<void()>*>(function))();
+  return nullptr;
+}
+
+// Runs `work` on `n` new threads with kScanThreadStackBytes of stack each (not the caller's, whose stack size is
+// unknown, nor std::thread's, which follows `ulimit -s`) and waits for them. Fewer threads when some cannot be
+// made; ResourceExhausted when none can.
+absl::Status RunOnThreads(int n, const std::function<void()>& work) {
+  pthread_attr_t attr;
+  if (::pthread_attr_init(&attr) != 0) return absl::ResourceExhaustedError("cannot start a scan thread");
+  const int stack_error = ::pthread_attr_setstacksize(&attr, kScanThreadStackBytes);
+  std::vector<pthread_t> threads;
+  int error = stack_error;
+  for (int t = 0; t < n && error == 0; ++t) {
+    pthread_t id;
+    error = ::pthread_create(&id, &attr, &RunFunction, const_cast<std::function<void()>*>(&work));
+    if (error == 0) threads.push_back(id);
+  }
+  ::pthread_attr_destroy(&attr);
+  for (pthread_t id : threads) ::pthread_join(id, nullptr);
+  if (threads.empty()) {
+    return absl::ResourceExhaustedError(absl::StrCat("cannot start a scan thread with a ", kScanThreadStackBytes >> 20,
+                                                     " MiB stack: ", std::strerror(error)));
+  }
+  return absl::OkStatus();
+}
+
+// Whether the Part-10 meta header at the start of `buf` (always explicit VR little endian) names Deflated Explicit
+// VR Little Endian.
+bool IsDeflatedPart10(const std::string& buf) {
+  const unsigned char* p = reinterpret_cast<const unsigned char*>(buf.data());
+  size_t at = 132;
+  while (at + 8 <= buf.size()) {
+    const unsigned group = p[at] | p[at + 1] << 8;
+    const unsigned element = p[at + 2] | p[at + 3] << 8;
+    if (group != 2) return false;
+    const std::string vr = buf.substr(at + 4, 2);
+    size_t length = 0, header = 8;
+    if (vr == "OB" || vr == "OW" || vr == "OF" || vr == "SQ" || vr == "UT" || vr == "UN") {
+      if (at + 12 > buf.size()) return false;
+      length = p[at + 8] | p[at + 9] << 8 | p[at + 10] << 16 | static_cast<size_t>(p[at + 11]) << 24;
+      header = 12;
+    } else {
+      length = p[at + 6] | p[at + 7] << 8;
+    }
+    if (element == 0x10) {
+      if (at + header + length > buf.size()) return false;
+      return StripPadding(absl::string_view(buf).substr(at + header, length)) ==
+             imaging::kDeflatedExplicitLittleEndianUid;
+    }
+    at += header + length;
+  }
+  return false;
+}
 
 // The outcome of parsing a prefix of a file.
 enum class ParseOutcome { kDone, kNeedMore, kFailed };
@@ -310,6 +426,50 @@ ParseOutcome ParseHeader(const std::string& buf, bool whole_file, DcmFileFormat*
   return ParseOutcome::kNeedMore;
 }
 
+// The header of a Deflated Explicit VR Little Endian file: its dataset inflated (imaging::InflateDeflatedDicom), at
+// most max_header_bytes of it, then parsed as an uncompressed file is (DCMTK never sees the deflated bytes, which it
+// would inflate without a bound). False with `error` set when it cannot be read.
+bool ParseDeflatedHeader(const std::string& file, int64_t max_header_bytes, DcmFileFormat* format, bool* pixel_data,
+                         std::string* error) {
+  std::string inflated;
+  bool stopped = false;
+  imaging::DicomInflateOptions options;
+  // The sink stops at max_header_bytes; this bounds only the input read until then (deflate rarely expands).
+  options.max_bytes = 2 * max_header_bytes + (int64_t{1} << 20);
+  const absl::Status status =
+      imaging::InflateDeflatedDicom(file, "deflated dataset", options, [&](absl::string_view bytes) -> absl::Status {
+        const size_t room = static_cast<size_t>(max_header_bytes) - inflated.size();
+        inflated.append(bytes.data(), std::min(room, bytes.size()));
+        if (static_cast<int64_t>(inflated.size()) >= max_header_bytes) {
+          stopped = true;
+          return absl::CancelledError("enough for the header");
+        }
+        return absl::OkStatus();
+      });
+  if (!status.ok() && !stopped) {
+    *error = absl::StrCat("unreadable: ", status.message());
+    return false;
+  }
+  if (ItemNestingDepth(inflated, kMaxItemNesting) > kMaxItemNesting) {
+    *error = absl::StrCat("unreadable: sequences nested deeper than ", kMaxItemNesting,
+                          " levels (real headers nest fewer than 10)");
+    return false;
+  }
+  std::string parse_error;
+  switch (ParseHeader(inflated, !stopped, format, pixel_data, &parse_error)) {
+    case ParseOutcome::kDone:
+      return true;
+    case ParseOutcome::kFailed:
+      *error = absl::StrCat("malformed DICOM header (deflated): ", parse_error);
+      return false;
+    case ParseOutcome::kNeedMore:
+      break;
+  }
+  *error = absl::StrCat("no Pixel Data within the first ", max_header_bytes,
+                        " inflated bytes (--max-header-bytes) of a deflated file");
+  return false;
+}
+
 }  // namespace
 
 const char* StudyKeyName(StudyKey key) {
@@ -332,7 +492,7 @@ absl::StatusOr<ViewFallback> ParseViewFallback(absl::string_view name) {
 }
 
 std::string PseudonymizePatientId(const std::string& secret, absl::string_view patient_id) {
-  return HmacHex(secret, absl::StripAsciiWhitespace(patient_id), 16);
+  return HmacHex(secret, StripPadding(patient_id), 16);
 }
 
 absl::StatusOr<std::string> ReadSiteSecret(const std::string& path) {
@@ -361,7 +521,7 @@ absl::StatusOr<std::string> ReadSiteSecret(const std::string& path) {
 
 DicomFileRecord ReadDicomHeader(const std::string& file, const std::string& secret, int64_t max_header_bytes) {
   QuietDcmtkOnce();
-  const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     return Unreadable(errno == ELOOP ? std::string("symbolic link loop")
                                      : absl::StrCat("cannot open: ", std::strerror(errno)));
@@ -374,8 +534,7 @@ DicomFileRecord ReadDicomHeader(const std::string& file, const std::string& secr
   const int64_t size = st.st_size;
   std::string buf;
   DicomFileRecord r;
-  r.size = size;
-  r.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+  r.id = IdentityOf(st);
   int64_t want = std::min({size, kFirstHeaderRead, max_header_bytes});
   std::unique_ptr<DcmFileFormat> format;
   bool pixel_data = false;
@@ -401,7 +560,26 @@ DicomFileRecord ReadDicomHeader(const std::string& file, const std::string& secr
       r.reason = "not a DICOM Part-10 file (no 'DICM' at byte 128)";
       return r;
     }
+    if (have == 0 && IsDeflatedPart10(buf)) {
+      ::close(fd);
+      fd = -1;
+      format = std::make_unique<DcmFileFormat>();
+      std::string error;
+      if (!ParseDeflatedHeader(file, max_header_bytes, format.get(), &pixel_data, &error)) {
+        r.kind = FileKind::kNotDicom;
+        r.reason = std::move(error);
+        return r;
+      }
+      break;
+    }
     const bool whole = done >= size || done < want;
+    if (ItemNestingDepth(buf, kMaxItemNesting) > kMaxItemNesting) {
+      ::close(fd);
+      r.kind = FileKind::kNotDicom;
+      r.reason = absl::StrCat("unreadable: sequences nested deeper than ", kMaxItemNesting,
+                              " levels (real headers nest fewer than 10)");
+      return r;
+    }
     std::string error;
     format = std::make_unique<DcmFileFormat>();
     const ParseOutcome outcome = ParseHeader(buf, whole, format.get(), &pixel_data, &error);
@@ -414,6 +592,15 @@ DicomFileRecord ReadDicomHeader(const std::string& file, const std::string& secr
     }
     if (want >= max_header_bytes) {
       ::close(fd);
+      // A DICOMDIR (or another non-image object) can be longer than any image header: its meta header says what it is.
+      const std::string media_class = GetString(format->getMetaInfo(), DCM_MediaStorageSOPClassUID);
+      if (IsNonImageSopClass(media_class)) {
+        r.kind = FileKind::kNonImage;
+        r.sop_class_uid = media_class;
+        r.sop_instance_uid = GetString(format->getMetaInfo(), DCM_MediaStorageSOPInstanceUID);
+        r.reason = absl::StrCat("non-image object: ", SopClassText(media_class), " (longer than --max-header-bytes)");
+        return r;
+      }
       r.kind = FileKind::kNotDicom;
       r.reason = absl::StrCat("no Pixel Data within the first ", max_header_bytes, " bytes (--max-header-bytes) of a ",
                               size, "-byte file");
@@ -421,7 +608,7 @@ DicomFileRecord ReadDicomHeader(const std::string& file, const std::string& secr
     }
     want = std::min({size, want * 4, max_header_bytes});
   }
-  ::close(fd);
+  if (fd >= 0) ::close(fd);
 
   DcmDataset* ds = format->getDataset();
   DcmMetaInfo* meta = format->getMetaInfo();
@@ -455,14 +642,21 @@ DicomFileRecord ReadDicomHeader(const std::string& file, const std::string& secr
 
 absl::StatusOr<DicomScan> ScanDicomFolder(const DicomIndexOptions& options) {
   RETURN_IF_ERROR(CheckOptions(options));
-  std::set<std::string> excluded;
+  // The state file's own files, by identity (however their path is spelt): those that exist now; one made after the
+  // walk cannot be found by it.
+  std::set<std::pair<dev_t, ino_t>> excluded;
   for (const char* suffix : {"", "-wal", "-shm", "-journal"}) {
-    // The walk joins names to dicom_dir as given; exclude the state file under the same spelling when it lies inside.
-    excluded.insert(absl::StrCat(options.state_path, suffix));
+    struct stat st;
+    if (::stat(absl::StrCat(options.state_path, suffix).c_str(), &st) == 0) excluded.insert({st.st_dev, st.st_ino});
   }
   FolderWalk walk(options, excluded);
   RETURN_IF_ERROR(walk.Run());
 
+  // The state file holds study keys (accession numbers): readable by its owner only. SQLite gives its -wal and -shm
+  // files the database file's mode, so creating it first with 0600 covers them too.
+  if (const int fd = ::open(options.state_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600); fd >= 0) {
+    ::close(fd);
+  }
   ASSIGN_OR_RETURN(std::unique_ptr<store::Database> db, store::Database::Open(options.state_path, kStateMigrations));
   DicomScan scan;
   // The state is only valid for the same secret (pseudonyms) and header limit (what counts as unreadable).
@@ -487,15 +681,18 @@ absl::StatusOr<DicomScan> ScanDicomFolder(const DicomIndexOptions& options) {
   {
     ASSIGN_OR_RETURN(store::Statement all,
                      db->Prepare("SELECT path, size, mtime_ns, kind, reason, patient, study_uid, accession, "
-                                 "sop_instance_uid, sop_class_uid, modality, view_position, laterality, sex, age "
-                                 "FROM files"));
+                                 "sop_instance_uid, sop_class_uid, modality, view_position, laterality, sex, age, "
+                                 "ctime_ns, inode, device FROM files"));
     for (;;) {
       ASSIGN_OR_RETURN(bool row, all.Step());
       if (!row) break;
       DicomFileRecord r;
       r.path = all.ColumnText(0);
-      r.size = all.ColumnInt(1);
-      r.mtime_ns = all.ColumnInt(2);
+      r.id.size = all.ColumnInt(1);
+      r.id.mtime_ns = all.ColumnInt(2);
+      r.id.ctime_ns = all.ColumnInt(15);
+      r.id.inode = all.ColumnInt(16);
+      r.id.device = all.ColumnInt(17);
       const int64_t kind = all.ColumnInt(3);
       if (kind < 0 || kind > 2) {
         return absl::DataLossError(
@@ -524,7 +721,7 @@ absl::StatusOr<DicomScan> ScanDicomFolder(const DicomIndexOptions& options) {
   for (size_t i = 0; i < found.size(); ++i) {
     present.insert(found[i].rel);
     auto it = known.find(found[i].rel);
-    if (it != known.end() && it->second.size == found[i].size && it->second.mtime_ns == found[i].mtime_ns) {
+    if (it != known.end() && it->second.id == found[i].id) {
       records[i] = std::move(it->second);
       ++scan.files_reused;
     } else {
@@ -532,10 +729,11 @@ absl::StatusOr<DicomScan> ScanDicomFolder(const DicomIndexOptions& options) {
     }
   }
 
-  ASSIGN_OR_RETURN(store::Statement insert,
-                   db->Prepare("INSERT OR REPLACE INTO files (path, size, mtime_ns, kind, reason, patient, study_uid, "
-                               "accession, sop_instance_uid, sop_class_uid, modality, view_position, laterality, sex, "
-                               "age) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
+  ASSIGN_OR_RETURN(
+      store::Statement insert,
+      db->Prepare("INSERT OR REPLACE INTO files (path, size, mtime_ns, kind, reason, patient, study_uid, "
+                  "accession, sop_instance_uid, sop_class_uid, modality, view_position, laterality, sex, "
+                  "age, ctime_ns, inode, device) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
   // With a stop, batches are no larger than it, so that the stop comes after about that many files.
   const size_t batch =
       static_cast<size_t>(options.stop_after_files > 0 ? std::min<int64_t>(options.batch_size, options.stop_after_files)
@@ -543,7 +741,7 @@ absl::StatusOr<DicomScan> ScanDicomFolder(const DicomIndexOptions& options) {
   for (size_t start = 0; start < to_read.size(); start += batch) {
     const size_t end = std::min(to_read.size(), start + batch);
     std::atomic<size_t> next{start};
-    auto work = [&] {
+    const std::function<void()> work = [&] {
       for (size_t k = next++; k < end; k = next++) {
         const FoundFile& f = found[to_read[k]];
         DicomFileRecord r =
@@ -551,25 +749,20 @@ absl::StatusOr<DicomScan> ScanDicomFolder(const DicomIndexOptions& options) {
         r.path = f.rel;
         if (r.kind == FileKind::kUnreadable) {
           // Keep the walk's view of the file, so that the next run retries it.
-          r.size = f.size;
-          r.mtime_ns = f.mtime_ns;
+          r.id = f.id;
         }
         records[to_read[k]] = std::move(r);
       }
     };
-    const int helpers = static_cast<int>(std::min<size_t>(options.threads, end - start)) - 1;
-    std::vector<std::thread> threads;
-    for (int t = 0; t < helpers; ++t) threads.emplace_back(work);
-    work();
-    for (std::thread& t : threads) t.join();
+    RETURN_IF_ERROR(RunOnThreads(static_cast<int>(std::min<size_t>(options.threads, end - start)), work));
     RETURN_IF_ERROR(db->InTransaction([&]() -> absl::Status {
       for (size_t k = start; k < end; ++k) {
         const DicomFileRecord& r = records[to_read[k]];
         if (r.kind == FileKind::kUnreadable) continue;
         insert.Reset();
         insert.Bind(1, r.path)
-            .Bind(2, r.size)
-            .Bind(3, r.mtime_ns)
+            .Bind(2, r.id.size)
+            .Bind(3, r.id.mtime_ns)
             .Bind(4, static_cast<int64_t>(r.kind))
             .Bind(5, r.reason)
             .Bind(6, r.patient)
@@ -581,7 +774,10 @@ absl::StatusOr<DicomScan> ScanDicomFolder(const DicomIndexOptions& options) {
             .Bind(12, r.view_position)
             .Bind(13, r.laterality)
             .Bind(14, r.sex)
-            .Bind(15, r.age);
+            .Bind(15, r.age)
+            .Bind(16, r.id.ctime_ns)
+            .Bind(17, r.id.inode)
+            .Bind(18, r.id.device);
         RETURN_IF_ERROR(insert.Run());
       }
       return absl::OkStatus();
@@ -690,15 +886,24 @@ DicomIndex BuildDicomIndex(const DicomScan& scan, const std::map<std::string, St
   std::vector<StudyImages> studies;
   absl::flat_hash_map<std::string, size_t> study_of_key;
   absl::flat_hash_map<std::string, std::string> first_with_uid;
+  // For each key value, the files that carried it but were left out before joining a study, by where they are
+  // listed: a label row whose every file was left out says so, instead of only "without a study".
+  std::map<std::string, std::map<std::string, int64_t>> left_out_by_key;
+  const auto left_out = [&](const std::string& key, const std::string& where) {
+    if (!key.empty()) ++left_out_by_key[key][where];
+  };
 
   for (const DicomFileRecord& f : scan.files) {
+    const std::string& file_key = options.key == StudyKey::kAccessionNumber ? f.accession : f.study_uid;
     switch (f.kind) {
       case FileKind::kUnreadable:
       case FileKind::kNotDicom:
         report.unreadable_files.push_back({f.path, "", f.reason});
+        left_out(file_key, "unreadable or non-DICOM files");
         continue;
       case FileKind::kNonImage:
         report.non_image_objects.push_back({f.path, "", f.reason});
+        left_out(file_key, "non-image objects");
         continue;
       case FileKind::kImage:
         break;
@@ -710,6 +915,7 @@ DicomIndex BuildDicomIndex(const DicomScan& scan, const std::map<std::string, St
       if (!first) {
         report.duplicate_instances.push_back(
             {f.path, key, absl::StrCat("same SOP Instance UID ", f.sop_instance_uid, " as ", it->second, " (kept)")});
+        left_out(key, "duplicate SOP instances");
         continue;
       }
     }
@@ -717,6 +923,7 @@ DicomIndex BuildDicomIndex(const DicomScan& scan, const std::map<std::string, St
     if (!(modality.empty() || modality == "CR" || modality == "DX" || modality == "DR")) {
       report.images_left_out.push_back(
           {f.path, key, absl::StrCat("Modality ", absl::CHexEscape(f.modality), " is not a radiograph (CR, DX)")});
+      left_out(key, "images left out: Modality");
       continue;
     }
     if (key.empty()) {
@@ -725,6 +932,7 @@ DicomIndex BuildDicomIndex(const DicomScan& scan, const std::map<std::string, St
     }
     if (f.patient.empty()) {
       report.images_left_out.push_back({f.path, key, "no PatientID"});
+      left_out(key, "images left out: no PatientID");
       continue;
     }
     // The study exists even when none of its images has a usable view: it is then reported as without frontal.
@@ -782,8 +990,18 @@ DicomIndex BuildDicomIndex(const DicomScan& scan, const std::map<std::string, St
   }
   for (const auto& [key, study] : labels) {
     if (used_labels.count(key) == 0) {
-      report.label_rows_without_study.push_back(
-          {options.labels_csv, key, absl::StrCat("line ", study.line), study.line});
+      std::string detail = absl::StrCat("line ", study.line);
+      if (auto it = left_out_by_key.find(key); it != left_out_by_key.end()) {
+        int64_t files = 0;
+        std::vector<std::string> where;
+        for (const auto& [list, n] : it->second) {
+          files += n;
+          where.push_back(absl::StrCat(n, " under ", list));
+        }
+        absl::StrAppend(&detail, "; ", files, files == 1 ? " file carries" : " files carry",
+                        " this key, all left out: ", absl::StrJoin(where, ", "));
+      }
+      report.label_rows_without_study.push_back({options.labels_csv, key, std::move(detail), study.line});
     }
   }
   std::sort(report.label_rows_without_study.begin(), report.label_rows_without_study.end(),
@@ -821,11 +1039,29 @@ absl::StatusOr<DicomIndex> IndexDicomExport(const DicomIndexOptions& options) {
 
 namespace {
 
+// `text` with control bytes (which could drive the terminal) as \xNN; other bytes, UTF-8 included, as they are.
+std::string Printable(absl::string_view text) {
+  std::string out;
+  for (const char ch : text) {
+    const unsigned char c = static_cast<unsigned char>(ch);
+    if (c < 0x20 || c == 0x7F) {
+      absl::StrAppend(&out, "\\x", absl::Hex(c, absl::kZeroPad2));
+    } else {
+      out += ch;
+    }
+  }
+  return out;
+}
+
 void AppendIssues(std::string* out, absl::string_view title, const std::vector<IndexIssue>& issues, int max_listed,
                   const std::function<std::string(const IndexIssue&)>& line) {
   absl::StrAppend(out, title, ": ", issues.size(), "\n");
   for (size_t i = 0; i < issues.size() && static_cast<int>(i) < max_listed; ++i) {
-    absl::StrAppend(out, "  ", line(issues[i]), "\n");
+    IndexIssue printable = issues[i];
+    printable.file = Printable(printable.file);
+    printable.key = Printable(printable.key);
+    printable.detail = Printable(printable.detail);
+    absl::StrAppend(out, "  ", line(printable), "\n");
   }
   if (static_cast<int>(issues.size()) > max_listed) {
     absl::StrAppend(out, "  ... and ", issues.size() - max_listed, " more (all in --report)\n");
@@ -843,7 +1079,13 @@ std::string FormatDicomIndexReport(const DicomIndexReport& r, int max_listed) {
   AppendIssues(&out, absl::StrCat("studies without labels in ", r.labels_csv, " (left out)"), r.studies_without_labels,
                max_listed, [&](const IndexIssue& i) { return absl::StrCat(key, " ", i.key, ": e.g. ", i.file); });
   AppendIssues(&out, "label rows without a study in the export", r.label_rows_without_study, max_listed,
-               [&](const IndexIssue& i) { return absl::StrCat(i.file, " ", i.detail, ": ", key, " ", i.key); });
+               [&](const IndexIssue& i) {
+                 // detail: "line N", then "; " and the files of that key that were left out, if any.
+                 const size_t note = i.detail.find("; ");
+                 return absl::StrCat(
+                     i.file, " ", i.detail.substr(0, note), ": ", key, " ", i.key,
+                     note == std::string::npos ? "" : absl::StrCat(" (", i.detail.substr(note + 2), ")"));
+               });
   AppendIssues(&out, "studies without a frontal view (left out)", r.studies_without_frontal, max_listed,
                [&](const IndexIssue& i) { return absl::StrCat(key, " ", i.key, ": e.g. ", i.file); });
   AppendIssues(&out, "non-image objects skipped", r.non_image_objects, max_listed,
@@ -860,7 +1102,11 @@ std::string FormatDicomIndexReport(const DicomIndexReport& r, int max_listed) {
 std::string DicomIndexReportJson(const DicomIndexReport& r) {
   auto issues = [](const std::vector<IndexIssue>& list) {
     nlohmann::json a = nlohmann::json::array();
-    for (const IndexIssue& i : list) a.push_back({{"file", i.file}, {"key", i.key}, {"detail", i.detail}});
+    for (const IndexIssue& i : list) {
+      // "file" is text (bytes that are not UTF-8 become U+FFFD); "file_escaped" keeps every byte of the name,
+      // C-escaped.
+      a.push_back({{"file", i.file}, {"file_escaped", absl::CHexEscape(i.file)}, {"key", i.key}, {"detail", i.detail}});
+    }
     return a;
   };
   nlohmann::json j = {

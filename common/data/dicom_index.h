@@ -4,7 +4,7 @@
 // Three steps, each usable alone:
 //   1. ScanDicomFolder walks the folder and reads every file's DICOM header (never its pixels) on several threads,
 //      recording each file's attributes, or why it was skipped, in a resumable state file (SQLite): a rerun after a
-//      crash or a kill reads only the files not yet recorded or changed since (size or modification time).
+//      crash or a kill reads only the files not yet recorded or changed since (FileIdentity).
 //   2. ParseStudyLabels reads the labels CSV (the key column and the 14 CheXpert label columns).
 //   3. BuildDicomIndex joins the two into manifest rows (manifest_writer.h) and a report of everything left out:
 //      studies without labels, label rows without a study, studies without a frontal view, non-image objects,
@@ -15,8 +15,8 @@
 // (the same secret gives the same pseudonym), in the state file as in the manifest.
 //
 // Bounds on untrusted input: files under the folder (DicomIndexOptions::max_files), folder depth (kMaxFolderDepth),
-// bytes of one file read for its header (max_header_bytes), the labels file (max_labels_bytes and io::CsvParseOptions'
-// limits), the secret (kMaxSecretBytes).
+// bytes of one file read for its header (max_header_bytes), sequence nesting (kMaxItemNesting), the labels file
+// (max_labels_bytes and io::CsvParseOptions' limits), the secret (kMaxSecretBytes).
 #ifndef FEDTUNE_COMMON_DATA_DICOM_INDEX_H_
 #define FEDTUNE_COMMON_DATA_DICOM_INDEX_H_
 
@@ -49,6 +49,11 @@ absl::StatusOr<ViewFallback> ParseViewFallback(absl::string_view name);
 inline constexpr int kMaxFolderDepth = 32;
 inline constexpr int64_t kMaxSecretBytes = 4096;
 inline constexpr int64_t kMinSecretBytes = 16;
+// A header whose sequence items nest deeper than this is not parsed (DCMTK reads nested sequences recursively; real
+// headers nest fewer than 10 levels).
+inline constexpr int kMaxItemNesting = 1000;
+// The stack of each thread that reads headers: room for kMaxItemNesting levels many times over.
+inline constexpr size_t kScanThreadStackBytes = size_t{16} << 20;
 
 struct DicomIndexOptions {
   // The export folder. Manifest paths are relative to it (it is the data root for `data check --root` and the
@@ -92,11 +97,24 @@ enum class FileKind : int {
                     // in the state file, so that a fixed permission is seen on the next run.
 };
 
+// What tells whether a file changed since it was read: all of these must match for a rerun to reuse its record
+// (the status-change time catches a same-size rewrite whose modification time was restored; inode and device a
+// replacement by rename).
+struct FileIdentity {
+  int64_t size = 0;
+  int64_t mtime_ns = 0;
+  int64_t ctime_ns = 0;
+  int64_t inode = 0;
+  int64_t device = 0;
+  bool operator==(const FileIdentity& o) const {
+    return size == o.size && mtime_ns == o.mtime_ns && ctime_ns == o.ctime_ns && inode == o.inode && device == o.device;
+  }
+};
+
 // The attributes read from one file's header (blank when absent), and what the file is.
 struct DicomFileRecord {
   std::string path;  // Relative to dicom_dir, '/'-separated.
-  int64_t size = 0;
-  int64_t mtime_ns = 0;
+  FileIdentity id;
   FileKind kind = FileKind::kUnreadable;
   std::string reason;   // Why the file is not an image ("" for images).
   std::string patient;  // HMAC-SHA256(secret, PatientID), 32 hex digits; "" when PatientID is blank.
@@ -107,7 +125,8 @@ struct DicomFileRecord {
 // Never fails: problems become kNotDicom / kUnreadable / kNonImage with a reason. Thread-safe.
 DicomFileRecord ReadDicomHeader(const std::string& file, const std::string& secret, int64_t max_header_bytes);
 
-// The pseudonym of a PatientID (surrounding spaces removed): hex of the first 16 bytes of HMAC-SHA256(secret, id).
+// The pseudonym of a PatientID (surrounding spaces and trailing NULs removed): hex of the first 16 bytes of
+// HMAC-SHA256(secret, id).
 std::string PseudonymizePatientId(const std::string& secret, absl::string_view patient_id);
 
 // Reads a secret file: its bytes without one trailing newline. NotFound / PermissionDenied naming the file;
@@ -133,8 +152,9 @@ struct DicomScan {
 // reads every new or changed file's header, recording results in options.state_path in batches. Errors:
 // InvalidArgument for bad options or more than max_files files; NotFound when dicom_dir does not exist; DataLoss /
 // Unavailable / FailedPrecondition from the state file (store::Database::Open); Aborted from stop_after_files.
-// Files of the state file itself (and its -wal/-shm/-journal companions) are not indexed. Not thread-safe for one
-// state file (SQLite refuses a second writer with Unavailable).
+// A new state file is created with mode 0600 (it holds study keys). Files of the state file itself (and its
+// -wal/-shm/-journal companions, found by device and inode) are not indexed. Not thread-safe for one state file (SQLite
+// refuses a second writer with Unavailable).
 absl::StatusOr<DicomScan> ScanDicomFolder(const DicomIndexOptions& options);
 
 // One label row of the labels file.
@@ -154,16 +174,18 @@ struct DicomIndexReport {
   std::string key;
   int64_t files_found = 0, files_read = 0, files_reused = 0;
   bool state_reset = false;
-  int64_t images = 0;                                // Image files (before any is left out).
-  int64_t studies_indexed = 0;                       // Studies in the manifest.
-  int64_t rows = 0;                                  // Manifest rows (images).
-  std::vector<IndexIssue> studies_without_labels;    // One file of the study.
-  std::vector<IndexIssue> label_rows_without_study;  // detail = "line N".
-  std::vector<IndexIssue> studies_without_frontal;   // One file of the study.
-  std::vector<IndexIssue> non_image_objects;         // detail = why (SOP class, no Pixel Data).
-  std::vector<IndexIssue> duplicate_instances;       // file = the later path, detail = the kept one.
-  std::vector<IndexIssue> unreadable_files;          // Unreadable or not DICOM; detail = why.
-  std::vector<IndexIssue> images_left_out;           // Images of usable kinds left out: no view, no key, ...
+  int64_t images = 0;                              // Image files (before any is left out).
+  int64_t studies_indexed = 0;                     // Studies in the manifest.
+  int64_t rows = 0;                                // Manifest rows (images).
+  std::vector<IndexIssue> studies_without_labels;  // One file of the study.
+  // detail = "line N", then, when files carried the key but were all left out before joining a study (duplicates,
+  // modality, no PatientID, non-image, unreadable): "; K files carry this key, all left out: n under LIST, ...".
+  std::vector<IndexIssue> label_rows_without_study;
+  std::vector<IndexIssue> studies_without_frontal;  // One file of the study.
+  std::vector<IndexIssue> non_image_objects;        // detail = why (SOP class, no Pixel Data).
+  std::vector<IndexIssue> duplicate_instances;      // file = the later path, detail = the kept one.
+  std::vector<IndexIssue> unreadable_files;         // Unreadable or not DICOM; detail = why.
+  std::vector<IndexIssue> images_left_out;          // Images of usable kinds left out: no view, no key, ...
 };
 
 struct DicomIndex {
@@ -183,8 +205,10 @@ DicomIndex BuildDicomIndex(const DicomScan& scan, const std::map<std::string, St
 absl::StatusOr<DicomIndex> IndexDicomExport(const DicomIndexOptions& options);
 
 // The human-readable report: counts, then each kind of issue with up to `max_listed` entries (and how many more).
+// Control bytes in file names, keys and details are shown as \\xNN.
 std::string FormatDicomIndexReport(const DicomIndexReport& report, int max_listed = 20);
-// The whole report as JSON (every entry).
+// The whole report as JSON (every entry). File names that are not UTF-8 are text with U+FFFD in "file", and every
+// byte C-escaped in "file_escaped".
 std::string DicomIndexReportJson(const DicomIndexReport& report);
 
 }  // namespace fedtune::data

@@ -1,5 +1,7 @@
 #include "common/data/index_command.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <thread>
 
@@ -77,16 +79,26 @@ absl::Status RunDicomDir(const cli::ParsedFlags& flags, std::ostream& out) {
   ASSIGN_OR_RETURN(options.max_files, flags.GetInt("max-files", options.max_files));
   ASSIGN_OR_RETURN(options.max_header_bytes, flags.GetInt("max-header-bytes", options.max_header_bytes));
   ASSIGN_OR_RETURN(options.stop_after_files, flags.GetInt("stop-after", 0));
+  ASSIGN_OR_RETURN(int64_t batch_size, flags.GetInt("batch-size", options.batch_size));
+  if (batch_size < 1 || batch_size > 100000) {
+    return absl::InvalidArgumentError(absl::StrCat("--batch-size: expected 1 to 100000, got ", batch_size));
+  }
+  options.batch_size = static_cast<int>(batch_size);
 
   ASSIGN_OR_RETURN(DicomIndex index, IndexDicomExport(options));
   out << FormatDicomIndexReport(index.report) << std::flush;
   if (const std::optional<std::string> report = flags.Get("report")) {
-    RETURN_IF_ERROR(io::WriteFileAtomically(*report, DicomIndexReportJson(index.report)));
+    io::AtomicWriteOptions private_file;
+    private_file.mode = 0600;  // It names studies by their accession numbers or UIDs.
+    RETURN_IF_ERROR(io::WriteFileAtomically(*report, DicomIndexReportJson(index.report), private_file));
   }
   if (index.rows.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("no image of ", options.dicom_dir, " matched a label row of ",
-                                                   options.labels_csv, " (--key ", StudyKeyName(options.key),
-                                                   "): no manifest written"));
+    struct stat st;
+    const bool existing = ::stat(manifest.c_str(), &st) == 0;
+    return absl::InvalidArgumentError(
+        absl::StrCat("no image of ", options.dicom_dir, " matched a label row of ", options.labels_csv, " (--key ",
+                     StudyKeyName(options.key), "): no manifest written",
+                     existing ? absl::StrCat("; the existing ", manifest, " was left unchanged") : ""));
   }
   RETURN_IF_ERROR(WriteManifestCsv(manifest, index.rows));
   out << "data index: wrote " << index.rows.size() << " rows to " << manifest << " (paths relative to "
@@ -127,6 +139,8 @@ cli::Command MakeDataIndexCommand(std::ostream& out) {
       {"max-header-bytes", "dicom-dir: bytes of a file read at most for its header", false, false, "1048576", "N"},
       {"stop-after", "dicom-dir, for tests: stop after reading N headers (as if killed); rerun to go on", false, false,
        std::nullopt, "N"},
+      {"batch-size", "dicom-dir: files recorded in the state file per transaction (what a kill can lose)", false, false,
+       "512", "N"},
       {"metadata", "mimic-cxr: mimic-cxr-2.0.0-metadata.csv", false, false, std::nullopt, "F.csv"},
       {"split-file", "mimic-cxr: mimic-cxr-2.0.0-split.csv; nih-cxr14: train_val_list.txt or test_list.txt", false,
        false, std::nullopt, "F"},

@@ -220,6 +220,10 @@ absl::Status ValidateManifestPath(absl::string_view path) {
                                                      absl::StrFormat("0x%02x", c), " at offset ", i, ")"));
     }
   }
+  if (path.front() == ' ' || path.back() == ' ') {
+    // Manifest cells are read trimmed: such a path would name another file when read back.
+    return absl::InvalidArgumentError("path starts or ends with a space (manifest cells are read trimmed)");
+  }
   if (absl::StrContains(path, '\\')) {
     return absl::InvalidArgumentError("path contains '\\'; separate with '/'");
   }

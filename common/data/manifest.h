@@ -95,7 +95,8 @@ inline constexpr size_t kMaxManifestPathBytes = 4096;
 
 // Checks a manifest path: non-empty, at most kMaxManifestPathBytes, free of
 // control characters (a NUL would cut it short at open(); newlines and
-// terminal escapes would end up in reports), relative, '/'-separated, and not
+// terminal escapes would end up in reports), not starting or ending with a
+// space (cells are read trimmed), relative, '/'-separated, and not
 // leaving the data root through a ".." component. InvalidArgument saying
 // which.
 absl::Status ValidateManifestPath(absl::string_view path);

@@ -31,7 +31,9 @@ set -e
 [[ $rc -eq 1 ]] || { cat stopped.txt; fail "--stop-after: exit $rc, expected 1"; }
 grep -q "rerun to go on" stopped.txt || fail "the stopped run does not say how to resume"
 [[ ! -e manifest.csv ]] || fail "a stopped run wrote a manifest"
-recorded="$(sqlite3 manifest.csv.index-state 'SELECT COUNT(*) FROM files')"
+recorded="$(/usr/bin/python3 -c '
+import sqlite3
+print(sqlite3.connect("manifest.csv.index-state").execute("SELECT COUNT(*) FROM files").fetchone()[0])')"
 [[ "$recorded" -eq 400 ]] || fail "state file holds $recorded files after --stop-after 400"
 
 # Resumed: only the rest is read.
@@ -75,23 +77,40 @@ cp manifest.csv first.csv
 grep -q "(0 headers read, $total unchanged" again.txt || fail "the rerun read headers again"
 cmp -s manifest.csv first.csv || fail "the rerun's manifest differs"
 
-# A real SIGKILL mid-scan, wherever it lands: the rerun reads only what the state file lacks and writes the same
-# manifest. (One thread, so that the scan lasts long enough to be killed on a fast machine too.)
+# A real SIGKILL mid-scan: once the state file holds a first batch (8 files: --batch-size 8), the process is killed
+# while it reads the rest; the rerun reads only what the state file lacks and writes the same manifest. One thread,
+# so that the scan lasts long enough to be killed on a fast machine too; python's sqlite3 module polls and kills at
+# once (the sqlite3 command-line tool may not be installed).
 killed=("$bin/fedtune-site" data index --dicom-dir export/dicom --labels export/labels.csv --secret-file site.secret
         --out killed.csv --state killed.state --threads 1)
-"${killed[@]}" > /dev/null 2>&1 &
+"${killed[@]}" --batch-size 8 > /dev/null 2>&1 &
 pid=$!
 pids+=("$pid")
-for _ in $(seq 200); do
-  # The scan key is recorded after the folder walk, right before the first header is read.
-  [[ "$(sqlite3 -cmd '.timeout 2000' killed.state 'SELECT COUNT(*) FROM meta' 2>/dev/null || echo 0)" -gt 0 ]] && break
-  kill -0 "$pid" 2>/dev/null || break
-  sleep 0.01
-done
-kill -KILL "$pid" 2>/dev/null || true
+/usr/bin/python3 - "$pid" <<'PY'
+import os, signal, sqlite3, sys, time
+pid = int(sys.argv[1])
+count = 0
+deadline = time.time() + 120
+while time.time() < deadline:
+    try:
+        if not os.path.exists("killed.state"):
+            raise sqlite3.OperationalError("not yet")  # Connecting would create it.
+        db = sqlite3.connect("killed.state", timeout=2)
+        count = db.execute("SELECT COUNT(*) FROM files").fetchone()[0]
+        db.close()
+    except sqlite3.Error:
+        count = 0  # No file or no table yet.
+    if count > 0:
+        break
+    time.sleep(0.002)
+os.kill(pid, signal.SIGKILL)
+PY
 wait "$pid" 2>/dev/null || true
-# Killed before its schema was made, the state file has no table yet: nothing was recorded.
-recorded="$(sqlite3 -cmd '.timeout 2000' killed.state 'SELECT COUNT(*) FROM files' 2>/dev/null || echo 0)"
+recorded="$(/usr/bin/python3 -c '
+import sqlite3
+print(sqlite3.connect("killed.state").execute("SELECT COUNT(*) FROM files").fetchone()[0])')"
+[[ "$recorded" -gt 0 && "$recorded" -lt "$total" ]] ||
+  fail "the kill did not land mid-scan: $recorded of $total files recorded"
 "${killed[@]}" > killed.txt
 grep -q "($((total - recorded)) headers read, $recorded unchanged" killed.txt ||
   fail "after a kill with $recorded files recorded, the rerun read $(grep -o '([0-9]* headers read' killed.txt)"

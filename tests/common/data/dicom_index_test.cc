@@ -1,11 +1,13 @@
 // Tests of common/data/dicom_index.h: header reads, the resumable scan, the labels file, the join and its report.
 #include "common/data/dicom_index.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <map>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -37,6 +39,7 @@ struct TestDicom {
   std::string modality = "DX";
   bool pixels = true;
   int private_bytes = 0;  // A private OB element of this size before Pixel Data.
+  E_TransferSyntax transfer_syntax = EXS_LittleEndianExplicit;
 };
 
 void WriteTestDicom(const std::string& path, const TestDicom& t) {
@@ -69,7 +72,7 @@ void WriteTestDicom(const std::string& path, const TestDicom& t) {
     ASSERT_TRUE(ds->putAndInsertUint16Array(DCM_PixelData, px.data(), px.size()).good());
   }
   ASSERT_TRUE(io::MakeDirectories(path.substr(0, path.rfind('/'))).ok());
-  ASSERT_TRUE(file.saveFile(path.c_str(), EXS_LittleEndianExplicit).good()) << path;
+  ASSERT_TRUE(file.saveFile(path.c_str(), t.transfer_syntax).good()) << path;
 }
 
 std::string LabelsHeader(const std::string& key) {
@@ -172,21 +175,124 @@ std::string Part10Start() {
          Short(8, 0x18, "UI", std::string("1.2.3\0", 6)) + Short(0x10, 0x20, "LO", "MRN1");
 }
 
+// Part10Start() and `levels` undefined-length sequences, each holding one undefined-length item, never closed.
+std::string DeeplyNested(int levels) {
+  std::string deep = Part10Start();
+  for (int i = 0; i < levels; ++i) {
+    deep += Le(8, 2) + Le(0x1140, 2) + "SQ" + std::string(2, '\0') + Le(0xFFFFFFFFu, 4);
+    deep += Le(0xFFFE, 2) + Le(0xE000, 2) + Le(0xFFFFFFFFu, 4);
+  }
+  return deep;
+}
+
 TEST(ReadDicomHeaderTest, HostileHeadersBecomeReasonsNotCrashes) {
   testing::TempDir dir;
   // A value declaring 4 GiB that is not there; an undefined-length sequence nested 2,000 deep and never closed.
   const std::string huge = Part10Start() + Le(9, 2) + Le(0x1001, 2) + "OB" + std::string(2, '\0') + Le(0xFFFFFFF0u, 4) +
                            std::string(100, 'x');
-  std::string deep = Part10Start();
-  for (int i = 0; i < 2000; ++i) {
-    deep += Le(8, 2) + Le(0x1140, 2) + "SQ" + std::string(2, '\0') + Le(0xFFFFFFFFu, 4);
-    deep += Le(0xFFFE, 2) + Le(0xE000, 2) + Le(0xFFFFFFFFu, 4);
-  }
+  const std::string deep = DeeplyNested(2000);
   for (const auto& [name, bytes] : {std::pair<std::string, std::string>{"huge.dcm", huge}, {"deep.dcm", deep}}) {
     const DicomFileRecord r = ReadDicomHeader(dir.WriteFile(name, bytes), kSecret, 1 << 20);
     EXPECT_EQ(r.kind, FileKind::kNotDicom) << name;
-    EXPECT_THAT(r.reason, HasSubstr("malformed DICOM header")) << name;
   }
+  EXPECT_THAT(ReadDicomHeader(dir.Join("huge.dcm"), kSecret, 1 << 20).reason, HasSubstr("malformed DICOM header"));
+  EXPECT_THAT(ReadDicomHeader(dir.Join("deep.dcm"), kSecret, 1 << 20).reason, HasSubstr("nested deeper than 1000"));
+}
+
+// 10,000 and 50,000 nested undefined-length sequences (about 200 KB and 1 MB) overflowed the stack inside DCMTK:
+// they are refused before DCMTK parses them, on the caller's thread, on a std::thread and in a threaded scan.
+TEST(ReadDicomHeaderTest, DeeplyNestedSequencesAreRefusedWithoutCrashing) {
+  testing::TempDir dir;
+  for (int levels : {10000, 50000}) {
+    const std::string name = absl::StrCat("export/deep", levels, ".dcm");
+    const std::string path = dir.WriteFile(name, DeeplyNested(levels));
+    DicomFileRecord r = ReadDicomHeader(path, kSecret, 4 << 20);
+    EXPECT_EQ(r.kind, FileKind::kNotDicom) << levels;
+    EXPECT_THAT(r.reason, HasSubstr("sequences nested deeper than 1000")) << levels;
+    std::thread worker([&] { r = ReadDicomHeader(path, kSecret, 4 << 20); });
+    worker.join();
+    EXPECT_THAT(r.reason, HasSubstr("sequences nested deeper than 1000")) << levels;
+  }
+  // At the limit, DCMTK parses it on the scan's threads (whose stack size is set) without crashing.
+  dir.WriteFile("export/at-limit.dcm", DeeplyNested(kMaxItemNesting));
+  DicomIndexOptions o;
+  o.dicom_dir = dir.Join("export");
+  o.secret = kSecret;
+  o.state_path = dir.Join("state");
+  o.threads = 3;
+  o.max_header_bytes = 4 << 20;
+  absl::StatusOr<DicomScan> scan = ScanDicomFolder(o);
+  ASSERT_TRUE(scan.ok()) << scan.status();
+  ASSERT_EQ(scan->files.size(), 3u);
+  EXPECT_THAT(scan->files[0].reason, Not(HasSubstr("nested deeper")));
+  EXPECT_THAT(scan->files[1].reason, HasSubstr("nested deeper"));
+  EXPECT_THAT(scan->files[2].reason, HasSubstr("nested deeper"));
+}
+
+// A Part-10 DX image written byte by byte, with the given AccessionNumber and PatientID values as they are (padding
+// included), and 8 bytes of Pixel Data.
+std::string RawImage(const std::string& accession, const std::string& patient_id) {
+  std::string meta = Le(2, 2) + Le(1, 2) + "OB" + std::string(2, '\0') + Le(2, 4) + std::string("\0\1", 2) +
+                     Short(2, 2, "UI", std::string("1.2.840.10008.5.1.4.1.1.1\0", 26)) +
+                     Short(2, 3, "UI", std::string("1.2.3\0", 6)) +
+                     Short(2, 0x10, "UI", std::string("1.2.840.10008.1.2.1\0", 20));
+  return std::string(128, '\0') + "DICM" + Short(2, 0, "UL", Le(static_cast<uint32_t>(meta.size()), 4)) + meta +
+         Short(8, 0x16, "UI", std::string("1.2.840.10008.5.1.4.1.1.1\0", 26)) +
+         Short(8, 0x18, "UI", std::string("1.2.3\0", 6)) + Short(8, 0x50, "SH", accession) +
+         Short(8, 0x60, "CS", "CR") + Short(0x10, 0x20, "LO", patient_id) + Short(0x18, 0x5101, "CS", "PA") +
+         Le(0x7FE0, 2) + Le(0x10, 2) + "OW" + std::string(2, '\0') + Le(8, 4) + std::string(8, '\1');
+}
+
+// DICOM pads with a space, or a NUL: "AC1\0" is AC1 (it joins label AC1), and "MRN1\0" and "MRN1 " are one patient.
+TEST(ReadDicomHeaderTest, NulPaddingIsStrippedLikeSpaces) {
+  testing::TempDir dir;
+  const DicomFileRecord nul = ReadDicomHeader(
+      dir.WriteFile("nul.dcm", RawImage(std::string("AC1\0", 4), std::string("MRN1\0\0", 6))), kSecret, 1 << 20);
+  const DicomFileRecord space =
+      ReadDicomHeader(dir.WriteFile("space.dcm", RawImage("AC1 ", "MRN1  ")), kSecret, 1 << 20);
+  ASSERT_EQ(nul.kind, FileKind::kImage) << nul.reason;
+  ASSERT_EQ(space.kind, FileKind::kImage) << space.reason;
+  EXPECT_EQ(nul.accession, "AC1");
+  EXPECT_EQ(space.accession, "AC1");
+  EXPECT_EQ(nul.patient, space.patient);
+  EXPECT_EQ(nul.patient, PseudonymizePatientId(kSecret, "MRN1"));
+  EXPECT_EQ(PseudonymizePatientId(kSecret, std::string("MRN1\0", 5)), PseudonymizePatientId(kSecret, "MRN1"));
+}
+
+// No raw control byte of a file name or key reaches the terminal.
+TEST(FormatDicomIndexReportTest, EscapesControlBytes) {
+  DicomIndexReport report;
+  report.key = "AccessionNumber";
+  report.unreadable_files.push_back({"a\x1b[2Jb.dcm", "", "not DICOM"});
+  report.studies_without_labels.push_back({"c.dcm", "K\x07\x1b]0;x", ""});
+  const std::string text = FormatDicomIndexReport(report);
+  EXPECT_EQ(text.find('\x1b'), std::string::npos) << text;
+  EXPECT_EQ(text.find('\x07'), std::string::npos) << text;
+  EXPECT_THAT(text, HasSubstr("a\\x1b[2Jb.dcm"));
+}
+
+// A Deflated Explicit VR Little Endian image is an image: its Pixel Data is found in the inflated dataset.
+TEST(ReadDicomHeaderTest, ReadsDeflatedImages) {
+  testing::TempDir dir;
+  TestDicom t;
+  t.modality = "CR";
+  t.transfer_syntax = EXS_DeflatedLittleEndianExplicit;
+  t.private_bytes = 100000;  // Compresses well: the inflated header is larger than the file.
+  WriteTestDicom(dir.Join("deflated.dcm"), t);
+  DicomFileRecord r = ReadDicomHeader(dir.Join("deflated.dcm"), kSecret, 1 << 20);
+  EXPECT_EQ(r.kind, FileKind::kImage) << r.reason;
+  EXPECT_EQ(r.accession, "ACC1");
+  EXPECT_EQ(r.modality, "CR");
+  EXPECT_EQ(r.view_position, "PA");
+  // A header that inflates past max_header_bytes is refused saying so, as for uncompressed files.
+  r = ReadDicomHeader(dir.Join("deflated.dcm"), kSecret, 64 * 1024);
+  EXPECT_EQ(r.kind, FileKind::kNotDicom);
+  EXPECT_THAT(r.reason, HasSubstr("inflated bytes"));
+  t.pixels = false;
+  WriteTestDicom(dir.Join("no-pixels.dcm"), t);
+  r = ReadDicomHeader(dir.Join("no-pixels.dcm"), kSecret, 1 << 20);
+  EXPECT_EQ(r.kind, FileKind::kNonImage) << r.reason;
+  EXPECT_THAT(r.reason, HasSubstr("no Pixel Data"));
 }
 
 DicomIndexOptions Options(const testing::TempDir& dir) {
@@ -197,6 +303,86 @@ DicomIndexOptions Options(const testing::TempDir& dir) {
   o.state_path = dir.Join("manifest.csv.index-state");
   o.threads = 2;
   return o;
+}
+
+// The state file inside the export is never indexed, however its path is spelt; a DICOMDIR longer than
+// max_header_bytes is a non-image object, not an unreadable file.
+TEST(ScanDicomFolderTest, SkipsTheStateFileByIdentityAndClassifiesLargeDicomdirs) {
+  testing::TempDir dir;
+  WriteTestDicom(dir.Join("export/a.dcm"), TestDicom{});
+  TestDicom dicomdir;
+  dicomdir.sop_class = UID_MediaStorageDirectoryStorage;
+  dicomdir.sop_uid = "1.2.3.9";
+  dicomdir.pixels = false;
+  dicomdir.private_bytes = 200000;
+  WriteTestDicom(dir.Join("export/DICOMDIR"), dicomdir);
+  DicomIndexOptions o = Options(dir);
+  o.state_path = dir.Join("export/./sub/../index.state");
+  ASSERT_TRUE(io::MakeDirectories(dir.Join("export/sub")).ok());
+  o.max_header_bytes = 64 * 1024;
+  for (int run = 0; run < 2; ++run) {
+    absl::StatusOr<DicomScan> scan = ScanDicomFolder(o);
+    ASSERT_TRUE(scan.ok()) << scan.status();
+    ASSERT_EQ(scan->files.size(), 2u) << run << ": " << scan->files.back().path;
+    EXPECT_EQ(scan->files[0].path, "DICOMDIR");
+    EXPECT_EQ(scan->files[0].kind, FileKind::kNonImage) << scan->files[0].reason;
+    EXPECT_THAT(scan->files[0].reason, HasSubstr("non-image object"));
+    EXPECT_EQ(scan->files[1].path, "a.dcm");
+  }
+}
+
+// The JSON report keeps every byte of a file name that is not UTF-8.
+TEST(DicomIndexReportJsonTest, EscapesNamesThatAreNotUtf8) {
+  DicomIndexReport report;
+  report.unreadable_files.push_back({"caf\xe9.dcm", "", "not DICOM"});
+  const std::string json = DicomIndexReportJson(report);
+  EXPECT_THAT(json, HasSubstr("\"file_escaped\": \"caf\\\\xe9.dcm\""));
+}
+
+// A same-size rewrite whose modification time is put back (touch -r, rsync -a, cp -p) is read again: its
+// status-change time differs.
+TEST(ScanDicomFolderTest, RereadsASameSizeRewriteWithItsModificationTimeRestored) {
+  testing::TempDir dir;
+  DicomIndexOptions o = Options(dir);
+  const std::string path = dir.Join("export/a.dcm");
+  TestDicom t;
+  t.accession = "ACC1";
+  WriteTestDicom(path, t);
+  struct stat before;
+  ASSERT_EQ(::stat(path.c_str(), &before), 0);
+  absl::StatusOr<DicomScan> scan = ScanDicomFolder(o);
+  ASSERT_TRUE(scan.ok()) << scan.status();
+  EXPECT_EQ(scan->files_read, 1);
+
+  // File times come from a coarse clock (a few ms): wait well past a tick so that the rewrite's ctime differs.
+  ::usleep(100 * 1000);
+  t.accession = "ACC2";
+  WriteTestDicom(path, t);
+  const struct timespec times[2] = {before.st_atim, before.st_mtim};
+  ASSERT_EQ(::utimensat(AT_FDCWD, path.c_str(), times, 0), 0);
+  struct stat after;
+  ASSERT_EQ(::stat(path.c_str(), &after), 0);
+  ASSERT_EQ(after.st_size, before.st_size);
+  ASSERT_EQ(after.st_mtim.tv_nsec, before.st_mtim.tv_nsec);
+  ASSERT_EQ(after.st_mtim.tv_sec, before.st_mtim.tv_sec);
+
+  scan = ScanDicomFolder(o);
+  ASSERT_TRUE(scan.ok()) << scan.status();
+  EXPECT_EQ(scan->files_read, 1);
+  EXPECT_EQ(scan->files_reused, 0);
+  ASSERT_EQ(scan->files.size(), 1u);
+  EXPECT_EQ(scan->files[0].accession, "ACC2");
+}
+
+// " lead.dcm" would be read back from the manifest as "lead.dcm": it is listed as an unusable name instead.
+TEST(ScanDicomFolderTest, ListsNamesWithSurroundingSpacesAsUnusable) {
+  testing::TempDir dir;
+  WriteTestDicom(dir.Join("export/ lead.dcm"), TestDicom{});
+  absl::StatusOr<DicomScan> scan = ScanDicomFolder(Options(dir));
+  ASSERT_TRUE(scan.ok()) << scan.status();
+  ASSERT_EQ(scan->files.size(), 1u);
+  EXPECT_EQ(scan->files[0].kind, FileKind::kUnreadable);
+  EXPECT_THAT(scan->files[0].reason, HasSubstr("name not usable in a manifest"));
 }
 
 TEST(ScanDicomFolderTest, ResumesAfterAnInterruptionAndRereadsOnlyChangedFiles) {
@@ -399,6 +585,24 @@ TEST(IndexDicomExportTest, JoinsLabelsAndReportsEveryCase) {
   EXPECT_EQ(index->rows.size(), 3u);
   EXPECT_EQ(index->report.files_read, 0);  // All from the state file.
   EXPECT_EQ(index->report.studies_without_frontal.size(), 1u);
+
+  // Study D's only image has no PatientID and its SR is not an image: its label row says why it has no study.
+  TestDicom d;
+  d.accession = "D";
+  d.sop_uid = "4.1";
+  d.patient_id = "";
+  WriteTestDicom(dir.Join("export/D/1.dcm"), d);
+  d.sop_uid = "4.2";
+  d.sop_class = UID_BasicTextSRStorage;
+  d.pixels = false;
+  WriteTestDicom(dir.Join("export/D/sr.dcm"), d);
+  index = IndexDicomExport(Options(dir));
+  ASSERT_TRUE(index.ok()) << index.status();
+  ASSERT_EQ(index->report.label_rows_without_study.size(), 1u);
+  EXPECT_EQ(index->report.label_rows_without_study[0].key, "D");
+  EXPECT_THAT(FormatDicomIndexReport(index->report),
+              HasSubstr("line 4: AccessionNumber D (2 files carry this key, all left out: 1 under images left out: "
+                        "no PatientID, 1 under non-image objects)"));
 
   // By StudyInstanceUID: the labels file must have that column.
   o.key = StudyKey::kStudyInstanceUid;

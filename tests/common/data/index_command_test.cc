@@ -2,6 +2,8 @@
 // reaching data::IndexPublicCollection.
 #include "common/data/index_command.h"
 
+#include <sys/stat.h>
+
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
@@ -98,6 +100,12 @@ TEST_F(IndexCommandTest, WritesTheManifestTheStateAndTheReport) {
   EXPECT_EQ(manifest->entries()[0].path, "x/1.dcm");
   EXPECT_EQ(manifest->entries()[0].labels[2], RawLabel::kPositive);
   EXPECT_TRUE(io::FileSize(dir_.Join("manifest.csv.index-state")).value() > 0);
+  // The state file and the report name studies: readable by their owner only.
+  for (const char* name : {"manifest.csv.index-state", "report.json"}) {
+    struct stat st;
+    ASSERT_EQ(::stat(dir_.Join(name).c_str(), &st), 0) << name;
+    EXPECT_EQ(st.st_mode & 0777, 0600u) << name;
+  }
   absl::StatusOr<std::string> json = io::ReadFile(dir_.Join("report.json"));
   ASSERT_TRUE(json.ok());
   const nlohmann::json report = nlohmann::json::parse(*json);
@@ -121,6 +129,11 @@ TEST_F(IndexCommandTest, RefusesBadInputWithExitCodeTwo) {
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(status.message(), HasSubstr("matched"));
   EXPECT_FALSE(io::FileSize(dir_.Join("manifest.csv")).value() > 0);
+  // An older manifest is left in place, and the message says so.
+  dir_.WriteFile("manifest.csv", "an older manifest\n");
+  status = RunIndex(Args(Labels({"Z9"})), &printed);
+  EXPECT_THAT(status.message(), HasSubstr("the existing " + dir_.Join("manifest.csv") + " was left unchanged"));
+  EXPECT_EQ(io::ReadFile(dir_.Join("manifest.csv")).value(), "an older manifest\n");
 
   status = RunIndex(Args(Labels({"A1", "A1"})));
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);

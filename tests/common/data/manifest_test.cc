@@ -252,6 +252,13 @@ TEST(ValidateManifestPathTest, AcceptsRelativePathsInsideTheRoot) {
   EXPECT_THAT(ValidateManifestPath("a\\b.png").message(), HasSubstr("'/'"));
 }
 
+// `data index` writes what this accepts; the parser trims cells, so " lead.dcm" would be read back as "lead.dcm".
+TEST(ValidateManifestPathTest, RefusesLeadingAndTrailingSpaces) {
+  EXPECT_THAT(ValidateManifestPath(" lead.dcm").message(), HasSubstr("space"));
+  EXPECT_THAT(ValidateManifestPath("trail.dcm ").message(), HasSubstr("space"));
+  EXPECT_TRUE(ValidateManifestPath("a b/c d.dcm").ok());
+}
+
 TEST(ValidateManifestPathTest, RefusesControlCharactersAndOverlongPaths) {
   // A NUL would cut the path short at open(); other control characters
   // (newlines, terminal escapes) end up in reports and logs.
