@@ -100,7 +100,8 @@ absl::Status RunDicomDir(const cli::ParsedFlags& flags, std::ostream& out) {
                      StudyKeyName(options.key), "): no manifest written",
                      existing ? absl::StrCat("; the existing ", manifest, " was left unchanged") : ""));
   }
-  RETURN_IF_ERROR(WriteManifestCsv(manifest, index.rows));
+  // Its Study column holds accession numbers or Study Instance UIDs: readable by the owner only, as the state file.
+  RETURN_IF_ERROR(WriteManifestCsv(manifest, index.rows, 0600));
   out << "data index: wrote " << index.rows.size() << " rows to " << manifest << " (paths relative to "
       << options.dicom_dir << ": use it as --root / data_root)\n"
       << std::flush;

@@ -51,8 +51,10 @@ std::string FormatManifestCsv(const std::vector<ManifestRow>& rows) {
   return out;
 }
 
-absl::Status WriteManifestCsv(const std::string& path, const std::vector<ManifestRow>& rows) {
-  return io::WriteFileAtomically(path, FormatManifestCsv(rows));
+absl::Status WriteManifestCsv(const std::string& path, const std::vector<ManifestRow>& rows, int mode) {
+  io::AtomicWriteOptions options;
+  options.mode = mode;
+  return io::WriteFileAtomically(path, FormatManifestCsv(rows), options);
 }
 
 }  // namespace fedtune::data

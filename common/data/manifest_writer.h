@@ -31,8 +31,9 @@ struct ManifestRow {
 // ParseManifest of the result reports what is wrong, by line (row i is on line i + 2).
 std::string FormatManifestCsv(const std::vector<ManifestRow>& rows);
 
-// FormatManifestCsv written to `path` atomically (io::WriteFileAtomically); errors name the path.
-absl::Status WriteManifestCsv(const std::string& path, const std::vector<ManifestRow>& rows);
+// FormatManifestCsv written to `path` atomically (io::WriteFileAtomically) with permission bits `mode` (0600 for a
+// manifest that names studies by accession number); errors name the path.
+absl::Status WriteManifestCsv(const std::string& path, const std::vector<ManifestRow>& rows, int mode = 0644);
 
 }  // namespace fedtune::data
 

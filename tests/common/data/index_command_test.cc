@@ -100,8 +100,8 @@ TEST_F(IndexCommandTest, WritesTheManifestTheStateAndTheReport) {
   EXPECT_EQ(manifest->entries()[0].path, "x/1.dcm");
   EXPECT_EQ(manifest->entries()[0].labels[2], RawLabel::kPositive);
   EXPECT_TRUE(io::FileSize(dir_.Join("manifest.csv.index-state")).value() > 0);
-  // The state file and the report name studies: readable by their owner only.
-  for (const char* name : {"manifest.csv.index-state", "report.json"}) {
+  // The manifest, the state file and the report name studies: readable by their owner only.
+  for (const char* name : {"manifest.csv", "manifest.csv.index-state", "report.json"}) {
     struct stat st;
     ASSERT_EQ(::stat(dir_.Join(name).c_str(), &st), 0) << name;
     EXPECT_EQ(st.st_mode & 0777, 0600u) << name;
@@ -173,21 +173,44 @@ TEST_F(IndexCommandTest, StopAfterLeavesAResumableState) {
   EXPECT_THAT(printed, HasSubstr("manifest: 8 images of 2 studies"));
 }
 
-// The public collections' flags reach data::IndexPublicCollection: its status (Unimplemented until that work lands,
-// then NotFound for the missing labels file) is the command's.
+// The public collections' flags reach data::IndexPublicCollection (its own tests check the content): a small
+// NIH table in the real layout, filtered by an image list, prefixed, becomes a manifest; a missing labels file is
+// NotFound naming it, and the MIMIC-only flags are refused for NIH.
 TEST(IndexCommandPublicTest, PassesFlagsToIndexPublicCollection) {
   testing::TempDir dir;
+  const std::string labels =
+      dir.WriteFile("Data_Entry_2017.csv",
+                    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+                    "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]\n"
+                    "00000001_000.png,Cardiomegaly,0,1,58,M,PA,2500,2048,0.168,0.168\n"
+                    "00000002_000.png,No Finding,0,2,61,F,AP,2500,2048,0.168,0.168\n");
+  const std::string list = dir.WriteFile("test_list.txt", "00000002_000.png\n");
+  std::string printed;
+  absl::Status status = RunIndex({"--format", "nih-cxr14", "--labels", labels, "--split-file", list, "--path-prefix",
+                                  "images/", "--out", dir.Join("m.csv")},
+                                 &printed);
+  ASSERT_TRUE(status.ok()) << status << printed;
+  absl::StatusOr<Manifest> manifest = Manifest::ReadCsv(dir.Join("m.csv"));
+  ASSERT_TRUE(manifest.ok()) << manifest.status();
+  ASSERT_EQ(manifest->entries().size(), 1u);
+  EXPECT_EQ(manifest->entries()[0].path, "images/00000002_000.png");
+  EXPECT_EQ(manifest->entries()[0].projection, "AP");
+  EXPECT_EQ(manifest->entries()[0].labels[kNoFinding], RawLabel::kPositive);
+
   const std::string missing = dir.Join("no-such-labels.csv");
   for (const std::string format : {"mimic-cxr", "nih-cxr14"}) {
-    absl::Status status = RunIndex({"--format", format, "--labels", missing, "--metadata", dir.Join("meta.csv"),
-                                    "--split-file", dir.Join("split.csv"), "--split", "train", "--image-kind", "jpg",
-                                    "--path-prefix", "images/", "--out", dir.Join("m.csv")});
-    EXPECT_FALSE(status.ok());
-    EXPECT_TRUE(
-        status.code() == absl::StatusCode::kUnimplemented ||
-        (status.code() == absl::StatusCode::kNotFound && absl::StrContains(status.message(), "no-such-labels.csv")))
-        << status;
+    std::vector<std::string> args = {"--format", format, "--labels", missing, "--out", dir.Join("m2.csv")};
+    if (format == "mimic-cxr") {
+      for (const char* flag : {"--metadata", "meta.csv", "--image-kind", "jpg"}) args.push_back(flag);
+    }
+    status = RunIndex(args);
+    EXPECT_EQ(status.code(), absl::StatusCode::kNotFound) << status;
+    EXPECT_THAT(status.message(), HasSubstr("no-such-labels.csv"));
   }
+  EXPECT_EQ(
+      RunIndex({"--format", "nih-cxr14", "--labels", labels, "--metadata", "meta.csv", "--out", dir.Join("m3.csv")})
+          .code(),
+      absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(RunIndex({"--format", "mimic-cxr", "--out", dir.Join("m.csv")}).message(), HasSubstr("--labels"));
   EXPECT_THAT(RunIndex({"--format", "nih-cxr14", "--labels", missing, "--dicom-dir", "d", "--out", dir.Join("m.csv")})
                   .message(),
