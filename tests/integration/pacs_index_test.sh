@@ -3,7 +3,7 @@
 # DICOM files and a labels CSV; `fedtune-site data index` is stopped part-way (--stop-after) and resumed, reading only
 # the rest; its report names the unmatched study, the label row without a study, the duplicate SOP instance (both
 # files), the non-image objects, the study without a frontal view and the unreadable files; `data check` accepts the
-# manifest and `finetune` trains on it for one epoch.
+# manifest and `finetune` trains on it for one epoch; the hospital-IT guide's PACS commands run as written.
 # Usage: pacs_index_test.sh BIN_DIR
 set -euo pipefail
 bin="$1"
@@ -127,4 +127,13 @@ split { train: 0.7 validation: 0.15 test: 0.15 }
 CFG
 FEDTUNE_LOG_LEVEL=1 "$bin/fedtune-site" finetune --config finetune.textproto
 [[ -s site/model.ckpt ]] || fail "finetune wrote no model"
+
+# The hospital-IT guide's commands (its "From a PACS export folder" block), run as written with these programs.
+guide="$(dirname "${BASH_SOURCE[0]}")/../../docs/hospital-it-guide.md"
+awk '/^### From a PACS export folder/ {on = 1} on && /^```/ {n++; next} on && n == 1 {print} n >= 2 {exit}' \
+  "$guide" > guide.sh
+grep -q "data index" guide.sh || fail "no data index command found in the guide's PACS section"
+mkdir guide && (cd guide && PATH="$bin:$PATH" bash -euo pipefail ../guide.sh > ../guide.txt 2>&1) ||
+  { cat guide.txt; fail "the guide's PACS commands failed"; }
+grep -q "OK: no problems found" guide.txt || { cat guide.txt; fail "the guide's data check found problems"; }
 echo "1 passed, 0 failed"
