@@ -8,6 +8,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 
 namespace fedtune::imaging {
 namespace {
@@ -72,6 +73,86 @@ void ErrorFn(const char* msg, void* user) { Append(&static_cast<Messages*>(user)
 void WarningFn(const char* msg, void* user) { Append(&static_cast<Messages*>(user)->warnings, msg); }
 void InfoFn(const char*, void*) {}
 
+uint32_t Be16(const unsigned char* p) { return (uint32_t{p[0]} << 8) | p[1]; }
+uint32_t Be32(const unsigned char* p) { return (Be16(p) << 16) | Be16(p + 2); }
+uint64_t Be64(const unsigned char* p) { return (uint64_t{Be32(p)} << 32) | Be32(p + 4); }
+
+// The codestream inside a JP2 file: the content of its first Contiguous Codestream box ("jp2c"), every box's length
+// checked against the bytes there are.
+absl::StatusOr<absl::string_view> FindJp2Codestream(absl::string_view bytes, absl::string_view name) {
+  const auto* data = reinterpret_cast<const unsigned char*>(bytes.data());
+  size_t pos = 0;
+  while (pos < bytes.size()) {
+    const size_t left = bytes.size() - pos;
+    if (left < 8) break;
+    uint64_t length = Be32(data + pos);
+    size_t header = 8;
+    if (length == 1) {  // The length follows the type, in 64 bits.
+      if (left < 16) break;
+      length = Be64(data + pos + 8);
+      header = 16;
+    } else if (length == 0) {  // The box runs to the end of the file.
+      length = left;
+    }
+    if (length < header || length > left) {
+      return absl::InvalidArgumentError(absl::StrCat(name, ": JPEG 2000: JP2 box at byte ", pos, " declares ",
+                                                     length, " bytes, but ", left,
+                                                     " are left (truncated or corrupt file)"));
+    }
+    if (std::memcmp(data + pos + 4, "jp2c", 4) == 0) return bytes.substr(pos + header, length - header);
+    pos += length;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat(name, ": JPEG 2000: the JP2 file holds no codestream box (jp2c) (truncated or corrupt file)"));
+}
+
+// The main header's SIZ marker segment (ISO 15444-1 A.5.1), which must follow SOC: read here, before OpenJPEG, which
+// allocates coding parameters for every tile and component as it reads the main header (a 49 KB codestream declaring
+// 16,384 components in 100 tiles took 1.9 GB). Fills `header` and `tiles`.
+absl::Status ParseSiz(absl::string_view codestream, absl::string_view name, Jpeg2000Header* header) {
+  auto refuse = [&](absl::string_view why) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ": JPEG 2000: ", why));
+  };
+  const auto* p = reinterpret_cast<const unsigned char*>(codestream.data());
+  constexpr size_t kCsizEnd = 42;  // SOC (2), SIZ marker (2), Lsiz .. Csiz (38).
+  if (!StartsWith(codestream, kCodestreamMagic, sizeof(kCodestreamMagic))) {
+    return refuse("the codestream does not start with SOC and SIZ (FF 4F FF 51)");
+  }
+  if (codestream.size() < kCsizEnd) return refuse("the main header is truncated (within SIZ)");
+  const uint32_t lsiz = Be16(p + 4);
+  const uint32_t x = Be32(p + 8), y = Be32(p + 12), x0 = Be32(p + 16), y0 = Be32(p + 20);
+  const uint32_t tx = Be32(p + 24), ty = Be32(p + 28), tx0 = Be32(p + 32), ty0 = Be32(p + 36);
+  const uint32_t csiz = Be16(p + 40);
+  header->components = static_cast<int>(csiz);
+  if (csiz != 1) return refuse(absl::StrCat(csiz, " components; only grayscale (1 component) is supported"));
+  if (lsiz != 41) return refuse(absl::StrCat("SIZ marker length ", lsiz, "; one component needs 41"));
+  if (codestream.size() < kCsizEnd + 3) return refuse("the main header is truncated (within SIZ)");
+  const uint32_t ssiz = p[42], xrsiz = p[43], yrsiz = p[44];
+  if (xrsiz != 1 || yrsiz != 1) {
+    return refuse(absl::StrCat("component sub-sampled ", xrsiz, " x ", yrsiz, "; only 1 x 1 is supported"));
+  }
+  header->precision = static_cast<int>(ssiz & 0x7F) + 1;
+  header->is_signed = (ssiz & 0x80) != 0;
+  if (header->precision > 16) {
+    return refuse(absl::StrCat(header->precision, "-bit samples; only 1 to 16 bits are supported"));
+  }
+  if (x <= x0 || y <= y0) return refuse("empty image area");
+  header->width = int64_t{x} - x0;
+  header->height = int64_t{y} - y0;
+  // A.5.1: the first tile must hold the image's first sample.
+  if (tx == 0 || ty == 0 || tx0 > x0 || ty0 > y0 || uint64_t{tx0} + tx <= x0 || uint64_t{ty0} + ty <= y0) {
+    return refuse(absl::StrCat("invalid tiling (tile size ", tx, " x ", ty, ", tile origin ", tx0, ", ", ty0,
+                               ", image origin ", x0, ", ", y0, ")"));
+  }
+  const uint64_t across = (uint64_t{x} - tx0 + tx - 1) / tx, down = (uint64_t{y} - ty0 + ty - 1) / ty;
+  header->tiles = static_cast<int64_t>(across * down);  // Each factor < 2^32: no overflow.
+  if (header->tiles > kMaxJpeg2000Tiles) {
+    return refuse(absl::StrCat(across, " x ", down, " = ", header->tiles, " tiles (tile size ", tx, " x ", ty,
+                               "), more than the ", kMaxJpeg2000Tiles, " tiles accepted"));
+  }
+  return absl::OkStatus();
+}
+
 struct CodecDeleter {
   void operator()(opj_codec_t* c) const { opj_destroy_codec(c); }
 };
@@ -100,6 +181,12 @@ absl::StatusOr<Jpeg2000Image> DecodeJpeg2000(absl::string_view bytes, absl::stri
     return absl::InvalidArgumentError(
         absl::StrCat(name, ": JPEG 2000: neither a codestream (FF 4F FF 51) nor a JP2 file"));
   }
+  absl::string_view codestream = bytes;
+  if (header.jp2) {
+    ASSIGN_OR_RETURN(codestream, FindJp2Codestream(bytes, name));
+  }
+  RETURN_IF_ERROR(ParseSiz(codestream, name, &header));
+  if (absl::Status s = check_header(header); !s.ok()) return s;
   Messages messages;
   auto fail = [&](absl::string_view what) {
     std::string msg = absl::StrCat(name, ": JPEG 2000: ", what);
@@ -131,24 +218,14 @@ absl::StatusOr<Jpeg2000Image> DecodeJpeg2000(absl::string_view bytes, absl::stri
   std::unique_ptr<opj_image_t, ImageDeleter> image(raw_image);
   if (!header_ok || image == nullptr) return fail("cannot read the main header (truncated or corrupt?)");
 
-  header.components = static_cast<int>(image->numcomps);
-  if (image->numcomps < 1 || image->comps == nullptr) return fail("no image component");
-  const opj_image_comp_t& comp = image->comps[0];
-  header.width = static_cast<int64_t>(image->x1) - image->x0;
-  header.height = static_cast<int64_t>(image->y1) - image->y0;
-  header.precision = static_cast<int>(comp.prec);
-  header.is_signed = comp.sgnd != 0;
-  if (header.components != 1) {
-    return fail(absl::StrCat(header.components, " components; only grayscale (1 component) is supported"));
+  // What OpenJPEG read must be what SIZ says (for JP2, its header boxes could differ).
+  if (image->numcomps != 1 || image->comps == nullptr || image->comps[0].dx != 1 || image->comps[0].dy != 1 ||
+      static_cast<int64_t>(image->x1) - image->x0 != header.width ||
+      static_cast<int64_t>(image->y1) - image->y0 != header.height ||
+      image->comps[0].prec != static_cast<OPJ_UINT32>(header.precision) ||
+      (image->comps[0].sgnd != 0) != header.is_signed) {
+    return fail("the header OpenJPEG read differs from the codestream's SIZ marker");
   }
-  if (comp.dx != 1 || comp.dy != 1) {
-    return fail(absl::StrCat("component sub-sampled ", comp.dx, " x ", comp.dy, "; only 1 x 1 is supported"));
-  }
-  if (header.precision < 1 || header.precision > 16) {
-    return fail(absl::StrCat(header.precision, "-bit samples; only 1 to 16 bits are supported"));
-  }
-  if (header.width <= 0 || header.height <= 0) return fail("empty image area");
-  if (absl::Status s = check_header(header); !s.ok()) return s;
 
   // Decoding allocates the image's buffers (bounded by check_header) and per-tile work buffers; OpenJPEG reports a
   // failed allocation as an error like any other.

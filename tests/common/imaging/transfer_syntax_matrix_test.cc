@@ -255,6 +255,88 @@ TEST_F(TransferSyntaxMatrixTest, Jpeg2000ColourCodestreamIsRefused) {
   EXPECT_THAT(d.status().message(), HasSubstr("3 components"));
 }
 
+// A codestream written by hand (after the reviewer's bomb.py): SOC, SIZ declaring `width` x 1 samples of 8 bits in
+// `components` components and tiles of `tile_width` x 1, COD, QCD, one empty tile-part, EOC.
+std::string HandWrittenCodestream(uint32_t width, uint32_t tile_width, int components) {
+  std::string b;
+  auto be16 = [&](uint32_t v) {
+    b.push_back(static_cast<char>(v >> 8));
+    b.push_back(static_cast<char>(v));
+  };
+  auto be32 = [&](uint32_t v) {
+    be16(v >> 16);
+    be16(v & 0xFFFF);
+  };
+  be16(0xFF4F);
+  be16(0xFF51);
+  be16(38 + 3 * components);
+  be16(0);  // Rsiz.
+  for (uint32_t v : {width, 1u, 0u, 0u, tile_width, 1u, 0u, 0u}) be32(v);
+  be16(components);
+  for (int c = 0; c < components; ++c) b.append("\x07\x01\x01", 3);
+  be16(0xFF52);  // COD: LRCP, 1 layer, no transform, 0 decomposition levels, 64 x 64 code-blocks.
+  for (uint32_t v : {12u, 0u, 0u}) be16(v);
+  b.append("\x00\x00\x04\x04\x00\x01", 6);
+  be16(0xFF5C);  // QCD: no quantisation, guard bits 2.
+  be16(4);
+  b.append("\x40\x40", 2);
+  be16(0xFF90);  // SOT of tile 0, part 0 of 1, 10 bytes long.
+  be16(10);
+  be16(0);
+  be32(0);
+  b.append("\x00\x01", 2);
+  be16(0xFF93);
+  be16(0xFFD9);
+  return b;
+}
+
+// OpenJPEG allocates coding parameters for every tile and component while it reads the main header: such a
+// codestream must be refused from its SIZ marker, before OpenJPEG sees it (60,000 tiles in 82 bytes took 750 MB and
+// decoded "OK"; 16,384 components took 1.9 GB).
+TEST_F(TransferSyntaxMatrixTest, Jpeg2000DeclaringThousandsOfTilesOrComponentsIsRefusedFromItsSiz) {
+  bool checked = false;
+  const auto any = [&](const Jpeg2000Header&) {
+    checked = true;
+    return absl::OkStatus();
+  };
+  // One tile per sample: 60,000 tiles.
+  absl::StatusOr<Jpeg2000Image> tiles = DecodeJpeg2000(HandWrittenCodestream(60000, 1, 1), "tiles", any);
+  ASSERT_FALSE(tiles.ok());
+  EXPECT_EQ(tiles.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(tiles.status().message(), HasSubstr("60000 tiles"));
+  EXPECT_FALSE(checked);
+  absl::StatusOr<Jpeg2000Image> components = DecodeJpeg2000(HandWrittenCodestream(100, 1, 16384), "comps", any);
+  ASSERT_FALSE(components.ok());
+  EXPECT_THAT(components.status().message(), HasSubstr("16384 components"));
+  EXPECT_FALSE(checked);
+  // At the limit the same codestream passes the SIZ checks (the check is called) and is then decoded.
+  absl::StatusOr<Jpeg2000Image> at_limit =
+      DecodeJpeg2000(HandWrittenCodestream(kMaxJpeg2000Tiles, 1, 1), "limit", [&](const Jpeg2000Header& h) {
+        checked = true;
+        EXPECT_EQ(h.tiles, kMaxJpeg2000Tiles);
+        EXPECT_EQ(h.width, kMaxJpeg2000Tiles);
+        return absl::FailedPreconditionError("stop here");
+      });
+  EXPECT_TRUE(checked);
+  EXPECT_EQ(at_limit.status().code(), absl::StatusCode::kFailedPrecondition);
+  // A SIZ length that does not fit one component, and a JP2 file whose box runs past the end.
+  std::string long_siz = HandWrittenCodestream(100, 100, 1);
+  long_siz[5] = 44;
+  EXPECT_THAT(DecodeJpeg2000(long_siz, "lsiz", any).status().message(), HasSubstr("SIZ marker length 44"));
+  const std::string jp2 = std::string("\x00\x00\x00\x0C\x6A\x50\x20\x20\x0D\x0A\x87\x0A", 12) +
+                          std::string("\x00\x01\x00\x00jp2c", 8) + HandWrittenCodestream(100, 100, 1);
+  EXPECT_THAT(DecodeJpeg2000(jp2, "jp2", any).status().message(), HasSubstr("JP2 box at byte 12"));
+
+  // Through the DICOM path: a 60000 x 1 image whose codestream has 1 x 1 tiles.
+  const std::string path = dir_.Join("tiles.dcm");
+  fixtures::WriteJpeg2000Dicom(path, fixtures::SyntheticImage(60000, 1, 8, 8, false), true, 1, 10.0,
+                               HandWrittenCodestream(60000, 1, 1));
+  absl::StatusOr<Image> image = DecodeImage(path);
+  ASSERT_FALSE(image.ok());
+  EXPECT_THAT(image.status().message(), HasSubstr("tiles.dcm"));
+  EXPECT_THAT(image.status().message(), HasSubstr("60000 tiles"));
+}
+
 // Truncated or corrupted codestreams (fixed seeds) must give an error or, for corruption that OpenJPEG cannot
 // detect, an image of the right size: never a crash, never a hang.
 TEST_F(TransferSyntaxMatrixTest, Jpeg2000TruncatedOrCorruptIsAnErrorNotACrash) {
