@@ -6,6 +6,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -153,6 +154,44 @@ absl::Status ParseSiz(absl::string_view codestream, absl::string_view name, Jpeg
   return absl::OkStatus();
 }
 
+// OpenJPEG decodes a tile that the codestream lacks as zeros and reports success (a tiled codestream cut after a
+// tile, with EOC appended, decoded "OK" and mostly black; its codestream index cannot tell: it is not made at all
+// then). So the tile-parts are walked here (A.4.2): the main header's marker segments by their lengths up to the
+// first SOT, then each tile-part by its length Psot; every tile of the `tiles` must have at least one.
+absl::Status CheckEveryTileIsPresent(absl::string_view codestream, absl::string_view name, int64_t tiles) {
+  auto refuse = [&](absl::string_view why) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ": JPEG 2000: ", why));
+  };
+  const auto* p = reinterpret_cast<const unsigned char*>(codestream.data());
+  const size_t size = codestream.size();
+  size_t pos = 2;  // After SOC.
+  while (true) {
+    if (pos + 4 > size) return refuse("the main header is truncated (no tile-part)");
+    const uint32_t marker = Be16(p + pos);
+    if (marker == 0xFF90) break;  // SOT: the first tile-part.
+    if ((marker >> 8) != 0xFF || Be16(p + pos + 2) < 2) {
+      return refuse(absl::StrCat("corrupt main header at byte ", pos, " (marker ", absl::Hex(marker), ")"));
+    }
+    pos += 2 + Be16(p + pos + 2);
+  }
+  std::vector<bool> present(static_cast<size_t>(tiles), false);
+  while (pos + 12 <= size && Be16(p + pos) == 0xFF90) {
+    const uint32_t isot = Be16(p + pos + 4), psot = Be32(p + pos + 6);
+    if (isot >= tiles) return refuse(absl::StrCat("tile-part of tile ", isot, ", but there are ", tiles, " tiles"));
+    present[isot] = true;
+    if (psot == 0) break;  // The last tile-part, up to EOC.
+    if (psot < 14 || psot > size - pos) {
+      return refuse(absl::StrCat("tile-part at byte ", pos, " declares ", psot, " bytes, but ", size - pos,
+                                 " are left (truncated codestream)"));
+    }
+    pos += psot;
+  }
+  const auto first = std::find(present.begin(), present.end(), false);
+  if (first == present.end()) return absl::OkStatus();
+  return refuse(absl::StrCat(std::count(present.begin(), present.end(), false), " of ", tiles,
+                             " tiles missing (the first: tile ", first - present.begin(), "): truncated codestream"));
+}
+
 struct CodecDeleter {
   void operator()(opj_codec_t* c) const { opj_destroy_codec(c); }
 };
@@ -187,6 +226,7 @@ absl::StatusOr<Jpeg2000Image> DecodeJpeg2000(absl::string_view bytes, absl::stri
   }
   RETURN_IF_ERROR(ParseSiz(codestream, name, &header));
   if (absl::Status s = check_header(header); !s.ok()) return s;
+  RETURN_IF_ERROR(CheckEveryTileIsPresent(codestream, name, header.tiles));
   Messages messages;
   auto fail = [&](absl::string_view what) {
     std::string msg = absl::StrCat(name, ": JPEG 2000: ", what);

@@ -58,7 +58,9 @@ bool LooksLikeJpeg2000(absl::string_view bytes);
 // tiling of at most kMaxJpeg2000Tiles tiles (InvalidArgument otherwise). Then
 // `check_header` is called with it; its error is returned as is. Only then does
 // OpenJPEG read anything, so that a tiny codestream declaring thousands of
-// components or tiles allocates nothing.
+// components or tiles allocates nothing. Every tile must be present in the
+// codestream (at least one tile-part each): OpenJPEG itself decodes a missing
+// tile as zeros.
 // Errors: InvalidArgument (not JPEG 2000, header refused, truncated or corrupt
 // data, or OpenJPEG out of memory, which it does not tell apart; the message
 // includes OpenJPEG's own), ResourceExhausted (no codec or stream could be

@@ -187,7 +187,7 @@ void WriteDicom(const std::string& path, const Samples& samples, E_TransferSynta
   CHECK(c.good()) << path << ": " << c.text();
 }
 
-std::string EncodeJpeg2000(const Samples& samples, bool lossless, double ratio) {
+std::string EncodeJpeg2000(const Samples& samples, bool lossless, double ratio, int tile_size) {
   opj_image_cmptparm_t cp;
   std::memset(&cp, 0, sizeof(cp));
   cp.dx = cp.dy = 1;
@@ -211,7 +211,13 @@ std::string EncodeJpeg2000(const Samples& samples, bool lossless, double ratio) 
   params.irreversible = lossless ? 0 : 1;
   // Resolution levels: as many as the smaller side allows (OpenJPEG's default 6 needs 32 pixels).
   int levels = 1;
-  while (levels < 6 && (std::min(samples.width, samples.height) >> levels) >= 1) ++levels;
+  const int side = tile_size > 0 ? std::min({tile_size, samples.width, samples.height})
+                                 : std::min(samples.width, samples.height);
+  while (levels < 6 && (side >> levels) >= 1) ++levels;
+  if (tile_size > 0) {
+    params.tile_size_on = OPJ_TRUE;
+    params.cp_tdx = params.cp_tdy = tile_size;
+  }
   params.numresolution = levels;
   std::unique_ptr<opj_codec_t, void (*)(opj_codec_t*)> codec(opj_create_compress(OPJ_CODEC_J2K), opj_destroy_codec);
   opj_set_error_handler(codec.get(), OpjError, nullptr);

@@ -41,8 +41,9 @@ Samples RadiographLikeImage(int width, int height);
 void WriteDicom(const std::string& path, const Samples& samples, E_TransferSyntax xfer);
 
 // A JPEG 2000 codestream (J2K, not JP2) of `samples` by OpenJPEG: reversible 5/3 wavelet when `lossless`, else the
-// irreversible 9/7 wavelet at compression ratio `ratio`.
-std::string EncodeJpeg2000(const Samples& samples, bool lossless, double ratio = 10.0);
+// irreversible 9/7 wavelet at compression ratio `ratio`. `tile_size` > 0 cuts the image into tiles of that many
+// samples square (one tile-part each, in raster order); 0: a single tile.
+std::string EncodeJpeg2000(const Samples& samples, bool lossless, double ratio = 10.0, int tile_size = 0);
 
 // Writes `samples` as JPEG 2000 DICOM (1.2.840.10008.1.2.4.90 when lossless, .91 otherwise) with the codestream split
 // into `fragments` items after an empty offset table. `codestream` overrides the encoded one when not empty (for

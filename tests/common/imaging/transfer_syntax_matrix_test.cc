@@ -255,6 +255,46 @@ TEST_F(TransferSyntaxMatrixTest, Jpeg2000ColourCodestreamIsRefused) {
   EXPECT_THAT(d.status().message(), HasSubstr("3 components"));
 }
 
+// A tiled codestream (64 x 48 in 16 x 16 tiles: 12 tile-parts) decodes bit-exact; cut after its third tile, with EOC
+// appended (a well-formed but incomplete codestream, which OpenJPEG decodes "OK" with the missing tiles black), or
+// with a tile-part left out, it is refused.
+TEST_F(TransferSyntaxMatrixTest, Jpeg2000TiledDecodesBitExactAndMissingTilesAreRefused) {
+  const Depth depth{12, 16, false};
+  const std::string tiled = fixtures::EncodeJpeg2000(Source(depth), /*lossless=*/true, 10.0, /*tile_size=*/16);
+  // The tile-parts, walked by their lengths (Psot) from the first SOT.
+  std::vector<size_t> sot;
+  for (size_t at = tiled.find("\xFF\x90"); at != std::string::npos && at + 10 <= tiled.size();) {
+    sot.push_back(at);
+    const auto* p = reinterpret_cast<const unsigned char*>(tiled.data() + at + 6);
+    const size_t psot = (size_t{p[0]} << 24) | (size_t{p[1]} << 16) | (size_t{p[2]} << 8) | p[3];
+    if (psot == 0) break;
+    at += psot;
+    if (at + 2 > tiled.size() || tiled.compare(at, 2, "\xFF\x90") != 0) break;
+  }
+  ASSERT_EQ(sot.size(), 12u);
+
+  const Image reference = Reference(depth);
+  const std::string whole = dir_.Join("tiled.dcm");
+  fixtures::WriteJpeg2000Dicom(whole, Source(depth), true, 2, 10.0, tiled);
+  absl::StatusOr<Image> image = DecodeImage(whole);
+  ASSERT_TRUE(image.ok()) << image.status();
+  EXPECT_TRUE(image->pixels == reference.pixels) << "max error " << Compare(*image, reference).max;
+
+  const std::string cut = dir_.Join("cut.dcm");
+  fixtures::WriteJpeg2000Dicom(cut, Source(depth), true, 1, 10.0, tiled.substr(0, sot[3]) + "\xFF\xD9");
+  image = DecodeImage(cut);
+  ASSERT_FALSE(image.ok());
+  EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(image.status().message(), HasSubstr("cut.dcm"));
+  EXPECT_THAT(image.status().message(), HasSubstr("9 of 12 tiles missing (the first: tile 3)"));
+
+  const std::string gap = tiled.substr(0, sot[5]) + tiled.substr(sot[6]);  // Tile 5 left out.
+  absl::StatusOr<Jpeg2000Image> decoded =
+      DecodeJpeg2000(gap, "gap", [](const Jpeg2000Header&) { return absl::OkStatus(); });
+  ASSERT_FALSE(decoded.ok());
+  EXPECT_THAT(decoded.status().message(), HasSubstr("1 of 12 tiles missing (the first: tile 5)"));
+}
+
 // A codestream written by hand (after the reviewer's bomb.py): SOC, SIZ declaring `width` x 1 samples of 8 bits in
 // `components` components and tiles of `tile_width` x 1, COD, QCD, one empty tile-part, EOC.
 std::string HandWrittenCodestream(uint32_t width, uint32_t tile_width, int components) {
