@@ -324,17 +324,23 @@ absl::Status ReplaceJpeg2000WithNative(DcmDataset* ds, const DcmXfer& xfer, cons
   };
   ASSIGN_OR_RETURN(const Jpeg2000Image decoded, DecodeJpeg2000(codestream, path, check));
   // Each sample's low `precision` bits, as stored: Pixel Representation and Bits Stored then say how to read them.
+  // A signed codestream in a file with Pixel Representation 0 is shifted to offset binary first (v + 2^(p-1), so
+  // that the most negative value becomes 0), as pydicom 2.3 does; masking alone would wrap negatives to the top.
   const int precision = decoded.header.precision;
   const uint32_t mask = (uint32_t{1} << precision) - 1;  // precision is 1..16 (DecodeJpeg2000).
+  Uint16 pixel_representation = 0;
+  ds->findAndGetUint16(DCM_PixelRepresentation, pixel_representation);
+  const int32_t offset = decoded.header.is_signed && pixel_representation == 0 ? int32_t{1} << (precision - 1) : 0;
+  const auto stored = [&](int32_t v) { return static_cast<uint32_t>(v + offset) & mask; };
   const size_t n = decoded.samples.size();
   OFCondition cond;
   if (bits_allocated == 16) {
     std::vector<Uint16> native(n);
-    for (size_t i = 0; i < n; ++i) native[i] = static_cast<Uint16>(static_cast<uint32_t>(decoded.samples[i]) & mask);
+    for (size_t i = 0; i < n; ++i) native[i] = static_cast<Uint16>(stored(decoded.samples[i]));
     cond = ds->putAndInsertUint16Array(DCM_PixelData, native.data(), static_cast<unsigned long>(n));
   } else {
     std::vector<Uint8> native(n);
-    for (size_t i = 0; i < n; ++i) native[i] = static_cast<Uint8>(static_cast<uint32_t>(decoded.samples[i]) & mask);
+    for (size_t i = 0; i < n; ++i) native[i] = static_cast<Uint8>(stored(decoded.samples[i]));
     cond = ds->putAndInsertUint8Array(DCM_PixelData, native.data(), static_cast<unsigned long>(n));
   }
   if (cond.good()) cond = ds->putAndInsertUint16(DCM_BitsStored, static_cast<Uint16>(precision));

@@ -63,13 +63,16 @@
 //     little-endian pixel data (Bits Allocated as the header says, Bits Stored
 //     and High Bit set to the codestream's precision), so that the Modality
 //     LUT, VOI and MONOCHROME1 rules below apply exactly as for other
-//     syntaxes. Sign rule: each sample's low `precision` bits are kept as
-//     stored and read as Pixel Representation says. PS3.5 8.2.4 wants the
-//     codestream's sign (Ssiz) to agree with Pixel Representation; where it
-//     does not, Pixel Representation wins: a codestream marked unsigned in a
-//     file with Pixel Representation 1 holds two's-complement values written
-//     by an encoder that ignored the sign (pydicom's J2K_pixelrep_mismatch.dcm;
-//     pydicom 2.3 with APPLY_J2K_CORRECTIONS, its default, decodes it so).
+//     syntaxes. Sign rule: PS3.5 8.2.4 wants the codestream's sign (Ssiz) to
+//     agree with Pixel Representation; where they agree, each sample's low
+//     `precision` bits are kept as stored. Where they do not, as pydicom 2.3
+//     (with APPLY_J2K_CORRECTIONS, its default, and Pillow) decodes them:
+//     a codestream marked unsigned in a file with Pixel Representation 1 is
+//     taken to hold two's-complement values written by an encoder that ignored
+//     the sign (pydicom's J2K_pixelrep_mismatch.dcm): its low bits are read as
+//     signed; a signed codestream in a file with Pixel Representation 0 is
+//     shifted to offset binary, v + 2^(precision-1) (the most negative value
+//     becomes 0, zero becomes mid-range), and read as unsigned.
 //     OpenJPEG's messages go into the Status, never to stderr.
 //   - A deflated dataset is inflated by the decoder, not by DCMTK (which
 //     would load every element in full, however large: a file of a few MB

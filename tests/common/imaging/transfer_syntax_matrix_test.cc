@@ -295,6 +295,24 @@ TEST_F(TransferSyntaxMatrixTest, Jpeg2000TiledDecodesBitExactAndMissingTilesAreR
   EXPECT_THAT(decoded.status().message(), HasSubstr("1 of 12 tiles missing (the first: tile 5)"));
 }
 
+// A signed codestream in a file with Pixel Representation 0 decodes as pydicom 2.3 decodes it: offset binary,
+// v + 2^(precision-1) (not the two's-complement bits read as unsigned, which wraps negatives to the top).
+TEST_F(TransferSyntaxMatrixTest, Jpeg2000SignedCodestreamWithUnsignedPixelRepresentationIsOffsetBinary) {
+  const fixtures::Samples signed_source = fixtures::SyntheticImage(kWidth, kHeight, 12, 16, true);
+  fixtures::Samples offset = signed_source;
+  offset.is_signed = false;
+  for (int32_t& v : offset.values) v += 2048;
+  const std::string plain = dir_.Join("offset_plain.dcm");
+  fixtures::WriteDicom(plain, offset, EXS_LittleEndianExplicit);
+  absl::StatusOr<Image> expected = DecodeImage(plain);
+  ASSERT_TRUE(expected.ok()) << expected.status();
+  const std::string path = dir_.Join("signed_cs_pr0.dcm");
+  fixtures::WriteJpeg2000Dicom(path, offset, true, 1, 10.0, fixtures::EncodeJpeg2000(signed_source, true));
+  absl::StatusOr<Image> image = DecodeImage(path);
+  ASSERT_TRUE(image.ok()) << image.status();
+  EXPECT_TRUE(image->pixels == expected->pixels) << "max error " << Compare(*image, *expected).max;
+}
+
 // A codestream written by hand (after the reviewer's bomb.py): SOC, SIZ declaring `width` x 1 samples of 8 bits in
 // `components` components and tiles of `tile_width` x 1, COD, QCD, one empty tile-part, EOC.
 std::string HandWrittenCodestream(uint32_t width, uint32_t tile_width, int components) {
