@@ -243,6 +243,9 @@ absl::StatusOr<Jpeg2000Image> DecodeJpeg2000(absl::string_view bytes, absl::stri
   opj_dparameters_t params;
   opj_set_default_decoder_parameters(&params);
   if (!opj_setup_decoder(codec.get(), &params)) return fail("cannot set up the decoder");
+  // Without this, OPJ_NUM_THREADS in the environment makes OpenJPEG start worker threads (the loader already decodes
+  // files in parallel, one per thread).
+  if (!opj_codec_set_threads(codec.get(), 0)) return fail("cannot set the decoder to the calling thread");
 
   MemoryStream source{reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), 0};
   std::unique_ptr<opj_stream_t, StreamDeleter> stream(opj_stream_create(OPJ_J2K_STREAM_CHUNK_SIZE, OPJ_TRUE));

@@ -65,7 +65,9 @@ bool LooksLikeJpeg2000(absl::string_view bytes);
 // data, or OpenJPEG out of memory, which it does not tell apart; the message
 // includes OpenJPEG's own), ResourceExhausted (no codec or stream could be
 // made). Thread-safe (every call has its own codec); decodes on the calling
-// thread only.
+// thread only, whatever OPJ_NUM_THREADS in the environment says (with it,
+// OpenJPEG starts a worker pool when the codec is made, which is stopped
+// again before anything is read).
 absl::StatusOr<Jpeg2000Image> DecodeJpeg2000(absl::string_view bytes, absl::string_view name,
                                              absl::FunctionRef<absl::Status(const Jpeg2000Header&)> check_header);
 
