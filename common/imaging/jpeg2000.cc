@@ -45,6 +45,8 @@ OPJ_OFF_T SkipFn(OPJ_OFF_T n, void* user) {
     s->pos -= back;
     return -static_cast<OPJ_OFF_T>(back);
   }
+  // At the end, -1 (OpenJPEG's "cannot skip"): its skip loop would spin on a 0.
+  if (n > 0 && s->pos >= s->size) return -1;
   const size_t k = std::min<size_t>(static_cast<size_t>(n), s->size - std::min(s->pos, s->size));
   s->pos += k;
   return static_cast<OPJ_OFF_T>(k);
