@@ -355,10 +355,11 @@ absl::Status ReplaceJpeg2000WithNative(DcmDataset* ds, const DcmXfer& xfer, cons
 
 // DCMTK swaps OW values of an Explicit VR Big Endian file as 16-bit words, and OB values not at all, whatever Bits
 // Allocated says; DicomImage then reads the element as little-endian 16-bit words (OW) or bytes (OB), low part
-// first. Samples wider than the element's unit thus come out with their parts swapped (a 32-bit OW sample as
-// low word <-> high word). Pixel data of such a file is made little-endian here, in memory, before DicomImage reads
-// it. (8-bit samples, and 16-bit samples in OW, DCMTK gets right.) Assumes a little-endian host, as DicomImage's
-// reading of OW does.
+// first. So a 32-bit OW sample comes out with its two halves exchanged, and a 16-bit OB sample with its two bytes
+// exchanged; they are put back here, in memory, before DicomImage reads them. Nothing else needs this: 8-bit samples
+// in OW are 16-bit words in the file too (PS3.5 serialises OW by words, the two samples of a word swapped in a
+// big-endian file), which DCMTK's swap undoes; 16-bit samples in OW and 8-bit samples in OB DCMTK gets right; and
+// DicomImage refuses 32-bit OB pixel data. Assumes a little-endian host, as DicomImage's reading of OW does.
 absl::Status FixBigEndianPixelData(DcmDataset* ds, const std::string& path) {
   Uint16 bits_allocated = 0;
   DcmElement* element = nullptr;
@@ -367,32 +368,20 @@ absl::Status FixBigEndianPixelData(DcmDataset* ds, const std::string& path) {
     return absl::OkStatus();  // DicomImage reports what is missing.
   }
   const DcmEVR vr = element->getVR();
-  const size_t unit = vr == EVR_OB ? 1 : 2;  // Bytes DCMTK has put into local order together.
-  if (bits_allocated != 16 && bits_allocated != 32) return absl::OkStatus();
-  const size_t sample = bits_allocated / 8;
-  if (sample <= unit) return absl::OkStatus();
-  Uint8* bytes = nullptr;
-  OFCondition cond;
-  if (unit == 2) {
+  if (bits_allocated == 32 && vr == EVR_OW) {
     Uint16* words = nullptr;  // DCMTK hands OW out as words only; this swaps them into local order.
-    cond = element->getUint16Array(words);
-    bytes = reinterpret_cast<Uint8*>(words);
-  } else {
-    cond = element->getUint8Array(bytes);
-  }
-  if (cond.bad() || bytes == nullptr) return DicomError(path, "cannot read the big-endian Pixel Data");
-  // In units of `unit` bytes, already in local (little-endian) order: reverse their order within each sample.
-  const size_t n = element->getLength() / sample;
-  for (size_t i = 0; i < n; ++i) {
-    Uint8* s = bytes + i * sample;
-    if (unit == 2) {
-      for (size_t a = 0, b = sample - 2; a < b; a += 2, b -= 2) {
-        std::swap(s[a], s[b]);
-        std::swap(s[a + 1], s[b + 1]);
-      }
-    } else {
-      std::reverse(s, s + sample);
+    if (element->getUint16Array(words).bad() || words == nullptr) {
+      return DicomError(path, "cannot read the big-endian Pixel Data");
     }
+    const size_t n = element->getLength() / 4;
+    for (size_t i = 0; i < n; ++i) std::swap(words[2 * i], words[2 * i + 1]);
+  } else if (bits_allocated == 16 && vr == EVR_OB) {
+    Uint8* bytes = nullptr;
+    if (element->getUint8Array(bytes).bad() || bytes == nullptr) {
+      return DicomError(path, "cannot read the big-endian Pixel Data");
+    }
+    const size_t n = element->getLength() / 2;
+    for (size_t i = 0; i < n; ++i) std::swap(bytes[2 * i], bytes[2 * i + 1]);
   }
   return absl::OkStatus();
 }

@@ -45,11 +45,15 @@
 //     DCMTK 3.6.7 cannot parse such files, and no HTJ2K encoder is at hand
 //     to test it.)
 //   - Explicit VR Big Endian: DCMTK byte-swaps OW values as 16-bit words (OB:
-//     not at all) whatever Bits Allocated says, so each 32-bit sample would
-//     come out with its two halves exchanged. The decoder puts every sample
-//     wider than the element's unit back into little-endian order before
-//     rendering: a big-endian file decodes as its little-endian twin (as
-//     pydicom reads it) for 8, 16 and 32 bits allocated.
+//     not at all) whatever Bits Allocated says, so each 32-bit OW sample
+//     would come out with its two halves exchanged, each 16-bit OB sample
+//     with its bytes exchanged; the decoder puts them back before rendering.
+//     A big-endian file thus decodes as its little-endian twin (as pydicom
+//     reads it) for 16 and 32 bits allocated in OW and 8 and 16 bits in OB.
+//     8 bits allocated in OW are read as 16-bit words,
+//     as PS3.5 serialises OW: the two samples of each word are swapped in the
+//     file (byte 1 is the first sample) and DCMTK's swap puts them back in
+//     order. 32 bits in OB are refused (DCMTK cannot render them).
 //   - JPEG 2000 (DCMTK 3.6.7 has no JPEG 2000 codec): OpenJPEG, the reference
 //     implementation that GDCM and Pillow use too, already a dependency of
 //     OpenCV, with a stable C API that decodes from memory. The single frame's

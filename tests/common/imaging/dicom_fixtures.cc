@@ -35,9 +35,9 @@ void RegisterEncodersOnce() {
   });
 }
 
-int32_t MinValue(const Samples& s) { return s.is_signed ? -(1 << (s.bits_stored - 1)) : 0; }
+int32_t MinValue(const Samples& s) { return s.is_signed ? static_cast<int32_t>(-(int64_t{1} << (s.bits_stored - 1))) : 0; }
 int32_t MaxValue(const Samples& s) {
-  return s.is_signed ? (1 << (s.bits_stored - 1)) - 1 : static_cast<int32_t>((int64_t{1} << s.bits_stored) - 1);
+  return static_cast<int32_t>(s.is_signed ? (int64_t{1} << (s.bits_stored - 1)) - 1 : (int64_t{1} << s.bits_stored) - 1);
 }
 
 // The dataset of a MONOCHROME2 image without Pixel Data.
@@ -62,11 +62,27 @@ void PutImageAttributes(DcmDataset* ds, const Samples& s) {
   CHECK(c.good()) << c.text();
 }
 
-// Native little-endian pixel data: each value's low bits_stored bits (two's complement when signed).
-void PutNativePixels(DcmDataset* ds, const Samples& s) {
+// Native pixel data: each value's low bits_stored bits (two's complement when signed). `big_endian`: the file will be
+// written in Explicit VR Big Endian (which DCMTK writes by swapping each 16-bit word of OW data).
+void PutNativePixels(DcmDataset* ds, const Samples& s, bool big_endian) {
   const uint32_t mask = static_cast<uint32_t>((int64_t{1} << s.bits_stored) - 1);
   OFCondition c;
-  if (s.bits_allocated == 8) {
+  if (s.bits_allocated == 32) {
+    // Two words a sample; DCMTK swaps the bytes of each word for big-endian, so the words go high word first there.
+    std::vector<Uint16> px(2 * s.values.size());
+    for (size_t i = 0; i < s.values.size(); ++i) {
+      const uint32_t v = static_cast<uint32_t>(s.values[i]) & mask;
+      px[2 * i + (big_endian ? 1 : 0)] = static_cast<Uint16>(v & 0xFFFF);
+      px[2 * i + (big_endian ? 0 : 1)] = static_cast<Uint16>(v >> 16);
+    }
+    c = ds->putAndInsertUint16Array(DCM_PixelData, px.data(), static_cast<unsigned long>(px.size()));
+  } else if (s.bits_allocated == 8 && s.eight_bit_ow) {
+    std::vector<Uint16> px((s.values.size() + 1) / 2);
+    for (size_t i = 0; i < s.values.size(); ++i) {
+      px[i / 2] |= static_cast<Uint16>((static_cast<uint32_t>(s.values[i]) & mask) << (i % 2 == 0 ? 0 : 8));
+    }
+    c = ds->putAndInsertUint16Array(DCM_PixelData, px.data(), static_cast<unsigned long>(px.size()));
+  } else if (s.bits_allocated == 8) {
     std::vector<Uint8> px(s.values.size());
     for (size_t i = 0; i < px.size(); ++i) px[i] = static_cast<Uint8>(static_cast<uint32_t>(s.values[i]) & mask);
     c = ds->putAndInsertUint8Array(DCM_PixelData, px.data(), static_cast<unsigned long>(px.size()));
@@ -114,7 +130,7 @@ Samples SyntheticImage(int width, int height, int bits_stored, int bits_allocate
   s.bits_stored = bits_stored;
   s.bits_allocated = bits_allocated;
   s.is_signed = is_signed;
-  const double lo = MinValue(s), hi = MaxValue(s), span = hi - lo;
+  const double lo = MinValue(s), hi = MaxValue(s), span = hi - lo;  // bits_stored <= 31: no overflow.
   s.values.resize(static_cast<size_t>(width) * height);
   for (int y = 0; y < height; ++y) {
     for (int x = 0; x < width; ++x) {
@@ -159,7 +175,7 @@ void WriteDicom(const std::string& path, const Samples& samples, E_TransferSynta
   DcmFileFormat file;
   DcmDataset* ds = file.getDataset();
   PutImageAttributes(ds, samples);
-  PutNativePixels(ds, samples);
+  PutNativePixels(ds, samples, xfer == EXS_BigEndianExplicit);
   const DcmXfer x(xfer);
   if (x.isEncapsulated()) {
     std::unique_ptr<DcmRepresentationParameter> param;

@@ -18,8 +18,11 @@ namespace fedtune::imaging::fixtures {
 struct Samples {
   int width = 0;
   int height = 0;
-  int bits_stored = 16;         // 1..16.
-  int bits_allocated = 16;      // 8 or 16.
+  int bits_stored = 16;         // 1..16; up to 31 for 32 bits allocated.
+  int bits_allocated = 16;      // 8 or 16; 32 for uncompressed syntaxes only.
+  // 8 bits allocated: Pixel Data written as OW (16-bit words, two samples each, the first in the low byte) rather
+  // than OB. In Explicit VR Big Endian each word is then written high byte first: the samples of a pair swapped.
+  bool eight_bit_ow = false;
   bool is_signed = false;       // Pixel Representation 1.
   std::vector<int32_t> values;  // width x height, row-major, within the range bits_stored and is_signed allow.
   // Written with a window (Window Center/Width) spanning the type's range: the decode then does not depend on the
@@ -37,7 +40,9 @@ Samples RadiographLikeImage(int width, int height);
 
 // Writes `samples` as a MONOCHROME2 DICOM file (a window only as Samples::full_range_window says) in the uncompressed
 // or deflated transfer syntax `xfer`, or encodes it with DCMTK's registered encoders for RLE, JPEG and JPEG-LS
-// (`jpeg_quality` for lossy JPEG, `near_lossless` deviation for JPEG-LS near-lossless).
+// (`jpeg_quality` for lossy JPEG, `near_lossless` deviation for JPEG-LS near-lossless). 32-bit samples are written
+// as OW in the byte order of the transfer syntax (in Explicit VR Big Endian, most significant byte first, as PS3.5
+// wants; DCMTK alone would swap each 16-bit half).
 void WriteDicom(const std::string& path, const Samples& samples, E_TransferSyntax xfer);
 
 // A JPEG 2000 codestream (J2K, not JP2) of `samples` by OpenJPEG: reversible 5/3 wavelet when `lossless`, else the

@@ -140,6 +140,45 @@ TEST_F(TransferSyntaxMatrixTest, EverySupportedSyntaxDecodesLikeTheUncompressedF
   }
 }
 
+// Explicit VR Big Endian with samples wider than the unit DCMTK swaps (16-bit words for OW): 32 bits allocated
+// (24 stored), written most significant byte first, decodes as its little-endian twin, which DCMTK alone would get
+// wrong (halves exchanged). And 8 bits allocated in OW, which PS3.5 serialises as 16-bit words (the two samples of
+// each word swapped in the file) and DCMTK swaps back: also its little-endian twin.
+TEST_F(TransferSyntaxMatrixTest, BigEndianSamplesWiderThanTheSwapUnitDecodeAsTheLittleEndianTwin) {
+  std::vector<fixtures::Samples> cases = {fixtures::SyntheticImage(kWidth, kHeight, 24, 32, false),
+                                          fixtures::SyntheticImage(kWidth, kHeight, 24, 32, true),
+                                          fixtures::SyntheticImage(kWidth, kHeight, 8, 8, false)};
+  cases[2].eight_bit_ow = true;
+  for (const fixtures::Samples& samples : cases) {
+    const std::string name = absl::StrCat(samples.is_signed ? "s" : "u", samples.bits_stored, "_", samples.bits_allocated);
+    SCOPED_TRACE(name);
+    const std::string le = dir_.Join(name + "_le.dcm"), be = dir_.Join(name + "_be.dcm");
+    fixtures::WriteDicom(le, samples, EXS_LittleEndianExplicit);
+    fixtures::WriteDicom(be, samples, EXS_BigEndianExplicit);
+    absl::StatusOr<Image> little = DecodeImage(le);
+    ASSERT_TRUE(little.ok()) << little.status();
+    const auto [lo, hi] = std::minmax_element(little->pixels.begin(), little->pixels.end());
+    EXPECT_GT(*hi - *lo, 0.9f);
+    absl::StatusOr<Image> big = DecodeImage(be);
+    ASSERT_TRUE(big.ok()) << big.status();
+    EXPECT_TRUE(big->pixels == little->pixels) << "max error " << Compare(*big, *little).max;
+    EXPECT_EQ(big->bits, samples.bits_stored);
+    // The file really holds what the comment says: the last pixel data bytes, in the file's order.
+    std::ifstream in(be, std::ios::binary);
+    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const auto* end = reinterpret_cast<const unsigned char*>(bytes.data() + bytes.size());
+    const uint32_t last = static_cast<uint32_t>(samples.values.back()), before = static_cast<uint32_t>(
+                                                                           samples.values[samples.values.size() - 2]);
+    if (samples.bits_allocated == 32) {
+      const uint32_t v = (uint32_t{end[-4]} << 24) | (uint32_t{end[-3]} << 16) | (uint32_t{end[-2]} << 8) | end[-1];
+      EXPECT_EQ(v, last & 0xFFFFFF);
+    } else {
+      EXPECT_EQ(end[-2], last & 0xFF);  // The second sample of the last word, first.
+      EXPECT_EQ(end[-1], before & 0xFF);
+    }
+  }
+}
+
 TEST_F(TransferSyntaxMatrixTest, Jpeg2000LosslessDecodesBitExact) {
   for (const Depth& depth : AllDepths()) {
     for (int fragments : {1, 3}) {
