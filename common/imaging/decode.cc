@@ -267,8 +267,8 @@ bool IsJpeg2000(const DcmXfer& xfer) {
 }
 
 // The single frame's JPEG 2000 codestream: every fragment after the offset table (item 0), concatenated (a frame may
-// span several fragments). Padding after the codestream's end (an even-length item) is left for OpenJPEG, which
-// stops at EOC.
+// span several fragments). An offset table of more than one entry is refused (more than one frame); so is anything
+// but padding after the codestream's end (DecodeJpeg2000), which a second frame's fragments would be.
 absl::StatusOr<std::string> GatherSingleFrame(DcmDataset* ds, const DcmXfer& xfer, absl::string_view path) {
   DcmElement* element = nullptr;
   if (ds->findAndGetElement(DCM_PixelData, element).bad() || element == nullptr) {
@@ -282,6 +282,13 @@ absl::StatusOr<std::string> GatherSingleFrame(DcmDataset* ds, const DcmXfer& xfe
                                          "' names compressed data, but Pixel Data is not encapsulated (a sequence "
                                          "of fragments)",
                                          cond.bad() ? absl::StrCat(": ", cond.text()) : ""));
+  }
+  // A Basic Offset Table lists one offset per frame: more than one means more frames than Number of Frames says.
+  DcmPixelItem* offset_table = nullptr;
+  if (sequence->getItem(offset_table, 0).good() && offset_table != nullptr && offset_table->getLength() > 4) {
+    return DicomError(path, absl::StrCat("the Basic Offset Table lists ", offset_table->getLength() / 4,
+                                         " frames, but Number of Frames is absent or 1 (multi-frame images are not "
+                                         "supported)"));
   }
   std::string codestream;
   const unsigned long items = sequence->card();

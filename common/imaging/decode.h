@@ -59,6 +59,9 @@
 //     OpenCV, with a stable C API that decodes from memory. The single frame's
 //     fragments (after the offset table; a frame may span several) are
 //     concatenated; a raw codestream (FF 4F FF 51) or a JP2 file is accepted.
+//     A file without Number of Frames (or with 1) that holds more frames is
+//     refused: a Basic Offset Table of more than one entry, or bytes other
+//     than padding (zeros) after the codestream's end (EOC).
 //     Its main header is read first and the file refused (InvalidArgument
 //     naming it) when the codestream's size differs from Rows x Columns, has
 //     more than one component, a precision outside 1..16 or above Bits

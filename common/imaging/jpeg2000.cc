@@ -177,16 +177,29 @@ absl::Status CheckEveryTileIsPresent(absl::string_view codestream, absl::string_
     pos += 2 + Be16(p + pos + 2);
   }
   std::vector<bool> present(static_cast<size_t>(tiles), false);
+  bool to_eoc = false;
   while (pos + 12 <= size && Be16(p + pos) == 0xFF90) {
     const uint32_t isot = Be16(p + pos + 4), psot = Be32(p + pos + 6);
     if (isot >= tiles) return refuse(absl::StrCat("tile-part of tile ", isot, ", but there are ", tiles, " tiles"));
     present[isot] = true;
-    if (psot == 0) break;  // The last tile-part, up to EOC.
+    if (psot == 0) {  // The last tile-part, up to EOC.
+      to_eoc = true;
+      break;
+    }
     if (psot < 14 || psot > size - pos) {
       return refuse(absl::StrCat("tile-part at byte ", pos, " declares ", psot, " bytes, but ", size - pos,
                                  " are left (truncated codestream)"));
     }
     pos += psot;
+  }
+  // After EOC, only padding (zero bytes; DICOM pads an odd-length codestream with one): anything else is most likely
+  // a further frame's codestream in a multi-frame file that lacks Number of Frames.
+  if (!to_eoc && pos + 2 <= size && Be16(p + pos) == 0xFFD9) {
+    const absl::string_view after = codestream.substr(pos + 2);
+    if (after.find_first_not_of('\0') != absl::string_view::npos) {
+      return refuse(absl::StrCat(after.size(), " bytes after the end of the codestream (EOC), not padding (a further "
+                                 "frame? multi-frame images are not supported)"));
+    }
   }
   const auto first = std::find(present.begin(), present.end(), false);
   if (first == present.end()) return absl::OkStatus();

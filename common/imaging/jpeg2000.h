@@ -60,7 +60,8 @@ bool LooksLikeJpeg2000(absl::string_view bytes);
 // OpenJPEG read anything, so that a tiny codestream declaring thousands of
 // components or tiles allocates nothing. Every tile must be present in the
 // codestream (at least one tile-part each): OpenJPEG itself decodes a missing
-// tile as zeros.
+// tile as zeros. After the codestream's end (EOC) only zero bytes (padding)
+// may follow.
 // Errors: InvalidArgument (not JPEG 2000, header refused, truncated or corrupt
 // data, or OpenJPEG out of memory, which it does not tell apart; the message
 // includes OpenJPEG's own), ResourceExhausted (no codec or stream could be

@@ -254,7 +254,7 @@ std::string EncodeJpeg2000(const Samples& samples, bool lossless, double ratio, 
 }
 
 void WriteJpeg2000Dicom(const std::string& path, const Samples& samples, bool lossless, int fragments, double ratio,
-                        const std::string& codestream) {
+                        const std::string& codestream, const std::vector<uint32_t>& offset_table) {
   std::string bytes = codestream.empty() ? EncodeJpeg2000(samples, lossless, ratio) : codestream;
   if (bytes.size() % 2 != 0) bytes.push_back('\0');  // Items have even lengths: pad after EOC.
   const E_TransferSyntax xfer = lossless ? EXS_JPEG2000LosslessOnly : EXS_JPEG2000;
@@ -262,7 +262,13 @@ void WriteJpeg2000Dicom(const std::string& path, const Samples& samples, bool lo
   DcmDataset* ds = file.getDataset();
   PutImageAttributes(ds, samples);
   auto* sequence = new DcmPixelSequence(DCM_PixelSequenceTag);
-  sequence->insert(new DcmPixelItem(DCM_PixelItemTag));  // Empty basic offset table.
+  auto* table = new DcmPixelItem(DCM_PixelItemTag);  // The basic offset table: little-endian 32-bit offsets.
+  std::vector<Uint8> entries;
+  for (uint32_t v : offset_table) {
+    for (int k = 0; k < 4; ++k) entries.push_back(static_cast<Uint8>(v >> (8 * k)));
+  }
+  if (!entries.empty()) CHECK(table->putUint8Array(entries.data(), static_cast<Uint32>(entries.size())).good());
+  sequence->insert(table);
   // Fragments of even length; the last takes the rest.
   const size_t per = std::max<size_t>(2, (bytes.size() / fragments) & ~size_t{1});
   size_t at = 0;

@@ -51,10 +51,11 @@ void WriteDicom(const std::string& path, const Samples& samples, E_TransferSynta
 std::string EncodeJpeg2000(const Samples& samples, bool lossless, double ratio = 10.0, int tile_size = 0);
 
 // Writes `samples` as JPEG 2000 DICOM (1.2.840.10008.1.2.4.90 when lossless, .91 otherwise) with the codestream split
-// into `fragments` items after an empty offset table. `codestream` overrides the encoded one when not empty (for
-// corrupt-data tests).
+// into `fragments` items after the offset table (`offset_table`'s entries; empty by default). `codestream` overrides
+// the encoded one when not empty (for corrupt-data tests).
 void WriteJpeg2000Dicom(const std::string& path, const Samples& samples, bool lossless, int fragments = 1,
-                        double ratio = 10.0, const std::string& codestream = "");
+                        double ratio = 10.0, const std::string& codestream = "",
+                        const std::vector<uint32_t>& offset_table = {});
 
 }  // namespace fedtune::imaging::fixtures
 

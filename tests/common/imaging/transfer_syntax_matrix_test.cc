@@ -380,6 +380,36 @@ TEST_F(TransferSyntaxMatrixTest, Jpeg2000DecodesOnTheCallingThreadWhateverOpjNum
   EXPECT_GT(thread, 0.5 * process) << "this thread " << thread << " s of the process's " << process << " s";
 }
 
+// A multi-frame file without Number of Frames: two codestreams, one a fragment, after an offset table listing both,
+// or after an empty one. Frame 1 must not be decoded silently.
+TEST_F(TransferSyntaxMatrixTest, Jpeg2000WithMoreFramesThanNumberOfFramesSaysIsRefused) {
+  const fixtures::Samples source = Source({12, 16, false});
+  std::string one = fixtures::EncodeJpeg2000(source, true);
+  if (one.size() % 2 != 0) one.push_back('\0');
+  const std::string two = one + one;
+  const std::string with_table = dir_.Join("two_frames_bot.dcm");
+  fixtures::WriteJpeg2000Dicom(with_table, source, true, 2, 10.0, two, {0, static_cast<uint32_t>(one.size() + 8)});
+  absl::StatusOr<Image> image = DecodeImage(with_table);
+  ASSERT_FALSE(image.ok());
+  EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(image.status().message(), HasSubstr("two_frames_bot.dcm"));
+  EXPECT_THAT(image.status().message(), HasSubstr("Basic Offset Table lists 2 frames"));
+
+  const std::string without_table = dir_.Join("two_frames.dcm");
+  fixtures::WriteJpeg2000Dicom(without_table, source, true, 2, 10.0, two);
+  image = DecodeImage(without_table);
+  ASSERT_FALSE(image.ok());
+  EXPECT_THAT(image.status().message(), HasSubstr("two_frames.dcm"));
+  EXPECT_THAT(image.status().message(), HasSubstr("after the end of the codestream (EOC)"));
+
+  // One frame with an offset table of one entry, and zero padding after EOC, still decodes.
+  const std::string padded = dir_.Join("padded.dcm");
+  fixtures::WriteJpeg2000Dicom(padded, source, true, 1, 10.0, one + std::string(6, '\0'), {0});
+  image = DecodeImage(padded);
+  ASSERT_TRUE(image.ok()) << image.status();
+  EXPECT_TRUE(image->pixels == Reference({12, 16, false}).pixels);
+}
+
 // A codestream written by hand (after the reviewer's bomb.py): SOC, SIZ declaring `width` x 1 samples of 8 bits in
 // `components` components and tiles of `tile_width` x 1, COD, QCD, one empty tile-part, EOC.
 std::string HandWrittenCodestream(uint32_t width, uint32_t tile_width, int components) {
