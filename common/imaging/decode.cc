@@ -419,9 +419,6 @@ absl::StatusOr<Image> DecodeDicomDataset(DcmFileFormat& file, const std::string&
   }
   // After the colour and frame checks, which say better what is wrong.
   RETURN_IF_ERROR(CheckDicomPixelDataLength(ds, path, size));
-  Uint16 bits_stored = 0;
-  ds->findAndGetUint16(DCM_BitsStored, bits_stored);
-
   DcmXfer original(ds->getOriginalXfer());
   E_TransferSyntax render_xfer = ds->getCurrentXfer();
   if (IsJpeg2000(original)) {
@@ -438,6 +435,10 @@ absl::StatusOr<Image> DecodeDicomDataset(DcmFileFormat& file, const std::string&
   } else if (original.getXfer() == EXS_BigEndianExplicit) {
     RETURN_IF_ERROR(FixBigEndianPixelData(ds, path));
   }
+
+  // After the JPEG 2000 replacement, which sets Bits Stored to the codestream's precision.
+  Uint16 bits_stored = 0;
+  ds->findAndGetUint16(DCM_BitsStored, bits_stored);
 
   // Overlays are annotations, not anatomy: never read embedded ones, never
   // burn any into the pixels.

@@ -173,6 +173,15 @@ TEST_F(DicomReferenceTest, Jpeg2000LosslessEqualsItsUncompressedTwin) {
   EXPECT_THAT(j2k->description, HasSubstr("JPEG 2000"));
 }
 
+// 693_J2KI.dcm says Bits Stored 14, its codestream 16 bits: the samples are read at the codestream's precision, and
+// Image::bits and the description say so.
+TEST(DecodeDicomTest, Jpeg2000BitsAreTheCodestreamPrecision) {
+  absl::StatusOr<Image> image = DecodeImage(kPydicomFiles + "693_J2KI.dcm");
+  ASSERT_TRUE(image.ok()) << image.status();
+  EXPECT_EQ(image->bits, 16);
+  EXPECT_THAT(image->description, HasSubstr("16 bits stored"));
+}
+
 TEST(DecodeDicomTest, Jpeg2000WithADelimiterTagInsideItsCodestreamIsRefusedClearly) {
   // JPEG2000-embedded-sequence-delimiter.dcm is JPEG2000.dcm with the bytes of a Sequence Delimitation Item tag
   // (FE FF DD E0) written over the codestream's Rsiz and Xsiz: the fragment must be read past them (they are data,
