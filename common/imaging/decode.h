@@ -38,10 +38,11 @@
 //     Explicit VR Big Endian, Deflated Explicit VR Little Endian, RLE, JPEG
 //     (baseline, extended, lossless), JPEG-LS (lossless, near-lossless) and
 //     JPEG 2000 (lossless .90 and lossy .91). Others (JPEG 2000 Part 2
-//     multi-component, JPIP, MPEG, ...) and UIDs DCMTK 3.6.7 does not know
-//     (High-Throughput JPEG 2000 .201-.203 among them; DCMTK would misread
-//     their pixel data as uncompressed) are rejected with InvalidArgument
-//     naming the transfer syntax. (OpenJPEG 2.5 could decode HTJ2K, but
+//     multi-component, JPIP, MPEG, ...) and every transfer syntax UID DCMTK
+//     3.6.7 does not know, vendor-private ones included (High-Throughput
+//     JPEG 2000 .201-.203 among them; DCMTK would guess an uncompressed syntax
+//     and misread their pixel data) are rejected with InvalidArgument naming
+//     the transfer syntax (its UID, for an unknown one). (OpenJPEG 2.5 could decode HTJ2K, but
 //     DCMTK 3.6.7 cannot parse such files, and no HTJ2K encoder is at hand
 //     to test it.)
 //   - Explicit VR Big Endian: DCMTK byte-swaps OW values as 16-bit words (OB:
@@ -65,7 +66,8 @@
 //     Its main header is read first and the file refused (InvalidArgument
 //     naming it) when the codestream's size differs from Rows x Columns, has
 //     more than one component, a precision outside 1..16 or above Bits
-//     Allocated (8 or 16), or more pixels than the limit: all before
+//     Allocated (8 or 16), more pixels than the limit, more than
+//     kMaxJpeg2000Tiles tiles or a missing tile (jpeg2000.h): all before
 //     decoding. The samples then replace the encapsulated data as native
 //     little-endian pixel data (Bits Allocated as the header says, Bits Stored
 //     and High Bit set to the codestream's precision), so that the Modality

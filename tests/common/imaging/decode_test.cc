@@ -284,6 +284,21 @@ TEST(DecodeDicomTest, RejectsAnUnsupportedSyntaxNamingIt) {
   EXPECT_THAT(image.status().message(), HasSubstr("multicomponent.dcm"));
 }
 
+TEST(DecodeDicomTest, RejectsAVendorPrivateSyntaxNamingIt) {
+  // MR_small_jp2klossless.dcm relabelled with a private UID of the same length, unknown to DCMTK.
+  std::string bytes = ReadBytes(kPydicomFiles + "MR_small_jp2klossless.dcm");
+  const size_t at = bytes.find("1.2.840.10008.1.2.4.90");
+  ASSERT_NE(at, std::string::npos);
+  ASSERT_LT(at, 400u);
+  bytes.replace(at, 22, "1.3.6.1.4.1.99999.1.90");
+  testing::TempDir dir;
+  absl::StatusOr<Image> image = DecodeImage(dir.WriteFile("private.dcm", bytes));
+  ASSERT_FALSE(image.ok());
+  EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(image.status().message(), HasSubstr("'1.3.6.1.4.1.99999.1.90' is not supported (unknown to DCMTK"));
+  EXPECT_THAT(image.status().message(), HasSubstr("private.dcm"));
+}
+
 TEST(DecodeDicomTest, RejectsHighThroughputJpeg2000NamingIt) {
   // MR_small_jp2klossless.dcm relabelled HTJ2K Lossless (1.2.840.10008.1.2.4.201): a UID DCMTK 3.6.7 does not know.
   // The meta header's UI element and group length are rewritten for the longer UID.
