@@ -54,7 +54,10 @@
 //     8 bits allocated in OW are read as 16-bit words,
 //     as PS3.5 serialises OW: the two samples of each word are swapped in the
 //     file (byte 1 is the first sample) and DCMTK's swap puts them back in
-//     order. 32 bits in OB are refused (DCMTK cannot render them).
+//     order. pydicom 2.3 disagrees here: it writes and reads 8-bit OW
+//     big-endian bytes in sample order, so a file it wrote decodes with the
+//     samples of each pair swapped. 32 bits in OB are refused (DCMTK cannot
+//     render them).
 //   - JPEG 2000 (DCMTK 3.6.7 has no JPEG 2000 codec): OpenJPEG, the reference
 //     implementation that GDCM and Pillow use too, already a dependency of
 //     OpenCV, with a stable C API that decodes from memory. The single frame's

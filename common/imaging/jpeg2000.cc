@@ -98,9 +98,8 @@ absl::StatusOr<absl::string_view> FindJp2Codestream(absl::string_view bytes, abs
       length = left;
     }
     if (length < header || length > left) {
-      return absl::InvalidArgumentError(absl::StrCat(name, ": JPEG 2000: JP2 box at byte ", pos, " declares ",
-                                                     length, " bytes, but ", left,
-                                                     " are left (truncated or corrupt file)"));
+      return absl::InvalidArgumentError(absl::StrCat(name, ": JPEG 2000: JP2 box at byte ", pos, " declares ", length,
+                                                     " bytes, but ", left, " are left (truncated or corrupt file)"));
     }
     if (std::memcmp(data + pos + 4, "jp2c", 4) == 0) return bytes.substr(pos + header, length - header);
     pos += length;
@@ -197,7 +196,8 @@ absl::Status CheckEveryTileIsPresent(absl::string_view codestream, absl::string_
   if (!to_eoc && pos + 2 <= size && Be16(p + pos) == 0xFFD9) {
     const absl::string_view after = codestream.substr(pos + 2);
     if (after.find_first_not_of('\0') != absl::string_view::npos) {
-      return refuse(absl::StrCat(after.size(), " bytes after the end of the codestream (EOC), not padding (a further "
+      return refuse(absl::StrCat(after.size(),
+                                 " bytes after the end of the codestream (EOC), not padding (a further "
                                  "frame? multi-frame images are not supported)"));
     }
   }

@@ -35,9 +35,12 @@ void RegisterEncodersOnce() {
   });
 }
 
-int32_t MinValue(const Samples& s) { return s.is_signed ? static_cast<int32_t>(-(int64_t{1} << (s.bits_stored - 1))) : 0; }
+int32_t MinValue(const Samples& s) {
+  return s.is_signed ? static_cast<int32_t>(-(int64_t{1} << (s.bits_stored - 1))) : 0;
+}
 int32_t MaxValue(const Samples& s) {
-  return static_cast<int32_t>(s.is_signed ? (int64_t{1} << (s.bits_stored - 1)) - 1 : (int64_t{1} << s.bits_stored) - 1);
+  return static_cast<int32_t>(s.is_signed ? (int64_t{1} << (s.bits_stored - 1)) - 1
+                                          : (int64_t{1} << s.bits_stored) - 1);
 }
 
 // The dataset of a MONOCHROME2 image without Pixel Data.
@@ -227,8 +230,8 @@ std::string EncodeJpeg2000(const Samples& samples, bool lossless, double ratio, 
   params.irreversible = lossless ? 0 : 1;
   // Resolution levels: as many as the smaller side allows (OpenJPEG's default 6 needs 32 pixels).
   int levels = 1;
-  const int side = tile_size > 0 ? std::min({tile_size, samples.width, samples.height})
-                                 : std::min(samples.width, samples.height);
+  const int side =
+      tile_size > 0 ? std::min({tile_size, samples.width, samples.height}) : std::min(samples.width, samples.height);
   while (levels < 6 && (side >> levels) >= 1) ++levels;
   if (tile_size > 0) {
     params.tile_size_on = OPJ_TRUE;

@@ -18,8 +18,8 @@ namespace fedtune::imaging::fixtures {
 struct Samples {
   int width = 0;
   int height = 0;
-  int bits_stored = 16;         // 1..16; up to 31 for 32 bits allocated.
-  int bits_allocated = 16;      // 8 or 16; 32 for uncompressed syntaxes only.
+  int bits_stored = 16;     // 1..16; up to 31 for 32 bits allocated.
+  int bits_allocated = 16;  // 8 or 16; 32 for uncompressed syntaxes only.
   // 8 bits allocated: Pixel Data written as OW (16-bit words, two samples each, the first in the low byte) rather
   // than OB. In Explicit VR Big Endian each word is then written high byte first: the samples of a pair swapped.
   bool eight_bit_ow = false;

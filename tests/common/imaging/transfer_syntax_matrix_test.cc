@@ -150,7 +150,8 @@ TEST_F(TransferSyntaxMatrixTest, BigEndianSamplesWiderThanTheSwapUnitDecodeAsThe
                                           fixtures::SyntheticImage(kWidth, kHeight, 8, 8, false)};
   cases[2].eight_bit_ow = true;
   for (const fixtures::Samples& samples : cases) {
-    const std::string name = absl::StrCat(samples.is_signed ? "s" : "u", samples.bits_stored, "_", samples.bits_allocated);
+    const std::string name =
+        absl::StrCat(samples.is_signed ? "s" : "u", samples.bits_stored, "_", samples.bits_allocated);
     SCOPED_TRACE(name);
     const std::string le = dir_.Join(name + "_le.dcm"), be = dir_.Join(name + "_be.dcm");
     fixtures::WriteDicom(le, samples, EXS_LittleEndianExplicit);
@@ -167,8 +168,8 @@ TEST_F(TransferSyntaxMatrixTest, BigEndianSamplesWiderThanTheSwapUnitDecodeAsThe
     std::ifstream in(be, std::ios::binary);
     const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     const auto* end = reinterpret_cast<const unsigned char*>(bytes.data() + bytes.size());
-    const uint32_t last = static_cast<uint32_t>(samples.values.back()), before = static_cast<uint32_t>(
-                                                                           samples.values[samples.values.size() - 2]);
+    const uint32_t last = static_cast<uint32_t>(samples.values.back()),
+                   before = static_cast<uint32_t>(samples.values[samples.values.size() - 2]);
     if (samples.bits_allocated == 32) {
       const uint32_t v = (uint32_t{end[-4]} << 24) | (uint32_t{end[-3]} << 16) | (uint32_t{end[-2]} << 8) | end[-1];
       EXPECT_EQ(v, last & 0xFFFFFF);
