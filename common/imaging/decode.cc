@@ -267,8 +267,8 @@ bool IsJpeg2000(const DcmXfer& xfer) {
 }
 
 // The single frame's JPEG 2000 codestream: every fragment after the offset table (item 0), concatenated (a frame may
-// span several fragments). Padding after the codestream's end (an even-length item) is left for OpenJPEG, which
-// stops at EOC.
+// span several fragments). An offset table of more than one entry is refused (more than one frame); so is anything
+// but padding after the codestream's end (DecodeJpeg2000), which a second frame's fragments would be.
 absl::StatusOr<std::string> GatherSingleFrame(DcmDataset* ds, const DcmXfer& xfer, absl::string_view path) {
   DcmElement* element = nullptr;
   if (ds->findAndGetElement(DCM_PixelData, element).bad() || element == nullptr) {
@@ -282,6 +282,13 @@ absl::StatusOr<std::string> GatherSingleFrame(DcmDataset* ds, const DcmXfer& xfe
                                          "' names compressed data, but Pixel Data is not encapsulated (a sequence "
                                          "of fragments)",
                                          cond.bad() ? absl::StrCat(": ", cond.text()) : ""));
+  }
+  // A Basic Offset Table lists one offset per frame: more than one means more frames than Number of Frames says.
+  DcmPixelItem* offset_table = nullptr;
+  if (sequence->getItem(offset_table, 0).good() && offset_table != nullptr && offset_table->getLength() > 4) {
+    return DicomError(path, absl::StrCat("the Basic Offset Table lists ", offset_table->getLength() / 4,
+                                         " frames, but Number of Frames is absent or 1 (multi-frame images are not "
+                                         "supported)"));
   }
   std::string codestream;
   const unsigned long items = sequence->card();
@@ -324,17 +331,23 @@ absl::Status ReplaceJpeg2000WithNative(DcmDataset* ds, const DcmXfer& xfer, cons
   };
   ASSIGN_OR_RETURN(const Jpeg2000Image decoded, DecodeJpeg2000(codestream, path, check));
   // Each sample's low `precision` bits, as stored: Pixel Representation and Bits Stored then say how to read them.
+  // A signed codestream in a file with Pixel Representation 0 is shifted to offset binary first (v + 2^(p-1), so
+  // that the most negative value becomes 0), as pydicom 2.3 does; masking alone would wrap negatives to the top.
   const int precision = decoded.header.precision;
   const uint32_t mask = (uint32_t{1} << precision) - 1;  // precision is 1..16 (DecodeJpeg2000).
+  Uint16 pixel_representation = 0;
+  ds->findAndGetUint16(DCM_PixelRepresentation, pixel_representation);
+  const int32_t offset = decoded.header.is_signed && pixel_representation == 0 ? int32_t{1} << (precision - 1) : 0;
+  const auto stored = [&](int32_t v) { return static_cast<uint32_t>(v + offset) & mask; };
   const size_t n = decoded.samples.size();
   OFCondition cond;
   if (bits_allocated == 16) {
     std::vector<Uint16> native(n);
-    for (size_t i = 0; i < n; ++i) native[i] = static_cast<Uint16>(static_cast<uint32_t>(decoded.samples[i]) & mask);
+    for (size_t i = 0; i < n; ++i) native[i] = static_cast<Uint16>(stored(decoded.samples[i]));
     cond = ds->putAndInsertUint16Array(DCM_PixelData, native.data(), static_cast<unsigned long>(n));
   } else {
     std::vector<Uint8> native(n);
-    for (size_t i = 0; i < n; ++i) native[i] = static_cast<Uint8>(static_cast<uint32_t>(decoded.samples[i]) & mask);
+    for (size_t i = 0; i < n; ++i) native[i] = static_cast<Uint8>(stored(decoded.samples[i]));
     cond = ds->putAndInsertUint8Array(DCM_PixelData, native.data(), static_cast<unsigned long>(n));
   }
   if (cond.good()) cond = ds->putAndInsertUint16(DCM_BitsStored, static_cast<Uint16>(precision));
@@ -349,10 +362,11 @@ absl::Status ReplaceJpeg2000WithNative(DcmDataset* ds, const DcmXfer& xfer, cons
 
 // DCMTK swaps OW values of an Explicit VR Big Endian file as 16-bit words, and OB values not at all, whatever Bits
 // Allocated says; DicomImage then reads the element as little-endian 16-bit words (OW) or bytes (OB), low part
-// first. Samples wider than the element's unit thus come out with their parts swapped (a 32-bit OW sample as
-// low word <-> high word). Pixel data of such a file is made little-endian here, in memory, before DicomImage reads
-// it. (8-bit samples, and 16-bit samples in OW, DCMTK gets right.) Assumes a little-endian host, as DicomImage's
-// reading of OW does.
+// first. So a 32-bit OW sample comes out with its two halves exchanged, and a 16-bit OB sample with its two bytes
+// exchanged; they are put back here, in memory, before DicomImage reads them. Nothing else needs this: 8-bit samples
+// in OW are 16-bit words in the file too (PS3.5 serialises OW by words, the two samples of a word swapped in a
+// big-endian file), which DCMTK's swap undoes; 16-bit samples in OW and 8-bit samples in OB DCMTK gets right; and
+// DicomImage refuses 32-bit OB pixel data. Assumes a little-endian host, as DicomImage's reading of OW does.
 absl::Status FixBigEndianPixelData(DcmDataset* ds, const std::string& path) {
   Uint16 bits_allocated = 0;
   DcmElement* element = nullptr;
@@ -361,32 +375,20 @@ absl::Status FixBigEndianPixelData(DcmDataset* ds, const std::string& path) {
     return absl::OkStatus();  // DicomImage reports what is missing.
   }
   const DcmEVR vr = element->getVR();
-  const size_t unit = vr == EVR_OB ? 1 : 2;  // Bytes DCMTK has put into local order together.
-  if (bits_allocated != 16 && bits_allocated != 32) return absl::OkStatus();
-  const size_t sample = bits_allocated / 8;
-  if (sample <= unit) return absl::OkStatus();
-  Uint8* bytes = nullptr;
-  OFCondition cond;
-  if (unit == 2) {
+  if (bits_allocated == 32 && vr == EVR_OW) {
     Uint16* words = nullptr;  // DCMTK hands OW out as words only; this swaps them into local order.
-    cond = element->getUint16Array(words);
-    bytes = reinterpret_cast<Uint8*>(words);
-  } else {
-    cond = element->getUint8Array(bytes);
-  }
-  if (cond.bad() || bytes == nullptr) return DicomError(path, "cannot read the big-endian Pixel Data");
-  // In units of `unit` bytes, already in local (little-endian) order: reverse their order within each sample.
-  const size_t n = element->getLength() / sample;
-  for (size_t i = 0; i < n; ++i) {
-    Uint8* s = bytes + i * sample;
-    if (unit == 2) {
-      for (size_t a = 0, b = sample - 2; a < b; a += 2, b -= 2) {
-        std::swap(s[a], s[b]);
-        std::swap(s[a + 1], s[b + 1]);
-      }
-    } else {
-      std::reverse(s, s + sample);
+    if (element->getUint16Array(words).bad() || words == nullptr) {
+      return DicomError(path, "cannot read the big-endian Pixel Data");
     }
+    const size_t n = element->getLength() / 4;
+    for (size_t i = 0; i < n; ++i) std::swap(words[2 * i], words[2 * i + 1]);
+  } else if (bits_allocated == 16 && vr == EVR_OB) {
+    Uint8* bytes = nullptr;
+    if (element->getUint8Array(bytes).bad() || bytes == nullptr) {
+      return DicomError(path, "cannot read the big-endian Pixel Data");
+    }
+    const size_t n = element->getLength() / 2;
+    for (size_t i = 0; i < n; ++i) std::swap(bytes[2 * i], bytes[2 * i + 1]);
   }
   return absl::OkStatus();
 }
@@ -417,9 +419,6 @@ absl::StatusOr<Image> DecodeDicomDataset(DcmFileFormat& file, const std::string&
   }
   // After the colour and frame checks, which say better what is wrong.
   RETURN_IF_ERROR(CheckDicomPixelDataLength(ds, path, size));
-  Uint16 bits_stored = 0;
-  ds->findAndGetUint16(DCM_BitsStored, bits_stored);
-
   DcmXfer original(ds->getOriginalXfer());
   E_TransferSyntax render_xfer = ds->getCurrentXfer();
   if (IsJpeg2000(original)) {
@@ -436,6 +435,10 @@ absl::StatusOr<Image> DecodeDicomDataset(DcmFileFormat& file, const std::string&
   } else if (original.getXfer() == EXS_BigEndianExplicit) {
     RETURN_IF_ERROR(FixBigEndianPixelData(ds, path));
   }
+
+  // After the JPEG 2000 replacement, which sets Bits Stored to the codestream's precision.
+  Uint16 bits_stored = 0;
+  ds->findAndGetUint16(DCM_BitsStored, bits_stored);
 
   // Overlays are annotations, not anatomy: never read embedded ones, never
   // burn any into the pixels.

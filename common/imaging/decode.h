@@ -38,38 +38,53 @@
 //     Explicit VR Big Endian, Deflated Explicit VR Little Endian, RLE, JPEG
 //     (baseline, extended, lossless), JPEG-LS (lossless, near-lossless) and
 //     JPEG 2000 (lossless .90 and lossy .91). Others (JPEG 2000 Part 2
-//     multi-component, JPIP, MPEG, ...) and UIDs DCMTK 3.6.7 does not know
-//     (High-Throughput JPEG 2000 .201-.203 among them; DCMTK would misread
-//     their pixel data as uncompressed) are rejected with InvalidArgument
-//     naming the transfer syntax. (OpenJPEG 2.5 could decode HTJ2K, but
+//     multi-component, JPIP, MPEG, ...) and every transfer syntax UID DCMTK
+//     3.6.7 does not know, vendor-private ones included (High-Throughput
+//     JPEG 2000 .201-.203 among them; DCMTK would guess an uncompressed syntax
+//     and misread their pixel data) are rejected with InvalidArgument naming
+//     the transfer syntax (its UID, for an unknown one). (OpenJPEG 2.5 could decode HTJ2K, but
 //     DCMTK 3.6.7 cannot parse such files, and no HTJ2K encoder is at hand
 //     to test it.)
 //   - Explicit VR Big Endian: DCMTK byte-swaps OW values as 16-bit words (OB:
-//     not at all) whatever Bits Allocated says, so each 32-bit sample would
-//     come out with its two halves exchanged. The decoder puts every sample
-//     wider than the element's unit back into little-endian order before
-//     rendering: a big-endian file decodes as its little-endian twin (as
-//     pydicom reads it) for 8, 16 and 32 bits allocated.
+//     not at all) whatever Bits Allocated says, so each 32-bit OW sample
+//     would come out with its two halves exchanged, each 16-bit OB sample
+//     with its bytes exchanged; the decoder puts them back before rendering.
+//     A big-endian file thus decodes as its little-endian twin (as pydicom
+//     reads it) for 16 and 32 bits allocated in OW and 8 and 16 bits in OB.
+//     8 bits allocated in OW are read as 16-bit words,
+//     as PS3.5 serialises OW: the two samples of each word are swapped in the
+//     file (byte 1 is the first sample) and DCMTK's swap puts them back in
+//     order. pydicom 2.3 disagrees here: it writes and reads 8-bit OW
+//     big-endian bytes in sample order, so a file it wrote decodes with the
+//     samples of each pair swapped. 32 bits in OB are refused (DCMTK cannot
+//     render them).
 //   - JPEG 2000 (DCMTK 3.6.7 has no JPEG 2000 codec): OpenJPEG, the reference
 //     implementation that GDCM and Pillow use too, already a dependency of
 //     OpenCV, with a stable C API that decodes from memory. The single frame's
 //     fragments (after the offset table; a frame may span several) are
 //     concatenated; a raw codestream (FF 4F FF 51) or a JP2 file is accepted.
+//     A file without Number of Frames (or with 1) that holds more frames is
+//     refused: a Basic Offset Table of more than one entry, or bytes other
+//     than padding (zeros) after the codestream's end (EOC).
 //     Its main header is read first and the file refused (InvalidArgument
 //     naming it) when the codestream's size differs from Rows x Columns, has
 //     more than one component, a precision outside 1..16 or above Bits
-//     Allocated (8 or 16), or more pixels than the limit: all before
+//     Allocated (8 or 16), more pixels than the limit, more than
+//     kMaxJpeg2000Tiles tiles or a missing tile (jpeg2000.h): all before
 //     decoding. The samples then replace the encapsulated data as native
 //     little-endian pixel data (Bits Allocated as the header says, Bits Stored
 //     and High Bit set to the codestream's precision), so that the Modality
 //     LUT, VOI and MONOCHROME1 rules below apply exactly as for other
-//     syntaxes. Sign rule: each sample's low `precision` bits are kept as
-//     stored and read as Pixel Representation says. PS3.5 8.2.4 wants the
-//     codestream's sign (Ssiz) to agree with Pixel Representation; where it
-//     does not, Pixel Representation wins: a codestream marked unsigned in a
-//     file with Pixel Representation 1 holds two's-complement values written
-//     by an encoder that ignored the sign (pydicom's J2K_pixelrep_mismatch.dcm;
-//     pydicom 2.3 with APPLY_J2K_CORRECTIONS, its default, decodes it so).
+//     syntaxes. Sign rule: PS3.5 8.2.4 wants the codestream's sign (Ssiz) to
+//     agree with Pixel Representation; where they agree, each sample's low
+//     `precision` bits are kept as stored. Where they do not, as pydicom 2.3
+//     (with APPLY_J2K_CORRECTIONS, its default, and Pillow) decodes them:
+//     a codestream marked unsigned in a file with Pixel Representation 1 is
+//     taken to hold two's-complement values written by an encoder that ignored
+//     the sign (pydicom's J2K_pixelrep_mismatch.dcm): its low bits are read as
+//     signed; a signed codestream in a file with Pixel Representation 0 is
+//     shifted to offset binary, v + 2^(precision-1) (the most negative value
+//     becomes 0, zero becomes mid-range), and read as unsigned.
 //     OpenJPEG's messages go into the Status, never to stderr.
 //   - A deflated dataset is inflated by the decoder, not by DCMTK (which
 //     would load every element in full, however large: a file of a few MB

@@ -30,7 +30,14 @@ struct Jpeg2000Header {
   int precision = 0;       // Bits per sample of component 0 (Ssiz & 0x7F) + 1.
   bool is_signed = false;  // Ssiz & 0x80 of component 0.
   bool jp2 = false;        // JP2 box format rather than a raw codestream.
+  int64_t tiles = 0;       // Tiles the image area is cut into (1..kMaxJpeg2000Tiles).
 };
+
+// The most tiles a codestream may declare. OpenJPEG allocates a few KB of coding parameters per tile while it reads
+// the main header (about 12 KB per tile: 60,000 tiles in an 82-byte codestream took 750 MB), so the count is checked
+// first. Radiographs are coded in one tile, or in a few hundred at most (1024 x 1024 tiles of a 43 x 43 cm
+// detector's 4,300 x 4,300 samples: 25).
+inline constexpr int64_t kMaxJpeg2000Tiles = 4096;
 
 // One decoded component.
 struct Jpeg2000Image {
@@ -44,15 +51,24 @@ struct Jpeg2000Image {
 bool LooksLikeJpeg2000(absl::string_view bytes);
 
 // Decodes `bytes` (a codestream or JP2 file). `name` names the image in
-// messages. `check_header` is called with the main header before decoding; its
-// error is returned as is. Before it is called, the header itself must
-// describe one grayscale component (InvalidArgument otherwise): exactly one
-// component, sub-sampling 1 x 1, precision in 1..16, a non-empty image area.
+// messages. The SIZ marker segment of the main header is read here first (in a
+// JP2 file, from its first codestream box, found with every box length checked
+// against the bytes) and must describe one grayscale component: Csiz 1 (Lsiz
+// 41), sub-sampling 1 x 1, precision 1..16, a non-empty image area, a valid
+// tiling of at most kMaxJpeg2000Tiles tiles (InvalidArgument otherwise). Then
+// `check_header` is called with it; its error is returned as is. Only then does
+// OpenJPEG read anything, so that a tiny codestream declaring thousands of
+// components or tiles allocates nothing. Every tile must be present in the
+// codestream (at least one tile-part each): OpenJPEG itself decodes a missing
+// tile as zeros. After the codestream's end (EOC) only zero bytes (padding)
+// may follow.
 // Errors: InvalidArgument (not JPEG 2000, header refused, truncated or corrupt
 // data, or OpenJPEG out of memory, which it does not tell apart; the message
 // includes OpenJPEG's own), ResourceExhausted (no codec or stream could be
 // made). Thread-safe (every call has its own codec); decodes on the calling
-// thread only.
+// thread only, whatever OPJ_NUM_THREADS in the environment says (with it,
+// OpenJPEG starts a worker pool when the codec is made, which is stopped
+// again before anything is read).
 absl::StatusOr<Jpeg2000Image> DecodeJpeg2000(absl::string_view bytes, absl::string_view name,
                                              absl::FunctionRef<absl::Status(const Jpeg2000Header&)> check_header);
 

@@ -173,6 +173,15 @@ TEST_F(DicomReferenceTest, Jpeg2000LosslessEqualsItsUncompressedTwin) {
   EXPECT_THAT(j2k->description, HasSubstr("JPEG 2000"));
 }
 
+// 693_J2KI.dcm says Bits Stored 14, its codestream 16 bits: the samples are read at the codestream's precision, and
+// Image::bits and the description say so.
+TEST(DecodeDicomTest, Jpeg2000BitsAreTheCodestreamPrecision) {
+  absl::StatusOr<Image> image = DecodeImage(kPydicomFiles + "693_J2KI.dcm");
+  ASSERT_TRUE(image.ok()) << image.status();
+  EXPECT_EQ(image->bits, 16);
+  EXPECT_THAT(image->description, HasSubstr("16 bits stored"));
+}
+
 TEST(DecodeDicomTest, Jpeg2000WithADelimiterTagInsideItsCodestreamIsRefusedClearly) {
   // JPEG2000-embedded-sequence-delimiter.dcm is JPEG2000.dcm with the bytes of a Sequence Delimitation Item tag
   // (FE FF DD E0) written over the codestream's Rsiz and Xsiz: the fragment must be read past them (they are data,
@@ -273,6 +282,21 @@ TEST(DecodeDicomTest, RejectsAnUnsupportedSyntaxNamingIt) {
   EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(image.status().message(), HasSubstr("1.2.840.10008.1.2.4.92"));
   EXPECT_THAT(image.status().message(), HasSubstr("multicomponent.dcm"));
+}
+
+TEST(DecodeDicomTest, RejectsAVendorPrivateSyntaxNamingIt) {
+  // MR_small_jp2klossless.dcm relabelled with a private UID of the same length, unknown to DCMTK.
+  std::string bytes = ReadBytes(kPydicomFiles + "MR_small_jp2klossless.dcm");
+  const size_t at = bytes.find("1.2.840.10008.1.2.4.90");
+  ASSERT_NE(at, std::string::npos);
+  ASSERT_LT(at, 400u);
+  bytes.replace(at, 22, "1.3.6.1.4.1.99999.1.90");
+  testing::TempDir dir;
+  absl::StatusOr<Image> image = DecodeImage(dir.WriteFile("private.dcm", bytes));
+  ASSERT_FALSE(image.ok());
+  EXPECT_EQ(image.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(image.status().message(), HasSubstr("'1.3.6.1.4.1.99999.1.90' is not supported (unknown to DCMTK"));
+  EXPECT_THAT(image.status().message(), HasSubstr("private.dcm"));
 }
 
 TEST(DecodeDicomTest, RejectsHighThroughputJpeg2000NamingIt) {

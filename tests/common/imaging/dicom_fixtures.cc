@@ -35,9 +35,12 @@ void RegisterEncodersOnce() {
   });
 }
 
-int32_t MinValue(const Samples& s) { return s.is_signed ? -(1 << (s.bits_stored - 1)) : 0; }
+int32_t MinValue(const Samples& s) {
+  return s.is_signed ? static_cast<int32_t>(-(int64_t{1} << (s.bits_stored - 1))) : 0;
+}
 int32_t MaxValue(const Samples& s) {
-  return s.is_signed ? (1 << (s.bits_stored - 1)) - 1 : static_cast<int32_t>((int64_t{1} << s.bits_stored) - 1);
+  return static_cast<int32_t>(s.is_signed ? (int64_t{1} << (s.bits_stored - 1)) - 1
+                                          : (int64_t{1} << s.bits_stored) - 1);
 }
 
 // The dataset of a MONOCHROME2 image without Pixel Data.
@@ -62,11 +65,27 @@ void PutImageAttributes(DcmDataset* ds, const Samples& s) {
   CHECK(c.good()) << c.text();
 }
 
-// Native little-endian pixel data: each value's low bits_stored bits (two's complement when signed).
-void PutNativePixels(DcmDataset* ds, const Samples& s) {
+// Native pixel data: each value's low bits_stored bits (two's complement when signed). `big_endian`: the file will be
+// written in Explicit VR Big Endian (which DCMTK writes by swapping each 16-bit word of OW data).
+void PutNativePixels(DcmDataset* ds, const Samples& s, bool big_endian) {
   const uint32_t mask = static_cast<uint32_t>((int64_t{1} << s.bits_stored) - 1);
   OFCondition c;
-  if (s.bits_allocated == 8) {
+  if (s.bits_allocated == 32) {
+    // Two words a sample; DCMTK swaps the bytes of each word for big-endian, so the words go high word first there.
+    std::vector<Uint16> px(2 * s.values.size());
+    for (size_t i = 0; i < s.values.size(); ++i) {
+      const uint32_t v = static_cast<uint32_t>(s.values[i]) & mask;
+      px[2 * i + (big_endian ? 1 : 0)] = static_cast<Uint16>(v & 0xFFFF);
+      px[2 * i + (big_endian ? 0 : 1)] = static_cast<Uint16>(v >> 16);
+    }
+    c = ds->putAndInsertUint16Array(DCM_PixelData, px.data(), static_cast<unsigned long>(px.size()));
+  } else if (s.bits_allocated == 8 && s.eight_bit_ow) {
+    std::vector<Uint16> px((s.values.size() + 1) / 2);
+    for (size_t i = 0; i < s.values.size(); ++i) {
+      px[i / 2] |= static_cast<Uint16>((static_cast<uint32_t>(s.values[i]) & mask) << (i % 2 == 0 ? 0 : 8));
+    }
+    c = ds->putAndInsertUint16Array(DCM_PixelData, px.data(), static_cast<unsigned long>(px.size()));
+  } else if (s.bits_allocated == 8) {
     std::vector<Uint8> px(s.values.size());
     for (size_t i = 0; i < px.size(); ++i) px[i] = static_cast<Uint8>(static_cast<uint32_t>(s.values[i]) & mask);
     c = ds->putAndInsertUint8Array(DCM_PixelData, px.data(), static_cast<unsigned long>(px.size()));
@@ -114,7 +133,7 @@ Samples SyntheticImage(int width, int height, int bits_stored, int bits_allocate
   s.bits_stored = bits_stored;
   s.bits_allocated = bits_allocated;
   s.is_signed = is_signed;
-  const double lo = MinValue(s), hi = MaxValue(s), span = hi - lo;
+  const double lo = MinValue(s), hi = MaxValue(s), span = hi - lo;  // bits_stored <= 31: no overflow.
   s.values.resize(static_cast<size_t>(width) * height);
   for (int y = 0; y < height; ++y) {
     for (int x = 0; x < width; ++x) {
@@ -159,7 +178,7 @@ void WriteDicom(const std::string& path, const Samples& samples, E_TransferSynta
   DcmFileFormat file;
   DcmDataset* ds = file.getDataset();
   PutImageAttributes(ds, samples);
-  PutNativePixels(ds, samples);
+  PutNativePixels(ds, samples, xfer == EXS_BigEndianExplicit);
   const DcmXfer x(xfer);
   if (x.isEncapsulated()) {
     std::unique_ptr<DcmRepresentationParameter> param;
@@ -187,7 +206,7 @@ void WriteDicom(const std::string& path, const Samples& samples, E_TransferSynta
   CHECK(c.good()) << path << ": " << c.text();
 }
 
-std::string EncodeJpeg2000(const Samples& samples, bool lossless, double ratio) {
+std::string EncodeJpeg2000(const Samples& samples, bool lossless, double ratio, int tile_size) {
   opj_image_cmptparm_t cp;
   std::memset(&cp, 0, sizeof(cp));
   cp.dx = cp.dy = 1;
@@ -211,7 +230,13 @@ std::string EncodeJpeg2000(const Samples& samples, bool lossless, double ratio) 
   params.irreversible = lossless ? 0 : 1;
   // Resolution levels: as many as the smaller side allows (OpenJPEG's default 6 needs 32 pixels).
   int levels = 1;
-  while (levels < 6 && (std::min(samples.width, samples.height) >> levels) >= 1) ++levels;
+  const int side =
+      tile_size > 0 ? std::min({tile_size, samples.width, samples.height}) : std::min(samples.width, samples.height);
+  while (levels < 6 && (side >> levels) >= 1) ++levels;
+  if (tile_size > 0) {
+    params.tile_size_on = OPJ_TRUE;
+    params.cp_tdx = params.cp_tdy = tile_size;
+  }
   params.numresolution = levels;
   std::unique_ptr<opj_codec_t, void (*)(opj_codec_t*)> codec(opj_create_compress(OPJ_CODEC_J2K), opj_destroy_codec);
   opj_set_error_handler(codec.get(), OpjError, nullptr);
@@ -232,7 +257,7 @@ std::string EncodeJpeg2000(const Samples& samples, bool lossless, double ratio) 
 }
 
 void WriteJpeg2000Dicom(const std::string& path, const Samples& samples, bool lossless, int fragments, double ratio,
-                        const std::string& codestream) {
+                        const std::string& codestream, const std::vector<uint32_t>& offset_table) {
   std::string bytes = codestream.empty() ? EncodeJpeg2000(samples, lossless, ratio) : codestream;
   if (bytes.size() % 2 != 0) bytes.push_back('\0');  // Items have even lengths: pad after EOC.
   const E_TransferSyntax xfer = lossless ? EXS_JPEG2000LosslessOnly : EXS_JPEG2000;
@@ -240,7 +265,13 @@ void WriteJpeg2000Dicom(const std::string& path, const Samples& samples, bool lo
   DcmDataset* ds = file.getDataset();
   PutImageAttributes(ds, samples);
   auto* sequence = new DcmPixelSequence(DCM_PixelSequenceTag);
-  sequence->insert(new DcmPixelItem(DCM_PixelItemTag));  // Empty basic offset table.
+  auto* table = new DcmPixelItem(DCM_PixelItemTag);  // The basic offset table: little-endian 32-bit offsets.
+  std::vector<Uint8> entries;
+  for (uint32_t v : offset_table) {
+    for (int k = 0; k < 4; ++k) entries.push_back(static_cast<Uint8>(v >> (8 * k)));
+  }
+  if (!entries.empty()) CHECK(table->putUint8Array(entries.data(), static_cast<Uint32>(entries.size())).good());
+  sequence->insert(table);
   // Fragments of even length; the last takes the rest.
   const size_t per = std::max<size_t>(2, (bytes.size() / fragments) & ~size_t{1});
   size_t at = 0;
