@@ -427,7 +427,8 @@ constexpr char kFindingLabels[] = "Finding Labels";
 constexpr char kFollowUp[] = "Follow-up #";
 constexpr char kPatientId[] = "Patient ID";
 constexpr char kPatientAge[] = "Patient Age";
-constexpr char kPatientGender[] = "Patient Gender";
+constexpr char kPatientGender[] = "Patient Gender";  // Data_Entry_2017.csv.
+constexpr char kPatientSex[] = "Patient Sex";        // Data_Entry_2017_v2020.csv, the table the NIH serves now.
 constexpr char kViewPositionNih[] = "View Position";
 constexpr char kNoFindingNih[] = "No Finding";
 
@@ -506,10 +507,12 @@ absl::StatusOr<PublicCollectionIndex> IndexNih(const PublicCollectionOptions& op
 
   PublicCollectionIndex index;
   ASSIGN_OR_RETURN(io::CsvTable table, ReadTable(options.labels_csv, "labels table", true));
+  // The 2017 table calls the sex column "Patient Gender", the v2020 one "Patient Sex".
+  const char* const sex_column = table.ColumnIndex(kPatientSex) ? kPatientSex : kPatientGender;
   ASSIGN_OR_RETURN(Columns columns, Columns::Find(table,
                                                   {kImageIndex, kFindingLabels, kFollowUp, kPatientId, kPatientAge,
-                                                   kPatientGender, kViewPositionNih},
-                                                  "NIH ChestX-ray14 table (Data_Entry_2017.csv)"));
+                                                   sex_column, kViewPositionNih},
+                                                  "NIH ChestX-ray14 table (Data_Entry_2017.csv or _v2020.csv)"));
   index.notes.push_back(absl::StrCat("labels: ", table.rows.size(), " images in ", options.labels_csv));
   std::optional<absl::flat_hash_map<std::string, bool>> list;
   if (!options.split_file.empty()) {
@@ -561,7 +564,7 @@ absl::StatusOr<PublicCollectionIndex> IndexNih(const PublicCollectionOptions& op
 
     absl::StatusOr<std::optional<double>> age = ParseNihAge(columns.Cell(record, kPatientAge));
     if (!age.ok()) return CellError(table, record, kPatientAge, age.status().message());
-    const absl::string_view sex = columns.Cell(record, kPatientGender);
+    const absl::string_view sex = columns.Cell(record, sex_column);
     const std::string position = absl::AsciiStrToUpper(columns.Cell(record, kViewPositionNih));
 
     if (list) {
@@ -593,7 +596,7 @@ absl::StatusOr<PublicCollectionIndex> IndexNih(const PublicCollectionOptions& op
       ++other_sex;
     }
     for (const NihFindingMapping& mapping : kNihToChexpert) {
-      if (mapping.chexpert >= 0) row.labels[mapping.chexpert] = RawLabel::kNegative;
+      if (mapping.chexpert >= 0 && !mapping.positive_only) row.labels[mapping.chexpert] = RawLabel::kNegative;
     }
     for (const NihFindingMapping* mapping : mapped) {
       if (mapping->chexpert >= 0) {
@@ -630,7 +633,7 @@ absl::StatusOr<PublicCollectionIndex> IndexNih(const PublicCollectionOptions& op
                                        " years (a data error; first ", old_age_example, "): age left blank"));
   }
   if (other_sex > 0) {
-    index.notes.push_back(absl::StrCat(other_sex, " images with a Patient Gender other than M or F: sex left blank"));
+    index.notes.push_back(absl::StrCat(other_sex, " images with a ", sex_column, " other than M or F: sex left blank"));
   }
   if (!dropped_findings.empty()) {
     std::vector<std::string> parts;

@@ -23,10 +23,11 @@
 // ("58", or "058Y" / "011M" / "020W" / "005D" as in the first release; above 130 years, as on a few rows of the
 // real table, left blank and counted). Only PA and AP views exist; anything else is skipped and counted. The
 // pipe-separated Finding Labels map to CheXpert's labels (kNihToChexpert below, documented in
-// docs/researcher-guide.md): a mapped label is 1.0 when one of its NIH findings is listed and 0.0 otherwise; the
-// CheXpert labels with no NIH counterpart (Enlarged Cardiomediastinum, Lung Opacity, Fracture, Support Devices) are
-// blank; NIH findings with no CheXpert counterpart (Infiltration, Emphysema, Fibrosis, Hernia) are dropped and
-// counted. An unknown finding, "No Finding" together with a finding, or a duplicate Image Index is InvalidArgument.
+// docs/researcher-guide.md): a mapped label is 1.0 when one of its NIH findings is listed and 0.0 otherwise (Pleural
+// Other: blank otherwise); the CheXpert labels with no NIH counterpart (Enlarged Cardiomediastinum, Lung Opacity,
+// Fracture, Support Devices) are blank; NIH findings with no CheXpert counterpart (Infiltration, Emphysema, Fibrosis,
+// Hernia) are dropped and counted. An unknown finding, "No Finding" together with a finding, or a duplicate Image Index
+// is InvalidArgument.
 //
 // Bounds: each CSV table at most 256 MiB and io::CsvParseOptions' default limits (4,000,000 records; MIMIC-CXR's
 // metadata has 377,110 rows); an NIH image list at most 64 MiB and 4,000,000 lines; ids at most 64 bytes (numeric
@@ -85,12 +86,17 @@ struct PublicCollectionIndex {
 struct NihFindingMapping {
   const char* nih;
   int chexpert;
+  // True when the CheXpert label is broader than the finding, so that an image without the finding is not negative
+  // for the label: the label is 1.0 with the finding and blank without it.
+  bool positive_only = false;
 };
 // The 14 NIH findings and "No Finding". Exact counterparts: Atelectasis, Cardiomegaly, Consolidation, Edema,
 // Effusion -> Pleural Effusion, Pneumonia, Pneumothorax, No Finding. Near counterparts, by the CheXpert labeller's
 // own phrase lists: Mass and Nodule -> Lung Lesion (its phrases are mass, nodule, lesion, tumour, ...), and
-// Pleural_Thickening -> Pleural Other (pleural thickening, plaque, scarring). No counterpart: Infiltration (CheXpert's
-// Lung Opacity is broader, so an image without Infiltration is not negative for it), Emphysema, Fibrosis, Hernia.
+// Pleural_Thickening -> Pleural Other (pleural thickening, plaque, scarring; positive only: Pleural Other is broader,
+// so an image without Pleural_Thickening is not negative for it, and the label stays blank). No counterpart:
+// Infiltration (CheXpert's Lung Opacity is broader, so an image without Infiltration is not negative for it),
+// Emphysema, Fibrosis, Hernia.
 inline constexpr std::array<NihFindingMapping, 15> kNihToChexpert = {{
     {"Atelectasis", kAtelectasis},
     {"Cardiomegaly", kCardiomegaly},
@@ -101,7 +107,7 @@ inline constexpr std::array<NihFindingMapping, 15> kNihToChexpert = {{
     {"Pneumothorax", kPneumothorax},
     {"Mass", kLungLesion},
     {"Nodule", kLungLesion},
-    {"Pleural_Thickening", kPleuralOther},
+    {"Pleural_Thickening", kPleuralOther, /*positive_only=*/true},
     {"Infiltration", -1},
     {"Emphysema", -1},
     {"Fibrosis", -1},

@@ -1,5 +1,7 @@
 #include "common/imaging/raster_bits.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cmath>
 #include <fstream>
@@ -10,6 +12,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/imaging/raster_header.h"
+#include "common/io/file_util.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 
@@ -33,8 +36,12 @@ std::vector<size_t> Spread(size_t n, size_t k) {
 
 enum class Probe { kUnreadable, kOther, kCandidate };
 
-// Whether the file may be a 16-bit PNG/TIFF, from its first bytes (as DecodeImage tells DICOM from raster files).
-Probe ProbeHeader(const std::string& path) {
+// Whether the file may be a 16-bit PNG/TIFF, from its first bytes (as DecodeImage tells DICOM from raster files). A
+// TIFF whose first IFD lies beyond them is read whole (at most MaxImageFileBytes) to find its depth. Anything but a
+// regular file (a FIFO would block the open) is unreadable.
+Probe ProbeHeader(const std::string& path, const DecodeOptions& decode) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return Probe::kUnreadable;
   std::ifstream in(path, std::ios::binary);
   if (!in) return Probe::kUnreadable;
   std::string bytes(kHeaderBytes, '\0');
@@ -46,7 +53,13 @@ Probe ProbeHeader(const std::string& path) {
   const std::string format = RasterFormat(bytes);
   if (format != "png" && format != "tiff") return Probe::kOther;
   absl::StatusOr<RasterHeader> header = ReadRasterHeader(bytes);
-  if (!header.ok()) return format == "tiff" ? Probe::kCandidate : Probe::kUnreadable;  // TIFF: IFD further on.
+  if (!header.ok() && format == "tiff" && static_cast<int64_t>(st.st_size) > static_cast<int64_t>(bytes.size())) {
+    if (static_cast<int64_t>(st.st_size) > MaxImageFileBytes(decode)) return Probe::kUnreadable;
+    absl::StatusOr<std::string> whole = io::ReadFile(path);
+    if (!whole.ok()) return Probe::kUnreadable;
+    header = ReadRasterHeader(*whole);
+  }
+  if (!header.ok()) return Probe::kUnreadable;
   return header->bits_per_sample == 16 ? Probe::kCandidate : Probe::kOther;
 }
 
@@ -62,7 +75,7 @@ absl::StatusOr<RasterBitsEstimate> EstimateRasterBitsStored(const std::vector<st
   std::vector<size_t> candidates;
   for (size_t i : Spread(paths.size(), kRasterBitsHeaderProbes)) {
     ++estimate.headers_read;
-    switch (ProbeHeader(paths[i])) {
+    switch (ProbeHeader(paths[i], container)) {
       case Probe::kUnreadable:
         ++estimate.unreadable;
         break;

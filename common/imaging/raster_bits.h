@@ -4,10 +4,11 @@
 //
 // The estimate: over a deterministic sample of the 16-bit raster images among `paths`, the largest sample value M,
 // and bits = max(8, ceil(log2(M + 1))) (4095 -> 12, 4096 -> 13, 65535 -> 16). The sample: the headers of up to
-// kRasterBitsHeaderProbes files spread evenly over `paths` are read (a few KiB each; DICOM and 8-bit files are passed
-// over), then up to `max_images` of the 16-bit PNG/TIFF files found, again spread evenly, are decoded at their
-// container depth. The same paths give the same estimate. Unreadable files are counted, not errors (`data check`
-// reports them; training's on_image_error decides). Thread-safe (no shared state).
+// kRasterBitsHeaderProbes files spread evenly over `paths` are read (a few KiB each, or a whole TIFF whose first IFD
+// lies further; DICOM, 8-bit files and anything but a regular file are passed over), then up to `max_images` of the
+// 16-bit PNG/TIFF files found, again spread evenly, are decoded at their container depth. The same paths give the same
+// estimate. Unreadable files are counted, not errors (`data check` reports them; training's on_image_error decides).
+// Thread-safe (no shared state).
 #ifndef FEDTUNE_COMMON_IMAGING_RASTER_BITS_H_
 #define FEDTUNE_COMMON_IMAGING_RASTER_BITS_H_
 

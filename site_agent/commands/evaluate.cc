@@ -276,6 +276,9 @@ absl::Status RunEvaluateCommand(const cli::ParsedFlags& flags) {
   if (k < 0) return absl::InvalidArgumentError("--gradcam-per-label must be >= 0");
   options.gradcam_per_label = static_cast<int>(k);
   options.predict.input.image_size = static_cast<int>(size);
+  // auto (-1) is resolved by RunEvaluate over the evaluated manifest.
+  ASSIGN_OR_RETURN(options.predict.input.raster_bits_stored,
+                   imaging::ParseRasterBitsStoredFlag(flags.GetOrDie("raster-bits-stored")));
   options.predict.device = flags.GetOrDie("device");
   options.predict.on_error = flags.GetBool("skip-unreadable") ? loader::ErrorPolicy::kSkip : loader::ErrorPolicy::kFail;
   const std::string level = flags.GetOrDie("level");
@@ -311,6 +314,11 @@ cli::Command MakeEvaluateCommand() {
       {"skip-unreadable", "skip unreadable images (counted) instead of failing", true},
       {"level", "image: one case per image; study: one per study (DuoNet on two-view studies)", false, false,
        std::string("image"), "L"},
+      {"raster-bits-stored",
+       "bits stored in 16-bit PNG/TIFF samples: 0 (the container's 16), 8 to 16, or auto (estimated from the "
+       "manifest's "
+       "images); use what the model was trained with (FinetuneConfig.raster_bits_stored)",
+       false, false, std::string("0"), "N|auto"},
       {"quiet", "do not print the summary and table", true},
   };
   c.run = RunEvaluateCommand;

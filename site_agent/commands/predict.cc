@@ -7,10 +7,12 @@
 #include "absl/strings/str_join.h"
 #include "common/data/manifest.h"
 #include "common/imaging/preprocess.h"
+#include "common/imaging/raster_bits.h"
 #include "common/io/csv.h"
 #include "common/io/file_util.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "common/train/site_data.h"
 #include "common/train/trainer.h"
 
 namespace fedtune::agent {
@@ -134,6 +136,10 @@ absl::Status RunPredict(const cli::ParsedFlags& flags) {
   ASSIGN_OR_RETURN(int64_t batch, flags.GetInt("batch-size", 32));
   ASSIGN_OR_RETURN(int64_t threads, flags.GetInt("threads", 0));
   options.input.image_size = static_cast<int>(size);
+  ASSIGN_OR_RETURN(const int raster_bits, imaging::ParseRasterBitsStoredFlag(flags.GetOrDie("raster-bits-stored")));
+  ASSIGN_OR_RETURN(options.input.raster_bits_stored,
+                   train::ResolveRasterBitsStoredOver(raster_bits, manifest, flags.GetOrDie("root"),
+                                                      options.input.max_image_pixels));
   options.batch_size = static_cast<int>(batch);
   options.device = flags.GetOrDie("device");
   options.on_error = flags.GetBool("skip-unreadable") ? loader::ErrorPolicy::kSkip : loader::ErrorPolicy::kFail;
@@ -178,6 +184,11 @@ cli::Command MakePredictCommand() {
       {"skip-unreadable", "skip unreadable images (counted) instead of failing", true},
       {"level", "image: one row per image (Path); study: one row per study (its id; DuoNet on two-view studies)", false,
        false, std::string("image"), "L"},
+      {"raster-bits-stored",
+       "bits stored in 16-bit PNG/TIFF samples: 0 (the container's 16), 8 to 16, or auto (estimated from the "
+       "manifest's "
+       "images); use what the model was trained with (FinetuneConfig.raster_bits_stored)",
+       false, false, std::string("0"), "N|auto"},
   };
   c.run = RunPredict;
   return c;

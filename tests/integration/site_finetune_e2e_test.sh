@@ -42,6 +42,16 @@ FEDTUNE_LOG_LEVEL=1 "$bin/fedtune-site" finetune --config site.textproto
   --device cpu
 "$bin/fedtune" stats compare --truth site/splits/test.csv --scores-a preds.csv --scores-b preds.csv \
   --out compare.json --quiet
+# --raster-bits-stored auto over these 8-bit PNGs finds no 16-bit image: the same predictions as the default.
+"$bin/fedtune-site" predict --model site/model.ckpt --manifest site/splits/test.csv --root site-a --out preds-auto.csv \
+  --device cpu --raster-bits-stored auto
+cmp -s preds.csv preds-auto.csv || { echo "FAIL: --raster-bits-stored auto changed 8-bit predictions"; exit 1; }
+set +e
+"$bin/fedtune-site" predict --model site/model.ckpt --manifest site/splits/test.csv --root site-a --out bad.csv \
+  --device cpu --raster-bits-stored 7 2> bad-bits.txt
+rc=$?
+set -e
+[[ $rc -eq 2 ]] && grep -q -- "--raster-bits-stored" bad-bits.txt || { cat bad-bits.txt; echo "FAIL: bad bits: exit $rc"; exit 1; }
 
 # Both the SoloNet member and the DuoNet were fine-tuned, each epoch recorded in the site database.
 /usr/bin/python3 - <<'PY'

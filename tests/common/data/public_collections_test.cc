@@ -301,10 +301,11 @@ TEST(NihCxr14Test, MapsFindingsToCheXpertLabels) {
     ASSERT_THAT(Paths(rows),
                 ElementsAre("images/00000001_000.png", "images/00000001_001.png", "images/00000002_000.png",
                             "images/00000003_000.png", "images/00000004_000.png"));
-    // The labels NIH can say something about: 0.0 unless listed.
+    // The labels NIH can say something about: 0.0 unless listed; Pleural Other (broader than Pleural_Thickening)
+    // 1.0 when listed, else blank.
     RawLabels all_negative{};
     for (int l : {kNoFinding, kAtelectasis, kCardiomegaly, kPleuralEffusion, kPneumonia, kPneumothorax, kConsolidation,
-                  kEdema, kLungLesion, kPleuralOther}) {
+                  kEdema, kLungLesion}) {
       all_negative[l] = RawLabel::kNegative;
     }
     RawLabels cardiomegaly = all_negative;
@@ -321,6 +322,7 @@ TEST(NihCxr14Test, MapsFindingsToCheXpertLabels) {
     EXPECT_EQ(rows[3].labels, pleural);
     EXPECT_EQ(rows[4].labels, all_negative);  // Infiltration: no counterpart; Lung Opacity stays blank.
     EXPECT_EQ(rows[4].labels[kLungOpacity], RawLabel::kBlank);
+    EXPECT_EQ(rows[4].labels[kPleuralOther], RawLabel::kBlank);
 
     EXPECT_EQ(rows[0].age, 58.0);
     EXPECT_EQ(rows[1].age, 58.0);
@@ -411,6 +413,23 @@ TEST(NihCxr14Test, TheMappingCoversEveryFindingOnce) {
   std::sort(names.begin(), names.end());
   EXPECT_EQ(std::unique(names.begin(), names.end()), names.end());
   EXPECT_EQ(names.size(), 15u);
+}
+
+// Data_Entry_2017_v2020.csv, the table the NIH serves now, calls the sex column "Patient Sex".
+TEST(NihCxr14Test, ReadsTheV2020TableWithItsPatientSexColumn) {
+  fedtune::testing::TempDir dir;
+  std::string text = NihTable({"00000001_000.png,Cardiomegaly,0,1,57,M,PA", "00000002_000.png,No Finding,0,2,61,F,AP"},
+                              /*trailing_column=*/true);
+  const size_t at = text.find("Patient Gender");
+  ASSERT_NE(at, std::string::npos);
+  text.replace(at, std::string("Patient Gender").size(), "Patient Sex");
+  const std::string labels = dir.WriteFile("Data_Entry_2017_v2020.csv", text);
+  absl::StatusOr<PublicCollectionIndex> index = IndexPublicCollection(NihOptions(labels));
+  ASSERT_TRUE(index.ok()) << index.status();
+  ASSERT_EQ(index->rows.size(), 2u);
+  EXPECT_EQ(index->rows[0].sex, Sex::kMale);
+  EXPECT_EQ(index->rows[1].sex, Sex::kFemale);
+  EXPECT_EQ(index->rows[0].age, 57.0);
 }
 
 }  // namespace

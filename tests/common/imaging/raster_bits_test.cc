@@ -2,6 +2,9 @@
 // preprocessed-image cache's key (preprocess.h, cache.h).
 #include "common/imaging/raster_bits.h"
 
+#include <sys/stat.h>
+
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -159,6 +162,76 @@ TEST(RasterBitsEstimateTest, NothingToEstimateWithout16BitRasterImages) {
   EXPECT_EQ(estimate->bits_stored, 0);
   EXPECT_THAT(FormatRasterBitsEstimate(*estimate), HasSubstr("none among 1 files"));
   EXPECT_EQ(ResolveRasterBitsStored(kRasterBitsStoredAuto, paths, DecodeOptions()).value(), 0);
+}
+
+// A FIFO among the paths is passed over as unreadable, not waited on (opening it would block).
+TEST(RasterBitsEstimateTest, AFifoIsUnreadableNotWaitedOn) {
+  fedtune::testing::TempDir dir;
+  const std::string fifo = dir.Join("fifo.png");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  const std::vector<std::string> paths = {Write(dir, "a.png", TwelveBit(12, 10)), fifo};
+  absl::StatusOr<RasterBitsEstimate> estimate = EstimateRasterBitsStored(paths, DecodeOptions());
+  ASSERT_TRUE(estimate.ok()) << estimate.status();
+  EXPECT_EQ(estimate->unreadable, 1);
+  EXPECT_EQ(estimate->bits_stored, 12);
+}
+
+// A little-endian, uncompressed, single-strip grayscale TIFF with its IFD after the pixels, as many TIFF writers lay
+// files out (OpenCV's writer puts the IFD first).
+std::string WriteTiffWithIfdLast(const fedtune::testing::TempDir& dir, const std::string& name, const cv::Mat& m) {
+  const int bits = m.depth() == CV_16U ? 16 : 8;
+  const uint32_t data_bytes = static_cast<uint32_t>(m.total() * m.elemSize());
+  std::string out = "II*";
+  out.push_back('\0');
+  auto u16 = [&](uint32_t v) {
+    out.push_back(static_cast<char>(v & 0xFF));
+    out.push_back(static_cast<char>((v >> 8) & 0xFF));
+  };
+  auto u32 = [&](uint32_t v) {
+    u16(v & 0xFFFF);
+    u16(v >> 16);
+  };
+  u32(8 + data_bytes);                                            // The IFD follows the pixels.
+  out.append(reinterpret_cast<const char*>(m.data), data_bytes);  // Little-endian host: samples as the file has them.
+  const std::vector<std::array<uint32_t, 3>> entries = {{256, 4, static_cast<uint32_t>(m.cols)},
+                                                        {257, 4, static_cast<uint32_t>(m.rows)},
+                                                        {258, 3, uint32_t(bits)},
+                                                        {259, 3, 1},
+                                                        {262, 3, 1},
+                                                        {273, 4, 8},
+                                                        {277, 3, 1},
+                                                        {278, 4, static_cast<uint32_t>(m.rows)},
+                                                        {279, 4, data_bytes}};
+  u16(static_cast<uint32_t>(entries.size()));
+  for (const auto& [tag, type, value] : entries) {
+    u16(tag);
+    u16(type);
+    u32(1);
+    if (type == 3) {
+      u16(value);
+      u16(0);
+    } else {
+      u32(value);
+    }
+  }
+  u32(0);
+  return dir.WriteFile(name, out);
+}
+
+// TIFF writers often put the IFD after the pixels: its depth is then read from the whole file, so an 8-bit TIFF is
+// not taken for a 16-bit candidate (and does not use up the images the estimate decodes).
+TEST(RasterBitsEstimateTest, TiffDepthIsFoundWhenItsIfdFollowsThePixels) {
+  fedtune::testing::TempDir dir;
+  const std::string eight = WriteTiffWithIfdLast(dir, "eight.tif", cv::Mat(100, 100, CV_8UC1, cv::Scalar(9)));
+  const std::string sixteen = WriteTiffWithIfdLast(dir, "sixteen.tif", TwelveBit(100, 100));
+  absl::StatusOr<Image> decoded = DecodeImage(sixteen);  // The file is a valid TIFF.
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(decoded->bits, 16);
+  absl::StatusOr<RasterBitsEstimate> estimate = EstimateRasterBitsStored({eight, sixteen}, DecodeOptions());
+  ASSERT_TRUE(estimate.ok()) << estimate.status();
+  EXPECT_EQ(estimate->candidates, 1);
+  EXPECT_EQ(estimate->images_sampled, 1);
+  EXPECT_EQ(estimate->bits_stored, 12);
 }
 
 TEST(RasterBitsEstimateTest, ResolveAndParseFlag) {
