@@ -125,6 +125,12 @@ absl::StatusOr<int> ResolveRasterBitsStored(int configured, const std::vector<st
                                             const DecodeOptions& decode) {
   if (configured == kRasterBitsStoredAuto) {
     ASSIGN_OR_RETURN(RasterBitsEstimate estimate, EstimateRasterBitsStored(paths, decode));
+    if (estimate.candidates > 0 && estimate.images_sampled == 0) {
+      // 16-bit files are there but none decoded (a data root not mounted, say): 0 would silently mean 1/65535.
+      return absl::FailedPreconditionError(absl::StrCat(
+          "raster_bits_stored auto: ", estimate.candidates, " 16-bit PNG/TIFF files found but none of the ",
+          estimate.unreadable, " tried could be decoded; fix the images (fedtune-site data check) or set the value"));
+    }
     LOG(INFO) << "raster_bits_stored auto: " << FormatRasterBitsEstimate(estimate);
     return estimate.bits_stored;
   }

@@ -52,7 +52,8 @@ std::string FormatRasterBitsEstimate(const RasterBitsEstimate& estimate);
 
 // The effective DecodeOptions::raster_bits_stored for a configured value: `configured` itself when it is 0 or in
 // [8, 16]; for kRasterBitsStoredAuto, the estimate's bits_stored over `paths` (logged with
-// FormatRasterBitsEstimate). InvalidArgument naming the value for anything else.
+// FormatRasterBitsEstimate); FailedPrecondition when 16-bit PNG/TIFF files were found but none could be decoded.
+// InvalidArgument naming the value for anything else.
 absl::StatusOr<int> ResolveRasterBitsStored(int configured, const std::vector<std::string>& paths,
                                             const DecodeOptions& decode);
 

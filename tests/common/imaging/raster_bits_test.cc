@@ -17,6 +17,7 @@
 #include "common/imaging/cache.h"
 #include "common/imaging/decode.h"
 #include "common/imaging/preprocess.h"
+#include "common/io/file_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/temp_dir.h"
@@ -232,6 +233,19 @@ TEST(RasterBitsEstimateTest, TiffDepthIsFoundWhenItsIfdFollowsThePixels) {
   EXPECT_EQ(estimate->candidates, 1);
   EXPECT_EQ(estimate->images_sampled, 1);
   EXPECT_EQ(estimate->bits_stored, 12);
+}
+
+// 16-bit PNG files that cannot be decoded (here: truncated after their header) leave auto nothing to go on: an
+// error, not the container's scaling.
+TEST(RasterBitsEstimateTest, AutoFailsWhenNo16BitCandidateDecodes) {
+  fedtune::testing::TempDir dir;
+  const std::string good = Write(dir, "good.png", TwelveBit(40, 40));
+  absl::StatusOr<std::string> bytes = io::ReadFile(good);
+  ASSERT_TRUE(bytes.ok());
+  const std::string cut = dir.WriteFile("cut.png", bytes->substr(0, 60));
+  absl::StatusOr<int> bits = ResolveRasterBitsStored(kRasterBitsStoredAuto, {cut}, DecodeOptions());
+  EXPECT_EQ(bits.status().code(), absl::StatusCode::kFailedPrecondition) << bits.status();
+  EXPECT_EQ(ResolveRasterBitsStored(kRasterBitsStoredAuto, {cut, good}, DecodeOptions()).value(), 12);
 }
 
 TEST(RasterBitsEstimateTest, ResolveAndParseFlag) {
