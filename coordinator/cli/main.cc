@@ -6,6 +6,7 @@
 #include "common/cli/command.h"
 #include "common/logging.h"
 #include "common/pki/pki_commands.h"
+#include "common/privacy/privacy_command.h"
 #include "common/stats/compare_command.h"
 #include "common/synth/synth_command.h"
 #include "coordinator/cli/admin_commands.h"
@@ -18,6 +19,8 @@ int main(int argc, char** argv) {
                                     "models (operator and research CLI)");
   commands.Add(fedtune::stats::MakeStatsCompareCommand(std::cout));
   commands.Add(fedtune::synth::MakeSynthCommand(std::cout));
+  commands.Add(fedtune::privacy::MakePrivacyEpsilonCommand(std::cout));
+  commands.Add(fedtune::privacy::MakePrivacyNoiseCommand(std::cout));
   commands.Add(fedtune::pki::MakePkiInitCommand(std::cout));
   commands.Add(fedtune::pki::MakePkiServerCertCommand(std::cout));
   commands.Add(
