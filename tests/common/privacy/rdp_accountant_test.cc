@@ -68,7 +68,7 @@ TEST(RdpAccountantTest, MatchesIndependentReference) {
     double max_rel = 0;
     for (size_t k = 0; k < ref.orders.size(); ++k) {
       if (!std::isfinite(ref.rdp[k]) || ref.rdp[k] > 1e6) continue;  // Beyond the reference's double range.
-      // 1e-6 relative (quad's and mpmath's accuracy is far better), plus 1e-12 per step absolute for the tiny RDP of
+      // 1e-6 relative (quad's and decimal's accuracy is far better), plus 1e-12 per step absolute for the tiny RDP of
       // small q and large sigma where the C++'s log-space sum has ~1e-16 absolute rounding per term.
       EXPECT_NEAR((*rdp)[k], ref.rdp[k], 1e-6 * ref.rdp[k] + 1e-12 * s.steps) << "order " << ref.orders[k];
       if (ref.rdp[k] > 0) max_rel = std::max(max_rel, std::fabs((*rdp)[k] - ref.rdp[k]) / ref.rdp[k]);

@@ -3,7 +3,7 @@
 
 Written from the definitions, not from the C++ (or Opacus's) series: one step of the sampled Gaussian mechanism has
 A_alpha = E_{z ~ N(0, s^2)} [((1 - q) + q exp((2z - 1) / (2 s^2)))^alpha]   (Mironov, Talwar & Zhang 2019, section 3)
-and RDP_alpha = log(A_alpha) / (alpha - 1). Integer orders: the binomial sum, evaluated exactly in mpmath at 50 digits.
+and RDP_alpha = log(A_alpha) / (alpha - 1). Integer orders: the binomial sum, evaluated in Python's decimal at 50 digits.
 Fractional orders: A_alpha - 1 by numerical integration (scipy.integrate.quad) of
 N(z; 0, s^2) * [(1 + u)^alpha - 1 - alpha u],  u = q expm1((2z - 1) / (2 s^2)),
 whose alpha u part integrates to 0 exactly and is removed to avoid cancellation when A_alpha is close to 1.
@@ -13,10 +13,11 @@ Usage: rdp_reference.py Q SIGMA STEPS DELTA
 Prints one line "EPSILON BEST_ORDER" then, per order, "ORDER RDP" (RDP of all steps; "inf" where the reference
 cannot represent it).
 """
+import decimal
 import math
 import sys
+from decimal import Decimal
 
-import mpmath
 import numpy as np
 from scipy import integrate
 
@@ -24,11 +25,12 @@ ORDERS = [1 + x / 10.0 for x in range(1, 100)] + [float(a) for a in range(12, 64
 
 
 def log_a_integer(q, sigma, alpha):
-    mpmath.mp.dps = 50
-    q, s = mpmath.mpf(q), mpmath.mpf(sigma)
-    total = mpmath.fsum(mpmath.binomial(alpha, i) * (1 - q) ** (alpha - i) * q ** i * mpmath.exp((i * i - i) / (2 * s * s))
-                        for i in range(alpha + 1))
-    return float(mpmath.log(total))
+    with decimal.localcontext() as ctx:
+        ctx.prec = 50
+        q, s2 = Decimal(q), Decimal(sigma) * Decimal(sigma)  # Decimal(float) is exact.
+        total = sum(math.comb(alpha, i) * (1 - q) ** (alpha - i) * q ** i * ((i * i - i) / (2 * s2)).exp()
+                    for i in range(alpha + 1))
+        return float(total.ln())
 
 
 def log_a_fractional(q, sigma, alpha):
