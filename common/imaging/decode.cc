@@ -82,11 +82,6 @@ bool HasDicomExtension(absl::string_view path) {
   return absl::EndsWith(lower, ".dcm") || absl::EndsWith(lower, ".dicom");
 }
 
-bool LooksLikeDicom(absl::string_view prefix, absl::string_view name) {
-  if (prefix.size() >= kDicomMagicOffset + 4 && prefix.substr(kDicomMagicOffset, 4) == "DICM") return true;
-  return HasDicomExtension(name);
-}
-
 // p = a * b * ..., or INT64_MAX when that overflows.
 int64_t SaturatingProduct(std::initializer_list<int64_t> factors) {
   int64_t product = 1;
@@ -637,6 +632,11 @@ absl::Status ValidateDecodeOptions(const DecodeOptions& options) {
 int64_t MaxImageFileBytes(const DecodeOptions& options) {
   return std::min<int64_t>(SaturatingProduct({options.max_pixels, kMaxFileBytesPerPixel}),
                            std::numeric_limits<int32_t>::max());
+}
+
+bool LooksLikeDicom(absl::string_view prefix, absl::string_view name) {
+  if (prefix.size() >= kDicomMagicOffset + 4 && prefix.substr(kDicomMagicOffset, 4) == "DICM") return true;
+  return HasDicomExtension(name);
 }
 
 absl::StatusOr<bool> IsDicomFile(const std::string& path) {

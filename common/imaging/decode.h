@@ -184,6 +184,10 @@ absl::StatusOr<Image> DecodeImage(const std::string& path);
 absl::StatusOr<Image> DecodeImageFromMemory(absl::string_view bytes, const std::string& name,
                                             const DecodeOptions& options);
 
+// True when `prefix` (a file's first bytes) has "DICM" at offset 128 or, lacking it, `name` ends in ".dcm" or
+// ".dicom" (case-insensitive): how DecodeImage tells DICOM from raster files.
+bool LooksLikeDicom(absl::string_view prefix, absl::string_view name);
+
 // True when the file's content (or, lacking the preamble, its name) says DICOM.
 // NotFound/PermissionDenied when the file cannot be read.
 absl::StatusOr<bool> IsDicomFile(const std::string& path);

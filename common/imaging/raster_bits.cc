@@ -6,9 +6,7 @@
 #include <cmath>
 #include <fstream>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
-#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/imaging/raster_header.h"
@@ -21,7 +19,6 @@ namespace {
 
 // Enough for a PNG's IHDR and most TIFFs' first IFD; a TIFF whose IFD lies further is decoded to find its depth.
 constexpr size_t kHeaderBytes = 4096;
-constexpr size_t kDicomMagicOffset = 128;
 
 // Up to k indices into [0, n), spread evenly: floor(i * n / k).
 std::vector<size_t> Spread(size_t n, size_t k) {
@@ -47,9 +44,7 @@ Probe ProbeHeader(const std::string& path, const DecodeOptions& decode) {
   std::string bytes(kHeaderBytes, '\0');
   in.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   bytes.resize(static_cast<size_t>(in.gcount()));
-  if (bytes.size() >= kDicomMagicOffset + 4 && bytes.compare(kDicomMagicOffset, 4, "DICM") == 0) return Probe::kOther;
-  const std::string lower = absl::AsciiStrToLower(path);
-  if (absl::EndsWith(lower, ".dcm") || absl::EndsWith(lower, ".dicom")) return Probe::kOther;
+  if (LooksLikeDicom(bytes, path)) return Probe::kOther;
   const std::string format = RasterFormat(bytes);
   if (format != "png" && format != "tiff") return Probe::kOther;
   absl::StatusOr<RasterHeader> header = ReadRasterHeader(bytes);
