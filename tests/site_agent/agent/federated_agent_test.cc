@@ -516,7 +516,9 @@ TEST(FederatedAgentTest, FinalEvaluationWithTheLocalOnlyBaseline) {
   ASSERT_EQ(coordinator.service().reports().size(), 3u);
   const v1::MetricsReport second_report = coordinator.service().reports()[2];
   for (const v1::ModelEvaluation& m : second_report.models()) {
-    if (m.name() == "local-only") EXPECT_EQ(m.digest(), local_only.digest());
+    if (m.name() == "local-only") {
+      EXPECT_EQ(m.digest(), local_only.digest());
+    }
   }
   // More epochs: another model in another directory.
   EXPECT_NE(LocalOnlyConfig(setup.config, "x.ckpt", setup.digest, evaluate.plan())->out_dir(), [&] {
