@@ -25,12 +25,18 @@
 #                     baseline, and writes one comparison report (comparison/comparison.html)
 #   --cross-site      cross-site evaluation: every site shares its adapted model and evaluates the others' (the
 #                     consortium report's cross-site matrix)
+#   --secure-aggregation  the sites mask their updates: the coordinator learns only their sum
+#   --dp-epsilon E    sample-level DP-SGD at every site with the noise multiplier that spends at most E (delta 1e-5)
+#                     over the whole run; every site's own budget (max_epsilon) is E. With either privacy flag the
+#                     demo first runs the same federation without privacy, and the consortium report shows its AUC
+#                     next to the private run's, with each site's epsilon
 # Every process the demo starts is stopped when it ends, fails or is interrupted (Ctrl-C).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 sites=3 rounds=5 local_epochs=2 size=64 arch=tiny images=1000 compression=fp32 seed=1 pretrain_epochs=10
-work="$root/build/demo" setup=1 bin="" fresh=0 prepare_only=0 compare="" cross_site=false
+work="$root/build/demo" setup=1 bin="" fresh=0 prepare_only=0 compare="" cross_site=false secure_aggregation=false
+dp_epsilon=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --sites) sites="$2"; shift 2 ;;
@@ -49,7 +55,9 @@ while [[ $# -gt 0 ]]; do
     --prepare-only) prepare_only=1; shift ;;
     --compare) compare="$2"; shift 2 ;;
     --cross-site) cross_site=true; shift ;;
-    -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --secure-aggregation) secure_aggregation=true; shift ;;
+    --dp-epsilon) dp_epsilon="$2"; shift 2 ;;
+    -h|--help) sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -57,8 +65,15 @@ done
 [[ "$rounds" =~ ^[1-9][0-9]*$ ]] || { echo "demo.sh: --rounds must be a positive integer" >&2; exit 2; }
 [[ "$pretrain_epochs" =~ ^[1-9][0-9]{0,2}$ ]] || { echo "demo.sh: --pretrain-epochs must be an integer from 1 to 999" >&2; exit 2; }
 [[ "$seed" =~ ^[1-9][0-9]{0,8}$ ]] || { echo "demo.sh: --seed must be an integer from 1 to 999999999" >&2; exit 2; }
-# One run per strategy: the sites serve that many runs.
+if [[ -n "$dp_epsilon" ]]; then
+  [[ "$dp_epsilon" =~ ^[0-9]+(\.[0-9]+)?$ ]] && awk "BEGIN{exit !($dp_epsilon > 0 && $dp_epsilon <= 1000)}" ||
+    { echo "demo.sh: --dp-epsilon must be a number in (0, 1000]" >&2; exit 2; }
+fi
+private=0
+[[ "$secure_aggregation" == true || -n "$dp_epsilon" ]] && private=1
+# One run per strategy: the sites serve that many runs; a private demo runs the non-private reference first.
 runs_per_site=1
+((private == 1)) && runs_per_site=2
 if [[ -n "$compare" ]]; then
   [[ "$compare" =~ ^[A-Za-z]+(,[A-Za-z]+)*$ ]] ||
     { echo "demo.sh: --compare takes strategy names separated by commas, e.g. fedavg,fedbn,siloBN,ditto" >&2; exit 2; }
@@ -70,6 +85,9 @@ case "$arch" in
   solonet) arch_flags=(--arch solonet --duo densenet121 --dropout 0.8); lr=0.001; batch=88 ;;
   *) echo "demo.sh: --arch must be tiny or solonet" >&2; exit 2 ;;
 esac
+if [[ -n "$compare" && $private -eq 1 ]]; then
+  echo "demo.sh: --compare cannot be combined with --secure-aggregation or --dp-epsilon" >&2; exit 2
+fi
 
 start_time=$(date +%s)
 # The demo needs the three programs only (./deploy/test.sh builds the tests too).
@@ -209,6 +227,7 @@ work_dir: "work"
 heartbeat_seconds: 2
 exit_after_runs: $runs_per_site
 share_adapted_model: $cross_site
+${dp_epsilon:+max_epsilon: $dp_epsilon delta: 1e-5}
 finetune {
   manifest: "data-$tag/manifest.csv"
   device: "cpu" threads: $threads loader_threads: 1 patience: 10 seed: $seed
@@ -264,6 +283,36 @@ if [[ -n "$compare" ]]; then
   [[ $experiment_rc -eq 0 ]] || { echo "demo: the experiment did not complete (exit code $experiment_rc)" >&2; exit 1; }
   exit 0
 fi
+reference_flags=()
+if ((private == 1)); then
+  # The same federation without privacy first: its AUC goes next to the private run's in the report.
+  reference_id="$("$bin/fedtune" run start --config run.textproto)"
+  echo "started the non-private reference run $reference_id"
+  "$bin/fedtune" run status --run "$reference_id" --watch --interval 2 >"logs/reference-status.log" 2>&1 ||
+    { tail -5 logs/reference-status.log; echo "demo: the non-private reference run did not complete" >&2; exit 1; }
+  echo "reference run $reference_id completed"
+  reference_flags=(--reference-run "$reference_id")
+  privacy_text="secure aggregation: $secure_aggregation"
+  { echo "secure_aggregation: $secure_aggregation"
+    # The local-only baseline is trained without DP; its metrics would leave the site outside the budget.
+    echo "local_only_baseline: false"
+    if [[ -n "$dp_epsilon" ]]; then
+      # Sample rate and steps as each site will account them (common/privacy/dp_plan.h): q = batch / training images,
+      # round(1 / q) steps per epoch, every network of the model trained on the same images. The training split is
+      # taken a little smaller than 60% of the images (the patient split is not exact), so q is not underestimated.
+      train=$(( images * 55 / 100 ))
+      networks=$("$bin/fedtune-site" model info "$open_source" | grep -c -E '^(member [0-9]+|duo):')
+      q=$(awk "BEGIN{q = $batch / $train; if (q > 1) q = 1; printf \"%.6f\", q}")
+      per_epoch=$(awk "BEGIN{printf \"%d\", (1 / $q) + 0.5}")
+      steps=$(( rounds * local_epochs * per_epoch * networks ))
+      sigma=$("$bin/fedtune" privacy noise --target-epsilon "$dp_epsilon" --sample-rate "$q" --steps "$steps" \
+        --delta 1e-5 --json | /usr/bin/python3 -c 'import json, sys; print(json.load(sys.stdin)["noise_multiplier"])')
+      echo "dp: \"dp-sgd\" dp_noise_multiplier: $sigma dp_clip_norm: 1.0"
+      privacy_text="$privacy_text; DP-SGD epsilon <= $dp_epsilon (sigma $sigma, q $q, $steps steps per site)"
+    fi
+  } >>run.textproto
+  step "private run: $privacy_text"
+fi
 run_id="$("$bin/fedtune" run start --config run.textproto)"
 echo "started run $run_id"
 watch_rc=0
@@ -271,7 +320,7 @@ watch_rc=0
 
 # ---------------------------------------------------------------------------------------------------------------
 step "consortium report"
-"$bin/fedtune" report --run "$run_id" --out "report-$run_id" ||
+"$bin/fedtune" report --run "$run_id" "${reference_flags[@]}" --out "report-$run_id" ||
   { echo "demo: the report could not be made" >&2; exit 1; }
 for id in "${site_ids[@]}"; do
   for r in "$work/$id/work/reports/$run_id"/*/report.html; do [[ -f "$r" ]] && echo "  $id: $r"; done
