@@ -119,6 +119,8 @@ class SecAggSession {
 
   // kDone: the decoded sum of U3's pre-scaled inputs (secagg::FixedPointCodec(range, |U1|).DecodeSum), the sum of their
   // num_samples, and U3. FailedPrecondition before, and after the result was taken once.
+  // Each site of U3 pre-scaled its delta by num_samples / max_num_samples (the roster's), so the FedAvg mean delta
+  // is sum * max_num_samples / total_samples, entry by entry in the secagg::MakeLayout order (secagg::Unflatten).
   struct Result {
     std::vector<double> sum;
     int64_t total_samples = 0;

@@ -400,6 +400,9 @@ TEST_F(SecAggSessionTest, TooFewSitesFailWithAMessage) {
     EXPECT_EQ(session->NextDeadline(), absl::InfiniteFuture());
     EXPECT_EQ(session->TakeResult().status().code(), absl::StatusCode::kFailedPrecondition);
     EXPECT_EQ(session->Roster("site-a").status().code(), absl::StatusCode::kFailedPrecondition);
+    absl::Status retry = Advertise(*session, "site-a", kT0 + kPhase);  // even a retry learns of the failure
+    EXPECT_EQ(retry.code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_NE(retry.message().find("only 1 of 4"), std::string::npos) << retry;
   }
   {
     // The configured threshold 4 and one site never shares.
@@ -527,6 +530,7 @@ TEST_F(SecAggSessionTest, KeysAreCheckedAgainstTheCertificate) {
 
   ASSERT_TRUE(session->AdvertiseKeys("site-a", a.certificate_pem, keys, kT0).ok());
   EXPECT_TRUE(session->AdvertiseKeys("site-a", a.certificate_pem, keys, kT0).ok());  // a retry
+  EXPECT_TRUE(Advertise(*session, "site-a", kT0).ok());  // the same keys signed again
   a.mask.emplace(std::move(*KeyPair::Generate()));
   EXPECT_EQ(session->AdvertiseKeys("site-a", a.certificate_pem, a.Keys(), kT0).code(),
             absl::StatusCode::kAlreadyExists);
