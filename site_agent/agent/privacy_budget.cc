@@ -179,9 +179,9 @@ absl::StatusOr<BudgetDecision> PrivacyBudget::CheckRound(const v1::Task& task, i
                                    EpsilonText(after.epsilon), " at delta ", delta_, ", max_epsilon ",
                                    max_epsilon_ > 0 ? absl::StrCat(max_epsilon_) : "0 (no budget)");
   } else if (planned.mechanism == "none") {
-    decision.reason = absl::StrCat(what, " has an unbounded epsilon: this site's privacy budget (max_epsilon ",
+    decision.reason = absl::StrCat(what, " has an unbounded epsilon: with a privacy budget (max_epsilon ",
                                    max_epsilon_, " at delta ", delta_, ", spent ", EpsilonText(before.epsilon),
-                                   ") takes part in differentially private rounds only");
+                                   ") this site trains differentially private rounds only");
   } else {
     decision.reason = absl::StrCat(what, " would raise this site's epsilon from ", EpsilonText(before.epsilon), " to ",
                                    EpsilonText(after.epsilon), " at delta ", delta_, ", above its max_epsilon ",
