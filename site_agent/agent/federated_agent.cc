@@ -229,10 +229,14 @@ absl::StatusOr<std::unique_ptr<FederatedAgent>> FederatedAgent::Create(const v1:
   RETURN_IF_ERROR(io::MakeDirectories(config.work_dir()));
   ASSIGN_OR_RETURN(agent->db_, AgentDatabase::Open((fs::path(config.work_dir()) / "site.db").string()));
   agent->budget_ = std::make_unique<PrivacyBudget>(agent->db_.get(), config);
-  // The budget as it stands, once at start-up (and a corrupt ledger is found before any task).
-  ASSIGN_OR_RETURN(const v1::PrivacyAccount account, agent->budget_->Account());
-  LOG(INFO) << "site " << config.site_id() << ": " << PrivacyLine(account) << ", " << account.private_steps()
-            << " private steps accounted" << (account.non_private_training() ? ", trained without DP before" : "");
+  // The budget as it stands, once at start-up. A corrupt ledger is said here already; the tasks that need it (every
+  // TRAIN task, every report) then fail with the same error until it is repaired.
+  if (absl::StatusOr<v1::PrivacyAccount> account = agent->budget_->Account(); account.ok()) {
+    LOG(INFO) << "site " << config.site_id() << ": " << PrivacyLine(*account) << ", " << account->private_steps()
+              << " private steps accounted" << (account->non_private_training() ? ", trained without DP before" : "");
+  } else {
+    LOG(ERROR) << "site " << config.site_id() << ": the privacy budget cannot be read: " << account.status();
+  }
 
   ClientOptions client;
   client.address = config.coordinator();
@@ -496,6 +500,14 @@ absl::StatusOr<bool> FederatedAgent::DeclineOverBudget(const v1::Task& task, con
   ASSIGN_OR_RETURN(const BudgetDecision decision, budget_->CheckRound(task, train_images, networks));
   if (!decision.decline) {
     LOG(INFO) << "privacy budget " << when << ": " << decision.reason;
+    return false;
+  }
+  // An attempt whose update was written before its privacy was accounted (by an agent older than the budget):
+  // its data was used; it is accounted now (RunTrain records it) and completed, not declined.
+  ASSIGN_OR_RETURN(const std::optional<TaskRecord> record, db_->FindTask(key));
+  if (record && (record->state == "update-written" || record->state == "uploaded" || record->state == "done")) {
+    LOG(WARNING) << "privacy budget " << when << ": " << decision.reason << "; but its update was written before "
+                 << "(state " << record->state << "): accounted now and completed, not declined";
     return false;
   }
   LOG(WARNING) << "privacy budget: declining " << decision.reason

@@ -153,8 +153,9 @@ class FederatedAgent {
                                  Heartbeater& heartbeat, v1::MetricsReport* report);
   // The privacy budget check of a TRAIN task (`when`: for the log) with `networks` networks trained on
   // `train_images` images: false when the round may be trained; true when it was declined (logged, DeclineTask
-  // sent, the task recorded "declined"). Errors of the check and of DeclineTask (the task then fails and is declined
-  // again when offered again).
+  // sent, the task recorded "declined"). An attempt whose update was already written (state update-written,
+  // uploaded or done: trained by an agent older than the budget) is never declined. Errors of the check and of
+  // DeclineTask (the task then fails and is declined again when offered again).
   absl::StatusOr<bool> DeclineOverBudget(const v1::Task& task, const TaskKey& key, int64_t train_images, int networks,
                                          const char* when);
   // Records the privacy spent by the round's training: the steps taken when the trainer says (the planned maximum

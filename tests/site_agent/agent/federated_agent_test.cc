@@ -236,6 +236,26 @@ TEST(FederatedAgentTest, TrainAndEvaluateTasksEndToEnd) {
   EXPECT_EQ(coordinator.service().calls("UploadUpdate"), streams);
   EXPECT_EQ(coordinator.service().reports().size(), 3u);
 
+  // The same after an upgrade to a budget: a round trained before its privacy was accounted (no ledger row) is
+  // accounted now and completed, not declined, although a non-private round is over any budget.
+  {
+    auto db = AgentDatabase::Open((work / "site.db").string());
+    ASSERT_TRUE(db.ok()) << db.status();
+    ASSERT_TRUE((*db)->database().Execute("DELETE FROM privacy_ledger;").ok());
+    v1::SiteAgentConfig budgeted = config;
+    budgeted.set_max_epsilon(1);
+    auto agent = FederatedAgent::Create(budgeted, options);
+    ASSERT_TRUE(agent.ok()) << agent.status();
+    const absl::Status again = (*agent)->RunTask(train);
+    ASSERT_TRUE(again.ok()) << again;
+    EXPECT_TRUE(coordinator.service().declines().empty());
+    auto ledger = (*db)->PrivacyLedger();
+    ASSERT_TRUE(ledger.ok()) << ledger.status();
+    ASSERT_EQ(ledger->size(), 1u);
+    EXPECT_EQ((*ledger)[0].mechanism, "none");
+  }
+  EXPECT_EQ(coordinator.service().reports().size(), 4u);
+
   // An agent killed after its upload was accepted (the coordinator offers no task again) completes the round when
   // it restarts; Task.ended_runs then ends the run for it.
   {
@@ -260,8 +280,8 @@ TEST(FederatedAgentTest, TrainAndEvaluateTasksEndToEnd) {
     EXPECT_EQ((*agent)->finished_runs(), 1);
   }
   EXPECT_EQ(coordinator.service().calls("UploadUpdate"), streams);
-  ASSERT_EQ(coordinator.service().reports().size(), 4u);
-  EXPECT_EQ(coordinator.service().reports()[3].kind(), "round");
+  ASSERT_EQ(coordinator.service().reports().size(), 5u);
+  EXPECT_EQ(coordinator.service().reports()[4].kind(), "round");
   auto db = AgentDatabase::Open((work / "site.db").string());
   ASSERT_TRUE(db.ok()) << db.status();
   auto record = (*db)->FindTask({"run-1", 1, 1, "train"});
