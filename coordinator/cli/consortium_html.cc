@@ -294,17 +294,18 @@ void AppendRoundsSection(std::string* html, const v1::RunStatus& status, const s
     absl::StrAppend(html, "<p>No round was opened.</p>\n");
     return;
   }
-  absl::StrAppend(html, "<table>\n<thead><tr><th>Round</th><th>Attempt</th><th>State</th><th>Accepted</th>",
-                  "<th>Refused</th><th>Declined</th><th>Samples</th><th>Mean train loss</th><th>Mean validation loss</th>",
-                  "<th>Bytes up</th><th>Model sent</th><th>Aggregated model</th><th>Note</th></tr></thead>\n<tbody>\n");
+  absl::StrAppend(
+      html, "<table>\n<thead><tr><th>Round</th><th>Attempt</th><th>State</th><th>Accepted</th>",
+      "<th>Refused</th><th>Declined</th><th>Samples</th><th>Mean train loss</th><th>Mean validation loss</th>",
+      "<th>Bytes up</th><th>Model sent</th><th>Aggregated model</th><th>Note</th></tr></thead>\n<tbody>\n");
   for (const v1::RoundInfo& r : status.rounds()) {
     const RoundTotals t = TotalsOf(r);
     const std::string state = federation::DisplayText(r);
     absl::StrAppend(html, "<tr>", Td(absl::StrCat(r.round())), Td(absl::StrCat(r.attempt())), TdText(state),
                     Td(absl::StrCat(t.accepted)), Td(absl::StrCat(t.refused)), Td(absl::StrCat(t.declined)),
-                    Td(absl::StrCat(t.samples)),
-                    Td(FormatLoss(t.mean_train_loss)), Td(FormatLoss(t.mean_validation_loss)), Td(FormatBytes(t.bytes)),
-                    "<td><code>", HtmlEscape(ShortDigest(r.model_digest())), "</code></td><td><code>",
+                    Td(absl::StrCat(t.samples)), Td(FormatLoss(t.mean_train_loss)),
+                    Td(FormatLoss(t.mean_validation_loss)), Td(FormatBytes(t.bytes)), "<td><code>",
+                    HtmlEscape(ShortDigest(r.model_digest())), "</code></td><td><code>",
                     HtmlEscape(ShortDigest(r.result_digest())), "</code></td>", TdText(r.message()), "</tr>\n");
   }
   absl::StrAppend(html, "</tbody>\n</table>\n");
@@ -335,19 +336,21 @@ void AppendPrivacySection(std::string* html, const v1::RunReport& report, const 
   absl::StrAppend(html, "<h2>Differential privacy</h2>\n<p class=\"note\">Run setting: <code>dp ",
                   HtmlEscape(config.dp().empty() ? "none" : config.dp()), "</code>");
   if (config.dp() == "dp-sgd" || config.dp() == "dp-fedavg") {
-    absl::StrAppend(html, ", noise multiplier ", absl::StrFormat("%g", config.dp_noise_multiplier()),
-                    ", clip norm ", absl::StrFormat("%g", config.dp_clip_norm()));
+    absl::StrAppend(html, ", noise multiplier ", absl::StrFormat("%g", config.dp_noise_multiplier()), ", clip norm ",
+                    absl::StrFormat("%g", config.dp_clip_norm()));
   }
   absl::StrAppend(html, config.secure_aggregation() ? ", secure aggregation" : "",
                   ". Each site accounts its own epsilon (its RDP accountant over all its training, at its own "
                   "delta) and declines a round that would exceed its budget; the coordinator cannot change a "
                   "site's budget.</p>\n");
-  absl::StrAppend(html, "<p class=\"", p.consortium_epsilon && std::isinf(*p.consortium_epsilon) ? "warning" : "summary",
+  absl::StrAppend(html, "<p class=\"",
+                  p.consortium_epsilon && std::isinf(*p.consortium_epsilon) ? "warning" : "summary",
                   "\">Consortium epsilon ", HtmlEscape(FormatEpsilon(p.consortium_epsilon)),
                   p.delta ? absl::StrFormat(" at delta %g", *p.delta) : std::string(), ". ",
                   HtmlEscape(kParallelComposition), "</p>\n");
-  absl::StrAppend(html, "<table>\n<thead><tr><th>Site</th><th>Epsilon spent</th><th>Delta</th><th>Budget "
-                        "(max_epsilon)</th><th>Private steps</th><th>Declined rounds</th></tr></thead>\n<tbody>\n");
+  absl::StrAppend(html,
+                  "<table>\n<thead><tr><th>Site</th><th>Epsilon spent</th><th>Delta</th><th>Budget "
+                  "(max_epsilon)</th><th>Private steps</th><th>Declined rounds</th></tr></thead>\n<tbody>\n");
   for (const SitePrivacy& site : p.sites) {
     const std::string declined = site.declined_rounds.empty() ? "-" : absl::StrJoin(site.declined_rounds, ", ");
     if (site.account == nullptr) {

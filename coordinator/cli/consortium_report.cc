@@ -48,8 +48,7 @@ std::string PrivacyText(const v1::RunReport& report) {
       table.AddRow({site.site_id, "n/a (not reported)", "n/a", "n/a", declined});
       continue;
     }
-    const double epsilon =
-        site.non_private() ? std::numeric_limits<double>::infinity() : site.account->epsilon();
+    const double epsilon = site.non_private() ? std::numeric_limits<double>::infinity() : site.account->epsilon();
     table.AddRow({site.site_id, consortium::FormatEpsilon(epsilon), absl::StrFormat("%g", site.account->delta()),
                   site.account->max_epsilon() > 0 ? absl::StrFormat("%g", site.account->max_epsilon()) : "none",
                   declined});

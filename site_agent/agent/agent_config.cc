@@ -143,8 +143,8 @@ absl::StatusOr<PlanDp> ReadPlanDp(const v1::TrainingPlan& plan) {
   } else if (plan.dp() == "dp-fedavg") {
     dp = PlanDp::kDpFedAvg;
   } else {
-    return absl::InvalidArgumentError(absl::StrCat("task plan field 'dp': \"", plan.dp().substr(0, 32),
-                                                   "\" is not one of none, dp-sgd, dp-fedavg"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("task plan field 'dp': \"", plan.dp().substr(0, 32), "\" is not one of none, dp-sgd, dp-fedavg"));
   }
   const double sigma = plan.dp_noise_multiplier();
   if (!(sigma >= privacy::kMinNoiseMultiplier && sigma <= privacy::kMaxNoiseMultiplier)) {

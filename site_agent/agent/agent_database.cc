@@ -98,8 +98,8 @@ std::string PhaseProblem(const PrivacyPhaseRecord& p) {
     return absl::StrCat("dp-fedavg sample_rate ", p.sample_rate, " (must be 1)");
   }
   if (!(p.noise_multiplier >= privacy::kMinNoiseMultiplier && p.noise_multiplier <= privacy::kMaxNoiseMultiplier)) {
-    return absl::StrCat("noise_multiplier ", p.noise_multiplier, " (must be in [", privacy::kMinNoiseMultiplier,
-                        ", ", privacy::kMaxNoiseMultiplier, "])");
+    return absl::StrCat("noise_multiplier ", p.noise_multiplier, " (must be in [", privacy::kMinNoiseMultiplier, ", ",
+                        privacy::kMaxNoiseMultiplier, "])");
   }
   return "";
 }
@@ -221,8 +221,9 @@ absl::Status AgentDatabase::RecordAdapted(const AdaptedModel& m) {
 
 absl::Status AgentDatabase::RecordPrivacyPhase(const PrivacyPhaseRecord& phase) {
   if (const std::string problem = PhaseProblem(phase); !problem.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(db_->path(), ": privacy_ledger row of run ", phase.run_id.substr(0, 64),
-                                                   " round ", phase.round, " attempt ", phase.attempt, ": ", problem));
+    return absl::InvalidArgumentError(absl::StrCat(db_->path(), ": privacy_ledger row of run ",
+                                                   phase.run_id.substr(0, 64), " round ", phase.round, " attempt ",
+                                                   phase.attempt, ": ", problem));
   }
   ASSIGN_OR_RETURN(store::Statement s,
                    db_->Prepare("INSERT OR REPLACE INTO privacy_ledger (run_id, round, attempt, mechanism, "
@@ -253,8 +254,8 @@ absl::StatusOr<std::vector<PrivacyPhaseRecord>> AgentDatabase::PrivacyLedger() {
     if (!more) break;
     ++row;
     if (row > kMaxPrivacyLedgerRows) {
-      return absl::DataLossError(absl::StrCat(db_->path(), ": table privacy_ledger has more than ",
-                                              kMaxPrivacyLedgerRows, " rows"));
+      return absl::DataLossError(
+          absl::StrCat(db_->path(), ": table privacy_ledger has more than ", kMaxPrivacyLedgerRows, " rows"));
     }
     const bool text_key = s.ColumnText(8) == "text" && s.ColumnText(11) == "text";
     const bool integers = s.ColumnText(9) == "integer" && s.ColumnText(10) == "integer" &&

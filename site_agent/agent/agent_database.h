@@ -60,11 +60,11 @@ struct PrivacyPhaseRecord {
   std::string run_id;
   int32_t round = 0;
   int32_t attempt = 0;
-  std::string mechanism;      // "none", "dp-sgd" or "dp-fedavg".
-  double sample_rate = 0;     // q in [0, 1] (dp-fedavg: 1; none: 0).
+  std::string mechanism;        // "none", "dp-sgd" or "dp-fedavg".
+  double sample_rate = 0;       // q in [0, 1] (dp-fedavg: 1; none: 0).
   double noise_multiplier = 0;  // sigma (0 for "none").
-  int64_t steps = 0;          // Accounted steps of the sampled Gaussian mechanism, in [0, privacy::kMaxSteps].
-  int64_t recorded_ms = 0;    // Unix milliseconds of the (last) record.
+  int64_t steps = 0;            // Accounted steps of the sampled Gaussian mechanism, in [0, privacy::kMaxSteps].
+  int64_t recorded_ms = 0;      // Unix milliseconds of the (last) record.
 };
 
 // Rows privacy_ledger may hold (PrivacyLedger reads at most this many; more is DataLoss).

@@ -167,7 +167,7 @@ absl::Status CoordinatorClient::ReportMetrics(const v1::MetricsReport& report) {
 }
 
 absl::Status CoordinatorClient::DeclineTask(const std::string& run_id, int32_t round, int32_t attempt,
-                                           const std::string& reason, const v1::PrivacyAccount& privacy) {
+                                            const std::string& reason, const v1::PrivacyAccount& privacy) {
   v1::DeclineRequest request;
   request.set_run_id(run_id);
   request.set_round(round);

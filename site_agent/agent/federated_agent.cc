@@ -165,8 +165,8 @@ struct FederatedAgent::TrainRound {
   std::string update_path;
   std::string update_sha256;
   std::optional<TunedModel> personal;  // DITTO: this round's personal model.
-  int64_t train_images = 0;  // Of the site's split: the privacy budget's N before training.
-  int dp_networks = 1;       // Networks trained on the site's data this round (the privacy budget's count).
+  int64_t train_images = 0;            // Of the site's split: the privacy budget's N before training.
+  int dp_networks = 1;                 // Networks trained on the site's data this round (the privacy budget's count).
 };
 
 namespace {
@@ -413,8 +413,10 @@ absl::Status FederatedAgent::RunTask(const v1::Task& task) {
                             : status.ok()                                   ? "done"
                             : status.code() == absl::StatusCode::kCancelled ? "cancelled"
                                                                             : "failed";
-  const absl::Status recorded =
-      db_->SetTaskState(key, state, declined ? declined_reason_ : status.ok() ? "" : std::string(status.message()));
+  const absl::Status recorded = db_->SetTaskState(key, state,
+                                                  declined      ? declined_reason_
+                                                  : status.ok() ? ""
+                                                                : std::string(status.message()));
   if (!recorded.ok()) LOG(ERROR) << "cannot record the task's state: " << recorded;
   return status;
 }
@@ -457,8 +459,8 @@ absl::Status FederatedAgent::RunTrain(const v1::Task& task, Heartbeater& heartbe
   // recorded before the site's data is touched: a crash mid-training is accounted all the same.
   round.dp_networks = (static_cast<int>(round.global.members.size()) + (round.global.duo ? 1 : 0)) *
                       (round.personalization == v1::PERSONALIZATION_DITTO ? 2 : 1);
-  ASSIGN_OR_RETURN(declined, DeclineOverBudget(task, round.key, round.train_images, round.dp_networks,
-                                               "before training"));
+  ASSIGN_OR_RETURN(declined,
+                   DeclineOverBudget(task, round.key, round.train_images, round.dp_networks, "before training"));
   if (declined) return absl::OkStatus();
   RETURN_IF_ERROR(budget_->RecordRound(task, round.train_images, round.dp_networks));
   RETURN_IF_ERROR(FinetuneRound(round, heartbeat));
@@ -513,8 +515,7 @@ absl::StatusOr<bool> FederatedAgent::DeclineOverBudget(const v1::Task& task, con
   LOG(WARNING) << "privacy budget: declining " << decision.reason
                << ". Nothing is trained; the run goes on without this site (SiteAgentConfig.max_epsilon decides, "
                << "the coordinator cannot change it).";
-  RETURN_IF_ERROR(
-      client_->DeclineTask(task.run_id(), task.round(), task.attempt(), decision.reason, decision.account));
+  RETURN_IF_ERROR(client_->DeclineTask(task.run_id(), task.round(), task.attempt(), decision.reason, decision.account));
   RETURN_IF_ERROR(db_->SetTaskState(key, "declined", decision.reason));
   declined_reason_ = decision.reason;
   return true;
@@ -531,8 +532,7 @@ absl::Status FederatedAgent::RecordPrivacySpent(const TrainRound& round) {
   const int64_t images = round.tuned.train_images > 0 ? round.tuned.train_images : round.train_images;
   RETURN_IF_ERROR(budget_->RecordRound(round.task, images, round.dp_networks, steps));
   ASSIGN_OR_RETURN(const v1::PrivacyAccount account, budget_->Account());
-  LOG(INFO) << "run " << round.task.run_id() << " round " << round.task.round() << " trained: "
-            << PrivacyLine(account);
+  LOG(INFO) << "run " << round.task.run_id() << " round " << round.task.round() << " trained: " << PrivacyLine(account);
   return absl::OkStatus();
 }
 

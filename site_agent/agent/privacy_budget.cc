@@ -36,16 +36,16 @@ std::string DescribePhase(const PrivacyPhaseRecord& phase, int networks) {
   if (phase.mechanism == "dp-fedavg") {
     return absl::StrFormat("dp-fedavg: one Gaussian mechanism at sigma %g (client level)", phase.noise_multiplier);
   }
-  return absl::StrFormat("dp-sgd: %d network(s), %d steps in all at sample rate %.4g, sigma %g", networks,
-                         phase.steps, phase.sample_rate, phase.noise_multiplier);
+  return absl::StrFormat("dp-sgd: %d network(s), %d steps in all at sample rate %.4g, sigma %g", networks, phase.steps,
+                         phase.sample_rate, phase.noise_multiplier);
 }
 
 absl::StatusOr<std::string> ReadReportFile(const fs::path& path) {
   std::error_code ec;
   const uintmax_t size = fs::file_size(path, ec);
   if (!ec && size > kMaxLocalReportBytes) {
-    return absl::DataLossError(absl::StrCat(path.string(), ": ", size, " bytes, more than a local report's ",
-                                            kMaxLocalReportBytes));
+    return absl::DataLossError(
+        absl::StrCat(path.string(), ": ", size, " bytes, more than a local report's ", kMaxLocalReportBytes));
   }
   return io::ReadFile(path.string());
 }
@@ -152,16 +152,16 @@ absl::StatusOr<BudgetDecision> PrivacyBudget::CheckRound(const v1::Task& task, i
   ASSIGN_OR_RETURN(const PrivacyPhaseRecord planned, PhaseOf(task, train_images, networks));
   ASSIGN_OR_RETURN(std::vector<PrivacyPhaseRecord> phases, db_->PrivacyLedger());
   BudgetDecision decision;
-  const auto same = std::find_if(phases.begin(), phases.end(),
-                                 [&task](const PrivacyPhaseRecord& p) { return SameAttempt(p, task); });
+  const auto same =
+      std::find_if(phases.begin(), phases.end(), [&task](const PrivacyPhaseRecord& p) { return SameAttempt(p, task); });
   decision.already_recorded = same != phases.end();
   if (decision.already_recorded) {
     ASSIGN_OR_RETURN(const Spent spent, SpentOver(phases));
     decision.epsilon_before = decision.epsilon_after = spent.epsilon;
     decision.account = AccountOf(spent);
     decision.reason = absl::StrCat("run ", task.run_id(), " round ", task.round(), " attempt ", task.attempt(),
-                                   " was accounted before (", same->mechanism, ", ", same->steps,
-                                   " steps): epsilon ", EpsilonText(spent.epsilon), " at delta ", delta_);
+                                   " was accounted before (", same->mechanism, ", ", same->steps, " steps): epsilon ",
+                                   EpsilonText(spent.epsilon), " at delta ", delta_);
     return decision;
   }
   ASSIGN_OR_RETURN(const Spent before, SpentOver(phases));
@@ -175,17 +175,17 @@ absl::StatusOr<BudgetDecision> PrivacyBudget::CheckRound(const v1::Task& task, i
   const std::string what = absl::StrCat("run ", task.run_id(), " round ", task.round(), " attempt ", task.attempt(),
                                         " (", DescribePhase(planned, networks), ")");
   if (!decision.decline) {
-    decision.reason = absl::StrCat(what, ": epsilon ", EpsilonText(before.epsilon), " -> ",
-                                   EpsilonText(after.epsilon), " at delta ", delta_, ", max_epsilon ",
-                                   max_epsilon_ > 0 ? absl::StrCat(max_epsilon_) : "0 (no budget)");
+    decision.reason =
+        absl::StrCat(what, ": epsilon ", EpsilonText(before.epsilon), " -> ", EpsilonText(after.epsilon), " at delta ",
+                     delta_, ", max_epsilon ", max_epsilon_ > 0 ? absl::StrCat(max_epsilon_) : "0 (no budget)");
   } else if (planned.mechanism == "none") {
-    decision.reason = absl::StrCat(what, " has an unbounded epsilon: with a privacy budget (max_epsilon ",
-                                   max_epsilon_, " at delta ", delta_, ", spent ", EpsilonText(before.epsilon),
+    decision.reason = absl::StrCat(what, " has an unbounded epsilon: with a privacy budget (max_epsilon ", max_epsilon_,
+                                   " at delta ", delta_, ", spent ", EpsilonText(before.epsilon),
                                    ") this site trains differentially private rounds only");
   } else {
-    decision.reason = absl::StrCat(what, " would raise this site's epsilon from ", EpsilonText(before.epsilon), " to ",
-                                   EpsilonText(after.epsilon), " at delta ", delta_, ", above its max_epsilon ",
-                                   max_epsilon_);
+    decision.reason =
+        absl::StrCat(what, " would raise this site's epsilon from ", EpsilonText(before.epsilon), " to ",
+                     EpsilonText(after.epsilon), " at delta ", delta_, ", above its max_epsilon ", max_epsilon_);
   }
   return decision;
 }
@@ -208,10 +208,9 @@ std::string EpsilonText(double epsilon) {
 }
 
 std::string PrivacyLine(const v1::PrivacyAccount& account) {
-  return absl::StrCat("Privacy: epsilon ", EpsilonText(account.epsilon()), " at delta ",
-                      absl::StrFormat("%g", account.delta()),
-                      account.max_epsilon() > 0 ? absl::StrFormat(" (budget %g)", account.max_epsilon())
-                                                : std::string(" (no budget)"));
+  return absl::StrCat(
+      "Privacy: epsilon ", EpsilonText(account.epsilon()), " at delta ", absl::StrFormat("%g", account.delta()),
+      account.max_epsilon() > 0 ? absl::StrFormat(" (budget %g)", account.max_epsilon()) : std::string(" (no budget)"));
 }
 
 absl::Status AddPrivacyToLocalReport(const std::string& report_dir, const v1::PrivacyAccount& account) {

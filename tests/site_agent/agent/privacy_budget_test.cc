@@ -246,12 +246,9 @@ TEST_F(PrivacyBudgetTest, BadPlansAndCountsAreInvalidArgument) {
 
 TEST_F(PrivacyBudgetTest, CorruptLedgerRowsAreDataLossNamingTheRow) {
   const char* corruptions[] = {
-      "UPDATE privacy_ledger SET sample_rate = 'abc';",
-      "UPDATE privacy_ledger SET sample_rate = 2.5;",
-      "UPDATE privacy_ledger SET noise_multiplier = -1;",
-      "UPDATE privacy_ledger SET steps = -4;",
-      "UPDATE privacy_ledger SET steps = 1e12;",
-      "UPDATE privacy_ledger SET mechanism = 'laplace';",
+      "UPDATE privacy_ledger SET sample_rate = 'abc';",   "UPDATE privacy_ledger SET sample_rate = 2.5;",
+      "UPDATE privacy_ledger SET noise_multiplier = -1;", "UPDATE privacy_ledger SET steps = -4;",
+      "UPDATE privacy_ledger SET steps = 1e12;",          "UPDATE privacy_ledger SET mechanism = 'laplace';",
       "UPDATE privacy_ledger SET round = 9999999999;",
       "UPDATE privacy_ledger SET mechanism = 'none';",  // With a sample rate and noise: not a "none" row.
   };
