@@ -1,6 +1,7 @@
 // report.html of the consortium report: one self-contained page (inline CSS and SVG, no script).
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <optional>
 #include <string>
 #include <utility>
@@ -8,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "common/federation/states.h"
 #include "common/html/html.h"
 #include "coordinator/cli/consortium_report.h"
@@ -292,16 +294,18 @@ void AppendRoundsSection(std::string* html, const v1::RunStatus& status, const s
     absl::StrAppend(html, "<p>No round was opened.</p>\n");
     return;
   }
-  absl::StrAppend(html, "<table>\n<thead><tr><th>Round</th><th>Attempt</th><th>State</th><th>Accepted</th>",
-                  "<th>Refused</th><th>Samples</th><th>Mean train loss</th><th>Mean validation loss</th>",
-                  "<th>Bytes up</th><th>Model sent</th><th>Aggregated model</th><th>Note</th></tr></thead>\n<tbody>\n");
+  absl::StrAppend(
+      html, "<table>\n<thead><tr><th>Round</th><th>Attempt</th><th>State</th><th>Accepted</th>",
+      "<th>Refused</th><th>Declined</th><th>Samples</th><th>Mean train loss</th><th>Mean validation loss</th>",
+      "<th>Bytes up</th><th>Model sent</th><th>Aggregated model</th><th>Note</th></tr></thead>\n<tbody>\n");
   for (const v1::RoundInfo& r : status.rounds()) {
     const RoundTotals t = TotalsOf(r);
     const std::string state = federation::DisplayText(r);
     absl::StrAppend(html, "<tr>", Td(absl::StrCat(r.round())), Td(absl::StrCat(r.attempt())), TdText(state),
-                    Td(absl::StrCat(t.accepted)), Td(absl::StrCat(t.refused)), Td(absl::StrCat(t.samples)),
-                    Td(FormatLoss(t.mean_train_loss)), Td(FormatLoss(t.mean_validation_loss)), Td(FormatBytes(t.bytes)),
-                    "<td><code>", HtmlEscape(ShortDigest(r.model_digest())), "</code></td><td><code>",
+                    Td(absl::StrCat(t.accepted)), Td(absl::StrCat(t.refused)), Td(absl::StrCat(t.declined)),
+                    Td(absl::StrCat(t.samples)), Td(FormatLoss(t.mean_train_loss)),
+                    Td(FormatLoss(t.mean_validation_loss)), Td(FormatBytes(t.bytes)), "<td><code>",
+                    HtmlEscape(ShortDigest(r.model_digest())), "</code></td><td><code>",
                     HtmlEscape(ShortDigest(r.result_digest())), "</code></td>", TdText(r.message()), "</tr>\n");
   }
   absl::StrAppend(html, "</tbody>\n</table>\n");
@@ -317,10 +321,56 @@ void AppendRoundsSection(std::string* html, const v1::RunStatus& status, const s
   for (const v1::RoundInfo& r : status.rounds()) {
     for (const v1::UpdateInfo& u : r.updates()) {
       absl::StrAppend(html, "<tr>", Td(absl::StrCat(r.round())), Td(absl::StrCat(r.attempt())), TdText(u.site_id()),
-                      TdText(federation::DisplayText(u)), Td(absl::StrCat(u.num_samples())), Td(FormatBytes(u.bytes())),
+                      TdText(UpdateStatusText(u)), Td(absl::StrCat(u.num_samples())), Td(FormatBytes(u.bytes())),
                       Td(absl::StrFormat("%.4g", u.l2_norm())), Td(FormatLoss(ReportedLoss(u.train_loss()))),
                       Td(FormatLoss(ReportedLoss(u.validation_loss()))), TdText(u.message()), "</tr>\n");
     }
+  }
+  absl::StrAppend(html, "</tbody>\n</table>\n");
+}
+
+// The sites' spent differential privacy and the declined rounds; nothing for a run without DP.
+void AppendPrivacySection(std::string* html, const v1::RunReport& report, const PrivacyView& p) {
+  if (!p.any) return;
+  const v1::RunConfig& config = report.status().config();
+  absl::StrAppend(html, "<h2>Differential privacy</h2>\n<p class=\"note\">Run setting: <code>dp ",
+                  HtmlEscape(config.dp().empty() ? "none" : config.dp()), "</code>");
+  if (config.dp() == "dp-sgd" || config.dp() == "dp-fedavg") {
+    absl::StrAppend(html, ", noise multiplier ", absl::StrFormat("%g", config.dp_noise_multiplier()), ", clip norm ",
+                    absl::StrFormat("%g", config.dp_clip_norm()));
+  }
+  absl::StrAppend(html, config.secure_aggregation() ? ", secure aggregation" : "",
+                  ". Each site accounts its own epsilon (its RDP accountant over all its training, at its own "
+                  "delta) and declines a round that would exceed its budget; the coordinator cannot change a "
+                  "site's budget.</p>\n");
+  absl::StrAppend(html, "<p class=\"",
+                  p.consortium_epsilon && std::isinf(*p.consortium_epsilon) ? "warning" : "summary",
+                  "\">Consortium epsilon ", HtmlEscape(FormatEpsilon(p.consortium_epsilon)),
+                  p.delta ? absl::StrFormat(" at delta %g", *p.delta) : std::string(), ". ",
+                  HtmlEscape(kParallelComposition), "</p>\n");
+  absl::StrAppend(html,
+                  "<table>\n<thead><tr><th>Site</th><th>Epsilon spent</th><th>Delta</th><th>Budget "
+                  "(max_epsilon)</th><th>Private steps</th><th>Declined rounds</th></tr></thead>\n<tbody>\n");
+  for (const SitePrivacy& site : p.sites) {
+    const std::string declined = site.declined_rounds.empty() ? "-" : absl::StrJoin(site.declined_rounds, ", ");
+    if (site.account == nullptr) {
+      absl::StrAppend(html, "<tr>", TdText(site.site_id), TdNa(), TdNa(), TdNa(), TdNa(), TdText(declined), "</tr>\n");
+      continue;
+    }
+    const v1::PrivacyAccount& a = *site.account;
+    const double epsilon = site.non_private() ? std::numeric_limits<double>::infinity() : a.epsilon();
+    absl::StrAppend(html, "<tr>", TdText(site.site_id), Td(FormatEpsilon(epsilon)),
+                    Td(absl::StrFormat("%g", a.delta())),
+                    Td(a.max_epsilon() > 0 ? absl::StrFormat("%g", a.max_epsilon()) : "none"),
+                    Td(absl::StrCat(a.private_steps())), TdText(declined), "</tr>\n");
+  }
+  absl::StrAppend(html, "</tbody>\n</table>\n");
+  if (p.declined.empty()) return;
+  absl::StrAppend(html, "<h3>Declined rounds</h3>\n<table>\n<thead><tr><th>Round</th><th>Attempt</th><th>Site</th>",
+                  "<th>Reason</th></tr></thead>\n<tbody>\n");
+  for (const DeclinedUpdate& d : p.declined) {
+    absl::StrAppend(html, "<tr>", Td(absl::StrCat(d.round)), Td(absl::StrCat(d.attempt)), TdText(d.site_id),
+                    TdText(d.reason), "</tr>\n");
   }
   absl::StrAppend(html, "</tbody>\n</table>\n");
 }
@@ -442,6 +492,7 @@ std::string PageHtml(const v1::RunReport& report) {
                   "open-source.</p>\n");
   for (const SiteView& v : views) AppendSiteSection(&html, v, RunStateOf(report, v.site->site_id()));
   AppendRoundsSection(&html, status, views);
+  AppendPrivacySection(&html, report, PrivacyOf(report, views));
   AppendCrossSiteSection(&html, CrossSiteOf(report, views));
   absl::StrAppend(&html, "<p class=\"note\">Generated by fedtune from the coordinator's records. Only summary ",
                   "metrics reach the coordinator: no image or per-case prediction is in this report.</p>\n", PageEnd());

@@ -147,6 +147,7 @@ Json RoundJson(const v1::RoundInfo& r) {
   row["message"] = r.message();
   row["accepted"] = t.accepted;
   row["refused"] = t.refused;
+  row["declined"] = t.declined;
   row["samples"] = t.samples;
   row["bytes_up"] = t.bytes;
   row["mean_train_loss"] = Num(t.mean_train_loss);
@@ -154,7 +155,7 @@ Json RoundJson(const v1::RoundInfo& r) {
   Json updates = Json::array();
   for (const v1::UpdateInfo& u : r.updates()) {
     updates.push_back({{"site_id", u.site_id()},
-                       {"status", federation::DisplayText(u)},
+                       {"status", UpdateStatusText(u)},
                        {"num_samples", u.num_samples()},
                        {"bytes", u.bytes()},
                        {"l2_norm", Num(u.l2_norm())},
@@ -164,6 +165,47 @@ Json RoundJson(const v1::RoundInfo& r) {
   }
   row["updates"] = std::move(updates);
   return row;
+}
+
+// An epsilon as JSON: null for none and for +inf (JSON has no infinity; "non_private_training" says which).
+Json EpsilonJson(std::optional<double> epsilon) {
+  return epsilon && std::isfinite(*epsilon) ? Json(*epsilon) : Json(nullptr);
+}
+
+Json PrivacyJson(const v1::RunReport& report, const std::vector<SiteView>& views) {
+  const PrivacyView p = PrivacyOf(report, views);
+  const v1::RunConfig& config = report.status().config();
+  Json out;
+  out["dp"] = config.dp();
+  out["dp_noise_multiplier"] = Num(config.dp_noise_multiplier());
+  out["dp_clip_norm"] = Num(config.dp_clip_norm());
+  out["secure_aggregation"] = config.secure_aggregation();
+  out["consortium_epsilon"] = EpsilonJson(p.consortium_epsilon);
+  out["consortium_non_private"] = p.consortium_epsilon && std::isinf(*p.consortium_epsilon);
+  out["delta"] = Num(p.delta);
+  out["composition"] = kParallelComposition;
+  Json sites = Json::array();
+  for (const SitePrivacy& site : p.sites) {
+    Json row;
+    row["site_id"] = site.site_id;
+    row["reported"] = site.account != nullptr;
+    const v1::PrivacyAccount empty;
+    const v1::PrivacyAccount& a = site.account ? *site.account : empty;
+    row["epsilon"] = site.account && !site.non_private() ? Num(a.epsilon()) : Json(nullptr);
+    row["non_private_training"] = site.non_private();
+    row["delta"] = site.account ? Num(a.delta()) : Json(nullptr);
+    row["max_epsilon"] = site.account ? Num(a.max_epsilon()) : Json(nullptr);
+    row["private_steps"] = a.private_steps();
+    row["declined_rounds"] = site.declined_rounds;
+    sites.push_back(std::move(row));
+  }
+  out["sites"] = std::move(sites);
+  Json declined = Json::array();
+  for (const DeclinedUpdate& d : p.declined) {
+    declined.push_back({{"round", d.round}, {"attempt", d.attempt}, {"site_id", d.site_id}, {"reason", d.reason}});
+  }
+  out["declined"] = std::move(declined);
+  return out;
 }
 
 Json CrossSiteJson(const v1::RunReport& report, const std::vector<SiteView>& views) {
@@ -232,6 +274,7 @@ std::string ConsortiumReportJson(const v1::RunReport& report) {
   for (const v1::RoundInfo& r : status.rounds()) rounds.push_back(consortium::RoundJson(r));
   root["rounds"] = std::move(rounds);
   root["cross_site"] = consortium::CrossSiteJson(report, views);
+  root["privacy"] = consortium::PrivacyJson(report, views);
   // Site-supplied strings may be invalid UTF-8, which dump() would throw on: replaced with U+FFFD instead.
   return root.dump(2, ' ', /*ensure_ascii=*/false, nlohmann::json::error_handler_t::replace) + "\n";
 }

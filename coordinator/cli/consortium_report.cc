@@ -1,14 +1,18 @@
 #include "coordinator/cli/consortium_report.h"
 
 #include <algorithm>
+#include <limits>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "common/io/file_util.h"
 #include "common/status_macros.h"
 #include "coordinator/cli/consortium_view.h"
 #include "coordinator/cli/report_format.h"
+#include "coordinator/cli/terminal_text.h"
 #include "coordinator/cli/text_table.h"
 
 // The report is rendered in three files: consortium_json.cc (report.json), consortium_html.cc (report.html) and
@@ -20,6 +24,44 @@ std::vector<SiteSummary> SummarizeSites(const v1::RunReport& report) {
   for (const consortium::SiteView& view : consortium::ViewsOf(report)) out.push_back(consortium::SummaryOf(view));
   return out;
 }
+
+namespace {
+
+// The terminal's privacy lines (SiteSummaryText); "" for a run without differential privacy.
+std::string PrivacyText(const v1::RunReport& report) {
+  const consortium::PrivacyView p = consortium::PrivacyOf(report, consortium::ViewsOf(report));
+  if (!p.any) return "";
+  const v1::RunConfig& config = report.status().config();
+  std::string dp = config.dp().empty() ? "none" : TerminalSafe(config.dp(), 32);
+  if (config.dp() == "dp-sgd" || config.dp() == "dp-fedavg") {
+    absl::StrAppend(&dp, ", noise multiplier ", absl::StrFormat("%g", config.dp_noise_multiplier()), ", clip norm ",
+                    absl::StrFormat("%g", config.dp_clip_norm()));
+  }
+  std::string text = absl::StrCat("\nDifferential privacy (", dp, "): consortium epsilon ",
+                                  consortium::FormatEpsilon(p.consortium_epsilon),
+                                  p.delta ? absl::StrFormat(" at delta %g", *p.delta) : std::string(), "\n",
+                                  consortium::kParallelComposition, "\n");
+  TextTable table({"site", "epsilon spent", "delta", "budget", "declined rounds"}, {false, true, true, true, false});
+  for (const consortium::SitePrivacy& site : p.sites) {
+    std::string declined = site.declined_rounds.empty() ? "-" : absl::StrJoin(site.declined_rounds, ", ");
+    if (site.account == nullptr) {
+      table.AddRow({site.site_id, "n/a (not reported)", "n/a", "n/a", declined});
+      continue;
+    }
+    const double epsilon = site.non_private() ? std::numeric_limits<double>::infinity() : site.account->epsilon();
+    table.AddRow({site.site_id, consortium::FormatEpsilon(epsilon), absl::StrFormat("%g", site.account->delta()),
+                  site.account->max_epsilon() > 0 ? absl::StrFormat("%g", site.account->max_epsilon()) : "none",
+                  declined});
+  }
+  absl::StrAppend(&text, table.Render());
+  for (const consortium::DeclinedUpdate& d : p.declined) {
+    absl::StrAppend(&text, "declined: round ", d.round, " attempt ", d.attempt, " by ", TerminalSafe(d.site_id), ": ",
+                    TerminalSafe(d.reason), "\n");
+  }
+  return text;
+}
+
+}  // namespace
 
 std::string SiteSummaryText(const v1::RunReport& report) {
   const std::vector<SiteSummary> summaries = SummarizeSites(report);
@@ -57,7 +99,8 @@ std::string SiteSummaryText(const v1::RunReport& report) {
   }
   return absl::StrCat("Consortium report: ", consortium::RunLine(report.status()), "\n", table.Render(),
                       "(improved/worse: labels where the adapted model's AUC differs from the open-source model's at "
-                      "DeLong p < 0.05; Wilcoxon: adapted vs open-source over the labels)\n");
+                      "DeLong p < 0.05; Wilcoxon: adapted vs open-source over the labels)\n",
+                      PrivacyText(report));
 }
 
 absl::StatusOr<ReportFiles> WriteConsortiumReport(const v1::RunReport& report, const std::string& out_dir) {

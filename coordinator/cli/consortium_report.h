@@ -30,7 +30,7 @@
 //      "rounds": [{"round", "train_loss", "validation_loss", "mean_auc_global", "mean_auc_local"}],
 //      "bytes_down", "bytes_up"}],
 //    "rounds": [{"round", "attempt", "state", "model_digest", "result_digest", "opened_ms", "closed_ms", "message",
-//      "accepted", "refused", "samples", "bytes_up", "mean_train_loss", "mean_validation_loss",
+//      "accepted", "refused", "declined", "samples", "bytes_up", "mean_train_loss", "mean_validation_loss",
 //      "updates": [{"site_id", "status", "num_samples", "bytes", "l2_norm", "train_loss", "validation_loss",
 //                   "message"}]}],
 //    "cross_site": {"evaluated": bool (another site's adapted model was evaluated somewhere), "note" (says plainly
@@ -39,7 +39,17 @@
 //      "delong_p_vs_global": [[row][column]], "cell_status": [[row][column]] ("ok", "not shared", "n/a"),
 //      "not_shared": [sites that declined to share their adapted model], "shared_models": [{"site_id", "digest",
 //      "bytes"}], "matrix": [{"model_of", "evaluated_at", "mean_auc", "labels": [{"label", "auc"}]}] (every available
-//      adapted-model cell)}.
+//      adapted-model cell)},
+//    "privacy": {"dp", "dp_noise_multiplier", "dp_clip_norm", "secure_aggregation" (the run's config),
+//      "consortium_epsilon" (the maximum over the sites' spent epsilons: disjoint data, parallel composition; null
+//      when no site reported one or when one trained without DP), "consortium_non_private", "delta" (the largest of
+//      the sites' deltas), "composition" (the sentence saying so),
+//      "sites": [{"site_id", "reported", "epsilon" (null when not reported or non-private), "non_private_training",
+//                 "delta", "max_epsilon" (the site's budget; 0: none), "private_steps", "declined_rounds": [round]}],
+//      "declined": [{"round", "attempt", "site_id", "reason"}]}.
+//    A site's privacy is the PrivacyAccount (MetricsReport.privacy) of its latest report that carries one; declined
+//    rounds are the updates with UPLOAD_STATUS_DECLINED (status "declined"; each round's "declined" counts them, apart
+//    from "refused").
 //    The matrix (consortium_view.h, CrossSiteOf): row "adapted model of S" at column S is S's own final evaluation
 //    of its adapted model; at another column T, T's "cross_site" report of S's shared model; the "global" and
 //    "open-source" rows come from each site's final report. mean_auc is null for "not shared" and "n/a" cells.
@@ -91,7 +101,10 @@ std::string ConsortiumReportJson(const v1::RunReport& report);
 std::string ConsortiumReportHtml(const v1::RunReport& report);
 
 // The terminal summary: a heading line naming the run, then a table with columns site, test cases,
-// "mean AUC open-source -> global -> adapted", "improved p<0.05" (as "K/N"), "worse p<0.05", "Wilcoxon p".
+// "mean AUC open-source -> global -> adapted", "improved p<0.05" (as "K/N"), "worse p<0.05", "Wilcoxon p". When the
+// run has differential privacy (a site reported an account, declined a round, or the config's dp is not "none"):
+// the consortium epsilon, a table of site, epsilon spent, delta, budget and declined rounds, and one line per
+// declined update with its reason.
 std::string SiteSummaryText(const v1::RunReport& report);
 
 struct ReportFiles {

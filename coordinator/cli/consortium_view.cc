@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/federation/states.h"
 #include "coordinator/cli/report_format.h"
 #include "coordinator/cli/terminal_text.h"
@@ -119,6 +121,10 @@ RoundTotals TotalsOf(const v1::RoundInfo& round) {
   int n_train = 0, n_validation = 0;
   for (const v1::UpdateInfo& u : round.updates()) {
     t.bytes += u.bytes();
+    if (IsDeclined(u)) {
+      ++t.declined;
+      continue;
+    }
     if (!federation::IsAccepted(u)) {
       ++t.refused;
       continue;
@@ -247,6 +253,60 @@ CrossSiteMatrix CrossSiteOf(const v1::RunReport& report, const std::vector<SiteV
     x.cells.push_back(std::move(cells));
   }
   return x;
+}
+
+bool IsDeclined(const v1::UpdateInfo& update) { return update.upload_status() == v1::UPLOAD_STATUS_DECLINED; }
+
+std::string UpdateStatusText(const v1::UpdateInfo& update) {
+  return IsDeclined(update) ? "declined" : federation::DisplayText(update);
+}
+
+PrivacyView PrivacyOf(const v1::RunReport& report, const std::vector<SiteView>& views) {
+  PrivacyView out;
+  for (const SiteView& view : views) {
+    SitePrivacy site;
+    site.site_id = view.site->site_id();
+    for (const v1::MetricsReport& metrics : view.site->metrics()) {
+      if (metrics.has_privacy()) site.account = &metrics.privacy();
+    }
+    out.sites.push_back(std::move(site));
+  }
+  for (const v1::RoundInfo& r : report.status().rounds()) {
+    for (const v1::UpdateInfo& u : r.updates()) {
+      if (!IsDeclined(u)) continue;
+      out.declined.push_back({r.round(), r.attempt(), u.site_id(), u.message()});
+      auto site = std::find_if(out.sites.begin(), out.sites.end(),
+                               [&u](const SitePrivacy& s) { return s.site_id == u.site_id(); });
+      if (site == out.sites.end()) {  // A site that sent no report at all.
+        out.sites.push_back({u.site_id(), nullptr, {}});
+        site = out.sites.end() - 1;
+      }
+      if (std::find(site->declined_rounds.begin(), site->declined_rounds.end(), r.round()) ==
+          site->declined_rounds.end()) {
+        site->declined_rounds.push_back(r.round());
+      }
+    }
+  }
+  for (SitePrivacy& site : out.sites) {
+    std::sort(site.declined_rounds.begin(), site.declined_rounds.end());
+    if (site.account == nullptr) continue;
+    const double epsilon = site.non_private() ? std::numeric_limits<double>::infinity() : site.account->epsilon();
+    // A NaN or negative epsilon is not an account: left out of the maximum.
+    if (!(epsilon >= 0)) continue;
+    out.consortium_epsilon = std::max(out.consortium_epsilon.value_or(0.0), epsilon);
+    if (std::isfinite(site.account->delta()) && site.account->delta() > 0) {
+      out.delta = std::max(out.delta.value_or(0.0), site.account->delta());
+    }
+  }
+  const std::string& dp = report.status().config().dp();
+  out.any = out.consortium_epsilon.has_value() || !out.declined.empty() || dp == "dp-sgd" || dp == "dp-fedavg";
+  return out;
+}
+
+std::string FormatEpsilon(std::optional<double> epsilon) {
+  if (!epsilon || std::isnan(*epsilon)) return "n/a";
+  if (std::isinf(*epsilon)) return "∞ (non-private)";
+  return absl::StrFormat("%.4g", *epsilon);
 }
 
 std::string RunLine(const v1::RunStatus& status) {

@@ -7,6 +7,7 @@
 #ifndef FEDTUNE_COORDINATOR_CLI_CONSORTIUM_VIEW_H_
 #define FEDTUNE_COORDINATOR_CLI_CONSORTIUM_VIEW_H_
 
+#include <cmath>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -106,6 +107,7 @@ SiteSummary SummaryOf(const SiteView& view);
 struct RoundTotals {
   int accepted = 0;
   int refused = 0;
+  int declined = 0;  // Sites that declined the round (UPLOAD_STATUS_DECLINED); not counted in `refused`.
   int64_t samples = 0;
   int64_t bytes = 0;
   std::optional<double> mean_train_loss;
@@ -155,6 +157,54 @@ CrossSiteMatrix CrossSiteOf(const v1::RunReport& report, const std::vector<SiteV
 // What the report says when no cross-site evaluation exists.
 inline constexpr char kNoCrossSite[] =
     "No cross-site evaluation was run: no site evaluated another site's adapted model.";
+
+// ---- Differential privacy (consortium_report.h, "privacy").
+
+// True for an update the site declined (SiteService.DeclineTask: UPLOAD_STATUS_DECLINED).
+bool IsDeclined(const v1::UpdateInfo& update);
+// The update's status as shown: "declined" for a declined update, else federation::DisplayText.
+std::string UpdateStatusText(const v1::UpdateInfo& update);
+
+// A site's spent differential privacy: the PrivacyAccount of its latest report that carries one (the reports are
+// per round, then the final evaluation: the last one wins); nullptr when the site reported none.
+struct SitePrivacy {
+  std::string site_id;
+  const v1::PrivacyAccount* account = nullptr;
+  // Trained without differential privacy at least once: epsilon is unbounded.
+  bool non_private() const {
+    return account != nullptr && (account->non_private_training() || std::isinf(account->epsilon()));
+  }
+  std::vector<int> declined_rounds;  // Rounds this site declined (RunStatus updates), ascending, each once.
+};
+
+struct DeclinedUpdate {
+  int round = 0;
+  int attempt = 0;
+  std::string site_id;
+  std::string reason;  // UpdateInfo.message.
+};
+
+struct PrivacyView {
+  std::vector<SitePrivacy> sites;  // The report's site order.
+  // The consortium's epsilon: the maximum over the sites with an account (their data are disjoint: parallel
+  // composition), +inf when one trained without DP; nullopt when no site reported an account. `delta`: the largest
+  // of those sites' deltas (the guarantee holds at it).
+  std::optional<double> consortium_epsilon;
+  std::optional<double> delta;
+  std::vector<DeclinedUpdate> declined;  // In RunStatus order.
+  // Something to show: an account, a declined update, or a run configured with DP ("dp-sgd" / "dp-fedavg").
+  bool any = false;
+};
+
+PrivacyView PrivacyOf(const v1::RunReport& report, const std::vector<SiteView>& views);
+
+// "1.234", "∞ (non-private)" for +inf, "n/a" for nullopt.
+std::string FormatEpsilon(std::optional<double> epsilon);
+
+// The sentence stating how the consortium's epsilon is composed.
+inline constexpr char kParallelComposition[] =
+    "Consortium epsilon: the maximum over the sites (each patient's data is at one site only: disjoint data, "
+    "parallel composition).";
 
 // One line naming the run; its strings pass through TerminalSafe (the HTML escapes the result again).
 std::string RunLine(const v1::RunStatus& status);

@@ -1,5 +1,6 @@
 #include "site_agent/agent/agent_config.h"
 
+#include <cmath>
 #include <filesystem>
 
 #include "absl/strings/numbers.h"
@@ -8,6 +9,7 @@
 #include "common/io/text_proto.h"
 #include "common/net/tls.h"
 #include "common/pki/certificate.h"
+#include "common/privacy/rdp_accountant.h"
 #include "common/status_macros.h"
 #include "common/train/finetune_config.h"
 
@@ -57,6 +59,12 @@ absl::Status ValidateAgentConfig(const v1::SiteAgentConfig& c) {
   if (c.retry_give_up_seconds() < 1) return Field("retry_give_up_seconds", "must be >= 1");
   if (c.exit_after_runs() < 0) return Field("exit_after_runs", "must be >= 0 (0 = serve forever)");
   if (c.gradcam_per_label() < 0) return Field("gradcam_per_label", "must be >= 0");
+  if (!std::isfinite(c.max_epsilon()) || c.max_epsilon() < 0) {
+    return Field("max_epsilon", absl::StrCat("must be finite and >= 0 (0: no privacy budget), got ", c.max_epsilon()));
+  }
+  if (!(c.delta() > 0 && c.delta() <= 0.1)) {
+    return Field("delta", absl::StrCat("must be in (0, 0.1] (typically below 1 / training images), got ", c.delta()));
+  }
   // The template's own values; base_model and out_dir are the agent's, per task.
   v1::FinetuneConfig probe = c.finetune();
   if (probe.base_model().empty()) probe.set_base_model("<global model of the task>");
@@ -116,7 +124,63 @@ v1::FinetuneConfig TaskFinetuneConfig(const v1::SiteAgentConfig& config, const s
   f.set_learning_rate(values.learning_rate);
   f.set_batch_size(values.batch_size);
   f.set_proximal_mu(values.proximal_mu);
+  if (values.dp_noise_multiplier > 0) {
+    f.set_dp_noise_multiplier(values.dp_noise_multiplier);
+    f.set_dp_clip_norm(values.dp_clip_norm);
+  } else {
+    f.clear_dp_noise_multiplier();
+    f.clear_dp_clip_norm();
+  }
   return f;
+}
+
+absl::StatusOr<PlanDp> ReadPlanDp(const v1::TrainingPlan& plan) {
+  PlanDp dp;
+  if (plan.dp().empty() || plan.dp() == "none") {
+    return PlanDp::kNone;
+  } else if (plan.dp() == "dp-sgd") {
+    dp = PlanDp::kDpSgd;
+  } else if (plan.dp() == "dp-fedavg") {
+    dp = PlanDp::kDpFedAvg;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("task plan field 'dp': \"", plan.dp().substr(0, 32), "\" is not one of none, dp-sgd, dp-fedavg"));
+  }
+  const double sigma = plan.dp_noise_multiplier();
+  if (!(sigma >= privacy::kMinNoiseMultiplier && sigma <= privacy::kMaxNoiseMultiplier)) {
+    return absl::InvalidArgumentError(absl::StrCat("task plan field 'dp_noise_multiplier': ", sigma, " must be in [",
+                                                   privacy::kMinNoiseMultiplier, ", ", privacy::kMaxNoiseMultiplier,
+                                                   "] with dp \"", plan.dp(), "\""));
+  }
+  if (!std::isfinite(plan.dp_clip_norm()) || plan.dp_clip_norm() <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("task plan field 'dp_clip_norm': ", plan.dp_clip_norm(),
+                                                   " must be finite and > 0 with dp \"", plan.dp(), "\""));
+  }
+  return dp;
+}
+
+const char* PlanDpText(PlanDp dp) {
+  switch (dp) {
+    case PlanDp::kNone:
+      return "none";
+    case PlanDp::kDpSgd:
+      return "dp-sgd";
+    case PlanDp::kDpFedAvg:
+      return "dp-fedavg";
+  }
+  return "none";
+}
+
+absl::Status SetPlanDp(const v1::TrainingPlan& plan, TrainingValues* values) {
+  ASSIGN_OR_RETURN(const PlanDp dp, ReadPlanDp(plan));
+  if (dp == PlanDp::kDpSgd) {
+    values->dp_noise_multiplier = plan.dp_noise_multiplier();
+    values->dp_clip_norm = plan.dp_clip_norm();
+  } else {
+    values->dp_noise_multiplier = 0;
+    values->dp_clip_norm = 1.0;
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace fedtune::agent

@@ -1,8 +1,12 @@
 #include "site_agent/agent/agent_database.h"
 
+#include <algorithm>
+#include <limits>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/privacy/rdp_accountant.h"
 #include "common/status_macros.h"
 #include "site_agent/commands/site_database.h"
 
@@ -42,6 +46,16 @@ constexpr char kTables[] = R"sql(
     run_id TEXT PRIMARY KEY,
     state TEXT NOT NULL,
     finished TEXT NOT NULL);
+  CREATE TABLE IF NOT EXISTS privacy_ledger (
+    run_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    mechanism TEXT NOT NULL,
+    sample_rate REAL NOT NULL,
+    noise_multiplier REAL NOT NULL,
+    steps INTEGER NOT NULL,
+    recorded_ms INTEGER NOT NULL,
+    PRIMARY KEY (run_id, round, attempt));
 )sql";
 
 std::string Now() { return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::Now(), absl::UTCTimeZone()); }
@@ -54,6 +68,41 @@ void BindKey(store::Statement& s, int first, const TaskKey& key) {
 }
 
 constexpr char kWhereKey[] = " WHERE run_id = ? AND round = ? AND attempt = ? AND kind = ?;";
+
+constexpr size_t kMaxRunIdBytes = 256;
+
+// The bounds of PrivacyPhaseRecord; the problem in words, or "" when the phase is within them.
+std::string PhaseProblem(const PrivacyPhaseRecord& p) {
+  if (p.run_id.empty() || p.run_id.size() > kMaxRunIdBytes) {
+    return absl::StrCat("run_id of ", p.run_id.size(), " bytes (must be 1 to ", kMaxRunIdBytes, ")");
+  }
+  if (p.round < 0) return absl::StrCat("round ", p.round, " (must be >= 0)");
+  if (p.attempt < 0) return absl::StrCat("attempt ", p.attempt, " (must be >= 0)");
+  if (p.steps < 0 || p.steps > privacy::kMaxSteps) {
+    return absl::StrCat("steps ", p.steps, " (must be in [0, ", privacy::kMaxSteps, "])");
+  }
+  if (p.recorded_ms < 0) return absl::StrCat("recorded_ms ", p.recorded_ms, " (must be >= 0)");
+  if (p.mechanism == "none") {
+    if (p.sample_rate != 0 || p.noise_multiplier != 0) {
+      return "mechanism \"none\" with a sample_rate or noise_multiplier (both must be 0)";
+    }
+    return "";
+  }
+  if (p.mechanism != "dp-sgd" && p.mechanism != "dp-fedavg") {
+    return absl::StrCat("mechanism \"", p.mechanism.substr(0, 32), "\" (must be none, dp-sgd or dp-fedavg)");
+  }
+  if (!(p.sample_rate >= 0 && p.sample_rate <= 1)) {
+    return absl::StrCat("sample_rate ", p.sample_rate, " (must be in [0, 1])");
+  }
+  if (p.mechanism == "dp-fedavg" && p.sample_rate != 1) {
+    return absl::StrCat("dp-fedavg sample_rate ", p.sample_rate, " (must be 1)");
+  }
+  if (!(p.noise_multiplier >= privacy::kMinNoiseMultiplier && p.noise_multiplier <= privacy::kMaxNoiseMultiplier)) {
+    return absl::StrCat("noise_multiplier ", p.noise_multiplier, " (must be in [", privacy::kMinNoiseMultiplier, ", ",
+                        privacy::kMaxNoiseMultiplier, "])");
+  }
+  return "";
+}
 
 }  // namespace
 
@@ -126,7 +175,7 @@ absl::Status AgentDatabase::RecordUpdate(const TaskKey& key, const std::string& 
 }
 
 absl::Status AgentDatabase::SetTaskState(const TaskKey& key, const std::string& state, const std::string& message) {
-  const bool terminal = state == "done" || state == "failed" || state == "cancelled";
+  const bool terminal = state == "done" || state == "failed" || state == "cancelled" || state == "declined";
   ASSIGN_OR_RETURN(store::Statement s,
                    db_->Prepare(std::string("UPDATE fed_tasks SET state = ?, message = ?, finished = ?") + kWhereKey));
   s.Bind(1, state).Bind(2, message);
@@ -168,6 +217,80 @@ absl::Status AgentDatabase::RecordAdapted(const AdaptedModel& m) {
       .Bind(6, m.path)
       .Bind(7, Now());
   return s.Run();
+}
+
+absl::Status AgentDatabase::RecordPrivacyPhase(const PrivacyPhaseRecord& phase) {
+  if (const std::string problem = PhaseProblem(phase); !problem.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(db_->path(), ": privacy_ledger row of run ",
+                                                   phase.run_id.substr(0, 64), " round ", phase.round, " attempt ",
+                                                   phase.attempt, ": ", problem));
+  }
+  ASSIGN_OR_RETURN(store::Statement s,
+                   db_->Prepare("INSERT OR REPLACE INTO privacy_ledger (run_id, round, attempt, mechanism, "
+                                "sample_rate, noise_multiplier, steps, recorded_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?);"));
+  s.Bind(1, phase.run_id)
+      .Bind(2, static_cast<int64_t>(phase.round))
+      .Bind(3, static_cast<int64_t>(phase.attempt))
+      .Bind(4, phase.mechanism)
+      .Bind(5, phase.sample_rate)
+      .Bind(6, phase.noise_multiplier)
+      .Bind(7, phase.steps)
+      .Bind(8, phase.recorded_ms);
+  return s.Run();
+}
+
+absl::StatusOr<std::vector<PrivacyPhaseRecord>> AgentDatabase::PrivacyLedger() {
+  // typeof() too: SQLite stores what it is given, and a REAL read from a TEXT cell would be 0, a smaller epsilon.
+  ASSIGN_OR_RETURN(store::Statement s,
+                   db_->Prepare("SELECT run_id, round, attempt, mechanism, sample_rate, noise_multiplier, steps, "
+                                "recorded_ms, typeof(run_id), typeof(round), typeof(attempt), typeof(mechanism), "
+                                "typeof(sample_rate), typeof(noise_multiplier), typeof(steps), typeof(recorded_ms) "
+                                "FROM privacy_ledger ORDER BY recorded_ms, run_id, round, attempt LIMIT ?;"));
+  s.Bind(1, kMaxPrivacyLedgerRows + 1);
+  std::vector<PrivacyPhaseRecord> phases;
+  int64_t row = 0;
+  while (true) {
+    ASSIGN_OR_RETURN(bool more, s.Step());
+    if (!more) break;
+    ++row;
+    if (row > kMaxPrivacyLedgerRows) {
+      return absl::DataLossError(
+          absl::StrCat(db_->path(), ": table privacy_ledger has more than ", kMaxPrivacyLedgerRows, " rows"));
+    }
+    const bool text_key = s.ColumnText(8) == "text" && s.ColumnText(11) == "text";
+    const bool integers = s.ColumnText(9) == "integer" && s.ColumnText(10) == "integer" &&
+                          s.ColumnText(14) == "integer" && s.ColumnText(15) == "integer";
+    auto numeric = [](const std::string& type) { return type == "real" || type == "integer"; };
+    PrivacyPhaseRecord p;
+    p.run_id = s.ColumnIsNull(0) ? "" : s.ColumnText(0);
+    const int64_t round = s.ColumnInt(1);
+    const int64_t attempt = s.ColumnInt(2);
+    p.round = static_cast<int32_t>(std::clamp<int64_t>(round, -1, std::numeric_limits<int32_t>::max()));
+    p.attempt = static_cast<int32_t>(std::clamp<int64_t>(attempt, -1, std::numeric_limits<int32_t>::max()));
+    p.mechanism = s.ColumnIsNull(3) ? "" : s.ColumnText(3);
+    p.sample_rate = s.ColumnDouble(4);
+    p.noise_multiplier = s.ColumnDouble(5);
+    p.steps = s.ColumnInt(6);
+    p.recorded_ms = s.ColumnInt(7);
+    std::string problem;
+    if (!text_key || !integers || !numeric(s.ColumnText(12)) || !numeric(s.ColumnText(13))) {
+      problem = absl::StrCat("a value of the wrong type (run_id ", s.ColumnText(8), ", round ", s.ColumnText(9),
+                             ", attempt ", s.ColumnText(10), ", mechanism ", s.ColumnText(11), ", sample_rate ",
+                             s.ColumnText(12), ", noise_multiplier ", s.ColumnText(13), ", steps ", s.ColumnText(14),
+                             ", recorded_ms ", s.ColumnText(15), ")");
+    } else if (round != p.round || attempt != p.attempt) {
+      problem = absl::StrCat("round ", round, " / attempt ", attempt, " out of range");
+    } else {
+      problem = PhaseProblem(p);
+    }
+    if (!problem.empty()) {
+      return absl::DataLossError(absl::StrCat(db_->path(), ": table privacy_ledger, row ", row, " (run ",
+                                              p.run_id.substr(0, 64), " round ", round, " attempt ", attempt,
+                                              "): ", problem, "; the site's spent epsilon cannot be computed"));
+    }
+    phases.push_back(std::move(p));
+  }
+  return phases;
 }
 
 absl::StatusOr<bool> AgentDatabase::TookPart(const std::string& run_id) {

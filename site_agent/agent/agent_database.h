@@ -9,7 +9,14 @@
 //             kind)
 //   adapted_models(run_id, round, attempt, digest, validation_loss, path, created)      key (run_id, round, attempt)
 //   fed_runs(run_id, state, finished)                                                    key run_id
-// Task states: "started", "update-written", "uploaded", "done", "failed", "cancelled".
+//   privacy_ledger(run_id, round, attempt, mechanism, sample_rate, noise_multiplier, steps, recorded_ms)
+//                                                                                        key (run_id, round, attempt)
+// Task states: "started", "update-written", "uploaded", "done", "failed", "cancelled", "declined" (the site declined
+// the TRAIN task: its privacy budget, privacy_budget.h).
+//
+// privacy_ledger holds one row per TRAIN attempt whose training touched (or is about to touch) the site's data: the
+// phase its RDP accountant adds (privacy_budget.h). Rows are read back with bounds (PrivacyLedger); a row outside
+// them is DataLoss naming the table and the row, never a silently smaller epsilon.
 //
 // Thread safety: not thread-safe (the agent's task thread owns it).
 #ifndef FEDTUNE_SITE_AGENT_AGENT_AGENT_DATABASE_H_
@@ -48,6 +55,21 @@ struct TaskRecord {
   std::string message;
 };
 
+// One row of privacy_ledger: what one TRAIN attempt's training did with the site's data.
+struct PrivacyPhaseRecord {
+  std::string run_id;
+  int32_t round = 0;
+  int32_t attempt = 0;
+  std::string mechanism;        // "none", "dp-sgd" or "dp-fedavg".
+  double sample_rate = 0;       // q in [0, 1] (dp-fedavg: 1; none: 0).
+  double noise_multiplier = 0;  // sigma (0 for "none").
+  int64_t steps = 0;            // Accounted steps of the sampled Gaussian mechanism, in [0, privacy::kMaxSteps].
+  int64_t recorded_ms = 0;      // Unix milliseconds of the (last) record.
+};
+
+// Rows privacy_ledger may hold (PrivacyLedger reads at most this many; more is DataLoss).
+inline constexpr int64_t kMaxPrivacyLedgerRows = 1'000'000;
+
 struct AdaptedModel {
   std::string run_id;
   int32_t round = 0;
@@ -69,7 +91,7 @@ class AgentDatabase {
   // Records the update payload written for a TRAIN task and sets state "update-written".
   absl::Status RecordUpdate(const TaskKey& key, const std::string& path, const std::string& sha256, int64_t bytes,
                             int64_t num_samples, double train_loss, double validation_loss);
-  // Sets the state (and message); "done", "failed" and "cancelled" also set `finished`.
+  // Sets the state (and message); "done", "failed", "cancelled" and "declined" also set `finished`.
   absl::Status SetTaskState(const TaskKey& key, const std::string& state, const std::string& message = "");
 
   // The adapted model with the lowest validation loss of the run; nullopt when none.
@@ -80,6 +102,15 @@ class AgentDatabase {
   // report), of runs not finished, oldest first: a restarted agent completes them (the coordinator does not offer a
   // task again once it accepted the update).
   absl::StatusOr<std::vector<v1::Task>> InterruptedTrainTasks();
+
+  // Inserts the phase, replacing the row of the same (run_id, round, attempt): re-recording an attempt (planned
+  // steps before training, the steps taken after) is idempotent. InvalidArgument for values outside the bounds of
+  // PrivacyPhaseRecord (nothing written).
+  absl::Status RecordPrivacyPhase(const PrivacyPhaseRecord& phase);
+  // Every row, ordered by recorded_ms, run_id, round, attempt. DataLoss naming privacy_ledger and the row (run,
+  // round, attempt) for a value of the wrong type or outside the bounds of PrivacyPhaseRecord, or more than
+  // kMaxPrivacyLedgerRows rows.
+  absl::StatusOr<std::vector<PrivacyPhaseRecord>> PrivacyLedger();
 
   // True when the site has a task record of the run.
   absl::StatusOr<bool> TookPart(const std::string& run_id);

@@ -166,6 +166,33 @@ absl::Status CoordinatorClient::ReportMetrics(const v1::MetricsReport& report) {
   }
 }
 
+absl::Status CoordinatorClient::DeclineTask(const std::string& run_id, int32_t round, int32_t attempt,
+                                            const std::string& reason, const v1::PrivacyAccount& privacy) {
+  v1::DeclineRequest request;
+  request.set_run_id(run_id);
+  request.set_round(round);
+  request.set_attempt(attempt);
+  std::string text = reason;
+  if (text.size() > kMaxDeclineReasonBytes) {
+    // Cut at a UTF-8 boundary: never in the middle of a character (the reason may hold "∞").
+    size_t cut = kMaxDeclineReasonBytes;
+    while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
+    text.resize(cut);
+  }
+  request.set_reason(text);
+  *request.mutable_privacy() = privacy;
+  Backoff backoff = NewBackoff();
+  while (true) {
+    grpc::ClientContext context;
+    context.set_deadline(DeadlineIn(options_.rpc_timeout));
+    v1::DeclineResponse response;
+    const absl::Status status = Error(stub_->DeclineTask(&context, request, &response), "DeclineTask");
+    if (status.ok() || !IsRetryable(status)) return status;
+    LOG(WARNING) << status << "; retrying in about " << backoff.NextDelay();
+    RETURN_IF_ERROR(backoff.Wait(status));
+  }
+}
+
 absl::StatusOr<v1::UploadOffsetResponse> CoordinatorClient::GetUploadOffset(const std::string& run_id, int32_t round,
                                                                             const std::string& sha256,
                                                                             v1::UploadKind kind) {

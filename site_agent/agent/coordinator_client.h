@@ -28,6 +28,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -115,6 +116,9 @@ struct UploadRequest {
   v1::UploadKind kind = v1::UPLOAD_KIND_UPDATE;
 };
 
+// DeclineRequest.reason's limit (federation.proto).
+inline constexpr size_t kMaxDeclineReasonBytes = 1024;
+
 // Returns true when the caller wants a transfer stopped (checked between chunks and before each attempt).
 using CancelFn = std::function<bool()>;
 
@@ -135,6 +139,11 @@ class CoordinatorClient {
   absl::StatusOr<v1::Task> GetTask(int wait_seconds);
   absl::StatusOr<v1::HeartbeatResponse> Heartbeat(const v1::HeartbeatRequest& request);
   absl::Status ReportMetrics(const v1::MetricsReport& report);
+  // Declines the TRAIN task (run, round, attempt) with `reason` (cut to kMaxDeclineReasonBytes) and the site's
+  // privacy budget as it stands; retried as ReportMetrics. The coordinator's errors (FAILED_PRECONDITION once the
+  // site's update of that attempt was accepted, NOT_FOUND for an unknown run) are returned at once.
+  absl::Status DeclineTask(const std::string& run_id, int32_t round, int32_t attempt, const std::string& reason,
+                           const v1::PrivacyAccount& privacy);
   absl::StatusOr<v1::UploadOffsetResponse> GetUploadOffset(const std::string& run_id, int32_t round,
                                                            const std::string& sha256,
                                                            v1::UploadKind kind = v1::UPLOAD_KIND_UPDATE);

@@ -116,6 +116,7 @@ absl::StatusOr<TunedModel> FinetuneModel(const v1::SiteAgentConfig& config, cons
       task.plan().learning_rate() > 0 ? task.plan().learning_rate() : config.finetune().learning_rate();
   values.batch_size = task.plan().batch_size() > 0 ? task.plan().batch_size() : config.finetune().batch_size();
   values.proximal_mu = mu;
+  RETURN_IF_ERROR(SetPlanDp(task.plan(), &values));
   const v1::FinetuneConfig finetune = TaskFinetuneConfig(config, base, out_dir.string(), values);
   RETURN_IF_ERROR(train::ValidateFinetuneConfig(finetune));
 
@@ -164,9 +165,20 @@ struct FederatedAgent::TrainRound {
   std::string update_path;
   std::string update_sha256;
   std::optional<TunedModel> personal;  // DITTO: this round's personal model.
+  int64_t train_images = 0;            // Of the site's split: the privacy budget's N before training.
+  int dp_networks = 1;                 // Networks trained on the site's data this round (the privacy budget's count).
 };
 
 namespace {
+
+// The DP-SGD steps a fine-tuning took, summed over its networks; nullopt while the trainer does not say.
+std::optional<int64_t> DpStepsTaken(const train::FinetuneResult& result) {
+  // TODO(issue 14, DP-SGD in common/train): sum the DP-SGD step count that the trainer adds to train::TrainResult
+  // (e.g. TrainResult::dp_steps, each member's steps taken) over result.members. Until that field exists the ledger
+  // keeps the planned maximum (networks x PlanDpSgd's max_steps), which never under-counts.
+  (void)result;
+  return std::nullopt;
+}
 
 // The round dirs of a TRAIN task (personalization.h).
 RoundDirs RoundDirsOf(const v1::Task& task, const fs::path& run_dir, const fs::path& round_dir) {
@@ -216,6 +228,15 @@ absl::StatusOr<std::unique_ptr<FederatedAgent>> FederatedAgent::Create(const v1:
 
   RETURN_IF_ERROR(io::MakeDirectories(config.work_dir()));
   ASSIGN_OR_RETURN(agent->db_, AgentDatabase::Open((fs::path(config.work_dir()) / "site.db").string()));
+  agent->budget_ = std::make_unique<PrivacyBudget>(agent->db_.get(), config);
+  // The budget as it stands, once at start-up. A corrupt ledger is said here already; the tasks that need it (every
+  // TRAIN task, every report) then fail with the same error until it is repaired.
+  if (absl::StatusOr<v1::PrivacyAccount> account = agent->budget_->Account(); account.ok()) {
+    LOG(INFO) << "site " << config.site_id() << ": " << PrivacyLine(*account) << ", " << account->private_steps()
+              << " private steps accounted" << (account->non_private_training() ? ", trained without DP before" : "");
+  } else {
+    LOG(ERROR) << "site " << config.site_id() << ": the privacy budget cannot be read: " << account.status();
+  }
 
   ClientOptions client;
   client.address = config.coordinator();
@@ -363,6 +384,7 @@ absl::Status FederatedAgent::RunTask(const v1::Task& task) {
   const TaskKey key{task.run_id(), train ? task.round() : 0, task.attempt(),
                     train ? "train" : (cross ? "cross_evaluate" : "evaluate")};
   RETURN_IF_ERROR(db_->BeginTask(key, task));
+  declined_reason_.clear();
   absl::Status status;
   {
     Heartbeater heartbeat(client_.get(), task.run_id(), key.round, heartbeat_period_, "downloading");
@@ -373,7 +395,9 @@ absl::Status FederatedAgent::RunTask(const v1::Task& task) {
       status = train ? RunTrain(task, heartbeat) : RunEvaluateTask(task, heartbeat);
     }
     // The last state the coordinator sees for this task (sent before the heartbeat thread ends).
-    heartbeat.SetState(status.ok() ? "done"
+    const bool declined = status.ok() && !declined_reason_.empty();
+    heartbeat.SetState(declined      ? "declined"
+                       : status.ok() ? "done"
                        : status.code() == absl::StatusCode::kCancelled
                            ? "cancelled"
                            : absl::StrCat("failed: ", status.message().substr(0, 200)),
@@ -384,16 +408,26 @@ absl::Status FederatedAgent::RunTask(const v1::Task& task) {
       if (!finished.ok()) LOG(ERROR) << "cannot record the end of run " << task.run_id() << ": " << finished;
     }
   }
-  const std::string state = status.ok()                                     ? "done"
+  const bool declined = status.ok() && !declined_reason_.empty();
+  const std::string state = declined                                        ? "declined"
+                            : status.ok()                                   ? "done"
                             : status.code() == absl::StatusCode::kCancelled ? "cancelled"
                                                                             : "failed";
-  const absl::Status recorded = db_->SetTaskState(key, state, status.ok() ? "" : std::string(status.message()));
+  const absl::Status recorded = db_->SetTaskState(key, state,
+                                                  declined      ? declined_reason_
+                                                  : status.ok() ? ""
+                                                                : std::string(status.message()));
   if (!recorded.ok()) LOG(ERROR) << "cannot record the task's state: " << recorded;
   return status;
 }
 
 absl::Status FederatedAgent::RunTrain(const v1::Task& task, Heartbeater& heartbeat) {
   TrainRound round{task, TaskKey{task.run_id(), task.round(), task.attempt(), "train"}};
+  // The privacy budget first: one network is the least a round trains (more only add to epsilon), so a round that is
+  // over budget even so is declined before its model is downloaded.
+  round.train_images = static_cast<int64_t>(site_.split.EntriesIn(data::Split::kTrain).size());
+  ASSIGN_OR_RETURN(bool declined, DeclineOverBudget(task, round.key, round.train_images, 1, "before the download"));
+  if (declined) return absl::OkStatus();
   const fs::path work(config_.work_dir());
   round.run_dir = work / "runs" / task.run_id();
   round.round_dir = round.run_dir / absl::StrCat("round-", task.round(), "-", task.attempt());
@@ -421,7 +455,16 @@ absl::Status FederatedAgent::RunTrain(const v1::Task& task, Heartbeater& heartbe
   }
   timer.Lap("load");
   RETURN_IF_ERROR(CheckCancelled(heartbeat, "training", task));
+  // The exact check with the model's networks (DITTO trains a personal copy of each too), then the planned phase is
+  // recorded before the site's data is touched: a crash mid-training is accounted all the same.
+  round.dp_networks = (static_cast<int>(round.global.members.size()) + (round.global.duo ? 1 : 0)) *
+                      (round.personalization == v1::PERSONALIZATION_DITTO ? 2 : 1);
+  ASSIGN_OR_RETURN(declined,
+                   DeclineOverBudget(task, round.key, round.train_images, round.dp_networks, "before training"));
+  if (declined) return absl::OkStatus();
+  RETURN_IF_ERROR(budget_->RecordRound(task, round.train_images, round.dp_networks));
   RETURN_IF_ERROR(FinetuneRound(round, heartbeat));
+  RETURN_IF_ERROR(RecordPrivacySpent(round));
   if (!round.start.local.empty()) {
     ASSIGN_OR_RETURN(model::Checkpoint tuned, model::LoadCheckpoint(round.tuned.checkpoint_path));
     RETURN_IF_ERROR(KeepLocalTensors(round.start, tuned, round.run_dir.string()));
@@ -437,11 +480,13 @@ absl::Status FederatedAgent::RunTrain(const v1::Task& task, Heartbeater& heartbe
   if (round.personalization == v1::PERSONALIZATION_DITTO) {
     RETURN_IF_ERROR(CheckCancelled(heartbeat, "training the personal model", task));
     RETURN_IF_ERROR(TrainPersonal(round, heartbeat));
+    RETURN_IF_ERROR(RecordPrivacySpent(round));
     timer.Lap("personal fine-tuning");
   }
   heartbeat.SetState("evaluating", 0.9);
   ASSIGN_OR_RETURN(v1::MetricsReport report, EvaluateRound(round));
   RETURN_IF_ERROR(KeepAdapted(round));
+  RETURN_IF_ERROR(AddPrivacy({round.round_dir.string()}, &report));
   timer.Lap("evaluation");
   if (!config_.share_metrics()) StripPerformance(&report);
   heartbeat.SetState("reporting", 0.98);
@@ -449,6 +494,52 @@ absl::Status FederatedAgent::RunTrain(const v1::Task& task, Heartbeater& heartbe
   timer.Lap("report");
   LOG(INFO) << "round timings of run " << task.run_id() << " round " << task.round() << " attempt " << task.attempt()
             << ": " << timer.Describe();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> FederatedAgent::DeclineOverBudget(const v1::Task& task, const TaskKey& key, int64_t train_images,
+                                                       int networks, const char* when) {
+  ASSIGN_OR_RETURN(const BudgetDecision decision, budget_->CheckRound(task, train_images, networks));
+  if (!decision.decline) {
+    LOG(INFO) << "privacy budget " << when << ": " << decision.reason;
+    return false;
+  }
+  // An attempt whose update was written before its privacy was accounted (by an agent older than the budget):
+  // its data was used; it is accounted now (RunTrain records it) and completed, not declined.
+  ASSIGN_OR_RETURN(const std::optional<TaskRecord> record, db_->FindTask(key));
+  if (record && (record->state == "update-written" || record->state == "uploaded" || record->state == "done")) {
+    LOG(WARNING) << "privacy budget " << when << ": " << decision.reason << "; but its update was written before "
+                 << "(state " << record->state << "): accounted now and completed, not declined";
+    return false;
+  }
+  LOG(WARNING) << "privacy budget: declining " << decision.reason
+               << ". Nothing is trained; the run goes on without this site (SiteAgentConfig.max_epsilon decides, "
+               << "the coordinator cannot change it).";
+  RETURN_IF_ERROR(client_->DeclineTask(task.run_id(), task.round(), task.attempt(), decision.reason, decision.account));
+  RETURN_IF_ERROR(db_->SetTaskState(key, "declined", decision.reason));
+  declined_reason_ = decision.reason;
+  return true;
+}
+
+absl::Status FederatedAgent::RecordPrivacySpent(const TrainRound& round) {
+  const bool ditto = round.personalization == v1::PERSONALIZATION_DITTO;
+  if (ditto && !round.personal) return absl::OkStatus();  // Recorded once the personal model is trained too.
+  std::optional<int64_t> steps = DpStepsTaken(round.tuned);
+  if (steps && ditto) {
+    const std::optional<int64_t> personal = DpStepsTaken(round.personal->result);
+    steps = personal ? std::optional<int64_t>(*steps + *personal) : std::nullopt;
+  }
+  const int64_t images = round.tuned.train_images > 0 ? round.tuned.train_images : round.train_images;
+  RETURN_IF_ERROR(budget_->RecordRound(round.task, images, round.dp_networks, steps));
+  ASSIGN_OR_RETURN(const v1::PrivacyAccount account, budget_->Account());
+  LOG(INFO) << "run " << round.task.run_id() << " round " << round.task.round() << " trained: " << PrivacyLine(account);
+  return absl::OkStatus();
+}
+
+absl::Status FederatedAgent::AddPrivacy(const std::vector<std::string>& report_dirs, v1::MetricsReport* report) {
+  ASSIGN_OR_RETURN(const v1::PrivacyAccount account, budget_->Account());
+  *report->mutable_privacy() = account;
+  for (const std::string& dir : report_dirs) RETURN_IF_ERROR(AddPrivacyToLocalReport(dir, account));
   return absl::OkStatus();
 }
 
@@ -684,6 +775,14 @@ absl::Status FederatedAgent::RunEvaluateTask(const v1::Task& task, Heartbeater& 
     shared = false;
   }
   report.set_adapted_model_shared(*shared);
+  {
+    std::vector<std::string> dirs;
+    for (const char* name : {"global-vs-open-source", "adapted-vs-open-source", "adapted-vs-global",
+                             "local-only-vs-open-source", "global-vs-local-only", "adapted-vs-local-only"}) {
+      dirs.push_back((reports / name).string());
+    }
+    RETURN_IF_ERROR(AddPrivacy(dirs, &report));
+  }
   if (!config_.share_metrics()) StripPerformance(&report);
   heartbeat.SetState("reporting", 0.95);
   RETURN_IF_ERROR(client_->ReportMetrics(report));

@@ -35,6 +35,16 @@
 //  CROSS_EVALUATE: the other sites' shared adapted models evaluated against the final global model on the test split,
 //   reported as kind "cross_site" (cross_evaluation.h).
 //
+// Privacy budget (privacy_budget.h; SiteAgentConfig.max_epsilon and delta): a TRAIN task starts with the budget
+//   check, before anything is downloaded (with one network, the least a round trains) and again once the global
+//   model is loaded (with its networks: SoloNet members, DuoNet, DITTO's personal copies), before the site's data is
+//   touched. A round over budget is declined: a WARNING names max_epsilon, delta and the epsilons, DeclineTask tells
+//   the coordinator (with the PrivacyAccount), the task is recorded in site.db as "declined" and RunTask returns OK
+//   (the loop asks for the next task). Otherwise the round's planned phase is recorded in privacy_ledger before
+//   training and re-recorded with the steps taken after it. Every round and final MetricsReport carries the
+//   site's PrivacyAccount (kept with share_metrics = false), and the local report.json / report.html a
+//   "Privacy: epsilon X at delta D (budget M)" line.
+//
 // Heartbeats: a thread sends Heartbeat every heartbeat_seconds while a task runs, with the state ("downloading",
 // "training member 1/3, epoch 2/5", "uploading", "evaluating") and progress; training progress comes from the
 // pipeline's epoch callbacks (training_progress.h). When the answer says cancel, the task stops at the next step
@@ -59,6 +69,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -68,6 +79,7 @@
 #include "fedtune/v1/federation_config.pb.h"
 #include "site_agent/agent/agent_database.h"
 #include "site_agent/agent/coordinator_client.h"
+#include "site_agent/agent/privacy_budget.h"
 
 namespace fedtune::agent {
 
@@ -139,6 +151,18 @@ class FederatedAgent {
   absl::Status EvaluateLocalOnly(const v1::Task& task, const std::string& base_path, const std::string& base_digest,
                                  const std::string& global_path, const std::string& adapted_path,
                                  Heartbeater& heartbeat, v1::MetricsReport* report);
+  // The privacy budget check of a TRAIN task (`when`: for the log) with `networks` networks trained on
+  // `train_images` images: false when the round may be trained; true when it was declined (logged, DeclineTask
+  // sent, the task recorded "declined"). An attempt whose update was already written (state update-written,
+  // uploaded or done: trained by an agent older than the budget) is never declined. Errors of the check and of
+  // DeclineTask (the task then fails and is declined again when offered again).
+  absl::StatusOr<bool> DeclineOverBudget(const v1::Task& task, const TaskKey& key, int64_t train_images, int networks,
+                                         const char* when);
+  // Records the privacy spent by the round's training: the steps taken when the trainer says (the planned maximum
+  // otherwise). Under DITTO only once the personal model is trained too.
+  absl::Status RecordPrivacySpent(const TrainRound& round);
+  // The site's PrivacyAccount into `report` and the PrivacyLine into the local reports in `report_dirs`.
+  absl::Status AddPrivacy(const std::vector<std::string>& report_dirs, v1::MetricsReport* report);
   // Records the run as finished (once) and counts it.
   absl::Status FinishRun(const std::string& run_id, const std::string& how);
 
@@ -146,6 +170,8 @@ class FederatedAgent {
   AgentOptions options_;
   std::unique_ptr<CoordinatorClient> client_;
   std::unique_ptr<AgentDatabase> db_;
+  std::unique_ptr<PrivacyBudget> budget_;
+  std::string declined_reason_;  // Set when the current task was declined (RunTask records it).
   train::SiteData site_;
   v1::HelloRequest hello_;
   absl::Duration heartbeat_period_;

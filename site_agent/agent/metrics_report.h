@@ -8,7 +8,7 @@
 // With share_metrics = false a site still reports (the coordinator learns that the site finished the round or the
 // run, and how many test cases it has) but without any model performance: StripPerformance keeps run_id, round,
 // kind, test_cases and each model's name and digest, and removes every per-label value, every comparison and the
-// losses.
+// losses. The site's PrivacyAccount (MetricsReport.privacy, privacy_budget.h) is not performance and stays.
 //
 // Thread safety: reentrant.
 #ifndef FEDTUNE_SITE_AGENT_AGENT_METRICS_REPORT_H_

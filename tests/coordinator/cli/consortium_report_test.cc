@@ -1,5 +1,6 @@
 #include "coordinator/cli/consortium_report.h"
 
+#include <limits>
 #include <regex>
 #include <string>
 
@@ -317,6 +318,99 @@ TEST(ConsortiumReportTest, EmptyReportDoesNotFail) {
 
 // Site-supplied names (site ids as stored, label names, round notes) in the report: the terminal summary is
 // escaped, the HTML holds no control character or invalid UTF-8, and report.json is still written (valid JSON).
+// MakeRunReport with differential privacy: site-a's round report says epsilon 1.2, its final report 2.5 (the latest
+// wins); site-b's round report `b_epsilon` (or non-private), and site-b declined round 2.
+v1::RunReport PrivateRunReport(double b_epsilon, bool b_non_private) {
+  v1::RunReport report = MakeRunReport();
+  v1::RunConfig* config = report.mutable_status()->mutable_config();
+  config->set_dp("dp-sgd");
+  config->set_dp_noise_multiplier(1.1);
+  config->set_dp_clip_norm(0.8);
+  auto account = [](v1::MetricsReport* m, double epsilon, double delta, double budget, bool non_private) {
+    v1::PrivacyAccount* a = m->mutable_privacy();
+    a->set_epsilon(epsilon);
+    a->set_delta(delta);
+    a->set_max_epsilon(budget);
+    a->set_private_steps(40);
+    a->set_non_private_training(non_private);
+  };
+  v1::SiteRunReport* a = report.mutable_sites(0);
+  account(a->mutable_metrics(0), 1.2, 1e-5, 4, false);
+  account(a->mutable_metrics(1), 2.5, 1e-5, 4, false);
+  account(report.mutable_sites(1)->mutable_metrics(0), b_epsilon, 1e-6, 0, b_non_private);
+  v1::UpdateInfo* declined = report.mutable_status()->mutable_rounds(2)->mutable_updates(1);
+  declined->set_upload_status(v1::UPLOAD_STATUS_DECLINED);
+  declined->set_status("");
+  declined->set_message("privacy budget: would raise this site's epsilon above its max_epsilon 3");
+  declined->set_bytes(0);
+  return report;
+}
+
+TEST(ConsortiumReportPrivacyTest, EpsilonPerSiteConsortiumMaximumAndDeclinedRounds) {
+  const v1::RunReport report = PrivateRunReport(3.1, false);
+  const nlohmann::json j = nlohmann::json::parse(ConsortiumReportJson(report));
+  const nlohmann::json& p = j["privacy"];
+  EXPECT_EQ(p["dp"], "dp-sgd");
+  EXPECT_DOUBLE_EQ(p["dp_noise_multiplier"].get<double>(), 1.1);
+  EXPECT_DOUBLE_EQ(p["consortium_epsilon"].get<double>(), 3.1);  // max(2.5, 3.1)
+  EXPECT_FALSE(p["consortium_non_private"].get<bool>());
+  EXPECT_DOUBLE_EQ(p["delta"].get<double>(), 1e-5);  // The larger delta.
+  EXPECT_THAT(p["composition"].get<std::string>(), HasSubstr("parallel composition"));
+  ASSERT_EQ(p["sites"].size(), 2u);
+  EXPECT_EQ(p["sites"][0]["site_id"], "site-a");
+  EXPECT_DOUBLE_EQ(p["sites"][0]["epsilon"].get<double>(), 2.5);  // The final report's, not round 1's.
+  EXPECT_DOUBLE_EQ(p["sites"][0]["max_epsilon"].get<double>(), 4);
+  EXPECT_EQ(p["sites"][0]["private_steps"], 40);
+  EXPECT_TRUE(p["sites"][0]["declined_rounds"].empty());
+  EXPECT_DOUBLE_EQ(p["sites"][1]["delta"].get<double>(), 1e-6);
+  EXPECT_EQ(p["sites"][1]["declined_rounds"], nlohmann::json::array({2}));
+  ASSERT_EQ(p["declined"].size(), 1u);
+  EXPECT_EQ(p["declined"][0]["round"], 2);
+  EXPECT_EQ(p["declined"][0]["site_id"], "site-b");
+  EXPECT_THAT(p["declined"][0]["reason"].get<std::string>(), HasSubstr("max_epsilon 3"));
+  // The round: one accepted, one declined (not refused); the update says "declined".
+  const nlohmann::json& round2 = j["rounds"][2];
+  EXPECT_EQ(round2["accepted"], 1);
+  EXPECT_EQ(round2["refused"], 0);
+  EXPECT_EQ(round2["declined"], 1);
+  EXPECT_EQ(round2["updates"][1]["status"], "declined");
+
+  const std::string text = SiteSummaryText(report);
+  EXPECT_THAT(text, HasSubstr("Differential privacy (dp-sgd, noise multiplier 1.1, clip norm 0.8): consortium "
+                              "epsilon 3.1 at delta 1e-05"));
+  EXPECT_THAT(text, HasSubstr("parallel composition"));
+  EXPECT_THAT(text, HasSubstr("declined: round 2 attempt 1 by site-b: privacy budget"));
+  EXPECT_TRUE(std::regex_search(text, std::regex(R"(site-a +2\.5 +1e-05 +4 +-)"))) << text;
+  EXPECT_TRUE(std::regex_search(text, std::regex(R"(site-b +3\.1 +1e-06 +none +2)"))) << text;
+
+  const std::string html = ConsortiumReportHtml(report);
+  EXPECT_THAT(html, HasSubstr("<h2>Differential privacy</h2>"));
+  EXPECT_THAT(html, HasSubstr("Consortium epsilon 3.1 at delta 1e-05"));
+  EXPECT_THAT(html, HasSubstr("<h3>Declined rounds</h3>"));
+  EXPECT_THAT(html, HasSubstr("<td class=\"text\">declined</td>"));
+  EXPECT_THAT(html, HasSubstr("<td>2.5</td>"));
+}
+
+TEST(ConsortiumReportPrivacyTest, ANonPrivateSiteMakesTheConsortiumEpsilonInfinite) {
+  const v1::RunReport report = PrivateRunReport(std::numeric_limits<double>::infinity(), true);
+  const nlohmann::json j = nlohmann::json::parse(ConsortiumReportJson(report));
+  EXPECT_TRUE(j["privacy"]["consortium_epsilon"].is_null());
+  EXPECT_TRUE(j["privacy"]["consortium_non_private"].get<bool>());
+  EXPECT_TRUE(j["privacy"]["sites"][1]["epsilon"].is_null());
+  EXPECT_TRUE(j["privacy"]["sites"][1]["non_private_training"].get<bool>());
+  EXPECT_THAT(SiteSummaryText(report), HasSubstr("consortium epsilon ∞ (non-private)"));
+  EXPECT_TRUE(std::regex_search(SiteSummaryText(report), std::regex(R"(site-b +∞ \(non-private\))")));
+  EXPECT_THAT(ConsortiumReportHtml(report), HasSubstr("<td>∞ (non-private)</td>"));
+
+  // A run without differential privacy shows none of it; its JSON says so with nulls.
+  const v1::RunReport plain = MakeRunReport();
+  EXPECT_THAT(SiteSummaryText(plain), Not(HasSubstr("Differential privacy")));
+  EXPECT_THAT(ConsortiumReportHtml(plain), Not(HasSubstr("Differential privacy")));
+  const nlohmann::json none = nlohmann::json::parse(ConsortiumReportJson(plain));
+  EXPECT_TRUE(none["privacy"]["consortium_epsilon"].is_null());
+  EXPECT_FALSE(none["privacy"]["sites"][0]["reported"].get<bool>());
+}
+
 TEST(ConsortiumReportTest, HostileSiteTextIsEscapedInEveryOutput) {
   for (const std::string& hostile : testing::HostileTexts()) {
     v1::RunReport report = MakeRunReport();
@@ -324,6 +418,12 @@ TEST(ConsortiumReportTest, HostileSiteTextIsEscapedInEveryOutput) {
     report.mutable_status()->set_state(hostile);
     report.mutable_status()->set_message(hostile);
     for (v1::RoundInfo& round : *report.mutable_status()->mutable_rounds()) round.set_message(hostile);
+    // A declined update whose reason (site-supplied) is hostile, and a site with a privacy account.
+    report.mutable_status()->mutable_config()->set_dp(hostile);
+    v1::UpdateInfo* declined = report.mutable_status()->mutable_rounds(2)->mutable_updates(1);
+    declined->set_upload_status(v1::UPLOAD_STATUS_DECLINED);
+    declined->set_message(hostile);
+    report.mutable_sites(0)->mutable_metrics(1)->mutable_privacy()->set_epsilon(1.5);
     for (v1::SiteRunReport& site : *report.mutable_sites()) {
       site.set_site_id(hostile + site.site_id());
       for (v1::MetricsReport& metrics : *site.mutable_metrics()) {

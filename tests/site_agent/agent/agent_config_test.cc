@@ -2,7 +2,9 @@
 
 #include <sys/stat.h>
 
+#include <cmath>
 #include <functional>
+#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -43,6 +45,8 @@ TEST(AgentConfigTest, DefaultsAndPathsRelativeToTheConfigFile) {
   EXPECT_EQ(c->max_backoff_ms(), 30000);
   EXPECT_EQ(c->exit_after_runs(), 0);
   EXPECT_TRUE(c->share_metrics());
+  EXPECT_EQ(c->max_epsilon(), 0);  // No budget.
+  EXPECT_DOUBLE_EQ(c->delta(), 1e-5);
 
   TrainingValues values;
   values.local_epochs = 3;
@@ -110,6 +114,14 @@ TEST(AgentConfigTest, ValueErrorsNameTheField) {
        "config field 'finetune.split.method'"},
       {[](v1::SiteAgentConfig* c) { c->mutable_finetune()->set_max_image_pixels(0); },
        "config field 'finetune.max_image_pixels'"},
+      {[](v1::SiteAgentConfig* c) { c->set_max_epsilon(-1); }, "config field 'max_epsilon'"},
+      {[](v1::SiteAgentConfig* c) { c->set_max_epsilon(std::numeric_limits<double>::infinity()); },
+       "config field 'max_epsilon'"},
+      {[](v1::SiteAgentConfig* c) { c->set_max_epsilon(std::nan("")); }, "config field 'max_epsilon'"},
+      {[](v1::SiteAgentConfig* c) { c->set_delta(0); }, "config field 'delta'"},
+      {[](v1::SiteAgentConfig* c) { c->set_delta(-1e-5); }, "config field 'delta'"},
+      {[](v1::SiteAgentConfig* c) { c->set_delta(0.2); }, "config field 'delta'"},
+      {[](v1::SiteAgentConfig* c) { c->set_delta(std::nan("")); }, "config field 'delta'"},
   };
   for (const Case& c : cases) {
     v1::SiteAgentConfig config = *valid;
@@ -163,6 +175,71 @@ TEST(AgentConfigTest, TaskConfigsKeepTheTemplatesPixelLimit) {
   auto c = ParseAgentConfig(text, "site.textproto", "/x");
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(TaskFinetuneConfig(*c, "/m/base.ckpt", "/w/run", TrainingValues()).max_image_pixels(), 1000000);
+}
+
+TEST(AgentConfigTest, PrivacyBudgetBoundsAreAccepted) {
+  auto c = ParseAgentConfig(std::string(kMinimal) + " max_epsilon: 8 delta: 0.1", "site.textproto", "/x");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->max_epsilon(), 8);
+  EXPECT_DOUBLE_EQ(c->delta(), 0.1);
+}
+
+TEST(AgentConfigTest, DpSgdValuesComeFromTheDpSgdPlanOnly) {
+  // The template's own DP-SGD fields never apply to a task.
+  const std::string text =
+      absl::StrReplaceAll(kMinimal, {{"finetune {", "finetune { dp_noise_multiplier: 5 dp_clip_norm: 3"}});
+  auto c = ParseAgentConfig(text, "site.textproto", "/x");
+  ASSERT_TRUE(c.ok()) << c.status();
+  v1::TrainingPlan plan;
+  plan.set_dp_noise_multiplier(1.3);
+  plan.set_dp_clip_norm(0.7);
+  for (const char* dp : {"", "none", "dp-fedavg"}) {
+    plan.set_dp(dp);
+    TrainingValues values;
+    ASSERT_TRUE(SetPlanDp(plan, &values).ok()) << dp;
+    const v1::FinetuneConfig f = TaskFinetuneConfig(*c, "/m/g.ckpt", "/w/run", values);
+    EXPECT_EQ(f.dp_noise_multiplier(), 0) << dp;
+    EXPECT_FALSE(f.has_dp_clip_norm()) << dp;
+  }
+  plan.set_dp("dp-sgd");
+  TrainingValues values;
+  ASSERT_TRUE(SetPlanDp(plan, &values).ok());
+  const v1::FinetuneConfig f = TaskFinetuneConfig(*c, "/m/g.ckpt", "/w/run", values);
+  EXPECT_DOUBLE_EQ(f.dp_noise_multiplier(), 1.3);
+  EXPECT_DOUBLE_EQ(f.dp_clip_norm(), 0.7);
+  // Existing callers (default TrainingValues) train without DP-SGD.
+  EXPECT_EQ(TaskFinetuneConfig(*c, "/m/g.ckpt", "/w/run", TrainingValues()).dp_noise_multiplier(), 0);
+}
+
+TEST(AgentConfigTest, PlanDpErrorsNameTheField) {
+  struct Case {
+    const char* dp;
+    double sigma;
+    double clip;
+    const char* expected;
+  } cases[] = {
+      {"dp_sgd", 1, 1, "task plan field 'dp': \"dp_sgd\""},
+      {"DP-SGD", 1, 1, "task plan field 'dp'"},
+      {"dp-sgd", 0, 1, "task plan field 'dp_noise_multiplier'"},
+      {"dp-fedavg", 0.01, 1, "task plan field 'dp_noise_multiplier'"},
+      {"dp-sgd", std::nan(""), 1, "task plan field 'dp_noise_multiplier'"},
+      {"dp-sgd", 1, 0, "task plan field 'dp_clip_norm'"},
+      {"dp-fedavg", 1, std::numeric_limits<double>::infinity(), "task plan field 'dp_clip_norm'"},
+  };
+  for (const Case& c : cases) {
+    v1::TrainingPlan plan;
+    plan.set_dp(c.dp);
+    plan.set_dp_noise_multiplier(c.sigma);
+    plan.set_dp_clip_norm(c.clip);
+    TrainingValues values;
+    const absl::Status status = SetPlanDp(plan, &values);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << c.expected;
+    EXPECT_THAT(status.message(), HasSubstr(c.expected));
+    EXPECT_EQ(values.dp_noise_multiplier, 0);
+  }
+  v1::TrainingPlan plan;  // "" reads as "none"; its (unset) noise multiplier is not checked.
+  ASSERT_TRUE(ReadPlanDp(plan).ok());
+  EXPECT_EQ(*ReadPlanDp(plan), PlanDp::kNone);
 }
 
 }  // namespace

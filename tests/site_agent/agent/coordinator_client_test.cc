@@ -235,6 +235,37 @@ TEST_F(CoordinatorClientTest, RetriesUnavailableWithExponentialBackoffUpToTheBou
   EXPECT_TRUE(sleeps_.empty());
 }
 
+TEST_F(CoordinatorClientTest, DeclineTaskIsRetriedAndCarriesTheReasonAndTheAccount) {
+  auto client = NewClient(/*max_attempts=*/4);
+  coordinator_.service().FailNext("DeclineTask", 2);
+  v1::PrivacyAccount account;
+  account.set_epsilon(2.5);
+  account.set_delta(1e-5);
+  account.set_max_epsilon(3);
+  account.set_round_epsilon(3.4);
+  ASSERT_TRUE(client->DeclineTask("run-4", 2, 1, "over budget", account).ok());
+  EXPECT_EQ(coordinator_.service().calls("DeclineTask"), 3);
+  EXPECT_EQ(sleeps_.size(), 2u);
+  // A reason beyond the protocol's 1024 bytes is cut (on a UTF-8 boundary: "∞" is 3 bytes).
+  std::string long_reason(1022, 'x');
+  for (int i = 0; i < 10; ++i) long_reason += "∞";
+  ASSERT_TRUE(client->DeclineTask("run-4", 3, 1, long_reason, account).ok());
+  const std::vector<v1::DeclineRequest> declines = coordinator_.service().declines();
+  ASSERT_EQ(declines.size(), 2u);
+  EXPECT_EQ(declines[0].run_id(), "run-4");
+  EXPECT_EQ(declines[0].round(), 2);
+  EXPECT_EQ(declines[0].attempt(), 1);
+  EXPECT_EQ(declines[0].reason(), "over budget");
+  EXPECT_DOUBLE_EQ(declines[0].privacy().round_epsilon(), 3.4);
+  EXPECT_DOUBLE_EQ(declines[0].privacy().max_epsilon(), 3);
+  EXPECT_EQ(declines[1].reason(), std::string(1022, 'x'));
+  // FAILED_PRECONDITION (the update was accepted already) is returned at once.
+  sleeps_.clear();
+  coordinator_.service().FailNext("DeclineTask", 1, grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(client->DeclineTask("run-4", 4, 1, "late", account).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(sleeps_.empty());
+}
+
 // The coordinator answers RESOURCE_EXHAUSTED when a site has too many calls or streams in progress (a broken one may
 // still be finishing there), when its thread quota is used up, or when the round's spool limits are reached: busy
 // for now, so the call is retried after a backoff like UNAVAILABLE.

@@ -1,7 +1,8 @@
 // A test seam for the site agent: a small in-test SiteService (not the real coordinator) on 127.0.0.1:0 over real
 // mTLS with certificates from the project's PKI (a CA, a server certificate with SAN 127.0.0.1, a site certificate),
 // whose answers the test scripts: models to serve, tasks to hand out, and faults (a download or upload cut after N
-// bytes, a corrupted download, UNAVAILABLE for the first K calls of an RPC, "pending" Hellos).
+// bytes, a corrupted download, UNAVAILABLE for the first K calls of an RPC, "pending" Hellos). DeclineTask requests
+// are recorded (declines()).
 // Every call is authorized from the peer certificate with pki::CertificateVerifier, as the real coordinator does.
 #ifndef FEDTUNE_TESTS_SITE_AGENT_AGENT_FAKE_COORDINATOR_H_
 #define FEDTUNE_TESTS_SITE_AGENT_AGENT_FAKE_COORDINATOR_H_
@@ -107,6 +108,11 @@ class FakeSiteService final : public v1::SiteService::Service {
   std::vector<v1::HelloRequest> hellos() const {
     absl::MutexLock lock(&mu_);
     return hellos_;
+  }
+  // DeclineTask requests received, in order.
+  std::vector<v1::DeclineRequest> declines() const {
+    absl::MutexLock lock(&mu_);
+    return declines_;
   }
   std::set<std::string> callers() const {
     absl::MutexLock lock(&mu_);
@@ -262,6 +268,20 @@ class FakeSiteService final : public v1::SiteService::Service {
     return grpc::Status::OK;
   }
 
+  // Records the decline (as the coordinator records UPLOAD_STATUS_DECLINED); FAILED_PRECONDITION once an update of
+  // that round was accepted, as the real coordinator answers.
+  grpc::Status DeclineTask(grpc::ServerContext* context, const v1::DeclineRequest* request,
+                           v1::DeclineResponse*) override {
+    grpc::Status status = Enter(context, "DeclineTask");
+    if (!status.ok()) return status;
+    absl::MutexLock lock(&mu_);
+    if (accepted_.count(absl::StrCat(request->run_id(), "/", request->round())) > 0) {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "the site's update of this round was accepted");
+    }
+    declines_.push_back(*request);
+    return grpc::Status::OK;
+  }
+
   static constexpr int64_t kChunk = 1000;  // Download chunk size (small, so a cut lands mid-file).
 
  private:
@@ -301,6 +321,7 @@ class FakeSiteService final : public v1::SiteService::Service {
   std::vector<v1::MetricsReport> reports_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::HeartbeatRequest> heartbeats_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::HelloRequest> hellos_ ABSL_GUARDED_BY(mu_);
+  std::vector<v1::DeclineRequest> declines_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> callers_ ABSL_GUARDED_BY(mu_);
   std::string last_caller_ ABSL_GUARDED_BY(mu_);
 };

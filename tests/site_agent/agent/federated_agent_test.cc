@@ -20,6 +20,7 @@
 #include "common/io/file_util.h"
 #include "common/io/sha256.h"
 #include "common/model/checkpoint.h"
+#include "common/privacy/rdp_accountant.h"
 #include "common/synth/generator.h"
 #include "common/synth/profile.h"
 #include "common/train/threads.h"
@@ -27,6 +28,7 @@
 #include "gtest/gtest.h"
 #include "site_agent/agent/agent_config.h"
 #include "site_agent/agent/local_baseline.h"
+#include "site_agent/agent/privacy_budget.h"
 #include "site_agent/agent/run_command.h"
 #include "site_agent/commands/model_init.h"
 #include "tests/site_agent/agent/fake_coordinator.h"
@@ -205,7 +207,15 @@ TEST(FederatedAgentTest, TrainAndEvaluateTasksEndToEnd) {
   for (const v1::MetricsReport& report : reports) {
     for (const v1::ModelEvaluation& m : report.models()) EXPECT_EQ(m.labels_size(), data::kNumChexpertLabels);
     ExpectSummaryOnly(report);
+    // A round without differential privacy: the site's epsilon is unbounded from then on (no budget: trained).
+    EXPECT_TRUE(report.privacy().non_private_training()) << report.kind();
+    EXPECT_TRUE(std::isinf(report.privacy().epsilon())) << report.kind();
+    EXPECT_DOUBLE_EQ(report.privacy().delta(), 1e-5);
   }
+  EXPECT_THAT(*io::ReadFile((round_dir / "report.html").string()),
+              ::testing::HasSubstr("Privacy: epsilon ∞ (non-private) at delta 1e-05 (no budget)"));
+  EXPECT_THAT(*io::ReadFile((work / "reports" / "run-1" / "adapted-vs-global" / "report.json").string()),
+              ::testing::HasSubstr("\"non_private_training\": true"));
 
   // Heartbeats said what the agent was doing.
   std::set<std::string> states;
@@ -225,6 +235,26 @@ TEST(FederatedAgentTest, TrainAndEvaluateTasksEndToEnd) {
   EXPECT_EQ(*io::ReadFile((round_dir / "update.bin").string()), update_before);
   EXPECT_EQ(coordinator.service().calls("UploadUpdate"), streams);
   EXPECT_EQ(coordinator.service().reports().size(), 3u);
+
+  // The same after an upgrade to a budget: a round trained before its privacy was accounted (no ledger row) is
+  // accounted now and completed, not declined, although a non-private round is over any budget.
+  {
+    auto db = AgentDatabase::Open((work / "site.db").string());
+    ASSERT_TRUE(db.ok()) << db.status();
+    ASSERT_TRUE((*db)->database().Execute("DELETE FROM privacy_ledger;").ok());
+    v1::SiteAgentConfig budgeted = config;
+    budgeted.set_max_epsilon(1);
+    auto agent = FederatedAgent::Create(budgeted, options);
+    ASSERT_TRUE(agent.ok()) << agent.status();
+    const absl::Status again = (*agent)->RunTask(train);
+    ASSERT_TRUE(again.ok()) << again;
+    EXPECT_TRUE(coordinator.service().declines().empty());
+    auto ledger = (*db)->PrivacyLedger();
+    ASSERT_TRUE(ledger.ok()) << ledger.status();
+    ASSERT_EQ(ledger->size(), 1u);
+    EXPECT_EQ((*ledger)[0].mechanism, "none");
+  }
+  EXPECT_EQ(coordinator.service().reports().size(), 4u);
 
   // An agent killed after its upload was accepted (the coordinator offers no task again) completes the round when
   // it restarts; Task.ended_runs then ends the run for it.
@@ -250,8 +280,8 @@ TEST(FederatedAgentTest, TrainAndEvaluateTasksEndToEnd) {
     EXPECT_EQ((*agent)->finished_runs(), 1);
   }
   EXPECT_EQ(coordinator.service().calls("UploadUpdate"), streams);
-  ASSERT_EQ(coordinator.service().reports().size(), 4u);
-  EXPECT_EQ(coordinator.service().reports()[3].kind(), "round");
+  ASSERT_EQ(coordinator.service().reports().size(), 5u);
+  EXPECT_EQ(coordinator.service().reports()[4].kind(), "round");
   auto db = AgentDatabase::Open((work / "site.db").string());
   ASSERT_TRUE(db.ok()) << db.status();
   auto record = (*db)->FindTask({"run-1", 1, 1, "train"});
@@ -259,6 +289,97 @@ TEST(FederatedAgentTest, TrainAndEvaluateTasksEndToEnd) {
   EXPECT_EQ((*record)->state, "done");
   EXPECT_EQ((*record)->update_sha256, io::Sha256Hex(upload));
   EXPECT_TRUE((*db)->InterruptedTrainTasks()->empty());
+}
+
+// The site's privacy budget (privacy_budget.h): a DP-FedAvg round within the budget is trained and reported with its
+// epsilon; the next round, which would exceed max_epsilon, and a round without differential privacy are declined
+// before anything is downloaded (DeclineTask, "declined" in site.db), and the loop goes on.
+TEST(FederatedAgentTest, DeclinesTrainTasksBeyondItsPrivacyBudget) {
+  fedtune::testing::TempDir tmp;
+  AgentSetup setup(tmp);
+  testing::FakeCoordinator& coordinator = setup.coordinator;
+  // One DP-FedAvg round at sigma 2 (one Gaussian mechanism, q = 1) fits the budget, two do not.
+  constexpr double kSigma = 2.0;
+  privacy::RdpAccountant one;
+  ASSERT_TRUE(one.AddSteps(1.0, kSigma, 1).ok());
+  privacy::RdpAccountant two;
+  ASSERT_TRUE(two.AddSteps(1.0, kSigma, 2).ok());
+  const double one_round = one.GetPrivacySpent(1e-5)->epsilon;
+  const double two_rounds = two.GetPrivacySpent(1e-5)->epsilon;
+  ASSERT_LT(one_round * 1.1, two_rounds);
+  setup.config.set_max_epsilon((one_round + two_rounds) / 2);
+
+  v1::Task round1 = setup.train;
+  round1.mutable_plan()->set_dp("dp-fedavg");
+  round1.mutable_plan()->set_dp_noise_multiplier(kSigma);
+  round1.mutable_plan()->set_dp_clip_norm(1.0);
+  round1.set_total_rounds(3);
+  v1::Task round2 = round1;
+  round2.set_round(2);
+  v1::Task round3 = round1;
+  round3.set_round(3);
+  round3.mutable_plan()->set_dp("none");
+  v1::Task ended;
+  ended.set_kind(v1::Task::NONE);
+  ended.add_ended_runs("run-1");
+  for (const v1::Task* task : {&round1, &round2, &round3, &ended}) coordinator.service().AddTask(*task);
+  {
+    auto agent = FederatedAgent::Create(setup.config, setup.options);
+    ASSERT_TRUE(agent.ok()) << agent.status();
+    const absl::Status run = (*agent)->Run();
+    ASSERT_TRUE(run.ok()) << run;
+    EXPECT_EQ((*agent)->finished_runs(), 1);
+  }
+  // Round 1 was trained, uploaded and reported with its epsilon.
+  EXPECT_FALSE(coordinator.service().accepted_upload("run-1", 1).empty());
+  EXPECT_TRUE(coordinator.service().accepted_upload("run-1", 2).empty());
+  EXPECT_EQ(coordinator.service().download_offsets().size(), 1u);  // Rounds 2 and 3 downloaded nothing.
+  const std::vector<v1::MetricsReport> reports = coordinator.service().reports();
+  ASSERT_EQ(reports.size(), 1u);
+  const v1::PrivacyAccount& reported = reports[0].privacy();
+  EXPECT_NEAR(reported.epsilon(), one_round, 1e-9 * one_round);
+  EXPECT_NEAR(reported.round_epsilon(), one_round, 1e-9 * one_round);
+  EXPECT_DOUBLE_EQ(reported.max_epsilon(), setup.config.max_epsilon());
+  EXPECT_DOUBLE_EQ(reported.delta(), 1e-5);
+  EXPECT_EQ(reported.private_steps(), 1);
+  EXPECT_FALSE(reported.non_private_training());
+  const fs::path work = tmp.Join("work");
+  const std::string local_json = *io::ReadFile((work / "runs" / "run-1" / "round-1-1" / "report.json").string());
+  EXPECT_THAT(local_json, ::testing::HasSubstr("\"privacy\""));
+  EXPECT_THAT(local_json, ::testing::HasSubstr(EpsilonText(one_round)));
+
+  // Rounds 2 and 3 were declined, with the reason and the account.
+  const std::vector<v1::DeclineRequest> declines = coordinator.service().declines();
+  ASSERT_EQ(declines.size(), 2u);
+  EXPECT_EQ(declines[0].run_id(), "run-1");
+  EXPECT_EQ(declines[0].round(), 2);
+  EXPECT_EQ(declines[0].attempt(), 1);
+  EXPECT_THAT(declines[0].reason(), ::testing::HasSubstr("max_epsilon"));
+  EXPECT_THAT(declines[0].reason(), ::testing::HasSubstr("delta 1e-05"));
+  EXPECT_NEAR(declines[0].privacy().epsilon(), one_round, 1e-9 * one_round);
+  EXPECT_NEAR(declines[0].privacy().round_epsilon(), two_rounds, 1e-9 * two_rounds);
+  EXPECT_EQ(declines[1].round(), 3);
+  EXPECT_THAT(declines[1].reason(), ::testing::HasSubstr("unbounded"));
+  EXPECT_TRUE(std::isinf(declines[1].privacy().round_epsilon()));
+  auto db = AgentDatabase::Open((work / "site.db").string());
+  ASSERT_TRUE(db.ok()) << db.status();
+  for (int round : {2, 3}) {
+    auto record = (*db)->FindTask({"run-1", round, 1, "train"});
+    ASSERT_TRUE(record.ok() && record->has_value()) << round;
+    EXPECT_EQ((*record)->state, "declined") << round;
+    EXPECT_THAT((*record)->message, ::testing::HasSubstr("max_epsilon")) << round;
+  }
+  auto trained = (*db)->FindTask({"run-1", 1, 1, "train"});
+  ASSERT_TRUE(trained.ok() && trained->has_value());
+  EXPECT_EQ((*trained)->state, "done");
+  // Only the trained round is in the ledger.
+  auto ledger = (*db)->PrivacyLedger();
+  ASSERT_TRUE(ledger.ok()) << ledger.status();
+  ASSERT_EQ(ledger->size(), 1u);
+  EXPECT_EQ((*ledger)[0].mechanism, "dp-fedavg");
+  std::set<std::string> states;
+  for (const v1::HeartbeatRequest& h : coordinator.service().heartbeats()) states.insert(h.state());
+  EXPECT_TRUE(states.count("declined")) << ::testing::PrintToString(states);
 }
 
 // Cross-site evaluation (cross_evaluation.h): a consenting site shares a copy of its adapted model (without its

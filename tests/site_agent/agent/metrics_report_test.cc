@@ -91,6 +91,9 @@ TEST(MetricsReportTest, StripPerformanceLeavesNoValues) {
   report.set_validation_loss(0.4);
   *report.add_models() = ModelEvaluationFrom(comparison, ReportSide::kA, "global", "abc");
   *report.add_comparisons() = ModelComparisonFrom(comparison, "global", "local");
+  report.mutable_privacy()->set_epsilon(1.5);
+  report.mutable_privacy()->set_delta(1e-5);
+  report.mutable_privacy()->set_max_epsilon(4);
   StripPerformance(&report);
   EXPECT_EQ(report.run_id(), "r");
   EXPECT_EQ(report.test_cases(), 6);
@@ -102,6 +105,9 @@ TEST(MetricsReportTest, StripPerformanceLeavesNoValues) {
   EXPECT_EQ(report.models(0).mean_auc_ci_high(), 0);
   EXPECT_EQ(report.comparisons_size(), 0);
   EXPECT_EQ(report.validation_loss(), 0);
+  // The privacy the site spent is not performance: it stays.
+  EXPECT_DOUBLE_EQ(report.privacy().epsilon(), 1.5);
+  EXPECT_DOUBLE_EQ(report.privacy().max_epsilon(), 4);
 }
 
 }  // namespace
