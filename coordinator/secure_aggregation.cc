@@ -2,6 +2,7 @@
 
 #include <openssl/bio.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/objects.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
@@ -20,7 +21,6 @@ namespace {
 
 constexpr size_t kMaxCertificatePemBytes = 16 * 1024;
 constexpr int64_t kMaxNumSamples = int64_t{1} << 40;
-constexpr size_t kMinCiphertextBytes = 12 + 16 + 1;
 
 struct X509Deleter {
   void operator()(X509* p) const { X509_free(p); }
@@ -74,6 +74,28 @@ absl::StatusOr<std::unique_ptr<X509, X509Deleter>> ParseCertificate(const std::s
 
 std::string Count(const std::set<std::string>& done, size_t of) { return absl::StrCat(done.size(), "/", of); }
 
+// SHA-256 of a share upload in a canonical form (receivers in sorted order, each field length-prefixed), so that
+// the same ciphertexts in another order are the same upload.
+absl::StatusOr<std::string> ShareUploadDigest(const std::map<std::string, std::string>& by_receiver) {
+  std::string canonical;
+  auto put = [&canonical](const std::string& field) {
+    const uint64_t len = field.size();
+    for (int i = 0; i < 8; ++i) canonical.push_back(static_cast<char>((len >> (8 * i)) & 0xff));
+    canonical += field;
+  };
+  for (const auto& [receiver, ciphertext] : by_receiver) {
+    put(receiver);
+    put(ciphertext);
+  }
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int md_len = 0;
+  if (EVP_Digest(canonical.data(), canonical.size(), md, &md_len, EVP_sha256(), nullptr) != 1) {
+    ERR_clear_error();
+    return absl::InternalError("secure aggregation: SHA-256 of a share upload failed");
+  }
+  return std::string(reinterpret_cast<const char*>(md), md_len);
+}
+
 }  // namespace
 
 struct SecAggSession::State {
@@ -90,13 +112,16 @@ struct SecAggSession::State {
     std::string certificate_pem;
   };
   std::map<std::string, Advertised> keys;  // U1 once kKeys ended
-  std::map<std::string, int> index;        // site -> 1..n
-  int threshold = 0;                       // resolved at the end of kKeys
+  // Every public key (cipher and mask) AdvertiseKeys accepted, also of sites that declined later (never erased).
+  std::set<std::string> accepted_public_keys;
+  std::map<std::string, int> index;  // site -> 1..n
+  int threshold = 0;                 // resolved at the end of kKeys
   int64_t max_num_samples = 0;
   v1::SecAggRoster roster;
 
-  // Phase 2: sender -> receiver -> ciphertext.
+  // Phase 2: sender -> receiver -> ciphertext (until delivered), and sender -> SHA-256 of its accepted upload (kept).
   std::map<std::string, std::map<std::string, std::string>> shares;
+  std::map<std::string, std::string> share_digests;
   std::set<std::string> u2;
 
   // Phase 3.
@@ -268,8 +293,8 @@ struct SecAggSession::State {
       Fail(absl::StrCat("recovering the sum failed: ", encoded.status().ToString()));
       return;
     }
-    absl::StatusOr<secagg::FixedPointCodec> codec =
-        secagg::FixedPointCodec::Create(options.range, static_cast<int64_t>(keys.size()));
+    // The codec every site encoded with: (range, |U1|) read from the roster it was given.
+    absl::StatusOr<secagg::FixedPointCodec> codec = secagg::RosterCodec(roster);
     if (!codec.ok()) {  // checked in Create for |expected| >= |U1|
       Fail(absl::StrCat("fixed point: ", codec.status().ToString()));
       return;
@@ -313,13 +338,18 @@ absl::StatusOr<std::unique_ptr<SecAggSession>> SecAggSession::Create(const SecAg
                                                    options.vector_length, " is outside [1, ", secagg::kMaxPrgLength,
                                                    "]"));
   }
-  absl::StatusOr<secagg::FixedPointCodec> codec = secagg::FixedPointCodec::Create(options.range, n);
+  absl::StatusOr<secagg::FixedPointCodec> codec = secagg::SessionCodec(options.range, n);
   if (!codec.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("secure aggregation (", name, "): range: ", codec.status().message()));
   }
   if (options.phase_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError(absl::StrCat("secure aggregation (", name, "): phase timeout must be > 0"));
+  }
+  if (options.round_deadline <= now) {
+    return absl::InvalidArgumentError(absl::StrCat("secure aggregation (", name, "): round_deadline ",
+                                                   absl::FormatTime(options.round_deadline), " is not after now (",
+                                                   absl::FormatTime(now), ")"));
   }
   for (const std::string& site : options.expected_sites) {
     if (site.empty()) return absl::InvalidArgumentError("secure aggregation: an empty expected site id");
@@ -399,6 +429,15 @@ absl::Status SecAggSession::AdvertiseKeys(const std::string& site_id, const std:
   peer.set_signature(keys.signature());
   peer.set_num_samples(keys.num_samples());
   RETURN_IF_ERROR(secagg::VerifyPeerKeys(X509_get0_pubkey(cert.get()), st.options.session, peer));
+  // A key of an earlier attempt of the run: its shares may be known to the coordinator already (a mask key revealed
+  // as a dropped site's), so reusing it would unmask the site's input.
+  for (const std::string* k : {&keys.cipher_public_key(), &keys.mask_public_key()}) {
+    if (st.options.used_public_keys.count(*k) > 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "secure aggregation: site '", site_id, "' advertised ", k == &keys.mask_public_key() ? "a mask" : "a cipher",
+          " public key reused from an earlier attempt: a site must make fresh keys per session (", st.Name(), ")"));
+    }
+  }
   // A key another site already advertised is a replay.
   for (const auto& [other, adv] : st.keys) {
     for (const std::string* k : {&adv.keys.cipher_public_key(), &adv.keys.mask_public_key()}) {
@@ -410,6 +449,8 @@ absl::Status SecAggSession::AdvertiseKeys(const std::string& site_id, const std:
     }
   }
   State::Advertised& adv = st.keys[site_id];
+  st.accepted_public_keys.insert(keys.cipher_public_key());
+  st.accepted_public_keys.insert(keys.mask_public_key());
   adv.keys = keys;
   adv.certificate_pem = certificate_pem;
   if (st.keys.size() == st.expected.size()) st.EndKeys(now);
@@ -450,23 +491,25 @@ absl::Status SecAggSession::ShareKeys(const std::string& site_id, const v1::SecA
       return absl::InvalidArgumentError(absl::StrCat("secure aggregation: site '", site_id, "' sent shares for '",
                                                      s.site_id(), "', not in the roster"));
     }
-    if (s.ciphertext().size() < kMinCiphertextBytes || s.ciphertext().size() > secagg::kMaxEncryptedSharesBytes) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "secure aggregation: site '", site_id, "' sent ", s.ciphertext().size(), " bytes of shares for '",
-          s.site_id(), "', expected ", kMinCiphertextBytes, "..", secagg::kMaxEncryptedSharesBytes));
+    if (s.ciphertext().size() != secagg::kEncryptedSharesBytes) {
+      return absl::InvalidArgumentError(absl::StrCat("secure aggregation: site '", site_id, "' sent ",
+                                                     s.ciphertext().size(), " bytes of shares for '", s.site_id(),
+                                                     "', expected ", secagg::kEncryptedSharesBytes));
     }
     if (!by_receiver.emplace(s.site_id(), s.ciphertext()).second) {
       return absl::InvalidArgumentError(
           absl::StrCat("secure aggregation: site '", site_id, "' sent shares for '", s.site_id(), "' twice"));
     }
   }
-  auto existing = st.shares.find(site_id);
-  if (existing != st.shares.end()) {
-    if (existing->second == by_receiver) return absl::OkStatus();  // a retry
+  // The ciphertexts are dropped once delivered (end of kMasked), the digest is kept: a retry is recognized, and an
+  // upload that differs is refused, in every later phase.
+  ASSIGN_OR_RETURN(const std::string digest, ShareUploadDigest(by_receiver));
+  auto existing = st.share_digests.find(site_id);
+  if (existing != st.share_digests.end()) {
+    if (existing->second == digest) return absl::OkStatus();  // a retry
     return absl::AlreadyExistsError(
         absl::StrCat("secure aggregation: site '", site_id, "' already shared other keys for ", st.Name()));
   }
-  if (st.u2.count(site_id) > 0) return absl::OkStatus();  // a retry after the ciphertexts were delivered
   if (st.phase != Phase::kShares) return OutOfPhase(st.phase, site_id, "shares", st.failure);
   if (st.declined.count(site_id) > 0) {
     return absl::FailedPreconditionError(absl::StrCat("secure aggregation: site '", site_id, "' declined the round"));
@@ -480,6 +523,7 @@ absl::Status SecAggSession::ShareKeys(const std::string& site_id, const v1::SecA
         absl::StrCat("secure aggregation: site '", site_id, "' sent no shares for ", absl::StrJoin(missing, ", ")));
   }
   st.shares[site_id] = std::move(by_receiver);
+  st.share_digests[site_id] = digest;
   st.MaybeEndShares(now);
   return absl::OkStatus();
 }
@@ -703,6 +747,8 @@ std::set<std::string> SecAggSession::revealed_sites() const {
 }
 
 int SecAggSession::resolved_threshold() const { return state_->threshold; }
+
+std::set<std::string> SecAggSession::accepted_public_keys() const { return state_->accepted_public_keys; }
 
 std::string SecAggSession::Describe() const {
   const State& st = *state_;

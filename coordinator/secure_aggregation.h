@@ -22,11 +22,24 @@
 //   any      -> kFailed  when a set falls below its minimum at a deadline (or can no longer reach it after
 //                        declines), or recovery fails (failure() says why).
 // A site declining the round (RoundManager's DeclineTask; Decline()) is removed from the expected sites while the
-// session is in kKeys; later it counts as dropped: the current phase stops waiting for it.
+// session is in kKeys; later the current phase stops waiting for it, and:
+//   - declined before its masked upload (in kShares or kMasked): its later share or masked upload is
+//     FailedPrecondition; if it had shared (U2) it is dropped (in U2 \ U3: its mask key is reconstructed), else
+//     nothing of it is in the sum;
+//   - declined after its masked upload (in kMasked or kUnmask): it stays in U3 and its input IS summed (its
+//     self-mask seed reconstructed from the others' shares, its num_samples counted in total_samples); it is not
+//     waited for in kUnmask and its own Reveal is FailedPrecondition.
 //
 // Roster: the sites of U1 get indices 1..n in sorted site-id order. The threshold is resolved when kKeys ends:
 // configured_threshold (or threshold) when > 0, else floor(|U1|/2)+1. Every call that takes `now` first handles the
-// deadlines passed by then (as Tick(now) would).
+// deadlines passed by then (as Tick(now) would). The fixed-point codec is secagg::RosterCodec(roster), i.e.
+// (range, |U1|): the sites encode with it and the result is decoded with it.
+//
+// Fresh keys per attempt: a site must make new cipher and mask key pairs for every session. An earlier attempt of the
+// same round may have ended after phase 4 revealed shares of a site's mask key (as a dropped site), so reusing it
+// would let the coordinator unmask that site's input. The caller (RoundManager) keeps, per run, the union of
+// accepted_public_keys() of every session it created, and passes it as SecAggSessionOptions::used_public_keys to
+// every later session of the run; AdvertiseKeys refuses those keys.
 //
 // Reveals: a site of U3 sends, with x = its own index, a self-mask share (session.h SelfMaskReveal) for survivors of
 // U3 (its own one optional but recommended) and a mask-key share (MaskKeyReveal) for every dropped site; a subset
@@ -68,7 +81,10 @@ struct SecAggSessionOptions {
   double range = 1.0;         // RunConfig.secagg_range.
   int64_t vector_length = 0;  // secagg::MakeLayout(global).length.
   absl::Duration phase_timeout = absl::Seconds(120);
-  absl::Time round_deadline;  // The masked-input phase ends here.
+  absl::Time round_deadline;  // The masked-input phase ends here; must be after Create's `now`.
+  // Cipher and mask public keys (65-byte uncompressed points, as in SecAggKeys) accepted by earlier sessions of the
+  // run: the union of their accepted_public_keys(). Default empty (the first attempt of a run).
+  std::set<std::string> used_public_keys;
 };
 
 class SecAggSession {
@@ -78,7 +94,7 @@ class SecAggSession {
   // A session in kKeys (deadline now + phase_timeout). InvalidArgument naming the option: expected sites outside
   // [2, kMaxSecAggSites] or an empty id, a configured threshold outside [2, |expected|], min_participants above
   // |expected|, vector_length outside [1, kMaxPrgLength], a range FixedPointCodec refuses, phase_timeout <= 0, an
-  // empty run id.
+  // empty run id, round_deadline <= now.
   static absl::StatusOr<std::unique_ptr<SecAggSession>> Create(const SecAggSessionOptions& options, absl::Time now);
 
   Phase phase() const;
@@ -89,33 +105,39 @@ class SecAggSession {
   // Phase 1. `certificate_pem`: the certificate the site authenticated with on this call (at most 16 KiB; its CN must
   // be site_id, else PermissionDenied; unparsable InvalidArgument). The signature is checked against its key
   // (PermissionDenied); keys run/round/attempt other than the session's: FailedPrecondition; num_samples outside
-  // [1, 2^40]: InvalidArgument. Idempotent for the same keys (also after the phase ended, for a site of U1); other
-  // keys again: AlreadyExists.
+  // [1, 2^40]: InvalidArgument; a key of options.used_public_keys (an earlier attempt's), or a key another site
+  // advertised: InvalidArgument naming the site. Idempotent for the same keys (also after the phase ended, for a site
+  // of U1); other keys again: AlreadyExists.
   absl::Status AdvertiseKeys(const std::string& site_id, const std::string& certificate_pem, const v1::SecAggKeys& keys,
                              absl::Time now);
   // The roster (ready once phase 1 ended, for sites of U1; ready = false before).
   absl::StatusOr<v1::SecAggRoster> Roster(const std::string& site_id) const;
-  // Phase 2: one ciphertext for each other site of U1 (each exactly once; at most kMaxEncryptedSharesBytes;
-  // InvalidArgument naming the receiver). Idempotent for the same upload; another one again: AlreadyExists.
+  // Phase 2: one ciphertext for each other site of U1 (each exactly once, of exactly secagg::kEncryptedSharesBytes;
+  // InvalidArgument naming the receiver). Idempotent for the same upload (the same ciphertexts, in any order), in
+  // this and every later phase; another one again: AlreadyExists (compared by a SHA-256 digest kept after the
+  // ciphertexts were delivered). A declined site's first upload: FailedPrecondition.
   absl::Status ShareKeys(const std::string& site_id, const v1::SecAggShareUpload& upload, absl::Time now);
   // The shares addressed to the site from the other sites of U2 (ready once phase 2 ended).
   absl::StatusOr<v1::SecAggInbox> Inbox(const std::string& site_id) const;
   // Phase 3: the site's masked vector (secagg::ReadMaskedBundle'd by the caller) and its num_samples (must be the
   // advertised one, else InvalidArgument; a length other than vector_length InvalidArgument); added to the running
-  // sum mod 2^32 at once (the vector is not kept). A second one from the same site: AlreadyExists.
+  // sum mod 2^32 at once (the vector is not kept). A second one from the same site: AlreadyExists; one from a site
+  // that declined before uploading: FailedPrecondition.
   absl::Status AddMaskedInput(const std::string& site_id, const std::vector<uint32_t>& masked, int64_t num_samples,
                               absl::Time now);
   bool HasMaskedInput(const std::string& site_id) const;
   // Phase 4's request to the site (ready once phase 3 ended, for sites of U3).
   absl::StatusOr<v1::SecAggUnmaskRequest> UnmaskRequest(const std::string& site_id) const;
   // Phase 4: the site's revealed shares; every share must be for the set it was asked (survivors: self mask,
-  // dropped: mask key), with the site's own index as x. When enough have come, the sum is recovered.
+  // dropped: mask key), with the site's own index as x. When enough have come, the sum is recovered. A site that
+  // declined: FailedPrecondition (unless it revealed before; then a retry is accepted as usual).
   absl::Status Reveal(const std::string& site_id, const v1::SecAggReveal& reveal, absl::Time now);
 
   // A site declines the round (RoundManager's DeclineTask): in kKeys it leaves the expected sites (and its keys, if
-  // it advertised, are forgotten), and the phase ends at once if every remaining site advertised; later it counts as
-  // dropped (the phase stops waiting for it). Unknown sites and terminal phases: no effect. If the expected sites can
-  // no longer reach the minimum, the session fails.
+  // it advertised, are forgotten), and the phase ends at once if every remaining site advertised; later the phase
+  // stops waiting for it (see the file comment: before its masked upload it is dropped, after it its input is still
+  // summed). Unknown sites and terminal phases: no effect. If the expected sites can no longer reach the minimum, the
+  // session fails.
   void Decline(const std::string& site_id, absl::Time now);
 
   // Deadlines.
@@ -143,6 +165,9 @@ class SecAggSession {
   std::set<std::string> revealed_sites() const;  // the sites of U3 that revealed so far
   // The resolved threshold (0 while in kKeys).
   int resolved_threshold() const;
+  // Every cipher and mask public key AdvertiseKeys accepted in this session, also of sites that later declined or
+  // dropped, in any phase (also kFailed). The caller adds them to the run's used keys (see the file comment).
+  std::set<std::string> accepted_public_keys() const;
   // One line for the round's status message, e.g. "secure aggregation: shares 3/4" or "secure aggregation failed:
   // ...".
   std::string Describe() const;

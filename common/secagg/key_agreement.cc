@@ -1,5 +1,6 @@
 #include "common/secagg/key_agreement.h"
 
+#include <openssl/bn.h>
 #include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/kdf.h>
@@ -76,6 +77,14 @@ absl::StatusOr<KeyPair> KeyPair::FromPkey(PkeyPtr pkey) {
       len != kPublicKeyBytes || pub[0] != 0x04) {
     ERR_clear_error();
     return absl::InvalidArgumentError("secagg: the P-256 key has no exportable uncompressed public point");
+  }
+  // A public-only key would fail later, deep inside ECDH or ExportPrivateScalar; refuse it here.
+  BIGNUM* priv = nullptr;
+  const bool has_private = EVP_PKEY_get_bn_param(pkey.get(), OSSL_PKEY_PARAM_PRIV_KEY, &priv) == 1 && priv != nullptr;
+  BN_clear_free(priv);
+  if (!has_private) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError("secagg: the P-256 key has no private part (a public key cannot be a KeyPair)");
   }
   return KeyPair(std::move(pkey), std::move(pub));
 }

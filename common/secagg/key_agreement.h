@@ -42,7 +42,8 @@ class KeyPair {
   // A fresh key pair. OpenSSL failure: Internal.
   static absl::StatusOr<KeyPair> Generate();
   // The key pair holding `pkey`, a P-256 key with its private part (e.g. rebuilt from a private scalar by
-  // session.h's KeyPairFromPrivateScalar); takes ownership. Null, not P-256, or no public point: InvalidArgument.
+  // session.h's KeyPairFromPrivateScalar); takes ownership. Null, not P-256, no public point, or no private part
+  // (a public-only key, e.g. from ImportPublicKey): InvalidArgument.
   static absl::StatusOr<KeyPair> FromPkey(PkeyPtr pkey);
   // The uncompressed public point (kPublicKeyBytes bytes).
   const std::vector<uint8_t>& public_key() const { return public_key_; }

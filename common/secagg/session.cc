@@ -334,10 +334,9 @@ absl::StatusOr<std::string> EncryptShares(const KeyPair& own_cipher_key,
 absl::StatusOr<SharePayload> DecryptShares(const KeyPair& own_cipher_key,
                                            absl::Span<const uint8_t> peer_cipher_public_key, const SessionId& session,
                                            int from_index, int to_index, std::string_view ciphertext) {
-  if (ciphertext.size() < kNonceBytes + kTagBytes + 1 || ciphertext.size() > kMaxEncryptedSharesBytes) {
+  if (ciphertext.size() != kEncryptedSharesBytes) {
     return absl::InvalidArgumentError(absl::StrCat("secagg: the encrypted shares from index ", from_index, " have ",
-                                                   ciphertext.size(), " bytes, outside [", kNonceBytes + kTagBytes + 1,
-                                                   ", ", kMaxEncryptedSharesBytes, "]"));
+                                                   ciphertext.size(), " bytes, expected ", kEncryptedSharesBytes));
   }
   ASSIGN_OR_RETURN(Seed key, ShareKey(own_cipher_key, peer_cipher_public_key, session, from_index, to_index));
   const std::string aad = ShareContext(session, from_index, to_index);
@@ -413,6 +412,23 @@ absl::StatusOr<SiteSecrets> MakeSiteSecrets(int own_index, const KeyPair& mask_k
     p.mask_key = {(*low_shares)[i], (*high_shares)[i]};
   }
   return secrets;
+}
+
+// ---- Fixed-point encoding
+
+absl::StatusOr<FixedPointCodec> SessionCodec(double range, int64_t u1_size) {
+  if (u1_size < 2 || u1_size > kMaxSecAggSites) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("secagg: the fixed-point codec needs |U1| in [2, ", kMaxSecAggSites, "] summands, got ", u1_size));
+  }
+  absl::StatusOr<FixedPointCodec> codec = FixedPointCodec::Create(range, u1_size);
+  if (!codec.ok()) return Prefix(codec.status(), "secagg: the session's fixed-point codec (range, |U1|)");
+  return codec;
+}
+
+absl::StatusOr<FixedPointCodec> RosterCodec(const v1::SecAggRoster& roster) {
+  if (!roster.ready()) return absl::InvalidArgumentError("secagg: the roster is not ready (no U1 yet)");
+  return SessionCodec(roster.range(), roster.peers_size());
 }
 
 // ---- Masking

@@ -29,6 +29,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "common/fl/tensor_map.h"
+#include "common/secagg/fixed_point.h"
 #include "common/secagg/key_agreement.h"
 #include "common/secagg/prg.h"
 #include "common/secagg/shamir.h"
@@ -85,17 +86,18 @@ std::string SerializeSharePayload(const SharePayload& payload);
 // kShamirPrime. Every share of the result has x = payload.x.
 absl::StatusOr<SharePayload> ParseSharePayload(std::string_view bytes);
 
-// The encrypted form's size (12-byte nonce + payload + 16-byte tag), and the most the coordinator accepts per
-// ciphertext (slack for a later payload version).
+// The encrypted form's size (12-byte nonce + payload + 16-byte tag). Every ciphertext is exactly this long: the
+// coordinator (SecAggSession::ShareKeys) and DecryptShares refuse any other length (InvalidArgument). A later payload
+// version would come with a new constant. kMaxEncryptedSharesBytes is the same bound, kept for existing callers.
 inline constexpr size_t kEncryptedSharesBytes = 12 + kSharePayloadBytes + 16;
-inline constexpr size_t kMaxEncryptedSharesBytes = 4096;
+inline constexpr size_t kMaxEncryptedSharesBytes = kEncryptedSharesBytes;
 
 // AES-128-GCM under DerivePairwiseSeed(own cipher key, peer's cipher public key, share context of (session, from,
 // to)); the output is nonce (12, random) || ciphertext || tag (16), with the share context as AAD. The share context
 // ("fedtune-secagg-shares-v1|...") differs from every mask context, so the key is unrelated to any mask seed.
 // Indices outside [1, kMaxSecAggSites] or equal: InvalidArgument. Decrypt: a tag that does not verify (tampered,
-// another session or pair, wrong keys) is PermissionDenied; a ciphertext too short or too long, or a payload that
-// does not parse or names other indices than (to_index, from_index): InvalidArgument.
+// another session or pair, wrong keys) is PermissionDenied; a ciphertext of other than kEncryptedSharesBytes bytes, or
+// a payload that does not parse or names other indices than (to_index, from_index): InvalidArgument.
 absl::StatusOr<std::string> EncryptShares(const KeyPair& own_cipher_key,
                                           absl::Span<const uint8_t> peer_cipher_public_key, const SessionId& session,
                                           int from_index, int to_index, const SharePayload& payload);
@@ -111,6 +113,18 @@ struct SiteSecrets {
   std::map<int, SharePayload> payloads;  // by receiver index
 };
 absl::StatusOr<SiteSecrets> MakeSiteSecrets(int own_index, const KeyPair& mask_key, int threshold, int n);
+
+// ---- Fixed-point encoding (phase 3): every site of U2 encodes its pre-scaled vector, and the coordinator decodes the
+// recovered sum, with the SAME codec: clip R = roster.range() (RunConfig.secagg_range) and n = |U1| =
+// roster.peers_size() summands. |U1| (not |U2| or |U3|, which a site does not know when it encodes) bounds the number
+// of encodings summed, since U3 is a subset of U2 and U2 of U1; a site using another n would decode to garbage. Both
+// sides call RosterCodec (or SessionCodec with the same two numbers), never FixedPointCodec::Create directly.
+// RosterCodec: a roster not ready, or with peers outside [2, kMaxSecAggSites]: InvalidArgument; errors of
+// FixedPointCodec::Create (a range outside (0, kMaxClip]: InvalidArgument).
+absl::StatusOr<FixedPointCodec> RosterCodec(const v1::SecAggRoster& roster);
+// The same codec from (range, |U1|), for the coordinator before or without a roster message. u1_size outside
+// [2, kMaxSecAggSites]: InvalidArgument; errors of FixedPointCodec::Create.
+absl::StatusOr<FixedPointCodec> SessionCodec(double range, int64_t u1_size);
 
 // ---- Masking (phase 3): y_u for the peers of U2 (index -> mask public key; u itself may be in the map and is
 // skipped). Pairwise seeds from DerivePairwiseSeed(mask key, peer mask key, mask context of (session, pair)). A bad

@@ -76,15 +76,15 @@ struct SimSite {
   std::map<std::string, int> index_of;
   v1::SecAggRoster roster;
 
-  v1::SecAggKeys Keys() const {
+  v1::SecAggKeys Keys(const secagg::SessionId& session = kSession) const {
     v1::SecAggKeys k;
-    k.set_run_id(kSession.run_id);
-    k.set_round(kSession.round);
-    k.set_attempt(kSession.attempt);
+    k.set_run_id(session.run_id);
+    k.set_round(session.round);
+    k.set_attempt(session.attempt);
     k.set_cipher_public_key(std::string(cipher->public_key().begin(), cipher->public_key().end()));
     k.set_mask_public_key(std::string(mask->public_key().begin(), mask->public_key().end()));
     k.set_num_samples(num_samples);
-    EXPECT_TRUE(secagg::SignKeys(long_term.get(), kSession, id, &k).ok());
+    EXPECT_TRUE(secagg::SignKeys(long_term.get(), session, id, &k).ok());
     return k;
   }
 
@@ -147,8 +147,8 @@ struct SimSite {
       EXPECT_TRUE(p.ok()) << p.status();
       received[from.index()] = *p;
     }
-    auto codec = secagg::FixedPointCodec::Create(roster.range(), n);
-    EXPECT_TRUE(codec.ok());
+    auto codec = secagg::RosterCodec(roster);  // (range, |U1|), as the coordinator decodes
+    EXPECT_TRUE(codec.ok()) << codec.status();
     auto encoded = codec->Encode(Scaled());
     EXPECT_TRUE(encoded.ok());
     auto y = secagg::MaskForPeers(index, *encoded, secrets.self_seed, *mask, mask_keys, kSession);
@@ -561,16 +561,19 @@ TEST_F(SecAggSessionTest, SharesAndMaskedInputsAreValidated) {
   v1::SecAggShareUpload stranger = good;
   stranger.mutable_shares(0)->set_site_id("site-x");
   EXPECT_EQ(session->ShareKeys("site-a", stranger, kT0).code(), absl::StatusCode::kInvalidArgument);
-  v1::SecAggShareUpload huge = good;
-  huge.mutable_shares(0)->set_ciphertext(std::string(secagg::kMaxEncryptedSharesBytes + 1, 'x'));
-  s = session->ShareKeys("site-a", huge, kT0);
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(s.message().find("site-b"), std::string::npos) << s;
+  // Exactly kEncryptedSharesBytes per ciphertext: one byte more or less is refused.
+  for (size_t size : {secagg::kEncryptedSharesBytes + 1, secagg::kEncryptedSharesBytes - 1, size_t{4096}}) {
+    v1::SecAggShareUpload bad_size = good;
+    bad_size.mutable_shares(0)->set_ciphertext(std::string(size, 'x'));
+    s = session->ShareKeys("site-a", bad_size, kT0);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << size;
+    EXPECT_NE(s.message().find("site-b"), std::string::npos) << s;
+  }
   EXPECT_TRUE(session->share_sites().empty());
   ASSERT_TRUE(session->ShareKeys("site-a", good, kT0).ok());
   EXPECT_TRUE(session->ShareKeys("site-a", good, kT0).ok());  // a retry
   v1::SecAggShareUpload other = good;
-  other.mutable_shares(0)->set_ciphertext(std::string(109, 'y'));
+  other.mutable_shares(0)->set_ciphertext(std::string(secagg::kEncryptedSharesBytes, 'y'));
   EXPECT_EQ(session->ShareKeys("site-a", other, kT0).code(), absl::StatusCode::kAlreadyExists);
   for (const char* id : {"site-b", "site-c", "site-d"}) ASSERT_TRUE(Share(*session, id, kT0).ok());
   ASSERT_EQ(session->phase(), Phase::kMasked);
@@ -669,8 +672,14 @@ TEST_F(SecAggSessionTest, DeclinesShrinkTheExpectedSetsAndCountAsDropped) {
     for (const auto& [id, s] : sites_) ASSERT_TRUE(Share(*session, id, kT0).ok());
     for (const char* id : {"site-a", "site-b", "site-d"}) ASSERT_TRUE(Upload(*session, id, kT0).ok());
     EXPECT_EQ(session->phase(), Phase::kMasked);
+    auto inbox_c = session->Inbox("site-c");
+    ASSERT_TRUE(inbox_c.ok());
+    const std::vector<uint32_t> y_c = sites_.at("site-c").Masked(*inbox_c);
     session->Decline("site-c", kT0 + absl::Seconds(5));
     ASSERT_EQ(session->phase(), Phase::kUnmask);
+    // Its masked upload after declining is refused (it is dropped: its mask key is reconstructed instead).
+    EXPECT_EQ(session->AddMaskedInput("site-c", y_c, sites_.at("site-c").num_samples, kT0 + absl::Seconds(5)).code(),
+              absl::StatusCode::kFailedPrecondition);
     auto request = session->UnmaskRequest("site-a");
     ASSERT_TRUE(request.ok());
     ASSERT_EQ(request->dropped_size(), 1);
@@ -695,22 +704,174 @@ TEST_F(SecAggSessionTest, DeclinesShrinkTheExpectedSetsAndCountAsDropped) {
 }
 
 TEST_F(SecAggSessionTest, DeclinesWhileSharingAndUnmaskingEndThePhaseEarly) {
+  {
+    // While sharing: site-d never shares and declines; the shares phase ends at once without it.
+    auto session = NewSession(Options());
+    for (const auto& [id, s] : sites_) ASSERT_TRUE(Advertise(*session, id, kT0).ok());
+    for (const char* id : {"site-a", "site-b", "site-c"}) ASSERT_TRUE(Share(*session, id, kT0).ok());
+    session->Decline("site-d", kT0);
+    ASSERT_EQ(session->phase(), Phase::kMasked);
+    EXPECT_EQ(session->share_sites(), (std::set<std::string>{"site-a", "site-b", "site-c"}));
+    for (const char* id : {"site-a", "site-b", "site-c"}) ASSERT_TRUE(Upload(*session, id, kT0).ok());
+    ASSERT_EQ(session->phase(), Phase::kUnmask);
+    auto request = session->UnmaskRequest("site-a");
+    ASSERT_TRUE(request.ok());
+    EXPECT_EQ(request->dropped_size(), 0);  // site-d never shared: nothing of it is in the sum
+    for (const char* id : {"site-a", "site-b", "site-c"}) ASSERT_TRUE(RevealShares(*session, id, kT0).ok());
+    ASSERT_EQ(session->phase(), Phase::kDone) << session->failure();
+    auto result = session->TakeResult();
+    ASSERT_TRUE(result.ok());
+    ExpectSum(*result, {"site-a", "site-b", "site-c"});
+  }
+  {
+    // All four upload, three reveal (t = 3), the fourth declines: the phase ends at once and site-d's input, already in
+    // the masked sum, is recovered with the others (its self seed from the three reveals).
+    auto session = NewSession(Options());
+    for (const auto& [id, s] : sites_) ASSERT_TRUE(Advertise(*session, id, kT0).ok());
+    for (const auto& [id, s] : sites_) ASSERT_TRUE(Share(*session, id, kT0).ok());
+    for (const auto& [id, s] : sites_) ASSERT_TRUE(Upload(*session, id, kT0).ok());
+    ASSERT_EQ(session->phase(), Phase::kUnmask);
+    auto request_d = session->UnmaskRequest("site-d");
+    ASSERT_TRUE(request_d.ok());
+    const v1::SecAggReveal reveal_d = sites_.at("site-d").Reveal(*request_d);
+    for (const char* id : {"site-a", "site-b", "site-c"}) ASSERT_TRUE(RevealShares(*session, id, kT0).ok()) << id;
+    EXPECT_EQ(session->phase(), Phase::kUnmask);  // still waits for site-d
+    session->Decline("site-d", kT0 + absl::Seconds(1));
+    ASSERT_EQ(session->phase(), Phase::kDone) << session->failure();
+    EXPECT_EQ(session->Reveal("site-d", reveal_d, kT0 + absl::Seconds(1)).code(),
+              absl::StatusCode::kFailedPrecondition);
+    auto result = session->TakeResult();
+    ASSERT_TRUE(result.ok()) << result.status();
+    ExpectSum(*result, {"site-a", "site-b", "site-c", "site-d"});
+  }
+}
+
+TEST_F(SecAggSessionTest, ADeclinedSiteIsDroppedBeforeItsUploadAndSummedAfterIt) {
   auto session = NewSession(Options());
   for (const auto& [id, s] : sites_) ASSERT_TRUE(Advertise(*session, id, kT0).ok());
-  for (const char* id : {"site-a", "site-b", "site-c"}) ASSERT_TRUE(Share(*session, id, kT0).ok());
-  session->Decline("site-d", kT0);
+  for (const auto& [id, s] : sites_) ASSERT_TRUE(Share(*session, id, kT0).ok());
   ASSERT_EQ(session->phase(), Phase::kMasked);
-  EXPECT_EQ(session->share_sites(), (std::set<std::string>{"site-a", "site-b", "site-c"}));
-  for (const char* id : {"site-a", "site-b", "site-c"}) ASSERT_TRUE(Upload(*session, id, kT0).ok());
+  // site-d uploads, then declines: it stays in U3.
+  ASSERT_TRUE(Upload(*session, "site-d", kT0).ok());
+  session->Decline("site-d", kT0);
+  EXPECT_EQ(session->phase(), Phase::kMasked);
+  EXPECT_TRUE(session->HasMaskedInput("site-d"));
+  for (const char* id : {"site-a", "site-b"}) ASSERT_TRUE(Upload(*session, id, kT0).ok());
+  EXPECT_EQ(session->phase(), Phase::kMasked);  // waits for site-c, not for anything more of site-d
+  ASSERT_TRUE(Upload(*session, "site-c", kT0).ok());
   ASSERT_EQ(session->phase(), Phase::kUnmask);
   auto request = session->UnmaskRequest("site-a");
   ASSERT_TRUE(request.ok());
-  EXPECT_EQ(request->dropped_size(), 0);  // site-d never shared: nothing of it is in the sum
-  for (const char* id : {"site-a", "site-b", "site-c"}) ASSERT_TRUE(RevealShares(*session, id, kT0).ok());
+  EXPECT_EQ(request->survivors_size(), 4);
+  EXPECT_EQ(request->dropped_size(), 0);
+  // site-d is not asked to reveal and is not waited for; its reveal is refused.
+  auto request_d = session->UnmaskRequest("site-d");
+  ASSERT_TRUE(request_d.ok());
+  absl::Status refused = session->Reveal("site-d", sites_.at("site-d").Reveal(*request_d), kT0);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(refused.message().find("declined"), std::string::npos) << refused;
+  for (const char* id : {"site-a", "site-b", "site-c"}) ASSERT_TRUE(RevealShares(*session, id, kT0).ok()) << id;
   ASSERT_EQ(session->phase(), Phase::kDone) << session->failure();
   auto result = session->TakeResult();
-  ASSERT_TRUE(result.ok());
+  ASSERT_TRUE(result.ok()) << result.status();
+  ExpectSum(*result, {"site-a", "site-b", "site-c", "site-d"});  // site-d's num_samples counted too
+  EXPECT_EQ(result->total_samples, 100 + 200 + 300 + 400);
+
+  // A site declining before its upload: the upload is refused while the phase still waits for others.
+  auto second = NewSession(Options());
+  for (const auto& [id, s] : sites_) ASSERT_TRUE(Advertise(*second, id, kT0).ok());
+  for (const auto& [id, s] : sites_) ASSERT_TRUE(Share(*second, id, kT0).ok());
+  auto inbox_c = second->Inbox("site-c");
+  ASSERT_TRUE(inbox_c.ok());
+  const std::vector<uint32_t> y_c = sites_.at("site-c").Masked(*inbox_c);
+  second->Decline("site-c", kT0);
+  ASSERT_EQ(second->phase(), Phase::kMasked);
+  absl::Status late = second->AddMaskedInput("site-c", y_c, sites_.at("site-c").num_samples, kT0);
+  EXPECT_EQ(late.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(late.message().find("declined"), std::string::npos) << late;
+  EXPECT_FALSE(second->HasMaskedInput("site-c"));
+}
+
+TEST_F(SecAggSessionTest, SitesEncodingWithTheRosterCodecDecodeWhenU2IsSmallerThanU1) {
+  // U1 = 4, U2 = U3 = 3: every site encodes with RosterCodec (n = |U1| = 4), and so does the coordinator decode.
+  auto session = NewSession(Options());
+  for (const auto& [id, s] : sites_) ASSERT_TRUE(Advertise(*session, id, kT0).ok());
+  for (const char* id : {"site-a", "site-b", "site-c"}) ASSERT_TRUE(Share(*session, id, kT0).ok());
+  session->Tick(kT0 + kPhase);
+  ASSERT_EQ(session->phase(), Phase::kMasked) << session->failure();
+  EXPECT_EQ(session->share_sites().size(), 3u);
+  for (const char* id : {"site-a", "site-b", "site-c"}) ASSERT_TRUE(Upload(*session, id, kT0 + kPhase).ok());
+  for (const char* id : {"site-a", "site-b", "site-c"}) ASSERT_TRUE(RevealShares(*session, id, kT0 + kPhase).ok());
+  ASSERT_EQ(session->phase(), Phase::kDone) << session->failure();
+  auto result = session->TakeResult();
+  ASSERT_TRUE(result.ok()) << result.status();
   ExpectSum(*result, {"site-a", "site-b", "site-c"});
+  auto roster = session->Roster("site-a");
+  ASSERT_TRUE(roster.ok());
+  auto codec = secagg::RosterCodec(*roster);
+  ASSERT_TRUE(codec.ok()) << codec.status();
+  EXPECT_EQ(codec->summands(), 4);
+  EXPECT_DOUBLE_EQ(result->error_bound, codec->SumErrorBound());
+  // A codec for |U2| = 3 summands has other levels: a site using it would be decoded wrongly.
+  EXPECT_NE(secagg::FixedPointCodec::Create(1.0, 3)->max_level(), codec->max_level());
+}
+
+TEST_F(SecAggSessionTest, AChangedShareUploadIsRefusedInEveryLaterPhase) {
+  auto session = NewSession(Options());
+  for (const auto& [id, s] : sites_) ASSERT_TRUE(Advertise(*session, id, kT0).ok());
+  auto roster = session->Roster("site-a");
+  ASSERT_TRUE(roster.ok());
+  const v1::SecAggShareUpload good = sites_.at("site-a").Share(*roster);
+  ASSERT_TRUE(session->ShareKeys("site-a", good, kT0).ok());
+  v1::SecAggShareUpload changed = good;
+  (*changed.mutable_shares(1)->mutable_ciphertext())[20] ^= 0x01;
+  v1::SecAggShareUpload reordered = good;
+  reordered.mutable_shares()->SwapElements(0, 2);
+  auto check = [&](const char* when) {
+    SCOPED_TRACE(when);
+    EXPECT_TRUE(session->ShareKeys("site-a", good, kT0).ok());
+    EXPECT_TRUE(session->ShareKeys("site-a", reordered, kT0).ok());
+    EXPECT_EQ(session->ShareKeys("site-a", changed, kT0).code(), absl::StatusCode::kAlreadyExists);
+  };
+  check("kShares");
+  for (const char* id : {"site-b", "site-c", "site-d"}) ASSERT_TRUE(Share(*session, id, kT0).ok());
+  ASSERT_EQ(session->phase(), Phase::kMasked);
+  check("kMasked");
+  for (const auto& [id, s] : sites_) ASSERT_TRUE(Upload(*session, id, kT0).ok());
+  ASSERT_EQ(session->phase(), Phase::kUnmask);  // the ciphertexts are gone, the digests are not
+  check("kUnmask");
+  for (const auto& [id, s] : sites_) ASSERT_TRUE(RevealShares(*session, id, kT0).ok());
+  ASSERT_EQ(session->phase(), Phase::kDone) << session->failure();
+  check("kDone");
+}
+
+TEST_F(SecAggSessionTest, KeysOfAnEarlierAttemptAreRefused) {
+  // Attempt 1: every site advertises.
+  auto first = NewSession(Options());
+  for (const char* id : {"site-a", "site-b", "site-c", "site-d"}) ASSERT_TRUE(Advertise(*first, id, kT0).ok());
+  const std::set<std::string> used = first->accepted_public_keys();
+  EXPECT_EQ(used.size(), 8u);
+  for (const auto& [id, site] : sites_) {
+    EXPECT_EQ(used.count(std::string(site.mask->public_key().begin(), site.mask->public_key().end())), 1u) << id;
+    EXPECT_EQ(used.count(std::string(site.cipher->public_key().begin(), site.cipher->public_key().end())), 1u) << id;
+  }
+  // Attempt 2 of the same round, with attempt 1's keys as used.
+  SecAggSessionOptions o = Options();
+  o.session.attempt = kSession.attempt + 1;
+  o.used_public_keys = used;
+  auto second = NewSession(o);
+  SimSite& a = sites_.at("site-a");
+  absl::Status s = second->AdvertiseKeys("site-a", a.certificate_pem, a.Keys(o.session), kT0);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("site-a"), std::string::npos) << s;
+  EXPECT_NE(s.message().find("reused from an earlier attempt"), std::string::npos) << s;
+  a.mask.emplace(std::move(*KeyPair::Generate()));  // a fresh mask key, but the old cipher key
+  EXPECT_EQ(second->AdvertiseKeys("site-a", a.certificate_pem, a.Keys(o.session), kT0).code(),
+            absl::StatusCode::kInvalidArgument);
+  a.cipher.emplace(std::move(*KeyPair::Generate()));
+  ASSERT_TRUE(second->AdvertiseKeys("site-a", a.certificate_pem, a.Keys(o.session), kT0).ok());
+  EXPECT_EQ(second->accepted_public_keys().size(), 2u);
+  EXPECT_TRUE(second->keys_sites().count("site-a"));
 }
 
 TEST_F(SecAggSessionTest, RevealsWithoutTheirOwnShareCannotReachThresholdEqualToU3) {
@@ -758,6 +919,17 @@ TEST_F(SecAggSessionTest, CreateRefusesBadOptions) {
   o = Options();
   o.phase_timeout = absl::ZeroDuration();
   EXPECT_EQ(SecAggSession::Create(o, kT0).status().code(), absl::StatusCode::kInvalidArgument);
+  // The round's deadline must lie ahead.
+  for (absl::Time deadline : {kT0, kT0 - absl::Seconds(1), absl::Time()}) {
+    o = Options();
+    o.round_deadline = deadline;
+    absl::StatusOr<std::unique_ptr<SecAggSession>> s = SecAggSession::Create(o, kT0);
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(s.status().message().find("round_deadline"), std::string::npos) << s.status();
+  }
+  o = Options();
+  o.round_deadline = kT0 + absl::Seconds(1);
+  EXPECT_TRUE(SecAggSession::Create(o, kT0).ok());
 }
 
 }  // namespace

@@ -55,6 +55,24 @@ TEST(KeyAgreementTest, ImportRefusesBadPoints) {
             absl::StatusCode::kInvalidArgument);
 }
 
+TEST(KeyAgreementTest, FromPkeyNeedsAPrivateP256Key) {
+  auto a = KeyPair::Generate();
+  ASSERT_TRUE(a.ok());
+  // A copy of the whole key pair is accepted and keeps its public point.
+  auto copy = KeyPair::FromPkey(PkeyPtr(EVP_PKEY_dup(a->pkey())));
+  ASSERT_TRUE(copy.ok()) << copy.status();
+  EXPECT_EQ(copy->public_key(), a->public_key());
+  // The same point without its private part is refused.
+  auto public_only = ImportPublicKey(a->public_key());
+  ASSERT_TRUE(public_only.ok()) << public_only.status();
+  auto refused = KeyPair::FromPkey(std::move(*public_only));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(refused.status().message()), ::testing::HasSubstr("private"));
+  EXPECT_EQ(KeyPair::FromPkey(nullptr).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(KeyPair::FromPkey(PkeyPtr(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-384"))).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 void CheckSigning(EVP_PKEY* long_term) {
   auto eph = KeyPair::Generate();
   auto other = KeyPair::Generate();

@@ -238,6 +238,9 @@ TEST(SessionSharesTest, EncryptedSharesDecryptOnlyForTheirPairAndSession) {
                 .status()
                 .code(),
             absl::StatusCode::kInvalidArgument);
+  // Exactly kEncryptedSharesBytes: an authentic ciphertext with one byte more is refused before decryption.
+  EXPECT_EQ(DecryptShares(*v.cipher, u.cipher->public_key(), kSession, u.index, v.index, *ct + "x").status().code(),
+            absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(DecryptShares(*v.cipher, Bytes("junk"), kSession, u.index, v.index, *ct).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(EncryptShares(*u.cipher, v.cipher->public_key(), kSession, 1, 1, p).status().code(),
@@ -372,7 +375,7 @@ TEST(SessionProtocolTest, RecoveredSumIsTheExactSumWithAndWithoutDropouts) {
   }
 }
 
-TEST(SessionProtocolTest, ExactlyThresholdRevealersWithoutOwnSharesSuffice) {
+TEST(SessionProtocolTest, ThresholdPlusOneRevealersWithoutOwnSharesSuffice) {
   // n = 6, t = 3, one dropped; 4 survivors reveal without their own share: each secret still has >= 3 shares.
   Simulation sim;
   Simulate(6, 3, {5}, /*revealers=*/4, /*include_own=*/false, 64, &sim);
@@ -380,6 +383,59 @@ TEST(SessionProtocolTest, ExactlyThresholdRevealersWithoutOwnSharesSuffice) {
   auto sum = RecoverSum(sim.masked_sum, sim.mask_keys, sim.survivors, sim.dropped, sim.revealed, 3, kSession);
   ASSERT_TRUE(sum.ok()) << sum.status();
   EXPECT_EQ(*sum, sim.plain_sum);
+}
+
+TEST(SessionProtocolTest, ExactlyThresholdRevealersNeedTheirOwnShares) {
+  // n = 6, t = 3, one dropped; exactly 3 survivors reveal. With their own self-mask shares every secret has 3 shares.
+  {
+    Simulation sim;
+    Simulate(6, 3, {5}, /*revealers=*/3, /*include_own=*/true, 64, &sim);
+    ASSERT_FALSE(HasFatalFailure());
+    auto sum = RecoverSum(sim.masked_sum, sim.mask_keys, sim.survivors, sim.dropped, sim.revealed, 3, kSession);
+    ASSERT_TRUE(sum.ok()) << sum.status();
+    EXPECT_EQ(*sum, sim.plain_sum);
+  }
+  // Without them, each revealer's own self seed has only the 2 shares of the other revealers: FailedPrecondition
+  // naming the index (site-a is index 1, the first revealer).
+  {
+    Simulation sim;
+    Simulate(6, 3, {5}, /*revealers=*/3, /*include_own=*/false, 64, &sim);
+    ASSERT_FALSE(HasFatalFailure());
+    auto sum = RecoverSum(sim.masked_sum, sim.mask_keys, sim.survivors, sim.dropped, sim.revealed, 3, kSession);
+    EXPECT_EQ(sum.status().code(), absl::StatusCode::kFailedPrecondition) << sum.status();
+    EXPECT_NE(sum.status().message().find("index 1"), std::string::npos) << sum.status();
+  }
+}
+
+TEST(SessionCodecTest, RosterCodecIsRangeAndU1) {
+  v1::SecAggRoster roster;
+  roster.set_ready(true);
+  roster.set_range(2.5);
+  for (int i = 1; i <= 3; ++i) roster.add_peers()->set_index(i);
+  auto codec = RosterCodec(roster);
+  ASSERT_TRUE(codec.ok()) << codec.status();
+  EXPECT_EQ(codec->summands(), 3);
+  EXPECT_DOUBLE_EQ(codec->clip(), 2.5);
+  auto same = SessionCodec(2.5, 3);
+  ASSERT_TRUE(same.ok()) << same.status();
+  EXPECT_EQ(same->max_level(), codec->max_level());
+  // Encodings of the roster's codec by 3 sites decode to their sum on the other side.
+  const std::vector<float> x = {0.5f, -1.25f, 2.5f};
+  std::vector<uint32_t> acc(x.size(), 0);
+  for (int site = 0; site < 3; ++site) AddInto(acc, *codec->Encode(x));
+  const std::vector<double> sum = same->DecodeSum(acc);
+  for (size_t i = 0; i < x.size(); ++i) EXPECT_NEAR(sum[i], 3.0 * x[i], codec->SumErrorBound() + 1e-12) << i;
+
+  v1::SecAggRoster not_ready = roster;
+  not_ready.set_ready(false);
+  EXPECT_EQ(RosterCodec(not_ready).status().code(), absl::StatusCode::kInvalidArgument);
+  v1::SecAggRoster one_peer = roster;
+  one_peer.mutable_peers()->DeleteSubrange(1, 2);
+  EXPECT_EQ(RosterCodec(one_peer).status().code(), absl::StatusCode::kInvalidArgument);
+  v1::SecAggRoster no_range = roster;
+  no_range.set_range(0);
+  EXPECT_EQ(RosterCodec(no_range).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(SessionCodec(1.0, kMaxSecAggSites + 1).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(SessionProtocolTest, TooFewSharesIsFailedPrecondition) {
