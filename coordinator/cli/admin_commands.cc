@@ -366,12 +366,22 @@ cli::Command MakeModelExportCommand(CommandEnvironment environment) {
 cli::Command MakeReportCommand(CommandEnvironment environment) {
   return AdminCommand({"report"}, "write the consortium report of a run (report.json, report.html)", "", 0,
                       {Flag("run", "run id; default: the latest run", "RUN"),
-                       Flag("out", "output directory (created if missing)", "DIR", true)},
+                       Flag("out", "output directory (created if missing)", "DIR", true),
+                       Flag("reference-run",
+                            "another run (e.g. the same federation without privacy) whose mean AUCs are shown next "
+                            "to this run's",
+                            "RUN")},
                       environment,
                       [](const cli::ParsedFlags& flags, AdminClient& client, const Env& env) -> absl::Status {
                         ASSIGN_OR_RETURN(v1::RunReport report, client.GetRunReport(flags.Get("run").value_or("")));
-                        ASSIGN_OR_RETURN(ReportFiles files, WriteConsortiumReport(report, flags.GetOrDie("out")));
-                        *env.out << SiteSummaryText(report) << "\nreport: " << files.html_path << "\n        "
+                        std::optional<v1::RunReport> reference;
+                        if (const auto id = flags.Get("reference-run"); id.has_value()) {
+                          if (id->empty()) return absl::InvalidArgumentError("--reference-run: empty run id");
+                          ASSIGN_OR_RETURN(reference, client.GetRunReport(*id));
+                        }
+                        const v1::RunReport* ref = reference ? &*reference : nullptr;
+                        ASSIGN_OR_RETURN(ReportFiles files, WriteConsortiumReport(report, flags.GetOrDie("out"), ref));
+                        *env.out << SiteSummaryText(report, ref) << "\nreport: " << files.html_path << "\n        "
                                  << files.json_path << "\n"
                                  << std::flush;
                         return absl::OkStatus();

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "common/federation/states.h"
+#include "coordinator/cli/consortium_reference.h"
 #include "coordinator/cli/consortium_report.h"
 #include "coordinator/cli/consortium_view.h"
 #include "coordinator/cli/report_format.h"
@@ -260,7 +261,7 @@ Json CrossSiteJson(const v1::RunReport& report, const std::vector<SiteView>& vie
 }  // namespace
 }  // namespace consortium
 
-std::string ConsortiumReportJson(const v1::RunReport& report) {
+std::string ConsortiumReportJson(const v1::RunReport& report, const v1::RunReport* reference) {
   const v1::RunStatus& status = report.status();
   const std::vector<consortium::SiteView> views = consortium::ViewsOf(report);
   Json root;
@@ -275,6 +276,7 @@ std::string ConsortiumReportJson(const v1::RunReport& report) {
   root["rounds"] = std::move(rounds);
   root["cross_site"] = consortium::CrossSiteJson(report, views);
   root["privacy"] = consortium::PrivacyJson(report, views);
+  if (reference != nullptr) root["reference"] = consortium::ReferenceJson(consortium::ReferenceOf(report, *reference));
   // Site-supplied strings may be invalid UTF-8, which dump() would throw on: replaced with U+FFFD instead.
   return root.dump(2, ' ', /*ensure_ascii=*/false, nlohmann::json::error_handler_t::replace) + "\n";
 }

@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "common/io/file_util.h"
 #include "common/status_macros.h"
+#include "coordinator/cli/consortium_reference.h"
 #include "coordinator/cli/consortium_view.h"
 #include "coordinator/cli/report_format.h"
 #include "coordinator/cli/terminal_text.h"
@@ -63,7 +64,7 @@ std::string PrivacyText(const v1::RunReport& report) {
 
 }  // namespace
 
-std::string SiteSummaryText(const v1::RunReport& report) {
+std::string SiteSummaryText(const v1::RunReport& report, const v1::RunReport* reference) {
   const std::vector<SiteSummary> summaries = SummarizeSites(report);
   // The local-only column only when some site reported the baseline (RunConfig.local_only_baseline).
   const bool local_only = std::any_of(summaries.begin(), summaries.end(),
@@ -100,14 +101,18 @@ std::string SiteSummaryText(const v1::RunReport& report) {
   return absl::StrCat("Consortium report: ", consortium::RunLine(report.status()), "\n", table.Render(),
                       "(improved/worse: labels where the adapted model's AUC differs from the open-source model's at "
                       "DeLong p < 0.05; Wilcoxon: adapted vs open-source over the labels)\n",
-                      PrivacyText(report));
+                      PrivacyText(report),
+                      reference == nullptr
+                          ? ""
+                          : consortium::ReferenceText(report.status(), consortium::ReferenceOf(report, *reference)));
 }
 
-absl::StatusOr<ReportFiles> WriteConsortiumReport(const v1::RunReport& report, const std::string& out_dir) {
+absl::StatusOr<ReportFiles> WriteConsortiumReport(const v1::RunReport& report, const std::string& out_dir,
+                                                  const v1::RunReport* reference) {
   RETURN_IF_ERROR(io::MakeDirectories(out_dir));
   ReportFiles files{out_dir + "/report.json", out_dir + "/report.html"};
-  RETURN_IF_ERROR(io::WriteFileAtomically(files.json_path, ConsortiumReportJson(report)));
-  RETURN_IF_ERROR(io::WriteFileAtomically(files.html_path, ConsortiumReportHtml(report)));
+  RETURN_IF_ERROR(io::WriteFileAtomically(files.json_path, ConsortiumReportJson(report, reference)));
+  RETURN_IF_ERROR(io::WriteFileAtomically(files.html_path, ConsortiumReportHtml(report, reference)));
   return files;
 }
 

@@ -94,18 +94,21 @@ struct SiteSummary {
 // The summary of every site of the report, in the report's site order.
 std::vector<SiteSummary> SummarizeSites(const v1::RunReport& report);
 
+// `reference` (optional, `fedtune report --reference-run`): another run, e.g. the same federation without privacy,
+// whose per-site mean AUCs are shown next to this run's (consortium_reference.h; report.json key "reference").
+
 // report.json's text (pretty-printed, newline-terminated).
-std::string ConsortiumReportJson(const v1::RunReport& report);
+std::string ConsortiumReportJson(const v1::RunReport& report, const v1::RunReport* reference = nullptr);
 
 // report.html: one UTF-8 page; all text from the report is HTML-escaped.
-std::string ConsortiumReportHtml(const v1::RunReport& report);
+std::string ConsortiumReportHtml(const v1::RunReport& report, const v1::RunReport* reference = nullptr);
 
 // The terminal summary: a heading line naming the run, then a table with columns site, test cases,
 // "mean AUC open-source -> global -> adapted", "improved p<0.05" (as "K/N"), "worse p<0.05", "Wilcoxon p". When the
 // run has differential privacy (a site reported an account, declined a round, or the config's dp is not "none"):
 // the consortium epsilon, a table of site, epsilon spent, delta, budget and declined rounds, and one line per
 // declined update with its reason.
-std::string SiteSummaryText(const v1::RunReport& report);
+std::string SiteSummaryText(const v1::RunReport& report, const v1::RunReport* reference = nullptr);
 
 struct ReportFiles {
   std::string json_path;  // DIR/report.json
@@ -113,7 +116,8 @@ struct ReportFiles {
 };
 
 // Creates `out_dir` if needed and writes report.json and report.html atomically. I/O errors name the path.
-absl::StatusOr<ReportFiles> WriteConsortiumReport(const v1::RunReport& report, const std::string& out_dir);
+absl::StatusOr<ReportFiles> WriteConsortiumReport(const v1::RunReport& report, const std::string& out_dir,
+                                                  const v1::RunReport* reference = nullptr);
 
 }  // namespace fedtune::admin
 

@@ -411,6 +411,50 @@ TEST(ConsortiumReportPrivacyTest, ANonPrivateSiteMakesTheConsortiumEpsilonInfini
   EXPECT_FALSE(none["privacy"]["sites"][0]["reported"].get<bool>());
 }
 
+// `fedtune report --reference-run`: the private run's mean AUCs next to a non-private reference run's, per site,
+// with the differences and the site's epsilon; a site the reference lacks shows n/a.
+TEST(ConsortiumReportReferenceTest, PrivateRunNextToTheNonPrivateReference) {
+  const v1::RunReport report = PrivateRunReport(3.1, false);
+  v1::RunReport reference = MakeRunReport();
+  reference.mutable_status()->set_run_id("run-reference");
+  reference.mutable_status()->set_name("non-private");
+  const std::vector<SiteSummary> ours = SummarizeSites(report);
+  const std::vector<SiteSummary> theirs = SummarizeSites(reference);
+  ASSERT_EQ(ours.size(), 2u);
+  ASSERT_TRUE(ours[0].mean_auc_adapted.has_value() && theirs[0].mean_auc_adapted.has_value());
+  // The reference's first site evaluated a better adapted model by 0.05.
+  for (v1::MetricsReport& m : *reference.mutable_sites(0)->mutable_metrics()) {
+    if (m.kind() != "final") continue;
+    for (v1::ModelEvaluation& e : *m.mutable_models()) {
+      if (e.name() == "adapted") e.set_mean_auc(e.mean_auc() + 0.05);
+    }
+  }
+  reference.mutable_sites()->RemoveLast();  // The reference lacks site-b.
+
+  const nlohmann::json j = nlohmann::json::parse(ConsortiumReportJson(report, &reference));
+  const nlohmann::json& r = j["reference"];
+  EXPECT_EQ(r["run_id"], "run-reference");
+  EXPECT_EQ(r["dp"], "none");
+  ASSERT_EQ(r["sites"].size(), 2u);
+  EXPECT_EQ(r["sites"][0]["site_id"], "site-a");
+  EXPECT_DOUBLE_EQ(r["sites"][0]["epsilon"].get<double>(), 2.5);
+  const double a = r["sites"][0]["mean_auc"]["adapted"].get<double>();
+  const double ra = r["sites"][0]["reference_mean_auc"]["adapted"].get<double>();
+  EXPECT_NEAR(ra - a, 0.05, 1e-9);
+  EXPECT_NEAR(r["sites"][0]["difference"]["adapted"].get<double>(), -0.05, 1e-9);
+  EXPECT_TRUE(r["sites"][1]["reference_mean_auc"]["adapted"].is_null());
+  EXPECT_TRUE(r["sites"][1]["difference"]["adapted"].is_null());
+  EXPECT_FALSE(nlohmann::json::parse(ConsortiumReportJson(report)).contains("reference"));
+
+  const std::string text = SiteSummaryText(report, &reference);
+  EXPECT_THAT(text, HasSubstr("Against reference run run-reference"));
+  EXPECT_THAT(text, HasSubstr("dp dp-sgd (noise multiplier 1.1, clip 0.8)"));
+  EXPECT_TRUE(std::regex_search(text, std::regex(R"(site-a +2\.5 .* -0\.050)"))) << text;
+  const std::string html = ConsortiumReportHtml(report, &reference);
+  EXPECT_THAT(html, HasSubstr("<h2>Against the reference run</h2>"));
+  EXPECT_THAT(html, HasSubstr("<td>-0.050</td>"));
+}
+
 TEST(ConsortiumReportTest, HostileSiteTextIsEscapedInEveryOutput) {
   for (const std::string& hostile : testing::HostileTexts()) {
     v1::RunReport report = MakeRunReport();
