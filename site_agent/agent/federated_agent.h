@@ -35,6 +35,15 @@
 //  CROSS_EVALUATE: the other sites' shared adapted models evaluated against the final global model on the test split,
 //   reported as kind "cross_site" (cross_evaluation.h).
 //
+// Secure aggregation (the plan's secure_aggregation; secure_aggregation.h has the protocol): after the download the
+//   agent joins the round attempt's session (phase 1 keys, phase 2 shares; heartbeat "secure aggregation: keys",
+//   "secure aggregation: shares"), fine-tunes, and step 3 becomes the masked update (phase 3: the shared tensors'
+//   delta, DP-FedAvg-clipped and noised under dp "dp-fedavg", pre-scaled, fixed-point encoded and masked, written
+//   to update.bin and recorded as any update, no error feedback); after the upload, phase 4 reveals the shares the
+//   coordinator may have ("secure aggregation: unmasking"). Refused with InvalidArgument: a lossy delta encoding
+//   (only fp32) and personalization FEDBN/SILOBN. A restarted agent that finds the round's masked update recorded
+//   uploads it and completes the round without the session (it cannot unmask: the secrets were in memory only).
+//
 // Heartbeats: a thread sends Heartbeat every heartbeat_seconds while a task runs, with the state ("downloading",
 // "training member 1/3, epoch 2/5", "uploading", "evaluating") and progress; training progress comes from the
 // pipeline's epoch callbacks (training_progress.h). When the answer says cancel, the task stops at the next step
@@ -71,7 +80,8 @@
 
 namespace fedtune::agent {
 
-class Heartbeater;  // heartbeater.h: the heartbeat thread of one task.
+class Heartbeater;        // heartbeater.h: the heartbeat thread of one task.
+class SiteSecAggSession;  // secure_aggregation.h: one round attempt's secure aggregation session.
 
 // The agent's version string sent in Capabilities.
 inline constexpr char kAgentVersion[] = "fedtune-site/1";
@@ -125,6 +135,12 @@ class FederatedAgent {
   // (personalization.h), kept in <run_dir>/personal.ckpt.
   absl::Status TrainPersonal(TrainRound& round, Heartbeater& heartbeat);
   absl::Status WriteUpdate(TrainRound& round);
+  // Secure aggregation: phases 1 and 2 (secure_aggregation.h) for the round, before fine-tuning.
+  absl::StatusOr<std::unique_ptr<SiteSecAggSession>> BeginSecureAggregation(const TrainRound& round,
+                                                                             Heartbeater& heartbeat);
+  // Secure aggregation's step 3 instead of WriteUpdate: the masked update (phase 3) written to update.bin and
+  // recorded; a recorded one is reused (then `session` may be null).
+  absl::Status WriteMaskedUpdate(TrainRound& round, SiteSecAggSession* session);
   absl::Status UploadRoundUpdate(const TrainRound& round, Heartbeater& heartbeat);
   absl::StatusOr<v1::MetricsReport> EvaluateRound(const TrainRound& round);
   absl::Status KeepAdapted(const TrainRound& round);
