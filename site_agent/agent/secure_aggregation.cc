@@ -567,21 +567,11 @@ absl::Status SiteSecAggSession::Unmask() {
   reveal.set_round(session_.round);
   reveal.set_attempt(session_.attempt);
   for (const std::string& site : plan->self_mask) {
-    const secagg::SharePayload& payload = received_.at(site);
-    v1::SecAggRevealedShare* share = reveal.add_self_mask_shares();
-    share->set_site_id(site);
-    share->set_x(roster_.own_index);
-    for (uint64_t y : payload.self_mask.y) share->add_y(y);
+    *reveal.add_self_mask_shares() = secagg::SelfMaskReveal(site, received_.at(site).self_mask);
     record[site] = RevealKind::kSelfMask;
   }
   for (const std::string& site : plan->mask_key) {
-    const secagg::SharePayload& payload = received_.at(site);
-    v1::SecAggRevealedShare* share = reveal.add_mask_key_shares();
-    share->set_site_id(site);
-    share->set_x(roster_.own_index);
-    for (const secagg::Share& half : payload.mask_key) {
-      for (uint64_t y : half.y) share->add_y(y);
-    }
+    *reveal.add_mask_key_shares() = secagg::MaskKeyReveal(site, received_.at(site).mask_key);
     record[site] = RevealKind::kMaskKey;
   }
   // Recorded before it leaves the site: a later request in this session cannot make it reveal the other kind.

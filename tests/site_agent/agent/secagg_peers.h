@@ -23,9 +23,12 @@ inline std::vector<uint8_t> AsBytes(const std::string& s) { return std::vector<u
 
 // One simulated site of a session: its certificate (from `ca`) and its cipher and mask key pairs.
 struct SimulatedPeer {
-  SimulatedPeer(pki::CertificateAuthority& ca, std::string id, int peer_index, int64_t samples)
+  // `replace`: the CA re-enrols a name that already has a certificate (a second key holder of one site id).
+  SimulatedPeer(pki::CertificateAuthority& ca, std::string id, int peer_index, int64_t samples, bool replace = false)
       : site_id(std::move(id)), index(peer_index), num_samples(samples) {
-    credentials = pki::testing::Enroll(ca, site_id, pki::Role::kSite);
+    pki::IssueOptions options;
+    options.replace = replace;
+    credentials = pki::testing::Enroll(ca, site_id, pki::Role::kSite, options);
     auto c = secagg::KeyPair::Generate();
     auto s = secagg::KeyPair::Generate();
     EXPECT_TRUE(c.ok() && s.ok());

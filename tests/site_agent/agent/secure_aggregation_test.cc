@@ -171,7 +171,9 @@ TEST_F(VerifyRosterTest, ACommonNameThatIsNotTheSiteIdIsRefused) {
 }
 
 TEST_F(VerifyRosterTest, AnOperatorCertificateIsNotASiteCertificate) {
-  const pki::testing::Credentials op = pki::testing::Enroll(*ca_, "site-b", pki::Role::kOperator);
+  pki::IssueOptions replace;
+  replace.replace = true;
+  const pki::testing::Credentials op = pki::testing::Enroll(*ca_, "site-b", pki::Role::kOperator, replace);
   v1::SecAggRoster roster = Roster();
   roster.mutable_peers(1)->set_certificate_pem(op.cert_pem);
   auto verified = Verify(roster);
@@ -192,7 +194,7 @@ TEST_F(VerifyRosterTest, ASubstitutedKeyIsRefused) {
 }
 
 TEST_F(VerifyRosterTest, OwnEntryWithOtherKeysIsRefused) {
-  SimulatedPeer replaced(*ca_, "site-a", 1, 30);  // Validly signed by another key holder of "site-a".
+  SimulatedPeer replaced(*ca_, "site-a", 1, 30, /*replace=*/true);  // Validly signed by another key of "site-a".
   v1::SecAggRoster roster = Roster();
   *roster.mutable_peers(0) = replaced.Entry(session_);
   auto verified = Verify(roster);
