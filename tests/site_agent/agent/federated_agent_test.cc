@@ -33,6 +33,7 @@
 #include "common/pki/key_pair.h"
 #include "common/secagg/fixed_point.h"
 #include "common/secagg/session.h"
+#include "common/status_macros.h"
 #include "tests/site_agent/agent/fake_coordinator.h"
 #include "tests/site_agent/agent/secagg_peers.h"
 #include "tests/testing/temp_dir.h"
