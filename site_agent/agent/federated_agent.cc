@@ -542,6 +542,13 @@ absl::Status FederatedAgent::WriteUpdate(TrainRound& round) {
     ASSIGN_OR_RETURN(model::Checkpoint local, model::LoadCheckpoint(round.tuned.checkpoint_path));
     // FEDBN/SILOBN: the shared tensors only (a partial bundle); the site's own stay in local_bn.bin.
     ASSIGN_OR_RETURN(fl::TensorMap delta, SharedDelta(round.start, local));
+    if (task.plan().dp() == "dp-fedavg") {
+      // Client-level DP: the site bounds its contribution; the coordinator adds the noise to the sum.
+      ASSIGN_OR_RETURN(const double norm, ClipDeltaL2Norm(delta, task.plan().dp_clip_norm()));
+      LOG(INFO) << "dp-fedavg: delta L2 norm " << norm
+                << (norm > task.plan().dp_clip_norm() ? " clipped to " : " within the clip norm ")
+                << task.plan().dp_clip_norm();
+    }
     fl::EncodeOptions encode_options;
     encode_options.encoding = encoding;
     if (task.plan().topk_fraction() > 0) encode_options.topk_fraction = task.plan().topk_fraction();

@@ -11,6 +11,8 @@
 //      round started from in <round dir>/residual.before.bin so a re-encoding after a crash is identical); the
 //      payload is written atomically to <round dir>/update.bin and its SHA-256 recorded in site.db BEFORE the
 //      upload, so a restarted agent uploads the same bytes, resuming from the coordinator's offset;
+//      Under the plan's dp "dp-fedavg" the delta's L2 norm is first clipped to dp_clip_norm (the coordinator adds
+//      the noise; with secure aggregation, see below, the sites add it);
 //   4. upload (num_samples = training images of the split);
 //   5. evaluate the global vs the fine-tuned model on the local test split (<round dir>/report.html, report.json,
 //      predictions.csv: these stay at the site);

@@ -169,7 +169,6 @@ absl::StatusOr<RevealPlan> DecideReveal(const v1::SecAggUnmaskRequest& request, 
   for (const std::string& site : survivors) {
     if (dropped.count(site) > 0) return violation(site, "lists a site as both a survivor and dropped");
     if (u2.count(site) == 0) return violation(site, "lists a survivor that did not share keys with this site (U2)");
-    if (site == own) continue;
     auto before = previous.find(site);
     if (before != previous.end() && before->second != RevealKind::kSelfMask) {
       return violation(site, "asks for the self-mask share of a site whose mask-key shares this site revealed");
@@ -224,6 +223,22 @@ absl::StatusOr<double> ClipL2Norm(std::vector<float>& values, double clip_norm) 
   if (norm > clip_norm) {
     const double factor = clip_norm / norm;
     for (float& v : values) v = static_cast<float>(static_cast<double>(v) * factor);
+  }
+  return norm;
+}
+
+absl::StatusOr<double> ClipDeltaL2Norm(fl::TensorMap& delta, double clip_norm) {
+  if (!std::isfinite(clip_norm) || !(clip_norm > 0)) {
+    return absl::InvalidArgumentError(absl::StrCat("dp_clip_norm ", clip_norm, " (must be finite and > 0)"));
+  }
+  const fl::NormOptions options;  // The norm the coordinator's clipping uses (aggregate.h).
+  const double norm = fl::L2Norm(delta, options);
+  if (!std::isfinite(norm)) return absl::InvalidArgumentError("the delta has a non-finite value");
+  if (norm > clip_norm) {
+    const double factor = clip_norm / norm;
+    for (auto& [name, tensor] : delta) {
+      if (fl::CountsInNorm(name, tensor, options)) tensor.mul_(factor);
+    }
   }
   return norm;
 }
@@ -567,7 +582,11 @@ absl::Status SiteSecAggSession::Unmask() {
   reveal.set_round(session_.round);
   reveal.set_attempt(session_.attempt);
   for (const std::string& site : plan->self_mask) {
-    *reveal.add_self_mask_shares() = secagg::SelfMaskReveal(site, received_.at(site).self_mask);
+    // Its own share too: with exactly t answers the coordinator needs every survivor's share of every self seed
+    // (two sites with t = 2 could not be unmasked otherwise); a survivor's seed is meant to be revealed.
+    const secagg::SharePayload& payload =
+        site == site_.site_id ? secrets_.payloads.at(roster_.own_index) : received_.at(site);
+    *reveal.add_self_mask_shares() = secagg::SelfMaskReveal(site, payload.self_mask);
     record[site] = RevealKind::kSelfMask;
   }
   for (const std::string& site : plan->mask_key) {

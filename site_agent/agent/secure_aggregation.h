@@ -32,7 +32,9 @@
 //   is too small for this model's deltas) and encodes it into Z_2^32; MaskForPeers adds the masks for U2. The payload
 //   (secagg::MaskedBundle) goes up as an ordinary resumable update.
 // Phase 4: the unmask request is long-polled until ready and checked by DecideReveal (the rule "never reveal both
-//   shares of one peer"); a refusal is FailedPrecondition naming the peer and logged as a protocol violation by the
+//   shares of one peer"). The site reveals its share of every survivor's self seed, its own seed included (the
+//   coordinator needs t shares of each seed from the t or more answers; federation.proto's "own share excluded" would
+//   make a roster of two sites with t = 2 unrecoverable), and its shares of every dropped site's mask key. A refusal is FailedPrecondition naming the peer and logged as a protocol violation by the
 //   coordinator. What is revealed is recorded (reveals.txt in the round dir, atomically) BEFORE it is sent.
 //
 // Client-level DP-FedAvg (plan dp == "dp-fedavg", McMahan et al. ICLR 2018): the delta's L2 norm over the values
@@ -128,7 +130,7 @@ const char* RevealKindName(RevealKind kind);
 using RevealRecord = std::map<std::string, RevealKind>;
 
 struct RevealPlan {
-  std::set<std::string> self_mask;  // Survivors (this site excluded): reveal the share of their self seed.
+  std::set<std::string> self_mask;  // Survivors (this site included): reveal the share of their self seed.
   std::set<std::string> mask_key;   // Dropped: reveal the shares of their mask key.
 };
 
@@ -152,6 +154,11 @@ absl::Status WriteRevealRecord(const std::string& path, const RevealRecord& reco
 // Scales `values` so that their L2 norm is at most `clip_norm` (> 0, finite; else InvalidArgument). Returns the
 // norm before clipping.
 absl::StatusOr<double> ClipL2Norm(std::vector<float>& values, double clip_norm);
+// DP-FedAvg without secure aggregation (the coordinator adds the noise): scales the floating tensors of `delta` so
+// that their L2 norm (fl::L2Norm: floating tensors, BatchNorm running statistics included, integer counters not)
+// is at most `clip_norm` (> 0, finite; else InvalidArgument). Returns the norm before clipping. With a lossy encoding
+// the clipped delta is what error feedback encodes (the residual is added after clipping).
+absl::StatusOr<double> ClipDeltaL2Norm(fl::TensorMap& delta, double clip_norm);
 // Adds N(0, stddev^2) to every value, drawn from AES-128-CTR keyed with `seed` (Box-Muller); the same seed gives
 // the same noise. stddev >= 0 and finite, else InvalidArgument.
 absl::Status AddGaussianNoise(std::vector<float>& values, double stddev, const secagg::Seed& seed);

@@ -725,7 +725,7 @@ class SecAggScript final : public testing::SecAggPlayer {
       secagg::AddInto(sum, masked);
     }
     secagg::RevealedShares revealed;
-    // The agent's self seed: the shares it sent site-b and site-c, as they decrypt them.
+    // The agent's self seed: the shares it sent site-b and site-c, as they decrypt them (and its own, revealed).
     for (int index : {2, 3}) {
       const testing::SimulatedPeer& peer = *peers_[index - 2];
       ASSIGN_OR_RETURN(const secagg::SharePayload payload,
@@ -736,7 +736,8 @@ class SecAggScript final : public testing::SecAggPlayer {
     // The agent's reveal, read as the coordinator reads it.
     for (const v1::SecAggRevealedShare& share : reveal.self_mask_shares()) {
       ASSIGN_OR_RETURN(const secagg::Share parsed, secagg::ParseSelfMaskReveal(share));
-      revealed.self_shares[share.site_id() == "site-b" ? 2 : 3].push_back(parsed);
+      const int owner = share.site_id() == "site-a" ? 1 : share.site_id() == "site-b" ? 2 : 3;
+      revealed.self_shares[owner].push_back(parsed);
     }
     for (const v1::SecAggRevealedShare& share : reveal.mask_key_shares()) {
       ASSIGN_OR_RETURN(const auto parsed, secagg::ParseMaskKeyReveal(share));
@@ -835,7 +836,7 @@ TEST(FederatedAgentTest, SecureAggregationMasksTheUpdateAndRevealsOneShareKindPe
   EXPECT_EQ(coordinator.service().last_upload_header().num_samples(), sa.script->agent_num_samples());
   EXPECT_GT(sa.script->agent_num_samples(), 20);
 
-  // Reveals: self-mask shares of site-b and site-c (not its own), mask-key shares of site-d; recorded first.
+  // Reveals: self-mask shares of the survivors (its own too), mask-key shares of site-d; recorded first.
   const std::vector<v1::SecAggReveal> reveals = sa.script->reveals();
   ASSERT_EQ(reveals.size(), 1u);
   std::set<std::string> self_mask, mask_key;
@@ -844,12 +845,12 @@ TEST(FederatedAgentTest, SecureAggregationMasksTheUpdateAndRevealsOneShareKindPe
     EXPECT_EQ(share.x(), 1);
   }
   for (const auto& share : reveals[0].mask_key_shares()) mask_key.insert(share.site_id());
-  EXPECT_EQ(self_mask, (std::set<std::string>{"site-b", "site-c"}));
+  EXPECT_EQ(self_mask, (std::set<std::string>{"site-a", "site-b", "site-c"}));
   EXPECT_EQ(mask_key, (std::set<std::string>{"site-d"}));
   const fs::path round_dir = fs::path(tmp.Join("work")) / "runs" / "run-1" / "round-1-1";
   auto record = ReadRevealRecord((round_dir / "reveals.txt").string());
   ASSERT_TRUE(record.ok()) << record.status();
-  EXPECT_EQ(record->size(), 3u);
+  EXPECT_EQ(record->size(), 4u);
 
   // Unmasked: the agent's delta (its adapted model = this round's fine-tuned model) x num_samples / max_num_samples.
   auto recovered = sa.script->RecoverAgentInput(*masked);
@@ -914,6 +915,30 @@ TEST(FederatedAgentTest, SecureAggregationRefusesToRevealBothSharesOfAPeer) {
   EXPECT_EQ(sa.setup.coordinator.service().calls("UploadUpdate"), 1);
   EXPECT_EQ(sa.setup.coordinator.service().calls("SecAggRevealShares"), 0);
   EXPECT_FALSE(fs::exists(tmp.Join("work/runs/run-1/round-1-1/reveals.txt")));
+}
+
+// DP-FedAvg without secure aggregation: the site clips its delta's norm; the coordinator adds the noise.
+TEST(FederatedAgentTest, DpFedAvgClipsTheUploadedDelta) {
+  fedtune::testing::TempDir tmp;
+  AgentSetup setup(tmp);
+  v1::Task task = setup.train;
+  task.mutable_plan()->set_encoding("fp32");
+  task.mutable_plan()->set_dp("dp-fedavg");
+  task.mutable_plan()->set_dp_clip_norm(0.01);
+  task.mutable_plan()->set_dp_noise_multiplier(1.0);
+  auto agent = FederatedAgent::Create(setup.config, setup.options);
+  ASSERT_TRUE(agent.ok()) << agent.status();
+  const absl::Status status = (*agent)->RunTask(task);
+  ASSERT_TRUE(status.ok()) << status;
+  auto global = model::LoadCheckpoint(setup.model_path);
+  ASSERT_TRUE(global.ok());
+  const fl::TensorMap global_tensors = fl::CheckpointTensors(*global);
+  auto bundle = fl::ParseTensorBundle(setup.coordinator.service().accepted_upload("run-1", 1));
+  ASSERT_TRUE(bundle.ok()) << bundle.status();
+  auto delta = fl::DecodeTensors(*bundle, &global_tensors);
+  ASSERT_TRUE(delta.ok()) << delta.status();
+  EXPECT_LE(fl::L2Norm(*delta), 0.01 * (1 + 1e-5));
+  EXPECT_GT(fl::L2Norm(*delta), 0.005);  // One epoch moves the weights far more than 0.01: clipped, not zeroed.
 }
 
 TEST(FederatedAgentTest, SecureAggregationRefusesLossyEncodingsAndFedBn) {

@@ -41,10 +41,12 @@ const std::set<std::string> kU2 = {"site-a", "site-b", "site-c", "site-d"};
 TEST(DecideRevealTest, SelfMaskSharesForSurvivorsAndMaskKeySharesForDroppedSites) {
   auto plan = DecideReveal(Request({"site-a", "site-b", "site-c"}, {"site-d"}), "site-a", kU2, {});
   ASSERT_TRUE(plan.ok()) << plan.status();
-  EXPECT_EQ(plan->self_mask, (std::set<std::string>{"site-b", "site-c"}));  // Not its own.
+  EXPECT_EQ(plan->self_mask, (std::set<std::string>{"site-a", "site-b", "site-c"}));  // Its own too.
   EXPECT_EQ(plan->mask_key, (std::set<std::string>{"site-d"}));
   // The same request again (a retry) gives the same plan.
-  const RevealRecord before = {{"site-b", RevealKind::kSelfMask}, {"site-c", RevealKind::kSelfMask},
+  const RevealRecord before = {{"site-a", RevealKind::kSelfMask},
+                               {"site-b", RevealKind::kSelfMask},
+                               {"site-c", RevealKind::kSelfMask},
                                {"site-d", RevealKind::kMaskKey}};
   auto again = DecideReveal(Request({"site-a", "site-b", "site-c"}, {"site-d"}), "site-a", kU2, before);
   ASSERT_TRUE(again.ok()) << again.status();
@@ -241,6 +243,20 @@ TEST(DpFedAvgTest, ClippingBoundsTheNormAndKeepsSmallDeltas) {
   ASSERT_TRUE(ClipL2Norm(small, 1.0).ok());
   EXPECT_FLOAT_EQ(small[0], 0.3f);
   EXPECT_EQ(ClipL2Norm(small, 0).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(DpFedAvgTest, ClippingADeltaScalesItsFloatingTensorsOnly) {
+  fl::TensorMap delta = {{"a.weight", torch::full({2, 2}, 3.0)}, {"a.running_var", torch::full({2}, 3.0)},
+                         {"a.num_batches_tracked", torch::full({}, 5, torch::kInt64)}};
+  auto norm = ClipDeltaL2Norm(delta, 1.0);
+  ASSERT_TRUE(norm.ok()) << norm.status();
+  EXPECT_NEAR(*norm, std::sqrt(6 * 9.0), 1e-5);
+  EXPECT_NEAR(fl::L2Norm(delta), 1.0, 1e-5);
+  EXPECT_EQ(delta.at("a.num_batches_tracked").item<int64_t>(), 5);  // Counters are not scaled.
+  auto again = ClipDeltaL2Norm(delta, 2.0);  // Within the bound: unchanged.
+  ASSERT_TRUE(again.ok());
+  EXPECT_NEAR(fl::L2Norm(delta), 1.0, 1e-5);
+  EXPECT_EQ(ClipDeltaL2Norm(delta, -1).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(DpFedAvgTest, NoiseShareHasTheRequestedDeviationAndIsSeeded) {
