@@ -592,6 +592,12 @@ absl::Status FederatedAgent::WriteMaskedUpdate(TrainRound& round, SiteSecAggSess
     return absl::InternalError(absl::StrCat("run ", task.run_id(), " round ", task.round(),
                                             ": no secure aggregation session and no recorded update"));
   }
+  if (session->num_samples() != round.tuned.train_images) {
+    // The coordinator refuses an upload whose num_samples is not the one advertised (the split changed?).
+    return absl::FailedPreconditionError(absl::StrCat("run ", task.run_id(), " round ", task.round(), ": trained on ",
+                                                      round.tuned.train_images, " images, advertised ",
+                                                      session->num_samples(), " for secure aggregation"));
+  }
   ASSIGN_OR_RETURN(model::Checkpoint local, model::LoadCheckpoint(round.tuned.checkpoint_path));
   ASSIGN_OR_RETURN(fl::TensorMap delta, SharedDelta(round.start, local));
   ASSIGN_OR_RETURN(const MaskedUpdate masked, session->MaskUpdate(delta));

@@ -39,6 +39,20 @@ absl::Status Refuse(const secagg::SessionId& session, absl::string_view site, ab
       absl::StrCat(Describe(session), ": roster entry of site \"", site, "\" refused: ", why));
 }
 
+// The coordinator answers PERMISSION_DENIED to a site outside a phase's set (e.g. its shares came too late). That is
+// this session's end, not a revoked certificate: the agent's task loop stops on PERMISSION_DENIED, so it becomes
+// FAILED_PRECONDITION here (a revoked site is still stopped by its next GetTask).
+absl::Status FromCoordinator(absl::Status status) {
+  if (status.code() != absl::StatusCode::kPermissionDenied) return status;
+  return absl::FailedPreconditionError(
+      absl::StrCat("the coordinator does not count this site in the session's phase: ", status.message()));
+}
+template <typename T>
+absl::StatusOr<T> FromCoordinator(absl::StatusOr<T> result) {
+  if (result.ok()) return result;
+  return FromCoordinator(result.status());
+}
+
 }  // namespace
 
 // ---- Roster verification
@@ -385,7 +399,7 @@ absl::StatusOr<std::unique_ptr<SiteSecAggSession>> SiteSecAggSession::Begin(cons
   keys.set_mask_public_key(std::string(s.begin(), s.end()));
   keys.set_num_samples(num_samples);
   RETURN_IF_ERROR(secagg::SignKeys(site_key.get(), session, site.site_id, &keys));
-  RETURN_IF_ERROR(site.client->SecAggAdvertiseKeys(keys));
+  RETURN_IF_ERROR(FromCoordinator(site.client->SecAggAdvertiseKeys(keys)));
   LOG(INFO) << what << ": keys advertised (num_samples " << num_samples << "); waiting for the roster";
   v1::SecAggPhaseRequest request;
   request.set_run_id(session.run_id);
@@ -398,7 +412,7 @@ absl::StatusOr<std::unique_ptr<SiteSecAggSession>> SiteSecAggSession::Begin(cons
           [&](int wait) {
             v1::SecAggPhaseRequest poll = request;
             poll.set_wait_seconds(wait);
-            return site.client->SecAggGetRoster(poll);
+            return FromCoordinator(site.client->SecAggGetRoster(poll));
           },
           [](const v1::SecAggRoster& r) { return r.ready(); }));
   const OwnKeys own{site.site_id, c, s, num_samples};
@@ -439,7 +453,7 @@ absl::StatusOr<std::unique_ptr<SiteSecAggSession>> SiteSecAggSession::Begin(cons
     shares->set_site_id(peer_site);
     shares->set_ciphertext(std::move(ciphertext));
   }
-  RETURN_IF_ERROR(site.client->SecAggShareKeys(upload));
+  RETURN_IF_ERROR(FromCoordinator(site.client->SecAggShareKeys(upload)));
   LOG(INFO) << what << ": encrypted shares sent to " << upload.shares_size() << " peers";
   return self;
 }
@@ -457,7 +471,7 @@ absl::StatusOr<MaskedUpdate> SiteSecAggSession::MaskUpdate(const fl::TensorMap& 
                        [&](int wait) {
                          v1::SecAggPhaseRequest poll = request;
                          poll.set_wait_seconds(wait);
-                         return site_.client->SecAggGetInbox(poll);
+                         return FromCoordinator(site_.client->SecAggGetInbox(poll));
                        },
                        [](const v1::SecAggInbox& i) { return i.ready(); }));
   // U2: a subset of U1 holding this site; exactly one ciphertext from each other site of it.
@@ -567,7 +581,7 @@ absl::Status SiteSecAggSession::Unmask() {
                        [&](int wait) {
                          v1::SecAggPhaseRequest poll = request;
                          poll.set_wait_seconds(wait);
-                         return site_.client->SecAggGetUnmaskRequest(poll);
+                         return FromCoordinator(site_.client->SecAggGetUnmaskRequest(poll));
                        },
                        [](const v1::SecAggUnmaskRequest& u) { return u.ready(); }));
   const std::string record_path = (std::filesystem::path(site_.round_dir) / kRevealRecordName).string();
@@ -595,7 +609,7 @@ absl::Status SiteSecAggSession::Unmask() {
   }
   // Recorded before it leaves the site: a later request in this session cannot make it reveal the other kind.
   RETURN_IF_ERROR(WriteRevealRecord(record_path, record));
-  RETURN_IF_ERROR(site_.client->SecAggRevealShares(reveal));
+  RETURN_IF_ERROR(FromCoordinator(site_.client->SecAggRevealShares(reveal)));
   LOG(INFO) << what << ": revealed self-mask shares of " << plan->self_mask.size() << " survivors and mask-key "
             << "shares of " << plan->mask_key.size() << " dropped sites"
             << (plan->mask_key.empty() ? "" : absl::StrCat(" (", absl::StrJoin(plan->mask_key, ", "), ")"));

@@ -214,7 +214,9 @@ class SiteSecAggSession {
  public:
   // Phases 1 and 2 for `task` (run, round, attempt; its plan's dp fields). `global_shared`: the round's shared global
   // tensors (the layout); `num_samples`: the training images the update will be weighted by (> 0). Errors: those of
-  // the RPCs (retried as coordinator_client.h says), VerifyRoster's, FailedPrecondition when the roster's
+  // the RPCs (retried as coordinator_client.h says; the coordinator's PERMISSION_DENIED, a site outside the phase's
+  // set, is returned as FAILED_PRECONDITION by every method, so that only a roster this site refuses itself stops
+  // the agent's task loop), VerifyRoster's, FailedPrecondition when the roster's
   // vector_length differs from the layout's, reading site_key / ca_cert (named), DEADLINE_EXCEEDED when the roster
   // did not come within options.phase_wait, CANCELLED.
   static absl::StatusOr<std::unique_ptr<SiteSecAggSession>> Begin(const SecAggSite& site, const v1::Task& task,
@@ -233,6 +235,7 @@ class SiteSecAggSession {
   const VerifiedRoster& roster() const { return roster_; }
   const secagg::SessionId& session() const { return session_; }
   const std::set<std::string>& u2() const { return u2_; }
+  int64_t num_samples() const { return num_samples_; }
   ~SiteSecAggSession();
 
  private:

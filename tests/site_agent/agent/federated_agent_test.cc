@@ -621,6 +621,11 @@ class SecAggScript final : public testing::SecAggPlayer {
     survivors_ = std::move(survivors);
     dropped_ = std::move(dropped);
   }
+  // The inbox answers PERMISSION_DENIED (this site's shares came too late: it is not in U2).
+  void DenyInbox() {
+    absl::MutexLock lock(&mu_);
+    deny_inbox_ = true;
+  }
   // Replaces site-b's mask key in the roster after it was signed.
   void SubstituteAKey() {
     absl::MutexLock lock(&mu_);
@@ -678,6 +683,7 @@ class SecAggScript final : public testing::SecAggPlayer {
   }
   grpc::Status GetInbox(const std::string&, const v1::SecAggPhaseRequest&, v1::SecAggInbox* inbox) override {
     absl::MutexLock lock(&mu_);
+    if (deny_inbox_) return grpc::Status(grpc::StatusCode::PERMISSION_DENIED, "site-a is not in U2");
     inbox->set_ready(true);
     inbox->add_participants("site-a");
     for (const auto& peer : peers_) {
@@ -774,6 +780,7 @@ class SecAggScript final : public testing::SecAggPlayer {
   mutable absl::Mutex mu_;
   bool advertised_ ABSL_GUARDED_BY(mu_) = false;
   bool substitute_ ABSL_GUARDED_BY(mu_) = false;
+  bool deny_inbox_ ABSL_GUARDED_BY(mu_) = false;
   v1::SecAggPeer agent_ ABSL_GUARDED_BY(mu_);
   int64_t max_num_samples_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<std::string, v1::SecAggEncryptedShares> shares_from_agent_ ABSL_GUARDED_BY(mu_);
@@ -915,6 +922,20 @@ TEST(FederatedAgentTest, SecureAggregationRefusesToRevealBothSharesOfAPeer) {
   EXPECT_EQ(sa.setup.coordinator.service().calls("UploadUpdate"), 1);
   EXPECT_EQ(sa.setup.coordinator.service().calls("SecAggRevealShares"), 0);
   EXPECT_FALSE(fs::exists(tmp.Join("work/runs/run-1/round-1-1/reveals.txt")));
+}
+
+// A site the coordinator left out of a phase (PERMISSION_DENIED on the inbox) fails the task with
+// FAILED_PRECONDITION: the agent's loop goes on (it stops only on its own refusal of a roster, or a revoked site).
+TEST(FederatedAgentTest, SecureAggregationLeftOutOfAPhaseFailsTheTaskOnly) {
+  fedtune::testing::TempDir tmp;
+  SecAggSetup sa(tmp);
+  sa.script->DenyInbox();
+  auto agent = FederatedAgent::Create(sa.setup.config, sa.setup.options);
+  ASSERT_TRUE(agent.ok()) << agent.status();
+  const absl::Status status = (*agent)->RunTask(sa.task);
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
+  EXPECT_THAT(status.message(), ::testing::HasSubstr("not in U2"));
+  EXPECT_EQ(sa.setup.coordinator.service().calls("UploadUpdate"), 0);
 }
 
 // DP-FedAvg without secure aggregation: the site clips its delta's norm; the coordinator adds the noise.
