@@ -568,7 +568,7 @@ absl::Status FederatedAgent::WriteUpdate(TrainRound& round) {
 }
 
 absl::StatusOr<std::unique_ptr<SiteSecAggSession>> FederatedAgent::BeginSecureAggregation(const TrainRound& round,
-                                                                                           Heartbeater& heartbeat) {
+                                                                                          Heartbeater& heartbeat) {
   SecAggSite site;
   site.client = client_.get();
   site.site_id = config_.site_id();

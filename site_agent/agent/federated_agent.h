@@ -139,7 +139,7 @@ class FederatedAgent {
   absl::Status WriteUpdate(TrainRound& round);
   // Secure aggregation: phases 1 and 2 (secure_aggregation.h) for the round, before fine-tuning.
   absl::StatusOr<std::unique_ptr<SiteSecAggSession>> BeginSecureAggregation(const TrainRound& round,
-                                                                             Heartbeater& heartbeat);
+                                                                            Heartbeater& heartbeat);
   // Secure aggregation's step 3 instead of WriteUpdate: the masked update (phase 3) written to update.bin and
   // recorded; a recorded one is reused (then `session` may be null).
   absl::Status WriteMaskedUpdate(TrainRound& round, SiteSecAggSession* session);

@@ -75,8 +75,8 @@ absl::StatusOr<pki::EvpPkeyPtr> VerifyPeerCertificate(absl::string_view certific
   if (X509_verify_cert(context.get()) != 1) {
     const int error = X509_STORE_CTX_get_error(context.get());
     pki::DrainOpenSslErrors();
-    return refuse(absl::StrCat("does not verify against the consortium CA (", X509_verify_cert_error_string(error),
-                               ")"));
+    return refuse(
+        absl::StrCat("does not verify against the consortium CA (", X509_verify_cert_error_string(error), ")"));
   }
   absl::StatusOr<pki::CertificateInfo> info = pki::DescribeCertificate(cert->get());
   if (!info.ok()) return refuse(info.status().message());
@@ -118,8 +118,8 @@ absl::StatusOr<VerifiedRoster> VerifyRoster(const v1::SecAggRoster& roster, cons
     const absl::Status name = pki::ValidateIdentityName(peer.site_id(), "roster site id");
     if (!name.ok()) return absl::InvalidArgumentError(absl::StrCat(what, ": ", name.message()));
     if (peer.index() < 1 || peer.index() > out.n) {
-      return absl::InvalidArgumentError(absl::StrCat(what, ": site \"", peer.site_id(), "\" has index ", peer.index(),
-                                                     ", not in [1, ", out.n, "]"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": site \"", peer.site_id(), "\" has index ", peer.index(), ", not in [1, ", out.n, "]"));
     }
     if (!out.by_site.emplace(peer.site_id(), peer).second) {
       return absl::InvalidArgumentError(absl::StrCat(what, ": site \"", peer.site_id(), "\" is twice in the roster"));
@@ -130,8 +130,8 @@ absl::StatusOr<VerifiedRoster> VerifyRoster(const v1::SecAggRoster& roster, cons
     }
     if (peer.num_samples() < 0 || peer.num_samples() > out.max_num_samples) {
       return absl::InvalidArgumentError(absl::StrCat(what, ": site \"", peer.site_id(), "\" has num_samples ",
-                                                     peer.num_samples(), " (max_num_samples ",
-                                                     out.max_num_samples, ")"));
+                                                     peer.num_samples(), " (max_num_samples ", out.max_num_samples,
+                                                     ")"));
     }
   }
   auto self = out.by_site.find(own.site_id);
@@ -168,8 +168,7 @@ absl::StatusOr<VerifiedRoster> VerifyRoster(const v1::SecAggRoster& roster, cons
 const char* RevealKindName(RevealKind kind) { return kind == RevealKind::kSelfMask ? "self-mask" : "mask-key"; }
 
 absl::StatusOr<RevealPlan> DecideReveal(const v1::SecAggUnmaskRequest& request, absl::string_view own_site_id,
-                                        const std::set<std::string>& u2,
-                                        const RevealRecord& previous) {
+                                        const std::set<std::string>& u2, const RevealRecord& previous) {
   const std::set<std::string> survivors(request.survivors().begin(), request.survivors().end());
   const std::set<std::string> dropped(request.dropped().begin(), request.dropped().end());
   auto violation = [](absl::string_view site, absl::string_view why) {
@@ -211,8 +210,8 @@ absl::StatusOr<RevealRecord> ReadRevealRecord(const std::string& path) {
     const bool self_mask = fields.size() == 2 && fields[1] == RevealKindName(RevealKind::kSelfMask);
     const bool mask_key = fields.size() == 2 && fields[1] == RevealKindName(RevealKind::kMaskKey);
     if (!self_mask && !mask_key) {
-      return absl::DataLossError(absl::StrCat(path, " line ", line_number, ": expected \"<site> self-mask\" or ",
-                                              "\"<site> mask-key\""));
+      return absl::DataLossError(
+          absl::StrCat(path, " line ", line_number, ": expected \"<site> self-mask\" or ", "\"<site> mask-key\""));
     }
     record[fields[0]] = self_mask ? RevealKind::kSelfMask : RevealKind::kMaskKey;
   }
@@ -319,8 +318,7 @@ absl::StatusOr<PreparedInput> PrepareInput(const fl::TensorMap& delta, const sec
 // ---- The session
 
 SiteSecAggSession::SiteSecAggSession(const SecAggSite& site, const secagg::SessionId& session,
-                                     const SecAggOptions& options, secagg::KeyPair cipher_key,
-                                     secagg::KeyPair mask_key)
+                                     const SecAggOptions& options, secagg::KeyPair cipher_key, secagg::KeyPair mask_key)
     : site_(site),
       session_(session),
       options_(options),
@@ -340,8 +338,8 @@ absl::StatusOr<T> SiteSecAggSession::PollUntilReady(const char* what, absl::Dura
     }
     const absl::Duration left = until - absl::Now();
     if (left <= absl::ZeroDuration()) {
-      return absl::DeadlineExceededError(absl::StrCat(Describe(session_), ": the ", what, " did not come within ",
-                                                      absl::FormatDuration(limit)));
+      return absl::DeadlineExceededError(
+          absl::StrCat(Describe(session_), ": the ", what, " did not come within ", absl::FormatDuration(limit)));
     }
     const int wait = static_cast<int>(std::clamp<int64_t>(absl::ToInt64Seconds(left) + 1, 0, options_.wait_seconds));
     const absl::Time asked = absl::Now();
@@ -405,16 +403,14 @@ absl::StatusOr<std::unique_ptr<SiteSecAggSession>> SiteSecAggSession::Begin(cons
   request.set_run_id(session.run_id);
   request.set_round(session.round);
   request.set_attempt(session.attempt);
-  ASSIGN_OR_RETURN(
-      const v1::SecAggRoster roster,
-      self->PollUntilReady<v1::SecAggRoster>(
-          "roster", options.phase_wait,
-          [&](int wait) {
-            v1::SecAggPhaseRequest poll = request;
-            poll.set_wait_seconds(wait);
-            return FromCoordinator(site.client->SecAggGetRoster(poll));
-          },
-          [](const v1::SecAggRoster& r) { return r.ready(); }));
+  ASSIGN_OR_RETURN(const v1::SecAggRoster roster, self->PollUntilReady<v1::SecAggRoster>(
+                                                      "roster", options.phase_wait,
+                                                      [&](int wait) {
+                                                        v1::SecAggPhaseRequest poll = request;
+                                                        poll.set_wait_seconds(wait);
+                                                        return FromCoordinator(site.client->SecAggGetRoster(poll));
+                                                      },
+                                                      [](const v1::SecAggRoster& r) { return r.ready(); }));
   const OwnKeys own{site.site_id, c, s, num_samples};
   ASSIGN_OR_RETURN(self->roster_, VerifyRoster(roster, session, own, ca.get()));
   const VerifiedRoster& verified = self->roster_;
@@ -434,8 +430,8 @@ absl::StatusOr<std::unique_ptr<SiteSecAggSession>> SiteSecAggSession::Begin(cons
 
   // Phase 2: shares.
   if (site.set_state) site.set_state("secure aggregation: shares", 0.04);
-  ASSIGN_OR_RETURN(self->secrets_, secagg::MakeSiteSecrets(verified.own_index, self->mask_key_, verified.threshold,
-                                                           verified.n));
+  ASSIGN_OR_RETURN(self->secrets_,
+                   secagg::MakeSiteSecrets(verified.own_index, self->mask_key_, verified.threshold, verified.n));
   v1::SecAggShareUpload upload;
   upload.set_run_id(session.run_id);
   upload.set_round(session.round);
@@ -465,15 +461,14 @@ absl::StatusOr<MaskedUpdate> SiteSecAggSession::MaskUpdate(const fl::TensorMap& 
   request.set_run_id(session_.run_id);
   request.set_round(session_.round);
   request.set_attempt(session_.attempt);
-  ASSIGN_OR_RETURN(const v1::SecAggInbox inbox,
-                   PollUntilReady<v1::SecAggInbox>(
-                       "shares of the other sites", options_.phase_wait,
-                       [&](int wait) {
-                         v1::SecAggPhaseRequest poll = request;
-                         poll.set_wait_seconds(wait);
-                         return FromCoordinator(site_.client->SecAggGetInbox(poll));
-                       },
-                       [](const v1::SecAggInbox& i) { return i.ready(); }));
+  ASSIGN_OR_RETURN(const v1::SecAggInbox inbox, PollUntilReady<v1::SecAggInbox>(
+                                                    "shares of the other sites", options_.phase_wait,
+                                                    [&](int wait) {
+                                                      v1::SecAggPhaseRequest poll = request;
+                                                      poll.set_wait_seconds(wait);
+                                                      return FromCoordinator(site_.client->SecAggGetInbox(poll));
+                                                    },
+                                                    [](const v1::SecAggInbox& i) { return i.ready(); }));
   // U2: a subset of U1 holding this site; exactly one ciphertext from each other site of it.
   std::set<std::string> u2;
   for (const std::string& site : inbox.participants()) {
@@ -515,7 +510,8 @@ absl::StatusOr<MaskedUpdate> SiteSecAggSession::MaskUpdate(const fl::TensorMap& 
   }
   for (const std::string& site : u2) {
     if (site != site_.site_id && received.count(site) == 0) {
-      return absl::InvalidArgumentError(absl::StrCat(what, ": the inbox lacks the shares of participant \"", site, "\""));
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": the inbox lacks the shares of participant \"", site, "\""));
     }
   }
   u2_ = std::move(u2);
@@ -547,14 +543,15 @@ absl::StatusOr<MaskedUpdate> SiteSecAggSession::MaskUpdate(const fl::TensorMap& 
     const v1::SecAggPeer& peer = roster_.by_site.at(site);
     peer_mask_keys[peer.index()] = Bytes(peer.mask_public_key());
   }
-  ASSIGN_OR_RETURN(const std::vector<uint32_t> masked, secagg::MaskForPeers(roster_.own_index, encoded,
-                                                                            secrets_.self_seed, mask_key_,
-                                                                            peer_mask_keys, session_));
+  ASSIGN_OR_RETURN(
+      const std::vector<uint32_t> masked,
+      secagg::MaskForPeers(roster_.own_index, encoded, secrets_.self_seed, mask_key_, peer_mask_keys, session_));
   out.bundle = secagg::MaskedBundle(masked);
   LOG(INFO) << what << ": masked update of " << masked.size() << " values for " << u2_.size()
             << " participants; delta L2 norm " << prepared.l2_norm
-            << (dp_fedavg ? absl::StrCat(" (dp-fedavg: clipped to ", dp_clip_norm_, prepared.norm_clipped ? "" : ", not needed",
-                                         "; noise share sd ", input.noise_stddev, ")")
+            << (dp_fedavg ? absl::StrCat(" (dp-fedavg: clipped to ", dp_clip_norm_,
+                                         prepared.norm_clipped ? "" : ", not needed", "; noise share sd ",
+                                         input.noise_stddev, ")")
                           : absl::StrCat(" (pre-scaled by ", input.scale, ")"))
             << "; " << out.clipped_values << " values clipped to +-" << roster_.range;
   if (out.clipped_values > 0) {

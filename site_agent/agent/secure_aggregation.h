@@ -34,8 +34,9 @@
 // Phase 4: the unmask request is long-polled until ready and checked by DecideReveal (the rule "never reveal both
 //   shares of one peer"). The site reveals its share of every survivor's self seed, its own seed included (the
 //   coordinator needs t shares of each seed from the t or more answers; federation.proto's "own share excluded" would
-//   make a roster of two sites with t = 2 unrecoverable), and its shares of every dropped site's mask key. A refusal is FailedPrecondition naming the peer and logged as a protocol violation by the
-//   coordinator. What is revealed is recorded (reveals.txt in the round dir, atomically) BEFORE it is sent.
+//   make a roster of two sites with t = 2 unrecoverable), and its shares of every dropped site's mask key. A refusal is
+//   FailedPrecondition naming the peer and logged as a protocol violation by the coordinator. What is revealed is
+//   recorded (reveals.txt in the round dir, atomically) BEFORE it is sent.
 //
 // Client-level DP-FedAvg (plan dp == "dp-fedavg", McMahan et al. ICLR 2018): the delta's L2 norm over the values
 //   sent (the layout's tensors) is clipped to dp_clip_norm; with secure aggregation the site then adds its share of
@@ -48,11 +49,12 @@
 //   range clips each value instead.
 //
 // Secrets (the ephemeral private keys, the self seed, the shares received) live only in memory, in the session
-// object; nothing secret is written to disk. A restarted agent therefore drops out of the session it was in: its
-// new keys are refused by the coordinator (the attempt's key phase is over), the task fails, and the coordinator's
-// dropout recovery removes its masks from the others' sum (or, when it had uploaded, it simply does not reveal; the
-// others' reveals suffice while t of U3 answer). FederatedAgent then completes an already accepted round (state
-// "uploaded") without the session: evaluation and report only.
+// object; nothing secret is written to disk (reveals.txt names sites and kinds only). A restarted agent therefore
+// drops out of the session it was in. When its masked update was recorded (update.bin and site.db), FederatedAgent
+// uploads those same bytes again (resumable; a valid input of the session: its peers hold the shares of its self
+// seed) and completes the round without unmasking (the others' answers suffice while t of U3 answer). Otherwise its
+// new keys are refused by the coordinator (the attempt's key phase is over, or other keys: ALREADY_EXISTS), the task
+// fails, and the coordinator's dropout recovery removes the site's masks from the others' sum.
 //
 // Bounds: rosters of 2..secagg::kMaxSecAggSites sites, vectors of at most secagg::kMaxPrgLength entries (checked by
 // session.h); long-polls of SecAggOptions::wait_seconds each, at most SecAggOptions::phase_wait per phase (phase 4:
@@ -140,8 +142,7 @@ struct RevealPlan {
 // dropped, or a site was revealed before with the other kind. Duplicates in the request are read once; a request
 // identical to an earlier one gives the same plan.
 absl::StatusOr<RevealPlan> DecideReveal(const v1::SecAggUnmaskRequest& request, absl::string_view own_site_id,
-                                        const std::set<std::string>& u2,
-                                        const RevealRecord& previous);
+                                        const std::set<std::string>& u2, const RevealRecord& previous);
 
 // The record of what a session revealed: one line "<site> <kind>" per peer. A missing file is an empty record;
 // a malformed one DataLoss naming the file and line.
@@ -174,7 +175,7 @@ struct InputOptions {
 };
 struct PreparedInput {
   std::vector<float> values;
-  double l2_norm = 0;        // Of the delta, before clipping.
+  double l2_norm = 0;         // Of the delta, before clipping.
   bool norm_clipped = false;  // The DP clip scaled it down.
 };
 // Flatten(delta, layout, 1), then clipping, noise and scale as `options` says. Errors of Flatten and ClipL2Norm;
@@ -204,7 +205,7 @@ struct SecAggSite {
 
 // The masked update of phase 3.
 struct MaskedUpdate {
-  v1::TensorBundle bundle;  // secagg::MaskedBundle
+  v1::TensorBundle bundle;     // secagg::MaskedBundle
   int64_t clipped_values = 0;  // Values beyond [-range, range], clipped by the codec.
   double l2_norm = 0;          // Of the delta before any clipping.
   bool norm_clipped = false;   // DP-FedAvg's clip scaled it.

@@ -20,6 +20,10 @@
 #include "common/io/file_util.h"
 #include "common/io/sha256.h"
 #include "common/model/checkpoint.h"
+#include "common/pki/key_pair.h"
+#include "common/secagg/fixed_point.h"
+#include "common/secagg/session.h"
+#include "common/status_macros.h"
 #include "common/synth/generator.h"
 #include "common/synth/profile.h"
 #include "common/train/threads.h"
@@ -30,10 +34,6 @@
 #include "site_agent/agent/run_command.h"
 #include "site_agent/agent/secure_aggregation.h"
 #include "site_agent/commands/model_init.h"
-#include "common/pki/key_pair.h"
-#include "common/secagg/fixed_point.h"
-#include "common/secagg/session.h"
-#include "common/status_macros.h"
 #include "tests/site_agent/agent/fake_coordinator.h"
 #include "tests/site_agent/agent/secagg_peers.h"
 #include "tests/testing/temp_dir.h"
@@ -653,8 +653,7 @@ class SecAggScript final : public testing::SecAggPlayer {
     advertised_ = true;
     return grpc::Status::OK;
   }
-  grpc::Status GetRoster(const std::string&, const v1::SecAggPhaseRequest& request,
-                         v1::SecAggRoster* roster) override {
+  grpc::Status GetRoster(const std::string&, const v1::SecAggPhaseRequest& request, v1::SecAggRoster* roster) override {
     absl::MutexLock lock(&mu_);
     EXPECT_EQ(request.attempt(), session_.attempt);
     if (!advertised_) return grpc::Status::OK;  // ready = false
@@ -725,9 +724,9 @@ class SecAggScript final : public testing::SecAggPlayer {
     ASSIGN_OR_RETURN(const std::vector<uint32_t> zero_encoded, codec.Encode(zeros));
     for (int index : {2, 3}) {
       const testing::SimulatedPeer& peer = *peers_[index - 2];
-      ASSIGN_OR_RETURN(const std::vector<uint32_t> masked,
-                       secagg::MaskForPeers(index, zero_encoded, secrets_.at(index).self_seed, *peer.mask, mask_keys,
-                                            session_));
+      ASSIGN_OR_RETURN(
+          const std::vector<uint32_t> masked,
+          secagg::MaskForPeers(index, zero_encoded, secrets_.at(index).self_seed, *peer.mask, mask_keys, session_));
       secagg::AddInto(sum, masked);
     }
     secagg::RevealedShares revealed;
@@ -802,9 +801,8 @@ struct SecAggSetup {
     auto made = secagg::MakeLayout(global_tensors);
     EXPECT_TRUE(made.ok()) << made.status();
     layout = *made;
-    script = std::make_unique<SecAggScript>(setup.coordinator.ca(),
-                                            secagg::SessionId{task.run_id(), task.round(), task.attempt()},
-                                            layout.length, 10.0);
+    script = std::make_unique<SecAggScript>(
+        setup.coordinator.ca(), secagg::SessionId{task.run_id(), task.round(), task.attempt()}, layout.length, 10.0);
     setup.coordinator.service().SetSecAggPlayer(script.get());
   }
   ~SecAggSetup() { setup.coordinator.service().SetSecAggPlayer(nullptr); }
@@ -889,6 +887,21 @@ TEST(FederatedAgentTest, SecureAggregationMasksTheUpdateAndRevealsOneShareKindPe
 
   ASSERT_EQ(coordinator.service().reports().size(), 1u);
   EXPECT_EQ(coordinator.service().reports()[0].kind(), "round");
+
+  // A restarted agent offered the same task again joins no new session (its secrets are gone): the recorded masked
+  // update was accepted, so it only completes the round.
+  const int streams = coordinator.service().calls("UploadUpdate");
+  {
+    auto agent = FederatedAgent::Create(sa.setup.config, sa.setup.options);
+    ASSERT_TRUE(agent.ok()) << agent.status();
+    const absl::Status again = (*agent)->RunTask(sa.task);
+    ASSERT_TRUE(again.ok()) << again;
+  }
+  EXPECT_EQ(coordinator.service().calls("SecAggAdvertiseKeys"), 1);
+  EXPECT_EQ(coordinator.service().calls("SecAggRevealShares"), 1);
+  EXPECT_EQ(coordinator.service().calls("UploadUpdate"), streams);
+  EXPECT_EQ(coordinator.service().accepted_upload("run-1", 1), upload);
+  EXPECT_EQ(coordinator.service().reports().size(), 2u);
 }
 
 // An unverifiable roster (a peer's key substituted after it signed) ends the session before anything secret leaves

@@ -24,8 +24,8 @@
 namespace fedtune::agent {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::AsBytes;
+using ::testing::HasSubstr;
 using testing::SimulatedPeer;
 
 v1::SecAggUnmaskRequest Request(const std::vector<std::string>& survivors, const std::vector<std::string>& dropped) {
@@ -127,9 +127,7 @@ class VerifyRosterTest : public ::testing::Test {
     roster.set_max_num_samples(50);
     return roster;
   }
-  OwnKeys Own() const {
-    return OwnKeys{"site-a", peers_[0]->cipher->public_key(), peers_[0]->mask->public_key(), 30};
-  }
+  OwnKeys Own() const { return OwnKeys{"site-a", peers_[0]->cipher->public_key(), peers_[0]->mask->public_key(), 30}; }
   absl::StatusOr<VerifiedRoster> Verify(const v1::SecAggRoster& roster) const {
     return VerifyRoster(roster, session_, Own(), ca_cert_.get());
   }
@@ -246,14 +244,15 @@ TEST(DpFedAvgTest, ClippingBoundsTheNormAndKeepsSmallDeltas) {
 }
 
 TEST(DpFedAvgTest, ClippingADeltaScalesItsFloatingTensorsOnly) {
-  fl::TensorMap delta = {{"a.weight", torch::full({2, 2}, 3.0)}, {"a.running_var", torch::full({2}, 3.0)},
+  fl::TensorMap delta = {{"a.weight", torch::full({2, 2}, 3.0)},
+                         {"a.running_var", torch::full({2}, 3.0)},
                          {"a.num_batches_tracked", torch::full({}, 5, torch::kInt64)}};
   auto norm = ClipDeltaL2Norm(delta, 1.0);
   ASSERT_TRUE(norm.ok()) << norm.status();
   EXPECT_NEAR(*norm, std::sqrt(6 * 9.0), 1e-5);
   EXPECT_NEAR(fl::L2Norm(delta), 1.0, 1e-5);
   EXPECT_EQ(delta.at("a.num_batches_tracked").item<int64_t>(), 5);  // Counters are not scaled.
-  auto again = ClipDeltaL2Norm(delta, 2.0);  // Within the bound: unchanged.
+  auto again = ClipDeltaL2Norm(delta, 2.0);                         // Within the bound: unchanged.
   ASSERT_TRUE(again.ok());
   EXPECT_NEAR(fl::L2Norm(delta), 1.0, 1e-5);
   EXPECT_EQ(ClipDeltaL2Norm(delta, -1).status().code(), absl::StatusCode::kInvalidArgument);
@@ -273,8 +272,8 @@ TEST(DpFedAvgTest, NoiseShareHasTheRequestedDeviationAndIsSeeded) {
   const double n = static_cast<double>(noise.size());
   const double mean = sum / n;
   const double sd = std::sqrt(sum_sq / n - mean * mean);
-  EXPECT_NEAR(mean, 0.0, 0.01);   // sigma / sqrt(n) ~ 0.0011
-  EXPECT_NEAR(sd, sigma, 0.01);   // relative error ~ 1/sqrt(2n) ~ 0.0016
+  EXPECT_NEAR(mean, 0.0, 0.01);  // sigma / sqrt(n) ~ 0.0011
+  EXPECT_NEAR(sd, sigma, 0.01);  // relative error ~ 1/sqrt(2n) ~ 0.0016
   EXPECT_NE(noise.back(), 0.0f);
   std::vector<float> again(200001, 0.0f);
   ASSERT_TRUE(AddGaussianNoise(again, sigma, seed).ok());
@@ -290,12 +289,14 @@ TEST(DpFedAvgTest, NoiseShareHasTheRequestedDeviationAndIsSeeded) {
 }
 
 TEST(DpFedAvgTest, PrepareInputClipsThenNoisesThenScales) {
-  fl::TensorMap global = {{"a.weight", torch::zeros({2, 2})}, {"b.bias", torch::zeros({2})},
+  fl::TensorMap global = {{"a.weight", torch::zeros({2, 2})},
+                          {"b.bias", torch::zeros({2})},
                           {"b.num_batches_tracked", torch::zeros({}, torch::kInt64)}};
   auto layout = secagg::MakeLayout(global);
   ASSERT_TRUE(layout.ok()) << layout.status();
   ASSERT_EQ(layout->length, 6);  // The integer counter is not aggregated.
-  fl::TensorMap delta = {{"a.weight", torch::full({2, 2}, 3.0)}, {"b.bias", torch::full({2}, 3.0)},
+  fl::TensorMap delta = {{"a.weight", torch::full({2, 2}, 3.0)},
+                         {"b.bias", torch::full({2}, 3.0)},
                          {"b.num_batches_tracked", torch::ones({}, torch::kInt64)}};
   const double norm = std::sqrt(6 * 9.0);
   InputOptions plain;
