@@ -422,6 +422,10 @@ absl::StatusOr<std::unique_ptr<SiteSecAggSession>> SiteSecAggSession::Begin(cons
   LOG(INFO) << what << ": roster of " << verified.n << " sites verified against the consortium CA (threshold "
             << verified.threshold << ", range " << verified.range << "; this site is index " << verified.own_index
             << "; no revocation check at the site)";
+  if (plan.secagg_range() > 0 && plan.secagg_range() != verified.range) {
+    LOG(WARNING) << what << ": the roster's range " << verified.range << " is not the plan's secagg_range "
+                 << plan.secagg_range() << "; the roster's is used (it is the one the sum is decoded with)";
+  }
   if (2 * verified.threshold <= verified.n) {
     LOG(WARNING) << what << ": threshold " << verified.threshold << " of " << verified.n
                  << " sites is not a majority: a coordinator that lies about who dropped could collect both shares of "
