@@ -279,7 +279,7 @@ class RecordingSecAgg final : public testing::SecAggPlayer {
     return grpc::Status::OK;
   }
   grpc::Status GetRoster(const std::string&, const v1::SecAggPhaseRequest& request, v1::SecAggRoster* roster) override {
-    waits.push_back(request.wait_seconds());
+    Record(request);
     roster->set_ready(true);
     roster->set_threshold(2);
     return grpc::Status::OK;
@@ -288,16 +288,27 @@ class RecordingSecAgg final : public testing::SecAggPlayer {
     return grpc::Status(grpc::StatusCode::ALREADY_EXISTS, "shares already taken");
   }
   grpc::Status GetInbox(const std::string&, const v1::SecAggPhaseRequest& request, v1::SecAggInbox*) override {
-    waits.push_back(request.wait_seconds());
+    Record(request);
     return grpc::Status::OK;  // ready = false
   }
   grpc::Status GetUnmaskRequest(const std::string&, const v1::SecAggPhaseRequest& request,
                                 v1::SecAggUnmaskRequest*) override {
-    waits.push_back(request.wait_seconds());
+    Record(request);
     return grpc::Status::OK;
   }
   grpc::Status RevealShares(const std::string&, const v1::SecAggReveal&) override { return grpc::Status::OK; }
-  std::vector<int> waits;  // Written by the server's threads one call at a time (the test makes one call at once).
+  std::vector<int> waits() const {
+    absl::MutexLock lock(&mu_);
+    return waits_;
+  }
+
+ private:
+  void Record(const v1::SecAggPhaseRequest& request) {
+    absl::MutexLock lock(&mu_);
+    waits_.push_back(request.wait_seconds());
+  }
+  mutable absl::Mutex mu_;
+  std::vector<int> waits_ ABSL_GUARDED_BY(mu_);
 };
 
 TEST_F(CoordinatorClientTest, SecureAggregationCallsRetryAndClampTheirLongPolls) {
@@ -322,7 +333,7 @@ TEST_F(CoordinatorClientTest, SecureAggregationCallsRetryAndClampTheirLongPolls)
   ASSERT_TRUE(inbox.ok()) << inbox.status();
   EXPECT_FALSE(inbox->ready());
   ASSERT_TRUE(client->SecAggGetUnmaskRequest(poll).ok());
-  EXPECT_THAT(player.waits, ElementsAre(600, 0, 0));
+  EXPECT_THAT(player.waits(), ElementsAre(600, 0, 0));
   // UNAVAILABLE is retried; PERMISSION_DENIED is returned at once, named.
   coordinator_.service().FailNext("SecAggRevealShares", 2);
   EXPECT_TRUE(client->SecAggRevealShares(v1::SecAggReveal()).ok());
