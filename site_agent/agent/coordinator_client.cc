@@ -166,6 +166,91 @@ absl::Status CoordinatorClient::ReportMetrics(const v1::MetricsReport& report) {
   }
 }
 
+absl::Status CoordinatorClient::RetriedCall(absl::string_view rpc, absl::Duration timeout,
+                                            bool already_exists_after_retry_ok,
+                                            const std::function<grpc::Status(grpc::ClientContext*)>& call) {
+  Backoff backoff = NewBackoff();
+  while (true) {
+    grpc::ClientContext context;
+    context.set_deadline(DeadlineIn(timeout));
+    const absl::Status status = Error(call(&context), rpc);
+    if (status.ok()) return status;
+    if (already_exists_after_retry_ok && backoff.failures() > 0 && status.code() == absl::StatusCode::kAlreadyExists) {
+      LOG(INFO) << status << " (after a retry: the earlier attempt was taken)";
+      return absl::OkStatus();
+    }
+    if (!IsRetryable(status)) return status;
+    LOG(WARNING) << status << "; retrying in about " << backoff.NextDelay();
+    RETURN_IF_ERROR(backoff.Wait(status));
+  }
+}
+
+namespace {
+
+// A long-poll's request with wait_seconds clamped, and its deadline.
+v1::SecAggPhaseRequest ClampedPoll(const v1::SecAggPhaseRequest& request) {
+  v1::SecAggPhaseRequest clamped = request;
+  clamped.set_wait_seconds(std::clamp(request.wait_seconds(), 0, 600));
+  return clamped;
+}
+
+}  // namespace
+
+absl::Status CoordinatorClient::SecAggAdvertiseKeys(const v1::SecAggKeys& keys) {
+  return RetriedCall("SecAggAdvertiseKeys", options_.rpc_timeout, false, [&](grpc::ClientContext* context) {
+    v1::SecAggAck ack;
+    return stub_->SecAggAdvertiseKeys(context, keys, &ack);
+  });
+}
+
+absl::StatusOr<v1::SecAggRoster> CoordinatorClient::SecAggGetRoster(const v1::SecAggPhaseRequest& request) {
+  const v1::SecAggPhaseRequest poll = ClampedPoll(request);
+  v1::SecAggRoster roster;
+  RETURN_IF_ERROR(RetriedCall("SecAggGetRoster", absl::Seconds(poll.wait_seconds()) + options_.rpc_timeout, false,
+                              [&](grpc::ClientContext* context) {
+                                roster.Clear();
+                                return stub_->SecAggGetRoster(context, poll, &roster);
+                              }));
+  return roster;
+}
+
+absl::Status CoordinatorClient::SecAggShareKeys(const v1::SecAggShareUpload& upload) {
+  return RetriedCall("SecAggShareKeys", options_.rpc_timeout, true, [&](grpc::ClientContext* context) {
+    v1::SecAggAck ack;
+    return stub_->SecAggShareKeys(context, upload, &ack);
+  });
+}
+
+absl::StatusOr<v1::SecAggInbox> CoordinatorClient::SecAggGetInbox(const v1::SecAggPhaseRequest& request) {
+  const v1::SecAggPhaseRequest poll = ClampedPoll(request);
+  v1::SecAggInbox inbox;
+  RETURN_IF_ERROR(RetriedCall("SecAggGetInbox", absl::Seconds(poll.wait_seconds()) + options_.rpc_timeout, false,
+                              [&](grpc::ClientContext* context) {
+                                inbox.Clear();
+                                return stub_->SecAggGetInbox(context, poll, &inbox);
+                              }));
+  return inbox;
+}
+
+absl::StatusOr<v1::SecAggUnmaskRequest> CoordinatorClient::SecAggGetUnmaskRequest(
+    const v1::SecAggPhaseRequest& request) {
+  const v1::SecAggPhaseRequest poll = ClampedPoll(request);
+  v1::SecAggUnmaskRequest unmask;
+  RETURN_IF_ERROR(RetriedCall("SecAggGetUnmaskRequest", absl::Seconds(poll.wait_seconds()) + options_.rpc_timeout,
+                              false, [&](grpc::ClientContext* context) {
+                                unmask.Clear();
+                                return stub_->SecAggGetUnmaskRequest(context, poll, &unmask);
+                              }));
+  return unmask;
+}
+
+absl::Status CoordinatorClient::SecAggRevealShares(const v1::SecAggReveal& reveal) {
+  return RetriedCall("SecAggRevealShares", options_.rpc_timeout, true, [&](grpc::ClientContext* context) {
+    v1::SecAggAck ack;
+    return stub_->SecAggRevealShares(context, reveal, &ack);
+  });
+}
+
 absl::Status CoordinatorClient::DeclineTask(const std::string& run_id, int32_t round, int32_t attempt,
                                             const std::string& reason, const v1::PrivacyAccount& privacy) {
   v1::DeclineRequest request;
@@ -181,16 +266,10 @@ absl::Status CoordinatorClient::DeclineTask(const std::string& run_id, int32_t r
   }
   request.set_reason(text);
   *request.mutable_privacy() = privacy;
-  Backoff backoff = NewBackoff();
-  while (true) {
-    grpc::ClientContext context;
-    context.set_deadline(DeadlineIn(options_.rpc_timeout));
+  return RetriedCall("DeclineTask", options_.rpc_timeout, false, [&](grpc::ClientContext* context) {
     v1::DeclineResponse response;
-    const absl::Status status = Error(stub_->DeclineTask(&context, request, &response), "DeclineTask");
-    if (status.ok() || !IsRetryable(status)) return status;
-    LOG(WARNING) << status << "; retrying in about " << backoff.NextDelay();
-    RETURN_IF_ERROR(backoff.Wait(status));
-  }
+    return stub_->DeclineTask(context, request, &response);
+  });
 }
 
 absl::StatusOr<v1::UploadOffsetResponse> CoordinatorClient::GetUploadOffset(const std::string& run_id, int32_t round,

@@ -167,6 +167,20 @@ class CoordinatorClient {
   // I/O errors naming the file.
   absl::StatusOr<v1::UploadResponse> UploadUpdate(const UploadRequest& request, const CancelFn& cancelled = nullptr);
 
+  // Secure aggregation (federation.proto, "Secure aggregation"; site_agent/agent/secure_aggregation.h). Every call is
+  // retried as the header says (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED with backoff); other codes are
+  // returned at once (the coordinator's NotFound, PermissionDenied, FailedPrecondition, InvalidArgument, AlreadyExists
+  // for other keys). SecAggShareKeys and SecAggRevealShares take ALREADY_EXISTS on a retried attempt as success (the
+  // earlier attempt reached the coordinator; its answer was lost). The long-polls (GetRoster, GetInbox,
+  // GetUnmaskRequest) send request.wait_seconds (clamped to [0, 600]) and have the deadline wait_seconds +
+  // rpc_timeout; an answer with ready = false is returned as is (the caller polls again).
+  absl::Status SecAggAdvertiseKeys(const v1::SecAggKeys& keys);
+  absl::StatusOr<v1::SecAggRoster> SecAggGetRoster(const v1::SecAggPhaseRequest& request);
+  absl::Status SecAggShareKeys(const v1::SecAggShareUpload& upload);
+  absl::StatusOr<v1::SecAggInbox> SecAggGetInbox(const v1::SecAggPhaseRequest& request);
+  absl::StatusOr<v1::SecAggUnmaskRequest> SecAggGetUnmaskRequest(const v1::SecAggPhaseRequest& request);
+  absl::Status SecAggRevealShares(const v1::SecAggReveal& reveal);
+
   // The upload chunk size (clamped to [1 KiB, 4 MiB]).
   void set_chunk_bytes(int bytes);
   int chunk_bytes() const { return chunk_bytes_.load(); }
@@ -190,6 +204,10 @@ class CoordinatorClient {
   absl::StatusOr<v1::UploadResponse> UploadOnce(const UploadRequest& request, net::ChunkSender* payload, int64_t offset,
                                                 const CancelFn& cancelled);
   absl::Status Error(const grpc::Status& status, absl::string_view rpc) const;
+  // A unary call retried as the header says: `call` makes one attempt with the context (deadline `timeout`) given.
+  // With `already_exists_after_retry_ok`, ALREADY_EXISTS on an attempt after a retryable failure is success.
+  absl::Status RetriedCall(absl::string_view rpc, absl::Duration timeout, bool already_exists_after_retry_ok,
+                           const std::function<grpc::Status(grpc::ClientContext*)>& call);
 
   ClientOptions options_;
   std::shared_ptr<grpc::Channel> channel_;

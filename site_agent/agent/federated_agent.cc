@@ -38,6 +38,7 @@
 #include "site_agent/agent/local_baseline.h"
 #include "site_agent/agent/metrics_report.h"
 #include "site_agent/agent/personalization.h"
+#include "site_agent/agent/secure_aggregation.h"
 #include "site_agent/agent/training_progress.h"
 #include "site_agent/commands/evaluate.h"
 #include "site_agent/commands/site_database.h"
@@ -93,6 +94,23 @@ absl::StatusOr<std::string> RecordedUpdateSha(AgentDatabase& db, const TaskKey& 
   if (on_disk == record->update_sha256) return on_disk;
   LOG(WARNING) << record->update_path << " no longer has its recorded sha256: encoding the update again";
   return std::string();
+}
+
+// Secure aggregation takes the dense fp32 delta of every tensor: a lossy encoding (its error feedback keeps a
+// residual the masks cannot carry) and FEDBN/SILOBN (tensors that stay at the site) are refused.
+absl::Status CheckSecureAggregationPlan(const v1::Task& task, fl::Encoding encoding,
+                                        v1::Personalization personalization) {
+  if (encoding != fl::Encoding::kDenseFp32) {
+    return absl::InvalidArgumentError(absl::StrCat("run ", task.run_id(), " round ", task.round(),
+                                                   ": secure aggregation needs the fp32 delta encoding, the plan says ",
+                                                   fl::EncodingName(encoding)));
+  }
+  if (fl::KeepsTensorsLocal(personalization)) {
+    return absl::InvalidArgumentError(absl::StrCat("run ", task.run_id(), " round ", task.round(),
+                                                   ": secure aggregation with personalization ",
+                                                   federation::Text(personalization), " is not supported"));
+  }
+  return absl::OkStatus();
 }
 
 // One fine-tuning of a TRAIN task (the round's model, or Ditto's personal model) and its losses.
@@ -454,6 +472,21 @@ absl::Status FederatedAgent::RunTrain(const v1::Task& task, Heartbeater& heartbe
               << "carries the other " << round.start.shared_tensors << " tensors";
   }
   timer.Lap("load");
+  std::unique_ptr<SiteSecAggSession> secagg;
+  const bool secure = task.plan().secure_aggregation();
+  if (secure) {
+    RETURN_IF_ERROR(CheckSecureAggregationPlan(task, round.encoding, round.personalization));
+    ASSIGN_OR_RETURN(const std::string recorded, RecordedUpdateSha(*db_, round.key));
+    if (recorded.empty()) {
+      RETURN_IF_ERROR(CheckCancelled(heartbeat, "secure aggregation", task));
+      ASSIGN_OR_RETURN(secagg, BeginSecureAggregation(round, heartbeat));
+      timer.Lap("secure aggregation keys and shares");
+    } else {
+      LOG(WARNING) << "run " << task.run_id() << " round " << task.round() << " attempt " << task.attempt()
+                   << ": the masked update was recorded by an earlier agent; it is uploaded again, but this site "
+                   << "takes no part in unmasking (the session's secrets were in that agent's memory)";
+    }
+  }
   RETURN_IF_ERROR(CheckCancelled(heartbeat, "training", task));
   // The exact check with the model's networks (DITTO trains a personal copy of each too), then the planned phase is
   // recorded before the site's data is touched: a crash mid-training is accounted all the same.
@@ -473,10 +506,18 @@ absl::Status FederatedAgent::RunTrain(const v1::Task& task, Heartbeater& heartbe
   RETURN_IF_ERROR(CheckCancelled(heartbeat, "the upload", task));
   heartbeat.SetTrainLoss(round.train_loss);
   heartbeat.SetState("encoding", 0.8);
-  RETURN_IF_ERROR(WriteUpdate(round));
+  if (secure) {
+    RETURN_IF_ERROR(WriteMaskedUpdate(round, secagg.get()));
+  } else {
+    RETURN_IF_ERROR(WriteUpdate(round));
+  }
   timer.Lap("encode");
   RETURN_IF_ERROR(UploadRoundUpdate(round, heartbeat));
   timer.Lap("upload");
+  if (secagg != nullptr) {
+    RETURN_IF_ERROR(secagg->Unmask());
+    timer.Lap("unmasking");
+  }
   if (round.personalization == v1::PERSONALIZATION_DITTO) {
     RETURN_IF_ERROR(CheckCancelled(heartbeat, "training the personal model", task));
     RETURN_IF_ERROR(TrainPersonal(round, heartbeat));
@@ -592,6 +633,13 @@ absl::Status FederatedAgent::WriteUpdate(TrainRound& round) {
     ASSIGN_OR_RETURN(model::Checkpoint local, model::LoadCheckpoint(round.tuned.checkpoint_path));
     // FEDBN/SILOBN: the shared tensors only (a partial bundle); the site's own stay in local_bn.bin.
     ASSIGN_OR_RETURN(fl::TensorMap delta, SharedDelta(round.start, local));
+    if (task.plan().dp() == "dp-fedavg") {
+      // Client-level DP: the site bounds its contribution; the coordinator adds the noise to the sum.
+      ASSIGN_OR_RETURN(const double norm, ClipDeltaL2Norm(delta, task.plan().dp_clip_norm()));
+      LOG(INFO) << "dp-fedavg: delta L2 norm " << norm
+                << (norm > task.plan().dp_clip_norm() ? " clipped to " : " within the clip norm ")
+                << task.plan().dp_clip_norm();
+    }
     fl::EncodeOptions encode_options;
     encode_options.encoding = encoding;
     if (task.plan().topk_fraction() > 0) encode_options.topk_fraction = task.plan().topk_fraction();
@@ -608,6 +656,51 @@ absl::Status FederatedAgent::WriteUpdate(TrainRound& round) {
   }
   // The residual moves on only once the payload that consumed it is recorded (idempotent after a restart).
   return fl::CommitResidual(encoding, residual);
+}
+
+absl::StatusOr<std::unique_ptr<SiteSecAggSession>> FederatedAgent::BeginSecureAggregation(const TrainRound& round,
+                                                                                          Heartbeater& heartbeat) {
+  SecAggSite site;
+  site.client = client_.get();
+  site.site_id = config_.site_id();
+  site.site_key_path = config_.site_key();
+  site.ca_cert_path = config_.ca_cert();
+  site.round_dir = round.round_dir.string();
+  site.cancelled = [&heartbeat] { return heartbeat.cancelled(); };
+  site.set_state = [&heartbeat](const std::string& state, double progress) { heartbeat.SetState(state, progress); };
+  SecAggOptions options;
+  options.wait_seconds = std::max(1, options_.task_wait_seconds);
+  const int64_t num_samples = static_cast<int64_t>(site_.split.EntriesIn(data::Split::kTrain).size());
+  return SiteSecAggSession::Begin(site, round.task, fl::CheckpointTensors(round.global), num_samples, options);
+}
+
+absl::Status FederatedAgent::WriteMaskedUpdate(TrainRound& round, SiteSecAggSession* session) {
+  const v1::Task& task = round.task;
+  round.update_path = (round.round_dir / "update.bin").string();
+  ASSIGN_OR_RETURN(round.update_sha256, RecordedUpdateSha(*db_, round.key));
+  if (!round.update_sha256.empty()) return absl::OkStatus();
+  if (session == nullptr) {
+    return absl::InternalError(absl::StrCat("run ", task.run_id(), " round ", task.round(),
+                                            ": no secure aggregation session and no recorded update"));
+  }
+  if (session->num_samples() != round.tuned.train_images) {
+    // The coordinator refuses an upload whose num_samples is not the one advertised (the split changed?).
+    return absl::FailedPreconditionError(absl::StrCat("run ", task.run_id(), " round ", task.round(), ": trained on ",
+                                                      round.tuned.train_images, " images, advertised ",
+                                                      session->num_samples(), " for secure aggregation"));
+  }
+  ASSIGN_OR_RETURN(model::Checkpoint local, model::LoadCheckpoint(round.tuned.checkpoint_path));
+  ASSIGN_OR_RETURN(fl::TensorMap delta, SharedDelta(round.start, local));
+  ASSIGN_OR_RETURN(const MaskedUpdate masked, session->MaskUpdate(delta));
+  const std::string bytes = masked.bundle.SerializeAsString();
+  RETURN_IF_ERROR(io::WriteFileAtomically(round.update_path, bytes));
+  round.update_sha256 = io::Sha256Hex(bytes);
+  RETURN_IF_ERROR(db_->RecordUpdate(round.key, round.update_path, round.update_sha256,
+                                    static_cast<int64_t>(bytes.size()), round.tuned.train_images, round.train_loss,
+                                    round.validation_loss));
+  LOG(INFO) << "masked update for run " << task.run_id() << " round " << task.round() << ": " << bytes.size()
+            << " bytes, sha256 " << round.update_sha256;
+  return absl::OkStatus();
 }
 
 absl::Status FederatedAgent::UploadRoundUpdate(const TrainRound& round, Heartbeater& heartbeat) {

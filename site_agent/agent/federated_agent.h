@@ -11,6 +11,8 @@
 //      round started from in <round dir>/residual.before.bin so a re-encoding after a crash is identical); the
 //      payload is written atomically to <round dir>/update.bin and its SHA-256 recorded in site.db BEFORE the
 //      upload, so a restarted agent uploads the same bytes, resuming from the coordinator's offset;
+//      Under the plan's dp "dp-fedavg" the delta's L2 norm is first clipped to dp_clip_norm (the coordinator adds
+//      the noise; with secure aggregation, see below, the sites add it);
 //   4. upload (num_samples = training images of the split);
 //   5. evaluate the global vs the fine-tuned model on the local test split (<round dir>/report.html, report.json,
 //      predictions.csv: these stay at the site);
@@ -44,6 +46,14 @@
 //   training and re-recorded with the steps taken after it. Every round and final MetricsReport carries the
 //   site's PrivacyAccount (kept with share_metrics = false), and the local report.json / report.html a
 //   "Privacy: epsilon X at delta D (budget M)" line.
+// Secure aggregation (the plan's secure_aggregation; secure_aggregation.h has the protocol): after the download the
+//   agent joins the round attempt's session (phase 1 keys, phase 2 shares; heartbeat "secure aggregation: keys",
+//   "secure aggregation: shares"), fine-tunes, and step 3 becomes the masked update (phase 3: the shared tensors'
+//   delta, DP-FedAvg-clipped and noised under dp "dp-fedavg", pre-scaled, fixed-point encoded and masked, written
+//   to update.bin and recorded as any update, no error feedback); after the upload, phase 4 reveals the shares the
+//   coordinator may have ("secure aggregation: unmasking"). Refused with InvalidArgument: a lossy delta encoding
+//   (only fp32) and personalization FEDBN/SILOBN. A restarted agent that finds the round's masked update recorded
+//   uploads it and completes the round without the session (it cannot unmask: the secrets were in memory only).
 //
 // Heartbeats: a thread sends Heartbeat every heartbeat_seconds while a task runs, with the state ("downloading",
 // "training member 1/3, epoch 2/5", "uploading", "evaluating") and progress; training progress comes from the
@@ -83,7 +93,8 @@
 
 namespace fedtune::agent {
 
-class Heartbeater;  // heartbeater.h: the heartbeat thread of one task.
+class Heartbeater;        // heartbeater.h: the heartbeat thread of one task.
+class SiteSecAggSession;  // secure_aggregation.h: one round attempt's secure aggregation session.
 
 // The agent's version string sent in Capabilities.
 inline constexpr char kAgentVersion[] = "fedtune-site/1";
@@ -137,6 +148,12 @@ class FederatedAgent {
   // (personalization.h), kept in <run_dir>/personal.ckpt.
   absl::Status TrainPersonal(TrainRound& round, Heartbeater& heartbeat);
   absl::Status WriteUpdate(TrainRound& round);
+  // Secure aggregation: phases 1 and 2 (secure_aggregation.h) for the round, before fine-tuning.
+  absl::StatusOr<std::unique_ptr<SiteSecAggSession>> BeginSecureAggregation(const TrainRound& round,
+                                                                            Heartbeater& heartbeat);
+  // Secure aggregation's step 3 instead of WriteUpdate: the masked update (phase 3) written to update.bin and
+  // recorded; a recorded one is reused (then `session` may be null).
+  absl::Status WriteMaskedUpdate(TrainRound& round, SiteSecAggSession* session);
   absl::Status UploadRoundUpdate(const TrainRound& round, Heartbeater& heartbeat);
   absl::StatusOr<v1::MetricsReport> EvaluateRound(const TrainRound& round);
   absl::Status KeepAdapted(const TrainRound& round);

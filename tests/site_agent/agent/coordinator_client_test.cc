@@ -302,5 +302,79 @@ TEST(BackoffTest, GivesUpAfterMaxElapsed) {
   EXPECT_THAT(status.message(), HasSubstr("gave up after 1 attempts"));
 }
 
+// A minimal coordinator side for the secure aggregation wrappers: ShareKeys says ALREADY_EXISTS (the shares were
+// taken before), the long-polls record the wait asked for.
+class RecordingSecAgg final : public testing::SecAggPlayer {
+ public:
+  grpc::Status AdvertiseKeys(const std::string&, const std::string&, const v1::SecAggKeys&) override {
+    return grpc::Status::OK;
+  }
+  grpc::Status GetRoster(const std::string&, const v1::SecAggPhaseRequest& request, v1::SecAggRoster* roster) override {
+    Record(request);
+    roster->set_ready(true);
+    roster->set_threshold(2);
+    return grpc::Status::OK;
+  }
+  grpc::Status ShareKeys(const std::string&, const v1::SecAggShareUpload&) override {
+    return grpc::Status(grpc::StatusCode::ALREADY_EXISTS, "shares already taken");
+  }
+  grpc::Status GetInbox(const std::string&, const v1::SecAggPhaseRequest& request, v1::SecAggInbox*) override {
+    Record(request);
+    return grpc::Status::OK;  // ready = false
+  }
+  grpc::Status GetUnmaskRequest(const std::string&, const v1::SecAggPhaseRequest& request,
+                                v1::SecAggUnmaskRequest*) override {
+    Record(request);
+    return grpc::Status::OK;
+  }
+  grpc::Status RevealShares(const std::string&, const v1::SecAggReveal&) override { return grpc::Status::OK; }
+  std::vector<int> waits() const {
+    absl::MutexLock lock(&mu_);
+    return waits_;
+  }
+
+ private:
+  void Record(const v1::SecAggPhaseRequest& request) {
+    absl::MutexLock lock(&mu_);
+    waits_.push_back(request.wait_seconds());
+  }
+  mutable absl::Mutex mu_;
+  std::vector<int> waits_ ABSL_GUARDED_BY(mu_);
+};
+
+TEST_F(CoordinatorClientTest, SecureAggregationCallsRetryAndClampTheirLongPolls) {
+  RecordingSecAgg player;
+  coordinator_.service().SetSecAggPlayer(&player);
+  auto client = NewClient();
+  // A retried ShareKeys whose first attempt got through: ALREADY_EXISTS after a retry is success...
+  coordinator_.service().FailNext("SecAggShareKeys", 1);
+  EXPECT_TRUE(client->SecAggShareKeys(v1::SecAggShareUpload()).ok());
+  EXPECT_EQ(coordinator_.service().calls("SecAggShareKeys"), 2);
+  EXPECT_EQ(sleeps_.size(), 1u);
+  // ...but not on a first attempt.
+  EXPECT_EQ(client->SecAggShareKeys(v1::SecAggShareUpload()).code(), absl::StatusCode::kAlreadyExists);
+  // Long-polls: the wait is clamped to 600 s; a not-ready answer is returned as is.
+  v1::SecAggPhaseRequest poll;
+  poll.set_wait_seconds(5000);
+  auto roster = client->SecAggGetRoster(poll);
+  ASSERT_TRUE(roster.ok()) << roster.status();
+  EXPECT_TRUE(roster->ready());
+  poll.set_wait_seconds(0);
+  auto inbox = client->SecAggGetInbox(poll);
+  ASSERT_TRUE(inbox.ok()) << inbox.status();
+  EXPECT_FALSE(inbox->ready());
+  ASSERT_TRUE(client->SecAggGetUnmaskRequest(poll).ok());
+  EXPECT_THAT(player.waits(), ElementsAre(600, 0, 0));
+  // UNAVAILABLE is retried; PERMISSION_DENIED is returned at once, named.
+  coordinator_.service().FailNext("SecAggRevealShares", 2);
+  EXPECT_TRUE(client->SecAggRevealShares(v1::SecAggReveal()).ok());
+  coordinator_.service().FailNext("SecAggAdvertiseKeys", 1, grpc::StatusCode::PERMISSION_DENIED);
+  const absl::Status denied = client->SecAggAdvertiseKeys(v1::SecAggKeys());
+  EXPECT_EQ(denied.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(denied.message(), HasSubstr("coordinator " + coordinator_.address() + ": SecAggAdvertiseKeys"));
+  EXPECT_EQ(coordinator_.service().calls("SecAggAdvertiseKeys"), 1);
+  coordinator_.service().SetSecAggPlayer(nullptr);
+}
+
 }  // namespace
 }  // namespace fedtune::agent

@@ -33,6 +33,23 @@
 
 namespace fedtune::agent::testing {
 
+// Plays the coordinator's side of secure aggregation for FakeSiteService (a test implements it). `caller` is the
+// authenticated site id, `certificate_pem` the certificate it called with. Called without the fake's lock held.
+class SecAggPlayer {
+ public:
+  virtual ~SecAggPlayer() = default;
+  virtual grpc::Status AdvertiseKeys(const std::string& caller, const std::string& certificate_pem,
+                                     const v1::SecAggKeys& keys) = 0;
+  virtual grpc::Status GetRoster(const std::string& caller, const v1::SecAggPhaseRequest& request,
+                                 v1::SecAggRoster* roster) = 0;
+  virtual grpc::Status ShareKeys(const std::string& caller, const v1::SecAggShareUpload& upload) = 0;
+  virtual grpc::Status GetInbox(const std::string& caller, const v1::SecAggPhaseRequest& request,
+                                v1::SecAggInbox* inbox) = 0;
+  virtual grpc::Status GetUnmaskRequest(const std::string& caller, const v1::SecAggPhaseRequest& request,
+                                        v1::SecAggUnmaskRequest* unmask) = 0;
+  virtual grpc::Status RevealShares(const std::string& caller, const v1::SecAggReveal& reveal) = 0;
+};
+
 class FakeSiteService final : public v1::SiteService::Service {
  public:
   explicit FakeSiteService(pki::CertificateVerifier* verifier) : verifier_(verifier) {}
@@ -71,6 +88,11 @@ class FakeSiteService final : public v1::SiteService::Service {
   void CancelHeartbeats(bool cancel) {
     absl::MutexLock lock(&mu_);
     cancel_heartbeats_ = cancel;
+  }
+  // The secure aggregation calls go to `player` (not owned; outlives the service); without one they are UNIMPLEMENTED.
+  void SetSecAggPlayer(SecAggPlayer* player) {
+    absl::MutexLock lock(&mu_);
+    secagg_ = player;
   }
 
   // --- Observations (thread-safe) ---
@@ -282,6 +304,55 @@ class FakeSiteService final : public v1::SiteService::Service {
     return grpc::Status::OK;
   }
 
+  // --- Secure aggregation: delegated to the SecAggPlayer.
+  grpc::Status SecAggAdvertiseKeys(grpc::ServerContext* context, const v1::SecAggKeys* keys, v1::SecAggAck*) override {
+    SecAggPlayer* player = nullptr;
+    std::string caller;
+    grpc::Status status = EnterSecAgg(context, "SecAggAdvertiseKeys", &player, &caller);
+    if (!status.ok()) return status;
+    return player->AdvertiseKeys(caller, net::PeerCertificatePem(*context), *keys);
+  }
+  grpc::Status SecAggGetRoster(grpc::ServerContext* context, const v1::SecAggPhaseRequest* request,
+                               v1::SecAggRoster* roster) override {
+    SecAggPlayer* player = nullptr;
+    std::string caller;
+    grpc::Status status = EnterSecAgg(context, "SecAggGetRoster", &player, &caller);
+    if (!status.ok()) return status;
+    return player->GetRoster(caller, *request, roster);
+  }
+  grpc::Status SecAggShareKeys(grpc::ServerContext* context, const v1::SecAggShareUpload* upload,
+                               v1::SecAggAck*) override {
+    SecAggPlayer* player = nullptr;
+    std::string caller;
+    grpc::Status status = EnterSecAgg(context, "SecAggShareKeys", &player, &caller);
+    if (!status.ok()) return status;
+    return player->ShareKeys(caller, *upload);
+  }
+  grpc::Status SecAggGetInbox(grpc::ServerContext* context, const v1::SecAggPhaseRequest* request,
+                              v1::SecAggInbox* inbox) override {
+    SecAggPlayer* player = nullptr;
+    std::string caller;
+    grpc::Status status = EnterSecAgg(context, "SecAggGetInbox", &player, &caller);
+    if (!status.ok()) return status;
+    return player->GetInbox(caller, *request, inbox);
+  }
+  grpc::Status SecAggGetUnmaskRequest(grpc::ServerContext* context, const v1::SecAggPhaseRequest* request,
+                                      v1::SecAggUnmaskRequest* unmask) override {
+    SecAggPlayer* player = nullptr;
+    std::string caller;
+    grpc::Status status = EnterSecAgg(context, "SecAggGetUnmaskRequest", &player, &caller);
+    if (!status.ok()) return status;
+    return player->GetUnmaskRequest(caller, *request, unmask);
+  }
+  grpc::Status SecAggRevealShares(grpc::ServerContext* context, const v1::SecAggReveal* reveal,
+                                  v1::SecAggAck*) override {
+    SecAggPlayer* player = nullptr;
+    std::string caller;
+    grpc::Status status = EnterSecAgg(context, "SecAggRevealShares", &player, &caller);
+    if (!status.ok()) return status;
+    return player->RevealShares(caller, *reveal);
+  }
+
   static constexpr int64_t kChunk = 1000;  // Download chunk size (small, so a cut lands mid-file).
 
  private:
@@ -301,8 +372,20 @@ class FakeSiteService final : public v1::SiteService::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status EnterSecAgg(grpc::ServerContext* context, const std::string& rpc, SecAggPlayer** player,
+                           std::string* caller) {
+    grpc::Status status = Enter(context, rpc);
+    if (!status.ok()) return status;
+    absl::MutexLock lock(&mu_);
+    if (secagg_ == nullptr) return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, rpc + ": no secure aggregation");
+    *player = secagg_;
+    *caller = last_caller_;
+    return grpc::Status::OK;
+  }
+
   pki::CertificateVerifier* verifier_;
   mutable absl::Mutex mu_;
+  SecAggPlayer* secagg_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::map<std::string, std::string> models_ ABSL_GUARDED_BY(mu_);
   std::deque<v1::Task> tasks_ ABSL_GUARDED_BY(mu_);
   int64_t download_cut_ ABSL_GUARDED_BY(mu_) = 0;

@@ -21,6 +21,10 @@
 #include "common/io/sha256.h"
 #include "common/model/checkpoint.h"
 #include "common/privacy/rdp_accountant.h"
+#include "common/pki/key_pair.h"
+#include "common/secagg/fixed_point.h"
+#include "common/secagg/session.h"
+#include "common/status_macros.h"
 #include "common/synth/generator.h"
 #include "common/synth/profile.h"
 #include "common/train/threads.h"
@@ -30,8 +34,10 @@
 #include "site_agent/agent/local_baseline.h"
 #include "site_agent/agent/privacy_budget.h"
 #include "site_agent/agent/run_command.h"
+#include "site_agent/agent/secure_aggregation.h"
 #include "site_agent/commands/model_init.h"
 #include "tests/site_agent/agent/fake_coordinator.h"
+#include "tests/site_agent/agent/secagg_peers.h"
 #include "tests/testing/temp_dir.h"
 
 namespace fedtune::agent {
@@ -710,6 +716,402 @@ TEST(FederatedAgentTest, RefusesACertificateOfAnotherSite) {
   ASSERT_EQ(agent.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(agent.status().message(), ::testing::HasSubstr("site-b"));
   EXPECT_THAT(agent.status().message(), ::testing::HasSubstr("site_id"));
+}
+
+// Plays the coordinator's secure aggregation phases for a roster of the agent (site-a, index 1) and three simulated
+// peers built with common/secagg/session.h: site-b (2), site-c (3) and site-d (4), threshold 2. site-d drops after
+// sharing its keys: U2 = all four, U3 = {site-a, site-b, site-c}. The peers' own masked inputs encode zeros.
+class SecAggScript final : public testing::SecAggPlayer {
+ public:
+  SecAggScript(pki::CertificateAuthority& ca, const secagg::SessionId& session, int64_t vector_length, double range)
+      : session_(session), vector_length_(vector_length), range_(range) {
+    peers_.push_back(std::make_unique<testing::SimulatedPeer>(ca, "site-b", 2, 10));
+    peers_.push_back(std::make_unique<testing::SimulatedPeer>(ca, "site-c", 3, 100));  // The largest: the divisor.
+    peers_.push_back(std::make_unique<testing::SimulatedPeer>(ca, "site-d", 4, 20));
+    for (const auto& peer : peers_) {
+      auto secrets = secagg::MakeSiteSecrets(peer->index, *peer->mask, 2, 4);
+      EXPECT_TRUE(secrets.ok()) << secrets.status();
+      secrets_[peer->index] = *std::move(secrets);
+    }
+  }
+
+  // --- What the test changes.
+  // The unmask request's lists (default: survivors a, b, c; dropped d).
+  void SetUnmaskRequest(std::vector<std::string> survivors, std::vector<std::string> dropped) {
+    absl::MutexLock lock(&mu_);
+    survivors_ = std::move(survivors);
+    dropped_ = std::move(dropped);
+  }
+  // The inbox answers PERMISSION_DENIED (this site's shares came too late: it is not in U2).
+  void DenyInbox() {
+    absl::MutexLock lock(&mu_);
+    deny_inbox_ = true;
+  }
+  // Replaces site-b's mask key in the roster after it was signed.
+  void SubstituteAKey() {
+    absl::MutexLock lock(&mu_);
+    substitute_ = true;
+  }
+
+  // --- SecAggPlayer
+  grpc::Status AdvertiseKeys(const std::string& caller, const std::string& certificate_pem,
+                             const v1::SecAggKeys& keys) override {
+    absl::MutexLock lock(&mu_);
+    EXPECT_EQ(caller, "site-a");
+    agent_.set_site_id(caller);
+    agent_.set_index(1);
+    agent_.set_cipher_public_key(keys.cipher_public_key());
+    agent_.set_mask_public_key(keys.mask_public_key());
+    agent_.set_signature(keys.signature());
+    agent_.set_certificate_pem(certificate_pem);
+    agent_.set_num_samples(keys.num_samples());
+    // The agent's signature verifies as the coordinator checks it.
+    auto cert = pki::ParseCertificatePem(certificate_pem);
+    EXPECT_TRUE(cert.ok());
+    pki::EvpPkeyPtr key(X509_get_pubkey(cert->get()));
+    const absl::Status verified = secagg::VerifyPeerKeys(key.get(), session_, agent_);
+    EXPECT_TRUE(verified.ok()) << verified;
+    advertised_ = true;
+    return grpc::Status::OK;
+  }
+  grpc::Status GetRoster(const std::string&, const v1::SecAggPhaseRequest& request, v1::SecAggRoster* roster) override {
+    absl::MutexLock lock(&mu_);
+    EXPECT_EQ(request.attempt(), session_.attempt);
+    if (!advertised_) return grpc::Status::OK;  // ready = false
+    roster->set_ready(true);
+    *roster->add_peers() = agent_;
+    int64_t max_samples = agent_.num_samples();
+    for (const auto& peer : peers_) {
+      *roster->add_peers() = peer->Entry(session_);
+      max_samples = std::max(max_samples, peer->num_samples);
+    }
+    if (substitute_) {
+      auto other = secagg::KeyPair::Generate();
+      roster->mutable_peers(1)->set_mask_public_key(testing::AsString(other->public_key()));
+    }
+    roster->set_threshold(2);
+    roster->set_range(range_);
+    roster->set_vector_length(vector_length_);
+    roster->set_max_num_samples(max_samples);
+    max_num_samples_ = max_samples;
+    return grpc::Status::OK;
+  }
+  grpc::Status ShareKeys(const std::string&, const v1::SecAggShareUpload& upload) override {
+    absl::MutexLock lock(&mu_);
+    for (const v1::SecAggEncryptedShares& shares : upload.shares()) shares_from_agent_[shares.site_id()] = shares;
+    return grpc::Status::OK;
+  }
+  grpc::Status GetInbox(const std::string&, const v1::SecAggPhaseRequest&, v1::SecAggInbox* inbox) override {
+    absl::MutexLock lock(&mu_);
+    if (deny_inbox_) return grpc::Status(grpc::StatusCode::PERMISSION_DENIED, "site-a is not in U2");
+    inbox->set_ready(true);
+    inbox->add_participants("site-a");
+    for (const auto& peer : peers_) {
+      inbox->add_participants(peer->site_id);
+      auto ciphertext = secagg::EncryptShares(*peer->cipher, testing::AsBytes(agent_.cipher_public_key()), session_,
+                                              peer->index, 1, secrets_.at(peer->index).payloads.at(1));
+      EXPECT_TRUE(ciphertext.ok()) << ciphertext.status();
+      v1::SecAggEncryptedShares* shares = inbox->add_shares();
+      shares->set_site_id(peer->site_id);
+      shares->set_ciphertext(*ciphertext);
+    }
+    return grpc::Status::OK;
+  }
+  grpc::Status GetUnmaskRequest(const std::string&, const v1::SecAggPhaseRequest&,
+                                v1::SecAggUnmaskRequest* unmask) override {
+    absl::MutexLock lock(&mu_);
+    unmask->set_ready(true);
+    for (const std::string& s : survivors_) unmask->add_survivors(s);
+    for (const std::string& d : dropped_) unmask->add_dropped(d);
+    return grpc::Status::OK;
+  }
+  grpc::Status RevealShares(const std::string&, const v1::SecAggReveal& reveal) override {
+    absl::MutexLock lock(&mu_);
+    reveals_.push_back(reveal);
+    return grpc::Status::OK;
+  }
+
+  // --- The coordinator's recovery, for the test: the sum of U3's inputs from the agent's masked upload, the peers'
+  // masked zeros and the revealed shares (the agent's and the surviving peers').
+  absl::StatusOr<std::vector<double>> RecoverAgentInput(const std::vector<uint32_t>& agent_masked) {
+    absl::MutexLock lock(&mu_);
+    if (reveals_.size() != 1) return absl::FailedPreconditionError("expected one reveal");
+    const v1::SecAggReveal& reveal = reveals_[0];
+    std::map<int, std::vector<uint8_t>> mask_keys = {{1, testing::AsBytes(agent_.mask_public_key())}};
+    for (const auto& peer : peers_) mask_keys[peer->index] = peer->mask->public_key();
+    std::vector<uint32_t> sum = agent_masked;
+    ASSIGN_OR_RETURN(const secagg::FixedPointCodec codec, secagg::FixedPointCodec::Create(range_, 4));
+    const std::vector<float> zeros(agent_masked.size(), 0.0f);
+    ASSIGN_OR_RETURN(const std::vector<uint32_t> zero_encoded, codec.Encode(zeros));
+    for (int index : {2, 3}) {
+      const testing::SimulatedPeer& peer = *peers_[index - 2];
+      ASSIGN_OR_RETURN(
+          const std::vector<uint32_t> masked,
+          secagg::MaskForPeers(index, zero_encoded, secrets_.at(index).self_seed, *peer.mask, mask_keys, session_));
+      secagg::AddInto(sum, masked);
+    }
+    secagg::RevealedShares revealed;
+    // The agent's self seed: the shares it sent site-b and site-c, as they decrypt them (and its own, revealed).
+    for (int index : {2, 3}) {
+      const testing::SimulatedPeer& peer = *peers_[index - 2];
+      ASSIGN_OR_RETURN(const secagg::SharePayload payload,
+                       secagg::DecryptShares(*peer.cipher, testing::AsBytes(agent_.cipher_public_key()), session_, 1,
+                                             index, shares_from_agent_.at(peer.site_id).ciphertext()));
+      revealed.self_shares[1].push_back(payload.self_mask);
+    }
+    // The agent's reveal, read as the coordinator reads it.
+    for (const v1::SecAggRevealedShare& share : reveal.self_mask_shares()) {
+      ASSIGN_OR_RETURN(const secagg::Share parsed, secagg::ParseSelfMaskReveal(share));
+      const int owner = share.site_id() == "site-a" ? 1 : share.site_id() == "site-b" ? 2 : 3;
+      revealed.self_shares[owner].push_back(parsed);
+    }
+    for (const v1::SecAggRevealedShare& share : reveal.mask_key_shares()) {
+      ASSIGN_OR_RETURN(const auto parsed, secagg::ParseMaskKeyReveal(share));
+      revealed.key_shares[4].push_back(parsed);
+    }
+    // site-b's and site-c's reveals of each other's seed and of site-d's key.
+    revealed.self_shares[2].push_back(secrets_.at(2).payloads.at(3).self_mask);
+    revealed.self_shares[3].push_back(secrets_.at(3).payloads.at(2).self_mask);
+    revealed.key_shares[4].push_back(secrets_.at(4).payloads.at(2).mask_key);
+    ASSIGN_OR_RETURN(const std::vector<uint32_t> recovered,
+                     secagg::RecoverSum(sum, mask_keys, {1, 2, 3}, {4}, revealed, 2, session_));
+    return codec.DecodeSum(recovered);
+  }
+
+  std::vector<v1::SecAggReveal> reveals() const {
+    absl::MutexLock lock(&mu_);
+    return reveals_;
+  }
+  int64_t max_num_samples() const {
+    absl::MutexLock lock(&mu_);
+    return max_num_samples_;
+  }
+  int64_t agent_num_samples() const {
+    absl::MutexLock lock(&mu_);
+    return agent_.num_samples();
+  }
+
+ private:
+  const secagg::SessionId session_;
+  const int64_t vector_length_;
+  const double range_;
+  std::vector<std::unique_ptr<testing::SimulatedPeer>> peers_;
+  std::map<int, secagg::SiteSecrets> secrets_;
+  mutable absl::Mutex mu_;
+  bool advertised_ ABSL_GUARDED_BY(mu_) = false;
+  bool substitute_ ABSL_GUARDED_BY(mu_) = false;
+  bool deny_inbox_ ABSL_GUARDED_BY(mu_) = false;
+  v1::SecAggPeer agent_ ABSL_GUARDED_BY(mu_);
+  int64_t max_num_samples_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<std::string, v1::SecAggEncryptedShares> shares_from_agent_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> survivors_ ABSL_GUARDED_BY(mu_) = {"site-a", "site-b", "site-c"};
+  std::vector<std::string> dropped_ ABSL_GUARDED_BY(mu_) = {"site-d"};
+  std::vector<v1::SecAggReveal> reveals_ ABSL_GUARDED_BY(mu_);
+};
+
+// The TRAIN task of AgentSetup with secure aggregation (fp32, range 10) and its script.
+struct SecAggSetup {
+  explicit SecAggSetup(const fedtune::testing::TempDir& tmp) : setup(tmp) {
+    task = setup.train;
+    task.mutable_plan()->set_encoding("fp32");
+    task.mutable_plan()->set_secure_aggregation(true);
+    task.mutable_plan()->set_secagg_range(10.0);
+    auto global = model::LoadCheckpoint(setup.model_path);
+    EXPECT_TRUE(global.ok()) << global.status();
+    global_tensors = fl::CheckpointTensors(*global);
+    auto made = secagg::MakeLayout(global_tensors);
+    EXPECT_TRUE(made.ok()) << made.status();
+    layout = *made;
+    script = std::make_unique<SecAggScript>(
+        setup.coordinator.ca(), secagg::SessionId{task.run_id(), task.round(), task.attempt()}, layout.length, 10.0);
+    setup.coordinator.service().SetSecAggPlayer(script.get());
+  }
+  ~SecAggSetup() { setup.coordinator.service().SetSecAggPlayer(nullptr); }
+
+  AgentSetup setup;
+  v1::Task task;
+  fl::TensorMap global_tensors;
+  secagg::Layout layout;
+  std::unique_ptr<SecAggScript> script;
+};
+
+// Secure aggregation end to end at the site: the agent joins the session, trains, uploads a masked vector (nothing
+// of its delta readable in it) and reveals exactly the shares of U3 and of the dropped site; the coordinator's
+// recovery then gives the agent's true pre-scaled delta within the fixed-point bound.
+TEST(FederatedAgentTest, SecureAggregationMasksTheUpdateAndRevealsOneShareKindPerPeer) {
+  fedtune::testing::TempDir tmp;
+  SecAggSetup sa(tmp);
+  testing::FakeCoordinator& coordinator = sa.setup.coordinator;
+  {
+    auto agent = FederatedAgent::Create(sa.setup.config, sa.setup.options);
+    ASSERT_TRUE(agent.ok()) << agent.status();
+    const absl::Status status = (*agent)->RunTask(sa.task);
+    ASSERT_TRUE(status.ok()) << status;
+  }
+  EXPECT_EQ(coordinator.service().calls("SecAggAdvertiseKeys"), 1);
+  EXPECT_EQ(coordinator.service().calls("SecAggShareKeys"), 1);
+  EXPECT_EQ(coordinator.service().calls("SecAggRevealShares"), 1);
+
+  // The upload: one MASKED_UINT32 tensor of the layout's length.
+  const std::string upload = coordinator.service().accepted_upload("run-1", 1);
+  ASSERT_FALSE(upload.empty());
+  auto bundle = fl::ParseTensorBundle(upload);
+  ASSERT_TRUE(bundle.ok()) << bundle.status();
+  auto masked = secagg::ReadMaskedBundle(*bundle, sa.layout.length);
+  ASSERT_TRUE(masked.ok()) << masked.status();
+  EXPECT_EQ(coordinator.service().last_upload_header().num_samples(), sa.script->agent_num_samples());
+  EXPECT_GT(sa.script->agent_num_samples(), 20);
+
+  // Reveals: self-mask shares of the survivors (its own too), mask-key shares of site-d; recorded first.
+  const std::vector<v1::SecAggReveal> reveals = sa.script->reveals();
+  ASSERT_EQ(reveals.size(), 1u);
+  std::set<std::string> self_mask, mask_key;
+  for (const auto& share : reveals[0].self_mask_shares()) {
+    self_mask.insert(share.site_id());
+    EXPECT_EQ(share.x(), 1);
+  }
+  for (const auto& share : reveals[0].mask_key_shares()) mask_key.insert(share.site_id());
+  EXPECT_EQ(self_mask, (std::set<std::string>{"site-a", "site-b", "site-c"}));
+  EXPECT_EQ(mask_key, (std::set<std::string>{"site-d"}));
+  const fs::path round_dir = fs::path(tmp.Join("work")) / "runs" / "run-1" / "round-1-1";
+  auto record = ReadRevealRecord((round_dir / "reveals.txt").string());
+  ASSERT_TRUE(record.ok()) << record.status();
+  EXPECT_EQ(record->size(), 4u);
+
+  // Unmasked: the agent's delta (its adapted model = this round's fine-tuned model) x num_samples / max_num_samples.
+  auto recovered = sa.script->RecoverAgentInput(*masked);
+  ASSERT_TRUE(recovered.ok()) << recovered.status();
+  auto tuned = model::LoadCheckpoint(tmp.Join("work/adapted/run-1/model.ckpt"));
+  ASSERT_TRUE(tuned.ok()) << tuned.status();
+  auto delta = fl::ComputeDelta(fl::CheckpointTensors(*tuned), sa.global_tensors);
+  ASSERT_TRUE(delta.ok()) << delta.status();
+  const double scale = static_cast<double>(sa.script->agent_num_samples()) / sa.script->max_num_samples();
+  EXPECT_LT(scale, 1.0);
+  auto expected = secagg::Flatten(*delta, sa.layout, scale);
+  ASSERT_TRUE(expected.ok()) << expected.status();
+  ASSERT_EQ(recovered->size(), expected->size());
+  auto codec = secagg::FixedPointCodec::Create(10.0, 4);
+  ASSERT_TRUE(codec.ok());
+  double largest_error = 0, norm = 0;
+  for (size_t i = 0; i < expected->size(); ++i) {
+    largest_error = std::max(largest_error, std::fabs((*recovered)[i] - (*expected)[i]));
+    norm += (*expected)[i] * (*expected)[i];
+  }
+  EXPECT_GT(norm, 0);  // Training moved the weights.
+  EXPECT_LE(largest_error, codec->SumErrorBound() + 1e-6);
+  // Masked, the vector says nothing of the delta: it is nowhere near the plain encoding.
+  auto plain = codec->Encode(std::vector<float>(expected->begin(), expected->end()));
+  ASSERT_TRUE(plain.ok());
+  size_t equal = 0;
+  for (size_t i = 0; i < plain->size(); ++i) equal += (*plain)[i] == (*masked)[i];
+  EXPECT_LT(equal, plain->size() / 100 + 1);
+
+  ASSERT_EQ(coordinator.service().reports().size(), 1u);
+  EXPECT_EQ(coordinator.service().reports()[0].kind(), "round");
+
+  // A restarted agent offered the same task again joins no new session (its secrets are gone): the recorded masked
+  // update was accepted, so it only completes the round.
+  const int streams = coordinator.service().calls("UploadUpdate");
+  {
+    auto agent = FederatedAgent::Create(sa.setup.config, sa.setup.options);
+    ASSERT_TRUE(agent.ok()) << agent.status();
+    const absl::Status again = (*agent)->RunTask(sa.task);
+    ASSERT_TRUE(again.ok()) << again;
+  }
+  EXPECT_EQ(coordinator.service().calls("SecAggAdvertiseKeys"), 1);
+  EXPECT_EQ(coordinator.service().calls("SecAggRevealShares"), 1);
+  EXPECT_EQ(coordinator.service().calls("UploadUpdate"), streams);
+  EXPECT_EQ(coordinator.service().accepted_upload("run-1", 1), upload);
+  EXPECT_EQ(coordinator.service().reports().size(), 2u);
+}
+
+// An unverifiable roster (a peer's key substituted after it signed) ends the session before anything secret leaves
+// the site: no shares, no training, no upload.
+TEST(FederatedAgentTest, SecureAggregationRefusesASubstitutedKeyBeforeSharing) {
+  fedtune::testing::TempDir tmp;
+  SecAggSetup sa(tmp);
+  sa.script->SubstituteAKey();
+  auto agent = FederatedAgent::Create(sa.setup.config, sa.setup.options);
+  ASSERT_TRUE(agent.ok()) << agent.status();
+  const absl::Status status = (*agent)->RunTask(sa.task);
+  EXPECT_EQ(status.code(), absl::StatusCode::kPermissionDenied) << status;
+  EXPECT_THAT(status.message(), ::testing::HasSubstr("site-b"));
+  EXPECT_EQ(sa.setup.coordinator.service().calls("SecAggShareKeys"), 0);
+  EXPECT_EQ(sa.setup.coordinator.service().calls("UploadUpdate"), 0);
+  EXPECT_FALSE(fs::exists(tmp.Join("work/runs/run-1/round-1-1/update.bin")));
+}
+
+// A coordinator that asks for both shares of a live peer gets neither: the reveal is refused (FailedPrecondition,
+// naming the peer) after the upload, and nothing is recorded as revealed.
+TEST(FederatedAgentTest, SecureAggregationRefusesToRevealBothSharesOfAPeer) {
+  fedtune::testing::TempDir tmp;
+  SecAggSetup sa(tmp);
+  sa.script->SetUnmaskRequest({"site-a", "site-b", "site-c"}, {"site-c", "site-d"});
+  auto agent = FederatedAgent::Create(sa.setup.config, sa.setup.options);
+  ASSERT_TRUE(agent.ok()) << agent.status();
+  const absl::Status status = (*agent)->RunTask(sa.task);
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
+  EXPECT_THAT(status.message(), ::testing::HasSubstr("site-c"));
+  EXPECT_THAT(status.message(), ::testing::HasSubstr("protocol violation"));
+  EXPECT_EQ(sa.setup.coordinator.service().calls("UploadUpdate"), 1);
+  EXPECT_EQ(sa.setup.coordinator.service().calls("SecAggRevealShares"), 0);
+  EXPECT_FALSE(fs::exists(tmp.Join("work/runs/run-1/round-1-1/reveals.txt")));
+}
+
+// A site the coordinator left out of a phase (PERMISSION_DENIED on the inbox) fails the task with
+// FAILED_PRECONDITION: the agent's loop goes on (it stops only on its own refusal of a roster, or a revoked site).
+TEST(FederatedAgentTest, SecureAggregationLeftOutOfAPhaseFailsTheTaskOnly) {
+  fedtune::testing::TempDir tmp;
+  SecAggSetup sa(tmp);
+  sa.script->DenyInbox();
+  auto agent = FederatedAgent::Create(sa.setup.config, sa.setup.options);
+  ASSERT_TRUE(agent.ok()) << agent.status();
+  const absl::Status status = (*agent)->RunTask(sa.task);
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
+  EXPECT_THAT(status.message(), ::testing::HasSubstr("not in U2"));
+  EXPECT_EQ(sa.setup.coordinator.service().calls("UploadUpdate"), 0);
+}
+
+// DP-FedAvg without secure aggregation: the site clips its delta's norm; the coordinator adds the noise.
+TEST(FederatedAgentTest, DpFedAvgClipsTheUploadedDelta) {
+  fedtune::testing::TempDir tmp;
+  AgentSetup setup(tmp);
+  v1::Task task = setup.train;
+  task.mutable_plan()->set_encoding("fp32");
+  task.mutable_plan()->set_dp("dp-fedavg");
+  task.mutable_plan()->set_dp_clip_norm(0.01);
+  task.mutable_plan()->set_dp_noise_multiplier(1.0);
+  auto agent = FederatedAgent::Create(setup.config, setup.options);
+  ASSERT_TRUE(agent.ok()) << agent.status();
+  const absl::Status status = (*agent)->RunTask(task);
+  ASSERT_TRUE(status.ok()) << status;
+  auto global = model::LoadCheckpoint(setup.model_path);
+  ASSERT_TRUE(global.ok());
+  const fl::TensorMap global_tensors = fl::CheckpointTensors(*global);
+  auto bundle = fl::ParseTensorBundle(setup.coordinator.service().accepted_upload("run-1", 1));
+  ASSERT_TRUE(bundle.ok()) << bundle.status();
+  auto delta = fl::DecodeTensors(*bundle, &global_tensors);
+  ASSERT_TRUE(delta.ok()) << delta.status();
+  EXPECT_LE(fl::L2Norm(*delta), 0.01 * (1 + 1e-5));
+  EXPECT_GT(fl::L2Norm(*delta), 0.005);  // One epoch moves the weights far more than 0.01: clipped, not zeroed.
+}
+
+TEST(FederatedAgentTest, SecureAggregationRefusesLossyEncodingsAndFedBn) {
+  fedtune::testing::TempDir tmp;
+  SecAggSetup sa(tmp);
+  auto agent = FederatedAgent::Create(sa.setup.config, sa.setup.options);
+  ASSERT_TRUE(agent.ok()) << agent.status();
+  v1::Task int8 = sa.task;
+  int8.mutable_plan()->set_encoding("int8");
+  const absl::Status lossy = (*agent)->RunTask(int8);
+  EXPECT_EQ(lossy.code(), absl::StatusCode::kInvalidArgument) << lossy;
+  EXPECT_THAT(lossy.message(), ::testing::HasSubstr("fp32"));
+  v1::Task fedbn = sa.task;
+  fedbn.set_attempt(2);
+  fedbn.mutable_plan()->set_personalization(v1::PERSONALIZATION_FEDBN);
+  const absl::Status bn = (*agent)->RunTask(fedbn);
+  EXPECT_EQ(bn.code(), absl::StatusCode::kInvalidArgument) << bn;
+  EXPECT_EQ(sa.setup.coordinator.service().calls("SecAggAdvertiseKeys"), 0);
 }
 
 }  // namespace
