@@ -75,6 +75,7 @@
 #ifndef FEDTUNE_COORDINATOR_ROUND_MANAGER_H_
 #define FEDTUNE_COORDINATOR_ROUND_MANAGER_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -90,6 +91,8 @@
 #include "common/fl/tensor_map.h"
 #include "coordinator/active_run.h"
 #include "coordinator/blob_store.h"
+#include "coordinator/round_transitions.h"
+#include "coordinator/secure_aggregation.h"
 #include "coordinator/run_views.h"
 #include "coordinator/spool_dir.h"
 #include "coordinator/state_store.h"
@@ -211,8 +214,36 @@ class RoundManager {
   absl::StatusOr<v1::UploadResponse> AcceptUpload(const std::string& site_id, const v1::UploadHeader& header,
                                                   const UploadTarget& target, const std::string& received_sha256);
 
-  // Applies deadlines at the clock's now (closing, failing or retrying rounds; ending the evaluation). Called
-  // periodically by the server; errors (e.g. a failed checkpoint write) leave the round open for the next tick.
+  // ---- Privacy (see "Privacy" in the header comment; site_id is the authenticated certificate CN)
+  // The site declines the TRAIN task of (run, round, attempt): its update of that attempt is recorded as "declined"
+  // with the reason and its privacy account, it is no longer offered the task nor waited for, and the round may
+  // close (or fail at once when min_sites can no longer be reached). Idempotent. InvalidArgument for a reason over
+  // kMaxDeclineReasonBytes, a round < 1 or an attempt < 1; NotFound for an unknown run; PermissionDenied when the
+  // site is not selected; OutOfRange for a round beyond the run's rounds; FailedPrecondition once the site's update of
+  // that attempt was accepted, or when the attempt is not the open one.
+  absl::Status DeclineTask(const std::string& site_id, const v1::DeclineRequest& request);
+  static constexpr size_t kMaxDeclineReasonBytes = 1024;
+
+  // Secure aggregation: the open attempt's SecAggSession (secure_aggregation.h) behind the SecAgg* RPCs. Each call
+  // names (run, round, attempt): NotFound for an unknown run; PermissionDenied when the site is not selected (or,
+  // from the session, not in the phase's set); FailedPrecondition when the run has no secure aggregation, the
+  // attempt is not the open one, the site declined it, or the session is in another phase; InvalidArgument naming
+  // the field from the session. The Get* calls answer at once (ready = false before the phase ended): the server
+  // long-polls them (site_service.h), woken by the task listener whenever the session's phase changes.
+  // `certificate_pem`: the certificate the site authenticated with on this call (its keys' signature is checked
+  // against it and relayed to the peers with the roster).
+  absl::Status SecAggAdvertiseKeys(const std::string& site_id, const std::string& certificate_pem,
+                                   const v1::SecAggKeys& keys);
+  absl::StatusOr<v1::SecAggRoster> SecAggGetRoster(const std::string& site_id, const v1::SecAggPhaseRequest& request);
+  absl::Status SecAggShareKeys(const std::string& site_id, const v1::SecAggShareUpload& upload);
+  absl::StatusOr<v1::SecAggInbox> SecAggGetInbox(const std::string& site_id, const v1::SecAggPhaseRequest& request);
+  absl::StatusOr<v1::SecAggUnmaskRequest> SecAggGetUnmaskRequest(const std::string& site_id,
+                                                                 const v1::SecAggPhaseRequest& request);
+  absl::Status SecAggRevealShares(const std::string& site_id, const v1::SecAggReveal& reveal);
+
+  // Applies deadlines at the clock's now (closing, failing or retrying rounds; ending the evaluation; the secure
+  // aggregation session's phase deadlines). Called periodically by the server; errors (e.g. a failed checkpoint
+  // write) leave the round open for the next tick.
   absl::Status Tick();
 
   // Wakes and ends every WaitForTask; later waits return at once.
@@ -236,6 +267,7 @@ class RoundManager {
   // InvalidArgument below `min`, OutOfRange beyond the run's rounds, naming the field.
   static absl::Status CheckRound(int round, int min, const RunRecord& run);
   int64_t NowMs() const;
+  absl::Time Now() const;
   // <state_dir>/spill: the aggregators' spill files.
   std::string SpillDir() const;
   RunViewOptions ViewOptions() const;
@@ -284,7 +316,35 @@ class RoundManager {
   absl::Status MaybeCloseLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status CloseRoundLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status CloseRoundOnceLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status FailAttemptLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Fails the open attempt; `why` (when not empty) is the round's message instead of "deadline passed ...".
+  absl::Status FailAttemptLocked(const std::string& why = "") ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The open attempt's eligible sites (EligibleSitesLocked) that did not decline it.
+  absl::StatusOr<std::set<std::string>> ExpectedSitesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // ---- Secure aggregation (secagg_round.cc)
+  // The attempt just opened gets its session (runs with secure_aggregation); when it cannot start, the reason is
+  // kept in ActiveRun::secagg_error and the next Tick fails the attempt.
+  void StartSecAggLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The session of the open attempt named by a SecAgg* call (errors: see the public SecAgg* methods).
+  absl::StatusOr<SecAggSession*> SecAggSessionLocked(const std::string& site_id, const std::string& run_id, int round,
+                                                     int attempt) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // After a call or a tick moved the session: tells waiting sites of a new phase, closes the round when the session
+  // is done, fails the attempt when it failed. Errors of the close (the round stays open for the next tick).
+  absl::Status SecAggProgressLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The round's mean delta from the session's result (FedAvg: sum * max_num_samples / total_samples; DP-FedAvg:
+  // sum / |U3|), validated (finite; max_update_norm on the mean when set). InvalidArgument when refused.
+  absl::StatusOr<SecAggStep> SecAggStepLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The masked vector of a secure-aggregation upload (complete spool file), read without mu_ (under decode_mu_):
+  // InvalidArgument when it is not a masked bundle of `length` entries.
+  absl::StatusOr<std::vector<uint32_t>> ReadMaskedUpload(const UploadTarget& target, int64_t length,
+                                                         const std::string& what) ABSL_LOCKS_EXCLUDED(mu_);
+  // Adds a read masked vector to the open attempt's session and records the update as accepted.
+  absl::StatusOr<v1::UploadResponse> AcceptMaskedLocked(const std::string& site_id, const v1::UploadHeader& header,
+                                                        const UploadTarget& target, const SecAggSession* session,
+                                                        const std::vector<uint32_t>& masked, const std::string& what)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The phase of the open attempt's session for the round's message in status views ("" without one).
+  std::string SecAggStatusLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status FinishEvaluationLocked(const std::string& message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // ---- Cross-site evaluation (shared_model_intake.cc, cross_evaluation_stage.cc)
