@@ -57,11 +57,25 @@ absl::Status CheckContext(std::string_view context) {
 absl::StatusOr<KeyPair> KeyPair::Generate() {
   PkeyPtr pkey(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", kCurve));
   if (pkey == nullptr) return OpensslError("P-256 key generation failed");
+  return FromPkey(std::move(pkey));
+}
+
+absl::StatusOr<KeyPair> KeyPair::FromPkey(PkeyPtr pkey) {
+  if (pkey == nullptr) return absl::InvalidArgumentError("secagg: no key");
+  char group[64] = {0};
+  size_t group_len = 0;
+  if (EVP_PKEY_get_base_id(pkey.get()) != EVP_PKEY_EC ||
+      EVP_PKEY_get_utf8_string_param(pkey.get(), OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof(group), &group_len) != 1 ||
+      (std::string_view(group, group_len) != "P-256" && std::string_view(group, group_len) != "prime256v1")) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError("secagg: the key is not an EC P-256 key");
+  }
   std::vector<uint8_t> pub(kPublicKeyBytes);
   size_t len = 0;
   if (EVP_PKEY_get_octet_string_param(pkey.get(), OSSL_PKEY_PARAM_PUB_KEY, pub.data(), pub.size(), &len) != 1 ||
       len != kPublicKeyBytes || pub[0] != 0x04) {
-    return OpensslError("exporting the P-256 public key failed");
+    ERR_clear_error();
+    return absl::InvalidArgumentError("secagg: the P-256 key has no exportable uncompressed public point");
   }
   return KeyPair(std::move(pkey), std::move(pub));
 }

@@ -41,6 +41,9 @@ class KeyPair {
  public:
   // A fresh key pair. OpenSSL failure: Internal.
   static absl::StatusOr<KeyPair> Generate();
+  // The key pair holding `pkey`, a P-256 key with its private part (e.g. rebuilt from a private scalar by
+  // session.h's KeyPairFromPrivateScalar); takes ownership. Null, not P-256, or no public point: InvalidArgument.
+  static absl::StatusOr<KeyPair> FromPkey(PkeyPtr pkey);
   // The uncompressed public point (kPublicKeyBytes bytes).
   const std::vector<uint8_t>& public_key() const { return public_key_; }
   EVP_PKEY* pkey() const { return pkey_.get(); }

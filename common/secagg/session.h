@@ -49,44 +49,63 @@ struct SessionId {
 
 // ---- Keys (phase 1)
 // Signs a site's advertised keys (c, s, num_samples) for `session` and `site_id` with its certificate's private key:
-// fills keys->signature. The signed bytes bind run, round, attempt, site id, both public keys and num_samples.
-// Errors of SignPublicKey.
+// fills keys->signature (keys->run_id/round/attempt are not read: the session is what is signed). The signed bytes
+// bind run, round, attempt, site id, both public keys and num_samples (KeysSignedContext). Errors of SignPublicKey
+// (InvalidArgument for a null key or a run/site id so long that the context exceeds kMaxContextBytes).
 absl::Status SignKeys(EVP_PKEY* site_key, const SessionId& session, std::string_view site_id, v1::SecAggKeys* keys);
 // Checks a roster entry: both public keys are valid P-256 points and the signature verifies under `certificate_key`
 // (the peer certificate's public key; the caller checks the certificate itself against the CA and its CN against
-// peer.site_id()). Bad key: InvalidArgument naming the peer; bad signature: PermissionDenied naming the peer.
+// peer.site_id()). Bad key, or the same key for c and s: InvalidArgument naming the peer; bad signature (substituted
+// key, other session, other site, other num_samples): PermissionDenied naming the peer.
 absl::Status VerifyPeerKeys(EVP_PKEY* certificate_key, const SessionId& session, const v1::SecAggPeer& peer);
 
-// ---- Mask key as a secret: the 32-byte P-256 private scalar, shared as two 16-byte halves.
+// The context string that SignKeys signs (with c || s as the signed "public key"), for tests and messages.
+std::string KeysSignedContext(const SessionId& session, std::string_view site_id, int64_t num_samples);
+
+// ---- Mask key as a secret: the 32-byte P-256 private scalar (big-endian), shared as two 16-byte halves:
+// half 0 ("low" in this file) = bytes [0, 16), half 1 ("high") = bytes [16, 32) of the big-endian encoding.
 using PrivateScalar = std::array<uint8_t, 32>;
+// The key's private scalar. A key without a private part: InvalidArgument.
 absl::StatusOr<PrivateScalar> ExportPrivateScalar(const KeyPair& key);
 // The key pair of a scalar. 0 or >= the group order: InvalidArgument.
 absl::StatusOr<KeyPair> KeyPairFromPrivateScalar(const PrivateScalar& scalar);
 
 // ---- Shares (phase 2): what site u sends peer v, encrypted.
 struct SharePayload {
-  int32_t x = 0;                      // v's index (the shares' x)
-  int32_t from = 0;                   // u's index
-  Share self_mask;                    // of u's self-mask seed b_u
-  std::array<Share, 2> mask_key;      // of u's mask private scalar, low and high half
+  int32_t x = 0;                  // v's index (the shares' x)
+  int32_t from = 0;               // u's index
+  Share self_mask;                // of u's self-mask seed b_u
+  std::array<Share, 2> mask_key;  // of u's mask private scalar, low and high half
 };
+// Wire form (kSharePayloadBytes): version byte 1, x and from (int32 LE), then the 9 values (uint64 LE) of
+// self_mask.y, mask_key[0].y, mask_key[1].y. The shares' own x fields are not written (they are payload.x).
+inline constexpr size_t kSharePayloadBytes = 1 + 4 + 4 + 9 * 8;
 std::string SerializeSharePayload(const SharePayload& payload);
-// InvalidArgument for a wrong length, inconsistent x, or a value >= kShamirPrime.
+// InvalidArgument for a wrong length or version, x or from outside [1, kMaxSecAggSites], or a value >=
+// kShamirPrime. Every share of the result has x = payload.x.
 absl::StatusOr<SharePayload> ParseSharePayload(std::string_view bytes);
 
+// The encrypted form's size (12-byte nonce + payload + 16-byte tag), and the most the coordinator accepts per
+// ciphertext (slack for a later payload version).
+inline constexpr size_t kEncryptedSharesBytes = 12 + kSharePayloadBytes + 16;
+inline constexpr size_t kMaxEncryptedSharesBytes = 4096;
+
 // AES-128-GCM under DerivePairwiseSeed(own cipher key, peer's cipher public key, share context of (session, from,
-// to)); the output is nonce (12) || ciphertext || tag (16). Decrypt: a tag that does not verify (tampered, another
-// session or pair) is PermissionDenied; a malformed ciphertext InvalidArgument.
-absl::StatusOr<std::string> EncryptShares(const KeyPair& own_cipher_key, absl::Span<const uint8_t> peer_cipher_public_key,
-                                          const SessionId& session, int from_index, int to_index,
-                                          const SharePayload& payload);
+// to)); the output is nonce (12, random) || ciphertext || tag (16), with the share context as AAD. The share context
+// ("fedtune-secagg-shares-v1|...") differs from every mask context, so the key is unrelated to any mask seed.
+// Indices outside [1, kMaxSecAggSites] or equal: InvalidArgument. Decrypt: a tag that does not verify (tampered,
+// another session or pair, wrong keys) is PermissionDenied; a ciphertext too short or too long, or a payload that
+// does not parse or names other indices than (to_index, from_index): InvalidArgument.
+absl::StatusOr<std::string> EncryptShares(const KeyPair& own_cipher_key,
+                                          absl::Span<const uint8_t> peer_cipher_public_key, const SessionId& session,
+                                          int from_index, int to_index, const SharePayload& payload);
 absl::StatusOr<SharePayload> DecryptShares(const KeyPair& own_cipher_key,
-                                           absl::Span<const uint8_t> peer_cipher_public_key,
-                                           const SessionId& session, int from_index, int to_index,
-                                           std::string_view ciphertext);
+                                           absl::Span<const uint8_t> peer_cipher_public_key, const SessionId& session,
+                                           int from_index, int to_index, std::string_view ciphertext);
 
 // Everything site u makes in phase 2: its self seed and, for every index of the roster (itself included), the
-// payload for that index (Shamir over the roster's n indices with `threshold`).
+// payload for that index (Shamir over the roster's n indices with `threshold`). Bounds: 2 <= n <= kMaxSecAggSites,
+// 2 <= threshold <= n, 1 <= own_index <= n (else InvalidArgument); a key without a private part InvalidArgument.
 struct SiteSecrets {
   Seed self_seed = {};
   std::map<int, SharePayload> payloads;  // by receiver index
@@ -94,7 +113,8 @@ struct SiteSecrets {
 absl::StatusOr<SiteSecrets> MakeSiteSecrets(int own_index, const KeyPair& mask_key, int threshold, int n);
 
 // ---- Masking (phase 3): y_u for the peers of U2 (index -> mask public key; u itself may be in the map and is
-// skipped). Pairwise seeds from DerivePairwiseSeed(mask key, peer mask key, mask context of (session, pair)).
+// skipped). Pairwise seeds from DerivePairwiseSeed(mask key, peer mask key, mask context of (session, pair)). A bad
+// peer key or index: InvalidArgument naming the index; errors of MaskInput.
 absl::StatusOr<std::vector<uint32_t>> MaskForPeers(int own_index, absl::Span<const uint32_t> encoded,
                                                    const Seed& self_seed, const KeyPair& mask_key,
                                                    const std::map<int, std::vector<uint8_t>>& peer_mask_keys,
@@ -105,15 +125,26 @@ absl::StatusOr<std::vector<uint32_t>> MaskForPeers(int own_index, absl::Span<con
 // seed revealed; `key_shares`: per dropped index, the revealed shares of its mask scalar (low, high). At least
 // `threshold` shares per secret, else FailedPrecondition naming the index; shares that do not reconstruct
 // (DataLoss) or a reconstructed scalar whose public key is not the advertised one: DataLoss naming the index.
+// An index of `survivors`/`dropped` without a mask key, in both lists or repeated, threshold < 1, or malformed
+// shares (duplicate x, value >= p): InvalidArgument naming the index.
 struct RevealedShares {
-  std::map<int, std::vector<Share>> self_shares;                  // survivor index -> shares of b
-  std::map<int, std::vector<std::array<Share, 2>>> key_shares;    // dropped index -> shares of s (low, high)
+  std::map<int, std::vector<Share>> self_shares;                // survivor index -> shares of b
+  std::map<int, std::vector<std::array<Share, 2>>> key_shares;  // dropped index -> shares of s (low, high)
 };
 absl::StatusOr<std::vector<uint32_t>> RecoverSum(absl::Span<const uint32_t> masked_sum,
                                                  const std::map<int, std::vector<uint8_t>>& mask_keys,
                                                  const std::vector<int>& survivors, const std::vector<int>& dropped,
                                                  const RevealedShares& revealed, int threshold,
                                                  const SessionId& session);
+
+// ---- Revealed shares on the wire (SecAggRevealedShare, phase 4). `owner_site_id`: whose secret the share is.
+// Self-mask share: y = share.y (3 values); mask-key share: y = low.y then high.y (6 values); x = the share's x.
+v1::SecAggRevealedShare SelfMaskReveal(const std::string& owner_site_id, const Share& share);
+v1::SecAggRevealedShare MaskKeyReveal(const std::string& owner_site_id, const std::array<Share, 2>& shares);
+// The shares of a revealed entry: wrong number of values, a value >= kShamirPrime, or x outside
+// [1, kMaxSecAggSites]: InvalidArgument naming the owner.
+absl::StatusOr<Share> ParseSelfMaskReveal(const v1::SecAggRevealedShare& revealed);
+absl::StatusOr<std::array<Share, 2>> ParseMaskKeyReveal(const v1::SecAggRevealedShare& revealed);
 
 // ---- Layout and the masked bundle
 struct LayoutEntry {
@@ -128,15 +159,19 @@ struct Layout {
 };
 // The floating tensors of `reference`, sorted by name. Empty, or longer than kMaxPrgLength: InvalidArgument.
 absl::StatusOr<Layout> MakeLayout(const fl::TensorMap& reference);
-// `scale` * delta flattened by `layout` (float). A tensor missing, of another shape, or not finite: InvalidArgument
-// naming it. Tensors of `delta` outside the layout are ignored.
+// `scale` * delta flattened by `layout` (float). A tensor missing, not floating, of another shape, or with a
+// non-finite (scaled) value: InvalidArgument naming it; scale not finite: InvalidArgument. Tensors of `delta` outside
+// the layout are ignored.
 absl::StatusOr<std::vector<float>> Flatten(const fl::TensorMap& delta, const Layout& layout, double scale);
-// Float32 CPU tensors of the layout from `values` (length == layout.length, else InvalidArgument).
+// Float32 CPU tensors of the layout from `values` (length == layout.length, else InvalidArgument; a non-finite
+// value InvalidArgument naming its tensor).
 absl::StatusOr<fl::TensorMap> Unflatten(absl::Span<const double> values, const Layout& layout);
 
+// The upload of a masked vector (the form ReadMaskedBundle reads; data little-endian).
 v1::TensorBundle MaskedBundle(absl::Span<const uint32_t> masked);
 // The masked vector of an upload: exactly one tensor named kMaskedTensorName, dtype INT32, encoding MASKED_UINT32,
-// shape [expected_length], data of 4 * expected_length bytes. Anything else: InvalidArgument naming what differs.
+// shape [expected_length], data of 4 * expected_length bytes. Anything else, or expected_length outside
+// [1, kMaxPrgLength]: InvalidArgument naming what differs.
 absl::StatusOr<std::vector<uint32_t>> ReadMaskedBundle(const v1::TensorBundle& bundle, int64_t expected_length);
 
 }  // namespace fedtune::secagg
