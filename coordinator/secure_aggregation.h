@@ -13,12 +13,23 @@
 // ends at the round's deadline instead):
 //   kKeys    -> kShares  when every expected site advertised, or at its deadline with >= min_participants (U1)
 //   kShares  -> kMasked  when every site of U1 sent its shares, or at its deadline with >= min_participants (U2)
-//   kMasked  -> kUnmask  when every site of U2 uploaded its masked vector, or at the round deadline with >= threshold
+//   kMasked  -> kUnmask  when every site of U2 uploaded its masked vector, or at the round deadline with
+//                        >= max(threshold, min_participants) (U3)
 //   kUnmask  -> kDone    when every site of U3 revealed, or at its deadline with >= threshold reveals, and the sum is
-//                        recovered (Result())
-//   any      -> kFailed  when a set falls below its minimum at a deadline, or recovery fails (failure() says why).
-// A site declining the round (RoundManager's DeclineTask) is removed from the expected sites while the session is in
-// kKeys; later it counts as dropped.
+//                        recovered (TakeResult())
+//   any      -> kFailed  when a set falls below its minimum at a deadline (or can no longer reach it after
+//                        declines), or recovery fails (failure() says why).
+// A site declining the round (RoundManager's DeclineTask; Decline()) is removed from the expected sites while the
+// session is in kKeys; later it counts as dropped: the current phase stops waiting for it.
+//
+// Roster: the sites of U1 get indices 1..n in sorted site-id order. The threshold is resolved when kKeys ends:
+// configured_threshold (or threshold) when > 0, else floor(|U1|/2)+1. Every call that takes `now` first handles the
+// deadlines passed by then (as Tick(now) would).
+//
+// Reveals: a site of U3 sends, with x = its own index, a self-mask share (session.h SelfMaskReveal) for survivors of
+// U3 (its own one optional but recommended) and a mask-key share (MaskKeyReveal) for every dropped site; a subset
+// is accepted (a peer whose shares it could not decrypt), a share of the wrong kind, for a site outside the asked
+// sets, repeated, or with another x is InvalidArgument naming the site.
 //
 // Bounds: 2..kMaxSecAggSites expected sites; threshold in [2, number of expected sites]; vector_length in
 // [1, kMaxPrgLength]; per-call checks name the field and site (InvalidArgument), calls out of phase are
@@ -46,13 +57,16 @@ namespace fedtune::coordinator {
 struct SecAggSessionOptions {
   secagg::SessionId session;
   std::set<std::string> expected_sites;  // The attempt's selected, approved, not declined sites.
-  int threshold = 0;          // t: RunConfig.secagg_threshold, or floor(n/2)+1 of U1 when 0 (resolved at kShares).
-  int configured_threshold = 0;  // The run's secagg_threshold as configured (0: floor(|U1|/2)+1).
-  int min_participants = 2;      // max(t, min_sites) floor for U1 and U2.
-  double range = 1.0;            // RunConfig.secagg_range.
-  int64_t vector_length = 0;     // secagg::MakeLayout(global).length.
+  // t as configured: configured_threshold when > 0, else threshold when > 0, else floor(|U1|/2)+1 (resolved when
+  // kKeys ends). A configured t outside [2, |expected_sites|]: InvalidArgument. Set either one (both mean
+  // RunConfig.secagg_threshold; configured_threshold wins).
+  int threshold = 0;
+  int configured_threshold = 0;
+  int min_participants = 2;   // The run's min_sites: U1, U2 and U3 need >= max(t, min_participants, 2) sites.
+  double range = 1.0;         // RunConfig.secagg_range.
+  int64_t vector_length = 0;  // secagg::MakeLayout(global).length.
   absl::Duration phase_timeout = absl::Seconds(120);
-  absl::Time round_deadline;     // The masked-input phase ends here.
+  absl::Time round_deadline;  // The masked-input phase ends here.
 };
 
 class SecAggSession {
@@ -66,18 +80,23 @@ class SecAggSession {
   // Why the session failed (kFailed), for the round's message.
   const std::string& failure() const;
 
-  // Phase 1. `certificate_pem`: the certificate the site authenticated with on this call. The signature is checked
-  // against it (PermissionDenied). Idempotent for the same keys; other keys again: AlreadyExists.
+  // Phase 1. `certificate_pem`: the certificate the site authenticated with on this call (at most 16 KiB; its CN must
+  // be site_id, else PermissionDenied; unparsable InvalidArgument). The signature is checked against its key
+  // (PermissionDenied); keys run/round/attempt other than the session's: FailedPrecondition; num_samples outside
+  // [1, 2^40]: InvalidArgument. Idempotent for the same keys (also after the phase ended, for a site of U1); other
+  // keys again: AlreadyExists.
   absl::Status AdvertiseKeys(const std::string& site_id, const std::string& certificate_pem, const v1::SecAggKeys& keys,
                              absl::Time now);
   // The roster (ready once phase 1 ended, for sites of U1; ready = false before).
   absl::StatusOr<v1::SecAggRoster> Roster(const std::string& site_id) const;
-  // Phase 2: one ciphertext for each other site of U1 (each exactly once; bounded size).
+  // Phase 2: one ciphertext for each other site of U1 (each exactly once; at most kMaxEncryptedSharesBytes;
+  // InvalidArgument naming the receiver). Idempotent for the same upload; another one again: AlreadyExists.
   absl::Status ShareKeys(const std::string& site_id, const v1::SecAggShareUpload& upload, absl::Time now);
   // The shares addressed to the site from the other sites of U2 (ready once phase 2 ended).
   absl::StatusOr<v1::SecAggInbox> Inbox(const std::string& site_id) const;
-  // Phase 3: the site's masked vector (secagg::ReadMaskedBundle'd by the caller) and its num_samples; added to the
-  // running sum mod 2^32 at once (the vector is not kept). A second one from the same site: AlreadyExists.
+  // Phase 3: the site's masked vector (secagg::ReadMaskedBundle'd by the caller) and its num_samples (must be the
+  // advertised one, else InvalidArgument; a length other than vector_length InvalidArgument); added to the running
+  // sum mod 2^32 at once (the vector is not kept). A second one from the same site: AlreadyExists.
   absl::Status AddMaskedInput(const std::string& site_id, const std::vector<uint32_t>& masked, int64_t num_samples,
                               absl::Time now);
   bool HasMaskedInput(const std::string& site_id) const;
@@ -87,13 +106,19 @@ class SecAggSession {
   // dropped: mask key), with the site's own index as x. When enough have come, the sum is recovered.
   absl::Status Reveal(const std::string& site_id, const v1::SecAggReveal& reveal, absl::Time now);
 
+  // A site declines the round (RoundManager's DeclineTask): in kKeys it leaves the expected sites (and its keys, if
+  // it advertised, are forgotten), and the phase ends at once if every remaining site advertised; later it counts as
+  // dropped (the phase stops waiting for it). Unknown sites and terminal phases: no effect. If the expected sites can
+  // no longer reach the minimum, the session fails.
+  void Decline(const std::string& site_id, absl::Time now);
+
   // Deadlines.
   void Tick(absl::Time now);
   // The time of the next deadline (for the caller's timer), or InfiniteFuture when done/failed.
   absl::Time NextDeadline() const;
 
   // kDone: the decoded sum of U3's pre-scaled inputs (secagg::FixedPointCodec(range, |U1|).DecodeSum), the sum of their
-  // num_samples, and U3. FailedPrecondition before.
+  // num_samples, and U3. FailedPrecondition before, and after the result was taken once.
   struct Result {
     std::vector<double> sum;
     int64_t total_samples = 0;
@@ -104,9 +129,15 @@ class SecAggSession {
   absl::StatusOr<Result> TakeResult();
 
   // The sets, for status and tests.
-  std::set<std::string> keys_sites() const;     // U1
-  std::set<std::string> share_sites() const;    // U2
-  std::set<std::string> masked_sites() const;   // U3 so far
+  std::set<std::string> keys_sites() const;      // U1 (so far, in kKeys)
+  std::set<std::string> share_sites() const;     // U2 (so far, in kShares)
+  std::set<std::string> masked_sites() const;    // U3 so far
+  std::set<std::string> revealed_sites() const;  // the sites of U3 that revealed so far
+  // The resolved threshold (0 while in kKeys).
+  int resolved_threshold() const;
+  // One line for the round's status message, e.g. "secure aggregation: shares 3/4" or "secure aggregation failed:
+  // ...".
+  std::string Describe() const;
 
  private:
   SecAggSession() = default;
