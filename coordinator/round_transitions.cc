@@ -143,10 +143,13 @@ absl::StatusOr<AggregatedRound> AggregateRound(ActiveRun& a, BlobStore* blobs, c
                                a.run.config.dp_noise_multiplier(), ": noise std ", stddev, " on the mean)");
   }
   ASSIGN_OR_RETURN(fl::TensorMap next_global, AdamStep(a, std::move(step), state_dir, &out.fedadam_state_path));
-  out.summary = absl::StrCat(updates, " update(s), ", a.aggregator->total_samples(), " samples: ", description);
+  // Under DP-FedAvg the aggregator's weights are 1 per update, not samples.
+  const std::string weights = a.run.config.dp() == kDpFedAvg
+                                  ? std::string("uniform weights")
+                                  : absl::StrCat(a.aggregator->total_samples(), " samples");
+  out.summary = absl::StrCat(updates, " update(s), ", weights, ": ", description);
   return SaveNextGlobal(a, std::move(next_global), std::move(out),
-                        absl::StrCat(description, ", ", updates, " sites, ", a.aggregator->total_samples(), " samples"),
-                        blobs, now_ms);
+                        absl::StrCat(description, ", ", updates, " sites, ", weights), blobs, now_ms);
 }
 
 absl::StatusOr<AggregatedRound> AggregateSecAggRound(ActiveRun& a, SecAggStep step, BlobStore* blobs,

@@ -94,8 +94,12 @@ absl::Status RoundManager::DeclineTask(const std::string& site_id, const v1::Dec
   SupersedeLocked(site_id, "");  // Its partial uploads of the attempt are of no use any more.
   LOG(INFO) << "site " << site_id << " " << u.message << " for " << what;
   SignalTasksLocked();
+  // Secure aggregation: the session stops waiting for it (in kKeys it leaves the expected sites; later it counts as
+  // dropped).
+  if (a.secagg) a.secagg->Decline(site_id, Now());
   // The round may close without it, or fail now when too few sites are left (MaybeCloseLocked).
   absl::Status closed = MaybeCloseLocked();
+  if (closed.ok()) closed = SecAggProgressLocked();
   if (!closed.ok()) LOG(ERROR) << "closing " << what << " after site " << site_id << " declined: " << closed;
   return absl::OkStatus();
 }
