@@ -56,9 +56,7 @@ bool ActiveRun::AllAccepted(const std::set<std::string>& sites) const {
   return std::all_of(sites.begin(), sites.end(), [this](const std::string& s) { return accepted.count(s) > 0; });
 }
 
-bool ActiveRun::central_dp_fedavg() const {
-  return run.config.dp() == kDpFedAvg && !run.config.secure_aggregation();
-}
+bool ActiveRun::central_dp_fedavg() const { return run.config.dp() == kDpFedAvg && !run.config.secure_aggregation(); }
 
 int64_t ActiveRun::AggregationWeight(int64_t num_samples) const {
   return run.config.dp() == kDpFedAvg ? 1 : num_samples;

@@ -58,7 +58,7 @@ struct ActiveRun {
   std::string secagg_error;
   SecAggSession::Phase secagg_phase = SecAggSession::Phase::kKeys;
   std::optional<SecAggSession::Result> secagg_result;
-  std::set<std::string> finals;                 // Sites that sent their final MetricsReport (evaluating).
+  std::set<std::string> finals;  // Sites that sent their final MetricsReport (evaluating).
   // Cross-site evaluation (round_manager.h): the run is in its cross-evaluation stage (evaluating), until
   // cross_deadline_ms; the sites that sent their "cross_site" report; the adapted models shared, by site.
   bool cross_stage = false;
@@ -90,9 +90,10 @@ struct ActiveRun {
   // A fresh, empty aggregator for the run's config (the old one and its spill file go); accepted and partials stay.
   absl::Status ResetAggregator();
   // Adds the delta in the spool file `path` (validated before) to the aggregator, decoding it against the global
-  // model tensor by tensor (memory for one tensor), with weight AggregationWeight(num_samples). `norm`: its L2 norm from validation, or negative when unknown
-  // (the aggregator computes it when it clips). `what` names the update in messages. Errors: the decoder's and
-  // the aggregator's (fl::Aggregator::AddFrom: on error the aggregator is as before, or damaged()).
+  // model tensor by tensor (memory for one tensor), with weight AggregationWeight(num_samples). `norm`: its L2 norm
+  // from validation, or negative when unknown (the aggregator computes it when it clips). `what` names the update in
+  // messages. Errors: the decoder's and the aggregator's (fl::Aggregator::AddFrom: on error the aggregator is as
+  // before, or damaged()).
   absl::Status AddUpdateFile(const std::string& path, int64_t num_samples, double norm, const std::string& what);
   // Replaces the global model (after a round closed); `global` becomes its tensors minus kept_local.
   void SetGlobal(model::Checkpoint checkpoint);

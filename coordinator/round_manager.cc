@@ -15,8 +15,8 @@
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "coordinator/coordinator_config.h"
-#include "coordinator/run_config_privacy.h"
 #include "coordinator/round_transitions.h"
+#include "coordinator/run_config_privacy.h"
 #include "coordinator/run_views.h"
 
 namespace fedtune::coordinator {

@@ -7,7 +7,8 @@
 //   gets a TRAIN task. An upload is accepted (AcceptUpload) after its SHA-256, decoding against the round's global
 //   model and ValidateUpdate; it is added to the attempt's aggregator at once (FedAvg/FedAdam: O(model) memory) and
 //   recorded in one transaction.
-//   The round closes when every selected, non-revoked site has an accepted update (and at least min_sites did), or
+//   The round closes when every selected, non-revoked, non-declined site has an accepted update (and at least
+//   min_sites did; secure aggregation: when its session is done, see "Privacy"), or
 //   at the deadline with >= min_sites accepted updates: aggregator result (+ the FedAdam step), global = ApplyDelta,
 //   the checkpoint is saved into the blob store and, in ONE transaction, the model version is recorded, the round
 //   closed and the next round opened (or the run moved to "evaluating" / "completed"). With fewer than min_sites at
@@ -16,6 +17,35 @@
 //   it sends its MetricsReport of kind "final"; the run completes when all have, or at the evaluation deadline
 //   (now + round_deadline_seconds when evaluation began, plus round_deadline_seconds per local_epochs of the
 //   local-only baseline's training when the run has one). AbortRun marks the run and its open round "aborted".
+//
+// Privacy (RunConfig fields 25-31; run_config_privacy.h checks them; secagg_round.cc):
+//   Declined rounds. A site may decline the TRAIN task of the open attempt (DeclineTask, e.g. its privacy budget):
+//   an update row with status "declined" (UPLOAD_STATUS_DECLINED, no payload, message = the reason and the site's
+//   privacy account) is recorded, the site gets no task and no upload is taken from it in that attempt, and the round
+//   closes when every selected, non-revoked, non-declined site has an accepted update (and at least min_sites did).
+//   When declines leave fewer than min_sites such sites the attempt fails AT ONCE (message "N site(s) declined
+//   [...]: M site(s) left, min_sites is K"), not at the deadline; the next attempt offers the task to every site
+//   again. Declines are rows of the database: a restart keeps them.
+//   Secure aggregation (secure_aggregation: true). Every attempt that opens gets a SecAggSession
+//   (secure_aggregation.h: expected = the selected, non-revoked sites; vector length = secagg::MakeLayout(global)
+//   .length; threshold secagg_threshold; min_sites; range secagg_range; phase timeout secagg_phase_seconds; the
+//   masked-input phase ends at the attempt's deadline). The SecAgg* calls drive it; Tick drives its phase deadlines
+//   (and fails an attempt still unfinished at deadline + 3 x secagg_phase_seconds). An upload of such an attempt must
+//   be a masked bundle (secagg::ReadMaskedBundle) from a site of U2, else it is refused (InvalidArgument); it goes into
+//   the session, never to the aggregator, and its spool file (the masked vector only) stays until the round ends.
+//   The attempt does not close through accepted updates or the round deadline but when the session is done: the
+//   mean delta is the recovered sum x max_num_samples / total_samples (FedAvg; the sites pre-scaled by num_samples /
+//   max_num_samples) or / |U3| (dp-fedavg), checked (finite; max_update_norm on the mean), FedAdam's step when
+//   configured, ApplyDelta (integer tensors keep their values), and the round closes through the usual close. A
+//   failed session fails the attempt with the session's failure as the round's message; the next attempt starts a
+//   new session. GetRunStatus shows the open attempt's session (SecAggSession::Describe) as its round's message.
+//   DP-FedAvg (dp: "dp-fedavg"). Without secure aggregation the aggregator clips every delta to dp_clip_norm
+//   (AggregatorOptions::clip_norm; the smaller of clip_norm and dp_clip_norm when both are set), weights are uniform
+//   (num_samples taken as 1), and the mean gets Gaussian noise of standard deviation dp_noise_multiplier x
+//   dp_clip_norm / n per value (n updates: sigma x C on the sum), from a generator seeded by RAND_bytes
+//   (round_transitions.h AddGaussianNoise), before FedAdam. With secure aggregation the sites clip and add the noise;
+//   the coordinator only divides the sum by |U3|. dp-sgd is the sites' business (TrainingPlan).
+//   TRAIN tasks carry secure_aggregation, secagg_range, dp, dp_noise_multiplier and dp_clip_norm in their plan.
 //
 // Cross-site evaluation (RunConfig.cross_site_evaluation; shared_model_intake.cc, cross_evaluation_stage.cc): while
 // the run is "evaluating", a consenting site uploads its adapted model (UploadHeader.kind UPLOAD_KIND_ADAPTED_MODEL,
@@ -52,7 +82,10 @@
 //   fedadam/<run>-round-<r>.bundle  FedAdam's m/v after round r (a TensorBundle, fp32), written before the
 //       transaction that closes round r names it in runs.fedadam_state_path.
 //
-// Recovery (Create): the active run (running/evaluating) is reloaded from the database: the open round's global
+// Recovery (Create): an open attempt of a secure-aggregation run cannot be resumed (the session's keys, shares and
+// running sum were in memory only): it fails with the message "coordinator restarted during secure aggregation" and
+// the next attempt opens (or, past max_round_attempts, the run fails). Otherwise:
+// the active run (running/evaluating) is reloaded from the database: the open round's global
 // model from its blob, FedAdam's state from fedadam_state_path, and the aggregator rebuilt by decoding and adding
 // the spool file of every update accepted in the open attempt (DataLoss if one is missing: an accepted update
 // must never be silently dropped). Deadlines continue from their stored times. A crash between writing a
@@ -92,8 +125,8 @@
 #include "coordinator/active_run.h"
 #include "coordinator/blob_store.h"
 #include "coordinator/round_transitions.h"
-#include "coordinator/secure_aggregation.h"
 #include "coordinator/run_views.h"
+#include "coordinator/secure_aggregation.h"
 #include "coordinator/spool_dir.h"
 #include "coordinator/state_store.h"
 #include "fedtune/v1/federation.pb.h"

@@ -69,8 +69,8 @@ absl::StatusOr<AggregatedRound> SaveNextGlobal(ActiveRun& a, fl::TensorMap next_
   tensors.clear();  // The checkpoint shares its tensors.
   model::Provenance& provenance = out.checkpoint.metadata.provenance;
   provenance.parent_digest = a.global_checkpoint.weights_sha256;
-  provenance.source = absl::StrCat("fedtune federation run ", a.run.run_id, " round ", a.round.round, " (",
-                                   description, ")");
+  provenance.source =
+      absl::StrCat("fedtune federation run ", a.run.run_id, " round ", a.round.round, " (", description, ")");
   provenance.epochs = a.run.config.local_epochs();
   provenance.created_at = Iso8601(absl::FromUnixMillis(now_ms));
   const std::string temp = blobs->TempPath();
@@ -144,9 +144,8 @@ absl::StatusOr<AggregatedRound> AggregateRound(ActiveRun& a, BlobStore* blobs, c
   }
   ASSIGN_OR_RETURN(fl::TensorMap next_global, AdamStep(a, std::move(step), state_dir, &out.fedadam_state_path));
   // Under DP-FedAvg the aggregator's weights are 1 per update, not samples.
-  const std::string weights = a.run.config.dp() == kDpFedAvg
-                                  ? std::string("uniform weights")
-                                  : absl::StrCat(a.aggregator->total_samples(), " samples");
+  const std::string weights = a.run.config.dp() == kDpFedAvg ? std::string("uniform weights")
+                                                             : absl::StrCat(a.aggregator->total_samples(), " samples");
   out.summary = absl::StrCat(updates, " update(s), ", weights, ": ", description);
   return SaveNextGlobal(a, std::move(next_global), std::move(out),
                         absl::StrCat(description, ", ", updates, " sites, ", weights), blobs, now_ms);
@@ -173,8 +172,8 @@ absl::StatusOr<AggregatedRound> AggregateSecAggRound(ActiveRun& a, SecAggStep st
   ASSIGN_OR_RETURN(fl::TensorMap next_global, AdamStep(a, std::move(step.mean), state_dir, &out.fedadam_state_path));
   out.summary = absl::StrCat(step.updates, " update(s), ", step.samples, " samples: ", step.description);
   return SaveNextGlobal(a, std::move(next_global), std::move(out),
-                        absl::StrCat(step.description, ", ", step.updates, " sites, ", step.samples, " samples"),
-                        blobs, now_ms);
+                        absl::StrCat(step.description, ", ", step.updates, " sites, ", step.samples, " samples"), blobs,
+                        now_ms);
 }
 
 RunTransition CloseRoundTransition(const ActiveRun& a, const AggregatedRound& result, int64_t now_ms) {
@@ -231,8 +230,8 @@ RunTransition FailAttemptTransition(const ActiveRun& a, int64_t now_ms, const st
   failed.state = RoundState::kFailed;
   failed.closed_ms = now_ms;
   failed.message = !why.empty() ? why
-                                 : absl::StrCat("deadline passed with ", a.accepted.size(),
-                                                " accepted update(s), min_sites is ", a.run.config.min_sites());
+                                : absl::StrCat("deadline passed with ", a.accepted.size(),
+                                               " accepted update(s), min_sites is ", a.run.config.min_sites());
   t.finish_round = failed;
   if (a.round.attempt < a.run.config.max_round_attempts()) {
     RoundRecord next = a.round;

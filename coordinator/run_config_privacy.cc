@@ -14,9 +14,7 @@ absl::Status FieldError(absl::string_view field, absl::string_view value, absl::
   return absl::InvalidArgumentError(absl::StrCat("run config field '", field, "' is ", value, ": ", why));
 }
 
-bool OrderStatistic(const std::string& aggregation) {
-  return aggregation == "trimmed_mean" || aggregation == "median";
-}
+bool OrderStatistic(const std::string& aggregation) { return aggregation == "trimmed_mean" || aggregation == "median"; }
 
 bool KeepsBatchNormAtSites(v1::RunConfig::Personalization p) {
   return p == v1::RunConfig::FEDBN || p == v1::RunConfig::SILOBN;

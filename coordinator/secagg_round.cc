@@ -48,8 +48,8 @@ std::string DeclineMessage(const v1::DeclineRequest& request) {
 
 absl::Status RoundManager::DeclineTask(const std::string& site_id, const v1::DeclineRequest& request) {
   if (request.reason().size() > kMaxDeclineReasonBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("decline: reason has ", request.reason().size(),
-                                                   " bytes, at most ", kMaxDeclineReasonBytes));
+    return absl::InvalidArgumentError(
+        absl::StrCat("decline: reason has ", request.reason().size(), " bytes, at most ", kMaxDeclineReasonBytes));
   }
   if (request.attempt() < 1) {
     return absl::InvalidArgumentError(
@@ -60,24 +60,23 @@ absl::Status RoundManager::DeclineTask(const std::string& site_id, const v1::Dec
     return absl::PermissionDeniedError(absl::StrCat("site ", site_id, " is not selected for run ", request.run_id()));
   }
   RETURN_IF_ERROR(CheckRound(request.round(), 1, run));
-  const std::string what = absl::StrCat("run ", request.run_id(), " round ", request.round(), " attempt ",
-                                        request.attempt());
+  const std::string what =
+      absl::StrCat("run ", request.run_id(), " round ", request.round(), " attempt ", request.attempt());
   absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(std::vector<UpdateRecord> accepted, store_->ListUpdates(request.run_id(), request.round(),
-                                                                           request.attempt(), site_id,
-                                                                           UploadStatus::kAccepted));
+  ASSIGN_OR_RETURN(
+      std::vector<UpdateRecord> accepted,
+      store_->ListUpdates(request.run_id(), request.round(), request.attempt(), site_id, UploadStatus::kAccepted));
   if (!accepted.empty()) {
     return absl::FailedPreconditionError(
         absl::StrCat("site ", site_id, " cannot decline ", what, ": its update was accepted"));
   }
   if (!active_ || !active_->IsOpenAttempt(request.run_id(), request.round(), request.attempt())) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        what, " is not open (", active_ && active_->run.run_id == request.run_id() && active_->run.state ==
-                                        RunState::kRunning
-                                    ? absl::StrCat("open: round ", active_->round.round, " attempt ",
-                                                   active_->round.attempt)
-                                    : absl::StrCat("run ", federation::Text(run.state)),
-        ")"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(what, " is not open (",
+                     active_ && active_->run.run_id == request.run_id() && active_->run.state == RunState::kRunning
+                         ? absl::StrCat("open: round ", active_->round.round, " attempt ", active_->round.attempt)
+                         : absl::StrCat("run ", federation::Text(run.state)),
+                     ")"));
   }
   ActiveRun& a = *active_;
   if (a.declined.count(site_id) > 0) return absl::OkStatus();  // Idempotent.
@@ -155,11 +154,11 @@ absl::StatusOr<SecAggSession*> RoundManager::SecAggSessionLocked(const std::stri
     return absl::FailedPreconditionError(absl::StrCat("run ", run_id, " does not use secure aggregation"));
   }
   if (!a.IsOpenAttempt(run_id, round, attempt)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        what, " is not the open attempt",
-        a.run.state == RunState::kRunning
-            ? absl::StrCat(" (open: round ", a.round.round, " attempt ", a.round.attempt, ")")
-            : absl::StrCat(" (run ", federation::Text(a.run.state), ")")));
+    return absl::FailedPreconditionError(
+        absl::StrCat(what, " is not the open attempt",
+                     a.run.state == RunState::kRunning
+                         ? absl::StrCat(" (open: round ", a.round.round, " attempt ", a.round.attempt, ")")
+                         : absl::StrCat(" (run ", federation::Text(a.run.state), ")")));
   }
   if (a.declined.count(site_id) > 0) {
     return absl::FailedPreconditionError(absl::StrCat("site ", site_id, " declined ", what));
@@ -205,8 +204,8 @@ absl::StatusOr<SecAggStep> RoundManager::SecAggStepLocked() {
   if (n < 1) return absl::InternalError("secure aggregation finished without survivors");
   ASSIGN_OR_RETURN(secagg::Layout layout, secagg::MakeLayout(*a.global));
   if (static_cast<int64_t>(r.sum.size()) != layout.length) {
-    return absl::InternalError(absl::StrCat("secure aggregation's sum has ", r.sum.size(), " entries, the layout ",
-                                            layout.length));
+    return absl::InternalError(
+        absl::StrCat("secure aggregation's sum has ", r.sum.size(), " entries, the layout ", layout.length));
   }
   const bool dp_fedavg = c.dp() == kDpFedAvg;
   // FedAvg: the sites pre-scaled their deltas by num_samples / max_num_samples, so the weighted mean is
@@ -233,16 +232,17 @@ absl::StatusOr<SecAggStep> RoundManager::SecAggStepLocked() {
   mean = {};
   const double norm = fl::L2Norm(step.mean);
   if (c.max_update_norm() > 0 && norm > c.max_update_norm()) {
-    return absl::InvalidArgumentError(absl::StrCat("the mean update's L2 norm ", norm, " is above max_update_norm ",
-                                                   c.max_update_norm()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("the mean update's L2 norm ", norm, " is above max_update_norm ", c.max_update_norm()));
   }
   step.updates = n;
   step.samples = r.total_samples;
   step.description = absl::StrCat(
-      "secure aggregation of ", n, " of ", a.secagg->keys_sites().size(), " site(s) [", absl::StrJoin(r.survivors, ", "),
-      "], ", dp_fedavg ? absl::StrCat("dp-fedavg (sites clip to ", c.dp_clip_norm(), " and add noise, multiplier ",
-                                      c.dp_noise_multiplier(), "), uniform weights")
-                       : "weighted by num_samples",
+      "secure aggregation of ", n, " of ", a.secagg->keys_sites().size(), " site(s) [",
+      absl::StrJoin(r.survivors, ", "), "], ",
+      dp_fedavg ? absl::StrCat("dp-fedavg (sites clip to ", c.dp_clip_norm(), " and add noise, multiplier ",
+                               c.dp_noise_multiplier(), "), uniform weights")
+                : "weighted by num_samples",
       c.aggregation() == "fedadam" ? ", fedadam" : "", ", fixed-point error <= ", r.error_bound * scale,
       " per entry, mean norm ", norm);
   return step;
@@ -252,12 +252,8 @@ std::string RoundManager::SecAggStatusLocked() {
   if (!active_ || !active_->secure_aggregation()) return "";
   const ActiveRun& a = *active_;
   if (!a.secagg) return a.secagg_error;
-  const SecAggSession& s = *a.secagg;
-  std::string status = absl::StrCat("secure aggregation: phase ", SecAggSession::PhaseName(s.phase()), "; keys (U1) ",
-                                    s.keys_sites().size(), ", shares (U2) ", s.share_sites().size(),
-                                    ", masked inputs (U3) ", s.masked_sites().size());
+  std::string status = a.secagg->Describe();  // E.g. "secure aggregation: shares 3/4".
   if (!a.declined.empty()) absl::StrAppend(&status, "; declined: ", absl::StrJoin(a.declined, ", "));
-  if (s.phase() == SecAggSession::Phase::kFailed) absl::StrAppend(&status, "; ", s.failure());
   return status;
 }
 
@@ -336,28 +332,25 @@ absl::StatusOr<std::vector<uint32_t>> RoundManager::ReadMaskedUpload(const Uploa
   }
   absl::StatusOr<std::vector<uint32_t>> masked = secagg::ReadMaskedBundle(bundle, length);
   if (!masked.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        what, ": a secure-aggregation round takes a masked vector (tensor '", secagg::kMaskedTensorName, "', ", length,
-        " entries): ", masked.status().message()));
+    return absl::InvalidArgumentError(absl::StrCat(what, ": a secure-aggregation round takes a masked vector (tensor '",
+                                                   secagg::kMaskedTensorName, "', ", length,
+                                                   " entries): ", masked.status().message()));
   }
   return masked;
 }
 
-absl::StatusOr<v1::UploadResponse> RoundManager::AcceptMaskedLocked(const std::string& site_id,
-                                                                    const v1::UploadHeader& header,
-                                                                    const UploadTarget& target,
-                                                                    const SecAggSession* session,
-                                                                    const std::vector<uint32_t>& masked,
-                                                                    const std::string& what) {
+absl::StatusOr<v1::UploadResponse> RoundManager::AcceptMaskedLocked(
+    const std::string& site_id, const v1::UploadHeader& header, const UploadTarget& target,
+    const SecAggSession* session, const std::vector<uint32_t>& masked, const std::string& what) {
   if (!active_ || !active_->IsOpenAttempt(header.run_id(), header.round(), target.attempt) ||
       active_->secagg.get() != session || active_->accepted.count(site_id) > 0) {
     return absl::FailedPreconditionError(absl::StrCat(what, ": the round changed while it was read"));
   }
   SecAggSession& s = *active_->secagg;
   if (s.share_sites().count(site_id) == 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, ": site ", site_id, " is not among the sites that shared their keys (U2) in attempt ",
-                     target.attempt, ": its masked vector cannot be unmasked"));
+    return absl::InvalidArgumentError(absl::StrCat(what, ": site ", site_id,
+                                                   " is not among the sites that shared their keys (U2) in attempt ",
+                                                   target.attempt, ": its masked vector cannot be unmasked"));
   }
   // A masked vector the session took before (its record then failed) is not added twice.
   if (!s.HasMaskedInput(site_id)) RETURN_IF_ERROR(s.AddMaskedInput(site_id, masked, header.num_samples(), Now()));

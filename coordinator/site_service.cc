@@ -429,11 +429,10 @@ grpc::ServerUnaryReactor* SiteServiceImpl::SecAggGetInbox(grpc::CallbackServerCo
 grpc::ServerUnaryReactor* SiteServiceImpl::SecAggGetUnmaskRequest(grpc::CallbackServerContext* context,
                                                                   const v1::SecAggPhaseRequest* request,
                                                                   v1::SecAggUnmaskRequest* response) {
-  return PhaseLongPoll<v1::SecAggUnmaskRequest>(
-      context, "SiteService/SecAggGetUnmaskRequest", request, response,
-      [this](const std::string& site, const v1::SecAggPhaseRequest& r) {
-        return rounds_->SecAggGetUnmaskRequest(site, r);
-      });
+  return PhaseLongPoll<v1::SecAggUnmaskRequest>(context, "SiteService/SecAggGetUnmaskRequest", request, response,
+                                                [this](const std::string& site, const v1::SecAggPhaseRequest& r) {
+                                                  return rounds_->SecAggGetUnmaskRequest(site, r);
+                                                });
 }
 
 }  // namespace fedtune::coordinator

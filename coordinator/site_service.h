@@ -1,7 +1,8 @@
 // fedtune.v1.SiteService: the calls site agents make (Hello, GetTask long-poll, Heartbeat, DownloadModel,
-// GetUploadOffset, UploadUpdate, ReportMetrics, DeclineTask, and secure aggregation's SecAgg* calls). Each handler authorizes the caller (authorizer.h), takes a place
-// among the site's concurrent calls (SiteCallLimiter: RESOURCE_EXHAUSTED naming the site and the limit, audited),
-// unpacks the request, calls RoundManager / StateStore and converts the status once.
+// GetUploadOffset, UploadUpdate, ReportMetrics, DeclineTask, and secure aggregation's SecAgg* calls). Each handler
+// authorizes the caller (authorizer.h), takes a place among the site's concurrent calls (SiteCallLimiter:
+// RESOURCE_EXHAUSTED naming the site and the limit, audited), unpacks the request, calls RoundManager / StateStore and
+// converts the status once.
 //
 // gRPC API: the callback API (CallbackService), so that no call holds a thread while it waits:
 //  - unary calls (Hello, Heartbeat, GetUploadOffset, ReportMetrics) run to completion on gRPC's callback thread
@@ -85,13 +86,12 @@ class SiteServiceImpl final : public v1::SiteService::CallbackService {
   // on cancellation and at shutdown; they hold no thread while they wait (TaskWaiters).
   grpc::ServerUnaryReactor* SecAggAdvertiseKeys(grpc::CallbackServerContext* context, const v1::SecAggKeys* request,
                                                 v1::SecAggAck* response) override;
-  grpc::ServerUnaryReactor* SecAggGetRoster(grpc::CallbackServerContext* context,
-                                            const v1::SecAggPhaseRequest* request,
+  grpc::ServerUnaryReactor* SecAggGetRoster(grpc::CallbackServerContext* context, const v1::SecAggPhaseRequest* request,
                                             v1::SecAggRoster* response) override;
-  grpc::ServerUnaryReactor* SecAggShareKeys(grpc::CallbackServerContext* context,
-                                            const v1::SecAggShareUpload* request, v1::SecAggAck* response) override;
-  grpc::ServerUnaryReactor* SecAggGetInbox(grpc::CallbackServerContext* context,
-                                           const v1::SecAggPhaseRequest* request, v1::SecAggInbox* response) override;
+  grpc::ServerUnaryReactor* SecAggShareKeys(grpc::CallbackServerContext* context, const v1::SecAggShareUpload* request,
+                                            v1::SecAggAck* response) override;
+  grpc::ServerUnaryReactor* SecAggGetInbox(grpc::CallbackServerContext* context, const v1::SecAggPhaseRequest* request,
+                                           v1::SecAggInbox* response) override;
   grpc::ServerUnaryReactor* SecAggGetUnmaskRequest(grpc::CallbackServerContext* context,
                                                    const v1::SecAggPhaseRequest* request,
                                                    v1::SecAggUnmaskRequest* response) override;
@@ -137,8 +137,7 @@ class SiteServiceImpl final : public v1::SiteService::CallbackService {
   // result is ready, or not ready at the end of the wait.
   template <typename Response>
   grpc::ServerUnaryReactor* PhaseLongPoll(
-      grpc::CallbackServerContext* context, const char* rpc, const v1::SecAggPhaseRequest* request,
-      Response* response,
+      grpc::CallbackServerContext* context, const char* rpc, const v1::SecAggPhaseRequest* request, Response* response,
       std::function<absl::StatusOr<Response>(const std::string& site_id, const v1::SecAggPhaseRequest& request)> get);
 
   Authorizer* const authorizer_;

@@ -1,8 +1,8 @@
-// GetTask long-polls (and secure aggregation's phase long-polls, Waiter::poll) without a thread each. SiteService's callback handler registers a waiting call here; one
-// thread answers them all: a call is answered with the site's task as soon as there is one (RoundManager reports
-// every change through its task listener), with an empty task (kind NONE) at its deadline, and at once when the
-// call is cancelled or the coordinator shuts down. So thousands of sites can wait for work at the cost of one
-// thread and a small record each.
+// GetTask long-polls (and secure aggregation's phase long-polls, Waiter::poll) without a thread each. SiteService's
+// callback handler registers a waiting call here; one thread answers them all: a call is answered with the site's task
+// as soon as there is one (RoundManager reports every change through its task listener), with an empty task (kind NONE)
+// at its deadline, and at once when the call is cancelled or the coordinator shuts down. So thousands of sites can wait
+// for work at the cost of one thread and a small record each.
 //
 // Thread safety: thread-safe. The answering thread calls RoundManager::NextTask without holding the waiters' lock,
 // so the listener (called under RoundManager's lock) never waits for it.

@@ -196,8 +196,8 @@ std::string RunStatusText(const v1::RunStatus& status, int64_t now_ms) {
                      FormatLoss(n_loss > 0 ? std::optional<double>(loss / n_loss) : std::nullopt), FormatBytes(bytes),
                      ShortDigest(r.model_digest()), ShortDigest(r.result_digest()),
                      declined.empty() ? r.message()
-                                      : absl::StrCat(r.message(), r.message().empty() ? "" : "; ", "declined: ",
-                                                     absl::StrJoin(declined, ", "))});
+                                      : absl::StrCat(r.message(), r.message().empty() ? "" : "; ",
+                                                     "declined: ", absl::StrJoin(declined, ", "))});
     }
     absl::StrAppend(&out, "\n", rounds.Render());
   }

@@ -243,7 +243,7 @@ TEST(AddGaussianNoiseTest, StandardDeviationAndFreshSeeds) {
   ASSERT_TRUE(AddGaussianNoise(b, 0.25).ok());
   EXPECT_NEAR(a["w"].std().item<double>(), 0.25, 0.25 * 0.02);
   EXPECT_NEAR(a["w"].mean().item<double>(), 0.0, 0.25 * 5 / std::sqrt(200000.0));
-  EXPECT_FALSE(at::equal(a["w"], b["w"]));       // Seeded from RAND_bytes each time.
+  EXPECT_FALSE(at::equal(a["w"], b["w"]));               // Seeded from RAND_bytes each time.
   EXPECT_EQ(a["count"].abs().sum().item<int64_t>(), 0);  // Integer tensors untouched.
   EXPECT_EQ(AddGaussianNoise(a, -1).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_DOUBLE_EQ(DpFedAvgNoiseStddev(v1::RunConfig(), 4), 0.25);  // Defaults sigma 1, C 1, over 4 updates.

@@ -201,8 +201,8 @@ class SecAggRoundTest : public ::testing::Test {
     ASSERT_TRUE(inbox->ready());
     for (const v1::SecAggEncryptedShares& e : inbox->shares()) {
       const v1::SecAggPeer& from = PeerOf(s, e.site_id());
-      auto payload = secagg::DecryptShares(*s.cipher, Bytes(from.cipher_public_key()), Session(), from.index(),
-                                           s.index, e.ciphertext());
+      auto payload = secagg::DecryptShares(*s.cipher, Bytes(from.cipher_public_key()), Session(), from.index(), s.index,
+                                           e.ciphertext());
       ASSERT_TRUE(payload.ok()) << payload.status();
       s.received[e.site_id()] = *payload;
     }
@@ -389,9 +389,9 @@ TEST_F(SecAggRoundTest, UploadsThatAreNotMaskedOrFromOutsideU2AreRefused) {
                                     testing::EncodeDelta(testing::ConstantDelta(global_, 0.01)), 10);
   EXPECT_EQ(plain.status().code(), absl::StatusCode::kInvalidArgument) << plain.status();
   // site-d is not in U2: its (well-formed) masked vector cannot be unmasked.
-  auto outsider = testing::UploadWhole(
-      *manager_, "site-d", run_, 1,
-      secagg::MaskedBundle(std::vector<uint32_t>(layout_.length, 7)).SerializeAsString(), 10);
+  auto outsider =
+      testing::UploadWhole(*manager_, "site-d", run_, 1,
+                           secagg::MaskedBundle(std::vector<uint32_t>(layout_.length, 7)).SerializeAsString(), 10);
   EXPECT_EQ(outsider.status().code(), absl::StatusCode::kInvalidArgument) << outsider.status();
   EXPECT_THAT(outsider.status().message(), HasSubstr("U2"));
 }

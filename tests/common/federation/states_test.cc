@@ -18,7 +18,7 @@ const std::vector<RunState> kAllRunStates = {RunState::kRunning, RunState::kEval
 const std::vector<RoundState> kAllRoundStates = {RoundState::kOpen, RoundState::kClosed, RoundState::kFailed,
                                                  RoundState::kAborted};
 const std::vector<UploadStatus> kAllUploadStatuses = {UploadStatus::kAccepted, UploadStatus::kRefused,
-                                                     UploadStatus::kDeclined};
+                                                      UploadStatus::kDeclined};
 const std::vector<SiteStatus> kAllSiteStatuses = {SiteStatus::kPending, SiteStatus::kApproved, SiteStatus::kRevoked};
 
 // Every state's text is the one the database and the CLI used before states were typed, and text and proto value
@@ -95,7 +95,7 @@ TEST(StatesTest, UnknownOrUnsetProtoValueIsInvalidArgumentNamingTheField) {
   EXPECT_TRUE(absl::IsInvalidArgument(unset.status()));
   EXPECT_THAT(unset.status().message(), HasSubstr("SiteInfo.site_status is not set"));
   EXPECT_TRUE(absl::IsInvalidArgument(FromProto(static_cast<v1::RoundState>(-1), "f").status()));
-  EXPECT_TRUE(absl::IsInvalidArgument(FromProto(static_cast<v1::UploadStatus>(3), "f").status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(FromProto(static_cast<v1::UploadStatus>(4), "f").status()));
 }
 
 TEST(StatesTest, SetWritesTheEnumAndTheTextForOlderPeers) {

@@ -91,9 +91,9 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"secure_aggregation: true sites: \"a\" min_sites: 1", "sites"},
         BadCase{"secagg_threshold: -1", "secagg_threshold"}, BadCase{"secagg_threshold: 1", "secagg_threshold"},
         BadCase{"secagg_threshold: 3 sites: \"a\" sites: \"b\"", "secagg_threshold"},
-        BadCase{"secagg_threshold: 2 min_sites: 3", "secagg_threshold"},
-        BadCase{"secagg_range: 0", "secagg_range"}, BadCase{"secagg_range: inf", "secagg_range"},
-        BadCase{"secagg_range: nan", "secagg_range"}, BadCase{"secagg_phase_seconds: 9", "secagg_phase_seconds"},
+        BadCase{"secagg_threshold: 2 min_sites: 3", "secagg_threshold"}, BadCase{"secagg_range: 0", "secagg_range"},
+        BadCase{"secagg_range: inf", "secagg_range"}, BadCase{"secagg_range: nan", "secagg_range"},
+        BadCase{"secagg_phase_seconds: 9", "secagg_phase_seconds"},
         BadCase{"secagg_phase_seconds: 3601", "secagg_phase_seconds"}, BadCase{"dp: \"dp\"", "dp"},
         BadCase{"dp: \"dp-sgd\" dp_noise_multiplier: 0.05", "dp_noise_multiplier"},
         BadCase{"dp: \"dp-sgd\" dp_noise_multiplier: 10001", "dp_noise_multiplier"},
@@ -118,14 +118,14 @@ TEST(ValidateRunConfigTest, PrivacyRefusalsSayWhy) {
 }
 
 TEST(ValidateRunConfigTest, AcceptsPrivacyEdgeValues) {
-  for (const char* text : {
-           "secure_aggregation: true aggregation: \"fedadam\" dp: \"dp-fedavg\" secagg_threshold: 2 "
-           "sites: \"a\" sites: \"b\" min_sites: 2 secagg_phase_seconds: 10 dp_noise_multiplier: 0.1",
-           "secure_aggregation: true aggregation: \"fedprox\" personalization: DITTO secagg_phase_seconds: 3600 "
-           "secagg_range: 0.001",
-           "dp: \"dp-sgd\" dp_noise_multiplier: 10000 dp_clip_norm: 0.01 aggregation: \"median\"",
-           "dp: \"none\" dp_noise_multiplier: 0 dp_clip_norm: 0", "dp: \"\"",
-           "dp: \"dp-fedavg\" aggregation: \"fedadam\" clip_norm: 3"}) {
+  for (const char* text :
+       {"secure_aggregation: true aggregation: \"fedadam\" dp: \"dp-fedavg\" secagg_threshold: 2 "
+        "sites: \"a\" sites: \"b\" min_sites: 2 secagg_phase_seconds: 10 dp_noise_multiplier: 0.1",
+        "secure_aggregation: true aggregation: \"fedprox\" personalization: DITTO secagg_phase_seconds: 3600 "
+        "secagg_range: 0.001",
+        "dp: \"dp-sgd\" dp_noise_multiplier: 10000 dp_clip_norm: 0.01 aggregation: \"median\"",
+        "dp: \"none\" dp_noise_multiplier: 0 dp_clip_norm: 0", "dp: \"\"",
+        "dp: \"dp-fedavg\" aggregation: \"fedadam\" clip_norm: 3"}) {
     absl::StatusOr<v1::RunConfig> c = ParseRunConfig(text, "r");
     ASSERT_TRUE(c.ok()) << c.status();
     EXPECT_TRUE(ValidateRunConfig(*c).ok()) << text << ": " << ValidateRunConfig(*c);
