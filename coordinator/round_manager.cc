@@ -293,6 +293,11 @@ absl::StatusOr<std::string> RoundManager::StartRun(const v1::RunConfig& config) 
     return absl::FailedPreconditionError(absl::StrCat("secure_aggregation needs at least 2 sites; the run would have ",
                                                       sites.size(), " [", absl::StrJoin(sites, ", "), "]"));
   }
+  if (config.secure_aggregation() && config.secagg_threshold() > static_cast<int>(sites.size())) {
+    return absl::FailedPreconditionError(absl::StrCat("secagg_threshold ", config.secagg_threshold(),
+                                                      " is more than the run's ", sites.size(), " site(s) [",
+                                                      absl::StrJoin(sites, ", "), "]"));
+  }
   RETURN_IF_ERROR(store_->CreateRun(run, round));
   active_ = std::move(active);
   StartSecAggLocked();

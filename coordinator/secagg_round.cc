@@ -346,6 +346,10 @@ absl::StatusOr<v1::UploadResponse> RoundManager::AcceptMaskedLocked(
       active_->secagg.get() != session || active_->accepted.count(site_id) > 0) {
     return absl::FailedPreconditionError(absl::StrCat(what, ": the round changed while it was read"));
   }
+  if (active_->declined.count(site_id) > 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(what, ": site ", site_id, " declined attempt ", target.attempt, ": no update is taken"));
+  }
   SecAggSession& s = *active_->secagg;
   if (s.share_sites().count(site_id) == 0) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": site ", site_id,

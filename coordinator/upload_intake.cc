@@ -317,6 +317,9 @@ absl::StatusOr<v1::UploadResponse> RoundManager::AcceptUpload(const std::string&
     if (!active_ || !active_->IsOpenAttempt(header.run_id(), header.round(), target.attempt) ||
         active_->accepted.count(site_id) > 0 || active_->global != global) {
       refused = absl::FailedPreconditionError(absl::StrCat(what, ": the round changed while it was validated"));
+    } else if (active_->declined.count(site_id) > 0) {
+      refused = absl::FailedPreconditionError(absl::StrCat(what, ": site ", site_id, " declined attempt ",
+                                                           target.attempt, " meanwhile: no update is taken"));
     } else if (absl::Status added =
                    active_->AddUpdateFile(target.spool_path, header.num_samples(), delta->l2_norm, what);
                !added.ok()) {

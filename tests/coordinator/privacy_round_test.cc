@@ -232,6 +232,9 @@ TEST_F(PrivacyRoundTest, DpFedAvgClipsWeighsUniformlyAndAddsCalibratedNoise) {
   // The measured standard deviation (c0 is 0.005 / 0.1 / sqrt(N) of it, negligible) matches within sampling error
   // (relative 1 / sqrt(2N) < 1%).
   EXPECT_NEAR(s.stddev, 0.005, 0.005 * 0.05) << "over " << s.n << " values";
+  RecordProperty("noise_stddev", absl::StrCat(s.stddev));
+  RecordProperty("step_mean_over_c0", absl::StrCat(s.mean / c0));
+  RecordProperty("values", absl::StrCat(s.n));
   auto rounds = store_->ListRounds(*run);
   EXPECT_THAT((*rounds)[0].message, HasSubstr("dp-fedavg"));
 }

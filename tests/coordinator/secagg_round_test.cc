@@ -336,7 +336,9 @@ TEST_F(SecAggRoundTest, FourSitesGiveFedAvgWithinTheFixedPointBoundAndStoreOnlyM
     for (uint32_t v : *masked) y.push_back(static_cast<double>(static_cast<int32_t>(v)));  // As signed levels.
     entries += static_cast<int64_t>(x.size());
     ASSERT_GE(x.size(), 10000u);
-    EXPECT_LT(std::fabs(Correlation(x, y)), 0.05) << s.id << " over " << x.size() << " entries";
+    const double r = Correlation(x, y);
+    EXPECT_LT(std::fabs(r), 0.05) << s.id << " over " << x.size() << " entries";
+    RecordProperty(absl::StrCat("correlation_", s.id), absl::StrCat(r));
   }
   for (SimSite& s : sites_) Reveal(s);
   ASSERT_EQ(store_->GetRun(run_)->state, federation::RunState::kCompleted);
@@ -346,7 +348,10 @@ TEST_F(SecAggRoundTest, FourSitesGiveFedAvgWithinTheFixedPointBoundAndStoreOnlyM
   // total_samples, plus float32 rounding of the new global model's values (|w| < 4: 2^-21).
   auto codec = secagg::FixedPointCodec::Create(1.0, 4);
   const double bound = codec->SumErrorBound() * 40.0 / 100.0 + std::ldexp(1.0, -21);
-  EXPECT_LE(MaxError(FedAvg(all)), bound);
+  const double error = MaxError(FedAvg(all));
+  EXPECT_LE(error, bound);
+  RecordProperty("max_error", absl::StrCat(error));
+  RecordProperty("bound", absl::StrCat(bound));
   auto rounds = store_->ListRounds(run_);
   EXPECT_THAT((*rounds)[0].message, HasSubstr("secure aggregation of 4 of 4"));
   // The round closed: its spool files went.
@@ -370,7 +375,10 @@ TEST_F(SecAggRoundTest, ASiteDroppingAfterSharingLeavesTheSurvivorsFedAvg) {
   ASSERT_EQ(store_->GetRun(run_)->state, federation::RunState::kCompleted)
       << manager_->GetRunStatus(run_)->rounds(0).message();
   const double bound = secagg::FixedPointCodec::Create(1.0, 4)->SumErrorBound() * 40.0 / 60.0 + std::ldexp(1.0, -21);
-  EXPECT_LE(MaxError(FedAvg({&sites_[0], &sites_[1], &sites_[2]})), bound);
+  const double error = MaxError(FedAvg({&sites_[0], &sites_[1], &sites_[2]}));
+  EXPECT_LE(error, bound);
+  RecordProperty("max_error", absl::StrCat(error));
+  RecordProperty("bound", absl::StrCat(bound));
   EXPECT_THAT(store_->ListRounds(run_)->at(0).message, HasSubstr("secure aggregation of 3 of 4"));
 }
 
