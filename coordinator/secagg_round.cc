@@ -252,9 +252,8 @@ std::string RoundManager::SecAggStatusLocked() {
   if (!active_ || !active_->secure_aggregation()) return "";
   const ActiveRun& a = *active_;
   if (!a.secagg) return a.secagg_error;
-  std::string status = a.secagg->Describe();  // E.g. "secure aggregation: shares 3/4".
-  if (!a.declined.empty()) absl::StrAppend(&status, "; declined: ", absl::StrJoin(a.declined, ", "));
-  return status;
+  // E.g. "secure aggregation: shares 3/4". Declined sites are in the round's updates (status "declined").
+  return a.secagg->Describe();
 }
 
 // ---------------------------------------------------------------------------------------------------------------
