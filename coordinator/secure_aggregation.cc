@@ -374,12 +374,13 @@ absl::Status SecAggSession::AdvertiseKeys(const std::string& site_id, const std:
   State& st = *state_;
   st.Advance(now);
   RETURN_IF_ERROR(CheckSession(st.options.session, keys.run_id(), keys.round(), keys.attempt(), site_id));
+  if (st.phase == Phase::kFailed) return OutOfPhase(st.phase, site_id, "keys", st.failure);
   auto existing = st.keys.find(site_id);
   if (existing != st.keys.end()) {
     const v1::SecAggKeys& old = existing->second.keys;
     if (old.cipher_public_key() == keys.cipher_public_key() && old.mask_public_key() == keys.mask_public_key() &&
-        old.num_samples() == keys.num_samples() && old.signature() == keys.signature()) {
-      return absl::OkStatus();  // a retry
+        old.num_samples() == keys.num_samples()) {
+      return absl::OkStatus();  // a retry (perhaps re-signed: ECDSA signatures differ each time)
     }
     return absl::AlreadyExistsError(
         absl::StrCat("secure aggregation: site '", site_id, "' already advertised other keys for ", st.Name()));
@@ -569,6 +570,7 @@ absl::Status SecAggSession::Reveal(const std::string& site_id, const v1::SecAggR
   State& st = *state_;
   st.Advance(now);
   RETURN_IF_ERROR(CheckSession(st.options.session, reveal.run_id(), reveal.round(), reveal.attempt(), site_id));
+  if (st.phase == Phase::kFailed) return OutOfPhase(st.phase, site_id, "reveal", st.failure);
   auto existing = st.reveals.find(site_id);
   if (existing != st.reveals.end()) {
     if (existing->second == reveal.SerializeAsString()) return absl::OkStatus();

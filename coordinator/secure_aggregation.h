@@ -11,8 +11,10 @@
 //
 // Phases and transitions (each with its own deadline, now + phase_seconds when it begins; the masked-input phase
 // ends at the round's deadline instead):
-//   kKeys    -> kShares  when every expected site advertised, or at its deadline with >= min_participants (U1)
-//   kShares  -> kMasked  when every site of U1 sent its shares, or at its deadline with >= min_participants (U2)
+//   kKeys    -> kShares  when every expected site advertised, or at its deadline with >= max(t, min_participants)
+//                        (U1; t resolved on U1)
+//   kShares  -> kMasked  when every site of U1 sent its shares, or at its deadline with >= max(t, min_participants)
+//                        (U2)
 //   kMasked  -> kUnmask  when every site of U2 uploaded its masked vector, or at the round deadline with
 //                        >= max(threshold, min_participants) (U3)
 //   kUnmask  -> kDone    when every site of U3 revealed, or at its deadline with >= threshold reveals, and the sum is
@@ -73,6 +75,10 @@ class SecAggSession {
  public:
   enum class Phase { kKeys, kShares, kMasked, kUnmask, kDone, kFailed };
 
+  // A session in kKeys (deadline now + phase_timeout). InvalidArgument naming the option: expected sites outside
+  // [2, kMaxSecAggSites] or an empty id, a configured threshold outside [2, |expected|], min_participants above
+  // |expected|, vector_length outside [1, kMaxPrgLength], a range FixedPointCodec refuses, phase_timeout <= 0, an
+  // empty run id.
   static absl::StatusOr<std::unique_ptr<SecAggSession>> Create(const SecAggSessionOptions& options, absl::Time now);
 
   Phase phase() const;
@@ -119,6 +125,8 @@ class SecAggSession {
 
   // kDone: the decoded sum of U3's pre-scaled inputs (secagg::FixedPointCodec(range, |U1|).DecodeSum), the sum of their
   // num_samples, and U3. FailedPrecondition before, and after the result was taken once.
+  // Each site of U3 pre-scaled its delta by num_samples / max_num_samples (the roster's), so the FedAvg mean delta
+  // is sum * max_num_samples / total_samples, entry by entry in the secagg::MakeLayout order (secagg::Unflatten).
   struct Result {
     std::vector<double> sum;
     int64_t total_samples = 0;

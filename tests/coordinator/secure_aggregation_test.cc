@@ -400,6 +400,9 @@ TEST_F(SecAggSessionTest, TooFewSitesFailWithAMessage) {
     EXPECT_EQ(session->NextDeadline(), absl::InfiniteFuture());
     EXPECT_EQ(session->TakeResult().status().code(), absl::StatusCode::kFailedPrecondition);
     EXPECT_EQ(session->Roster("site-a").status().code(), absl::StatusCode::kFailedPrecondition);
+    absl::Status retry = Advertise(*session, "site-a", kT0 + kPhase);  // even a retry learns of the failure
+    EXPECT_EQ(retry.code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_NE(retry.message().find("only 1 of 4"), std::string::npos) << retry;
   }
   {
     // The configured threshold 4 and one site never shares.
@@ -527,6 +530,7 @@ TEST_F(SecAggSessionTest, KeysAreCheckedAgainstTheCertificate) {
 
   ASSERT_TRUE(session->AdvertiseKeys("site-a", a.certificate_pem, keys, kT0).ok());
   EXPECT_TRUE(session->AdvertiseKeys("site-a", a.certificate_pem, keys, kT0).ok());  // a retry
+  EXPECT_TRUE(Advertise(*session, "site-a", kT0).ok());                              // the same keys signed again
   a.mask.emplace(std::move(*KeyPair::Generate()));
   EXPECT_EQ(session->AdvertiseKeys("site-a", a.certificate_pem, a.Keys(), kT0).code(),
             absl::StatusCode::kAlreadyExists);
@@ -688,6 +692,48 @@ TEST_F(SecAggSessionTest, DeclinesShrinkTheExpectedSetsAndCountAsDropped) {
     ASSERT_EQ(session->phase(), Phase::kFailed);
     EXPECT_NE(session->failure().find("site-b"), std::string::npos) << session->failure();
   }
+}
+
+TEST_F(SecAggSessionTest, DeclinesWhileSharingAndUnmaskingEndThePhaseEarly) {
+  auto session = NewSession(Options());
+  for (const auto& [id, s] : sites_) ASSERT_TRUE(Advertise(*session, id, kT0).ok());
+  for (const char* id : {"site-a", "site-b", "site-c"}) ASSERT_TRUE(Share(*session, id, kT0).ok());
+  session->Decline("site-d", kT0);
+  ASSERT_EQ(session->phase(), Phase::kMasked);
+  EXPECT_EQ(session->share_sites(), (std::set<std::string>{"site-a", "site-b", "site-c"}));
+  for (const char* id : {"site-a", "site-b", "site-c"}) ASSERT_TRUE(Upload(*session, id, kT0).ok());
+  ASSERT_EQ(session->phase(), Phase::kUnmask);
+  auto request = session->UnmaskRequest("site-a");
+  ASSERT_TRUE(request.ok());
+  EXPECT_EQ(request->dropped_size(), 0);  // site-d never shared: nothing of it is in the sum
+  for (const char* id : {"site-a", "site-b", "site-c"}) ASSERT_TRUE(RevealShares(*session, id, kT0).ok());
+  ASSERT_EQ(session->phase(), Phase::kDone) << session->failure();
+  auto result = session->TakeResult();
+  ASSERT_TRUE(result.ok());
+  ExpectSum(*result, {"site-a", "site-b", "site-c"});
+}
+
+TEST_F(SecAggSessionTest, RevealsWithoutTheirOwnShareCannotReachThresholdEqualToU3) {
+  // t = 3, site-d drops: each survivor's self seed has only 2 shares when the revealers leave out their own.
+  auto session = NewSession(Options());
+  for (const auto& [id, s] : sites_) ASSERT_TRUE(Advertise(*session, id, kT0).ok());
+  for (const auto& [id, s] : sites_) ASSERT_TRUE(Share(*session, id, kT0).ok());
+  for (const char* id : {"site-a", "site-b", "site-c"}) ASSERT_TRUE(Upload(*session, id, kT0).ok());
+  session->Tick(kT0 + absl::Seconds(600));
+  ASSERT_EQ(session->phase(), Phase::kUnmask);
+  for (const char* id : {"site-a", "site-b", "site-c"}) {
+    auto request = session->UnmaskRequest(id);
+    ASSERT_TRUE(request.ok());
+    v1::SecAggReveal r = sites_.at(id).Reveal(*request);
+    auto* shares = r.mutable_self_mask_shares();
+    for (int i = shares->size() - 1; i >= 0; --i) {
+      if (shares->Get(i).site_id() == id) shares->DeleteSubrange(i, 1);
+    }
+    ASSERT_EQ(r.self_mask_shares_size(), 2);
+    ASSERT_TRUE(session->Reveal(id, r, kT0).ok()) << id;
+  }
+  ASSERT_EQ(session->phase(), Phase::kFailed);
+  EXPECT_NE(session->failure().find("2 shares of the self-mask seed"), std::string::npos) << session->failure();
 }
 
 TEST_F(SecAggSessionTest, CreateRefusesBadOptions) {
