@@ -404,6 +404,52 @@ TEST_F(SecAggRoundTest, UploadsThatAreNotMaskedOrFromOutsideU2AreRefused) {
   EXPECT_THAT(outsider.status().message(), HasSubstr("U2"));
 }
 
+TEST_F(SecAggRoundTest, ASiteDecliningWhileKeysAreAdvertisedIsNotWaitedFor) {
+  auto run = manager_->StartRun(Config());
+  ASSERT_TRUE(run.ok()) << run.status();
+  run_ = *run;
+  for (int i = 0; i < 3; ++i) AdvertiseKeys(sites_[i]);
+  // site-d declines: the key phase ends at once with U1 = a, b, c (no wait for secagg_phase_seconds).
+  v1::DeclineRequest decline;
+  decline.set_run_id(run_);
+  decline.set_round(1);
+  decline.set_attempt(1);
+  decline.set_reason("privacy budget");
+  ASSERT_TRUE(manager_->DeclineTask("site-d", decline).ok());
+  for (int i = 0; i < 3; ++i) ShareKeys(sites_[i]);
+  EXPECT_EQ(sites_[0].roster.peers_size(), 3);
+  for (int i = 0; i < 3; ++i) UploadMasked(sites_[i]);
+  for (int i = 0; i < 3; ++i) Reveal(sites_[i]);
+  ASSERT_EQ(store_->GetRun(run_)->state, federation::RunState::kCompleted);
+  // The roster's max_num_samples is 30 (site-c) and the sum 60: the same FedAvg of a, b and c.
+  const double bound = secagg::FixedPointCodec::Create(1.0, 3)->SumErrorBound() * 30.0 / 60.0 + std::ldexp(1.0, -21);
+  EXPECT_LE(MaxError(FedAvg({&sites_[0], &sites_[1], &sites_[2]})), bound);
+  const v1::RunStatus status = *manager_->GetRunStatus(run_);
+  int declined = 0;
+  for (const v1::UpdateInfo& u : status.rounds(0).updates()) {
+    if (u.upload_status() == v1::UPLOAD_STATUS_DECLINED) ++declined;
+  }
+  EXPECT_EQ(declined, 1);
+}
+
+TEST_F(SecAggRoundTest, AFailedSessionFailsTheAttemptWithItsReason) {
+  v1::RunConfig config = Config();
+  config.set_secagg_phase_seconds(10);
+  auto run = manager_->StartRun(config);
+  ASSERT_TRUE(run.ok()) << run.status();
+  run_ = *run;
+  for (int i = 0; i < 2; ++i) AdvertiseKeys(sites_[i]);  // 2 of 4, min_sites 3.
+  EXPECT_THAT(manager_->GetRunStatus(run_)->rounds(0).message(), HasSubstr("keys 2/4"));
+  clock_.Advance(absl::Seconds(10));
+  ASSERT_TRUE(manager_->Tick().ok());
+  auto rounds = store_->ListRounds(run_);
+  ASSERT_TRUE(rounds.ok());
+  ASSERT_EQ(rounds->size(), 2u);
+  EXPECT_EQ((*rounds)[0].state, federation::RoundState::kFailed);
+  EXPECT_THAT((*rounds)[0].message, HasSubstr("secure aggregation failed"));
+  EXPECT_EQ((*rounds)[1].attempt, 2);
+}
+
 TEST_F(SecAggRoundTest, ARestartDuringTheSessionFailsTheAttempt) {
   auto run = manager_->StartRun(Config());
   ASSERT_TRUE(run.ok()) << run.status();
