@@ -14,6 +14,7 @@
 #include "common/fl/personalization.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "coordinator/run_config_privacy.h"
 
 namespace fedtune::coordinator {
 
@@ -32,6 +33,11 @@ fl::AggregatorOptions AggregatorOptionsFor(const v1::RunConfig& config) {
   }
   options.trim_fraction = config.trim_fraction();
   options.clip_norm = config.clip_norm();
+  if (config.dp() == kDpFedAvg && !config.secure_aggregation()) {
+    // DP-FedAvg's sensitivity bound: every delta clipped to dp_clip_norm (the tighter of the two when both are set).
+    options.clip_norm =
+        config.clip_norm() > 0 ? std::min(config.clip_norm(), config.dp_clip_norm()) : config.dp_clip_norm();
+  }
   return options;
 }
 
@@ -50,10 +56,22 @@ bool ActiveRun::AllAccepted(const std::set<std::string>& sites) const {
   return std::all_of(sites.begin(), sites.end(), [this](const std::string& s) { return accepted.count(s) > 0; });
 }
 
+bool ActiveRun::central_dp_fedavg() const { return run.config.dp() == kDpFedAvg && !run.config.secure_aggregation(); }
+
+int64_t ActiveRun::AggregationWeight(int64_t num_samples) const {
+  return run.config.dp() == kDpFedAvg ? 1 : num_samples;
+}
+
 absl::Status ActiveRun::StartAttempt() {
   RETURN_IF_ERROR(ResetAggregator());
   accepted.clear();
+  declined.clear();
   partials.clear();
+  secagg.reset();
+  secagg_vector_length = 0;
+  secagg_error.clear();
+  secagg_phase = SecAggSession::Phase::kKeys;
+  secagg_result.reset();
   return absl::OkStatus();
 }
 
@@ -74,7 +92,7 @@ absl::Status ActiveRun::AddUpdateFile(const std::string& path, int64_t num_sampl
     return fl::ForEachDecodedTensorInFile(
         path, global.get(), [&](const std::string& name, at::Tensor tensor) { return visit(name, tensor); });
   };
-  return aggregator->AddFrom(source, num_samples, norm, what);
+  return aggregator->AddFrom(source, AggregationWeight(num_samples), norm, what);
 }
 
 void ReleaseFreeMemory() {

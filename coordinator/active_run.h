@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 
@@ -18,6 +19,7 @@
 #include "common/fl/tensor_map.h"
 #include "common/model/checkpoint.h"
 #include "coordinator/blob_store.h"
+#include "coordinator/secure_aggregation.h"
 #include "coordinator/state_store.h"
 #include "fedtune/v1/federation.pb.h"
 
@@ -46,7 +48,17 @@ struct ActiveRun {
   // the round must not close before it is (RoundManager::CloseRoundLocked).
   bool fedadam_stale = false;
   std::map<std::string, std::string> accepted;  // Site -> sha256 of its accepted update in the open attempt.
-  std::set<std::string> finals;                 // Sites that sent their final MetricsReport (evaluating).
+  // Sites that declined the open attempt (RoundManager::DeclineTask): not offered its task, not waited for.
+  std::set<std::string> declined;
+  // Secure aggregation (runs with secure_aggregation; round_manager.h): the open attempt's session, or null when it
+  // could not start (secagg_error says why; the next Tick fails the attempt); the phase the sites were last told
+  // about; the session's result once it is done (kept until the round closed, so that a failed close retries).
+  std::unique_ptr<SecAggSession> secagg;
+  int64_t secagg_vector_length = 0;  // secagg::MakeLayout(*global).length: the masked vectors' entries.
+  std::string secagg_error;
+  SecAggSession::Phase secagg_phase = SecAggSession::Phase::kKeys;
+  std::optional<SecAggSession::Result> secagg_result;
+  std::set<std::string> finals;  // Sites that sent their final MetricsReport (evaluating).
   // Cross-site evaluation (round_manager.h): the run is in its cross-evaluation stage (evaluating), until
   // cross_deadline_ms; the sites that sent their "cross_site" report; the adapted models shared, by site.
   bool cross_stage = false;
@@ -66,14 +78,22 @@ struct ActiveRun {
   bool IsOpenAttempt(const std::string& run_id, int round_number, int attempt) const;
   // True when every site of `sites` has an accepted update.
   bool AllAccepted(const std::set<std::string>& sites) const;
-  // A fresh aggregator for the run's config; accepted and partials cleared (a new attempt).
+  // True for a run with secure aggregation.
+  bool secure_aggregation() const { return run.config.secure_aggregation(); }
+  // True for a run with DP-FedAvg without secure aggregation: the coordinator clips, weighs uniformly and adds noise.
+  bool central_dp_fedavg() const;
+  // The weight of an update with `num_samples` in the aggregator: 1 under DP-FedAvg (uniform), else num_samples.
+  int64_t AggregationWeight(int64_t num_samples) const;
+  // A fresh aggregator for the run's config; accepted, declined, partials and the secure aggregation session
+  // cleared (a new attempt).
   absl::Status StartAttempt();
   // A fresh, empty aggregator for the run's config (the old one and its spill file go); accepted and partials stay.
   absl::Status ResetAggregator();
   // Adds the delta in the spool file `path` (validated before) to the aggregator, decoding it against the global
-  // model tensor by tensor (memory for one tensor). `norm`: its L2 norm from validation, or negative when unknown
-  // (the aggregator computes it when it clips). `what` names the update in messages. Errors: the decoder's and
-  // the aggregator's (fl::Aggregator::AddFrom: on error the aggregator is as before, or damaged()).
+  // model tensor by tensor (memory for one tensor), with weight AggregationWeight(num_samples). `norm`: its L2 norm
+  // from validation, or negative when unknown (the aggregator computes it when it clips). `what` names the update in
+  // messages. Errors: the decoder's and the aggregator's (fl::Aggregator::AddFrom: on error the aggregator is as
+  // before, or damaged()).
   absl::Status AddUpdateFile(const std::string& path, int64_t num_samples, double norm, const std::string& what);
   // Replaces the global model (after a round closed); `global` becomes its tensors minus kept_local.
   void SetGlobal(model::Checkpoint checkpoint);

@@ -11,6 +11,7 @@
 #include "common/io/file_util.h"
 #include "common/io/text_proto.h"
 #include "common/status_macros.h"
+#include "coordinator/run_config_privacy.h"
 
 namespace fedtune::coordinator {
 namespace {
@@ -172,7 +173,8 @@ absl::Status ValidateRunConfig(const v1::RunConfig& c) {
   if (!c.sites().empty() && c.min_sites() > c.sites_size()) {
     return Invalid("min_sites", absl::StrCat(c.min_sites(), " is more than the ", c.sites_size(), " listed sites"));
   }
-  return absl::OkStatus();
+  // The privacy fields: one definition with the CLI's check (run_config_privacy.h).
+  return ValidatePrivacyConfig(c);
 }
 
 }  // namespace fedtune::coordinator

@@ -41,7 +41,8 @@ int64_t SpoolBytesPerRound(const v1::CoordinatorConfig& config);
 // max_round_attempts < 1; local_epochs < 1; learning_rate not finite or <= 0; batch_size < 1; an unknown
 // aggregation; proximal_mu < 0 (fedprox); server_learning_rate <= 0 (fedadam); trim_fraction outside [0, 0.5)
 // (trimmed_mean); clip_norm or max_update_norm negative or not finite; an unknown compression; topk_fraction
-// outside (0, 1] (topk); a site id listed twice; min_sites larger than the number of listed sites.
+// outside (0, 1] (topk); a site id listed twice; min_sites larger than the number of listed sites; the privacy
+// fields and their combinations (ValidatePrivacyConfig, run_config_privacy.h: the same check as the CLI's).
 absl::Status ValidateRunConfig(const v1::RunConfig& config);
 
 }  // namespace fedtune::coordinator

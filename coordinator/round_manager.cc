@@ -16,6 +16,7 @@
 #include "common/status_macros.h"
 #include "coordinator/coordinator_config.h"
 #include "coordinator/round_transitions.h"
+#include "coordinator/run_config_privacy.h"
 #include "coordinator/run_views.h"
 
 namespace fedtune::coordinator {
@@ -26,10 +27,23 @@ using federation::SiteStatus;
 using federation::UploadStatus;
 namespace {
 
+constexpr char kRestartedDuringSecAgg[] = "coordinator restarted during secure aggregation";
+
 // The run's personalization and Ditto's lambda into a task's plan.
 void SetPersonalization(const v1::RunConfig& c, v1::TrainingPlan* plan) {
   plan->set_personalization(federation::ToProto(c.personalization()));
   if (c.personalization() == v1::RunConfig::DITTO) plan->set_ditto_lambda(c.ditto_lambda());
+}
+
+// The run's privacy settings into a TRAIN task's plan.
+void SetPrivacy(const v1::RunConfig& c, v1::TrainingPlan* plan) {
+  plan->set_secure_aggregation(c.secure_aggregation());
+  if (c.secure_aggregation()) plan->set_secagg_range(c.secagg_range());
+  plan->set_dp(DpMode(c));
+  if (plan->dp() != kDpNone) {
+    plan->set_dp_noise_multiplier(c.dp_noise_multiplier());
+    plan->set_dp_clip_norm(c.dp_clip_norm());
+  }
 }
 
 // The sites a new run selects: the listed ones (each must be approved), or every approved site (at least
@@ -117,7 +131,9 @@ RoundManager::~RoundManager() = default;
 
 std::string RoundManager::SpillDir() const { return options_.state_dir + "/spill"; }
 
-int64_t RoundManager::NowMs() const { return absl::ToUnixMillis(options_.clock ? options_.clock() : absl::Now()); }
+int64_t RoundManager::NowMs() const { return absl::ToUnixMillis(Now()); }
+
+absl::Time RoundManager::Now() const { return options_.clock ? options_.clock() : absl::Now(); }
 
 RunViewOptions RoundManager::ViewOptions() const {
   RunViewOptions view;
@@ -152,10 +168,13 @@ absl::Status RoundManager::RebuildAggregatorLocked() {
                                               u.round, " attempt ", u.attempt, ": spool file '", u.spool_path,
                                               "' is missing"));
     }
-    // The same path as acceptance, tensor by tensor; the norm is computed again when the aggregator clips.
-    RETURN_IF_ERROR(a.AddUpdateFile(
-        u.spool_path, u.num_samples, -1.0,
-        absl::StrCat("accepted update of site ", u.site_id, " for run ", u.run_id, " round ", u.round)));
+    // The same path as acceptance, tensor by tensor; the norm is computed again when the aggregator clips. A
+    // secure-aggregation upload is a masked vector that went to the session, never to the aggregator.
+    if (!a.secure_aggregation()) {
+      RETURN_IF_ERROR(a.AddUpdateFile(
+          u.spool_path, u.num_samples, -1.0,
+          absl::StrCat("accepted update of site ", u.site_id, " for run ", u.run_id, " round ", u.round)));
+    }
     a.accepted[u.site_id] = u.sha256;
   }
   ReleaseFreeMemory();
@@ -199,10 +218,20 @@ absl::Status RoundManager::Recover() {
   ASSIGN_OR_RETURN(std::unique_ptr<ActiveRun> active, LoadActiveRun(*blobs_, *run, last, SpillDir()));
   absl::MutexLock lock(&mu_);
   active_ = std::move(active);
+  if (run->state == RunState::kRunning && run->config.secure_aggregation()) {
+    // The session's keys, shares and running sum were in memory only: the attempt cannot go on.
+    spool_.RemoveAllBut(run->run_id, open->round, open->attempt);
+    LOG(WARNING) << "run " << run->run_id << " round " << open->round << " attempt " << open->attempt
+                 << ": the coordinator restarted during secure aggregation; the attempt fails";
+    return FailAttemptLocked(kRestartedDuringSecAgg);
+  }
   if (run->state == RunState::kRunning) {
     spool_.RemoveAllBut(run->run_id, open->round, open->attempt);
     RETURN_IF_ERROR(RebuildAggregatorLocked());
     RETURN_IF_ERROR(RebuildPartialsLocked());
+    ASSIGN_OR_RETURN(std::vector<UpdateRecord> declined,
+                     store_->ListUpdates(run->run_id, open->round, open->attempt, "", UploadStatus::kDeclined));
+    for (const UpdateRecord& u : declined) active_->declined.insert(u.site_id);
     LOG(INFO) << "recovered run " << run->run_id << " round " << active_->round.round << " attempt "
               << active_->round.attempt << " with " << active_->accepted.size() << " accepted update(s)";
   } else {
@@ -260,8 +289,18 @@ absl::StatusOr<std::string> RoundManager::StartRun(const v1::RunConfig& config) 
   round.opened_ms = now;
   round.deadline_ms = now + int64_t{config.round_deadline_seconds()} * 1000;
   ASSIGN_OR_RETURN(std::unique_ptr<ActiveRun> active, LoadActiveRun(*blobs_, run, &round, SpillDir()));
+  if (config.secure_aggregation() && sites.size() < 2) {
+    return absl::FailedPreconditionError(absl::StrCat("secure_aggregation needs at least 2 sites; the run would have ",
+                                                      sites.size(), " [", absl::StrJoin(sites, ", "), "]"));
+  }
+  if (config.secure_aggregation() && config.secagg_threshold() > static_cast<int>(sites.size())) {
+    return absl::FailedPreconditionError(absl::StrCat("secagg_threshold ", config.secagg_threshold(),
+                                                      " is more than the run's ", sites.size(), " site(s) [",
+                                                      absl::StrJoin(sites, ", "), "]"));
+  }
   RETURN_IF_ERROR(store_->CreateRun(run, round));
   active_ = std::move(active);
+  StartSecAggLocked();
   LOG(INFO) << "run " << run_id << " started: " << config.rounds() << " round(s), sites " << absl::StrJoin(sites, ",")
             << ", base model " << base;
   SignalTasksLocked();
@@ -294,7 +333,18 @@ absl::StatusOr<v1::RunStatus> RoundManager::AbortRun(const std::string& run_id, 
 }
 
 absl::StatusOr<v1::RunStatus> RoundManager::GetRunStatus(const std::string& run_id) {
-  return BuildRunStatus(*store_, run_id, ViewOptions());
+  ASSIGN_OR_RETURN(v1::RunStatus status, BuildRunStatus(*store_, run_id, ViewOptions()));
+  absl::MutexLock lock(&mu_);
+  // The open attempt of a secure-aggregation run: its message says where the session stands.
+  if (active_ && active_->run.run_id == status.run_id() && active_->run.state == RunState::kRunning) {
+    const std::string phase = SecAggStatusLocked();
+    for (v1::RoundInfo& r : *status.mutable_rounds()) {
+      if (!phase.empty() && r.round() == active_->round.round && r.attempt() == active_->round.attempt) {
+        r.set_message(phase);
+      }
+    }
+  }
+  return status;
 }
 
 absl::StatusOr<v1::RunReport> RoundManager::GetRunReport(const std::string& run_id) {
@@ -316,7 +366,7 @@ absl::StatusOr<v1::Task> RoundManager::NextTaskLocked(const std::string& site_id
   ASSIGN_OR_RETURN(int64_t base_bytes, blobs_->Size(a.run.base_model_digest));
   task.set_base_model_bytes(base_bytes);
   if (a.run.state == RunState::kRunning) {
-    if (a.accepted.count(site_id) > 0) {
+    if (a.accepted.count(site_id) > 0 || a.declined.count(site_id) > 0) {
       task.Clear();
       task.set_kind(v1::Task::NONE);
       return task;
@@ -337,6 +387,7 @@ absl::StatusOr<v1::Task> RoundManager::NextTaskLocked(const std::string& site_id
     fl::SetEncoding(encoding, plan);
     plan->set_topk_fraction(c.topk_fraction());
     SetPersonalization(c, plan);
+    SetPrivacy(c, plan);
     return task;
   }
   if (a.run.state == RunState::kEvaluating && a.cross_stage) return CrossEvaluateTaskLocked(site_id, std::move(task));
@@ -442,6 +493,13 @@ absl::StatusOr<v1::HeartbeatResponse> RoundManager::Heartbeat(const std::string&
   }
   RETURN_IF_ERROR(CheckRound(request.round(), 0, active_->run));
   const int round = request.round();
+  if (round > 0 && active_->run.state == RunState::kRunning && round == active_->round.round &&
+      active_->declined.count(site_id) > 0) {
+    response.set_cancel(true);
+    response.set_reason(absl::StrCat("site ", site_id, " declined run ", request.run_id(), " round ", round,
+                                     " attempt ", active_->round.attempt));
+    return response;
+  }
   if (round > 0 && !(active_->run.state == RunState::kRunning && round == active_->round.round)) {
     // A round that is no longer open: the work is only still wanted if its update counted (round metrics follow).
     ASSIGN_OR_RETURN(std::vector<UpdateRecord> mine,
@@ -525,16 +583,30 @@ absl::Status RoundManager::AdvanceLocked(const RunTransition& t) {
   ActiveRun& a = *active_;
   a.run = t.run;
   a.round = t.open_round ? *t.open_round : *t.finish_round;
-  return a.StartAttempt();
+  RETURN_IF_ERROR(a.StartAttempt());
+  if (t.open_round) StartSecAggLocked();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::set<std::string>> RoundManager::ExpectedSitesLocked() {
+  ASSIGN_OR_RETURN(std::set<std::string> eligible, EligibleSitesLocked());
+  for (const std::string& site : active_->declined) eligible.erase(site);
+  return eligible;
 }
 
 absl::Status RoundManager::MaybeCloseLocked() {
   if (!active_ || active_->run.state != RunState::kRunning) return absl::OkStatus();
-  ASSIGN_OR_RETURN(std::set<std::string> eligible, EligibleSitesLocked());
+  ASSIGN_OR_RETURN(std::set<std::string> expected, ExpectedSitesLocked());
   const ActiveRun& a = *active_;
-  if (static_cast<int>(a.accepted.size()) >= a.run.config.min_sites() && a.AllAccepted(eligible)) {
-    return CloseRoundLocked();
+  const int min_sites = a.run.config.min_sites();
+  if (!a.declined.empty() && static_cast<int>(expected.size()) < min_sites) {
+    // Declines left fewer sites than min_sites: the attempt can no longer close, so it fails now, not at the deadline.
+    return FailAttemptLocked(absl::StrCat(a.declined.size(), " site(s) declined [", absl::StrJoin(a.declined, ", "),
+                                          "]: ", expected.size(), " site(s) left, min_sites is ", min_sites));
   }
+  // A secure-aggregation round closes through its session (SecAggProgressLocked).
+  if (a.secure_aggregation()) return absl::OkStatus();
+  if (static_cast<int>(a.accepted.size()) >= min_sites && a.AllAccepted(expected)) return CloseRoundLocked();
   return absl::OkStatus();
 }
 
@@ -578,7 +650,13 @@ absl::Status RoundManager::CloseRoundLocked() {
 absl::Status RoundManager::CloseRoundOnceLocked() {
   ActiveRun& a = *active_;
   const int64_t now = NowMs();
-  ASSIGN_OR_RETURN(AggregatedRound result, AggregateRound(a, blobs_, options_.state_dir, now));
+  AggregatedRound result;
+  if (a.secure_aggregation()) {
+    ASSIGN_OR_RETURN(SecAggStep step, SecAggStepLocked());
+    ASSIGN_OR_RETURN(result, AggregateSecAggRound(a, std::move(step), blobs_, options_.state_dir, now));
+  } else {
+    ASSIGN_OR_RETURN(result, AggregateRound(a, blobs_, options_.state_dir, now));
+  }
   const RunTransition t = CloseRoundTransition(a, result, now);
   RETURN_IF_ERROR(store_->ApplyTransition(t));
   LOG(INFO) << "run " << a.run.run_id << " round " << a.round.round << " closed: " << t.finish_round->message
@@ -591,9 +669,9 @@ absl::Status RoundManager::CloseRoundOnceLocked() {
   return advanced;
 }
 
-absl::Status RoundManager::FailAttemptLocked() {
+absl::Status RoundManager::FailAttemptLocked(const std::string& why) {
   ActiveRun& a = *active_;
-  const RunTransition t = FailAttemptTransition(a, NowMs());
+  const RunTransition t = FailAttemptTransition(a, NowMs(), why);
   RETURN_IF_ERROR(store_->ApplyTransition(t));
   LOG(WARNING) << "run " << a.run.run_id << " round " << a.round.round << " attempt " << a.round.attempt
                << " failed: " << t.finish_round->message << (t.open_round ? "; retrying" : "; the run failed");
@@ -613,6 +691,25 @@ absl::Status RoundManager::Tick() {
   absl::MutexLock lock(&mu_);
   if (!active_) return absl::OkStatus();
   const int64_t now = NowMs();
+  if (active_->run.state == RunState::kRunning && active_->secure_aggregation()) {
+    // The session's phases have their own deadlines (the masked uploads end at the round's deadline).
+    if (!active_->secagg) {
+      return FailAttemptLocked(active_->secagg_error.empty() ? "secure aggregation did not start"
+                                                             : active_->secagg_error);
+    }
+    RETURN_IF_ERROR(MaybeCloseLocked());  // Declines may have left too few sites.
+    if (!active_ || active_->run.state != RunState::kRunning || !active_->secagg) return absl::OkStatus();
+    active_->secagg->Tick(Now());
+    const int64_t backstop =
+        active_->round.deadline_ms + 3 * int64_t{active_->run.config.secagg_phase_seconds()} * 1000;
+    const SecAggSession::Phase phase = active_->secagg->phase();
+    if (now >= backstop && phase != SecAggSession::Phase::kDone && phase != SecAggSession::Phase::kFailed) {
+      return FailAttemptLocked(absl::StrCat("secure aggregation did not finish (phase ",
+                                            SecAggSession::PhaseName(phase), ") by the round's deadline plus 3 x ",
+                                            "secagg_phase_seconds"));
+    }
+    return SecAggProgressLocked();
+  }
   if (active_->run.state == RunState::kRunning) {
     if (now < active_->round.deadline_ms) return MaybeCloseLocked();  // E.g. a site was revoked meanwhile.
     if (!active_->accepted.empty() && static_cast<int>(active_->accepted.size()) >= active_->run.config.min_sites()) {

@@ -7,7 +7,8 @@
 //   gets a TRAIN task. An upload is accepted (AcceptUpload) after its SHA-256, decoding against the round's global
 //   model and ValidateUpdate; it is added to the attempt's aggregator at once (FedAvg/FedAdam: O(model) memory) and
 //   recorded in one transaction.
-//   The round closes when every selected, non-revoked site has an accepted update (and at least min_sites did), or
+//   The round closes when every selected, non-revoked, non-declined site has an accepted update (and at least
+//   min_sites did; secure aggregation: when its session is done, see "Privacy"), or
 //   at the deadline with >= min_sites accepted updates: aggregator result (+ the FedAdam step), global = ApplyDelta,
 //   the checkpoint is saved into the blob store and, in ONE transaction, the model version is recorded, the round
 //   closed and the next round opened (or the run moved to "evaluating" / "completed"). With fewer than min_sites at
@@ -16,6 +17,35 @@
 //   it sends its MetricsReport of kind "final"; the run completes when all have, or at the evaluation deadline
 //   (now + round_deadline_seconds when evaluation began, plus round_deadline_seconds per local_epochs of the
 //   local-only baseline's training when the run has one). AbortRun marks the run and its open round "aborted".
+//
+// Privacy (RunConfig fields 25-31; run_config_privacy.h checks them; secagg_round.cc):
+//   Declined rounds. A site may decline the TRAIN task of the open attempt (DeclineTask, e.g. its privacy budget):
+//   an update row with status "declined" (UPLOAD_STATUS_DECLINED, no payload, message = the reason and the site's
+//   privacy account) is recorded, the site gets no task and no upload is taken from it in that attempt, and the round
+//   closes when every selected, non-revoked, non-declined site has an accepted update (and at least min_sites did).
+//   When declines leave fewer than min_sites such sites the attempt fails AT ONCE (message "N site(s) declined
+//   [...]: M site(s) left, min_sites is K"), not at the deadline; the next attempt offers the task to every site
+//   again. Declines are rows of the database: a restart keeps them.
+//   Secure aggregation (secure_aggregation: true). Every attempt that opens gets a SecAggSession
+//   (secure_aggregation.h: expected = the selected, non-revoked sites; vector length = secagg::MakeLayout(global)
+//   .length; threshold secagg_threshold; min_sites; range secagg_range; phase timeout secagg_phase_seconds; the
+//   masked-input phase ends at the attempt's deadline). The SecAgg* calls drive it; Tick drives its phase deadlines
+//   (and fails an attempt still unfinished at deadline + 3 x secagg_phase_seconds). An upload of such an attempt must
+//   be a masked bundle (secagg::ReadMaskedBundle) from a site of U2, else it is refused (InvalidArgument); it goes into
+//   the session, never to the aggregator, and its spool file (the masked vector only) stays until the round ends.
+//   The attempt does not close through accepted updates or the round deadline but when the session is done: the
+//   mean delta is the recovered sum x max_num_samples / total_samples (FedAvg; the sites pre-scaled by num_samples /
+//   max_num_samples) or / |U3| (dp-fedavg), checked (finite; max_update_norm on the mean), FedAdam's step when
+//   configured, ApplyDelta (integer tensors keep their values), and the round closes through the usual close. A
+//   failed session fails the attempt with the session's failure as the round's message; the next attempt starts a
+//   new session. GetRunStatus shows the open attempt's session (SecAggSession::Describe) as its round's message.
+//   DP-FedAvg (dp: "dp-fedavg"). Without secure aggregation the aggregator clips every delta to dp_clip_norm
+//   (AggregatorOptions::clip_norm; the smaller of clip_norm and dp_clip_norm when both are set), weights are uniform
+//   (num_samples taken as 1), and the mean gets Gaussian noise of standard deviation dp_noise_multiplier x
+//   dp_clip_norm / n per value (n updates: sigma x C on the sum), from a generator seeded by RAND_bytes
+//   (round_transitions.h AddGaussianNoise), before FedAdam. With secure aggregation the sites clip and add the noise;
+//   the coordinator only divides the sum by |U3|. dp-sgd is the sites' business (TrainingPlan).
+//   TRAIN tasks carry secure_aggregation, secagg_range, dp, dp_noise_multiplier and dp_clip_norm in their plan.
 //
 // Cross-site evaluation (RunConfig.cross_site_evaluation; shared_model_intake.cc, cross_evaluation_stage.cc): while
 // the run is "evaluating", a consenting site uploads its adapted model (UploadHeader.kind UPLOAD_KIND_ADAPTED_MODEL,
@@ -52,7 +82,10 @@
 //   fedadam/<run>-round-<r>.bundle  FedAdam's m/v after round r (a TensorBundle, fp32), written before the
 //       transaction that closes round r names it in runs.fedadam_state_path.
 //
-// Recovery (Create): the active run (running/evaluating) is reloaded from the database: the open round's global
+// Recovery (Create): an open attempt of a secure-aggregation run cannot be resumed (the session's keys, shares and
+// running sum were in memory only): it fails with the message "coordinator restarted during secure aggregation" and
+// the next attempt opens (or, past max_round_attempts, the run fails). Otherwise:
+// the active run (running/evaluating) is reloaded from the database: the open round's global
 // model from its blob, FedAdam's state from fedadam_state_path, and the aggregator rebuilt by decoding and adding
 // the spool file of every update accepted in the open attempt (DataLoss if one is missing: an accepted update
 // must never be silently dropped). Deadlines continue from their stored times. A crash between writing a
@@ -75,6 +108,7 @@
 #ifndef FEDTUNE_COORDINATOR_ROUND_MANAGER_H_
 #define FEDTUNE_COORDINATOR_ROUND_MANAGER_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -90,7 +124,9 @@
 #include "common/fl/tensor_map.h"
 #include "coordinator/active_run.h"
 #include "coordinator/blob_store.h"
+#include "coordinator/round_transitions.h"
 #include "coordinator/run_views.h"
+#include "coordinator/secure_aggregation.h"
 #include "coordinator/spool_dir.h"
 #include "coordinator/state_store.h"
 #include "fedtune/v1/federation.pb.h"
@@ -211,8 +247,36 @@ class RoundManager {
   absl::StatusOr<v1::UploadResponse> AcceptUpload(const std::string& site_id, const v1::UploadHeader& header,
                                                   const UploadTarget& target, const std::string& received_sha256);
 
-  // Applies deadlines at the clock's now (closing, failing or retrying rounds; ending the evaluation). Called
-  // periodically by the server; errors (e.g. a failed checkpoint write) leave the round open for the next tick.
+  // ---- Privacy (see "Privacy" in the header comment; site_id is the authenticated certificate CN)
+  // The site declines the TRAIN task of (run, round, attempt): its update of that attempt is recorded as "declined"
+  // with the reason and its privacy account, it is no longer offered the task nor waited for, and the round may
+  // close (or fail at once when min_sites can no longer be reached). Idempotent. InvalidArgument for a reason over
+  // kMaxDeclineReasonBytes, a round < 1 or an attempt < 1; NotFound for an unknown run; PermissionDenied when the
+  // site is not selected; OutOfRange for a round beyond the run's rounds; FailedPrecondition once the site's update of
+  // that attempt was accepted, or when the attempt is not the open one.
+  absl::Status DeclineTask(const std::string& site_id, const v1::DeclineRequest& request);
+  static constexpr size_t kMaxDeclineReasonBytes = 1024;
+
+  // Secure aggregation: the open attempt's SecAggSession (secure_aggregation.h) behind the SecAgg* RPCs. Each call
+  // names (run, round, attempt): NotFound for an unknown run; PermissionDenied when the site is not selected (or,
+  // from the session, not in the phase's set); FailedPrecondition when the run has no secure aggregation, the
+  // attempt is not the open one, the site declined it, or the session is in another phase; InvalidArgument naming
+  // the field from the session. The Get* calls answer at once (ready = false before the phase ended): the server
+  // long-polls them (site_service.h), woken by the task listener whenever the session's phase changes.
+  // `certificate_pem`: the certificate the site authenticated with on this call (its keys' signature is checked
+  // against it and relayed to the peers with the roster).
+  absl::Status SecAggAdvertiseKeys(const std::string& site_id, const std::string& certificate_pem,
+                                   const v1::SecAggKeys& keys);
+  absl::StatusOr<v1::SecAggRoster> SecAggGetRoster(const std::string& site_id, const v1::SecAggPhaseRequest& request);
+  absl::Status SecAggShareKeys(const std::string& site_id, const v1::SecAggShareUpload& upload);
+  absl::StatusOr<v1::SecAggInbox> SecAggGetInbox(const std::string& site_id, const v1::SecAggPhaseRequest& request);
+  absl::StatusOr<v1::SecAggUnmaskRequest> SecAggGetUnmaskRequest(const std::string& site_id,
+                                                                 const v1::SecAggPhaseRequest& request);
+  absl::Status SecAggRevealShares(const std::string& site_id, const v1::SecAggReveal& reveal);
+
+  // Applies deadlines at the clock's now (closing, failing or retrying rounds; ending the evaluation; the secure
+  // aggregation session's phase deadlines). Called periodically by the server; errors (e.g. a failed checkpoint
+  // write) leave the round open for the next tick.
   absl::Status Tick();
 
   // Wakes and ends every WaitForTask; later waits return at once.
@@ -236,6 +300,7 @@ class RoundManager {
   // InvalidArgument below `min`, OutOfRange beyond the run's rounds, naming the field.
   static absl::Status CheckRound(int round, int min, const RunRecord& run);
   int64_t NowMs() const;
+  absl::Time Now() const;
   // <state_dir>/spill: the aggregators' spill files.
   std::string SpillDir() const;
   RunViewOptions ViewOptions() const;
@@ -284,7 +349,35 @@ class RoundManager {
   absl::Status MaybeCloseLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status CloseRoundLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status CloseRoundOnceLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status FailAttemptLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Fails the open attempt; `why` (when not empty) is the round's message instead of "deadline passed ...".
+  absl::Status FailAttemptLocked(const std::string& why = "") ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The open attempt's eligible sites (EligibleSitesLocked) that did not decline it.
+  absl::StatusOr<std::set<std::string>> ExpectedSitesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // ---- Secure aggregation (secagg_round.cc)
+  // The attempt just opened gets its session (runs with secure_aggregation); when it cannot start, the reason is
+  // kept in ActiveRun::secagg_error and the next Tick fails the attempt.
+  void StartSecAggLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The session of the open attempt named by a SecAgg* call (errors: see the public SecAgg* methods).
+  absl::StatusOr<SecAggSession*> SecAggSessionLocked(const std::string& site_id, const std::string& run_id, int round,
+                                                     int attempt) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // After a call or a tick moved the session: tells waiting sites of a new phase, closes the round when the session
+  // is done, fails the attempt when it failed. Errors of the close (the round stays open for the next tick).
+  absl::Status SecAggProgressLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The round's mean delta from the session's result (FedAvg: sum * max_num_samples / total_samples; DP-FedAvg:
+  // sum / |U3|), validated (finite; max_update_norm on the mean when set). InvalidArgument when refused.
+  absl::StatusOr<SecAggStep> SecAggStepLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The masked vector of a secure-aggregation upload (complete spool file), read without mu_ (under decode_mu_):
+  // InvalidArgument when it is not a masked bundle of `length` entries.
+  absl::StatusOr<std::vector<uint32_t>> ReadMaskedUpload(const UploadTarget& target, int64_t length,
+                                                         const std::string& what) ABSL_LOCKS_EXCLUDED(mu_);
+  // Adds a read masked vector to the open attempt's session and records the update as accepted.
+  absl::StatusOr<v1::UploadResponse> AcceptMaskedLocked(const std::string& site_id, const v1::UploadHeader& header,
+                                                        const UploadTarget& target, const SecAggSession* session,
+                                                        const std::vector<uint32_t>& masked, const std::string& what)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The phase of the open attempt's session for the round's message in status views ("" without one).
+  std::string SecAggStatusLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status FinishEvaluationLocked(const std::string& message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // ---- Cross-site evaluation (shared_model_intake.cc, cross_evaluation_stage.cc)

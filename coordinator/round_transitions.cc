@@ -1,6 +1,12 @@
 #include "coordinator/round_transitions.h"
 
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <openssl/rand.h>
+
 #include <algorithm>
+#include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <system_error>
 #include <utility>
@@ -12,6 +18,7 @@
 #include "common/fl/model_tensors.h"
 #include "common/io/file_util.h"
 #include "common/status_macros.h"
+#include "coordinator/run_config_privacy.h"
 
 namespace fedtune::coordinator {
 
@@ -38,10 +45,9 @@ int64_t EvaluationDeadlineAfter(const ActiveRun& a, int64_t now_ms) {
   return now_ms + rounds * int64_t{c.round_deadline_seconds()} * 1000;
 }
 
-// The aggregated step, after FedAdam's server step when the run uses it (its state written to *adam_path).
-absl::StatusOr<fl::TensorMap> ServerStep(ActiveRun& a, const std::string& state_dir, std::string* adam_path) {
-  // The aggregator's own memory becomes the step (FedAvg): it is spent afterwards; a close that fails rebuilds it.
-  ASSIGN_OR_RETURN(fl::TensorMap step, a.aggregator->TakeResult());
+// FedAdam's server step on the aggregated `step` when the run uses it (its state written to *adam_path).
+absl::StatusOr<fl::TensorMap> AdamStep(ActiveRun& a, fl::TensorMap step, const std::string& state_dir,
+                                       std::string* adam_path) {
   if (!a.fedadam) return step;
   RETURN_IF_ERROR(a.fedadam->StepInPlace(step));  // The step is the aggregator's own memory: no copy needed.
   *adam_path = absl::StrCat(state_dir, "/fedadam/", a.run.run_id, "-round-", a.round.round, ".bundle");
@@ -50,24 +56,9 @@ absl::StatusOr<fl::TensorMap> ServerStep(ActiveRun& a, const std::string& state_
   return step;
 }
 
-// A transition that ends the run in `state` (completed, failed, aborted) with `message`.
-RunTransition EndRun(const ActiveRun& a, RunState state, std::string message, int64_t now_ms) {
-  RunTransition t;
-  t.run = a.run;
-  t.run.state = state;
-  t.run.finished_ms = now_ms;
-  t.run.message = std::move(message);
-  return t;
-}
-
-}  // namespace
-
-absl::StatusOr<AggregatedRound> AggregateRound(ActiveRun& a, BlobStore* blobs, const std::string& state_dir,
-                                               int64_t now_ms) {
-  AggregatedRound out;
-  // The step becomes the next global model in place: the round's close holds the global model, the aggregator,
-  // one more model and the checkpoint writer's buffer, not a step and a next model besides.
-  ASSIGN_OR_RETURN(fl::TensorMap next_global, ServerStep(a, state_dir, &out.fedadam_state_path));
+// Saves the next global model: the current one plus `step` (the server's step over the shared tensors).
+absl::StatusOr<AggregatedRound> SaveNextGlobal(ActiveRun& a, fl::TensorMap next_global, AggregatedRound out,
+                                               const std::string& description, BlobStore* blobs, int64_t now_ms) {
   RETURN_IF_ERROR(fl::ApplyDeltaInPlace(*a.global, next_global));
   // The step covers the shared tensors (a.global). Those a personalization keeps at the sites (FEDBN, SILOBN) stay as
   // the current global model has them: the base model's, round after round.
@@ -79,8 +70,7 @@ absl::StatusOr<AggregatedRound> AggregateRound(ActiveRun& a, BlobStore* blobs, c
   model::Provenance& provenance = out.checkpoint.metadata.provenance;
   provenance.parent_digest = a.global_checkpoint.weights_sha256;
   provenance.source =
-      absl::StrCat("fedtune federation run ", a.run.run_id, " round ", a.round.round, " (", a.aggregator->Describe(),
-                   ", ", a.aggregator->num_updates(), " sites, ", a.aggregator->total_samples(), " samples)");
+      absl::StrCat("fedtune federation run ", a.run.run_id, " round ", a.round.round, " (", description, ")");
   provenance.epochs = a.run.config.local_epochs();
   provenance.created_at = Iso8601(absl::FromUnixMillis(now_ms));
   const std::string temp = blobs->TempPath();
@@ -96,6 +86,96 @@ absl::StatusOr<AggregatedRound> AggregateRound(ActiveRun& a, BlobStore* blobs, c
   return out;
 }
 
+// A transition that ends the run in `state` (completed, failed, aborted) with `message`.
+RunTransition EndRun(const ActiveRun& a, RunState state, std::string message, int64_t now_ms) {
+  RunTransition t;
+  t.run = a.run;
+  t.run.state = state;
+  t.run.finished_ms = now_ms;
+  t.run.message = std::move(message);
+  return t;
+}
+
+}  // namespace
+
+absl::Status AddGaussianNoise(fl::TensorMap& step, double stddev) {
+  if (!std::isfinite(stddev) || stddev < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("noise standard deviation ", stddev, " must be finite and >= 0"));
+  }
+  if (stddev == 0) return absl::OkStatus();
+  uint64_t seed = 0;
+  unsigned char bytes[sizeof(seed)];
+  if (RAND_bytes(bytes, sizeof(bytes)) != 1) {
+    return absl::InternalError("RAND_bytes failed: no seed for the differential privacy noise");
+  }
+  std::memcpy(&seed, bytes, sizeof(seed));
+  at::Generator generator = at::detail::createCPUGenerator(seed);
+  try {
+    for (auto& [name, tensor] : step) {
+      if (!fl::IsFloating(tensor)) continue;
+      // Drawn in float64 and added in the tensor's dtype.
+      at::Tensor noise = at::normal(0.0, stddev, tensor.sizes(), generator, at::TensorOptions().dtype(at::kDouble));
+      tensor.add_(noise.to(tensor.scalar_type()));
+    }
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("adding differential privacy noise: ", e.what_without_backtrace()));
+  }
+  return absl::OkStatus();
+}
+
+double DpFedAvgNoiseStddev(const v1::RunConfig& config, int64_t updates) {
+  return config.dp_noise_multiplier() * config.dp_clip_norm() / static_cast<double>(std::max<int64_t>(1, updates));
+}
+
+absl::StatusOr<AggregatedRound> AggregateRound(ActiveRun& a, BlobStore* blobs, const std::string& state_dir,
+                                               int64_t now_ms) {
+  AggregatedRound out;
+  // The step becomes the next global model in place: the round's close holds the global model, the aggregator,
+  // one more model and the checkpoint writer's buffer, not a step and a next model besides. The aggregator's own
+  // memory becomes the step (FedAvg): it is spent afterwards; a close that fails rebuilds it.
+  ASSIGN_OR_RETURN(fl::TensorMap step, a.aggregator->TakeResult());
+  std::string description = a.aggregator->Describe();
+  const int64_t updates = a.aggregator->num_updates();
+  if (a.central_dp_fedavg()) {
+    const double stddev = DpFedAvgNoiseStddev(a.run.config, updates);
+    RETURN_IF_ERROR(AddGaussianNoise(step, stddev));
+    description = absl::StrCat(description, ", dp-fedavg (clip ", a.run.config.dp_clip_norm(), ", noise multiplier ",
+                               a.run.config.dp_noise_multiplier(), ": noise std ", stddev, " on the mean)");
+  }
+  ASSIGN_OR_RETURN(fl::TensorMap next_global, AdamStep(a, std::move(step), state_dir, &out.fedadam_state_path));
+  // Under DP-FedAvg the aggregator's weights are 1 per update, not samples.
+  const std::string weights = a.run.config.dp() == kDpFedAvg ? std::string("uniform weights")
+                                                             : absl::StrCat(a.aggregator->total_samples(), " samples");
+  out.summary = absl::StrCat(updates, " update(s), ", weights, ": ", description);
+  return SaveNextGlobal(a, std::move(next_global), std::move(out),
+                        absl::StrCat(description, ", ", updates, " sites, ", weights), blobs, now_ms);
+}
+
+absl::StatusOr<AggregatedRound> AggregateSecAggRound(ActiveRun& a, SecAggStep step, BlobStore* blobs,
+                                                     const std::string& state_dir, int64_t now_ms) {
+  for (const auto& [name, tensor] : step.mean) {
+    auto it = a.global->find(name);
+    if (it == a.global->end() || !it->second.sizes().equals(tensor.sizes())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("secure aggregation's sum has tensor '", name, "' that the global model does not have"));
+    }
+  }
+  // Integer tensors (BatchNorm's num_batches_tracked) are not aggregated under secure aggregation: zero deltas.
+  for (const auto& [name, tensor] : *a.global) {
+    if (step.mean.count(name) == 0) step.mean[name] = at::zeros_like(tensor);
+  }
+  for (auto& [name, tensor] : step.mean) {
+    const at::Tensor& g = a.global->at(name);
+    if (tensor.scalar_type() != g.scalar_type()) tensor = tensor.to(g.scalar_type());
+  }
+  AggregatedRound out;
+  ASSIGN_OR_RETURN(fl::TensorMap next_global, AdamStep(a, std::move(step.mean), state_dir, &out.fedadam_state_path));
+  out.summary = absl::StrCat(step.updates, " update(s), ", step.samples, " samples: ", step.description);
+  return SaveNextGlobal(a, std::move(next_global), std::move(out),
+                        absl::StrCat(step.description, ", ", step.updates, " sites, ", step.samples, " samples"), blobs,
+                        now_ms);
+}
+
 RunTransition CloseRoundTransition(const ActiveRun& a, const AggregatedRound& result, int64_t now_ms) {
   RunTransition t;
   t.run = a.run;
@@ -107,8 +187,7 @@ RunTransition CloseRoundTransition(const ActiveRun& a, const AggregatedRound& re
   finished.state = RoundState::kClosed;
   finished.result_digest = result.digest;
   finished.closed_ms = now_ms;
-  finished.message = absl::StrCat(a.aggregator->num_updates(), " update(s), ", a.aggregator->total_samples(),
-                                  " samples: ", a.aggregator->Describe());
+  finished.message = result.summary;
   t.finish_round = finished;
   ModelVersion version;
   version.digest = result.digest;
@@ -144,14 +223,15 @@ RunTransition CloseRoundTransition(const ActiveRun& a, const AggregatedRound& re
   return t;
 }
 
-RunTransition FailAttemptTransition(const ActiveRun& a, int64_t now_ms) {
+RunTransition FailAttemptTransition(const ActiveRun& a, int64_t now_ms, const std::string& why) {
   RunTransition t;
   t.run = a.run;
   RoundRecord failed = a.round;
   failed.state = RoundState::kFailed;
   failed.closed_ms = now_ms;
-  failed.message = absl::StrCat("deadline passed with ", a.accepted.size(), " accepted update(s), min_sites is ",
-                                a.run.config.min_sites());
+  failed.message = !why.empty() ? why
+                                : absl::StrCat("deadline passed with ", a.accepted.size(),
+                                               " accepted update(s), min_sites is ", a.run.config.min_sites());
   t.finish_round = failed;
   if (a.round.attempt < a.run.config.max_round_attempts()) {
     RoundRecord next = a.round;

@@ -10,6 +10,7 @@
 #include "common/io/sha256.h"
 #include "common/logging.h"
 #include "common/net/grpc_status.h"
+#include "common/net/tls.h"
 #include "common/status_macros.h"
 #include "coordinator/model_stream.h"
 #include "coordinator/model_write_reactor.h"
@@ -311,6 +312,127 @@ grpc::Status SiteServiceImpl::DoReportMetrics(grpc::CallbackServerContext* conte
     authorizer_->Audit(*context, kRpc, *peer, status, request->run_id(), request->round());
   }
   return Reply(status, kRpc, peer->common_name);
+}
+
+grpc::Status SiteServiceImpl::DoSiteCall(grpc::CallbackServerContext* context, const char* rpc,
+                                         const std::string& run_id, int round,
+                                         const std::function<absl::Status(const pki::PeerIdentity& peer)>& work) {
+  SiteCallLimiter::Slot slot;
+  absl::StatusOr<pki::PeerIdentity> peer = Admit(*context, rpc, Access::kApprovedSite, false, &slot, run_id, round);
+  if (!peer.ok()) return Reply(peer.status(), rpc, "");
+  absl::Status status = work(*peer);
+  if (!status.ok()) authorizer_->Audit(*context, rpc, *peer, status, run_id, round);
+  return Reply(status, rpc, peer->common_name);
+}
+
+grpc::ServerUnaryReactor* SiteServiceImpl::DeclineTask(grpc::CallbackServerContext* context,
+                                                       const v1::DeclineRequest* request,
+                                                       v1::DeclineResponse* /*response*/) {
+  return Answer(context, DoSiteCall(context, "SiteService/DeclineTask", request->run_id(), request->round(),
+                                    [&](const pki::PeerIdentity& peer) {
+                                      return rounds_->DeclineTask(peer.common_name, *request);
+                                    }));
+}
+
+grpc::ServerUnaryReactor* SiteServiceImpl::SecAggAdvertiseKeys(grpc::CallbackServerContext* context,
+                                                               const v1::SecAggKeys* request,
+                                                               v1::SecAggAck* /*response*/) {
+  return Answer(context, DoSiteCall(context, "SiteService/SecAggAdvertiseKeys", request->run_id(), request->round(),
+                                    [&](const pki::PeerIdentity& peer) {
+                                      // The certificate the site authenticated with: its keys' signature is checked
+                                      // against it, and the peers get it with the roster.
+                                      return rounds_->SecAggAdvertiseKeys(peer.common_name,
+                                                                          net::PeerCertificatePem(*context), *request);
+                                    }));
+}
+
+grpc::ServerUnaryReactor* SiteServiceImpl::SecAggShareKeys(grpc::CallbackServerContext* context,
+                                                           const v1::SecAggShareUpload* request,
+                                                           v1::SecAggAck* /*response*/) {
+  return Answer(context, DoSiteCall(context, "SiteService/SecAggShareKeys", request->run_id(), request->round(),
+                                    [&](const pki::PeerIdentity& peer) {
+                                      return rounds_->SecAggShareKeys(peer.common_name, *request);
+                                    }));
+}
+
+grpc::ServerUnaryReactor* SiteServiceImpl::SecAggRevealShares(grpc::CallbackServerContext* context,
+                                                              const v1::SecAggReveal* request,
+                                                              v1::SecAggAck* /*response*/) {
+  return Answer(context, DoSiteCall(context, "SiteService/SecAggRevealShares", request->run_id(), request->round(),
+                                    [&](const pki::PeerIdentity& peer) {
+                                      return rounds_->SecAggRevealShares(peer.common_name, *request);
+                                    }));
+}
+
+template <typename Response>
+grpc::ServerUnaryReactor* SiteServiceImpl::PhaseLongPoll(
+    grpc::CallbackServerContext* context, const char* rpc, const v1::SecAggPhaseRequest* request, Response* response,
+    std::function<absl::StatusOr<Response>(const std::string& site_id, const v1::SecAggPhaseRequest& request)> get) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  SiteCallLimiter::Slot slot;
+  absl::StatusOr<pki::PeerIdentity> peer =
+      Admit(*context, rpc, Access::kApprovedSite, false, &slot, request->run_id(), request->round());
+  if (!peer.ok()) {
+    reactor->Finish(Reply(peer.status(), rpc, ""));
+    return reactor;
+  }
+  // The slot stays taken until the call is answered: a long-poll counts among the site's calls (as GetTask's).
+  auto held = std::make_shared<SiteCallLimiter::Slot>(std::move(slot));
+  auto finish = [this, reactor, response, held, context, rpc, peer = *peer, run_id = request->run_id(),
+                 round = request->round()](absl::StatusOr<Response> result) {
+    *held = SiteCallLimiter::Slot();
+    if (!result.ok()) {
+      authorizer_->Audit(*context, rpc, peer, result.status(), run_id, round);
+      reactor->Finish(Reply(result.status(), rpc, peer.common_name));
+      return;
+    }
+    *response = *std::move(result);
+    reactor->Finish(grpc::Status::OK);
+  };
+  const v1::SecAggPhaseRequest copy = *request;
+  absl::StatusOr<Response> now = get(peer->common_name, copy);
+  const int wait = std::clamp(request->wait_seconds(), 0, options_.task_wait_seconds);
+  if (wait == 0 || !now.ok() || now->ready()) {
+    finish(std::move(now));
+    return reactor;
+  }
+  TaskWaiters::Waiter waiter;
+  waiter.site_id = peer->common_name;
+  waiter.deadline = absl::Now() + absl::Seconds(wait);
+  waiter.cancelled = [context] { return context->IsCancelled(); };
+  waiter.poll = [get = std::move(get), finish = std::move(finish), site = peer->common_name, copy](bool due) {
+    absl::StatusOr<Response> result = get(site, copy);
+    if (result.ok() && !result->ready() && !due) return false;
+    finish(std::move(result));
+    return true;
+  };
+  waiters_.Add(std::move(waiter));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* SiteServiceImpl::SecAggGetRoster(grpc::CallbackServerContext* context,
+                                                           const v1::SecAggPhaseRequest* request,
+                                                           v1::SecAggRoster* response) {
+  return PhaseLongPoll<v1::SecAggRoster>(
+      context, "SiteService/SecAggGetRoster", request, response,
+      [this](const std::string& site, const v1::SecAggPhaseRequest& r) { return rounds_->SecAggGetRoster(site, r); });
+}
+
+grpc::ServerUnaryReactor* SiteServiceImpl::SecAggGetInbox(grpc::CallbackServerContext* context,
+                                                          const v1::SecAggPhaseRequest* request,
+                                                          v1::SecAggInbox* response) {
+  return PhaseLongPoll<v1::SecAggInbox>(
+      context, "SiteService/SecAggGetInbox", request, response,
+      [this](const std::string& site, const v1::SecAggPhaseRequest& r) { return rounds_->SecAggGetInbox(site, r); });
+}
+
+grpc::ServerUnaryReactor* SiteServiceImpl::SecAggGetUnmaskRequest(grpc::CallbackServerContext* context,
+                                                                  const v1::SecAggPhaseRequest* request,
+                                                                  v1::SecAggUnmaskRequest* response) {
+  return PhaseLongPoll<v1::SecAggUnmaskRequest>(context, "SiteService/SecAggGetUnmaskRequest", request, response,
+                                                [this](const std::string& site, const v1::SecAggPhaseRequest& r) {
+                                                  return rounds_->SecAggGetUnmaskRequest(site, r);
+                                                });
 }
 
 }  // namespace fedtune::coordinator

@@ -1,7 +1,8 @@
 // fedtune.v1.SiteService: the calls site agents make (Hello, GetTask long-poll, Heartbeat, DownloadModel,
-// GetUploadOffset, UploadUpdate, ReportMetrics). Each handler authorizes the caller (authorizer.h), takes a place
-// among the site's concurrent calls (SiteCallLimiter: RESOURCE_EXHAUSTED naming the site and the limit, audited),
-// unpacks the request, calls RoundManager / StateStore and converts the status once.
+// GetUploadOffset, UploadUpdate, ReportMetrics, DeclineTask, and secure aggregation's SecAgg* calls). Each handler
+// authorizes the caller (authorizer.h), takes a place among the site's concurrent calls (SiteCallLimiter:
+// RESOURCE_EXHAUSTED naming the site and the limit, audited), unpacks the request, calls RoundManager / StateStore and
+// converts the status once.
 //
 // gRPC API: the callback API (CallbackService), so that no call holds a thread while it waits:
 //  - unary calls (Hello, Heartbeat, GetUploadOffset, ReportMetrics) run to completion on gRPC's callback thread
@@ -76,6 +77,26 @@ class SiteServiceImpl final : public v1::SiteService::CallbackService {
                                                          v1::UploadResponse* response) override;
   grpc::ServerUnaryReactor* ReportMetrics(grpc::CallbackServerContext* context, const v1::MetricsReport* request,
                                           v1::ReportMetricsResponse* response) override;
+  // RoundManager::DeclineTask for the authenticated site.
+  grpc::ServerUnaryReactor* DeclineTask(grpc::CallbackServerContext* context, const v1::DeclineRequest* request,
+                                        v1::DeclineResponse* response) override;
+  // Secure aggregation (RoundManager::SecAgg*). AdvertiseKeys passes the certificate the site authenticated with
+  // (the AuthContext's "x509_pem_cert"). The Get* calls long-poll like GetTask: wait_seconds capped at
+  // task_wait_seconds, answered as soon as the phase ended (ready = true), with ready = false at the end of the wait,
+  // on cancellation and at shutdown; they hold no thread while they wait (TaskWaiters).
+  grpc::ServerUnaryReactor* SecAggAdvertiseKeys(grpc::CallbackServerContext* context, const v1::SecAggKeys* request,
+                                                v1::SecAggAck* response) override;
+  grpc::ServerUnaryReactor* SecAggGetRoster(grpc::CallbackServerContext* context, const v1::SecAggPhaseRequest* request,
+                                            v1::SecAggRoster* response) override;
+  grpc::ServerUnaryReactor* SecAggShareKeys(grpc::CallbackServerContext* context, const v1::SecAggShareUpload* request,
+                                            v1::SecAggAck* response) override;
+  grpc::ServerUnaryReactor* SecAggGetInbox(grpc::CallbackServerContext* context, const v1::SecAggPhaseRequest* request,
+                                           v1::SecAggInbox* response) override;
+  grpc::ServerUnaryReactor* SecAggGetUnmaskRequest(grpc::CallbackServerContext* context,
+                                                   const v1::SecAggPhaseRequest* request,
+                                                   v1::SecAggUnmaskRequest* response) override;
+  grpc::ServerUnaryReactor* SecAggRevealShares(grpc::CallbackServerContext* context, const v1::SecAggReveal* request,
+                                               v1::SecAggAck* response) override;
 
   // Answers every waiting GetTask (with the task now) and stops taking long-polls: later ones are answered at once.
   // Call before the server shuts down (grpc::Server::Shutdown waits for every call to be answered).
@@ -109,6 +130,15 @@ class SiteServiceImpl final : public v1::SiteService::CallbackService {
   grpc::Status DoGetUploadOffset(grpc::CallbackServerContext* context, const v1::UploadOffsetRequest* request,
                                  v1::UploadOffsetResponse* response);
   grpc::Status DoReportMetrics(grpc::CallbackServerContext* context, const v1::MetricsReport* request);
+  // A unary call of an approved site about (run_id, round): admits it, runs `work` for the site, audits a refusal.
+  grpc::Status DoSiteCall(grpc::CallbackServerContext* context, const char* rpc, const std::string& run_id, int round,
+                          const std::function<absl::Status(const pki::PeerIdentity& peer)>& work);
+  // A secure aggregation phase long-poll: `get` (a RoundManager::SecAggGet* call for the site) answers it once its
+  // result is ready, or not ready at the end of the wait.
+  template <typename Response>
+  grpc::ServerUnaryReactor* PhaseLongPoll(
+      grpc::CallbackServerContext* context, const char* rpc, const v1::SecAggPhaseRequest* request, Response* response,
+      std::function<absl::StatusOr<Response>(const std::string& site_id, const v1::SecAggPhaseRequest& request)> get);
 
   Authorizer* const authorizer_;
   StateStore* const store_;

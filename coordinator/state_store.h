@@ -17,7 +17,8 @@
 //   model_versions(digest PK = SHA-256 of the checkpoint file, parent_digest ('' for an import), path (blob),
 //                  run_id, round, bytes, created_ms); rowid order is creation order.
 //   updates(id PK, run_id, round, attempt, site_id, sha256, bytes, num_samples, l2_norm, train_loss,
-//           validation_loss, status 'accepted'|'refused', message, spool_path, received_ms);
+//           validation_loss, status 'accepted'|'refused'|'declined', message, spool_path, received_ms); a 'declined'
+//           row (RoundManager::DeclineTask) has no payload: sha256 '', message = the reason and the site's privacy.
 //           UNIQUE (run_id, round, attempt, site_id) WHERE status = 'accepted'.
 //   metrics(id PK, run_id, round, site_id, kind 'round'|'final'|'cross_site', report BLOB (serialized
 //           v1.MetricsReport),

@@ -36,6 +36,7 @@ int TaskWaiters::waiting() {
 
 bool TaskWaiters::CheckOne(Waiter& w, absl::Time now, bool final) {
   const bool due = final || now >= w.deadline || w.cancelled();
+  if (w.poll) return w.poll(due);
   absl::StatusOr<v1::Task> task = rounds_->NextTask(w.site_id);
   if (!task.ok() || task->kind() != v1::Task::NONE || due) {
     w.answer(std::move(task));

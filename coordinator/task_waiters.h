@@ -1,8 +1,8 @@
-// GetTask long-polls without a thread each. SiteService's callback handler registers a waiting call here; one
-// thread answers them all: a call is answered with the site's task as soon as there is one (RoundManager reports
-// every change through its task listener), with an empty task (kind NONE) at its deadline, and at once when the
-// call is cancelled or the coordinator shuts down. So thousands of sites can wait for work at the cost of one
-// thread and a small record each.
+// GetTask long-polls (and secure aggregation's phase long-polls, Waiter::poll) without a thread each. SiteService's
+// callback handler registers a waiting call here; one thread answers them all: a call is answered with the site's task
+// as soon as there is one (RoundManager reports every change through its task listener), with an empty task (kind NONE)
+// at its deadline, and at once when the call is cancelled or the coordinator shuts down. So thousands of sites can wait
+// for work at the cost of one thread and a small record each.
 //
 // Thread safety: thread-safe. The answering thread calls RoundManager::NextTask without holding the waiters' lock,
 // so the listener (called under RoundManager's lock) never waits for it.
@@ -38,6 +38,11 @@ class TaskWaiters {
     // Answers the call (called exactly once, on the answering thread or in Shutdown): the site's task (kind NONE
     // at the deadline, on cancellation or shutdown) or RoundManager::NextTask's error. Required.
     std::function<void(absl::StatusOr<v1::Task>)> answer;
+    // Optional: a long-poll of another kind (secure aggregation's phases, site_service.h) instead of GetTask's. When
+    // set, it is called instead of NextTask and `answer`, on the answering thread, whenever the call is checked
+    // (every change the task listener reports, the deadline, cancellation), with due = true at the deadline, on
+    // cancellation and at shutdown; it returns true when it answered the call (it must when due).
+    std::function<bool(bool due)> poll;
   };
 
   // Starts the answering thread. `rounds` must outlive this object; the caller installs Notify as its task

@@ -49,6 +49,8 @@ absl::Status CheckUploadHeader(const v1::UploadHeader& header, int64_t max_uploa
     return absl::InvalidArgumentError(absl::StrCat("upload: train_loss ", header.train_loss(), " and validation_loss ",
                                                    header.validation_loss(), " must be finite"));
   }
+  // MASKED_UINT32: a secure-aggregation upload (a masked vector, read by the session's rules in AcceptUpload).
+  if (header.delta_encoding() == v1::NamedTensor::MASKED_UINT32) return absl::OkStatus();
   if (absl::StatusOr<std::optional<fl::Encoding>> encoding = fl::GetEncoding(header); !encoding.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("upload: ", encoding.status().message()));
   }
@@ -89,6 +91,10 @@ absl::StatusOr<UploadTarget> RoundManager::PrepareUploadLocked(const std::string
       return absl::AlreadyExistsError(absl::StrCat("site ", site_id, " already has an accepted update for run ", run_id,
                                                    " round ", round, " (sha256 ", u.sha256, ")"));
     }
+  }
+  if (active_->declined.count(site_id) > 0) {
+    return absl::FailedPreconditionError(absl::StrCat("site ", site_id, " declined run ", run_id, " round ", round,
+                                                      " attempt ", active_->round.attempt, ": no update is taken"));
   }
   UploadTarget target;
   target.attempt = active_->round.attempt;
@@ -263,12 +269,18 @@ absl::StatusOr<v1::UploadResponse> RoundManager::AcceptUpload(const std::string&
   std::shared_ptr<const fl::TensorMap> global;
   double max_norm = 0;
   absl::StatusOr<bool> accepted_before;
+  const SecAggSession* session = nullptr;  // A secure-aggregation attempt's: the payload is a masked vector.
+  bool secure_aggregation = false;
+  int64_t masked_length = 0;
   {
     absl::MutexLock lock(&mu_);
     accepted_before = CheckStillOpenLocked(site_id, header, target, what);
     if (accepted_before.ok() && !*accepted_before) {
       global = active_->global;
       max_norm = active_->run.config.max_update_norm();
+      secure_aggregation = active_->secure_aggregation();
+      session = active_->secagg.get();
+      masked_length = active_->secagg_vector_length;
     }
   }
   if (!accepted_before.ok()) return refuse(accepted_before.status());
@@ -277,6 +289,21 @@ absl::StatusOr<v1::UploadResponse> RoundManager::AcceptUpload(const std::string&
     federation::SetStatus(UploadStatus::kAccepted, &response);
     response.set_message("accepted before (same payload)");
     return response;
+  }
+  if (secure_aggregation) {
+    if (session == nullptr) {
+      return refuse(absl::FailedPreconditionError(
+          absl::StrCat(what, ": the attempt's secure aggregation did not start; the attempt fails")));
+    }
+    absl::StatusOr<std::vector<uint32_t>> masked = ReadMaskedUpload(target, masked_length, what);
+    if (!masked.ok()) return refuse(masked.status());
+    std::optional<absl::StatusOr<v1::UploadResponse>> added;
+    {
+      absl::MutexLock lock(&mu_);
+      added = AcceptMaskedLocked(site_id, header, target, session, *masked, what);
+    }
+    if (added->ok()) return *std::move(added);
+    return refuse(added->status());
   }
   absl::StatusOr<ValidatedDelta> delta = DecodeAndValidate(site_id, header, target, *global, max_norm, what);
   if (!delta.ok()) {
@@ -290,6 +317,9 @@ absl::StatusOr<v1::UploadResponse> RoundManager::AcceptUpload(const std::string&
     if (!active_ || !active_->IsOpenAttempt(header.run_id(), header.round(), target.attempt) ||
         active_->accepted.count(site_id) > 0 || active_->global != global) {
       refused = absl::FailedPreconditionError(absl::StrCat(what, ": the round changed while it was validated"));
+    } else if (active_->declined.count(site_id) > 0) {
+      refused = absl::FailedPreconditionError(absl::StrCat(what, ": site ", site_id, " declined attempt ",
+                                                           target.attempt, " meanwhile: no update is taken"));
     } else if (absl::Status added =
                    active_->AddUpdateFile(target.spool_path, header.num_samples(), delta->l2_norm, what);
                !added.ok()) {
@@ -404,7 +434,8 @@ absl::StatusOr<v1::UploadResponse> RoundManager::RecordAcceptedLocked(const std:
   u.train_loss = header.train_loss();
   u.validation_loss = header.validation_loss();
   u.status = UploadStatus::kAccepted;
-  u.message = absl::StrCat("norm ", l2_norm);
+  u.message = active_->secure_aggregation() ? "masked vector (secure aggregation): its norm is hidden"
+                                            : absl::StrCat("norm ", l2_norm);
   u.spool_path = target.spool_path;
   u.received_ms = NowMs();
   absl::StatusOr<int64_t> inserted = store_->InsertUpdate(u);

@@ -34,6 +34,7 @@ constexpr Form<RoundState, v1::RoundState> kRoundStates[] = {
 constexpr Form<UploadStatus, v1::UploadStatus> kUploadStatuses[] = {
     {UploadStatus::kAccepted, "accepted", v1::UPLOAD_STATUS_ACCEPTED},
     {UploadStatus::kRefused, "refused", v1::UPLOAD_STATUS_REFUSED},
+    {UploadStatus::kDeclined, "declined", v1::UPLOAD_STATUS_DECLINED},
 };
 constexpr Form<SiteStatus, v1::SiteStatus> kSiteStatuses[] = {
     {SiteStatus::kPending, "pending", v1::SITE_STATUS_PENDING},

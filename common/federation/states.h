@@ -26,7 +26,8 @@ enum class RunState { kRunning, kEvaluating, kCompleted, kFailed, kAborted };
 // One attempt of a round: open -> closed (aggregated), failed (too few updates) or aborted.
 enum class RoundState { kOpen, kClosed, kFailed, kAborted };
 // An upload (update) as the coordinator recorded it.
-enum class UploadStatus { kAccepted, kRefused };
+// kDeclined: the site declined the round (SiteService.DeclineTask): no update, not waited for.
+enum class UploadStatus { kAccepted, kRefused, kDeclined };
 // A site in the coordinator's registry: pending -> approved -> revoked.
 enum class SiteStatus { kPending, kApproved, kRevoked };
 
@@ -34,7 +35,7 @@ enum class SiteStatus { kPending, kApproved, kRevoked };
 bool IsFinal(RunState state);
 
 // ---- Text forms: "running", "evaluating", "completed", "failed", "aborted"; "open", "closed", "failed", "aborted";
-// "accepted", "refused"; "pending", "approved", "revoked".
+// "accepted", "refused", "declined"; "pending", "approved", "revoked".
 absl::string_view Text(RunState state);
 absl::string_view Text(RoundState state);
 absl::string_view Text(UploadStatus status);

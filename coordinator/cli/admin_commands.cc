@@ -172,8 +172,14 @@ std::string RunStatusText(const v1::RunStatus& status, int64_t now_ms) {
       int64_t samples = 0, bytes = 0;
       double loss = 0;
       int n_loss = 0;
+      std::vector<std::string> declined;  // Sites that declined the round (DeclineTask): shown in the note.
       for (const v1::UpdateInfo& u : r.updates()) {
         bytes += u.bytes();
+        absl::StatusOr<federation::UploadStatus> st = federation::GetStatus(u);
+        if (st.ok() && *st == federation::UploadStatus::kDeclined) {
+          declined.push_back(TerminalSafe(u.site_id()));
+          continue;
+        }
         if (!federation::IsAccepted(u)) {
           ++refused;
           continue;
@@ -188,7 +194,10 @@ std::string RunStatusText(const v1::RunStatus& status, int64_t now_ms) {
       rounds.AddRow({absl::StrCat(r.round()), absl::StrCat(r.attempt()), federation::DisplayText(r),
                      absl::StrCat(accepted), absl::StrCat(refused), absl::StrCat(samples),
                      FormatLoss(n_loss > 0 ? std::optional<double>(loss / n_loss) : std::nullopt), FormatBytes(bytes),
-                     ShortDigest(r.model_digest()), ShortDigest(r.result_digest()), r.message()});
+                     ShortDigest(r.model_digest()), ShortDigest(r.result_digest()),
+                     declined.empty() ? r.message()
+                                      : absl::StrCat(r.message(), r.message().empty() ? "" : "; ",
+                                                     "declined: ", absl::StrJoin(declined, ", "))});
     }
     absl::StrAppend(&out, "\n", rounds.Render());
   }

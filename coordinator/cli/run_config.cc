@@ -10,6 +10,7 @@
 #include "common/io/file_util.h"
 #include "common/io/text_proto.h"
 #include "common/status_macros.h"
+#include "coordinator/run_config_privacy.h"
 
 namespace fedtune::admin {
 namespace {
@@ -130,7 +131,8 @@ absl::Status ValidateRunConfig(const v1::RunConfig& c) {
     return FieldError("base_model", absl::StrCat("'", c.base_model(), "'"),
                       "must be a model digest (8 to 64 lowercase hex digits)");
   }
-  return absl::OkStatus();
+  // The privacy fields: one definition with the coordinator's own check (coordinator/run_config_privacy.h).
+  return coordinator::ValidatePrivacyConfig(c);
 }
 
 }  // namespace fedtune::admin

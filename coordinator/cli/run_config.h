@@ -32,7 +32,9 @@ absl::StatusOr<v1::RunConfig> ReadRunConfig(const std::string& path);
 // trim_fraction in [0, 0.5); clip_norm, max_update_norm >= 0; topk_fraction in (0, 1]; all reals finite; sites
 // non-empty, unique, without whitespace, and at least min_sites of them when given; base_model empty or 8 to 64
 // lowercase hex digits (a digest or a unique prefix of one); cross_site_evaluation and local_only_baseline only with
-// final_evaluation; ditto_lambda finite and, with personalization DITTO, > 0; local_only_epochs in [0, 1000].
+// final_evaluation; ditto_lambda finite and, with personalization DITTO, > 0; local_only_epochs in [0, 1000]; the
+// privacy fields and their combinations as coordinator/run_config_privacy.h says (the coordinator runs the same
+// check).
 absl::Status ValidateRunConfig(const v1::RunConfig& config);
 
 }  // namespace fedtune::admin

@@ -152,6 +152,26 @@ TEST(CoordinatorConfigTest, RunConfigChecksNameTheField) {
          c->set_min_sites(2);
        },
        "min_sites"},
+      // Privacy (run_config_privacy.h: the same check as the CLI's).
+      {[](v1::RunConfig* c) {
+         c->set_secure_aggregation(true);
+         c->set_aggregation("median");
+       },
+       "'aggregation'"},
+      {[](v1::RunConfig* c) {
+         c->set_secure_aggregation(true);
+         c->set_compression("int8");
+       },
+       "int8 and topk"},
+      {[](v1::RunConfig* c) { c->set_secagg_threshold(1); }, "'secagg_threshold'"},
+      {[](v1::RunConfig* c) { c->set_secagg_range(0); }, "'secagg_range'"},
+      {[](v1::RunConfig* c) { c->set_secagg_phase_seconds(5); }, "'secagg_phase_seconds'"},
+      {[](v1::RunConfig* c) { c->set_dp("laplace"); }, "'dp'"},
+      {[](v1::RunConfig* c) {
+         c->set_dp("dp-fedavg");
+         c->set_dp_noise_multiplier(0.01);
+       },
+       "'dp_noise_multiplier'"},
   };
   for (const Case& c : cases) {
     v1::RunConfig edited;

@@ -25,6 +25,8 @@
 #include "common/pki/certificate.h"
 #include "common/pki/csr.h"
 #include "common/pki/key_pair.h"
+#include "common/secagg/key_agreement.h"
+#include "common/secagg/session.h"
 #include "fedtune/v1/federation.grpc.pb.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -1228,6 +1230,111 @@ TEST_F(CoordinatorServerTest, RegistryPinsTheSiteKey) {
   ASSERT_TRUE(c.ok() && c->has_value());
   EXPECT_EQ((*c)->key_sha256, KeySha256(site_c_.cert_pem));
   EXPECT_EQ((*c)->status, federation::SiteStatus::kApproved);
+}
+
+// DeclineTask and the secure aggregation calls over gRPC with mutual TLS: the caller is the certificate's CN, the
+// keys' signature is checked against the certificate the site called with (the AuthContext's PEM), a phase long-poll
+// is answered once the phase ended, and refusals are audited.
+TEST_F(CoordinatorServerTest, DeclineAndSecureAggregationCallsOverGrpc) {
+  Enrol({&site_a_, &site_b_, &site_c_});
+  v1::StartRunRequest start;
+  start.mutable_config()->set_rounds(1);
+  start.mutable_config()->set_min_sites(2);
+  start.mutable_config()->set_secure_aggregation(true);
+  for (const char* s : {"site-a", "site-b", "site-c"}) start.mutable_config()->add_sites(s);
+  v1::StartRunResponse started;
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Deadline());
+    ASSERT_TRUE(Admin()->StartRun(&ctx, start, &started).ok());
+  }
+  const std::string run = started.run_id();
+  auto a = Site(site_a_);
+  auto c = Site(site_c_);
+  auto decline = [&](v1::SiteService::Stub& stub, const std::string& reason) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Deadline());
+    v1::DeclineRequest request;
+    request.set_run_id(run);
+    request.set_round(1);
+    request.set_attempt(1);
+    request.set_reason(reason);
+    request.mutable_privacy()->set_epsilon(3.5);
+    v1::DeclineResponse response;
+    return stub.DeclineTask(&ctx, request, &response);
+  };
+  ASSERT_TRUE(decline(*c, "privacy budget").ok());
+  ASSERT_TRUE(decline(*c, "privacy budget").ok());  // Idempotent.
+  grpc::Status too_long = decline(*a, std::string(2000, 'r'));
+  EXPECT_EQ(too_long.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(AuditCount("SiteService/DeclineTask", "site-a", "INVALID_ARGUMENT"), 1);
+  v1::Task task;
+  ASSERT_TRUE(GetTask(*c, &task).ok());
+  EXPECT_EQ(task.kind(), v1::Task::NONE);
+  const v1::RunStatus status = Status(run);
+  ASSERT_EQ(status.rounds_size(), 1);
+  ASSERT_EQ(status.rounds(0).updates_size(), 1);
+  EXPECT_EQ(status.rounds(0).updates(0).upload_status(), v1::UPLOAD_STATUS_DECLINED);
+  EXPECT_THAT(status.rounds(0).updates(0).message(), HasSubstr("privacy budget"));
+
+  auto advertise = [&](const Credentials& creds) {
+    auto stub = Site(creds);
+    auto cipher = secagg::KeyPair::Generate();
+    auto mask = secagg::KeyPair::Generate();
+    auto cert_key = pki::KeyPair::FromPrivateKeyPem(creds.key_pem);
+    EXPECT_TRUE(cipher.ok() && mask.ok() && cert_key.ok());
+    v1::SecAggKeys keys;
+    keys.set_run_id(run);
+    keys.set_round(1);
+    keys.set_attempt(1);
+    keys.set_cipher_public_key(std::string(cipher->public_key().begin(), cipher->public_key().end()));
+    keys.set_mask_public_key(std::string(mask->public_key().begin(), mask->public_key().end()));
+    keys.set_num_samples(10);
+    const std::string cn = &creds == &site_a_ ? "site-a" : "site-b";
+    EXPECT_TRUE(secagg::SignKeys(cert_key->get(), secagg::SessionId{run, 1, 1}, cn, &keys).ok());
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Deadline());
+    v1::SecAggAck ack;
+    return stub->SecAggAdvertiseKeys(&ctx, keys, &ack);
+  };
+  v1::SecAggPhaseRequest phase;
+  phase.set_run_id(run);
+  phase.set_round(1);
+  phase.set_attempt(1);
+  phase.set_wait_seconds(1);
+  // The declined site takes no part.
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Deadline());
+    v1::SecAggRoster roster;
+    EXPECT_EQ(c->SecAggGetRoster(&ctx, phase, &roster).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+    EXPECT_EQ(AuditCount("SiteService/SecAggGetRoster", "site-c", "FAILED_PRECONDITION"), 1);
+  }
+  ASSERT_TRUE(advertise(site_a_).ok());
+  // site-a's long-poll for the roster: answered when site-b's keys complete the phase (or not ready after 1 s).
+  v1::SecAggRoster roster;
+  grpc::Status polled;
+  std::thread poll([&] {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Deadline());
+    polled = a->SecAggGetRoster(&ctx, phase, &roster);
+  });
+  grpc::Status b_keys = advertise(site_b_);
+  poll.join();
+  ASSERT_TRUE(b_keys.ok()) << b_keys.error_message();
+  ASSERT_TRUE(polled.ok()) << polled.error_message();
+  if (!roster.ready()) {  // The poll ended before site-b's keys: ask again, at once ready.
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Deadline());
+    ASSERT_TRUE(a->SecAggGetRoster(&ctx, phase, &roster).ok());
+  }
+  ASSERT_TRUE(roster.ready());
+  ASSERT_EQ(roster.peers_size(), 2);
+  for (const v1::SecAggPeer& p : roster.peers()) {
+    EXPECT_THAT(p.certificate_pem(), HasSubstr("BEGIN CERTIFICATE"));  // Relayed from the AuthContext.
+  }
+  // Allowed calls are audited like every call.
+  EXPECT_GE(AuditCount("SiteService/SecAggAdvertiseKeys", "site-a", "OK"), 1);
 }
 
 }  // namespace

@@ -17,7 +17,8 @@ const std::vector<RunState> kAllRunStates = {RunState::kRunning, RunState::kEval
                                              RunState::kFailed, RunState::kAborted};
 const std::vector<RoundState> kAllRoundStates = {RoundState::kOpen, RoundState::kClosed, RoundState::kFailed,
                                                  RoundState::kAborted};
-const std::vector<UploadStatus> kAllUploadStatuses = {UploadStatus::kAccepted, UploadStatus::kRefused};
+const std::vector<UploadStatus> kAllUploadStatuses = {UploadStatus::kAccepted, UploadStatus::kRefused,
+                                                      UploadStatus::kDeclined};
 const std::vector<SiteStatus> kAllSiteStatuses = {SiteStatus::kPending, SiteStatus::kApproved, SiteStatus::kRevoked};
 
 // Every state's text is the one the database and the CLI used before states were typed, and text and proto value
@@ -44,7 +45,7 @@ void ExpectRoundTrips(const std::vector<E>& all, const std::vector<std::string>&
 TEST(StatesTest, TextAndProtoRoundTrip) {
   ExpectRoundTrips(kAllRunStates, {"running", "evaluating", "completed", "failed", "aborted"}, ParseRunState);
   ExpectRoundTrips(kAllRoundStates, {"open", "closed", "failed", "aborted"}, ParseRoundState);
-  ExpectRoundTrips(kAllUploadStatuses, {"accepted", "refused"}, ParseUploadStatus);
+  ExpectRoundTrips(kAllUploadStatuses, {"accepted", "refused", "declined"}, ParseUploadStatus);
   ExpectRoundTrips(kAllSiteStatuses, {"pending", "approved", "revoked"}, ParseSiteStatus);
 }
 
@@ -94,7 +95,7 @@ TEST(StatesTest, UnknownOrUnsetProtoValueIsInvalidArgumentNamingTheField) {
   EXPECT_TRUE(absl::IsInvalidArgument(unset.status()));
   EXPECT_THAT(unset.status().message(), HasSubstr("SiteInfo.site_status is not set"));
   EXPECT_TRUE(absl::IsInvalidArgument(FromProto(static_cast<v1::RoundState>(-1), "f").status()));
-  EXPECT_TRUE(absl::IsInvalidArgument(FromProto(static_cast<v1::UploadStatus>(3), "f").status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(FromProto(static_cast<v1::UploadStatus>(4), "f").status()));
 }
 
 TEST(StatesTest, SetWritesTheEnumAndTheTextForOlderPeers) {

@@ -502,6 +502,28 @@ TEST_F(AdminCommandsTest, RunStatusWatchRefusesAStateItDoesNotKnow) {
 
 // The states print the same whether a coordinator sends them as enums (this release and later), as text (the
 // previous release) or both (this release).
+// A site that declined a round (DeclineTask) is listed in the round's note, not counted as a refused upload.
+TEST(StateTextTest, DeclinedSitesAreNotedNotRefused) {
+  v1::RunStatus status = admin::testing::MakeRunReport().status();
+  ASSERT_GT(status.rounds_size(), 0);
+  v1::RoundInfo* round = status.mutable_rounds(0);
+  round->clear_updates();
+  round->set_message("1 update(s), 10 samples: fedavg");
+  v1::UpdateInfo* accepted = round->add_updates();
+  accepted->set_site_id("site-a");
+  accepted->set_num_samples(10);
+  federation::SetStatus(federation::UploadStatus::kAccepted, accepted);
+  v1::UpdateInfo* declined = round->add_updates();
+  declined->set_site_id("site-c");
+  declined->set_message("declined: privacy budget");
+  federation::SetStatus(federation::UploadStatus::kDeclined, declined);
+  const std::string text = RunStatusText(status, 1'700'000'000'000);
+  EXPECT_THAT(text, HasSubstr("1 update(s), 10 samples: fedavg; declined: site-c"));
+  // Columns: round, attempt, state, updates 1, refused 0.
+  EXPECT_THAT(text, ::testing::ContainsRegex(
+                        absl::StrCat(" +", round->round(), " +", round->attempt(), " +[a-z]+ +1 +0 +10 ")));
+}
+
 TEST(StateTextTest, EnumAndTextStatesPrintTheSame) {
   const v1::RunStatus text_only = admin::testing::MakeRunReport().status();
   v1::RunStatus both = text_only;

@@ -78,7 +78,59 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"topk_fraction: 0", "topk_fraction"}, BadCase{"topk_fraction: 1.5", "topk_fraction"},
         BadCase{"sites: \"\"", "sites[0]"}, BadCase{"sites: \"a\" sites: \"b c\"", "sites[1]"},
         BadCase{"sites: \"a\" sites: \"a\"", "sites[1]"}, BadCase{"sites: \"a\" min_sites: 2", "min_sites"},
-        BadCase{"base_model: \"abc\"", "base_model"}, BadCase{"base_model: \"ABCDEF0123\"", "base_model"}));
+        BadCase{"base_model: \"abc\"", "base_model"}, BadCase{"base_model: \"ABCDEF0123\"", "base_model"},
+        // Privacy (coordinator/run_config_privacy.h).
+        BadCase{"secure_aggregation: true aggregation: \"trimmed_mean\"", "aggregation"},
+        BadCase{"secure_aggregation: true aggregation: \"median\"", "aggregation"},
+        BadCase{"secure_aggregation: true compression: \"int8\"", "compression"},
+        BadCase{"secure_aggregation: true compression: \"topk\"", "compression"},
+        BadCase{"secure_aggregation: true compression: \"fp16\"", "compression"},
+        BadCase{"secure_aggregation: true personalization: FEDBN", "personalization"},
+        BadCase{"secure_aggregation: true personalization: SILOBN", "personalization"},
+        BadCase{"secure_aggregation: true clip_norm: 5", "clip_norm"},
+        BadCase{"secure_aggregation: true sites: \"a\" min_sites: 1", "sites"},
+        BadCase{"secagg_threshold: -1", "secagg_threshold"}, BadCase{"secagg_threshold: 1", "secagg_threshold"},
+        BadCase{"secagg_threshold: 3 sites: \"a\" sites: \"b\"", "secagg_threshold"},
+        BadCase{"secagg_threshold: 2 min_sites: 3", "secagg_threshold"}, BadCase{"secagg_range: 0", "secagg_range"},
+        BadCase{"secagg_range: inf", "secagg_range"}, BadCase{"secagg_range: nan", "secagg_range"},
+        BadCase{"secagg_phase_seconds: 9", "secagg_phase_seconds"},
+        BadCase{"secagg_phase_seconds: 3601", "secagg_phase_seconds"}, BadCase{"dp: \"dp\"", "dp"},
+        BadCase{"dp: \"dp-sgd\" dp_noise_multiplier: 0.05", "dp_noise_multiplier"},
+        BadCase{"dp: \"dp-sgd\" dp_noise_multiplier: 10001", "dp_noise_multiplier"},
+        BadCase{"dp: \"dp-fedavg\" dp_noise_multiplier: nan", "dp_noise_multiplier"},
+        BadCase{"dp: \"dp-fedavg\" dp_clip_norm: 0", "dp_clip_norm"},
+        BadCase{"dp: \"dp-fedavg\" dp_clip_norm: inf", "dp_clip_norm"},
+        BadCase{"dp: \"dp-sgd\" personalization: FEDBN", "personalization"},
+        BadCase{"dp: \"dp-sgd\" personalization: SILOBN", "personalization"},
+        BadCase{"dp: \"dp-fedavg\" aggregation: \"median\"", "aggregation"},
+        BadCase{"dp: \"dp-fedavg\" aggregation: \"trimmed_mean\"", "aggregation"}));
+
+TEST(ValidateRunConfigTest, PrivacyRefusalsSayWhy) {
+  absl::StatusOr<v1::RunConfig> c = ParseRunConfig("secure_aggregation: true compression: \"int8\"", "r");
+  ASSERT_TRUE(c.ok());
+  absl::Status status = ValidateRunConfig(*c);
+  EXPECT_THAT(status.message(), HasSubstr("int8"));
+  EXPECT_THAT(status.message(), HasSubstr("topk"));
+  EXPECT_THAT(status.message(), HasSubstr("secure_aggregation"));
+  c = ParseRunConfig("dp: \"dp-sgd\" personalization: FEDBN", "r");
+  ASSERT_TRUE(c.ok());
+  EXPECT_THAT(ValidateRunConfig(*c).message(), HasSubstr("BatchNorm"));
+}
+
+TEST(ValidateRunConfigTest, AcceptsPrivacyEdgeValues) {
+  for (const char* text :
+       {"secure_aggregation: true aggregation: \"fedadam\" dp: \"dp-fedavg\" secagg_threshold: 2 "
+        "sites: \"a\" sites: \"b\" min_sites: 2 secagg_phase_seconds: 10 dp_noise_multiplier: 0.1",
+        "secure_aggregation: true aggregation: \"fedprox\" personalization: DITTO secagg_phase_seconds: 3600 "
+        "secagg_range: 0.001",
+        "dp: \"dp-sgd\" dp_noise_multiplier: 10000 dp_clip_norm: 0.01 aggregation: \"median\"",
+        "dp: \"none\" dp_noise_multiplier: 0 dp_clip_norm: 0", "dp: \"\"",
+        "dp: \"dp-fedavg\" aggregation: \"fedadam\" clip_norm: 3"}) {
+    absl::StatusOr<v1::RunConfig> c = ParseRunConfig(text, "r");
+    ASSERT_TRUE(c.ok()) << c.status();
+    EXPECT_TRUE(ValidateRunConfig(*c).ok()) << text << ": " << ValidateRunConfig(*c);
+  }
+}
 
 TEST(ValidateRunConfigTest, AcceptsEdgeValues) {
   v1::RunConfig c;
