@@ -67,6 +67,10 @@ absl::Status ActiveRun::StartAttempt() {
   accepted.clear();
   declined.clear();
   partials.clear();
+  if (secagg != nullptr) {
+    const std::set<std::string> keys = secagg->accepted_public_keys();
+    secagg_used_keys.insert(keys.begin(), keys.end());
+  }
   secagg.reset();
   secagg_vector_length = 0;
   secagg_error.clear();

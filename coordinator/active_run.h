@@ -58,6 +58,11 @@ struct ActiveRun {
   std::string secagg_error;
   SecAggSession::Phase secagg_phase = SecAggSession::Phase::kKeys;
   std::optional<SecAggSession::Result> secagg_result;
+  // Every public key accepted by the run's earlier sessions (SecAggSession::accepted_public_keys): refused in later
+  // ones, so that no site's keys serve two sessions (a site dropped in one attempt, whose mask key was reconstructed,
+  // and surviving the next with the same keys would lose both masks). In memory: a coordinator restart fails the
+  // open session anyway, and sites make fresh keys per session.
+  std::set<std::string> secagg_used_keys;
   std::set<std::string> finals;  // Sites that sent their final MetricsReport (evaluating).
   // Cross-site evaluation (round_manager.h): the run is in its cross-evaluation stage (evaluating), until
   // cross_deadline_ms; the sites that sent their "cross_site" report; the adapted models shared, by site.

@@ -129,6 +129,7 @@ void RoundManager::StartSecAggLocked() {
   options.vector_length = layout->length;
   options.phase_timeout = absl::Seconds(c.secagg_phase_seconds());
   options.round_deadline = absl::FromUnixMillis(a.round.deadline_ms);
+  options.used_public_keys = a.secagg_used_keys;
   absl::StatusOr<std::unique_ptr<SecAggSession>> session = SecAggSession::Create(options, Now());
   if (!session.ok()) return fail(session.status());
   a.secagg = *std::move(session);

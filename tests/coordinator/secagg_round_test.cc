@@ -450,6 +450,32 @@ TEST_F(SecAggRoundTest, AFailedSessionFailsTheAttemptWithItsReason) {
   EXPECT_EQ((*rounds)[1].attempt, 2);
 }
 
+// A site re-using its keys of a failed attempt in the next one is refused (a dropped site's reconstructed mask key
+// plus its self mask revealed as a survivor would unmask it); fresh keys are taken.
+TEST_F(SecAggRoundTest, KeysOfAFailedAttemptAreRefusedInTheNext) {
+  v1::RunConfig config = Config();
+  config.set_secagg_phase_seconds(10);
+  auto run = manager_->StartRun(config);
+  ASSERT_TRUE(run.ok()) << run.status();
+  run_ = *run;
+  for (int i = 0; i < 2; ++i) AdvertiseKeys(sites_[i]);  // 2 of 4, min_sites 3: the attempt fails.
+  clock_.Advance(absl::Seconds(10));
+  ASSERT_TRUE(manager_->Tick().ok());
+  SimSite& a = sites_[0];
+  v1::SecAggKeys again;
+  again.set_run_id(run_);
+  again.set_round(1);
+  again.set_attempt(2);
+  again.set_cipher_public_key(Text(a.cipher->public_key()));
+  again.set_mask_public_key(Text(a.mask->public_key()));
+  again.set_num_samples(a.num_samples);
+  ASSERT_TRUE(secagg::SignKeys(a.cert_key->get(), Session(2), a.id, &again).ok());
+  const absl::Status reused = manager_->SecAggAdvertiseKeys(a.id, a.cert_pem, again);
+  EXPECT_EQ(reused.code(), absl::StatusCode::kInvalidArgument) << reused;
+  EXPECT_THAT(std::string(reused.message()), HasSubstr("earlier attempt"));
+  AdvertiseKeys(a, 2);  // Fresh keys: accepted.
+}
+
 TEST_F(SecAggRoundTest, ARestartDuringTheSessionFailsTheAttempt) {
   auto run = manager_->StartRun(Config());
   ASSERT_TRUE(run.ok()) << run.status();
