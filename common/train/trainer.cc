@@ -14,6 +14,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
 #include "common/io/file_util.h"
 #include "common/logging.h"
@@ -537,7 +538,23 @@ absl::StatusOr<TrainResult> FitDuo(model::DuoNet duo, loader::BatchLoader& train
   auto forward = [impl](const loader::Batch& b, const c10::Device& d) {
     return impl->forward(b.images.to(d), b.lateral.to(d));
   };
-  return FitImpl(*duo, forward, train, validation, pos_weight, options, observer);
+  // The backbones' own heads are not part of a DuoNet's forward pass. Ordinary SGD leaves them alone (no gradient);
+  // DP-SGD would add noise to them like to every trainable coordinate, so they sit out its training.
+  std::vector<torch::Tensor> heads;
+  if (options.dp_noise_multiplier > 0) {
+    const std::string frontal_head = absl::StrCat("frontal.", impl->frontal()->head_prefix());
+    const std::string lateral_head = absl::StrCat("lateral.", impl->lateral()->head_prefix());
+    for (auto& p : duo->named_parameters()) {
+      if ((absl::StartsWith(p.key(), frontal_head) || absl::StartsWith(p.key(), lateral_head)) &&
+          p.value().requires_grad()) {
+        p.value().set_requires_grad(false);
+        heads.push_back(p.value());
+      }
+    }
+  }
+  absl::StatusOr<TrainResult> result = FitImpl(*duo, forward, train, validation, pos_weight, options, observer);
+  for (torch::Tensor& p : heads) p.set_requires_grad(true);
+  return result;
 }
 
 }  // namespace fedtune::train
