@@ -110,9 +110,9 @@ absl::StatusOr<ClippedSum> ClippedNoisedGradientFor(torch::nn::Module& module,
   }
   if (count < 0 || !targets.defined() || !masks.defined() || targets.dim() != 2 || targets.size(0) != count ||
       masks.sizes() != targets.sizes()) {
-    return absl::InvalidArgumentError(absl::StrCat("DP-SGD batch: ", count, " samples but targets ",
-                                                   targets.defined() ? c10::str(targets.sizes()) : "undefined",
-                                                   ", masks ", masks.defined() ? c10::str(masks.sizes()) : "undefined"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "DP-SGD batch: ", count, " samples but targets ", targets.defined() ? c10::str(targets.sizes()) : "undefined",
+        ", masks ", masks.defined() ? c10::str(masks.sizes()) : "undefined"));
   }
   try {
     RETURN_IF_ERROR(SetDpTrainingMode(module));
@@ -126,15 +126,16 @@ absl::StatusOr<ClippedSum> ClippedNoisedGradientFor(torch::nn::Module& module,
     const torch::Tensor m = masks.to(device, torch::kFloat32);
     const torch::Tensor pw = pos_weight.defined() ? pos_weight.to(device) : torch::Tensor();
     ClippedSum out;
-    for (const torch::Tensor& p : params) out.clipped_sum.push_back(torch::zeros_like(p, torch::MemoryFormat::Contiguous));
+    for (const torch::Tensor& p : params)
+      out.clipped_sum.push_back(torch::zeros_like(p, torch::MemoryFormat::Contiguous));
     const double clip = options.clip_norm;
     for (int64_t i = 0; i < count; ++i) {
       torch::Tensor logits = forward_one(i).to(torch::kFloat32);
       torch::Tensor loss = MaskedBceWithLogits(logits, y.narrow(0, i, 1), m.narrow(0, i, 1), pw);
       const double loss_value = loss.item<double>();
       if (!std::isfinite(loss_value)) {
-        return absl::FailedPreconditionError(absl::StrCat("DP-SGD: sample ", i, " of the batch has a loss of ",
-                                                          loss_value, " (training diverged)"));
+        return absl::FailedPreconditionError(
+            absl::StrCat("DP-SGD: sample ", i, " of the batch has a loss of ", loss_value, " (training diverged)"));
       }
       std::vector<torch::Tensor> grads =
           torch::autograd::grad({loss}, params, /*grad_outputs=*/{}, /*retain_graph=*/false, /*create_graph=*/false,
@@ -160,7 +161,8 @@ absl::StatusOr<ClippedSum> ClippedNoisedGradientFor(torch::nn::Module& module,
     const double noise_std = options.noise_multiplier * clip;
     for (size_t k = 0; k < params.size(); ++k) {
       torch::Tensor g = out.clipped_sum[k];
-      if (noise_std > 0) g = g + random->StandardNormal(params[k].sizes()).to(device, params[k].scalar_type()) * noise_std;
+      if (noise_std > 0)
+        g = g + random->StandardNormal(params[k].sizes()).to(device, params[k].scalar_type()) * noise_std;
       out.noised.push_back(g / options.expected_batch_size);
     }
     return out;

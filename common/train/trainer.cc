@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -12,15 +13,15 @@
 #include <map>
 #include <sstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
 #include "common/io/file_util.h"
 #include "common/logging.h"
+#include "common/privacy/dp_plan.h"
 #include "common/seed.h"
 #include "common/status_macros.h"
-#include "common/privacy/dp_plan.h"
 #include "common/train/dp_sgd.h"
 #include "common/train/early_stopping.h"
 #include "common/train/loss.h"
@@ -288,6 +289,7 @@ absl::Status DpEpoch(torch::nn::Module& model, const ForwardFn& forward, loader:
   std::vector<torch::Tensor> params = model.parameters();
   std::optional<loader::Batch> pending;
   bool loader_done = false;
+  std::vector<double> norms;  // Every sampled image's gradient norm before clipping: how to choose C (logged).
   for (int64_t step = 0; step < plan.steps_per_epoch; ++step) {
     if (!pending && !loader_done) {
       ASSIGN_OR_RETURN(pending, train.Next());
@@ -311,9 +313,9 @@ absl::Status DpEpoch(torch::nn::Module& model, const ForwardFn& forward, loader:
     absl::StatusOr<ClippedSum> sum =
         ClippedNoisedGradientFor(model, forward_one, count, batch.targets, batch.mask, pw, dp, &random);
     if (sum.status().code() == absl::StatusCode::kFailedPrecondition) {
-      return absl::FailedPreconditionError(absl::StrFormat("%s: epoch %d, DP-SGD step %d: %s; lower learning_rate (now %g)",
-                                                           options.name, epoch + 1, step + 1, sum.status().message(),
-                                                           options.learning_rate));
+      return absl::FailedPreconditionError(
+          absl::StrFormat("%s: epoch %d, DP-SGD step %d: %s; lower learning_rate (now %g)", options.name, epoch + 1,
+                          step + 1, sum.status().message(), options.learning_rate));
     }
     RETURN_IF_ERROR(sum.status());
     size_t k = 0;
@@ -332,6 +334,13 @@ absl::Status DpEpoch(torch::nn::Module& model, const ForwardFn& forward, loader:
       train_loss->weight += w;
     }
     *images += count;
+    norms.insert(norms.end(), sum->sample_norms.begin(), sum->sample_norms.end());
+  }
+  if (!norms.empty()) {
+    const int64_t clipped = std::count_if(norms.begin(), norms.end(), [&](double n) { return n > dp.clip_norm; });
+    std::nth_element(norms.begin(), norms.begin() + norms.size() / 2, norms.end());
+    LOG(INFO) << absl::StrFormat("%s epoch %d: DP-SGD clipped %d of %d per-image gradients (median norm %.4g, C %g)",
+                                 options.name, epoch + 1, clipped, norms.size(), norms[norms.size() / 2], dp.clip_norm);
   }
   return absl::OkStatus();
 }

@@ -53,7 +53,7 @@ struct TrainerOptions {
   // [kMinDpNoiseMultiplier, kMaxDpNoiseMultiplier] = [0.1, 1e4]; mixed_precision must then be false.
   double dp_noise_multiplier = 0.0;
   double dp_clip_norm = 1.0;  // DP-SGD's per-sample clipping norm C; finite, in (0, 1e6]. Used only with DP.
-  bool progress = true;        // A live progress line on a terminal (stderr); plain log lines otherwise.
+  bool progress = true;       // A live progress line on a terminal (stderr); plain log lines otherwise.
 };
 
 struct EpochRecord {
@@ -79,11 +79,11 @@ class EpochObserver {
 // The DP-SGD mechanism one Fit ran on its training images: what the site's RDP accountant adds
 // (privacy::RdpAccountant::AddSteps(sample_rate, noise_multiplier, steps)).
 struct DpSgdSummary {
-  bool enabled = false;           // False: ordinary training (the other fields are 0).
-  double sample_rate = 0;         // q = min(1, batch size / training images) (privacy::PlanDpSgd).
-  double noise_multiplier = 0;    // sigma.
-  double clip_norm = 0;           // C.
-  int64_t steps_per_epoch = 0;    // privacy::PlanDpSgd's max(1, round(1 / q)).
+  bool enabled = false;         // False: ordinary training (the other fields are 0).
+  double sample_rate = 0;       // q = min(1, batch size / training images) (privacy::PlanDpSgd).
+  double noise_multiplier = 0;  // sigma.
+  double clip_norm = 0;         // C.
+  int64_t steps_per_epoch = 0;  // privacy::PlanDpSgd's max(1, round(1 / q)).
   // Steps taken: completed epochs (resumed ones included) * steps_per_epoch; fewer than the plan's max_steps when
   // early stopping ended training. Steps of an epoch that did not complete (an error, a crash) are not counted:
   // nothing trained in them is kept (a resumed run redoes the epoch from the last saved state with fresh noise).
@@ -107,9 +107,10 @@ absl::StatusOr<c10::Device> ResolveDevice(const std::string& spec);
 
 // Fine-tunes `model` in place; on return it holds the best epoch's weights and is on the training device in eval
 // mode. pos_weight: [14] (or undefined for ones). InvalidArgument for bad options (with DP: also those
-// privacy::PlanDpSgd refuses); FailedPrecondition when the loss or, with DP, a sample's gradient norm stops being finite (divergence: the message suggests a lower learning rate); errors of the loaders (an
-// unreadable image under ErrorPolicy::kFail) and of the observer stop training and are returned; a c10::Error
-// (for example CUDA out of memory) becomes Internal/ResourceExhausted with its message.
+// privacy::PlanDpSgd refuses); FailedPrecondition when the loss or, with DP, a sample's gradient norm stops being
+// finite (divergence: the message suggests a lower learning rate); errors of the loaders (an unreadable image under
+// ErrorPolicy::kFail) and of the observer stop training and are returned; a c10::Error (for example CUDA out of memory)
+// becomes Internal/ResourceExhausted with its message.
 absl::StatusOr<TrainResult> Fit(model::Classifier model, loader::BatchLoader& train, loader::BatchLoader& validation,
                                 const at::Tensor& pos_weight, const TrainerOptions& options,
                                 EpochObserver* observer = nullptr);

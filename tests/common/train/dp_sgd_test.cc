@@ -4,9 +4,9 @@
 
 #include <cmath>
 #include <map>
+#include <numeric>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
-#include <numeric>
 #include <random>
 #include <tuple>
 
@@ -125,8 +125,8 @@ TEST(DpSgdTest, NoiseStandardDeviationIsSigmaTimesC) {
   for (int step = 0; step < 20; ++step) {
     // Empty batches (noise only) and batches whose masks are all zero (zero gradients): the result is the noise.
     const int64_t b = step % 2 == 0 ? 0 : 2;
-    auto g = ClippedNoisedGradient(model, x.narrow(0, 0, b), y.narrow(0, 0, b), torch::zeros({b, 14}),
-                                   torch::Tensor(), o, &random);
+    auto g = ClippedNoisedGradient(model, x.narrow(0, 0, b), y.narrow(0, 0, b), torch::zeros({b, 14}), torch::Tensor(),
+                                   o, &random);
     ASSERT_TRUE(g.ok()) << g.status();
     for (size_t k = 0; k < g->noised.size(); ++k) {
       EXPECT_EQ(g->clipped_sum[k].abs().max().item<double>(), 0.0);
@@ -141,7 +141,8 @@ TEST(DpSgdTest, NoiseStandardDeviationIsSigmaTimesC) {
   const double sd = std::sqrt(sq / n - mean * mean);
   // Standard errors: of the mean expected / sqrt(n), of the standard deviation expected / sqrt(2n); allow 6 of each.
   EXPECT_LT(std::abs(mean), 6 * expected / std::sqrt(n));
-  EXPECT_LT(std::abs(sd - expected), 6 * expected / std::sqrt(2.0 * n)) << "measured " << sd << " expected " << expected;
+  EXPECT_LT(std::abs(sd - expected), 6 * expected / std::sqrt(2.0 * n))
+      << "measured " << sd << " expected " << expected;
 }
 
 TEST(DpSgdTest, SystemEntropyGivesNoiseNoSeedReproduces) {
@@ -370,9 +371,9 @@ TEST(DpSgdFitTest, RefusesBadDpOptions) {
     double sigma, clip;
     bool mixed;
     const char* message;
-  } cases[] = {{0.05, 1, false, "noise multiplier"}, {-1, 1, false, "dp_noise_multiplier"},
-               {NAN, 1, false, "dp_noise_multiplier"},  {1, 0, false, "clip norm"},
-               {1, NAN, false, "clip norm"},            {1, 1, true, "mixed_precision"}};
+  } cases[] = {{0.05, 1, false, "noise multiplier"},   {-1, 1, false, "dp_noise_multiplier"},
+               {NAN, 1, false, "dp_noise_multiplier"}, {1, 0, false, "clip norm"},
+               {1, NAN, false, "clip norm"},           {1, 1, true, "mixed_precision"}};
   for (const Case& c : cases) {
     o.dp_noise_multiplier = c.sigma;
     o.dp_clip_norm = c.clip;

@@ -1,0 +1,93 @@
+// Training throughput of DP-SGD (common/train/dp_sgd.h: per-sample gradients by micro-batching, clipping, noise,
+// frozen BatchNorm) against an ordinary training step (batched forward and backward, BatchNorm in training mode) on
+// the same model, input size and batch size: one SGD step per iteration, images/s as a counter. The data loader is
+// left out of both (random images in memory). dpsgd_benchmark.sh runs both side by side and prints the ratio. Run by
+// deploy/bench.sh, not ctest. Thread count: LibTorch's default unless FEDTUNE_BENCH_THREADS is set.
+#include <benchmark/benchmark.h>
+#include <torch/torch.h>
+
+#include <cstdlib>
+#include <string>
+
+#include "common/logging.h"
+#include "common/model/model_factory.h"
+#include "common/train/dp_sgd.h"
+#include "common/train/loss.h"
+
+namespace fedtune::train {
+namespace {
+
+void SetThreads() {
+  if (const char* n = std::getenv("FEDTUNE_BENCH_THREADS")) torch::set_num_threads(std::atoi(n));
+}
+
+// Arguments: preset index, image size, batch size.
+const char* const kPresets[] = {"mobilenet_v2", "densenet121", "mobilenet_v2_tiny", "densenet_tiny"};
+
+struct Setup {
+  model::Classifier model;
+  torch::Tensor x, y, mask;
+};
+
+Setup MakeSetup(const benchmark::State& state) {
+  SetThreads();
+  torch::manual_seed(0);
+  Setup s;
+  s.model = *model::CreateModel(*model::ModelConfigForName(kPresets[state.range(0)]));
+  const int64_t size = state.range(1), batch = state.range(2);
+  s.x = torch::randn({batch, 1, size, size});
+  s.y = torch::rand({batch, 14});
+  s.mask = torch::ones({batch, 14});
+  return s;
+}
+
+void Report(benchmark::State& state) {
+  state.SetLabel(kPresets[state.range(0)]);
+  state.counters["images/s"] =
+      benchmark::Counter(static_cast<double>(state.range(2) * state.iterations()), benchmark::Counter::kIsRate);
+}
+
+void BM_NonPrivateStep(benchmark::State& state) {
+  Setup s = MakeSetup(state);
+  s.model->train();
+  torch::optim::SGD sgd(s.model->parameters(), torch::optim::SGDOptions(1e-3).momentum(0.9));
+  for (auto _ : state) {
+    sgd.zero_grad();
+    MaskedBceWithLogits(s.model->forward(s.x), s.y, s.mask, torch::Tensor()).backward();
+    sgd.step();
+  }
+  Report(state);
+}
+
+void BM_DpSgdStep(benchmark::State& state) {
+  Setup s = MakeSetup(state);
+  torch::optim::SGD sgd(s.model->parameters(), torch::optim::SGDOptions(1e-3).momentum(0.9));
+  DpRandom random = *DpRandom::FromSystemEntropy();
+  DpSgdOptions o;
+  o.noise_multiplier = 1.0;
+  o.clip_norm = 1.0;
+  o.expected_batch_size = static_cast<double>(state.range(2));
+  std::vector<torch::Tensor> params = s.model->parameters();
+  for (auto _ : state) {
+    absl::StatusOr<ClippedSum> sum = ClippedNoisedGradient(s.model, s.x, s.y, s.mask, torch::Tensor(), o, &random);
+    CHECK(sum.ok()) << sum.status();
+    for (size_t k = 0; k < params.size(); ++k) params[k].mutable_grad() = sum->noised[k];
+    sgd.step();
+  }
+  Report(state);
+}
+
+#define FEDTUNE_DP_ARGS               \
+  ->Args({0, 224, 16})                \
+      ->Args({1, 224, 16})            \
+      ->Args({2, 64, 32})             \
+      ->Args({3, 64, 32})             \
+      ->Unit(benchmark::kMillisecond) \
+      ->UseRealTime()
+BENCHMARK(BM_NonPrivateStep) FEDTUNE_DP_ARGS;
+BENCHMARK(BM_DpSgdStep) FEDTUNE_DP_ARGS;
+
+}  // namespace
+}  // namespace fedtune::train
+
+BENCHMARK_MAIN();
