@@ -138,6 +138,11 @@ absl::StatusOr<TrainingData> MakeTrainingData(const v1::FinetuneConfig& config, 
   LOG(INFO) << "positive weights (training split):\n" << data::FormatPositiveWeights(weights);
   d.pos_weight = torch::empty({data::kNumChexpertLabels}, torch::kFloat32);
   for (int l = 0; l < data::kNumChexpertLabels; ++l) d.pos_weight[l] = static_cast<float>(weights.weight[l]);
+  if (config.dp_noise_multiplier() > 0) {
+    // The weights are counts of the training labels: under DP-SGD they would reach the model without noise.
+    LOG(INFO) << "DP-SGD: positive weights of 1 (the training split's label counts are private)";
+    d.pos_weight = torch::Tensor();
+  }
 
   model::InputOptions input;
   input.image_size = config.image_size();

@@ -90,7 +90,8 @@ class FinetuneObserver {
 // match the config; those of the observers. config.resume = false removes earlier resume states first. A DuoNet is
 // carried over unchanged (logged) when no split has studies with both views. `observers` (not owned) must outlive
 // the call. With config.dp_noise_multiplier > 0 every network trains with DP-SGD (common/train/dp_sgd.h); the result
-// says what was spent (FinetuneResult::dp_member_steps, DpSgdPhases). `proximal_anchor`, when not empty (and
+// says what was spent (FinetuneResult::dp_member_steps, DpSgdPhases), and the loss's positive weights are 1 (the
+// training split's label counts would otherwise reach the model without noise). `proximal_anchor`, when not empty (and
 // config.proximal_mu > 0), is a checkpoint with the base model's architectures that the proximal term pulls toward
 // instead of the base model: mu/2 * ||w - w_anchor||^2 (Ditto's personal model trains from its previous weights toward
 // the round's global model); its loader's errors, and InvalidArgument when its networks differ from the base model's.

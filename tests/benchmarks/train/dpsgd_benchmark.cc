@@ -2,11 +2,15 @@
 // frozen BatchNorm) against an ordinary training step (batched forward and backward, BatchNorm in training mode) on
 // the same model, input size and batch size: one SGD step per iteration, images/s as a counter. The data loader is
 // left out of both (random images in memory). dpsgd_benchmark.sh runs both side by side and prints the ratio. Run by
-// deploy/bench.sh, not ctest. Thread count: LibTorch's default unless FEDTUNE_BENCH_THREADS is set.
+// deploy/bench.sh, not ctest.
+// (Each benchmark's CPU clock also covers its warm-up iterations.) Thread count: LibTorch's default unless
+// FEDTUNE_BENCH_THREADS is set.
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <ctime>
 #include <string>
 
 #include "common/logging.h"
@@ -41,22 +45,27 @@ Setup MakeSetup(const benchmark::State& state) {
   return s;
 }
 
-void Report(benchmark::State& state) {
+// Images per second of wall time, and per second of the process's CPU time (all threads; std::clock() since
+// `cpu_start`), which depends less on what else the machine runs.
+void Report(benchmark::State& state, std::clock_t cpu_start) {
+  const double images = static_cast<double>(state.range(2) * state.iterations());
+  const double cpu_seconds = static_cast<double>(std::clock() - cpu_start) / CLOCKS_PER_SEC;
   state.SetLabel(kPresets[state.range(0)]);
-  state.counters["images/s"] =
-      benchmark::Counter(static_cast<double>(state.range(2) * state.iterations()), benchmark::Counter::kIsRate);
+  state.counters["images/s"] = benchmark::Counter(images, benchmark::Counter::kIsRate);
+  state.counters["images/cpu_s"] = images / std::max(cpu_seconds, 1e-9);
 }
 
 void BM_NonPrivateStep(benchmark::State& state) {
   Setup s = MakeSetup(state);
   s.model->train();
   torch::optim::SGD sgd(s.model->parameters(), torch::optim::SGDOptions(1e-3).momentum(0.9));
+  const std::clock_t cpu_start = std::clock();
   for (auto _ : state) {
     sgd.zero_grad();
     MaskedBceWithLogits(s.model->forward(s.x), s.y, s.mask, torch::Tensor()).backward();
     sgd.step();
   }
-  Report(state);
+  Report(state, cpu_start);
 }
 
 void BM_DpSgdStep(benchmark::State& state) {
@@ -68,13 +77,31 @@ void BM_DpSgdStep(benchmark::State& state) {
   o.clip_norm = 1.0;
   o.expected_batch_size = static_cast<double>(state.range(2));
   std::vector<torch::Tensor> params = s.model->parameters();
+  const std::clock_t cpu_start = std::clock();
   for (auto _ : state) {
     absl::StatusOr<ClippedSum> sum = ClippedNoisedGradient(s.model, s.x, s.y, s.mask, torch::Tensor(), o, &random);
     CHECK(sum.ok()) << sum.status();
     for (size_t k = 0; k < params.size(); ++k) params[k].mutable_grad() = sum->noised[k];
     sgd.step();
   }
-  Report(state);
+  Report(state, cpu_start);
+}
+
+// The part of DP-SGD's cost that micro-batching alone brings: each image's forward and backward on its own (BatchNorm
+// frozen), without clipping, summing, noise or the optimizer step.
+void BM_PerImageBackwardOnly(benchmark::State& state) {
+  Setup s = MakeSetup(state);
+  CHECK(SetDpTrainingMode(*s.model).ok());
+  std::vector<torch::Tensor> params = s.model->parameters();
+  const std::clock_t cpu_start = std::clock();
+  for (auto _ : state) {
+    for (int64_t i = 0; i < s.x.size(0); ++i) {
+      torch::Tensor loss = MaskedBceWithLogits(s.model->forward(s.x.narrow(0, i, 1)), s.y.narrow(0, i, 1),
+                                               s.mask.narrow(0, i, 1), torch::Tensor());
+      benchmark::DoNotOptimize(torch::autograd::grad({loss}, params));
+    }
+  }
+  Report(state, cpu_start);
 }
 
 #define FEDTUNE_DP_ARGS               \
@@ -86,6 +113,7 @@ void BM_DpSgdStep(benchmark::State& state) {
       ->UseRealTime()
 BENCHMARK(BM_NonPrivateStep) FEDTUNE_DP_ARGS;
 BENCHMARK(BM_DpSgdStep) FEDTUNE_DP_ARGS;
+BENCHMARK(BM_PerImageBackwardOnly) FEDTUNE_DP_ARGS;
 
 }  // namespace
 }  // namespace fedtune::train
