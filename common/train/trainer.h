@@ -116,7 +116,8 @@ absl::StatusOr<TrainResult> Fit(model::Classifier model, loader::BatchLoader& tr
                                 EpochObserver* observer = nullptr);
 
 // Fine-tunes a DuoNet the same way, on two-view loaders (loader::PairedSamplesFromManifest): the frontal and lateral
-// backbones and the new final layer are all trained. Same contract as Fit; under DP-SGD one sample is one pair.
+// backbones and the new final layer are all trained. Same contract as Fit; under DP-SGD one sample is one pair, and
+// the backbones' own heads (unused by the DuoNet's forward pass) are left unchanged instead of receiving noise.
 absl::StatusOr<TrainResult> FitDuo(model::DuoNet duo, loader::BatchLoader& train, loader::BatchLoader& validation,
                                    const at::Tensor& pos_weight, const TrainerOptions& options,
                                    EpochObserver* observer = nullptr);

@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <ctime>
 #include <string>
@@ -104,6 +105,47 @@ void BM_PerImageBackwardOnly(benchmark::State& state) {
   Report(state, cpu_start);
 }
 
+// Ordinary training and DP-SGD alternating, step by step, on two copies of the same model: a paired measurement that
+// other load on the machine (which comes and goes) affects alike. Counters: each one's images per second of wall
+// time and the slowdown (DP-SGD's time / ordinary time), of wall time and of process CPU time.
+void BM_OrdinaryVsDpSgd(benchmark::State& state) {
+  Setup plain = MakeSetup(state);
+  Setup dp = MakeSetup(state);  // Same seed: the same initial weights and data.
+  plain.model->train();
+  torch::optim::SGD plain_sgd(plain.model->parameters(), torch::optim::SGDOptions(1e-3).momentum(0.9));
+  torch::optim::SGD dp_sgd(dp.model->parameters(), torch::optim::SGDOptions(1e-3).momentum(0.9));
+  DpRandom random = *DpRandom::FromSystemEntropy();
+  DpSgdOptions o;
+  o.noise_multiplier = 1.0;
+  o.clip_norm = 1.0;
+  o.expected_batch_size = static_cast<double>(state.range(2));
+  std::vector<torch::Tensor> params = dp.model->parameters();
+  double plain_wall = 0, dp_wall = 0, plain_cpu = 0, dp_cpu = 0;
+  for (auto _ : state) {
+    auto wall = std::chrono::steady_clock::now();
+    std::clock_t cpu = std::clock();
+    plain_sgd.zero_grad();
+    MaskedBceWithLogits(plain.model->forward(plain.x), plain.y, plain.mask, torch::Tensor()).backward();
+    plain_sgd.step();
+    plain_wall += std::chrono::duration<double>(std::chrono::steady_clock::now() - wall).count();
+    plain_cpu += static_cast<double>(std::clock() - cpu) / CLOCKS_PER_SEC;
+    wall = std::chrono::steady_clock::now();
+    cpu = std::clock();
+    absl::StatusOr<ClippedSum> sum = ClippedNoisedGradient(dp.model, dp.x, dp.y, dp.mask, torch::Tensor(), o, &random);
+    CHECK(sum.ok()) << sum.status();
+    for (size_t k = 0; k < params.size(); ++k) params[k].mutable_grad() = sum->noised[k];
+    dp_sgd.step();
+    dp_wall += std::chrono::duration<double>(std::chrono::steady_clock::now() - wall).count();
+    dp_cpu += static_cast<double>(std::clock() - cpu) / CLOCKS_PER_SEC;
+  }
+  const double images = static_cast<double>(state.range(2) * state.iterations());
+  state.SetLabel(kPresets[state.range(0)]);
+  state.counters["ordinary_images/s"] = images / plain_wall;
+  state.counters["dpsgd_images/s"] = images / dp_wall;
+  state.counters["slowdown_wall"] = dp_wall / plain_wall;
+  state.counters["slowdown_cpu"] = dp_cpu / plain_cpu;
+}
+
 #define FEDTUNE_DP_ARGS               \
   ->Args({0, 224, 16})                \
       ->Args({1, 224, 16})            \
@@ -114,6 +156,7 @@ void BM_PerImageBackwardOnly(benchmark::State& state) {
 BENCHMARK(BM_NonPrivateStep) FEDTUNE_DP_ARGS;
 BENCHMARK(BM_DpSgdStep) FEDTUNE_DP_ARGS;
 BENCHMARK(BM_PerImageBackwardOnly) FEDTUNE_DP_ARGS;
+BENCHMARK(BM_OrdinaryVsDpSgd) FEDTUNE_DP_ARGS;
 
 }  // namespace
 }  // namespace fedtune::train
