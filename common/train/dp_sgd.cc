@@ -1,12 +1,14 @@
 #include "common/train/dp_sgd.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
 #include <openssl/rand.h>
 #include <torch/torch.h>
 
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -125,38 +127,78 @@ absl::StatusOr<ClippedSum> ClippedNoisedGradientFor(torch::nn::Module& module,
     const torch::Tensor y = targets.to(device, torch::kFloat32);
     const torch::Tensor m = masks.to(device, torch::kFloat32);
     const torch::Tensor pw = pos_weight.defined() ? pos_weight.to(device) : torch::Tensor();
-    ClippedSum out;
-    for (const torch::Tensor& p : params)
-      out.clipped_sum.push_back(torch::zeros_like(p, torch::MemoryFormat::Contiguous));
     const double clip = options.clip_norm;
-    for (int64_t i = 0; i < count; ++i) {
-      torch::Tensor logits = forward_one(i).to(torch::kFloat32);
-      torch::Tensor loss = MaskedBceWithLogits(logits, y.narrow(0, i, 1), m.narrow(0, i, 1), pw);
-      const double loss_value = loss.item<double>();
-      if (!std::isfinite(loss_value)) {
-        return absl::FailedPreconditionError(
-            absl::StrCat("DP-SGD: sample ", i, " of the batch has a loss of ", loss_value, " (training diverged)"));
+    ClippedSum out;
+    out.sample_norms.assign(static_cast<size_t>(count), 0.0);
+    out.sample_losses.assign(static_cast<size_t>(count), 0.0);
+    // Worker w takes samples w, w + workers, ... into its own partial sum.
+    const int threads = device.is_cpu() ? std::max(1, at::get_num_threads()) : 1;
+    const int workers = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, count)));
+    std::vector<std::vector<torch::Tensor>> partial(workers);
+    for (auto& sums : partial) {
+      for (const torch::Tensor& p : params) sums.push_back(torch::zeros_like(p, torch::MemoryFormat::Contiguous));
+    }
+    auto process = [&](int w) -> absl::Status {
+      for (int64_t i = w; i < count; i += workers) {
+        torch::Tensor logits = forward_one(i).to(torch::kFloat32);
+        torch::Tensor loss = MaskedBceWithLogits(logits, y.narrow(0, i, 1), m.narrow(0, i, 1), pw);
+        const double loss_value = loss.item<double>();
+        if (!std::isfinite(loss_value)) {
+          return absl::FailedPreconditionError(
+              absl::StrCat("DP-SGD: sample ", i, " of the batch has a loss of ", loss_value, " (training diverged)"));
+        }
+        std::vector<torch::Tensor> grads =
+            torch::autograd::grad({loss}, params, /*grad_outputs=*/{}, /*retain_graph=*/false, /*create_graph=*/false,
+                                  /*allow_unused=*/true);
+        std::vector<torch::Tensor> norms;
+        norms.reserve(grads.size());
+        for (const torch::Tensor& g : grads) {
+          if (g.defined()) norms.push_back(g.norm().to(torch::kFloat64));
+        }
+        const double norm = norms.empty() ? 0.0 : torch::stack(norms).norm().item<double>();
+        if (!std::isfinite(norm)) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "DP-SGD: sample ", i, " of the batch has a gradient norm of ", norm, " (training diverged)"));
+        }
+        // Opacus's factor: the clipped gradient's norm is C * norm / (norm + 1e-6) < C.
+        const double factor = std::min(1.0, clip / (norm + 1e-6));
+        for (size_t k = 0; k < grads.size(); ++k) {
+          if (grads[k].defined()) partial[w][k].add_(grads[k], factor);
+        }
+        out.sample_norms[i] = norm;
+        out.sample_losses[i] = loss_value;
       }
-      std::vector<torch::Tensor> grads =
-          torch::autograd::grad({loss}, params, /*grad_outputs=*/{}, /*retain_graph=*/false, /*create_graph=*/false,
-                                /*allow_unused=*/true);
-      std::vector<torch::Tensor> norms;
-      norms.reserve(grads.size());
-      for (const torch::Tensor& g : grads) {
-        if (g.defined()) norms.push_back(g.norm().to(torch::kFloat64));
+      return absl::OkStatus();
+    };
+    if (workers == 1) {
+      RETURN_IF_ERROR(process(0));
+    } else {
+      // Micro-batches of one image parallelize poorly inside each operation (and stall when the machine is busy), so
+      // the workers run whole images at once, each with one intra-op thread. at::set_num_threads sets the calling
+      // thread's OpenMP team size and a process-wide default for threads that start LibTorch work later, restored
+      // below.
+      std::vector<absl::Status> status(workers);
+      std::vector<std::thread> pool;
+      for (int w = 0; w < workers; ++w) {
+        pool.emplace_back([&, w] {
+          try {
+            at::internal::lazy_init_num_threads();
+            at::set_num_threads(1);
+            status[w] = process(w);
+          } catch (const c10::Error& e) {
+            status[w] = absl::InternalError(absl::StrCat("DP-SGD gradient: ", e.what_without_backtrace()));
+          } catch (const std::exception& e) {
+            status[w] = absl::InternalError(absl::StrCat("DP-SGD gradient: ", e.what()));
+          }
+        });
       }
-      const double norm = norms.empty() ? 0.0 : torch::stack(norms).norm().item<double>();
-      if (!std::isfinite(norm)) {
-        return absl::FailedPreconditionError(
-            absl::StrCat("DP-SGD: sample ", i, " of the batch has a gradient norm of ", norm, " (training diverged)"));
-      }
-      // Opacus's factor: the clipped gradient's norm is C * norm / (norm + 1e-6) < C.
-      const double factor = std::min(1.0, clip / (norm + 1e-6));
-      for (size_t k = 0; k < grads.size(); ++k) {
-        if (grads[k].defined()) out.clipped_sum[k].add_(grads[k], factor);
-      }
-      out.sample_norms.push_back(norm);
-      out.sample_losses.push_back(loss_value);
+      for (std::thread& t : pool) t.join();
+      at::set_num_threads(threads);
+      for (const absl::Status& st : status) RETURN_IF_ERROR(st);
+    }
+    out.clipped_sum = std::move(partial[0]);
+    for (int w = 1; w < workers; ++w) {
+      for (size_t k = 0; k < params.size(); ++k) out.clipped_sum[k].add_(partial[w][k]);
     }
     const double noise_std = options.noise_multiplier * clip;
     for (size_t k = 0; k < params.size(); ++k) {

@@ -108,6 +108,36 @@ TEST(DpSgdTest, WithoutClippingTheSumIsTheGradientOfThePerSampleLosses) {
   EXPECT_LT(Norm(sum->noised, halved), 1e-4 * ref_norm);
 }
 
+// Several intra-op threads run whole images on worker threads: the same per-image norms and the same sum (up to
+// the order of the additions), and the thread count is restored.
+TEST(DpSgdTest, WorkerThreadsGiveTheSameResult) {
+  model::Classifier model = TinyModel(0.0);
+  torch::manual_seed(5);
+  torch::Tensor x = torch::randn({5, 1, 32, 32});
+  torch::Tensor y = torch::rand({5, 14});
+  torch::Tensor m = torch::ones({5, 14});
+  DpSgdOptions o;
+  o.clip_norm = 0.2;
+  const int before = at::get_num_threads();
+  at::set_num_threads(1);
+  auto one = ClippedNoisedGradient(model, x, y, m, torch::Tensor(), o, nullptr);
+  at::set_num_threads(3);
+  auto three = ClippedNoisedGradient(model, x, y, m, torch::Tensor(), o, nullptr);
+  EXPECT_EQ(at::get_num_threads(), 3);
+  at::set_num_threads(before);
+  ASSERT_TRUE(one.ok()) << one.status();
+  ASSERT_TRUE(three.ok()) << three.status();
+  ASSERT_EQ(three->sample_norms.size(), 5u);
+  for (size_t i = 0; i < 5; ++i) {
+    EXPECT_NEAR(three->sample_norms[i], one->sample_norms[i], 1e-5 * one->sample_norms[i]) << i;
+    EXPECT_NEAR(three->sample_losses[i], one->sample_losses[i], 1e-5 * one->sample_losses[i]) << i;
+  }
+  double total = 0;
+  for (const auto& g : one->clipped_sum) total += g.pow(2).sum().item<double>();
+  ASSERT_GT(total, 0.0);
+  EXPECT_LT(Norm(three->clipped_sum, one->clipped_sum), 1e-5 * std::sqrt(total));
+}
+
 // The acceptance test, second half: the noise's standard deviation, measured over every coordinate of many steps,
 // is sigma * C (divided by the expected batch size) within sampling error.
 TEST(DpSgdTest, NoiseStandardDeviationIsSigmaTimesC) {
