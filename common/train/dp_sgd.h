@@ -11,6 +11,9 @@
 //     hooks, so Opacus's per-layer gradient samplers cannot be attached; with frozen BatchNorm a sample's gradient
 //     does not depend on the other samples of its batch, so a batch of one gives exactly that sample's gradient.)
 //     A sample's loss is its own masked BCE (train::MaskedBceWithLogits on its row: the mean over its masked labels).
+//     On the CPU, with LibTorch's intra-op thread count T > 1, T worker threads each take whole images (every T-th)
+//     with one intra-op thread of their own: operations on one image parallelize poorly and stall when the machine
+//     is busy. Dropout masks then depend on thread timing (DP training is not reproducible anyway, see below).
 //   - Each sample's gradient over ALL trainable parameters together (every parameter with requires_grad, as one
 //     vector) is clipped to L2 norm C: g * min(1, C / (||g|| + 1e-6)) (Opacus's factor), so that its contribution
 //     to the sum is below C whatever its loss.
@@ -103,7 +106,9 @@ struct ClippedSum {
 // The DP-SGD gradient of a batch for `model`. inputs [B, C, H, W], targets and masks [B, L] (B may be 0: then the
 // sums are zero and `noised` is noise only); pos_weight [L] or undefined. Puts the model in DP training mode
 // (SetDpTrainingMode) and leaves it there; parameters' .grad is not touched. `random` draws the noise (may be
-// nullptr when options.noise_multiplier is 0). InvalidArgument for bad options or shapes; FailedPrecondition for a
+// nullptr when options.noise_multiplier is 0). With T = at::get_num_threads() > 1 on the CPU, runs min(T, B)
+// worker threads (see the top of this file) and leaves the calling thread's count at T; not safe to call from several
+// threads at once (the workers change LibTorch's default thread count for threads started meanwhile). InvalidArgument for bad options or shapes; FailedPrecondition for a
 // BatchNorm without running statistics, or when a sample's loss or gradient norm is not finite (divergence); a
 // c10::Error becomes Internal. Tensors go to the model's device.
 absl::StatusOr<ClippedSum> ClippedNoisedGradient(model::Classifier model, const at::Tensor& inputs,
