@@ -108,9 +108,9 @@ struct ClippedSum {
 // (SetDpTrainingMode) and leaves it there; parameters' .grad is not touched. `random` draws the noise (may be
 // nullptr when options.noise_multiplier is 0). With T = at::get_num_threads() > 1 on the CPU, runs min(T, B)
 // worker threads (see the top of this file) and leaves the calling thread's count at T; not safe to call from several
-// threads at once (the workers change LibTorch's default thread count for threads started meanwhile). InvalidArgument for bad options or shapes; FailedPrecondition for a
-// BatchNorm without running statistics, or when a sample's loss or gradient norm is not finite (divergence); a
-// c10::Error becomes Internal. Tensors go to the model's device.
+// threads at once (the workers change LibTorch's default thread count for threads started meanwhile). InvalidArgument
+// for bad options or shapes; FailedPrecondition for a BatchNorm without running statistics, or when a sample's loss or
+// gradient norm is not finite (divergence); a c10::Error becomes Internal. Tensors go to the model's device.
 absl::StatusOr<ClippedSum> ClippedNoisedGradient(model::Classifier model, const at::Tensor& inputs,
                                                  const at::Tensor& targets, const at::Tensor& masks,
                                                  const at::Tensor& pos_weight, const DpSgdOptions& options,
