@@ -115,21 +115,39 @@ void BatchLoader::StopWorkers() {
 }
 
 void BatchLoader::StartEpoch(int64_t epoch) {
-  StopWorkers();
-  epoch_ = epoch;
   std::vector<size_t> order(samples_.size());
   std::iota(order.begin(), order.end(), 0);
   if (options_.shuffle) {
     std::mt19937_64 rng(MixSeed(options_.seed ^ MixSeed(static_cast<uint64_t>(epoch))));
     std::shuffle(order.begin(), order.end(), rng);
   }
-  batches_.clear();
+  std::vector<std::vector<size_t>> batches;
   const int64_t count = NumBatches();
   for (int64_t b = 0; b < count; ++b) {
     const size_t begin = static_cast<size_t>(b) * options_.batch_size;
     const size_t end = std::min(order.size(), begin + options_.batch_size);
-    batches_.emplace_back(order.begin() + begin, order.begin() + end);
+    batches.emplace_back(order.begin() + begin, order.begin() + end);
   }
+  StartWorkers(epoch, std::move(batches));
+}
+
+absl::Status BatchLoader::StartEpochWithBatches(int64_t epoch, std::vector<std::vector<size_t>> batches) {
+  for (size_t b = 0; b < batches.size(); ++b) {
+    for (size_t s : batches[b]) {
+      if (s >= samples_.size()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("batch ", b, " of epoch ", epoch, " names sample ", s, "; the loader has ", samples_.size()));
+      }
+    }
+  }
+  StartWorkers(epoch, std::move(batches));
+  return absl::OkStatus();
+}
+
+void BatchLoader::StartWorkers(int64_t epoch, std::vector<std::vector<size_t>> batches) {
+  StopWorkers();
+  epoch_ = epoch;
+  batches_ = std::move(batches);
   {
     absl::MutexLock lock(&mu_);
     stop_ = false;

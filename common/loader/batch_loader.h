@@ -98,6 +98,11 @@ class BatchLoader {
 
   // Begins epoch `epoch` (abandoning any unfinished one): its order is a function of (seed, epoch).
   void StartEpoch(int64_t epoch);
+  // Begins epoch `epoch` with the given batches instead of the loader's shuffled order and batch size (DP-SGD's
+  // Poisson sampling): each a list of sample indices (< NumSamples(), any size, possibly empty), augmentation as in
+  // StartEpoch(epoch). Next() returns them in order with Batch::index = the position in `batches`, passing over empty
+  // ones as over batches whose images were all skipped. InvalidArgument (no epoch started) for an index out of range.
+  absl::Status StartEpochWithBatches(int64_t epoch, std::vector<std::vector<size_t>> batches);
   // The next batch of the current epoch in order, or nullopt at its end. With kFail, an unreadable image's error
   // (NotFound / InvalidArgument naming the file and sample id); the epoch then ends.
   absl::StatusOr<std::optional<Batch>> Next();
@@ -105,6 +110,8 @@ class BatchLoader {
   // Batches per epoch (before any images are skipped).
   int64_t NumBatches() const;
   int64_t NumSamples() const { return static_cast<int64_t>(samples_.size()); }
+  // options.batch_size: DP-SGD's expected batch size.
+  int batch_size() const { return options_.batch_size; }
   // True when the samples are two-view (each has a lateral_file) and batches carry `lateral`.
   bool IsTwoView() const { return !samples_.front().lateral_file.empty(); }
   LoaderStats stats() const;
@@ -112,6 +119,8 @@ class BatchLoader {
  private:
   BatchLoader(std::vector<LoaderSample> samples, const LoaderOptions& options);
   void StopWorkers();
+  // Starts the workers on `batches` for `epoch`.
+  void StartWorkers(int64_t epoch, std::vector<std::vector<size_t>> batches);
   void WorkerLoop();
   absl::StatusOr<Batch> BuildBatch(int64_t index);
   // Decodes (or reads from the cache), augments when training and normalizes one image.

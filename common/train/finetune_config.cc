@@ -10,6 +10,7 @@
 #include "common/io/file_util.h"
 #include "common/io/text_proto.h"
 #include "common/status_macros.h"
+#include "common/train/dp_sgd.h"
 
 namespace fedtune::train {
 namespace {
@@ -34,6 +35,21 @@ absl::Status ValidateFinetuneConfig(const v1::FinetuneConfig& c) {
   if (!(c.proximal_mu() >= 0) || !std::isfinite(c.proximal_mu()))
     return Field("proximal_mu", "must be finite and >= 0");
   if (c.max_epochs() < 1) return Field("max_epochs", "must be >= 1");
+  if (!std::isfinite(c.dp_noise_multiplier()) ||
+      (c.dp_noise_multiplier() != 0 &&
+       !(c.dp_noise_multiplier() >= kMinDpNoiseMultiplier && c.dp_noise_multiplier() <= kMaxDpNoiseMultiplier))) {
+    return Field("dp_noise_multiplier", absl::StrCat("must be 0 (no DP-SGD) or in [", kMinDpNoiseMultiplier, ", ",
+                                                     kMaxDpNoiseMultiplier, "], got ", c.dp_noise_multiplier()));
+  }
+  if (!std::isfinite(c.dp_clip_norm()) || !(c.dp_clip_norm() > 0 && c.dp_clip_norm() <= kMaxDpClipNorm)) {
+    return Field("dp_clip_norm", absl::StrCat("must be in (0, ", kMaxDpClipNorm, "], got ", c.dp_clip_norm()));
+  }
+  if (c.dp_noise_multiplier() > 0 && c.mixed_precision()) {
+    return Field("mixed_precision", "cannot be combined with DP-SGD (dp_noise_multiplier > 0)");
+  }
+  if (c.dp_noise_multiplier() > 0 && c.max_epochs() > 100000) {
+    return Field("max_epochs", "must be <= 100000 with DP-SGD (privacy::PlanDpSgd)");
+  }
   if (c.patience() < 1) return Field("patience", "must be >= 1");
   if (c.has_dropout() && !(c.dropout() >= 0 && c.dropout() < 1)) return Field("dropout", "must be in [0, 1)");
   if (c.threads() < 0) return Field("threads", "must be >= 0 (0 = all cores)");

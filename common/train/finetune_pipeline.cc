@@ -138,6 +138,11 @@ absl::StatusOr<TrainingData> MakeTrainingData(const v1::FinetuneConfig& config, 
   LOG(INFO) << "positive weights (training split):\n" << data::FormatPositiveWeights(weights);
   d.pos_weight = torch::empty({data::kNumChexpertLabels}, torch::kFloat32);
   for (int l = 0; l < data::kNumChexpertLabels; ++l) d.pos_weight[l] = static_cast<float>(weights.weight[l]);
+  if (config.dp_noise_multiplier() > 0) {
+    // The weights are counts of the training labels: under DP-SGD they would reach the model without noise.
+    LOG(INFO) << "DP-SGD: positive weights of 1 (the training split's label counts are private)";
+    d.pos_weight = torch::Tensor();
+  }
 
   model::InputOptions input;
   input.image_size = config.image_size();
@@ -175,6 +180,8 @@ TrainerOptions TrainerOptionsFor(const v1::FinetuneConfig& config, const std::st
   options.device = config.device();
   options.mixed_precision = config.mixed_precision();
   options.seed = config.seed() + seed_offset;
+  options.dp_noise_multiplier = config.dp_noise_multiplier();
+  options.dp_clip_norm = config.dp_clip_norm();
   options.name = name;
   options.state_path = (fs::path(config.out_dir()) / "state" / state_file).string();
   if (!config.resume()) fs::remove(options.state_path);
@@ -184,6 +191,10 @@ TrainerOptions TrainerOptionsFor(const v1::FinetuneConfig& config, const std::st
 void LogResult(const TrainerOptions& options, const TrainResult& r) {
   LOG(INFO) << options.name << ": best validation BCE " << r.best_validation_loss << " at epoch " << r.best_epoch + 1
             << " of " << r.history.size() << (r.stopped_early ? " (stopped early)" : "");
+  if (r.dp.enabled) {
+    LOG(INFO) << options.name << ": " << r.dp.steps << " DP-SGD steps at sample rate " << r.dp.sample_rate
+              << ", noise multiplier " << r.dp.noise_multiplier;
+  }
 }
 
 // Fine-tunes every SoloNet member in turn (each left on the CPU) into result->members.
@@ -200,6 +211,7 @@ absl::Status TrainMembers(const v1::FinetuneConfig& config, BaseModel& base, Tra
                      Fit(members[i], *data.train, *data.validation, data.pos_weight, options, &observer));
     members[i]->to(torch::kCPU);
     LogResult(options, member);
+    result->dp_member_steps += member.dp.steps;
     result->members.push_back(std::move(member));
   }
   return absl::OkStatus();
@@ -261,6 +273,17 @@ absl::Status WriteTuned(const v1::FinetuneConfig& config, const BaseModel& base,
 }
 
 }  // namespace
+
+std::vector<DpSgdPhase> DpSgdPhases(const FinetuneResult& result) {
+  std::vector<DpSgdPhase> out;
+  auto add = [&out](const std::string& network, const TrainResult& r) {
+    if (!r.dp.enabled || r.dp.steps == 0) return;
+    out.push_back(DpSgdPhase{network, r.dp.sample_rate, r.dp.noise_multiplier, r.dp.steps});
+  };
+  for (size_t i = 0; i < result.members.size(); ++i) add(absl::StrCat("member", i), result.members[i]);
+  if (result.duo) add("duonet", *result.duo);
+  return out;
+}
 
 absl::StatusOr<FinetuneResult> RunFinetune(const v1::FinetuneConfig& config,
                                            absl::Span<FinetuneObserver* const> observers,

@@ -43,7 +43,27 @@ struct FinetuneResult {
   // The effective bits stored of 16-bit PNG/TIFF samples (config.raster_bits_stored, with -1 (auto) resolved from the
   // site's images before training): 0 = the container's 16 bits.
   int raster_bits_stored = 0;
+  // DP-SGD (config.dp_noise_multiplier > 0): the steps of all SoloNet members together. Every member trains on the same
+  // images, one after the other, each a separate DP-SGD mechanism at the same sample rate and noise multiplier
+  // (members[i].dp), so the site's accountant adds this many steps at (members[0].dp.sample_rate,
+  // config.dp_noise_multiplier). 0 without DP. The DuoNet is another mechanism at its own sample rate (duo->dp, its
+  // samples are study pairs): DpSgdPhases lists everything to account.
+  int64_t dp_member_steps = 0;
 };
+
+// One DP-SGD mechanism of a fine-tuning, to add to the site's RDP accountant as
+// privacy::RdpAccountant::AddSteps(sample_rate, noise_multiplier, steps).
+struct DpSgdPhase {
+  std::string network;  // "member<i>" or "duonet".
+  double sample_rate = 0;
+  double noise_multiplier = 0;
+  int64_t steps = 0;
+};
+
+// Every DP-SGD mechanism `result` ran on the site's data, members in order then the DuoNet: one entry per trained
+// network with dp.enabled and at least one step. Empty without DP. Composing all of them (RDP adds) accounts the
+// whole fine-tuning, per training image. Pure.
+std::vector<DpSgdPhase> DpSgdPhases(const FinetuneResult& result);
 
 // What the pipeline tells those who watch it. Networks are named "member<i>-<architecture>" and "duonet" and train
 // one after the other, members first. Every method is called on the pipeline's thread; an error stops the pipeline
@@ -69,10 +89,12 @@ class FinetuneObserver {
 // file; FailedPrecondition when the split leaves no training or validation image, or when a resume state does not
 // match the config; those of the observers. config.resume = false removes earlier resume states first. A DuoNet is
 // carried over unchanged (logged) when no split has studies with both views. `observers` (not owned) must outlive
-// the call. `proximal_anchor`, when not empty (and config.proximal_mu > 0), is a checkpoint with the base model's
-// architectures that the proximal term pulls toward instead of the base model: mu/2 * ||w - w_anchor||^2 (Ditto's
-// personal model trains from its previous weights toward the round's global model); its loader's errors, and
-// InvalidArgument when its networks differ from the base model's.
+// the call. With config.dp_noise_multiplier > 0 every network trains with DP-SGD (common/train/dp_sgd.h); the result
+// says what was spent (FinetuneResult::dp_member_steps, DpSgdPhases), and the loss's positive weights are 1 (the
+// training split's label counts would otherwise reach the model without noise). `proximal_anchor`, when not empty (and
+// config.proximal_mu > 0), is a checkpoint with the base model's architectures that the proximal term pulls toward
+// instead of the base model: mu/2 * ||w - w_anchor||^2 (Ditto's personal model trains from its previous weights toward
+// the round's global model); its loader's errors, and InvalidArgument when its networks differ from the base model's.
 absl::StatusOr<FinetuneResult> RunFinetune(const v1::FinetuneConfig& config,
                                            absl::Span<FinetuneObserver* const> observers = {},
                                            const std::string& proximal_anchor = "");

@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -12,13 +13,16 @@
 #include <map>
 #include <sstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/io/file_util.h"
 #include "common/logging.h"
+#include "common/privacy/dp_plan.h"
 #include "common/seed.h"
 #include "common/status_macros.h"
+#include "common/train/dp_sgd.h"
 #include "common/train/early_stopping.h"
 #include "common/train/loss.h"
 
@@ -34,6 +38,20 @@ absl::Status ValidateOptions(const TrainerOptions& o) {
   if (o.max_epochs < 1) return absl::InvalidArgumentError("max_epochs must be >= 1");
   if (o.patience < 1) return absl::InvalidArgumentError("patience must be >= 1");
   if (!(o.proximal_mu >= 0)) return absl::InvalidArgumentError("proximal_mu must be >= 0");
+  if (!std::isfinite(o.dp_noise_multiplier) || o.dp_noise_multiplier < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("dp_noise_multiplier must be 0 (no DP) or in [",
+                                                   kMinDpNoiseMultiplier, ", ", kMaxDpNoiseMultiplier, "], got ",
+                                                   o.dp_noise_multiplier));
+  }
+  if (o.dp_noise_multiplier > 0) {
+    DpSgdOptions dp;
+    dp.noise_multiplier = o.dp_noise_multiplier;
+    dp.clip_norm = o.dp_clip_norm;
+    RETURN_IF_ERROR(ValidateDpSgdOptions(dp));
+    if (o.mixed_precision) {
+      return absl::InvalidArgumentError("mixed_precision cannot be combined with DP-SGD (dp_noise_multiplier > 0)");
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -62,12 +80,16 @@ void RestoreSnapshot(torch::nn::Module& module, const Snapshot& snapshot) {
 }
 
 // What must match for a state file to be resumed: parameter shapes and the options that change the trajectory.
-std::string Fingerprint(torch::nn::Module& module, const TrainerOptions& o, int64_t samples) {
+std::string Fingerprint(torch::nn::Module& module, const TrainerOptions& o, int64_t samples, int64_t batch_size) {
   std::string out = absl::StrCat("lr=", o.learning_rate, ";m=", o.momentum, ";wd=", o.weight_decay, ";seed=", o.seed,
                                  ";mu=", o.proximal_mu, ";patience=", o.patience, ";samples=", samples, ";");
   // An anchored proximal term trains toward other weights: its state must not resume an unanchored run (nor the
   // reverse). Only anchored runs carry the mark, so the fingerprints of earlier state files are unchanged.
   if (o.proximal_mu > 0 && !o.proximal_anchor.empty()) absl::StrAppend(&out, "anchored;");
+  // Likewise DP-SGD (its batch size sets the sample rate, hence the steps per epoch the accountant counts).
+  if (o.dp_noise_multiplier > 0) {
+    absl::StrAppend(&out, "dp=", o.dp_noise_multiplier, ",", o.dp_clip_norm, ",", batch_size, ";");
+  }
   for (const auto& p : module.named_parameters()) {
     absl::StrAppend(&out, p.key(), ":");
     for (int64_t s : p.value().sizes()) absl::StrAppend(&out, s, "x");
@@ -250,11 +272,91 @@ absl::StatusOr<double> EvaluateLossImpl(torch::nn::Module& model, const ForwardF
   }
 }
 
+// One DP-SGD epoch (dp_sgd.h): plan.steps_per_epoch steps on Poisson batches drawn with fresh secret randomness;
+// steps whose batch came out empty (or whose images were all skipped) apply noise only. `start`: the proximal
+// term's anchor per parameter (empty without one). Adds each sample's loss to `train_loss` and counts `images`.
+absl::Status DpEpoch(torch::nn::Module& model, const ForwardFn& forward, loader::BatchLoader& train,
+                     const torch::Tensor& pw, const TrainerOptions& options, const privacy::DpSgdPlan& plan,
+                     const std::vector<torch::Tensor>& start, torch::optim::SGD& optimizer, const c10::Device& device,
+                     int64_t epoch, LossMean* train_loss, int64_t* images) {
+  ASSIGN_OR_RETURN(DpRandom random, DpRandom::FromSystemEntropy());
+  const int64_t n = train.NumSamples();
+  RETURN_IF_ERROR(train.StartEpochWithBatches(epoch, random.PoissonBatches(n, plan.sample_rate, plan.steps_per_epoch)));
+  DpSgdOptions dp;
+  dp.noise_multiplier = options.dp_noise_multiplier;
+  dp.clip_norm = options.dp_clip_norm;
+  dp.expected_batch_size = plan.sample_rate * static_cast<double>(n);
+  std::vector<torch::Tensor> params = model.parameters();
+  std::optional<loader::Batch> pending;
+  bool loader_done = false;
+  std::vector<double> norms;  // Every sampled image's gradient norm before clipping: how to choose C (logged).
+  for (int64_t step = 0; step < plan.steps_per_epoch; ++step) {
+    if (!pending && !loader_done) {
+      ASSIGN_OR_RETURN(pending, train.Next());
+      loader_done = !pending.has_value();
+    }
+    loader::Batch batch;
+    if (pending && pending->index == step) {
+      batch = *std::move(pending);
+      pending.reset();
+    } else {  // An empty Poisson batch: the step is noise only.
+      batch.targets = torch::zeros({0, data::kNumChexpertLabels}, torch::kFloat32);
+      batch.mask = torch::zeros({0, data::kNumChexpertLabels}, torch::kFloat32);
+    }
+    auto forward_one = [&](int64_t i) {
+      loader::Batch one;
+      one.images = batch.images.narrow(0, i, 1);
+      if (batch.lateral.defined()) one.lateral = batch.lateral.narrow(0, i, 1);
+      return forward(one, device);
+    };
+    const int64_t count = batch.targets.size(0);
+    absl::StatusOr<ClippedSum> sum =
+        ClippedNoisedGradientFor(model, forward_one, count, batch.targets, batch.mask, pw, dp, &random);
+    if (sum.status().code() == absl::StatusCode::kFailedPrecondition) {
+      return absl::FailedPreconditionError(
+          absl::StrFormat("%s: epoch %d, DP-SGD step %d: %s; lower learning_rate (now %g)", options.name, epoch + 1,
+                          step + 1, sum.status().message(), options.learning_rate));
+    }
+    RETURN_IF_ERROR(sum.status());
+    size_t k = 0;
+    for (size_t i = 0; i < params.size(); ++i) {
+      if (!params[i].requires_grad()) continue;
+      torch::Tensor g = sum->noised[k++];
+      // FedProx's proximal gradient mu * (w - anchor) does not depend on the data: added after the noise, unclipped.
+      if (options.proximal_mu > 0) g = g + options.proximal_mu * (params[i].detach() - start[i]);
+      params[i].mutable_grad() = g.detach();
+    }
+    optimizer.step();
+    const torch::Tensor mask_sums = batch.mask.sum(1).to(torch::kCPU, torch::kFloat64);
+    for (int64_t i = 0; i < count; ++i) {
+      const double w = std::max(mask_sums[i].item<double>(), 1.0);
+      train_loss->weighted_sum += sum->sample_losses[i] * w;
+      train_loss->weight += w;
+    }
+    *images += count;
+    norms.insert(norms.end(), sum->sample_norms.begin(), sum->sample_norms.end());
+  }
+  if (!norms.empty()) {
+    const int64_t clipped = std::count_if(norms.begin(), norms.end(), [&](double n) { return n > dp.clip_norm; });
+    std::nth_element(norms.begin(), norms.begin() + norms.size() / 2, norms.end());
+    LOG(INFO) << absl::StrFormat("%s epoch %d: DP-SGD clipped %d of %d per-image gradients (median norm %.4g, C %g)",
+                                 options.name, epoch + 1, clipped, norms.size(), norms[norms.size() / 2], dp.clip_norm);
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<TrainResult> FitImpl(torch::nn::Module& model, const ForwardFn& forward, loader::BatchLoader& train,
                                     loader::BatchLoader& validation, const at::Tensor& pos_weight,
                                     const TrainerOptions& options, EpochObserver* observer) {
   RETURN_IF_ERROR(ValidateOptions(options));
   ASSIGN_OR_RETURN(c10::Device device, ResolveDevice(options.device));
+  std::optional<privacy::DpSgdPlan> dp_plan;
+  if (options.dp_noise_multiplier > 0) {
+    ASSIGN_OR_RETURN(dp_plan, privacy::PlanDpSgd(train.NumSamples(), train.batch_size(), options.max_epochs));
+    LOG(INFO) << absl::StrFormat("%s: DP-SGD, sample rate %.6g, %d steps per epoch, noise multiplier %g, clip norm %g",
+                                 options.name, dp_plan->sample_rate, dp_plan->steps_per_epoch,
+                                 options.dp_noise_multiplier, options.dp_clip_norm);
+  }
   TrainResult result;
   result.train_samples = train.NumSamples();
   result.device = device.str();
@@ -286,7 +388,7 @@ absl::StatusOr<TrainResult> FitImpl(torch::nn::Module& model, const ForwardFn& f
         }
       }
     }
-    const std::string fingerprint = Fingerprint(model, options, train.NumSamples());
+    const std::string fingerprint = Fingerprint(model, options, train.NumSamples(), train.batch_size());
     TrainState state;
     EarlyStopping stopper(options.patience);
     if (!options.state_path.empty()) {
@@ -304,13 +406,19 @@ absl::StatusOr<TrainResult> FitImpl(torch::nn::Module& model, const ForwardFn& f
     for (int64_t epoch = state.last_epoch + 1; epoch < options.max_epochs && !stopper.ShouldStop(); ++epoch) {
       const auto epoch_start = Clock::now();
       torch::manual_seed(MixSeed(options.seed ^ MixSeed(static_cast<uint64_t>(epoch) + 1)));
-      model.train();
-      train.StartEpoch(epoch);
       LossMean train_loss;
       int64_t images = 0;
+      if (dp_plan) {
+        RETURN_IF_ERROR(SetDpTrainingMode(model));
+        RETURN_IF_ERROR(DpEpoch(model, forward, train, pw, options, *dp_plan, start, optimizer, device, epoch,
+                                &train_loss, &images));
+      } else {
+        model.train();
+        train.StartEpoch(epoch);
+      }
       const int64_t batches = train.NumBatches();
       int64_t batch_index = 0;
-      while (true) {
+      while (!dp_plan) {
         ASSIGN_OR_RETURN(std::optional<loader::Batch> batch, train.Next());
         if (!batch) break;
         if (batch->targets.size(0) < 2) {
@@ -394,6 +502,14 @@ absl::StatusOr<TrainResult> FitImpl(torch::nn::Module& model, const ForwardFn& f
     }
     RestoreSnapshot(model, state.best);
     model.eval();
+    if (dp_plan) {
+      result.dp.enabled = true;
+      result.dp.sample_rate = dp_plan->sample_rate;
+      result.dp.noise_multiplier = options.dp_noise_multiplier;
+      result.dp.clip_norm = options.dp_clip_norm;
+      result.dp.steps_per_epoch = dp_plan->steps_per_epoch;
+      result.dp.steps = static_cast<int64_t>(result.history.size()) * dp_plan->steps_per_epoch;
+    }
     result.best_epoch = stopper.best_epoch();
     result.best_validation_loss = stopper.best_loss();
     result.stopped_early = stopper.ShouldStop();
@@ -431,7 +547,23 @@ absl::StatusOr<TrainResult> FitDuo(model::DuoNet duo, loader::BatchLoader& train
   auto forward = [impl](const loader::Batch& b, const c10::Device& d) {
     return impl->forward(b.images.to(d), b.lateral.to(d));
   };
-  return FitImpl(*duo, forward, train, validation, pos_weight, options, observer);
+  // The backbones' own heads are not part of a DuoNet's forward pass. Ordinary SGD leaves them alone (no gradient);
+  // DP-SGD would add noise to them like to every trainable coordinate, so they sit out its training.
+  std::vector<torch::Tensor> heads;
+  if (options.dp_noise_multiplier > 0) {
+    const std::string frontal_head = absl::StrCat("frontal.", impl->frontal()->head_prefix());
+    const std::string lateral_head = absl::StrCat("lateral.", impl->lateral()->head_prefix());
+    for (auto& p : duo->named_parameters()) {
+      if ((absl::StartsWith(p.key(), frontal_head) || absl::StartsWith(p.key(), lateral_head)) &&
+          p.value().requires_grad()) {
+        p.value().set_requires_grad(false);
+        heads.push_back(p.value());
+      }
+    }
+  }
+  absl::StatusOr<TrainResult> result = FitImpl(*duo, forward, train, validation, pos_weight, options, observer);
+  for (torch::Tensor& p : heads) p.set_requires_grad(true);
+  return result;
 }
 
 }  // namespace fedtune::train

@@ -5,6 +5,11 @@
 // stopping counters, history) is written atomically, and a restarted Fit continues from the last completed epoch with
 // the same result as an uninterrupted run for a fixed seed (dropout is reseeded from (seed, epoch); the loader's order
 // and augmentation are functions of (seed, epoch)).
+//
+// With dp_noise_multiplier > 0 training is DP-SGD (common/train/dp_sgd.h): Poisson-sampled batches of expected size
+// train.batch_size(), privacy::PlanDpSgd's steps per epoch, per-sample clipping, Gaussian noise, frozen BatchNorm.
+// Its noise and sampling are secret (not functions of the seed), so a resumed DP run continues from the last completed
+// epoch but is not bit-identical to an uninterrupted one. TrainResult::dp says what the site's accountant must add.
 #ifndef FEDTUNE_COMMON_TRAIN_TRAINER_H_
 #define FEDTUNE_COMMON_TRAIN_TRAINER_H_
 
@@ -44,7 +49,11 @@ struct TrainerOptions {
   // come from the same model shape and options, FailedPrecondition otherwise). Empty: no resume.
   std::string state_path;
   std::string name = "model";  // Used in progress and log lines.
-  bool progress = true;        // A live progress line on a terminal (stderr); plain log lines otherwise.
+  // DP-SGD's noise multiplier sigma (dp_sgd.h). 0 (default): ordinary training. Otherwise finite and in
+  // [kMinDpNoiseMultiplier, kMaxDpNoiseMultiplier] = [0.1, 1e4]; mixed_precision must then be false.
+  double dp_noise_multiplier = 0.0;
+  double dp_clip_norm = 1.0;  // DP-SGD's per-sample clipping norm C; finite, in (0, 1e6]. Used only with DP.
+  bool progress = true;       // A live progress line on a terminal (stderr); plain log lines otherwise.
 };
 
 struct EpochRecord {
@@ -67,6 +76,20 @@ class EpochObserver {
   virtual absl::Status OnEpoch(const EpochRecord& record) = 0;
 };
 
+// The DP-SGD mechanism one Fit ran on its training images: what the site's RDP accountant adds
+// (privacy::RdpAccountant::AddSteps(sample_rate, noise_multiplier, steps)).
+struct DpSgdSummary {
+  bool enabled = false;         // False: ordinary training (the other fields are 0).
+  double sample_rate = 0;       // q = min(1, batch size / training images) (privacy::PlanDpSgd).
+  double noise_multiplier = 0;  // sigma.
+  double clip_norm = 0;         // C.
+  int64_t steps_per_epoch = 0;  // privacy::PlanDpSgd's max(1, round(1 / q)).
+  // Steps taken: completed epochs (resumed ones included) * steps_per_epoch; fewer than the plan's max_steps when
+  // early stopping ended training. Steps of an epoch that did not complete (an error, a crash) are not counted:
+  // nothing trained in them is kept (a resumed run redoes the epoch from the last saved state with fresh noise).
+  int64_t steps = 0;
+};
+
 struct TrainResult {
   std::vector<EpochRecord> history;  // Every epoch, resumed ones included.
   int64_t best_epoch = -1;
@@ -75,6 +98,7 @@ struct TrainResult {
   int64_t resumed_after_epoch = -1;  // Last epoch found in the state file, or -1.
   int64_t train_samples = 0;
   std::string device;  // Where training ran, e.g. "cpu", "cuda:0".
+  DpSgdSummary dp;     // DP-SGD's parameters and steps (enabled false without DP).
 };
 
 // "auto" | "cpu" | "cuda" | "cuda:N". InvalidArgument for another spelling, FailedPrecondition for CUDA when
@@ -82,16 +106,18 @@ struct TrainResult {
 absl::StatusOr<c10::Device> ResolveDevice(const std::string& spec);
 
 // Fine-tunes `model` in place; on return it holds the best epoch's weights and is on the training device in eval
-// mode. pos_weight: [14] (or undefined for ones). InvalidArgument for bad options; FailedPrecondition when the loss
-// stops being finite (divergence: the message suggests a lower learning rate); errors of the loaders (an
-// unreadable image under ErrorPolicy::kFail) and of the observer stop training and are returned; a c10::Error
-// (for example CUDA out of memory) becomes Internal/ResourceExhausted with its message.
+// mode. pos_weight: [14] (or undefined for ones). InvalidArgument for bad options (with DP: also those
+// privacy::PlanDpSgd refuses); FailedPrecondition when the loss or, with DP, a sample's gradient norm stops being
+// finite (divergence: the message suggests a lower learning rate); errors of the loaders (an unreadable image under
+// ErrorPolicy::kFail) and of the observer stop training and are returned; a c10::Error (for example CUDA out of memory)
+// becomes Internal/ResourceExhausted with its message.
 absl::StatusOr<TrainResult> Fit(model::Classifier model, loader::BatchLoader& train, loader::BatchLoader& validation,
                                 const at::Tensor& pos_weight, const TrainerOptions& options,
                                 EpochObserver* observer = nullptr);
 
 // Fine-tunes a DuoNet the same way, on two-view loaders (loader::PairedSamplesFromManifest): the frontal and lateral
-// backbones and the new final layer are all trained. Same contract as Fit.
+// backbones and the new final layer are all trained. Same contract as Fit; under DP-SGD one sample is one pair, and
+// the backbones' own heads (unused by the DuoNet's forward pass) are left unchanged instead of receiving noise.
 absl::StatusOr<TrainResult> FitDuo(model::DuoNet duo, loader::BatchLoader& train, loader::BatchLoader& validation,
                                    const at::Tensor& pos_weight, const TrainerOptions& options,
                                    EpochObserver* observer = nullptr);

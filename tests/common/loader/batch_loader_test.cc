@@ -110,6 +110,41 @@ TEST_F(BatchLoaderTest, OrderIsAFunctionOfSeedAndEpochOnly) {
   EXPECT_EQ(again[0].ids, ea[0].ids);
 }
 
+TEST_F(BatchLoaderTest, GivenBatchesComeInOrderWithTheirIndexAndEmptyOnesArePassedOver) {
+  std::vector<LoaderSample> samples = MakeSamples(6);
+  LoaderOptions o = Options();
+  o.augment = true;
+  auto loader = BatchLoader::Create(samples, o);
+  ASSERT_TRUE(loader.ok());
+  EXPECT_EQ((*loader)->batch_size(), 4);
+  ASSERT_TRUE((*loader)->StartEpochWithBatches(2, {{5, 0}, {}, {3}, {1, 2, 3, 4, 5, 0}, {}}).ok());
+  std::vector<Batch> got;
+  while (true) {
+    auto next = (*loader)->Next();
+    ASSERT_TRUE(next.ok()) << next.status();
+    if (!next->has_value()) break;
+    got.push_back(**next);
+  }
+  ASSERT_EQ(got.size(), 3u);
+  EXPECT_EQ(got[0].index, 0);
+  EXPECT_EQ(got[0].ids, (std::vector<std::string>{"img5.png", "img0.png"}));
+  EXPECT_FLOAT_EQ(got[0].targets[0][0].item<float>(), 5.0f);
+  EXPECT_EQ(got[1].index, 2);
+  EXPECT_EQ(got[1].ids, (std::vector<std::string>{"img3.png"}));
+  EXPECT_EQ(got[2].index, 3);
+  EXPECT_EQ(got[2].images.size(0), 6);
+  // Augmentation is that of the epoch, whatever the batch: image 3 in batch 2 equals image 3 in batch 3.
+  EXPECT_TRUE(torch::equal(got[1].images[0], got[2].images[2]));
+  // No batch at all: the epoch is empty.
+  ASSERT_TRUE((*loader)->StartEpochWithBatches(3, {}).ok());
+  auto none = (*loader)->Next();
+  ASSERT_TRUE(none.ok());
+  EXPECT_FALSE(none->has_value());
+  absl::Status bad = (*loader)->StartEpochWithBatches(4, {{1}, {6}});
+  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad.message()), HasSubstr("batch 1 of epoch 4 names sample 6"));
+}
+
 TEST_F(BatchLoaderTest, UnreadableImageFailsOrIsSkipped) {
   std::vector<LoaderSample> samples = MakeSamples(6);
   samples[2].file = dir_.Join("missing.png");

@@ -62,6 +62,15 @@ TEST(FinetuneConfigTest, ErrorsNameTheLineOrField) {
       {std::string(kMinimal) + " raster_bits_stored: 17", "config field 'raster_bits_stored'"},
       {std::string(kMinimal) + " raster_bits_stored: -2", "config field 'raster_bits_stored'"},
       {R"(manifest: "m" out_dir: "o")", "config field 'base_model'"},
+      {std::string(kMinimal) + " dp_noise_multiplier: 0.05", "config field 'dp_noise_multiplier'"},
+      {std::string(kMinimal) + " dp_noise_multiplier: -1", "config field 'dp_noise_multiplier'"},
+      {std::string(kMinimal) + " dp_noise_multiplier: 20000", "config field 'dp_noise_multiplier'"},
+      {std::string(kMinimal) + " dp_noise_multiplier: nan", "config field 'dp_noise_multiplier'"},
+      {std::string(kMinimal) + " dp_noise_multiplier: inf", "config field 'dp_noise_multiplier'"},
+      {std::string(kMinimal) + " dp_clip_norm: 0", "config field 'dp_clip_norm'"},
+      {std::string(kMinimal) + " dp_clip_norm: -0.5", "config field 'dp_clip_norm'"},
+      {std::string(kMinimal) + " dp_clip_norm: inf", "config field 'dp_clip_norm'"},
+      {std::string(kMinimal) + " dp_noise_multiplier: 1 mixed_precision: true", "config field 'mixed_precision'"},
   };
   for (const Case& c : cases) {
     auto parsed = ParseFinetuneConfig(c.text, "site.textproto", "/x");
@@ -84,6 +93,16 @@ TEST(FinetuneConfigTest, RasterBitsStoredDefaultsToTheContainerAndTakesAutoOrABi
     auto c = ParseFinetuneConfig(absl::StrCat(kMinimal, " raster_bits_stored: ", bits), "site.textproto", "/x");
     ASSERT_TRUE(c.ok()) << c.status();
     EXPECT_EQ(c->raster_bits_stored(), bits);
+  }
+}
+
+TEST(FinetuneConfigTest, DpSgdIsOffByDefaultAndTakesItsBounds) {
+  EXPECT_EQ(v1::FinetuneConfig().dp_noise_multiplier(), 0);
+  EXPECT_EQ(v1::FinetuneConfig().dp_clip_norm(), 1.0);
+  for (const char* dp : {"dp_noise_multiplier: 0.1", "dp_noise_multiplier: 10000 dp_clip_norm: 0.01",
+                         "dp_noise_multiplier: 1.1 dp_clip_norm: 5", "mixed_precision: true dp_clip_norm: 3"}) {
+    auto c = ParseFinetuneConfig(absl::StrCat(kMinimal, " ", dp), "site.textproto", "/x");
+    EXPECT_TRUE(c.ok()) << dp << ": " << c.status();
   }
 }
 
