@@ -1,5 +1,7 @@
 #include "site_agent/loadgen/load_generator.h"
 
+#include <ATen/ATen.h>
+
 #include <stdlib.h>
 
 #include <algorithm>
@@ -15,12 +17,16 @@
 #include "absl/time/clock.h"
 #include "common/federation/states.h"
 #include "common/fl/encoding.h"
+#include "common/fl/model_tensors.h"
 #include "common/io/file_util.h"
+#include "common/io/sha256.h"
+#include "common/model/checkpoint.h"
 #include "common/logging.h"
 #include "common/seed.h"
 #include "common/status_macros.h"
 #include "site_agent/agent/coordinator_client.h"
 #include "site_agent/agent/heartbeater.h"
+#include "site_agent/agent/secure_aggregation.h"
 #include "site_agent/loadgen/site_credentials.h"
 
 namespace fedtune::loadgen {
@@ -48,6 +54,7 @@ struct LoadGenerator::Site {
   int64_t num_samples = 0;
   int variant = 0;
   std::unique_ptr<agent::CoordinatorClient> client;
+  net::TlsFiles tls;  // The site's certificate, key and the CA (secure aggregation signs and verifies with them).
   std::string download_dir;
   absl::Duration heartbeat_period;
   std::string run_id;     // The run this site takes part in ("" until its first task).
@@ -121,6 +128,7 @@ absl::StatusOr<std::unique_ptr<LoadGenerator>> LoadGenerator::Create(const Loadg
     agent::ClientOptions client;
     client.address = options.coordinator;
     client.tls = credentials[i].files;
+    site->tls = credentials[i].files;
     client.server_name = options.server_name;
     client.rpc_timeout = absl::Seconds(options.rpc_timeout_seconds);
     client.retry.min_backoff = absl::Milliseconds(200);
@@ -450,7 +458,34 @@ absl::Status LoadGenerator::RunTrain(Site& site, const v1::Task& task, bool agai
     status = [&]() -> absl::Status {
       site.SetState(absl::StrCat("downloading the model of ", what));
       ASSIGN_OR_RETURN(std::string model, Download(site, task.model_digest(), task.model_bytes(), &down, cancelled));
-      const absl::Status learnt = payloads_->LearnSchema(model);
+      absl::Status learnt = payloads_->LearnSchema(model);
+      // Secure aggregation: the site joins the session before its (simulated) training, as the agent does, and masks
+      // its variant's delta (every floating element variant * delta_value, as the shared payload files).
+      std::unique_ptr<agent::SiteSecAggSession> secagg;
+      fl::TensorMap secagg_delta;
+      const std::string round_dir =
+          (fs::path(site.download_dir) / absl::StrCat("r", task.round(), "-a", task.attempt())).string();
+      if (learnt.ok() && task.plan().secure_aggregation()) {
+        learnt = [&]() -> absl::Status {
+          RETURN_IF_ERROR(io::MakeDirectories(round_dir));
+          ASSIGN_OR_RETURN(model::Checkpoint global, model::LoadCheckpoint(model));
+          const fl::TensorMap shared = fl::CheckpointTensors(global);
+          agent::SecAggSite secagg_site;
+          secagg_site.client = site.client.get();
+          secagg_site.site_id = site.id;
+          secagg_site.site_key_path = site.tls.key;
+          secagg_site.ca_cert_path = site.tls.ca;
+          secagg_site.round_dir = round_dir;
+          secagg_site.cancelled = cancelled;
+          site.SetState(absl::StrCat("secure aggregation keys and shares of ", what));
+          ASSIGN_OR_RETURN(secagg, agent::SiteSecAggSession::Begin(secagg_site, task, shared, site.num_samples));
+          const double value = site.variant * options_.delta_value;
+          for (const auto& [name, t] : shared) {
+            if (t.is_floating_point()) secagg_delta[name] = at::full_like(t, value);
+          }
+          return absl::OkStatus();
+        }();
+      }
       std::error_code ec;
       fs::remove(model, ec);
       RETURN_IF_ERROR(learnt);
@@ -467,7 +502,19 @@ absl::Status LoadGenerator::RunTrain(Site& site, const v1::Task& task, bool agai
         cancelled_task = true;
         return absl::OkStatus();
       }
-      ASSIGN_OR_RETURN(DeltaPayload payload, payloads_->Get(encoding, topk, site.variant));
+      DeltaPayload payload;
+      if (secagg != nullptr) {
+        site.SetState(absl::StrCat("masking the update of ", what));
+        ASSIGN_OR_RETURN(agent::MaskedUpdate masked, secagg->MaskUpdate(secagg_delta));
+        secagg_delta.clear();
+        const std::string bytes = masked.bundle.SerializeAsString();
+        payload.path = (fs::path(round_dir) / "masked.bin").string();
+        RETURN_IF_ERROR(io::WriteFileAtomically(payload.path, bytes));
+        payload.sha256 = io::Sha256Hex(bytes);
+        payload.bytes = static_cast<int64_t>(bytes.size());
+      } else {
+        ASSIGN_OR_RETURN(payload, payloads_->Get(encoding, topk, site.variant));
+      }
       {
         absl::MutexLock lock(&mu_);
         if (!used_encoding_.has_value()) {
@@ -512,6 +559,12 @@ absl::Status LoadGenerator::RunTrain(Site& site, const v1::Task& task, bool agai
         stats.last_upload = std::max(stats.last_upload, absl::Now());
         stats.upload_seconds += absl::ToDoubleSeconds(took);
         stats.upload_bytes += payload.bytes;
+      }
+      if (secagg != nullptr) {
+        site.SetState(absl::StrCat("unmasking ", what));
+        RETURN_IF_ERROR(secagg->Unmask());
+        std::error_code removed;
+        fs::remove(payload.path, removed);
       }
       site.SetState(absl::StrCat("reporting round metrics of ", what));
       heartbeat.SetState("reporting", 0.98);
