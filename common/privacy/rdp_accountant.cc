@@ -218,18 +218,33 @@ absl::StatusOr<PrivacySpent> ConsortiumEpsilon(const std::vector<RdpAccountant>&
 
 absl::StatusOr<NoiseSolution> SolveNoiseMultiplier(double target_epsilon, double q, int64_t steps, double delta,
                                                    double rel_tolerance) {
+  return SolveNoiseMultiplierForPhases(target_epsilon, {SamplingPhase{q, steps}}, delta, rel_tolerance);
+}
+
+absl::StatusOr<NoiseSolution> SolveNoiseMultiplierForPhases(double target_epsilon,
+                                                            const std::vector<SamplingPhase>& phases, double delta,
+                                                            double rel_tolerance) {
+  if (phases.empty() || phases.size() > 64) {
+    return absl::InvalidArgumentError(absl::StrCat("1 to 64 phases, got ", phases.size()));
+  }
   if (!(target_epsilon > 0 && std::isfinite(target_epsilon))) {
     return absl::InvalidArgumentError(absl::StrCat("target epsilon must be finite and > 0, got ", target_epsilon));
   }
   if (!(rel_tolerance > 0 && rel_tolerance <= 0.1)) {
     return absl::InvalidArgumentError(absl::StrCat("tolerance must be in (0, 0.1], got ", rel_tolerance));
   }
-  RETURN_IF_ERROR(CheckSampleRate(q));
-  RETURN_IF_ERROR(CheckSteps(steps));
+  for (size_t i = 0; i < phases.size(); ++i) {
+    const absl::Status q_ok = CheckSampleRate(phases[i].q);
+    const absl::Status steps_ok = CheckSteps(phases[i].steps);
+    for (const absl::Status& s : {q_ok, steps_ok}) {
+      if (!s.ok()) return absl::Status(s.code(), absl::StrCat("phase ", i + 1, ": ", s.message()));
+    }
+  }
   RETURN_IF_ERROR(CheckDelta(delta));
   auto epsilon_at = [&](double sigma) -> absl::StatusOr<PrivacySpent> {
-    ASSIGN_OR_RETURN(std::vector<double> rdp, ComputeRdp(q, sigma, steps, DefaultOrders()));
-    return RdpToEpsilon(DefaultOrders(), rdp, delta);
+    RdpAccountant accountant;
+    for (const SamplingPhase& p : phases) RETURN_IF_ERROR(accountant.AddSteps(p.q, sigma, p.steps));
+    return accountant.GetPrivacySpent(delta);
   };
   ASSIGN_OR_RETURN(PrivacySpent at_low, epsilon_at(kMinNoiseMultiplier));
   if (at_low.epsilon <= target_epsilon) return NoiseSolution{kMinNoiseMultiplier, at_low};
@@ -241,9 +256,10 @@ absl::StatusOr<NoiseSolution> SolveNoiseMultiplier(double target_epsilon, double
     if (at_hi.epsilon <= target_epsilon) break;
     lo = hi;
     if (hi == kMaxNoiseMultiplier) {
-      return absl::OutOfRangeError(absl::StrCat("target epsilon ", target_epsilon, " is unreachable: noise multiplier ",
-                                                kMaxNoiseMultiplier, " still gives epsilon ", at_hi.epsilon, " (q=", q,
-                                                ", steps=", steps, ", delta=", delta, ")"));
+      return absl::OutOfRangeError(absl::StrCat(
+          "target epsilon ", target_epsilon, " is unreachable: noise multiplier ", kMaxNoiseMultiplier,
+          " still gives epsilon ", at_hi.epsilon, " (q=", phases[0].q, ", steps=", phases[0].steps,
+          phases.size() > 1 ? absl::StrCat(", and ", phases.size() - 1, " more phases") : "", ", delta=", delta, ")"));
     }
     hi = std::min(2 * hi, kMaxNoiseMultiplier);
   }

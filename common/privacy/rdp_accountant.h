@@ -87,6 +87,19 @@ struct NoiseSolution {
 absl::StatusOr<NoiseSolution> SolveNoiseMultiplier(double target_epsilon, double q, int64_t steps, double delta,
                                                    double rel_tolerance = 1e-4);
 
+// Steps at one sample rate, all with the same noise multiplier: e.g. a SoloNet's members (q = batch / images) and its
+// DuoNet (q = batch / study pairs), which the site composes (RDP adds).
+struct SamplingPhase {
+  double q = 0;
+  int64_t steps = 0;
+};
+// SolveNoiseMultiplier for the composition of `phases` (1 to 64 of them, each within the bounds above): the smallest
+// noise multiplier, shared by every phase, whose composed epsilon is at most the target. Errors as above, naming the
+// phase.
+absl::StatusOr<NoiseSolution> SolveNoiseMultiplierForPhases(double target_epsilon,
+                                                            const std::vector<SamplingPhase>& phases, double delta,
+                                                            double rel_tolerance = 1e-4);
+
 }  // namespace fedtune::privacy
 
 #endif  // FEDTUNE_COMMON_PRIVACY_RDP_ACCOUNTANT_H_

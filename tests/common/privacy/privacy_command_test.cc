@@ -69,6 +69,54 @@ TEST(PrivacyCommandTest, NoiseRoundTripsThroughEpsilon) {
   EXPECT_EQ(eps["best_order"].get<double>(), solved["best_order"].get<double>());
 }
 
+// --phases composes phases at one noise multiplier (RDP adds): the epsilon equals the accountant fed both phases, one
+// phase split in two gives the single phase's epsilon, and the noise solved for two phases round-trips. Either
+// --sample-rate/--steps or --phases, not both; a malformed phase is named.
+TEST(PrivacyCommandTest, PhasesCompose) {
+  std::ostringstream out;
+  ASSERT_TRUE(RunCommandWith(MakePrivacyEpsilonCommand(out),
+                             {"--noise-multiplier", "1.2", "--phases", "0.178:12,0.62:4", "--delta", "1e-5", "--json"})
+                  .ok());
+  RdpAccountant accountant;
+  ASSERT_TRUE(accountant.AddSteps(0.178, 1.2, 12).ok());
+  ASSERT_TRUE(accountant.AddSteps(0.62, 1.2, 4).ok());
+  EXPECT_EQ(nlohmann::json::parse(out.str())["epsilon"].get<double>(), accountant.GetPrivacySpent(1e-5)->epsilon);
+
+  std::ostringstream split, whole;
+  ASSERT_TRUE(RunCommandWith(MakePrivacyEpsilonCommand(split), {"--noise-multiplier", "1.1", "--phases",
+                                                                "0.01:4000,0.01:6000", "--delta", "1e-5", "--json"})
+                  .ok());
+  ASSERT_TRUE(RunCommandWith(MakePrivacyEpsilonCommand(whole), {"--noise-multiplier", "1.1", "--sample-rate", "0.01",
+                                                                "--steps", "10000", "--delta", "1e-5", "--json"})
+                  .ok());
+  EXPECT_NEAR(nlohmann::json::parse(split.str())["epsilon"].get<double>(),
+              nlohmann::json::parse(whole.str())["epsilon"].get<double>(), 1e-9);
+
+  std::ostringstream noise;
+  ASSERT_TRUE(RunCommandWith(MakePrivacyNoiseCommand(noise),
+                             {"--target-epsilon", "8", "--phases", "0.178:12,0.62:4", "--delta", "1e-5", "--json"})
+                  .ok());
+  const nlohmann::json solved = nlohmann::json::parse(noise.str());
+  RdpAccountant at_sigma;
+  const double sigma = solved["noise_multiplier"].get<double>();
+  ASSERT_TRUE(at_sigma.AddSteps(0.178, sigma, 12).ok());
+  ASSERT_TRUE(at_sigma.AddSteps(0.62, sigma, 4).ok());
+  EXPECT_LE(at_sigma.GetPrivacySpent(1e-5)->epsilon, 8.0);
+  EXPECT_GT(at_sigma.GetPrivacySpent(1e-5)->epsilon, 7.99);
+
+  std::ostringstream ignored;
+  absl::Status both = RunCommandWith(MakePrivacyEpsilonCommand(ignored), {"--noise-multiplier", "1", "--phases",
+                                                                          "0.1:5", "--steps", "3", "--delta", "1e-5"});
+  EXPECT_EQ(both.code(), absl::StatusCode::kInvalidArgument);
+  absl::Status bad = RunCommandWith(MakePrivacyNoiseCommand(ignored),
+                                    {"--target-epsilon", "8", "--phases", "0.1:5,0.2", "--delta", "1e-5"});
+  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad.message()), HasSubstr("'0.2'"));
+  absl::Status range = RunCommandWith(MakePrivacyNoiseCommand(ignored),
+                                      {"--target-epsilon", "8", "--phases", "0.1:5,1.5:2", "--delta", "1e-5"});
+  EXPECT_THAT(std::string(range.message()), HasSubstr("phase 2"));
+}
+
 TEST(PrivacyCommandTest, BadValuesNameTheFlag) {
   std::ostringstream out;
   absl::Status s = RunCommandWith(MakePrivacyEpsilonCommand(out), {"--noise-multiplier", "1", "--sample-rate", "1.5",
