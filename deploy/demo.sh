@@ -71,9 +71,8 @@ if [[ -n "$dp_epsilon" ]]; then
 fi
 private=0
 [[ "$secure_aggregation" == true || -n "$dp_epsilon" ]] && private=1
-# One run per strategy: the sites serve that many runs; a private demo runs the non-private reference first.
+# One run per strategy: the sites serve that many runs (a private demo starts agents per run).
 runs_per_site=1
-((private == 1)) && runs_per_site=2
 if [[ -n "$compare" ]]; then
   [[ "$compare" =~ ^[A-Za-z]+(,[A-Za-z]+)*$ ]] ||
     { echo "demo.sh: --compare takes strategy names separated by commas, e.g. fedavg,fedbn,siloBN,ditto" >&2; exit 2; }
@@ -216,27 +215,42 @@ export FEDTUNE_CERT="$work/operator/operator.pem" FEDTUNE_KEY="$work/operator/op
 # ---------------------------------------------------------------------------------------------------------------
 step "site agents (fedtune-site run: each dials out to the coordinator; no inbound port)"
 threads=$(( $(nproc) / sites )); ((threads < 1)) && threads=1
-for id in "${site_ids[@]}"; do
-  cat > "$id/site.textproto" <<CFG
+# start_sites NAME WORK RUNS BUDGET: writes <site>/NAME.textproto (work_dir WORK, exit after RUNS runs, BUDGET = the
+# privacy budget lines or "") and starts every site's agent; their process ids go to site_pids.
+site_pids=()
+start_sites() {
+  site_pids=()
+  for id in "${site_ids[@]}"; do
+    cat > "$id/$1.textproto" <<CFG
 site_id: "$id"
 coordinator: "localhost:$port"
 site_cert: "pki/$id.pem"
 site_key: "pki/$id.key"
 ca_cert: "../ca/ca.pem"
-work_dir: "work"
+work_dir: "$2"
 heartbeat_seconds: 2
-exit_after_runs: $runs_per_site
+exit_after_runs: $3
 share_adapted_model: $cross_site
-${dp_epsilon:+max_epsilon: $dp_epsilon delta: 1e-5}
+$4
 finetune {
   manifest: "data-$tag/manifest.csv"
   device: "cpu" threads: $threads loader_threads: 1 patience: 10 seed: $seed
   split { train: 0.6 validation: 0.15 test: 0.25 seed: $seed }
 }
 CFG
-  "$bin/fedtune-site" run --config "$id/site.textproto" >"logs/$id.log" 2>&1 &
-  pids+=($!)
-done
+    "$bin/fedtune-site" run --config "$id/$1.textproto" >>"logs/$id.log" 2>&1 &
+    pids+=($!)
+    site_pids+=($!)
+  done
+}
+if ((private == 1)); then
+  # The non-private reference run first, with agents of their own (work directory work-reference): training on the
+  # same images without DP would make each site's spent epsilon infinite, so in the demo it is kept apart from the
+  # private agents' ledger (site.db). A real site would not train its data without DP and then promise a budget.
+  start_sites site-reference work-reference 1 ""
+else
+  start_sites site work "$runs_per_site" ""
+fi
 
 # The operator approves the sites once they have said hello (their certificates were enrolled by `pki sign`).
 for _ in $(seq 300); do
@@ -292,23 +306,46 @@ if ((private == 1)); then
     { tail -5 logs/reference-status.log; echo "demo: the non-private reference run did not complete" >&2; exit 1; }
   echo "reference run $reference_id completed"
   reference_flags=(--reference-run "$reference_id")
+  for pid in "${site_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  # The private run's agents: their own work directory and ledger, and each site's budget (max_epsilon).
+  start_sites site work 1 "${dp_epsilon:+max_epsilon: $dp_epsilon delta: 1e-5}"
   privacy_text="secure aggregation: $secure_aggregation"
+  # The local-only baseline is trained without DP; its metrics would leave the site outside the budget.
+  sed -i 's/^local_only_baseline: true$/local_only_baseline: false/' run.textproto
   { echo "secure_aggregation: $secure_aggregation"
-    # The local-only baseline is trained without DP; its metrics would leave the site outside the budget.
-    echo "local_only_baseline: false"
     if [[ -n "$dp_epsilon" ]]; then
-      # Sample rate and steps as each site will account them (common/privacy/dp_plan.h): q = batch / training images,
-      # round(1 / q) steps per epoch, every network of the model trained on the same images. The training split is
-      # taken a little smaller than 60% of the images (the patient split is not exact), so q is not underestimated.
-      train=$(( images * 55 / 100 ))
-      networks=$("$bin/fedtune-site" model info "$open_source" | grep -c -E '^(member [0-9]+|duo):')
-      q=$(awk "BEGIN{q = $batch / $train; if (q > 1) q = 1; printf \"%.6f\", q}")
-      per_epoch=$(awk "BEGIN{printf \"%d\", (1 / $q) + 0.5}")
-      steps=$(( rounds * local_epochs * per_epoch * networks ))
-      sigma=$("$bin/fedtune" privacy noise --target-epsilon "$dp_epsilon" --sample-rate "$q" --steps "$steps" \
-        --delta 1e-5 --json | /usr/bin/python3 -c 'import json, sys; print(json.load(sys.stdin)["noise_multiplier"])')
+      # The noise multiplier that keeps every site within the target, as the sites account it (common/privacy/
+      # dp_plan.h): per network, q = batch / training images (the DuoNet: / training study pairs), round(1 / q) steps
+      # per epoch, the phases composed. The patient split is not exact, so training-split shares from 50% to 70% are
+      # tried (each site's largest sigma wins) and 95% of the target is aimed at.
+      members=$("$bin/fedtune-site" model info "$open_source" | grep -c -E '^member [0-9]+:' || true)
+      duo=$("$bin/fedtune-site" model info "$open_source" | grep -c -E '^duo:' || true)
+      sigma=$(/usr/bin/python3 - "$bin/fedtune" "$dp_epsilon" "$batch" "$rounds" "$local_epochs" "$members" "$duo" \
+        "${site_ids[@]/%//data-$tag/manifest.csv}" <<'PY'
+import collections, csv, json, subprocess, sys
+fedtune, target, batch, rounds, epochs, members, duo = sys.argv[1], float(sys.argv[2]), *map(int, sys.argv[3:8])
+best = 0.0
+for manifest in sys.argv[8:]:
+    rows = list(csv.DictReader(open(manifest)))
+    views = collections.defaultdict(set)
+    for r in rows:
+        views[r["Path"].rsplit("/", 1)[0]].add(r["Frontal/Lateral"])
+    images, pairs = len(rows), sum(1 for v in views.values() if len(v) == 2)
+    for share in (0.5, 0.55, 0.6, 0.65, 0.7):
+        phases = []
+        for count, n in ((members, images), (duo, pairs)):
+            if count == 0 or n * share < 1:
+                continue
+            q = min(1.0, batch / (n * share))
+            phases.append(f"{q:.6f}:{rounds * epochs * max(1, round(1 / q)) * count}")
+        out = subprocess.run([fedtune, "privacy", "noise", "--target-epsilon", str(0.95 * target), "--phases",
+                              ",".join(phases), "--delta", "1e-5", "--json"], check=True, capture_output=True, text=True)
+        best = max(best, json.loads(out.stdout)["noise_multiplier"])
+print(best)
+PY
+)
       echo "dp: \"dp-sgd\" dp_noise_multiplier: $sigma dp_clip_norm: 1.0"
-      privacy_text="$privacy_text; DP-SGD epsilon <= $dp_epsilon (sigma $sigma, q $q, $steps steps per site)"
+      privacy_text="$privacy_text; DP-SGD epsilon <= $dp_epsilon per site (noise multiplier $sigma)"
     fi
   } >>run.textproto
   step "private run: $privacy_text"
