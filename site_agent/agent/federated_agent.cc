@@ -501,12 +501,8 @@ absl::Status FederatedAgent::RunTask(const v1::Task& task) {
 
 absl::Status FederatedAgent::RunTrain(const v1::Task& task, Heartbeater& heartbeat) {
   TrainRound round{task, TaskKey{task.run_id(), task.round(), task.attempt(), "train"}};
-  // The privacy budget first: one network is the least a round trains (more only add to epsilon), so a round that is
-  // over budget even so is declined before its model is downloaded.
   round.train_images = static_cast<int64_t>(site_.split.EntriesIn(data::Split::kTrain).size());
-  ASSIGN_OR_RETURN(bool declined, DeclineOverBudget(task, round.key, RoundShape{round.train_images, 1, 0, 1},
-                                                    "before the download"));
-  if (declined) return absl::OkStatus();
+  // DP-FedAvg without secure aggregation: the coordinator adds the noise, which the site cannot verify.
   const bool secure = task.plan().secure_aggregation();
   if (task.plan().dp() == "dp-fedavg" && !secure) {
     if (budget_->max_epsilon() > 0) {
@@ -522,6 +518,11 @@ absl::Status FederatedAgent::RunTrain(const v1::Task& task, Heartbeater& heartbe
                  << "the coordinator adds the noise; accounted at sigma " << task.plan().dp_noise_multiplier()
                  << ", a guarantee against everyone but the coordinator (this site has no budget)";
   }
+  // Then the privacy budget: one network is the least a round trains (more only add to epsilon), so a round that is
+  // over budget even so is declined before its model is downloaded.
+  ASSIGN_OR_RETURN(bool declined, DeclineOverBudget(task, round.key, RoundShape{round.train_images, 1, 0, 1},
+                                                    "before the download"));
+  if (declined) return absl::OkStatus();
   const fs::path work(config_.work_dir());
   round.run_dir = work / "runs" / task.run_id();
   round.round_dir = round.run_dir / absl::StrCat("round-", task.round(), "-", task.attempt());
