@@ -307,7 +307,7 @@ PrivacyView PrivacyOf(const v1::RunReport& report, const std::vector<SiteView>& 
       bool accepted = false;
       for (const v1::RoundInfo& r : report.status().rounds()) {
         for (const v1::UpdateInfo& u : r.updates()) {
-          accepted = accepted || (u.site_id() == site.site_id && u.upload_status() == v1::UPLOAD_STATUS_ACCEPTED);
+          accepted = accepted || (u.site_id() == site.site_id && federation::IsAccepted(u));
         }
       }
       if (accepted) out.missing_accounts.push_back(site.site_id);
