@@ -314,7 +314,8 @@ PrivacyView PrivacyOf(const v1::RunReport& report, const std::vector<SiteView>& 
     }
     if (!out.missing_accounts.empty()) out.consortium_epsilon.reset();
   }
-  out.any = out.consortium_epsilon.has_value() || !out.missing_accounts.empty() || !out.declined.empty() || dp == "dp-sgd" || dp == "dp-fedavg";
+  out.any = out.consortium_epsilon.has_value() || !out.missing_accounts.empty() || !out.declined.empty() ||
+            dp == "dp-sgd" || dp == "dp-fedavg";
   return out;
 }
 

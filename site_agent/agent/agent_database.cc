@@ -178,7 +178,8 @@ absl::StatusOr<std::optional<v1::Task>> AgentDatabase::StoredTask(const TaskKey&
   v1::Task task;
   if (!task.ParseFromString(s.ColumnText(0))) {
     return absl::DataLossError(absl::StrCat(db_->path(), ": the fed_tasks row of run ", key.run_id.substr(0, 64),
-                                            " round ", key.round, " attempt ", key.attempt, " holds an unreadable task"));
+                                            " round ", key.round, " attempt ", key.attempt,
+                                            " holds an unreadable task"));
   }
   return std::optional<v1::Task>(std::move(task));
 }
@@ -247,9 +248,10 @@ absl::Status AgentDatabase::RecordPrivacyPhase(const PrivacyPhaseRecord& phase) 
                                                    phase.run_id.substr(0, 64), " round ", phase.round, " attempt ",
                                                    phase.attempt, ": ", problem));
   }
-  ASSIGN_OR_RETURN(store::Statement s,
-                   db_->Prepare("INSERT OR REPLACE INTO privacy_ledger (run_id, round, attempt, mechanism, "
-                                "sample_rate, noise_multiplier, steps, recorded_ms, phases) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?);"));
+  ASSIGN_OR_RETURN(
+      store::Statement s,
+      db_->Prepare("INSERT OR REPLACE INTO privacy_ledger (run_id, round, attempt, mechanism, "
+                   "sample_rate, noise_multiplier, steps, recorded_ms, phases) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?);"));
   s.Bind(1, phase.run_id)
       .Bind(2, static_cast<int64_t>(phase.round))
       .Bind(3, static_cast<int64_t>(phase.attempt))
@@ -264,11 +266,12 @@ absl::Status AgentDatabase::RecordPrivacyPhase(const PrivacyPhaseRecord& phase) 
 
 absl::StatusOr<std::vector<PrivacyPhaseRecord>> AgentDatabase::PrivacyLedger() {
   // typeof() too: SQLite stores what it is given, and a REAL read from a TEXT cell would be 0, a smaller epsilon.
-  ASSIGN_OR_RETURN(store::Statement s,
-                   db_->Prepare("SELECT run_id, round, attempt, mechanism, sample_rate, noise_multiplier, steps, "
-                                "recorded_ms, typeof(run_id), typeof(round), typeof(attempt), typeof(mechanism), "
-                                "typeof(sample_rate), typeof(noise_multiplier), typeof(steps), typeof(recorded_ms), "
-                                "phases, typeof(phases) FROM privacy_ledger ORDER BY recorded_ms, run_id, round, attempt LIMIT ?;"));
+  ASSIGN_OR_RETURN(
+      store::Statement s,
+      db_->Prepare("SELECT run_id, round, attempt, mechanism, sample_rate, noise_multiplier, steps, "
+                   "recorded_ms, typeof(run_id), typeof(round), typeof(attempt), typeof(mechanism), "
+                   "typeof(sample_rate), typeof(noise_multiplier), typeof(steps), typeof(recorded_ms), "
+                   "phases, typeof(phases) FROM privacy_ledger ORDER BY recorded_ms, run_id, round, attempt LIMIT ?;"));
   s.Bind(1, kMaxPrivacyLedgerRows + 1);
   std::vector<PrivacyPhaseRecord> phases;
   int64_t row = 0;

@@ -452,10 +452,9 @@ absl::Status FederatedAgent::RunTask(const v1::Task& task) {
     ASSIGN_OR_RETURN(const std::optional<v1::Task> stored, db_->StoredTask(key));
     if (stored) {
       if (const std::string diff = PlanDifference(*stored, task); !diff.empty()) {
-        const absl::Status refused = absl::FailedPreconditionError(
-            absl::StrCat("run ", task.run_id(), " round ", task.round(), " attempt ", task.attempt(),
-                         " was offered before with another plan (", diff,
-                         "): refused, the privacy ledger accounts the first one"));
+        const absl::Status refused = absl::FailedPreconditionError(absl::StrCat(
+            "run ", task.run_id(), " round ", task.round(), " attempt ", task.attempt(),
+            " was offered before with another plan (", diff, "): refused, the privacy ledger accounts the first one"));
         LOG(ERROR) << refused;
         return refused;
       }
@@ -520,8 +519,8 @@ absl::Status FederatedAgent::RunTrain(const v1::Task& task, Heartbeater& heartbe
   }
   // Then the privacy budget: one network is the least a round trains (more only add to epsilon), so a round that is
   // over budget even so is declined before its model is downloaded.
-  ASSIGN_OR_RETURN(bool declined, DeclineOverBudget(task, round.key, RoundShape{round.train_images, 1, 0, 1},
-                                                    "before the download"));
+  ASSIGN_OR_RETURN(bool declined,
+                   DeclineOverBudget(task, round.key, RoundShape{round.train_images, 1, 0, 1}, "before the download"));
   if (declined) return absl::OkStatus();
   const fs::path work(config_.work_dir());
   round.run_dir = work / "runs" / task.run_id();

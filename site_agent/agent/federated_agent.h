@@ -58,14 +58,15 @@
 //   train_loss and the round MetricsReport's train_loss / validation_loss are 0 (they stay in site.db). The final
 //   evaluation's local-only baseline (trained without DP) is not trained when the site has a budget: the final
 //   report has no "local-only" model and a WARNING says why.
-// Secure aggregation (the plan's secure_aggregation; secure_aggregation.h has the protocol): after the download the
-//   agent joins the round attempt's session (phase 1 keys, phase 2 shares; heartbeat "secure aggregation: keys",
-//   "secure aggregation: shares"), fine-tunes, and step 3 becomes the masked update (phase 3: the shared tensors'
-//   delta, DP-FedAvg-clipped and noised under dp "dp-fedavg", pre-scaled, fixed-point encoded and masked, written
-//   to update.bin and recorded as any update, no error feedback); after the upload, phase 4 reveals the shares the
-//   coordinator may have ("secure aggregation: unmasking"). Refused with InvalidArgument: a lossy delta encoding
-//   (only fp32) and personalization FEDBN/SILOBN. A restarted agent that finds the round's masked update recorded
-//   uploads it and completes the round without the session (it cannot unmask: the secrets were in memory only).
+// Secure aggregation (the plan's secure_aggregation; secure_aggregation.h has the protocol): after the download and
+//   the exact budget check the agent joins the round attempt's session (phase 1 keys, phase 2 shares; heartbeat "secure
+//   aggregation: keys", "secure aggregation: shares"), fine-tunes, and step 3 becomes the masked update (phase 3: the
+//   shared tensors' delta, DP-FedAvg-clipped and noised under dp "dp-fedavg", pre-scaled, fixed-point encoded and
+//   masked, written to update.bin and recorded as any update, no error feedback); after the upload, phase 4 reveals the
+//   shares the coordinator may have ("secure aggregation: unmasking"). Refused with InvalidArgument: a lossy delta
+//   encoding (only fp32) and personalization FEDBN/SILOBN. A restarted agent that finds the round's masked update
+//   recorded uploads it and completes the round without the session (it cannot unmask: the secrets were in memory
+//   only).
 //
 // Heartbeats: a thread sends Heartbeat every heartbeat_seconds while a task runs, with the state ("downloading",
 // "training member 1/3, epoch 2/5", "uploading", "evaluating") and progress; training progress comes from the

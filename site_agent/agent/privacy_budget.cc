@@ -195,16 +195,16 @@ absl::StatusOr<PrivacyPhaseRecord> PrivacyBudget::PhaseOf(const v1::Task& task, 
   return phase;
 }
 
-absl::StatusOr<PrivacyPhaseRecord> PrivacyBudget::PhaseOf(const v1::Task& task, const RoundShape& shape,
-                                                          const std::optional<std::vector<NetworkPhase>>& actual) const {
+absl::StatusOr<PrivacyPhaseRecord> PrivacyBudget::PhaseOf(
+    const v1::Task& task, const RoundShape& shape, const std::optional<std::vector<NetworkPhase>>& actual) const {
   ASSIGN_OR_RETURN(const PlanDp dp, ReadPlanDp(task.plan()));
   if (dp != PlanDp::kDpSgd) return PhaseOf(task, shape.train_images, 1, std::nullopt);
   const std::string what = absl::StrCat("run ", task.run_id(), " round ", task.round());
   if (shape.members < 0 || shape.copies < 1 || shape.copies > 2 || shape.networks() < 1 ||
       shape.networks() > kMaxNetworksPerRound) {
-    return absl::InvalidArgumentError(absl::StrCat(what, ": ", shape.members, " members", shape.train_pairs > 0 ? " and a DuoNet" : "",
-                                                   " x ", shape.copies, " trained outside [1, ", kMaxNetworksPerRound,
-                                                   "] networks"));
+    return absl::InvalidArgumentError(absl::StrCat(what, ": ", shape.members, " members",
+                                                   shape.train_pairs > 0 ? " and a DuoNet" : "", " x ", shape.copies,
+                                                   " trained outside [1, ", kMaxNetworksPerRound, "] networks"));
   }
   if (shape.train_pairs < 0 || shape.train_pairs > privacy::kMaxTrainImages) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": ", shape.train_pairs, " training study pairs"));
@@ -219,8 +219,8 @@ absl::StatusOr<PrivacyPhaseRecord> PrivacyBudget::PhaseOf(const v1::Task& task, 
   std::vector<NetworkPhase> networks;
   if (actual) {
     if (actual->size() > kMaxRowNetworks) {
-      return absl::InvalidArgumentError(absl::StrCat(what, ": ", actual->size(), " DP-SGD mechanisms, more than ",
-                                                     kMaxRowNetworks));
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": ", actual->size(), " DP-SGD mechanisms, more than ", kMaxRowNetworks));
     }
     networks = *actual;
   } else {
@@ -235,10 +235,11 @@ absl::StatusOr<PrivacyPhaseRecord> PrivacyBudget::PhaseOf(const v1::Task& task, 
     for (int c = 0; c < shape.copies; ++c) {
       const std::string prefix = c == 0 ? "" : "personal-";
       for (int m = 0; m < shape.members; ++m) {
-        networks.push_back(NetworkPhase{absl::StrCat(prefix, "member", m), members.sample_rate,
-                                        phase.noise_multiplier, members.max_steps});
+        networks.push_back(NetworkPhase{absl::StrCat(prefix, "member", m), members.sample_rate, phase.noise_multiplier,
+                                        members.max_steps});
       }
-      if (duo) networks.push_back(NetworkPhase{prefix + "duonet", duo->sample_rate, phase.noise_multiplier, duo->max_steps});
+      if (duo)
+        networks.push_back(NetworkPhase{prefix + "duonet", duo->sample_rate, phase.noise_multiplier, duo->max_steps});
     }
   }
   if (absl::Status summarized = Summarize(networks, &phase); !summarized.ok()) {
@@ -340,8 +341,8 @@ absl::StatusOr<BudgetDecision> PrivacyBudget::CheckRound(const v1::Task& task, c
       decision.epsilon_before = decision.epsilon_after = before.epsilon;
       decision.account = AccountOf(before);
       decision.reason = absl::StrCat("run ", task.run_id(), " round ", task.round(), " attempt ", task.attempt(),
-                                     " was accounted before (", same->mechanism, ", ", same->steps,
-                                     " steps): epsilon ", EpsilonText(before.epsilon), " at delta ", delta_);
+                                     " was accounted before (", same->mechanism, ", ", same->steps, " steps): epsilon ",
+                                     EpsilonText(before.epsilon), " at delta ", delta_);
       return decision;
     }
     phases.erase(same);  // The planned phase spends more than the recorded one: checked in its place.

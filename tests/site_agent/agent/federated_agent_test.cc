@@ -21,9 +21,9 @@
 #include "common/io/file_util.h"
 #include "common/io/sha256.h"
 #include "common/model/checkpoint.h"
+#include "common/pki/key_pair.h"
 #include "common/privacy/dp_plan.h"
 #include "common/privacy/rdp_accountant.h"
-#include "common/pki/key_pair.h"
 #include "common/secagg/fixed_point.h"
 #include "common/secagg/session.h"
 #include "common/status_macros.h"
@@ -408,8 +408,9 @@ TEST(FederatedAgentTest, DeclinesTrainTasksBeyondItsPrivacyBudget) {
   ASSERT_EQ(ledger->size(), 1u);
   EXPECT_EQ((*ledger)[0].mechanism, "dp-sgd");
   EXPECT_EQ((*ledger)[0].steps, plan->max_steps);
-  EXPECT_EQ((*ledger)[0].phases, absl::StrCat("actual\nmember0 ", absl::StrFormat("%.17g %.17g", plan->sample_rate, kSigma),
-                                              " ", plan->max_steps));
+  EXPECT_EQ((*ledger)[0].phases,
+            absl::StrCat("actual\nmember0 ", absl::StrFormat("%.17g %.17g", plan->sample_rate, kSigma), " ",
+                         plan->max_steps));
   std::set<std::string> states;
   for (const v1::HeartbeatRequest& h : coordinator.service().heartbeats()) states.insert(h.state());
   EXPECT_TRUE(states.count("declined")) << ::testing::PrintToString(states);

@@ -297,8 +297,8 @@ TEST_F(PrivacyBudgetTest, TheDuoNetIsAccountedAtItsOwnSampleRateOfStudyPairs) {
   // The planned row, then what training ran (per network), composed exactly, and kept across a reopen.
   ASSERT_TRUE(budget_->RecordRound(task, shape).ok());
   EXPECT_NEAR(budget_->Account()->epsilon(), expected, 1e-9 * expected);
-  const std::vector<NetworkPhase> ran = {{"member0", 0.08, 1.1, 20}, {"member1", 0.08, 1.1, 17},
-                                         {"duonet", 0.4, 1.1, 5}};
+  const std::vector<NetworkPhase> ran = {
+      {"member0", 0.08, 1.1, 20}, {"member1", 0.08, 1.1, 17}, {"duonet", 0.4, 1.1, 5}};
   ASSERT_TRUE(budget_->RecordRound(task, shape, ran).ok());
   privacy::RdpAccountant actual;
   for (const NetworkPhase& n : ran) ASSERT_TRUE(actual.AddSteps(n.sample_rate, n.noise_multiplier, n.steps).ok());
@@ -328,9 +328,12 @@ TEST_F(PrivacyBudgetTest, BadPlansAndCountsAreInvalidArgument) {
 
 TEST_F(PrivacyBudgetTest, CorruptLedgerRowsAreDataLossNamingTheRow) {
   const char* corruptions[] = {
-      "UPDATE privacy_ledger SET sample_rate = 'abc';",   "UPDATE privacy_ledger SET sample_rate = 2.5;",
-      "UPDATE privacy_ledger SET noise_multiplier = -1;", "UPDATE privacy_ledger SET steps = -4;",
-      "UPDATE privacy_ledger SET steps = 1e12;",          "UPDATE privacy_ledger SET mechanism = 'laplace';",
+      "UPDATE privacy_ledger SET sample_rate = 'abc';",
+      "UPDATE privacy_ledger SET sample_rate = 2.5;",
+      "UPDATE privacy_ledger SET noise_multiplier = -1;",
+      "UPDATE privacy_ledger SET steps = -4;",
+      "UPDATE privacy_ledger SET steps = 1e12;",
+      "UPDATE privacy_ledger SET mechanism = 'laplace';",
       "UPDATE privacy_ledger SET round = 9999999999;",
       "UPDATE privacy_ledger SET mechanism = 'none';",  // With a sample rate and noise: not a "none" row.
       "UPDATE privacy_ledger SET phases = 'guessed';",
