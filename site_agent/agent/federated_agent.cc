@@ -131,24 +131,6 @@ bool SendsLosses(const v1::SiteAgentConfig& config, const v1::Task& task) {
   return config.max_epsilon() <= 0 && (dp.empty() || dp == "none");
 }
 
-// The studies with both views whose frontal image is in the training split: the DuoNet's training samples, as
-// train::RunFinetune pairs them (loader::PairedSamplesFromManifest), counted without reading an image; 0 when the
-// validation split has none (the pipeline then carries the DuoNet over untrained).
-int64_t DuoTrainingPairs(const train::SiteData& site) {
-  auto pairs_in = [&site](data::Split split) {
-    std::vector<size_t> entries = site.split.EntriesIn(split);
-    std::sort(entries.begin(), entries.end());
-    int64_t n = 0;
-    for (const data::Study& study : site.manifest.studies()) {
-      if (study.frontal.empty() || study.lateral.empty()) continue;
-      if (std::binary_search(entries.begin(), entries.end(), study.frontal.front())) ++n;
-    }
-    return n;
-  };
-  const int64_t train = pairs_in(data::Split::kTrain);
-  return train > 0 && pairs_in(data::Split::kValidation) > 0 ? train : 0;
-}
-
 absl::StatusOr<TunedModel> FinetuneModel(const v1::SiteAgentConfig& config, const v1::Task& task, int networks,
                                          const std::string& base, const fs::path& out_dir, double mu,
                                          const std::string& anchor, Heartbeater& heartbeat, double fraction_from,

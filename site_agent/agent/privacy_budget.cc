@@ -39,7 +39,8 @@ std::string DescribePhase(const PrivacyPhaseRecord& phase, int networks) {
   if (phase.mechanism == "dp-fedavg") {
     return absl::StrFormat("dp-fedavg: one Gaussian mechanism at sigma %g (client level)", phase.noise_multiplier);
   }
-  return absl::StrFormat("dp-sgd: %d network(s), %d steps in all at sample rate %.4g, sigma %g", networks, phase.steps,
+  return absl::StrFormat("dp-sgd: %d network(s), %d steps in all at sample rate%s %.4g, sigma %g", networks,
+                         phase.steps, phase.phases.find("duonet") != std::string::npos ? "s up to" : "",
                          phase.sample_rate, phase.noise_multiplier);
 }
 
@@ -405,6 +406,21 @@ absl::StatusOr<v1::PrivacyAccount> PrivacyBudget::Account() {
   ASSIGN_OR_RETURN(const std::vector<PrivacyPhaseRecord> phases, db_->PrivacyLedger());
   ASSIGN_OR_RETURN(const Spent spent, SpentOver(phases));
   return AccountOf(spent);
+}
+
+int64_t DuoTrainingPairs(const train::SiteData& site) {
+  auto pairs_in = [&site](data::Split split) {
+    std::vector<size_t> entries = site.split.EntriesIn(split);
+    std::sort(entries.begin(), entries.end());
+    int64_t n = 0;
+    for (const data::Study& study : site.manifest.studies()) {
+      if (study.frontal.empty() || study.lateral.empty()) continue;
+      if (std::binary_search(entries.begin(), entries.end(), study.frontal.front())) ++n;
+    }
+    return n;
+  };
+  const int64_t train = pairs_in(data::Split::kTrain);
+  return train > 0 && pairs_in(data::Split::kValidation) > 0 ? train : 0;
 }
 
 std::string EpsilonText(double epsilon) {

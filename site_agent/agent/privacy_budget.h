@@ -39,6 +39,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/train/site_data.h"
 #include "fedtune/v1/federation.pb.h"
 #include "fedtune/v1/federation_config.pb.h"
 #include "site_agent/agent/agent_database.h"
@@ -136,6 +137,12 @@ class PrivacyBudget {
   double delta_;
   int default_batch_size_;
 };
+
+// The DuoNet's training samples at a site (RoundShape::train_pairs): the studies with a frontal and a lateral image
+// whose first frontal image is in the training split, as train::RunFinetune pairs them
+// (loader::PairedSamplesFromManifest), counted without reading an image; 0 when the validation split has no such
+// study (the pipeline then carries the DuoNet over untrained). Pure.
+int64_t DuoTrainingPairs(const train::SiteData& site);
 
 // "1.234" (4 significant digits), or "∞ (non-private)" for +infinity.
 std::string EpsilonText(double epsilon);

@@ -1208,5 +1208,56 @@ TEST(FederatedAgentTest, ChecksTheBudgetBeforeJoiningSecureAggregation) {
   EXPECT_EQ(coordinator.service().calls("SecAggShareKeys"), 0);
 }
 
+// A DP-SGD round on a model with a DuoNet: the ledger holds what the trainer ran, each SoloNet member at
+// batch / training images and the DuoNet at batch / training study pairs, the count the budget's check before
+// training uses (DuoTrainingPairs); composed exactly.
+TEST(FederatedAgentTest, DpSgdAccountsTheDuoNetAtTheStudyPairRate) {
+  fedtune::testing::TempDir tmp;
+  AgentSetup setup(tmp);
+  auto init = InitCheckpoint({"densenet_tiny"}, 32, 0.2, 0, {"densenet_tiny"});
+  ASSERT_TRUE(init.ok()) << init.status();
+  const std::string duo_path = tmp.Join("duo.ckpt");
+  ASSERT_TRUE(model::SaveCheckpoint(&*init, duo_path).ok());
+  const std::string duo_bytes = *io::ReadFile(duo_path);
+  setup.coordinator.service().AddModel(duo_bytes);
+  v1::Task task = setup.train;
+  task.set_model_digest(io::Sha256Hex(duo_bytes));
+  task.set_model_bytes(static_cast<int64_t>(duo_bytes.size()));
+  task.mutable_plan()->set_encoding("fp32");
+  task.mutable_plan()->set_dp("dp-sgd");
+  task.mutable_plan()->set_dp_noise_multiplier(1.2);
+  task.mutable_plan()->set_dp_clip_norm(1.0);
+  auto site = train::LoadSiteData(setup.config.finetune());
+  ASSERT_TRUE(site.ok()) << site.status();
+  const int64_t images = static_cast<int64_t>(site->split.EntriesIn(data::Split::kTrain).size());
+  const int64_t pairs = DuoTrainingPairs(*site);
+  ASSERT_GT(pairs, 0);
+  ASSERT_LT(pairs, images);
+  auto agent = FederatedAgent::Create(setup.config, setup.options);
+  ASSERT_TRUE(agent.ok()) << agent.status();
+  const absl::Status status = (*agent)->RunTask(task);
+  ASSERT_TRUE(status.ok()) << status;
+
+  auto db = AgentDatabase::Open((fs::path(tmp.Join("work")) / "site.db").string());
+  ASSERT_TRUE(db.ok()) << db.status();
+  auto ledger = (*db)->PrivacyLedger();
+  ASSERT_TRUE(ledger.ok()) << ledger.status();
+  ASSERT_EQ(ledger->size(), 1u);
+  auto members = privacy::PlanDpSgd(images, 16, 1);
+  auto duo = privacy::PlanDpSgd(pairs, 16, 1);
+  ASSERT_TRUE(members.ok() && duo.ok());
+  EXPECT_EQ((*ledger)[0].phases,
+            absl::StrCat("actual\nmember0 ", absl::StrFormat("%.17g %.17g", members->sample_rate, 1.2), " ",
+                         members->max_steps, "\nduonet ", absl::StrFormat("%.17g %.17g", duo->sample_rate, 1.2), " ",
+                         duo->max_steps));
+  privacy::RdpAccountant exact;
+  ASSERT_TRUE(exact.AddSteps(members->sample_rate, 1.2, members->max_steps).ok());
+  ASSERT_TRUE(exact.AddSteps(duo->sample_rate, 1.2, duo->max_steps).ok());
+  const double expected = exact.GetPrivacySpent(1e-5)->epsilon;
+  const v1::MetricsReport report = setup.coordinator.service().reports().at(0);
+  EXPECT_NEAR(report.privacy().epsilon(), expected, 1e-9 * expected);
+  EXPECT_EQ(report.privacy().private_steps(), members->max_steps + duo->max_steps);
+}
+
 }  // namespace
 }  // namespace fedtune::agent
