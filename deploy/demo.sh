@@ -301,10 +301,34 @@ if ((private == 1)); then
       # round(1 / q) steps per epoch, every network of the model trained on the same images. The training split is
       # taken a little smaller than 60% of the images (the patient split is not exact), so q is not underestimated.
       train=$(( images * 55 / 100 ))
-      networks=$("$bin/fedtune-site" model info "$open_source" | grep -c -E '^(member [0-9]+|duo):')
+      # The DuoNet trains on study pairs (a frontal and a lateral image), at its own, larger q = batch / training
+      # pairs (the fewest of any site, 55% of its studies with both views); every step is solved at the larger q
+      # (RDP grows with q: conservative).
+      members=$("$bin/fedtune-site" model info "$open_source" | grep -c -E '^member [0-9]+:')
+      duo=$("$bin/fedtune-site" model info "$open_source" | grep -c -E '^duo:' || true)
       q=$(awk "BEGIN{q = $batch / $train; if (q > 1) q = 1; printf \"%.6f\", q}")
       per_epoch=$(awk "BEGIN{printf \"%d\", (1 / $q) + 0.5}")
-      steps=$(( rounds * local_epochs * per_epoch * networks ))
+      steps=$(( rounds * local_epochs * per_epoch * members ))
+      if ((duo > 0)); then
+        manifests=()
+        for ((i = 0; i < sites; i++)); do manifests+=("${site_ids[$i]}/data-$tag/manifest.csv"); done
+        pairs=$(/usr/bin/python3 - "${manifests[@]}" <<'PY'
+import csv, os, sys
+fewest = None
+for path in sys.argv[1:]:
+    views = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            views.setdefault(os.path.dirname(row["Path"]), set()).add(row["Frontal/Lateral"])
+    both = sum(1 for v in views.values() if {"Frontal", "Lateral"} <= v)
+    fewest = both if fewest is None else min(fewest, both)
+print(max(1, (fewest or 0) * 55 // 100))
+PY
+        )
+        q_duo=$(awk "BEGIN{q = $batch / $pairs; if (q > 1) q = 1; printf \"%.6f\", q}")
+        steps=$(( steps + rounds * local_epochs * $(awk "BEGIN{printf \"%d\", (1 / $q_duo) + 0.5}") ))
+        q=$(awk "BEGIN{printf \"%.6f\", ($q_duo > $q ? $q_duo : $q)}")
+      fi
       sigma=$("$bin/fedtune" privacy noise --target-epsilon "$dp_epsilon" --sample-rate "$q" --steps "$steps" \
         --delta 1e-5 --json | /usr/bin/python3 -c 'import json, sys; print(json.load(sys.stdin)["noise_multiplier"])')
       echo "dp: \"dp-sgd\" dp_noise_multiplier: $sigma dp_clip_norm: 1.0"
