@@ -349,6 +349,9 @@ void AppendPrivacySection(std::string* html, const v1::RunReport& report, const 
                   "\">Consortium epsilon ", HtmlEscape(FormatEpsilon(p.consortium_epsilon)),
                   p.delta ? absl::StrFormat(" at delta %g", *p.delta) : std::string(), ". ",
                   HtmlEscape(kParallelComposition), "</p>\n");
+  if (!p.complete()) {
+    absl::StrAppend(html, "<p class=\"warning\">Consortium epsilon ", HtmlEscape(MissingAccountsText(p)), ".</p>\n");
+  }
   absl::StrAppend(html,
                   "<table>\n<thead><tr><th>Site</th><th>Epsilon spent</th><th>Delta</th><th>Budget "
                   "(max_epsilon)</th><th>Private steps</th><th>Declined rounds</th></tr></thead>\n<tbody>\n");

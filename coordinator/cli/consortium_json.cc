@@ -182,6 +182,9 @@ Json PrivacyJson(const v1::RunReport& report, const std::vector<SiteView>& views
   out["dp_clip_norm"] = Num(config.dp_clip_norm());
   out["secure_aggregation"] = config.secure_aggregation();
   out["consortium_epsilon"] = EpsilonJson(p.consortium_epsilon);
+  // False when a site with an accepted update has no account: consortium_epsilon is then null (n/a).
+  out["consortium_epsilon_complete"] = p.complete();
+  out["sites_without_account"] = p.missing_accounts;
   out["consortium_non_private"] = p.consortium_epsilon && std::isinf(*p.consortium_epsilon);
   out["delta"] = Num(p.delta);
   out["composition"] = kParallelComposition;

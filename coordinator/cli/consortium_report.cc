@@ -42,6 +42,7 @@ std::string PrivacyText(const v1::RunReport& report) {
                                   consortium::FormatEpsilon(p.consortium_epsilon),
                                   p.delta ? absl::StrFormat(" at delta %g", *p.delta) : std::string(), "\n",
                                   consortium::kParallelComposition, "\n");
+  if (!p.complete()) absl::StrAppend(&text, "Consortium epsilon ", consortium::MissingAccountsText(p), "\n");
   TextTable table({"site", "epsilon spent", "delta", "budget", "declined rounds"}, {false, true, true, true, false});
   for (const consortium::SitePrivacy& site : p.sites) {
     std::string declined = site.declined_rounds.empty() ? "-" : absl::StrJoin(site.declined_rounds, ", ");

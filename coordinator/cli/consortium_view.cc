@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "common/federation/states.h"
 #include "coordinator/cli/report_format.h"
 #include "coordinator/cli/terminal_text.h"
@@ -299,8 +300,31 @@ PrivacyView PrivacyOf(const v1::RunReport& report, const std::vector<SiteView>& 
     }
   }
   const std::string& dp = report.status().config().dp();
-  out.any = out.consortium_epsilon.has_value() || !out.declined.empty() || dp == "dp-sgd" || dp == "dp-fedavg";
+  if (!dp.empty() && dp != "none") {
+    for (const SitePrivacy& site : out.sites) {
+      const bool valid = site.account != nullptr && (site.non_private() || site.account->epsilon() >= 0);
+      if (valid) continue;
+      bool accepted = false;
+      for (const v1::RoundInfo& r : report.status().rounds()) {
+        for (const v1::UpdateInfo& u : r.updates()) {
+          accepted = accepted || (u.site_id() == site.site_id && federation::IsAccepted(u));
+        }
+      }
+      if (accepted) out.missing_accounts.push_back(site.site_id);
+    }
+    if (!out.missing_accounts.empty()) out.consortium_epsilon.reset();
+  }
+  out.any = out.consortium_epsilon.has_value() || !out.missing_accounts.empty() || !out.declined.empty() ||
+            dp == "dp-sgd" || dp == "dp-fedavg";
   return out;
+}
+
+std::string MissingAccountsText(const PrivacyView& view) {
+  if (view.complete()) return "";
+  std::vector<std::string> names;
+  for (const std::string& s : view.missing_accounts) names.push_back(TerminalSafe(s, 64));
+  return absl::StrCat("n/a: no privacy account from ", absl::StrJoin(names, ", "),
+                      " (site(s) with an accepted update: an older agent or a lost report)");
 }
 
 std::string FormatEpsilon(std::optional<double> epsilon) {

@@ -187,9 +187,14 @@ struct DeclinedUpdate {
 struct PrivacyView {
   std::vector<SitePrivacy> sites;  // The report's site order.
   // The consortium's epsilon: the maximum over the sites with an account (their data are disjoint: parallel
-  // composition), +inf when one trained without DP; nullopt when no site reported an account. `delta`: the largest
-  // of those sites' deltas (the guarantee holds at it).
+  // composition), +inf when one trained without DP; nullopt when no site reported an account, and in a run with
+  // dp != "none" when a site with an accepted update has no valid account (missing_accounts: an old agent, a lost
+  // report): a maximum without it would be a number that understates. `delta`: the largest of those sites' deltas
+  // (the guarantee holds at it).
   std::optional<double> consortium_epsilon;
+  // Sites with an accepted update but no valid privacy account (report order), in a run with dp != "none".
+  std::vector<std::string> missing_accounts;
+  bool complete() const { return missing_accounts.empty(); }
   std::optional<double> delta;
   std::vector<DeclinedUpdate> declined;  // In RunStatus order.
   // Something to show: an account, a declined update, or a run configured with DP ("dp-sgd" / "dp-fedavg").
@@ -197,6 +202,9 @@ struct PrivacyView {
 };
 
 PrivacyView PrivacyOf(const v1::RunReport& report, const std::vector<SiteView>& views);
+
+// Why the consortium epsilon is n/a when sites lack an account ("" when complete), naming them (TerminalSafe).
+std::string MissingAccountsText(const PrivacyView& view);
 
 // "1.234", "∞ (non-private)" for +inf, "n/a" for nullopt.
 std::string FormatEpsilon(std::optional<double> epsilon);

@@ -55,6 +55,7 @@ constexpr char kTables[] = R"sql(
     noise_multiplier REAL NOT NULL,
     steps INTEGER NOT NULL,
     recorded_ms INTEGER NOT NULL,
+    phases TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (run_id, round, attempt));
 )sql";
 
@@ -82,6 +83,10 @@ std::string PhaseProblem(const PrivacyPhaseRecord& p) {
     return absl::StrCat("steps ", p.steps, " (must be in [0, ", privacy::kMaxSteps, "])");
   }
   if (p.recorded_ms < 0) return absl::StrCat("recorded_ms ", p.recorded_ms, " (must be >= 0)");
+  if (p.phases.size() > kMaxPhasesBytes) {
+    return absl::StrCat("phases of ", p.phases.size(), " bytes (at most ", kMaxPhasesBytes, ")");
+  }
+  if (!p.phases.empty() && p.mechanism != "dp-sgd") return "phases in a row whose mechanism is not dp-sgd";
   if (p.mechanism == "none") {
     if (p.sample_rate != 0 || p.noise_multiplier != 0) {
       return "mechanism \"none\" with a sample_rate or noise_multiplier (both must be 0)";
@@ -109,6 +114,10 @@ std::string PhaseProblem(const PrivacyPhaseRecord& p) {
 absl::StatusOr<std::unique_ptr<AgentDatabase>> AgentDatabase::Open(const std::string& path) {
   ASSIGN_OR_RETURN(std::unique_ptr<store::Database> db, OpenSiteDatabase(path));
   RETURN_IF_ERROR(db->Execute(kTables));
+  // A ledger written before privacy_ledger.phases existed: add the column (its rows get '').
+  if (!db->Prepare("SELECT phases FROM privacy_ledger LIMIT 0;").ok()) {
+    RETURN_IF_ERROR(db->Execute("ALTER TABLE privacy_ledger ADD COLUMN phases TEXT NOT NULL DEFAULT '';"));
+  }
   return std::unique_ptr<AgentDatabase>(new AgentDatabase(std::move(db)));
 }
 
@@ -159,6 +168,20 @@ absl::StatusOr<std::optional<TaskRecord>> AgentDatabase::FindTask(const TaskKey&
   r.validation_loss = s.ColumnIsNull(7) ? 0 : s.ColumnDouble(7);
   r.message = s.ColumnIsNull(8) ? "" : s.ColumnText(8);
   return std::optional<TaskRecord>(std::move(r));
+}
+
+absl::StatusOr<std::optional<v1::Task>> AgentDatabase::StoredTask(const TaskKey& key) {
+  ASSIGN_OR_RETURN(store::Statement s, db_->Prepare(std::string("SELECT task FROM fed_tasks") + kWhereKey));
+  BindKey(s, 1, key);
+  ASSIGN_OR_RETURN(bool found, s.Step());
+  if (!found || s.ColumnIsNull(0)) return std::optional<v1::Task>();
+  v1::Task task;
+  if (!task.ParseFromString(s.ColumnText(0))) {
+    return absl::DataLossError(absl::StrCat(db_->path(), ": the fed_tasks row of run ", key.run_id.substr(0, 64),
+                                            " round ", key.round, " attempt ", key.attempt,
+                                            " holds an unreadable task"));
+  }
+  return std::optional<v1::Task>(std::move(task));
 }
 
 absl::Status AgentDatabase::RecordUpdate(const TaskKey& key, const std::string& path, const std::string& sha256,
@@ -225,9 +248,10 @@ absl::Status AgentDatabase::RecordPrivacyPhase(const PrivacyPhaseRecord& phase) 
                                                    phase.run_id.substr(0, 64), " round ", phase.round, " attempt ",
                                                    phase.attempt, ": ", problem));
   }
-  ASSIGN_OR_RETURN(store::Statement s,
-                   db_->Prepare("INSERT OR REPLACE INTO privacy_ledger (run_id, round, attempt, mechanism, "
-                                "sample_rate, noise_multiplier, steps, recorded_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?);"));
+  ASSIGN_OR_RETURN(
+      store::Statement s,
+      db_->Prepare("INSERT OR REPLACE INTO privacy_ledger (run_id, round, attempt, mechanism, "
+                   "sample_rate, noise_multiplier, steps, recorded_ms, phases) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?);"));
   s.Bind(1, phase.run_id)
       .Bind(2, static_cast<int64_t>(phase.round))
       .Bind(3, static_cast<int64_t>(phase.attempt))
@@ -235,17 +259,19 @@ absl::Status AgentDatabase::RecordPrivacyPhase(const PrivacyPhaseRecord& phase) 
       .Bind(5, phase.sample_rate)
       .Bind(6, phase.noise_multiplier)
       .Bind(7, phase.steps)
-      .Bind(8, phase.recorded_ms);
+      .Bind(8, phase.recorded_ms)
+      .Bind(9, phase.phases);
   return s.Run();
 }
 
 absl::StatusOr<std::vector<PrivacyPhaseRecord>> AgentDatabase::PrivacyLedger() {
   // typeof() too: SQLite stores what it is given, and a REAL read from a TEXT cell would be 0, a smaller epsilon.
-  ASSIGN_OR_RETURN(store::Statement s,
-                   db_->Prepare("SELECT run_id, round, attempt, mechanism, sample_rate, noise_multiplier, steps, "
-                                "recorded_ms, typeof(run_id), typeof(round), typeof(attempt), typeof(mechanism), "
-                                "typeof(sample_rate), typeof(noise_multiplier), typeof(steps), typeof(recorded_ms) "
-                                "FROM privacy_ledger ORDER BY recorded_ms, run_id, round, attempt LIMIT ?;"));
+  ASSIGN_OR_RETURN(
+      store::Statement s,
+      db_->Prepare("SELECT run_id, round, attempt, mechanism, sample_rate, noise_multiplier, steps, "
+                   "recorded_ms, typeof(run_id), typeof(round), typeof(attempt), typeof(mechanism), "
+                   "typeof(sample_rate), typeof(noise_multiplier), typeof(steps), typeof(recorded_ms), "
+                   "phases, typeof(phases) FROM privacy_ledger ORDER BY recorded_ms, run_id, round, attempt LIMIT ?;"));
   s.Bind(1, kMaxPrivacyLedgerRows + 1);
   std::vector<PrivacyPhaseRecord> phases;
   int64_t row = 0;
@@ -272,8 +298,11 @@ absl::StatusOr<std::vector<PrivacyPhaseRecord>> AgentDatabase::PrivacyLedger() {
     p.noise_multiplier = s.ColumnDouble(5);
     p.steps = s.ColumnInt(6);
     p.recorded_ms = s.ColumnInt(7);
+    p.phases = s.ColumnIsNull(16) ? "" : s.ColumnText(16);
     std::string problem;
-    if (!text_key || !integers || !numeric(s.ColumnText(12)) || !numeric(s.ColumnText(13))) {
+    if (s.ColumnText(17) != "text") {
+      problem = absl::StrCat("phases of type ", s.ColumnText(17));
+    } else if (!text_key || !integers || !numeric(s.ColumnText(12)) || !numeric(s.ColumnText(13))) {
       problem = absl::StrCat("a value of the wrong type (run_id ", s.ColumnText(8), ", round ", s.ColumnText(9),
                              ", attempt ", s.ColumnText(10), ", mechanism ", s.ColumnText(11), ", sample_rate ",
                              s.ColumnText(12), ", noise_multiplier ", s.ColumnText(13), ", steps ", s.ColumnText(14),

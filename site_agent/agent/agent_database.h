@@ -9,8 +9,9 @@
 //             kind)
 //   adapted_models(run_id, round, attempt, digest, validation_loss, path, created)      key (run_id, round, attempt)
 //   fed_runs(run_id, state, finished)                                                    key run_id
-//   privacy_ledger(run_id, round, attempt, mechanism, sample_rate, noise_multiplier, steps, recorded_ms)
+//   privacy_ledger(run_id, round, attempt, mechanism, sample_rate, noise_multiplier, steps, recorded_ms, phases)
 //                                                                                        key (run_id, round, attempt)
+//   (phases: added by ALTER TABLE to a ledger written before it; '' in those rows)
 // Task states: "started", "update-written", "uploaded", "done", "failed", "cancelled", "declined" (the site declined
 // the TRAIN task: its privacy budget, privacy_budget.h).
 //
@@ -65,7 +66,13 @@ struct PrivacyPhaseRecord {
   double noise_multiplier = 0;  // sigma (0 for "none").
   int64_t steps = 0;            // Accounted steps of the sampled Gaussian mechanism, in [0, privacy::kMaxSteps].
   int64_t recorded_ms = 0;      // Unix milliseconds of the (last) record.
+  // dp-sgd: every mechanism of the attempt, as privacy_budget.cc writes and reads it (one per trained network, each at
+  // its own sample rate; "planned" or "actual"); then sample_rate is their largest and steps their sum, a summary.
+  // Empty in rows of older agents (one mechanism: sample_rate x steps). At most kMaxPhasesBytes.
+  std::string phases;
 };
+
+inline constexpr size_t kMaxPhasesBytes = 16 << 10;
 
 // Rows privacy_ledger may hold (PrivacyLedger reads at most this many; more is DataLoss).
 inline constexpr int64_t kMaxPrivacyLedgerRows = 1'000'000;
@@ -88,6 +95,9 @@ class AgentDatabase {
   absl::Status BeginTask(const TaskKey& key, const v1::Task& task);
   // The task's record; nullopt when unknown.
   absl::StatusOr<std::optional<TaskRecord>> FindTask(const TaskKey& key);
+  // The task as first stored by BeginTask (a re-offered task does not replace it); nullopt when unknown. DataLoss
+  // when the stored bytes are not a Task.
+  absl::StatusOr<std::optional<v1::Task>> StoredTask(const TaskKey& key);
   // Records the update payload written for a TRAIN task and sets state "update-written".
   absl::Status RecordUpdate(const TaskKey& key, const std::string& path, const std::string& sha256, int64_t bytes,
                             int64_t num_samples, double train_loss, double validation_loss);

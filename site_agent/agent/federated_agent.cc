@@ -124,6 +124,13 @@ struct TunedModel {
 // term `mu` (toward `anchor` when not empty, else toward `base`); progress goes to the heartbeat as `fraction_from` +
 // `fraction_span` x the training's fraction. Resumes from out_dir's state after a restart (quick when it had
 // finished), recorded in out_dir's site.db.
+// Whether the round's losses may go to the coordinator: not in a DP round, nor at a site with a privacy budget (the
+// losses are computed on the site's data outside the DP mechanisms and its ledger).
+bool SendsLosses(const v1::SiteAgentConfig& config, const v1::Task& task) {
+  const std::string& dp = task.plan().dp();
+  return config.max_epsilon() <= 0 && (dp.empty() || dp == "none");
+}
+
 absl::StatusOr<TunedModel> FinetuneModel(const v1::SiteAgentConfig& config, const v1::Task& task, int networks,
                                          const std::string& base, const fs::path& out_dir, double mu,
                                          const std::string& anchor, Heartbeater& heartbeat, double fraction_from,
@@ -141,13 +148,14 @@ absl::StatusOr<TunedModel> FinetuneModel(const v1::SiteAgentConfig& config, cons
   // Progress reaches the heartbeat through the pipeline's epoch callbacks. Shared with the heartbeat thread's probe,
   // which may still run after this function returns (until the next SetState).
   auto progress = std::make_shared<TrainingProgress>(networks, values.local_epochs);
+  const bool sends_losses = SendsLosses(config, task);
   heartbeat.SetState(
       "training", fraction_from,
-      [progress, fraction_from, fraction_span](std::string* state, double* fraction, double* train_loss) {
+      [progress, fraction_from, fraction_span, sends_losses](std::string* state, double* fraction, double* train_loss) {
         const TrainingProgress::View view = progress->Describe();
         *state = view.state;
         *fraction = fraction_from + fraction_span * view.fraction;
-        *train_loss = view.train_loss;
+        *train_loss = sends_losses ? view.train_loss : 0;
       });
   FinetuneRecorder recorder((out_dir / "site.db").string(), finetune);
   train::FinetuneObserver* observers[] = {&recorder, progress.get()};
@@ -184,18 +192,37 @@ struct FederatedAgent::TrainRound {
   std::string update_sha256;
   std::optional<TunedModel> personal;  // DITTO: this round's personal model.
   int64_t train_images = 0;            // Of the site's split: the privacy budget's N before training.
-  int dp_networks = 1;                 // Networks trained on the site's data this round (the privacy budget's count).
+  RoundShape shape;                    // The networks trained on the site's data this round (the privacy budget's).
 };
 
 namespace {
 
-// The DP-SGD steps a fine-tuning took, summed over its networks; nullopt while the trainer does not say.
-std::optional<int64_t> DpStepsTaken(const train::FinetuneResult& result) {
-  // TODO(issue 14, DP-SGD in common/train): sum the DP-SGD step count that the trainer adds to train::TrainResult
-  // (e.g. TrainResult::dp_steps, each member's steps taken) over result.members. Until that field exists the ledger
-  // keeps the planned maximum (networks x PlanDpSgd's max_steps), which never under-counts.
-  (void)result;
-  return std::nullopt;
+// The DP-SGD mechanisms a fine-tuning ran (train::DpSgdPhases), network names prefixed with `prefix`.
+void AddDpPhases(const train::FinetuneResult& result, const std::string& prefix, std::vector<NetworkPhase>* out) {
+  for (const train::DpSgdPhase& p : train::DpSgdPhases(result)) {
+    out->push_back(NetworkPhase{prefix + p.network, p.sample_rate, p.noise_multiplier, p.steps});
+  }
+}
+
+// What differs between the plan (and model) of a TRAIN task stored for its key and a re-sent one, in words; "" when
+// nothing the privacy accounting depends on differs.
+std::string PlanDifference(const v1::Task& stored, const v1::Task& task) {
+  const v1::TrainingPlan& a = stored.plan();
+  const v1::TrainingPlan& b = task.plan();
+  auto dp = [](const std::string& d) { return d.empty() ? std::string("none") : d; };
+  std::string out;
+  auto differ = [&out](const char* field, const auto& x, const auto& y) {
+    if (!(x == y)) absl::StrAppend(&out, out.empty() ? "" : ", ", field, " ", x, " -> ", y);
+  };
+  differ("dp", dp(a.dp()), dp(b.dp()));
+  differ("dp_noise_multiplier", a.dp_noise_multiplier(), b.dp_noise_multiplier());
+  differ("dp_clip_norm", a.dp_clip_norm(), b.dp_clip_norm());
+  differ("secure_aggregation", static_cast<int>(a.secure_aggregation()), static_cast<int>(b.secure_aggregation()));
+  differ("local_epochs", a.local_epochs(), b.local_epochs());
+  differ("batch_size", a.batch_size(), b.batch_size());
+  differ("personalization", static_cast<int>(a.personalization()), static_cast<int>(b.personalization()));
+  differ("model_digest", stored.model_digest(), task.model_digest());
+  return out;
 }
 
 // The round dirs of a TRAIN task (personalization.h).
@@ -401,6 +428,20 @@ absl::Status FederatedAgent::RunTask(const v1::Task& task) {
   }
   const TaskKey key{task.run_id(), train ? task.round() : 0, task.attempt(),
                     train ? "train" : (cross ? "cross_evaluate" : "evaluate")};
+  if (train) {
+    // The ledger's row of this attempt was computed from the stored plan: a re-sent task with another plan could
+    // train past the budget or rewrite the spend. Refused, the stored task and its state left alone.
+    ASSIGN_OR_RETURN(const std::optional<v1::Task> stored, db_->StoredTask(key));
+    if (stored) {
+      if (const std::string diff = PlanDifference(*stored, task); !diff.empty()) {
+        const absl::Status refused = absl::FailedPreconditionError(absl::StrCat(
+            "run ", task.run_id(), " round ", task.round(), " attempt ", task.attempt(),
+            " was offered before with another plan (", diff, "): refused, the privacy ledger accounts the first one"));
+        LOG(ERROR) << refused;
+        return refused;
+      }
+    }
+  }
   RETURN_IF_ERROR(db_->BeginTask(key, task));
   declined_reason_.clear();
   absl::Status status;
@@ -441,10 +482,27 @@ absl::Status FederatedAgent::RunTask(const v1::Task& task) {
 
 absl::Status FederatedAgent::RunTrain(const v1::Task& task, Heartbeater& heartbeat) {
   TrainRound round{task, TaskKey{task.run_id(), task.round(), task.attempt(), "train"}};
-  // The privacy budget first: one network is the least a round trains (more only add to epsilon), so a round that is
-  // over budget even so is declined before its model is downloaded.
   round.train_images = static_cast<int64_t>(site_.split.EntriesIn(data::Split::kTrain).size());
-  ASSIGN_OR_RETURN(bool declined, DeclineOverBudget(task, round.key, round.train_images, 1, "before the download"));
+  // DP-FedAvg without secure aggregation: the coordinator adds the noise, which the site cannot verify.
+  const bool secure = task.plan().secure_aggregation();
+  if (task.plan().dp() == "dp-fedavg" && !secure) {
+    if (budget_->max_epsilon() > 0) {
+      ASSIGN_OR_RETURN(const v1::PrivacyAccount account, budget_->Account());
+      RETURN_IF_ERROR(Decline(task, round.key,
+                              absl::StrCat("run ", task.run_id(), " round ", task.round(), " attempt ", task.attempt(),
+                                           ": dp-fedavg without secure aggregation: the noise is the coordinator's to "
+                                           "add; this site's budget needs noise it adds itself"),
+                              account));
+      return absl::OkStatus();
+    }
+    LOG(WARNING) << "run " << task.run_id() << " round " << task.round() << ": dp-fedavg without secure aggregation: "
+                 << "the coordinator adds the noise; accounted at sigma " << task.plan().dp_noise_multiplier()
+                 << ", a guarantee against everyone but the coordinator (this site has no budget)";
+  }
+  // Then the privacy budget: one network is the least a round trains (more only add to epsilon), so a round that is
+  // over budget even so is declined before its model is downloaded.
+  ASSIGN_OR_RETURN(bool declined,
+                   DeclineOverBudget(task, round.key, RoundShape{round.train_images, 1, 0, 1}, "before the download"));
   if (declined) return absl::OkStatus();
   const fs::path work(config_.work_dir());
   round.run_dir = work / "runs" / task.run_id();
@@ -472,8 +530,15 @@ absl::Status FederatedAgent::RunTrain(const v1::Task& task, Heartbeater& heartbe
               << "carries the other " << round.start.shared_tensors << " tensors";
   }
   timer.Lap("load");
+  // The exact check with the model's networks (DITTO trains a personal copy of each too), before the secure
+  // aggregation session is joined (a declined site sends no keys) and before the site's data is touched.
+  round.shape.train_images = round.train_images;
+  round.shape.members = static_cast<int>(round.global.members.size());
+  round.shape.train_pairs = round.global.duo ? DuoTrainingPairs(site_) : 0;
+  round.shape.copies = round.personalization == v1::PERSONALIZATION_DITTO ? 2 : 1;
+  ASSIGN_OR_RETURN(declined, DeclineOverBudget(task, round.key, round.shape, "before training"));
+  if (declined) return absl::OkStatus();
   std::unique_ptr<SiteSecAggSession> secagg;
-  const bool secure = task.plan().secure_aggregation();
   if (secure) {
     RETURN_IF_ERROR(CheckSecureAggregationPlan(task, round.encoding, round.personalization));
     ASSIGN_OR_RETURN(const std::string recorded, RecordedUpdateSha(*db_, round.key));
@@ -488,14 +553,8 @@ absl::Status FederatedAgent::RunTrain(const v1::Task& task, Heartbeater& heartbe
     }
   }
   RETURN_IF_ERROR(CheckCancelled(heartbeat, "training", task));
-  // The exact check with the model's networks (DITTO trains a personal copy of each too), then the planned phase is
-  // recorded before the site's data is touched: a crash mid-training is accounted all the same.
-  round.dp_networks = (static_cast<int>(round.global.members.size()) + (round.global.duo ? 1 : 0)) *
-                      (round.personalization == v1::PERSONALIZATION_DITTO ? 2 : 1);
-  ASSIGN_OR_RETURN(declined,
-                   DeclineOverBudget(task, round.key, round.train_images, round.dp_networks, "before training"));
-  if (declined) return absl::OkStatus();
-  RETURN_IF_ERROR(budget_->RecordRound(task, round.train_images, round.dp_networks));
+  // The planned phase is recorded before the site's data is touched: a crash mid-training is accounted all the same.
+  RETURN_IF_ERROR(budget_->RecordRound(task, round.shape));
   RETURN_IF_ERROR(FinetuneRound(round, heartbeat));
   RETURN_IF_ERROR(RecordPrivacySpent(round));
   if (!round.start.local.empty()) {
@@ -504,7 +563,7 @@ absl::Status FederatedAgent::RunTrain(const v1::Task& task, Heartbeater& heartbe
   }
   timer.Lap("fine-tuning");
   RETURN_IF_ERROR(CheckCancelled(heartbeat, "the upload", task));
-  heartbeat.SetTrainLoss(round.train_loss);
+  heartbeat.SetTrainLoss(SendsLosses(config_, task) ? round.train_loss : 0);
   heartbeat.SetState("encoding", 0.8);
   if (secure) {
     RETURN_IF_ERROR(WriteMaskedUpdate(round, secagg.get()));
@@ -538,9 +597,9 @@ absl::Status FederatedAgent::RunTrain(const v1::Task& task, Heartbeater& heartbe
   return absl::OkStatus();
 }
 
-absl::StatusOr<bool> FederatedAgent::DeclineOverBudget(const v1::Task& task, const TaskKey& key, int64_t train_images,
-                                                       int networks, const char* when) {
-  ASSIGN_OR_RETURN(const BudgetDecision decision, budget_->CheckRound(task, train_images, networks));
+absl::StatusOr<bool> FederatedAgent::DeclineOverBudget(const v1::Task& task, const TaskKey& key,
+                                                       const RoundShape& shape, const char* when) {
+  ASSIGN_OR_RETURN(const BudgetDecision decision, budget_->CheckRound(task, shape));
   if (!decision.decline) {
     LOG(INFO) << "privacy budget " << when << ": " << decision.reason;
     return false;
@@ -553,27 +612,33 @@ absl::StatusOr<bool> FederatedAgent::DeclineOverBudget(const v1::Task& task, con
                  << "(state " << record->state << "): accounted now and completed, not declined";
     return false;
   }
-  LOG(WARNING) << "privacy budget: declining " << decision.reason
+  RETURN_IF_ERROR(Decline(task, key, decision.reason, decision.account));
+  return true;
+}
+
+absl::Status FederatedAgent::Decline(const v1::Task& task, const TaskKey& key, const std::string& reason,
+                                     const v1::PrivacyAccount& account) {
+  LOG(WARNING) << "privacy budget: declining " << reason
                << ". Nothing is trained; the run goes on without this site (SiteAgentConfig.max_epsilon decides, "
                << "the coordinator cannot change it).";
-  RETURN_IF_ERROR(client_->DeclineTask(task.run_id(), task.round(), task.attempt(), decision.reason, decision.account));
-  RETURN_IF_ERROR(db_->SetTaskState(key, "declined", decision.reason));
-  declined_reason_ = decision.reason;
-  return true;
+  RETURN_IF_ERROR(client_->DeclineTask(task.run_id(), task.round(), task.attempt(), reason, account));
+  RETURN_IF_ERROR(db_->SetTaskState(key, "declined", reason));
+  declined_reason_ = reason;
+  return absl::OkStatus();
 }
 
 absl::Status FederatedAgent::RecordPrivacySpent(const TrainRound& round) {
   const bool ditto = round.personalization == v1::PERSONALIZATION_DITTO;
   if (ditto && !round.personal) return absl::OkStatus();  // Recorded once the personal model is trained too.
-  std::optional<int64_t> steps = DpStepsTaken(round.tuned);
-  if (steps && ditto) {
-    const std::optional<int64_t> personal = DpStepsTaken(round.personal->result);
-    steps = personal ? std::optional<int64_t>(*steps + *personal) : std::nullopt;
-  }
-  const int64_t images = round.tuned.train_images > 0 ? round.tuned.train_images : round.train_images;
-  RETURN_IF_ERROR(budget_->RecordRound(round.task, images, round.dp_networks, steps));
+  std::vector<NetworkPhase> ran;
+  AddDpPhases(round.tuned, "", &ran);
+  if (ditto) AddDpPhases(round.personal->result, "personal-", &ran);
+  RETURN_IF_ERROR(budget_->RecordRound(round.task, round.shape, ran));
   ASSIGN_OR_RETURN(const v1::PrivacyAccount account, budget_->Account());
-  LOG(INFO) << "run " << round.task.run_id() << " round " << round.task.round() << " trained: " << PrivacyLine(account);
+  const bool coordinator_noise = round.task.plan().dp() == "dp-fedavg" && !round.task.plan().secure_aggregation();
+  LOG(INFO) << "run " << round.task.run_id() << " round " << round.task.round() << " trained: " << PrivacyLine(account)
+            << (coordinator_noise ? " (dp-fedavg noise added by the coordinator: no guarantee against the coordinator)"
+                                  : "");
   return absl::OkStatus();
 }
 
@@ -712,8 +777,10 @@ absl::Status FederatedAgent::UploadRoundUpdate(const TrainRound& round, Heartbea
   upload.sha256 = round.update_sha256;
   upload.num_samples = round.tuned.train_images;
   upload.encoding = round.encoding;
-  upload.train_loss = round.train_loss;
-  upload.validation_loss = round.validation_loss;
+  // Not sent in a DP round nor by a site with a budget (computed outside the DP mechanisms): 0.
+  const bool sends_losses = SendsLosses(config_, round.task);
+  upload.train_loss = sends_losses ? round.train_loss : 0;
+  upload.validation_loss = sends_losses ? round.validation_loss : 0;
   const CancelFn cancelled = [&heartbeat] { return heartbeat.cancelled(); };
   ASSIGN_OR_RETURN(const v1::UploadResponse uploaded, client_->UploadUpdate(upload, cancelled));
   LOG(INFO) << "update for run " << upload.run_id << " round " << upload.round << " accepted"
@@ -728,8 +795,10 @@ absl::StatusOr<v1::MetricsReport> FederatedAgent::EvaluateRound(const TrainRound
   report.set_round(task.round());
   report.set_kind("round");
   report.set_personalization(round.personalization);
-  report.set_train_loss(round.train_loss);
-  report.set_validation_loss(round.validation_loss);
+  if (SendsLosses(config_, task)) {
+    report.set_train_loss(round.train_loss);
+    report.set_validation_loss(round.validation_loss);
+  }
   if (round.tuned.test_images == 0) {
     LOG(WARNING) << "the test split is empty: no round evaluation";
     return report;
@@ -847,7 +916,11 @@ absl::Status FederatedAgent::RunEvaluateTask(const v1::Task& task, Heartbeater& 
     LOG(WARNING) << "site " << config_.site_id() << " has no adapted model of run " << task.run_id()
                  << ": the final report has the open-source and global models only";
   }
-  if (task.plan().local_only_baseline()) {
+  if (task.plan().local_only_baseline() && budget_->max_epsilon() > 0) {
+    LOG(WARNING) << "run " << task.run_id() << ": the local-only baseline is not trained: it would fine-tune on this "
+                 << "site's data without differential privacy, outside its privacy budget (max_epsilon "
+                 << budget_->max_epsilon() << "); the final report has no \"local-only\" model";
+  } else if (task.plan().local_only_baseline()) {
     RETURN_IF_ERROR(CheckCancelled(heartbeat, "the local-only baseline", task));
     RETURN_IF_ERROR(EvaluateLocalOnly(task, base_path, task.base_model_digest(), global_path,
                                       adapted ? adapted->path : "", heartbeat, &report));

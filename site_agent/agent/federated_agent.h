@@ -39,21 +39,34 @@
 //
 // Privacy budget (privacy_budget.h; SiteAgentConfig.max_epsilon and delta): a TRAIN task starts with the budget
 //   check, before anything is downloaded (with one network, the least a round trains) and again once the global
-//   model is loaded (with its networks: SoloNet members, DuoNet, DITTO's personal copies), before the site's data is
-//   touched. A round over budget is declined: a WARNING names max_epsilon, delta and the epsilons, DeclineTask tells
-//   the coordinator (with the PrivacyAccount), the task is recorded in site.db as "declined" and RunTask returns OK
-//   (the loop asks for the next task). Otherwise the round's planned phase is recorded in privacy_ledger before
-//   training and re-recorded with the steps taken after it. Every round and final MetricsReport carries the
-//   site's PrivacyAccount (kept with share_metrics = false), and the local report.json / report.html a
+//   model is loaded (with its networks at the sample rates the trainer uses: SoloNet members at batch / training
+//   images, the DuoNet at batch / training study pairs, DITTO's personal copies), before the secure-aggregation
+//   session is joined and before the site's data is touched. A round over budget is declined: a WARNING names
+//   max_epsilon, delta and the epsilons, DeclineTask tells the coordinator (with the PrivacyAccount), the task is
+//   recorded in site.db as "declined" and RunTask returns OK (the loop asks for the next task). A site with a budget
+//   also declines dp "dp-fedavg" without secure aggregation (the coordinator would add the noise, which the site
+//   cannot verify); a site without one trains such rounds and accounts them at sigma (a guarantee against everyone
+//   but the coordinator, said in the log). Otherwise the round's planned phase is recorded in privacy_ledger before
+//   training and replaced by what training did (train::DpSgdPhases of the round's fine-tuning, and of DITTO's
+//   personal model) after it. A TRAIN task whose plan (dp fields, secure_aggregation, local_epochs, batch_size,
+//   personalization) or model differs from the one stored for its (run, round, attempt) is refused with
+//   FailedPrecondition (logged; the stored task and its state are left alone). Every round and final MetricsReport
+//   carries the site's PrivacyAccount (kept with share_metrics = false), and the local report.json / report.html a
 //   "Privacy: epsilon X at delta D (budget M)" line.
-// Secure aggregation (the plan's secure_aggregation; secure_aggregation.h has the protocol): after the download the
-//   agent joins the round attempt's session (phase 1 keys, phase 2 shares; heartbeat "secure aggregation: keys",
-//   "secure aggregation: shares"), fine-tunes, and step 3 becomes the masked update (phase 3: the shared tensors'
-//   delta, DP-FedAvg-clipped and noised under dp "dp-fedavg", pre-scaled, fixed-point encoded and masked, written
-//   to update.bin and recorded as any update, no error feedback); after the upload, phase 4 reveals the shares the
-//   coordinator may have ("secure aggregation: unmasking"). Refused with InvalidArgument: a lossy delta encoding
-//   (only fp32) and personalization FEDBN/SILOBN. A restarted agent that finds the round's masked update recorded
-//   uploads it and completes the round without the session (it cannot unmask: the secrets were in memory only).
+//   Losses outside the ledger: in a DP round (plan dp not "none") or when the site has a budget (max_epsilon > 0) the
+//   training and validation losses are not sent: UploadHeader.train_loss / validation_loss, the heartbeat's
+//   train_loss and the round MetricsReport's train_loss / validation_loss are 0 (they stay in site.db). The final
+//   evaluation's local-only baseline (trained without DP) is not trained when the site has a budget: the final
+//   report has no "local-only" model and a WARNING says why.
+// Secure aggregation (the plan's secure_aggregation; secure_aggregation.h has the protocol): after the download and
+//   the exact budget check the agent joins the round attempt's session (phase 1 keys, phase 2 shares; heartbeat "secure
+//   aggregation: keys", "secure aggregation: shares"), fine-tunes, and step 3 becomes the masked update (phase 3: the
+//   shared tensors' delta, DP-FedAvg-clipped and noised under dp "dp-fedavg", pre-scaled, fixed-point encoded and
+//   masked, written to update.bin and recorded as any update, no error feedback); after the upload, phase 4 reveals the
+//   shares the coordinator may have ("secure aggregation: unmasking"). Refused with InvalidArgument: a lossy delta
+//   encoding (only fp32) and personalization FEDBN/SILOBN. A restarted agent that finds the round's masked update
+//   recorded uploads it and completes the round without the session (it cannot unmask: the secrets were in memory
+//   only).
 //
 // Heartbeats: a thread sends Heartbeat every heartbeat_seconds while a task runs, with the state ("downloading",
 // "training member 1/3, epoch 2/5", "uploading", "evaluating") and progress; training progress comes from the
@@ -168,15 +181,18 @@ class FederatedAgent {
   absl::Status EvaluateLocalOnly(const v1::Task& task, const std::string& base_path, const std::string& base_digest,
                                  const std::string& global_path, const std::string& adapted_path,
                                  Heartbeater& heartbeat, v1::MetricsReport* report);
-  // The privacy budget check of a TRAIN task (`when`: for the log) with `networks` networks trained on
-  // `train_images` images: false when the round may be trained; true when it was declined (logged, DeclineTask
-  // sent, the task recorded "declined"). An attempt whose update was already written (state update-written,
-  // uploaded or done: trained by an agent older than the budget) is never declined. Errors of the check and of
-  // DeclineTask (the task then fails and is declined again when offered again).
-  absl::StatusOr<bool> DeclineOverBudget(const v1::Task& task, const TaskKey& key, int64_t train_images, int networks,
+  // The privacy budget check of a TRAIN task (`when`: for the log) with the networks of `shape`: false when the
+  // round may be trained; true when it was declined (logged, DeclineTask sent, the task recorded "declined"). An
+  // attempt whose update was already written (state update-written, uploaded or done: trained by an agent older
+  // than the budget) is never declined. Errors of the check and of DeclineTask (the task then fails and is declined
+  // again when offered again).
+  absl::StatusOr<bool> DeclineOverBudget(const v1::Task& task, const TaskKey& key, const RoundShape& shape,
                                          const char* when);
-  // Records the privacy spent by the round's training: the steps taken when the trainer says (the planned maximum
-  // otherwise). Under DITTO only once the personal model is trained too.
+  // Declines the TRAIN task for `reason` (WARNING, DeclineTask with the site's account, recorded "declined").
+  absl::Status Decline(const v1::Task& task, const TaskKey& key, const std::string& reason,
+                       const v1::PrivacyAccount& account);
+  // Records the privacy spent by the round's training: every DP-SGD mechanism the round's fine-tunings ran
+  // (train::DpSgdPhases). Under DITTO only once the personal model is trained too.
   absl::Status RecordPrivacySpent(const TrainRound& round);
   // The site's PrivacyAccount into `report` and the PrivacyLine into the local reports in `report_dirs`.
   absl::Status AddPrivacy(const std::vector<std::string>& report_dirs, v1::MetricsReport* report);

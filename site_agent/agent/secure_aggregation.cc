@@ -256,6 +256,10 @@ absl::StatusOr<double> ClipDeltaL2Norm(fl::TensorMap& delta, double clip_norm) {
   return norm;
 }
 
+double DpFedAvgNoiseStddev(double noise_multiplier, double clip_norm, int threshold) {
+  return noise_multiplier * clip_norm / std::sqrt(static_cast<double>(std::max(1, threshold)));
+}
+
 absl::Status AddGaussianNoise(std::vector<float>& values, double stddev, const secagg::Seed& seed) {
   if (!std::isfinite(stddev) || stddev < 0) {
     return absl::InvalidArgumentError(absl::StrCat("noise standard deviation ", stddev, " (must be finite, >= 0)"));
@@ -527,7 +531,7 @@ absl::StatusOr<MaskedUpdate> SiteSecAggSession::MaskUpdate(const fl::TensorMap& 
   const bool dp_fedavg = dp_ == "dp-fedavg";
   if (dp_fedavg) {
     input.dp_clip_norm = dp_clip_norm_;
-    input.noise_stddev = dp_noise_multiplier_ * dp_clip_norm_ / std::sqrt(static_cast<double>(roster_.n));
+    input.noise_stddev = DpFedAvgNoiseStddev(dp_noise_multiplier_, dp_clip_norm_, roster_.threshold);
     ASSIGN_OR_RETURN(input.noise_seed, RandomSeed());
     input.scale = 1;
   } else {

@@ -40,9 +40,11 @@
 //
 // Client-level DP-FedAvg (plan dp == "dp-fedavg", McMahan et al. ICLR 2018): the delta's L2 norm over the values
 //   sent (the layout's tensors) is clipped to dp_clip_norm; with secure aggregation the site then adds its share of
-//   the Gaussian noise, N(0, (dp_noise_multiplier * dp_clip_norm)^2 / n) per value with n = |U1|, so that the sum
-//   of the n shares has the full variance (sigma C)^2 (sites that drop after sharing leave the sum with less noise:
-//   (|U3| / |U1|) of the variance; the accountant assumes the full one). The noise comes from AES-128-CTR keyed with
+//   the Gaussian noise, N(0, (dp_noise_multiplier * dp_clip_norm)^2 / t) per value with t = the roster's threshold
+//   (DpFedAvgNoiseStddev): the coordinator can unmask only a sum of at least t sites' inputs, so every sum it can
+//   learn carries at least the full variance (sigma C)^2, however many sites drop, and each site accounts sigma
+//   honestly (with all n >= t sites the sum carries n / t of it: more noise than the accountant assumes, never less).
+//   The noise comes from AES-128-CTR keyed with
 //   16 bytes of OpenSSL RAND_bytes, turned into normals by Box-Muller (never reproducible across rounds or runs).
 //   Without secure aggregation the coordinator adds the noise (and the site only clips: ClipL2Norm). Under plain
 //   secure aggregation without DP the delta's norm is not clipped (the plan carries no clip norm): the fixed-point
@@ -163,6 +165,10 @@ absl::StatusOr<double> ClipDeltaL2Norm(fl::TensorMap& delta, double clip_norm);
 // Adds N(0, stddev^2) to every value, drawn from AES-128-CTR keyed with `seed` (Box-Muller); the same seed gives
 // the same noise. stddev >= 0 and finite, else InvalidArgument.
 absl::Status AddGaussianNoise(std::vector<float>& values, double stddev, const secagg::Seed& seed);
+
+// A site's DP-FedAvg noise share under secure aggregation: sigma * C / sqrt(threshold) (see the file comment).
+// `threshold` >= 1 (VerifyRoster's bound is >= 2); a smaller one is read as 1 (the full noise).
+double DpFedAvgNoiseStddev(double noise_multiplier, double clip_norm, int threshold);
 // 16 bytes of OpenSSL RAND_bytes (Internal on failure).
 absl::StatusOr<secagg::Seed> RandomSeed();
 

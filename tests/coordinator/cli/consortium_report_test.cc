@@ -411,6 +411,31 @@ TEST(ConsortiumReportPrivacyTest, ANonPrivateSiteMakesTheConsortiumEpsilonInfini
   EXPECT_FALSE(none["privacy"]["sites"][0]["reported"].get<bool>());
 }
 
+// A DP run where a site with accepted updates reported no privacy account (an older agent, a lost report): the
+// consortium epsilon is n/a, not the maximum over the others, and the report names the site.
+TEST(ConsortiumReportPrivacyTest, AMissingAccountMakesTheConsortiumEpsilonNotANumber) {
+  v1::RunReport report = PrivateRunReport(3.1, false);
+  for (v1::MetricsReport& m : *report.mutable_sites(1)->mutable_metrics()) m.clear_privacy();
+  const nlohmann::json j = nlohmann::json::parse(ConsortiumReportJson(report));
+  const nlohmann::json& p = j["privacy"];
+  EXPECT_TRUE(p["consortium_epsilon"].is_null());
+  EXPECT_FALSE(p["consortium_epsilon_complete"].get<bool>());
+  EXPECT_EQ(p["sites_without_account"], nlohmann::json::array({"site-b"}));
+  EXPECT_FALSE(p["sites"][1]["reported"].get<bool>());
+  const std::string text = SiteSummaryText(report);
+  EXPECT_THAT(text, HasSubstr("consortium epsilon n/a"));
+  EXPECT_THAT(text, HasSubstr("no privacy account from site-b"));
+  EXPECT_THAT(ConsortiumReportHtml(report), HasSubstr("no privacy account from site-b"));
+  EXPECT_THAT(ConsortiumReportHtml(report), HasSubstr("Consortium epsilon n/a"));
+  // A NaN epsilon is not an account either.
+  report.mutable_sites(1)->mutable_metrics(0)->mutable_privacy()->set_epsilon(std::nan(""));
+  EXPECT_TRUE(nlohmann::json::parse(ConsortiumReportJson(report))["privacy"]["consortium_epsilon"].is_null());
+  // Every account present: complete.
+  const nlohmann::json full = nlohmann::json::parse(ConsortiumReportJson(PrivateRunReport(3.1, false)));
+  EXPECT_TRUE(full["privacy"]["consortium_epsilon_complete"].get<bool>());
+  EXPECT_TRUE(full["privacy"]["sites_without_account"].empty());
+}
+
 // `fedtune report --reference-run`: the private run's mean AUCs next to a non-private reference run's, per site,
 // with the differences and the site's epsilon; a site the reference lacks shows n/a.
 TEST(ConsortiumReportReferenceTest, PrivateRunNextToTheNonPrivateReference) {

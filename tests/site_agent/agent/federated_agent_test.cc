@@ -11,6 +11,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/cli/command.h"
 #include "common/data/chexpert_labels.h"
 #include "common/fl/bundle_file.h"
@@ -20,13 +21,15 @@
 #include "common/io/file_util.h"
 #include "common/io/sha256.h"
 #include "common/model/checkpoint.h"
-#include "common/privacy/rdp_accountant.h"
 #include "common/pki/key_pair.h"
+#include "common/privacy/dp_plan.h"
+#include "common/privacy/rdp_accountant.h"
 #include "common/secagg/fixed_point.h"
 #include "common/secagg/session.h"
 #include "common/status_macros.h"
 #include "common/synth/generator.h"
 #include "common/synth/profile.h"
+#include "common/train/site_data.h"
 #include "common/train/threads.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -297,38 +300,51 @@ TEST(FederatedAgentTest, TrainAndEvaluateTasksEndToEnd) {
   EXPECT_TRUE((*db)->InterruptedTrainTasks()->empty());
 }
 
-// The site's privacy budget (privacy_budget.h): a DP-FedAvg round within the budget is trained and reported with its
-// epsilon; the next round, which would exceed max_epsilon, and a round without differential privacy are declined
-// before anything is downloaded (DeclineTask, "declined" in site.db), and the loop goes on.
+// The site's privacy budget (privacy_budget.h): a DP-SGD round within the budget is trained, its ledger row holds what
+// training ran (train::DpSgdPhases: 1 epoch of the tiny model at batch / training images) and it is reported with
+// that epsilon, without its losses; the next round, which would exceed max_epsilon, a round without differential
+// privacy and a DP-FedAvg round without secure aggregation are declined before anything is downloaded (DeclineTask,
+// "declined" in site.db), and the loop goes on. A re-sent recorded attempt with another plan is refused; the final
+// evaluation skips the local-only baseline.
 TEST(FederatedAgentTest, DeclinesTrainTasksBeyondItsPrivacyBudget) {
   fedtune::testing::TempDir tmp;
   AgentSetup setup(tmp);
   testing::FakeCoordinator& coordinator = setup.coordinator;
-  // One DP-FedAvg round at sigma 2 (one Gaussian mechanism, q = 1) fits the budget, two do not.
-  constexpr double kSigma = 2.0;
+  // One DP-SGD round at sigma 1.5 (one network, one epoch) fits the budget, two do not.
+  constexpr double kSigma = 1.5;
+  auto site = train::LoadSiteData(setup.config.finetune());
+  ASSERT_TRUE(site.ok()) << site.status();
+  const int64_t train_images = static_cast<int64_t>(site->split.EntriesIn(data::Split::kTrain).size());
+  auto plan = privacy::PlanDpSgd(train_images, 16, 1);
+  ASSERT_TRUE(plan.ok()) << plan.status();
   privacy::RdpAccountant one;
-  ASSERT_TRUE(one.AddSteps(1.0, kSigma, 1).ok());
+  ASSERT_TRUE(one.AddSteps(plan->sample_rate, kSigma, plan->max_steps).ok());
   privacy::RdpAccountant two;
-  ASSERT_TRUE(two.AddSteps(1.0, kSigma, 2).ok());
+  ASSERT_TRUE(two.AddSteps(plan->sample_rate, kSigma, 2 * plan->max_steps).ok());
   const double one_round = one.GetPrivacySpent(1e-5)->epsilon;
   const double two_rounds = two.GetPrivacySpent(1e-5)->epsilon;
   ASSERT_LT(one_round * 1.1, two_rounds);
   setup.config.set_max_epsilon((one_round + two_rounds) / 2);
 
   v1::Task round1 = setup.train;
-  round1.mutable_plan()->set_dp("dp-fedavg");
+  round1.mutable_plan()->set_encoding("fp32");
+  round1.mutable_plan()->set_dp("dp-sgd");
   round1.mutable_plan()->set_dp_noise_multiplier(kSigma);
   round1.mutable_plan()->set_dp_clip_norm(1.0);
-  round1.set_total_rounds(3);
+  round1.set_total_rounds(4);
   v1::Task round2 = round1;
   round2.set_round(2);
   v1::Task round3 = round1;
   round3.set_round(3);
   round3.mutable_plan()->set_dp("none");
+  v1::Task round4 = round1;
+  round4.set_round(4);
+  round4.mutable_plan()->set_dp("dp-fedavg");
+  round4.mutable_plan()->set_dp_noise_multiplier(100);
   v1::Task ended;
   ended.set_kind(v1::Task::NONE);
   ended.add_ended_runs("run-1");
-  for (const v1::Task* task : {&round1, &round2, &round3, &ended}) coordinator.service().AddTask(*task);
+  for (const v1::Task* task : {&round1, &round2, &round3, &round4, &ended}) coordinator.service().AddTask(*task);
   {
     auto agent = FederatedAgent::Create(setup.config, setup.options);
     ASSERT_TRUE(agent.ok()) << agent.status();
@@ -336,27 +352,32 @@ TEST(FederatedAgentTest, DeclinesTrainTasksBeyondItsPrivacyBudget) {
     ASSERT_TRUE(run.ok()) << run;
     EXPECT_EQ((*agent)->finished_runs(), 1);
   }
-  // Round 1 was trained, uploaded and reported with its epsilon.
+  // Round 1 was trained, uploaded and reported with its epsilon; no loss left the site.
   EXPECT_FALSE(coordinator.service().accepted_upload("run-1", 1).empty());
   EXPECT_TRUE(coordinator.service().accepted_upload("run-1", 2).empty());
-  EXPECT_EQ(coordinator.service().download_offsets().size(), 1u);  // Rounds 2 and 3 downloaded nothing.
+  EXPECT_EQ(coordinator.service().last_upload_header().train_loss(), 0);
+  EXPECT_EQ(coordinator.service().last_upload_header().validation_loss(), 0);
+  for (const v1::HeartbeatRequest& h : coordinator.service().heartbeats()) EXPECT_EQ(h.train_loss(), 0);
+  EXPECT_EQ(coordinator.service().download_offsets().size(), 1u);  // Rounds 2 to 4 downloaded nothing.
   const std::vector<v1::MetricsReport> reports = coordinator.service().reports();
   ASSERT_EQ(reports.size(), 1u);
+  EXPECT_EQ(reports[0].train_loss(), 0);
+  EXPECT_EQ(reports[0].validation_loss(), 0);
   const v1::PrivacyAccount& reported = reports[0].privacy();
   EXPECT_NEAR(reported.epsilon(), one_round, 1e-9 * one_round);
   EXPECT_NEAR(reported.round_epsilon(), one_round, 1e-9 * one_round);
   EXPECT_DOUBLE_EQ(reported.max_epsilon(), setup.config.max_epsilon());
   EXPECT_DOUBLE_EQ(reported.delta(), 1e-5);
-  EXPECT_EQ(reported.private_steps(), 1);
+  EXPECT_EQ(reported.private_steps(), plan->max_steps);
   EXPECT_FALSE(reported.non_private_training());
   const fs::path work = tmp.Join("work");
   const std::string local_json = *io::ReadFile((work / "runs" / "run-1" / "round-1-1" / "report.json").string());
   EXPECT_THAT(local_json, ::testing::HasSubstr("\"privacy\""));
   EXPECT_THAT(local_json, ::testing::HasSubstr(EpsilonText(one_round)));
 
-  // Rounds 2 and 3 were declined, with the reason and the account.
+  // Rounds 2 to 4 were declined, with the reason and the account.
   const std::vector<v1::DeclineRequest> declines = coordinator.service().declines();
-  ASSERT_EQ(declines.size(), 2u);
+  ASSERT_EQ(declines.size(), 3u);
   EXPECT_EQ(declines[0].run_id(), "run-1");
   EXPECT_EQ(declines[0].round(), 2);
   EXPECT_EQ(declines[0].attempt(), 1);
@@ -367,25 +388,64 @@ TEST(FederatedAgentTest, DeclinesTrainTasksBeyondItsPrivacyBudget) {
   EXPECT_EQ(declines[1].round(), 3);
   EXPECT_THAT(declines[1].reason(), ::testing::HasSubstr("unbounded"));
   EXPECT_TRUE(std::isinf(declines[1].privacy().round_epsilon()));
+  EXPECT_EQ(declines[2].round(), 4);
+  EXPECT_THAT(declines[2].reason(), ::testing::HasSubstr("dp-fedavg without secure aggregation"));
+  EXPECT_NEAR(declines[2].privacy().epsilon(), one_round, 1e-9 * one_round);
   auto db = AgentDatabase::Open((work / "site.db").string());
   ASSERT_TRUE(db.ok()) << db.status();
-  for (int round : {2, 3}) {
+  for (int round : {2, 3, 4}) {
     auto record = (*db)->FindTask({"run-1", round, 1, "train"});
     ASSERT_TRUE(record.ok() && record->has_value()) << round;
     EXPECT_EQ((*record)->state, "declined") << round;
-    EXPECT_THAT((*record)->message, ::testing::HasSubstr("max_epsilon")) << round;
+    EXPECT_THAT((*record)->message, ::testing::HasSubstr(round == 4 ? "secure aggregation" : "max_epsilon")) << round;
   }
   auto trained = (*db)->FindTask({"run-1", 1, 1, "train"});
   ASSERT_TRUE(trained.ok() && trained->has_value());
   EXPECT_EQ((*trained)->state, "done");
-  // Only the trained round is in the ledger.
+  // Only the trained round is in the ledger: what training ran (one network, one epoch, all its steps).
   auto ledger = (*db)->PrivacyLedger();
   ASSERT_TRUE(ledger.ok()) << ledger.status();
   ASSERT_EQ(ledger->size(), 1u);
-  EXPECT_EQ((*ledger)[0].mechanism, "dp-fedavg");
+  EXPECT_EQ((*ledger)[0].mechanism, "dp-sgd");
+  EXPECT_EQ((*ledger)[0].steps, plan->max_steps);
+  EXPECT_EQ((*ledger)[0].phases,
+            absl::StrCat("actual\nmember0 ", absl::StrFormat("%.17g %.17g", plan->sample_rate, kSigma), " ",
+                         plan->max_steps));
   std::set<std::string> states;
   for (const v1::HeartbeatRequest& h : coordinator.service().heartbeats()) states.insert(h.state());
   EXPECT_TRUE(states.count("declined")) << ::testing::PrintToString(states);
+
+  // The recorded attempt re-sent with another plan (more epochs, less noise) is refused; nothing changes.
+  auto agent = FederatedAgent::Create(setup.config, setup.options);
+  ASSERT_TRUE(agent.ok()) << agent.status();
+  for (int field = 0; field < 3; ++field) {
+    v1::Task changed = round1;
+    if (field == 0) changed.mutable_plan()->set_local_epochs(3);
+    if (field == 1) changed.mutable_plan()->set_dp_noise_multiplier(0.5);
+    if (field == 2) changed.mutable_plan()->set_batch_size(4);
+    const absl::Status refused = (*agent)->RunTask(changed);
+    EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
+    EXPECT_THAT(refused.message(), ::testing::HasSubstr("another plan"));
+  }
+  EXPECT_EQ(coordinator.service().download_offsets().size(), 1u);
+  EXPECT_EQ((*db)->FindTask({"run-1", 1, 1, "train"})->value().state, "done");
+  auto after = (*db)->PrivacyLedger();
+  ASSERT_TRUE(after.ok());
+  ASSERT_EQ(after->size(), 1u);
+  EXPECT_EQ((*after)[0].steps, plan->max_steps);
+
+  // The final evaluation of a site with a budget: no local-only baseline (trained without DP).
+  v1::Task evaluate = setup.evaluate;
+  evaluate.mutable_plan()->set_local_only_baseline(true);
+  evaluate.mutable_plan()->set_local_only_epochs(1);
+  evaluate.mutable_plan()->set_batch_size(16);
+  const absl::Status evaluated = (*agent)->RunTask(evaluate);
+  ASSERT_TRUE(evaluated.ok()) << evaluated;
+  ASSERT_EQ(coordinator.service().reports().size(), 2u);
+  const v1::MetricsReport final_report = coordinator.service().reports()[1];
+  EXPECT_EQ(final_report.kind(), "final");
+  for (const v1::ModelEvaluation& m : final_report.models()) EXPECT_NE(m.name(), "local-only");
+  EXPECT_FALSE(fs::exists(work / "local-only"));
 }
 
 // Cross-site evaluation (cross_evaluation.h): a consenting site shares a copy of its adapted model (without its
@@ -1112,6 +1172,91 @@ TEST(FederatedAgentTest, SecureAggregationRefusesLossyEncodingsAndFedBn) {
   const absl::Status bn = (*agent)->RunTask(fedbn);
   EXPECT_EQ(bn.code(), absl::StatusCode::kInvalidArgument) << bn;
   EXPECT_EQ(sa.setup.coordinator.service().calls("SecAggAdvertiseKeys"), 0);
+}
+
+// The exact budget check (with the model's networks: DITTO's personal copy doubles them) comes before the site joins
+// the secure aggregation session: a round declined then has sent no keys.
+TEST(FederatedAgentTest, ChecksTheBudgetBeforeJoiningSecureAggregation) {
+  fedtune::testing::TempDir tmp;
+  SecAggSetup sa(tmp);
+  testing::FakeCoordinator& coordinator = sa.setup.coordinator;
+  constexpr double kSigma = 1.5;
+  auto site = train::LoadSiteData(sa.setup.config.finetune());
+  ASSERT_TRUE(site.ok()) << site.status();
+  auto plan = privacy::PlanDpSgd(static_cast<int64_t>(site->split.EntriesIn(data::Split::kTrain).size()), 16, 1);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  privacy::RdpAccountant one;
+  ASSERT_TRUE(one.AddSteps(plan->sample_rate, kSigma, plan->max_steps).ok());
+  privacy::RdpAccountant two;
+  ASSERT_TRUE(two.AddSteps(plan->sample_rate, kSigma, 2 * plan->max_steps).ok());
+  // One network (the check before the download) fits; the model's two (DITTO) do not.
+  sa.setup.config.set_max_epsilon((one.GetPrivacySpent(1e-5)->epsilon + two.GetPrivacySpent(1e-5)->epsilon) / 2);
+  v1::Task task = sa.task;
+  task.mutable_plan()->set_dp("dp-sgd");
+  task.mutable_plan()->set_dp_noise_multiplier(kSigma);
+  task.mutable_plan()->set_dp_clip_norm(1.0);
+  task.mutable_plan()->set_personalization(v1::PERSONALIZATION_DITTO);
+  task.mutable_plan()->set_ditto_lambda(0.1);
+  auto agent = FederatedAgent::Create(sa.setup.config, sa.setup.options);
+  ASSERT_TRUE(agent.ok()) << agent.status();
+  const absl::Status status = (*agent)->RunTask(task);
+  ASSERT_TRUE(status.ok()) << status;
+  EXPECT_EQ(coordinator.service().download_offsets().size(), 1u);  // Past the first check: the model was loaded.
+  ASSERT_EQ(coordinator.service().declines().size(), 1u);
+  EXPECT_THAT(coordinator.service().declines()[0].reason(), ::testing::HasSubstr("2 network(s)"));
+  EXPECT_EQ(coordinator.service().calls("SecAggAdvertiseKeys"), 0);
+  EXPECT_EQ(coordinator.service().calls("SecAggShareKeys"), 0);
+}
+
+// A DP-SGD round on a model with a DuoNet: the ledger holds what the trainer ran, each SoloNet member at
+// batch / training images and the DuoNet at batch / training study pairs, the count the budget's check before
+// training uses (DuoTrainingPairs); composed exactly.
+TEST(FederatedAgentTest, DpSgdAccountsTheDuoNetAtTheStudyPairRate) {
+  fedtune::testing::TempDir tmp;
+  AgentSetup setup(tmp);
+  auto init = InitCheckpoint({"densenet_tiny"}, 32, 0.2, 0, {"densenet_tiny"});
+  ASSERT_TRUE(init.ok()) << init.status();
+  const std::string duo_path = tmp.Join("duo.ckpt");
+  ASSERT_TRUE(model::SaveCheckpoint(&*init, duo_path).ok());
+  const std::string duo_bytes = *io::ReadFile(duo_path);
+  setup.coordinator.service().AddModel(duo_bytes);
+  v1::Task task = setup.train;
+  task.set_model_digest(io::Sha256Hex(duo_bytes));
+  task.set_model_bytes(static_cast<int64_t>(duo_bytes.size()));
+  task.mutable_plan()->set_encoding("fp32");
+  task.mutable_plan()->set_dp("dp-sgd");
+  task.mutable_plan()->set_dp_noise_multiplier(1.2);
+  task.mutable_plan()->set_dp_clip_norm(1.0);
+  auto site = train::LoadSiteData(setup.config.finetune());
+  ASSERT_TRUE(site.ok()) << site.status();
+  const int64_t images = static_cast<int64_t>(site->split.EntriesIn(data::Split::kTrain).size());
+  const int64_t pairs = DuoTrainingPairs(*site);
+  ASSERT_GT(pairs, 0);
+  ASSERT_LT(pairs, images);
+  auto agent = FederatedAgent::Create(setup.config, setup.options);
+  ASSERT_TRUE(agent.ok()) << agent.status();
+  const absl::Status status = (*agent)->RunTask(task);
+  ASSERT_TRUE(status.ok()) << status;
+
+  auto db = AgentDatabase::Open((fs::path(tmp.Join("work")) / "site.db").string());
+  ASSERT_TRUE(db.ok()) << db.status();
+  auto ledger = (*db)->PrivacyLedger();
+  ASSERT_TRUE(ledger.ok()) << ledger.status();
+  ASSERT_EQ(ledger->size(), 1u);
+  auto members = privacy::PlanDpSgd(images, 16, 1);
+  auto duo = privacy::PlanDpSgd(pairs, 16, 1);
+  ASSERT_TRUE(members.ok() && duo.ok());
+  EXPECT_EQ((*ledger)[0].phases,
+            absl::StrCat("actual\nmember0 ", absl::StrFormat("%.17g %.17g", members->sample_rate, 1.2), " ",
+                         members->max_steps, "\nduonet ", absl::StrFormat("%.17g %.17g", duo->sample_rate, 1.2), " ",
+                         duo->max_steps));
+  privacy::RdpAccountant exact;
+  ASSERT_TRUE(exact.AddSteps(members->sample_rate, 1.2, members->max_steps).ok());
+  ASSERT_TRUE(exact.AddSteps(duo->sample_rate, 1.2, duo->max_steps).ok());
+  const double expected = exact.GetPrivacySpent(1e-5)->epsilon;
+  const v1::MetricsReport report = setup.coordinator.service().reports().at(0);
+  EXPECT_NEAR(report.privacy().epsilon(), expected, 1e-9 * expected);
+  EXPECT_EQ(report.privacy().private_steps(), members->max_steps + duo->max_steps);
 }
 
 }  // namespace

@@ -155,12 +155,18 @@ TEST_F(PrivacyBudgetTest, DeclinesTheRoundThatWouldExceedTheBudget) {
   ASSERT_TRUE(wide.ok()) << wide.status();
   EXPECT_TRUE(wide->decline);
 
-  // The attempt already recorded (a restarted agent) is never declined, whatever the budget.
+  // The attempt already recorded (a restarted agent) is not declined when its record covers the planned phase,
+  // whatever the budget ...
   Open(one_round / 10);
   auto again = budget_->CheckRound(r1, kImages, 1);
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_FALSE(again->decline);
   EXPECT_TRUE(again->already_recorded);
+  // ... but a planned phase that spends more than the record (three networks instead of one) is checked as new.
+  auto more = budget_->CheckRound(r1, kImages, 3);
+  ASSERT_TRUE(more.ok()) << more.status();
+  EXPECT_FALSE(more->already_recorded);
+  EXPECT_TRUE(more->decline);
 
   // No budget (max_epsilon 0): never declined; epsilon is still accounted.
   Open(0);
@@ -227,6 +233,82 @@ TEST_F(PrivacyBudgetTest, RecordingAnAttemptAgainReplacesItAndSurvivesAReopen) {
   EXPECT_EQ(reopened->private_steps(), 9);
 }
 
+TEST_F(PrivacyBudgetTest, ReRecordsNeverLowerAnAttempt) {
+  Open(0);
+  const v1::Task task = TrainTask("run-1", 1, "dp-sgd", 1.2);
+  // What training did (9 steps) replaces the planned maximum; a later, smaller record of the same attempt (a
+  // coordinator re-sending it with a cheaper plan) does not lower it.
+  ASSERT_TRUE(budget_->RecordRound(task, kImages, 2).ok());
+  ASSERT_TRUE(budget_->RecordRound(task, kImages, 2, 9).ok());
+  const double nine = budget_->Account()->epsilon();
+  ASSERT_TRUE(budget_->RecordRound(task, kImages, 2, 4).ok());
+  EXPECT_EQ(budget_->Account()->epsilon(), nine);
+  EXPECT_EQ((*db_->PrivacyLedger())[0].steps, 9);
+  v1::Task cheaper = task;
+  cheaper.mutable_plan()->set_local_epochs(1);
+  cheaper.mutable_plan()->set_dp_noise_multiplier(50);
+  ASSERT_TRUE(budget_->RecordRound(cheaper, RoundShape{kImages, 1, 0, 1}, std::nullopt).ok());
+  ASSERT_TRUE(budget_->RecordRound(cheaper, kImages, 2).ok());
+  EXPECT_EQ(budget_->Account()->epsilon(), nine);
+  // A record spending more replaces it.
+  ASSERT_TRUE(budget_->RecordRound(task, kImages, 2, 30).ok());
+  EXPECT_GT(budget_->Account()->epsilon(), nine);
+  EXPECT_EQ((*db_->PrivacyLedger())[0].steps, 30);
+
+  // A "none" row is never replaced by a private one: the site stays non-private.
+  const v1::Task plain = TrainTask("run-2", 1, "none", 0);
+  ASSERT_TRUE(budget_->RecordRound(plain, kImages, 1).ok());
+  v1::Task now_private = plain;
+  now_private.mutable_plan()->set_dp("dp-sgd");
+  now_private.mutable_plan()->set_dp_noise_multiplier(1.0);
+  ASSERT_TRUE(budget_->RecordRound(now_private, kImages, 1, 1).ok());
+  auto account = budget_->Account();
+  ASSERT_TRUE(account.ok()) << account.status();
+  EXPECT_TRUE(std::isinf(account->epsilon()));
+  EXPECT_TRUE(account->non_private_training());
+}
+
+TEST_F(PrivacyBudgetTest, TheDuoNetIsAccountedAtItsOwnSampleRateOfStudyPairs) {
+  Open(0);
+  const v1::Task task = TrainTask("run-1", 1, "dp-sgd", 1.1, /*epochs=*/2);
+  // 3 members on 200 images, the DuoNet on 40 training study pairs, batch 16.
+  const RoundShape shape{kImages, 3, 40, 1};
+  auto decision = budget_->CheckRound(task, shape);
+  ASSERT_TRUE(decision.ok()) << decision.status();
+  auto members = privacy::PlanDpSgd(kImages, 16, 2);
+  auto duo = privacy::PlanDpSgd(40, 16, 2);
+  ASSERT_TRUE(members.ok() && duo.ok());
+  privacy::RdpAccountant exact;
+  ASSERT_TRUE(exact.AddSteps(members->sample_rate, 1.1, 3 * members->max_steps).ok());
+  ASSERT_TRUE(exact.AddSteps(duo->sample_rate, 1.1, duo->max_steps).ok());
+  const double expected = Epsilon(exact);
+  EXPECT_NEAR(decision->epsilon_after, expected, 1e-9 * expected);
+  // The DuoNet at the images' sample rate (16/200 instead of 16/40) would under-count.
+  auto as_images = budget_->CheckRound(task, kImages, 4);
+  ASSERT_TRUE(as_images.ok());
+  EXPECT_LT(as_images->epsilon_after * 1.2, expected);
+  // DITTO doubles every network.
+  auto ditto = budget_->CheckRound(task, RoundShape{kImages, 3, 40, 2});
+  ASSERT_TRUE(ditto.ok());
+  ASSERT_TRUE(exact.AddSteps(members->sample_rate, 1.1, 3 * members->max_steps).ok());
+  ASSERT_TRUE(exact.AddSteps(duo->sample_rate, 1.1, duo->max_steps).ok());
+  EXPECT_NEAR(ditto->epsilon_after, Epsilon(exact), 1e-9 * Epsilon(exact));
+
+  // The planned row, then what training ran (per network), composed exactly, and kept across a reopen.
+  ASSERT_TRUE(budget_->RecordRound(task, shape).ok());
+  EXPECT_NEAR(budget_->Account()->epsilon(), expected, 1e-9 * expected);
+  const std::vector<NetworkPhase> ran = {
+      {"member0", 0.08, 1.1, 20}, {"member1", 0.08, 1.1, 17}, {"duonet", 0.4, 1.1, 5}};
+  ASSERT_TRUE(budget_->RecordRound(task, shape, ran).ok());
+  privacy::RdpAccountant actual;
+  for (const NetworkPhase& n : ran) ASSERT_TRUE(actual.AddSteps(n.sample_rate, n.noise_multiplier, n.steps).ok());
+  Open(0);
+  auto account = budget_->Account();
+  ASSERT_TRUE(account.ok()) << account.status();
+  EXPECT_NEAR(account->epsilon(), Epsilon(actual), 1e-9 * Epsilon(actual));
+  EXPECT_EQ(account->private_steps(), 42);
+}
+
 TEST_F(PrivacyBudgetTest, BadPlansAndCountsAreInvalidArgument) {
   Open(0);
   auto unknown = budget_->CheckRound(TrainTask("run-1", 1, "gaussian", 1.0), kImages, 1);
@@ -246,11 +328,19 @@ TEST_F(PrivacyBudgetTest, BadPlansAndCountsAreInvalidArgument) {
 
 TEST_F(PrivacyBudgetTest, CorruptLedgerRowsAreDataLossNamingTheRow) {
   const char* corruptions[] = {
-      "UPDATE privacy_ledger SET sample_rate = 'abc';",   "UPDATE privacy_ledger SET sample_rate = 2.5;",
-      "UPDATE privacy_ledger SET noise_multiplier = -1;", "UPDATE privacy_ledger SET steps = -4;",
-      "UPDATE privacy_ledger SET steps = 1e12;",          "UPDATE privacy_ledger SET mechanism = 'laplace';",
+      "UPDATE privacy_ledger SET sample_rate = 'abc';",
+      "UPDATE privacy_ledger SET sample_rate = 2.5;",
+      "UPDATE privacy_ledger SET noise_multiplier = -1;",
+      "UPDATE privacy_ledger SET steps = -4;",
+      "UPDATE privacy_ledger SET steps = 1e12;",
+      "UPDATE privacy_ledger SET mechanism = 'laplace';",
       "UPDATE privacy_ledger SET round = 9999999999;",
       "UPDATE privacy_ledger SET mechanism = 'none';",  // With a sample rate and noise: not a "none" row.
+      "UPDATE privacy_ledger SET phases = 'guessed';",
+      "UPDATE privacy_ledger SET phases = 'actual' || char(10) || 'member0 0.1 1.0 -5';",
+      "UPDATE privacy_ledger SET phases = 'actual' || char(10) || 'member0 1.5 1.0 5';",
+      "UPDATE privacy_ledger SET phases = 'actual' || char(10) || 'member0 0.1';",
+      "UPDATE privacy_ledger SET phases = 7;",
   };
   for (const char* sql : corruptions) {
     Open(5);
@@ -265,6 +355,21 @@ TEST_F(PrivacyBudgetTest, CorruptLedgerRowsAreDataLossNamingTheRow) {
               absl::StatusCode::kDataLoss)
         << sql;
   }
+}
+
+TEST_F(PrivacyBudgetTest, ALedgerWithoutPhasesGetsTheColumnAndKeepsItsRows) {
+  Open(0);
+  ASSERT_TRUE(db_->database().Execute("ALTER TABLE privacy_ledger DROP COLUMN phases;").ok());
+  ASSERT_TRUE(db_->database()
+                  .Execute("INSERT INTO privacy_ledger (run_id, round, attempt, mechanism, sample_rate, "
+                           "noise_multiplier, steps, recorded_ms) VALUES ('old', 1, 0, 'dp-sgd', 0.08, 1.0, 25, 1);")
+                  .ok());
+  Open(0);  // An older agent's site.db: the column is added, the row read as one mechanism.
+  auto account = budget_->Account();
+  ASSERT_TRUE(account.ok()) << account.status();
+  privacy::RdpAccountant accountant;
+  ASSERT_TRUE(accountant.AddSteps(0.08, 1.0, 25).ok());
+  EXPECT_NEAR(account->epsilon(), Epsilon(accountant), 1e-9 * Epsilon(accountant));
 }
 
 TEST(PrivacyReportTest, TheLocalReportGetsThePrivacyLineOnce) {

@@ -288,6 +288,35 @@ TEST(DpFedAvgTest, NoiseShareHasTheRequestedDeviationAndIsSeeded) {
   EXPECT_NE(*random_a, *random_b);
 }
 
+// Each site's share has variance (sigma C)^2 / t (t = the roster's threshold, not n): the sum of any t survivors'
+// shares, the fewest the coordinator can unmask, carries the full variance (sigma C)^2.
+TEST(DpFedAvgTest, NoiseSharesOfThresholdSitesSumToTheFullVariance) {
+  const double sigma = 1.3;
+  const double clip = 0.5;
+  const int n = 5;
+  const int threshold = 3;
+  const double share = DpFedAvgNoiseStddev(sigma, clip, threshold);
+  EXPECT_NEAR(share * share, (sigma * clip) * (sigma * clip) / threshold, 1e-12);
+  EXPECT_GT(share, sigma * clip / std::sqrt(static_cast<double>(n)));
+  std::vector<double> sum(100000, 0.0);
+  for (int site = 0; site < threshold; ++site) {
+    std::vector<float> noise(sum.size(), 0.0f);
+    secagg::Seed seed = {};
+    seed[0] = static_cast<uint8_t>(site + 1);
+    ASSERT_TRUE(AddGaussianNoise(noise, share, seed).ok());
+    for (size_t i = 0; i < sum.size(); ++i) sum[i] += noise[i];
+  }
+  double mean = 0;
+  for (double v : sum) mean += v;
+  mean /= static_cast<double>(sum.size());
+  double variance = 0;
+  for (double v : sum) variance += (v - mean) * (v - mean);
+  variance /= static_cast<double>(sum.size() - 1);
+  const double full = (sigma * clip) * (sigma * clip);
+  EXPECT_NEAR(variance, full, 0.05 * full);  // The old share, / n, would give 3/5 of it.
+  EXPECT_EQ(DpFedAvgNoiseStddev(sigma, clip, 0), sigma * clip);
+}
+
 TEST(DpFedAvgTest, PrepareInputClipsThenNoisesThenScales) {
   fl::TensorMap global = {{"a.weight", torch::zeros({2, 2})},
                           {"b.bias", torch::zeros({2})},
