@@ -381,4 +381,10 @@ print(f"As in the study: every site's locally adapted model beats the open-sourc
 PY
 echo "demo: wall time $(( $(date +%s) - start_time )) s; work directory $work"
 [[ $watch_rc -eq 0 ]] || { echo "demo: the run did not complete (status exit code $watch_rc)" >&2; exit 1; }
+if ((private == 1 && verdict != 0)); then
+  # DP's noise costs AUC (the table above shows how much against the non-private run): the study's finding is not
+  # what a private run promises, so the private demo does not fail on it.
+  echo "demo: (with privacy the study's finding is reported, not required; the privacy cost is in the table above)"
+  exit 0
+fi
 exit $verdict
