@@ -30,13 +30,15 @@
 #                     over the whole run; every site's own budget (max_epsilon) is E. With either privacy flag the
 #                     demo first runs the same federation without privacy, and the consortium report shows its AUC
 #                     next to the private run's, with each site's epsilon
+#   --dp-kind K       with --dp-epsilon: sgd (default: DP-SGD, per image) or fedavg (client-level DP-FedAvg, per site;
+#                     needs --secure-aggregation, since a site with a budget adds its own share of the noise)
 # Every process the demo starts is stopped when it ends, fails or is interrupted (Ctrl-C).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 sites=3 rounds=5 local_epochs=2 size=64 arch=tiny images=1000 compression=fp32 seed=1 pretrain_epochs=10
 work="$root/build/demo" setup=1 bin="" fresh=0 prepare_only=0 compare="" cross_site=false secure_aggregation=false
-dp_epsilon=""
+dp_epsilon="" dp_kind=sgd
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --sites) sites="$2"; shift 2 ;;
@@ -57,7 +59,8 @@ while [[ $# -gt 0 ]]; do
     --cross-site) cross_site=true; shift ;;
     --secure-aggregation) secure_aggregation=true; shift ;;
     --dp-epsilon) dp_epsilon="$2"; shift 2 ;;
-    -h|--help) sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --dp-kind) dp_kind="$2"; shift 2 ;;
+    -h|--help) sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -68,6 +71,11 @@ done
 if [[ -n "$dp_epsilon" ]]; then
   [[ "$dp_epsilon" =~ ^[0-9]+(\.[0-9]+)?$ ]] && awk "BEGIN{exit !($dp_epsilon > 0 && $dp_epsilon <= 1000)}" ||
     { echo "demo.sh: --dp-epsilon must be a number in (0, 1000]" >&2; exit 2; }
+fi
+[[ "$dp_kind" == sgd || "$dp_kind" == fedavg ]] || { echo "demo.sh: --dp-kind must be sgd or fedavg" >&2; exit 2; }
+if [[ "$dp_kind" == fedavg && "$secure_aggregation" != true ]]; then
+  echo "demo.sh: --dp-kind fedavg needs --secure-aggregation (a site with a budget adds its own noise only then)" >&2
+  exit 2
 fi
 private=0
 [[ "$secure_aggregation" == true || -n "$dp_epsilon" ]] && private=1
@@ -313,7 +321,14 @@ if ((private == 1)); then
   # The local-only baseline is trained without DP; its metrics would leave the site outside the budget.
   sed -i 's/^local_only_baseline: true$/local_only_baseline: false/' run.textproto
   { echo "secure_aggregation: $secure_aggregation"
-    if [[ -n "$dp_epsilon" ]]; then
+    if [[ -n "$dp_epsilon" && "$dp_kind" == fedavg ]]; then
+      # Client-level: every site takes part in every round (q = 1), one Gaussian mechanism per round.
+      sigma=$("$bin/fedtune" privacy noise --target-epsilon "$(awk "BEGIN{print 0.95 * $dp_epsilon}")" \
+        --sample-rate 1 --steps "$rounds" --delta 1e-5 --json |
+        /usr/bin/python3 -c 'import json, sys; print(json.load(sys.stdin)["noise_multiplier"])')
+      echo "dp: \"dp-fedavg\" dp_noise_multiplier: $sigma dp_clip_norm: 1.0"
+      privacy_text="$privacy_text; DP-FedAvg epsilon <= $dp_epsilon per site (noise multiplier $sigma)"
+    elif [[ -n "$dp_epsilon" ]]; then
       # The noise multiplier that keeps every site within the target, as the sites account it (common/privacy/
       # dp_plan.h): per network, q = batch / training images (the DuoNet: / training study pairs), round(1 / q) steps
       # per epoch, the phases composed. The patient split is not exact, so training-split shares from 50% to 70% are

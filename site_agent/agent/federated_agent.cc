@@ -544,7 +544,20 @@ absl::Status FederatedAgent::RunTrain(const v1::Task& task, Heartbeater& heartbe
     ASSIGN_OR_RETURN(const std::string recorded, RecordedUpdateSha(*db_, round.key));
     if (recorded.empty()) {
       RETURN_IF_ERROR(CheckCancelled(heartbeat, "secure aggregation", task));
-      ASSIGN_OR_RETURN(secagg, BeginSecureAggregation(round, heartbeat));
+      absl::StatusOr<std::unique_ptr<SiteSecAggSession>> begun = BeginSecureAggregation(round, heartbeat);
+      if (begun.status().code() == absl::StatusCode::kAlreadyExists) {
+        // This site advertised keys for this attempt before (an earlier try of the task failed after the keys, or
+        // the agent restarted) and the session's secrets are gone: it cannot mask for this session. It declines the
+        // attempt, so that the coordinator counts it as dropped instead of waiting for it.
+        const std::string reason = absl::StrCat("secure aggregation: this site's keys for run ", task.run_id(),
+                                                " round ", task.round(), " attempt ", task.attempt(),
+                                                " were lost (a failed try or a restart after the key advertisement)");
+        LOG(WARNING) << reason << "; declining the attempt";
+        ASSIGN_OR_RETURN(const v1::PrivacyAccount account, budget_->Account());
+        RETURN_IF_ERROR(client_->DeclineTask(task.run_id(), task.round(), task.attempt(), reason, account));
+        return db_->SetTaskState(round.key, "declined", reason);
+      }
+      ASSIGN_OR_RETURN(secagg, std::move(begun));
       timer.Lap("secure aggregation keys and shares");
     } else {
       LOG(WARNING) << "run " << task.run_id() << " round " << task.round() << " attempt " << task.attempt()

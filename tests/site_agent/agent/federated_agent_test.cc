@@ -807,6 +807,12 @@ class SecAggScript final : public testing::SecAggPlayer {
     absl::MutexLock lock(&mu_);
     deny_inbox_ = true;
   }
+  // AdvertiseKeys answers ALREADY_EXISTS, as the coordinator does when this site advertised other keys for the
+  // attempt before (an earlier try of the task, or an agent before a restart).
+  void KeysAlreadyAdvertised() {
+    absl::MutexLock lock(&mu_);
+    keys_exist_ = true;
+  }
   // Replaces site-b's mask key in the roster after it was signed.
   void SubstituteAKey() {
     absl::MutexLock lock(&mu_);
@@ -817,6 +823,9 @@ class SecAggScript final : public testing::SecAggPlayer {
   grpc::Status AdvertiseKeys(const std::string& caller, const std::string& certificate_pem,
                              const v1::SecAggKeys& keys) override {
     absl::MutexLock lock(&mu_);
+    if (keys_exist_) {
+      return grpc::Status(grpc::StatusCode::ALREADY_EXISTS, "site 'site-a' already advertised other keys");
+    }
     EXPECT_EQ(caller, "site-a");
     agent_.set_site_id(caller);
     agent_.set_index(1);
@@ -959,6 +968,7 @@ class SecAggScript final : public testing::SecAggPlayer {
   std::map<int, secagg::SiteSecrets> secrets_;
   mutable absl::Mutex mu_;
   bool advertised_ ABSL_GUARDED_BY(mu_) = false;
+  bool keys_exist_ ABSL_GUARDED_BY(mu_) = false;
   bool substitute_ ABSL_GUARDED_BY(mu_) = false;
   bool deny_inbox_ ABSL_GUARDED_BY(mu_) = false;
   v1::SecAggPeer agent_ ABSL_GUARDED_BY(mu_);
@@ -1099,6 +1109,24 @@ TEST(FederatedAgentTest, SecureAggregationRefusesASubstitutedKeyBeforeSharing) {
   EXPECT_EQ(sa.setup.coordinator.service().calls("SecAggShareKeys"), 0);
   EXPECT_EQ(sa.setup.coordinator.service().calls("UploadUpdate"), 0);
   EXPECT_FALSE(fs::exists(tmp.Join("work/runs/run-1/round-1-1/update.bin")));
+}
+
+// Keys of this attempt advertised before and lost (a failed try, a restart): the site cannot take part in the session,
+// so it declines the attempt (the coordinator then counts it as dropped) instead of failing it again and again;
+// nothing is trained or uploaded.
+TEST(FederatedAgentTest, SecureAggregationDeclinesAnAttemptWhoseKeysWereLost) {
+  fedtune::testing::TempDir tmp;
+  SecAggSetup sa(tmp);
+  sa.script->KeysAlreadyAdvertised();
+  auto agent = FederatedAgent::Create(sa.setup.config, sa.setup.options);
+  ASSERT_TRUE(agent.ok()) << agent.status();
+  const absl::Status status = (*agent)->RunTask(sa.task);
+  EXPECT_TRUE(status.ok()) << status;
+  const std::vector<v1::DeclineRequest> declines = sa.setup.coordinator.service().declines();
+  ASSERT_EQ(declines.size(), 1u);
+  EXPECT_THAT(declines[0].reason(), ::testing::HasSubstr("keys"));
+  EXPECT_EQ(sa.setup.coordinator.service().calls("SecAggShareKeys"), 0);
+  EXPECT_EQ(sa.setup.coordinator.service().calls("UploadUpdate"), 0);
 }
 
 // A coordinator that asks for both shares of a live peer gets neither: the reveal is refused (FailedPrecondition,
