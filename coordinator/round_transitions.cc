@@ -17,6 +17,7 @@
 #include "common/fl/codec.h"
 #include "common/fl/model_tensors.h"
 #include "common/io/file_util.h"
+#include "common/secagg/prg.h"
 #include "common/status_macros.h"
 #include "coordinator/run_config_privacy.h"
 
@@ -103,18 +104,17 @@ absl::Status AddGaussianNoise(fl::TensorMap& step, double stddev) {
     return absl::InvalidArgumentError(absl::StrCat("noise standard deviation ", stddev, " must be finite and >= 0"));
   }
   if (stddev == 0) return absl::OkStatus();
-  uint64_t seed = 0;
-  unsigned char bytes[sizeof(seed)];
-  if (RAND_bytes(bytes, sizeof(bytes)) != 1) {
-    return absl::InternalError("RAND_bytes failed: no seed for the differential privacy noise");
-  }
-  std::memcpy(&seed, bytes, sizeof(seed));
-  at::Generator generator = at::detail::createCPUGenerator(seed);
   try {
     for (auto& [name, tensor] : step) {
-      if (!fl::IsFloating(tensor)) continue;
-      // Drawn in float64 and added in the tensor's dtype.
-      at::Tensor noise = at::normal(0.0, stddev, tensor.sizes(), generator, at::TensorOptions().dtype(at::kDouble));
+      if (!fl::IsFloating(tensor)) {
+        // Integer tensors (BatchNorm's counters) would carry the largest site's batch count without noise: under
+        // DP-FedAvg they are not aggregated (zero delta; the global model keeps its own), as under secure aggregation.
+        tensor.zero_();
+        continue;
+      }
+      // Secret noise (a fresh RAND_bytes key, AES-128-CTR, Box-Muller), added in the tensor's dtype.
+      ASSIGN_OR_RETURN(std::vector<double> values, secagg::SecureStandardNormals(tensor.numel()));
+      at::Tensor noise = at::from_blob(values.data(), tensor.sizes(), at::TensorOptions().dtype(at::kDouble)) * stddev;
       tensor.add_(noise.to(tensor.scalar_type()));
     }
   } catch (const c10::Error& e) {

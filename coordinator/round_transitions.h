@@ -38,9 +38,9 @@ struct SecAggStep {
 };
 
 // Adds Gaussian noise of standard deviation `stddev` to every coordinate of every floating tensor of `step` (in
-// place), from a generator seeded with 64 bits of OpenSSL's RAND_bytes (a fresh seed per call: the noise of
-// DP-FedAvg must not be predictable). InvalidArgument for a stddev that is negative or not finite; Internal when
-// RAND_bytes fails.
+// place), from secagg::SecureStandardNormals (a fresh RAND_bytes key per call: the noise of DP-FedAvg must not be
+// predictable), and zeroes its integer tensors (BatchNorm's counters would otherwise carry the largest site's batch
+// count without noise). InvalidArgument for a stddev that is negative or not finite; Internal when RAND_bytes fails.
 absl::Status AddGaussianNoise(fl::TensorMap& step, double stddev);
 
 // DP-FedAvg's noise on the mean of n clipped updates (McMahan et al., ICLR 2018, with uniform weights): standard

@@ -70,6 +70,13 @@ absl::Status RoundManager::DeclineTask(const std::string& site_id, const v1::Dec
     return absl::FailedPreconditionError(
         absl::StrCat("site ", site_id, " cannot decline ", what, ": its update was accepted"));
   }
+  if (active_ && active_->IsOpenAttempt(request.run_id(), request.round(), request.attempt()) &&
+      (active_->accepted.count(site_id) > 0 ||
+       (active_->secagg != nullptr && active_->secagg->HasMaskedInput(site_id)))) {
+    // Its masked vector is in the session's sum already (the record of the acceptance may have failed).
+    return absl::FailedPreconditionError(
+        absl::StrCat("site ", site_id, " cannot decline ", what, ": its update was received"));
+  }
   if (!active_ || !active_->IsOpenAttempt(request.run_id(), request.round(), request.attempt())) {
     return absl::FailedPreconditionError(
         absl::StrCat(what, " is not open (",

@@ -21,6 +21,14 @@ inline constexpr int64_t kMaxPrgLength = int64_t{1} << 28;
 // OpenSSL failure: Internal.
 absl::StatusOr<std::vector<uint32_t>> ExpandSeed(const Seed& seed, int64_t length);
 
+// n independent standard normal samples that nobody can predict: a fresh 16-byte key from OpenSSL's RAND_bytes,
+// expanded with ExpandSeed (AES-128-CTR), two 53-bit uniforms per pair of samples (Box-Muller). The noise of
+// differential privacy (DP-SGD's steps, DP-FedAvg's sum) comes from here, never from a seeded generator: a seed a
+// config or a 32-bit generator state could reveal would let anyone subtract the noise. n in [0, kMaxSecureNormals],
+// else InvalidArgument; RAND_bytes or OpenSSL failure: Internal.
+inline constexpr int64_t kMaxSecureNormals = kMaxPrgLength / 2;
+absl::StatusOr<std::vector<double>> SecureStandardNormals(int64_t n);
+
 }  // namespace fedtune::secagg
 
 #endif  // FEDTUNE_COMMON_SECAGG_PRG_H_

@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "common/secagg/prg.h"
 #include "common/seed.h"
 #include "common/status_macros.h"
 #include "common/train/loss.h"
@@ -38,29 +39,46 @@ absl::Status ValidateDpSgdOptions(const DpSgdOptions& o) {
 }
 
 struct DpRandom::State {
-  explicit State(uint64_t seed)
-      : sampling(MixSeed(seed)), noise(at::make_generator<at::CPUGeneratorImpl>(MixSeed(seed ^ kSplitMix64Gamma))) {}
+  State(uint64_t seed, bool secure, const std::vector<uint32_t>& sampling_seed)
+      : secure(secure), noise(at::make_generator<at::CPUGeneratorImpl>(MixSeed(seed ^ kSplitMix64Gamma))) {
+    if (secure) {
+      std::seed_seq seq(sampling_seed.begin(), sampling_seed.end());
+      sampling.seed(seq);
+    } else {
+      sampling.seed(MixSeed(seed));
+    }
+  }
+  bool secure;
   std::mt19937_64 sampling;
-  at::Generator noise;
+  at::Generator noise;  // Tests only (ForTestingOnly): a reproducible stream.
 };
 
-DpRandom::DpRandom(uint64_t seed) : state_(std::make_shared<State>(seed)) {}
+DpRandom::DpRandom(uint64_t seed, bool secure, const std::vector<uint32_t>& sampling_seed)
+    : state_(std::make_shared<State>(seed, secure, sampling_seed)) {}
 
 absl::StatusOr<DpRandom> DpRandom::FromSystemEntropy() {
-  uint64_t seed = 0;
-  if (RAND_bytes(reinterpret_cast<unsigned char*>(&seed), sizeof(seed)) != 1) {
-    return absl::InternalError("OpenSSL's RAND_bytes failed: no secret seed for DP-SGD's noise");
+  std::vector<uint32_t> words(8);  // 256 bits for the sampling generator's state.
+  if (RAND_bytes(reinterpret_cast<unsigned char*>(words.data()), static_cast<int>(words.size() * sizeof(uint32_t))) !=
+      1) {
+    return absl::InternalError("OpenSSL's RAND_bytes failed: no secret seed for DP-SGD's sampling");
   }
-  return DpRandom(seed);
+  return DpRandom(0, /*secure=*/true, words);
 }
 
-DpRandom DpRandom::ForTestingOnly(uint64_t seed) { return DpRandom(seed); }
+DpRandom DpRandom::ForTestingOnly(uint64_t seed) { return DpRandom(seed, /*secure=*/false, {}); }
 
 std::vector<std::vector<size_t>> DpRandom::PoissonBatches(int64_t num_samples, double sample_rate, int64_t steps) {
   CHECK(sample_rate >= 0 && sample_rate <= 1) << "Poisson sample rate " << sample_rate << " outside [0, 1]";
   CHECK(num_samples >= 0 && steps >= 0);
   std::vector<std::vector<size_t>> batches(static_cast<size_t>(steps));
   if (sample_rate == 0 || num_samples == 0) return batches;
+  if (sample_rate >= 1) {  // Every sample in every batch (geometric_distribution needs p < 1).
+    for (std::vector<size_t>& batch : batches) {
+      batch.resize(static_cast<size_t>(num_samples));
+      for (size_t i = 0; i < batch.size(); ++i) batch[i] = i;
+    }
+    return batches;
+  }
   // The gap before the next included sample is geometric: the same law as one Bernoulli(q) draw per sample.
   std::geometric_distribution<int64_t> gap(sample_rate);
   for (std::vector<size_t>& batch : batches) {
@@ -71,8 +89,15 @@ std::vector<std::vector<size_t>> DpRandom::PoissonBatches(int64_t num_samples, d
   return batches;
 }
 
-at::Tensor DpRandom::StandardNormal(at::IntArrayRef sizes) {
-  return torch::randn(sizes, state_->noise, torch::TensorOptions().dtype(torch::kFloat32));
+absl::StatusOr<at::Tensor> DpRandom::StandardNormal(at::IntArrayRef sizes) {
+  if (!state_->secure) return torch::randn(sizes, state_->noise, torch::TensorOptions().dtype(torch::kFloat32));
+  int64_t n = 1;
+  for (int64_t s : sizes) n *= s;
+  absl::StatusOr<std::vector<double>> values = secagg::SecureStandardNormals(n);
+  if (!values.ok()) return values.status();
+  return torch::from_blob(values->data(), {n}, torch::TensorOptions().dtype(torch::kFloat64))
+      .to(torch::kFloat32)
+      .reshape(sizes);
 }
 
 absl::Status SetDpTrainingMode(torch::nn::Module& module) {
@@ -203,8 +228,10 @@ absl::StatusOr<ClippedSum> ClippedNoisedGradientFor(torch::nn::Module& module,
     const double noise_std = options.noise_multiplier * clip;
     for (size_t k = 0; k < params.size(); ++k) {
       torch::Tensor g = out.clipped_sum[k];
-      if (noise_std > 0)
-        g = g + random->StandardNormal(params[k].sizes()).to(device, params[k].scalar_type()) * noise_std;
+      if (noise_std > 0) {
+        ASSIGN_OR_RETURN(at::Tensor noise, random->StandardNormal(params[k].sizes()));
+        g = g + noise.to(device, params[k].scalar_type()) * noise_std;
+      }
       out.noised.push_back(g / options.expected_batch_size);
     }
     return out;

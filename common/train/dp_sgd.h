@@ -73,7 +73,8 @@ absl::Status ValidateDpSgdOptions(const DpSgdOptions& options);
 // The secret randomness of DP-SGD: Poisson sampling and Gaussian noise. Not thread-safe (one owner); movable.
 class DpRandom {
  public:
-  // Seeded with 64 bits from OpenSSL's RAND_bytes. Internal when OpenSSL's generator fails.
+  // Secret: the noise comes from secagg::SecureStandardNormals (a fresh RAND_bytes key, AES-128-CTR, per call), the
+  // Poisson sampling from a generator seeded with 256 bits of RAND_bytes. Internal when OpenSSL's generator fails.
   static absl::StatusOr<DpRandom> FromSystemEntropy();
   // A reproducible generator FOR TESTS ONLY: anyone who knows `seed` can remove the noise.
   static DpRandom ForTestingOnly(uint64_t seed);
@@ -83,12 +84,12 @@ class DpRandom {
   // Costs O(expected batch size) per batch (geometric skips), not O(num_samples).
   std::vector<std::vector<size_t>> PoissonBatches(int64_t num_samples, double sample_rate, int64_t steps);
 
-  // Standard normal noise of `sizes` (float32, CPU).
-  at::Tensor StandardNormal(at::IntArrayRef sizes);
+  // Standard normal noise of `sizes` (float32, CPU). Internal when OpenSSL's generator fails (secret generators).
+  absl::StatusOr<at::Tensor> StandardNormal(at::IntArrayRef sizes);
 
  private:
   struct State;
-  explicit DpRandom(uint64_t seed);
+  DpRandom(uint64_t seed, bool secure, const std::vector<uint32_t>& sampling_seed);
   std::shared_ptr<State> state_;
 };
 

@@ -179,10 +179,10 @@ TEST(DpSgdTest, SystemEntropyGivesNoiseNoSeedReproduces) {
   auto a = DpRandom::FromSystemEntropy();
   auto b = DpRandom::FromSystemEntropy();
   ASSERT_TRUE(a.ok() && b.ok());
-  EXPECT_FALSE(torch::equal(a->StandardNormal({64}), b->StandardNormal({64})));
+  EXPECT_FALSE(torch::equal(*a->StandardNormal({64}), *b->StandardNormal({64})));
   DpRandom c = DpRandom::ForTestingOnly(1);
   DpRandom d = DpRandom::ForTestingOnly(1);
-  EXPECT_TRUE(torch::equal(c.StandardNormal({64}), d.StandardNormal({64})));
+  EXPECT_TRUE(torch::equal(*c.StandardNormal({64}), *d.StandardNormal({64})));
 }
 
 TEST(DpSgdTest, PoissonBatchesHaveTheExpectedSizeOnAverage) {
