@@ -251,6 +251,7 @@ CFG
     site_pids+=($!)
   done
 }
+for id in "${site_ids[@]}"; do : >"logs/$id.log"; done  # Each agent appends: a private demo starts two per site.
 if ((private == 1)); then
   # The non-private reference run first, with agents of their own (work directory work-reference): training on the
   # same images without DP would make each site's spent epsilon infinite, so in the demo it is kept apart from the
