@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/federation/states.h"
@@ -98,7 +99,8 @@ absl::Status RoundManager::DeclineTask(const std::string& site_id, const v1::Dec
   RETURN_IF_ERROR(store_->InsertUpdate(u).status());
   a.declined.insert(site_id);
   SupersedeLocked(site_id, "");  // Its partial uploads of the attempt are of no use any more.
-  LOG(INFO) << "site " << site_id << " " << u.message << " for " << what;
+  // The reason is the site's text: escaped in the log, so that it cannot forge log lines.
+  LOG(INFO) << "site " << site_id << " " << absl::CHexEscape(u.message) << " for " << what;
   SignalTasksLocked();
   // Secure aggregation: the session stops waiting for it (in kKeys it leaves the expected sites; later it counts as
   // dropped).
