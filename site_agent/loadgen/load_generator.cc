@@ -1,7 +1,6 @@
 #include "site_agent/loadgen/load_generator.h"
 
 #include <ATen/ATen.h>
-
 #include <stdlib.h>
 
 #include <algorithm>
@@ -20,8 +19,8 @@
 #include "common/fl/model_tensors.h"
 #include "common/io/file_util.h"
 #include "common/io/sha256.h"
-#include "common/model/checkpoint.h"
 #include "common/logging.h"
+#include "common/model/checkpoint.h"
 #include "common/seed.h"
 #include "common/status_macros.h"
 #include "site_agent/agent/coordinator_client.h"

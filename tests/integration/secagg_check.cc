@@ -51,9 +51,7 @@ T OrDie(absl::StatusOr<T> value) {
   return *std::move(value);
 }
 
-fl::TensorMap Load(const std::string& path) {
-  return fl::CheckpointTensors(OrDie(model::LoadCheckpoint(path)));
-}
+fl::TensorMap Load(const std::string& path) { return fl::CheckpointTensors(OrDie(model::LoadCheckpoint(path))); }
 
 // The flattened delta LOCAL - OLD in the masked vector's layout (double).
 std::vector<double> FlatDelta(const fl::TensorMap& old, const fl::TensorMap& local, const secagg::Layout& layout) {
@@ -160,8 +158,8 @@ int Masked(int argc, char** argv) {
     for (size_t i = 0; i < masked->size(); ++i) as_signed[i] = static_cast<double>(static_cast<int32_t>((*masked)[i]));
     for (size_t s = 0; s < deltas.size(); ++s) {
       const double r = Pearson(as_signed, deltas[s]);
-      Check(std::fabs(r) < 0.05, absl::StrFormat("%s vs the true delta of %s: correlation %.4f (|r| < 0.05)", path,
-                                                 locals[s], r));
+      Check(std::fabs(r) < 0.05,
+            absl::StrFormat("%s vs the true delta of %s: correlation %.4f (|r| < 0.05)", path, locals[s], r));
     }
   }
   return failures == 0 ? 0 : 1;
