@@ -24,27 +24,7 @@ check="$bin/personalization_check"
   --work "$work" --prepare-only >"$work/prepare.out" 2>&1 || { tail -20 "$work/prepare.out"; exit 1; }
 cd "$work"
 mkdir -p logs
-model="$(ls models/open-source-*.ckpt | head -1)"
-cat > coordinator/personalization.textproto <<CFG
-listen_address: "127.0.0.1:0"
-port_file: "port"
-server_cert: "pki/server.pem"
-server_key: "pki/server.key"
-ca_dir: "../ca"
-state_dir: "p-state"
-initial_model: "../$model"
-task_wait_seconds: 2
-auto_approve: true
-CFG
-db="$work/coordinator/p-state/coordinator.db"
-sql() { /usr/bin/python3 -c "import sqlite3, sys; r = sqlite3.connect('file:$db?mode=ro', uri=True).execute(sys.argv[1]).fetchall(); print('\n'.join('|'.join(map(str, x)) for x in r))" "$1"; }
-"$bin/fedtune-coordinator" --config coordinator/personalization.textproto >logs/coordinator.log 2>&1 &
-pids+=($!)
-for _ in $(seq 300); do [[ -s coordinator/port ]] && break; sleep 0.1; done
-[[ -s coordinator/port ]] || fail "the coordinator did not start"
-port="$(cat coordinator/port)"
-export FEDTUNE_COORDINATOR="localhost:$port" FEDTUNE_CA="$work/ca/ca.pem"
-export FEDTUNE_CERT="$work/operator/operator.pem" FEDTUNE_KEY="$work/operator/operator.key"
+start_coordinator p
 
 sites=(site-a site-b)
 for id in "${sites[@]}"; do

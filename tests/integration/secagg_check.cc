@@ -2,17 +2,19 @@
 // tests/integration/secure_aggregation_test.sh asserts about them. Prints one "ok"/"FAIL" line per check; exit 0
 // when all hold, 1 otherwise, 2 for bad usage or unreadable files.
 //
-//   secagg_check fedavg OLD.ckpt NEW.ckpt RANGE ROSTER LOCAL.ckpt:N...
+//   secagg_check fedavg OLD.ckpt NEW.ckpt RANGE ROSTER MAXN LOCAL.ckpt:N...
 //       NEW - OLD equals plain FedAvg of the sites' deltas (LOCAL - OLD, weighted by N) on every floating tensor,
 //       to the fixed-point bound of secure aggregation with ROSTER sites (common/secagg/fixed_point.h: per entry
-//       n * quantum / 2 on the pre-scaled sum, pre-scaled by N / max N, so n * quantum / 2 * max N / sum N after
-//       the division) plus float32 rounding of the weights; prints the largest error next to the bound.
+//       n * quantum / 2 on the pre-scaled sum, pre-scaled by N / MAXN, MAXN the largest num_samples of the key
+//       roster, dropped sites included, so n * quantum / 2 * MAXN / sum N after the division) plus float32 rounding
+//       of the weights; prints the largest error next to the bound.
 //   secagg_check masked OLD.ckpt SPOOL... -- LOCAL.ckpt...
 //       every SPOOL file (an upload the coordinator stored) is a masked vector (secagg::ReadMaskedBundle), and its
 //       Pearson correlation with every site's true delta (LOCAL - OLD, flattened by secagg::MakeLayout) is below
 //       0.05 in magnitude (the true deltas among themselves correlate far more: printed for comparison).
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -78,16 +80,19 @@ double Pearson(const std::vector<double>& a, const std::vector<double>& b) {
 }
 
 int FedAvg(int argc, char** argv) {
-  if (argc < 7) Die("usage: fedavg OLD.ckpt NEW.ckpt RANGE ROSTER LOCAL.ckpt:N...");
+  if (argc < 8) Die("usage: fedavg OLD.ckpt NEW.ckpt RANGE ROSTER MAXN LOCAL.ckpt:N...");
   const fl::TensorMap old = Load(argv[2]);
   const fl::TensorMap now = Load(argv[3]);
   double range = 0;
-  int64_t roster = 0;
-  if (!absl::SimpleAtod(argv[4], &range) || !absl::SimpleAtoi(argv[5], &roster)) Die("bad RANGE or ROSTER");
+  int64_t roster = 0, max_n = 0;
+  if (!absl::SimpleAtod(argv[4], &range) || !absl::SimpleAtoi(argv[5], &roster) || !absl::SimpleAtoi(argv[6], &max_n) ||
+      max_n <= 0) {
+    Die("bad RANGE, ROSTER or MAXN");
+  }
   const secagg::Layout layout = OrDie(secagg::MakeLayout(old));
   std::vector<std::vector<double>> deltas;
   std::vector<int64_t> counts;
-  for (int i = 6; i < argc; ++i) {
+  for (int i = 7; i < argc; ++i) {
     const std::string arg = argv[i];
     const size_t colon = arg.rfind(':');
     int64_t n = 0;
@@ -97,8 +102,9 @@ int FedAvg(int argc, char** argv) {
     deltas.push_back(FlatDelta(old, Load(arg.substr(0, colon)), layout));
     counts.push_back(n);
   }
-  int64_t total = 0, max_n = 0;
-  for (int64_t n : counts) total += n, max_n = std::max(max_n, n);
+  int64_t total = 0;
+  for (int64_t n : counts) total += n;
+  if (*std::max_element(counts.begin(), counts.end()) > max_n) Die("MAXN is below a site's N");
   const std::vector<double> got = FlatDelta(old, now, layout);
   const secagg::FixedPointCodec codec = OrDie(secagg::FixedPointCodec::Create(range, roster));
   double worst = 0, largest_weight = 0, clipped = 0;

@@ -24,29 +24,9 @@ cd "$work"
 mkdir -p logs
 # site-4 gets many more images, so that its training takes seconds: the window in which it is frozen below, after
 # its shares and before its masked upload.
-"$bin/fedtune" synth --profile site-a --count 1500 --size 32 --seed 77 --threads 2 --out site-4/data-large >/dev/null
-model="$(ls models/open-source-*.ckpt | head -1)"
-cat > coordinator/secagg.textproto <<CFG
-listen_address: "127.0.0.1:0"
-port_file: "port"
-server_cert: "pki/server.pem"
-server_key: "pki/server.key"
-ca_dir: "../ca"
-state_dir: "s-state"
-initial_model: "../$model"
-task_wait_seconds: 2
-auto_approve: true
-CFG
+"$bin/fedtune" synth --profile site-a --count 4000 --size 32 --seed 77 --threads 2 --out site-4/data-large >/dev/null
+start_coordinator s
 state="$work/coordinator/s-state"
-db="$state/coordinator.db"
-sql() { /usr/bin/python3 -c "import sqlite3, sys; r = sqlite3.connect('file:$db?mode=ro', uri=True).execute(sys.argv[1]).fetchall(); print('\n'.join('|'.join(map(str, x)) for x in r))" "$1"; }
-"$bin/fedtune-coordinator" --config coordinator/secagg.textproto >logs/coordinator.log 2>&1 &
-pids+=($!)
-for _ in $(seq 300); do [[ -s coordinator/port ]] && break; sleep 0.1; done
-[[ -s coordinator/port ]] || fail "the coordinator did not start"
-port="$(cat coordinator/port)"
-export FEDTUNE_COORDINATOR="localhost:$port" FEDTUNE_CA="$work/ca/ca.pem"
-export FEDTUNE_CERT="$work/operator/operator.pem" FEDTUNE_KEY="$work/operator/operator.key"
 
 sites=(site-a site-b site-c site-4)
 declare -A site_pid
@@ -74,7 +54,7 @@ for _ in $(seq 600); do [[ "$(sql "SELECT COUNT(*) FROM sites WHERE status = 'ap
 
 range=100
 cat > run.textproto <<CFG
-name: "secure aggregation" rounds: 2 min_sites: 3 round_deadline_seconds: 35 local_epochs: 1
+name: "secure aggregation" rounds: 2 min_sites: 3 round_deadline_seconds: 50 local_epochs: 1
 learning_rate: 0.05 batch_size: 32 aggregation: "fedavg" compression: "fp32" final_evaluation: false
 secure_aggregation: true secagg_threshold: 3 secagg_range: $range secagg_phase_seconds: 20
 sites: "site-a" sites: "site-b" sites: "site-c" sites: "site-4"
@@ -112,7 +92,9 @@ r1_old="$(blob "$(sql "SELECT model_digest FROM rounds WHERE run_id = '$run_id' 
 r1_new="$(blob "$(sql "SELECT result_digest FROM rounds WHERE run_id = '$run_id' AND round = 1 AND state = 'closed'")")"
 mapfile -t r1_locals < <(locals_of 1)
 [[ ${#r1_locals[@]} -eq 4 ]] || fail "round 1 accepted ${#r1_locals[@]} updates, expected 4"
-"$check" fedavg "$r1_old" "$r1_new" "$range" 4 "${r1_locals[@]}" || fail "round 1's aggregate is not FedAvg's"
+# The pre-scaling divisor: the largest num_samples of the key roster (all 4 sites, in both rounds).
+max_n="$(sql "SELECT MAX(num_samples) FROM updates WHERE run_id = '$run_id' AND round = 1 AND status = 'accepted'")"
+"$check" fedavg "$r1_old" "$r1_new" "$range" 4 "$max_n" "${r1_locals[@]}" || fail "round 1's aggregate is not FedAvg's"
 
 # ---- Round 2: site-4 stops right after sending its shares (before training ends and its masked upload).
 for _ in $(seq 1200); do
@@ -141,7 +123,8 @@ r2_new="$(blob "$(sql "SELECT result_digest FROM rounds WHERE run_id = '$run_id'
 mapfile -t r2_locals < <(locals_of 2)
 [[ ${#r2_locals[@]} -eq 3 ]] || fail "round 2 accepted ${#r2_locals[@]} updates, expected the 3 survivors"
 grep -q "site-4" <<<"${r2_locals[*]}" && fail "site-4's update was accepted in round 2"
-"$check" fedavg "$r2_old" "$r2_new" "$range" 4 "${r2_locals[@]}" || fail "round 2's aggregate is not the survivors' FedAvg"
+"$check" fedavg "$r2_old" "$r2_new" "$range" 4 "$max_n" "${r2_locals[@]}" ||
+  fail "round 2's aggregate is not the survivors' FedAvg"
 r2_models=()
 for l in "${r2_locals[@]}"; do r2_models+=("${l%:*}"); done
 "$check" masked "$r2_old" "${copied[@]}" -- "${r2_models[@]}" || fail "a stored upload correlates with a true delta"
