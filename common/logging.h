@@ -6,8 +6,60 @@
 #include <glog/logging.h>
 
 #include <string>
+#include <vector>
+
+#include "absl/status/status.h"
 
 namespace fedtune {
+
+// ---- Log format and context (docs/operator-guide.md, "Structured logs").
+// Text (default): glog's lines. JSON: one JSON object per line on stderr with the keys "time" (RFC 3339, UTC,
+// microseconds), "level" ("INFO", "WARNING", "ERROR", "FATAL"), "program", "site", "run", "round" (a number; 0 when
+// none), "message", plus "file" and "line" of the LOG statement; strings escaped per RFC 8259, so a message with
+// newlines or quotes stays one line.
+enum class LogFormat { kText, kJson };
+
+// Takes "--log-format text|json" (or "--log-format=...") out of argv (argc and argv are rewritten, the remaining
+// arguments keep their order) and applies it; FEDTUNE_LOG_FORMAT in the environment is the default. InvalidArgument
+// naming the value for anything else. Call once in main(), after InitLogging() and before any other thread starts.
+absl::Status ConfigureLogFormat(int* argc, char** argv);
+LogFormat CurrentLogFormat();
+
+// The context every JSON line carries. The site is process-wide (the site agent's id; the coordinator leaves it
+// empty). The run and round are process-wide too (the site agent works one task at a time) unless the calling thread
+// has a ScopedLogContext (the coordinator's RPC handlers: the peer's site and the run and round of the call).
+// Thread-safe.
+void SetLogSite(const std::string& site);
+void SetLogRun(const std::string& run_id, int round);  // "" and 0: no run.
+
+// Overrides the context of the current thread's log lines while it lives (fields left empty / 0 keep the
+// process-wide value). Nests.
+class ScopedLogContext {
+ public:
+  ScopedLogContext(const std::string& site, const std::string& run_id, int round);
+  ~ScopedLogContext();
+  ScopedLogContext(const ScopedLogContext&) = delete;
+  ScopedLogContext& operator=(const ScopedLogContext&) = delete;
+
+ private:
+  struct Saved;
+  Saved* saved_;
+};
+
+struct LogContext {
+  std::string site;
+  std::string run_id;
+  int round = 0;
+};
+// The context a log line of the calling thread gets now.
+LogContext CurrentLogContext();
+
+// ---- The recent log lines of this process (site agent failure reports, FailureReport.log_lines). Every line glog
+// takes (at the configured threshold) is kept, formatted as "LEVEL message", in a ring of `lines` lines of at most
+// 512 bytes each (longer lines are cut). Call once after InitLogging(). Thread-safe.
+void KeepRecentLogLines(int lines);
+// The kept lines, oldest first; empty when KeepRecentLogLines was not called.
+std::vector<std::string> RecentLogLines();
 
 // Initializes glog for a command-line program: logs go to stderr (never to files in /tmp), INFO and above.
 // Environment variable FEDTUNE_LOG_LEVEL (0 = INFO, 1 = WARNING, 2 = ERROR) raises the threshold.

@@ -32,6 +32,9 @@ packages=(
   python3 python3-numpy python3-scipy python3-sklearn python3-torch python3-torchvision python3-pydicom python3-yaml
   # A real HTTP CONNECT proxy for tests/integration/proxy_test.sh (the test starts its own on 127.0.0.1):
   tinyproxy
+  # Operations (issue 15): Prometheus client library, the dashboard's HTTP server, promtool (checks the metrics
+  # exposition in tests) and headless Chromium (the dashboard's browser test).
+  prometheus-cpp-dev libcpp-httplib-dev prometheus chromium chromium-driver
 )
 
 missing=()

@@ -1,0 +1,154 @@
+#include "common/metrics/metrics_server.h"
+
+#include <dirent.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <exception>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/io/file_util.h"
+#include "common/logging.h"
+#include "prometheus/exposer.h"
+
+namespace fedtune::metrics {
+namespace {
+
+prometheus::MetricFamily Family(const char* name, const char* help, prometheus::MetricType type, double value) {
+  prometheus::MetricFamily family;
+  family.name = name;
+  family.help = help;
+  family.type = type;
+  prometheus::ClientMetric metric;
+  if (type == prometheus::MetricType::Counter) {
+    metric.counter.value = value;
+  } else {
+    metric.gauge.value = value;
+  }
+  family.metric.push_back(metric);
+  return family;
+}
+
+// The fields of /proc/self/stat after the command name (which may hold spaces and parentheses): field 3 (state) is
+// at index 0.
+bool ReadStatFields(std::vector<std::string>* fields) {
+  std::ifstream in("/proc/self/stat");
+  std::string line;
+  if (!std::getline(in, line)) return false;
+  const size_t close = line.rfind(')');
+  if (close == std::string::npos || close + 2 > line.size()) return false;
+  *fields = absl::StrSplit(line.substr(close + 2), ' ', absl::SkipEmpty());
+  return fields->size() > 20;
+}
+
+// Seconds since the epoch at which the system booted (/proc/stat "btime").
+bool BootTime(double* seconds) {
+  std::ifstream in("/proc/stat");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (absl::StartsWith(line, "btime ")) return absl::SimpleAtod(line.substr(6), seconds);
+  }
+  return false;
+}
+
+}  // namespace
+
+std::vector<prometheus::MetricFamily> ProcessCollector::Collect() const {
+  std::vector<prometheus::MetricFamily> families;
+  const double page = static_cast<double>(sysconf(_SC_PAGESIZE));
+  const double ticks = static_cast<double>(sysconf(_SC_CLK_TCK));
+  {
+    std::ifstream statm("/proc/self/statm");
+    double size = 0, resident = 0;
+    if (statm >> size >> resident) {
+      families.push_back(Family("fedtune_process_virtual_memory_bytes", "Virtual memory size in bytes.",
+                                prometheus::MetricType::Gauge, size * page));
+      families.push_back(Family("fedtune_process_resident_memory_bytes", "Resident memory size in bytes.",
+                                prometheus::MetricType::Gauge, resident * page));
+    }
+  }
+  std::vector<std::string> stat;
+  if (ReadStatFields(&stat) && ticks > 0) {
+    // Fields (1-based, man proc): 14 utime, 15 stime, 20 num_threads, 22 starttime; index = field - 3.
+    double utime = 0, stime = 0, threads = 0, start = 0, boot = 0;
+    if (absl::SimpleAtod(stat[11], &utime) && absl::SimpleAtod(stat[12], &stime)) {
+      families.push_back(Family("fedtune_process_cpu_seconds_total", "User and system CPU time spent in seconds.",
+                                prometheus::MetricType::Counter, (utime + stime) / ticks));
+    }
+    if (absl::SimpleAtod(stat[17], &threads)) {
+      families.push_back(
+          Family("fedtune_process_threads", "Threads of the process.", prometheus::MetricType::Gauge, threads));
+    }
+    if (absl::SimpleAtod(stat[19], &start) && BootTime(&boot)) {
+      families.push_back(Family("fedtune_process_start_time_seconds",
+                                "Start time of the process since the Unix epoch in seconds.",
+                                prometheus::MetricType::Gauge, boot + start / ticks));
+    }
+  }
+  if (DIR* dir = opendir("/proc/self/fd"); dir != nullptr) {
+    double fds = 0;
+    while (dirent* entry = readdir(dir)) {
+      if (entry->d_name[0] != '.') ++fds;
+    }
+    closedir(dir);
+    families.push_back(Family("fedtune_process_open_fds", "Open file descriptors (the scrape's own included).",
+                              prometheus::MetricType::Gauge, fds));
+  }
+  return families;
+}
+
+bool IsLoopbackHost(const std::string& host) {
+  const std::string h = absl::AsciiStrToLower(host);
+  return h == "localhost" || h == "::1" || h == "[::1]" || absl::StartsWith(h, "127.");
+}
+
+absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::string& listen_address,
+                                                                    std::shared_ptr<prometheus::Registry> registry,
+                                                                    const std::string& port_file) {
+  const size_t colon = listen_address.rfind(':');
+  int port = -1;
+  const std::string host = colon == std::string::npos ? "" : listen_address.substr(0, colon);
+  if (colon == std::string::npos || host.empty() || !absl::SimpleAtoi(listen_address.substr(colon + 1), &port) ||
+      port < 0 || port > 65535 || listen_address.find_first_of(" ,\t") != std::string::npos ||
+      (host.find(':') != std::string::npos && (host.front() != '[' || host.back() != ']'))) {
+    return absl::InvalidArgumentError(absl::StrCat("metrics_listen_address \"", listen_address,
+                                                   "\": expected HOST:PORT or [IPv6]:PORT with a port 0-65535"));
+  }
+  if (!IsLoopbackHost(host)) {
+    LOG(WARNING) << "metrics endpoint on " << listen_address
+                 << ": not a loopback address, so anyone who reaches it can read the metrics (no authentication); "
+                    "restrict it with a firewall or bind 127.0.0.1";
+  }
+  std::unique_ptr<MetricsServer> server(new MetricsServer());
+  server->registry_ = std::move(registry);
+  server->process_ = std::make_shared<ProcessCollector>();
+  try {
+    // civetweb's "listening_ports" syntax: "127.0.0.1:9464", "[::1]:9464".
+    server->exposer_ = std::make_unique<prometheus::Exposer>(listen_address, 2);
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(
+        absl::StrCat("metrics_listen_address \"", listen_address, "\": cannot listen: ", e.what()));
+  }
+  server->exposer_->RegisterCollectable(server->registry_);
+  server->exposer_->RegisterCollectable(server->process_);
+  const std::vector<int> ports = server->exposer_->GetListeningPorts();
+  if (ports.empty() || ports[0] <= 0) {
+    return absl::InternalError(absl::StrCat("metrics_listen_address \"", listen_address, "\": no bound port"));
+  }
+  server->port_ = ports[0];
+  if (!port_file.empty()) {
+    absl::Status written = io::WriteFileAtomically(port_file, absl::StrCat(server->port_, "\n"));
+    if (!written.ok()) return absl::Status(written.code(), absl::StrCat("metrics_port_file: ", written.message()));
+  }
+  LOG(INFO) << "metrics endpoint: http://" << host << ":" << server->port_ << "/metrics";
+  return server;
+}
+
+MetricsServer::~MetricsServer() = default;
+
+}  // namespace fedtune::metrics

@@ -1,0 +1,65 @@
+// The Prometheus metrics endpoint of the coordinator and the site agent (CoordinatorConfig / SiteAgentConfig
+// metrics_listen_address): prometheus-cpp's Exposer (plain HTTP, civetweb), serving GET /metrics in the text
+// exposition format from one prometheus::Registry, plus the process's own metrics (ProcessCollector).
+//
+// Metric names follow Prometheus' conventions: the prefix "fedtune_", counters end in "_total", durations are in
+// seconds ("_seconds"), sizes in bytes ("_bytes"). The lists of what each program exports are in
+// docs/operator-guide.md and docs/hospital-it-guide.md ("Monitoring").
+//
+// Thread safety: prometheus-cpp's metrics are thread-safe; MetricsServer is immutable after Start.
+#ifndef FEDTUNE_COMMON_METRICS_METRICS_SERVER_H_
+#define FEDTUNE_COMMON_METRICS_METRICS_SERVER_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "prometheus/collectable.h"
+#include "prometheus/registry.h"
+
+namespace prometheus {
+class Exposer;
+}
+
+namespace fedtune::metrics {
+
+// The process metrics of the calling process, read from /proc/self at each scrape:
+//   fedtune_process_resident_memory_bytes, fedtune_process_virtual_memory_bytes (gauges),
+//   fedtune_process_cpu_seconds_total (counter: user + system), fedtune_process_open_fds (gauge),
+//   fedtune_process_threads (gauge), fedtune_process_start_time_seconds (gauge, Unix time).
+// A value that cannot be read is left out of the scrape (never a made-up 0).
+class ProcessCollector : public prometheus::Collectable {
+ public:
+  std::vector<prometheus::MetricFamily> Collect() const override;
+};
+
+// True for the loopback hosts: "127.0.0.1" (any 127/8 address), "::1", "[::1]", "localhost".
+bool IsLoopbackHost(const std::string& host);
+
+class MetricsServer {
+ public:
+  // Serves `registry` and the process metrics at http://listen_address/metrics. `listen_address` is "host:port" or
+  // "[v6]:port" with a numeric port 0-65535 (0: a free port); InvalidArgument naming the address otherwise. A
+  // non-loopback host logs a WARNING (the endpoint has no authentication). Unavailable naming the address when it
+  // cannot be bound. When `port_file` is set, the bound port is written to it atomically once the endpoint serves.
+  static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(const std::string& listen_address,
+                                                              std::shared_ptr<prometheus::Registry> registry,
+                                                              const std::string& port_file = "");
+  ~MetricsServer();
+  MetricsServer(const MetricsServer&) = delete;
+  MetricsServer& operator=(const MetricsServer&) = delete;
+
+  int port() const { return port_; }
+
+ private:
+  MetricsServer() = default;
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::shared_ptr<ProcessCollector> process_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  int port_ = 0;
+};
+
+}  // namespace fedtune::metrics
+
+#endif  // FEDTUNE_COMMON_METRICS_METRICS_SERVER_H_
