@@ -36,6 +36,28 @@ void RemoveFile(const std::string& path) {
   if (ec) LOG(WARNING) << "cannot remove " << path << ": " << ec.message();
 }
 
+// Tells the RetryObserver about one call's retries: Retrying before each backoff wait, OnRetryEnd when the call ends.
+class RetryNotices {
+ public:
+  RetryNotices(RetryObserver* observer, absl::string_view call) : observer_(observer), call_(call) {}
+  ~RetryNotices() {
+    if (told_) observer_->OnRetryEnd(call_);
+  }
+  RetryNotices(const RetryNotices&) = delete;
+  RetryNotices& operator=(const RetryNotices&) = delete;
+
+  void Retrying(const absl::Status& error, absl::Duration delay) {
+    if (observer_ == nullptr) return;
+    observer_->OnRetry(call_, error, delay);
+    told_ = true;
+  }
+
+ private:
+  RetryObserver* const observer_;
+  const absl::string_view call_;
+  bool told_ = false;
+};
+
 }  // namespace
 
 bool IsRetryable(const absl::Status& status) {
@@ -123,6 +145,7 @@ absl::Status CoordinatorClient::Error(const grpc::Status& status, absl::string_v
 
 absl::StatusOr<v1::HelloResponse> CoordinatorClient::Hello(const v1::HelloRequest& request) {
   Backoff backoff = NewBackoff();
+  RetryNotices notices(retry_observer_.load(), "Hello");
   while (true) {
     grpc::ClientContext context;
     context.set_deadline(DeadlineIn(options_.rpc_timeout));
@@ -131,6 +154,7 @@ absl::StatusOr<v1::HelloResponse> CoordinatorClient::Hello(const v1::HelloReques
     if (status.ok()) return response;
     if (!IsRetryable(status)) return status;
     LOG(WARNING) << status << "; retrying in about " << backoff.NextDelay();
+    notices.Retrying(status, backoff.NextDelay());
     RETURN_IF_ERROR(backoff.Wait(status));
   }
 }
@@ -145,9 +169,10 @@ absl::StatusOr<v1::Task> CoordinatorClient::GetTask(int wait_seconds) {
   return task;
 }
 
-absl::StatusOr<v1::HeartbeatResponse> CoordinatorClient::Heartbeat(const v1::HeartbeatRequest& request) {
+absl::StatusOr<v1::HeartbeatResponse> CoordinatorClient::Heartbeat(const v1::HeartbeatRequest& request,
+                                                                   absl::Duration timeout) {
   grpc::ClientContext context;
-  context.set_deadline(DeadlineIn(options_.rpc_timeout));
+  context.set_deadline(DeadlineIn(timeout > absl::ZeroDuration() ? timeout : options_.rpc_timeout));
   v1::HeartbeatResponse response;
   RETURN_IF_ERROR(Error(stub_->Heartbeat(&context, request, &response), "Heartbeat"));
   return response;
@@ -155,6 +180,7 @@ absl::StatusOr<v1::HeartbeatResponse> CoordinatorClient::Heartbeat(const v1::Hea
 
 absl::Status CoordinatorClient::ReportMetrics(const v1::MetricsReport& report) {
   Backoff backoff = NewBackoff();
+  RetryNotices notices(retry_observer_.load(), "ReportMetrics");
   while (true) {
     grpc::ClientContext context;
     context.set_deadline(DeadlineIn(options_.rpc_timeout));
@@ -162,6 +188,26 @@ absl::Status CoordinatorClient::ReportMetrics(const v1::MetricsReport& report) {
     const absl::Status status = Error(stub_->ReportMetrics(&context, report, &response), "ReportMetrics");
     if (status.ok() || !IsRetryable(status)) return status;
     LOG(WARNING) << status << "; retrying in about " << backoff.NextDelay();
+    notices.Retrying(status, backoff.NextDelay());
+    RETURN_IF_ERROR(backoff.Wait(status));
+  }
+}
+
+absl::Status CoordinatorClient::ReportFailure(const v1::FailureReport& report, absl::Duration give_up) {
+  const absl::Time end = absl::Now() + give_up;
+  Backoff backoff = NewBackoff();
+  while (true) {
+    const absl::Duration left = end - absl::Now();
+    grpc::ClientContext context;
+    context.set_deadline(DeadlineIn(std::max(absl::Milliseconds(1), std::min(options_.rpc_timeout, left))));
+    v1::ReportFailureResponse response;
+    const absl::Status status = Error(stub_->ReportFailure(&context, report, &response), "ReportFailure");
+    if (status.ok() || !IsRetryable(status)) return status;
+    if (absl::Now() + backoff.NextDelay() >= end) {
+      return absl::Status(status.code(), absl::StrCat(status.message(), " (gave up after ", backoff.failures() + 1,
+                                                      " attempts: a failure report waits at most ",
+                                                      absl::FormatDuration(give_up), ")"));
+    }
     RETURN_IF_ERROR(backoff.Wait(status));
   }
 }
@@ -170,6 +216,7 @@ absl::Status CoordinatorClient::RetriedCall(absl::string_view rpc, absl::Duratio
                                             bool already_exists_after_retry_ok,
                                             const std::function<grpc::Status(grpc::ClientContext*)>& call) {
   Backoff backoff = NewBackoff();
+  RetryNotices notices(retry_observer_.load(), rpc);
   while (true) {
     grpc::ClientContext context;
     context.set_deadline(DeadlineIn(timeout));
@@ -181,6 +228,7 @@ absl::Status CoordinatorClient::RetriedCall(absl::string_view rpc, absl::Duratio
     }
     if (!IsRetryable(status)) return status;
     LOG(WARNING) << status << "; retrying in about " << backoff.NextDelay();
+    notices.Retrying(status, backoff.NextDelay());
     RETURN_IF_ERROR(backoff.Wait(status));
   }
 }
@@ -327,6 +375,7 @@ absl::Status CoordinatorClient::DownloadOnce(const std::string& digest, int64_t 
 absl::Status CoordinatorClient::DownloadInto(const std::string& digest, int64_t expected_bytes,
                                              net::ChunkReceiver* part, const CancelFn& cancelled) {
   Backoff backoff = NewBackoff();
+  RetryNotices notices(retry_observer_.load(), "DownloadModel");
   while (true) {
     if (cancelled && cancelled()) return absl::CancelledError(absl::StrCat("download of model ", digest, " cancelled"));
     RETURN_IF_ERROR(part->ResumeAtEnd());  // Also after a failed write: the file says what it holds.
@@ -349,6 +398,7 @@ absl::Status CoordinatorClient::DownloadInto(const std::string& digest, int64_t 
     if (part->offset() > before) backoff.Reset();
     LOG(WARNING) << status << "; " << part->offset() << " bytes of model " << digest << " kept, retrying in about "
                  << backoff.NextDelay();
+    notices.Retrying(status, backoff.NextDelay());
     RETURN_IF_ERROR(backoff.Wait(status));
   }
 }
@@ -448,6 +498,7 @@ absl::StatusOr<v1::UploadResponse> CoordinatorClient::UploadUpdate(const UploadR
                                ? absl::StrCat("adapted model for run ", request.run_id)
                                : absl::StrCat("update for run ", request.run_id, " round ", request.round);
   Backoff backoff = NewBackoff();
+  RetryNotices notices(retry_observer_.load(), "UploadUpdate");
   int64_t held_before = -1;
   while (true) {
     if (cancelled && cancelled()) return absl::CancelledError(absl::StrCat("upload of the ", what, " cancelled"));
@@ -487,6 +538,7 @@ absl::StatusOr<v1::UploadResponse> CoordinatorClient::UploadUpdate(const UploadR
       return result.status();
     }
     LOG(WARNING) << result.status() << "; retrying in about " << backoff.NextDelay();
+    notices.Retrying(result.status(), backoff.NextDelay());
     RETURN_IF_ERROR(backoff.Wait(result.status()));
   }
 }

@@ -122,6 +122,19 @@ inline constexpr size_t kMaxDeclineReasonBytes = 1024;
 // Returns true when the caller wants a transfer stopped (checked between chunks and before each attempt).
 using CancelFn = std::function<bool()>;
 
+// Told about the client's retries (the agent's heartbeat says "retrying: REASON" while a call is retried). Called on
+// the thread of the retried call: OnRetry before each backoff wait, OnRetryEnd once when a call that was retried
+// ends (it succeeded, gave up or failed with an error that is not retried). Implementations must be thread-safe
+// (calls on several threads may be retried at once) and must not call back into the retried call.
+class RetryObserver {
+ public:
+  virtual ~RetryObserver() = default;
+  // `call` ("Hello", "DownloadModel", "UploadUpdate", "ReportMetrics", "DeclineTask", "SecAgg...") failed with the
+  // retryable `error` and is tried again after about `delay`.
+  virtual void OnRetry(absl::string_view call, const absl::Status& error, absl::Duration delay) = 0;
+  virtual void OnRetryEnd(absl::string_view call) = 0;
+};
+
 class CoordinatorClient {
  public:
   // A client over a new mTLS channel (net::MakeClientChannel), through options.proxy when given. Errors of reading
@@ -137,13 +150,20 @@ class CoordinatorClient {
   // rpc_timeout.
   absl::StatusOr<v1::HelloResponse> Hello(const v1::HelloRequest& request);
   absl::StatusOr<v1::Task> GetTask(int wait_seconds);
-  absl::StatusOr<v1::HeartbeatResponse> Heartbeat(const v1::HeartbeatRequest& request);
+  // `timeout`: the call's deadline; zero: rpc_timeout.
+  absl::StatusOr<v1::HeartbeatResponse> Heartbeat(const v1::HeartbeatRequest& request,
+                                                  absl::Duration timeout = absl::ZeroDuration());
   absl::Status ReportMetrics(const v1::MetricsReport& report);
   // Declines the TRAIN task (run, round, attempt) with `reason` (cut to kMaxDeclineReasonBytes) and the site's
   // privacy budget as it stands; retried as ReportMetrics. The coordinator's errors (FAILED_PRECONDITION once the
   // site's update of that attempt was accepted, NOT_FOUND for an unknown run) are returned at once.
   absl::Status DeclineTask(const std::string& run_id, int32_t round, int32_t attempt, const std::string& reason,
                            const v1::PrivacyAccount& privacy);
+  // Sends a failure report (federation.proto, FailureReport; the caller scrubs and bounds it). Retried as the header
+  // says, but the whole call, backoff waits included, ends after about `give_up`: it is best effort and must not
+  // hold up the agent's loop. Not seen by the RetryObserver. Errors: the last attempt's (the coordinator's
+  // INVALID_ARGUMENT for a field over its bound, UNIMPLEMENTED from a coordinator without the call).
+  absl::Status ReportFailure(const v1::FailureReport& report, absl::Duration give_up);
   absl::StatusOr<v1::UploadOffsetResponse> GetUploadOffset(const std::string& run_id, int32_t round,
                                                            const std::string& sha256,
                                                            v1::UploadKind kind = v1::UPLOAD_KIND_UPDATE);
@@ -181,6 +201,10 @@ class CoordinatorClient {
   absl::StatusOr<v1::SecAggUnmaskRequest> SecAggGetUnmaskRequest(const v1::SecAggPhaseRequest& request);
   absl::Status SecAggRevealShares(const v1::SecAggReveal& reveal);
 
+  // The observer of retries (not owned; nullptr: none). Set it before the calls it should see start; it must outlive
+  // every call made after (the agent sets it once, to an object that lives as long as the client).
+  void set_retry_observer(RetryObserver* observer) { retry_observer_.store(observer); }
+
   // The upload chunk size (clamped to [1 KiB, 4 MiB]).
   void set_chunk_bytes(int bytes);
   int chunk_bytes() const { return chunk_bytes_.load(); }
@@ -216,6 +240,7 @@ class CoordinatorClient {
   std::atomic<uint64_t> backoff_seeds_;
   std::atomic<int64_t> bytes_down_{0};
   std::atomic<int64_t> bytes_up_{0};
+  std::atomic<RetryObserver*> retry_observer_{nullptr};
 };
 
 }  // namespace fedtune::agent

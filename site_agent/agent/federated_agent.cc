@@ -34,6 +34,7 @@
 #include "site_agent/agent/cross_evaluation.h"
 #include "site_agent/agent/dataset_summary.h"
 #include "site_agent/agent/evaluation_options.h"
+#include "site_agent/agent/failure_report.h"
 #include "site_agent/agent/heartbeater.h"
 #include "site_agent/agent/local_baseline.h"
 #include "site_agent/agent/metrics_report.h"
@@ -67,6 +68,63 @@ namespace fs = std::filesystem;
 bool IsAuthError(const absl::Status& status) {
   return status.code() == absl::StatusCode::kUnauthenticated || status.code() == absl::StatusCode::kPermissionDenied;
 }
+
+// The deadline of the heartbeats sent outside a task while a call is retried (RetryReporter).
+constexpr absl::Duration kIdleHeartbeatTimeout = absl::Seconds(5);
+
+ClientOptions ClientOptionsFor(const v1::SiteAgentConfig& config, const AgentOptions& options) {
+  ClientOptions client;
+  client.address = config.coordinator();
+  client.tls = {config.site_cert(), config.site_key(), config.ca_cert()};
+  client.server_name = config.server_name();
+  if (config.has_proxy()) client.proxy = config.proxy();
+  client.keepalive = absl::Seconds(config.keepalive_seconds());
+  client.keepalive_timeout = absl::Seconds(config.keepalive_timeout_seconds());
+  client.rpc_timeout = absl::Seconds(config.rpc_timeout_seconds());
+  client.min_transfer_bytes_per_second = 1024.0 * config.min_transfer_kib_per_second();
+  client.retry.min_backoff = absl::Milliseconds(config.min_backoff_ms());
+  client.retry.max_backoff = absl::Milliseconds(config.max_backoff_ms());
+  client.retry.max_elapsed = absl::Seconds(config.retry_give_up_seconds());
+  client.retry.max_attempts =
+      options.max_attempts_per_call > 0 ? options.max_attempts_per_call : std::numeric_limits<int>::max();
+  client.sleep = options.sleep;
+  return client;
+}
+
+// The site's data cannot be read at start-up: a failure report without a run (stage TRAINING: reading the site's
+// data), best effort, before the agent exits. Only the generic patterns are scrubbed (there are no manifest ids).
+void ReportStartupFailure(const v1::SiteAgentConfig& config, const AgentOptions& options, const absl::Status& error) {
+  absl::StatusOr<std::unique_ptr<CoordinatorClient>> client =
+      CoordinatorClient::Create(ClientOptionsFor(config, options));
+  if (!client.ok()) {
+    LOG(WARNING) << "the failure to read the site's data cannot be reported: " << client.status();
+    return;
+  }
+  const v1::FailureReport report = MakeFailureReport(
+      v1::Task(), v1::FAILURE_STAGE_TRAINING, error, diagnostics::Scrubber(), config.share_diagnostics(),
+      config.share_diagnostics() ? RecentLogLines() : std::vector<std::string>(), absl::Now());
+  const absl::Status sent = (*client)->ReportFailure(report, options.failure_report_give_up);
+  if (sent.ok()) {
+    LOG(INFO) << "failure report sent to coordinator " << config.coordinator() << ": the site's data cannot be read ("
+              << report.error_class() << ")";
+  } else {
+    LOG(WARNING) << "cannot send the failure report (the site's data cannot be read): " << sent;
+  }
+}
+
+// Attaches a task's heartbeat to the RetryReporter while it lives (declared after the Heartbeater: detached first).
+class AttachedHeartbeat {
+ public:
+  AttachedHeartbeat(RetryReporter* reporter, Heartbeater* heartbeat) : reporter_(reporter) {
+    reporter_->Attach(heartbeat);
+  }
+  ~AttachedHeartbeat() { reporter_->Attach(nullptr); }
+  AttachedHeartbeat(const AttachedHeartbeat&) = delete;
+  AttachedHeartbeat& operator=(const AttachedHeartbeat&) = delete;
+
+ private:
+  RetryReporter* const reporter_;
+};
 
 }  // namespace
 
@@ -260,6 +318,8 @@ absl::StatusOr<std::unique_ptr<FederatedAgent>> FederatedAgent::Create(const v1:
                                                       ": ask the operator to sign a new CSR"));
   }
   std::unique_ptr<FederatedAgent> agent(new FederatedAgent(config, options));
+  // The log lines a failure report carries (FailureReport.log_lines); process-wide, kept from here on.
+  if (config.share_diagnostics()) KeepRecentLogLines(kMaxFailureLogLines);
 
   // Capabilities: the device training will use.
   ASSIGN_OR_RETURN(c10::Device device, train::ResolveDevice(config.finetune().device()));
@@ -268,7 +328,13 @@ absl::StatusOr<std::unique_ptr<FederatedAgent>> FederatedAgent::Create(const v1:
   caps->set_device(device.str());
   caps->set_threads(train::EffectiveThreads(config.finetune().threads()));
   fl::SetSupportedEncodings(caps);
-  ASSIGN_OR_RETURN(agent->site_, train::LoadSiteData(config.finetune()));
+  absl::StatusOr<train::SiteData> site = train::LoadSiteData(config.finetune());
+  if (!site.ok()) {
+    ReportStartupFailure(config, options, site.status());
+    return site.status();
+  }
+  agent->site_ = *std::move(site);
+  agent->scrubber_ = diagnostics::Scrubber(SiteIdentifiersOf(agent->site_.manifest));
   *agent->hello_.mutable_dataset() = SummarizeDataset(agent->site_);
 
   RETURN_IF_ERROR(io::MakeDirectories(config.work_dir()));
@@ -283,22 +349,10 @@ absl::StatusOr<std::unique_ptr<FederatedAgent>> FederatedAgent::Create(const v1:
     LOG(ERROR) << "site " << config.site_id() << ": the privacy budget cannot be read: " << account.status();
   }
 
-  ClientOptions client;
-  client.address = config.coordinator();
-  client.tls = {config.site_cert(), config.site_key(), config.ca_cert()};
-  client.server_name = config.server_name();
-  if (config.has_proxy()) client.proxy = config.proxy();
-  client.keepalive = absl::Seconds(config.keepalive_seconds());
-  client.keepalive_timeout = absl::Seconds(config.keepalive_timeout_seconds());
-  client.rpc_timeout = absl::Seconds(config.rpc_timeout_seconds());
-  client.min_transfer_bytes_per_second = 1024.0 * config.min_transfer_kib_per_second();
-  client.retry.min_backoff = absl::Milliseconds(config.min_backoff_ms());
-  client.retry.max_backoff = absl::Milliseconds(config.max_backoff_ms());
-  client.retry.max_elapsed = absl::Seconds(config.retry_give_up_seconds());
-  client.retry.max_attempts =
-      options.max_attempts_per_call > 0 ? options.max_attempts_per_call : std::numeric_limits<int>::max();
-  client.sleep = options.sleep;
-  ASSIGN_OR_RETURN(agent->client_, CoordinatorClient::Create(client));
+  ASSIGN_OR_RETURN(agent->client_, CoordinatorClient::Create(ClientOptionsFor(config, options)));
+  agent->retry_reporter_ =
+      std::make_unique<RetryReporter>(agent->client_.get(), &agent->scrubber_, kIdleHeartbeatTimeout);
+  agent->client_->set_retry_observer(agent->retry_reporter_.get());
   return agent;
 }
 
@@ -319,9 +373,11 @@ absl::Status FederatedAgent::SayHello() {
                          IsAuthError(response.status()) ? " (is this site enrolled and not revoked?)" : ""));
       }
       LOG(WARNING) << response.status() << "; trying again in about " << backoff.NextDelay();
+      retry_reporter_->OnRetry("Hello", response.status(), backoff.NextDelay());
       RETURN_IF_ERROR(backoff.Wait(response.status()));
       continue;
     }
+    retry_reporter_->OnRetryEnd("Hello");
     ASSIGN_OR_RETURN(const federation::SiteStatus status, federation::GetStatus(*response));
     if (status == federation::SiteStatus::kApproved) {
       if (!response->site_id().empty() && response->site_id() != config_.site_id()) {
@@ -376,8 +432,13 @@ absl::Status FederatedAgent::Run() {
   forever.max_elapsed = absl::InfiniteDuration();
   Backoff backoff(forever, options_.sleep, static_cast<uint64_t>(absl::ToUnixNanos(absl::Now())) + 1);
   const int exit_after = config_.exit_after_runs();
+  bool polls_failing = false;  // GetTask failed: the heartbeats say "retrying: task poll: ..." until it works again.
   while (exit_after == 0 || finished_runs_ < exit_after) {
     absl::StatusOr<v1::Task> task = client_->GetTask(options_.task_wait_seconds);
+    if (task.ok() && polls_failing) {
+      polls_failing = false;
+      retry_reporter_->OnRetryEnd("GetTask");
+    }
     if (!task.ok()) {
       if (IsAuthError(task.status())) return task.status();
       if (task.status().code() == absl::StatusCode::kFailedPrecondition) {
@@ -386,6 +447,8 @@ absl::Status FederatedAgent::Run() {
         RETURN_IF_ERROR(SayHello());
       }
       LOG(WARNING) << task.status() << "; polling again in about " << backoff.NextDelay();
+      polls_failing = true;
+      retry_reporter_->OnRetry("GetTask", task.status(), backoff.NextDelay());
       RETURN_IF_ERROR(backoff.Wait(task.status()));
       continue;
     }
@@ -417,6 +480,39 @@ absl::Status FederatedAgent::Run() {
 }
 
 absl::Status FederatedAgent::RunTask(const v1::Task& task) {
+  failure_stage_ = v1::FAILURE_STAGE_OTHER;
+  const absl::Status status = WorkTask(task);
+  if (!status.ok() && status.code() != absl::StatusCode::kCancelled) ReportFailure(task, status);
+  return status;
+}
+
+void FederatedAgent::ReportFailure(const v1::Task& task, const absl::Status& error) {
+  const v1::FailureReport report =
+      MakeFailureReport(task, failure_stage_, error, scrubber_, config_.share_diagnostics(),
+                        config_.share_diagnostics() ? RecentLogLines() : std::vector<std::string>(), absl::Now());
+  // A task the coordinator offers again and that fails again the same way (unreadable images) is reported once.
+  const std::string key =
+      absl::StrCat(report.run_id(), "\n", report.task_kind(), "\n", report.round(), "\n", report.attempt(), "\n",
+                   report.stage(), "\n", report.status_code(), "\n", report.message());
+  const std::string what = absl::StrCat("the failure report of task ", v1::Task::Kind_Name(task.kind()), " of run ",
+                                        task.run_id(), " round ", task.round(), " attempt ", task.attempt(), " (stage ",
+                                        StageName(report.stage()), ", ", report.error_class(), ")");
+  if (key == reported_failure_) {
+    LOG(INFO) << what << " was sent before";
+    return;
+  }
+  const absl::Status sent = client_->ReportFailure(report, options_.failure_report_give_up);
+  if (!sent.ok()) {
+    LOG(WARNING) << "cannot send " << what << ": " << sent;
+    return;
+  }
+  reported_failure_ = key;
+  LOG(INFO) << what << " sent to coordinator " << config_.coordinator()
+            << (report.log_lines_size() > 0 ? absl::StrCat(" with ", report.log_lines_size(), " scrubbed log lines")
+                                            : std::string());
+}
+
+absl::Status FederatedAgent::WorkTask(const v1::Task& task) {
   const bool train = task.kind() == v1::Task::TRAIN;
   const bool cross = task.kind() == v1::Task::CROSS_EVALUATE;
   if (!train && !cross && task.kind() != v1::Task::EVALUATE) {
@@ -447,19 +543,21 @@ absl::Status FederatedAgent::RunTask(const v1::Task& task) {
   absl::Status status;
   {
     Heartbeater heartbeat(client_.get(), task.run_id(), key.round, heartbeat_period_, "downloading");
+    const AttachedHeartbeat retries(retry_reporter_.get(), &heartbeat);  // "retrying: ..." while a call is retried.
     if (cross) {
       status = RunCrossEvaluation(CrossSiteContext{config_, *client_, *db_, site_}, task, heartbeat);
       if (status.ok()) status = FinishRun(task.run_id(), "completed");
     } else {
       status = train ? RunTrain(task, heartbeat) : RunEvaluateTask(task, heartbeat);
     }
+    if (!status.ok()) failure_stage_ = StageOf(heartbeat.state(), status);
     // The last state the coordinator sees for this task (sent before the heartbeat thread ends).
     const bool declined = status.ok() && !declined_reason_.empty();
     heartbeat.SetState(declined      ? "declined"
                        : status.ok() ? "done"
                        : status.code() == absl::StatusCode::kCancelled
                            ? "cancelled"
-                           : absl::StrCat("failed: ", status.message().substr(0, 200)),
+                           : absl::StrCat("failed: ", scrubber_.Scrub(status.message(), kMaxStateReasonBytes)),
                        status.ok() ? 1.0 : 0.0);
     if (heartbeat.run_ended()) {
       LOG(WARNING) << "run " << task.run_id() << " ended at the coordinator: " << heartbeat.reason();

@@ -85,6 +85,17 @@
 //
 // Only summary metrics leave the site (metrics_report.h); with share_metrics = false even those are stripped.
 //
+// Failure reports (failure_report.h): a task that fails (RunTask returns an error other than CANCELLED) is reported
+// with SiteService.ReportFailure: the stage it failed in (from its heartbeat state), the status code and its name, the
+// message and, with share_diagnostics, the agent's last 20 log lines, scrubbed of paths, the manifest's patient and
+// study ids, DICOM UIDs and long digit runs. The same failure of the same task attempt is reported once. Sending is
+// best effort (at most AgentOptions::failure_report_give_up; a failure to send is logged) and never changes what
+// RunTask returns. The heartbeat's last state of a failed task, "failed: MESSAGE", is scrubbed the same way. A manifest
+// that cannot be read at start-up is reported too (no run, stage TRAINING) before Create returns its error.
+// Retries: while a call of a task is retried (download, upload, metrics report, secure aggregation), the task's
+// heartbeats say "retrying: CALL: CODE: MESSAGE" (scrubbed); outside a task, a failing Hello or GetTask sends a
+// heartbeat without a run with that state at each retry, and "idle" once the call goes through again.
+//
 // Thread safety: Run is called once, from one thread; the agent starts and joins its heartbeat threads itself.
 #ifndef FEDTUNE_SITE_AGENT_AGENT_FEDERATED_AGENT_H_
 #define FEDTUNE_SITE_AGENT_AGENT_FEDERATED_AGENT_H_
@@ -97,6 +108,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/diagnostics/scrub.h"
 #include "common/train/site_data.h"
 #include "fedtune/v1/federation.pb.h"
 #include "fedtune/v1/federation_config.pb.h"
@@ -107,6 +119,7 @@
 namespace fedtune::agent {
 
 class Heartbeater;        // heartbeater.h: the heartbeat thread of one task.
+class RetryReporter;      // failure_report.h: "retrying: REASON" heartbeats.
 class SiteSecAggSession;  // secure_aggregation.h: one round attempt's secure aggregation session.
 
 // The agent's version string sent in Capabilities.
@@ -121,6 +134,8 @@ struct AgentOptions {
   // included) is retried until SiteAgentConfig.retry_give_up_seconds have passed since its first failure, so that a
   // link down for a minute costs a minute, not a failed task and the loop's longer backoff.
   int max_attempts_per_call = 0;
+  // The longest a failure report is tried for (CoordinatorClient::ReportFailure). Default 10 s.
+  absl::Duration failure_report_give_up = absl::Seconds(10);
 };
 
 class FederatedAgent {
@@ -140,7 +155,7 @@ class FederatedAgent {
   absl::Status Run();
 
   // One task, as the loop runs it (exposed for tests). Errors of the steps; CANCELLED when the coordinator
-  // cancelled it.
+  // cancelled it. Any other error is reported to the coordinator (a failure report, see above) before it returns.
   absl::Status RunTask(const v1::Task& task);
 
   // The Hello request (capabilities and dataset summary) this agent sends.
@@ -153,6 +168,10 @@ class FederatedAgent {
   struct TrainRound;  // federated_agent.cc: one TRAIN task's paths, models and results, step to step.
 
   absl::Status SayHello();
+  // RunTask without the failure report; sets failure_stage_.
+  absl::Status WorkTask(const v1::Task& task);
+  // Sends the failure report of `task`'s `error` (once per task attempt and failure; best effort, logged).
+  void ReportFailure(const v1::Task& task, const absl::Status& error);
   absl::Status RunTrain(const v1::Task& task, Heartbeater& heartbeat);
   // RunTrain's steps after the download, in order: fine-tune (progress to the heartbeat), write and record the
   // encoded update (error feedback for lossy encodings), upload it, evaluate global vs local, keep the adapted model.
@@ -201,7 +220,12 @@ class FederatedAgent {
 
   v1::SiteAgentConfig config_;
   AgentOptions options_;
+  // Scrubs what the site says about its failures; knows the manifest's patient and study ids.
+  diagnostics::Scrubber scrubber_;
   std::unique_ptr<CoordinatorClient> client_;
+  std::unique_ptr<RetryReporter> retry_reporter_;             // The client's RetryObserver.
+  v1::FailureStage failure_stage_ = v1::FAILURE_STAGE_OTHER;  // Of the task WorkTask last ran.
+  std::string reported_failure_;  // The last failure reported (ReportFailure): not sent twice in a row.
   std::unique_ptr<AgentDatabase> db_;
   std::unique_ptr<PrivacyBudget> budget_;
   std::string declined_reason_;  // Set when the current task was declined (RunTask records it).

@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "common/logging.h"
 
 namespace fedtune::agent {
@@ -33,6 +34,30 @@ void Heartbeater::SetTrainLoss(double loss) {
   train_loss_ = loss;
 }
 
+void Heartbeater::SetRetrying(std::string reason) {
+  absl::MutexLock lock(&mu_);
+  retrying_ = reason.empty() ? std::string("(no reason given)") : std::move(reason);
+  retry_sent_ = false;
+  retry_cleared_ = false;
+  changed_ = true;
+}
+
+void Heartbeater::ClearRetrying() {
+  absl::MutexLock lock(&mu_);
+  if (retrying_.empty()) return;
+  if (!retry_sent_) {
+    retry_cleared_ = true;  // Loop sends it once, then the state.
+    return;
+  }
+  retrying_.clear();
+  changed_ = true;
+}
+
+std::string Heartbeater::state() const {
+  absl::MutexLock lock(&mu_);
+  return state_;
+}
+
 bool Heartbeater::cancelled() const {
   absl::MutexLock lock(&mu_);
   return cancelled_;
@@ -57,12 +82,23 @@ void Heartbeater::Loop() {
       absl::MutexLock lock(&mu_);
       request.set_run_id(run_id_);
       request.set_round(round_);
-      request.set_state(state_);
       request.set_progress(progress_);
       request.set_train_loss(train_loss_);
-      probe = probe_;
       changed_ = false;
-      last = stop_;
+      if (retrying_.empty()) {
+        request.set_state(state_);
+        probe = probe_;
+      } else {
+        request.set_state(absl::StrCat("retrying: ", retrying_));
+        retry_sent_ = true;
+        if (retry_cleared_) {
+          // The retry ended before this heartbeat: the state follows at once.
+          retrying_.clear();
+          retry_cleared_ = false;
+          changed_ = true;
+        }
+      }
+      last = stop_ && !changed_;
     }
     if (probe) {
       double progress = request.progress();

@@ -1,5 +1,6 @@
 // The heartbeat of one task of the federated agent: a thread that sends Heartbeat (run, round, state, progress,
-// training loss) every period while the task runs, and records a cancel from the coordinator.
+// training loss) every period while the task runs, and records a cancel from the coordinator. While a call of the
+// task is retried, the state sent is "retrying: REASON" (SetRetrying) instead.
 //
 // Thread safety: thread-safe; the task's thread sets the state while the heartbeat thread reads it.
 #ifndef FEDTUNE_SITE_AGENT_AGENT_HEARTBEATER_H_
@@ -34,6 +35,13 @@ class Heartbeater {
   void SetState(std::string state, double progress, Probe probe = nullptr);
   // The training loss sent from now on (the latest epoch's mean BCE).
   void SetTrainLoss(double loss);
+  // While set, heartbeats carry the state "retrying: REASON" (`reason` as given: the caller scrubs and bounds it)
+  // instead of the state and its probe; sent at once. ClearRetrying goes back to the state; a retrying state that was
+  // not sent yet is sent once first, so that a short retry still reaches the coordinator.
+  void SetRetrying(std::string reason);
+  void ClearRetrying();
+  // The last state given to SetState (or the constructor): not refined by the probe, not "retrying: ...".
+  std::string state() const;
   // Whether a heartbeat answered cancel; whether it also said the run ended; the coordinator's reason.
   bool cancelled() const;
   bool run_ended() const;
@@ -53,6 +61,9 @@ class Heartbeater {
   double progress_ ABSL_GUARDED_BY(mu_) = 0;
   double train_loss_ ABSL_GUARDED_BY(mu_) = 0;
   Probe probe_ ABSL_GUARDED_BY(mu_);
+  std::string retrying_ ABSL_GUARDED_BY(mu_);        // "" when not retrying.
+  bool retry_sent_ ABSL_GUARDED_BY(mu_) = false;     // retrying_ went out in a heartbeat.
+  bool retry_cleared_ ABSL_GUARDED_BY(mu_) = false;  // ClearRetrying came before it went out.
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   bool run_ended_ ABSL_GUARDED_BY(mu_) = false;
   std::string reason_ ABSL_GUARDED_BY(mu_);

@@ -2,7 +2,7 @@
 // mTLS with certificates from the project's PKI (a CA, a server certificate with SAN 127.0.0.1, a site certificate),
 // whose answers the test scripts: models to serve, tasks to hand out, and faults (a download or upload cut after N
 // bytes, a corrupted download, UNAVAILABLE for the first K calls of an RPC, "pending" Hellos). DeclineTask requests
-// are recorded (declines()).
+// are recorded (declines()), ReportFailure requests too (failures()).
 // Every call is authorized from the peer certificate with pki::CertificateVerifier, as the real coordinator does.
 #ifndef FEDTUNE_TESTS_SITE_AGENT_AGENT_FAKE_COORDINATOR_H_
 #define FEDTUNE_TESTS_SITE_AGENT_AGENT_FAKE_COORDINATOR_H_
@@ -135,6 +135,11 @@ class FakeSiteService final : public v1::SiteService::Service {
   std::vector<v1::DeclineRequest> declines() const {
     absl::MutexLock lock(&mu_);
     return declines_;
+  }
+  // ReportFailure requests received, in order.
+  std::vector<v1::FailureReport> failures() const {
+    absl::MutexLock lock(&mu_);
+    return failures_;
   }
   std::set<std::string> callers() const {
     absl::MutexLock lock(&mu_);
@@ -304,6 +309,15 @@ class FakeSiteService final : public v1::SiteService::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status ReportFailure(grpc::ServerContext* context, const v1::FailureReport* request,
+                             v1::ReportFailureResponse*) override {
+    grpc::Status status = Enter(context, "ReportFailure");
+    if (!status.ok()) return status;
+    absl::MutexLock lock(&mu_);
+    failures_.push_back(*request);
+    return grpc::Status::OK;
+  }
+
   // --- Secure aggregation: delegated to the SecAggPlayer.
   grpc::Status SecAggAdvertiseKeys(grpc::ServerContext* context, const v1::SecAggKeys* keys, v1::SecAggAck*) override {
     SecAggPlayer* player = nullptr;
@@ -405,6 +419,7 @@ class FakeSiteService final : public v1::SiteService::Service {
   std::vector<v1::HeartbeatRequest> heartbeats_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::HelloRequest> hellos_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::DeclineRequest> declines_ ABSL_GUARDED_BY(mu_);
+  std::vector<v1::FailureReport> failures_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> callers_ ABSL_GUARDED_BY(mu_);
   std::string last_caller_ ABSL_GUARDED_BY(mu_);
 };
