@@ -44,6 +44,16 @@ v1::FailureStage StageOf(absl::string_view heartbeat_state, const absl::Status& 
   return v1::FAILURE_STAGE_OTHER;
 }
 
+absl::Status SiteDataError(const absl::Status& error) {
+  const absl::StatusCode code = error.code();
+  if (code == absl::StatusCode::kOk || code == absl::StatusCode::kResourceExhausted ||
+      code == absl::StatusCode::kInternal || code == absl::StatusCode::kCancelled ||
+      code == absl::StatusCode::kDataLoss || !absl::StartsWith(error.message(), "image '")) {
+    return error;
+  }
+  return absl::DataLossError(absl::StrCat("the site's images cannot be read: ", error.message()));
+}
+
 std::string StageName(v1::FailureStage stage) {
   const std::string& name = v1::FailureStage_Name(stage);
   return absl::StartsWith(name, "FAILURE_STAGE_") ? name.substr(14) : name;

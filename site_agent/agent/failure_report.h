@@ -47,6 +47,13 @@ diagnostics::SiteIdentifiers SiteIdentifiersOf(const data::Manifest& manifest);
 // "download of model") -> DOWNLOAD, UploadUpdate, GetUploadOffset or ReportMetrics -> UPLOAD.
 v1::FailureStage StageOf(absl::string_view heartbeat_state, const absl::Status& error);
 
+// A task's error for an image of the site that cannot be read (the image loader's "image 'ID': ..." errors: NOT_FOUND,
+// PERMISSION_DENIED or INVALID_ARGUMENT from the decoder, in training or evaluation) as DATA_LOSS with the message
+// "the site's images cannot be read: image 'ID': ...": one clear class for the operator, and never PERMISSION_DENIED,
+// which the agent's loop takes for the coordinator refusing the site (it would stop). Out of memory
+// (RESOURCE_EXHAUSTED), INTERNAL, CANCELLED and every other error are returned unchanged.
+absl::Status SiteDataError(const absl::Status& error);
+
 // "DOWNLOAD", "TRAINING", ...: for logs.
 std::string StageName(v1::FailureStage stage);
 

@@ -481,7 +481,7 @@ absl::Status FederatedAgent::Run() {
 
 absl::Status FederatedAgent::RunTask(const v1::Task& task) {
   failure_stage_ = v1::FAILURE_STAGE_OTHER;
-  const absl::Status status = WorkTask(task);
+  const absl::Status status = SiteDataError(WorkTask(task));
   if (!status.ok() && status.code() != absl::StatusCode::kCancelled) ReportFailure(task, status);
   return status;
 }

@@ -154,8 +154,9 @@ class FederatedAgent {
   // errors are retried forever with backoff; a failed task is logged, recorded and the loop goes on.
   absl::Status Run();
 
-  // One task, as the loop runs it (exposed for tests). Errors of the steps; CANCELLED when the coordinator
-  // cancelled it. Any other error is reported to the coordinator (a failure report, see above) before it returns.
+  // One task, as the loop runs it (exposed for tests). Errors of the steps (an image of the site that cannot be read:
+  // DATA_LOSS, failure_report.h's SiteDataError); CANCELLED when the coordinator cancelled it. Any other error is
+  // reported to the coordinator (a failure report, see above) before it returns.
   absl::Status RunTask(const v1::Task& task);
 
   // The Hello request (capabilities and dataset summary) this agent sends.

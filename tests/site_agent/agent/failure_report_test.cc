@@ -101,6 +101,24 @@ TEST(FailureReportTest, ReportIsScrubbedAndBounded) {
   EXPECT_EQ(quiet.error_class(), "UNAVAILABLE");
 }
 
+TEST(FailureReportTest, AnImageThatCannotBeReadIsDataLoss) {
+  for (const absl::Status& error :
+       {absl::PermissionDeniedError("image 'a.png': /d/a.png: Permission denied"),
+        absl::NotFoundError("image 'a.png': /d/a.png: No such file or directory"),
+        absl::InvalidArgumentError("image 'a.png': /d/a.png: not an image")}) {
+    const absl::Status data = SiteDataError(error);
+    EXPECT_EQ(data.code(), absl::StatusCode::kDataLoss) << error;
+    EXPECT_EQ(data.message(), absl::StrCat("the site's images cannot be read: ", error.message()));
+  }
+  // The coordinator refusing the site, out of memory and everything else: unchanged.
+  for (const absl::Status& error :
+       {absl::PermissionDeniedError("coordinator h:1: UploadUpdate: site revoked"),
+        absl::ResourceExhaustedError("image 'a.png': out of memory"), absl::InvalidArgumentError("batch_size 0"),
+        absl::CancelledError("image 'a.png': cancelled"), absl::OkStatus()}) {
+    EXPECT_EQ(SiteDataError(error), error);
+  }
+}
+
 TEST(FailureReportTest, RetryReasonNamesTheCallAndTheCode) {
   const diagnostics::Scrubber scrubber;
   EXPECT_EQ(RetryReason("UploadUpdate", absl::ResourceExhaustedError("spool full at /var/spool/x"), scrubber),
@@ -332,12 +350,15 @@ TEST(FailureReportAgentTest, UnreadableImagesBecomeOneScrubbedReportOfTheTrainin
   const std::vector<v1::FailureReport> reports = coordinator.service().failures();
   ASSERT_EQ(reports.size(), 1u);
   const v1::FailureReport& report = reports[0];
+  LOG(INFO) << "what the coordinator got: " << report.DebugString();
   EXPECT_EQ(report.run_id(), "run-1");
   EXPECT_EQ(report.round(), 1);
   EXPECT_EQ(report.attempt(), 1);
   EXPECT_EQ(report.task_kind(), v1::Task::TRAIN);
   EXPECT_EQ(report.stage(), v1::FAILURE_STAGE_TRAINING);
-  EXPECT_EQ(report.error_class(), absl::StatusCodeToString(failed.code()));
+  EXPECT_EQ(failed.code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(report.error_class(), "DATA_LOSS");
+  EXPECT_THAT(report.message(), StartsWith("the site's images cannot be read: image '"));
   EXPECT_EQ(report.status_code(), static_cast<int>(failed.code()));
   EXPECT_GT(report.failed_ms(), 0);
   // The agent's own message names the image and its file; the report has the placeholders instead.
