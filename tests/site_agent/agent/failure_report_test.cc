@@ -102,10 +102,9 @@ TEST(FailureReportTest, ReportIsScrubbedAndBounded) {
 }
 
 TEST(FailureReportTest, AnImageThatCannotBeReadIsDataLoss) {
-  for (const absl::Status& error :
-       {absl::PermissionDeniedError("image 'a.png': /d/a.png: Permission denied"),
-        absl::NotFoundError("image 'a.png': /d/a.png: No such file or directory"),
-        absl::InvalidArgumentError("image 'a.png': /d/a.png: not an image")}) {
+  for (const absl::Status& error : {absl::PermissionDeniedError("image 'a.png': /d/a.png: Permission denied"),
+                                    absl::NotFoundError("image 'a.png': /d/a.png: No such file or directory"),
+                                    absl::InvalidArgumentError("image 'a.png': /d/a.png: not an image")}) {
     const absl::Status data = SiteDataError(error);
     EXPECT_EQ(data.code(), absl::StatusCode::kDataLoss) << error;
     EXPECT_EQ(data.message(), absl::StrCat("the site's images cannot be read: ", error.message()));
@@ -132,9 +131,9 @@ TEST(FailureReportTest, RetryReasonNamesTheCallAndTheCode) {
 
 // ---- Against the fake coordinator.
 
-class ClientFixture : public ::testing::Test {
+class FailureReportClientTest : public ::testing::Test {
  protected:
-  ClientFixture() : coordinator_(tmp_, "site-a") {}
+  FailureReportClientTest() : coordinator_(tmp_, "site-a") {}
 
   std::unique_ptr<CoordinatorClient> NewClient() {
     ClientOptions options;
@@ -161,7 +160,7 @@ class ClientFixture : public ::testing::Test {
   testing::FakeCoordinator coordinator_;
 };
 
-TEST_F(ClientFixture, ReportFailureIsSentAndGivesUpSoon) {
+TEST_F(FailureReportClientTest, ReportFailureIsSentAndGivesUpSoon) {
   auto client = NewClient();
   ASSERT_NE(client, nullptr);
   v1::FailureReport report;
@@ -184,7 +183,7 @@ TEST_F(ClientFixture, ReportFailureIsSentAndGivesUpSoon) {
   EXPECT_EQ(client->ReportFailure(report, absl::Seconds(30)).code(), absl::StatusCode::kUnimplemented);
 }
 
-TEST_F(ClientFixture, ARetriedCallOfATaskSaysRetryingInItsHeartbeatsUntilItSucceeds) {
+TEST_F(FailureReportClientTest, ARetriedCallOfATaskSaysRetryingInItsHeartbeatsUntilItSucceeds) {
   auto client = NewClient();
   ASSERT_NE(client, nullptr);
   const diagnostics::Scrubber scrubber;
@@ -217,7 +216,7 @@ TEST_F(ClientFixture, ARetriedCallOfATaskSaysRetryingInItsHeartbeatsUntilItSucce
   for (const v1::HeartbeatRequest& h : coordinator_.service().heartbeats()) EXPECT_EQ(h.run_id(), "run-1");
 }
 
-TEST_F(ClientFixture, OutsideATaskARetriedCallSendsHeartbeatsWithoutARun) {
+TEST_F(FailureReportClientTest, OutsideATaskARetriedCallSendsHeartbeatsWithoutARun) {
   auto client = NewClient();
   ASSERT_NE(client, nullptr);
   const diagnostics::Scrubber scrubber;
