@@ -237,6 +237,12 @@ absl::StatusOr<std::unique_ptr<DashboardServer>> DashboardServer::Start(Snapshot
   }
   httplib::Server* raw = server->server_.get();
   server->thread_ = std::thread([raw] { raw->listen_after_bind(); });
+  // Until the accept loop runs, httplib's stop() would not end it: Stop() must find it running.
+  const absl::Time give_up = absl::Now() + absl::Seconds(30);
+  while (!raw->is_running()) {
+    if (absl::Now() > give_up) return absl::InternalError("the dashboard's HTTP server did not start within 30 s");
+    absl::SleepFor(absl::Milliseconds(1));
+  }
   return server;
 }
 
