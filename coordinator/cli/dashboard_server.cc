@@ -1,6 +1,7 @@
 #include "coordinator/cli/dashboard_server.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <utility>
 
@@ -264,6 +265,12 @@ void DashboardServer::Route() {
   httplib::Server& svr = *server_;
   const int threads = options_.threads;
   svr.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  // SO_REUSEADDR only: httplib's default also sets SO_REUSEPORT, with which a second dashboard on the same port
+  // would start "fine" and share the connections with the first.
+  svr.set_socket_options([](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
   svr.set_payload_max_length(1 << 16);
   svr.set_keep_alive_timeout(2);
   svr.set_read_timeout(10);

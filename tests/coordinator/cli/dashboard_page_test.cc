@@ -128,7 +128,7 @@ TEST(DashboardPageTest, FailureReportsShowStageClassMessageAndLogLines) {
   const std::string page = DashboardPageHtml(Snapshot());
   // The site's last failure (sites table) and its last failure in the run (run's table).
   EXPECT_THAT(page, HasSubstr("<div class=\"failure\" data-stage=\"training\"><b>training</b>: <code>DATA_LOSS</code> "
-                              "image unreadable <span class=\"note\">(run-7 round 2, 1m ago)</span>"));
+                              "image unreadable <span class=\"note\">(run-7 round 2, 60s ago)</span>"));
   EXPECT_THAT(page, HasSubstr("<details data-key=\"site/site-b\"><summary>last log lines</summary>"));
   EXPECT_THAT(page, HasSubstr("<details data-key=\"run/site-b\">"));
   EXPECT_THAT(page, HasSubstr("cannot decode image: truncated PNG"));
