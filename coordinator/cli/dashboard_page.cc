@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <utility>
 
@@ -325,6 +326,7 @@ h3 { font-size: 1.05em; margin: 1.2em 0 0.4em; }
 #live.ok { background: #e6f4ea; color: #1e6b34; }
 #live.stale { background: #fff4e0; color: #8a5300; }
 td.text { text-align: left; white-space: normal; max-width: 40em; }
+#sites td, #run-sites td { white-space: normal; }
 td.label { white-space: nowrap; }
 .state.bad { color: #b00020; font-weight: bold; }
 .state.warn { color: #a05a00; font-weight: bold; }
@@ -499,22 +501,27 @@ std::string LossChartSvg(const v1::RunStatus& run) {
   int first_round = losses.front().round, last_round = std::max(losses.back().round, run.config().rounds());
   if (run.config().rounds() > 0 && losses.size() < static_cast<size_t>(kDashboardMaxChartRounds)) first_round = 1;
   if (last_round <= first_round) last_round = first_round + 1;
-  double max_loss = 0;
+  // The loss axis spans the losses shown, padded (losses of a few rounds differ little: from 0 they would look flat).
+  double lo = std::numeric_limits<double>::infinity(), hi = 0;
   for (const RoundLoss& l : losses) {
-    if (l.train) max_loss = std::max(max_loss, *l.train);
-    if (l.validation) max_loss = std::max(max_loss, *l.validation);
+    for (const std::optional<double>& v : {l.train, l.validation}) {
+      if (!v) continue;
+      lo = std::min(lo, *v);
+      hi = std::max(hi, *v);
+    }
   }
-  if (!(max_loss > 0) || !std::isfinite(max_loss)) max_loss = 1;
-  max_loss *= 1.1;
+  const double pad = std::max({(hi - lo) * 0.15, hi * 0.02, 1e-6});
+  lo = std::max(0.0, lo - pad);
+  hi += pad;
   const double plot_w = kWidth - kLeft - kRight, plot_h = kHeight - kTop - kBottom;
   auto x_of = [&](int round) { return kLeft + plot_w * (round - first_round) / (last_round - first_round); };
-  auto y_of = [&](double loss) { return kTop + plot_h * (1 - std::clamp(loss / max_loss, 0.0, 1.0)); };
+  auto y_of = [&](double loss) { return kTop + plot_h * (1 - std::clamp((loss - lo) / (hi - lo), 0.0, 1.0)); };
   // Axes: three loss ticks, round ticks (at most ~12 labels).
   for (int i = 0; i <= 2; ++i) {
-    const double v = max_loss * i / 2;
+    const double v = lo + (hi - lo) * i / 2;
     absl::StrAppendFormat(&out,
                           "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#e3e3e3\"/>"
-                          "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%.3g</text>\n",
+                          "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%.4g</text>\n",
                           kLeft, y_of(v), kWidth - kRight, y_of(v), kLeft - 6, y_of(v) + 4, v);
   }
   const int step = std::max(1, (last_round - first_round + 1) / 12);

@@ -24,7 +24,7 @@ stop_browser() {
   fi
   # A Chromium process that left the group still names this test's own profile directory.
   for p in /proc/[0-9]*; do
-    if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF -- "--user-data-dir=$work/chromium-profile"; then
+    if { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null | grep -qF -- "--user-data-dir=$work/chromium-profile"; then
       kill -KILL "${p#/proc/}" 2>/dev/null || true
     fi
   done

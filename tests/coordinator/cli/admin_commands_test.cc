@@ -482,7 +482,7 @@ TEST_F(AdminCommandsTest, RunListNewestFirst) {
   ASSERT_TRUE(r.status.ok()) << r.status;
   EXPECT_EQ(service_->last_list_limit(), 5);
   EXPECT_THAT(r.out, HasSubstr("run    name      state"));
-  EXPECT_THAT(r.out, HasSubstr("run-7  demo <b>  running"));
+  EXPECT_THAT(r.out, HasSubstr("run-7  demo <b>  completed"));
   EXPECT_THAT(r.out, HasSubstr("run-6  -         aborted"));
   EXPECT_THAT(r.out, HasSubstr("3/5"));
   EXPECT_LT(r.out.find("run-7"), r.out.find("run-6"));
