@@ -66,7 +66,7 @@ for _ in $(seq 600); do [[ "$(sql "SELECT COUNT(*) FROM sites WHERE status = 'ap
 [[ "$(sql "SELECT COUNT(*) FROM sites WHERE status = 'approved'")" == 2 ]] || fail "the two sites did not say Hello"
 
 # ---- The dashboard, on a free loopback port, polling every second.
-"$bin/fedtune" dashboard --listen 127.0.0.1:0 --port-file dashboard.port --interval 1 \
+"$bin/fedtune" dashboard --listen 127.0.0.1:0 --port-file dashboard.port --interval 0.5 \
   >logs/dashboard.out 2>logs/dashboard.log &
 dashboard_pid=$!
 pids+=($dashboard_pid)
