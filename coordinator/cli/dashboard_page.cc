@@ -484,7 +484,7 @@ std::string DashboardStateJson(const DashboardSnapshot& s) {
 
 std::string LossChartSvg(const v1::RunStatus& run) {
   const std::vector<RoundLoss> losses = LossesOf(run);
-  constexpr double kWidth = 640, kHeight = 230, kLeft = 52, kRight = 16, kTop = 14, kBottom = 38;
+  constexpr double kWidth = 640, kHeight = 246, kLeft = 52, kRight = 16, kTop = 30, kBottom = 38;
   std::string out = absl::StrFormat(
       "<svg id=\"loss-chart\" data-points=\"%d\" width=\"%.0f\" "
       "height=\"%.0f\" viewBox=\"0 0 %.0f %.0f\" role=\"img\" aria-label=\"mean loss per round\">\n",
@@ -552,7 +552,8 @@ std::string LossChartSvg(const v1::RunStatus& run) {
     if (points.empty()) continue;
     absl::StrAppendFormat(&out, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\" points=\"%s\"/>\n%s", s.color,
                           points, dots);
-    const double lx = kWidth - kRight - 150, ly = kTop + 14 + 16 * legend++;
+    // The legend sits above the plot, one entry after the other, never over a line.
+    const double lx = kLeft + 170 * legend++, ly = 16;
     absl::StrAppendFormat(&out,
                           "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"2\"/>"
                           "<text x=\"%.1f\" y=\"%.1f\">mean %s loss</text>\n",
