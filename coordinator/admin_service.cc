@@ -10,6 +10,7 @@
 #include "common/status_macros.h"
 #include "coordinator/model_stream.h"
 #include "coordinator/model_write_reactor.h"
+#include "coordinator/run_views.h"
 
 namespace fedtune::coordinator {
 
@@ -215,6 +216,24 @@ grpc::Status AdminServiceImpl::DoGetRunReport(grpc::CallbackServerContext* conte
   absl::StatusOr<v1::RunReport> report = rounds_->GetRunReport(request->run_id());
   if (!report.ok()) return net::ToPeerGrpcStatus(report.status());
   *response = *std::move(report);
+  return grpc::Status::OK;
+}
+
+grpc::ServerUnaryReactor* AdminServiceImpl::ListRuns(grpc::CallbackServerContext* context,
+                                                     const v1::ListRunsRequest* request,
+                                                     v1::ListRunsResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(DoListRuns(context, request, response));
+  return reactor;
+}
+
+grpc::Status AdminServiceImpl::DoListRuns(grpc::CallbackServerContext* context, const v1::ListRunsRequest* request,
+                                          v1::ListRunsResponse* response) {
+  absl::StatusOr<pki::PeerIdentity> peer = authorizer_->Authorize(*context, "AdminService/ListRuns", Access::kOperator);
+  if (!peer.ok()) return net::ToPeerGrpcStatus(peer.status());
+  absl::StatusOr<v1::ListRunsResponse> runs = BuildRunList(*store_, request->limit());
+  if (!runs.ok()) return net::ToPeerGrpcStatus(runs.status());
+  *response = *std::move(runs);
   return grpc::Status::OK;
 }
 

@@ -57,6 +57,10 @@ class AdminServiceImpl final : public v1::AdminService::CallbackService {
                                                    const v1::ExportModelRequest* request) override;
   grpc::ServerUnaryReactor* GetRunReport(grpc::CallbackServerContext* context, const v1::RunReportRequest* request,
                                          v1::RunReport* response) override;
+  // The most recent runs, newest first, without rounds and sites (BuildRunList: request.limit 0 means 100, at most
+  // 1000; INVALID_ARGUMENT when negative).
+  grpc::ServerUnaryReactor* ListRuns(grpc::CallbackServerContext* context, const v1::ListRunsRequest* request,
+                                     v1::ListRunsResponse* response) override;
 
  private:
   int64_t NowMs() const;
@@ -76,6 +80,8 @@ class AdminServiceImpl final : public v1::AdminService::CallbackService {
                           v1::RunStatus* response);
   grpc::Status DoGetRunReport(grpc::CallbackServerContext* context, const v1::RunReportRequest* request,
                               v1::RunReport* response);
+  grpc::Status DoListRuns(grpc::CallbackServerContext* context, const v1::ListRunsRequest* request,
+                          v1::ListRunsResponse* response);
   // ExportModel's checks (operator, digest prefix) and its stream.
   absl::StatusOr<ModelStream> OpenExport(grpc::CallbackServerContext* context, const v1::ExportModelRequest* request);
 

@@ -1,10 +1,12 @@
 #include "coordinator/run_views.h"
 
+#include <algorithm>
 #include <map>
 #include <optional>
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 
 namespace fedtune::coordinator {
@@ -98,6 +100,19 @@ absl::Status AddSites(StateStore& store, const RunRecord& run, const RunViewOpti
   return absl::OkStatus();
 }
 
+// The run's traffic, all sites together.
+absl::Status AddTotals(StateStore& store, const RunRecord& run, v1::RunStatus* status) {
+  ASSIGN_OR_RETURN(auto transfers, store.GetTransfers(run.run_id));
+  int64_t down = 0, up = 0;
+  for (const auto& [site, bytes] : transfers) {
+    down += bytes.first;
+    up += bytes.second;
+  }
+  status->set_bytes_down(down);
+  status->set_bytes_up(up);
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<v1::RunStatus> BuildRunStatus(StateStore& store, const std::string& run_id,
@@ -139,6 +154,22 @@ absl::StatusOr<v1::RunReport> BuildRunReport(StateStore& store, const std::strin
     m->set_bytes(r.bytes);
   }
   return report;
+}
+
+absl::StatusOr<v1::ListRunsResponse> BuildRunList(StateStore& store, int limit) {
+  if (limit < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("limit: ", limit, " runs asked; must be 0 (", kDefaultRunListLimit, ") or more"));
+  }
+  ASSIGN_OR_RETURN(std::vector<RunRecord> runs,
+                   store.RecentRuns(limit == 0 ? kDefaultRunListLimit : std::min(limit, kMaxRunListLimit)));
+  v1::ListRunsResponse response;
+  for (const RunRecord& run : runs) {
+    v1::RunStatus* status = response.add_runs();
+    FillRunFields(run, status);
+    RETURN_IF_ERROR(AddTotals(store, run, status));
+  }
+  return response;
 }
 
 }  // namespace fedtune::coordinator

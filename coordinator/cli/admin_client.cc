@@ -254,6 +254,17 @@ absl::StatusOr<v1::RunReport> AdminClient::GetRunReport(const std::string& run_i
   return response;
 }
 
+absl::StatusOr<v1::ListRunsResponse> AdminClient::ListRuns(int limit) {
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  v1::ListRunsRequest request;
+  request.set_limit(limit);
+  v1::ListRunsResponse response;
+  grpc::Status status = stub_->ListRuns(&context, request, &response);
+  if (!status.ok()) return Failed(status, "ListRuns");
+  return response;
+}
+
 absl::Status AdminClient::ExportOnce(const std::string& digest, net::ChunkReceiver* part, const ExportOptions& options,
                                      int64_t* received) {
   *received = 0;

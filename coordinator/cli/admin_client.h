@@ -89,6 +89,9 @@ class AdminClient {
   absl::StatusOr<v1::RunStatus> GetRunStatus(const std::string& run_id);  // Empty id: the latest run.
   absl::StatusOr<v1::RunStatus> AbortRun(const std::string& run_id, const std::string& reason);
   absl::StatusOr<v1::RunReport> GetRunReport(const std::string& run_id);
+  // The `limit` most recent runs, newest first, without rounds and sites (0: the coordinator's default of 100; it
+  // caps at 1000). Unimplemented from a coordinator older than ListRuns.
+  absl::StatusOr<v1::ListRunsResponse> ListRuns(int limit);
 
   // Streams the model version `digest` (full digest or a unique prefix of >= 8 hex digits, either case; InvalidArgument
   // otherwise) into `out_path`: bytes go to OUT.part (a net::ChunkReceiver, which hashes them as they arrive), a

@@ -141,6 +141,18 @@ std::string SitesTableText(const v1::ListSitesResponse& sites, int64_t now_ms) {
   return table.Render();
 }
 
+std::string RunListText(const v1::ListRunsResponse& runs) {
+  if (runs.runs_size() == 0) return "No run yet.\n";
+  TextTable table({"run", "name", "state", "round", "started", "finished", "down", "up"},
+                  {false, false, false, true, false, false, true, true});
+  for (const v1::RunStatus& r : runs.runs()) {
+    table.AddRow({r.run_id(), r.name().empty() ? "-" : r.name(), federation::DisplayText(r),
+                  absl::StrCat(r.current_round(), "/", r.config().rounds()), FormatTimeMs(r.started_ms()),
+                  FormatTimeMs(r.finished_ms()), FormatBytes(r.bytes_down()), FormatBytes(r.bytes_up())});
+  }
+  return table.Render();
+}
+
 std::string RunStatusText(const v1::RunStatus& status, int64_t now_ms) {
   std::string out;
   std::set<int> closed;
@@ -349,6 +361,21 @@ cli::Command MakeRunAbortCommand(CommandEnvironment environment) {
       });
 }
 
+cli::Command MakeRunListCommand(CommandEnvironment environment) {
+  return AdminCommand({"run", "list"}, "list the most recent runs, newest first", "", 0,
+                      {Flag("limit", "how many runs (at most 1000)", "N", false, "20")}, environment,
+                      [](const cli::ParsedFlags& flags, AdminClient& client, const Env& env) -> absl::Status {
+                        ASSIGN_OR_RETURN(double limit, flags.GetDouble("limit", 20));
+                        if (!(limit >= 1) || limit > 1000 || limit != static_cast<int>(limit)) {
+                          return absl::InvalidArgumentError(
+                              absl::StrCat("--limit is ", limit, ": must be a whole number from 1 to 1000"));
+                        }
+                        ASSIGN_OR_RETURN(v1::ListRunsResponse runs, client.ListRuns(static_cast<int>(limit)));
+                        *env.out << RunListText(runs) << std::flush;
+                        return absl::OkStatus();
+                      });
+}
+
 cli::Command MakeModelExportCommand(CommandEnvironment environment) {
   return AdminCommand(
       {"model", "export"}, "download a model version (checkpoint file), resumable and verified", "", 0,
@@ -398,10 +425,9 @@ cli::Command MakeReportCommand(CommandEnvironment environment) {
 }
 
 std::vector<cli::Command> MakeAdminCommands(const CommandEnvironment& environment) {
-  return {MakeSitesListCommand(environment),   MakeSitesApproveCommand(environment),
-          MakeSitesRevokeCommand(environment), MakeRunStartCommand(environment),
-          MakeRunStatusCommand(environment),   MakeRunAbortCommand(environment),
-          MakeModelExportCommand(environment), MakeReportCommand(environment)};
+  return {MakeSitesListCommand(environment), MakeSitesApproveCommand(environment), MakeSitesRevokeCommand(environment),
+          MakeRunStartCommand(environment),  MakeRunStatusCommand(environment),    MakeRunAbortCommand(environment),
+          MakeRunListCommand(environment),   MakeModelExportCommand(environment),  MakeReportCommand(environment)};
 }
 
 }  // namespace fedtune::admin

@@ -7,6 +7,7 @@
 //   run start --config run.textproto            validates locally, prints the run id (only that, for scripts)
 //   run status [--run R] [--watch] [--interval S]
 //   run abort [--run R] [--reason R]
+//   run list [--limit N]                        table: run, name, state, round, started, finished, traffic
 //   model export --version DIGEST --out F [--stream-timeout S]
 //   report [--run R] --out DIR                  report.json + report.html, summary table on stdout
 //
@@ -61,6 +62,8 @@ cli::Command MakeRunStartCommand(CommandEnvironment environment = {});
 cli::Command MakeRunStatusCommand(CommandEnvironment environment = {});
 // run abort [--run R] [--reason R]: AbortRun; prints the run's resulting state.
 cli::Command MakeRunAbortCommand(CommandEnvironment environment = {});
+// run list [--limit N (default 20, at most 1000)]: ListRuns as a table, newest first.
+cli::Command MakeRunListCommand(CommandEnvironment environment = {});
 // model export --version DIGEST --out F [--stream-timeout S (default 600)]: AdminClient::ExportModel.
 cli::Command MakeModelExportCommand(CommandEnvironment environment = {});
 // report [--run R] --out DIR: GetRunReport, WriteConsortiumReport, prints SiteSummaryText and the two paths.
@@ -71,6 +74,8 @@ std::vector<cli::Command> MakeAdminCommands(const CommandEnvironment& environmen
 
 // The output of `sites list` (a TextTable), with "last seen" relative to now_ms.
 std::string SitesTableText(const v1::ListSitesResponse& sites, int64_t now_ms);
+// The output of `run list`.
+std::string RunListText(const v1::ListRunsResponse& runs);
 // The output of `run status` for one poll.
 std::string RunStatusText(const v1::RunStatus& status, int64_t now_ms);
 

@@ -10,6 +10,7 @@
 #include "common/stats/compare_command.h"
 #include "common/synth/synth_command.h"
 #include "coordinator/cli/admin_commands.h"
+#include "coordinator/cli/dashboard_command.h"
 #include "coordinator/cli/experiment_command.h"
 
 int main(int argc, char** argv) {
@@ -31,6 +32,8 @@ int main(int argc, char** argv) {
   commands.Add(fedtune::pki::MakePkiListCommand(std::cout));
   // Operator commands against the coordinator: sites, run, model export, report.
   for (fedtune::cli::Command& command : fedtune::admin::MakeAdminCommands()) commands.Add(std::move(command));
+  // The read-only web dashboard (dashboard_command.h).
+  commands.Add(fedtune::admin::MakeDashboardCommand());
   // Strategy comparison: experiment, report compare.
   for (fedtune::cli::Command& command : fedtune::admin::MakeExperimentCommands()) commands.Add(std::move(command));
   return commands.Main(argc, argv);

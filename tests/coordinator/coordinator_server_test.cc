@@ -1337,5 +1337,61 @@ TEST_F(CoordinatorServerTest, DeclineAndSecureAggregationCallsOverGrpc) {
   EXPECT_GE(AuditCount("SiteService/SecAggAdvertiseKeys", "site-a", "OK"), 1);
 }
 
+// Issue 15: ListRuns, the dashboard's run history: newest first, each run without rounds and sites, bounded.
+TEST_F(CoordinatorServerTest, ListRunsIsNewestFirstWithoutRoundsAndSites) {
+  Enrol({&site_a_, &site_b_});
+  const std::string first = StartRun({"site-a", "site-b"}, 3);
+  ASSERT_FALSE(first.empty());
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Deadline());
+    v1::AbortRunRequest request;
+    request.set_run_id(first);
+    v1::RunStatus aborted;
+    ASSERT_TRUE(Admin()->AbortRun(&ctx, request, &aborted).ok());
+  }
+  const std::string second = StartRun({"site-a", "site-b"}, 2);
+  ASSERT_FALSE(second.empty());
+  auto list = [&](int limit, v1::ListRunsResponse* out) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Deadline());
+    v1::ListRunsRequest request;
+    request.set_limit(limit);
+    return Admin()->ListRuns(&ctx, request, out);
+  };
+  v1::ListRunsResponse runs;
+  grpc::Status status = list(0, &runs);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(runs.runs_size(), 2);
+  EXPECT_EQ(runs.runs(0).run_id(), second);
+  EXPECT_EQ(runs.runs(1).run_id(), first);
+  EXPECT_EQ(runs.runs(0).run_state(), v1::RUN_STATE_RUNNING);
+  EXPECT_EQ(runs.runs(1).run_state(), v1::RUN_STATE_ABORTED);
+  EXPECT_EQ(runs.runs(1).config().rounds(), 3);
+  EXPECT_GT(runs.runs(0).started_ms(), 0);
+  EXPECT_FALSE(runs.runs(0).base_model_digest().empty());
+  for (const v1::RunStatus& run : runs.runs()) {
+    EXPECT_EQ(run.rounds_size(), 0) << run.run_id();
+    EXPECT_EQ(run.sites_size(), 0) << run.run_id();
+  }
+  v1::ListRunsResponse one;
+  ASSERT_TRUE(list(1, &one).ok());
+  ASSERT_EQ(one.runs_size(), 1);
+  EXPECT_EQ(one.runs(0).run_id(), second);
+  v1::ListRunsResponse capped;
+  EXPECT_TRUE(list(1000000, &capped).ok());
+  EXPECT_EQ(capped.runs_size(), 2);
+  v1::ListRunsResponse negative;
+  status = list(-1, &negative);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("limit"));
+  // Operators only.
+  grpc::ClientContext ctx;
+  ctx.set_deadline(Deadline());
+  v1::ListRunsResponse refused;
+  EXPECT_EQ(v1::AdminService::NewStub(Channel(site_a_))->ListRuns(&ctx, v1::ListRunsRequest(), &refused).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+}
+
 }  // namespace
 }  // namespace fedtune::coordinator

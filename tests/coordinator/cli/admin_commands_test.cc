@@ -151,6 +151,25 @@ class FakeAdminService final : public v1::AdminService::Service {
     if (run_states_[i] == "failed") out->set_message("round 2 failed 3 times");
     return grpc::Status::OK;
   }
+  grpc::Status ListRuns(grpc::ServerContext* ctx, const v1::ListRunsRequest* req, v1::ListRunsResponse* out) override {
+    if (grpc::Status s = Authorize(ctx); !s.ok()) return s;
+    absl::MutexLock lock(&mu_);
+    last_list_limit_ = req->limit();
+    v1::RunStatus* newest = out->add_runs();
+    *newest = admin::testing::MakeRunReport().status();
+    newest->clear_rounds();
+    newest->clear_sites();
+    v1::RunStatus* older = out->add_runs();
+    older->set_run_id("run-6");
+    older->set_state("aborted");
+    older->mutable_config()->set_rounds(5);
+    older->set_current_round(3);
+    return grpc::Status::OK;
+  }
+  int last_list_limit() {
+    absl::MutexLock lock(&mu_);
+    return last_list_limit_;
+  }
   grpc::Status AbortRun(grpc::ServerContext* ctx, const v1::AbortRunRequest* req, v1::RunStatus* out) override {
     if (grpc::Status s = Authorize(ctx); !s.ok()) return s;
     absl::MutexLock lock(&mu_);
@@ -237,6 +256,7 @@ class FakeAdminService final : public v1::AdminService::Service {
   std::map<std::string, v1::SiteInfo> sites_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::RunConfig> started_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> run_states_ ABSL_GUARDED_BY(mu_) = {"running"};
+  int last_list_limit_ ABSL_GUARDED_BY(mu_) = -1;
   int status_calls_ ABSL_GUARDED_BY(mu_) = 0;
   std::string last_run_requested_ ABSL_GUARDED_BY(mu_);
   std::string last_reason_ ABSL_GUARDED_BY(mu_);
@@ -455,6 +475,19 @@ TEST_F(AdminCommandsTest, RunStatusOnce) {
   EXPECT_THAT(r.out, HasSubstr("site-b  done       100%"));
   EXPECT_THAT(r.out, HasSubstr("2.0 MiB  1.0 MiB"));
   EXPECT_TRUE(sleeps_.empty());
+}
+
+TEST_F(AdminCommandsTest, RunListNewestFirst) {
+  Result r = Run(MakeRunListCommand, {"--limit", "5"});
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(service_->last_list_limit(), 5);
+  EXPECT_THAT(r.out, HasSubstr("run    name      state"));
+  EXPECT_THAT(r.out, HasSubstr("run-7  demo <b>  completed"));
+  EXPECT_THAT(r.out, HasSubstr("run-6  -         aborted"));
+  EXPECT_THAT(r.out, HasSubstr("3/5"));
+  EXPECT_LT(r.out.find("run-7"), r.out.find("run-6"));
+  EXPECT_TRUE(absl::IsInvalidArgument(Run(MakeRunListCommand, {"--limit", "0"}).status));
+  EXPECT_TRUE(absl::IsInvalidArgument(Run(MakeRunListCommand, {"--limit", "1001"}).status));
 }
 
 TEST_F(AdminCommandsTest, RunStatusWatchUntilCompleted) {
@@ -760,7 +793,7 @@ TEST(AdminCommandSetTest, PathsAndConnectionFlags) {
     EXPECT_EQ(connection, 6) << path;
   }
   EXPECT_THAT(paths, ::testing::ElementsAre("sites list", "sites approve", "sites revoke", "run start", "run status",
-                                            "run abort", "model export", "report"));
+                                            "run abort", "run list", "model export", "report"));
 }
 
 // Text a site controls (heartbeat state, dataset-free fields, round notes) never reaches the terminal with control
