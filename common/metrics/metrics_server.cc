@@ -1,6 +1,8 @@
 #include "common/metrics/metrics_server.h"
 
+#include <arpa/inet.h>
 #include <dirent.h>
+#include <netinet/in.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -9,6 +11,7 @@
 #include <sstream>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -107,18 +110,47 @@ bool IsLoopbackHost(const std::string& host) {
   return h == "localhost" || h == "::1" || h == "[::1]" || absl::StartsWith(h, "127.");
 }
 
-absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::string& listen_address,
-                                                                    std::shared_ptr<prometheus::Registry> registry,
-                                                                    const std::string& port_file) {
+absl::Status CheckListenAddress(const std::string& listen_address) {
+  const absl::Status invalid = absl::InvalidArgumentError(
+      absl::StrCat("metrics_listen_address \"", listen_address,
+                   "\": expected HOST:PORT (an IPv4 address or a host name) or [IPv6]:PORT, with a port 0-65535"));
   const size_t colon = listen_address.rfind(':');
+  if (colon == std::string::npos || colon == 0 || listen_address.size() > 255) return invalid;
+  const std::string host = listen_address.substr(0, colon);
+  const std::string port_text = listen_address.substr(colon + 1);
   int port = -1;
-  const std::string host = colon == std::string::npos ? "" : listen_address.substr(0, colon);
-  if (colon == std::string::npos || host.empty() || !absl::SimpleAtoi(listen_address.substr(colon + 1), &port) ||
-      port < 0 || port > 65535 || listen_address.find_first_of(" ,\t") != std::string::npos ||
-      (host.find(':') != std::string::npos && (host.front() != '[' || host.back() != ']'))) {
-    return absl::InvalidArgumentError(absl::StrCat("metrics_listen_address \"", listen_address,
-                                                   "\": expected HOST:PORT or [IPv6]:PORT with a port 0-65535"));
+  // Digits only: absl::SimpleAtoi would take "+80" and " 80", which civetweb then reads its own way.
+  if (port_text.empty() || port_text.size() > 5 ||
+      port_text.find_first_not_of("0123456789") != std::string::npos || !absl::SimpleAtoi(port_text, &port) ||
+      port > 65535) {
+    return invalid;
   }
+  if (host.front() == '[') {
+    in6_addr v6;
+    if (host.size() < 3 || host.back() != ']' || inet_pton(AF_INET6, host.substr(1, host.size() - 2).c_str(), &v6) != 1) {
+      return invalid;
+    }
+    return absl::OkStatus();
+  }
+  // civetweb reads a host of digits and dots as an IPv4 address without range checks ("999.1.1.1" bound an address
+  // of its own making): such a host must be a valid dotted quad.
+  if (host.find_first_not_of("0123456789.") == std::string::npos) {
+    in_addr v4;
+    return inet_pton(AF_INET, host.c_str(), &v4) == 1 ? absl::OkStatus() : invalid;
+  }
+  // A host name (resolved by civetweb when it binds): letters, digits, '-' and '.'.
+  if (host.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.") != std::string::npos) {
+    return invalid;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
+    const std::string& listen_address, std::shared_ptr<prometheus::Registry> registry, const std::string& port_file,
+    std::vector<std::shared_ptr<prometheus::Collectable>> collectables) {
+  if (absl::Status valid = CheckListenAddress(listen_address); !valid.ok()) return valid;
+  if (registry == nullptr) return absl::InvalidArgumentError("metrics endpoint: no registry");
+  const std::string host = listen_address.substr(0, listen_address.rfind(':'));
   if (!IsLoopbackHost(host)) {
     LOG(WARNING) << "metrics endpoint on " << listen_address
                  << ": not a loopback address, so anyone who reaches it can read the metrics (no authentication); "
@@ -132,10 +164,17 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::s
     server->exposer_ = std::make_unique<prometheus::Exposer>(listen_address, 2);
   } catch (const std::exception& e) {
     return absl::UnavailableError(
-        absl::StrCat("metrics_listen_address \"", listen_address, "\": cannot listen: ", e.what()));
+        absl::StrCat("metrics_listen_address \"", listen_address, "\": cannot listen (the port is taken, the host is no address of this machine or its name does not resolve; "
+                     "civetweb: ",
+                     e.what(), ")"));
   }
   server->exposer_->RegisterCollectable(server->registry_);
   server->exposer_->RegisterCollectable(server->process_);
+  for (std::shared_ptr<prometheus::Collectable>& collectable : collectables) {
+    if (collectable == nullptr) continue;
+    server->exposer_->RegisterCollectable(collectable);
+    server->collectables_.push_back(std::move(collectable));
+  }
   const std::vector<int> ports = server->exposer_->GetListeningPorts();
   if (ports.empty() || ports[0] <= 0) {
     return absl::InternalError(absl::StrCat("metrics_listen_address \"", listen_address, "\": no bound port"));

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "prometheus/collectable.h"
 #include "prometheus/registry.h"
@@ -37,15 +38,25 @@ class ProcessCollector : public prometheus::Collectable {
 // True for the loopback hosts: "127.0.0.1" (any 127/8 address), "::1", "[::1]", "localhost".
 bool IsLoopbackHost(const std::string& host);
 
+// Checks a metrics_listen_address without binding it: "host:port" (host an IPv4 address such as 127.0.0.1, or a
+// name such as localhost) or "[v6]:port", with a decimal port 0-65535. InvalidArgument naming the address and what
+// is expected otherwise (e.g. "127.0.0.1", "999.1.1.1:80", "127.0.0.1:+80", "a:1,b:2"). The config checks of both
+// programs call it; Start does too.
+absl::Status CheckListenAddress(const std::string& listen_address);
+
 class MetricsServer {
  public:
-  // Serves `registry` and the process metrics at http://listen_address/metrics. `listen_address` is "host:port" or
-  // "[v6]:port" with a numeric port 0-65535 (0: a free port); InvalidArgument naming the address otherwise. A
-  // non-loopback host logs a WARNING (the endpoint has no authentication). Unavailable naming the address when it
-  // cannot be bound. When `port_file` is set, the bound port is written to it atomically once the endpoint serves.
-  static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(const std::string& listen_address,
-                                                              std::shared_ptr<prometheus::Registry> registry,
-                                                              const std::string& port_file = "");
+  // Serves `registry`, the process metrics and `collectables` (metrics computed at each scrape, e.g. from a
+  // database; the server keeps them alive and calls their Collect on its HTTP threads, concurrently with the
+  // program: they must be thread-safe) at http://listen_address/metrics. `listen_address` as CheckListenAddress
+  // (port 0: a free port); InvalidArgument naming the address otherwise. A non-loopback host logs a WARNING (the
+  // endpoint has no authentication). Unavailable naming the address when it cannot be bound (port taken, an address
+  // of no interface here, a name that does not resolve; IPv6 needs a civetweb built with IPv6, which Debian 12's is
+  // not). When `port_file` is set, the bound port is written to it atomically once the endpoint serves (its I/O
+  // errors, prefixed "metrics_port_file: "). The destructor stops the endpoint (waiting for a scrape in progress).
+  static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(
+      const std::string& listen_address, std::shared_ptr<prometheus::Registry> registry,
+      const std::string& port_file = "", std::vector<std::shared_ptr<prometheus::Collectable>> collectables = {});
   ~MetricsServer();
   MetricsServer(const MetricsServer&) = delete;
   MetricsServer& operator=(const MetricsServer&) = delete;
@@ -56,6 +67,7 @@ class MetricsServer {
   MetricsServer() = default;
   std::shared_ptr<prometheus::Registry> registry_;
   std::shared_ptr<ProcessCollector> process_;
+  std::vector<std::shared_ptr<prometheus::Collectable>> collectables_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   int port_ = 0;
 };
