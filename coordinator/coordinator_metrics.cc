@@ -243,21 +243,34 @@ const char* CoordinatorMetrics::CoarseSiteState(absl::string_view s) {
   return "idle";
 }
 
+std::string& CoordinatorMetrics::SiteStateLocked(const std::string& site) {
+  auto [it, inserted] = site_states_.try_emplace(site, "idle");
+  if (inserted) {
+    // The site's counters exist from its first call, at 0, so that increase() and alerts see their first event.
+    sent_bytes_->Add({{"site", site}});
+    received_bytes_->Add({{"site", site}});
+    upload_resumes_->Add({{"site", site}});
+    for (const char* result : kUploadResults) uploads_->Add({{"site", site}, {"result", result}});
+    for (const char* stage : kFailureStages) site_failures_->Add({{"site", site}, {"stage", stage}});
+  }
+  return it->second;
+}
+
 void CoordinatorMetrics::SiteHeartbeat(const std::string& site, absl::string_view state) {
   absl::MutexLock lock(&mu_);
-  site_states_[site] = CoarseSiteState(state);
+  SiteStateLocked(site) = CoarseSiteState(state);
 }
 
 void CoordinatorMetrics::SiteWaitingForTask(const std::string& site) {
   absl::MutexLock lock(&mu_);
-  std::string& state = site_states_[site];
+  std::string& state = SiteStateLocked(site);
   if (state != "failed") state = "idle";
 }
 
 void CoordinatorMetrics::SiteFailure(const std::string& site, absl::string_view stage) {
-  site_failures_->Add({{"site", site}, {"stage", OneOf(stage, kFailureStages)}}).Increment();
   absl::MutexLock lock(&mu_);
-  site_states_[site] = "failed";
+  SiteStateLocked(site) = "failed";
+  site_failures_->Add({{"site", site}, {"stage", OneOf(stage, kFailureStages)}}).Increment();
 }
 
 void CoordinatorMetrics::SiteSentBytes(const std::string& site, int64_t bytes) {

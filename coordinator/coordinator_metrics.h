@@ -14,7 +14,8 @@
 //   fedtune_coordinator_uploads_total{site,result}, fedtune_coordinator_upload_resumes_total{site},
 //   fedtune_coordinator_site_failures_total{site,stage}, fedtune_coordinator_rpcs_total{method,code},
 //   fedtune_coordinator_rpc_duration_seconds{method}, fedtune_coordinator_open_streams{kind}.
-// Counters start at 0 with each coordinator process (Prometheus' rate() handles the reset).
+// Counters start at 0 with each coordinator process (Prometheus' rate() handles the reset). A site's series exist, at 0,
+// from the first heartbeat, GetTask or failure report of the site that this process sees.
 //
 // Label values are bounded: sites are authenticated certificate holders (the callers of these methods pass the
 // certificate CN of an admitted site); states, stages, results, kinds and codes come from fixed lists (anything else
@@ -125,6 +126,9 @@ class CoordinatorMetrics {
 
  private:
   class Collector;
+
+  // The site's coarse state (created "idle" on its first event, with its per-site series at 0).
+  std::string& SiteStateLocked(const std::string& site) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const CoordinatorMetricsOptions options_;
   std::shared_ptr<prometheus::Registry> registry_;

@@ -101,6 +101,25 @@ TEST(CoordinatorMetricsTest, SiteTransfersUploadsAndFailuresAreCountedPerSite) {
   EXPECT_EQ(Sample(body, "fedtune_coordinator_site_failures_total{site=\"site-a\",stage=\"other\"}"), 1);
 }
 
+TEST(CoordinatorMetricsTest, ASiteSeriesExistAtZeroFromItsFirstCall) {
+  CoordinatorMetrics metrics;
+  EXPECT_THAT(Scrape(*metrics.registry()), Not(HasSubstr("site-c")));
+  metrics.SiteWaitingForTask("site-c");
+  const std::string body = Scrape(*metrics.registry());
+  EXPECT_EQ(Sample(body, "fedtune_coordinator_site_sent_bytes_total{site=\"site-c\"}"), 0);
+  EXPECT_EQ(Sample(body, "fedtune_coordinator_site_received_bytes_total{site=\"site-c\"}"), 0);
+  EXPECT_EQ(Sample(body, "fedtune_coordinator_upload_resumes_total{site=\"site-c\"}"), 0);
+  for (const char* result : {"accepted", "refused", "declined"}) {
+    EXPECT_EQ(Sample(body, std::string("fedtune_coordinator_uploads_total{result=\"") + result + "\",site=\"site-c\"}"),
+              0);
+  }
+  for (const char* stage : CoordinatorMetrics::kFailureStages) {
+    EXPECT_EQ(Sample(body, std::string("fedtune_coordinator_site_failures_total{site=\"site-c\",stage=\"") + stage +
+                               "\"}"),
+              0);
+  }
+}
+
 TEST(CoordinatorMetricsTest, RpcsAreCountedByMethodAndCodeAndStreamsWhileOpen) {
   CoordinatorMetrics metrics;
   metrics.RpcFinished("SiteService/GetTask", "OK", 2.0);
