@@ -96,8 +96,7 @@ absl::Status ValidateCoordinatorConfig(const v1::CoordinatorConfig& config) {
   if (!config.metrics_listen_address().empty()) {
     // InvalidArgument "metrics_listen_address \"...\": expected ..." (the field named).
     RETURN_IF_ERROR(metrics::CheckListenAddress(config.metrics_listen_address()));
-    if (config.metrics_listen_address() == config.listen_address() &&
-        !absl::EndsWith(config.listen_address(), ":0")) {
+    if (config.metrics_listen_address() == config.listen_address() && !absl::EndsWith(config.listen_address(), ":0")) {
       return Invalid("metrics_listen_address",
                      absl::StrCat("'", config.metrics_listen_address(),
                                   "' is the gRPC listen_address: the metrics endpoint needs a port of its own"));

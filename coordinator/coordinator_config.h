@@ -16,8 +16,8 @@
 namespace fedtune::coordinator {
 
 // Parses a CoordinatorConfig text proto. Relative paths (port_file, metrics_port_file, server_cert, server_key, ca_dir,
-// state_dir, initial_model) are resolved against `base_dir` (the config file's directory). InvalidArgument with `source`, line
-// and column for a syntax error. The result is not validated (see ValidateCoordinatorConfig).
+// state_dir, initial_model) are resolved against `base_dir` (the config file's directory). InvalidArgument with
+// `source`, line and column for a syntax error. The result is not validated (see ValidateCoordinatorConfig).
 absl::StatusOr<v1::CoordinatorConfig> ParseCoordinatorConfig(absl::string_view text, absl::string_view source,
                                                              const std::string& base_dir);
 

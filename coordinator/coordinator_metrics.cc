@@ -22,10 +22,10 @@ using federation::RunState;
 
 // RPCs range from a unary call (milliseconds) to a long-poll (task_wait_seconds) and a model transfer (minutes).
 const prometheus::Histogram::BucketBoundaries kRpcBuckets = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
-                                                             2.5,   5,     10,   30,    60,   120, 300, 600};
+                                                             2.5,   5,     10,   30,    60,   120, 300,  600};
 // A round's close: from a tiny model's milliseconds to a large model's minutes (trimmed mean and median over spill).
 const prometheus::Histogram::BucketBoundaries kAggregationBuckets = {0.01, 0.05, 0.1, 0.25, 0.5, 1,   2.5,
-                                                                    5,    10,   30,  60,   120, 300, 600};
+                                                                     5,    10,   30,  60,   120, 300, 600};
 
 // `value` when it is one of `allowed`, else "other".
 template <size_t N>
@@ -115,8 +115,7 @@ class CoordinatorMetrics::Collector final : public prometheus::Collectable {
         if (site.last_seen_ms > 0) AddGauge(&seen, {{"site", site.site_id}}, site.last_seen_ms / 1000.0);
         std::string current = "idle";
         if (auto it = states.find(site.site_id); it != states.end()) current = it->second;
-        if (site.last_seen_ms == 0 ||
-            now_ms - site.last_seen_ms > int64_t{options.heartbeat_timeout_seconds} * 1000) {
+        if (site.last_seen_ms == 0 || now_ms - site.last_seen_ms > int64_t{options.heartbeat_timeout_seconds} * 1000) {
           current = "lost";
         }
         for (const char* s : kSiteStates) {
@@ -170,8 +169,9 @@ CoordinatorMetrics::CoordinatorMetrics(CoordinatorMetricsOptions options)
   for (const char* state : kRoundStates) rounds_->Add({{"state", state}});
   aggregation_seconds_ = &prometheus::BuildHistogram()
                               .Name("fedtune_coordinator_aggregation_seconds")
-                              .Help("Time to close a round: the aggregate, FedAdam's step, the new global model and "
-                                    "its checkpoint (the uploads' decoding and validation excluded).")
+                              .Help(
+                                  "Time to close a round: the aggregate, FedAdam's step, the new global model and "
+                                  "its checkpoint (the uploads' decoding and validation excluded).")
                               .Register(r)
                               .Add({}, kAggregationBuckets);
   sent_bytes_ = &prometheus::BuildCounter()
@@ -212,7 +212,7 @@ CoordinatorMetrics::CoordinatorMetrics(CoordinatorMetricsOptions options)
 CoordinatorMetrics::~CoordinatorMetrics() = default;
 
 std::shared_ptr<prometheus::Collectable> CoordinatorMetrics::StateCollector(StateStore* store,
-                                                                           const std::string& state_dir) {
+                                                                            const std::string& state_dir) {
   return std::make_shared<Collector>(this, store, state_dir + "/spool");
 }
 

@@ -14,8 +14,8 @@
 //   fedtune_coordinator_uploads_total{site,result}, fedtune_coordinator_upload_resumes_total{site},
 //   fedtune_coordinator_site_failures_total{site,stage}, fedtune_coordinator_rpcs_total{method,code},
 //   fedtune_coordinator_rpc_duration_seconds{method}, fedtune_coordinator_open_streams{kind}.
-// Counters start at 0 with each coordinator process (Prometheus' rate() handles the reset). A site's series exist, at 0,
-// from the first heartbeat, GetTask or failure report of the site that this process sees.
+// Counters start at 0 with each coordinator process (Prometheus' rate() handles the reset). A site's series exist, at
+// 0, from the first heartbeat, GetTask or failure report of the site that this process sees.
 //
 // Label values are bounded: sites are authenticated certificate holders (the callers of these methods pass the
 // certificate CN of an admitted site); states, stages, results, kinds and codes come from fixed lists (anything else
@@ -58,8 +58,8 @@ struct CoordinatorMetricsOptions {
 class CoordinatorMetrics {
  public:
   // The coarse site states of fedtune_coordinator_site_state, in this order.
-  static constexpr const char* kSiteStates[] = {"idle",     "downloading",        "training", "evaluating", "uploading",
-                                                "secure_aggregation", "retrying", "lost",       "failed"};
+  static constexpr const char* kSiteStates[] = {
+      "idle", "downloading", "training", "evaluating", "uploading", "secure_aggregation", "retrying", "lost", "failed"};
   // The failure stages of fedtune_coordinator_site_failures_total.
   static constexpr const char* kFailureStages[] = {"download", "training", "evaluation", "upload", "other"};
 

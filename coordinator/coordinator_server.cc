@@ -87,8 +87,9 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(const v1::Coordi
   c->metrics_ = std::make_unique<CoordinatorMetrics>(metrics_options);
   ASSIGN_OR_RETURN(c->rounds_, RoundManager::Create(c->store_.get(), c->blobs_.get(),
                                                     RoundOptionsFor(config, dir, clock, c->metrics_.get())));
-  c->site_service_ = std::make_unique<SiteServiceImpl>(c->authorizer_.get(), c->store_.get(), c->blobs_.get(),
-                                                       c->rounds_.get(), SiteOptionsFor(config, clock, c->metrics_.get()));
+  c->site_service_ =
+      std::make_unique<SiteServiceImpl>(c->authorizer_.get(), c->store_.get(), c->blobs_.get(), c->rounds_.get(),
+                                        SiteOptionsFor(config, clock, c->metrics_.get()));
   AdminServiceOptions admin_options;
   admin_options.chunk_bytes = config.chunk_bytes();
   admin_options.clock = clock;
@@ -96,9 +97,10 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(const v1::Coordi
                                                          c->rounds_.get(), admin_options);
 
   if (!config.metrics_listen_address().empty()) {
-    ASSIGN_OR_RETURN(c->metrics_server_, metrics::MetricsServer::Start(config.metrics_listen_address(),
-                                                                       c->metrics_->registry(), config.metrics_port_file(),
-                                                                       {c->metrics_->StateCollector(c->store_.get(), dir)}));
+    ASSIGN_OR_RETURN(
+        c->metrics_server_,
+        metrics::MetricsServer::Start(config.metrics_listen_address(), c->metrics_->registry(),
+                                      config.metrics_port_file(), {c->metrics_->StateCollector(c->store_.get(), dir)}));
   }
 
   net::TlsFiles files{config.server_cert(), config.server_key(), config.ca_dir() + "/ca.pem"};

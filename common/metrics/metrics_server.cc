@@ -120,14 +120,14 @@ absl::Status CheckListenAddress(const std::string& listen_address) {
   const std::string port_text = listen_address.substr(colon + 1);
   int port = -1;
   // Digits only: absl::SimpleAtoi would take "+80" and " 80", which civetweb then reads its own way.
-  if (port_text.empty() || port_text.size() > 5 ||
-      port_text.find_first_not_of("0123456789") != std::string::npos || !absl::SimpleAtoi(port_text, &port) ||
-      port > 65535) {
+  if (port_text.empty() || port_text.size() > 5 || port_text.find_first_not_of("0123456789") != std::string::npos ||
+      !absl::SimpleAtoi(port_text, &port) || port > 65535) {
     return invalid;
   }
   if (host.front() == '[') {
     in6_addr v6;
-    if (host.size() < 3 || host.back() != ']' || inet_pton(AF_INET6, host.substr(1, host.size() - 2).c_str(), &v6) != 1) {
+    if (host.size() < 3 || host.back() != ']' ||
+        inet_pton(AF_INET6, host.substr(1, host.size() - 2).c_str(), &v6) != 1) {
       return invalid;
     }
     return absl::OkStatus();
@@ -163,10 +163,11 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
     // civetweb's "listening_ports" syntax: "127.0.0.1:9464", "[::1]:9464".
     server->exposer_ = std::make_unique<prometheus::Exposer>(listen_address, 2);
   } catch (const std::exception& e) {
-    return absl::UnavailableError(
-        absl::StrCat("metrics_listen_address \"", listen_address, "\": cannot listen (the port is taken, the host is no address of this machine or its name does not resolve; "
-                     "civetweb: ",
-                     e.what(), ")"));
+    return absl::UnavailableError(absl::StrCat(
+        "metrics_listen_address \"", listen_address,
+        "\": cannot listen (the port is taken, the host is no address of this machine or its name does not resolve; "
+        "civetweb: ",
+        e.what(), ")"));
   }
   server->exposer_->RegisterCollectable(server->registry_);
   server->exposer_->RegisterCollectable(server->process_);

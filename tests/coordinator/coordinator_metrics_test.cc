@@ -114,9 +114,9 @@ TEST(CoordinatorMetricsTest, ASiteSeriesExistAtZeroFromItsFirstCall) {
               0);
   }
   for (const char* stage : CoordinatorMetrics::kFailureStages) {
-    EXPECT_EQ(Sample(body, std::string("fedtune_coordinator_site_failures_total{site=\"site-c\",stage=\"") + stage +
-                               "\"}"),
-              0);
+    EXPECT_EQ(
+        Sample(body, std::string("fedtune_coordinator_site_failures_total{site=\"site-c\",stage=\"") + stage + "\"}"),
+        0);
   }
 }
 

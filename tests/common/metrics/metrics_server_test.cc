@@ -176,7 +176,8 @@ TEST(MetricsServerTest, LoopbackHosts) {
   for (const char* host : {"127.0.0.1", "127.1.2.3", "localhost", "LOCALHOST", "::1", "[::1]"}) {
     EXPECT_TRUE(IsLoopbackHost(host)) << host;
   }
-  for (const char* host : {"0.0.0.0", "10.0.0.1", "[::]", "example.org", ""}) EXPECT_FALSE(IsLoopbackHost(host)) << host;
+  for (const char* host : {"0.0.0.0", "10.0.0.1", "[::]", "example.org", ""})
+    EXPECT_FALSE(IsLoopbackHost(host)) << host;
 }
 
 }  // namespace
