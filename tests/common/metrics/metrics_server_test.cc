@@ -29,8 +29,8 @@ struct Reply {
   std::string body;
   std::string content_type;
 };
-Reply Get(int port, const std::string& path = "/metrics") {
-  httplib::Client client("127.0.0.1", port);
+Reply Get(int port, const std::string& path = "/metrics", const std::string& host = "127.0.0.1") {
+  httplib::Client client(host, port);
   client.set_connection_timeout(5);
   client.set_read_timeout(10);
   Reply reply;
@@ -159,10 +159,17 @@ TEST(MetricsServerTest, BadAddressesAreInvalidArgumentNamingThem) {
   }
 }
 
+TEST(MetricsServerTest, ServesOnIpv6Loopback) {
+  absl::StatusOr<std::unique_ptr<MetricsServer>> server = MetricsServer::Start("[::1]:0", RegistryWithCounter(4));
+  ASSERT_TRUE(server.ok()) << server.status();
+  EXPECT_EQ(Sample(Get((*server)->port(), "/metrics", "::1").body, "fedtune_test_events_total{kind=\"a\"}"), 4);
+}
+
 TEST(MetricsServerTest, AHostNameIsResolved) {
   absl::StatusOr<std::unique_ptr<MetricsServer>> server = MetricsServer::Start("localhost:0", RegistryWithCounter(2));
   ASSERT_TRUE(server.ok()) << server.status();
-  EXPECT_EQ(Sample(Get((*server)->port()).body, "fedtune_test_events_total{kind=\"a\"}"), 2);
+  // localhost resolves to ::1 or 127.0.0.1: the client tries both, as a scraper of "localhost" would.
+  EXPECT_EQ(Sample(Get((*server)->port(), "/metrics", "localhost").body, "fedtune_test_events_total{kind=\"a\"}"), 2);
 }
 
 TEST(MetricsServerTest, APortFileThatCannotBeWrittenIsAnErrorNamingTheField) {
