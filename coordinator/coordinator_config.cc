@@ -6,10 +6,12 @@
 #include <set>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/fl/encoding.h"
 #include "common/io/file_util.h"
 #include "common/io/text_proto.h"
+#include "common/metrics/metrics_server.h"
 #include "common/status_macros.h"
 #include "coordinator/run_config_privacy.h"
 
@@ -27,6 +29,9 @@ absl::StatusOr<v1::CoordinatorConfig> ParseCoordinatorConfig(absl::string_view t
   v1::CoordinatorConfig config;
   RETURN_IF_ERROR(io::ParseTextProto(text, source, &config));
   if (config.has_port_file()) config.set_port_file(io::ResolveConfigPath(base_dir, config.port_file()));
+  if (config.has_metrics_port_file()) {
+    config.set_metrics_port_file(io::ResolveConfigPath(base_dir, config.metrics_port_file()));
+  }
   if (config.has_server_cert()) config.set_server_cert(io::ResolveConfigPath(base_dir, config.server_cert()));
   if (config.has_server_key()) config.set_server_key(io::ResolveConfigPath(base_dir, config.server_key()));
   if (config.has_ca_dir()) config.set_ca_dir(io::ResolveConfigPath(base_dir, config.ca_dir()));
@@ -87,6 +92,17 @@ absl::Status ValidateCoordinatorConfig(const v1::CoordinatorConfig& config) {
   if (config.grpc_memory_quota_bytes() < (int64_t{64} << 20)) {
     return Invalid("grpc_memory_quota_bytes",
                    absl::StrCat(config.grpc_memory_quota_bytes(), " must be >= 67108864 (64 MiB)"));
+  }
+  if (!config.metrics_listen_address().empty()) {
+    // InvalidArgument "metrics_listen_address \"...\": expected ..." (the field named).
+    RETURN_IF_ERROR(metrics::CheckListenAddress(config.metrics_listen_address()));
+    if (config.metrics_listen_address() == config.listen_address() && !absl::EndsWith(config.listen_address(), ":0")) {
+      return Invalid("metrics_listen_address",
+                     absl::StrCat("'", config.metrics_listen_address(),
+                                  "' is the gRPC listen_address: the metrics endpoint needs a port of its own"));
+    }
+  } else if (!config.metrics_port_file().empty()) {
+    return Invalid("metrics_port_file", "is set but metrics_listen_address is empty (no metrics endpoint to name)");
   }
   return absl::OkStatus();
 }

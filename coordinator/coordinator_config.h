@@ -15,9 +15,9 @@
 
 namespace fedtune::coordinator {
 
-// Parses a CoordinatorConfig text proto. Relative paths (port_file, server_cert, server_key, ca_dir, state_dir,
-// initial_model) are resolved against `base_dir` (the config file's directory). InvalidArgument with `source`, line
-// and column for a syntax error. The result is not validated (see ValidateCoordinatorConfig).
+// Parses a CoordinatorConfig text proto. Relative paths (port_file, metrics_port_file, server_cert, server_key, ca_dir,
+// state_dir, initial_model) are resolved against `base_dir` (the config file's directory). InvalidArgument with
+// `source`, line and column for a syntax error. The result is not validated (see ValidateCoordinatorConfig).
 absl::StatusOr<v1::CoordinatorConfig> ParseCoordinatorConfig(absl::string_view text, absl::string_view source,
                                                              const std::string& base_dir);
 
@@ -29,7 +29,9 @@ absl::StatusOr<v1::CoordinatorConfig> LoadCoordinatorConfig(const std::string& p
 // heartbeat_timeout_seconds < 1; max_upload_bytes < 1; max_open_uploads_per_site < 1; max_spool_bytes_per_site or
 // max_spool_bytes_per_round negative, or set (> 0) below max_upload_bytes (no upload of the allowed size could
 // ever be received); max_calls_per_site < 1; max_streams_per_site < 1 or above max_calls_per_site;
-// max_server_threads < 4.
+// max_server_threads < 4; a metrics_listen_address that is not HOST:PORT / [IPv6]:PORT with a port 0-65535
+// (metrics::CheckListenAddress) or that equals listen_address (port other than 0); metrics_port_file set without
+// metrics_listen_address.
 absl::Status ValidateCoordinatorConfig(const v1::CoordinatorConfig& config);
 
 // The spool limits in effect: the configured value, or for 0 the documented multiple of max_upload_bytes

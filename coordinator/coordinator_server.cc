@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <functional>
 #include <system_error>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -13,12 +14,13 @@
 #include "common/net/tls.h"
 #include "common/status_macros.h"
 #include "coordinator/coordinator_config.h"
+#include "coordinator/rpc_metrics_interceptor.h"
 
 namespace fedtune::coordinator {
 namespace {
 
 RoundManagerOptions RoundOptionsFor(const v1::CoordinatorConfig& config, const std::string& state_dir,
-                                    std::function<absl::Time()> clock) {
+                                    std::function<absl::Time()> clock, CoordinatorMetrics* metrics) {
   RoundManagerOptions round_options;
   round_options.state_dir = state_dir;
   round_options.clock = std::move(clock);
@@ -27,10 +29,12 @@ RoundManagerOptions RoundOptionsFor(const v1::CoordinatorConfig& config, const s
   round_options.max_open_uploads_per_site = config.max_open_uploads_per_site();
   round_options.max_spool_bytes_per_site = SpoolBytesPerSite(config);
   round_options.max_spool_bytes_per_round = SpoolBytesPerRound(config);
+  round_options.metrics = metrics;
   return round_options;
 }
 
-SiteServiceOptions SiteOptionsFor(const v1::CoordinatorConfig& config, std::function<absl::Time()> clock) {
+SiteServiceOptions SiteOptionsFor(const v1::CoordinatorConfig& config, std::function<absl::Time()> clock,
+                                  CoordinatorMetrics* metrics) {
   SiteServiceOptions site_options;
   site_options.chunk_bytes = config.chunk_bytes();
   site_options.task_wait_seconds = config.task_wait_seconds();
@@ -40,6 +44,7 @@ SiteServiceOptions SiteOptionsFor(const v1::CoordinatorConfig& config, std::func
   site_options.auto_approve = config.auto_approve();
   site_options.max_concurrent_decodes = config.max_concurrent_decodes();
   site_options.clock = std::move(clock);
+  site_options.metrics = metrics;
   return site_options;
 }
 
@@ -76,15 +81,27 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(const v1::Coordi
   ASSIGN_OR_RETURN(c->verifier_, pki::CertificateVerifier::Create(verifier_options));
   c->authorizer_ = std::make_unique<Authorizer>(c->verifier_.get(), c->store_.get(), clock);
 
-  ASSIGN_OR_RETURN(c->rounds_,
-                   RoundManager::Create(c->store_.get(), c->blobs_.get(), RoundOptionsFor(config, dir, clock)));
-  c->site_service_ = std::make_unique<SiteServiceImpl>(c->authorizer_.get(), c->store_.get(), c->blobs_.get(),
-                                                       c->rounds_.get(), SiteOptionsFor(config, clock));
+  CoordinatorMetricsOptions metrics_options;
+  metrics_options.clock = clock;
+  metrics_options.heartbeat_timeout_seconds = config.heartbeat_timeout_seconds();
+  c->metrics_ = std::make_unique<CoordinatorMetrics>(metrics_options);
+  ASSIGN_OR_RETURN(c->rounds_, RoundManager::Create(c->store_.get(), c->blobs_.get(),
+                                                    RoundOptionsFor(config, dir, clock, c->metrics_.get())));
+  c->site_service_ =
+      std::make_unique<SiteServiceImpl>(c->authorizer_.get(), c->store_.get(), c->blobs_.get(), c->rounds_.get(),
+                                        SiteOptionsFor(config, clock, c->metrics_.get()));
   AdminServiceOptions admin_options;
   admin_options.chunk_bytes = config.chunk_bytes();
   admin_options.clock = clock;
   c->admin_service_ = std::make_unique<AdminServiceImpl>(c->authorizer_.get(), c->store_.get(), c->blobs_.get(),
                                                          c->rounds_.get(), admin_options);
+
+  if (!config.metrics_listen_address().empty()) {
+    ASSIGN_OR_RETURN(
+        c->metrics_server_,
+        metrics::MetricsServer::Start(config.metrics_listen_address(), c->metrics_->registry(),
+                                      config.metrics_port_file(), {c->metrics_->StateCollector(c->store_.get(), dir)}));
+  }
 
   net::TlsFiles files{config.server_cert(), config.server_key(), config.ca_dir() + "/ca.pem"};
   ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials, net::MakeServerCredentials(files));
@@ -97,6 +114,10 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(const v1::Coordi
   builder.AddListeningPort(config.listen_address(), credentials, &c->port_);
   builder.RegisterService(c->site_service_.get());
   builder.RegisterService(c->admin_service_.get());
+  // Every call counted by method and code (rpc_metrics_interceptor.h), with or without a metrics endpoint.
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(std::make_unique<RpcMetricsInterceptorFactory>(c->metrics_.get(), CoordinatorMethods()));
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   c->server_ = builder.BuildAndStart();
   if (c->server_ == nullptr || c->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("listen_address: cannot listen on ", config.listen_address()));

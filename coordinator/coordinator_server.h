@@ -17,10 +17,12 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "common/metrics/metrics_server.h"
 #include "common/pki/verifier.h"
 #include "coordinator/admin_service.h"
 #include "coordinator/authorizer.h"
 #include "coordinator/blob_store.h"
+#include "coordinator/coordinator_metrics.h"
 #include "coordinator/round_manager.h"
 #include "coordinator/site_service.h"
 #include "coordinator/state_store.h"
@@ -43,6 +45,8 @@ class Coordinator {
   // file), loads the CA directory, recovers the active run, starts the server on listen_address (gRPC's callback API
   // under a memory quota of grpc_memory_quota_bytes; the per-site, spool and decode limits of the config) and then
   // writes port_file atomically. state_dir is used as an absolute path. Unavailable when the address cannot be bound.
+  // With metrics_listen_address, the Prometheus endpoint (coordinator_metrics.h) starts before the gRPC server and
+  // writes metrics_port_file; MetricsServer::Start's errors (Unavailable naming the address when it cannot be bound).
   static absl::StatusOr<std::unique_ptr<Coordinator>> Start(const v1::CoordinatorConfig& config,
                                                             CoordinatorOptions options = {});
   // Shuts down (see Shutdown).
@@ -53,6 +57,10 @@ class Coordinator {
   void Shutdown();
 
   int port() const { return port_; }
+  // The metrics endpoint's port; 0 without metrics_listen_address.
+  int metrics_port() const { return metrics_server_ ? metrics_server_->port() : 0; }
+  // Always present (counted with or without an endpoint).
+  CoordinatorMetrics* metrics() { return metrics_.get(); }
   StateStore* store() { return store_.get(); }
   BlobStore* blobs() { return blobs_.get(); }
   RoundManager* rounds() { return rounds_.get(); }
@@ -61,6 +69,8 @@ class Coordinator {
  private:
   Coordinator() = default;
 
+  // First: outlives everything that counts into it (the services, the RPC interceptors, the round manager).
+  std::unique_ptr<CoordinatorMetrics> metrics_;
   std::unique_ptr<StateStore> store_;
   std::unique_ptr<BlobStore> blobs_;
   std::unique_ptr<pki::CertificateVerifier> verifier_;
@@ -73,6 +83,8 @@ class Coordinator {
   absl::Notification stop_;
   std::thread ticker_;
   bool shut_down_ = false;
+  // Last: stopped first, so no scrape reads the state store while it closes.
+  std::unique_ptr<metrics::MetricsServer> metrics_server_;
 };
 
 }  // namespace fedtune::coordinator

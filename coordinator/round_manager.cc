@@ -15,6 +15,7 @@
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "coordinator/coordinator_config.h"
+#include "coordinator/coordinator_metrics.h"
 #include "coordinator/round_transitions.h"
 #include "coordinator/run_config_privacy.h"
 #include "coordinator/run_views.h"
@@ -150,6 +151,10 @@ absl::StatusOr<std::unique_ptr<RoundManager>> RoundManager::Create(StateStore* s
   RETURN_IF_ERROR(io::MakeDirectories(options.state_dir + "/spill"));
   std::unique_ptr<RoundManager> manager(new RoundManager(store, blobs, std::move(options)));
   RETURN_IF_ERROR(manager->Recover());
+  {
+    absl::MutexLock lock(&manager->mu_);
+    manager->PublishRoundLocked();
+  }
   return manager;
 }
 
@@ -300,6 +305,8 @@ absl::StatusOr<std::string> RoundManager::StartRun(const v1::RunConfig& config) 
   }
   RETURN_IF_ERROR(store_->CreateRun(run, round));
   active_ = std::move(active);
+  if (options_.metrics != nullptr) options_.metrics->RunStarted();
+  PublishRoundLocked();
   StartSecAggLocked();
   LOG(INFO) << "run " << run_id << " started: " << config.rounds() << " round(s), sites " << absl::StrJoin(sites, ",")
             << ", base model " << base;
@@ -425,6 +432,8 @@ absl::Status RoundManager::AddEndedRuns(const std::string& site_id, v1::Task* ta
 }
 
 absl::StatusOr<v1::Task> RoundManager::NextTask(const std::string& site_id) {
+  // Asked by GetTask (also each time a waiting long-poll is re-checked): the site waits for work.
+  if (options_.metrics != nullptr) options_.metrics->SiteWaitingForTask(site_id);
   v1::Task task;
   {
     absl::MutexLock lock(&mu_);
@@ -432,6 +441,16 @@ absl::StatusOr<v1::Task> RoundManager::NextTask(const std::string& site_id) {
   }
   RETURN_IF_ERROR(AddEndedRuns(site_id, &task));
   return task;
+}
+
+void RoundManager::PublishRoundLocked() {
+  if (options_.metrics == nullptr) return;
+  if (!active_) {
+    options_.metrics->SetCurrentRound(0, false);
+    return;
+  }
+  const bool open = active_->run.state == RunState::kRunning;
+  options_.metrics->SetCurrentRound(open ? active_->round.round : active_->run.current_round, open);
 }
 
 void RoundManager::SignalTasksLocked() {
@@ -468,6 +487,7 @@ absl::StatusOr<v1::HeartbeatResponse> RoundManager::Heartbeat(const std::string&
         absl::StrCat("round ", request.round(), " must be >= 0 (run ", request.run_id(), ")"));
   }
   RETURN_IF_ERROR(store_->SetSiteState(site_id, request.state(), request.progress(), request.train_loss(), NowMs()));
+  if (options_.metrics != nullptr) options_.metrics->SiteHeartbeat(site_id, request.state());
   v1::HeartbeatResponse response;
   if (request.run_id().empty()) return response;
   absl::MutexLock lock(&mu_);
@@ -576,13 +596,18 @@ absl::StatusOr<std::set<std::string>> RoundManager::EligibleSitesLocked() {
 
 absl::Status RoundManager::AdvanceLocked(const RunTransition& t) {
   SignalTasksLocked();
+  if (options_.metrics != nullptr && t.finish_round) {
+    options_.metrics->RoundEnded(federation::Text(t.finish_round->state));
+  }
   if (!t.run.active()) {
     active_.reset();
+    PublishRoundLocked();
     return absl::OkStatus();
   }
   ActiveRun& a = *active_;
   a.run = t.run;
   a.round = t.open_round ? *t.open_round : *t.finish_round;
+  PublishRoundLocked();
   RETURN_IF_ERROR(a.StartAttempt());
   if (t.open_round) StartSecAggLocked();
   return absl::OkStatus();
@@ -651,11 +676,16 @@ absl::Status RoundManager::CloseRoundOnceLocked() {
   ActiveRun& a = *active_;
   const int64_t now = NowMs();
   AggregatedRound result;
+  // Wall time (the injected clock may stand still), for fedtune_coordinator_aggregation_seconds.
+  const absl::Time aggregation_start = absl::Now();
   if (a.secure_aggregation()) {
     ASSIGN_OR_RETURN(SecAggStep step, SecAggStepLocked());
     ASSIGN_OR_RETURN(result, AggregateSecAggRound(a, std::move(step), blobs_, options_.state_dir, now));
   } else {
     ASSIGN_OR_RETURN(result, AggregateRound(a, blobs_, options_.state_dir, now));
+  }
+  if (options_.metrics != nullptr) {
+    options_.metrics->AggregationFinished(absl::ToDoubleSeconds(absl::Now() - aggregation_start));
   }
   const RunTransition t = CloseRoundTransition(a, result, now);
   RETURN_IF_ERROR(store_->ApplyTransition(t));

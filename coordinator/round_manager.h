@@ -133,6 +133,8 @@
 
 namespace fedtune::coordinator {
 
+class CoordinatorMetrics;
+
 struct RoundManagerOptions {
   // Required: spool/ and fedadam/ are made here.
   std::string state_dir;
@@ -147,6 +149,9 @@ struct RoundManagerOptions {
   int max_open_uploads_per_site = 2;
   int64_t max_spool_bytes_per_site = int64_t{4} << 30;
   int64_t max_spool_bytes_per_round = int64_t{16} << 30;
+  // Where runs, rounds, uploads and site states are counted (coordinator_metrics.h; must outlive the manager).
+  // Default nullptr: not counted.
+  CoordinatorMetrics* metrics = nullptr;
 };
 
 // Where an upload goes (PrepareUpload, BeginUpload).
@@ -418,6 +423,8 @@ class RoundManager {
 
   // Wakes WaitForTask and tells the task listener.
   void SignalTasksLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sets the metrics' current round and round_open from active_ (options_.metrics).
+  void PublishRoundLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 };
 
 }  // namespace fedtune::coordinator

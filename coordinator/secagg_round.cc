@@ -18,6 +18,7 @@
 #include "common/logging.h"
 #include "common/secagg/session.h"
 #include "common/status_macros.h"
+#include "coordinator/coordinator_metrics.h"
 #include "coordinator/round_manager.h"
 #include "coordinator/run_config_privacy.h"
 #include "fedtune/v1/tensor.pb.h"
@@ -97,6 +98,7 @@ absl::Status RoundManager::DeclineTask(const std::string& site_id, const v1::Dec
   u.message = DeclineMessage(request);
   u.received_ms = NowMs();
   RETURN_IF_ERROR(store_->InsertUpdate(u).status());
+  if (options_.metrics != nullptr) options_.metrics->UploadResult(site_id, federation::Text(UploadStatus::kDeclined));
   a.declined.insert(site_id);
   SupersedeLocked(site_id, "");  // Its partial uploads of the attempt are of no use any more.
   // The reason is the site's text: escaped in the log, so that it cannot forge log lines.

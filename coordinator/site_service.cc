@@ -12,6 +12,7 @@
 #include "common/net/grpc_status.h"
 #include "common/net/tls.h"
 #include "common/status_macros.h"
+#include "coordinator/coordinator_metrics.h"
 #include "coordinator/model_stream.h"
 #include "coordinator/model_write_reactor.h"
 #include "coordinator/upload_receiver.h"
@@ -190,6 +191,7 @@ grpc::ServerWriteReactor<v1::Chunk>* SiteServiceImpl::DownloadModel(grpc::Callba
   auto on_end = [this, site = peer->common_name](const absl::Status& outcome, int64_t sent) {
     absl::Status counted = store_->AddTransfer(rounds_->ActiveRunId(), site, sent, 0);
     if (!counted.ok()) LOG(WARNING) << "counting downloaded bytes: " << counted;
+    if (options_.metrics != nullptr) options_.metrics->SiteSentBytes(site, sent);
     return Reply(outcome, "SiteService/DownloadModel", site);
   };
   return new ModelWriteReactor(*std::move(stream), options_.chunk_bytes, "download", std::move(slot),
@@ -264,6 +266,10 @@ class SiteServiceImpl::UploadReactor final : public grpc::ServerReadReactor<v1::
       absl::Status counted =
           service_->store_->AddTransfer(outcome.header.run_id(), peer_.common_name, 0, outcome.bytes_up);
       if (!counted.ok()) LOG(WARNING) << "counting uploaded bytes: " << counted;
+    }
+    if (CoordinatorMetrics* metrics = service_->options_.metrics; metrics != nullptr) {
+      metrics->SiteReceivedBytes(peer_.common_name, outcome.bytes_up);
+      if (outcome.header.offset() > 0) metrics->UploadResumed(peer_.common_name);
     }
     // The outcome of every upload is audited with its run and round (the authorization could not know them).
     service_->authorizer_->Audit(*context_, kRpc, peer_, outcome.result.status(), outcome.header.run_id(),

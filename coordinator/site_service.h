@@ -44,6 +44,8 @@
 
 namespace fedtune::coordinator {
 
+class CoordinatorMetrics;
+
 struct SiteServiceOptions {
   int chunk_bytes = 1 << 20;          // Download chunk size and the chunk size announced in Hello.
   int task_wait_seconds = 20;         // Cap of GetTask's long-poll.
@@ -52,6 +54,9 @@ struct SiteServiceOptions {
   SiteCallLimits call_limits;         // Concurrent calls / streams per site (defaults: 8 / 2).
   int max_concurrent_decodes = 1;     // Uploads decoded at once (WorkerPool threads), at least 1.
   std::function<absl::Time()> clock;  // Default absl::Now.
+  // Where bytes, resumed uploads and failure reports are counted (coordinator_metrics.h; must outlive the service).
+  // Default nullptr: not counted.
+  CoordinatorMetrics* metrics = nullptr;
 };
 
 class SiteServiceImpl final : public v1::SiteService::CallbackService {

@@ -303,6 +303,21 @@ absl::StatusOr<std::optional<RunRecord>> StateStore::ActiveRun() {
   return std::optional<RunRecord>(runs.front());
 }
 
+absl::StatusOr<std::map<federation::RunState, int64_t>> StateStore::CountRunsByState() {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(store::Statement st, db_->Prepare("SELECT state, COUNT(*) FROM runs GROUP BY state"));
+  std::map<federation::RunState, int64_t> counts;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, st.Step());
+    if (!row) break;
+    const std::string text = st.ColumnText(0);
+    absl::StatusOr<federation::RunState> state = federation::ParseRunState(text);
+    if (!state.ok()) return absl::DataLossError(absl::StrCat("runs: state '", text, "' names no run state"));
+    counts[*state] += st.ColumnInt(1);
+  }
+  return counts;
+}
+
 absl::StatusOr<std::vector<RoundRecord>> StateStore::ListRounds(const std::string& run_id) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(

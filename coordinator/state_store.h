@@ -239,6 +239,9 @@ class StateStore {
   absl::StatusOr<std::vector<RunRecord>> RecentRuns(int limit);
   // The run in state running or evaluating, if any.
   absl::StatusOr<std::optional<RunRecord>> ActiveRun();
+  // How many runs are in each state (states without runs absent). One aggregate query: the metrics endpoint asks at
+  // every scrape. DataLoss naming the text for a state column that names no state.
+  absl::StatusOr<std::map<federation::RunState, int64_t>> CountRunsByState();
   // Rounds of a run ordered by (round, attempt).
   absl::StatusOr<std::vector<RoundRecord>> ListRounds(const std::string& run_id);
   // The runs that use model version `digest`: as their base model, or because the run made it (a round's result).

@@ -24,6 +24,7 @@
 #include "common/io/sha256.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "coordinator/coordinator_metrics.h"
 #include "coordinator/round_manager.h"
 
 namespace fedtune::coordinator {
@@ -229,7 +230,9 @@ absl::Status RoundManager::RecordRefusal(const std::string& site_id, const v1::U
   u.status = UploadStatus::kRefused;
   u.message = absl::StrCat(absl::StatusCodeToString(why.code()), ": ", why.message());
   u.received_ms = NowMs();
-  return store_->InsertUpdate(u).status();
+  RETURN_IF_ERROR(store_->InsertUpdate(u).status());
+  if (options_.metrics != nullptr) options_.metrics->UploadResult(site_id, federation::Text(UploadStatus::kRefused));
+  return absl::OkStatus();
 }
 
 absl::StatusOr<v1::UploadResponse> RoundManager::AcceptUpload(const std::string& site_id,
@@ -448,6 +451,7 @@ absl::StatusOr<v1::UploadResponse> RoundManager::RecordAcceptedLocked(const std:
     return absl::InternalError(absl::StrCat(what, ": the coordinator could not record it; upload it again"));
   }
   active_->accepted[site_id] = header.sha256();
+  if (options_.metrics != nullptr) options_.metrics->UploadResult(site_id, federation::Text(UploadStatus::kAccepted));
   active_->partials.erase(target.spool_path);  // Accepted: no longer a partial upload.
   SupersedeLocked(site_id, target.spool_path);
   LOG(INFO) << "accepted " << what << " attempt " << target.attempt << ": " << u.num_samples << " samples, norm "

@@ -1,20 +1,27 @@
 #include "common/metrics/metrics_server.h"
 
+#include <arpa/inet.h>
 #include <dirent.h>
+#include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cstdio>
-#include <exception>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/io/file_util.h"
 #include "common/logging.h"
-#include "prometheus/exposer.h"
+#include "prometheus/text_serializer.h"
 
 namespace fedtune::metrics {
 namespace {
@@ -107,40 +114,101 @@ bool IsLoopbackHost(const std::string& host) {
   return h == "localhost" || h == "::1" || h == "[::1]" || absl::StartsWith(h, "127.");
 }
 
-absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::string& listen_address,
-                                                                    std::shared_ptr<prometheus::Registry> registry,
-                                                                    const std::string& port_file) {
+absl::Status CheckListenAddress(const std::string& listen_address) {
+  const absl::Status invalid = absl::InvalidArgumentError(
+      absl::StrCat("metrics_listen_address \"", listen_address,
+                   "\": expected HOST:PORT (an IPv4 address or a host name) or [IPv6]:PORT, with a port 0-65535"));
   const size_t colon = listen_address.rfind(':');
+  if (colon == std::string::npos || colon == 0 || listen_address.size() > 255) return invalid;
+  const std::string host = listen_address.substr(0, colon);
+  const std::string port_text = listen_address.substr(colon + 1);
   int port = -1;
-  const std::string host = colon == std::string::npos ? "" : listen_address.substr(0, colon);
-  if (colon == std::string::npos || host.empty() || !absl::SimpleAtoi(listen_address.substr(colon + 1), &port) ||
-      port < 0 || port > 65535 || listen_address.find_first_of(" ,\t") != std::string::npos ||
-      (host.find(':') != std::string::npos && (host.front() != '[' || host.back() != ']'))) {
-    return absl::InvalidArgumentError(absl::StrCat("metrics_listen_address \"", listen_address,
-                                                   "\": expected HOST:PORT or [IPv6]:PORT with a port 0-65535"));
+  // Digits only: absl::SimpleAtoi would take "+80" and " 80", which civetweb then reads its own way.
+  if (port_text.empty() || port_text.size() > 5 || port_text.find_first_not_of("0123456789") != std::string::npos ||
+      !absl::SimpleAtoi(port_text, &port) || port > 65535) {
+    return invalid;
+  }
+  if (host.front() == '[') {
+    in6_addr v6;
+    if (host.size() < 3 || host.back() != ']' ||
+        inet_pton(AF_INET6, host.substr(1, host.size() - 2).c_str(), &v6) != 1) {
+      return invalid;
+    }
+    return absl::OkStatus();
+  }
+  // civetweb reads a host of digits and dots as an IPv4 address without range checks ("999.1.1.1" bound an address
+  // of its own making): such a host must be a valid dotted quad.
+  if (host.find_first_not_of("0123456789.") == std::string::npos) {
+    in_addr v4;
+    return inet_pton(AF_INET, host.c_str(), &v4) == 1 ? absl::OkStatus() : invalid;
+  }
+  // A host name (resolved by civetweb when it binds): letters, digits, '-' and '.'.
+  if (host.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.") != std::string::npos) {
+    return invalid;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
+    const std::string& listen_address, std::shared_ptr<prometheus::Registry> registry, const std::string& port_file,
+    std::vector<std::shared_ptr<prometheus::Collectable>> collectables) {
+  if (absl::Status valid = CheckListenAddress(listen_address); !valid.ok()) return valid;
+  if (registry == nullptr) return absl::InvalidArgumentError("metrics endpoint: no registry");
+  const size_t colon = listen_address.rfind(':');
+  std::string host = listen_address.substr(0, colon);
+  int port = 0;
+  if (!absl::SimpleAtoi(listen_address.substr(colon + 1), &port)) {
+    return absl::InternalError(absl::StrCat("metrics_listen_address \"", listen_address, "\": unchecked port"));
   }
   if (!IsLoopbackHost(host)) {
     LOG(WARNING) << "metrics endpoint on " << listen_address
                  << ": not a loopback address, so anyone who reaches it can read the metrics (no authentication); "
                     "restrict it with a firewall or bind 127.0.0.1";
   }
+  const std::string bind_host = host.front() == '[' ? host.substr(1, host.size() - 2) : host;
+
   std::unique_ptr<MetricsServer> server(new MetricsServer());
   server->registry_ = std::move(registry);
   server->process_ = std::make_shared<ProcessCollector>();
-  try {
-    // civetweb's "listening_ports" syntax: "127.0.0.1:9464", "[::1]:9464".
-    server->exposer_ = std::make_unique<prometheus::Exposer>(listen_address, 2);
-  } catch (const std::exception& e) {
-    return absl::UnavailableError(
-        absl::StrCat("metrics_listen_address \"", listen_address, "\": cannot listen: ", e.what()));
+  for (std::shared_ptr<prometheus::Collectable>& collectable : collectables) {
+    if (collectable != nullptr) server->collectables_.push_back(std::move(collectable));
   }
-  server->exposer_->RegisterCollectable(server->registry_);
-  server->exposer_->RegisterCollectable(server->process_);
-  const std::vector<int> ports = server->exposer_->GetListeningPorts();
-  if (ports.empty() || ports[0] <= 0) {
-    return absl::InternalError(absl::StrCat("metrics_listen_address \"", listen_address, "\": no bound port"));
+  server->http_ = std::make_unique<httplib::Server>();
+  httplib::Server& http = *server->http_;
+  // httplib's default sets SO_REUSEPORT, with which a second process could bind the same port and take half the
+  // scrapes: SO_REUSEADDR only, so that a taken port is an error.
+  http.set_socket_options([](int sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
+  http.new_task_queue = [] { return new httplib::ThreadPool(2); };
+  http.set_read_timeout(10);
+  http.set_write_timeout(10);
+  http.set_payload_max_length(64 << 10);
+  MetricsServer* self = server.get();  // Outlives http_: the destructor stops it first.
+  http.Get("/metrics", [self](const httplib::Request&, httplib::Response& response) {
+    response.set_content(self->Scrape(), "text/plain; version=0.0.4; charset=utf-8");
+  });
+  bool bound = false;
+  if (port == 0) {
+    port = http.bind_to_any_port(bind_host);
+    bound = port > 0;
+  } else {
+    bound = http.bind_to_port(bind_host, port);
   }
-  server->port_ = ports[0];
+  if (!bound) {
+    return absl::UnavailableError(absl::StrCat("metrics_listen_address \"", listen_address,
+                                               "\": cannot listen (the port is taken, the host is no address of "
+                                               "this machine or its name does not resolve)"));
+  }
+  server->port_ = port;
+  server->thread_ = std::thread([self] { self->http_->listen_after_bind(); });
+  // Serving before Start returns: stop() is a no-op until the accept loop runs, so the destructor must not come first.
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (!http.is_running() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(1));
+  if (!http.is_running()) {
+    return absl::InternalError(absl::StrCat("metrics_listen_address \"", listen_address, "\": did not start"));
+  }
   if (!port_file.empty()) {
     absl::Status written = io::WriteFileAtomically(port_file, absl::StrCat(server->port_, "\n"));
     if (!written.ok()) return absl::Status(written.code(), absl::StrCat("metrics_port_file: ", written.message()));
@@ -149,6 +217,20 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::s
   return server;
 }
 
-MetricsServer::~MetricsServer() = default;
+std::string MetricsServer::Scrape() const {
+  std::vector<prometheus::MetricFamily> families = registry_->Collect();
+  std::vector<const prometheus::Collectable*> others = {process_.get()};
+  for (const std::shared_ptr<prometheus::Collectable>& collectable : collectables_) others.push_back(collectable.get());
+  for (const prometheus::Collectable* collectable : others) {
+    std::vector<prometheus::MetricFamily> more = collectable->Collect();
+    families.insert(families.end(), std::make_move_iterator(more.begin()), std::make_move_iterator(more.end()));
+  }
+  return prometheus::TextSerializer().Serialize(families);
+}
+
+MetricsServer::~MetricsServer() {
+  if (http_ != nullptr) http_->stop();
+  if (thread_.joinable()) thread_.join();
+}
 
 }  // namespace fedtune::metrics

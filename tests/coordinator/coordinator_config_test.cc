@@ -113,6 +113,32 @@ TEST(CoordinatorConfigTest, LimitsHaveValidDefaultsAndAreChecked) {
   EXPECT_TRUE(ValidateCoordinatorConfig(config).ok());
 }
 
+TEST(CoordinatorConfigTest, MetricsEndpointFieldsAreCheckedAndResolved) {
+  auto parsed = ParseCoordinatorConfig(
+      "listen_address: \"127.0.0.1:7443\" server_cert: \"a\" server_key: \"b\" ca_dir: \"c\" state_dir: \"d\"\n"
+      "metrics_listen_address: \"127.0.0.1:9464\" metrics_port_file: \"run/metrics.port\"\n",
+      "c.textproto", "/srv/fedtune");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->metrics_port_file(), "/srv/fedtune/run/metrics.port");
+  EXPECT_TRUE(ValidateCoordinatorConfig(*parsed).ok()) << ValidateCoordinatorConfig(*parsed);
+
+  v1::CoordinatorConfig config = *parsed;
+  config.clear_metrics_listen_address();
+  config.clear_metrics_port_file();
+  EXPECT_TRUE(ValidateCoordinatorConfig(config).ok());  // Off by default.
+  config.set_metrics_port_file("metrics.port");
+  EXPECT_THAT(ValidateCoordinatorConfig(config).message(), HasSubstr("metrics_port_file"));
+  for (const char* bad : {"127.0.0.1", "127.0.0.1:99999", "999.1.1.1:9464", "127.0.0.1:7443", "a b:1"}) {
+    config.set_metrics_listen_address(bad);
+    const absl::Status status = ValidateCoordinatorConfig(config);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(status.message(), HasSubstr("metrics_listen_address")) << bad;
+  }
+  config.set_metrics_listen_address("127.0.0.1:0");
+  config.set_listen_address("127.0.0.1:0");  // Two free ports: allowed.
+  EXPECT_TRUE(ValidateCoordinatorConfig(config).ok());
+}
+
 TEST(CoordinatorConfigTest, RunConfigChecksNameTheField) {
   v1::RunConfig config;
   EXPECT_TRUE(ValidateRunConfig(config).ok());  // The documented defaults are valid.

@@ -2,6 +2,7 @@
 // stubs as clients, a tiny model. Every refusal is checked for its code AND its audit_log row.
 #include "coordinator/coordinator_server.h"
 
+#include <httplib.h>
 #include <openssl/crypto.h>
 #include <openssl/x509.h>
 #include <signal.h>
@@ -17,6 +18,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "common/io/file_util.h"
@@ -718,6 +720,66 @@ TEST_F(CoordinatorServerTest, AutoApproveApprovesOnFirstHello) {
   EXPECT_EQ(sites.sites(0).site_id(), "site-a");
   EXPECT_EQ(sites.sites(0).dataset().images(), 100);
   EXPECT_EQ(sites.sites(0).certificate_serial(), site_a_.serial);
+}
+
+// The value of the exposition's sample line `series` ("name{labels}" as prometheus-cpp writes it); -1 when absent.
+double MetricSample(const std::string& body, const std::string& series) {
+  for (absl::string_view line : absl::StrSplit(body, '\n')) {
+    double value = -1;
+    if (absl::ConsumePrefix(&line, series + " ") && absl::SimpleAtod(line, &value)) return value;
+  }
+  return -1;
+}
+
+TEST_F(CoordinatorServerTest, MetricsEndpointCountsCallsByMethodAndCode) {
+  coordinator_.reset();
+  config_.set_auto_approve(true);
+  config_.set_metrics_listen_address("127.0.0.1:0");
+  config_.set_metrics_port_file(tmp_.Join("metrics.port"));
+  StartCoordinator();
+  const int port = coordinator_->metrics_port();
+  ASSERT_GT(port, 0);
+  absl::StatusOr<std::string> port_file = io::ReadFile(tmp_.Join("metrics.port"));
+  ASSERT_TRUE(port_file.ok()) << port_file.status();
+  EXPECT_EQ(*port_file, absl::StrCat(port, "\n"));
+
+  auto site_a = Site(site_a_);
+  ASSERT_TRUE(Hello(*site_a).ok());
+  v1::Task task;
+  ASSERT_TRUE(GetTask(*site_a, &task).ok());
+  EXPECT_EQ(Hello(*Site(operator_)).error_code(), grpc::StatusCode::PERMISSION_DENIED);
+
+  httplib::Client client("127.0.0.1", port);
+  client.set_read_timeout(10);
+  httplib::Result scraped = client.Get("/metrics");
+  ASSERT_TRUE(scraped) << httplib::to_string(scraped.error());
+  ASSERT_EQ(scraped->status, 200);
+  const std::string& body = scraped->body;
+  // The interceptor counted each call by method and code (before its status reached the client).
+  EXPECT_EQ(MetricSample(body, "fedtune_coordinator_rpcs_total{code=\"OK\",method=\"SiteService/Hello\"}"), 1);
+  EXPECT_EQ(
+      MetricSample(body, "fedtune_coordinator_rpcs_total{code=\"PERMISSION_DENIED\",method=\"SiteService/Hello\"}"), 1);
+  EXPECT_EQ(MetricSample(body, "fedtune_coordinator_rpcs_total{code=\"OK\",method=\"SiteService/GetTask\"}"), 1);
+  EXPECT_EQ(MetricSample(body, "fedtune_coordinator_rpc_duration_seconds_count{method=\"SiteService/Hello\"}"), 2);
+  // Read at scrape time from the database, and from the site's last call (GetTask: idle).
+  EXPECT_EQ(MetricSample(body, "fedtune_coordinator_runs{state=\"running\"}"), 0);
+  EXPECT_EQ(MetricSample(body, "fedtune_coordinator_site_state{site=\"site-a\",state=\"idle\"}"), 1);
+  EXPECT_EQ(MetricSample(body, "fedtune_coordinator_site_state{site=\"site-a\",state=\"lost\"}"), 0);
+  EXPECT_GT(MetricSample(body, "fedtune_coordinator_site_last_seen_timestamp_seconds{site=\"site-a\"}"), 0);
+  EXPECT_EQ(MetricSample(body, "fedtune_coordinator_spool_bytes"), 0);
+  EXPECT_GT(MetricSample(body, "fedtune_process_resident_memory_bytes"), 0);
+
+  // A second coordinator cannot take the same metrics port: Unavailable naming the address, nothing started.
+  v1::CoordinatorConfig second = config_;
+  second.set_state_dir(tmp_.Join("state2"));
+  second.set_port_file(tmp_.Join("port2"));
+  second.set_metrics_port_file(tmp_.Join("metrics2.port"));
+  second.set_metrics_listen_address(absl::StrCat("127.0.0.1:", port));
+  absl::StatusOr<std::unique_ptr<Coordinator>> taken = Coordinator::Start(second);
+  ASSERT_FALSE(taken.ok());
+  EXPECT_EQ(taken.status().code(), absl::StatusCode::kUnavailable) << taken.status();
+  EXPECT_THAT(taken.status().message(), HasSubstr(absl::StrCat("127.0.0.1:", port)));
+  EXPECT_FALSE(std::filesystem::exists(tmp_.Join("port2")));
 }
 
 // Finding 1: an approved site opening uploads of many distinct payloads and abandoning them must not leave a spool
