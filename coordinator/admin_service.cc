@@ -29,13 +29,11 @@ v1::SiteInfo ToSiteInfo(const SiteRecord& site) {
   return info;
 }
 
-v1::SiteInfo ToSiteInfo(const SiteRecord& site, const std::map<std::string, v1::SiteFailure>& latest_failures,
-                        const std::map<std::string, int64_t>& last_successes) {
+v1::SiteInfo ToSiteInfo(const SiteRecord& site, const std::map<std::string, v1::SiteFailure>& latest_failures) {
   v1::SiteInfo info = ToSiteInfo(site);
   if (auto it = latest_failures.find(site.site_id); it != latest_failures.end()) {
     *info.mutable_last_failure() = it->second;
   }
-  if (auto it = last_successes.find(site.site_id); it != last_successes.end()) info.set_last_success_ms(it->second);
   return info;
 }
 
@@ -112,9 +110,7 @@ grpc::Status AdminServiceImpl::DoListSites(grpc::CallbackServerContext* context,
   if (!sites.ok()) return net::ToPeerGrpcStatus(sites.status());
   absl::StatusOr<std::map<std::string, v1::SiteFailure>> failures = store_->LatestSiteFailures(std::nullopt);
   if (!failures.ok()) return net::ToPeerGrpcStatus(failures.status());
-  absl::StatusOr<std::map<std::string, int64_t>> successes = store_->LastSiteSuccesses();
-  if (!successes.ok()) return net::ToPeerGrpcStatus(successes.status());
-  for (const SiteRecord& s : *sites) *response->add_sites() = ToSiteInfo(s, *failures, *successes);
+  for (const SiteRecord& s : *sites) *response->add_sites() = ToSiteInfo(s, *failures);
   return grpc::Status::OK;
 }
 
@@ -130,11 +126,9 @@ grpc::Status AdminServiceImpl::DoGetSite(grpc::CallbackServerContext* context, c
   }
   absl::StatusOr<std::vector<v1::SiteFailure>> failures = store_->ListSiteFailures(request->site_id());
   if (!failures.ok()) return net::ToPeerGrpcStatus(failures.status());
-  absl::StatusOr<std::map<std::string, int64_t>> successes = store_->LastSiteSuccesses();
-  if (!successes.ok()) return net::ToPeerGrpcStatus(successes.status());
   std::map<std::string, v1::SiteFailure> latest;
   if (!failures->empty()) latest[request->site_id()] = failures->front();
-  *response->mutable_site() = ToSiteInfo(**site, latest, *successes);
+  *response->mutable_site() = ToSiteInfo(**site, latest);
   for (v1::SiteFailure& f : *failures) *response->add_failures() = std::move(f);
   return grpc::Status::OK;
 }

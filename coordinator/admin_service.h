@@ -30,10 +30,8 @@ struct AdminServiceOptions {
 // Fills a SiteInfo from the registry.
 v1::SiteInfo ToSiteInfo(const SiteRecord& site);
 // The same with the site's latest failure report (SiteInfo.last_failure) from `latest_failures`
-// (StateStore::LatestSiteFailures(std::nullopt)) and its last success (last_success_ms) from `last_successes`
-// (StateStore::LastSiteSuccesses), each left unset when the site is not in the map.
-v1::SiteInfo ToSiteInfo(const SiteRecord& site, const std::map<std::string, v1::SiteFailure>& latest_failures,
-                        const std::map<std::string, int64_t>& last_successes);
+// (StateStore::LatestSiteFailures(std::nullopt)); left unset when the site is not in the map.
+v1::SiteInfo ToSiteInfo(const SiteRecord& site, const std::map<std::string, v1::SiteFailure>& latest_failures);
 
 class AdminServiceImpl final : public v1::AdminService::CallbackService {
  public:
@@ -41,7 +39,7 @@ class AdminServiceImpl final : public v1::AdminService::CallbackService {
   AdminServiceImpl(Authorizer* authorizer, StateStore* store, BlobStore* blobs, RoundManager* rounds,
                    AdminServiceOptions options);
 
-  // All sites, by id, each with its latest failure report and last success.
+  // All sites, by id, each with its latest failure report.
   grpc::ServerUnaryReactor* ListSites(grpc::CallbackServerContext* context, const v1::ListSitesRequest* request,
                                       v1::ListSitesResponse* response) override;
   // Approves a site (creating the entry when the site has not said Hello yet, so it can be pre-approved). With

@@ -79,20 +79,4 @@ absl::StatusOr<std::map<std::string, v1::SiteFailure>> StateStore::LatestSiteFai
   return out;
 }
 
-absl::StatusOr<std::map<std::string, int64_t>> StateStore::LastSiteSuccesses() {
-  absl::MutexLock lock(&mu_);
-  ASSIGN_OR_RETURN(
-      store::Statement st,
-      db_->Prepare("SELECT site_id, MAX(ms) FROM (SELECT site_id, received_ms AS ms FROM updates WHERE "
-                   "status = ? UNION ALL SELECT site_id, received_ms AS ms FROM metrics) GROUP BY site_id"));
-  st.Bind(1, federation::Text(federation::UploadStatus::kAccepted));
-  std::map<std::string, int64_t> out;
-  while (true) {
-    ASSIGN_OR_RETURN(bool row, st.Step());
-    if (!row) break;
-    out[st.ColumnText(0)] = st.ColumnInt(1);
-  }
-  return out;
-}
-
 }  // namespace fedtune::coordinator

@@ -300,9 +300,6 @@ class StateStore {
   // Each site's most recent report, by site id: over every report when `run_id` is nullopt, else over the reports
   // whose run_id equals it ("" selects the reports tied to no run). Sites without one are absent. DataLoss as above.
   absl::StatusOr<std::map<std::string, v1::SiteFailure>> LatestSiteFailures(const std::optional<std::string>& run_id);
-  // Each site's last success, by site id: the received_ms of its latest accepted update or metrics report (any run).
-  // Sites that never succeeded are absent.
-  absl::StatusOr<std::map<std::string, int64_t>> LastSiteSuccesses();
 
   // ---- Transfers
   absl::Status AddTransfer(const std::string& run_id, const std::string& site_id, int64_t bytes_down, int64_t bytes_up);

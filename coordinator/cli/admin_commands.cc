@@ -2,7 +2,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <iostream>
+#include <map>
 #include <set>
 #include <utility>
 
@@ -132,9 +134,12 @@ std::string KeyCell(const v1::SiteInfo& site) {
 constexpr size_t kFailureMessageBytes = 2048;
 constexpr size_t kFailureLogLineBytes = 512;
 
-// True when the site's latest failure came after its last success: it has not recovered yet.
-bool FailingNow(const v1::SiteInfo& site) {
-  return site.has_last_failure() && site.last_failure().received_ms() > site.last_success_ms();
+// True when the site's latest failure came after its last success (`last_success`: SitesTableText's): it has not
+// recovered yet.
+bool FailingNow(const v1::SiteInfo& site, const std::map<std::string, int64_t>& last_success) {
+  if (!site.has_last_failure()) return false;
+  auto it = last_success.find(site.site_id());
+  return it == last_success.end() || site.last_failure().received_ms() > it->second;
 }
 
 // "training INVALID_ARGUMENT" (the class, or the code when the site sent no class).
@@ -154,9 +159,10 @@ std::string FailureTask(const v1::FailureReport& r) {
 
 // The "last failure" cell of `sites list`: "! training INVALID_ARGUMENT 2m ago", the "!" when the site has not
 // succeeded since.
-std::string LastFailureCell(const v1::SiteInfo& site, int64_t now_ms) {
+std::string LastFailureCell(const v1::SiteInfo& site, int64_t now_ms,
+                            const std::map<std::string, int64_t>& last_success) {
   if (!site.has_last_failure()) return "-";
-  return absl::StrCat(FailingNow(site) ? "! " : "", FailureWhat(site.last_failure().report()), " ",
+  return absl::StrCat(FailingNow(site, last_success) ? "! " : "", FailureWhat(site.last_failure().report()), " ",
                       FormatAgo(site.last_failure().received_ms(), now_ms));
 }
 
@@ -194,10 +200,6 @@ std::string SiteDetailText(const v1::SiteResponse& response, int64_t now_ms) {
   field("last seen", site.last_seen_ms() > 0 ? absl::StrCat(FormatAgo(site.last_seen_ms(), now_ms), " (",
                                                             FormatTimeMs(site.last_seen_ms()), ")")
                                              : "never");
-  field("last success", site.last_success_ms() > 0 ? absl::StrCat(FormatAgo(site.last_success_ms(), now_ms), " (",
-                                                                  FormatTimeMs(site.last_success_ms()),
-                                                                  "): its latest accepted update or report")
-                                                   : "never");
   field("state", site.state().empty() ? "-" : TerminalSafe(site.state()));
   field("dataset", site.dataset().images() == 0 && site.dataset().train_images() == 0
                        ? "-"
@@ -212,13 +214,25 @@ std::string SiteDetailText(const v1::SiteResponse& response, int64_t now_ms) {
     absl::StrAppend(&out, "\nNo failure reports.\n");
     return out;
   }
-  absl::StrAppend(&out, "\nFailure reports (", response.failures_size(), ", most recent first",
-                  FailingNow(site) ? "; the latest is newer than the site's last success" : "", "):\n");
+  absl::StrAppend(&out, "\nFailure reports (", response.failures_size(), ", most recent first):\n");
   for (const v1::SiteFailure& failure : response.failures()) absl::StrAppend(&out, "\n", FailureText(failure, now_ms));
   return out;
 }
 
-std::string SitesTableText(const v1::ListSitesResponse& sites, int64_t now_ms) {
+std::map<std::string, int64_t> LastAcceptedUpdates(const v1::RunStatus& status) {
+  std::map<std::string, int64_t> out;
+  for (const v1::RoundInfo& r : status.rounds()) {
+    for (const v1::UpdateInfo& u : r.updates()) {
+      if (!federation::IsAccepted(u)) continue;
+      int64_t& latest = out[u.site_id()];
+      latest = std::max(latest, u.received_ms());
+    }
+  }
+  return out;
+}
+
+std::string SitesTableText(const v1::ListSitesResponse& sites, int64_t now_ms,
+                           const std::map<std::string, int64_t>& last_success) {
   if (sites.sites_size() == 0) return "No site has contacted the coordinator yet.\n";
   TextTable table({"site", "status", "last seen", "images", "dataset", "state", "key sha256", "last failure"},
                   {false, false, false, true});
@@ -226,14 +240,14 @@ std::string SitesTableText(const v1::ListSitesResponse& sites, int64_t now_ms) {
   for (const v1::SiteInfo& s : sites.sites()) {
     table.AddRow({s.site_id(), federation::DisplayText(s), FormatAgo(s.last_seen_ms(), now_ms),
                   absl::StrCat(s.dataset().images()), DatasetText(s.dataset()), s.state().empty() ? "-" : s.state(),
-                  KeyCell(s), LastFailureCell(s, now_ms)});
-    failing = failing || FailingNow(s);
+                  KeyCell(s), LastFailureCell(s, now_ms, last_success)});
+    failing = failing || FailingNow(s, last_success);
   }
   std::string out = table.Render();
   if (failing) {
     absl::StrAppend(&out,
-                    "\n! the site's latest failure is newer than its last success: `fedtune sites show ID` has the "
-                    "reports\n");
+                    "\n! the site's latest failure is newer than its last accepted update in the latest run: "
+                    "`fedtune sites show ID` has the reports\n");
   }
   return out;
 }
@@ -330,7 +344,15 @@ cli::Command MakeSitesListCommand(CommandEnvironment environment) {
   return AdminCommand({"sites", "list"}, "list the sites known to the coordinator", "", 0, {}, environment,
                       [](const cli::ParsedFlags&, AdminClient& client, const Env& env) -> absl::Status {
                         ASSIGN_OR_RETURN(v1::ListSitesResponse sites, client.ListSites());
-                        *env.out << SitesTableText(sites, NowMs(env)) << std::flush;
+                        // A site's last success: its latest accepted update in the latest run (none before a run).
+                        std::map<std::string, int64_t> last_success;
+                        absl::StatusOr<v1::RunStatus> latest = client.GetRunStatus("");
+                        if (latest.ok()) {
+                          last_success = LastAcceptedUpdates(*latest);
+                        } else if (!absl::IsNotFound(latest.status())) {
+                          return latest.status();
+                        }
+                        *env.out << SitesTableText(sites, NowMs(env), last_success) << std::flush;
                         return absl::OkStatus();
                       });
 }

@@ -1,8 +1,7 @@
 // Failure reports through the real coordinator over gRPC with mutual TLS (certificates from common/pki):
 // SiteService.ReportFailure (the site is the certificate's CN; the report's bounds; the runs a site may report on;
-// refusals audited), and what the operator sees: AdminService.GetSite, ListSites' last_failure and
-// last_success_ms, GetRunStatus' per-site last_failure, and `fedtune sites show` / `sites list` / `run status`
-// printed from those answers.
+// refusals audited), and what the operator sees: AdminService.GetSite, ListSites' last_failure, GetRunStatus'
+// per-site last_failure, and `fedtune sites show` / `sites list` / `run status` printed from those answers.
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -242,11 +241,10 @@ TEST_F(ReportFailureTest, StoredUnderTheCertificatesSiteAndShownToTheOperator) {
   EXPECT_EQ(c.failures_size(), 0);
   EXPECT_FALSE(c.site().has_last_failure());
 
-  // ListSites: each site's latest report; no site has succeeded yet.
+  // ListSites: each site's latest report.
   v1::ListSitesResponse sites = Sites();
   ASSERT_EQ(sites.sites_size(), 3);
   EXPECT_EQ(sites.sites(0).last_failure().report().message(), "second try failed too");
-  EXPECT_EQ(sites.sites(0).last_success_ms(), 0);
   EXPECT_EQ(sites.sites(1).last_failure().site_id(), "site-b");
   EXPECT_FALSE(sites.sites(2).has_last_failure());
 
@@ -386,16 +384,20 @@ TEST_F(ReportFailureTest, OperatorCommandsShowTheReports) {
                                 "decodable image\n"));
   EXPECT_THAT(status, Not(HasSubstr("  site-b: round")));
 
-  // Once the site succeeds (here: a metrics report of the run), its failure is no longer marked.
-  MetricsRecord m;
-  m.run_id = run;
-  m.round = 1;
-  m.site_id = "site-a";
-  m.kind = "round";
-  m.received_ms = absl::ToUnixMillis(clock_.Now());
-  ASSERT_TRUE(coordinator_->store()->InsertMetrics(m).ok());
+  // Once the site succeeds (an accepted update in the latest run, here written to the store as the round's intake
+  // would), its failure is no longer marked.
+  clock_.Advance(absl::Seconds(1));
+  UpdateRecord u;
+  u.run_id = run;
+  u.round = 1;
+  u.attempt = 1;
+  u.site_id = "site-a";
+  u.sha256 = std::string(64, 'a');
+  u.status = federation::UploadStatus::kAccepted;
+  u.received_ms = absl::ToUnixMillis(clock_.Now());
+  ASSERT_TRUE(coordinator_->store()->InsertUpdate(u).ok());
   const std::string later = Command(admin::MakeSitesListCommand, {});
-  EXPECT_THAT(later, HasSubstr(" training INVALID_ARGUMENT 90s ago"));
+  EXPECT_THAT(later, HasSubstr(" training INVALID_ARGUMENT 91s ago"));
   EXPECT_THAT(later, Not(HasSubstr("!")));
 }
 

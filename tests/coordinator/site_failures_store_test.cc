@@ -1,6 +1,6 @@
 // StateStore's failure reports from sites (coordinator/site_failures_store.cc, migration 4): stored and listed most
-// recent first, the latest kMaxFailuresPerSite kept per site, the latest per site and per (site, run), each site's
-// last success, a damaged row, and the migration of a database of the previous schema version (3).
+// recent first, the latest kMaxFailuresPerSite kept per site, the latest per site and per (site, run), a damaged
+// row, and the migration of a database of the previous schema version (3).
 #include <map>
 #include <memory>
 #include <optional>
@@ -149,44 +149,6 @@ TEST(SiteFailuresStoreTest, LatestPerSiteAndPerRun) {
   EXPECT_TRUE(none->empty());
 }
 
-TEST(SiteFailuresStoreTest, LastSuccessIsTheLatestAcceptedUpdateOrMetricsReport) {
-  auto store = OpenStore(":memory:");
-  auto successes = store->LastSiteSuccesses();
-  ASSERT_TRUE(successes.ok()) << successes.status();
-  EXPECT_TRUE(successes->empty());
-  UpdateRecord u;
-  u.run_id = "run-0001";
-  u.round = 1;
-  u.attempt = 1;
-  u.site_id = "site-a";
-  u.sha256 = std::string(64, 'a');
-  u.status = federation::UploadStatus::kAccepted;
-  u.received_ms = 1000;
-  ASSERT_TRUE(store->InsertUpdate(u).ok());
-  u.site_id = "site-b";
-  u.status = federation::UploadStatus::kRefused;  // Not a success.
-  u.received_ms = 9000;
-  ASSERT_TRUE(store->InsertUpdate(u).ok());
-  u.status = federation::UploadStatus::kDeclined;  // Nor is declining.
-  u.received_ms = 9500;
-  ASSERT_TRUE(store->InsertUpdate(u).ok());
-  MetricsRecord m;
-  m.run_id = "run-0001";
-  m.round = 1;
-  m.site_id = "site-a";
-  m.kind = "round";
-  m.received_ms = 3000;
-  ASSERT_TRUE(store->InsertMetrics(m).ok());
-  m.site_id = "site-c";
-  m.kind = "final";
-  m.round = 0;
-  m.received_ms = 2000;
-  ASSERT_TRUE(store->InsertMetrics(m).ok());
-  successes = store->LastSiteSuccesses();
-  ASSERT_TRUE(successes.ok()) << successes.status();
-  EXPECT_EQ(*successes, (std::map<std::string, int64_t>{{"site-a", 3000}, {"site-c", 2000}}));
-}
-
 TEST(SiteFailuresStoreTest, ASiteIdIsRequiredAndADamagedReportIsDataLoss) {
   fedtune::testing::TempDir tmp;
   const std::string path = tmp.Join("coordinator.db");
@@ -242,9 +204,10 @@ TEST(SiteFailuresStoreTest, MigratesADatabaseOfTheVersionBefore) {
   auto after = store->ListSiteFailures("site-a");
   ASSERT_TRUE(after.ok()) << after.status();
   EXPECT_THAT(Rounds(*after), ElementsAre(1));
-  auto successes = store->LastSiteSuccesses();
-  ASSERT_TRUE(successes.ok()) << successes.status();
-  EXPECT_EQ(successes->at("site-a"), 777);
+  auto metrics = store->ListMetrics("run-0001");
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  ASSERT_EQ(metrics->size(), 1u);
+  EXPECT_EQ((*metrics)[0].received_ms, 777);
   store.reset();  // Closed: the WAL is checkpointed into the file, whose version is read without SQLite's WAL.
   EXPECT_EQ(SchemaVersionOf(path), static_cast<int>(all.size()));
 }

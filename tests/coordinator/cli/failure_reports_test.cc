@@ -1,6 +1,8 @@
 // The operator's views of failure reports (coordinator/cli/admin_commands.h) from hand-built answers: `sites show`
 // (SiteDetailText), the "last failure" column of `sites list` and the failures under `run status`; and that whatever a
 // site puts in a report (message, log lines, error class) reaches the terminal escaped and bounded.
+#include <algorithm>
+#include <map>
 #include <string>
 
 #include "absl/strings/escaping.h"
@@ -43,7 +45,6 @@ v1::SiteResponse SiteA() {
   site->set_certificate_serial("3");
   site->set_first_seen_ms(kNow - 3'600'000);
   site->set_last_seen_ms(kNow - 4'000);
-  site->set_last_success_ms(kNow - 600'000);
   site->set_state("training member 1/1, epoch 1/2");
   site->set_key_sha256(std::string(64, 'a'));
   site->mutable_dataset()->set_images(80);
@@ -73,12 +74,10 @@ TEST(SiteDetailTextTest, ShowsTheSiteAndItsReportsMostRecentFirst) {
   const std::string text = SiteDetailText(SiteA(), kNow);
   EXPECT_THAT(text, HasSubstr("site site-a: approved (certificate serial 3)\n  pinned key sha256 aaaa"));
   EXPECT_THAT(text, HasSubstr("  last seen     4s ago ("));
-  EXPECT_THAT(text, HasSubstr("  last success  10m ago ("));
   EXPECT_THAT(text, HasSubstr("  state         training member 1/1, epoch 1/2\n"));
   EXPECT_THAT(text, HasSubstr("  dataset       80 images: train 48, val 12, test 20; 56 studies, 41 patients\n"));
   EXPECT_THAT(text, HasSubstr("  agent         fedtune-site/1 on cpu, 2 thread(s)\n"));
-  EXPECT_THAT(text, HasSubstr("Failure reports (2, most recent first; the latest is newer than the site's last "
-                              "success):"));
+  EXPECT_THAT(text, HasSubstr("\nFailure reports (2, most recent first):\n"));
   EXPECT_THAT(text, HasSubstr("(60s ago)  run-0003 round 2 attempt 1 (TRAIN)\n"
                               "  stage    training\n"
                               "  error    INVALID_ARGUMENT (code 3); the site retries the task itself\n"
@@ -114,19 +113,41 @@ TEST(SitesTableTextTest, MarksASiteWhoseLatestFailureIsNewerThanItsLastSuccess) 
   v1::SiteInfo* recovered = sites.add_sites();
   *recovered = SiteA().site();
   recovered->set_site_id("site-b");
-  recovered->set_last_success_ms(kNow - 1'000);  // Succeeded after its failure.
   v1::SiteInfo* never = sites.add_sites();
   never->set_site_id("site-c");
   never->set_status("approved");
-  const std::string table = SitesTableText(sites, kNow);
+  // site-a succeeded before its failure; site-b after (it recovered); site-c never failed.
+  std::map<std::string, int64_t> last_success = {{"site-a", kNow - 600'000}, {"site-b", kNow - 1'000}};
+  const std::string table = SitesTableText(sites, kNow, last_success);
   EXPECT_THAT(table, HasSubstr("key sha256        last failure\n"));
   EXPECT_THAT(table, HasSubstr("! training INVALID_ARGUMENT 60s ago\n"));
   EXPECT_THAT(table, HasSubstr("  training INVALID_ARGUMENT 60s ago\n"));
   EXPECT_THAT(table, HasSubstr("! the site's latest failure is newer than its last success"));
 
-  sites.mutable_sites(0)->set_last_success_ms(kNow);
-  const std::string healthy = SitesTableText(sites, kNow);
+  last_success["site-a"] = kNow;
+  const std::string healthy = SitesTableText(sites, kNow, last_success);
   EXPECT_THAT(healthy, Not(HasSubstr("!")));
+  // No success known (no run yet, or not in the latest run): every failure is marked.
+  const std::string unknown = SitesTableText(sites, kNow);
+  EXPECT_THAT(unknown, HasSubstr("site-b  approved"));
+  EXPECT_EQ(std::count(unknown.begin(), unknown.end(), '!'), 3) << unknown;  // site-a, site-b and the legend.
+}
+
+TEST(LastAcceptedUpdatesTest, TheLatestAcceptedUpdateOfEachSite) {
+  v1::RunStatus status;
+  auto add = [&status](int round, const std::string& site, v1::UploadStatus state, int64_t ms) {
+    while (status.rounds_size() < round) status.add_rounds()->set_round(status.rounds_size() + 1);
+    v1::UpdateInfo* u = status.mutable_rounds(round - 1)->add_updates();
+    u->set_site_id(site);
+    u->set_upload_status(state);
+    u->set_received_ms(ms);
+  };
+  add(1, "site-a", v1::UPLOAD_STATUS_ACCEPTED, 100);
+  add(2, "site-a", v1::UPLOAD_STATUS_ACCEPTED, 300);
+  add(2, "site-b", v1::UPLOAD_STATUS_ACCEPTED, 200);
+  add(2, "site-b", v1::UPLOAD_STATUS_REFUSED, 900);
+  add(2, "site-c", v1::UPLOAD_STATUS_DECLINED, 950);
+  EXPECT_EQ(LastAcceptedUpdates(status), (std::map<std::string, int64_t>{{"site-a", 300}, {"site-b", 200}}));
 }
 
 TEST(RunStatusTextTest, ListsEachSitesLatestFailureOfTheRunUnderTheSitesTable) {
