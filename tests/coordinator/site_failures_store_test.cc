@@ -212,5 +212,45 @@ TEST(SiteFailuresStoreTest, MigratesADatabaseOfTheVersionBefore) {
   EXPECT_EQ(SchemaVersionOf(path), static_cast<int>(all.size()));
 }
 
+// The coordinator.db the previous release wrote (tests/fixtures/schema/11457e6: schema 3, a completed run and a run
+// with round 2 open) migrates to the current schema with its rows, and takes failure reports about its runs.
+TEST(SiteFailuresStoreTest, Fixture11457e6MigratesAndTakesFailureReports) {
+  constexpr char kFixture[] = FEDTUNE_SOURCE_DIR "/tests/fixtures/schema/11457e6/coordinator.db";
+  fedtune::testing::TempDir tmp;
+  const std::string path = fedtune::testing::CopySchemaFixture(tmp, kFixture);
+  ASSERT_EQ(SchemaVersionOf(path), 3);
+  auto store = OpenStore(path);
+  ASSERT_NE(store, nullptr);
+  auto sites = store->ListSites();
+  ASSERT_TRUE(sites.ok()) << sites.status();
+  ASSERT_EQ(sites->size(), 3u);
+  const SiteRecord& a = (*sites)[0];
+  EXPECT_EQ(a.site_id, "site-a");
+  EXPECT_EQ(a.first_seen_ms, 1796695496559);
+  EXPECT_EQ(a.key_sha256, "95482c3b52ef9e9f93cdb4066acb280cef5f766acb2552429bbc5b0766d96320");
+  EXPECT_EQ(a.state, "done");
+  EXPECT_DOUBLE_EQ(a.train_loss, 1.1284460226694744);
+  EXPECT_EQ((*sites)[2].state, "") << "site-c never trained";
+  auto active = store->ActiveRun();
+  ASSERT_TRUE(active.ok()) << active.status();
+  ASSERT_TRUE(active->has_value());
+  EXPECT_EQ((*active)->run_id, "run-0002");
+  EXPECT_EQ((*active)->current_round, 2);
+  auto updates = store->ListUpdates("run-0002", 2, std::nullopt, "", std::nullopt);
+  ASSERT_TRUE(updates.ok()) << updates.status();
+  EXPECT_EQ(updates->size(), 2u);
+  auto none = store->LatestSiteFailures(std::nullopt);
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_TRUE(none->empty()) << "the new table starts empty";
+  ASSERT_TRUE(store->InsertSiteFailure(Failure("site-c", "run-0002", 2, 1796695600000)).ok());
+  auto run2 = store->LatestSiteFailures(std::string("run-0002"));
+  ASSERT_TRUE(run2.ok()) << run2.status();
+  ASSERT_EQ(run2->size(), 1u);
+  EXPECT_EQ(run2->at("site-c").report().round(), 2);
+  store.reset();
+  EXPECT_EQ(SchemaVersionOf(path), static_cast<int>(schema::Migrations().size()));
+  EXPECT_EQ(SchemaVersionOf(kFixture), 3) << "the checked-in fixture was written";
+}
+
 }  // namespace
 }  // namespace fedtune::coordinator
