@@ -376,7 +376,7 @@ TEST_F(ReportFailureTest, OperatorCommandsShowTheReports) {
   const std::string list = Command(admin::MakeSitesListCommand, {});
   EXPECT_THAT(list, HasSubstr("last failure"));
   EXPECT_THAT(list, HasSubstr("! training INVALID_ARGUMENT 90s ago"));
-  EXPECT_THAT(list, HasSubstr("! the site's latest failure is newer than its last success"));
+  EXPECT_THAT(list, HasSubstr("! the site's latest failure is newer than its last accepted update"));
 
   const std::string status = Command(admin::MakeRunStatusCommand, {"--run", run});
   EXPECT_THAT(status, HasSubstr("Latest failure per site in this run"));

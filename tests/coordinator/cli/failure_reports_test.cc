@@ -122,7 +122,7 @@ TEST(SitesTableTextTest, MarksASiteWhoseLatestFailureIsNewerThanItsLastSuccess) 
   EXPECT_THAT(table, HasSubstr("key sha256        last failure\n"));
   EXPECT_THAT(table, HasSubstr("! training INVALID_ARGUMENT 60s ago\n"));
   EXPECT_THAT(table, HasSubstr("  training INVALID_ARGUMENT 60s ago\n"));
-  EXPECT_THAT(table, HasSubstr("! the site's latest failure is newer than its last success"));
+  EXPECT_THAT(table, HasSubstr("! the site's latest failure is newer than its last accepted update"));
 
   last_success["site-a"] = kNow;
   const std::string healthy = SitesTableText(sites, kNow, last_success);
