@@ -8,9 +8,11 @@
 #include <set>
 #include <utility>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "common/federation/failure_stage.h"
 #include "common/federation/states.h"
@@ -182,7 +184,10 @@ std::string FailureText(const v1::SiteFailure& failure, int64_t now_ms) {
   } else {
     absl::StrAppend(&out, "  log      last ", r.log_lines_size(), " line(s) before the failure:\n");
     for (const std::string& line : r.log_lines()) {
-      absl::StrAppend(&out, "    | ", TerminalSafe(line, kFailureLogLineBytes), "\n");
+      // A log message of several lines (a table the agent logged) is shown as its lines, each escaped.
+      for (absl::string_view part : absl::StrSplit(absl::StripTrailingAsciiWhitespace(line), '\n')) {
+        absl::StrAppend(&out, "    | ", TerminalSafe(part, kFailureLogLineBytes), "\n");
+      }
     }
   }
   return out;

@@ -99,6 +99,19 @@ TEST(SiteDetailTextTest, ShowsTheSiteAndItsReportsMostRecentFirst) {
   EXPECT_THAT(none, Not(HasSubstr("Failure reports (")));
 }
 
+TEST(SiteDetailTextTest, ALogMessageOfSeveralLinesIsShownAsItsLines) {
+  v1::SiteResponse response = SiteA();
+  v1::FailureReport* r = response.mutable_failures(0)->mutable_report();
+  r->clear_log_lines();
+  r->add_log_lines("I split of <path>:\n% positive  all  train\nNo Finding  10.00  10.42\n");
+  r->add_log_lines("E next\x1b[2J");
+  EXPECT_THAT(SiteDetailText(response, kNow), HasSubstr("  log      last 2 line(s) before the failure:\n"
+                                                        "    | I split of <path>:\n"
+                                                        "    | % positive  all  train\n"
+                                                        "    | No Finding  10.00  10.42\n"
+                                                        "    | E next\\x1b[2J\n"));
+}
+
 TEST(SiteDetailTextTest, AFailureNotTiedToARun) {
   v1::SiteResponse response = SiteA();
   v1::FailureReport* r = response.mutable_failures(0)->mutable_report();
