@@ -30,6 +30,14 @@ v1::SiteInfo ToSiteInfo(const SiteRecord& site) {
   return info;
 }
 
+v1::SiteInfo ToSiteInfo(const SiteRecord& site, const std::map<std::string, v1::SiteFailure>& latest_failures) {
+  v1::SiteInfo info = ToSiteInfo(site);
+  if (auto it = latest_failures.find(site.site_id); it != latest_failures.end()) {
+    *info.mutable_last_failure() = it->second;
+  }
+  return info;
+}
+
 AdminServiceImpl::AdminServiceImpl(Authorizer* authorizer, StateStore* store, BlobStore* blobs, RoundManager* rounds,
                                    AdminServiceOptions options)
     : authorizer_(authorizer), store_(store), blobs_(blobs), rounds_(rounds), options_(std::move(options)) {}
@@ -55,6 +63,13 @@ grpc::ServerUnaryReactor* AdminServiceImpl::RevokeSite(grpc::CallbackServerConte
                                                        const v1::SiteRequest* request, v1::SiteResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(DoRevokeSite(context, request, response));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdminServiceImpl::GetSite(grpc::CallbackServerContext* context,
+                                                    const v1::SiteRequest* request, v1::SiteResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(DoGetSite(context, request, response));
   return reactor;
 }
 
@@ -94,7 +109,28 @@ grpc::Status AdminServiceImpl::DoListSites(grpc::CallbackServerContext* context,
   if (!peer.ok()) return net::ToPeerGrpcStatus(peer.status());
   absl::StatusOr<std::vector<SiteRecord>> sites = store_->ListSites();
   if (!sites.ok()) return net::ToPeerGrpcStatus(sites.status());
-  for (const SiteRecord& s : *sites) *response->add_sites() = ToSiteInfo(s);
+  absl::StatusOr<std::map<std::string, v1::SiteFailure>> failures = store_->LatestSiteFailures(std::nullopt);
+  if (!failures.ok()) return net::ToPeerGrpcStatus(failures.status());
+  for (const SiteRecord& s : *sites) *response->add_sites() = ToSiteInfo(s, *failures);
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminServiceImpl::DoGetSite(grpc::CallbackServerContext* context, const v1::SiteRequest* request,
+                                         v1::SiteResponse* response) {
+  absl::StatusOr<pki::PeerIdentity> peer = authorizer_->Authorize(*context, "AdminService/GetSite", Access::kOperator);
+  if (!peer.ok()) return net::ToPeerGrpcStatus(peer.status());
+  if (request->site_id().empty()) return net::ToPeerGrpcStatus(absl::InvalidArgumentError("site_id: required"));
+  absl::StatusOr<std::optional<SiteRecord>> site = store_->GetSite(request->site_id());
+  if (!site.ok()) return net::ToPeerGrpcStatus(site.status());
+  if (!site->has_value()) {
+    return net::ToPeerGrpcStatus(absl::NotFoundError(absl::StrCat("unknown site '", request->site_id(), "'")));
+  }
+  absl::StatusOr<std::vector<v1::SiteFailure>> failures = store_->ListSiteFailures(request->site_id());
+  if (!failures.ok()) return net::ToPeerGrpcStatus(failures.status());
+  std::map<std::string, v1::SiteFailure> latest;
+  if (!failures->empty()) latest[request->site_id()] = failures->front();
+  *response->mutable_site() = ToSiteInfo(**site, latest);
+  for (v1::SiteFailure& f : *failures) *response->add_failures() = std::move(f);
   return grpc::Status::OK;
 }
 

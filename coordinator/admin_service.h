@@ -7,7 +7,10 @@
 #ifndef FEDTUNE_COORDINATOR_ADMIN_SERVICE_H_
 #define FEDTUNE_COORDINATOR_ADMIN_SERVICE_H_
 
+#include <cstdint>
 #include <functional>
+#include <map>
+#include <string>
 
 #include "absl/time/time.h"
 #include "coordinator/authorizer.h"
@@ -26,6 +29,9 @@ struct AdminServiceOptions {
 
 // Fills a SiteInfo from the registry.
 v1::SiteInfo ToSiteInfo(const SiteRecord& site);
+// The same with the site's latest failure report (SiteInfo.last_failure) from `latest_failures`
+// (StateStore::LatestSiteFailures(std::nullopt)); left unset when the site is not in the map.
+v1::SiteInfo ToSiteInfo(const SiteRecord& site, const std::map<std::string, v1::SiteFailure>& latest_failures);
 
 class AdminServiceImpl final : public v1::AdminService::CallbackService {
  public:
@@ -33,7 +39,7 @@ class AdminServiceImpl final : public v1::AdminService::CallbackService {
   AdminServiceImpl(Authorizer* authorizer, StateStore* store, BlobStore* blobs, RoundManager* rounds,
                    AdminServiceOptions options);
 
-  // All sites, by id.
+  // All sites, by id, each with its latest failure report.
   grpc::ServerUnaryReactor* ListSites(grpc::CallbackServerContext* context, const v1::ListSitesRequest* request,
                                       v1::ListSitesResponse* response) override;
   // Approves a site (creating the entry when the site has not said Hello yet, so it can be pre-approved). With
@@ -45,6 +51,10 @@ class AdminServiceImpl final : public v1::AdminService::CallbackService {
   // Revokes a site: refused from its next call. NOT_FOUND for an unknown site.
   grpc::ServerUnaryReactor* RevokeSite(grpc::CallbackServerContext* context, const v1::SiteRequest* request,
                                        v1::SiteResponse* response) override;
+  // One site (ListSites' SiteInfo) with its stored failure reports, most recent first (SiteResponse.failures).
+  // INVALID_ARGUMENT for an empty site_id, NOT_FOUND for an unknown site.
+  grpc::ServerUnaryReactor* GetSite(grpc::CallbackServerContext* context, const v1::SiteRequest* request,
+                                    v1::SiteResponse* response) override;
   grpc::ServerUnaryReactor* StartRun(grpc::CallbackServerContext* context, const v1::StartRunRequest* request,
                                      v1::StartRunResponse* response) override;
   grpc::ServerUnaryReactor* GetRunStatus(grpc::CallbackServerContext* context, const v1::RunStatusRequest* request,
@@ -72,6 +82,8 @@ class AdminServiceImpl final : public v1::AdminService::CallbackService {
                              v1::SiteResponse* response);
   grpc::Status DoRevokeSite(grpc::CallbackServerContext* context, const v1::SiteRequest* request,
                             v1::SiteResponse* response);
+  grpc::Status DoGetSite(grpc::CallbackServerContext* context, const v1::SiteRequest* request,
+                         v1::SiteResponse* response);
   grpc::Status DoStartRun(grpc::CallbackServerContext* context, const v1::StartRunRequest* request,
                           v1::StartRunResponse* response);
   grpc::Status DoGetRunStatus(grpc::CallbackServerContext* context, const v1::RunStatusRequest* request,

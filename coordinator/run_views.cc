@@ -74,6 +74,7 @@ std::string SiteState(const std::optional<SiteRecord>& site, const RunViewOption
 
 absl::Status AddSites(StateStore& store, const RunRecord& run, const RunViewOptions& options, v1::RunStatus* status) {
   ASSIGN_OR_RETURN(auto transfers, store.GetTransfers(run.run_id));
+  ASSIGN_OR_RETURN(auto failures, store.LatestSiteFailures(run.run_id));
   for (const std::string& id : run.sites) {
     v1::SiteRunState* s = status->add_sites();
     s->set_site_id(id);
@@ -84,6 +85,7 @@ absl::Status AddSites(StateStore& store, const RunRecord& run, const RunViewOpti
       s->set_train_loss(site->train_loss);
     }
     s->set_state(SiteState(site, options));
+    if (auto failure = failures.find(id); failure != failures.end()) *s->mutable_last_failure() = failure->second;
     auto it = transfers.find(id);
     if (it != transfers.end()) {
       s->set_bytes_down(it->second.first);

@@ -1,6 +1,6 @@
 // The operator's views of a run, built from the database: v1::RunStatus (rounds with their updates, each site's
-// state and transfers) and v1::RunReport (the status plus each site's dataset summary and metrics), as
-// AdminService's GetRunStatus, GetRunReport and ListRuns return them.
+// state, transfers and latest failure report for the run) and v1::RunReport (the status plus each site's dataset
+// summary and metrics), as AdminService's GetRunStatus, GetRunReport and ListRuns return them.
 //
 // Thread safety: reentrant (StateStore is thread-safe).
 #ifndef FEDTUNE_COORDINATOR_RUN_VIEWS_H_

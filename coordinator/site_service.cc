@@ -5,8 +5,10 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/federation/failure_stage.h"
 #include "common/io/sha256.h"
 #include "common/logging.h"
 #include "common/net/grpc_status.h"
@@ -29,6 +31,51 @@ grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context, const grp
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(status);
   return reactor;
+}
+
+// FailureReport's bounds (federation.proto; site_service.h).
+constexpr size_t kMaxFailureRunIdBytes = 128;
+constexpr size_t kMaxFailureClassBytes = 64;
+constexpr size_t kMaxFailureMessageBytes = 2048;
+constexpr int kMaxFailureLogLines = 20;
+constexpr size_t kMaxFailureLogLineBytes = 512;
+
+absl::Status TooLong(absl::string_view field, size_t bytes, size_t limit) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", bytes, " bytes, above the limit of ", limit));
+}
+
+// The report's fields within their bounds; InvalidArgument naming the first field that is not.
+absl::Status CheckFailureReport(const v1::FailureReport& r) {
+  if (r.run_id().size() > kMaxFailureRunIdBytes) return TooLong("run_id", r.run_id().size(), kMaxFailureRunIdBytes);
+  if (r.round() < 0) return absl::InvalidArgumentError(absl::StrCat("round: ", r.round(), " is negative"));
+  if (r.attempt() < 0) return absl::InvalidArgumentError(absl::StrCat("attempt: ", r.attempt(), " is negative"));
+  if (!v1::Task::Kind_IsValid(r.task_kind())) {
+    return absl::InvalidArgumentError(absl::StrCat("task_kind: ", r.task_kind(), " is not a task kind"));
+  }
+  if (!federation::IsReportableFailureStage(r.stage())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "stage: ", r.stage(), " is not a failure stage (download, training, evaluation, upload or other)"));
+  }
+  if (r.error_class().size() > kMaxFailureClassBytes) {
+    return TooLong("error_class", r.error_class().size(), kMaxFailureClassBytes);
+  }
+  if (r.status_code() < 1 || r.status_code() > 16) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("status_code: ", r.status_code(), " is not the code of a failure (1 to 16)"));
+  }
+  if (r.message().size() > kMaxFailureMessageBytes) {
+    return TooLong("message", r.message().size(), kMaxFailureMessageBytes);
+  }
+  if (r.log_lines_size() > kMaxFailureLogLines) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("log_lines: ", r.log_lines_size(), " lines, above the limit of ", kMaxFailureLogLines));
+  }
+  for (int i = 0; i < r.log_lines_size(); ++i) {
+    if (r.log_lines(i).size() > kMaxFailureLogLineBytes) {
+      return TooLong(absl::StrCat("log_lines[", i, "]"), r.log_lines(i).size(), kMaxFailureLogLineBytes);
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -338,6 +385,45 @@ grpc::ServerUnaryReactor* SiteServiceImpl::DeclineTask(grpc::CallbackServerConte
                                     [&](const pki::PeerIdentity& peer) {
                                       return rounds_->DeclineTask(peer.common_name, *request);
                                     }));
+}
+
+grpc::ServerUnaryReactor* SiteServiceImpl::ReportFailure(grpc::CallbackServerContext* context,
+                                                         const v1::FailureReport* request,
+                                                         v1::ReportFailureResponse* /*response*/) {
+  return Answer(context,
+                DoSiteCall(context, "SiteService/ReportFailure", request->run_id(), request->round(),
+                           [&](const pki::PeerIdentity& peer) { return RecordFailure(peer.common_name, *request); }));
+}
+
+absl::Status SiteServiceImpl::RecordFailure(const std::string& site_id, const v1::FailureReport& report) {
+  RETURN_IF_ERROR(CheckFailureReport(report));
+  if (!report.run_id().empty()) {
+    // Only the runs the site takes part in: a site writes to its own history and its own runs' views, no other.
+    ASSIGN_OR_RETURN(RunRecord run, store_->GetRun(report.run_id()));
+    if (std::find(run.sites.begin(), run.sites.end(), site_id) == run.sites.end()) {
+      return absl::PermissionDeniedError(absl::StrCat("site ", site_id, " does not take part in run ", run.run_id,
+                                                      ": its failure report for that run is refused"));
+    }
+  }
+  v1::SiteFailure failure;
+  failure.set_site_id(site_id);
+  *failure.mutable_report() = report;
+  failure.set_received_ms(NowMs());
+  RETURN_IF_ERROR(store_->InsertSiteFailure(failure));
+  if (CoordinatorMetrics* metrics = options_.metrics; metrics != nullptr) {
+    metrics->SiteFailure(site_id, federation::FailureStageText(report.stage()));
+  }
+  // The site's text is escaped, so that it cannot forge log lines; it was scrubbed of paths and ids at the site.
+  LOG(WARNING) << "site " << site_id << " reported a failure"
+               << (report.run_id().empty()
+                       ? std::string()
+                       : absl::StrCat(" in run ", report.run_id(), " round ", report.round(), " attempt ",
+                                      report.attempt(), " (", v1::Task::Kind_Name(report.task_kind()), ")"))
+               << ", stage " << federation::FailureStageText(report.stage()) << ": "
+               << absl::CHexEscape(report.error_class()) << " (code " << report.status_code()
+               << "): " << absl::CHexEscape(report.message()) << (report.will_retry() ? " (it will retry)" : "") << " ["
+               << report.log_lines_size() << " log line(s): `fedtune sites show " << site_id << "`]";
+  return absl::OkStatus();
 }
 
 grpc::ServerUnaryReactor* SiteServiceImpl::SecAggAdvertiseKeys(grpc::CallbackServerContext* context,

@@ -1,6 +1,6 @@
 // fedtune.v1.SiteService: the calls site agents make (Hello, GetTask long-poll, Heartbeat, DownloadModel,
-// GetUploadOffset, UploadUpdate, ReportMetrics, DeclineTask, and secure aggregation's SecAgg* calls). Each handler
-// authorizes the caller (authorizer.h), takes a place among the site's concurrent calls (SiteCallLimiter:
+// GetUploadOffset, UploadUpdate, ReportMetrics, DeclineTask, ReportFailure, and secure aggregation's SecAgg* calls).
+// Each handler authorizes the caller (authorizer.h), takes a place among the site's concurrent calls (SiteCallLimiter:
 // RESOURCE_EXHAUSTED naming the site and the limit, audited), unpacks the request, calls RoundManager / StateStore and
 // converts the status once.
 //
@@ -85,6 +85,20 @@ class SiteServiceImpl final : public v1::SiteService::CallbackService {
   // RoundManager::DeclineTask for the authenticated site.
   grpc::ServerUnaryReactor* DeclineTask(grpc::CallbackServerContext* context, const v1::DeclineRequest* request,
                                         v1::DeclineResponse* response) override;
+  // A failure report of the authenticated site (the peer certificate's CN, never a request field), stored with the
+  // site (StateStore::InsertSiteFailure: the latest kMaxFailuresPerSite are kept) and logged as one WARNING line
+  // (the site's text escaped). Refused, audited, with:
+  //  - INVALID_ARGUMENT naming the field: run_id over 128 bytes, round or attempt negative, task_kind or stage not a
+  //    known value (stage UNSPECIFIED included: "other" is the stage of anything else), error_class over 64 bytes,
+  //    status_code not a failure's code (1 to 16), message over 2048 bytes, more than 20 log lines or one over 512
+  //    bytes;
+  //  - a run_id that is not empty must name a run the site takes part in (one of its selected sites, whatever the
+  //    run's state: a report may arrive after the run ended): NOT_FOUND for an unknown run, PERMISSION_DENIED for a
+  //    run that did not select the site. A site can thus only write to its own history and to the views of its own
+  //    runs. A report with no run_id (a failure not tied to a task) is stored with the site only.
+  // Sending a report again stores it again (no harm: the views show the latest; "idempotent in effect").
+  grpc::ServerUnaryReactor* ReportFailure(grpc::CallbackServerContext* context, const v1::FailureReport* request,
+                                          v1::ReportFailureResponse* response) override;
   // Secure aggregation (RoundManager::SecAgg*). AdvertiseKeys passes the certificate the site authenticated with
   // (the AuthContext's "x509_pem_cert"). The Get* calls long-poll like GetTask: wait_seconds capped at
   // task_wait_seconds, answered as soon as the phase ended (ready = true), with ready = false at the end of the wait,
@@ -135,6 +149,8 @@ class SiteServiceImpl final : public v1::SiteService::CallbackService {
   grpc::Status DoGetUploadOffset(grpc::CallbackServerContext* context, const v1::UploadOffsetRequest* request,
                                  v1::UploadOffsetResponse* response);
   grpc::Status DoReportMetrics(grpc::CallbackServerContext* context, const v1::MetricsReport* request);
+  // ReportFailure's work for the admitted site: the checks above, the store, the log line.
+  absl::Status RecordFailure(const std::string& site_id, const v1::FailureReport& report);
   // A unary call of an approved site about (run_id, round): admits it, runs `work` for the site, audits a refusal.
   grpc::Status DoSiteCall(grpc::CallbackServerContext* context, const char* rpc, const std::string& run_id, int round,
                           const std::function<absl::Status(const pki::PeerIdentity& peer)>& work);

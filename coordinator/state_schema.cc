@@ -71,6 +71,14 @@ CREATE TABLE shared_models(
 CREATE TABLE cross_evaluations(
   run_id TEXT PRIMARY KEY, started_ms INTEGER NOT NULL, deadline_ms INTEGER NOT NULL);
 )sql"},
+    // Failure reports from sites (issue 15): the latest kMaxFailuresPerSite per site (site_failures_store.cc).
+    {4, R"sql(
+CREATE TABLE site_failures(
+  id INTEGER PRIMARY KEY AUTOINCREMENT, site_id TEXT NOT NULL, run_id TEXT NOT NULL DEFAULT '',
+  report BLOB NOT NULL, received_ms INTEGER NOT NULL);
+CREATE INDEX site_failures_by_site ON site_failures(site_id, id);
+CREATE INDEX site_failures_by_run ON site_failures(run_id, site_id, id);
+)sql"},
 };
 
 }  // namespace

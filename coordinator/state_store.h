@@ -35,6 +35,10 @@
 //                 PK(run_id, site_id)): at most one shared adapted model per site and run.
 //   cross_evaluations(run_id PK, started_ms, deadline_ms): the run entered its cross-evaluation stage
 //                     (round_manager.h); metrics of kind 'cross_site' are its reports.
+// Migration 4 (failure reports from sites, issue 15; methods in site_failures_store.cc):
+//   site_failures(id PK AUTOINCREMENT (arrival order), site_id (the reporting site's certificate CN), run_id (the
+//                 report's, '' when not tied to a run), report BLOB (serialized v1.FailureReport), received_ms);
+//                 the latest kMaxFailuresPerSite rows of each site are kept, older ones deleted as new ones arrive.
 //
 // Thread safety: thread-safe; every method holds an internal mutex for its whole transaction.
 #ifndef FEDTUNE_COORDINATOR_STATE_STORE_H_
@@ -165,6 +169,9 @@ struct CrossEvaluationRecord {
   int64_t deadline_ms = 0;
 };
 
+// Failure reports kept per site (site_failures): each new one deletes the site's oldest beyond this many.
+inline constexpr int kMaxFailuresPerSite = 50;
+
 struct MetricsRecord {
   std::string run_id;
   int round = 0;
@@ -284,6 +291,18 @@ class StateStore {
   absl::Status StartCrossEvaluation(const CrossEvaluationRecord& record);
   // std::nullopt when the run never entered the stage.
   absl::StatusOr<std::optional<CrossEvaluationRecord>> GetCrossEvaluation(const std::string& run_id);
+
+  // ---- Failure reports from sites (site_failures_store.cc)
+  // Stores `failure` (site_id, report, received_ms; site_id must not be empty: InvalidArgument) and, in the same
+  // transaction, deletes the site's reports beyond its latest kMaxFailuresPerSite. The report is stored as given:
+  // its bounds are the caller's (SiteServiceImpl::ReportFailure).
+  absl::Status InsertSiteFailure(const v1::SiteFailure& failure);
+  // The site's stored reports, most recent first (arrival order; at most kMaxFailuresPerSite). Empty for an unknown
+  // site. DataLoss naming the site when a stored report does not parse.
+  absl::StatusOr<std::vector<v1::SiteFailure>> ListSiteFailures(const std::string& site_id);
+  // Each site's most recent report, by site id: over every report when `run_id` is nullopt, else over the reports
+  // whose run_id equals it ("" selects the reports tied to no run). Sites without one are absent. DataLoss as above.
+  absl::StatusOr<std::map<std::string, v1::SiteFailure>> LatestSiteFailures(const std::optional<std::string>& run_id);
 
   // ---- Transfers
   absl::Status AddTransfer(const std::string& run_id, const std::string& site_id, int64_t bytes_down, int64_t bytes_up);

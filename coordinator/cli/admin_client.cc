@@ -206,6 +206,17 @@ absl::StatusOr<v1::SiteInfo> AdminClient::RevokeSite(const std::string& site_id,
   return response.site();
 }
 
+absl::StatusOr<v1::SiteResponse> AdminClient::GetSite(const std::string& site_id) {
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  v1::SiteRequest request;
+  request.set_site_id(site_id);
+  v1::SiteResponse response;
+  grpc::Status status = stub_->GetSite(&context, request, &response);
+  if (!status.ok()) return Failed(status, "GetSite");
+  return response;
+}
+
 absl::StatusOr<std::string> AdminClient::StartRun(const v1::RunConfig& config) {
   grpc::ClientContext context;
   SetDeadline(&context);

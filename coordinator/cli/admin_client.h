@@ -85,6 +85,8 @@ class AdminClient {
   absl::StatusOr<v1::SiteInfo> ApproveSite(const std::string& site_id, bool replace_key = false,
                                            const std::string& expected_key_sha256 = "");
   absl::StatusOr<v1::SiteInfo> RevokeSite(const std::string& site_id, const std::string& reason);
+  // The site with its stored failure reports, most recent first (NotFound for an unknown site).
+  absl::StatusOr<v1::SiteResponse> GetSite(const std::string& site_id);
   absl::StatusOr<std::string> StartRun(const v1::RunConfig& config);      // Returns the run id.
   absl::StatusOr<v1::RunStatus> GetRunStatus(const std::string& run_id);  // Empty id: the latest run.
   absl::StatusOr<v1::RunStatus> AbortRun(const std::string& run_id, const std::string& reason);

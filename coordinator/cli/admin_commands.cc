@@ -2,14 +2,19 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <iostream>
+#include <map>
 #include <set>
 #include <utility>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "common/federation/failure_stage.h"
 #include "common/federation/states.h"
 #include "common/pki/certificate_authority.h"
 #include "common/status_macros.h"
@@ -127,18 +132,129 @@ std::string KeyCell(const v1::SiteInfo& site) {
   return cell;
 }
 
+// Bounds of a failure report's text on the terminal: the protocol's (federation.proto FailureReport).
+constexpr size_t kFailureMessageBytes = 2048;
+constexpr size_t kFailureLogLineBytes = 512;
+
+// True when the site's latest failure came after its last success (`last_success`: SitesTableText's): it has not
+// recovered yet.
+bool FailingNow(const v1::SiteInfo& site, const std::map<std::string, int64_t>& last_success) {
+  if (!site.has_last_failure()) return false;
+  auto it = last_success.find(site.site_id());
+  return it == last_success.end() || site.last_failure().received_ms() > it->second;
+}
+
+// "training INVALID_ARGUMENT" (the class, or the code when the site sent no class).
+std::string FailureWhat(const v1::FailureReport& r) {
+  return absl::StrCat(federation::FailureStageText(r.stage()), " ",
+                      r.error_class().empty() ? absl::StrCat("code ", r.status_code()) : r.error_class());
+}
+
+// "run-0001 round 2 attempt 1 (TRAIN)", or "no run" for a failure not tied to a task.
+std::string FailureTask(const v1::FailureReport& r) {
+  if (r.run_id().empty()) return "no run";
+  return absl::StrCat(r.run_id(), " round ", r.round(), " attempt ", r.attempt(),
+                      v1::Task::Kind_IsValid(r.task_kind())
+                          ? absl::StrCat(" (", v1::Task::Kind_Name(static_cast<v1::Task::Kind>(r.task_kind())), ")")
+                          : "");
+}
+
+// The "last failure" cell of `sites list`: "! training INVALID_ARGUMENT 2m ago", the "!" when the site has not
+// succeeded since.
+std::string LastFailureCell(const v1::SiteInfo& site, int64_t now_ms,
+                            const std::map<std::string, int64_t>& last_success) {
+  if (!site.has_last_failure()) return "-";
+  return absl::StrCat(FailingNow(site, last_success) ? "! " : "", FailureWhat(site.last_failure().report()), " ",
+                      FormatAgo(site.last_failure().received_ms(), now_ms));
+}
+
+// One failure report of `sites show`, every site string through TerminalSafe.
+std::string FailureText(const v1::SiteFailure& failure, int64_t now_ms) {
+  const v1::FailureReport& r = failure.report();
+  std::string out = absl::StrCat(FormatTimeMs(failure.received_ms()), " (", FormatAgo(failure.received_ms(), now_ms),
+                                 ")  ", TerminalSafe(FailureTask(r)), "\n");
+  absl::StrAppend(&out, "  stage    ", federation::FailureStageText(r.stage()), "\n");
+  absl::StrAppend(&out, "  error    ", r.error_class().empty() ? "-" : TerminalSafe(r.error_class()), " (code ",
+                  r.status_code(), ")", r.will_retry() ? "; the site retries the task itself" : "", "\n");
+  absl::StrAppend(&out, "  message  ", r.message().empty() ? "-" : TerminalSafe(r.message(), kFailureMessageBytes),
+                  "\n");
+  if (r.failed_ms() > 0) absl::StrAppend(&out, "  at site  ", FormatTimeMs(r.failed_ms()), " (the site's clock)\n");
+  if (r.log_lines_size() == 0) {
+    absl::StrAppend(&out, "  log      none shared (the site's share_diagnostics is off, or it had none)\n");
+  } else {
+    absl::StrAppend(&out, "  log      last ", r.log_lines_size(), " line(s) before the failure:\n");
+    for (const std::string& line : r.log_lines()) {
+      // A log message of several lines (a table the agent logged) is shown as its lines, each escaped.
+      for (absl::string_view part : absl::StrSplit(absl::StripTrailingAsciiWhitespace(line), '\n')) {
+        absl::StrAppend(&out, "    | ", TerminalSafe(part, kFailureLogLineBytes), "\n");
+      }
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
-std::string SitesTableText(const v1::ListSitesResponse& sites, int64_t now_ms) {
+std::string SiteDetailText(const v1::SiteResponse& response, int64_t now_ms) {
+  const v1::SiteInfo& site = response.site();
+  std::string out = absl::StrCat(SiteLine(site), "\n");
+  auto field = [&out](absl::string_view name, const std::string& value) {
+    absl::StrAppend(&out, "  ", name, std::string(14 - std::min<size_t>(13, name.size()), ' '), value, "\n");
+  };
+  field("first seen", FormatTimeMs(site.first_seen_ms()));
+  field("last seen", site.last_seen_ms() > 0 ? absl::StrCat(FormatAgo(site.last_seen_ms(), now_ms), " (",
+                                                            FormatTimeMs(site.last_seen_ms()), ")")
+                                             : "never");
+  field("state", site.state().empty() ? "-" : TerminalSafe(site.state()));
+  field("dataset", site.dataset().images() == 0 && site.dataset().train_images() == 0
+                       ? "-"
+                       : absl::StrCat(site.dataset().images(), " images: ", DatasetText(site.dataset())));
+  const v1::Capabilities& c = site.capabilities();
+  field("agent",
+        c.agent_version().empty() && c.device().empty()
+            ? "-"
+            : absl::StrCat(c.agent_version().empty() ? "?" : TerminalSafe(c.agent_version()), " on ",
+                           c.device().empty() ? "?" : TerminalSafe(c.device()), ", ", c.threads(), " thread(s)"));
+  if (response.failures_size() == 0) {
+    absl::StrAppend(&out, "\nNo failure reports.\n");
+    return out;
+  }
+  absl::StrAppend(&out, "\nFailure reports (", response.failures_size(), ", most recent first):\n");
+  for (const v1::SiteFailure& failure : response.failures()) absl::StrAppend(&out, "\n", FailureText(failure, now_ms));
+  return out;
+}
+
+std::map<std::string, int64_t> LastAcceptedUpdates(const v1::RunStatus& status) {
+  std::map<std::string, int64_t> out;
+  for (const v1::RoundInfo& r : status.rounds()) {
+    for (const v1::UpdateInfo& u : r.updates()) {
+      if (!federation::IsAccepted(u)) continue;
+      int64_t& latest = out[u.site_id()];
+      latest = std::max(latest, u.received_ms());
+    }
+  }
+  return out;
+}
+
+std::string SitesTableText(const v1::ListSitesResponse& sites, int64_t now_ms,
+                           const std::map<std::string, int64_t>& last_success) {
   if (sites.sites_size() == 0) return "No site has contacted the coordinator yet.\n";
-  TextTable table({"site", "status", "last seen", "images", "dataset", "state", "key sha256"},
+  TextTable table({"site", "status", "last seen", "images", "dataset", "state", "key sha256", "last failure"},
                   {false, false, false, true});
+  bool failing = false;
   for (const v1::SiteInfo& s : sites.sites()) {
     table.AddRow({s.site_id(), federation::DisplayText(s), FormatAgo(s.last_seen_ms(), now_ms),
                   absl::StrCat(s.dataset().images()), DatasetText(s.dataset()), s.state().empty() ? "-" : s.state(),
-                  KeyCell(s)});
+                  KeyCell(s), LastFailureCell(s, now_ms, last_success)});
+    failing = failing || FailingNow(s, last_success);
   }
-  return table.Render();
+  std::string out = table.Render();
+  if (failing) {
+    absl::StrAppend(&out,
+                    "\n! the site's latest failure is newer than its last accepted update in the latest run: "
+                    "`fedtune sites show ID` has the reports\n");
+  }
+  return out;
 }
 
 std::string RunListText(const v1::ListRunsResponse& runs) {
@@ -222,6 +338,21 @@ std::string RunStatusText(const v1::RunStatus& status, int64_t now_ms) {
                     FormatAgo(s.last_seen_ms(), now_ms), FormatBytes(s.bytes_down()), FormatBytes(s.bytes_up())});
     }
     absl::StrAppend(&out, "\n", sites.Render());
+    // Each site's latest failure report of this run (the full reports: `fedtune sites show ID`).
+    std::string failures;
+    for (const v1::SiteRunState& s : status.sites()) {
+      if (!s.has_last_failure()) continue;
+      const v1::FailureReport& r = s.last_failure().report();
+      absl::StrAppend(&failures, "  ", TerminalSafe(s.site_id()), ": round ", r.round(), " attempt ", r.attempt(), ", ",
+                      federation::FailureStageText(r.stage()), ", ",
+                      r.error_class().empty() ? absl::StrCat("code ", r.status_code()) : TerminalSafe(r.error_class()),
+                      ", ", FormatAgo(s.last_failure().received_ms(), now_ms), ": ",
+                      r.message().empty() ? "(no message)" : TerminalSafe(r.message()), "\n");
+    }
+    if (!failures.empty()) {
+      absl::StrAppend(&out, "\nLatest failure per site in this run (`fedtune sites show ID` for the reports):\n",
+                      failures);
+    }
   }
   return out;
 }
@@ -230,7 +361,26 @@ cli::Command MakeSitesListCommand(CommandEnvironment environment) {
   return AdminCommand({"sites", "list"}, "list the sites known to the coordinator", "", 0, {}, environment,
                       [](const cli::ParsedFlags&, AdminClient& client, const Env& env) -> absl::Status {
                         ASSIGN_OR_RETURN(v1::ListSitesResponse sites, client.ListSites());
-                        *env.out << SitesTableText(sites, NowMs(env)) << std::flush;
+                        // A site's last success: its latest accepted update in the latest run (none before a run).
+                        std::map<std::string, int64_t> last_success;
+                        absl::StatusOr<v1::RunStatus> latest = client.GetRunStatus("");
+                        if (latest.ok()) {
+                          last_success = LastAcceptedUpdates(*latest);
+                        } else if (!absl::IsNotFound(latest.status())) {
+                          return latest.status();
+                        }
+                        *env.out << SitesTableText(sites, NowMs(env), last_success) << std::flush;
+                        return absl::OkStatus();
+                      });
+}
+
+cli::Command MakeSitesShowCommand(CommandEnvironment environment) {
+  return AdminCommand({"sites", "show"}, "show one site: registry entry, dataset, agent and its failure reports", "ID",
+                      1, {}, environment,
+                      [](const cli::ParsedFlags& flags, AdminClient& client, const Env& env) -> absl::Status {
+                        ASSIGN_OR_RETURN(std::string id, OnePositional(flags, "site id"));
+                        ASSIGN_OR_RETURN(v1::SiteResponse site, client.GetSite(id));
+                        *env.out << SiteDetailText(site, NowMs(env)) << std::flush;
                         return absl::OkStatus();
                       });
 }
@@ -425,9 +575,10 @@ cli::Command MakeReportCommand(CommandEnvironment environment) {
 }
 
 std::vector<cli::Command> MakeAdminCommands(const CommandEnvironment& environment) {
-  return {MakeSitesListCommand(environment), MakeSitesApproveCommand(environment), MakeSitesRevokeCommand(environment),
-          MakeRunStartCommand(environment),  MakeRunStatusCommand(environment),    MakeRunAbortCommand(environment),
-          MakeRunListCommand(environment),   MakeModelExportCommand(environment),  MakeReportCommand(environment)};
+  return {MakeSitesListCommand(environment),   MakeSitesShowCommand(environment),   MakeSitesApproveCommand(environment),
+          MakeSitesRevokeCommand(environment), MakeRunStartCommand(environment),    MakeRunStatusCommand(environment),
+          MakeRunAbortCommand(environment),    MakeRunListCommand(environment),     MakeModelExportCommand(environment),
+          MakeReportCommand(environment)};
 }
 
 }  // namespace fedtune::admin

@@ -1,7 +1,10 @@
 // The operator commands of `fedtune` that talk to the coordinator's AdminService over mutual TLS with an operator
 // certificate, as cli::Command factories for coordinator/cli/main.cc:
 //
-//   sites list                                  table: id, status, last seen, images, dataset, state, pinned key
+//   sites list                                  table: id, status, last seen, images, dataset, state, pinned key,
+//                                               last failure ("!" when newer than the site's latest accepted update
+//                                               in the latest run)
+//   sites show ID                               one site and its failure reports (most recent first, log lines)
 //   sites approve ID [--replace-key [--key-sha256 HEX]]
 //   sites revoke ID [--reason R] [--ca-dir DIR] with --ca-dir also revokes the site's certificates in the CA
 //   run start --config run.textproto            validates locally, prints the run id (only that, for scripts)
@@ -22,6 +25,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -42,8 +46,11 @@ struct CommandEnvironment {
   ExportOptions export_options;               // `model export` retries (stream_timeout comes from the flag).
 };
 
-// sites list: ListSites as a table.
+// sites list: ListSites as a table (SitesTableText), with the sites' last successes from GetRunStatus of the latest
+// run (LastAcceptedUpdates; none before the first run).
 cli::Command MakeSitesListCommand(CommandEnvironment environment = {});
+// sites show ID: GetSite, printed as SiteDetailText. NotFound (exit 2) for an unknown site.
+cli::Command MakeSitesShowCommand(CommandEnvironment environment = {});
 // sites approve ID [--replace-key [--key-sha256 HEX]]: ApproveSite; prints the site's new status and pinned key.
 // --replace-key also accepts the key the site presented and was refused for (it made a new key and was re-enrolled
 // with `pki sign --replace`); --key-sha256 (16 to 64 hex digits) refuses unless that key starts with HEX.
@@ -72,11 +79,23 @@ cli::Command MakeReportCommand(CommandEnvironment environment = {});
 // All of the above, in the order of this header.
 std::vector<cli::Command> MakeAdminCommands(const CommandEnvironment& environment = {});
 
-// The output of `sites list` (a TextTable), with "last seen" relative to now_ms.
-std::string SitesTableText(const v1::ListSitesResponse& sites, int64_t now_ms);
+// Each site's last success in `status`: the received_ms of its latest accepted update.
+std::map<std::string, int64_t> LastAcceptedUpdates(const v1::RunStatus& status);
+// The output of `sites list` (a TextTable), with "last seen" relative to now_ms. Its "last failure" column holds the
+// site's latest failure report (stage, error class, age), marked "!" when it is newer than the site's last success in
+// `last_success` (site id -> ms; `sites list` passes LastAcceptedUpdates of the latest run) or the site has none
+// there, with a legend under the table when any site is marked.
+std::string SitesTableText(const v1::ListSitesResponse& sites, int64_t now_ms,
+                           const std::map<std::string, int64_t>& last_success = {});
+// The output of `sites show`: the site's line (status, serial, pinned and refused keys), first and last seen, state,
+// dataset summary, agent version and device, then its failure reports (most recent first): time, run / round / attempt
+// / task kind, stage, error class and code, message, the site's time of failure and its log lines indented. Every site
+// string passes through TerminalSafe (messages cut at 2048 bytes, log lines at 512).
+std::string SiteDetailText(const v1::SiteResponse& site, int64_t now_ms);
 // The output of `run list`.
 std::string RunListText(const v1::ListRunsResponse& runs);
-// The output of `run status` for one poll.
+// The output of `run status` for one poll; under the sites table, each site's latest failure report of the run
+// (round, attempt, stage, class, age, message).
 std::string RunStatusText(const v1::RunStatus& status, int64_t now_ms);
 
 }  // namespace fedtune::admin

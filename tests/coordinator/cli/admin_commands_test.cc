@@ -770,8 +770,8 @@ TEST_F(AdminCommandsTest, RealBinary) {
       &out);
   EXPECT_EQ(rc, cli::kExitDenied) << out;
   rc = fedtune::testing::RunCommand(bin + " help", &out);
-  for (const char* command : {"sites list", "sites approve", "sites revoke", "run start", "run status", "run abort",
-                              "model export", "report"}) {
+  for (const char* command : {"sites list", "sites show", "sites approve", "sites revoke", "run start", "run status",
+                              "run abort", "model export", "report"}) {
     EXPECT_THAT(out, HasSubstr(command));
   }
 }
@@ -792,8 +792,8 @@ TEST(AdminCommandSetTest, PathsAndConnectionFlags) {
     }
     EXPECT_EQ(connection, 6) << path;
   }
-  EXPECT_THAT(paths, ::testing::ElementsAre("sites list", "sites approve", "sites revoke", "run start", "run status",
-                                            "run abort", "run list", "model export", "report"));
+  EXPECT_THAT(paths, ::testing::ElementsAre("sites list", "sites show", "sites approve", "sites revoke", "run start",
+                                            "run status", "run abort", "run list", "model export", "report"));
 }
 
 // Text a site controls (heartbeat state, dataset-free fields, round notes) never reaches the terminal with control
