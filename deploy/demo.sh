@@ -32,10 +32,15 @@
 #                     next to the private run's, with each site's epsilon
 #   --dp-kind K       with --dp-epsilon: sgd (default: DP-SGD, per image) or fedavg (client-level DP-FedAvg, per site;
 #                     needs --secure-aggregation, since a site with a budget adds its own share of the noise)
+#   --dashboard PORT  serve the live web dashboard (`fedtune dashboard`) on 127.0.0.1:PORT while the demo runs
+#                     (default 8080; 0: a free port; off: no dashboard). The coordinator and every site agent also
+#                     serve Prometheus metrics on free 127.0.0.1 ports (the coordinator's is printed, each site's is
+#                     in SITE/site.metrics-port; docs/operator-guide.md, Monitoring)
 # Every process the demo starts is stopped when it ends, fails or is interrupted (Ctrl-C).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
+dashboard=8080
 sites=3 rounds=5 local_epochs=2 size=64 arch=tiny images=1000 compression=fp32 seed=1 pretrain_epochs=10
 work="$root/build/demo" setup=1 bin="" fresh=0 prepare_only=0 compare="" cross_site=false secure_aggregation=false
 dp_epsilon="" dp_kind=sgd
@@ -60,7 +65,8 @@ while [[ $# -gt 0 ]]; do
     --secure-aggregation) secure_aggregation=true; shift ;;
     --dp-epsilon) dp_epsilon="$2"; shift 2 ;;
     --dp-kind) dp_kind="$2"; shift 2 ;;
-    -h|--help) sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --dashboard) dashboard="$2"; shift 2 ;;
+    -h|--help) sed -n '2,39p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -209,6 +215,8 @@ ca_dir: "../ca"
 state_dir: "state"
 initial_model: "../$open_source"
 task_wait_seconds: 5
+metrics_listen_address: "127.0.0.1:0"
+metrics_port_file: "metrics-port"
 CFG
 "$bin/fedtune-coordinator" --config coordinator/coordinator.textproto >logs/coordinator.log 2>&1 &
 pids+=($!)
@@ -216,9 +224,24 @@ for _ in $(seq 300); do [[ -s coordinator/port ]] && break; kill -0 "${pids[0]}"
 [[ -s coordinator/port ]] || { echo "demo: the coordinator did not start; see $work/logs/coordinator.log" >&2; exit 1; }
 port="$(cat coordinator/port)"
 echo "listening on 127.0.0.1:$port (log: logs/coordinator.log)"
+[[ -s coordinator/metrics-port ]] && echo "metrics: http://127.0.0.1:$(cat coordinator/metrics-port)/metrics"
 
 export FEDTUNE_COORDINATOR="localhost:$port" FEDTUNE_CA="$work/ca/ca.pem"
 export FEDTUNE_CERT="$work/operator/operator.pem" FEDTUNE_KEY="$work/operator/operator.key"
+
+if [[ "$dashboard" != off ]]; then
+  # The operator's read-only web page (fedtune dashboard: polls the AdminService with the operator certificate).
+  rm -f coordinator/dashboard-port
+  "$bin/fedtune" dashboard --listen "127.0.0.1:$dashboard" --port-file coordinator/dashboard-port \
+    >logs/dashboard.log 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do [[ -s coordinator/dashboard-port ]] && break; kill -0 "${pids[-1]}" 2>/dev/null || break; sleep 0.1; done
+  if [[ -s coordinator/dashboard-port ]]; then
+    echo "dashboard: http://127.0.0.1:$(cat coordinator/dashboard-port)/ (open it in a browser; log: logs/dashboard.log)"
+  else
+    echo "demo: warning: the dashboard did not start (port $dashboard in use? try --dashboard 0); see logs/dashboard.log"
+  fi
+fi
 
 # ---------------------------------------------------------------------------------------------------------------
 step "site agents (fedtune-site run: each dials out to the coordinator; no inbound port)"
@@ -237,6 +260,8 @@ site_key: "pki/$id.key"
 ca_cert: "../ca/ca.pem"
 work_dir: "$2"
 heartbeat_seconds: 2
+metrics_listen_address: "127.0.0.1:0"
+metrics_port_file: "$1.metrics-port"
 exit_after_runs: $3
 share_adapted_model: $cross_site
 $4
