@@ -690,6 +690,8 @@ absl::Status RoundManager::FinishEvaluationLocked(const std::string& message) {
 absl::Status RoundManager::Tick() {
   absl::MutexLock lock(&mu_);
   if (!active_) return absl::OkStatus();
+  // The ticker's lines (deadlines, failed attempts, closes) carry the run and round they are about.
+  const ScopedLogContext log_context("", active_->run.run_id, active_->round.round);
   const int64_t now = NowMs();
   if (active_->run.state == RunState::kRunning && active_->secure_aggregation()) {
     // The session's phases have their own deadlines (the masked uploads end at the round's deadline).
