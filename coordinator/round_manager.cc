@@ -301,6 +301,7 @@ absl::StatusOr<std::string> RoundManager::StartRun(const v1::RunConfig& config) 
   RETURN_IF_ERROR(store_->CreateRun(run, round));
   active_ = std::move(active);
   StartSecAggLocked();
+  const ScopedLogContext log_context("", run_id, 1);
   LOG(INFO) << "run " << run_id << " started: " << config.rounds() << " round(s), sites " << absl::StrJoin(sites, ",")
             << ", base model " << base;
   SignalTasksLocked();
@@ -611,6 +612,7 @@ absl::Status RoundManager::MaybeCloseLocked() {
 }
 
 absl::Status RoundManager::CloseRoundLocked() {
+  const ScopedLogContext log_context("", active_->run.run_id, active_->round.round);
   // FedAdam's state advances in place in Step; if closing fails later (and the round stays open for the next tick),
   // the state before this round is read back from its file (the run's fedadam_state_path, not replaced yet), so
   // the retry does not apply the step twice. No copy of the state is kept meanwhile: it is two models. When even

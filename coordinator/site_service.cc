@@ -257,7 +257,10 @@ class SiteServiceImpl::UploadReactor final : public grpc::ServerReadReactor<v1::
     // The stream ended (half-close, cancellation, broken connection) or the session wants no more.
     session_.End(!ok && context_->IsCancelled());
     if (session_.NeedsDecode()) {
-      service_->decoders_.Submit([this] { Complete(session_.Conclude()); });
+      service_->decoders_.Submit([this] {
+        const ScopedLogContext log_context(peer_.common_name, "", 0);
+        Complete(session_.Conclude());
+      });
     } else {
       Complete(session_.Conclude());
     }
