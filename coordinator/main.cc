@@ -1,5 +1,6 @@
-// fedtune-coordinator --config coordinator.textproto: the federation's coordinator daemon. Parses the config,
-// starts the Coordinator (coordinator_server.h) and waits for SIGTERM/SIGINT, then shuts down cleanly (exit 0).
+// fedtune-coordinator --config coordinator.textproto [--log-format text|json]: the federation's coordinator daemon.
+// Parses the config, starts the Coordinator (coordinator_server.h) and waits for SIGTERM/SIGINT, then shuts down
+// cleanly (exit 0).
 #include <signal.h>
 #ifdef __GLIBC__
 #include <malloc.h>
@@ -13,18 +14,28 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "common/net/grpc_logging.h"
 #include "coordinator/coordinator_config.h"
 #include "coordinator/coordinator_server.h"
 
 namespace {
 
-int Usage() {
-  std::fprintf(stderr, "usage: fedtune-coordinator --config coordinator.textproto\n");
+constexpr char kUsage[] = "usage: fedtune-coordinator --config coordinator.textproto [--log-format text|json]";
+
+void Help() {
+  std::printf("%s\n\nflags:\n  %-28s%s\n  %-28s%s\n", kUsage, "--config FILE",
+              "the coordinator's configuration (docs/config-reference.md)", "--log-format text|json",
+              fedtune::kLogFormatFlagHelp);
+}
+
+// A bad command line: one line naming the problem (a JSON object in JSON format) and the usage.
+int Usage(const std::string& problem) {
+  fedtune::PrintErrorLine(absl::StrCat("fedtune-coordinator: error: ", problem, "; ", kUsage));
   return 2;
 }
 
 int ExitCode(const absl::Status& status) {
-  std::fprintf(stderr, "fedtune-coordinator: %s\n", status.ToString().c_str());
+  fedtune::PrintErrorLine(absl::StrCat("fedtune-coordinator: ", status.ToString()));
   return status.code() == absl::StatusCode::kInvalidArgument || status.code() == absl::StatusCode::kNotFound ? 2 : 1;
 }
 
@@ -37,13 +48,13 @@ int Run(int argc, char** argv) {
     } else if (absl::StartsWith(arg, "--config=")) {
       config_path = arg.substr(std::strlen("--config="));
     } else if (arg == "--help" || arg == "-h") {
-      Usage();
+      Help();
       return 0;
     } else {
-      return Usage();
+      return Usage(arg == "--config" ? "--config needs a value" : absl::StrCat("unknown argument '", arg, "'"));
     }
   }
-  if (config_path.empty()) return Usage();
+  if (config_path.empty()) return Usage("--config is required");
 
   // Signals are taken synchronously by this thread: block them before any other thread exists.
   sigset_t signals;
@@ -86,10 +97,15 @@ void TuneAllocator() {
 int main(int argc, char** argv) {
   TuneAllocator();
   fedtune::InitLogging(argv[0]);  // Also the terminate handler: an exception on a server thread exits 1, readably.
+  if (absl::Status format = fedtune::ConfigureLogFormat(&argc, argv); !format.ok()) {
+    fedtune::PrintErrorLine(absl::StrCat("fedtune-coordinator: error: ", format.message()));
+    return 2;
+  }
+  fedtune::net::RouteGrpcLogsForLogFormat();
   try {
     return Run(argc, argv);
   } catch (...) {
-    std::fprintf(stderr, "fedtune-coordinator: error: %s\n", fedtune::DescribeCurrentException().c_str());
+    fedtune::PrintErrorLine(absl::StrCat("fedtune-coordinator: error: ", fedtune::DescribeCurrentException()));
     return 1;
   }
 }

@@ -308,6 +308,7 @@ absl::StatusOr<std::string> RoundManager::StartRun(const v1::RunConfig& config) 
   if (options_.metrics != nullptr) options_.metrics->RunStarted();
   PublishRoundLocked();
   StartSecAggLocked();
+  const ScopedLogContext log_context("", run_id, 1);
   LOG(INFO) << "run " << run_id << " started: " << config.rounds() << " round(s), sites " << absl::StrJoin(sites, ",")
             << ", base model " << base;
   SignalTasksLocked();
@@ -636,6 +637,7 @@ absl::Status RoundManager::MaybeCloseLocked() {
 }
 
 absl::Status RoundManager::CloseRoundLocked() {
+  const ScopedLogContext log_context("", active_->run.run_id, active_->round.round);
   // FedAdam's state advances in place in Step; if closing fails later (and the round stays open for the next tick),
   // the state before this round is read back from its file (the run's fedadam_state_path, not replaced yet), so
   // the retry does not apply the step twice. No copy of the state is kept meanwhile: it is two models. When even
@@ -720,6 +722,8 @@ absl::Status RoundManager::FinishEvaluationLocked(const std::string& message) {
 absl::Status RoundManager::Tick() {
   absl::MutexLock lock(&mu_);
   if (!active_) return absl::OkStatus();
+  // The ticker's lines (deadlines, failed attempts, closes) carry the run and round they are about.
+  const ScopedLogContext log_context("", active_->run.run_id, active_->round.round);
   const int64_t now = NowMs();
   if (active_->run.state == RunState::kRunning && active_->secure_aggregation()) {
     // The session's phases have their own deadlines (the masked uploads end at the round's deadline).

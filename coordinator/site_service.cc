@@ -138,6 +138,7 @@ grpc::Status SiteServiceImpl::DoHello(grpc::CallbackServerContext* context, cons
   SiteCallLimiter::Slot slot;
   absl::StatusOr<pki::PeerIdentity> peer = Admit(*context, kRpc, Access::kSiteHello, false, &slot);
   if (!peer.ok()) return Reply(peer.status(), kRpc, "");
+  const ScopedLogContext log_context(peer->common_name, "", 0);  // The call's log lines name the site.
   absl::StatusOr<SiteRecord> site =
       store_->RecordHello(peer->common_name, peer->serial, request->dataset(), request->capabilities(),
                           options_.auto_approve ? SiteStatus::kApproved : SiteStatus::kPending, NowMs());
@@ -166,9 +167,11 @@ grpc::ServerUnaryReactor* SiteServiceImpl::GetTask(grpc::CallbackServerContext* 
     reactor->Finish(Reply(peer.status(), kRpc, ""));
     return reactor;
   }
+  const ScopedLogContext log_context(peer->common_name, "", 0);
   // The slot stays taken until the call is answered: a long-poll counts among the site's calls.
   auto held = std::make_shared<SiteCallLimiter::Slot>(std::move(slot));
   auto answer = [reactor, response, held, site = peer->common_name](absl::StatusOr<v1::Task> task) {
+    const ScopedLogContext log_context(site, "", 0);  // Also when the waiters' thread answers.
     *held = SiteCallLimiter::Slot();  // Free before the site sees the answer: its next call must not find it counted.
     if (!task.ok()) {
       reactor->Finish(Reply(task.status(), "SiteService/GetTask", site));
@@ -204,6 +207,7 @@ grpc::Status SiteServiceImpl::DoHeartbeat(grpc::CallbackServerContext* context, 
   absl::StatusOr<pki::PeerIdentity> peer =
       Admit(*context, kRpc, Access::kApprovedSite, false, &slot, request->run_id(), request->round());
   if (!peer.ok()) return Reply(peer.status(), kRpc, "");
+  const ScopedLogContext log_context(peer->common_name, request->run_id(), request->round());
   absl::StatusOr<v1::HeartbeatResponse> answer = rounds_->Heartbeat(peer->common_name, *request);
   if (!answer.ok()) {
     authorizer_->Audit(*context, kRpc, *peer, answer.status(), request->run_id(), request->round());
@@ -219,6 +223,7 @@ grpc::ServerWriteReactor<v1::Chunk>* SiteServiceImpl::DownloadModel(grpc::Callba
   SiteCallLimiter::Slot slot;
   absl::StatusOr<pki::PeerIdentity> peer = Admit(*context, kRpc, Access::kApprovedSite, true, &slot);
   if (!peer.ok()) return new FinishedWriter<v1::Chunk>(Reply(peer.status(), kRpc, ""));
+  const ScopedLogContext log_context(peer->common_name, "", 0);
   const std::string& digest = request->digest();
   auto refuse = [&](const absl::Status& status) {
     authorizer_->Audit(*context, kRpc, *peer, status, rounds_->ActiveRunId());
@@ -236,6 +241,7 @@ grpc::ServerWriteReactor<v1::Chunk>* SiteServiceImpl::DownloadModel(grpc::Callba
   absl::StatusOr<ModelStream> stream = ModelStream::Open(*blobs_, digest, request->offset());
   if (!stream.ok()) return refuse(stream.status());
   auto on_end = [this, site = peer->common_name](const absl::Status& outcome, int64_t sent) {
+    const ScopedLogContext log_context(site, "", 0);
     absl::Status counted = store_->AddTransfer(rounds_->ActiveRunId(), site, sent, 0);
     if (!counted.ok()) LOG(WARNING) << "counting downloaded bytes: " << counted;
     if (options_.metrics != nullptr) options_.metrics->SiteSentBytes(site, sent);
@@ -259,6 +265,7 @@ grpc::Status SiteServiceImpl::DoGetUploadOffset(grpc::CallbackServerContext* con
   absl::StatusOr<pki::PeerIdentity> peer =
       Admit(*context, kRpc, Access::kApprovedSite, false, &slot, request->run_id(), request->round());
   if (!peer.ok()) return Reply(peer.status(), kRpc, "");
+  const ScopedLogContext log_context(peer->common_name, request->run_id(), request->round());
   absl::StatusOr<UploadTarget> target =
       request->kind() == v1::UPLOAD_KIND_ADAPTED_MODEL
           ? rounds_->PrepareSharedModelUpload(peer->common_name, request->run_id(), request->round(), request->sha256())
@@ -291,6 +298,7 @@ class SiteServiceImpl::UploadReactor final : public grpc::ServerReadReactor<v1::
   }
 
   void OnReadDone(bool ok) override {
+    const ScopedLogContext log_context(peer_.common_name, "", 0);
     if (ok && session_.Take(chunk_)) {
       StartRead(&chunk_);
       return;
@@ -298,7 +306,10 @@ class SiteServiceImpl::UploadReactor final : public grpc::ServerReadReactor<v1::
     // The stream ended (half-close, cancellation, broken connection) or the session wants no more.
     session_.End(!ok && context_->IsCancelled());
     if (session_.NeedsDecode()) {
-      service_->decoders_.Submit([this] { Complete(session_.Conclude()); });
+      service_->decoders_.Submit([this] {
+        const ScopedLogContext log_context(peer_.common_name, "", 0);
+        Complete(session_.Conclude());
+      });
     } else {
       Complete(session_.Conclude());
     }
@@ -309,6 +320,7 @@ class SiteServiceImpl::UploadReactor final : public grpc::ServerReadReactor<v1::
  private:
   void Complete(UploadOutcome outcome) {
     constexpr char kRpc[] = "SiteService/UploadUpdate";
+    const ScopedLogContext log_context(peer_.common_name, outcome.header.run_id(), outcome.header.round());
     if (outcome.bytes_up > 0) {
       absl::Status counted =
           service_->store_->AddTransfer(outcome.header.run_id(), peer_.common_name, 0, outcome.bytes_up);
@@ -360,6 +372,7 @@ grpc::Status SiteServiceImpl::DoReportMetrics(grpc::CallbackServerContext* conte
   absl::StatusOr<pki::PeerIdentity> peer =
       Admit(*context, kRpc, Access::kApprovedSite, false, &slot, request->run_id(), request->round());
   if (!peer.ok()) return Reply(peer.status(), kRpc, "");
+  const ScopedLogContext log_context(peer->common_name, request->run_id(), request->round());
   absl::Status status = rounds_->ReportMetrics(peer->common_name, *request);
   if (!status.ok()) {
     authorizer_->Audit(*context, kRpc, *peer, status, request->run_id(), request->round());
@@ -373,6 +386,7 @@ grpc::Status SiteServiceImpl::DoSiteCall(grpc::CallbackServerContext* context, c
   SiteCallLimiter::Slot slot;
   absl::StatusOr<pki::PeerIdentity> peer = Admit(*context, rpc, Access::kApprovedSite, false, &slot, run_id, round);
   if (!peer.ok()) return Reply(peer.status(), rpc, "");
+  const ScopedLogContext log_context(peer->common_name, run_id, round);
   absl::Status status = work(*peer);
   if (!status.ok()) authorizer_->Audit(*context, rpc, *peer, status, run_id, round);
   return Reply(status, rpc, peer->common_name);
@@ -468,10 +482,12 @@ grpc::ServerUnaryReactor* SiteServiceImpl::PhaseLongPoll(
     reactor->Finish(Reply(peer.status(), rpc, ""));
     return reactor;
   }
+  const ScopedLogContext log_context(peer->common_name, request->run_id(), request->round());
   // The slot stays taken until the call is answered: a long-poll counts among the site's calls (as GetTask's).
   auto held = std::make_shared<SiteCallLimiter::Slot>(std::move(slot));
   auto finish = [this, reactor, response, held, context, rpc, peer = *peer, run_id = request->run_id(),
                  round = request->round()](absl::StatusOr<Response> result) {
+    const ScopedLogContext log_context(peer.common_name, run_id, round);
     *held = SiteCallLimiter::Slot();
     if (!result.ok()) {
       authorizer_->Audit(*context, rpc, peer, result.status(), run_id, round);

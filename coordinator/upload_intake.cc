@@ -239,6 +239,8 @@ absl::StatusOr<v1::UploadResponse> RoundManager::AcceptUpload(const std::string&
                                                               const v1::UploadHeader& header,
                                                               const UploadTarget& target,
                                                               const std::string& received_sha256) {
+  // Decoded on a worker thread: its lines (accepted, refused, the round it closes) name the site, run and round.
+  const ScopedLogContext log_context(site_id, header.run_id(), header.round());
   const std::string what =
       absl::StrCat("update from ", site_id, " for run ", header.run_id(), " round ", header.round());
   // A claim of BeginUpload ends here, whatever the outcome.

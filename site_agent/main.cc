@@ -2,12 +2,14 @@
 
 #include <iostream>
 
+#include "absl/strings/str_cat.h"
 #include "common/cli/command.h"
 #include "common/data/data_check_command.h"
 #include "common/data/index_command.h"
 #include "common/imaging/convert_command.h"
 #include "common/logging.h"
 #include "common/model/model_command.h"
+#include "common/net/grpc_logging.h"
 #include "common/pki/pki_commands.h"
 #include "site_agent/agent/run_command.h"
 #include "site_agent/commands/evaluate.h"
@@ -17,6 +19,12 @@
 
 int main(int argc, char** argv) {
   fedtune::InitLogging(argv[0]);
+  // --log-format anywhere on the command line (before or after the command's words).
+  if (absl::Status format = fedtune::ConfigureLogFormat(&argc, argv); !format.ok()) {
+    fedtune::PrintErrorLine(absl::StrCat("fedtune-site: error: ", format.message()));
+    return fedtune::cli::kExitBadInput;
+  }
+  fedtune::net::RouteGrpcLogsForLogFormat();
   fedtune::cli::CommandSet commands("fedtune-site", "the fedtune site agent and local tools of a hospital");
   // data check decodes every image with the decoder training uses (and its --max-image-pixels), so it accepts
   // exactly what training reads.

@@ -142,7 +142,13 @@ std::string CommandSet::UsageOf(const Command& c) const {
     if (f.value) absl::StrAppend(&out, " (default: ", f.value->empty() ? "\"\"" : *f.value, ")");
     absl::StrAppend(&out, "\n");
   }
+  absl::StrAppend(&out, "\nglobal flags (anywhere on the command line):\n", GlobalFlagsHelp());
   return out;
+}
+
+std::string CommandSet::GlobalFlagsHelp() {
+  const std::string left = "--log-format text|json";
+  return absl::StrCat("  ", left, std::string(28 - left.size(), ' '), kLogFormatFlagHelp, "\n");
 }
 
 std::string CommandSet::Overview() const {
@@ -152,6 +158,7 @@ std::string CommandSet::Overview() const {
     std::string name = absl::StrJoin(c.path, " ");
     absl::StrAppend(&out, "  ", name, std::string(name.size() < 24 ? 24 - name.size() : 1, ' '), c.summary, "\n");
   }
+  absl::StrAppend(&out, "\nglobal flags (anywhere on the command line):\n", GlobalFlagsHelp());
   absl::StrAppend(&out, "\nRun '", program_, " COMMAND --help' for a command's flags.\n");
   return out;
 }
@@ -171,9 +178,14 @@ int CommandSet::Main(int argc, char** argv) const {
     if (match && (best == nullptr || c.path.size() > best->path.size())) best = &c;
   }
   if (best == nullptr) {
-    std::cerr << program_ << ": error: unknown command '"
-              << absl::StrJoin(args.begin(), args.begin() + std::min<size_t>(2, args.size()), " ") << "'\n\n"
-              << Overview();
+    const std::string error =
+        absl::StrCat(program_, ": error: unknown command '",
+                     absl::StrJoin(args.begin(), args.begin() + std::min<size_t>(2, args.size()), " "), "'");
+    if (CurrentLogFormat() == LogFormat::kJson) {
+      PrintErrorLine(absl::StrCat(error, " (run '", program_, " --help' for the commands)"));
+    } else {
+      std::cerr << error << "\n\n" << Overview();
+    }
     return kExitBadInput;
   }
   std::vector<std::string> rest(args.begin() + best->path.size(), args.end());
@@ -186,7 +198,13 @@ int CommandSet::Main(int argc, char** argv) const {
   const std::string name = absl::StrCat(program_, " ", absl::StrJoin(best->path, " "));
   absl::StatusOr<ParsedFlags> flags = ParseFlags(rest, best->flags, best->max_positional);
   if (!flags.ok()) {
-    std::cerr << name << ": error: " << flags.status().message() << "\n\n" << UsageOf(*best);
+    // In JSON format stderr carries JSON lines only: the error, and where to find the usage.
+    if (CurrentLogFormat() == LogFormat::kJson) {
+      PrintErrorLine(
+          absl::StrCat(name, ": error: ", flags.status().message(), " (run '", name, " --help' for its flags)"));
+    } else {
+      std::cerr << name << ": error: " << flags.status().message() << "\n\n" << UsageOf(*best);
+    }
     return ExitCodeFor(flags.status());
   }
   absl::Status status;
@@ -195,11 +213,11 @@ int CommandSet::Main(int argc, char** argv) const {
   } catch (...) {
     // A command returns its errors as a Status; this is the top-level net for what escapes (std::bad_alloc on a
     // hostile input, a library's exception): one clear line and exit 1, never an abort.
-    std::cerr << name << ": error: " << DescribeCurrentException() << "\n";
+    PrintErrorLine(absl::StrCat(name, ": error: ", DescribeCurrentException()));
     return kExitFailure;
   }
   if (!status.ok()) {
-    std::cerr << name << ": error: " << status.message() << "\n";
+    PrintErrorLine(absl::StrCat(name, ": error: ", status.message()));
     return ExitCodeFor(status);
   }
   return kExitOk;

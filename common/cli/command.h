@@ -79,11 +79,14 @@ class CommandSet {
  public:
   CommandSet(std::string program, std::string description);
   void Add(Command command);
-  // Dispatches argv to a command; prints help for `help`, `--help`, `-h` or an incomplete path; prints errors to
-  // stderr as "PROGRAM COMMAND: error: MESSAGE". Returns the process exit code.
+  // Dispatches argv to a command; prints help for `help`, `--help`, `-h` or an incomplete path (with the global flag
+  // --log-format, which main() takes out of argv first: common/logging.h ConfigureLogFormat); prints errors to
+  // stderr as "PROGRAM COMMAND: error: MESSAGE" (followed by the usage in text format; with --log-format json one
+  // JSON line, PrintErrorLine). Returns the process exit code.
   int Main(int argc, char** argv) const;
 
  private:
+  static std::string GlobalFlagsHelp();
   std::string UsageOf(const Command& command) const;
   std::string Overview() const;
   std::string program_;

@@ -364,7 +364,8 @@ absl::StatusOr<TrainResult> FitImpl(torch::nn::Module& model, const ForwardFn& f
   if (options.mixed_precision && !device.is_cuda()) {
     LOG(INFO) << options.name << ": mixed precision applies to CUDA only; training in float32 on " << device;
   }
-  const bool on_terminal = options.progress && ::isatty(STDERR_FILENO);
+  // The progress line rewrites itself with '\r': only on a terminal, and never among JSON log lines.
+  const bool on_terminal = options.progress && ::isatty(STDERR_FILENO) && CurrentLogFormat() == LogFormat::kText;
   try {
     model.to(device);
     torch::Tensor pw = pos_weight.defined() ? pos_weight.to(device) : torch::Tensor();

@@ -3,8 +3,10 @@
 #include <iostream>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "common/cli/command.h"
 #include "common/logging.h"
+#include "common/net/grpc_logging.h"
 #include "common/pki/pki_commands.h"
 #include "common/privacy/privacy_command.h"
 #include "common/stats/compare_command.h"
@@ -15,6 +17,12 @@
 
 int main(int argc, char** argv) {
   fedtune::InitLogging(argv[0]);
+  // --log-format anywhere on the command line (before or after the command's words).
+  if (absl::Status format = fedtune::ConfigureLogFormat(&argc, argv); !format.ok()) {
+    fedtune::PrintErrorLine(absl::StrCat("fedtune: error: ", format.message()));
+    return fedtune::cli::kExitBadInput;
+  }
+  fedtune::net::RouteGrpcLogsForLogFormat();
   fedtune::cli::CommandSet commands("fedtune",
                                     "federated fine-tuning of chest-radiograph "
                                     "models (operator and research CLI)");
