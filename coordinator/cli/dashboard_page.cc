@@ -577,10 +577,24 @@ const char kDashboardScript[] =
     setLive('static snapshot', 'stale');
     return;
   }
-  var source = new EventSource('/events');
-  source.onopen = function () { setLive('live', 'ok'); };
-  source.onerror = function () { setLive('reconnecting\u2026', 'stale'); };
-  source.onmessage = function (event) {
+  // The browser reconnects by itself after a network error, but gives up for good after a non-200 answer (a 503
+  // when too many pages are open, a restarted dashboard's 403, ...): then this reconnects, every 10 s.
+  var source = null;
+  function connect() {
+    source = new EventSource('/events');
+    source.onopen = function () { setLive('live', 'ok'); };
+    source.onerror = function () {
+      if (source.readyState === EventSource.CLOSED) {
+        setLive('disconnected', 'stale');
+        source.close();
+        setTimeout(connect, 10000);
+      } else {
+        setLive('reconnecting\u2026', 'stale');
+      }
+    };
+    source.onmessage = onMessage;
+  }
+  function onMessage(event) {
     var update;
     try { update = JSON.parse(event.data); } catch (e) { return; }
     var sections = update.sections || {};
@@ -601,7 +615,8 @@ const char kDashboardScript[] =
     });
     document.body.setAttribute('data-seq', String(update.seq));
     setLive('live', 'ok');
-  };
+  }
+  connect();
 })();
 )js";
 

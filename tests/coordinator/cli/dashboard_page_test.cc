@@ -340,5 +340,13 @@ TEST(DashboardPageTest, ScriptUsesOnlyTheDashboardsOwnEndpoints) {
   EXPECT_THAT(script, Not(HasSubstr("eval(")));
 }
 
+TEST(DashboardPageTest, ScriptReconnectsAfterTheBrowserGaveUp) {
+  // After a non-200 answer EventSource is CLOSED for good: the script says so and opens a new one later.
+  const std::string script = kDashboardScript;
+  EXPECT_THAT(script, HasSubstr("source.readyState === EventSource.CLOSED"));
+  EXPECT_THAT(script, HasSubstr("setLive('disconnected', 'stale')"));
+  EXPECT_THAT(script, HasSubstr("setTimeout(connect, 10000)"));
+}
+
 }  // namespace
 }  // namespace fedtune::admin
