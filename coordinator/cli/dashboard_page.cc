@@ -390,6 +390,20 @@ std::string DashboardEventJson(const DashboardSnapshot& snapshot) {
   return event.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
+std::string DashboardChangedEventJson(const DashboardSnapshot& snapshot, std::map<std::string, std::string>* sent) {
+  json sections = json::object();
+  for (const std::string& id : DashboardSectionIds()) {
+    std::string html = DashboardSectionHtml(snapshot, id);
+    auto it = sent->find(id);
+    if (it != sent->end() && it->second == html) continue;
+    sections[id] = html;
+    (*sent)[id] = std::move(html);
+  }
+  if (sections.empty()) return "";
+  const json event = {{"seq", snapshot.seq}, {"sections", sections}};
+  return event.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
 std::string DashboardStateJson(const DashboardSnapshot& s) {
   json state = {{"format", "fedtune-dashboard-state-v1"},
                 {"seq", s.seq},

@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <map>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -346,6 +347,7 @@ void DashboardServer::Route() {
       int64_t sent_seq = 0;
       bool started = false;
       absl::Time end;
+      std::map<std::string, std::string> sections;  // What this page shows: the sections sent (DashboardChanged...).
     };
     auto stream = std::make_shared<Stream>();
     stream->end = absl::Now() + options_.event_stream_max;
@@ -362,15 +364,29 @@ void DashboardServer::Route() {
             chunk = "retry: 3000\n\n";  // Reconnect after 3 s when the stream ends.
             stream->started = true;
           }
-          std::shared_ptr<const DashboardSnapshot> snapshot = board_->Latest();
-          if (snapshot->seq <= stream->sent_seq && chunk.empty()) {
-            snapshot = board_->WaitNewer(stream->sent_seq, options_.event_keepalive);
+          // Only the sections that changed since the last event are sent: most polls change nothing but the status
+          // line, and a snapshot that changes nothing at all sends nothing.
+          const absl::Time keepalive_at = absl::Now() + options_.event_keepalive;
+          while (true) {
+            std::shared_ptr<const DashboardSnapshot> snapshot = board_->Latest();
+            if (snapshot->seq <= stream->sent_seq && chunk.empty()) {
+              snapshot = board_->WaitNewer(stream->sent_seq, keepalive_at - absl::Now());
+            }
+            if (stopping_ || board_->closed()) break;
+            if (snapshot->seq > stream->sent_seq) {
+              stream->sent_seq = snapshot->seq;
+              const std::string data = DashboardChangedEventJson(*snapshot, &stream->sections);
+              if (!data.empty()) absl::StrAppend(&chunk, "id: ", snapshot->seq, "\ndata: ", data, "\n\n");
+            }
+            if (!chunk.empty()) break;
+            if (absl::Now() >= keepalive_at) {
+              chunk = ": keep-alive\n\n";  // Finds a closed connection.
+              break;
+            }
           }
-          if (snapshot->seq > stream->sent_seq) {
-            absl::StrAppend(&chunk, "id: ", snapshot->seq, "\ndata: ", DashboardEventJson(*snapshot), "\n\n");
-            stream->sent_seq = snapshot->seq;
-          } else if (chunk.empty()) {
-            chunk = ": keep-alive\n\n";  // Finds a closed connection.
+          if (chunk.empty()) {  // Stopping.
+            sink.done();
+            return true;
           }
           if (!sink.write(chunk.data(), chunk.size())) return false;
           if (absl::Now() >= stream->end || stopping_) sink.done();

@@ -5,7 +5,8 @@
 //   - DashboardServer: the HTTP server (cpp-httplib), serving
 //       GET /                    the page, rendered from the latest snapshot (a usable static snapshot without JS)
 //       GET /static/dashboard.js the page's script (compiled in; no external file, CDN or font)
-//       GET /events              server-sent events: every new snapshot's sections (DashboardEventJson)
+//       GET /events              server-sent events: the sections each new snapshot changed on that page
+//                                (DashboardChangedEventJson; none sent when nothing changed)
 //       GET /api/state           the snapshot as JSON (DashboardStateJson)
 //       GET /runs/ID/report      the run's consortium report (GetRunReport, ConsortiumReportHtml: the same page as
 //                                `fedtune report`, with the cross-site matrix when the run has one)

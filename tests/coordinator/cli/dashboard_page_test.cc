@@ -3,6 +3,7 @@
 // loss chart, and the bounds.
 #include "coordinator/cli/dashboard_page.h"
 
+#include <map>
 #include <string>
 
 #include "absl/strings/match.h"
@@ -244,6 +245,20 @@ TEST(DashboardPageTest, EverythingFromTheNetworkIsEscaped) {
     EXPECT_EQ(testing::TerminalUnsafety(state["sites"][0]["site_id"].get<std::string>()), "") << text;
     EXPECT_TRUE(state["runs"][1]["report_url"].is_null()) << text;  // Not a run id the route accepts: no link.
   }
+}
+
+TEST(DashboardPageTest, ChangedEventsCarryOnlyWhatChanged) {
+  std::map<std::string, std::string> sent;
+  const json all = json::parse(DashboardChangedEventJson(Snapshot(), &sent));
+  EXPECT_EQ(all["sections"].size(), DashboardSectionIds().size());
+  EXPECT_EQ(sent.size(), DashboardSectionIds().size());
+  EXPECT_EQ(DashboardChangedEventJson(Snapshot(), &sent), "");  // Nothing changed: nothing to send.
+  DashboardSnapshot later = Snapshot();
+  later.run->set_current_round(later.run->current_round() + 1);
+  const json changed = json::parse(DashboardChangedEventJson(later, &sent));
+  EXPECT_TRUE(changed["sections"].contains("run-section")) << changed.dump();
+  EXPECT_FALSE(changed["sections"].contains("sites-section")) << changed.dump();
+  EXPECT_EQ(sent["run-section"], DashboardSectionHtml(later, "run-section"));
 }
 
 TEST(DashboardPageTest, EventCarriesEverySectionOnOneLine) {

@@ -294,6 +294,26 @@ TEST_F(DashboardServerTest, EventsPushEachNewSnapshotUncompressed) {
   // Nothing new: keep-alive comments only.
   ASSERT_TRUE(Eventually([&] { return absl::StrContains(reader.text(), ": keep-alive"); }));
   EXPECT_THAT(reader.text(), Not(HasSubstr("id: 3")));
+  // A snapshot that changes nothing on the page sends nothing (seq 3)...
+  const size_t seen = reader.text().size();
+  board_.Publish(Snapshot(2));
+  ASSERT_TRUE(Eventually([&] {
+    const std::string t = reader.text();
+    size_t at = seen, count = 0;
+    while ((at = t.find(": keep-alive", at)) != std::string::npos) ++count, ++at;
+    return count >= 3;
+  }));
+  // ... and one that changes the run sends the run's section only (seq 4).
+  board_.Publish(Snapshot(3));
+  ASSERT_TRUE(Eventually([&] { return absl::StrContains(reader.text(), "id: 4\ndata: {"); })) << reader.text();
+  const std::string later = reader.text();
+  EXPECT_THAT(later, Not(HasSubstr("id: 3")));
+  const size_t at4 = later.find("id: 4\ndata: ");
+  const nlohmann::json changed = nlohmann::json::parse(later.substr(at4 + 12, later.find('\n', at4 + 12) - at4 - 12));
+  EXPECT_EQ(changed["seq"], 4);
+  EXPECT_TRUE(changed["sections"].contains("run-section")) << changed.dump();
+  EXPECT_FALSE(changed["sections"].contains("sites-section")) << changed.dump();
+  EXPECT_FALSE(changed["sections"].contains("runs-section")) << changed.dump();
 }
 
 TEST_F(DashboardServerTest, EventStreamsAreBoundedAndEndWhenTheServerStops) {
