@@ -293,23 +293,24 @@ TEST_F(DashboardServerTest, EventsPushEachNewSnapshotUncompressed) {
   EXPECT_THAT(event["sections"]["run-section"].get<std::string>(), HasSubstr("data-round=\"2\""));
   // Nothing new: keep-alive comments only.
   ASSERT_TRUE(Eventually([&] { return absl::StrContains(reader.text(), ": keep-alive"); }));
-  EXPECT_THAT(reader.text(), Not(HasSubstr("id: 3")));
-  // A snapshot that changes nothing on the page sends nothing (seq 3)...
-  const size_t seen = reader.text().size();
-  board_.Publish(Snapshot(2));
-  ASSERT_TRUE(Eventually([&] {
+  EXPECT_THAT(reader.text(), Not(HasSubstr("\nid: 3\ndata:")));
+  // Each event carries only the sections that changed: a snapshot with the same content changes only the status
+  // line (its number), ...
+  auto event_of = [&](int seq) {
     const std::string t = reader.text();
-    size_t at = seen, count = 0;
-    while ((at = t.find(": keep-alive", at)) != std::string::npos) ++count, ++at;
-    return count >= 3;
-  }));
-  // ... and one that changes the run sends the run's section only (seq 4).
+    const std::string head = absl::StrCat("\nid: ", seq, "\ndata: ");
+    const size_t at = t.find(head) + head.size();
+    return nlohmann::json::parse(t.substr(at, t.find('\n', at) - at));
+  };
+  board_.Publish(Snapshot(2));
+  ASSERT_TRUE(Eventually([&] { return absl::StrContains(reader.text(), "\nid: 3\ndata: {"); })) << reader.text();
+  const nlohmann::json same = event_of(3);
+  EXPECT_EQ(same["sections"].size(), 1u) << same.dump();
+  EXPECT_TRUE(same["sections"].contains("snapshot-status")) << same.dump();
+  // ... and one that changes the run also sends the run's section, not the unchanged sites and runs.
   board_.Publish(Snapshot(3));
-  ASSERT_TRUE(Eventually([&] { return absl::StrContains(reader.text(), "id: 4\ndata: {"); })) << reader.text();
-  const std::string later = reader.text();
-  EXPECT_THAT(later, Not(HasSubstr("id: 3")));
-  const size_t at4 = later.find("id: 4\ndata: ");
-  const nlohmann::json changed = nlohmann::json::parse(later.substr(at4 + 12, later.find('\n', at4 + 12) - at4 - 12));
+  ASSERT_TRUE(Eventually([&] { return absl::StrContains(reader.text(), "\nid: 4\ndata: {"); })) << reader.text();
+  const nlohmann::json changed = event_of(4);
   EXPECT_EQ(changed["seq"], 4);
   EXPECT_TRUE(changed["sections"].contains("run-section")) << changed.dump();
   EXPECT_FALSE(changed["sections"].contains("sites-section")) << changed.dump();
@@ -482,7 +483,7 @@ class HungAdminService final : public v1::AdminService::Service {
     while (!context->IsCancelled() && absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(5));
     return grpc::Status(grpc::StatusCode::UNAVAILABLE, "hung");
   }
-  grpc::Status GetRunStatus(grpc::ServerContext*, const v1::GetRunStatusRequest*, v1::RunStatus*) override {
+  grpc::Status GetRunStatus(grpc::ServerContext*, const v1::RunStatusRequest*, v1::RunStatus*) override {
     absl::MutexLock lock(&mu_);
     ++other_calls_;
     return grpc::Status(grpc::StatusCode::NOT_FOUND, "no run");
