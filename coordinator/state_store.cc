@@ -1,5 +1,7 @@
 #include "coordinator/state_store.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -528,6 +530,29 @@ absl::StatusOr<std::map<std::string, std::pair<int64_t, int64_t>>> StateStore::G
     ASSIGN_OR_RETURN(bool row, st.Step());
     if (!row) break;
     out[st.ColumnText(0)] = {st.ColumnInt(1), st.ColumnInt(2)};
+  }
+  return out;
+}
+
+absl::StatusOr<std::map<std::string, std::pair<int64_t, int64_t>>> StateStore::GetRunTransferTotals(
+    const std::vector<std::string>& run_ids) {
+  constexpr size_t kBatch = 500;  // Below SQLite's oldest limit of 999 bound parameters.
+  absl::MutexLock lock(&mu_);
+  std::map<std::string, std::pair<int64_t, int64_t>> out;
+  for (size_t begin = 0; begin < run_ids.size(); begin += kBatch) {
+    const size_t end = std::min(run_ids.size(), begin + kBatch);
+    std::string marks;
+    for (size_t i = begin; i < end; ++i) absl::StrAppend(&marks, i == begin ? "?" : ",?");
+    ASSIGN_OR_RETURN(store::Statement st,
+                     db_->Prepare(absl::StrCat("SELECT run_id, SUM(bytes_down), SUM(bytes_up) FROM transfers WHERE "
+                                               "run_id IN (",
+                                               marks, ") GROUP BY run_id")));
+    for (size_t i = begin; i < end; ++i) st.Bind(static_cast<int>(i - begin + 1), run_ids[i]);
+    while (true) {
+      ASSIGN_OR_RETURN(bool row, st.Step());
+      if (!row) break;
+      out[st.ColumnText(0)] = {st.ColumnInt(1), st.ColumnInt(2)};
+    }
   }
   return out;
 }

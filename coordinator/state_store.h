@@ -308,6 +308,10 @@ class StateStore {
   absl::Status AddTransfer(const std::string& run_id, const std::string& site_id, int64_t bytes_down, int64_t bytes_up);
   // site -> (bytes_down, bytes_up).
   absl::StatusOr<std::map<std::string, std::pair<int64_t, int64_t>>> GetTransfers(const std::string& run_id);
+  // run -> (bytes_down, bytes_up) of all its sites together, for each of `run_ids` that has transfers (one grouped
+  // query per 500 runs).
+  absl::StatusOr<std::map<std::string, std::pair<int64_t, int64_t>>> GetRunTransferTotals(
+      const std::vector<std::string>& run_ids);
 
   // ---- Audit
   absl::Status InsertAudit(const AuditRecord& record);

@@ -160,8 +160,25 @@ absl::StatusOr<std::unique_ptr<AdminClient>> AdminClient::Connect(const Connecti
 AdminClient::AdminClient(std::shared_ptr<grpc::Channel> channel, std::string address, absl::Duration timeout)
     : address_(std::move(address)), timeout_(timeout), stub_(v1::AdminService::NewStub(std::move(channel))) {}
 
-void AdminClient::SetDeadline(grpc::ClientContext* context) const {
-  context->set_deadline(absl::ToChronoTime(absl::Now() + timeout_));
+AdminClient::PendingCall::PendingCall(AdminClient* client, grpc::ClientContext* context, absl::Duration timeout)
+    : client_(client), context_(context) {
+  context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  absl::MutexLock lock(&client->pending_mu_);
+  client->pending_.insert(context);
+  // Before the call starts: gRPC cancels it as soon as it starts.
+  if (client->cancelled_) context->TryCancel();
+}
+
+AdminClient::PendingCall::~PendingCall() {
+  absl::MutexLock lock(&client_->pending_mu_);
+  client_->pending_.erase(context_);
+}
+
+void AdminClient::CancelPendingCalls() {
+  absl::MutexLock lock(&pending_mu_);
+  cancelled_ = true;
+  // Under the lock: a context is unregistered (under it too) before it is destroyed.
+  for (grpc::ClientContext* context : pending_) context->TryCancel();
 }
 
 absl::Status AdminClient::Failed(const grpc::Status& status, const char* rpc) const {
@@ -173,7 +190,7 @@ absl::Status AdminClient::Failed(const grpc::Status& status, const char* rpc) co
 
 absl::StatusOr<v1::ListSitesResponse> AdminClient::ListSites() {
   grpc::ClientContext context;
-  SetDeadline(&context);
+  const PendingCall pending(this, &context, timeout_);
   v1::ListSitesResponse response;
   grpc::Status status = stub_->ListSites(&context, v1::ListSitesRequest(), &response);
   if (!status.ok()) return Failed(status, "ListSites");
@@ -183,7 +200,7 @@ absl::StatusOr<v1::ListSitesResponse> AdminClient::ListSites() {
 absl::StatusOr<v1::SiteInfo> AdminClient::ApproveSite(const std::string& site_id, bool replace_key,
                                                       const std::string& expected_key_sha256) {
   grpc::ClientContext context;
-  SetDeadline(&context);
+  const PendingCall pending(this, &context, timeout_);
   v1::SiteRequest request;
   request.set_site_id(site_id);
   request.set_replace_key(replace_key);
@@ -196,7 +213,7 @@ absl::StatusOr<v1::SiteInfo> AdminClient::ApproveSite(const std::string& site_id
 
 absl::StatusOr<v1::SiteInfo> AdminClient::RevokeSite(const std::string& site_id, const std::string& reason) {
   grpc::ClientContext context;
-  SetDeadline(&context);
+  const PendingCall pending(this, &context, timeout_);
   v1::SiteRequest request;
   request.set_site_id(site_id);
   request.set_reason(reason);
@@ -219,7 +236,7 @@ absl::StatusOr<v1::SiteResponse> AdminClient::GetSite(const std::string& site_id
 
 absl::StatusOr<std::string> AdminClient::StartRun(const v1::RunConfig& config) {
   grpc::ClientContext context;
-  SetDeadline(&context);
+  const PendingCall pending(this, &context, timeout_);
   v1::StartRunRequest request;
   *request.mutable_config() = config;
   v1::StartRunResponse response;
@@ -233,7 +250,7 @@ absl::StatusOr<std::string> AdminClient::StartRun(const v1::RunConfig& config) {
 
 absl::StatusOr<v1::RunStatus> AdminClient::GetRunStatus(const std::string& run_id) {
   grpc::ClientContext context;
-  SetDeadline(&context);
+  const PendingCall pending(this, &context, timeout_);
   v1::RunStatusRequest request;
   request.set_run_id(run_id);
   v1::RunStatus response;
@@ -244,7 +261,7 @@ absl::StatusOr<v1::RunStatus> AdminClient::GetRunStatus(const std::string& run_i
 
 absl::StatusOr<v1::RunStatus> AdminClient::AbortRun(const std::string& run_id, const std::string& reason) {
   grpc::ClientContext context;
-  SetDeadline(&context);
+  const PendingCall pending(this, &context, timeout_);
   v1::AbortRunRequest request;
   request.set_run_id(run_id);
   request.set_reason(reason);
@@ -256,7 +273,7 @@ absl::StatusOr<v1::RunStatus> AdminClient::AbortRun(const std::string& run_id, c
 
 absl::StatusOr<v1::RunReport> AdminClient::GetRunReport(const std::string& run_id) {
   grpc::ClientContext context;
-  SetDeadline(&context);
+  const PendingCall pending(this, &context, timeout_);
   v1::RunReportRequest request;
   request.set_run_id(run_id);
   v1::RunReport response;
@@ -267,7 +284,7 @@ absl::StatusOr<v1::RunReport> AdminClient::GetRunReport(const std::string& run_i
 
 absl::StatusOr<v1::ListRunsResponse> AdminClient::ListRuns(int limit) {
   grpc::ClientContext context;
-  SetDeadline(&context);
+  const PendingCall pending(this, &context, timeout_);
   v1::ListRunsRequest request;
   request.set_limit(limit);
   v1::ListRunsResponse response;
@@ -280,7 +297,7 @@ absl::Status AdminClient::ExportOnce(const std::string& digest, net::ChunkReceiv
                                      int64_t* received) {
   *received = 0;
   grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + options.stream_timeout));
+  const PendingCall pending(this, &context, options.stream_timeout);
   v1::ExportModelRequest request;
   request.set_digest(digest);
   request.set_offset(part->offset());

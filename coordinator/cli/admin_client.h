@@ -3,7 +3,8 @@
 // deadline) and the resumable, verified model export.
 //
 // Thread safety: AdminClient is thread-compatible (a gRPC stub is thread-safe, but ExportModel writes files: do not
-// export to the same path from two threads). The free functions are reentrant.
+// export to the same path from two threads), except CancelPendingCalls, which any thread may call at any time. The
+// free functions are reentrant.
 #ifndef FEDTUNE_COORDINATOR_CLI_ADMIN_CLIENT_H_
 #define FEDTUNE_COORDINATOR_CLI_ADMIN_CLIENT_H_
 
@@ -14,8 +15,11 @@
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/cli/command.h"
 #include "common/net/chunk_receiver.h"
@@ -106,9 +110,28 @@ class AdminClient {
   absl::StatusOr<ExportResult> ExportModel(const std::string& digest, const std::string& out_path,
                                            const ExportOptions& options = {});
 
+  // Cancels the calls in flight (they return Cancelled at once instead of waiting for their deadline) and every
+  // later one (they fail with Cancelled without reaching the coordinator): for a program that stops while the
+  // coordinator hangs. Thread-safe; idempotent; not undone.
+  void CancelPendingCalls();
+
   const std::string& address() const { return address_; }
 
  private:
+  // A call's registration (for CancelPendingCalls) for the lifetime of its ClientContext; sets the deadline to now +
+  // `timeout`.
+  class PendingCall {
+   public:
+    PendingCall(AdminClient* client, grpc::ClientContext* context, absl::Duration timeout);
+    ~PendingCall();
+    PendingCall(const PendingCall&) = delete;
+    PendingCall& operator=(const PendingCall&) = delete;
+
+   private:
+    AdminClient* const client_;
+    grpc::ClientContext* const context_;
+  };
+
   // One ExportModel stream from what `part` holds. Sets *received to the bytes it appended.
   absl::Status ExportOnce(const std::string& digest, net::ChunkReceiver* part, const ExportOptions& options,
                           int64_t* received);
@@ -116,12 +139,14 @@ class AdminClient {
   // may still be begun again from byte 0 (once).
   absl::Status ExportInto(const std::string& digest, const std::string& part_path, net::ChunkReceiver* part,
                           const ExportOptions& options, ExportResult* result, bool* may_restart);
-  void SetDeadline(grpc::ClientContext* context) const;
   absl::Status Failed(const grpc::Status& status, const char* rpc) const;
 
   std::string address_;
   absl::Duration timeout_;
   std::unique_ptr<v1::AdminService::Stub> stub_;
+  absl::Mutex pending_mu_;
+  absl::flat_hash_set<grpc::ClientContext*> pending_ ABSL_GUARDED_BY(pending_mu_);
+  bool cancelled_ ABSL_GUARDED_BY(pending_mu_) = false;
 };
 
 }  // namespace fedtune::admin

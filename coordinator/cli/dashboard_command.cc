@@ -3,11 +3,14 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <iostream>
 #include <memory>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "common/io/file_util.h"
 #include "common/logging.h"
@@ -78,6 +81,28 @@ absl::StatusOr<std::pair<std::string, int>> ParseListenAddress(const std::string
   return std::make_pair(host, port);
 }
 
+absl::Duration DashboardPollTimeout(absl::Duration timeout, absl::Duration interval) {
+  return std::min(timeout, std::max(absl::Seconds(5), interval));
+}
+
+absl::StatusOr<std::vector<std::string>> ParseAllowedHosts(const std::string& list) {
+  std::vector<std::string> hosts;
+  for (absl::string_view part : absl::StrSplit(list, ',')) {
+    const std::string host(absl::StripAsciiWhitespace(part));
+    const bool valid = !host.empty() && host.size() <= 253 && std::all_of(host.begin(), host.end(), [](char c) {
+      return absl::ascii_isalnum(c) || c == '.' || c == '-' || c == ':' || c == '[' || c == ']';
+    });
+    if (!valid) {
+      return absl::InvalidArgumentError(absl::StrCat("--allow-host '", list,
+                                                     "': expected host names separated by commas (letters, digits, "
+                                                     "'.', '-'; no port), e.g. dashboard.example.org"));
+    }
+    hosts.push_back(absl::AsciiStrToLower(host));
+  }
+  if (hosts.size() > 32) return absl::InvalidArgumentError("--allow-host: at most 32 names");
+  return hosts;
+}
+
 std::string ListenWarning(const std::string& host, int port) {
   if (IsLoopbackHost(host)) return "";
   return absl::StrCat("warning: the dashboard listens on ", host, ":", port,
@@ -96,7 +121,11 @@ cli::Command MakeDashboardCommand(CommandEnvironment environment) {
            "HOST:PORT", "127.0.0.1:8080"),
       Flag("interval", "seconds between polls of the coordinator (0.5 to 3600)", "SECONDS", "2"),
       Flag("port-file", "write the port served on to this file once serving (for --listen HOST:0)", "FILE",
-           std::nullopt)};
+           std::nullopt),
+      Flag("allow-host",
+           "host names the page may be opened under besides localhost, IP addresses and the listen host (DNS "
+           "rebinding guard), separated by commas",
+           "NAME[,NAME...]", std::nullopt)};
   for (cli::FlagSpec& flag : ConnectionFlags()) command.flags.push_back(std::move(flag));
   command.run = [environment](const cli::ParsedFlags& flags) -> absl::Status {
     std::ostream& out = environment.out != nullptr ? *environment.out : std::cout;
@@ -106,10 +135,20 @@ cli::Command MakeDashboardCommand(CommandEnvironment environment) {
     if (!(interval >= 0.5) || interval > 3600) {
       return absl::InvalidArgumentError(absl::StrCat("--interval is ", interval, ": must be 0.5 to 3600 seconds"));
     }
+    std::vector<std::string> allowed_hosts;
+    if (std::optional<std::string> allow = flags.Get("allow-host"); allow) {
+      ASSIGN_OR_RETURN(allowed_hosts, ParseAllowedHosts(*allow));
+    }
     ASSIGN_OR_RETURN(ConnectionSettings settings, ResolveConnection(flags, env));
     // Before any thread starts (gRPC's included): the signals go to the sigwait below, never to another thread.
     BlockedSignals signals;
-    ASSIGN_OR_RETURN(std::unique_ptr<AdminClient> client, AdminClient::Connect(settings));
+    // Two clients: the poller's calls get a short deadline (a hung coordinator must not stall the page for 3 x
+    // --timeout), a report may take the operator's full --timeout; both are cancelled on stop.
+    ConnectionSettings poll_settings = settings;
+    poll_settings.timeout_seconds =
+        absl::ToDoubleSeconds(DashboardPollTimeout(absl::Seconds(settings.timeout_seconds), absl::Seconds(interval)));
+    ASSIGN_OR_RETURN(std::unique_ptr<AdminClient> client, AdminClient::Connect(poll_settings));
+    ASSIGN_OR_RETURN(std::unique_ptr<AdminClient> reports_client_owner, AdminClient::Connect(settings));
     const std::string warning = ListenWarning(listen.first, listen.second);
     if (!warning.empty()) {
       std::cerr << warning << std::endl;
@@ -119,7 +158,8 @@ cli::Command MakeDashboardCommand(CommandEnvironment environment) {
     DashboardServerOptions server_options;
     server_options.host = listen.first;
     server_options.port = listen.second;
-    AdminClient* reports_client = client.get();
+    server_options.allowed_hosts = allowed_hosts;
+    AdminClient* reports_client = reports_client_owner.get();
     ASSIGN_OR_RETURN(std::unique_ptr<DashboardServer> server,
                      DashboardServer::Start(
                          &board, [reports_client](const std::string& id) { return reports_client->GetRunReport(id); },
@@ -142,8 +182,10 @@ cli::Command MakeDashboardCommand(CommandEnvironment environment) {
     const int signal = signals.Wait();
     LOG(INFO) << "dashboard: stopping on signal " << signal;
     board.Close();
-    server->Stop();
+    // Bounded by the cancellations, not by a hung coordinator's deadlines.
+    reports_client->CancelPendingCalls();
     poller.Stop();
+    server->Stop();
     out << "dashboard stopped" << std::endl;
     return absl::OkStatus();
   };

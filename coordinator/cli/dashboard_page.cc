@@ -390,6 +390,20 @@ std::string DashboardEventJson(const DashboardSnapshot& snapshot) {
   return event.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
+std::string DashboardChangedEventJson(const DashboardSnapshot& snapshot, std::map<std::string, std::string>* sent) {
+  json sections = json::object();
+  for (const std::string& id : DashboardSectionIds()) {
+    std::string html = DashboardSectionHtml(snapshot, id);
+    auto it = sent->find(id);
+    if (it != sent->end() && it->second == html) continue;
+    sections[id] = html;
+    (*sent)[id] = std::move(html);
+  }
+  if (sections.empty()) return "";
+  const json event = {{"seq", snapshot.seq}, {"sections", sections}};
+  return event.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
 std::string DashboardStateJson(const DashboardSnapshot& s) {
   json state = {{"format", "fedtune-dashboard-state-v1"},
                 {"seq", s.seq},
@@ -577,10 +591,24 @@ const char kDashboardScript[] =
     setLive('static snapshot', 'stale');
     return;
   }
-  var source = new EventSource('/events');
-  source.onopen = function () { setLive('live', 'ok'); };
-  source.onerror = function () { setLive('reconnecting\u2026', 'stale'); };
-  source.onmessage = function (event) {
+  // The browser reconnects by itself after a network error, but gives up for good after a non-200 answer (a 503
+  // when too many pages are open, a restarted dashboard's 403, ...): then this reconnects, every 10 s.
+  var source = null;
+  function connect() {
+    source = new EventSource('/events');
+    source.onopen = function () { setLive('live', 'ok'); };
+    source.onerror = function () {
+      if (source.readyState === EventSource.CLOSED) {
+        setLive('disconnected', 'stale');
+        source.close();
+        setTimeout(connect, 10000);
+      } else {
+        setLive('reconnecting\u2026', 'stale');
+      }
+    };
+    source.onmessage = onMessage;
+  }
+  function onMessage(event) {
     var update;
     try { update = JSON.parse(event.data); } catch (e) { return; }
     var sections = update.sections || {};
@@ -601,7 +629,8 @@ const char kDashboardScript[] =
     });
     document.body.setAttribute('data-seq', String(update.seq));
     setLive('live', 'ok');
-  };
+  }
+  connect();
 })();
 )js";
 

@@ -23,6 +23,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -64,6 +65,10 @@ std::string DashboardSectionHtml(const DashboardSnapshot& snapshot, absl::string
 
 // The data of one server-sent event: one line of JSON {"seq": N, "sections": {ID: HTML, ...}} with every section.
 std::string DashboardEventJson(const DashboardSnapshot& snapshot);
+
+// The same event with only the sections whose HTML differs from `*sent` (id -> the HTML last sent to this page;
+// empty for a new page: every section), which it updates; "" when no section changed (nothing to send).
+std::string DashboardChangedEventJson(const DashboardSnapshot& snapshot, std::map<std::string, std::string>* sent);
 
 // /api/state: the snapshot as JSON (format "fedtune-dashboard-state-v1"), pretty-printed:
 //   {"format", "seq", "taken_ms", "coordinator", "errors": [..],

@@ -1,8 +1,11 @@
 #include "coordinator/cli/dashboard_server.h"
 
+#include <arpa/inet.h>
 #include <httplib.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <map>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -80,18 +83,17 @@ std::string HostPart(absl::string_view host_port) {
 
 bool IsLoopbackHost(const std::string& host) {
   const std::string h = absl::AsciiStrToLower(host);
-  if (h == "localhost" || h == "::1" || absl::EndsWith(h, ".localhost")) return true;
-  if (!absl::StartsWith(h, "127.")) return false;
-  // 127.a.b.c with numeric parts only.
-  int dots = 0;
-  for (char c : h) {
-    if (c == '.') {
-      ++dots;
-    } else if (!absl::ascii_isdigit(c)) {
-      return false;
-    }
-  }
-  return dots == 3;
+  // Not "*.localhost": a resolver need not map those to loopback (RFC 6761 only asks it to).
+  if (h == "localhost" || h == "::1" || h == "[::1]") return true;
+  return absl::StartsWith(h, "127.") && IsIpLiteral(h);
+}
+
+bool IsIpLiteral(const std::string& host) {
+  std::string h = host;
+  if (h.size() >= 2 && h.front() == '[' && h.back() == ']') h = h.substr(1, h.size() - 2);
+  in_addr v4;
+  in6_addr v6;
+  return inet_pton(AF_INET, h.c_str(), &v4) == 1 || inet_pton(AF_INET6, h.c_str(), &v6) == 1;
 }
 
 // ---- SnapshotBoard
@@ -137,8 +139,10 @@ DashboardSnapshot PollCoordinator(AdminClient& client, int runs_limit, int64_t n
   } else {
     s.errors.push_back(CallError(sites.status(), "ListSites"));
   }
-  // An unreachable coordinator fails every call the same way: one line says it.
-  const bool unreachable = !s.errors.empty() && (absl::IsUnavailable(sites.status()));
+  // An unreachable or hung coordinator fails every call the same way: one line says it, and a hung one does not
+  // cost a deadline per call.
+  const bool unreachable =
+      !s.errors.empty() && (absl::IsUnavailable(sites.status()) || absl::IsDeadlineExceeded(sites.status()));
   if (!unreachable) {
     absl::StatusOr<v1::RunStatus> run = client.GetRunStatus("");
     if (run.ok()) {
@@ -186,6 +190,8 @@ void DashboardPoller::Stop() {
     absl::MutexLock lock(&mu_);
     stop_ = true;
   }
+  // A hung coordinator would hold the poll in flight until its deadline.
+  client_->CancelPendingCalls();
   if (thread_.joinable()) thread_.join();
 }
 
@@ -195,8 +201,12 @@ void DashboardPoller::Loop() {
       absl::MutexLock lock(&mu_);
       if (stop_) return;
     }
-    const int64_t now_ms = absl::ToUnixMillis(options_.clock ? options_.clock() : absl::Now());
-    DashboardSnapshot snapshot = PollCoordinator(*client_, options_.runs_limit, now_ms);
+    DashboardSnapshot snapshot = PollCoordinator(*client_, options_.runs_limit, 0);
+    {
+      absl::MutexLock lock(&mu_);
+      if (stop_) return;  // The calls were cancelled: nothing worth showing.
+    }
+    snapshot.taken_ms = absl::ToUnixMillis(options_.clock ? options_.clock() : absl::Now());
     for (const std::string& e : snapshot.errors) LOG(WARNING) << "dashboard: " << e;
     board_->Publish(KeepLastGoodParts(std::move(snapshot), *board_->Latest()));
     absl::MutexLock lock(&mu_);
@@ -237,7 +247,11 @@ absl::StatusOr<std::unique_ptr<DashboardServer>> DashboardServer::Start(Snapshot
                                                " (address in use, or not an address of this machine)"));
   }
   httplib::Server* raw = server->server_.get();
-  server->thread_ = std::thread([raw] { raw->listen_after_bind(); });
+  DashboardServer* self = server.get();
+  server->thread_ = std::thread([self, raw] {
+    if (!self->stopping_) raw->listen_after_bind();
+    self->listen_returned_ = true;
+  });
   // Until the accept loop runs, httplib's stop() would not end it: Stop() must find it running.
   const absl::Time give_up = absl::Now() + absl::Seconds(30);
   while (!raw->is_running()) {
@@ -251,14 +265,31 @@ DashboardServer::~DashboardServer() { Stop(); }
 
 void DashboardServer::Stop() {
   stopping_ = true;
-  if (server_) server_->stop();
-  if (thread_.joinable()) thread_.join();
+  if (!thread_.joinable()) return;
+  // httplib's stop() does nothing until the accept loop runs (is_running()), which may be after Start gave up
+  // waiting for it: stop it once it runs, unless the thread saw stopping_ and never listened.
+  bool stopped = false;
+  while (!listen_returned_) {
+    if (!stopped && server_->is_running()) {
+      server_->stop();
+      stopped = true;
+    }
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  thread_.join();
 }
 
 bool DashboardServer::HostAllowed(const std::string& host_header) const {
-  if (!loopback_) return true;           // Served to the network on purpose (with a warning): any name may reach it.
   if (host_header.empty()) return true;  // HTTP/1.0 clients; a browser always sends Host.
-  return IsLoopbackHost(HostPart(host_header));
+  const std::string host = absl::AsciiStrToLower(HostPart(host_header));
+  if (IsLoopbackHost(host)) return true;
+  for (const std::string& allowed : options_.allowed_hosts) {
+    if (host == absl::AsciiStrToLower(allowed)) return true;
+  }
+  if (loopback_) return false;
+  // Served to the network on purpose (with a warning). A rebinding attack reaches us under the attacker's DNS name,
+  // never under an IP literal, so literals pass; names only when the operator named them (or listens on that name).
+  return IsIpLiteral(host) || host == absl::AsciiStrToLower(HostPart(options_.host));
 }
 
 void DashboardServer::Route() {
@@ -286,7 +317,10 @@ void DashboardServer::Route() {
       return httplib::Server::HandlerResponse::Handled;
     }
     if (!HostAllowed(req.get_header_value("Host"))) {
-      SendError(res, 403, "the dashboard answers only to localhost (Host header refused)");
+      SendError(res, 403,
+                loopback_ ? "the dashboard answers only to localhost (Host header refused)"
+                          : "the dashboard answers only to IP addresses, its listen host and the names given with "
+                            "--allow-host (Host header refused)");
       return httplib::Server::HandlerResponse::Handled;
     }
     return httplib::Server::HandlerResponse::Unhandled;
@@ -313,6 +347,7 @@ void DashboardServer::Route() {
       int64_t sent_seq = 0;
       bool started = false;
       absl::Time end;
+      std::map<std::string, std::string> sections;  // What this page shows: the sections sent (DashboardChanged...).
     };
     auto stream = std::make_shared<Stream>();
     stream->end = absl::Now() + options_.event_stream_max;
@@ -329,15 +364,29 @@ void DashboardServer::Route() {
             chunk = "retry: 3000\n\n";  // Reconnect after 3 s when the stream ends.
             stream->started = true;
           }
-          std::shared_ptr<const DashboardSnapshot> snapshot = board_->Latest();
-          if (snapshot->seq <= stream->sent_seq && chunk.empty()) {
-            snapshot = board_->WaitNewer(stream->sent_seq, options_.event_keepalive);
+          // Only the sections that changed since the last event are sent: most polls change nothing but the status
+          // line, and a snapshot that changes nothing at all sends nothing.
+          const absl::Time keepalive_at = absl::Now() + options_.event_keepalive;
+          while (true) {
+            std::shared_ptr<const DashboardSnapshot> snapshot = board_->Latest();
+            if (snapshot->seq <= stream->sent_seq && chunk.empty()) {
+              snapshot = board_->WaitNewer(stream->sent_seq, keepalive_at - absl::Now());
+            }
+            if (stopping_ || board_->closed()) break;
+            if (snapshot->seq > stream->sent_seq) {
+              stream->sent_seq = snapshot->seq;
+              const std::string data = DashboardChangedEventJson(*snapshot, &stream->sections);
+              if (!data.empty()) absl::StrAppend(&chunk, "id: ", snapshot->seq, "\ndata: ", data, "\n\n");
+            }
+            if (!chunk.empty()) break;
+            if (absl::Now() >= keepalive_at) {
+              chunk = ": keep-alive\n\n";  // Finds a closed connection.
+              break;
+            }
           }
-          if (snapshot->seq > stream->sent_seq) {
-            absl::StrAppend(&chunk, "id: ", snapshot->seq, "\ndata: ", DashboardEventJson(*snapshot), "\n\n");
-            stream->sent_seq = snapshot->seq;
-          } else if (chunk.empty()) {
-            chunk = ": keep-alive\n\n";  // Finds a closed connection.
+          if (chunk.empty()) {  // Stopping.
+            sink.done();
+            return true;
           }
           if (!sink.write(chunk.data(), chunk.size())) return false;
           if (absl::Now() >= stream->end || stopping_) sink.done();

@@ -5,15 +5,18 @@
 //   - DashboardServer: the HTTP server (cpp-httplib), serving
 //       GET /                    the page, rendered from the latest snapshot (a usable static snapshot without JS)
 //       GET /static/dashboard.js the page's script (compiled in; no external file, CDN or font)
-//       GET /events              server-sent events: every new snapshot's sections (DashboardEventJson)
+//       GET /events              server-sent events: the sections each new snapshot changed on that page
+//                                (DashboardChangedEventJson; none sent when nothing changed)
 //       GET /api/state           the snapshot as JSON (DashboardStateJson)
 //       GET /runs/ID/report      the run's consortium report (GetRunReport, ConsortiumReportHtml: the same page as
 //                                `fedtune report`, with the cross-site matrix when the run has one)
 //     Anything else is 404; methods other than GET/HEAD 405. Responses carry a Content-Security-Policy that allows
 //     only the dashboard's own script and the pages' inline style (no external resource can load).
 // The browser never holds a certificate: only this process talks to the coordinator. The page has no authentication,
-// so the server binds to loopback by default (dashboard_command.h warns about any other address); on a loopback
-// address it also refuses requests whose Host header names another host (DNS rebinding).
+// so the server binds to loopback by default (dashboard_command.h warns about any other address). Against DNS
+// rebinding it refuses requests whose Host header names another host: on a loopback address it answers only to
+// loopback names and literals (IsLoopbackHost) and `allowed_hosts`; on another address also to any IP literal and to
+// the listen host itself.
 //
 // Bounds: at most `max_event_clients` event streams at once (503 beyond), each closed after `event_stream_seconds`
 // (browsers reconnect by themselves), at most `max_report_fetches` report requests at once (503 beyond), request
@@ -30,6 +33,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -65,7 +69,8 @@ class SnapshotBoard {
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
 };
 
-// One poll: ListSites, GetRunStatus("") (the latest run; NOT_FOUND means no run yet) and ListRuns(runs_limit). A
+// One poll: ListSites, GetRunStatus("") (the latest run; NOT_FOUND means no run yet) and ListRuns(runs_limit); when
+// ListSites fails with UNAVAILABLE or DEADLINE_EXCEEDED (unreachable or hung) the other two are not tried. A
 // failed call leaves its part empty and adds an error line: "coordinator unreachable: ..." for UNAVAILABLE and
 // DEADLINE_EXCEEDED, "certificate refused: ..." for UNAUTHENTICATED and PERMISSION_DENIED, "coordinator does not
 // support ListRuns (older version)" for UNIMPLEMENTED, the error otherwise. seq is left 0 (SnapshotBoard numbers).
@@ -85,10 +90,11 @@ struct DashboardPollerOptions {
 class DashboardPoller {
  public:
   // Polls at once, then every options.interval, on its own thread, publishing each snapshot (KeepLastGoodParts of
-  // the previous one) to `board`. `client` and
-  // `board` must outlive the poller.
+  // the previous one) to `board`. `client` and `board` must outlive the poller. The client's deadline bounds each
+  // call: give the poller a client with a short one (the command's is DashboardPollTimeout).
   DashboardPoller(AdminClient* client, SnapshotBoard* board, DashboardPollerOptions options);
-  // Stops: waits for the poll in flight (at most the client's deadline per call).
+  // Stops: cancels the client's calls in flight and later (AdminClient::CancelPendingCalls, so the client is of no
+  // further use) and joins the thread; nothing is published after it returns. Idempotent.
   ~DashboardPoller();
   void Stop();
 
@@ -114,6 +120,8 @@ struct DashboardServerOptions {
   absl::Duration event_stream_max = absl::Minutes(5);  // An /events stream is closed after this. Default 5 min.
   absl::Duration event_keepalive = absl::Seconds(15);  // A comment line when nothing new. Default 15 s.
   int max_report_fetches = 2;                          // Concurrent /runs/ID/report requests. Default 2.
+  // Host names (no port) the Host header may name besides the defaults above (--allow-host). Default none.
+  std::vector<std::string> allowed_hosts;
 };
 
 class DashboardServer {
@@ -125,8 +133,9 @@ class DashboardServer {
   // Stops (Stop()).
   ~DashboardServer();
 
-  // Stops accepting, ends the event streams and joins the server thread. Idempotent. Call board->Close() first, or
-  // event streams end only at their next keep-alive.
+  // Stops accepting, ends the event streams and joins the server thread (after the requests in flight: cancel the
+  // report fetcher's calls first). Idempotent. Call board->Close() first, or event streams end only at their next
+  // keep-alive.
   void Stop();
   int port() const { return port_; }
 
@@ -145,10 +154,14 @@ class DashboardServer {
   std::atomic<int> event_clients_{0};
   std::atomic<int> report_fetches_{0};
   std::atomic<bool> stopping_{false};
+  std::atomic<bool> listen_returned_{false};
 };
 
-// True for 127.0.0.0/8, ::1 and "localhost".
+// True for "localhost", 127.0.0.0/8 literals (dotted quad) and ::1 (also "[::1]"); any case. Not "*.localhost".
 bool IsLoopbackHost(const std::string& host);
+
+// True for an IPv4 dotted quad or an IPv6 literal (bare or in brackets).
+bool IsIpLiteral(const std::string& host);
 
 }  // namespace fedtune::admin
 

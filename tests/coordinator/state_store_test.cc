@@ -200,6 +200,19 @@ TEST(StateStoreTest, MetricsTransfersAndAudit) {
   auto transfers = store->GetTransfers("run-0001");
   ASSERT_TRUE(transfers.ok());
   EXPECT_EQ((*transfers)["site-a"], std::make_pair(int64_t{150}, int64_t{7}));
+  ASSERT_TRUE(store->AddTransfer("run-0001", "site-b", 1, 2).ok());
+  ASSERT_TRUE(store->AddTransfer("run-0002", "site-a", 10, 20).ok());
+  ASSERT_TRUE(store->AddTransfer("run-0003", "site-a", 99, 99).ok());
+  auto totals = store->GetRunTransferTotals({"run-0001", "run-0002", "run-0009"});
+  ASSERT_TRUE(totals.ok()) << totals.status();
+  EXPECT_EQ(*totals,
+            (std::map<std::string, std::pair<int64_t, int64_t>>{{"run-0001", {151, 9}}, {"run-0002", {10, 20}}}));
+  std::vector<std::string> many(1200, "run-x");
+  many.back() = "run-0003";
+  totals = store->GetRunTransferTotals(many);  // More than one batch of bound parameters.
+  ASSERT_TRUE(totals.ok()) << totals.status();
+  EXPECT_EQ(totals->size(), 1u);
+  EXPECT_EQ((*totals)["run-0003"], std::make_pair(int64_t{99}, int64_t{99}));
 
   AuditRecord a;
   a.rpc = "SiteService/Hello";

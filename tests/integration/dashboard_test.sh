@@ -88,7 +88,8 @@ get "http://127.0.0.1:$driver_port/status" >/dev/null || fail "chromedriver did 
   "$artifacts" >browser.out 2>&1 &
 browser_pid=$!
 pids+=($browser_pid)
-for _ in $(seq 600); do [[ -f page-loaded ]] && break; kill -0 "$browser_pid" 2>/dev/null || break; sleep 0.1; done
+# dashboard_browser.py may take 120 s (session) + 30 s + 30 s before it writes page-loaded: wait longer than that.
+for _ in $(seq 2100); do [[ -f page-loaded ]] && break; kill -0 "$browser_pid" 2>/dev/null || break; sleep 0.1; done
 [[ -f page-loaded ]] || { cat browser.out; fail "the browser did not load the dashboard"; }
 
 # ---- The run starts only now, with the page already open.
@@ -138,6 +139,8 @@ echo "ok   unknown run 404, POST 405, foreign Host 403"
 
 # ---- A clean stop.
 kill -TERM "$dashboard_pid"
+for _ in $(seq 300); do kill -0 "$dashboard_pid" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$dashboard_pid" 2>/dev/null && fail "the dashboard did not stop within 30 s of SIGTERM"
 rc=0
 wait "$dashboard_pid" || rc=$?
 [[ $rc -eq 0 ]] || fail "the dashboard exited $rc on SIGTERM"

@@ -3,6 +3,7 @@
 // loss chart, and the bounds.
 #include "coordinator/cli/dashboard_page.h"
 
+#include <map>
 #include <string>
 
 #include "absl/strings/match.h"
@@ -246,6 +247,20 @@ TEST(DashboardPageTest, EverythingFromTheNetworkIsEscaped) {
   }
 }
 
+TEST(DashboardPageTest, ChangedEventsCarryOnlyWhatChanged) {
+  std::map<std::string, std::string> sent;
+  const json all = json::parse(DashboardChangedEventJson(Snapshot(), &sent));
+  EXPECT_EQ(all["sections"].size(), DashboardSectionIds().size());
+  EXPECT_EQ(sent.size(), DashboardSectionIds().size());
+  EXPECT_EQ(DashboardChangedEventJson(Snapshot(), &sent), "");  // Nothing changed: nothing to send.
+  DashboardSnapshot later = Snapshot();
+  later.run->set_current_round(later.run->current_round() + 1);
+  const json changed = json::parse(DashboardChangedEventJson(later, &sent));
+  EXPECT_TRUE(changed["sections"].contains("run-section")) << changed.dump();
+  EXPECT_FALSE(changed["sections"].contains("sites-section")) << changed.dump();
+  EXPECT_EQ(sent["run-section"], DashboardSectionHtml(later, "run-section"));
+}
+
 TEST(DashboardPageTest, EventCarriesEverySectionOnOneLine) {
   const std::string event = DashboardEventJson(Snapshot());
   EXPECT_EQ(event.find('\n'), std::string::npos);
@@ -338,6 +353,14 @@ TEST(DashboardPageTest, ScriptUsesOnlyTheDashboardsOwnEndpoints) {
   EXPECT_THAT(script, HasSubstr("new EventSource('/events')"));
   EXPECT_THAT(script, Not(HasSubstr("http")));
   EXPECT_THAT(script, Not(HasSubstr("eval(")));
+}
+
+TEST(DashboardPageTest, ScriptReconnectsAfterTheBrowserGaveUp) {
+  // After a non-200 answer EventSource is CLOSED for good: the script says so and opens a new one later.
+  const std::string script = kDashboardScript;
+  EXPECT_THAT(script, HasSubstr("source.readyState === EventSource.CLOSED"));
+  EXPECT_THAT(script, HasSubstr("setLive('disconnected', 'stale')"));
+  EXPECT_THAT(script, HasSubstr("setTimeout(connect, 10000)"));
 }
 
 }  // namespace

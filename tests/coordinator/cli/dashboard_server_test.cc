@@ -1,7 +1,7 @@
 // The dashboard's HTTP server (coordinator/cli/dashboard_server.h) over real loopback HTTP with cpp-httplib's client:
 // the page, the script, /api/state, the report route, refusals (method, Host header, bad run id), the event stream
 // (a new snapshot arrives without asking, not compressed even when the client accepts gzip), its bound, a clean stop
-// with a stream open; and PollCoordinator against an unreachable coordinator.
+// with a stream open; and PollCoordinator and DashboardPoller against an unreachable or hung coordinator.
 #include "coordinator/cli/dashboard_server.h"
 
 #include <httplib.h>
@@ -21,6 +21,8 @@
 #include "gmock/gmock.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server_builder.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/coordinator/cli/run_report_fixture.h"
@@ -148,6 +150,12 @@ TEST_F(DashboardServerTest, RefusesWritesForeignHostsBadIdsAndUnknownPages) {
     ASSERT_TRUE(ok);
     EXPECT_EQ(ok->status, 200) << host;
   }
+  // An attacker's name under .localhost, or any other IP literal, is no loopback name.
+  for (const char* host : {"evil.localhost:8080", "10.0.0.1:8080", "dashboard.example.org"}) {
+    auto refused = client.Get("/api/state", {{"Host", host}});
+    ASSERT_TRUE(refused);
+    EXPECT_EQ(refused->status, 403) << host;
+  }
   auto bad_id = client.Get("/runs/..%2Fx/report");
   ASSERT_TRUE(bad_id);
   EXPECT_NE(bad_id->status, 200);
@@ -225,6 +233,45 @@ class EventReader {
   std::thread thread_;
 };
 
+TEST_F(DashboardServerTest, AllowsTheHostNamesTheOperatorGave) {
+  DashboardServerOptions options;
+  options.allowed_hosts = {"dashboard.example.org"};
+  Start(options);
+  httplib::Client client = Client();
+  auto allowed = client.Get("/api/state", {{"Host", "Dashboard.Example.org:8080"}});
+  ASSERT_TRUE(allowed);
+  EXPECT_EQ(allowed->status, 200);
+  auto other = client.Get("/api/state", {{"Host", "evil.example.org:8080"}});
+  ASSERT_TRUE(other);
+  EXPECT_EQ(other->status, 403);
+}
+
+// A non-loopback listen address (the wildcard, so that the test reaches it over loopback): IP literals, the listen
+// host and the allowed names pass; any other name (a rebinding attacker's) is refused.
+TEST(DashboardServerNetworkTest, RefusesForeignNamesOnANetworkAddress) {
+  SnapshotBoard board;
+  DashboardServerOptions options;
+  options.host = "0.0.0.0";
+  options.port = 0;
+  options.allowed_hosts = {"dashboard.example.org"};
+  auto server = DashboardServer::Start(&board, nullptr, options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  httplib::Client client("127.0.0.1", (*server)->port());
+  client.set_read_timeout(20);
+  for (const char* host : {"10.1.2.3:8080", "[2001:db8::1]:8080", "0.0.0.0", "dashboard.example.org", "localhost"}) {
+    auto ok = client.Get("/api/state", {{"Host", host}});
+    ASSERT_TRUE(ok);
+    EXPECT_EQ(ok->status, 200) << host;
+  }
+  for (const char* host : {"evil.example:8080", "10.1.2.3.evil.example", "evil.localhost"}) {
+    auto refused = client.Get("/api/state", {{"Host", host}});
+    ASSERT_TRUE(refused);
+    EXPECT_EQ(refused->status, 403) << host;
+    EXPECT_THAT(refused->body, HasSubstr("--allow-host"));
+  }
+  board.Close();
+}
+
 TEST_F(DashboardServerTest, EventsPushEachNewSnapshotUncompressed) {
   Start();
   board_.Publish(Snapshot(1));
@@ -246,7 +293,28 @@ TEST_F(DashboardServerTest, EventsPushEachNewSnapshotUncompressed) {
   EXPECT_THAT(event["sections"]["run-section"].get<std::string>(), HasSubstr("data-round=\"2\""));
   // Nothing new: keep-alive comments only.
   ASSERT_TRUE(Eventually([&] { return absl::StrContains(reader.text(), ": keep-alive"); }));
-  EXPECT_THAT(reader.text(), Not(HasSubstr("id: 3")));
+  EXPECT_THAT(reader.text(), Not(HasSubstr("\nid: 3\ndata:")));
+  // Each event carries only the sections that changed: a snapshot with the same content changes only the status
+  // line (its number), ...
+  auto event_of = [&](int seq) {
+    const std::string t = reader.text();
+    const std::string head = absl::StrCat("\nid: ", seq, "\ndata: ");
+    const size_t at = t.find(head) + head.size();
+    return nlohmann::json::parse(t.substr(at, t.find('\n', at) - at));
+  };
+  board_.Publish(Snapshot(2));
+  ASSERT_TRUE(Eventually([&] { return absl::StrContains(reader.text(), "\nid: 3\ndata: {"); })) << reader.text();
+  const nlohmann::json same = event_of(3);
+  EXPECT_EQ(same["sections"].size(), 1u) << same.dump();
+  EXPECT_TRUE(same["sections"].contains("snapshot-status")) << same.dump();
+  // ... and one that changes the run also sends the run's section, not the unchanged sites and runs.
+  board_.Publish(Snapshot(3));
+  ASSERT_TRUE(Eventually([&] { return absl::StrContains(reader.text(), "\nid: 4\ndata: {"); })) << reader.text();
+  const nlohmann::json changed = event_of(4);
+  EXPECT_EQ(changed["seq"], 4);
+  EXPECT_TRUE(changed["sections"].contains("run-section")) << changed.dump();
+  EXPECT_FALSE(changed["sections"].contains("sites-section")) << changed.dump();
+  EXPECT_FALSE(changed["sections"].contains("runs-section")) << changed.dump();
 }
 
 TEST_F(DashboardServerTest, EventStreamsAreBoundedAndEndWhenTheServerStops) {
@@ -359,11 +427,16 @@ TEST(KeepLastGoodPartsTest, AFailedPollKeepsWhatTheCoordinatorLastAnswered) {
 }
 
 TEST(IsLoopbackHostTest, Addresses) {
-  for (const char* host : {"127.0.0.1", "127.1.2.3", "localhost", "LOCALHOST", "::1", "app.localhost"}) {
+  for (const char* host : {"127.0.0.1", "127.1.2.3", "localhost", "LOCALHOST", "::1", "[::1]"}) {
     EXPECT_TRUE(IsLoopbackHost(host)) << host;
   }
-  for (const char* host : {"0.0.0.0", "10.0.0.1", "127.0.0.1.evil.example", "evil.example", "", "::", "127.0.0.x"}) {
+  for (const char* host : {"0.0.0.0", "10.0.0.1", "127.0.0.1.evil.example", "evil.example", "", "::", "127.0.0.x",
+                           "app.localhost", "localhost.", "127.1", "127.0.0.256"}) {
     EXPECT_FALSE(IsLoopbackHost(host)) << host;
+  }
+  for (const char* host : {"10.0.0.1", "::", "[2001:db8::1]", "127.0.0.1"}) EXPECT_TRUE(IsIpLiteral(host)) << host;
+  for (const char* host : {"", "evil.example", "10.0.0.1.evil", "[10.0.0.1]x", "1.2.3"}) {
+    EXPECT_FALSE(IsIpLiteral(host)) << host;
   }
 }
 
@@ -396,6 +469,107 @@ TEST(PollCoordinatorTest, AnUnreachableCoordinatorIsOneErrorLine) {
   EXPECT_FALSE(s.runs.has_value());
   const std::string page = DashboardPageHtml(s);
   EXPECT_THAT(page, HasSubstr("<p class=\"error\" id=\"error\">coordinator unreachable: "));
+}
+
+// An AdminService that hangs in ListSites (until the call is cancelled, or 60 s pass) and counts the calls.
+class HungAdminService final : public v1::AdminService::Service {
+ public:
+  grpc::Status ListSites(grpc::ServerContext* context, const v1::ListSitesRequest*, v1::ListSitesResponse*) override {
+    {
+      absl::MutexLock lock(&mu_);
+      ++list_sites_;
+    }
+    const absl::Time give_up = absl::Now() + absl::Seconds(60);
+    while (!context->IsCancelled() && absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(5));
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "hung");
+  }
+  grpc::Status GetRunStatus(grpc::ServerContext*, const v1::RunStatusRequest*, v1::RunStatus*) override {
+    absl::MutexLock lock(&mu_);
+    ++other_calls_;
+    return grpc::Status(grpc::StatusCode::NOT_FOUND, "no run");
+  }
+  grpc::Status ListRuns(grpc::ServerContext*, const v1::ListRunsRequest*, v1::ListRunsResponse*) override {
+    absl::MutexLock lock(&mu_);
+    ++other_calls_;
+    return grpc::Status::OK;
+  }
+  int list_sites() {
+    absl::MutexLock lock(&mu_);
+    return list_sites_;
+  }
+  int other_calls() {
+    absl::MutexLock lock(&mu_);
+    return other_calls_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  int list_sites_ ABSL_GUARDED_BY(mu_) = 0;
+  int other_calls_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+class HungCoordinatorTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
+    builder.RegisterService(&service_);
+    server_ = builder.BuildAndStart();
+    ASSERT_TRUE(server_ != nullptr);
+    ASSERT_GT(port_, 0);
+    address_ = absl::StrCat("127.0.0.1:", port_);
+  }
+  void TearDown() override { server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(5))); }
+  std::unique_ptr<AdminClient> Client(absl::Duration timeout) {
+    return std::make_unique<AdminClient>(grpc::CreateChannel(address_, grpc::InsecureChannelCredentials()), address_,
+                                         timeout);
+  }
+
+  HungAdminService service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  std::string address_;
+};
+
+TEST_F(HungCoordinatorTest, AHungCoordinatorCostsOneDeadlineAndOneErrorLine) {
+  std::unique_ptr<AdminClient> client = Client(absl::Milliseconds(300));
+  const DashboardSnapshot s = PollCoordinator(*client, 10, 1234);
+  ASSERT_EQ(s.errors.size(), 1u);
+  EXPECT_THAT(s.errors[0], HasSubstr("coordinator unreachable: "));
+  EXPECT_EQ(service_.list_sites(), 1);
+  EXPECT_EQ(service_.other_calls(), 0);  // GetRunStatus and ListRuns would each wait for the deadline too.
+}
+
+TEST_F(HungCoordinatorTest, StoppingThePollerCancelsTheCallInFlight) {
+  // A deadline far beyond what the test waits: only the cancellation can end the call.
+  std::unique_ptr<AdminClient> client = Client(absl::Minutes(10));
+  SnapshotBoard board;
+  auto poller = std::make_unique<DashboardPoller>(client.get(), &board, DashboardPollerOptions());
+  ASSERT_TRUE(Eventually([&] { return service_.list_sites() == 1; }));
+  const absl::Time before = absl::Now();
+  poller->Stop();
+  // The hung handler gives up after 60 s: without the cancellation Stop would wait for it.
+  EXPECT_LT(absl::Now() - before, absl::Seconds(30));
+  EXPECT_EQ(board.Latest()->seq, 0);  // Nothing published after the stop.
+  // The client is cancelled for good: a later call fails at once.
+  absl::StatusOr<v1::ListSitesResponse> later = client->ListSites();
+  EXPECT_TRUE(absl::IsCancelled(later.status())) << later.status();
+}
+
+TEST(DashboardCommandTest, PollTimeoutAndAllowedHosts) {
+  EXPECT_EQ(DashboardPollTimeout(absl::Seconds(30), absl::Seconds(2)), absl::Seconds(5));
+  EXPECT_EQ(DashboardPollTimeout(absl::Seconds(30), absl::Seconds(20)), absl::Seconds(20));
+  EXPECT_EQ(DashboardPollTimeout(absl::Seconds(30), absl::Seconds(600)), absl::Seconds(30));
+  EXPECT_EQ(DashboardPollTimeout(absl::Seconds(2), absl::Seconds(2)), absl::Seconds(2));
+  EXPECT_EQ(*ParseAllowedHosts("Dash.Example.org, other-host"),
+            (std::vector<std::string>{"dash.example.org", "other-host"}));
+  for (const char* bad : {"", "a,,b", "host:8080x/", "a b", "evil.example/x"}) {
+    absl::StatusOr<std::vector<std::string>> parsed = ParseAllowedHosts(bad);
+    EXPECT_TRUE(absl::IsInvalidArgument(parsed.status())) << bad;
+    if (!parsed.ok()) {
+      EXPECT_THAT(std::string(parsed.status().message()), HasSubstr("--allow-host")) << bad;
+    }
+  }
 }
 
 TEST(DashboardCommandTest, ListenAddressesAndTheWarning) {
