@@ -65,6 +65,23 @@ absl::Status ValidateAgentConfig(const v1::SiteAgentConfig& c) {
   if (!(c.delta() > 0 && c.delta() <= 0.1)) {
     return Field("delta", absl::StrCat("must be in (0, 0.1] (typically below 1 / training images), got ", c.delta()));
   }
+  // The metrics endpoint (common/metrics/metrics_server.h checks the address again when it binds).
+  if (!c.metrics_listen_address().empty()) {
+    const std::string& address = c.metrics_listen_address();
+    const size_t colon = address.rfind(':');
+    int port = -1;
+    if (address.size() > 256 || colon == std::string::npos || colon == 0 ||
+        !absl::SimpleAtoi(absl::string_view(address).substr(colon + 1), &port) || port < 0 || port > 65535 ||
+        address.find_first_of(" ,\t/") != std::string::npos) {
+      return Field("metrics_listen_address",
+                   absl::StrCat("must be HOST:PORT or [IPv6]:PORT with a port in [0, 65535] (0: a free port), e.g. "
+                                "\"127.0.0.1:9465\", got \"",
+                                address.substr(0, 256), "\""));
+    }
+  }
+  if (!c.metrics_port_file().empty() && c.metrics_listen_address().empty()) {
+    return Field("metrics_port_file", "needs metrics_listen_address (the port of which endpoint?)");
+  }
   // The template's own values; base_model and out_dir are the agent's, per task.
   v1::FinetuneConfig probe = c.finetune();
   if (probe.base_model().empty()) probe.set_base_model("<global model of the task>");
@@ -87,6 +104,9 @@ absl::StatusOr<v1::SiteAgentConfig> ParseAgentConfig(absl::string_view text, abs
   config.set_site_key(io::ResolveConfigPath(base_dir, config.site_key()));
   config.set_ca_cert(io::ResolveConfigPath(base_dir, config.ca_cert()));
   config.set_work_dir(io::ResolveConfigPath(base_dir, config.work_dir()));
+  if (!config.metrics_port_file().empty()) {
+    config.set_metrics_port_file(io::ResolveConfigPath(base_dir, config.metrics_port_file()));
+  }
   v1::FinetuneConfig* f = config.mutable_finetune();
   f->set_manifest(io::ResolveConfigPath(base_dir, f->manifest()));
   if (f->has_data_root()) {

@@ -14,9 +14,9 @@
 namespace fedtune::agent {
 
 // Parses text-format `text` (from `source`, used in messages), resolves relative paths (site_cert, site_key,
-// ca_cert, work_dir, finetune.manifest, finetune.data_root, finetune.cache_dir) against `base_dir`, fills
-// finetune.data_root's default (the manifest's directory) and finetune.cache_dir's default (<work_dir>/cache), and
-// validates every field (ValidateAgentConfig). InvalidArgument naming the source and line/column (syntax) or the
+// ca_cert, work_dir, metrics_port_file, finetune.manifest, finetune.data_root, finetune.cache_dir) against `base_dir`,
+// fills finetune.data_root's default (the manifest's directory) and finetune.cache_dir's default (<work_dir>/cache),
+// and validates every field (ValidateAgentConfig). InvalidArgument naming the source and line/column (syntax) or the
 // field (values).
 absl::StatusOr<v1::SiteAgentConfig> ParseAgentConfig(absl::string_view text, absl::string_view source,
                                                      const std::string& base_dir);
@@ -32,7 +32,9 @@ absl::StatusOr<v1::SiteAgentConfig> LoadAgentConfig(const std::string& path);
 // values (ValidateFinetuneConfig; its base_model and out_dir are set per task and need not be given).
 // share_adapted_model (consent to cross-site evaluation, default false; cross_evaluation.h) and share_metrics are
 // plain flags with nothing to check. The privacy budget (privacy_budget.h): max_epsilon finite and >= 0 (0: no
-// budget), delta in (0, 0.1]. InvalidArgument "config field 'NAME': problem".
+// budget), delta in (0, 0.1]. The metrics endpoint: metrics_listen_address empty or HOST:PORT / [IPv6]:PORT with a
+// port in [0, 65535] (at most 256 bytes); metrics_port_file only with metrics_listen_address. InvalidArgument
+// "config field 'NAME': problem".
 absl::Status ValidateAgentConfig(const v1::SiteAgentConfig& config);
 
 // The differential privacy of a task's plan (TrainingPlan.dp; RunConfig.dp).

@@ -22,6 +22,7 @@
 #include "common/net/grpc_status.h"
 #include "common/seed.h"
 #include "common/status_macros.h"
+#include "site_agent/agent/site_metrics.h"
 
 namespace fedtune::agent {
 namespace {
@@ -121,8 +122,9 @@ CoordinatorClient::CoordinatorClient(std::shared_ptr<grpc::Channel> channel, con
 
 void CoordinatorClient::set_chunk_bytes(int bytes) { chunk_bytes_.store(net::ClampChunkBytes(bytes)); }
 
-Backoff CoordinatorClient::NewBackoff() {
-  return Backoff(options_.retry, options_.sleep, backoff_seeds_.fetch_add(kSplitMix64Gamma));
+Backoff CoordinatorClient::NewBackoff(absl::string_view rpc) {
+  return Backoff(options_.retry, RetrySleep(options_.metrics, std::string(rpc), options_.sleep),
+                 backoff_seeds_.fetch_add(kSplitMix64Gamma));
 }
 
 absl::Duration CoordinatorClient::StreamTimeout(int64_t bytes) const {
@@ -144,7 +146,7 @@ absl::Status CoordinatorClient::Error(const grpc::Status& status, absl::string_v
 }
 
 absl::StatusOr<v1::HelloResponse> CoordinatorClient::Hello(const v1::HelloRequest& request) {
-  Backoff backoff = NewBackoff();
+  Backoff backoff = NewBackoff("Hello");
   RetryNotices notices(retry_observer_.load(), "Hello");
   while (true) {
     grpc::ClientContext context;
@@ -179,7 +181,7 @@ absl::StatusOr<v1::HeartbeatResponse> CoordinatorClient::Heartbeat(const v1::Hea
 }
 
 absl::Status CoordinatorClient::ReportMetrics(const v1::MetricsReport& report) {
-  Backoff backoff = NewBackoff();
+  Backoff backoff = NewBackoff("ReportMetrics");
   RetryNotices notices(retry_observer_.load(), "ReportMetrics");
   while (true) {
     grpc::ClientContext context;
@@ -195,7 +197,7 @@ absl::Status CoordinatorClient::ReportMetrics(const v1::MetricsReport& report) {
 
 absl::Status CoordinatorClient::ReportFailure(const v1::FailureReport& report, absl::Duration give_up) {
   const absl::Time end = absl::Now() + give_up;
-  Backoff backoff = NewBackoff();
+  Backoff backoff = NewBackoff("ReportFailure");
   while (true) {
     const absl::Duration left = end - absl::Now();
     grpc::ClientContext context;
@@ -215,7 +217,7 @@ absl::Status CoordinatorClient::ReportFailure(const v1::FailureReport& report, a
 absl::Status CoordinatorClient::RetriedCall(absl::string_view rpc, absl::Duration timeout,
                                             bool already_exists_after_retry_ok,
                                             const std::function<grpc::Status(grpc::ClientContext*)>& call) {
-  Backoff backoff = NewBackoff();
+  Backoff backoff = NewBackoff(rpc);
   RetryNotices notices(retry_observer_.load(), rpc);
   while (true) {
     grpc::ClientContext context;
@@ -356,6 +358,7 @@ absl::Status CoordinatorClient::DownloadOnce(const std::string& digest, int64_t 
     } else {
       local = part->AppendAnnounced(chunk.offset(), chunk.data(), chunk.total_bytes(), chunk.sha256(), digest);
       if (local.ok()) bytes_down_ += static_cast<int64_t>(chunk.data().size());
+      if (local.ok() && options_.metrics) options_.metrics->AddDownloadedBytes(chunk.data().size());
     }
   }
   if (!local.ok()) context.TryCancel();
@@ -374,7 +377,7 @@ absl::Status CoordinatorClient::DownloadOnce(const std::string& digest, int64_t 
 
 absl::Status CoordinatorClient::DownloadInto(const std::string& digest, int64_t expected_bytes,
                                              net::ChunkReceiver* part, const CancelFn& cancelled) {
-  Backoff backoff = NewBackoff();
+  Backoff backoff = NewBackoff("DownloadModel");
   RetryNotices notices(retry_observer_.load(), "DownloadModel");
   while (true) {
     if (cancelled && cancelled()) return absl::CancelledError(absl::StrCat("download of model ", digest, " cancelled"));
@@ -468,6 +471,7 @@ absl::StatusOr<v1::UploadResponse> CoordinatorClient::UploadOnce(const UploadReq
       data.set_data(bytes.data(), bytes.size());
       if (!writer->Write(data)) return false;
       bytes_up_ += static_cast<int64_t>(bytes.size());
+      if (options_.metrics != nullptr) options_.metrics->AddUploadedBytes(static_cast<int64_t>(bytes.size()));
       return true;
     });
     writing = !sent.broken;
@@ -497,7 +501,7 @@ absl::StatusOr<v1::UploadResponse> CoordinatorClient::UploadUpdate(const UploadR
   const std::string what = request.kind == v1::UPLOAD_KIND_ADAPTED_MODEL
                                ? absl::StrCat("adapted model for run ", request.run_id)
                                : absl::StrCat("update for run ", request.run_id, " round ", request.round);
-  Backoff backoff = NewBackoff();
+  Backoff backoff = NewBackoff("UploadUpdate");
   RetryNotices notices(retry_observer_.load(), "UploadUpdate");
   int64_t held_before = -1;
   while (true) {

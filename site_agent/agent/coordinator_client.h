@@ -48,6 +48,8 @@
 
 namespace fedtune::agent {
 
+class SiteMetrics;  // site_metrics.h
+
 struct RetryPolicy {
   absl::Duration min_backoff = absl::Milliseconds(500);  // First wait (SiteAgentConfig.min_backoff_ms).
   absl::Duration max_backoff = absl::Seconds(30);        // Longest wait (SiteAgentConfig.max_backoff_ms).
@@ -99,6 +101,9 @@ struct ClientOptions {
   int chunk_bytes = 1 << 20;  // Upload chunk size, clamped to [1 KiB, 4 MiB]; the coordinator's Hello may change it.
   std::function<void(absl::Duration)> sleep;  // Backoff waits; default absl::SleepFor. Test seam.
   uint64_t seed = 0;                          // Jitter seed; 0: from the clock.
+  // Transfer bytes, retries by RPC name and the "retrying" state go here (site_metrics.h). Nullable, not owned; must
+  // outlive the client. Default none.
+  SiteMetrics* metrics = nullptr;
 };
 
 // What to upload: a payload file whose SHA-256 the caller computed (and recorded) beforehand.
@@ -216,7 +221,8 @@ class CoordinatorClient {
  private:
   CoordinatorClient(std::shared_ptr<grpc::Channel> channel, const ClientOptions& options);
 
-  Backoff NewBackoff();
+  // A backoff whose waits count as retries of `rpc` in options.metrics ("": not counted, the state still shows them).
+  Backoff NewBackoff(absl::string_view rpc = "");
   absl::Duration StreamTimeout(int64_t bytes) const;
   // The download attempts (with backoff) until `part` holds the whole model.
   absl::Status DownloadInto(const std::string& digest, int64_t expected_bytes, net::ChunkReceiver* part,

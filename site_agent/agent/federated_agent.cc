@@ -22,6 +22,7 @@
 #include "common/io/file_util.h"
 #include "common/io/sha256.h"
 #include "common/logging.h"
+#include "common/metrics/metrics_server.h"
 #include "common/model/checkpoint.h"
 #include "common/pki/certificate.h"
 #include "common/status_macros.h"
@@ -40,6 +41,7 @@
 #include "site_agent/agent/metrics_report.h"
 #include "site_agent/agent/personalization.h"
 #include "site_agent/agent/secure_aggregation.h"
+#include "site_agent/agent/site_metrics.h"
 #include "site_agent/agent/training_progress.h"
 #include "site_agent/commands/evaluate.h"
 #include "site_agent/commands/site_database.h"
@@ -126,6 +128,31 @@ class AttachedHeartbeat {
   RetryReporter* const reporter_;
 };
 
+// fedtune_site_tasks_total's labels (site_metrics.h); "" for an unknown kind (not counted as a task).
+const char* TaskKindLabel(v1::Task::Kind kind) {
+  switch (kind) {
+    case v1::Task::TRAIN:
+      return "train";
+    case v1::Task::EVALUATE:
+      return "evaluate";
+    case v1::Task::CROSS_EVALUATE:
+      return "cross_evaluate";
+    default:
+      return "";
+  }
+}
+
+const char* TaskResultLabel(const absl::Status& status, const std::string& declined_reason) {
+  if (status.ok()) return declined_reason.empty() ? "ok" : "declined";
+  return status.code() == absl::StatusCode::kCancelled ? "cancelled" : "failed";
+}
+
+// The site's privacy account in its metrics: epsilon once the site accounts DP (a budget, or DP steps accounted).
+void PublishPrivacy(const v1::PrivacyAccount& account, SiteMetrics* metrics) {
+  metrics->SetPrivacy(account.max_epsilon() > 0 || account.private_steps() > 0, account.epsilon(),
+                      account.max_epsilon());
+}
+
 }  // namespace
 
 namespace {
@@ -206,6 +233,7 @@ absl::StatusOr<TunedModel> FinetuneModel(const v1::SiteAgentConfig& config, cons
   // Progress reaches the heartbeat through the pipeline's epoch callbacks. Shared with the heartbeat thread's probe,
   // which may still run after this function returns (until the next SetState).
   auto progress = std::make_shared<TrainingProgress>(networks, values.local_epochs);
+  progress->PublishTo(heartbeat.metrics(), fraction_from, fraction_span);
   const bool sends_losses = SendsLosses(config, task);
   heartbeat.SetState(
       "training", fraction_from,
@@ -320,6 +348,9 @@ absl::StatusOr<std::unique_ptr<FederatedAgent>> FederatedAgent::Create(const v1:
   std::unique_ptr<FederatedAgent> agent(new FederatedAgent(config, options));
   // The log lines a failure report carries (FailureReport.log_lines); process-wide, kept from here on.
   if (config.share_diagnostics()) KeepRecentLogLines(kMaxFailureLogLines);
+  SetLogSite(config.site_id());
+  if (options.metrics == nullptr) agent->own_metrics_ = std::make_unique<SiteMetrics>();
+  agent->metrics_ = options.metrics != nullptr ? options.metrics : agent->own_metrics_.get();
 
   // Capabilities: the device training will use.
   ASSIGN_OR_RETURN(c10::Device device, train::ResolveDevice(config.finetune().device()));
@@ -343,20 +374,31 @@ absl::StatusOr<std::unique_ptr<FederatedAgent>> FederatedAgent::Create(const v1:
   // The budget as it stands, once at start-up. A corrupt ledger is said here already; the tasks that need it (every
   // TRAIN task, every report) then fail with the same error until it is repaired.
   if (absl::StatusOr<v1::PrivacyAccount> account = agent->budget_->Account(); account.ok()) {
+    PublishPrivacy(*account, agent->metrics_);
     LOG(INFO) << "site " << config.site_id() << ": " << PrivacyLine(*account) << ", " << account->private_steps()
               << " private steps accounted" << (account->non_private_training() ? ", trained without DP before" : "");
   } else {
     LOG(ERROR) << "site " << config.site_id() << ": the privacy budget cannot be read: " << account.status();
   }
 
-  ASSIGN_OR_RETURN(agent->client_, CoordinatorClient::Create(ClientOptionsFor(config, options)));
+  ClientOptions client = ClientOptionsFor(config, options);
+  client.metrics = agent->metrics_;
+  ASSIGN_OR_RETURN(agent->client_, CoordinatorClient::Create(client));
   agent->retry_reporter_ =
       std::make_unique<RetryReporter>(agent->client_.get(), &agent->scrubber_, kIdleHeartbeatTimeout);
   agent->client_->set_retry_observer(agent->retry_reporter_.get());
+  if (!config.metrics_listen_address().empty()) {
+    ASSIGN_OR_RETURN(agent->metrics_server_,
+                     metrics::MetricsServer::Start(config.metrics_listen_address(), agent->metrics_->registry(),
+                                                   config.metrics_port_file()));
+  }
   return agent;
 }
 
+int FederatedAgent::metrics_port() const { return metrics_server_ != nullptr ? metrics_server_->port() : 0; }
+
 absl::Status FederatedAgent::SayHello() {
+  metrics_->SetState(SiteState::kHello);
   RetryPolicy forever;
   forever.min_backoff = absl::Milliseconds(config_.min_backoff_ms());
   forever.max_backoff = absl::Milliseconds(config_.max_backoff_ms());
@@ -374,6 +416,7 @@ absl::Status FederatedAgent::SayHello() {
       }
       LOG(WARNING) << response.status() << "; trying again in about " << backoff.NextDelay();
       retry_reporter_->OnRetry("Hello", response.status(), backoff.NextDelay());
+      metrics_->CountRetry("Hello");
       RETURN_IF_ERROR(backoff.Wait(response.status()));
       continue;
     }
@@ -391,6 +434,7 @@ absl::Status FederatedAgent::SayHello() {
       if (response->chunk_bytes() > 0) client_->set_chunk_bytes(response->chunk_bytes());
       LOG(INFO) << "site " << config_.site_id() << " approved by coordinator " << config_.coordinator() << " ("
                 << response->coordinator_version() << ")";
+      metrics_->SetState(SiteState::kIdle);
       return absl::OkStatus();
     }
     if (status != federation::SiteStatus::kPending) {
@@ -430,7 +474,9 @@ absl::Status FederatedAgent::Run() {
   forever.max_backoff = absl::Milliseconds(config_.max_backoff_ms());
   forever.max_attempts = std::numeric_limits<int>::max();
   forever.max_elapsed = absl::InfiniteDuration();
-  Backoff backoff(forever, options_.sleep, static_cast<uint64_t>(absl::ToUnixNanos(absl::Now())) + 1);
+  // Its waits (after a failed GetTask or task) show the state "retrying".
+  Backoff backoff(forever, RetrySleep(metrics_, "", options_.sleep),
+                  static_cast<uint64_t>(absl::ToUnixNanos(absl::Now())) + 1);
   const int exit_after = config_.exit_after_runs();
   bool polls_failing = false;  // GetTask failed: the heartbeats say "retrying: task poll: ..." until it works again.
   while (exit_after == 0 || finished_runs_ < exit_after) {
@@ -441,6 +487,7 @@ absl::Status FederatedAgent::Run() {
     }
     if (!task.ok()) {
       if (IsAuthError(task.status())) return task.status();
+      metrics_->CountRetry("GetTask");
       if (task.status().code() == absl::StatusCode::kFailedPrecondition) {
         // E.g. a coordinator that lost this site's session: introduce the site again.
         LOG(WARNING) << task.status() << "; saying Hello again";
@@ -480,9 +527,19 @@ absl::Status FederatedAgent::Run() {
 }
 
 absl::Status FederatedAgent::RunTask(const v1::Task& task) {
+  // Every log line of the task (its failure report's included) carries its run and round, and the metrics say what
+  // it is doing and how it ended.
+  const int round = task.kind() == v1::Task::TRAIN ? task.round() : 0;
+  SetLogRun(task.run_id(), round);
+  metrics_->SetRound(round);
   failure_stage_ = v1::FAILURE_STAGE_OTHER;
   const absl::Status status = SiteDataError(WorkTask(task));
   if (!status.ok() && status.code() != absl::StatusCode::kCancelled) ReportFailure(task, status);
+  metrics_->TaskEnded(TaskKindLabel(task.kind()), TaskResultLabel(status, declined_reason_), status);
+  metrics_->SetState(SiteState::kIdle);
+  metrics_->SetRound(0);
+  metrics_->SetProgress(0);
+  SetLogRun("", 0);
   return status;
 }
 
@@ -542,7 +599,7 @@ absl::Status FederatedAgent::WorkTask(const v1::Task& task) {
   declined_reason_.clear();
   absl::Status status;
   {
-    Heartbeater heartbeat(client_.get(), task.run_id(), key.round, heartbeat_period_, "downloading");
+    Heartbeater heartbeat(client_.get(), task.run_id(), key.round, heartbeat_period_, "downloading", metrics_);
     const AttachedHeartbeat retries(retry_reporter_.get(), &heartbeat);  // "retrying: ..." while a call is retried.
     if (cross) {
       status = RunCrossEvaluation(CrossSiteContext{config_, *client_, *db_, site_}, task, heartbeat);
@@ -746,6 +803,7 @@ absl::Status FederatedAgent::RecordPrivacySpent(const TrainRound& round) {
   if (ditto) AddDpPhases(round.personal->result, "personal-", &ran);
   RETURN_IF_ERROR(budget_->RecordRound(round.task, round.shape, ran));
   ASSIGN_OR_RETURN(const v1::PrivacyAccount account, budget_->Account());
+  PublishPrivacy(account, metrics_);
   const bool coordinator_noise = round.task.plan().dp() == "dp-fedavg" && !round.task.plan().secure_aggregation();
   LOG(INFO) << "run " << round.task.run_id() << " round " << round.task.round() << " trained: " << PrivacyLine(account)
             << (coordinator_noise ? " (dp-fedavg noise added by the coordinator: no guarantee against the coordinator)"

@@ -95,6 +95,11 @@
 // Retries: while a call of a task is retried (download, upload, metrics report, secure aggregation), the task's
 // heartbeats say "retrying: CALL: CODE: MESSAGE" (scrubbed); outside a task, a failing Hello or GetTask sends a
 // heartbeat without a run with that state at each retry, and "idle" once the call goes through again.
+// Monitoring (site_metrics.h; docs/hospital-it-guide.md, "Monitoring"): the agent keeps its Prometheus metrics (state,
+// round, progress, epochs, bytes, retries, task results and error classes, privacy budget) and, with
+// SiteAgentConfig.metrics_listen_address, serves them (common/metrics/metrics_server.h) from Create on; the bound port
+// goes to metrics_port_file. Its log lines carry the site (from Create on) and, while a task runs, its run and round
+// (common/logging.h, SetLogSite / SetLogRun: the JSON log format's keys).
 //
 // Thread safety: Run is called once, from one thread; the agent starts and joins its heartbeat threads itself.
 #ifndef FEDTUNE_SITE_AGENT_AGENT_FEDERATED_AGENT_H_
@@ -116,8 +121,13 @@
 #include "site_agent/agent/coordinator_client.h"
 #include "site_agent/agent/privacy_budget.h"
 
+namespace fedtune::metrics {
+class MetricsServer;  // common/metrics/metrics_server.h
+}
+
 namespace fedtune::agent {
 
+class SiteMetrics;        // site_metrics.h: the agent's Prometheus metrics.
 class Heartbeater;        // heartbeater.h: the heartbeat thread of one task.
 class RetryReporter;      // failure_report.h: "retrying: REASON" heartbeats.
 class SiteSecAggSession;  // secure_aggregation.h: one round attempt's secure aggregation session.
@@ -136,6 +146,8 @@ struct AgentOptions {
   int max_attempts_per_call = 0;
   // The longest a failure report is tried for (CoordinatorClient::ReportFailure). Default 10 s.
   absl::Duration failure_report_give_up = absl::Seconds(10);
+  // Where the agent's metrics go (not owned; must outlive the agent). Default null: the agent keeps its own.
+  SiteMetrics* metrics = nullptr;
 };
 
 class FederatedAgent {
@@ -162,6 +174,9 @@ class FederatedAgent {
   // The Hello request (capabilities and dataset summary) this agent sends.
   const v1::HelloRequest& hello_request() const { return hello_; }
   int finished_runs() const { return finished_runs_; }
+  // The agent's metrics (AgentOptions.metrics, or its own); the port of its metrics endpoint (0: none).
+  SiteMetrics& metrics() const { return *metrics_; }
+  int metrics_port() const;
 
  private:
   FederatedAgent(const v1::SiteAgentConfig& config, const AgentOptions& options);
@@ -234,6 +249,9 @@ class FederatedAgent {
   v1::HelloRequest hello_;
   absl::Duration heartbeat_period_;
   int finished_runs_ = 0;
+  std::unique_ptr<SiteMetrics> own_metrics_;  // When AgentOptions.metrics is null.
+  SiteMetrics* metrics_ = nullptr;            // Never null once created.
+  std::unique_ptr<metrics::MetricsServer> metrics_server_;
 };
 
 }  // namespace fedtune::agent

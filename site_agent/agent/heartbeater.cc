@@ -4,12 +4,19 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "site_agent/agent/site_metrics.h"
 
 namespace fedtune::agent {
 
 Heartbeater::Heartbeater(CoordinatorClient* client, std::string run_id, int32_t round, absl::Duration period,
-                         std::string state)
-    : client_(client), run_id_(std::move(run_id)), round_(round), period_(period), state_(std::move(state)) {
+                         std::string state, SiteMetrics* metrics)
+    : client_(client),
+      run_id_(std::move(run_id)),
+      round_(round),
+      period_(period),
+      metrics_(metrics),
+      state_(std::move(state)) {
+  if (metrics_ != nullptr) metrics_->SetTaskState(state_, 0);
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -23,6 +30,7 @@ Heartbeater::~Heartbeater() {
 
 void Heartbeater::SetState(std::string state, double progress, Probe probe) {
   absl::MutexLock lock(&mu_);
+  if (metrics_ != nullptr) metrics_->SetTaskState(state, progress);
   state_ = std::move(state);
   progress_ = progress;
   probe_ = std::move(probe);

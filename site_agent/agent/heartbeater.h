@@ -18,14 +18,18 @@
 
 namespace fedtune::agent {
 
+class SiteMetrics;  // site_metrics.h
+
 // Sends Heartbeat every `period` on its own thread until destroyed, with the latest state; records a cancel.
 class Heartbeater {
  public:
   // Refines the state just before a heartbeat is sent (e.g. training progress); called on the heartbeat thread.
   using Probe = std::function<void(std::string* state, double* progress, double* train_loss)>;
 
-  // Starts the thread. `client` (not owned) must outlive this object.
-  Heartbeater(CoordinatorClient* client, std::string run_id, int32_t round, absl::Duration period, std::string state);
+  // Starts the thread. `client` (not owned) must outlive this object. `metrics` (nullable, not owned; must outlive
+  // this object) gets each state set and its progress (SiteMetrics::SetTaskState).
+  Heartbeater(CoordinatorClient* client, std::string run_id, int32_t round, absl::Duration period, std::string state,
+              SiteMetrics* metrics = nullptr);
   // Sends the last state set, then stops and joins the thread.
   ~Heartbeater();
 
@@ -46,6 +50,8 @@ class Heartbeater {
   bool cancelled() const;
   bool run_ended() const;
   std::string reason() const;
+  // The metrics given to the constructor (nullable): for the task's training progress (training_progress.h).
+  SiteMetrics* metrics() const { return metrics_; }
 
  private:
   void Loop();
@@ -54,6 +60,7 @@ class Heartbeater {
   const std::string run_id_;
   const int32_t round_;
   const absl::Duration period_;
+  SiteMetrics* const metrics_;
   mutable absl::Mutex mu_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   bool changed_ ABSL_GUARDED_BY(mu_) = false;  // A state not sent yet.

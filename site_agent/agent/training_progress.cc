@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "site_agent/agent/site_metrics.h"
 
 namespace fedtune::agent {
 
@@ -16,7 +17,27 @@ absl::Status TrainingProgress::OnResume(const std::string& network, const std::v
 
 absl::Status TrainingProgress::OnEpoch(const std::string& network, const train::EpochRecord& record) {
   Count(network, record.epoch + 1, record.train_loss);
+  SiteMetrics* metrics = nullptr;
+  double from = 0, span = 1;
+  {
+    absl::MutexLock lock(&mu_);
+    metrics = metrics_;
+    from = fraction_from_;
+    span = fraction_span_;
+  }
+  if (metrics != nullptr) {
+    // EpochRecord::images_per_second is the epoch's training images over its training time (trainer.cc).
+    metrics->ObserveEpoch(record.seconds, record.images_per_second);
+    metrics->SetProgress(from + span * Describe().fraction);
+  }
   return absl::OkStatus();
+}
+
+void TrainingProgress::PublishTo(SiteMetrics* metrics, double fraction_from, double fraction_span) {
+  absl::MutexLock lock(&mu_);
+  metrics_ = metrics;
+  fraction_from_ = fraction_from;
+  fraction_span_ = fraction_span;
 }
 
 void TrainingProgress::Count(const std::string& network, int64_t epochs, double train_loss) {

@@ -242,5 +242,35 @@ TEST(AgentConfigTest, PlanDpErrorsNameTheField) {
   EXPECT_EQ(*ReadPlanDp(plan), PlanDp::kNone);
 }
 
+TEST(AgentConfigTest, MetricsEndpointFields) {
+  // Off by default; a loopback or other HOST:PORT (port 0: a free one), the port file resolved like the other paths.
+  auto off = ParseAgentConfig(kMinimal, "site.textproto", "/etc/fedtune");
+  ASSERT_TRUE(off.ok()) << off.status();
+  EXPECT_EQ(off->metrics_listen_address(), "");
+  EXPECT_EQ(off->metrics_port_file(), "");
+  for (const char* address : {"127.0.0.1:9465", "127.0.0.1:0", "[::1]:9465", "localhost:9465", "10.1.2.3:9465"}) {
+    auto c = ParseAgentConfig(
+        absl::StrCat(kMinimal, " metrics_listen_address: \"", address, "\" metrics_port_file: \"run/metrics.port\""),
+        "site.textproto", "/etc/fedtune");
+    ASSERT_TRUE(c.ok()) << address << ": " << c.status();
+    EXPECT_EQ(c->metrics_listen_address(), address);
+    EXPECT_EQ(c->metrics_port_file(), "/etc/fedtune/run/metrics.port");
+  }
+  for (const std::string address :
+       {std::string("9465"), std::string(":9465"), std::string("127.0.0.1:"), std::string("127.0.0.1:65536"),
+        std::string("127.0.0.1:-1"), std::string("127.0.0.1:http"), std::string("127.0.0.1:1,127.0.0.2:2"),
+        std::string("http://127.0.0.1:9465"), std::string(300, 'a') + ":1"}) {
+    auto c =
+        ParseAgentConfig(absl::StrCat(kMinimal, " metrics_listen_address: \"", address, "\""), "site.textproto", "/x");
+    ASSERT_FALSE(c.ok()) << address;
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(c.status().message(), HasSubstr("config field 'metrics_listen_address'")) << address;
+  }
+  auto orphan =
+      ParseAgentConfig(absl::StrCat(kMinimal, " metrics_port_file: \"metrics.port\""), "site.textproto", "/x");
+  ASSERT_FALSE(orphan.ok());
+  EXPECT_THAT(orphan.status().message(), HasSubstr("config field 'metrics_port_file'"));
+}
+
 }  // namespace
 }  // namespace fedtune::agent
