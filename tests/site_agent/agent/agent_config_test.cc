@@ -256,7 +256,7 @@ TEST(AgentConfigTest, MetricsEndpointFields) {
     EXPECT_EQ(c->metrics_listen_address(), address);
     EXPECT_EQ(c->metrics_port_file(), "/etc/fedtune/run/metrics.port");
   }
-  for (const std::string address :
+  for (const std::string& address :
        {std::string("9465"), std::string(":9465"), std::string("127.0.0.1:"), std::string("127.0.0.1:65536"),
         std::string("127.0.0.1:-1"), std::string("127.0.0.1:http"), std::string("127.0.0.1:1,127.0.0.2:2"),
         std::string("http://127.0.0.1:9465"), std::string(300, 'a') + ":1"}) {
