@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/io/file_util.h"
 #include "common/io/text_proto.h"
+#include "common/metrics/metrics_server.h"
 #include "common/net/tls.h"
 #include "common/pki/certificate.h"
 #include "common/privacy/rdp_accountant.h"
@@ -65,18 +66,13 @@ absl::Status ValidateAgentConfig(const v1::SiteAgentConfig& c) {
   if (!(c.delta() > 0 && c.delta() <= 0.1)) {
     return Field("delta", absl::StrCat("must be in (0, 0.1] (typically below 1 / training images), got ", c.delta()));
   }
-  // The metrics endpoint (common/metrics/metrics_server.h checks the address again when it binds).
+  // The metrics endpoint: the address as common/metrics checks it (again when it binds).
+  if (c.metrics_listen_address().size() > 256) {
+    return Field("metrics_listen_address", "longer than 256 bytes (HOST:PORT, e.g. \"127.0.0.1:9465\")");
+  }
   if (!c.metrics_listen_address().empty()) {
-    const std::string& address = c.metrics_listen_address();
-    const size_t colon = address.rfind(':');
-    int port = -1;
-    if (address.size() > 256 || colon == std::string::npos || colon == 0 ||
-        !absl::SimpleAtoi(absl::string_view(address).substr(colon + 1), &port) || port < 0 || port > 65535 ||
-        address.find_first_of(" ,\t/") != std::string::npos) {
-      return Field("metrics_listen_address",
-                   absl::StrCat("must be HOST:PORT or [IPv6]:PORT with a port in [0, 65535] (0: a free port), e.g. "
-                                "\"127.0.0.1:9465\", got \"",
-                                address.substr(0, 256), "\""));
+    if (absl::Status s = metrics::CheckListenAddress(c.metrics_listen_address()); !s.ok()) {
+      return Field("metrics_listen_address", s.message());
     }
   }
   if (!c.metrics_port_file().empty() && c.metrics_listen_address().empty()) {
