@@ -13,6 +13,24 @@
 namespace fedtune::agent {
 namespace {
 
+// The coordinator calls the agent retries (coordinator_client.h, the task loop) and the task kinds and results: their
+// series exist from the start at 0, so that dashboards and increase() see them before the first retry or task.
+constexpr const char* kRetriedRpcs[] = {"Hello",
+                                        "GetTask",
+                                        "DownloadModel",
+                                        "UploadUpdate",
+                                        "ReportMetrics",
+                                        "DeclineTask",
+                                        "ReportFailure",
+                                        "SecAggAdvertiseKeys",
+                                        "SecAggGetRoster",
+                                        "SecAggShareKeys",
+                                        "SecAggGetInbox",
+                                        "SecAggGetUnmaskRequest",
+                                        "SecAggRevealShares"};
+constexpr const char* kTaskKinds[] = {"train", "evaluate", "cross_evaluate"};
+constexpr const char* kTaskResults[] = {"ok", "failed", "declined", "cancelled"};
+
 constexpr SiteState kAllStates[kNumSiteStates] = {
     SiteState::kIdle,       SiteState::kHello,     SiteState::kDownloading,       SiteState::kTraining,
     SiteState::kEvaluating, SiteState::kUploading, SiteState::kSecureAggregation, SiteState::kRetrying};
@@ -114,6 +132,10 @@ SiteMetrics::SiteMetrics() : registry_(std::make_shared<prometheus::Registry>())
                     "Tasks ended by kind (train, evaluate, cross_evaluate) and result (ok, failed, declined, "
                     "cancelled).")
                 .Register(r);
+  for (const char* rpc : kRetriedRpcs) retries_->Add({{"rpc", rpc}});
+  for (const char* kind : kTaskKinds) {
+    for (const char* result : kTaskResults) tasks_->Add({{"kind", kind}, {"result", result}});
+  }
   errors_ = &prometheus::BuildCounter()
                  .Name("fedtune_site_errors_total")
                  .Help("Failed tasks by error class (status code name).")

@@ -16,6 +16,7 @@
 //                                                     seen before it (no sample before the first failure)
 //   fedtune_site_privacy_epsilon_spent         gauge: epsilon spent (all runs); only once the site accounts DP
 //   fedtune_site_privacy_epsilon_budget        gauge: SiteAgentConfig.max_epsilon; only when set
+// The series of the RPCs the agent retries and of every task kind and result exist from the start, at 0.
 // The process metrics (fedtune_process_*) are added by common/metrics' MetricsServer, not here.
 //
 // A SiteMetrics is optional everywhere it is used: the agent's parts take a nullable SiteMetrics* (not owned), so

@@ -50,6 +50,12 @@ TEST(SiteMetricsTest, StartsIdleWithoutErrorsOrPrivacy) {
   EXPECT_EQ(MetricValue(text, "fedtune_site_downloaded_bytes_total"), 0);
   EXPECT_EQ(MetricValue(text, "fedtune_site_uploaded_bytes_total"), 0);
   EXPECT_EQ(MetricValue(text, "fedtune_site_epoch_seconds_count"), 0);
+  // The retried calls and the task results start at 0.
+  EXPECT_EQ(MetricValue(text, "fedtune_site_rpc_retries_total{rpc=\"Hello\"}"), 0);
+  EXPECT_EQ(MetricValue(text, "fedtune_site_rpc_retries_total{rpc=\"UploadUpdate\"}"), 0);
+  EXPECT_EQ(MetricValue(text, "fedtune_site_rpc_retries_total{rpc=\"SecAggGetRoster\"}"), 0);
+  EXPECT_EQ(MetricValue(text, "fedtune_site_tasks_total{kind=\"train\",result=\"ok\"}"), 0);
+  EXPECT_EQ(MetricValue(text, "fedtune_site_tasks_total{kind=\"cross_evaluate\",result=\"cancelled\"}"), 0);
   // No sample before the first failure, nor before the site accounts DP.
   EXPECT_EQ(text.find("fedtune_site_last_error{"), std::string::npos);
   EXPECT_TRUE(std::isnan(MetricValue(text, "fedtune_site_privacy_epsilon_spent")));
