@@ -6,7 +6,7 @@
 #   - every non-empty stderr line of every program is a JSON object with those keys and the right program name;
 #   - the coordinator's lines about the site carry site "site-a" (its RPC handlers' context), and some carry the run
 #     and round 1;
-#   - the site agent's lines carry site "site-a" (a NOTE when they do not yet: SetLogSite is the agent's to call);
+#   - the site agent's lines carry site "site-a", and some the run (SetLogSite / SetLogRun in the agent);
 #   - the programs' own errors are JSON lines too (a bad command-line flag, a missing config file: exit 2), and a bad
 #     --log-format value exits 2 naming it;
 #   - --help of each program lists --log-format; TMPDIR (where glog would put its files) stays free of log files.
@@ -188,13 +188,13 @@ n_agent="$(count_with site.err site site-a)"
 if ((n_agent > 0)); then
   echo "ok   site agent: $n_agent line(s) with site \"site-a\""
 else
-  echo "NOTE: no site agent line has site \"site-a\" yet (SetLogSite in site_agent/agent is not on this branch)"
+  fail "no site agent line has site \"site-a\" (SetLogSite)"
 fi
 n_agent_run="$(count_with site.err run "$run_id")"
 if ((n_agent_run > 0)); then
   echo "ok   site agent: $n_agent_run line(s) with run \"$run_id\""
 else
-  echo "NOTE: no site agent line has run \"$run_id\" yet (SetLogRun in site_agent/agent is not on this branch)"
+  fail "no site agent line has run \"$run_id\" (SetLogRun)"
 fi
 
 # ---- --help lists the flag; no glog file was written.
