@@ -56,7 +56,9 @@ LogContext CurrentLogContext();
 
 // ---- The recent log lines of this process (site agent failure reports, FailureReport.log_lines). Every line glog
 // takes (at the configured threshold) is kept, formatted as "LEVEL message", in a ring of `lines` lines of at most
-// 512 bytes each (longer lines are cut). Call once after InitLogging(). Thread-safe.
+// 64 KiB each (the diagnostics Scrubber's input bound; longer lines are cut at their last whitespace before it, never
+// inside a word, so that an identifier is never cut into a shorter one before it is scrubbed). Call once after
+// InitLogging(). Thread-safe.
 void KeepRecentLogLines(int lines);
 // The kept lines, oldest first; empty when KeepRecentLogLines was not called.
 std::vector<std::string> RecentLogLines();
