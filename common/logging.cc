@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -266,8 +267,14 @@ class RecentLinesSink : public google::LogSink {
 
   void send(google::LogSeverity severity, const char* /*full_filename*/, const char* /*base_filename*/, int /*line*/,
             const google::LogMessageTime& /*time*/, const char* message, size_t message_len) override {
-    std::string text =
-        ValidUtf8(absl::StrCat(SeverityName(severity), " ", absl::string_view(message, message_len)), kMaxLineBytes);
+    std::string text = absl::StrCat(SeverityName(severity), " ", absl::string_view(message, message_len));
+    if (text.size() > kMaxLineBytes) {
+      // Never inside a word: half an identifier would not be scrubbed (the report cuts lines after scrubbing).
+      size_t at = kMaxLineBytes;
+      while (at > 0 && !absl::ascii_isspace(static_cast<unsigned char>(text[at]))) --at;
+      text.resize(at);
+    }
+    text = ValidUtf8(text, kMaxLineBytes);
     absl::MutexLock lock(&mutex_);
     lines_.push_back(std::move(text));
     while (static_cast<int>(lines_.size()) > capacity_) lines_.pop_front();
@@ -279,7 +286,7 @@ class RecentLinesSink : public google::LogSink {
   }
 
  private:
-  static constexpr size_t kMaxLineBytes = 512;
+  static constexpr size_t kMaxLineBytes = 64 * 1024;  // diagnostics::kMaxInputBytes.
   const int capacity_;
   absl::Mutex mutex_;
   std::deque<std::string> lines_ ABSL_GUARDED_BY(mutex_);

@@ -1,6 +1,8 @@
 #include "site_agent/agent/failure_report.h"
 
 #include <algorithm>
+#include <filesystem>
+#include <system_error>
 #include <utility>
 
 #include "absl/container/flat_hash_set.h"
@@ -21,6 +23,24 @@ diagnostics::SiteIdentifiers SiteIdentifiersOf(const data::Manifest& manifest) {
   }
   ids.studies.assign(studies.begin(), studies.end());
   std::sort(ids.studies.begin(), ids.studies.end());
+  return ids;
+}
+
+diagnostics::SiteIdentifiers SiteIdentifiersOf(const data::Manifest& manifest, const std::string& data_root,
+                                               const std::vector<std::string>& folders) {
+  diagnostics::SiteIdentifiers ids = SiteIdentifiersOf(manifest);
+  std::error_code error;
+  for (const std::string& folder : folders) {
+    if (folder.empty()) continue;
+    ids.paths.push_back(folder);
+    const std::filesystem::path absolute = std::filesystem::absolute(folder, error);
+    if (!error) ids.paths.push_back(absolute.lexically_normal().string());
+  }
+  for (const data::ManifestEntry& entry : manifest.entries()) {
+    if (ids.paths.size() + 2 > diagnostics::kMaxSitePaths) break;
+    ids.paths.push_back(entry.path);
+    ids.paths.push_back(data::ResolveImagePath(data_root, entry.path));
+  }
   return ids;
 }
 
@@ -86,7 +106,23 @@ v1::FailureReport MakeFailureReport(const v1::Task& task, v1::FailureStage stage
   return report;
 }
 
+std::string FailureReportKey(const v1::FailureReport& report) {
+  absl::string_view message = report.message();
+  // Backoff's " (gave up after N attempts in D)": the count and the time vary from one failure to the next.
+  const size_t at = message.rfind(" (gave up after ");
+  if (at != absl::string_view::npos && absl::EndsWith(message, ")") &&
+      absl::StrContains(message.substr(at), " attempts in ")) {
+    message = message.substr(0, at);
+  }
+  return absl::StrCat(report.run_id(), "\n", report.task_kind(), "\n", report.round(), "\n", report.attempt(), "\n",
+                      report.stage(), "\n", report.status_code(), "\n", message);
+}
+
 namespace {
+
+bool Unreachable(const absl::Status& status) {
+  return status.code() == absl::StatusCode::kUnavailable || status.code() == absl::StatusCode::kDeadlineExceeded;
+}
 
 absl::string_view CallLabel(absl::string_view call) {
   if (call == "Hello") return "hello";
@@ -120,22 +156,28 @@ void RetryReporter::OnRetry(absl::string_view call, const absl::Status& error, a
   std::string reason = RetryReason(call, error, *scrubber_);
   {
     absl::MutexLock lock(&mu_);
+    retrying_.emplace(std::this_thread::get_id(), std::string(call));
     if (heartbeat_ != nullptr) {
       heartbeat_->SetRetrying(std::move(reason));
       return;
     }
+    if (idle_unreachable_) return;
   }
   // No task: a heartbeat of its own, without a run (the coordinator keeps the state of an approved site).
   v1::HeartbeatRequest request;
   request.set_state(absl::StrCat("retrying: ", reason));
-  const bool sent = client_->Heartbeat(request, idle_timeout_).ok();
+  const absl::Status sent = client_->Heartbeat(request, idle_timeout_).status();
   absl::MutexLock lock(&mu_);
-  idle_retrying_sent_ = idle_retrying_sent_ || sent;
+  idle_retrying_sent_ = idle_retrying_sent_ || sent.ok();
+  idle_unreachable_ = idle_unreachable_ || Unreachable(sent);
 }
 
-void RetryReporter::OnRetryEnd(absl::string_view /*call*/) {
+void RetryReporter::OnRetryEnd(absl::string_view call) {
   {
     absl::MutexLock lock(&mu_);
+    retrying_.erase(std::make_pair(std::this_thread::get_id(), std::string(call)));
+    if (!retrying_.empty()) return;  // Another call is still retried: its "retrying" stays.
+    idle_unreachable_ = false;
     if (heartbeat_ != nullptr) {
       heartbeat_->ClearRetrying();
       return;

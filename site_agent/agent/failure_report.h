@@ -12,9 +12,12 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
@@ -39,6 +42,12 @@ inline constexpr size_t kMaxStateReasonBytes = 200;
 // The identifiers of the site's manifest that no message may carry: every patient id, every study id (as the
 // manifest has it, "<patient>/<study>", and its study part alone, e.g. "study1").
 diagnostics::SiteIdentifiers SiteIdentifiersOf(const data::Manifest& manifest);
+// The same, and the site's own paths (SiteIdentifiers::paths, replaced as literal text: a path with spaces or
+// apostrophes goes as a whole): each of `folders` (data_root, the manifest's folder, work_dir) as given and made
+// absolute, and each image path of the manifest as written and resolved against `data_root` (data::ResolveImagePath),
+// up to diagnostics::kMaxSitePaths in all.
+diagnostics::SiteIdentifiers SiteIdentifiersOf(const data::Manifest& manifest, const std::string& data_root,
+                                               const std::vector<std::string>& folders);
 
 // The stage of a task from the heartbeat state it was in when it failed (Heartbeater::state()): "downloading" ->
 // DOWNLOAD (also loading the model), "training ..." -> TRAINING, "evaluating ..." and "cross-site evaluation ..." ->
@@ -66,17 +75,25 @@ v1::FailureReport MakeFailureReport(const v1::Task& task, v1::FailureStage stage
                                     const diagnostics::Scrubber& scrubber, bool share_diagnostics,
                                     const std::vector<std::string>& log_lines, absl::Time now);
 
+// What makes two failure reports the same failure (the agent reports a task that fails again the same way once):
+// run, kind, round, attempt, stage, status code and message, the message without the retry's varying
+// " (gave up after N attempts in D)" at its end.
+std::string FailureReportKey(const v1::FailureReport& report);
+
 // "LABEL: CODE: message" (the call's label: "hello", "download", "upload", "metrics report", "decline",
 // "secure aggregation", "task poll", or the call's name), scrubbed and cut to kMaxStateReasonBytes: the REASON of the
 // heartbeat state "retrying: REASON".
 std::string RetryReason(absl::string_view call, const absl::Status& error, const diagnostics::Scrubber& scrubber);
 
 // The agent's RetryObserver (CoordinatorClient::set_retry_observer): while a task runs, a retried call of the task
-// sets its heartbeat's "retrying: REASON" (Heartbeater::SetRetrying) until the call ends; outside a task (Hello, the
-// GetTask loop: the agent calls OnRetry / OnRetryEnd itself for GetTask) it sends one Heartbeat of its own (no run)
-// per retry with that state, and one with the state "idle" once the retried call ended after such a heartbeat got
-// through. These heartbeats are single attempts with a short deadline (`idle_timeout`); their failures are not logged
-// (the retried call's own warning says what is wrong).
+// sets its heartbeat's "retrying: REASON" (Heartbeater::SetRetrying, the latest reason) until the last of the calls
+// being retried ends (calls are told apart by thread and name: a retried call notifies on its own thread); outside a
+// task (Hello, the GetTask loop: the agent calls OnRetry / OnRetryEnd itself for GetTask) it sends one Heartbeat of
+// its own (no run) per retry with that state, and one with the state "idle" once the last retried call ended after
+// such a heartbeat got through. These heartbeats are single attempts with a short deadline (`idle_timeout`), sent on
+// the retried call's thread; once one fails with UNAVAILABLE or DEADLINE_EXCEEDED (the coordinator is unreachable:
+// each would wait out its deadline) none is sent until the retried calls ended. Their failures are not logged (the
+// retried call's own warning says what is wrong).
 class RetryReporter : public RetryObserver {
  public:
   // `client` (not owned) must outlive this object; `scrubber` (not owned) too.
@@ -95,7 +112,10 @@ class RetryReporter : public RetryObserver {
   const absl::Duration idle_timeout_;
   absl::Mutex mu_;
   Heartbeater* heartbeat_ ABSL_GUARDED_BY(mu_) = nullptr;
+  // The calls being retried: (thread, call name).
+  absl::flat_hash_set<std::pair<std::thread::id, std::string>> retrying_ ABSL_GUARDED_BY(mu_);
   bool idle_retrying_sent_ ABSL_GUARDED_BY(mu_) = false;  // An idle "retrying: ..." heartbeat got through.
+  bool idle_unreachable_ ABSL_GUARDED_BY(mu_) = false;    // An idle heartbeat found the coordinator unreachable.
 };
 
 }  // namespace fedtune::agent

@@ -365,7 +365,11 @@ absl::StatusOr<std::unique_ptr<FederatedAgent>> FederatedAgent::Create(const v1:
     return site.status();
   }
   agent->site_ = *std::move(site);
-  agent->scrubber_ = diagnostics::Scrubber(SiteIdentifiersOf(agent->site_.manifest));
+  // The site's ids and paths: no failure report or heartbeat state names them.
+  agent->scrubber_ = diagnostics::Scrubber(
+      SiteIdentifiersOf(agent->site_.manifest, config.finetune().data_root(),
+                        {config.finetune().data_root(), fs::path(config.finetune().manifest()).parent_path().string(),
+                         config.work_dir()}));
   *agent->hello_.mutable_dataset() = SummarizeDataset(agent->site_);
 
   RETURN_IF_ERROR(io::MakeDirectories(config.work_dir()));
@@ -414,13 +418,12 @@ absl::Status FederatedAgent::SayHello() {
             absl::StrCat(response.status().message(),
                          IsAuthError(response.status()) ? " (is this site enrolled and not revoked?)" : ""));
       }
+      // CoordinatorClient::Hello told the RetryReporter about its retries already.
       LOG(WARNING) << response.status() << "; trying again in about " << backoff.NextDelay();
-      retry_reporter_->OnRetry("Hello", response.status(), backoff.NextDelay());
       metrics_->CountRetry("Hello");
       RETURN_IF_ERROR(backoff.Wait(response.status()));
       continue;
     }
-    retry_reporter_->OnRetryEnd("Hello");
     ASSIGN_OR_RETURN(const federation::SiteStatus status, federation::GetStatus(*response));
     if (status == federation::SiteStatus::kApproved) {
       if (!response->site_id().empty() && response->site_id() != config_.site_id()) {
@@ -548,9 +551,7 @@ void FederatedAgent::ReportFailure(const v1::Task& task, const absl::Status& err
       MakeFailureReport(task, failure_stage_, error, scrubber_, config_.share_diagnostics(),
                         config_.share_diagnostics() ? RecentLogLines() : std::vector<std::string>(), absl::Now());
   // A task the coordinator offers again and that fails again the same way (unreadable images) is reported once.
-  const std::string key =
-      absl::StrCat(report.run_id(), "\n", report.task_kind(), "\n", report.round(), "\n", report.attempt(), "\n",
-                   report.stage(), "\n", report.status_code(), "\n", report.message());
+  const std::string key = FailureReportKey(report);
   const std::string what = absl::StrCat("the failure report of task ", v1::Task::Kind_Name(task.kind()), " of run ",
                                         task.run_id(), " round ", task.round(), " attempt ", task.attempt(), " (stage ",
                                         StageName(report.stage()), ", ", report.error_class(), ")");

@@ -61,6 +61,11 @@ void Heartbeater::ClearRetrying() {
   changed_ = true;
 }
 
+bool Heartbeater::retrying() const {
+  absl::MutexLock lock(&mu_);
+  return !retrying_.empty() && !retry_cleared_;
+}
+
 std::string Heartbeater::state() const {
   absl::MutexLock lock(&mu_);
   return state_;

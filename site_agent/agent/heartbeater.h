@@ -44,6 +44,8 @@ class Heartbeater {
   // not sent yet is sent once first, so that a short retry still reaches the coordinator.
   void SetRetrying(std::string reason);
   void ClearRetrying();
+  // Whether SetRetrying was called and ClearRetrying not since.
+  bool retrying() const;
   // The last state given to SetState (or the constructor): not refined by the probe, not "retrying: ...".
   std::string state() const;
   // Whether a heartbeat answered cancel; whether it also said the run ended; the coordinator's reason.

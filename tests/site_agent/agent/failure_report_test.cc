@@ -9,6 +9,7 @@
 #include <memory>
 #include <regex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -101,6 +102,43 @@ TEST(FailureReportTest, ReportIsScrubbedAndBounded) {
   EXPECT_EQ(quiet.error_class(), "UNAVAILABLE");
 }
 
+TEST(FailureReportTest, TheSameFailureWhateverTheRetriesTook) {
+  v1::FailureReport a;
+  a.set_run_id("run-1");
+  a.set_stage(v1::FAILURE_STAGE_UPLOAD);
+  a.set_message("coordinator h:1: UploadUpdate: down (gave up after 5 attempts in 1m2.3s)");
+  v1::FailureReport b = a;
+  b.set_message("coordinator h:1: UploadUpdate: down (gave up after 7 attempts in 2m0.5s)");
+  EXPECT_EQ(FailureReportKey(a), FailureReportKey(b));
+  v1::FailureReport c = a;
+  c.set_message("coordinator h:1: UploadUpdate: refused (gave up after 5 attempts in 1m2.3s)");
+  EXPECT_NE(FailureReportKey(a), FailureReportKey(c));
+  v1::FailureReport d = a;
+  d.set_attempt(2);
+  EXPECT_NE(FailureReportKey(a), FailureReportKey(d));
+}
+
+// A log line longer than a report's line: scrubbed whole, then cut (an id across byte 512 is never cut in half first).
+TEST(FailureReportTest, ALongLogLineIsScrubbedBeforeItIsCut) {
+  KeepRecentLogLines(kMaxFailureLogLines);
+  const std::string filler(500, 'q');
+  LOG(INFO) << filler << " MRN-4711 " << std::string(100, 'y');
+  diagnostics::SiteIdentifiers ids;
+  ids.patients = {"MRN-4711"};
+  const diagnostics::Scrubber scrubber(ids);
+  const v1::FailureReport report = MakeFailureReport(v1::Task(), v1::FAILURE_STAGE_TRAINING, absl::DataLossError("x"),
+                                                     scrubber, true, RecentLogLines(), absl::Now());
+  bool found = false;
+  for (const std::string& line : report.log_lines()) {
+    if (!absl::StartsWith(line, absl::StrCat("INFO ", filler.substr(0, 100)))) continue;
+    found = true;
+    EXPECT_EQ(line,
+              absl::StrCat("INFO ", std::string(kMaxFailureLogLineBytes - 5 - diagnostics::kCutMarker.size(), 'q'),
+                           diagnostics::kCutMarker));
+  }
+  EXPECT_TRUE(found);
+}
+
 TEST(FailureReportTest, AnImageThatCannotBeReadIsDataLoss) {
   for (const absl::Status& error : {absl::PermissionDeniedError("image 'a.png': /d/a.png: Permission denied"),
                                     absl::NotFoundError("image 'a.png': /d/a.png: No such file or directory"),
@@ -174,9 +212,15 @@ TEST_F(FailureReportClientTest, ReportFailureIsSentAndGivesUpSoon) {
 
   // A coordinator that keeps failing: the call gives up once the next backoff would end past give_up.
   coordinator_.service().FailNext("ReportFailure", 1000);
+  const absl::Time start = absl::Now();
   const absl::Status given_up = client->ReportFailure(report, absl::Milliseconds(300));
+  const absl::Duration elapsed = absl::Now() - start;
   EXPECT_EQ(given_up.code(), absl::StatusCode::kUnavailable);
-  EXPECT_THAT(given_up.message(), HasSubstr("gave up"));
+  // ReportFailure's own give-up (not Backoff's "attempts in ..."), within its bound: give_up plus one call's deadline
+  // at most (the backoffs are not slept here; the bound is the contract, not a timing).
+  EXPECT_THAT(given_up.message(), HasSubstr(" attempts: a failure report waits at most 300ms)"));
+  EXPECT_THAT(given_up.message(), Not(HasSubstr(" attempts in ")));
+  EXPECT_LT(elapsed, absl::Milliseconds(300) + absl::Seconds(10));
   EXPECT_LT(coordinator_.service().calls("ReportFailure"), 10);
   // A coordinator without the call (older): an error, at once.
   coordinator_.service().FailNext("ReportFailure", 1, grpc::StatusCode::UNIMPLEMENTED);
@@ -198,21 +242,27 @@ TEST_F(FailureReportClientTest, ARetriedCallOfATaskSaysRetryingInItsHeartbeatsUn
     report.set_round(1);
     report.set_kind("round");
     ASSERT_TRUE(client->ReportMetrics(report).ok());
-    EXPECT_EQ(heartbeat.state(), "reporting");
+    EXPECT_FALSE(heartbeat.retrying());  // The call ended: the task's state again.
     reporter.Attach(nullptr);
   }
+  // What the coordinator received: the task's state, "retrying: ..." while the call was retried, then the task's
+  // state again.
   const std::vector<std::string> states = HeartbeatStates();
-  ASSERT_GE(states.size(), 2u);
-  size_t retrying = 0;
-  for (const std::string& state : states) {
-    if (absl::StartsWith(state, "retrying: ")) {
-      ++retrying;
-      EXPECT_THAT(state, StartsWith("retrying: metrics report: RESOURCE_EXHAUSTED: coordinator "));
-      EXPECT_THAT(state, HasSubstr("ReportMetrics"));
+  ASSERT_GE(states.size(), 3u);
+  size_t first_retrying = states.size();
+  size_t last_retrying = 0;
+  for (size_t i = 0; i < states.size(); ++i) {
+    if (absl::StartsWith(states[i], "retrying: ")) {
+      first_retrying = std::min(first_retrying, i);
+      last_retrying = i;
+      EXPECT_THAT(states[i], StartsWith("retrying: metrics report: RESOURCE_EXHAUSTED: coordinator "));
+      EXPECT_THAT(states[i], HasSubstr("ReportMetrics"));
+    } else {
+      EXPECT_EQ(states[i], "reporting");
     }
   }
-  EXPECT_GE(retrying, 1u);
-  EXPECT_EQ(states.back(), "reporting");  // Back to the task's state once the call went through.
+  ASSERT_LT(first_retrying, states.size());
+  EXPECT_LT(last_retrying + 1, states.size());  // The task's state after the retries.
   for (const v1::HeartbeatRequest& h : coordinator_.service().heartbeats()) EXPECT_EQ(h.run_id(), "run-1");
 }
 
@@ -231,20 +281,59 @@ TEST_F(FailureReportClientTest, OutsideATaskARetriedCallSendsHeartbeatsWithoutAR
   EXPECT_EQ(states[2], "idle");
   for (const v1::HeartbeatRequest& h : coordinator_.service().heartbeats()) EXPECT_EQ(h.run_id(), "");
 
-  // A coordinator that refuses those heartbeats too: the retried call goes on, and no "idle" follows.
-  coordinator_.service().FailNext("Hello", 1, grpc::StatusCode::UNAVAILABLE);
+  // A coordinator that refuses those heartbeats too: the retried call goes on, and no "idle" follows. Once a
+  // heartbeat found the coordinator unavailable, the other retries send none (each would wait out its deadline on
+  // the retried call's thread).
+  const int heartbeat_calls = coordinator_.service().calls("Heartbeat");
+  coordinator_.service().FailNext("Hello", 3, grpc::StatusCode::UNAVAILABLE);
   coordinator_.service().FailNext("Heartbeat", 1, grpc::StatusCode::UNAVAILABLE);
   ASSERT_TRUE(client->Hello(v1::HelloRequest()).ok());
   EXPECT_EQ(HeartbeatStates().size(), 3u);
+  EXPECT_EQ(coordinator_.service().calls("Heartbeat"), heartbeat_calls + 1);
+
+  // The call that ended took the "unreachable" with it: the next retried call says "retrying" again.
+  coordinator_.service().FailNext("Hello", 1, grpc::StatusCode::UNAVAILABLE);
+  ASSERT_TRUE(client->Hello(v1::HelloRequest()).ok());
+  const std::vector<std::string> after = HeartbeatStates();
+  ASSERT_EQ(after.size(), 5u);
+  EXPECT_THAT(after[3], StartsWith("retrying: hello: UNAVAILABLE: "));
+  EXPECT_EQ(after[4], "idle");
+}
+
+// Two calls retried at once (on two threads): "retrying" until both ended, not until the first did.
+TEST_F(FailureReportClientTest, RetryingLastsUntilTheLastRetriedCallEnds) {
+  auto client = NewClient();
+  ASSERT_NE(client, nullptr);
+  const diagnostics::Scrubber scrubber;
+  RetryReporter reporter(client.get(), &scrubber, absl::Seconds(5));
+  Heartbeater heartbeat(client.get(), "run-1", 1, absl::Hours(1), "uploading");
+  reporter.Attach(&heartbeat);
+  const absl::Status busy = absl::ResourceExhaustedError("busy");
+  std::thread upload([&] { reporter.OnRetry("UploadUpdate", busy, absl::Milliseconds(1)); });
+  upload.join();
+  reporter.OnRetry("SecAggGetRoster", busy, absl::Milliseconds(1));
+  EXPECT_TRUE(heartbeat.retrying());
+  reporter.OnRetryEnd("SecAggGetRoster");
+  EXPECT_TRUE(heartbeat.retrying());  // The upload is still retried.
+  // The same call name on another thread is another call.
+  std::thread other([&] { reporter.OnRetryEnd("SecAggGetRoster"); });
+  other.join();
+  EXPECT_TRUE(heartbeat.retrying());
+  std::thread upload_end([&] { reporter.OnRetryEnd("UploadUpdate"); });
+  upload_end.join();
+  EXPECT_FALSE(heartbeat.retrying());
+  reporter.Attach(nullptr);
 }
 
 // ---- The agent: a site whose images are unreadable.
 
 // 60 synthetic 32-px images renamed so that the site's own ids are not CheXpert-style: "MRN-A<n>_exam<m>_view1_
-// frontal.png" in the data folder (no sub-folder: the file name is not a path), with Patient and Study columns, then
-// every image overwritten with bytes that are not an image. A tiny DenseNet served by the fake coordinator.
+// frontal.png" in the data folder (no sub-folder: the file name is not a path) or in `folder` (ending with '/') in it,
+// with Patient and Study columns, then every image overwritten with bytes that are not an image. A tiny DenseNet
+// served by the fake coordinator.
 struct UnreadableSite {
-  UnreadableSite(const fedtune::testing::TempDir& tmp, testing::FakeCoordinator& coordinator) {
+  UnreadableSite(const fedtune::testing::TempDir& tmp, testing::FakeCoordinator& coordinator,
+                 const std::string& folder = "") {
     synth::SynthOptions data;
     auto profile = synth::LoadProfile("site-a");
     EXPECT_TRUE(profile.ok()) << profile.status();
@@ -271,15 +360,20 @@ struct UnreadableSite {
       const std::string study = absl::StrCat("exam", m[2].str());
       const std::string file = absl::StrCat(patient, "_", study, "_", m[3].str(), ".png");
       patients.push_back(patient);
+      files.push_back(file);
       fs::rename(tmp.Join("data/" + path), tmp.Join("data/" + file));
       EXPECT_TRUE(io::WriteFileAtomically(tmp.Join("data/" + file), "this is not an image").ok());
-      absl::StrAppend(&rewritten, patient, ",", study, ",", file, row.substr(path.size()), "\n");
+      absl::StrAppend(&rewritten, patient, ",", study, ",", folder, file, row.substr(path.size()), "\n");
     }
     std::vector<fs::path> folders;  // The emptied patientNNNNN folders.
     for (const fs::directory_entry& entry : fs::directory_iterator(tmp.Join("data"))) {
       if (entry.is_directory()) folders.push_back(entry.path());
     }
-    for (const fs::path& folder : folders) fs::remove_all(folder);
+    for (const fs::path& emptied : folders) fs::remove_all(emptied);
+    if (!folder.empty()) {
+      fs::create_directories(tmp.Join("data/" + folder));
+      for (const std::string& file : files) fs::rename(tmp.Join("data/" + file), tmp.Join("data/" + folder + file));
+    }
     EXPECT_TRUE(io::WriteFileAtomically(tmp.Join("data/manifest.csv"), rewritten).ok());
 
     auto init = InitCheckpoint({"densenet_tiny"}, 32, 0.2, 0);
@@ -320,6 +414,7 @@ struct UnreadableSite {
 
   std::string config_text;
   std::vector<std::string> patients;
+  std::vector<std::string> files;
   v1::Task train;
   AgentOptions options;
 };
@@ -330,6 +425,8 @@ void ExpectNothingIdentifying(const std::string& text, const fedtune::testing::T
   EXPECT_THAT(text, Not(HasSubstr("exam1"))) << text;
   EXPECT_THAT(text, Not(HasSubstr(tmp.path()))) << text;
   EXPECT_THAT(text, Not(HasSubstr("/data/"))) << text;
+  EXPECT_THAT(text, Not(HasSubstr("John"))) << text;  // The folder of PathsWithSpaces...: "Doe O'Brien (John) Q".
+  EXPECT_THAT(text, Not(HasSubstr("Brien"))) << text;
 }
 
 TEST(FailureReportAgentTest, UnreadableImagesBecomeOneScrubbedReportOfTheTrainingStage) {
@@ -362,8 +459,8 @@ TEST(FailureReportAgentTest, UnreadableImagesBecomeOneScrubbedReportOfTheTrainin
   EXPECT_GT(report.failed_ms(), 0);
   // The agent's own message names the image and its file; the report has the placeholders instead.
   EXPECT_THAT(std::string(failed.message()), HasSubstr("MRN-A"));
-  EXPECT_THAT(report.message(), HasSubstr("<patient>"));
-  EXPECT_THAT(report.message(), HasSubstr("<path>"));
+  // The image's path as the manifest has it is one of the site's paths: replaced as a whole.
+  EXPECT_THAT(report.message(), StartsWith("the site's images cannot be read: image '<path>': <path>: "));
   ExpectNothingIdentifying(report.message(), tmp);
   ASSERT_GT(report.log_lines_size(), 0);
   EXPECT_LE(report.log_lines_size(), kMaxFailureLogLines);
@@ -383,7 +480,7 @@ TEST(FailureReportAgentTest, UnreadableImagesBecomeOneScrubbedReportOfTheTrainin
   }
   EXPECT_TRUE(retrying);
   EXPECT_THAT(heartbeats.back().state(), StartsWith("failed: "));
-  EXPECT_THAT(heartbeats.back().state(), HasSubstr("<patient>"));
+  EXPECT_THAT(heartbeats.back().state(), HasSubstr("image '<path>': <path>: "));
 
   // The coordinator offers the task again and it fails again the same way: not reported twice.
   EXPECT_FALSE((*agent)->RunTask(site.train).ok());
@@ -396,6 +493,28 @@ TEST(FailureReportAgentTest, UnreadableImagesBecomeOneScrubbedReportOfTheTrainin
   const absl::Status unreported = (*agent)->RunTask(again);
   EXPECT_EQ(unreported.code(), failed.code());
   EXPECT_EQ(coordinator.service().failures().size(), 1u);
+}
+
+// The decoders name the file unquoted ("PATH: not a decodable image"): a folder with spaces, an apostrophe and
+// parentheses goes as a whole (the scrubber knows the site's paths), in the report, its log lines and the heartbeats.
+TEST(FailureReportAgentTest, PathsWithSpacesApostrophesAndParenthesesGoAsAWhole) {
+  fedtune::testing::TempDir tmp;
+  testing::FakeCoordinator coordinator(tmp, "site-a");
+  UnreadableSite site(tmp, coordinator, "Doe O'Brien (John) Q/");
+  const v1::SiteAgentConfig config = site.Config(tmp, "");
+  auto agent = FederatedAgent::Create(config, site.options);
+  ASSERT_TRUE(agent.ok()) << agent.status();
+  const absl::Status failed = (*agent)->RunTask(site.train);
+  ASSERT_FALSE(failed.ok());
+  EXPECT_THAT(std::string(failed.message()), HasSubstr("/data/Doe O'Brien (John) Q/MRN-A"));  // The agent's own.
+  const std::vector<v1::FailureReport> reports = coordinator.service().failures();
+  ASSERT_EQ(reports.size(), 1u);
+  LOG(INFO) << "what the coordinator got: " << reports[0].DebugString();
+  EXPECT_THAT(reports[0].message(), StartsWith("the site's images cannot be read: image '<path>': <path>: "));
+  ExpectNothingIdentifying(reports[0].message(), tmp);
+  ASSERT_GT(reports[0].log_lines_size(), 0);
+  for (const std::string& line : reports[0].log_lines()) ExpectNothingIdentifying(line, tmp);
+  for (const v1::HeartbeatRequest& h : coordinator.service().heartbeats()) ExpectNothingIdentifying(h.state(), tmp);
 }
 
 TEST(FailureReportAgentTest, WithoutShareDiagnosticsNoLogLinesAreSent) {
