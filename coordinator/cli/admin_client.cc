@@ -225,7 +225,7 @@ absl::StatusOr<v1::SiteInfo> AdminClient::RevokeSite(const std::string& site_id,
 
 absl::StatusOr<v1::SiteResponse> AdminClient::GetSite(const std::string& site_id) {
   grpc::ClientContext context;
-  SetDeadline(&context);
+  const PendingCall pending(this, &context, timeout_);
   v1::SiteRequest request;
   request.set_site_id(site_id);
   v1::SiteResponse response;
