@@ -575,9 +575,9 @@ cli::Command MakeReportCommand(CommandEnvironment environment) {
 }
 
 std::vector<cli::Command> MakeAdminCommands(const CommandEnvironment& environment) {
-  return {MakeSitesListCommand(environment),   MakeSitesShowCommand(environment),   MakeSitesApproveCommand(environment),
-          MakeSitesRevokeCommand(environment), MakeRunStartCommand(environment),    MakeRunStatusCommand(environment),
-          MakeRunAbortCommand(environment),    MakeRunListCommand(environment),     MakeModelExportCommand(environment),
+  return {MakeSitesListCommand(environment),   MakeSitesShowCommand(environment), MakeSitesApproveCommand(environment),
+          MakeSitesRevokeCommand(environment), MakeRunStartCommand(environment),  MakeRunStatusCommand(environment),
+          MakeRunAbortCommand(environment),    MakeRunListCommand(environment),   MakeModelExportCommand(environment),
           MakeReportCommand(environment)};
 }
 
