@@ -10,6 +10,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/federation/failure_stage.h"
 #include "common/federation/states.h"
 #include "common/html/html.h"
 #include "coordinator/cli/consortium_view.h"
@@ -34,23 +35,6 @@ std::string H(absl::string_view text) { return html::Escape(Safe(text)); }
 std::optional<double> Loss(double value) { return consortium::ReportedLoss(value); }
 
 json Nullable(std::optional<double> value) { return value ? json(*value) : json(nullptr); }
-
-std::string StageText(v1::FailureStage stage) {
-  switch (stage) {
-    case v1::FAILURE_STAGE_DOWNLOAD:
-      return "download";
-    case v1::FAILURE_STAGE_TRAINING:
-      return "training";
-    case v1::FAILURE_STAGE_EVALUATION:
-      return "evaluation";
-    case v1::FAILURE_STAGE_UPLOAD:
-      return "upload";
-    case v1::FAILURE_STAGE_OTHER:
-      return "other";
-    default:
-      return "unspecified";
-  }
-}
 
 bool HasFailure(const v1::SiteFailure& f) { return f.has_report() || f.received_ms() > 0; }
 
@@ -91,7 +75,7 @@ json FailureJson(const v1::SiteFailure& f) {
   for (int i = 0; i < r.log_lines_size() && i < kDashboardMaxLogLines; ++i) lines.push_back(Safe(r.log_lines(i)));
   return {{"run_id", Safe(r.run_id())},
           {"round", r.round()},
-          {"stage", StageText(r.stage())},
+          {"stage", std::string(federation::FailureStageText(r.stage()))},
           {"error_class", Safe(r.error_class())},
           {"status_code", r.status_code()},
           {"message", Safe(r.message())},
@@ -109,10 +93,10 @@ std::string FailureHtml(const v1::SiteFailure& f, int64_t now_ms, absl::string_v
   if (!r.run_id().empty())
     absl::StrAppend(&where, H(r.run_id()), r.round() > 0 ? absl::StrCat(" round ", r.round()) : "", ", ");
   absl::StrAppend(&where, FormatAgo(f.received_ms(), now_ms), r.will_retry() ? ", retrying" : "");
-  std::string out =
-      absl::StrCat("<div class=\"failure\" data-stage=\"", StageText(r.stage()), "\"><b>", StageText(r.stage()),
-                   "</b>: <code>", H(r.error_class().empty() ? "UNKNOWN" : r.error_class()), "</code> ", H(r.message()),
-                   " <span class=\"note\">(", where, ")</span>");
+  const absl::string_view stage = federation::FailureStageText(r.stage());
+  std::string out = absl::StrCat("<div class=\"failure\" data-stage=\"", stage, "\"><b>", stage, "</b>: <code>",
+                                 H(r.error_class().empty() ? "UNKNOWN" : r.error_class()), "</code> ", H(r.message()),
+                                 " <span class=\"note\">(", where, ")</span>");
   if (r.log_lines_size() > 0) {
     absl::StrAppend(&out, "<details data-key=\"", html::Escape(key), "\"><summary>last log lines</summary><pre>");
     for (int i = 0; i < r.log_lines_size() && i < kDashboardMaxLogLines; ++i)
