@@ -9,7 +9,8 @@
 #     folder or any patient id of its manifest (the site scrubs them before sending);
 #   - `fedtune sites list` marks site-a (its latest failure is newer than its last success), not site-b;
 #   - `fedtune run status` lists site-a's failure under the sites table;
-#   - the coordinator logged one WARNING line per report.
+#   - the coordinator logged one WARNING line per report, and its metric fedtune_coordinator_site_failures_total
+#     counts them (site-a, stage training; none for site-b).
 # Usage: failure_report_test.sh REPO_ROOT BIN_DIR
 set -euo pipefail
 root="$1" bin="$2"
@@ -136,4 +137,25 @@ echo "ok   sites list marks site-a; run status shows its failure"
 logged="$(grep -c "site site-a reported a failure in run $run_id" logs/coordinator.log || true)"
 [[ "$logged" -ge 1 ]] || fail "the coordinator logged no WARNING for site-a's report"
 echo "ok   the coordinator logged $logged WARNING line(s) for $reports report(s)"
+
+# The metric against the stored reports, read around one scrape until no report arrived meanwhile.
+for _ in 1 2 3 4 5; do
+  before="$(sql "SELECT COUNT(*) FROM site_failures WHERE site_id = 'site-a'")"
+  /usr/bin/python3 "$root/tests/integration/http_get.py" "http://127.0.0.1:$metrics_port/metrics" >metrics.txt ||
+    fail "the coordinator's metrics endpoint"
+  [[ "$(sql "SELECT COUNT(*) FROM site_failures WHERE site_id = 'site-a'")" == "$before" ]] && break
+done
+/usr/bin/python3 - metrics.txt "$before" <<'PY' ||
+import re, sys
+text, stored = open(sys.argv[1]).read(), int(sys.argv[2])
+counts = {(m[0], m[1]): float(m[2]) for m in
+          re.findall(r'^fedtune_coordinator_site_failures_total\{site="([^"]+)",stage="([^"]+)"\} (\S+)$', text, re.M)}
+a_total = sum(v for (site, _), v in counts.items() if site == "site-a")
+b_total = sum(v for (site, _), v in counts.items() if site == "site-b")
+ok = counts.get(("site-a", "training"), 0) >= 1 and a_total == stored and b_total == 0
+print(f"{'ok  ' if ok else 'FAIL'} fedtune_coordinator_site_failures_total: site-a {a_total} (training "
+      f"{counts.get(('site-a', 'training'), 0)}; {stored} stored), site-b {b_total}")
+sys.exit(0 if ok else 1)
+PY
+  fail "fedtune_coordinator_site_failures_total does not count the stored reports"
 echo "1 passed, 0 failed"

@@ -16,9 +16,10 @@ fedtune_test_cleanup() {
 }
 
 # start_coordinator NAME: in a work directory prepared by `deploy/demo.sh --prepare-only` (cwd), writes
-# coordinator/NAME.textproto (state_dir NAME-state, the prepared open-source model, auto_approve, 2 s long-polls),
-# starts the coordinator (recorded in pids, log logs/coordinator.log) and waits for its port. Sets `port`, `db` (its
-# coordinator.db) and the operator's environment for `fedtune`; `sql QUERY` prints the rows of a read-only query.
+# coordinator/NAME.textproto (state_dir NAME-state, the prepared open-source model, auto_approve, 2 s long-polls,
+# Prometheus metrics on a free 127.0.0.1 port), starts the coordinator (recorded in pids, log logs/coordinator.log)
+# and waits for its port. Sets `port`, `metrics_port`, `db` (its coordinator.db) and the operator's environment for
+# `fedtune`; `sql QUERY` prints the rows of a read-only query.
 start_coordinator() {
   local model
   model="$(ls models/open-source-*.ckpt | head -1)"
@@ -33,13 +34,17 @@ state_dir: "$1-state"
 initial_model: "../$model"
 task_wait_seconds: 2
 auto_approve: true
+metrics_listen_address: "127.0.0.1:0"
+metrics_port_file: "$1.metrics-port"
 CFG
+  rm -f "coordinator/$1.metrics-port"
   db="$PWD/coordinator/$1-state/coordinator.db"
   "$bin/fedtune-coordinator" --config "coordinator/$1.textproto" >logs/coordinator.log 2>&1 &
   pids+=($!)
   for _ in $(seq 300); do [[ -s coordinator/port ]] && break; sleep 0.1; done
   [[ -s coordinator/port ]] || { echo "FAIL: the coordinator did not start"; tail -n 15 logs/coordinator.log; exit 1; }
   port="$(cat coordinator/port)"
+  metrics_port="$(cat "coordinator/$1.metrics-port")"  # Written before the gRPC port (the endpoint starts first).
   export FEDTUNE_COORDINATOR="localhost:$port" FEDTUNE_CA="$PWD/ca/ca.pem"
   export FEDTUNE_CERT="$PWD/operator/operator.pem" FEDTUNE_KEY="$PWD/operator/operator.key"
 }
