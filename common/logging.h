@@ -71,10 +71,9 @@ LogContext CurrentLogContext();
 
 // ---- The recent log lines of this process (site agent failure reports, FailureReport.log_lines). Every line glog
 // takes (at the configured threshold) is kept, formatted as "LEVEL message", in a ring of `lines` lines (at most
-// 10000; <= 0 keeps nothing) of at most 64 KiB each (the diagnostics Scrubber's input bound; longer lines are cut at
-// their last whitespace before it, never inside a word, so that an identifier is never cut into a shorter one before
-// it is scrubbed; bytes that are not UTF-8 become U+FFFD, so the lines fit a proto string field). Call once after
-// InitLogging(); later calls do nothing. Thread-safe.
+// 10000; <= 0 keeps nothing) of at most 64 KiB each (the Scrubber's input bound: longer lines are cut at their last
+// whitespace, never inside an identifier; bytes that are not UTF-8 become U+FFFD, so they fit a proto string field).
+// Call once after InitLogging(); later calls do nothing. Thread-safe.
 void KeepRecentLogLines(int lines);
 // The kept lines, oldest first; empty when KeepRecentLogLines was not called.
 std::vector<std::string> RecentLogLines();
