@@ -686,11 +686,11 @@ absl::Status RoundManager::CloseRoundOnceLocked() {
   } else {
     ASSIGN_OR_RETURN(result, AggregateRound(a, blobs_, options_.state_dir, now));
   }
-  if (options_.metrics != nullptr) {
-    options_.metrics->AggregationFinished(absl::ToDoubleSeconds(absl::Now() - aggregation_start));
-  }
+  const absl::Duration aggregation_time = absl::Now() - aggregation_start;
   const RunTransition t = CloseRoundTransition(a, result, now);
   RETURN_IF_ERROR(store_->ApplyTransition(t));
+  // Once per closed round: a close that fails here is retried on the next tick.
+  if (options_.metrics != nullptr) options_.metrics->AggregationFinished(absl::ToDoubleSeconds(aggregation_time));
   LOG(INFO) << "run " << a.run.run_id << " round " << a.round.round << " closed: " << t.finish_round->message
             << "; global model " << result.digest;
   spool_.RemoveAttempt(a.run.run_id, a.round.round, a.round.attempt);

@@ -111,7 +111,10 @@ std::vector<prometheus::MetricFamily> ProcessCollector::Collect() const {
 
 bool IsLoopbackHost(const std::string& host) {
   const std::string h = absl::AsciiStrToLower(host);
-  return h == "localhost" || h == "::1" || h == "[::1]" || absl::StartsWith(h, "127.");
+  if (h == "localhost" || h == "::1" || h == "[::1]") return true;
+  // Only a numeric 127/8 address: a name such as "127.example.org" may resolve anywhere.
+  in_addr v4{};
+  return inet_pton(AF_INET, h.c_str(), &v4) == 1 && (ntohl(v4.s_addr) >> 24) == 127;
 }
 
 absl::Status CheckListenAddress(const std::string& listen_address) {
@@ -182,8 +185,11 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
     setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
   });
   http.new_task_queue = [] { return new httplib::ThreadPool(2); };
-  http.set_read_timeout(10);
-  http.set_write_timeout(10);
+  // One request per connection and short timeouts: a scraper's idle keep-alive connection would hold one of the two
+  // workers (and the destructor's stop) for its whole timeout.
+  http.set_keep_alive_max_count(1);
+  http.set_read_timeout(5);
+  http.set_write_timeout(5);
   http.set_payload_max_length(64 << 10);
   MetricsServer* self = server.get();  // Outlives http_: the destructor stops it first.
   http.Get("/metrics", [self](const httplib::Request&, httplib::Response& response) {
@@ -202,7 +208,10 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
                                                "this machine or its name does not resolve)"));
   }
   server->port_ = port;
-  server->thread_ = std::thread([self] { self->http_->listen_after_bind(); });
+  server->thread_ = std::thread([self] {
+    self->http_->listen_after_bind();
+    self->listen_returned_.store(true);
+  });
   // Serving before Start returns: stop() is a no-op until the accept loop runs, so the destructor must not come first.
   const absl::Time deadline = absl::Now() + absl::Seconds(10);
   while (!http.is_running() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(1));
@@ -230,7 +239,13 @@ std::string MetricsServer::Scrape() const {
 
 MetricsServer::~MetricsServer() {
   if (http_ != nullptr) http_->stop();
-  if (thread_.joinable()) thread_.join();
+  if (thread_.joinable()) {
+    // On Start's "did not start" path the accept loop may begin after the first stop(), which it then ignores: stop
+    // until it has run and ended.
+    while (http_ != nullptr && !http_->is_running() && !listen_returned_.load()) absl::SleepFor(absl::Milliseconds(1));
+    if (http_ != nullptr) http_->stop();
+    thread_.join();
+  }
 }
 
 }  // namespace fedtune::metrics

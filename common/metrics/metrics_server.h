@@ -15,6 +15,7 @@
 #ifndef FEDTUNE_COMMON_METRICS_METRICS_SERVER_H_
 #define FEDTUNE_COMMON_METRICS_METRICS_SERVER_H_
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <thread>
@@ -78,7 +79,8 @@ class MetricsServer {
   std::shared_ptr<ProcessCollector> process_;
   std::vector<std::shared_ptr<prometheus::Collectable>> collectables_;
   std::unique_ptr<httplib::Server> http_;
-  std::thread thread_;  // Runs http_'s accept loop.
+  std::thread thread_;                        // Runs http_'s accept loop.
+  std::atomic<bool> listen_returned_{false};  // The accept loop has ended.
   int port_ = 0;
 };
 

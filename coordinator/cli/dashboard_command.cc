@@ -150,10 +150,7 @@ cli::Command MakeDashboardCommand(CommandEnvironment environment) {
     ASSIGN_OR_RETURN(std::unique_ptr<AdminClient> client, AdminClient::Connect(poll_settings));
     ASSIGN_OR_RETURN(std::unique_ptr<AdminClient> reports_client_owner, AdminClient::Connect(settings));
     const std::string warning = ListenWarning(listen.first, listen.second);
-    if (!warning.empty()) {
-      std::cerr << warning << std::endl;
-      LOG(WARNING) << warning;
-    }
+    if (!warning.empty()) LOG(WARNING) << warning;  // On stderr either way (a JSON line with --log-format json).
     SnapshotBoard board;
     DashboardServerOptions server_options;
     server_options.host = listen.first;
