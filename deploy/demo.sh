@@ -125,7 +125,7 @@ cleanup() {
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
   done
-  [[ ${#pids[@]} -gt 0 ]] && echo "demo: stopped ${#pids[@]} processes (coordinator and site agents)"
+  [[ ${#pids[@]} -gt 0 ]] && echo "demo: stopped ${#pids[@]} processes (coordinator, site agents, dashboard)"
   exit $rc
 }
 trap cleanup EXIT
@@ -232,7 +232,7 @@ export FEDTUNE_CERT="$work/operator/operator.pem" FEDTUNE_KEY="$work/operator/op
 if [[ "$dashboard" != off ]]; then
   # The operator's read-only web page (fedtune dashboard: polls the AdminService with the operator certificate).
   rm -f coordinator/dashboard-port
-  "$bin/fedtune" dashboard --listen "127.0.0.1:$dashboard" --port-file coordinator/dashboard-port \
+  "$bin/fedtune" dashboard --listen "127.0.0.1:$dashboard" --port-file "$PWD/coordinator/dashboard-port" \
     >logs/dashboard.log 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do [[ -s coordinator/dashboard-port ]] && break; kill -0 "${pids[-1]}" 2>/dev/null || break; sleep 0.1; done

@@ -408,7 +408,7 @@ TEST(JsonLogDeathTest, AnUncaughtExceptionIsAJsonFatalLineAndExitOne) {
       R"(\{"time":"[^"]+","level":"FATAL","program":"logging_test",.*"message":"fatal: uncaught exception: broken \\"invariant\\"")");
 }
 
-TEST(RecentLogLinesTest, KeepsTheLastLinesCutAtACharacterBoundary) {
+TEST(RecentLogLinesTest, KeepsTheLastLinesWholeUpTo64KiBCutBetweenWords) {
   InitOnce();
   KeepRecentLogLines(5);
   KeepRecentLogLines(100);  // Later calls change nothing.
@@ -417,18 +417,24 @@ TEST(RecentLogLinesTest, KeepsTheLastLinesCutAtACharacterBoundary) {
   EXPECT_THAT(RecentLogLines(), ElementsAre("INFO line 3", "INFO line 4", "INFO line 5", "INFO line 6", "INFO line 7"));
   LOG(WARNING) << std::string(1000, 'x');
   std::string accents;
-  for (int i = 0; i < 400; ++i) accents += "\xc3\xa9";  // "INFO " + 2-byte characters: 512 falls inside one.
+  for (int i = 0; i < 400; ++i) accents += "\xc3\xa9";
   LOG(INFO) << accents;
+  std::string words;  // Over 64 KiB of 5-byte words: cut at the last whitespace before 64 KiB, never inside a word.
+  while (words.size() < 70000) words += "abcd ";
+  LOG(INFO) << words << "MRN12345678";
   LOG(ERROR) << "bad \xff byte";
   const std::vector<std::string> lines = RecentLogLines();
   ASSERT_EQ(lines.size(), 5u);
-  EXPECT_EQ(lines[2], "WARNING " + std::string(504, 'x'));
-  EXPECT_EQ(lines[3].size(), 511u);
-  EXPECT_EQ(lines[3].substr(0, 7), "INFO \xc3\xa9");
+  EXPECT_EQ(lines[0], "INFO line 7");
+  EXPECT_EQ(lines[1], "WARNING " + std::string(1000, 'x'));  // Whole: the scrubber, not the ring, bounds a report.
+  EXPECT_EQ(lines[2], "INFO " + accents);
+  EXPECT_LE(lines[3].size(), 64u * 1024);
+  EXPECT_GT(lines[3].size(), 60000u);
+  EXPECT_EQ(lines[3].substr(lines[3].size() - 4), "abcd");  // The cut fell between two words.
+  EXPECT_EQ(lines[3].find("MRN"), std::string::npos);
   EXPECT_EQ(lines[4], "ERROR bad \xEF\xBF\xBD byte");
   for (const std::string& line : lines) {
-    EXPECT_LE(line.size(), 512u);
-    EXPECT_NO_THROW(Json(line).dump()) << "not valid UTF-8: " << line;  // dump() refuses invalid UTF-8.
+    EXPECT_NO_THROW(Json(line).dump()) << "not valid UTF-8: " << line.substr(0, 80);  // dump() refuses invalid UTF-8.
   }
 }
 

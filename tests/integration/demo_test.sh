@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's first command at CI scale (issue 6): deploy/demo.sh with two sites, two rounds, 32 px images, as a
 # newcomer would run it (minus the set-up step, which CI has just done). Checks that it completes and prints the
-# per-site table and the report paths, that every process it started has ended, that a second run reuses the PKI,
+# per-site table and the report paths, that it served its dashboard, that every process it started (the coordinator,
+# the agents and the dashboard) has ended, that a second run reuses the PKI,
 # data and open-source model, and that Ctrl-C in the middle of a run stops every process too.
 # Usage: demo_test.sh REPO_ROOT BIN_DIR
 set -euo pipefail
@@ -9,7 +10,7 @@ root="$1" bin="$2"
 work="$(mktemp -d "${TMPDIR:-/tmp}/fedtune_demo_XXXXXX")"
 trap 'pkill -KILL -f "$work" 2>/dev/null || true; rm -rf "$work"' EXIT
 demo=("$root/deploy/demo.sh" --no-setup --bin "$bin" --sites 2 --rounds 2 --local-epochs 1 --images 200
-      --image-size 32 --work "$work/demo")
+      --image-size 32 --work "$work/demo" --dashboard 0)
 fail() { echo "FAIL: $*"; exit 1; }
 # Processes whose command line names the work directory (the coordinator and agents get configs under it).
 leftovers() { pgrep -f -- "$work/demo" | grep -vx "$$" || true; }
@@ -26,7 +27,8 @@ grep -q "consortium report: .*report.html" "$work/first.out" || fail "no consort
 grep -q "site-a: .*report.html" "$work/first.out" || fail "no site report paths"
 report="$(sed -n 's/^  consortium report: \(.*\)report.html$/\1report.json/p' "$work/first.out")"
 "$root/tests/integration/check_verdict.py" "$report" "$work/first.out" "$rc" || fail "the demo's verdict does not match its report"
-grep -q "stopped 3 processes" "$work/first.out" || fail "the demo did not say it stopped its processes"
+grep -q "^dashboard: http://127.0.0.1:[0-9]*/" "$work/first.out" || fail "the demo did not serve its dashboard"
+grep -q "stopped 4 processes" "$work/first.out" || fail "the demo did not say it stopped its processes"
 [[ -z "$(leftovers)" ]] || fail "processes left after the demo: $(leftovers)"
 echo "ok   first run: $(grep -E '^demo: wall time' "$work/first.out")"
 
@@ -61,6 +63,6 @@ PY
 grep -q "^started run" "$work/interrupted.out" || fail "the interrupted demo never started its run"
 for _ in $(seq 100); do [[ -z "$(leftovers)" ]] && break; sleep 0.1; done
 [[ -z "$(leftovers)" ]] || fail "processes left after Ctrl-C: $(leftovers)"
-grep -q "stopped 3 processes" "$work/interrupted.out" || fail "the interrupted demo did not report stopping"
+grep -q "stopped 4 processes" "$work/interrupted.out" || fail "the interrupted demo did not report stopping"
 echo "ok   Ctrl-C stopped every process (exit $rc)"
 echo "1 passed, 0 failed"
