@@ -62,8 +62,7 @@ CFG
   FEDTUNE_LOG_LEVEL=0 "$bin/fedtune-site" run --config "$id/d.textproto" >"logs/$id.log" 2>&1 &
   pids+=($!)
 done
-for _ in $(seq 600); do [[ "$(sql "SELECT COUNT(*) FROM sites WHERE status = 'approved'")" == 2 ]] && break; sleep 0.1; done
-[[ "$(sql "SELECT COUNT(*) FROM sites WHERE status = 'approved'")" == 2 ]] || fail "the two sites did not say Hello"
+wait_approved 2
 
 # ---- The dashboard, on a free loopback port, polling every second.
 "$bin/fedtune" dashboard --listen 127.0.0.1:0 --port-file dashboard.port --interval 0.5 \

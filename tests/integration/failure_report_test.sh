@@ -66,8 +66,7 @@ CFG
   "$bin/fedtune-site" run --config "$id/f.textproto" >"logs/$id.log" 2>&1 &
   pids+=($!)
 done
-for _ in $(seq 600); do [[ "$(sql "SELECT COUNT(*) FROM sites WHERE status = 'approved'")" == 2 ]] && break; sleep 0.1; done
-[[ "$(sql "SELECT COUNT(*) FROM sites WHERE status = 'approved'")" == 2 ]] || fail "the two sites did not say Hello"
+wait_approved 2
 
 cat > run.textproto <<CFG
 name: "failure report" rounds: 1 min_sites: 1 round_deadline_seconds: 30 local_epochs: 1 learning_rate: 0.05

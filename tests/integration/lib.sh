@@ -52,3 +52,12 @@ CFG
 sql() {
   /usr/bin/python3 -c "import sqlite3, sys; r = sqlite3.connect('file:$db?mode=ro', uri=True).execute(sys.argv[1]).fetchall(); print('\n'.join('|'.join(map(str, x)) for x in r))" "$1"
 }
+
+# wait_approved N: waits up to 60 s until N sites are approved in the coordinator started by start_coordinator (they
+# said Hello); fails the test otherwise.
+wait_approved() {
+  for _ in $(seq 600); do [[ "$(sql "SELECT COUNT(*) FROM sites WHERE status = 'approved'")" == "$1" ]] && return 0; sleep 0.1; done
+  echo "FAIL: $(sql "SELECT COUNT(*) FROM sites WHERE status = 'approved'") of $1 sites said Hello within 60 s"
+  tail -n 15 logs/*.log
+  exit 1
+}

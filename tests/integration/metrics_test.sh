@@ -130,8 +130,7 @@ CFG
   "$bin/fedtune-site" run --config "$id/m.textproto" >"logs/$id.log" 2>&1 &
   pids+=($!)
 done
-for _ in $(seq 600); do [[ "$(sql "SELECT COUNT(*) FROM sites WHERE status = 'approved'")" == 2 ]] && break; sleep 0.1; done
-[[ "$(sql "SELECT COUNT(*) FROM sites WHERE status = 'approved'")" == 2 ]] || fail "the sites did not say hello"
+wait_approved 2
 
 cat > run.textproto <<CFG
 name: "metrics" rounds: 2 min_sites: 2 round_deadline_seconds: 300 local_epochs: 1 learning_rate: 0.05
