@@ -34,6 +34,7 @@
 #include "gtest/gtest.h"
 #include "tests/common/pki/pki_test_util.h"
 #include "tests/coordinator/coordinator_test_util.h"
+#include "tests/coordinator/server_certificate.h"
 #include "tests/testing/temp_dir.h"
 
 namespace fedtune::coordinator {
@@ -201,15 +202,7 @@ class CoordinatorServerTest : public ::testing::Test {
   void SetUp() override {
     ca_ = MakeCa(tmp_.Join("ca"), "Consortium");
     ASSERT_NE(ca_, nullptr);
-    absl::StatusOr<pki::KeyPair> key = pki::KeyPair::Generate();
-    ASSERT_TRUE(key.ok());
-    pki::ServerCertificateSpec spec;
-    spec.dns_names = {"localhost"};
-    spec.ip_addresses = {"127.0.0.1"};
-    absl::StatusOr<pki::IssuedCertificate> cert = ca_->IssueServerCertificate(*key, spec);
-    ASSERT_TRUE(cert.ok()) << cert.status();
-    tmp_.WriteFile("server.pem", cert->pem);
-    tmp_.WriteFile("server.key", *key->PrivateKeyPem());
+    ASSERT_TRUE(testing::WriteLocalhostServerCertificate(*ca_, tmp_));
     global_ = testing::WriteTinyModel(tmp_.Join("initial.ckpt"));
     config_.set_listen_address("127.0.0.1:0");
     config_.set_port_file(tmp_.Join("port"));
